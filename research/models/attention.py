@@ -1,0 +1,153 @@
+"""Multi-head / grouped-query attention with RoPE, T5 relative bias and a KV cache.
+
+Masks are boolean [B, T, S] (True = may attend), built once per stack by the model
+from segment ids (0 = padding) and, for decoders, causality. The KV cache is an explicit
+pytree passed in and returned, never hidden module state, so decoding stays pure.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ModelConfig
+from research.models.layers import Dense, Embed, constrain
+
+Array = jax.Array
+NEG_INF = -1e30  # large finite value: a fully masked row (padding query) stays NaN-free
+
+
+class LayerCache(NamedTuple):
+    """Keys and values of one self-attention layer for the S cache slots."""
+
+    k_BSKd: Array
+    v_BSKd: Array
+
+
+def init_layer_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> LayerCache:
+    shape = (batch, max_len, config.kv_heads, config.dim_per_head)
+    dtype = config.compute_dtype if dtype is None else dtype
+    return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> Array:
+    """[B, T, S] mask: same segment, key not padding (segment 0), and s <= t if causal."""
+    mask = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
+    if causal:
+        t, s = q_segment_BT.shape[1], kv_segment_BS.shape[1]
+        mask &= jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None]
+    return mask
+
+
+def rotary_embedding(x_BTHd: Array, positions_BT: Array, theta: float) -> Array:
+    """RoPE in the rotate-half layout (first half / second half of Dh), as LLaMA in HF."""
+    dh = x_BTHd.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+    angles_BTf = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    angles_BTd = jnp.concatenate([angles_BTf, angles_BTf], axis=-1)[:, :, None, :]
+    x32 = x_BTHd.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * jnp.cos(angles_BTd) + rotated * jnp.sin(angles_BTd)).astype(x_BTHd.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+    """T5's bucketing of (key - query) offsets: exact for small, logarithmic for large."""
+    bucket = jnp.zeros_like(relative_position)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        bucket += (relative_position > 0).astype(jnp.int32) * n
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = n // 2
+    is_small = distance < max_exact
+    # max(distance, 1) keeps log finite; those entries take the is_small branch anyway.
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (n - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, n - 1)
+    return bucket + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 relative position bias [1, H, T, S], one table per stack (shared by its layers)."""
+
+    config: ModelConfig
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_positions_T: Array, kv_positions_S: Array) -> Array:
+        cfg = self.config
+        buckets_TS = relative_position_bucket(
+            kv_positions_S[None, :] - q_positions_T[:, None], self.bidirectional,
+            cfg.relative_buckets, cfg.relative_max_distance)
+        table = Embed(cfg.relative_buckets, cfg.replace(d_model=cfg.num_heads),
+                      axes=("relpos_buckets", "heads"), name="embedding")
+        bias_TSH = table(buckets_TS).astype(jnp.float32)
+        return jnp.transpose(bias_TSH, (2, 0, 1))[None]
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention. Returns (output [B,T,D], updated cache or None)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BTD: Array,
+        mask_BTS: Array,
+        *,
+        kv_BSD: Array | None = None,
+        positions_BT: Array | None = None,
+        bias_BHTS: Array | None = None,
+        cache: LayerCache | None = None,
+        cache_index: Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[Array, LayerCache | None]:
+        cfg = self.config
+        h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        proj = lambda n, name: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"), cfg,
+                                     use_bias=cfg.use_bias, name=name)
+        source_BSD = x_BTD if kv_BSD is None else kv_BSD
+        q_BTHd = proj(h, "query")(x_BTD)
+        k_BSKd = proj(k, "key")(source_BSD)
+        v_BSKd = proj(k, "value")(source_BSD)
+        if cfg.position == "rope" and kv_BSD is None:
+            q_BTHd = rotary_embedding(q_BTHd, positions_BT, cfg.rope_theta)
+            k_BSKd = rotary_embedding(k_BSKd, positions_BT, cfg.rope_theta)
+        q_BTHd = constrain(q_BTHd, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+
+        new_cache = None
+        if cache is not None:
+            # Write this step's keys/values at slots [cache_index, cache_index + T).
+            k_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKd, k_BSKd.astype(cache.k_BSKd.dtype),
+                                                         cache_index, axis=1)
+            v_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKd, v_BSKd.astype(cache.v_BSKd.dtype),
+                                                         cache_index, axis=1)
+            new_cache = LayerCache(k_BSKd, v_BSKd)
+            k_BSKd = constrain(k_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
+            v_BSKd = constrain(v_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
+
+        b, t = q_BTHd.shape[:2]
+        # Group query heads over their shared kv head: H = K * G.
+        q_BTKGd = q_BTHd.reshape(b, t, k, h // k, dh)
+        logits_BKGTS = jnp.einsum("BTKGd,BSKd->BKGTS", q_BTKGd, k_BSKd.astype(q_BTKGd.dtype))
+        logits_BKGTS = logits_BKGTS.astype(jnp.float32)
+        if cfg.scale_attention_logits:
+            logits_BKGTS = logits_BKGTS / math.sqrt(dh)
+        if bias_BHTS is not None:
+            logits_BKGTS = logits_BKGTS + bias_BHTS.reshape(bias_BHTS.shape[0], k, h // k, *bias_BHTS.shape[2:])
+        logits_BKGTS = jnp.where(mask_BTS[:, None, None, :, :], logits_BKGTS, NEG_INF)
+        probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(cfg.compute_dtype)
+        probs_BKGTS = nn.Dropout(cfg.dropout_rate)(probs_BKGTS, deterministic=deterministic)
+        out_BTKGd = jnp.einsum("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(cfg.compute_dtype))
+        out_BTHd = out_BTKGd.reshape(b, t, h, dh)
+        out_BTD = Dense((cfg.d_model,), ("heads", "kv"), ("embed",), cfg, use_bias=cfg.use_bias,
+                        name="out")(out_BTHd)
+        return out_BTD, new_cache

@@ -1,0 +1,141 @@
+"""ModelConfig: one frozen, typed description of any model in the zoo.
+
+The three families share most hyper-parameters; the few that belong to one family
+(token types and pooler for BERT, relative buckets for T5, RoPE for LLaMA) default to
+"off" and are validated in `__post_init__` so that a bad config fails with one line,
+before anything is traced or compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax.numpy as jnp
+
+Family = Literal["decoder", "encoder", "encoder_decoder"]
+PositionEmbedding = Literal["learned", "rope", "relative"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPlacement = Literal["pre", "post"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+_CHOICES = {
+    "family": Family,
+    "position": PositionEmbedding,
+    "norm": Norm,
+    "norm_placement": NormPlacement,
+    "activation": Activation,
+    "remat": Remat,
+    "dtype": DType,
+    "param_dtype": DType,
+}
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Hyper-parameters of one transformer. Dimension letters follow research/models/__init__.py."""
+
+    name: str = "custom"
+    family: Family
+    vocab_size: int  # V
+    d_model: int  # D
+    num_layers: int  # L: decoder layers (decoder, encoder_decoder) or encoder layers (encoder)
+    num_heads: int  # H
+    d_ff: int  # F
+    num_kv_heads: int | None = None  # K; None means K = H (multi-head attention)
+    head_dim: int | None = None  # Dh; None means D // H
+    num_encoder_layers: int | None = None  # encoder_decoder only; None means L
+    max_len: int = 512  # longest sequence; size of the learned position table
+
+    position: PositionEmbedding = "learned"
+    rope_theta: float = 10_000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: NormPlacement = "pre"  # post = BERT (norm after each residual add)
+    activation: Activation = "gelu"
+    gated_mlp: bool = False  # SwiGLU / gated-GELU: two input projections
+    use_bias: bool = True
+    scale_attention_logits: bool = True  # T5 folds 1/sqrt(Dh) into its init instead
+    tie_embeddings: bool = True  # LM head shares the token embedding
+    scale_tied_logits: bool = False  # T5 v1.0: multiply by D**-0.5 before the tied head
+
+    type_vocab_size: int = 0  # BERT token types; 0 = none
+    pooler: bool = False  # BERT tanh pooler over the first token
+    num_labels: int = 0  # sequence-classification head size; 0 = none
+    pad_token_id: int = 0
+    decoder_start_token_id: int = 0  # T5 starts decoding with pad
+
+    dropout_rate: float = 0.0
+    dtype: DType = "float32"  # activation / compute dtype
+    param_dtype: DType = "float32"  # master weights
+    scan_layers: bool = False  # nn.scan over layers: one compiled block, params stacked on "layers"
+    remat: Remat = "none"  # rematerialization policy of each block
+
+    def __post_init__(self):
+        for field, choice in _CHOICES.items():
+            allowed = choice.__args__
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ConfigError(f"{self.name}: {field}={value!r} is not one of {allowed}.")
+        for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"{self.name}: {field}={getattr(self, field)} must be positive.")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ConfigError(
+                f"{self.name}: num_heads={self.num_heads} does not divide d_model={self.d_model}; "
+                "choose a divisor or set head_dim explicitly."
+            )
+        if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
+            raise ConfigError(
+                f"{self.name}: num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}; "
+                "grouped-query attention needs num_heads to be a multiple of num_kv_heads."
+            )
+        if self.position == "rope" and self.dim_per_head % 2:
+            raise ConfigError(f"{self.name}: RoPE needs an even head_dim, got {self.dim_per_head}.")
+        if self.family == "encoder_decoder" and self.position != "relative":
+            raise ConfigError(f"{self.name}: encoder_decoder models use position='relative' (T5).")
+        if self.family != "encoder" and (self.type_vocab_size or self.pooler):
+            raise ConfigError(f"{self.name}: type_vocab_size and pooler belong to encoder (BERT) models.")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ConfigError(f"{self.name}: dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+    # Derived sizes, named by their dimension letters.
+    @property
+    def kv_heads(self) -> int:
+        """K: number of key/value heads."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        """Dh: width of one attention head."""
+        return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **overrides: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"{self.name}: unknown config field(s) {unknown}.")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

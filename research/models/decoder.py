@@ -1,0 +1,123 @@
+"""Decoder-only language models: GPT-2 style and LLaMA style as options of one module.
+
+GPT-2: learned positions, pre-LayerNorm with biases, GELU (tanh), tied embeddings.
+LLaMA: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied LM head, no biases.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.attention import Attention, LayerCache, init_layer_cache
+from research.models.config import ModelConfig
+from research.models.layers import Dense, Embed, Mlp, Norm, constrain
+from research.models.stack import run_stack, stack_caches
+
+Array = jax.Array
+ACT_BTD = ("activation_batch", "activation_length", "activation_embed")
+
+
+class DecoderCache(NamedTuple):
+    """Decoding state: per-layer keys/values, the segment id held in each of the S slots
+    (0 = empty or padding), and the next slot to write."""
+
+    layers: Any  # list[LayerCache], or one LayerCache stacked on L under scan_layers
+    segment_BS: Array
+    index: Array  # int32 scalar
+
+
+def init_decoder_cache(config: ModelConfig, batch: int, max_len: int) -> DecoderCache:
+    """An empty cache for `batch` sequences of up to `max_len` tokens in total."""
+    layers = [init_layer_cache(config, batch, max_len) for _ in range(config.num_layers)]
+    if config.scan_layers:
+        layers = stack_caches(layers)
+    return DecoderCache(layers, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+class DecoderBlock(nn.Module):
+    """One causal self-attention + MLP block, pre- or post-norm."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, cache: LayerCache | None, mask_BTS: Array, positions_BT: Array,
+                 cache_index: Array | None) -> tuple[Array, LayerCache | None]:
+        cfg = self.config
+        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+        attention = Attention(cfg, name="attention")
+        mlp = Mlp(cfg, name="mlp")
+        attention_norm, mlp_norm = Norm(cfg, name="attention_norm"), Norm(cfg, name="mlp_norm")
+        x_BTD = constrain(x_BTD, ACT_BTD)
+        if cfg.norm_placement == "pre":
+            y_BTD, cache = attention(attention_norm(x_BTD), mask_BTS, positions_BT=positions_BT, cache=cache,
+                                     cache_index=cache_index, deterministic=self.deterministic)
+            x_BTD = x_BTD + drop(y_BTD)
+            x_BTD = x_BTD + drop(mlp(mlp_norm(x_BTD), deterministic=self.deterministic))
+        else:
+            y_BTD, cache = attention(x_BTD, mask_BTS, positions_BT=positions_BT, cache=cache,
+                                     cache_index=cache_index, deterministic=self.deterministic)
+            x_BTD = attention_norm(x_BTD + drop(y_BTD))
+            x_BTD = mlp_norm(x_BTD + drop(mlp(x_BTD, deterministic=self.deterministic)))
+        return x_BTD, cache
+
+
+class Decoder(nn.Module):
+    """tokens [B, T] -> logits [B, T, V]; with `cache`, returns (logits, new cache).
+
+    segment_ids_BT: 0 marks padding; packed rows use 1, 2, ... per document so attention
+    never crosses documents. positions_BT: position of each token within its document.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
+                 segment_ids_BT: Array | None = None, cache: DecoderCache | None = None,
+                 deterministic: bool = True, return_hidden: bool = False):
+        cfg = self.config
+        b, t = tokens_BT.shape
+        if segment_ids_BT is None:
+            segment_ids_BT = jnp.ones((b, t), jnp.int32)
+        if positions_BT is None:
+            start = 0 if cache is None else cache.index
+            positions_BT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+
+        token_embed = Embed(cfg.vocab_size, cfg, name="token_embed")
+        x_BTD = token_embed(tokens_BT)
+        if cfg.position == "learned":
+            x_BTD = x_BTD + Embed(cfg.max_len, cfg, axes=("positions", "embed"), name="position_embed")(positions_BT)
+        x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
+
+        if cache is None:
+            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_ids_BT, jnp.arange(t), jnp.arange(t))
+            x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, mask_BTS, positions_BT, None,
+                                 deterministic=deterministic, name="layers")
+            new_cache = None
+        else:
+            slots_S = jnp.arange(cache.segment_BS.shape[1])
+            segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
+            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)
+            x_BTD, layers = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, cache.layers, mask_BTS,
+                                      positions_BT, cache.index, deterministic=deterministic, name="layers")
+            new_cache = DecoderCache(layers, segment_BS, cache.index + t)
+
+        if cfg.norm_placement == "pre":
+            x_BTD = Norm(cfg, name="final_norm")(x_BTD)
+        if return_hidden:
+            return x_BTD if cache is None else (x_BTD, new_cache)
+        if cfg.tie_embeddings:
+            logits_BTV = token_embed.attend(x_BTD)
+        else:
+            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, name="lm_head")(x_BTD)
+        logits_BTV = constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
+        return logits_BTV if cache is None else (logits_BTV, new_cache)
+
+
+def _causal_segment_mask(q_segment_BT: Array, kv_segment_BS: Array, q_slot_T: Array, kv_slot_S: Array) -> Array:
+    """Attend to earlier-or-equal slots of the same (non-padding) segment."""
+    same = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
+    return same & (kv_slot_S[None, None, :] <= q_slot_T[None, :, None])

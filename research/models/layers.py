@@ -1,0 +1,145 @@
+"""Building blocks shared by all three families: dense, norms, MLP, embeddings.
+
+Every parameter is created with logical axis names (research/sharding.py maps them to
+mesh axes). Shapes use the legend in research/models/__init__.py.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ModelConfig
+
+Array = jax.Array
+INIT_STD = 0.02
+
+
+def kernel_init(axes: Sequence[str], std: float = INIT_STD):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(axes))
+
+
+def zeros_init(axes: Sequence[str]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes))
+
+
+def ones_init(axes: Sequence[str]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(axes))
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+    }[name]
+
+
+def constrain(x: Array, axes: Sequence[str]) -> Array:
+    """Logical sharding constraint on an activation (a no-op outside a mesh)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+class Dense(nn.Module):
+    """DenseGeneral over the last `len(in_axes)` dims with logical axis names.
+
+    kernel shape = in_shape + features; e.g. q projection 'BTD,DHK->BTHK'.
+    """
+
+    features: tuple[int, ...]
+    in_axes: tuple[str, ...]
+    out_axes: tuple[str, ...]
+    config: ModelConfig
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        n_in = len(self.in_axes)
+        kernel = self.param("kernel", kernel_init(self.in_axes + self.out_axes),
+                            tuple(x.shape[-n_in:]) + tuple(self.features), cfg.weight_dtype)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
+                                (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)
+            y = y + bias.astype(cfg.compute_dtype)
+        return y
+
+
+class Norm(nn.Module):
+    """LayerNorm (with bias when config.use_bias) or scale-only RMSNorm, in float32."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        # Statistics in float32 even under bf16 compute: norms are where precision is lost.
+        x32 = x.astype(jnp.float32)
+        if cfg.norm == "rmsnorm":
+            y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
+        else:
+            mean = jnp.mean(x32, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+        scale = self.param("scale", ones_init(("embed",)), (x.shape[-1],), cfg.weight_dtype)
+        y = y * scale.astype(jnp.float32)
+        if cfg.norm == "layernorm" and cfg.use_bias:
+            bias = self.param("bias", zeros_init(("embed",)), (x.shape[-1],), cfg.weight_dtype)
+            y = y + bias.astype(jnp.float32)
+        return y.astype(cfg.compute_dtype)
+
+
+class Mlp(nn.Module):
+    """Feed-forward block: act(x W_in) W_out, or the gated act(x W_0) * (x W_1) W_out."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        act = activation_fn(cfg.activation)
+        dense = lambda f, i, o, name: Dense((f,), i, o, cfg, use_bias=cfg.use_bias, name=name)
+        if cfg.gated_mlp:
+            h_BTF = act(dense(cfg.d_ff, ("embed",), ("mlp",), "wi_0")(x_BTD)) * dense(
+                cfg.d_ff, ("embed",), ("mlp",), "wi_1")(x_BTD)
+        else:
+            h_BTF = act(dense(cfg.d_ff, ("embed",), ("mlp",), "wi")(x_BTD))
+        h_BTF = constrain(h_BTF, ("activation_batch", "activation_length", "activation_mlp"))
+        h_BTF = nn.Dropout(cfg.dropout_rate)(h_BTF, deterministic=deterministic)
+        return dense(cfg.d_model, ("mlp",), ("embed",), "wo")(h_BTF)
+
+
+class Embed(nn.Module):
+    """A lookup table [N, D]; `attend` gives logits against it for tied LM heads."""
+
+    num_embeddings: int
+    config: ModelConfig
+    axes: tuple[str, str] = ("vocab", "embed")
+
+    def setup(self):
+        cfg = self.config
+        self.embedding = self.param("embedding", kernel_init(self.axes), (self.num_embeddings, cfg.d_model),
+                                    cfg.weight_dtype)
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.config.compute_dtype)
+
+    def attend(self, x_BTD: Array) -> Array:
+        """'BTD,VD->BTV' against the table."""
+        cfg = self.config
+        return jnp.einsum("BTD,VD->BTV", x_BTD.astype(cfg.compute_dtype),
+                          self.embedding.astype(cfg.compute_dtype))
+
+
+def remat_policy(name: str):
+    return {
+        "none": None,
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    }[name]

@@ -1,0 +1,99 @@
+"""Device meshes and the logical-axis rules that map model axes onto them.
+
+Every parameter and key activation in research.models names its axes logically
+("embed", "heads", ...). A rules table maps each logical name to a physical mesh axis
+(data, fsdp, tensor) or to None (replicated). Rules live in the experiment config so a
+user can re-shard a model without touching it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis names used by the model zoo. Parameters use the first group; activations
+# use the "activation_" names so that e.g. a batch dimension can take (data, fsdp) while
+# the embed dimension of a weight takes fsdp, without the two competing in one spec.
+PARAM_AXES = (
+    "vocab", "embed", "heads", "kv_heads", "kv", "mlp", "layers",
+    "positions", "token_types", "relpos_buckets", "classes",
+)
+ACTIVATION_AXES = (
+    "activation_batch", "activation_length", "activation_embed",
+    "activation_heads", "activation_kv", "activation_mlp", "activation_vocab",
+    "cache_batch", "cache_length", "cache_heads", "cache_kv",
+)
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# FSDP shards weights along embed; tensor parallelism splits heads, MLP and vocab
+# (Megatron style); batch is split over every data-like axis.
+DEFAULT_RULES: Rules = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("positions", None),
+    ("token_types", None),
+    ("relpos_buckets", None),
+    ("classes", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_length", None),
+    ("cache_heads", "tensor"),
+    ("cache_kv", None),
+)
+
+
+def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh of `shape` (one -1 entry fills the rest) over `devices` (default: all)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != len(axis_names):
+        raise ValueError(f"mesh shape {tuple(shape)} needs one size per axis {tuple(axis_names)}.")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(shape)} has more than one -1; at most one axis can fill the rest.")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        if known <= 0 or len(devices) % known:
+            raise ValueError(f"mesh shape {tuple(shape)} cannot fill {len(devices)} devices.")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(
+            f"mesh shape {tuple(shape)} holds {int(np.prod(shape))} devices but {len(devices)} are "
+            "available; make the product equal the device count or use -1 for one axis."
+        )
+    device_grid = np.asarray(devices).reshape(shape)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(axis_names)
+    return Mesh(device_grid, tuple(axis_names), axis_types=axis_types)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """Map a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def unmapped_logical_axes(logical_specs, rules: Rules = DEFAULT_RULES) -> set[str]:
+    """Logical axis names in `logical_specs` that no rule mentions (should be empty)."""
+    ruled = {name for name, _ in rules}
+    seen: set[str] = set()
+    for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)):
+        seen.update(axis for axis in spec if axis is not None)
+    return seen - ruled

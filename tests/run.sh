@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: installs everything the suite needs, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+# Two workers: CI machines have 2 cores; each worker sees 8 fake CPU devices (conftest.py).
+exec python -m pytest -q -n 2 tests "$@"
