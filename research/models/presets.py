@@ -79,13 +79,14 @@ def scaling_ladder_config(non_embedding_params: float, *, aspect: int = LADDER_A
                           vocab_size: int = 50257, max_len: int = 1024, name: str | None = None) -> ModelConfig:
     """A GPT-2-style decoder with about `non_embedding_params` (12 L D^2) at D = aspect * L.
 
-    D is rounded to a multiple of its head width (16 below D=256, else 64).
+    D is rounded to a multiple of its head width (4 below D=64, 16 below D=256, else 64): at
+    the 1e4 end a coarser step cannot land within 25% of the target.
     """
     if non_embedding_params < 1e3:
         raise ConfigError(f"non_embedding_params={non_embedding_params:g} is too small for a ladder model (>= 1e3).")
     num_layers = max(1, round((non_embedding_params / (12 * aspect**2)) ** (1 / 3)))
     d_exact = math.sqrt(non_embedding_params / (12 * num_layers))
-    head_dim = 16 if d_exact < 256 else 64
+    head_dim = 4 if d_exact < 64 else 16 if d_exact < 256 else 64
     d_model = max(head_dim, head_dim * round(d_exact / head_dim))
     return ModelConfig(name=name or f"ladder-{non_embedding_params:.0e}", d_model=d_model, num_layers=num_layers,
                        num_heads=d_model // head_dim, d_ff=4 * d_model,

@@ -1,0 +1,408 @@
+"""How large is a model: parameter counts, FLOPs per token and memory, from its config alone.
+
+Everything here is arithmetic on a ModelConfig (nothing is allocated or traced), so it is
+instant even for a 13B preset; tests/models/test_presets.py checks the counts against
+`jax.eval_shape(model.init)` for every preset.
+
+Conventions (Kaplan et al. 2020, "Scaling Laws for Neural Language Models"):
+  * embedding parameters = token embedding + learned position table + token-type table
+    + T5 relative-position bias tables + an untied LM head (and BERT's MLM output bias).
+    Kaplan et al. exclude all embedding and unembedding matrices from N, so a tied model and
+    its untied twin have the same non-embedding count.
+  * non-embedding = total - embedding: attention, MLP, norms and biases, pooler and heads.
+  * backbone = total minus task heads (BERT's `mlm_head` and `classifier`), i.e. what HF's
+    BertModel holds; for decoders and T5 the backbone is the whole model.
+
+CLI:
+    python -m research.models.sizing --model=gpt2-small [--json] [--seq_len=1024]
+        [--override=num_layers=4 --override=d_model=256]
+    python -m research.models.sizing            # one row per preset
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+import types
+import typing
+from typing import Any, Literal, Sequence
+
+import jax
+from absl import app, flags
+
+from research.models.config import ConfigError, ModelConfig
+from research.models.encoder import HEAD_PARAMS
+from research.models.layout import unbox
+from research.models.presets import get_config, preset_names
+
+ServeDType = Literal["float32", "bfloat16", "int8"]
+TrainPrecision = Literal["float32", "bfloat16"]
+BYTES_PER_VALUE: dict[str, int] = {"float32": 4, "bfloat16": 2, "int8": 1}
+# Bytes of training state per parameter, with Adam (activations not included):
+#   float32:  weights 4 + grads 4 + Adam m 4 + Adam v 4                          = 16
+#   bfloat16 mixed precision (ZeRO, Rajbhandari et al. 2020, sec. 3.1): bf16 weights 2 +
+#             bf16 grads 2 + f32 master weights 4 + f32 Adam m 4 + f32 Adam v 4 = 16
+# This codebase's bf16 recipe (f32 params cast to bf16 inside each layer, f32 grads) also
+# holds 4 + 4 + 4 + 4 = 16 bytes, so the figure is the same however bf16 is arranged:
+# mixed precision saves activation memory and time, not optimizer-state memory.
+TRAIN_BYTES_PER_PARAM: dict[str, int] = {"float32": 4 + 4 + 4 + 4, "bfloat16": 2 + 2 + 4 + 4 + 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of one model (see the module docstring for the conventions)."""
+
+    total: int  # every parameter the module creates, task heads included
+    embedding: int
+    non_embedding: int  # total - embedding
+    backbone: int  # total - task heads; == total except for encoders with heads
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsPerToken:
+    """Matmul FLOPs per token (a multiply-add is 2 FLOPs), Kaplan et al. 2020 Table 1.
+
+    forward/train are per target token; for encoder_decoder, forward = decoder_forward +
+    encoder_forward * source_len / target_len. For decoders encoder_forward is 0; for
+    encoders decoder_forward is 0.
+    """
+
+    forward: int
+    train: int  # 3 x forward: the backward pass costs twice the forward
+    encoder_forward: int  # per source token
+    decoder_forward: int  # per target token
+
+
+# --- Parameter counts ------------------------------------------------------------------
+
+def _norm(cfg: ModelConfig) -> int:
+    return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.use_bias else 1)
+
+
+def _attention(cfg: ModelConfig) -> int:
+    """q [D,H,Dh], k and v [D,K,Dh], out [H,Dh,D], plus their biases."""
+    d, q_width, kv_width = cfg.d_model, cfg.num_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
+    weights = d * q_width + 2 * d * kv_width + q_width * d
+    return weights + ((q_width + 2 * kv_width + d) if cfg.use_bias else 0)
+
+
+def _mlp(cfg: ModelConfig) -> int:
+    inputs = 2 if cfg.gated_mlp else 1
+    weights = (inputs + 1) * cfg.d_model * cfg.d_ff
+    return weights + ((inputs * cfg.d_ff + cfg.d_model) if cfg.use_bias else 0)
+
+
+def _final_norm(cfg: ModelConfig) -> int:
+    # Pre-norm stacks end with a norm; post-norm blocks already end with one.
+    return _norm(cfg) if cfg.norm_placement == "pre" else 0
+
+
+def _self_attention_stack(cfg: ModelConfig, num_layers: int) -> int:
+    """Decoder (GPT-2/LLaMA), BERT or T5-encoder blocks: attention + MLP + 2 norms each."""
+    return num_layers * (_attention(cfg) + _mlp(cfg) + 2 * _norm(cfg)) + _final_norm(cfg)
+
+
+def _t5_decoder_stack(cfg: ModelConfig) -> int:
+    """T5 decoder blocks: self-attention + cross-attention + MLP + 3 norms each."""
+    return cfg.num_layers * (2 * _attention(cfg) + _mlp(cfg) + 3 * _norm(cfg)) + _final_norm(cfg)
+
+
+def _dense_with_bias(cfg: ModelConfig, features: int) -> int:
+    # BERT's pooler, MLM transform and classifier always carry biases (as in HF), whatever use_bias says.
+    return cfg.d_model * features + features
+
+
+def _encoder_heads(cfg: ModelConfig) -> tuple[int, int]:
+    """(non-embedding, embedding) params of BERT's task heads (research/models/encoder.py):
+    mlm_head = transform dense + norm, then a tied (or untied [D, V]) decoder plus an output
+    bias [V], both counted as unembedding; classifier = dense to num_labels over the pooled
+    output, which exists only with a pooler."""
+    mlm_transform = _dense_with_bias(cfg, cfg.d_model) + _norm(cfg)
+    classifier = _dense_with_bias(cfg, cfg.num_labels) if cfg.pooler and cfg.num_labels else 0
+    return mlm_transform + classifier, cfg.vocab_size + _untied_head(cfg)
+
+
+def _untied_head(cfg: ModelConfig) -> int:
+    return 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size  # [D, V], no bias
+
+
+def _token_and_position_tables(cfg: ModelConfig) -> int:
+    tables = cfg.vocab_size * cfg.d_model + cfg.type_vocab_size * cfg.d_model
+    if cfg.position == "learned":
+        tables += cfg.max_len * cfg.d_model
+    if cfg.position == "relative" and cfg.family == "encoder_decoder":
+        tables += 2 * cfg.relative_buckets * cfg.num_heads  # one [buckets, H] table per stack
+    return tables
+
+
+def param_counts(config: ModelConfig) -> ParamCounts:
+    """Analytic parameter counts of the module research.models.build_model(config) creates."""
+    cfg = config
+    embedding = _token_and_position_tables(cfg)
+    heads = 0
+    if cfg.family == "decoder":
+        embedding += _untied_head(cfg)
+        non_embedding = _self_attention_stack(cfg, cfg.num_layers)
+    elif cfg.family == "encoder":
+        pooler = _dense_with_bias(cfg, cfg.d_model) if cfg.pooler else 0
+        head_non_embedding, head_embedding = _encoder_heads(cfg)
+        # BERT normalises the summed embeddings ("embed_norm") before its post-norm blocks.
+        non_embedding = _norm(cfg) + _self_attention_stack(cfg, cfg.num_layers) + pooler + head_non_embedding
+        embedding += head_embedding
+        heads = head_non_embedding + head_embedding
+    else:
+        embedding += _untied_head(cfg)
+        non_embedding = _self_attention_stack(cfg, cfg.encoder_layers) + _t5_decoder_stack(cfg)
+    total = embedding + non_embedding
+    return ParamCounts(total=total, embedding=embedding, non_embedding=non_embedding, backbone=total - heads)
+
+
+def count_param_tree(params: Any, *, exclude_heads: bool = False) -> int:
+    """Number of values in a params tree (arrays, ShapeDtypeStructs or flax boxes).
+
+    exclude_heads drops an Encoder's top-level task heads (encoder.HEAD_PARAMS), giving
+    the backbone count.
+    """
+    params = unbox(params)
+    if exclude_heads:
+        params = {k: v for k, v in params.items() if k not in HEAD_PARAMS}
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+# --- FLOPs ----------------------------------------------------------------------------
+
+def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_len: int | None = None,
+                    include_embedding: bool = False) -> FlopsPerToken:
+    """Kaplan et al. 2020 Table 1: C_forward = 2N + 2 n_layer n_ctx d_attn, training = 3 C_forward.
+
+    N is the backbone's non-embedding count (norms and biases included, which Kaplan drop as
+    sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). The
+    2 n_layer n_ctx d_attn term is Kaplan's count for attention logits and the weighted sum;
+    we use it for every attention (causal, bidirectional and T5's cross-attention alike).
+
+    encoder_decoder: encoder tokens cost 2 N_enc + 2 L_enc S d_attn each; decoder tokens
+    2 N_dec + 2 L_dec T d_attn (self) + 2 L_dec S d_attn (cross), with T = seq_len and
+    S = source_len (default seq_len, i.e. equal source and target lengths).
+
+    include_embedding adds the unembedding matmul, 2 D V per (target) token forward; the
+    input lookup is a gather and costs no matmul FLOPs.
+    """
+    cfg = config
+    n_ctx = cfg.max_len if seq_len is None else seq_len
+    source = n_ctx if source_len is None else source_len
+    for flag, value in (("seq_len", n_ctx), ("source_len", source)):
+        if value <= 0:
+            raise ConfigError(f"{flag}={value} must be a positive number of tokens.")
+    d_attn = cfg.num_heads * cfg.dim_per_head
+    unembed = 2 * cfg.d_model * cfg.vocab_size if include_embedding else 0
+    encoder_forward = decoder_forward = 0
+    if cfg.family == "decoder":
+        decoder_forward = 2 * param_counts(cfg).non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        forward = decoder_forward
+    elif cfg.family == "encoder":
+        counts = param_counts(cfg)
+        heads_non_embedding, _ = _encoder_heads(cfg)
+        backbone_non_embedding = counts.non_embedding - heads_non_embedding
+        encoder_forward = 2 * backbone_non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        forward = encoder_forward
+    else:
+        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + 2 * cfg.encoder_layers * source * d_attn
+        decoder_forward = (2 * _t5_decoder_stack(cfg) + 2 * cfg.num_layers * (n_ctx + source) * d_attn + unembed)
+        # Integer division is exact for equal lengths, the common case.
+        forward = decoder_forward + encoder_forward * source // n_ctx
+    return FlopsPerToken(forward=forward, train=3 * forward, encoder_forward=encoder_forward,
+                         decoder_forward=decoder_forward)
+
+
+# --- Memory ---------------------------------------------------------------------------
+
+def _bytes_per_value(dtype: str, allowed: Sequence[str]) -> int:
+    if dtype not in allowed:
+        raise ConfigError(f"dtype={dtype!r} is not one of {tuple(allowed)}.")
+    return BYTES_PER_VALUE[dtype]
+
+
+def weight_bytes(config: ModelConfig, dtype: ServeDType = "bfloat16") -> int:
+    """Bytes to hold all weights for serving (int8: one byte per weight, scales ignored)."""
+    return param_counts(config).total * _bytes_per_value(dtype, typing.get_args(ServeDType))
+
+
+def train_state_bytes(config: ModelConfig, precision: TrainPrecision = "bfloat16") -> int:
+    """Bytes of weights + gradients + Adam state (TRAIN_BYTES_PER_PARAM); no activations."""
+    if precision not in TRAIN_BYTES_PER_PARAM:
+        raise ConfigError(f"precision={precision!r}: train in one of {tuple(TRAIN_BYTES_PER_PARAM)} "
+                          "(int8 is a serving format).")
+    return param_counts(config).total * TRAIN_BYTES_PER_PARAM[precision]
+
+
+def kv_cache_bytes_per_token(config: ModelConfig, dtype: ServeDType = "bfloat16") -> int:
+    """2 (keys and values) * L * K * Dh * bytes for each cached token of one sequence.
+
+    Encoders do not decode (0). For encoder_decoder this is the decoder's self-attention
+    cache per target token; cross-attention keys/values, if cached, cost the same per
+    source token.
+    """
+    if config.family == "encoder":
+        return 0
+    return 2 * config.num_layers * config.kv_heads * config.dim_per_head * _bytes_per_value(
+        dtype, typing.get_args(ServeDType))
+
+
+# --- Reports and human units ----------------------------------------------------------
+
+def size_report(config: ModelConfig, seq_len: int | None = None, source_len: int | None = None) -> dict[str, Any]:
+    """Every figure of this module for one config, as a JSON-serialisable dict."""
+    n_ctx = config.max_len if seq_len is None else seq_len
+    counts = param_counts(config)
+    flops = flops_per_token(config, n_ctx, source_len=source_len)
+    exact = flops_per_token(config, n_ctx, source_len=source_len, include_embedding=True)
+    serve_dtypes = typing.get_args(ServeDType)
+    return {
+        "name": config.name, "family": config.family, "num_layers": config.num_layers,
+        "encoder_layers": config.encoder_layers if config.family == "encoder_decoder" else 0,
+        "d_model": config.d_model, "num_heads": config.num_heads, "kv_heads": config.kv_heads,
+        "head_dim": config.dim_per_head, "d_ff": config.d_ff, "vocab_size": config.vocab_size,
+        "seq_len": n_ctx, "source_len": (n_ctx if source_len is None else source_len)
+        if config.family == "encoder_decoder" else 0,
+        "params": dataclasses.asdict(counts),
+        "flops_per_token": {**dataclasses.asdict(flops), "forward_with_embedding": exact.forward,
+                            "train_with_embedding": exact.train},
+        "weight_bytes": {d: weight_bytes(config, d) for d in serve_dtypes},
+        "train_state_bytes": {p: train_state_bytes(config, p) for p in TRAIN_BYTES_PER_PARAM},
+        "kv_cache_bytes_per_token": {d: kv_cache_bytes_per_token(config, d) for d in serve_dtypes},
+    }
+
+
+def human_count(n: float) -> str:
+    """124439808 -> '124.4M' (K, M, B, T are powers of 1000)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:g}"
+
+
+def human_bytes(n: float) -> str:
+    """1_244_398_080 -> '1.2 GB' (decimal units: 1 GB = 1e9 bytes)."""
+    for scale, suffix in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {suffix}"
+    return f"{n:g} B"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable multi-line summary of `size_report`."""
+    p, f = report["params"], report["flops_per_token"]
+    layers = (f"L={report['encoder_layers']}+{report['num_layers']} (encoder+decoder)"
+              if report["family"] == "encoder_decoder" else f"L={report['num_layers']}")
+    lines = [
+        f"{report['name']} ({report['family']}): {layers} D={report['d_model']} H={report['num_heads']} "
+        f"K={report['kv_heads']} Dh={report['head_dim']} F={report['d_ff']} V={report['vocab_size']}",
+        f"params: total {human_count(p['total'])} ({p['total']:,}), embedding {human_count(p['embedding'])}, "
+        f"non-embedding {human_count(p['non_embedding'])} ({p['non_embedding']:,})"
+        + (f", backbone {human_count(p['backbone'])} ({p['backbone']:,})" if p["backbone"] != p["total"] else ""),
+        f"FLOPs/token at seq_len={report['seq_len']}"
+        + (f", source_len={report['source_len']}" if report["source_len"] else "")
+        + f": forward {human_count(f['forward'])}, train {human_count(f['train'])} (6N + 6 L n_ctx d_attn); "
+        f"with unembedding: train {human_count(f['train_with_embedding'])}",
+        "serve weights: " + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["weight_bytes"].items()),
+        "train state (weights + grads + Adam m, v; no activations): "
+        + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["train_state_bytes"].items()),
+    ]
+    kv = report["kv_cache_bytes_per_token"]
+    if kv["bfloat16"]:
+        lines.append("KV cache per token: " + ", ".join(f"{d} {human_bytes(b)}" for d, b in kv.items())
+                     + f"; bfloat16 for {report['seq_len']} tokens: {human_bytes(kv['bfloat16'] * report['seq_len'])}")
+    return "\n".join(lines)
+
+
+def format_table(reports: Sequence[dict[str, Any]]) -> str:
+    """One row per report: family, L, D, H, total, non-embedding, train FLOPs/token, bf16 train memory."""
+    header = ("preset", "family", "L", "D", "H", "total", "non-emb", "train FLOPs/tok", "bf16 train mem")
+    rows = [header]
+    for r in reports:
+        layers = f"{r['encoder_layers']}+{r['num_layers']}" if r["family"] == "encoder_decoder" else str(r["num_layers"])
+        rows.append((r["name"], r["family"], layers, str(r["d_model"]), str(r["num_heads"]),
+                     human_count(r["params"]["total"]), human_count(r["params"]["non_embedding"]),
+                     human_count(r["flops_per_token"]["train"]), human_bytes(r["train_state_bytes"]["bfloat16"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'num_layers=4' -> ('num_layers', 4), the value parsed by the ModelConfig field's type."""
+    field, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--override={text!r} is not field=value; write e.g. --override=num_layers=4.")
+    hints = typing.get_type_hints(ModelConfig)
+    if field not in hints:
+        near = difflib.get_close_matches(field, hints, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"fields: {', '.join(sorted(hints))}."
+        raise ConfigError(f"--override={text!r}: ModelConfig has no field {field!r}; {hint}")
+    return field, _parse_value(field, raw, hints[field])
+
+
+def _parse_value(field: str, raw: str, kind: Any) -> Any:
+    options = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None`
+        if raw.lower() == "none":
+            return None
+        return _parse_value(field, raw, next(o for o in options if o is not type(None)))
+    if typing.get_origin(kind) is Literal:
+        if raw not in options:
+            raise ConfigError(f"--override {field}={raw!r}: choose one of {options}.")
+        return raw
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"--override {field}={raw!r}: expected true or false.")
+        return raw.lower() in ("true", "1")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"--override {field}={raw!r}: expected {kind.__name__}, e.g. {field}=4.") from None
+
+
+def cli_output(model: str | None, overrides: Sequence[str] = (), seq_len: int | None = None,
+               source_len: int | None = None, as_json: bool = False) -> str:
+    """The text the CLI prints: one model's report, or a table of every preset."""
+    if model is None:
+        if overrides:
+            raise ConfigError("--override needs --model; pick a preset, e.g. --model=gpt2-small.")
+        reports = [size_report(get_config(name), seq_len, source_len) for name in preset_names()]
+        return json.dumps(reports, indent=2) if as_json else format_table(reports)
+    config = get_config(model, **dict(parse_override(o) for o in overrides))
+    report = size_report(config, seq_len, source_len)
+    return json.dumps(report, indent=2) if as_json else format_report(report)
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The CLI's absl flags, defined on `flag_values` (tests parse with a fresh FlagValues)."""
+    flags.DEFINE_string("model", None, "Preset name (research.models.preset_names()); omit for a table "
+                        "of all presets.", flag_values=flag_values)
+    flags.DEFINE_multi_string("override", [], "field=value for a ModelConfig field; repeatable.",
+                              flag_values=flag_values)
+    flags.DEFINE_integer("seq_len", None, "Context length n_ctx for FLOPs (default: the config's max_len).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("source_len", None, "Encoder-decoder source length (default: seq_len).",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("json", False, "Print JSON instead of text.", flag_values=flag_values)
+
+
+def _main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    fv = flags.FLAGS
+    try:
+        print(cli_output(fv.model, fv.override, fv.seq_len, fv.source_len, fv.json))
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a program, so importing sizing never claims flag names.
+    define_flags(flags.FLAGS)
+    app.run(_main)

@@ -1,0 +1,164 @@
+"""Sizing arithmetic against hand computation, module counts for config variants, and the CLI."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from absl import flags
+
+from research.models import ConfigError, ModelConfig, build_model, get_config
+from research.models import sizing
+
+
+def test_gpt2_small_flops_match_kaplan_by_hand():
+    # Non-embedding N, per layer (D=768, F=3072, biases, 2 LayerNorms of scale+bias):
+    #   attention q,k,v: 768*2304 + 2304 = 1,771,776;  out: 768*768 + 768 = 590,592
+    #   MLP: 768*3072 + 3072 + 3072*768 + 768 = 4,722,432;  norms: 4*768 = 3,072
+    #   = 7,087,872 per layer; 12 layers + final LayerNorm (1,536) = 85,056,000.
+    n = 12 * (1_771_776 + 590_592 + 4_722_432 + 3_072) + 1_536
+    assert n == 85_056_000 == sizing.param_counts(get_config("gpt2-small")).non_embedding
+    # C_forward = 2N + 2 n_layer n_ctx d_attn = 170,112,000 + 2*12*1024*768 (18,874,368).
+    flops = sizing.flops_per_token(get_config("gpt2-small"))
+    assert flops.forward == 188_986_368
+    assert flops.train == 6 * 85_056_000 + 6 * 12 * 1024 * 768 == 566_959_104
+    # n_ctx from the argument, not max_len.
+    assert sizing.flops_per_token(get_config("gpt2-small"), 128).train == 6 * n + 6 * 12 * 128 * 768
+    # The unembedding matmul adds 2 D V = 2*768*50257 = 77,194,752 forward per token.
+    exact = sizing.flops_per_token(get_config("gpt2-small"), include_embedding=True)
+    assert exact.forward == 188_986_368 + 77_194_752 and exact.train == 3 * exact.forward
+
+
+def test_t5_flops_halves():
+    config = get_config("t5-small")  # L=6+6, D=512, H*Dh=512, F=2048, no biases, RMSNorm
+    n_enc = 6 * (4 * 512 * 512 + 2 * 512 * 2048 + 2 * 512) + 512  # attention + MLP + 2 norms, final norm
+    n_dec = 6 * (8 * 512 * 512 + 2 * 512 * 2048 + 3 * 512) + 512  # + cross-attention, 3 norms
+    assert n_enc + n_dec == sizing.param_counts(config).non_embedding
+    flops = sizing.flops_per_token(config)  # equal source and target lengths, 512
+    assert flops.encoder_forward == 2 * n_enc + 2 * 6 * 512 * 512
+    assert flops.decoder_forward == 2 * n_dec + 2 * 6 * (512 + 512) * 512  # self + cross
+    assert flops.forward == flops.encoder_forward + flops.decoder_forward
+    # Short targets: each target token also pays for source_len / seq_len = 4 source tokens.
+    short = sizing.flops_per_token(config, 128, source_len=512)
+    assert short.decoder_forward == 2 * n_dec + 2 * 6 * (128 + 512) * 512
+    assert short.forward == short.decoder_forward + 4 * short.encoder_forward
+
+
+def test_memory_of_a_hand_checkable_config():
+    config = ModelConfig(family="decoder", vocab_size=10, d_model=4, num_layers=1, num_heads=2, num_kv_heads=1,
+                         d_ff=8, max_len=6, use_bias=False, norm="rmsnorm", tie_embeddings=False)
+    # embedding: tokens 10*4 + positions 6*4 + untied head 4*10 = 104
+    # non-embedding: q 4*4 + k,v 2*(4*2) + out 4*4 = 48; MLP 2*4*8 = 64; norms 4+4; final 4 -> 124
+    counts = sizing.param_counts(config)
+    assert (counts.total, counts.embedding, counts.non_embedding) == (228, 104, 124)
+    assert [sizing.weight_bytes(config, d) for d in ("float32", "bfloat16", "int8")] == [912, 456, 228]
+    # 16 bytes per param either way: 4+4+4+4 (f32) or 2+2 bf16 weights/grads + 4+4+4 f32 master, m, v.
+    assert sizing.train_state_bytes(config, "float32") == sizing.train_state_bytes(config, "bfloat16") == 3648
+    # KV cache: 2 (k, v) * L=1 * K=1 * Dh=2 values per token.
+    assert [sizing.kv_cache_bytes_per_token(config, d) for d in ("float32", "bfloat16", "int8")] == [16, 8, 4]
+    assert sizing.kv_cache_bytes_per_token(get_config("bert-base")) == 0
+    # llama-7b in bf16: 2 * 32 layers * 32 heads * 128 * 2 bytes = 512 KiB per token.
+    assert sizing.kv_cache_bytes_per_token(get_config("llama-7b")) == 524_288
+
+
+def test_bad_dtypes():
+    config = get_config("gpt2-tiny")
+    with pytest.raises(ConfigError, match="int8 is a serving format"):
+        sizing.train_state_bytes(config, "int8")
+    with pytest.raises(ConfigError, match="'fp8'"):
+        sizing.weight_bytes(config, "fp8")
+    with pytest.raises(ConfigError, match="seq_len=0"):
+        sizing.flops_per_token(config, 0)
+
+
+VARIANTS = [
+    ("gpt2-tiny", {}), ("gpt2-tiny", {"norm_placement": "post", "tie_embeddings": False}),
+    ("gpt2-tiny", {"gated_mlp": True, "num_kv_heads": 2, "head_dim": 8}),
+    ("gpt2-tiny", {"use_bias": False, "position": "rope"}), ("llama-tiny", {}),
+    ("llama-tiny", {"num_kv_heads": 1, "use_bias": True, "norm": "layernorm"}),
+    ("bert-test", {}), ("bert-test", {"num_labels": 3}), ("bert-test", {"num_labels": 3, "pooler": False}),
+    ("bert-test", {"tie_embeddings": False, "use_bias": False, "type_vocab_size": 0}),
+    ("t5-tiny", {}), ("t5-v1_1-tiny", {"num_encoder_layers": 3, "num_kv_heads": 2}),
+]
+
+
+@pytest.mark.parametrize("name,overrides", VARIANTS)
+def test_counts_match_unrolled_module(name, overrides):
+    config = get_config(name, **overrides)
+    model = build_model(config)
+    tokens_BT = jnp.ones((1, 4), jnp.int32)
+    args = (tokens_BT, tokens_BT) if config.family == "encoder_decoder" else (tokens_BT,)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+    counts = sizing.param_counts(config)
+    assert sizing.count_param_tree(params) == counts.total
+    assert sizing.count_param_tree(params, exclude_heads=True) == counts.backbone
+
+
+def test_human_units():
+    assert sizing.human_count(124_439_808) == "124.4M"
+    assert sizing.human_count(6_738_415_616) == "6.7B"
+    assert sizing.human_count(512) == "512"
+    assert sizing.human_bytes(1_244_398_080) == "1.2 GB"
+    assert sizing.human_bytes(36_864) == "36.9 KB"
+
+
+def parse_cli(*args):
+    """Parse CLI flags with absl on a fresh FlagValues, as `python -m` would."""
+    flag_values = flags.FlagValues()
+    sizing.define_flags(flag_values)
+    flag_values(["sizing", *args])
+    return flag_values
+
+
+def run_cli(*args):
+    fv = parse_cli(*args)
+    return sizing.cli_output(fv.model, fv.override, fv.seq_len, fv.source_len, fv.json)
+
+
+def test_cli_report_contains_the_numbers():
+    text = run_cli("--model=gpt2-small")
+    for expected in ("124.4M", "124,439,808", "85,056,000", "567.0M", "248.9 MB", "2.0 GB", "36.9 KB"):
+        assert expected in text, expected
+    # Overrides are parsed by field type: a 4-layer gpt2-small.
+    small = json.loads(run_cli("--model=gpt2-small", "--override=num_layers=4", "--override=scan_layers=true",
+                               "--override=num_kv_heads=None", "--seq_len=128", "--json"))
+    expected = sizing.param_counts(get_config("gpt2-small", num_layers=4))
+    assert small["params"]["total"] == expected.total and small["num_layers"] == 4
+    assert small["flops_per_token"]["train"] == 6 * expected.non_embedding + 6 * 4 * 128 * 768
+
+
+def test_cli_json_and_table_cover_all_presets():
+    report = json.loads(run_cli("--model=bert-base", "--json"))
+    assert report["params"]["backbone"] == 109_482_240
+    assert report["train_state_bytes"]["bfloat16"] == 16 * report["params"]["total"]
+    table = run_cli()
+    rows = table.splitlines()
+    assert rows[0].split()[:5] == ["preset", "family", "L", "D", "H"]
+    assert len(rows) == 1 + len(sizing.preset_names())
+    assert any(row.split()[:3] == ["t5-small", "encoder_decoder", "6+6"] for row in rows)
+    assert len(json.loads(run_cli("--json"))) == len(sizing.preset_names())
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--model=gpt2-small", "--override=num_layer=4"), "no field 'num_layer'; did you mean 'num_layers'"),
+    (("--model=gpt2-small", "--override=num_layers=four"), "num_layers='four': expected int"),
+    (("--model=gpt2-small", "--override=norm=batchnorm"), "choose one of"),
+    (("--model=gpt2-small", "--override=num_layers"), "not field=value"),
+    (("--model=gpt2-smal",), "Did you mean gpt2-small"),
+    (("--override=num_layers=4",), "--override needs --model"),
+])
+def test_cli_bad_input(args, message):
+    with pytest.raises(ConfigError, match=message):
+        run_cli(*args)
+
+
+def test_cli_entry_point():
+    ok = subprocess.run([sys.executable, "-m", "research.models.sizing", "--model=gpt2-tiny", "--json"],
+                        capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(ok.stdout)["params"]["total"] == sizing.param_counts(get_config("gpt2-tiny")).total
+    bad = subprocess.run([sys.executable, "-m", "research.models.sizing", "--model=gpt2-tiny",
+                          "--override=d_modle=8"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == ["error: --override='d_modle=8': ModelConfig has no field "
+                                               "'d_modle'; did you mean 'd_model'?"]
