@@ -1,0 +1,117 @@
+"""DataConfig and TokenizerConfig: what text to read and how to turn it into token ids.
+
+Both are frozen, typed dataclasses validated in `__post_init__`, so a bad choice fails
+with one line naming the value and the fix, before any file is read or model trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+Source = Literal["stdlib", "tfds", "files"]
+SpmModelType = Literal["bpe", "unigram"]
+Normalization = Literal["identity", "nmt_nfkc"]
+
+# Splits of the corpora this package builds itself (stdlib, files); TFDS datasets take any
+# split string their builder knows ("test", "train[:1%]", ...).
+LOCAL_SPLITS = ("train", "validation")
+# Pieces every trained tokenizer reserves, in id order 0..5 (T5 layout: pad 0, eos 1, unk 2).
+SPECIAL_PIECES = ("<pad>", "</s>", "<unk>", "<s>", "<mask>", "\n")
+
+
+class DataError(ValueError):
+    """A user-facing data mistake (bad path, empty split, sizes that do not fit); one line."""
+
+
+def _check_choice(owner: str, field: str, value: Any, choice: Any) -> None:
+    if value not in choice.__args__:
+        raise DataError(f"{owner}: {field}={value!r} is not one of {choice.__args__}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    """A SentencePiece model: load `model_path`, or train one on the data's train split.
+
+    vocab_size counts SentencePiece pieces (pad, eos, unk, bos, <mask>, newline, 256 bytes
+    with byte_fallback, then learned pieces). `num_extra_ids` T5 sentinels are appended
+    above them, so the ids a model sees are [0, vocab_size + num_extra_ids).
+    """
+
+    model_path: str | None = None  # an existing .model file; None = train (cached in workdir)
+    model_type: SpmModelType = "bpe"
+    vocab_size: int = 8192
+    byte_fallback: bool = True  # unseen characters become UTF-8 byte pieces, never <unk>
+    character_coverage: float = 0.9995
+    # identity keeps whitespace (indentation, newlines) so code round-trips exactly.
+    normalization: Normalization = "identity"
+    max_training_chars: int = 20_000_000  # read at most this much of the train split
+    num_extra_ids: int = 0  # T5 sentinels: extra id i = total vocab - 1 - i
+
+    def __post_init__(self):
+        _check_choice("tokenizer", "model_type", self.model_type, SpmModelType)
+        _check_choice("tokenizer", "normalization", self.normalization, Normalization)
+        # pad, eos, unk, bos, <mask>, newline + (256 byte pieces) + at least one learned piece.
+        floor = len(SPECIAL_PIECES) + (256 if self.byte_fallback else 0) + 1
+        if self.model_path is None and self.vocab_size < floor:
+            raise DataError(
+                f"tokenizer: vocab_size={self.vocab_size} is too small to train"
+                f"{' with byte_fallback' if self.byte_fallback else ''}; use vocab_size >= {floor}."
+            )
+        if self.max_training_chars <= 0:
+            raise DataError(f"tokenizer: max_training_chars={self.max_training_chars} must be positive.")
+        if self.num_extra_ids < 0:
+            raise DataError(f"tokenizer: num_extra_ids={self.num_extra_ids} must be >= 0.")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise DataError(f"tokenizer: character_coverage={self.character_coverage} must be in (0, 1].")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where documents come from and how the tokenizer is made.
+
+    source:
+      "stdlib": the .py files of Python's standard library (always present), split into
+                train / validation by a hash of each file's relative path.
+      "tfds":   a TFDS dataset prepared locally as array_record (`tfds_name`, `data_dir`).
+      "files":  local files matching `file_patterns` (.txt/.md/.py/... = one document per
+                file; .jsonl = one document per line, from `text_field`), built once into
+                array_record under `data_dir` by a TFDS builder.
+    """
+
+    source: Source = "stdlib"
+    tfds_name: str = ""  # e.g. "lm1b", "c4/en", "tiny_shakespeare", "wikipedia/20230601.en"
+    data_dir: str = ""  # TFDS data_dir ("" = TFDS default, ~/tensorflow_datasets)
+    file_patterns: tuple[str, ...] = ()  # globs ("**" recurses), source="files"
+    text_field: str = "text"  # feature (tfds) or JSON key (.jsonl) holding the text
+    validation_fraction: float = 0.05  # stdlib / files: share of files (or jsonl lines) held out
+    max_documents: int | None = None  # cap per split, for fast tests and smoke runs
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+    def __post_init__(self):
+        if isinstance(self.tokenizer, Mapping):  # from an ml_collections / dict config
+            object.__setattr__(self, "tokenizer", TokenizerConfig(**self.tokenizer))
+        if isinstance(self.file_patterns, str):
+            object.__setattr__(self, "file_patterns", (self.file_patterns,))
+        object.__setattr__(self, "file_patterns", tuple(self.file_patterns))
+        _check_choice("data", "source", self.source, Source)
+        if self.source == "tfds" and not self.tfds_name:
+            raise DataError("data: source='tfds' needs tfds_name, e.g. tfds_name='lm1b'.")
+        if self.source == "files" and not self.file_patterns:
+            raise DataError("data: source='files' needs file_patterns, e.g. ('corpus/**/*.txt',).")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise DataError(f"data: validation_fraction={self.validation_fraction} must be in [0, 1).")
+        if self.max_documents is not None and self.max_documents <= 0:
+            raise DataError(f"data: max_documents={self.max_documents} must be positive (or None for all).")
+        if not self.text_field:
+            raise DataError("data: text_field must name the feature that holds the text, e.g. 'text'.")
+
+    def describe(self) -> str:
+        """A short human name for messages: 'stdlib', 'tfds:lm1b', 'files:a/*.txt'."""
+        if self.source == "tfds":
+            return f"tfds:{self.tfds_name}"
+        if self.source == "files":
+            return "files:" + ",".join(self.file_patterns)
+        return "stdlib"
+
+    def replace(self, **overrides: Any) -> "DataConfig":
+        return dataclasses.replace(self, **overrides)

@@ -1,0 +1,139 @@
+"""Document sources: one split of a corpus as a random-access sequence of strings.
+
+`document_source(config, split)` is the only entry point the pipeline uses. Every source is
+a grain `MapDataset[str]` (random access, so grain can shuffle, shard and checkpoint by
+index) and opening one reads no documents: bad names, globs and splits fail first.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from typing import Any, Sequence
+
+import grain
+
+from research.data.config import LOCAL_SPLITS, DataConfig, DataError
+
+# Installed packages may live under the stdlib directory; they are not the standard library.
+_NOT_STDLIB = {"site-packages", "dist-packages", "__pycache__"}
+
+
+def in_validation(key: str, validation_fraction: float) -> bool:
+    """Deterministic split of one document by a hash of its key (a relative path or path:line)."""
+    bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return bucket < validation_fraction
+
+
+class TextFileSource:
+    """grain RandomAccessDataSource: element i is the text of file i (read lazily, UTF-8)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self._paths = tuple(paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> str:
+        with open(self._paths[index], encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def __repr__(self) -> str:
+        return f"TextFileSource({len(self._paths)} files)"
+
+
+def stdlib_root() -> str:
+    """The directory of Python's standard library source (sysconfig's 'stdlib' path)."""
+    return sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_files(split: str, *, validation_fraction: float = 0.05,
+                 max_documents: int | None = None) -> list[str]:
+    """Paths of the stdlib .py files in `split`, assigned by a hash of the relative path.
+
+    The order is by that hash (a fixed pseudo-random order), so `max_documents` keeps a
+    deterministic sample of the whole library rather than its first directory.
+    """
+    if split not in LOCAL_SPLITS:
+        raise DataError(f"split={split!r} is not one of {LOCAL_SPLITS} for the stdlib corpus.")
+    root = stdlib_root()
+    keyed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _NOT_STDLIB)
+        for name in filenames:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                if in_validation(rel, validation_fraction) == (split == "validation"):
+                    keyed.append((hashlib.sha1(rel.encode()).hexdigest(), rel))
+    keyed.sort()
+    paths = [os.path.join(root, rel) for _, rel in keyed]
+    return paths[:max_documents] if max_documents else paths
+
+
+def _tfds_source(config: DataConfig, split: str) -> Any:
+    """A prepared TFDS dataset's random-access source; every way it can be missing is one line."""
+    import tensorflow_datasets as tfds  # imported here: ~0.3 s, only the tfds/files sources need it
+
+    where = config.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
+    try:
+        builder = tfds.builder(config.tfds_name, data_dir=config.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"unknown TFDS dataset {config.tfds_name!r}: neither a registered builder nor prepared under "
+            f"{where}; check the name (e.g. 'lm1b', 'c4/en') and data_dir."
+        ) from None
+    if not builder.is_prepared():
+        raise DataError(
+            f"TFDS dataset {config.tfds_name!r} is not prepared under {where}; prepare it there with "
+            f"`tfds build {config.tfds_name} --file_format=array_record` or set data_dir."
+        )
+    if config.text_field not in builder.info.features:
+        raise DataError(f"TFDS dataset {config.tfds_name!r} has no feature {config.text_field!r}; "
+                        f"set text_field to one of {sorted(builder.info.features)}.")
+    if split.split("[")[0] not in builder.info.splits:
+        raise DataError(f"TFDS dataset {config.tfds_name!r} has no split {split!r}; "
+                        f"use one of {sorted(builder.info.splits)}.")
+    try:
+        return builder.as_data_source(split=split)
+    except NotImplementedError:
+        raise DataError(
+            f"TFDS dataset {config.tfds_name!r} under {where} is not in array_record format; re-prepare it "
+            "with --file_format=array_record (random access needs it)."
+        ) from None
+
+
+def _decode_field(field: str):
+    def decode(example: dict) -> str:
+        value = example[field]
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    return decode
+
+
+def document_source(config: DataConfig, split: str) -> grain.MapDataset:
+    """One split of `config`'s corpus as a `MapDataset[str]` of documents, capped at max_documents."""
+    if config.source == "stdlib":
+        ds = grain.MapDataset.source(TextFileSource(stdlib_files(
+            split, validation_fraction=config.validation_fraction, max_documents=config.max_documents)))
+    else:
+        if config.source == "files":
+            from research.data.text_files import text_files_builder  # imports TFDS (~0.3 s)
+            if split not in LOCAL_SPLITS:
+                raise DataError(f"split={split!r} is not one of {LOCAL_SPLITS} for source='files'.")
+            builder = text_files_builder(config.file_patterns, text_field=config.text_field,
+                                         validation_fraction=config.validation_fraction,
+                                         data_dir=config.data_dir or None)
+            # An empty split is not written (TFDS cannot); it reads as no documents.
+            source = builder.as_data_source(split=split) if split in builder.info.splits else []
+            field = "text"
+        else:
+            source, field = _tfds_source(config, split), config.text_field
+        ds = grain.MapDataset.source(source)
+        if config.max_documents:
+            ds = ds[: config.max_documents]
+        ds = ds.map(_decode_field(field))
+    if len(ds) == 0:
+        raise DataError(
+            f"split {split!r} of {config.describe()} has no documents; add data, or for stdlib/files "
+            f"raise validation_fraction={config.validation_fraction} (validation) / lower it (train)."
+        )
+    return ds

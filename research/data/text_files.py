@@ -1,0 +1,132 @@
+"""A TFDS builder for local text files, prepared as array_record without TensorFlow.
+
+tensorflow_datasets 4.9.10 can run a real `tfds.core.GeneratorBasedBuilder` with
+`file_format="array_record"` when TensorFlow is not installed (serialization is pure
+Python; only tfrecord needs TF), so this is an ordinary builder. It writes TFDS's own
+layout, read back by `tfds.data_source` like any prepared dataset:
+
+    {data_dir}/research_text_files/{config}/1.0.0/research_text_files-train.array_record-00000-of-00001
+
+The config name is a digest of the matched files (path, size, mtime), the text field and
+the validation fraction, so a rerun reuses the prepared data and an edited corpus is
+rebuilt. Each record is {"text": document, "origin": "path" or "path:line"}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from typing import Iterator, Sequence
+
+import tensorflow_datasets as tfds
+
+from research.data.config import DataError
+from research.data.sources import in_validation
+
+BUILDER_NAME = "research_text_files"
+
+
+def expand_patterns(patterns: Sequence[str]) -> list[str]:
+    """Sorted, de-duplicated files matching `patterns`; a pattern matching no file is an error."""
+    files: set[str] = set()
+    for pattern in patterns:
+        matched = [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+        if not matched:
+            raise DataError(f"file pattern {pattern!r} matches no files; check the path or the glob "
+                            "('**' matches directories recursively).")
+        files.update(os.path.abspath(p) for p in matched)
+    return sorted(files)
+
+
+def _documents(path: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """(key, text) for each document in one file: a .jsonl line, or the whole file."""
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_no} is not valid JSON ({e.msg}); fix or remove the line.") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise DataError(f"{path}:{line_no} has no field {text_field!r}; set text_field to the "
+                                    "JSON key that holds the text.")
+                yield f"{path}:{line_no}", str(record[text_field])
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield path, f.read()
+
+
+@dataclasses.dataclass(eq=False)
+class TextFilesConfig(tfds.core.BuilderConfig):
+    """Which files make the dataset; `name` is their digest (see module docstring)."""
+
+    files: tuple[str, ...] = ()
+    root: str = ""  # keys are relative to this directory, so the split survives a move
+    text_field: str = "text"
+    validation_fraction: float = 0.05
+    splits: tuple[str, ...] = ("train", "validation")  # the non-empty ones: TFDS cannot write empty splits
+
+
+class ResearchTextFiles(tfds.core.GeneratorBasedBuilder):
+    """Documents from local files, split into train / validation by a hash of each key."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    # Nothing is downloaded, so there are no URL checksums to find next to this module; TFDS's
+    # own lookup of them needs the `importlib_resources` backport, which is not a dependency.
+    code_path = None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Local text files: one document per file, or per line of a .jsonl file.",
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "origin": tfds.features.Text()}),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        return {split: self._generate_examples(split) for split in self.builder_config.splits}
+
+    def _generate_examples(self, split: str):
+        for key, text, in_split in _split_documents(self.builder_config):
+            if in_split == split:
+                yield key, {"text": text, "origin": key}
+
+
+def _split_documents(config: TextFilesConfig) -> Iterator[tuple[str, str, str]]:
+    """(key relative to config.root, text, split) of every non-blank document."""
+    for path in config.files:
+        for key, text in _documents(path, config.text_field):
+            if text.strip():
+                key = os.path.relpath(key, config.root)
+                yield key, text, "validation" if in_validation(key, config.validation_fraction) else "train"
+
+
+def text_files_builder(patterns: Sequence[str], *, text_field: str, validation_fraction: float,
+                       data_dir: str | None) -> ResearchTextFiles:
+    """The builder for `patterns`, prepared (once) under `data_dir`; errors before any work."""
+    files = expand_patterns(patterns)
+    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files]
+    if sum(size for _, size, _ in stats) == 0:
+        raise DataError(f"file patterns {list(patterns)} match only empty files; nothing to train on.")
+    root = os.path.commonpath([os.path.dirname(p) for p in files])
+    fingerprint = json.dumps([[os.path.relpath(p, root), s, m] for p, s, m in stats]
+                             + [text_field, validation_fraction])
+    config = TextFilesConfig(
+        name="files_" + hashlib.sha1(fingerprint.encode()).hexdigest()[:16],
+        description=",".join(patterns),
+        files=tuple(files), root=root, text_field=text_field, validation_fraction=validation_fraction,
+    )
+    builder = ResearchTextFiles(config=config, data_dir=data_dir or None, file_format="array_record")
+    if not builder.is_prepared():
+        # One read before TFDS starts: bad JSON / a missing field / no text fail here, cleanly.
+        splits = {split for _, _, split in _split_documents(config)}
+        if not splits:
+            raise DataError(f"file patterns {list(patterns)} hold no non-blank documents; nothing to train on.")
+        config = dataclasses.replace(config, splits=tuple(sorted(splits)))
+        builder = ResearchTextFiles(config=config, data_dir=data_dir or None, file_format="array_record")
+        builder.download_and_prepare()
+    return builder

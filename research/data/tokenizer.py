@@ -1,0 +1,281 @@
+"""SentencePiece tokenizers: train on a corpus (cached in a workdir), load, encode, decode.
+
+Train from the command line (prints the cached .model path):
+
+    python -m research.data.tokenizer --train --source=stdlib --vocab_size=8192 \
+        --model_type=bpe --workdir=/tmp/tok
+    python -m research.data.tokenizer --model=/tmp/tok/tokenizers/<name>.model --encode="def f(): pass"
+
+Trained models reserve ids 0..5 for pad, eos, unk, bos, <mask>, newline (config.SPECIAL_PIECES;
+T5's pad 0 / eos 1 / unk 2), use identity normalization by default so whitespace
+round-trips, and fall back to UTF-8 byte pieces for unseen characters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from research.data.config import SPECIAL_PIECES, DataConfig, DataError, TokenizerConfig
+
+# SentencePiece rejects longer "sentences"; documents are fed in chunks cut at newlines.
+_MAX_CHUNK_CHARS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """The ids objectives need, independent of SentencePiece (tests build these by hand)."""
+
+    vocab_size: int  # all ids, extra ids included
+    pad_id: int
+    eos_id: int
+    bos_id: int | None  # None: the model has no bos piece (T5)
+    mask_id: int | None  # None: no <mask> / [MASK] piece (masked LM then needs one)
+    num_extra_ids: int = 0  # sentinels: extra id i = vocab_size - 1 - i
+    special_ids: tuple[int, ...] = ()  # never masked or chosen as a random replacement
+
+    def sentinel_id(self, index: int) -> int:
+        return self.vocab_size - 1 - index
+
+
+class Tokenizer:
+    """A SentencePiece model plus `num_extra_ids` T5 sentinels above its pieces; picklable."""
+
+    def __init__(self, model_proto: bytes, *, num_extra_ids: int = 0, path: str | None = None):
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.num_extra_ids = num_extra_ids
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str, *, num_extra_ids: int = 0) -> "Tokenizer":
+        if not os.path.isfile(path):
+            raise DataError(f"tokenizer model {path!r} does not exist; give a SentencePiece .model file.")
+        with open(path, "rb") as f:
+            proto = f.read()
+        try:
+            return cls(proto, num_extra_ids=num_extra_ids, path=path)
+        except RuntimeError:
+            raise DataError(f"{path!r} is not a SentencePiece model; give a .model file.") from None
+
+    def __getstate__(self):
+        return {"proto": self._proto, "num_extra_ids": self.num_extra_ids, "path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["proto"], num_extra_ids=state["num_extra_ids"], path=state["path"])
+
+    @property
+    def piece_size(self) -> int:
+        """Pieces in the SentencePiece model (extra ids not included)."""
+        return self._sp.get_piece_size()
+
+    @property
+    def vocab_size(self) -> int:
+        """Every id this tokenizer can emit: pieces + extra ids. A model needs V >= this."""
+        return self.piece_size + self.num_extra_ids
+
+    def _optional_id(self, value: int) -> int | None:
+        return value if value >= 0 else None
+
+    @property
+    def pad_id(self) -> int:
+        """The pad piece, or 0 when the model has none (padding is masked by segment ids anyway)."""
+        return self._optional_id(self._sp.pad_id()) or 0
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._optional_id(self._sp.bos_id())
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    @property
+    def mask_id(self) -> int | None:
+        for piece in ("<mask>", "[MASK]"):
+            index = self._sp.piece_to_id(piece)
+            if index != self._sp.unk_id() and self._sp.id_to_piece(index) == piece:
+                return index
+        return None
+
+    def sentinel_id(self, index: int) -> int:
+        """T5 sentinel `index` (<extra_id_index>): counts down from the top of the vocabulary."""
+        return self.vocab_size - 1 - index
+
+    def special_tokens(self) -> SpecialTokens:
+        control = [i for i in range(self.piece_size) if self._sp.is_control(i)]
+        extra = list(range(self.piece_size, self.vocab_size))
+        return SpecialTokens(vocab_size=self.vocab_size, pad_id=self.pad_id, eos_id=self.eos_id,
+                             bos_id=self.bos_id, mask_id=self.mask_id, num_extra_ids=self.num_extra_ids,
+                             special_ids=tuple(sorted(set(control + extra + [self.pad_id]))))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of `text`, int32 [N], without bos/eos (objectives add those)."""
+        return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of `ids`; control pieces decode to nothing, extra ids to '<extra_id_i>'."""
+        out, run = [], []
+        for index in np.asarray(ids).reshape(-1).tolist():
+            if index >= self.piece_size:
+                out.append(self._sp.decode(run))
+                run = []
+                out.append(f"<extra_id_{self.vocab_size - 1 - index}>")
+            else:
+                run.append(index)
+        out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """One-line error when the tokenizer emits ids a model's embedding table cannot hold."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise DataError(
+            f"tokenizer vocab_size={tokenizer.vocab_size} is larger than the model's vocab_size="
+            f"{model_vocab_size}; raise the model's vocab_size or train a smaller tokenizer."
+        )
+
+
+def _training_chunks(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Documents cut at newlines into <= _MAX_CHUNK_CHARS pieces, at most `max_chars` in all."""
+    total = 0
+    for text in texts:
+        start = 0
+        while start < len(text) and total < max_chars:
+            end = min(len(text), start + _MAX_CHUNK_CHARS)
+            if end < len(text):
+                cut = text.rfind("\n", start, end)
+                end = cut + 1 if cut > start else end
+            chunk = text[start:end][: max_chars - total]
+            total += len(chunk)
+            start = end
+            if chunk.strip():
+                yield chunk
+        if total >= max_chars:
+            return
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: str) -> Tokenizer:
+    """Train a SentencePiece model on `texts` and write it to `model_path` (atomically)."""
+    chunks = list(_training_chunks(texts, config.max_training_chars))
+    if not chunks:
+        raise DataError("tokenizer: the training text is empty; give a corpus with some text.")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(chunks), model_writer=model,
+            model_type=config.model_type, vocab_size=config.vocab_size,
+            byte_fallback=config.byte_fallback, character_coverage=config.character_coverage,
+            normalization_rule_name=config.normalization, remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, split_digits=True,
+            pad_id=0, eos_id=1, unk_id=2, bos_id=3,
+            control_symbols=[SPECIAL_PIECES[4]], user_defined_symbols=[SPECIAL_PIECES[5]],
+            max_sentence_length=4 * _MAX_CHUNK_CHARS, num_threads=min(4, os.cpu_count() or 1),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        first_line = str(e).strip().splitlines()[-1]
+        raise DataError(f"tokenizer: SentencePiece could not train vocab_size={config.vocab_size} on "
+                        f"{sum(map(len, chunks))} chars ({first_line}); lower vocab_size or add text.") from None
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    tmp_path = f"{model_path}.tmp{os.getpid()}"
+    with open(tmp_path, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp_path, model_path)  # concurrent trainers (several hosts) never see half a file
+    return Tokenizer(model.getvalue(), num_extra_ids=config.num_extra_ids, path=model_path)
+
+
+def cached_model_path(data_config: DataConfig, workdir: str) -> str:
+    """Where `build_tokenizer` caches the model trained for `data_config` under `workdir`."""
+    tok = data_config.tokenizer
+    key = dataclasses.asdict(data_config)
+    key["tokenizer"] = {k: v for k, v in key["tokenizer"].items() if k not in ("model_path", "num_extra_ids")}
+    if data_config.source == "files":  # an edited corpus is a different corpus
+        from research.data.text_files import expand_patterns
+        key["files"] = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
+                        for p in expand_patterns(data_config.file_patterns)]
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    name = f"{data_config.source}_{tok.model_type}_{tok.vocab_size}_{digest}.model"
+    return os.path.join(workdir, "tokenizers", name)
+
+
+def build_tokenizer(data_config: DataConfig, workdir: str) -> Tokenizer:
+    """Load `data_config.tokenizer.model_path`, or train on the train split (once; cached in workdir)."""
+    tok = data_config.tokenizer
+    if tok.model_path:
+        return Tokenizer.load(tok.model_path, num_extra_ids=tok.num_extra_ids)
+    path = cached_model_path(data_config, workdir)
+    if os.path.isfile(path):
+        return Tokenizer.load(path, num_extra_ids=tok.num_extra_ids)
+    from research.data.sources import document_source
+    texts = document_source(data_config, "train")
+    return train_tokenizer((texts[i] for i in range(len(texts))), tok, path)
+
+
+def _main(argv: Sequence[str]) -> None:
+    try:
+        _run_cli()
+    except DataError as e:  # a user mistake: its one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
+
+
+def _run_cli() -> None:
+    from absl import flags
+    f = flags.FLAGS
+    if f.model:
+        tokenizer = Tokenizer.load(f.model, num_extra_ids=f.num_extra_ids)
+    elif f.train:
+        data_config = DataConfig(
+            source=f.source, tfds_name=f.tfds_name, data_dir=f.data_dir, file_patterns=tuple(f.files),
+            text_field=f.text_field, max_documents=f.max_documents,
+            tokenizer=TokenizerConfig(model_type=f.model_type, vocab_size=f.vocab_size,
+                                      byte_fallback=f.byte_fallback, normalization=f.normalization,
+                                      max_training_chars=f.max_training_chars, num_extra_ids=f.num_extra_ids))
+        tokenizer = build_tokenizer(data_config, f.workdir)
+    else:
+        raise DataError("give --train (with --workdir and a corpus) or --model=path/to.model.")
+    print(f"{tokenizer.path}\tvocab_size={tokenizer.vocab_size}")
+    if f.encode:
+        ids = tokenizer.encode(f.encode)
+        print(ids.tolist())
+        print(repr(tokenizer.decode(ids)))
+
+
+def _define_flags() -> None:
+    # Defined only when run as a script, so importing this module adds no global flags.
+    from absl import flags
+    flags.DEFINE_bool("train", False, "Train (or reuse the cached) tokenizer for the corpus below.")
+    flags.DEFINE_string("model", "", "Load this .model instead of training.")
+    flags.DEFINE_string("workdir", "/tmp/research_tokenizers", "Cache directory for trained models.")
+    flags.DEFINE_enum("source", "stdlib", ["stdlib", "tfds", "files"], "Corpus to train on.")
+    flags.DEFINE_string("tfds_name", "", "TFDS dataset name when --source=tfds.")
+    flags.DEFINE_string("data_dir", "", "TFDS data_dir.")
+    flags.DEFINE_list("files", [], "Glob(s) when --source=files.")
+    flags.DEFINE_string("text_field", "text", "Text feature / JSON key.")
+    flags.DEFINE_integer("max_documents", None, "Use at most this many documents.")
+    flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece algorithm.")
+    flags.DEFINE_integer("vocab_size", 8192, "Number of SentencePiece pieces.")
+    flags.DEFINE_bool("byte_fallback", True, "Encode unseen characters as UTF-8 bytes.")
+    flags.DEFINE_enum("normalization", "identity", ["identity", "nmt_nfkc"], "Text normalization.")
+    flags.DEFINE_integer("max_training_chars", 20_000_000, "Train on at most this many characters.")
+    flags.DEFINE_integer("num_extra_ids", 0, "T5 sentinel ids appended above the pieces.")
+    flags.DEFINE_string("encode", "", "Also encode and decode this text.")
+
+
+if __name__ == "__main__":
+    from absl import app
+    _define_flags()
+    app.run(_main)

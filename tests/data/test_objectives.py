@@ -1,0 +1,199 @@
+"""Objectives and packing on handmade token ids: schema, shifts, rates, T5 span statistics."""
+import grain
+import numpy as np
+import pytest
+
+from research.data import CausalLM, DataError, MaskedLM, PrefixLM, SpanCorruption, get_objective
+from research.data.objectives import (causal_lm_examples, corrupt_spans, random_spans_noise_mask,
+                                      span_corruption_lengths)
+from research.data.pipeline import batches_from_token_documents
+from tests.data.handmade import HANDMADE, random_documents
+
+EOS = HANDMADE.eos_id
+
+
+def _batches(documents, objective, *, seq_len, batch_size=4, seed=0):
+    ds = batches_from_token_documents(grain.MapDataset.source(documents), objective=get_objective(objective),
+                                      special=HANDMADE, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                                      num_epochs=1)
+    return list(ds)
+
+
+def _rows(batches):
+    for batch in batches:
+        for r in range(len(next(iter(batch.values())))):
+            yield {k: v[r] for k, v in batch.items()}
+
+
+def test_causal_lm_examples_shift_within_document_and_across_windows():
+    tokens = np.array([10, 11, 12, 13, 14, EOS], np.int32)
+    first, second = causal_lm_examples(tokens, seq_len=4)
+    np.testing.assert_array_equal(first["inputs"], [10, 11, 12, 13])
+    np.testing.assert_array_equal(first["targets"], [11, 12, 13, 14])  # crosses the window edge
+    np.testing.assert_array_equal(first["loss_weights"], [1, 1, 1, 1])
+    np.testing.assert_array_equal(second["inputs"], [14, EOS])
+    np.testing.assert_array_equal(second["targets"], [EOS, 0])
+    np.testing.assert_array_equal(second["loss_weights"], [1, 0])  # the document's last token
+
+
+def test_packed_causal_lm_rows_keep_documents_apart():
+    documents = random_documents(40, max_len=15)  # + eos fits one row: no windowing here
+    seq_len = 16
+    batches = _batches(documents, "causal_lm", seq_len=seq_len)
+    assert {k: (v.shape, v.dtype.name) for k, v in batches[0].items()} == {
+        "inputs": ((4, 16), "int32"), "targets": ((4, 16), "int32"), "segment_ids": ((4, 16), "int32"),
+        "positions": ((4, 16), "int32"), "loss_weights": ((4, 16), "float32")}
+    recovered = []
+    for row in _rows(batches):
+        seg = row["segment_ids"]
+        padding = seg == 0
+        assert not (row["inputs"][padding].any() or row["targets"][padding].any() or row["loss_weights"][padding].any())
+        ids = np.unique(seg[~padding])
+        np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # 1, 2, 3.. in order
+        for s in ids:
+            where = np.flatnonzero(seg == s)
+            assert np.all(np.diff(where) == 1)  # contiguous
+            np.testing.assert_array_equal(row["positions"][where], np.arange(len(where)))
+            recovered.append((row["inputs"][where], row["targets"][where], row["loss_weights"][where]))
+    # Every document (eos appended) comes back whole, once; targets shift within it.
+    expected = sorted(tuple(np.append(d, EOS)) for d in documents)
+    assert sorted(tuple(inputs) for inputs, _, _ in recovered) == expected
+    for inputs, targets, weights in recovered:
+        np.testing.assert_array_equal(targets[:-1], inputs[1:])
+        assert targets[-1] == 0 and weights[-1] == 0 and weights[:-1].all()
+
+
+def test_long_documents_are_windowed_into_full_rows():
+    # 40 tokens + eos at seq_len 16: windows of 16, 16 and 9 tokens, each its own row here.
+    rows = sorted(_rows(_batches([np.arange(5, 45, dtype=np.int32)], "causal_lm", seq_len=16, batch_size=8)),
+                  key=lambda row: -row["segment_ids"].sum() or 1e9 + row["inputs"][0])
+    full = sorted(rows[:2], key=lambda row: row["inputs"][0])
+    for row, start in zip(full, (5, 21)):
+        np.testing.assert_array_equal(row["segment_ids"], np.ones(16))
+        np.testing.assert_array_equal(row["inputs"], np.arange(start, start + 16))
+        np.testing.assert_array_equal(row["targets"], np.arange(start + 1, start + 17))
+    np.testing.assert_array_equal(rows[2]["inputs"][:9], [*range(37, 45), EOS])
+    assert not rows[3:] or not any(r["segment_ids"].any() for r in rows[3:])
+
+
+def test_a_finite_run_pads_its_last_batch_with_empty_rows():
+    # Five documents that fill one row each (15 tokens + eos), batches of 4: 4 rows, then 1 + 3 empty.
+    batches = _batches(random_documents(5, min_len=15, max_len=15), "causal_lm", seq_len=16)
+    assert len(batches) == 2 and batches[0]["segment_ids"].all()
+    np.testing.assert_array_equal(batches[1]["segment_ids"].any(axis=1), [True, False, False, False])
+    for key, value in batches[1].items():
+        assert not value[1:].any(), key
+
+
+def test_prefix_lm_has_no_loss_on_a_random_prefix():
+    rng = np.random.default_rng(0)
+    tokens = np.arange(5, 25, dtype=np.int32)
+    prefixes = set()
+    for _ in range(50):
+        (example,) = PrefixLM().examples(tokens, rng, 32, HANDMADE)
+        weights = example["loss_weights"]
+        first_scored = int(np.argmax(weights))
+        assert weights[first_scored:-1].all() and weights[-1] == 0 and not weights[:first_scored].any()
+        prefixes.add(first_scored)
+    assert len(prefixes) > 5  # the prefix length varies per document
+
+
+def test_prefix_lm_encoder_decoder_splits_each_document():
+    rng = np.random.default_rng(1)
+    tokens = np.arange(5, 25, dtype=np.int32)
+    (ex,) = PrefixLM(encoder_decoder=True).examples(tokens, rng, 32, HANDMADE)
+    assert ex["encoder_inputs"][-1] == EOS and ex["decoder_targets"][-1] == EOS
+    np.testing.assert_array_equal(np.concatenate([ex["encoder_inputs"][:-1], ex["decoder_targets"][:-1]]), tokens)
+    np.testing.assert_array_equal(ex["decoder_inputs"], np.concatenate([[0], ex["decoder_targets"][:-1]]))
+
+
+def test_masked_lm_rates_on_100k_tokens():
+    objective, rng = MaskedLM(), np.random.default_rng(0)
+    examples = [ex for doc in random_documents(400, seed=1, min_len=100, max_len=400)
+                for ex in objective.examples(doc, rng, 128, HANDMADE)]
+    inputs, targets, weights = (np.concatenate([ex[k] for ex in examples])
+                                for k in ("inputs", "targets", "loss_weights"))
+    special = np.isin(targets, HANDMADE.special_ids)
+    assert (~special).sum() > 100_000
+    chosen = weights == 1.0
+    assert set(np.unique(weights)) == {0.0, 1.0}
+    assert not (chosen & special).any()  # bos / eos never chosen
+    assert not (inputs != targets)[~chosen].any()  # only chosen tokens change
+    assert abs(chosen.sum() / (~special).sum() - 0.15) < 0.01
+    masked = (inputs == HANDMADE.mask_id)[chosen].mean()
+    kept = (inputs == targets)[chosen].mean()
+    random = 1 - masked - kept
+    assert abs(masked - 0.8) < 0.02 and abs(random - 0.1) < 0.02 and abs(kept - 0.1) < 0.02
+    replaced = inputs[chosen & (inputs != targets) & (inputs != HANDMADE.mask_id)]
+    assert not np.isin(replaced, HANDMADE.special_ids).any()
+
+
+def test_masked_lm_windows_are_bos_tokens_eos():
+    (ex,) = MaskedLM().examples(np.arange(5, 15, dtype=np.int32), np.random.default_rng(0), 16, HANDMADE)
+    np.testing.assert_array_equal(ex["targets"], np.concatenate([[3], np.arange(5, 15), [EOS]]))
+
+
+def test_span_corruption_lengths_match_t5():
+    assert span_corruption_lengths(512) == (568, 114)
+    assert SpanCorruption().packed_lengths(512)["decoder_targets"] == 114
+
+
+def _reconstruct(encoder_inputs, decoder_targets):
+    """Undo span corruption: put each sentinel's span from the targets back into the inputs."""
+    spans, current = {}, None
+    for token in decoder_targets[:-1]:
+        if token >= 900:
+            current = spans.setdefault(int(token), [])
+        else:
+            current.append(int(token))
+    out = []
+    for token in encoder_inputs[:-1]:
+        out.extend(spans[int(token)] if token >= 900 else [int(token)])
+    return out
+
+
+def test_span_corruption_statistics_sentinels_and_reconstruction():
+    rng = np.random.default_rng(0)
+    tokens = np.arange(5, 5 + 568, dtype=np.int32)
+    noise_total = span_total = 0
+    for _ in range(200):
+        noise = random_spans_noise_mask(len(tokens), rng)
+        assert not noise[0]  # spans alternate, starting with a kept span
+        starts = noise & ~np.pad(noise[:-1], (1, 0))
+        noise_total, span_total = noise_total + noise.sum(), span_total + starts.sum()
+        encoder_inputs, decoder_targets = corrupt_spans(tokens, noise, HANDMADE)
+        assert (len(encoder_inputs), len(decoder_targets)) == (512, 114)  # full windows fill both rows
+        sentinels = encoder_inputs[encoder_inputs >= 900]
+        np.testing.assert_array_equal(sentinels, 999 - np.arange(len(sentinels)))  # counting down
+        np.testing.assert_array_equal(decoder_targets[decoder_targets >= 900], sentinels)
+        assert decoder_targets[0] == 999 and encoder_inputs[-1] == EOS and decoder_targets[-1] == EOS
+        assert _reconstruct(encoder_inputs, decoder_targets) == tokens.tolist()
+    assert abs(noise_total / (200 * len(tokens)) - 0.15) < 0.005
+    assert abs(noise_total / span_total - 3.0) < 0.1
+
+
+def test_packed_span_corruption_batches():
+    batches = _batches(random_documents(30, min_len=2, max_len=60), "span_corruption", seq_len=32)
+    assert batches[0]["decoder_targets"].shape == (4, SpanCorruption().packed_lengths(32)["decoder_targets"])
+    for row in _rows(batches):
+        seg, tgt = row["decoder_segment_ids"], row["decoder_targets"]
+        np.testing.assert_array_equal(row["loss_weights"], (seg > 0).astype(np.float32))
+        starts = (row["decoder_positions"] == 0) & (seg > 0)
+        np.testing.assert_array_equal(row["decoder_inputs"][starts], 0)  # decoder_start_token_id per segment
+        follow = np.flatnonzero((seg > 0) & ~starts)
+        np.testing.assert_array_equal(row["decoder_inputs"][follow], tgt[follow - 1])
+        assert set(np.unique(row["encoder_segment_ids"])) - {0} == set(np.unique(seg)) - {0}
+        for s in np.unique(seg[seg > 0]):
+            enc, dec = row["encoder_inputs"][row["encoder_segment_ids"] == s], tgt[seg == s]
+            assert enc[-1] == EOS and dec[-1] == EOS and dec[0] == 999
+
+
+def test_objective_errors_are_one_line():
+    with pytest.raises(DataError, match="num_extra_ids"):
+        SpanCorruption().validate(HANDMADE.__class__(**{**HANDMADE.__dict__, "num_extra_ids": 0}), 512)
+    with pytest.raises(DataError, match="<mask>"):
+        MaskedLM().validate(HANDMADE.__class__(**{**HANDMADE.__dict__, "mask_id": None}), 128)
+    with pytest.raises(DataError, match="not one of"):
+        get_objective("mlm")
+    with pytest.raises(DataError, match="seq_len=1"):
+        CausalLM().validate(HANDMADE, 1)

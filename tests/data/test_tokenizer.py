@@ -1,0 +1,79 @@
+"""SentencePiece wrapper: train + load round trips, byte fallback, caching, the CLI, vocab checks."""
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from research.data import DataConfig, DataError, Tokenizer, TokenizerConfig, build_tokenizer, check_vocab_fits
+
+CODE = "def area(r):\n    return 3.14159 * r ** 2  # circle\n\n\tprint('tab')\n"
+UNSEEN = "naïve 中文 🙂 Ωμέγα"
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_train_then_load_round_trips(model_type, tmp_path):
+    config = DataConfig(max_documents=20, tokenizer=TokenizerConfig(
+        model_type=model_type, vocab_size=400, max_training_chars=60_000))
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(config, str(tmp_path))
+    assert time.perf_counter() - start < 20  # "a few seconds" on a shared 2-core machine
+    assert tokenizer.vocab_size == 400 and os.path.isfile(tokenizer.path)
+    assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.mask_id) == (0, 1, 2, 3, 4)
+    for text in (CODE, UNSEEN):  # whitespace is kept; unseen characters become byte pieces
+        ids = tokenizer.encode(text)
+        assert ids.dtype == np.int32 and tokenizer.unk_id not in ids
+        assert tokenizer.decode(ids) == text
+    loaded = Tokenizer.load(tokenizer.path)
+    np.testing.assert_array_equal(loaded.encode(CODE), tokenizer.encode(CODE))
+    unpickled = pickle.loads(pickle.dumps(loaded))  # grain workers receive it pickled
+    np.testing.assert_array_equal(unpickled.encode(UNSEEN), tokenizer.encode(UNSEEN))
+
+
+def test_trained_model_is_cached_in_workdir(tokenizer, small_stdlib, tmp_path_factory):
+    again = build_tokenizer(small_stdlib, os.path.dirname(os.path.dirname(tokenizer.path)))
+    assert again.path == tokenizer.path
+    assert os.path.getmtime(again.path) == os.path.getmtime(tokenizer.path)  # not retrained
+    bigger = small_stdlib.replace(tokenizer=TokenizerConfig(vocab_size=401, max_training_chars=100_000))
+    from research.data.tokenizer import cached_model_path
+    assert cached_model_path(bigger, "w") != cached_model_path(small_stdlib, "w")
+
+
+def test_extra_ids_are_sentinels_at_the_top(tokenizer):
+    assert tokenizer.vocab_size == tokenizer.piece_size + 100
+    assert tokenizer.sentinel_id(0) == tokenizer.vocab_size - 1
+    special = tokenizer.special_tokens()
+    assert {0, 1, 3, 4, tokenizer.sentinel_id(0), tokenizer.sentinel_id(99)} <= set(special.special_ids)
+    assert tokenizer.decode([tokenizer.sentinel_id(0), *tokenizer.encode("x"), tokenizer.sentinel_id(1)]) == \
+        "<extra_id_0>x<extra_id_1>"
+
+
+def test_check_vocab_fits(tokenizer):
+    check_vocab_fits(tokenizer, tokenizer.vocab_size)
+    with pytest.raises(DataError, match=f"vocab_size={tokenizer.vocab_size} is larger than .* vocab_size=256"):
+        check_vocab_fits(tokenizer, 256)
+
+
+def test_bad_tokenizer_inputs(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        Tokenizer.load(str(tmp_path / "missing.model"))
+    (tmp_path / "junk.model").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a SentencePiece model"):
+        Tokenizer.load(str(tmp_path / "junk.model"))
+    with pytest.raises(DataError, match="vocab_size=100 is too small"):
+        TokenizerConfig(vocab_size=100)
+
+
+def test_cli_trains_then_reuses(tmp_path):
+    args = [sys.executable, "-m", "research.data.tokenizer", "--train", "--max_documents=5", "--vocab_size=400",
+            "--max_training_chars=20000", f"--workdir={tmp_path}", "--encode=x = 1"]
+    first = subprocess.run(args, capture_output=True, text=True, check=True)
+    path = first.stdout.split("\t")[0]
+    assert os.path.isfile(path) and "vocab_size=400" in first.stdout and "'x = 1'" in first.stdout
+    second = subprocess.run(args[:3] + [f"--model={path}"], capture_output=True, text=True, check=True)
+    assert second.stdout.startswith(path)
+    bad = subprocess.run(args[:3], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: give --train")
