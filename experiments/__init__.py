@@ -1,0 +1,1 @@
+"""Thin entry points (absl mains) and their configs; the library is `research`."""

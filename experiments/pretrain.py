@@ -1,0 +1,36 @@
+"""Pretrain a model: `python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt_tiny --workdir=DIR`.
+
+A thin absl main around research.training.train_and_evaluate; see the config module's
+docstring for presets and overrides. Rerunning with the same workdir resumes the run.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from research.models.config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/pretrain.py:gpt_tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 brings it back
+    from research.data import DataError
+    from research.training import TrainingDivergedError, train_and_evaluate
+
+    try:
+        final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, DataError, TrainingDivergedError) as error:
+        sys.exit(f"error: {error}")
+    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
+
+
+if __name__ == "__main__":
+    app.run(main)

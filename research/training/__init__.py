@@ -1,0 +1,14 @@
+"""Training: one sharded train loop for every model family.
+
+    state.py          TrainState, created already sharded
+    optimizers.py     AdamW / Adafactor / Lion, warmup+cosine or warmup-stable-decay, decay mask
+    losses.py         objectives: pure (model, params, batch, rng) -> (loss, aux)
+    train_step.py     the pure, jitted train / eval steps with gradient accumulation
+    partitioning.py   mesh, state and batch shardings
+    checkpointing.py  orbax: async saves, keep-last / keep-best, data-iterator state, config
+    metrics.py        JSONL + TensorBoard, model size, tokens/s, MFU
+    loop.py           train_and_evaluate(config, workdir)
+"""
+from research.training.loop import TrainConfig, TrainingDivergedError, train_and_evaluate
+
+__all__ = ["TrainConfig", "TrainingDivergedError", "train_and_evaluate"]

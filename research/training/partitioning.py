@@ -1,0 +1,115 @@
+"""Shardings of the train state and of batches on a (data, fsdp, tensor) mesh.
+
+Parameters take the shardings their logical axis names map to under the config's rules
+table. Optimizer statistics that mirror a parameter (Adam's mu and nu, Lion's momentum)
+take that parameter's sharding; anything else (step counts, Adafactor's factored row and
+column statistics, O(rows + cols)) is replicated.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from research.models.config import ConfigError
+from research.sharding import Rules, logical_to_sharding, make_mesh
+
+
+def make_training_mesh(shape: tuple[int, ...]) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `shape` over all devices; -1 fills the rest."""
+    try:
+        return make_mesh(tuple(shape))
+    except ValueError as error:
+        raise ConfigError(f"mesh.shape: {error}") from None
+
+
+def batch_partition_spec(rules: Rules) -> PartitionSpec:
+    """Leading batch axis split like the "activation_batch" logical axis; other axes replicated."""
+    return nn.logical_to_mesh_axes(("activation_batch",), rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    return NamedSharding(mesh, batch_partition_spec(rules))
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the batch axis is split."""
+    axes = batch_partition_spec(rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
+    """Each microbatch must split evenly over the data-parallel devices and the processes."""
+    if microbatches < 1 or batch_size % microbatches:
+        raise ConfigError(f"batch_size={batch_size} is not divisible by train.microbatches={microbatches}; "
+                          "choose a divisor of the batch size.")
+    ways = data_parallel_size(mesh, rules)
+    micro = batch_size // microbatches
+    if micro % ways:
+        raise ConfigError(f"microbatch size {micro} (batch_size={batch_size} / microbatches={microbatches}) is not "
+                          f"divisible by the {ways} data-parallel devices of mesh {dict(mesh.shape)}; "
+                          f"use a batch size that is a multiple of {ways * microbatches}.")
+    if batch_size % jax.process_count():
+        raise ConfigError(f"batch_size={batch_size} does not split over {jax.process_count()} processes.")
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _path_names(path: tuple) -> tuple[str, ...]:
+    return tuple(_key_name(k) for k in path)
+
+
+def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings of (abstract) params created with logical axis names; unboxed tree structure."""
+    return logical_to_sharding(nn.get_partition_spec(boxed_params), mesh, rules)
+
+
+def mirrored_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for `tree` (e.g. an optimizer state): a leaf whose key path ends with a
+    parameter's path and has its shape takes that parameter's sharding; others replicate."""
+    by_path = {}
+    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings)):
+        by_path[_path_names(path)] = (tuple(leaf.shape), sharding)
+    lengths = sorted({len(p) for p in by_path}, reverse=True)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        names = _path_names(path)
+        for n in lengths:
+            hit = by_path.get(names[-n:]) if len(names) >= n else None
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def shard_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays split over the mesh (multi-host safe)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def shard_size_bytes(tree: Any) -> dict[Any, int]:
+    """Bytes each device holds of `tree`'s arrays (its addressable shards)."""
+    held: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+    return held
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Mesh and logical-axis rules for tracing: activation constraints in the models bind here."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -1,0 +1,82 @@
+"""The train state and its creation directly in its sharded layout.
+
+Parameters are never materialised on one device: `jax.eval_shape` of the initialiser
+gives shapes and logical axis names, the rules table turns those into shardings, and the
+initialiser is compiled with those `out_shardings` so each device builds only its shards.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.core import meta
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from research.sharding import Rules
+from research.training.losses import Objective, init_params
+from research.training.partitioning import mirrored_shardings, param_shardings, sharding_context
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step updates. `rng` is fixed; step keys are fold_in(rng, step)."""
+
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Any  # float32 master weights (param_dtype)
+    opt_state: Any
+    rng: jax.Array  # uint32[2] base key of dropout
+
+
+def abstract_batch(batch: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a batch (global shapes)."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+
+def _initializer(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
+                 batch_spec: Mapping[str, jax.ShapeDtypeStruct], boxed: bool = False):
+    def init(seed_key: jax.Array):
+        params_key, train_key = jax.random.split(seed_key)
+        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+        params = init_params(model, objective, batch, params_key)
+        if boxed:
+            return params
+        params = meta.unbox(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                          rng=train_key)
+    return init
+
+
+def train_state_shardings(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
+                          batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh,
+                          rules: Rules) -> tuple[TrainState, TrainState]:
+    """(abstract state, its NamedShardings), computed without allocating anything."""
+    key = jax.random.PRNGKey(0)
+    with sharding_context(mesh, rules):
+        boxed = jax.eval_shape(_initializer(model, objective, optimizer, batch_spec, boxed=True), key)
+        abstract = jax.eval_shape(_initializer(model, objective, optimizer, batch_spec), key)
+    params = param_shardings(boxed, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = TrainState(step=replicated, params=params,
+                           opt_state=mirrored_shardings(abstract.opt_state, abstract.params, params, mesh),
+                           rng=replicated)
+    return abstract, shardings
+
+
+def create_train_state(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
+                       batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh, rules: Rules,
+                       seed: int) -> tuple[TrainState, TrainState]:
+    """A fresh state created already sharded, and its shardings."""
+    _, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
+    init = jax.jit(_initializer(model, objective, optimizer, batch_spec), out_shardings=shardings)
+    with sharding_context(mesh, rules):
+        state = init(jax.random.PRNGKey(seed))
+    return state, shardings
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying target shardings: the restore target on any mesh."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

@@ -1,0 +1,79 @@
+"""The train step: sharded == single device, FSDP memory, gradient accumulation, bad input."""
+import jax
+import numpy as np
+import pytest
+
+from research.models.config import ConfigError
+from research.sharding import DEFAULT_RULES, make_mesh
+from research.training import partitioning
+from research.training.losses import get_objective
+from research.training.optimizers import OptimizerConfig
+
+from tests.training.conftest import one_step, synthetic_batch
+
+
+def relative_diff(a, b) -> float:
+    """Largest per-leaf ||a - b|| / ||b|| over two trees."""
+    diffs = jax.tree.map(lambda x, y: float(np.linalg.norm(np.asarray(x) - np.asarray(y)) /
+                                            max(np.linalg.norm(np.asarray(y)), 1e-30)), a, b)
+    return max(jax.tree.leaves(diffs))
+
+
+@pytest.fixture(scope="module")
+def gpt_config():
+    from research.models import get_config
+    # No biases: a key bias has an exactly-zero true gradient (softmax ignores it), so its
+    # Adam update is the sign of rounding noise and differs between reduction orders.
+    return get_config("gpt2-tiny", num_layers=1, vocab_size=128, max_len=32, use_bias=False)
+
+
+@pytest.fixture(scope="module")
+def single_device(gpt_config):
+    batch = synthetic_batch("decoder", 16, 16, 128)
+    _, state, metrics = one_step(gpt_config, batch, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    return batch, jax.device_get(state), metrics
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 8, 1), (2, 1, 4)])
+def test_sharded_step_matches_single_device(gpt_config, single_device, shape):
+    batch, reference, reference_metrics = single_device
+    _, state, metrics = one_step(gpt_config, batch, partitioning.make_training_mesh(shape))
+    assert abs(metrics["loss"] - reference_metrics["loss"]) <= 1e-5 * abs(reference_metrics["loss"])
+    assert relative_diff(jax.device_get(state.params), reference.params) <= 1e-5
+    assert relative_diff(jax.device_get(state.opt_state), reference.opt_state) <= 1e-5
+    if shape == (1, 8, 1):  # FSDP: each device holds about 1/8 of params + optimizer state
+        held = partitioning.shard_size_bytes((state.params, state.opt_state))
+        total = sum(leaf.nbytes for leaf in jax.tree.leaves((state.params, state.opt_state)))
+        assert len(held) == 8 and max(held.values()) <= 1.1 * total / 8, (held, total)
+
+
+def test_gradient_accumulation_equals_one_big_batch(gpt_config):
+    """4 microbatches with different token counts give the big batch's loss and update."""
+    batch = synthetic_batch("decoder", 32, 16, 128, seed=1, ragged_weights=True)
+    mesh = partitioning.make_training_mesh((8, 1, 1))
+    # Adam's first update is ~sign(g) per coordinate, which turns rounding noise in
+    # near-zero gradients into whole steps; a larger eps keeps the update smooth in g.
+    opt = OptimizerConfig(total_steps=10, eps=1e-3)
+    _, whole, whole_metrics = one_step(gpt_config, batch, mesh, microbatches=1, opt=opt)
+    _, accumulated, accumulated_metrics = one_step(gpt_config, batch, mesh, microbatches=4, opt=opt)
+    assert accumulated_metrics["num_tokens"] == whole_metrics["num_tokens"] == batch["loss_weights"].sum()
+    assert accumulated_metrics["loss"] == pytest.approx(whole_metrics["loss"], rel=1e-6)
+    assert accumulated_metrics["grad_norm"] == pytest.approx(whole_metrics["grad_norm"], rel=1e-5)
+    assert relative_diff(jax.device_get(accumulated.opt_state), jax.device_get(whole.opt_state)) <= 1e-5  # grads
+    assert relative_diff(jax.device_get(accumulated.params), jax.device_get(whole.params)) <= 1e-5
+
+
+def test_bad_batch_and_mesh_fail_with_one_line():
+    mesh = partitioning.make_training_mesh((2, 2, 2))
+    with pytest.raises(ConfigError, match="not divisible by the 4 data-parallel devices") as error:
+        partitioning.check_batch_size(6, 1, mesh, DEFAULT_RULES)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="microbatches=3"):
+        partitioning.check_batch_size(16, 3, mesh, DEFAULT_RULES)
+    with pytest.raises(ConfigError, match=r"mesh.shape: mesh shape \(3, 1, 1\) holds 3 devices but 8"):
+        partitioning.make_training_mesh((3, 1, 1))
+    objective = get_objective("span_corruption", "encoder_decoder")
+    with pytest.raises(ConfigError, match="encoder_inputs has length 64 > the model's max_len=32"):
+        objective.check_batch(synthetic_batch("encoder_decoder", 2, 64, 10), max_len=32)
+    with pytest.raises(ConfigError, match="trains encoder models, not decoder"):
+        get_objective("masked_lm", "decoder")
