@@ -75,7 +75,11 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
 
 
 class RelativePositionBias(nn.Module):
-    """T5 relative position bias [1, H, T, S], one table per stack (shared by its layers)."""
+    """T5 relative position bias [B or 1, H, T, S], one table per stack (shared by its layers).
+
+    Positions are [T] / [S] (shared by the batch) or [B, T] / [B, S] (per row, e.g. packed
+    rows whose positions restart at each document); the bias depends only on key - query.
+    """
 
     config: ModelConfig
     bidirectional: bool
@@ -83,13 +87,14 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self, q_positions_T: Array, kv_positions_S: Array) -> Array:
         cfg = self.config
-        buckets_TS = relative_position_bucket(
-            kv_positions_S[None, :] - q_positions_T[:, None], self.bidirectional,
+        q_positions_BT, kv_positions_BS = jnp.atleast_2d(q_positions_T), jnp.atleast_2d(kv_positions_S)
+        buckets_BTS = relative_position_bucket(
+            kv_positions_BS[:, None, :] - q_positions_BT[:, :, None], self.bidirectional,
             cfg.relative_buckets, cfg.relative_max_distance)
         table = Embed(cfg.relative_buckets, cfg.replace(d_model=cfg.num_heads),
                       axes=("relpos_buckets", "heads"), name="embedding")
-        bias_TSH = table(buckets_TS).astype(jnp.float32)
-        return jnp.transpose(bias_TSH, (2, 0, 1))[None]
+        bias_BTSH = table(buckets_BTS).astype(jnp.float32)
+        return jnp.transpose(bias_BTSH, (0, 3, 1, 2))
 
 
 class Attention(nn.Module):
