@@ -94,8 +94,8 @@ def test_scan_and_remat_match_unrolled(params):
     init_shapes = jax.eval_shape(lambda: Encoder(scanned_config).init(jax.random.key(0), _tokens())["params"])
     assert jax.tree.map(jnp.shape, layout.unbox(init_shapes)) == jax.tree.map(jnp.shape, stacked)
     tokens, segment_ids = _tokens(1), jnp.asarray([[1] * 6 + [0] * 2, [1] * 4 + [2] * 4], jnp.int32)
-    unrolled_out = _apply(params, tokens, segment_ids_BT=segment_ids)
-    scanned_out = _apply(stacked, tokens, scanned_config, segment_ids_BT=segment_ids)
+    unrolled_out = _apply(params, tokens, method="classify", segment_ids_BT=segment_ids)
+    scanned_out = _apply(stacked, tokens, scanned_config, method="classify", segment_ids_BT=segment_ids)
     np.testing.assert_allclose(scanned_out, unrolled_out, atol=1e-5)
     # Gradients flow through the rematerialised scan and agree with the unrolled ones.
     loss = jax.jit(lambda p, config: _apply(p, tokens, config, method="classify").sum(), static_argnums=1)

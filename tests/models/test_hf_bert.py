@@ -196,9 +196,9 @@ def test_bad_state_dicts_fail_clearly(hf_models):
     with pytest.raises(CheckpointError, match="tie_embeddings=False"):
         bert.params_from_hf(untied, config)
     params = bert.params_from_hf(state_dict, config)
+    no_wo = {**params, "layers_1": {**params["layers_1"], "mlp": {"wi": params["layers_1"]["mlp"]["wi"]}}}
     with pytest.raises(CheckpointError, match="layers_1/mlp/wo/kernel"):
-        bert.params_to_hf({**params, "layers_1": {**params["layers_1"], "mlp": {"wi": params["layers_1"]["mlp"]["wi"]}}},
-                          config)
+        bert.params_to_hf(no_wo, config)
 
 
 def test_tf_era_layernorm_names_and_ignored_buffers(hf_models):
@@ -210,3 +210,22 @@ def test_tf_era_layernorm_names_and_ignored_buffers(hf_models):
     legacy["cls.seq_relationship.weight"] = np.zeros((2, 32), np.float32)
     expected = bert.params_from_hf(state_dict, config)
     jax.tree.map(np.testing.assert_array_equal, bert.params_from_hf(legacy, config), expected)
+
+
+def test_checkpoint_folder_loads_in_transformers(tmp_path, hf_models, inputs):
+    """to_hf writes a folder BertForMaskedLM.from_pretrained reads; from_hf reads it back."""
+    from research.models import build_model, from_hf, to_hf
+
+    hf_config, _, _, state_dict = hf_models
+    config = bert.config_from_hf(hf_config.to_dict()).replace(num_labels=0)
+    to_hf(build_model(config), bert.params_from_hf(state_dict, config.replace(num_labels=LABELS)), str(tmp_path))
+    loaded = transformers.BertForMaskedLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    for name, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), state_dict[name], err_msg=name)
+    from safetensors.numpy import load_file
+    assert not any(name.startswith("classifier") for name in load_file(str(tmp_path / "model.safetensors")))
+    model, params = from_hf(str(tmp_path))
+    assert model.config.num_labels == 0 and "classifier" not in params
+    real = inputs[2].astype(bool)
+    np.testing.assert_allclose(_ours(params, model.config, inputs, "__call__")[real],
+                               _torch(loaded, inputs).logits.numpy()[real], atol=TOL, rtol=0)

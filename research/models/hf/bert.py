@@ -16,7 +16,8 @@ Name map (HF `BertForMaskedLM` state_dict -> our unrolled params); HF linear wei
 
 The pooler, MLM head and classifier are optional on import (BertModel checkpoints have no
 MLM head, BertForMaskedLM ones no pooler): what the checkpoint lacks is left out of the
-params, so only the methods that need it fail. The body must be complete.
+params, so only the methods that need it fail, and a head the config does not declare
+(pooler=False, num_labels=0) is skipped. The body must be complete.
 """
 from __future__ import annotations
 
@@ -151,14 +152,15 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: ModelConfig) -> di
 
 def params_to_hf(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
     """Our params (boxed or not, scanned or not) -> BertForMaskedLM state_dict names ("bert."
-    prefixed body and pooler, "cls." MLM head) plus "classifier.*" when present."""
+    prefixed body and pooler, "cls." MLM head) plus "classifier.*"; heads the params lack or
+    the config does not declare are left out."""
     unrolled = unrolled_layout(params, config)
     state_dict: dict[str, np.ndarray] = {}
     for group, names in _name_map(config).items():
         found = {hf_name: _get(unrolled, entry.path) for hf_name, entry in names.items()}
         missing = ["/".join(names[n].path) for n, value in found.items() if value is None]
-        if group != "body" and len(missing) == len(found):
-            continue  # a head these params do not have
+        if group != "body" and (len(missing) == len(found) or not _declared(group, config)):
+            continue  # a head these params lack, or one the config does not use
         if missing:
             raise CheckpointError(f"{config.name}: params lack {', '.join(missing[:6])}; "
                                   "are they params of this config?")
