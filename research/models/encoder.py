@@ -149,7 +149,6 @@ class Encoder(nn.Module):
         if not cfg.num_labels:
             raise ConfigError(f"{cfg.name}: classify needs num_labels > 0, got {cfg.num_labels}; "
                               "set num_labels in the config.")
-        self._check_pooler()
         pooled_BD = self.pool(tokens_BT, token_type_ids_BT=token_type_ids_BT, positions_BT=positions_BT,
                               segment_ids_BT=segment_ids_BT, deterministic=deterministic)
         return self._classify_pooled(pooled_BD, deterministic)
