@@ -199,7 +199,7 @@ class CausalLM:
 
 
 @dataclasses.dataclass(frozen=True)
-class PrefixLM(CausalLM):
+class PrefixLM:
     """Causal LM with no loss on a random prefix of each window (decoder), or, with
     encoder_decoder=True, the prefix as encoder input and the rest as decoder targets (T5)."""
 
@@ -208,14 +208,20 @@ class PrefixLM(CausalLM):
 
     def packed_lengths(self, seq_len: int) -> dict[str, int]:
         if not self.encoder_decoder:
-            return super().packed_lengths(seq_len)
+            return CausalLM().packed_lengths(seq_len)
         return {"encoder_inputs": seq_len, "decoder_inputs": seq_len, "decoder_targets": seq_len,
                 "loss_weights": seq_len}
 
+    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+        if seq_len < 2:
+            raise DataError(f"{self.name}: seq_len={seq_len} must be at least 2.")
+
     def examples(self, tokens, rng, seq_len, special):
+        if not len(tokens):
+            return []
         if not self.encoder_decoder:
             return [dict(ex, loss_weights=prefix_lm_weights(ex["loss_weights"], rng))
-                    for ex in super().examples(tokens, rng, seq_len, special)]
+                    for ex in causal_lm_examples(np.append(tokens, special.eos_id), seq_len)]
         out = []
         for window in _windows(tokens, seq_len - 1):  # room for the eos on either side
             split = int(rng.integers(1, len(window))) if len(window) > 1 else 1

@@ -136,6 +136,9 @@ class Tokenizer:
         out.append(self._sp.decode(run))
         return "".join(out)
 
+    def id_to_piece(self, index: int) -> str:
+        return f"<extra_id_{self.vocab_size - 1 - index}>" if index >= self.piece_size else self._sp.id_to_piece(int(index))
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
 

@@ -115,3 +115,9 @@ def test_bad_inputs_fail_before_reading_data(tokenizer, tmp_path):
     with pytest.raises(DataError, match="unknown TFDS dataset"):
         make_batch_iterator(DataConfig(source="tfds", tfds_name="not_a_dataset", data_dir=str(tmp_path)),
                             seq_len=64, **kwargs)
+
+
+def test_shards_default_to_the_jax_process(tokenizer):
+    kwargs = dict(tokenizer=tokenizer, objective="causal_lm", batch_size=2, seq_len=32)
+    _assert_same(_take(make_batch_iterator(SMALL, **kwargs), 2),  # one process here: index 0 of 1
+                 _take(make_batch_iterator(SMALL, shard_index=0, shard_count=1, **kwargs), 2))

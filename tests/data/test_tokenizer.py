@@ -22,18 +22,20 @@ def test_train_then_load_round_trips(model_type, tmp_path):
     tokenizer = build_tokenizer(config, str(tmp_path))
     assert time.perf_counter() - start < 20  # "a few seconds" on a shared 2-core machine
     assert tokenizer.vocab_size == 400 and os.path.isfile(tokenizer.path)
-    assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.mask_id) == (0, 1, 2, 3, 4)
+    specials = (tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.mask_id)
+    assert specials == (0, 1, 2, 3, 4)
     for text in (CODE, UNSEEN):  # whitespace is kept; unseen characters become byte pieces
         ids = tokenizer.encode(text)
         assert ids.dtype == np.int32 and tokenizer.unk_id not in ids
         assert tokenizer.decode(ids) == text
+    assert "<0xF0>" in [tokenizer.id_to_piece(i) for i in tokenizer.encode("🙂")]  # byte fallback
     loaded = Tokenizer.load(tokenizer.path)
     np.testing.assert_array_equal(loaded.encode(CODE), tokenizer.encode(CODE))
     unpickled = pickle.loads(pickle.dumps(loaded))  # grain workers receive it pickled
     np.testing.assert_array_equal(unpickled.encode(UNSEEN), tokenizer.encode(UNSEEN))
 
 
-def test_trained_model_is_cached_in_workdir(tokenizer, small_stdlib, tmp_path_factory):
+def test_trained_model_is_cached_in_workdir(tokenizer, small_stdlib):
     again = build_tokenizer(small_stdlib, os.path.dirname(os.path.dirname(tokenizer.path)))
     assert again.path == tokenizer.path
     assert os.path.getmtime(again.path) == os.path.getmtime(tokenizer.path)  # not retrained
