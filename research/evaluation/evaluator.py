@@ -1,0 +1,99 @@
+"""Run one task on one model: build every prompt, send batched requests, score, aggregate.
+
+    result = evaluate(harness, make_task("addition", digits=3), num_fewshot=4, limit=200)
+    result.metrics    # {"exact_match": 0.31, "token_accuracy": 0.74, ...}
+    result.examples   # one dict per document: prompt, prediction, target and each metric
+
+All prompts are built (and all user errors raised) before the model is called.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from research.evaluation import metrics as M
+from research.evaluation.fewshot import fewshot_context
+from research.evaluation.harness import Harness
+from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest, as_ids
+from research.evaluation.task_spec import Task, TaskError, choices_of, gold_index, gold_text, render
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    task: str
+    num_fewshot: int
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]]
+
+
+def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, limit: int | None = None) -> TaskResult:
+    """Every metric of `task.spec.metrics` over the first `limit` evaluation documents."""
+    spec = task.spec
+    k = spec.num_fewshot if num_fewshot is None else num_fewshot
+    if spec.output_type == "loglikelihood_rolling" and k:
+        raise TaskError(f"task {spec.name!r}: loglikelihood_rolling takes no few-shot examples, got num_fewshot={k}.")
+    docs = task.docs(spec.eval_split)
+    if limit is not None:
+        if limit < 1:
+            raise TaskError(f"limit={limit} must be >= 1 (or None for every document).")
+        docs = docs[:limit]
+    if not docs:
+        raise TaskError(f"task {spec.name!r}: split {spec.eval_split!r} holds no documents.")
+    contexts = [fewshot_context(task, i, k) if spec.output_type != "loglikelihood_rolling" else ""
+                for i in range(len(docs))]
+    run = {"generate_until": _generation, "multiple_choice": _multiple_choice, "loglikelihood": _loglikelihood,
+           "loglikelihood_rolling": _rolling}[spec.output_type]
+    examples = run(harness, task, docs, contexts)
+    return TaskResult(spec.name, k, M.aggregate(examples, spec.metrics), examples)
+
+
+def _generation(harness, task, docs, contexts):
+    spec, tokenizer = task.spec, harness.tokenizer
+    targets = [gold_text(spec, d) for d in docs]
+    generations = harness.generate_until([GenerateRequest(c, spec.until, spec.max_new_tokens) for c in contexts])
+    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t)
+                                    for c, t in zip(contexts, targets)])
+    examples = []
+    for context, target, generation, score in zip(contexts, targets, generations, scores):
+        predicted_ids = as_ids(tokenizer.encode(generation.text.strip()))
+        target_ids = as_ids(tokenizer.encode(target.strip()))
+        examples.append({
+            "prompt": context, "prediction": generation.text, "target": target,
+            "exact_match": M.exact_match(M.extract_answer(generation.text, spec.answer_prefix),
+                                         M.extract_answer(target, spec.answer_prefix)),
+            "token_accuracy": M.token_accuracy(predicted_ids, target_ids),
+            "token_edit_distance": float(M.token_edit_distance(predicted_ids, target_ids)),
+            "target_log_prob": score.log_prob, "brier_score": M.mean_brier(score.token_brier)})
+    return examples
+
+
+def _multiple_choice(harness, task, docs, contexts):
+    spec = task.spec
+    choices = [choices_of(spec, d) for d in docs]
+    golds = [gold_index(spec, d) for d in docs]
+    scores = harness.multiple_choice([(c, [spec.target_delimiter + x for x in cs]) for c, cs in zip(contexts, choices)])
+    return [{"prompt": c, "choices": cs, "gold": g, "scores": s.tolist(), **M.multiple_choice_metrics(s, g, cs)}
+            for c, cs, g, s in zip(contexts, choices, golds, scores)]
+
+
+def _loglikelihood(harness, task, docs, contexts):
+    spec = task.spec
+    targets = [gold_text(spec, d) for d in docs]
+    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t)
+                                    for c, t in zip(contexts, targets)])
+    return [{"prompt": c, "target": t, "target_log_prob": s.log_prob, "is_greedy": float(s.is_greedy),
+             "brier_score": M.mean_brier(s.token_brier)} for c, t, s in zip(contexts, targets, scores)]
+
+
+def _rolling(harness, task, docs, contexts):
+    texts = [render(task.spec.prompt, d, "prompt") for d in docs]
+    results = harness.loglikelihood_rolling([RollingRequest(t) for t in texts])
+    return [{"log_prob": r.log_prob, **M.rolling_units(t, len(r.token_log_probs)),
+             "num_windows": r.num_windows} for t, r in zip(texts, results)]
+
+
+def token_losses(harness: Harness, texts: list[str]) -> list[np.ndarray]:
+    """Per-token loss (-log p, nats) of each text, for in-context-learning scores."""
+    return [-r.token_log_probs for r in harness.loglikelihood_rolling([RollingRequest(t) for t in texts])]

@@ -1,0 +1,48 @@
+"""Few-shot prompts: k solved examples drawn with a seed from a separate split, then the query.
+
+    description + shot_1 + fewshot_delimiter + ... + shot_k + fewshot_delimiter + prompt(doc)
+    shot_i = prompt(example_i) + target_delimiter + gold(example_i)
+
+(lm-evaluation-harness's layout.) The examples for the document at index i are drawn with
+random.Random(f"{fewshot_seed}:{i}"), so a document's prompt does not depend on which other
+documents are evaluated or in what order. When the few-shot split is the evaluation split,
+the document itself is never one of its own examples.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from research.evaluation.task_spec import Doc, Task, TaskError, gold_text, render
+
+
+def sample_shots(task: Task, doc_index: int, num_fewshot: int) -> list[Doc]:
+    """The `num_fewshot` examples for the evaluation document at `doc_index`, in prompt order."""
+    spec = task.spec
+    if not num_fewshot:
+        return []
+    if spec.fewshot_split is None:
+        raise TaskError(f"task {spec.name!r}: num_fewshot={num_fewshot} needs a fewshot_split in the spec.")
+    pool: Sequence[Doc] = task.docs(spec.fewshot_split)
+    candidates = list(range(len(pool)))
+    if spec.fewshot_split == spec.eval_split:
+        candidates.remove(doc_index)
+    if num_fewshot > len(candidates):
+        raise TaskError(f"task {spec.name!r}: num_fewshot={num_fewshot} but the few-shot split "
+                        f"{spec.fewshot_split!r} holds {len(candidates)} usable documents; lower num_fewshot or "
+                        "add documents to that split.")
+    rng = random.Random(f"{spec.fewshot_seed}:{doc_index}")
+    return [pool[i] for i in rng.sample(candidates, num_fewshot)]
+
+
+def fewshot_context(task: Task, doc_index: int, num_fewshot: int | None = None) -> str:
+    """The full prompt for evaluation document `doc_index` (num_fewshot defaults to the spec's)."""
+    spec = task.spec
+    k = spec.num_fewshot if num_fewshot is None else num_fewshot
+    if k < 0:
+        raise TaskError(f"task {spec.name!r}: num_fewshot={k} must be >= 0.")
+    doc = task.docs(spec.eval_split)[doc_index]
+    shots = [render(spec.prompt, shot, "prompt") + spec.target_delimiter + gold_text(spec, shot)
+             for shot in sample_shots(task, doc_index, k)]
+    description = render(spec.description, doc, "description") if spec.description else ""
+    return description + "".join(shot + spec.fewshot_delimiter for shot in shots) + render(spec.prompt, doc, "prompt")

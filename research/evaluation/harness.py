@@ -1,0 +1,271 @@
+"""Harness: one model + params + tokenizer answering lm-eval style requests in batches.
+
+    harness = Harness(model, params, tokenizer, batch_size=16)
+    harness.loglikelihood([LoglikelihoodRequest("2+2=", "4")])      # [LoglikelihoodResult]
+    harness.loglikelihood_rolling([RollingRequest(text)])          # [RollingResult]
+    harness.generate_until([GenerateRequest("2+2=", until=("\\n",), max_new_tokens=4)])
+    harness.multiple_choice([("Q: sky? A:", [" blue", " green"])])  # [log-likelihood per choice]
+
+Families: decoder-only models serve every request. Encoder-decoder models score a
+continuation conditionally (context -> encoder, continuation -> decoder) and generate;
+they have no rolling (unconditional) likelihood. Encoder-only models answer
+multiple-choice questions, by the pseudo-log-likelihood of each choice (Salazar et al.
+2020: each continuation token masked in turn and scored by the MLM head;
+encoder_scoring="pll") or by a sequence classifier whose class i is choice i
+(encoder_scoring="classifier").
+
+Contexts longer than the model are truncated from the left (keeping the text nearest the
+continuation), with a warning that counts the truncated requests; a continuation (or
+max_new_tokens) that alone does not fit is an error.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.evaluation import scoring
+from research.evaluation.requests import (GenerateRequest, GenerateResult, LoglikelihoodRequest, LoglikelihoodResult,
+                                          RollingRequest, RollingResult, ScoredRow, as_ids, conditional_row,
+                                          cut_at_stop, encode_pair, rolling_windows)
+from research.evaluation.tokenizer import check_tokenizer
+from research.models.config import ConfigError
+from research.models.layout import unbox
+
+EncoderScoring = Literal["pll", "classifier"]
+
+
+class Harness:
+    """Answers loglikelihood / rolling / generate_until / multiple-choice requests for one model.
+
+    batch_size rows are scored per call of a jitted kernel; rows are padded to power-of-two
+    lengths >= min_bucket. max_length: longest input the model may see (default
+    config.max_len). rolling_context_len: see requests.rolling_windows.
+    """
+
+    def __init__(self, model: nn.Module, params: Any, tokenizer: Any, *, batch_size: int = 8,
+                 max_length: int | None = None, min_bucket: int = 16, encoder_scoring: EncoderScoring = "pll",
+                 rolling_context_len: int = 1):
+        config = model.config
+        check_tokenizer(tokenizer)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1.")
+        max_length = config.max_len if max_length is None else max_length
+        if max_length < 1 or (config.position == "learned" and max_length > config.max_len):
+            raise ConfigError(f"max_length={max_length} must be in [1, {config.max_len}] (the learned position "
+                              f"table of {config.name}).")
+        if min_bucket < 1:
+            raise ConfigError(f"min_bucket={min_bucket} must be >= 1.")
+        if encoder_scoring not in ("pll", "classifier"):
+            raise ConfigError(f"encoder_scoring={encoder_scoring!r} must be 'pll' or 'classifier'.")
+        self.model, self.params, self.tokenizer = model, unbox(params), tokenizer
+        self.config = config
+        self.batch_size, self.max_length, self.min_bucket = batch_size, max_length, min_bucket
+        self.encoder_scoring = encoder_scoring
+        self.rolling_context_len = rolling_context_len
+        bos = getattr(tokenizer, "bos_id", None)
+        self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
+        self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
+
+    # --- requests ------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        """log p(continuation | context) and is_greedy of each request."""
+        family = self.config.family
+        if family == "encoder":
+            return self._pseudo_loglikelihood(requests)
+        joint = family == "decoder"  # seq2seq tokenizes context and continuation separately (lm-eval)
+        pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint)
+                 for r in requests]
+        for context_ids, continuation_ids in pairs:
+            self._check_ids(context_ids + continuation_ids)
+        if family == "decoder":
+            built = [conditional_row(c, t, self.max_length) for c, t in pairs]
+            stats = scoring.score_decoder_rows(self.model, self.params, [row for row, _ in built], **self._sizes)
+            truncated = [cut for _, cut in built]
+        else:
+            sources, truncated = [], []
+            for context_ids, continuation_ids in pairs:
+                if len(continuation_ids) > self.max_length:
+                    raise ConfigError(f"continuation of {len(continuation_ids)} tokens exceeds max_length="
+                                      f"{self.max_length}; shorten it.")
+                sources.append(np.asarray(context_ids[-self.max_length:], np.int32))
+                truncated.append(len(context_ids) > self.max_length)
+            stats = scoring.score_seq2seq_rows(
+                self.model, self.params, [(s, np.asarray(t, np.int32)) for s, (_, t) in zip(sources, pairs)],
+                **self._sizes)
+        self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
+        return [_result(s, cut) for s, cut in zip(stats, truncated)]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        """log p(text) of each whole text, in windows of at most max_length tokens (decoder only)."""
+        if self.config.family != "decoder":
+            raise ConfigError(f"{self.config.name} is an {self.config.family!r} model; rolling (unconditional) "
+                              "loglikelihood needs a decoder-only model.")
+        windows: list[list[ScoredRow]] = []
+        for request in requests:
+            ids = as_ids(self.tokenizer.encode(request.text))
+            self._check_ids(ids)
+            windows.append(rolling_windows(ids, self.max_length, self.prefix_token, self.rolling_context_len))
+        flat = [row for rows in windows for row in rows]
+        stats = scoring.score_decoder_rows(self.model, self.params, flat, **self._sizes)
+        results, start = [], 0
+        for rows in windows:
+            token_log_probs = np.concatenate([s.log_probs for s in stats[start:start + len(rows)]])
+            start += len(rows)
+            results.append(RollingResult(float(token_log_probs.sum()), token_log_probs, len(rows)))
+        return results
+
+    def generate_until(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        """Greedy continuation of each context, cut before its first stop string or eos."""
+        family = self.config.family
+        if family == "encoder":
+            raise ConfigError(f"{self.config.name} is an encoder-only model; generation needs a decoder or "
+                              "encoder_decoder model.")
+        results: list[GenerateResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            if isinstance(request.until, str):
+                raise ConfigError(f"until={request.until!r} must be a tuple of stop strings, e.g. ({request.until!r},).")
+            groups.setdefault((request.max_new_tokens, self._stop_tokens(request.until)), []).append(i)
+        num_truncated = 0
+        for (max_new_tokens, stop_tokens), indices in groups.items():
+            budget = self.max_length - (max_new_tokens if family == "decoder" else 0)
+            if budget < 1:
+                raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_length="
+                                  f"{self.max_length}; lower max_new_tokens.")
+            prompts, cut = [], []
+            for i in indices:
+                ids = as_ids(self.tokenizer.encode(requests[i].context)) or [self.prefix_token]
+                self._check_ids(ids)
+                cut.append(len(ids) > budget)
+                prompts.append(ids[-budget:])
+            for start in range(0, len(indices), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                outputs = self._generate(prompts[chunk], max_new_tokens, stop_tokens, budget)
+                for i, ids, truncated in zip(indices[chunk], outputs, cut[chunk]):
+                    results[i] = self._finish(ids, requests[i].until, truncated)
+            num_truncated += sum(cut)
+        self._warn_truncated(num_truncated, len(requests), "generate_until")
+        return results
+
+    def multiple_choice(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """Score of each choice of each (context, choices) question: its log-likelihood as a
+        continuation (decoder, encoder_decoder, encoder with "pll"), or the log-probability
+        of class i for choice i (encoder with "classifier")."""
+        if self.config.family == "encoder" and self.encoder_scoring == "classifier":
+            return self._classify(questions)
+        flat = [LoglikelihoodRequest(context, choice) for context, choices in questions for choice in choices]
+        scores = np.asarray([r.log_prob for r in self.loglikelihood(flat)], np.float64)
+        out, start = [], 0
+        for _, choices in questions:
+            out.append(scores[start:start + len(choices)])
+            start += len(choices)
+        return out
+
+    # --- family-specific pieces ------------------------------------------------------------
+
+    def _pseudo_loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        mask_id = getattr(self.tokenizer, "mask_id", None)
+        if mask_id is None:
+            raise ConfigError(f"tokenizer {type(self.tokenizer).__name__} has no mask_id; pseudo-log-likelihood "
+                              "scoring of an encoder-only model masks each continuation token.")
+        rows, owners, truncated = [], [], []
+        for index, request in enumerate(requests):
+            context_ids, continuation_ids = encode_pair(self.tokenizer, request.context, request.continuation,
+                                                        self.prefix_token, joint=True)
+            self._check_ids(context_ids + continuation_ids)
+            row, cut = conditional_row(context_ids, continuation_ids, self.max_length - 1)
+            sequence = row.tokens  # at most max_length tokens; the continuation is its tail
+            truncated.append(cut)
+            for j in range(len(sequence) - row.num_scored, len(sequence)):
+                masked = sequence.copy()
+                masked[j] = mask_id
+                rows.append((masked, j, int(sequence[j])))
+                owners.append(index)
+        stats = scoring.score_masked_rows(self.model, self.params, rows, **self._sizes)
+        per_request: list[list[scoring.TokenStats]] = [[] for _ in requests]
+        for owner, s in zip(owners, stats):
+            per_request[owner].append(s)
+        self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
+        return [_result(scoring.TokenStats(*(np.concatenate(parts) for parts in zip(*pieces))), cut)
+                for pieces, cut in zip(per_request, truncated)]
+
+    def _classify(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        num_labels = self.config.num_labels
+        rows = []
+        for context, choices in questions:
+            if len(choices) != num_labels:
+                raise ConfigError(f"{len(choices)} choices for a classifier with num_labels={num_labels}; "
+                                  "classifier scoring maps class i to choice i, so they must match.")
+            ids = as_ids(self.tokenizer.encode(context)) or [self.prefix_token]
+            self._check_ids(ids)
+            rows.append(np.asarray(ids[-self.max_length:], np.int32))
+        self._warn_truncated(sum(len(r) == self.max_length for r in rows), len(rows), "multiple_choice")
+        return [np.asarray(lp, np.float64) for lp in
+                scoring.classify_rows(self.model, self.params, rows, **self._sizes)]
+
+    def _stop_tokens(self, until: Sequence[str]) -> tuple[int, ...]:
+        """eos plus every stop string that is one token: the decoding loop can stop early on those."""
+        stops = {int(self.tokenizer.eos_id)}
+        for text in until:
+            ids = as_ids(self.tokenizer.encode(text)) if text else []
+            if len(ids) == 1:
+                stops.add(ids[0])
+        return tuple(sorted(stops))
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_tokens: tuple[int, ...],
+                  budget: int) -> list[list[int]]:
+        """Greedy ids of each prompt (len(prompts) <= batch_size), stop token included."""
+        # research.decoding.generate pads to the longest prompt of each call, compiling once per
+        # width; padding here to a bucket width instead bounds the compiles. The private
+        # _generate is the same loop minus that padding.
+        from research.decoding import pad_prompts
+        from research.decoding.adapters import adapter_for
+        from research.decoding.prompts import check_request
+        from research.decoding.sampling import _generate
+
+        check_request(self.config, prompts, max_new_tokens, stop_tokens)
+        width = scoring.bucket_length(max(len(p) for p in prompts), budget, self.min_bucket)
+        # Spare rows repeat the first prompt, so they stop when it does and never hold the loop open.
+        rows = list(prompts) + [prompts[0]] * (self.batch_size - len(prompts))
+        side = adapter_for(self.model).pad_side
+        padded = pad_prompts(rows, self.config.pad_token_id, side)
+        extra = width - padded.tokens_BP.shape[1]
+        columns = ((0, 0), (extra, 0)) if side == "left" else ((0, 0), (0, extra))
+        padded = padded._replace(tokens_BP=np.pad(padded.tokens_BP, columns, constant_values=self.config.pad_token_id),
+                                 segment_ids_BP=np.pad(padded.segment_ids_BP, columns),
+                                 positions_BP=np.pad(padded.positions_BP, columns))
+        out = _generate(self.params, padded, jnp.asarray(stop_tokens, jnp.int32), jax.random.key(0), jnp.float32(1.0),
+                        jnp.float32(1.0), model=self.model, max_new_tokens=int(max_new_tokens), greedy=True, top_k=0,
+                        nucleus=False)
+        tokens_BN, lengths_B = jax.device_get((out.tokens_BN, out.lengths_B))
+        return [as_ids(tokens_BN[b, :lengths_B[b]]) for b in range(len(prompts))]
+
+    def _finish(self, ids: list[int], until: Sequence[str], truncated: bool) -> GenerateResult:
+        eos = int(self.tokenizer.eos_id)
+        if eos in ids:
+            ids = ids[:ids.index(eos)]
+        text = cut_at_stop(self.tokenizer.decode(ids), until)
+        return GenerateResult(text, tuple(ids), truncated)
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        vocab = self.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ConfigError(f"token id {bad[0]} is outside the vocabulary [0, {vocab}) of {self.config.name}; "
+                              "the tokenizer does not match the model.")
+
+    def _warn_truncated(self, count: int, total: int, what: str) -> None:
+        if count:
+            warnings.warn(f"{what}: {count} of {total} contexts exceed max_length={self.max_length} and were "
+                          "truncated from the left.", stacklevel=3)
+
+
+def _result(stats: scoring.TokenStats, truncated: bool) -> LoglikelihoodResult:
+    return LoglikelihoodResult(float(np.sum(stats.log_probs, dtype=np.float64)), bool(np.all(stats.is_greedy)),
+                               stats.log_probs, stats.is_greedy, stats.brier, truncated)

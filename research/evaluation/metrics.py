@@ -1,0 +1,107 @@
+"""Per-example metrics and their aggregation.
+
+Generation tasks get discontinuous and continuous metrics side by side (Schaeffer et al.
+2023 argue that "emergence" often lives in the metric, not the model):
+
+    exact_match          1 if the (answer of the) output equals the target, else 0
+    token_accuracy       fraction of target token positions the output matches
+    token_edit_distance  Levenshtein distance between output and target token sequences
+    target_log_prob      log p(target | prompt), teacher-forced, nats
+    brier_score          mean over target tokens of the multi-class Brier score of the
+                         next-token distribution (1 - 2 p_target + sum_v p_v^2), in [0, 2]
+
+Multiple choice (lm-eval): acc (argmax log-likelihood is gold), acc_norm (argmax of
+log-likelihood / length of the choice in characters), brier_score (sum over choices of
+(p_i - [i = gold])^2 with p = softmax of the choices' log-likelihoods), target_log_prob.
+Rolling likelihood: perplexities are corpus-level, exp(-sum log p / sum units).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+
+GENERATION_METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob", "brier_score")
+MULTIPLE_CHOICE_METRICS = ("acc", "acc_norm", "brier_score", "target_log_prob")
+LOGLIKELIHOOD_METRICS = ("target_log_prob", "is_greedy", "brier_score")
+ROLLING_METRICS = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+METRICS_BY_OUTPUT_TYPE = {
+    "generate_until": GENERATION_METRICS,
+    "multiple_choice": MULTIPLE_CHOICE_METRICS,
+    "loglikelihood": LOGLIKELIHOOD_METRICS,
+    "loglikelihood_rolling": ROLLING_METRICS,
+}
+
+_PERPLEXITY_UNITS = {"token_perplexity": "num_tokens", "word_perplexity": "num_words",
+                     "byte_perplexity": "num_bytes"}
+
+
+def extract_answer(text: str, answer_prefix: str | None) -> str:
+    """The text after the last `answer_prefix` (all of it when the prefix is None or absent), stripped."""
+    if answer_prefix and answer_prefix in text:
+        text = text[text.rindex(answer_prefix) + len(answer_prefix):]
+    return text.strip()
+
+
+def exact_match(prediction: str, target: str) -> float:
+    """1.0 if the strings agree after stripping surrounding whitespace."""
+    return float(prediction.strip() == target.strip())
+
+
+def token_accuracy(predicted: Sequence[int], target: Sequence[int]) -> float:
+    """Fraction of target positions i with predicted[i] == target[i] (missing positions miss)."""
+    if not len(target):
+        return float(not len(predicted))
+    return sum(p == t for p, t in zip(predicted, target)) / len(target)
+
+
+def token_edit_distance(predicted: Sequence[int], target: Sequence[int]) -> int:
+    """Levenshtein distance: fewest token insertions, deletions and substitutions turning one into the other."""
+    previous = list(range(len(target) + 1))
+    for i, p in enumerate(predicted, start=1):
+        current = [i]
+        for j, t in enumerate(target, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (p != t)))
+        previous = current
+    return previous[-1]
+
+
+def mean_brier(token_brier: np.ndarray) -> float:
+    """Mean per-token Brier score over the target's tokens."""
+    return float(np.mean(token_brier))
+
+
+def multiple_choice_metrics(log_likelihoods: Sequence[float], gold: int, choices: Sequence[str]) -> dict[str, float]:
+    """acc, acc_norm, brier_score, target_log_prob of one question."""
+    ll = np.asarray(log_likelihoods, np.float64)
+    lengths = np.asarray([max(1, len(c)) for c in choices], np.float64)
+    probs = np.exp(ll - ll.max())
+    probs /= probs.sum()
+    one_hot = np.zeros_like(probs)
+    one_hot[gold] = 1.0
+    return {"acc": float(np.argmax(ll) == gold), "acc_norm": float(np.argmax(ll / lengths) == gold),
+            "brier_score": float(np.sum((probs - one_hot) ** 2)), "target_log_prob": float(ll[gold])}
+
+
+def rolling_units(text: str, num_tokens: int) -> dict[str, int]:
+    """Counts the perplexities are normalised by: tokens, words (whitespace-separated, as lm-eval), UTF-8 bytes."""
+    return {"num_tokens": num_tokens, "num_words": len(re.split(r"\s+", text.strip())) if text.strip() else 0,
+            "num_bytes": len(text.encode("utf-8"))}
+
+
+def aggregate(per_example: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """Task-level value of each metric: the mean over examples, or a corpus-level perplexity."""
+    out = {}
+    for name in names:
+        if name in ROLLING_METRICS:
+            log_prob = sum(e["log_prob"] for e in per_example)
+            if name == "bits_per_byte":
+                out[name] = -log_prob / (sum(e["num_bytes"] for e in per_example) * math.log(2))
+            else:
+                units = sum(e[_PERPLEXITY_UNITS[name]] for e in per_example)
+                out[name] = math.exp(-log_prob / units)
+        else:
+            out[name] = float(np.mean([e[name] for e in per_example]))
+    return out

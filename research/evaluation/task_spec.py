@@ -1,0 +1,227 @@
+"""Tasks as data: a declarative TaskSpec plus documents (JSONL files or a generator).
+
+A document is a JSON object; the spec's templates are Python format strings over its
+fields ("{a}+{b}=", literal braces doubled). A task file is JSON:
+
+    {"name": "capitals", "output_type": "multiple_choice",
+     "prompt": "Q: What is the capital of {country}?\\nA:", "target": "{answer}",
+     "choices": "options", "metrics": ["acc", "acc_norm"], "num_fewshot": 2,
+     "data_files": {"test": "capitals_test.jsonl", "train": "capitals_train.jsonl"}}
+
+with data_files relative to the task file. Every template is rendered on every document
+when the task is built, so a missing field fails at load time with file and line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import string
+from typing import Any, Literal, Sequence
+
+from research.evaluation.metrics import METRICS_BY_OUTPUT_TYPE
+from research.models.config import ConfigError
+
+OutputType = Literal["generate_until", "multiple_choice", "loglikelihood", "loglikelihood_rolling"]
+_OUTPUT_TYPES = OutputType.__args__
+
+
+class TaskError(ConfigError):
+    """A malformed task spec or document; the message names the file / field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """How to turn a document into requests and score them (lm-evaluation-harness semantics).
+
+    prompt: template of the context. target: template of the gold continuation (for
+    multiple_choice: the gold choice's text, or its index). choices: multiple_choice only,
+    the document field holding the list of choice strings. A few-shot example is
+    prompt + target_delimiter + target; examples and the query are joined by
+    fewshot_delimiter, after `description`. answer_prefix: for chain-of-thought targets,
+    exact match compares only the text after the last occurrence of this prefix.
+    """
+
+    name: str
+    output_type: OutputType
+    prompt: str
+    target: str = ""
+    choices: str | None = None
+    metrics: tuple[str, ...] = ()  # () = every metric of output_type
+    eval_split: str = "test"
+    fewshot_split: str | None = "train"
+    num_fewshot: int = 0
+    fewshot_seed: int = 1234
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    description: str = ""
+    until: tuple[str, ...] = ("\n\n",)  # generate_until stop strings
+    max_new_tokens: int = 32
+    answer_prefix: str | None = None
+
+    def __post_init__(self):
+        where = f"task {self.name!r}"
+        if self.output_type not in _OUTPUT_TYPES:
+            raise TaskError(f"{where}: output_type={self.output_type!r} is not one of {_OUTPUT_TYPES}.")
+        # JSON gives lists; keep the spec hashable and immutable.
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "until", (self.until,) if isinstance(self.until, str) else tuple(self.until))
+        known = METRICS_BY_OUTPUT_TYPE[self.output_type]
+        unknown = [m for m in self.metrics if m not in known]
+        if unknown:
+            raise TaskError(f"{where}: unknown metric(s) {unknown} for output_type={self.output_type!r}; "
+                            f"choose from {list(known)}.")
+        if not self.metrics:
+            object.__setattr__(self, "metrics", tuple(known))
+        for field in ("prompt", "target", "description"):
+            template_fields(getattr(self, field), f"{where}: {field} template")
+        if self.output_type in ("generate_until", "loglikelihood", "multiple_choice") and not self.target:
+            raise TaskError(f"{where}: output_type={self.output_type!r} needs a target template, e.g. '{{answer}}'.")
+        if self.output_type == "multiple_choice" and not self.choices:
+            raise TaskError(f"{where}: multiple_choice needs choices=<document field holding the list of choices>.")
+        if self.output_type == "loglikelihood_rolling" and self.num_fewshot:
+            raise TaskError(f"{where}: loglikelihood_rolling scores whole texts; num_fewshot must be 0, "
+                            f"got {self.num_fewshot}.")
+        if self.num_fewshot < 0:
+            raise TaskError(f"{where}: num_fewshot={self.num_fewshot} must be >= 0.")
+        if self.num_fewshot and not self.fewshot_split:
+            raise TaskError(f"{where}: num_fewshot={self.num_fewshot} needs a fewshot_split to draw examples from.")
+        if self.max_new_tokens < 1:
+            raise TaskError(f"{where}: max_new_tokens={self.max_new_tokens} must be >= 1.")
+
+    def replace(self, **overrides: Any) -> "TaskSpec":
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Doc:
+    """One document and where it came from ("file.jsonl:12", "addition[3]") for error messages."""
+
+    fields: dict[str, Any]
+    location: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A spec and its documents by split name; built through `make_task` so every doc is checked."""
+
+    spec: TaskSpec
+    splits: dict[str, tuple[Doc, ...]]
+
+    def docs(self, split: str) -> tuple[Doc, ...]:
+        if split not in self.splits:
+            raise TaskError(f"task {self.spec.name!r} has no split {split!r}; it has {sorted(self.splits)}.")
+        return self.splits[split]
+
+
+def make_task(spec: TaskSpec, splits: dict[str, Sequence[Doc | dict]]) -> Task:
+    """A Task whose every document renders under the spec; dict documents get locations name[i]."""
+    checked = {}
+    for split, docs in splits.items():
+        checked[split] = tuple(d if isinstance(d, Doc) else Doc(dict(d), f"{spec.name}/{split}[{i}]")
+                               for i, d in enumerate(docs))
+    task = Task(spec, checked)
+    task.docs(spec.eval_split)
+    if spec.num_fewshot:
+        task.docs(spec.fewshot_split)
+    for docs in checked.values():
+        for doc in docs:
+            render(spec.prompt, doc, "prompt")
+            if spec.target:
+                gold_index(spec, doc) if spec.output_type == "multiple_choice" else render(spec.target, doc, "target")
+    return task
+
+
+def template_fields(template: str, where: str) -> list[str]:
+    """The field names a format template uses; TaskError if its braces are malformed."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise TaskError(f"{where} {template!r} is not a valid format string ({e}); double literal braces.") from None
+
+
+def render(template: str, doc: Doc, what: str) -> str:
+    """`template` filled with the document's fields."""
+    try:
+        return template.format_map(doc.fields)
+    except KeyError as e:
+        raise TaskError(f"{doc.location}: field {e.args[0]!r} used by the {what} template is missing; "
+                        f"the document has {sorted(doc.fields)}.") from None
+    except (IndexError, AttributeError, ValueError) as e:
+        raise TaskError(f"{doc.location}: cannot render the {what} template {template!r}: {e}.") from None
+
+
+def choices_of(spec: TaskSpec, doc: Doc) -> list[str]:
+    """The choice strings of a multiple-choice document."""
+    choices = doc.fields.get(spec.choices)
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise TaskError(f"{doc.location}: field {spec.choices!r} must be a non-empty list of strings, "
+                        f"got {choices!r}.")
+    return choices
+
+
+def gold_index(spec: TaskSpec, doc: Doc) -> int:
+    """Index of the gold choice: the choice equal to the rendered target, else the target as an index."""
+    choices, target = choices_of(spec, doc), render(spec.target, doc, "target")
+    if target in choices:
+        return choices.index(target)
+    if target.strip().isdigit() and int(target) < len(choices):
+        return int(target)
+    raise TaskError(f"{doc.location}: target {target!r} is neither one of the choices {choices} nor an index "
+                    "into them.")
+
+
+def gold_text(spec: TaskSpec, doc: Doc) -> str:
+    """The gold continuation's text (a multiple-choice doc's gold choice)."""
+    if spec.output_type == "multiple_choice":
+        return choices_of(spec, doc)[gold_index(spec, doc)]
+    return render(spec.target, doc, "target")
+
+
+def read_jsonl(path: str) -> list[Doc]:
+    """Documents of a JSONL file (one JSON object per line; blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise TaskError(f"data file {path!r} does not exist.")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                fields = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno}); each line must "
+                                "be one JSON object.") from None
+            if not isinstance(fields, dict):
+                raise TaskError(f"{path}:{number}: expected a JSON object ({{...}}), got {type(fields).__name__}.")
+            docs.append(Doc(fields, f"{path}:{number}"))
+    return docs
+
+
+def task_from_jsonl(spec: TaskSpec, data_files: dict[str, str]) -> Task:
+    """A task whose splits are read from JSONL files {split: path}."""
+    return make_task(spec, {split: read_jsonl(path) for split, path in data_files.items()})
+
+
+def load_task(path: str, **overrides: Any) -> Task:
+    """A task from a JSON task file (see the module docstring); `overrides` replace spec fields."""
+    if not os.path.isfile(path):
+        raise TaskError(f"task file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data_files"), dict):
+        raise TaskError(f"{path}: a task file is a JSON object with a 'data_files' object {{split: jsonl path}}.")
+    data_files = raw.pop("data_files")
+    fields = {f.name for f in dataclasses.fields(TaskSpec)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise TaskError(f"{path}: unknown task field(s) {unknown}; known: {sorted(fields)}.")
+    try:
+        spec = TaskSpec(**{**raw, **overrides})
+    except TypeError as e:  # a required field (name, output_type, prompt) is missing
+        raise TaskError(f"{path}: {e}; a task needs name, output_type and prompt.") from None
+    base = os.path.dirname(os.path.abspath(path))
+    return task_from_jsonl(spec, {split: os.path.join(base, file) for split, file in data_files.items()})

@@ -1,0 +1,89 @@
+"""Arithmetic ability tasks: multi-digit addition and multiplication, modular arithmetic.
+
+Prompts are bare equations ("457+86=" -> "543"), one per line, so a character-level model
+of a few thousand parameters can be evaluated few-shot. Every document carries both the
+direct answer and a scratchpad (tasks/chain_of_thought.py); `chain_of_thought=True` makes
+the scratchpad plus the answer the target, and exact match then compares the answer only.
+
+Difficulty knobs: digits (of the first operand, 1-8; the first digit is non-zero),
+digits_b (of the second, default = digits), modulus and op for modular arithmetic.
+"""
+from __future__ import annotations
+
+import random
+
+from research.evaluation.task_spec import Task, TaskError, TaskSpec, gold_text, make_task
+from research.evaluation.tasks.chain_of_thought import (ANSWER_PREFIX, COT_TARGET, addition_scratchpad,
+                                                        modular_scratchpad, multiplication_scratchpad)
+from research.evaluation.tasks.generated import check_range, generated_task
+
+MAX_DIGITS = 8
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _spec(name: str, prompt: str, chain_of_thought: bool, num_fewshot: int, seed: int) -> TaskSpec:
+    return TaskSpec(name=name + ("_cot" if chain_of_thought else ""), output_type="generate_until", prompt=prompt,
+                    target=COT_TARGET if chain_of_thought else "{answer}",
+                    target_delimiter=" " if chain_of_thought else "",
+                    fewshot_delimiter="\n", until=("\n",), num_fewshot=num_fewshot, fewshot_seed=seed,
+                    answer_prefix=ANSWER_PREFIX if chain_of_thought else None)
+
+
+def _fit_generation_budget(task: Task) -> Task:
+    # One token per character bounds any tokenizer's count; +1 leaves room for the stop "\n".
+    longest = max(len(gold_text(task.spec, d)) for docs in task.splits.values() for d in docs)
+    return make_task(task.spec.replace(max_new_tokens=longest + 1), task.splits)
+
+
+def _check_digits(name: str, digits: int, digits_b: int) -> None:
+    check_range(name, "digits", digits, 1, MAX_DIGITS)
+    check_range(name, "digits_b", digits_b, 1, MAX_DIGITS)
+
+
+def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
+                  seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False) -> Task:
+    """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b`."""
+    digits_b = digits if digits_b is None else digits_b
+    _check_digits("addition", digits, digits_b)
+
+    def make_doc(rng: random.Random) -> dict:
+        a, b = _operand(rng, digits), _operand(rng, digits_b)
+        return {"a": a, "b": b, "answer": a + b, "scratchpad": addition_scratchpad(a, b)}
+
+    spec = _spec(f"addition_{digits}x{digits_b}", "{a}+{b}=", chain_of_thought, num_fewshot, seed)
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
+
+
+def multiplication_task(*, digits: int = 2, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
+                        seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False) -> Task:
+    """'{a}*{b}=' -> a * b."""
+    digits_b = digits if digits_b is None else digits_b
+    _check_digits("multiplication", digits, digits_b)
+
+    def make_doc(rng: random.Random) -> dict:
+        a, b = _operand(rng, digits), _operand(rng, digits_b)
+        return {"a": a, "b": b, "answer": a * b, "scratchpad": multiplication_scratchpad(a, b)}
+
+    spec = _spec(f"multiplication_{digits}x{digits_b}", "{a}*{b}=", chain_of_thought, num_fewshot, seed)
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
+
+
+def modular_arithmetic_task(*, modulus: int = 97, op: str = "+", num_test: int = 200, num_train: int = 64,
+                            seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False) -> Task:
+    """'{a}{op}{b} mod {m}=' -> (a op b) mod m, with a, b uniform in [0, m) (Power et al. 2022's grokking task)."""
+    check_range("modular_arithmetic", "modulus", modulus, 2, 10**MAX_DIGITS)
+    if op not in ("+", "*"):
+        raise TaskError(f"task 'modular_arithmetic': op={op!r} must be '+' or '*'.")
+
+    def make_doc(rng: random.Random) -> dict:
+        a, b = rng.randrange(modulus), rng.randrange(modulus)
+        value = a + b if op == "+" else a * b
+        return {"a": a, "b": b, "op": op, "m": modulus, "answer": value % modulus,
+                "scratchpad": modular_scratchpad(a, b, modulus, op)}
+
+    name = f"modular_{'add' if op == '+' else 'mul'}_{modulus}"
+    spec = _spec(name, "{a}{op}{b} mod {m}=", chain_of_thought, num_fewshot, seed)
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))

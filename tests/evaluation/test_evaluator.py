@@ -1,0 +1,85 @@
+"""evaluate(): requests, metrics and aggregation wired end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from research.evaluation.evaluator import evaluate, token_losses
+from research.evaluation.harness import Harness
+from research.evaluation.requests import GenerateResult, LoglikelihoodRequest, LoglikelihoodResult
+from research.evaluation.task_spec import TaskError, TaskSpec, gold_text, make_task
+from research.evaluation.tasks import get_task
+from research.evaluation.tokenizer import CharTokenizer
+from tests.evaluation.conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def harness():
+    model, params = tiny_model("gpt2-tiny", vocab_size=128)
+    return Harness(model, params, CharTokenizer(), batch_size=4)
+
+
+class OracleHarness:
+    """Answers every generation with the gold target: exact match must then be 1."""
+
+    def __init__(self, task):
+        self.tokenizer = CharTokenizer()
+        self.task = task
+
+    def generate_until(self, requests):
+        golds = [gold_text(self.task.spec, d) for d in self.task.docs("test")]
+        return [GenerateResult(gold, ()) for gold in golds[:len(requests)]]
+
+    def loglikelihood(self, requests):
+        return [LoglikelihoodResult(-1.0, True, np.array([-1.0]), np.array([True]), np.array([0.5]))
+                for _ in requests]
+
+
+def test_generation_task_metrics_side_by_side(harness):
+    task = get_task("addition", digits=1, num_test=4, num_train=8, num_fewshot=2)
+    result = evaluate(harness, task)
+    assert set(result.metrics) == {"exact_match", "token_accuracy", "token_edit_distance", "target_log_prob",
+                                   "brier_score"}
+    assert 0 <= result.metrics["exact_match"] <= result.metrics["token_accuracy"] + 1e-9 <= 1 + 1e-9
+    assert 0 <= result.metrics["brier_score"] <= 2 and result.metrics["target_log_prob"] < 0
+    example = result.examples[0]
+    direct = harness.loglikelihood([LoglikelihoodRequest(example["prompt"], example["target"])])[0]
+    assert example["target_log_prob"] == pytest.approx(direct.log_prob, abs=1e-5)
+    assert example["prompt"].count("\n") == 2 and "\n" not in example["prediction"]  # 2 shots; stopped at "\n"
+    assert np.mean([e["target_log_prob"] for e in result.examples]) == pytest.approx(
+        result.metrics["target_log_prob"])
+
+
+def test_oracle_answers_score_perfectly_including_chain_of_thought():
+    for task in (get_task("multiplication", digits=2, num_test=3), get_task("multiplication", digits=2, num_test=3,
+                                                                            chain_of_thought=True)):
+        result = evaluate(OracleHarness(task), task)
+        assert result.metrics["exact_match"] == 1.0 and result.metrics["token_accuracy"] == 1.0
+        assert result.metrics["token_edit_distance"] == 0.0 and result.metrics["brier_score"] == 0.5
+
+
+def test_multiple_choice_and_rolling_tasks(harness):
+    mc = TaskSpec(name="colours", output_type="multiple_choice", prompt="{q}:", target="{a}", choices="opts",
+                  fewshot_split=None)
+    task = make_task(mc, {"test": [{"q": "sky", "a": "blue", "opts": ["blue", "green", "red"]},
+                                   {"q": "grass", "a": "green", "opts": ["blue", "green"]}]})
+    result = evaluate(harness, task)
+    for example in result.examples:
+        assert example["acc"] == float(np.argmax(example["scores"]) == example["gold"])
+    assert result.metrics["acc"] == np.mean([e["acc"] for e in result.examples])
+
+    text = "def add(a, b):\n    return a + b\n" * 6  # 198 characters: two windows of the 128-token context
+    rolling = make_task(TaskSpec(name="code", output_type="loglikelihood_rolling", prompt="{text}"),
+                        {"test": [{"text": text}]})
+    result = evaluate(harness, rolling)
+    example = result.examples[0]
+    assert example["num_windows"] == 2 and example["num_tokens"] == len(text)
+    assert result.metrics["token_perplexity"] == pytest.approx(math.exp(-example["log_prob"] / len(text)))
+    losses = token_losses(harness, [text])[0]
+    assert losses.shape == (len(text),) and losses.sum() == pytest.approx(-example["log_prob"], rel=1e-5)
+    with pytest.raises(TaskError, match="takes no few-shot examples"):
+        evaluate(harness, rolling, num_fewshot=1)
+    with pytest.raises(TaskError, match="limit=0 must be >= 1"):
+        evaluate(harness, rolling, limit=0)

@@ -1,0 +1,38 @@
+"""Few-shot prompts match golden strings; examples are seeded per document."""
+from __future__ import annotations
+
+from research.evaluation.fewshot import fewshot_context, sample_shots
+from research.evaluation.task_spec import TaskSpec, make_task
+from research.evaluation.tasks import get_task
+
+QA = TaskSpec(name="qa", output_type="generate_until", prompt="Q: {q}\nA:", target="{a}", num_fewshot=2,
+              fewshot_seed=7, description="Answer the questions.\n\n")
+TRAIN = [{"q": f"{i}+{i}", "a": str(2 * i)} for i in range(6)]
+TEST = [{"q": "7+1", "a": "8"}, {"q": "9+9", "a": "18"}]
+
+
+def test_golden_prompts():
+    task = make_task(QA, {"test": TEST, "train": TRAIN})
+    # description, then shot + fewshot_delimiter ("\n\n") per shot, each shot prompt + " " + target.
+    assert fewshot_context(task, 0) == "Answer the questions.\n\nQ: 5+5\nA: 10\n\nQ: 0+0\nA: 0\n\nQ: 7+1\nA:"
+    assert fewshot_context(task, 1) == "Answer the questions.\n\nQ: 0+0\nA: 0\n\nQ: 5+5\nA: 10\n\nQ: 9+9\nA:"
+    assert fewshot_context(task, 0, num_fewshot=0) == "Answer the questions.\n\nQ: 7+1\nA:"
+    # Multiple choice shots show the gold choice's text; delimiters are configurable.
+    mc = TaskSpec(name="mc", output_type="multiple_choice", prompt="{q}", target="{a}", choices="opts",
+                  num_fewshot=1, target_delimiter=" -> ", fewshot_delimiter=" | ")
+    task = make_task(mc, {"test": [{"q": "sky", "a": "blue", "opts": ["blue", "red"]}],
+                          "train": [{"q": "grass", "a": "1", "opts": ["red", "green"]}]})
+    assert fewshot_context(task, 0) == "grass -> green | sky"
+    # Generated arithmetic: bare equations, one per line, no target delimiter.
+    addition = get_task("addition", digits=2, num_test=1, num_train=4, num_fewshot=2, seed=3)
+    assert fewshot_context(addition, 0) == "85+55=140\n30+33=63\n92+31="
+
+
+def test_shots_depend_only_on_seed_and_document_index():
+    task = make_task(QA, {"test": TEST * 5, "train": TRAIN})
+    first = [d.fields["q"] for d in sample_shots(task, 3, 4)]
+    assert first == [d.fields["q"] for d in sample_shots(task, 3, 4)]
+    assert len(set(first)) == 4  # without replacement
+    reseeded = make_task(QA.replace(fewshot_seed=8), {"test": TEST * 5, "train": TRAIN})
+    draws = {tuple(d.fields["q"] for d in sample_shots(t, i, 4)) for t in (task, reseeded) for i in range(10)}
+    assert len(draws) > 5  # different documents / seeds get different examples

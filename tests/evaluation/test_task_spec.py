@@ -1,0 +1,86 @@
+"""Task specs and files: loading, and one-line errors for malformed input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from research.evaluation.fewshot import fewshot_context
+from research.evaluation.task_spec import TaskError, TaskSpec, gold_index, load_task, make_task, task_from_jsonl
+
+MC = dict(name="capitals", output_type="multiple_choice", prompt="Q: capital of {country}?\nA:", target="{answer}",
+          choices="options")
+
+
+def _write_jsonl(path, docs):
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return str(path)
+
+
+def test_task_file_loads_with_data_files_relative_to_it(tmp_path):
+    docs = [{"country": c, "answer": a, "options": ["Paris", "Rome", "Lima"]}
+            for c, a in [("France", "Paris"), ("Italy", "Rome"), ("Peru", "Lima")]]
+    _write_jsonl(tmp_path / "test.jsonl", docs)
+    _write_jsonl(tmp_path / "train.jsonl", docs)
+    (tmp_path / "capitals.json").write_text(json.dumps(
+        {**MC, "metrics": ["acc"], "num_fewshot": 1, "data_files": {"test": "test.jsonl", "train": "train.jsonl"}}))
+    task = load_task(str(tmp_path / "capitals.json"))
+    assert task.spec.metrics == ("acc",) and len(task.docs("test")) == 3
+    assert [gold_index(task.spec, d) for d in task.docs("test")] == [0, 1, 2]
+    assert task.docs("test")[1].location.endswith("test.jsonl:2")
+    assert fewshot_context(task, 0).endswith("Q: capital of France?\nA:")
+    # Metrics default to every metric of the output type.
+    assert TaskSpec(**MC).metrics == ("acc", "acc_norm", "brier_score", "target_log_prob")
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"country": "France", "answer": "Paris", "options": ["Paris"]}\n\n{"country": "Italy",\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl:3: not valid JSON"):
+        task_from_jsonl(TaskSpec(**MC), {"test": str(path)})
+    path.write_text('["not", "an", "object"]\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl:1: expected a JSON object"):
+        task_from_jsonl(TaskSpec(**MC), {"test": str(path)})
+    path.write_text('{"country": "France", "options": ["Paris"]}\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl:1: field 'answer' used by the target template is missing"):
+        task_from_jsonl(TaskSpec(**MC), {"test": str(path)})
+    path.write_text('{"country": "France", "answer": "Oslo", "options": ["Paris", "Rome"]}\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl:1: target 'Oslo' is neither one of the choices"):
+        task_from_jsonl(TaskSpec(**MC), {"test": str(path)})
+    with pytest.raises(TaskError, match="does not exist"):
+        task_from_jsonl(TaskSpec(**MC), {"test": str(tmp_path / "missing.jsonl")})
+
+
+def test_bad_specs_fail_with_the_fix():
+    with pytest.raises(TaskError, match=r"unknown metric\(s\) \['bleu'\] .* choose from \['acc'"):
+        TaskSpec(**MC, metrics=["acc", "bleu"])
+    with pytest.raises(TaskError, match="output_type='classify' is not one of"):
+        TaskSpec(**{**MC, "output_type": "classify"})
+    with pytest.raises(TaskError, match="multiple_choice needs choices="):
+        TaskSpec(**{**MC, "choices": None})
+    with pytest.raises(TaskError, match="not a valid format string"):
+        TaskSpec(**{**MC, "prompt": "Q: {country"})
+    with pytest.raises(TaskError, match="needs a target template"):
+        TaskSpec(name="t", output_type="generate_until", prompt="{q}")
+
+
+def test_more_shots_than_the_fewshot_split_holds():
+    spec = TaskSpec(name="t", output_type="generate_until", prompt="{q}=", target="{a}", num_fewshot=3)
+    task = make_task(spec, {"test": [{"q": "1+1", "a": "2"}], "train": [{"q": "2+2", "a": "4"}, {"q": "1+3", "a": "4"}]})
+    with pytest.raises(TaskError, match="num_fewshot=3 but the few-shot split 'train' holds 2 usable documents"):
+        fewshot_context(task, 0)
+    # Drawing from the evaluation split itself excludes the document being evaluated.
+    same = make_task(spec.replace(num_fewshot=2, fewshot_split="test"), {"test": [{"q": str(i), "a": "x"}
+                                                                                for i in range(3)]})
+    assert fewshot_context(same, 1).count("1=") == 1  # only as the query
+    with pytest.raises(TaskError, match="holds 2 usable documents"):
+        fewshot_context(same, 0, num_fewshot=3)
+
+
+def test_load_task_reports_missing_fields(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"name": "t", "data_files": {}}))
+    with pytest.raises(TaskError, match="a task needs name, output_type and prompt"):
+        load_task(str(tmp_path / "t.json"))
+    (tmp_path / "t.json").write_text(json.dumps({**MC, "data_files": {}, "colour": "red"}))
+    with pytest.raises(TaskError, match=r"unknown task field\(s\) \['colour'\]"):
+        load_task(str(tmp_path / "t.json"))

@@ -1,0 +1,95 @@
+"""Generated tasks: seeded, correct answers, valid scratchpads, knob validation."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from research.evaluation.fewshot import fewshot_context
+from research.evaluation.metrics import extract_answer
+from research.evaluation.task_spec import TaskError, gold_text
+from research.evaluation.tasks import get_task, task_names
+from research.evaluation.tasks.chain_of_thought import (addition_scratchpad, modular_scratchpad,
+                                                        multiplication_scratchpad)
+from research.evaluation.tasks.unscramble import scramble
+from research.evaluation.tasks.words import word_list
+
+
+def _docs(task, split="test"):
+    return [d.fields for d in task.docs(split)]
+
+
+def test_every_task_is_seeded_and_builds_prompts():
+    for name in task_names():
+        a, b = get_task(name, seed=1, num_test=5, num_train=3), get_task(name, seed=1, num_test=5, num_train=3)
+        assert _docs(a) == _docs(b)
+        assert _docs(a) != _docs(get_task(name, seed=2, num_test=5, num_train=3))
+        # The test split does not depend on the size of the train split.
+        assert _docs(a) == _docs(get_task(name, seed=1, num_test=5, num_train=9))
+        assert fewshot_context(a, 0, num_fewshot=3)
+
+
+def test_arithmetic_answers_and_digit_knobs():
+    for digits in (1, 4, 8):
+        for doc in _docs(get_task("addition", digits=digits, num_test=20)):
+            assert doc["a"] + doc["b"] == doc["answer"] and len(str(doc["a"])) == digits
+    for doc in _docs(get_task("multiplication", digits=3, digits_b=2, num_test=20)):
+        assert doc["a"] * doc["b"] == doc["answer"] and len(str(doc["b"])) == 2
+    for doc in _docs(get_task("modular_arithmetic", modulus=13, op="*", num_test=20)):
+        assert (doc["a"] * doc["b"]) % 13 == doc["answer"]
+    with pytest.raises(TaskError, match="digits=9 must be in \\[1, 8\\]"):
+        get_task("addition", digits=9)
+    with pytest.raises(TaskError, match="op='-' must be"):
+        get_task("modular_arithmetic", op="-")
+    with pytest.raises(TaskError, match="unknown knob\\(s\\) \\['digit'\\]"):
+        get_task("addition", digit=3)
+    with pytest.raises(TaskError, match="Did you mean addition"):
+        get_task("additon")
+
+
+def test_scratchpads_are_correct_worked_steps():
+    # 457 + 86: 7+6=13 carry 1, 5+8+1=14 carry 1, 4+1=5 -> 543.
+    assert addition_scratchpad(457, 86) == "7+6=13 carry 1; 5+8+1=14 carry 1; 4+1=5"
+    assert addition_scratchpad(95, 5) == "5+5=10 carry 1; 9+1=10 carry 1; final carry 1"
+    assert multiplication_scratchpad(123, 45) == "123*5=615; 123*40=4920; 615+4920=5535"
+    assert multiplication_scratchpad(12, 30) == "12*30=360"
+    assert modular_scratchpad(17, 23, 13, "+") == "17+23=40; 40=3*13+1"
+    # Every step of every generated scratchpad is true arithmetic, and the target ends in the answer.
+    for name, knobs in [("addition", dict(digits=5)), ("multiplication", dict(digits=3)),
+                        ("modular_arithmetic", dict(modulus=31, op="*"))]:
+        task = get_task(name, chain_of_thought=True, num_test=10, **knobs)
+        assert task.spec.name.endswith("_cot")
+        for doc in task.docs("test"):
+            target = gold_text(task.spec, doc)
+            assert extract_answer(target, task.spec.answer_prefix) == str(doc.fields["answer"])
+            for step in target.split(". Answer:")[0].split("; "):
+                if "=" in step:  # "7+6=13 carry 1", "123*40=4920", "391=12*31+19"
+                    left, right = step.split("=")
+                    assert eval(left) == eval(right.split()[0]), target
+            assert len(target) + 1 <= task.spec.max_new_tokens
+
+
+def test_unscramble_induction_and_recall_documents():
+    words = set(word_list())
+    assert len(words) > 500 and all(w.isalpha() and w.islower() for w in words)
+    for corruption in ("cycle", "anagram1", "anagram2", "reversed"):
+        for doc in _docs(get_task("unscramble", corruption=corruption, num_test=20)):
+            assert Counter(doc["scrambled"]) == Counter(doc["word"]) and doc["word"] in words
+    import random
+    assert scramble("value", "anagram1", random.Random(0))[::4] == "ve"  # first and last kept
+    for doc in _docs(get_task("unscramble", corruption="random_insertion", num_test=20)):
+        assert re.sub(r"[^a-z]", "", doc["scrambled"]) == doc["word"]
+
+    for doc in _docs(get_task("induction", length=10, num_predict=3, num_test=20)):
+        assert doc["sequence"] == doc["prefix"] + " " + doc["continuation"]
+        assert len(set(doc["sequence"].split())) == 10
+    with pytest.raises(TaskError, match="distinct=True needs alphabet_size >= length"):
+        get_task("induction", length=30)
+
+    for doc in _docs(get_task("associative_recall", num_pairs=6, num_queries=3, value_length=2, num_test=20)):
+        pairs = dict(p.split(":") for p in doc["pairs"].split())
+        assert len(pairs) == 6
+        assert doc["values"].split() == [pairs[q] for q in doc["queries"].split()]
+    with pytest.raises(TaskError, match="num_pairs=30 exceeds the 26 distinct keys"):
+        get_task("associative_recall", num_pairs=30, num_queries=2)
