@@ -36,6 +36,7 @@ setuptools.setup(
     "pretraining, scaling laws, emergent-ability evaluations.",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*", "launch", "launch.*"]),
+    package_data={"research.evaluation.tasks": ["words.txt"]},  # the unscramble task's word list
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )
