@@ -1,0 +1,130 @@
+"""Import and export Hugging Face checkpoints (local folders; nothing is downloaded).
+
+`from_hf(path)` reads config.json, picks the architecture module from its "model_type",
+and returns `(model, params)`; `to_hf(model, params, path)` writes a folder that
+transformers' `from_pretrained` loads. Each architecture module (gpt2, llama, bert, t5)
+provides:
+
+    config_from_hf(hf_config: dict) -> ModelConfig
+    config_to_hf(config) -> dict                    # config.json, with model_type and architectures
+    params_from_hf(state_dict, config) -> dict      # our layout: unrolled, or stacked if scan_layers
+    params_to_hf(params, config) -> dict[str, np.ndarray]
+
+The helpers below are shared by those modules.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models import layout
+from research.models.config import ConfigError, ModelConfig
+from research.models.hf.checkpoint_files import CheckpointError, read_hf_config, read_state_dict, write_checkpoint
+
+# Modules are imported on use, so a missing optional one (or its dependencies) only
+# matters to checkpoints of that type.
+_MODULE_FOR_TYPE = {
+    "gpt2": "research.models.hf.gpt2",
+    "llama": "research.models.hf.llama",
+    "mistral": "research.models.hf.llama",  # LLaMA plus a sliding window, accepted when it is off
+    "bert": "research.models.hf.bert",
+    "t5": "research.models.hf.t5",
+}
+
+# Hugging Face `hidden_act` / `activation_function` names of the activations we have.
+ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "relu": "relu", "silu": "silu", "swish": "silu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+
+
+def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
+    """Load the checkpoint folder `path` -> (model, params of plain arrays).
+
+    `overrides` are ModelConfig fields applied after reading config.json, e.g.
+    `scan_layers=True`, `dtype="bfloat16"`, `remat="full"`; params are cast to
+    `param_dtype`. The config's name defaults to the folder's name.
+    """
+    from research.models import build_model
+
+    hf_config = read_hf_config(path)
+    module = _module_for_type(hf_config.get("model_type"), path)
+    overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
+    config = module.config_from_hf(hf_config).replace(**overrides)
+    params = module.params_from_hf(read_state_dict(path), config)
+    return build_model(config), params
+
+
+def to_hf(model: nn.Module, params: Any, path: str) -> None:
+    """Write `params` of `model` to the folder `path` as config.json + model.safetensors."""
+    config: ModelConfig = model.config
+    module = _module_for_config(config)
+    hf_config = module.config_to_hf(config)
+    write_checkpoint(path, hf_config, module.params_to_hf(params, config))
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_MODULE_FOR_TYPE)
+
+
+def _module_for_type(model_type: Any, path: str) -> ModuleType:
+    if model_type not in _MODULE_FOR_TYPE:
+        raise ConfigError(f"{os.path.join(path, 'config.json')!r} has model_type={model_type!r}; "
+                          f"supported: {', '.join(supported_model_types())}.")
+    return importlib.import_module(_MODULE_FOR_TYPE[model_type])
+
+
+def _module_for_config(config: ModelConfig) -> ModuleType:
+    if config.family == "decoder":
+        model_type = "gpt2" if config.position == "learned" else "llama"
+    else:
+        model_type = {"encoder": "bert", "encoder_decoder": "t5"}[config.family]
+    return importlib.import_module(_MODULE_FOR_TYPE[model_type])
+
+
+# --- helpers for the architecture modules -------------------------------------------------
+
+def check_convertible(config: ModelConfig, architecture: str, required: dict[str, Any]) -> None:
+    """ConfigError naming every field of `config` that differs from `required`."""
+    wrong = [f"{field}={getattr(config, field)!r} (needs {value!r})" for field, value in required.items()
+             if getattr(config, field) != value]
+    if wrong:
+        raise ConfigError(f"{config.name}: cannot be expressed as {architecture}: {', '.join(wrong)}.")
+
+
+def hf_activation(name: Any, model_type: str) -> str:
+    """Our activation for a Hugging Face activation name."""
+    if name not in ACTIVATION_FROM_HF:
+        raise ConfigError(f"{model_type}: activation {name!r} is not supported; "
+                          f"supported: {', '.join(sorted(ACTIVATION_FROM_HF))}.")
+    return ACTIVATION_FROM_HF[name]
+
+
+def model_layout(unrolled: dict, config: ModelConfig, layer_names: tuple[str, ...] = ("layers",)) -> dict:
+    """Unrolled numpy params -> arrays of `config.param_dtype`, stacked if scan_layers."""
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=config.weight_dtype), unrolled)
+    if config.scan_layers:
+        for name in layer_names:
+            params = layout.stack_layers(params, name)
+    return params
+
+
+def unrolled_layout(params: Any, config: ModelConfig, layer_names: tuple[str, ...] = ("layers",)) -> dict:
+    """Model params (boxed or not, scanned or not) -> unrolled dict of numpy arrays."""
+    params = layout.unbox(params)
+    if set(params) == {"params"}:  # a whole variables dict
+        params = params["params"]
+    if config.scan_layers:
+        for name in layer_names:
+            params = layout.unstack_layers(params, name)
+    return jax.tree.map(np.asarray, params)
+
+
+__all__ = ["ACTIVATION_FROM_HF", "ACTIVATION_TO_HF", "CheckpointError", "check_convertible", "from_hf", "hf_activation",
+           "model_layout", "supported_model_types", "to_hf", "unrolled_layout"]

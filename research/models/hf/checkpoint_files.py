@@ -1,0 +1,130 @@
+"""Hugging Face checkpoint folders on local disk: config.json plus weight files.
+
+Reads model.safetensors, sharded safetensors (model.safetensors.index.json), or
+pytorch_model.bin (sharded too; needs PyTorch). Writes config.json + model.safetensors.
+Tensors are numpy arrays keyed by their Hugging Face names, e.g.
+"model.layers.0.self_attn.q_proj.weight".
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+from research.models.config import ConfigError
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+
+StateDict = dict[str, np.ndarray]
+
+
+class CheckpointError(ValueError):
+    """Weights that do not match their config.json (missing, unexpected or misshapen tensors)."""
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+    """The parsed config.json of the checkpoint folder `path`."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Hugging Face checkpoint folder {path!r} does not exist; "
+                                "pass a local folder holding config.json and model weights.")
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path!r} is missing; a Hugging Face checkpoint folder needs a config.json.")
+    with open(config_path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config_path!r} is not valid JSON ({e}).") from None
+
+
+def read_state_dict(path: str) -> StateDict:
+    """All tensors of the checkpoint folder `path` as numpy arrays."""
+    for name, reader in ((SAFETENSORS_FILE, _read_safetensors), (SAFETENSORS_INDEX, _read_index),
+                         (TORCH_FILE, _read_torch), (TORCH_INDEX, _read_index)):
+        file_path = os.path.join(path, name)
+        if os.path.isfile(file_path):
+            return reader(file_path)
+    raise FileNotFoundError(
+        f"no weights in {path!r}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} (sharded), "
+        f"{TORCH_FILE} or {TORCH_INDEX}.")
+
+
+def write_checkpoint(path: str, hf_config: dict[str, Any], state_dict: StateDict) -> None:
+    """Write `path`/config.json and `path`/model.safetensors (creating the folder)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    # safetensors stores raw bytes, so transposed views must be made contiguous first;
+    # transformers refuses files whose metadata does not name a framework.
+    tensors = {name: np.ascontiguousarray(array) for name, array in state_dict.items()}
+    save_file(tensors, os.path.join(path, SAFETENSORS_FILE), metadata={"format": "pt"})
+
+
+def take(state_dict: StateDict, shapes: dict[str, tuple[int, ...]], model_type: str,
+         ignore: Iterable[str] = ()) -> StateDict:
+    """The tensors named in `shapes`, checked against them; clear errors for missing,
+    misshapen or unexpected tensors (those whose name ends with one of `ignore` excepted,
+    e.g. cached attention masks that carry no weights)."""
+    missing = [n for n in shapes if n not in state_dict]
+    if missing:
+        raise CheckpointError(f"{model_type} checkpoint is missing tensors {_some(missing)}; "
+                              "does config.json describe these weights?")
+    wrong = [f"{n} {tuple(state_dict[n].shape)} (expected {tuple(s)})" for n, s in shapes.items()
+             if tuple(state_dict[n].shape) != tuple(s)]
+    if wrong:
+        raise CheckpointError(f"{model_type} checkpoint has misshapen tensors {_some(wrong)}; "
+                              "does config.json (or an override) describe these weights?")
+    ignore = tuple(ignore)
+    unexpected = sorted(n for n in state_dict if n not in shapes and not n.endswith(ignore))
+    if unexpected:
+        raise CheckpointError(f"{model_type} checkpoint has tensors this config does not use: {_some(unexpected)}; "
+                              "does config.json describe these weights?")
+    return {n: state_dict[n] for n in shapes}
+
+
+def _some(items: list[str], limit: int = 6) -> str:
+    return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    """Drop `prefix` from names that have it (base-model checkpoints are saved without it)."""
+    return {(n[len(prefix):] if n.startswith(prefix) else n): v for n, v in state_dict.items()}
+
+
+def _read_safetensors(file_path: str) -> StateDict:
+    from safetensors.numpy import load_file
+    return load_file(file_path)
+
+
+def _read_torch(file_path: str) -> StateDict:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"reading {file_path!r} needs PyTorch (pip install torch); "
+                          "or convert the checkpoint to safetensors.") from None
+    # weights_only: a .bin is a pickle, and unrestricted unpickling runs arbitrary code.
+    tensors = torch.load(file_path, map_location="cpu", weights_only=True)
+    # numpy has no bfloat16: widen it (exactly) to float32.
+    return {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
+
+
+def _read_index(index_path: str) -> StateDict:
+    with open(index_path) as f:
+        weight_map: dict[str, str] = json.load(f)["weight_map"]
+    folder = os.path.dirname(index_path)
+    reader = _read_safetensors if index_path.endswith(SAFETENSORS_INDEX) else _read_torch
+    state_dict: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            raise FileNotFoundError(f"{index_path!r} lists shard {shard!r}, which is missing from {folder!r}.")
+        state_dict.update(reader(shard_path))
+    return state_dict

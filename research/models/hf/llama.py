@@ -1,0 +1,148 @@
+"""LLaMA (transformers' LlamaForCausalLM; also MistralForCausalLM without a sliding
+window) <-> our decoder with RoPE, RMSNorm and a gated MLP.
+
+HF nn.Linear weights are [out, in], so every projection is transposed. Our RoPE uses
+the same rotate-half layout as HF LLaMA, so q/k weights need no permutation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from research.models.config import ConfigError, ModelConfig
+from research.models.hf import ACTIVATION_TO_HF, check_convertible, hf_activation, model_layout, unrolled_layout
+from research.models.hf.checkpoint_files import StateDict, strip_prefix, take
+
+# LlamaConfig's / MistralConfig's defaults: config.json files written by older
+# transformers omit them.
+_LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
+                   "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                   "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "pad_token_id": None}
+_MISTRAL_DEFAULTS = {**_LLAMA_DEFAULTS, "intermediate_size": 14336, "num_key_value_heads": 8,
+                     "max_position_embeddings": 4096 * 32, "sliding_window": 4096}
+_ROPE_THETA_DEFAULT = 10_000.0
+# Non-persistent buffer that old checkpoints saved; recomputed from rope_theta.
+_IGNORED = (".rotary_emb.inv_freq",)
+
+
+def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
+    """ModelConfig of a LLaMA (or window-free Mistral) config.json dict."""
+    model_type = hf_config.get("model_type", "llama")
+    hf = {**(_MISTRAL_DEFAULTS if model_type == "mistral" else _LLAMA_DEFAULTS), **hf_config}
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf[flag]:
+            raise ConfigError(f"{model_type}: {flag}=true is not supported; only bias-free LLaMA blocks convert.")
+    window = hf.get("sliding_window")
+    if window is not None and window < hf["max_position_embeddings"]:
+        raise ConfigError(f"{model_type}: sliding_window={window} is not supported (attention here is fully causal); "
+                          "set sliding_window to null in config.json to load with full attention.")
+    d, h = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf["head_dim"]
+    return ModelConfig(
+        name=model_type, family="decoder", vocab_size=hf["vocab_size"], d_model=d,
+        num_layers=hf["num_hidden_layers"], num_heads=h, num_kv_heads=hf["num_key_value_heads"] or h,
+        head_dim=None if head_dim in (None, d // h) else head_dim, d_ff=hf["intermediate_size"],
+        max_len=hf["max_position_embeddings"], position="rope", rope_theta=_rope_theta(hf, model_type),
+        norm="rmsnorm", norm_eps=hf["rms_norm_eps"], norm_placement="pre",
+        activation=hf_activation(hf["hidden_act"], model_type), gated_mlp=True, use_bias=False,
+        tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=hf["pad_token_id"] or 0,
+        dropout_rate=float(hf["attention_dropout"]))
+
+
+def _rope_theta(hf: dict[str, Any], model_type: str) -> float:
+    """RoPE base from transformers 5's rope_parameters or 4's rope_theta / rope_scaling."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    theta = rope.pop("rope_theta", hf.get("rope_theta", _ROPE_THETA_DEFAULT))
+    if rope_type != "default" or rope:
+        raise ConfigError(f"{model_type}: RoPE scaling {rope_type!r} {rope or ''} is not supported; "
+                          "only plain RoPE (rope_type 'default' with rope_theta) converts.")
+    return float(theta)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """LLaMA config.json dict of `config`; ConfigError if LLaMA cannot express it."""
+    check_convertible(config, "LLaMA", dict(family="decoder", position="rope", norm="rmsnorm", norm_placement="pre",
+                                            gated_mlp=True, use_bias=False, scale_attention_logits=True,
+                                            scale_tied_logits=False))
+    return {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.kv_heads,
+        "head_dim": config.dim_per_head, "hidden_act": ACTIVATION_TO_HF[config.activation],
+        "max_position_embeddings": config.max_len, "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+        "attention_dropout": config.dropout_rate,
+        # transformers >= 5 reads rope_parameters, older versions rope_theta.
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "dtype": config.param_dtype,
+    }
+
+
+def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the HF tensors (without the "model." prefix)."""
+    d, f, v = config.d_model, config.d_ff, config.vocab_size
+    hd, kd = config.num_heads * config.dim_per_head, config.kv_heads * config.dim_per_head
+    shapes = {"embed_tokens.weight": (v, d), "norm.weight": (d,)}
+    for i in range(config.num_layers):
+        for name, shape in {"self_attn.q_proj.weight": (hd, d), "self_attn.k_proj.weight": (kd, d),
+                            "self_attn.v_proj.weight": (kd, d), "self_attn.o_proj.weight": (d, hd),
+                            "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d),
+                            "mlp.down_proj.weight": (d, f), "input_layernorm.weight": (d,),
+                            "post_attention_layernorm.weight": (d,)}.items():
+            shapes[f"layers.{i}.{name}"] = shape
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (v, d)
+    return shapes
+
+
+def params_from_hf(state_dict: StateDict, config: ModelConfig) -> dict:
+    """Our params (layout per config.scan_layers, dtype config.param_dtype) from HF LLaMA tensors."""
+    # LlamaForCausalLM saves "model.layers.0..."; LlamaModel "layers.0...".
+    ignore = _IGNORED + (("lm_head.weight",) if config.tie_embeddings else ())
+    sd = take(strip_prefix(state_dict, "model."), _hf_shapes(config), "llama", ignore=ignore)
+    h, k, dh, d = config.num_heads, config.kv_heads, config.dim_per_head, config.d_model
+    params: dict = {"token_embed": {"embedding": sd["embed_tokens.weight"]},
+                    "final_norm": {"scale": sd["norm.weight"]}}
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        heads = lambda name, n: {"kernel": sd[p + name].T.reshape(d, n, dh)}
+        params[f"layers_{i}"] = {
+            "attention_norm": {"scale": sd[p + "input_layernorm.weight"]},
+            "attention": {"query": heads("self_attn.q_proj.weight", h), "key": heads("self_attn.k_proj.weight", k),
+                          "value": heads("self_attn.v_proj.weight", k),
+                          "out": {"kernel": sd[p + "self_attn.o_proj.weight"].T.reshape(h, dh, d)}},
+            "mlp_norm": {"scale": sd[p + "post_attention_layernorm.weight"]},
+            # act(gate) * up: gate is the activated input projection wi_0.
+            "mlp": {"wi_0": {"kernel": sd[p + "mlp.gate_proj.weight"].T},
+                    "wi_1": {"kernel": sd[p + "mlp.up_proj.weight"].T},
+                    "wo": {"kernel": sd[p + "mlp.down_proj.weight"].T}},
+        }
+    if not config.tie_embeddings:
+        params["lm_head"] = {"kernel": sd["lm_head.weight"].T}
+    return model_layout(params, config)
+
+
+def params_to_hf(params: Any, config: ModelConfig) -> StateDict:
+    """HF LlamaForCausalLM tensors of our params (boxed or not, scanned or not)."""
+    p = unrolled_layout(params, config)
+    d = config.d_model
+    sd: StateDict = {"model.embed_tokens.weight": p["token_embed"]["embedding"],
+                     "model.norm.weight": p["final_norm"]["scale"]}
+    for i in range(config.num_layers):
+        layer, prefix = p[f"layers_{i}"], f"model.layers.{i}."
+        attention, mlp = layer["attention"], layer["mlp"]
+        heads = lambda name: attention[name]["kernel"].reshape(d, -1).T
+        sd.update({
+            prefix + "self_attn.q_proj.weight": heads("query"), prefix + "self_attn.k_proj.weight": heads("key"),
+            prefix + "self_attn.v_proj.weight": heads("value"),
+            prefix + "self_attn.o_proj.weight": attention["out"]["kernel"].reshape(-1, d).T,
+            prefix + "mlp.gate_proj.weight": mlp["wi_0"]["kernel"].T, prefix + "mlp.up_proj.weight": mlp["wi_1"]["kernel"].T,
+            prefix + "mlp.down_proj.weight": mlp["wo"]["kernel"].T,
+            prefix + "input_layernorm.weight": layer["attention_norm"]["scale"],
+            prefix + "post_attention_layernorm.weight": layer["mlp_norm"]["scale"],
+        })
+    if not config.tie_embeddings:
+        sd["lm_head.weight"] = p["lm_head"]["kernel"].T
+    return sd
