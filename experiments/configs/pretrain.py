@@ -13,6 +13,7 @@ Rerunning the same command resumes from the latest checkpoint in the workdir.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from research.sharding import DEFAULT_RULES
 
@@ -21,14 +22,19 @@ PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # ModelConfig preset plus field overrides. bf16 compute keeps float32 master weights.
-    config.model = ml_collections.ConfigDict(dict(preset="gpt2-tiny", dtype="bfloat16", param_dtype="float32",
-                                                  dropout_rate=0.0))
+    # A ModelConfig preset plus field overrides; None keeps the preset's value.
+    # bf16 compute keeps float32 master weights.
+    config.model = ml_collections.ConfigDict(dict(
+        preset="gpt2-tiny", dtype="bfloat16", param_dtype="float32", dropout_rate=0.0,
+        num_layers=placeholder(int), d_model=placeholder(int), num_heads=placeholder(int), d_ff=placeholder(int),
+        max_len=placeholder(int), scan_layers=placeholder(bool), remat=placeholder(str)))
     config.objective = "causal_lm"
     config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
     config.data = ml_collections.ConfigDict(dict(
-        source="stdlib", validation_fraction=0.05, max_documents=None,
-        tokenizer=dict(vocab_size=512, max_training_chars=2_000_000, num_extra_ids=0)))
+        source="stdlib", validation_fraction=0.05, max_documents=placeholder(int),  # None: every document
+        # model_path None trains a tokenizer on the train split (cached in the workdir).
+        tokenizer=dict(model_path=placeholder(str), vocab_size=512, max_training_chars=2_000_000,
+                       num_extra_ids=0)))
     config.train = ml_collections.ConfigDict(dict(
         num_steps=300, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
         log_every_steps=10, eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=0.0,

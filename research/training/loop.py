@@ -4,7 +4,7 @@ A family enters only through its model (research.models.build_model) and its obj
 (research/training/losses.py + the data transform in research/data); everything below is
 shared. The config is an ml_collections.ConfigDict (experiments/configs/pretrain.py):
 
-    model       preset + ModelConfig field overrides (dtype, dropout_rate, ...)
+    model       preset + ModelConfig field overrides (dtype, dropout_rate, ...; None = preset's)
     objective   causal_lm | prefix_lm | masked_lm | span_corruption; objective_options
     data        research.data.DataConfig fields (source, tokenizer, ...)
     train       TrainConfig: steps, batch, microbatches, seed, z_loss, logging, evaluation
@@ -81,7 +81,7 @@ def _rules(mesh_config: Any) -> Rules:
 def _data_objective(name: str, family: str, options: dict[str, Any]):
     """The data-side objective (research.data), told to build encoder-decoder examples for T5."""
     objective = data_lib.get_objective(name)
-    if family == "encoder_decoder" and hasattr(objective, "encoder_decoder"):
+    if family == "encoder_decoder" and "encoder_decoder" in {f.name for f in dataclasses.fields(objective)}:
         options = {"encoder_decoder": True, **options}
     return dataclasses.replace(objective, **options) if options else objective
 
@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train (or resume) the run described by `config` in `workdir`; returns the last
     train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there."""
     os.makedirs(workdir, exist_ok=True)
-    model_fields = _sub_config(config.model)
+    model_fields = {k: v for k, v in _sub_config(config.model).items() if v is not None}
     model_config = get_config(model_fields.pop("preset"), **model_fields)
     model = build_model(model_config)
     objective = losses.get_objective(config.objective, model_config.family)

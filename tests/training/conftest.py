@@ -52,3 +52,54 @@ def one_step(model_config, batch, mesh, *, objective="causal_lm", microbatches=1
 @pytest.fixture
 def tiny_gpt():
     return get_config("gpt2-tiny", **TINY_GPT)
+
+
+def run_config(preset: str, tokenizer_path: str, **train):
+    """experiments/configs/pretrain.py:`preset` shrunk to seconds: 1-layer model, 8 rows of 32
+    tokens (one per fake device), a pre-trained tokenizer, every step logged."""
+    from experiments.configs import pretrain
+    config = pretrain.get_config(preset)
+    config.model.num_layers = 1
+    config.data.max_documents = 60
+    config.data.tokenizer.model_path = tokenizer_path
+    config.train.update({**dict(num_steps=8, batch_size=8, seq_len=32, log_every_steps=1, eval_every_steps=4,
+                                eval_batches=1, progress_bar=False, peak_flops=1e9), **train})
+    config.opt.warmup_steps = 2
+    config.checkpoint.every_steps = 4
+    return config
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tmp_path_factory):
+    """SentencePiece models trained once per session: plain (V=512) and with 100 T5 sentinels."""
+    from research import data
+    out = {}
+    for name, tok in {"plain": dict(vocab_size=512), "t5": dict(vocab_size=412, num_extra_ids=100)}.items():
+        config = data.DataConfig(source="stdlib", max_documents=200,
+                                 tokenizer=data.TokenizerConfig(max_training_chars=300_000, **tok))
+        out[name] = data.build_tokenizer(config, str(tmp_path_factory.mktemp(f"tokenizer_{name}"))).path
+    return out
+
+
+def tokenizer_for(preset: str, tokenizers) -> str:
+    return tokenizers["t5" if preset.startswith("t5") else "plain"]
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache for this module: reruns of one config (resume tests) compile
+    once. Subprocesses get it through JAX_COMPILATION_CACHE_DIR."""
+    import os
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    previous = {name: getattr(jax.config, name) for name in names}
+    directory = str(tmp_path_factory.mktemp("xla_cache"))
+    for name, value in zip(names, (directory, 0.0, 0)):
+        jax.config.update(name, value)
+    yield {"JAX_COMPILATION_CACHE_DIR": directory, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **os.environ}
+    for name, value in previous.items():
+        jax.config.update(name, value)
+    cc.reset_cache()

@@ -1,0 +1,159 @@
+"""The loop's contracts: metrics, bad input before compiling, NaN stop, checkpoint policies."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from research.models import build_model, get_config
+from research.models.config import ConfigError
+from research.sharding import DEFAULT_RULES
+from research.training import TrainingDivergedError, loop, partitioning, train_and_evaluate
+from research.training.checkpointing import CheckpointConfig, Checkpointer
+from research.training.losses import get_objective
+from research.training.metrics import METRICS_FILE, TENSORBOARD_DIR, read_metrics
+from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.state import abstract_batch, create_train_state, train_state_shardings, with_shardings
+
+from tests.training.conftest import TINY_GPT, run_config, synthetic_batch
+
+
+def test_metrics_log_and_checkpoint_contents(tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4, eval_every_steps=2)
+    config.checkpoint.every_steps = 2
+    final = train_and_evaluate(config, str(tmp_path))
+    records = read_metrics(tmp_path)
+    init = records[0]
+    assert init["step"] == 0 and init["params_total"] == init["params_embedding"] + init["params_non_embedding"]
+    assert init["params_total"] == sum(x.size for x in jax.tree.leaves(_tiny_params()))
+    assert init["train_flops_per_token"] > 6 * init["params_non_embedding"]
+    steps = records[1:]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert {"loss", "grad_norm", "learning_rate", "accuracy"} <= set(r)
+        assert np.isfinite(r["loss"]) and r["grad_norm"] > 0
+    for r in steps[1:]:  # step 1 includes compilation and is not timed
+        assert r["tokens_per_second"] > 0 and 0 < r["mfu"]
+    evals = [r for r in steps if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert evals[-1]["eval_perplexity"] == pytest.approx(np.exp(evals[-1]["eval_loss"]))
+    assert final["eval_loss"] == evals[-1]["eval_loss"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / TENSORBOARD_DIR))
+    checkpoints = Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig())
+    assert checkpoints.latest_step() == 4
+    assert set(os.listdir(tmp_path / "checkpoints" / "4")) >= {"state", "data", "config"}
+    assert checkpoints.restore_config()["model"]["preset"] == "gpt2-tiny"
+
+
+def _tiny_params():
+    from research.training.losses import init_params
+    from flax.core import meta
+    model_config = get_config("gpt2-tiny", num_layers=1)
+    batch = synthetic_batch("decoder", 1, 8, 512)
+    return meta.unbox(jax.eval_shape(lambda: init_params(build_model(model_config), get_objective(
+        "causal_lm", "decoder"), batch, jax.random.PRNGKey(0))))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(shape=(3, 1, 1)), r"mesh.shape: mesh shape \(3, 1, 1\) holds 3 devices but 8 are available"),
+    (dict(batch_size=12), "microbatch size 12 .* not divisible by the 8 data-parallel devices"),
+    (dict(seq_len=256), "seq_len=256 is longer than the model's max_len=128"),
+    (dict(objective="masked_lm"), "objective='masked_lm' trains encoder models, not decoder"),
+])
+def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path, monkeypatch):
+    def compiled(*args, **kwargs):
+        raise AssertionError("reached compilation")
+    monkeypatch.setattr(loop, "create_train_state", compiled)
+    monkeypatch.setattr(loop, "train_state_shardings", compiled)
+    config = run_config("gpt_tiny", tokenizers["plain"])
+    if "shape" in change:
+        config.mesh.shape = change["shape"]
+    elif "objective" in change:
+        config.objective = change["objective"]
+    else:
+        config.train.update(change)
+    with pytest.raises(ValueError, match=message) as error:
+        train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6)
+    # Params jump to ~1e30 after step 1 (still finite, saved); step 2's logits overflow.
+    config.opt.update(dict(learning_rate=1e30, schedule="constant", warmup_steps=0))
+    config.checkpoint.every_steps = 1
+    with pytest.raises(TrainingDivergedError, match=r"step 2: loss=nan .* Last good checkpoint: step 1"):
+        train_and_evaluate(config, str(tmp_path))
+    assert Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig()).all_steps() == [1]
+
+
+def _tiny_state(mesh):
+    model_config = get_config("gpt2-tiny", **TINY_GPT)
+    model = build_model(model_config)
+    objective = get_objective("causal_lm", "decoder")
+    optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10))
+    batch = abstract_batch(synthetic_batch("decoder", 8, 16, 128))
+    state, _ = create_train_state(model, objective, optimizer, batch, mesh, DEFAULT_RULES, seed=3)
+    abstract, shardings = train_state_shardings(model, objective, optimizer, batch, mesh, DEFAULT_RULES)
+    return state, abstract, shardings
+
+
+def _data_iterator():
+    import grain
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 1, 4)])
+def test_restore_onto_a_different_mesh(shape, tmp_path):
+    state, _, _ = _tiny_state(partitioning.make_training_mesh((8, 1, 1)))
+    data = _data_iterator()
+    next(data), next(data)
+    checkpoints = Checkpointer(str(tmp_path), CheckpointConfig())
+    checkpoints.save(1, state, data, {"note": "test"}, {"eval_loss": 1.0})
+    checkpoints.wait()
+    _, abstract, shardings = _tiny_state(partitioning.make_training_mesh(shape))
+    restored, data = checkpoints.restore(with_shardings(abstract, shardings), _data_iterator())
+    assert next(data) == 2  # the data position came back too
+    for got, want, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(state), jax.tree.leaves(shardings)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert got.sharding == sharding
+    checkpoints.close()
+
+
+def test_keeps_last_k_and_best_by_eval_loss(tmp_path):
+    state = {"w": np.zeros(3, np.float32)}
+    checkpoints = Checkpointer(str(tmp_path), CheckpointConfig(keep_last=2, keep_best=1))
+    for step, eval_loss in zip(range(1, 6), [5.0, 1.0, 4.0, 3.0, 2.0]):
+        checkpoints.save(step, state, _data_iterator(), {}, {"eval_loss": eval_loss})
+        checkpoints.wait()
+    assert checkpoints.all_steps() == [2, 4, 5]  # best (step 2) + the last two
+    checkpoints.close()
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import numpy as np, grain
+from research.training.checkpointing import CheckpointConfig, Checkpointer
+checkpoints = Checkpointer(sys.argv[1], CheckpointConfig(keep_last=5))
+data = iter(grain.MapDataset.range(10).to_iter_dataset())
+checkpoints.save(1, {"w": np.full(8, 1.0, np.float32)}, data, {"step": 1})
+checkpoints.wait()
+big = {f"w{i}": np.full((1024, 1024), 2.0, np.float32) for i in range(32)}  # 128 MB: slow to write
+checkpoints.save(2, big, data, {"step": 2})
+os.kill(os.getpid(), signal.SIGKILL)  # while step 2 is still being written in the background
+"""
+
+
+def test_kill_during_async_save_leaves_previous_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)], capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    checkpoints = Checkpointer(str(tmp_path), CheckpointConfig())
+    assert checkpoints.latest_step() == 1
+    restored, _ = checkpoints.restore({"w": jax.ShapeDtypeStruct((8,), np.float32)},
+                                      iter(__import__("grain").MapDataset.range(10).to_iter_dataset()))
+    np.testing.assert_array_equal(restored["w"], 1.0)
+    assert json.loads(json.dumps(checkpoints.restore_config())) == {"step": 1}
+    checkpoints.close()
