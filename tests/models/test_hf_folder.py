@@ -141,5 +141,6 @@ def test_unexpected_tensor_is_named(folder):
 
 
 def test_override_that_does_not_fit_the_weights(folder):
-    with pytest.raises(CheckpointError, match=r"misshapen tensors h\.0\.mlp\.c_fc\.weight \(16, 64\) \(expected \(16, 32\)\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"misshapen tensors h\.0\.mlp\.c_fc\.weight \(16, 64\) \(expected \(16, 32\)\)"):
         from_hf(str(folder), d_ff=32)

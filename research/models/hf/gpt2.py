@@ -118,7 +118,8 @@ def params_to_hf(params: Any, config: ModelConfig) -> StateDict:
         attention, mlp = layer["attention"], layer["mlp"]
         qkv = [attention[name] for name in ("query", "key", "value")]
         sd.update({
-            prefix + "ln_1.weight": layer["attention_norm"]["scale"], prefix + "ln_1.bias": layer["attention_norm"]["bias"],
+            prefix + "ln_1.weight": layer["attention_norm"]["scale"],
+            prefix + "ln_1.bias": layer["attention_norm"]["bias"],
             prefix + "attn.c_attn.weight": np.concatenate([x["kernel"].reshape(d, d) for x in qkv], axis=1),
             prefix + "attn.c_attn.bias": np.concatenate([x["bias"].reshape(d) for x in qkv]),
             prefix + "attn.c_proj.weight": attention["out"]["kernel"].reshape(d, d),
