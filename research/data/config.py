@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping
 
-Source = Literal["stdlib", "tfds", "files"]
+Source = Literal["stdlib", "tfds", "files", "synthetic"]
 SpmModelType = Literal["bpe", "unigram"]
 Normalization = Literal["identity", "nmt_nfkc"]
 
@@ -66,6 +66,45 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SyntheticConfig:
+    """Text from a seeded random k-th order Markov source (research/scaling/synthetic_corpus.py)
+    whose entropy rate is known exactly. The source is fixed by (source_seed, alphabet, order,
+    concentration); document i of a split is a `doc_chars`-character draw seeded by (split, i),
+    so the train and validation splits are independent samples of the same source.
+
+    A tokenizer with byte_fallback=False, character_coverage=1.0 and vocab_size =
+    `char_vocab_size` is character level (one token per character, plus SentencePiece's
+    leading "▁" per document), so losses are in nats per character.
+    """
+
+    source_seed: int = 0
+    alphabet: str = "abcdefghijklmnopqrstuvwxyz "
+    order: int = 2  # context length k in characters
+    concentration: float = 0.2  # Dirichlet concentration of each transition row; smaller = lower entropy
+    doc_chars: int = 1024
+    num_documents: int = 1_000_000  # train split; validation holds validation_fraction of this (>= 1)
+    sample_seed: int = 0
+
+    def __post_init__(self):
+        if len(set(self.alphabet)) != len(self.alphabet) or len(self.alphabet) < 2:
+            raise DataError(f"data.synthetic: alphabet={self.alphabet!r} needs >= 2 distinct characters, each once.")
+        if self.order < 1 or len(self.alphabet) ** self.order > 1_000_000:
+            raise DataError(f"data.synthetic: order={self.order} with {len(self.alphabet)} symbols gives "
+                            f"{len(self.alphabet)}**{self.order} contexts; use order >= 1 and at most 1e6 contexts.")
+        if self.concentration <= 0:
+            raise DataError(f"data.synthetic: concentration={self.concentration} must be > 0, e.g. 0.2.")
+        if self.doc_chars < 1 or self.num_documents < 1:
+            raise DataError(f"data.synthetic: doc_chars={self.doc_chars} and num_documents={self.num_documents} "
+                            "must be positive.")
+
+    @property
+    def char_vocab_size(self) -> int:
+        """SentencePiece pieces of a character-level tokenizer: the special pieces, each character,
+        and "▁" (SentencePiece's word-start mark; the space character itself when in the alphabet)."""
+        return len(SPECIAL_PIECES) + len(self.alphabet) + (" " not in self.alphabet)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where documents come from and how the tokenizer is made.
 
@@ -76,6 +115,7 @@ class DataConfig:
       "files":  local files matching `file_patterns` (.txt/.md/.py/... = one document per
                 file; .jsonl = one document per line, from `text_field`), built once into
                 array_record under `data_dir` by a TFDS builder.
+      "synthetic": documents sampled from a Markov source of known entropy rate (`synthetic`).
     """
 
     source: Source = "stdlib"
@@ -86,10 +126,13 @@ class DataConfig:
     validation_fraction: float = 0.05  # stdlib / files: share of files (or jsonl lines) held out
     max_documents: int | None = None  # cap per split, for fast tests and smoke runs
     tokenizer: TokenizerConfig = TokenizerConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()  # source="synthetic" only
 
     def __post_init__(self):
         if isinstance(self.tokenizer, Mapping):  # from an ml_collections / dict config
             object.__setattr__(self, "tokenizer", TokenizerConfig(**self.tokenizer))
+        if isinstance(self.synthetic, Mapping):
+            object.__setattr__(self, "synthetic", SyntheticConfig(**self.synthetic))
         if isinstance(self.file_patterns, str):
             object.__setattr__(self, "file_patterns", (self.file_patterns,))
         object.__setattr__(self, "file_patterns", tuple(self.file_patterns))
@@ -111,6 +154,8 @@ class DataConfig:
             return f"tfds:{self.tfds_name}"
         if self.source == "files":
             return "files:" + ",".join(self.file_patterns)
+        if self.source == "synthetic":
+            return f"synthetic:markov(order={self.synthetic.order}, V={len(self.synthetic.alphabet)})"
         return "stdlib"
 
     def replace(self, **overrides: Any) -> "DataConfig":

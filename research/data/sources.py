@@ -12,8 +12,9 @@ import sysconfig
 from typing import Any, Sequence
 
 import grain
+import numpy as np
 
-from research.data.config import LOCAL_SPLITS, DataConfig, DataError
+from research.data.config import LOCAL_SPLITS, DataConfig, DataError, SyntheticConfig
 
 # Installed packages may live under the stdlib directory; they are not the standard library.
 _NOT_STDLIB = {"site-packages", "dist-packages", "__pycache__"}
@@ -102,6 +103,40 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
         ) from None
 
 
+class SyntheticDocuments:
+    """grain RandomAccessDataSource: element i is document i of a Markov-source split (see
+    research/scaling/synthetic_corpus.py), generated on demand from (seed, i)."""
+
+    def __init__(self, config: SyntheticConfig, seed: int, num_documents: int):
+        from research.scaling.synthetic_corpus import markov_source
+        self._source = markov_source(config.source_seed, alphabet=config.alphabet, order=config.order,
+                                     concentration=config.concentration)
+        self._symbols = np.array(list(config.alphabet))
+        self._seed, self._length, self._doc_chars = seed, num_documents, config.doc_chars
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> str:
+        # The same draw as synthetic_documents(seed, 1, doc_chars, start=index).
+        ids = self._source.sample_ids([np.random.default_rng([self._seed, int(index)])], self._doc_chars)[0]
+        return "".join(self._symbols[ids])
+
+    def __repr__(self) -> str:
+        return f"SyntheticDocuments({self._length} x {self._doc_chars} chars, seed={self._seed})"
+
+
+def _synthetic_source(config: DataConfig, split: str) -> SyntheticDocuments:
+    if split not in LOCAL_SPLITS:
+        raise DataError(f"split={split!r} is not one of {LOCAL_SPLITS} for source='synthetic'.")
+    synthetic, validation = config.synthetic, split == "validation"
+    count = synthetic.num_documents
+    if validation:
+        count = max(1, round(count * config.validation_fraction))
+    # A seed per split: validation documents are independent draws from the same source.
+    return SyntheticDocuments(synthetic, seed=2 * synthetic.sample_seed + int(validation), num_documents=count)
+
+
 def _decode_field(field: str):
     def decode(example: dict) -> str:
         value = example[field]
@@ -114,6 +149,10 @@ def document_source(config: DataConfig, split: str) -> grain.MapDataset:
     if config.source == "stdlib":
         ds = grain.MapDataset.source(TextFileSource(stdlib_files(
             split, validation_fraction=config.validation_fraction, max_documents=config.max_documents)))
+    elif config.source == "synthetic":
+        ds = grain.MapDataset.source(_synthetic_source(config, split))
+        if config.max_documents:
+            ds = ds[: config.max_documents]
     else:
         if config.source == "files":
             from research.data.text_files import text_files_builder  # imports TFDS (~0.3 s)
