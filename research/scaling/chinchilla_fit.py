@@ -1,0 +1,128 @@
+"""Approach 3 of Hoffmann et al. 2022: fit L(N, D) = E + A/N^alpha + B/D^beta to every run.
+
+As in the paper (section 3.3, appendix D.2): parameters (a, b, e, alpha, beta) with
+A = exp(a), B = exp(b), E = exp(e); prediction in log-sum-exp form
+log L_hat = LSE(a - alpha log N, b - beta log D, e); objective the Huber loss (delta 1e-3)
+of log L_hat - log L, summed over runs; L-BFGS from every point of a grid of
+initialisations, keeping the lowest objective. Confidence intervals by bootstrap: resample
+the runs with replacement (as integer weights on the sum) and refit.
+
+Float64 throughout: with delta = 1e-3 the Huber loss is quadratic only for residuals below
+0.1%, so float32 rounding of log L (~1e-7 relative) is fine but of the objective and its
+gradient is not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.scaling.huber_lse import HUBER_DELTA, huber_lse_value_and_grad
+from research.scaling.laws import ChinchillaLaw
+from research.scaling.lbfgs import minimize_batched
+from research.scaling.run_table import RunTable
+
+PARAMETERS = ("a", "b", "e", "alpha", "beta")  # order of the K=5 axis of every x_PK here
+
+
+@dataclasses.dataclass(frozen=True)
+class InitGrid:
+    """L-BFGS starting points: the Cartesian product of these values (in log-parameter space)."""
+
+    a: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+    b: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+    e: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    alpha: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    beta: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+    def points(self) -> np.ndarray:
+        """(P, 5) starts in PARAMETERS order."""
+        return np.array(list(itertools.product(*(getattr(self, p) for p in PARAMETERS))), np.float64)
+
+
+PAPER_GRID = InitGrid()  # Hoffmann et al.'s grid: 6 * 6 * 5 * 5 * 5 = 4500 starts
+COARSE_GRID = InitGrid(a=(0.0, 5.0, 10.0), b=(0.0, 5.0, 10.0), e=(0.0, 0.5), alpha=(0.5, 1.0), beta=(0.5, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Approach3Fit:
+    """The best fit, how it was found, and bootstrap intervals (empty when not bootstrapped)."""
+
+    law: ChinchillaLaw
+    objective: float  # summed Huber loss at the optimum
+    num_inits: int
+    num_converged: int  # starts that stopped by a convergence rule, not max_evaluations
+    seconds: float  # wall time of the grid fit (compilation included)
+    bootstrap_laws: tuple[ChinchillaLaw, ...] = ()
+    confidence: float = 0.8
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Percentile intervals of E, A, B, alpha, beta, a, b, G over the bootstrap fits."""
+        if not self.bootstrap_laws:
+            return {}
+        tail = 50.0 * (1.0 - self.confidence)
+        values = {k: [law.as_dict()[k] for law in self.bootstrap_laws] for k in self.law.as_dict()}
+        return {k: tuple(float(q) for q in np.percentile(v, [tail, 100.0 - tail])) for k, v in values.items()}
+
+    def as_dict(self) -> dict:
+        return {**self.law.as_dict(), "objective": self.objective, "huber_delta": HUBER_DELTA,
+                "num_inits": self.num_inits, "num_converged": self.num_converged, "seconds": self.seconds,
+                "bootstrap_samples": len(self.bootstrap_laws), "confidence": self.confidence,
+                "intervals": {k: list(v) for k, v in self.intervals().items()}}
+
+
+def _minimize(table: RunTable, x0_PK: np.ndarray, weight_PR: np.ndarray, max_evaluations: int):
+    with jax.enable_x64(True):
+        data = (jnp.asarray(np.log([table.N, table.D])), jnp.asarray(np.log(table.loss)))
+        weight_PR = jnp.asarray(np.broadcast_to(weight_PR, (len(x0_PK), len(table))), jnp.float64)
+        return minimize_batched(huber_lse_value_and_grad, jnp.asarray(x0_PK, jnp.float64), weight_PR, data,
+                                max_evaluations=max_evaluations)
+
+
+def _law(x_K: np.ndarray) -> ChinchillaLaw:
+    a, b, e, alpha, beta = (float(v) for v in x_K)
+    return ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=alpha, beta=beta)
+
+
+def fit_chinchilla_law(table: RunTable, *, grid: InitGrid = PAPER_GRID, bootstrap_samples: int = 0,
+                       bootstrap_grid: InitGrid = COARSE_GRID, confidence: float = 0.8, seed: int = 0,
+                       max_evaluations: int = 3000) -> Approach3Fit:
+    """Approach 3 on every run of `table`; `bootstrap_samples` > 0 adds percentile intervals.
+
+    Each bootstrap resample restarts from the full-data optimum and from `bootstrap_grid`
+    (a coarse grid: the paper's 4500 starts per resample would cost 4500 x samples fits
+    for starts that, on the full data, nearly all end in the same basin). The default
+    confidence 0.8 reports 10th-90th percentiles, as Hoffmann et al.'s Table 2 does.
+    """
+    table.require(len(PARAMETERS), "Approach 3 (5 parameters)")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.8 for 10th-90th percentiles.")
+    start = time.perf_counter()
+    inits_PK = grid.points()
+    result = _minimize(table, inits_PK, np.ones((1, len(table))), max_evaluations)
+    best = int(np.nanargmin(np.where(np.isfinite(result.value_P), result.value_P, np.inf)))
+    seconds = time.perf_counter() - start
+    bootstrap_laws: tuple[ChinchillaLaw, ...] = ()
+    if bootstrap_samples > 0:
+        bootstrap_laws = _bootstrap(table, result.x_PK[best], bootstrap_grid, bootstrap_samples, seed, max_evaluations)
+    return Approach3Fit(law=_law(result.x_PK[best]), objective=float(result.value_P[best]),
+                        num_inits=len(inits_PK), num_converged=int(result.converged_P.sum()),
+                        seconds=seconds, bootstrap_laws=bootstrap_laws, confidence=confidence)
+
+
+def _bootstrap(table: RunTable, best_K: np.ndarray, grid: InitGrid, samples: int, seed: int,
+               max_evaluations: int) -> tuple[ChinchillaLaw, ...]:
+    rng = np.random.default_rng(seed)
+    R = len(table)
+    # Resampling R runs with replacement == integer multiplicities that sum to R.
+    weight_SR = rng.multinomial(R, np.full(R, 1.0 / R), size=samples).astype(np.float64)
+    starts_IK = np.concatenate([best_K[None], grid.points()])
+    I = len(starts_IK)
+    result = _minimize(table, np.tile(starts_IK, (samples, 1)), np.repeat(weight_SR, I, axis=0), max_evaluations)
+    value_SI = np.where(np.isfinite(result.value_P), result.value_P, np.inf).reshape(samples, I)
+    x_SIK = result.x_PK.reshape(samples, I, -1)
+    return tuple(_law(x_SIK[s, i]) for s, i in enumerate(value_SI.argmin(axis=1)))

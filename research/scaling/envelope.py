@@ -1,0 +1,90 @@
+"""Approach 1 of Hoffmann et al. 2022: the lower envelope of loss against compute.
+
+With training curves (a `run` column: many rows per run, D = tokens seen so far), each
+curve's loss is interpolated (linearly in log C, log loss) onto a log-spaced grid of
+compute values; at every grid value the run with the lowest loss gives N_opt(C), and
+D_opt(C) = C / (6 N_opt). The paper used 1500 grid values; a grid value no curve reaches
+is left out. With one row per run, the envelope is the compute frontier: the runs that
+reach a lower loss than every run with less compute.
+
+N_opt ∝ C^a and D_opt ∝ C^b are then least-squares lines in log space over the envelope.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from research.scaling.laws import FLOPS_PER_PARAM_TOKEN, PowerLaw
+from research.scaling.run_table import RunTable, RunTableError
+
+NUM_COMPUTE_VALUES = 1500  # Hoffmann et al.'s grid over FLOPs
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """The lowest loss reached at each compute value, and the run reaching it (arrays of length G)."""
+
+    compute: np.ndarray
+    loss: np.ndarray
+    N: np.ndarray
+
+    @property
+    def D(self) -> np.ndarray:
+        return self.compute / (FLOPS_PER_PARAM_TOKEN * self.N)
+
+
+@dataclasses.dataclass(frozen=True)
+class Approach1Fit:
+    envelope: Envelope
+    N_opt: PowerLaw
+    D_opt: PowerLaw
+    from_curves: bool  # True: training curves; False: the frontier of final losses
+
+    def as_dict(self) -> dict:
+        return {"a": self.N_opt.exponent, "b": self.D_opt.exponent, "N_opt": self.N_opt.as_dict(),
+                "D_opt": self.D_opt.as_dict(), "from_curves": self.from_curves,
+                "envelope_points": int(self.envelope.compute.size),
+                "distinct_sizes_on_envelope": int(np.unique(self.envelope.N).size)}
+
+
+def compute_frontier(table: RunTable) -> np.ndarray:
+    """Indices of rows whose loss is below that of every row with less compute, by compute."""
+    order = np.lexsort((table.loss, table.compute))  # ties in compute: lowest loss first
+    best_so_far = np.minimum.accumulate(table.loss[order])
+    improves = np.concatenate([[True], table.loss[order][1:] < best_so_far[:-1]])
+    return order[improves]
+
+
+def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> Envelope:
+    """The envelope over training curves (table.run set) or the frontier of single runs."""
+    if table.run is None:
+        rows = compute_frontier(table)
+        return Envelope(table.compute[rows], table.loss[rows], table.N[rows])
+    runs = np.unique(table.run)
+    grid = np.geomspace(table.compute.min(), table.compute.max(), num_compute)
+    loss_UG = np.full((runs.size, grid.size), np.inf)
+    sizes = np.empty(runs.size)
+    for u, run in enumerate(runs):
+        rows = np.flatnonzero(table.run == run)
+        if np.unique(table.N[rows]).size != 1:
+            raise RunTableError(f"run {run!r} has rows with different N ({np.unique(table.N[rows])}); rows of one "
+                                "training curve must share N, so give each model its own run id.")
+        order = rows[np.argsort(table.compute[rows])]
+        log_c, log_loss = np.log(table.compute[order]), np.log(table.loss[order])
+        inside = (grid >= table.compute[order[0]]) & (grid <= table.compute[order[-1]])
+        loss_UG[u, inside] = np.exp(np.interp(np.log(grid[inside]), log_c, log_loss))
+        sizes[u] = table.N[rows[0]]
+    reached = np.isfinite(loss_UG).any(axis=0)
+    best_G = loss_UG.argmin(axis=0)[reached]
+    return Envelope(grid[reached], loss_UG[best_G, np.flatnonzero(reached)], sizes[best_G])
+
+
+def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> Approach1Fit:
+    """Approach 1: power laws N_opt(C), D_opt(C) through the lower envelope."""
+    envelope = lower_envelope(table, num_compute)
+    if np.unique(envelope.N).size < 2:
+        raise RunTableError(f"Approach 1 needs >= 2 model sizes on the loss-compute envelope, found "
+                            f"{np.unique(envelope.N).size}; add runs of other sizes that reach the frontier.")
+    return Approach1Fit(envelope, PowerLaw.fit(envelope.compute, envelope.N),
+                        PowerLaw.fit(envelope.compute, envelope.D), from_curves=table.run is not None)

@@ -1,0 +1,119 @@
+"""Approach 2 of Hoffmann et al. 2022: IsoFLOP profiles.
+
+Runs that share a FLOP budget C form one profile; a parabola in log N fitted to its final
+losses gives that budget's optimal size N_opt(C) at the vertex, and D_opt = C / (6 N_opt).
+Power laws N_opt ∝ C^a and D_opt ∝ C^b are then fitted across budgets by least squares in
+log space. `isoflop_runs` lays out such a sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from research.scaling.laws import FLOPS_PER_PARAM_TOKEN, PowerLaw
+from research.scaling.run_table import RunTable, RunTableError
+
+MIN_SIZES_PER_PROFILE = 3  # a parabola has three coefficients
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopProfile:
+    """One budget's runs and the parabola loss = c2 x^2 + c1 x + c0 in x = ln N."""
+
+    compute: float  # FLOPs: the runs' nominal budget, or the geometric mean of their 6 N D
+    N: np.ndarray
+    loss: np.ndarray
+    parabola: tuple[float, float, float]  # (c2, c1, c0), numpy.polyfit order
+
+    @property
+    def N_opt(self) -> float:
+        c2, c1, _ = self.parabola
+        return float(np.exp(-c1 / (2.0 * c2)))
+
+    @property
+    def D_opt(self) -> float:
+        return self.compute / (FLOPS_PER_PARAM_TOKEN * self.N_opt)
+
+    @property
+    def loss_opt(self) -> float:
+        return float(np.polyval(self.parabola, np.log(self.N_opt)))
+
+    @property
+    def extrapolated(self) -> bool:
+        """The vertex lies outside the sizes that were run: N_opt is an extrapolation."""
+        return not (self.N.min() <= self.N_opt <= self.N.max())
+
+    def as_dict(self) -> dict:
+        return {"compute": self.compute, "num_runs": int(self.N.size), "N_opt": self.N_opt,
+                "D_opt": self.D_opt, "loss_opt": self.loss_opt, "extrapolated": self.extrapolated,
+                "parabola": list(self.parabola)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Approach2Fit:
+    profiles: tuple[IsoFlopProfile, ...]
+    N_opt: PowerLaw  # N_opt(C) = k C^a
+    D_opt: PowerLaw  # D_opt(C) = k C^b
+    skipped: tuple[str, ...] = ()  # budgets left out, with the reason
+
+    def as_dict(self) -> dict:
+        return {"a": self.N_opt.exponent, "b": self.D_opt.exponent, "N_opt": self.N_opt.as_dict(),
+                "D_opt": self.D_opt.as_dict(), "profiles": [p.as_dict() for p in self.profiles],
+                "skipped": list(self.skipped)}
+
+
+def group_by_budget(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
+    """Row indices of each IsoFLOP group, smallest budget first.
+
+    With a `C` column, rows with equal C form a group. Otherwise runs are sorted by 6 N D
+    and a new group starts wherever consecutive runs differ by more than `rel_tol`
+    (runs of one budget differ only by rounding of N and D to whole layers and steps).
+    """
+    if table.budget is not None:
+        budgets = np.unique(table.budget)
+        return [np.flatnonzero(table.budget == c) for c in budgets]
+    order = np.argsort(table.compute)
+    log_c = np.log(table.compute[order])
+    breaks = np.flatnonzero(np.diff(log_c) > np.log1p(rel_tol)) + 1
+    return np.split(order, breaks)
+
+
+def fit_isoflop(table: RunTable, *, rel_tol: float = 0.1) -> Approach2Fit:
+    """Approach 2: one parabola per budget with >= 3 sizes, then N_opt(C), D_opt(C)."""
+    profiles, skipped = [], []
+    for rows in group_by_budget(table, rel_tol):
+        compute = float(table.budget[rows[0]]) if table.budget is not None else float(
+            np.exp(np.mean(np.log(table.compute[rows]))))
+        N, loss = table.N[rows], table.loss[rows]
+        if np.unique(N).size < MIN_SIZES_PER_PROFILE:
+            skipped.append(f"C={compute:.3g}: {np.unique(N).size} model size(s), a parabola needs "
+                           f"{MIN_SIZES_PER_PROFILE}")
+            continue
+        parabola = tuple(float(c) for c in np.polyfit(np.log(N), loss, 2))
+        if parabola[0] <= 0:
+            skipped.append(f"C={compute:.3g}: loss is not convex in log N (no minimum)")
+            continue
+        order = np.argsort(N)
+        profiles.append(IsoFlopProfile(compute, N[order], loss[order], parabola))
+    if len(profiles) < 2:
+        raise RunTableError(f"Approach 2 needs IsoFLOP profiles at >= 2 budgets, found {len(profiles)} "
+                            f"({'; '.join(skipped) or 'no budget has 3 sizes'}); run >= {MIN_SIZES_PER_PROFILE} "
+                            "model sizes at each of >= 2 FLOP budgets, or add a C column to group runs.")
+    compute = np.array([p.compute for p in profiles])
+    return Approach2Fit(profiles=tuple(profiles),
+                        N_opt=PowerLaw.fit(compute, [p.N_opt for p in profiles]),
+                        D_opt=PowerLaw.fit(compute, [p.D_opt for p in profiles]), skipped=tuple(skipped))
+
+
+def isoflop_runs(budgets, num_sizes: int, N_min: float, N_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sweep design: at each budget C, `num_sizes` log-spaced N in [N_min, N_max], D = C/(6N).
+
+    Returns (C, N, D) arrays of length len(budgets) * num_sizes.
+    """
+    if not 0 < N_min < N_max:
+        raise ValueError(f"N_min={N_min:g}, N_max={N_max:g}: need 0 < N_min < N_max.")
+    budgets = np.asarray(budgets, np.float64)
+    N = np.geomspace(N_min, N_max, num_sizes)
+    C, N = (v.reshape(-1) for v in np.meshgrid(budgets, N, indexing="ij"))
+    return C, N, C / (FLOPS_PER_PARAM_TOKEN * N)

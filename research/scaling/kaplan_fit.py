@@ -1,0 +1,86 @@
+"""Kaplan-style single-variable laws, each with an irreducible term: L(X) = E + (X_c / X)^alpha.
+
+Kaplan et al. 2020 fit L(N) on models trained near convergence, L(D) on the largest model
+with early stopping, L(C) on the compute frontier. From a run table of any origin we use:
+  L(N): for each model size, its lowest loss (its best-trained run);
+  L(D): for each dataset size, its lowest loss (its best model);
+  L(C): the compute frontier (envelope.compute_frontier).
+Each is fitted with Approach 3's objective (Huber on log residuals, LSE form, float64
+L-BFGS from a grid), as L = exp(e) + exp(a - alpha log X), i.e. X_c = exp(a / alpha).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.scaling.envelope import compute_frontier
+from research.scaling.huber_lse import huber_lse_value_and_grad
+from research.scaling.laws import SaturatingPowerLaw
+from research.scaling.lbfgs import minimize_batched
+from research.scaling.run_table import RunTable, RunTableError
+
+NUM_PARAMETERS = 3  # E, X_c, alpha
+# Starts (a, e, alpha): a spans alpha * ln X_c for X_c from ~1 to ~1e20 at alpha up to ~1.
+KAPLAN_GRID = (np.arange(0.0, 25.1, 2.5), np.arange(-1.0, 1.01, 0.5), np.arange(0.0, 2.01, 0.25))
+
+
+@dataclasses.dataclass(frozen=True)
+class KaplanFit:
+    """A single-variable law and the points it was fitted to."""
+
+    variable: str  # "N", "D" or "C"
+    law: SaturatingPowerLaw
+    X: np.ndarray
+    loss: np.ndarray
+    objective: float
+
+    def as_dict(self) -> dict:
+        return {**self.law.as_dict(), "num_points": int(self.X.size), "objective": self.objective}
+
+
+def fit_saturating_power_law(X, loss, *, variable: str = "X", grid=KAPLAN_GRID,
+                             max_evaluations: int = 3000) -> KaplanFit:
+    """Fit L(X) = E + (X_c / X)^alpha to points (X, loss) by Huber-LSE L-BFGS from `grid`."""
+    X, loss = np.asarray(X, np.float64), np.asarray(loss, np.float64)
+    if X.size < NUM_PARAMETERS:
+        raise RunTableError(f"L({variable}) has {NUM_PARAMETERS} parameters but only {X.size} point(s); "
+                            f"runs need >= {NUM_PARAMETERS} distinct values of {variable}.")
+    if np.any(X <= 0) or np.any(loss <= 0):
+        raise RunTableError(f"L({variable}) needs positive {variable} and loss; got min {variable}={X.min():g}, "
+                            f"min loss={loss.min():g}.")
+    starts_IK = np.array(list(itertools.product(*grid)), np.float64)  # (a, e, alpha): huber_lse's J = 1 order
+    with jax.enable_x64(True):
+        data = (jnp.asarray(np.log(X))[None], jnp.asarray(np.log(loss)))
+        result = minimize_batched(huber_lse_value_and_grad, jnp.asarray(starts_IK), jnp.ones((len(starts_IK), X.size)),
+                                  data, max_evaluations=max_evaluations)
+    best = int(np.argmin(np.where(np.isfinite(result.value_P), result.value_P, np.inf)))
+    a, e, alpha = (float(v) for v in result.x_PK[best])
+    # X_c = exp(a / alpha); alpha -> 0 would make it overflow, which only a degenerate fit does.
+    law = SaturatingPowerLaw(E=float(np.exp(e)), X_c=float(np.exp(a / alpha)) if alpha else float("inf"), alpha=alpha)
+    return KaplanFit(variable, law, X, loss, float(result.value_P[best]))
+
+
+def _lowest_loss_per_value(values: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    unique, inverse = np.unique(values, return_inverse=True)
+    best = np.full(unique.size, np.inf)
+    np.minimum.at(best, inverse, loss)
+    return unique, best
+
+
+def fit_kaplan_laws(table: RunTable) -> dict[str, KaplanFit | str]:
+    """L(N), L(D), L(C) from a run table; a law that cannot be fitted maps to the reason."""
+    points = {"N": _lowest_loss_per_value(table.N, table.loss),
+              "D": _lowest_loss_per_value(table.D, table.loss)}
+    frontier = compute_frontier(table)
+    points["C"] = (table.compute[frontier], table.loss[frontier])
+    fits: dict[str, KaplanFit | str] = {}
+    for variable, (X, loss) in points.items():
+        try:
+            fits[variable] = fit_saturating_power_law(X, loss, variable=variable)
+        except RunTableError as error:
+            fits[variable] = str(error)
+    return fits

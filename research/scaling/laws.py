@@ -1,0 +1,105 @@
+"""Scaling laws as frozen values: evaluate, invert for the compute-optimal allocation, sample.
+
+Units: N parameters, D training tokens, C training FLOPs with the C = 6 N D approximation
+(Kaplan et al. 2020, Hoffmann et al. 2022), loss in nats per token.
+
+Published Approach-3 fits, kept for reference only (they are not fitted from data shipped here):
+Hoffmann et al. 2022 ('Training Compute-Optimal Large Language Models', eq. 10):
+E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28.
+Besiroglu et al. 2024 ('Chinchilla Scaling: A replication attempt', refit of Figure 4's points):
+E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+FLOPS_PER_PARAM_TOKEN = 6.0  # forward + backward of a dense transformer, C = 6 N D
+
+
+@dataclasses.dataclass(frozen=True)
+class ChinchillaLaw:
+    """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, eq. 2)."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    def loss(self, N, D):
+        """Predicted loss (nats/token) of N parameters trained on D tokens; broadcasts."""
+        N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
+        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+
+    @property
+    def a(self) -> float:
+        """N_opt ∝ C**a."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """D_opt ∝ C**b; a + b = 1."""
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def G(self) -> float:
+        """N_opt = G (C/6)**a and D_opt = (C/6)**b / G (Hoffmann et al. eq. 4)."""
+        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+
+    def compute_optimal(self, C):
+        """(N_opt, D_opt) minimising L under 6 N D = C; C in FLOPs, broadcasts."""
+        per = np.asarray(C, np.float64) / FLOPS_PER_PARAM_TOKEN
+        return self.G * per**self.a, per**self.b / self.G
+
+    def sample(self, N, D, *, rel_noise: float, seed: int) -> np.ndarray:
+        """Losses at (N, D) with multiplicative log-normal noise of std `rel_noise` (synthetic runs)."""
+        rng = np.random.default_rng(seed)
+        loss = self.loss(N, D)
+        return loss * np.exp(rng.normal(0.0, rel_noise, np.shape(loss)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
+                "a": self.a, "b": self.b, "G": self.G}
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * x**exponent, e.g. N_opt(C) from Approaches 1 and 2."""
+
+    coefficient: float
+    exponent: float
+
+    def __call__(self, x):
+        return self.coefficient * np.asarray(x, np.float64) ** self.exponent
+
+    @classmethod
+    def fit(cls, x, y) -> "PowerLaw":
+        """Least squares of log y on log x (how Hoffmann et al. fit N_opt(C) and D_opt(C))."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape and x.size >= 2, (x.shape, y.shape)
+        exponent, log_coefficient = np.polyfit(np.log(x), np.log(y), 1)
+        return cls(float(np.exp(log_coefficient)), float(exponent))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"coefficient": self.coefficient, "exponent": self.exponent}
+
+
+@dataclasses.dataclass(frozen=True)
+class SaturatingPowerLaw:
+    """Kaplan-style single-variable law with an irreducible term: L(X) = E + (X_c / X)**alpha."""
+
+    E: float
+    X_c: float
+    alpha: float
+
+    def loss(self, X):
+        return self.E + (self.X_c / np.asarray(X, np.float64)) ** self.alpha
+
+    def as_dict(self) -> dict[str, float]:
+        return {"E": self.E, "X_c": self.X_c, "alpha": self.alpha}
+
+
+HOFFMANN_2022 = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+BESIROGLU_2024 = ChinchillaLaw(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)

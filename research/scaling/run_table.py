@@ -1,0 +1,125 @@
+"""A table of training runs (N, D, loss), read from CSV and checked at the edge.
+
+Columns: `N` (parameters), `D` (training tokens), `loss` (nats/token) are required.
+Optional: `status` (rows whose status is not "ok" are failed runs), `run` (an id shared by
+the rows of one training curve, for Approach 1), `C` (the run's nominal FLOP budget, to
+group IsoFLOP profiles exactly; otherwise C = 6 N D). Failed rows, and rows whose loss is
+NaN or infinite (a diverged run), are reported and left out of every fit, never counted as 0.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+
+import numpy as np
+
+from research.scaling.laws import FLOPS_PER_PARAM_TOKEN
+
+REQUIRED_COLUMNS = ("N", "D", "loss")
+
+
+class RunTableError(ValueError):
+    """A user-facing problem with a run table; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExcludedRow:
+    line: int  # line number in the CSV (header = 1); 0 for in-memory tables
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTable:
+    """Runs that finished, as float64 arrays of one length R, plus the rows left out."""
+
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    run: np.ndarray | None = None  # R strings: training-curve id, or None when each row is a run
+    budget: np.ndarray | None = None  # R nominal FLOP budgets, or None to use 6 N D
+    excluded: tuple[ExcludedRow, ...] = ()
+
+    def __post_init__(self):
+        for name in ("N", "D", "loss"):
+            values = np.asarray(getattr(self, name), np.float64)
+            object.__setattr__(self, name, values)
+            bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+            if bad.size:
+                raise RunTableError(f"{name}={values[bad[0]]!r} in run {bad[0]} is not a positive finite "
+                                    f"number; fix the value or mark the row failed (status != ok).")
+        assert self.N.shape == self.D.shape == self.loss.shape and self.N.ndim == 1
+
+    def __len__(self) -> int:
+        return self.N.size
+
+    @property
+    def compute(self) -> np.ndarray:
+        """Training FLOPs of each row: C = 6 N D."""
+        return FLOPS_PER_PARAM_TOKEN * self.N * self.D
+
+    def require(self, count: int, what: str) -> None:
+        """Raise unless at least `count` runs are left for `what`."""
+        if len(self) < count:
+            raise RunTableError(f"{what} needs at least {count} finished runs, the table has {len(self)}; "
+                                "add runs (or fix failed ones).")
+
+    @classmethod
+    def from_arrays(cls, N, D, loss, **kwargs) -> "RunTable":
+        """An in-memory table, with NaN / infinite losses left out as failed runs."""
+        N, D, loss = (np.asarray(v, np.float64).reshape(-1) for v in (N, D, loss))
+        ok = np.isfinite(loss)
+        excluded = tuple(ExcludedRow(0, f"run {i}: loss={loss[i]!r}") for i in np.flatnonzero(~ok))
+        kwargs = {k: (None if v is None else np.asarray(v)[ok]) for k, v in kwargs.items()}
+        return cls(N[ok], D[ok], loss[ok], excluded=excluded, **kwargs)
+
+
+def read_runs_csv(path: str) -> RunTable:
+    """Parse and validate a run table CSV (see the module docstring for columns)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            reader.fieldnames = columns
+            rows = list(reader)
+    except FileNotFoundError:
+        raise RunTableError(f"--runs_csv={path!r} does not exist; pass the path of a CSV with columns "
+                            f"{', '.join(REQUIRED_COLUMNS)}.") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise RunTableError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(columns) or 'none'}); "
+                            f"a run table needs columns {', '.join(REQUIRED_COLUMNS)}.")
+    kept, excluded = [], []
+    for line, row in enumerate(rows, start=2):
+        status = (row.get("status") or "ok").strip()
+        if status.lower() != "ok":
+            excluded.append(ExcludedRow(line, f"status={status!r}"))
+            continue
+        values = {c: _number(path, line, c, row[c]) for c in REQUIRED_COLUMNS}
+        if "C" in columns and (row.get("C") or "").strip():
+            values["C"] = _number(path, line, "C", row["C"])
+        if not math.isfinite(values["loss"]):
+            excluded.append(ExcludedRow(line, f"loss={values['loss']!r}"))
+            continue
+        for c, v in values.items():
+            if not (math.isfinite(v) and v > 0):
+                raise RunTableError(f"{path}:{line}: {c}={row[c]!r} must be a positive number; "
+                                    "fix it or mark the row failed (status != ok).")
+        kept.append((values, (row.get("run") or "").strip()))
+    if not kept:
+        raise RunTableError(f"{path}: no finished runs ({len(excluded)} row(s) failed or diverged); "
+                            "a fit needs rows with status ok and a finite loss.")
+    column = lambda c: np.array([v[c] for v, _ in kept], np.float64)
+    has_budget = "C" in columns and all("C" in v for v, _ in kept)
+    has_run = "run" in columns and all(r for _, r in kept)
+    return RunTable(column("N"), column("D"), column("loss"),
+                    run=np.array([r for _, r in kept]) if has_run else None,
+                    budget=column("C") if has_budget else None, excluded=tuple(excluded))
+
+
+def _number(path: str, line: int, column: str, text: str | None) -> float:
+    try:
+        return float((text or "").strip())
+    except ValueError:
+        raise RunTableError(f"{path}:{line}: {column}={text!r} is not a number; fix the value "
+                            "or mark the row failed (status != ok).") from None
