@@ -1,0 +1,1 @@
+"""Micro-benchmarks (not tests): each module is an absl main that prints its measurements."""

@@ -1,0 +1,116 @@
+"""One decoding interface over the decoder-only and encoder-decoder model families.
+
+The search loops (sampling.py, beam_search.py) only ever ask a model three things:
+`prefill` the prompts into a fresh state, `step` one token per row, and `select_rows` of
+the state (to copy rows into beams, and to reorder beams after each search step). The
+state is a pytree whose leaves carry the batch on a known axis.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.decoding.prompts import PaddedPrompts, PadSide
+from research.models.config import ConfigError
+from research.models.decoder import DecoderCache, init_decoder_cache
+
+Array = jax.Array
+
+
+class DecoderAdapter(NamedTuple):
+    """Decoder-only LM (research.models.decoder.Decoder, or any module with its call signature).
+
+    State: the DecoderCache. Prompts are left-padded; the first generated token of example
+    b takes position lengths_B[b].
+    """
+
+    model: nn.Module
+    pad_side: PadSide = "left"
+
+    def prefill(self, params: Any, prompts: PaddedPrompts, max_new_tokens: int) -> tuple[Array, DecoderCache, Array]:
+        """-> (next-token logits [B, V] in float32, state, position of the first new token [B])."""
+        batch, prompt_len = prompts.tokens_BP.shape
+        cache = init_decoder_cache(self.model.config, batch, prompt_len + max_new_tokens)
+        logits_BPV, cache = self.model.apply({"params": params}, prompts.tokens_BP, positions_BT=prompts.positions_BP,
+                                             segment_ids_BT=prompts.segment_ids_BP, cache=cache)
+        return logits_BPV[:, -1].astype(jnp.float32), cache, prompts.lengths_B
+
+    def step(self, params: Any, tokens_B: Array, positions_B: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
+        """Feed one token per row at `positions_B` -> (next-token logits [B, V] float32, state)."""
+        logits_B1V, cache = self.model.apply({"params": params}, tokens_B[:, None], positions_BT=positions_B[:, None],
+                                             segment_ids_BT=jnp.ones_like(tokens_B)[:, None], cache=cache)
+        return logits_B1V[:, 0].astype(jnp.float32), cache
+
+    def select_rows(self, cache: DecoderCache, rows_R: Array) -> DecoderCache:
+        """The state of rows `rows_R` (indices into the batch), e.g. to tile or reorder beams."""
+        return _select_cache_rows(cache, rows_R, self.model.config.scan_layers)
+
+
+class EncoderDecoderState(NamedTuple):
+    """The decoder's self-attention cache plus the encoder output it cross-attends to."""
+
+    cache: DecoderCache
+    encoded_BSD: Array
+    encoder_segment_ids_BS: Array
+
+
+class EncoderDecoderAdapter(NamedTuple):
+    """Encoder-decoder (T5): prompts are the encoder inputs, encoded once and right-padded.
+
+    The decoder starts from config.decoder_start_token_id at position 0, so the first
+    generated token takes position 1.
+    """
+
+    model: nn.Module
+    pad_side: PadSide = "right"
+
+    def prefill(self, params: Any, prompts: PaddedPrompts,
+                max_new_tokens: int) -> tuple[Array, EncoderDecoderState, Array]:
+        from research.models.encoder_decoder import init_encoder_decoder_cache  # lazy: decoder-only users skip T5
+
+        config = self.model.config
+        batch = prompts.tokens_BP.shape[0]
+        encoded_BSD = self.model.apply({"params": params}, prompts.tokens_BP,
+                                       encoder_segment_ids_BS=prompts.segment_ids_BP, method="encode")
+        state = EncoderDecoderState(init_encoder_decoder_cache(config, batch, 1 + max_new_tokens), encoded_BSD,
+                                    prompts.segment_ids_BP)
+        start_B = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
+        logits_BV, state = self.step(params, start_B, jnp.zeros((batch,), jnp.int32), state)
+        return logits_BV, state, jnp.ones((batch,), jnp.int32)
+
+    def step(self, params: Any, tokens_B: Array, positions_B: Array,
+             state: EncoderDecoderState) -> tuple[Array, EncoderDecoderState]:
+        logits_B1V, cache = self.model.apply(
+            {"params": params}, state.encoded_BSD, tokens_B[:, None],
+            encoder_segment_ids_BS=state.encoder_segment_ids_BS,
+            decoder_segment_ids_BT=jnp.ones_like(tokens_B)[:, None], decoder_positions_BT=positions_B[:, None],
+            cache=state.cache, method="decode")
+        return logits_B1V[:, 0].astype(jnp.float32), state._replace(cache=cache)
+
+    def select_rows(self, state: EncoderDecoderState, rows_R: Array) -> EncoderDecoderState:
+        return EncoderDecoderState(_select_cache_rows(state.cache, rows_R, self.model.config.scan_layers),
+                                   jnp.take(state.encoded_BSD, rows_R, axis=0),
+                                   jnp.take(state.encoder_segment_ids_BS, rows_R, axis=0))
+
+
+def _select_cache_rows(cache: DecoderCache, rows_R: Array, scan_layers: bool) -> DecoderCache:
+    # Under scan_layers the per-layer caches are stacked on a leading L axis.
+    layer_axis = 1 if scan_layers else 0
+    layers = jax.tree.map(lambda x: jnp.take(x, rows_R, axis=layer_axis), cache.layers)
+    return DecoderCache(layers, jnp.take(cache.segment_BS, rows_R, axis=0), cache.index)
+
+
+Adapter = DecoderAdapter | EncoderDecoderAdapter
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for `model`, chosen by its config's family."""
+    family = model.config.family
+    if family == "decoder":
+        return DecoderAdapter(model)
+    if family == "encoder_decoder":
+        return EncoderDecoderAdapter(model)
+    raise ConfigError(f"{model.config.name} is an {family!r} model; generation needs a decoder or encoder_decoder.")

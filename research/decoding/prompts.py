@@ -1,0 +1,88 @@
+"""Turn a ragged batch of prompts into padded arrays, and validate a decoding request.
+
+Everything here runs in numpy before tracing, so a bad request fails with one line
+naming the value and the fix, never inside a compiled loop.
+"""
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from research.models.config import ConfigError, ModelConfig
+
+Array = jax.Array
+PadSide = Literal["left", "right"]
+
+
+class PaddedPrompts(NamedTuple):
+    """A batch of B prompts padded to P tokens.
+
+    tokens_BP: token ids, `pad_id` on padding. segment_ids_BP: 1 on real tokens, 0 on
+    padding. positions_BP: position of each real token counted from the example's first
+    real token (0 on padding). lengths_B: number of real tokens.
+    """
+
+    tokens_BP: np.ndarray
+    segment_ids_BP: np.ndarray
+    positions_BP: np.ndarray
+    lengths_B: np.ndarray
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, side: PadSide = "left",
+                multiple: int = 1) -> PaddedPrompts:
+    """Pad token-id lists of different lengths into [B, P] arrays, P a multiple of `multiple`.
+
+    Decoder prompts are left-padded so that every example's last real token sits in the
+    last column: one prefill then yields each example's next-token logits at column P-1,
+    and all examples write their generated tokens to the same cache slot at each step.
+    Encoder inputs are right-padded (the T5 convention). Padding is masked out, so a
+    larger `multiple` changes no result; it only lets prompts of similar lengths share
+    one compiled program.
+    """
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    batch, width = len(prompts), -(-int(lengths.max()) // multiple) * multiple
+    tokens = np.full((batch, width), pad_id, np.int32)
+    segment_ids = np.zeros((batch, width), np.int32)
+    positions = np.zeros((batch, width), np.int32)
+    for b, prompt in enumerate(prompts):
+        n = len(prompt)
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        tokens[b, cols] = np.asarray(prompt, np.int32)
+        segment_ids[b, cols] = 1
+        positions[b, cols] = np.arange(n, dtype=np.int32)
+    return PaddedPrompts(tokens, segment_ids, positions, lengths)
+
+
+def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  stop_tokens: Sequence[int], pad_to_multiple: int = 1) -> None:
+    """Raise ConfigError (one line) for a request the model cannot serve."""
+    if isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, (int, np.integer)) or pad_to_multiple < 1:
+        raise ConfigError(f"pad_to_multiple={pad_to_multiple!r} must be a positive integer (1 = no rounding).")
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise ConfigError(f"prompts={prompts!r} must be a non-empty list of token-id lists; tokenize text first.")
+    for b, prompt in enumerate(prompts):
+        if isinstance(prompt, (str, bytes)) or np.ndim(prompt) != 1 or not len(prompt):
+            raise ConfigError(f"prompts[{b}]={prompt!r} must be a non-empty 1-D list of token ids.")
+        ids = np.asarray(prompt)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ConfigError(f"prompts[{b}] has dtype {ids.dtype}; token ids must be integers.")
+        outside = ids[(ids < 0) | (ids >= config.vocab_size)]
+        if outside.size:
+            raise ConfigError(f"prompts[{b}] holds token id {int(outside[0])} outside the vocabulary "
+                              f"[0, {config.vocab_size}) of {config.name}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
+    bad_stops = [t for t in stop_tokens if not 0 <= int(t) < config.vocab_size]
+    if bad_stops:
+        raise ConfigError(f"stop_tokens {bad_stops} are outside the vocabulary [0, {config.vocab_size}).")
+    if config.family == "encoder_decoder":
+        # The decoder starts from decoder_start_token_id and only its own tokens take positions.
+        needed, what = 1 + max_new_tokens, "1 (decoder start) + max_new_tokens"
+    else:
+        needed, what = max(len(p) for p in prompts) + max_new_tokens, "longest prompt + max_new_tokens"
+    if config.position == "learned" and needed > config.max_len:
+        raise ConfigError(
+            f"{what} = {needed} exceeds max_len={config.max_len} of {config.name}'s learned position table; "
+            f"shorten the prompt or lower max_new_tokens to at most {max_new_tokens - (needed - config.max_len)}.")

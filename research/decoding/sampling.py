@@ -1,0 +1,137 @@
+"""Greedy and sampled generation (temperature, top-k, nucleus) over the KV cache.
+
+One prefill over the left-padded prompts, then a jitted `lax.while_loop` of single-token
+steps that exits as soon as every sequence has emitted a stop token. Compiled once per
+(model, prompt width P, max_new_tokens, number of stop tokens, greedy / top_k / nucleus on
+or off); temperature and top_p are traced, so sweeping them does not recompile.
+
+Extra dimension letters: P prompt width, N new tokens.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.decoding.adapters import adapter_for
+from research.decoding.prompts import PaddedPrompts, check_request, pad_prompts
+from research.models.config import ConfigError
+
+Array = jax.Array
+
+
+class GenerateOutput(NamedTuple):
+    """tokens_BN: generated ids (stop token included), config.pad_token_id after it.
+    log_probs_BN: log p(token | prefix) under the model's own distribution (temperature 1,
+    no top-k / top-p), 0 on padding; the sum over a row is the sequence's log-likelihood,
+    independent of the sampling knobs, so outputs of different settings score comparably.
+    lengths_B: generated tokens per row, stop token included.
+    """
+
+    tokens_BN: Array
+    log_probs_BN: Array
+    lengths_B: Array
+
+
+def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | None = None) -> Array:
+    """Set logits outside the top-k and outside the nucleus to -inf (float32).
+
+    top_k=0 disables top-k. Nucleus (Holtzman et al. 2020): keep the most probable tokens
+    until their probability mass reaches top_p (the token that crosses top_p is kept, so
+    the argmax always survives); None disables it. Both keep every token tied with the
+    threshold logit. Applied in that order, as in HF transformers.
+    """
+    logits_BV = logits_BV.astype(jnp.float32)
+    if top_k:
+        kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+        logits_BV = jnp.where(logits_BV >= kth_B1, logits_BV, -jnp.inf)
+    if top_p is not None:
+        sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        keep_BV = mass_before_BV < top_p
+        threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV >= threshold_B1, logits_BV, -jnp.inf)
+    return logits_BV
+
+
+def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
+             rng: Array | None = None, pad_to_multiple: int = 1) -> GenerateOutput:
+    """Continue each prompt (a list of token ids; lengths may differ) by up to `max_new_tokens`.
+
+    temperature 0 is greedy (argmax); otherwise tokens are drawn from
+    softmax(filter_logits(logits / temperature, top_k, top_p)) with key fold_in(rng, step),
+    so a fixed rng reproduces the output. A row ends after its first token in `stop_tokens`.
+    For encoder-decoder models the prompts are the encoder inputs and decoding starts from
+    config.decoder_start_token_id. pad_to_multiple rounds the padded prompt width up, so
+    batches of similar prompt lengths reuse one compiled program (results are unchanged).
+    """
+    config = model.config
+    stop_tokens = tuple(int(t) for t in stop_tokens)
+    check_request(config, prompts, max_new_tokens, stop_tokens, pad_to_multiple)
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature={temperature} must be >= 0 (0 means greedy).")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= config.vocab_size:
+        raise ConfigError(f"top_k={top_k!r} must be an int in [0, {config.vocab_size}] (0 disables it).")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top_p={top_p} must be in (0, 1] (1 disables nucleus filtering).")
+    greedy = temperature == 0
+    if not greedy and rng is None:
+        raise ConfigError(f"temperature={temperature} samples, so pass rng=jax.random.key(seed) (or temperature=0).")
+    padded = pad_prompts(prompts, config.pad_token_id, adapter_for(model).pad_side, pad_to_multiple)
+    return _generate(params, padded, jnp.asarray(stop_tokens, jnp.int32),
+                     jax.random.key(0) if rng is None else rng, jnp.float32(temperature if not greedy else 1.0),
+                     jnp.float32(top_p), model=model, max_new_tokens=int(max_new_tokens), greedy=greedy,
+                     top_k=top_k, nucleus=top_p < 1)
+
+
+def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
+    """Elementwise: is each token one of the stop tokens (False when there are none)."""
+    return jnp.any(tokens[..., None] == stop_tokens_S, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "top_k", "nucleus"))
+def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Array, temperature: Array,
+              top_p: Array, *, model: nn.Module, max_new_tokens: int, greedy: bool, top_k: int,
+              nucleus: bool) -> GenerateOutput:
+    adapter = adapter_for(model)
+    pad_id = model.config.pad_token_id
+    logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
+    batch = logits_BV.shape[0]
+
+    def choose(logits_BV, step, done_B):
+        if greedy:
+            token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        else:
+            scaled_BV = filter_logits(logits_BV / temperature, top_k=top_k, top_p=top_p if nucleus else None)
+            token_B = jax.random.categorical(jax.random.fold_in(rng, step), scaled_BV, axis=-1).astype(jnp.int32)
+        log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
+        return jnp.where(done_B, pad_id, token_B), jnp.where(done_B, 0.0, log_prob_B)
+
+    token_B, log_prob_B = choose(logits_BV, 0, jnp.zeros((batch,), bool))
+    tokens_BN = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token_B)
+    log_probs_BN = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(log_prob_B)
+    carry = (jnp.int32(1), state, token_B, is_stop(token_B, stop_tokens_S), tokens_BN, log_probs_BN,
+             jnp.ones((batch,), jnp.int32))
+
+    def keep_going(carry):
+        step, _, _, done_B, *_ = carry
+        return (step < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(carry):
+        step, state, token_B, done_B, tokens_BN, log_probs_BN, lengths_B = carry
+        # Finished rows keep stepping (on pad) so the batch stays rectangular; their output is masked.
+        logits_BV, state = adapter.step(params, token_B, first_position_B + step - 1, state)
+        token_B, log_prob_B = choose(logits_BV, step, done_B)
+        tokens_BN = jax.lax.dynamic_update_slice_in_dim(tokens_BN, token_B[:, None], step, axis=1)
+        log_probs_BN = jax.lax.dynamic_update_slice_in_dim(log_probs_BN, log_prob_B[:, None], step, axis=1)
+        lengths_B = lengths_B + (~done_B).astype(jnp.int32)
+        return step + 1, state, token_B, done_B | is_stop(token_B, stop_tokens_S), tokens_BN, log_probs_BN, lengths_B
+
+    _, _, _, _, tokens_BN, log_probs_BN, lengths_B = jax.lax.while_loop(keep_going, body, carry)
+    return GenerateOutput(tokens_BN, log_probs_BN, lengths_B)
