@@ -68,7 +68,8 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> En
     for u, run in enumerate(runs):
         rows = np.flatnonzero(table.run == run)
         if np.unique(table.N[rows]).size != 1:
-            raise RunTableError(f"run {run!r} has rows with different N ({np.unique(table.N[rows])}); rows of one "
+            sizes_seen = ", ".join(f"{n:g}" for n in np.unique(table.N[rows]))
+            raise RunTableError(f"run {str(run)!r} has rows with different N ({sizes_seen}); rows of one "
                                 "training curve must share N, so give each model its own run id.")
         order = rows[np.argsort(table.compute[rows])]
         log_c, log_loss = np.log(table.compute[order]), np.log(table.loss[order])

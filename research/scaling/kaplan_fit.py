@@ -24,6 +24,9 @@ from research.scaling.lbfgs import minimize_batched
 from research.scaling.run_table import RunTable, RunTableError
 
 NUM_PARAMETERS = 3  # E, X_c, alpha
+# Starts that have not converged by then drift along a degenerate valley (alpha -> 0 with
+# X_c -> inf, where the power law merges into E) and never hold the best objective.
+MAX_EVALUATIONS = 1000
 # Starts (a, e, alpha): a spans alpha * ln X_c for X_c from ~1 to ~1e20 at alpha up to ~1.
 KAPLAN_GRID = (np.arange(0.0, 25.1, 2.5), np.arange(-1.0, 1.01, 0.5), np.arange(0.0, 2.01, 0.25))
 
@@ -43,8 +46,45 @@ class KaplanFit:
 
 
 def fit_saturating_power_law(X, loss, *, variable: str = "X", grid=KAPLAN_GRID,
-                             max_evaluations: int = 3000) -> KaplanFit:
+                             max_evaluations: int = MAX_EVALUATIONS) -> KaplanFit:
     """Fit L(X) = E + (X_c / X)^alpha to points (X, loss) by Huber-LSE L-BFGS from `grid`."""
+    return _fit_laws({variable: (X, loss)}, grid, max_evaluations)[variable]
+
+
+def _fit_laws(points: dict[str, tuple], grid, max_evaluations: int) -> dict[str, KaplanFit]:
+    """Fit one law per entry of `points` in a single batched solve (one compilation for all).
+
+    The point sets are concatenated along R, padded to a multiple of 64 with dummy points
+    (X = loss = 1), and each problem weights only its own points.
+    """
+    sets = {variable: _check(variable, X, loss) for variable, (X, loss) in points.items()}
+    starts_IK = np.array(list(itertools.product(*grid)), np.float64)  # (a, e, alpha): huber_lse's J = 1 order
+    total = sum(X.size for X, _ in sets.values())
+    padded = 64 * -(-total // 64)
+    log_X, log_loss, weight_LR = np.zeros(padded), np.zeros(padded), np.zeros((len(sets), padded))
+    offset = 0
+    for law, (X, loss) in enumerate(sets.values()):
+        span = slice(offset, offset + X.size)
+        log_X[span], log_loss[span], weight_LR[law, span] = np.log(X), np.log(loss), 1.0
+        offset += X.size
+    I = len(starts_IK)
+    with jax.enable_x64(True):
+        result = minimize_batched(huber_lse_value_and_grad, jnp.asarray(np.tile(starts_IK, (len(sets), 1))),
+                                  jnp.asarray(np.repeat(weight_LR, I, axis=0)),
+                                  (jnp.asarray(log_X)[None], jnp.asarray(log_loss)), max_evaluations=max_evaluations)
+    fits = {}
+    for law, (variable, (X, loss)) in enumerate(sets.items()):
+        value_I = result.value_P[law * I:(law + 1) * I]
+        best = law * I + int(np.argmin(np.where(np.isfinite(value_I), value_I, np.inf)))
+        a, e, alpha = (float(v) for v in result.x_PK[best])
+        # X_c = exp(a / alpha); alpha -> 0 would make it overflow, which only a degenerate fit does.
+        X_c = float(np.exp(a / alpha)) if alpha else float("inf")
+        fits[variable] = KaplanFit(variable, SaturatingPowerLaw(E=float(np.exp(e)), X_c=X_c, alpha=alpha), X, loss,
+                                   float(result.value_P[best]))
+    return fits
+
+
+def _check(variable: str, X, loss) -> tuple[np.ndarray, np.ndarray]:
     X, loss = np.asarray(X, np.float64), np.asarray(loss, np.float64)
     if X.size < NUM_PARAMETERS:
         raise RunTableError(f"L({variable}) has {NUM_PARAMETERS} parameters but only {X.size} point(s); "
@@ -52,16 +92,7 @@ def fit_saturating_power_law(X, loss, *, variable: str = "X", grid=KAPLAN_GRID,
     if np.any(X <= 0) or np.any(loss <= 0):
         raise RunTableError(f"L({variable}) needs positive {variable} and loss; got min {variable}={X.min():g}, "
                             f"min loss={loss.min():g}.")
-    starts_IK = np.array(list(itertools.product(*grid)), np.float64)  # (a, e, alpha): huber_lse's J = 1 order
-    with jax.enable_x64(True):
-        data = (jnp.asarray(np.log(X))[None], jnp.asarray(np.log(loss)))
-        result = minimize_batched(huber_lse_value_and_grad, jnp.asarray(starts_IK), jnp.ones((len(starts_IK), X.size)),
-                                  data, max_evaluations=max_evaluations)
-    best = int(np.argmin(np.where(np.isfinite(result.value_P), result.value_P, np.inf)))
-    a, e, alpha = (float(v) for v in result.x_PK[best])
-    # X_c = exp(a / alpha); alpha -> 0 would make it overflow, which only a degenerate fit does.
-    law = SaturatingPowerLaw(E=float(np.exp(e)), X_c=float(np.exp(a / alpha)) if alpha else float("inf"), alpha=alpha)
-    return KaplanFit(variable, law, X, loss, float(result.value_P[best]))
+    return X, loss
 
 
 def _lowest_loss_per_value(values: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +109,13 @@ def fit_kaplan_laws(table: RunTable) -> dict[str, KaplanFit | str]:
     frontier = compute_frontier(table)
     points["C"] = (table.compute[frontier], table.loss[frontier])
     fits: dict[str, KaplanFit | str] = {}
+    fittable = {}
     for variable, (X, loss) in points.items():
-        try:
-            fits[variable] = fit_saturating_power_law(X, loss, variable=variable)
+        try:  # validate each law alone, so one impossible law does not stop the others
+            _check(variable, X, loss)
+            fittable[variable] = (X, loss)
         except RunTableError as error:
             fits[variable] = str(error)
-    return fits
+    if fittable:
+        fits.update(_fit_laws(fittable, KAPLAN_GRID, max_evaluations=MAX_EVALUATIONS))
+    return {variable: fits[variable] for variable in points}

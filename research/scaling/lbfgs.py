@@ -35,7 +35,7 @@ ValueAndGrad = Callable[[jax.Array, Any, Any], tuple[jax.Array, jax.Array]]
 
 _ARMIJO_C1 = 1e-4  # sufficient-decrease constant (Nocedal & Wright's usual choice)
 _MIN_STEP = 2.0**-40  # below this the trial point is lost in float64 rounding of x
-_MIN_BUCKET = 64
+_MIN_BUCKET = 256  # below this, running finished rows costs less than compiling a new shape
 _HISTORY = ("s", "y", "rho")  # state entries (memory M, problems P, ...): oldest pair first
 
 
@@ -83,8 +83,9 @@ def minimize_batched(objective: ValueAndGrad, x0_PK: np.ndarray, per_problem: An
         keep = np.flatnonzero(~finished & real)
         if keep.size == 0:
             break
+        state["active"] = jnp.asarray(active & ~finished)  # out of evaluations: stop where recorded
         size = max(_MIN_BUCKET, 1 << int(np.ceil(np.log2(keep.size))))
-        if 4 * size <= len(index):  # compact: gather the unfinished rows, pad by repeating the first
+        if 4 * size <= len(index):  # compact (the paper grid: 4500 -> 1024 -> 256 rows), pad with row 0
             rows = np.concatenate([keep, np.full(size - keep.size, keep[0])])
             index = np.concatenate([index[keep], np.full(size - keep.size, -1)])
             state = {k: (v[:, rows] if k in _HISTORY else v[rows]) for k, v in state.items()}

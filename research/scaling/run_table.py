@@ -46,7 +46,7 @@ class RunTable:
             object.__setattr__(self, name, values)
             bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
             if bad.size:
-                raise RunTableError(f"{name}={values[bad[0]]!r} in run {bad[0]} is not a positive finite "
+                raise RunTableError(f"{name}={float(values[bad[0]])!r} in run {bad[0]} is not a positive finite "
                                     f"number; fix the value or mark the row failed (status != ok).")
         assert self.N.shape == self.D.shape == self.loss.shape and self.N.ndim == 1
 
@@ -69,7 +69,7 @@ class RunTable:
         """An in-memory table, with NaN / infinite losses left out as failed runs."""
         N, D, loss = (np.asarray(v, np.float64).reshape(-1) for v in (N, D, loss))
         ok = np.isfinite(loss)
-        excluded = tuple(ExcludedRow(0, f"run {i}: loss={loss[i]!r}") for i in np.flatnonzero(~ok))
+        excluded = tuple(ExcludedRow(0, f"run {i}: loss={float(loss[i])!r}") for i in np.flatnonzero(~ok))
         kwargs = {k: (None if v is None else np.asarray(v)[ok]) for k, v in kwargs.items()}
         return cls(N[ok], D[ok], loss[ok], excluded=excluded, **kwargs)
 

@@ -1,0 +1,68 @@
+"""python -m experiments.scaling_laws.fit: fit.json, plots, and bad input at the edge."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments.scaling_laws.fit import fit_run_table
+from research.scaling import RunTableError
+
+from tests.scaling.synthetic import TRUE_LAW, chinchilla_like_runs
+
+
+@pytest.fixture(scope="module")
+def runs_csv(tmp_path_factory):
+    table = chinchilla_like_runs()
+    path = tmp_path_factory.mktemp("runs") / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["N", "D", "loss", "status"])
+        writer.writerows([n, d, loss, "ok"] for n, d, loss in zip(table.N, table.D, table.loss))
+        writer.writerow([1e9, 1e10, "nan", "ok"])
+        writer.writerow([1e9, 1e10, 2.0, "preempted"])
+    return str(path)
+
+
+def test_writes_fit_json_and_plots(runs_csv, tmp_path):
+    out = tmp_path / "fit"
+    report = fit_run_table(runs_csv, str(out), compute_budget=5.76e23, predict=(7e10, 1.4e12),
+                           bootstrap_samples=4, init_grid="coarse")
+    saved = json.loads((out / "fit.json").read_text())
+    assert saved["num_runs"] == 240 and len(saved["excluded"]) == 2
+    fit3 = saved["approach3"]
+    assert {"E", "A", "B", "alpha", "beta", "a", "b", "G", "intervals"} <= set(fit3)
+    assert fit3["E"] == pytest.approx(TRUE_LAW.E, rel=0.01)
+    assert fit3["a"] == pytest.approx(fit3["beta"] / (fit3["alpha"] + fit3["beta"]))
+    assert saved["approach2"]["a"] == pytest.approx(TRUE_LAW.a, abs=0.03)
+    assert "a" in saved["approach1"]  # the frontier of final losses
+    assert {"N", "D", "C"} == set(saved["kaplan"])
+    plan = saved["prediction"]["approach3"]
+    assert 6 * plan["N_opt"] * plan["D_opt"] == pytest.approx(5.76e23)
+    assert plan["tokens_per_parameter"] == pytest.approx(plan["D_opt"] / plan["N_opt"])
+    assert {"approach1", "approach2", "loss_at"} <= set(saved["prediction"])
+    assert saved["prediction"]["loss_at"]["loss"] == pytest.approx(TRUE_LAW.loss(7e10, 1.4e12), rel=0.01)
+    assert sorted(report["plots"]) == ["isoflop.png", "law_contours.png", "loss_vs_compute.png"]
+    for name in report["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_fail_before_fitting(runs_csv, tmp_path):
+    with pytest.raises(RunTableError, match="--compute_budget=-1 must be a positive"):
+        fit_run_table(runs_csv, str(tmp_path), compute_budget=-1.0)
+    few = tmp_path / "few.csv"
+    few.write_text("N,D,loss\n1e8,1e9,3\n2e8,1e9,2.9\n")
+    with pytest.raises(RunTableError, match="at least 5 finished runs, the table has 2"):
+        fit_run_table(str(few), str(tmp_path / "out"))
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("params,D,loss\n1e8,1e9,3\n")
+    result = subprocess.run([sys.executable, "-m", "experiments.scaling_laws.fit", f"--runs_csv={bad}",
+                             f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}: missing column(s) N (found params, D, loss); a run table needs columns N, D, loss.")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,88 @@
+"""Approaches 1 and 2: IsoFLOP parabolas and the loss-compute envelope on synthetic runs."""
+import numpy as np
+import pytest
+
+from research.scaling import (PowerLaw, RunTable, RunTableError, compute_frontier, fit_envelope, fit_isoflop,
+                              isoflop_runs)
+from research.scaling.isoflop import group_by_budget
+
+from tests.scaling.synthetic import TRUE_LAW
+
+BUDGETS = np.geomspace(1e18, 1e22, 5)
+
+
+def test_approach2_recovers_exponent_of_exact_parabolas():
+    """Losses exactly parabolic in ln N around N_opt = 0.3 C^0.45 give a = 0.45, b = 0.55."""
+    C, N, D = isoflop_runs(BUDGETS, 7, 1e6, 1e12)
+    true = PowerLaw(0.3, 0.45)
+    loss = 2.0 + 0.05 * (np.log(N) - np.log(true(C))) ** 2 - 0.01 * np.log(C)
+    fit = fit_isoflop(RunTable(N, D, loss))  # groups by 6ND, no C column
+    assert len(fit.profiles) == 5 and not fit.skipped
+    assert fit.N_opt.exponent == pytest.approx(0.45, abs=1e-9)
+    assert fit.N_opt.coefficient == pytest.approx(0.3, rel=1e-6)
+    assert fit.D_opt.exponent == pytest.approx(0.55, abs=1e-9)
+    assert fit.as_dict()["a"] + fit.as_dict()["b"] == pytest.approx(1.0)
+
+
+def test_approach2_on_a_chinchilla_law(chinchilla_table):
+    fit = fit_isoflop(chinchilla_table)
+    assert len(fit.profiles) == 9
+    # A parabola only approximates each profile, so a is close to, not equal to, beta/(alpha+beta).
+    assert fit.N_opt.exponent == pytest.approx(TRUE_LAW.a, abs=0.03)
+    assert not any(p.extrapolated for p in fit.profiles)
+
+
+def test_budget_grouping_and_skipped_budgets():
+    C, N, D = isoflop_runs(BUDGETS[:3], 5, 1e7, 1e10)
+    # Rounding N and D to whole layers and steps perturbs 6ND by a few percent.
+    jitter = np.random.default_rng(0).uniform(0.97, 1.03, N.size)
+    N_extra, D_extra = np.array([1e8, 2e8]), 1e23 / (6 * np.array([1e8, 2e8]))  # a budget with 2 sizes
+    table = RunTable(np.concatenate([N * jitter, N_extra]), np.concatenate([D, D_extra]),
+                     TRUE_LAW.loss(np.concatenate([N * jitter, N_extra]), np.concatenate([D, D_extra])))
+    assert [len(g) for g in group_by_budget(table)] == [5, 5, 5, 2]
+    fit = fit_isoflop(table)
+    assert len(fit.profiles) == 3
+    assert len(fit.skipped) == 1 and "2 model size(s)" in fit.skipped[0]
+
+
+def test_approach2_needs_two_profiles():
+    C, N, D = isoflop_runs(BUDGETS[:1], 5, 1e7, 1e10)
+    with pytest.raises(RunTableError, match="IsoFLOP profiles at >= 2 budgets, found 1"):
+        fit_isoflop(RunTable(N, D, TRUE_LAW.loss(N, D)))
+
+
+def training_curves(sizes, max_tokens=1e13, points=60):
+    """One curve per size: the law's loss after each of `points` log-spaced token counts."""
+    N = np.repeat(sizes, points)
+    D = np.tile(np.geomspace(1e8, max_tokens, points), len(sizes))
+    run = np.repeat([f"model-{i}" for i in range(len(sizes))], points)
+    return RunTable(N, D, TRUE_LAW.loss(N, D), run=run)
+
+
+def test_approach1_envelope_of_training_curves():
+    table = training_curves(np.geomspace(1e7, 1e11, 41))
+    fit = fit_envelope(table, num_compute=500)
+    assert fit.from_curves
+    env = fit.envelope
+    # The envelope is never above any curve at the same compute, and its sizes grow with C.
+    assert np.all(np.diff(env.N) >= 0)
+    on_envelope = np.isin(table.N, env.N)
+    assert env.loss.min() >= TRUE_LAW.loss(*TRUE_LAW.compute_optimal(env.compute.max())) - 1e-9
+    assert on_envelope.any()
+    assert fit.N_opt.exponent == pytest.approx(TRUE_LAW.a, abs=0.03)
+    assert fit.D_opt.exponent == pytest.approx(TRUE_LAW.b, abs=0.03)
+
+
+def test_curve_with_two_sizes_is_an_error():
+    table = RunTable(np.array([1e8, 2e8, 4e8]), np.array([1e9, 2e9, 4e9]), np.array([3.0, 2.9, 2.8]),
+                     run=np.array(["a", "a", "b"]))
+    with pytest.raises(RunTableError, match="run 'a' has rows with different N"):
+        fit_envelope(table)
+
+
+def test_frontier_of_final_losses():
+    table = RunTable(np.array([1.0, 2.0, 3.0, 4.0, 5.0]) * 1e8, np.full(5, 1e9),
+                     np.array([3.0, 3.2, 2.9, 2.95, 2.5]))
+    assert compute_frontier(table).tolist() == [0, 2, 4]
+    fit = fit_envelope(table)
+    assert not fit.from_curves and fit.envelope.N.tolist() == [1e8, 3e8, 5e8]

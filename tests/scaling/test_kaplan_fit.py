@@ -1,0 +1,41 @@
+"""Kaplan-style single-variable laws L(X) = E + (X_c / X)^alpha."""
+import numpy as np
+import pytest
+
+from research.scaling import RunTable, RunTableError, SaturatingPowerLaw, fit_kaplan_laws, fit_saturating_power_law
+
+from tests.scaling.synthetic import TRUE_LAW
+
+
+@pytest.mark.parametrize("variable,law,X", [
+    ("N", SaturatingPowerLaw(E=1.7, X_c=8.8e6, alpha=0.34), np.geomspace(1e7, 1e11, 12)),
+    ("C", SaturatingPowerLaw(E=1.8, X_c=2e16, alpha=0.16), np.geomspace(1e18, 1e23, 15)),
+])
+def test_recovers_known_exponents(variable, law, X):
+    rng = np.random.default_rng(0)
+    loss = law.loss(X) * np.exp(rng.normal(0, 0.001, X.size))
+    fit = fit_saturating_power_law(X, loss, variable=variable)
+    assert fit.law.alpha == pytest.approx(law.alpha, rel=0.03)
+    assert fit.law.E == pytest.approx(law.E, rel=0.01)
+    assert fit.law.X_c == pytest.approx(law.X_c, rel=0.3)  # X_c = exp(a/alpha) amplifies errors
+
+
+def test_fits_from_a_run_table():
+    # Every size trained to convergence-like D (1e15 tokens) -> L(N) ≈ E + A/N^alpha.
+    N = np.geomspace(1e7, 1e11, 10)
+    N_all = np.concatenate([N, N])
+    D_all = np.concatenate([np.full(10, 1e15), np.full(10, 1e10)])  # the short runs are never the best
+    table = RunTable(N_all, D_all, TRUE_LAW.loss(N_all, D_all))
+    fits = fit_kaplan_laws(table)
+    law_N = fits["N"].law
+    assert fits["N"].X.size == 10
+    assert law_N.alpha == pytest.approx(TRUE_LAW.alpha, rel=0.03)
+    # The irreducible term absorbs B/D^beta at D = 1e15.
+    assert law_N.E == pytest.approx(TRUE_LAW.E + TRUE_LAW.B / 1e15**TRUE_LAW.beta, rel=0.01)
+    assert isinstance(fits["D"], str) and "only 2 point" in fits["D"]  # two token counts: no L(D)
+    assert fits["C"].X.size >= 3
+
+
+def test_too_few_points():
+    with pytest.raises(RunTableError, match=r"L\(D\) has 3 parameters but only 2 point"):
+        fit_saturating_power_law([1e9, 1e10], [3.0, 2.5], variable="D")

@@ -1,0 +1,64 @@
+"""Reading run tables: columns, failed runs, and one-line errors for bad input."""
+import numpy as np
+import pytest
+
+from research.scaling import RunTable, RunTableError, read_runs_csv
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "runs.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_reads_columns_and_leaves_out_failed_runs(tmp_path):
+    path = write(tmp_path, "N, D ,loss,status,run,C\n"
+                           "1e8,2e9,3.1,ok,a,1.2e18\n"
+                           "1e8,4e9,3.0,ok,a,2.4e18\n"
+                           "2e8,2e9,9.9,failed,b,2.4e18\n"
+                           "2e8,2e9,nan,ok,b,2.4e18\n"
+                           "4e8,1e9,inf,ok,c,2.4e18\n"
+                           "4e8,1e9,2.95,OK,c,2.4e18\n")
+    table = read_runs_csv(path)
+    assert len(table) == 3
+    np.testing.assert_array_equal(table.N, [1e8, 1e8, 4e8])
+    np.testing.assert_array_equal(table.loss, [3.1, 3.0, 2.95])
+    assert table.run.tolist() == ["a", "a", "c"]
+    np.testing.assert_array_equal(table.budget, [1.2e18, 2.4e18, 2.4e18])
+    np.testing.assert_allclose(table.compute, 6 * table.N * table.D)
+    # Reported by CSV line (header = 1), never counted as a zero loss.
+    assert [(row.line, row.reason) for row in table.excluded] == [
+        (4, "status='failed'"), (5, "loss=nan"), (6, "loss=inf")]
+
+
+def test_optional_columns_absent(tmp_path):
+    table = read_runs_csv(write(tmp_path, "N,D,loss\n1e8,2e9,3.1\n2e8,2e9,3.0\n"))
+    assert table.run is None and table.budget is None and not table.excluded
+
+
+@pytest.mark.parametrize("text,message", [
+    ("N,tokens,loss\n1e8,2e9,3.1\n", r"missing column\(s\) D \(found N, tokens, loss\)"),
+    ("N,D,loss\n1e8,-2e9,3.1\n", r"runs.csv:2: D='-2e9' must be a positive number"),
+    ("N,D,loss\n0,2e9,3.1\n", r"runs.csv:2: N='0' must be a positive number"),
+    ("N,D,loss\n1e8,2e9,0\n", r"runs.csv:2: loss='0' must be a positive number"),
+    ("N,D,loss\n1e8,2e9,3.1\n1e8,abc,3.1\n", r"runs.csv:3: D='abc' is not a number"),
+    ("N,D,loss,status\n1e8,2e9,3.1,diverged\n", r"no finished runs \(1 row\(s\) failed or diverged\)"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, text, message):
+    with pytest.raises(RunTableError, match=message) as error:
+        read_runs_csv(write(tmp_path, text))
+    assert "\n" not in str(error.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RunTableError, match="does not exist"):
+        read_runs_csv(str(tmp_path / "nope.csv"))
+
+
+def test_in_memory_tables():
+    table = RunTable.from_arrays([1e8, 2e8, 4e8], [1e9, 1e9, 1e9], [3.0, np.nan, 2.8])
+    assert len(table) == 2 and table.excluded[0].reason == "run 1: loss=nan"
+    with pytest.raises(RunTableError, match="N=-1.0 in run 0 is not a positive finite number"):
+        RunTable(np.array([-1.0]), np.array([1e9]), np.array([3.0]))
+    with pytest.raises(RunTableError, match="needs at least 5 finished runs, the table has 2"):
+        table.require(5, "Approach 3")
