@@ -11,6 +11,7 @@ nats per token. Files, one concern each:
   isoflop.py          Approach 2: IsoFLOP parabolas, and sweep layout
   kaplan_fit.py       L(N), L(D), L(C) with irreducible terms
   plots.py            IsoFLOP, loss-compute and law-contour figures (PNG)
+  report.py           fit everything to a run table, write fit.json and the plots
   synthetic_corpus.py text from a random Markov source with an exactly known entropy rate
 """
 from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID, Approach3Fit, InitGrid, fit_chinchilla_law

@@ -2,15 +2,17 @@
 
 Scaling-law fits restart L-BFGS from thousands of initialisations (4500 for Chinchilla's
 Approach 3) and refit hundreds of bootstrap resamples. Each problem has only a handful of
-parameters, so a Python loop over problems (scipy.optimize.minimize per start) spends its
-time in interpreter overhead. Here the problem index is the leading axis P of every array
-and one step of every problem is one fused XLA computation.
+parameters, so a Python loop over problems (scipy.optimize.minimize per start: ~20 s for
+the Chinchilla grid) spends its time in interpreter overhead. Here the problem index is the
+leading axis P of every array and one step of every problem is one fused XLA computation.
 
-Two choices keep the batch from running at the pace of its slowest member:
+Two choices keep the batch from running at the pace of its slowest member (measured on the
+4500-start, 240-run Chinchilla fit, 2 shared CPU cores):
 - the backtracking line search is folded into the outer loop: each step evaluates one trial
   point per problem, and a problem whose trial fails the Armijo test halves its step for the
-  next evaluation while the others move on (a lockstep inner line-search loop makes every
-  problem pay for the longest search in the batch, and measured ~100x slower);
+  next evaluation while the others move on. An inner line-search loop makes every problem
+  pay for the longest search in the batch: 744 s, against 37 s for the same objective here
+  (jax.vmap of optax.lbfgs behaves alike: 38 s for 200 starts);
 - every `chunk` evaluations, once three quarters of the batch has finished, the finished
   problems are dropped (sizes are powers of two, each a quarter of the last or less, so
   only a few shapes are ever compiled: compiling dominates small fits).

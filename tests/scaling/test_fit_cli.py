@@ -1,4 +1,8 @@
-"""python -m experiments.scaling_laws.fit: fit.json, plots, and bad input at the edge."""
+"""python -m experiments.scaling_laws.fit (research.scaling.report): fit.json, plots, bad input.
+
+In-process tests call the report function; the CLI itself runs in a subprocess, since its
+absl flags must not meet other experiments' flags in a shared test process.
+"""
 import csv
 import json
 import subprocess
@@ -6,8 +10,8 @@ import sys
 
 import pytest
 
-from experiments.scaling_laws.fit import fit_run_table
 from research.scaling import RunTableError
+from research.scaling.report import fit_run_table
 
 from tests.scaling.synthetic import TRUE_LAW, chinchilla_like_runs
 
@@ -57,12 +61,20 @@ def test_bad_arguments_fail_before_fitting(runs_csv, tmp_path):
         fit_run_table(str(few), str(tmp_path / "out"))
 
 
-def test_command_line_error_is_one_line(tmp_path):
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.scaling_laws.fit", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("params,D,loss\n1e8,1e9,3\n")
-    result = subprocess.run([sys.executable, "-m", "experiments.scaling_laws.fit", f"--runs_csv={bad}",
-                             f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    out = f"--output_dir={tmp_path / 'out'}"
+    result = run_cli(f"--runs_csv={bad}", out)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}: missing column(s) N (found params, D, loss); a run table needs columns N, D, loss.")
+    result = run_cli(f"--runs_csv={bad}", out, "--predict_N=1e9")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: pass --predict_N and --predict_D together")
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ from tests.scaling.synthetic import TRUE_LAW
 
 @pytest.mark.parametrize("variable,law,X", [
     ("N", SaturatingPowerLaw(E=1.7, X_c=8.8e6, alpha=0.34), np.geomspace(1e7, 1e11, 12)),
+    ("D", SaturatingPowerLaw(E=1.9, X_c=5e8, alpha=0.28), np.geomspace(1e9, 1e13, 10)),
     ("C", SaturatingPowerLaw(E=1.8, X_c=2e16, alpha=0.16), np.geomspace(1e18, 1e23, 15)),
 ])
 def test_recovers_known_exponents(variable, law, X):

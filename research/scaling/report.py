@@ -1,0 +1,113 @@
+"""Fit every law to a run table and write the report: fit.json and the plots.
+
+One call behind `python -m experiments.scaling_laws.fit` (and any study that ends with a
+run table): Approach 3 with bootstrap intervals, Approaches 1 and 2 where the table's
+layout allows them (otherwise fit.json says why), Kaplan's L(N), L(D), L(C), and
+predictions at a compute budget. Units as in research/scaling/laws.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from research.scaling import plots
+from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID, fit_chinchilla_law
+from research.scaling.envelope import fit_envelope
+from research.scaling.isoflop import fit_isoflop
+from research.scaling.kaplan_fit import fit_kaplan_laws
+from research.scaling.laws import BESIROGLU_2024, FLOPS_PER_PARAM_TOKEN, HOFFMANN_2022
+from research.scaling.run_table import RunTableError, read_runs_csv
+
+GOPHER_BUDGET = 5.76e23  # FLOPs; the budget Hoffmann et al. plan Chinchilla for (Table 3)
+
+
+def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOPHER_BUDGET,
+                  predict: tuple[float, float] | None = None, bootstrap_samples: int = 100,
+                  confidence: float = 0.8, init_grid: str = "paper", seed: int = 0) -> dict:
+    """Fit every law to the runs in `runs_csv`; write fit.json and plots to `output_dir`; return the report."""
+    if not (math.isfinite(compute_budget) and compute_budget > 0):
+        raise RunTableError(f"--compute_budget={compute_budget:g} must be a positive number of FLOPs.")
+    if predict is not None and not all(math.isfinite(v) and v > 0 for v in predict):
+        raise RunTableError(f"--predict_N, --predict_D = {predict} must both be positive.")
+    if bootstrap_samples < 0 or not 0 < confidence < 1:
+        raise RunTableError(f"--bootstrap={bootstrap_samples} must be >= 0 and --confidence={confidence} "
+                                    "in (0, 1).")
+    table = read_runs_csv(runs_csv)
+    table.require(5, "Approach 3 (5 parameters)")
+    os.makedirs(output_dir, exist_ok=True)
+    grid = PAPER_GRID if init_grid == "paper" else COARSE_GRID
+    approach3 = fit_chinchilla_law(table, grid=grid, bootstrap_samples=bootstrap_samples,
+                                           confidence=confidence, seed=seed)
+    approach1, approach2 = _attempt(fit_envelope, table), _attempt(fit_isoflop, table)
+    kaplan = fit_kaplan_laws(table)
+
+    report = {
+        "runs_csv": os.path.abspath(runs_csv), "num_runs": len(table),
+        "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
+        "approach3": approach3.as_dict(),
+        "approach1": _describe(approach1), "approach2": _describe(approach2),
+        "kaplan": {k: _describe(v) for k, v in kaplan.items()},
+        "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2),
+        "reference": {"hoffmann_2022": HOFFMANN_2022.as_dict(),
+                      "besiroglu_2024": BESIROGLU_2024.as_dict()},
+    }
+    report["plots"] = _plot(table, approach3.law, approach1, approach2, kaplan, compute_budget, output_dir)
+    with open(os.path.join(output_dir, "fit.json"), "w") as f:
+        json.dump(_finite(report), f, indent=2)
+    return report
+
+
+def _attempt(fit, table):
+    """A fit, or the reason this table does not allow it (e.g. no IsoFLOP structure)."""
+    try:
+        return fit(table)
+    except RunTableError as error:
+        return str(error)
+
+
+def _describe(fit) -> dict:
+    return {"skipped": fit} if isinstance(fit, str) else fit.as_dict()
+
+
+def _allocation(N: float, D: float) -> dict:
+    return {"N_opt": float(N), "D_opt": float(D), "tokens_per_parameter": float(D / N)}
+
+
+def _prediction(compute_budget, predict, law, approach1, approach2) -> dict:
+    N3, D3 = law.compute_optimal(compute_budget)
+    out = {"compute_budget": compute_budget,
+           "approach3": {**_allocation(N3, D3), "loss": float(law.loss(N3, D3))}}
+    for name, fit in (("approach1", approach1), ("approach2", approach2)):
+        if not isinstance(fit, str):
+            out[name] = _allocation(fit.N_opt(compute_budget), fit.D_opt(compute_budget))
+    if predict is not None:
+        out["loss_at"] = {"N": predict[0], "D": predict[1], "loss": float(law.loss(*predict)),
+                          "compute": FLOPS_PER_PARAM_TOKEN * predict[0] * predict[1]}
+    return out
+
+
+def _plot(table, law, approach1, approach2, kaplan, compute_budget, output_dir) -> list[str]:
+    path = lambda name: os.path.join(output_dir, name)
+    written = [plots.plot_law_contours(law, table, path("law_contours.png"), compute_budget=compute_budget),
+               plots.plot_loss_vs_compute(table, None if isinstance(approach1, str) else approach1.envelope,
+                                          None if isinstance(kaplan["C"], str) else kaplan["C"],
+                                          path("loss_vs_compute.png"))]
+    if not isinstance(approach2, str):
+        written.append(plots.plot_isoflop_profiles(approach2, path("isoflop.png")))
+    return [os.path.basename(p) for p in written]
+
+
+def _finite(value):
+    """JSON-safe: numpy scalars to Python, inf/NaN (e.g. a degenerate X_c) to null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
