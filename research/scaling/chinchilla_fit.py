@@ -96,7 +96,7 @@ def fit_chinchilla_law(table: RunTable, *, grid: InitGrid = PAPER_GRID, bootstra
     Each bootstrap resample restarts from the full-data optimum and from `bootstrap_grid`
     (a coarse grid: the paper's 4500 starts per resample would cost 4500 x samples fits
     for starts that, on the full data, nearly all end in the same basin). The default
-    confidence 0.8 reports 10th-90th percentiles, as Hoffmann et al.'s Table 2 does.
+    confidence 0.8 gives 10th-90th percentile intervals.
     """
     table.require(len(PARAMETERS), "Approach 3 (5 parameters)")
     if not 0.0 < confidence < 1.0:
