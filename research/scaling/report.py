@@ -21,7 +21,7 @@ from research.scaling.kaplan_fit import fit_kaplan_laws
 from research.scaling.laws import BESIROGLU_2024, FLOPS_PER_PARAM_TOKEN, HOFFMANN_2022
 from research.scaling.run_table import RunTableError, read_runs_csv
 
-GOPHER_BUDGET = 5.76e23  # FLOPs; the budget Hoffmann et al. plan Chinchilla for (Table 3)
+GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's training budget, which Hoffmann et al. reallocate into Chinchilla
 
 
 def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOPHER_BUDGET,
