@@ -25,7 +25,7 @@ from research.scaling.run_table import RunTableError
 _RUNS_CSV = flags.DEFINE_string("runs_csv", None, "CSV of runs with columns N, D, loss (and optional status, run, C).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for fit.json and the PNG plots.")
 _COMPUTE_BUDGET = flags.DEFINE_float("compute_budget", GOPHER_BUDGET,
-                                     "FLOPs to plan for (default: Gopher's training budget, as Hoffmann et al. plan Chinchilla).")
+                                     "FLOPs to plan for (default: Gopher's training budget).")
 _PREDICT_N = flags.DEFINE_float("predict_N", None, "Parameters of a model whose loss to predict (with --predict_D).")
 _PREDICT_D = flags.DEFINE_float("predict_D", None, "Tokens of a model whose loss to predict (with --predict_N).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples for Approach 3's intervals (0 = none).")
