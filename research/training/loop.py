@@ -18,9 +18,9 @@ and data position from the latest one (onto the current mesh) and continues exac
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
-import time
 from typing import Any, Iterator
 
 import jax
@@ -36,7 +36,7 @@ from research.training import losses, metrics as metrics_lib, partitioning
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, create_train_state, train_state_shardings, with_shardings
-from research.training.train_step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from research.training.train_step import evaluate, jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -126,97 +126,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics_lib.MetricWriter(workdir)
     train_iter = batches("train", train.seed)
 
-    with partitioning.sharding_context(mesh, rules):
-        abstract, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
-        if checkpointer.latest_step() is not None:
-            state, train_iter = checkpointer.restore(with_shardings(abstract, shardings), train_iter)
-            writer.forget_after(int(state.step))
-        else:
-            state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
-        train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
-                                                    microbatches=train.microbatches,
-                                                    batch_spec=partitioning.batch_partition_spec(rules)),
-                                    shardings, batch_sharding)
-        eval_step = jit_eval_step(make_eval_step(model, loss_fn), shardings.params, batch_sharding)
+    try:
+        with partitioning.sharding_context(mesh, rules):
+            abstract, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
+            if checkpointer.latest_step() is not None:
+                state, train_iter = checkpointer.restore(with_shardings(abstract, shardings), train_iter)
+                writer.forget_after(int(state.step))
+            else:
+                state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
+            train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
+                                                        microbatches=train.microbatches,
+                                                        batch_spec=partitioning.batch_partition_spec(rules)),
+                                        shardings, batch_sharding)
+            eval_step = jit_eval_step(make_eval_step(model, loss_fn), shardings.params, batch_sharding)
 
-        target_len = example[objective.targets_key].shape[1]
-        source_len = example[objective.length_keys[0]].shape[1] if model_config.family == "encoder_decoder" else None
-        size = metrics_lib.model_size(model_config, abstract.params, target_len, source_len)
-        peak_flops = train.peak_flops or metrics_lib.measure_peak_flops(mesh.devices.flat)
-        start_step = int(state.step)
-        log.info("model %s: %s; mesh %s; peak %.3g FLOP/s", model_config.name, size, dict(mesh.shape), peak_flops)
-        if start_step == 0:
-            writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
+            target_len = example[objective.targets_key].shape[1]
+            encoder_decoder = model_config.family == "encoder_decoder"
+            source_len = example[objective.length_keys[0]].shape[1] if encoder_decoder else None
+            size = metrics_lib.model_size(model_config, abstract.params, target_len, source_len)
+            peak_flops = train.peak_flops or metrics_lib.measure_peak_flops(mesh.devices.flat)
+            start_step = int(state.step)
+            log.info("model %s: %s; mesh %s; peak %.3g FLOP/s", model_config.name, size, dict(mesh.shape), peak_flops)
+            if start_step == 0:
+                writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
 
-        def evaluate(params) -> dict[str, float]:
-            sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_tokens": 0.0}
-            validation = batches("validation", train.seed)
-            for _ in range(train.eval_batches):
-                out = jax.device_get(eval_step(params, partitioning.shard_batch(next(validation), batch_sharding)))
-                sums = {k: sums[k] + float(out[k]) for k in sums}
-            n = max(sums["num_tokens"], 1.0)
-            loss = sums["loss_sum"] / n
-            return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))),
-                    "eval_accuracy": sums["correct_sum"] / n}
+            def run_eval(params) -> dict[str, float]:
+                validation = batches("validation", train.seed)  # the same batches every time
+                return evaluate(eval_step, params, itertools.islice(validation, train.eval_batches), batch_sharding)
 
-        tokens_per_step = train.batch_size * target_len
-        window = {"start": 0.0, "steps": -1}  # throughput window; -1: the first (compiling) step is not timed
-        last: dict[str, float] = {}
+            throughput = metrics_lib.Throughput(train.batch_size * target_len, size["train_flops_per_token"],
+                                                peak_flops)
+            last: dict[str, float] = {}
 
-        def fetch(step: int, device_metrics: Any) -> dict[str, float]:
-            """One step's metrics on the host; stops the run on NaN/Inf."""
-            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
-                checkpointer.wait()
-                raise TrainingDivergedError(
-                    f"step {step}: loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; "
-                    f"stopped without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
-                    f"{checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
-            window["steps"] += 1
-            if window["steps"] == 0:
-                window["start"] = time.perf_counter()
-            last.update(values)
-            return values
+            def fetch(step: int, device_metrics: Any) -> dict[str, float]:
+                """One step's metrics on the host; stops the run on NaN/Inf."""
+                values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+                if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
+                    checkpointer.wait()
+                    raise TrainingDivergedError(
+                        f"step {step}: loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; "
+                        f"stopped without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
+                        f"{checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
+                throughput.step_done()
+                last.update(values)
+                return values
 
-        def timing() -> dict[str, float]:
-            """tokens/s and MFU since the last call (empty before the first timed step)."""
-            if window["steps"] <= 0:
-                return {}
-            now = time.perf_counter()
-            speed = metrics_lib.throughput(window["steps"] * tokens_per_step, now - window["start"],
-                                           size["train_flops_per_token"], peak_flops)
-            window.update(start=now, steps=0)
-            return speed
-
-        end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
-        progress = tqdm.tqdm(total=train.num_steps, initial=start_step, disable=not train.progress_bar
-                             or jax.process_index() != 0, desc="train", unit="step")
-        pending = None  # (step, metrics) dispatched but not yet fetched
-        for step in range(start_step + 1, end_step + 1):
-            batch = partitioning.shard_batch(next(train_iter), batch_sharding)
-            state, step_metrics = train_step(state, batch)
-            if pending is not None:  # fetch step t-1 now that step t is queued behind it
-                values = fetch(*pending)
-                if pending[0] % train.log_every_steps == 0:
-                    writer.write(pending[0], {**values, **timing()})
-                    progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-            pending = (step, step_metrics)
-            progress.update(1)
-            save = step % checkpoint_config.every_steps == 0 or step == end_step
-            if save or step % train.eval_every_steps == 0:
-                # Check this step before saving: a NaN state must never become a checkpoint.
-                values, pending = fetch(step, step_metrics), None
-                speed = timing()
-                eval_metrics = evaluate(state.params)
-                writer.write(step, {**values, **speed, **eval_metrics})
-                last.update(eval_metrics)
-                if save:
-                    checkpointer.save(step, state, train_iter, config.to_dict(), {BEST_METRIC: eval_metrics[BEST_METRIC]})
-                window.update(start=time.perf_counter(), steps=0)  # evaluation and saving are not training time
-        progress.close()
-        if end_step == start_step and "eval_loss" not in last:
-            last.update(evaluate(state.params))  # nothing left to train: report the restored model
-    checkpointer.close()
-    writer.close()
+            end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
+            with tqdm.tqdm(total=train.num_steps, initial=start_step, disable=not train.progress_bar
+                           or jax.process_index() != 0, desc="train", unit="step") as progress:
+                pending = None  # (step, metrics) dispatched but not yet fetched
+                for step in range(start_step + 1, end_step + 1):
+                    batch = partitioning.shard_batch(next(train_iter), batch_sharding)
+                    state, step_metrics = train_step(state, batch)
+                    if pending is not None:  # fetch step t-1 now that step t is queued behind it
+                        values = fetch(*pending)
+                        if pending[0] % train.log_every_steps == 0:
+                            writer.write(pending[0], {**values, **throughput.read()})
+                            progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+                    pending = (step, step_metrics)
+                    progress.update(1)
+                    save = step % checkpoint_config.every_steps == 0 or step == end_step
+                    if save or step % train.eval_every_steps == 0:
+                        # Check this step before saving: a NaN state must never become a checkpoint.
+                        values, pending = fetch(step, step_metrics), None
+                        speed = throughput.read()
+                        eval_metrics = run_eval(state.params)
+                        writer.write(step, {**values, **speed, **eval_metrics})
+                        last.update(eval_metrics)
+                        if save:
+                            checkpointer.save(step, state, train_iter, config.to_dict(),
+                                              {BEST_METRIC: eval_metrics[BEST_METRIC]})
+                        throughput.restart()  # evaluation and saving are not training time
+                if end_step == start_step and "eval_loss" not in last:
+                    last.update(run_eval(state.params))  # nothing left to train: report the restored model
+    finally:
+        checkpointer.close()  # waits for a save in flight
+        writer.close()
     return dict(last)
 

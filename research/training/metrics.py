@@ -114,10 +114,34 @@ def measure_peak_flops(devices: Sequence[jax.Device] | None = None, *, size: int
     return chain * n * 2 * size**3 / best
 
 
-def throughput(tokens: float, seconds: float, flops_per_token: float, peak_flops: float | None) -> dict[str, float]:
-    """tokens/s and, when a peak is known, MFU (a fraction, not a percentage)."""
-    tokens_per_second = tokens / max(seconds, 1e-9)
-    out = {"tokens_per_second": tokens_per_second}
-    if peak_flops:
-        out["mfu"] = tokens_per_second * flops_per_token / peak_flops
-    return out
+class Throughput:
+    """tokens/s and MFU over the steps fetched since the last reading.
+
+    The first step (compilation) is never timed, and `restart` drops time spent outside
+    training (evaluation, checkpointing) from the current window.
+    """
+
+    def __init__(self, tokens_per_step: float, flops_per_token: float, peak_flops: float | None):
+        self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
+        self._start, self._steps = 0.0, -1
+
+    def step_done(self) -> None:
+        self._steps += 1
+        if self._steps == 0:
+            self._start = time.perf_counter()
+
+    def restart(self) -> None:
+        if self._steps >= 0:  # before the first fetched step there is nothing to drop
+            self._start, self._steps = time.perf_counter(), 0
+
+    def read(self) -> dict[str, float]:
+        """{tokens_per_second, mfu (a fraction; when a peak is known)}; empty before a timed step."""
+        if self._steps <= 0:
+            return {}
+        now = time.perf_counter()
+        tokens_per_second = self._steps * self.tokens_per_step / max(now - self._start, 1e-9)
+        self._start, self._steps = now, 0
+        out = {"tokens_per_second": tokens_per_second}
+        if self.peak_flops:
+            out["mfu"] = tokens_per_second * self.flops_per_token / self.peak_flops
+        return out

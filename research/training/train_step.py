@@ -8,7 +8,8 @@ a resumed run draws exactly the keys it would have drawn.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from research.training.losses import LossFn
 from research.training.optimizers import Schedule
+from research.training.partitioning import shard_batch
 from research.training.state import TrainState
 
 Array = jax.Array
@@ -40,7 +42,8 @@ def _microbatches(batch: Mapping[str, Array], k: int, batch_spec: PartitionSpec)
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     schedule: Schedule, *, microbatches: int = 1,
-                    batch_spec: PartitionSpec = PartitionSpec()) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+                    batch_spec: PartitionSpec = PartitionSpec()
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """The pure train step. `batch_spec` is the batch axis's PartitionSpec (for microbatching)."""
 
     def weighted_loss(params, batch, key):
@@ -92,6 +95,18 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Any, Any], Me
         return {"loss_sum": aux["cross_entropy"] * n, "correct_sum": aux["accuracy"] * n, "num_tokens": n}
 
     return eval_step
+
+
+def evaluate(eval_step: Callable[[Any, Any], Metrics], params: Any, batches: Iterable[Mapping[str, Any]],
+             sharding: NamedSharding) -> dict[str, float]:
+    """Token-weighted eval loss (nats), perplexity and accuracy over `batches` (numpy, process-local)."""
+    sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_tokens": 0.0}
+    for batch in batches:
+        out = jax.device_get(eval_step(params, shard_batch(batch, sharding)))
+        sums = {k: sums[k] + float(out[k]) for k in sums}
+    n = max(sums["num_tokens"], 1.0)
+    loss = sums["loss_sum"] / n
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_accuracy": sums["correct_sum"] / n}
 
 
 def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_sharding: NamedSharding):

@@ -77,3 +77,14 @@ def test_bad_batch_and_mesh_fail_with_one_line():
         objective.check_batch(synthetic_batch("encoder_decoder", 2, 64, 10), max_len=32)
     with pytest.raises(ConfigError, match="trains encoder models, not decoder"):
         get_objective("masked_lm", "decoder")
+
+
+def test_bf16_compute_keeps_float32_master_weights(gpt_config, single_device):
+    """dtype=bfloat16 computes in bf16 while params, grads and Adam moments stay float32."""
+    batch, _, reference_metrics = single_device
+    mesh = partitioning.make_training_mesh((8, 1, 1))
+    _, state, metrics = one_step(gpt_config.replace(dtype="bfloat16"), batch, mesh)
+    for leaf in jax.tree.leaves((state.params, state.opt_state[1][0].mu, state.opt_state[1][0].nu)):
+        assert leaf.dtype == np.float32
+    assert metrics["loss"] == pytest.approx(reference_metrics["loss"], rel=1e-2)  # bf16 rounding only
+    assert metrics["loss"] != reference_metrics["loss"]  # ... but it did compute in bf16

@@ -1,0 +1,106 @@
+"""Training throughput and MFU of a mid-size GPT on this machine, against its own matmul peak.
+
+    python -m experiments.benchmarks.train_speed [--batch_size=8 --seq_len=256 --steps=4 --dtype=float32]
+
+Builds a GPT-2-style decoder (width 512, 8 layers by default), runs the library's sharded
+train step (research/training/train_step.py, AdamW, one device unless --mesh says
+otherwise) on synthetic tokens, and reports tokens/s and MFU = model FLOP/s (sizing's 6N +
+attention + unembedding per token) / the peak f32 matmul FLOP/s measured by
+research.training.metrics.measure_peak_flops in the same process. Not a test: numbers
+depend on the machine and on whatever else runs on it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from research.models import build_model, get_config
+from research.sharding import DEFAULT_RULES
+from research.training import losses, partitioning
+from research.training.metrics import measure_peak_flops, model_size
+from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.state import abstract_batch, create_train_state
+from research.training.train_step import jit_train_step, make_train_step
+
+_D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width D.")
+_LAYERS = flags.DEFINE_integer("num_layers", 8, "Decoder layers L.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary V (the data pipeline's default tokenizer size).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per row T.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Rows per step B.")
+_STEPS = flags.DEFINE_integer("steps", 4, "Timed steps (after one compile-and-warm-up step).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (weights stay float32).")
+_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy.")
+_MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh (data, fsdp, tensor); default one device.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the square matmuls that measure peak.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+
+
+def benchmark(*, d_model: int, num_layers: int, vocab_size: int, seq_len: int, batch_size: int, steps: int,
+              dtype: str, remat: str, mesh_shape: Sequence[int], peak_matmul_size: int) -> dict[str, float]:
+    """Measure the matmul peak, then time `steps` train steps; returns the figures."""
+    mesh_shape = tuple(mesh_shape)
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    peak = measure_peak_flops(devices, size=peak_matmul_size)
+    config = get_config("gpt2-small", d_model=d_model, num_layers=num_layers, num_heads=d_model // 64,
+                        d_ff=4 * d_model, vocab_size=vocab_size, max_len=seq_len, dtype=dtype, remat=remat)
+    model = build_model(config)
+    objective = losses.get_objective("causal_lm", "decoder")
+    optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=1000, warmup_steps=10))
+    mesh = partitioning.make_mesh(mesh_shape, devices=devices)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+             "segment_ids": np.ones((batch_size, seq_len), np.int32),
+             "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
+             "loss_weights": np.ones((batch_size, seq_len), np.float32)}
+    state, shardings = create_train_state(model, objective, optimizer, abstract_batch(batch), mesh,
+                                          DEFAULT_RULES, seed=0)
+    size = model_size(config, state.params, seq_len)
+    batch_sharding = partitioning.batch_sharding(mesh, DEFAULT_RULES)
+    step = jit_train_step(make_train_step(model, losses.make_loss_fn(objective), optimizer, schedule,
+                                          batch_spec=partitioning.batch_partition_spec(DEFAULT_RULES)),
+                          shardings, batch_sharding)
+    with partitioning.sharding_context(mesh, DEFAULT_RULES):
+        global_batch = partitioning.shard_batch(batch, batch_sharding)
+        start = time.perf_counter()
+        state, metrics = step(state, global_batch)
+        jax.block_until_ready(metrics)
+        compile_seconds = time.perf_counter() - start
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = step(state, global_batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+    step_seconds = float(np.median(times))
+    tokens_per_second = batch_size * seq_len / step_seconds
+    model_flops = tokens_per_second * size["train_flops_per_token"]
+    return {"d_model": d_model, "num_layers": num_layers, "vocab_size": vocab_size, "seq_len": seq_len,
+            "batch_size": batch_size, "dtype": dtype, "devices": len(devices), **size,
+            "first_step_seconds": compile_seconds, "step_seconds_median": step_seconds,
+            "step_seconds_min": float(np.min(times)), "tokens_per_second": tokens_per_second,
+            "model_flops_per_second": model_flops, "peak_flops_per_second": peak, "mfu": model_flops / peak,
+            "loss": float(metrics["loss"])}
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    figures = benchmark(d_model=_D_MODEL.value, num_layers=_LAYERS.value, vocab_size=_VOCAB.value,
+                        seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, steps=_STEPS.value, dtype=_DTYPE.value,
+                        remat=_REMAT.value, mesh_shape=[int(x) for x in _MESH.value],
+                        peak_matmul_size=_PEAK_SIZE.value)
+    for name, value in figures.items():
+        print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
