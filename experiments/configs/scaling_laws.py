@@ -1,0 +1,129 @@
+"""Scaling-law sweeps: a model ladder x token or FLOP budgets, trained through the training system.
+
+Launch (trains every run, skips finished ones on rerun, resumes interrupted ones, then fits):
+
+    python -m experiments.scaling_laws --config=experiments/configs/scaling_laws.py:cpu_tiny --workdir=/tmp/sweep
+    python -m experiments.scaling_laws --config=experiments/configs/scaling_laws.py:gpu_host --workdir=DIR --dry_run
+
+Presets (each a complete run config of experiments/configs/pretrain.py plus `sweep` and `fit`):
+
+  cpu_tiny   7 generated GPT-2-style models (1.9e3 .. 7.7e4 non-embedding params, 1-2 layers) x
+             IsoFLOP budgets 2e10, 6e10, 2e11 FLOPs, 5 models per budget = 15 runs, 23.6M tokens,
+             on the synthetic Markov corpus (16 letters, order 2: entropy rate 0.754 nats/char).
+             Measured: 11.7 minutes on 2 CPU cores shared with other jobs (load ~7), fit included;
+             all three IsoFLOP minima inside their sizes (N_opt 3.4e3, 7.2e3, 1.2e4; ~200-280
+             tokens per parameter at these tiny scales).
+  gpu_host   an 8-rung ladder (1e6 .. 1.3e8 non-embedding params; the plan uses the 6 from 4e6 up,
+             7-22 layers) x budgets 1e17, 3e17, 1e18 FLOPs, 5 per budget = 15 runs, centred on
+             Chinchilla's 20 tokens per parameter, batch 128 x 512 tokens in bf16, on the same
+             kind of corpus over 64 characters. For one host of 8 H100s (8 x 989e12 bf16 FLOP/s
+             dense) at an assumed 30% MFU, `--dry_run` estimates 7.75e18 FLOPs in about 0.9 hours
+             (about 7.3 hours on one H100): an estimate from FLOPs, not a measurement (no GPU was
+             available to check it), and small models usually reach less than 30%.
+  tokens_tiny  Approach 1's design on the same corpus: the 5 smallest models x 3 token budgets
+             (D/N = 40, 120, 360) = 15 runs, 20.8M tokens: about as long as cpu_tiny.
+  test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py).
+
+Any field can be overridden, e.g. `--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3`
+or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b
+--config.data.tokenizer.vocab_size=8192 --config.data.tokenizer.byte_fallback=True`.
+`get_sweep()` splits a sweep into shards for launch/ (one job per shard, one shared workdir):
+
+    python -m launch --config=experiments/configs/scaling_laws.py:cpu_tiny --module=experiments.scaling_laws \
+        --workdir=/tmp/sweep --backend=local --max_parallel=3
+"""
+from __future__ import annotations
+
+import string
+
+import ml_collections
+
+from experiments.configs import pretrain
+from research.data.config import SyntheticConfig
+
+PRESETS = ("cpu_tiny", "tokens_tiny", "gpu_host", "test_tiny")
+CPU_LADDER = (1.25e3, 2.5e3, 5e3, 1e4, 2e4, 4e4, 8e4)
+
+
+def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
+    """Train on the Markov corpus with a character-level tokenizer (one token per character)."""
+    synthetic = SyntheticConfig(**fields)
+    config.data = ml_collections.ConfigDict(dict(
+        source="synthetic", validation_fraction=0.001, max_documents=None,
+        synthetic=dict(source_seed=synthetic.source_seed, alphabet=synthetic.alphabet, order=synthetic.order,
+                       concentration=synthetic.concentration, doc_chars=synthetic.doc_chars,
+                       num_documents=synthetic.num_documents, sample_seed=synthetic.sample_seed),
+        tokenizer=dict(model_path=None, vocab_size=synthetic.char_vocab_size, byte_fallback=False,
+                       character_coverage=1.0, max_training_chars=200_000, num_extra_ids=0)))
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = pretrain.get_config("gpt_tiny")
+    # Order 2 over 16 letters with peaky rows: the last character alone says little (2.23 nats),
+    # the last two say a lot (0.75): a model must learn to attend to the previous token.
+    _synthetic(config, alphabet="abcdefghijklmnop", order=2, concentration=0.05, doc_chars=1024)
+    config.model.dtype = "float32"  # CPU: bf16 matmuls are emulated, slower than f32
+    config.objective = "causal_lm"
+    config.train.update(dict(batch_size=16, seq_len=64, eval_batches=16, eval_every_steps=1_000_000,
+                             log_every_steps=1, progress_bar=False, peak_flops=0.0))
+    # Cosine to 10% of the peak over each run's own length (Hoffmann et al. 2022); the
+    # runner sets warmup_steps from sweep.warmup_fraction and total_steps = the run's steps.
+    config.opt.update(dict(learning_rate=1e-2, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1))
+    config.checkpoint.update(dict(every_steps=500, keep_last=1, keep_best=0))
+    config.sweep = ml_collections.ConfigDict(dict(
+        presets=(), non_embedding_params=CPU_LADDER, aspect=32, plan="isoflop", budgets=(2e10, 6e10, 2e11),
+        # Tiny models on this corpus are compute-optimal near 150 tokens per parameter (a first
+        # cpu_tiny sweep centred on Chinchilla's 20 found every 2e10 profile's minimum below its sizes).
+        models_per_budget=5, tokens_per_param_prior=150.0, tokens_per_param=(), tokens=(), param_count="non_embedding",
+        # Runs shorter than ~100 steps are still on the loss plateau before the model learns
+        # to attend to the previous character; they say little about N and D.
+        min_steps=100, warmup_fraction=0.05))
+    # Where to read the fitted law off: the compute-optimal N, D and tokens per parameter.
+    config.fit = ml_collections.ConfigDict(dict(enabled=True, compute_budget=1e12, bootstrap=100,
+                                                init_grid="paper", seed=0))
+    # Split the runs over jobs sharing one workdir (launch/): this job runs runs[index::count].
+    config.shard = ml_collections.ConfigDict(dict(index=0, count=1))
+    # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU.
+    config.estimate = ml_collections.ConfigDict(dict(peak_flops=50e9, mfu=0.2))
+    return config
+
+
+def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
+    """The preset `arg` (one of PRESETS)."""
+    config = _base()
+    if arg == "cpu_tiny":
+        pass
+    elif arg == "tokens_tiny":
+        config.sweep.update(dict(non_embedding_params=CPU_LADDER[:5], plan="tokens", budgets=(),
+                                 tokens_per_param=(40.0, 120.0, 360.0), min_steps=50))
+    elif arg == "gpu_host":
+        # The cpu_tiny corpus's kind (order 2, peaky rows) over 64 characters: 4096 contexts.
+        _synthetic(config, alphabet=string.ascii_letters + string.digits + ".,", order=2, concentration=0.05,
+                   doc_chars=4096)
+        config.model.dtype = "bfloat16"
+        config.train.update(dict(batch_size=128, seq_len=512, eval_batches=32))
+        config.opt.learning_rate = 3e-3
+        config.checkpoint.every_steps = 1000
+        config.sweep.update(dict(non_embedding_params=(1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8),
+                                 budgets=(1e17, 3e17, 1e18), tokens_per_param_prior=20.0))
+        config.fit.compute_budget = 1e19
+        config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM, bf16 dense
+    elif arg == "test_tiny":
+        _synthetic(config, alphabet="abcdefgh", order=2, concentration=0.2, doc_chars=256)
+        config.data.validation_fraction = 0.01
+        config.train.update(dict(batch_size=8, seq_len=32, eval_batches=1, peak_flops=1e9))  # MFU not measured
+        config.checkpoint.every_steps = 10
+        config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="tokens", budgets=(),
+                                 tokens_per_param=(1.0,), min_steps=2, warmup_fraction=0.0))
+        config.fit.update(dict(compute_budget=1e9, bootstrap=0, init_grid="coarse"))
+    else:
+        raise ValueError(f"unknown scaling_laws preset {arg!r}; choose one of {PRESETS}.")
+    return config
+
+
+def get_sweep(num_shards: int = 3) -> list[dict]:
+    """The sweep split over `num_shards` jobs sharing one workdir (for launch/). Each trains
+    runs[index::count]; the shard that finishes last fits (if two finish together and
+    neither does, rerun any one: every run is then skipped and the fit runs)."""
+    return [{"config.shard.index": i, "config.shard.count": num_shards, "workdir": ".", "name": f"shard{i}"}
+            for i in range(num_shards)]

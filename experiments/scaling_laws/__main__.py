@@ -1,0 +1,70 @@
+"""Run a scaling sweep through the training system, then fit it:
+
+    python -m experiments.scaling_laws --config=experiments/configs/scaling_laws.py:cpu_tiny --workdir=DIR
+
+Trains every run of the sweep through the training system (finished runs are skipped on
+rerun, interrupted ones resume), records them in DIR/runs.csv, runs.jsonl and curves.csv,
+then fits DIR/fit.json and plots. `--dry_run` prints the plan and its estimated time
+without training. Presets and overrides: experiments/configs/scaling_laws.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Sweep config, e.g. experiments/configs/scaling_laws.py:cpu_tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs, runs.csv / runs.jsonl, fit.json and plots.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs and the estimated time; train nothing.")
+_COMPILATION_CACHE = flags.DEFINE_bool("compilation_cache", True, "Cache compiled programs in WORKDIR/xla_cache, so "
+                                       "runs of one model and resumed runs compile once.")
+_RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Train runs that failed before again (default: keep them "
+                                  "as failed, left out of the fit).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from experiments.scaling_laws import sweep
+    from research.data import DataError
+    from research.models.config import ConfigError
+    from research.scaling import RunTableError
+
+    config = _CONFIG.value
+    try:
+        if _DRY_RUN.value:
+            plan = sweep.plan_sweep(config)
+            print(sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu))
+            return
+        if not _WORKDIR.value:
+            sys.exit("error: --workdir is required to run a sweep (or pass --dry_run to only print the plan).")
+        if _COMPILATION_CACHE.value:
+            import jax
+            jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "xla_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        outcome = sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value)
+    except (ConfigError, DataError, RunTableError) as error:
+        sys.exit(f"error: {error}")
+    counts = outcome.counts
+    print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
+          f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad --config (e.g. an unknown preset) as one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        last = str(error).strip().splitlines()[-1].strip()
+        sys.exit(f"error: {re.sub(r'^[A-Za-z]*Error: ', '', last)}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,261 @@
+"""Run a scaling sweep through the training system, record every run, then fit.
+
+`run_sweep(config, workdir)` is what `python -m experiments.scaling_laws` calls:
+
+  1. plan (research/scaling/sweep_plan.py): the ladder and its runs; bad input fails here;
+  2. one tokenizer for every run, trained once into workdir/tokenizers (or the given model);
+  3. each run trains in workdir/runs/<run_id> via research.training.train_and_evaluate with
+     its own step count and schedule. A run with workdir/runs/<run_id>/result.json is
+     finished and skipped; one with checkpoints but no result was interrupted and resumes.
+     A run that raises (diverges, runs out of memory, ...) is recorded as failed and the
+     sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it;
+  4. workdir/runs.csv, runs.jsonl and curves.csv are rewritten after every run
+     (research/scaling/sweep_records.py);
+  5. when no run is pending, research.scaling.report fits runs.csv into
+     workdir/fit.json and plots, and a "sweep" section adds Approach 1 over the training
+     curves and, on the synthetic corpus, the true irreducible loss beside the fitted E.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence, TextIO
+
+import ml_collections
+import tqdm
+
+from research import data as data_lib
+from research.data.config import DataConfig, DataError
+from research.models.config import ConfigError
+from research.scaling import sweep_records
+from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
+                                         ladder_models, plan_runs, warmup_steps)
+
+RESULT_FILE = "result.json"  # written once a run has ended (ok or failed)
+RUN_CONFIG_FILE = "run_config.json"
+# The config sections that decide what a run computes; a rerun must match them to reuse it.
+_FINGERPRINT_SECTIONS = ("model", "objective", "objective_options", "opt")
+_FINGERPRINT_TRAIN = ("num_steps", "batch_size", "seq_len", "microbatches", "seed", "z_loss")
+TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    spec: SweepSpec
+    data_config: DataConfig
+    models: list[LadderModel]
+    runs: list[PlannedRun]
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+    plan: SweepPlan
+    records: list[dict]
+    counts: dict[str, int]  # trained, skipped, failed (this invocation), pending (left after it)
+    fit: dict | None  # fit.json's content, or None
+    fit_note: str  # why the fit was skipped or reused, or ""
+
+
+def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
+    """The sweep's plan; every user mistake in the sweep or data sections is raised here."""
+    spec = SweepSpec.from_mapping(config.sweep.to_dict())
+    data_config = DataConfig(**config.data.to_dict())
+    tokenizer = data_config.tokenizer
+    if tokenizer.model_path:
+        vocab_size = data_lib.Tokenizer.load(tokenizer.model_path, num_extra_ids=tokenizer.num_extra_ids).vocab_size
+    else:  # SentencePiece trains exactly vocab_size pieces
+        vocab_size = tokenizer.vocab_size + tokenizer.num_extra_ids
+    if config.objective != "causal_lm":
+        raise SweepError(f"objective={config.objective!r}: a scaling sweep trains decoders with objective='causal_lm'.")
+    shard = config.get("shard", {"index": 0, "count": 1})
+    if not 0 <= shard["index"] < shard["count"]:
+        raise SweepError(f"shard.index={shard['index']} must be in [0, shard.count={shard['count']}).")
+    models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
+    runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
+    return SweepPlan(spec, data_config, models, runs)
+
+
+def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSpec, *, tokenizer_path: str,
+               peak_flops: float) -> ml_collections.ConfigDict:
+    """The training system's config for one run: the sweep config's sections, with the
+    run's model, step count, warmup, shared tokenizer, and a record of every step."""
+    sections = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "fit", "shard", "estimate")}
+    keep = {k: v for k, v in sections["model"].items() if v is not None and k not in run.model.overrides}
+    sections["model"] = {**keep, **run.model.overrides}
+    sections["train"].update(num_steps=run.num_steps, log_every_steps=1, stop_after_steps=0, progress_bar=False,
+                             peak_flops=peak_flops)
+    sections["opt"]["warmup_steps"] = warmup_steps(spec, run.num_steps)
+    sections["data"]["tokenizer"]["model_path"] = tokenizer_path
+    return ml_collections.ConfigDict(sections)
+
+
+def _fingerprint(config: dict) -> dict:
+    train = {k: config["train"].get(k) for k in _FINGERPRINT_TRAIN}
+    data = {k: v for k, v in config["data"].items() if k != "tokenizer"}
+    return {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
+
+
+def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: bool) -> None:
+    """A run directory may only be reused by the same run: fail on a changed config."""
+    path = os.path.join(run_dir, RUN_CONFIG_FILE)
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        old, new = _fingerprint(stored), _fingerprint(current)
+        if old != new:
+            changed = sorted(k for k in new if old.get(k) != new.get(k))
+            raise SweepError(f"{run_dir} was trained with a different config (sections {changed} differ); use a new "
+                             "--workdir for a changed sweep, or restore the config it was made with.")
+    elif write:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(current, f, indent=1)
+
+
+def _latest_checkpoint(run_dir: str) -> int:
+    directory = os.path.join(run_dir, "checkpoints")
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    return max(steps, default=0)
+
+
+def _read_result(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str, train_fn: TrainFn) -> dict:
+    """Train (or resume) one run and return its record; failures become failed records."""
+    from research.training.metrics import METRICS_FILE, read_metrics
+
+    resumed_from = _latest_checkpoint(run_dir)
+    start = time.perf_counter()
+    error = None
+    try:
+        train_fn(config, run_dir)
+    except (ConfigError, DataError):
+        raise  # the sweep's config is wrong: every run would fail the same way
+    except Exception as exception:  # noqa: BLE001 -- any failure of one run is recorded, the sweep goes on
+        error = f"{type(exception).__name__}: {str(exception).strip().splitlines()[0] if str(exception) else ''}"
+    metrics = read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
+    return sweep_records.finished_record(run, metrics, seconds=time.perf_counter() - start,
+                                         resumed_from_step=resumed_from, error=error)
+
+
+def _shared_tokenizer(data_config: DataConfig, workdir: str) -> data_lib.Tokenizer:
+    """The sweep's one tokenizer; on the synthetic corpus it must be character level."""
+    tokenizer = data_lib.build_tokenizer(data_config, workdir)
+    if data_config.source == "synthetic":
+        text = data_lib.document_source(data_config, "validation")[0]
+        num_tokens = len(tokenizer.encode(text))
+        if num_tokens != len(text) + 1:
+            raise SweepError(f"the tokenizer turns {len(text)} characters into {num_tokens} tokens, so losses are not "
+                             f"per character; set data.tokenizer.vocab_size={data_config.synthetic.char_vocab_size}, "
+                             "byte_fallback=False, character_coverage=1.0.")
+    return tokenizer
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: TrainFn | None = None,
+              retry_failed: bool = False, out: TextIO = sys.stdout) -> SweepOutcome:
+    """Train every pending run of this shard, record all runs, and fit once none is pending."""
+    import jax
+
+    plan = plan_sweep(config)
+    # Every process trains (multi-host runs are one program); only process 0 writes records.
+    primary = jax.process_index() == 0
+    runs_dir = os.path.join(workdir, "runs")
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "plan.json"), "w") as f:
+            json.dump([sweep_records.planned_record(run) for run in plan.runs], f, indent=1)
+        sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+    tokenizer = _shared_tokenizer(plan.data_config, workdir)
+    if train_fn is None:
+        from research.training import train_and_evaluate as train_fn
+    peak_flops = config.train.peak_flops or _measure_peak_flops()
+
+    mine = plan.runs[config.shard.index::config.shard.count]
+    counts = {"trained": 0, "skipped": 0, "failed": 0}
+    print(f"sweep: {len(plan.runs)} runs over {len(plan.models)} models ({plan.spec.plan}); this job runs "
+          f"{len(mine)}; {sum(r.compute_exact for r in plan.runs):.3g} training FLOPs in all", file=out)
+    progress = tqdm.tqdm(total=sum(r.compute_exact for r in mine), unit="FLOP", unit_scale=True, desc="sweep",
+                         file=out, dynamic_ncols=True, mininterval=1.0)
+    for position, run in enumerate(mine, start=1):
+        run_dir = os.path.join(runs_dir, run.run_id)
+        one = run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=peak_flops)
+        _check_same_run(run_dir, one, write=primary)
+        previous = _read_result(run_dir)
+        label = f"[{position}/{len(mine)}] {run.run_id}"
+        if previous is not None and (previous["status"] == "ok" or not retry_failed):
+            counts["skipped"] += 1
+            progress.update(run.compute_exact)
+            progress.write(f"{label}: finished before ({previous['status']}), skipped", file=out)
+            continue
+        if previous is not None and primary:  # retrying a failed run: it is pending until it ends
+            os.remove(os.path.join(run_dir, RESULT_FILE))
+        resumed = _latest_checkpoint(run_dir)
+        progress.set_postfix_str(f"{run.run_id}" + (f" (resuming at step {resumed})" if resumed else ""))
+        record = _train_one(run, one, run_dir, train_fn)
+        counts["failed" if record["status"] == "failed" else "trained"] += 1
+        progress.update(run.compute_exact)
+        progress.write(_run_line(label, record), file=out)
+        if primary:
+            with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
+                json.dump(sweep_records.json_safe(record), f)
+            sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+    progress.close()
+
+    records = _all_records(plan.runs, runs_dir)
+    counts["pending"] = sum(r["status"] == "pending" for r in records)
+    fit, note = None, ""
+    if not primary:
+        note = "fit left to process 0"
+    elif not config.fit.enabled:
+        note = "fit disabled (fit.enabled=False)"
+    elif counts["pending"]:
+        note = f"fit deferred: {counts['pending']} run(s) pending (other shards, or interrupted)"
+    else:
+        from experiments.scaling_laws.sweep_fit import fit_sweep
+        fit, note = fit_sweep(config, workdir, plan, records)
+    if note:
+        print(note, file=out)
+    return SweepOutcome(plan, records, counts, fit, note)
+
+
+def _all_records(runs: Sequence[PlannedRun], runs_dir: str) -> list[dict]:
+    """Every planned run's record: its result if it has ended, its plan otherwise."""
+    return [_read_result(os.path.join(runs_dir, run.run_id)) or sweep_records.planned_record(run) for run in runs]
+
+
+def _run_line(label: str, record: dict[str, Any]) -> str:
+    head = f"{label}: N={record['N']:,} D={record['D']:,} C={record['C_6ND']:.3g}"
+    tail = f" ({record['seconds']:.0f} s" + (f", resumed at step {record['resumed_from_step']})"
+                                             if record["resumed_from_step"] else ")")
+    if record["status"] == "ok":
+        return f"{head} loss={record['loss']:.4f}{tail}"
+    return f"{head} FAILED: {record['error']}{tail}"
+
+
+def _measure_peak_flops() -> float:
+    from research.training.metrics import measure_peak_flops
+    return measure_peak_flops()
+
+
+def describe_plan(plan: SweepPlan, peak_flops: float, mfu: float) -> str:
+    """The plan as text: one line per run, and the estimated training time."""
+    lines = [f"{'run':32s} {'N':>10s} {'D':>12s} {'steps':>7s} {'C=6ND':>9s} {'C exact':>9s}"]
+    for run in plan.runs:
+        lines.append(f"{run.run_id:32s} {run.N:>10,} {run.tokens:>12,} {run.num_steps:>7,} {run.compute_6nd:>9.3g} "
+                     f"{run.compute_exact:>9.3g}")
+    seconds = estimated_seconds(plan.runs, peak_flops, mfu)
+    lines.append(f"{len(plan.runs)} runs, {sum(r.tokens for r in plan.runs):,} tokens, "
+                 f"{sum(r.compute_exact for r in plan.runs):.3g} FLOPs: about {seconds / 3600:.2g} h at {mfu:.0%} MFU "
+                 f"of {peak_flops:.3g} FLOP/s (an estimate from FLOPs; compilation and evaluation not included)")
+    return "\n".join(lines)
+

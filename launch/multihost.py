@@ -1,0 +1,65 @@
+"""Multi-host start-up: join jax.distributed, then run an entry point as `python -m` would.
+
+    python -m launch.multihost experiments.pretrain --config=... --workdir=...
+
+On one host this is just `python -m experiments.pretrain ...`. On several (a SLURM job with
+one task per host, a multi-host TPU VM slice, or explicit JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID), every process first calls jax.distributed.initialize,
+which must happen before anything touches a device; the entry point then sees all hosts'
+devices in jax.devices() and its own in jax.local_devices().
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from typing import Mapping
+
+_EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
+    """"explicit", "slurm" or "tpu" when this process is one of several hosts; None on one host."""
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "explicit"
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return "slurm"
+    # A TPU VM slice lists every worker's hostname; a single-host TPU lists one (or none).
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "tpu"
+    return None
+
+
+def initialize(env: Mapping[str, str] = os.environ) -> str | None:
+    """Call jax.distributed.initialize when running on several hosts; returns the cluster kind.
+
+    SLURM and TPU slices are detected by jax itself (its cluster plugins read the same
+    variables); the explicit form passes coordinator, process count and id through.
+    """
+    kind = cluster_kind(env)
+    if kind is None:
+        return None
+    import jax
+
+    if kind == "explicit":
+        missing = [name for name in _EXPLICIT if not env.get(name)]
+        if missing:
+            raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS is set but {missing} are not; set all of {_EXPLICIT}.")
+        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+    return kind
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1].startswith("-"):
+        raise SystemExit("usage: python -m launch.multihost <module> [flags...], e.g. "
+                         "python -m launch.multihost experiments.pretrain --config=...")
+    initialize()
+    sys.argv = argv[1:]
+    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

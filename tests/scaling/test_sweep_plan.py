@@ -1,0 +1,121 @@
+"""Sweep planning: ladders, IsoFLOP and token-budget layouts, per-run configs, presets, bad input."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import scaling_laws
+from experiments.scaling_laws import sweep
+from research.models import get_config, sizing
+from research.scaling.sweep_plan import (SweepError, SweepSpec, estimated_seconds, ladder_models, plan_runs,
+                                         warmup_steps)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LADDER = (5e3, 1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5)
+
+
+def test_generated_ladder_hits_its_targets_and_rebuilds_from_overrides():
+    models = ladder_models(SweepSpec(non_embedding_params=LADDER, budgets=(1e11,)), vocab_size=23, seq_len=64)
+    assert [m.params_non_embedding for m in models] == sorted(m.params_non_embedding for m in models)
+    for target, model in zip(LADDER, models):
+        assert abs(model.params_non_embedding / target - 1) < 0.25, (target, model.name)
+        # config.model = preset + overrides rebuilds exactly the planned model (what the loop will train).
+        rebuilt = get_config(model.overrides.pop("preset"), **model.overrides)
+        assert rebuilt.replace(name=model.name) == model.config
+        assert model.params_total == sizing.param_counts(rebuilt).total
+        assert model.train_flops_per_token == sizing.flops_per_token(rebuilt, 64, include_embedding=True).train
+    zoo = ladder_models(SweepSpec(presets=("gpt2-tiny", "llama-tiny"), budgets=(1e11,)), vocab_size=40, seq_len=64)
+    assert [m.config.vocab_size for m in zoo] == [40, 40]  # sized for the sweep's tokenizer
+    assert {m.name: m.overrides["preset"] for m in zoo} == {"gpt2-tiny": "gpt2-tiny", "llama-tiny": "llama-tiny"}
+
+
+def test_isoflop_plan_centres_each_budget_on_the_prior_optimum():
+    spec = SweepSpec(non_embedding_params=LADDER, budgets=(3e10, 1e11, 3e11), models_per_budget=5)
+    models = ladder_models(spec, vocab_size=23, seq_len=64)
+    runs = plan_runs(spec, models, batch_size=16, seq_len=64)
+    assert len(runs) == 15 and len({r.run_id for r in runs}) == 15 and len({r.model.name for r in runs}) >= 5
+    for budget in spec.budgets:
+        mine = [r for r in runs if r.budget == budget]
+        sizes = [r.N for r in mine]
+        assert len(mine) == 5 and sizes == sorted(sizes)
+        optimum = math.sqrt(budget / (6 * 20.0))
+        assert min(sizes) < optimum < max(sizes)
+        for run in mine:
+            assert run.tokens == run.num_steps * 16 * 64 and run.num_steps >= spec.min_steps
+            assert run.compute_6nd == pytest.approx(budget, rel=0.02)  # D rounds to whole steps
+            assert run.compute_exact == run.model.train_flops_per_token * run.tokens > run.compute_6nd
+    assert estimated_seconds(runs, 1e12, 0.5) == pytest.approx(sum(r.compute_exact for r in runs) / 5e11)
+
+
+def test_token_plan_and_per_run_schedule():
+    spec = SweepSpec(non_embedding_params=(5e3, 2e4), plan="tokens", tokens_per_param=(5.0, 20.0), min_steps=5,
+                     warmup_fraction=0.1)
+    runs = plan_runs(spec, ladder_models(spec, vocab_size=23, seq_len=64), batch_size=16, seq_len=64)
+    assert [(r.model.name, r.tokens_per_param_target) for r in runs] == [
+        (runs[0].model.name, 5.0), (runs[0].model.name, 20.0), (runs[2].model.name, 5.0), (runs[2].model.name, 20.0)]
+    for run in runs:
+        assert run.budget is None and abs(run.tokens / (run.tokens_per_param_target * run.N) - 1) < 0.1
+    absolute = SweepSpec(non_embedding_params=(5e3, 2e4), plan="tokens", tokens=(1e5, 4e5), min_steps=5)
+    runs = plan_runs(absolute, ladder_models(absolute, vocab_size=23, seq_len=64), batch_size=16, seq_len=64)
+    assert [r.tokens for r in runs] == [round(d / 1024) * 1024 for d in (1e5, 4e5, 1e5, 4e5)]
+    config = scaling_laws.get_config("cpu_tiny")
+    one = sweep.run_config(config, runs[1], spec, tokenizer_path="/tok.model", peak_flops=1e9)
+    assert "sweep" not in one and "fit" not in one
+    assert one.train.num_steps == runs[1].num_steps and one.train.log_every_steps == 1
+    assert one.opt.warmup_steps == warmup_steps(spec, runs[1].num_steps) == round(0.1 * runs[1].num_steps)
+    assert (one.opt.schedule, one.opt.min_lr_ratio) == ("cosine", 0.1)  # decays to 10% over this run
+    assert one.data.tokenizer.model_path == "/tok.model" and one.model.d_model == runs[1].model.config.d_model
+    assert one.model.dtype == "float32" and one.model.preset == "gpt2-tiny"
+
+
+@pytest.mark.parametrize("preset", scaling_laws.PRESETS)
+def test_every_preset_plans(preset):
+    config = scaling_laws.get_config(preset)
+    plan = sweep.plan_sweep(config)
+    assert len({r.model.name for r in plan.runs}) >= (5 if preset != "test_tiny" else 3)
+    if preset == "cpu_tiny":
+        assert len(plan.runs) == 15 and len(plan.spec.budgets) == 3
+        assert sum(r.tokens for r in plan.runs) < 2.5e7  # what keeps it within 20 minutes on 2 cores
+    text = sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu)
+    assert "an estimate from FLOPs" in text and plan.runs[-1].run_id in text
+
+
+@pytest.mark.parametrize("sweep_fields, message", [
+    (dict(non_embedding_params=()), "ladder is empty"),
+    (dict(non_embedding_params=(), presets=("gpt2-tinyy",)), "unknown model preset 'gpt2-tinyy'. Did you mean"),
+    (dict(non_embedding_params=(), presets=("bert-test",)), "'bert-test' is a encoder model"),
+    (dict(budgets=(1e6,)), "C=1e\\+06 FLOPs is too small for any model"),
+    (dict(budgets=(2.5e9,)), "only 2 model\\(s\\), a parabola needs 3"),
+    (dict(budgets=()), "sweep.budgets=\\(\\) must be positive"),
+    (dict(plan="tokens", tokens_per_param=(1e-3,)), "every run would be shorter than min_steps"),
+    (dict(plan="tokens", tokens_per_param=(5.0,), tokens=(1e6,)), "needs exactly one"),
+    (dict(non_embedding_params=(1e4, 1.01e4)), "appear twice"),
+    (dict(plan="chinchilla"), "sweep.plan='chinchilla'"),
+    (dict(models_per_budget=2), "needs >= 3"),
+    (dict(bogus=1), "unknown field\\(s\\) \\['bogus'\\]"),
+])
+def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
+    config = scaling_laws.get_config("cpu_tiny")
+    config.sweep.update({k: v for k, v in sweep_fields.items() if k in config.sweep})
+    for key in set(sweep_fields) - set(config.sweep):
+        config.sweep[key] = sweep_fields[key]
+    with pytest.raises(SweepError if "preset" not in message else Exception, match=message) as error:
+        sweep.plan_sweep(config)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_dry_run_and_bad_preset():
+    command = [sys.executable, "-m", "experiments.scaling_laws",
+               "--config=experiments/configs/scaling_laws.py:cpu_tiny", "--dry_run", "--config.sweep.budgets=(1e5,)"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: sweep.budgets: C=1e+05 FLOPs is too small for any model at min_steps=100 x 1024 tokens (the smallest "
+        "model needs 1.17e+09); raise the budget or add smaller models."]
+    result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "15 runs" in result.stdout and "h at 20% MFU" in result.stdout
+    command[3] = "--config=experiments/configs/scaling_laws.py:cpu_small"
+    result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: unknown scaling_laws preset 'cpu_small'; choose one of {scaling_laws.PRESETS}."]

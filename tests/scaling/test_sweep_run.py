@@ -1,0 +1,164 @@
+"""Sweeps that run: end to end through the training system (interrupt, resume, skip on rerun),
+and the bookkeeping around failed runs and the fit, with a stand-in trainer."""
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.configs import scaling_laws
+from experiments.scaling_laws import sweep
+from research.models import get_config, sizing
+from research.scaling.laws import ChinchillaLaw
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_command(workdir):
+    """The real command on 3 runs (28, 60 and 159 steps), its XLA compiling without LLVM's
+    expensive passes: this test is about the sweep's bookkeeping, not the generated code."""
+    command = [sys.executable, "-m", "experiments.scaling_laws",
+               "--config=experiments/configs/scaling_laws.py:test_tiny", f"--workdir={workdir}",
+               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
+    return command, env
+
+
+OVERRIDES = {"sweep.non_embedding_params": "(1e3,2e3,4e3)", "sweep.tokens_per_param": "(8.0,)"}
+
+
+def test_sweep_end_to_end_killed_run_resumes_finished_runs_are_skipped(tmp_path):
+    from research.training.metrics import read_metrics
+
+    workdir = tmp_path / "sweep"
+    command, env = sweep_command(workdir)
+    config = scaling_laws.get_config("test_tiny")
+    config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3), tokens_per_param=(8.0,)))
+    first, second, third = (run.run_id for run in sweep.plan_sweep(config).runs)
+
+    # kill -9 as soon as the second run has a checkpoint: the first run is finished by then.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoints = workdir / "runs" / second / "checkpoints"
+    deadline = time.time() + 120
+    while process.poll() is None and time.time() < deadline and not (checkpoints.is_dir() and any(
+            p.name.isdigit() for p in checkpoints.iterdir())):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0].decode()
+    assert process.returncode == -signal.SIGKILL, output
+    rows = read_csv(workdir / "runs.csv")
+    assert [(r["run"], r["status"]) for r in rows] == [(first, "ok"), (second, "pending"), (third, "pending")], output
+    killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # the same command
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{first}: finished before (ok), skipped" in result.stdout
+    assert f"resumed at step {killed_at})" in result.stdout
+    assert "trained 2, skipped 1 finished, 0 failed, 0 pending" in result.stdout
+    assert "fit skipped: 3 finished run(s)" in result.stdout  # Approach 3 needs 5
+    steps = [r["step"] for r in read_metrics(str(workdir / "runs" / second)) if "loss" in r]
+    assert steps == list(range(1, 61))  # the killed attempt's steps, then the resumed ones, none twice
+
+    def must_not_train(run_config, run_dir):
+        raise AssertionError(f"{run_dir} was finished and must be skipped")
+
+    outcome = sweep.run_sweep(config, str(workdir), train_fn=must_not_train, out=io.StringIO())  # a third time
+    assert outcome.counts == {"trained": 0, "skipped": 3, "failed": 0, "pending": 0}
+    rows = read_csv(workdir / "runs.csv")
+    assert [r["run"] for r in rows] == [first, second, third]
+    assert [r["resumed_from_step"] for r in rows] == ["0", str(killed_at), "0"]
+    for row, record in zip(rows, outcome.records):
+        N, D, num_steps = int(row["N"]), int(row["D"]), int(row["steps"])
+        assert row["status"] == "ok" and D == num_steps * 8 * 32 and 0 < int(row["D_loss_tokens"]) <= D
+        assert float(row["C_6ND"]) == 6 * N * D < float(row["C_exact"]) and row["C"] == ""
+        assert float(row["loss"]) == float(row["eval_loss"]) == record["curve"]["eval_loss"][-1]
+        assert math.isfinite(float(row["loss"])) and len(record["curve"]["train_loss"]) == num_steps
+        assert int(row["N_non_embedding"]) == N < int(row["N_total"])
+    assert float(rows[2]["loss"]) < float(rows[1]["loss"]) < float(rows[0]["loss"])  # bigger and longer: lower
+    with open(workdir / "runs.jsonl") as f:
+        assert [json.loads(line)["run"] for line in f] == [first, second, third]
+
+
+LAW = ChinchillaLaw(E=1.0, A=30.0, B=60.0, alpha=0.4, beta=0.35)
+
+
+def law_trainer(fail: dict[str, str]):
+    """Writes the metrics records the training loop writes, with losses from LAW; a run named in
+    `fail` raises (or, for "nan", ends with a NaN validation loss)."""
+    def train(run_config, run_dir):
+        name = os.path.basename(run_dir)
+        sizes = {k: run_config.model[k] for k in ("d_model", "num_layers", "num_heads", "d_ff", "vocab_size",
+                                                  "max_len")}
+        N = sizing.param_counts(get_config(run_config.model.preset, **sizes)).non_embedding
+        tokens = run_config.train.batch_size * run_config.train.seq_len
+        steps = run_config.train.num_steps
+        if fail.get(name, "nan") != "nan":
+            raise RuntimeError(fail[name])
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            for step in range(1, steps + 1):
+                loss = float(LAW.loss(N, step * tokens))
+                f.write(json.dumps({"step": step, "loss": loss, "num_tokens": tokens}) + "\n")
+            final = float("nan") if name in fail else float(LAW.loss(N, steps * tokens))
+            f.write(json.dumps({"step": steps, "eval_loss": final}) + "\n")
+        return {}
+    return train
+
+
+def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
+    config = scaling_laws.get_config("test_tiny")
+    config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
+                             budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=()))
+    plan = sweep.plan_sweep(config)
+    assert len(plan.runs) == 9
+    oom, diverged = plan.runs[1].run_id, plan.runs[2].run_id  # both at the smallest budget
+    workdir = str(tmp_path / "sweep")
+    fail = {oom: "RESOURCE_EXHAUSTED: out of memory\nallocating 4.2 GB", diverged: "nan"}
+    out = io.StringIO()
+    outcome = sweep.run_sweep(config, workdir, train_fn=law_trainer(fail), out=out)
+    assert outcome.counts == {"trained": 7, "skipped": 0, "failed": 2, "pending": 0}
+    rows = {r["run"]: r for r in read_csv(os.path.join(workdir, "runs.csv"))}
+    assert rows[oom]["status"] == rows[diverged]["status"] == "failed"
+    assert rows[oom]["loss"] == rows[diverged]["loss"] == ""  # never a number a fit could use, never 0
+    assert rows[oom]["error"] == "RuntimeError: RESOURCE_EXHAUSTED: out of memory"
+    assert "no finite validation loss" in rows[diverged]["error"]
+    assert f"{oom}: N=" in out.getvalue() and "FAILED: RuntimeError" in out.getvalue()
+
+    fit = outcome.fit
+    assert fit["num_runs"] == 7 and len(fit["excluded"]) == 2
+    assert {f["run"] for f in fit["sweep"]["runs"]["failed"]} == {oom, diverged}
+    assert fit["approach3"]["E"] == pytest.approx(LAW.E, rel=0.05)
+    assert [p["compute"] for p in fit["approach2"]["profiles"]] == [6e8, 2e9]  # 2e8 has 1 size left
+    assert fit["sweep"]["irreducible"]["window_bound"] > fit["sweep"]["irreducible"]["entropy_rate"]
+    assert [g["C"] for g in fit["sweep"]["loss_by_budget"]] == [2e8, 6e8, 2e9]
+    assert "approach 3: L(N, D) = " in out.getvalue() and "irreducible loss: fitted E=" in out.getvalue()
+    with open(os.path.join(workdir, "fit.json")) as f:
+        assert json.load(f)["sweep"]["inputs_sha256"] == fit["sweep"]["inputs_sha256"]
+
+    out = io.StringIO()
+    again = sweep.run_sweep(config, workdir, train_fn=law_trainer({}), out=out)  # failed runs stay failed
+    assert again.counts["skipped"] == 9 and "fit unchanged" in out.getvalue()
+    config.fit.enabled = False
+    retried = sweep.run_sweep(config, workdir, train_fn=law_trainer({}), retry_failed=True, out=io.StringIO())
+    assert retried.counts == {"trained": 2, "skipped": 7, "failed": 0, "pending": 0}
+    assert all(r["status"] == "ok" for r in retried.records)
+
+
+def test_a_changed_config_cannot_reuse_a_run_directory(tmp_path):
+    config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = False
+    sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    config.opt.learning_rate = 3e-2
+    with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['opt'\\] differ\\)"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
