@@ -18,6 +18,16 @@ Pieces (one concern per module):
     tasks/                generated ability tasks with difficulty knobs
     tokenizer.py          the tokenizer Protocol, and CharTokenizer
 
+Around the harness, for experiments (experiments/evaluate.py, experiments/emergence.py):
+    checkpoint_loading.py  a training run's checkpoint or a Hugging Face folder -> model, params, tokenizer
+    tokenizer_loading.py   "char" / SentencePiece .model / Hugging Face tokenizer folder by name
+    task_catalog.py        named task variants ("addition_3digit", "copying") for command lines
+    suite.py               tasks x shot counts on one harness -> result rows, all checked up front
+    task_corpus.py         tasks' training splits as training text, mixed with a corpus as JSONL
+    results_table.py       rows -> JSON / CSV / printed table
+    study_report.py        each metric across model sizes, with linearity and breakthroughness
+    plots.py               metric curves (PNG)
+
 Adding a task
 -------------
 1. Write the documents as JSONL, one JSON object per line, e.g. capitals_test.jsonl:

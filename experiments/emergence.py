@@ -1,0 +1,297 @@
+"""The emergence study: train a ladder of model sizes, evaluate each on held-out task
+instances along training, and report every metric against parameters and compute.
+
+    python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
+
+Steps (each skipped on a rerun when already done):
+  1. data/mixture.jsonl: the stdlib corpus mixed with the tasks' training documents
+     (problems held out for evaluation are never trained on); a SentencePiece tokenizer
+     trained on it once and shared by every size (split_digits: one token per digit).
+  2. runs/<size>/: research.training.train_and_evaluate on that mixture (source="files"),
+     every checkpoint kept; a finished run is not touched, an unfinished one resumes.
+  3. runs/<size>/evals/step_<n>.json: every checkpoint on every (task, shots) pair.
+  4. report/: results.{json,csv} (one row per size, step, task and shots), summary.{json,csv}
+     (each metric across sizes at the end of training, with BIG-bench linearity and
+     breakthroughness), report.md, and plots: vs_params.png, vs_compute.png,
+     direct_vs_cot.png, zero_vs_few_shot.png.
+
+Tokenizer: the training system trains on SentencePiece ids, so the study uses a SentencePiece
+model trained on the mixture rather than research.evaluation.CharTokenizer. Its split_digits
+option already gives every digit its own token, which is what char-level tokenization buys
+for arithmetic (per-token metrics are per-digit), while BPE pieces keep the code corpus
+about three times shorter than characters would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from research.models.config import ConfigError
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """Everything the study will do, built and checked before any compilation."""
+
+    sizes: dict[str, Any]  # size name -> ModelConfig
+    eval_entries: list  # research.evaluation.suite.SuiteEntry
+    train_tasks: dict[str, Any]  # task name -> Task whose "train" split holds the training problems
+    fingerprint: str  # of everything that decides evaluation results
+
+
+def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
+    """Build the ladder's model configs and every task; ConfigError / TaskError on bad input."""
+    from research.evaluation.suite import plan_suite
+    from research.evaluation.task_catalog import catalog_task
+    from research.evaluation.task_spec import make_task
+    from research.models import get_config
+
+    sizes = list(config.sizes)
+    if len(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise ConfigError(f"sizes={sizes} must name at least 2 distinct presets (a ladder).")
+    models = {size: get_config(size, **dict(config.model)) for size in sizes}
+    if models[sizes[0]].family != "decoder" or any(m.family != models[sizes[0]].family for m in models.values()):
+        raise ConfigError(f"sizes={sizes} must all be decoder presets; the study trains causal LMs.")
+    mixture = config.mixture
+    if not 0.0 <= mixture.corpus_fraction < 1.0:
+        raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
+    if not mixture.tasks or any(int(n) < 1 for n in mixture.tasks.values()):
+        raise ConfigError(f"mixture.tasks={dict(mixture.tasks)} must map task names to problem counts >= 1.")
+
+    ev = config.eval
+    cue = ev.cot_description
+    eval_tasks = {name: _with_cue(catalog_task(name, num_test=ev.num_test, num_train=ev.num_train, seed=ev.seed),
+                                  cue) for name in ev.tasks}
+    # One generation budget for every task: the harness then compiles one decoding loop per
+    # size, and shorter answers still stop at their newline.
+    budget = max(t.spec.max_new_tokens for t in eval_tasks.values())
+    eval_tasks = {n: make_task(t.spec.replace(max_new_tokens=budget), t.splits) for n, t in eval_tasks.items()}
+    entries = plan_suite(list(ev.tasks), list(ev.shots), tasks=eval_tasks)
+    train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
+                   for name, count in mixture.tasks.items()}
+    fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+                           "model": config.model.to_dict()})
+    return StudyPlan(models, entries, train_tasks, fingerprint)
+
+
+def _with_cue(task: Any, cue: str) -> Any:
+    """Chain-of-thought tasks open with `cue`, so zero-shot prompts say which format is wanted."""
+    from research.evaluation.task_spec import make_task
+    if task.spec.answer_prefix is None or not cue:
+        return task
+    return make_task(task.spec.replace(description=cue), task.splits)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: str, log: Log) -> dict[str, Any]:
+    """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
+    from research import data
+    from research.data.sources import TextFileSource, stdlib_files
+    from research.evaluation.task_corpus import take_chars, task_documents, write_mixture
+
+    data_dir = os.path.join(workdir, "data")
+    mixture_path = os.path.join(data_dir, "mixture.jsonl")
+    manifest_path = os.path.join(data_dir, "manifest.json")
+    wanted = _digest({"mixture": config.mixture.to_dict(), "eval": config.eval.to_dict(),
+                      "tokenizer": config.tokenizer.to_dict()})
+    if _read_json(manifest_path).get("fingerprint") != wanted or not os.path.isfile(mixture_path):
+        runs_dir = os.path.join(workdir, "runs")
+        if os.path.isdir(runs_dir) and os.listdir(runs_dir):
+            raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
+                              "use a new --workdir (or delete its runs/ and data/).")
+        mixture = config.mixture
+        held_out = [entry.task for entry in plan.eval_entries]
+        parts = {name: task_documents(task, examples_per_document=tuple(mixture.examples_per_document),
+                                      seed=mixture.seed, held_out=held_out)
+                 for name, task in plan.train_tasks.items()}
+        task_chars = sum(len(t) for texts in parts.values() for t in texts)
+        corpus_chars = int(task_chars * mixture.corpus_fraction / (1.0 - mixture.corpus_fraction))
+        if corpus_chars:
+            files = TextFileSource(stdlib_files("train"))
+            parts = {"stdlib": take_chars((files[i] for i in range(len(files))), corpus_chars), **parts}
+        chars = write_mixture(mixture_path, parts, seed=mixture.seed)
+        _write_json(manifest_path, {"fingerprint": wanted, "chars": chars})
+        log(f"wrote {mixture_path}: " + ", ".join(f"{k} {v / 1e3:.0f}K chars" for k, v in chars.items()))
+    files_config = dict(source="files", file_patterns=(mixture_path,), data_dir=os.path.join(workdir, "tfds"),
+                        validation_fraction=0.02)
+    tokenizer = data.build_tokenizer(data.DataConfig(**files_config, tokenizer=data.TokenizerConfig(
+        **config.tokenizer.to_dict())), workdir)
+    return {**files_config, "file_patterns": [mixture_path], "tokenizer": {"model_path": tokenizer.path}}
+
+
+def train_config(config: ml_collections.ConfigDict, size: str,
+                 data_config: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The research.training config of one size of the ladder."""
+    num_checkpoints = config.train.num_steps // config.checkpoint.every_steps + 1
+    return ml_collections.ConfigDict(dict(
+        model={"preset": size, **config.model.to_dict()}, objective="causal_lm", objective_options={},
+        data=data_config, train=config.train.to_dict(), opt=config.opt.to_dict(),
+        checkpoint={**config.checkpoint.to_dict(), "keep_last": num_checkpoints, "keep_best": 0},
+        mesh=config.mesh.to_dict()))
+
+
+def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, run_dir: str, tokenizer: Any,
+                 log: Log) -> list[dict[str, Any]]:
+    """Rows of every checkpoint of one size (cached per step in <run_dir>/evals)."""
+    from research.evaluation.checkpoint_loading import checkpoint_steps_in, restore_params
+    from research.evaluation.harness import Harness
+    from research.evaluation.results_table import read_rows, write_rows
+    from research.evaluation.suite import run_suite
+    from research.models import build_model, sizing
+
+    model_config = plan.sizes[size]
+    counts = sizing.param_counts(model_config)
+    train = config.train
+    flops_per_token = sizing.flops_per_token(model_config, train.seq_len, include_embedding=True).train
+    model = build_model(model_config)
+    rows = []
+    for step in checkpoint_steps_in(os.path.join(run_dir, "checkpoints")):
+        # Only the task results are cached; where the step sits (tokens, compute, final) is
+        # recomputed, so raising train.num_steps and rerunning relabels the old steps.
+        tokens = step * train.batch_size * train.seq_len
+        identity = {"size": size, "params_non_embedding": counts.non_embedding, "params_total": counts.total,
+                    "step": step, "final": step == train.num_steps, "tokens": tokens,
+                    "compute_flops": float(flops_per_token) * tokens}
+        stem = os.path.join(run_dir, "evals", f"step_{step}")
+        if _read_json(stem + ".json").get("metadata", {}).get("fingerprint") == plan.fingerprint:
+            rows.extend({**identity, **row} for row in read_rows(stem + ".json"))
+            continue
+        start = time.perf_counter()
+        params = restore_params(os.path.join(run_dir, "checkpoints", str(step)))
+        harness = Harness(model, params, tokenizer, batch_size=config.eval.batch_size,
+                          min_bucket=config.eval.min_bucket)
+        results = run_suite(harness, plan.eval_entries)
+        write_rows(results, stem, metadata={"fingerprint": plan.fingerprint})
+        rows.extend({**identity, **row} for row in results)
+        log(f"  evaluated {size} step {step} in {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str) -> dict[str, str]:
+    """results, summary (shape metrics across sizes), plots and report.md under <workdir>/report."""
+    from research.evaluation.plots import plot_grid
+    from research.evaluation.results_table import format_table, write_rows
+    from research.evaluation.study_report import curve_summary
+
+    report_dir = os.path.join(workdir, "report")
+    finals = [r for r in rows if r["final"]]
+    summary = curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
+                            metrics=tuple(config.report.metrics))
+    paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
+             "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"]}
+    metrics = tuple(config.report.plot_metrics)
+    setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
+    base = lambda r: r["task"].removesuffix("_cot")
+    paths["vs_params"] = plot_grid(finals, x="params_non_embedding", metrics=metrics, panel=lambda r: "",
+                                   series=setting, path=os.path.join(report_dir, "vs_params.png"),
+                                   x_label="non-embedding parameters")
+    paths["vs_compute"] = plot_grid(rows, x="compute_flops", metrics=metrics, panel=setting,
+                                    series=lambda r: r["size"], path=os.path.join(report_dir, "vs_compute.png"),
+                                    x_label="training compute (FLOPs)")
+    paired = {base(r) for r in finals if r["chain_of_thought"]} & {base(r) for r in finals if not r["chain_of_thought"]}
+    if paired:
+        paths["direct_vs_cot"] = plot_grid(
+            [r for r in finals if base(r) in paired], x="params_non_embedding", metrics=metrics,
+            panel=lambda r: f"{base(r)} {r['num_shots']}-shot",
+            series=lambda r: "chain-of-thought" if r["chain_of_thought"] else "direct",
+            path=os.path.join(report_dir, "direct_vs_cot.png"), x_label="non-embedding parameters")
+    paths["zero_vs_few_shot"] = plot_grid(finals, x="params_non_embedding", metrics=metrics,
+                                          panel=lambda r: r["task"], series=lambda r: f"{r['num_shots']}-shot",
+                                          path=os.path.join(report_dir, "zero_vs_few_shot.png"),
+                                          x_label="non-embedding parameters")
+    table = format_table(summary, ["task", "num_shots", "metric", "values", "linearity", "breakthroughness"])
+    finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
+    paths["report"] = os.path.join(report_dir, "report.md")
+    with open(paths["report"], "w", encoding="utf-8") as f:
+        f.write(f"# Emergence study\n\nSizes: {', '.join(config.sizes)}; {config.train.num_steps} steps of "
+                f"{config.train.batch_size} x {config.train.seq_len} tokens each.\n\n## Across sizes (end of "
+                f"training), values ordered by size\n\n```\n{table}\n```\n\n## Final checkpoints\n\n"
+                f"```\n{finals_table}\n```\n")
+    return paths
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = print) -> dict[str, str]:
+    """The whole study in `workdir`; returns the report's paths. Reruns skip finished work."""
+    from research.evaluation.checkpoint_loading import checkpoint_steps_in
+    from research.evaluation.tokenizer_loading import load_tokenizer
+    from research.training import train_and_evaluate
+    from research.training.metrics import measure_peak_flops
+
+    plan = plan_study(config)
+    os.makedirs(workdir, exist_ok=True)
+    data_config = prepare_data(config, plan, workdir, log)
+    tokenizer = load_tokenizer(data_config["tokenizer"]["model_path"])
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy: peak_flops is filled in below
+    rows = []
+    for size in config.sizes:
+        run_dir = os.path.join(workdir, "runs", size)
+        steps = checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))
+        if steps and steps[-1] >= config.train.num_steps:
+            log(f"{size}: trained ({steps[-1]} steps), skipping training")
+        else:
+            if not config.train.peak_flops:  # measured once, not once per size
+                config.train.peak_flops = measure_peak_flops()
+            start = time.perf_counter()
+            log(f"{size}: training {config.train.num_steps} steps")
+            final = train_and_evaluate(train_config(config, size, data_config), run_dir)
+            log(f"{size}: trained in {time.perf_counter() - start:.0f} s, eval_loss {final['eval_loss']:.3f}")
+        rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))
+    paths = write_report(config, rows, workdir)
+    with open(paths["report"], encoding="utf-8") as f:
+        log(f.read())
+    log("wrote " + ", ".join(paths.values()))
+    return paths
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program: importing this module (tests) adds no global flags.
+    config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
+    flags.DEFINE_string("workdir", None, "Directory for data, runs, evaluations and the report.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from research.data import DataError
+    from research.training import TrainingDivergedError
+
+    try:
+        run_study(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (ConfigError, DataError, TrainingDivergedError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,127 @@
+"""Evaluate a zoo model on ability tasks: a training run's checkpoint or a Hugging Face folder.
+
+    python -m experiments.evaluate --checkpoint=/tmp/gpt_tiny --tasks=addition_3digit,copying --num_shots=0,1,5
+    python -m experiments.evaluate --checkpoint=/tmp/gpt_tiny --step=200 --tokenizer=char --tasks=addition
+    python -m experiments.evaluate --hf_dir=/path/to/gpt2 --tasks=unscramble_anagram1 --num_shots=0,4
+
+--checkpoint is a run's workdir (experiments.pretrain); its latest step and its own
+SentencePiece tokenizer are used unless --step / --tokenizer say otherwise. --tokenizer is
+'char', a SentencePiece .model file, or a Hugging Face tokenizer folder (the default for
+--hf_dir). Task names: research/evaluation/task_catalog.py, or a .json task file.
+
+Writes <output_dir>/<name>.json and .csv (one row per task and shot count; default
+output_dir: <checkpoint>/evaluations, or ./evaluations for --hf_dir) and prints the table.
+Bad input (unknown task, no checkpoint, more shots than a few-shot split holds) fails
+with one line before anything is compiled.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app, flags, logging
+
+from research.models.config import ConfigError
+
+
+def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), checkpoint: str | None = None,
+                   step: int | None = None, hf_dir: str | None = None, tokenizer: str | None = None,
+                   num_test: int = 100, num_train: int = 64, seed: int = 0, batch_size: int = 16,
+                   dtype: str | None = None, output_dir: str | None = None,
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Evaluate one model on every (task, shots) pair; write and print the table; return its rows."""
+    from research.evaluation.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
+    from research.evaluation.suite import plan_suite
+
+    if (checkpoint is None) == (hf_dir is None):
+        raise ConfigError("give exactly one of --checkpoint=RUN_DIR and --hf_dir=HF_FOLDER.")
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size={batch_size} must be >= 1.")
+    entries = plan_suite(list(tasks), list(num_shots), num_test=num_test, num_train=num_train, seed=seed)
+    if checkpoint is not None:
+        root = checkpoint_root(checkpoint)  # a directory without checkpoints fails here, before any loading
+        overrides = {"dtype": dtype} if dtype else {}
+        loaded = load_checkpoint(root, step=step, tokenizer=tokenizer, **overrides)
+        output_dir = output_dir or os.path.join(run_workdir(root), "evaluations")
+        name = f"step_{loaded.step}"
+    else:
+        if step is not None:
+            raise ConfigError("--step selects a checkpoint step; it does not apply to --hf_dir.")
+        loaded = load_hf(hf_dir, tokenizer=tokenizer, **({"dtype": dtype} if dtype else {}))
+        output_dir = output_dir or "evaluations"
+        name = os.path.basename(os.path.normpath(hf_dir))
+    return _run(loaded, entries, batch_size, os.path.join(output_dir, name), log)
+
+
+def _run(loaded, entries, batch_size: int, stem: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    from research.evaluation.harness import Harness
+    from research.evaluation.results_table import format_table, write_rows
+    from research.evaluation.suite import run_suite
+    from research.models import sizing
+
+    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size)
+    config = loaded.model.config
+    counts = sizing.param_counts(config)
+    identity = {"model": config.name, "step": loaded.step, "params_non_embedding": counts.non_embedding}
+    log(f"evaluating {loaded.source} ({config.name}, {sizing.human_count(counts.total)} params) on "
+        f"{len(entries)} task/shot pairs")
+    rows = []
+    for entry in entries:
+        start = time.perf_counter()
+        row = {**identity, **run_suite(harness, [entry])[0]}
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        rows.append(row)
+        log(f"  {entry.name} {entry.num_fewshot}-shot: {row['seconds']:.1f} s")
+    paths = write_rows(rows, stem, metadata={"source": loaded.source, "model_config": config.to_dict()})
+    shown = ["task", "num_shots", "num_examples", "exact_match", "token_accuracy", "token_edit_distance",
+             "target_log_prob", "brier_score", "acc", "acc_norm", "token_perplexity"]
+    log(format_table(rows, [c for c in shown if any(c in r for r in rows)]))
+    log(f"wrote {paths['json']} and {paths['csv']}")
+    return rows
+
+
+def _shots(values: Sequence[str]) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"--num_shots={','.join(values)} must be comma-separated integers, e.g. 0,1,5.") from None
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program, so importing this module (tests, notebooks) adds no
+    # global flags that could collide with another entry point's.
+    flags.DEFINE_string("checkpoint", None, "A training run's workdir (or its checkpoints/ folder).")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_string("hf_dir", None, "A Hugging Face checkpoint folder, instead of --checkpoint.")
+    flags.DEFINE_string("tokenizer", None, "'char', a SentencePiece .model, or a HF tokenizer folder.")
+    flags.DEFINE_list("tasks", ["addition_3digit"], "Task names (research/evaluation/task_catalog.py) or .json files.")
+    flags.DEFINE_list("num_shots", ["0"], "Few-shot example counts, e.g. 0,1,5.")
+    flags.DEFINE_integer("num_test", 100, "Evaluation documents per generated task.")
+    flags.DEFINE_integer("num_train", 64, "Few-shot pool size per generated task.")
+    flags.DEFINE_integer("seed", 0, "Seed of the generated tasks' documents.")
+    flags.DEFINE_integer("batch_size", 16, "Rows per jitted scoring / generation call.")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: as trained).")
+    flags.DEFINE_string("output_dir", None, "Where to write the results (see the module docstring).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    f = flags.FLAGS
+    if not f["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from research.data import DataError
+
+    try:
+        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots), checkpoint=f.checkpoint, step=f.step,
+                       hf_dir=f.hf_dir, tokenizer=f.tokenizer, num_test=f.num_test, num_train=f.num_train,
+                       seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir)
+    except (ConfigError, DataError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

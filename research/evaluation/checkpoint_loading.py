@@ -1,0 +1,191 @@
+"""Load a model to evaluate: a training run's checkpoint, or a Hugging Face folder.
+
+    loaded = load_checkpoint("runs/gpt_tiny")              # latest step; the run's own tokenizer
+    loaded = load_checkpoint("runs/gpt_tiny", step=200, tokenizer="char")
+    loaded = load_hf("hf/gpt2_folder")                      # tokenizer from the same folder if present
+    harness = Harness(loaded.model, loaded.params, loaded.tokenizer)
+
+A run directory is what research.training.train_and_evaluate writes: checkpoints/<step>/
+{state, data, config} and tokenizers/. Only the parameters are read from `state` (an orbax
+partial restore, as host numpy arrays), so neither the optimizer state nor the run's mesh
+is needed. The model is rebuilt from the config saved with the checkpoint; the tokenizer
+is the run's SentencePiece model (data.tokenizer.model_path, else the one the run trained
+and cached under <run>/tokenizers).
+
+Everything a user can get wrong (a directory without checkpoints, a missing step, a
+tokenizer that does not fit the model) fails here with one line, before any compilation.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+
+from research.evaluation.tokenizer import TextTokenizer
+from research.evaluation.tokenizer_loading import check_vocabulary, has_hf_tokenizer, load_tokenizer
+from research.models import build_model, get_config
+from research.models.config import ConfigError, ModelConfig
+
+CHECKPOINTS_DIR = "checkpoints"  # under a run's workdir (research.training.loop)
+
+
+class LoadedModel(NamedTuple):
+    model: nn.Module
+    params: Any  # host numpy arrays, unboxed
+    tokenizer: TextTokenizer
+    source: str  # "checkpoint <dir> step <n>" or "hf <dir>", for reports
+    step: int | None  # training step of a checkpoint; None for Hugging Face weights
+
+
+def checkpoint_root(path: str) -> str:
+    """The directory holding numbered step directories: `path` itself or `path`/checkpoints."""
+    for candidate in (os.path.join(path, CHECKPOINTS_DIR), path):
+        if checkpoint_steps_in(candidate):
+            return candidate
+    if not os.path.isdir(path):
+        raise ConfigError(f"checkpoint directory {path!r} does not exist; give a training run's workdir.")
+    raise ConfigError(f"no checkpoint in {path!r} (nor in {os.path.join(path, CHECKPOINTS_DIR)!r}); give the "
+                      "workdir of a run that saved one (experiments.pretrain) or its checkpoints/ folder.")
+
+
+def run_workdir(root: str) -> str:
+    """The run's workdir for a checkpoint root (its parent when the root is <workdir>/checkpoints)."""
+    return os.path.dirname(os.path.normpath(root)) if os.path.basename(os.path.normpath(root)) == CHECKPOINTS_DIR \
+        else root
+
+
+def checkpoint_steps_in(directory: str) -> list[int]:
+    """Committed checkpoint steps in `directory`, ascending ([] if none).
+
+    Orbax writes a step into a temporary directory and renames it to the bare number only
+    when every item is complete, so numeric names with a `state` item are finished saves.
+    """
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
+
+
+def checkpoint_steps(path: str) -> list[int]:
+    """Steps of the run (or checkpoints folder) at `path`; ConfigError when there are none."""
+    return checkpoint_steps_in(checkpoint_root(path))
+
+
+def run_config(path: str, step: int | None = None) -> dict[str, Any]:
+    """The run config saved with checkpoint `step` (default latest), as a plain dict."""
+    root = checkpoint_root(path)
+    step = _pick_step(root, step)
+    config_file = os.path.join(root, str(step), "config", "metadata")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"checkpoint {os.path.join(root, str(step))!r} holds no config item; it was not written "
+                          "by research.training (or is damaged).")
+    with open(config_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_config_from_run(config: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a run trained: its preset plus the fields it overrode (None keeps the preset's)."""
+    fields = {k: v for k, v in dict(config["model"]).items() if v is not None}
+    return get_config(fields.pop("preset"), **fields)
+
+
+def run_tokenizer_path(config: dict[str, Any], workdir: str) -> str:
+    """The SentencePiece model the run trained with: data.tokenizer.model_path, else the one it
+    trained and cached in <workdir>/tokenizers (research.data.build_tokenizer)."""
+    from research.data.config import DataConfig, DataError
+    from research.data.tokenizer import cached_model_path
+    tokenizer = dict(config.get("data", {}).get("tokenizer", {}))
+    if tokenizer.get("model_path"):
+        return tokenizer["model_path"]
+    try:
+        expected = cached_model_path(DataConfig(**config["data"]), workdir)
+    except (DataError, KeyError, TypeError):
+        expected = None  # e.g. the corpus has moved; fall back to what the folder holds
+    if expected and os.path.isfile(expected):
+        return expected
+    cached = sorted(glob.glob(os.path.join(workdir, "tokenizers", "*.model")))
+    if len(cached) == 1:
+        return cached[0]
+    raise ConfigError(f"cannot tell which tokenizer run {workdir!r} trained with ({len(cached)} models in "
+                      f"{os.path.join(workdir, 'tokenizers')!r}); pass --tokenizer=PATH.model.")
+
+
+def restore_params(step_dir: str) -> Any:
+    """The `params` subtree of the train state saved in `step_dir`, as numpy arrays."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    state_dir = os.path.join(step_dir, "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that an item folder has no step metadata; it needs none
+    try:
+        metadata = checkpointer.metadata(state_dir)
+        tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+        if "params" not in tree:
+            raise ConfigError(f"checkpoint {step_dir!r} has no params in its state (found {sorted(tree)}).")
+        import jax
+        item = {"params": jax.tree.map(lambda _: 0, tree["params"])}
+        restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])}
+        restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+    finally:
+        absl_logger.setLevel(level)
+    return restored["params"]
+
+
+def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None = None,
+                    **model_overrides: Any) -> LoadedModel:
+    """Model, params and tokenizer of a run's checkpoint `step` (default: latest).
+
+    path: the run's workdir (or its checkpoints/ folder). tokenizer: a load_tokenizer spec
+    replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
+    """
+    root = checkpoint_root(path)
+    step = _pick_step(root, step)
+    workdir = run_workdir(root)
+    config = run_config(root, step)
+    model_config = model_config_from_run(config)
+    if model_overrides:
+        model_config = model_config.replace(**model_overrides)
+    text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir))
+    check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
+    params = restore_params(os.path.join(root, str(step)))
+    return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
+
+
+def load_hf(path: str, *, tokenizer: str | None = None, **model_overrides: Any) -> LoadedModel:
+    """A Hugging Face checkpoint folder; the tokenizer defaults to the folder's own."""
+    from research.models import from_hf
+    from research.models.hf.checkpoint_files import CheckpointError
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"Hugging Face folder {path!r} does not exist.")
+    if tokenizer is None:
+        if not has_hf_tokenizer(path):
+            raise ConfigError(f"Hugging Face folder {path!r} holds no tokenizer files; pass --tokenizer (a folder "
+                              "with tokenizer.json, a SentencePiece .model, or 'char').")
+        tokenizer = path
+    text_tokenizer = load_tokenizer(tokenizer)
+    try:
+        model, params = from_hf(path, **model_overrides)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    check_vocabulary(text_tokenizer, model.config.vocab_size, model.config.name)
+    return LoadedModel(model, params, text_tokenizer, f"hf {path}", None)
+
+
+def _pick_step(root: str, step: int | None) -> int:
+    steps = checkpoint_steps_in(root)
+    if not steps:
+        raise ConfigError(f"no checkpoint in {root!r}.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise ConfigError(f"checkpoint step {step} is not in {root!r}; it holds steps {steps}.")
+    return step

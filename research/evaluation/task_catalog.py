@@ -1,0 +1,84 @@
+"""Named task variants, for command lines and study configs: "addition_3digit", "copying".
+
+    task = catalog_task("addition_3digit_cot", num_test=100)   # = get_task("addition", digits=3,
+                                                               #   chain_of_thought=True, num_test=100)
+    task = catalog_task("my_tasks/capitals.json")             # a JSON task file (task_spec.load_task)
+    check_shots("addition_3digit", task, num_fewshot=5)        # TaskError if the few-shot split is too small
+
+Names are the generated tasks' builders (research.evaluation.tasks: "addition", "induction",
+...) with their default knobs, plus fixed variants:
+
+    addition_{1..8}digit[_cot]       multiplication_{1..4}digit[_cot]
+    modular_addition[_cot]           modular_multiplication[_cot]      (modulus 97)
+    copying                          (induction: repeat a 12-symbol sequence, predict 4)
+    unscramble_{cycle,anagram1,anagram2,random_insertion,reversed}
+    associative_recall
+
+An unknown name fails with the nearest known names.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from research.evaluation.task_spec import Task, TaskError, load_task
+from research.evaluation.tasks import get_task, task_names
+from research.evaluation.tasks.arithmetic import MAX_DIGITS
+from research.evaluation.tasks.unscramble import Corruption
+
+# name -> (builder, knobs)
+_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {name: (name, {}) for name in task_names()}
+for _cot in (False, True):
+    _suffix = "_cot" if _cot else ""
+    for _digits in range(1, MAX_DIGITS + 1):
+        _VARIANTS[f"addition_{_digits}digit{_suffix}"] = ("addition", dict(digits=_digits, chain_of_thought=_cot))
+    for _digits in range(1, 5):
+        _VARIANTS[f"multiplication_{_digits}digit{_suffix}"] = (
+            "multiplication", dict(digits=_digits, chain_of_thought=_cot))
+    _VARIANTS[f"modular_addition{_suffix}"] = ("modular_arithmetic", dict(op="+", chain_of_thought=_cot))
+    _VARIANTS[f"modular_multiplication{_suffix}"] = ("modular_arithmetic", dict(op="*", chain_of_thought=_cot))
+_VARIANTS["copying"] = ("induction", dict(length=12, num_predict=4))
+for _corruption in Corruption.__args__:
+    _VARIANTS[f"unscramble_{_corruption}"] = ("unscramble", dict(corruption=_corruption))
+
+
+def catalog_names() -> list[str]:
+    return sorted(_VARIANTS)
+
+
+def is_task_file(name: str) -> bool:
+    return name.endswith(".json")
+
+
+def catalog_task(name: str, *, num_test: int | None = None, num_train: int | None = None,
+                 seed: int | None = None) -> Task:
+    """The task `name` (a catalog name or a .json task file). num_test / num_train / seed
+    set the generated tasks' split sizes and seed (None: the builder's default); a task
+    file's splits are its files."""
+    if is_task_file(name):
+        return load_task(name)
+    if name not in _VARIANTS:
+        near = difflib.get_close_matches(name, _VARIANTS, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(catalog_names())}."
+        raise TaskError(f"unknown task {name!r}; {hint} (or give a .json task file)")
+    builder, knobs = _VARIANTS[name]
+    sizes = {k: v for k, v in dict(num_test=num_test, num_train=num_train, seed=seed).items() if v is not None}
+    return get_task(builder, **knobs, **sizes)
+
+
+def check_shots(name: str, task: Task, num_fewshot: int) -> None:
+    """TaskError unless `task` can be prompted with `num_fewshot` solved examples."""
+    spec = task.spec
+    if num_fewshot < 0:
+        raise TaskError(f"task {name!r}: num_shots={num_fewshot} must be >= 0.")
+    if not num_fewshot:
+        return
+    if spec.output_type == "loglikelihood_rolling":
+        raise TaskError(f"task {name!r} scores whole texts (loglikelihood_rolling); use num_shots=0.")
+    if spec.fewshot_split is None or spec.fewshot_split not in task.splits:
+        raise TaskError(f"task {name!r}: num_shots={num_fewshot} needs a few-shot split, and it has none; "
+                        "use num_shots=0.")
+    usable = len(task.splits[spec.fewshot_split]) - (spec.fewshot_split == spec.eval_split)
+    if num_fewshot > usable:
+        raise TaskError(f"task {name!r}: num_shots={num_fewshot} but its few-shot split {spec.fewshot_split!r} "
+                        f"holds {usable} examples; lower num_shots or raise num_train.")

@@ -1,0 +1,84 @@
+"""Tokenizers for evaluation, named the way a command line names them.
+
+    load_tokenizer("char")                      # CharTokenizer (printable ASCII, one id per character)
+    load_tokenizer("run/tokenizers/x.model")    # a SentencePiece model (research.data.Tokenizer)
+    load_tokenizer("path/to/hf_folder")         # a Hugging Face tokenizer folder (tokenizer.json, ...)
+
+Every result satisfies research.evaluation.tokenizer.TextTokenizer: encode adds no
+special tokens, decode drops them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from research.evaluation.tokenizer import CharTokenizer, TextTokenizer
+from research.models.config import ConfigError
+
+CHAR = "char"
+# Files any of which marks a folder as holding a Hugging Face tokenizer.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the TextTokenizer interface.
+
+    encode: ids of the text alone (add_special_tokens=False, as lm-eval scores
+    continuations). eos_id is required (generation stops on it); pad_id falls back to eos.
+    """
+
+    def __init__(self, tokenizer: Any, path: str = ""):
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"Hugging Face tokenizer {path!r} defines no eos token; generation needs one to stop.")
+        self._tokenizer = tokenizer
+        self.path = path
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        self.bos_id = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
+        self.mask_id = None if getattr(tokenizer, "mask_token_id", None) is None else int(tokenizer.mask_token_id)
+        self.vocab_size = len(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
+
+
+def has_hf_tokenizer(folder: str) -> bool:
+    """Whether `folder` holds the files of a Hugging Face tokenizer."""
+    return os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f)) for f in HF_TOKENIZER_FILES)
+
+
+def load_tokenizer(spec: str) -> TextTokenizer:
+    """The tokenizer `spec` names: "char", a SentencePiece .model file, or a Hugging Face tokenizer folder."""
+    if spec == CHAR:
+        return CharTokenizer()
+    if os.path.isfile(spec):
+        from research.data import DataError, Tokenizer
+        try:
+            return Tokenizer.load(spec)
+        except DataError as e:
+            raise ConfigError(f"tokenizer {spec!r}: {e}") from None
+    if has_hf_tokenizer(spec):
+        import transformers  # ~2 s to import; only Hugging Face tokenizers need it
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        except (OSError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"tokenizer folder {spec!r} could not be loaded by transformers "
+                              f"({first_line}).") from None
+        return HFTokenizer(tokenizer, spec)
+    raise ConfigError(f"tokenizer {spec!r} is neither 'char', a SentencePiece .model file, nor a folder with "
+                      f"one of {list(HF_TOKENIZER_FILES)}; give one of those.")
+
+
+def check_vocabulary(tokenizer: TextTokenizer, vocab_size: int, model_name: str) -> None:
+    """ConfigError when the tokenizer can emit ids the model's embedding table lacks."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if size is not None and size > vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer!r} has {size} ids but model {model_name!r} embeds only "
+                          f"{vocab_size}; pass the tokenizer the model was trained with (--tokenizer).")

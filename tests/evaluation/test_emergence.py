@@ -1,0 +1,129 @@
+"""The emergence study end to end (the `micro` preset: 2 sizes, 4 steps), its rerun, and its
+bad-input checks; plus the configs resolving."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from experiments import emergence
+from experiments.configs import emergence as configs
+from research.evaluation import harness as harness_lib
+from research.evaluation.results_table import read_rows
+from research.evaluation.task_spec import TaskError
+from research.models import sizing
+from research.models.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def micro_study(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("emergence"))
+    start = time.process_time()  # CPU seconds of every thread: a machine shared with other jobs slows the wall
+    paths = emergence.run_study(configs.get_config("micro"), workdir, log=lambda _: None)
+    return workdir, paths, time.process_time() - start
+
+
+def test_micro_study_writes_table_summary_and_plots(micro_study):
+    workdir, paths, cpu_seconds = micro_study
+    assert cpu_seconds < 60  # about 30 s: the whole study, compiles included, fits in a minute on 2 cores
+    config = configs.get_config("micro")
+    rows = read_rows(os.path.join(workdir, "report", "results.json"))
+    # 2 sizes x 2 checkpoints (steps 2, 4) x 2 tasks x 2 shot counts
+    assert len(rows) == 16
+    assert {(r["size"], r["step"]) for r in rows} == {(s, n) for s in config.sizes for n in (2, 4)}
+    assert {r["task"] for r in rows} == set(config.eval.tasks) and {r["num_shots"] for r in rows} == {0, 1}
+    for row in rows:
+        assert row["final"] == (row["step"] == 4) and row["num_examples"] == config.eval.num_test
+        assert row["chain_of_thought"] == row["task"].endswith("_cot")
+        assert row["tokens"] == row["step"] * 8 * 64 and row["compute_flops"] > 6 * row["params_non_embedding"]
+    by_key = {(r["size"], r["step"], r["task"], r["num_shots"]): r for r in rows}
+    small, large = config.sizes
+    assert by_key[(large, 4, "addition_1digit", 0)]["compute_flops"] > by_key[(small, 4, "addition_1digit", 0)][
+        "compute_flops"] > by_key[(small, 2, "addition_1digit", 0)]["compute_flops"]
+
+    summary = read_rows(os.path.join(workdir, "report", "summary.json"))
+    assert len(summary) == 2 * 2 * len(config.report.metrics)  # (task, shots) x metric
+    exact = next(s for s in summary if (s["task"], s["num_shots"], s["metric"]) == ("addition_1digit", 0,
+                                                                                     "exact_match"))
+    assert exact["num_models"] == 2 and len(exact["values"]) == 2
+    assert exact["values"] == [by_key[(s, 4, "addition_1digit", 0)]["exact_match"] for s in config.sizes]
+    assert "breakthroughness" in exact and "linearity" in exact
+    for name in ("vs_params", "vs_compute", "direct_vs_cot", "zero_vs_few_shot"):
+        assert os.path.getsize(paths[name]) > 10_000 and paths[name].endswith(".png")
+    report = open(paths["report"]).read()
+    assert "breakthroughness" in report and "scale-3e4" in report
+
+
+def test_training_data_holds_out_the_evaluation_problems(micro_study):
+    workdir, _, _ = micro_study
+    plan = emergence.plan_study(configs.get_config("micro"))
+    held_out = {e.task.spec.prompt.format_map(d.fields) for e in plan.eval_entries for d in e.task.docs("test")}
+    lines, sources = [], set()
+    with open(os.path.join(workdir, "data", "mixture.jsonl")) as f:
+        for record in map(json.loads, f):
+            sources.add(record["source"])
+            if record["source"] != "stdlib":
+                lines.extend(record["text"].splitlines())
+    assert sources == {"stdlib", "addition_1digit", "addition_1digit_cot"}
+    problems = [line for line in lines if "+" in line and "=" in line]
+    assert len(problems) > 300
+    assert not any(line.startswith(prompt) for line in problems for prompt in held_out)
+    # Chain-of-thought documents open with the cue line, which zero-shot CoT prompts also start with.
+    assert "Work it out step by step." in lines
+
+
+def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
+    workdir, paths, _ = micro_study
+    before = open(paths["results"]).read()
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+    monkeypatch.setattr("research.training.train_and_evaluate", not_again)
+    monkeypatch.setattr(harness_lib.Harness, "__init__", not_again)
+    logs = []
+    emergence.run_study(configs.get_config("micro"), workdir, log=logs.append)
+    assert open(paths["results"]).read() == before
+    assert sum("skipping training" in line for line in logs) == 2
+    changed = configs.get_config("micro")
+    changed.mixture.corpus_fraction = 0.5  # other training data: the finished runs no longer match it
+    with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
+        emergence.run_study(changed, workdir, log=logs.append)
+
+
+def _bad(change):
+    config = configs.get_config("micro")
+    change(config)
+    return config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.eval.update(tasks=("addition_1digit", "copyng")), "unknown task 'copyng'; did you mean copying"),
+    (lambda c: c.eval.update(shots=(0, 9)), "num_shots=9 but its few-shot split 'train' holds 8 examples"),
+    (lambda c: setattr(c, "sizes", ("scale-1e4", "scale-9e9")), "unknown model preset 'scale-9e9'"),
+    (lambda c: setattr(c, "sizes", ("scale-1e4",)), r"must name at least 2 distinct presets"),
+    (lambda c: c.mixture.update(corpus_fraction=1.0), r"corpus_fraction=1.0 must be in \[0, 1\)"),
+    (lambda c: c.mixture.update(tasks={"addition_1digt": 10}), "unknown task 'addition_1digt'"),
+])
+def test_bad_config_fails_before_any_work(change, message, tmp_path, monkeypatch):
+    monkeypatch.setattr("research.training.train_and_evaluate", lambda *a: pytest.fail("trained"))
+    with pytest.raises((ConfigError, TaskError), match=message) as error:
+        emergence.run_study(_bad(change), str(tmp_path), log=lambda _: None)
+    assert "\n" not in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cpu_tiny_config_plans_a_five_size_ladder():
+    config = configs.get_config("cpu_tiny")
+    plan = emergence.plan_study(config)
+    params = [sizing.param_counts(m).non_embedding for m in plan.sizes.values()]
+    assert len(params) >= 5 and params == sorted(params) and params[-1] > 50 * params[0]
+    assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
+        (t, k) for t in config.eval.tasks for k in config.eval.shots}
+    cot = next(e for e in plan.eval_entries if e.chain_of_thought)
+    assert cot.task.spec.description == config.eval.cot_description
+    train = emergence.train_config(config, config.sizes[-1], {"source": "files", "file_patterns": ["x.jsonl"]})
+    assert train.model.preset == config.sizes[-1] and train.checkpoint.keep_last == 5
+    with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):
+        configs.get_config("cpu_huge")

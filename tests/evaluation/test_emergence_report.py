@@ -1,0 +1,88 @@
+"""The study's library pieces without a model: task training documents and mixtures, curve
+summaries across sizes, result tables and plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from research.evaluation.fewshot import fewshot_context
+from research.evaluation.plots import plot_grid
+from research.evaluation.results_table import read_rows, write_rows
+from research.evaluation.study_report import curve_summary
+from research.evaluation.task_catalog import catalog_task
+from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
+                                             write_mixture)
+from research.evaluation.task_spec import TaskError
+from research.models.config import ConfigError
+
+
+def test_task_documents_are_laid_out_like_fewshot_prompts():
+    task = catalog_task("addition_2digit_cot", num_test=3, num_train=40)
+    task = type(task)(task.spec.replace(description="Think.\n"), task.splits)
+    docs = task_documents(task, examples_per_document=(3, 3), seed=0)
+    train = task.docs("train")
+    assert len(docs) == 14  # 40 problems, 3 per document, the last one holds 1
+    assert docs[0] == "Think.\n" + "\n".join(solved_example(task.spec, d) for d in train[:3])
+    assert docs[-1] == "Think.\n" + solved_example(task.spec, train[-1])
+    # A 2-shot prompt is the description, two solved examples and the query, in the same layout.
+    shots = fewshot_context(task, 0, 2).split("\n")
+    assert shots[0] == "Think." and len(shots) == 4
+    assert all(any(s == solved_example(task.spec, d) for d in train) for s in shots[1:3])
+    assert shots[3] == task.spec.prompt.format_map(task.docs("test")[0].fields)
+
+
+def test_held_out_problems_never_reach_training_documents():
+    test_task = catalog_task("addition_1digit", num_test=30, seed=0)
+    train_task = catalog_task("addition_1digit", num_test=0, num_train=500, seed=1)
+    held = held_out_prompts(test_task)
+    docs = task_documents(train_task, examples_per_document=(1, 5), seed=0, held_out=[test_task])
+    lines = [line for d in docs for line in d.split("\n")]
+    assert lines and not any(line.split("=")[0] + "=" in held for line in lines)
+    assert len(lines) < 500  # some of the 100 possible problems were dropped
+    with pytest.raises(TaskError, match="examples_per_document=\\(3, 2\\)"):
+        task_documents(train_task, examples_per_document=(3, 2), seed=0)
+
+
+def test_mixture_file_is_shuffled_jsonl_with_sources(tmp_path):
+    path = str(tmp_path / "mix.jsonl")
+    chars = write_mixture(path, {"corpus": ["def f():\n  pass\n", "x = 1\n"], "task": ["1+1=2", "2+2=4", " "]},
+                          seed=0)
+    records = [json.loads(line) for line in open(path)]
+    assert chars == {"corpus": 22, "task": 10} and len(records) == 4  # blank texts are dropped
+    assert {r["source"] for r in records} == {"corpus", "task"}
+    assert take_chars(["abcd", "efgh", "ij"], 6) == ["abcd", "ef"]
+
+
+def test_curve_summary_orients_metrics_and_finds_the_jump():
+    sizes = [1e4, 3e4, 1e5, 3e5, 1e6]
+    exact = [0.0, 0.0, 0.0, 0.01, 0.6]  # a jump at the largest size
+    edit = [5.0, 4.0, 3.0, 2.0, 1.0]  # lower is better: a steady improvement
+    rows = [{"task": "t", "num_shots": 0, "params": p, "exact_match": e, "token_edit_distance": d}
+            for p, e, d in zip(reversed(sizes), reversed(exact), reversed(edit))]  # any order
+    summary = {s["metric"]: s for s in curve_summary(rows, scale="params", group_by=("task", "num_shots"),
+                                                      metrics=("exact_match", "token_edit_distance", "missing"))}
+    assert set(summary) == {"exact_match", "token_edit_distance"}
+    assert summary["exact_match"]["values"] == exact and summary["exact_match"]["largest"] == 0.6
+    # Steps 0, 0, .01, .59: root median square = sqrt(median(0, 0, 1e-4, .3481)) = sqrt(5e-5).
+    assert summary["exact_match"]["breakthroughness"] == pytest.approx(0.6 / math.sqrt(5e-5))
+    assert summary["exact_match"]["linearity"] == pytest.approx(0.6 / math.sqrt((1e-4 + 0.59**2) / 4))
+    # Edit distance falls in equal steps: after negation, linearity = breakthroughness = n - 1.
+    assert summary["token_edit_distance"]["breakthroughness"] == pytest.approx(4.0)
+    assert summary["token_edit_distance"]["linearity"] == pytest.approx(4.0)
+    with pytest.raises(ConfigError, match="has two rows at params"):
+        curve_summary(rows + rows[:1], scale="params", group_by=("task",), metrics=("exact_match",))
+
+
+def test_rows_round_trip_and_plots_are_written(tmp_path):
+    rows = [{"task": "a", "size": s, "params": p, "step": 1, "exact_match": e}
+            for s, p, e in (("s", 10, 0.1), ("l", 100, 0.5))] + [{"task": "b", "size": "s", "params": 10}]
+    paths = write_rows(rows, str(tmp_path / "r"), metadata={"note": 1})
+    assert read_rows(paths["json"]) == rows
+    assert open(paths["csv"]).read().splitlines() == ["task,size,params,step,exact_match", "a,s,10,1,0.1",
+                                                      "a,l,100,1,0.5", "b,s,10,,"]
+    path = plot_grid(rows, x="params", metrics=("exact_match", "absent"), panel=lambda r: r["task"],
+                     series=lambda r: r["size"], path=str(tmp_path / "p.png"))
+    assert os.path.getsize(path) > 5_000 and open(path, "rb").read(4) == b"\x89PNG"

@@ -1,0 +1,150 @@
+"""experiments.evaluate: a checkpoint trained here, or a Hugging Face folder, evaluated with one
+command; every bad input fails with one line before anything is compiled."""
+from __future__ import annotations
+
+import json
+import os
+import string
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import evaluate as cli
+from research.evaluation import checkpoint_loading, harness as harness_lib
+from research.evaluation.checkpoint_loading import checkpoint_steps, load_checkpoint, restore_params
+from research.evaluation.results_table import format_table, read_rows
+from research.evaluation.task_catalog import catalog_names, catalog_task, check_shots
+from research.evaluation.task_spec import TaskError
+from research.models.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 1-layer GPT trained for 2 steps (checkpoints at 1 and 2) with its own SentencePiece tokenizer."""
+    from experiments.configs import pretrain
+    from research.training import train_and_evaluate
+    config = pretrain.get_config("gpt_tiny")
+    config.model.update(num_layers=1, dtype="float32")
+    config.data.max_documents = 20
+    config.data.tokenizer.update(vocab_size=400, max_training_chars=60_000)
+    config.train.update(num_steps=2, batch_size=8, seq_len=32, log_every_steps=1, eval_every_steps=1,
+                        eval_batches=1, progress_bar=False, peak_flops=1e9)
+    config.opt.warmup_steps = 1
+    config.checkpoint.every_steps = 1
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_checkpoint_evaluated_end_to_end(run_dir, tmp_path):
+    lines = []
+    rows = cli.evaluate_model(checkpoint=run_dir, tasks=["addition_1digit", "copying"], num_shots=[0, 1], num_test=3,
+                              num_train=8, batch_size=4, output_dir=str(tmp_path), log=lines.append)
+    assert [(r["task"], r["num_shots"]) for r in rows] == [("addition_1digit", 0), ("addition_1digit", 1),
+                                                           ("copying", 0), ("copying", 1)]
+    for row in rows:
+        assert row["step"] == 2 and row["num_examples"] == 3 and row["model"] == "gpt2-tiny"
+        assert 0 <= row["exact_match"] <= 1 and 0 <= row["token_accuracy"] <= 1
+        assert row["target_log_prob"] < 0 and 0 <= row["brier_score"] <= 2
+    assert read_rows(str(tmp_path / "step_2.json")) == json.loads(json.dumps(rows))
+    assert (tmp_path / "step_2.csv").read_text().splitlines()[0].startswith("model,step,params_non_embedding,task")
+    table = next(line for line in lines if line.startswith("task"))
+    assert "exact_match" in table and "copying" in table
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+def test_restored_params_are_the_saved_params(run_dir):
+    import orbax.checkpoint as ocp
+    step_dir = os.path.join(run_dir, "checkpoints", "1")
+    full = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state"))  # every item, as saved
+    partial = restore_params(step_dir)
+    import jax
+    assert jax.tree.structure(partial) == jax.tree.structure(full["params"])
+    for a, b in zip(jax.tree.leaves(partial), jax.tree.leaves(full["params"])):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert checkpoint_steps(run_dir) == [1, 2]
+    first, last = (load_checkpoint(run_dir, step=s) for s in (1, 2))
+    assert first.step == 1 and last.step == 2 and first.tokenizer.vocab_size == 400
+    assert not np.array_equal(first.params["token_embed"]["embedding"], last.params["token_embed"]["embedding"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tasks=["addition_3digti"]), r"unknown task 'addition_3digti'; did you mean addition_3digit"),
+    (dict(tasks=["addition_1digit"], num_shots=[0, 100]),
+     r"task 'addition_1digit': num_shots=100 but its few-shot split 'train' holds 64 examples"),
+    (dict(tasks=["addition_1digit"], step=7), r"checkpoint step 7 is not in .*; it holds steps \[1, 2\]"),
+    (dict(tasks=["copying", "copying"]), r"task\(s\) \['copying'\] listed twice"),
+    (dict(tasks=["addition_1digit"], tokenizer="no/such.model"), r"tokenizer 'no/such.model' is neither 'char'"),
+])
+def test_bad_input_is_one_line_before_compiling(run_dir, monkeypatch, kwargs, message):
+    def compiled(*args, **kwargs):
+        raise AssertionError("reached the model")
+    monkeypatch.setattr(harness_lib.Harness, "__init__", compiled)
+    monkeypatch.setattr(checkpoint_loading, "restore_params", compiled)
+    with pytest.raises((ConfigError, TaskError), match=message) as error:
+        cli.evaluate_model(**{"checkpoint": run_dir, "num_test": 2, **kwargs})
+    assert "\n" not in str(error.value)
+
+
+def test_directory_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_loading, "restore_params", lambda *a: pytest.fail("restored"))
+    with pytest.raises(ConfigError, match=r"no checkpoint in .*; give the workdir of a run"):
+        cli.evaluate_model(checkpoint=str(tmp_path), tasks=["copying"])
+    with pytest.raises(ConfigError, match=r"checkpoint directory '.*missing' does not exist"):
+        cli.evaluate_model(checkpoint=str(tmp_path / "missing"), tasks=["copying"])
+    with pytest.raises(ConfigError, match="exactly one of --checkpoint"):
+        cli.evaluate_model(tasks=["copying"])
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={tmp_path}",
+                             "--tasks=additon_2digit", "--num_shots=0,1"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: unknown task 'additon_2digit'; did you mean addition_2digit,")
+
+
+def test_catalog_names_build_and_shots_are_checked():
+    assert {"addition_3digit", "addition_3digit_cot", "copying", "unscramble_reversed", "addition"} <= set(
+        catalog_names())
+    task = catalog_task("addition_3digit_cot", num_test=5, num_train=3)
+    assert task.spec.name == "addition_3x3_cot" and len(task.docs("test")) == 5
+    assert catalog_task("copying", num_test=2).spec.name == "induction_12_4"
+    check_shots("addition_3digit_cot", task, 3)
+    with pytest.raises(TaskError, match="holds 3 examples; lower num_shots or raise num_train"):
+        check_shots("addition_3digit_cot", task, 4)
+
+
+def test_hugging_face_folder_with_its_tokenizer(tmp_path):
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models
+    pieces = ["<pad>", "</s>"] + list(string.digits + string.ascii_lowercase + "+=:;|. \n")
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()  # one piece per character, joined without spaces
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=64, n_embd=32,
+                                                                 n_layer=1, n_head=4))
+    model.save_pretrained(tmp_path / "gpt")
+    with pytest.raises(ConfigError, match="has 101 ids but model 'gpt' embeds only 64"):
+        cli.evaluate_model(hf_dir=str(tmp_path / "gpt"), tokenizer="char", tasks=["addition_1digit"])
+    with pytest.raises(ConfigError, match="holds no tokenizer files; pass --tokenizer"):
+        cli.evaluate_model(hf_dir=str(tmp_path / "gpt"), tasks=["addition_1digit"])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(tmp_path / "gpt")
+    rows = cli.evaluate_model(hf_dir=str(tmp_path / "gpt"), tasks=["copying"], num_shots=[1], num_test=2,
+                              output_dir=str(tmp_path / "out"), log=lambda _: None)
+    assert rows[0]["task"] == "copying" and rows[0]["num_examples"] == 2 and rows[0]["step"] is None
+    assert read_rows(str(tmp_path / "out" / "gpt.json"))[0]["model"] == "gpt"
+
+
+def test_table_formats_numbers_and_missing_cells():
+    table = format_table([{"task": "a", "x": 0.123456, "ok": True}, {"task": "bb", "x": float("inf")}])
+    assert table.splitlines() == ["task       x  ok", "----  ------  ----", "a     0.1235  true",
+                                  "bb       inf"]
