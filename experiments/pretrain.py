@@ -5,6 +5,7 @@ docstring for presets and overrides. Rerunning with the same workdir resumes the
 """
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -21,7 +22,9 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 brings it back
+        # orbax logs every save at INFO; keep only this library's INFO lines (-v 0 shows all).
+        logging.set_verbosity(logging.WARNING)
+        std_logging.getLogger("research").setLevel(std_logging.INFO)
     from research.data import DataError
     from research.training import TrainingDivergedError, train_and_evaluate
 

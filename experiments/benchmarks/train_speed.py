@@ -6,14 +6,16 @@ Builds a GPT-2-style decoder (width 512, 8 layers by default), runs the library'
 train step (research/training/train_step.py, AdamW, one device unless --mesh says
 otherwise) on synthetic tokens, and reports tokens/s and MFU = model FLOP/s (sizing's 6N +
 attention + unembedding per token) / the peak f32 matmul FLOP/s measured by
-research.training.metrics.measure_peak_flops in the same process. Not a test: numbers
-depend on the machine and on whatever else runs on it.
+research.training.metrics.measure_peak_flops in the same process, just before each timed
+step (so a sample's step and peak see about the same load on a shared machine); the
+median over samples is the headline. Not a test: numbers depend on the machine and on
+whatever else runs on it.
 """
 from __future__ import annotations
 
 import json
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -32,22 +34,26 @@ _LAYERS = flags.DEFINE_integer("num_layers", 8, "Decoder layers L.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary V (the data pipeline's default tokenizer size).")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per row T.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Rows per step B.")
-_STEPS = flags.DEFINE_integer("steps", 4, "Timed steps (after one compile-and-warm-up step).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile-and-warm-up step).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (weights stay float32).")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy.")
+# Scanned layers are faster on XLA:CPU: unrolled, the backward pass fuses each layer's
+# residual-gradient chain into several transposes that each recompute it.
+_SCAN = flags.DEFINE_bool("scan_layers", True, "nn.scan over layers (one compiled block).")
 _MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh (data, fsdp, tensor); default one device.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the square matmuls that measure peak.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 
 
 def benchmark(*, d_model: int, num_layers: int, vocab_size: int, seq_len: int, batch_size: int, steps: int,
-              dtype: str, remat: str, mesh_shape: Sequence[int], peak_matmul_size: int) -> dict[str, float]:
-    """Measure the matmul peak, then time `steps` train steps; returns the figures."""
+              dtype: str, remat: str, scan_layers: bool, mesh_shape: Sequence[int],
+              peak_matmul_size: int) -> dict[str, Any]:
+    """Time `steps` train steps, each after a peak measurement; returns the figures."""
     mesh_shape = tuple(mesh_shape)
     devices = jax.devices()[:int(np.prod(mesh_shape))]
-    peak = measure_peak_flops(devices, size=peak_matmul_size)
     config = get_config("gpt2-small", d_model=d_model, num_layers=num_layers, num_heads=d_model // 64,
-                        d_ff=4 * d_model, vocab_size=vocab_size, max_len=seq_len, dtype=dtype, remat=remat)
+                        d_ff=4 * d_model, vocab_size=vocab_size, max_len=seq_len, dtype=dtype, remat=remat,
+                        scan_layers=scan_layers)
     model = build_model(config)
     objective = losses.get_objective("causal_lm", "decoder")
     optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=1000, warmup_steps=10))
@@ -65,26 +71,32 @@ def benchmark(*, d_model: int, num_layers: int, vocab_size: int, seq_len: int, b
     step = jit_train_step(make_train_step(model, losses.make_loss_fn(objective), optimizer, schedule,
                                           batch_spec=partitioning.batch_partition_spec(DEFAULT_RULES)),
                           shardings, batch_sharding)
+    flops_per_step = batch_size * seq_len * size["train_flops_per_token"]
     with partitioning.sharding_context(mesh, DEFAULT_RULES):
         global_batch = partitioning.shard_batch(batch, batch_sharding)
         start = time.perf_counter()
         state, metrics = step(state, global_batch)
         jax.block_until_ready(metrics)
         compile_seconds = time.perf_counter() - start
-        times = []
+        # On a shared machine the load swings from second to second: pair each timed step with
+        # a peak measured just before it, so that each MFU sample sees about the same load.
+        times, peaks = [], []
         for _ in range(steps):
+            peaks.append(measure_peak_flops(devices, size=peak_matmul_size, repeats=2))
             start = time.perf_counter()
             state, metrics = step(state, global_batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
-    step_seconds = float(np.median(times))
-    tokens_per_second = batch_size * seq_len / step_seconds
-    model_flops = tokens_per_second * size["train_flops_per_token"]
+    times, peaks = np.asarray(times), np.asarray(peaks)
+    mfu = flops_per_step / times / peaks
+    tokens = batch_size * seq_len
     return {"d_model": d_model, "num_layers": num_layers, "vocab_size": vocab_size, "seq_len": seq_len,
-            "batch_size": batch_size, "dtype": dtype, "devices": len(devices), **size,
-            "first_step_seconds": compile_seconds, "step_seconds_median": step_seconds,
-            "step_seconds_min": float(np.min(times)), "tokens_per_second": tokens_per_second,
-            "model_flops_per_second": model_flops, "peak_flops_per_second": peak, "mfu": model_flops / peak,
+            "batch_size": batch_size, "dtype": dtype, "scan_layers": scan_layers, "devices": len(devices), **size,
+            "first_step_seconds": compile_seconds, "step_seconds_median": float(np.median(times)),
+            "step_seconds_min": float(times.min()), "tokens_per_second_median": tokens / float(np.median(times)),
+            "tokens_per_second_best": tokens / float(times.min()),
+            "peak_flops_per_second_median": float(np.median(peaks)), "peak_flops_per_second_max": float(peaks.max()),
+            "mfu_median": float(np.median(mfu)), "mfu_samples": [round(float(x), 3) for x in mfu],
             "loss": float(metrics["loss"])}
 
 
@@ -93,7 +105,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     figures = benchmark(d_model=_D_MODEL.value, num_layers=_LAYERS.value, vocab_size=_VOCAB.value,
                         seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, steps=_STEPS.value, dtype=_DTYPE.value,
-                        remat=_REMAT.value, mesh_shape=[int(x) for x in _MESH.value],
+                        remat=_REMAT.value, scan_layers=_SCAN.value, mesh_shape=[int(x) for x in _MESH.value],
                         peak_matmul_size=_PEAK_SIZE.value)
     for name, value in figures.items():
         print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")

@@ -146,7 +146,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             size = metrics_lib.model_size(model_config, abstract.params, target_len, source_len)
             peak_flops = train.peak_flops or metrics_lib.measure_peak_flops(mesh.devices.flat)
             start_step = int(state.step)
-            log.info("model %s: %s; mesh %s; peak %.3g FLOP/s", model_config.name, size, dict(mesh.shape), peak_flops)
+            log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
+                     "peak %.3g FLOP/s; starting at step %d", model_config.name, f"{size['params_total']:,}",
+                     f"{size['params_embedding']:,}", f"{size['params_non_embedding']:,}",
+                     size["train_flops_per_token"], dict(mesh.shape), peak_flops, start_step)
             if start_step == 0:
                 writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
 
