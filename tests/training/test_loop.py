@@ -150,6 +150,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # while step 2 is still being written in t
 def test_kill_during_async_save_leaves_previous_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)], capture_output=True)
     assert result.returncode == -9, result.stderr.decode()[-2000:]
+    assert "2.orbax-checkpoint-tmp" in os.listdir(tmp_path)  # killed mid-save: step 2 never committed
     checkpoints = Checkpointer(str(tmp_path), CheckpointConfig())
     assert checkpoints.latest_step() == 1
     restored, _ = checkpoints.restore({"w": jax.ShapeDtypeStruct((8,), np.float32)},
