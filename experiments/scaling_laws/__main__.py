@@ -10,11 +10,12 @@ without training. Presets and overrides: experiments/configs/scaling_laws.py.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments.cli import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Sweep config, e.g. experiments/configs/scaling_laws.py:cpu_tiny.")
@@ -55,15 +56,6 @@ def main(argv):
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a bad --config (e.g. an unknown preset) as one line, not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        last = str(error).strip().splitlines()[-1].strip()
-        sys.exit(f"error: {re.sub(r'^[A-Za-z]*Error: ', '', last)}")
 
 
 if __name__ == "__main__":
