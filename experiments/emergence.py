@@ -293,5 +293,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from experiments.cli import parse_flags
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
