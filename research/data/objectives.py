@@ -58,16 +58,21 @@ def causal_lm_examples(tokens: np.ndarray, seq_len: int) -> list[Example]:
     return out
 
 
-def prefix_lm_weights(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Zero the loss on a random prefix of one window: the prefix is its first p tokens,
-    p ~ U[1, n-1]; only predictions of tokens after the prefix (positions t >= p-1) count."""
+def prefix_lm_example(example: Example, rng: np.random.Generator) -> Example:
+    """Split one causal-LM window into a random prefix of p ~ U[1, n-1] tokens and the rest.
+
+    `prefix` (int32, 1 on the first p inputs) marks the tokens a decoder attends to
+    bidirectionally (Raffel et al. 2020, "prefix LM"); the loss counts only predictions of
+    tokens after the prefix (positions t >= p-1), so no target is visible to its query.
+    """
+    weights = example["loss_weights"]
     n = len(weights)
-    if n < 2:
-        return weights
-    prefix = int(rng.integers(1, n))
+    prefix_len = int(rng.integers(1, n)) if n >= 2 else n
     weights = weights.copy()
-    weights[:prefix - 1] = 0.0
-    return weights
+    weights[:prefix_len - 1] = 0.0
+    prefix = np.zeros(n, np.int32)
+    prefix[:prefix_len] = 1
+    return dict(example, loss_weights=weights, prefix=prefix)
 
 
 # ---------------------------------------------------------------------------- masked LM (BERT)
@@ -200,7 +205,8 @@ class CausalLM:
 
 @dataclasses.dataclass(frozen=True)
 class PrefixLM:
-    """Causal LM with no loss on a random prefix of each window (decoder), or, with
+    """Causal LM over a random prefix of each window that is attended bidirectionally and
+    carries no loss (decoder; batch key `prefix`), or, with
     encoder_decoder=True, the prefix as encoder input and the rest as decoder targets (T5)."""
 
     name: ClassVar[str] = "prefix_lm"
@@ -208,7 +214,7 @@ class PrefixLM:
 
     def packed_lengths(self, seq_len: int) -> dict[str, int]:
         if not self.encoder_decoder:
-            return CausalLM().packed_lengths(seq_len)
+            return {**CausalLM().packed_lengths(seq_len), "prefix": seq_len}
         return {"encoder_inputs": seq_len, "decoder_inputs": seq_len, "decoder_targets": seq_len,
                 "loss_weights": seq_len}
 
@@ -220,8 +226,7 @@ class PrefixLM:
         if not len(tokens):
             return []
         if not self.encoder_decoder:
-            return [dict(ex, loss_weights=prefix_lm_weights(ex["loss_weights"], rng))
-                    for ex in causal_lm_examples(np.append(tokens, special.eos_id), seq_len)]
+            return [prefix_lm_example(ex, rng) for ex in causal_lm_examples(np.append(tokens, special.eos_id), seq_len)]
         out = []
         for window in _windows(tokens, seq_len - 1):  # room for the eos on either side
             split = int(rng.integers(1, len(window))) if len(window) > 1 else 1

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, init_layer_cache
+from research.models.attention import Attention, LayerCache, init_layer_cache, segment_mask
 from research.models.config import ModelConfig
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain
 from research.models.stack import run_stack, stack_caches
@@ -70,13 +70,16 @@ class Decoder(nn.Module):
 
     segment_ids_BT: 0 marks padding; packed rows use 1, 2, ... per document so attention
     never crosses documents. positions_BT: position of each token within its document.
+    prefix_mask_BT: nonzero on tokens of a prefix-LM prefix, which attend to each other
+    bidirectionally (within their document); the rest stays causal.
     """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
-                 segment_ids_BT: Array | None = None, cache: DecoderCache | None = None,
+                 segment_ids_BT: Array | None = None, prefix_mask_BT: Array | None = None,
+                 cache: DecoderCache | None = None,
                  deterministic: bool = True, return_hidden: bool = False):
         cfg = self.config
         b, t = tokens_BT.shape
@@ -94,10 +97,17 @@ class Decoder(nn.Module):
 
         if cache is None:
             mask_BTS = _causal_segment_mask(segment_ids_BT, segment_ids_BT, jnp.arange(t), jnp.arange(t))
+            if prefix_mask_BT is not None:
+                prefix_BT = prefix_mask_BT != 0
+                mask_BTS |= segment_mask(segment_ids_BT, segment_ids_BT, causal=False) & (
+                    prefix_BT[:, :, None] & prefix_BT[:, None, :])
             x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, mask_BTS, positions_BT, None,
                                  deterministic=deterministic, name="layers")
             new_cache = None
         else:
+            if prefix_mask_BT is not None:
+                raise ValueError("prefix_mask_BT with a KV cache is not supported; score prefix-LM batches with "
+                                 "a full forward pass (cache=None).")
             slots_S = jnp.arange(cache.segment_BS.shape[1])
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
             mask_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)

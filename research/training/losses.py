@@ -5,6 +5,7 @@ hold its targets; the trainer never looks inside a batch. Batches follow researc
 
     causal_lm / prefix_lm (decoder) and masked_lm (encoder):
         inputs, targets, segment_ids, positions, loss_weights              [B, T]
+        prefix (prefix_lm on a decoder: 1 on the bidirectional prefix)     [B, T]
     span_corruption / prefix_lm (encoder-decoder):
         encoder_inputs, encoder_segment_ids, encoder_positions             [B, S]
         decoder_inputs, decoder_targets, decoder_segment_ids, decoder_positions, loss_weights [B, T]
@@ -32,8 +33,11 @@ ObjectiveName = Literal["causal_lm", "prefix_lm", "masked_lm", "span_corruption"
 
 
 def _single_stack_inputs(batch: Batch) -> tuple[tuple, dict]:
-    """Decoder and encoder models take the same arguments."""
-    return (batch["inputs"],), dict(positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
+    """Decoder and encoder models take the same arguments; a decoder prefix-LM batch adds `prefix`."""
+    kwargs = dict(positions_BT=batch["positions"], segment_ids_BT=batch["segment_ids"])
+    if "prefix" in batch:
+        kwargs["prefix_mask_BT"] = batch["prefix"]
+    return (batch["inputs"],), kwargs
 
 
 def _encoder_decoder_inputs(batch: Batch) -> tuple[tuple, dict]:
