@@ -1,0 +1,72 @@
+"""One process of tests/training/test_multiprocess.py: a tiny train_and_evaluate run.
+
+    python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N]
+
+Multi-host comes from the environment exactly as in a real launch: with
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, launch.multihost joins
+jax.distributed before anything touches a device. --concat-shards=N (single process only)
+makes every data iterator yield the concatenation of shards 0..N-1 of N, each batch/N rows:
+the global batch N processes would assemble, so one process can reproduce their run.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from launch import multihost  # noqa: E402  (before jax touches a device)
+
+
+class ConcatShards:
+    """Batches of several shard iterators stacked along rows; checkpointable like grain's."""
+
+    def __init__(self, iterators):
+        self._iterators = iterators
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        parts = [next(it) for it in self._iterators]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> bytes:  # grain's checkpoint handler stores bytes verbatim
+        return json.dumps([it.get_state() for it in self._iterators]).encode()
+
+    def set_state(self, state) -> None:
+        for it, s in zip(self._iterators, json.loads(state)):
+            it.set_state(s)
+
+
+def concat_shards(make_batch_iterator, count: int):
+    def make(*args, batch_size: int, **kwargs):
+        return ConcatShards([make_batch_iterator(*args, batch_size=batch_size // count, shard_index=i,
+                                                 shard_count=count, **kwargs) for i in range(count)])
+    return make
+
+
+def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
+    kind = multihost.initialize()
+    import jax
+    from research import data
+    from research.training import train_and_evaluate
+    from tests.training.conftest import run_config
+
+    concat = [int(f.split("=", 1)[1]) for f in flags if f.startswith("--concat-shards=")]
+    if concat:
+        # The loop looks data.make_batch_iterator up at call time, so this reaches every iterator.
+        data.make_batch_iterator = concat_shards(data.make_batch_iterator, concat[0])
+    # 3 steps of 8 rows (2 per device), checkpoint + eval at the end, every step logged.
+    config = run_config("gpt_tiny", tokenizer_path, num_steps=3, eval_every_steps=3)
+    final = train_and_evaluate(config, workdir)
+    with open(out_path, "w") as f:
+        json.dump({"cluster": kind, "process_index": jax.process_index(), "process_count": jax.process_count(),
+                   "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+                   "final": final}, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,98 @@
+"""Two local processes joined by jax.distributed train like one process with their devices.
+
+Each worker (tests/training/multiprocess_worker.py) is a separate Python process with 2 fake
+CPU devices; launch.multihost joins them through a coordinator on localhost (CPU collectives
+over gloo, jax's default), so the mesh spans 4 global devices and every process feeds only
+its own rows through jax.make_array_from_process_local_data, as on a real multi-host slice.
+"""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from research.training.metrics import read_metrics
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
+TIMEOUT_S = 80
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+    return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
+    """Run the commands concurrently, under one deadline; on any failure or timeout kill
+    them all (a worker whose peer died would wait on the coordinator), so none stray."""
+    deadline = time.monotonic() + TIMEOUT_S
+    paths = [logs / f"worker_{i}.log" for i in range(len(commands))]
+    processes = []
+    try:
+        for (argv, env), path in zip(commands, paths):
+            with open(path, "w") as log:  # files, not pipes: a full pipe would block a worker
+                processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        # Poll all: the first failure ends the run at once, whichever worker it is.
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes) \
+                and not any(p.poll() for p in processes):
+            time.sleep(0.2)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, path in zip(processes, paths):
+        assert p.returncode == 0, f"{p.args} exited {p.returncode} (-9: killed after {TIMEOUT_S} s or a peer " \
+                                  f"failed):\n{path.read_text()[-4000:]}"
+
+
+def test_two_processes_match_one(tmp_path, tokenizers):
+    port = free_port()
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    commands = [([sys.executable, WORKER, str(multi), tokenizers["plain"], str(tmp_path / f"multi_{i}.json")],
+                 worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                            JAX_PROCESS_ID=str(i)))
+                for i in range(2)]
+    # The data pipeline shards documents by process (process i reads documents i::2), so
+    # two processes see different global batches than one process reading all documents.
+    # The reference therefore stacks shards 0 and 1 of 2, each half the batch, in process
+    # order: exactly the global batch the two processes assemble. Given that, every loss
+    # must match; only the order of floating-point reductions across devices may differ.
+    commands.append(([sys.executable, WORKER, str(single), tokenizers["plain"], str(tmp_path / "single.json"),
+                      "--concat-shards=2"], worker_env(4)))
+    run_all(commands, tmp_path)
+
+    reports = [json.loads((tmp_path / name).read_text()) for name in ("multi_0.json", "multi_1.json", "single.json")]
+    assert [(r["cluster"], r["process_index"], r["process_count"], r["devices"], r["local_devices"])
+            for r in reports] == [("explicit", 0, 2, 4, 2), ("explicit", 1, 2, 4, 2), (None, 0, 1, 4, 4)]
+    # Every process returns the same (globally reduced) metrics, and they match one process.
+    for key in ("loss", "eval_loss", "grad_norm"):
+        np.testing.assert_allclose(reports[1]["final"][key], reports[0]["final"][key], rtol=1e-5)
+        np.testing.assert_allclose(reports[0]["final"][key], reports[2]["final"][key], rtol=1e-5)
+
+    # Process 0 alone logs; per-step train losses (steps 1..3) and the final eval must match.
+    def losses(workdir):
+        records = [r for r in read_metrics(str(workdir)) if "loss" in r]
+        return [r["step"] for r in records], [r["loss"] for r in records], records[-1]["eval_loss"]
+
+    steps, multi_losses, multi_eval = losses(multi)
+    single_steps, single_losses, single_eval = losses(single)
+    assert steps == single_steps == [1, 2, 3]
+    np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
+    np.testing.assert_allclose(multi_eval, single_eval, rtol=1e-5)
+    assert multi_losses[-1] < multi_losses[0]  # it trained: the comparison is not of constants
+    # Both processes joined one checkpoint (orbax writes the state collectively), each
+    # process saving its own data-iterator position beside it.
+    data_states = sorted(os.listdir(multi / "checkpoints" / "3" / "data"))
+    assert [n for n in data_states if n.startswith("process_")] == ["process_0-of-2.json", "process_1-of-2.json"]
