@@ -1,19 +1,65 @@
 """Command-line glue shared by the experiment mains."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 from absl import flags
+from ml_collections.config_flags import config_flags as ml_config_flags
+
+
+def _config_flags() -> list[flags.Flag]:
+    return [flag for flag in flags.FLAGS._flags().values()
+            if isinstance(getattr(flag, "parser", None), ml_config_flags.ConfigFileFlagParser)]
+
+
+def _unknown_override(error: Exception, argv: list[str]) -> str:
+    """'--config.train.num_stepz is not a config key; did you mean "num_steps"?' from ml_collections' KeyError."""
+    text = str(error).replace("\\'", "'").replace("\\n", " ").replace('\\"', '"')
+    key = (re.findall(r"'([^'\s]+)'", text) or ["?"])[0]
+    flag = next((a.split("=")[0] for a in argv[1:] if re.search(rf"\.{re.escape(key)}(=|$|\.)", a)), key)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    fix = f'did you mean "{hint.group(1)}"?' if hint else "see the config file for its keys."
+    return f"error: {flag} is not a config key; {fix}"
+
+
+def _missing_config_file(name: str, path: str) -> str:
+    folder = os.path.dirname(path) or "."
+    there = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_")) \
+        if os.path.isdir(folder) else []
+    return (f"error: --{name}: config file {path!r} does not exist"
+            + (f"; files in {folder}/: {', '.join(there)}." if there else "; give a path like experiments/configs/pretrain.py:gpt_tiny."))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a bad flag or --config (e.g. an unknown preset) as one line, not a traceback.
+    """absl's parsing, with every bad flag or --config (an unknown preset, a missing config file,
+    a misspelled override key) as one line on stderr, not a traceback; nothing is written.
 
     Use as `app.run(main, flags_parser=parse_flags)`.
     """
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except flags.Error as error:
         last = str(error).strip().splitlines()[-1].strip()
         sys.exit(f"error: {re.sub(r'^[A-Za-z]*Error: ', '', last)}")
+    except (AttributeError, KeyError) as error:  # an override of a key the config does not have
+        sys.exit(_unknown_override(error, argv))
+    except OSError as error:  # an override on a config file that failed to load
+        missing = re.search(r"No such file or directory: '([^']*)'", str(error))
+        flag = next((f for f in _config_flags() if f.name in {a.lstrip("-").split("=")[0] for a in argv}), None)
+        if missing is None or flag is None:
+            raise
+        sys.exit(_missing_config_file(flag.name, missing.group(1)))
+    _exit_if_config_file_missing()
+    return remaining
+
+
+def _exit_if_config_file_missing() -> None:
+    for flag in _config_flags():
+        if flag.value is None:
+            continue
+        try:
+            flag.value.keys  # ml_collections defers a load failure to the first access; surface it now
+        except OSError:
+            sys.exit(_missing_config_file(flag.name, str(flag.serialize()).split("=", 1)[-1].split(":", 1)[0]))

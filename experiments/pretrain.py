@@ -2,6 +2,10 @@
 
 A thin absl main around research.training.train_and_evaluate; see the config module's
 docstring for presets and overrides. Rerunning with the same workdir resumes the run.
+
+Exit status: 0 done; 1 a bad input (one line on stderr, nothing left behind); 130 / 143
+stopped by Ctrl-C / SIGTERM after saving a checkpoint at the current step (rerun the
+same command to continue).
 """
 from __future__ import annotations
 
@@ -28,11 +32,22 @@ def main(argv):
         std_logging.getLogger("research").setLevel(std_logging.INFO)
     from research.data import DataError
     from research.training import TrainingDivergedError, train_and_evaluate
+    from research.training.checkpointing import CheckpointError
+    from research.training.preemption import Interrupted
+    from research.training.workdir import removed_if_failed
 
+    config = _CONFIG.value
     try:
-        final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError, TrainingDivergedError) as error:
+        # A run stopped by bad input before its first checkpoint leaves no workdir behind.
+        with removed_if_failed(_WORKDIR.value, (ConfigError, DataError)):
+            final = train_and_evaluate(config, _WORKDIR.value)
+    except Interrupted as stop:  # Ctrl-C / SIGTERM: checkpoint saved; exit 130 / 143 so schedulers see it
+        print(f"{stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    # z_loss as it enters the total loss (weight x raw), like the console line.
+    final = {**final, "z_loss": final["z_loss"] * config.train.z_loss} if "z_loss" in final else final
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 

@@ -10,19 +10,59 @@ background while training continues. Orbax writes into a temporary directory and
 renames it only once every item is complete, so a process killed mid-save leaves the
 previous checkpoint as the latest restorable one. Kept: the last `keep_last` steps and
 the `keep_best` steps with the lowest eval loss.
+
+A committed step can still be damaged afterwards (a disk filled up, files truncated by a
+copy, an item deleted by hand). Restoring without a step (`restore`) then falls back to the
+newest step that restores completely, logs which steps it skipped and why, and moves each
+damaged step aside into `<checkpoints>.damaged/<step>` so the run can save that step again.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Mapping
+import logging
+import os
+import shutil
+from typing import Any, Iterator, Mapping
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from research.models.config import ConfigError
 
 BEST_METRIC = "eval_loss"  # lower is better
+ITEMS = ("state", "data", "config")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory that has some could be restored; the message says why, in one line."""
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, short enough to sit inside a log line."""
+    text = " ".join(str(error).split()) or repr(error)
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def missing_items(step_dir: str) -> list[str]:
+    """Items of a step directory that are absent (cheap check before a full restore)."""
+    return [item for item in ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,8 +95,8 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(directory, options=options,
-                                              item_names=("state", "data", "config"))
+        with _quiet_absl():  # a damaged step's metadata is reported by `restore`, in one line
+            self._manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
     @property
     def directory(self) -> str:
@@ -78,16 +118,63 @@ class Checkpointer:
         ), metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()})
 
     def restore(self, target_state: Any, data_iterator: Any, step: int | None = None) -> tuple[Any, Any]:
-        """(state, iterator) at `step` (default latest). target_state holds ShapeDtypeStructs
-        with the shardings wanted now, so a run can resume on a different mesh."""
-        step = self._manager.latest_step() if step is None else step
-        if step is None:
+        """(state, iterator) at `step`, or by default at the newest step that restores intact
+        (damaged newer steps are logged and moved aside). target_state holds
+        ShapeDtypeStructs with the shardings wanted now, so a run can resume on a different mesh."""
+        if step is not None:
+            return self._restore_step(step, target_state, data_iterator)
+        with _quiet_absl():
+            steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        skipped: list[tuple[int, str]] = []
+        for candidate in steps:
+            reason = self._damage(candidate)
+            if reason is None:
+                try:
+                    with _quiet_absl():  # orbax logs each unreadable file; the reason is reported below
+                        restored = self._restore_step(candidate, target_state, data_iterator)
+                except Exception as error:  # any failure to read a step means it is not usable
+                    reason = _one_line(error)
+                else:
+                    self._set_aside(skipped, restored_step=candidate)
+                    return restored
+            skipped.append((candidate, reason))
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} could be restored ("
+            + "; ".join(f"step {s}: {r}" for s, r in skipped)
+            + "); if the run's config changed, use a new workdir, else delete the damaged steps.")
+
+    def _restore_step(self, step: int, target_state: Any, data_iterator: Any) -> tuple[Any, Any]:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator),
         ))
         return restored["state"], restored["data"]
+
+    def _damage(self, step: int) -> str | None:
+        """Why `step` is certainly unusable without reading it (a missing item), else None."""
+        missing = missing_items(os.path.join(self.directory, str(step)))
+        return f"missing item(s) {', '.join(missing)}" if missing else None
+
+    def _set_aside(self, skipped: list[tuple[int, str]], restored_step: int) -> None:
+        """Log the damaged steps newer than `restored_step` and move them out of the manager's
+        directory, so saving those steps again does not collide with them."""
+        if not skipped:
+            return
+        aside = self.directory.rstrip("/") + ".damaged"
+        for step, reason in skipped:
+            log.warning("checkpoint step %d in %s is damaged (%s); skipped it and resumed from step %d; "
+                        "it is kept in %s", step, self.directory, reason, restored_step, aside)
+            if jax.process_index() == 0:
+                target = os.path.join(aside, str(step))
+                shutil.rmtree(target, ignore_errors=True)  # an older copy of the same step
+                os.makedirs(aside, exist_ok=True)
+                shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:  # every process sees the moved steps before reloading
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("checkpoint_set_aside")
+        self._manager.reload()
 
     def restore_config(self, step: int | None = None) -> dict[str, Any]:
         step = self._manager.latest_step() if step is None else step

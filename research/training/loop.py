@@ -26,13 +26,13 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 
 from research import data as data_lib
 from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules
 from research.training import losses, metrics as metrics_lib, partitioning
+from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, create_train_state, train_state_shardings, with_shardings
@@ -89,7 +89,6 @@ def _data_objective(name: str, family: str, options: dict[str, Any]):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (or resume) the run described by `config` in `workdir`; returns the last
     train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there."""
-    os.makedirs(workdir, exist_ok=True)
     model_fields = {k: v for k, v in _sub_config(config.model).items() if v is not None}
     model_config = get_config(model_fields.pop("preset"), **model_fields)
     model = build_model(model_config)
@@ -102,9 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Everything a user can get wrong is checked here, before any compilation.
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
+    partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))
+    # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run, then create it.
+    workdir_lib.claim(workdir, config.to_dict(), record=jax.process_index() == 0)
     tokenizer = data_lib.build_tokenizer(data_config, workdir)
     local_batch = train.batch_size // jax.process_count()
 
@@ -132,6 +134,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if checkpointer.latest_step() is not None:
                 state, train_iter = checkpointer.restore(with_shardings(abstract, shardings), train_iter)
                 writer.forget_after(int(state.step))
+                # [issue-13b] Resuming with another num_steps / schedule: say so in one line.
+                schedule_warning = workdir_lib.schedule_change(checkpointer.restore_config(int(state.step)),
+                                                               config.to_dict(), int(state.step))
+                if schedule_warning:
+                    log.warning(schedule_warning)
             else:
                 state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
             train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
@@ -175,8 +182,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return values
 
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
-            with tqdm.tqdm(total=train.num_steps, initial=start_step, disable=not train.progress_bar
-                           or jax.process_index() != 0, desc="train", unit="step") as progress:
+            # [issue-13b] console: bar on a terminal, plain lines in a log; SIGINT/SIGTERM save and stop.
+            with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
+                                             enabled=train.progress_bar and jax.process_index() == 0) as progress, \
+                    preemption.Guard() as guard:
                 pending = None  # (step, metrics) dispatched but not yet fetched
                 for step in range(start_step + 1, end_step + 1):
                     batch = partitioning.shard_batch(next(train_iter), batch_sharding)
@@ -184,8 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     if pending is not None:  # fetch step t-1 now that step t is queued behind it
                         values = fetch(*pending)
                         if pending[0] % train.log_every_steps == 0:
-                            writer.write(pending[0], {**values, **throughput.read()})
-                            progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+                            speed = throughput.read()
+                            writer.write(pending[0], {**values, **speed})
+                            progress.report(pending[0], {**values, **speed})  # [issue-13b]
                     pending = (step, step_metrics)
                     progress.update(1)
                     save = step % checkpoint_config.every_steps == 0 or step == end_step
@@ -195,11 +205,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         speed = throughput.read()
                         eval_metrics = run_eval(state.params)
                         writer.write(step, {**values, **speed, **eval_metrics})
+                        progress.report(step, {**values, **speed, **eval_metrics}, keep=True)  # [issue-13b]
                         last.update(eval_metrics)
                         if save:
                             checkpointer.save(step, state, train_iter, config.to_dict(),
                                               {BEST_METRIC: eval_metrics[BEST_METRIC]})
                         throughput.restart()  # evaluation and saving are not training time
+                    # [issue-13b] A signal: save this step (unless just saved) and stop; rerunning continues.
+                    if guard.should_stop(step) and step < end_step:
+                        if not save:
+                            if pending is not None:  # never save a NaN state
+                                values, pending = fetch(*pending), None
+                                if step % train.log_every_steps == 0:
+                                    writer.write(step, {**values, **throughput.read()})
+                            # No eval loss at this step: rank it last for keep_best; keep_last governs it.
+                            checkpointer.save(step, state, train_iter, config.to_dict(), {BEST_METRIC: float("inf")})
+                        raise preemption.Interrupted(guard.signal_name, step, checkpointer.directory)
                 if end_step == start_step and "eval_loss" not in last:
                     last.update(run_eval(state.params))  # nothing left to train: report the restored model
     finally:

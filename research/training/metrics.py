@@ -145,3 +145,74 @@ class Throughput:
         if self.peak_flops:
             out["mfu"] = tokens_per_second * self.flops_per_token / self.peak_flops
         return out
+
+
+def _count(value: float) -> str:
+    """12345 -> '12.3k': a rate short enough for a console line."""
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def console_line(step: int, total_steps: int, metrics: Mapping[str, float], *, z_loss_weight: float = 0.0) -> str:
+    """One human line of a logged step: loss, z_loss as it enters the total (weight x raw value,
+    the raw value stays in metrics.jsonl), learning rate, tokens/s, MFU, and eval loss when present."""
+    parts = [f"step {step}/{total_steps}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}")
+    if z_loss_weight and "z_loss" in metrics:
+        parts.append(f"z_loss {z_loss_weight * metrics['z_loss']:.2e}")
+    if "learning_rate" in metrics:
+        parts.append(f"lr {metrics['learning_rate']:.2e}")
+    if "tokens_per_second" in metrics:
+        parts.append(f"{_count(metrics['tokens_per_second'])} tok/s")
+    if "mfu" in metrics:
+        parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
+    if "eval_loss" in metrics:
+        parts.append(f"eval_loss {metrics['eval_loss']:.4f}")
+    return " | ".join(parts)
+
+
+class ConsoleProgress:
+    """The run's console: a tqdm bar whose postfix is the latest `console_line` on a terminal;
+    plain lines, one per report and never a carriage return, when `stream` is not a terminal
+    (a redirected log, a SLURM output file). Reports at eval/checkpoint steps stay above the bar."""
+
+    def __init__(self, total_steps: int, initial_step: int, *, enabled: bool = True, z_loss_weight: float = 0.0,
+                 stream: Any = None):
+        import sys
+        self.total_steps, self.z_loss_weight, self.enabled = total_steps, z_loss_weight, enabled
+        self._stream = sys.stderr if stream is None else stream
+        self._bar = None
+        if enabled and getattr(self._stream, "isatty", lambda: False)():
+            import tqdm
+            self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                                  file=self._stream, dynamic_ncols=True)
+
+    def update(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def report(self, step: int, metrics: Mapping[str, float], *, keep: bool = False) -> None:
+        """Show `step`'s metrics; `keep` prints the line above a terminal's bar too (eval steps)."""
+        if not self.enabled:
+            return
+        line = console_line(step, self.total_steps, metrics, z_loss_weight=self.z_loss_weight)
+        if self._bar is None:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        else:
+            self._bar.set_postfix_str(line.split(" | ", 1)[-1], refresh=False)
+            if keep:
+                self._bar.write(line, file=self._stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> "ConsoleProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

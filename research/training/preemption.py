@@ -1,0 +1,89 @@
+"""Ctrl-C and SIGTERM as a request to stop: the loop saves a checkpoint at the current step
+and leaves cleanly, so rerunning the same command continues bit-exactly.
+
+SIGTERM is how SLURM, Kubernetes and TPU maintenance stop a job (with a grace period);
+SIGINT is Ctrl-C. While a `Guard` is active, the first of either only sets `requested`;
+the loop checks it after each step. A second Ctrl-C raises KeyboardInterrupt at once, for
+a user who does not want to wait for the save.
+
+With several processes the signal may reach them at different steps; they must agree on
+where to stop, so `should_stop(step)` also asks the JAX coordination service (which
+receives SIGTERM itself) through `reached_preemption_sync_point`; only SIGINT gets a
+Python handler then.
+
+    with preemption.Guard() as guard:
+        for step in ...:
+            ...
+            if guard.should_stop(step):
+                save(step); raise preemption.Interrupted(guard.signal_name, step)
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+import jax
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """The run stopped early on a signal after saving a checkpoint at `step`."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint_directory: str):
+        self.signal_name, self.step = signal_name, step
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint_directory}; "
+                         "rerun the same command to continue.")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention."""
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+
+
+class Guard:
+    """A context in which SIGINT / SIGTERM request a clean stop instead of killing the process.
+
+    Outside the main thread (where Python cannot install handlers) it installs nothing and
+    only the multi-process check applies.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "Guard":
+        if threading.current_thread() is threading.main_thread():
+            # With several processes, SIGTERM belongs to JAX's preemption notifier (see should_stop);
+            # a Python handler would replace its own.
+            for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def should_stop(self, step: int) -> bool:
+        """True when this process got a signal or (multi-process) the job is being preempted.
+        Every process must call this at every step, so they stop at the same one."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal_name = self.signal_name or "SIGTERM"
+                return True
+            return False  # a local-only signal would desynchronise the processes; the service decides
+        return self.requested

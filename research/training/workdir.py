@@ -1,0 +1,193 @@
+"""A run's workdir: checked before anything is written, and bound to one run.
+
+`claim(workdir, config)` is called once the config has been validated and before the
+run writes anything. It refuses, in one line, a workdir that cannot be written, and one
+that holds another run: the run's fingerprint (what makes two runs the same run: model
+architecture, objective, data identity, sequence length, seed) is written to
+<workdir>/run.json at the first start and compared on every later start. Fields that may
+legitimately change on resume (num_steps, learning rate, logging, mesh, compute dtype)
+are not in it; a changed learning-rate schedule is reported by `schedule_change`.
+
+`removed_if_failed(workdir)` is the command line's guarantee that a run which fails
+before its first checkpoint leaves no workdir behind that it created itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Iterator, Mapping
+
+from research.models.config import ConfigError
+
+RUN_FILE = "run.json"
+# Fields that do not change what a checkpoint means: compute precision, recomputation, dropout.
+_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate")
+# Moving a dataset does not make it another dataset.
+_DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
+_TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
+# What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
+_SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
+
+
+class WorkdirError(ConfigError):
+    """The workdir cannot be used for this run (unwritable, or holding another run)."""
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def run_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a run config (a plain dict, as saved in checkpoints) that identify the run,
+    flattened to dotted keys. The model is resolved from its preset, so a changed preset shows
+    as the architecture fields it changes."""
+    from research.data.config import DataConfig
+    from research.models import get_config
+
+    model_fields = {k: v for k, v in dict(config["model"]).items() if v is not None}
+    model = get_config(model_fields.pop("preset"), **model_fields).to_dict()
+    data = dataclasses.asdict(DataConfig(**dict(config.get("data", {}))))
+    train = dict(config.get("train", {}))
+    return _flatten({
+        "model": {k: v for k, v in model.items() if k not in _MODEL_FIELDS_FREE_ON_RESUME},
+        "objective": config.get("objective", "causal_lm"),
+        "objective_options": dict(config.get("objective_options", {}) or {}),
+        "data": {k: v for k, v in data.items() if k not in _DATA_FIELDS_FREE_ON_RESUME},
+        "train": {k: train[k] for k in _TRAIN_FIELDS_IN_FINGERPRINT if k in train},
+    })
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def check_writable(workdir: str) -> None:
+    """WorkdirError unless `workdir` is (or can be created as) a writable directory.
+    Cloud paths (gs://...) are left to the storage library."""
+    if _is_url(workdir):
+        return
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another --workdir.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise WorkdirError(f"cannot create --workdir={workdir}: {existing} is a file; choose another --workdir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise WorkdirError(f"--workdir={workdir} {what} (permission denied); choose a directory you can write.")
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], limit: int = 4) -> str:
+    """`field: X there, Y now; ...` for the fields that differ ('' when none)."""
+    keys = [k for k in dict.fromkeys([*recorded, *current]) if recorded.get(k) != current.get(k)]
+    keys.sort(key=lambda k: k != "model.name")  # a changed preset shows first
+    parts = [f"{k}: {_describe(recorded.get(k))} there, {_describe(current.get(k))} now" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return "; ".join(parts)
+
+
+def _read_recorded(workdir: str) -> dict[str, Any] | None:
+    """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
+    before run.json existed) the config saved with its newest checkpoint; None if neither."""
+    run_file = os.path.join(workdir, RUN_FILE)
+    if os.path.isfile(run_file):
+        try:
+            with open(run_file, encoding="utf-8") as f:
+                return dict(json.load(f)["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
+                               "and rerun, else choose another --workdir.") from None
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = sorted((int(n) for n in os.listdir(checkpoints) if n.isdigit()), reverse=True) \
+        if os.path.isdir(checkpoints) else []
+    for step in steps:
+        try:
+            with open(os.path.join(checkpoints, str(step), "config", "metadata"), encoding="utf-8") as f:
+                return run_fingerprint(json.load(f))
+        except Exception:  # a damaged or foreign step: try the one before
+            continue
+    return None
+
+
+def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> None:
+    """Check `workdir` for this run (a plain-dict config), then create it and record the run.
+
+    Raises WorkdirError, in one line, for an unwritable workdir or one holding another run
+    (naming the fields that differ). `record=False` (processes other than 0) does not write run.json.
+    """
+    check_writable(workdir)
+    current = run_fingerprint(config)
+    if not _is_url(workdir) and os.path.isdir(workdir):
+        recorded = _read_recorded(workdir)
+        if recorded is not None and recorded != current:
+            raise WorkdirError(
+                f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "
+                f"use a new --workdir, or delete {workdir} to start over.")
+    from etils import epath  # knows local and cloud (gs://) paths alike
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a read-only or virtual file system, a missing mount
+        raise WorkdirError(f"cannot create --workdir={workdir} ({error.strerror or error}); "
+                           "choose a directory you can write.") from None
+    if record:
+        (path / RUN_FILE).write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
+
+
+def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
+    """A one-line warning when resuming at `step` with a different learning-rate schedule than
+    the checkpoint was saved with (train.num_steps or opt's schedule fields); None otherwise."""
+    from research.training.optimizers import OptimizerConfig, make_schedule
+
+    def schedule_of(run: Mapping[str, Any]) -> dict[str, Any]:
+        opt = dict(run.get("opt", {}))
+        return {"train.num_steps": dict(run.get("train", {})).get("num_steps"),
+                **{f"opt.{k}": opt.get(k) for k in _SCHEDULE_FIELDS}}
+
+    before, now = schedule_of(saved_config), schedule_of(config)
+    changed = [k for k in now if before.get(k) != now[k]]
+    if not changed:
+        return None
+    fields = ", ".join(f"{k} {_describe(before.get(k))} -> {_describe(now[k])}" for k in changed)
+    try:
+        rates = []
+        for run in (saved_config, config):
+            opt_config = OptimizerConfig(total_steps=run["train"]["num_steps"], **dict(run["opt"]))
+            rates.append(float(make_schedule(opt_config)(step)))
+        rate_text = f": learning rate at step {step} was {rates[0]:.3g}, is now {rates[1]:.3g}"
+    except Exception:  # an old checkpoint's config may not build today's optimizer; the fields suffice
+        rate_text = ""
+    return (f"resuming at step {step} with a changed learning-rate schedule ({fields}){rate_text}; "
+            "the rest of the run follows the new schedule.")
+
+
+@contextlib.contextmanager
+def removed_if_failed(workdir: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Remove `workdir` if the body raises one of `errors` (the user-input errors) and the
+    workdir did not exist before and holds no checkpoint: a run that stops at a bad input
+    leaves nothing behind. Other failures keep it (e.g. a tokenizer that took long to train)."""
+    existed = _is_url(workdir) or os.path.exists(workdir)
+    try:
+        yield
+    except errors:
+        checkpoints = os.path.join(workdir, "checkpoints")
+        has_checkpoint = os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
+        if not existed and os.path.isdir(workdir) and not has_checkpoint:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise

@@ -1,0 +1,74 @@
+"""A damaged latest checkpoint is reported and the newest intact one is restored."""
+import logging
+import os
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.training.checkpointing import CheckpointConfig, CheckpointError, Checkpointer
+
+
+def _iterator():
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+def _save_steps(directory, steps=(1, 2, 3)):
+    """Three steps; the state of step s is s * ones, the iterator has yielded s elements."""
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False))
+    iterator = _iterator()
+    for step in steps:
+        next(iterator)
+        checkpointer.save(step, {"w": jnp.full((4, 8), float(step))}, iterator, {"step": step})
+    checkpointer.close()
+
+
+def _restore(directory):
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False))
+    try:
+        target = {"w": jnp.zeros((4, 8))}
+        state, iterator = checkpointer.restore(target, _iterator())
+        return state, next(iterator), checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+
+
+def _truncate_files(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.truncate(size // 2)
+
+
+@pytest.mark.parametrize("damage", ["truncated_files", "missing_data_item", "missing_state_item"])
+def test_damaged_latest_falls_back_to_newest_intact(damage, tmp_path, caplog):
+    directory = str(tmp_path / "checkpoints")
+    _save_steps(directory)
+    step_dir = os.path.join(directory, "3")
+    if damage == "truncated_files":
+        _truncate_files(step_dir)
+    else:
+        import shutil
+        shutil.rmtree(os.path.join(step_dir, damage.split("_")[1]))
+    with caplog.at_level(logging.WARNING, logger="research.training.checkpointing"):
+        state, next_element, steps_left = _restore(directory)
+    np.testing.assert_array_equal(np.asarray(state["w"]), 2.0)  # step 2's state
+    assert next_element == 2  # and step 2's data position: elements 0, 1 were consumed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "step 3" in warnings[0] and "resumed from step 2" in warnings[0], warnings
+    assert steps_left == [1, 2]  # the damaged step was moved aside, so step 3 can be saved again
+    assert os.path.isdir(str(tmp_path / "checkpoints.damaged" / "3"))
+
+
+def test_every_step_damaged_is_one_error(tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    _save_steps(directory, steps=(1, 2))
+    for step in (1, 2):
+        _truncate_files(os.path.join(directory, str(step)))
+    with pytest.raises(CheckpointError, match=r"no checkpoint .* could be restored \(step 2: .*; step 1: ") as error:
+        _restore(directory)
+    assert "\n" not in str(error.value)
+    assert sorted(os.listdir(directory)) == ["1", "2"]  # nothing moved when nothing could be restored
