@@ -98,10 +98,10 @@ def _define_flags() -> None:
     flags.DEFINE_string("tokenizer", None, "'char', a SentencePiece .model, or a HF tokenizer folder.")
     flags.DEFINE_list("tasks", ["addition_3digit"], "Task names (research/evaluation/task_catalog.py) or .json files.")
     flags.DEFINE_list("num_shots", ["0"], "Few-shot example counts, e.g. 0,1,5.")
-    flags.DEFINE_integer("num_test", 100, "Evaluation documents per generated task.")
-    flags.DEFINE_integer("num_train", 64, "Few-shot pool size per generated task.")
+    flags.DEFINE_integer("num_test", 100, "Evaluation documents per generated task.", lower_bound=1)
+    flags.DEFINE_integer("num_train", 64, "Few-shot pool size per generated task.", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seed of the generated tasks' documents.")
-    flags.DEFINE_integer("batch_size", 16, "Rows per jitted scoring / generation call.")
+    flags.DEFINE_integer("batch_size", 16, "Rows per jitted scoring / generation call.", lower_bound=1)
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: as trained).")
     flags.DEFINE_string("output_dir", None, "Where to write the results (see the module docstring).")
 

@@ -1,4 +1,5 @@
-"""Pretraining configs: one preset per model family, each a complete run on the stdlib corpus.
+"""Pretraining configs: one CPU preset per model family on the stdlib corpus, and real-data
+presets for one accelerator host.
 
 Launch (each tiny preset trains in about a minute on a 2-core CPU and checkpoints on the way):
 
@@ -8,7 +9,35 @@ Launch (each tiny preset trains in about a minute on a 2-core CPU and checkpoint
 
 Override any field on the command line, e.g. `--config.opt.learning_rate=1e-3
 --config.train.num_steps=500 --config.mesh.shape='(1,-1,1)' --config.model.dtype=bfloat16`.
-Rerunning the same command resumes from the latest checkpoint in the workdir.
+Rerunning the same command resumes from the latest checkpoint in the workdir; a workdir
+holding another run is refused; Ctrl-C or SIGTERM saves the current step and exits 130 / 143.
+
+Real data from flags alone (a SentencePiece tokenizer is trained on the train split unless
+--config.data.tokenizer.model_path is given):
+
+    # any TFDS dataset prepared as array_record (`tfds build NAME --file_format=array_record`)
+    --config.data.source=tfds --config.data.tfds_name=wikipedia/20230601.en --config.data.data_dir=/data/tfds \
+        --config.data.train_split='train[1%:]' --config.data.validation_split='train[:1%]'
+    # local files: .txt/.md/.py one document per file, .jsonl one per line (its text_field)
+    --config.data.source=files --config.data.file_patterns='corpus/**/*.jsonl' --config.data.text_field=body
+    # several globs: --config.data.file_patterns="('a/*.txt','b/*.jsonl')"
+
+Accelerator presets (C4 via TFDS, `tfds build c4/en --file_format=array_record`; mesh over
+all local devices; bf16 compute, float32 master weights). Expected time is computed, not
+measured: train FLOPs = research.models.sizing's per-token training FLOPs (6N + attention,
+unembedding included) x tokens, divided by 8 x 312e12 FLOP/s (8x A100 bf16 dense peak)
+at an *assumed* 40% MFU; scale by your host's peak and the MFU the console line shows.
+
+    gpt2_small_c4  GPT-2 small (124M with V=32768), T=1024, 256 x 1024 tokens/step,
+                   10,000 steps = 2.6e9 tokens (~20 per parameter), 7.2e8 FLOPs/token,
+                   1.9e18 FLOPs: about 0.5 h on 8x A100 at 40% MFU.
+    llama_1b_c4    TinyLlama-1.1B shape (LLaMA: RoPE, RMSNorm, SwiGLU, GQA 32:4), T=2048,
+                   256 x 2048 tokens/step, FSDP over the host, layers scanned and rematerialized,
+                   40,000 steps = 2.1e10 tokens (~19 per parameter), 6.8e9 FLOPs/token,
+                   1.4e20 FLOPs: about 40 h on 8x A100 at 40% MFU.
+
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt2_small_c4 \
+        --config.data.data_dir=/data/tfds --workdir=/runs/gpt2_small_c4
 """
 from __future__ import annotations
 
@@ -17,7 +46,8 @@ from ml_collections.config_dict import placeholder
 
 from research.sharding import DEFAULT_RULES
 
-PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")
+PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")  # CPU runs on the stdlib corpus
+ACCELERATOR_PRESETS = ("gpt2_small_c4", "llama_1b_c4")  # real data on one accelerator host
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -27,11 +57,15 @@ def _base() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         preset="gpt2-tiny", dtype="bfloat16", param_dtype="float32", dropout_rate=0.0,
         num_layers=placeholder(int), d_model=placeholder(int), num_heads=placeholder(int), d_ff=placeholder(int),
-        max_len=placeholder(int), scan_layers=placeholder(bool), remat=placeholder(str)))
+        num_kv_heads=placeholder(int), vocab_size=placeholder(int), max_len=placeholder(int),
+        scan_layers=placeholder(bool), remat=placeholder(str)))
     config.objective = "causal_lm"
     config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
+    # research.data.DataConfig: source stdlib | tfds (tfds_name, data_dir, splits) | files (file_patterns,
+    # text_field for .jsonl) | synthetic.
     config.data = ml_collections.ConfigDict(dict(
-        source="stdlib", validation_fraction=0.05, max_documents=placeholder(int),  # None: every document
+        source="stdlib", tfds_name="", data_dir="", file_patterns=(), text_field="text", train_split="train",
+        validation_split="validation", validation_fraction=0.05, max_documents=placeholder(int),  # None: every document
         # model_path None trains a tokenizer on the train split (cached in the workdir).
         tokenizer=dict(model_path=placeholder(str), vocab_size=512, max_training_chars=2_000_000,
                        num_extra_ids=0)))
@@ -47,10 +81,39 @@ def _base() -> ml_collections.ConfigDict:
     return config
 
 
+def _c4(config: ml_collections.ConfigDict) -> None:
+    """C4 (English) from TFDS, a 32k SentencePiece tokenizer trained on 200M characters of it."""
+    config.data.update(dict(source="tfds", tfds_name="c4/en", train_split="train", validation_split="validation"))
+    config.data.tokenizer.update(dict(vocab_size=32000, max_training_chars=200_000_000))
+    config.model.vocab_size = 32768  # the tokenizer's 32000 rounded up to a multiple of 128 (tensor splits)
+
+
+def _accelerator_config(arg: str) -> ml_collections.ConfigDict:
+    config = _base()  # bf16 compute, float32 master weights
+    _c4(config)
+    config.train.update(dict(batch_size=256, log_every_steps=50, eval_every_steps=1000, eval_batches=20))
+    config.checkpoint.update(dict(every_steps=1000, keep_last=2, keep_best=1))
+    config.opt.update(dict(name="adamw", schedule="cosine", b2=0.95, weight_decay=0.1, clip_norm=1.0,
+                           min_lr_ratio=0.1))
+    if arg == "gpt2_small_c4":
+        config.model.update(dict(preset="gpt2-small"))
+        config.train.update(dict(num_steps=10_000, seq_len=1024))
+        config.opt.update(dict(learning_rate=6e-4, warmup_steps=700))
+        config.mesh.shape = (-1, 1, 1)  # data parallel: 124M parameters fit on every device
+    else:  # llama_1b_c4
+        config.model.update(dict(preset="tinyllama-1.1b", scan_layers=True, remat="full"))
+        config.train.update(dict(num_steps=40_000, seq_len=2048))
+        config.opt.update(dict(learning_rate=3e-4, warmup_steps=2000))
+        config.mesh.shape = (1, -1, 1)  # FSDP: parameters and optimizer state split over the host
+    return config
+
+
 def get_config(arg: str = "gpt_tiny") -> ml_collections.ConfigDict:
-    """The preset `arg` (one of PRESETS)."""
+    """The preset `arg` (one of PRESETS or ACCELERATOR_PRESETS)."""
+    if arg in ACCELERATOR_PRESETS:
+        return _accelerator_config(arg)
     if arg not in PRESETS:
-        raise ValueError(f"unknown pretrain preset {arg!r}; choose one of {PRESETS}.")
+        raise ValueError(f"unknown pretrain preset {arg!r}; choose one of {PRESETS + ACCELERATOR_PRESETS}.")
     config = _base()
     # The tiny presets are CPU runs: CPUs have no bf16 matmul units, so float32 is both
     # faster and exact there. Accelerator runs keep the bf16 default (--config.model.dtype).

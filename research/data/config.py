@@ -111,7 +111,8 @@ class DataConfig:
     source:
       "stdlib": the .py files of Python's standard library (always present), split into
                 train / validation by a hash of each file's relative path.
-      "tfds":   a TFDS dataset prepared locally as array_record (`tfds_name`, `data_dir`).
+      "tfds":   a TFDS dataset prepared locally as array_record (`tfds_name`, `data_dir`),
+                read from `train_split` / `validation_split`.
       "files":  local files matching `file_patterns` (.txt/.md/.py/... = one document per
                 file; .jsonl = one document per line, from `text_field`), built once into
                 array_record under `data_dir` by a TFDS builder.
@@ -123,6 +124,10 @@ class DataConfig:
     data_dir: str = ""  # TFDS data_dir ("" = TFDS default, ~/tensorflow_datasets)
     file_patterns: tuple[str, ...] = ()  # globs ("**" recurses), source="files"
     text_field: str = "text"  # feature (tfds) or JSON key (.jsonl) holding the text
+    # The TFDS splits read as the run's train / validation splits, e.g. "train[1%:]" / "train[:1%]"
+    # for a corpus with no validation split (wikipedia). source="tfds" only.
+    train_split: str = "train"
+    validation_split: str = "validation"
     validation_fraction: float = 0.05  # stdlib / files: share of files (or jsonl lines) held out
     max_documents: int | None = None  # cap per split, for fast tests and smoke runs
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -147,6 +152,11 @@ class DataConfig:
             raise DataError(f"data: max_documents={self.max_documents} must be positive (or None for all).")
         if not self.text_field:
             raise DataError("data: text_field must name the feature that holds the text, e.g. 'text'.")
+        if not self.train_split or not self.validation_split:
+            raise DataError("data: train_split and validation_split must name TFDS splits, e.g. 'train[:1%]'.")
+        if self.source != "tfds" and (self.train_split, self.validation_split) != LOCAL_SPLITS:
+            raise DataError(f"data: train_split={self.train_split!r} / validation_split={self.validation_split!r} "
+                            f"apply to source='tfds' only; source={self.source!r} splits by validation_fraction.")
 
     def describe(self) -> str:
         """A short human name for messages: 'stdlib', 'tfds:lm1b', 'files:a/*.txt'."""

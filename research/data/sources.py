@@ -76,6 +76,7 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
     import tensorflow_datasets as tfds  # imported here: ~0.3 s, only the tfds/files sources need it
 
     where = config.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
+    split = {"train": config.train_split, "validation": config.validation_split}.get(split, split)
     try:
         builder = tfds.builder(config.tfds_name, data_dir=config.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:

@@ -1,0 +1,73 @@
+"""Bad input to the pretraining and evaluation mains: one line on stderr, exit 1, nothing written."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "--config=experiments/configs/pretrain.py:gpt_tiny"
+
+
+def run(module, *args):
+    """(exit code, stderr lines) of `python -m module args` (8 fake CPU devices, from conftest)."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    return result.returncode, result.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([CONFIG, "--config.train.num_stepz=3"], 'error: --config.train.num_stepz is not a config key; '
+                                             'did you mean "num_steps"?'),
+    (["--config=experiments/configs/pretrainn.py:gpt_tiny"],
+     "error: --config: config file 'experiments/configs/pretrainn.py' does not exist; files in experiments/configs/: "
+     "emergence.py, pretrain.py, scaling_laws.py."),
+    (["--config=experiments/configs/pretrainn.py:gpt_tiny", "--config.train.num_steps=3"],
+     "error: --config: config file 'experiments/configs/pretrainn.py' does not exist; files in experiments/configs/: "
+     "emergence.py, pretrain.py, scaling_laws.py."),
+    ([CONFIG, "--config.mesh.shape=(1,1,8)"],
+     "error: model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8 (rule 'heads' -> 'tensor', "
+     "mesh {'data': 1, 'fsdp': 1, 'tensor': 8}); use a tensor size that divides 4 (e.g. 4) via --config.mesh.shape."),
+    ([CONFIG, "--config.train.num_steps=10"], "error: opt.warmup_steps=30 must lie in [0, total_steps=10]."),
+])
+def test_bad_pretrain_input_is_one_line_and_leaves_nothing(args, expected, tmp_path):
+    workdir = tmp_path / "run"
+    code, lines = run("experiments.pretrain", *args, f"--workdir={workdir}")
+    assert code == 1 and lines == [expected], lines
+    assert not workdir.exists()
+
+
+def test_data_error_after_the_workdir_was_created_removes_it(tmp_path):
+    """No file matches the glob: found when the data is opened, after the workdir is claimed."""
+    workdir = tmp_path / "run"
+    code, lines = run("experiments.pretrain", CONFIG, "--config.data.source=files",
+                      f"--config.data.file_patterns={tmp_path}/corpus/*.jsonl",
+                      f"--config.data.data_dir={tmp_path}/tfds", f"--workdir={workdir}")
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "corpus/*.jsonl" in lines[0], lines
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_uncreatable_workdir_is_one_line(where, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    workdir = str(tmp_path / "a_file" / "run") if where == "under_a_file" else f"/proc/research_{os.getpid()}/run"
+    code, lines = run("experiments.pretrain", CONFIG, f"--workdir={workdir}")
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and f"--workdir={workdir}" in lines[0]
+    assert not os.path.exists(workdir)
+
+
+def test_workdir_of_another_run_is_refused_in_one_line(tmp_path):
+    from experiments.configs import pretrain
+    from research.training import workdir as workdir_lib
+    workdir = tmp_path / "run"
+    workdir_lib.claim(str(workdir), pretrain.get_config("gpt_tiny").to_dict())
+    code, lines = run("experiments.pretrain", CONFIG, "--config.model.d_model=128", f"--workdir={workdir}")
+    assert code == 1 and lines == [
+        f"error: --workdir={workdir} holds another run (model.d_model: 64 there, 128 now); use a new --workdir, "
+        f"or delete {workdir} to start over."], lines
+    assert sorted(os.listdir(workdir)) == ["run.json"]  # the other run's workdir is untouched
+
+
+def test_evaluate_num_test_zero_is_one_line(tmp_path):
+    code, lines = run("experiments.evaluate", f"--checkpoint={tmp_path}", "--num_test=0")
+    assert code == 1 and lines == ["error: flag --num_test=0: 0 is not a positive integer"], lines

@@ -1,0 +1,95 @@
+"""A workdir is bound to one run: checked before anything is written, refused in one line."""
+import json
+import os
+
+import pytest
+
+from experiments.configs import pretrain
+from research.data.config import DataError
+from research.training import workdir as workdir_lib
+from research.training.workdir import WorkdirError
+
+
+def _config(**model):
+    config = pretrain.get_config("gpt_tiny")
+    config.model.update(model)
+    return config.to_dict()
+
+
+def test_first_claim_records_the_run_and_the_same_run_is_accepted(tmp_path):
+    workdir = str(tmp_path / "run")
+    workdir_lib.claim(workdir, _config())
+    recorded = json.load(open(os.path.join(workdir, workdir_lib.RUN_FILE)))["fingerprint"]
+    assert recorded["model.name"] == "gpt2-tiny" and recorded["objective"] == "causal_lm"
+    # Fields free to change on resume: steps, learning rate, compute dtype, mesh.
+    again = pretrain.get_config("gpt_tiny")
+    again.train.num_steps, again.opt.learning_rate, again.model.dtype = 900, 1e-4, "bfloat16"
+    again.mesh.shape = (1, -1, 1)
+    workdir_lib.claim(workdir, again.to_dict())
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(d_model=128), "model.d_model: 64 there, 128 now"),
+    (dict(preset="llama-tiny"), "model.name: 'gpt2-tiny' there, 'llama-tiny' now"),
+])
+def test_workdir_of_another_run_is_refused_naming_the_difference(change, named, tmp_path):
+    workdir = str(tmp_path / "run")
+    workdir_lib.claim(workdir, _config())
+    before = sorted(os.listdir(workdir))
+    with pytest.raises(WorkdirError) as error:
+        workdir_lib.claim(workdir, _config(**change))
+    message = str(error.value)
+    assert "\n" not in message and "holds another run" in message and named in message, message
+    assert sorted(os.listdir(workdir)) == before
+
+
+def test_workdir_without_run_file_is_checked_against_its_checkpoint_config(tmp_path):
+    """Workdirs written before run.json existed: the newest checkpoint's saved config decides."""
+    step_config = tmp_path / "run" / "checkpoints" / "100" / "config"
+    step_config.mkdir(parents=True)
+    (step_config / "metadata").write_text(json.dumps(_config()))
+    with pytest.raises(WorkdirError, match="model.num_heads: 4 there, 2 now"):
+        workdir_lib.claim(str(tmp_path / "run"), _config(num_heads=2))
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_uncreatable_workdir_is_one_line_and_nothing_is_created(where, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    workdir = str(blocker / "run") if where == "under_a_file" else f"/proc/research_test_{os.getpid()}/run"
+    with pytest.raises(WorkdirError, match="--workdir=.* is a file|cannot create --workdir=") as error:
+        workdir_lib.claim(workdir, _config())
+    assert "\n" not in str(error.value)
+    assert not os.path.exists(workdir)
+
+
+def test_failure_before_first_checkpoint_leaves_no_new_workdir(tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    old.mkdir()
+    for workdir in (new, old):
+        with pytest.raises(DataError):
+            with workdir_lib.removed_if_failed(str(workdir), (DataError,)):
+                workdir_lib.claim(str(workdir), _config())
+                raise DataError("bad corpus")
+    assert not new.exists()  # created by the failed run: removed
+    assert old.exists()  # the user's directory: kept
+    with pytest.raises(RuntimeError):  # not a bad input: kept for inspection
+        with workdir_lib.removed_if_failed(str(tmp_path / "crash"), (DataError,)):
+            workdir_lib.claim(str(tmp_path / "crash"), _config())
+            raise RuntimeError("crash")
+    assert (tmp_path / "crash").exists()
+
+
+def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
+    saved = pretrain.get_config("gpt_tiny").to_dict()  # 300 steps, warmup 30, cosine, 3e-3
+    assert workdir_lib.schedule_change(saved, saved, 100) is None
+    longer = pretrain.get_config("gpt_tiny")
+    longer.train.num_steps = 600
+    warning = workdir_lib.schedule_change(saved, longer.to_dict(), 100)
+    assert "\n" not in warning and "train.num_steps 300 -> 600" in warning
+    from research.training.optimizers import OptimizerConfig, make_schedule
+    opt = {k: v for k, v in saved["opt"].items()}
+    was = float(make_schedule(OptimizerConfig(total_steps=300, **opt))(100))
+    now = float(make_schedule(OptimizerConfig(total_steps=600, **opt))(100))
+    assert now > was  # a longer cosine is higher at the same step
+    assert f"was {was:.3g}, is now {now:.3g}" in warning
