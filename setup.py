@@ -27,6 +27,7 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "wandb>=0.21",  # optional W&B logging, tested offline
 ]
 
 setuptools.setup(
@@ -38,5 +39,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*", "launch", "launch.*"]),
     package_data={"research.evaluation.tasks": ["words.txt"]},  # the unscramble task's word list
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "wandb": ["wandb>=0.21"]},
 )

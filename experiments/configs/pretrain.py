@@ -78,6 +78,8 @@ def _base() -> ml_collections.ConfigDict:
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep_last=2, keep_best=1, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    # Weights & Biases beside TensorBoard: off unless project is set (--config.wandb.project=NAME).
+    config.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode="online"))
     return config
 
 

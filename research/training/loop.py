@@ -103,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
+    wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))
     # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run, then create it.
@@ -125,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     loss_fn = losses.make_loss_fn(objective, train.z_loss)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
-    writer = metrics_lib.MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir, wandb=wandb_config, run_config=config.to_dict())  # [issue-13b]
     train_iter = batches("train", train.seed)
 
     try:

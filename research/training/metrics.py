@@ -7,9 +7,12 @@ same devices.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import os
+import secrets
 import time
 from typing import Any, Mapping, Sequence
 
@@ -19,24 +22,50 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models import sizing
-from research.models.config import ModelConfig
+from research.models.config import ConfigError, ModelConfig
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
+WANDB_ID_FILE = "wandb_run_id"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WandbConfig:
+    """Optional Weights & Biases logging beside TensorBoard (config.wandb); off unless `project` is set."""
+
+    project: str = ""  # "" = off
+    entity: str = ""  # "" = the account's default
+    name: str = ""  # "" = the workdir's name
+    mode: str = "online"  # online | offline (sync later with `wandb sync <workdir>/wandb`)
+
+    def __post_init__(self):
+        if self.mode not in ("online", "offline"):
+            raise ConfigError(f"wandb.mode={self.mode!r} is not one of ('online', 'offline').")
+        if self.project and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"wandb.project={self.project!r} is set but wandb is not installed; "
+                              "`pip install wandb` or leave wandb.project empty.")
+
+
 class MetricWriter:
     """Appends one JSON record per logged step to <workdir>/metrics.jsonl and mirrors the
-    scalars to TensorBoard event files in <workdir>/tensorboard. Only process 0 writes."""
+    scalars to TensorBoard event files in <workdir>/tensorboard, and to Weights & Biases when
+    `wandb.project` is set (one W&B run per workdir: a resumed run continues it). Only
+    process 0 writes."""
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    def __init__(self, workdir: str, *, enabled: bool | None = None, wandb: WandbConfig | None = None,
+                 run_config: Mapping[str, Any] | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tensorboard = None
+        self._wandb_run = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # imported lazily: slow, and only process 0 needs it
             os.makedirs(workdir, exist_ok=True)
             self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            if wandb is not None and wandb.project:
+                self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
 
     def forget_after(self, step: int) -> None:
         """Drop records past `step`: a resumed run rewrites them, so the log reads as one run."""
@@ -53,13 +82,36 @@ class MetricWriter:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for name, value in record.items():
-            if name != "step" and isinstance(value, (int, float)):
-                self._tensorboard.add_scalar(name, value, step)
+        scalars = {name: value for name, value in record.items()
+                   if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        for name, value in scalars.items():
+            self._tensorboard.add_scalar(name, value, step)
+        if self._wandb_run is not None:
+            self._wandb_run.log(scalars, step=int(step))
 
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+
+def _start_wandb(workdir: str, config: WandbConfig, run_config: Mapping[str, Any]) -> Any:
+    """A W&B run whose id is kept in <workdir>/wandb_run_id, so rerunning the workdir resumes it."""
+    import wandb  # optional dependency, imported only when asked for
+
+    id_file = os.path.join(workdir, WANDB_ID_FILE)
+    if os.path.exists(id_file):
+        with open(id_file) as f:
+            run_id = f.read().strip()
+    else:
+        run_id = secrets.token_hex(8)  # W&B ids: lowercase letters and digits
+        with open(id_file, "w") as f:
+            f.write(run_id + "\n")
+    return wandb.init(project=config.project, entity=config.entity or None,
+                      name=config.name or os.path.basename(os.path.abspath(workdir)), id=run_id, resume="allow",
+                      dir=workdir, mode=config.mode, config=dict(run_config))
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,34 @@
+"""Optional Weights & Biases logging: off by default, offline mode logs the same scalars."""
+import glob
+import os
+
+import pytest
+
+from experiments.configs import pretrain
+from research.models.config import ConfigError
+from research.training.metrics import WANDB_ID_FILE, MetricWriter, WandbConfig
+
+
+def test_off_by_default_and_bad_mode_is_one_line(tmp_path):
+    assert pretrain.get_config("gpt_tiny").wandb.project == ""
+    writer = MetricWriter(str(tmp_path), enabled=True, wandb=WandbConfig(**pretrain.get_config().wandb.to_dict()))
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / WANDB_ID_FILE).exists()
+    with pytest.raises(ConfigError, match=r"wandb.mode='onlin' is not one of \('online', 'offline'\)"):
+        WandbConfig(project="p", mode="onlin")
+
+
+def test_offline_run_logs_the_scalars_under_the_workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    writer = MetricWriter(str(tmp_path), enabled=True, wandb=WandbConfig(project="research-test", mode="offline"),
+                          run_config={"train": {"num_steps": 2}})
+    writer.write(1, {"loss": 2.75, "tokens_per_second": 1234.5, "note": "text is not a scalar"})
+    writer.write(2, {"loss": 2.5})
+    writer.close()
+    run_id = (tmp_path / WANDB_ID_FILE).read_text().strip()
+    (run_file,) = glob.glob(str(tmp_path / "wandb" / f"offline-run-*-{run_id}" / f"run-{run_id}.wandb"))
+    logged = open(run_file, "rb").read()  # history items are stored as JSON-encoded values
+    for text in (b"loss", b"2.75", b"2.5", b"tokens_per_second", b"1234.5"):
+        assert text in logged, text
+    assert os.path.getsize(tmp_path / "metrics.jsonl") > 0  # the JSONL log is written as before
