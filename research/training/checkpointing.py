@@ -134,6 +134,7 @@ class Checkpointer:
                 try:
                     with _quiet_absl():  # orbax logs each unreadable file; the reason is reported below
                         restored = self._restore_step(candidate, target_state, data_iterator)
+                        self.restore_config(candidate)  # resuming reads it too (schedule check)
                 except Exception as error:  # any failure to read a step means it is not usable
                     reason = _one_line(error)
                 else:

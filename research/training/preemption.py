@@ -82,8 +82,11 @@ class Guard:
         Every process must call this at every step, so they stop at the same one."""
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
-            if multihost_utils.reached_preemption_sync_point(step):
+            try:
+                reached = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # jax_enable_preemption_service is off: no coordinated stop
+                return False
+            if reached:
                 self.signal_name = self.signal_name or "SIGTERM"
-                return True
-            return False  # a local-only signal would desynchronise the processes; the service decides
+            return reached  # a local-only signal would desynchronise the processes; the service decides
         return self.requested

@@ -3,7 +3,7 @@
 `claim(workdir, config)` is called once the config has been validated and before the
 run writes anything. It refuses, in one line, a workdir that cannot be written, and one
 that holds another run: the run's fingerprint (what makes two runs the same run: model
-architecture, objective, data identity, sequence length, seed) is written to
+architecture, objective, data identity, sequence length, seed, optimizer) is written to
 <workdir>/run.json at the first start and compared on every later start. Fields that may
 legitimately change on resume (num_steps, learning rate, logging, mesh, compute dtype)
 are not in it; a changed learning-rate schedule is reported by `schedule_change`.
@@ -63,6 +63,8 @@ def run_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         "objective_options": dict(config.get("objective_options", {}) or {}),
         "data": {k: v for k, v in data.items() if k not in _DATA_FIELDS_FREE_ON_RESUME},
         "train": {k: train[k] for k in _TRAIN_FIELDS_IN_FINGERPRINT if k in train},
+        # The optimizer's state has its own structure: another optimizer cannot resume this one.
+        "opt": {"name": dict(config.get("opt", {})).get("name", "adamw")},
     })
 
 
