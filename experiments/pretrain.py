@@ -44,6 +44,10 @@ def main(argv):
     except Interrupted as stop:  # Ctrl-C / SIGTERM: checkpoint saved; exit 130 / 143 so schedulers see it
         print(f"{stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run took over the signal
+        print("stopped by SIGINT without saving this step; rerun the same command to continue from the last "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     # z_loss as it enters the total loss (weight x raw), like the console line.

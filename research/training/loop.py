@@ -128,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
     writer = metrics_lib.MetricWriter(workdir, wandb=wandb_config, run_config=config.to_dict())  # [issue-13b]
     train_iter = batches("train", train.seed)
+    guard = preemption.Guard().install()  # [issue-13b] SIGINT/SIGTERM from here on: save and stop cleanly
 
     try:
         with partitioning.sharding_context(mesh, rules):
@@ -183,10 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return values
 
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
-            # [issue-13b] console: bar on a terminal, plain lines in a log; SIGINT/SIGTERM save and stop.
+            if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
+                raise preemption.Interrupted(guard.signal_name, start_step, checkpointer.directory, saved=False)
+            # [issue-13b] console: bar on a terminal, plain lines in a log.
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
-                                             enabled=train.progress_bar and jax.process_index() == 0) as progress, \
-                    preemption.Guard() as guard:
+                                             enabled=train.progress_bar and jax.process_index() == 0) as progress:
                 pending = None  # (step, metrics) dispatched but not yet fetched
                 for step in range(start_step + 1, end_step + 1):
                     batch = partitioning.shard_batch(next(train_iter), batch_sharding)
@@ -225,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if end_step == start_step and "eval_loss" not in last:
                     last.update(run_eval(state.params))  # nothing left to train: report the restored model
     finally:
+        guard.uninstall()  # [issue-13b]
         checkpointer.close()  # waits for a save in flight
         writer.close()
     return dict(last)

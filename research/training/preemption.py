@@ -11,15 +11,16 @@ where to stop, so `should_stop(step)` also asks the JAX coordination service (wh
 receives SIGTERM itself) through `reached_preemption_sync_point`; only SIGINT gets a
 Python handler then.
 
-    with preemption.Guard() as guard:
+    with preemption.Guard() as guard:       # or guard = Guard().install() ... guard.uninstall()
         for step in ...:
             ...
             if guard.should_stop(step):
-                save(step); raise preemption.Interrupted(guard.signal_name, step)
+                save(step); raise preemption.Interrupted(guard.signal_name, step, directory)
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -30,12 +31,16 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
-    """The run stopped early on a signal after saving a checkpoint at `step`."""
+    """The run stopped early on a signal, after saving a checkpoint at `step` (or, when the signal
+    came before the first step, with nothing new to save)."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint_directory: str):
+    def __init__(self, signal_name: str, step: int, checkpoint_directory: str, *, saved: bool = True):
         self.signal_name, self.step = signal_name, step
-        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint_directory}; "
-                         "rerun the same command to continue.")
+        if saved:
+            text = f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint_directory}"
+        else:
+            text = f"stopped by {signal_name} before training step {step + 1}; nothing new to save"
+        super().__init__(f"{text}; rerun the same command to continue.")
 
     @property
     def exit_code(self) -> int:
@@ -63,8 +68,11 @@ class Guard:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
+            print(f"{self.signal_name}: saving a checkpoint after the current step, then stopping"
+                  + (" (Ctrl-C again to stop at once)." if signum == signal.SIGINT else "."), file=sys.stderr)
 
-    def __enter__(self) -> "Guard":
+    def install(self) -> "Guard":
+        """Take over SIGINT / SIGTERM until `uninstall` (main thread only)."""
         if threading.current_thread() is threading.main_thread():
             # With several processes, SIGTERM belongs to JAX's preemption notifier (see should_stop);
             # a Python handler would replace its own.
@@ -72,10 +80,16 @@ class Guard:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+    def __enter__(self) -> "Guard":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.uninstall()
 
     def should_stop(self, step: int) -> bool:
         """True when this process got a signal or (multi-process) the job is being preempted.

@@ -45,3 +45,22 @@ def test_sigterm_saves_the_current_step_and_the_rerun_is_exact(tokenizers, compi
     rerun = subprocess.run(command, cwd=REPO, env=compilation_cache, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)
+
+
+def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
+    """Ctrl-C while the run is still setting up (here: right after the workdir is claimed)."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=40)
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny",
+               f"--workdir={workdir}", *cli_overrides(config)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (workdir / "run.json").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, f"{process.returncode}\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT") and last.endswith("rerun the same command to continue.") or \
+        last.endswith("continue from the last checkpoint."), last
