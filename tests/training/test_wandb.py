@@ -1,6 +1,7 @@
 """Optional Weights & Biases logging: off by default, offline mode logs the same scalars."""
 import glob
 import os
+import time
 
 import pytest
 
@@ -26,8 +27,13 @@ def test_offline_run_logs_the_scalars_under_the_workdir(tmp_path, monkeypatch):
     writer.write(1, {"loss": 2.75, "tokens_per_second": 1234.5, "note": "text is not a scalar"})
     writer.write(2, {"loss": 2.5})
     writer.close()
+    import wandb
+    wandb.teardown()  # W&B's own service process writes the offline log; stop it so the file is complete
     run_id = (tmp_path / WANDB_ID_FILE).read_text().strip()
     (run_file,) = glob.glob(str(tmp_path / "wandb" / f"offline-run-*-{run_id}" / f"run-{run_id}.wandb"))
+    deadline = time.time() + 60
+    while b"1234.5" not in open(run_file, "rb").read() and time.time() < deadline:
+        time.sleep(0.5)  # on a loaded machine the service may still be flushing
     logged = open(run_file, "rb").read()  # history items are stored as JSON-encoded values
     for text in (b"loss", b"2.75", b"2.5", b"tokens_per_second", b"1234.5"):
         assert text in logged, text
