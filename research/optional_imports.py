@@ -13,12 +13,13 @@ from types import ModuleType
 
 from research.models.config import ConfigError
 
-# The pip command that provides each optional module, beside the setup.py extra that bundles them.
-INSTALL_COMMANDS = {
-    "torch": "pip install torch (the CPU build is enough: --index-url https://download.pytorch.org/whl/cpu)",
-    "transformers": "pip install transformers",
+# What each optional module is called for people, the pip command that provides it, and a tip.
+PACKAGES = {
+    "torch": ("PyTorch", "pip install torch",
+              "the CPU build is enough: --index-url https://download.pytorch.org/whl/cpu"),
+    "transformers": ("Hugging Face transformers", "pip install transformers", ""),
 }
-EXTRA = "pip install -e '.[hf]'"
+EXTRA = "pip install -e '.[hf]'"  # the setup.py extra that bundles them
 
 
 class MissingDependencyError(ImportError, ConfigError):
@@ -34,6 +35,6 @@ def import_optional(module: str, feature: str) -> ModuleType:
         # (one of its own imports failing) keeps its real traceback.
         if error.name != module:
             raise
-        install = INSTALL_COMMANDS.get(module, f"pip install {module}")
-        raise MissingDependencyError(f"{feature} needs {module}, which is not installed: {install}; "
-                                     f"or {EXTRA}.", name=module) from None
+        name, install, tip = PACKAGES.get(module, (module, f"pip install {module}", ""))
+        raise MissingDependencyError(f"{feature} needs {name} ({install}), which is not installed"
+                                     f"{'; ' + tip if tip else ''}; or {EXTRA}.", name=module) from None

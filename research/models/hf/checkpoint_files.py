@@ -106,7 +106,7 @@ def _read_safetensors(file_path: str) -> StateDict:
 
 def _read_torch(file_path: str) -> StateDict:
     from research.optional_imports import import_optional
-    torch = import_optional("torch", f"reading {file_path!r} (a PyTorch checkpoint; safetensors needs no torch)")
+    torch = import_optional("torch", f"reading {file_path!r} (safetensors checkpoints need no torch)")
     # weights_only: a .bin is a pickle, and unrestricted unpickling runs arbitrary code.
     tensors = torch.load(file_path, map_location="cpu", weights_only=True)
     # numpy has no bfloat16: widen it (exactly) to float32.
