@@ -46,7 +46,7 @@ setuptools.setup(
     description="A pure-functional Flax model zoo and the studies around it: "
     "pretraining, scaling laws, emergent-ability evaluations.",
     # The pinned jax/jaxlib 0.10, numpy 2.4 and scipy 1.17 require Python >= 3.11. Tested: 3.11 (the
-    # suite) and 3.13 (runtime pins + a short pretraining); see README "Versions".
+    # suite), 3.12 and 3.13 (runtime pins, a short pretraining, a dry-run sweep); see README "Versions".
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*", "launch", "launch.*"]),
     package_data={"research.evaluation.tasks": ["words.txt"]},  # the unscramble task's word list
