@@ -7,7 +7,8 @@ every library module imports, a short pretraining trains and checkpoints, the ev
 main scores and generates from that checkpoint with its own SentencePiece tokenizer, and
 the scaling-law sweep and the launcher plan their jobs (--dry_run). torch and transformers
 are neither installable there nor imported; the features that need them fail in one line
-saying what to install. About the time of the install itself (pip's cache keeps it local).
+saying what to install. It takes about as long as the runtime install itself (pip reuses its
+cache of downloaded wheels).
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def test_runtime_alone_installs_and_runs_main_jobs_without_torch_or_transformers
     try:
         _run([sys.executable, "-m", "venv", venv], cwd=work)
         python = venv / "bin" / "python"
-        # --no-compile: bytecode is written on first import instead; this halves the install.
+        # --no-compile: bytecode is written on first import instead; about halves the install time.
         _run([python, "-m", "pip", "install", "-q", "--no-compile", "-r", REPO / "requirements.txt"], cwd=work)
         _run([python, "-m", "pip", "install", "-q", "--no-compile", "--no-deps", source], cwd=work)
         installed = {p["name"].lower() for p in json.loads(_run([python, "-m", "pip", "list", "--format=json"], work))}
