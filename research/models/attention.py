@@ -33,6 +33,24 @@ def init_layer_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) 
     return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
+def check_cache_room(cache_len: int, cache_index: Array | int, num_tokens: int) -> None:
+    """Raise if writing `num_tokens` at slot `cache_index` would run past the cache's end.
+
+    dynamic_update_slice clamps an out-of-range start, so an overflowing write would
+    silently overwrite the last slots. The length check is static (trace time); the index
+    is checked whenever it is concrete (eager calls). Under jit the index is traced, so the
+    caller sizes the cache: generate / beam_search build it as prompt + max_new_tokens.
+    """
+    if num_tokens > cache_len:
+        raise ValueError(f"{num_tokens} tokens do not fit a KV cache of {cache_len} slots; build the cache "
+                         f"with max_len >= {num_tokens}.")
+    if not isinstance(cache_index, jax.core.Tracer):
+        end = int(cache_index) + num_tokens
+        if end > cache_len:
+            raise ValueError(f"writing {num_tokens} tokens at cache slot {int(cache_index)} needs {end} slots but "
+                             f"the KV cache has {cache_len}; build the cache with max_len >= {end}.")
+
+
 def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> Array:
     """[B, T, S] mask: same segment, key not padding (segment 0), and s <= t if causal."""
     mask = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, init_layer_cache, segment_mask
+from research.models.attention import Attention, LayerCache, check_cache_room, init_layer_cache, segment_mask
 from research.models.config import ModelConfig
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain
 from research.models.stack import run_stack, stack_caches
@@ -108,6 +108,7 @@ class Decoder(nn.Module):
             if prefix_mask_BT is not None:
                 raise ValueError("prefix_mask_BT with a KV cache is not supported; score prefix-LM batches with "
                                  "a full forward pass (cache=None).")
+            check_cache_room(cache.segment_BS.shape[1], cache.index, t)
             slots_S = jnp.arange(cache.segment_BS.shape[1])
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
             mask_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, RelativePositionBias, segment_mask
+from research.models.attention import Attention, LayerCache, RelativePositionBias, check_cache_room, segment_mask
 from research.models.config import ConfigError, ModelConfig
 from research.models.decoder import DecoderCache, init_decoder_cache
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain
@@ -179,9 +179,7 @@ class EncoderDecoder(nn.Module):
             new_cache = None
         else:
             max_len = cache.segment_BS.shape[1]
-            if t > max_len:
-                raise ValueError(f"{t} decoder tokens do not fit a cache of max_len={max_len}; "
-                                 "build the cache with a larger max_len.")
+            check_cache_room(max_len, cache.index, t)
             slots_S = jnp.arange(max_len, dtype=jnp.int32)
             q_slots_T = cache.index + jnp.arange(t, dtype=jnp.int32)
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT.astype(jnp.int32),
