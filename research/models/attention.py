@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
-from research.models.layers import Dense, Embed, constrain
+from research.models.layers import Dense, Embed, constrain, embedding_init_std
 
 Array = jax.Array
 NEG_INF = -1e30  # large finite value: a fully masked row (padding query) stays NaN-free
@@ -110,7 +110,8 @@ class RelativePositionBias(nn.Module):
             kv_positions_BS[:, None, :] - q_positions_BT[:, :, None], self.bidirectional,
             cfg.relative_buckets, cfg.relative_max_distance)
         table = Embed(cfg.relative_buckets, cfg.replace(d_model=cfg.num_heads),
-                      axes=("relpos_buckets", "heads"), name="embedding")
+                      axes=("relpos_buckets", "heads"), init_std=embedding_init_std(cfg, "relative_bias"),
+                      name="embedding")
         bias_BTSH = table(buckets_BTS).astype(jnp.float32)
         return jnp.transpose(bias_BTSH, (0, 3, 1, 2))
 
@@ -135,10 +136,11 @@ class Attention(nn.Module):
     ) -> tuple[Array, LayerCache | None]:
         cfg = self.config
         h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-        proj = lambda n, name: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"), cfg,
-                                     use_bias=cfg.use_bias, name=name)
+        proj = lambda n, name, scale=1.0: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"),
+                                                cfg, use_bias=cfg.use_bias, t5_init_scale=scale, name=name)
         source_BSD = x_BTD if kv_BSD is None else kv_BSD
-        q_BTHd = proj(h, "query")(x_BTD)
+        # Unscaled logits (T5) take their 1/sqrt(Dh) in the query's init instead.
+        q_BTHd = proj(h, "query", 1.0 if cfg.scale_attention_logits else dh**-0.5)(x_BTD)
         k_BSKd = proj(k, "key")(source_BSD)
         v_BSKd = proj(k, "value")(source_BSD)
         if cfg.position == "rope" and kv_BSD is None:

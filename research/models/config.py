@@ -19,6 +19,7 @@ NormPlacement = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
 DType = Literal["float32", "bfloat16", "float16"]
+InitScheme = Literal["normal", "t5"]
 
 _CHOICES = {
     "family": Family,
@@ -29,6 +30,7 @@ _CHOICES = {
     "remat": Remat,
     "dtype": DType,
     "param_dtype": DType,
+    "init_scheme": InitScheme,
 }
 
 
@@ -72,6 +74,11 @@ class ModelConfig:
     num_labels: int = 0  # sequence-classification head size; 0 = none
     pad_token_id: int = 0
     decoder_start_token_id: int = 0  # T5 starts decoding with pad
+
+    # From-scratch init. normal: N(0, 0.02) everywhere (GPT-2, BERT, LLaMA). t5: Mesh TF T5,
+    # kernels N(0, fan_in^-1/2) (the query also times Dh^-1/2 when logits are unscaled),
+    # token embeddings N(0, 1), relative bias N(0, D^-1/2). Imported weights ignore it.
+    init_scheme: InitScheme = "normal"
 
     dropout_rate: float = 0.0
     dtype: DType = "float32"  # activation / compute dtype

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from research.models.attention import Attention, LayerCache, check_cache_room, init_layer_cache, segment_mask
 from research.models.config import ModelConfig
-from research.models.layers import Dense, Embed, Mlp, Norm, constrain
+from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
 from research.models.stack import run_stack, stack_caches
 
 Array = jax.Array
@@ -89,7 +89,7 @@ class Decoder(nn.Module):
             start = 0 if cache is None else cache.index
             positions_BT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
 
-        token_embed = Embed(cfg.vocab_size, cfg, name="token_embed")
+        token_embed = Embed(cfg.vocab_size, cfg, init_std=embedding_init_std(cfg, "tokens"), name="token_embed")
         x_BTD = token_embed(tokens_BT)
         if cfg.position == "learned":
             x_BTD = x_BTD + Embed(cfg.max_len, cfg, axes=("positions", "embed"), name="position_embed")(positions_BT)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from research.models.attention import Attention, LayerCache, RelativePositionBias, check_cache_room, segment_mask
 from research.models.config import ConfigError, ModelConfig
 from research.models.decoder import DecoderCache, init_decoder_cache
-from research.models.layers import Dense, Embed, Mlp, Norm, constrain
+from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
 from research.models.stack import run_stack
 
 Array = jax.Array
@@ -129,7 +129,7 @@ class EncoderDecoder(nn.Module):
         if cfg.family != "encoder_decoder":
             raise ConfigError(f"{cfg.name}: EncoderDecoder needs family='encoder_decoder', got {cfg.family!r}; "
                               "use research.models.build_model(config).")
-        token_embed = Embed(cfg.vocab_size, cfg, name="token_embed")
+        token_embed = Embed(cfg.vocab_size, cfg, init_std=embedding_init_std(cfg, "tokens"), name="token_embed")
         source = encoder_tokens_BS if encoder_tokens_BS is not None else encoded_BSD
         if encoder_segment_ids_BS is None:
             encoder_segment_ids_BS = jnp.ones(source.shape[:2], jnp.int32)
