@@ -17,7 +17,13 @@ PositionEmbedding = Literal["learned", "rope", "relative"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+# Remat policies (research/models/layers.py remat_policy): what a block keeps for the backward
+# pass. none: everything; save_dots: every matmul output; dots_with_no_batch_dims: matmuls
+# without batch dims (projections, not attention logits); minimal: only the named q/k/v and
+# attention output projections; offload: those names moved to host memory (GPU/TPU);
+# full: nothing (the whole block is recomputed).
+Remat = Literal["none", "full", "save_dots", "dots_with_no_batch_dims", "minimal", "offload"]
+AttentionKernelName = Literal["auto", "xla", "dot_product_attention", "splash"]
 DType = Literal["float32", "bfloat16", "float16"]
 InitScheme = Literal["normal", "t5"]
 
@@ -28,6 +34,7 @@ _CHOICES = {
     "norm_placement": NormPlacement,
     "activation": Activation,
     "remat": Remat,
+    "attention_kernel": AttentionKernelName,
     "dtype": DType,
     "param_dtype": DType,
     "init_scheme": InitScheme,
@@ -85,6 +92,9 @@ class ModelConfig:
     param_dtype: DType = "float32"  # master weights
     scan_layers: bool = False  # nn.scan over layers: one compiled block, params stacked on "layers"
     remat: Remat = "none"  # rematerialization policy of each block
+    # research/models/attention_kernels.py; auto = cuDNN on GPU (half precision), splash on
+    # TPU, the xla reference einsum otherwise, and wherever a fused kernel cannot run the call.
+    attention_kernel: AttentionKernelName = "auto"
 
     def __post_init__(self):
         for field, choice in _CHOICES.items():

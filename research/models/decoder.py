@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, check_cache_room, init_layer_cache, segment_mask
+from research.models.attention import (Attention, AttentionMask, LayerCache, check_cache_room, init_layer_cache,
+                                       segment_attention_mask, segment_mask)
 from research.models.config import ModelConfig
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
 from research.models.stack import run_stack, stack_caches
@@ -44,7 +45,7 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD: Array, cache: LayerCache | None, mask_BTS: Array, positions_BT: Array,
+    def __call__(self, x_BTD: Array, cache: LayerCache | None, mask_BTS: AttentionMask, positions_BT: Array,
                  cache_index: Array | None) -> tuple[Array, LayerCache | None]:
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -96,11 +97,13 @@ class Decoder(nn.Module):
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
 
         if cache is None:
-            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_ids_BT, jnp.arange(t), jnp.arange(t))
+            mask_BTS = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=True)
             if prefix_mask_BT is not None:
+                # Not expressible as segments + causal: kernels that need that form fall back.
                 prefix_BT = prefix_mask_BT != 0
-                mask_BTS |= segment_mask(segment_ids_BT, segment_ids_BT, causal=False) & (
+                both_in_prefix_BTS = segment_mask(segment_ids_BT, segment_ids_BT, causal=False) & (
                     prefix_BT[:, :, None] & prefix_BT[:, None, :])
+                mask_BTS = AttentionMask(mask_BTS.dense_BTS | both_in_prefix_BTS)
             x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, mask_BTS, positions_BT, None,
                                  deterministic=deterministic, name="layers")
             new_cache = None
@@ -111,7 +114,8 @@ class Decoder(nn.Module):
             check_cache_room(cache.segment_BS.shape[1], cache.index, t)
             slots_S = jnp.arange(cache.segment_BS.shape[1])
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
-            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)
+            mask_BTS = AttentionMask(_causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t),
+                                                          slots_S))
             x_BTD, layers = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, cache.layers, mask_BTS,
                                       positions_BT, cache.index, deterministic=deterministic, name="layers")
             new_cache = DecoderCache(layers, segment_BS, cache.index + t)
@@ -123,7 +127,8 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             logits_BTV = token_embed.attend(x_BTD)
         else:
-            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, name="lm_head")(x_BTD)
+            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, float32_output=True,
+                               name="lm_head")(x_BTD)
         logits_BTV = constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
         return logits_BTV if cache is None else (logits_BTV, new_cache)
 

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, RelativePositionBias, check_cache_room, segment_mask
+from research.models.attention import (Attention, AttentionMask, LayerCache, RelativePositionBias, check_cache_room,
+                                       segment_attention_mask, segment_mask)
 from research.models.config import ConfigError, ModelConfig
 from research.models.decoder import DecoderCache, init_decoder_cache
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
@@ -44,7 +45,7 @@ class EncoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BSD: Array, cache: None, mask_BSS: Array, bias_BHSS: Array) -> tuple[Array, None]:
+    def __call__(self, x_BSD: Array, cache: None, mask_BSS: AttentionMask, bias_BHSS: Array) -> tuple[Array, None]:
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
         x_BSD = constrain(x_BSD, ACT_BTD)
@@ -62,8 +63,8 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD: Array, cache: LayerCache | None, self_mask_BTS: Array, self_bias_BHTS: Array,
-                 encoded_BSD: Array, cross_mask_BTS: Array,
+    def __call__(self, x_BTD: Array, cache: LayerCache | None, self_mask_BTS: AttentionMask, self_bias_BHTS: Array,
+                 encoded_BSD: Array, cross_mask_BTS: AttentionMask,
                  cache_index: Array | None) -> tuple[Array, LayerCache | None]:
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -150,7 +151,7 @@ class EncoderDecoder(nn.Module):
             positions_BS = jnp.arange(s, dtype=jnp.int32)
         bias_BHSS = RelativePositionBias(cfg, bidirectional=True, name="encoder_relative_bias")(positions_BS,
                                                                                                  positions_BS)
-        mask_BSS = segment_mask(segment_ids_BS, segment_ids_BS, causal=False)
+        mask_BSS = segment_attention_mask(segment_ids_BS, segment_ids_BS, causal=False)
         x_BSD = nn.Dropout(cfg.dropout_rate)(token_embed(tokens_BS), deterministic=deterministic)
         x_BSD, _ = run_stack(EncoderBlock, cfg, cfg.encoder_layers, x_BSD, None, mask_BSS, bias_BHSS,
                              deterministic=deterministic, name="encoder_layers")
@@ -166,13 +167,13 @@ class EncoderDecoder(nn.Module):
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((b, t), jnp.int32)
         relative_bias = RelativePositionBias(cfg, bidirectional=False, name="decoder_relative_bias")
-        cross_mask_BTS = segment_mask(segment_ids_BT, encoder_segment_ids_BS, causal=False)
+        cross_mask_BTS = segment_attention_mask(segment_ids_BT, encoder_segment_ids_BS, causal=False)
         x_BTD = nn.Dropout(cfg.dropout_rate)(token_embed(tokens_BT), deterministic=deterministic)
 
         if cache is None:
             if positions_BT is None:
                 positions_BT = jnp.arange(t, dtype=jnp.int32)
-            self_mask_BTT = segment_mask(segment_ids_BT, segment_ids_BT, causal=True)
+            self_mask_BTT = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=True)
             x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, self_mask_BTT,
                                  relative_bias(positions_BT, positions_BT), encoded_BSD, cross_mask_BTS, None,
                                  deterministic=deterministic, name="decoder_layers")
@@ -185,8 +186,8 @@ class EncoderDecoder(nn.Module):
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT.astype(jnp.int32),
                                                              cache.index, axis=1)
             # Earlier-or-equal slots of the same segment; empty slots hold segment 0.
-            self_mask_BTS = segment_mask(segment_ids_BT, segment_BS, causal=False) & (
-                slots_S[None, None, :] <= q_slots_T[None, :, None])
+            self_mask_BTS = AttentionMask(segment_mask(segment_ids_BT, segment_BS, causal=False) & (
+                slots_S[None, None, :] <= q_slots_T[None, :, None]))
             x_BTD, layers = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, cache.layers, self_mask_BTS,
                                       relative_bias(q_slots_T, slots_S), encoded_BSD, cross_mask_BTS, cache.index,
                                       deterministic=deterministic, name="decoder_layers")
@@ -200,6 +201,7 @@ class EncoderDecoder(nn.Module):
                 x_BTD = x_BTD * cfg.d_model**-0.5
             logits_BTV = token_embed.attend(x_BTD)
         else:
-            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, name="lm_head")(x_BTD)
+            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, float32_output=True,
+                               name="lm_head")(x_BTD)
         logits_BTV = constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
         return logits_BTV if cache is None else (logits_BTV, new_cache)

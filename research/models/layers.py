@@ -69,6 +69,7 @@ class Dense(nn.Module):
     config: ModelConfig
     use_bias: bool = False
     t5_init_scale: float = 1.0
+    float32_output: bool = False  # accumulate and return float32 (LM heads under bf16 compute)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -80,10 +81,11 @@ class Dense(nn.Module):
                             tuple(x.shape[-n_in:]) + tuple(self.features), cfg.weight_dtype)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
-                                (contract, ((), ())))
+                                (contract, ((), ())),
+                                preferred_element_type=jnp.float32 if self.float32_output else None)
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)
-            y = y + bias.astype(cfg.compute_dtype)
+            y = y + bias.astype(y.dtype)
         return y
 
 
@@ -148,16 +150,30 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, ids, axis=0).astype(self.config.compute_dtype)
 
     def attend(self, x_BTD: Array) -> Array:
-        """'BTD,VD->BTV' against the table."""
+        """'BTD,VD->BTV' against the table: logits accumulated and returned in float32."""
         cfg = self.config
         return jnp.einsum("BTD,VD->BTV", x_BTD.astype(cfg.compute_dtype),
-                          self.embedding.astype(cfg.compute_dtype))
+                          self.embedding.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+
+
+# Activations named with jax.ad_checkpoint.checkpoint_name in attention.py.
+SAVED_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out")
 
 
 def remat_policy(name: str):
+    """The jax.checkpoint policy of a config.remat name (None = no remat)."""
+    if name == "offload":
+        if jax.default_backend() == "cpu":
+            from research.models.config import ConfigError
+            raise ConfigError("remat='offload' moves saved activations to host memory, which needs a GPU or "
+                              "TPU; use remat='minimal' on CPU.")
+        return jax.checkpoint_policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=(), names_which_can_be_offloaded=SAVED_NAMES,
+            offload_src="device", offload_dst="pinned_host")
     return {
         "none": None,
         "full": jax.checkpoint_policies.nothing_saveable,
-        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "save_dots": jax.checkpoint_policies.checkpoint_dots,
         "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        "minimal": jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES),
     }[name]
