@@ -129,8 +129,14 @@ class Attention(nn.Module):
         bias_BHTS: Array | None = None,
         cache: LayerCache | None = None,
         cache_index: Array | None = None,
+        static_kv: LayerCache | None = None,
         deterministic: bool = True,
     ) -> tuple[Array, LayerCache | None]:
+        """Self-attention returns its updated cache (or None). Cross-attention (kv_BSD or
+        static_kv given) returns its keys/values, which static_kv takes back on later steps so
+        that they are projected once per generation. When the keys' batch is smaller than the
+        queries' (beams: W consecutive query rows per source row), the rows are folded into the
+        query length instead of copying the source W times; `mask` must then be folded too."""
         cfg = self.config
         h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
         if not isinstance(mask, AttentionMask):
@@ -140,8 +146,11 @@ class Attention(nn.Module):
         source_BSD = x_BTD if kv_BSD is None else kv_BSD
         # Unscaled logits (T5) take their 1/sqrt(Dh) in the query's init instead.
         q_BTHd = proj(h, "query", 1.0 if cfg.scale_attention_logits else dh**-0.5)(x_BTD)
-        k_BSKd = proj(k, "key")(source_BSD)
-        v_BSKd = proj(k, "value")(source_BSD)
+        if static_kv is not None:
+            k_BSKd, v_BSKd = static_kv
+        else:
+            k_BSKd = proj(k, "key")(source_BSD)
+            v_BSKd = proj(k, "value")(source_BSD)
         if cfg.position == "rope" and kv_BSD is None:
             q_BTHd = rotary_embedding(q_BTHd, positions_BT, cfg.rope_theta)
             k_BSKd = rotary_embedding(k_BSKd, positions_BT, cfg.rope_theta)
@@ -151,7 +160,8 @@ class Attention(nn.Module):
         v_BSKd = checkpoint_name(v_BSKd, "value_proj")
         q_BTHd = constrain(q_BTHd, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
 
-        new_cache = None
+        cross = kv_BSD is not None or static_kv is not None
+        new_cache = LayerCache(k_BSKd, v_BSKd) if cross else None
         if cache is not None:
             # Write this step's keys/values at slots [cache_index, cache_index + T).
             k_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKd, k_BSKd.astype(cache.k_BSKd.dtype),
@@ -162,12 +172,16 @@ class Attention(nn.Module):
             k_BSKd = constrain(k_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
             v_BSKd = constrain(v_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
 
+        b, t = q_BTHd.shape[:2]
+        if k_BSKd.shape[0] != b:
+            q_BTHd = q_BTHd.reshape(k_BSKd.shape[0], (b // k_BSKd.shape[0]) * t, h, dh)
         dropout_active = cfg.dropout_rate > 0 and not deterministic
         kernel = resolve_kernel(cfg, has_bias=bias_BHTS is not None, has_segments=mask.has_segments,
                                 dropout=dropout_active, q_len=q_BTHd.shape[1], kv_len=k_BSKd.shape[1])
         dropout = nn.Dropout(cfg.dropout_rate)
         out_BTHd = attend(kernel, q_BTHd, k_BSKd, v_BSKd, mask, scale=logit_scale(cfg), bias_BHTS=bias_BHTS,
                           dropout=(lambda p: dropout(p, deterministic=deterministic)) if dropout_active else None)
+        out_BTHd = out_BTHd.reshape(b, t, h, dh)
         out_BTD = Dense((cfg.d_model,), ("heads", "kv"), ("embed",), cfg, use_bias=cfg.use_bias,
                         name="out")(out_BTHd)
         return checkpoint_name(out_BTD, "attention_out"), new_cache
