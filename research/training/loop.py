@@ -136,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
             train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
                                                         microbatches=train.microbatches,
-                                                        batch_spec=partitioning.batch_partition_spec(rules)),
+                                                        batch_spec=partitioning.batch_partition_spec(rules),
+                                                        param_shardings=shardings.params),
                                         shardings, batch_sharding)
             eval_step = jit_eval_step(make_eval_step(model, loss_fn), shardings.params, batch_sharding)
 
