@@ -77,7 +77,8 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
     platform = platform or jax.default_backend()
     choice = config.attention_kernel
     half = config.dtype in ("bfloat16", "float16")
-    splash_ok = has_segments and not has_bias and (platform != "tpu" or (q_len % 128 == 0 and kv_len % 128 == 0))
+    # Splash's blocks are multiples of 128 lanes, in interpret mode too.
+    splash_ok = has_segments and not has_bias and q_len % 128 == 0 and kv_len % 128 == 0
     if choice == "auto":
         if dropout:
             kernel, why = "xla", "attention dropout is active (only the reference applies it)"
@@ -105,7 +106,7 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
                       "using the xla reference for it.")
             return "xla"
         if not splash_ok:
-            raise ConfigError(f"{config.name}: splash attention on TPU needs T and S divisible by 128, got "
+            raise ConfigError(f"{config.name}: splash attention needs T and S divisible by 128, got "
                               f"T={q_len}, S={kv_len}; pad the sequence or use attention_kernel='auto'.")
     return choice
 
@@ -148,8 +149,8 @@ def jax_dot_product_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask:
 
 
 def _splash_block(length: int) -> int:
-    """The largest of 512, 256, 128 dividing `length` (else the whole length: interpret mode)."""
-    return next((b for b in (512, 256, 128) if length % b == 0), length)
+    """The largest of 512, 256, 128 dividing `length` (resolve_kernel checks that 128 does)."""
+    return next(b for b in (512, 256, 128) if length % b == 0)
 
 
 def splash_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: AttentionMask, *, scale: float,
