@@ -27,7 +27,8 @@ def _base() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         preset="gpt2-tiny", dtype="bfloat16", param_dtype="float32", dropout_rate=0.0,
         num_layers=placeholder(int), d_model=placeholder(int), num_heads=placeholder(int), d_ff=placeholder(int),
-        max_len=placeholder(int), scan_layers=placeholder(bool), remat=placeholder(str)))
+        max_len=placeholder(int), scan_layers=placeholder(bool), remat=placeholder(str),
+        attention_kernel=placeholder(str)))
     config.objective = "causal_lm"
     config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
     config.data = ml_collections.ConfigDict(dict(

@@ -73,6 +73,12 @@ class FlopsPerToken:
     train: int  # 3 x forward: the backward pass costs twice the forward
     encoder_forward: int  # per source token
     decoder_forward: int  # per target token
+    attention_forward: int = 0  # the share of `forward` in attention logits and weighted sums
+
+    @property
+    def train_without_attention(self) -> int:
+        """6N-style training FLOPs: the parameter matmuls only (MFU "without attention")."""
+        return 3 * (self.forward - self.attention_forward)
 
 
 # --- Parameter counts ------------------------------------------------------------------
@@ -175,16 +181,18 @@ def count_param_tree(params: Any, *, exclude_heads: bool = False) -> int:
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_len: int | None = None,
                     include_embedding: bool = False) -> FlopsPerToken:
-    """Kaplan et al. 2020 Table 1: C_forward = 2N + 2 n_layer n_ctx d_attn, training = 3 C_forward.
+    """Kaplan et al. 2020 Table 1: C_forward = 2N + attention, training = 3 C_forward.
 
     N is the backbone's non-embedding count (norms and biases included, which Kaplan drop as
-    sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). The
-    2 n_layer n_ctx d_attn term is Kaplan's count for attention logits and the weighted sum;
-    we use it for every attention (causal, bidirectional and T5's cross-attention alike).
+    sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). Attention
+    (QK^T and the weighted sum of V) costs 4 n_ctx d_attn per token and layer over all
+    keys; causal self-attention is counted once, i.e. over the half of the keys a query
+    sees (2 n_layer n_ctx d_attn, Kaplan's term; MaxText counts it this way since 2025).
+    Bidirectional self-attention (encoders) and cross-attention count 4 per key.
 
-    encoder_decoder: encoder tokens cost 2 N_enc + 2 L_enc S d_attn each; decoder tokens
-    2 N_dec + 2 L_dec T d_attn (self) + 2 L_dec S d_attn (cross), with T = seq_len and
-    S = source_len (default seq_len, i.e. equal source and target lengths).
+    encoder_decoder: encoder tokens cost 2 N_enc + 4 L_enc S d_attn each; decoder tokens
+    2 N_dec + 2 L_dec T d_attn (causal self) + 4 L_dec S d_attn (cross), with T = seq_len
+    and S = source_len (default seq_len, i.e. equal source and target lengths).
 
     include_embedding adds the unembedding matmul, 2 D V per (target) token forward; the
     input lookup is a gather and costs no matmul FLOPs.
@@ -199,21 +207,26 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     unembed = 2 * cfg.d_model * cfg.vocab_size if include_embedding else 0
     encoder_forward = decoder_forward = 0
     if cfg.family == "decoder":
-        decoder_forward = 2 * param_counts(cfg).non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        attention = 2 * cfg.num_layers * n_ctx * d_attn
+        decoder_forward = 2 * param_counts(cfg).non_embedding + attention + unembed
         forward = decoder_forward
     elif cfg.family == "encoder":
         counts = param_counts(cfg)
         heads_non_embedding, _ = _encoder_heads(cfg)
         backbone_non_embedding = counts.non_embedding - heads_non_embedding
-        encoder_forward = 2 * backbone_non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        attention = 4 * cfg.num_layers * n_ctx * d_attn
+        encoder_forward = 2 * backbone_non_embedding + attention + unembed
         forward = encoder_forward
     else:
-        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + 2 * cfg.encoder_layers * source * d_attn
-        decoder_forward = (2 * _t5_decoder_stack(cfg) + 2 * cfg.num_layers * (n_ctx + source) * d_attn + unembed)
+        encoder_attention = 4 * cfg.encoder_layers * source * d_attn
+        decoder_attention = cfg.num_layers * (2 * n_ctx + 4 * source) * d_attn
+        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + encoder_attention
+        decoder_forward = 2 * _t5_decoder_stack(cfg) + decoder_attention + unembed
         # Integer division is exact for equal lengths, the common case.
         forward = decoder_forward + encoder_forward * source // n_ctx
+        attention = decoder_attention + encoder_attention * source // n_ctx
     return FlopsPerToken(forward=forward, train=3 * forward, encoder_forward=encoder_forward,
-                         decoder_forward=decoder_forward)
+                         decoder_forward=decoder_forward, attention_forward=attention)
 
 
 # --- Memory ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from research import data as data_lib
 from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules
-from research.training import losses, metrics as metrics_lib, partitioning
+from research.training import losses, metrics as metrics_lib, partitioning, peak_flops as peak_flops_lib
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, create_train_state, train_state_shardings, with_shardings
@@ -59,7 +59,7 @@ class TrainConfig:
     eval_every_steps: int = 100  # checkpoint steps are evaluated too (keep-best needs it)
     eval_batches: int = 4
     stop_after_steps: int = 0  # > 0: leave after this step (checkpointed); rerunning continues; 0: off
-    peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 measures a matmul benchmark
+    peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 = datasheet bf16 peak (measured on CPU)
     progress_bar: bool = True
 
     def __post_init__(self):
@@ -136,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
             train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
                                                         microbatches=train.microbatches,
-                                                        batch_spec=partitioning.batch_partition_spec(rules)),
+                                                        batch_spec=partitioning.batch_partition_spec(rules),
+                                                        param_shardings=shardings.params),
                                         shardings, batch_sharding)
             eval_step = jit_eval_step(make_eval_step(model, loss_fn), shardings.params, batch_sharding)
 
@@ -144,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             encoder_decoder = model_config.family == "encoder_decoder"
             source_len = example[objective.length_keys[0]].shape[1] if encoder_decoder else None
             size = metrics_lib.model_size(model_config, abstract.params, target_len, source_len)
-            peak_flops = train.peak_flops or metrics_lib.measure_peak_flops(mesh.devices.flat)
+            peak_flops = peak_flops_lib.peak_flops(list(mesh.devices.flat), override=train.peak_flops).flops_per_second
             start_step = int(state.step)
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
                      "peak %.3g FLOP/s; starting at step %d", model_config.name, f"{size['params_total']:,}",

@@ -83,7 +83,8 @@ def model_size(config: ModelConfig, params: Any, target_len: int, source_len: in
     embedding = sizing.param_counts(config).embedding
     flops = sizing.flops_per_token(config, target_len, source_len=source_len, include_embedding=True)
     return {"params_total": total, "params_embedding": embedding, "params_non_embedding": total - embedding,
-            "train_flops_per_token": flops.train}
+            "train_flops_per_token": flops.train,
+            "train_flops_per_token_without_attention": flops.train_without_attention}
 
 
 def measure_peak_flops(devices: Sequence[jax.Device] | None = None, *, size: int = 1024,

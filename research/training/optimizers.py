@@ -101,8 +101,15 @@ def make_optimizer(config: OptimizerConfig) -> tuple[optax.GradientTransformatio
                           mask=weight_decay_mask)
     else:
         # Adafactor factors second moments of large matrices (memory ~ rows + cols) and clips
-        # updates by their RMS itself; its decay is not scaled by the learning rate.
-        core = optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None,
-                               weight_decay_mask=weight_decay_mask)
+        # updates by their RMS itself. optax.adafactor would add its weight_decay_rate after the
+        # learning-rate scaling (p <- p (1 - wd) per step: 0.9 with the AdamW-style default 0.1),
+        # so the decay is added here before the schedule instead, decoupled as in AdamW:
+        # p <- p - lr(t) * (update + wd * p).
+        core = optax.chain(
+            optax.adafactor(learning_rate=None, weight_decay_rate=None),  # ends with a sign flip
+            optax.scale(-1.0),
+            optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
     chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
     return optax.chain(*chain, core), schedule

@@ -28,6 +28,9 @@ def test_gpt2_small_flops_match_kaplan_by_hand():
     # The unembedding matmul adds 2 D V = 2*768*50257 = 77,194,752 forward per token.
     exact = sizing.flops_per_token(get_config("gpt2-small"), include_embedding=True)
     assert exact.forward == 188_986_368 + 77_194_752 and exact.train == 3 * exact.forward
+    # Without attention: causal attention counted once is 2*12*1024*768 forward per token.
+    assert exact.attention_forward == 18_874_368
+    assert exact.train_without_attention == 3 * (170_112_000 + 77_194_752)
 
 
 def test_t5_flops_halves():
@@ -36,12 +39,14 @@ def test_t5_flops_halves():
     n_dec = 6 * (8 * 512 * 512 + 2 * 512 * 2048 + 3 * 512) + 512  # + cross-attention, 3 norms
     assert n_enc + n_dec == sizing.param_counts(config).non_embedding
     flops = sizing.flops_per_token(config)  # equal source and target lengths, 512
-    assert flops.encoder_forward == 2 * n_enc + 2 * 6 * 512 * 512
-    assert flops.decoder_forward == 2 * n_dec + 2 * 6 * (512 + 512) * 512  # self + cross
+    # Bidirectional and cross-attention: 4 per key (QK^T + weighted sum); causal self: 2 (half the keys).
+    assert flops.encoder_forward == 2 * n_enc + 4 * 6 * 512 * 512
+    assert flops.decoder_forward == 2 * n_dec + 6 * (2 * 512 + 4 * 512) * 512  # causal self + cross
     assert flops.forward == flops.encoder_forward + flops.decoder_forward
+    assert flops.attention_forward == 6 * (4 * 512 + 2 * 512 + 4 * 512) * 512
     # Short targets: each target token also pays for source_len / seq_len = 4 source tokens.
     short = sizing.flops_per_token(config, 128, source_len=512)
-    assert short.decoder_forward == 2 * n_dec + 2 * 6 * (128 + 512) * 512
+    assert short.decoder_forward == 2 * n_dec + 6 * (2 * 128 + 4 * 512) * 512
     assert short.forward == short.decoder_forward + 4 * short.encoder_forward
 
 
