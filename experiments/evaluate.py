@@ -32,7 +32,7 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), che
                    dtype: str | None = None, output_dir: str | None = None,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Evaluate one model on every (task, shots) pair; write and print the table; return its rows."""
-    from research.evaluation.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
+    from research.training.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
     from research.evaluation.suite import plan_suite
 
     if (checkpoint is None) == (hf_dir is None):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import evaluate as cli
-from research.evaluation import checkpoint_loading, harness as harness_lib
-from research.evaluation.checkpoint_loading import checkpoint_steps, load_checkpoint, restore_params
+from research.evaluation import harness as harness_lib
+from research.training import checkpoint_loading
+from research.training.checkpoint_loading import checkpoint_steps, load_checkpoint, restore_params
 from research.evaluation.results_table import format_table, read_rows
 from research.evaluation.task_catalog import catalog_names, catalog_task, check_shots
 from research.evaluation.task_spec import TaskError
