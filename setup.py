@@ -4,6 +4,7 @@ import setuptools
 INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "array_record>=0.5",
+    "etils[epath]>=1.5",  # launch/: gs:// paths kept intact
     "flax>=0.10,<0.13",
     "grain>=0.2.10",
     "jax>=0.6",
@@ -27,7 +28,9 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "lm-eval>=0.4.9",
 ]
+LM_EVAL_REQUIRES = ["lm-eval>=0.4.9"]  # research/evaluation/lm_eval_adapter.py
 
 setuptools.setup(
     name="research",
@@ -38,5 +41,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*", "launch", "launch.*"]),
     package_data={"research.evaluation.tasks": ["words.txt"]},  # the unscramble task's word list
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "lm_eval": LM_EVAL_REQUIRES},
 )
