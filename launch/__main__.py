@@ -91,7 +91,7 @@ def _launch() -> None:
     sweep = load_sweep(_CONFIG.value)  # imports the config file: the first slow step
     overrides = parse_overrides(_OVERRIDE.value)
     check_config_keys(_CONFIG.value, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
-                                            | set(overrides)))
+                                            | set(overrides)), overrides)
     local = backend == "local"
     jobs = expand(sweep, module=_MODULE.value, config=_CONFIG.value, workdir=workdir, overrides=overrides,
                   python=sys.executable if local else _PYTHON.value)

@@ -100,9 +100,10 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def check_config_keys(config: str, keys: Sequence[str]) -> None:
+def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str] | None = None) -> None:
     """Every "config.a.b" key names a field of get_config(arg) of the config file; else one line
-    listing the fields that exist where the key went wrong."""
+    listing the fields that exist where the key went wrong. `values` (command-line strings) of
+    int / float / bool fields must parse as that type, as config_flags will parse them in the job."""
     module = _config_module(config)
     if not hasattr(module, "get_config"):
         raise LaunchError(f"{config.split(':', 1)[0]} defines no get_config(arg); it is not a config file.")
@@ -120,6 +121,21 @@ def check_config_keys(config: str, keys: Sequence[str]) -> None:
             if part not in node.keys():
                 raise LaunchError(f"{key}: {where} has no field {part!r}; its fields are {sorted(node.keys())}.")
             node, walked = node[part], [*walked, part]
+        if values and key in values:
+            _check_value_type(key, values[key], node)
+
+
+def _check_value_type(key: str, text: str, current: Any) -> None:
+    kind = type(current)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+        elif kind in (int, float):
+            kind(text)
+    except ValueError:
+        raise LaunchError(f"--override={key}={text}: {key} is {kind.__name__} (now {current!r}); give a "
+                          f"{kind.__name__} value.") from None
 
 
 def check_module(module: str) -> None:

@@ -72,6 +72,9 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
         check_config_keys(PRETRAIN, ["config.train.num_stepz"])
     with pytest.raises(LaunchError, match=r"config.train.num_steps is a value \(\d+\), not a group"):
         check_config_keys(PRETRAIN, ["config.train.num_steps.x"])
+    with pytest.raises(LaunchError, match=r"config.train.num_steps=1e3x: config.train.num_steps is int \(now \d+\)"):
+        check_config_keys(PRETRAIN, ["config.train.num_steps"], {"config.train.num_steps": "1e3x"})
+    check_config_keys(PRETRAIN, ["config.opt.learning_rate"], {"config.opt.learning_rate": "3e-4"})
     with pytest.raises(LaunchError, match="unknown pretrain preset 'nope'"):
         check_config_keys("experiments/configs/pretrain.py:nope", [])
 
