@@ -135,7 +135,7 @@ def _check_value_type(key: str, text: str, current: Any) -> None:
             kind(text)
     except ValueError:
         raise LaunchError(f"--override={key}={text}: {key} is {kind.__name__} (now {current!r}); give a "
-                          f"{kind.__name__} value.") from None
+                          f"value of type {kind.__name__}.") from None
 
 
 def check_module(module: str) -> None:
