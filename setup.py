@@ -11,6 +11,7 @@ import setuptools
 INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "array_record>=0.5",
+    "etils[epath]>=1.5",  # launch/: gs:// paths kept intact
     "flax>=0.10,<0.13",
     "grain>=0.2.10",
     "jax>=0.6",
@@ -38,7 +39,9 @@ TEST_REQUIRES = HF_REQUIRES + [  # torch + transformers: reference implementatio
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "lm-eval>=0.4.9",
 ]
+LM_EVAL_REQUIRES = ["lm-eval>=0.4.9"]  # research/evaluation/lm_eval_adapter.py
 
 setuptools.setup(
     name="research",
@@ -57,6 +60,7 @@ setuptools.setup(
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
         "hf": HF_REQUIRES,
+        "lm_eval": LM_EVAL_REQUIRES,  # lm-evaluation-harness adapter (pulls torch + transformers)
         "test": TEST_REQUIRES,
     },
 )

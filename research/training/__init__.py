@@ -6,6 +6,7 @@
     train_step.py     the pure, jitted train / eval steps with gradient accumulation
     partitioning.py   mesh, state and batch shardings
     checkpointing.py  orbax: async saves, keep-last / keep-best, data-iterator state, config
+    checkpoint_loading.py  a run's checkpoint or a Hugging Face folder -> model, params, tokenizer (inference)
     metrics.py        JSONL + TensorBoard, model size, tokens/s, MFU
     loop.py           train_and_evaluate(config, workdir)
 """
