@@ -152,8 +152,16 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
     return pipelines
 
 
+# What datatrove's worker processes import; the forkserver imports it once and forks every
+# worker from there (otherwise each worker of each stage spends seconds on these imports).
+_WORKER_PRELOAD = ["research.data.preparation.prepare", "tensorflow_datasets", "array_record.python.array_record_module"]
+
+
 def _executors(pipelines: list[tuple[str, list, int]], layout: Layout, config: PreparationConfig) -> list:
     execution, executors, previous = config.execution, [], None
+    if execution.executor == "local" and execution.workers > 1:
+        import multiprocess.forkserver
+        multiprocess.forkserver.set_forkserver_preload(_WORKER_PRELOAD)
     for stage, pipeline, tasks in pipelines:
         logging_dir = os.path.join(layout.logs, stage)
         if execution.executor == "local":

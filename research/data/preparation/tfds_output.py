@@ -32,6 +32,14 @@ def features():
     return tfds.features.FeaturesDict({"text": tfds.features.Text(), "origin": tfds.features.Text()})
 
 
+def serialize(feature_dict, example: dict) -> bytes:
+    """TFDS's tf.train.Example bytes with the feature map in sorted key order: the plain
+    `serialize_example` follows the protobuf map's order, which differs between processes."""
+    encoded = feature_dict.encode_example(example)
+    proto = feature_dict._example_serializer.get_tf_example(encoded)  # pylint: disable=protected-access
+    return proto.SerializeToString(deterministic=True)
+
+
 def split_of(key: str, validation_fraction: float) -> str:
     """train or validation, by a hash of the document's normalised-text key (stable across runs)."""
     return "validation" if in_validation(key, validation_fraction) else "train"
@@ -57,7 +65,7 @@ class ShardWriter(PipelineStep):
         try:
             for doc in data:
                 split = split_of(doc.metadata["key"], self.validation_fraction)
-                record = serializer.serialize_example({"text": doc.text, "origin": doc.metadata["origin"]})
+                record = serialize(serializer, {"text": doc.text, "origin": doc.metadata["origin"]})
                 writers[split].write(record)
                 sizes[split]["examples"] += 1
                 sizes[split]["bytes"] += len(record)
