@@ -112,6 +112,11 @@ class Finalise(PipelineStep):
         report.write_report(staged, report.build_report(stages, splits, self.description))
         os.makedirs(os.path.dirname(layout.final), exist_ok=True)
         os.rename(staged, layout.final)  # atomic: the dataset appears complete or not at all
+        # The intermediate copies of the corpus go now (a cluster run has no driver to do it);
+        # the logs stay with the work dir, which the local driver removes when it returns.
+        for intermediate in (layout.partitions, layout.unique, layout.signatures, layout.buckets,
+                             layout.remove_ids, layout.shards, layout.staging):
+            shutil.rmtree(intermediate, ignore_errors=True)
 
 
 def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
