@@ -16,7 +16,7 @@ EXAMPLE_CHARS = 400  # characters of a dropped document kept in the report
 
 def _empty() -> dict[str, Any]:
     return {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0, "bytes_in": 0, "bytes_out": 0,
-            "rewritten": 0, "dropped": {}, "examples": {}}
+            "rewritten": 0, "dropped": {}, "noted": {}, "examples": {}}
 
 
 def text_size(text: str) -> tuple[int, int]:
@@ -48,8 +48,15 @@ class StageCounters:
         counts["rewritten"] += int(rewritten)
 
     def dropped(self, name: str, reason: str, origin: str, text: str, **details: Any) -> None:
+        self._tally(name, "dropped", reason, origin, text, **details)
+
+    def noted(self, name: str, note: str, origin: str, text: str) -> None:
+        """A kept document worth reporting (e.g. one whose bad bytes were repaired)."""
+        self._tally(name, "noted", note, origin, text)
+
+    def _tally(self, name: str, kind: str, reason: str, origin: str, text: str, **details: Any) -> None:
         counts = self.stage(name)
-        counts["dropped"][reason] = counts["dropped"].get(reason, 0) + 1
+        counts[kind][reason] = counts[kind].get(reason, 0) + 1
         examples = counts["examples"].setdefault(reason, [])
         # Each task keeps its max_examples smallest origins, so the merge keeps the smallest of all
         # whatever the number of tasks.
@@ -76,12 +83,14 @@ def merge_counters(directory: str, max_examples: int) -> dict[str, dict[str, Any
             counts, total = stages[name], merged.setdefault(name, _empty())
             for key in ("docs_in", "docs_out", "words_in", "words_out", "bytes_in", "bytes_out", "rewritten"):
                 total[key] += counts[key]
-            for reason, n in counts["dropped"].items():
-                total["dropped"][reason] = total["dropped"].get(reason, 0) + n
+            for kind in ("dropped", "noted"):
+                for reason, n in counts[kind].items():
+                    total[kind][reason] = total[kind].get(reason, 0) + n
             for reason, examples in counts["examples"].items():
                 total["examples"].setdefault(reason, []).extend(examples)
     for total in merged.values():
         total["dropped"] = dict(sorted(total["dropped"].items()))
+        total["noted"] = dict(sorted(total["noted"].items()))
         total["examples"] = {reason: sorted(examples, key=lambda e: e["origin"])[:max_examples]
                              for reason, examples in sorted(total["examples"].items())}
     return merged

@@ -27,10 +27,12 @@ from research.data.preparation.decontamination import ContaminationIndex
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """A stage's decision: `text` (possibly rewritten) when kept; None and a `reason` when dropped."""
+    """A stage's decision: `text` (possibly rewritten) when kept; None and a `reason` when dropped.
+    A kept document may carry a `note` (e.g. repaired_invalid_utf8), counted with examples."""
 
     text: str | None
     reason: str = ""
+    note: str = ""
 
     @property
     def kept(self) -> bool:
@@ -112,7 +114,7 @@ def standardise(doc: Document, config: StandardiseConfig) -> Verdict:
     text = "\n".join(lines).strip("\n")
     if not text.strip():
         return drop("empty")
-    return Verdict(text)
+    return Verdict(text, note="repaired_invalid_utf8" if invalid else "")
 
 
 def _datatrove_filter_stage(step, prefix: str) -> DocumentStage:

@@ -77,6 +77,8 @@ class DocumentStagesStep(PipelineStep):
                     self.stat_update(f"dropped_{stage.name}")
                     break
                 counters.kept(stage.name, verdict.text, rewritten=verdict.text != doc.text)
+                if verdict.note:
+                    counters.noted(stage.name, verdict.note, origin, doc.text)
                 doc.text = verdict.text
             else:
                 doc.metadata["key"] = dedup_key(doc.text)

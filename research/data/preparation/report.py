@@ -51,8 +51,10 @@ def summary_text(report: dict[str, Any]) -> str:
                      f"{stage['words_out']:>12}{stage['rewritten']:>10}")
         for reason, count in sorted(stage["dropped"].items(), key=lambda kv: -kv[1]):
             lines.append(f"    dropped {count:>8}  {reason}")
+        for note, count in sorted(stage["noted"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"    kept    {count:>8}  {note}")
     lines.append("")
-    lines.append("Examples of dropped documents (first characters):")
+    lines.append("Examples of dropped (and noted) documents, first characters:")
     for stage in report["stages"]:
         for reason, examples in stage["examples"].items():
             for example in examples:

@@ -25,7 +25,8 @@ def test_standardise_rewrites_line_endings_unicode_controls_and_blank_runs():
 def test_standardise_drops_empty_and_badly_encoded_documents():
     assert ds.standardise(doc(" \r\n\x00\t\n"), StandardiseConfig()).reason == "empty"
     repaired = doc("caf\ufffd au lait " * 50, invalid_utf8_bytes=1, num_bytes=1000)
-    assert ds.standardise(repaired, StandardiseConfig()).kept  # 0.1% bad bytes: repaired
+    assert ds.standardise(repaired, StandardiseConfig()).note == "repaired_invalid_utf8"  # 0.1% bad bytes
+    assert ds.standardise(doc("fine"), StandardiseConfig()).note == ""
     assert ds.standardise(repaired, StandardiseConfig(invalid_utf8="drop")).reason == "invalid_utf8"
     mostly_bad = doc("\ufffd" * 30, invalid_utf8_bytes=30, num_bytes=100)
     assert ds.standardise(mostly_bad, StandardiseConfig()).reason == "invalid_utf8"  # 30% > 1%

@@ -30,6 +30,8 @@ def test_report_counts_every_rule_exactly(handmade):
         assert stage_a["docs_out"] == stage_b["docs_in"]  # every document is accounted for
         assert stage_a["docs_in"] - stage_a["docs_out"] == sum(stage_a["dropped"].values())
     assert stages["standardise"]["rewritten"] >= 3  # exact copy (spaces), crlf, trailing newline of files
+    assert stages["standardise"]["noted"] == {"repaired_invalid_utf8": 1}
+    assert [e["origin"] for e in stages["standardise"]["examples"]["repaired_invalid_utf8"]] == ["latin1.txt"]
     examples = stages["decontamination"]["examples"]["contains_rivers"]
     assert [e["origin"] for e in examples] == ["contaminated.md"]
     assert stages["exact_dedup"]["examples"]["exact_duplicate"][0]["origin"] in ("exact_copy.txt", "good_03.txt")
