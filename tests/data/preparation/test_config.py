@@ -43,3 +43,18 @@ def test_slurm_executors_are_built_as_a_dependency_chain(tmp_path):
     assert [type(e).__name__ for e in executors] == ["SlurmPipelineExecutor"] * 6
     assert [e.tasks for e in executors] == [4, 4, 13, 1, 4, 1]  # read, partitions, LSH bands, cluster, ...
     assert all(b.depends is a for a, b in zip(executors, executors[1:]))
+
+
+def test_ray_without_ray_installed_is_one_line(tmp_path):
+    import importlib.util
+    from research.data.preparation import prepare, resolve_inputs
+    (tmp_path / "a.txt").write_text("some text")
+    config = PreparationConfig.from_dict({"execution": {"executor": "ray"}})
+    spec = resolve_inputs(str(tmp_path))
+    layout = prepare.Layout(str(tmp_path / "out"), "x", "1.0.0", prepare.fingerprint(spec, config))
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(DataError, match=r"needs Ray; pip install 'ray\[default\]'"):
+            prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
+    else:
+        executors = prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
+        assert [type(e).__name__ for e in executors] == ["RayPipelineExecutor"] * 6
