@@ -134,3 +134,18 @@ def test_a_tfds_dataset_is_an_input_too(handmade, tmp_path):
     assert report["totals"]["docs_in"] == len(train) and report["totals"]["docs_out"] == len(train)
     again = output_texts(str(tmp_path), "again")
     assert sorted({**again["train"], **again["validation"]}.values()) == sorted(train.values())
+
+
+def test_dedup_stages_can_be_turned_off(tmp_path):
+    from tests.data.preparation.conftest import good_document
+    from tests.data.preparation.corpora import write_files
+    corpus = write_files(str(tmp_path / "in"), {f"{i}.txt": good_document(i % 3) for i in range(6)})  # 3 texts x 2
+    config = corpus_config("").__class__.from_dict({
+        "dedup": {"exact": False, "near": False}, "decontamination": {"all_catalog_tasks": False},
+        "output": {"num_shards": 2, "validation_fraction": 0.5}, "execution": {"read_tasks": 1}})
+    report = prepare_dataset(resolve_inputs(corpus), output_dir=str(tmp_path / "out"), name="dups", config=config)
+    assert [s["stage"] for s in report["stages"]] == ["standardise", "gopher_quality", "gopher_repetition"]
+    assert report["totals"]["docs_out"] == 6  # duplicates kept; copies share a split (same hash)
+    texts = output_texts(str(tmp_path / "out"), "dups")
+    assert len(texts["train"]) + len(texts["validation"]) == 6
+    assert not set(texts["train"].values()) & set(texts["validation"].values())  # a text's copies share a split
