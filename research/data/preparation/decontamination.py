@@ -38,6 +38,8 @@ class ContaminationIndex:
 
     def __init__(self, ngrams_by_n: Mapping[int, Mapping[str, str]], tasks: Sequence[TaskNgrams]):
         self.ngrams_by_n = {n: dict(grams) for n, grams in sorted(ngrams_by_n.items())}
+        # First words of the n-grams: most positions of a document start none, and skip the join.
+        self.first_words = {n: {gram.split(" ", 1)[0] for gram in grams} for n, grams in self.ngrams_by_n.items()}
         self.tasks = tuple(tasks)
 
     def __len__(self) -> int:
@@ -46,10 +48,12 @@ class ContaminationIndex:
     def first_match(self, text: str) -> str | None:
         words = words_of(text)
         for n, grams in self.ngrams_by_n.items():
+            first_words = self.first_words[n]
             for i in range(len(words) - n + 1):
-                task = grams.get(" ".join(words[i:i + n]))
-                if task is not None:
-                    return task
+                if words[i] in first_words:
+                    task = grams.get(" ".join(words[i:i + n]))
+                    if task is not None:
+                        return task
         return None
 
 
