@@ -224,7 +224,12 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
                                      lsh_bands(config.dedup.jaccard_threshold, config.dedup.num_permutations))
     os.makedirs(layout.work, exist_ok=True)
     executors = _executors(_pipelines(spec, layout, config, contamination, description), layout, config)
-    executors[-1].run()  # runs (or submits) the chain of dependencies first
+    try:
+        executors[-1].run()  # runs (or submits) the chain of dependencies first
+    except DataError:
+        # Bad input: fixing it changes the fingerprint, so this work dir could never be resumed.
+        shutil.rmtree(layout.work, ignore_errors=True)
+        raise
     if config.execution.executor != "local":
         return {"submitted": True, "work_dir": layout.work, "dataset_dir": layout.final}
     if not os.path.isdir(layout.final):

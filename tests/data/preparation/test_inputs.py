@@ -68,7 +68,7 @@ def test_bad_record_deep_in_a_file_stops_the_run_with_file_and_line_and_publishe
     spec = resolve_inputs(str(tmp_path / "in"))  # line 1 is fine: the up-front check passes
     with pytest.raises(DataError, match=r"data.jsonl:4: no field 'text'"):
         prepare_dataset(spec, output_dir=str(tmp_path / "out"), name="bad", config=config)
-    assert not os.path.exists(tmp_path / "out" / "bad")
+    assert os.listdir(tmp_path / "out") == []  # no dataset, and no work dir that could never resume
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):
