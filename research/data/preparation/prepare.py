@@ -105,10 +105,13 @@ class Finalise(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         layout = self.layout
         staged = os.path.join(layout.staging, layout.version)
-        splits = tfds_output.assemble_dataset(layout.shards, staged, name=layout.name,
-                                              description=f"Prepared by research.data.preparation from "
-                                                          f"{self.description['input']}.")
         stages = merge_counters(layout.counters, self.description["config"]["max_examples"])
+        try:
+            splits = tfds_output.assemble_dataset(layout.shards, staged, name=layout.name,
+                                                  description=f"Prepared by research.data.preparation from "
+                                                              f"{self.description['input']}.")
+        except DataError as error:  # say which rules removed everything, in the same line
+            raise DataError(f"{error} Drops: {report.drop_summary(stages)}.") from None
         report.write_report(staged, report.build_report(stages, splits, self.description))
         os.makedirs(os.path.dirname(layout.final), exist_ok=True)
         os.rename(staged, layout.final)  # atomic: the dataset appears complete or not at all

@@ -35,6 +35,13 @@ def build_report(stages: dict[str, dict[str, Any]], splits: dict[str, int], desc
             "splits": splits, "stages": ordered}
 
 
+def drop_summary(stages: dict[str, dict[str, Any]]) -> str:
+    """'stage: reason=count, ...; stage: ...' for every stage that dropped something, on one line."""
+    parts = [f"{name}: " + ", ".join(f"{reason}={count}" for reason, count in counts["dropped"].items())
+             for name, counts in stages.items() if counts["dropped"]]
+    return "; ".join(parts) or "none"
+
+
 def _percent(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:5.1f}%" if whole else "   - "
 

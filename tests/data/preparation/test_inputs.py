@@ -82,3 +82,13 @@ def test_cli_reports_bad_input_as_one_line(tmp_path):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "data.jsonl:3: no field 'text'" in last and "--text_field" in last
+
+
+def test_everything_filtered_out_names_the_rules_and_publishes_nothing(tmp_path):
+    write_files(str(tmp_path / "in"), {"a.txt": "Too short.", "b.txt": "Also far too short."})
+    config = PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False},
+                                          "output": {"num_shards": 1}, "execution": {"read_tasks": 1}})
+    with pytest.raises(DataError, match=r"hold no documents .* Drops: gopher_quality: gopher_short_doc=2\.$"):
+        prepare_dataset(resolve_inputs(str(tmp_path / "in")), output_dir=str(tmp_path / "out"), name="none",
+                        config=config)
+    assert os.listdir(tmp_path / "out") == []
