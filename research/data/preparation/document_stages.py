@@ -9,7 +9,6 @@ same signature; they see words from `RegexWordTokenizer`, which needs no model d
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import re
@@ -187,14 +186,3 @@ def build_document_stages(config: PreparationConfig, contamination: Contaminatio
     if contamination is not None and len(contamination):
         stages.append(NamedStage("decontamination", decontaminate(contamination)))
     return stages
-
-
-def run_stages(stages: Sequence[NamedStage], doc: Document) -> tuple[str | None, str, str]:
-    """(final text or None, name of the stage that dropped it, reason): all stages in order."""
-    doc = copy.copy(doc)
-    for stage in stages:
-        verdict = stage.apply(doc)
-        if not verdict.kept:
-            return None, stage.name, verdict.reason
-        doc.text = verdict.text
-    return doc.text, "", ""

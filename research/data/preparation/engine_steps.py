@@ -24,7 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.counters import StageCounters
 from research.data.preparation.decontamination import ContaminationIndex
-from research.data.preparation.document_stages import build_document_stages, dedup_key, run_stages
+from research.data.preparation.document_stages import build_document_stages, dedup_key
 
 
 def _atomic_jsonl(path: str, records: Iterator[dict]) -> Iterator[dict]:

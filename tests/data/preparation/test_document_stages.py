@@ -94,13 +94,6 @@ def test_regex_word_tokenizer_words_and_sentences():
     assert ds.WORDS.sent_tokenize("One two. Three? Four") == ["One two.", "Three?", "Four"]
 
 
-def test_run_stages_reports_the_stage_and_reason_that_dropped():
-    config_stages = [ds.NamedStage("standardise", lambda d: ds.standardise(d, StandardiseConfig())),
-                     ds.NamedStage("blocklist", ds.blocklist(("spam",)))]
-    assert ds.run_stages(config_stages, doc("ok text\r\n")) == ("ok text", "", "")
-    assert ds.run_stages(config_stages, doc("spam\r\n")) == (None, "blocklist", "blocklist")
-
-
 @pytest.mark.parametrize("threshold", [GopherQualityConfig().min_doc_words])
 def test_published_gopher_defaults(threshold):
     # Rae et al. 2021, Appendix A.1.1: 50..100,000 words, mean word length 3..10, symbol ratio 0.1,

@@ -7,7 +7,7 @@ import pytest
 
 from research import data
 from research.data.config import DataError
-from research.data.preparation import engine_steps, prepare_dataset, read_report, resolve_inputs, tfds_output
+from research.data.preparation import prepare_dataset, read_report, resolve_inputs, tfds_output
 from tests.data.preparation.conftest import corpus_config, standardise_text
 
 
