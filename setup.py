@@ -11,12 +11,15 @@ import setuptools
 INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "array_record>=0.5",
+    "datatrove>=0.10.1,<0.11",  # data preparation: executors, Gopher/C4 filters, MinHash dedup
     "etils[epath]>=1.5",  # launch/: gs:// paths kept intact
     "flax>=0.10,<0.13",
     "grain>=0.2.10",
     "jax>=0.6",
+    "loguru>=0.7",
     "matplotlib>=3.8",
     "ml_collections>=0.1.1",
+    "multiprocess>=0.70.16",
     "numpy>=1.26",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",

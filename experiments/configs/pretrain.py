@@ -33,6 +33,8 @@ def _base() -> ml_collections.ConfigDict:
     config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
     config.data = ml_collections.ConfigDict(dict(
         source="stdlib", validation_fraction=0.05, max_documents=placeholder(int),  # None: every document
+        # source="tfds": a prepared dataset by name, e.g. the output of experiments.prepare_data.
+        tfds_name="", data_dir="",
         # model_path None trains a tokenizer on the train split (cached in the workdir).
         tokenizer=dict(model_path=placeholder(str), vocab_size=512, max_training_chars=2_000_000,
                        num_extra_ids=0)))
