@@ -38,6 +38,7 @@ _KS = flags.DEFINE_list("ks", ["1", "4", "16"], "Models per program.")
 _K_SIZE = flags.DEFINE_float("k_size", 1e4, "Ladder target of the K-models comparison.")
 _K_STEPS = flags.DEFINE_integer("k_steps", 200, "Train steps of each K-models run.")
 _TORCH = flags.DEFINE_string("torch_ref", "/work/shared/reference/torch_gpt_ref.py", "Plain PyTorch script.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "OMP threads of the PyTorch run; 0: its default.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 
 
@@ -123,7 +124,8 @@ def torch_seconds_per_step(ladder, batch: int, seq: int, steps: int) -> float | 
     command = [sys.executable, _TORCH.value, f"--d={ladder.d_model}", f"--layers={ladder.num_layers}",
                f"--heads={ladder.num_heads}", f"--seq={seq}", f"--batch={batch}", f"--vocab={ladder.vocab_size}",
                f"--steps={steps}"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(_TORCH_THREADS.value)} if _TORCH_THREADS.value else {})}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return batch * seq / float(re.search(r"tokens/s=([0-9.]+)", out).group(1))
 
 
@@ -171,7 +173,7 @@ def main(argv) -> None:
     print(f"devices {jax.device_count()} ({jax.devices()[0].platform}); peak {peak:.3g} FLOP/s; load {_loadavg()}")
     results: dict[str, Any] = {"peak_flops": peak, "sizes": [], "k_models": []}
     with tempfile.TemporaryDirectory() as root:
-        for target in (float(s) for s in _SIZES.value):
+        for target in (float(s) for s in _SIZES.value if s):
             config, ladder = base_config(target, root, _STEPS.value, peak)
             loop_step, _ = loop_seconds_per_step(config, os.path.join(root, f"loop{target:g}"))
             step = compiled_step_seconds(config, _STEPS.value)
@@ -186,8 +188,8 @@ def main(argv) -> None:
                   f"{loop_step * 1e3:6.2f} ms/step, step alone {step * 1e3:6.2f} ms, overhead "
                   f"{(loop_step - step) * 1e3:6.2f} ms ({loop_step / step:.2f}x); torch {torch_text} "
                   f"(loop/torch {row['loop_over_torch'] or float('nan'):.2f}x) (load {_loadavg()})", flush=True)
-        if _KS.value:
-            results["k_models"] = k_models(_K_SIZE.value, [int(k) for k in _KS.value], _K_STEPS.value, peak,
+        if [k for k in _KS.value if k]:
+            results["k_models"] = k_models(_K_SIZE.value, [int(k) for k in _KS.value if k], _K_STEPS.value, peak,
                                            os.path.join(root, "k"))
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:

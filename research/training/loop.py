@@ -186,15 +186,19 @@ def _evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Any, b
 
 def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
                      init: Callable[[], Any], stacked: bool) -> tuple[Any, list]:
-    """The initial state (restored from the latest checkpoint every model has, else fresh)
+    """The initial state, restored from the latest checkpoint every model has (a kill between
+    the models' saves leaves some a step ahead: those later steps are dropped), else fresh,
     and the data iterators positioned to match it."""
     if all(m.checkpointer.latest_step() is None for m in members):
         return init(), sources
     common = set.intersection(*(set(m.checkpointer.all_steps()) for m in members))
+    for m in members:
+        m.checkpointer.delete_after(max(common, default=0))
     if not common:
-        have = {m.index: m.checkpointer.latest_step() for m in members}
-        raise ConfigError(f"the models' checkpoints share no step ({have}); delete the checkpoints/ of the models "
-                          "without one to restart them all, or train them separately.")
+        log.warning("the models saved no common step: all restart from step 0")
+        for m in members:
+            m.writer.forget_after(-1)
+        return init(), sources
     step = max(common)
     states = []
     for m in members:
@@ -314,6 +318,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             block_len = blocks.resolve_block_len(
                 train.steps_per_call, flops_per_step=num_models * tokens_per_step * size["train_flops_per_token"],
                 peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
+            if jax.process_count() > 1:  # each process timed its own peak: all must run the same calls
+                from jax.experimental import multihost_utils
+                block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
                      "peak %.3g FLOP/s; %d model(s), up to %d steps per call; starting at step %d", model_config.name,
                      f"{size['params_total']:,}", f"{size['params_embedding']:,}",

@@ -105,3 +105,18 @@ def test_kill_9_batched_run_then_rerun_is_exact(tokenizers, compilation_cache, t
     kill_after_checkpoint(command, workdir / "train.seed=1" / "checkpoints" / "4", compilation_cache)
     for name in ("train.seed=0", "train.seed=1"):
         assert_same_run(per_step(workdir / name), per_step(tmp_path / "whole" / name), steps)
+
+
+def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokenizers, compilation_cache, tmp_path):
+    """Model 1 lost its step-8 checkpoint (killed mid-save): both continue from step 4, exactly."""
+    import shutil
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=10, steps_per_call=3)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    config.train.stop_after_steps = 8
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    shutil.rmtree(tmp_path / "cut" / "opt.learning_rate=0.002" / "checkpoints" / "8")
+    config.train.stop_after_steps = 0
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    for name in ("opt.learning_rate=0.001", "opt.learning_rate=0.002"):
+        assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
