@@ -147,7 +147,7 @@ def train_config(config: ml_collections.ConfigDict, size: str,
 def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, run_dir: str, tokenizer: Any,
                  log: Log) -> list[dict[str, Any]]:
     """Rows of every checkpoint of one size (cached per step in <run_dir>/evals)."""
-    from research.evaluation.checkpoint_loading import checkpoint_steps_in, restore_params
+    from research.training.checkpoint_loading import checkpoint_steps_in, restore_params
     from research.evaluation.harness import Harness
     from research.evaluation.results_table import read_rows, write_rows
     from research.evaluation.suite import run_suite
@@ -226,7 +226,7 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = print) -> dict[str, str]:
     """The whole study in `workdir`; returns the report's paths. Reruns skip finished work."""
-    from research.evaluation.checkpoint_loading import checkpoint_steps_in
+    from research.training.checkpoint_loading import checkpoint_steps_in
     from research.evaluation.tokenizer_loading import load_tokenizer
     from research.training import train_and_evaluate
     from research.training.metrics import measure_peak_flops

@@ -9,10 +9,14 @@ SentencePiece tokenizer are used unless --step / --tokenizer say otherwise. --to
 'char', a SentencePiece .model file, or a Hugging Face tokenizer folder (the default for
 --hf_dir). Task names: research/evaluation/task_catalog.py, or a .json task file.
 
-Writes <output_dir>/<name>.json and .csv (one row per task and shot count; default
-output_dir: <checkpoint>/evaluations, or ./evaluations for --hf_dir) and prints the table.
-Bad input (unknown task, no checkpoint, more shots than a few-shot split holds) fails
-with one line before anything is compiled.
+Prints the table and writes <output_dir>/<name>.json and .csv (one row per task and shot
+count; name: step_<N> for a checkpoint, the folder's name for --hf_dir). output_dir defaults
+to <checkpoint>/evaluations; for --hf_dir nothing is written unless --output_dir is given
+(a model folder may be read-only, and the current directory is nobody's). Earlier results
+are never replaced silently: when <name>.json exists the new table goes to <name>_v2.json
+(then _v3, ...) and the log says so; --overwrite replaces it instead. Bad input (unknown
+task, no checkpoint, more shots than a few-shot split holds, an unwritable output_dir)
+fails with one line before anything is compiled.
 """
 from __future__ import annotations
 
@@ -29,33 +33,63 @@ from research.models.config import ConfigError
 def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), checkpoint: str | None = None,
                    step: int | None = None, hf_dir: str | None = None, tokenizer: str | None = None,
                    num_test: int = 100, num_train: int = 64, seed: int = 0, batch_size: int = 16,
-                   dtype: str | None = None, output_dir: str | None = None,
+                   dtype: str | None = None, output_dir: str | None = None, overwrite: bool = False,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Evaluate one model on every (task, shots) pair; write and print the table; return its rows."""
-    from research.evaluation.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
+    """Evaluate one model on every (task, shots) pair; print (and write) the table; return its rows."""
+    from research.training.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
     from research.evaluation.suite import plan_suite
 
     if (checkpoint is None) == (hf_dir is None):
         raise ConfigError("give exactly one of --checkpoint=RUN_DIR and --hf_dir=HF_FOLDER.")
     if batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size} must be >= 1.")
+    if num_test < 1:
+        raise ConfigError(f"--num_test={num_test} must be >= 1 (evaluation documents per generated task).")
+    if num_train < 0:
+        raise ConfigError(f"--num_train={num_train} must be >= 0 (few-shot pool per generated task).")
+    if output_dir is not None:
+        check_writable(output_dir)
     entries = plan_suite(list(tasks), list(num_shots), num_test=num_test, num_train=num_train, seed=seed)
     if checkpoint is not None:
         root = checkpoint_root(checkpoint)  # a directory without checkpoints fails here, before any loading
         overrides = {"dtype": dtype} if dtype else {}
         loaded = load_checkpoint(root, step=step, tokenizer=tokenizer, **overrides)
         output_dir = output_dir or os.path.join(run_workdir(root), "evaluations")
+        check_writable(output_dir)
         name = f"step_{loaded.step}"
     else:
         if step is not None:
             raise ConfigError("--step selects a checkpoint step; it does not apply to --hf_dir.")
         loaded = load_hf(hf_dir, tokenizer=tokenizer, **({"dtype": dtype} if dtype else {}))
-        output_dir = output_dir or "evaluations"
         name = os.path.basename(os.path.normpath(hf_dir))
-    return _run(loaded, entries, batch_size, os.path.join(output_dir, name), log)
+    stem = None if output_dir is None else os.path.join(output_dir, name)
+    return _run(loaded, entries, batch_size, stem, overwrite, log)
 
 
-def _run(loaded, entries, batch_size: int, stem: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def check_writable(directory: str) -> None:
+    """ConfigError unless `directory` exists writable or can be created; creates nothing."""
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"output directory {directory!r}: {existing!r} is a file, not a directory; pass another "
+                          "--output_dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {directory!r} cannot be written ({existing!r} is not writable); pass "
+                          "another --output_dir.")
+
+
+def unused_stem(stem: str) -> str:
+    """`stem` if neither stem.json nor stem.csv exists, else the first free stem_v2, stem_v3, ..."""
+    candidate, version = stem, 1
+    while os.path.exists(candidate + ".json") or os.path.exists(candidate + ".csv"):
+        version += 1
+        candidate = f"{stem}_v{version}"
+    return candidate
+
+
+def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
+         log: Callable[[str], None]) -> list[dict[str, Any]]:
     from research.evaluation.harness import Harness
     from research.evaluation.results_table import format_table, write_rows
     from research.evaluation.suite import run_suite
@@ -74,11 +108,19 @@ def _run(loaded, entries, batch_size: int, stem: str, log: Callable[[str], None]
         row["seconds"] = round(time.perf_counter() - start, 2)
         rows.append(row)
         log(f"  {entry.name} {entry.num_fewshot}-shot: {row['seconds']:.1f} s")
-    paths = write_rows(rows, stem, metadata={"source": loaded.source, "model_config": config.to_dict()})
     shown = ["task", "num_shots", "num_examples", "exact_match", "token_accuracy", "token_edit_distance",
              "target_log_prob", "brier_score", "acc", "acc_norm", "token_perplexity"]
     log(format_table(rows, [c for c in shown if any(c in r for r in rows)]))
-    log(f"wrote {paths['json']} and {paths['csv']}")
+    if stem is None:
+        log("not written: pass --output_dir=DIR to keep this table as JSON and CSV.")
+        return rows
+    # The free name is chosen only now, after the long work, so a concurrent run cannot take it first.
+    target = stem if overwrite else unused_stem(stem)
+    replaced = overwrite and os.path.exists(stem + ".json")
+    paths = write_rows(rows, target, metadata={"source": loaded.source, "model_config": config.to_dict()})
+    note = (" (replacing the earlier results: --overwrite)" if replaced else
+            f" ({stem}.json holds earlier results, kept; --overwrite replaces them)" if target != stem else "")
+    log(f"wrote {paths['json']} and {paths['csv']}{note}")
     return rows
 
 
@@ -104,6 +146,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 16, "Rows per jitted scoring / generation call.", lower_bound=1)
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: as trained).")
     flags.DEFINE_string("output_dir", None, "Where to write the results (see the module docstring).")
+    flags.DEFINE_bool("overwrite", False, "Replace <name>.json/.csv if they exist (default: write <name>_v2, ...).")
 
 
 def main(argv):
@@ -117,7 +160,8 @@ def main(argv):
     try:
         evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots), checkpoint=f.checkpoint, step=f.step,
                        hf_dir=f.hf_dir, tokenizer=f.tokenizer, num_test=f.num_test, num_train=f.num_train,
-                       seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir)
+                       seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir,
+                       overwrite=f.overwrite)
     except (ConfigError, DataError) as error:
         sys.exit(f"error: {error}")
 

@@ -4,8 +4,8 @@ A thin absl main around research.training.train_and_evaluate; see the config mod
 docstring for presets and overrides. Rerunning with the same workdir resumes the run.
 
 Exit status: 0 done; 1 a bad input (one line on stderr, nothing left behind); 130 / 143
-stopped by Ctrl-C / SIGTERM after saving a checkpoint at the current step (rerun the
-same command to continue).
+stopped by Ctrl-C / SIGTERM after saving a checkpoint at the end of the current block of
+steps (rerun the same command to continue).
 """
 from __future__ import annotations
 

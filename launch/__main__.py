@@ -1,14 +1,21 @@
 """Launch a config's sweep: `python -m launch --config=experiments/configs/pretrain.py:gpt_tiny
 --module=experiments.pretrain --workdir=DIR --backend=local|slurm|tpu_vm`.
 
-Expands the config file's get_sweep() into one job per override dict (launch/sweep.py) and
-runs them here (local), or writes DIR/launch_slurm.sh (an sbatch array) or DIR/launch_tpu_vm.sh
-(gcloud commands) and, with --submit, submits it. `--dry_run` prints the commands only.
+Expands the config file's get_sweep() into one job per override dict (launch/sweep.py), adds
+every --override=KEY=VALUE to each job, and runs them here (local, then prints the results
+table), or writes LAUNCH_DIR/launch_slurm.sh (an sbatch array) or LAUNCH_DIR/launch_tpu_vm.sh
+(gcloud commands) and, with --submit, submits it. LAUNCH_DIR (--launch_dir) defaults to the
+workdir; a cloud workdir (gs://...) is passed to the jobs intact and needs a local or shared
+--launch_dir for scripts, logs and job status. The module, the override keys, node and GPU
+counts are checked before anything is written. `--dry_run` prints the commands and the
+script and writes nothing; `--results` prints each job's status, final loss and time.
 Examples:
   python -m launch --config=experiments/configs/pretrain.py:gpt_tiny --module=experiments.pretrain \\
-      --workdir=/tmp/lr_sweep --backend=local --max_parallel=1
+      --workdir=/tmp/lr_sweep --backend=local --max_parallel=1 --override=config.train.num_steps=100
   python -m launch --config=experiments/configs/scaling_laws.py:cpu_tiny --module=experiments.scaling_laws \\
       --workdir=/shared/sweep --backend=slurm --slurm_gpus_per_node=8 --submit
+  python -m launch --config=experiments/configs/pretrain.py:gpt_tiny --module=experiments.pretrain \\
+      --workdir=/tmp/lr_sweep --results
 """
 from __future__ import annotations
 
@@ -18,14 +25,20 @@ import sys
 
 from absl import app, flags
 
-from launch import backends
-from launch.sweep import LaunchError, expand, load_sweep
+from launch import backends, results as results_lib
+from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, load_sweep,
+                          parse_overrides)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
 _MODULE = flags.DEFINE_string("module", None, "Entry point each job runs with python -m, e.g. experiments.pretrain.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Base directory; each job gets its own below it (unless shared).")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu_vm"], "Where the jobs run.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the jobs' commands; run and write nothing.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "KEY=VALUE added to every job, e.g. "
+                                      "config.train.num_steps=100 (repeat the flag for several).")
+_LAUNCH_DIR = flags.DEFINE_string("launch_dir", None, "Where scripts, job logs and job status go (default: --workdir; "
+                               "needed when --workdir is a cloud path).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the jobs' commands and the script; run and write nothing.")
+_RESULTS = flags.DEFINE_bool("results", False, "Print each job's status, final loss and time; run nothing.")
 _SUBMIT = flags.DEFINE_bool("submit", False, "slurm / tpu_vm: also run sbatch / bash on the written script.")
 _MAX_PARALLEL = flags.DEFINE_integer("max_parallel", 1, "local: jobs running at once.")
 _PYTHON = flags.DEFINE_string("python", "python", "slurm / tpu_vm: the remote Python (local uses this one's).")
@@ -48,35 +61,71 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     try:
-        local = _BACKEND.value == "local"
-        jobs = expand(load_sweep(_CONFIG.value), module=_MODULE.value, config=_CONFIG.value, workdir=_WORKDIR.value,
-                      python=sys.executable if local else _PYTHON.value)
-        if _DRY_RUN.value:
-            print("\n".join(f"{job.name}: {job.command}" for job in jobs))
-            return
-        if local:
-            results = backends.run_local(jobs, cwd=REPO, max_parallel=_MAX_PARALLEL.value)
-            failed = [r.job.name for r in results if r.returncode]
-            if failed:
-                sys.exit(f"error: {len(failed)} of {len(jobs)} job(s) failed: {', '.join(failed)}")
-            return
-        if _BACKEND.value == "slurm":
-            script = backends.slurm_script(jobs, backends.SlurmOptions(
-                job_name=os.path.basename(os.path.normpath(_WORKDIR.value)) or "sweep", nodes=_SLURM_NODES.value,
-                gpus_per_node=_SLURM_GPUS.value, time=_SLURM_TIME.value, partition=_SLURM_PARTITION.value,
-                account=_SLURM_ACCOUNT.value, setup=_SETUP.value), cwd=REPO, log_dir=_WORKDIR.value)
-            submit = ["sbatch"]
-        else:
-            script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(
-                tpu_name=_TPU_NAME.value, zone=_TPU_ZONE.value, project=_TPU_PROJECT.value,
-                repo_dir=_TPU_REPO.value, setup=_SETUP.value))
-            submit = ["bash"]
+        _launch()
     except LaunchError as error:
         sys.exit(f"error: {error}")
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    path = os.path.join(_WORKDIR.value, f"launch_{_BACKEND.value}.sh")
-    with open(path, "w") as f:
-        f.write(script)
+
+
+def _launch() -> None:
+    """Everything is checked and every script made before the first file is written."""
+    backend, workdir = _BACKEND.value, _WORKDIR.value
+    if is_url(workdir) and not _LAUNCH_DIR.value:
+        raise LaunchError(f"--workdir={workdir} is a cloud path; jobs write there, but launch keeps scripts, logs and "
+                          "job status on a local or shared disk: add --launch_dir=DIR.")
+    log_dir = _LAUNCH_DIR.value or workdir
+    if is_url(log_dir):
+        raise LaunchError(f"--launch_dir={log_dir} must be a local or shared-disk path (sbatch and bash read it).")
+    if _MAX_PARALLEL.value < 1:
+        raise LaunchError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1.")
+    slurm_options = backends.SlurmOptions(
+        job_name=workdir.rstrip("/").rsplit("/", 1)[-1] or "sweep", nodes=_SLURM_NODES.value,
+        gpus_per_node=_SLURM_GPUS.value, time=_SLURM_TIME.value, partition=_SLURM_PARTITION.value,
+        account=_SLURM_ACCOUNT.value, setup=_SETUP.value)
+    tpu_vm_options = backends.TpuVmOptions(tpu_name=_TPU_NAME.value, zone=_TPU_ZONE.value, project=_TPU_PROJECT.value,
+                                           repo_dir=_TPU_REPO.value, setup=_SETUP.value)
+    if backend == "slurm":
+        backends.check_slurm_options(slurm_options)
+    elif backend == "tpu_vm":
+        backends.check_tpu_vm_options(tpu_vm_options)
+    check_module(_MODULE.value)
+    sweep = load_sweep(_CONFIG.value)  # imports the config file: the first slow step
+    overrides = parse_overrides(_OVERRIDE.value)
+    check_config_keys(_CONFIG.value, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
+                                            | set(overrides)), overrides)
+    local = backend == "local"
+    jobs = expand(sweep, module=_MODULE.value, config=_CONFIG.value, workdir=workdir, overrides=overrides,
+                  python=sys.executable if local else _PYTHON.value)
+    if _RESULTS.value:
+        print(results_lib.format_table(results_lib.collect(jobs, log_dir)))
+        return
+    if local:
+        if _DRY_RUN.value:
+            print("\n".join(f"{job.name}: {job.command}" for job in jobs))
+            print(f"(logs would go to {os.path.join(log_dir, 'launch_<job>.log')})")
+            return
+        backends.run_local(jobs, cwd=REPO, log_dir=log_dir, max_parallel=_MAX_PARALLEL.value)
+        table = results_lib.collect(jobs, log_dir)
+        print(results_lib.format_table(table))
+        failed = [r.name for r in table if r.status.startswith("failed")]
+        if failed:
+            sys.exit(f"error: {len(failed)} of {len(jobs)} job(s) failed: {', '.join(failed)} (logs in {log_dir})")
+        return
+    if backend == "slurm":
+        script = backends.slurm_script(jobs, slurm_options, cwd=REPO, log_dir=os.path.abspath(log_dir))
+        submit = ["sbatch"]
+    else:
+        script = backends.tpu_vm_script(jobs, tpu_vm_options, log_dir=os.path.abspath(log_dir))
+        submit = ["bash"]
+    path = os.path.join(log_dir, f"launch_{backend}.sh")
+    if _DRY_RUN.value:
+        print(f"# {path} ({len(jobs)} jobs; not written: --dry_run)\n{script}", end="")
+        return
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(script)
+    except OSError as error:
+        raise LaunchError(f"cannot write {path}: {error.strerror}; pick a writable --launch_dir.") from None
     print(f"wrote {path} ({len(jobs)} jobs)")
     if _SUBMIT.value:
         subprocess.run([*submit, path], check=True)

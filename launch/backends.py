@@ -1,19 +1,22 @@
 """Where jobs run: `local` (subprocesses here), `slurm` (an sbatch array script), `tpu_vm` (gcloud commands).
 
 Every backend takes the Jobs of launch/sweep.py. `local` runs them now; `slurm` and `tpu_vm`
-write a script into the sweep's workdir and return its path (`python -m launch --submit`
-also hands it to sbatch / bash), so what would run can be read first.
+return a script that `python -m launch` writes into the log directory (and, with --submit,
+hands to sbatch / bash), so what would run can be read first. Every backend records each
+job's start and end under <log_dir>/launch_status (launch/results.py reads them).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 from typing import Sequence, TextIO
 
+from launch import results as results_lib
 from launch.sweep import Job, LaunchError
 
 
@@ -25,27 +28,33 @@ class LocalResult:
     log: str  # path of the job's stdout + stderr
 
 
-def run_local(jobs: Sequence[Job], *, cwd: str, max_parallel: int = 1, out: TextIO = sys.stdout) -> list[LocalResult]:
+def run_local(jobs: Sequence[Job], *, cwd: str, log_dir: str, max_parallel: int = 1,
+              out: TextIO = sys.stdout) -> list[LocalResult]:
     """Run the jobs as subprocesses of this machine, at most `max_parallel` at once; each
-    job's output goes to <its workdir>/launch.log (one file per job, appended)."""
+    job's output goes to <log_dir>/launch_<name>.log (appended; the job makes its own workdir,
+    which may be a gs:// URL)."""
     if max_parallel < 1:
         raise LaunchError(f"--max_parallel={max_parallel} must be >= 1.")
+    os.makedirs(log_dir, exist_ok=True)
     pending, running, results = list(jobs), [], []
     while pending or running:
         while pending and len(running) < max_parallel:
             job = pending.pop(0)
-            os.makedirs(job.workdir, exist_ok=True)
-            log_path = os.path.join(job.workdir, f"launch_{job.name}.log")
+            log_path = os.path.join(log_dir, f"launch_{job.name}.log")
             log = open(log_path, "a")
             print(f"start {job.name}: {job.command}", file=out, flush=True)
+            start = time.time()
+            results_lib.record_start(log_dir, job.name, start)
             process = subprocess.Popen(job.argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-            running.append((job, process, log, log_path, time.perf_counter()))
+            running.append((job, process, log, log_path, start))
         for entry in list(running):
             job, process, log, log_path, start = entry
             if process.poll() is not None:
                 log.close()
                 running.remove(entry)
-                results.append(LocalResult(job, process.returncode, time.perf_counter() - start, log_path))
+                end = time.time()
+                results_lib.record_end(log_dir, job.name, start, process.returncode, end)
+                results.append(LocalResult(job, process.returncode, end - start, log_path))
                 status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode}; see {log_path})"
                 print(f"done {job.name}: {status}", file=out, flush=True)
         time.sleep(0.05)
@@ -68,10 +77,34 @@ class SlurmOptions:
     setup: str = ""  # shell lines run first in every task, e.g. "source .venv/bin/activate"
 
 
+def check_slurm_options(options: SlurmOptions) -> None:
+    """Counts and the time limit as sbatch would read them; one line per mistake, before any file."""
+    if options.nodes < 1:
+        raise LaunchError(f"--slurm_nodes={options.nodes} must be >= 1 (nodes per job, one JAX process each).")
+    if options.gpus_per_node < 0:
+        raise LaunchError(f"--slurm_gpus_per_node={options.gpus_per_node} must be >= 0 (0 = CPU-only nodes).")
+    if options.cpus_per_task < 1:
+        raise LaunchError(f"cpus_per_task={options.cpus_per_task} must be >= 1.")
+    if options.max_concurrent < 0:
+        raise LaunchError(f"max_concurrent={options.max_concurrent} must be >= 0 (0 = no limit).")
+    # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+    if not re.fullmatch(r"(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})", options.time):
+        raise LaunchError(f"--slurm_time={options.time!r} is not a SLURM time; use e.g. 24:00:00, 90 (minutes) "
+                          "or 2-00:00:00.")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", options.job_name):
+        raise LaunchError(f"slurm job name {options.job_name!r} (the workdir's last part) holds characters sbatch "
+                          "may reject; use letters, digits and _.+-.")
+
+
 def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_dir: str) -> str:
-    """An sbatch script that runs job i as array task i, with srun starting one process per node."""
+    """An sbatch script that runs job i as array task i, with srun starting one process per node.
+
+    The task's shell records the job's start and exit status under <log_dir>/launch_status
+    (the same records the local backend writes), so `--results` can tell how each job ended.
+    """
     if not jobs:
         raise LaunchError("no jobs to launch; get_sweep() returned an empty list.")
+    check_slurm_options(options)
     throttle = f"%{options.max_concurrent}" if options.max_concurrent else ""
     lines = ["#!/bin/bash", f"#SBATCH --job-name={options.job_name}", f"#SBATCH --array=0-{len(jobs) - 1}{throttle}",
              f"#SBATCH --nodes={options.nodes}", "#SBATCH --ntasks-per-node=1",
@@ -86,9 +119,22 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
         lines.append(options.setup)
     lines.append("JOBS=(")
     lines += [f"  {shlex.quote(job.command)}  # {job.name}" for job in jobs]
-    lines += [")", "# launch.multihost joins jax.distributed on every node (SLURM_NTASKS > 1).",
-              'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"', ""]
+    lines += [")", "NAMES=(" + " ".join(job.name for job in jobs) + ")",
+              *_status_functions(log_dir),
+              'NAME="${NAMES[$SLURM_ARRAY_TASK_ID]}"', 'START=$(date +%s)', 'record_start "$NAME" "$START"',
+              "# launch.multihost joins jax.distributed on every node (SLURM_NTASKS > 1).",
+              'set +e', 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"', 'CODE=$?', 'set -e',
+              'record_end "$NAME" "$START" "$CODE"', 'exit "$CODE"', ""]
     return "\n".join(lines)
+
+
+def _status_functions(log_dir: str) -> list[str]:
+    """Shell functions writing launch/results.py's status records (JSON; names are [A-Za-z0-9_.=,+-])."""
+    status = shlex.quote(os.path.join(log_dir, results_lib.STATUS_DIR))
+    return [f"STATUS_DIR={status}", 'mkdir -p "$STATUS_DIR"',
+            'record_start() { printf \'{"name": "%s", "start": %s}\\n\' "$1" "$2" > "$STATUS_DIR/$1.json"; }',
+            'record_end() { printf \'{"name": "%s", "start": %s, "end": %s, "returncode": %s}\\n\' '
+            '"$1" "$2" "$(date +%s)" "$3" > "$STATUS_DIR/$1.json"; }']
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,15 +148,23 @@ class TpuVmOptions:
     setup: str = ""  # run on every worker before each job, e.g. "source ~/venv/bin/activate"
 
 
-def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions) -> str:
-    """A bash script of gcloud commands: each job runs on every worker of the slice at once
-    (--worker=all), as multi-host JAX needs; the jobs run one after another."""
+def check_tpu_vm_options(options: TpuVmOptions) -> None:
     if not options.tpu_name or not options.zone:
         raise LaunchError("tpu_vm needs --tpu_name and --tpu_zone, e.g. --tpu_name=my-v4-32 --tpu_zone=us-central2-b.")
+
+
+def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -> str:
+    """A bash script of gcloud commands: each job runs on every worker of the slice at once
+    (--worker=all), as multi-host JAX needs; the jobs run one after another, a failed job
+    does not stop the rest, and the script exits non-zero if any failed."""
+    check_tpu_vm_options(options)
     project = f" --project={shlex.quote(options.project)}" if options.project else ""
-    lines = ["#!/bin/bash", "set -euo pipefail"]
+    lines = ["#!/bin/bash", "set -uo pipefail", *_status_functions(log_dir), "FAILED=0",
+             'run_job() { local name=$1 start code; shift; start=$(date +%s); record_start "$name" "$start"; '
+             '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; }']
     for job in jobs:
         remote = " && ".join(part for part in (f"cd {options.repo_dir}", options.setup, job.command) if part)
-        lines += [f"# {job.name}", f"gcloud compute tpus tpu-vm ssh {shlex.quote(options.tpu_name)} "
+        lines += [f"# {job.name}", f"run_job {job.name} gcloud compute tpus tpu-vm ssh {shlex.quote(options.tpu_name)} "
                   f"--zone={shlex.quote(options.zone)}{project} --worker=all --command={shlex.quote(remote)}"]
+    lines.append('exit "$FAILED"')
     return "\n".join(lines) + "\n"

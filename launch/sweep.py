@@ -9,6 +9,11 @@ flags; two keys are launch options:
   "name"     the job's name (default: its workdir name, or "job<i>").
 Every job runs `python -m launch.multihost <module> --config=<file>:<arg> --workdir=... <flags>`,
 so on several hosts each process joins jax.distributed before the entry point starts.
+
+Workdirs are etils.epath paths, so a cloud base such as gs://bucket/sweep stays a URL
+(os.path would fold it into gs:/bucket/sweep). Overrides given on the command line
+(`--override=config.train.num_steps=100`) are added to every job; they and the sweep's
+keys are checked against the config's fields before any job is written.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import importlib.util
 import os
 import re
 import shlex
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 LAUNCH_KEYS = ("workdir", "name")
 
@@ -40,8 +47,19 @@ class Job:
         return shlex.join(self.argv)
 
 
-def load_sweep(config: str) -> list[dict[str, Any]]:
-    """`get_sweep()` of the config file in `config` ("path/to/config.py[:arg]")."""
+def is_url(path: str) -> bool:
+    """True for cloud paths (gs://, s3://, ...), which must never pass through os.path."""
+    return "://" in path
+
+
+def job_workdir(base: str, subdir: str) -> str:
+    """`base`/`subdir` ("." = base itself), keeping a URL base a URL."""
+    if is_url(base):
+        return str(epath.Path(base) / subdir) if subdir != "." else str(epath.Path(base))
+    return os.path.normpath(os.path.join(base, subdir))
+
+
+def _config_module(config: str):
     path = config.split(":", 1)[0]
     if not os.path.isfile(path):
         raise LaunchError(f"--config={config!r}: {path!r} is not a file; give a config module path, "
@@ -49,6 +67,13 @@ def load_sweep(config: str) -> list[dict[str, Any]]:
     spec = importlib.util.spec_from_file_location("_launched_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_sweep(config: str) -> list[dict[str, Any]]:
+    """`get_sweep()` of the config file in `config` ("path/to/config.py[:arg]")."""
+    path = config.split(":", 1)[0]
+    module = _config_module(config)
     if not hasattr(module, "get_sweep"):
         raise LaunchError(f"{path} defines no get_sweep(); add one returning a list of override dicts, "
                           "e.g. [{'config.opt.learning_rate': 1e-3}, ...].")
@@ -57,6 +82,78 @@ def load_sweep(config: str) -> list[dict[str, Any]]:
         raise LaunchError(f"{path}: get_sweep() returned {type(sweep).__name__}; it must return a non-empty list "
                           "of override dicts.")
     return sweep
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """["config.train.num_steps=100", "opt.learning_rate=1e-3"] -> {"config.train.num_steps": "100", ...}
+    (the "config." prefix is optional)."""
+    parsed = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key or not value:
+            raise LaunchError(f"--override={override!r} is not KEY=VALUE; e.g. --override=config.train.num_steps=100.")
+        key = key if key.startswith("config.") else f"config.{key}"
+        if key in parsed:
+            raise LaunchError(f"--override sets {key} twice ({parsed[key]!r} and {value!r}); keep one.")
+        parsed[key] = value
+    return parsed
+
+
+def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str] | None = None) -> None:
+    """Every "config.a.b" key names a field of get_config(arg) of the config file; else one line
+    listing the fields that exist where the key went wrong. `values` (command-line strings) of
+    int / float / bool fields must parse as that type, as config_flags will parse them in the job."""
+    module = _config_module(config)
+    if not hasattr(module, "get_config"):
+        raise LaunchError(f"{config.split(':', 1)[0]} defines no get_config(arg); it is not a config file.")
+    arg = config.split(":", 1)[1] if ":" in config else None
+    try:
+        root = module.get_config(arg) if arg is not None else module.get_config()
+    except Exception as error:  # the config file's own one-line error (e.g. an unknown preset)
+        raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
+    for key in keys:
+        node, walked = root, []
+        for part in key.removeprefix("config.").split("."):
+            where = "config" + "".join(f".{w}" for w in walked)
+            if not hasattr(node, "keys"):
+                raise LaunchError(f"{key}: {where} is a value ({node!r}), not a group of fields; set {where} itself.")
+            if part not in node.keys():
+                raise LaunchError(f"{key}: {where} has no field {part!r}; its fields are {sorted(node.keys())}.")
+            node, walked = node[part], [*walked, part]
+        if values and key in values:
+            _check_value_type(key, values[key], node)
+
+
+def _check_value_type(key: str, text: str, current: Any) -> None:
+    kind = type(current)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+        elif kind in (int, float):
+            kind(text)
+    except ValueError:
+        raise LaunchError(f"--override={key}={text}: {key} is {kind.__name__} (now {current!r}); give a "
+                          f"value of type {kind.__name__}.") from None
+
+
+def check_module(module: str) -> None:
+    """The entry point exists as an importable module (found, not imported: importing may be slow)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module or ""):
+        raise LaunchError(f"--module={module!r} is not a dotted module name; e.g. --module=experiments.pretrain.")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.submodule_search_locations is not None:  # a package runs its __main__
+        found = importlib.util.find_spec(f"{module}.__main__")
+        kind = "a package without __main__.py"
+    else:
+        kind = "not found"
+    if found is None:
+        raise LaunchError(f"--module={module!r} is {kind}; give the entry point run with python -m, e.g. "
+                          "experiments.pretrain or experiments.scaling_laws.")
 
 
 def _flag_value(value: Any) -> str:
@@ -72,23 +169,31 @@ def _default_name(overrides: dict[str, Any]) -> str:
 
 
 def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir: str,
-           extra_flags: Sequence[str] = (), python: str = "python") -> list[Job]:
-    """One Job per override dict; names and workdirs are unique unless a job asks to share."""
+           overrides: Mapping[str, Any] | None = None, python: str = "python") -> list[Job]:
+    """One Job per override dict, each also given `overrides` (the same for every job); names
+    and workdirs are unique unless a job asks to share."""
+    overrides = dict(overrides or {})
+    swept = sorted({key for entry in sweep for key in entry if key in overrides})
+    if swept:
+        raise LaunchError(f"--override sets {swept}, which the sweep varies; drop it or change get_sweep().")
     jobs = []
     for index, entry in enumerate(sweep):
         bad = [k for k in entry if not k.startswith("config.") and k not in LAUNCH_KEYS]
         if bad:
             raise LaunchError(f"get_sweep()[{index}] has key(s) {bad}; keys are 'config.<field>' overrides or one "
                               f"of {LAUNCH_KEYS}.")
-        overrides = {k: v for k, v in entry.items() if k.startswith("config.")}
-        subdir = entry.get("workdir", _default_name(overrides))
-        job_dir = os.path.normpath(os.path.join(workdir, subdir))
-        name = entry.get("name") or (f"job{index}" if subdir == "." else os.path.basename(job_dir))
-        flags = [f"--{key}={_flag_value(value)}" for key, value in overrides.items()]
-        argv = (python, "-m", "launch.multihost", module, f"--config={config}", f"--workdir={job_dir}",
-                *flags, *extra_flags)
+        entry_overrides = {k: v for k, v in entry.items() if k.startswith("config.")}
+        subdir = entry.get("workdir", _default_name(entry_overrides))
+        job_dir = job_workdir(workdir, subdir)
+        name = entry.get("name") or (f"job{index}" if subdir == "." else subdir.rstrip("/").rsplit("/", 1)[-1])
+        flags = [f"--{key}={_flag_value(value)}" for key, value in {**entry_overrides, **overrides}.items()]
+        argv = (python, "-m", "launch.multihost", module, f"--config={config}", f"--workdir={job_dir}", *flags)
         jobs.append(Job(name, job_dir, argv))
     names = [job.name for job in jobs]
+    odd = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", n)]
+    if odd:
+        raise LaunchError(f"get_sweep() job name(s) {odd} hold characters other than letters, digits and _.=,+-; "
+                          "they name log and status files, so rename them.")
     if len(set(names)) != len(names):
         raise LaunchError(f"get_sweep() gives duplicate job names {sorted({n for n in names if names.count(n) > 1})}; "
                           "add a distinct 'name' to those entries.")

@@ -78,9 +78,33 @@ def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
             f"mesh shape {tuple(shape)} holds {int(np.prod(shape))} devices but {len(devices)} are "
             "available; make the product equal the device count or use -1 for one axis."
         )
-    device_grid = np.asarray(devices).reshape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(axis_names)
-    return Mesh(device_grid, tuple(axis_names), axis_types=axis_types)
+    # jax.make_mesh lays the axes out along the physical topology (TPU torus, NVLink
+    # islands), so that e.g. the tensor axis stays within the fastest links.
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types, devices=devices)
+
+
+def make_hybrid_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
+                     devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over several slices (TPU) or hosts (GPU): axis i has ici_shape[i] * dcn_shape[i]
+    devices, dcn_shape[i] of them across the slow data-center network. Put the data axis
+    across it (dcn_shape=(slices, 1, 1)): data parallelism only all-reduces gradients once
+    per step, while fsdp / tensor collectives stay on the fast links within a slice / host."""
+    devices = list(jax.devices() if devices is None else devices)
+    ici_shape, dcn_shape = tuple(ici_shape), tuple(dcn_shape)
+    if not len(ici_shape) == len(dcn_shape) == len(axis_names):
+        raise ValueError(f"ici_shape {ici_shape} and dcn_shape {dcn_shape} need one size per axis "
+                         f"{tuple(axis_names)}.")
+    total = int(np.prod(ici_shape)) * int(np.prod(dcn_shape))
+    if total != len(devices):
+        raise ValueError(f"ici_shape {ici_shape} x dcn_shape {dcn_shape} holds {total} devices but {len(devices)} "
+                         "are available; make the products equal the device count.")
+    from jax.experimental import mesh_utils
+
+    # TPU slices carry slice_index; elsewhere each process (host) is one granule.
+    by_process = not hasattr(devices[0], "slice_index")
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
+    return Mesh(grid, tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names))
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules = DEFAULT_RULES):

@@ -36,7 +36,7 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per row T.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Rows per step B.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile-and-warm-up step).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (weights stay float32).")
-_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation policy.")
+_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "save_dots", "dots_with_no_batch_dims", "minimal", "offload"], "Rematerialisation policy.")
 # Scanned layers are faster on XLA:CPU: unrolled, the backward pass fuses each layer's
 # residual-gradient chain into several transposes that each recompute it.
 _SCAN = flags.DEFINE_bool("scan_layers", True, "nn.scan over layers (one compiled block).")

@@ -26,7 +26,8 @@ ids never cross documents):
     decoder length follows from seq_len: 512 -> 114, as in T5).
 
 Sources (DataConfig.source): "stdlib" (Python's standard library source, always present,
-split by file hash), "tfds" (any TFDS dataset prepared locally as array_record, by name),
+split by file hash), "tfds" (any TFDS dataset prepared locally as array_record, by name, e.g.
+one written by `python -m experiments.prepare_data`, see research/data/preparation),
 "files" (globs of .txt/.md/.py/.jsonl, built once into array_record by a TFDS builder).
 
 Resuming: the iterator is a grain `DatasetIterator`; `state = batches.get_state()` is a

@@ -60,6 +60,8 @@ class _Flatten(grain.experimental.FlatMapTransform):
 def to_batch_row(packed: dict[str, np.ndarray], *, encoder_decoder: bool) -> dict[str, np.ndarray]:
     """grain's packed features ({f, f_segment_ids, f_positions}) -> one row of the batch schema."""
     keys = _ENCODER_DECODER_KEYS if encoder_decoder else _DECODER_KEYS
+    if not encoder_decoder and "prefix" in packed:
+        keys = {**keys, "prefix": "prefix"}  # decoder prefix LM: the bidirectional prefix mask
     return {new: packed[old].astype(np.float32 if new == "loss_weights" else np.int32)
             for old, new in keys.items()}
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from research.decoding.prompts import PaddedPrompts, PadSide
 from research.models.config import ConfigError
-from research.models.decoder import DecoderCache, init_decoder_cache
+from research.models.decoder import Decoder, DecoderCache, init_decoder_cache
 
 Array = jax.Array
 
@@ -24,18 +24,24 @@ class DecoderAdapter(NamedTuple):
     """Decoder-only LM (research.models.decoder.Decoder, or any module with its call signature).
 
     State: the DecoderCache. Prompts are left-padded; the first generated token of example
-    b takes position lengths_B[b].
+    b takes position lengths_B[b]. bidirectional_prompt: the prompt is a prefix-LM prefix,
+    its tokens attend each other both ways (as the model was trained with prefix_lm).
     """
 
     model: nn.Module
     pad_side: PadSide = "left"
+    bidirectional_prompt: bool = False
 
     def prefill(self, params: Any, prompts: PaddedPrompts, max_new_tokens: int) -> tuple[Array, DecoderCache, Array]:
         """-> (next-token logits [B, V] in float32, state, position of the first new token [B])."""
         batch, prompt_len = prompts.tokens_BP.shape
         cache = init_decoder_cache(self.model.config, batch, prompt_len + max_new_tokens)
+        options = dict(prefix_mask_BT=prompts.segment_ids_BP) if self.bidirectional_prompt else {}
+        if isinstance(self.model, Decoder):
+            # Left padding puts every prompt's last token in the last column: only its logits are needed.
+            options["last_logits_only"] = True
         logits_BPV, cache = self.model.apply({"params": params}, prompts.tokens_BP, positions_BT=prompts.positions_BP,
-                                             segment_ids_BT=prompts.segment_ids_BP, cache=cache)
+                                             segment_ids_BT=prompts.segment_ids_BP, cache=cache, **options)
         return logits_BPV[:, -1].astype(jnp.float32), cache, prompts.lengths_B
 
     def step(self, params: Any, tokens_B: Array, positions_B: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
@@ -50,7 +56,9 @@ class DecoderAdapter(NamedTuple):
 
 
 class EncoderDecoderState(NamedTuple):
-    """The decoder's self-attention cache plus the encoder output it cross-attends to."""
+    """The decoder's self-attention cache (rows: one per hypothesis) plus the encoder output
+    and its segment ids (rows: one per prompt). The cache also holds the cross-attention
+    keys/values, projected once at prefill; W beams of a prompt are W consecutive rows."""
 
     cache: DecoderCache
     encoded_BSD: Array
@@ -91,26 +99,31 @@ class EncoderDecoderAdapter(NamedTuple):
         return logits_B1V[:, 0].astype(jnp.float32), state._replace(cache=cache)
 
     def select_rows(self, state: EncoderDecoderState, rows_R: Array) -> EncoderDecoderState:
-        return EncoderDecoderState(_select_cache_rows(state.cache, rows_R, self.model.config.scan_layers),
-                                   jnp.take(state.encoded_BSD, rows_R, axis=0),
-                                   jnp.take(state.encoder_segment_ids_BS, rows_R, axis=0))
+        """Rows of the decoder cache only: the encoder side stays one row per prompt, which
+        the model's cross-attention shares among a prompt's consecutive rows (rows_R must
+        keep each prompt's rows together and in prompt order, as tiling and beam reordering do)."""
+        return state._replace(cache=_select_cache_rows(state.cache, rows_R, self.model.config.scan_layers))
 
 
 def _select_cache_rows(cache: DecoderCache, rows_R: Array, scan_layers: bool) -> DecoderCache:
     # Under scan_layers the per-layer caches are stacked on a leading L axis.
     layer_axis = 1 if scan_layers else 0
     layers = jax.tree.map(lambda x: jnp.take(x, rows_R, axis=layer_axis), cache.layers)
-    return DecoderCache(layers, jnp.take(cache.segment_BS, rows_R, axis=0), cache.index)
+    # Cross-attention keys/values are per prompt, not per row: never gathered.
+    return DecoderCache(layers, jnp.take(cache.segment_BS, rows_R, axis=0), cache.index, cache.cross_attention)
 
 
 Adapter = DecoderAdapter | EncoderDecoderAdapter
 
 
-def adapter_for(model: nn.Module) -> Adapter:
+def adapter_for(model: nn.Module, bidirectional_prompt: bool = False) -> Adapter:
     """The adapter for `model`, chosen by its config's family."""
     family = model.config.family
+    if bidirectional_prompt and family != "decoder":
+        raise ConfigError(f"bidirectional_prompt is for prefix-LM decoders; {model.config.name} is {family!r} "
+                          "(an encoder-decoder's prompt is its encoder input, already bidirectional).")
     if family == "decoder":
-        return DecoderAdapter(model)
+        return DecoderAdapter(model, bidirectional_prompt=bidirectional_prompt)
     if family == "encoder_decoder":
         return EncoderDecoderAdapter(model)
     raise ConfigError(f"{model.config.name} is an {family!r} model; generation needs a decoder or encoder_decoder.")

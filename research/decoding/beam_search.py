@@ -64,11 +64,11 @@ class _Beams(NamedTuple):
 
 def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, num_beams: int,
                 max_new_tokens: int, alpha: float = 0.6, stop_tokens: Sequence[int] = (),
-                pad_to_multiple: int = 1) -> BeamSearchOutput:
+                pad_to_multiple: int = 1, bidirectional_prompt: bool = False) -> BeamSearchOutput:
     """The `num_beams` highest-scoring continuations of each prompt (lengths may differ).
 
     alpha: length-penalty exponent (T5X's default 0.6). For encoder-decoder models the
-    prompts are the encoder inputs. pad_to_multiple: as in `generate`.
+    prompts are the encoder inputs. pad_to_multiple, bidirectional_prompt: as in `generate`.
     """
     config = model.config
     stop_tokens = tuple(int(t) for t in stop_tokens)
@@ -77,9 +77,11 @@ def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
         raise ConfigError(f"num_beams={num_beams!r} must be a positive integer.")
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha={alpha} must be a finite length-penalty exponent (0 disables it).")
-    padded = pad_prompts(prompts, config.pad_token_id, adapter_for(model).pad_side, pad_to_multiple)
+    adapter = adapter_for(model, bool(bidirectional_prompt))
+    padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)
     return _beam_search(params, padded, jnp.asarray(stop_tokens, jnp.int32), jnp.float32(alpha), model=model,
-                        max_new_tokens=int(max_new_tokens), num_beams=num_beams)
+                        max_new_tokens=int(max_new_tokens), num_beams=num_beams,
+                        bidirectional_prompt=bool(bidirectional_prompt))
 
 
 def _take(x_BC: Array, index_BW: Array) -> Array:
@@ -117,10 +119,10 @@ def _expand(beams: _Beams, logits_BWV: Array, step: Array, stop_tokens_S: Array,
     return new_beams, _take(parent_BC, alive_pick_BW)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "bidirectional_prompt"))
 def _beam_search(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, alpha: Array, *, model: nn.Module,
-                 max_new_tokens: int, num_beams: int) -> BeamSearchOutput:
-    adapter = adapter_for(model)
+                 max_new_tokens: int, num_beams: int, bidirectional_prompt: bool = False) -> BeamSearchOutput:
+    adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
     logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
     (batch, vocab), width, n = logits_BV.shape, num_beams, max_new_tokens

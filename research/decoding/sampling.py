@@ -61,7 +61,7 @@ def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | No
 
 def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             rng: Array | None = None, pad_to_multiple: int = 1) -> GenerateOutput:
+             rng: Array | None = None, pad_to_multiple: int = 1, bidirectional_prompt: bool = False) -> GenerateOutput:
     """Continue each prompt (a list of token ids; lengths may differ) by up to `max_new_tokens`.
 
     temperature 0 is greedy (argmax); otherwise tokens are drawn from
@@ -70,6 +70,7 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     For encoder-decoder models the prompts are the encoder inputs and decoding starts from
     config.decoder_start_token_id. pad_to_multiple rounds the padded prompt width up, so
     batches of similar prompt lengths reuse one compiled program (results are unchanged).
+    bidirectional_prompt: a prefix-LM decoder reads its prompt as the bidirectional prefix.
     """
     config = model.config
     stop_tokens = tuple(int(t) for t in stop_tokens)
@@ -83,11 +84,12 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     greedy = temperature == 0
     if not greedy and rng is None:
         raise ConfigError(f"temperature={temperature} samples, so pass rng=jax.random.key(seed) (or temperature=0).")
-    padded = pad_prompts(prompts, config.pad_token_id, adapter_for(model).pad_side, pad_to_multiple)
+    adapter = adapter_for(model, bool(bidirectional_prompt))
+    padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)
     return _generate(params, padded, jnp.asarray(stop_tokens, jnp.int32),
                      jax.random.key(0) if rng is None else rng, jnp.float32(temperature if not greedy else 1.0),
                      jnp.float32(top_p), model=model, max_new_tokens=int(max_new_tokens), greedy=greedy,
-                     top_k=top_k, nucleus=top_p < 1)
+                     top_k=top_k, nucleus=top_p < 1, bidirectional_prompt=bool(bidirectional_prompt))
 
 
 def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
@@ -95,11 +97,12 @@ def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
     return jnp.any(tokens[..., None] == stop_tokens_S, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "top_k", "nucleus"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "top_k", "nucleus",
+                                             "bidirectional_prompt"))
 def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Array, temperature: Array,
               top_p: Array, *, model: nn.Module, max_new_tokens: int, greedy: bool, top_k: int,
-              nucleus: bool) -> GenerateOutput:
-    adapter = adapter_for(model)
+              nucleus: bool, bidirectional_prompt: bool = False) -> GenerateOutput:
+    adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
     logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
     batch = logits_BV.shape[0]

@@ -18,8 +18,8 @@ Pieces (one concern per module):
     tasks/                generated ability tasks with difficulty knobs
     tokenizer.py          the tokenizer Protocol, and CharTokenizer
 
-Around the harness, for experiments (experiments/evaluate.py, experiments/emergence.py):
-    checkpoint_loading.py  a training run's checkpoint or a Hugging Face folder -> model, params, tokenizer
+Around the harness, for experiments (experiments/evaluate.py, experiments/emergence.py; models to
+evaluate are loaded by research.training.checkpoint_loading):
     tokenizer_loading.py   "char" / SentencePiece .model / Hugging Face tokenizer folder by name
     task_catalog.py        named task variants ("addition_3digit", "copying") for command lines
     suite.py               tasks x shot counts on one harness -> result rows, all checked up front

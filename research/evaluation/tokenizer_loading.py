@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from research.evaluation.tokenizer import CharTokenizer, TextTokenizer
 from research.models.config import ConfigError
+from research.optional_imports import import_optional
 
 CHAR = "char"
 # Files any of which marks a folder as holding a Hugging Face tokenizer.
@@ -64,7 +65,8 @@ def load_tokenizer(spec: str) -> TextTokenizer:
         except DataError as e:
             raise ConfigError(f"tokenizer {spec!r}: {e}") from None
     if has_hf_tokenizer(spec):
-        import transformers  # ~2 s to import; only Hugging Face tokenizers need it
+        # ~2 s to import, and not in the runtime: only Hugging Face tokenizers need it.
+        transformers = import_optional("transformers", f"the Hugging Face tokenizer folder {spec!r}")
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True)
         except (OSError, ValueError) as e:

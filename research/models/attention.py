@@ -1,7 +1,9 @@
 """Multi-head / grouped-query attention with RoPE, T5 relative bias and a KV cache.
 
-Masks are boolean [B, T, S] (True = may attend), built once per stack by the model
-from segment ids (0 = padding) and, for decoders, causality. The KV cache is an explicit
+Masks (AttentionMask: a boolean [B, T, S], True = may attend, plus the segment ids and
+causal flag it was built from) are built once per stack by the model from segment ids
+(0 = padding) and, for decoders, causality. The kernel that applies them is chosen by
+config.attention_kernel (research/models/attention_kernels.py). The KV cache is an explicit
 pytree passed in and returned, never hidden module state, so decoding stays pure.
 """
 from __future__ import annotations
@@ -12,12 +14,16 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
+from research.models.attention_kernels import (AttentionMask, attend, logit_scale, resolve_kernel,
+                                               segment_attention_mask, segment_mask)
 from research.models.config import ModelConfig
-from research.models.layers import Dense, Embed, constrain
+from research.models.layers import Dense, Embed, constrain, embedding_init_std
 
 Array = jax.Array
-NEG_INF = -1e30  # large finite value: a fully masked row (padding query) stays NaN-free
+__all__ = ["AttentionMask", "Attention", "LayerCache", "RelativePositionBias", "check_cache_room",
+           "init_layer_cache", "rotary_embedding", "segment_attention_mask", "segment_mask"]
 
 
 class LayerCache(NamedTuple):
@@ -33,13 +39,22 @@ def init_layer_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) 
     return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> Array:
-    """[B, T, S] mask: same segment, key not padding (segment 0), and s <= t if causal."""
-    mask = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
-    if causal:
-        t, s = q_segment_BT.shape[1], kv_segment_BS.shape[1]
-        mask &= jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None]
-    return mask
+def check_cache_room(cache_len: int, cache_index: Array | int, num_tokens: int) -> None:
+    """Raise if writing `num_tokens` at slot `cache_index` would run past the cache's end.
+
+    dynamic_update_slice clamps an out-of-range start, so an overflowing write would
+    silently overwrite the last slots. The length check is static (trace time); the index
+    is checked whenever it is concrete (eager calls). Under jit the index is traced, so the
+    caller sizes the cache: generate / beam_search build it as prompt + max_new_tokens.
+    """
+    if num_tokens > cache_len:
+        raise ValueError(f"{num_tokens} tokens do not fit a KV cache of {cache_len} slots; build the cache "
+                         f"with max_len >= {num_tokens}.")
+    if not isinstance(cache_index, jax.core.Tracer):
+        end = int(cache_index) + num_tokens
+        if end > cache_len:
+            raise ValueError(f"writing {num_tokens} tokens at cache slot {int(cache_index)} needs {end} slots but "
+                             f"the KV cache has {cache_len}; build the cache with max_len >= {end}.")
 
 
 def rotary_embedding(x_BTHd: Array, positions_BT: Array, theta: float) -> Array:
@@ -92,7 +107,8 @@ class RelativePositionBias(nn.Module):
             kv_positions_BS[:, None, :] - q_positions_BT[:, :, None], self.bidirectional,
             cfg.relative_buckets, cfg.relative_max_distance)
         table = Embed(cfg.relative_buckets, cfg.replace(d_model=cfg.num_heads),
-                      axes=("relpos_buckets", "heads"), name="embedding")
+                      axes=("relpos_buckets", "heads"), init_std=embedding_init_std(cfg, "relative_bias"),
+                      name="embedding")
         bias_BTSH = table(buckets_BTS).astype(jnp.float32)
         return jnp.transpose(bias_BTSH, (0, 3, 1, 2))
 
@@ -106,29 +122,46 @@ class Attention(nn.Module):
     def __call__(
         self,
         x_BTD: Array,
-        mask_BTS: Array,
+        mask: AttentionMask | Array,
         *,
         kv_BSD: Array | None = None,
         positions_BT: Array | None = None,
         bias_BHTS: Array | None = None,
         cache: LayerCache | None = None,
         cache_index: Array | None = None,
+        static_kv: LayerCache | None = None,
         deterministic: bool = True,
     ) -> tuple[Array, LayerCache | None]:
+        """Self-attention returns its updated cache (or None). Cross-attention (kv_BSD or
+        static_kv given) returns its keys/values, which static_kv takes back on later steps so
+        that they are projected once per generation. When the keys' batch is smaller than the
+        queries' (beams: W consecutive query rows per source row), the rows are folded into the
+        query length instead of copying the source W times; `mask` must then be folded too."""
         cfg = self.config
         h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-        proj = lambda n, name: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"), cfg,
-                                     use_bias=cfg.use_bias, name=name)
+        if not isinstance(mask, AttentionMask):
+            mask = AttentionMask(mask)  # a bare dense mask: only kernels that read dense masks apply
+        proj = lambda n, name, scale=1.0: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"),
+                                                cfg, use_bias=cfg.use_bias, t5_init_scale=scale, name=name)
         source_BSD = x_BTD if kv_BSD is None else kv_BSD
-        q_BTHd = proj(h, "query")(x_BTD)
-        k_BSKd = proj(k, "key")(source_BSD)
-        v_BSKd = proj(k, "value")(source_BSD)
+        # Unscaled logits (T5) take their 1/sqrt(Dh) in the query's init instead.
+        q_BTHd = proj(h, "query", 1.0 if cfg.scale_attention_logits else dh**-0.5)(x_BTD)
+        if static_kv is not None:
+            k_BSKd, v_BSKd = static_kv
+        else:
+            k_BSKd = proj(k, "key")(source_BSD)
+            v_BSKd = proj(k, "value")(source_BSD)
         if cfg.position == "rope" and kv_BSD is None:
             q_BTHd = rotary_embedding(q_BTHd, positions_BT, cfg.rope_theta)
             k_BSKd = rotary_embedding(k_BSKd, positions_BT, cfg.rope_theta)
+        # Named for the "minimal" / "offload" remat policies (research/models/layers.py).
+        q_BTHd = checkpoint_name(q_BTHd, "query_proj")
+        k_BSKd = checkpoint_name(k_BSKd, "key_proj")
+        v_BSKd = checkpoint_name(v_BSKd, "value_proj")
         q_BTHd = constrain(q_BTHd, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
 
-        new_cache = None
+        cross = kv_BSD is not None or static_kv is not None
+        new_cache = LayerCache(k_BSKd, v_BSKd) if cross else None
         if cache is not None:
             # Write this step's keys/values at slots [cache_index, cache_index + T).
             k_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKd, k_BSKd.astype(cache.k_BSKd.dtype),
@@ -140,19 +173,15 @@ class Attention(nn.Module):
             v_BSKd = constrain(v_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
 
         b, t = q_BTHd.shape[:2]
-        # Group query heads over their shared kv head: H = K * G.
-        q_BTKGd = q_BTHd.reshape(b, t, k, h // k, dh)
-        logits_BKGTS = jnp.einsum("BTKGd,BSKd->BKGTS", q_BTKGd, k_BSKd.astype(q_BTKGd.dtype))
-        logits_BKGTS = logits_BKGTS.astype(jnp.float32)
-        if cfg.scale_attention_logits:
-            logits_BKGTS = logits_BKGTS / math.sqrt(dh)
-        if bias_BHTS is not None:
-            logits_BKGTS = logits_BKGTS + bias_BHTS.reshape(bias_BHTS.shape[0], k, h // k, *bias_BHTS.shape[2:])
-        logits_BKGTS = jnp.where(mask_BTS[:, None, None, :, :], logits_BKGTS, NEG_INF)
-        probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(cfg.compute_dtype)
-        probs_BKGTS = nn.Dropout(cfg.dropout_rate)(probs_BKGTS, deterministic=deterministic)
-        out_BTKGd = jnp.einsum("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(cfg.compute_dtype))
-        out_BTHd = out_BTKGd.reshape(b, t, h, dh)
+        if k_BSKd.shape[0] != b:
+            q_BTHd = q_BTHd.reshape(k_BSKd.shape[0], (b // k_BSKd.shape[0]) * t, h, dh)
+        dropout_active = cfg.dropout_rate > 0 and not deterministic
+        kernel = resolve_kernel(cfg, has_bias=bias_BHTS is not None, has_segments=mask.has_segments,
+                                dropout=dropout_active, q_len=q_BTHd.shape[1], kv_len=k_BSKd.shape[1])
+        dropout = nn.Dropout(cfg.dropout_rate)
+        out_BTHd = attend(kernel, q_BTHd, k_BSKd, v_BSKd, mask, scale=logit_scale(cfg), bias_BHTS=bias_BHTS,
+                          dropout=(lambda p: dropout(p, deterministic=deterministic)) if dropout_active else None)
+        out_BTHd = out_BTHd.reshape(b, t, h, dh)
         out_BTD = Dense((cfg.d_model,), ("heads", "kv"), ("embed",), cfg, use_bias=cfg.use_bias,
                         name="out")(out_BTHd)
-        return out_BTD, new_cache
+        return checkpoint_name(out_BTD, "attention_out"), new_cache

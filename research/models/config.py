@@ -17,8 +17,15 @@ PositionEmbedding = Literal["learned", "rope", "relative"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-Remat = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+# Remat policies (research/models/layers.py remat_policy): what a block keeps for the backward
+# pass. none: everything; save_dots: every matmul output; dots_with_no_batch_dims: matmuls
+# without batch dims (projections, not attention logits); minimal: only the named q/k/v and
+# attention output projections; offload: those names moved to host memory (GPU/TPU);
+# full: nothing (the whole block is recomputed).
+Remat = Literal["none", "full", "save_dots", "dots_with_no_batch_dims", "minimal", "offload"]
+AttentionKernelName = Literal["auto", "xla", "dot_product_attention", "splash"]
 DType = Literal["float32", "bfloat16", "float16"]
+InitScheme = Literal["normal", "t5"]
 
 _CHOICES = {
     "family": Family,
@@ -27,8 +34,10 @@ _CHOICES = {
     "norm_placement": NormPlacement,
     "activation": Activation,
     "remat": Remat,
+    "attention_kernel": AttentionKernelName,
     "dtype": DType,
     "param_dtype": DType,
+    "init_scheme": InitScheme,
 }
 
 
@@ -73,11 +82,19 @@ class ModelConfig:
     pad_token_id: int = 0
     decoder_start_token_id: int = 0  # T5 starts decoding with pad
 
+    # From-scratch init. normal: N(0, 0.02) everywhere (GPT-2, BERT, LLaMA). t5: Mesh TF T5,
+    # kernels N(0, fan_in^-1/2) (the query also times Dh^-1/2 when logits are unscaled),
+    # token embeddings N(0, 1), relative bias N(0, D^-1/2). Imported weights ignore it.
+    init_scheme: InitScheme = "normal"
+
     dropout_rate: float = 0.0
     dtype: DType = "float32"  # activation / compute dtype
     param_dtype: DType = "float32"  # master weights
     scan_layers: bool = False  # nn.scan over layers: one compiled block, params stacked on "layers"
     remat: Remat = "none"  # rematerialization policy of each block
+    # research/models/attention_kernels.py; auto = cuDNN on GPU (half precision), splash on
+    # TPU, the xla reference einsum otherwise, and wherever a fused kernel cannot run the call.
+    attention_kernel: AttentionKernelName = "auto"
 
     def __post_init__(self):
         for field, choice in _CHOICES.items():

@@ -11,9 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import Attention, LayerCache, init_layer_cache, segment_mask
+from research.models.attention import (Attention, AttentionMask, LayerCache, check_cache_room, init_layer_cache,
+                                       segment_attention_mask, segment_mask)
 from research.models.config import ModelConfig
-from research.models.layers import Dense, Embed, Mlp, Norm, constrain
+from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
 from research.models.stack import run_stack, stack_caches
 
 Array = jax.Array
@@ -27,6 +28,10 @@ class DecoderCache(NamedTuple):
     layers: Any  # list[LayerCache], or one LayerCache stacked on L under scan_layers
     segment_BS: Array
     index: Array  # int32 scalar
+    # Encoder-decoder only: cross-attention keys/values per layer (same layout as `layers`),
+    # projected from the encoder output at the first decoding step and reused after it.
+    # They are per source row, so selecting cache rows (beams) leaves them alone.
+    cross_attention: Any = None
 
 
 def init_decoder_cache(config: ModelConfig, batch: int, max_len: int) -> DecoderCache:
@@ -44,7 +49,7 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD: Array, cache: LayerCache | None, mask_BTS: Array, positions_BT: Array,
+    def __call__(self, x_BTD: Array, cache: LayerCache | None, mask_BTS: AttentionMask, positions_BT: Array,
                  cache_index: Array | None) -> tuple[Array, LayerCache | None]:
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -71,7 +76,9 @@ class Decoder(nn.Module):
     segment_ids_BT: 0 marks padding; packed rows use 1, 2, ... per document so attention
     never crosses documents. positions_BT: position of each token within its document.
     prefix_mask_BT: nonzero on tokens of a prefix-LM prefix, which attend to each other
-    bidirectionally (within their document); the rest stays causal.
+    bidirectionally (within their document); the rest stays causal. With a cache, the
+    prefix tokens of one call (a prompt's prefill) attend each other both ways.
+    last_logits_only: logits of the last position only ([B, 1, V]): a prefill needs no more.
     """
 
     config: ModelConfig
@@ -80,7 +87,7 @@ class Decoder(nn.Module):
     def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
                  segment_ids_BT: Array | None = None, prefix_mask_BT: Array | None = None,
                  cache: DecoderCache | None = None,
-                 deterministic: bool = True, return_hidden: bool = False):
+                 deterministic: bool = True, return_hidden: bool = False, last_logits_only: bool = False):
         cfg = self.config
         b, t = tokens_BT.shape
         if segment_ids_BT is None:
@@ -89,32 +96,42 @@ class Decoder(nn.Module):
             start = 0 if cache is None else cache.index
             positions_BT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
 
-        token_embed = Embed(cfg.vocab_size, cfg, name="token_embed")
+        token_embed = Embed(cfg.vocab_size, cfg, init_std=embedding_init_std(cfg, "tokens"), name="token_embed")
         x_BTD = token_embed(tokens_BT)
         if cfg.position == "learned":
             x_BTD = x_BTD + Embed(cfg.max_len, cfg, axes=("positions", "embed"), name="position_embed")(positions_BT)
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
 
         if cache is None:
-            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_ids_BT, jnp.arange(t), jnp.arange(t))
+            mask_BTS = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=True)
             if prefix_mask_BT is not None:
+                # Not expressible as segments + causal: kernels that need that form fall back.
                 prefix_BT = prefix_mask_BT != 0
-                mask_BTS |= segment_mask(segment_ids_BT, segment_ids_BT, causal=False) & (
+                both_in_prefix_BTS = segment_mask(segment_ids_BT, segment_ids_BT, causal=False) & (
                     prefix_BT[:, :, None] & prefix_BT[:, None, :])
+                mask_BTS = AttentionMask(mask_BTS.dense_BTS | both_in_prefix_BTS)
             x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, mask_BTS, positions_BT, None,
                                  deterministic=deterministic, name="layers")
             new_cache = None
         else:
-            if prefix_mask_BT is not None:
-                raise ValueError("prefix_mask_BT with a KV cache is not supported; score prefix-LM batches with "
-                                 "a full forward pass (cache=None).")
+            check_cache_room(cache.segment_BS.shape[1], cache.index, t)
             slots_S = jnp.arange(cache.segment_BS.shape[1])
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
-            mask_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)
+            dense_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)
+            if prefix_mask_BT is not None:
+                # Only this call's own prefix tokens (slots [index, index + T)) are attended both ways.
+                prefix_BT = (prefix_mask_BT != 0) & (segment_ids_BT != 0)
+                prefix_BS = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(segment_BS, bool), prefix_BT,
+                                                                cache.index, axis=1)
+                dense_BTS |= (segment_ids_BT[:, :, None] == segment_BS[:, None, :]) & (
+                    prefix_BT[:, :, None] & prefix_BS[:, None, :])
+            mask_BTS = AttentionMask(dense_BTS)
             x_BTD, layers = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, cache.layers, mask_BTS,
                                       positions_BT, cache.index, deterministic=deterministic, name="layers")
             new_cache = DecoderCache(layers, segment_BS, cache.index + t)
 
+        if last_logits_only:
+            x_BTD = x_BTD[:, -1:]
         if cfg.norm_placement == "pre":
             x_BTD = Norm(cfg, name="final_norm")(x_BTD)
         if return_hidden:
@@ -122,7 +139,8 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             logits_BTV = token_embed.attend(x_BTD)
         else:
-            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, name="lm_head")(x_BTD)
+            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, float32_output=True,
+                               name="lm_head")(x_BTD)
         logits_BTV = constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
         return logits_BTV if cache is None else (logits_BTV, new_cache)
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.attention import segment_mask
+from research.models.attention import segment_attention_mask
 from research.models.config import ConfigError, ModelConfig
 from research.models.decoder import ACT_BTD, DecoderBlock
 from research.models.layers import Dense, Embed, Norm, activation_fn, constrain, zeros_init
@@ -45,11 +45,13 @@ class MlmHead(nn.Module):
         h_BTD = Dense((cfg.d_model,), *_SQUARE_AXES, cfg, use_bias=True, name="transform")(x_BTD)
         h_BTD = Norm(cfg, name="transform_norm")(activation_fn(cfg.activation)(h_BTD))
         if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", h_BTD, token_embedding_VD.astype(cfg.compute_dtype))
+            logits_BTV = jnp.einsum("BTD,VD->BTV", h_BTD, token_embedding_VD.astype(cfg.compute_dtype),
+                                    preferred_element_type=jnp.float32)
         else:
-            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, name="decoder")(h_BTD)
+            logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, float32_output=True,
+                               name="decoder")(h_BTD)
         bias_V = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), cfg.weight_dtype)
-        logits_BTV = logits_BTV + bias_V.astype(cfg.compute_dtype)
+        logits_BTV = logits_BTV + bias_V.astype(jnp.float32)
         return constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -125,7 +127,7 @@ class Encoder(nn.Module):
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
         x_BTD = constrain(x_BTD, ACT_BTD)
 
-        mask_BTS = segment_mask(segment_ids_BT, segment_ids_BT, causal=False)
+        mask_BTS = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=False)
         # DecoderBlock only sees the mask it is given: with a bidirectional mask and
         # norm_placement="post" it is exactly a BERT layer.
         x_BTD, _ = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, None, mask_BTS, positions_BT, None,

@@ -5,6 +5,7 @@ mesh axes). Shapes use the legend in research/models/__init__.py.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -43,10 +44,23 @@ def constrain(x: Array, axes: Sequence[str]) -> Array:
     return nn.with_logical_constraint(x, tuple(axes))
 
 
+def dense_init_std(config: ModelConfig, fan_in: int, t5_scale: float = 1.0) -> float:
+    """Std of a kernel's normal init: 0.02, or T5's fan_in^-1/2 times `t5_scale`."""
+    return fan_in**-0.5 * t5_scale if config.init_scheme == "t5" else INIT_STD
+
+
+def embedding_init_std(config: ModelConfig, table: str) -> float:
+    """Std of an embedding table: 0.02, or under T5 init N(0, 1) tokens and a D^-1/2 relative bias."""
+    if config.init_scheme != "t5":
+        return INIT_STD
+    return {"tokens": 1.0, "relative_bias": config.d_model**-0.5}.get(table, INIT_STD)
+
+
 class Dense(nn.Module):
     """DenseGeneral over the last `len(in_axes)` dims with logical axis names.
 
-    kernel shape = in_shape + features; e.g. q projection 'BTD,DHK->BTHK'.
+    kernel shape = in_shape + features; e.g. q projection 'BTD,DHK->BTHK'. t5_init_scale
+    multiplies the fan-in std under init_scheme='t5' (T5 folds 1/sqrt(Dh) into the query).
     """
 
     features: tuple[int, ...]
@@ -54,19 +68,24 @@ class Dense(nn.Module):
     out_axes: tuple[str, ...]
     config: ModelConfig
     use_bias: bool = False
+    t5_init_scale: float = 1.0
+    float32_output: bool = False  # accumulate and return float32 (LM heads under bf16 compute)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         n_in = len(self.in_axes)
-        kernel = self.param("kernel", kernel_init(self.in_axes + self.out_axes),
+        fan_in = math.prod(x.shape[-n_in:])
+        std = dense_init_std(cfg, fan_in, self.t5_init_scale)
+        kernel = self.param("kernel", kernel_init(self.in_axes + self.out_axes, std),
                             tuple(x.shape[-n_in:]) + tuple(self.features), cfg.weight_dtype)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
-                                (contract, ((), ())))
+                                (contract, ((), ())),
+                                preferred_element_type=jnp.float32 if self.float32_output else None)
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)
-            y = y + bias.astype(cfg.compute_dtype)
+            y = y + bias.astype(y.dtype)
         return y
 
 
@@ -120,26 +139,41 @@ class Embed(nn.Module):
     num_embeddings: int
     config: ModelConfig
     axes: tuple[str, str] = ("vocab", "embed")
+    init_std: float = INIT_STD
 
     def setup(self):
         cfg = self.config
-        self.embedding = self.param("embedding", kernel_init(self.axes), (self.num_embeddings, cfg.d_model),
+        self.embedding = self.param("embedding", kernel_init(self.axes, self.init_std), (self.num_embeddings, cfg.d_model),
                                     cfg.weight_dtype)
 
     def __call__(self, ids: Array) -> Array:
         return jnp.take(self.embedding, ids, axis=0).astype(self.config.compute_dtype)
 
     def attend(self, x_BTD: Array) -> Array:
-        """'BTD,VD->BTV' against the table."""
+        """'BTD,VD->BTV' against the table: logits accumulated and returned in float32."""
         cfg = self.config
         return jnp.einsum("BTD,VD->BTV", x_BTD.astype(cfg.compute_dtype),
-                          self.embedding.astype(cfg.compute_dtype))
+                          self.embedding.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+
+
+# Activations named with jax.ad_checkpoint.checkpoint_name in attention.py.
+SAVED_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out")
 
 
 def remat_policy(name: str):
+    """The jax.checkpoint policy of a config.remat name (None = no remat)."""
+    if name == "offload":
+        if jax.default_backend() == "cpu":
+            from research.models.config import ConfigError
+            raise ConfigError("remat='offload' moves saved activations to host memory, which needs a GPU or "
+                              "TPU; use remat='minimal' on CPU.")
+        return jax.checkpoint_policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=(), names_which_can_be_offloaded=SAVED_NAMES,
+            offload_src="device", offload_dst="pinned_host")
     return {
         "none": None,
         "full": jax.checkpoint_policies.nothing_saveable,
-        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "save_dots": jax.checkpoint_policies.checkpoint_dots,
         "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        "minimal": jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES),
     }[name]

@@ -57,7 +57,7 @@ _register("bert-test", d_model=64, num_layers=2, num_heads=4, d_ff=128, **{**_BE
 
 # --- T5 (Raffel et al. 2020) and T5 v1.1 ---------------------------------------------------
 _T5 = dict(family="encoder_decoder", vocab_size=32128, max_len=512, position="relative", norm="rmsnorm",
-           norm_eps=1e-6, use_bias=False, scale_attention_logits=False, head_dim=64)
+           norm_eps=1e-6, use_bias=False, scale_attention_logits=False, head_dim=64, init_scheme="t5")
 _T5_V10 = dict(activation="relu", gated_mlp=False, tie_embeddings=True, scale_tied_logits=True, **_T5)
 _T5_V11 = dict(activation="gelu_tanh", gated_mlp=True, tie_embeddings=False, **_T5)
 for _name, (_d, _f, _l, _h) in {"small": (512, 2048, 6, 8), "base": (768, 3072, 12, 12),

@@ -40,14 +40,16 @@ from research.models.presets import get_config, preset_names
 ServeDType = Literal["float32", "bfloat16", "int8"]
 TrainPrecision = Literal["float32", "bfloat16"]
 BYTES_PER_VALUE: dict[str, int] = {"float32": 4, "bfloat16": 2, "int8": 1}
-# Bytes of training state per parameter, with Adam (activations not included):
-#   float32:  weights 4 + grads 4 + Adam m 4 + Adam v 4                          = 16
-#   bfloat16 mixed precision (ZeRO, Rajbhandari et al. 2020, sec. 3.1): bf16 weights 2 +
-#             bf16 grads 2 + f32 master weights 4 + f32 Adam m 4 + f32 Adam v 4 = 16
-# This codebase's bf16 recipe (f32 params cast to bf16 inside each layer, f32 grads) also
-# holds 4 + 4 + 4 + 4 = 16 bytes, so the figure is the same however bf16 is arranged:
-# mixed precision saves activation memory and time, not optimizer-state memory.
-TRAIN_BYTES_PER_PARAM: dict[str, int] = {"float32": 4 + 4 + 4 + 4, "bfloat16": 2 + 2 + 4 + 4 + 4}
+# Bytes of training state per parameter with AdamW (activations not included), keyed by the
+# dtype of the parameters the optimizer updates (ModelConfig.param_dtype). Gradients and
+# optax's Adam moments take the parameters' dtype, so:
+#   float32 params:  weights 4 + grads 4 + Adam m 4 + Adam v 4 = 16
+#   bfloat16 params: weights 2 + grads 2 + Adam m 2 + Adam v 2 = 8
+# The compute dtype (ModelConfig.dtype) does not enter: bf16 compute over float32 params
+# (the default recipe) saves activation memory and time, not train-state memory, so it is
+# the float32 row. (ZeRO's mixed precision, bf16 copies beside f32 master weights and f32
+# moments, would be 2 + 2 + 4 + 4 + 4 = 16; this codebase keeps no second copy.)
+TRAIN_BYTES_PER_PARAM: dict[str, int] = {"float32": 4 + 4 + 4 + 4, "bfloat16": 2 + 2 + 2 + 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,12 @@ class FlopsPerToken:
     train: int  # 3 x forward: the backward pass costs twice the forward
     encoder_forward: int  # per source token
     decoder_forward: int  # per target token
+    attention_forward: int = 0  # the share of `forward` in attention logits and weighted sums
+
+    @property
+    def train_without_attention(self) -> int:
+        """6N-style training FLOPs: the parameter matmuls only (MFU "without attention")."""
+        return 3 * (self.forward - self.attention_forward)
 
 
 # --- Parameter counts ------------------------------------------------------------------
@@ -175,16 +183,18 @@ def count_param_tree(params: Any, *, exclude_heads: bool = False) -> int:
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_len: int | None = None,
                     include_embedding: bool = False) -> FlopsPerToken:
-    """Kaplan et al. 2020 Table 1: C_forward = 2N + 2 n_layer n_ctx d_attn, training = 3 C_forward.
+    """Kaplan et al. 2020 Table 1: C_forward = 2N + attention, training = 3 C_forward.
 
     N is the backbone's non-embedding count (norms and biases included, which Kaplan drop as
-    sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). The
-    2 n_layer n_ctx d_attn term is Kaplan's count for attention logits and the weighted sum;
-    we use it for every attention (causal, bidirectional and T5's cross-attention alike).
+    sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). Attention
+    (QK^T and the weighted sum of V) costs 4 n_ctx d_attn per token and layer over all
+    keys; causal self-attention is counted once, i.e. over the half of the keys a query
+    sees (2 n_layer n_ctx d_attn, Kaplan's term; MaxText counts it this way since 2025).
+    Bidirectional self-attention (encoders) and cross-attention count 4 per key.
 
-    encoder_decoder: encoder tokens cost 2 N_enc + 2 L_enc S d_attn each; decoder tokens
-    2 N_dec + 2 L_dec T d_attn (self) + 2 L_dec S d_attn (cross), with T = seq_len and
-    S = source_len (default seq_len, i.e. equal source and target lengths).
+    encoder_decoder: encoder tokens cost 2 N_enc + 4 L_enc S d_attn each; decoder tokens
+    2 N_dec + 2 L_dec T d_attn (causal self) + 4 L_dec S d_attn (cross), with T = seq_len
+    and S = source_len (default seq_len, i.e. equal source and target lengths).
 
     include_embedding adds the unembedding matmul, 2 D V per (target) token forward; the
     input lookup is a gather and costs no matmul FLOPs.
@@ -199,21 +209,26 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     unembed = 2 * cfg.d_model * cfg.vocab_size if include_embedding else 0
     encoder_forward = decoder_forward = 0
     if cfg.family == "decoder":
-        decoder_forward = 2 * param_counts(cfg).non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        attention = 2 * cfg.num_layers * n_ctx * d_attn
+        decoder_forward = 2 * param_counts(cfg).non_embedding + attention + unembed
         forward = decoder_forward
     elif cfg.family == "encoder":
         counts = param_counts(cfg)
         heads_non_embedding, _ = _encoder_heads(cfg)
         backbone_non_embedding = counts.non_embedding - heads_non_embedding
-        encoder_forward = 2 * backbone_non_embedding + 2 * cfg.num_layers * n_ctx * d_attn + unembed
+        attention = 4 * cfg.num_layers * n_ctx * d_attn
+        encoder_forward = 2 * backbone_non_embedding + attention + unembed
         forward = encoder_forward
     else:
-        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + 2 * cfg.encoder_layers * source * d_attn
-        decoder_forward = (2 * _t5_decoder_stack(cfg) + 2 * cfg.num_layers * (n_ctx + source) * d_attn + unembed)
+        encoder_attention = 4 * cfg.encoder_layers * source * d_attn
+        decoder_attention = cfg.num_layers * (2 * n_ctx + 4 * source) * d_attn
+        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + encoder_attention
+        decoder_forward = 2 * _t5_decoder_stack(cfg) + decoder_attention + unembed
         # Integer division is exact for equal lengths, the common case.
         forward = decoder_forward + encoder_forward * source // n_ctx
+        attention = decoder_attention + encoder_attention * source // n_ctx
     return FlopsPerToken(forward=forward, train=3 * forward, encoder_forward=encoder_forward,
-                         decoder_forward=decoder_forward)
+                         decoder_forward=decoder_forward, attention_forward=attention)
 
 
 # --- Memory ---------------------------------------------------------------------------
@@ -229,8 +244,11 @@ def weight_bytes(config: ModelConfig, dtype: ServeDType = "bfloat16") -> int:
     return param_counts(config).total * _bytes_per_value(dtype, typing.get_args(ServeDType))
 
 
-def train_state_bytes(config: ModelConfig, precision: TrainPrecision = "bfloat16") -> int:
-    """Bytes of weights + gradients + Adam state (TRAIN_BYTES_PER_PARAM); no activations."""
+def train_state_bytes(config: ModelConfig, precision: TrainPrecision | None = None) -> int:
+    """Bytes of weights + gradients + Adam state (TRAIN_BYTES_PER_PARAM); no activations.
+
+    precision: the parameters' dtype (default: the config's param_dtype)."""
+    precision = config.param_dtype if precision is None else precision
     if precision not in TRAIN_BYTES_PER_PARAM:
         raise ConfigError(f"precision={precision!r}: train in one of {tuple(TRAIN_BYTES_PER_PARAM)} "
                           "(int8 is a serving format).")
@@ -308,7 +326,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"with unembedding: train {human_count(f['train_with_embedding'])}",
         "serve weights: " + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["weight_bytes"].items()),
         "train state (weights + grads + Adam m, v; no activations): "
-        + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["train_state_bytes"].items()),
+        + ", ".join(f"{d} params {human_bytes(b)}" for d, b in report["train_state_bytes"].items())
+        + " (bf16 compute over float32 params is the float32 figure)",
     ]
     kv = report["kv_cache_bytes_per_token"]
     if kv["bfloat16"]:
@@ -318,14 +337,17 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def format_table(reports: Sequence[dict[str, Any]]) -> str:
-    """One row per report: family, L, D, H, total, non-embedding, train FLOPs/token, bf16 train memory."""
-    header = ("preset", "family", "L", "D", "H", "total", "non-emb", "train FLOPs/tok", "bf16 train mem")
+    """One row per report: family, L, D, H, total, non-embedding, train FLOPs/token, and train-state
+    memory with float32 and with bfloat16 parameters."""
+    header = ("preset", "family", "L", "D", "H", "total", "non-emb", "train FLOPs/tok", "train mem f32",
+              "train mem bf16")
     rows = [header]
     for r in reports:
         layers = f"{r['encoder_layers']}+{r['num_layers']}" if r["family"] == "encoder_decoder" else str(r["num_layers"])
         rows.append((r["name"], r["family"], layers, str(r["d_model"]), str(r["num_heads"]),
                      human_count(r["params"]["total"]), human_count(r["params"]["non_embedding"]),
-                     human_count(r["flops_per_token"]["train"]), human_bytes(r["train_state_bytes"]["bfloat16"])))
+                     human_count(r["flops_per_token"]["train"]), human_bytes(r["train_state_bytes"]["float32"]),
+                     human_bytes(r["train_state_bytes"]["bfloat16"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)

@@ -55,10 +55,11 @@ class Objective:
     model_inputs: Callable[[Batch], tuple[tuple, dict]]  # batch -> (args, kwargs) of model.__call__
     targets_key: str
     length_keys: tuple[str, ...]  # fields whose length must fit within the model's max_len
+    extra_keys: tuple[str, ...] = ()  # other fields the model reads (decoder prefix LM: "prefix")
 
     def check_batch(self, batch: Mapping[str, Any], max_len: int) -> None:
         """Fail with one line if `batch` lacks a field this objective reads or is too long."""
-        needed = {self.targets_key, "loss_weights", *self.length_keys}
+        needed = {self.targets_key, "loss_weights", *self.length_keys, *self.extra_keys}
         missing = sorted(needed - set(batch))
         if missing:
             raise ConfigError(f"objective {self.name!r} on a {self.family} model needs batch fields {missing}; "
@@ -93,7 +94,9 @@ def get_objective(name: str, family: str) -> Objective:
         fits = sorted(n for n, families in OBJECTIVE_FAMILIES.items() if family in families)
         raise ConfigError(f"objective={name!r} trains {' or '.join(OBJECTIVE_FAMILIES[name])} models, not "
                           f"{family}; use one of {fits}.")
-    return Objective(name, family, *_FAMILY_IO[family])
+    # Without `prefix` a decoder prefix-LM batch would silently train as a causal LM.
+    extra = ("prefix",) if (name, family) == ("prefix_lm", "decoder") else ()
+    return Objective(name, family, *_FAMILY_IO[family], extra_keys=extra)
 
 
 def cross_entropy(logits_BTV: Array, targets_BT: Array, weights_BT: Array,

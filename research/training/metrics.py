@@ -111,7 +111,8 @@ def _start_wandb(workdir: str, config: WandbConfig, run_config: Mapping[str, Any
             f.write(run_id + "\n")
     return wandb.init(project=config.project, entity=config.entity or None,
                       name=config.name or os.path.basename(os.path.abspath(workdir)), id=run_id, resume="allow",
-                      dir=workdir, mode=config.mode, config=dict(run_config))
+                      dir=workdir, mode=config.mode, config=dict(run_config),
+                      reinit="create_new")  # models trained together: one W&B run each, side by side
 
 
 def _plain(value: Any) -> Any:
@@ -135,7 +136,8 @@ def model_size(config: ModelConfig, params: Any, target_len: int, source_len: in
     embedding = sizing.param_counts(config).embedding
     flops = sizing.flops_per_token(config, target_len, source_len=source_len, include_embedding=True)
     return {"params_total": total, "params_embedding": embedding, "params_non_embedding": total - embedding,
-            "train_flops_per_token": flops.train}
+            "train_flops_per_token": flops.train,
+            "train_flops_per_token_without_attention": flops.train_without_attention}
 
 
 def measure_peak_flops(devices: Sequence[jax.Device] | None = None, *, size: int = 1024,

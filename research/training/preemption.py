@@ -1,9 +1,10 @@
-"""Ctrl-C and SIGTERM as a request to stop: the loop saves a checkpoint at the current step
-and leaves cleanly, so rerunning the same command continues bit-exactly.
+"""Ctrl-C and SIGTERM as a request to stop: the loop finishes the block of steps it is running
+(train.steps_per_call), saves a checkpoint at the step that block ends on and leaves cleanly,
+so rerunning the same command continues bit-exactly.
 
 SIGTERM is how SLURM, Kubernetes and TPU maintenance stop a job (with a grace period);
 SIGINT is Ctrl-C. While a `Guard` is active, the first of either only sets `requested`;
-the loop checks it after each step. A second Ctrl-C raises KeyboardInterrupt at once, for
+the loop checks it after each block of steps. A second Ctrl-C raises KeyboardInterrupt at once, for
 a user who does not want to wait for the save.
 
 With several processes the signal may reach them at different steps; they must agree on
@@ -12,7 +13,7 @@ receives SIGTERM itself) through `reached_preemption_sync_point`; only SIGINT ge
 Python handler then.
 
     with preemption.Guard() as guard:       # or guard = Guard().install() ... guard.uninstall()
-        for step in ...:
+        for block in ...:                   # step: the last step of the block
             ...
             if guard.should_stop(step):
                 save(step); raise preemption.Interrupted(guard.signal_name, step, directory)
@@ -68,7 +69,7 @@ class Guard:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-            print(f"{self.signal_name}: saving a checkpoint after the current step, then stopping"
+            print(f"{self.signal_name}: saving a checkpoint after the current block of steps, then stopping"
                   + (" (Ctrl-C again to stop at once)." if signum == signal.SIGINT else "."), file=sys.stderr)
 
     def install(self) -> "Guard":
@@ -93,7 +94,8 @@ class Guard:
 
     def should_stop(self, step: int) -> bool:
         """True when this process got a signal or (multi-process) the job is being preempted.
-        Every process must call this at every step, so they stop at the same one."""
+        Every process must call this at the same steps (the loop: every block's last step, in
+        increasing order), so they stop at the same one."""
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             try:

@@ -42,9 +42,13 @@ def _microbatches(batch: Mapping[str, Array], k: int, batch_spec: PartitionSpec)
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     schedule: Schedule, *, microbatches: int = 1,
-                    batch_spec: PartitionSpec = PartitionSpec()
+                    batch_spec: PartitionSpec = PartitionSpec(), param_shardings: Any = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
-    """The pure train step. `batch_spec` is the batch axis's PartitionSpec (for microbatching)."""
+    """The pure train step. `batch_spec` is the batch axis's PartitionSpec (for microbatching);
+    `param_shardings` (the params' shardings) keeps the gradient-accumulation buffers sharded
+    like the params instead of whatever the scan carry would otherwise get (replicated)."""
+    shard_like_params = ((lambda tree: jax.lax.with_sharding_constraint(tree, param_shardings))
+                         if param_shardings is not None else (lambda tree: tree))
 
     def weighted_loss(params, batch, key):
         loss, aux = loss_fn(model, params, batch, key)
@@ -60,13 +64,13 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer: optax.Gradient
             grads_sum, sums = carry
             index, micro = index_and_batch
             (loss_sum, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
-            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            grads_sum = shard_like_params(jax.tree.map(jnp.add, grads_sum, grads))
             n = aux["num_tokens"]
             sums = {"loss": sums["loss"] + loss_sum, "num_tokens": sums["num_tokens"] + n,
                     **{m: sums[m] + aux[m] * n for m in TOKEN_MEANS}}
             return (grads_sum, sums), None
 
-        zeros = (jax.tree.map(jnp.zeros_like, state.params),
+        zeros = (shard_like_params(jax.tree.map(jnp.zeros_like, state.params)),
                  {m: jnp.zeros((), jnp.float32) for m in ("loss", "num_tokens", *TOKEN_MEANS)})
         if microbatches == 1:
             (grads, sums), _ = accumulate(zeros, (0, batch))

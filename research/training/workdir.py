@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from research.models.config import ConfigError
 
@@ -133,23 +133,33 @@ def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> No
     Raises WorkdirError, in one line, for an unwritable workdir or one holding another run
     (naming the fields that differ). `record=False` (processes other than 0) does not write run.json.
     """
-    check_writable(workdir)
-    current = run_fingerprint(config)
-    if not _is_url(workdir) and os.path.isdir(workdir):
-        recorded = _read_recorded(workdir)
-        if recorded is not None and recorded != current:
-            raise WorkdirError(
-                f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "
-                f"use a new --workdir, or delete {workdir} to start over.")
+    claim_all([(workdir, config)], record=record)
+
+
+def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True) -> None:
+    """`claim` for several (workdir, config) runs trained together: every workdir is checked
+    before any is created, so a refusal leaves nothing behind."""
+    fingerprints = []
+    for workdir, config in runs:
+        check_writable(workdir)
+        current = run_fingerprint(config)
+        if not _is_url(workdir) and os.path.isdir(workdir):
+            recorded = _read_recorded(workdir)
+            if recorded is not None and recorded != current:
+                raise WorkdirError(
+                    f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "
+                    f"use a new --workdir, or delete {workdir} to start over.")
+        fingerprints.append(current)
     from etils import epath  # knows local and cloud (gs://) paths alike
-    path = epath.Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # e.g. a read-only or virtual file system, a missing mount
-        raise WorkdirError(f"cannot create --workdir={workdir} ({error.strerror or error}); "
-                           "choose a directory you can write.") from None
-    if record:
-        (path / RUN_FILE).write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
+    for (workdir, _), current in zip(runs, fingerprints):
+        path = epath.Path(workdir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # e.g. a read-only or virtual file system, a missing mount
+            raise WorkdirError(f"cannot create --workdir={workdir} ({error.strerror or error}); "
+                               "choose a directory you can write.") from None
+        if record:
+            (path / RUN_FILE).write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
 
 
 def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import evaluate as cli
-from research.evaluation import checkpoint_loading, harness as harness_lib
-from research.evaluation.checkpoint_loading import checkpoint_steps, load_checkpoint, restore_params
+from research.evaluation import harness as harness_lib
+from research.training import checkpoint_loading
+from research.training.checkpoint_loading import checkpoint_steps, load_checkpoint, restore_params
 from research.evaluation.results_table import format_table, read_rows
 from research.evaluation.task_catalog import catalog_names, catalog_task, check_shots
 from research.evaluation.task_spec import TaskError
@@ -56,6 +57,31 @@ def test_checkpoint_evaluated_end_to_end(run_dir, tmp_path):
     assert "exact_match" in table and "copying" in table
 
 
+def test_results_are_never_overwritten_silently(run_dir, tmp_path):
+    def run(tasks, **kwargs):
+        lines = []
+        rows = cli.evaluate_model(checkpoint=run_dir, tasks=tasks, num_test=2, num_train=8, batch_size=4,
+                                  output_dir=str(tmp_path), log=lines.append, **kwargs)
+        return rows, lines[-1]
+
+    first, line = run(["copying"])
+    assert line.endswith("step_2.csv")
+    second, line = run(["addition_1digit"])
+    assert line == (f"wrote {tmp_path}/step_2_v2.json and {tmp_path}/step_2_v2.csv ({tmp_path}/step_2.json holds "
+                    "earlier results, kept; --overwrite replaces them)")
+    assert [r["task"] for r in read_rows(str(tmp_path / "step_2.json"))] == ["copying"]
+    assert [r["task"] for r in read_rows(str(tmp_path / "step_2_v2.json"))] == ["addition_1digit"]
+    _, line = run(["addition_1digit"])
+    assert "step_2_v3.json" in line
+    _, line = run(["addition_1digit"], overwrite=True)
+    assert line.endswith("step_2.csv (replacing the earlier results: --overwrite)")
+    assert [r["task"] for r in read_rows(str(tmp_path / "step_2.json"))] == ["addition_1digit"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"output directory .*file/sub'.* is a file, not a directory"):
+        cli.evaluate_model(checkpoint=run_dir, tasks=["copying"], output_dir=str(blocker / "sub"))
+
+
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_restored_params_are_the_saved_params(run_dir):
     import orbax.checkpoint as ocp
@@ -80,6 +106,8 @@ def test_restored_params_are_the_saved_params(run_dir):
     (dict(tasks=["addition_1digit"], step=7), r"checkpoint step 7 is not in .*; it holds steps \[1, 2\]"),
     (dict(tasks=["copying", "copying"]), r"task\(s\) \['copying'\] listed twice"),
     (dict(tasks=["addition_1digit"], tokenizer="no/such.model"), r"tokenizer 'no/such.model' is neither 'char'"),
+    (dict(tasks=["addition_1digit"], num_test=0), r"--num_test=0 must be >= 1"),
+    (dict(tasks=["addition_1digit"], num_train=-1), r"--num_train=-1 must be >= 0"),
 ])
 def test_bad_input_is_one_line_before_compiling(run_dir, monkeypatch, kwargs, message):
     def compiled(*args, **kwargs):
@@ -142,6 +170,16 @@ def test_hugging_face_folder_with_its_tokenizer(tmp_path):
                               output_dir=str(tmp_path / "out"), log=lambda _: None)
     assert rows[0]["task"] == "copying" and rows[0]["num_examples"] == 2 and rows[0]["step"] is None
     assert read_rows(str(tmp_path / "out" / "gpt.json"))[0]["model"] == "gpt"
+    # Without --output_dir an HF folder's table is printed only: nothing lands in the current directory.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    lines = []
+    os.chdir(cwd)
+    try:
+        cli.evaluate_model(hf_dir=str(tmp_path / "gpt"), tasks=["copying"], num_test=2, log=lines.append)
+    finally:
+        os.chdir(ROOT)
+    assert list(cwd.iterdir()) == [] and lines[-1].startswith("not written: pass --output_dir=DIR")
 
 
 def test_table_formats_numbers_and_missing_cells():

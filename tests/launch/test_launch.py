@@ -7,11 +7,13 @@ import sys
 
 import pytest
 
-from launch import backends, multihost
-from launch.sweep import LaunchError, expand, load_sweep
+from launch import backends, multihost, results
+from launch.sweep import LaunchError, check_config_keys, check_module, expand, load_sweep, parse_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRETRAIN = "experiments/configs/pretrain.py:gpt_tiny"
+# Runs `python -m launch` from an empty directory, so whatever it writes can be seen.
+ELSEWHERE = {**os.environ, "PYTHONPATH": REPO}
 
 
 def test_get_sweep_expands_to_one_command_per_override_dict(tmp_path):
@@ -45,55 +47,139 @@ def test_bad_sweeps_are_one_line_errors(tmp_path):
         expand([{"opt.lr": 1}], module="m", config="c", workdir="/w")
     with pytest.raises(LaunchError, match="duplicate job names"):
         expand([{"workdir": ".", "name": "a"}, {"workdir": ".", "name": "a"}], module="m", config="c", workdir="/w")
+    with pytest.raises(LaunchError, match=r"job name\(s\) \['a b'\]"):
+        expand([{"name": "a b"}], module="m", config="c", workdir="/w")
+
+
+def test_overrides_reach_every_job_and_are_checked_against_the_config():
+    overrides = parse_overrides(["train.num_steps=7", "config.data.seed=3"])
+    assert overrides == {"config.train.num_steps": "7", "config.data.seed": "3"}
+    jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/w",
+                  overrides=overrides)
+    for job, lr in zip(jobs, ("0.001", "0.003", "0.01")):
+        assert job.argv[-3:] == (f"--config.opt.learning_rate={lr}", "--config.train.num_steps=7",
+                                 "--config.data.seed=3")
+    with pytest.raises(LaunchError, match=r"sets \['config.opt.learning_rate'\], which the sweep varies"):
+        expand(load_sweep(PRETRAIN), module="m", config=PRETRAIN, workdir="/w",
+               overrides={"config.opt.learning_rate": "1"})
+    for bad, message in (("train.num_steps", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE")):
+        with pytest.raises(LaunchError, match=message):
+            parse_overrides([bad])
+    with pytest.raises(LaunchError, match="sets config.a twice"):
+        parse_overrides(["a=1", "config.a=2"])
+    check_config_keys(PRETRAIN, ["config.train.num_steps", "config.opt.learning_rate"])
+    with pytest.raises(LaunchError, match="config.train has no field 'num_stepz'; its fields are .*'num_steps'"):
+        check_config_keys(PRETRAIN, ["config.train.num_stepz"])
+    with pytest.raises(LaunchError, match=r"config.train.num_steps is a value \(\d+\), not a group"):
+        check_config_keys(PRETRAIN, ["config.train.num_steps.x"])
+    with pytest.raises(LaunchError, match=r"config.train.num_steps=1e3x: config.train.num_steps is int \(now \d+\)"):
+        check_config_keys(PRETRAIN, ["config.train.num_steps"], {"config.train.num_steps": "1e3x"})
+    check_config_keys(PRETRAIN, ["config.opt.learning_rate"], {"config.opt.learning_rate": "3e-4"})
+    with pytest.raises(LaunchError, match="unknown pretrain preset 'nope'"):
+        check_config_keys("experiments/configs/pretrain.py:nope", [])
+
+
+def test_module_is_checked_without_importing_it():
+    check_module("experiments.pretrain")
+    check_module("experiments.scaling_laws")  # a package with __main__.py
+    for bad, message in (("experiments.pretrian", "is not found"), ("experiments", "package without __main__"),
+                         ("experiments/pretrain.py", "not a dotted module name")):
+        with pytest.raises(LaunchError, match=message):
+            check_module(bad)
+
+
+def test_cloud_workdirs_stay_urls():
+    (job,) = expand([{"config.opt.learning_rate": 1}], module="m", config="c.py", workdir="gs://bucket/sweep/")
+    assert job.workdir == "gs://bucket/sweep/learning_rate=1" and f"--workdir={job.workdir}" in job.argv
+    (shared,) = expand([{"workdir": ".", "name": "s"}], module="m", config="c.py", workdir="gs://bucket/sweep")
+    assert shared.workdir == "gs://bucket/sweep"
 
 
 def test_local_backend_runs_every_job_and_reports_failures(tmp_path):
     sweep = [{"config.opt.learning_rate": 0.1}, {"config.fail": True}, {"config.opt.learning_rate": 0.3}]
     jobs = expand(sweep, module="tests.launch.echo_job", config="c.py:x", workdir=str(tmp_path), python=sys.executable)
     log = tmp_path / "out.txt"
+    (tmp_path / "learning_rate=0.3").mkdir()
+    (tmp_path / "learning_rate=0.3" / "metrics.jsonl").write_text(
+        '{"step": 0, "params_total": 5}\n{"step": 10, "loss": 2.5, "eval_loss": 2.75}\n{"step": 20, "loss": 2.25}\n'
+        '{"step": 30, "lo')  # the last line cut short, as by a killed job
     with open(log, "w") as out:
-        results = backends.run_local(jobs, cwd=REPO, max_parallel=2, out=out)
-    assert [(r.job.name, r.returncode) for r in results] == [
+        local_results = backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path / "logs"), max_parallel=2, out=out)
+    assert [(r.job.name, r.returncode) for r in local_results] == [
         ("learning_rate=0.1", 0), ("fail=True", 3), ("learning_rate=0.3", 0)]
+    # The results table: status and time from the status records, the final loss from metrics.jsonl.
+    table = results.collect([*jobs, *expand([{"name": "never"}], module="m", config="c", workdir=str(tmp_path))],
+                            str(tmp_path / "logs"))
+    assert [(r.name, r.status, r.step, r.loss, r.eval_loss) for r in table] == [
+        ("learning_rate=0.1", "ok", None, None, None), ("fail=True", "failed (exit 3)", None, None, None),
+        ("learning_rate=0.3", "ok", 20, 2.25, 2.75), ("never", "not started", None, None, None)]
+    assert all(0 < r.seconds < 60 for r in table[:3]) and table[3].seconds is None
+    lines = results.format_table(table).splitlines()
+    assert lines[0].split() == ["job", "status", "time", "step", "loss", "eval_loss"]
+    row = lines[3].split()
+    assert row[:2] == ["learning_rate=0.3", "ok"] and row[3:] == ["20", "2.2500", "2.7500"]
+    assert lines[-1] == "2 ok, 1 failed, 1 not started"
     recorded = json.loads((tmp_path / "learning_rate=0.3" / "argv.json").read_text())["argv"]
     assert recorded[1:] == ["--config=c.py:x", f"--workdir={tmp_path}/learning_rate=0.3",
                             "--config.opt.learning_rate=0.3"]  # launch.multihost ran the module as __main__
     assert "done fail=True: FAILED (exit 3" in log.read_text()
     with pytest.raises(LaunchError, match="max_parallel=0"):
-        backends.run_local(jobs, cwd=REPO, max_parallel=0)
+        backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path), max_parallel=0)
 
 
-def test_slurm_script_is_an_array_of_the_jobs():
+def test_slurm_script_is_an_array_of_the_jobs(tmp_path):
     jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/shared/lr")
     script = backends.slurm_script(jobs, backends.SlurmOptions(job_name="lr", nodes=2, gpus_per_node=8,
                                                                partition="gpu", setup="source venv/bin/activate"),
-                                   cwd="/repo", log_dir="/shared/lr")
+                                   cwd="/repo", log_dir=str(tmp_path))
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash" and "#SBATCH --array=0-2" in lines and "#SBATCH --nodes=2" in lines
     assert "#SBATCH --ntasks-per-node=1" in lines and "#SBATCH --gpus-per-node=8" in lines
     assert "#SBATCH --partition=gpu" in lines and not any("--account" in line for line in lines)
     assert lines.index("source venv/bin/activate") < lines.index("JOBS=(")
-    assert lines[-1] == 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"'
-    # The array is valid bash holding each job's exact command: run task 1 with echo for srun.
-    fake = script.replace("srun bash -c", "echo").replace("set -euo pipefail", "SLURM_ARRAY_TASK_ID=1")
+    assert 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"' in lines
+    # The array is valid bash holding each job's exact command: run task 1 with echo for srun,
+    # then task 2 with a failing srun; each task records how its job ended.
+    fake = script.replace("set -euo pipefail", "set -euo pipefail; SLURM_ARRAY_TASK_ID=$1")
     fake = "\n".join(line for line in fake.splitlines() if not line.startswith(("cd ", "source ")))
-    out = subprocess.run(["bash", "-c", fake], capture_output=True, text=True, check=True).stdout.strip()
-    assert shlex.split(out) == list(jobs[1].argv)
+    echo = subprocess.run(["bash", "-c", fake.replace("srun bash -c", "echo"), "script", "1"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert shlex.split(echo) == list(jobs[1].argv)
+    failing = subprocess.run(["bash", "-c", fake.replace("srun bash -c", "bash -c 'exit 4'"), "script", "2"],
+                             capture_output=True, text=True)
+    assert failing.returncode == 4
+    assert [(r.name, r.status) for r in results.collect(jobs, str(tmp_path))] == [
+        ("learning_rate=0.001", "not started"), ("learning_rate=0.003", "ok"), ("learning_rate=0.01", "failed (exit 4)")]
+    for bad, message in ((dict(nodes=0), "--slurm_nodes=0 must be >= 1"),
+                         (dict(gpus_per_node=-1), "--slurm_gpus_per_node=-1 must be >= 0"),
+                         (dict(time="1day"), "--slurm_time='1day' is not a SLURM time")):
+        with pytest.raises(LaunchError, match=message):
+            backends.slurm_script(jobs, backends.SlurmOptions(**bad), cwd="/repo", log_dir=str(tmp_path))
 
 
 def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
     jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/w")
     script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-32", zone="us-central2-b",
-                                                                 setup="source ~/venv/bin/activate"))
-    commands = [line for line in script.splitlines() if line.startswith("gcloud")]
+                                                                 setup="source ~/venv/bin/activate"),
+                                    log_dir=str(tmp_path))
+    commands = [line for line in script.splitlines() if line.startswith("run_job ")]
     assert len(commands) == 3
     argv = shlex.split(commands[0])
-    assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32"]
+    assert argv[:8] == ["run_job", jobs[0].name, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32"]
     assert "--worker=all" in argv and "--zone=us-central2-b" in argv
     remote = next(a for a in argv if a.startswith("--command=")).split("=", 1)[1]
     assert remote == "cd ~/research && source ~/venv/bin/activate && " + jobs[0].command
+    # With gcloud failing for the second job only, the rest still run and the script fails.
+    fake_gcloud = tmp_path / "bin" / "gcloud"
+    fake_gcloud.parent.mkdir()
+    fake_gcloud.write_text('#!/bin/bash\ncase "$*" in *0.003*) exit 5;; esac\n')
+    fake_gcloud.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_gcloud.parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 1
+    assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["ok", "failed (exit 5)", "ok"]
     with pytest.raises(LaunchError, match="--tpu_name"):
-        backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""))
+        backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""), log_dir=str(tmp_path))
 
 
 def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
@@ -115,9 +201,55 @@ def test_cli_dry_run_and_script(tmp_path):
     base = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=experiments.pretrain",
             f"--workdir={tmp_path}"]
     result = subprocess.run(base + ["--dry_run"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert len(result.stdout.splitlines()) == 3 and "--config.opt.learning_rate=0.01" in result.stdout
+    assert len(result.stdout.splitlines()) == 4 and "--config.opt.learning_rate=0.01" in result.stdout
     result = subprocess.run(base + ["--backend=slurm"], cwd=REPO, capture_output=True, text=True, check=True)
     assert (tmp_path / "launch_slurm.sh").read_text().count("launch.multihost experiments.pretrain") == 3
     result = subprocess.run(base + ["--backend=tpu_vm"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip() == (
         "error: tpu_vm needs --tpu_name and --tpu_zone, e.g. --tpu_name=my-v4-32 --tpu_zone=us-central2-b.")
+
+
+def test_cli_keeps_gs_paths_and_prints_the_script_on_dry_run(tmp_path):
+    launch_dir = tmp_path / "launch"
+    result = subprocess.run([sys.executable, "-m", "launch", f"--config={REPO}/{PRETRAIN}",
+                             "--module=experiments.pretrain", "--workdir=gs://bucket/sweep", f"--launch_dir={launch_dir}",
+                             "--backend=slurm", "--override=train.num_steps=7", "--dry_run"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True, env=ELSEWHERE)
+    script = result.stdout
+    assert script.startswith(f"# {launch_dir}/launch_slurm.sh (3 jobs; not written: --dry_run)\n#!/bin/bash\n")
+    for lr in ("0.001", "0.003", "0.01"):
+        assert (f"--workdir=gs://bucket/sweep/learning_rate={lr} --config.opt.learning_rate={lr} "
+                "--config.train.num_steps=7") in script
+    assert "gs:/bucket" not in script and "#SBATCH --job-name=sweep" in script
+    assert list(tmp_path.iterdir()) == []  # nothing written: no launch dir, no local "gs:" folder
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend=slurm", "--slurm_nodes=0"], "error: --slurm_nodes=0 must be >= 1"),
+    (["--backend=slurm", "--slurm_gpus_per_node=-2"], "error: --slurm_gpus_per_node=-2 must be >= 0"),
+    (["--module=experiments.pretrian"], "error: --module='experiments.pretrian' is not found"),
+    (["--workdir=gs://bucket/sweep"], "error: --workdir=gs://bucket/sweep is a cloud path"),
+])
+def test_cli_bad_launches_are_one_line_and_write_nothing(tmp_path, flags, message):
+    workdir = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "launch", f"--config={REPO}/{PRETRAIN}", "--module=experiments.pretrain",
+            f"--workdir={workdir}", *flags]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=ELSEWHERE)
+    assert result.returncode == 1 and result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_local_sweep_ends_with_the_results_table(tmp_path):
+    base = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=tests.launch.echo_job",
+            f"--workdir={tmp_path}", "--override=train.num_steps=7"]
+    result = subprocess.run(base, cwd=REPO, capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[-5].split() == ["job", "status", "time", "step", "loss", "eval_loss"]
+    assert [line.split()[:2] for line in lines[-4:-1]] == [
+        ["learning_rate=0.001", "ok"], ["learning_rate=0.003", "ok"], ["learning_rate=0.01", "ok"]]
+    assert lines[-1] == "3 ok"
+    for lr in ("0.001", "0.003", "0.01"):
+        argv = json.loads((tmp_path / f"learning_rate={lr}" / "argv.json").read_text())["argv"]
+        assert argv[-2:] == [f"--config.opt.learning_rate={lr}", "--config.train.num_steps=7"]
+    on_demand = subprocess.run(base + ["--results"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert on_demand.stdout.splitlines()[-1] == "3 ok"

@@ -151,7 +151,7 @@ _REFERENCE_GRADS: dict = {}
 
 # (scan_layers, remat) per preset: each layout and each policy appears, without
 # compiling every combination's gradient.
-VARIANTS = {"gpt2-tiny": [(False, "dots"), (True, "none")], "llama-tiny": [(False, "full"), (True, "dots")]}
+VARIANTS = {"gpt2-tiny": [(False, "save_dots"), (True, "none")], "llama-tiny": [(False, "full"), (True, "minimal")]}
 
 
 @pytest.mark.parametrize("variant_index", range(2))

@@ -183,6 +183,6 @@ def test_bad_inputs_fail_with_one_line():
         _init_shapes(get_config("gpt2-tiny").replace(position="relative"))
     cache = init_encoder_decoder_cache(CONFIG, B, 3)
     model = build_model(CONFIG)
-    with pytest.raises(ValueError, match="6 decoder tokens do not fit a cache of max_len=3"):
+    with pytest.raises(ValueError, match="6 tokens do not fit a KV cache of 3 slots"):
         jax.eval_shape(lambda: model.apply({"params": PARAMS}, jnp.zeros((B, S, CONFIG.d_model)), ONES_BT,
                                            cache=cache, method="decode"))

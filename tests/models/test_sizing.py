@@ -28,6 +28,9 @@ def test_gpt2_small_flops_match_kaplan_by_hand():
     # The unembedding matmul adds 2 D V = 2*768*50257 = 77,194,752 forward per token.
     exact = sizing.flops_per_token(get_config("gpt2-small"), include_embedding=True)
     assert exact.forward == 188_986_368 + 77_194_752 and exact.train == 3 * exact.forward
+    # Without attention: causal attention counted once is 2*12*1024*768 forward per token.
+    assert exact.attention_forward == 18_874_368
+    assert exact.train_without_attention == 3 * (170_112_000 + 77_194_752)
 
 
 def test_t5_flops_halves():
@@ -36,12 +39,14 @@ def test_t5_flops_halves():
     n_dec = 6 * (8 * 512 * 512 + 2 * 512 * 2048 + 3 * 512) + 512  # + cross-attention, 3 norms
     assert n_enc + n_dec == sizing.param_counts(config).non_embedding
     flops = sizing.flops_per_token(config)  # equal source and target lengths, 512
-    assert flops.encoder_forward == 2 * n_enc + 2 * 6 * 512 * 512
-    assert flops.decoder_forward == 2 * n_dec + 2 * 6 * (512 + 512) * 512  # self + cross
+    # Bidirectional and cross-attention: 4 per key (QK^T + weighted sum); causal self: 2 (half the keys).
+    assert flops.encoder_forward == 2 * n_enc + 4 * 6 * 512 * 512
+    assert flops.decoder_forward == 2 * n_dec + 6 * (2 * 512 + 4 * 512) * 512  # causal self + cross
     assert flops.forward == flops.encoder_forward + flops.decoder_forward
+    assert flops.attention_forward == 6 * (4 * 512 + 2 * 512 + 4 * 512) * 512
     # Short targets: each target token also pays for source_len / seq_len = 4 source tokens.
     short = sizing.flops_per_token(config, 128, source_len=512)
-    assert short.decoder_forward == 2 * n_dec + 2 * 6 * (128 + 512) * 512
+    assert short.decoder_forward == 2 * n_dec + 6 * (2 * 128 + 4 * 512) * 512
     assert short.forward == short.decoder_forward + 4 * short.encoder_forward
 
 
@@ -53,13 +58,35 @@ def test_memory_of_a_hand_checkable_config():
     counts = sizing.param_counts(config)
     assert (counts.total, counts.embedding, counts.non_embedding) == (228, 104, 124)
     assert [sizing.weight_bytes(config, d) for d in ("float32", "bfloat16", "int8")] == [912, 456, 228]
-    # 16 bytes per param either way: 4+4+4+4 (f32) or 2+2 bf16 weights/grads + 4+4+4 f32 master, m, v.
-    assert sizing.train_state_bytes(config, "float32") == sizing.train_state_bytes(config, "bfloat16") == 3648
+    # Weights, grads, Adam m and v in the params' dtype: 16 bytes per param (f32), 8 (bf16).
+    assert sizing.train_state_bytes(config, "float32") == sizing.train_state_bytes(config) == 3648
+    assert sizing.train_state_bytes(config, "bfloat16") == sizing.train_state_bytes(
+        config.replace(param_dtype="bfloat16")) == 1824
     # KV cache: 2 (k, v) * L=1 * K=1 * Dh=2 values per token.
     assert [sizing.kv_cache_bytes_per_token(config, d) for d in ("float32", "bfloat16", "int8")] == [16, 8, 4]
     assert sizing.kv_cache_bytes_per_token(get_config("bert-base")) == 0
     # llama-7b in bf16: 2 * 32 layers * 32 heads * 128 * 2 bytes = 512 KiB per token.
     assert sizing.kv_cache_bytes_per_token(get_config("llama-7b")) == 524_288
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_train_state_bytes_match_the_state_the_trainer_builds(param_dtype):
+    """Weights + Adam state of the real train state (abstract: nothing allocated), plus a gradient
+    tree like the weights, equal the table's figure for that param dtype."""
+    import jax
+    from research.models import build_model
+    from research.training.losses import get_objective
+    from research.training.optimizers import OptimizerConfig, make_optimizer
+    from research.training.state import _initializer, abstract_batch
+    from tests.training.conftest import synthetic_batch
+    config = get_config("gpt2-tiny", param_dtype=param_dtype, dtype="bfloat16")
+    optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10))
+    batch = abstract_batch(synthetic_batch("decoder", 2, 8, config.vocab_size))
+    state = jax.eval_shape(_initializer(build_model(config), get_objective("causal_lm", "decoder"), optimizer, batch),
+                           jax.random.key(0))
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+                              if jax.numpy.issubdtype(x.dtype, jax.numpy.floating))
+    assert 2 * nbytes(state.params) + nbytes(state.opt_state) == sizing.train_state_bytes(config)
 
 
 def test_bad_dtypes():
@@ -131,7 +158,8 @@ def test_cli_report_contains_the_numbers():
 def test_cli_json_and_table_cover_all_presets():
     report = json.loads(run_cli("--model=bert-base", "--json"))
     assert report["params"]["backbone"] == 109_482_240
-    assert report["train_state_bytes"]["bfloat16"] == 16 * report["params"]["total"]
+    assert report["train_state_bytes"] == {"float32": 16 * report["params"]["total"],
+                                           "bfloat16": 8 * report["params"]["total"]}
     table = run_cli()
     rows = table.splitlines()
     assert rows[0].split()[:5] == ["preset", "family", "L", "D", "H"]

@@ -89,3 +89,24 @@ def test_each_optimizer_descends(name):
         updates, state = optimizer.update(jax.grad(loss)(params), state, params)
         params = optax.apply_updates(params, updates)
     assert float(loss(params)) < 0.9 * 16 * 9.0
+
+
+def test_adafactor_default_decay_is_decoupled_and_scaled_by_the_learning_rate():
+    """Default settings, 20 zero-gradient steps: Adafactor decays exactly like AdamW,
+    p_20 = prod_t (1 - lr_t * wd), not (1 - wd)^20 (which would leave 0.12)."""
+    params = {"kernel": jnp.ones((8, 4)), "bias": jnp.ones((4,))}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    finals = {}
+    for name in ("adafactor", "adamw"):
+        config = OptimizerConfig(name=name, warmup_steps=5)
+        optimizer, schedule = make_optimizer(config)
+        state, p = optimizer.init(params), params
+        for _ in range(20):
+            updates, state = optimizer.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        finals[name] = p
+    expected = np.prod([1.0 - float(schedule(t)) * config.weight_decay for t in range(20)])
+    assert 0.999 < expected < 1.0
+    np.testing.assert_allclose(finals["adafactor"]["kernel"], expected, rtol=1e-6)
+    np.testing.assert_allclose(finals["adafactor"]["kernel"], finals["adamw"]["kernel"], rtol=1e-6)
+    np.testing.assert_array_equal(finals["adafactor"]["bias"], 1.0)

@@ -1,12 +1,18 @@
-"""SIGTERM (SLURM / TPU preemption) and Ctrl-C: save at the current step, exit cleanly, rerun is exact."""
+"""SIGTERM (SLURM / TPU preemption) and Ctrl-C: save at the end of the current block of steps,
+exit cleanly, rerun is exact."""
+import itertools
+import logging
 import signal
 import subprocess
 import sys
 import time
 
-from research.training import train_and_evaluate
+import pytest
+
+from research.training import blocks, preemption, train_and_evaluate
 
 from tests.training.conftest import run_config
+from tests.training.test_checkpoint_fallback import _truncate_files
 from tests.training.test_resume import REPO, assert_same_run, cli_overrides, latest_checkpoint, per_step
 
 
@@ -20,7 +26,8 @@ def _logged_step(workdir, step):
 
 def test_sigterm_saves_the_current_step_and_the_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
     steps = 40
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps)
+    # Blocks of up to 3 steps, cut at the evaluation steps (every 4): the stop comes at the end of a block.
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
     config.model.dropout_rate = 0.1
     config.checkpoint.every_steps = 1000  # only the last step is a scheduled save: the stop's save is the signal's
     train_and_evaluate(config, str(tmp_path / "whole"))
@@ -42,6 +49,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_is_exact(tokenizers, compi
     assert "Traceback" not in stderr
     print(f"stopped at step {stopped_at}")
     assert 3 <= stopped_at < steps
+    plan = blocks.block_plan(0, steps, 3, blocks.boundary_test(4, 1000, end_step=steps))
+    block_ends = set(itertools.accumulate(plan))
+    assert stopped_at in block_ends, (stopped_at, sorted(block_ends))
     rerun = subprocess.run(command, cwd=REPO, env=compilation_cache, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)
@@ -64,3 +74,34 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGINT") and last.endswith("rerun the same command to continue.") or \
         last.endswith("continue from the last checkpoint."), last
+
+
+def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
+        tokenizers, compilation_cache, tmp_path, monkeypatch, caplog):
+    """K=2 models (own seeds, own data): the stop is asked once per block, both save the block's last
+    step; a rerun whose model 1 finds that step damaged takes both back to their last common intact
+    step, and the result equals the uninterrupted run bit for bit."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=8, steps_per_call=3)  # calls 1, 3, 3, 1
+    config.batched.field, config.batched.values = "train.seed", (0, 1)
+    members = ("train.seed=0", "train.seed=1")
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    asked = []
+
+    def should_stop(guard, step):  # as if SIGTERM arrived during the block that ends at step 7
+        asked.append(step)
+        guard.signal_name = "SIGTERM"
+        return step >= 5
+
+    with monkeypatch.context() as patch:
+        patch.setattr(preemption.Guard, "should_stop", should_stop)
+        with pytest.raises(preemption.Interrupted, match=r"stopped by SIGTERM at step 7; checkpoint saved in "):
+            train_and_evaluate(config, str(tmp_path / "stopped"))
+    assert asked == [0, 1, 4, 7]  # before the first step, then at each block's last step
+    assert [latest_checkpoint(tmp_path / "stopped" / m) for m in members] == [7, 7]
+    _truncate_files(tmp_path / "stopped" / members[1] / "checkpoints" / "7")
+    with caplog.at_level(logging.WARNING, logger="research.training.checkpointing"):
+        train_and_evaluate(config, str(tmp_path / "stopped"))
+    assert any("step 7" in r.getMessage() and "resumed from step 4" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "stopped" / members[1] / "checkpoints.damaged" / "7").is_dir()
+    for m in members:
+        assert_same_run(per_step(tmp_path / "stopped" / m), per_step(tmp_path / "whole" / m), 8)

@@ -105,11 +105,8 @@ def _read_safetensors(file_path: str) -> StateDict:
 
 
 def _read_torch(file_path: str) -> StateDict:
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"reading {file_path!r} needs PyTorch (pip install torch); "
-                          "or convert the checkpoint to safetensors.") from None
+    from research.optional_imports import import_optional
+    torch = import_optional("torch", f"reading {file_path!r} (safetensors checkpoints need no torch)")
     # weights_only: a .bin is a pickle, and unrestricted unpickling runs arbitrary code.
     tensors = torch.load(file_path, map_location="cpu", weights_only=True)
     # numpy has no bfloat16: widen it (exactly) to float32.

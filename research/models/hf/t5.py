@@ -67,6 +67,7 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
         gated_mlp=gated,
         use_bias=False,
         scale_attention_logits=False,
+        init_scheme="t5",
         tie_embeddings=tied,
         scale_tied_logits=scaled,
         pad_token_id=hf_config.get("pad_token_id", 0) or 0,

@@ -1,4 +1,6 @@
-"""Load a model to evaluate: a training run's checkpoint, or a Hugging Face folder.
+"""Load a trained model for inference (evaluation, generation, fine-tuning).
+
+From a training run's checkpoint, or a Hugging Face folder:
 
     loaded = load_checkpoint("runs/gpt_tiny")              # latest step; the run's own tokenizer
     loaded = load_checkpoint("runs/gpt_tiny", step=200, tokenizer="char")

@@ -1,0 +1,58 @@
+"""Prepare a training dataset: `python -m experiments.prepare_data --input=GLOB_OR_JSONL --output_dir=DIR --name=NAME`.
+
+Reads raw text (comma-separated files, globs or folders of text / markdown / code files;
+.jsonl files with --text_field; or tfds:NAME with --tfds_data_dir / --tfds_split), runs the
+stages of research.data.preparation on datatrove's executor, and writes the TFDS dataset
+DIR/NAME/1.0.0 (array_record; `text` and `origin` features; train and validation splits)
+with preparation_report.{json,txt,png} beside it. Rerunning the same command resumes an
+interrupted run, or returns at once when the dataset is already there.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.cli import parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/prepare_data.py", "Config file, e.g. experiments/configs/prepare_data.py:code.")
+_INPUT = flags.DEFINE_string("input", None, "Comma-separated files, globs ('**' recurses) or folders; or tfds:NAME.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "TFDS data_dir to write the dataset into.")
+_NAME = flags.DEFINE_string("name", None, "Dataset name (lower-case letters, digits, '_').")
+_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSON key (.jsonl) or TFDS feature holding the text.")
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "data_dir of a tfds:NAME input.")
+_TFDS_SPLIT = flags.DEFINE_string("tfds_split", "train", "Split of a tfds:NAME input.")
+flags.mark_flags_as_required(["input", "output_dir", "name"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    from research.data.config import DataError
+    from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+    from research.data.preparation.report import summary_text
+
+    try:
+        config = PreparationConfig.from_dict(_CONFIG.value.to_dict())
+        spec = resolve_inputs(_INPUT.value, text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
+                              tfds_split=_TFDS_SPLIT.value)
+        report = prepare_dataset(spec, output_dir=_OUTPUT_DIR.value, name=_NAME.value, config=config)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    except Exception as error:  # a DataError raised inside a datatrove task arrives wrapped or re-raised
+        cause = error
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        sys.exit(f"error: {cause}")
+    if report.get("submitted"):
+        print(f"submitted; the dataset will appear at {report['dataset_dir']} (work dir {report['work_dir']})")
+    else:
+        print(summary_text(report).split("\n\nExamples")[0])
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,226 @@
+"""PreparationConfig: which stages run, with which thresholds, on which engine.
+
+Frozen, typed dataclasses validated in `__post_init__` (a bad value fails with one line
+before any file is read). Quality thresholds default to the published values: Gopher
+(Rae et al. 2021, "Scaling Language Models", Appendix A) and C4 (Raffel et al. 2020,
+Section 2.2), as implemented by datatrove's filters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+from research.data.config import DataError
+
+UnicodeForm = Literal["NFC", "NFKC"]
+InvalidUtf8 = Literal["repair", "drop"]
+Executor = Literal["local", "slurm", "ray"]
+
+
+def _nested(value: Any, cls: type) -> Any:
+    return cls(**value) if isinstance(value, Mapping) else value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StandardiseConfig:
+    """Unicode normalisation, line endings, whitespace and control characters."""
+
+    unicode_form: UnicodeForm = "NFC"  # NFC keeps code and typography; NFKC also folds compatibility forms
+    invalid_utf8: InvalidUtf8 = "repair"  # repair: undecodable bytes become U+FFFD; drop: the document goes
+    max_invalid_fraction: float = 0.01  # even when repairing, drop documents with more bad bytes than this
+    max_blank_lines: int = 2  # longer runs of blank lines are cut to this many
+
+    def __post_init__(self):
+        if self.unicode_form not in UnicodeForm.__args__:
+            raise DataError(f"standardise: unicode_form={self.unicode_form!r} is not one of {UnicodeForm.__args__}.")
+        if self.invalid_utf8 not in InvalidUtf8.__args__:
+            raise DataError(f"standardise: invalid_utf8={self.invalid_utf8!r} is not one of {InvalidUtf8.__args__}.")
+        if not 0.0 <= self.max_invalid_fraction <= 1.0:
+            raise DataError(f"standardise: max_invalid_fraction={self.max_invalid_fraction} must be in [0, 1].")
+        if self.max_blank_lines < 0:
+            raise DataError(f"standardise: max_blank_lines={self.max_blank_lines} must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GopherQualityConfig:
+    """Gopher's quality rules; None turns one rule off. Defaults are the paper's."""
+
+    enabled: bool = True
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: float | None = 3
+    max_avg_word_length: float | None = 10
+    max_symbol_word_ratio: float | None = 0.1  # '#' and '...' per word
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    max_non_alpha_words_ratio: float | None = 0.8  # at least this share of words holds a letter
+    min_stop_words: int | None = 2  # of: the, be, to, of, and, that, have, with
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GopherRepetitionConfig:
+    """Gopher's repetition rules (duplicate lines / paragraphs / n-grams); defaults are the paper's."""
+
+    enabled: bool = True
+    dup_line_frac: float | None = 0.3
+    dup_para_frac: float | None = 0.3
+    dup_line_char_frac: float | None = 0.2
+    dup_para_char_frac: float | None = 0.2
+    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
+    dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+
+    def __post_init__(self):
+        for field in ("top_n_grams", "dup_n_grams"):  # configs give lists
+            object.__setattr__(self, field, tuple(tuple(pair) for pair in getattr(self, field)))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class C4QualityConfig:
+    """C4's rules: keep lines ending in terminal punctuation with >= 3 words, drop pages with
+    < 5 sentences, 'lorem ipsum' or '{'. Off by default: they delete code and markdown."""
+
+    enabled: bool = False
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: int = 5  # -1 turns it off
+    min_words_per_line: int = 3  # -1 turns it off
+    max_word_length: int = 1000  # -1 turns it off
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlocklistConfig:
+    """Drop documents containing any of `words` (case-insensitive, whole words or phrases)."""
+
+    words: tuple[str, ...] = ()
+    words_file: str = ""  # one word or phrase per line, added to `words`
+
+    def __post_init__(self):
+        object.__setattr__(self, "words", (self.words,) if isinstance(self.words, str) else tuple(self.words))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    """Exact dedup on normalised text; MinHash LSH near-dedup (datatrove's minhash stages)."""
+
+    exact: bool = True
+    near: bool = True
+    jaccard_threshold: float = 0.8  # pairs above this word-shingle Jaccard similarity are duplicates
+    shingle_size: int = 5  # words per shingle
+    num_permutations: int = 112  # minhash hashes, split into bands x rows chosen for the threshold
+    seed: int = 1
+
+    def __post_init__(self):
+        if not 0.0 < self.jaccard_threshold < 1.0:
+            raise DataError(f"dedup: jaccard_threshold={self.jaccard_threshold} must be in (0, 1).")
+        if self.shingle_size < 1:
+            raise DataError(f"dedup: shingle_size={self.shingle_size} must be >= 1.")
+        if self.num_permutations < 2:
+            raise DataError(f"dedup: num_permutations={self.num_permutations} must be >= 2.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecontaminationConfig:
+    """Drop documents sharing a word n-gram with an evaluation item (GPT-3, Appendix C):
+    n is each task's 5th-percentile item length, clipped to [min_ngram, max_ngram];
+    items shorter than min_ngram words cannot be matched reliably and are skipped."""
+
+    tasks: tuple[str, ...] = ()  # research.evaluation catalog names, or .json task files
+    all_catalog_tasks: bool = True  # also every research.evaluation catalog task
+    min_ngram: int = 8
+    max_ngram: int = 13
+    num_test: int | None = None  # items per generated task (None: the task's default)
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks))
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise DataError(f"decontamination: need 1 <= min_ngram={self.min_ngram} <= max_ngram={self.max_ngram}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """The TFDS dataset written: `num_shards` hash partitions (the unit of parallel work after
+    reading, and of the output files); split by a hash of each document's normalised text."""
+
+    validation_fraction: float = 0.05
+    num_shards: int = 4
+    version: str = "1.0.0"
+
+    def __post_init__(self):
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise DataError(f"output: validation_fraction={self.validation_fraction} must be in (0, 1) "
+                            "(the dataset has train and validation splits).")
+        if self.num_shards < 1:
+            raise DataError(f"output: num_shards={self.num_shards} must be >= 1.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecutionConfig:
+    """The datatrove executor: local (processes on this machine), slurm, or ray.
+
+    read_tasks: how many tasks share the reading and document stages; workers: how many
+    tasks run at once (local). Neither changes the output.
+    """
+
+    executor: Executor = "local"
+    read_tasks: int = 4
+    workers: int = 1
+    slurm_partition: str = ""
+    slurm_time: str = "04:00:00"
+    slurm_cpus_per_task: int = 1
+    slurm_mem_per_cpu_gb: int = 2
+    slurm_env_command: str = ""  # e.g. "source ~/venv/bin/activate"
+
+    def __post_init__(self):
+        if self.executor not in Executor.__args__:
+            raise DataError(f"execution: executor={self.executor!r} is not one of {Executor.__args__}.")
+        if self.read_tasks < 1 or self.workers < 1:
+            raise DataError(f"execution: read_tasks={self.read_tasks} and workers={self.workers} must be >= 1.")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise DataError("execution: executor='slurm' needs slurm_partition, e.g. --config.execution.slurm_partition=cpu.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreparationConfig:
+    """Every stage's settings; stages run in the order of the fields below."""
+
+    standardise: StandardiseConfig = StandardiseConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    c4_quality: C4QualityConfig = C4QualityConfig()
+    blocklist: BlocklistConfig = BlocklistConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    dedup: DedupConfig = DedupConfig()
+    output: OutputConfig = OutputConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    max_examples: int = 3  # dropped documents shown per rule in the report
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if dataclasses.is_dataclass(field.default):
+                object.__setattr__(self, field.name, _nested(getattr(self, field.name), type(field.default)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PreparationConfig":
+        """From a (nested) dict or ConfigDict; an unknown key is a one-line error."""
+        values = dict(values)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise DataError(f"prepare_data config: unknown field {key!r}; known: {sorted(known)}.")
+            default = known[key].default
+            if dataclasses.is_dataclass(default):
+                value = dict(value)
+                sub_fields = {f.name for f in dataclasses.fields(default)}
+                unknown = sorted(set(value) - sub_fields)
+                if unknown:
+                    raise DataError(f"prepare_data config: {key} has no field(s) {unknown}; known: {sorted(sub_fields)}.")
+                value = type(default)(**value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

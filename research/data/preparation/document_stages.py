@@ -1,0 +1,188 @@
+"""Document stages: pure functions of one document that keep it, rewrite it, or drop it with a reason.
+
+    verdict = stage(doc)          # doc: datatrove Document (text, id, metadata)
+    verdict.text is None          # dropped, verdict.reason says by which rule
+
+The quality rules are datatrove's Gopher / C4 filters (published thresholds) behind the
+same signature; they see words from `RegexWordTokenizer`, which needs no model download.
+`build_document_stages(config, contamination)` composes them in the config's order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import unicodedata
+from typing import Callable, Sequence
+
+from datatrove.data import Document
+from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from research.data.preparation.config import (BlocklistConfig, C4QualityConfig, GopherQualityConfig,
+                                              GopherRepetitionConfig, PreparationConfig, StandardiseConfig)
+from research.data.preparation.decontamination import ContaminationIndex
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A stage's decision: `text` (possibly rewritten) when kept; None and a `reason` when dropped.
+    A kept document may carry a `note` (e.g. repaired_invalid_utf8), counted with examples."""
+
+    text: str | None
+    reason: str = ""
+    note: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return self.text is not None
+
+
+DocumentStage = Callable[[Document], Verdict]
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedStage:
+    name: str
+    apply: DocumentStage
+
+
+def drop(reason: str) -> Verdict:
+    return Verdict(None, reason)
+
+
+class RegexWordTokenizer(WordTokenizer):
+    """Words (letters/digits, with inner apostrophes) and single punctuation marks; sentences end
+    at . ! ? before whitespace. A dependency-free stand-in for datatrove's spaCy/NLTK tokenizers."""
+
+    _WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+    _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+
+    def __init__(self):
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return self._WORD.findall(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for match in self._SENTENCE_END.finditer(text):
+            if text[start:match.end()].strip():
+                spans.append((start, match.end()))
+            start = match.end()
+        if text[start:].strip():
+            spans.append((start, len(text)))
+        return spans
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [text[a:b].strip() for a, b in self.span_tokenize(text)]
+
+
+WORDS = RegexWordTokenizer()
+
+
+def dedup_key(text: str) -> str:
+    """Hex digest of the normalised text (NFKC, case-folded, whitespace collapsed): equal keys
+    are exact duplicates; the key also picks the output shard and split."""
+    normalised = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return hashlib.sha1(normalised.encode("utf-8")).hexdigest()
+
+
+# C0/C1 control characters except tab and newline (and \r, handled as a line ending), plus the BOM.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
+_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")  # Unicode spaces -> ' '
+_LINE_BREAK = re.compile("\r\n|\r|\u2028|\u2029|\x85")
+
+
+def standardise(doc: Document, config: StandardiseConfig) -> Verdict:
+    """Unicode form, '\\n' line endings, no control characters or trailing spaces, short blank runs."""
+    invalid = doc.metadata.get("invalid_utf8_bytes", 0)
+    if invalid:
+        size = max(1, doc.metadata.get("num_bytes", len(doc.text)))
+        if config.invalid_utf8 == "drop" or invalid / size > config.max_invalid_fraction:
+            return drop("invalid_utf8")
+    text = _LINE_BREAK.sub("\n", doc.text)  # before NFC/NFKC: \x85 is a control char too
+    text = unicodedata.normalize(config.unicode_form, text)
+    text = _SPACE.sub(" ", _CONTROL.sub("", text))
+    lines, blank_run = [], 0
+    for line in text.split("\n"):
+        line = line.rstrip()
+        blank_run = blank_run + 1 if not line else 0
+        if blank_run <= config.max_blank_lines:
+            lines.append(line)
+    text = "\n".join(lines).strip("\n")
+    if not text.strip():
+        return drop("empty")
+    return Verdict(text, note="repaired_invalid_utf8" if invalid else "")
+
+
+def _datatrove_filter_stage(step, prefix: str) -> DocumentStage:
+    """A datatrove filter (`filter(doc) -> bool | (False, reason)`) as a pure DocumentStage.
+
+    Filters that rewrite (C4 keeps some lines) change their document in place, so each call
+    gets a copy and the verdict carries the new text.
+    """
+    def stage(doc: Document) -> Verdict:
+        work = Document(text=doc.text, id=doc.id, metadata=dict(doc.metadata))
+        result = step.filter(work)
+        if result is True:
+            return Verdict(work.text) if work.text.strip() else drop(f"{prefix}empty_after_rewrite")
+        reason = result[1] if isinstance(result, tuple) else "dropped"
+        return drop(reason if reason.startswith(prefix) else prefix + reason)
+    return stage
+
+
+def gopher_quality(config: GopherQualityConfig) -> DocumentStage:
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "enabled"}
+    return _datatrove_filter_stage(GopherQualityFilter(**kwargs, language=WORDS), "gopher_")
+
+
+def gopher_repetition(config: GopherRepetitionConfig) -> DocumentStage:
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "enabled"}
+    return _datatrove_filter_stage(GopherRepetitionFilter(**kwargs, language=WORDS), "gopher_")
+
+
+def c4_quality(config: C4QualityConfig) -> DocumentStage:
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "enabled"}
+    return _datatrove_filter_stage(C4QualityFilter(**kwargs, language=WORDS), "c4_")
+
+
+def blocklist_words(config: BlocklistConfig) -> tuple[str, ...]:
+    words = list(config.words)
+    if config.words_file:
+        with open(config.words_file, encoding="utf-8") as f:
+            words += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return tuple(sorted(set(w.lower() for w in words)))
+
+
+def blocklist(words: Sequence[str]) -> DocumentStage:
+    """Drop a document that contains any blocked word or phrase as whole words, ignoring case."""
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+
+    def stage(doc: Document) -> Verdict:
+        return drop("blocklist") if pattern.search(doc.text) else Verdict(doc.text)
+    return stage
+
+
+def decontaminate(index: ContaminationIndex) -> DocumentStage:
+    def stage(doc: Document) -> Verdict:
+        task = index.first_match(doc.text)
+        return drop(f"contains_{task}") if task else Verdict(doc.text)
+    return stage
+
+
+def build_document_stages(config: PreparationConfig, contamination: ContaminationIndex | None) -> list[NamedStage]:
+    """The per-document stages `config` enables, in order (standardise first, decontamination last)."""
+    stages = [NamedStage("standardise", lambda doc: standardise(doc, config.standardise))]
+    if config.gopher_quality.enabled:
+        stages.append(NamedStage("gopher_quality", gopher_quality(config.gopher_quality)))
+    if config.gopher_repetition.enabled:
+        stages.append(NamedStage("gopher_repetition", gopher_repetition(config.gopher_repetition)))
+    if config.c4_quality.enabled:
+        stages.append(NamedStage("c4_quality", c4_quality(config.c4_quality)))
+    words = blocklist_words(config.blocklist)
+    if words:
+        stages.append(NamedStage("blocklist", blocklist(words)))
+    if contamination is not None and len(contamination):
+        stages.append(NamedStage("decontamination", decontaminate(contamination)))
+    return stages

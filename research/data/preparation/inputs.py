@@ -1,0 +1,180 @@
+"""Raw inputs: globs or folders of text / markdown / code files, JSONL files, or a TFDS dataset.
+
+`resolve_inputs(...)` checks everything cheap before any work (patterns match, files are
+readable and not all empty, each JSONL file's first record has the text field) and
+`DocumentReader` streams documents for one datatrove task: files `rank::world_size`, or
+an index range of a TFDS split. A bad record later in a file fails with file:line.
+Undecodable UTF-8 is not an error: the bytes are replaced and counted, and the
+standardise stage repairs or drops the document.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Iterator
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+
+from research.data.config import DataError
+
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What to read: `files` (sorted absolute paths, .jsonl = one document per line) or a TFDS dataset."""
+
+    files: tuple[str, ...] = ()
+    root: str = ""  # origins are relative to it
+    text_field: str = "text"
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    tfds_split: str = "train"
+
+    def fingerprint(self) -> list:
+        if self.tfds_name:
+            return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field]
+        return [self.text_field] + [[os.path.relpath(p, self.root), os.stat(p).st_size, os.stat(p).st_mtime_ns]
+                                    for p in self.files]
+
+    def describe(self) -> str:
+        return f"tfds:{self.tfds_name}[{self.tfds_split}]" if self.tfds_name else f"{len(self.files)} files under {self.root}"
+
+
+def _is_jsonl(path: str) -> bool:
+    return path.endswith(".jsonl")
+
+
+def _matches(pattern: str) -> list[str]:
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "**", "*")
+    return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+
+
+def _check_jsonl_head(path: str, text_field: str) -> None:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                _record_text(raw, path, line_no, text_field)
+                return
+
+
+def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: str = "",
+                   tfds_split: str = "train") -> InputSpec:
+    """The files (or TFDS dataset) `input_arg` names: comma-separated globs / folders, or 'tfds:NAME'."""
+    if not input_arg.strip():
+        raise DataError("--input is empty; give files, globs or folders (comma-separated), or tfds:NAME.")
+    if input_arg.startswith(TFDS_PREFIX):
+        return _resolve_tfds(input_arg[len(TFDS_PREFIX):], text_field, tfds_data_dir, tfds_split)
+    files: set[str] = set()
+    for pattern in (p.strip() for p in input_arg.split(",") if p.strip()):
+        matched = _matches(pattern)
+        if not matched:
+            raise DataError(f"input {pattern!r} matches no files; check the path or the glob ('**' recurses).")
+        files.update(os.path.abspath(p) for p in matched)
+    paths = sorted(files)
+    for path in paths:
+        if not os.access(path, os.R_OK):
+            raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
+    if all(os.path.getsize(p) == 0 for p in paths):
+        raise DataError(f"input {input_arg!r} matches only empty files; nothing to prepare.")
+    for path in paths:
+        if _is_jsonl(path):
+            _check_jsonl_head(path, text_field)
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return InputSpec(files=tuple(paths), root=root, text_field=text_field)
+
+
+def _resolve_tfds(name: str, text_field: str, data_dir: str, split: str) -> InputSpec:
+    from research.data.config import DataConfig
+    from research.data.sources import _tfds_source  # the same checks pretraining makes, one line each
+    _tfds_source(DataConfig(source="tfds", tfds_name=name, data_dir=data_dir, text_field=text_field), split)
+    return InputSpec(tfds_name=name, tfds_data_dir=data_dir, tfds_split=split, text_field=text_field)
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    """(text, number of invalid byte sequences replaced by U+FFFD)."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        repaired = raw.decode("utf-8", errors="replace")
+        return repaired, len(repaired) - len(raw.decode("utf-8", errors="ignore"))
+
+
+def _record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[str, int]:
+    line, invalid = decode_utf8(raw)
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg}); fix or remove the line.") from None
+    if not isinstance(record, dict) or text_field not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{path}:{line_no}: no field {text_field!r} (it has {keys}); set --text_field to the key "
+                        "that holds the text.")
+    if not isinstance(record[text_field], str):
+        raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(record[text_field]).__name__}, not a string; "
+                        "set --text_field to the key that holds the text.")
+    return record[text_field], invalid
+
+
+def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:
+    return Document(text=text, id=origin, metadata={"origin": origin, "invalid_utf8_bytes": invalid,
+                                                    "num_bytes": num_bytes})
+
+
+def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
+    """The documents of one file: each non-blank line of a .jsonl, or the whole file."""
+    rel = os.path.relpath(path, root)
+    try:
+        with open(path, "rb") as f:
+            if not _is_jsonl(path):
+                raw = f.read()
+                if raw.strip():
+                    text, invalid = decode_utf8(raw)
+                    yield _document(text, rel, invalid, len(raw))
+                return
+            for line_no, raw in enumerate(f, start=1):
+                if raw.strip():
+                    text, invalid = _record_text(raw, path, line_no, text_field)
+                    yield _document(text, f"{rel}:{line_no}", invalid, len(raw))
+    except OSError as e:
+        raise DataError(f"input file {path} cannot be read ({e.strerror}); fix it or leave it out.") from None
+
+
+class DocumentReader(PipelineStep):
+    """datatrove step: the documents of this task's share of the inputs, in a fixed order."""
+
+    name = "read inputs"
+    type = "READER"
+
+    def __init__(self, spec: InputSpec):
+        super().__init__()
+        self.spec = spec
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        spec = self.spec
+        if spec.tfds_name:
+            yield from self._read_tfds(rank, world_size)
+            return
+        for path in spec.files[rank::world_size]:
+            for doc in read_file(path, spec.root, spec.text_field):
+                self.stat_update("documents")
+                yield doc
+
+    def _read_tfds(self, rank: int, world_size: int) -> Iterator[Document]:
+        from research.data.config import DataConfig
+        from research.data.sources import _tfds_source
+        spec = self.spec
+        source = _tfds_source(DataConfig(source="tfds", tfds_name=spec.tfds_name, data_dir=spec.tfds_data_dir,
+                                         text_field=spec.text_field), spec.tfds_split)
+        start, stop = rank * len(source) // world_size, (rank + 1) * len(source) // world_size
+        for index in range(start, stop):
+            value = source[index][spec.text_field]
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            text, invalid = decode_utf8(raw)
+            if text.strip():
+                yield _document(text, f"{spec.tfds_name}/{spec.tfds_split}[{index}]", invalid, len(raw))

@@ -1,0 +1,242 @@
+"""prepare_dataset: the composed pipeline on a datatrove executor, published atomically with a report.
+
+    report = prepare_dataset(resolve_inputs("corpus/**/*.md"), output_dir="/data/tfds",
+                             name="my_corpus", config=PreparationConfig())
+
+Work happens in `{output_dir}/.{name}-preparing-{fingerprint}/` (the fingerprint covers the
+inputs' paths, sizes and mtimes and the config). datatrove marks each finished task there,
+so rerunning after an interruption continues where it stopped; the last step renames the
+finished dataset to `{output_dir}/{name}/{version}`, the only way a dataset appears there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+from datatrove.pipeline.base import PipelineStep
+
+from research.data.config import DataError
+from research.data.preparation import engine_steps, report, tfds_output
+from research.data.preparation.config import PreparationConfig
+from research.data.preparation.counters import merge_counters
+from research.data.preparation.decontamination import ContaminationIndex, contamination_index
+from research.data.preparation.inputs import DocumentReader, InputSpec
+from research.data.preparation.lsh import lsh_bands
+
+REPORT_NAME = "preparation_report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where everything of one preparation lives."""
+
+    output_dir: str
+    name: str
+    version: str
+    fingerprint: str
+
+    @property
+    def final(self) -> str:
+        return os.path.join(self.output_dir, self.name, self.version)
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.output_dir, f".{self.name}-preparing-{self.fingerprint}")
+
+    @property
+    def partitions(self) -> str:  # documents after the document stages, by hash partition and reading task
+        return os.path.join(self.work, "partitions")
+
+    @property
+    def unique(self) -> str:  # each partition after exact dedup, sorted by key
+        return os.path.join(self.work, "unique")
+
+    @property
+    def signatures(self) -> str:  # minhash signatures
+        return os.path.join(self.work, "signatures")
+
+    @property
+    def buckets(self) -> str:  # minhash duplicate pairs per band
+        return os.path.join(self.work, "buckets")
+
+    @property
+    def remove_ids(self) -> str:  # minhash clusters: positions to remove per partition
+        return os.path.join(self.work, "remove_ids")
+
+    @property
+    def shards(self) -> str:  # array_record shards per partition and split
+        return os.path.join(self.work, "shards")
+
+    @property
+    def counters(self) -> str:  # per-stage counters per task
+        return os.path.join(self.work, "counters")
+
+    @property
+    def logs(self) -> str:  # datatrove logs and completion marks per stage
+        return os.path.join(self.work, "logs")
+
+    @property
+    def staging(self) -> str:  # the dataset being assembled
+        return os.path.join(self.work, "staging")
+
+
+def fingerprint(spec: InputSpec, config: PreparationConfig) -> str:
+    """A digest of what decides the output (the executor does not)."""
+    decisive = config.to_dict()
+    decisive.pop("execution")
+    text = json.dumps([spec.fingerprint(), decisive], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+class Finalise(PipelineStep):
+    """The last task: assemble the TFDS dataset and report in the work dir, then rename it into place."""
+
+    name = "assemble, report, publish"
+    type = "WRITER"
+
+    def __init__(self, layout: Layout, description: dict[str, Any]):
+        super().__init__()
+        self.layout, self.description = layout, description
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
+        layout = self.layout
+        staged = os.path.join(layout.staging, layout.version)
+        stages = merge_counters(layout.counters, self.description["config"]["max_examples"])
+        try:
+            splits = tfds_output.assemble_dataset(layout.shards, staged, name=layout.name,
+                                                  description=f"Prepared by research.data.preparation from "
+                                                              f"{self.description['input']}.")
+        except DataError as error:  # say which rules removed everything, in the same line
+            raise DataError(f"{error} Drops: {report.drop_summary(stages)}.") from None
+        report.write_report(staged, report.build_report(stages, splits, self.description))
+        os.makedirs(os.path.dirname(layout.final), exist_ok=True)
+        os.rename(staged, layout.final)  # atomic: the dataset appears complete or not at all
+        # The intermediate copies of the corpus go now (a cluster run has no driver to do it);
+        # the logs stay with the work dir, which the local driver removes when it returns.
+        for intermediate in (layout.partitions, layout.unique, layout.signatures, layout.buckets,
+                             layout.remove_ids, layout.shards, layout.staging):
+            shutil.rmtree(intermediate, ignore_errors=True)
+
+
+def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
+               contamination: ContaminationIndex | None, description: dict[str, Any]) -> list[tuple[str, list, int]]:
+    """(stage name, datatrove pipeline, tasks) in dependency order."""
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.utils.hashing import HashConfig
+
+    from research.data.preparation.document_stages import WORDS
+
+    partitions, dedup = config.output.num_shards, config.dedup
+    bands, rows = lsh_bands(dedup.jaccard_threshold, dedup.num_permutations)
+    minhash = MinhashConfig(n_grams=dedup.shingle_size, num_buckets=bands, hashes_per_bucket=rows, seed=dedup.seed,
+                            hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    partition_steps: list = [engine_steps.PartitionReader(layout.partitions)]
+    if dedup.exact:
+        partition_steps.append(engine_steps.ExactDedupStep(layout.counters, config.max_examples))
+    stored: list = [engine_steps.StoredPartitionReader(layout.unique)]
+    if dedup.near:
+        partition_steps += [engine_steps.PartitionStore(layout.unique),
+                            MinhashDedupSignature(layout.signatures, config=minhash, language=WORDS)]
+        stored.append(engine_steps.NearDedupStep(MinhashDedupFilter(layout.remove_ids), layout.counters,
+                                                 config.max_examples))
+    else:
+        partition_steps.append(engine_steps.PartitionStore(layout.unique))
+    stored.append(tfds_output.ShardWriter(layout.shards, config.output.validation_fraction))
+    pipelines = [
+        ("1_read_and_filter", [DocumentReader(spec), engine_steps.DocumentStagesStep(config, contamination, layout.counters),
+                               engine_steps.PartitionWriter(layout.partitions, partitions)], config.execution.read_tasks),
+        ("2_exact_dedup", partition_steps, partitions),
+    ]
+    if dedup.near:
+        pipelines += [("3_minhash_buckets", [MinhashDedupBuckets(layout.signatures, layout.buckets, config=minhash)], bands),
+                      ("4_minhash_clusters", [MinhashDedupCluster(layout.buckets, layout.remove_ids, config=minhash)], 1)]
+    pipelines += [("5_near_dedup_and_shards", stored, partitions),
+                  ("6_publish", [Finalise(layout, description)], 1)]
+    return pipelines
+
+
+# What datatrove's worker processes import; the forkserver imports it once and forks every
+# worker from there (otherwise each worker of each stage spends seconds on these imports).
+_WORKER_PRELOAD = ["research.data.preparation.prepare", "tensorflow_datasets", "array_record.python.array_record_module"]
+
+
+def _executors(pipelines: list[tuple[str, list, int]], layout: Layout, config: PreparationConfig) -> list:
+    execution, executors, previous = config.execution, [], None
+    if execution.executor == "local" and execution.workers > 1:
+        import multiprocess.forkserver
+        multiprocess.forkserver.set_forkserver_preload(_WORKER_PRELOAD)
+    for stage, pipeline, tasks in pipelines:
+        logging_dir = os.path.join(layout.logs, stage)
+        if execution.executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
+            executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(execution.workers, tasks),
+                                             logging_dir=logging_dir, depends=previous)
+        elif execution.executor == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+            executor = SlurmPipelineExecutor(
+                pipeline, tasks=tasks, time=execution.slurm_time, partition=execution.slurm_partition,
+                cpus_per_task=execution.slurm_cpus_per_task, mem_per_cpu_gb=execution.slurm_mem_per_cpu_gb,
+                logging_dir=logging_dir, depends=previous, job_name=f"prepare_{layout.name}_{stage}",
+                env_command=execution.slurm_env_command or None)
+        else:
+            try:
+                from datatrove.executor.ray import RayPipelineExecutor
+                import ray  # noqa: F401  (datatrove imports it lazily; fail here, in one line)
+            except ImportError:
+                raise DataError("execution: executor='ray' needs Ray; pip install 'ray[default]'.") from None
+            executor = RayPipelineExecutor(pipeline, tasks=tasks, workers=execution.workers,
+                                           logging_dir=logging_dir, depends=previous)
+        executors.append(executor)
+        previous = executor
+    return executors
+
+
+def read_report(dataset_dir: str) -> dict[str, Any]:
+    with open(os.path.join(dataset_dir, REPORT_NAME), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: PreparationConfig) -> dict[str, Any]:
+    """Run (or resume, or find already done) the preparation; returns the report.
+
+    With the local executor this returns when the dataset is published; with slurm / ray it
+    returns once the jobs are submitted (the report then has only `submitted`).
+    """
+    if not name or not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
+        raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case letters, digits and '_', "
+                        "starting with a letter (e.g. 'my_corpus').")
+    output_dir = os.path.abspath(output_dir)
+    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config))
+    if os.path.isdir(layout.final):
+        try:
+            done = read_report(layout.final)
+        except (OSError, ValueError):
+            done = {}
+        if done.get("fingerprint") == layout.fingerprint:
+            return done
+        raise DataError(f"{layout.final} already holds a dataset prepared from other inputs or settings; "
+                        "delete it or choose another --name.")
+    contamination = contamination_index(config.decontamination) if (
+        config.decontamination.tasks or config.decontamination.all_catalog_tasks) else None
+    description = report.description(spec, config, layout.fingerprint, contamination,
+                                     lsh_bands(config.dedup.jaccard_threshold, config.dedup.num_permutations))
+    os.makedirs(layout.work, exist_ok=True)
+    executors = _executors(_pipelines(spec, layout, config, contamination, description), layout, config)
+    try:
+        executors[-1].run()  # runs (or submits) the chain of dependencies first
+    except DataError:
+        # Bad input: fixing it changes the fingerprint, so this work dir could never be resumed.
+        shutil.rmtree(layout.work, ignore_errors=True)
+        raise
+    if config.execution.executor != "local":
+        return {"submitted": True, "work_dir": layout.work, "dataset_dir": layout.final}
+    if not os.path.isdir(layout.final):
+        raise DataError(f"preparation of {name!r} stopped before publishing; see the logs under {layout.logs} "
+                        "and rerun the same command to continue.")
+    shutil.rmtree(layout.work, ignore_errors=True)
+    return read_report(layout.final)

@@ -1,0 +1,134 @@
+"""Our models as an lm-evaluation-harness `LM`, so any lm-eval task YAML runs on them.
+
+    from research.evaluation.lm_eval_adapter import HarnessLM, evaluate_tasks
+    lm = HarnessLM.from_checkpoint("/tmp/gpt_tiny")             # or HarnessLM.from_hf("hf/gpt2")
+    results = evaluate_tasks(lm, ["my_task"], include_path="my_tasks/", num_fewshot=0)
+    results["results"]["my_task"]["acc,none"]
+
+Once this module is imported the model is also registered with lm-eval as "research", so
+`lm_eval.simple_evaluate(model="research", model_args="checkpoint=/tmp/gpt_tiny,batch_size=8", ...)` works.
+
+Every request type lm-eval issues is answered by research.evaluation.harness.Harness, the
+same code our own tasks use: loglikelihood (context, continuation) -> (log p, is_greedy);
+loglikelihood_rolling (text,) -> log p of the whole text in max_length windows;
+generate_until (context, gen_kwargs) -> greedy text cut at the first stop string. lm-eval
+owns the rest: task YAMLs, prompts, few-shot sampling, metrics and their aggregation.
+
+Only greedy generation is offered (what lm-eval's generate_until means); a task asking for
+sampling (do_sample / temperature > 0) is refused in one line rather than answered greedily.
+lm-eval is imported only here, so the rest of the library does not need it.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from research.evaluation.harness import Harness
+from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
+from research.models.config import ConfigError
+
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default for generate_until
+
+
+@register_model("research")  # lm_eval.simple_evaluate(model="research", model_args="checkpoint=DIR") once imported
+class HarnessLM(LM):
+    """An lm-eval LM backed by a Harness (a zoo model, its params and a text tokenizer)."""
+
+    def __init__(self, harness: Harness, *, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS):
+        super().__init__()
+        if max_gen_toks < 1:
+            raise ConfigError(f"max_gen_toks={max_gen_toks} must be >= 1.")
+        self.harness = harness
+        self.max_gen_toks = max_gen_toks
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, *, batch_size: int = 16, max_length: int | None = None,
+                    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> "HarnessLM":
+        """From a research.training.checkpoint_loading.LoadedModel."""
+        return cls(Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size,
+                           max_length=max_length), max_gen_toks=max_gen_toks)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, step: int | None = None, tokenizer: str | None = None,
+                        **kwargs: Any) -> "HarnessLM":
+        from research.training.checkpoint_loading import load_checkpoint
+        return cls.from_loaded(load_checkpoint(path, step=step, tokenizer=tokenizer), **kwargs)
+
+    @classmethod
+    def from_hf(cls, path: str, *, tokenizer: str | None = None, **kwargs: Any) -> "HarnessLM":
+        from research.training.checkpoint_loading import load_hf
+        return cls.from_loaded(load_hf(path, tokenizer=tokenizer), **kwargs)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
+        """lm-eval's `--model_args`: "checkpoint=DIR[,step=N]" or "hf_dir=DIR", plus tokenizer=,
+        batch_size=, max_length=, max_gen_toks=."""
+        from lm_eval.utils import simple_parse_args_string
+        args = {**simple_parse_args_string(arg_string),
+                **{k: v for k, v in (additional_config or {}).items() if v is not None and k == "batch_size"}}
+        checkpoint, hf_dir = args.pop("checkpoint", None), args.pop("hf_dir", None)
+        if (checkpoint is None) == (hf_dir is None):
+            raise ConfigError(f"model_args={arg_string!r}: give exactly one of checkpoint=RUN_DIR or hf_dir=FOLDER.")
+        known = {"step", "tokenizer", "batch_size", "max_length", "max_gen_toks"}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ConfigError(f"model_args={arg_string!r}: unknown key(s) {unknown}; known: {sorted(known)}.")
+        options = {k: int(args[k]) for k in ("batch_size", "max_length", "max_gen_toks") if args.get(k) is not None}
+        if checkpoint is not None:
+            step = args.get("step")
+            return cls.from_checkpoint(str(checkpoint), step=None if step is None else int(step),
+                                       tokenizer=args.get("tokenizer"), **options)
+        if "step" in args:
+            raise ConfigError("model_args: step= selects a checkpoint step; it does not apply to hf_dir=.")
+        return cls.from_hf(str(hf_dir), tokenizer=args.get("tokenizer"), **options)
+
+    # --- the three request types --------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        results = self.harness.loglikelihood([LoglikelihoodRequest(*request.args) for request in requests])
+        return [(r.log_prob, r.is_greedy) for r in results]
+
+    def loglikelihood_rolling(self, requests: Sequence[Any]) -> list[float]:
+        results = self.harness.loglikelihood_rolling([RollingRequest(request.args[0]) for request in requests])
+        return [r.log_prob for r in results]
+
+    def generate_until(self, requests: Sequence[Any]) -> list[str]:
+        converted = [GenerateRequest(context, **self._generation_options(dict(gen_kwargs or {})))
+                     for context, gen_kwargs in (request.args for request in requests)]
+        return [r.text for r in self.harness.generate_until(converted)]
+
+    def _generation_options(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        until = gen_kwargs.pop("until", None)
+        until = () if until is None else (until,) if isinstance(until, str) else tuple(until)
+        max_new_tokens = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+        sampling = gen_kwargs.pop("do_sample", False) or float(gen_kwargs.pop("temperature", 0.0) or 0.0) > 0
+        if sampling:
+            raise ConfigError("the task asks to sample (do_sample / temperature > 0); HarnessLM generates greedily "
+                              "only: set generation_kwargs do_sample: false, temperature: 0 in the task.")
+        return {"until": until, "max_new_tokens": max_new_tokens}
+
+
+def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | None = None,
+                   include_defaults: bool = True, num_fewshot: int | None = None, limit: int | None = None,
+                   log_samples: bool = False, bootstrap_iters: int = 100_000, random_seed: int = 0) -> dict[str, Any]:
+    """lm_eval.simple_evaluate on `lm` for task names (lm-eval's own, or those of the YAML files
+    under include_path; include_defaults=False skips indexing lm-eval's thousands of tasks).
+    The result dict is lm-eval's own (results, samples when log_samples, configs, ...);
+    bootstrap_iters=0 skips the bootstrap standard errors."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if not include_defaults and not include_path:
+        raise ConfigError("include_defaults=False needs include_path=DIR holding your task YAMLs.")
+    manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
+    missing = [name for name in tasks if name not in manager.all_tasks]
+    if missing:
+        where = f" or in {include_path!r}" if include_path else " (pass include_path=DIR with your task YAMLs)"
+        raise ConfigError(f"lm-eval task(s) {missing} not found among lm-eval's tasks{where}.")
+    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot,
+                                   limit=limit, log_samples=log_samples, bootstrap_iters=bootstrap_iters,
+                                   random_seed=random_seed,
+                                   numpy_random_seed=random_seed, torch_random_seed=random_seed,
+                                   fewshot_random_seed=random_seed)

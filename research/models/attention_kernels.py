@@ -1,0 +1,195 @@
+"""Attention kernels behind one function, chosen by ModelConfig.attention_kernel.
+
+    xla                    the reference: einsums with float32 logits and a dense [B, T, S]
+                           mask; the only one with attention-probability dropout.
+    dot_product_attention  jax.nn.dot_product_attention: cuDNN flash attention on GPU
+                           (bf16 / fp16), its XLA implementation elsewhere.
+    splash                 Pallas splash attention on TPU (segment ids + causal mask, no bias);
+                           on CPU it runs in Pallas interpret mode (for tests only: slow).
+    auto                   the fastest that supports the call, per platform (logged once).
+
+Every kernel takes q [B, T, H, Dh], k / v [B, S, K, Dh] (grouped-query: H = K * G) and an
+AttentionMask, and returns [B, T, H, Dh]. Kernels that cannot take a dense mask (splash)
+read the mask's segment ids and causal flag instead; the dense mask stays the source of
+truth that every kernel is tested against.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ConfigError, ModelConfig
+
+Array = jax.Array
+ResolvedKernel = Literal["xla", "dot_product_attention", "splash"]
+NEG_INF = -1e30  # large finite value: a fully masked row (padding query) stays NaN-free
+_LOGGED: set[str] = set()
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query may attend.
+
+    dense_BTS: True = may attend. When q_segment_BT / kv_segment_BS are set, dense_BTS is
+    exactly "same segment, key not padding (0), and s <= t if causal", so kernels may use
+    the segment ids instead (padding queries, whose outputs no loss reads, may then differ).
+    """
+
+    dense_BTS: Array
+    q_segment_BT: Array | None = None
+    kv_segment_BS: Array | None = None
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @property
+    def has_segments(self) -> bool:
+        return self.q_segment_BT is not None
+
+
+def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> Array:
+    """[B, T, S] mask: same segment, key not padding (segment 0), and s <= t if causal."""
+    mask = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
+    if causal:
+        t, s = q_segment_BT.shape[1], kv_segment_BS.shape[1]
+        mask &= jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None]
+    return mask
+
+
+def segment_attention_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> AttentionMask:
+    """The AttentionMask of segment ids (0 = padding), optionally causal."""
+    return AttentionMask(segment_mask(q_segment_BT, kv_segment_BS, causal), q_segment_BT, kv_segment_BS, causal)
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logging.getLogger(__name__).info(message)
+
+
+def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, dropout: bool, q_len: int,
+                   kv_len: int, platform: str | None = None) -> ResolvedKernel:
+    """The kernel that runs one attention call (trace time). Raises ConfigError when an
+    explicitly chosen kernel cannot run the call; `auto` falls back and logs why."""
+    platform = platform or jax.default_backend()
+    choice = config.attention_kernel
+    half = config.dtype in ("bfloat16", "float16")
+    # Splash's blocks are multiples of 128 lanes, in interpret mode too.
+    splash_ok = has_segments and not has_bias and q_len % 128 == 0 and kv_len % 128 == 0
+    if choice == "auto":
+        if dropout:
+            kernel, why = "xla", "attention dropout is active (only the reference applies it)"
+        elif platform == "gpu" and half:
+            kernel, why = "dot_product_attention", "cuDNN flash attention on GPU"
+        elif platform == "tpu" and splash_ok:
+            kernel, why = "splash", "splash attention on TPU"
+        else:
+            kernel, why = "xla", f"no fused kernel for this call on {platform} (dtype {config.dtype})"
+        _log_once(f"{config.name}: attention_kernel=auto -> {kernel} for T={q_len}, S={kv_len}: {why}")
+        return kernel
+    if choice == "xla":
+        return "xla"
+    if dropout:
+        raise ConfigError(f"{config.name}: attention_kernel={choice!r} has no attention-probability dropout but "
+                          f"dropout_rate={config.dropout_rate}; use attention_kernel='xla' (or 'auto'), or "
+                          "dropout_rate=0.")
+    if choice == "splash":
+        if has_bias:
+            raise ConfigError(f"{config.name}: attention_kernel='splash' takes no additive bias (T5 relative "
+                              "bias); use 'dot_product_attention', 'xla' or 'auto'.")
+        if not has_segments:
+            # Prefix-LM masks and cached decoding steps have no segment/causal form.
+            _log_once(f"{config.name}: splash cannot express this mask (prefix LM or KV-cache step); "
+                      "using the xla reference for it.")
+            return "xla"
+        if not splash_ok:
+            raise ConfigError(f"{config.name}: splash attention needs T and S divisible by 128, got "
+                              f"T={q_len}, S={kv_len}; pad the sequence or use attention_kernel='auto'.")
+    return choice
+
+
+def reference_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask_BTS: Array, *, scale: float,
+                        bias_BHTS: Array | None = None, dropout: Callable[[Array], Array] | None = None) -> Array:
+    """Einsum attention: float32 logits and softmax, probabilities in the compute dtype."""
+    b, t, h, dh = q_BTHd.shape
+    k = k_BSKd.shape[2]
+    dtype = q_BTHd.dtype
+    # Group query heads over their shared kv head: H = K * G.
+    q_BTKGd = q_BTHd.reshape(b, t, k, h // k, dh)
+    logits_BKGTS = jnp.einsum("BTKGd,BSKd->BKGTS", q_BTKGd, k_BSKd.astype(dtype),
+                              preferred_element_type=jnp.float32)
+    if scale != 1.0:
+        logits_BKGTS = logits_BKGTS * scale
+    if bias_BHTS is not None:
+        logits_BKGTS = logits_BKGTS + bias_BHTS.reshape(bias_BHTS.shape[0], k, h // k, *bias_BHTS.shape[2:])
+    logits_BKGTS = jnp.where(mask_BTS[:, None, None, :, :], logits_BKGTS, NEG_INF)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(dtype)
+    if dropout is not None:
+        probs_BKGTS = dropout(probs_BKGTS)
+    out_BTKGd = jnp.einsum("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(dtype),
+                           preferred_element_type=jnp.float32)
+    return out_BTKGd.reshape(b, t, h, dh).astype(dtype)
+
+
+def jax_dot_product_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: AttentionMask, *, scale: float,
+                              bias_BHTS: Array | None = None, platform: str | None = None) -> Array:
+    """jax.nn.dot_product_attention: cuDNN on GPU for half precision, else its XLA implementation."""
+    platform = platform or jax.default_backend()
+    dtype = q_BTHd.dtype
+    implementation = "cudnn" if platform == "gpu" and dtype in (jnp.bfloat16, jnp.float16) else "xla"
+    bias = None if bias_BHTS is None else bias_BHTS.astype(dtype)
+    # is_causal lets cuDNN skip the blocks above the diagonal; the dense mask also holds it.
+    return jax.nn.dot_product_attention(q_BTHd, k_BSKd.astype(dtype), v_BSKd.astype(dtype), bias=bias,
+                                        mask=mask.dense_BTS[:, None], scale=scale,
+                                        is_causal=mask.causal and q_BTHd.shape[1] == k_BSKd.shape[1],
+                                        implementation=implementation)
+
+
+def _splash_block(length: int) -> int:
+    """The largest of 512, 256, 128 dividing `length` (resolve_kernel checks that 128 does)."""
+    return next(b for b in (512, 256, 128) if length % b == 0)
+
+
+def splash_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: AttentionMask, *, scale: float,
+                     platform: str | None = None) -> Array:
+    """Pallas splash attention (TPU; interpret mode elsewhere) with segment ids and GQA."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    platform = platform or jax.default_backend()
+    b, t, h, dh = q_BTHd.shape
+    s = k_BSKd.shape[1]
+    dtype = q_BTHd.dtype
+    base = splash.CausalMask((t, s)) if mask.causal else splash.FullMask((t, s))
+    bq, bk = _splash_block(t), _splash_block(s)
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                               block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+    kernel = splash.make_splash_mha(splash.MultiHeadMask([base] * h), block_sizes=blocks, head_shards=1,
+                                    q_seq_shards=1, interpret=platform != "tpu")
+    # splash does not scale the logits: fold the scale into q (in float32, then back).
+    q_BHTd = jnp.transpose((q_BTHd.astype(jnp.float32) * scale).astype(dtype), (0, 2, 1, 3))
+    k_BKSd = jnp.transpose(k_BSKd.astype(dtype), (0, 2, 1, 3))
+    v_BKSd = jnp.transpose(v_BSKd.astype(dtype), (0, 2, 1, 3))
+    segments = splash.SegmentIds(q=mask.q_segment_BT.astype(jnp.int32), kv=mask.kv_segment_BS.astype(jnp.int32))
+    out_BHTd = jax.vmap(kernel)(q_BHTd, k_BKSd, v_BKSd, segment_ids=segments)
+    return jnp.transpose(out_BHTd, (0, 2, 1, 3)).astype(dtype)
+
+
+def attend(kernel: ResolvedKernel, q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: AttentionMask, *,
+           scale: float, bias_BHTS: Array | None = None,
+           dropout: Callable[[Array], Array] | None = None) -> Array:
+    """Run `kernel` (from resolve_kernel) -> [B, T, H, Dh] in q's dtype."""
+    if kernel == "xla":
+        return reference_attention(q_BTHd, k_BSKd, v_BSKd, mask.dense_BTS, scale=scale, bias_BHTS=bias_BHTS,
+                                   dropout=dropout)
+    if kernel == "dot_product_attention":
+        return jax_dot_product_attention(q_BTHd, k_BSKd, v_BSKd, mask, scale=scale, bias_BHTS=bias_BHTS)
+    assert bias_BHTS is None and mask.has_segments, "resolve_kernel only picks splash when it can run"
+    return splash_attention(q_BTHd, k_BSKd, v_BSKd, mask, scale=scale)
+
+
+def logit_scale(config: ModelConfig) -> float:
+    """1/sqrt(Dh), or 1 for T5, which folds it into the query's init."""
+    return 1.0 / math.sqrt(config.dim_per_head) if config.scale_attention_logits else 1.0

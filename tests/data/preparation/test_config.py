@@ -1,0 +1,60 @@
+"""Every prepare_data preset resolves to a PreparationConfig; mistakes are one line."""
+import pytest
+
+from experiments.configs import prepare_data as presets
+from research.data.config import DataError
+from research.data.preparation import PreparationConfig
+from research.data.preparation.config import DecontaminationConfig, ExecutionConfig, OutputConfig
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_presets_resolve(preset):
+    config = PreparationConfig.from_dict(presets.get_config(preset).to_dict())
+    assert config.c4_quality.enabled == (preset == "c4")
+    assert config.gopher_quality.enabled == (preset != "code")
+    assert config.gopher_repetition.top_n_grams == ((2, 0.2), (3, 0.18), (4, 0.16))  # lists back to tuples
+
+
+def test_config_mistakes_are_one_line():
+    with pytest.raises(DataError, match="unknown field 'dedupe'"):
+        PreparationConfig.from_dict({"dedupe": {}})
+    with pytest.raises(DataError, match=r"dedup has no field\(s\) \['threshold'\]"):
+        PreparationConfig.from_dict({"dedup": {"threshold": 0.5}})
+    with pytest.raises(DataError, match="jaccard_threshold=1.5 must be in"):
+        PreparationConfig.from_dict({"dedup": {"jaccard_threshold": 1.5}})
+    with pytest.raises(DataError, match="validation_fraction=0.0"):
+        OutputConfig(validation_fraction=0.0)
+    with pytest.raises(DataError, match="slurm_partition"):
+        ExecutionConfig(executor="slurm")
+    with pytest.raises(DataError, match="min_ngram=9 <= max_ngram=8"):
+        DecontaminationConfig(min_ngram=9, max_ngram=8)
+
+
+def test_slurm_executors_are_built_as_a_dependency_chain(tmp_path):
+    # The cluster path is datatrove's SlurmPipelineExecutor; building it submits nothing.
+    from research.data.preparation import prepare, resolve_inputs
+    (tmp_path / "a.txt").write_text("some text")
+    config = PreparationConfig.from_dict({"execution": {"executor": "slurm", "slurm_partition": "cpu"},
+                                          "decontamination": {"all_catalog_tasks": False}})
+    spec = resolve_inputs(str(tmp_path))
+    layout = prepare.Layout(str(tmp_path / "out"), "x", "1.0.0", prepare.fingerprint(spec, config))
+    pipelines = prepare._pipelines(spec, layout, config, None, {})
+    executors = prepare._executors(pipelines, layout, config)
+    assert [type(e).__name__ for e in executors] == ["SlurmPipelineExecutor"] * 6
+    assert [e.tasks for e in executors] == [4, 4, 13, 1, 4, 1]  # read, partitions, LSH bands, cluster, ...
+    assert all(b.depends is a for a, b in zip(executors, executors[1:]))
+
+
+def test_ray_without_ray_installed_is_one_line(tmp_path):
+    import importlib.util
+    from research.data.preparation import prepare, resolve_inputs
+    (tmp_path / "a.txt").write_text("some text")
+    config = PreparationConfig.from_dict({"execution": {"executor": "ray"}})
+    spec = resolve_inputs(str(tmp_path))
+    layout = prepare.Layout(str(tmp_path / "out"), "x", "1.0.0", prepare.fingerprint(spec, config))
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(DataError, match=r"needs Ray; pip install 'ray\[default\]'"):
+            prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
+    else:
+        executors = prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
+        assert [type(e).__name__ for e in executors] == ["RayPipelineExecutor"] * 6

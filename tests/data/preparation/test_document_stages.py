@@ -1,0 +1,104 @@
+"""Each per-document stage keeps, rewrites or drops exactly the documents it should."""
+import pytest
+from datatrove.data import Document
+
+from research.data.preparation import document_stages as ds
+from research.data.preparation.config import (BlocklistConfig, C4QualityConfig, GopherQualityConfig,
+                                              GopherRepetitionConfig, StandardiseConfig)
+from tests.data.preparation.corpora import SENTENCES, prose
+
+
+def doc(text: str, **metadata) -> Document:
+    return Document(text=text, id="d", metadata={"origin": "d", **metadata})
+
+
+def test_standardise_rewrites_line_endings_unicode_controls_and_blank_runs():
+    text = "  Cafe\u0301\r\nline two\x07 end   \r\n\r\n\n\n\nlast\u00a0word\ufeff\n\n"
+    verdict = ds.standardise(doc(text), StandardiseConfig())
+    # NFC composes e + combining acute; CRLF -> LF; BEL and BOM removed; trailing spaces cut;
+    # 4 blank lines cut to 2; NBSP -> space; leading spaces of the first line kept (indentation).
+    assert verdict.text == "  Café\nline two end\n\n\nlast word"
+    assert ds.standardise(doc("ﬁ ligature"), StandardiseConfig(unicode_form="NFKC")).text == "fi ligature"
+    assert ds.standardise(doc("ﬁ ligature"), StandardiseConfig()).text == "ﬁ ligature"
+
+
+def test_standardise_drops_empty_and_badly_encoded_documents():
+    assert ds.standardise(doc(" \r\n\x00\t\n"), StandardiseConfig()).reason == "empty"
+    repaired = doc("caf\ufffd au lait " * 50, invalid_utf8_bytes=1, num_bytes=1000)
+    assert ds.standardise(repaired, StandardiseConfig()).note == "repaired_invalid_utf8"  # 0.1% bad bytes
+    assert ds.standardise(doc("fine"), StandardiseConfig()).note == ""
+    assert ds.standardise(repaired, StandardiseConfig(invalid_utf8="drop")).reason == "invalid_utf8"
+    mostly_bad = doc("\ufffd" * 30, invalid_utf8_bytes=30, num_bytes=100)
+    assert ds.standardise(mostly_bad, StandardiseConfig()).reason == "invalid_utf8"  # 30% > 1%
+
+
+def _gopher(text: str, **overrides):
+    return ds.gopher_quality(GopherQualityConfig(**overrides))(doc(text))
+
+
+def test_gopher_quality_rules_and_published_thresholds():
+    good = prose(0)
+    assert _gopher(good).kept
+    fifty = " ".join((["the", "river", "and", "valley"] * 13)[:50])
+    assert _gopher(fifty).kept and _gopher(fifty.rsplit(" ", 1)[0]).reason == "gopher_short_doc"  # 50 ok, 49 not
+    assert _gopher("to be or it is an ox at me by us so " * 6).reason == "gopher_below_avg_threshold"
+    assert _gopher("the internationalisation and characteristically " * 20).reason == "gopher_above_avg_threshold"
+    assert _gopher(good + " #tag" * 20).reason == "gopher_too_many_hashes"  # 20 '#' per ~125 words > 0.1
+    ellipsis_lines = "\n".join(s[:-1] + " ..." if i % 2 else s for i, s in enumerate(SENTENCES * 2))
+    assert _gopher(ellipsis_lines).reason == "gopher_too_many_end_ellipsis"  # 50% of lines > 30%
+    bullets = "\n".join("- " + s for s in SENTENCES)
+    assert _gopher(bullets).reason == "gopher_too_many_bullets"  # 100% > 90%
+    assert _gopher(bullets + "\n" + "\n".join(SENTENCES)).kept  # 50% bullets
+    numbers = good + " " + " ".join(str(1000 + i) for i in range(60))  # ~33% words without a letter
+    assert _gopher(numbers).reason == "gopher_below_alpha_threshold"
+    no_stop_words = " ".join(["river valley mill stone school garden herbs market"] * 10)
+    assert _gopher(no_stop_words).reason == "gopher_enough_stop_words"
+    assert _gopher(no_stop_words, min_stop_words=None).kept  # None turns a rule off
+
+
+def test_gopher_repetition_rules():
+    stage = ds.gopher_repetition(GopherRepetitionConfig())
+    assert stage(doc("\n".join(SENTENCES))).kept
+    repeated_lines = "\n".join(SENTENCES[:4] + [SENTENCES[0]] * 4)  # 4 of 8 lines are repeats
+    assert stage(doc(repeated_lines)).reason == "gopher_dup_line_frac"
+    paragraphs = "\n\n".join(SENTENCES[:3] + [SENTENCES[5]] * 3)
+    assert stage(doc(paragraphs)).reason == "gopher_dup_para_frac"
+    top_bigram = " ".join(["green apple"] * 30 + SENTENCES[:2])  # 'green apple' covers > 20% of chars
+    assert stage(doc(top_bigram)).reason == "gopher_top_2_gram"
+
+
+def test_c4_keeps_punctuated_lines_and_drops_pages():
+    stage = ds.c4_quality(C4QualityConfig(enabled=True))
+    page = "\n".join(SENTENCES[:6] + ["Home | About | Contact", "Click to enable javascript please."])
+    verdict = stage(doc(page))
+    assert verdict.text == "\n".join(SENTENCES[:6])  # menu line (no end punctuation) and javascript line removed
+    assert stage(doc("\n".join(SENTENCES[:4]))).reason == "c4_too_few_sentences"
+    assert stage(doc("\n".join(SENTENCES[:6] + ["Lorem ipsum dolor sit amet."]))).reason == "c4_lorem_ipsum"
+    assert stage(doc("\n".join(SENTENCES[:6] + ["int main() { return 0; }."]))).reason == "c4_curly_bracket"
+
+
+def test_blocklist_matches_whole_words_and_phrases_ignoring_case():
+    stage = ds.blocklist(ds.blocklist_words(BlocklistConfig(words=("spam", "buy now"))))
+    assert stage(doc("Great SPAM offer")).reason == "blocklist"
+    assert stage(doc("please Buy  now".replace("  ", " "))).reason == "blocklist"
+    assert stage(doc("spammer and buying now")).kept  # not whole words
+
+
+def test_dedup_key_ignores_case_width_and_whitespace_only():
+    assert ds.dedup_key("Hello   World\n") == ds.dedup_key("hello world") == ds.dedup_key("ＨＥＬＬＯ world")
+    assert ds.dedup_key("hello world.") != ds.dedup_key("hello world")
+
+
+def test_regex_word_tokenizer_words_and_sentences():
+    assert ds.WORDS.word_tokenize("Don't stop... now!") == ["Don't", "stop", ".", ".", ".", "now", "!"]
+    assert ds.WORDS.sent_tokenize("One two. Three? Four") == ["One two.", "Three?", "Four"]
+
+
+@pytest.mark.parametrize("threshold", [GopherQualityConfig().min_doc_words])
+def test_published_gopher_defaults(threshold):
+    # Rae et al. 2021, Appendix A.1.1: 50..100,000 words, mean word length 3..10, symbol ratio 0.1,
+    # 90% bullet lines, 30% ellipsis lines, 80% alphabetic words, 2 stop words.
+    config = GopherQualityConfig()
+    assert (threshold, config.max_doc_words, config.min_avg_word_length, config.max_avg_word_length) == (50, 100_000, 3, 10)
+    assert (config.max_symbol_word_ratio, config.max_bullet_lines_ratio, config.max_ellipsis_lines_ratio,
+            config.max_non_alpha_words_ratio, config.min_stop_words) == (0.1, 0.9, 0.3, 0.8, 2)

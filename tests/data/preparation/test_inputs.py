@@ -1,0 +1,94 @@
+"""Bad input is one clear line naming the file (and line) and the fix; bad bytes are counted, not fatal."""
+import builtins
+import os
+import subprocess
+import sys
+
+import pytest
+
+from research.data.config import DataError
+from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+from research.data.preparation.inputs import decode_utf8, read_file
+from tests.data.preparation.conftest import good_document
+from tests.data.preparation.corpora import write_files, write_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def test_patterns_that_match_nothing_or_only_empty_files(tmp_path):
+    with pytest.raises(DataError, match="matches no files"):
+        resolve_inputs(str(tmp_path / "missing" / "*.txt"))
+    write_files(str(tmp_path), {"a.txt": "", "b.md": ""})
+    with pytest.raises(DataError, match="matches only empty files"):
+        resolve_inputs(str(tmp_path))
+    with pytest.raises(DataError, match="--input is empty"):
+        resolve_inputs(" ")
+
+
+def test_jsonl_field_checked_up_front_with_file_and_line(tmp_path):
+    path = write_jsonl(str(tmp_path / "a.jsonl"), [{"content": "x"}])
+    with pytest.raises(DataError, match=r"a.jsonl:1: no field 'text' \(it has \['content'\]\); set --text_field"):
+        resolve_inputs(path)
+    assert resolve_inputs(path, text_field="content").files == (path,)
+    (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n{"text": 3}\nnot json\n')
+    docs = read_file(str(tmp_path / "b.jsonl"), str(tmp_path), "text")
+    assert next(docs).text == "fine"
+    with pytest.raises(DataError, match=r"b.jsonl:2: field 'text' is int, not a string"):
+        next(docs)
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    path = write_files(str(tmp_path), {"a.txt": "hello"}) + "/a.txt"
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if file == path:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(DataError, match=r"a.txt cannot be read \(Permission denied\)"):
+        list(read_file(path, str(tmp_path), "text"))
+
+
+def test_invalid_utf8_is_counted_per_document_with_its_origin(tmp_path):
+    assert decode_utf8(b"caf\xc3\xa9") == ("café", 0)
+    assert decode_utf8(b"caf\xe9 \xff!") == ("caf\ufffd \ufffd!", 2)
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "bad \xff byte"}\n')
+    docs = list(read_file(str(tmp_path / "c.jsonl"), str(tmp_path), "text"))
+    assert [(d.metadata["origin"], d.metadata["invalid_utf8_bytes"]) for d in docs] == [("c.jsonl:1", 0), ("c.jsonl:2", 1)]
+
+
+def test_bad_record_deep_in_a_file_stops_the_run_with_file_and_line_and_publishes_nothing(tmp_path):
+    records = [{"text": good_document(i)} for i in range(3)] + [{"body": "no text field"}]
+    os.makedirs(tmp_path / "in")
+    write_jsonl(str(tmp_path / "in" / "data.jsonl"), records)
+    config = PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False},
+                                          "output": {"num_shards": 1}, "execution": {"read_tasks": 1}})
+    spec = resolve_inputs(str(tmp_path / "in"))  # line 1 is fine: the up-front check passes
+    with pytest.raises(DataError, match=r"data.jsonl:4: no field 'text'"):
+        prepare_dataset(spec, output_dir=str(tmp_path / "out"), name="bad", config=config)
+    assert os.listdir(tmp_path / "out") == []  # no dataset, and no work dir that could never resume
+
+
+def test_cli_reports_bad_input_as_one_line(tmp_path):
+    records = [{"text": good_document(i)} for i in range(2)] + [{"body": "no text field"}]
+    write_jsonl(str(tmp_path / "data.jsonl"), records)
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.prepare_data", f"--input={tmp_path}/data.jsonl",
+         f"--output_dir={tmp_path}/out", "--name=bad", "--config.decontamination.all_catalog_tasks=false",
+         "--config.execution.read_tasks=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "data.jsonl:3: no field 'text'" in last and "--text_field" in last
+
+
+def test_everything_filtered_out_names_the_rules_and_publishes_nothing(tmp_path):
+    write_files(str(tmp_path / "in"), {"a.txt": "Too short.", "b.txt": "Also far too short."})
+    config = PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False},
+                                          "output": {"num_shards": 1}, "execution": {"read_tasks": 1}})
+    with pytest.raises(DataError, match=r"hold no documents .* Drops: gopher_quality: gopher_short_doc=2\.$"):
+        prepare_dataset(resolve_inputs(str(tmp_path / "in")), output_dir=str(tmp_path / "out"), name="none",
+                        config=config)
+    assert os.listdir(tmp_path / "out") == []

@@ -1,0 +1,151 @@
+"""The whole pipeline on the handmade corpus: the report, the TFDS output, determinism, resuming."""
+import filecmp
+import os
+
+import numpy as np
+import pytest
+
+from research import data
+from research.data.config import DataError
+from research.data.preparation import prepare_dataset, read_report, resolve_inputs, tfds_output
+from tests.data.preparation.conftest import corpus_config, standardise_text
+
+
+def output_texts(output_dir: str, name: str) -> dict[str, dict[str, str]]:
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(name, data_dir=output_dir)
+    return {split: {r["origin"].decode(): r["text"].decode() for r in builder.as_data_source(split=split)}
+            for split in ("train", "validation")}
+
+
+def test_report_counts_every_rule_exactly(handmade):
+    report = handmade["report"]
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["standardise", "gopher_quality", "gopher_repetition", "blocklist", "decontamination",
+                            "exact_dedup", "near_dedup"]
+    assert {name: s["dropped"] for name, s in stages.items() if s["dropped"]} == handmade["drops"]
+    # 12 good + copy + near copy + short + blocked + contaminated + latin1 + crlf + 7 jsonl lines (empty.txt skipped).
+    assert report["totals"]["docs_in"] == 26 and report["totals"]["docs_out"] == 20
+    for stage_a, stage_b in zip(report["stages"], report["stages"][1:]):
+        assert stage_a["docs_out"] == stage_b["docs_in"]  # every document is accounted for
+        assert stage_a["docs_in"] - stage_a["docs_out"] == sum(stage_a["dropped"].values())
+    assert stages["standardise"]["rewritten"] >= 3  # exact copy (spaces), crlf, trailing newline of files
+    assert stages["standardise"]["noted"] == {"repaired_invalid_utf8": 1}
+    assert [e["origin"] for e in stages["standardise"]["examples"]["repaired_invalid_utf8"]] == ["latin1.txt"]
+    examples = stages["decontamination"]["examples"]["contains_rivers"]
+    assert [e["origin"] for e in examples] == ["contaminated.md"]
+    assert stages["exact_dedup"]["examples"]["exact_duplicate"][0]["origin"] in ("exact_copy.txt", "good_03.txt")
+    assert stages["near_dedup"]["examples"]["near_duplicate"][0]["origin"] in ("near_copy.txt", "good_05.txt")
+    assert report["splits"]["train"] + report["splits"]["validation"] == 20
+    folder = os.path.join(handmade["output_dir"], "handmade", "1.0.0")
+    assert os.path.getsize(os.path.join(folder, "preparation_report.png")) > 0
+    assert "gopher_short_doc" in open(os.path.join(folder, "preparation_report.txt")).read()
+
+
+def test_output_holds_exactly_the_kept_documents_split_by_hash(handmade):
+    texts = output_texts(handmade["output_dir"], "handmade")
+    kept = {**texts["train"], **texts["validation"]}
+    expected = dict(handmade["expected"])
+    # Of each duplicate pair exactly one survives (the report's example says which went).
+    exact_gone = handmade["report"]["stages"][5]["examples"]["exact_duplicate"][0]["origin"]
+    near_gone = handmade["report"]["stages"][6]["examples"]["near_duplicate"][0]["origin"]
+    assert exact_gone in ("exact_copy.txt", "good_03.txt") and near_gone in ("near_copy.txt", "good_05.txt")
+    for name in ("exact_copy.txt", "near_copy.txt"):
+        expected[name] = standardise_text(open(os.path.join(handmade["corpus"], name)).read())
+    expected.pop(exact_gone)
+    expected.pop(near_gone)
+    assert kept == expected
+    for split, docs in texts.items():
+        for text in docs.values():
+            from research.data.preparation.document_stages import dedup_key
+            assert tfds_output.split_of(dedup_key(text), 0.25) == split
+
+
+def test_output_trains_a_tokenizer_and_feeds_the_training_pipeline(handmade, tmp_path):
+    config = data.DataConfig(source="tfds", tfds_name="handmade", data_dir=handmade["output_dir"],
+                             tokenizer=data.TokenizerConfig(vocab_size=340, max_training_chars=50_000))
+    tokenizer = data.build_tokenizer(config, str(tmp_path))
+    assert tokenizer.decode(tokenizer.encode("The river and the mill.")) == "The river and the mill."
+    batches = data.make_batch_iterator(config, tokenizer=tokenizer, objective="causal_lm", batch_size=2,
+                                       seq_len=32, split="validation", seed=0, shard_index=0, shard_count=1)
+    batch = next(batches)
+    assert batch["inputs"].shape == (2, 32) and batch["segment_ids"].max() >= 1
+    assert np.all(batch["inputs"] < tokenizer.vocab_size)
+
+
+def test_workers_and_read_tasks_do_not_change_the_output(handmade, tmp_path):
+    # The distributed path: 3 reading tasks on 2 worker processes vs 2 tasks on 1 process.
+    prepare_dataset(resolve_inputs(handmade["corpus"]), output_dir=str(tmp_path), name="handmade",
+                    config=corpus_config(handmade["task_file"], read_tasks=3, workers=2))
+    a, b = os.path.join(handmade["output_dir"], "handmade", "1.0.0"), os.path.join(tmp_path, "handmade", "1.0.0")
+    data_files = sorted(f for f in os.listdir(a) if not f.startswith("preparation_report"))
+    assert sorted(f for f in os.listdir(b) if not f.startswith("preparation_report")) == data_files
+    # Up to 3 shards per split (an empty partition writes no shard).
+    assert 2 <= len([f for f in data_files if "train.array_record" in f]) <= 3
+    assert 1 <= len([f for f in data_files if "validation.array_record" in f]) <= 3
+    match, mismatch, errors = filecmp.cmpfiles(a, b, data_files, shallow=False)
+    assert mismatch == [] and errors == []
+    report_a, report_b = read_report(a), read_report(b)
+    assert report_a["stages"] == report_b["stages"]  # counters and examples too
+
+
+def test_interrupted_run_publishes_nothing_and_a_rerun_finishes_identically(handmade, tmp_path, monkeypatch):
+    original = tfds_output.ShardWriter.run
+    calls = []
+
+    def crash_on_second_partition(self, data, rank=0, world_size=1):
+        calls.append(rank)
+        if rank == 1:
+            raise RuntimeError("simulated crash")
+        return original(self, data, rank, world_size)
+
+    monkeypatch.setattr(tfds_output.ShardWriter, "run", crash_on_second_partition)
+    spec = resolve_inputs(handmade["corpus"])
+    config = corpus_config(handmade["task_file"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config)
+    assert not os.path.exists(tmp_path / "handmade" / "1.0.0")  # nothing that looks like a dataset
+    monkeypatch.setattr(tfds_output.ShardWriter, "run", original)
+    calls.clear()
+    report = prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config)
+    a, b = os.path.join(handmade["output_dir"], "handmade", "1.0.0"), str(tmp_path / "handmade" / "1.0.0")
+    files = sorted(os.listdir(a))
+    match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert mismatch == [] and errors == []  # the report too: the counters of finished tasks were kept
+    assert report == handmade["report"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # the work dir is gone
+    # Running again finds the finished dataset and does nothing.
+    assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == report
+
+
+def test_a_different_dataset_under_the_same_name_is_refused(handmade):
+    config = corpus_config(handmade["task_file"]).__class__.from_dict({"output": {"num_shards": 2}})
+    with pytest.raises(DataError, match="already holds a dataset prepared from other inputs"):
+        prepare_dataset(resolve_inputs(handmade["corpus"]), output_dir=handmade["output_dir"], name="handmade",
+                        config=config)
+
+
+def test_a_tfds_dataset_is_an_input_too(handmade, tmp_path):
+    spec = resolve_inputs("tfds:handmade", tfds_data_dir=handmade["output_dir"], tfds_split="train")
+    config = corpus_config(handmade["task_file"]).__class__.from_dict(
+        {"output": {"num_shards": 1, "validation_fraction": 0.5}, "decontamination": {"all_catalog_tasks": False}})
+    report = prepare_dataset(spec, output_dir=str(tmp_path), name="again", config=config)
+    train = output_texts(handmade["output_dir"], "handmade")["train"]
+    assert report["totals"]["docs_in"] == len(train) and report["totals"]["docs_out"] == len(train)
+    again = output_texts(str(tmp_path), "again")
+    assert sorted({**again["train"], **again["validation"]}.values()) == sorted(train.values())
+
+
+def test_dedup_stages_can_be_turned_off(tmp_path):
+    from tests.data.preparation.conftest import good_document
+    from tests.data.preparation.corpora import write_files
+    corpus = write_files(str(tmp_path / "in"), {f"{i}.txt": good_document(i % 3) for i in range(6)})  # 3 texts x 2
+    config = corpus_config("").__class__.from_dict({
+        "dedup": {"exact": False, "near": False}, "decontamination": {"all_catalog_tasks": False},
+        "output": {"num_shards": 2, "validation_fraction": 0.5}, "execution": {"read_tasks": 1}})
+    report = prepare_dataset(resolve_inputs(corpus), output_dir=str(tmp_path / "out"), name="dups", config=config)
+    assert [s["stage"] for s in report["stages"]] == ["standardise", "gopher_quality", "gopher_repetition"]
+    assert report["totals"]["docs_out"] == 6  # duplicates kept; copies share a split (same hash)
+    texts = output_texts(str(tmp_path / "out"), "dups")
+    assert len(texts["train"]) + len(texts["validation"]) == 6
+    assert not set(texts["train"].values()) & set(texts["validation"].values())  # a text's copies share a split

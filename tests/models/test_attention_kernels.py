@@ -1,0 +1,114 @@
+"""Every attention kernel that runs on CPU equals the xla reference, forward and gradient,
+with packing, padding, GQA, causal / bidirectional masks and T5's relative bias."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models import build_model, get_config
+from research.models.attention_kernels import (AttentionMask, jax_dot_product_attention, reference_attention,
+                                               resolve_kernel, segment_attention_mask, splash_attention)
+from research.models.config import ConfigError
+from research.models.layout import unbox
+
+
+def _qkv(b, t, s, h, k, dh, seed=0):
+    rng = np.random.default_rng(seed)
+    draw = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    return draw(b, t, h, dh), draw(b, s, k, dh), draw(b, s, k, dh)
+
+
+def _packed_segments(t):
+    """Row 0: two packed documents then padding; row 1: one document filling the row."""
+    cut, pad = t // 3, t // 8
+    return jnp.asarray([[1] * cut + [2] * (t - cut - pad) + [0] * pad, [1] * t], jnp.int32)
+
+
+def _compare(kernel_fn, mask, q, k, v, *, scale, bias=None, rtol=1e-5):
+    """Outputs of real (non-padding) queries and the gradient of a loss over them agree."""
+    valid = (mask.q_segment_BT > 0)[:, :, None, None]
+    reference = lambda q, k, v: reference_attention(q, k, v, mask.dense_BTS, scale=scale, bias_BHTS=bias)
+    # A loss over real queries only, weighted so that every output element matters.
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.where(valid, f(q, k, v), 0.0) * jnp.cos(q))
+    run = lambda f: jax.jit(lambda q, k, v: (jnp.where(valid, f(q, k, v), 0), jax.grad(loss(f), (0, 1, 2))(q, k, v)))
+    (out, grads), (out_ref, grads_ref) = run(kernel_fn)(q, k, v), run(reference)(q, k, v)
+    np.testing.assert_allclose(out, out_ref, rtol=rtol, atol=rtol)
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_dot_product_attention_equals_reference_packed_padded_gqa(causal):
+    q, k, v = _qkv(2, 16, 16, h=4, k=2, dh=8)
+    segments = _packed_segments(16)
+    mask = segment_attention_mask(segments, segments, causal)
+    _compare(lambda q, k, v: jax_dot_product_attention(q, k, v, mask, scale=0.35), mask, q, k, v, scale=0.35)
+
+
+def test_dot_product_attention_equals_reference_with_bias_and_cross_attention():
+    q, k, v = _qkv(2, 8, 16, h=4, k=4, dh=8, seed=1)
+    bias = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 8, 16)), jnp.float32)
+    q_segments = jnp.asarray([[1] * 5 + [0] * 3, [1] * 8], jnp.int32)
+    mask = segment_attention_mask(q_segments, _packed_segments(16), causal=False)
+    _compare(lambda q, k, v: jax_dot_product_attention(q, k, v, mask, scale=1.0, bias_BHTS=bias), mask, q, k, v,
+             scale=1.0, bias=bias)
+
+
+def test_splash_in_interpret_mode_equals_reference():
+    # Splash's blocks are multiples of 128 lanes, so T = 128 is the smallest length it takes.
+    q, k, v = _qkv(2, 128, 128, h=4, k=2, dh=8, seed=3)
+    segments = _packed_segments(128)
+    mask = segment_attention_mask(segments, segments, causal=True)
+    _compare(lambda q, k, v: splash_attention(q, k, v, mask, scale=0.35), mask, q, k, v, scale=0.35)
+
+
+def _params(model, *args):
+    return unbox(jax.jit(model.init)(jax.random.key(0), *args)["params"])
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "t5-tiny"])
+def test_models_give_the_same_logits_and_gradients_with_each_kernel(name):
+    """GQA + RoPE (LLaMA) and relative bias + cross-attention (T5) through whole models."""
+    segments = jnp.asarray([[1] * 6 + [2] * 8 + [0] * 2, [1] * 16], jnp.int32)
+    tokens = jnp.arange(32, dtype=jnp.int32).reshape(2, 16) % 50 + 3
+    outputs, params = {}, None
+    for kernel in ("xla", "dot_product_attention"):
+        config = get_config(name, num_layers=1, attention_kernel=kernel)
+        model = build_model(config)
+        if config.family == "encoder_decoder":
+            args, kwargs = (tokens, tokens), dict(encoder_segment_ids_BS=segments, decoder_segment_ids_BT=segments)
+        else:
+            args, kwargs = (tokens,), dict(segment_ids_BT=segments)
+        params = params or _params(model, *args)  # the kernel changes no parameter
+        loss = lambda p: jnp.sum(jnp.where(segments[..., None] > 0, model.apply({"params": p}, *args, **kwargs), 0)
+                                 ** 2)
+        outputs[kernel] = jax.jit(jax.value_and_grad(loss))(params)
+    (loss_ref, grads_ref), (loss_dpa, grads_dpa) = outputs["xla"], outputs["dot_product_attention"]
+    np.testing.assert_allclose(loss_dpa, loss_ref, rtol=1e-5)
+    # Float reassociation only: relative to each gradient's scale.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max())),
+                 grads_dpa, grads_ref)
+
+
+def test_auto_picks_per_platform_and_explicit_choices_fail_clearly():
+    pick = lambda config, platform, **kw: resolve_kernel(
+        config, platform=platform, **{**dict(has_bias=False, has_segments=True, dropout=False, q_len=2048,
+                                              kv_len=2048), **kw})
+    bf16 = get_config("llama-tiny", dtype="bfloat16")
+    assert pick(bf16, "gpu") == "dot_product_attention"
+    assert pick(bf16, "tpu") == "splash"
+    assert pick(bf16, "cpu") == "xla"
+    assert pick(bf16.replace(dtype="float32"), "gpu") == "xla"  # cuDNN flash needs half precision
+    assert pick(bf16, "tpu", has_bias=True) == "xla"  # T5's bias: splash takes none
+    assert pick(bf16, "tpu", q_len=100, kv_len=100) == "xla"
+    assert pick(bf16, "gpu", dropout=True) == "xla"
+    splash = bf16.replace(attention_kernel="splash")
+    with pytest.raises(ConfigError, match="no additive bias"):
+        pick(splash, "tpu", has_bias=True)
+    with pytest.raises(ConfigError, match="divisible by 128"):
+        pick(splash, "tpu", q_len=100, kv_len=100)
+    assert pick(splash, "tpu", has_segments=False) == "xla"  # prefix LM / cached decoding
+    with pytest.raises(ConfigError, match="dropout"):
+        pick(bf16.replace(attention_kernel="dot_product_attention", dropout_rate=0.1), "gpu", dropout=True)
+    with pytest.raises(ConfigError, match="attention_kernel='flash'"):
+        bf16.replace(attention_kernel="flash")

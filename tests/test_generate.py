@@ -1,0 +1,132 @@
+"""experiments.generate: text from a Hugging Face folder (checked against transformers' own
+generate) and from a checkpoint trained here, greedy / sampled / beam; bad options in one line."""
+from __future__ import annotations
+
+import os
+import string
+import subprocess
+import sys
+
+import pytest
+
+from experiments import generate as cli
+from research.models.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIECES = ["<pad>", "</s>"] + list(string.ascii_lowercase + " .")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random-weight GPT-2 saved by transformers, with a one-piece-per-character tokenizer."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models
+    path = tmp_path_factory.mktemp("hf") / "gpt"
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(PIECES)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(PIECES), n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.5,
+        eos_token_id=1, bos_token_id=1))
+    model.save_pretrained(path)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(path)
+    return str(path)
+
+
+def test_greedy_text_matches_transformers_generate(hf_dir):
+    import torch
+    import transformers
+    prompts = ["the cat", "a"]
+    completions = cli.generate_text(cli.load_model(hf_dir=hf_dir), prompts, max_new_tokens=12)
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    for prompt, (completion,) in zip(prompts, completions):
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        with torch.no_grad():
+            expected = hf_model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=1, pad_token_id=0)
+        new = [int(i) for i in expected[0, ids.shape[1]:]]
+        new = new[:new.index(1)] if 1 in new else new
+        assert list(completion.token_ids) == new
+        assert completion.text == tokenizer.decode(new, skip_special_tokens=True)
+        assert completion.log_prob < 0
+
+
+def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
+    loaded = cli.load_model(hf_dir=hf_dir)
+    sample = dict(max_new_tokens=10, temperature=1.5, top_k=20, top_p=0.95, num_samples=4)
+    first = cli.generate_text(loaded, ["a"], seed=1, **sample)[0]
+    assert len(first) == 4 and len({c.text for c in first}) > 1  # four draws of a flat distribution differ
+    assert [c.text for c in cli.generate_text(loaded, ["a"], seed=1, **sample)[0]] == [c.text for c in first]
+    beams = cli.generate_text(loaded, ["the"], max_new_tokens=6, num_beams=3, alpha=0.0)[0]
+    assert len(beams) == 3 and len({c.token_ids for c in beams}) == 3
+    assert [c.log_prob for c in beams] == sorted((c.log_prob for c in beams), reverse=True)  # alpha 0: by log p
+    options = cli.DecodingOptions(num_beams=3)
+    printed = cli.format_completions([beams], options).splitlines()
+    assert printed[0] == f"[beam 0 log p={beams[0].log_prob:.2f}] the{beams[0].text}"
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(temperature=-1.0), r"--temperature=-1.0 must be >= 0"),
+    (dict(top_p=0.0, temperature=1.0), r"--top_p=0.0 must be in \(0, 1\]"),
+    (dict(top_k=5), r"only apply when sampling; add --temperature>0"),
+    (dict(num_beams=2, temperature=0.7), r"--num_beams=2 is beam search, which does not sample"),
+    (dict(num_beams=0), r"--num_beams=0 must be >= 1"),
+    (dict(max_new_tokens=0), r"--max_new_tokens=0 must be >= 1"),
+])
+def test_bad_decoding_options_are_one_line(options, message):
+    with pytest.raises(ConfigError, match=message):
+        cli.DecodingOptions(**options).check()
+
+
+def test_bad_sources_and_prompts_are_one_line(tmp_path, hf_dir):
+    with pytest.raises(ConfigError, match="exactly one of --checkpoint"):
+        cli.load_model()
+    with pytest.raises(ConfigError, match="does not apply to --hf_dir"):
+        cli.load_model(hf_dir=hf_dir, step=3)
+    with pytest.raises(ConfigError, match="no checkpoint in"):
+        cli.load_model(checkpoint=str(tmp_path))
+    with pytest.raises(ConfigError, match="give a prompt"):
+        cli._read_prompts([], None)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="holds no prompt"):
+        cli._read_prompts([], str(tmp_path / "empty.txt"))
+    with pytest.raises(ConfigError, match="No such file"):
+        cli._read_prompts([], str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="exceeds the vocabulary"):
+        cli.generate_text(cli.load_model(hf_dir=hf_dir), ["a"], temperature=1.0, top_k=1000)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 1-layer GPT trained for 1 step with its own SentencePiece tokenizer."""
+    from experiments.configs import pretrain
+    from research.training import train_and_evaluate
+    config = pretrain.get_config("gpt_tiny")
+    config.model.update(num_layers=1, dtype="float32")
+    config.data.max_documents = 20
+    config.data.tokenizer.update(vocab_size=400, max_training_chars=60_000)
+    config.train.update(num_steps=1, batch_size=8, seq_len=32, log_every_steps=1, eval_every_steps=1,
+                        eval_batches=1, progress_bar=False, peak_flops=1e9)
+    config.opt.warmup_steps = 1
+    config.checkpoint.every_steps = 1
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_cli_prints_the_checkpoints_text(run_dir, tmp_path):
+    from research.training.checkpoint_loading import load_checkpoint
+    (expected,) = cli.generate_text(load_checkpoint(run_dir), ["The history of"], max_new_tokens=8)[0]
+    assert len(expected.token_ids) >= 1
+    command = [sys.executable, "-m", "experiments.generate", f"--checkpoint={run_dir}", "--prompt=The history of",
+               "--max_new_tokens=8"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The history of" + expected.text + "\n"
+    bad = subprocess.run(command + ["--top_p=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "error: --top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "
+        "(e.g. --temperature=0.8)."]
+    assert not [name for name in os.listdir(run_dir) if name.startswith(("generat", "evaluations"))]

@@ -1,0 +1,29 @@
+"""The MFU denominator: datasheet dense bf16 peaks by device kind, an override, and a
+measured (labelled) peak on devices the table does not know."""
+import types
+
+import jax
+import pytest
+
+from research.training.peak_flops import datasheet_peak, peak_flops
+
+
+@pytest.mark.parametrize("kind, name, flops", [
+    ("TPU v4", "TPU v4", 275e12), ("TPU v5 lite", "TPU v5e", 197e12), ("TPU v5", "TPU v5p", 459e12),
+    ("TPU v5p", "TPU v5p", 459e12), ("TPU v6 lite", "TPU v6e (Trillium)", 918e12),
+    ("NVIDIA A100-SXM4-80GB", "NVIDIA A100", 312e12), ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM", 989e12),
+    ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", "NVIDIA H200", 989e12),
+    ("NVIDIA B200", "NVIDIA B200", 2250e12),
+])
+def test_datasheet_lookup_by_device_kind(kind, name, flops):
+    assert datasheet_peak(kind) == (name, flops)
+
+
+def test_devices_sum_override_wins_and_cpu_is_measured_and_labelled():
+    h200 = [types.SimpleNamespace(device_kind="NVIDIA H200", platform="gpu")] * 8
+    peak = peak_flops(h200)
+    assert peak.flops_per_second == 8 * 989e12 and "datasheet bf16 dense: NVIDIA H200 x 8" == peak.source
+    assert peak_flops(h200, override=1e15).flops_per_second == 1e15
+    cpu = peak_flops(jax.devices()[:1])
+    assert datasheet_peak(jax.devices()[0].device_kind) is None
+    assert cpu.flops_per_second > 1e8 and "measured float32 matmul on cpu" in cpu.source
