@@ -29,11 +29,12 @@ class IteratorPosition:
     """A grain iterator's state frozen at one moment; saved by grain's checkpoint handler
     (non-DatasetIterator items are asked for `get_state()` as bytes: the same JSON file)."""
 
-    def __init__(self, state: dict[str, Any]):
-        self._text = json.dumps(state, indent=4)
+    def __init__(self, state: dict[str, Any] | bytes):
+        # A grain iterator's state is a dict; other checkpointable iterators give their bytes already.
+        self._bytes = state if isinstance(state, bytes) else json.dumps(state, indent=4).encode()
 
     def get_state(self) -> bytes:
-        return self._text.encode()
+        return self._bytes
 
 
 @dataclasses.dataclass(frozen=True)

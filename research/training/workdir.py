@@ -158,8 +158,10 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
         except OSError as error:  # e.g. a read-only or virtual file system, a missing mount
             raise WorkdirError(f"cannot create --workdir={workdir} ({error.strerror or error}); "
                                "choose a directory you can write.") from None
-        if record:
-            (path / RUN_FILE).write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
+        if record:  # written aside, then renamed: other processes checking the workdir never read half a file
+            partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
+            partial.write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
+            partial.replace(path / RUN_FILE)
 
 
 def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
