@@ -48,7 +48,8 @@ def _base() -> ml_collections.ConfigDict:
     config.preference = ml_collections.ConfigDict(dict(loss="dpo", beta=0.1, simpo_gamma=0.5,
                                                        label_smoothing=0.0, reference=""))
     config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05))
-    config.generation_tokens = 8
+    config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
+    config.generation_prompts = 32
     config.export_dir = ""
     config.train = ml_collections.ConfigDict(dict(
         num_steps=200, batch_size=16, seq_len=64, microbatches=1, seed=0, z_loss=0.0, log_every_steps=10,

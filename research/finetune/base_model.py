@@ -56,6 +56,26 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
     return BaseModel(model_config, params, tokenizer, source)
 
 
+def load_reference(spec: str) -> tuple[ModelConfig, Any]:
+    """(config, host params) of a frozen reference model: "checkpoint:<run workdir>" or "hf:<folder>"."""
+    from research.evaluation.checkpoint_loading import checkpoint_root, model_config_from_run, restore_params, run_config
+    from research.evaluation.checkpoint_loading import checkpoint_steps_in
+    import os
+    kind, _, path = spec.partition(":")
+    if kind == "checkpoint":
+        root = checkpoint_root(path)
+        step = checkpoint_steps_in(root)[-1]
+        return model_config_from_run(run_config(root, step)), restore_params(os.path.join(root, str(step)))
+    if kind == "hf":
+        from research.models import from_hf
+        if not os.path.isdir(path):
+            raise ConfigError(f"reference Hugging Face folder {path!r} does not exist.")
+        model, params = from_hf(path)
+        return model.config, params
+    raise ConfigError(f"preference.reference={spec!r} must be '' (the initial policy), 'checkpoint:<run workdir>' "
+                      "or 'hf:<folder>'.")
+
+
 def check_same_vocabulary(policy: ModelConfig, reference: ModelConfig, what: str = "reference") -> None:
     """Log-prob ratios compare the same token ids: the two models must share a vocabulary."""
     if policy.vocab_size != reference.vocab_size:

@@ -14,7 +14,8 @@ import numpy as np
 
 from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt
 from research.finetune import records as records_lib
-from research.finetune.base_model import BaseModel, abstract_and_init, check_same_vocabulary, load_base_model
+from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, load_base_model,
+                                         load_reference)
 from research.finetune.evaluators import greedy_completions, mean_aux
 from research.finetune.heads import ScalarHeadModel, with_pretrained_body
 from research.finetune.preference_data import (PREFERENCE_FIELDS, preference_rows, rule_reward,
@@ -27,7 +28,11 @@ from research.models import build_model
 from research.models.config import ConfigError
 from research.training import losses
 
-GENERATION_EVAL_PROMPTS = 32  # eval prompts completed greedily for exact match / rule reward
+
+
+def generation_prompts(config: ml_collections.ConfigDict) -> int:
+    """How many eval prompts are completed greedily for exact match / rule reward (0: none)."""
+    return int(config.get("generation_prompts", 32))
 
 
 def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
@@ -95,7 +100,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     eval_loss = mean_aux(loss_fn, model)
 
     from research.finetune.sft_data import record_messages
-    gen_records = eval_records[:GENERATION_EVAL_PROMPTS]
+    gen_records = eval_records[:generation_prompts(config)]
     prompts = [render_prompt(record_messages(w, r), template, base.tokenizer) for w, r in gen_records]
     targets = [[m for m in record_messages(w, r) if m["role"] == "assistant"][-1]["content"] for w, r in gen_records]
     max_new = int(config.get("generation_tokens", 16))
@@ -105,6 +110,8 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         batches = records_lib.packed_batches(_local(eval_examples), batch_size=local_batch, seq_len=train.seq_len,
                                              seed=0, num_epochs=1, shuffle=False)
         metrics = eval_loss(params, itertools.islice(iter(batches), train.eval_batches), sharding)
+        if not prompts:
+            return metrics
         completions = greedy_completions(model, params, prompts, base.tokenizer, max_new_tokens=max_new,
                                          stop_text=template.assistant_close)
         metrics["eval_exact_match"] = float(np.mean([c.strip() == t.strip() for c, t in zip(completions, targets)]))
@@ -175,9 +182,10 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     reference_model, reference_params = model, None
     if preference.needs_reference and reference_spec:
-        loaded = load_base_model(reference_spec, {}, "")
-        check_same_vocabulary(base.config, loaded.config)
-        reference_model, reference_params = build_model(loaded.config), loaded.params
+        reference_config, reference_params = load_reference(reference_spec)
+        check_same_vocabulary(base.config, reference_config)
+        reference_model = build_model(reference_config)
+        reference_params = jax.device_put(reference_params)
     score_reference = jax.jit(lambda params, batch: reference_log_probs(reference_model, params, batch))
 
     def with_reference(reference, batch):
@@ -189,8 +197,8 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data = _section(config, "data")
     rule = data.get("synthetic") if not data.get("eval_file") else None
     rule_eval = None
-    if rule:
-        prompts = [r["prompt"] for _, r in eval_records[:GENERATION_EVAL_PROMPTS]]
+    if rule and generation_prompts(config):
+        prompts = [r["prompt"] for _, r in eval_records[:generation_prompts(config)]]
         rule_eval = _rule_reward_eval(model, base.tokenizer, template, prompts, rule,
                                       int(config.get("generation_tokens", 16)))
 

@@ -111,10 +111,12 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
                                opt_state=jax.jit(optimizer.init, out_shardings=opt_sh)(params),
                                rng=jax.device_put(jax.random.fold_in(jax.random.PRNGKey(train.seed), 1), replicated))
-            # A frozen copy of the starting policy (the base itself under LoRA: B = 0 there).
-            reference = None
-            if job.needs_reference:
-                reference = params[BASE] if lora else jax.tree.map(jnp.copy, params)
+            # The frozen starting policy: under LoRA the base itself (B = 0 there), read from the
+            # current state because the step donates (and replaces) its buffers; otherwise a copy.
+            initial_copy = jax.tree.map(jnp.copy, params) if job.needs_reference and not lora else None
+
+            def reference() -> Any:
+                return state.params[BASE] if lora and job.needs_reference else initial_copy
 
             if checkpointer.latest_step() is not None:
                 view_sh = _checkpoint_view(shardings, lora)
@@ -131,7 +133,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             merge = jax.jit(lambda p: merge_lora(p[BASE], p[LORA], lora)) if lora else (lambda p: p)
 
             def run_eval() -> dict[str, float]:
-                return {k: float(v) for k, v in job.evaluate(merge(state.params), reference, batch_sharding).items()}
+                return {k: float(v) for k, v in job.evaluate(merge(state.params), reference(), batch_sharding).items()}
 
             start_step = int(state.step)
             trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[LORA] if lora else params))
@@ -146,7 +148,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             for step in range(start_step + 1, end_step + 1):
                 batch = partitioning.shard_batch(next(train_iter), batch_sharding)
                 if job.prepare is not None:
-                    batch = job.prepare(merge(state.params), reference, batch, step)
+                    batch = job.prepare(merge(state.params), reference(), batch, step)
                 state, step_metrics = step_fn(state, batch)
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
