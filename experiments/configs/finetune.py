@@ -110,6 +110,7 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
     elif name == "grpo":
         config.path = "grpo"
         config.data.synthetic = "capitals"
+        config.grpo.kl_coef = 0.2
         config.train.num_steps = 60
         config.train.batch_size = 8  # prompts per step; x group_size completions
         config.train.eval_every_steps = 20

@@ -57,7 +57,8 @@ class FinetuneJob:
     train_batches: Callable[[int], Iterator[Batch]]  # seed -> checkpointable (grain) iterator of local batches
     # (params, reference or None, batch sharding) -> metrics, eval_loss included
     evaluate: Callable[[Any, Any, NamedSharding], dict[str, float]]
-    # (policy params, reference or None, sharded batch, step) -> sharded batch the step trains on
+    # (policy params, reference or None, sharded batch, step) -> sharded batch the step trains on,
+    # or (that batch, host metrics to log with the step)
     prepare: Callable[[Any, Any, dict, int], dict] | None = None
     needs_reference: bool = False
 
@@ -147,10 +148,14 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
             for step in range(start_step + 1, end_step + 1):
                 batch = partitioning.shard_batch(next(train_iter), batch_sharding)
+                extra: dict[str, float] = {}
                 if job.prepare is not None:
                     batch = job.prepare(merge(state.params), reference(), batch, step)
+                    if isinstance(batch, tuple):  # (batch, host metrics of the sampling phase)
+                        batch, extra = batch
                 state, step_metrics = step_fn(state, batch)
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                values.update(extra)
                 if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
                     checkpointer.wait()
                     raise TrainingDivergedError(
