@@ -18,6 +18,10 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tensorflow-datasets>=4.9.7",
     "tqdm>=4.66",
+    # fine-tuning task metrics (research/finetune/evaluators.py)
+    "scikit-learn>=1.4",
+    "rouge-score>=0.1.2",
+    "sacrebleu>=2.4",
 ]
 TEST_REQUIRES = [
     "pytest>=8",
@@ -27,6 +31,8 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "trl>=1.0",  # DPO / IPO loss reference
+    "peft>=0.13",  # LoRA layer reference
 ]
 
 setuptools.setup(

@@ -20,4 +20,5 @@ def test_notebook_runs(path, tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "gpt2-small" in text and "eval_loss" in text
+    expected = {"finetuning.ipynb": ("eval_loss: before", "config.json")}.get(path.name, ("gpt2-small", "eval_loss"))
+    assert all(piece in text for piece in expected), (expected, text[-2000:])
