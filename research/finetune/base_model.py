@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax.core import meta
 
 from research.evaluation.checkpoint_loading import load_checkpoint, load_hf
 from research.evaluation.tokenizer_loading import check_vocabulary, load_tokenizer
-from research.models import build_model, get_config
+from research.models import get_config
 from research.models.config import ConfigError, ModelConfig
 
 
@@ -58,9 +57,10 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
 
 def load_reference(spec: str) -> tuple[ModelConfig, Any]:
     """(config, host params) of a frozen reference model: "checkpoint:<run workdir>" or "hf:<folder>"."""
-    from research.evaluation.checkpoint_loading import checkpoint_root, model_config_from_run, restore_params, run_config
-    from research.evaluation.checkpoint_loading import checkpoint_steps_in
     import os
+
+    from research.evaluation.checkpoint_loading import (checkpoint_root, checkpoint_steps_in, model_config_from_run,
+                                                        restore_params, run_config)
     kind, _, path = spec.partition(":")
     if kind == "checkpoint":
         root = checkpoint_root(path)
@@ -93,11 +93,3 @@ def abstract_and_init(model: Any, example_args: tuple, example_kwargs: dict | No
 
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     return boxed, (lambda seed: meta.unbox(jax.jit(init)(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
-
-
-def example_tokens(batch: int = 1, length: int = 8) -> jax.Array:
-    return jnp.ones((batch, length), jnp.int32)
-
-
-def zoo_model(config: ModelConfig):
-    return build_model(config)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grain
 import grain.experimental as grain_exp
@@ -110,10 +110,6 @@ def _stack_and_pad(rows: list[Row], batch_size: int) -> dict[str, np.ndarray]:
     if not missing:
         return batch
     return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-
-
-def map_records(records: list[tuple[str, Record]], fn: Callable[[str, Record], Any]) -> list:
-    return [fn(where, record) for where, record in records]
 
 
 def as_records(items: Sequence[Mapping[str, Any]], name: str) -> list[tuple[str, Record]]:
