@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from research.scaling import plots
-from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID, fit_chinchilla_law
+from research.scaling.chinchilla_fit import BOOTSTRAP_SAMPLES, COARSE_GRID, PAPER_GRID, fit_chinchilla_law
 from research.scaling.envelope import fit_envelope
 from research.scaling.isoflop import fit_isoflop
 from research.scaling.kaplan_fit import fit_kaplan_laws
@@ -25,7 +25,7 @@ GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's training budget, which Hoffmann et al
 
 
 def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOPHER_BUDGET,
-                  predict: tuple[float, float] | None = None, bootstrap_samples: int = 100,
+                  predict: tuple[float, float] | None = None, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
                   confidence: float = 0.8, init_grid: str = "paper", seed: int = 0) -> dict:
     """Fit every law to the runs in `runs_csv`; write fit.json and plots to `output_dir`; return the report."""
     if not (math.isfinite(compute_budget) and compute_budget > 0):
