@@ -42,7 +42,9 @@ from experiments.configs import pretrain
 from research.data.config import SyntheticConfig
 
 PRESETS = ("cpu_tiny", "tokens_tiny", "gpu_host", "test_tiny")
-CPU_LADDER = (1.25e3, 2.5e3, 5e3, 1e4, 2e4, 4e4, 8e4)
+# 10 sizes, ~x1.4 apart (distinct widths at 2 layers), every one with >= 2 layers (sweep.min_layers); 4 budgets over 1.5 decades.
+CPU_LADDER = (1.5e3, 3.5e3, 6e3, 9.6e3, 1.4e4, 1.9e4, 2.5e4, 3.6e4, 5.2e4, 7.5e4)
+CPU_BUDGETS = (1e10, 3.16e10, 1e11, 3.16e11)
 
 
 def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
@@ -51,17 +53,26 @@ def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
     config.data = ml_collections.ConfigDict(dict(
         source="synthetic", validation_fraction=0.001, max_documents=None,
         synthetic=dict(source_seed=synthetic.source_seed, alphabet=synthetic.alphabet, order=synthetic.order,
-                       concentration=synthetic.concentration, doc_chars=synthetic.doc_chars,
+                       concentration=synthetic.concentration, zipf_exponent=synthetic.zipf_exponent,
+                       hierarchical=synthetic.hierarchical, doc_chars=synthetic.doc_chars,
                        num_documents=synthetic.num_documents, sample_seed=synthetic.sample_seed),
         tokenizer=dict(model_path=None, vocab_size=synthetic.char_vocab_size, byte_fallback=False,
                        character_coverage=1.0, max_training_chars=200_000, num_extra_ids=0)))
 
 
+def _capacity_limited_corpus(config: ml_collections.ConfigDict, **fields) -> None:
+    """The hierarchical Zipf-weighted order-3 source over 16 letters (synthetic_corpus.markov_source):
+    H_0..H_3 = 2.371, 1.959, 1.680, 1.512 nats/char, so each order of context is worth a stage of
+    loss; 50% / 90% / 99% of the stationary mass sit in 76 / 470 / 1045 of its 4096 contexts, so
+    what a model of N parameters can store bounds its loss (capacity, not one transition).
+    Reachable bound with 64-token windows: 1.523 nats/char."""
+    _synthetic(config, **{**dict(alphabet="abcdefghijklmnop", order=3, concentration=0.75, zipf_exponent=0.8,
+                                 hierarchical=True, doc_chars=1024), **fields})
+
+
 def _base() -> ml_collections.ConfigDict:
     config = pretrain.get_config("gpt_tiny")
-    # Order 2 over 16 letters with peaky rows: the last character alone says little (2.23 nats),
-    # the last two say a lot (0.75): a model must learn to attend to the previous token.
-    _synthetic(config, alphabet="abcdefghijklmnop", order=2, concentration=0.05, doc_chars=1024)
+    _capacity_limited_corpus(config)
     config.model.dtype = "float32"  # CPU: bf16 matmuls are emulated, slower than f32
     config.objective = "causal_lm"
     config.train.update(dict(batch_size=16, seq_len=64, eval_batches=16, eval_every_steps=1_000_000,
@@ -71,15 +82,17 @@ def _base() -> ml_collections.ConfigDict:
     config.opt.update(dict(learning_rate=1e-2, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1))
     config.checkpoint.update(dict(every_steps=500, keep_last=1, keep_best=0))
     config.sweep = ml_collections.ConfigDict(dict(
-        presets=(), non_embedding_params=CPU_LADDER, aspect=32, plan="isoflop", budgets=(2e10, 6e10, 2e11),
-        # Tiny models on this corpus are compute-optimal near 150 tokens per parameter (a first
-        # cpu_tiny sweep centred on Chinchilla's 20 found every 2e10 profile's minimum below its sizes).
-        models_per_budget=5, tokens_per_param_prior=150.0, tokens_per_param=(), tokens=(), param_count="non_embedding",
-        # Runs shorter than ~100 steps are still on the loss plateau before the model learns
-        # to attend to the previous character; they say little about N and D.
-        min_steps=100, warmup_fraction=0.05))
+        presets=(), non_embedding_params=CPU_LADDER, aspect=16, plan="isoflop", budgets=CPU_BUDGETS,
+        # Centre of each budget's 6 sizes: the old order-2 corpus was compute-optimal near 150
+        # tokens per parameter at these scales; this harder corpus is given a little less.
+        models_per_budget=6, tokens_per_param_prior=100.0, tokens_per_param=(), tokens=(),
+        param_count="non_embedding", min_steps=80, warmup_fraction=0.05, min_layers=2,
+        # Learning rate 1e-2 at width 32 (the old ladder's tuned value), scaled as 1 / width.
+        lr_reference_width=32,
+        # The smallest budget's 6 runs again with seed 1: run-to-run noise for the fit's intervals.
+        repeat_budget=CPU_BUDGETS[0], repeat_seeds=(1,)))
     # Where to read the fitted law off: the compute-optimal N, D and tokens per parameter.
-    config.fit = ml_collections.ConfigDict(dict(enabled=True, compute_budget=1e12, bootstrap=100,
+    config.fit = ml_collections.ConfigDict(dict(enabled=True, compute_budget=1e12, bootstrap=4000,
                                                 init_grid="paper", seed=0))
     # Split the runs over jobs sharing one workdir (launch/): this job runs runs[index::count].
     config.shard = ml_collections.ConfigDict(dict(index=0, count=1))

@@ -88,6 +88,8 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
     sections["train"].update(num_steps=run.num_steps, log_every_steps=1, stop_after_steps=0, progress_bar=False,
                              peak_flops=peak_flops)
     sections["opt"]["warmup_steps"] = warmup_steps(spec, run.num_steps)
+    sections["opt"]["learning_rate"] = sections["opt"]["learning_rate"] * run.learning_rate_scale
+    sections["train"]["seed"] = run.seed
     sections["data"]["tokenizer"]["model_path"] = tokenizer_path
     return ml_collections.ConfigDict(sections)
 
