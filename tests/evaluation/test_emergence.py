@@ -30,27 +30,44 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     assert cpu_seconds < 60  # about 30 s: the whole study, compiles included, fits in a minute on 2 cores
     config = configs.get_config("micro")
     rows = read_rows(os.path.join(workdir, "report", "results.json"))
-    # 2 sizes x 2 checkpoints (steps 2, 4) x 2 tasks x 2 shot counts
-    assert len(rows) == 16
+    # 2 sizes x 2 checkpoints (steps 2, 4) x 2 tasks x 2 shot counts, and the final task at step 4
+    assert len(rows) == 16 + 2
     assert {(r["size"], r["step"]) for r in rows} == {(s, n) for s in config.sizes for n in (2, 4)}
-    assert {r["task"] for r in rows} == set(config.eval.tasks) and {r["num_shots"] for r in rows} == {0, 1}
+    final_task = config.eval.final_tasks[0]
+    assert {r["task"] for r in rows} == {*config.eval.tasks, final_task} and {r["num_shots"] for r in rows} == {0, 1}
     for row in rows:
-        assert row["final"] == (row["step"] == 4) and row["num_examples"] == config.eval.num_test
+        if row["task"] == final_task:
+            assert row["step"] == 4 and row["num_examples"] == config.eval.final_num_test and row["num_shots"] == 0
+        else:
+            assert row["num_examples"] == config.eval.num_test
+        assert row["final"] == (row["step"] == 4)
         assert row["chain_of_thought"] == row["task"].endswith("_cot")
         assert row["tokens"] == row["step"] * 8 * 64 and row["compute_flops"] > 6 * row["params_non_embedding"]
+        assert 0.0 <= row["teacher_forced_accuracy"] <= 1.0 and row["answer_tokens"] >= 1
     by_key = {(r["size"], r["step"], r["task"], r["num_shots"]): r for r in rows}
     small, large = config.sizes
     assert by_key[(large, 4, "addition_1digit", 0)]["compute_flops"] > by_key[(small, 4, "addition_1digit", 0)][
         "compute_flops"] > by_key[(small, 2, "addition_1digit", 0)]["compute_flops"]
 
     summary = read_rows(os.path.join(workdir, "report", "summary.json"))
-    assert len(summary) == 2 * 2 * len(config.report.metrics)  # (task, shots) x metric
+    assert len(summary) == (2 * 2 + 1) * len(config.report.metrics)  # (task, shots) x metric
     exact = next(s for s in summary if (s["task"], s["num_shots"], s["metric"]) == ("addition_1digit", 0,
                                                                                      "exact_match"))
     assert exact["num_models"] == 2 and len(exact["values"]) == 2
     assert exact["values"] == [by_key[(s, 4, "addition_1digit", 0)]["exact_match"] for s in config.sizes]
     assert "breakthroughness" in exact and "linearity" in exact
-    for name in ("vs_params", "vs_compute", "direct_vs_cot", "zero_vs_few_shot"):
+    # Per-item metrics carry item-bootstrap intervals and the noise rule's verdict.
+    assert len(exact["value_intervals"]) == 2 and exact["items"] == config.eval.num_test
+    assert isinstance(exact["above_noise"], bool) and (exact["breakthroughness"] is None) == (not exact["above_noise"])
+    mirage = read_rows(os.path.join(workdir, "report", "mirage.json"))
+    assert {m["size"] for m in mirage} == set(config.sizes) and all(m["task"] == final_task for m in mirage)
+    for m in mirage:
+        low, high = m["p_to_the_L_interval"]
+        assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
+    transition = read_rows(os.path.join(workdir, "report", "transition.json"))
+    assert [(t["size"], t["step"]) for t in transition if t["num_shots"] == 0] == [
+        (s, n) for s in config.sizes for n in (2, 4)]
+    for name in ("vs_params", "vs_compute", "direct_vs_cot", "zero_vs_few_shot", "mirage_plot", "transition_plot"):
         assert os.path.getsize(paths[name]) > 10_000 and paths[name].endswith(".png")
     report = open(paths["report"]).read()
     assert "breakthroughness" in report and "scale-3e4" in report
