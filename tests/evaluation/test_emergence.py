@@ -138,8 +138,13 @@ def test_cpu_tiny_config_plans_a_five_size_ladder():
     assert len(params) >= 5 and params == sorted(params) and params[-1] > 50 * params[0]
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
-    cot = next(e for e in plan.eval_entries if e.chain_of_thought)
-    assert cot.task.spec.description == config.eval.cot_description
+    # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
+    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit" for k in range(2, 7)]
+    assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
+    # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
+    assert config.report.transition_task in config.eval.tasks
+    layers = [m.num_layers for m in plan.sizes.values()]
+    assert layers[0] == 1 and layers[-1] >= 2
     train = emergence.train_config(config, config.sizes[-1], {"source": "files", "file_patterns": ["x.jsonl"]})
     assert train.model.preset == config.sizes[-1] and train.checkpoint.keep_last == 5
     with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):
