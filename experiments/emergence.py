@@ -344,6 +344,20 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     return paths
 
 
+def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Training FLOPs of every size (sizing's exact train FLOPs per token x tokens) and the time
+    they take at config.estimate's peak FLOP/s and MFU: an estimate, not a measurement."""
+    from research.models import get_config, sizing
+
+    train = config.train
+    tokens = train.num_steps * train.batch_size * train.seq_len
+    flops = {size: float(sizing.flops_per_token(get_config(size, **dict(config.model)), train.seq_len,
+                                                include_embedding=True).train) * tokens for size in config.sizes}
+    seconds = sum(flops.values()) / (config.estimate.peak_flops * config.estimate.mfu)
+    return {"flops": flops, "total_flops": sum(flops.values()), "seconds": seconds,
+            "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
+
+
 def _read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
@@ -362,7 +376,8 @@ def _define_flags() -> None:
     # Defined only when run as a program: importing this module (tests) adds no global flags.
     config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
     flags.DEFINE_string("workdir", None, "Directory for data, runs, evaluations and the report.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.DEFINE_bool("dry_run", False, "Print the training FLOPs and the estimated time; train nothing.")
+    flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -373,6 +388,16 @@ def main(argv):
     from research.data import DataError
     from research.training import TrainingDivergedError
 
+    if flags.FLAGS.dry_run:
+        estimate = estimated_training(flags.FLAGS.config)
+        for size, flops in estimate["flops"].items():
+            print(f"{size:12s} {flops:.3g} training FLOPs")
+        print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
+              f"{estimate['mfu']:.0%} MFU of {estimate['peak_flops']:.3g} FLOP/s (an estimate from FLOPs; the MFU is "
+              "config.estimate.mfu, evaluation not included)")
+        return
+    if not flags.FLAGS.workdir:
+        sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
     try:
         run_study(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ConfigError, DataError, TrainingDivergedError) as error:

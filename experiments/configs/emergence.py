@@ -32,7 +32,7 @@ import ml_collections
 
 from research.sharding import DEFAULT_RULES
 
-PRESETS = ("cpu_tiny", "micro")
+PRESETS = ("cpu_tiny", "gpu_host", "micro")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -66,6 +66,10 @@ def _base() -> ml_collections.ConfigDict:
         tasks=("copying",), shots=(0,), num_test=200, num_train=64,
         final_tasks=tuple(f"addition_{k}digit" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
         seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
+    # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
+    # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
+    # 10% MFU assumed: the loop reached ~6% on 1e4-parameter models (issue 8), more on larger ones).
+    config.estimate = ml_collections.ConfigDict(dict(peak_flops=50e9, mfu=0.1))
     config.report = ml_collections.ConfigDict(dict(
         metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
                  "token_edit_distance", "token_accuracy", "brier_score"),
@@ -79,6 +83,20 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
     config = _base()
     if arg == "cpu_tiny":
         pass
+    elif arg == "gpu_host":
+        # One 8-GPU host: a 7-size ladder 1e5 .. 1e8 non-embedding parameters, 20000 steps of
+        # 128 x 256 tokens in bf16. `--dry_run` prints the training FLOPs and the time at
+        # config.estimate's peak and MFU. The MFU is an assumption, not a measurement (no
+        # accelerator was lent to the session that wrote this); use the `mfu` research.training
+        # logs on the host.
+        config.sizes = tuple(f"scale-{m}e{e}" for e in range(5, 9) for m in (1, 3) if (m, e) != (3, 8))
+        config.model.update(dict(dtype="bfloat16", max_len=256))
+        config.train.update(dict(num_steps=20000, batch_size=128, seq_len=256, eval_every_steps=1000))
+        config.opt.update(dict(learning_rate=1e-3, warmup_steps=200))
+        config.checkpoint.every_steps = 2000
+        config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
+        config.mixture.tasks = {**{f"addition_{k}digit": 200_000 for k in range(2, 7)}, "copying": 200_000}
+        config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":
         config.sizes = ("scale-1e4", "scale-3e4")
         config.model.max_len = 128

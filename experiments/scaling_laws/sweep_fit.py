@@ -49,7 +49,7 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
               records: Sequence[dict]) -> tuple[dict | None, str]:
     """(fit.json's content, a note) for the sweep in `workdir`; (None, why) when it cannot be fitted."""
-    order1 = order1_entropy(config, plan)
+    order1 = order1_entropy(config, plan) if config.fit.get("plateau_rule", True) else None
     records = mark_plateau_runs(records, order1)
     write_tables(records, workdir)  # runs.csv now says which runs the plateau rule left out
     ok = [r for r in records if r["status"] == "ok"]

@@ -60,8 +60,8 @@ class SweepSpec:
     # W > 0 = learning_rate * W / d_model (Adam's hidden-layer rule of muP, Yang et al. 2022:
     # the step that is right at width W scales as 1 / width), recorded per run.
     lr_reference_width: int = 0
-    # Repeat every run of budget `repeat_budget` with each of these extra train seeds, so the
-    # fit can measure run-to-run noise (0 / () = no repeats).
+    # Repeat every run of budget `repeat_budget` (0: the smallest budget) with each of these
+    # extra train seeds, so the fit can measure run-to-run noise (() = no repeats).
     repeat_budget: float = 0.0
     repeat_seeds: tuple[int, ...] = ()
 
@@ -93,7 +93,7 @@ class SweepSpec:
         if self.min_layers < 1 or self.lr_reference_width < 0:
             raise SweepError(f"sweep.min_layers={self.min_layers} must be >= 1 and lr_reference_width="
                              f"{self.lr_reference_width} >= 0 (0 = one learning rate for every size).")
-        if self.repeat_seeds and self.repeat_budget not in self.budgets:
+        if self.repeat_seeds and self.repeat_budget and self.repeat_budget not in self.budgets:
             raise SweepError(f"sweep.repeat_budget={self.repeat_budget:g} is not one of sweep.budgets={self.budgets}; "
                              "repeat runs of an existing budget, e.g. repeat_budget=budgets[0].")
         if self.min_steps < 1 or not 0.0 <= self.warmup_fraction < 1.0:
@@ -203,7 +203,8 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
         if steps < spec.min_steps:
             return False
         scale = spec.lr_reference_width / model.config.d_model if spec.lr_reference_width else 1.0
-        seeds = (0, *spec.repeat_seeds) if budget is not None and budget == spec.repeat_budget else (0,)
+        repeated = spec.repeat_budget or min(spec.budgets, default=None)
+        seeds = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
         for seed in seeds:
             runs.append(PlannedRun(f"{model.name}-{steps}steps" + (f"-seed{seed}" if seed else ""), model, steps,
                                    batch_size, seq_len, model.params(spec.param_count), budget, ratio, seed, scale))

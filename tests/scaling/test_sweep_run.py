@@ -51,7 +51,7 @@ def test_sweep_end_to_end_killed_run_resumes_finished_runs_are_skipped(tmp_path)
     # kill -9 as soon as the second run has a checkpoint: the first run is finished by then.
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     checkpoints = workdir / "runs" / second / "checkpoints"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a loaded shared machine can take minutes for the first run
     while process.poll() is None and time.time() < deadline and not (checkpoints.is_dir() and any(
             p.name.isdigit() for p in checkpoints.iterdir())):
         time.sleep(0.01)
@@ -120,6 +120,9 @@ def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
     config = scaling_laws.get_config("test_tiny")
     config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
                              budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=()))
+    # These losses come from LAW, not from training on the corpus: the corpus's bigram level,
+    # which the early-plateau rule compares with, means nothing for them.
+    config.fit.plateau_rule = False
     plan = sweep.plan_sweep(config)
     assert len(plan.runs) == 9
     oom, diverged = plan.runs[1].run_id, plan.runs[2].run_id  # both at the smallest budget
@@ -142,7 +145,10 @@ def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
     assert [p["compute"] for p in fit["approach2"]["profiles"]] == [6e8, 2e9]  # 2e8 has 1 size left
     assert fit["sweep"]["irreducible"]["window_bound"] > fit["sweep"]["irreducible"]["entropy_rate"]
     assert [g["C"] for g in fit["sweep"]["loss_by_budget"]] == [2e8, 6e8, 2e9]
-    assert "approach 3: L(N, D) = " in out.getvalue() and "irreducible loss: fitted E=" in out.getvalue()
+    assert "approach 3 (nominal): L(N, D) = " in out.getvalue() and "irreducible loss (exact): fitted E=" in out.getvalue()
+    assert set(fit["exact"]) >= {"approach1", "approach2", "approach3", "kaplan"} and fit["exact"]["approach3"]["E"] > 0
+    assert set(fit["sweep"]["n_opt_exponents"]) == {"nominal", "exact"}
+    assert set(fit["sweep"]["held_out"]) == {"nominal", "exact"}  # here: skipped, 4 runs below the largest budget
     with open(os.path.join(workdir, "fit.json")) as f:
         assert json.load(f)["sweep"]["inputs_sha256"] == fit["sweep"]["inputs_sha256"]
 
