@@ -5,6 +5,8 @@ Launch (each tiny preset trains in about a minute on a 2-core CPU and checkpoint
     python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt_tiny --workdir=/tmp/gpt_tiny
     python -m experiments.pretrain --config=experiments/configs/pretrain.py:bert_tiny --workdir=/tmp/bert_tiny
     python -m experiments.pretrain --config=experiments/configs/pretrain.py:t5_tiny --workdir=/tmp/t5_tiny
+    # 3 learning rates of gpt_tiny as one compiled program, into /tmp/lr_sweep/opt.learning_rate=<lr>:
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt_tiny_lr_sweep --workdir=/tmp/lr_sweep
 
 Override any field on the command line, e.g. `--config.opt.learning_rate=1e-3
 --config.train.num_steps=500 --config.mesh.shape='(1,-1,1)' --config.model.dtype=bfloat16`.
@@ -18,6 +20,8 @@ from ml_collections.config_dict import placeholder
 from research.sharding import DEFAULT_RULES
 
 PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")
+# Presets that train several models in one program (config.batched); each model is a PRESETS run.
+BATCHED_PRESETS = ("gpt_tiny_lr_sweep",)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -38,7 +42,10 @@ def _base() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(dict(
         num_steps=300, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
         log_every_steps=10, eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=0.0,
-        progress_bar=True))
+        progress_bar=True, steps_per_call=0))  # steps per compiled call; 0: chosen from the model's FLOPs
+    # Train one model per value of `field` (seed or an optimizer number) in one program, each into
+    # <workdir>/<field>=<value>: e.g. --config.batched.field=opt.learning_rate --config.batched.values='(1e-3,3e-3)'.
+    config.batched = ml_collections.ConfigDict(dict(field="", values=()))
     config.opt = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=30, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
@@ -49,8 +56,8 @@ def _base() -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "gpt_tiny") -> ml_collections.ConfigDict:
     """The preset `arg` (one of PRESETS)."""
-    if arg not in PRESETS:
-        raise ValueError(f"unknown pretrain preset {arg!r}; choose one of {PRESETS}.")
+    if arg not in PRESETS + BATCHED_PRESETS:
+        raise ValueError(f"unknown pretrain preset {arg!r}; choose one of {PRESETS + BATCHED_PRESETS}.")
     config = _base()
     # The tiny presets are CPU runs: CPUs have no bf16 matmul units, so float32 is both
     # faster and exact there. Accelerator runs keep the bf16 default (--config.model.dtype).
@@ -63,6 +70,10 @@ def get_config(arg: str = "gpt_tiny") -> ml_collections.ConfigDict:
         config.opt.warmup_steps = 60
         config.checkpoint.every_steps = 200
         config.train.eval_every_steps = 200
+    elif arg == "gpt_tiny_lr_sweep":
+        # get_sweep()'s learning rates, trained together (research.training.train_together).
+        config.batched.update(dict(field="opt.learning_rate", values=tuple(
+            override["config.opt.learning_rate"] for override in get_sweep())))
     elif arg == "t5_tiny":
         config.model.preset = "t5-tiny"
         config.objective = "span_corruption"

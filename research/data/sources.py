@@ -6,6 +6,7 @@ index) and opening one reads no documents: bad names, globs and splits fail firs
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import sysconfig
@@ -105,7 +106,13 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
 
 class SyntheticDocuments:
     """grain RandomAccessDataSource: element i is document i of a Markov-source split (see
-    research/scaling/synthetic_corpus.py), generated on demand from (seed, i)."""
+    research/scaling/synthetic_corpus.py), generated on demand from (seed, i).
+
+    The draw is MarkovSource.sample's for one document, with its per-call set-up (the
+    stationary distribution by power iteration, the cumulative transition table) done once
+    here and the sequential chain walked with bisect on Python lists: the same float64
+    comparisons, so the same characters, about 10x faster (it fed small models too slowly).
+    """
 
     def __init__(self, config: SyntheticConfig, seed: int, num_documents: int):
         from research.scaling.synthetic_corpus import markov_source
@@ -114,14 +121,28 @@ class SyntheticDocuments:
                                      hierarchical=config.hierarchical)
         self._symbols = np.array(list(config.alphabet))
         self._seed, self._length, self._doc_chars = seed, num_documents, config.doc_chars
+        cdf_SV = np.cumsum(self._source.transitions_SV, axis=1)
+        cdf_SV[:, -1] = 1.0  # as MarkovSource.sample: guard the last bin against rounding below 1
+        self._cdf_rows = cdf_SV.tolist()
+        self._stationary_cdf_S = np.cumsum(self._source.stationary_S())
+        self._alphabet_size, self._num_contexts = len(config.alphabet), cdf_SV.shape[0]
 
     def __len__(self) -> int:
         return self._length
 
     def __getitem__(self, index: int) -> str:
-        # The same draw as synthetic_documents(seed, 1, doc_chars, start=index).
-        ids = self._source.sample_ids([np.random.default_rng([self._seed, int(index)])], self._doc_chars)[0]
-        return "".join(self._symbols[ids])
+        # The same draw as synthetic_documents(seed, 1, doc_chars, start=index): (cdf < u).sum()
+        # there is bisect_left(cdf, u) here, on the same float64 values.
+        uniforms = np.random.default_rng([self._seed, int(index)]).random(self._doc_chars + 1)
+        pi_cdf = self._stationary_cdf_S
+        context = int(min(np.searchsorted(pi_cdf, uniforms[0] * pi_cdf[-1]), self._num_contexts - 1))
+        rows, size, contexts = self._cdf_rows, self._alphabet_size, self._num_contexts
+        ids = []
+        for u in uniforms[1:].tolist():
+            symbol = bisect.bisect_left(rows[context], u)
+            ids.append(symbol)
+            context = (context * size) % contexts + symbol
+        return "".join(self._symbols[np.asarray(ids, np.int64)])
 
     def __repr__(self) -> str:
         return f"SyntheticDocuments({self._length} x {self._doc_chars} chars, seed={self._seed})"

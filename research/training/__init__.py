@@ -7,8 +7,10 @@
     partitioning.py   mesh, state and batch shardings
     checkpointing.py  orbax: async saves, keep-last / keep-best, data-iterator state, config
     metrics.py        JSONL + TensorBoard, model size, tokens/s, MFU
-    loop.py           train_and_evaluate(config, workdir)
+    loop.py           train_and_evaluate(config, workdir); train_together(configs, workdirs): K models, one program
+    blocks.py         several steps per compiled call (lax.scan of the train step)
+    model_batch.py    K same-shape models: stacked states, vmapped step, per-model optimizer numbers
 """
-from research.training.loop import TrainConfig, TrainingDivergedError, train_and_evaluate
+from research.training.loop import TrainConfig, TrainingDivergedError, train_and_evaluate, train_together
 
-__all__ = ["TrainConfig", "TrainingDivergedError", "train_and_evaluate"]
+__all__ = ["TrainConfig", "TrainingDivergedError", "train_and_evaluate", "train_together"]

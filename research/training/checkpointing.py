@@ -93,6 +93,12 @@ class Checkpointer:
         step = self._manager.latest_step() if step is None else step
         return dict(self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
+    def delete_after(self, step: int) -> None:
+        """Remove checkpoints past `step`: models trained together resume from the last step
+        they all saved, and will save the later steps again."""
+        for later in [s for s in self._manager.all_steps() if s > step]:
+            self._manager.delete(later)
+
     def wait(self) -> None:
         """Block until any background save has been committed."""
         self._manager.wait_until_finished()

@@ -12,16 +12,29 @@ shared. The config is an ml_collections.ConfigDict (experiments/configs/pretrain
     checkpoint  research.training.checkpointing.CheckpointConfig
     mesh        shape (data, fsdp, tensor) with -1 filling the rest; logical-axis rules
 
+    batched     optional {field, values}: train one model per value in one program (below)
+
 Resuming is automatic: if <workdir>/checkpoints holds a checkpoint, the run restores state
 and data position from the latest one (onto the current mesh) and continues exactly.
+
+Speed: the loop runs up to train.steps_per_call steps per compiled call (0: chosen from the
+model's FLOPs per step, research/training/blocks.py) on batches a background thread has
+already stacked and put on the devices (research/data/prefetch.py), and fetches a block's
+metrics once, after dispatching the next block. Calls end at evaluation and checkpoint
+steps, so those land exactly where they would with one step per call, and the losses are
+bit-identical to it.
+
+Many models: `train_together(configs, workdirs)` trains K configs that differ only in seed
+or optimizer numbers as one program (research/training/model_batch.py); each workdir gets
+its own metrics.jsonl, checkpoints and result, as if the model had been trained alone.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
+import math
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -32,11 +45,13 @@ from research import data as data_lib
 from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules
-from research.training import losses, metrics as metrics_lib, partitioning
+from research.data.prefetch import BlockPrefetcher
+from research.training import blocks, losses, metrics as metrics_lib, model_batch, partitioning
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, make_optimizer
-from research.training.state import TrainState, create_train_state, train_state_shardings, with_shardings
-from research.training.train_step import evaluate, jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from research.training.state import (create_stacked_train_state, create_train_state, train_state_shardings,
+                                     with_shardings)
+from research.training.train_step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +76,12 @@ class TrainConfig:
     stop_after_steps: int = 0  # > 0: leave after this step (checkpointed); rerunning continues; 0: off
     peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 measures a matmul benchmark
     progress_bar: bool = True
+    steps_per_call: int = 0  # train steps per compiled call (a lax.scan); 0: from the model's FLOPs per step
 
     def __post_init__(self):
+        if self.steps_per_call < 0:
+            raise ConfigError(f"train.steps_per_call={self.steps_per_call} must be >= 1, or 0 to choose it from "
+                              "the model's FLOPs per step.")
         for field in ("num_steps", "batch_size", "seq_len", "microbatches", "log_every_steps",
                       "eval_every_steps", "eval_batches"):
             if getattr(self, field) <= 0:
@@ -86,18 +105,135 @@ def _data_objective(name: str, family: str, options: dict[str, Any]):
     return dataclasses.replace(objective, **options) if options else objective
 
 
+
+@dataclasses.dataclass
+class _Member:
+    """One model of the run: its own config, workdir, records, checkpoints and fate."""
+
+    index: int
+    config: ml_collections.ConfigDict
+    workdir: str
+    checkpoint: CheckpointConfig
+    writer: metrics_lib.MetricWriter
+    checkpointer: Checkpointer
+    throughput: metrics_lib.Throughput | None = None
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    held: dict[str, float] = dataclasses.field(default_factory=dict)  # the boundary step's train metrics
+    timed: bool = False  # the throughput clock has started (after the first, compiling call)
+    error: TrainingDivergedError | None = None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (or resume) the run described by `config` in `workdir`; returns the last
-    train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there."""
-    os.makedirs(workdir, exist_ok=True)
+    train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there.
+
+    With `config.batched.field` set, trains one model per value of that field together in
+    <workdir>/<field>=<value> (see train_together) and returns their metrics keyed
+    "<field>=<value>/<metric>"; a diverged model raises once the others have finished.
+    """
+    configs, workdirs = model_batch.expand_batched_axis(config, workdir)
+    if model_batch.batched_axis(config) is None:
+        return _train(configs, workdirs, stacked=False)[0]
+    results = train_together(configs, workdirs)
+    failed = [str(r) for r in results if isinstance(r, Exception)]
+    if failed:
+        raise TrainingDivergedError(f"{len(failed)} of {len(results)} models diverged (the others finished): "
+                                    + " | ".join(failed))
+    return {f"{os.path.basename(w)}/{k}": v for w, r in zip(workdirs, results) for k, v in r.items()}
+
+
+def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]
+                   ) -> list[dict[str, float] | TrainingDivergedError]:
+    """Train K configs as one compiled program (jax.vmap of the train step over stacked
+    states), model i into workdirs[i] with its own metrics.jsonl, checkpoints and results,
+    exactly as train_and_evaluate(configs[i], workdirs[i]) would (losses equal to float32
+    rounding). The configs may differ only in model_batch.BATCHABLE fields (seed, learning
+    rate and the optimizer's other numbers): a study groups its same-shape runs and calls
+    this once per group. Rerunning resumes every model from their latest common checkpoint.
+
+    Returns, per model, its last train and eval metrics, or the TrainingDivergedError that
+    stopped it (naming the model's index and the step); the other models go on.
+    """
+    model_batch.check_trainable_together(configs, workdirs)
+    return _train(list(configs), list(workdirs), stacked=True)
+
+
+def _evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Any, batches: Callable[[], list],
+                num_batches: int, num_models: int, stack: Callable[[list], dict]) -> Callable[[Any], list[dict]]:
+    """params -> [per model: eval_loss (nats), eval_perplexity, eval_accuracy] over the same
+    validation batches every time (token-weighted sums in float64, as train_step.evaluate)."""
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    compiled = jax.jit(eval_fn, in_shardings=(params_shardings, batch_sharding), out_shardings=replicated)
+
+    def run(params) -> list[dict[str, float]]:
+        iterators = batches()
+        sums = {k: np.zeros(num_models) for k in ("loss_sum", "correct_sum", "num_tokens")}
+        for _ in range(num_batches):
+            batch = partitioning.shard_batch(stack([next(it) for it in iterators]), batch_sharding)
+            out = jax.device_get(compiled(params, batch))
+            for k in sums:
+                sums[k] = sums[k] + np.reshape(np.asarray(out[k], np.float64), -1)
+        results = []
+        for i in range(num_models):
+            n = max(float(sums["num_tokens"][i]), 1.0)
+            loss = float(sums["loss_sum"][i]) / n
+            results.append({"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+                            "eval_accuracy": float(sums["correct_sum"][i]) / n})
+        return results
+
+    return run
+
+
+def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
+                     init: Callable[[], Any], stacked: bool) -> tuple[Any, list]:
+    """The initial state, restored from the latest checkpoint every model has (a kill between
+    the models' saves leaves some a step ahead: those later steps are dropped), else fresh,
+    and the data iterators positioned to match it."""
+    if all(m.checkpointer.latest_step() is None for m in members):
+        return init(), sources
+    common = set.intersection(*(set(m.checkpointer.all_steps()) for m in members))
+    for m in members:
+        m.checkpointer.delete_after(max(common, default=0))
+    if not common:
+        log.warning("the models saved no common step: all restart from step 0")
+        for m in members:
+            m.writer.forget_after(-1)
+        return init(), sources
+    step = max(common)
+    states = []
+    for m in members:
+        own = m.index if len(sources) > 1 else 0
+        iterator = sources[own] if m.index == own else fresh_source()  # shared data: restore it once
+        state, iterator = m.checkpointer.restore(with_shardings(abstract, shardings), iterator, step=step)
+        if m.index == own:
+            sources[own] = iterator
+        states.append(state)
+        m.writer.forget_after(step)
+    return (model_batch.stack_states(states, shardings) if stacked else states[0]), sources
+
+
+def _log_step(member: _Member, step: int, record: dict[str, Any], progress: tqdm.tqdm) -> None:
+    """One logged step of one model: metrics.jsonl / TensorBoard, and the progress bar."""
+    member.writer.write(step, record)
+    if member.index == 0 and "loss" in record:
+        progress.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+
+
+def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, stacked: bool
+           ) -> list[dict[str, float] | TrainingDivergedError]:
+    config = configs[0]  # every config shares what is read from it here (check_trainable_together)
+    for w in workdirs:
+        os.makedirs(w, exist_ok=True)
     model_fields = {k: v for k, v in _sub_config(config.model).items() if v is not None}
     model_config = get_config(model_fields.pop("preset"), **model_fields)
     model = build_model(model_config)
     objective = losses.get_objective(config.objective, model_config.family)
-    train = TrainConfig(**_sub_config(config.train))
-    opt_config = OptimizerConfig(total_steps=train.num_steps, **_sub_config(config.opt))
+    trains = [TrainConfig(**_sub_config(c.train)) for c in configs]
+    opt_configs = [OptimizerConfig(total_steps=t.num_steps, **_sub_config(c.opt)) for t, c in zip(trains, configs)]
     checkpoint_config = CheckpointConfig(**_sub_config(config.checkpoint))
+    train = trains[0]
     rules = _rules(config.mesh)
+    num_models = len(configs)
 
     # Everything a user can get wrong is checked here, before any compilation.
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
@@ -105,8 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))
-    tokenizer = data_lib.build_tokenizer(data_config, workdir)
+    tokenizer = [data_lib.build_tokenizer(data_config, w) for w in workdirs][0]  # each workdir as if alone
     local_batch = train.batch_size // jax.process_count()
+    seeds = [t.seed for t in trains]
+    per_model_data = len(set(seeds)) > 1  # the seed orders the data too: one stream per model
+    data_seeds = seeds if per_model_data else seeds[:1]
 
     def batches(split: str, seed: int) -> Iterator[dict[str, np.ndarray]]:
         return data_lib.make_batch_iterator(
@@ -114,96 +253,163 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
             model_vocab_size=model_config.vocab_size)
 
-    # Shapes from one validation batch, so the train iterator is untouched until step 0.
+    def stack_models(host_batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]} if per_model_data \
+            else host_batches[0]
+
+    # Shapes from one validation batch, so the train iterators are untouched until step 0.
     example = next(batches("validation", train.seed))
     objective.check_batch(example, model_config.max_len)
     batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
-    optimizer, schedule = make_optimizer(opt_config)
+    optimizer, schedule = make_optimizer(opt_configs[0])
     loss_fn = losses.make_loss_fn(objective, train.z_loss)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
-    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
-    writer = metrics_lib.MetricWriter(workdir)
-    train_iter = batches("train", train.seed)
+    batch_partition = partitioning.batch_partition_spec(rules)
+    members = [_Member(i, c, w, checkpoint_config, metrics_lib.MetricWriter(w),
+                       Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
+               for i, (c, w) in enumerate(zip(configs, workdirs))]
+    sources = [batches("train", seed) for seed in data_seeds]
+    prefetcher = None
 
     try:
         with partitioning.sharding_context(mesh, rules):
             abstract, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
-            if checkpointer.latest_step() is not None:
-                state, train_iter = checkpointer.restore(with_shardings(abstract, shardings), train_iter)
-                writer.forget_after(int(state.step))
+            state_shardings = model_batch.stacked_shardings(shardings) if stacked else shardings
+
+            def initial_state():
+                if stacked:
+                    return create_stacked_train_state(model, objective, optimizer, batch_spec, mesh, rules, seeds,
+                                                      state_shardings)
+                return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)[0]
+
+            state, sources = _restore_or_init(members, abstract, shardings, sources,
+                                              lambda: batches("train", train.seed), initial_state, stacked)
+
+            if stacked:
+                def model_step(state, batch, values):
+                    # The same pure step, with this model's optimizer numbers as traced values.
+                    opt, sched = make_optimizer(opt_configs[0], values)
+                    return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
+                                           batch_spec=batch_partition)(state, batch)
+                step_fn = jax.vmap(model_step, in_axes=(0, 0 if per_model_data else None, 0))
+                extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
+                eval_fn = jax.vmap(make_eval_step(model, loss_fn), in_axes=(0, 0 if per_model_data else None))
+                member_state = model_batch.member_getter(shardings)
             else:
-                state, _ = create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)
-            train_step = jit_train_step(make_train_step(model, loss_fn, optimizer, schedule,
-                                                        microbatches=train.microbatches,
-                                                        batch_spec=partitioning.batch_partition_spec(rules)),
-                                        shardings, batch_sharding)
-            eval_step = jit_eval_step(make_eval_step(model, loss_fn), shardings.params, batch_sharding)
+                step_fn = make_train_step(model, loss_fn, optimizer, schedule, microbatches=train.microbatches,
+                                          batch_spec=batch_partition)
+                extra_args, eval_fn, member_state = (), make_eval_step(model, loss_fn), None
+            data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
+            train_block = blocks.jit_block_step(blocks.make_block_step(step_fn), state_shardings,
+                                                blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
+            eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
+            run_eval = _evaluation(eval_fn, state_shardings.params, eval_sharding,
+                                   lambda: [batches("validation", s) for s in data_seeds], train.eval_batches,
+                                   num_models, stack_models)
 
             target_len = example[objective.targets_key].shape[1]
             encoder_decoder = model_config.family == "encoder_decoder"
             source_len = example[objective.length_keys[0]].shape[1] if encoder_decoder else None
             size = metrics_lib.model_size(model_config, abstract.params, target_len, source_len)
             peak_flops = train.peak_flops or metrics_lib.measure_peak_flops(mesh.devices.flat)
-            start_step = int(state.step)
+            start_step = int(jax.device_get(state.step).reshape(-1)[0])
+            tokens_per_step = train.batch_size * target_len
+            block_len = blocks.resolve_block_len(
+                train.steps_per_call, flops_per_step=num_models * tokens_per_step * size["train_flops_per_token"],
+                peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
+            if jax.process_count() > 1:  # each process timed its own peak: all must run the same calls
+                from jax.experimental import multihost_utils
+                block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
-                     "peak %.3g FLOP/s; starting at step %d", model_config.name, f"{size['params_total']:,}",
-                     f"{size['params_embedding']:,}", f"{size['params_non_embedding']:,}",
-                     size["train_flops_per_token"], dict(mesh.shape), peak_flops, start_step)
-            if start_step == 0:
-                writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
-
-            def run_eval(params) -> dict[str, float]:
-                validation = batches("validation", train.seed)  # the same batches every time
-                return evaluate(eval_step, params, itertools.islice(validation, train.eval_batches), batch_sharding)
-
-            throughput = metrics_lib.Throughput(train.batch_size * target_len, size["train_flops_per_token"],
-                                                peak_flops)
-            last: dict[str, float] = {}
-
-            def fetch(step: int, device_metrics: Any) -> dict[str, float]:
-                """One step's metrics on the host; stops the run on NaN/Inf."""
-                values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-                if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
-                    checkpointer.wait()
-                    raise TrainingDivergedError(
-                        f"step {step}: loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; "
-                        f"stopped without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
-                        f"{checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
-                throughput.step_done()
-                last.update(values)
-                return values
+                     "peak %.3g FLOP/s; %d model(s), up to %d steps per call; starting at step %d", model_config.name,
+                     f"{size['params_total']:,}", f"{size['params_embedding']:,}",
+                     f"{size['params_non_embedding']:,}", size["train_flops_per_token"], dict(mesh.shape),
+                     peak_flops, num_models, block_len, start_step)
+            for m in members:
+                m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops)
+                if start_step == 0:
+                    m.writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
 
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
+            is_boundary = blocks.boundary_test(train.eval_every_steps, checkpoint_config.every_steps,
+                                               end_step=end_step)
+            plan = list(blocks.block_plan(start_step, end_step, block_len, is_boundary))
+            prefetcher = BlockPrefetcher(sources, plan, block_len, lambda host: partitioning.shard_batch(
+                host, blocks.block_sharding(batch_sharding, data_axes)), per_member=per_model_data)
+
+            def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:
+                """A block's metrics on the host: log them, stop a model on NaN/Inf. The step
+                `hold` (an evaluation step) is kept for its record with the eval metrics."""
+                host = {k: np.asarray(v).reshape(len(v), -1)[:num_steps]
+                        for k, v in jax.device_get(device_metrics).items()}
+                for m in members:
+                    if m.error is not None:
+                        continue
+                    if m.timed:
+                        for _ in range(num_steps):
+                            m.throughput.step_done()
+                    else:  # the first call compiled: the clock starts now, as after step 1 before
+                        m.throughput.step_done()
+                        m.timed = True
+                    speed = m.throughput.read()
+                    for j in range(num_steps):
+                        step = first + j
+                        values = {k: float(v[j, m.index]) for k, v in host.items()}
+                        if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
+                            m.error = TrainingDivergedError(
+                                f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
+                                f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
+                                f"without saving. Last good checkpoint: step {m.checkpointer.latest_step()} in "
+                                f"{m.checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
+                            m.checkpointer.wait()
+                            if not stacked:
+                                raise m.error
+                            log.warning("%s", m.error)
+                            break
+                        m.last.update(values)
+                        if step == hold:
+                            m.held = {**values, **speed}
+                        elif step % train.log_every_steps == 0:
+                            _log_step(m, step, {**values, **speed}, progress)
+
             with tqdm.tqdm(total=train.num_steps, initial=start_step, disable=not train.progress_bar
                            or jax.process_index() != 0, desc="train", unit="step") as progress:
-                pending = None  # (step, metrics) dispatched but not yet fetched
-                for step in range(start_step + 1, end_step + 1):
-                    batch = partitioning.shard_batch(next(train_iter), batch_sharding)
-                    state, step_metrics = train_step(state, batch)
-                    if pending is not None:  # fetch step t-1 now that step t is queued behind it
-                        values = fetch(*pending)
-                        if pending[0] % train.log_every_steps == 0:
-                            writer.write(pending[0], {**values, **throughput.read()})
-                            progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-                    pending = (step, step_metrics)
-                    progress.update(1)
+                step, pending = start_step, None
+                for block in prefetcher:
+                    first, step = step + 1, step + block.num_steps
+                    state, block_metrics = train_block(state, block.batches, np.int32(block.num_steps), *extra_args)
+                    if pending is not None:  # fetch the previous block now that this one is queued
+                        record(*pending, hold=None)
+                    pending = (first, block.num_steps, block_metrics)
+                    progress.update(block.num_steps)
                     save = step % checkpoint_config.every_steps == 0 or step == end_step
                     if save or step % train.eval_every_steps == 0:
-                        # Check this step before saving: a NaN state must never become a checkpoint.
-                        values, pending = fetch(step, step_metrics), None
-                        speed = throughput.read()
+                        # Check this block before saving: a NaN state must never become a checkpoint.
+                        record(*pending, hold=step)
+                        pending = None
                         eval_metrics = run_eval(state.params)
-                        writer.write(step, {**values, **speed, **eval_metrics})
-                        last.update(eval_metrics)
-                        if save:
-                            checkpointer.save(step, state, train_iter, config.to_dict(),
-                                              {BEST_METRIC: eval_metrics[BEST_METRIC]})
-                        throughput.restart()  # evaluation and saving are not training time
-                if end_step == start_step and "eval_loss" not in last:
-                    last.update(run_eval(state.params))  # nothing left to train: report the restored model
+                        for m, metrics in zip(members, eval_metrics):
+                            if m.error is not None:
+                                continue
+                            _log_step(m, step, {**m.held, **metrics}, progress)
+                            m.last.update(metrics)
+                            if save:
+                                own = state if member_state is None else member_state(state, m.index)
+                                m.checkpointer.save(step, own, block.positions[m.index if per_model_data else 0],
+                                                    m.config.to_dict(), {BEST_METRIC: metrics[BEST_METRIC]})
+                            m.throughput.restart()  # evaluation and saving are not training time
+                    if all(m.error is not None for m in members):
+                        break
+                if pending is not None:
+                    record(*pending, hold=None)
+                if end_step == start_step and not any("eval_loss" in m.last for m in members):
+                    for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
+                        m.last.update(metrics)
     finally:
-        checkpointer.close()  # waits for a save in flight
-        writer.close()
-    return dict(last)
-
+        if prefetcher is not None:
+            prefetcher.close()
+        for m in members:
+            m.checkpointer.close()  # waits for a save in flight
+            m.writer.close()
+    return [m.error if m.error is not None else dict(m.last) for m in members]

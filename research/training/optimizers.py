@@ -56,26 +56,43 @@ class OptimizerConfig:
             raise ConfigError("opt.weight_decay and opt.clip_norm must be >= 0 (0 disables).")
 
 
-def make_schedule(config: OptimizerConfig) -> Schedule:
+# The optimizer's numbers that may differ between models trained together in one program
+# (research/training/model_batch.py passes them as traced per-model values).
+HYPERPARAMETERS = ("peak", "final", "warmup", "total", "decay_start", "b1", "b2", "eps", "weight_decay", "clip_norm")
+
+
+def hyperparameters(config: OptimizerConfig) -> dict[str, float]:
+    """The schedule's breakpoints (computed here, in float64) and the optimizer's numbers."""
+    total = config.total_steps
+    return {"peak": config.learning_rate, "final": config.learning_rate * config.min_lr_ratio,
+            "warmup": float(config.warmup_steps), "total": float(total),
+            "decay_start": float(total - max(1, round(config.decay_fraction * total))),
+            "b1": config.b1, "b2": config.b2, "eps": config.eps, "weight_decay": config.weight_decay,
+            "clip_norm": config.clip_norm}
+
+
+def make_schedule(config: OptimizerConfig, values: dict[str, Any] | None = None) -> Schedule:
     """Linear warmup to the peak, then cosine decay ("cosine"), a plateau and a final linear
     decay ("wsd", warmup-stable-decay, Hu et al. 2024), or a plateau ("constant").
 
     Warmup reaches the peak at step warmup_steps - 1 so that step 0 already updates.
+    `values` (default: hyperparameters(config)) may hold traced arrays: one program then
+    serves models with different learning rates and step counts.
     """
-    peak, final = config.learning_rate, config.learning_rate * config.min_lr_ratio
-    warmup, total = config.warmup_steps, config.total_steps
-    decay_start = total - max(1, round(config.decay_fraction * total))
+    v = hyperparameters(config) if values is None else values
+    peak, final, warmup, total, decay_start = (v[k] for k in ("peak", "final", "warmup", "total", "decay_start"))
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
-        ramp = jnp.minimum(1.0, (step + 1.0) / warmup) if warmup else jnp.float32(1.0)
+        # With warmup 0 the ramp is 1 from step 0 (and `step < warmup` never holds).
+        ramp = jnp.minimum(1.0, (step + 1.0) / jnp.maximum(warmup, 1.0))
         if config.schedule == "constant":
             return peak * ramp
         if config.schedule == "cosine":
-            progress = jnp.clip((step - warmup) / max(1, total - warmup), 0.0, 1.0)
+            progress = jnp.clip((step - warmup) / jnp.maximum(1.0, total - warmup), 0.0, 1.0)
             decayed = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         else:
-            progress = jnp.clip((step - decay_start) / max(1, total - decay_start), 0.0, 1.0)
+            progress = jnp.clip((step - decay_start) / jnp.maximum(1.0, total - decay_start), 0.0, 1.0)
             decayed = peak + (final - peak) * progress
         return jnp.where(step < warmup, peak * ramp, decayed)
 
@@ -90,19 +107,25 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(config: OptimizerConfig) -> tuple[optax.GradientTransformation, Schedule]:
-    """The gradient transformation (clip, then the optimizer) and its schedule."""
-    schedule = make_schedule(config)
+def make_optimizer(config: OptimizerConfig, values: dict[str, Any] | None = None
+                   ) -> tuple[optax.GradientTransformation, Schedule]:
+    """The gradient transformation (clip, then the optimizer) and its schedule.
+
+    `values` (see make_schedule) may carry traced per-model numbers; the optimizer's kind,
+    its schedule's kind and whether clipping is on always come from `config`.
+    """
+    v = hyperparameters(config) if values is None else values
+    schedule = make_schedule(config, v)
     if config.name == "adamw":
-        core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay, mask=weight_decay_mask)
+        core = optax.adamw(schedule, b1=v["b1"], b2=v["b2"], eps=v["eps"],
+                           weight_decay=v["weight_decay"], mask=weight_decay_mask)
     elif config.name == "lion":
-        core = optax.lion(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+        core = optax.lion(schedule, b1=v["b1"], b2=v["b2"], weight_decay=v["weight_decay"],
                           mask=weight_decay_mask)
     else:
         # Adafactor factors second moments of large matrices (memory ~ rows + cols) and clips
         # updates by their RMS itself; its decay is not scaled by the learning rate.
-        core = optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None,
+        core = optax.adafactor(schedule, weight_decay_rate=v["weight_decay"] if config.weight_decay else None,
                                weight_decay_mask=weight_decay_mask)
-    chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    chain = [optax.clip_by_global_norm(v["clip_norm"])] if config.clip_norm else []
     return optax.chain(*chain, core), schedule

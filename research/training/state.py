@@ -6,7 +6,7 @@ initialiser is compiled with those `out_shardings` so each device builds only it
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -80,3 +80,14 @@ def create_train_state(model: nn.Module, objective: Objective, optimizer: optax.
 def with_shardings(abstract: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying target shardings: the restore target on any mesh."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def create_stacked_train_state(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
+                               batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh, rules: Rules,
+                               seeds: Sequence[int], stacked_shardings: TrainState) -> TrainState:
+    """K fresh states on a leading model axis, model i created exactly as
+    create_train_state(..., seeds[i]) creates it (vmap of the same initialiser; the
+    optimizer's initial state does not depend on its numbers)."""
+    init = jax.jit(jax.vmap(_initializer(model, objective, optimizer, batch_spec)), out_shardings=stacked_shardings)
+    with sharding_context(mesh, rules):
+        return init(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))

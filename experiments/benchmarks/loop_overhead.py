@@ -1,0 +1,200 @@
+"""The train loop's overhead on small models, and K models in one program against K runs.
+
+    python -m experiments.benchmarks.loop_overhead [--sizes=1e3,1e4,1e5,1e6 --steps=300 --ks=1,4,16]
+
+For ladder models (research.models.presets.scaling_ladder_config, as the scaling sweep
+builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
+  loop      s/step of research.training.train_and_evaluate (its own tokens/s record: the
+            first, compiling call and the final evaluation are not in it)
+  step      s/step of the compiled train step alone, called once per step on a batch
+            already on the device (jit_train_step; one sync at the end)
+  torch     s/step of plain PyTorch of the same shapes (/work/shared/reference/torch_gpt_ref.py)
+and the ratios loop/step (the loop's overhead) and loop/torch. Then, for K = 1, 4, 16
+models of the --k_size ladder model (learning rates differing, one shared data stream):
+the wall time of train_together against K times one run alone (measured once: the K runs
+would be identical in cost), with and without compilation.
+
+Not a test: the figures depend on the machine and on its load (printed beside them).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+
+_SIZES = flags.DEFINE_list("sizes", ["1e3", "1e4", "1e5", "1e6"], "Ladder targets (non-embedding params).")
+_STEPS = flags.DEFINE_integer("steps", 300, "Train steps per loop run (and timed compiled-step calls).")
+_KS = flags.DEFINE_list("ks", ["1", "4", "16"], "Models per program.")
+_K_SIZE = flags.DEFINE_float("k_size", 1e4, "Ladder target of the K-models comparison.")
+_K_STEPS = flags.DEFINE_integer("k_steps", 200, "Train steps of each K-models run.")
+_TORCH = flags.DEFINE_string("torch_ref", "/work/shared/reference/torch_gpt_ref.py", "Plain PyTorch script.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "OMP threads of the PyTorch run; 0: its default.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def base_config(target: float, workdir: str, steps: int, peak_flops: float):
+    """A run config of the cpu_tiny sweep's kind for the ladder model nearest `target`."""
+    from experiments.configs import scaling_laws
+    from research import data as data_lib
+    from research.models.presets import scaling_ladder_config
+
+    config = scaling_laws.get_config("cpu_tiny")
+    for section in ("sweep", "fit", "shard", "estimate"):
+        del config[section]
+    data_config = data_lib.DataConfig(**config.data.to_dict())
+    tokenizer = data_lib.build_tokenizer(data_config, os.path.join(workdir, "tokenizer"))
+    ladder = scaling_ladder_config(target, aspect=32, vocab_size=tokenizer.vocab_size, max_len=config.train.seq_len)
+    config.model.update(dict(preset="gpt2-tiny", d_model=ladder.d_model, num_layers=ladder.num_layers,
+                             num_heads=ladder.num_heads, d_ff=ladder.d_ff, max_len=ladder.max_len))
+    config.model.vocab_size = ladder.vocab_size
+    config.data.tokenizer.model_path = tokenizer.path
+    config.train.update(dict(num_steps=steps, log_every_steps=steps, eval_every_steps=10 * steps, eval_batches=1,
+                             peak_flops=peak_flops, progress_bar=False))
+    config.opt.warmup_steps = max(1, steps // 20)
+    config.checkpoint.every_steps = 10 * steps
+    return config, ladder
+
+
+def loop_seconds_per_step(config, workdir: str) -> tuple[float, float]:
+    """(steady s/step from the loop's own throughput record, wall seconds of the whole call)."""
+    from research.training import train_and_evaluate
+    from research.training.metrics import read_metrics
+    start = time.perf_counter()
+    train_and_evaluate(config, workdir)
+    wall = time.perf_counter() - start
+    last = [r for r in read_metrics(workdir) if "tokens_per_second" in r][-1]
+    tokens = config.train.batch_size * config.train.seq_len
+    return tokens / last["tokens_per_second"], wall
+
+
+def compiled_step_seconds(config, steps: int) -> float:
+    """s/step of the jitted train step alone on one resident batch (async dispatch, one sync)."""
+    from research import data as data_lib
+    from research.models import build_model, get_config
+    from research.sharding import DEFAULT_RULES
+    from research.training import losses, partitioning
+    from research.training.optimizers import OptimizerConfig, make_optimizer
+    from research.training.state import abstract_batch, create_train_state
+    from research.training.train_step import jit_train_step, make_train_step
+
+    fields = {k: v for k, v in config.model.to_dict().items() if v is not None}
+    model_config = get_config(fields.pop("preset"), **fields)
+    model = build_model(model_config)
+    objective = losses.get_objective("causal_lm", "decoder")
+    optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=steps, **config.opt.to_dict()))
+    data_config = data_lib.DataConfig(**config.data.to_dict())
+    tokenizer = data_lib.Tokenizer.load(config.data.tokenizer.model_path)
+    batch = next(data_lib.make_batch_iterator(data_config, tokenizer=tokenizer, objective="causal_lm",
+                                              batch_size=config.train.batch_size, seq_len=config.train.seq_len))
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
+    state, shardings = create_train_state(model, objective, optimizer, abstract_batch(batch), mesh, DEFAULT_RULES, 0)
+    sharding = partitioning.batch_sharding(mesh, DEFAULT_RULES)
+    step = jit_train_step(make_train_step(model, losses.make_loss_fn(objective, config.train.z_loss), optimizer,
+                                         schedule), shardings, sharding)
+    with partitioning.sharding_context(mesh, DEFAULT_RULES):
+        resident = partitioning.shard_batch(batch, sharding)
+        for _ in range(3):
+            state, metrics = step(state, resident)
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, resident)
+        jax.block_until_ready((state, metrics))
+    return (time.perf_counter() - start) / steps
+
+
+def torch_seconds_per_step(ladder, batch: int, seq: int, steps: int) -> float | None:
+    if not os.path.exists(_TORCH.value):
+        return None
+    command = [sys.executable, _TORCH.value, f"--d={ladder.d_model}", f"--layers={ladder.num_layers}",
+               f"--heads={ladder.num_heads}", f"--seq={seq}", f"--batch={batch}", f"--vocab={ladder.vocab_size}",
+               f"--steps={steps}"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(_TORCH_THREADS.value)} if _TORCH_THREADS.value else {})}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return batch * seq / float(re.search(r"tokens/s=([0-9.]+)", out).group(1))
+
+
+def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: str) -> list[dict[str, Any]]:
+    from research.training import train_and_evaluate
+    from research.training.loop import train_together
+    config, ladder = base_config(target, root, steps, peak_flops)
+    config.train.eval_every_steps = config.checkpoint.every_steps = 10 * steps
+    alone_step, alone_wall = loop_seconds_per_step(config, os.path.join(root, "alone"))
+    rows = []
+    for k in ks:
+        configs = []
+        for i in range(k):
+            one = copy.deepcopy(config)
+            one.opt.learning_rate = config.opt.learning_rate * (0.5 + i / max(k, 1))
+            configs.append(one)
+        workdirs = [os.path.join(root, f"k{k}", str(i)) for i in range(k)]
+        start = time.perf_counter()
+        train_together(configs, workdirs)
+        wall = time.perf_counter() - start
+        from research.training.metrics import read_metrics
+        tps = [r for r in read_metrics(workdirs[0]) if "tokens_per_second" in r][-1]["tokens_per_second"]
+        together_step = config.train.batch_size * config.train.seq_len / tps
+        rows.append(dict(k=k, params_non_embedding=ladder_params(ladder), together_wall_s=wall,
+                         separate_wall_s=k * alone_wall, speedup_wall=k * alone_wall / wall,
+                         together_s_per_step=together_step, separate_s_per_step=k * alone_step,
+                         speedup_steady=k * alone_step / together_step, loadavg=_loadavg()))
+        print(f"K={k:3d} ({rows[-1]['params_non_embedding']:,} params each): together {wall:7.1f} s wall, "
+              f"{together_step * 1e3:7.2f} ms/step | {k} alone {k * alone_wall:7.1f} s wall, "
+              f"{k * alone_step * 1e3:7.2f} ms/step | speedup {rows[-1]['speedup_wall']:.1f}x wall, "
+              f"{rows[-1]['speedup_steady']:.1f}x steady (load {_loadavg()})", flush=True)
+    del train_and_evaluate
+    return rows
+
+
+def ladder_params(ladder) -> int:
+    from research.models import sizing
+    return sizing.param_counts(ladder).non_embedding
+
+
+def main(argv) -> None:
+    del argv
+    from research.training.metrics import measure_peak_flops
+    peak = measure_peak_flops()
+    print(f"devices {jax.device_count()} ({jax.devices()[0].platform}); peak {peak:.3g} FLOP/s; load {_loadavg()}")
+    results: dict[str, Any] = {"peak_flops": peak, "sizes": [], "k_models": []}
+    with tempfile.TemporaryDirectory() as root:
+        for target in (float(s) for s in _SIZES.value if s):
+            config, ladder = base_config(target, root, _STEPS.value, peak)
+            loop_step, _ = loop_seconds_per_step(config, os.path.join(root, f"loop{target:g}"))
+            step = compiled_step_seconds(config, _STEPS.value)
+            torch_step = torch_seconds_per_step(ladder, config.train.batch_size, config.train.seq_len, _STEPS.value)
+            row = dict(params_non_embedding=ladder_params(ladder), d_model=ladder.d_model, layers=ladder.num_layers,
+                       loop_s=loop_step, step_s=step, overhead_s=loop_step - step, loop_over_step=loop_step / step,
+                       torch_s=torch_step, loop_over_torch=None if torch_step is None else loop_step / torch_step,
+                       loadavg=_loadavg())
+            results["sizes"].append(row)
+            torch_text = "n/a" if torch_step is None else f"{torch_step * 1e3:6.2f} ms"
+            print(f"N={row['params_non_embedding']:>9,} (D{ladder.d_model} L{ladder.num_layers}): loop "
+                  f"{loop_step * 1e3:6.2f} ms/step, step alone {step * 1e3:6.2f} ms, overhead "
+                  f"{(loop_step - step) * 1e3:6.2f} ms ({loop_step / step:.2f}x); torch {torch_text} "
+                  f"(loop/torch {row['loop_over_torch'] or float('nan'):.2f}x) (load {_loadavg()})", flush=True)
+        if [k for k in _KS.value if k]:
+            results["k_models"] = k_models(_K_SIZE.value, [int(k) for k in _KS.value if k], _K_STEPS.value, peak,
+                                           os.path.join(root, "k"))
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

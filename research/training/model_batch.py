@@ -1,0 +1,142 @@
+"""K models of one shape in one compiled program: stacked train states and a vmapped step.
+
+Models that differ only in numbers a step takes as data (seed, learning rate and the rest
+of the optimizer's numbers, see BATCHABLE) train together: their train states are stacked
+on a leading model axis and `jax.vmap` maps the one pure train step
+(research/training/train_step.py) over it, with each model's optimizer numbers passed as
+traced values (research.training.optimizers.hyperparameters). Everything that decides a
+shape or a program (model, objective, batch and sequence sizes, optimizer and schedule
+kinds, step counts, evaluation and checkpoint steps, data) must be equal; `check_trainable_together`
+says which field differs, in one line, before anything compiles.
+
+A config asks for this with `config.batched = {field: "opt.learning_rate", values: (...)}`:
+`expand_batched_axis` turns it into K configs, one per value, each trained into
+<workdir>/<field>=<value> as if alone (research.training.loop.train_together).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from research.models.config import ConfigError
+from research.training.optimizers import HYPERPARAMETERS, OptimizerConfig, hyperparameters
+
+# Config fields that may differ between models trained together.
+BATCHABLE = ("train.seed", "opt.learning_rate", "opt.warmup_steps", "opt.decay_fraction", "opt.min_lr_ratio",
+             "opt.b1", "opt.b2", "opt.eps", "opt.weight_decay", "opt.clip_norm")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
+    """(field, values) of config.batched, or None when the config trains one model."""
+    batched = config.get("batched", None)
+    if not batched or not batched.get("field", ""):
+        return None
+    field, values = batched["field"], tuple(batched.get("values", ()) or ())
+    try:
+        _get(config, field)
+    except KeyError:
+        raise ConfigError(f"batched.field={field!r} names no config field; use one of {BATCHABLE}.") from None
+    if field not in BATCHABLE:
+        raise ConfigError(f"batched.field={field!r} changes the program, so its models cannot share one; "
+                          f"batch one of {BATCHABLE}, or run the values one after another.")
+    if not values:
+        raise ConfigError(f"batched.values is empty: give the values of {field} to train together, "
+                          "e.g. --config.batched.values='(1e-3, 3e-3)'.")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"batched.values={values} repeats a value; each model needs its own workdir.")
+    return field, values
+
+
+def expand_batched_axis(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, list[str]]:
+    """([config per model], [workdir per model]); one of each when nothing is batched."""
+    axis = batched_axis(config)
+    if axis is None:
+        return [config], [workdir]
+    field, values = axis
+    configs, workdirs = [], []
+    for value in values:
+        one = copy.deepcopy(config)
+        one.batched = ml_collections.ConfigDict(dict(field="", values=()))
+        _set(one, field, type(_get(config, field))(value))
+        configs.append(one)
+        workdirs.append(f"{workdir}/{field}={value}")
+    return configs, workdirs
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    items = config.items() if hasattr(config, "items") else ()
+    out = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_trainable_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]) -> None:
+    """One line naming the first field that keeps these configs out of one program."""
+    if len(configs) != len(workdirs) or not configs:
+        raise ConfigError(f"{len(configs)} configs and {len(workdirs)} workdirs: give one workdir per config.")
+    if len(set(workdirs)) != len(workdirs):
+        raise ConfigError("two models share a workdir; give each model its own.")
+    ignored = set(BATCHABLE) | {"batched.field", "batched.values", "train.progress_bar"}
+    reference = _flat(configs[0])
+    for index, config in enumerate(configs[1:], start=1):
+        flat = _flat(config)
+        for name in sorted(set(reference) | set(flat)):
+            if name in ignored or reference.get(name) == flat.get(name):
+                continue
+            raise ConfigError(f"models 0 and {index} differ in {name} ({reference.get(name)!r} vs {flat.get(name)!r}): "
+                              f"models trained in one program must share their shapes and settings; only "
+                              f"{', '.join(BATCHABLE)} may differ.")
+    clips = {bool(c.opt.clip_norm) for c in configs}
+    if len(clips) > 1:
+        raise ConfigError("opt.clip_norm is 0 for some models and not for others; clipping on/off is part of the "
+                          "program: use a large clip_norm instead of 0.")
+
+
+def stacked_hyperparameters(opt_configs: Sequence[OptimizerConfig]) -> dict[str, jax.Array]:
+    """{name: float32 [K]}: each model's optimizer numbers, the vmapped step's traced input."""
+    per_model = [hyperparameters(c) for c in opt_configs]
+    return {k: jnp.asarray(np.array([v[k] for v in per_model], np.float32)) for k in HYPERPARAMETERS}
+
+
+def stacked_shardings(shardings: Any) -> Any:
+    """A model axis in front of every sharding (not split: each device holds all K models' shards)."""
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), shardings)
+
+
+def stack_states(states: Sequence[Any], shardings: Any) -> Any:
+    """K train states (restored one by one) -> one stacked state."""
+    return jax.jit(lambda *trees: jax.tree.map(lambda *x: jnp.stack(x), *trees),
+                   out_shardings=stacked_shardings(shardings))(*states)
+
+
+def member_getter(shardings: Any):
+    """(stacked state, index) -> that model's state, laid out as if trained alone."""
+    return jax.jit(lambda stacked, index: jax.tree.map(lambda x: x[index], stacked), out_shardings=shardings)

@@ -1,0 +1,79 @@
+"""Several steps per compiled call change nothing but speed: same losses, same eval and
+checkpoint steps, exact resume after kill -9."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from research.models.config import ConfigError
+from research.training import blocks, train_and_evaluate
+from research.training.metrics import read_metrics
+
+from tests.training.conftest import run_config
+from tests.training.test_resume import REPO, assert_same_run, cli_overrides, latest_checkpoint, per_step
+
+
+def test_block_plan_ends_calls_at_every_boundary():
+    is_boundary = blocks.boundary_test(4, 6, end_step=11)
+    plan = list(blocks.block_plan(0, 11, 5, is_boundary))
+    ends = [sum(plan[:i + 1]) for i in range(len(plan))]
+    assert plan[0] == 1 and sum(plan) == 11 and max(plan) <= 5
+    assert {4, 6, 8, 11} <= set(ends)  # every evaluation / checkpoint step ends a call
+    assert list(blocks.block_plan(8, 11, 5, is_boundary)) == [1, 2]  # resumed at a checkpoint
+
+
+def test_auto_block_length_is_long_for_small_steps_and_one_for_large():
+    assert blocks.auto_block_len(1e6, 1e11, 10_000) == blocks.MAX_AUTO_BLOCK
+    assert blocks.auto_block_len(1e13, 1e11, 10_000) == 1
+    assert blocks.auto_block_len(1e6, 1e11, blocks.MAX_BLOCK_BYTES // 3) == 3
+
+
+def test_blocked_steps_are_bit_identical_to_one_step_per_call(tokenizers, compilation_cache, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=9, eval_every_steps=4)
+    config.model.dropout_rate = 0.1  # per-step dropout keys must match too
+    config.checkpoint.every_steps = 6
+    config.train.steps_per_call = 1
+    one = train_and_evaluate(config, str(tmp_path / "one"))
+    config.train.steps_per_call = 5  # calls of 1, 3 (to step 4), 2 (to 6), 2 (to 8), 1
+    blocked = train_and_evaluate(config, str(tmp_path / "blocked"))
+    assert_same_run(per_step(tmp_path / "blocked"), per_step(tmp_path / "one"), 9)
+    evals = lambda w: [(r["step"], r["eval_loss"]) for r in read_metrics(w) if "eval_loss" in r]
+    assert evals(tmp_path / "blocked") == evals(tmp_path / "one") and [s for s, _ in evals(tmp_path / "one")] == \
+        [4, 6, 8, 9]
+    assert blocked == one
+    assert sorted(int(d) for d in os.listdir(tmp_path / "blocked" / "checkpoints") if d.isdigit()) == [6, 9]
+
+
+def test_negative_steps_per_call_is_one_line_before_compiling(tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"])
+    config.train.steps_per_call = -2
+    with pytest.raises(ConfigError, match=r"train.steps_per_call=-2 must be >= 1, or 0") as error:
+        train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def kill_after_checkpoint(command, checkpoint_dir, env):
+    """Start `command`, SIGKILL it once `checkpoint_dir` exists; returns its output."""
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not checkpoint_dir.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0].decode()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{output[-3000:]}"
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+
+
+def test_kill_9_blocked_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
+    steps = 40
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    workdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny",
+               f"--workdir={workdir}", *cli_overrides(config)]
+    kill_after_checkpoint(command, workdir / "checkpoints" / "4", compilation_cache)
+    assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)

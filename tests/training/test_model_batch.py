@@ -1,0 +1,122 @@
+"""K models in one program train exactly as each would alone; a diverging one is named and
+the others go on; configs that cannot share a program are refused in one line."""
+import copy
+import sys
+
+import numpy as np
+import pytest
+
+from research.models.config import ConfigError
+from research.training import TrainingDivergedError, model_batch, train_and_evaluate
+from research.training.loop import train_together
+from research.training.metrics import read_metrics
+
+from tests.training.conftest import run_config
+from tests.training.test_blocked_loop import kill_after_checkpoint
+from tests.training.test_resume import PER_STEP, assert_same_run, cli_overrides, per_step
+
+
+def _close_runs(batched, alone, num_steps):
+    assert sorted(batched) == sorted(alone) == list(range(1, num_steps + 1))
+    for step in alone:
+        for key in PER_STEP:
+            np.testing.assert_allclose(batched[step][key], alone[step][key], rtol=1e-6, err_msg=f"{step} {key}")
+
+
+def _member(config, **changes):
+    one = copy.deepcopy(config)
+    for dotted, value in changes.items():
+        section, field = dotted.split(".")
+        one[section][field] = value
+    return one
+
+
+def test_models_trained_together_equal_models_trained_alone(tokenizers, compilation_cache, tmp_path):
+    steps = 6
+    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=4)
+    base.model.dropout_rate = 0.1
+    # Different seeds (so different data order, init and dropout) and learning rates, one program.
+    configs = [_member(base, **{"train.seed": 0, "opt.learning_rate": 1e-3}),
+               _member(base, **{"train.seed": 1, "opt.learning_rate": 3e-3, "opt.weight_decay": 0.0})]
+    workdirs = [str(tmp_path / "together" / name) for name in ("a", "b")]
+    results = train_together(configs, workdirs)
+    for config, workdir, result, name in zip(configs, workdirs, results, ("a", "b")):
+        alone = train_and_evaluate(config, str(tmp_path / "alone" / name))
+        _close_runs(per_step(workdir), per_step(tmp_path / "alone" / name), steps)
+        assert result["eval_loss"] == pytest.approx(alone["eval_loss"], rel=1e-6)
+        assert sorted(d for d in (tmp_path / "together" / name / "checkpoints").iterdir() if d.name.isdigit()) \
+            and read_metrics(workdir)[0]["params_total"] > 0
+    # The batched axis of a config: same seed, so one data stream shared by both models.
+    base.batched.field, base.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    train_and_evaluate(base, str(tmp_path / "axis"))
+    _close_runs(per_step(tmp_path / "axis" / "opt.learning_rate=0.001"), per_step(tmp_path / "alone" / "a"), steps)
+    lr = [r["learning_rate"] for r in read_metrics(tmp_path / "axis" / "opt.learning_rate=0.002") if "loss" in r]
+    assert max(lr) == pytest.approx(2e-3)
+
+
+def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
+    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, steps_per_call=3)
+    base.opt.warmup_steps = 0
+    configs = [_member(base, **{"opt.learning_rate": 1e-3}), _member(base, **{"opt.learning_rate": 1e35}),
+               _member(base, **{"opt.learning_rate": 2e-3})]
+    workdirs = [str(tmp_path / str(i)) for i in range(3)]
+    results = train_together(configs, workdirs)
+    assert isinstance(results[1], TrainingDivergedError)
+    assert str(results[1]).startswith(f"model 1 ({workdirs[1]}): step ") and "not finite" in str(results[1])
+    bad_step = int(str(results[1]).split("step ")[1].split(":")[0])
+    assert [r["step"] for r in read_metrics(workdirs[1]) if "loss" in r] == list(range(1, bad_step))
+    assert not (tmp_path / "1" / "checkpoints" / "6").exists()
+    for i in (0, 2):
+        assert np.isfinite(results[i]["eval_loss"]) and (tmp_path / str(i) / "checkpoints" / "6").exists()
+        assert [r["step"] for r in read_metrics(workdirs[i]) if "loss" in r] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(field="model.d_model2", values=(1, 2)), r"batched.field='model.d_model2' names no config field"),
+    (dict(field="model.d_model", values=(16, 32)), r"batched.field='model.d_model' changes the program"),
+    (dict(field="opt.learning_rate", values=()), r"batched.values is empty"),
+])
+def test_bad_batched_axis_is_one_line_before_compiling(change, message, tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"])
+    config.batched.update(change)
+    with pytest.raises(ConfigError, match=message) as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_models_of_different_shapes_are_refused_in_one_line(tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"])
+    wider = _member(config, **{"model.d_model": 64})
+    with pytest.raises(ConfigError, match=r"models 0 and 1 differ in model.d_model \(None vs 64\)") as error:
+        train_together([config, wider], [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "\n" not in str(error.value) and not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="share a workdir"):
+        train_together([config, config], [str(tmp_path / "a")] * 2)
+
+
+def test_kill_9_batched_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
+    steps = 40
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
+    config.batched.field, config.batched.values = "train.seed", (0, 1)
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    workdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny",
+               f"--workdir={workdir}", *cli_overrides(config)]
+    kill_after_checkpoint(command, workdir / "train.seed=1" / "checkpoints" / "4", compilation_cache)
+    for name in ("train.seed=0", "train.seed=1"):
+        assert_same_run(per_step(workdir / name), per_step(tmp_path / "whole" / name), steps)
+
+
+def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokenizers, compilation_cache, tmp_path):
+    """Model 1 lost its step-8 checkpoint (killed mid-save): both continue from step 4, exactly."""
+    import shutil
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=10, steps_per_call=3)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    config.train.stop_after_steps = 8
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    shutil.rmtree(tmp_path / "cut" / "opt.learning_rate=0.002" / "checkpoints" / "8")
+    config.train.stop_after_steps = 0
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    for name in ("opt.learning_rate=0.001", "opt.learning_rate=0.002"):
+        assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
