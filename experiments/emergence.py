@@ -82,6 +82,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     final_names = list(ev.get("final_tasks", ()))
     final_entries = []
     if final_names:
+        if int(ev.get("final_num_test", 0)) < 1:
+            raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= 1 when eval.final_tasks is set "
+                              "(e.g. 1000 items per task).")
         final_tasks = {name: catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train, seed=ev.seed)
                        for name in final_names}
         longest = max(t.spec.max_new_tokens for t in final_tasks.values())

@@ -49,7 +49,7 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
               records: Sequence[dict]) -> tuple[dict | None, str]:
     """(fit.json's content, a note) for the sweep in `workdir`; (None, why) when it cannot be fitted."""
-    order1 = order1_entropy(config, plan) if config.fit.get("plateau_rule", True) else None
+    order1 = order1_entropy(config, plan, workdir) if config.fit.get("plateau_rule", True) else None
     records = mark_plateau_runs(records, order1)
     write_tables(records, workdir)  # runs.csv now says which runs the plateau rule left out
     ok = [r for r in records if r["status"] == "ok"]
@@ -100,7 +100,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     return report, summary(report)
 
 
-def order1_entropy(config: ml_collections.ConfigDict, plan: Any) -> float | None:
+def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> float | None:
     """H(X_t+1 | X_t) of the training text in nats per token: exact on the synthetic corpus,
     the plug-in estimate from up to 2M validation tokens otherwise; None if it cannot be had."""
     if config.data.source == "synthetic":
@@ -113,10 +113,8 @@ def order1_entropy(config: ml_collections.ConfigDict, plan: Any) -> float | None
     try:
         from research import data as data_lib
         from research.scaling.plateau import order1_entropy_nats
-        tokenizer = data_lib.Tokenizer.load(plan.data_config.tokenizer.model_path) \
-            if plan.data_config.tokenizer.model_path else None
-        if tokenizer is None:
-            return None
+        # The sweep's one tokenizer: the given model, or the one it trained into the workdir.
+        tokenizer = data_lib.build_tokenizer(plan.data_config, workdir)
         documents = data_lib.document_source(plan.data_config, "validation")
         sequences, total = [], 0
         for i in range(len(documents)):
