@@ -11,9 +11,11 @@
      sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it;
   4. workdir/runs.csv, runs.jsonl and curves.csv are rewritten after every run
      (research/scaling/sweep_records.py);
-  5. when no run is pending, research.scaling.report fits runs.csv into
-     workdir/fit.json and plots, and a "sweep" section adds Approach 1 over the training
-     curves and, on the synthetic corpus, the true irreducible loss beside the fitted E.
+  5. when no run is pending, experiments/scaling_laws/sweep_fit.py marks early-plateau runs,
+     fits runs.csv under nominal and exact accounting into workdir/fit.json and plots, and
+     adds a "sweep" section (Approach 1 over final losses, N_opt exponents side by side, the
+     held-out budget, seed noise, and on the synthetic corpus the reachable loss beside E).
+     curves.csv (training curves) is written for plots; no fit reads it.
 """
 from __future__ import annotations
 
