@@ -29,6 +29,10 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tensorflow-datasets>=4.9.7",
     "tqdm>=4.66",
+    # fine-tuning task metrics (research/finetune/evaluators.py)
+    "scikit-learn>=1.4",
+    "rouge-score>=0.1.2",
+    "sacrebleu>=2.4",
 ]
 # Optional features: reading PyTorch .bin checkpoints (torch) and Hugging Face tokenizer
 # folders (transformers). The runtime never imports them otherwise (research/optional_imports.py).
@@ -44,6 +48,8 @@ TEST_REQUIRES = HF_REQUIRES + [  # torch + transformers: reference implementatio
     "nbformat>=5.10",
     "ipykernel>=6.29",
     "lm-eval>=0.4.9",
+    "trl>=1.0",  # DPO / IPO loss reference
+    "peft>=0.13",  # LoRA layer reference
     *WANDB_REQUIRES,  # optional W&B logging, tested offline
 ]
 LM_EVAL_REQUIRES = ["lm-eval>=0.4.9"]  # research/evaluation/lm_eval_adapter.py

@@ -45,7 +45,8 @@ class StudyPlan:
     """Everything the study will do, built and checked before any compilation."""
 
     sizes: dict[str, Any]  # size name -> ModelConfig
-    eval_entries: list  # research.evaluation.suite.SuiteEntry
+    eval_entries: list  # research.evaluation.suite.SuiteEntry, evaluated at every checkpoint
+    final_entries: list  # evaluated at the final checkpoint only (the many-item mirage tasks)
     train_tasks: dict[str, Any]  # task name -> Task whose "train" split holds the training problems
     fingerprint: str  # of everything that decides evaluation results
 
@@ -78,11 +79,22 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     budget = max(t.spec.max_new_tokens for t in eval_tasks.values())
     eval_tasks = {n: make_task(t.spec.replace(max_new_tokens=budget), t.splits) for n, t in eval_tasks.items()}
     entries = plan_suite(list(ev.tasks), list(ev.shots), tasks=eval_tasks)
+    final_names = list(ev.get("final_tasks", ()))
+    final_entries = []
+    if final_names:
+        if int(ev.get("final_num_test", 0)) < 1:
+            raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= 1 when eval.final_tasks is set "
+                              "(e.g. 1000 items per task).")
+        final_tasks = {name: catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train, seed=ev.seed)
+                       for name in final_names}
+        longest = max(t.spec.max_new_tokens for t in final_tasks.values())
+        final_tasks = {n: make_task(t.spec.replace(max_new_tokens=longest), t.splits) for n, t in final_tasks.items()}
+        final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
                            "model": config.model.to_dict()})
-    return StudyPlan(models, entries, train_tasks, fingerprint)
+    return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 
 def _with_cue(task: Any, cue: str) -> Any:
@@ -114,7 +126,7 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
             raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
                               "use a new --workdir (or delete its runs/ and data/).")
         mixture = config.mixture
-        held_out = [entry.task for entry in plan.eval_entries]
+        held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
         parts = {name: task_documents(task, examples_per_document=tuple(mixture.examples_per_document),
                                       seed=mixture.seed, held_out=held_out)
                  for name, task in plan.train_tasks.items()}
@@ -150,7 +162,6 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
     from research.training.checkpoint_loading import checkpoint_steps_in, restore_params
     from research.evaluation.harness import Harness
     from research.evaluation.results_table import read_rows, write_rows
-    from research.evaluation.suite import run_suite
     from research.models import build_model, sizing
 
     model_config = plan.sizes[size]
@@ -174,25 +185,59 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
         params = restore_params(os.path.join(run_dir, "checkpoints", str(step)))
         harness = Harness(model, params, tokenizer, batch_size=config.eval.batch_size,
                           min_bucket=config.eval.min_bucket)
-        results = run_suite(harness, plan.eval_entries)
+        entries = plan.eval_entries + (plan.final_entries if step == train.num_steps else [])
+        results = evaluate_with_items(harness, entries)
         write_rows(results, stem, metadata={"fingerprint": plan.fingerprint})
         rows.extend({**identity, **row} for row in results)
         log(f"  evaluated {size} step {step} in {time.perf_counter() - start:.0f} s")
     return rows
 
 
+def evaluate_with_items(harness: Any, entries: list) -> list[dict[str, Any]]:
+    """run_suite's rows, each with "items": its per-example values of the metrics that item
+    bootstraps, teacher-forced p and the p^L comparison need (study_report.ITEM_METRICS)."""
+    from research.evaluation.evaluator import evaluate
+    from research.evaluation.study_report import ITEM_METRICS
+
+    rows = []
+    for entry in entries:
+        result = evaluate(harness, entry.task, num_fewshot=entry.num_fewshot)
+        items = {m: [float(e[m]) for e in result.examples] for m in ITEM_METRICS
+                 if result.examples and m in result.examples[0]}
+        rows.append({"task": entry.name, "num_shots": entry.num_fewshot, "chain_of_thought": entry.chain_of_thought,
+                     "num_examples": len(result.examples), **result.metrics, "items": items})
+    return rows
+
+
 def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str) -> dict[str, str]:
-    """results, summary (shape metrics across sizes), plots and report.md under <workdir>/report."""
+    """results, summary (shape metrics across sizes), mirage and transition tables, plots and
+    report.md under <workdir>/report."""
     from research.evaluation.plots import plot_grid
     from research.evaluation.results_table import format_table, write_rows
-    from research.evaluation.study_report import curve_summary
+    from research.evaluation.study_report import (curve_summary, mirage_table, noisy_curve_summary,
+                                                  transition_table)
 
     report_dir = os.path.join(workdir, "report")
+    rows_with_items, rows = rows, [{k: v for k, v in r.items() if k != "items"} for r in rows]
     finals = [r for r in rows if r["final"]]
-    summary = curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
-                            metrics=tuple(config.report.metrics))
+    finals_with_items = [r for r in rows_with_items if r["final"]]
+    # Shape metrics with item-bootstrap intervals and the noise rule where per-item values
+    # exist (every metric of emergence_metrics.curve_shape_with_noise); the paper's bare
+    # values for the rest.
+    summary = noisy_curve_summary(finals_with_items, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                  metrics=tuple(config.report.metrics))
+    covered = {(r["task"], r["num_shots"], r["metric"]) for r in summary}
+    summary += [r for r in curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                         metrics=tuple(config.report.metrics))
+                if (r["task"], r["num_shots"], r["metric"]) not in covered]
+    mirage = mirage_table([r for r in finals_with_items if r["task"] in set(config.eval.get("final_tasks", ()))])
+    transition_task = config.report.get("transition_task")
+    transition = transition_table(rows_with_items, transition_task,
+                                  ("exact_match", "teacher_forced_accuracy")) if transition_task else []
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
-             "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"]}
+             "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
+             "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
+             "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"]}
     metrics = tuple(config.report.plot_metrics)
     setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
     base = lambda r: r["task"].removesuffix("_cot")
@@ -213,15 +258,60 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                           panel=lambda r: r["task"], series=lambda r: f"{r['num_shots']}-shot",
                                           path=os.path.join(report_dir, "zero_vs_few_shot.png"),
                                           x_label="non-embedding parameters")
-    table = format_table(summary, ["task", "num_shots", "metric", "values", "linearity", "breakthroughness"])
-    finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
+    if mirage:
+        paths["mirage_plot"] = plot_grid(mirage, x="params_non_embedding", metrics=("exact_match", "p_to_the_L", "p"),
+                                         panel=lambda r: "", series=lambda r: r["task"],
+                                         path=os.path.join(report_dir, "mirage.png"), x_label="non-embedding parameters",
+                                         title="exact match vs p^L (teacher-forced per-token accuracy p)")
+    if transition:
+        paths["transition_plot"] = plot_grid(transition, x="tokens", metrics=("exact_match", "teacher_forced_accuracy"),
+                                             panel=lambda r: "", series=lambda r: r["size"],
+                                             path=os.path.join(report_dir, "transition.png"),
+                                             x_label="training tokens", title=f"{transition_task} along training")
     paths["report"] = os.path.join(report_dir, "report.md")
     with open(paths["report"], "w", encoding="utf-8") as f:
-        f.write(f"# Emergence study\n\nSizes: {', '.join(config.sizes)}; {config.train.num_steps} steps of "
-                f"{config.train.batch_size} x {config.train.seq_len} tokens each.\n\n## Across sizes (end of "
-                f"training), values ordered by size\n\n```\n{table}\n```\n\n## Final checkpoints\n\n"
-                f"```\n{finals_table}\n```\n")
+        f.write(_report_markdown(config, summary, mirage, transition, finals))
     return paths
+
+
+def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Rows with each `name` shown as 'value [low, high]' (its item-bootstrap 80% interval)."""
+    out = []
+    for row in rows:
+        shown = dict(row)
+        for name in names:
+            interval = row.get(f"{name}_interval")
+            if name in row and row[name] is not None:
+                shown[name] = f"{row[name]:.4g}" + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
+        out.append(shown)
+    return out
+
+
+def _report_markdown(config, summary, mirage, transition, finals) -> str:
+    from research.evaluation.emergence_metrics import NOISE_Z
+    from research.evaluation.results_table import format_table
+
+    shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
+                          ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
+                           "breakthroughness"])
+    text = (f"# Emergence study\n\nSizes: {', '.join(config.sizes)}; {config.train.num_steps} steps of "
+            f"{config.train.batch_size} x {config.train.seq_len} tokens each. Intervals: 80% item bootstrap. "
+            f"Linearity / breakthroughness (Srivastava et al. 2022, App. B) are shown only where the total "
+            f"improvement I exceeds {NOISE_Z:g} bootstrap standard errors (research/evaluation/emergence_metrics.py)."
+            f"\n\n## Across sizes (end of training), values ordered by size\n\n```\n{shapes}\n```\n")
+    if mirage:
+        table = format_table(_interval_text(mirage, ["exact_match", "p", "p_to_the_L", "target_log_prob",
+                                                     "token_edit_distance"]),
+                             ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "p",
+                              "target_log_prob", "token_edit_distance"])
+        text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy, L = answer "
+                 f"tokens)\n\n```\n{table}\n```\n")
+    if transition:
+        table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
+                             ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
+        text += f"\n## Transition along training ({transition[0]['task']})\n\n```\n{table}\n```\n"
+    finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
+    return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = print) -> dict[str, str]:
@@ -257,6 +347,20 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     return paths
 
 
+def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Training FLOPs of every size (sizing's exact train FLOPs per token x tokens) and the time
+    they take at config.estimate's peak FLOP/s and MFU: an estimate, not a measurement."""
+    from research.models import get_config, sizing
+
+    train = config.train
+    tokens = train.num_steps * train.batch_size * train.seq_len
+    flops = {size: float(sizing.flops_per_token(get_config(size, **dict(config.model)), train.seq_len,
+                                                include_embedding=True).train) * tokens for size in config.sizes}
+    seconds = sum(flops.values()) / (config.estimate.peak_flops * config.estimate.mfu)
+    return {"flops": flops, "total_flops": sum(flops.values()), "seconds": seconds,
+            "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
+
+
 def _read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
@@ -275,7 +379,8 @@ def _define_flags() -> None:
     # Defined only when run as a program: importing this module (tests) adds no global flags.
     config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
     flags.DEFINE_string("workdir", None, "Directory for data, runs, evaluations and the report.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.DEFINE_bool("dry_run", False, "Print the training FLOPs and the estimated time; train nothing.")
+    flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -286,6 +391,16 @@ def main(argv):
     from research.data import DataError
     from research.training import TrainingDivergedError
 
+    if flags.FLAGS.dry_run:
+        estimate = estimated_training(flags.FLAGS.config)
+        for size, flops in estimate["flops"].items():
+            print(f"{size:12s} {flops:.3g} training FLOPs")
+        print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
+              f"{estimate['mfu']:.0%} MFU of {estimate['peak_flops']:.3g} FLOP/s (an estimate from FLOPs; the MFU is "
+              "config.estimate.mfu, evaluation not included)")
+        return
+    if not flags.FLAGS.workdir:
+        sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
     try:
         run_study(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ConfigError, DataError, TrainingDivergedError) as error:

@@ -8,6 +8,7 @@ import pytest
 @pytest.mark.parametrize("module, config", [
     ("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tinyy"),
     ("experiments.scaling_laws", "experiments/configs/scaling_laws.py:cpu_tinyy"),
+    ("experiments.finetune", "experiments/configs/finetune.py:sft_tinyy"),
 ])
 def test_unknown_preset_is_one_line(module, config, tmp_path):
     result = subprocess.run([sys.executable, "-m", module, f"--config={config}", f"--workdir={tmp_path}"],

@@ -130,3 +130,22 @@ def test_cli_prints_the_checkpoints_text(run_dir, tmp_path):
         "error: --top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "
         "(e.g. --temperature=0.8)."]
     assert not [name for name in os.listdir(run_dir) if name.startswith(("generat", "evaluations"))]
+
+
+def test_a_damaged_latest_checkpoint_falls_back_and_an_explicit_one_is_one_line(run_dir, tmp_path, caplog):
+    import shutil
+
+    from research.training.checkpoint_loading import DamagedCheckpointError, load_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    # A second step whose state files were truncated (a save killed mid-write).
+    shutil.copytree(run / "checkpoints" / "1", run / "checkpoints" / "2")
+    for path in (run / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        loaded = load_checkpoint(str(run))
+    assert loaded.step == 1 and "cannot be read" in caplog.text
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoint .*/2' cannot be read .* pick another step") as error:
+        load_checkpoint(str(run), step=2)
+    assert "\n" not in str(error.value)

@@ -20,6 +20,7 @@ EXPECTED = {
     "scaling_laws.ipynb": ([r"15 runs, ", r"plots: \['law_contours.png', 'loss_vs_compute.png', 'isoflop.png'\]",
                             r"fitted \(approach 3\)"], 3),
     "emergence.ipynb": ([r"'vs_params.png'", r"breakthroughness"], 2),
+    "finetuning.ipynb": ([r"eval_loss: before \d+\.\d+ -> after \d+\.\d+", r"config\.json"], 0),
 }
 
 

@@ -1,8 +1,8 @@
 """Emergence study configs: a ladder of decoders trained on the stdlib corpus mixed with task
 training data, evaluated on held-out task instances (experiments/emergence.py).
 
-Launch (cpu_tiny: 5 sizes, 1e4 to 1e6 non-embedding parameters, 400 steps each; under 20 minutes on
-2 CPU cores, most of it training the largest size):
+Launch (cpu_tiny: 5 sizes, 1e4 to 1e6 non-embedding parameters, 400 steps each; copying evaluated
+at every checkpoint, addition of 2 to 6 digits (1000 items each) at the end):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
@@ -18,11 +18,13 @@ Fields:
                 examples_per_document: (fewest, most) problems per training document
   tokenizer     research.data.TokenizerConfig fields; trained once on the mixture
   train / opt / checkpoint / mesh   as in experiments/configs/pretrain.py, shared by all sizes
-  eval          held-out evaluation: tasks, shots, num_test documents per task, few-shot pool
+  eval          held-out evaluation: tasks, shots, num_test documents per task (every checkpoint),
+                final_tasks / final_shots / final_num_test (final checkpoint only), few-shot pool
                 (num_train), seed; cot_description: the line that opens chain-of-thought
                 prompts (and their training documents), so a zero-shot prompt says which
                 format is wanted
-  report        metrics summarised and plotted
+  report        metrics summarised and plotted; transition_task: the task whose curve along
+                training is tabled and plotted (transition.png)
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import ml_collections
 
 from research.sharding import DEFAULT_RULES
 
-PRESETS = ("cpu_tiny", "micro")
+PRESETS = ("cpu_tiny", "gpu_host", "micro")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -39,9 +41,12 @@ def _base() -> ml_collections.ConfigDict:
     # float32 compute: on CPU bf16 is emulated and slower.
     config.model = ml_collections.ConfigDict(dict(vocab_size=512, max_len=256, dtype="float32",
                                                   param_dtype="float32", dropout_rate=0.0))
+    # Addition of 2 to 6 digits (answers of 2 to 7 digit tokens) for the mirage, and copying
+    # (induction, Olsson et al. 2022) for a genuine transition: a 1-layer model cannot form an
+    # induction head, a 2-layer one can (scale-1e4 and 3e4 have 1 layer, 1e5 and up 2 or more).
     config.mixture = ml_collections.ConfigDict(dict(
         corpus_fraction=0.2, examples_per_document=(1, 16), seed=1,
-        tasks={"addition_2digit": 30_000, "addition_2digit_cot": 8_000}))
+        tasks={**{f"addition_{k}digit": 8_000 for k in range(2, 7)}, "copying": 10_000}))
     config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, max_training_chars=2_000_000))
     config.train = ml_collections.ConfigDict(dict(
         num_steps=400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
@@ -55,12 +60,21 @@ def _base() -> ml_collections.ConfigDict:
     # Every checkpoint is kept: each is evaluated, giving the curves along training.
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
+    # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
     config.eval = ml_collections.ConfigDict(dict(
-        tasks=("addition_2digit", "addition_2digit_cot"), shots=(0, 2), num_test=100, num_train=64,
-        seed=0, batch_size=50, min_bucket=64, cot_description="Work it out step by step.\n"))
+        tasks=("copying",), shots=(0,), num_test=200, num_train=64,
+        final_tasks=tuple(f"addition_{k}digit" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
+        seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
+    # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
+    # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
+    # 10% MFU assumed: the loop reached ~6% on 1e4-parameter models (issue 8), more on larger ones).
+    config.estimate = ml_collections.ConfigDict(dict(peak_flops=50e9, mfu=0.1))
     config.report = ml_collections.ConfigDict(dict(
-        metrics=("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob", "brier_score"),
-        plot_metrics=("exact_match", "token_accuracy", "target_log_prob")))
+        metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
+                 "token_edit_distance", "token_accuracy", "brier_score"),
+        plot_metrics=("exact_match", "teacher_forced_accuracy", "target_log_prob"),
+        transition_task="copying"))
     return config
 
 
@@ -69,6 +83,20 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
     config = _base()
     if arg == "cpu_tiny":
         pass
+    elif arg == "gpu_host":
+        # One 8-GPU host: a 7-size ladder 1e5 .. 1e8 non-embedding parameters, 20000 steps of
+        # 128 x 256 tokens in bf16. `--dry_run` prints the training FLOPs and the time at
+        # config.estimate's peak and MFU. The MFU is an assumption, not a measurement (no
+        # accelerator was lent to the session that wrote this); use the `mfu` research.training
+        # logs on the host.
+        config.sizes = tuple(f"scale-{m}e{e}" for e in range(5, 9) for m in (1, 3) if (m, e) != (3, 8))
+        config.model.update(dict(dtype="bfloat16", max_len=256))
+        config.train.update(dict(num_steps=20000, batch_size=128, seq_len=256, eval_every_steps=1000))
+        config.opt.update(dict(learning_rate=1e-3, warmup_steps=200))
+        config.checkpoint.every_steps = 2000
+        config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
+        config.mixture.tasks = {**{f"addition_{k}digit": 200_000 for k in range(2, 7)}, "copying": 200_000}
+        config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":
         config.sizes = ("scale-1e4", "scale-3e4")
         config.model.max_len = 128
@@ -81,7 +109,9 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.opt.warmup_steps = 1
         config.checkpoint.every_steps = 2
         config.eval.update(dict(tasks=("addition_1digit", "addition_1digit_cot"), shots=(0, 1), num_test=4,
-                                num_train=8, batch_size=4, min_bucket=128))
+                                num_train=8, batch_size=4, min_bucket=128, final_tasks=("addition_2digit",),
+                                final_num_test=8))
+        config.report.transition_task = "addition_1digit"
     else:
         raise ValueError(f"unknown emergence preset {arg!r}; choose one of {PRESETS}.")
     return config

@@ -28,7 +28,7 @@ _COMPUTE_BUDGET = flags.DEFINE_float("compute_budget", GOPHER_BUDGET,
                                      "FLOPs to plan for (default: Gopher's training budget).")
 _PREDICT_N = flags.DEFINE_float("predict_N", None, "Parameters of a model whose loss to predict (with --predict_D).")
 _PREDICT_D = flags.DEFINE_float("predict_D", None, "Tokens of a model whose loss to predict (with --predict_N).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples for Approach 3's intervals (0 = none).")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 4000, "Bootstrap resamples for Approach 3's intervals (0 = none).")
 _CONFIDENCE = flags.DEFINE_float("confidence", 0.8, "Interval coverage: 0.8 = 10th-90th percentiles.")
 _INIT_GRID = flags.DEFINE_enum("init_grid", "paper", ["paper", "coarse"],
                                "Approach 3 starts: the paper's 4500-point grid, or a 72-point one for quick looks.")

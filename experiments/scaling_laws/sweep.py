@@ -11,9 +11,11 @@
      sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it;
   4. workdir/runs.csv, runs.jsonl and curves.csv are rewritten after every run
      (research/scaling/sweep_records.py);
-  5. when no run is pending, research.scaling.report fits runs.csv into
-     workdir/fit.json and plots, and a "sweep" section adds Approach 1 over the training
-     curves and, on the synthetic corpus, the true irreducible loss beside the fitted E.
+  5. when no run is pending, experiments/scaling_laws/sweep_fit.py marks early-plateau runs,
+     fits runs.csv under nominal and exact accounting into workdir/fit.json and plots, and
+     adds a "sweep" section (Approach 1 over final losses, N_opt exponents side by side, the
+     held-out budget, seed noise, and on the synthetic corpus the reachable loss beside E).
+     curves.csv (training curves) is written for plots; no fit reads it.
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
     sections["train"].update(num_steps=run.num_steps, log_every_steps=1, stop_after_steps=0, progress_bar=False,
                              peak_flops=peak_flops)
     sections["opt"]["warmup_steps"] = warmup_steps(spec, run.num_steps)
+    sections["opt"]["learning_rate"] = sections["opt"]["learning_rate"] * run.learning_rate_scale
+    sections["train"]["seed"] = run.seed
     sections["data"]["tokenizer"]["model_path"] = tokenizer_path
     return ml_collections.ConfigDict(sections)
 

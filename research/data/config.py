@@ -81,6 +81,8 @@ class SyntheticConfig:
     alphabet: str = "abcdefghijklmnopqrstuvwxyz "
     order: int = 2  # context length k in characters
     concentration: float = 0.2  # Dirichlet concentration of each transition row; smaller = lower entropy
+    zipf_exponent: float = 0.0  # Zipf base weights of the rows (0 = symmetric); see markov_source
+    hierarchical: bool = False  # rows drawn around their shorter contexts' rows (information at every order)
     doc_chars: int = 1024
     num_documents: int = 1_000_000  # train split; validation holds validation_fraction of this (>= 1)
     sample_seed: int = 0

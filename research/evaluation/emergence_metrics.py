@@ -1,8 +1,9 @@
 """Scaling-curve shape metrics across a ladder of models, and the in-context-learning score.
 
 Linearity and breakthroughness are the definitions of Srivastava et al. 2022, "Beyond the
-Imitation Game" (BIG-bench), Appendix B. With models sorted by scale (x_1 < ... < x_n) and
-their task scores y_1 .. y_n:
+Imitation Game" (BIG-bench, arXiv 2206.04615), Appendix B ("Definitions of linearity and
+breakthroughness"). With models sorted by scale (x_1 < ... < x_n) and their task scores
+y_1 .. y_n:
 
     I(y) = sign(argmax_i y_i - argmin_i y_i) * (max_i y_i - min_i y_i)
     L(y) = I(y) / RootMeanSquare({y_{i+1} - y_i}_{i=1}^{n-1})          linearity
@@ -14,6 +15,20 @@ I is the total improvement, signed by whether the best model is larger than the 
 curve that rises in equal steps has L = B = n - 1; a curve that rises in one jump keeps L
 at sqrt(n - 1) while its median step, and so B's denominator, goes to zero. Scales only
 order the models; the metrics do not depend on their values.
+
+The paper's B has no noise floor: y = [0, 0, 0, 0, 0.01] and [0, 0, 0, 0, 1] both score
++inf, because the median step is 0 either way. `curve_shape_with_noise` adds what the paper
+leaves to the reader, from the per-item scores behind each y_i (every model scored on the
+same items):
+  - item-bootstrap intervals (items resampled with replacement, the same resample for every
+    model, so the models stay paired) on every y_i, on I, L and B;
+  - a noise threshold: L and B are reported only when |I| > NOISE_Z x its bootstrap standard
+    error (3 SE: a one-sided false alarm well under 1% for a flat curve);
+  - a floor on each squared step of L's and B's denominators: its bootstrap variance, and
+    never below (1 / items)^2, the resolution of a score that is a mean over items. Steps far
+    above their noise are unchanged, so real curves get the paper's values; a flat-then-tiny
+    curve gets a finite B that grows with the size of its jump (10 for [0,0,0,0,0.01] against
+    1000 for [0,0,0,0,1] at 1000 items) instead of +inf for both.
 
 The in-context-learning score is that of Olsson et al. 2022, "In-context Learning and
 Induction Heads": the loss at the 500th token of a context minus the loss at the 50th,
@@ -64,6 +79,73 @@ def breakthroughness(scales: Sequence[float], scores: Sequence[float]) -> float:
     """BIG-bench breakthroughness B = I(y) / RootMedianSquare(consecutive differences)."""
     y = _sorted_scores(scales, scores)
     return _ratio(total_improvement(scales, scores), float(np.sqrt(np.median(np.diff(y) ** 2))))
+
+
+NOISE_Z = 3.0  # |I| must exceed this many bootstrap standard errors for L and B to be reported
+
+
+def _shape(y_BM: np.ndarray, floor_M1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(I, L, B) of each row of y_BM (rows: curves, columns: models by scale); squared steps
+    floored at floor_M1 (per step) when given."""
+    steps_BS = np.diff(y_BM, axis=1) ** 2
+    if floor_M1 is not None:
+        steps_BS = np.maximum(steps_BS, floor_M1[None])
+    sign_B = np.sign(np.argmax(y_BM, axis=1) - np.argmin(y_BM, axis=1))
+    improvement_B = sign_B * (y_BM.max(axis=1) - y_BM.min(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L_B = np.where(improvement_B == 0, 0.0, improvement_B / np.sqrt(steps_BS.mean(axis=1)))
+        B_B = np.where(improvement_B == 0, 0.0, improvement_B / np.sqrt(np.median(steps_BS, axis=1)))
+    return improvement_B, L_B, B_B
+
+
+def curve_shape_with_noise(scales: Sequence[float], item_scores: Sequence[Sequence[float]], *,
+                           samples: int = 1000, confidence: float = 0.8, seed: int = 0) -> dict:
+    """I, L, B of the curve of per-model means of `item_scores` (models x items, same items for
+    every model, higher is better), with item-bootstrap intervals and the noise rule of the
+    module docstring. L and B are None when |I| is within NOISE_Z standard errors of 0."""
+    order = np.argsort(np.asarray(scales, np.float64))
+    scores_MI = np.asarray(item_scores, np.float64)
+    if scores_MI.ndim != 2 or scores_MI.shape[0] != len(order) or scores_MI.shape[1] < 2:
+        raise ConfigError(f"item_scores has shape {scores_MI.shape}; need one row of >= 2 item scores per model "
+                          f"({len(order)} models).")
+    scores_MI = scores_MI[order]
+    M, n = scores_MI.shape
+    rng = np.random.default_rng(seed)
+    index_BI = rng.integers(0, n, size=(samples, n))
+    y_BM = scores_MI[:, index_BI].mean(axis=2).T  # (samples, models): paired resamples
+    y_M = scores_MI.mean(axis=1)
+    step_var_S = np.var(np.diff(y_BM, axis=1), axis=0)
+    floor_S = np.maximum(step_var_S, (1.0 / n) ** 2)
+    I, L, B = (v[0] for v in _shape(y_M[None], floor_S))
+    boot_I, boot_L, boot_B = _shape(y_BM, floor_S)
+    tail = 50.0 * (1.0 - confidence)
+    interval = lambda v: [float(q) for q in np.percentile(v, [tail, 100.0 - tail])]
+    se_I = float(np.std(boot_I))
+    above_noise = bool(abs(I) > NOISE_Z * se_I) if se_I > 0 else bool(I != 0)
+    y_intervals = [interval(y_BM[:, m]) for m in range(M)]
+    return {"values": [float(v) for v in y_M], "value_intervals": y_intervals, "items": n,
+            "total_improvement": float(I), "total_improvement_interval": interval(boot_I),
+            "total_improvement_se": se_I, "above_noise": above_noise,
+            "linearity": float(L) if above_noise else None,
+            "linearity_interval": interval(boot_L) if above_noise else None,
+            "breakthroughness": float(B) if above_noise else None,
+            "breakthroughness_interval": interval(boot_B) if above_noise else None,
+            "paper_linearity": linearity(np.arange(M), y_M), "paper_breakthroughness": breakthroughness(np.arange(M), y_M)}
+
+
+def bootstrap_mean_interval(values: Sequence[float], *, samples: int = 1000, confidence: float = 0.8,
+                            seed: int = 0, transform=None) -> tuple[float, float, float]:
+    """(estimate, low, high): the mean of per-item `values` (or transform(mean), e.g. p -> p**L)
+    with its item-bootstrap percentile interval."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        raise ConfigError("bootstrap_mean_interval needs at least one item.")
+    f = transform or (lambda m: m)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(f(means), [tail, 100.0 - tail])
+    return float(f(x.mean())), float(low), float(high)
 
 
 def in_context_learning_score(token_losses: Sequence[np.ndarray], *, early_token: int = 50,

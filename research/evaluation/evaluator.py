@@ -65,7 +65,8 @@ def _generation(harness, task, docs, contexts):
                                          M.extract_answer(target, spec.answer_prefix)),
             "token_accuracy": M.token_accuracy(predicted_ids, target_ids),
             "token_edit_distance": float(M.token_edit_distance(predicted_ids, target_ids)),
-            "target_log_prob": score.log_prob, "brier_score": M.mean_brier(score.token_brier)})
+            "target_log_prob": score.log_prob, "brier_score": M.mean_brier(score.token_brier),
+            **M.teacher_forced(score.token_log_probs, score.token_is_greedy)})
     return examples
 
 

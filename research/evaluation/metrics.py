@@ -9,6 +9,13 @@ Generation tasks get discontinuous and continuous metrics side by side (Schaeffe
     target_log_prob      log p(target | prompt), teacher-forced, nats
     brier_score          mean over target tokens of the multi-class Brier score of the
                          next-token distribution (1 - 2 p_target + sum_v p_v^2), in [0, 2]
+    teacher_forced_accuracy  fraction of target tokens that are the argmax given the prompt and
+                         the *gold* tokens before them: Schaeffer et al. 2023's per-token
+                         accuracy p, which one wrong early digit does not zero (unlike
+                         token_accuracy, which compares a free-running generation position
+                         by position)
+    teacher_forced_prob  mean over target tokens of p(gold token | prompt, gold prefix)
+    answer_tokens        L, the target's token count (exact match ~ p^L for independent tokens)
 
 Multiple choice (lm-eval): acc (argmax log-likelihood is gold), acc_norm (argmax of
 log-likelihood / length of the choice in characters), brier_score (sum over choices of
@@ -23,7 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-GENERATION_METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob", "brier_score")
+GENERATION_METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob", "brier_score",
+                      "teacher_forced_accuracy", "teacher_forced_prob", "answer_tokens")
 MULTIPLE_CHOICE_METRICS = ("acc", "acc_norm", "brier_score", "target_log_prob")
 LOGLIKELIHOOD_METRICS = ("target_log_prob", "is_greedy", "brier_score")
 ROLLING_METRICS = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
@@ -66,6 +74,15 @@ def token_edit_distance(predicted: Sequence[int], target: Sequence[int]) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (p != t)))
         previous = current
     return previous[-1]
+
+
+def teacher_forced(token_log_probs: np.ndarray, token_is_greedy: np.ndarray) -> dict[str, float]:
+    """Per-token accuracy and probability of the gold target under teacher forcing (module docstring)."""
+    if not len(token_log_probs):
+        return {"teacher_forced_accuracy": 1.0, "teacher_forced_prob": 1.0, "answer_tokens": 0.0}
+    return {"teacher_forced_accuracy": float(np.mean(token_is_greedy)),
+            "teacher_forced_prob": float(np.mean(np.exp(np.asarray(token_log_probs, np.float64)))),
+            "answer_tokens": float(len(token_log_probs))}
 
 
 def mean_brier(token_brier: np.ndarray) -> float:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
+
 from research.evaluation.emergence_metrics import breakthroughness, linearity, total_improvement
 from research.models.config import ConfigError
 
@@ -58,4 +60,90 @@ def curve_summary(rows: Sequence[dict[str, Any]], *, scale: str, group_by: Seque
             summary["linearity"] = linearity(ordered_scales, y) if shape else None
             summary["breakthroughness"] = breakthroughness(ordered_scales, y) if shape else None
             out.append(summary)
+    return out
+
+
+# --- Per-item analyses: rows that carry "items" {metric: [per-example values]} ----------------
+
+ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
+                "token_edit_distance", "answer_tokens")
+
+
+def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Exact match beside p^L (Schaeffer et al. 2023), per size and task, with item-bootstrap
+    intervals: p is the teacher-forced per-token accuracy and L the answer's token count
+    (the mean over items; all items of one addition length have nearly the same L). Also the
+    teacher-forced probability, log-probability of the answer and edit distance."""
+    from research.evaluation.emergence_metrics import bootstrap_mean_interval
+
+    out = []
+    for row in final_rows:
+        items = row.get("items")
+        if not items or "teacher_forced_accuracy" not in items:
+            continue
+        L = float(np.mean(items["answer_tokens"]))
+        entry = {"task": row["task"], "num_shots": row["num_shots"], "size": row["size"],
+                 "params_non_embedding": row["params_non_embedding"], "items": len(items["exact_match"]),
+                 "answer_tokens": L}
+        for metric, transform, name in (("exact_match", None, "exact_match"),
+                                        ("teacher_forced_accuracy", None, "p"),
+                                        ("teacher_forced_accuracy", lambda m: m**L, "p_to_the_L"),
+                                        ("teacher_forced_prob", None, "p_prob"),
+                                        ("target_log_prob", None, "target_log_prob"),
+                                        ("token_edit_distance", None, "token_edit_distance")):
+            value, low, high = bootstrap_mean_interval(items[metric], samples=samples, confidence=confidence,
+                                                       seed=seed, transform=transform)
+            entry[name], entry[f"{name}_interval"] = value, [low, high]
+        out.append(entry)
+    return out
+
+
+def noisy_curve_summary(final_rows: Sequence[dict[str, Any]], *, scale: str, group_by: Sequence[str],
+                        metrics: Sequence[str], samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Like `curve_summary`, from per-item values: item-bootstrap intervals on every value and on
+    I, L, B, and L, B reported only above noise (emergence_metrics.curve_shape_with_noise)."""
+    from research.evaluation.emergence_metrics import curve_shape_with_noise
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in final_rows:
+        if row.get("items"):
+            groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda m: float(m[scale]))
+        for metric in metrics:
+            if not all(metric in m["items"] for m in members):
+                continue
+            sign = -1.0 if metric in LOWER_IS_BETTER or metric == "token_edit_distance" else 1.0
+            lengths = {len(m["items"][metric]) for m in members}
+            if len(lengths) != 1:
+                continue  # items differ between sizes: no paired bootstrap
+            scores = [sign * np.asarray(m["items"][metric], np.float64) for m in members]
+            shape = curve_shape_with_noise([float(m[scale]) for m in members], scores, samples=samples, seed=seed)
+            shape["values"] = [sign * v for v in shape["values"]]
+            shape["value_intervals"] = [sorted(sign * v for v in pair) for pair in shape["value_intervals"]]
+            out.append({**dict(zip(group_by, key)), "metric": metric, "num_models": len(members), **shape})
+    return out
+
+
+def transition_table(rows: Sequence[dict[str, Any]], task: str, metrics: Sequence[str], *,
+                     samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """`task`'s metrics at every checkpoint of every size (the curve along training), with
+    item-bootstrap intervals; sorted by size then step."""
+    from research.evaluation.emergence_metrics import bootstrap_mean_interval
+
+    out = []
+    for row in sorted((r for r in rows if r["task"] == task), key=lambda r: (r["params_non_embedding"], r["step"])):
+        entry = {"task": task, "num_shots": row["num_shots"], "size": row["size"], "step": row["step"],
+                 "tokens": row["tokens"]}
+        for metric in metrics:
+            values = row.get("items", {}).get(metric)
+            if values is None:
+                continue
+            value, low, high = bootstrap_mean_interval(values, samples=samples, seed=seed)
+            entry[metric], entry[f"{metric}_interval"] = value, [low, high]
+        out.append(entry)
     return out

@@ -13,6 +13,10 @@ nats per token. Files, one concern each:
   plots.py            IsoFLOP, loss-compute and law-contour figures (PNG)
   report.py           fit everything to a run table, write fit.json and the plots
   synthetic_corpus.py text from a random Markov source with an exactly known entropy rate
+                      (optionally hierarchical and Zipf-weighted: a capacity-limited corpus)
+  plateau.py          the early-plateau rule that leaves runs stuck at bigram statistics out
+  held_out.py         fit without the largest budget, predict its best loss
+  simulation.py       coverage of bootstrap intervals on many datasets drawn from a known law
 """
 from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID, Approach3Fit, InitGrid, fit_chinchilla_law
 from research.scaling.envelope import Approach1Fit, compute_frontier, fit_envelope, lower_envelope

@@ -3,7 +3,7 @@
 With training curves (a `run` column: many rows per run, D = tokens seen so far), each
 curve's loss is interpolated (linearly in log C, log loss) onto a log-spaced grid of
 compute values; at every grid value the run with the lowest loss gives N_opt(C), and
-D_opt(C) = C / (6 N_opt). The paper used 1500 grid values; a grid value no curve reaches
+D_opt(C) = C / (that run's FLOPs per token: 6 N under nominal accounting). The paper used 1500 grid values; a grid value no curve reaches
 is left out. With one row per run, the envelope is the compute frontier: the runs that
 reach a lower loss than every run with less compute.
 
@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from research.scaling.laws import FLOPS_PER_PARAM_TOKEN, PowerLaw
+from research.scaling.laws import PowerLaw
 from research.scaling.run_table import RunTable, RunTableError
 
 NUM_COMPUTE_VALUES = 1500  # Hoffmann et al.'s grid over FLOPs
@@ -28,10 +28,7 @@ class Envelope:
     compute: np.ndarray
     loss: np.ndarray
     N: np.ndarray
-
-    @property
-    def D(self) -> np.ndarray:
-        return self.compute / (FLOPS_PER_PARAM_TOKEN * self.N)
+    D: np.ndarray  # tokens at that compute: C / (the run's FLOPs per token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +57,11 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> En
     """The envelope over training curves (table.run set) or the frontier of single runs."""
     if table.run is None:
         rows = compute_frontier(table)
-        return Envelope(table.compute[rows], table.loss[rows], table.N[rows])
+        return Envelope(table.compute[rows], table.loss[rows], table.N[rows], table.D[rows])
     runs = np.unique(table.run)
     grid = np.geomspace(table.compute.min(), table.compute.max(), num_compute)
     loss_UG = np.full((runs.size, grid.size), np.inf)
-    sizes = np.empty(runs.size)
+    sizes, per_token = np.empty(runs.size), np.empty(runs.size)
     for u, run in enumerate(runs):
         rows = np.flatnonzero(table.run == run)
         if np.unique(table.N[rows]).size != 1:
@@ -76,9 +73,11 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> En
         inside = (grid >= table.compute[order[0]]) & (grid <= table.compute[order[-1]])
         loss_UG[u, inside] = np.exp(np.interp(np.log(grid[inside]), log_c, log_loss))
         sizes[u] = table.N[rows[0]]
+        per_token[u] = np.exp(np.mean(np.log(table.flops_per_token[rows])))
     reached = np.isfinite(loss_UG).any(axis=0)
     best_G = loss_UG.argmin(axis=0)[reached]
-    return Envelope(grid[reached], loss_UG[best_G, np.flatnonzero(reached)], sizes[best_G])
+    return Envelope(grid[reached], loss_UG[best_G, np.flatnonzero(reached)], sizes[best_G],
+                    grid[reached] / per_token[best_G])
 
 
 def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> Approach1Fit:

@@ -22,8 +22,9 @@ def huber_lse_value_and_grad(x_PK: jax.Array, weight_PR: jax.Array, data: tuple[
                              delta: float = HUBER_DELTA) -> tuple[jax.Array, jax.Array]:
     """(f_P, df/dx_PK) for P parameter vectors; f = sum_R weight * Huber(log L_hat - log L).
 
-    data = (log_X_JR, log_loss_R) over R runs and J variables; weight_PR holds each
-    problem's run multiplicities (ones for a fit, resample counts for a bootstrap).
+    data = (log_X_JR, log_loss_R) over R runs and J variables; log_loss may instead be (P, R),
+    one row per problem (many datasets on one design); weight_PR holds each problem's run
+    multiplicities (ones for a fit, resample counts for a bootstrap).
     """
     log_X_JR, log_loss_R = data
     J = log_X_JR.shape[0]
@@ -34,7 +35,7 @@ def huber_lse_value_and_grad(x_PK: jax.Array, weight_PR: jax.Array, data: tuple[
     # the line search rejects such non-finite trial points, and in between the unshifted
     # sum is as accurate as the shifted one (the shift cost 3x in time).
     e_P1 = x_PK[:, J, None]
-    exp_e_PR = jnp.broadcast_to(jnp.exp(e_P1), (x_PK.shape[0], log_loss_R.shape[0]))
+    exp_e_PR = jnp.broadcast_to(jnp.exp(e_P1), (x_PK.shape[0], log_X_JR.shape[1]))
     exp_terms = [jnp.exp(x_PK[:, j, None] - x_PK[:, J + 1 + j, None] * log_X_JR[j]) for j in range(J)]
     total_PR = exp_e_PR + sum(exp_terms)
     residual_PR = jnp.log(total_PR) - log_loss_R
@@ -43,7 +44,7 @@ def huber_lse_value_and_grad(x_PK: jax.Array, weight_PR: jax.Array, data: tuple[
     # d log L_hat / d term = softmax weight of that term; d Huber / d residual = clip(residual).
     slope_PR = weight_PR * jnp.clip(residual_PR, -delta, delta) / total_PR
     # Sums over runs as matrix products: XLA CPU's row reductions of float64 were ~4x slower.
-    ones_R = jnp.ones_like(log_loss_R)
+    ones_R = jnp.ones(log_X_JR.shape[1], log_X_JR.dtype)  # log_loss may also be per problem, (P, R)
     value_P = (weight_PR * huber_PR) @ ones_R
     grad_e_P = (slope_PR * exp_e_PR) @ ones_R
     grad_P2 = [(slope_PR * exp_PR) @ jnp.stack([ones_R, -log_X_JR[j]], axis=1) for j, exp_PR in enumerate(exp_terms)]

@@ -1,7 +1,9 @@
 """Approach 2 of Hoffmann et al. 2022: IsoFLOP profiles.
 
 Runs that share a FLOP budget C form one profile; a parabola in log N fitted to its final
-losses gives that budget's optimal size N_opt(C) at the vertex, and D_opt = C / (6 N_opt).
+losses gives that budget's optimal size N_opt(C) at the vertex, and D_opt = C / (FLOPs per
+token at N_opt): 6 N_opt under nominal accounting; under exact accounting the profile's own
+log(C/D) against log N, fitted by a line and read at N_opt.
 Power laws N_opt ∝ C^a and D_opt ∝ C^b are then fitted across budgets by least squares in
 log space. `isoflop_runs` lays out such a sweep.
 """
@@ -25,6 +27,8 @@ class IsoFlopProfile:
     N: np.ndarray
     loss: np.ndarray
     parabola: tuple[float, float, float]  # (c2, c1, c0), numpy.polyfit order
+    # log(FLOPs per token) = k1 log N + k0 over the profile's runs: (1, log 6) for C = 6ND
+    flops_per_token_line: tuple[float, float] = (1.0, float(np.log(FLOPS_PER_PARAM_TOKEN)))
 
     @property
     def N_opt(self) -> float:
@@ -33,7 +37,7 @@ class IsoFlopProfile:
 
     @property
     def D_opt(self) -> float:
-        return self.compute / (FLOPS_PER_PARAM_TOKEN * self.N_opt)
+        return self.compute / float(np.exp(np.polyval(self.flops_per_token_line, np.log(self.N_opt))))
 
     @property
     def loss_opt(self) -> float:
@@ -83,7 +87,9 @@ def fit_isoflop(table: RunTable, *, rel_tol: float = 0.1) -> Approach2Fit:
     """Approach 2: one parabola per budget with >= 3 sizes, then N_opt(C), D_opt(C)."""
     profiles, skipped = [], []
     for rows in group_by_budget(table, rel_tol):
-        compute = float(table.budget[rows[0]]) if table.budget is not None else float(
+        # Nominal tables carry their budget label; under exact accounting the runs of one
+        # nominal budget spend slightly different FLOPs, and the profile sits at their mean.
+        compute = float(table.budget[rows[0]]) if table.budget is not None and table.flops is None else float(
             np.exp(np.mean(np.log(table.compute[rows]))))
         N, loss = table.N[rows], table.loss[rows]
         if np.unique(N).size < MIN_SIZES_PER_PROFILE:
@@ -95,7 +101,8 @@ def fit_isoflop(table: RunTable, *, rel_tol: float = 0.1) -> Approach2Fit:
             skipped.append(f"C={compute:.3g}: loss is not convex in log N (no minimum)")
             continue
         order = np.argsort(N)
-        profiles.append(IsoFlopProfile(compute, N[order], loss[order], parabola))
+        line = tuple(float(c) for c in np.polyfit(np.log(N), np.log(table.flops_per_token[rows]), 1))
+        profiles.append(IsoFlopProfile(compute, N[order], loss[order], parabola, line))
     if len(profiles) < 2:
         raise RunTableError(f"Approach 2 needs IsoFLOP profiles at >= 2 budgets, found {len(profiles)} "
                             f"({'; '.join(skipped) or 'no budget has 3 sizes'}); run >= {MIN_SIZES_PER_PROFILE} "

@@ -3,8 +3,17 @@
 Kaplan et al. 2020 fit L(N) on models trained near convergence, L(D) on the largest model
 with early stopping, L(C) on the compute frontier. From a run table of any origin we use:
   L(N): for each model size, its lowest loss (its best-trained run);
-  L(D): for each dataset size, its lowest loss (its best model);
+  L(D): data-limited runs only (`data_limited_rows`), the lowest loss at each D;
   L(C): the compute frontier (envelope.compute_frontier).
+
+Which runs are data-limited. Kaplan et al. fit L(D) to their largest model, early-stopped,
+so that D and not N limits the loss. A sweep gives every run its own D, so "lowest loss per
+D" would fit every run, size-limited ones included. The rule here: runs are grouped by FLOP
+budget (isoflop.group_by_budget); within a budget with >= 3 sizes, a run is data-limited
+when its N is at least that of the budget's lowest-loss run: a larger model on fewer tokens
+did no better, so tokens, not parameters, bound it (the right arm of the IsoFLOP valley).
+In budgets with fewer than 3 sizes (a token-budget design) only runs of the table's largest
+N count, Kaplan's own choice.
 Each is fitted with Approach 3's objective (Huber on log residuals, LSE form, float64
 L-BFGS from a grid), as L = exp(e) + exp(a - alpha log X), i.e. X_c = exp(a / alpha).
 """
@@ -19,6 +28,7 @@ import numpy as np
 
 from research.scaling.envelope import compute_frontier
 from research.scaling.huber_lse import huber_lse_value_and_grad
+from research.scaling.isoflop import MIN_SIZES_PER_PROFILE, group_by_budget
 from research.scaling.laws import SaturatingPowerLaw
 from research.scaling.lbfgs import minimize_batched
 from research.scaling.run_table import RunTable, RunTableError
@@ -102,10 +112,23 @@ def _lowest_loss_per_value(values: np.ndarray, loss: np.ndarray) -> tuple[np.nda
     return unique, best
 
 
+def data_limited_rows(table: RunTable) -> np.ndarray:
+    """Row indices of the runs whose loss D limits (module docstring), in row order."""
+    keep = np.zeros(len(table), bool)
+    for rows in group_by_budget(table):
+        if np.unique(table.N[rows]).size >= MIN_SIZES_PER_PROFILE:
+            best = rows[np.argmin(table.loss[rows])]
+            keep[rows[table.N[rows] >= table.N[best]]] = True
+        else:
+            keep[rows[table.N[rows] == table.N.max()]] = True
+    return np.flatnonzero(keep)
+
+
 def fit_kaplan_laws(table: RunTable) -> dict[str, KaplanFit | str]:
     """L(N), L(D), L(C) from a run table; a law that cannot be fitted maps to the reason."""
+    limited = data_limited_rows(table)
     points = {"N": _lowest_loss_per_value(table.N, table.loss),
-              "D": _lowest_loss_per_value(table.D, table.loss)}
+              "D": _lowest_loss_per_value(table.D[limited], table.loss[limited])}
     frontier = compute_frontier(table)
     points["C"] = (table.compute[frontier], table.loss[frontier])
     fits: dict[str, KaplanFit | str] = {}

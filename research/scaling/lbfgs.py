@@ -18,7 +18,8 @@ Two choices keep the batch from running at the pace of its slowest member (measu
   only a few shapes are ever compiled: compiling dominates small fits).
 
 Stopping rule per problem, as scipy's L-BFGS-B: the relative decrease of the objective in one
-step is below `ftol`, the largest gradient component is below `gtol`, or the line search
+step, (f_k - f_k+1) / max(|f_k|, |f_k+1|), is below `ftol` (relative all the way down: no floor
+of 1, which made it absolute for small objectives), the largest gradient component is below `gtol`, or the line search
 shrinks the step below 2**-40 without a decrease.
 """
 from __future__ import annotations
@@ -167,7 +168,11 @@ def _steps(objective, options, state, per_problem, shared):
         rho_P = 1.0 / jnp.where(keep_P, sy_P, 1.0)
 
         f_P = jnp.where(accept_P, f_trial, st["f"])
-        small_decrease_P = (st["f"] - f_P) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(st["f"]), jnp.abs(f_P)), 1.0)
+        # Relative, as scipy's factr test: (f_k - f_k+1) / max(|f_k|, |f_k+1|) <= ftol. No floor of 1:
+        # a summed Huber objective of a good fit is ~1e-8..1e-12, and an absolute test stops
+        # while parameters are still off in their third digit (beta 0.536 for a true 0.50).
+        scale_P = jnp.maximum(jnp.maximum(jnp.abs(st["f"]), jnp.abs(f_P)), jnp.finfo(f_P.dtype).tiny)
+        small_decrease_P = (st["f"] - f_P) <= ftol * scale_P
         small_grad_P = jnp.max(jnp.abs(g_trial), axis=-1) <= gtol
         step_lost_P = ~accept_P & (0.5 * t_P < _MIN_STEP)
         done_P = active_P & ((accept_P & (small_decrease_P | small_grad_P)) | step_lost_P)

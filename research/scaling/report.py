@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from research.scaling import plots
-from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID, fit_chinchilla_law
+from research.scaling.chinchilla_fit import BOOTSTRAP_SAMPLES, COARSE_GRID, PAPER_GRID, fit_chinchilla_law
 from research.scaling.envelope import fit_envelope
 from research.scaling.isoflop import fit_isoflop
 from research.scaling.kaplan_fit import fit_kaplan_laws
@@ -25,9 +25,14 @@ GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's training budget, which Hoffmann et al
 
 
 def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOPHER_BUDGET,
-                  predict: tuple[float, float] | None = None, bootstrap_samples: int = 100,
-                  confidence: float = 0.8, init_grid: str = "paper", seed: int = 0) -> dict:
-    """Fit every law to the runs in `runs_csv`; write fit.json and plots to `output_dir`; return the report."""
+                  predict: tuple[float, float] | None = None, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+                  confidence: float = 0.8, init_grid: str = "paper", seed: int = 0,
+                  accounting: str = "nominal") -> dict:
+    """Fit every law to the runs in `runs_csv`; write fit.json and plots to `output_dir`; return the report.
+
+    `accounting` (run_table.ACCOUNTINGS): "nominal" fits N and C = 6 N D from the N column;
+    "exact" fits total N and sizing's exact FLOPs (columns N_total, C_exact).
+    """
     if not (math.isfinite(compute_budget) and compute_budget > 0):
         raise RunTableError(f"--compute_budget={compute_budget:g} must be a positive number of FLOPs.")
     if predict is not None and not all(math.isfinite(v) and v > 0 for v in predict):
@@ -35,7 +40,7 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     if bootstrap_samples < 0 or not 0 < confidence < 1:
         raise RunTableError(f"--bootstrap={bootstrap_samples} must be >= 0 and --confidence={confidence} "
                                     "in (0, 1).")
-    table = read_runs_csv(runs_csv)
+    table = read_runs_csv(runs_csv, accounting)
     table.require(5, "Approach 3 (5 parameters)")
     os.makedirs(output_dir, exist_ok=True)
     grid = PAPER_GRID if init_grid == "paper" else COARSE_GRID
@@ -45,7 +50,7 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     kaplan = fit_kaplan_laws(table)
 
     report = {
-        "runs_csv": os.path.abspath(runs_csv), "num_runs": len(table),
+        "runs_csv": os.path.abspath(runs_csv), "num_runs": len(table), "accounting": accounting,
         "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
         "approach3": approach3.as_dict(),
         "approach1": _describe(approach1), "approach2": _describe(approach2),

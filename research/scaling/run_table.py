@@ -5,6 +5,15 @@ Optional: `status` (rows whose status is not "ok" are failed runs), `run` (an id
 the rows of one training curve, for Approach 1), `C` (the run's nominal FLOP budget, to
 group IsoFLOP profiles exactly; otherwise C = 6 N D). Failed rows, and rows whose loss is
 NaN or infinite (a diverged run), are reported and left out of every fit, never counted as 0.
+
+Compute accounting (`read_runs_csv(..., accounting=...)`):
+  "nominal"  N is the `N` column (a sweep writes non-embedding N there) and C = 6 N D, the
+             convention of Kaplan et al. 2020;
+  "exact"    N is the `N_total` column (embeddings included) and C is the `C_exact` column:
+             sizing's train FLOPs per token (attention and unembedding included) x D. At
+             small sizes the two differ by a size-dependent factor (1.1-1.6x in the cpu_tiny
+             ladder), which biases fitted exponents (Porian et al. 2024, "Resolving
+             Discrepancies in Compute-Optimal Scaling of Language Models").
 """
 from __future__ import annotations
 
@@ -17,6 +26,8 @@ import numpy as np
 from research.scaling.laws import FLOPS_PER_PARAM_TOKEN
 
 REQUIRED_COLUMNS = ("N", "D", "loss")
+ACCOUNTINGS = ("nominal", "exact")
+EXACT_COLUMNS = ("N_total", "C_exact")  # what accounting="exact" reads in place of N and 6 N D
 
 
 class RunTableError(ValueError):
@@ -38,6 +49,7 @@ class RunTable:
     loss: np.ndarray
     run: np.ndarray | None = None  # R strings: training-curve id, or None when each row is a run
     budget: np.ndarray | None = None  # R nominal FLOP budgets, or None to use 6 N D
+    flops: np.ndarray | None = None  # R training FLOPs per run (exact accounting), or None for 6 N D
     excluded: tuple[ExcludedRow, ...] = ()
 
     def __post_init__(self):
@@ -49,14 +61,22 @@ class RunTable:
                 raise RunTableError(f"{name}={float(values[bad[0]])!r} in run {bad[0]} is not a positive finite "
                                     f"number; fix the value or mark the row failed (status != ok).")
         assert self.N.shape == self.D.shape == self.loss.shape and self.N.ndim == 1
+        if self.flops is not None:
+            object.__setattr__(self, "flops", np.asarray(self.flops, np.float64))
+            assert self.flops.shape == self.N.shape and np.all(self.flops > 0), "flops: one positive value per run"
 
     def __len__(self) -> int:
         return self.N.size
 
     @property
     def compute(self) -> np.ndarray:
-        """Training FLOPs of each row: C = 6 N D."""
-        return FLOPS_PER_PARAM_TOKEN * self.N * self.D
+        """Training FLOPs of each row: the `flops` given (exact accounting), else C = 6 N D."""
+        return self.flops if self.flops is not None else FLOPS_PER_PARAM_TOKEN * self.N * self.D
+
+    @property
+    def flops_per_token(self) -> np.ndarray:
+        """Training FLOPs per token of each row: C / D (6 N under nominal accounting)."""
+        return self.compute / self.D
 
     def require(self, count: int, what: str) -> None:
         """Raise unless at least `count` runs are left for `what`."""
@@ -74,8 +94,10 @@ class RunTable:
         return cls(N[ok], D[ok], loss[ok], excluded=excluded, **kwargs)
 
 
-def read_runs_csv(path: str) -> RunTable:
-    """Parse and validate a run table CSV (see the module docstring for columns)."""
+def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
+    """Parse and validate a run table CSV (see the module docstring for columns and accounting)."""
+    if accounting not in ACCOUNTINGS:
+        raise RunTableError(f"accounting={accounting!r}: choose one of {ACCOUNTINGS}.")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -85,17 +107,19 @@ def read_runs_csv(path: str) -> RunTable:
     except FileNotFoundError:
         raise RunTableError(f"--runs_csv={path!r} does not exist; pass the path of a CSV with columns "
                             f"{', '.join(REQUIRED_COLUMNS)}.") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    required = REQUIRED_COLUMNS + (EXACT_COLUMNS if accounting == "exact" else ())
+    missing = [c for c in required if c not in columns]
     if missing:
         raise RunTableError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(columns) or 'none'}); "
-                            f"a run table needs columns {', '.join(REQUIRED_COLUMNS)}.")
+                            f"a run table needs columns {', '.join(required)}"
+                            + (" (a sweep's runs.csv has them)." if accounting == "exact" else "."))
     kept, excluded = [], []
     for line, row in enumerate(rows, start=2):
         status = (row.get("status") or "ok").strip()
         if status.lower() != "ok":
             excluded.append(ExcludedRow(line, f"status={status!r}"))
             continue
-        values = {c: _number(path, line, c, row[c]) for c in REQUIRED_COLUMNS}
+        values = {c: _number(path, line, c, row[c]) for c in required}
         if "C" in columns and (row.get("C") or "").strip():
             values["C"] = _number(path, line, "C", row["C"])
         if not math.isfinite(values["loss"]):
@@ -112,9 +136,11 @@ def read_runs_csv(path: str) -> RunTable:
     column = lambda c: np.array([v[c] for v, _ in kept], np.float64)
     has_budget = "C" in columns and all("C" in v for v, _ in kept)
     has_run = "run" in columns and all(r for _, r in kept)
-    return RunTable(column("N"), column("D"), column("loss"),
+    exact = accounting == "exact"
+    return RunTable(column("N_total" if exact else "N"), column("D"), column("loss"),
                     run=np.array([r for _, r in kept]) if has_run else None,
-                    budget=column("C") if has_budget else None, excluded=tuple(excluded))
+                    budget=column("C") if has_budget else None, flops=column("C_exact") if exact else None,
+                    excluded=tuple(excluded))
 
 
 def _number(path: str, line: int, column: str, text: str | None) -> float:

@@ -55,9 +55,18 @@ class SweepSpec:
     param_count: ParamCount = "non_embedding"  # the N of C = 6 N D and of the fit (Kaplan: non-embedding)
     min_steps: int = 20  # a run shorter than this is not planned (its loss says little)
     warmup_fraction: float = 0.05  # of each run's own steps; the decay (config.opt) spans the rest
+    min_layers: int = 1  # generated models get at least this many layers (width shrinks to keep N)
+    # Learning rate per size by a transfer rule: 0 = config.opt.learning_rate for every model;
+    # W > 0 = learning_rate * W / d_model (Adam's hidden-layer rule of muP, Yang et al. 2022:
+    # the step that is right at width W scales as 1 / width), recorded per run.
+    lr_reference_width: int = 0
+    # Repeat every run of budget `repeat_budget` (0: the smallest budget) with each of these
+    # extra train seeds, so the fit can measure run-to-run noise (() = no repeats).
+    repeat_budget: float = 0.0
+    repeat_seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
-        for name in ("presets", "non_embedding_params", "budgets", "tokens_per_param", "tokens"):
+        for name in ("presets", "non_embedding_params", "budgets", "tokens_per_param", "tokens", "repeat_seeds"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         if bool(self.presets) == bool(self.non_embedding_params):
             raise SweepError("sweep: the model ladder is empty; set exactly one of sweep.presets (zoo names) or "
@@ -81,6 +90,12 @@ class SweepSpec:
             raise SweepError(f"sweep.tokens_per_param={self.tokens_per_param}, sweep.tokens={self.tokens}: "
                              "plan='tokens' needs exactly one, all positive, e.g. tokens_per_param=(5, 10, 20, 40) "
                              "or tokens=(1e6, 4e6).")
+        if self.min_layers < 1 or self.lr_reference_width < 0:
+            raise SweepError(f"sweep.min_layers={self.min_layers} must be >= 1 and lr_reference_width="
+                             f"{self.lr_reference_width} >= 0 (0 = one learning rate for every size).")
+        if self.repeat_seeds and self.repeat_budget and self.repeat_budget not in self.budgets:
+            raise SweepError(f"sweep.repeat_budget={self.repeat_budget:g} is not one of sweep.budgets={self.budgets}; "
+                             "repeat runs of an existing budget, e.g. repeat_budget=budgets[0].")
         if self.min_steps < 1 or not 0.0 <= self.warmup_fraction < 1.0:
             raise SweepError(f"sweep.min_steps={self.min_steps} must be >= 1 and warmup_fraction="
                              f"{self.warmup_fraction} in [0, 1).")
@@ -121,6 +136,8 @@ class PlannedRun:
     N: int  # parameters as sweep.param_count says
     budget: float | None  # isoflop: the nominal C of its profile; tokens: None
     tokens_per_param_target: float | None  # tokens: the planned D / N (before rounding to whole steps)
+    seed: int = 0  # train.seed: 0, or one of sweep.repeat_seeds for a repeated run
+    learning_rate_scale: float = 1.0  # x config.opt.learning_rate (sweep.lr_reference_width's rule)
 
     @property
     def tokens(self) -> int:
@@ -159,6 +176,10 @@ def ladder_models(spec: SweepSpec, *, vocab_size: int, seq_len: int) -> list[Lad
     else:
         for target in spec.non_embedding_params:
             ladder = scaling_ladder_config(target, aspect=spec.aspect, vocab_size=vocab_size, max_len=seq_len)
+            if ladder.num_layers < spec.min_layers:  # deeper and narrower at the same 12 L D^2
+                d_model = max(4, 4 * round(math.sqrt(target / (12 * spec.min_layers)) / 4))
+                ladder = ladder.replace(num_layers=spec.min_layers, d_model=d_model, num_heads=d_model // 4,
+                                        d_ff=4 * d_model)
             fields = {f: getattr(ladder, f) for f in _LADDER_FIELDS}
             name = f"ladder-L{ladder.num_layers}-D{ladder.d_model}"
             models.append(_rung(name, get_config(LADDER_BASE_PRESET, **fields).replace(name=name),
@@ -181,8 +202,12 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
         steps = round(tokens / tokens_per_step)
         if steps < spec.min_steps:
             return False
-        runs.append(PlannedRun(f"{model.name}-{steps}steps", model, steps, batch_size, seq_len,
-                               model.params(spec.param_count), budget, ratio))
+        scale = spec.lr_reference_width / model.config.d_model if spec.lr_reference_width else 1.0
+        repeated = spec.repeat_budget or min(spec.budgets, default=None)
+        seeds = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
+        for seed in seeds:
+            runs.append(PlannedRun(f"{model.name}-{steps}steps" + (f"-seed{seed}" if seed else ""), model, steps,
+                                   batch_size, seq_len, model.params(spec.param_count), budget, ratio, seed, scale))
         return True
 
     if spec.plan == "tokens":

@@ -13,7 +13,9 @@ One record per planned run, whatever became of it (status "ok", "failed" or "pen
   C_6ND, C_exact    6 N D, and sizing's exact train FLOPs per token x D
   loss              final validation loss (nats/token), the value the fit uses
   eval_loss, train_loss   final validation loss and last step's training loss
-  seconds, resumed_from_step, error
+  seconds, resumed_from_step
+  seed, learning_rate_scale   train.seed, and the run's learning rate / config.opt.learning_rate
+  error
 
 runs.csv is what research/scaling/run_table.py reads (N, D, loss, status, run, C): a failed
 or pending run keeps its row but has no loss, so every fit reports and leaves it out.
@@ -33,7 +35,7 @@ from research.scaling.sweep_plan import PlannedRun
 
 CSV_COLUMNS = ("run", "status", "model", "num_layers", "d_model", "N", "N_total", "N_non_embedding", "D",
                "D_loss_tokens", "steps", "batch_size", "seq_len", "C", "C_6ND", "C_exact", "loss", "eval_loss",
-               "train_loss", "seconds", "resumed_from_step", "error")
+               "train_loss", "seconds", "resumed_from_step", "seed", "learning_rate_scale", "error")
 CURVE_POINTS = 16  # log-spaced points per run in curves.csv
 Record = dict[str, Any]
 
@@ -46,7 +48,7 @@ def planned_record(run: PlannedRun) -> Record:
             "D": run.tokens, "D_loss_tokens": None, "steps": run.num_steps, "batch_size": run.batch_size,
             "seq_len": run.seq_len, "C": run.budget, "C_6ND": run.compute_6nd, "C_exact": run.compute_exact,
             "loss": None, "eval_loss": None, "train_loss": None, "seconds": None, "resumed_from_step": None,
-            "error": None, "curve": None}
+            "seed": run.seed, "learning_rate_scale": run.learning_rate_scale, "error": None, "curve": None}
 
 
 def finished_record(run: PlannedRun, metrics: Sequence[Mapping[str, Any]], *, seconds: float,

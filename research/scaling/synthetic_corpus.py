@@ -98,8 +98,23 @@ class MarkovSource:
 
 
 def markov_source(seed: int = 0, *, alphabet: str = DEFAULT_ALPHABET, order: int = 2,
-                  concentration: float = 0.2) -> MarkovSource:
-    """The random source identified by (seed, alphabet, order, concentration)."""
+                  concentration: float = 0.2, zipf_exponent: float = 0.0, hierarchical: bool = False) -> MarkovSource:
+    """The random source identified by (seed, alphabet, order, concentration, zipf_exponent, hierarchical).
+
+    Each transition row is Dirichlet(concentration * V * w) with Zipf base weights
+    w_v ∝ (v + 1)^-zipf_exponent (uniform, the symmetric Dirichlet, at 0). A positive exponent
+    makes some symbols frequent and most rare, as in text, so the stationary probabilities
+    of the V^order contexts are heavy-tailed: a model learns the frequent contexts first and
+    each further nat needs ever rarer contexts, i.e. more capacity and more data. That gives
+    loss a graded, capacity-limited descent rather than one transition.
+
+    hierarchical=True draws the rows level by level, as a hierarchical Dirichlet (the
+    generative model behind Teh 2006's hierarchical Pitman-Yor LM, with discount 0): the
+    order-0 distribution is w, and the row of each order-j context is
+    Dirichlet(concentration * V * row of its order-(j-1) suffix). Each order then adds some
+    information (H_0 > H_1 > ... > H_order, by steps), so the loss falls in stages a model
+    reaches one by one, not in one jump when it first attends to the oldest symbol.
+    """
     if len(set(alphabet)) != len(alphabet) or len(alphabet) < 2:
         raise ValueError(f"alphabet={alphabet!r} needs >= 2 distinct characters, each once.")
     if order < 1 or len(alphabet) ** order > 1_000_000:
@@ -107,8 +122,23 @@ def markov_source(seed: int = 0, *, alphabet: str = DEFAULT_ALPHABET, order: int
                          "use order >= 1 with at most 1e6 contexts.")
     if concentration <= 0:
         raise ValueError(f"concentration={concentration} must be > 0 (e.g. 0.2; smaller = lower entropy).")
+    if not zipf_exponent >= 0:
+        raise ValueError(f"zipf_exponent={zipf_exponent} must be >= 0 (0 = symmetric rows, ~1 = text-like).")
     rng = np.random.default_rng([seed, order, len(alphabet)])
-    transitions_SV = rng.dirichlet(np.full(len(alphabet), concentration), size=len(alphabet) ** order)
+    V = len(alphabet)
+    weight_V = (np.arange(1, V + 1, dtype=np.float64) ** -zipf_exponent)
+    # At zipf_exponent 0 this is exactly np.full(V, concentration): the same draws as before.
+    alpha_V = concentration * V * weight_V / weight_V.sum() if zipf_exponent else np.full(V, concentration)
+    if hierarchical:
+        rows_SV = (weight_V / weight_V.sum())[None]
+        for j in range(1, order + 1):
+            # The suffix of context s (its newest j - 1 symbols) is s mod V^(j-1); the floor
+            # keeps every Dirichlet parameter positive where a parent probability underflowed.
+            parent_SV = rows_SV[np.arange(V**j) % V ** (j - 1)]
+            rows_SV = np.stack([rng.dirichlet(np.maximum(concentration * V * p_V, 1e-3)) for p_V in parent_SV])
+        transitions_SV = rows_SV
+    else:
+        transitions_SV = rng.dirichlet(alpha_V, size=V ** order)
     # Dirichlet draws can underflow to exactly 0; a floor keeps the chain irreducible (so pi
     # is unique) and every log-probability finite, at a negligible cost in entropy.
     transitions_SV = np.maximum(transitions_SV, 1e-12)
@@ -118,11 +148,13 @@ def markov_source(seed: int = 0, *, alphabet: str = DEFAULT_ALPHABET, order: int
 
 def synthetic_documents(seed: int, num_docs: int, doc_len: int, *, source_seed: int = 0,
                         alphabet: str = DEFAULT_ALPHABET, order: int = 2, concentration: float = 0.2,
-                        batch: int = 256, start: int = 0) -> Iterator[str]:
+                        zipf_exponent: float = 0.0, hierarchical: bool = False, batch: int = 256,
+                        start: int = 0) -> Iterator[str]:
     """Documents start..start+num_docs-1 of `doc_len` characters each, deterministic in (seed, index)."""
     if num_docs < 0 or doc_len < 1:
         raise ValueError(f"num_docs={num_docs}, doc_len={doc_len}: need num_docs >= 0 and doc_len >= 1.")
-    source = markov_source(source_seed, alphabet=alphabet, order=order, concentration=concentration)
+    source = markov_source(source_seed, alphabet=alphabet, order=order, concentration=concentration,
+                           zipf_exponent=zipf_exponent, hierarchical=hierarchical)
     symbols = np.array(list(alphabet))
     for first in range(start, start + num_docs, batch):
         indices = range(first, min(first + batch, start + num_docs))
@@ -132,9 +164,10 @@ def synthetic_documents(seed: int, num_docs: int, doc_len: int, *, source_seed: 
 
 
 def entropy_rate_nats(*, source_seed: int = 0, alphabet: str = DEFAULT_ALPHABET, order: int = 2,
-                      concentration: float = 0.2) -> float:
+                      concentration: float = 0.2, zipf_exponent: float = 0.0, hierarchical: bool = False) -> float:
     """Exact entropy rate (nats per character) of the source `synthetic_documents` samples."""
-    return markov_source(source_seed, alphabet=alphabet, order=order, concentration=concentration).entropy_rate_nats()
+    return markov_source(source_seed, alphabet=alphabet, order=order, concentration=concentration,
+                         zipf_exponent=zipf_exponent, hierarchical=hierarchical).entropy_rate_nats()
 
 
 def nats_per_token(nats_per_character: float, num_characters: int, num_tokens: int) -> float:

@@ -32,6 +32,7 @@ from research.evaluation.tokenizer_loading import check_vocabulary, has_hf_token
 from research.models import build_model, get_config
 from research.models.config import ConfigError, ModelConfig
 
+log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"  # under a run's workdir (research.training.loop)
 
 
@@ -136,9 +137,19 @@ def restore_params(step_dir: str) -> Any:
         restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])}
         restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True))
+    except ConfigError:
+        raise
+    except Exception as error:  # orbax/tensorstore errors on truncated or missing files: one line, not a traceback
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise DamagedCheckpointError(f"checkpoint {step_dir!r} cannot be read ({reason}); it is damaged: pick "
+                                     "another step (--step=N) or retrain.") from None
     finally:
         absl_logger.setLevel(level)
     return restored["params"]
+
+
+class DamagedCheckpointError(ConfigError):
+    """A checkpoint step whose files cannot be read (truncated, missing, corrupted)."""
 
 
 def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None = None,
@@ -149,6 +160,7 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
     """
     root = checkpoint_root(path)
+    requested = step
     step = _pick_step(root, step)
     workdir = run_workdir(root)
     config = run_config(root, step)
@@ -157,7 +169,23 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
         model_config = model_config.replace(**model_overrides)
     text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir))
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
-    params = restore_params(os.path.join(root, str(step)))
+    # The latest step may be damaged (a save killed mid-write): fall back to the newest intact
+    # one, as training's resume does, and say so. An explicitly requested step never falls back.
+    candidates = [step] if requested is not None else sorted(checkpoint_steps_in(root), reverse=True)
+    for index, candidate in enumerate(candidates):
+        try:
+            params = restore_params(os.path.join(root, str(candidate)))
+        except DamagedCheckpointError as error:
+            if index == len(candidates) - 1:
+                raise
+            log.warning("%s Falling back to an earlier step.", error)
+            continue
+        if candidate != step:
+            model_config = model_config_from_run(run_config(root, candidate))
+            if model_overrides:
+                model_config = model_config.replace(**model_overrides)
+        step = candidate
+        break
     return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
 
 

@@ -30,27 +30,44 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     assert cpu_seconds < 60  # about 30 s: the whole study, compiles included, fits in a minute on 2 cores
     config = configs.get_config("micro")
     rows = read_rows(os.path.join(workdir, "report", "results.json"))
-    # 2 sizes x 2 checkpoints (steps 2, 4) x 2 tasks x 2 shot counts
-    assert len(rows) == 16
+    # 2 sizes x 2 checkpoints (steps 2, 4) x 2 tasks x 2 shot counts, and the final task at step 4
+    assert len(rows) == 16 + 2
     assert {(r["size"], r["step"]) for r in rows} == {(s, n) for s in config.sizes for n in (2, 4)}
-    assert {r["task"] for r in rows} == set(config.eval.tasks) and {r["num_shots"] for r in rows} == {0, 1}
+    final_task = config.eval.final_tasks[0]
+    assert {r["task"] for r in rows} == {*config.eval.tasks, final_task} and {r["num_shots"] for r in rows} == {0, 1}
     for row in rows:
-        assert row["final"] == (row["step"] == 4) and row["num_examples"] == config.eval.num_test
+        if row["task"] == final_task:
+            assert row["step"] == 4 and row["num_examples"] == config.eval.final_num_test and row["num_shots"] == 0
+        else:
+            assert row["num_examples"] == config.eval.num_test
+        assert row["final"] == (row["step"] == 4)
         assert row["chain_of_thought"] == row["task"].endswith("_cot")
         assert row["tokens"] == row["step"] * 8 * 64 and row["compute_flops"] > 6 * row["params_non_embedding"]
+        assert 0.0 <= row["teacher_forced_accuracy"] <= 1.0 and row["answer_tokens"] >= 1
     by_key = {(r["size"], r["step"], r["task"], r["num_shots"]): r for r in rows}
     small, large = config.sizes
     assert by_key[(large, 4, "addition_1digit", 0)]["compute_flops"] > by_key[(small, 4, "addition_1digit", 0)][
         "compute_flops"] > by_key[(small, 2, "addition_1digit", 0)]["compute_flops"]
 
     summary = read_rows(os.path.join(workdir, "report", "summary.json"))
-    assert len(summary) == 2 * 2 * len(config.report.metrics)  # (task, shots) x metric
+    assert len(summary) == (2 * 2 + 1) * len(config.report.metrics)  # (task, shots) x metric
     exact = next(s for s in summary if (s["task"], s["num_shots"], s["metric"]) == ("addition_1digit", 0,
                                                                                      "exact_match"))
     assert exact["num_models"] == 2 and len(exact["values"]) == 2
     assert exact["values"] == [by_key[(s, 4, "addition_1digit", 0)]["exact_match"] for s in config.sizes]
     assert "breakthroughness" in exact and "linearity" in exact
-    for name in ("vs_params", "vs_compute", "direct_vs_cot", "zero_vs_few_shot"):
+    # Per-item metrics carry item-bootstrap intervals and the noise rule's verdict.
+    assert len(exact["value_intervals"]) == 2 and exact["items"] == config.eval.num_test
+    assert isinstance(exact["above_noise"], bool) and (exact["breakthroughness"] is None) == (not exact["above_noise"])
+    mirage = read_rows(os.path.join(workdir, "report", "mirage.json"))
+    assert {m["size"] for m in mirage} == set(config.sizes) and all(m["task"] == final_task for m in mirage)
+    for m in mirage:
+        low, high = m["p_to_the_L_interval"]
+        assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
+    transition = read_rows(os.path.join(workdir, "report", "transition.json"))
+    assert [(t["size"], t["step"]) for t in transition if t["num_shots"] == 0] == [
+        (s, n) for s in config.sizes for n in (2, 4)]
+    for name in ("vs_params", "vs_compute", "direct_vs_cot", "zero_vs_few_shot", "mirage_plot", "transition_plot"):
         assert os.path.getsize(paths[name]) > 10_000 and paths[name].endswith(".png")
     report = open(paths["report"]).read()
     assert "breakthroughness" in report and "scale-3e4" in report
@@ -121,8 +138,13 @@ def test_cpu_tiny_config_plans_a_five_size_ladder():
     assert len(params) >= 5 and params == sorted(params) and params[-1] > 50 * params[0]
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
-    cot = next(e for e in plan.eval_entries if e.chain_of_thought)
-    assert cot.task.spec.description == config.eval.cot_description
+    # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
+    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit" for k in range(2, 7)]
+    assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
+    # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
+    assert config.report.transition_task in config.eval.tasks
+    layers = [m.num_layers for m in plan.sizes.values()]
+    assert layers[0] == 1 and layers[-1] >= 2
     train = emergence.train_config(config, config.sizes[-1], {"source": "files", "file_patterns": ["x.jsonl"]})
     assert train.model.preset == config.sizes[-1] and train.checkpoint.keep_last == 5
     with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):

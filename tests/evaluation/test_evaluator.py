@@ -41,12 +41,16 @@ def test_generation_task_metrics_side_by_side(harness):
     task = get_task("addition", digits=1, num_test=4, num_train=8, num_fewshot=2)
     result = evaluate(harness, task)
     assert set(result.metrics) == {"exact_match", "token_accuracy", "token_edit_distance", "target_log_prob",
-                                   "brier_score"}
+                                   "brier_score", "teacher_forced_accuracy", "teacher_forced_prob", "answer_tokens"}
     assert 0 <= result.metrics["exact_match"] <= result.metrics["token_accuracy"] + 1e-9 <= 1 + 1e-9
     assert 0 <= result.metrics["brier_score"] <= 2 and result.metrics["target_log_prob"] < 0
     example = result.examples[0]
     direct = harness.loglikelihood([LoglikelihoodRequest(example["prompt"], example["target"])])[0]
     assert example["target_log_prob"] == pytest.approx(direct.log_prob, abs=1e-5)
+    # Teacher-forced p: the gold tokens' argmax flags and probabilities given the gold prefix.
+    assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(direct.token_is_greedy))
+    assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(direct.token_log_probs)), rel=1e-5)
+    assert example["answer_tokens"] == len(direct.token_log_probs) >= 1
     assert example["prompt"].count("\n") == 2 and "\n" not in example["prediction"]  # 2 shots; stopped at "\n"
     assert np.mean([e["target_log_prob"] for e in result.examples]) == pytest.approx(
         result.metrics["target_log_prob"])

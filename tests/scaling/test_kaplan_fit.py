@@ -40,3 +40,27 @@ def test_fits_from_a_run_table():
 def test_too_few_points():
     with pytest.raises(RunTableError, match=r"L\(D\) has 3 parameters but only 2 point"):
         fit_saturating_power_law([1e9, 1e10], [3.0, 2.5], variable="D")
+
+
+def test_L_of_D_uses_only_data_limited_runs():
+    """IsoFLOP runs: L(D) takes the right arm of each valley (N >= the budget's best N), never
+    the small models whose loss their size limits; a token design: the largest model only."""
+    from research.scaling import isoflop_runs
+    from research.scaling.kaplan_fit import data_limited_rows
+
+    C, N, D = isoflop_runs(np.geomspace(1e19, 1e21, 4), 9, 1e8, 1e10)
+    table = RunTable(N, D, TRUE_LAW.loss(N, D), budget=C)
+    rows = data_limited_rows(table)
+    for budget in np.unique(C):
+        group = np.flatnonzero(C == budget)
+        best_N = N[group[np.argmin(table.loss[group])]]
+        assert set(rows[C[rows] == budget]) == set(group[N[group] >= best_N])
+        assert best_N > N[group].min()  # the smallest, size-limited model is left out
+    fits = fit_kaplan_laws(table)
+    assert fits["D"].X.size == rows.size < len(table)
+    np.testing.assert_array_equal(np.sort(fits["D"].X), np.sort(D[rows]))
+
+    sizes = np.repeat([1e8, 2e9, 4e10], 4)  # no two runs share a budget
+    tokens = np.tile([1e9, 1e10, 1e11, 1e12], 3)
+    token_table = RunTable(sizes, tokens, TRUE_LAW.loss(sizes, tokens))
+    np.testing.assert_array_equal(data_limited_rows(token_table), np.flatnonzero(sizes == 4e10))

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments.configs import scaling_laws
@@ -76,8 +77,20 @@ def test_every_preset_plans(preset):
     plan = sweep.plan_sweep(config)
     assert len({r.model.name for r in plan.runs}) >= (5 if preset != "test_tiny" else 3)
     if preset == "cpu_tiny":
-        assert len(plan.runs) == 15 and len(plan.spec.budgets) == 3
-        assert sum(r.tokens for r in plan.runs) < 2.5e7  # what keeps it within 20 minutes on 2 cores
+        # >= 4 budgets over >= 1.5 decades, >= 6 sizes each, >= 2 layers, seed repeats at one budget.
+        budgets = sorted(plan.spec.budgets)
+        assert len(budgets) >= 4 and np.log10(budgets[-1] / budgets[0]) >= 1.5
+        for budget in budgets:
+            assert len({r.model.name for r in plan.runs if r.budget == budget}) >= 6, budget
+        assert min(r.model.config.num_layers for r in plan.runs) >= 2
+        repeats = [r for r in plan.runs if r.seed != 0]
+        assert len(repeats) >= 6 and {r.budget for r in repeats} == {budgets[0]}
+        assert {(r.model.name, r.num_steps) for r in repeats} <= {(r.model.name, r.num_steps) for r in plan.runs
+                                                                   if r.seed == 0}
+        # Learning rate per size by the 1/width rule, recorded on each run.
+        for r in plan.runs:
+            assert r.learning_rate_scale == pytest.approx(plan.spec.lr_reference_width / r.model.config.d_model)
+        assert sum(r.tokens for r in plan.runs) < 4e7
     text = sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu)
     assert "an estimate from FLOPs" in text and plan.runs[-1].run_id in text
 
@@ -94,6 +107,8 @@ def test_every_preset_plans(preset):
     (dict(non_embedding_params=(1e4, 1.01e4)), "appear twice"),
     (dict(plan="chinchilla"), "sweep.plan='chinchilla'"),
     (dict(models_per_budget=2), "needs >= 3"),
+    (dict(repeat_budget=5e10), "repeat_budget=5e\\+10 is not one of sweep.budgets"),
+    (dict(min_layers=0), "sweep.min_layers=0 must be >= 1"),
     (dict(bogus=1), "unknown field\\(s\\) \\['bogus'\\]"),
 ])
 def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
@@ -111,10 +126,10 @@ def test_cli_dry_run_and_bad_preset():
                "--config=experiments/configs/scaling_laws.py:cpu_tiny", "--dry_run", "--config.sweep.budgets=(1e5,)"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
-        "error: sweep.budgets: C=1e+05 FLOPs is too small for any model at min_steps=100 x 1024 tokens (the smallest "
-        "model needs 1.17e+09); raise the budget or add smaller models."]
+        "error: sweep.budgets: C=1e+05 FLOPs is too small for any model at min_steps=80 x 1024 tokens (the smallest "
+        "model needs 8.65e+08); raise the budget or add smaller models."]
     result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "15 runs" in result.stdout and "h at 20% MFU" in result.stdout
+    assert result.returncode == 0 and "30 runs" in result.stdout and "h at 20% MFU" in result.stdout
     command[3] = "--config=experiments/configs/scaling_laws.py:cpu_small"
     result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [

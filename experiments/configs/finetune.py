@@ -1,0 +1,140 @@
+"""Fine-tuning configs: one tiny CPU preset per path, and presets for an accelerator host.
+
+Launch (each tiny preset runs on 2 CPU cores in about a minute or two, checkpointing on the way):
+
+    python -m experiments.finetune --config=experiments/configs/finetune.py:sft_tiny --workdir=/tmp/ft/sft
+    python -m experiments.finetune --config=experiments/configs/finetune.py:sft_lora_tiny --workdir=/tmp/ft/lora
+    python -m experiments.finetune --config=experiments/configs/finetune.py:reward_tiny --workdir=/tmp/ft/rm
+    python -m experiments.finetune --config=experiments/configs/finetune.py:dpo_tiny --workdir=/tmp/ft/dpo
+    python -m experiments.finetune --config=experiments/configs/finetune.py:classify_tiny --workdir=/tmp/ft/cls
+    python -m experiments.finetune --config=experiments/configs/finetune.py:tag_tiny --workdir=/tmp/ft/tag
+    python -m experiments.finetune --config=experiments/configs/finetune.py:t5_tiny --workdir=/tmp/ft/t5
+    python -m experiments.finetune --config=experiments/configs/finetune.py:grpo_tiny --workdir=/tmp/ft/grpo
+
+The tiny presets start from a randomly initialised tiny model (init='random') with the
+character tokenizer and a synthetic data set whose truth is checkable (data.synthetic);
+point them at real data and weights with e.g.
+`--config.init=checkpoint:/tmp/gpt_tiny --config.tokenizer= --config.data.train_file=sft.jsonl
+--config.data.eval_file=sft_eval.jsonl`. The `*_gpu` presets are the same paths at a size
+for one accelerator host (init from a Hugging Face folder given on the command line).
+Rerunning the same command resumes from the latest checkpoint in the workdir.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from research.finetune.lora import DEFAULT_TARGETS
+from research.sharding import DEFAULT_RULES
+
+TINY = ("sft_tiny", "sft_lora_tiny", "reward_tiny", "dpo_tiny", "dpo_lora_tiny", "ipo_tiny", "simpo_tiny",
+        "classify_tiny", "tag_tiny", "t5_tiny", "grpo_tiny")
+GPU = ("sft_lora_gpu", "dpo_gpu", "grpo_gpu")
+PRESETS = TINY + GPU
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.path = "sft"
+    config.init = "random"  # | checkpoint:<run workdir> | hf:<folder>
+    config.tokenizer = "char"  # "" = the checkpoint's own
+    config.model = ml_collections.ConfigDict(dict(
+        preset="gpt2-tiny", dtype="float32", dropout_rate=0.0, num_layers=placeholder(int),
+        d_model=placeholder(int), max_len=placeholder(int), scan_layers=placeholder(bool), num_labels=placeholder(int)))
+    config.data = ml_collections.ConfigDict(dict(
+        train_file="", eval_file="", chat_template="plain", synthetic="arithmetic", num_train=2048,
+        num_eval=128, seed=0))
+    config.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=DEFAULT_TARGETS))
+    config.preference = ml_collections.ConfigDict(dict(loss="dpo", beta=0.1, simpo_gamma=0.5,
+                                                       label_smoothing=0.0, reference=""))
+    config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05))
+    config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
+    config.generation_prompts = 32
+    config.export_dir = ""
+    config.train = ml_collections.ConfigDict(dict(
+        num_steps=200, batch_size=16, seq_len=64, microbatches=1, seed=0, z_loss=0.0, log_every_steps=10,
+        eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=1.0, progress_bar=False))
+    config.opt = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=10, decay_fraction=0.2,
+        min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep_last=2, keep_best=1, async_save=True))
+    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    return config
+
+
+def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
+    """The preset `arg` (one of PRESETS)."""
+    if arg not in PRESETS:
+        raise ValueError(f"unknown finetune preset {arg!r}; choose one of {PRESETS}.")
+    config = _base()
+    name = arg.rsplit("_", 1)[0]
+    if name in ("sft_lora", "dpo_lora"):
+        config.lora.rank = 8
+        config.opt.learning_rate = 1e-2
+    if name.startswith("sft"):
+        config.path = "sft"
+    elif name == "reward":
+        config.path = "reward"
+        config.data.synthetic = "capitals"
+        config.train.num_steps = 100
+        config.train.eval_every_steps = 50
+        config.checkpoint.every_steps = 50
+    elif name in ("dpo", "dpo_lora", "ipo", "simpo"):
+        config.path = "preference"
+        config.data.synthetic = "capitals"
+        config.preference.loss = {"dpo_lora": "dpo"}.get(name, name)
+        config.train.num_steps = 100
+        config.train.eval_every_steps = 50
+        config.checkpoint.every_steps = 50
+        config.opt.learning_rate = 1e-3 if name != "dpo_lora" else 1e-2
+    elif name == "classify":
+        config.path = "classification"
+        config.model.preset = "bert-test"
+        config.model.num_labels = 2
+        config.data.synthetic = "sentiment"
+        config.train.num_steps = 100
+        config.train.eval_every_steps = 50
+        config.checkpoint.every_steps = 50
+    elif name == "tag":
+        config.path = "token_classification"
+        config.model.preset = "bert-test"
+        config.data.synthetic = "char_classes"
+        config.train.num_steps = 100
+        config.train.eval_every_steps = 50
+        config.checkpoint.every_steps = 50
+    elif name == "t5":
+        config.path = "text_to_text"
+        config.model.preset = "t5-tiny"
+        config.data.synthetic = "capitals"
+        config.train.num_steps = 300
+    elif name == "grpo":
+        config.path = "grpo"
+        config.data.synthetic = "capitals"
+        config.grpo.kl_coef = 0.2
+        config.train.num_steps = 60
+        config.train.batch_size = 8  # prompts per step; x group_size completions
+        config.train.eval_every_steps = 20
+        config.checkpoint.every_steps = 20
+        config.opt.learning_rate = 3e-3
+        config.opt.warmup_steps = 0
+        config.opt.schedule = "constant"
+    if arg.endswith("_gpu"):
+        # One accelerator host, from Hugging Face weights: --config.init=hf:/path/to/llama_folder.
+        config.init = "hf:"
+        config.tokenizer = ""
+        config.model = ml_collections.ConfigDict(dict(dtype="bfloat16", scan_layers=True, remat="dots"))
+        config.data.chat_template = "chatml"
+        config.train.update(dict(batch_size=64, seq_len=1024, num_steps=2000, eval_every_steps=200,
+                                 log_every_steps=10, peak_flops=0.0))
+        config.checkpoint.every_steps = 500
+        config.opt.learning_rate = 2e-4 if config.lora.rank else 5e-7
+        config.mesh.shape = (1, -1, 1)  # fully sharded data parallel over the host's chips
+        if name == "sft_lora":
+            config.lora.rank = 16
+            config.lora.alpha = 32.0
+    return config
+
+
+def get_sweep() -> list[dict]:
+    """DPO beta sweep (overrides for launch/)."""
+    return [{"config.preference.beta": beta} for beta in (0.05, 0.1, 0.3)]

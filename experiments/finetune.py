@@ -1,0 +1,40 @@
+"""Fine-tune a model: `python -m experiments.finetune --config=experiments/configs/finetune.py:sft_tiny --workdir=DIR`.
+
+A thin absl main around research.finetune.finetune_and_evaluate; see the config module's
+docstring for the presets (one per path) and overrides. Rerunning with the same workdir resumes.
+"""
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.cli import parse_flags
+from research.models.config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/finetune.py:sft_tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+        std_logging.getLogger("research").setLevel(std_logging.INFO)
+    from research.data import DataError
+    from research.finetune import finetune_and_evaluate
+    from research.training import TrainingDivergedError
+
+    try:
+        final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, DataError, TrainingDivergedError) as error:
+        sys.exit(f"error: {error}")
+    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

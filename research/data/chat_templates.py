@@ -1,0 +1,115 @@
+"""Chat templates: messages -> token ids with a mask of the tokens a model is trained to say.
+
+One home for every user of chat formatting (SFT data, preference data, evaluation prompts,
+generation from a tuned model):
+
+    template = get_chat_template("plain")
+    ids, trainable = render_chat(messages, template, tokenizer)      # SFT / preference rows
+    prompt_ids = render_prompt(messages, template, tokenizer)        # for generation
+
+A message is {"role": "system" | "user" | "assistant", "content": str}. The template wraps
+each message in fixed text; the tokens of an assistant message's content, its closing text
+and the end-of-sequence token are "trainable" (mask 1), everything else (system and user
+turns, the assistant's opening marker) is context (mask 0). Each piece is encoded on its
+own and the ids concatenated, so the mask boundary is exact for any tokenizer (a subword
+tokenizer may then split a boundary differently from encoding the whole string at once;
+training and generation use the same pieces, so they agree).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from research.models.config import ConfigError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChatTemplate:
+    """The fixed text around each role's content. `{}`-free strings; content goes between."""
+
+    name: str
+    system_open: str
+    system_close: str
+    user_open: str
+    user_close: str
+    assistant_open: str  # context: the model is prompted with it
+    assistant_close: str  # trained: the model learns to end its turn
+    eos_after_assistant: bool = True  # append tokenizer.eos_id after each assistant turn (trained)
+
+
+CHAT_TEMPLATES: dict[str, ChatTemplate] = {
+    # Short markers: cheap for character-level tokenizers (the CPU presets).
+    "plain": ChatTemplate(name="plain", system_open="System: ", system_close="\n", user_open="User: ",
+                          user_close="\n", assistant_open="Assistant: ", assistant_close="\n"),
+    # ChatML (OpenAI, Qwen): the markers are plain text here, so any tokenizer can encode them.
+    "chatml": ChatTemplate(name="chatml", system_open="<|im_start|>system\n", system_close="<|im_end|>\n",
+                           user_open="<|im_start|>user\n", user_close="<|im_end|>\n",
+                           assistant_open="<|im_start|>assistant\n", assistant_close="<|im_end|>\n",
+                           eos_after_assistant=False),
+}
+
+
+def get_chat_template(name: str) -> ChatTemplate:
+    if name not in CHAT_TEMPLATES:
+        raise ConfigError(f"chat template {name!r} is not one of {sorted(CHAT_TEMPLATES)}.")
+    return CHAT_TEMPLATES[name]
+
+
+def instruction_messages(instruction: str, input_text: str = "", response: str | None = None) -> list[dict]:
+    """An (instruction, input, response) record as chat messages (Alpaca style: input follows the instruction)."""
+    user = instruction if not input_text else f"{instruction}\n{input_text}"
+    messages = [{"role": "user", "content": user}]
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+    return messages
+
+
+def check_messages(messages: Any, where: str = "messages") -> list[Mapping[str, str]]:
+    """ConfigError naming `where` unless `messages` is a list of {role, content} with known roles."""
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ConfigError(f"{where}: message {i} needs fields 'role' and 'content', got {message!r}.")
+        if message["role"] not in ROLES:
+            raise ConfigError(f"{where}: message {i} has role {message['role']!r}; use one of {ROLES}.")
+        if not isinstance(message["content"], str):
+            raise ConfigError(f"{where}: message {i} content must be a string.")
+    return messages
+
+
+def _pieces(messages: Sequence[Mapping[str, str]], template: ChatTemplate) -> list[tuple[str, bool]]:
+    pieces: list[tuple[str, bool]] = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "assistant":
+            pieces += [(template.assistant_open, False), (content + template.assistant_close, True)]
+        else:
+            opening, closing = ((template.system_open, template.system_close) if role == "system"
+                                else (template.user_open, template.user_close))
+            pieces.append((opening + content + closing, False))
+    return pieces
+
+
+def render_chat(messages: Sequence[Mapping[str, str]], template: ChatTemplate,
+                tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(token ids, trainable mask 0/1) of a whole conversation; see the module docstring."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, trainable in _pieces(messages, template):
+        piece = list(tokenizer.encode(text)) if text else []
+        ids += piece
+        mask += [int(trainable)] * len(piece)
+        if trainable and template.eos_after_assistant:
+            ids.append(int(tokenizer.eos_id))
+            mask.append(1)
+    return ids, mask
+
+
+def render_prompt(messages: Sequence[Mapping[str, str]], template: ChatTemplate, tokenizer: Any) -> list[int]:
+    """Token ids of the conversation so far plus the assistant's opening: what a model continues."""
+    context = list(messages[:-1]) if messages and messages[-1]["role"] == "assistant" else list(messages)
+    ids, _ = render_chat(context, template, tokenizer)
+    return ids + list(tokenizer.encode(template.assistant_open))

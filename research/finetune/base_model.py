@@ -1,0 +1,95 @@
+"""Where a fine-tuning run starts: a seeded init, a training run's checkpoint, or a Hugging Face folder.
+
+    config.init = "random"              the preset config.model (with overrides), initialised from train.seed
+    config.init = "checkpoint:<workdir>"  a research.training run (latest step), its own tokenizer
+    config.init = "hf:<folder>"          a Hugging Face checkpoint folder, its own tokenizer
+
+config.tokenizer ("char", a SentencePiece .model, an HF folder; "" = the run's own) picks
+the tokenizer; it must fit the model's vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+from flax.core import meta
+
+from research.training.checkpoint_loading import load_checkpoint, load_hf
+from research.evaluation.tokenizer_loading import check_vocabulary, load_tokenizer
+from research.models import get_config
+from research.models.config import ConfigError, ModelConfig
+
+
+class BaseModel(NamedTuple):
+    config: ModelConfig
+    params: Any  # host numpy arrays; None for init="random" (the job initialises from the seed)
+    tokenizer: Any
+    source: str
+
+
+def _overrides(section: Any) -> dict[str, Any]:
+    fields = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> BaseModel:
+    """The starting model named by `init` (see module docstring); model_section's fields other
+    than `preset` override the loaded config (e.g. dropout_rate, num_labels)."""
+    overrides = _overrides(model_section)
+    preset = overrides.pop("preset", None)
+    if init == "random":
+        if not preset:
+            raise ConfigError("init='random' needs config.model.preset (e.g. gpt2-tiny).")
+        model_config = get_config(preset, **overrides)
+        tokenizer = load_tokenizer(tokenizer_spec or "char")
+        source, params = f"random init of {preset}", None
+    elif init.startswith(("checkpoint:", "hf:")):
+        kind, path = init.split(":", 1)
+        loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
+        model_config = loaded.model.config.replace(**overrides) if overrides else loaded.model.config
+        tokenizer, params, source = loaded.tokenizer, loaded.params, loaded.source
+    else:
+        raise ConfigError(f"init={init!r} must be 'random', 'checkpoint:<run workdir>' or 'hf:<folder>'.")
+    check_vocabulary(tokenizer, model_config.vocab_size, model_config.name)
+    return BaseModel(model_config, params, tokenizer, source)
+
+
+def load_reference(spec: str) -> tuple[ModelConfig, Any]:
+    """(config, host params) of a frozen reference model: "checkpoint:<run workdir>" or "hf:<folder>"."""
+    import os
+
+    from research.training.checkpoint_loading import (checkpoint_root, checkpoint_steps_in, model_config_from_run,
+                                                        restore_params, run_config)
+    kind, _, path = spec.partition(":")
+    if kind == "checkpoint":
+        root = checkpoint_root(path)
+        step = checkpoint_steps_in(root)[-1]
+        return model_config_from_run(run_config(root, step)), restore_params(os.path.join(root, str(step)))
+    if kind == "hf":
+        from research.models import from_hf
+        if not os.path.isdir(path):
+            raise ConfigError(f"reference Hugging Face folder {path!r} does not exist.")
+        model, params = from_hf(path)
+        return model.config, params
+    raise ConfigError(f"preference.reference={spec!r} must be '' (the initial policy), 'checkpoint:<run workdir>' "
+                      "or 'hf:<folder>'.")
+
+
+def check_same_vocabulary(policy: ModelConfig, reference: ModelConfig, what: str = "reference") -> None:
+    """Log-prob ratios compare the same token ids: the two models must share a vocabulary."""
+    if policy.vocab_size != reference.vocab_size:
+        raise ConfigError(f"the {what} model {reference.name!r} has vocabulary size {reference.vocab_size} but the "
+                          f"policy {policy.name!r} has {policy.vocab_size}; use a {what} trained with the policy's "
+                          "tokenizer (or leave it empty to use the initial policy).")
+
+
+def abstract_and_init(model: Any, example_args: tuple, example_kwargs: dict | None = None):
+    """(boxed abstract params, seed -> unboxed params) of `model` on example inputs."""
+    kwargs = dict(example_kwargs or {})
+
+    def init(key):
+        return model.init({"params": key}, *example_args, **kwargs)["params"]
+
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+    return boxed, (lambda seed: meta.unbox(jax.jit(init)(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))

@@ -1,0 +1,73 @@
+"""Evaluation of fine-tuned models: mean loss aux over eval batches, generation, task metrics.
+
+Task metrics come from well-kept libraries: accuracy and macro-F1 from scikit-learn,
+ROUGE-L from rouge-score (Google's reference implementation), corpus BLEU from sacrebleu;
+exact match is research.evaluation.metrics.exact_match.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from research.decoding import generate
+from research.evaluation.metrics import exact_match
+from research.training.partitioning import shard_batch
+
+
+def mean_aux(loss_fn: Callable, model: Any) -> Callable[[Any, Iterable[Mapping[str, np.ndarray]], NamedSharding],
+                                                        dict[str, float]]:
+    """(params, batches, sharding) -> eval_<name> for every per-unit mean in the loss's aux,
+    weighted by aux["num_tokens"] (tokens, pairs or rows); eval_loss is the objective's mean."""
+    @jax.jit
+    def aux_of(params, batch):
+        return loss_fn(model, params, batch, None)[1]
+
+    def evaluate(params: Any, batches: Iterable[Mapping[str, np.ndarray]], sharding: NamedSharding) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        total = 0.0
+        for batch in batches:
+            if not all(isinstance(v, jax.Array) for v in batch.values()):
+                batch = shard_batch(batch, sharding)
+            aux = {k: float(v) for k, v in jax.device_get(aux_of(params, batch)).items()}
+            n = aux.pop("num_tokens")
+            aux.pop("z_loss", None)
+            total += n
+            for k, v in aux.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+        metrics = {("eval_loss" if k == "cross_entropy" else f"eval_{k}"): v / max(total, 1.0) for k, v in sums.items()}
+        metrics["eval_count"] = total
+        return metrics
+
+    return evaluate
+
+
+def greedy_completions(model: Any, params: Any, prompts: Sequence[Sequence[int]], tokenizer: Any, *,
+                       max_new_tokens: int, stop_text: str = "\n") -> list[str]:
+    """Greedy continuations of token-id prompts, decoded and cut at `stop_text` (eos stops too)."""
+    out = generate(model, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=[tokenizer.eos_id])
+    texts = []
+    for row, length in zip(np.asarray(out.tokens_BN), np.asarray(out.lengths_B)):
+        text = tokenizer.decode([int(t) for t in row[:int(length)]])
+        texts.append(text.split(stop_text)[0] if stop_text else text)
+    return texts
+
+
+def classification_metrics(predictions: Sequence[int], labels: Sequence[int], prefix: str = "eval_") -> dict[str, float]:
+    """Accuracy and macro-F1 (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+    return {f"{prefix}accuracy": float(accuracy_score(labels, predictions)),
+            f"{prefix}f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+
+
+def text_metrics(predictions: Sequence[str], targets: Sequence[str], prefix: str = "eval_") -> dict[str, float]:
+    """Exact match, ROUGE-L F-measure (rouge-score) and corpus BLEU (sacrebleu, 0-100)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(t, p)["rougeL"].fmeasure for p, t in zip(predictions, targets)]
+    return {f"{prefix}exact_match": float(np.mean([exact_match(p, t) for p, t in zip(predictions, targets)])),
+            f"{prefix}rouge_l": float(np.mean(rouge)),
+            f"{prefix}bleu": float(sacrebleu.corpus_bleu(list(predictions), [list(targets)]).score)}

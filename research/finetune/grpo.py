@@ -1,0 +1,161 @@
+"""GRPO (Shao et al. 2024): RL from a programmatic reward with group-relative advantages.
+
+Each step has a sampling phase and the ordinary train step:
+  1. sample `group_size` completions of every prompt in the batch with research.decoding
+     (temperature sampling, key fold_in(seed key, step), so a resumed run samples the same);
+  2. score them with the reward (data.synthetic's rule_reward), and set each completion's
+     advantage to (r - mean of its group) / (std of its group + eps): no value model;
+  3. add the frozen reference's per-token log-probs, then run research.training's train
+     step on the loss below.
+
+Loss per completion token (one policy update per sample, so the PPO ratio is 1 and only
+its gradient matters): -A * exp(logp - stop_grad(logp)) + kl_coef * k3, with the k3 KL
+estimator exp(ref - logp) - (ref - logp) - 1 (Schulman 2020), averaged over all
+completion tokens of the batch. Logged per step: sample_reward (mean reward of the
+samples) and sample_kl (mean per-token log-ratio log pi - log ref on the samples).
+Rewards are computed on the host from decoded text, so this path runs on one process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research.data.chat_templates import get_chat_template, render_prompt
+from research.decoding import generate
+from research.finetune import records as records_lib
+from research.finetune.evaluators import greedy_completions
+from research.finetune.paths import _decoder_base, _section, _zoo_params, generation_prompts, load_records
+from research.finetune.preference_data import rule_reward, synthetic_prompts
+from research.finetune.preference_losses import token_log_probs
+from research.finetune.records import check_fits, pad_row
+from research.finetune.trainer import FinetuneJob
+from research.models import build_model
+from research.models.config import ConfigError
+from research.training.partitioning import shard_batch
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GrpoConfig:
+    """config.grpo: completions per prompt, their length and temperature, and the KL weight."""
+
+    group_size: int = 8
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    kl_coef: float = 0.05
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ConfigError(f"grpo.group_size={self.group_size} must be >= 2 (advantages compare a group).")
+        if self.max_new_tokens <= 0 or self.temperature <= 0 or self.kl_coef < 0:
+            raise ConfigError("grpo.max_new_tokens and grpo.temperature must be positive, grpo.kl_coef >= 0.")
+
+
+def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """(r - group mean) / (group std + eps) over the last axis (the G completions of a prompt)."""
+    mean = rewards_BG.mean(axis=-1, keepdims=True)
+    return (rewards_BG - mean) / (rewards_BG.std(axis=-1, keepdims=True) + eps)
+
+
+def grpo_loss(model, params, batch, rng, *, kl_coef: float):
+    """Token-level GRPO loss on sampled completions (see module docstring), in the loop's aux form."""
+    logps_BT = token_log_probs(model, params, batch["tokens"], rng)
+    mask_BT = batch["completion_mask"][:, 1:].astype(jnp.float32)
+    ratio_BT = jnp.exp(logps_BT - jax.lax.stop_gradient(logps_BT))
+    log_ratio_ref_BT = batch["ref_logps"] - logps_BT
+    kl_BT = jnp.exp(log_ratio_ref_BT) - log_ratio_ref_BT - 1.0
+    per_token = -batch["advantages"][:, None] * ratio_BT + kl_coef * kl_BT
+    n = jnp.sum(mask_BT)
+    loss = jnp.sum(per_token * mask_BT) / jnp.maximum(n, 1.0)
+    kl = jnp.sum(kl_BT * mask_BT) / jnp.maximum(n, 1.0)
+    # "accuracy" is the loop's second per-token mean: here the k3 KL to the reference.
+    return loss, {"cross_entropy": loss, "z_loss": jnp.zeros(()), "accuracy": kl, "num_tokens": n}
+
+
+def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
+    if jax.process_count() != 1:
+        raise ConfigError("path='grpo' scores samples on the host and runs on one process; launch it without "
+                          "jax.distributed.")
+    base = _decoder_base(config)
+    section = _section(config, "grpo")
+    grpo = GrpoConfig(**section)
+    data = _section(config, "data")
+    rule = data.get("synthetic")
+    if not rule:
+        raise ConfigError("path='grpo' needs a programmatic reward: set data.synthetic (capitals or arithmetic).")
+    template = get_chat_template(data.get("chat_template", "plain"))
+    tokenizer, train = base.tokenizer, config.train
+    prompt_len = train.seq_len - grpo.max_new_tokens
+    if prompt_len <= 1:
+        raise ConfigError(f"train.seq_len={train.seq_len} leaves no room for prompts after grpo.max_new_tokens="
+                          f"{grpo.max_new_tokens}; raise seq_len.")
+
+    prompt_records = {s: load_records(data, s, (("prompt",),), synthetic_prompts) for s in ("train", "eval")}
+    texts = [str(r["prompt"]) for _, r in prompt_records["train"]]
+
+    def prompt_row(index, where, record):
+        ids = render_prompt([{"role": "user", "content": str(record["prompt"])}], template, tokenizer)
+        check_fits(where, len(ids), prompt_len, "prompt")
+        return {"prompt_tokens": pad_row(ids, prompt_len), "prompt_length": np.asarray(len(ids), np.int32),
+                "index": np.asarray(index, np.int32)}
+
+    rows = [prompt_row(i, w, r) for i, (w, r) in enumerate(prompt_records["train"])]
+    model = build_model(base.config)
+    boxed, initial = _zoo_params(model, base, train.seq_len)
+    reference_log_probs = jax.jit(lambda params, tokens: token_log_probs(model, params, tokens, None))
+    sample_key = jax.random.fold_in(jax.random.PRNGKey(int(train.seed)), 3)
+    eos = int(tokenizer.eos_id)
+
+    def sample_and_score(policy, reference, batch, step):
+        host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
+        prompts = [list(row[:n]) for row, n in zip(host["prompt_tokens"], host["prompt_length"])]
+        repeated = [p for p in prompts for _ in range(grpo.group_size)]
+        out = generate(model, policy, repeated, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
+                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step))
+        tokens_BN, lengths_B = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
+        policy_logps_BN = np.asarray(out.log_probs_BN)
+        completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]
+                       for row, n in zip(tokens_BN, lengths_B)]
+        prompt_texts = [texts[int(i)] for i in host["index"] for _ in range(grpo.group_size)]
+        rewards = np.asarray([rule_reward(rule, p, c) for p, c in zip(prompt_texts, completions)], np.float32)
+        advantages = group_advantages(rewards.reshape(-1, grpo.group_size)).reshape(-1).astype(np.float32)
+        tokens = np.zeros((len(repeated), train.seq_len), np.int32)
+        mask = np.zeros((len(repeated), train.seq_len), np.float32)
+        for i, (prompt, n) in enumerate(zip(repeated, lengths_B)):
+            tokens[i, :len(prompt)] = prompt
+            tokens[i, len(prompt):len(prompt) + n] = tokens_BN[i, :n]
+            mask[i, len(prompt):len(prompt) + n] = 1.0
+        ref_logps = np.asarray(reference_log_probs(reference, tokens))
+        # k1 estimate of KL(policy || reference) per sampled token: log pi - log ref.
+        ref_on_samples = np.concatenate([ref_logps[i, len(p) - 1:len(p) - 1 + n]
+                                         for i, (p, n) in enumerate(zip(repeated, lengths_B))])
+        policy_on_samples = np.concatenate([policy_logps_BN[i, :n] for i, n in enumerate(lengths_B)])
+        train_batch = {"tokens": tokens, "completion_mask": mask, "advantages": advantages, "ref_logps": ref_logps}
+        sharding = jax.tree.leaves(batch)[0].sharding
+        extra = {"sample_reward": float(rewards.mean()),
+                 "sample_kl": float(np.mean(policy_on_samples - ref_on_samples))}
+        return shard_batch(train_batch, sharding), extra
+
+    eval_prompts = [str(r["prompt"]) for _, r in prompt_records["eval"][:max(generation_prompts(config), 1)]]
+    eval_ids = [render_prompt([{"role": "user", "content": p}], template, tokenizer) for p in eval_prompts]
+
+    def evaluate(params, reference, sharding):
+        completions = greedy_completions(model, params, eval_ids, tokenizer, max_new_tokens=grpo.max_new_tokens,
+                                         stop_text=template.assistant_close)
+        reward = float(np.mean([rule_reward(rule, p, c) for p, c in zip(eval_prompts, completions)]))
+        # eval_loss (what keep-best minimises) is the negative greedy reward.
+        return {"eval_reward": reward, "eval_loss": -reward}
+
+    local_batch = train.batch_size
+    return FinetuneJob(
+        name=f"grpo {base.config.name} ({base.source})", model=model,
+        loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef), abstract_params=boxed,
+        initial_params=lambda: initial(int(train.seed)),
+        train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=local_batch, seed=seed)),
+        evaluate=evaluate, prepare=sample_and_score, needs_reference=True)
+

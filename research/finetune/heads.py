@@ -1,0 +1,80 @@
+"""Zoo models with task heads: a scalar reward (or value) head and a per-token classifier.
+
+The zoo model sits under "body" with its own parameter names, so a pretrained model's
+parameters (or a LoRA adapter's target paths) carry over unchanged; the head is a Dense
+layer under "head".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models import build_model
+from research.models.config import ConfigError, ModelConfig
+from research.models.layers import Dense
+
+Array = jax.Array
+
+
+def _hidden(body: nn.Module, config: ModelConfig, tokens_BT: Array, segment_ids_BT: Array | None,
+            deterministic: bool) -> Array:
+    """Final hidden states [B, T, D] of a decoder or an encoder body."""
+    if config.family == "decoder":
+        return body(tokens_BT, segment_ids_BT=segment_ids_BT, deterministic=deterministic, return_hidden=True)
+    if config.family == "encoder":
+        return body.encode(tokens_BT, segment_ids_BT=segment_ids_BT, deterministic=deterministic)
+    raise ConfigError(f"{config.name}: heads here take decoder or encoder bodies, not {config.family}; use a "
+                      "GPT/LLaMA or BERT preset.")
+
+
+class ScalarHeadModel(nn.Module):
+    """tokens [B, T], lengths [B] -> one scalar per row [B]: a linear head on the hidden
+    state of the row's last token (decoder: it has seen the whole row; BERT: token 0, its
+    [CLS]). Right-padded rows; lengths count the real tokens."""
+
+    config: ModelConfig
+
+    def setup(self):
+        self.body = build_model(self.config)
+        self.head = Dense((1,), ("embed",), ("classes",), self.config, use_bias=True)
+
+    def __call__(self, tokens_BT: Array, lengths_B: Array, *, deterministic: bool = True) -> Array:
+        t = tokens_BT.shape[1]
+        segment_BT = (jnp.arange(t)[None, :] < lengths_B[:, None]).astype(jnp.int32)
+        hidden_BTD = _hidden(self.body, self.config, tokens_BT, segment_BT, deterministic)
+        index_B = jnp.maximum(lengths_B - 1, 0) if self.config.family == "decoder" else jnp.zeros_like(lengths_B)
+        last_BD = jnp.take_along_axis(hidden_BTD, index_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+        return self.head(last_BD)[:, 0].astype(jnp.float32)
+
+
+class TokenClassifier(nn.Module):
+    """tokens [B, T] -> per-token label logits [B, T, num_labels] (NER-style tagging)."""
+
+    config: ModelConfig
+    num_labels: int
+
+    def setup(self):
+        self.body = build_model(self.config)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.head = Dense((self.num_labels,), ("embed",), ("classes",), self.config, use_bias=True)
+
+    def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, deterministic: bool = True) -> Array:
+        hidden_BTD = _hidden(self.body, self.config, tokens_BT, segment_ids_BT, deterministic)
+        return self.head(self.dropout(hidden_BTD, deterministic=deterministic)).astype(jnp.float32)
+
+
+def with_pretrained_body(params: Any, body_params: Any, where: str) -> Any:
+    """`params` of a head model with its body replaced by pretrained `body_params` (extra
+    pretrained leaves such as an LM head are dropped; missing ones are an error)."""
+    def take(target, source, path):
+        if not isinstance(target, dict):
+            return source
+        missing = sorted(set(target) - set(source))
+        if missing:
+            raise ConfigError(f"{where}: the pretrained model lacks {[f'{path}{m}' for m in missing]} that the "
+                              "fine-tuned model needs; load a model of the same preset.")
+        return {k: take(v, source[k], f"{path}{k}/") for k, v in target.items()}
+    return {**params, "body": take(params["body"], body_params, "")}

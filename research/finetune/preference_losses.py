@@ -1,0 +1,148 @@
+"""Preference objectives as pure losses: DPO (+ IPO, SimPO) and the Bradley-Terry reward loss.
+
+Each has the train loop's loss signature (model, params, batch, rng) -> (loss, aux), with
+aux = {cross_entropy: the objective's value, z_loss: 0, accuracy: preference accuracy,
+num_tokens: number of pairs}, so research/training's train step averages it over pairs
+exactly as it averages cross-entropy over tokens.
+
+Pair batches (research/finetune/preference_data.py), rows right-padded to T:
+    chosen_tokens, chosen_mask, rejected_tokens, rejected_mask   [B, T]
+    chosen_length, rejected_length                                 [B]
+      *_tokens: prompt + response ids, right-padded; *_mask: 1 on response tokens
+    ref_chosen_logps, ref_rejected_logps                           [B]  (DPO / IPO: the frozen
+      reference's sequence log-probs, added by the loop before each step)
+A row whose chosen mask is all zero is padding and counts nowhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import ConfigError
+
+Array = jax.Array
+PreferenceLoss = Literal["dpo", "ipo", "simpo"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferenceConfig:
+    """config.preference: which loss, beta (DPO/IPO: KL strength; SimPO: reward scale), SimPO margin."""
+
+    loss: PreferenceLoss = "dpo"
+    beta: float = 0.1
+    simpo_gamma: float = 0.5
+    label_smoothing: float = 0.0  # conservative DPO (Mitchell 2023): assumed label-flip rate
+
+    def __post_init__(self):
+        if self.loss not in PreferenceLoss.__args__:
+            raise ConfigError(f"preference.loss={self.loss!r} is not one of {PreferenceLoss.__args__}.")
+        if self.beta <= 0:
+            raise ConfigError(f"preference.beta={self.beta} must be positive.")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss != "simpo"
+
+
+def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None) -> Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) [B, T-1] of a decoder on right-padded rows."""
+    # Rows are right-padded and attention is causal, so padding never reaches a real token.
+    rngs = {} if rng is None else {"dropout": rng}
+    logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
+                             rngs=rngs).astype(jnp.float32)
+    log_probs_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+    return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sequence_log_probs(model: nn.Module, params: Any, tokens_BT: Array, mask_BT: Array,
+                       rng: Array | None) -> tuple[Array, Array]:
+    """(sum of response-token log-probs [B], response lengths [B])."""
+    weights_BT = mask_BT[:, 1:].astype(jnp.float32)
+    return jnp.sum(token_log_probs(model, params, tokens_BT, rng) * weights_BT, axis=-1), jnp.sum(weights_BT, -1)
+
+
+def pair_log_probs(model: nn.Module, params: Any, batch: Mapping[str, Array],
+                   rng: Array | None) -> tuple[Array, Array, Array, Array]:
+    """(chosen logps, rejected logps, chosen lengths, rejected lengths), one forward over 2B rows."""
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    logps, lengths = sequence_log_probs(model, params, tokens, mask, rng)
+    b = batch["chosen_tokens"].shape[0]
+    return logps[:b], logps[b:], lengths[:b], lengths[b:]
+
+
+def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array | None,
+                           ref_rejected_logps: Array | None, chosen_lengths: Array, rejected_lengths: Array,
+                           config: PreferenceConfig) -> tuple[Array, Array, Array]:
+    """Per-pair (loss, chosen reward, rejected reward) of DPO / IPO / SimPO.
+
+    DPO (Rafailov 2023): -log sigmoid(beta * ((pc - rc) - (pr - rr))), label-smoothed.
+    IPO (Azar 2023): ((pc - rc)/|c| - (pr - rr)/|r| - 1/(2 beta))^2, per-token log-ratios as trl.
+    SimPO (Meng 2024): -log sigmoid(beta * (pc/|c| - pr/|r|) - gamma), no reference.
+    """
+    if config.loss == "simpo":
+        chosen = config.beta * chosen_logps / jnp.maximum(chosen_lengths, 1.0)
+        rejected = config.beta * rejected_logps / jnp.maximum(rejected_lengths, 1.0)
+        return -jax.nn.log_sigmoid(chosen - rejected - config.simpo_gamma), chosen, rejected
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    chosen, rejected = config.beta * chosen_ratio, config.beta * rejected_ratio
+    if config.loss == "ipo":
+        delta = chosen_ratio / jnp.maximum(chosen_lengths, 1.0) - rejected_ratio / jnp.maximum(rejected_lengths, 1.0)
+        return jnp.square(delta - 1.0 / (2.0 * config.beta)), chosen, rejected
+    margin = chosen - rejected
+    smoothing = config.label_smoothing
+    loss = -jax.nn.log_sigmoid(margin) * (1 - smoothing) - jax.nn.log_sigmoid(-margin) * smoothing
+    return loss, chosen, rejected
+
+
+def _pair_aux(loss_B: Array, chosen_B: Array, rejected_B: Array, valid_B: Array) -> tuple[Array, dict]:
+    n = jnp.sum(valid_B)
+    denominator = jnp.maximum(n, 1.0)
+    mean_loss = jnp.sum(loss_B * valid_B) / denominator
+    accuracy = jnp.sum((chosen_B > rejected_B).astype(jnp.float32) * valid_B) / denominator
+    return mean_loss, {"cross_entropy": mean_loss, "z_loss": jnp.zeros(()), "accuracy": accuracy, "num_tokens": n,
+                       "margin": jnp.sum((chosen_B - rejected_B) * valid_B) / denominator}
+
+
+def _valid_pairs(batch: Mapping[str, Array]) -> Array:
+    return (jnp.sum(batch["chosen_mask"], axis=-1) > 0).astype(jnp.float32)
+
+
+def preference_loss(model: nn.Module, params: Any, batch: Mapping[str, Array], rng: Array | None, *,
+                    config: PreferenceConfig) -> tuple[Array, dict[str, Array]]:
+    """DPO / IPO / SimPO of the policy `params` on a pair batch (see module docstring)."""
+    chosen_logps, rejected_logps, chosen_len, rejected_len = pair_log_probs(model, params, batch, rng)
+    refs = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if config.needs_reference else (None, None)
+    loss_B, chosen_B, rejected_B = preference_margin_loss(chosen_logps, rejected_logps, *refs, chosen_len,
+                                                          rejected_len, config)
+    return _pair_aux(loss_B, chosen_B, rejected_B, _valid_pairs(batch))
+
+
+def make_preference_loss(config: PreferenceConfig):
+    return functools.partial(preference_loss, config=config)
+
+
+def reference_log_probs(model: nn.Module, reference_params: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
+    """The frozen reference's sequence log-probs of a pair batch: the fields DPO / IPO read."""
+    chosen, rejected, _, _ = pair_log_probs(model, reference_params, batch, None)
+    return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+
+def bradley_terry_loss(model: nn.Module, params: Any, batch: Mapping[str, Array],
+                       rng: Array | None) -> tuple[Array, dict[str, Array]]:
+    """-log sigmoid(r(chosen) - r(rejected)) of a scalar reward model (research/finetune/heads.py)."""
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
+    lengths = jnp.concatenate([batch["chosen_length"], batch["rejected_length"]])
+    rngs = {} if rng is None else {"dropout": rng}
+    rewards = model.apply({"params": params}, tokens, lengths, deterministic=rng is None, rngs=rngs)
+    b = batch["chosen_tokens"].shape[0]
+    chosen_B, rejected_B = rewards[:b], rewards[b:]
+    return _pair_aux(-jax.nn.log_sigmoid(chosen_B - rejected_B), chosen_B, rejected_B, _valid_pairs(batch))

@@ -1,0 +1,253 @@
+"""Task-specific fine-tuning: sequence and token classification (BERT family) and text-to-text (T5).
+
+Records (JSONL, or a synthetic set via data.synthetic):
+    classification        {"text": str, "label": int}                 BERT pooler + classifier
+    token_classification  {"words": [str], "labels": [int]}           BERT + per-token head; a
+                          word's first token carries its label, the rest (and the spaces) none
+    text_to_text          {"input": str, "target": str}               T5, teacher forcing;
+                          evaluated by beam search: exact match, ROUGE-L, BLEU
+Decoder-only classification through prompts is the "sft" path with the label as the reply
+(its evaluation reports exact match of the greedy reply).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import string
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research.decoding import beam_search
+from research.finetune import records as records_lib
+from research.finetune.base_model import BaseModel, abstract_and_init, load_base_model
+from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
+from research.finetune.heads import TokenClassifier, with_pretrained_body
+from research.finetune.paths import _local, _section, load_records
+from research.finetune.preference_data import synthetic_preferences
+from research.finetune.records import RecordError, check_fits, pad_row
+from research.finetune.trainer import FinetuneJob
+from research.models import build_model
+from research.models.config import ConfigError
+from research.training import losses
+
+IGNORE = -1  # label of tokens that carry none (padding, continuation pieces, separators)
+_POSITIVE = ("good", "great", "nice", "happy", "love", "fine")
+_NEGATIVE = ("bad", "awful", "sad", "hate", "poor", "ugly")
+_NEUTRAL = ("the", "a", "day", "film", "food", "it", "was", "very")
+
+
+def synthetic_sentiment(_: str, count: int, seed: int) -> list[dict]:
+    """Texts of neutral words plus words from one polarity list; label 1 = positive."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        label = rng.randint(0, 1)
+        words = [rng.choice(_NEUTRAL) for _ in range(3)] + [rng.choice(_POSITIVE if label else _NEGATIVE)
+                                                            for _ in range(2)]
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": label})
+    return out
+
+
+def synthetic_char_classes(_: str, count: int, seed: int) -> list[dict]:
+    """Words of letters (0), digits (1) or punctuation (2), labelled by their class (a tagging task)."""
+    rng = random.Random(seed)
+    pools = (string.ascii_lowercase, string.digits, "!?.,;:-")
+    out = []
+    for _ in range(count):
+        labels = [rng.randint(0, 2) for _ in range(rng.randint(2, 5))]
+        out.append({"words": ["".join(rng.choice(pools[c]) for _ in range(rng.randint(1, 3))) for c in labels],
+                    "labels": labels})
+    return out
+
+
+def synthetic_text_to_text(rule: str, count: int, seed: int) -> list[dict]:
+    return [{"input": r["prompt"], "target": r["chosen"]} for r in synthetic_preferences(rule, count, seed)]
+
+
+def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
+    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    if base.config.family != family:
+        raise ConfigError(f"path={config.path!r} fine-tunes {family} models; {base.config.name} is "
+                          f"{base.config.family}.")
+    return base
+
+
+def _label(where: str, value: Any, num_labels: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_labels:
+        raise RecordError(f"{where}: label {value!r} must be an int in [0, {num_labels}).")
+    return value
+
+
+def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics):
+    local_batch = config.train.batch_size // jax.process_count()
+    eval_batches = lambda: itertools.islice(iter(records_lib.row_batches(
+        _local(eval_rows), batch_size=local_batch, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
+    eval_loss = mean_aux(loss_fn, model)
+
+    def evaluate(params, reference, sharding):
+        return {**eval_loss(params, eval_batches(), sharding), **predict_metrics(params, eval_batches())}
+
+    return FinetuneJob(name=name, model=model, loss_fn=loss_fn, abstract_params=boxed, initial_params=initial,
+                       train_batches=lambda seed: iter(records_lib.row_batches(_local(train_rows),
+                                                                               batch_size=local_batch, seed=seed)),
+                       evaluate=evaluate)
+
+
+def _softmax_cross_entropy(logits_NC: jax.Array, labels_N: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over entries with a label (>= 0), in the train loop's aux form."""
+    valid_N = (labels_N >= 0).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits_NC.astype(jnp.float32), axis=-1)
+    nll_N = -jnp.take_along_axis(log_probs, jnp.maximum(labels_N, 0)[:, None], axis=-1)[:, 0]
+    n = jnp.sum(valid_N)
+    mean = jnp.sum(nll_N * valid_N) / jnp.maximum(n, 1.0)
+    accuracy = jnp.sum((jnp.argmax(logits_NC, -1) == labels_N) * valid_N) / jnp.maximum(n, 1.0)
+    return mean, {"cross_entropy": mean, "z_loss": jnp.zeros(()), "accuracy": accuracy, "num_tokens": n}
+
+
+def classification_loss(model, params, batch, rng):
+    rngs = {} if rng is None else {"dropout": rng}
+    logits = model.apply({"params": params}, batch["tokens"], segment_ids_BT=batch["segment_ids"],
+                         deterministic=rng is None, rngs=rngs, method="classify")
+    return _softmax_cross_entropy(logits, batch["label"])
+
+
+def token_classification_loss(model, params, batch, rng):
+    rngs = {} if rng is None else {"dropout": rng}
+    logits = model.apply({"params": params}, batch["tokens"], segment_ids_BT=batch["segment_ids"],
+                         deterministic=rng is None, rngs=rngs)
+    return _softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+
+
+def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
+    """Sequence classification with BERT's pooler + classifier (config.model.num_labels classes)."""
+    base = _encoder_base(config, "encoder")
+    num_labels = base.config.num_labels
+    if num_labels < 2 or not base.config.pooler:
+        raise ConfigError(f"path='classification' needs a BERT model with a pooler and model.num_labels >= 2; "
+                          f"got num_labels={num_labels}.")
+    seq_len, tokenizer = config.train.seq_len, base.tokenizer
+    data = _section(config, "data")
+
+    def row(where, record):
+        ids = list(tokenizer.encode(str(record["text"])))
+        check_fits(where, len(ids), seq_len, "text")
+        return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
+                "label": np.asarray(_label(where, record["label"], num_labels), np.int32)}
+
+    train_rows, eval_rows = ([row(w, r) for w, r in load_records(data, split, (("text", "label"),),
+                                                                 synthetic_sentiment)] for split in ("train", "eval"))
+    model = build_model(base.config)
+    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32),))
+    initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
+    predict = jax.jit(lambda params, tokens, segments: jnp.argmax(model.apply(
+        {"params": params}, tokens, segment_ids_BT=segments, method="classify"), -1))
+
+    def predict_metrics(params, batches):
+        predictions, labels = [], []
+        for batch in batches:
+            keep = batch["segment_ids"][:, 0] > 0
+            predictions += list(np.asarray(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
+            labels += list(batch["label"][keep])
+        return classification_metrics(predictions, labels)
+
+    return _row_job(f"classification {base.config.name} ({base.source})", config, model, classification_loss, boxed,
+                    initial, train_rows, eval_rows, predict_metrics)
+
+
+def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
+    """Per-token tagging: a BERT body + a linear head over its hidden states."""
+    base = _encoder_base(config, "encoder")
+    seq_len, tokenizer = config.train.seq_len, base.tokenizer
+    data = _section(config, "data")
+    num_labels = int(config.get("num_token_labels", 3))
+    space = list(tokenizer.encode(" "))
+
+    def row(where, record):
+        words, labels = record["words"], record["labels"]
+        if not isinstance(words, list) or not isinstance(labels, list) or len(words) != len(labels):
+            raise RecordError(f"{where}: 'words' and 'labels' must be lists of the same length.")
+        ids, tags = [], []
+        for i, (word, label) in enumerate(zip(words, labels)):
+            if i:
+                ids, tags = ids + space, tags + [IGNORE] * len(space)
+            pieces = list(tokenizer.encode(str(word)))
+            ids += pieces
+            tags += [_label(where, label, num_labels)] + [IGNORE] * (len(pieces) - 1)
+        check_fits(where, len(ids), seq_len, "words")
+        return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
+                "labels": np.concatenate([np.asarray(tags, np.int32), np.full(seq_len - len(tags), IGNORE, np.int32)])}
+
+    train_rows, eval_rows = ([row(w, r) for w, r in load_records(data, split, (("words", "labels"),),
+                                                                 synthetic_char_classes)] for split in ("train", "eval"))
+    model = TokenClassifier(base.config, num_labels)
+    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32),))
+
+    def initial():
+        params = init(int(config.train.seed))
+        return params if base.params is None else with_pretrained_body(params, base.params, base.source)
+
+    predict = jax.jit(lambda params, tokens, segments: jnp.argmax(model.apply(
+        {"params": params}, tokens, segment_ids_BT=segments), -1))
+
+    def predict_metrics(params, batches):
+        predictions, labels = [], []
+        for batch in batches:
+            keep = batch["labels"] >= 0
+            predictions += list(np.asarray(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
+            labels += list(batch["labels"][keep])
+        return classification_metrics(predictions, labels)
+
+    return _row_job(f"token classification {base.config.name} ({base.source})", config, model,
+                    token_classification_loss, boxed, initial, train_rows, eval_rows, predict_metrics)
+
+
+def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
+    """T5: the encoder reads the input, the decoder is teacher-forced on the target (+ eos)."""
+    base = _encoder_base(config, "encoder_decoder")
+    seq_len, tokenizer, cfg = config.train.seq_len, base.tokenizer, base.config
+    data = _section(config, "data")
+    eos, start = int(tokenizer.eos_id), int(cfg.decoder_start_token_id)
+
+    def row(where, record):
+        source = list(tokenizer.encode(str(record["input"])))
+        target = list(tokenizer.encode(str(record["target"]))) + [eos]
+        check_fits(where, len(source), seq_len, "input")
+        check_fits(where, len(target), seq_len, "target")
+        ones = lambda n: pad_row([1] * n, seq_len)
+        arange = lambda n: pad_row(list(range(n)), seq_len)
+        return {"encoder_inputs": pad_row(source, seq_len), "encoder_segment_ids": ones(len(source)),
+                "encoder_positions": arange(len(source)), "decoder_inputs": pad_row([start] + target[:-1], seq_len),
+                "decoder_targets": pad_row(target, seq_len), "decoder_segment_ids": ones(len(target)),
+                "decoder_positions": arange(len(target)), "loss_weights": pad_row([1.0] * len(target), seq_len,
+                                                                                  np.float32)}
+
+    records = {split: load_records(data, split, (("input", "target"),), synthetic_text_to_text)
+               for split in ("train", "eval")}
+    train_rows, eval_rows = ([row(w, r) for w, r in records[split]] for split in ("train", "eval"))
+    model = build_model(cfg)
+    loss_fn = losses.make_loss_fn(losses.get_objective("prefix_lm", "encoder_decoder"), float(config.train.z_loss))
+    ones = np.ones((1, seq_len), np.int32)
+    boxed, init = abstract_and_init(model, (ones, ones))
+    initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
+    generation = records["eval"][:int(config.get("generation_prompts", 32))]
+    num_beams = int(config.get("num_beams", 4))
+
+    def predict_metrics(params, batches):
+        if not generation:
+            return {}
+        prompts = [list(tokenizer.encode(str(r["input"]))) for _, r in generation]
+        out = beam_search(model, params, prompts, num_beams=num_beams, stop_tokens=[eos],
+                          max_new_tokens=int(config.get("generation_tokens", 16)))
+        best = np.asarray(out.tokens_BWN)[:, 0]
+        lengths = np.asarray(out.lengths_BW)[:, 0]
+        predictions = [tokenizer.decode([int(t) for t in row[:n]]) for row, n in zip(best, lengths)]
+        return text_metrics(predictions, [str(r["target"]) for _, r in generation])
+
+    return _row_job(f"text-to-text {cfg.name} ({base.source})", config, model, loss_fn, boxed, initial,
+                    train_rows, eval_rows, predict_metrics)
+

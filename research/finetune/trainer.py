@@ -1,0 +1,209 @@
+"""The fine-tuning loop: pretraining's train state, train step, optimizer, checkpoints and metrics.
+
+A path (SFT, reward model, DPO, classification, text-to-text, GRPO) is a `FinetuneJob`: a
+model, a pure loss of the train loop's signature, its initial parameters, a checkpointable
+batch iterator and an evaluator. This module runs it with research/training's pieces:
+`make_train_step` / `jit_train_step` (the same pure, sharded, microbatched step),
+`make_optimizer`, `TrainState`, `Checkpointer` (orbax, async, data-iterator state) and
+`MetricWriter` (metrics.jsonl + TensorBoard). What fine-tuning adds around the step:
+
+  * initial parameters from a checkpoint, a Hugging Face folder or a seed (job.initial_params);
+  * LoRA: params {"base", "lora"}, an optimizer that updates only "lora", and checkpoints
+    that hold only "lora" (the base is reloaded from its source on resume);
+  * a frozen reference (the initial policy) for DPO / RL, kept outside the train state;
+  * `job.prepare(policy, reference, batch, step)`: frozen inputs added to a batch before the
+    step (reference log-probs), or for RL the sampling phase that builds the batch.
+
+Resuming is automatic and exact: rerunning with the same workdir restores state and data
+position from the latest checkpoint, and every key is a fold_in of the step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from research.finetune.lora import BASE, LORA, LoraConfig, adapter_optimizer, init_lora, lora_loss_fn, merge_lora
+from research.models.config import ConfigError
+from research.sharding import DEFAULT_RULES
+from research.training import metrics as metrics_lib, partitioning
+from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
+from research.training.loop import TrainConfig, TrainingDivergedError
+from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.state import TrainState, with_shardings
+from research.training.train_step import jit_train_step, make_train_step
+
+log = logging.getLogger(__name__)
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneJob:
+    """Everything the loop needs from one fine-tuning path."""
+
+    name: str
+    model: nn.Module  # what loss_fn applies: a zoo model or a zoo model with a head
+    loss_fn: Callable  # (model, params, batch, rng) -> (loss, aux), research.training.losses.LossFn
+    abstract_params: Any  # boxed abstract params (jax.eval_shape of init): logical axes -> shardings
+    initial_params: Callable[[], Any]  # unboxed starting parameters (pretrained, or a seeded init)
+    train_batches: Callable[[int], Iterator[Batch]]  # seed -> checkpointable (grain) iterator of local batches
+    # (params, reference or None, batch sharding) -> metrics, eval_loss included
+    evaluate: Callable[[Any, Any, NamedSharding], dict[str, float]]
+    # (policy params, reference or None, sharded batch, step) -> sharded batch the step trains on,
+    # or (that batch, host metrics to log with the step)
+    prepare: Callable[[Any, Any, dict, int], dict] | None = None
+    needs_reference: bool = False
+
+
+def _sub(section: Any) -> dict[str, Any]:
+    return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+
+
+def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
+    """config.lora with rank 0 (or absent) means full fine-tuning."""
+    section = _sub(config.get("lora", {}) or {})
+    if not section or not section.get("rank"):
+        return None
+    if "targets" in section:
+        section["targets"] = tuple(section["targets"])
+    return LoraConfig(**section)
+
+
+def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train (or resume) `job` in `workdir`; returns {before_*: step-0 eval, last train and eval metrics}."""
+    os.makedirs(workdir, exist_ok=True)
+    train = TrainConfig(**_sub(config.train))
+    opt_config = OptimizerConfig(total_steps=train.num_steps, **_sub(config.opt))
+    checkpoint_config = CheckpointConfig(**_sub(config.checkpoint))
+    rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in (config.mesh.get("rules") or DEFAULT_RULES))
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
+    partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
+    lora = lora_config(config)
+
+    optimizer, schedule = make_optimizer(opt_config)
+    loss_fn = job.loss_fn
+    boxed = job.abstract_params
+    if lora is not None:
+        optimizer, loss_fn = adapter_optimizer(optimizer), lora_loss_fn(loss_fn, lora)
+        adapters = jax.eval_shape(lambda key: init_lora(job.abstract_params, lora, key), jax.random.PRNGKey(0))
+        boxed = {BASE: job.abstract_params, LORA: adapters}
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
+    writer = metrics_lib.MetricWriter(workdir)
+    train_iter = job.train_batches(train.seed)
+    last: dict[str, float] = {}
+    try:
+        with partitioning.sharding_context(mesh, rules):
+            param_sh = partitioning.param_shardings(boxed, mesh, rules)
+            params = _initial_params(job, lora, boxed, param_sh, train.seed)
+            abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+            opt_sh = partitioning.mirrored_shardings(jax.eval_shape(optimizer.init, abstract_params),
+                                                     abstract_params, param_sh, mesh)
+            shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+            state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                               opt_state=jax.jit(optimizer.init, out_shardings=opt_sh)(params),
+                               rng=jax.device_put(jax.random.fold_in(jax.random.PRNGKey(train.seed), 1), replicated))
+            # The frozen starting policy: under LoRA the base itself (B = 0 there), read from the
+            # current state because the step donates (and replaces) its buffers; otherwise a copy.
+            initial_copy = jax.tree.map(jnp.copy, params) if job.needs_reference and not lora else None
+
+            def reference() -> Any:
+                return state.params[BASE] if lora and job.needs_reference else initial_copy
+
+            if checkpointer.latest_step() is not None:
+                view_sh = _checkpoint_view(shardings, lora)
+                target = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                     _checkpoint_view(state, lora)), view_sh)
+                restored, train_iter = checkpointer.restore(target, train_iter)
+                state = restored.replace(params={BASE: params[BASE], LORA: restored.params[LORA]}) if lora else restored
+                writer.forget_after(int(state.step))
+
+            step_fn = jit_train_step(make_train_step(job.model, loss_fn, optimizer, schedule,
+                                                     microbatches=train.microbatches,
+                                                     batch_spec=partitioning.batch_partition_spec(rules)),
+                                     shardings, batch_sharding)
+            merge = jax.jit(lambda p: merge_lora(p[BASE], p[LORA], lora)) if lora else (lambda p: p)
+
+            def run_eval() -> dict[str, float]:
+                return {k: float(v) for k, v in job.evaluate(merge(state.params), reference(), batch_sharding).items()}
+
+            start_step = int(state.step)
+            trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[LORA] if lora else params))
+            total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+            log.info("%s: %s trainable of %s params; mesh %s; starting at step %d", job.name, f"{trainable:,}",
+                     f"{total:,}", dict(mesh.shape), start_step)
+            if start_step == 0:
+                before = run_eval()
+                writer.write(0, {"params_trainable": trainable, "params_total": total, **before})
+                last.update({f"before_{k}": v for k, v in before.items()})
+            end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
+            for step in range(start_step + 1, end_step + 1):
+                batch = partitioning.shard_batch(next(train_iter), batch_sharding)
+                extra: dict[str, float] = {}
+                if job.prepare is not None:
+                    batch = job.prepare(merge(state.params), reference(), batch, step)
+                    if isinstance(batch, tuple):  # (batch, host metrics of the sampling phase)
+                        batch, extra = batch
+                state, step_metrics = step_fn(state, batch)
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                values.update(extra)
+                if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
+                    checkpointer.wait()
+                    raise TrainingDivergedError(
+                        f"step {step}: loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; "
+                        f"stopped without saving; lower opt.learning_rate and rerun.")
+                last.update(values)
+                save = step % checkpoint_config.every_steps == 0 or step == end_step
+                record = dict(values) if step % train.log_every_steps == 0 or save else {}
+                if save or step % train.eval_every_steps == 0:
+                    eval_metrics = run_eval()
+                    record.update(eval_metrics)
+                    last.update(eval_metrics)
+                    if save:
+                        checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(),
+                                          {BEST_METRIC: eval_metrics[BEST_METRIC]})
+                if record:
+                    writer.write(step, record)
+            if end_step == start_step and "eval_loss" not in last:
+                last.update(run_eval())
+            if config.get("export_dir"):
+                _export(job, merge(state.params), config.export_dir)
+    finally:
+        checkpointer.close()
+        writer.close()
+    return last
+
+
+def _initial_params(job: FinetuneJob, lora: LoraConfig | None, boxed: Any, param_sh: Any, seed: int) -> Any:
+    base_sh = param_sh[BASE] if lora else param_sh
+    base = jax.device_put(job.initial_params(), base_sh)
+    if lora is None:
+        return base
+    from flax.core import meta
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+    adapters = jax.jit(lambda k: meta.unbox(init_lora(boxed[BASE], lora, k)), out_shardings=param_sh[LORA])(key)
+    return {BASE: base, LORA: adapters}
+
+
+def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:
+    """What a checkpoint holds: the whole state, or under LoRA everything but the frozen base."""
+    return state.replace(params={LORA: state.params[LORA]}) if lora else state
+
+
+def _export(job: FinetuneJob, params: Any, path: str) -> None:
+    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here)."""
+    from research.models import to_hf
+    if job.model.__class__.__module__.startswith("research.finetune"):
+        raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
+                          "export here; unset export_dir.")
+    to_hf(job.model, jax.device_get(params), path)
+    log.info("exported merged weights to %s", path)

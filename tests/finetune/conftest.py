@@ -1,0 +1,19 @@
+"""Tiny fine-tuning configs: the experiment presets with a one-layer model and few steps."""
+import os
+
+from experiments.configs.finetune import get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A one-layer model and short rows compile in seconds; batch 8 divides the 8 test devices.
+TINY_MODEL = dict(num_layers=1, d_model=32)
+
+
+def tiny_config(preset, num_steps=8, **train):
+    config = get_config(preset)
+    config.model.update(TINY_MODEL)
+    config.train.update(dict(num_steps=num_steps, batch_size=8, seq_len=48, eval_batches=2, log_every_steps=1,
+                             eval_every_steps=num_steps, **train))
+    config.checkpoint.every_steps = num_steps
+    config.data.update(dict(num_train=256, num_eval=32))
+    config.generation_prompts = 0
+    return config

@@ -1,0 +1,40 @@
+"""Every fine-tuning preset resolves into a job; task metrics agree with hand-computed values."""
+import numpy as np
+import pytest
+
+from experiments.configs import finetune as finetune_configs
+from research.finetune import PATHS, build_job
+from research.finetune.evaluators import classification_metrics, text_metrics
+from research.models.config import ConfigError
+
+from tests.finetune.conftest import tiny_config
+
+
+@pytest.mark.parametrize("preset", finetune_configs.TINY)
+def test_every_tiny_preset_builds_its_job(preset):
+    config = tiny_config(preset)
+    job = build_job(config)
+    batch = next(job.train_batches(0))
+    assert all(v.shape[0] == config.train.batch_size for v in batch.values())
+
+
+def test_every_path_has_a_preset_and_gpu_presets_resolve():
+    assert {finetune_configs.get_config(p).path for p in finetune_configs.TINY} == set(PATHS)
+    for preset in finetune_configs.GPU:
+        config = finetune_configs.get_config(preset)
+        assert config.init == "hf:" and config.model.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"^path='ppo' is not one of"):
+        config = tiny_config("sft_tiny")
+        config.path = "ppo"
+        build_job(config)
+
+
+def test_task_metrics_by_hand():
+    metrics = text_metrics(["the cat", "a b c d"], ["the cat sat", "a b c d"])
+    assert metrics["eval_exact_match"] == 0.5
+    # ROUGE-L F of "the cat" vs "the cat sat": LCS 2, precision 1, recall 2/3 -> F = 0.8; the second is 1.
+    np.testing.assert_allclose(metrics["eval_rouge_l"], (0.8 + 1.0) / 2)
+    assert text_metrics(["a b c d e"], ["a b c d e"])["eval_bleu"] == pytest.approx(100.0)
+    metrics = classification_metrics([0, 1, 1, 1], [0, 1, 0, 1])
+    assert metrics["eval_accuracy"] == 0.75
+    np.testing.assert_allclose(metrics["eval_f1"], (2 / 3 + 0.8) / 2)  # macro: class 0 F1 2/3, class 1 F1 0.8

@@ -1,0 +1,89 @@
+"""Chat templates and fine-tuning records: the response-only mask, packing, bad rows as one line."""
+import json
+
+import numpy as np
+import pytest
+
+from research.data.chat_templates import get_chat_template, render_chat, render_prompt
+from research.evaluation.tokenizer import CharTokenizer
+from research.finetune.preference_data import PREFERENCE_FIELDS, preference_row, rule_reward, synthetic_preferences
+from research.finetune.records import RecordError, packed_batches, read_jsonl
+from research.finetune.sft_data import SFT_FIELDS, sft_example
+
+TOKENIZER = CharTokenizer()
+PLAIN = get_chat_template("plain")
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6"}]
+
+
+def test_loss_mask_covers_exactly_the_assistant_replies():
+    ids, mask = render_chat(CHAT, PLAIN, TOKENIZER)
+    # Rebuild the conversation by hand: what the model must say is "4\n<eos>" and "6\n<eos>".
+    pieces = [("System: Be brief.\nUser: 2+2?\nAssistant: ", 0), ("4\n", 1), (None, 1),
+              ("User: 3+3?\nAssistant: ", 0), ("6\n", 1), (None, 1)]
+    expected_ids, expected_mask = [], []
+    for text, trained in pieces:
+        piece = [TOKENIZER.eos_id] if text is None else TOKENIZER.encode(text)
+        expected_ids += piece
+        expected_mask += [trained] * len(piece)
+    assert ids == expected_ids and mask == expected_mask
+    example = sft_example("chat:1", {"messages": CHAT}, template=PLAIN, tokenizer=TOKENIZER, seq_len=96)
+    trained_text = TOKENIZER.decode([t for t, w in zip(example["targets"], example["loss_weights"]) if w])
+    assert trained_text == "4\n6\n"  # eos is trained too but decodes to nothing
+    assert int(example["loss_weights"].sum()) == 6
+    np.testing.assert_array_equal(example["inputs"][1:], example["targets"][:-1])
+    assert TOKENIZER.decode(render_prompt(CHAT[:4], PLAIN, TOKENIZER)).endswith("User: 3+3?\nAssistant: ")
+
+
+def test_packed_rows_keep_examples_apart():
+    examples = [sft_example(f"x:{i}", {"instruction": f"{i}+{i}=", "response": str(2 * i)}, template=PLAIN,
+                            tokenizer=TOKENIZER, seq_len=80) for i in range(10)]
+    batch = next(iter(packed_batches(examples, batch_size=2, seq_len=80, seed=0)))
+    assert batch["inputs"].shape == (2, 80) and batch["segment_ids"].max() >= 2  # several examples per row
+    for row in range(2):
+        for segment in set(batch["segment_ids"][row]) - {0}:
+            positions = batch["positions"][row][batch["segment_ids"][row] == segment]
+            np.testing.assert_array_equal(positions, np.arange(len(positions)))  # restart per example
+
+
+def write(tmp_path, rows):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_a_row_missing_a_field_names_file_and_line(tmp_path):
+    path = write(tmp_path, [{"instruction": "a", "response": "b"}, {"messages": []}, {"instruction": "c"}])
+    with pytest.raises(RecordError, match=rf"^{path}:3: row lacks field\(s\) messages or instruction\+response; "
+                                          r"it has \['instruction'\]\.$"):
+        read_jsonl(path, SFT_FIELDS)
+    path = write(tmp_path, [{"prompt": "p", "chosen": "c", "rejected": "r"}, "{not json"])
+    with pytest.raises(RecordError, match=rf"^{path}:2: not valid JSON"):
+        read_jsonl(path, PREFERENCE_FIELDS)
+    path = write(tmp_path, [{"prompt": "p", "chosen": "c"}])
+    with pytest.raises(RecordError, match=rf"^{path}:1: row lacks field\(s\) prompt\+chosen\+rejected"):
+        read_jsonl(path, PREFERENCE_FIELDS)
+
+
+def test_a_response_longer_than_the_context_is_one_line(tmp_path):
+    path = write(tmp_path, [{"instruction": "hi", "response": "x" * 10}, {"instruction": "hi", "response": "y" * 80}])
+    (where_ok, ok), (where_long, long) = read_jsonl(path, SFT_FIELDS)
+    sft_example(where_ok, ok, template=PLAIN, tokenizer=TOKENIZER, seq_len=64)
+    with pytest.raises(RecordError, match=rf"^{path}:2: the conversation has 10\d tokens > seq_len=64; raise "
+                                          r"train.seq_len"):
+        sft_example(where_long, long, template=PLAIN, tokenizer=TOKENIZER, seq_len=64)
+    with pytest.raises(RecordError, match=r"^p:1: prompt \+ chosen response has \d+ tokens > seq_len=16"):
+        preference_row("p:1", {"prompt": "Shout: word", "chosen": "WORD" * 4, "rejected": "w"}, template=PLAIN,
+                       tokenizer=TOKENIZER, seq_len=16)
+
+
+def test_synthetic_preferences_follow_their_rule():
+    for rule in ("capitals", "arithmetic"):
+        for record in synthetic_preferences(rule, 50, seed=1):
+            assert rule_reward(rule, record["prompt"], record["chosen"]) == 1.0
+            assert rule_reward(rule, record["prompt"], record["rejected"]) < 1.0
+    row = preference_row("p:1", {"prompt": "Shout: cat", "chosen": "CAT", "rejected": "cat"}, template=PLAIN,
+                         tokenizer=TOKENIZER, seq_len=40)
+    chosen = [t for t, m in zip(row["chosen_tokens"], row["chosen_mask"]) if m]
+    assert TOKENIZER.decode(chosen) == "CAT\n" and int(row["chosen_length"]) == len("User: Shout: cat\nAssistant: CAT\n") + 1

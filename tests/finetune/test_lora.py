@@ -1,0 +1,129 @@
+"""LoRA: zero-initialised B is the base model, merged = unmerged forward, peft parity,
+only adapters train and are held by the optimizer, targets that match nothing fail."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.core import meta
+
+from research.finetune.lora import (BASE, LORA, LoraConfig, adapter_optimizer, init_lora, lora_delta, lora_loss_fn,
+                                    merge_lora, target_paths)
+from research.models import build_model, get_config
+from research.models.config import ConfigError
+from research.models.layers import Dense
+from research.training import losses
+from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.state import TrainState
+from research.training.train_step import make_train_step
+
+FAMILIES = {"gpt2-tiny": dict(scan_layers=True), "llama-tiny": {}, "bert-test": {}, "t5-tiny": {}}
+
+
+def init_model(preset, **overrides):
+    model = build_model(get_config(preset, num_layers=1, vocab_size=128, d_model=32, d_ff=64, **overrides))
+    tokens = jnp.arange(1, 9, dtype=jnp.int32)[None]
+    args = (tokens, tokens) if model.config.family == "encoder_decoder" else (tokens,)
+    boxed = jax.jit(model.init)(jax.random.key(0), *args)["params"]
+    return model, boxed, args
+
+
+@pytest.mark.parametrize("preset", sorted(FAMILIES))
+def test_adapters_on_attention_and_mlp_of_every_family_start_as_the_base(preset):
+    model, boxed, args = init_model(preset, **FAMILIES[preset])
+    config = LoraConfig(rank=4)
+    paths = target_paths(boxed, config)
+    assert any("attention/query/kernel" in p for p in paths) and any("mlp/wo/kernel" in p for p in paths)
+    if preset == "t5-tiny":
+        assert any("cross_attention/out/kernel" in p for p in paths)
+    base = meta.unbox(boxed)
+    adapters = meta.unbox(init_lora(boxed, config, jax.random.key(1)))
+    merge = jax.jit(lambda base, adapters: merge_lora(base, adapters, config))
+    apply = jax.jit(model.apply)
+    np.testing.assert_array_equal(apply({"params": merge(base, adapters)}, *args), apply({"params": base}, *args))
+    # Nonzero B changes exactly the targeted kernels.
+    adapters = jax.tree.map(lambda x: x + 0.1, adapters)
+    changed = jax.tree_util.tree_map_with_path(lambda p, a, b: bool(jnp.any(a != b)), base, merge(base, adapters))
+    flat = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(changed)[0]}
+    assert sorted(p for p, v in flat.items() if v) == paths
+
+
+@pytest.mark.parametrize("kernel_shape,n_in,name", [((16, 4, 8), 1, "query"), ((4, 8, 16), 2, "out"),
+                                                     ((3, 16, 24), 1, "wi")])
+def test_merged_kernel_equals_the_unmerged_forward(kernel_shape, n_in, name):
+    """x W' == x W + (alpha / r) (x A) B for q/k/v, out and a scanned (stacked) MLP kernel."""
+    rng = np.random.default_rng(0)
+    stacked = len(kernel_shape) - n_in - (2 if name == "query" else 1)
+    lead, in_shape, out_shape = kernel_shape[:stacked], kernel_shape[stacked:stacked + n_in], kernel_shape[stacked + n_in:]
+    w = rng.normal(size=kernel_shape).astype(np.float32)
+    a = rng.normal(size=(*lead, *in_shape, 3)).astype(np.float32)
+    b = rng.normal(size=(*lead, 3, *out_shape)).astype(np.float32)
+    x = rng.normal(size=(*lead, 5, *in_shape)).astype(np.float32)
+    path = f"layers/x/{name}/kernel"
+    merged = w + lora_delta(jnp.asarray(a), jnp.asarray(b), kernel_shape, path, 2.0)
+    in_axes = "ij"[:n_in]
+    out_axes = "uv"[:len(out_shape)]
+    ld = "l" if lead else ""
+    merged_out = jnp.einsum(f"{ld}t{in_axes},{ld}{in_axes}{out_axes}->{ld}t{out_axes}", x, merged)
+    unmerged = (jnp.einsum(f"{ld}t{in_axes},{ld}{in_axes}{out_axes}->{ld}t{out_axes}", x, w)
+                + 2.0 * jnp.einsum(f"{ld}tr,{ld}r{out_axes}->{ld}t{out_axes}",
+                                   jnp.einsum(f"{ld}t{in_axes},{ld}{in_axes}r->{ld}tr", x, a), b))
+    np.testing.assert_allclose(merged_out, unmerged, rtol=1e-4, atol=1e-4)
+
+
+def test_a_lora_layer_matches_peft():
+    import torch
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    d_in, d_out, rank, alpha = 12, 10, 4, 8.0
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential()
+    linear.add_module("proj", torch.nn.Linear(d_in, d_out))
+    peft_model = get_peft_model(linear, PeftLoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"]))
+    layer = peft_model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()  # peft starts B at zero too; make the adapter matter
+    x = torch.randn(3, d_in)
+    expected = peft_model(x).detach().numpy()
+
+    config = get_config("gpt2-tiny")
+    dense = Dense((d_out,), ("embed",), ("mlp",), config, use_bias=True)
+    params = {"proj": {"kernel": layer.base_layer.weight.detach().numpy().T,
+                       "bias": layer.base_layer.bias.detach().numpy()}}
+    adapters = {"proj": {"lora_a": layer.lora_A["default"].weight.detach().numpy().T,
+                         "lora_b": layer.lora_B["default"].weight.detach().numpy().T}}
+    merged = merge_lora(params, adapters, LoraConfig(rank=rank, alpha=alpha, targets=("proj/kernel",)))
+    ours = dense.apply({"params": merged["proj"]}, jnp.asarray(x.numpy()))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_only_adapters_train_and_only_adapters_have_optimizer_state():
+    model, boxed, _ = init_model("llama-tiny", scan_layers=True, num_kv_heads=2)
+    config = LoraConfig(rank=2)
+    params = {BASE: meta.unbox(boxed), LORA: meta.unbox(init_lora(boxed, config, jax.random.key(1)))}
+    optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=10, learning_rate=1e-2))
+    optimizer = adapter_optimizer(optimizer)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    held = [x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim]
+    adapter_shapes = [x.shape for x in jax.tree.leaves(params[LORA])]
+    assert sorted(held) == sorted(adapter_shapes * 2)  # Adam's mu and nu of each adapter leaf, nothing else
+
+    objective = losses.get_objective("causal_lm", "decoder")
+    step = jax.jit(make_train_step(model, lora_loss_fn(losses.make_loss_fn(objective), config), optimizer, schedule))
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.integers(1, 100, (4, 8)).astype(np.int32), "targets": rng.integers(1, 100, (4, 8)).astype(np.int32),
+             "segment_ids": np.ones((4, 8), np.int32), "positions": np.tile(np.arange(8, dtype=np.int32), (4, 1)),
+             "loss_weights": np.ones((4, 8), np.float32)}
+    new, _ = step(state, batch)
+    jax.tree.map(np.testing.assert_array_equal, new.params[BASE], params[BASE])
+    assert all(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(new.params[LORA]), jax.tree.leaves(params[LORA])))
+
+
+def test_a_target_pattern_that_matches_nothing_is_one_line():
+    _, boxed, _ = init_model("gpt2-tiny")
+    with pytest.raises(ConfigError, match=r"lora.targets pattern 'attn/c_attn' matches no parameter") as error:
+        target_paths(boxed, LoraConfig(targets=(r"attention/query/kernel$", "attn/c_attn")))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="lora.rank=0"):
+        LoraConfig(rank=0)

@@ -1,0 +1,74 @@
+"""DPO / IPO against trl's DPOTrainer loss on the same log-probabilities; SimPO by hand."""
+import collections
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from research.finetune.preference_losses import PreferenceConfig, preference_margin_loss
+
+
+def trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, *, loss_type, beta):
+    """trl's DPOTrainer._compute_loss on a stub model that returns `per_token_logps` (rows
+    [chosen..., rejected...]), with precomputed reference log-probs."""
+    from trl import DPOTrainer
+
+    rows, length = completion_mask.shape
+    outputs = types.SimpleNamespace(
+        log_probs=torch.tensor(per_token_logps), entropy=torch.zeros(rows, length - 1),
+        mean_logits=torch.zeros(rows, length - 1), is_top1=torch.zeros(rows, length - 1, dtype=torch.bool))
+    identity = lambda x: x
+    trainer = types.SimpleNamespace(
+        model=types.SimpleNamespace(training=True),
+        accelerator=types.SimpleNamespace(device="cpu", gather_for_metrics=identity, gather=identity),
+        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=0.0, use_weighting=False,
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)), _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.ones(rows, length, dtype=torch.long), "attention_mask": torch.ones(rows, length),
+              "completion_mask": torch.tensor(completion_mask),
+              "ref_chosen_logps": torch.tensor(ref_chosen), "ref_rejected_logps": torch.tensor(ref_rejected)}
+    return float(DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, False))
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo"])
+def test_matches_trl(loss_type):
+    rng = np.random.default_rng(0)
+    pairs, length = 4, 9
+    completion_mask = np.zeros((2 * pairs, length), np.float32)
+    for row in range(2 * pairs):  # prompt then a response of a different length in every row
+        start = rng.integers(1, 4)
+        completion_mask[row, start:start + rng.integers(2, length - start)] = 1
+    # Log-probs of target tokens 1..T-1, zero outside the response (trl masks them with labels = -100).
+    per_token = (-rng.random((2 * pairs, length - 1)) * 3 * completion_mask[:, 1:]).astype(np.float32)
+    ref_chosen, ref_rejected = (-rng.random(pairs) * 10).astype(np.float32), (-rng.random(pairs) * 10).astype(np.float32)
+    beta = 0.3
+    expected = trl_dpo_loss(per_token, completion_mask, ref_chosen, ref_rejected,
+                            loss_type={"dpo": "sigmoid"}.get(loss_type, loss_type), beta=beta)
+
+    logps = per_token.sum(-1)
+    lengths = completion_mask[:, 1:].sum(-1)  # response tokens scored (the first token of a row never is)
+    if loss_type == "ipo":
+        lengths = completion_mask.sum(-1)  # trl normalises IPO by the completion mask's length
+    ours, _, _ = preference_margin_loss(jnp.asarray(logps[:pairs]), jnp.asarray(logps[pairs:]), jnp.asarray(ref_chosen),
+                                       jnp.asarray(ref_rejected), jnp.asarray(lengths[:pairs]),
+                                       jnp.asarray(lengths[pairs:]), PreferenceConfig(loss=loss_type, beta=beta))
+    np.testing.assert_allclose(float(jnp.mean(ours)), expected, rtol=1e-5)
+
+
+def test_dpo_and_simpo_by_hand():
+    chosen, rejected, ref_chosen, ref_rejected = -4.0, -6.0, -5.0, -5.5
+    config = PreferenceConfig(loss="dpo", beta=0.5)
+    loss, chosen_reward, rejected_reward = preference_margin_loss(
+        jnp.array([chosen]), jnp.array([rejected]), jnp.array([ref_chosen]), jnp.array([ref_rejected]),
+        jnp.array([2.0]), jnp.array([4.0]), config)
+    margin = 0.5 * ((chosen - ref_chosen) - (rejected - ref_rejected))  # 0.5 * (1 - (-0.5)) = 0.75
+    np.testing.assert_allclose(float(loss[0]), np.log1p(np.exp(-margin)), rtol=1e-6)
+    np.testing.assert_allclose([float(chosen_reward[0]), float(rejected_reward[0])], [0.5, -0.25], rtol=1e-6)
+
+    config = PreferenceConfig(loss="simpo", beta=2.0, simpo_gamma=0.5)
+    loss, _, _ = preference_margin_loss(jnp.array([chosen]), jnp.array([rejected]), None, None, jnp.array([2.0]),
+                                        jnp.array([4.0]), config)
+    z = 2.0 * (chosen / 2 - rejected / 4) - 0.5  # 2 * (-2 + 1.5) - 0.5 = -1.5
+    np.testing.assert_allclose(float(loss[0]), np.log1p(np.exp(-z)), rtol=1e-6)

@@ -1,0 +1,84 @@
+"""The study's rules: exact vs nominal accounting, the early-plateau rule, the held-out budget,
+and the capacity-limited corpus."""
+import numpy as np
+import pytest
+
+from research.scaling import COARSE_GRID, ChinchillaLaw, RunTable, RunTableError, fit_envelope, fit_isoflop, isoflop_runs
+from research.scaling.held_out import predict_held_out_budget
+from research.scaling.plateau import mark_plateau_runs, on_plateau, order1_entropy_nats
+from research.scaling.run_table import read_runs_csv
+from research.scaling.synthetic_bound import context_entropies_nats
+from research.scaling.synthetic_corpus import markov_source
+
+LAW = ChinchillaLaw(E=1.5, A=40.0, B=80.0, alpha=0.5, beta=0.4)
+
+
+def test_exact_accounting_reads_total_N_and_exact_flops(tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_text("N,N_total,D,C_exact,loss,status\n1000,1600,1e6,9.6e9,2.0,ok\n2000,2600,1e6,1.56e10,1.9,ok\n")
+    nominal, exact = read_runs_csv(str(path)), read_runs_csv(str(path), "exact")
+    np.testing.assert_allclose(nominal.N, [1000, 2000])
+    np.testing.assert_allclose(nominal.compute, [6e9, 1.2e10])  # 6 N D
+    np.testing.assert_allclose(exact.N, [1600, 2600])
+    np.testing.assert_allclose(exact.compute, [9.6e9, 1.56e10])
+    np.testing.assert_allclose(exact.flops_per_token, [9600, 15600])
+    (tmp_path / "bare.csv").write_text("N,D,loss\n1000,1e6,2.0\n")
+    with pytest.raises(RunTableError, match="N_total, C_exact"):
+        read_runs_csv(str(tmp_path / "bare.csv"), "exact")
+
+
+def test_isoflop_D_opt_uses_the_runs_own_flops_per_token():
+    """With exact FLOPs of c(N) = 9 N per token (not 6 N), D_opt = C / c(N_opt)."""
+    C, N, D = isoflop_runs([1e12, 1e13, 1e14], 7, 1e3, 1e6)
+    D = C / (9.0 * N)  # these runs spend 9 N FLOPs per token
+    table = RunTable(N, D, LAW.loss(N, D), flops=9.0 * N * D)
+    for profile in fit_isoflop(table).profiles:
+        assert profile.D_opt == pytest.approx(profile.compute / (9.0 * profile.N_opt), rel=1e-6)
+    envelope = fit_envelope(table).envelope
+    np.testing.assert_allclose(envelope.D, envelope.compute / (9.0 * envelope.N), rtol=1e-9)
+
+
+def test_plateau_rule_flags_runs_that_never_beat_bigram_statistics():
+    records = [{"run": "a", "status": "ok", "loss": 1.95}, {"run": "b", "status": "ok", "loss": 1.80},
+               {"run": "c", "status": "failed", "loss": None}]
+    marked = mark_plateau_runs(records, order1_entropy=1.96)
+    assert [r["status"] for r in marked] == ["plateau", "ok", "failed"]
+    assert "early plateau" in marked[0]["error"] and records[0]["status"] == "ok"  # inputs untouched
+    assert on_plateau(1.92, 1.96) and not on_plateau(1.90, 1.96)
+    assert mark_plateau_runs(records, None) == records  # no estimate: nothing flagged
+
+
+def test_order1_entropy_plug_in_matches_the_source():
+    source = markov_source(0, alphabet="abcd", order=1, concentration=0.5)
+    ids = source.sample_ids([np.random.default_rng(i) for i in range(20)], 5000)
+    assert order1_entropy_nats(ids) == pytest.approx(source.entropy_rate_nats(), abs=0.01)
+
+
+def test_held_out_budget_predicted_from_the_others():
+    C, N, D = isoflop_runs([1e10, 3e10, 1e11, 3e11], 6, 2e3, 6e4)
+    table = RunTable(N, D, LAW.sample(N, D, rel_noise=0.002, seed=0), budget=C)
+    held = predict_held_out_budget(table, grid=COARSE_GRID)
+    assert held.num_held_out == 6 and held.num_fit_runs == 18 and held.compute == pytest.approx(3e11)
+    assert abs(held.as_dict()["relative_error_at_best_run"]) < 0.01
+    # The law's optimum along the budget is no worse than the best run that was made.
+    assert held.predicted_optimum <= held.predicted_at_best_run + 1e-9
+    with pytest.raises(RunTableError, match=">= 3 FLOP budgets"):
+        predict_held_out_budget(RunTable(N[:12], D[:12], LAW.loss(N[:12], D[:12]), budget=C[:12]), grid=COARSE_GRID)
+
+
+def test_hierarchical_zipf_source_puts_information_at_every_order():
+    source = markov_source(0, alphabet="abcdefghijklmnop", order=3, concentration=0.75, zipf_exponent=0.8,
+                           hierarchical=True)
+    H = context_entropies_nats(source)
+    assert np.all(np.diff(H) < -0.1)  # every order of context is worth > 0.1 nats
+    assert H[-1] == pytest.approx(source.entropy_rate_nats(), rel=1e-9)
+    # Heavy-tailed contexts: half the mass in < 5% of the 4096 contexts, 99% needs > 15%.
+    mass = np.cumsum(np.sort(source.stationary_S())[::-1])
+    assert np.searchsorted(mass, 0.5) < 0.05 * 4096 < 0.15 * 4096 < np.searchsorted(mass, 0.99)
+    # The sampler draws from these transitions: empirical log-loss under the source ~ H.
+    first, ids = source.sample([np.random.default_rng(i) for i in range(8)], 4000)
+    empirical = -np.mean([source.log_probs(row, int(c)).mean() for row, c in zip(ids, first)])
+    assert empirical == pytest.approx(H[-1], abs=0.05)
+    # zipf_exponent 0 and hierarchical False is the old source, draw for draw.
+    old = markov_source(0, alphabet="abcdefghijklmnop", order=2, concentration=0.05)
+    assert old.entropy_rate_nats() == pytest.approx(0.7540566, abs=1e-6)
