@@ -21,10 +21,10 @@ def run(module, *args):
                                              'did you mean "num_steps"?'),
     (["--config=experiments/configs/pretrainn.py:gpt_tiny"],
      "error: --config: config file 'experiments/configs/pretrainn.py' does not exist; files in experiments/configs/: "
-     "emergence.py, prepare_data.py, pretrain.py, scaling_laws.py."),
+     "emergence.py, finetune.py, prepare_data.py, pretrain.py, scaling_laws.py."),
     (["--config=experiments/configs/pretrainn.py:gpt_tiny", "--config.train.num_steps=3"],
      "error: --config: config file 'experiments/configs/pretrainn.py' does not exist; files in experiments/configs/: "
-     "emergence.py, prepare_data.py, pretrain.py, scaling_laws.py."),
+     "emergence.py, finetune.py, prepare_data.py, pretrain.py, scaling_laws.py."),
     ([CONFIG, "--config.mesh.shape=(1,1,8)"],
      "error: model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8 (rule 'heads' -> 'tensor', "
      "mesh {'data': 1, 'fsdp': 1, 'tensor': 8}); use a tensor size that divides 4 (e.g. 4) via --config.mesh.shape."),
