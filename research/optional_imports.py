@@ -18,8 +18,11 @@ PACKAGES = {
     "torch": ("PyTorch", "pip install torch",
               "the CPU build is enough: --index-url https://download.pytorch.org/whl/cpu"),
     "transformers": ("Hugging Face transformers", "pip install transformers", ""),
+    "lm_eval": ("lm-evaluation-harness", "pip install lm-eval", ""),
 }
-EXTRA = "pip install -e '.[hf]'"  # the setup.py extra that bundles them
+# The setup.py extra that bundles each of them.
+EXTRAS = {"torch": "pip install -e '.[hf]'", "transformers": "pip install -e '.[hf]'",
+          "lm_eval": "pip install -e '.[lm_eval]'"}
 
 
 class MissingDependencyError(ImportError, ConfigError):
@@ -37,4 +40,5 @@ def import_optional(module: str, feature: str) -> ModuleType:
             raise
         name, install, tip = PACKAGES.get(module, (module, f"pip install {module}", ""))
         raise MissingDependencyError(f"{feature} needs {name} ({install}), which is not installed"
-                                     f"{'; ' + tip if tip else ''}; or {EXTRA}.", name=module) from None
+                                     f"{'; ' + tip if tip else ''}; or {EXTRAS.get(module, install)}.",
+                                     name=module) from None

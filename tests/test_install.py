@@ -21,7 +21,7 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONAL = ("torch", "transformers")  # test-suite / [hf] packages the runtime must not need
+OPTIONAL = ("torch", "transformers", "lm_eval")  # test-suite / [hf] / [lm_eval] packages the runtime must not need
 
 # Runs an entry point as `python -m module args...` would, then checks what it imported.
 RUN_MODULE = textwrap.dedent("""
@@ -45,12 +45,18 @@ CHECK_IMPORTS = textwrap.dedent("""
     assert [m for m in optional if importlib.util.find_spec(m) is not None] == []
     import research
     assert os.path.dirname(research.__file__).startswith(sys.prefix), research.__file__
-    modules = []
+    modules, hints = [], {}
+    extra_modules = {"research.evaluation.lm_eval_adapter": "lm_eval"}  # the [lm_eval] extra's adapter
     for package in ("research", "experiments", "launch"):
         root = importlib.import_module(package)
         for info in pkgutil.walk_packages(root.__path__, package + "."):
             if not info.name.endswith("__main__"):
-                importlib.import_module(info.name)
+                try:
+                    importlib.import_module(info.name)
+                except ImportError as e:  # only an optional extra's own module may say what to install
+                    assert info.name in extra_modules and "pip install" in str(e), (info.name, e)
+                    hints[extra_modules[info.name]] = str(e)
+                    continue
                 modules.append(info.name)
     leaked = [m for m in optional if m in sys.modules]
     assert not leaked, f"importing the library imported {leaked}"
@@ -58,7 +64,6 @@ CHECK_IMPORTS = textwrap.dedent("""
     from research.evaluation.tokenizer_loading import load_tokenizer
     from research.models import from_hf
     from research.optional_imports import MissingDependencyError
-    hints = {}
     hf_tokenizer = os.path.join(scratch, "hf_tokenizer")
     os.makedirs(hf_tokenizer)
     open(os.path.join(hf_tokenizer, "tokenizer.json"), "w").write("{}")
@@ -108,7 +113,7 @@ def test_runtime_alone_installs_and_runs_main_jobs_without_torch_or_transformers
         report = json.loads(_run([python, "-c", CHECK_IMPORTS, json.dumps(OPTIONAL), tmp_path], cwd=work))
         assert "research.training.loop" in report["modules"] and "launch.backends" in report["modules"]
         for name, hint in report["hints"].items():
-            assert len(hint.splitlines()) == 1 and f"pip install {name}" in hint, hint
+            assert len(hint.splitlines()) == 1 and f"pip install {name.replace('_', '-')}" in hint, hint
         assert sorted(report["hints"]) == sorted(OPTIONAL)
 
         def main(module: str, *flags: str) -> str:

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+from research.optional_imports import import_optional
+
+import_optional("lm_eval", "The lm-evaluation-harness adapter (research.evaluation.lm_eval_adapter)")
+from lm_eval.api.model import LM  # noqa: E402  (after the one-line hint above when lm-eval is absent)
+from lm_eval.api.registry import register_model  # noqa: E402
 
 from research.evaluation.harness import Harness
 from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
