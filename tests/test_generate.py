@@ -101,19 +101,8 @@ def test_bad_sources_and_prompts_are_one_line(tmp_path, hf_dir):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 1-layer GPT trained for 1 step with its own SentencePiece tokenizer."""
-    from experiments.configs import pretrain
-    from research.training import train_and_evaluate
-    config = pretrain.get_config("gpt_tiny")
-    config.model.update(num_layers=1, dtype="float32")
-    config.data.max_documents = 20
-    config.data.tokenizer.update(vocab_size=400, max_training_chars=60_000)
-    config.train.update(num_steps=1, batch_size=8, seq_len=32, log_every_steps=1, eval_every_steps=1,
-                        eval_batches=1, progress_bar=False, peak_flops=1e9)
-    config.opt.warmup_steps = 1
-    config.checkpoint.every_steps = 1
-    workdir = str(tmp_path_factory.mktemp("run"))
-    train_and_evaluate(config, workdir)
-    return workdir
+    from tests.tiny_run import train_tiny_gpt
+    return train_tiny_gpt(str(tmp_path_factory.mktemp("run")), num_steps=1)
 
 
 def test_cli_prints_the_checkpoints_text(run_dir, tmp_path):

@@ -42,7 +42,8 @@ def test_install_cell_finds_a_local_clone_and_says_what_to_do_elsewhere(tmp_path
     found = subprocess.run([sys.executable, "-c", install], cwd=ROOT / "notebooks", env=env, capture_output=True,
                            text=True, timeout=120)
     assert found.returncode == 0 and found.stdout.strip() == f"research from {ROOT / 'research'}", found.stderr
-    elsewhere = subprocess.run([sys.executable, "-c", install], cwd=tmp_path, env=env, capture_output=True,
+    # -S: no site-packages, so an installed `research` (tests/run.sh installs the checkout) is not found either.
+    elsewhere = subprocess.run([sys.executable, "-S", "-c", install], cwd=tmp_path, env=env, capture_output=True,
                                text=True, timeout=120)
     assert elsewhere.returncode == 1 and "set REPOSITORY_URL above (Colab)" in elsewhere.stderr
 
