@@ -32,9 +32,9 @@ def test_reward_model_learns_a_separable_preference(tmp_path):
 
 
 def test_killed_lora_dpo_run_resumes_exactly(tmp_path):
-    steps = 6
+    steps = 12
     config = tiny_config("dpo_lora_tiny", num_steps=steps)
-    config.checkpoint.every_steps = 2
+    config.checkpoint.every_steps = 4
     config.model.dropout_rate = 0.1
     finetune_and_evaluate(config, str(tmp_path / "whole"))
     workdir = tmp_path / "killed"
@@ -43,13 +43,13 @@ def test_killed_lora_dpo_run_resumes_exactly(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "2").exists() and process.poll() is None and time.time() < deadline:
+    while not (workdir / "checkpoints" / "4").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     output = process.communicate()[0].decode()
     assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{output[-3000:]}"
     checkpoints = Checkpointer(str(workdir / "checkpoints"), CheckpointConfig())
-    assert 2 <= checkpoints.latest_step() < steps
+    assert 4 <= checkpoints.latest_step() < steps
     checkpoints.close()
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
