@@ -81,11 +81,17 @@ class TrainConfig:
     peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 = datasheet bf16 peak (measured on CPU)
     progress_bar: bool = True
     steps_per_call: int = 0  # train steps per compiled call (a lax.scan); 0: from the model's FLOPs per step
+    # K models trained together: how many are vmapped at once, the rest following inside the
+    # same program (model_batch.map_over_models); 0: all on accelerators, one at a time on CPU.
+    models_per_call: int = 0
 
     def __post_init__(self):
         if self.steps_per_call < 0:
             raise ConfigError(f"train.steps_per_call={self.steps_per_call} must be >= 1, or 0 to choose it from "
                               "the model's FLOPs per step.")
+        if self.models_per_call < 0:
+            raise ConfigError(f"train.models_per_call={self.models_per_call} must be >= 1, or 0 for all models "
+                              "at once on accelerators and one at a time on CPU.")
         for field in ("num_steps", "batch_size", "seq_len", "microbatches", "log_every_steps",
                       "eval_every_steps", "eval_batches"):
             if getattr(self, field) <= 0:
@@ -313,9 +319,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                     opt, sched = make_optimizer(opt_configs[0], values)
                     return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
                                            batch_spec=batch_partition)(state, batch)
-                step_fn = jax.vmap(model_step, in_axes=(0, 0 if per_model_data else None, 0))
+                per_call = train.models_per_call or model_batch.default_models_per_call(mesh.devices.flat[0].platform)
+                data_axis = 0 if per_model_data else None
+                step_fn = model_batch.map_over_models(model_step, (0, data_axis, 0), per_call)
                 extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
-                eval_fn = jax.vmap(make_eval_step(model, loss_fn), in_axes=(0, 0 if per_model_data else None))
+                eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
                 member_state = model_batch.member_getter(shardings)
             else:
                 step_fn = make_train_step(model, loss_fn, optimizer, schedule, microbatches=train.microbatches,

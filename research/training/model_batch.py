@@ -16,7 +16,7 @@ A config asks for this with `config.batched = {field: "opt.learning_rate", value
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,44 @@ def stacked_hyperparameters(opt_configs: Sequence[OptimizerConfig]) -> dict[str,
     """{name: float32 [K]}: each model's optimizer numbers, the vmapped step's traced input."""
     per_model = [hyperparameters(c) for c in opt_configs]
     return {k: jnp.asarray(np.array([v[k] for v in per_model], np.float32)) for k in HYPERPARAMETERS}
+
+
+def map_over_models(fn: Callable, in_axes: tuple, models_per_call: int) -> Callable:
+    """`jax.vmap(fn, in_axes)` over the leading model axis, computed `models_per_call` models
+    at a time (0: all at once). Smaller groups run one after another inside the same compiled
+    program (`lax.map`), so a group's intermediates stay in the CPU's caches: 16 vmapped ladder
+    models of 1e4 parameters cost 1.7x their 16 separate steps in CPU time on XLA:CPU, while
+    one at a time costs 1.0x (measured); accelerators want the whole vmap. The results are
+    the vmap's, model by model."""
+    if models_per_call < 0:
+        raise ConfigError(f"train.models_per_call={models_per_call} must be >= 1, or 0 for all models at once.")
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+    if models_per_call == 0:
+        return vmapped
+    mapped_args = [i for i, axis in enumerate(in_axes) if axis == 0]
+
+    def grouped(*args):
+        num_models = jax.tree.leaves(args[mapped_args[0]])[0].shape[0]
+        if models_per_call >= num_models:
+            return vmapped(*args)
+
+        def one(per_model):
+            full = list(args)
+            for i, value in zip(mapped_args, per_model):
+                full[i] = value
+            return fn(*full)
+
+        per_model = tuple(args[i] for i in mapped_args)
+        if models_per_call == 1:
+            return jax.lax.map(one, per_model)
+        return jax.lax.map(one, per_model, batch_size=models_per_call)
+
+    return grouped
+
+
+def default_models_per_call(platform: str) -> int:
+    """All models at once on accelerators; one at a time on CPU (see map_over_models)."""
+    return 1 if platform == "cpu" else 0
 
 
 def stacked_shardings(shardings: Any) -> Any:

@@ -120,3 +120,26 @@ def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokeniz
     train_and_evaluate(config, str(tmp_path / "cut"))
     for name in ("opt.learning_rate=0.001", "opt.learning_rate=0.002"):
         assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
+
+
+@pytest.mark.parametrize("models_per_call", [1, 2, 3, 5, 0])
+def test_models_in_groups_compute_what_the_whole_vmap_computes(models_per_call):
+    import jax
+    import jax.numpy as jnp
+
+    def step(state, batch, lr):  # a state per model, one shared batch, a number per model
+        new = jax.tree.map(lambda p: p - lr * jnp.tanh(p @ batch).sum(), state)
+        return new, {"norm": jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(new)))}
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    state = {"w": jax.random.normal(keys[0], (5, 4, 4)), "b": jax.random.normal(keys[1], (5, 4, 4))}
+    batch, lrs = jax.random.normal(keys[2], (4, 4)), jnp.linspace(0.1, 0.5, 5)
+    want = jax.jit(jax.vmap(step, in_axes=(0, None, 0)))(state, batch, lrs)
+    got = jax.jit(model_batch.map_over_models(step, (0, None, 0), models_per_call))(state, batch, lrs)
+    # Equal to float32 rounding: a batched matmul may sum in another order than one per model.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
+
+
+def test_a_negative_group_size_is_one_line():
+    with pytest.raises(ConfigError, match=r"train.models_per_call=-1 must be >= 1"):
+        model_batch.map_over_models(lambda s: s, (0,), -1)
