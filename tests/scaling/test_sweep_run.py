@@ -176,3 +176,23 @@ def test_a_changed_config_cannot_reuse_a_run_directory(tmp_path):
     config.opt.learning_rate = 3e-2
     with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['opt'\\] differ\\)"):
         sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+
+
+def test_seed_repeats_train_together_each_with_its_own_record(tmp_path):
+    from research.training.metrics import read_metrics
+
+    config = scaling_laws.get_config("test_tiny")
+    config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3), plan="isoflop", budgets=(4e7,),
+                             models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
+    config.fit.enabled = False
+    plan = sweep.plan_sweep(config)
+    groups = sweep._same_program_groups(plan.runs)
+    assert [[r.seed for r in g] for g in groups] == [[0, 1]] * 3  # each size with its repeat
+    out = io.StringIO()
+    outcome = sweep.run_sweep(config, str(tmp_path), out=out)
+    assert outcome.counts == {"trained": 6, "skipped": 0, "failed": 0, "pending": 0}, out.getvalue()
+    rows = read_csv(tmp_path / "runs.csv")
+    assert [r["run"] for r in rows] == [r.run_id for r in plan.runs] and {r["status"] for r in rows} == {"ok"}
+    for group in groups:  # the same model from two seeds: its own metrics, a different curve
+        a, b = ([m["loss"] for m in read_metrics(str(tmp_path / "runs" / r.run_id)) if "loss" in m] for r in group)
+        assert len(a) == len(b) == group[0].num_steps and a != b
