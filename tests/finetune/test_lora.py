@@ -127,3 +127,82 @@ def test_a_target_pattern_that_matches_nothing_is_one_line():
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="lora.rank=0"):
         LoraConfig(rank=0)
+
+
+def _peft_layer(d_in, d_out, rank, alpha, dropout):
+    import torch
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential()
+    linear.add_module("proj", torch.nn.Linear(d_in, d_out))
+    peft_model = get_peft_model(linear, PeftLoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"],
+                                                       lora_dropout=dropout))
+    layer = peft_model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    params = {"kernel": layer.base_layer.weight.detach().numpy().T, "bias": layer.base_layer.bias.detach().numpy(),
+              "lora_a": layer.lora_A["default"].weight.detach().numpy().T,
+              "lora_b": layer.lora_B["default"].weight.detach().numpy().T}
+    return peft_model, layer, params
+
+
+def test_lora_dropout_acts_on_the_adapter_input_in_train_mode_only_as_in_peft():
+    """peft: y = base(x) + s * B(A(dropout(x))). One-hot rows make each row's input either kept
+    (scaled by 1/keep) or dropped, so every train-mode row must equal peft's output with that
+    row kept or with it dropped (base path untouched); eval mode equals peft without dropout."""
+    import torch
+    from research.finetune.lora import with_adapter_path
+
+    d_in, d_out, rank, alpha, p = 8, 6, 4, 8.0, 0.5
+    peft_model, layer, params = _peft_layer(d_in, d_out, rank, alpha, p)
+    x = np.eye(d_in, dtype=np.float32)[np.arange(256) % d_in] * 2.0
+    config = LoraConfig(rank=rank, alpha=alpha, targets=("kernel",), dropout=p)
+    dense = Dense((d_out,), ("embed",), ("mlp",), get_config("gpt2-tiny"), use_bias=True)
+
+    def ours(key):
+        with with_adapter_path(config):
+            rngs = {} if key is None else {"dropout": key}
+            return np.asarray(dense.apply({"params": params}, jnp.asarray(x), rngs=rngs))
+
+    peft_model.eval()
+    eval_expected = peft_model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ours(None), eval_expected, rtol=1e-5, atol=1e-5)
+    peft_model.train()
+
+    class Scale(torch.nn.Module):  # peft's dropout keeping every input: x / keep
+        def forward(self, inputs):
+            return inputs / (1 - p)
+
+    layer.lora_dropout["default"] = Scale()
+    kept = peft_model(torch.from_numpy(x)).detach().numpy()
+    layer.lora_dropout["default"] = torch.nn.Dropout(1.0)  # every input dropped: the base alone
+    dropped = peft_model(torch.from_numpy(x)).detach().numpy()
+    train = ours(jax.random.key(3))
+    is_kept = np.all(np.isclose(train, kept, rtol=1e-5, atol=1e-5), axis=1)
+    is_dropped = np.all(np.isclose(train, dropped, rtol=1e-5, atol=1e-5), axis=1)
+    assert np.all(is_kept | is_dropped)
+    assert 0.35 < is_kept.mean() < 0.65  # keep probability 1 - p
+    np.testing.assert_array_equal(train, ours(jax.random.key(3)))  # the key fixes the mask
+    assert not np.array_equal(train, ours(jax.random.key(4)))
+
+
+def test_lora_dropout_changes_the_loss_in_train_mode_only():
+    model, boxed, args = init_model("gpt2-tiny", scan_layers=True)
+    params = {BASE: meta.unbox(boxed), LORA: jax.tree.map(lambda x: x + 0.05,
+                                                          meta.unbox(init_lora(boxed, LoraConfig(rank=2), jax.random.key(1))))}
+    tokens = np.arange(1, 17, dtype=np.int32).reshape(2, 8)
+    batch = {"inputs": tokens, "targets": np.roll(tokens, -1, 1), "loss_weights": np.ones((2, 8), np.float32),
+             "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)), "segment_ids": np.ones((2, 8), np.int32)}
+    objective = losses.make_loss_fn(losses.get_objective("causal_lm", "decoder"), 0.0)
+
+    def loss(dropout, rng):
+        return float(jax.jit(lambda p: lora_loss_fn(objective, LoraConfig(rank=2, dropout=dropout))(model, p, batch, rng)[0])(params))
+
+    key = jax.random.key(0)
+    assert loss(0.3, None) == loss(0.0, None)  # eval: merged weights, no dropout
+    assert loss(0.3, key) != loss(0.0, key)  # train: the adapter path sees dropped inputs
+    assert loss(0.3, key) == loss(0.3, key)
+    # Under dropout the base still gets no gradient.
+    grads = jax.grad(lambda p: lora_loss_fn(objective, LoraConfig(rank=2, dropout=0.3))(model, p, batch, key)[0])(params)
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[BASE]))
+    assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads[LORA]))
