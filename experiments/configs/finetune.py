@@ -49,7 +49,8 @@ def _base() -> ml_collections.ConfigDict:
     config.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=DEFAULT_TARGETS))
     config.preference = ml_collections.ConfigDict(dict(loss="dpo", beta=0.1, simpo_gamma=0.5,
                                                        label_smoothing=0.0, reference=""))
-    config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05))
+    config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05,
+                                                 reward="rule"))
     config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
     config.generation_prompts = 32
     config.export_dir = ""
