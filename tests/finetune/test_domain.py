@@ -46,8 +46,10 @@ def test_continued_pretraining_from_hf_then_from_our_checkpoint_lowers_the_domai
     assert first["eval_loss"] < first["before_eval_loss"] - 0.3, first
     # A second run from the first one's checkpoint starts where the first ended (same weights,
     # same validation text), and keeps lowering the loss.
-    second = finetune_and_evaluate(domain_config(folder, tmp_path / "data", f"checkpoint:{tmp_path / 'from_hf'}", 4),
-                                   str(tmp_path / "from_checkpoint"))
+    # tokenizer "" = the checkpoint's own: the first run's (char), found through its saved config.
+    config = domain_config(folder, tmp_path / "data", f"checkpoint:{tmp_path / 'from_hf'}", 4)
+    config.tokenizer = ""
+    second = finetune_and_evaluate(config, str(tmp_path / "from_checkpoint"))
     assert second["before_eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
     assert second["eval_loss"] < second["before_eval_loss"]
 
