@@ -89,7 +89,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     section = _section(config, "grpo")
     grpo = GrpoConfig(**section)
     data = _section(config, "data")
-    rule = data.get("synthetic") if not data.get("train_file") else None
+    rule = data.get("synthetic")
     reward_fn = reward_function(grpo.reward, rule)
     template = get_chat_template(data.get("chat_template", "plain"))
     tokenizer, train = base.tokenizer, config.train
