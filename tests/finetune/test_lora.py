@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax.core import meta
 
-from research.finetune.lora import (BASE, LORA, LoraConfig, adapter_optimizer, init_lora, lora_delta, lora_loss_fn,
-                                    merge_lora, target_paths)
+from research.finetune.lora import (BASE, LORA, LoraConfig, adapter_optimizer, attach_adapters, init_lora, lora_delta,
+                                    lora_loss_fn, merge_lora, target_paths, with_adapter_path)
 from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.models.layers import Dense
@@ -43,6 +43,11 @@ def test_adapters_on_attention_and_mlp_of_every_family_start_as_the_base(preset)
     np.testing.assert_array_equal(apply({"params": merge(base, adapters)}, *args), apply({"params": base}, *args))
     # Nonzero B changes exactly the targeted kernels.
     adapters = jax.tree.map(lambda x: x + 0.1, adapters)
+    # The unmerged forward (train steps under lora.dropout; no rng here, so no dropout) reaches
+    # every target's Dense layer: it equals the merged weights' forward.
+    with with_adapter_path(LoraConfig(rank=4, dropout=0.5)):
+        unmerged = apply({"params": attach_adapters(base, adapters)}, *args)
+    np.testing.assert_allclose(unmerged, apply({"params": merge(base, adapters)}, *args), rtol=1e-4, atol=1e-5)
     changed = jax.tree_util.tree_map_with_path(lambda p, a, b: bool(jnp.any(a != b)), base, merge(base, adapters))
     flat = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(changed)[0]}
     assert sorted(p for p, v in flat.items() if v) == paths
@@ -152,7 +157,6 @@ def test_lora_dropout_acts_on_the_adapter_input_in_train_mode_only_as_in_peft():
     (scaled by 1/keep) or dropped, so every train-mode row must equal peft's output with that
     row kept or with it dropped (base path untouched); eval mode equals peft without dropout."""
     import torch
-    from research.finetune.lora import with_adapter_path
 
     d_in, d_out, rank, alpha, p = 8, 6, 4, 8.0, 0.5
     peft_model, layer, params = _peft_layer(d_in, d_out, rank, alpha, p)
