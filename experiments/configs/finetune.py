@@ -10,6 +10,8 @@ Launch (each tiny preset runs on 2 CPU cores in about a minute or two, checkpoin
     python -m experiments.finetune --config=experiments/configs/finetune.py:tag_tiny --workdir=/tmp/ft/tag
     python -m experiments.finetune --config=experiments/configs/finetune.py:t5_tiny --workdir=/tmp/ft/t5
     python -m experiments.finetune --config=experiments/configs/finetune.py:grpo_tiny --workdir=/tmp/ft/grpo
+    python -m experiments.finetune --config=experiments/configs/finetune.py:domain_tiny --workdir=/tmp/ft/domain \
+        --config.data.folder=/path/to/domain_text --config.init=checkpoint:/tmp/gpt_tiny --config.tokenizer=
 
 The tiny presets start from a randomly initialised tiny model (init='random') with the
 character tokenizer and a synthetic data set whose truth is checkable (data.synthetic);
@@ -28,7 +30,7 @@ from research.finetune.lora import DEFAULT_TARGETS
 from research.sharding import DEFAULT_RULES
 
 TINY = ("sft_tiny", "sft_lora_tiny", "reward_tiny", "dpo_tiny", "dpo_lora_tiny", "ipo_tiny", "simpo_tiny",
-        "classify_tiny", "tag_tiny", "t5_tiny", "grpo_tiny")
+        "classify_tiny", "tag_tiny", "t5_tiny", "grpo_tiny", "domain_tiny")
 GPU = ("sft_lora_gpu", "dpo_gpu", "grpo_gpu")
 PRESETS = TINY + GPU
 
@@ -44,10 +46,11 @@ def _base() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         train_file="", eval_file="", chat_template="plain", synthetic="arithmetic", num_train=2048,
         num_eval=128, seed=0))
-    config.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=DEFAULT_TARGETS))
+    config.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=DEFAULT_TARGETS))
     config.preference = ml_collections.ConfigDict(dict(loss="dpo", beta=0.1, simpo_gamma=0.5,
                                                        label_smoothing=0.0, reference=""))
-    config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05))
+    config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05,
+                                                 reward="rule"))
     config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
     config.generation_prompts = 32
     config.export_dir = ""
@@ -103,10 +106,21 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
         config.train.eval_every_steps = 50
         config.checkpoint.every_steps = 50
     elif name == "t5":
+        # A T5-style label sentence ("the review is positive"): capitals' one-word character
+        # copies stayed at exact match 0 after 300 steps (see data.synthetic in task_paths.py).
         config.path = "text_to_text"
         config.model.preset = "t5-tiny"
-        config.data.synthetic = "capitals"
+        config.data.synthetic = "sentiment"
+        config.generation_tokens = 24  # the 22-character target + eos
         config.train.num_steps = 300
+    elif name == "domain":
+        # Continued pretraining on a folder of .txt / .md files (data.folder, required), with the
+        # base model's own tokenizer: point init at a checkpoint (and tokenizer="" for its own).
+        config.path = "domain"
+        config.data = ml_collections.ConfigDict(dict(folder="", validation_fraction=0.1, data_dir="", objective=""))
+        config.train.update(dict(num_steps=100, eval_every_steps=50, eval_batches=4))
+        config.checkpoint.every_steps = 50
+        config.opt.learning_rate = 1e-3
     elif name == "grpo":
         config.path = "grpo"
         config.data.synthetic = "capitals"
@@ -132,6 +146,7 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
         if name == "sft_lora":
             config.lora.rank = 16
             config.lora.alpha = 32.0
+            config.lora.dropout = 0.05
     return config
 
 

@@ -46,6 +46,8 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
         source, params = f"random init of {preset}", None
     elif init.startswith(("checkpoint:", "hf:")):
         kind, path = init.split(":", 1)
+        if kind == "checkpoint" and not tokenizer_spec:
+            tokenizer_spec = finetune_run_tokenizer(path)
         loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
         model_config = loaded.model.config.replace(**overrides) if overrides else loaded.model.config
         tokenizer, params, source = loaded.tokenizer, loaded.params, loaded.source
@@ -53,6 +55,20 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
         raise ConfigError(f"init={init!r} must be 'random', 'checkpoint:<run workdir>' or 'hf:<folder>'.")
     check_vocabulary(tokenizer, model_config.vocab_size, model_config.name)
     return BaseModel(model_config, params, tokenizer, source)
+
+
+def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
+    """The tokenizer spec a fine-tuning run in `path` trained with ("" for a pretraining run,
+    whose own SentencePiece model load_checkpoint finds): its config.tokenizer, or when that
+    was "" (the base's own) the tokenizer of the run it started from."""
+    from research.training.checkpoint_loading import run_config
+    saved = run_config(path)
+    if "path" not in saved or "init" not in saved or depth > 8:  # not a finetune run
+        return ""
+    if saved.get("tokenizer"):
+        return str(saved["tokenizer"])
+    kind, _, parent = str(saved["init"]).partition(":")
+    return finetune_run_tokenizer(parent, depth + 1) if kind == "checkpoint" else (parent if kind == "hf" else "")
 
 
 def load_reference(spec: str) -> tuple[ModelConfig, Any]:

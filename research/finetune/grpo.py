@@ -1,9 +1,11 @@
-"""GRPO (Shao et al. 2024): RL from a programmatic reward with group-relative advantages.
+"""GRPO (Shao et al. 2024): RL with group-relative advantages, from a programmatic reward or
+the score of a trained reward model (grpo.reward, research/finetune/reward_source.py).
 
 Each step has a sampling phase and the ordinary train step:
   1. sample `group_size` completions of every prompt in the batch with research.decoding
      (temperature sampling, key fold_in(seed key, step), so a resumed run samples the same);
-  2. score them with the reward (data.synthetic's rule_reward), and set each completion's
+  2. score them with the reward (grpo.reward: data.synthetic's rule_reward, or a reward
+     model trained by path="reward"), and set each completion's
      advantage to (r - mean of its group) / (std of its group + eps): no value model;
   3. add the frozen reference's per-token log-probs, then run research.training's train
      step on the loss below.
@@ -34,6 +36,7 @@ from research.finetune.paths import _decoder_base, _section, _zoo_params, genera
 from research.finetune.preference_data import rule_reward, synthetic_prompts
 from research.finetune.preference_losses import token_log_probs
 from research.finetune.records import check_fits, pad_row
+from research.finetune.reward_source import reward_function
 from research.finetune.trainer import FinetuneJob
 from research.models import build_model
 from research.models.config import ConfigError
@@ -48,6 +51,7 @@ class GrpoConfig:
     max_new_tokens: int = 8
     temperature: float = 1.0
     kl_coef: float = 0.05
+    reward: str = "rule"  # | "reward_model:<workdir of a path='reward' run>"
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -86,8 +90,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     grpo = GrpoConfig(**section)
     data = _section(config, "data")
     rule = data.get("synthetic")
-    if not rule:
-        raise ConfigError("path='grpo' needs a programmatic reward: set data.synthetic (capitals or arithmetic).")
+    reward_fn = reward_function(grpo.reward, rule)
     template = get_chat_template(data.get("chat_template", "plain"))
     tokenizer, train = base.tokenizer, config.train
     prompt_len = train.seq_len - grpo.max_new_tokens
@@ -122,7 +125,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]
                        for row, n in zip(tokens_BN, lengths_B)]
         prompt_texts = [texts[int(i)] for i in host["index"] for _ in range(grpo.group_size)]
-        rewards = np.asarray([rule_reward(rule, p, c) for p, c in zip(prompt_texts, completions)], np.float32)
+        rewards = np.asarray(reward_fn(prompt_texts, completions), np.float32)
         advantages = group_advantages(rewards.reshape(-1, grpo.group_size)).reshape(-1).astype(np.float32)
         tokens = np.zeros((len(repeated), train.seq_len), np.int32)
         mask = np.zeros((len(repeated), train.seq_len), np.float32)
@@ -147,9 +150,13 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     def evaluate(params, reference, sharding):
         completions = greedy_completions(model, params, eval_ids, tokenizer, max_new_tokens=grpo.max_new_tokens,
                                          stop_text=template.assistant_close)
-        reward = float(np.mean([rule_reward(rule, p, c) for p, c in zip(eval_prompts, completions)]))
+        reward = float(np.mean(reward_fn(eval_prompts, completions)))
         # eval_loss (what keep-best minimises) is the negative greedy reward.
-        return {"eval_reward": reward, "eval_loss": -reward}
+        metrics = {"eval_reward": reward, "eval_loss": -reward}
+        if rule and grpo.reward != "rule":  # the rule the reward model was trained to prefer, when known
+            metrics["eval_rule_reward"] = float(np.mean([rule_reward(rule, p, c)
+                                                         for p, c in zip(eval_prompts, completions)]))
+        return metrics
 
     local_batch = train.batch_size
     return FinetuneJob(

@@ -12,6 +12,14 @@ at the base, and the optimizer (optax.multi_transform) updates only "lora", so A
 moments exist only for adapter leaves. B starts at zero, so step 0 is the base model.
 Export: `to_hf(model, merge_lora(base, lora, config), path)`.
 
+Dropout (lora.dropout = p, as peft's lora_dropout): in train mode only, the adapter path
+sees dropped-out inputs, y = x W + (alpha / r) (dropout(x) A) B, while the base path sees x.
+A merged kernel cannot express that, so train steps with p > 0 run the unmerged forward: the
+adapters sit next to their kernels in the params tree and a flax method interceptor adds
+the adapter path to those Dense layers' outputs (with_adapter_path). The mask key is the
+module's make_rng("dropout") (the train step's key, split per layer and per module), so a
+resumed run draws the same masks. Evaluation (no rng) uses the merged weights.
+
 Paths are "/"-joined parameter keys, e.g. "layers/attention/query/kernel" (scanned) or
 "decoder_layers_1/cross_attention/out/kernel" (T5, unrolled); patterns are regular
 expressions searched in them.
@@ -42,12 +50,15 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    dropout: float = 0.0  # on the adapter path's input, train mode only (peft's lora_dropout)
 
     def __post_init__(self):
         if self.rank <= 0:
             raise ConfigError(f"lora.rank={self.rank} must be positive.")
         if self.alpha <= 0:
             raise ConfigError(f"lora.alpha={self.alpha} must be positive.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1), e.g. 0.05.")
         if not self.targets:
             raise ConfigError("lora.targets is empty; give regular expressions of kernel paths, e.g. "
                               f"{DEFAULT_TARGETS}.")
@@ -163,12 +174,53 @@ def merge_lora(base: Any, adapters: Any, config: LoraConfig) -> Any:
     return jax.tree_util.tree_map_with_path(merge, base)
 
 
+def attach_adapters(base: Any, adapters: Any) -> Any:
+    """`base` with each adapter's lora_a / lora_b placed next to its kernel (unboxed trees)."""
+    if not isinstance(adapters, dict):
+        return adapters
+    return {**base, **{key: attach_adapters(base.get(key, {}), value) for key, value in adapters.items()}}
+
+
+def adapter_path(x: jax.Array, a: jax.Array, b: jax.Array, scale: float, dropout: float,
+                 key: jax.Array | None, dtype: Any) -> jax.Array:
+    """scale * (dropout(x) A) B, contracting x's last a.ndim - 1 dims with A [in.., r]; no
+    dropout when key is None (peft: dropout only on the input of lora_A, scaled by 1/keep)."""
+    if key is not None and dropout > 0:
+        keep = 1.0 - dropout
+        x = jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, jnp.zeros_like(x))
+    n_in = a.ndim - 1
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    xa = jax.lax.dot_general(x.astype(dtype), a.astype(dtype), (contract, ((), ())))
+    return scale * jnp.tensordot(xa, b.astype(dtype), axes=1)
+
+
+def with_adapter_path(config: LoraConfig):
+    """A flax method interceptor: Dense layers whose params hold lora_a / lora_b return
+    x W (+ bias) + adapter_path(x), with dropout when the apply has a "dropout" rng."""
+    from research.models.layers import Dense
+
+    def intercept(next_fun, args, kwargs, context):
+        module = context.module
+        if (context.method_name != "__call__" or not isinstance(module, Dense)
+                or not module.has_variable("params", "lora_a")):
+            return next_fun(*args, **kwargs)
+        y = next_fun(*args, **kwargs)
+        key = module.make_rng("dropout") if module.has_rng("dropout") else None
+        delta = adapter_path(args[0], module.get_variable("params", "lora_a"), module.get_variable("params", "lora_b"),
+                             config.scale, config.dropout, key, module.config.compute_dtype)
+        return y + delta.astype(y.dtype)
+    return nn.intercept_methods(intercept)
+
+
 def lora_loss_fn(loss_fn: Any, config: LoraConfig) -> Any:
-    """The loss of the model with merged weights, as a function of {"base", "lora"} params;
-    gradients stop at the base (frozen)."""
+    """The loss as a function of {"base", "lora"} params, gradients stopped at the (frozen)
+    base: merged weights, or under dropout in train mode (rng given) the unmerged forward."""
     def loss(model, params, batch, rng):
-        merged = merge_lora(jax.lax.stop_gradient(params[BASE]), params[LORA], config)
-        return loss_fn(model, merged, batch, rng)
+        base = jax.lax.stop_gradient(params[BASE])
+        if rng is None or config.dropout == 0:
+            return loss_fn(model, merge_lora(base, params[LORA], config), batch, rng)
+        with with_adapter_path(config):
+            return loss_fn(model, attach_adapters(base, params[LORA]), batch, rng)
     return loss
 
 

@@ -1,7 +1,7 @@
 """`finetune_and_evaluate(config, workdir)`: one entry point for every fine-tuning path.
 
     config.path   sft | reward | preference | classification | token_classification |
-                  text_to_text | grpo
+                  text_to_text | grpo | domain (continued pretraining on data.folder)
     config.init   random | checkpoint:<run workdir> | hf:<folder> (research/finetune/base_model.py)
     config.model  preset + ModelConfig overrides; config.tokenizer; config.data (JSONL files or
                   a synthetic rule); config.lora (rank 0 = full fine-tuning); config.preference;
@@ -23,7 +23,8 @@ from research.models.config import ConfigError
 _BUILDERS = {"sft": ("paths", "sft_job"), "reward": ("paths", "reward_job"),
              "preference": ("paths", "preference_job"), "classification": ("task_paths", "classification_job"),
              "token_classification": ("task_paths", "token_classification_job"),
-             "text_to_text": ("task_paths", "text_to_text_job"), "grpo": ("grpo", "grpo_job")}
+             "text_to_text": ("task_paths", "text_to_text_job"), "grpo": ("grpo", "grpo_job"),
+             "domain": ("domain", "domain_job")}
 PATHS = tuple(_BUILDERS)
 
 

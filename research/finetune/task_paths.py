@@ -66,6 +66,12 @@ def synthetic_char_classes(_: str, count: int, seed: int) -> list[dict]:
 
 
 def synthetic_text_to_text(rule: str, count: int, seed: int) -> list[dict]:
+    """sentiment: "review: <words>" -> "the review is positive|negative" (a T5-style label
+    sentence: four words, so BLEU's 4-grams exist); capitals / arithmetic: the chosen reply
+    of the preference sets (one-word targets, on which corpus BLEU is 0 even when right)."""
+    if rule == "sentiment":
+        return [{"input": f"review: {r['text']}", "target": f"the review is {'positive' if r['label'] else 'negative'}"}
+                for r in synthetic_sentiment(rule, count, seed)]
     return [{"input": r["prompt"], "target": r["chosen"]} for r in synthetic_preferences(rule, count, seed)]
 
 

@@ -2,6 +2,7 @@
 import os
 
 from experiments.configs.finetune import get_config
+from tests.training.conftest import compilation_cache  # noqa: F401  (a fixture: the kill test's XLA cache)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A one-layer model and short rows compile in seconds; batch 8 divides the 8 test devices.

@@ -11,8 +11,12 @@ from tests.finetune.conftest import tiny_config
 
 
 @pytest.mark.parametrize("preset", finetune_configs.TINY)
-def test_every_tiny_preset_builds_its_job(preset):
+def test_every_tiny_preset_builds_its_job(preset, tmp_path):
     config = tiny_config(preset)
+    if preset == "domain_tiny":  # the one preset that reads the user's folder (data.folder)
+        from tests.finetune.test_domain import domain_folder
+        config.data.update(dict(folder=str(domain_folder(tmp_path / "notes")), data_dir=str(tmp_path / "data"),
+                                validation_fraction=0.25))
     job = build_job(config)
     batch = next(job.train_batches(0))
     assert all(v.shape[0] == config.train.batch_size for v in batch.values())

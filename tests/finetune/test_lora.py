@@ -7,8 +7,8 @@ import optax
 import pytest
 from flax.core import meta
 
-from research.finetune.lora import (BASE, LORA, LoraConfig, adapter_optimizer, init_lora, lora_delta, lora_loss_fn,
-                                    merge_lora, target_paths)
+from research.finetune.lora import (BASE, LORA, LoraConfig, adapter_optimizer, attach_adapters, init_lora, lora_delta,
+                                    lora_loss_fn, merge_lora, target_paths, with_adapter_path)
 from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.models.layers import Dense
@@ -43,6 +43,11 @@ def test_adapters_on_attention_and_mlp_of_every_family_start_as_the_base(preset)
     np.testing.assert_array_equal(apply({"params": merge(base, adapters)}, *args), apply({"params": base}, *args))
     # Nonzero B changes exactly the targeted kernels.
     adapters = jax.tree.map(lambda x: x + 0.1, adapters)
+    # The unmerged forward (train steps under lora.dropout; no rng here, so no dropout) reaches
+    # every target's Dense layer: it equals the merged weights' forward.
+    with with_adapter_path(LoraConfig(rank=4, dropout=0.5)):
+        unmerged = apply({"params": attach_adapters(base, adapters)}, *args)
+    np.testing.assert_allclose(unmerged, apply({"params": merge(base, adapters)}, *args), rtol=1e-4, atol=1e-5)
     changed = jax.tree_util.tree_map_with_path(lambda p, a, b: bool(jnp.any(a != b)), base, merge(base, adapters))
     flat = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(changed)[0]}
     assert sorted(p for p, v in flat.items() if v) == paths
@@ -121,9 +126,91 @@ def test_only_adapters_train_and_only_adapters_have_optimizer_state():
 
 
 def test_a_target_pattern_that_matches_nothing_is_one_line():
-    _, boxed, _ = init_model("gpt2-tiny")
+    model = build_model(get_config("gpt2-tiny", num_layers=1, d_model=32))
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]  # paths only
     with pytest.raises(ConfigError, match=r"lora.targets pattern 'attn/c_attn' matches no parameter") as error:
         target_paths(boxed, LoraConfig(targets=(r"attention/query/kernel$", "attn/c_attn")))
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="lora.rank=0"):
         LoraConfig(rank=0)
+
+
+def _peft_layer(d_in, d_out, rank, alpha, dropout):
+    import torch
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential()
+    linear.add_module("proj", torch.nn.Linear(d_in, d_out))
+    peft_model = get_peft_model(linear, PeftLoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"],
+                                                       lora_dropout=dropout))
+    layer = peft_model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    params = {"kernel": layer.base_layer.weight.detach().numpy().T, "bias": layer.base_layer.bias.detach().numpy(),
+              "lora_a": layer.lora_A["default"].weight.detach().numpy().T,
+              "lora_b": layer.lora_B["default"].weight.detach().numpy().T}
+    return peft_model, layer, params
+
+
+def test_lora_dropout_acts_on_the_adapter_input_in_train_mode_only_as_in_peft():
+    """peft: y = base(x) + s * B(A(dropout(x))). One-hot rows make each row's input either kept
+    (scaled by 1/keep) or dropped, so every train-mode row must equal peft's output with that
+    row kept or with it dropped (base path untouched); eval mode equals peft without dropout."""
+    import torch
+
+    d_in, d_out, rank, alpha, p = 8, 6, 4, 8.0, 0.5
+    peft_model, layer, params = _peft_layer(d_in, d_out, rank, alpha, p)
+    x = np.eye(d_in, dtype=np.float32)[np.arange(256) % d_in] * 2.0
+    config = LoraConfig(rank=rank, alpha=alpha, targets=("kernel",), dropout=p)
+    dense = Dense((d_out,), ("embed",), ("mlp",), get_config("gpt2-tiny"), use_bias=True)
+
+    def ours(key):
+        with with_adapter_path(config):
+            rngs = {} if key is None else {"dropout": key}
+            return np.asarray(dense.apply({"params": params}, jnp.asarray(x), rngs=rngs))
+
+    peft_model.eval()
+    eval_expected = peft_model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ours(None), eval_expected, rtol=1e-5, atol=1e-5)
+    peft_model.train()
+
+    class Scale(torch.nn.Module):  # peft's dropout keeping every input: x / keep
+        def forward(self, inputs):
+            return inputs / (1 - p)
+
+    layer.lora_dropout["default"] = Scale()
+    kept = peft_model(torch.from_numpy(x)).detach().numpy()
+    layer.lora_dropout["default"] = torch.nn.Dropout(1.0)  # every input dropped: the base alone
+    dropped = peft_model(torch.from_numpy(x)).detach().numpy()
+    train = ours(jax.random.key(3))
+    is_kept = np.all(np.isclose(train, kept, rtol=1e-5, atol=1e-5), axis=1)
+    is_dropped = np.all(np.isclose(train, dropped, rtol=1e-5, atol=1e-5), axis=1)
+    assert np.all(is_kept | is_dropped)
+    assert 0.35 < is_kept.mean() < 0.65  # keep probability 1 - p
+    np.testing.assert_array_equal(train, ours(jax.random.key(3)))  # the key fixes the mask
+    assert not np.array_equal(train, ours(jax.random.key(4)))
+
+
+def test_lora_dropout_changes_the_loss_in_train_mode_only():
+    model, boxed, args = init_model("gpt2-tiny", scan_layers=True)
+    params = {BASE: meta.unbox(boxed), LORA: jax.tree.map(lambda x: x + 0.05,
+                                                          meta.unbox(init_lora(boxed, LoraConfig(rank=2), jax.random.key(1))))}
+    tokens = np.arange(1, 17, dtype=np.int32).reshape(2, 8)
+    batch = {"inputs": tokens, "targets": np.roll(tokens, -1, 1), "loss_weights": np.ones((2, 8), np.float32),
+             "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)), "segment_ids": np.ones((2, 8), np.int32)}
+    objective = losses.make_loss_fn(losses.get_objective("causal_lm", "decoder"), 0.0)
+    key = jax.random.key(0)
+
+    @jax.jit  # one compilation for every case
+    def cases(params):
+        loss = lambda dropout, rng, p=params: lora_loss_fn(objective, LoraConfig(rank=2, dropout=dropout))(
+            model, p, batch, rng)[0]
+        grads = jax.grad(lambda p: loss(0.3, key, p))(params)
+        return (loss(0.3, None), loss(0.0, None), loss(0.3, key), loss(0.0, key)), grads
+
+    (eval_dropout, eval_plain, train_dropout, train_plain), grads = cases(params)
+    assert eval_dropout == eval_plain  # eval: merged weights, no dropout
+    assert train_dropout != train_plain  # train: the adapter path sees dropped inputs
+    # Under dropout the base still gets no gradient.
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[BASE]))
+    assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads[LORA]))

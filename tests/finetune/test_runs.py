@@ -31,16 +31,19 @@ def test_reward_model_learns_a_separable_preference(tmp_path):
     assert final["eval_accuracy"] > 0.9 and final["eval_loss"] < 0.3 < final["before_eval_loss"]
 
 
-def test_killed_lora_dpo_run_resumes_exactly(tmp_path):
+def test_killed_lora_dpo_run_resumes_exactly(compilation_cache, tmp_path):
+    """Model dropout and LoRA dropout on (their keys fold in the step), 8 devices; the
+    subprocesses reuse the whole run's compiled programs through the persistent cache."""
     steps = 12
     config = tiny_config("dpo_lora_tiny", num_steps=steps)
     config.checkpoint.every_steps = 4
     config.model.dropout_rate = 0.1
+    config.lora.dropout = 0.1
     finetune_and_evaluate(config, str(tmp_path / "whole"))
     workdir = tmp_path / "killed"
     command = [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune.py:dpo_lora_tiny",
                f"--workdir={workdir}", *cli_overrides(config)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**compilation_cache, "JAX_PLATFORMS": "cpu"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "4").exists() and process.poll() is None and time.time() < deadline:

@@ -1,0 +1,128 @@
+"""Domain adaptation: continued pretraining of a base model on a folder of domain text.
+
+    config.path = "domain", config.data.folder = a folder of .txt / .md files (searched
+    recursively; one document per file), config.init = checkpoint:<run workdir> | hf:<folder>
+
+The base model's own tokenizer is reused (never retrained: the embeddings are tied to its
+ids), and the documents go through pretraining's pipeline unchanged: the files become a TFDS
+array_record dataset (research/data/text_files.py, under data.data_dir, "" = TFDS's default
+as in pretraining), split into train / validation by a hash of each file's path
+(data.validation_fraction), then tokenized, cut into windows by the family's pretraining
+objective (decoder: causal_lm; BERT: masked_lm; T5: span_corruption), packed and batched by
+research/data/pipeline.py, whose grain iterator the checkpoints save. The loss is
+pretraining's (research/training/losses.py), so LoRA and everything else in the loop apply.
+Evaluation: the objective's mean loss and accuracy on up to train.eval_batches validation batches.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from research.data.config import DataConfig, DataError
+from research.data.pipeline import make_batch_dataset
+from research.data.tokenizer import SpecialTokens
+from research.finetune.base_model import abstract_and_init, load_base_model
+from research.finetune.evaluators import mean_aux
+from research.finetune.paths import _section
+from research.finetune.trainer import FinetuneJob
+from research.models import build_model
+from research.models.config import ConfigError
+from research.training import losses
+
+DOMAIN_SUFFIXES = (".txt", ".md")
+# The pretraining objective of each family (research/data/objectives.py names).
+FAMILY_OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
+
+
+def domain_files(folder: str) -> list[str]:
+    """The non-empty .txt / .md files under `folder`; one line naming the folder when there are none."""
+    if not folder:
+        raise ConfigError("path='domain' needs data.folder, a folder of .txt / .md files: "
+                          "--config.data.folder=/path/to/domain_text.")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"data.folder={folder!r} is not a folder; give a folder of .txt / .md files.")
+    files = sorted(p for suffix in DOMAIN_SUFFIXES
+                   for p in glob.glob(os.path.join(glob.escape(folder), "**", f"*{suffix}"), recursive=True)
+                   if os.path.isfile(p) and os.path.getsize(p) > 0)
+    if not files:
+        raise ConfigError(f"data.folder={folder!r} holds no non-empty {' or '.join(DOMAIN_SUFFIXES)} file; put the "
+                          "domain text there (one document per file).")
+    return files
+
+
+class PipelineTokenizer:
+    """A finetune tokenizer (char, Hugging Face, SentencePiece) as the pipeline's Tokenizer:
+    int32 ids without special tokens, and the special ids objectives need."""
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = tokenizer
+        self.vocab_size = int(tokenizer.vocab_size)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tokenizer.encode(text), dtype=np.int32)
+
+    def special_tokens(self) -> SpecialTokens:
+        if hasattr(self._tokenizer, "special_tokens"):  # research.data.Tokenizer (SentencePiece)
+            return self._tokenizer.special_tokens()
+        ids = dict(pad_id=int(self._tokenizer.pad_id), eos_id=int(self._tokenizer.eos_id),
+                   bos_id=getattr(self._tokenizer, "bos_id", None), mask_id=getattr(self._tokenizer, "mask_id", None))
+        special = sorted({v for v in ids.values() if v is not None})
+        return SpecialTokens(vocab_size=self.vocab_size, special_ids=tuple(special), **ids)
+
+
+def domain_data_config(config: ml_collections.ConfigDict) -> DataConfig:
+    """Pretraining's DataConfig for data.folder's files (checked here, before anything is written)."""
+    data = _section(config, "data")
+    files = domain_files(str(data.get("folder", "") or ""))
+    fraction = float(data.get("validation_fraction", 0.1))
+    data_config = DataConfig(source="files", file_patterns=tuple(glob.escape(p) for p in files),
+                             validation_fraction=fraction, data_dir=str(data.get("data_dir", "") or ""))
+    from research.data.sources import in_validation
+    root = os.path.commonpath([os.path.dirname(p) for p in files])
+    held_out = sum(in_validation(os.path.relpath(p, root), fraction) for p in files)
+    if held_out in (0, len(files)):
+        raise ConfigError(f"data.folder={data['folder']!r}: its {len(files)} file(s) split into {len(files) - held_out} "
+                          f"train and {held_out} validation file(s) at data.validation_fraction={fraction}; add files "
+                          "or change validation_fraction so both splits have one.")
+    return data_config
+
+
+def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
+    """Continued pretraining of config.init on data.folder with the base model's tokenizer."""
+    data_config = domain_data_config(config)
+    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    family, train = base.config.family, config.train
+    objective_name = str(_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
+    tokenizer = PipelineTokenizer(base.tokenizer)
+    model = build_model(base.config)
+    loss_fn = losses.make_loss_fn(losses.get_objective(objective_name, family), float(train.z_loss))
+    local_batch = train.batch_size // jax.process_count()
+
+    def batches(split: str, seed: int, num_epochs: int | None):
+        try:
+            return make_batch_dataset(data_config, tokenizer=tokenizer, objective=objective_name,
+                                      batch_size=local_batch, seq_len=train.seq_len, split=split, seed=seed,
+                                      num_epochs=num_epochs, model_max_len=base.config.max_len,
+                                      model_vocab_size=base.config.vocab_size)
+        except DataError as error:
+            raise ConfigError(f"data.folder={config.data.folder!r}: {error}") from None
+
+    batches("train", 0, 1)  # sizes, objective and tokenizer checked before the loop starts
+    ones = np.ones((1, train.seq_len), np.int32)
+    boxed, init = abstract_and_init(model, (ones, ones) if family == "encoder_decoder" else (ones,))
+    eval_loss = mean_aux(loss_fn, model)
+
+    def evaluate(params, reference, sharding):
+        return eval_loss(params, itertools.islice(iter(batches("validation", 0, 1)), train.eval_batches), sharding)
+
+    return FinetuneJob(
+        name=f"domain adaptation of {base.config.name} ({base.source}) on {config.data.folder}", model=model,
+        loss_fn=loss_fn, abstract_params=boxed,
+        initial_params=lambda: base.params if base.params is not None else init(int(train.seed)),
+        train_batches=lambda seed: iter(batches("train", seed, None)), evaluate=evaluate)

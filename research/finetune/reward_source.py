@@ -1,0 +1,74 @@
+"""What GRPO optimises: a programmatic rule, or the score of a trained reward model.
+
+    grpo.reward = "rule"                 data.synthetic's rule_reward (capitals, arithmetic)
+    grpo.reward = "reward_model:<dir>"   the workdir of a path="reward" run (e.g. reward_tiny):
+                                         its latest checkpoint's scalar head model
+
+A reward model reads text, not the policy's ids: each completion is decoded, and the
+(prompt, completion) conversation is rendered with the reward run's own chat template and
+tokenizer exactly as its training pairs were (research/finetune/preference_data.py), so a
+reward model with another tokenizer or family (a BERT body) scores a decoder policy. Rows
+are padded to the reward run's train.seq_len; a longer conversation keeps its last
+seq_len tokens (a decoder scores the last token) or its first (BERT scores token 0).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.data.chat_templates import get_chat_template, render_chat
+from research.finetune.base_model import load_base_model
+from research.finetune.heads import ScalarHeadModel
+from research.finetune.preference_data import rule_reward
+from research.models.config import ConfigError
+
+REWARD_MODEL = "reward_model:"
+# (prompts, completions) -> one reward per completion, float32 [N]
+RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+def load_reward_model(workdir: str) -> RewardFn:
+    """The scoring function of the reward model trained in `workdir` (latest checkpoint)."""
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params, run_config
+    root = checkpoint_root(workdir)
+    step = checkpoint_steps_in(root)[-1]
+    saved = run_config(root, step)
+    if saved.get("path") != "reward":
+        raise ConfigError(f"grpo.reward={REWARD_MODEL}{workdir} is a path={saved.get('path')!r} run; give the "
+                          "workdir of a path='reward' run (e.g. the reward_tiny preset).")
+    if (saved.get("lora") or {}).get("rank"):
+        raise ConfigError(f"grpo.reward={REWARD_MODEL}{workdir} holds LoRA adapters only; train the reward "
+                          "model with lora.rank=0 (full fine-tuning).")
+    base = load_base_model(saved["init"], saved["model"], saved.get("tokenizer", ""))
+    model, params = ScalarHeadModel(base.config), jax.device_put(restore_params(os.path.join(root, str(step))))
+    template = get_chat_template(saved.get("data", {}).get("chat_template", "plain"))
+    seq_len, decoder = int(saved["train"]["seq_len"]), base.config.family == "decoder"
+    score_rows = jax.jit(lambda params, tokens, lengths: model.apply({"params": params}, tokens, lengths))
+
+    def score(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        tokens = np.zeros((len(prompts), seq_len), np.int32)
+        lengths = np.zeros((len(prompts),), np.int32)
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            ids, _ = render_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                                 template, base.tokenizer)
+            ids = ids[-seq_len:] if decoder else ids[:seq_len]
+            tokens[i, :len(ids)], lengths[i] = ids, len(ids)
+        return np.asarray(score_rows(params, jnp.asarray(tokens), jnp.asarray(lengths)), np.float32)
+    return score
+
+
+def reward_function(spec: str, rule: str | None) -> RewardFn:
+    """grpo.reward `spec` as a RewardFn (see module docstring)."""
+    if spec == "rule":
+        if not rule:
+            raise ConfigError("grpo.reward='rule' needs a programmatic reward: set data.synthetic (capitals or "
+                              "arithmetic), or use grpo.reward='reward_model:<reward run workdir>'.")
+        return lambda prompts, completions: np.asarray([rule_reward(rule, p, c) for p, c in zip(prompts, completions)],
+                                                       np.float32)
+    if spec.startswith(REWARD_MODEL):
+        return load_reward_model(spec[len(REWARD_MODEL):])
+    raise ConfigError(f"grpo.reward={spec!r} must be 'rule' or '{REWARD_MODEL}<workdir of a reward run>'.")
