@@ -7,14 +7,15 @@ Launch (trains every run, skips finished ones on rerun, resumes interrupted ones
 
 Presets (each a complete run config of experiments/configs/pretrain.py plus `sweep` and `fit`):
 
-  cpu_tiny   10 generated GPT-2-style models (1.8e3 .. 5.9e4 non-embedding params, 2-3 layers each) x
-             4 IsoFLOP budgets 1e10 .. 3.2e11 FLOPs (1.5 decades), 6 sizes per budget, plus the
-             smallest budget again with seed 1 (run-to-run noise) = 30 runs, 37M tokens; learning
-             rate 1e-2 x 32 / d_model per size (a 1/width transfer rule, recorded per run); on a
-             capacity-limited synthetic corpus (hierarchical Zipf-weighted order-3 Markov source over
-             16 letters: entropy rate 1.512, reachable bound 1.523 nats/char, bigram level H_1 1.959).
-             Designed for a quiet 2-core machine with the fast small-model loop; see the README for
-             what was measured.
+  cpu_tiny   10 generated GPT-2-style models with rotary positions and 4-wide heads (1.8e3 .. 8.3e4
+             non-embedding params, 2-3 layers each) x 4 IsoFLOP budgets 3.16e10 .. 1e12 FLOPs (1.5
+             decades), 6 sizes per budget centred at 200 tokens per parameter, plus the smallest
+             budget again with seed 1 (run-to-run noise; the two seeds of a size train together as
+             one program) = 30 runs, 118M tokens; learning rate 2e-2 x 32 / d_model per size, capped
+             at 4e-2 (a 1/width transfer rule checked by a learning-rate sweep, recorded per run); on
+             a capacity-limited synthetic corpus (hierarchical Zipf-weighted order-3 Markov source
+             over 16 letters: entropy rate 1.512, reachable bound 1.523 nats/char, bigram level H_1
+             1.959). Designed for a quiet 2-core machine; see the issue-9 note for what was measured.
   stdlib_tiny  the same design on real text (the embedded stdlib corpus, 512 SentencePiece pieces).
   gpu_host   a 9-rung ladder (1e6 .. 2.6e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
              budget, seed repeats at 1e17, centred on Chinchilla's 20 tokens per parameter, batch

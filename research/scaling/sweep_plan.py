@@ -220,8 +220,7 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
         steps = round(tokens / tokens_per_step)
         if steps < spec.min_steps:
             return False
-        scale = spec.lr_reference_width / model.config.d_model if spec.lr_reference_width else 1.0
-        scale = min(scale, spec.lr_scale_cap) if spec.lr_scale_cap else scale
+        scale = learning_rate_scale(spec, model.config.d_model)
         repeated = spec.repeat_budget or min(spec.budgets, default=None)
         seeds = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
         for seed in seeds:
@@ -261,6 +260,13 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
         raise SweepError("sweep: two runs train the same model for the same number of steps (equal budgets or "
                          "ratios?); make the budgets / ratios distinct.")
     return runs
+
+
+def learning_rate_scale(spec: SweepSpec, d_model: int) -> float:
+    """The multiple of config.opt.learning_rate a model of width d_model trains at:
+    lr_reference_width / d_model (1 when the rule is off), capped at lr_scale_cap."""
+    scale = spec.lr_reference_width / d_model if spec.lr_reference_width else 1.0
+    return min(scale, spec.lr_scale_cap) if spec.lr_scale_cap else scale
 
 
 def warmup_steps(spec: SweepSpec, num_steps: int) -> int:

@@ -1,0 +1,86 @@
+"""Check a sweep's learning-rate rule with a small sweep: for a few ladder sizes, train the
+rule's learning rate times each multiplier, all multipliers of a size as one program
+(research.training.train_together), and report which multiplier is best per size.
+
+    python -m experiments.scaling_laws.lr_check --config=experiments/configs/scaling_laws.py:cpu_tiny \
+        --workdir=/tmp/lr_check --sizes=3.5e3,5.8e4 --steps=2000 --multipliers=0.5,1,2
+
+If the best multiplier is the same at both ends of the ladder, the rule transfers across
+sizes (muP's claim for 1/width); if it is not 1, scale config.opt.learning_rate by it.
+Writes WORKDIR/lr_check.json: per size, d_model, each multiplier's learning rate and final
+eval loss, and the best. Not run by the sweep itself (its cost would be the sweep's again).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.cli import parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. scaling_laws.py:cpu_tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and lr_check.json.")
+_SIZES = flags.DEFINE_list("sizes", ["3.5e3", "5.8e4"], "Ladder targets (non-embedding params) to check.")
+_STEPS = flags.DEFINE_integer("steps", 2000, "Train steps of every run (one cosine schedule each).")
+_MULTIPLIERS = flags.DEFINE_list("multipliers", ["0.5", "1", "2"], "Multiples of the rule's learning rate.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def check(config, workdir: str, sizes: list[float], steps: int, multipliers: list[float]) -> list[dict]:
+    from experiments.scaling_laws import sweep
+    from research.scaling.sweep_plan import PlannedRun, SweepError, learning_rate_scale
+    from research.training.loop import train_together
+
+    if steps < 1 or not multipliers or any(m <= 0 for m in multipliers) or not sizes:
+        raise SweepError(f"--steps={steps} must be >= 1, --multipliers={multipliers} positive and --sizes={sizes} "
+                         "non-empty, e.g. --sizes=3.5e3,5.8e4 --steps=2000 --multipliers=0.5,1,2.")
+    config = copy.deepcopy(config)
+    # Only the ladder matters here: a token plan of one step per model always plans.
+    config.sweep.update(dict(non_embedding_params=tuple(sizes), plan="tokens", budgets=(), tokens=(),
+                             tokens_per_param=(1.0,), min_steps=1, repeat_seeds=()))
+    plan = sweep.plan_sweep(config)
+    tokenizer = sweep._shared_tokenizer(plan.data_config, workdir)
+    rows = []
+    for model in plan.models:
+        scale = learning_rate_scale(plan.spec, model.config.d_model)
+        run = PlannedRun(f"{model.name}-{steps}steps", model, steps, config.train.batch_size, config.train.seq_len,
+                         model.params(plan.spec.param_count), None, None, 0, scale)
+        one = sweep.run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=1e11)
+        one.train.log_every_steps = steps
+        configs, workdirs = [], []
+        for multiplier in multipliers:
+            member = copy.deepcopy(one)
+            member.opt.learning_rate = one.opt.learning_rate * multiplier
+            configs.append(member)
+            workdirs.append(os.path.join(workdir, model.name, f"x{multiplier:g}"))
+        results = train_together(configs, workdirs)
+        losses = [r["eval_loss"] if isinstance(r, dict) else float("nan") for r in results]
+        finite = [(loss, m) for loss, m in zip(losses, multipliers) if loss == loss]
+        rows.append({"model": model.name, "d_model": model.config.d_model, "steps": steps,
+                     "learning_rates": [c.opt.learning_rate for c in configs], "multipliers": multipliers,
+                     "eval_loss": losses, "best_multiplier": min(finite)[1] if finite else None})
+        print(f"{model.name}: " + ", ".join(f"x{m:g} (lr {c.opt.learning_rate:.3g}) {loss:.4f}"
+                                            for m, c, loss in zip(multipliers, configs, losses))
+              + f" -> best x{rows[-1]['best_multiplier']:g}", flush=True)
+    with open(os.path.join(workdir, "lr_check.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    from research.models.config import ConfigError
+    try:
+        check(_CONFIG.value, _WORKDIR.value, [float(s) for s in _SIZES.value], _STEPS.value,
+              [float(m) for m in _MULTIPLIERS.value])
+    except (ConfigError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
