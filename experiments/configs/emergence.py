@@ -37,28 +37,37 @@ PRESETS = ("cpu_tiny", "gpu_host", "micro")
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5", "scale-3e5", "scale-1e6")
+    # 1e4 and 3e4 have 1 layer, 1e5 2 and 3e5 3 (the copying transition needs >= 2). scale-1e6
+    # (4 layers) would take about as long as the other four together on 2 CPU cores.
+    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5", "scale-3e5")
     # float32 compute: on CPU bf16 is emulated and slower.
     config.model = ml_collections.ConfigDict(dict(vocab_size=512, max_len=256, dtype="float32",
                                                   param_dtype="float32", dropout_rate=0.0))
     # Addition of 2 to 6 digits (answers of 2 to 7 digit tokens) for the mirage, and copying
     # (induction, Olsson et al. 2022) for a genuine transition: a 1-layer model cannot form an
     # induction head, a 2-layer one can (scale-1e4 and 3e4 have 1 layer, 1e5 and up 2 or more).
+    # A tenth of corpus text: the models' few steps go to the tasks.
     config.mixture = ml_collections.ConfigDict(dict(
-        corpus_fraction=0.2, examples_per_document=(1, 16), seed=1,
+        corpus_fraction=0.1, examples_per_document=(1, 16), seed=1,
         tasks={**{f"addition_{k}digit": 8_000 for k in range(2, 7)}, "copying": 10_000}))
     config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, max_training_chars=2_000_000))
     config.train = ml_collections.ConfigDict(dict(
-        num_steps=400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
+        num_steps=1200, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
         log_every_steps=50, eval_every_steps=100, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
         progress_bar=False))
-    # 3e-3 keeps the eval loss falling with size at 400 steps; 1e-2 trained the 1e4 model better
-    # but left the 1e5..1e6 models behind smaller ones.
+    # Learning rate per size by a width transfer rule (muP-like, as the scaling study's
+    # sweep.lr_reference_width): learning_rate x lr_reference_width / d_model, so 1e-2 at d_model 48
+    # (scale-3e4), 1.7e-2 at 28 (1e4), 7.5e-3 at 64 (1e5), 5e-3 at 96 (3e5). Measured at 400 steps:
+    # one 3e-3 for every size left all of them near chance (addition per-digit p 0.15-0.27, copying
+    # 0.03-0.05); 1e-2 for all had trained the 1e4 model better and the larger ones worse.
+    # 0 turns the rule off (every size at opt.learning_rate). The rates are logged and in results.
+    config.lr_reference_width = 48
     config.opt = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=40, decay_fraction=0.2,
+        name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=60, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
     # Every checkpoint is kept: each is evaluated, giving the curves along training.
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, async_save=True))
+    # every 50 steps: 24 points along training for the copying curve (about 1 s to evaluate each).
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
     # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
@@ -93,6 +102,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.model.update(dict(dtype="bfloat16", max_len=256))
         config.train.update(dict(num_steps=20000, batch_size=128, seq_len=256, eval_every_steps=1000))
         config.opt.update(dict(learning_rate=1e-3, warmup_steps=200))
+        config.lr_reference_width = 0  # one rate for every size (the width rule is tuned for d_model <= 96)
         config.checkpoint.every_steps = 2000
         config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
         config.mixture.tasks = {**{f"addition_{k}digit": 200_000 for k in range(2, 7)}, "copying": 200_000}

@@ -147,3 +147,42 @@ def transition_table(rows: Sequence[dict[str, Any]], task: str, metrics: Sequenc
             entry[metric], entry[f"{metric}_interval"] = value, [low, high]
         out.append(entry)
     return out
+
+
+def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequence[str], *,
+                      samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per size, the shape of `task`'s curve along training (steps as the scale axis): I, L, B
+    with the noise rule of emergence_metrics.curve_shape_with_noise (every checkpoint scores the
+    same items, so the bootstrap is paired), and the largest rise between two consecutive
+    checkpoints (`largest_step`, `at_step`) beside its noise (`largest_step_se`, the bootstrap
+    standard error of that step). A genuine transition: above_noise, a large B, and a largest
+    step many standard errors wide."""
+    from research.evaluation.emergence_metrics import curve_shape_with_noise
+
+    by_size: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["task"] == task and row.get("items"):
+            by_size.setdefault(row["size"], []).append(row)
+    out = []
+    for size, members in sorted(by_size.items(), key=lambda kv: kv[1][0]["params_non_embedding"]):
+        members = sorted(members, key=lambda r: r["step"])
+        if len(members) < 2:
+            continue
+        for metric in metrics:
+            if not all(metric in m["items"] for m in members) or len({len(m["items"][metric]) for m in members}) != 1:
+                continue
+            scores_MI = np.asarray([m["items"][metric] for m in members], np.float64)
+            shape = curve_shape_with_noise([m["step"] for m in members], scores_MI, samples=samples, seed=seed)
+            steps = np.diff(np.asarray(shape["values"]))
+            k = int(np.argmax(steps))
+            rng = np.random.default_rng(seed)
+            index_BI = rng.integers(0, scores_MI.shape[1], size=(samples, scores_MI.shape[1]))
+            boot_step = scores_MI[k + 1, index_BI].mean(axis=1) - scores_MI[k, index_BI].mean(axis=1)
+            out.append({"task": task, "size": size, "params_non_embedding": members[0]["params_non_embedding"],
+                        "metric": metric, "checkpoints": len(members), "first": shape["values"][0],
+                        "last": shape["values"][-1], "largest_step": float(steps[k]),
+                        "at_step": int(members[k + 1]["step"]), "largest_step_se": float(np.std(boot_step)),
+                        **{k2: shape[k2] for k2 in ("items", "total_improvement", "total_improvement_se",
+                                                    "above_noise", "linearity", "breakthroughness",
+                                                    "breakthroughness_interval")}})
+    return out
