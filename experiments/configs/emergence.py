@@ -1,8 +1,8 @@
 """Emergence study configs: a ladder of decoders trained on the stdlib corpus mixed with task
 training data, evaluated on held-out task instances (experiments/emergence.py).
 
-Launch (cpu_tiny: 5 sizes, 1e4 to 1e6 non-embedding parameters, 400 steps each; copying evaluated
-at every checkpoint, addition of 2 to 6 digits (1000 items each) at the end):
+Launch (cpu_tiny: 3 sizes, 1e4 to 1e5 non-embedding parameters, 2400 steps each; copying_varied
+evaluated at every checkpoint, reversed-answer addition of 2 to 6 digits (1000 items each) at the end):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
@@ -18,6 +18,7 @@ Fields:
                 examples_per_document: (fewest, most) problems per training document
   tokenizer     research.data.TokenizerConfig fields; trained once on the mixture
   train / opt / checkpoint / mesh   as in experiments/configs/pretrain.py, shared by all sizes
+  lr_reference_width  each size trains at opt.learning_rate x lr_reference_width / d_model (0: off)
   eval          held-out evaluation: tasks, shots, num_test documents per task (every checkpoint),
                 final_tasks / final_shots / final_num_test (final checkpoint only), few-shot pool
                 (num_train), seed; cot_description: the line that opens chain-of-thought
@@ -37,43 +38,44 @@ PRESETS = ("cpu_tiny", "gpu_host", "micro")
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # 1e4 and 3e4 have 1 layer, 1e5 2 and 3e5 3 (the copying transition needs >= 2). scale-1e6
-    # (4 layers) would take about as long as the other four together on 2 CPU cores.
-    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5", "scale-3e5")
-    # float32 compute: on CPU bf16 is emulated and slower.
-    config.model = ml_collections.ConfigDict(dict(vocab_size=512, max_len=256, dtype="float32",
-                                                  param_dtype="float32", dropout_rate=0.0))
-    # Addition of 2 to 6 digits (answers of 2 to 7 digit tokens) for the mirage, and copying
-    # (induction, Olsson et al. 2022) for a genuine transition: a 1-layer model cannot form an
-    # induction head, a 2-layer one can (scale-1e4 and 3e4 have 1 layer, 1e5 and up 2 or more).
-    # A tenth of corpus text: the models' few steps go to the tasks.
+    # 1e4 and 3e4 have 1 layer, 1e5 2 (an induction head needs 2). 3e5 (3 layers) would take
+    # 0.4 s a step on 2 shared CPU cores, as long as the other three together: left out.
+    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5")
+    # float32 compute: on CPU bf16 is emulated and slower. Rotary positions: with learned
+    # positions no size left the unigram plateau in 1200 steps (addition per-digit p 0.17-0.27,
+    # copying at chance 0.03-0.05, every size alike); relative attention is what both tasks need.
+    config.model = ml_collections.ConfigDict(dict(vocab_size=320, max_len=256, dtype="float32",
+                                                  param_dtype="float32", dropout_rate=0.0, position="rope"))
+    # Addition of 2 to 6 digits with the sum written least-significant digit first (answers of 2
+    # to 7 digit tokens; each digit needs only its place's two digits and the carry just written)
+    # for the mirage, and copying_varied (induction, Olsson et al. 2022: 6 to 12 symbols, so the
+    # repeat is at no fixed offset) for a genuine transition: a 1-layer model cannot form an
+    # induction head, a 2-layer one can. No corpus text: the few steps go to the tasks (the
+    # tokenizer then has 64 pieces beside its 256 byte-fallback ones: vocab_size 320).
     config.mixture = ml_collections.ConfigDict(dict(
-        corpus_fraction=0.1, examples_per_document=(1, 16), seed=1,
-        tasks={**{f"addition_{k}digit": 8_000 for k in range(2, 7)}, "copying": 10_000}))
-    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, max_training_chars=2_000_000))
+        corpus_fraction=0.0, examples_per_document=(1, 16), seed=1,
+        tasks={**{f"addition_{k}digit_reversed": 8_000 for k in range(2, 7)}, "copying_varied": 10_000}))
+    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=320, max_training_chars=2_000_000))
     config.train = ml_collections.ConfigDict(dict(
-        num_steps=1200, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
-        log_every_steps=50, eval_every_steps=100, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
+        num_steps=2400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
+        log_every_steps=50, eval_every_steps=200, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
         progress_bar=False))
     # Learning rate per size by a width transfer rule (muP-like, as the scaling study's
-    # sweep.lr_reference_width): learning_rate x lr_reference_width / d_model, so 1e-2 at d_model 48
-    # (scale-3e4), 1.7e-2 at 28 (1e4), 7.5e-3 at 64 (1e5), 5e-3 at 96 (3e5). Measured at 400 steps:
-    # one 3e-3 for every size left all of them near chance (addition per-digit p 0.15-0.27, copying
-    # 0.03-0.05); 1e-2 for all had trained the 1e4 model better and the larger ones worse.
-    # 0 turns the rule off (every size at opt.learning_rate). The rates are logged and in results.
+    # sweep.lr_reference_width): learning_rate x lr_reference_width / d_model: 3e-3 at d_model 48
+    # (scale-3e4), 5.1e-3 at 28 (1e4), 2.25e-3 at 64 (1e5). 0 turns the rule off (every size at
+    # opt.learning_rate). The rates are logged and in the results rows.
     config.lr_reference_width = 48
     config.opt = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-2, schedule="cosine", warmup_steps=60, decay_fraction=0.2,
+        name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=100, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
-    # Every checkpoint is kept: each is evaluated, giving the curves along training.
-    # every 50 steps: 24 points along training for the copying curve (about 1 s to evaluate each).
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, async_save=True))
+    # Every checkpoint is kept and evaluated (about 1 s each): 24 points along training.
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
     # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
     config.eval = ml_collections.ConfigDict(dict(
-        tasks=("copying",), shots=(0,), num_test=200, num_train=64,
-        final_tasks=tuple(f"addition_{k}digit" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
+        tasks=("copying_varied",), shots=(0,), num_test=200, num_train=64,
+        final_tasks=tuple(f"addition_{k}digit_reversed" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
         seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
     # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
     # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
@@ -83,7 +85,7 @@ def _base() -> ml_collections.ConfigDict:
         metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
                  "token_edit_distance", "token_accuracy", "brier_score"),
         plot_metrics=("exact_match", "teacher_forced_accuracy", "target_log_prob"),
-        transition_task="copying"))
+        transition_task="copying_varied"))
     return config
 
 
@@ -105,13 +107,16 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.lr_reference_width = 0  # one rate for every size (the width rule is tuned for d_model <= 96)
         config.checkpoint.every_steps = 2000
         config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
-        config.mixture.tasks = {**{f"addition_{k}digit": 200_000 for k in range(2, 7)}, "copying": 200_000}
+        config.mixture.tasks = {**{f"addition_{k}digit_reversed": 200_000 for k in range(2, 7)},
+                                "copying_varied": 200_000}
         config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":
         config.sizes = ("scale-1e4", "scale-3e4")
         config.model.max_len = 128
         config.mixture.tasks = {"addition_1digit": 400, "addition_1digit_cot": 100}
         config.mixture.examples_per_document = (1, 8)
+        config.mixture.corpus_fraction = 0.2  # the chain-of-thought words need text for 384 pieces
+        config.model.vocab_size = 384
         config.tokenizer.vocab_size = 384
         config.tokenizer.max_training_chars = 100_000
         config.train.update(dict(num_steps=4, batch_size=8, seq_len=64, log_every_steps=2, eval_every_steps=2,

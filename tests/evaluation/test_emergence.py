@@ -136,7 +136,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     config = configs.get_config("cpu_tiny")
     plan = emergence.plan_study(config)
     params = [sizing.param_counts(m).non_embedding for m in plan.sizes.values()]
-    assert len(params) >= 4 and params == sorted(params) and params[-1] > 30 * params[0]
+    assert len(params) >= 3 and params == sorted(params) and params[-1] > 10 * params[0]
     # The width rule: learning_rate x lr_reference_width / d_model, so rates fall with width.
     rates = [emergence.size_learning_rate(config, s) for s in config.sizes]
     assert rates == pytest.approx([config.opt.learning_rate * config.lr_reference_width / m.d_model
@@ -147,7 +147,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
-    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit" for k in range(2, 7)]
+    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_reversed" for k in range(2, 7)]
     assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
     # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
     assert config.report.transition_task in config.eval.tasks
