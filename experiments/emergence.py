@@ -305,7 +305,7 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
     return out
 
 
-def _report_markdown(config, summary, mirage, transition, shapes, finals) -> str:
+def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
 
@@ -335,8 +335,8 @@ def _report_markdown(config, summary, mirage, transition, shapes, finals) -> str
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
                              ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
         text += f"\n## Transition along training ({transition[0]['task']})\n\n```\n{table}\n```\n"
-    if shapes:
-        table = format_table(_interval_text(shapes, ["breakthroughness"]),
+    if transition_shapes:
+        table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
                              ["size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
                               "above_noise", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
