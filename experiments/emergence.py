@@ -308,6 +308,7 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
 def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
+    from research.evaluation.study_report import JUMP_RATIO
 
     shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
                           ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
@@ -338,9 +339,11 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
     if transition_shapes:
         table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
                              ["size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
-                              "above_noise", "linearity", "breakthroughness"])
+                              "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
-                 f"error of the largest rise between consecutive checkpoints):\n\n```\n{table}\n```\n")
+                 "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
+                 f"median-square rise; jump: above item noise and jump_ratio > {JUMP_RATIO:g}, above training "
+                 f"noise, study_report.JUMP_RATIO):\n\n```\n{table}\n```\n")
     finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
     return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"
 

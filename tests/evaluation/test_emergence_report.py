@@ -90,7 +90,15 @@ def test_transition_shapes_find_a_jump_along_training_and_not_noise():
     # Steps 0, 0, .9, 0, .02: root median square is the floored noise of a zero step, B in the tens.
     assert two["breakthroughness"] > 10 and two["linearity"] == pytest.approx(0.92 / math.sqrt(
         (0.9**2 + 0.02**2 + 3 * (1 / 200) ** 2) / 5), rel=1e-9)
-    assert not one["above_noise"] and one["breakthroughness"] is None
+    assert not one["above_noise"] and one["breakthroughness"] is None and not one["jump"]
+    # The jump is 0.9 / (1/200) = 180 typical steps: a transition. A curve that wanders
+    # (steps of 1-2% up and down; 1200 items) is not one.
+    assert two["jump"] and two["jump_ratio"] == pytest.approx(180.0)
+    wander = rows("w", 1e5, [80, 82, 80, 78, 81, 78, 82, 79, 83])
+    for row in wander:
+        row["items"]["exact_match"] *= 6  # 1200 items, the same rates
+    (w,) = transition_shapes(wander, "copying", ("exact_match",))
+    assert w["above_noise"] is not None and not w["jump"] and w["jump_ratio"] < 3
 
 
 def test_rows_round_trip_and_plots_are_written(tmp_path):
