@@ -330,8 +330,8 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
                          ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")]
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
                              ["task", "metric", "total_improvement", "above_noise", "linearity", "breakthroughness"])
-        text += ("\nShape across sizes, per answer length (the mirage: exact match's breakthroughness grows with L "
-                 f"while the per-digit metrics stay smooth):\n\n```\n{table}\n```\n")
+        text += ("\nShape across sizes, per answer length (the mirage predicts exact match's breakthroughness growing "
+                 f"with L while the per-digit metrics stay smooth; read the values):\n\n```\n{table}\n```\n")
     if transition:
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
                              ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
