@@ -10,7 +10,8 @@ Measured (issue-9e note, load 9-10 on 2 shared cores): cpu_tiny takes about 20 m
 steps no size leaves the unigram plateau (addition per-digit p 0.18-0.29, copying at chance). With
 `--config.train.num_steps=4000 --config.checkpoint.every_steps=250`, scale-1e5 learned both tasks
 (copying_varied p 0.26 -> 0.68 between steps 1750 and 3000, 2-digit addition p 0.61, EM 0.10), but
-the whole ladder then takes about 33 minutes on that machine.
+the whole ladder would then take an estimated 25-33 minutes on that machine (not run as a whole);
+the 1-layer scale-1e4 stayed at chance on copying over the same 4000 steps.
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
