@@ -64,6 +64,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     models = {size: get_config(size, **dict(config.model)) for size in sizes}
     if models[sizes[0]].family != "decoder" or any(m.family != models[sizes[0]].family for m in models.values()):
         raise ConfigError(f"sizes={sizes} must all be decoder presets; the study trains causal LMs.")
+    if float(config.get("lr_reference_width", 0) or 0) < 0:
+        raise ConfigError(f"lr_reference_width={config.lr_reference_width} must be >= 0 (0: one learning rate "
+                          "for every size).")
     mixture = config.mixture
     if not 0.0 <= mixture.corpus_fraction < 1.0:
         raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
@@ -151,9 +154,21 @@ def train_config(config: ml_collections.ConfigDict, size: str,
     num_checkpoints = config.train.num_steps // config.checkpoint.every_steps + 1
     return ml_collections.ConfigDict(dict(
         model={"preset": size, **config.model.to_dict()}, objective="causal_lm", objective_options={},
-        data=data_config, train=config.train.to_dict(), opt=config.opt.to_dict(),
+        data=data_config, train=config.train.to_dict(),
+        opt={**config.opt.to_dict(), "learning_rate": size_learning_rate(config, size)},
         checkpoint={**config.checkpoint.to_dict(), "keep_last": num_checkpoints, "keep_best": 0},
         mesh=config.mesh.to_dict()))
+
+
+def size_learning_rate(config: ml_collections.ConfigDict, size: str) -> float:
+    """opt.learning_rate x lr_reference_width / d_model (a width transfer rule, as the scaling
+    study's); opt.learning_rate itself when config.lr_reference_width is 0 or absent."""
+    from research.models import get_config
+
+    reference = float(config.get("lr_reference_width", 0) or 0)
+    if not reference:
+        return float(config.opt.learning_rate)
+    return float(config.opt.learning_rate) * reference / get_config(size, **dict(config.model)).d_model
 
 
 def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, run_dir: str, tokenizer: Any,
@@ -175,7 +190,7 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
         # recomputed, so raising train.num_steps and rerunning relabels the old steps.
         tokens = step * train.batch_size * train.seq_len
         identity = {"size": size, "params_non_embedding": counts.non_embedding, "params_total": counts.total,
-                    "step": step, "final": step == train.num_steps, "tokens": tokens,
+                    "learning_rate": size_learning_rate(config, size), "step": step, "final": step == train.num_steps, "tokens": tokens,
                     "compute_flops": float(flops_per_token) * tokens}
         stem = os.path.join(run_dir, "evals", f"step_{step}")
         if _read_json(stem + ".json").get("metadata", {}).get("fingerprint") == plan.fingerprint:
@@ -215,7 +230,7 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     from research.evaluation.plots import plot_grid
     from research.evaluation.results_table import format_table, write_rows
     from research.evaluation.study_report import (curve_summary, mirage_table, noisy_curve_summary,
-                                                  transition_table)
+                                                  transition_shapes, transition_table)
 
     report_dir = os.path.join(workdir, "report")
     rows_with_items, rows = rows, [{k: v for k, v in r.items() if k != "items"} for r in rows]
@@ -234,10 +249,13 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     transition_task = config.report.get("transition_task")
     transition = transition_table(rows_with_items, transition_task,
                                   ("exact_match", "teacher_forced_accuracy")) if transition_task else []
+    shapes = transition_shapes(rows_with_items, transition_task,
+                               ("exact_match", "teacher_forced_accuracy")) if transition_task else []
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
-             "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"]}
+             "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"],
+             "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"]}
     metrics = tuple(config.report.plot_metrics)
     setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
     base = lambda r: r["task"].removesuffix("_cot")
@@ -270,7 +288,7 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                              x_label="training tokens", title=f"{transition_task} along training")
     paths["report"] = os.path.join(report_dir, "report.md")
     with open(paths["report"], "w", encoding="utf-8") as f:
-        f.write(_report_markdown(config, summary, mirage, transition, finals))
+        f.write(_report_markdown(config, summary, mirage, transition, shapes, finals))
     return paths
 
 
@@ -287,9 +305,10 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
     return out
 
 
-def _report_markdown(config, summary, mirage, transition, finals) -> str:
+def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
+    from research.evaluation.study_report import JUMP_RATIO
 
     shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
                           ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
@@ -306,10 +325,25 @@ def _report_markdown(config, summary, mirage, transition, finals) -> str:
                               "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy, L = answer "
                  f"tokens)\n\n```\n{table}\n```\n")
+        final_tasks = set(config.eval.get("final_tasks", ()))
+        mirage_shapes = [r for r in summary if r["task"] in final_tasks and r["metric"] in
+                         ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")]
+        table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
+                             ["task", "metric", "total_improvement", "above_noise", "linearity", "breakthroughness"])
+        text += ("\nShape across sizes, per answer length (the mirage predicts exact match's breakthroughness growing "
+                 f"with L while the per-digit metrics stay smooth; read the values):\n\n```\n{table}\n```\n")
     if transition:
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
                              ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
         text += f"\n## Transition along training ({transition[0]['task']})\n\n```\n{table}\n```\n"
+    if transition_shapes:
+        table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
+                             ["size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
+                              "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
+        text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
+                 "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
+                 f"median-square rise; jump: above item noise and jump_ratio > {JUMP_RATIO:g}, above training "
+                 f"noise, study_report.JUMP_RATIO):\n\n```\n{table}\n```\n")
     finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
     return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"
 
@@ -336,7 +370,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
             if not config.train.peak_flops:  # measured once, not once per size
                 config.train.peak_flops = measure_peak_flops()
             start = time.perf_counter()
-            log(f"{size}: training {config.train.num_steps} steps")
+            log(f"{size}: training {config.train.num_steps} steps at peak learning rate "
+                f"{size_learning_rate(config, size):.3g}")
             final = train_and_evaluate(train_config(config, size, data_config), run_dir)
             log(f"{size}: trained in {time.perf_counter() - start:.0f} s, eval_loss {final['eval_loss']:.3f}")
         rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))

@@ -1,10 +1,17 @@
 """Emergence study configs: a ladder of decoders trained on the stdlib corpus mixed with task
 training data, evaluated on held-out task instances (experiments/emergence.py).
 
-Launch (cpu_tiny: 5 sizes, 1e4 to 1e6 non-embedding parameters, 400 steps each; copying evaluated
-at every checkpoint, addition of 2 to 6 digits (1000 items each) at the end):
+Launch (cpu_tiny: 3 sizes, 1e4 to 1e5 non-embedding parameters, 2400 steps each; copying_varied
+evaluated at every checkpoint, reversed-answer addition of 2 to 6 digits (1000 items each) at the end):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
+
+Measured (issue-9e note, load 9-10 on 2 shared cores): cpu_tiny takes about 20 minutes, and at 2400
+steps no size leaves the unigram plateau (addition per-digit p 0.18-0.29, copying at chance). With
+`--config.train.num_steps=4000 --config.checkpoint.every_steps=250`, scale-1e5 learned both tasks
+(copying_varied p 0.26 -> 0.68 between steps 1750 and 3000, 2-digit addition p 0.61, EM 0.10), but
+the whole ladder would then take an estimated 25-33 minutes on that machine (not run as a whole);
+the 1-layer scale-1e4 stayed at chance on copying over the same 4000 steps.
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
@@ -18,6 +25,7 @@ Fields:
                 examples_per_document: (fewest, most) problems per training document
   tokenizer     research.data.TokenizerConfig fields; trained once on the mixture
   train / opt / checkpoint / mesh   as in experiments/configs/pretrain.py, shared by all sizes
+  lr_reference_width  each size trains at opt.learning_rate x lr_reference_width / d_model (0: off)
   eval          held-out evaluation: tasks, shots, num_test documents per task (every checkpoint),
                 final_tasks / final_shots / final_num_test (final checkpoint only), few-shot pool
                 (num_train), seed; cot_description: the line that opens chain-of-thought
@@ -37,34 +45,44 @@ PRESETS = ("cpu_tiny", "gpu_host", "micro")
 
 def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5", "scale-3e5", "scale-1e6")
-    # float32 compute: on CPU bf16 is emulated and slower.
-    config.model = ml_collections.ConfigDict(dict(vocab_size=512, max_len=256, dtype="float32",
-                                                  param_dtype="float32", dropout_rate=0.0))
-    # Addition of 2 to 6 digits (answers of 2 to 7 digit tokens) for the mirage, and copying
-    # (induction, Olsson et al. 2022) for a genuine transition: a 1-layer model cannot form an
-    # induction head, a 2-layer one can (scale-1e4 and 3e4 have 1 layer, 1e5 and up 2 or more).
+    # 1e4 and 3e4 have 1 layer, 1e5 2 (an induction head needs 2). 3e5 (3 layers) would take
+    # 0.4 s a step on 2 shared CPU cores, as long as the other three together: left out.
+    config.sizes = ("scale-1e4", "scale-3e4", "scale-1e5")
+    # float32 compute: on CPU bf16 is emulated and slower. Rotary positions: with learned
+    # positions no size left the unigram plateau in 1200 steps (addition per-digit p 0.17-0.27,
+    # copying at chance 0.03-0.05, every size alike); relative attention is what both tasks need.
+    config.model = ml_collections.ConfigDict(dict(vocab_size=320, max_len=256, dtype="float32",
+                                                  param_dtype="float32", dropout_rate=0.0, position="rope"))
+    # Addition of 2 to 6 digits with the sum written least-significant digit first (answers of 2
+    # to 7 digit tokens; each digit needs only its place's two digits and the carry just written)
+    # for the mirage, and copying_varied (induction, Olsson et al. 2022: 6 to 12 symbols, so the
+    # repeat is at no fixed offset) for a genuine transition: a 1-layer model cannot form an
+    # induction head, a 2-layer one can. No corpus text: the few steps go to the tasks (the
+    # tokenizer then has 64 pieces beside its 256 byte-fallback ones: vocab_size 320).
     config.mixture = ml_collections.ConfigDict(dict(
-        corpus_fraction=0.2, examples_per_document=(1, 16), seed=1,
-        tasks={**{f"addition_{k}digit": 8_000 for k in range(2, 7)}, "copying": 10_000}))
-    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, max_training_chars=2_000_000))
+        corpus_fraction=0.0, examples_per_document=(1, 16), seed=1,
+        tasks={**{f"addition_{k}digit_reversed": 8_000 for k in range(2, 7)}, "copying_varied": 10_000}))
+    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=320, max_training_chars=2_000_000))
     config.train = ml_collections.ConfigDict(dict(
-        num_steps=400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
-        log_every_steps=50, eval_every_steps=100, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
+        num_steps=2400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
+        log_every_steps=50, eval_every_steps=200, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
         progress_bar=False))
-    # 3e-3 keeps the eval loss falling with size at 400 steps; 1e-2 trained the 1e4 model better
-    # but left the 1e5..1e6 models behind smaller ones.
+    # Learning rate per size by a width transfer rule (muP-like, as the scaling study's
+    # sweep.lr_reference_width): learning_rate x lr_reference_width / d_model: 3e-3 at d_model 48
+    # (scale-3e4), 5.1e-3 at 28 (1e4), 2.25e-3 at 64 (1e5). 0 turns the rule off (every size at
+    # opt.learning_rate). The rates are logged and in the results rows.
+    config.lr_reference_width = 48
     config.opt = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=40, decay_fraction=0.2,
+        name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=100, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
-    # Every checkpoint is kept: each is evaluated, giving the curves along training.
+    # Every checkpoint is kept and evaluated (about 1 s each): 24 points along training.
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
     # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
     config.eval = ml_collections.ConfigDict(dict(
-        tasks=("copying",), shots=(0,), num_test=200, num_train=64,
-        final_tasks=tuple(f"addition_{k}digit" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
+        tasks=("copying_varied",), shots=(0,), num_test=200, num_train=64,
+        final_tasks=tuple(f"addition_{k}digit_reversed" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
         seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
     # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
     # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
@@ -74,7 +92,7 @@ def _base() -> ml_collections.ConfigDict:
         metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
                  "token_edit_distance", "token_accuracy", "brier_score"),
         plot_metrics=("exact_match", "teacher_forced_accuracy", "target_log_prob"),
-        transition_task="copying"))
+        transition_task="copying_varied"))
     return config
 
 
@@ -93,15 +111,19 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.model.update(dict(dtype="bfloat16", max_len=256))
         config.train.update(dict(num_steps=20000, batch_size=128, seq_len=256, eval_every_steps=1000))
         config.opt.update(dict(learning_rate=1e-3, warmup_steps=200))
+        config.lr_reference_width = 0  # one rate for every size (the width rule is tuned for d_model <= 96)
         config.checkpoint.every_steps = 2000
         config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
-        config.mixture.tasks = {**{f"addition_{k}digit": 200_000 for k in range(2, 7)}, "copying": 200_000}
+        config.mixture.tasks = {**{f"addition_{k}digit_reversed": 200_000 for k in range(2, 7)},
+                                "copying_varied": 200_000}
         config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":
         config.sizes = ("scale-1e4", "scale-3e4")
         config.model.max_len = 128
         config.mixture.tasks = {"addition_1digit": 400, "addition_1digit_cot": 100}
         config.mixture.examples_per_document = (1, 8)
+        config.mixture.corpus_fraction = 0.2  # the chain-of-thought words need text for 384 pieces
+        config.model.vocab_size = 384
         config.tokenizer.vocab_size = 384
         config.tokenizer.max_training_chars = 100_000
         config.train.update(dict(num_steps=4, batch_size=8, seq_len=64, log_every_steps=2, eval_every_steps=2,

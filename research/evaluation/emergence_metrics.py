@@ -16,6 +16,18 @@ curve that rises in equal steps has L = B = n - 1; a curve that rises in one jum
 at sqrt(n - 1) while its median step, and so B's denominator, goes to zero. Scales only
 order the models; the metrics do not depend on their values.
 
+What was checked, and against what (issue 9): the paper's Appendix B text could not be
+retrieved with the tools this code was written with (searches of stored documentation,
+web pages and public source for "breakthroughness", "RootMedianSquare", "linearity and
+breakthroughness" found the appendix's title, "B Definitions of linearity and
+breakthroughness", but not its formulas). I and B were checked against an independent
+public implementation found by that search (a `breakthrough_score` whose "legacy" branch
+is the paper's: I = sign(argmax - argmin) (max - min), B = I / sqrt(median(diff^2)));
+they agree, and tests/evaluation/test_emergence_metrics.py checks both by hand. L's
+denominator (root MEAN square of the same steps) is B's with the mean for the median, as
+this docstring has stated it since it was written; no source text confirmed or refuted
+it, so treat L as unverified against the paper.
+
 The paper's B has no noise floor: y = [0, 0, 0, 0, 0.01] and [0, 0, 0, 0, 1] both score
 +inf, because the median step is 0 either way. `curve_shape_with_noise` adds what the paper
 leaves to the reader, from the per-item scores behind each y_i (every model scored on the

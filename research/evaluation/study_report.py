@@ -147,3 +147,58 @@ def transition_table(rows: Sequence[dict[str, Any]], task: str, metrics: Sequenc
             entry[metric], entry[f"{metric}_interval"] = value, [low, high]
         out.append(entry)
     return out
+
+
+# A jump along training: the largest rise between consecutive checkpoints is this many times the
+# root-median-square of all rises (squares floored at (1 / items)^2, a mean's resolution). The item
+# bootstrap cannot see training noise (checkpoint to checkpoint wander of a model learning
+# nothing), and over 24 checkpoints such wander alone gives breakthroughness 5-9 (seen on the
+# cpu_tiny study's chance-level curves). Simulated for 23 steps: i.i.d. Gaussian steps exceed a
+# ratio of 9.2 in 0.1% of curves, heavy-tailed ones (Student t, 3 degrees of freedom) 24 in 1%.
+JUMP_RATIO = 25.0
+
+
+def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequence[str], *,
+                      samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per size, the shape of `task`'s curve along training (steps as the scale axis): I, L, B
+    with the noise rule of emergence_metrics.curve_shape_with_noise (every checkpoint scores the
+    same items, so the bootstrap is paired), and the largest rise between two consecutive
+    checkpoints (`largest_step`, `at_step`) beside its noise (`largest_step_se`, the bootstrap
+    standard error of that step), and `jump_ratio`, that step over the root-median-square step.
+    `jump` (a genuine transition): above item noise (|I| and the largest step each > NOISE_Z
+    standard errors) and jump_ratio > JUMP_RATIO (above training noise)."""
+    from research.evaluation.emergence_metrics import NOISE_Z
+    from research.evaluation.emergence_metrics import curve_shape_with_noise
+
+    by_size: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["task"] == task and row.get("items"):
+            by_size.setdefault(row["size"], []).append(row)
+    out = []
+    for size, members in sorted(by_size.items(), key=lambda kv: kv[1][0]["params_non_embedding"]):
+        members = sorted(members, key=lambda r: r["step"])
+        if len(members) < 2:
+            continue
+        for metric in metrics:
+            if not all(metric in m["items"] for m in members) or len({len(m["items"][metric]) for m in members}) != 1:
+                continue
+            scores_MI = np.asarray([m["items"][metric] for m in members], np.float64)
+            shape = curve_shape_with_noise([m["step"] for m in members], scores_MI, samples=samples, seed=seed)
+            steps = np.diff(np.asarray(shape["values"]))
+            k = int(np.argmax(steps))
+            rng = np.random.default_rng(seed)
+            index_BI = rng.integers(0, scores_MI.shape[1], size=(samples, scores_MI.shape[1]))
+            boot_step = scores_MI[k + 1, index_BI].mean(axis=1) - scores_MI[k, index_BI].mean(axis=1)
+            step_se = float(np.std(boot_step))
+            typical = float(np.sqrt(np.median(np.maximum(steps**2, (1.0 / scores_MI.shape[1]) ** 2))))
+            jump_ratio = float(steps[k]) / typical
+            jump = bool(shape["above_noise"] and steps[k] > NOISE_Z * step_se and jump_ratio > JUMP_RATIO)
+            out.append({"task": task, "size": size, "params_non_embedding": members[0]["params_non_embedding"],
+                        "metric": metric, "checkpoints": len(members), "first": shape["values"][0],
+                        "last": shape["values"][-1], "largest_step": float(steps[k]),
+                        "at_step": int(members[k + 1]["step"]), "largest_step_se": step_se,
+                        "jump_ratio": jump_ratio, "jump": jump,
+                        **{k2: shape[k2] for k2 in ("items", "total_improvement", "total_improvement_se",
+                                                    "above_noise", "linearity", "breakthroughness",
+                                                    "breakthroughness_interval")}})
+    return out

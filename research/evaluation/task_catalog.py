@@ -9,8 +9,10 @@ Names are the generated tasks' builders (research.evaluation.tasks: "addition", 
 ...) with their default knobs, plus fixed variants:
 
     addition_{1..8}digit[_cot]       multiplication_{1..4}digit[_cot]
+    addition_{1..8}digit_reversed    (the sum's digits least-significant first)
     modular_addition[_cot]           modular_multiplication[_cot]      (modulus 97)
     copying                          (induction: repeat a 12-symbol sequence, predict 4)
+    copying_varied                   (the same with 6 to 12 symbols: no fixed offset to copy from)
     unscramble_{cycle,anagram1,anagram2,random_insertion,reversed}
     associative_recall
 
@@ -37,7 +39,10 @@ for _cot in (False, True):
             "multiplication", dict(digits=_digits, chain_of_thought=_cot))
     _VARIANTS[f"modular_addition{_suffix}"] = ("modular_arithmetic", dict(op="+", chain_of_thought=_cot))
     _VARIANTS[f"modular_multiplication{_suffix}"] = ("modular_arithmetic", dict(op="*", chain_of_thought=_cot))
+for _digits in range(1, MAX_DIGITS + 1):
+    _VARIANTS[f"addition_{_digits}digit_reversed"] = ("addition", dict(digits=_digits, reverse_answer=True))
 _VARIANTS["copying"] = ("induction", dict(length=12, num_predict=4))
+_VARIANTS["copying_varied"] = ("induction", dict(length=12, min_length=6, num_predict=4))
 for _corruption in Corruption.__args__:
     _VARIANTS[f"unscramble_{_corruption}"] = ("unscramble", dict(corruption=_corruption))
 

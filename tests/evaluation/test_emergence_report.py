@@ -11,7 +11,7 @@ import pytest
 from research.evaluation.fewshot import fewshot_context
 from research.evaluation.plots import plot_grid
 from research.evaluation.results_table import read_rows, write_rows
-from research.evaluation.study_report import curve_summary
+from research.evaluation.study_report import curve_summary, transition_shapes
 from research.evaluation.task_catalog import catalog_task
 from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
                                              write_mixture)
@@ -74,6 +74,31 @@ def test_curve_summary_orients_metrics_and_finds_the_jump():
     assert summary["token_edit_distance"]["linearity"] == pytest.approx(4.0)
     with pytest.raises(ConfigError, match="has two rows at params"):
         curve_summary(rows + rows[:1], scale="params", group_by=("task",), metrics=("exact_match",))
+
+
+def test_transition_shapes_find_a_jump_along_training_and_not_noise():
+    # 200 items per checkpoint, steps 50..300. Size "two": nothing until step 200, then 180 of 200
+    # right (a jump between steps 150 and 200). Size "one": 4-6 right at every step (noise).
+    def rows(size, params, correct):
+        return [{"task": "copying", "size": size, "params_non_embedding": params, "step": 50 * (i + 1),
+                 "items": {"exact_match": [1.0] * c + [0.0] * (200 - c)}} for i, c in enumerate(correct)]
+    data = rows("two", 2e5, [0, 0, 0, 180, 180, 184]) + rows("one", 1e4, [5, 4, 6, 5, 4, 6])
+    one, two = transition_shapes(data[::-1], "copying", ("exact_match", "missing"))  # sorted by size
+    assert (one["size"], two["size"]) == ("one", "two")
+    assert two["above_noise"] and two["largest_step"] == pytest.approx(0.9) and two["at_step"] == 200
+    assert two["largest_step"] > 10 * two["largest_step_se"]
+    # Steps 0, 0, .9, 0, .02: root median square is the floored noise of a zero step, B in the tens.
+    assert two["breakthroughness"] > 10 and two["linearity"] == pytest.approx(0.92 / math.sqrt(
+        (0.9**2 + 0.02**2 + 3 * (1 / 200) ** 2) / 5), rel=1e-9)
+    assert not one["above_noise"] and one["breakthroughness"] is None and not one["jump"]
+    # The jump is 0.9 / (1/200) = 180 typical steps: a transition. A curve that wanders
+    # (steps of 1-2% up and down; 1200 items) is not one.
+    assert two["jump"] and two["jump_ratio"] == pytest.approx(180.0)
+    wander = rows("w", 1e5, [80, 82, 80, 78, 81, 78, 82, 79, 83])
+    for row in wander:
+        row["items"]["exact_match"] *= 6  # 1200 items, the same rates
+    (w,) = transition_shapes(wander, "copying", ("exact_match",))
+    assert w["above_noise"] is not None and not w["jump"] and w["jump_ratio"] < 3
 
 
 def test_rows_round_trip_and_plots_are_written(tmp_path):

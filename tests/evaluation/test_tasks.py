@@ -34,6 +34,12 @@ def test_arithmetic_answers_and_digit_knobs():
     for digits in (1, 4, 8):
         for doc in _docs(get_task("addition", digits=digits, num_test=20)):
             assert doc["a"] + doc["b"] == doc["answer"] and len(str(doc["a"])) == digits
+    # reverse_answer: the sum's digits least-significant first (carry-out last, e.g. 1036 -> "6301").
+    reversed_docs = _docs(get_task("addition", digits=3, num_test=50, reverse_answer=True))
+    assert all(d["answer"] == str(d["a"] + d["b"])[::-1] for d in reversed_docs)
+    assert any(len(d["answer"]) == 4 for d in reversed_docs)
+    with pytest.raises(TaskError, match="reverse_answer=True has no chain-of-thought form"):
+        get_task("addition", reverse_answer=True, chain_of_thought=True)
     for doc in _docs(get_task("multiplication", digits=3, digits_b=2, num_test=20)):
         assert doc["a"] * doc["b"] == doc["answer"] and len(str(doc["b"])) == 2
     for doc in _docs(get_task("modular_arithmetic", modulus=13, op="*", num_test=20)):
@@ -86,6 +92,14 @@ def test_unscramble_induction_and_recall_documents():
         assert len(set(doc["sequence"].split())) == 10
     with pytest.raises(TaskError, match="distinct=True needs alphabet_size >= length"):
         get_task("induction", length=30)
+    # min_length: lengths vary over [min_length, length], so the copy sits at no fixed offset.
+    varied = _docs(get_task("induction", length=12, min_length=6, num_predict=4, num_test=60))
+    lengths = {len(d["sequence"].split()) for d in varied}
+    assert min(lengths) >= 6 and max(lengths) <= 12 and len(lengths) >= 4
+    assert all(len(d["continuation"].split()) == 4 and d["sequence"] == d["prefix"] + " " + d["continuation"]
+               for d in varied)
+    with pytest.raises(TaskError, match="min_length"):
+        get_task("induction", length=12, min_length=4, num_predict=4)
 
     for doc in _docs(get_task("associative_recall", num_pairs=6, num_queries=3, value_length=2, num_test=20)):
         pairs = dict(p.split(":") for p in doc["pairs"].split())

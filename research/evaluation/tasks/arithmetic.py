@@ -7,6 +7,10 @@ the scratchpad plus the answer the target, and exact match then compares the ans
 
 Difficulty knobs: digits (of the first operand, 1-8; the first digit is non-zero),
 digits_b (of the second, default = digits), modulus and op for modular arithmetic.
+Addition's reverse_answer writes the sum least-significant digit first ("457+86=" -> "345"),
+the order in which carries are computed: each answer digit then depends only on the two
+operand digits of its place and the carry of the digit just written, which small models learn
+in far fewer steps than the usual order (where the first digit needs every carry).
 """
 from __future__ import annotations
 
@@ -44,16 +48,22 @@ def _check_digits(name: str, digits: int, digits_b: int) -> None:
 
 
 def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
-                  seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False) -> Task:
-    """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b`."""
+                  seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False,
+                  reverse_answer: bool = False) -> Task:
+    """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b` (its digits in reverse
+    order with reverse_answer)."""
     digits_b = digits if digits_b is None else digits_b
     _check_digits("addition", digits, digits_b)
+    if reverse_answer and chain_of_thought:
+        raise TaskError("task 'addition': reverse_answer=True has no chain-of-thought form; use one of the two.")
 
     def make_doc(rng: random.Random) -> dict:
         a, b = _operand(rng, digits), _operand(rng, digits_b)
-        return {"a": a, "b": b, "answer": a + b, "scratchpad": addition_scratchpad(a, b)}
+        answer = str(a + b)[::-1] if reverse_answer else a + b
+        return {"a": a, "b": b, "answer": answer, "scratchpad": addition_scratchpad(a, b)}
 
-    spec = _spec(f"addition_{digits}x{digits_b}", "{a}+{b}=", chain_of_thought, num_fewshot, seed)
+    name = f"addition_{digits}x{digits_b}" + ("_reversed" if reverse_answer else "")
+    spec = _spec(name, "{a}+{b}=", chain_of_thought, num_fewshot, seed)
     return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
 
 
