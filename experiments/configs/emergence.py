@@ -1,17 +1,17 @@
 """Emergence study configs: a ladder of decoders trained on the stdlib corpus mixed with task
 training data, evaluated on held-out task instances (experiments/emergence.py).
 
-Launch (cpu_tiny: 3 sizes, 1e4 to 1e5 non-embedding parameters, 2400 steps each; copying_varied
+Launch (cpu_tiny: 3 sizes, 1e4 to 1e5 non-embedding parameters, 4000 steps each; copying_varied
 evaluated at every checkpoint, reversed-answer addition of 2 to 6 digits (1000 items each) at the end):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
-Measured (issue-9e note, load 9-10 on 2 shared cores): cpu_tiny takes about 20 minutes, and at 2400
-steps no size leaves the unigram plateau (addition per-digit p 0.18-0.29, copying at chance). With
-`--config.train.num_steps=4000 --config.checkpoint.every_steps=250`, scale-1e5 learned both tasks
-(copying_varied p 0.26 -> 0.68 between steps 1750 and 3000, 2-digit addition p 0.61, EM 0.10), but
-the whole ladder would then take an estimated 25-33 minutes on that machine (not run as a whole);
-the 1-layer scale-1e4 stayed at chance on copying over the same 4000 steps.
+Measured (issue-9 note, load 9-14 on 2 shared cores): with 2400 steps the study took about 20
+minutes and no size left the unigram plateau (addition per-digit p 0.18-0.29, copying at chance).
+At 4000 steps (checkpoints every 250) scale-1e5 learned both tasks (copying_varied p 0.26 -> 0.68
+between steps 1750 and 3000, 2-digit addition p 0.61, EM 0.10) while the 1-layer scale-1e4 stayed
+at chance on copying, so the preset trains 4000 steps. The whole ladder at that length was not run
+end to end: an estimated 25-33 minutes at load ~9, less on a quiet machine (not measured).
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
@@ -64,8 +64,8 @@ def _base() -> ml_collections.ConfigDict:
         tasks={**{f"addition_{k}digit_reversed": 8_000 for k in range(2, 7)}, "copying_varied": 10_000}))
     config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=320, max_training_chars=2_000_000))
     config.train = ml_collections.ConfigDict(dict(
-        num_steps=2400, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
-        log_every_steps=50, eval_every_steps=200, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
+        num_steps=4000, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
+        log_every_steps=50, eval_every_steps=250, eval_batches=4, stop_after_steps=0, peak_flops=0.0,
         progress_bar=False))
     # Learning rate per size by a width transfer rule (muP-like, as the scaling study's
     # sweep.lr_reference_width): learning_rate x lr_reference_width / d_model: 3e-3 at d_model 48
@@ -75,8 +75,8 @@ def _base() -> ml_collections.ConfigDict:
     config.opt = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=100, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
-    # Every checkpoint is kept and evaluated (about 1 s each): 24 points along training.
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, async_save=True))
+    # Every checkpoint is kept and evaluated (about 1 s each): 16 points along training.
+    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=250, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
     # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
     # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
