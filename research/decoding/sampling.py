@@ -104,6 +104,7 @@ def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Ar
               nucleus: bool, bidirectional_prompt: bool = False) -> GenerateOutput:
     adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
+    params = adapter.prepare(params)  # once, outside the token loop
     logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
     batch = logits_BV.shape[0]
 
