@@ -1,9 +1,10 @@
 """One decoding interface over the decoder-only and encoder-decoder model families.
 
-The search loops (sampling.py, beam_search.py) only ever ask a model three things:
-`prefill` the prompts into a fresh state, `step` one token per row, and `select_rows` of
-the state (to copy rows into beams, and to reorder beams after each search step). The
-state is a pytree whose leaves carry the batch on a known axis.
+The search loops (sampling.py, beam_search.py) only ever ask a model four things:
+`prepare` its parameters once per generation (outside the token loop), `prefill` the
+prompts into a fresh state, `step` one token per row, and `select_rows` of the state (to
+copy rows into beams, and to reorder beams after each search step). prefill and step take
+what prepare returned. The state is a pytree whose leaves carry the batch on a known axis.
 """
 from __future__ import annotations
 
@@ -20,6 +21,24 @@ from research.models.decoder import Decoder, DecoderCache, init_decoder_cache
 Array = jax.Array
 
 
+class DecoderParams(NamedTuple):
+    """A decoder's parameters as its decoding steps read them.
+
+    head_DV: a tied LM head's table transposed to [D, V] in the compute dtype, made once per
+    generation; None for untied heads (their kernel is already [D, V]) and for modules that
+    are not a research Decoder. Each step's logits read it row-major: against the [V, D]
+    embedding, XLA:CPU's batch-8 GPT-2-small LM head took twice as long.
+    """
+
+    params: Any
+    head_DV: Array | None = None
+
+
+def tied_logits(hidden_BTD: Array, head_DV: Array) -> Array:
+    """Logits of a tied head from its transposed table (Embed.attend's math: float32 out)."""
+    return jnp.einsum("BTD,DV->BTV", hidden_BTD.astype(head_DV.dtype), head_DV, preferred_element_type=jnp.float32)
+
+
 class DecoderAdapter(NamedTuple):
     """Decoder-only LM (research.models.decoder.Decoder, or any module with its call signature).
 
@@ -32,7 +51,23 @@ class DecoderAdapter(NamedTuple):
     pad_side: PadSide = "left"
     bidirectional_prompt: bool = False
 
-    def prefill(self, params: Any, prompts: PaddedPrompts, max_new_tokens: int) -> tuple[Array, DecoderCache, Array]:
+    def prepare(self, params: Any) -> DecoderParams:
+        config = self.model.config
+        if isinstance(self.model, Decoder) and config.tie_embeddings:
+            table_VD = nn.unbox(params["token_embed"]["embedding"])  # boxed when init kept logical axes
+            return DecoderParams(params, jnp.transpose(table_VD.astype(config.compute_dtype)))
+        return DecoderParams(params)
+
+    def _apply(self, prepared: DecoderParams, tokens_BT: Array, **options) -> tuple[Array, DecoderCache]:
+        """The model's logits [B, T, V] (float32) and cache, through the prepared head if any."""
+        if prepared.head_DV is None:
+            logits_BTV, cache = self.model.apply({"params": prepared.params}, tokens_BT, **options)
+            return logits_BTV.astype(jnp.float32), cache
+        hidden_BTD, cache = self.model.apply({"params": prepared.params}, tokens_BT, return_hidden=True, **options)
+        return tied_logits(hidden_BTD, prepared.head_DV), cache
+
+    def prefill(self, prepared: DecoderParams, prompts: PaddedPrompts,
+                max_new_tokens: int) -> tuple[Array, DecoderCache, Array]:
         """-> (next-token logits [B, V] in float32, state, position of the first new token [B])."""
         batch, prompt_len = prompts.tokens_BP.shape
         cache = init_decoder_cache(self.model.config, batch, prompt_len + max_new_tokens)
@@ -40,15 +75,16 @@ class DecoderAdapter(NamedTuple):
         if isinstance(self.model, Decoder):
             # Left padding puts every prompt's last token in the last column: only its logits are needed.
             options["last_logits_only"] = True
-        logits_BPV, cache = self.model.apply({"params": params}, prompts.tokens_BP, positions_BT=prompts.positions_BP,
-                                             segment_ids_BT=prompts.segment_ids_BP, cache=cache, **options)
-        return logits_BPV[:, -1].astype(jnp.float32), cache, prompts.lengths_B
+        logits_BPV, cache = self._apply(prepared, prompts.tokens_BP, positions_BT=prompts.positions_BP,
+                                        segment_ids_BT=prompts.segment_ids_BP, cache=cache, **options)
+        return logits_BPV[:, -1], cache, prompts.lengths_B
 
-    def step(self, params: Any, tokens_B: Array, positions_B: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
+    def step(self, prepared: DecoderParams, tokens_B: Array, positions_B: Array,
+             cache: DecoderCache) -> tuple[Array, DecoderCache]:
         """Feed one token per row at `positions_B` -> (next-token logits [B, V] float32, state)."""
-        logits_B1V, cache = self.model.apply({"params": params}, tokens_B[:, None], positions_BT=positions_B[:, None],
-                                             segment_ids_BT=jnp.ones_like(tokens_B)[:, None], cache=cache)
-        return logits_B1V[:, 0].astype(jnp.float32), cache
+        logits_B1V, cache = self._apply(prepared, tokens_B[:, None], positions_BT=positions_B[:, None],
+                                        segment_ids_BT=jnp.ones_like(tokens_B)[:, None], cache=cache)
+        return logits_B1V[:, 0], cache
 
     def select_rows(self, cache: DecoderCache, rows_R: Array) -> DecoderCache:
         """The state of rows `rows_R` (indices into the batch), e.g. to tile or reorder beams."""
@@ -74,6 +110,9 @@ class EncoderDecoderAdapter(NamedTuple):
 
     model: nn.Module
     pad_side: PadSide = "right"
+
+    def prepare(self, params: Any) -> Any:
+        return params
 
     def prefill(self, params: Any, prompts: PaddedPrompts,
                 max_new_tokens: int) -> tuple[Array, EncoderDecoderState, Array]:

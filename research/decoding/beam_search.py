@@ -124,6 +124,7 @@ def _beam_search(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, alph
                  max_new_tokens: int, num_beams: int, bidirectional_prompt: bool = False) -> BeamSearchOutput:
     adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
+    params = adapter.prepare(params)  # once, outside the token loop
     logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
     (batch, vocab), width, n = logits_BV.shape, num_beams, max_new_tokens
     tile_R = jnp.repeat(jnp.arange(batch), width)

@@ -59,6 +59,21 @@ def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | No
     return logits_BV
 
 
+def greedy_choice(logits_BV: Array) -> Array:
+    """jnp.argmax over the last axis (the first maximum; the first NaN if any), as int32.
+
+    Two plain reductions (max, then the smallest index holding it) instead of argmax's
+    variadic (value, index) reduce, which XLA:CPU does not vectorize: over GPT-2's 50257
+    logits that reduce took 3-4% of a batch-8 decoding step.
+    """
+    max_B1 = jnp.max(logits_BV, axis=-1, keepdims=True)
+    index_BV = jax.lax.broadcasted_iota(jnp.int32, logits_BV.shape, logits_BV.ndim - 1)
+    nan_BV = jnp.isnan(logits_BV)
+    # XLA:CPU's max may skip NaNs; argmax picks the first NaN, so look for NaNs alone then.
+    hit_BV = jnp.where(jnp.any(nan_BV, axis=-1, keepdims=True), nan_BV, logits_BV == max_B1)
+    return jnp.min(jnp.where(hit_BV, index_BV, logits_BV.shape[-1]), axis=-1)
+
+
 def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
              rng: Array | None = None, pad_to_multiple: int = 1, bidirectional_prompt: bool = False) -> GenerateOutput:
@@ -104,12 +119,13 @@ def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Ar
               nucleus: bool, bidirectional_prompt: bool = False) -> GenerateOutput:
     adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
+    params = adapter.prepare(params)  # once, outside the token loop
     logits_BV, state, first_position_B = adapter.prefill(params, prompts, max_new_tokens)
     batch = logits_BV.shape[0]
 
     def choose(logits_BV, step, done_B):
         if greedy:
-            token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+            token_B = greedy_choice(logits_BV)
         else:
             scaled_BV = filter_logits(logits_BV / temperature, top_k=top_k, top_p=top_p if nucleus else None)
             token_B = jax.random.categorical(jax.random.fold_in(rng, step), scaled_BV, axis=-1).astype(jnp.int32)

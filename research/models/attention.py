@@ -27,14 +27,26 @@ __all__ = ["AttentionMask", "Attention", "LayerCache", "RelativePositionBias", "
 
 
 class LayerCache(NamedTuple):
-    """Keys and values of one self-attention layer for the S cache slots."""
+    """Keys and values of one attention layer for the S cache slots, heads before slots:
+    [B, K, S, Dh] is the layout the attention dots read, so a decoding step reads the cache
+    in place instead of transposing all of it (on XLA:CPU that transpose cost as much as
+    the attention itself at every step)."""
 
-    k_BSKd: Array
-    v_BSKd: Array
+    k_BKSd: Array
+    v_BKSd: Array
+
+
+def _heads_first(x_BSKd: Array) -> Array:
+    return jnp.transpose(x_BSKd, (0, 2, 1, 3))
+
+
+def _slots_first(x_BKSd: Array) -> Array:
+    # The kernels take [B, S, K, Dh]; XLA folds this transpose into their dots.
+    return jnp.transpose(x_BKSd, (0, 2, 1, 3))
 
 
 def init_layer_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> LayerCache:
-    shape = (batch, max_len, config.kv_heads, config.dim_per_head)
+    shape = (batch, config.kv_heads, max_len, config.dim_per_head)
     dtype = config.compute_dtype if dtype is None else dtype
     return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -147,7 +159,7 @@ class Attention(nn.Module):
         # Unscaled logits (T5) take their 1/sqrt(Dh) in the query's init instead.
         q_BTHd = proj(h, "query", 1.0 if cfg.scale_attention_logits else dh**-0.5)(x_BTD)
         if static_kv is not None:
-            k_BSKd, v_BSKd = static_kv
+            k_BSKd, v_BSKd = _slots_first(static_kv.k_BKSd), _slots_first(static_kv.v_BKSd)
         else:
             k_BSKd = proj(k, "key")(source_BSD)
             v_BSKd = proj(k, "value")(source_BSD)
@@ -161,16 +173,16 @@ class Attention(nn.Module):
         q_BTHd = constrain(q_BTHd, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
 
         cross = kv_BSD is not None or static_kv is not None
-        new_cache = LayerCache(k_BSKd, v_BSKd) if cross else None
+        new_cache = LayerCache(_heads_first(k_BSKd), _heads_first(v_BSKd)) if cross else None
         if cache is not None:
             # Write this step's keys/values at slots [cache_index, cache_index + T).
-            k_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKd, k_BSKd.astype(cache.k_BSKd.dtype),
-                                                         cache_index, axis=1)
-            v_BSKd = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKd, v_BSKd.astype(cache.v_BSKd.dtype),
-                                                         cache_index, axis=1)
-            new_cache = LayerCache(k_BSKd, v_BSKd)
-            k_BSKd = constrain(k_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
-            v_BSKd = constrain(v_BSKd, ("cache_batch", "cache_length", "cache_heads", "cache_kv"))
+            cache_axes = ("cache_batch", "cache_heads", "cache_length", "cache_kv")
+            k_BKSd = jax.lax.dynamic_update_slice_in_dim(cache.k_BKSd, _heads_first(k_BSKd).astype(cache.k_BKSd.dtype),
+                                                         cache_index, axis=2)
+            v_BKSd = jax.lax.dynamic_update_slice_in_dim(cache.v_BKSd, _heads_first(v_BSKd).astype(cache.v_BKSd.dtype),
+                                                         cache_index, axis=2)
+            new_cache = LayerCache(constrain(k_BKSd, cache_axes), constrain(v_BKSd, cache_axes))
+            k_BSKd, v_BSKd = _slots_first(new_cache.k_BKSd), _slots_first(new_cache.v_BKSd)
 
         b, t = q_BTHd.shape[:2]
         if k_BSKd.shape[0] != b:
