@@ -7,7 +7,7 @@ Launch (trains every run, skips finished ones on rerun, resumes interrupted ones
 
 Presets (each a complete run config of experiments/configs/pretrain.py plus `sweep` and `fit`):
 
-  cpu_tiny   10 generated GPT-2-style models with rotary positions and 4-wide heads (1.8e3 .. 8.3e4
+  cpu_tiny   a ladder of 10 GPT-2-style models with rotary positions and 4-wide heads, 9 of them trained (1.8e3 .. 5.9e4
              non-embedding params, 2-3 layers each) x 4 IsoFLOP budgets 3.16e10 .. 1e12 FLOPs (1.5
              decades), 6 sizes per budget centred at 200 tokens per parameter, plus the smallest
              budget again with seed 1 (run-to-run noise; the two seeds of a size train together as
