@@ -40,9 +40,6 @@ ITEMS = ("state", "data", "config")
 # load) to save kilobytes. Arrays whose per-replica slice is under this size are written
 # whole by one replica; large arrays keep replica-parallel writes.
 _MIN_REPLICA_PARALLEL_BYTES = 1 << 20
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_PARALLEL_BYTES),
-    override=True)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +64,16 @@ def _quiet_absl() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _register_array_handler() -> None:
+    with _quiet_absl():  # orbax warns that it overrides its own handler: not news for a user
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_PARALLEL_BYTES),
+            override=True)
+
+
+_register_array_handler()
 
 
 def missing_items(step_dir: str) -> list[str]:

@@ -87,10 +87,13 @@ def test_every_preset_plans(preset):
         assert len(repeats) >= 6 and {r.budget for r in repeats} == {budgets[0]}
         assert {(r.model.name, r.num_steps) for r in repeats} <= {(r.model.name, r.num_steps) for r in plan.runs
                                                                    if r.seed == 0}
-        # Learning rate per size by the 1/width rule, recorded on each run.
+        # Learning rate per size by the 1/width rule, capped, recorded on each run.
         for r in plan.runs:
-            assert r.learning_rate_scale == pytest.approx(plan.spec.lr_reference_width / r.model.config.d_model)
-        assert sum(r.tokens for r in plan.runs) < 4e7
+            rule = plan.spec.lr_reference_width / r.model.config.d_model
+            assert r.learning_rate_scale == pytest.approx(min(rule, plan.spec.lr_scale_cap))
+        assert {r.learning_rate_scale for r in plan.runs if r.model.config.d_model <= 16} == {plan.spec.lr_scale_cap}
+        assert {r.model.config.position for r in plan.runs} == {"rope"}
+        assert sum(r.tokens for r in plan.runs) < 1.2e8
     text = sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu)
     assert "an estimate from FLOPs" in text and plan.runs[-1].run_id in text
 
@@ -109,6 +112,8 @@ def test_every_preset_plans(preset):
     (dict(models_per_budget=2), "needs >= 3"),
     (dict(repeat_budget=5e10), "repeat_budget=5e\\+10 is not one of sweep.budgets"),
     (dict(min_layers=0), "sweep.min_layers=0 must be >= 1"),
+    (dict(lr_scale_cap=-1.0), "lr_scale_cap=-1.0 >= 0"),
+    (dict(position="alibi"), "sweep.position='alibi'"),
     (dict(bogus=1), "unknown field\\(s\\) \\['bogus'\\]"),
 ])
 def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
