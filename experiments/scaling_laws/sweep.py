@@ -136,8 +136,6 @@ def _read_result(run_dir: str) -> dict | None:
 
 def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str, train_fn: TrainFn) -> dict:
     """Train (or resume) one run and return its record; failures become failed records."""
-    from research.training.metrics import METRICS_FILE, read_metrics
-
     resumed_from = _latest_checkpoint(run_dir)
     start = time.perf_counter()
     error = None
@@ -146,10 +144,20 @@ def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str,
     except (ConfigError, DataError):
         raise  # the sweep's config is wrong: every run would fail the same way
     except Exception as exception:  # noqa: BLE001 -- any failure of one run is recorded, the sweep goes on
-        error = f"{type(exception).__name__}: {str(exception).strip().splitlines()[0] if str(exception) else ''}"
-    metrics = read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
-    return sweep_records.finished_record(run, metrics, seconds=time.perf_counter() - start,
+        error = _error_line(exception)
+    return sweep_records.finished_record(run, _run_metrics(run_dir), seconds=time.perf_counter() - start,
                                          resumed_from_step=resumed_from, error=error)
+
+
+def _error_line(exception: BaseException) -> str:
+    """A failed run's record: the exception's type and the first line of its message."""
+    text = str(exception).strip()
+    return f"{type(exception).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _run_metrics(run_dir: str) -> list[dict]:
+    from research.training.metrics import METRICS_FILE, read_metrics
+    return read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
 
 
 def _train_alone(config: ml_collections.ConfigDict, run_dir: str) -> dict:
@@ -162,7 +170,7 @@ def _same_program_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
     (research.training.train_together); every other run trains alone. Order is kept."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for run in runs:
-        groups.setdefault((run.model.name, run.num_steps, run.learning_rate_scale), []).append(run)
+        groups.setdefault((run.model.name, run.num_steps), []).append(run)
     return list(groups.values())
 
 
@@ -170,7 +178,6 @@ def _train_together(pending: list[tuple]) -> list[dict]:
     """Train same-shape runs as one program (resuming from their common checkpoint); each
     gets its own record, as if trained alone (losses equal to float32 rounding)."""
     from research.training.loop import train_together
-    from research.training.metrics import METRICS_FILE, read_metrics
 
     resumed = [_latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
     start = time.perf_counter()
@@ -183,13 +190,9 @@ def _train_together(pending: list[tuple]) -> list[dict]:
     seconds = (time.perf_counter() - start) / len(pending)  # the group's wall time, shared out evenly
     records = []
     for (run, _, run_dir, _), outcome, resumed_from in zip(pending, outcomes, resumed):
-        error = None
-        if isinstance(outcome, Exception):
-            text = str(outcome).strip().splitlines()[0] if str(outcome) else ""
-            error = f"{type(outcome).__name__}: {text}"
-        metrics = read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
-        records.append(sweep_records.finished_record(run, metrics, seconds=seconds, resumed_from_step=resumed_from,
-                                                     error=error))
+        error = _error_line(outcome) if isinstance(outcome, Exception) else None
+        records.append(sweep_records.finished_record(run, _run_metrics(run_dir), seconds=seconds,
+                                                     resumed_from_step=resumed_from, error=error))
     return records
 
 

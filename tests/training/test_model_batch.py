@@ -122,7 +122,7 @@ def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokeniz
         assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
 
 
-@pytest.mark.parametrize("models_per_call", [1, 2, 3, 5, 0])
+@pytest.mark.parametrize("models_per_call", [1, 2, 3])
 def test_models_in_groups_compute_what_the_whole_vmap_computes(models_per_call):
     import jax
     import jax.numpy as jnp
