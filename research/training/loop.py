@@ -321,16 +321,18 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                            batch_spec=batch_partition)(state, batch)
                 per_call = train.models_per_call or model_batch.default_models_per_call(mesh.devices.flat[0].platform)
                 data_axis = 0 if per_model_data else None
-                step_fn = model_batch.map_over_models(model_step, (0, data_axis, 0), per_call)
+                block_fn = model_batch.map_block_over_models(blocks.make_block_step(model_step), per_model_data,
+                                                             per_call)
                 extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
                 eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
                 member_state = model_batch.member_getter(shardings)
             else:
                 step_fn = make_train_step(model, loss_fn, optimizer, schedule, microbatches=train.microbatches,
                                           batch_spec=batch_partition, param_shardings=shardings.params)
+                block_fn = blocks.make_block_step(step_fn)
                 extra_args, eval_fn, member_state = (), make_eval_step(model, loss_fn), None
             data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
-            train_block = blocks.jit_block_step(blocks.make_block_step(step_fn), state_shardings,
+            train_block = blocks.jit_block_step(block_fn, state_shardings,
                                                 blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
             eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
             run_eval = _evaluation(eval_fn, state_shardings.params, eval_sharding,

@@ -140,6 +140,30 @@ def test_models_in_groups_compute_what_the_whole_vmap_computes(models_per_call):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
 
 
+@pytest.mark.parametrize("models_per_call, per_model_data", [(1, True), (2, False), (0, True)])
+def test_models_outside_the_steps_compute_the_scan_of_the_vmapped_step(models_per_call, per_model_data):
+    """A block with the models as the outer loop (each model's state sliced once per block)
+    equals the block of the vmapped step, steps skipped past num_steps included."""
+    import jax
+    import jax.numpy as jnp
+    from research.training import blocks
+
+    def step(state, batch, lr):
+        new = jax.tree.map(lambda p: p - lr * jnp.tanh(p @ batch).sum(), state)
+        return new, {"norm": jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(new)))}
+
+    keys = jax.random.split(jax.random.key(1), 3)
+    state = {"w": jax.random.normal(keys[0], (3, 4, 4))}
+    batches = jax.random.normal(keys[1], (5, 3, 4, 4) if per_model_data else (5, 4, 4))
+    lrs = jnp.linspace(0.1, 0.3, 3)
+    want = jax.jit(blocks.make_block_step(jax.vmap(step, in_axes=(0, 0 if per_model_data else None, 0)))
+                   )(state, batches, 4, lrs)
+    got = jax.jit(model_batch.map_block_over_models(blocks.make_block_step(step), per_model_data, models_per_call)
+                  )(state, batches, 4, lrs)
+    assert got[1]["norm"].shape == (5, 3) and np.all(np.asarray(got[1]["norm"][4]) == 0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
+
+
 def test_a_negative_group_size_is_one_line():
     with pytest.raises(ConfigError, match=r"train.models_per_call=-1 must be >= 1"):
         model_batch.map_over_models(lambda s: s, (0,), -1)
