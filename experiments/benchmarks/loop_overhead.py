@@ -11,8 +11,10 @@ builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
   torch     s/step of plain PyTorch of the same shapes (/work/shared/reference/torch_gpt_ref.py)
 and the ratios loop/step (the loop's overhead) and loop/torch. Then, for K = 1, 4, 16
 models of the --k_size ladder model (learning rates differing, one shared data stream):
-the wall time of train_together against K times one run alone (measured once: the K runs
-would be identical in cost), with and without compilation.
+the wall and process CPU time of train_together against K times one run alone (measured
+once: the K runs would be identical in cost), the start-up part of each (wall - steps x
+steady s/step: state creation, compilation, checkpointing, evaluation) and the steady
+s/step.
 
 Not a test: the figures depend on the machine and on its load (printed beside them).
 """
@@ -73,13 +75,20 @@ def base_config(target: float, workdir: str, steps: int, peak_flops: float):
 def loop_seconds_per_step(config, workdir: str) -> tuple[float, float]:
     """(steady s/step from the loop's own throughput record, wall seconds of the whole call)."""
     from research.training import train_and_evaluate
+    step, wall, _ = _timed_run(lambda: train_and_evaluate(config, workdir), config, workdir)
+    return step, wall
+
+
+def _timed_run(run, config, workdir: str) -> tuple[float, float, float]:
+    """(steady s/step from the loop's own throughput record in `workdir`, wall seconds and
+    process CPU seconds (all threads) of run())."""
     from research.training.metrics import read_metrics
-    start = time.perf_counter()
-    train_and_evaluate(config, workdir)
-    wall = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    run()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     last = [r for r in read_metrics(workdir) if "tokens_per_second" in r][-1]
     tokens = config.train.batch_size * config.train.seq_len
-    return tokens / last["tokens_per_second"], wall
+    return tokens / last["tokens_per_second"], wall, cpu
 
 
 def compiled_step_seconds(config, steps: int) -> float:
@@ -130,11 +139,16 @@ def torch_seconds_per_step(ladder, batch: int, seq: int, steps: int) -> float | 
 
 
 def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: str) -> list[dict[str, Any]]:
+    """K models together against K runs one after another (one run measured, times K: the K
+    runs would cost the same). Start-up = wall - steps x steady s/step: state creation,
+    compilation, checkpoint managers, the final evaluation and saves."""
     from research.training import train_and_evaluate
     from research.training.loop import train_together
     config, ladder = base_config(target, root, steps, peak_flops)
     config.train.eval_every_steps = config.checkpoint.every_steps = 10 * steps
-    alone_step, alone_wall = loop_seconds_per_step(config, os.path.join(root, "alone"))
+    alone_workdir = os.path.join(root, "alone")
+    alone_step, alone_wall, alone_cpu = _timed_run(lambda: train_and_evaluate(config, alone_workdir), config,
+                                                   alone_workdir)
     rows = []
     for k in ks:
         configs = []
@@ -143,20 +157,20 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
             one.opt.learning_rate = config.opt.learning_rate * (0.5 + i / max(k, 1))
             configs.append(one)
         workdirs = [os.path.join(root, f"k{k}", str(i)) for i in range(k)]
-        start = time.perf_counter()
-        train_together(configs, workdirs)
-        wall = time.perf_counter() - start
-        from research.training.metrics import read_metrics
-        tps = [r for r in read_metrics(workdirs[0]) if "tokens_per_second" in r][-1]["tokens_per_second"]
-        together_step = config.train.batch_size * config.train.seq_len / tps
-        rows.append(dict(k=k, params_non_embedding=ladder_params(ladder), together_wall_s=wall,
-                         separate_wall_s=k * alone_wall, speedup_wall=k * alone_wall / wall,
+        together_step, wall, cpu = _timed_run(lambda: train_together(configs, workdirs), config, workdirs[0])
+        rows.append(dict(k=k, params_non_embedding=ladder_params(ladder), together_wall_s=wall, together_cpu_s=cpu,
+                         together_startup_s=wall - steps * together_step,
+                         separate_wall_s=k * alone_wall, separate_cpu_s=k * alone_cpu,
+                         separate_startup_s=k * (alone_wall - steps * alone_step),
+                         speedup_wall=k * alone_wall / wall, speedup_cpu=k * alone_cpu / cpu,
                          together_s_per_step=together_step, separate_s_per_step=k * alone_step,
                          speedup_steady=k * alone_step / together_step, loadavg=_loadavg()))
-        print(f"K={k:3d} ({rows[-1]['params_non_embedding']:,} params each): together {wall:7.1f} s wall, "
-              f"{together_step * 1e3:7.2f} ms/step | {k} alone {k * alone_wall:7.1f} s wall, "
-              f"{k * alone_step * 1e3:7.2f} ms/step | speedup {rows[-1]['speedup_wall']:.1f}x wall, "
-              f"{rows[-1]['speedup_steady']:.1f}x steady (load {_loadavg()})", flush=True)
+        r = rows[-1]
+        print(f"K={k:3d} ({r['params_non_embedding']:,} params each): together {wall:7.1f} s wall "
+              f"({r['together_startup_s']:.1f} s start-up, {together_step * 1e3:.2f} ms/step), {cpu:.1f} s CPU | "
+              f"{k} alone {k * alone_wall:7.1f} s wall ({r['separate_startup_s']:.1f} s start-up, "
+              f"{k * alone_step * 1e3:.2f} ms/step), {k * alone_cpu:.1f} s CPU | speedup {r['speedup_wall']:.1f}x "
+              f"wall, {r['speedup_cpu']:.1f}x CPU, {r['speedup_steady']:.1f}x steady (load {_loadavg()})", flush=True)
     del train_and_evaluate
     return rows
 
