@@ -164,6 +164,33 @@ def test_models_outside_the_steps_compute_the_scan_of_the_vmapped_step(models_pe
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, want)
 
 
+def test_stacked_states_are_the_solo_states_and_members_come_back_in_the_solo_layout(tiny_gpt):
+    """Model i of a fresh stack is bit-identical to create_train_state(seed i) (equal seeds
+    included), and a member's slice has the solo run's values and shardings (what it saves)."""
+    import jax
+    from research.models import build_model
+    from research.sharding import DEFAULT_RULES
+    from research.training import losses, partitioning
+    from research.training.optimizers import OptimizerConfig, make_optimizer
+    from research.training.state import abstract_batch, create_stacked_train_state, create_train_state
+
+    from tests.training.conftest import synthetic_batch
+    model, objective = build_model(tiny_gpt), losses.get_objective("causal_lm", "decoder")
+    optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10))
+    spec, mesh = abstract_batch(synthetic_batch("decoder", 8, 32, 128)), partitioning.make_training_mesh((-1, 1, 1))
+    seeds = (3, 1, 3)
+    solo = {seed: create_train_state(model, objective, optimizer, spec, mesh, DEFAULT_RULES, seed) for seed in (1, 3)}
+    shardings = solo[1][1]
+    stacked = create_stacked_train_state(model, objective, optimizer, spec, mesh, DEFAULT_RULES, seeds,
+                                         model_batch.stacked_shardings(shardings))
+    get = model_batch.member_getter(shardings)
+    for index, seed in enumerate(seeds):
+        member = get(stacked, index)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), member, solo[seed][0])
+        assert jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, member, shardings)) == \
+            [True] * len(jax.tree.leaves(shardings))
+
+
 def test_a_negative_group_size_is_one_line():
     with pytest.raises(ConfigError, match=r"train.models_per_call=-1 must be >= 1"):
         model_batch.map_over_models(lambda s: s, (0,), -1)
