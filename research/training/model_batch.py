@@ -167,8 +167,8 @@ def map_block_over_models(block_step: Callable, per_model_data: bool, models_per
     (state [K], metrics [N, K]).
 
     The models are the outer loop and the steps the inner one (map_over_models of the whole
-    block), so each model's state is sliced out and written back once per block, and stays in
-    the caches across its steps, instead of once per step; models_per_call=0 (accelerators)
+    block), so each model's state is sliced out and written back once per block instead of
+    once per step; models_per_call=0 (accelerators)
     is the whole vmap, a scan of the vmapped step. Each model computes what its step alone
     computes; only the order of the models' work changes. (Measured in the optimized HLO of
     a K=16 block: with the step mapped inside the steps' scan, every stacked parameter and
