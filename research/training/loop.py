@@ -52,7 +52,7 @@ from research.training import blocks, losses, metrics as metrics_lib, model_batc
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
-from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.state import (create_stacked_train_state, create_train_state, train_state_shardings,
                                      with_shardings)
 from research.training.train_step import make_eval_step, make_train_step
@@ -326,9 +326,16 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
                 member_state = model_batch.member_getter(shardings)
             else:
-                step_fn = make_train_step(model, loss_fn, optimizer, schedule, microbatches=train.microbatches,
-                                          batch_spec=batch_partition, param_shardings=shardings.params)
-                extra_args, eval_fn, member_state = (), make_eval_step(model, loss_fn), None
+                def step_fn(state, batch, values):
+                    # The optimizer's numbers (learning rate, warmup, length) enter as traced
+                    # values, not constants: runs of one model at different budgets or learning
+                    # rates then compile to the same program, which a persistent compilation
+                    # cache (the scaling sweep's) compiles once per model instead of once per run.
+                    opt, sched = make_optimizer(opt_configs[0], values)
+                    return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
+                                           batch_spec=batch_partition, param_shardings=shardings.params)(state, batch)
+                extra_args = ({k: np.float32(v) for k, v in hyperparameters(opt_configs[0]).items()},)
+                eval_fn, member_state = make_eval_step(model, loss_fn), None
             data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
             train_block = blocks.jit_block_step(blocks.make_block_step(step_fn), state_shardings,
                                                 blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
