@@ -166,8 +166,7 @@ def describe_mesh(mesh: Mesh, dcn_shape: Sequence[int] | None = None) -> str:
     across = " x ".join(f"{name} {n}" for name, n in zip(mesh.axis_names, dcn_shape))
     within = " x ".join(f"{name} {size // n}" for (name, size), n in zip(mesh.shape.items(), dcn_shape))
     return (f"hybrid mesh {axes} over {mesh.size} devices in {len(granules)} {_plural(kind, len(granules))}: "
-            f"{across} across the network "
-            f"(dcn), {within} within each {kind}")
+            f"{across} across the network (dcn), {within} within each {kind}")
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules = DEFAULT_RULES):
