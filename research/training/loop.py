@@ -10,7 +10,8 @@ shared. The config is an ml_collections.ConfigDict (experiments/configs/pretrain
     train       TrainConfig: steps, batch, microbatches, seed, z_loss, logging, evaluation
     opt         research.training.optimizers.OptimizerConfig (total_steps = train.num_steps)
     checkpoint  research.training.checkpointing.CheckpointConfig
-    mesh        shape (data, fsdp, tensor) with -1 filling the rest; logical-axis rules
+    mesh        shape (data, fsdp, tensor) with -1 filling the rest; dcn_shape (the part of each axis
+                across slices / hosts, e.g. (2, 1, 1); empty: one slice); logical-axis rules
 
     batched     optional {field, values}: train one model per value in one program (below)
 
@@ -46,7 +47,7 @@ import numpy as np
 from research import data as data_lib
 from research.models import build_model, get_config
 from research.models.config import ConfigError
-from research.sharding import DEFAULT_RULES, Rules
+from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
 from research.training import blocks, losses, metrics as metrics_lib, model_batch, partitioning
 from research.training import peak_flops as peak_flops_lib
@@ -256,7 +257,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     num_models = len(configs)
 
     # Everything a user can get wrong is checked here, before any compilation.
-    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape", None))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
@@ -361,8 +362,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
                      "peak %.3g FLOP/s; %d model(s), up to %d steps per call; starting at step %d", model_config.name,
-                     f"{size['params_total']:,}", f"{size['params_embedding']:,}",
-                     f"{size['params_non_embedding']:,}", size["train_flops_per_token"], dict(mesh.shape),
+                     f"{size['params_total']:,}", f"{size['params_embedding']:,}", f"{size['params_non_embedding']:,}",
+                     size["train_flops_per_token"], describe_mesh(mesh, config.mesh.get("dcn_shape", None)),
                      peak_flops, num_models, block_len, start_step)
             for m in members:
                 m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops)
