@@ -255,8 +255,12 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
 
     report_dir = os.path.join(workdir, "report")
     rows_with_items, rows = rows, [{k: v for k, v in r.items() if k != "items"} for r in rows]
-    finals = [r for r in rows if r["final"]]
-    finals_with_items = [r for r in rows_with_items if r["final"]]
+    # A task both tracked at every checkpoint (eval.tasks) and scored at the end (final_tasks) has
+    # two rows at the final step: the summaries across sizes take the one with more items, the
+    # curves along training the one with the same items as the other checkpoints.
+    finals_with_items = _one_row_per_setting([r for r in rows_with_items if r["final"]], most_items=True)
+    finals = [{k: v for k, v in r.items() if k != "items"} for r in finals_with_items]
+    along_with_items = _one_row_per_setting(rows_with_items, most_items=False)
     # Shape metrics with item-bootstrap intervals and the noise rule where per-item values
     # exist (every metric of emergence_metrics.curve_shape_with_noise); the paper's bare
     # values for the rest.
@@ -270,11 +274,11 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     transition_tasks = _transition_tasks(config)
     # Exact match beside p^L at every checkpoint of the transition tasks that have answers of
     # several tokens: the mirage along training compute, beside the one across sizes.
-    mirage_along = mirage_table([r for r in rows_with_items if r["task"] in transition_tasks])
+    mirage_along = mirage_table([r for r in along_with_items if r["task"] in transition_tasks])
     transition = [row for task in transition_tasks
-                  for row in transition_table(rows_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+                  for row in transition_table(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
     shapes = [row for task in transition_tasks
-              for row in transition_shapes(rows_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+              for row in transition_shapes(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
@@ -320,6 +324,16 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     with open(paths["report"], "w", encoding="utf-8") as f:
         f.write(_report_markdown(config, summary, mirage, transition, shapes, finals))
     return paths
+
+
+def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
+    """One row per (size, step, task, num_shots): the one with the most (or fewest) examples."""
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["size"], row["step"], row["task"], row["num_shots"])
+        if key not in chosen or (row["num_examples"] > chosen[key]["num_examples"]) == most_items:
+            chosen[key] = row
+    return [row for row in rows if chosen[(row["size"], row["step"], row["task"], row["num_shots"])] is row]
 
 
 def _transition_tasks(config: ml_collections.ConfigDict) -> list[str]:

@@ -107,6 +107,18 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     changed.mixture.corpus_fraction = 0.5  # other training data: the finished runs no longer match it
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
         emergence.run_study(changed, workdir, log=logs.append)
+    # The mixture depends on evaluation only through the prompts it holds out: tracking the final
+    # task's first items at every checkpoint (already held out) keeps the data; another seed does not.
+    mixture = os.path.join(workdir, "data", "mixture.jsonl")
+    written = os.path.getmtime(mixture)
+    tracked = configs.get_config("micro")
+    tracked.eval.tasks = (*tracked.eval.tasks, "addition_2digit")
+    emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
+    assert os.path.getmtime(mixture) == written
+    reseeded = configs.get_config("micro")
+    reseeded.eval.seed = 1
+    with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
+        emergence.prepare_data(reseeded, emergence.plan_study(reseeded), workdir, logs.append)
 
 
 def _bad(change):
@@ -163,3 +175,12 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert train.checkpoint.keep_last == config.train.num_steps // config.checkpoint.every_steps + 1
     with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):
         configs.get_config("cpu_huge")
+
+
+def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
+    # eval.tasks at every checkpoint (400 items) and final_tasks (1000) both hold the task: the
+    # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
+    rows = [{"size": "a", "step": 8, "task": "t", "num_shots": 0, "num_examples": n} for n in (400, 1000)]
+    rows.append({"size": "a", "step": 4, "task": "t", "num_shots": 0, "num_examples": 400})
+    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=True)] == [1000, 400]
+    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=False)] == [400, 400]
