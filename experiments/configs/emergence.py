@@ -13,8 +13,12 @@ machine): training and the copying evaluations took 27:48 wall, 1001 s of CPU; t
 addition at every checkpoint was added afterwards and evaluated by rerunning the command on
 the trained runs. d48-l2 learned addition of every length (exact match 0.998-1.0 on 1000
 items each); d24-l2 and d32-l2 reached per-digit p 0.30-0.70; scale-1e5 (the widest, at the
-rule's lowest rate 3e-3) and the 1-layer control stayed near p 0.16-0.35. So across these
-sizes both exact match and p jump between d32 and d48: a genuine transition, not a mirage.
+rule's lowest rate 3e-3) and the 1-layer control stayed near p 0.16-0.35 (scale-1e5 alone at
+4e-3 learned addition outright, EM >= 0.993). So across these sizes both exact match and p
+jump between d32 and d48: a genuine transition, not a mirage. Along d48-l2's training, exact
+match jumps within one 250-step interval, more sharply the longer the answer (jump ratio 45,
+184, 332 at 2, 4, 6 digits), while p rises over about four checkpoints (ratio 7-22, under the
+jump rule): the mirage's signature along training.
 copying_varied was learned by no size (teacher-forced p <= 0.07 at step 4000; chance 0.04).
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
