@@ -61,7 +61,15 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     sizes = list(config.sizes)
     if len(sizes) < 2 or len(set(sizes)) != len(sizes):
         raise ConfigError(f"sizes={sizes} must name at least 2 distinct presets (a ladder).")
-    models = {size: get_config(size, **dict(config.model)) for size in sizes}
+    ladder = dict(config.get("ladder", None) or {})
+    for name, fields in ladder.items():
+        if "preset" not in fields:
+            raise ConfigError(f"ladder[{name!r}]={dict(fields)} must name the preset it changes, e.g. "
+                              "dict(preset='scale-1e5', d_model=32, num_heads=4, d_ff=128).")
+    models = {}
+    for size in sizes:
+        fields = size_model_fields(config, size)
+        models[size] = get_config(fields.pop("preset"), **fields)
     if models[sizes[0]].family != "decoder" or any(m.family != models[sizes[0]].family for m in models.values()):
         raise ConfigError(f"sizes={sizes} must all be decoder presets; the study trains causal LMs.")
     if float(config.get("lr_reference_width", 0) or 0) < 0:
@@ -116,20 +124,24 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
     from research import data
     from research.data.sources import TextFileSource, stdlib_files
-    from research.evaluation.task_corpus import take_chars, task_documents, write_mixture
+    from research.evaluation.task_corpus import held_out_prompts, take_chars, task_documents, write_mixture
 
     data_dir = os.path.join(workdir, "data")
     mixture_path = os.path.join(data_dir, "mixture.jsonl")
     manifest_path = os.path.join(data_dir, "manifest.json")
-    wanted = _digest({"mixture": config.mixture.to_dict(), "eval": config.eval.to_dict(),
-                      "tokenizer": config.tokenizer.to_dict()})
+    # The mixture depends on the eval config only through the prompts it holds out (and the
+    # chain-of-thought cue), so adding an evaluation whose items are already held out (e.g. the
+    # first 400 of the 1000 final addition items, tracked at every checkpoint) keeps the runs.
+    held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
+    wanted = _digest({"mixture": config.mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+                      "cot_description": config.eval.cot_description,
+                      "held_out": _digest(sorted(set().union(*(held_out_prompts(t) for t in held_out))))})
     if _read_json(manifest_path).get("fingerprint") != wanted or not os.path.isfile(mixture_path):
         runs_dir = os.path.join(workdir, "runs")
         if os.path.isdir(runs_dir) and os.listdir(runs_dir):
             raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
                               "use a new --workdir (or delete its runs/ and data/).")
         mixture = config.mixture
-        held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
         parts = {name: task_documents(task, examples_per_document=tuple(mixture.examples_per_document),
                                       seed=mixture.seed, held_out=held_out)
                  for name, task in plan.train_tasks.items()}
@@ -153,11 +165,19 @@ def train_config(config: ml_collections.ConfigDict, size: str,
     """The research.training config of one size of the ladder."""
     num_checkpoints = config.train.num_steps // config.checkpoint.every_steps + 1
     return ml_collections.ConfigDict(dict(
-        model={"preset": size, **config.model.to_dict()}, objective="causal_lm", objective_options={},
+        model=size_model_fields(config, size), objective="causal_lm", objective_options={},
         data=data_config, train=config.train.to_dict(),
         opt={**config.opt.to_dict(), "learning_rate": size_learning_rate(config, size)},
         checkpoint={**config.checkpoint.to_dict(), "keep_last": num_checkpoints, "keep_best": 0},
         mesh=config.mesh.to_dict()))
+
+
+def size_model_fields(config: ml_collections.ConfigDict, size: str) -> dict[str, Any]:
+    """research.training's model fields of one size: {"preset": ..., overrides}. A size is a model
+    preset, or a name in config.ladder ({name: dict(preset=..., d_model=..., ...)}: a preset with
+    its shape changed, for widths the presets lack); config.model's overrides apply to both."""
+    custom = dict((config.get("ladder", None) or {}).get(size, None) or {"preset": size})
+    return {"preset": custom.pop("preset"), **config.model.to_dict(), **custom}
 
 
 def size_learning_rate(config: ml_collections.ConfigDict, size: str) -> float:
@@ -168,7 +188,8 @@ def size_learning_rate(config: ml_collections.ConfigDict, size: str) -> float:
     reference = float(config.get("lr_reference_width", 0) or 0)
     if not reference:
         return float(config.opt.learning_rate)
-    return float(config.opt.learning_rate) * reference / get_config(size, **dict(config.model)).d_model
+    fields = size_model_fields(config, size)
+    return float(config.opt.learning_rate) * reference / get_config(fields.pop("preset"), **fields).d_model
 
 
 def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, run_dir: str, tokenizer: Any,
@@ -234,8 +255,12 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
 
     report_dir = os.path.join(workdir, "report")
     rows_with_items, rows = rows, [{k: v for k, v in r.items() if k != "items"} for r in rows]
-    finals = [r for r in rows if r["final"]]
-    finals_with_items = [r for r in rows_with_items if r["final"]]
+    # A task both tracked at every checkpoint (eval.tasks) and scored at the end (final_tasks) has
+    # two rows at the final step: the summaries across sizes take the one with more items, the
+    # curves along training the one with the same items as the other checkpoints.
+    finals_with_items = _one_row_per_setting([r for r in rows_with_items if r["final"]], most_items=True)
+    finals = [{k: v for k, v in r.items() if k != "items"} for r in finals_with_items]
+    along_with_items = _one_row_per_setting(rows_with_items, most_items=False)
     # Shape metrics with item-bootstrap intervals and the noise rule where per-item values
     # exist (every metric of emergence_metrics.curve_shape_with_noise); the paper's bare
     # values for the rest.
@@ -246,16 +271,20 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                          metrics=tuple(config.report.metrics))
                 if (r["task"], r["num_shots"], r["metric"]) not in covered]
     mirage = mirage_table([r for r in finals_with_items if r["task"] in set(config.eval.get("final_tasks", ()))])
-    transition_task = config.report.get("transition_task")
-    transition = transition_table(rows_with_items, transition_task,
-                                  ("exact_match", "teacher_forced_accuracy")) if transition_task else []
-    shapes = transition_shapes(rows_with_items, transition_task,
-                               ("exact_match", "teacher_forced_accuracy")) if transition_task else []
+    transition_tasks = _transition_tasks(config)
+    # Exact match beside p^L at every checkpoint of the transition tasks that have answers of
+    # several tokens: the mirage along training compute, beside the one across sizes.
+    mirage_along = mirage_table([r for r in along_with_items if r["task"] in transition_tasks])
+    transition = [row for task in transition_tasks
+                  for row in transition_table(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+    shapes = [row for task in transition_tasks
+              for row in transition_shapes(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
              "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"],
-             "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"]}
+             "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"],
+             "mirage_along_training": write_rows(mirage_along, os.path.join(report_dir, "mirage_along_training"))["csv"]}
     metrics = tuple(config.report.plot_metrics)
     setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
     base = lambda r: r["task"].removesuffix("_cot")
@@ -281,15 +310,36 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                          panel=lambda r: "", series=lambda r: r["task"],
                                          path=os.path.join(report_dir, "mirage.png"), x_label="non-embedding parameters",
                                          title="exact match vs p^L (teacher-forced per-token accuracy p)")
+    if mirage_along:
+        paths["mirage_along_training_plot"] = plot_grid(
+            mirage_along, x="tokens", metrics=("exact_match", "p_to_the_L", "p"), panel=lambda r: r["task"],
+            series=lambda r: r["size"], path=os.path.join(report_dir, "mirage_along_training.png"),
+            x_label="training tokens", title="exact match vs p^L along training")
     if transition:
         paths["transition_plot"] = plot_grid(transition, x="tokens", metrics=("exact_match", "teacher_forced_accuracy"),
-                                             panel=lambda r: "", series=lambda r: r["size"],
+                                             panel=lambda r: r["task"], series=lambda r: r["size"],
                                              path=os.path.join(report_dir, "transition.png"),
-                                             x_label="training tokens", title=f"{transition_task} along training")
+                                             x_label="training tokens", title="along training")
     paths["report"] = os.path.join(report_dir, "report.md")
     with open(paths["report"], "w", encoding="utf-8") as f:
         f.write(_report_markdown(config, summary, mirage, transition, shapes, finals))
     return paths
+
+
+def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
+    """One row per (size, step, task, num_shots): the one with the most (or fewest) examples."""
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["size"], row["step"], row["task"], row["num_shots"])
+        if key not in chosen or (row["num_examples"] > chosen[key]["num_examples"]) == most_items:
+            chosen[key] = row
+    return [row for row in rows if chosen[(row["size"], row["step"], row["task"], row["num_shots"])] is row]
+
+
+def _transition_tasks(config: ml_collections.ConfigDict) -> list[str]:
+    """report.transition_task: one task name or several, each tabled and plotted along training."""
+    tasks = config.report.get("transition_task") or ()
+    return [tasks] if isinstance(tasks, str) else list(tasks)
 
 
 def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
@@ -335,10 +385,12 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
     if transition:
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
                              ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
-        text += f"\n## Transition along training ({transition[0]['task']})\n\n```\n{table}\n```\n"
+        text += (f"\n## Along training ({', '.join(dict.fromkeys(r['task'] for r in transition))})\n\n"
+                 f"```\n{table}\n```\n\nExact match beside p^L at every checkpoint: mirage_along_training.csv "
+                 "and .png.\n")
     if transition_shapes:
         table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
-                             ["size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
+                             ["task", "size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
                               "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
                  "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
@@ -389,8 +441,11 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     train = config.train
     tokens = train.num_steps * train.batch_size * train.seq_len
-    flops = {size: float(sizing.flops_per_token(get_config(size, **dict(config.model)), train.seq_len,
-                                                include_embedding=True).train) * tokens for size in config.sizes}
+    flops = {}
+    for size in config.sizes:
+        fields = size_model_fields(config, size)
+        model = get_config(fields.pop("preset"), **fields)
+        flops[size] = float(sizing.flops_per_token(model, train.seq_len, include_embedding=True).train) * tokens
     seconds = sum(flops.values()) / (config.estimate.peak_flops * config.estimate.mfu)
     return {"flops": flops, "total_flops": sum(flops.values()), "seconds": seconds,
             "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}

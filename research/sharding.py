@@ -59,10 +59,9 @@ DEFAULT_RULES: Rules = (
 )
 
 
-def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh of `shape` (one -1 entry fills the rest) over `devices` (default: all)."""
-    devices = list(jax.devices() if devices is None else devices)
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int,
+                       axis_names: Sequence[str] = MESH_AXES) -> tuple[int, ...]:
+    """`shape` with its (at most one) -1 filled so that the mesh holds `num_devices` devices."""
     shape = list(shape)
     if len(shape) != len(axis_names):
         raise ValueError(f"mesh shape {tuple(shape)} needs one size per axis {tuple(axis_names)}.")
@@ -70,18 +69,44 @@ def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
         raise ValueError(f"mesh shape {tuple(shape)} has more than one -1; at most one axis can fill the rest.")
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
-        if known <= 0 or len(devices) % known:
-            raise ValueError(f"mesh shape {tuple(shape)} cannot fill {len(devices)} devices.")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
+        if known <= 0 or num_devices % known:
+            raise ValueError(f"mesh shape {tuple(shape)} cannot fill {num_devices} devices.")
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
         raise ValueError(
-            f"mesh shape {tuple(shape)} holds {int(np.prod(shape))} devices but {len(devices)} are "
+            f"mesh shape {tuple(shape)} holds {int(np.prod(shape))} devices but {num_devices} are "
             "available; make the product equal the device count or use -1 for one axis."
         )
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh of `shape` (one -1 entry fills the rest) over `devices` (default: all)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(shape, len(devices), axis_names)
     axis_types = (jax.sharding.AxisType.Auto,) * len(axis_names)
     # jax.make_mesh lays the axes out along the physical topology (TPU torus, NVLink
     # islands), so that e.g. the tensor axis stays within the fastest links.
     return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types, devices=devices)
+
+
+def network_granules(devices: Sequence[jax.Device]) -> tuple[str, list[list[jax.Device]]]:
+    """The devices grouped by what the slow data-center network (DCN) separates: TPU slices
+    (slice_index) or, on GPU and CPU, processes (one per host). Returns the granule kind
+    ("slice" or "process") and the groups, ordered by index."""
+    # Only TPU slice indices mark the network: CPU devices of a multi-process run also carry a
+    # slice_index, the same (0) in every process.
+    on_tpu_slices = devices[0].platform == "tpu" and hasattr(devices[0], "slice_index")
+    kind, attr = ("slice", "slice_index") if on_tpu_slices else ("process", "process_index")
+    groups: dict[int, list[jax.Device]] = {}
+    for device in devices:
+        groups.setdefault(getattr(device, attr), []).append(device)
+    return kind, [groups[key] for key in sorted(groups)]
+
+
+def _plural(kind: str, count: int = 2) -> str:
+    return kind if count == 1 else {"process": "processes"}.get(kind, kind + "s")
 
 
 def make_hybrid_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
@@ -99,12 +124,49 @@ def make_hybrid_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int], axis_na
     if total != len(devices):
         raise ValueError(f"ici_shape {ici_shape} x dcn_shape {dcn_shape} holds {total} devices but {len(devices)} "
                          "are available; make the products equal the device count.")
+    kind, granules = network_granules(devices)
+    if int(np.prod(dcn_shape)) != len(granules):
+        raise ValueError(f"dcn_shape {dcn_shape} spans {int(np.prod(dcn_shape))} {_plural(kind)} but the "
+                         f"{len(devices)} devices are in {len(granules)} {_plural(kind, len(granules))}; make its "
+                         f"product {len(granules)}.")
+    sizes = sorted({len(g) for g in granules})
+    if len(sizes) > 1:
+        raise ValueError(f"the {_plural(kind)} hold different numbers of devices {sizes}; a hybrid mesh needs "
+                         "equal ones.")
     from jax.experimental import mesh_utils
 
-    # TPU slices carry slice_index; elsewhere each process (host) is one granule.
-    by_process = not hasattr(devices[0], "slice_index")
-    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=kind == "process")
     return Mesh(grid, tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names))
+
+
+def make_mesh_across_network(shape: Sequence[int], dcn_shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
+                             devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of global `shape` (one -1 fills the rest) with dcn_shape[i] of axis i's size
+    across the slow network and shape[i] / dcn_shape[i] within each slice / host."""
+    devices = list(jax.devices() if devices is None else devices)
+    dcn_shape = tuple(dcn_shape)
+    if len(dcn_shape) != len(axis_names) or any(not isinstance(n, (int, np.integer)) or n < 1 for n in dcn_shape):
+        raise ValueError(f"dcn_shape {dcn_shape} needs one positive size per axis {tuple(axis_names)}, "
+                         "e.g. (2, 1, 1) for data parallelism across 2 slices or hosts.")
+    shape = resolve_mesh_shape(shape, len(devices), axis_names)
+    for name, size, across in zip(axis_names, shape, dcn_shape):
+        if size % across:
+            raise ValueError(f"mesh axis {name} has {size} devices, which do not split into {across} across the "
+                             f"network (dcn_shape {dcn_shape}); make shape[{name}] a multiple of {across}.")
+    ici_shape = tuple(size // across for size, across in zip(shape, dcn_shape))
+    return make_hybrid_mesh(ici_shape, dcn_shape, axis_names, devices)
+
+
+def describe_mesh(mesh: Mesh, dcn_shape: Sequence[int] | None = None) -> str:
+    """One line saying which mesh was built: its axes, devices, and what crosses the network."""
+    axes = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
+    if not dcn_shape:
+        return f"mesh {axes} over {mesh.size} devices (one slice/host: jax.make_mesh)"
+    kind, granules = network_granules(list(mesh.devices.flat))
+    across = " x ".join(f"{name} {n}" for name, n in zip(mesh.axis_names, dcn_shape))
+    within = " x ".join(f"{name} {size // n}" for (name, size), n in zip(mesh.shape.items(), dcn_shape))
+    return (f"hybrid mesh {axes} over {mesh.size} devices in {len(granules)} {_plural(kind, len(granules))}: "
+            f"{across} across the network (dcn), {within} within each {kind}")
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules = DEFAULT_RULES):

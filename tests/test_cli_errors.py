@@ -28,6 +28,9 @@ def run(module, *args):
     ([CONFIG, "--config.mesh.shape=(1,1,8)"],
      "error: model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8 (rule 'heads' -> 'tensor', "
      "mesh {'data': 1, 'fsdp': 1, 'tensor': 8}); use a tensor size that divides 4 (e.g. 4) via --config.mesh.shape."),
+    ([CONFIG, "--config.mesh.dcn_shape=(2,1,1)"],
+     "error: mesh.dcn_shape: dcn_shape (2, 1, 1) spans 2 processes but the 8 devices are in 1 process; make its "
+     "product 1. (mesh.shape=(-1, 1, 1); leave dcn_shape empty on one slice / host)"),
     ([CONFIG, "--config.train.num_steps=10"], "error: opt.warmup_steps=30 must lie in [0, total_steps=10]."),
 ])
 def test_bad_pretrain_input_is_one_line_and_leaves_nothing(args, expected, tmp_path):

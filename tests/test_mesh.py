@@ -22,3 +22,34 @@ def test_hybrid_mesh_within_one_host_and_bad_shapes():
         make_hybrid_mesh((1, 8, 1), (2, 1, 1))
     with pytest.raises(ValueError, match="one size per axis"):
         make_hybrid_mesh((8,), (1, 1, 1))
+
+
+def test_training_mesh_with_a_network_shape_and_its_description():
+    from research.sharding import describe_mesh
+    from research.training import partitioning
+    hybrid = partitioning.make_training_mesh((2, -1, 1), dcn_shape=(1, 1, 1))
+    plain = partitioning.make_training_mesh((2, -1, 1), dcn_shape=())
+    assert dict(hybrid.shape) == dict(plain.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    # One process is one granule: the hybrid mesh is the single-host mesh, device for device.
+    assert [d.id for d in hybrid.devices.flat] == [d.id for d in plain.devices.flat]
+    # What the loop logs about the mesh it built.
+    assert describe_mesh(hybrid, (1, 1, 1)) == (
+        "hybrid mesh data 2 x fsdp 4 x tensor 1 over 8 devices in 1 process: data 1 x fsdp 1 x tensor 1 across "
+        "the network (dcn), data 2 x fsdp 4 x tensor 1 within each process")
+    assert describe_mesh(plain, ()) == "mesh data 2 x fsdp 4 x tensor 1 over 8 devices (one slice/host: jax.make_mesh)"
+
+
+@pytest.mark.parametrize("shape, dcn_shape, message", [
+    ((-1, 1, 1), (2, 1, 1), r"^mesh.dcn_shape: dcn_shape \(2, 1, 1\) spans 2 processes but the 8 devices are in 1 process; "
+                            r"make its product 1"),
+    ((-1, 1, 1), (2, 1), r"^mesh.dcn_shape: dcn_shape \(2, 1\) needs one positive size per axis"),
+    ((-1, 1, 1), (0, 1, 1), r"^mesh.dcn_shape: dcn_shape \(0, 1, 1\) needs one positive size per axis"),
+    ((1, 8, 1), (2, 1, 1), r"^mesh.dcn_shape: mesh axis data has 1 devices, which do not split into 2"),
+    ((3, -1, 1), (1, 1, 1), r"^mesh.shape: mesh shape \(3, -1, 1\) cannot fill 8 devices"),
+])
+def test_training_mesh_refuses_bad_network_shapes_in_one_line(shape, dcn_shape, message):
+    from research.models.config import ConfigError
+    from research.training import partitioning
+    with pytest.raises(ConfigError, match=message) as error:
+        partitioning.make_training_mesh(shape, dcn_shape=dcn_shape)
+    assert "\n" not in str(error.value)

@@ -10,10 +10,20 @@ research.training.metrics.measure_peak_flops in the same process, just before ea
 step (so a sample's step and peak see about the same load on a shared machine); the
 median over samples is the headline. Not a test: numbers depend on the machine and on
 whatever else runs on it.
+
+On a shared machine wall time measures the load as much as the step: cpu_seconds_per_step
+(the process's user + system CPU time per step, from getrusage) is the figure to compare
+across frameworks run side by side. --profile_steps=N traces N more steps and prints where
+the time goes (experiments/benchmarks/step_profile.py: dots, LM head, copies, fills, ...);
+matmul_library says which library XLA:CPU compiled the dots to (YNNPACK fusions by default
+in jaxlib 0.10; XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= selects XLA's own Eigen dots).
 """
 from __future__ import annotations
 
 import json
+import os
+import resource
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -21,6 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks import step_profile
 from research.models import build_model, get_config
 from research.sharding import DEFAULT_RULES
 from research.training import losses, partitioning
@@ -43,11 +54,17 @@ _SCAN = flags.DEFINE_bool("scan_layers", True, "nn.scan over layers (one compile
 _MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh (data, fsdp, tensor); default one device.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the square matmuls that measure peak.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "Trace this many more steps and print the time breakdown.")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def benchmark(*, d_model: int, num_layers: int, vocab_size: int, seq_len: int, batch_size: int, steps: int,
               dtype: str, remat: str, scan_layers: bool, mesh_shape: Sequence[int],
-              peak_matmul_size: int) -> dict[str, Any]:
+              peak_matmul_size: int, profile_steps: int = 0) -> dict[str, Any]:
     """Time `steps` train steps, each after a peak measurement; returns the figures."""
     mesh_shape = tuple(mesh_shape)
     devices = jax.devices()[:int(np.prod(mesh_shape))]
@@ -75,29 +92,41 @@ def benchmark(*, d_model: int, num_layers: int, vocab_size: int, seq_len: int, b
     with partitioning.sharding_context(mesh, DEFAULT_RULES):
         global_batch = partitioning.shard_batch(batch, batch_sharding)
         start = time.perf_counter()
-        state, metrics = step(state, global_batch)
+        compiled = step.lower(state, global_batch).compile()
+        state, metrics = compiled(state, global_batch)
         jax.block_until_ready(metrics)
         compile_seconds = time.perf_counter() - start
         # On a shared machine the load swings from second to second: pair each timed step with
         # a peak measured just before it, so that each MFU sample sees about the same load.
-        times, peaks = [], []
+        times, peaks, cpu_times = [], [], []
         for _ in range(steps):
             peaks.append(measure_peak_flops(devices, size=peak_matmul_size, repeats=2))
-            start = time.perf_counter()
-            state, metrics = step(state, global_batch)
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
+            state, metrics = compiled(state, global_batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
+            cpu_times.append(_cpu_seconds() - cpu_start)
+        profile = None
+        if profile_steps:
+            def run_step():
+                nonlocal state, metrics
+                state, metrics = compiled(state, global_batch)
+                jax.block_until_ready(metrics)
+            profile = step_profile.profile(run_step, compiled.as_text(), steps=profile_steps,
+                                           log_dir=tempfile.mkdtemp(prefix="train_speed_trace_"))
     times, peaks = np.asarray(times), np.asarray(peaks)
     mfu = flops_per_step / times / peaks
     tokens = batch_size * seq_len
     return {"d_model": d_model, "num_layers": num_layers, "vocab_size": vocab_size, "seq_len": seq_len,
             "batch_size": batch_size, "dtype": dtype, "scan_layers": scan_layers, "devices": len(devices), **size,
             "first_step_seconds": compile_seconds, "step_seconds_median": float(np.median(times)),
-            "step_seconds_min": float(times.min()), "tokens_per_second_median": tokens / float(np.median(times)),
+            "step_seconds_min": float(times.min()), "cpu_seconds_per_step_median": float(np.median(cpu_times)),
+            "matmul_library": step_profile.matmul_library(compiled.as_text()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average": " ".join(open("/proc/loadavg").read().split()[:3]), "tokens_per_second_median": tokens / float(np.median(times)),
             "tokens_per_second_best": tokens / float(times.min()),
             "peak_flops_per_second_median": float(np.median(peaks)), "peak_flops_per_second_max": float(peaks.max()),
             "mfu_median": float(np.median(mfu)), "mfu_samples": [round(float(x), 3) for x in mfu],
-            "loss": float(metrics["loss"])}
+            "loss": float(metrics["loss"]), **({"profile": profile} if profile else {})}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -106,8 +135,11 @@ def main(argv: Sequence[str]) -> None:
     figures = benchmark(d_model=_D_MODEL.value, num_layers=_LAYERS.value, vocab_size=_VOCAB.value,
                         seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, steps=_STEPS.value, dtype=_DTYPE.value,
                         remat=_REMAT.value, scan_layers=_SCAN.value, mesh_shape=[int(x) for x in _MESH.value],
-                        peak_matmul_size=_PEAK_SIZE.value)
+                        peak_matmul_size=_PEAK_SIZE.value, profile_steps=_PROFILE_STEPS.value)
     for name, value in figures.items():
+        if name == "profile":
+            print(step_profile.format_breakdown(value))
+            continue
         print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:

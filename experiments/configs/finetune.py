@@ -61,7 +61,7 @@ def _base() -> ml_collections.ConfigDict:
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=10, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep_last=2, keep_best=1, async_save=True))
-    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=DEFAULT_RULES))
+    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(), rules=DEFAULT_RULES))  # dcn_shape: as pretrain.py
     return config
 
 

@@ -84,8 +84,9 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
             continue
         L = float(np.mean(items["answer_tokens"]))
         entry = {"task": row["task"], "num_shots": row["num_shots"], "size": row["size"],
-                 "params_non_embedding": row["params_non_embedding"], "items": len(items["exact_match"]),
-                 "answer_tokens": L}
+                 "params_non_embedding": row["params_non_embedding"],
+                 **{k: row[k] for k in ("step", "tokens") if k in row},  # rows along training keep their place
+                 "items": len(items["exact_match"]), "answer_tokens": L}
         for metric, transform, name in (("exact_match", None, "exact_match"),
                                         ("teacher_forced_accuracy", None, "p"),
                                         ("teacher_forced_accuracy", lambda m: m**L, "p_to_the_L"),

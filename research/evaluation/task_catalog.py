@@ -10,6 +10,7 @@ Names are the generated tasks' builders (research.evaluation.tasks: "addition", 
 
     addition_{1..8}digit[_cot]       multiplication_{1..4}digit[_cot]
     addition_{1..8}digit_reversed    (the sum's digits least-significant first)
+    addition_{1..8}digit_lsb_first   (every number's digits least-significant first)
     modular_addition[_cot]           modular_multiplication[_cot]      (modulus 97)
     copying                          (induction: repeat a 12-symbol sequence, predict 4)
     copying_varied                   (the same with 6 to 12 symbols: no fixed offset to copy from)
@@ -41,6 +42,8 @@ for _cot in (False, True):
     _VARIANTS[f"modular_multiplication{_suffix}"] = ("modular_arithmetic", dict(op="*", chain_of_thought=_cot))
 for _digits in range(1, MAX_DIGITS + 1):
     _VARIANTS[f"addition_{_digits}digit_reversed"] = ("addition", dict(digits=_digits, reverse_answer=True))
+    _VARIANTS[f"addition_{_digits}digit_lsb_first"] = ("addition", dict(digits=_digits, reverse_answer=True,
+                                                                        reverse_operands=True))
 _VARIANTS["copying"] = ("induction", dict(length=12, num_predict=4))
 _VARIANTS["copying_varied"] = ("induction", dict(length=12, min_length=6, num_predict=4))
 for _corruption in Corruption.__args__:

@@ -84,7 +84,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
     opt_config = OptimizerConfig(total_steps=train.num_steps, **_sub(config.opt))
     checkpoint_config = CheckpointConfig(**_sub(config.checkpoint))
     rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in (config.mesh.get("rules") or DEFAULT_RULES))
-    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
     lora = lora_config(config)
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.scaling.huber_lse import HUBER_DELTA, huber_lse_value_and_grad
+from research.scaling.huber_lse import HUBER_DELTA, HUBER_GTOL, huber_lse_value_and_grad
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.lbfgs import minimize_batched
 from research.scaling.run_table import RunTable
@@ -80,7 +80,7 @@ def _minimize(table: RunTable, x0_PK: np.ndarray, weight_PR: np.ndarray, max_eva
         data = (jnp.asarray(np.log([table.N, table.D])), jnp.asarray(np.log(table.loss)))
         weight_PR = jnp.asarray(np.broadcast_to(weight_PR, (len(x0_PK), len(table))), jnp.float64)
         return minimize_batched(huber_lse_value_and_grad, jnp.asarray(x0_PK, jnp.float64), weight_PR, data,
-                                max_evaluations=max_evaluations)
+                                max_evaluations=max_evaluations, gtol=HUBER_GTOL)
 
 
 def _law(x_K: np.ndarray) -> ChinchillaLaw:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.scaling.envelope import compute_frontier
-from research.scaling.huber_lse import huber_lse_value_and_grad
+from research.scaling.huber_lse import HUBER_GTOL, huber_lse_value_and_grad
 from research.scaling.isoflop import MIN_SIZES_PER_PROFILE, group_by_budget
 from research.scaling.laws import SaturatingPowerLaw
 from research.scaling.lbfgs import minimize_batched
@@ -81,7 +81,8 @@ def _fit_laws(points: dict[str, tuple], grid, max_evaluations: int) -> dict[str,
     with jax.enable_x64(True):
         result = minimize_batched(huber_lse_value_and_grad, jnp.asarray(np.tile(starts_IK, (len(sets), 1))),
                                   jnp.asarray(np.repeat(weight_LR, I, axis=0)),
-                                  (jnp.asarray(log_X)[None], jnp.asarray(log_loss)), max_evaluations=max_evaluations)
+                                  (jnp.asarray(log_X)[None], jnp.asarray(log_loss)), max_evaluations=max_evaluations,
+                                  gtol=HUBER_GTOL)
     fits = {}
     for law, (variable, (X, loss)) in enumerate(sets.items()):
         value_I = result.value_P[law * I:(law + 1) * I]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.scaling.chinchilla_fit import COARSE_GRID, PARAMETERS, InitGrid, _law
-from research.scaling.huber_lse import huber_lse_value_and_grad
+from research.scaling.huber_lse import HUBER_GTOL, huber_lse_value_and_grad
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.lbfgs import minimize_batched
 
@@ -48,7 +48,7 @@ def _solve(log_X_JR, log_loss_PR, x0_PK, weight_PR, max_evaluations):
     with jax.enable_x64(True):
         per_problem = (jnp.asarray(weight_PR, jnp.float64), jnp.asarray(log_loss_PR, jnp.float64))
         return minimize_batched(_per_problem_losses, jnp.asarray(x0_PK, jnp.float64), per_problem,
-                                jnp.asarray(log_X_JR, jnp.float64), max_evaluations=max_evaluations)
+                                jnp.asarray(log_X_JR, jnp.float64), max_evaluations=max_evaluations, gtol=HUBER_GTOL)
 
 
 def simulate_interval_coverage(law: ChinchillaLaw, N, D, *, rel_noise: float, num_datasets: int = 50,

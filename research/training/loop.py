@@ -10,7 +10,8 @@ shared. The config is an ml_collections.ConfigDict (experiments/configs/pretrain
     train       TrainConfig: steps, batch, microbatches, seed, z_loss, logging, evaluation
     opt         research.training.optimizers.OptimizerConfig (total_steps = train.num_steps)
     checkpoint  research.training.checkpointing.CheckpointConfig
-    mesh        shape (data, fsdp, tensor) with -1 filling the rest; logical-axis rules
+    mesh        shape (data, fsdp, tensor) with -1 filling the rest; dcn_shape (the part of each axis
+                across slices / hosts, e.g. (2, 1, 1); empty: one slice); logical-axis rules
 
     batched     optional {field, values}: train one model per value in one program (below)
 
@@ -46,13 +47,13 @@ import numpy as np
 from research import data as data_lib
 from research.models import build_model, get_config
 from research.models.config import ConfigError
-from research.sharding import DEFAULT_RULES, Rules
+from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
 from research.training import blocks, losses, metrics as metrics_lib, model_batch, partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
-from research.training.optimizers import OptimizerConfig, make_optimizer
+from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.state import (create_stacked_train_state, create_train_state, train_state_shardings,
                                      with_shardings)
 from research.training.train_step import make_eval_step, make_train_step
@@ -256,7 +257,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     num_models = len(configs)
 
     # Everything a user can get wrong is checked here, before any compilation.
-    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape))
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape", None))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
@@ -327,10 +328,17 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
                 member_state = model_batch.member_getter(shardings)
             else:
-                step_fn = make_train_step(model, loss_fn, optimizer, schedule, microbatches=train.microbatches,
-                                          batch_spec=batch_partition, param_shardings=shardings.params)
+                def step_fn(state, batch, values):
+                    # The optimizer's numbers (learning rate, warmup, length) enter as traced
+                    # values, not constants: runs of one model at different budgets or learning
+                    # rates then compile to the same program, which a persistent compilation
+                    # cache (the scaling sweep's) compiles once per model instead of once per run.
+                    opt, sched = make_optimizer(opt_configs[0], values)
+                    return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
+                                           batch_spec=batch_partition, param_shardings=shardings.params)(state, batch)
+                extra_args = ({k: np.float32(v) for k, v in hyperparameters(opt_configs[0]).items()},)
                 block_fn = blocks.make_block_step(step_fn)
-                extra_args, eval_fn, member_state = (), make_eval_step(model, loss_fn), None
+                eval_fn, member_state = make_eval_step(model, loss_fn), None
             data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
             train_block = blocks.jit_block_step(block_fn, state_shardings,
                                                 blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
@@ -356,8 +364,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
                      "peak %.3g FLOP/s; %d model(s), up to %d steps per call; starting at step %d", model_config.name,
-                     f"{size['params_total']:,}", f"{size['params_embedding']:,}",
-                     f"{size['params_non_embedding']:,}", size["train_flops_per_token"], dict(mesh.shape),
+                     f"{size['params_total']:,}", f"{size['params_embedding']:,}", f"{size['params_non_embedding']:,}",
+                     size["train_flops_per_token"], describe_mesh(mesh, config.mesh.get("dcn_shape", None)),
                      peak_flops, num_models, block_len, start_step)
             for m in members:
                 m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops)

@@ -8,7 +8,7 @@ column statistics, O(rows + cols)) is replicated.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,15 +16,31 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models.config import ConfigError
-from research.sharding import Rules, logical_to_sharding, make_mesh
+from research.sharding import (Rules, logical_to_sharding, make_mesh, make_mesh_across_network,
+                               resolve_mesh_shape)
 
 
-def make_training_mesh(shape: tuple[int, ...]) -> Mesh:
-    """The (data, fsdp, tensor) mesh of `shape` over all devices; -1 fills the rest."""
+def make_training_mesh(shape: tuple[int, ...], dcn_shape: Sequence[int] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `shape` over all devices; -1 fills the rest.
+
+    `dcn_shape` (config mesh.dcn_shape; empty or None: one slice / host) says how much of each
+    axis spans the slow network between TPU slices or GPU hosts, e.g. (2, 1, 1): the data axis
+    across 2 slices, fsdp and tensor within each (research.sharding.make_hybrid_mesh).
+    research.sharding.describe_mesh says which mesh was built (the loop logs it once the whole
+    config is valid, so that a bad config prints only its error line)."""
     try:
-        return make_mesh(tuple(shape))
+        resolve_mesh_shape(tuple(shape), jax.device_count())
     except ValueError as error:
         raise ConfigError(f"mesh.shape: {error}") from None
+    if not dcn_shape:
+        mesh = make_mesh(tuple(shape))
+    else:
+        try:
+            mesh = make_mesh_across_network(tuple(shape), tuple(dcn_shape))
+        except ValueError as error:
+            raise ConfigError(f"mesh.dcn_shape: {error} (mesh.shape={tuple(shape)}; leave "
+                              "dcn_shape empty on one slice / host)") from None
+    return mesh
 
 
 def batch_partition_spec(rules: Rules) -> PartitionSpec:

@@ -107,6 +107,18 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     changed.mixture.corpus_fraction = 0.5  # other training data: the finished runs no longer match it
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
         emergence.run_study(changed, workdir, log=logs.append)
+    # The mixture depends on evaluation only through the prompts it holds out: tracking the final
+    # task's first items at every checkpoint (already held out) keeps the data; another seed does not.
+    mixture = os.path.join(workdir, "data", "mixture.jsonl")
+    written = os.path.getmtime(mixture)
+    tracked = configs.get_config("micro")
+    tracked.eval.tasks = (*tracked.eval.tasks, "addition_2digit")
+    emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
+    assert os.path.getmtime(mixture) == written
+    reseeded = configs.get_config("micro")
+    reseeded.eval.seed = 1
+    with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
+        emergence.prepare_data(reseeded, emergence.plan_study(reseeded), workdir, logs.append)
 
 
 def _bad(change):
@@ -122,6 +134,7 @@ def _bad(change):
     (lambda c: setattr(c, "sizes", ("scale-1e4",)), r"must name at least 2 distinct presets"),
     (lambda c: c.mixture.update(corpus_fraction=1.0), r"corpus_fraction=1.0 must be in \[0, 1\)"),
     (lambda c: setattr(c, "lr_reference_width", -48), r"lr_reference_width=-48 must be >= 0"),
+    (lambda c: setattr(c, "ladder", {"d8": {"d_model": 8}}), r"ladder\['d8'\]=.* must name the preset it changes"),
     (lambda c: c.mixture.update(tasks={"addition_1digt": 10}), "unknown task 'addition_1digt'"),
 ])
 def test_bad_config_fails_before_any_work(change, message, tmp_path, monkeypatch):
@@ -136,25 +149,38 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     config = configs.get_config("cpu_tiny")
     plan = emergence.plan_study(config)
     params = [sizing.param_counts(m).non_embedding for m in plan.sizes.values()]
-    assert len(params) >= 3 and params == sorted(params) and params[-1] > 10 * params[0]
+    assert len(params) >= 5 and params == sorted(params) and params[-1] > 10 * params[0]
+    # The ladder's own widths: preset scale-1e5 (2 layers) at d_model 24, 32, 48.
+    assert [(m.d_model, m.num_layers) for m in plan.sizes.values()] == [(28, 1), (24, 2), (32, 2), (48, 2), (64, 2)]
     # The width rule: learning_rate x lr_reference_width / d_model, so rates fall with width.
     rates = [emergence.size_learning_rate(config, s) for s in config.sizes]
     assert rates == pytest.approx([config.opt.learning_rate * config.lr_reference_width / m.d_model
                                    for m in plan.sizes.values()])
-    assert rates == sorted(rates, reverse=True)
+    assert rates[1:] == sorted(rates[1:], reverse=True)
     gpu = configs.get_config("gpu_host")
     assert emergence.size_learning_rate(gpu, gpu.sizes[-1]) == gpu.opt.learning_rate  # rule off there
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
-    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_reversed" for k in range(2, 7)]
+    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_lsb_first" for k in range(2, 7)]
     assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
     # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
-    assert config.report.transition_task in config.eval.tasks
+    assert set(config.report.transition_task) <= set(config.eval.tasks)
     layers = [m.num_layers for m in plan.sizes.values()]
     assert layers[0] == 1 and layers[-1] >= 2
     train = emergence.train_config(config, config.sizes[-1], {"source": "files", "file_patterns": ["x.jsonl"]})
     assert train.model.preset == config.sizes[-1] and train.opt.learning_rate == rates[-1]
+    custom = emergence.train_config(config, "d32-l2", {"source": "files", "file_patterns": ["x.jsonl"]})
+    assert (custom.model.preset, custom.model.d_model, custom.model.position) == ("scale-1e5", 32, "rope")
     assert train.checkpoint.keep_last == config.train.num_steps // config.checkpoint.every_steps + 1
     with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):
         configs.get_config("cpu_huge")
+
+
+def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
+    # eval.tasks at every checkpoint (400 items) and final_tasks (1000) both hold the task: the
+    # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
+    rows = [{"size": "a", "step": 8, "task": "t", "num_shots": 0, "num_examples": n} for n in (400, 1000)]
+    rows.append({"size": "a", "step": 4, "task": "t", "num_shots": 0, "num_examples": 400})
+    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=True)] == [1000, 400]
+    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=False)] == [400, 400]

@@ -9,6 +9,7 @@ import pytest
 from research.evaluation.fewshot import fewshot_context
 from research.evaluation.metrics import extract_answer
 from research.evaluation.task_spec import TaskError, gold_text
+from research.evaluation.task_catalog import catalog_task
 from research.evaluation.tasks import get_task, task_names
 from research.evaluation.tasks.chain_of_thought import (addition_scratchpad, modular_scratchpad,
                                                         multiplication_scratchpad)
@@ -40,6 +41,13 @@ def test_arithmetic_answers_and_digit_knobs():
     assert any(len(d["answer"]) == 4 for d in reversed_docs)
     with pytest.raises(TaskError, match="reverse_answer=True has no chain-of-thought form"):
         get_task("addition", reverse_answer=True, chain_of_thought=True)
+    # reverse_operands too: every number least-significant digit first (457 + 86 -> "754", "68", "345").
+    for doc in _docs(get_task("addition", digits=4, num_test=50, reverse_answer=True, reverse_operands=True)):
+        a, b = int(doc["a"][::-1]), int(doc["b"][::-1])
+        assert len(doc["a"]) == len(doc["b"]) == 4 and doc["answer"] == str(a + b)[::-1]
+    assert _docs(catalog_task("addition_3digit_lsb_first", num_test=1))[0]["a"] == "837"  # 738 read backwards
+    with pytest.raises(TaskError, match="reverse_operands=True needs reverse_answer=True"):
+        get_task("addition", reverse_operands=True)
     for doc in _docs(get_task("multiplication", digits=3, digits_b=2, num_test=20)):
         assert doc["a"] * doc["b"] == doc["answer"] and len(str(doc["b"])) == 2
     for doc in _docs(get_task("modular_arithmetic", modulus=13, op="*", num_test=20)):

@@ -1,12 +1,13 @@
 """One process of tests/training/test_multiprocess.py: a tiny train_and_evaluate run.
 
-    python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N]
+    python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N] [--mesh=D,F,T --dcn-shape=D,F,T]
 
 Multi-host comes from the environment exactly as in a real launch: with
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, launch.multihost joins
 jax.distributed before anything touches a device. --concat-shards=N (single process only)
 makes every data iterator yield the concatenation of shards 0..N-1 of N, each batch/N rows:
 the global batch N processes would assemble, so one process can reproduce their run.
+--mesh / --dcn-shape set config.mesh.shape / mesh.dcn_shape (a hybrid mesh across the processes).
 """
 import json
 import os
@@ -55,17 +56,25 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     from research.training import train_and_evaluate
     from tests.training.conftest import run_config
 
-    concat = [int(f.split("=", 1)[1]) for f in flags if f.startswith("--concat-shards=")]
+    options = dict(f[2:].split("=", 1) for f in flags)
+    concat = [int(options["concat-shards"])] if "concat-shards" in options else []
     if concat:
         # The loop looks data.make_batch_iterator up at call time, so this reaches every iterator.
         data.make_batch_iterator = concat_shards(data.make_batch_iterator, concat[0])
     # 3 steps of 8 rows (2 per device), checkpoint + eval at the end, every step logged.
     config = run_config("gpt_tiny", tokenizer_path, num_steps=3, eval_every_steps=3)
+    for name, field in (("mesh", "shape"), ("dcn-shape", "dcn_shape")):
+        if name in options:
+            config.mesh[field] = tuple(int(n) for n in options[name].split(","))
+    # The mesh the loop builds from this config: which process owns the devices at each data index.
+    from research.training import partitioning
+    mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
+    data_slices = [sorted({d.process_index for d in mesh.devices[i].flat}) for i in range(mesh.shape["data"])]
     final = train_and_evaluate(config, workdir)
     with open(out_path, "w") as f:
         json.dump({"cluster": kind, "process_index": jax.process_index(), "process_count": jax.process_count(),
                    "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-                   "final": final}, f)
+                   "mesh": dict(mesh.shape), "data_slices": data_slices, "final": final}, f)
 
 
 if __name__ == "__main__":

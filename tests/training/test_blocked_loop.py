@@ -77,3 +77,31 @@ def test_kill_9_blocked_run_then_rerun_is_exact(tokenizers, compilation_cache, t
                f"--workdir={workdir}", *cli_overrides(config)]
     kill_after_checkpoint(command, workdir / "checkpoints" / "4", compilation_cache)
     assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)
+
+
+def test_runs_differing_in_length_and_learning_rate_share_the_compiled_train_program(tokenizers, tmp_path):
+    """The optimizer's numbers are traced inputs of the train program, not constants in it: a
+    scaling sweep's runs of one model at several budgets compile it once (with a persistent
+    cache, once per sweep). Counted as XLA compilations of programs named after the train
+    block while the second run trains; the suite's persistent compilation cache (tests/conftest.py)
+    is what the sweep's own cache (experiments/scaling_laws) is here."""
+    import jax
+    assert jax.config.jax_compilation_cache_dir  # each run's train program is a new function: only
+    # the persistent cache, keyed by the program's text, can serve the second run
+    compiled: list[str] = []
+    original = jax._src.compiler.backend_compile_and_load
+
+    def counting(backend, module, *args, **kwargs):
+        compiled.append(str(module.operation.attributes["sym_name"]))
+        return original(backend, module, *args, **kwargs)
+
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    config.train.steps_per_call = 3
+    train_and_evaluate(config, str(tmp_path / "short"))
+    config.train.num_steps, config.opt.learning_rate, config.opt.warmup_steps = 7, 3e-3, 2
+    jax._src.compiler.backend_compile_and_load = counting
+    try:
+        train_and_evaluate(config, str(tmp_path / "long"))
+    finally:
+        jax._src.compiler.backend_compile_and_load = original
+    assert not any("block_step" in name for name in compiled), compiled

@@ -59,6 +59,7 @@ def _tiny_params():
 
 @pytest.mark.parametrize("change, message", [
     (dict(shape=(3, 1, 1)), r"mesh.shape: mesh shape \(3, 1, 1\) holds 3 devices but 8 are available"),
+    (dict(dcn_shape=(2, 1, 1)), r"mesh.dcn_shape: dcn_shape \(2, 1, 1\) spans 2 processes but the 8 devices are in 1"),
     (dict(batch_size=12), "microbatch size 12 .* not divisible by the 8 data-parallel devices"),
     (dict(seq_len=256), "seq_len=256 is longer than the model's max_len=128"),
     (dict(objective="masked_lm"), "objective='masked_lm' trains encoder models, not decoder"),
@@ -69,8 +70,8 @@ def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path,
     monkeypatch.setattr(loop, "create_train_state", compiled)
     monkeypatch.setattr(loop, "train_state_shardings", compiled)
     config = run_config("gpt_tiny", tokenizers["plain"])
-    if "shape" in change:
-        config.mesh.shape = change["shape"]
+    if "shape" in change or "dcn_shape" in change:
+        config.mesh.update(change)
     elif "objective" in change:
         config.objective = change["objective"]
     else:

@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from research.training.metrics import read_metrics
 
@@ -57,42 +58,68 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
                                   f"failed):\n{path.read_text()[-4000:]}"
 
 
-def test_two_processes_match_one(tmp_path, tokenizers):
+def two_process_commands(workdir, tokenizer: str, reports, *flags: str) -> list[tuple[list[str], dict[str, str]]]:
     port = free_port()
-    multi, single = tmp_path / "multi", tmp_path / "single"
-    commands = [([sys.executable, WORKER, str(multi), tokenizers["plain"], str(tmp_path / f"multi_{i}.json")],
-                 worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                            JAX_PROCESS_ID=str(i)))
-                for i in range(2)]
-    # The data pipeline shards documents by process (process i reads documents i::2), so
-    # two processes see different global batches than one process reading all documents.
-    # The reference therefore stacks shards 0 and 1 of 2, each half the batch, in process
-    # order: exactly the global batch the two processes assemble. Given that, every loss
-    # must match; only the order of floating-point reductions across devices may differ.
-    commands.append(([sys.executable, WORKER, str(single), tokenizers["plain"], str(tmp_path / "single.json"),
-                      "--concat-shards=2"], worker_env(4)))
-    run_all(commands, tmp_path)
+    return [([sys.executable, WORKER, str(workdir), tokenizer, str(reports / f"{workdir.name}_{i}.json"), *flags],
+             worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+            for i in range(2)]
 
-    reports = [json.loads((tmp_path / name).read_text()) for name in ("multi_0.json", "multi_1.json", "single.json")]
-    assert [(r["cluster"], r["process_index"], r["process_count"], r["devices"], r["local_devices"])
-            for r in reports] == [("explicit", 0, 2, 4, 2), ("explicit", 1, 2, 4, 2), (None, 0, 1, 4, 4)]
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, tokenizers):
+    """The reference: one process with 4 devices. The data pipeline shards documents by process
+    (process i reads documents i::2), so two processes see different global batches than one
+    process reading all documents; this run therefore stacks shards 0 and 1 of 2, each half the
+    batch, in process order: exactly the global batch the two processes assemble. Given that,
+    every loss must match; only the order of floating-point reductions across devices may differ."""
+    tmp_path = tmp_path_factory.mktemp("one_process")
+    run_all([([sys.executable, WORKER, str(tmp_path / "single"), tokenizers["plain"], str(tmp_path / "single.json"),
+               "--concat-shards=2"], worker_env(4))], tmp_path)
+    return tmp_path / "single", json.loads((tmp_path / "single.json").read_text())
+
+
+def logged_losses(workdir):
+    """Process 0 alone logs: per-step train losses (steps 1..3) and the final eval."""
+    records = [r for r in read_metrics(str(workdir)) if "loss" in r]
+    return [r["step"] for r in records], [r["loss"] for r in records], records[-1]["eval_loss"]
+
+
+def assert_same_training(multi_workdir, multi_reports, one_process_run) -> None:
+    single, single_report = one_process_run
     # Every process returns the same (globally reduced) metrics, and they match one process.
     for key in ("loss", "eval_loss", "grad_norm"):
-        np.testing.assert_allclose(reports[1]["final"][key], reports[0]["final"][key], rtol=1e-5)
-        np.testing.assert_allclose(reports[0]["final"][key], reports[2]["final"][key], rtol=1e-5)
-
-    # Process 0 alone logs; per-step train losses (steps 1..3) and the final eval must match.
-    def losses(workdir):
-        records = [r for r in read_metrics(str(workdir)) if "loss" in r]
-        return [r["step"] for r in records], [r["loss"] for r in records], records[-1]["eval_loss"]
-
-    steps, multi_losses, multi_eval = losses(multi)
-    single_steps, single_losses, single_eval = losses(single)
+        np.testing.assert_allclose(multi_reports[1]["final"][key], multi_reports[0]["final"][key], rtol=1e-5)
+        np.testing.assert_allclose(multi_reports[0]["final"][key], single_report["final"][key], rtol=1e-5)
+    steps, multi_losses, multi_eval = logged_losses(multi_workdir)
+    single_steps, single_losses, single_eval = logged_losses(single)
     assert steps == single_steps == [1, 2, 3]
     np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
     np.testing.assert_allclose(multi_eval, single_eval, rtol=1e-5)
     assert multi_losses[-1] < multi_losses[0]  # it trained: the comparison is not of constants
+
+
+def test_two_processes_match_one(tmp_path, tokenizers, one_process_run):
+    multi = tmp_path / "multi"
+    run_all(two_process_commands(multi, tokenizers["plain"], tmp_path), tmp_path)
+    reports = [json.loads((tmp_path / f"multi_{i}.json").read_text()) for i in range(2)]
+    assert [(r["cluster"], r["process_index"], r["process_count"], r["devices"], r["local_devices"])
+            for r in [*reports, one_process_run[1]]] == [("explicit", 0, 2, 4, 2), ("explicit", 1, 2, 4, 2),
+                                                          (None, 0, 1, 4, 4)]
+    assert_same_training(multi, reports, one_process_run)
     # Both processes joined one checkpoint (orbax writes the state collectively), each
     # process saving its own data-iterator position beside it.
     data_states = sorted(os.listdir(multi / "checkpoints" / "3" / "data"))
     assert [n for n in data_states if n.startswith("process_")] == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_hybrid_mesh_puts_each_process_on_its_own_data_slice(tmp_path, tokenizers, one_process_run):
+    # mesh (data 2, fsdp 2) with dcn_shape (2, 1, 1): data parallel across the two processes (the
+    # "slow network"), parameters sharded over fsdp within each; training equals the one-process run.
+    hybrid = tmp_path / "hybrid"
+    run_all(two_process_commands(hybrid, tokenizers["plain"], tmp_path, "--mesh=2,2,1", "--dcn-shape=2,1,1"),
+            tmp_path)
+    reports = [json.loads((tmp_path / f"hybrid_{i}.json").read_text()) for i in range(2)]
+    for report in reports:
+        assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+        assert report["data_slices"] == [[0], [1]]  # data index i holds only process i's devices
+    assert_same_training(hybrid, reports, one_process_run)

@@ -49,20 +49,25 @@ def _check_digits(name: str, digits: int, digits_b: int) -> None:
 
 def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
                   seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False,
-                  reverse_answer: bool = False) -> Task:
+                  reverse_answer: bool = False, reverse_operands: bool = False) -> Task:
     """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b` (its digits in reverse
-    order with reverse_answer)."""
+    order with reverse_answer; with reverse_operands too, a's and b's digits are also written
+    least-significant first, so every number reads in the order carries flow)."""
     digits_b = digits if digits_b is None else digits_b
     _check_digits("addition", digits, digits_b)
     if reverse_answer and chain_of_thought:
         raise TaskError("task 'addition': reverse_answer=True has no chain-of-thought form; use one of the two.")
+    if reverse_operands and not reverse_answer:
+        raise TaskError("task 'addition': reverse_operands=True needs reverse_answer=True (every number "
+                        "least-significant digit first).")
 
     def make_doc(rng: random.Random) -> dict:
         a, b = _operand(rng, digits), _operand(rng, digits_b)
         answer = str(a + b)[::-1] if reverse_answer else a + b
-        return {"a": a, "b": b, "answer": answer, "scratchpad": addition_scratchpad(a, b)}
+        shown_a, shown_b = (str(a)[::-1], str(b)[::-1]) if reverse_operands else (a, b)
+        return {"a": shown_a, "b": shown_b, "answer": answer, "scratchpad": addition_scratchpad(a, b)}
 
-    name = f"addition_{digits}x{digits_b}" + ("_reversed" if reverse_answer else "")
+    name = f"addition_{digits}x{digits_b}" + ("_lsb_first" if reverse_operands else "_reversed" if reverse_answer else "")
     spec = _spec(name, "{a}+{b}=", chain_of_thought, num_fewshot, seed)
     return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
 
