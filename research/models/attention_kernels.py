@@ -6,6 +6,8 @@
                            (bf16 / fp16), its XLA implementation elsewhere.
     splash                 Pallas splash attention on TPU (segment ids + causal mask, no bias);
                            on CPU it runs in Pallas interpret mode (for tests only: slow).
+                           Under a multi-device mesh it runs per shard (shard_map over
+                           the rows' and heads' mesh axes), never on gathered operands.
     auto                   the fastest that supports the call, per platform (logged once).
 
 Every kernel takes q [B, T, H, Dh], k / v [B, S, K, Dh] (grouped-query: H = K * G) and an
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from research.models.config import ConfigError, ModelConfig
 
@@ -166,15 +170,46 @@ def splash_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: Attentio
     bq, bk = _splash_block(t), _splash_block(s)
     blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
                                block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
-    kernel = splash.make_splash_mha(splash.MultiHeadMask([base] * h), block_sizes=blocks, head_shards=1,
+    shards = _shard_specs(h, k_BSKd.shape[2])
+    local_heads = h // shards[2] if shards else h
+    kernel = splash.make_splash_mha(splash.MultiHeadMask([base] * local_heads), block_sizes=blocks, head_shards=1,
                                     q_seq_shards=1, interpret=platform != "tpu")
     # splash does not scale the logits: fold the scale into q (in float32, then back).
     q_BHTd = jnp.transpose((q_BTHd.astype(jnp.float32) * scale).astype(dtype), (0, 2, 1, 3))
     k_BKSd = jnp.transpose(k_BSKd.astype(dtype), (0, 2, 1, 3))
     v_BKSd = jnp.transpose(v_BSKd.astype(dtype), (0, 2, 1, 3))
-    segments = splash.SegmentIds(q=mask.q_segment_BT.astype(jnp.int32), kv=mask.kv_segment_BS.astype(jnp.int32))
-    out_BHTd = jax.vmap(kernel)(q_BHTd, k_BKSd, v_BKSd, segment_ids=segments)
+
+    def local(q_BHTd, k_BKSd, v_BKSd, q_segment_BT, kv_segment_BS):
+        segments = splash.SegmentIds(q=q_segment_BT, kv=kv_segment_BS)
+        return jax.vmap(kernel)(q_BHTd, k_BKSd, v_BKSd, segment_ids=segments)
+
+    if shards:
+        # A Pallas kernel is a custom call that XLA's SPMD partitioner cannot split: under a
+        # sharded jit its operands would be gathered whole onto every device. Each device runs
+        # it on its own rows and heads instead.
+        batch_axes, head_axes, _ = shards
+        heads, rows = P(batch_axes, head_axes, None, None), P(batch_axes, None)
+        local = jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(heads, heads, heads, rows, rows),
+                              out_specs=heads, check_vma=False)
+    out_BHTd = local(q_BHTd, k_BKSd, v_BKSd, mask.q_segment_BT.astype(jnp.int32), mask.kv_segment_BS.astype(jnp.int32))
     return jnp.transpose(out_BHTd, (0, 2, 1, 3)).astype(dtype)
+
+
+def _shard_specs(num_heads: int, num_kv_heads: int) -> tuple[Any, Any, int] | None:
+    """(mesh axes of the rows, of the heads, head shards) for splash under a multi-device mesh
+    (None without one): the axes the logical-axis rules in force give activation_batch and
+    activation_heads (research.sharding). Heads are split only when both the query and the
+    key/value heads divide evenly; a GQA group then stays on one shard, since query head i
+    reads kv head i // (H / K). Otherwise every shard keeps all heads: correct, less parallel."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None
+    batch_axes, head_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+    names = () if head_axes is None else (head_axes,) if isinstance(head_axes, str) else tuple(head_axes)
+    head_shards = math.prod(mesh.shape[a] for a in names)
+    if num_heads % head_shards or num_kv_heads % head_shards:
+        return batch_axes, None, 1
+    return batch_axes, head_axes, head_shards
 
 
 def attend(kernel: ResolvedKernel, q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: AttentionMask, *,
