@@ -288,7 +288,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     objective.check_batch(example, model_config.max_len)
     batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
-    optimizer, schedule = make_optimizer(opt_configs[0])
+    # The optimizer here only gives the state its structure (init, restore); each step builds its own
+    # from the traced hyperparameters (below).
+    optimizer, _ = make_optimizer(opt_configs[0])
     loss_fn = losses.make_loss_fn(objective, train.z_loss)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     batch_partition = partitioning.batch_partition_spec(rules)

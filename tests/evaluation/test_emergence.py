@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from experiments import emergence
+from experiments import emergence, emergence_report
 from experiments.configs import emergence as configs
 from research.evaluation import harness as harness_lib
 from research.evaluation.results_table import read_rows
@@ -182,5 +182,5 @@ def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
     rows = [{"size": "a", "step": 8, "task": "t", "num_shots": 0, "num_examples": n} for n in (400, 1000)]
     rows.append({"size": "a", "step": 4, "task": "t", "num_shots": 0, "num_examples": 400})
-    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=True)] == [1000, 400]
-    assert [r["num_examples"] for r in emergence._one_row_per_setting(rows, most_items=False)] == [400, 400]
+    assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=True)] == [1000, 400]
+    assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=False)] == [400, 400]

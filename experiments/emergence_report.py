@@ -1,0 +1,164 @@
+"""The emergence study's report (experiments/emergence.py, step 4): from the evaluated rows,
+results.{json,csv}, summary.{json,csv} (each metric across sizes at the end of training, with
+BIG-bench linearity and breakthroughness), the mirage and transition tables, plots and report.md
+under <workdir>/report."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str) -> dict[str, str]:
+    """results, summary (shape metrics across sizes), mirage and transition tables, plots and
+    report.md under <workdir>/report."""
+    from research.evaluation.plots import plot_grid
+    from research.evaluation.results_table import write_rows
+    from research.evaluation.study_report import (curve_summary, mirage_table, noisy_curve_summary,
+                                                  transition_shapes, transition_table)
+
+    report_dir = os.path.join(workdir, "report")
+    rows_with_items, rows = rows, [{k: v for k, v in r.items() if k != "items"} for r in rows]
+    # A task both tracked at every checkpoint (eval.tasks) and scored at the end (final_tasks) has
+    # two rows at the final step: the summaries across sizes take the one with more items, the
+    # curves along training the one with the same items as the other checkpoints.
+    finals_with_items = _one_row_per_setting([r for r in rows_with_items if r["final"]], most_items=True)
+    finals = [{k: v for k, v in r.items() if k != "items"} for r in finals_with_items]
+    along_with_items = _one_row_per_setting(rows_with_items, most_items=False)
+    # Shape metrics with item-bootstrap intervals and the noise rule where per-item values
+    # exist (every metric of emergence_metrics.curve_shape_with_noise); the paper's bare
+    # values for the rest.
+    summary = noisy_curve_summary(finals_with_items, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                  metrics=tuple(config.report.metrics))
+    covered = {(r["task"], r["num_shots"], r["metric"]) for r in summary}
+    summary += [r for r in curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                         metrics=tuple(config.report.metrics))
+                if (r["task"], r["num_shots"], r["metric"]) not in covered]
+    mirage = mirage_table([r for r in finals_with_items if r["task"] in set(config.eval.get("final_tasks", ()))])
+    transition_tasks = _transition_tasks(config)
+    # Exact match beside p^L at every checkpoint of the transition tasks that have answers of
+    # several tokens: the mirage along training compute, beside the one across sizes.
+    mirage_along = mirage_table([r for r in along_with_items if r["task"] in transition_tasks])
+    transition = [row for task in transition_tasks
+                  for row in transition_table(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+    shapes = [row for task in transition_tasks
+              for row in transition_shapes(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+    paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
+             "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
+             "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
+             "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"],
+             "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"],
+             "mirage_along_training": write_rows(mirage_along, os.path.join(report_dir, "mirage_along_training"))["csv"]}
+    metrics = tuple(config.report.plot_metrics)
+    setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
+    base = lambda r: r["task"].removesuffix("_cot")
+    paths["vs_params"] = plot_grid(finals, x="params_non_embedding", metrics=metrics, panel=lambda r: "",
+                                   series=setting, path=os.path.join(report_dir, "vs_params.png"),
+                                   x_label="non-embedding parameters")
+    paths["vs_compute"] = plot_grid(rows, x="compute_flops", metrics=metrics, panel=setting,
+                                    series=lambda r: r["size"], path=os.path.join(report_dir, "vs_compute.png"),
+                                    x_label="training compute (FLOPs)")
+    paired = {base(r) for r in finals if r["chain_of_thought"]} & {base(r) for r in finals if not r["chain_of_thought"]}
+    if paired:
+        paths["direct_vs_cot"] = plot_grid(
+            [r for r in finals if base(r) in paired], x="params_non_embedding", metrics=metrics,
+            panel=lambda r: f"{base(r)} {r['num_shots']}-shot",
+            series=lambda r: "chain-of-thought" if r["chain_of_thought"] else "direct",
+            path=os.path.join(report_dir, "direct_vs_cot.png"), x_label="non-embedding parameters")
+    paths["zero_vs_few_shot"] = plot_grid(finals, x="params_non_embedding", metrics=metrics,
+                                          panel=lambda r: r["task"], series=lambda r: f"{r['num_shots']}-shot",
+                                          path=os.path.join(report_dir, "zero_vs_few_shot.png"),
+                                          x_label="non-embedding parameters")
+    if mirage:
+        paths["mirage_plot"] = plot_grid(mirage, x="params_non_embedding", metrics=("exact_match", "p_to_the_L", "p"),
+                                         panel=lambda r: "", series=lambda r: r["task"],
+                                         path=os.path.join(report_dir, "mirage.png"), x_label="non-embedding parameters",
+                                         title="exact match vs p^L (teacher-forced per-token accuracy p)")
+    if mirage_along:
+        paths["mirage_along_training_plot"] = plot_grid(
+            mirage_along, x="tokens", metrics=("exact_match", "p_to_the_L", "p"), panel=lambda r: r["task"],
+            series=lambda r: r["size"], path=os.path.join(report_dir, "mirage_along_training.png"),
+            x_label="training tokens", title="exact match vs p^L along training")
+    if transition:
+        paths["transition_plot"] = plot_grid(transition, x="tokens", metrics=("exact_match", "teacher_forced_accuracy"),
+                                             panel=lambda r: r["task"], series=lambda r: r["size"],
+                                             path=os.path.join(report_dir, "transition.png"),
+                                             x_label="training tokens", title="along training")
+    paths["report"] = os.path.join(report_dir, "report.md")
+    with open(paths["report"], "w", encoding="utf-8") as f:
+        f.write(_report_markdown(config, summary, mirage, transition, shapes, finals))
+    return paths
+
+
+def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
+    """One row per (size, step, task, num_shots): the one with the most (or fewest) examples."""
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["size"], row["step"], row["task"], row["num_shots"])
+        if key not in chosen or (row["num_examples"] > chosen[key]["num_examples"]) == most_items:
+            chosen[key] = row
+    return [row for row in rows if chosen[(row["size"], row["step"], row["task"], row["num_shots"])] is row]
+
+
+def _transition_tasks(config: ml_collections.ConfigDict) -> list[str]:
+    """report.transition_task: one task name or several, each tabled and plotted along training."""
+    tasks = config.report.get("transition_task") or ()
+    return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
+def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Rows with each `name` shown as 'value [low, high]' (its item-bootstrap 80% interval)."""
+    out = []
+    for row in rows:
+        shown = dict(row)
+        for name in names:
+            interval = row.get(f"{name}_interval")
+            if name in row and row[name] is not None:
+                shown[name] = f"{row[name]:.4g}" + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
+        out.append(shown)
+    return out
+
+
+def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
+    from research.evaluation.emergence_metrics import NOISE_Z
+    from research.evaluation.results_table import format_table
+    from research.evaluation.study_report import JUMP_RATIO
+
+    shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
+                          ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
+                           "breakthroughness"])
+    text = (f"# Emergence study\n\nSizes: {', '.join(config.sizes)}; {config.train.num_steps} steps of "
+            f"{config.train.batch_size} x {config.train.seq_len} tokens each. Intervals: 80% item bootstrap. "
+            f"Linearity / breakthroughness (Srivastava et al. 2022, App. B) are shown only where the total "
+            f"improvement I exceeds {NOISE_Z:g} bootstrap standard errors (research/evaluation/emergence_metrics.py)."
+            f"\n\n## Across sizes (end of training), values ordered by size\n\n```\n{shapes}\n```\n")
+    if mirage:
+        table = format_table(_interval_text(mirage, ["exact_match", "p", "p_to_the_L", "target_log_prob",
+                                                     "token_edit_distance"]),
+                             ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "p",
+                              "target_log_prob", "token_edit_distance"])
+        text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy, L = answer "
+                 f"tokens)\n\n```\n{table}\n```\n")
+        final_tasks = set(config.eval.get("final_tasks", ()))
+        mirage_shapes = [r for r in summary if r["task"] in final_tasks and r["metric"] in
+                         ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")]
+        table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
+                             ["task", "metric", "total_improvement", "above_noise", "linearity", "breakthroughness"])
+        text += ("\nShape across sizes, per answer length (the mirage predicts exact match's breakthroughness growing "
+                 f"with L while the per-digit metrics stay smooth; read the values):\n\n```\n{table}\n```\n")
+    if transition:
+        table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
+                             ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
+        text += (f"\n## Along training ({', '.join(dict.fromkeys(r['task'] for r in transition))})\n\n"
+                 f"```\n{table}\n```\n\nExact match beside p^L at every checkpoint: mirage_along_training.csv "
+                 "and .png.\n")
+    if transition_shapes:
+        table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
+                             ["task", "size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
+                              "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
+        text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
+                 "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
+                 f"median-square rise; jump: above item noise and jump_ratio > {JUMP_RATIO:g}, above training "
+                 f"noise, study_report.JUMP_RATIO):\n\n```\n{table}\n```\n")
+    finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
+    return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"
