@@ -9,6 +9,7 @@ without training. Presets and overrides: experiments/configs/scaling_laws.py.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -23,6 +24,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs, runs.cs
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs and the estimated time; train nothing.")
 _COMPILATION_CACHE = flags.DEFINE_bool("compilation_cache", True, "Cache compiled programs in WORKDIR/xla_cache, so "
                                        "runs of one model and resumed runs compile once.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Processes that train runs at the same time, each pinned to its share "
+                                "of the cores (experiments/workers.py); 0: one per core on a CPU host (at most 8), "
+                                "1 on accelerators and across hosts.")
+_SWEEP_WORKER = flags.DEFINE_bool("sweep_worker", False, "Set by the process that starts --workers on the ones it "
+                                  "starts: claim runs, leave the fit.")
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Train runs that failed before again (default: keep them "
                                   "as failed, left out of the fit).")
 flags.mark_flags_as_required(["config"])
@@ -31,14 +37,19 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    if _SWEEP_WORKER.value:
+        from experiments import workers
+        workers.become_worker()  # before JAX starts
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from experiments.scaling_laws import sweep
+    from experiments.scaling_laws import sweep, sweep_workers
     from research.data import DataError
     from research.models.config import ConfigError
     from research.scaling import RunTableError
 
     config = _CONFIG.value
+    if _WORKERS.value < 0:
+        sys.exit(f"error: --workers={_WORKERS.value}: give the number of processes (>= 1), or 0 for one per core.")
     try:
         if _DRY_RUN.value:
             plan = sweep.plan_sweep(config)
@@ -50,12 +61,44 @@ def main(argv):
             import jax
             jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "xla_cache"))
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        outcome = sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value)
+        if _SWEEP_WORKER.value:
+            sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value, worker=True)
+            return
+        count = _worker_count()
+        by_workers = None
+        if count > 1:
+            by_workers = sweep_workers.train_in_workers(config, _WORKDIR.value, workers=count, args=sys.argv[1:])
+        # Alone, or after the workers (every run has then ended: this trains nothing, and fits).
+        outcome = sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value and count == 1,
+                                  out=sys.stdout if by_workers is None else io.StringIO())  # lines printed
+        if by_workers is not None:
+            outcome.counts.update(by_workers)
+            if outcome.fit_note:
+                print(outcome.fit_note)
     except (ConfigError, DataError, RunTableError) as error:
         sys.exit(f"error: {error}")
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
+
+
+def _worker_count() -> int:
+    """--workers, or one per core on a single CPU host; a count the host cannot give is one line."""
+    import jax
+
+    from experiments import workers
+    from research.scaling.sweep_plan import SweepError
+
+    if _WORKERS.value == 0:
+        return workers.auto_workers(jax.default_backend(), jax.process_count())
+    cores = len(os.sched_getaffinity(0))
+    if _WORKERS.value > 1 and jax.process_count() > 1:
+        raise SweepError(f"--workers={_WORKERS.value} with {jax.process_count()} processes: a multi-host sweep trains "
+                         "each run as one program over the hosts; use --workers=1.")
+    if _WORKERS.value > cores:
+        raise SweepError(f"--workers={_WORKERS.value} is more than the {cores} cores this process may use; give at "
+                         f"most {cores}.")
+    return _WORKERS.value
 
 
 if __name__ == "__main__":

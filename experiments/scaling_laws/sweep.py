@@ -16,9 +16,14 @@
      adds a "sweep" section (Approach 1 over final losses, N_opt exponents side by side, the
      held-out budget, seed noise, and on the synthetic corpus the reachable loss beside E).
      curves.csv (training curves) is written for plots; no fit reads it.
+
+On a CPU host the command trains the runs in one worker process per core
+(experiments/scaling_laws/sweep_workers.py): each worker claims a run before training it
+(`run_sweep(..., worker=True)`), and the command fits once all have exited.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -126,7 +131,7 @@ def _latest_checkpoint(run_dir: str) -> int:
     return max(steps, default=0)
 
 
-def _read_result(run_dir: str) -> dict | None:
+def read_result(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, RESULT_FILE)
     if not os.path.exists(path):
         return None
@@ -209,23 +214,35 @@ def _shared_tokenizer(data_config: DataConfig, workdir: str) -> data_lib.Tokeniz
     return tokenizer
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: TrainFn | None = None,
-              retry_failed: bool = False, out: TextIO = sys.stdout) -> SweepOutcome:
-    """Train every pending run of this shard, record all runs, and fit once none is pending."""
+def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[SweepPlan, data_lib.Tokenizer, float]:
+    """(plan, the shared tokenizer, peak FLOP/s): the plan and tables written (process 0),
+    the tokenizer trained once; every user mistake in the config fails here."""
     import jax
 
     plan = plan_sweep(config)
-    # Every process trains (multi-host runs are one program); only process 0 writes records.
-    primary = jax.process_index() == 0
-    runs_dir = os.path.join(workdir, "runs")
-    if primary:
+    if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "plan.json"), "w") as f:
             json.dump([sweep_records.planned_record(run) for run in plan.runs], f, indent=1)
-        sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+        sweep_records.write_tables(_all_records(plan.runs, os.path.join(workdir, "runs")), workdir)
     tokenizer = _shared_tokenizer(plan.data_config, workdir)
-    peak_flops = config.train.peak_flops or _measure_peak_flops()
+    return plan, tokenizer, config.train.peak_flops or _measure_peak_flops()
 
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: TrainFn | None = None,
+              retry_failed: bool = False, worker: bool = False, out: TextIO = sys.stdout) -> SweepOutcome:
+    """Train every pending run of this shard, record all runs, and fit once none is pending.
+
+    worker=True (one of several processes training this sweep, experiments/workers.py): each
+    run is claimed before it trains and skipped while another process holds it, the largest
+    runs go first (the workers then end close together), and the fit is left to the caller."""
+    import jax
+
+    from experiments import workers
+
+    plan, tokenizer, peak_flops = prepare_sweep(config, workdir)
+    primary = jax.process_index() == 0
+    runs_dir = os.path.join(workdir, "runs")
     mine = plan.runs[config.shard.index::config.shard.count]
     counts = {"trained": 0, "skipped": 0, "failed": 0}
     print(f"sweep: {len(plan.runs)} runs over {len(plan.models)} models ({plan.spec.plan}); this job runs "
@@ -233,43 +250,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
     progress = tqdm.tqdm(total=sum(r.compute_exact for r in mine), unit="FLOP", unit_scale=True, desc="sweep",
                          file=out, dynamic_ncols=True, mininterval=1.0)
     groups = _same_program_groups(mine) if train_fn is None else [[run] for run in mine]
-    position = 0
+    labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
+    if worker:
+        groups.sort(key=lambda group: -sum(run.compute_exact for run in group))
     for group in groups:
-        pending = []
-        for run in group:
-            position += 1
-            run_dir = os.path.join(runs_dir, run.run_id)
-            one = run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=peak_flops)
-            _check_same_run(run_dir, one, write=primary)
-            previous = _read_result(run_dir)
-            label = f"[{position}/{len(mine)}] {run.run_id}"
-            if previous is not None and (previous["status"] == "ok" or not retry_failed):
-                counts["skipped"] += 1
-                progress.update(run.compute_exact)
-                progress.write(f"{label}: finished before ({previous['status']}), skipped", file=out)
+        with (workers.claim(os.path.join(runs_dir, group[0].run_id)) if worker
+              else contextlib.nullcontext(True)) as ours:
+            if not ours:  # another worker trains it; its result is read at the end
+                progress.write(f"{labels[group[0].run_id]}: being trained by another worker", file=out)
                 continue
-            if previous is not None and primary:  # retrying a failed run: it is pending until it ends
-                os.remove(os.path.join(run_dir, RESULT_FILE))
-            pending.append((run, one, run_dir, label))
-        if not pending:
-            continue
-        resumed = _latest_checkpoint(pending[0][2])
-        progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
-                                 + (f" (resuming at step {resumed})" if resumed else ""))
-        if len(pending) == 1:
-            run, one, run_dir, _ = pending[0]
-            records = [_train_one(run, one, run_dir, train_fn or _train_alone)]
-        else:
-            records = _train_together(pending)
-        for (run, _, run_dir, label), record in zip(pending, records):
-            counts["failed" if record["status"] == "failed" else "trained"] += 1
-            progress.update(run.compute_exact)
-            progress.write(_run_line(label, record), file=out)
-            if primary:
-                with open(os.path.join(run_dir, RESULT_FILE), "w") as f:
-                    json.dump(sweep_records.json_safe(record), f)
-        if primary:
-            sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+            _run_group(group, config, plan, workdir, tokenizer.path, peak_flops, counts, labels, progress,
+                       train_fn=train_fn, retry_failed=retry_failed, primary=primary, out=out)
     progress.close()
 
     records = _all_records(plan.runs, runs_dir)
@@ -277,6 +268,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
     fit, note = None, ""
     if not primary:
         note = "fit left to process 0"
+    elif worker:
+        note = "fit left to the process that started the workers"
     elif not config.fit.enabled:
         note = "fit disabled (fit.enabled=False)"
     elif counts["pending"]:
@@ -289,12 +282,54 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
     return SweepOutcome(plan, records, counts, fit, note)
 
 
+def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan: SweepPlan, workdir: str,
+               tokenizer_path: str, peak_flops: float, counts: dict[str, int], labels: dict[str, str],
+               progress: tqdm.tqdm, *, train_fn: TrainFn | None, retry_failed: bool, primary: bool,
+               out: TextIO) -> None:
+    """Train the group's unfinished runs (together when they share a program) and record them."""
+    runs_dir = os.path.join(workdir, "runs")
+    pending = []
+    for run in group:
+        run_dir = os.path.join(runs_dir, run.run_id)
+        one = run_config(config, run, plan.spec, tokenizer_path=tokenizer_path, peak_flops=peak_flops)
+        _check_same_run(run_dir, one, write=primary)
+        previous = read_result(run_dir)
+        label = labels[run.run_id]
+        if previous is not None and (previous["status"] == "ok" or not retry_failed):
+            counts["skipped"] += 1
+            progress.update(run.compute_exact)
+            progress.write(f"{label}: finished before ({previous['status']}), skipped", file=out)
+            continue
+        if previous is not None and primary:  # retrying a failed run: it is pending until it ends
+            os.remove(os.path.join(run_dir, RESULT_FILE))
+        pending.append((run, one, run_dir, label))
+    if not pending:
+        return
+    resumed = _latest_checkpoint(pending[0][2])
+    progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
+                             + (f" (resuming at step {resumed})" if resumed else ""))
+    if len(pending) == 1:
+        run, one, run_dir, _ = pending[0]
+        records = [_train_one(run, one, run_dir, train_fn or _train_alone)]
+    else:
+        records = _train_together(pending)
+    for (run, _, run_dir, label), record in zip(pending, records):
+        counts["failed" if record["status"] == "failed" else "trained"] += 1
+        progress.update(run.compute_exact)
+        progress.write(run_line(label, record), file=out)
+        if primary:  # whole or absent: other workers read it while this one writes
+            sweep_records.write_atomically(os.path.join(run_dir, RESULT_FILE),
+                                           json.dumps(sweep_records.json_safe(record)))
+    if primary:
+        sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+
+
 def _all_records(runs: Sequence[PlannedRun], runs_dir: str) -> list[dict]:
     """Every planned run's record: its result if it has ended, its plan otherwise."""
-    return [_read_result(os.path.join(runs_dir, run.run_id)) or sweep_records.planned_record(run) for run in runs]
+    return [read_result(os.path.join(runs_dir, run.run_id)) or sweep_records.planned_record(run) for run in runs]
 
 
-def _run_line(label: str, record: dict[str, Any]) -> str:
+def run_line(label: str, record: dict[str, Any]) -> str:
     head = f"{label}: N={record['N']:,} D={record['D']:,} C={record['C_6ND']:.3g}"
     tail = f" ({record['seconds']:.0f} s" + (f", resumed at step {record['resumed_from_step']})"
                                              if record["resumed_from_step"] else ")")

@@ -8,6 +8,14 @@ is left out. With one row per run, the envelope is the compute frontier: the run
 reach a lower loss than every run with less compute.
 
 N_opt ∝ C^a and D_opt ∝ C^b are then least-squares lines in log space over the envelope.
+
+`between_sizes=True` reads N_opt between the ladder's rungs: at each grid value, the vertex of
+the parabola in (log N, log loss) through the best size and its two neighbours (by size).
+Why: a ladder samples N discretely, so the plain argmin is a staircase, and the slope fitted
+through it depends on where the rungs happen to fall. Noiseless final losses of the cpu_tiny
+sweep's IsoFLOP design on its own (unevenly spaced) ladder, from the law it fitted: argmin a
+0.518, between rungs 0.566, the law's 0.556 (tests/scaling/test_isoflop_envelope.py). At the
+ends of the ladder, or where a neighbour's curve does not reach, the best rung stays.
 """
 from __future__ import annotations
 
@@ -53,8 +61,10 @@ def compute_frontier(table: RunTable) -> np.ndarray:
     return order[improves]
 
 
-def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> Envelope:
-    """The envelope over training curves (table.run set) or the frontier of single runs."""
+def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, between_sizes: bool = False
+                   ) -> Envelope:
+    """The envelope over training curves (table.run set) or the frontier of single runs;
+    between_sizes (curves only): N_opt read between rungs (see the module docstring)."""
     if table.run is None:
         rows = compute_frontier(table)
         return Envelope(table.compute[rows], table.loss[rows], table.N[rows], table.D[rows])
@@ -75,14 +85,40 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> En
         sizes[u] = table.N[rows[0]]
         per_token[u] = np.exp(np.mean(np.log(table.flops_per_token[rows])))
     reached = np.isfinite(loss_UG).any(axis=0)
+    if between_sizes:
+        return _between_sizes(grid[reached], loss_UG[:, reached], sizes, per_token)
     best_G = loss_UG.argmin(axis=0)[reached]
     return Envelope(grid[reached], loss_UG[best_G, np.flatnonzero(reached)], sizes[best_G],
                     grid[reached] / per_token[best_G])
 
 
-def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES) -> Approach1Fit:
+def _between_sizes(grid: np.ndarray, loss_UG: np.ndarray, sizes: np.ndarray, per_token: np.ndarray) -> Envelope:
+    """At each grid value: the vertex of the parabola in (log N, log loss) through the best
+    size and its neighbouring sizes, when both neighbours reach that compute."""
+    unique = np.unique(sizes)  # sorted; several curves of one size: their lowest loss
+    loss_SG = np.stack([loss_UG[sizes == n].min(axis=0) for n in unique])
+    log_n = np.log(unique)
+    log_per_token = np.array([np.log(per_token[sizes == n]).mean() for n in unique])
+    best = loss_SG.argmin(axis=0)
+    columns = np.arange(grid.size)
+    lo, hi = np.clip(best - 1, 0, None), np.clip(best + 1, None, unique.size - 1)
+    x0, x1, x2 = log_n[lo], log_n[best], log_n[hi]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y0, y1, y2 = (np.log(loss_SG[i, columns]) for i in (lo, best, hi))
+        # The parabola through three points whose middle one is lowest opens upward.
+        num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+        den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+        vertex = x1 - 0.5 * num / den
+    use = (best > 0) & (best < unique.size - 1) & np.isfinite(y0) & np.isfinite(y2) & np.isfinite(vertex)
+    log_n_opt = np.where(use, np.clip(vertex, x0, x2), x1)
+    per_token_opt = np.exp(np.interp(log_n_opt, log_n, log_per_token))
+    return Envelope(grid, np.exp(y1), np.exp(log_n_opt), grid / per_token_opt)
+
+
+def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *,
+                 between_sizes: bool = False) -> Approach1Fit:
     """Approach 1: power laws N_opt(C), D_opt(C) through the lower envelope."""
-    envelope = lower_envelope(table, num_compute)
+    envelope = lower_envelope(table, num_compute, between_sizes=between_sizes)
     if np.unique(envelope.N).size < 2:
         raise RunTableError(f"Approach 1 needs >= 2 model sizes on the loss-compute envelope, found "
                             f"{np.unique(envelope.N).size}; add runs of other sizes that reach the frontier.")

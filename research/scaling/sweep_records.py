@@ -109,7 +109,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
     """Write via a temporary file and rename, so a reader (or a concurrent shard) never sees half."""
     temporary = f"{path}.tmp{os.getpid()}"
     with open(temporary, "w") as f:
@@ -121,11 +121,11 @@ def write_tables(records: Sequence[Record], directory: str) -> dict[str, str]:
     """Write runs.csv, runs.jsonl and curves.csv for `records` into `directory`; returns their paths."""
     os.makedirs(directory, exist_ok=True)
     paths = {name: os.path.join(directory, name) for name in ("runs.csv", "runs.jsonl", "curves.csv")}
-    _write_atomically(paths["runs.csv"], _csv_text(records, CSV_COLUMNS))
-    _write_atomically(paths["runs.jsonl"], "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
+    write_atomically(paths["runs.csv"], _csv_text(records, CSV_COLUMNS))
+    write_atomically(paths["runs.jsonl"], "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
                                                    for r in records))
     curves = [row for r in records for row in curve_rows(r)]
-    _write_atomically(paths["curves.csv"], _csv_text(curves, ("run", "status", "N", "D", "loss")))
+    write_atomically(paths["curves.csv"], _csv_text(curves, ("run", "status", "N", "D", "loss")))
     return paths
 
 

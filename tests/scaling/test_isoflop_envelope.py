@@ -86,3 +86,28 @@ def test_frontier_of_final_losses():
     assert compute_frontier(table).tolist() == [0, 2, 4]
     fit = fit_envelope(table)
     assert not fit.from_curves and fit.envelope.N.tolist() == [1e8, 3e8, 5e8]
+
+
+def test_approach1_between_rungs_removes_the_ladders_staircase():
+    """Noiseless final losses of the cpu_tiny sweep's IsoFLOP design (its ladder, unevenly spaced;
+    6 sizes per budget around 200 tokens per parameter; each model's runs are its curve) from the
+    law that sweep fitted: the plain argmin's exponent is off by the staircase of discrete sizes;
+    N_opt read between rungs recovers the law's."""
+    from research.scaling import ChinchillaLaw
+
+    law = ChinchillaLaw(E=1.539, A=114.6, B=1.705e5, alpha=0.845, beta=1.06)
+    true_a = law.beta / (law.alpha + law.beta)
+    ladder = np.array([1760, 3792, 6592, 10160, 14496, 19600, 25472, 39520, 59240, 80000.0])
+    N, D, runs = [], [], []
+    for C in (3.16e10, 1e11, 3.16e11, 1e12):
+        nearest = np.argsort(np.abs(np.log(ladder) - np.log(np.sqrt(C / 6 / 200))))[:6]
+        for i in sorted(nearest):
+            N.append(ladder[i]), D.append(C / 6 / ladder[i]), runs.append(f"model-{i}")
+    N, D = np.array(N), np.array(D)
+    table = RunTable(N, D, law.loss(N, D), run=np.array(runs), flops=6 * N * D)
+    between, argmin = fit_envelope(table, between_sizes=True), fit_envelope(table)
+    assert abs(between.N_opt.exponent - true_a) < 0.015
+    assert abs(argmin.N_opt.exponent - true_a) > 0.03
+    assert not np.isin(between.envelope.N, ladder).all()  # between rungs, not only on them
+    assert ladder.min() <= between.envelope.N.min() and between.envelope.N.max() <= ladder.max()
+    assert between.N_opt.exponent + between.D_opt.exponent == pytest.approx(1.0)  # C = 6 N D

@@ -26,12 +26,12 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def sweep_command(workdir):
+def sweep_command(workdir, *flags):
     """The real command on 3 runs (28, 60 and 159 steps), its XLA compiling without LLVM's
     expensive passes: this test is about the sweep's bookkeeping, not the generated code."""
     command = [sys.executable, "-m", "experiments.scaling_laws",
                "--config=experiments/configs/scaling_laws.py:test_tiny", f"--workdir={workdir}",
-               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+               *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *flags]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
     return command, env
@@ -43,41 +43,77 @@ OVERRIDES = {"sweep.non_embedding_params": "(1e3,2e3,4e3)", "sweep.tokens_per_pa
              "fit.plateau_rule": "False"}
 
 
-def test_sweep_end_to_end_killed_run_resumes_finished_runs_are_skipped(tmp_path):
+def worker_pids(workdir) -> list[int]:
+    """Live processes training runs of this sweep as workers."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "--sweep_worker" in argv and f"--workdir={workdir}" in argv:
+            pids.append(int(pid))
+    return pids
+
+
+def checkpoint_steps(run_dir) -> list[int]:
+    directory = run_dir / "checkpoints"
+    return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+
+
+def test_sweep_in_two_workers_killed_resumes_finished_runs_are_skipped(tmp_path):
+    """The README's command on a 2-core machine: two worker processes take runs, largest first.
+    kill -9 of the command kills its workers too; the same command again skips the finished
+    runs, resumes the interrupted ones from their checkpoints, and fits."""
     from research.training.metrics import read_metrics
 
     workdir = tmp_path / "sweep"
-    command, env = sweep_command(workdir)
+    command, env = sweep_command(workdir, "--workers=2")
     config = scaling_laws.get_config("test_tiny")
     config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3), tokens_per_param=(8.0,)))
     config.fit.plateau_rule = False
-    first, second, third = (run.run_id for run in sweep.plan_sweep(config).runs)
+    runs = sweep.plan_sweep(config).runs
+    run_dirs = {run.run_id: workdir / "runs" / run.run_id for run in runs}
 
-    # kill -9 as soon as the second run has a checkpoint: the first run is finished by then.
+    def interrupted() -> list[str]:  # runs with a checkpoint and no result yet
+        return [r for r, d in run_dirs.items() if checkpoint_steps(d) and not (d / sweep.RESULT_FILE).exists()]
+
+    # kill -9 once a run has finished while another is part-way (a checkpoint, no result).
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    checkpoints = workdir / "runs" / second / "checkpoints"
     deadline = time.time() + 600  # a loaded shared machine can take minutes for the first run
-    while process.poll() is None and time.time() < deadline and not (checkpoints.is_dir() and any(
-            p.name.isdigit() for p in checkpoints.iterdir())):
+    while process.poll() is None and time.time() < deadline and not (
+            any((d / sweep.RESULT_FILE).exists() for d in run_dirs.values()) and interrupted()):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     output = process.communicate()[0].decode()
     assert process.returncode == -signal.SIGKILL, output
+    deadline = time.time() + 30
+    while worker_pids(workdir) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not worker_pids(workdir), "the workers outlived the killed command"
+    logs = sorted(os.listdir(workdir / "workers"))
+    assert logs == ["worker-0.log", "worker-1.log"], logs
+    finished = [r for r, d in run_dirs.items() if (d / sweep.RESULT_FILE).exists()]
+    killed_at = {r: max(checkpoint_steps(run_dirs[r])) for r in interrupted()}
+    assert finished and killed_at, output
     rows = read_csv(workdir / "runs.csv")
-    assert [(r["run"], r["status"]) for r in rows] == [(first, "ok"), (second, "pending"), (third, "pending")], output
-    killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert {r["run"]: r["status"] for r in rows} == {r: "ok" if r in finished else "pending" for r in run_dirs}
 
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # the same command
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{first}: finished before (ok), skipped" in result.stdout
-    assert f"resumed at step {killed_at})" in result.stdout
-    assert "trained 2, skipped 1 finished, 0 failed, 0 pending" in result.stdout
+    for run_id in finished:
+        assert f"{run_id}: finished before (ok), skipped" in result.stdout
+    for run_id, step in killed_at.items():
+        assert re.search(rf"{run_id}: .*resumed at step {step}\)", result.stdout), result.stdout
+    assert f"trained {3 - len(finished)}, skipped {len(finished)} finished, 0 failed, 0 pending" in result.stdout
     # Approach 3 needs 5 runs; 3 finished (each either ok or flagged by the early-plateau rule).
     assert re.search(r"fit skipped: (\d) finished run\(s\) \(0 failed, (\d) on the early plateau\)", result.stdout)
     ok, flat = map(int, re.search(r"fit skipped: (\d) finished run\(s\) \(0 failed, (\d) on", result.stdout).groups())
     assert ok + flat == 3
-    steps = [r["step"] for r in read_metrics(str(workdir / "runs" / second)) if "loss" in r]
-    assert steps == list(range(1, 61))  # the killed attempt's steps, then the resumed ones, none twice
+    for run in runs:  # each step trained once: the killed attempt's steps, then the resumed ones
+        steps = [r["step"] for r in read_metrics(str(run_dirs[run.run_id])) if "loss" in r]
+        assert steps == list(range(1, run.num_steps + 1)), run.run_id
 
     def must_not_train(run_config, run_dir):
         raise AssertionError(f"{run_dir} was finished and must be skipped")
@@ -85,8 +121,8 @@ def test_sweep_end_to_end_killed_run_resumes_finished_runs_are_skipped(tmp_path)
     outcome = sweep.run_sweep(config, str(workdir), train_fn=must_not_train, out=io.StringIO())  # a third time
     assert outcome.counts == {"trained": 0, "skipped": 3, "failed": 0, "pending": 0}
     rows = read_csv(workdir / "runs.csv")
-    assert [r["run"] for r in rows] == [first, second, third]
-    assert [r["resumed_from_step"] for r in rows] == ["0", str(killed_at), "0"]
+    assert [r["run"] for r in rows] == [run.run_id for run in runs]
+    assert [r["resumed_from_step"] for r in rows] == [str(killed_at.get(run.run_id, 0)) for run in runs]
     for row, record in zip(rows, outcome.records):
         N, D, num_steps = int(row["N"]), int(row["D"]), int(row["steps"])
         assert row["status"] == "ok" and D == num_steps * 8 * 32 and 0 < int(row["D_loss_tokens"]) <= D
@@ -96,7 +132,7 @@ def test_sweep_end_to_end_killed_run_resumes_finished_runs_are_skipped(tmp_path)
         assert int(row["N_non_embedding"]) == N < int(row["N_total"])
     assert float(rows[2]["loss"]) < float(rows[1]["loss"]) < float(rows[0]["loss"])  # bigger and longer: lower
     with open(workdir / "runs.jsonl") as f:
-        assert [json.loads(line)["run"] for line in f] == [first, second, third]
+        assert [json.loads(line)["run"] for line in f] == [run.run_id for run in runs]
 
 
 LAW = ChinchillaLaw(E=1.0, A=30.0, B=60.0, alpha=0.4, beta=0.35)

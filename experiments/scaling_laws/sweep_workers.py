@@ -1,0 +1,73 @@
+"""A sweep's runs trained by several worker processes at once (experiments/workers.py).
+
+This process plans the sweep, trains the shared tokenizer and measures the peak FLOP/s
+once, then starts the workers: the same command with `--sweep_worker`, each pinned to its
+share of the cores. Each worker takes the largest unclaimed run, trains it and writes its
+result; this process prints each run's line as its result appears. The fit is left to the
+caller, once every worker has exited (experiments/scaling_laws/__main__.py).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence, TextIO
+
+import ml_collections
+import tqdm
+
+from experiments import workers as workers_lib
+from experiments.scaling_laws import sweep
+from research.scaling.sweep_plan import SweepError
+
+MODULE = "experiments.scaling_laws"
+
+
+def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers: int, args: Sequence[str],
+                     out: TextIO = sys.stdout) -> dict[str, int]:
+    """Train every pending run of `config` (given on the command line as `args`) in `workers`
+    processes; returns what this call did: {"trained", "skipped" (finished before), "failed"}.
+    Raises SweepError naming the worker and its last log line if one fails."""
+    plan, _, peak_flops = sweep.prepare_sweep(config, workdir)
+    runs_dir = os.path.join(workdir, "runs")
+    mine = plan.runs[config.shard.index::config.shard.count]
+    log_dir = os.path.join(workdir, "workers")
+    print(f"sweep: {len(plan.runs)} runs over {len(plan.models)} models ({plan.spec.plan}); this job runs "
+          f"{len(mine)} in {workers} worker processes (their logs: {log_dir}); "
+          f"{sum(r.compute_exact for r in plan.runs):.3g} training FLOPs in all", file=out)
+    progress = tqdm.tqdm(total=sum(r.compute_exact for r in mine), unit="FLOP", unit_scale=True, desc="sweep",
+                         file=out, dynamic_ncols=True, mininterval=1.0)
+    labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
+    reported: set[str] = set()
+    counts = {"trained": 0, "skipped": 0, "failed": 0}
+
+    def report_finished(before: bool = False) -> None:
+        for run in mine:
+            if run.run_id in reported:
+                continue
+            record = sweep.read_result(os.path.join(runs_dir, run.run_id))
+            if record is None:
+                continue
+            reported.add(run.run_id)
+            progress.update(run.compute_exact)
+            label = labels[run.run_id]
+            if before:
+                counts["skipped"] += 1
+                progress.write(f"{label}: finished before ({record['status']}), skipped", file=out)
+            else:
+                counts["failed" if record["status"] == "failed" else "trained"] += 1
+                progress.write(sweep.run_line(label, record), file=out)
+
+    report_finished(before=True)
+    argvs = [workers_lib.worker_argv(MODULE, args, "--sweep_worker", f"--config.train.peak_flops={peak_flops!r}")
+             for _ in range(workers)]
+    try:
+        codes = workers_lib.run_workers(argvs, log_dir=log_dir, poll=report_finished)
+    finally:
+        progress.close()
+    for index, code in enumerate(codes):
+        if code:
+            log = os.path.join(log_dir, f"worker-{index}.log")
+            last = workers_lib.last_lines(log, 1) or "(empty log)"
+            raise SweepError(f"worker {index} exited with code {code}: {last} (whole log: {log}); "
+                             "finished runs are kept, rerun the same command to go on.")
+    return counts

@@ -1,0 +1,62 @@
+"""experiments/workers.py: run claims that die with their process, core slices, bad --workers."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import workers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOLD = """
+import sys, time
+from experiments import workers
+with workers.claim(sys.argv[1]) as ours:
+    print("held" if ours else "busy", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_claim_excludes_other_processes_and_ends_with_its_process(tmp_path):
+    run_dir = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, run_dir], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with workers.claim(run_dir) as ours:
+            assert not ours
+    finally:
+        holder.kill()  # kill -9: no chance to release the lock itself
+        holder.wait()
+    with workers.claim(run_dir) as ours:
+        assert ours
+        with workers.claim(run_dir) as again:  # a second descriptor in the same process is another claimant
+            assert not again
+
+
+def test_cores_are_split_into_disjoint_contiguous_slices():
+    assert workers.split_cores(range(4), 2) == [[0, 1], [2, 3]]
+    assert workers.split_cores([7, 3, 5], 2) == [[3, 5], [7]]
+    assert workers.split_cores([0, 1], 1) == [[0, 1]]
+    with pytest.raises(ValueError, match="workers=3: this process may use 2 cores"):
+        workers.split_cores([0, 1], 3)
+
+
+def test_auto_workers_only_on_a_single_cpu_host():
+    cores = len(os.sched_getaffinity(0))
+    assert workers.auto_workers("cpu") == min(cores, workers.MAX_AUTO_WORKERS)
+    assert workers.auto_workers("gpu") == workers.auto_workers("tpu") == 1
+    assert workers.auto_workers("cpu", num_processes=2) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "error: --workers=-1: give the number of processes (>= 1), or 0 for one per core."),
+    ("999", "error: --workers=999 is more than the "),
+])
+def test_bad_worker_counts_are_one_line_before_anything_is_written(tmp_path, value, message):
+    workdir = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "experiments.scaling_laws",
+                             "--config=experiments/configs/scaling_laws.py:test_tiny", f"--workdir={workdir}",
+                             f"--workers={value}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert not workdir.exists()
