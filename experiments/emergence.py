@@ -23,6 +23,7 @@ about three times shorter than characters would.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -246,8 +247,12 @@ def evaluate_with_items(harness: Any, entries: list) -> list[dict[str, Any]]:
     return rows
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = print) -> dict[str, str]:
-    """The whole study in `workdir`; returns the report's paths. Reruns skip finished work."""
+def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = print,
+              worker: bool = False) -> dict[str, str]:
+    """The whole study in `workdir`; returns the report's paths. Reruns skip finished work.
+    worker=True (one of several processes, experiments/workers.py): train and evaluate each
+    size this process claims, the largest first; the report is left to the caller."""
+    from experiments import workers
     from research.training.checkpoint_loading import checkpoint_steps_in
     from research.evaluation.tokenizer_loading import load_tokenizer
     from research.training import train_and_evaluate
@@ -259,25 +264,58 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     tokenizer = load_tokenizer(data_config["tokenizer"]["model_path"])
     config = ml_collections.ConfigDict(config.to_dict())  # a copy: peak_flops is filled in below
     rows = []
-    for size in config.sizes:
+    sizes = list(config.sizes)
+    if worker:  # the largest first: the workers then end close together
+        flops = estimated_training(config)["flops"]
+        sizes.sort(key=lambda size: -flops[size])
+    for size in sizes:
         run_dir = os.path.join(workdir, "runs", size)
-        steps = checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))
-        if steps and steps[-1] >= config.train.num_steps:
-            log(f"{size}: trained ({steps[-1]} steps), skipping training")
-        else:
-            if not config.train.peak_flops:  # measured once, not once per size
-                config.train.peak_flops = measure_peak_flops()
-            start = time.perf_counter()
-            log(f"{size}: training {config.train.num_steps} steps at peak learning rate "
-                f"{size_learning_rate(config, size):.3g}")
-            final = train_and_evaluate(train_config(config, size, data_config), run_dir)
-            log(f"{size}: trained in {time.perf_counter() - start:.0f} s, eval_loss {final['eval_loss']:.3f}")
-        rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))
+        with workers.claim(run_dir) if worker else contextlib.nullcontext(True) as ours:
+            if not ours:
+                log(f"{size}: trained by another worker")
+                continue
+            steps = checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))
+            if steps and steps[-1] >= config.train.num_steps:
+                log(f"{size}: trained ({steps[-1]} steps), skipping training")
+            else:
+                if not config.train.peak_flops:  # measured once, not once per size
+                    config.train.peak_flops = measure_peak_flops()
+                start = time.perf_counter()
+                log(f"{size}: training {config.train.num_steps} steps at peak learning rate "
+                    f"{size_learning_rate(config, size):.3g}")
+                final = train_and_evaluate(train_config(config, size, data_config), run_dir)
+                log(f"{size}: trained in {time.perf_counter() - start:.0f} s, eval_loss {final['eval_loss']:.3f}")
+            rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))
+    if worker:
+        return {}
     paths = emergence_report.write_report(config, rows, workdir)
     with open(paths["report"], encoding="utf-8") as f:
         log(f.read())
     log("wrote " + ", ".join(paths.values()))
     return paths
+
+
+def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int, args: list[str]) -> None:
+    """Train and evaluate the sizes in `count` worker processes (the same command with
+    --study_worker), each pinned to its share of the cores, echoing their logs; the data and
+    tokenizer are written and the peak FLOP/s measured here first, once."""
+    from experiments import workers
+    from research.training.metrics import measure_peak_flops
+
+    plan = plan_study(config)
+    os.makedirs(workdir, exist_ok=True)
+    prepare_data(config, plan, workdir, print)
+    peak_flops = config.train.peak_flops or measure_peak_flops()
+    log_dir = os.path.join(workdir, "workers")
+    print(f"training {len(config.sizes)} sizes in {count} worker processes (their logs: {log_dir})")
+    argvs = [workers.worker_argv("experiments.emergence", args, "--study_worker",
+                                 f"--config.train.peak_flops={peak_flops!r}") for _ in range(count)]
+    codes = workers.run_workers(argvs, log_dir=log_dir, poll=workers.log_echo(log_dir, count))
+    for index, code in enumerate(codes):
+        if code:
+            log = os.path.join(log_dir, f"worker-{index}.log")
+            raise ConfigError(f"worker {index} exited with code {code}: {workers.last_lines(log, 1)} (whole log: "
+                              f"{log}); finished sizes are kept, rerun the same command to go on.")
 
 
 def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -316,12 +354,18 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
     flags.DEFINE_string("workdir", None, "Directory for data, runs, evaluations and the report.")
     flags.DEFINE_bool("dry_run", False, "Print the training FLOPs and the estimated time; train nothing.")
+    flags.DEFINE_integer("workers", 0, "Processes that train sizes at the same time, each pinned to its share of the "
+                         "cores (experiments/workers.py); 0: one per core on a CPU host (at most 8), 1 elsewhere.")
+    flags.DEFINE_bool("study_worker", False, "Set on the processes --workers starts: train claimed sizes, no report.")
     flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    from experiments import workers
+    if flags.FLAGS.study_worker:
+        workers.become_worker()  # before JAX starts
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from research.data import DataError
@@ -337,8 +381,16 @@ def main(argv):
         return
     if not flags.FLAGS.workdir:
         sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
+    if flags.FLAGS.workers < 0:
+        sys.exit(f"error: --workers={flags.FLAGS.workers}: give the number of processes (>= 1), or 0 for one per core.")
     try:
-        run_study(flags.FLAGS.config, flags.FLAGS.workdir)
+        if flags.FLAGS.study_worker:
+            run_study(flags.FLAGS.config, flags.FLAGS.workdir, worker=True)
+            return
+        count = workers.worker_count(flags.FLAGS.workers)
+        if count > 1:
+            train_in_workers(flags.FLAGS.config, flags.FLAGS.workdir, count, sys.argv[1:])
+        run_study(flags.FLAGS.config, flags.FLAGS.workdir)  # after workers: only the report is left
     except (ConfigError, DataError, TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
 

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 CLAIM_FILE = ".claim"
+_ABSL_LOG_LINE = re.compile(r"[IWE]\d{4} \d\d:\d\d:\d\d")  # library logging: in the log file, not echoed
 MAX_AUTO_WORKERS = 8
 _PR_SET_PDEATHSIG = 1
 
@@ -55,6 +57,25 @@ def auto_workers(platform: str, num_processes: int = 1) -> int:
     if platform != "cpu" or num_processes > 1:
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+
+
+def worker_count(requested: int) -> int:
+    """The --workers flag's value made real: 0 -> auto_workers for this host; a count the host
+    cannot give is a ConfigError (one line)."""
+    import jax
+
+    from research.models.config import ConfigError
+
+    if requested == 0:
+        return auto_workers(jax.default_backend(), jax.process_count())
+    if requested > 1 and jax.process_count() > 1:
+        raise ConfigError(f"--workers={requested} with {jax.process_count()} processes: a multi-host study trains "
+                          "each run as one program over the hosts; use --workers=1.")
+    cores = len(os.sched_getaffinity(0))
+    if requested > cores:
+        raise ConfigError(f"--workers={requested} is more than the {cores} cores this process may use; give at "
+                          f"most {cores}.")
+    return requested
 
 
 def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
@@ -114,6 +135,29 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
             log.close()
     poll()
     return [p.returncode for p, _ in processes]
+
+
+def log_echo(log_dir: str, count: int, out: Callable[[str], None] = print) -> Callable[[], None]:
+    """A poll() for run_workers that prints each worker's new complete log lines, prefixed with
+    its index, as they come (progress bars' carriage-return updates and absl's logging lines
+    are left out: they stay in the log files)."""
+    offsets = [0] * count
+
+    def echo() -> None:
+        for index in range(count):
+            path = os.path.join(log_dir, f"worker-{index}.log")
+            if not os.path.exists(path):
+                continue
+            with open(path, "rb") as f:
+                f.seek(offsets[index])
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            offsets[index] += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                line = line.rsplit("\r", 1)[-1].strip()
+                if line and not _ABSL_LOG_LINE.match(line):
+                    out(f"[worker {index}] {line}")
+    return echo
 
 
 def last_lines(path: str, count: int = 5) -> str:

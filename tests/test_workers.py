@@ -60,3 +60,20 @@ def test_bad_worker_counts_are_one_line_before_anything_is_written(tmp_path, val
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
     assert not workdir.exists()
+
+
+def test_emergence_study_in_two_workers_trains_each_size_once_and_reports(tmp_path):
+    """`python -m experiments.emergence ... --workers=2`: each size trained and evaluated by one
+    worker (the other sees its claim), their log lines echoed, and the report written after."""
+    workdir = tmp_path / "study"
+    result = subprocess.run([sys.executable, "-m", "experiments.emergence",
+                             "--config=experiments/configs/emergence.py:micro", f"--workdir={workdir}", "--workers=2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "training 2 sizes in 2 worker processes" in result.stdout
+    for size in ("scale-1e4", "scale-3e4"):
+        trained = [line for line in result.stdout.splitlines() if f"{size}: trained in " in line]
+        assert len(trained) == 1 and trained[0].startswith("[worker "), result.stdout
+        assert list((workdir / "runs" / size / "evals").glob("step_*.json"))
+    assert (workdir / "report" / "report.md").is_file()
+    assert not any(line.startswith("[worker") and " I1" in line for line in result.stdout.splitlines())

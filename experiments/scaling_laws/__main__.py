@@ -38,10 +38,11 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     if _SWEEP_WORKER.value:
-        from experiments import workers
-        workers.become_worker()  # before JAX starts
+        from experiments.workers import become_worker
+        become_worker()  # before JAX starts
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    from experiments import workers
     from experiments.scaling_laws import sweep, sweep_workers
     from research.data import DataError
     from research.models.config import ConfigError
@@ -64,7 +65,7 @@ def main(argv):
         if _SWEEP_WORKER.value:
             sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value, worker=True)
             return
-        count = _worker_count()
+        count = workers.worker_count(_WORKERS.value)
         by_workers = None
         if count > 1:
             by_workers = sweep_workers.train_in_workers(config, _WORKDIR.value, workers=count, args=sys.argv[1:])
@@ -80,25 +81,6 @@ def main(argv):
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
-
-
-def _worker_count() -> int:
-    """--workers, or one per core on a single CPU host; a count the host cannot give is one line."""
-    import jax
-
-    from experiments import workers
-    from research.scaling.sweep_plan import SweepError
-
-    if _WORKERS.value == 0:
-        return workers.auto_workers(jax.default_backend(), jax.process_count())
-    cores = len(os.sched_getaffinity(0))
-    if _WORKERS.value > 1 and jax.process_count() > 1:
-        raise SweepError(f"--workers={_WORKERS.value} with {jax.process_count()} processes: a multi-host sweep trains "
-                         "each run as one program over the hosts; use --workers=1.")
-    if _WORKERS.value > cores:
-        raise SweepError(f"--workers={_WORKERS.value} is more than the {cores} cores this process may use; give at "
-                         f"most {cores}.")
-    return _WORKERS.value
 
 
 if __name__ == "__main__":
