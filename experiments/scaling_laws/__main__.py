@@ -68,7 +68,8 @@ def main(argv):
         count = workers.worker_count(_WORKERS.value)
         by_workers = None
         if count > 1:
-            by_workers = sweep_workers.train_in_workers(config, _WORKDIR.value, workers=count, args=sys.argv[1:])
+            by_workers = sweep_workers.train_in_workers(config, _WORKDIR.value, workers=count, args=sys.argv[1:],
+                                                        retry_failed=_RETRY_FAILED.value)
         # Alone, or after the workers (every run has then ended: this trains nothing, and fits).
         outcome = sweep.run_sweep(config, _WORKDIR.value, retry_failed=_RETRY_FAILED.value and count == 1,
                                   out=sys.stdout if by_workers is None else io.StringIO())  # lines printed

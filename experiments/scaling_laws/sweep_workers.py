@@ -23,7 +23,7 @@ MODULE = "experiments.scaling_laws"
 
 
 def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers: int, args: Sequence[str],
-                     out: TextIO = sys.stdout) -> dict[str, int]:
+                     retry_failed: bool = False, out: TextIO = sys.stdout) -> dict[str, int]:
     """Train every pending run of `config` (given on the command line as `args`) in `workers`
     processes; returns what this call did: {"trained", "skipped" (finished before), "failed"}.
     Raises SweepError naming the worker and its last log line if one fails."""
@@ -38,6 +38,7 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
                          file=out, dynamic_ncols=True, mininterval=1.0)
     labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
     reported: set[str] = set()
+    stale: dict[str, dict] = {}  # failed results about to be retried: not this call's
     counts = {"trained": 0, "skipped": 0, "failed": 0}
 
     def report_finished(before: bool = False) -> None:
@@ -45,8 +46,10 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
             if run.run_id in reported:
                 continue
             record = sweep.read_result(os.path.join(runs_dir, run.run_id))
-            if record is None:
-                continue
+            if before and retry_failed and record is not None and record["status"] == "failed":
+                stale[run.run_id] = record
+            if record is None or stale.get(run.run_id) == record:
+                continue  # not ended yet, or its old failure, still there until a worker retries it
             reported.add(run.run_id)
             progress.update(run.compute_exact)
             label = labels[run.run_id]
