@@ -44,6 +44,7 @@ from research.scaling.sweep_records import json_safe, write_tables
 
 MIN_RUNS = 5  # Approach 3 has five parameters
 APPROACH1_RESAMPLES = 400
+ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
 
 
@@ -104,8 +105,10 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
 
 
 def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> float | None:
-    """H(X_t+1 | X_t) of the training text in nats per token: exact on the synthetic corpus,
-    the plug-in estimate from up to 2M validation tokens otherwise; None if it cannot be had."""
+    """H(X_t+1 | X_t) of the training text in nats per token: exact on the synthetic corpus;
+    otherwise the held-out cross-entropy of a bigram model counted on up to ORDER1_TOKENS
+    training tokens, over up to ORDER1_TOKENS validation tokens (research/scaling/plateau.py
+    says why not the plug-in entropy); None if it cannot be had."""
     if config.data.source == "synthetic":
         from research.scaling.synthetic_bound import context_entropies_nats
         from research.scaling.synthetic_corpus import markov_source
@@ -115,18 +118,21 @@ def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -
         return float(context_entropies_nats(source)[1])
     try:
         from research import data as data_lib
-        from research.scaling.plateau import order1_entropy_nats
+        from research.scaling.plateau import bigram_cross_entropy_nats
         # The sweep's one tokenizer: the given model, or the one it trained into the workdir.
         tokenizer = data_lib.build_tokenizer(plan.data_config, workdir)
-        documents = data_lib.document_source(plan.data_config, "validation")
-        sequences, total = [], 0
-        for i in range(len(documents)):
-            ids = tokenizer.encode(documents[i])
-            sequences.append(ids)
-            total += len(ids)
-            if total >= 2_000_000:
-                break
-        return order1_entropy_nats(sequences)
+
+        def token_sequences(split: str) -> list[list[int]]:
+            documents = data_lib.document_source(plan.data_config, split)
+            sequences, total = [], 0
+            for i in range(len(documents)):
+                sequences.append(tokenizer.encode(documents[i]))
+                total += len(sequences[-1])
+                if total >= ORDER1_TOKENS:
+                    break
+            return sequences
+        return bigram_cross_entropy_nats(token_sequences("train"), token_sequences("validation"),
+                                         tokenizer.vocab_size)
     except Exception:  # noqa: BLE001 -- no estimate means no plateau flags, never a failed fit
         return None
 
