@@ -206,7 +206,7 @@ def test_cpu_tiny_tokenizer_gives_every_letter_and_digit_its_own_token(tmp_path)
                                         examples_per_document=tuple(config.mixture.examples_per_document), seed=0)]
     tokenizer = train_tokenizer(texts, TokenizerConfig(**config.tokenizer.to_dict()), str(tmp_path / "t.model"))
     assert tokenizer.vocab_size == config.tokenizer.vocab_size <= config.model.vocab_size
-    line = "qzqxbjwa|qzqxbjwa\n754+68=345"
+    line = "kalbjjca|kalbjjca\n754+68=345"
     ids = tokenizer.encode(line)
     assert len(ids) == len(line) + 1  # one per character, plus the "\u2581" that opens the text
     assert tokenizer.decode(ids) == line

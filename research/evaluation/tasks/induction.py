@@ -76,7 +76,9 @@ def repeat_task(*, length: int = 16, min_length: int | None = None, num_given: i
         return {"segment": segment, "given": segment[:num_given], "rest": segment[num_given:]}
 
     span = str(length) if min_length == length else f"{min_length}to{length}"
-    spec = TaskSpec(name=f"repeat_{span}" + (f"_given{num_given}" if num_given != 1 else ""),
+    name = f"repeat_{span}" + (f"_{alphabet_size}letters" if alphabet_size != 26 else "") + (
+        f"_given{num_given}" if num_given != 1 else "")
+    spec = TaskSpec(name=name,
                     output_type="generate_until", prompt="{segment}|{given}", target="{rest}", target_delimiter="",
                     fewshot_delimiter="\n", until=("\n",), max_new_tokens=length - num_given + 1,
                     num_fewshot=num_fewshot, fewshot_seed=seed)
