@@ -2,24 +2,20 @@
 training data, evaluated on held-out task instances (experiments/emergence.py).
 
 Launch (cpu_tiny: a 1-layer control and four 2-layer widths, 1e4 to 1e5 non-embedding
-parameters, 4000 steps each; copying_varied and addition of 2, 4 and 6 digits (400 items each)
-at every checkpoint, addition of 2 to 6 digits (1000 items each) at the end; every number
+parameters, 4000 steps each; repeat_8to16_12letters and addition of 2, 4 and 6 digits (400 items
+each) at every checkpoint, addition of 2 to 6 digits (1000 items each) at the end; every number
 written least-significant digit first):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
-What was measured (issue-9f note; one run at load 9-16 on 2 shared cores, not on a quiet
-machine): training and the copying evaluations took 27:48 wall, 1001 s of CPU; tracking
-addition at every checkpoint was added afterwards and evaluated by rerunning the command on
-the trained runs. d48-l2 learned addition of every length (exact match 0.998-1.0 on 1000
-items each); d24-l2 and d32-l2 reached per-digit p 0.30-0.70; scale-1e5 (the widest, at the
-rule's lowest rate 3e-3) and the 1-layer control stayed near p 0.16-0.35 (scale-1e5 alone at
-4e-3 learned addition outright, EM >= 0.993). So across these sizes both exact match and p
-jump between d32 and d48: a genuine transition, not a mirage. Along d48-l2's training, exact
-match jumps within one 250-step interval, more sharply the longer the answer (jump ratio 45,
-184, 332 at 2, 4, 6 digits), while p rises over about four checkpoints (ratio 7-22, under the
-jump rule): the mirage's signature along training.
-copying_varied was learned by no size (teacher-forced p <= 0.07 at step 4000; chance 0.04).
+What was measured (issue-9g note; one run on 2 shared cores at load 3-8, not a quiet machine;
+about 1280 s of CPU in all, training and evaluation): no size learned the repeat task (argmax
+accuracy 0.07-0.09 at every checkpoint, chance 1/12), so this preset shows NO induction
+transition; in single-model pilots on copies alone, 2-layer models rose gradually (no jump) above
+the 1-layer ceiling. Addition: d48-l2 learned 2 digits (exact match 0.96, p 0.98; along training
+exact match jumps at step 3000, jump ratio 68, while p rises over several checkpoints, ratio 3.6),
+and no size learned 3 or more digits (p <= 0.49). scale-1e5 at the floored rate 4e-3 reached
+p 0.63 at 2 digits (at 3e-3 in the issue-9f run: 0.27).
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
