@@ -10,7 +10,7 @@ written least-significant digit first):
 
 What was measured (issue-9g note; one run on 2 shared cores at load 3-8, not a quiet machine;
 about 1280 s of CPU in all, training and evaluation): no size learned the repeat task (argmax
-accuracy 0.07-0.09 at every checkpoint, chance 1/12), so this preset shows NO induction
+accuracy 0.05-0.09 at every checkpoint, chance 1/12), so this preset shows NO induction
 transition; in single-model pilots on copies alone, 2-layer models rose gradually (no jump) above
 the 1-layer ceiling. Addition: d48-l2 learned 2 digits (exact match 0.96, p 0.98; along training
 exact match jumps at step 3000, jump ratio 68, while p rises over several checkpoints, ratio 3.6),
