@@ -77,6 +77,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     if float(config.get("lr_reference_width", 0) or 0) < 0:
         raise ConfigError(f"lr_reference_width={config.lr_reference_width} must be >= 0 (0: one learning rate "
                           "for every size).")
+    if float(config.get("lr_scale_floor", 0) or 0) < 0:
+        raise ConfigError(f"lr_scale_floor={config.lr_scale_floor} must be >= 0 (0: no floor; 1: no size trains "
+                          "below opt.learning_rate).")
     mixture = config.mixture
     if not 0.0 <= mixture.corpus_fraction < 1.0:
         raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
@@ -183,15 +186,17 @@ def size_model_fields(config: ml_collections.ConfigDict, size: str) -> dict[str,
 
 
 def size_learning_rate(config: ml_collections.ConfigDict, size: str) -> float:
-    """opt.learning_rate x lr_reference_width / d_model (a width transfer rule, as the scaling
-    study's); opt.learning_rate itself when config.lr_reference_width is 0 or absent."""
+    """opt.learning_rate x max(lr_reference_width / d_model, lr_scale_floor): a width transfer rule
+    (as the scaling study's) that never goes below lr_scale_floor x opt.learning_rate;
+    opt.learning_rate itself when config.lr_reference_width is 0 or absent."""
     from research.models import get_config
 
     reference = float(config.get("lr_reference_width", 0) or 0)
     if not reference:
         return float(config.opt.learning_rate)
     fields = size_model_fields(config, size)
-    return float(config.opt.learning_rate) * reference / get_config(fields.pop("preset"), **fields).d_model
+    scale = reference / get_config(fields.pop("preset"), **fields).d_model
+    return float(config.opt.learning_rate) * max(scale, float(config.get("lr_scale_floor", 0) or 0))
 
 
 def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, run_dir: str, tokenizer: Any,

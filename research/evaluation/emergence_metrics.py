@@ -26,7 +26,16 @@ is the paper's: I = sign(argmax - argmin) (max - min), B = I / sqrt(median(diff^
 they agree, and tests/evaluation/test_emergence_metrics.py checks both by hand. L's
 denominator (root MEAN square of the same steps) is B's with the mean for the median, as
 this docstring has stated it since it was written; no source text confirmed or refuted
-it, so treat L as unverified against the paper.
+it, so treat L as unverified against the paper. A second search (issue-9g note: pages
+"Beyond the Imitation Game linearity breakthroughness appendix definition", "arXiv
+2206.04615 ... breakthrough behavior", "BIG-bench appendix B linearity ... root median
+square ..."; code "breakthroughness RootMedianSquare", "breakthroughness metric ... sign
+argmax argmin median squared differences"; docs "linearity score BIG-bench metric
+definition"; issues "emergent abilities linearity breakthroughness metric formula"; exact
+strings "breakthroughness", "root median square"; google/BIG-bench's bigbench/api, which the
+index does not hold) found the paper's outline (Appendix B's title, Section 3.4 "Linearity
+and breakthroughness: categorizing scaling behaviors") and the same `breakthrough_score`,
+but no text of the formulas.
 
 The paper's B has no noise floor: y = [0, 0, 0, 0, 0.01] and [0, 0, 0, 0, 1] both score
 +inf, because the median step is 0 either way. `curve_shape_with_noise` adds what the paper

@@ -14,6 +14,8 @@ Names are the generated tasks' builders (research.evaluation.tasks: "addition", 
     modular_addition[_cot]           modular_multiplication[_cot]      (modulus 97)
     copying                          (induction: repeat a 12-symbol sequence, predict 4)
     copying_varied                   (the same with 6 to 12 symbols: no fixed offset to copy from)
+    repeat_8to16                     (repeated random letters: 8 to 16 of 26, then their copy, first given)
+    repeat_8to16_12letters           (the same drawn from 12 letters, a-l)
     unscramble_{cycle,anagram1,anagram2,random_insertion,reversed}
     associative_recall
 
@@ -46,6 +48,8 @@ for _digits in range(1, MAX_DIGITS + 1):
                                                                         reverse_operands=True))
 _VARIANTS["copying"] = ("induction", dict(length=12, num_predict=4))
 _VARIANTS["copying_varied"] = ("induction", dict(length=12, min_length=6, num_predict=4))
+_VARIANTS["repeat_8to16"] = ("repeat", dict(length=16, min_length=8))
+_VARIANTS["repeat_8to16_12letters"] = ("repeat", dict(length=16, min_length=8, alphabet_size=12))
 for _corruption in Corruption.__args__:
     _VARIANTS[f"unscramble_{_corruption}"] = ("unscramble", dict(corruption=_corruption))
 

@@ -134,6 +134,7 @@ def _bad(change):
     (lambda c: setattr(c, "sizes", ("scale-1e4",)), r"must name at least 2 distinct presets"),
     (lambda c: c.mixture.update(corpus_fraction=1.0), r"corpus_fraction=1.0 must be in \[0, 1\)"),
     (lambda c: setattr(c, "lr_reference_width", -48), r"lr_reference_width=-48 must be >= 0"),
+    (lambda c: setattr(c, "lr_scale_floor", -1.0), r"lr_scale_floor=-1.0 must be >= 0"),
     (lambda c: setattr(c, "ladder", {"d8": {"d_model": 8}}), r"ladder\['d8'\]=.* must name the preset it changes"),
     (lambda c: c.mixture.update(tasks={"addition_1digt": 10}), "unknown task 'addition_1digt'"),
 ])
@@ -152,11 +153,16 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert len(params) >= 5 and params == sorted(params) and params[-1] > 10 * params[0]
     # The ladder's own widths: preset scale-1e5 (2 layers) at d_model 24, 32, 48.
     assert [(m.d_model, m.num_layers) for m in plan.sizes.values()] == [(28, 1), (24, 2), (32, 2), (48, 2), (64, 2)]
-    # The width rule: learning_rate x lr_reference_width / d_model, so rates fall with width.
+    # The width rule, floored: learning_rate x max(lr_reference_width / d_model, lr_scale_floor), so
+    # rates fall with width down to the reference rate (scale-1e5 failed at the unfloored 3e-3).
     rates = [emergence.size_learning_rate(config, s) for s in config.sizes]
-    assert rates == pytest.approx([config.opt.learning_rate * config.lr_reference_width / m.d_model
+    assert rates == pytest.approx([config.opt.learning_rate * max(config.lr_reference_width / m.d_model, 1.0)
                                    for m in plan.sizes.values()])
     assert rates[1:] == sorted(rates[1:], reverse=True)
+    assert rates[-1] == rates[-2] == config.opt.learning_rate  # d48 and d64 at the floor
+    unfloored = config.copy_and_resolve_references()
+    unfloored.lr_scale_floor = 0.0
+    assert emergence.size_learning_rate(unfloored, config.sizes[-1]) == pytest.approx(config.opt.learning_rate * 48 / 64)
     gpu = configs.get_config("gpu_host")
     assert emergence.size_learning_rate(gpu, gpu.sizes[-1]) == gpu.opt.learning_rate  # rule off there
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
@@ -164,7 +170,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
     assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_lsb_first" for k in range(2, 7)]
     assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
-    # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
+    # The transition: repeated random letters at every checkpoint, across the 1- to 2-layer boundary.
     assert set(config.report.transition_task) <= set(config.eval.tasks)
     layers = [m.num_layers for m in plan.sizes.values()]
     assert layers[0] == 1 and layers[-1] >= 2
@@ -184,3 +190,23 @@ def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     rows.append({"size": "a", "step": 4, "task": "t", "num_shots": 0, "num_examples": 400})
     assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=True)] == [1000, 400]
     assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=False)] == [400, 400]
+
+
+def test_cpu_tiny_tokenizer_gives_every_letter_and_digit_its_own_token(tmp_path):
+    # The repeat task's copy must align token by token with its source: the preset's vocabulary
+    # size is exactly the mixture's characters plus the special pieces, so BPE learns no merges.
+    from research.data.config import TokenizerConfig
+    from research.data.tokenizer import train_tokenizer
+    from research.evaluation.task_catalog import catalog_task
+    from research.evaluation.task_corpus import task_documents
+
+    config = configs.get_config("cpu_tiny")
+    texts = [text for name in config.mixture.tasks
+             for text in task_documents(catalog_task(name, num_test=0, num_train=300, seed=0),
+                                        examples_per_document=tuple(config.mixture.examples_per_document), seed=0)]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(**config.tokenizer.to_dict()), str(tmp_path / "t.model"))
+    assert tokenizer.vocab_size == config.tokenizer.vocab_size <= config.model.vocab_size
+    line = "kalbjjca|kalbjjca\n754+68=345"
+    ids = tokenizer.encode(line)
+    assert len(ids) == len(line) + 1  # one per character, plus the "\u2581" that opens the text
+    assert tokenizer.decode(ids) == line

@@ -109,6 +109,21 @@ def test_unscramble_induction_and_recall_documents():
     with pytest.raises(TaskError, match="min_length"):
         get_task("induction", length=12, min_length=4, num_predict=4)
 
+    # repeat: a segment of random letters (repeats allowed), then its copy; the first letter given.
+    repeats = _docs(catalog_task("repeat_8to16", num_test=200))
+    assert all(d["segment"].isalpha() and d["given"] + d["rest"] == d["segment"] and len(d["given"]) == 1
+               for d in repeats)
+    assert {len(d["segment"]) for d in repeats} == set(range(8, 17))
+    assert any(len(set(d["segment"])) < len(d["segment"]) for d in repeats)  # letters drawn with replacement
+    task = catalog_task("repeat_8to16", num_test=1)
+    segment = task.docs("test")[0].fields["segment"]
+    assert fewshot_context(task, 0, 0) + task.spec.target_delimiter + gold_text(task.spec, task.docs("test")[0]) \
+        == segment + "|" + segment
+    given3 = _docs(get_task("repeat", length=10, num_given=3, num_test=5))
+    assert all(len(d["given"]) == 3 and len(d["rest"]) == 7 for d in given3)
+    with pytest.raises(TaskError, match="min_length"):
+        get_task("repeat", length=10, min_length=1)
+
     for doc in _docs(get_task("associative_recall", num_pairs=6, num_queries=3, value_length=2, num_test=20)):
         pairs = dict(p.split(":") for p in doc["pairs"].split())
         assert len(pairs) == 6

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from research.evaluation.task_spec import Task, TaskError
 from research.evaluation.tasks.arithmetic import addition_task, modular_arithmetic_task, multiplication_task
 from research.evaluation.tasks.associative_recall import associative_recall_task
-from research.evaluation.tasks.induction import induction_task
+from research.evaluation.tasks.induction import induction_task, repeat_task
 from research.evaluation.tasks.unscramble import unscramble_task
 
 _BUILDERS: dict[str, Callable[..., Task]] = {
@@ -24,6 +24,7 @@ _BUILDERS: dict[str, Callable[..., Task]] = {
     "modular_arithmetic": modular_arithmetic_task,
     "unscramble": unscramble_task,
     "induction": induction_task,
+    "repeat": repeat_task,
     "associative_recall": associative_recall_task,
 }
 
@@ -47,4 +48,4 @@ def get_task(name: str, **knobs: Any) -> Task:
 
 
 __all__ = ["addition_task", "associative_recall_task", "get_task", "induction_task", "modular_arithmetic_task",
-           "multiplication_task", "task_names", "unscramble_task"]
+           "multiplication_task", "repeat_task", "task_names", "unscramble_task"]
