@@ -170,7 +170,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
     assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_lsb_first" for k in range(2, 7)]
     assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
-    # The transition: repeated random letters at every checkpoint, across the 1- to 2-layer boundary.
+    # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
     assert set(config.report.transition_task) <= set(config.eval.tasks)
     layers = [m.num_layers for m in plan.sizes.values()]
     assert layers[0] == 1 and layers[-1] >= 2
@@ -192,9 +192,9 @@ def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=False)] == [400, 400]
 
 
-def test_cpu_tiny_tokenizer_gives_every_letter_and_digit_its_own_token(tmp_path):
-    # The repeat task's copy must align token by token with its source: the preset's vocabulary
-    # size is exactly the mixture's characters plus the special pieces, so BPE learns no merges.
+def test_cpu_tiny_tokenizer_gives_every_copied_letter_its_own_token(tmp_path):
+    # The copy must align token by token with its source (an induction head then finds it one
+    # token back): every letter of the copying task is one piece ("\u2581q"), on both sides.
     from research.data.config import TokenizerConfig
     from research.data.tokenizer import train_tokenizer
     from research.evaluation.task_catalog import catalog_task
@@ -206,7 +206,8 @@ def test_cpu_tiny_tokenizer_gives_every_letter_and_digit_its_own_token(tmp_path)
                                         examples_per_document=tuple(config.mixture.examples_per_document), seed=0)]
     tokenizer = train_tokenizer(texts, TokenizerConfig(**config.tokenizer.to_dict()), str(tmp_path / "t.model"))
     assert tokenizer.vocab_size == config.tokenizer.vocab_size <= config.model.vocab_size
-    line = "kalbjjca|kalbjjca\n754+68=345"
+    line = "b g q m x u j | b g q m x u j"
     ids = tokenizer.encode(line)
-    assert len(ids) == len(line) + 1  # one per character, plus the "\u2581" that opens the text
-    assert tokenizer.decode(ids) == line
+    assert len(ids) == len(line.split())  # one piece per letter and one for "|"
+    assert list(ids[:7]) == list(ids[8:])
+    assert tokenizer.decode(tokenizer.encode("754+68=345")) == "754+68=345"
