@@ -8,14 +8,17 @@ written least-significant digit first):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
-What was measured (issue-9g note; one run on 2 shared cores at load 3-8, not a quiet machine;
-about 1280 s of CPU in all, training and evaluation): no size learned the repeat task (argmax
-accuracy 0.05-0.09 at every checkpoint, chance 1/12), so this preset shows NO induction
-transition; in single-model pilots on copies alone, 2-layer models rose gradually (no jump) above
-the 1-layer ceiling. Addition: d48-l2 learned 2 digits (exact match 0.96, p 0.98; along training
-exact match jumps at step 3000, jump ratio 68, while p rises over several checkpoints, ratio 3.6),
-and no size learned 3 or more digits (p <= 0.49). scale-1e5 at the floored rate 4e-3 reached
-p 0.63 at 2 digits (at 3e-3 in the issue-9f run: 0.27).
+What was measured (one run, 09:01-09:12 UTC on 2 cores at load 1.3-3.9, the sizes in two
+worker processes): 10:48 wall in all, 1,135 s of CPU. Addition (1000 items per length, exact
+match at 2 / 3 / 4 / 5 / 6 digits): 1-layer control 0.012 / 0.001 / 0 / 0 / 0; d24-l2 0.91 /
+0.85 / 0.81 / 0.82 / 0.74; d32-l2 0.08 / 0.01 / 0 / 0 / 0; d48-l2 1.0 / 1.0 / 1.0 / 0.014 / 0.002;
+scale-1e5 0.99 / 0.99 / 0.13 / 0.97 / 0: which size learns which length varies from size to
+size (one seed each), so the curve across sizes is not monotone and shows no clean mirage.
+Along d24-l2's training exact match jumps (jump ratio 49 / 156 / 138 at 2 / 4 / 6 digits,
+breakthroughness 51 / 323 / 294) while teacher-forced p rises over several checkpoints (ratio
+4.9 / 7.2 / 11.9, under the jump rule): the mirage's signature along training, as d48-l2 showed
+in the issue-9f run. copying_varied: exact match 0 for every size; teacher-forced p 0.03 for
+the 1-layer control and d24/d32, 0.15 / 0.13 for d48 / scale-1e5, rising gradually (no jump).
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
