@@ -386,8 +386,6 @@ def main(argv):
         return
     if not flags.FLAGS.workdir:
         sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
-    if flags.FLAGS.workers < 0:
-        sys.exit(f"error: --workers={flags.FLAGS.workers}: give the number of processes (>= 1), or 0 for one per core.")
     try:
         if flags.FLAGS.study_worker:
             run_study(flags.FLAGS.config, flags.FLAGS.workdir, worker=True)

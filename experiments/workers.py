@@ -66,6 +66,8 @@ def worker_count(requested: int) -> int:
 
     from research.models.config import ConfigError
 
+    if requested < 0:
+        raise ConfigError(f"--workers={requested}: give the number of processes (>= 1), or 0 for one per core.")
     if requested == 0:
         return auto_workers(jax.default_backend(), jax.process_count())
     if requested > 1 and jax.process_count() > 1:
@@ -107,7 +109,7 @@ def become_worker() -> None:
 
 
 def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[[], None] = lambda: None,
-                poll_seconds: float = 2.0, cwd: str | None = None) -> list[int]:
+                poll_seconds: float = 2.0) -> list[int]:
     """Start one process per argv (each pinned to its slice of this process's cores once it calls
     become_worker(); output in log_dir/worker-<i>.log), call poll() every poll_seconds until all have exited, and return
     their exit codes. When one fails, the others are stopped (a config mistake fails them all
@@ -118,7 +120,7 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
     for index, (argv, cores) in enumerate(zip(argvs, slices)):
         log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
         env = {**os.environ, _CORES_ENV: ",".join(map(str, cores)), _PARENT_ENV: str(os.getpid())}
-        processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env), log))
+        processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env), log))
     try:
         while any(p.poll() is None for p, _ in processes):
             if any(p.returncode not in (None, 0) for p, _ in processes):

@@ -49,8 +49,6 @@ def main(argv):
     from research.scaling import RunTableError
 
     config = _CONFIG.value
-    if _WORKERS.value < 0:
-        sys.exit(f"error: --workers={_WORKERS.value}: give the number of processes (>= 1), or 0 for one per core.")
     try:
         if _DRY_RUN.value:
             plan = sweep.plan_sweep(config)
