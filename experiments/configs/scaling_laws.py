@@ -130,7 +130,8 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # at the optimum; the plateau rule uses the plug-in bigram entropy of the tokens.
         config.data = ml_collections.ConfigDict(dict(
             source="stdlib", validation_fraction=0.05, max_documents=None,
-            tokenizer=dict(model_path=None, vocab_size=512, max_training_chars=2_000_000, num_extra_ids=0)))
+            tokenizer=dict(model_path=None, vocab_size=512, byte_fallback=True, character_coverage=0.9995,
+                           max_training_chars=2_000_000, num_extra_ids=0)))
     elif arg == "gpu_host":
         # The cpu_tiny corpus's kind (hierarchical, Zipf-weighted, order 3) over 64 characters:
         # 262,144 contexts, so models of 1e6..1e8 parameters are still capacity-limited.
