@@ -18,7 +18,9 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
              1.959). Designed for a quiet 2-core machine; see the issue-9 note for what was measured.
   stdlib_tiny  the same design on real text (the embedded stdlib corpus, 512 SentencePiece pieces).
              Measured (issue-9 note): 27 of 30 runs end above a bigram model's held-out loss
-             (3.34 nats/token) and are left out as early-plateau runs; the fit is skipped.
+             (3.34 nats/token) and are left out as early-plateau runs; the fit is skipped. A pilot
+             of the 1e11 budget with 128 character-level pieces (`--config.data.tokenizer.vocab_size=128
+             --config.data.tokenizer.byte_fallback=False`) did no better: 3.07-3.32 against 3.09.
   gpu_host   a 9-rung ladder (1e6 .. 2.6e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
              budget, seed repeats at 1e17, centred on Chinchilla's 20 tokens per parameter, batch
              128 x 512 tokens in bf16, on the same kind of corpus over 64 characters. `--dry_run`
