@@ -87,19 +87,26 @@ def tokenizer_for(preset: str, tokenizers) -> str:
 
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this module: reruns of one config (resume tests) compile
-    once. Subprocesses get it through JAX_COMPILATION_CACHE_DIR."""
+    """The environment for subprocesses that share this process's persistent XLA cache: a
+    rerun of one config (resume tests) compiles once, in-process or in a subprocess. That is
+    the suite's cache (tests/conftest.py) when one is set, so a kill test's subprocesses reuse
+    what its in-process run compiled; otherwise a fresh one for this module."""
     import os
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") and jax.config.jax_compilation_cache_dir == \
+            os.environ["JAX_COMPILATION_CACHE_DIR"]:
+        yield env
+        return
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     previous = {name: getattr(jax.config, name) for name in names}
     directory = str(tmp_path_factory.mktemp("xla_cache"))
     for name, value in zip(names, (directory, 0.0, 0)):
         jax.config.update(name, value)
-    yield {"JAX_COMPILATION_CACHE_DIR": directory, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **os.environ}
+    yield {**env, "JAX_COMPILATION_CACHE_DIR": directory}
     for name, value in previous.items():
         jax.config.update(name, value)
     cc.reset_cache()

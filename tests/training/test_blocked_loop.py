@@ -69,7 +69,7 @@ def kill_after_checkpoint(command, checkpoint_dir, env):
 
 
 def test_kill_9_blocked_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
-    steps = 40
+    steps = 20  # killed once step 4 is saved: 16 steps left (4 saves) to cut into
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
     train_and_evaluate(config, str(tmp_path / "whole"))
     workdir = tmp_path / "killed"

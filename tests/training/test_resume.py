@@ -64,7 +64,7 @@ def test_stop_and_rerun_is_exact(preset, tokenizers, compilation_cache, tmp_path
 
 def test_kill_9_then_rerun_the_command_is_exact(tokenizers, compilation_cache, tmp_path):
     """causal LM: the real command, SIGKILLed after its first checkpoint, then rerun."""
-    steps = 40
+    steps = 20  # killed once step 4 is saved: steps 5-20 (4 saves, 4 evals) are left to cut into
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps)
     config.model.dropout_rate = 0.1
     train_and_evaluate(config, str(tmp_path / "whole"))
