@@ -105,9 +105,11 @@ def _base() -> ml_collections.ConfigDict:
     # One copy problem per document (examples_per_document_by_task), each its own packed segment:
     # with several problems in one context every letter also occurs in the earlier problems, so
     # "find the current letter's earlier occurrence" matches wrong copies as often as the right
-    # one and the induction head's gradient is diluted; with (1, 16) no 2-layer size learned to
-    # copy in 4000 steps. Alone in its segment the prompt is also tokenized as at evaluation
-    # (its first letter "\u2581q" on both sides, where after a newline it was "q").
+    # one. With (1, 16) and GPT-2 init no 2-layer size learned to copy in 4000 steps; with T5
+    # init the head formed on the training stream but held-out copies rose only gradually
+    # (standalone pilot, d32-l2: accuracy 0.19 -> 0.62 over steps 400-1500, exact match <= 0.11).
+    # Alone in its segment the prompt is also tokenized as at evaluation (its first letter
+    # "\u2581q" on both sides, where after a newline it was "q").
     config.mixture = ml_collections.ConfigDict(dict(
         corpus_fraction=0.0, examples_per_document=(1, 16), examples_per_document_by_task={COPY_TASK: (1, 1)},
         seed=1, tasks={**{f"addition_{k}digit_lsb_first": 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))
