@@ -85,6 +85,13 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
     if not mixture.tasks or any(int(n) < 1 for n in mixture.tasks.values()):
         raise ConfigError(f"mixture.tasks={dict(mixture.tasks)} must map task names to problem counts >= 1.")
+    for name, pair in dict(mixture.get("examples_per_document_by_task", None) or {}).items():
+        if name not in mixture.tasks:
+            raise ConfigError(f"mixture.examples_per_document_by_task names {name!r}, which mixture.tasks lacks; "
+                              f"use one of {sorted(mixture.tasks)}.")
+        if len(tuple(pair)) != 2 or not 1 <= int(pair[0]) <= int(pair[1]):
+            raise ConfigError(f"mixture.examples_per_document_by_task[{name!r}]={tuple(pair)} must be (fewest, most) "
+                              "with 1 <= fewest <= most.")
 
     ev = config.eval
     cue = ev.cot_description
@@ -147,7 +154,7 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
             raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
                               "use a new --workdir (or delete its runs/ and data/).")
         mixture = config.mixture
-        parts = {name: task_documents(task, examples_per_document=tuple(mixture.examples_per_document),
+        parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
                                       seed=mixture.seed, held_out=held_out)
                  for name, task in plan.train_tasks.items()}
         task_chars = sum(len(t) for texts in parts.values() for t in texts)
@@ -163,6 +170,13 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     tokenizer = data.build_tokenizer(data.DataConfig(**files_config, tokenizer=data.TokenizerConfig(
         **config.tokenizer.to_dict())), workdir)
     return {**files_config, "file_patterns": [mixture_path], "tokenizer": {"model_path": tokenizer.path}}
+
+
+def examples_per_document(mixture: ml_collections.ConfigDict, task: str) -> tuple[int, int]:
+    """(fewest, most) problems per training document of `task`: its entry in
+    mixture.examples_per_document_by_task, else mixture.examples_per_document."""
+    by_task = dict(mixture.get("examples_per_document_by_task", None) or {})
+    return tuple(int(n) for n in by_task.get(task, mixture.examples_per_document))
 
 
 def train_config(config: ml_collections.ConfigDict, size: str,

@@ -8,17 +8,34 @@ written least-significant digit first):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
-What was measured (one run, 09:01-09:12 UTC on 2 cores at load 1.3-3.9, the sizes in two
-worker processes): 10:48 wall in all, 1,135 s of CPU. Addition (1000 items per length, exact
-match at 2 / 3 / 4 / 5 / 6 digits): 1-layer control 0.012 / 0.001 / 0 / 0 / 0; d24-l2 0.91 /
-0.85 / 0.81 / 0.82 / 0.74; d32-l2 0.08 / 0.01 / 0 / 0 / 0; d48-l2 1.0 / 1.0 / 1.0 / 0.014 / 0.002;
-scale-1e5 0.99 / 0.99 / 0.13 / 0.97 / 0: which size learns which length varies from size to
-size (one seed each), so the curve across sizes is not monotone and shows no clean mirage.
-Along d24-l2's training exact match jumps (jump ratio 49 / 156 / 138 at 2 / 4 / 6 digits,
-breakthroughness 51 / 323 / 294) while teacher-forced p rises over several checkpoints (ratio
-4.9 / 7.2 / 11.9, under the jump rule): the mirage's signature along training, as d48-l2 showed
-in the issue-9f run. copying_varied: exact match 0 for every size; teacher-forced p 0.03 for
-the 1-layer control and d24/d32, 0.15 / 0.13 for d48 / scale-1e5, rising gradually (no jump).
+What was measured with the previous preset (GPT-2 init, copy problems packed 1-16 per document;
+one run, 09:01-09:12 UTC on 2 cores at load 1.3-3.9, the sizes in two worker processes): 10:48
+wall in all, 1,135 s of CPU. Addition (1000 items per length, exact match at 2 / 3 / 4 / 5 / 6
+digits): 1-layer control 0.012 / 0.001 / 0 / 0 / 0; d24-l2 0.91 / 0.85 / 0.81 / 0.82 / 0.74;
+d32-l2 0.08 / 0.01 / 0 / 0 / 0; d48-l2 1.0 / 1.0 / 1.0 / 0.014 / 0.002; scale-1e5 0.99 / 0.99 /
+0.13 / 0.97 / 0: which size learns which length varies from size to size (one seed each), so
+the curve across sizes is not monotone and shows no clean mirage. Along d24-l2's training exact
+match jumps (jump ratio 49 / 156 / 138 at 2 / 4 / 6 digits) while teacher-forced p rises over
+several checkpoints (ratio 4.9 / 7.2 / 11.9, under the jump rule): the mirage's signature along
+training. copying_varied: exact match 0 for every size, teacher-forced p 0.03-0.15 (no jump).
+
+The present preset (T5 init, one copy problem per document) was measured in a 2-size pilot of
+the study itself (scale-1e4 and d32-l2, 2000 of these steps, no final evaluation; 11:36-11:43
+UTC at load 4.8-6.1, beside other jobs; issue-9h note). copying_varied at steps 500 / 750 / 1000
+/ 1250 / 1500 / 2000, d32-l2: teacher-forced p 0.10 / 0.24 / 0.70 / 0.92 / 0.99 / 1.00, answer
+log-probability -12.6 / -10.7 / -4.4 / -1.3 / -0.28 / -0.09, exact match 0 / 0.003 / 0.23 / 0.68
+/ 0.96 / 0.995; the 1-layer control: p 0.003-0.075, log-probability -13.9 to -12.9, exact match 0
+throughout. An induction head forming: the continuous metrics jump with exact match, and only
+with two layers (one seed). d24-l2 (this preset's 4000-step schedule, stopped at 2000) and
+d48-l2 (all 4000 steps, 414 s) formed it too: p 0.28 -> 0.91 between steps 1000 and 1250, and
+0.27 -> 0.83 -> 0.98 at 750 / 1000 / 1250. The price: addition. d48-l2, which learned 2-4 digits
+outright under the previous preset (one seed), ended at exact match 0.005 / 0.003 / 0 (400 items) at 2 / 4 /
+6 digits (p 0.31 / 0.37 / 0.28, still creeping up); d24-l2 and d32-l2 were at 2-digit exact match
+<= 0.02 after 2000 steps. Whether the init or the document change slows addition was not
+separated. So this preset shows the genuine transition and loses, in these pilots, the mirage
+along training that the previous one showed. The whole preset's run has not been measured: its
+FLOPs and evaluations are those of the previous preset, so expect about 11 minutes at a similar
+load.
 
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
@@ -32,7 +49,8 @@ Fields:
   model         ModelConfig overrides applied to every size (vocab_size must hold the tokenizer)
   mixture       corpus_fraction: share of the training characters taken from the corpus
                 (the rest are task documents); tasks: {task name: problems drawn for training};
-                examples_per_document: (fewest, most) problems per training document
+                examples_per_document: (fewest, most) problems per training document;
+                examples_per_document_by_task: {task name: (fewest, most)} for tasks that differ
   tokenizer     research.data.TokenizerConfig fields; trained once on the mixture
   train / opt / checkpoint / mesh   as in experiments/configs/pretrain.py, shared by all sizes
   lr_reference_width  each size trains at opt.learning_rate x lr_reference_width / d_model (0: off)
@@ -67,8 +85,14 @@ def _base() -> ml_collections.ConfigDict:
     # float32 compute: on CPU bf16 is emulated and slower. Rotary positions: with learned
     # positions no size left the unigram plateau in 1200 steps (addition per-digit p 0.17-0.27,
     # copying at chance 0.03-0.05, every size alike); relative attention is what both tasks need.
+    # T5's init (kernels N(0, fan_in^-1/2), token embeddings N(0, 1)) in place of GPT-2's N(0, 0.02):
+    # an induction head is a product of small matrices across two layers, and from a 0.02 init
+    # its gradient starts near zero (a long plateau). Measured on the copy task alone (standalone
+    # pilots, d32-l2, one problem per document, issue-9h note): with N(0, 0.02) teacher-forced
+    # accuracy on the copied letters was 0.10 after 1500 steps; with T5 init 0.60 by step 900.
     config.model = ml_collections.ConfigDict(dict(vocab_size=80, max_len=256, dtype="float32",
-                                                  param_dtype="float32", dropout_rate=0.0, position="rope"))
+                                                  param_dtype="float32", dropout_rate=0.0, position="rope",
+                                                  init_scheme="t5"))
     # Addition of 2 to 6 digits with every number written least-significant digit first
     # ("754+68=345" is 457+86=543) for the mirage: with rotary positions each answer digit then
     # reads its two operand digits at fixed offsets back (k and 2k+1 for k-digit operands),
@@ -78,9 +102,17 @@ def _base() -> ml_collections.ConfigDict:
     # was tried in its place and learned by no size in 4000 steps, while the addition it
     # displaced was learned less (issue-9g note); copying_varied, with which d48-l2 learned
     # addition of every length (issue-9f note), is kept. No corpus text: the steps go to the tasks.
+    # One copy problem per document (examples_per_document_by_task), each its own packed segment:
+    # with several problems in one context every letter also occurs in the earlier problems, so
+    # "find the current letter's earlier occurrence" matches wrong copies as often as the right
+    # one. With (1, 16) and GPT-2 init no 2-layer size learned to copy in 4000 steps; with T5
+    # init the head formed on the training stream but held-out copies rose only gradually
+    # (standalone pilot, d32-l2: accuracy 0.19 -> 0.62 over steps 400-1500, exact match <= 0.11).
+    # Alone in its segment the prompt is also tokenized as at evaluation (its first letter
+    # "\u2581q" on both sides, where after a newline it was "q").
     config.mixture = ml_collections.ConfigDict(dict(
-        corpus_fraction=0.0, examples_per_document=(1, 16), seed=1,
-        tasks={**{f"addition_{k}digit_lsb_first": 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))
+        corpus_fraction=0.0, examples_per_document=(1, 16), examples_per_document_by_task={COPY_TASK: (1, 1)},
+        seed=1, tasks={**{f"addition_{k}digit_lsb_first": 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))
     # A character vocabulary (no byte fallback): every letter of the copying task is one piece
     # ("\u2581q"). With 256 byte pieces + 64 learned ones (vocab 320), half the letters were split
     # into "\u2581" + letter: the copy then needs a 2-back lookup, and the many "\u2581" tokens
@@ -139,7 +171,9 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # accelerator was lent to the session that wrote this); use the `mfu` research.training
         # logs on the host.
         config.sizes = tuple(f"scale-{m}e{e}" for e in range(5, 9) for m in (1, 3) if (m, e) != (3, 8))
-        config.model.update(dict(dtype="bfloat16", max_len=256))
+        # GPT-2's init: at these widths N(0, 0.02) is about fan_in^-1/2 already, while T5's N(0, 1)
+        # token embeddings, tied and unscaled, would start with logits of std ~ sqrt(d_model).
+        config.model.update(dict(dtype="bfloat16", max_len=256, init_scheme="normal"))
         config.train.update(dict(num_steps=20000, batch_size=128, seq_len=256, eval_every_steps=1000))
         config.opt.update(dict(learning_rate=1e-3, warmup_steps=200))
         config.lr_reference_width = 0  # one rate for every size (the width rule is tuned for d_model <= 96)
@@ -154,6 +188,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.model.max_len = 128
         config.mixture.tasks = {"addition_1digit": 400, "addition_1digit_cot": 100}
         config.mixture.examples_per_document = (1, 8)
+        config.mixture.examples_per_document_by_task = {"addition_1digit": (1, 1)}  # as cpu_tiny's copy task
         config.mixture.corpus_fraction = 0.2  # the chain-of-thought words need text for 384 pieces
         config.model.vocab_size = 384
         config.tokenizer.update(dict(vocab_size=384, byte_fallback=True, character_coverage=0.9995))

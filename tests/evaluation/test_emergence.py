@@ -77,13 +77,19 @@ def test_training_data_holds_out_the_evaluation_problems(micro_study):
     workdir, _, _ = micro_study
     plan = emergence.plan_study(configs.get_config("micro"))
     held_out = {e.task.spec.prompt.format_map(d.fields) for e in plan.eval_entries for d in e.task.docs("test")}
-    lines, sources = [], set()
+    lines, sources, problems_per_document = [], set(), {}
     with open(os.path.join(workdir, "data", "mixture.jsonl")) as f:
         for record in map(json.loads, f):
             sources.add(record["source"])
+            marker = "Answer:" if record["source"].endswith("_cot") else "="  # once per problem
+            problems_per_document.setdefault(record["source"], set()).add(record["text"].count(marker))
             if record["source"] != "stdlib":
                 lines.extend(record["text"].splitlines())
     assert sources == {"stdlib", "addition_1digit", "addition_1digit_cot"}
+    # mixture.examples_per_document_by_task: one problem per addition_1digit document (each then its
+    # own packed segment), while the other task keeps mixture.examples_per_document's (1, 8).
+    assert problems_per_document["addition_1digit"] == {1}
+    assert max(problems_per_document["addition_1digit_cot"]) > 1
     problems = [line for line in lines if "+" in line and "=" in line]
     assert len(problems) > 300
     assert not any(line.startswith(prompt) for line in problems for prompt in held_out)
@@ -137,6 +143,10 @@ def _bad(change):
     (lambda c: setattr(c, "lr_scale_floor", -1.0), r"lr_scale_floor=-1.0 must be >= 0"),
     (lambda c: setattr(c, "ladder", {"d8": {"d_model": 8}}), r"ladder\['d8'\]=.* must name the preset it changes"),
     (lambda c: c.mixture.update(tasks={"addition_1digt": 10}), "unknown task 'addition_1digt'"),
+    (lambda c: setattr(c.mixture, "examples_per_document_by_task", {"copying": (1, 1)}),
+     r"examples_per_document_by_task names 'copying', which mixture.tasks lacks"),
+    (lambda c: setattr(c.mixture, "examples_per_document_by_task", {"addition_1digit": (2, 1)}),
+     r"examples_per_document_by_task\['addition_1digit'\]=\(2, 1\) must be \(fewest, most\)"),
 ])
 def test_bad_config_fails_before_any_work(change, message, tmp_path, monkeypatch):
     monkeypatch.setattr("research.training.train_and_evaluate", lambda *a: pytest.fail("trained"))
@@ -153,6 +163,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert len(params) >= 5 and params == sorted(params) and params[-1] > 10 * params[0]
     # The ladder's own widths: preset scale-1e5 (2 layers) at d_model 24, 32, 48.
     assert [(m.d_model, m.num_layers) for m in plan.sizes.values()] == [(28, 1), (24, 2), (32, 2), (48, 2), (64, 2)]
+    assert {m.init_scheme for m in plan.sizes.values()} == {"t5"}  # config.model reaches the ladder's own widths
     # The width rule, floored: learning_rate x max(lr_reference_width / d_model, lr_scale_floor), so
     # rates fall with width down to the reference rate (scale-1e5 failed at the unfloored 3e-3).
     rates = [emergence.size_learning_rate(config, s) for s in config.sizes]
@@ -201,9 +212,10 @@ def test_cpu_tiny_tokenizer_gives_every_copied_letter_its_own_token(tmp_path):
     from research.evaluation.task_corpus import task_documents
 
     config = configs.get_config("cpu_tiny")
-    texts = [text for name in config.mixture.tasks
-             for text in task_documents(catalog_task(name, num_test=0, num_train=300, seed=0),
-                                        examples_per_document=tuple(config.mixture.examples_per_document), seed=0)]
+    docs = {name: task_documents(catalog_task(name, num_test=0, num_train=300, seed=0),
+                                 examples_per_document=emergence.examples_per_document(config.mixture, name), seed=0)
+            for name in config.mixture.tasks}
+    texts = [text for name_docs in docs.values() for text in name_docs]
     tokenizer = train_tokenizer(texts, TokenizerConfig(**config.tokenizer.to_dict()), str(tmp_path / "t.model"))
     assert tokenizer.vocab_size == config.tokenizer.vocab_size <= config.model.vocab_size
     line = "b g q m x u j | b g q m x u j"
@@ -211,3 +223,9 @@ def test_cpu_tiny_tokenizer_gives_every_copied_letter_its_own_token(tmp_path):
     assert len(ids) == len(line.split())  # one piece per letter and one for "|"
     assert list(ids[:7]) == list(ids[8:])
     assert tokenizer.decode(tokenizer.encode("754+68=345")) == "754+68=345"
+    # A training document of the copy task is one problem, so its first letter is tokenized as in
+    # an evaluation prompt and as in its copy (after a newline it would be "q", not "\u2581q").
+    for doc in docs[configs.COPY_TASK][:50]:
+        ids = list(tokenizer.encode(doc))
+        bar = ids.index(tokenizer.encode("|")[-1])
+        assert ids[:bar] == ids[bar + 1:]
