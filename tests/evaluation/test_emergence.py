@@ -194,6 +194,19 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
         configs.get_config("cpu_huge")
 
 
+def test_cpu_tiny_mirage_is_cpu_tiny_with_the_previous_init_and_packed_copy_documents():
+    mirage, tiny = configs.get_config("cpu_tiny_mirage"), configs.get_config("cpu_tiny")
+    plan = emergence.plan_study(mirage)
+    assert {m.init_scheme for m in plan.sizes.values()} == {"normal"}
+    assert emergence.examples_per_document(mirage.mixture, "copying_varied") == tuple(mirage.mixture.examples_per_document)
+    assert emergence.examples_per_document(tiny.mixture, "copying_varied") == (1, 1)
+    # Nothing else differs: the two presets are one design with two settings changed.
+    for config in (mirage, tiny):
+        config.model.init_scheme = "normal"
+        config.mixture.examples_per_document_by_task = {}
+    assert mirage.to_dict() == tiny.to_dict()
+
+
 def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     # eval.tasks at every checkpoint (400 items) and final_tasks (1000) both hold the task: the
     # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
