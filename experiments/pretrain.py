@@ -24,6 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    from research.training.preemption import watch_early_interrupts
+    watch_early_interrupts()  # a Ctrl-C during setup must not be lost
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     if not flags.FLAGS["verbosity"].present:

@@ -31,6 +31,37 @@ import jax
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+_EARLY_SIGINT = threading.Event()
+
+
+def watch_early_interrupts() -> None:
+    """From now until a Guard takes over, Ctrl-C raises KeyboardInterrupt as Python's own handler
+    does, and is remembered: the next Guard then stops before the first step. Why: Python
+    ignores a KeyboardInterrupt raised inside a garbage-collection callback or a __del__ (it
+    prints "Exception ignored in ..."), so a Ctrl-C during setup was sometimes lost and the run
+    went on to the end. For command-line entry points (a notebook keeps Python's handler)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _early_sigint)
+        if sys.unraisablehook is not _quiet_swallowed_interrupt:
+            global _default_unraisablehook
+            _default_unraisablehook = sys.unraisablehook
+            sys.unraisablehook = _quiet_swallowed_interrupt
+
+
+def _early_sigint(signum: int, frame: FrameType | None) -> None:
+    _EARLY_SIGINT.set()
+    raise KeyboardInterrupt
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _quiet_swallowed_interrupt(unraisable: Any) -> None:
+    """The swallowed Ctrl-C is handled (the Guard stops the run with one line): no traceback for it."""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _EARLY_SIGINT.is_set()):
+        _default_unraisablehook(unraisable)
+
+
 class Interrupted(Exception):
     """The run stopped early on a signal, after saving a checkpoint at `step` (or, when the signal
     came before the first step, with nothing new to save)."""
@@ -79,6 +110,8 @@ class Guard:
             # a Python handler would replace its own.
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, self._handle)
+            if _EARLY_SIGINT.is_set():  # a Ctrl-C during setup that Python swallowed (watch_early_interrupts)
+                self.signal_name = "SIGINT"
         return self
 
     def uninstall(self) -> None:

@@ -76,6 +76,41 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
         last.endswith("continue from the last checkpoint."), last
 
 
+def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
+    """Python ignores a KeyboardInterrupt raised in a gc callback or __del__ (seen in the test above:
+    the run went on and exited 0, printing a traceback); the Guard installed afterwards must still
+    see the Ctrl-C, and that traceback is not printed (other unraisable errors still are)."""
+    original, original_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    reported = []
+    try:
+        sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)  # stands for Python's
+        preemption.watch_early_interrupts()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # swallowed, as Python does inside a gc callback
+        guard = preemption.Guard().install()
+        try:
+            assert guard.requested and guard.signal_name == "SIGINT" and guard.should_stop(0)
+        finally:
+            guard.uninstall()
+        assert signal.getsignal(signal.SIGINT) == preemption._early_sigint
+        assert not preemption.Guard().requested  # a Guard never installed sees nothing
+
+        class Unraisable:  # what Python hands sys.unraisablehook
+            exc_traceback, err_msg, object = None, "Exception ignored in", None
+
+            def __init__(self, error):
+                self.exc_type, self.exc_value = type(error), error
+        sys.unraisablehook(Unraisable(KeyboardInterrupt()))
+        sys.unraisablehook(Unraisable(ValueError("a real problem")))
+        assert [str(e) for e in reported] == ["a real problem"]
+    finally:
+        signal.signal(signal.SIGINT, original)
+        sys.unraisablehook = original_hook
+        preemption._EARLY_SIGINT.clear()
+
+
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
         tokenizers, compilation_cache, tmp_path, monkeypatch, caplog):
     """K=2 models (own seeds, own data): the stop is asked once per block, both save the block's last
