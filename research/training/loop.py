@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = 0
     z_loss: float = 0.0
     log_every_steps: int = 10
-    eval_every_steps: int = 100  # checkpoint steps are evaluated too (keep-best needs it)
+    eval_every_steps: int = 100  # checkpoint steps are evaluated too when checkpoint.keep_best > 0
     eval_batches: int = 4
     stop_after_steps: int = 0  # > 0: leave after this step (checkpointed); rerunning continues; 0: off
     peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 = datasheet bf16 peak (measured on CPU)
@@ -420,11 +420,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
                 raise preemption.Interrupted(guard.signal_name, start_step, checkpoint_directories, saved=False)
 
-            def save_member(m: _Member, step: int, state: Any, block: Any, best_metric: float) -> None:
-                """Save model m at `step`, the end of `block` (its slice, laid out as if trained alone)."""
+            def save_member(m: _Member, step: int, state: Any, block: Any, best_metric: float | None) -> None:
+                """Save model m at `step`, the end of `block` (its slice, laid out as if trained alone);
+                best_metric None: the step was not evaluated (keep_best 0)."""
                 own = state if member_state is None else member_state(state, m.index)
                 m.checkpointer.save(step, own, block.positions[m.index if per_model_data else 0],
-                                    m.config.to_dict(), {BEST_METRIC: best_metric})
+                                    m.config.to_dict(), None if best_metric is None else {BEST_METRIC: best_metric})
 
             # [issue-13b] console: bar on a terminal, plain lines in a log.
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
@@ -438,18 +439,23 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                     pending = (first, block.num_steps, block_metrics)
                     progress.update(block.num_steps)
                     save = step % checkpoint_config.every_steps == 0 or step == end_step
-                    if save or step % train.eval_every_steps == 0:
+                    # A checkpoint step is evaluated only when keep-best ranks checkpoints by it:
+                    # otherwise a sweep whose runs score on 800 validation batches and save every
+                    # 500 steps spent more time evaluating than training its small models.
+                    evaluate = (step % train.eval_every_steps == 0 or step == end_step
+                                or (save and checkpoint_config.keep_best > 0))
+                    if save or evaluate:
                         # Check this block before saving: a NaN state must never become a checkpoint.
                         record(*pending, hold=step)
                         pending = None
-                        eval_metrics = run_eval(state.params)
+                        eval_metrics = run_eval(state.params) if evaluate else [{} for _ in members]
                         for m, metrics in zip(members, eval_metrics):
                             if m.error is not None:
                                 continue
                             _log_step(m, step, {**m.held, **metrics}, progress, keep=True)
                             m.last.update(metrics)
                             if save:
-                                save_member(m, step, state, block, metrics[BEST_METRIC])
+                                save_member(m, step, state, block, metrics.get(BEST_METRIC))
                             m.throughput.restart()  # evaluation and saving are not training time
                     if all(m.error is not None for m in members):
                         break

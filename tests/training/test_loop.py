@@ -57,6 +57,20 @@ def _tiny_params():
         "causal_lm", "decoder"), batch, jax.random.PRNGKey(0))))
 
 
+@pytest.mark.parametrize("keep_best", [0, 1])
+def test_checkpoint_steps_are_evaluated_only_when_keep_best_ranks_them(keep_best, tokenizers, tmp_path):
+    """Checkpoints every 2 steps, evaluation every 100: with keep_best 0 only the last step is
+    evaluated (the scaling sweep scored every checkpoint on 800 batches for nothing); with
+    keep_best 1 every checkpoint step is, since the ranking needs it."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, eval_every_steps=100)
+    config.checkpoint.update(dict(every_steps=2, keep_best=keep_best, keep_last=3))
+    train_and_evaluate(config, str(tmp_path))
+    evaluated = [r["step"] for r in read_metrics(tmp_path) if "eval_loss" in r]
+    assert evaluated == ([6] if keep_best == 0 else [2, 4, 6])
+    assert sorted(Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(every_steps=2, keep_last=3,
+                                                                               keep_best=keep_best)).all_steps()) == [2, 4, 6]
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(shape=(3, 1, 1)), r"mesh.shape: mesh shape \(3, 1, 1\) holds 3 devices but 8 are available"),
     (dict(dcn_shape=(2, 1, 1)), r"mesh.dcn_shape: dcn_shape \(2, 1, 1\) spans 2 processes but the 8 devices are in 1"),
