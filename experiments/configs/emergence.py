@@ -23,7 +23,9 @@ The present preset (T5 init, one copy problem per document; pilots in the issue-
 full run, 12:10-12:34 UTC on 2 cores at load 2-5 (a short test run beside it for 2 minutes):
 23:30 wall, 1,981 s of CPU (training ~1,690 s summed over the sizes, checkpoint evaluations 218
 s), OVER the 20-minute target on that machine, which ran the identical scaling sweep with 1.6x
-the CPU seconds of the machine that measured the previous preset. Results (one seed per size):
+the CPU seconds of the machine that measured the previous preset. On the same machine a session later,
+with tokenized documents cached (research/data/token_cache.py), nothing beside it: 18:52 wall, 1,943 s
+of CPU, every result identical. Results (one seed per size):
 - copying_varied, the genuine transition: every 2-layer size learns to copy (exact match 1.0 at
   the end) and the 1-layer control does not (exact match 0, teacher-forced p 0.22). Along
   training d32-l2, d48-l2 and scale-1e5 jump in exact match AND in teacher-forced p (p's jump
