@@ -21,6 +21,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
+from research.data.batch_replay import ReplayIterator
 from research.data.config import DataConfig, DataError
 from research.data.objectives import Example, Objective, ObjectiveName, get_objective
 from research.data.sources import document_source
@@ -100,6 +101,16 @@ def batches_from_token_documents(documents: grain.MapDataset, *, objective: Obje
     return ds.batch(batch_size, drop_remainder=False, batch_fn=functools.partial(_stack_and_pad, batch_size=batch_size))
 
 
+def _synthetic_key(data_config: DataConfig, tokenizer: Tokenizer, split: str, shard_index: int,
+                   shard_count: int) -> tuple | None:
+    """What a synthetic shard's documents depend on (None for other sources: files and TFDS may
+    change between runs in one process)."""
+    if data_config.source != "synthetic":
+        return None
+    return (repr(data_config.synthetic), data_config.max_documents, split, shard_index, shard_count,
+            tokenizer_digest(tokenizer))
+
+
 def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
         import jax  # only for the process topology; the pipeline itself is numpy
@@ -139,8 +150,7 @@ def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objecti
                         f"{data_config.describe()} has only {len(documents)} documents; use fewer shards.")
     # Synthetic documents are a pure function of their config: every run in this process
     # shares their tokens. Other sources are cached per iterator (research/data/token_cache.py).
-    shared_key = ((repr(data_config.synthetic), data_config.max_documents, split, shard_index, shard_count,
-                   tokenizer_digest(tokenizer)) if data_config.source == "synthetic" else None)
+    shared_key = _synthetic_key(data_config, tokenizer, split, shard_index, shard_count)
     # Cached documents are read on the iterating thread: a read from memory costs less than grain's
     # thread-pool hand-off (emergence mixture, warm cache: 12.8 against 17 ms per 16 x 128 batch),
     # and the training loop already prepares batches on a thread of its own (research/data/prefetch.py).
@@ -161,8 +171,15 @@ def make_batch_iterator(data_config: DataConfig, *, tokenizer: Tokenizer, object
     jax.process_count(); num_epochs=None repeats forever. model_max_len / model_vocab_size,
     when given, are checked against seq_len / the tokenizer before any data is read.
     Schema per objective: research/data/objectives.py; state: get_state() / set_state().
+    Synthetic batches are computed once per process and replayed (research/data/batch_replay.py).
     """
-    return iter(make_batch_dataset(
+    iterator = iter(make_batch_dataset(
         data_config, tokenizer=tokenizer, objective=objective, batch_size=batch_size, seq_len=seq_len,
         split=split, seed=seed, shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
         model_max_len=model_max_len, model_vocab_size=model_vocab_size))
+    shard_index, shard_count = _default_shard(shard_index, shard_count)
+    documents_key = _synthetic_key(data_config, tokenizer, split, shard_index, shard_count)
+    if documents_key is None:
+        return iterator
+    stream_key = (documents_key, repr(get_objective(objective)), batch_size, seq_len, seed, num_epochs)
+    return ReplayIterator(iterator, stream_key)
