@@ -1,0 +1,34 @@
+"""MetricWriter's TensorBoard events: every scalar of every step, readable as TensorBoard reads them."""
+import glob
+import struct
+
+from tensorboardX.proto.event_pb2 import Event
+
+from research.training.metrics import MetricWriter, read_metrics
+
+
+def _events(directory: str) -> list[Event]:
+    """Parse TFRecord-framed event files: [length u64][crc u32][data][crc u32] per record."""
+    events = []
+    for path in sorted(glob.glob(f"{directory}/tensorboard/events.out.tfevents.*")):
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def test_each_logged_step_is_one_event_holding_all_its_scalars(tmp_path):
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    writer.write(1, {"loss": 2.5, "accuracy": 0.25, "learning_rate": 2.0**-10, "note": "text is skipped"})
+    writer.write(2, {"loss": 2.0, "accuracy": 0.5, "learning_rate": 2.0**-9, "eval_loss": 2.25})
+    writer.close()
+    scalars = {(e.step, v.tag): v.simple_value for e in _events(str(tmp_path)) for v in e.summary.value}
+    assert scalars == {(1, "loss"): 2.5, (1, "accuracy"): 0.25, (1, "learning_rate"): 2.0**-10,
+                       (2, "loss"): 2.0, (2, "accuracy"): 0.5, (2, "learning_rate"): 2.0**-9, (2, "eval_loss"): 2.25}
+    assert [e.step for e in _events(str(tmp_path)) if e.summary.value] == [1, 2]
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+    assert read_metrics(str(tmp_path))[0]["note"] == "text is skipped"
