@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from typing import Any, Callable, Iterator, Sequence
 
@@ -49,7 +48,7 @@ from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
-from research.training import blocks, losses, metrics as metrics_lib, model_batch, partitioning
+from research.training import blocks, evaluation, losses, metrics as metrics_lib, model_batch, partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
@@ -167,32 +166,6 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
     """
     model_batch.check_trainable_together(configs, workdirs)
     return _train(list(configs), list(workdirs), stacked=True)
-
-
-def _evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Any, batches: Callable[[], list],
-                num_batches: int, num_models: int, stack: Callable[[list], dict]) -> Callable[[Any], list[dict]]:
-    """params -> [per model: eval_loss (nats), eval_perplexity, eval_accuracy] over the same
-    validation batches every time (token-weighted sums in float64, as train_step.evaluate)."""
-    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    compiled = jax.jit(eval_fn, in_shardings=(params_shardings, batch_sharding), out_shardings=replicated)
-
-    def run(params) -> list[dict[str, float]]:
-        iterators = batches()
-        sums = {k: np.zeros(num_models) for k in ("loss_sum", "correct_sum", "num_tokens")}
-        for _ in range(num_batches):
-            batch = partitioning.shard_batch(stack([next(it) for it in iterators]), batch_sharding)
-            out = jax.device_get(compiled(params, batch))
-            for k in sums:
-                sums[k] = sums[k] + np.reshape(np.asarray(out[k], np.float64), -1)
-        results = []
-        for i in range(num_models):
-            n = max(float(sums["num_tokens"][i]), 1.0)
-            loss = float(sums["loss_sum"][i]) / n
-            results.append({"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-                            "eval_accuracy": float(sums["correct_sum"][i]) / n})
-        return results
-
-    return run
 
 
 def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
@@ -345,11 +318,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             train_block = blocks.jit_block_step(block_fn, state_shardings,
                                                 blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
             eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
-            run_eval = _evaluation(eval_fn, state_shardings.params, eval_sharding,
-                                   # One validation stream for every seed: runs then differ only by what
-                                   # they trained on, not by which tokens scored them.
-                                   lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches,
-                                   num_models, stack_models)
+            run_eval = evaluation.make_evaluation(
+                eval_fn, state_shardings.params, eval_sharding,
+                # One validation stream for every seed: runs then differ only by what they trained
+                # on, not by which tokens scored them.
+                lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches, num_models,
+                stack_models, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
 
             target_len = example[objective.targets_key].shape[1]
             encoder_decoder = model_config.family == "encoder_decoder"
