@@ -85,8 +85,9 @@ def _base() -> ml_collections.ConfigDict:
     # cpu_tiny corpus's validation split). Why so many: with 48 batches (49k tokens) every run of
     # one cpu_tiny sweep scored 0.006-0.013 nats lower than on 800 (mean 0.009, issue-9 note): an
     # offset shared by all runs, as large as the gap between the fitted E and the reachable bound
-    # it is checked against, plus ~0.002 of per-run scatter. The extra batches cost about a second
-    # of forward passes per run.
+    # it is checked against, plus ~0.002 of per-run scatter. The batches are evaluated up to 64 per
+    # compiled call (research/training/evaluation.py) and, after a worker's first run, replayed from
+    # memory (research/data/batch_replay.py): a few seconds per run on one core.
     config.train.update(dict(batch_size=16, seq_len=64, eval_batches=800, eval_every_steps=1_000_000,
                              log_every_steps=1, progress_bar=False, peak_flops=0.0))
     # Cosine to 10% of the peak over each run's own length (Hoffmann et al. 2022); the

@@ -10,6 +10,7 @@
     metrics.py        JSONL + TensorBoard, model size, tokens/s, MFU
     loop.py           train_and_evaluate(config, workdir); train_together(configs, workdirs): K models, one program
     blocks.py         several steps per compiled call (lax.scan of the train step)
+    evaluation.py     the loop's evaluation: fixed validation batches, several per compiled call
     model_batch.py    K same-shape models: stacked states, vmapped step, per-model optimizer numbers
     workdir.py        a workdir checked and bound to one run (run.json); schedule change on resume
     preemption.py     Ctrl-C / SIGTERM: save at the end of the current block and stop
