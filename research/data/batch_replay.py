@@ -19,13 +19,14 @@ iterators read on from the real pipeline.
 """
 from __future__ import annotations
 
-import collections
 import json
 import threading
 from typing import Any, Hashable
 
 import grain
 import numpy as np
+
+from research.data.token_cache import RecentlyUsed
 
 MAX_REPLAY_BYTES = 1 << 28  # 256 MB of stored batches in all (a 16 x 64 causal batch: ~5 KB)
 MAX_STREAMS = 4  # e.g. train with two seeds and validation
@@ -83,27 +84,16 @@ class _Stream:
             self.nbytes += size
 
 
-_STREAMS: collections.OrderedDict[Hashable, _Stream] = collections.OrderedDict()
-_STREAMS_LOCK = threading.Lock()
+_STREAMS = RecentlyUsed(MAX_STREAMS, _Stream)
 
 
 def _total_bytes() -> int:
-    return sum(stream.nbytes for stream in list(_STREAMS.values()))
-
-
-def _stream(key: Hashable) -> _Stream:
-    with _STREAMS_LOCK:
-        stream = _STREAMS.pop(key, None) or _Stream()
-        _STREAMS[key] = stream  # most recently used last
-        while len(_STREAMS) > MAX_STREAMS:
-            _STREAMS.popitem(last=False)
-        return stream
+    return sum(stream.nbytes for stream in _STREAMS.values())
 
 
 def clear() -> None:
     """Forget every stored stream (tests; a notebook that wants its memory back)."""
-    with _STREAMS_LOCK:
-        _STREAMS.clear()
+    _STREAMS.clear()
 
 
 class ReplayIterator(grain.DatasetIterator):
@@ -113,7 +103,7 @@ class ReplayIterator(grain.DatasetIterator):
 
     def __init__(self, source: grain.DatasetIterator, key: Hashable):
         super().__init__()
-        self._source, self._stream = source, _stream(key)
+        self._source, self._stream = source, _STREAMS.get(key)
         self._position = 0  # batches read
         self._source_position = 0  # batches the source has read (when not following)
         self._following = False  # restored to a state the stream has not seen: source only

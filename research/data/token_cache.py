@@ -64,17 +64,34 @@ class _TokenStore:
         return tokens
 
 
-_SHARED: collections.OrderedDict[Hashable, _TokenStore] = collections.OrderedDict()
-_SHARED_LOCK = threading.Lock()
+class RecentlyUsed:
+    """The values of the last `capacity` keys used, each made by `make()` on first use
+    (thread-safe); process-wide stores keep their memory bounded with it."""
+
+    def __init__(self, capacity: int, make: Callable[[], Any]):
+        self._capacity, self._make = capacity, make
+        self._values: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._values.pop(key, None) or self._make()
+            self._values[key] = value  # most recently used last
+            while len(self._values) > self._capacity:
+                self._values.popitem(last=False)
+            return value
+
+    def values(self) -> list[Any]:
+        """Least recently used first."""
+        with self._lock:
+            return list(self._values.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
 
 
-def _shared_store(key: Hashable) -> _TokenStore:
-    with _SHARED_LOCK:
-        store = _SHARED.pop(key, None) or _TokenStore()
-        _SHARED[key] = store  # most recently used last
-        while len(_SHARED) > MAX_SHARED_CACHES:
-            _SHARED.popitem(last=False)
-        return store
+_SHARED = RecentlyUsed(MAX_SHARED_CACHES, _TokenStore)
 
 
 class _CachedTokens:
@@ -108,5 +125,5 @@ def cached_token_documents(documents: grain.MapDataset, encode: Callable[[str], 
     Corpora of more than MAX_CACHED_DOCUMENTS documents are returned uncached."""
     if not caches(documents):
         return documents.map(encode)
-    store = _TokenStore() if shared_key is None else _shared_store(shared_key)
+    store = _TokenStore() if shared_key is None else _SHARED.get(shared_key)
     return grain.MapDataset.source(_CachedTokens(documents, encode, store))
