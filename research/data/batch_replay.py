@@ -9,7 +9,8 @@ cache (token_cache.py) already saves the documents' generation, this saves the r
 
 A `ReplayIterator` is a grain `DatasetIterator` over one stream: batch n is read from the
 stream when some iterator of the same key has computed it, else computed by its own iterator
-of the real pipeline (moved to position n with grain's own set_state) and appended. Its states are the real pipeline's states at the same position, so checkpoints are
+of the real pipeline (moved to position n with grain's own set_state) and appended. Its
+states are the real pipeline's states at the same position, so checkpoints are
 interchangeable with an uncached run's; a state it has not seen (a resume in a new process)
 makes it follow a real iterator from there, uncached. Batches are stored compactly (the
 smallest unsigned integer type holding each array's values exactly) and returned as fresh
@@ -66,7 +67,7 @@ class _Stream:
     def __init__(self):
         self.batches: list[_Compact] = []
         self.states: list[str] = []  # JSON of the state after batches[i]
-        self.initial: str | None = None  # JSON of the state before any batch
+        self.initial: str | None = None  # JSON of the state before any batch (set by the first iterator)
         self.positions: dict[str, int] = {}  # state key -> position (batches read)
         self.nbytes = 0
         self.lock = threading.Lock()
@@ -105,8 +106,13 @@ class ReplayIterator(grain.DatasetIterator):
         super().__init__()
         self._source, self._stream = source, _STREAMS.get(key)
         self._position = 0  # batches read
-        self._source_position = 0  # batches the source has read (when not following)
+        self._source_position = 0  # where the source is in the stream (-1: elsewhere)
         self._following = False  # restored to a state the stream has not seen: source only
+        with self._stream.lock:
+            if self._stream.initial is None:
+                initial = source.get_state()
+                self._stream.initial = json.dumps(initial)
+                self._stream.positions[_state_key(initial)] = 0
 
     def _source_at(self, position: int) -> grain.DatasetIterator:
         """The real iterator, moved to `position` (which the stream has the state of)."""
@@ -126,11 +132,6 @@ class ReplayIterator(grain.DatasetIterator):
         if stored is not None:
             self._position += 1
             return _expand(stored)
-        if stream.initial is None and position == 0:
-            initial = json.dumps(self._source_at(0).get_state())
-            with stream.lock:
-                stream.initial = stream.initial or initial
-                stream.positions.setdefault(_state_key(json.loads(initial)), 0)
         source = self._source_at(position)
         batch = next(source)
         self._source_position = self._position = position + 1
@@ -141,11 +142,10 @@ class ReplayIterator(grain.DatasetIterator):
         if self._following:
             return self._source.get_state()
         with self._stream.lock:
-            known = self._position <= len(self._stream.states) and (self._position or self._stream.initial)
-            if known:
+            if self._position <= len(self._stream.states):
                 return json.loads(self._stream.states[self._position - 1] if self._position
                                   else self._stream.initial)
-        return self._source_at(self._position).get_state()
+        return self._source.get_state()  # past the stored batches the source is where this iterator is
 
     def set_state(self, state: dict[str, Any]) -> None:
         with self._stream.lock:
@@ -154,7 +154,7 @@ class ReplayIterator(grain.DatasetIterator):
             self._position, self._following = position, False
             return
         self._source.set_state(state)
-        self._following = True
+        self._following, self._source_position = True, -1
 
     def close(self) -> None:
         self._source.close()

@@ -115,3 +115,20 @@ def test_stream_stops_at_its_byte_bound_and_batches_stay_correct(synthetic_token
 def test_file_sources_are_not_replayed(tokenizer, small_stdlib):
     iterator = make_batch_iterator(small_stdlib, tokenizer=tokenizer, **ARGS)
     assert not isinstance(iterator, ReplayIterator)
+
+
+def test_back_to_a_known_state_after_following_an_unknown_one(synthetic_tokenizer):
+    list(itertools.islice(_replayed(synthetic_tokenizer), 10))  # the stream holds batches 0..9
+    plain = _plain(synthetic_tokenizer)
+    list(itertools.islice(plain, 40))
+    unknown = plain.get_state()
+    replayed = _replayed(synthetic_tokenizer)
+    list(itertools.islice(replayed, 12))  # 10 from the stream, 2 by its source (now at batch 12)
+    known = replayed.get_state()
+    replayed.set_state(unknown)  # follows the source from batch 40
+    next(replayed)
+    replayed.set_state(known)  # back to batch 12, a state the stream holds
+    reference = _plain(synthetic_tokenizer)
+    list(itertools.islice(reference, 12))
+    for _ in range(5):  # the source must be moved back from batch 41 to batch 12
+        _assert_same(next(replayed), next(reference))
