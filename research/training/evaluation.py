@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from research.data.prefetch import stack_block
 from research.training import blocks, partitioning
 
 EVAL_BLOCK_LEN = 64  # batches per call at most
@@ -30,13 +31,13 @@ def eval_block_len(num_batches: int, batch_bytes: int) -> int:
 
 
 def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: NamedSharding,
-                    batches: Callable[[], list], num_batches: int, num_models: int,
-                    stack: Callable[[list], dict], batch_bytes: int) -> Callable[[Any], list[dict]]:
+                    batches: Callable[[], list], num_batches: int, num_models: int, *,
+                    per_member: bool, batch_bytes: int) -> Callable[[Any], list[dict]]:
     """params -> [per model: eval_loss (nats), eval_perplexity, eval_accuracy] over the same
     num_batches validation batches every time. `eval_fn(params, batch)` gives token-weighted
     sums (research.training.train_step.make_eval_step, or its map over K models); `batches()`
-    gives fresh validation iterators (one per data stream) and `stack` makes one batch of
-    their next elements."""
+    gives fresh validation iterators: one, or with `per_member` one per model, whose batches
+    are stacked on a model axis (as the train blocks', research/data/prefetch.stack_block)."""
     block_len = eval_block_len(num_batches, batch_bytes)
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     block_sharding = blocks.block_sharding(batch_sharding, 1)
@@ -51,11 +52,8 @@ def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Na
         pending = []  # (batches in the call, its device outputs): fetched after the last call
         for first in range(0, num_batches, block_len):
             count = min(block_len, num_batches - first)
-            rows = [stack([next(it) for it in iterators]) for _ in range(count)]
-            block = {}
-            for key in rows[0]:
-                block[key] = np.zeros((block_len, *rows[0][key].shape), rows[0][key].dtype)
-                block[key][:count] = [row[key] for row in rows]  # zero batches past the data: not summed
+            # Zero batches past the data fill the last call; their sums are not added.
+            block = stack_block([[next(it) for it in iterators] for _ in range(count)], block_len, per_member)
             pending.append((count, compiled(params, partitioning.shard_batch(block, block_sharding))))
         sums = {k: np.zeros(num_models) for k in _SUMS}
         for count, outputs in pending:

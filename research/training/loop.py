@@ -252,10 +252,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
             model_vocab_size=model_config.vocab_size)
 
-    def stack_models(host_batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.stack([b[k] for b in host_batches]) for k in host_batches[0]} if per_model_data \
-            else host_batches[0]
-
     # Shapes from one validation batch, so the train iterators are untouched until step 0.
     example = next(batches("validation", train.seed))
     objective.check_batch(example, model_config.max_len)
@@ -323,7 +319,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 # One validation stream for every seed: runs then differ only by what they trained
                 # on, not by which tokens scored them.
                 lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches, num_models,
-                stack_models, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
+                per_member=per_model_data, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
 
             target_len = example[objective.targets_key].shape[1]
             encoder_decoder = model_config.family == "encoder_decoder"

@@ -103,7 +103,7 @@ class MetricWriter:
         scalars = {name: value for name, value in record.items()
                    if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
         if scalars:  # one event per step, not one per scalar: a sweep logging every step of small
-            # models spent 0.85 ms of each step in 9 add_scalar calls, 0.2 ms this way (measured)
+            # models spent 0.85 ms of each step in 9 add_scalar calls, 0.27 ms this way (measured)
             self._tensorboard.file_writer.add_summary(self._summary(value=[
                 self._summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()]),
                 int(step))

@@ -51,7 +51,7 @@ def test_blocked_evaluation_equals_one_call_per_batch(setup, block_len, monkeypa
     with partitioning.sharding_context(mesh, DEFAULT_RULES):
         expected = _one_call_per_batch(eval_step, state.params, batches, sharding)
         run = evaluation.make_evaluation(eval_step, shardings.params, sharding, lambda: [iter(batches)],
-                                         NUM_BATCHES, 1, lambda rows: rows[0],
+                                         NUM_BATCHES, 1, per_member=False,
                                          batch_bytes=sum(v.nbytes for v in batches[0].values()))
         assert run(state.params) == [expected]
         assert run(state.params) == [expected]  # fresh iterators each time: the same batches
