@@ -126,11 +126,15 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
 
     shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
                           ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
-                           "breakthroughness"])
+                           "breakthroughness", "paper_linearity", "paper_breakthroughness"])
     text = (f"# Emergence study\n\nSizes: {', '.join(config.sizes)}; {config.train.num_steps} steps of "
             f"{config.train.batch_size} x {config.train.seq_len} tokens each. Intervals: 80% item bootstrap. "
-            f"Linearity / breakthroughness (Srivastava et al. 2022, App. B) are shown only where the total "
-            f"improvement I exceeds {NOISE_Z:g} bootstrap standard errors (research/evaluation/emergence_metrics.py)."
+            f"paper_linearity / paper_breakthroughness: Srivastava et al. 2022's I / RootMeanSquare and "
+            f"I / RootMedianSquare of the steps between consecutive sizes (App. B; the formulas as restated "
+            f"by secondary sources, the appendix's own text not checked). linearity / breakthroughness: the "
+            f"same with each squared step floored at its bootstrap variance and at (1 / items)^2, shown only "
+            f"where the total improvement I exceeds {NOISE_Z:g} bootstrap standard errors "
+            f"(research/evaluation/emergence_metrics.py)."
             f"\n\n## Across sizes (end of training), values ordered by size\n\n```\n{shapes}\n```\n")
     if mirage:
         table = format_table(_interval_text(mirage, ["exact_match", "p", "p_to_the_L", "target_log_prob",

@@ -59,6 +59,9 @@ def curve_summary(rows: Sequence[dict[str, Any]], *, scale: str, group_by: Seque
             summary["total_improvement"] = total_improvement(ordered_scales, y) if shape else None
             summary["linearity"] = linearity(ordered_scales, y) if shape else None
             summary["breakthroughness"] = breakthroughness(ordered_scales, y) if shape else None
+            # No per-item scores, so no noise floor: the paper's values, under both names
+            # (noisy_curve_summary's rows differ between the two).
+            summary["paper_linearity"], summary["paper_breakthroughness"] = summary["linearity"], summary["breakthroughness"]
             out.append(summary)
     return out
 

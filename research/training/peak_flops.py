@@ -50,6 +50,21 @@ def datasheet_peak(device_kind: str) -> tuple[str, float] | None:
     return None
 
 
+# Measured peaks by device tuple, once per process: the measurement is ~4e11 FLOPs on 8 fake
+# CPU devices (2.9 s of a 41 s preset run, profiled), and a process that trains many models
+# (a test worker, a notebook, train_together's callers) would otherwise pay it for every run.
+# A machine's matmul rate does not change between runs; MFU is a logged figure, never a loss.
+_MEASURED: dict[tuple, float] = {}
+
+
+def _measured_peak(devices: tuple) -> float:
+    if devices not in _MEASURED:
+        from research.training.metrics import measure_peak_flops  # lazy: metrics imports the training stack
+
+        _MEASURED[devices] = measure_peak_flops(list(devices))
+    return _MEASURED[devices]
+
+
 def peak_flops(devices: Sequence[jax.Device] | None = None, *, override: float = 0.0) -> PeakFlops:
     """The MFU denominator for `devices` (default: all): override > data sheet > measured."""
     devices = list(jax.devices() if devices is None else devices)
@@ -60,9 +75,7 @@ def peak_flops(devices: Sequence[jax.Device] | None = None, *, override: float =
         name, per_chip = known
         peak = PeakFlops(per_chip * len(devices), f"datasheet bf16 dense: {name} x {len(devices)}")
     else:
-        from research.training.metrics import measure_peak_flops  # lazy: metrics imports the training stack
-
-        peak = PeakFlops(measure_peak_flops(devices),
+        peak = PeakFlops(_measured_peak(tuple(devices)),
                          f"measured float32 matmul on {devices[0].platform} ({devices[0].device_kind}) x "
                          f"{len(devices)}, not a datasheet peak")
     logging.getLogger(__name__).info("MFU peak %.4g FLOP/s: %s", peak.flops_per_second, peak.source)

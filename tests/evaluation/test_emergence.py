@@ -71,6 +71,7 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
         assert os.path.getsize(paths[name]) > 10_000 and paths[name].endswith(".png")
     report = open(paths["report"]).read()
     assert "breakthroughness" in report and "scale-3e4" in report
+    assert "paper_breakthroughness" in report.split("## Across sizes")[1]  # the unfloored values beside
 
 
 def test_training_data_holds_out_the_evaluation_problems(micro_study):

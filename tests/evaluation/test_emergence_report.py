@@ -72,6 +72,9 @@ def test_curve_summary_orients_metrics_and_finds_the_jump():
     # Edit distance falls in equal steps: after negation, linearity = breakthroughness = n - 1.
     assert summary["token_edit_distance"]["breakthroughness"] == pytest.approx(4.0)
     assert summary["token_edit_distance"]["linearity"] == pytest.approx(4.0)
+    # No per-item scores, no noise floor: the report's paper_* columns hold the same values.
+    assert summary["exact_match"]["paper_breakthroughness"] == summary["exact_match"]["breakthroughness"]
+    assert summary["exact_match"]["paper_linearity"] == summary["exact_match"]["linearity"]
     with pytest.raises(ConfigError, match="has two rows at params"):
         curve_summary(rows + rows[:1], scale="params", group_by=("task",), metrics=("exact_match",))
 

@@ -27,3 +27,15 @@ def test_devices_sum_override_wins_and_cpu_is_measured_and_labelled():
     cpu = peak_flops(jax.devices()[:1])
     assert datasheet_peak(jax.devices()[0].device_kind) is None
     assert cpu.flops_per_second > 1e8 and "measured float32 matmul on cpu" in cpu.source
+
+
+def test_a_measured_peak_is_measured_once_per_process_and_device_set(monkeypatch):
+    from research.training import metrics, peak_flops as peak_flops_module
+
+    calls = []
+    monkeypatch.setattr(peak_flops_module, "_MEASURED", {})
+    monkeypatch.setattr(metrics, "measure_peak_flops", lambda devices: calls.append(tuple(devices)) or 5e9)
+    one, two = jax.devices()[:1], jax.devices()[:2]
+    assert peak_flops(one).flops_per_second == peak_flops(one).flops_per_second == 5e9
+    assert peak_flops(two).flops_per_second == 5e9
+    assert calls == [tuple(one), tuple(two)]  # the second call for `one` reused its figure
