@@ -2,9 +2,16 @@
 import os
 
 # Must be set before jax initialises its backends (i.e. before any test imports jax).
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# LLVM optimisation level 1 instead of XLA's default 2 (unless XLA_FLAGS already chooses one):
+# the suite compiles ~2,000 tiny programs and on a cold cache compiling is ~45% of its time.
+# Measured on 2 cores, cold caches, alternating: a compile-heavy pair of test files 58.0 / 60.5 s
+# at level 2 against 47.9 / 51.2 s at level 1; the three preset runs (600 steps each, run-time
+# bound) 98.6 s against 96.9 s. Level 0 compiles faster still but made the preset runs 1.7x slower.
+# The flag reaches every subprocess the tests start (they inherit the environment).
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _flags:
+    _flags += " --xla_backend_optimization_level=1"
+os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One persistent XLA compilation cache for the whole suite, its xdist workers and the

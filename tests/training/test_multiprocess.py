@@ -30,8 +30,8 @@ def free_port() -> int:
 
 def worker_env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-    return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "TOKENIZERS_PARALLELISM": "false", **extra}
+    flags = f"--xla_backend_optimization_level=1 --xla_force_host_platform_device_count={devices}"  # as conftest.py
+    return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
 def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
