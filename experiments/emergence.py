@@ -20,13 +20,13 @@ model trained on the mixture rather than research.evaluation.CharTokenizer. Its 
 option already gives every digit its own token, which is what char-level tokenization buys
 for arithmetic (per-token metrics are per-digit), while BPE pieces keep the code corpus
 about three times shorter than characters would.
+
+experiments/emergence_plan.py builds the plan (step 0: every model config and task, checked
+before any compilation) and step 1's data; this module trains, evaluates and reports.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -37,146 +37,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import emergence_report
+# The plan and data steps live in emergence_plan; examples_per_document is re-exported for callers.
+from experiments.emergence_plan import (StudyPlan, examples_per_document, plan_study, prepare_data,  # noqa: F401
+                                        read_json, size_model_fields)
 from research.models.config import ConfigError
 
 Log = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyPlan:
-    """Everything the study will do, built and checked before any compilation."""
-
-    sizes: dict[str, Any]  # size name -> ModelConfig
-    eval_entries: list  # research.evaluation.suite.SuiteEntry, evaluated at every checkpoint
-    final_entries: list  # evaluated at the final checkpoint only (the many-item mirage tasks)
-    train_tasks: dict[str, Any]  # task name -> Task whose "train" split holds the training problems
-    fingerprint: str  # of everything that decides evaluation results
-
-
-def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
-    """Build the ladder's model configs and every task; ConfigError / TaskError on bad input."""
-    from research.evaluation.suite import plan_suite
-    from research.evaluation.task_catalog import catalog_task
-    from research.evaluation.task_spec import make_task
-    from research.models import get_config
-
-    sizes = list(config.sizes)
-    if len(sizes) < 2 or len(set(sizes)) != len(sizes):
-        raise ConfigError(f"sizes={sizes} must name at least 2 distinct presets (a ladder).")
-    ladder = dict(config.get("ladder", None) or {})
-    for name, fields in ladder.items():
-        if "preset" not in fields:
-            raise ConfigError(f"ladder[{name!r}]={dict(fields)} must name the preset it changes, e.g. "
-                              "dict(preset='scale-1e5', d_model=32, num_heads=4, d_ff=128).")
-    models = {}
-    for size in sizes:
-        fields = size_model_fields(config, size)
-        models[size] = get_config(fields.pop("preset"), **fields)
-    if models[sizes[0]].family != "decoder" or any(m.family != models[sizes[0]].family for m in models.values()):
-        raise ConfigError(f"sizes={sizes} must all be decoder presets; the study trains causal LMs.")
-    if float(config.get("lr_reference_width", 0) or 0) < 0:
-        raise ConfigError(f"lr_reference_width={config.lr_reference_width} must be >= 0 (0: one learning rate "
-                          "for every size).")
-    if float(config.get("lr_scale_floor", 0) or 0) < 0:
-        raise ConfigError(f"lr_scale_floor={config.lr_scale_floor} must be >= 0 (0: no floor; 1: no size trains "
-                          "below opt.learning_rate).")
-    mixture = config.mixture
-    if not 0.0 <= mixture.corpus_fraction < 1.0:
-        raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
-    if not mixture.tasks or any(int(n) < 1 for n in mixture.tasks.values()):
-        raise ConfigError(f"mixture.tasks={dict(mixture.tasks)} must map task names to problem counts >= 1.")
-    for name, pair in dict(mixture.get("examples_per_document_by_task", None) or {}).items():
-        if name not in mixture.tasks:
-            raise ConfigError(f"mixture.examples_per_document_by_task names {name!r}, which mixture.tasks lacks; "
-                              f"use one of {sorted(mixture.tasks)}.")
-        if len(tuple(pair)) != 2 or not 1 <= int(pair[0]) <= int(pair[1]):
-            raise ConfigError(f"mixture.examples_per_document_by_task[{name!r}]={tuple(pair)} must be (fewest, most) "
-                              "with 1 <= fewest <= most.")
-
-    ev = config.eval
-    cue = ev.cot_description
-    eval_tasks = {name: _with_cue(catalog_task(name, num_test=ev.num_test, num_train=ev.num_train, seed=ev.seed),
-                                  cue) for name in ev.tasks}
-    # One generation budget for every task: the harness then compiles one decoding loop per
-    # size, and shorter answers still stop at their newline.
-    budget = max(t.spec.max_new_tokens for t in eval_tasks.values())
-    eval_tasks = {n: make_task(t.spec.replace(max_new_tokens=budget), t.splits) for n, t in eval_tasks.items()}
-    entries = plan_suite(list(ev.tasks), list(ev.shots), tasks=eval_tasks)
-    final_names = list(ev.get("final_tasks", ()))
-    final_entries = []
-    if final_names:
-        if int(ev.get("final_num_test", 0)) < 1:
-            raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= 1 when eval.final_tasks is set "
-                              "(e.g. 1000 items per task).")
-        final_tasks = {name: catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train, seed=ev.seed)
-                       for name in final_names}
-        longest = max(t.spec.max_new_tokens for t in final_tasks.values())
-        final_tasks = {n: make_task(t.spec.replace(max_new_tokens=longest), t.splits) for n, t in final_tasks.items()}
-        final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
-    train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
-                   for name, count in mixture.tasks.items()}
-    fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                           "model": config.model.to_dict()})
-    return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
-
-
-def _with_cue(task: Any, cue: str) -> Any:
-    """Chain-of-thought tasks open with `cue`, so zero-shot prompts say which format is wanted."""
-    from research.evaluation.task_spec import make_task
-    if task.spec.answer_prefix is None or not cue:
-        return task
-    return make_task(task.spec.replace(description=cue), task.splits)
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: str, log: Log) -> dict[str, Any]:
-    """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
-    from research import data
-    from research.data.sources import TextFileSource, stdlib_files
-    from research.evaluation.task_corpus import held_out_prompts, take_chars, task_documents, write_mixture
-
-    data_dir = os.path.join(workdir, "data")
-    mixture_path = os.path.join(data_dir, "mixture.jsonl")
-    manifest_path = os.path.join(data_dir, "manifest.json")
-    # The mixture depends on the eval config only through the prompts it holds out (and the
-    # chain-of-thought cue), so adding an evaluation whose items are already held out (e.g. the
-    # first 400 of the 1000 final addition items, tracked at every checkpoint) keeps the runs.
-    held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
-    wanted = _digest({"mixture": config.mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                      "cot_description": config.eval.cot_description,
-                      "held_out": _digest(sorted(set().union(*(held_out_prompts(t) for t in held_out))))})
-    if _read_json(manifest_path).get("fingerprint") != wanted or not os.path.isfile(mixture_path):
-        runs_dir = os.path.join(workdir, "runs")
-        if os.path.isdir(runs_dir) and os.listdir(runs_dir):
-            raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
-                              "use a new --workdir (or delete its runs/ and data/).")
-        mixture = config.mixture
-        parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
-                                      seed=mixture.seed, held_out=held_out)
-                 for name, task in plan.train_tasks.items()}
-        task_chars = sum(len(t) for texts in parts.values() for t in texts)
-        corpus_chars = int(task_chars * mixture.corpus_fraction / (1.0 - mixture.corpus_fraction))
-        if corpus_chars:
-            files = TextFileSource(stdlib_files("train"))
-            parts = {"stdlib": take_chars((files[i] for i in range(len(files))), corpus_chars), **parts}
-        chars = write_mixture(mixture_path, parts, seed=mixture.seed)
-        _write_json(manifest_path, {"fingerprint": wanted, "chars": chars})
-        log(f"wrote {mixture_path}: " + ", ".join(f"{k} {v / 1e3:.0f}K chars" for k, v in chars.items()))
-    files_config = dict(source="files", file_patterns=(mixture_path,), data_dir=os.path.join(workdir, "tfds"),
-                        validation_fraction=0.02)
-    tokenizer = data.build_tokenizer(data.DataConfig(**files_config, tokenizer=data.TokenizerConfig(
-        **config.tokenizer.to_dict())), workdir)
-    return {**files_config, "file_patterns": [mixture_path], "tokenizer": {"model_path": tokenizer.path}}
-
-
-def examples_per_document(mixture: ml_collections.ConfigDict, task: str) -> tuple[int, int]:
-    """(fewest, most) problems per training document of `task`: its entry in
-    mixture.examples_per_document_by_task, else mixture.examples_per_document."""
-    by_task = dict(mixture.get("examples_per_document_by_task", None) or {})
-    return tuple(int(n) for n in by_task.get(task, mixture.examples_per_document))
 
 
 def train_config(config: ml_collections.ConfigDict, size: str,
@@ -189,14 +55,6 @@ def train_config(config: ml_collections.ConfigDict, size: str,
         opt={**config.opt.to_dict(), "learning_rate": size_learning_rate(config, size)},
         checkpoint={**config.checkpoint.to_dict(), "keep_last": num_checkpoints, "keep_best": 0},
         mesh=config.mesh.to_dict()))
-
-
-def size_model_fields(config: ml_collections.ConfigDict, size: str) -> dict[str, Any]:
-    """research.training's model fields of one size: {"preset": ..., overrides}. A size is a model
-    preset, or a name in config.ladder ({name: dict(preset=..., d_model=..., ...)}: a preset with
-    its shape changed, for widths the presets lack); config.model's overrides apply to both."""
-    custom = dict((config.get("ladder", None) or {}).get(size, None) or {"preset": size})
-    return {"preset": custom.pop("preset"), **config.model.to_dict(), **custom}
 
 
 def size_learning_rate(config: ml_collections.ConfigDict, size: str) -> float:
@@ -235,7 +93,7 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
                     "learning_rate": size_learning_rate(config, size), "step": step, "final": step == train.num_steps, "tokens": tokens,
                     "compute_flops": float(flops_per_token) * tokens}
         stem = os.path.join(run_dir, "evals", f"step_{step}")
-        if _read_json(stem + ".json").get("metadata", {}).get("fingerprint") == plan.fingerprint:
+        if read_json(stem + ".json").get("metadata", {}).get("fingerprint") == plan.fingerprint:
             rows.extend({**identity, **row} for row in read_rows(stem + ".json"))
             continue
         start = time.perf_counter()
@@ -352,20 +210,6 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
     seconds = sum(flops.values()) / (config.estimate.peak_flops * config.estimate.mfu)
     return {"flops": flops, "total_flops": sum(flops.values()), "seconds": seconds,
             "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_json(path: str, value: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def _define_flags() -> None:
