@@ -111,9 +111,8 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
     """A run directory may only be reused by the same run: fail on a changed config."""
     path = os.path.join(run_dir, RUN_CONFIG_FILE)
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+    stored = _read_run_config(run_dir, path)
+    if stored is not None:
         old, new = _fingerprint(stored), _fingerprint(current)
         if old != new:
             changed = sorted(k for k in new if old.get(k) != new.get(k))
@@ -121,8 +120,24 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
                              "--workdir for a changed sweep, or restore the config it was made with.")
     elif write:
         os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=1)
+        # Atomically: a sweep killed mid-write once left an empty file that every rerun failed on.
+        sweep_records.write_atomically(path, json.dumps(current, indent=1))
+
+
+def _read_run_config(run_dir: str, path: str) -> dict | None:
+    """The stored config, or None when there is none. An unreadable one (written by a version that
+    did not write atomically, killed mid-write) counts as none while the run has not started;
+    once it has a checkpoint or a result, the file is what proves the run's config: stop."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        if _latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
+            return None
+        raise SweepError(f"{path} is unreadable ({error.__class__.__name__}) but the run has started; restore the "
+                         "file, or delete the run's directory to train it again.") from None
 
 
 def _latest_checkpoint(run_dir: str) -> int:

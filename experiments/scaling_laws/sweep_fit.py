@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from research.scaling import RunTable, RunTableError, fit_envelope
+from research.scaling import RunTable, RunTableError, fit_envelope, sweep_records
 from research.scaling.held_out import predict_held_out_budget
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
@@ -66,9 +66,8 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
         digest.update(f.read())
     digest.update(json.dumps(fit_settings, sort_keys=True).encode())
     fit_path = os.path.join(workdir, "fit.json")
-    if os.path.exists(fit_path):
-        with open(fit_path) as f:
-            previous = json.load(f)
+    previous = _read_previous_fit(fit_path)
+    if previous is not None:
         if previous.get("sweep", {}).get("inputs_sha256") == digest.hexdigest():
             return previous, "fit unchanged (same runs and settings): kept fit.json\n" + summary(previous)
 
@@ -99,8 +98,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
         "learning_rates": _learning_rates(config, ok),
         "irreducible": _irreducible(config, {"nominal": report["approach3"], "exact": exact["approach3"]}),
     }
-    with open(fit_path, "w") as f:
-        json.dump(json_safe(report), f, indent=2)
+    sweep_records.write_atomically(fit_path, json.dumps(json_safe(report), indent=2))  # never half a fit.json
     return report, summary(report)
 
 
@@ -134,6 +132,15 @@ def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -
         return bigram_cross_entropy_nats(token_sequences("train"), token_sequences("validation"),
                                          tokenizer.vocab_size)
     except Exception:  # noqa: BLE001 -- no estimate means no plateau flags, never a failed fit
+        return None
+
+
+def _read_previous_fit(fit_path: str) -> dict | None:
+    """The last fit.json, or None (none yet, or unreadable: it is derived from runs.csv, so refit)."""
+    try:
+        with open(fit_path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,12 @@ def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
     out = io.StringIO()
     again = sweep.run_sweep(config, workdir, train_fn=law_trainer({}), out=out)  # failed runs stay failed
     assert again.counts["skipped"] == 9 and "fit unchanged" in out.getvalue()
+    open(os.path.join(workdir, "fit.json"), "w").close()  # left empty (say, a disk that filled up)
+    out = io.StringIO()
+    refit = sweep.run_sweep(config, workdir, train_fn=law_trainer({}), out=out)
+    assert "fit unchanged" not in out.getvalue() and refit.fit["approach3"]["E"] == fit["approach3"]["E"]
+    with open(os.path.join(workdir, "fit.json")) as f:
+        assert json.load(f)["sweep"]["inputs_sha256"] == fit["sweep"]["inputs_sha256"]
     config.fit.enabled = False
     retried = sweep.run_sweep(config, workdir, train_fn=law_trainer({}), retry_failed=True, out=io.StringIO())
     assert retried.counts == {"trained": 2, "skipped": 7, "failed": 0, "pending": 0}
@@ -232,3 +239,25 @@ def test_seed_repeats_train_together_each_with_its_own_record(tmp_path):
     for group in groups:  # the same model from two seeds: its own metrics, a different curve
         a, b = ([m["loss"] for m in read_metrics(str(tmp_path / "runs" / r.run_id)) if "loss" in m] for r in group)
         assert len(a) == len(b) == group[0].num_steps and a != b
+
+
+def test_a_run_config_a_kill_left_empty_is_rewritten_until_the_run_has_started(tmp_path):
+    """A sweep killed between creating a run's run_config.json and writing it (before the write
+    was atomic) left an empty file, and every rerun then died on it."""
+    config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = False
+    sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    runs = sorted(os.listdir(tmp_path / "runs"))
+    unstarted, started = tmp_path / "runs" / runs[0], tmp_path / "runs" / runs[1]
+    expected = json.loads((unstarted / sweep.RUN_CONFIG_FILE).read_text())
+    for name in os.listdir(unstarted):  # as the kill left it: a claim and an empty config
+        if name not in (".claim", sweep.RUN_CONFIG_FILE):
+            shutil.rmtree(unstarted / name) if (unstarted / name).is_dir() else os.remove(unstarted / name)
+    (unstarted / sweep.RUN_CONFIG_FILE).write_text("")
+    again = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert again.counts["trained"] == 1 and json.loads((unstarted / sweep.RUN_CONFIG_FILE).read_text()) == expected
+    assert not [n for n in os.listdir(unstarted) if ".tmp" in n]
+
+    (started / sweep.RUN_CONFIG_FILE).write_text("")  # a finished run's proof of its config is gone: stop
+    with pytest.raises(sweep.SweepError, match=f"{sweep.RUN_CONFIG_FILE} is unreadable .* the run has started"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
