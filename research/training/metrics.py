@@ -89,10 +89,20 @@ class MetricWriter:
         """Drop records past `step`: a resumed run rewrites them, so the log reads as one run."""
         if not self.enabled or not os.path.exists(self.path):
             return
+        kept = []
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line a kill -9 cut short while it was appended: its step is redone
+                if record.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        # Via a temporary file and a rename: a kill during this rewrite must not lose the history.
+        temporary = f"{self.path}.tmp{os.getpid()}"
+        with open(temporary, "w") as f:
             f.writelines(kept)
+        os.replace(temporary, self.path)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:

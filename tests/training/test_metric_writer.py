@@ -1,5 +1,7 @@
 """MetricWriter's TensorBoard events: every scalar of every step, readable as TensorBoard reads them."""
 import glob
+import json
+import os
 import struct
 
 from tensorboardX.proto.event_pb2 import Event
@@ -32,3 +34,16 @@ def test_each_logged_step_is_one_event_holding_all_its_scalars(tmp_path):
     assert [e.step for e in _events(str(tmp_path)) if e.summary.value] == [1, 2]
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
     assert read_metrics(str(tmp_path))[0]["note"] == "text is skipped"
+
+
+def test_forget_after_drops_later_steps_and_a_line_a_kill_cut_short(tmp_path):
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    for step in range(1, 6):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.close()
+    with open(writer.path, "a") as f:
+        f.write('{"step": 6, "lo')  # kill -9 in the middle of appending step 6
+    writer.forget_after(3)  # what a rerun resuming from step 3's checkpoint does
+    with open(writer.path) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
