@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from research.atomic_files import write_text_atomically
 from research.models.config import ConfigError
 
 Log = Callable[[str], None]
@@ -162,9 +163,7 @@ def read_json(path: str) -> dict[str, Any]:
 
 def write_json(path: str, value: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text_atomically(path, json.dumps(value, indent=1))
 
 
 def size_model_fields(config: ml_collections.ConfigDict, size: str) -> dict[str, Any]:

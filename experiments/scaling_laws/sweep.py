@@ -35,6 +35,7 @@ import ml_collections
 import tqdm
 
 from research import data as data_lib
+from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig, DataError
 from research.models.config import ConfigError
 from research.scaling import sweep_records
@@ -121,7 +122,7 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
     elif write:
         os.makedirs(run_dir, exist_ok=True)
         # Atomically: a sweep killed mid-write once left an empty file that every rerun failed on.
-        sweep_records.write_atomically(path, json.dumps(current, indent=1))
+        write_text_atomically(path, json.dumps(current, indent=1))
 
 
 def _read_run_config(run_dir: str, path: str) -> dict | None:
@@ -333,7 +334,7 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         progress.update(run.compute_exact)
         progress.write(run_line(label, record), file=out)
         if primary:  # whole or absent: other workers read it while this one writes
-            sweep_records.write_atomically(os.path.join(run_dir, RESULT_FILE),
+            write_text_atomically(os.path.join(run_dir, RESULT_FILE),
                                            json.dumps(sweep_records.json_safe(record)))
     if primary:
         sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)

@@ -34,7 +34,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from research.scaling import RunTable, RunTableError, fit_envelope, sweep_records
+from research.atomic_files import write_text_atomically
+from research.scaling import RunTable, RunTableError, fit_envelope
 from research.scaling.held_out import predict_held_out_budget
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
@@ -98,7 +99,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
         "learning_rates": _learning_rates(config, ok),
         "irreducible": _irreducible(config, {"nominal": report["approach3"], "exact": exact["approach3"]}),
     }
-    sweep_records.write_atomically(fit_path, json.dumps(json_safe(report), indent=2))  # never half a fit.json
+    write_text_atomically(fit_path, json.dumps(json_safe(report), indent=2))  # never half a fit.json
     return report, summary(report)
 
 

@@ -15,6 +15,7 @@ import math
 import os
 from typing import Any, Sequence
 
+from research.atomic_files import write_text_atomically
 
 def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Union of the rows' keys, in first-seen order."""
@@ -29,8 +30,8 @@ def write_rows(rows: Sequence[dict[str, Any]], stem: str, *, metadata: dict[str,
     directory = os.path.dirname(os.path.abspath(stem))
     os.makedirs(directory, exist_ok=True)
     paths = {"json": stem + ".json", "csv": stem + ".csv"}
-    _atomic_write(paths["json"], json.dumps({"metadata": metadata or {}, "rows": [_plain(r) for r in rows]},
-                                            indent=1, allow_nan=True) + "\n")
+    write_text_atomically(paths["json"], json.dumps({"metadata": metadata or {}, "rows": [_plain(r) for r in rows]},
+                                                    indent=1, allow_nan=True) + "\n")
     columns = columns_of(rows)
     tmp = f"{paths['csv']}.tmp{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -80,10 +81,3 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
             value = value.item()  # numpy scalars
         out[key] = value
     return out
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

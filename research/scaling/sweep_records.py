@@ -31,6 +31,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from research.atomic_files import write_text_atomically
 from research.scaling.sweep_plan import PlannedRun
 
 CSV_COLUMNS = ("run", "status", "model", "num_layers", "d_model", "N", "N_total", "N_non_embedding", "D",
@@ -109,23 +110,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write via a temporary file and rename, so a reader (or a concurrent shard) never sees half."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
 def write_tables(records: Sequence[Record], directory: str) -> dict[str, str]:
     """Write runs.csv, runs.jsonl and curves.csv for `records` into `directory`; returns their paths."""
     os.makedirs(directory, exist_ok=True)
     paths = {name: os.path.join(directory, name) for name in ("runs.csv", "runs.jsonl", "curves.csv")}
-    write_atomically(paths["runs.csv"], _csv_text(records, CSV_COLUMNS))
-    write_atomically(paths["runs.jsonl"], "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
+    write_text_atomically(paths["runs.csv"], _csv_text(records, CSV_COLUMNS))
+    write_text_atomically(paths["runs.jsonl"], "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
                                                    for r in records))
     curves = [row for r in records for row in curve_rows(r)]
-    write_atomically(paths["curves.csv"], _csv_text(curves, ("run", "status", "N", "D", "loss")))
+    write_text_atomically(paths["curves.csv"], _csv_text(curves, ("run", "status", "N", "D", "loss")))
     return paths
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from research.atomic_files import write_text_atomically
 from research.models import sizing
 from research.models.config import ConfigError, ModelConfig
 
@@ -98,11 +99,7 @@ class MetricWriter:
                     continue  # a line a kill -9 cut short while it was appended: its step is redone
                 if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        # Via a temporary file and a rename: a kill during this rewrite must not lose the history.
-        temporary = f"{self.path}.tmp{os.getpid()}"
-        with open(temporary, "w") as f:
-            f.writelines(kept)
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, "".join(kept))  # a kill during this rewrite must not lose the history
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
