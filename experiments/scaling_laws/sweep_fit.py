@@ -10,7 +10,9 @@ and a "sweep" section:
                      end of a schedule that spans exactly that run's D; never a loss read
                      from the middle of an unannealed cosine), both accountings
   n_opt_exponents    a of N_opt ∝ C^a from Approaches 1, 2 and 3 side by side, both
-                     accountings, and the largest pairwise gap
+                     accountings, the largest pairwise gap, and each approach's 80% interval
+                     (1 and 2: refits under the measured seed noise; 3: its bootstrap) with
+                     whether the three share a value (research/scaling/noise_intervals.py)
   held_out           Approach 3 fitted without the largest budget, predicting its best loss
                      (research/scaling/held_out.py), both accountings
   seed_noise         runs repeated with another seed: the spread of their log losses
@@ -37,14 +39,15 @@ import numpy as np
 from research.atomic_files import write_text_atomically
 from research.scaling import RunTable, RunTableError, fit_envelope
 from research.scaling.held_out import predict_held_out_budget
+from research.scaling.isoflop import fit_isoflop
 from research.scaling.laws import ChinchillaLaw
+from research.scaling.noise_intervals import common_point, noise_interval
 from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
 from research.scaling.report import fit_run_table
 from research.scaling.run_table import read_runs_csv
 from research.scaling.sweep_records import json_safe, write_tables
 
 MIN_RUNS = 5  # Approach 3 has five parameters
-APPROACH1_RESAMPLES = 400
 ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
 
@@ -82,15 +85,16 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     law = ChinchillaLaw(**{k: fitted[k] for k in ("E", "A", "B", "alpha", "beta")})
     budgets = sorted({*plan.spec.budgets, float(fit_settings["compute_budget"])})
     seed_noise = _seed_noise(ok)
-    approach1_final = {a: _approach1_final(ok, a, seed_noise and seed_noise["relative_std"], fit_settings["seed"])
-                       for a in ACCOUNTING_COLUMNS}
+    noise = seed_noise and seed_noise["relative_std"]
+    approach1_final = {a: _approach1_final(ok, a, noise, fit_settings["seed"]) for a in ACCOUNTING_COLUMNS}
     report["sweep"] = {
         "inputs_sha256": digest.hexdigest(), "param_count": plan.spec.param_count, "plan": plan.spec.plan,
         "runs": {"finished": len(ok), "failed": [{"run": r["run"], "error": r["error"]} for r in failed],
                  "plateau": [{"run": r["run"], "loss": r["loss"]} for r in plateau],
                  "plateau_rule": {"order1_entropy": order1, "rule": "final loss > H_1 - margin (plateau.py)"}},
         "approach1_final": approach1_final,
-        "n_opt_exponents": {a: _exponents(report if a == "nominal" else report["exact"], approach1_final[a])
+        "n_opt_exponents": {a: _exponents(report if a == "nominal" else report["exact"], approach1_final[a],
+                                          _approach2_spread(runs_csv, a, noise, fit_settings["seed"]))
                             for a in ACCOUNTING_COLUMNS},
         "held_out": {a: _held_out(runs_csv, a, fit_settings["init_grid"]) for a in ACCOUNTING_COLUMNS},
         "seed_noise": seed_noise,
@@ -149,37 +153,41 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     """Approach 1 with each model's finished runs as its curve: every point is a final loss;
     N_opt read between the ladder's rungs (research/scaling/envelope.py; the plain argmin's
     exponent is kept as argmin_a). With the seed noise measured, a_interval_80 is the 10th-90th percentile of a over
-    APPROACH1_RESAMPLES copies of the losses, each multiplied by exp(normal(0, noise)): how far
-    run-to-run noise alone moves Approach 1's exponent. Its N_opt is the best of a few discrete
+    copies of the losses, each multiplied by exp(normal(0, noise)) (research/scaling/noise_intervals.py):
+    how far run-to-run noise alone moves Approach 1's exponent. Its N_opt is the best of a few discrete
     sizes at each compute, so one run's noise can move a whole rung: a simulation at the
     cpu_tiny design (its fitted law, 0.52% noise, 60 datasets) put the sd of a at 0.10."""
     n_column, c_column = ACCOUNTING_COLUMNS[accounting]
-    loss = np.array([r["loss"] for r in ok], float)
-
-    def table(losses: np.ndarray) -> RunTable:
-        return RunTable(np.array([r[n_column] for r in ok], float), np.array([r["D"] for r in ok], float), losses,
-                        run=np.array([r["model"] for r in ok]), flops=np.array([r[c_column] for r in ok], float))
+    table = RunTable(np.array([r[n_column] for r in ok], float), np.array([r["D"] for r in ok], float),
+                     np.array([r["loss"] for r in ok], float), run=np.array([r["model"] for r in ok]),
+                     flops=np.array([r[c_column] for r in ok], float))
     try:
-        result = fit_envelope(table(loss), between_sizes=True).as_dict()
-        result["argmin_a"] = fit_envelope(table(loss)).N_opt.exponent
+        result = fit_envelope(table, between_sizes=True).as_dict()
+        result["argmin_a"] = fit_envelope(table).N_opt.exponent
     except RunTableError as error:
         return {"skipped": str(error)}
-    if noise:
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(APPROACH1_RESAMPLES):
-            try:
-                noisy = loss * np.exp(rng.normal(0.0, noise, loss.shape))
-                draws.append(fit_envelope(table(noisy), between_sizes=True).N_opt.exponent)
-            except RunTableError:
-                continue
-        if draws:
-            result["a_interval_80"] = [float(np.percentile(draws, 10)), float(np.percentile(draws, 90))]
-            result["a_resamples"] = len(draws)
+    spread = noise_interval(table, lambda t: fit_envelope(t, between_sizes=True).N_opt.exponent, noise or 0.0,
+                            seed=seed)
+    if spread:
+        result["a_interval_80"], result["a_resamples"] = spread["interval"], spread["resamples"]
     return result
 
 
-def _exponents(report: dict, approach1_final: dict) -> dict:
+def _approach2_spread(runs_csv: str, accounting: str, noise: float | None, seed: int) -> dict | None:
+    """What the seed noise alone does to Approach 2's exponent (research/scaling/noise_intervals.py)."""
+    try:
+        table = read_runs_csv(runs_csv, accounting)
+        fit_isoflop(table)
+    except RunTableError:
+        return None
+    return noise_interval(table, lambda t: fit_isoflop(t).N_opt.exponent, noise or 0.0, seed=seed)
+
+
+def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | None) -> dict:
+    """a of N_opt ∝ C^a by Approaches 1, 2 and 3, their largest gap, and their 80% intervals:
+    Approaches 1 and 2 under the seed noise (refits on noisy copies of the losses), Approach 3
+    its bootstrap. intervals_agree: the three intervals share a value, i.e. the gap is within
+    what this design's noise produces."""
     values = {"approach1_final": approach1_final.get("a"), "approach1_frontier": report["approach1"].get("a"),
               "approach2": report["approach2"].get("a"), "approach3": report["approach3"]["a"]}
     main = [values[k] for k in ("approach1_final", "approach2", "approach3") if values[k] is not None]
@@ -188,6 +196,12 @@ def _exponents(report: dict, approach1_final: dict) -> dict:
     if interval:  # do Approaches 2 and 3 fall inside what the seed noise does to Approach 1?
         values["approach2_3_in_approach1_interval"] = all(
             values[k] is not None and interval[0] <= values[k] <= interval[1] for k in ("approach2", "approach3"))
+    intervals = {"approach1_final": interval, "approach2": approach2_spread and approach2_spread["interval"],
+                 "approach3": report["approach3"].get("intervals", {}).get("a")}
+    verdict = common_point(intervals)
+    values.update(intervals_80=intervals, intervals_overlap=verdict["overlap"], intervals_agree=verdict["agree"])
+    if approach2_spread:
+        values["approach2_failed_resamples"] = approach2_spread["failed"]
     return values
 
 
@@ -282,11 +296,14 @@ def summary(report: dict) -> str:
                      + (f"; E 80% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""))
     for accounting, exponents in sweep["n_opt_exponents"].items():
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in exponents.items()
-                          if v is not None)
-        interval = sweep["approach1_final"][accounting].get("a_interval_80")
-        lines.append(f"N_opt exponent a ({accounting}): {shown}"
-                     + (f"; approach 1's 80% interval under the seed noise [{interval[0]:.3g}, {interval[1]:.3g}]"
-                        if interval else ""))
+                          if v is not None and not isinstance(v, (dict, list)))
+        lines.append(f"N_opt exponent a ({accounting}): {shown}")
+        intervals = exponents.get("intervals_80") or {}
+        if any(intervals.values()):
+            text = ", ".join(f"{k} [{v[0]:.3g}, {v[1]:.3g}]" for k, v in intervals.items() if v)
+            lines.append(f"  80% intervals of a (approaches 1 and 2 under the seed noise, 3 bootstrap): {text}; "
+                         + ("they share " + "[{:.3g}, {:.3g}]".format(*exponents["intervals_overlap"])
+                            if exponents.get("intervals_agree") else "no common value: the gap exceeds the noise"))
     for profile in report["approach2"].get("profiles", []):
         lines.append(f"  IsoFLOP C={profile['compute']:.3g}: N_opt={profile['N_opt']:.3g}, "
                      f"D_opt={profile['D_opt']:.3g}, {profile['D_opt'] / profile['N_opt']:.3g} tokens/parameter"

@@ -139,9 +139,10 @@ def test_sweep_in_two_workers_killed_resumes_finished_runs_are_skipped(tmp_path)
 LAW = ChinchillaLaw(E=1.0, A=30.0, B=60.0, alpha=0.4, beta=0.35)
 
 
-def law_trainer(fail: dict[str, str]):
+def law_trainer(fail: dict[str, str], seed_factor: dict[int, float] | None = None):
     """Writes the metrics records the training loop writes, with losses from LAW; a run named in
-    `fail` raises (or, for "nan", ends with a NaN validation loss)."""
+    `fail` raises (or, for "nan", ends with a NaN validation loss); a run whose train.seed is in
+    `seed_factor` ends with its validation loss times that factor (run-to-run noise)."""
     def train(run_config, run_dir):
         name = os.path.basename(run_dir)
         sizes = {k: run_config.model[k] for k in ("d_model", "num_layers", "num_heads", "d_ff", "vocab_size",
@@ -155,7 +156,8 @@ def law_trainer(fail: dict[str, str]):
             for step in range(1, steps + 1):
                 loss = float(LAW.loss(N, step * tokens))
                 f.write(json.dumps({"step": step, "loss": loss, "num_tokens": tokens}) + "\n")
-            final = float("nan") if name in fail else float(LAW.loss(N, steps * tokens))
+            factor = (seed_factor or {}).get(run_config.train.seed, 1.0)
+            final = float("nan") if name in fail else factor * float(LAW.loss(N, steps * tokens))
             f.write(json.dumps({"step": steps, "eval_loss": final}) + "\n")
         return {}
     return train

@@ -1,0 +1,92 @@
+"""What run-to-run noise alone does to a fitted exponent, and the verdict on whether Approaches
+1, 2 and 3 agree within it (research/scaling/noise_intervals.py, fit.json's n_opt_exponents)."""
+import io
+
+import numpy as np
+import pytest
+
+from experiments.configs import scaling_laws
+from experiments.scaling_laws import sweep
+from research.scaling import RunTable, RunTableError, fit_isoflop, isoflop_runs
+from research.scaling.noise_intervals import common_point, noise_interval
+
+from tests.scaling.synthetic import TRUE_LAW
+from tests.scaling.test_sweep_run import law_trainer
+
+
+def approach2_exponent(table: RunTable) -> float:
+    return fit_isoflop(table).N_opt.exponent
+
+
+@pytest.fixture(scope="module")
+def isoflop_table() -> RunTable:
+    """4 budgets over 1.5 decades x 6 sizes, as the cpu_tiny design, losses from a known law."""
+    C, N, D = isoflop_runs(np.geomspace(1e20, 10 ** 21.5, 4), 6, 3e8, 3e10)
+    return RunTable(N, D, TRUE_LAW.loss(N, D), budget=C)
+
+
+def test_the_interval_holds_the_noiseless_estimate_and_widens_with_the_noise(isoflop_table):
+    noiseless = approach2_exponent(isoflop_table)
+    small = noise_interval(isoflop_table, approach2_exponent, 0.002, resamples=200, seed=1)
+    large = noise_interval(isoflop_table, approach2_exponent, 0.01, resamples=200, seed=1)
+    assert small["resamples"] + small["failed"] == 200
+    assert small["interval"][0] < noiseless < small["interval"][1]
+    assert large["interval"][0] < small["interval"][0] and large["interval"][1] > small["interval"][1]
+    # Same seed, same draws: a fit.json is reproducible; another seed draws other copies.
+    assert noise_interval(isoflop_table, approach2_exponent, 0.002, resamples=200, seed=1) == small
+    assert noise_interval(isoflop_table, approach2_exponent, 0.002, resamples=200, seed=2) != small
+
+
+def test_no_noise_measured_gives_no_interval_and_bad_noise_is_refused(isoflop_table):
+    assert noise_interval(isoflop_table, approach2_exponent, 0.0) is None
+    with pytest.raises(ValueError, match="noise=-0.01 must be a relative standard deviation >= 0"):
+        noise_interval(isoflop_table, approach2_exponent, -0.01)
+    with pytest.raises(ValueError, match="confidence=1.5 must be in"):
+        noise_interval(isoflop_table, approach2_exponent, 0.01, confidence=1.5)
+
+
+def test_draws_that_cannot_be_fitted_are_counted_not_hidden(isoflop_table):
+    def fails_on_high_draws(table: RunTable) -> float:
+        if table.loss[0] > isoflop_table.loss[0]:
+            raise RunTableError("not convex")
+        return float(table.loss[0])
+
+    spread = noise_interval(isoflop_table, fails_on_high_draws, 0.01, resamples=300, seed=0)
+    assert spread["failed"] + spread["resamples"] == 300 and 100 < spread["failed"] < 200
+    assert spread["interval"][1] <= isoflop_table.loss[0]  # only the draws that were fitted
+
+    def never_fits(table: RunTable) -> float:
+        raise RunTableError("not convex")
+
+    assert noise_interval(isoflop_table, never_fits, 0.01, resamples=5) is None
+
+
+def test_common_point():
+    assert common_point({"a": [0.4, 0.55], "b": [0.5, 0.9], "c": [0.49, 0.58]}) == {
+        "overlap": [0.5, 0.55], "agree": True, "missing": []}
+    assert common_point({"a": [0.33, 0.45], "b": [0.5, 0.9], "c": [0.48, 0.57]})["agree"] is False
+    assert common_point({"a": [0.3, 0.4], "b": None}) == {"overlap": None, "agree": False, "missing": ["b"]}
+
+
+def test_the_sweep_reports_each_approachs_interval_under_its_seed_noise(tmp_path):
+    """A sweep whose seed repeats differ by 1%: fit.json carries Approach 2's interval under
+    that noise beside Approach 1's and Approach 3's bootstrap, and says whether they share a value."""
+    config = scaling_laws.get_config("test_tiny")
+    config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
+                             budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
+    config.fit.update(dict(plateau_rule=False, bootstrap=200))
+    out = io.StringIO()
+    fit = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}, seed_factor={1: 1.01}), out=out).fit
+    assert fit["sweep"]["seed_noise"]["relative_std"] == pytest.approx(np.log(1.01) / np.sqrt(2), rel=1e-6)
+    for accounting in ("nominal", "exact"):
+        exponents = fit["sweep"]["n_opt_exponents"][accounting]
+        intervals = exponents["intervals_80"]
+        assert set(intervals) == {"approach1_final", "approach2", "approach3"}
+        approach3 = fit["approach3"] if accounting == "nominal" else fit["exact"]["approach3"]
+        assert intervals["approach3"] == approach3["intervals"]["a"]
+        assert intervals["approach1_final"] == fit["sweep"]["approach1_final"][accounting]["a_interval_80"]
+        low, high = intervals["approach2"]
+        assert low < high
+        verdict = common_point(intervals)
+        assert exponents["intervals_agree"] == verdict["agree"] and exponents["intervals_overlap"] == verdict["overlap"]
+    assert "80% intervals of a (approaches 1 and 2 under the seed noise, 3 bootstrap)" in out.getvalue()
