@@ -14,8 +14,15 @@ the parabola in (log N, log loss) through the best size and its two neighbours (
 Why: a ladder samples N discretely, so the plain argmin is a staircase, and the slope fitted
 through it depends on where the rungs happen to fall. Noiseless final losses of the cpu_tiny
 sweep's IsoFLOP design on its own (unevenly spaced) ladder, from the law it fitted: argmin a
-0.518, between rungs 0.566, the law's 0.556 (tests/scaling/test_isoflop_envelope.py). At the
-ends of the ladder, or where a neighbour's curve does not reach, the best rung stays.
+0.518, between rungs 0.566, the law's 0.556 (tests/scaling/test_isoflop_envelope.py).
+
+Only grid values where the best size is bracketed count: both its neighbours on the ladder
+reach that compute and do worse. At the ladder's ends, and at compute that only some sizes
+reach (each model's final losses span only the budgets it was run at), the best of the sizes
+present is not the optimum. Keeping those points biased the slope: noiseless final losses of the
+cpu_tiny design under exact accounting (the law it fitted, f(N) = 17.5 N^0.91 FLOPs per token)
+gave a = 0.432 against the law's 0.560 along f, 0.549 with the rule; nominal 0.526 / 0.538
+against 0.540. On the sweep's own runs, exact accounting: 0.384 -> 0.475.
 """
 from __future__ import annotations
 
@@ -93,8 +100,8 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, be
 
 
 def _between_sizes(grid: np.ndarray, loss_UG: np.ndarray, sizes: np.ndarray, per_token: np.ndarray) -> Envelope:
-    """At each grid value: the vertex of the parabola in (log N, log loss) through the best
-    size and its neighbouring sizes, when both neighbours reach that compute."""
+    """At each grid value where the best size's neighbouring sizes both reach that compute: the
+    vertex of the parabola in (log N, log loss) through the three; other grid values are left out."""
     unique = np.unique(sizes)  # sorted; several curves of one size: their lowest loss
     loss_SG = np.stack([loss_UG[sizes == n].min(axis=0) for n in unique])
     log_n = np.log(unique)
@@ -110,9 +117,12 @@ def _between_sizes(grid: np.ndarray, loss_UG: np.ndarray, sizes: np.ndarray, per
         den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
         vertex = x1 - 0.5 * num / den
     use = (best > 0) & (best < unique.size - 1) & np.isfinite(y0) & np.isfinite(y2) & np.isfinite(vertex)
-    log_n_opt = np.where(use, np.clip(vertex, x0, x2), x1)
+    # Only bracketed grid values: the best size's two ladder neighbours both reach this compute
+    # and do worse. Elsewhere (the ladder's ends, or compute only some sizes reach) a size that
+    # was not run there could be better, and keeping the best rung biased the slope.
+    log_n_opt = np.clip(vertex[use], x0[use], x2[use])
     per_token_opt = np.exp(np.interp(log_n_opt, log_n, log_per_token))
-    return Envelope(grid, np.exp(y1), np.exp(log_n_opt), grid / per_token_opt)
+    return Envelope(grid[use], np.exp(y1[use]), np.exp(log_n_opt), grid[use] / per_token_opt)
 
 
 def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *,

@@ -88,15 +88,21 @@ def test_frontier_of_final_losses():
     assert not fit.from_curves and fit.envelope.N.tolist() == [1e8, 3e8, 5e8]
 
 
-def test_approach1_between_rungs_removes_the_ladders_staircase():
+@pytest.mark.parametrize("exact", [False, True])
+def test_approach1_between_rungs_removes_the_ladders_staircase(exact):
     """Noiseless final losses of the cpu_tiny sweep's IsoFLOP design (its ladder, unevenly spaced;
-    6 sizes per budget around 200 tokens per parameter; each model's runs are its curve) from the
-    law that sweep fitted: the plain argmin's exponent is off by the staircase of discrete sizes;
-    N_opt read between rungs recovers the law's."""
-    from research.scaling import ChinchillaLaw
+    6 sizes per budget around 200 tokens per parameter, D planned from 6 N; each model's runs are
+    its curve) from the law that sweep fitted: the plain argmin's exponent is off by the staircase
+    of discrete sizes; N_opt read between rungs recovers the law's. Under exact accounting each
+    run really costs f(N) D FLOPs (f as the ladder's, 1.5x 6 N at the smallest size, 1.1x at the
+    largest), so the runs of one budget sit at different compute and the envelope's ends are
+    reached by some sizes only: those points are left out (the law's a along f: 0.586; with them
+    kept Approach 1 read 0.515)."""
+    from research.scaling import ChinchillaLaw, PowerLaw
 
     law = ChinchillaLaw(E=1.539, A=114.6, B=1.705e5, alpha=0.845, beta=1.06)
-    true_a = law.beta / (law.alpha + law.beta)
+    flops_per_token = PowerLaw(17.5, 0.91) if exact else PowerLaw(6.0, 1.0)
+    true_a = law.optimal_exponents(flops_per_token)[0]
     ladder = np.array([1760, 3792, 6592, 10160, 14496, 19600, 25472, 39520, 59240, 80000.0])
     N, D, runs = [], [], []
     for C in (3.16e10, 1e11, 3.16e11, 1e12):
@@ -104,10 +110,11 @@ def test_approach1_between_rungs_removes_the_ladders_staircase():
         for i in sorted(nearest):
             N.append(ladder[i]), D.append(C / 6 / ladder[i]), runs.append(f"model-{i}")
     N, D = np.array(N), np.array(D)
-    table = RunTable(N, D, law.loss(N, D), run=np.array(runs), flops=6 * N * D)
+    table = RunTable(N, D, law.loss(N, D), run=np.array(runs), flops=flops_per_token(N) * D)
     between, argmin = fit_envelope(table, between_sizes=True), fit_envelope(table)
     assert abs(between.N_opt.exponent - true_a) < 0.015
     assert abs(argmin.N_opt.exponent - true_a) > 0.03
     assert not np.isin(between.envelope.N, ladder).all()  # between rungs, not only on them
     assert ladder.min() <= between.envelope.N.min() and between.envelope.N.max() <= ladder.max()
-    assert between.N_opt.exponent + between.D_opt.exponent == pytest.approx(1.0)  # C = 6 N D
+    # D_opt = C / f(N_opt): with f = k N^s, b = 1 - s a (1 - a under C = 6 N D)
+    assert between.D_opt.exponent == pytest.approx(1.0 - flops_per_token.exponent * between.N_opt.exponent, abs=2e-3)
