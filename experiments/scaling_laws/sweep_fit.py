@@ -188,8 +188,12 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
     Approaches 1 and 2 under the seed noise (refits on noisy copies of the losses), Approach 3
     its bootstrap. intervals_agree: the three intervals share a value, i.e. the gap is within
     what this design's noise produces."""
+    # Under exact accounting Approach 3's optimum lies along C = f(N) D, not 6 N D (report.py).
+    approach3 = report["approach3"].get("optimum_exact_flops", report["approach3"])
     values = {"approach1_final": approach1_final.get("a"), "approach1_frontier": report["approach1"].get("a"),
-              "approach2": report["approach2"].get("a"), "approach3": report["approach3"]["a"]}
+              "approach2": report["approach2"].get("a"), "approach3": approach3["a"]}
+    if approach3 is not report["approach3"]:
+        values["approach3_along_6ND"] = report["approach3"]["a"]
     main = [values[k] for k in ("approach1_final", "approach2", "approach3") if values[k] is not None]
     values["max_gap_1_2_3"] = float(max(main) - min(main)) if len(main) >= 2 else None
     interval = approach1_final.get("a_interval_80")
@@ -197,7 +201,7 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
         values["approach2_3_in_approach1_interval"] = all(
             values[k] is not None and interval[0] <= values[k] <= interval[1] for k in ("approach2", "approach3"))
     intervals = {"approach1_final": interval, "approach2": approach2_spread and approach2_spread["interval"],
-                 "approach3": report["approach3"].get("intervals", {}).get("a")}
+                 "approach3": approach3.get("intervals", {}).get("a")}
     verdict = common_point(intervals)
     values.update(intervals_80=intervals, intervals_overlap=verdict["overlap"], intervals_agree=verdict["agree"])
     if approach2_spread:
@@ -291,8 +295,12 @@ def summary(report: dict) -> str:
         lines.append(f"  plateau: {flat['run']}: loss {flat['loss']:.4f} (H_1 = {runs['plateau_rule']['order1_entropy']:.4f})")
     for accounting, fit in (("nominal", fit3), ("exact", report["exact"]["approach3"])):
         interval = fit.get("intervals", {}).get("E")
+        along = fit.get("optimum_exact_flops")
+        optimum = (f"N_opt ∝ C^{along['a']:.3g} along C = f(N) D, f = {along['flops_per_token']['coefficient']:.3g} "
+                   f"N^{along['flops_per_token']['exponent']:.3g} FLOPs/token (C^{fit['a']:.3g} along 6ND)"
+                   if along else f"N_opt ∝ C^{fit['a']:.3g}")
         lines.append(f"approach 3 ({accounting}): L(N, D) = {fit['E']:.4g} + {fit['A']:.4g} / N^{fit['alpha']:.3g} + "
-                     f"{fit['B']:.4g} / D^{fit['beta']:.3g}; N_opt ∝ C^{fit['a']:.3g}"
+                     f"{fit['B']:.4g} / D^{fit['beta']:.3g}; {optimum}"
                      + (f"; E 80% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""))
     for accounting, exponents in sweep["n_opt_exponents"].items():
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in exponents.items()

@@ -48,10 +48,26 @@ class ChinchillaLaw:
         """N_opt = G (C/6)**a and D_opt = (C/6)**b / G (Hoffmann et al. eq. 4)."""
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
 
-    def compute_optimal(self, C):
-        """(N_opt, D_opt) minimising L under 6 N D = C; C in FLOPs, broadcasts."""
-        per = np.asarray(C, np.float64) / FLOPS_PER_PARAM_TOKEN
-        return self.G * per**self.a, per**self.b / self.G
+    def compute_optimal(self, C, flops_per_token: PowerLaw | None = None):
+        """(N_opt, D_opt) minimising L under C = 6 N D, or under C = f(N) D when training costs
+        f(N) = k N^s FLOPs per token (`flops_per_token`; exact accounting, where attention and
+        the unembedding make small models dearer per parameter than 6 N). C in FLOPs, broadcasts.
+        Setting dL/dN = 0 along f(N) D = C: N^(alpha + s beta) = alpha A C^beta / (s beta B k^beta)."""
+        C = np.asarray(C, np.float64)
+        if flops_per_token is None:
+            per = C / FLOPS_PER_PARAM_TOKEN
+            return self.G * per**self.a, per**self.b / self.G
+        k, s = flops_per_token.coefficient, flops_per_token.exponent
+        power = self.alpha + s * self.beta
+        N = (self.alpha * self.A / (s * self.beta * self.B * k**self.beta)) ** (1.0 / power) * C ** (self.beta / power)
+        return N, C / (k * N**s)
+
+    def optimal_exponents(self, flops_per_token: PowerLaw | None = None) -> tuple[float, float]:
+        """(a, b) of N_opt ∝ C^a and D_opt ∝ C^b under compute_optimal's accounting: with
+        f(N) = k N^s, a = beta / (alpha + s beta) and b = 1 - s a ((a, b) of the 6 N D form at s = 1)."""
+        s = 1.0 if flops_per_token is None else flops_per_token.exponent
+        a = self.beta / (self.alpha + s * self.beta)
+        return a, 1.0 - s * a
 
     def sample(self, N, D, *, rel_noise: float, seed: int) -> np.ndarray:
         """Losses at (N, D) with multiplicative log-normal noise of std `rel_noise` (synthetic runs)."""

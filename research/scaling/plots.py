@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from research.scaling.envelope import Envelope
 from research.scaling.isoflop import Approach2Fit
 from research.scaling.kaplan_fit import KaplanFit
-from research.scaling.laws import FLOPS_PER_PARAM_TOKEN, ChinchillaLaw
+from research.scaling.laws import FLOPS_PER_PARAM_TOKEN, ChinchillaLaw, PowerLaw
 from research.scaling.run_table import RunTable
 
 
@@ -56,29 +56,33 @@ def plot_loss_vs_compute(table: RunTable, envelope: Envelope | None, law_C: Kapl
     return _save(fig, path)
 
 
-def plot_law_contours(law: ChinchillaLaw, table: RunTable, path: str, *, compute_budget: float | None = None) -> str:
-    """Contours of L(N, D=C/6N) over (C, N), the runs, and the compute-optimal line.
+def plot_law_contours(law: ChinchillaLaw, table: RunTable, path: str, *, compute_budget: float | None = None,
+                      flops_per_token: PowerLaw | None = None) -> str:
+    """Contours of L(N, D=C/6N) over (C, N) (D = C/f(N) under exact accounting's
+    `flops_per_token` f), the runs, and the compute-optimal line.
 
     The axes reach `compute_budget` when it lies beyond the runs, so the extrapolated
     N_opt(C) (Hoffmann et al. Fig. 4 left) ends at the prediction.
     """
     c_max = max(table.compute.max(), compute_budget or 0.0) * 3
     c = np.geomspace(table.compute.min() / 3, c_max, 200)
-    n_opt = law.compute_optimal(c)[0]
+    n_opt = law.compute_optimal(c, flops_per_token)[0]
     n = np.geomspace(min(table.N.min(), n_opt.min()) / 3, max(table.N.max(), n_opt.max()) * 3, 200)
     C_NC, N_NC = np.meshgrid(c, n)
-    loss = law.loss(N_NC, C_NC / (FLOPS_PER_PARAM_TOKEN * N_NC))
+    per_token = FLOPS_PER_PARAM_TOKEN * N_NC if flops_per_token is None else flops_per_token(N_NC)
+    loss = law.loss(N_NC, C_NC / per_token)
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
     levels = np.quantile(loss, np.linspace(0.02, 0.9, 14))
     contours = ax.contourf(C_NC, N_NC, loss, levels=np.unique(levels), cmap="viridis", extend="both")
     fig.colorbar(contours, ax=ax, label="predicted loss (nats/token)")
     ax.scatter(table.compute, table.N, s=6, color="white", edgecolor="black", lw=0.3, label="runs")
-    ax.plot(c, n_opt, color="red", lw=1.5, label=f"N_opt ∝ C^{law.a:.3f}")
+    ax.plot(c, n_opt, color="red", lw=1.5, label=f"N_opt ∝ C^{law.optimal_exponents(flops_per_token)[0]:.3f}")
     if compute_budget is not None:
-        ax.plot(compute_budget, law.compute_optimal(compute_budget)[0], marker="*", color="red", ms=12,
-                label=f"C={compute_budget:.2e}")
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C = 6ND", ylabel="parameters N",
+        ax.plot(compute_budget, law.compute_optimal(compute_budget, flops_per_token)[0], marker="*", color="red",
+                ms=12, label=f"C={compute_budget:.2e}")
+    xlabel = "training FLOPs C = 6ND" if flops_per_token is None else "training FLOPs C (exact)"
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="parameters N",
            title=f"L = {law.E:.3g} + {law.A:.3g}/N^{law.alpha:.3g} + {law.B:.3g}/D^{law.beta:.3g}")
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)

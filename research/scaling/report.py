@@ -18,7 +18,7 @@ from research.scaling.chinchilla_fit import BOOTSTRAP_SAMPLES, COARSE_GRID, PAPE
 from research.scaling.envelope import fit_envelope
 from research.scaling.isoflop import fit_isoflop
 from research.scaling.kaplan_fit import fit_kaplan_laws
-from research.scaling.laws import BESIROGLU_2024, FLOPS_PER_PARAM_TOKEN, HOFFMANN_2022
+from research.scaling.laws import BESIROGLU_2024, FLOPS_PER_PARAM_TOKEN, HOFFMANN_2022, PowerLaw
 from research.scaling.run_table import RunTableError, read_runs_csv
 
 GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's training budget, which Hoffmann et al. reallocate into Chinchilla
@@ -48,18 +48,22 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
                                            confidence=confidence, seed=seed)
     approach1, approach2 = _attempt(fit_envelope, table), _attempt(fit_isoflop, table)
     kaplan = fit_kaplan_laws(table)
+    # Exact accounting: training costs f(N) FLOPs per token, not 6 N; the optimum of the fitted
+    # law along C = f(N) D (f a power law through the runs, as isoflop and held_out read it).
+    flops_per_token = None if accounting == "nominal" else PowerLaw.fit(table.N, table.flops_per_token)
 
     report = {
         "runs_csv": os.path.abspath(runs_csv), "num_runs": len(table), "accounting": accounting,
         "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
-        "approach3": approach3.as_dict(),
+        "approach3": {**approach3.as_dict(), **_optimum_exponents(approach3, flops_per_token)},
         "approach1": _describe(approach1), "approach2": _describe(approach2),
         "kaplan": {k: _describe(v) for k, v in kaplan.items()},
-        "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2),
+        "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2, flops_per_token),
         "reference": {"hoffmann_2022": HOFFMANN_2022.as_dict(),
                       "besiroglu_2024": BESIROGLU_2024.as_dict()},
     }
-    report["plots"] = _plot(table, approach3.law, approach1, approach2, kaplan, compute_budget, output_dir)
+    report["plots"] = _plot(table, approach3.law, approach1, approach2, kaplan, compute_budget, output_dir,
+                            flops_per_token)
     with open(os.path.join(output_dir, "fit.json"), "w") as f:
         json.dump(_finite(report), f, indent=2)
     return report
@@ -81,8 +85,23 @@ def _allocation(N: float, D: float) -> dict:
     return {"N_opt": float(N), "D_opt": float(D), "tokens_per_parameter": float(D / N)}
 
 
-def _prediction(compute_budget, predict, law, approach1, approach2) -> dict:
-    N3, D3 = law.compute_optimal(compute_budget)
+def _optimum_exponents(approach3, flops_per_token: PowerLaw | None) -> dict:
+    """Under exact accounting, `optimum_exact_flops`: the law's a and b along C = f(N) D (its
+    a, b above assume 6 N D) with bootstrap intervals, and f; nothing under nominal accounting."""
+    if flops_per_token is None:
+        return {}
+    a, b = approach3.law.optimal_exponents(flops_per_token)
+    out = {"flops_per_token": flops_per_token.as_dict(), "a": a, "b": b}
+    if approach3.bootstrap_laws:
+        tail = 50.0 * (1.0 - approach3.confidence)
+        draws = np.array([law.optimal_exponents(flops_per_token) for law in approach3.bootstrap_laws])
+        out["intervals"] = {name: [float(q) for q in np.percentile(draws[:, i], [tail, 100.0 - tail])]
+                            for i, name in enumerate(("a", "b"))}
+    return {"optimum_exact_flops": out}
+
+
+def _prediction(compute_budget, predict, law, approach1, approach2, flops_per_token=None) -> dict:
+    N3, D3 = law.compute_optimal(compute_budget, flops_per_token)
     out = {"compute_budget": compute_budget,
            "approach3": {**_allocation(N3, D3), "loss": float(law.loss(N3, D3))}}
     for name, fit in (("approach1", approach1), ("approach2", approach2)):
@@ -94,9 +113,10 @@ def _prediction(compute_budget, predict, law, approach1, approach2) -> dict:
     return out
 
 
-def _plot(table, law, approach1, approach2, kaplan, compute_budget, output_dir) -> list[str]:
+def _plot(table, law, approach1, approach2, kaplan, compute_budget, output_dir, flops_per_token) -> list[str]:
     path = lambda name: os.path.join(output_dir, name)
-    written = [plots.plot_law_contours(law, table, path("law_contours.png"), compute_budget=compute_budget),
+    written = [plots.plot_law_contours(law, table, path("law_contours.png"), compute_budget=compute_budget,
+                                       flops_per_token=flops_per_token),
                plots.plot_loss_vs_compute(table, None if isinstance(approach1, str) else approach1.envelope,
                                           None if isinstance(kaplan["C"], str) else kaplan["C"],
                                           path("loss_vs_compute.png"))]

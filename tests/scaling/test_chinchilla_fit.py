@@ -63,3 +63,23 @@ def test_compute_optimal_allocation_minimises_the_law():
         assert law.loss(N * factor, D / factor) > law.loss(N, D)
     # Closed form of Hoffmann et al. eq. 4 from the paper's own fit: N_opt ∝ C^0.45.
     assert ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28).a == pytest.approx(0.4516, abs=1e-4)
+
+
+def test_compute_optimal_under_exact_flops_per_token_is_the_brute_force_minimum():
+    """With f(N) = k N^s FLOPs per token (exact accounting), the closed form's N_opt is the
+    minimum of L(N, C / f(N)) found on a fine grid, and N_opt ∝ C^(beta / (alpha + s beta))."""
+    from research.scaling.laws import PowerLaw
+
+    law, f = TRUE_LAW, PowerLaw(17.5, 0.91)
+    grid = np.geomspace(1e6, 1e13, 400_001)
+    for C in (1e20, 1e22, 1e24):
+        N, D = law.compute_optimal(C, f)
+        assert f(N) * D == pytest.approx(C)
+        brute = grid[np.argmin(law.loss(grid, C / f(grid)))]
+        assert N == pytest.approx(brute, rel=1e-4)
+    a, b = law.optimal_exponents(f)
+    N1, N2 = law.compute_optimal(1e20, f)[0], law.compute_optimal(1e24, f)[0]
+    assert np.log(N2 / N1) / np.log(1e4) == pytest.approx(a, abs=1e-12)
+    assert b == pytest.approx(1 - 0.91 * a) and a > law.a  # larger models are relatively cheaper per parameter
+    assert law.compute_optimal(1e22, PowerLaw(6.0, 1.0))[0] == pytest.approx(law.compute_optimal(1e22)[0])
+    assert law.optimal_exponents() == pytest.approx((law.a, law.b))

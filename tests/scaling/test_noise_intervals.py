@@ -8,6 +8,7 @@ import pytest
 from experiments.configs import scaling_laws
 from experiments.scaling_laws import sweep
 from research.scaling import RunTable, RunTableError, fit_isoflop, isoflop_runs
+from research.scaling.laws import ChinchillaLaw
 from research.scaling.noise_intervals import common_point, noise_interval
 
 from tests.scaling.synthetic import TRUE_LAW
@@ -82,11 +83,17 @@ def test_the_sweep_reports_each_approachs_interval_under_its_seed_noise(tmp_path
         exponents = fit["sweep"]["n_opt_exponents"][accounting]
         intervals = exponents["intervals_80"]
         assert set(intervals) == {"approach1_final", "approach2", "approach3"}
-        approach3 = fit["approach3"] if accounting == "nominal" else fit["exact"]["approach3"]
-        assert intervals["approach3"] == approach3["intervals"]["a"]
+        # Under exact accounting Approach 3's optimum lies along C = f(N) D (research/scaling/report.py).
+        approach3 = fit["approach3"] if accounting == "nominal" else fit["exact"]["approach3"]["optimum_exact_flops"]
+        assert exponents["approach3"] == approach3["a"] and intervals["approach3"] == approach3["intervals"]["a"]
         assert intervals["approach1_final"] == fit["sweep"]["approach1_final"][accounting]["a_interval_80"]
         low, high = intervals["approach2"]
         assert low < high
         verdict = common_point(intervals)
         assert exponents["intervals_agree"] == verdict["agree"] and exponents["intervals_overlap"] == verdict["overlap"]
     assert "80% intervals of a (approaches 1 and 2 under the seed noise, 3 bootstrap)" in out.getvalue()
+    exact = fit["exact"]["approach3"]
+    f = exact["optimum_exact_flops"]["flops_per_token"]
+    law = ChinchillaLaw(*(exact[k] for k in ("E", "A", "B", "alpha", "beta")))
+    assert exact["optimum_exact_flops"]["a"] == pytest.approx(law.beta / (law.alpha + f["exponent"] * law.beta))
+    assert "along C = f(N) D" in out.getvalue()
