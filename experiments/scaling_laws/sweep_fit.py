@@ -12,7 +12,9 @@ and a "sweep" section:
   n_opt_exponents    a of N_opt ∝ C^a from Approaches 1, 2 and 3 side by side, both
                      accountings, the largest pairwise gap, and each approach's 80% interval
                      (1 and 2: refits under the measured seed noise; 3: its bootstrap) with
-                     whether the three share a value (research/scaling/noise_intervals.py)
+                     whether the three share a value, and simulated_at_design: Approaches 1
+                     and 2 on copies of this design drawn from Approach 3's law with the seed
+                     noise, their bias and spread (research/scaling/noise_intervals.py)
   held_out           Approach 3 fitted without the largest budget, predicting its best loss
                      (research/scaling/held_out.py), both accountings
   seed_noise         runs repeated with another seed: the spread of their log losses
@@ -40,14 +42,15 @@ from research.atomic_files import write_text_atomically
 from research.scaling import RunTable, RunTableError, fit_envelope
 from research.scaling.held_out import predict_held_out_budget
 from research.scaling.isoflop import fit_isoflop
-from research.scaling.laws import ChinchillaLaw
-from research.scaling.noise_intervals import common_point, noise_interval
+from research.scaling.laws import ChinchillaLaw, PowerLaw
+from research.scaling.noise_intervals import common_point, noise_interval, simulate_estimator_bias
 from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
 from research.scaling.report import fit_run_table
 from research.scaling.run_table import read_runs_csv
 from research.scaling.sweep_records import json_safe, write_tables
 
 MIN_RUNS = 5  # Approach 3 has five parameters
+SIMULATED_DATASETS = 60  # simulated copies of the design per accounting (_simulated_at_design)
 ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
 
@@ -94,7 +97,9 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
                  "plateau_rule": {"order1_entropy": order1, "rule": "final loss > H_1 - margin (plateau.py)"}},
         "approach1_final": approach1_final,
         "n_opt_exponents": {a: _exponents(report if a == "nominal" else report["exact"], approach1_final[a],
-                                          _approach2_spread(runs_csv, a, noise, fit_settings["seed"]))
+                                          _approach2_spread(runs_csv, a, noise, fit_settings["seed"]),
+                                          _simulated_at_design(ok, a, report if a == "nominal" else report["exact"],
+                                                               noise, fit_settings["seed"]))
                             for a in ACCOUNTING_COLUMNS},
         "held_out": {a: _held_out(runs_csv, a, fit_settings["init_grid"]) for a in ACCOUNTING_COLUMNS},
         "seed_noise": seed_noise,
@@ -156,11 +161,11 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     copies of the losses, each multiplied by exp(normal(0, noise)) (research/scaling/noise_intervals.py):
     how far run-to-run noise alone moves Approach 1's exponent. Its N_opt is the best of a few discrete
     sizes at each compute, so one run's noise can move a whole rung: a simulation at the
-    cpu_tiny design (its fitted law, 0.52% noise, 60 datasets) put the sd of a at 0.10."""
-    n_column, c_column = ACCOUNTING_COLUMNS[accounting]
-    table = RunTable(np.array([r[n_column] for r in ok], float), np.array([r["D"] for r in ok], float),
-                     np.array([r["loss"] for r in ok], float), run=np.array([r["model"] for r in ok]),
-                     flops=np.array([r[c_column] for r in ok], float))
+    cpu_tiny design (its fitted law, 0.52% noise, 60 datasets) put the sd of a at 0.10, and its
+    median 0.09-0.12 below the law's a (_simulated_at_design): between budgets only some sizes'
+    runs reach, and where the optimum leaves the top of them the bracketed points that remain
+    are those where noise favoured a smaller size."""
+    table = _design_table(ok, accounting)
     try:
         result = fit_envelope(table, between_sizes=True).as_dict()
         result["argmin_a"] = fit_envelope(table).N_opt.exponent
@@ -173,6 +178,33 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     return result
 
 
+def _design_table(ok: Sequence[dict], accounting: str) -> RunTable:
+    """The finished runs under `accounting`, each model's runs one curve, grouped by budget."""
+    n_column, c_column = ACCOUNTING_COLUMNS[accounting]
+    column = lambda name: np.array([r[name] for r in ok], float)
+    return RunTable(column(n_column), column("D"), column("loss"), run=np.array([r["model"] for r in ok]),
+                    budget=column("C"), flops=column(c_column))
+
+
+def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, noise: float | None,
+                         seed: int) -> dict | None:
+    """Approaches 1 and 2 on SIMULATED_DATASETS copies of this sweep's design whose losses are
+    Approach 3's law plus the measured seed noise: each one's bias and spread at this design
+    (research/scaling/noise_intervals.simulate_estimator_bias). None without measured noise."""
+    fitted = report["approach3"]
+    if not noise:
+        return None
+    law = ChinchillaLaw(**{k: fitted[k] for k in ("E", "A", "B", "alpha", "beta")})
+    along = fitted.get("optimum_exact_flops")
+    flops_per_token = PowerLaw(**along["flops_per_token"]) if along else None
+    table = _design_table(ok, accounting)
+    estimators = {"approach1_final": lambda t: fit_envelope(t, between_sizes=True).N_opt.exponent,
+                  "approach2": lambda t: fit_isoflop(t).N_opt.exponent}
+    result = simulate_estimator_bias(table, lambda t: law.loss(t.N, t.D), law.optimal_exponents(flops_per_token)[0],
+                                     estimators, noise, datasets=SIMULATED_DATASETS, seed=seed)
+    return {"law": "approach3", "noise": noise, **result}
+
+
 def _approach2_spread(runs_csv: str, accounting: str, noise: float | None, seed: int) -> dict | None:
     """What the seed noise alone does to Approach 2's exponent (research/scaling/noise_intervals.py)."""
     try:
@@ -183,7 +215,8 @@ def _approach2_spread(runs_csv: str, accounting: str, noise: float | None, seed:
     return noise_interval(table, lambda t: fit_isoflop(t).N_opt.exponent, noise or 0.0, seed=seed)
 
 
-def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | None) -> dict:
+def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | None,
+               simulated: dict | None = None) -> dict:
     """a of N_opt ∝ C^a by Approaches 1, 2 and 3, their largest gap, and their 80% intervals:
     Approaches 1 and 2 under the seed noise (refits on noisy copies of the losses), Approach 3
     its bootstrap. intervals_agree: the three intervals share a value, i.e. the gap is within
@@ -206,6 +239,7 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
     values.update(intervals_80=intervals, intervals_overlap=verdict["overlap"], intervals_agree=verdict["agree"])
     if approach2_spread:
         values["approach2_failed_resamples"] = approach2_spread["failed"]
+    values["simulated_at_design"] = simulated
     return values
 
 
@@ -306,6 +340,13 @@ def summary(report: dict) -> str:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in exponents.items()
                           if v is not None and not isinstance(v, (dict, list)))
         lines.append(f"N_opt exponent a ({accounting}): {shown}")
+        simulated = exponents.get("simulated_at_design")
+        if simulated:
+            text = ", ".join(f"{k} median {v['median']:.3g} (bias {v['bias']:+.3g}, sd {v['std']:.2g})"
+                             for k, v in simulated.items() if isinstance(v, dict) and "median" in v)
+            lines.append(f"  at this design, {SIMULATED_DATASETS} datasets from approach 3's law (a = "
+                         f"{next(v['true'] for v in simulated.values() if isinstance(v, dict) and 'true' in v):.3g}) "
+                         f"with the seed noise: {text}")
         intervals = exponents.get("intervals_80") or {}
         if any(intervals.values()):
             text = ", ".join(f"{k} [{v[0]:.3g}, {v[1]:.3g}]" for k, v in intervals.items() if v)

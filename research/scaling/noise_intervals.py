@@ -67,3 +67,44 @@ def common_point(intervals: Mapping[str, Sequence[float] | None]) -> dict:
         return {"overlap": None, "agree": False, "missing": missing}
     lo, hi = max(v[0] for v in known.values()), min(v[1] for v in known.values())
     return {"overlap": [float(lo), float(hi)] if lo <= hi else None, "agree": bool(lo <= hi), "missing": missing}
+
+
+def simulate_estimator_bias(table: RunTable, truth: Callable[[RunTable], np.ndarray], true_value: float,
+                            estimators: Mapping[str, Callable[[RunTable], float]], noise: float, *,
+                            datasets: int = 60, seed: int = 0) -> dict[str, dict]:
+    """How each estimator behaves at this table's design: `datasets` copies of the table whose
+    losses are truth(table) (a known law's losses at the runs' N and D) times exp(normal(0,
+    noise)), each estimated; per estimator the median, mean and standard deviation of the
+    estimates, their median minus `true_value` (the bias), and how many copies failed.
+
+    Why: an approach can be biased at a design even when it recovers the truth without noise.
+    At the cpu_tiny IsoFLOP design, Approach 1 over final losses reads N_opt between budgets
+    where only some sizes' runs reach and the optimum leaves the top of them, so with the
+    measured noise it sits ~0.09 below the law's exponent (issue-9 note); Approach 2 is nearly
+    unbiased but spread by ~0.1."""
+    if not np.isfinite(noise) or noise < 0 or datasets < 1:
+        raise ValueError(f"noise={noise!r} must be >= 0 and datasets={datasets} >= 1.")
+    rng = np.random.default_rng(seed)
+    clean = np.asarray(truth(table), np.float64)
+    draws = [clean * np.exp(rng.normal(0.0, noise, clean.shape)) for _ in range(datasets)]
+    out = {}
+    for name, estimate in estimators.items():
+        values, failed = [], 0
+        for loss in draws:
+            try:
+                value = float(estimate(dataclasses.replace(table, loss=loss)))
+            except RunTableError:
+                failed += 1
+                continue
+            if np.isfinite(value):
+                values.append(value)
+            else:
+                failed += 1
+        if not values:
+            out[name] = {"datasets": datasets, "failed": failed}
+            continue
+        median = float(np.median(values))
+        out[name] = {"true": float(true_value), "median": median, "mean": float(np.mean(values)),
+                     "std": float(np.std(values)), "bias": median - float(true_value), "datasets": datasets,
+                     "failed": failed}
+    return out
