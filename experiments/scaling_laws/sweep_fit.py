@@ -342,7 +342,8 @@ def summary(report: dict) -> str:
         lines.append(f"N_opt exponent a ({accounting}): {shown}")
         simulated = exponents.get("simulated_at_design")
         if simulated:
-            text = ", ".join(f"{k} median {v['median']:.3g} (bias {v['bias']:+.3g}, sd {v['std']:.2g})"
+            text = ", ".join(f"{k} median {v['median']:.3g} (bias {v['bias']:+.3g}, 10th-90th percentile "
+                             f"{v['p10']:.3g}-{v['p90']:.3g})"
                              for k, v in simulated.items() if isinstance(v, dict) and "median" in v)
             lines.append(f"  at this design, {SIMULATED_DATASETS} datasets from approach 3's law (a = "
                          f"{next(v['true'] for v in simulated.values() if isinstance(v, dict) and 'true' in v):.3g}) "
