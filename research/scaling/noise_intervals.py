@@ -38,23 +38,29 @@ def noise_interval(table: RunTable, estimate: Callable[[RunTable], float], noise
     if noise == 0:
         return None
     rng = np.random.default_rng(seed)
-    values, failed = [], 0
-    for _ in range(resamples):
-        noisy = dataclasses.replace(table, loss=table.loss * np.exp(rng.normal(0.0, noise, table.loss.shape)))
-        try:
-            value = float(estimate(noisy))
-        except RunTableError:
-            failed += 1
-            continue
-        if np.isfinite(value):
-            values.append(value)
-        else:
-            failed += 1
+    draws = [table.loss * np.exp(rng.normal(0.0, noise, table.loss.shape)) for _ in range(resamples)]
+    values, failed = _estimates(table, estimate, draws)
     if not values:
         return None
     tail = 100 * (1 - confidence) / 2
     return {"interval": [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))],
             "resamples": len(values), "failed": failed}
+
+
+def _estimates(table: RunTable, estimate: Callable[[RunTable], float],
+               draws: Sequence[np.ndarray]) -> tuple[list[float], int]:
+    """(finite estimates, failures) of `estimate` on the table with each draw as its losses."""
+    values, failed = [], 0
+    for loss in draws:
+        try:
+            value = float(estimate(dataclasses.replace(table, loss=loss)))
+        except RunTableError:
+            value = float("nan")
+        if np.isfinite(value):
+            values.append(value)
+        else:
+            failed += 1
+    return values, failed
 
 
 def common_point(intervals: Mapping[str, Sequence[float] | None]) -> dict:
@@ -90,17 +96,7 @@ def simulate_estimator_bias(table: RunTable, truth: Callable[[RunTable], np.ndar
     draws = [clean * np.exp(rng.normal(0.0, noise, clean.shape)) for _ in range(datasets)]
     out = {}
     for name, estimate in estimators.items():
-        values, failed = [], 0
-        for loss in draws:
-            try:
-                value = float(estimate(dataclasses.replace(table, loss=loss)))
-            except RunTableError:
-                failed += 1
-                continue
-            if np.isfinite(value):
-                values.append(value)
-            else:
-                failed += 1
+        values, failed = _estimates(table, estimate, draws)
         if not values:
             out[name] = {"datasets": datasets, "failed": failed}
             continue
