@@ -13,16 +13,18 @@ N_opt ∝ C^a and D_opt ∝ C^b are then least-squares lines in log space over t
 the parabola in (log N, log loss) through the best size and its two neighbours (by size).
 Why: a ladder samples N discretely, so the plain argmin is a staircase, and the slope fitted
 through it depends on where the rungs happen to fall. Noiseless final losses of the cpu_tiny
-sweep's IsoFLOP design on its own (unevenly spaced) ladder, from the law it fitted: argmin a
-0.518, between rungs 0.566, the law's 0.556 (tests/scaling/test_isoflop_envelope.py).
+sweep's IsoFLOP design on its own (unevenly spaced) ladder, from a law it fitted (E 1.539,
+A 114.6, alpha 0.845, B 1.705e5, beta 1.06): argmin a 0.518, between rungs 0.554, the law's
+0.556 (tests/scaling/test_isoflop_envelope.py).
 
 Only grid values where the best size is bracketed count: both its neighbours on the ladder
 reach that compute and do worse. At the ladder's ends, and at compute that only some sizes
 reach (each model's final losses span only the budgets it was run at), the best of the sizes
-present is not the optimum. Keeping those points biased the slope: noiseless final losses of the
-cpu_tiny design under exact accounting (the law it fitted, f(N) = 17.5 N^0.91 FLOPs per token)
-gave a = 0.432 against the law's 0.560 along f, 0.549 with the rule; nominal 0.526 / 0.538
-against 0.540. On the sweep's own runs, exact accounting: 0.384 -> 0.475.
+present is not the optimum. Keeping those points biased the slope: noiseless final losses at
+the cpu_tiny sweep's 30 runs from the laws it fitted (exact accounting: total N, its runs' own
+FLOPs, f = 18.6 N^0.902 per token) gave a = 0.432 against the law's 0.560 along f, 0.549 with the
+rule; nominal 0.526 / 0.538 against 0.540. On the sweep's own runs, exact: 0.384 -> 0.475. With
+noise the rule does not remove the design's own bias (research/scaling/noise_intervals.py).
 """
 from __future__ import annotations
 

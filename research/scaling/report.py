@@ -58,7 +58,8 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
         "approach3": {**approach3.as_dict(), **_optimum_exponents(approach3, flops_per_token)},
         "approach1": _describe(approach1), "approach2": _describe(approach2),
         "kaplan": {k: _describe(v) for k, v in kaplan.items()},
-        "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2, flops_per_token),
+        "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2, flops_per_token,
+                                  (float(table.N.min()), float(table.N.max()))),
         "reference": {"hoffmann_2022": HOFFMANN_2022.as_dict(),
                       "besiroglu_2024": BESIROGLU_2024.as_dict()},
     }
@@ -100,10 +101,16 @@ def _optimum_exponents(approach3, flops_per_token: PowerLaw | None) -> dict:
     return {"optimum_exact_flops": out}
 
 
-def _prediction(compute_budget, predict, law, approach1, approach2, flops_per_token=None) -> dict:
+def _prediction(compute_budget, predict, law, approach1, approach2, flops_per_token=None,
+                N_range=(0.0, math.inf)) -> dict:
     N3, D3 = law.compute_optimal(compute_budget, flops_per_token)
     out = {"compute_budget": compute_budget,
            "approach3": {**_allocation(N3, D3), "loss": float(law.loss(N3, D3))}}
+    if flops_per_token is not None and not N_range[0] <= N3 <= N_range[1]:
+        # f(N) = k N^s was fitted over the runs' sizes; s < 1 extrapolated far enough would cost
+        # less than 6 N per token, which no transformer does.
+        out["approach3"]["warning"] = (f"N_opt={N3:.3g} lies outside the runs' N [{N_range[0]:.3g}, "
+                                       f"{N_range[1]:.3g}] over which FLOPs per token were fitted: an extrapolation")
     for name, fit in (("approach1", approach1), ("approach2", approach2)):
         if not isinstance(fit, str):
             out[name] = _allocation(fit.N_opt(compute_budget), fit.D_opt(compute_budget))

@@ -112,3 +112,28 @@ def test_bigram_level_on_real_text_is_held_out_not_plug_in():
     assert true_h1 - 0.02 < estimate < true_h1 + 0.3  # 4.04: high, so it flags fewer runs
     with pytest.raises(ValueError, match="vocab_size=10"):
         bigram_cross_entropy_nats([train], [held_out], 10)
+
+
+def test_exact_report_reads_the_optimum_along_the_runs_flops_per_token(tmp_path):
+    """Under exact accounting fit.json's Approach 3 optimum lies along C = f(N) D, f the power
+    law through the runs' exact FLOPs per token (here exactly 40 N^0.8), not along 6 N D; a
+    compute budget whose optimum lies beyond the runs' sizes is flagged as an extrapolation."""
+    from research.scaling.laws import PowerLaw
+    from research.scaling.report import fit_run_table
+
+    f = PowerLaw(40.0, 0.8)
+    C, N, D = isoflop_runs([1e10, 3e10, 1e11, 3e11], 6, 2e3, 6e4)
+    loss = LAW.loss(N, D)
+    rows = "\n".join(f"{n},{n},{d},{f(n) * d},{c},{l},ok" for n, d, c, l in zip(N, D, C, loss))
+    path = tmp_path / "runs.csv"
+    path.write_text("N,N_total,D,C_exact,C,loss,status\n" + rows + "\n")
+    report = fit_run_table(str(path), str(tmp_path / "out"), accounting="exact", bootstrap_samples=20,
+                           init_grid="coarse", compute_budget=1e11)
+    along = report["approach3"]["optimum_exact_flops"]
+    assert along["flops_per_token"]["exponent"] == pytest.approx(0.8, abs=1e-9)
+    assert along["a"] == pytest.approx(LAW.beta / (LAW.alpha + 0.8 * LAW.beta), abs=0.01)  # 0.488
+    assert report["approach3"]["a"] == pytest.approx(LAW.a, abs=0.01)  # 0.444: the 6 N D optimum
+    assert len(along["intervals"]["a"]) == 2 and "warning" not in report["prediction"]["approach3"]
+    far = fit_run_table(str(path), str(tmp_path / "far"), accounting="exact", bootstrap_samples=0,
+                        init_grid="coarse", compute_budget=1e20)
+    assert "outside the runs' N" in far["prediction"]["approach3"]["warning"]
