@@ -139,7 +139,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # above a bigram model's held-out 3.09 nats/token (3.07-3.32, issue-9 note), so the plateau
         # rule leaves them out; at 3.16e11 an IsoFLOP pilot (6 sizes) was U-shaped, 2.84-3.15 with
         # its minimum near 1.5e4-2.5e4 parameters (~150 tokens per parameter). Budgets from there, a
-        # quarter decade apart (0.75 decades: what fits in ~45 minutes on 2 cores), 6 sizes each
+        # quarter decade apart (0.75 decades; the sweep took 33:22 on 2 cores), 6 sizes each
         # centred at 150 tokens per parameter, seed repeats at the smallest.
         # Learning rate: half cpu_tiny's (1e-2 at width 32, same 1 / width rule), from a sweep of
         # 0.05x-1x cpu_tiny's rule over 2,000 steps (lr_check, eval loss): D20 L2 3.200 / 3.101 /
