@@ -14,7 +14,9 @@ models of the --k_size ladder model (learning rates differing, one shared data s
 the wall and process CPU time of train_together against K times one run alone (measured
 once: the K runs would be identical in cost), the start-up part of each (wall - steps x
 steady s/step: state creation, compilation, checkpointing, evaluation) and the steady
-s/step.
+s/step. `--cpu_devices=2 --k_across_devices` splits the CPU into 2 devices and trains the K
+models split over them (train.models_across_devices); the runs alone then split their batch
+over the same 2 devices.
 
 Not a test: the figures depend on the machine and on its load (printed beside them).
 """
@@ -42,6 +44,10 @@ _K_STEPS = flags.DEFINE_integer("k_steps", 200, "Train steps of each K-models ru
 _TORCH = flags.DEFINE_string("torch_ref", "/work/shared/reference/torch_gpt_ref.py", "Plain PyTorch script.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "OMP threads of the PyTorch run; 0: its default.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many devices (XLA_FLAGS "
+                                    "--xla_force_host_platform_device_count); 0: as XLA_FLAGS says.")
+_ACROSS = flags.DEFINE_bool("k_across_devices", False, "K models: train.models_across_devices (each model "
+                            "whole on one device; K not a multiple of the device count is skipped).")
 
 
 def _loadavg() -> str:
@@ -151,10 +157,14 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
                                                    alone_workdir)
     rows = []
     for k in ks:
+        if _ACROSS.value and k % jax.device_count():
+            print(f"K={k}: skipped (not a multiple of the {jax.device_count()} devices)")
+            continue
         configs = []
         for i in range(k):
             one = copy.deepcopy(config)
             one.opt.learning_rate = config.opt.learning_rate * (0.5 + i / max(k, 1))
+            one.train.models_across_devices = _ACROSS.value
             configs.append(one)
         workdirs = [os.path.join(root, f"k{k}", str(i)) for i in range(k)]
         together_step, wall, cpu = _timed_run(lambda: train_together(configs, workdirs), config, workdirs[0])
@@ -164,7 +174,8 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
                          separate_startup_s=k * (alone_wall - steps * alone_step),
                          speedup_wall=k * alone_wall / wall, speedup_cpu=k * alone_cpu / cpu,
                          together_s_per_step=together_step, separate_s_per_step=k * alone_step,
-                         speedup_steady=k * alone_step / together_step, loadavg=_loadavg()))
+                         speedup_steady=k * alone_step / together_step, devices=jax.device_count(),
+                         across_devices=_ACROSS.value, loadavg=_loadavg()))
         r = rows[-1]
         print(f"K={k:3d} ({r['params_non_embedding']:,} params each): together {wall:7.1f} s wall "
               f"({r['together_startup_s']:.1f} s start-up, {together_step * 1e3:.2f} ms/step), {cpu:.1f} s CPU | "
@@ -182,6 +193,9 @@ def ladder_params(ladder) -> int:
 
 def main(argv) -> None:
     del argv
+    if _CPU_DEVICES.value:  # before the backend starts (the first device query below)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={_CPU_DEVICES.value}").strip()
     from research.training.metrics import measure_peak_flops
     peak = measure_peak_flops()
     print(f"devices {jax.device_count()} ({jax.devices()[0].platform}); peak {peak:.3g} FLOP/s; load {_loadavg()}")

@@ -79,7 +79,7 @@ def _base() -> ml_collections.ConfigDict:
         log_every_steps=10, eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=0.0,
         # steps per compiled call (0: chosen from the model's FLOPs); models vmapped at once when
         # K models train together (0: all on accelerators, one at a time on CPU).
-        progress_bar=True, steps_per_call=0, models_per_call=0))
+        progress_bar=True, steps_per_call=0, models_per_call=0, models_across_devices=False))
     # Train one model per value of `field` (seed or an optimizer number) in one program, each into
     # <workdir>/<field>=<value>: e.g. --config.batched.field=opt.learning_rate --config.batched.values='(1e-3,3e-3)'.
     config.batched = ml_collections.ConfigDict(dict(field="", values=()))

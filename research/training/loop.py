@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from research import data as data_lib
 from research.models import build_model, get_config
@@ -53,7 +54,7 @@ from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
-from research.training.state import (create_stacked_train_state, create_train_state, train_state_shardings,
+from research.training.state import (create_stacked_train_state, create_train_state, stack_trees, train_state_shardings,
                                      with_shardings)
 from research.training.train_step import make_eval_step, make_train_step
 
@@ -84,6 +85,12 @@ class TrainConfig:
     # K models trained together: how many are vmapped at once, the rest following inside the
     # same program (model_batch.map_over_models); 0: all on accelerators, one at a time on CPU.
     models_per_call: int = 0
+    # K models trained together: split the model axis over the devices, each model whole on one
+    # device with its whole batch (no communication), instead of splitting every model's batch
+    # over all of them. For many small models on several accelerators, or on a CPU with
+    # XLA_FLAGS=--xla_force_host_platform_device_count=<cores> (XLA:CPU runs one device's work
+    # on about one core). K must be a multiple of the device count; one process only.
+    models_across_devices: bool = False
 
     def __post_init__(self):
         if self.steps_per_call < 0:
@@ -169,10 +176,11 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
 
 
 def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
-                     init: Callable[[], Any], stacked: bool) -> tuple[Any, list]:
+                     init: Callable[[], Any], stacked_shardings: Any | None) -> tuple[Any, list]:
     """The initial state, restored from the latest intact checkpoint every model has (a kill
     between the models' saves leaves some a step ahead: those later steps are dropped), else
-    fresh, and the data iterators positioned to match it."""
+    fresh, and the data iterators positioned to match it. K models' states are stacked laid
+    out as `stacked_shardings` (None: one model)."""
     if all(m.checkpointer.latest_step() is None for m in members):
         return init(), sources
     while True:
@@ -203,7 +211,7 @@ def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sour
         schedule_warning = workdir_lib.schedule_change(m.checkpointer.restore_config(step), m.config.to_dict(), step)
         if schedule_warning:
             log.warning("%s", schedule_warning)
-    return (model_batch.stack_states(states, shardings) if stacked else states[0]), sources
+    return (states[0] if stacked_shardings is None else stack_trees(states, stacked_shardings)), sources
 
 
 def _log_step(member: _Member, step: int, record: dict[str, Any], progress: metrics_lib.ConsoleProgress, *,
@@ -228,11 +236,15 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     train = trains[0]
     rules = _rules(config.mesh)
     num_models = len(configs)
+    across = stacked and train.models_across_devices  # each model whole on one device
 
     # Everything a user can get wrong is checked here, before any compilation.
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape", None))
-    partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
-    partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
+    if across:
+        model_batch.check_models_across_devices(num_models, mesh)
+    else:
+        partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
+        partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,
@@ -263,6 +275,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     loss_fn = losses.make_loss_fn(objective, train.z_loss)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     batch_partition = partitioning.batch_partition_spec(rules)
+    if across:  # no model's batch is split: nothing in a model names a mesh axis
+        batch_partition = PartitionSpec()
     members = [_Member(i, c, w, checkpoint_config,
                        metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),  # [issue-13b]
                        Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
@@ -274,7 +288,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     try:
         with partitioning.sharding_context(mesh, rules):
             abstract, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
-            state_shardings = model_batch.stacked_shardings(shardings) if stacked else shardings
+            state_shardings = shardings
+            if stacked:
+                state_shardings = (model_batch.across_devices_shardings(shardings, mesh) if across
+                                   else model_batch.stacked_shardings(shardings))
 
             def initial_state():
                 if stacked:
@@ -283,7 +300,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)[0]
 
             state, sources = _restore_or_init(members, abstract, shardings, sources,
-                                              lambda: batches("train", train.seed), initial_state, stacked)
+                                              lambda: batches("train", train.seed), initial_state,
+                                              state_shardings if stacked else None)
 
             if stacked:
                 def model_step(state, batch, values):
@@ -297,6 +315,13 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                              per_call)
                 extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
                 eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
+                if across:  # each device runs its own models: the model axis of every input split over the mesh
+                    models, shared = model_batch.models_spec(mesh), PartitionSpec()
+                    block_data = model_batch.models_spec(mesh, 1) if per_model_data else shared
+                    block_fn = model_batch.over_devices(block_fn, mesh, (models, block_data, shared, models),
+                                                        (models, model_batch.models_spec(mesh, 1)))
+                    eval_fn = model_batch.over_devices(eval_fn, mesh, (models, models if per_model_data else shared),
+                                                       models)
                 member_state = model_batch.member_getter(shardings)
             else:
                 def step_fn(state, batch, values):
@@ -311,9 +336,13 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 block_fn = blocks.make_block_step(step_fn)
                 eval_fn, member_state = make_eval_step(model, loss_fn), None
             data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
-            train_block = blocks.jit_block_step(block_fn, state_shardings,
-                                                blocks.block_sharding(batch_sharding, data_axes), len(extra_args))
+            train_sharding = blocks.block_sharding(batch_sharding, data_axes)
             eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
+            if across:  # whole batches on each device: its models' own, or the one they all share
+                train_sharding, eval_sharding = (
+                    NamedSharding(mesh, model_batch.models_spec(mesh, k) if per_model_data else PartitionSpec())
+                    for k in (1, 0))
+            train_block = blocks.jit_block_step(block_fn, state_shardings, train_sharding, len(extra_args))
             run_eval = evaluation.make_evaluation(
                 eval_fn, state_shardings.params, eval_sharding,
                 # One validation stream for every seed: runs then differ only by what they trained
@@ -335,10 +364,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 from jax.experimental import multihost_utils
                 block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))
             log.info("%s: %s params (%s embedding, %s non-embedding), %.3g train FLOPs/token; mesh %s; "
-                     "peak %.3g FLOP/s; %d model(s), up to %d steps per call; starting at step %d", model_config.name,
+                     "peak %.3g FLOP/s; %d model(s)%s, up to %d steps per call; starting at step %d", model_config.name,
                      f"{size['params_total']:,}", f"{size['params_embedding']:,}", f"{size['params_non_embedding']:,}",
                      size["train_flops_per_token"], describe_mesh(mesh, config.mesh.get("dcn_shape", None)),
-                     peak_flops, num_models, block_len, start_step)
+                     peak_flops, num_models, f" split over the {mesh.size} devices" if across else "", block_len,
+                     start_step)
             for m in members:
                 m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops)
                 if start_step == 0:
@@ -349,7 +379,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                end_step=end_step)
             plan = list(blocks.block_plan(start_step, end_step, block_len, is_boundary))
             prefetcher = BlockPrefetcher(sources, plan, block_len, lambda host: partitioning.shard_batch(
-                host, blocks.block_sharding(batch_sharding, data_axes)), per_member=per_model_data)
+                host, train_sharding), per_member=per_model_data)
 
             def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:
                 """A block's metrics on the host: log them, stop a model on NaN/Inf. The step

@@ -12,17 +12,23 @@ says which field differs, in one line, before anything compiles.
 A config asks for this with `config.batched = {field: "opt.learning_rate", values: (...)}`:
 `expand_batched_axis` turns it into K configs, one per value, each trained into
 <workdir>/<field>=<value> as if alone (research.training.loop.train_together).
+
+Where the K models live: by default every device holds all K, each model's batch split over
+the devices as when it trains alone; with train.models_across_devices the model axis is split
+instead (each device trains K / devices whole models, `over_devices`, with no communication),
+which suits models too small to split.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models.config import ConfigError
 from research.training.optimizers import HYPERPARAMETERS, OptimizerConfig, hyperparameters
@@ -201,9 +207,38 @@ def stacked_shardings(shardings: Any) -> Any:
     return jax.tree.map(lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), shardings)
 
 
-def stack_states(states: Sequence[Any], shardings: Any) -> Any:
-    """K train states (restored one by one) -> one stacked state."""
-    return stack_trees(states, stacked_shardings(shardings))
+def across_devices_shardings(shardings: Any, mesh: Mesh) -> Any:
+    """The model axis split over every device of `mesh`, each model whole on one device
+    (train.models_across_devices): the per-model shardings are not used."""
+    split = NamedSharding(mesh, models_spec(mesh))
+    return jax.tree.map(lambda _: split, shardings)
+
+
+def models_spec(mesh: Mesh, leading_axes: int = 0) -> PartitionSpec:
+    """A model axis (behind `leading_axes` unsplit ones) split over all of `mesh`'s axes."""
+    return PartitionSpec(*([None] * leading_axes), tuple(mesh.axis_names))
+
+
+def check_models_across_devices(num_models: int, mesh: Mesh) -> None:
+    """One line before compiling when the K models cannot be split evenly over the devices."""
+    if jax.process_count() > 1:
+        raise ConfigError(f"train.models_across_devices=True runs in one process only ({jax.process_count()} "
+                          "processes here); set it to False to split each model's batch over the hosts instead.")
+    if num_models % mesh.size:
+        raise ConfigError(f"train.models_across_devices=True: {num_models} models cannot be split evenly over "
+                          f"{mesh.size} devices; train a multiple of {mesh.size} models, or set it to False.")
+
+
+def over_devices(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: Any) -> Callable:
+    """`fn` run on each device's share of the models (shard_map over the model axis): every
+    model is whole on one device, so the devices never communicate. The models' own sharding
+    annotations (flax logical constraints) are switched off inside, where there is nothing to
+    shard."""
+    def local(*args):
+        with nn.logical_axis_rules(()):
+            return fn(*args)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 def member_getter(shardings: Any):

@@ -36,6 +36,8 @@ def _microbatches(batch: Mapping[str, Array], k: int, batch_spec: PartitionSpec)
     """
     def split(x):
         x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+        if not batch_spec:  # an unsplit batch (one device, or a model whole on its device): nothing to keep
+            return x
         return jax.lax.with_sharding_constraint(x, PartitionSpec(None, *batch_spec))
     return {name: split(x) for name, x in batch.items()}
 

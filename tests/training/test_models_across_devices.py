@@ -1,0 +1,63 @@
+"""train.models_across_devices: K models split over the devices, each whole on one device,
+train as each would alone, resume exactly, and a K the devices cannot split is one line."""
+import logging
+
+import jax
+import pytest
+
+from research.models.config import ConfigError
+from research.training import train_and_evaluate
+from research.training.metrics import read_metrics
+
+from tests.training.conftest import run_config
+from tests.training.test_model_batch import _close_runs
+from tests.training.test_resume import assert_same_run, per_step
+
+STEPS = 8
+
+
+def _across(tokenizer, field, values, **train):
+    config = run_config("gpt_tiny", tokenizer, num_steps=STEPS, steps_per_call=3, models_across_devices=True, **train)
+    config.batched.field, config.batched.values = field, values
+    return config
+
+
+def test_models_across_devices_train_as_alone_and_resume_exactly(tokenizers, compilation_cache, tmp_path):
+    devices = jax.device_count()  # 8 fake CPU devices (tests/conftest.py): one model on each
+    config = _across(tokenizers["plain"], "train.seed", tuple(range(devices)))  # a data stream per model
+    train_and_evaluate(config, str(tmp_path / "whole"))
+    config.train.stop_after_steps = 4  # interrupted after its step-4 checkpoint, then rerun
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    config.train.stop_after_steps = 0
+    train_and_evaluate(config, str(tmp_path / "cut"))
+    for seed in range(devices):
+        assert_same_run(per_step(tmp_path / "cut" / f"train.seed={seed}"),
+                        per_step(tmp_path / "whole" / f"train.seed={seed}"), STEPS)
+    # Model 5 against the same config trained alone (its batch split over the 8 devices there).
+    alone = run_config("gpt_tiny", tokenizers["plain"], num_steps=STEPS, steps_per_call=3, seed=5)
+    alone_result = train_and_evaluate(alone, str(tmp_path / "alone"))
+    _close_runs(per_step(tmp_path / "whole" / "train.seed=5"), per_step(tmp_path / "alone"), STEPS)
+    eval_loss = [r["eval_loss"] for r in read_metrics(tmp_path / "whole" / "train.seed=5") if "eval_loss" in r]
+    assert eval_loss[-1] == pytest.approx(alone_result["eval_loss"], rel=1e-6)
+
+
+def test_models_across_devices_sharing_one_data_stream_train_as_alone(tokenizers, compilation_cache, tmp_path,
+                                                                       caplog):
+    rates = tuple(1e-3 * (1 + i) for i in range(jax.device_count()))  # one seed: the data is shared
+    with caplog.at_level(logging.INFO, logger="research.training.loop"):
+        across = _across(tokenizers["plain"], "opt.learning_rate", rates, microbatches=2, batch_size=16)
+        train_and_evaluate(across, str(tmp_path / "across"))
+    assert "8 model(s) split over the 8 devices" in caplog.text
+    alone = run_config("gpt_tiny", tokenizers["plain"], num_steps=STEPS, steps_per_call=3, microbatches=2,
+                       batch_size=16)  # alone its 2 microbatches are split over the 8 devices
+    alone.opt.learning_rate = rates[2]
+    train_and_evaluate(alone, str(tmp_path / "alone"))
+    _close_runs(per_step(tmp_path / "across" / f"opt.learning_rate={rates[2]}"), per_step(tmp_path / "alone"),
+                STEPS)
+
+
+def test_models_the_devices_cannot_split_are_one_line_before_compiling(tokenizers, tmp_path):
+    config = _across(tokenizers["plain"], "opt.learning_rate", (1e-3, 2e-3, 3e-3))
+    with pytest.raises(ConfigError, match=r"3 models cannot be split evenly over 8 devices") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
