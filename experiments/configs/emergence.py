@@ -38,6 +38,20 @@ of CPU, every result identical. Results (one seed per size):
   addition (2-digit exact match 0.007 / 0.067 / 0.106 / 0.10 for the control, d24, d48, scale-1e5),
   so across sizes the curve is not monotone and the mirage across sizes is NOT shown.
 
+Tried for the mirage across sizes, not adopted (2026-12-03, one seed each; pilots d24-l2 and d48-l2
+only, without the final evaluation, one process per core): addition alone (T5 init, no copying):
+d24-l2 did not learn it either (2-digit per-digit p 0.30 at step 4000), so the copy task is not
+what holds addition back; twice the addition problems (16,000 per length): in the pilot d48-l2
+learned 2-digit addition (exact match 0.37 -> 0.95 between steps 3000 and 3500) and d24-l2 rose to
+p 0.69, but the full preset with that mixture (17:59 wall, 1,846 s CPU) taught addition to no size
+(2-digit exact match 0.007 / 0.095 / 0.069 / 0.093 / 0.127, p 0.27-0.64) and scale-1e5 copied
+less (exact match 0.71). The full run holds its 1,000 final test items per length out of
+training (7% fewer 2-digit training problems): whether a size crosses the addition transition
+in 4000 steps turns on such differences, so with one seed per size no design tried gives a
+curve across sizes; several seeds per size would, at several times this preset's 20 minutes.
+T5 kernels with GPT-2's N(0, 0.02) embedding tables (an init scheme tried, then removed): copying
+learned, addition not (d48-l2 p 0.64).
+
 `micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
 Rerunning the same command skips finished training and finished evaluations.
