@@ -48,7 +48,8 @@ p 0.69, but the full preset with that mixture (17:59 wall, 1,846 s CPU) taught a
 less (exact match 0.71). The full run holds its 1,000 final test items per length out of
 training (7% fewer 2-digit training problems): whether a size crosses the addition transition
 in 4000 steps turns on such differences, so with one seed per size no design tried gives a
-curve across sizes; several seeds per size would, at several times this preset's 20 minutes.
+curve across sizes; averaging several seeds per size is the untried next step (several times
+this preset's 20 minutes).
 T5 kernels with GPT-2's N(0, 0.02) embedding tables (an init scheme tried, then removed): copying
 learned, addition not (d48-l2 p 0.64).
 
