@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["1e3", "1e4", "1e5", "1e6"], "Ladder targets (non-embedding params).")
@@ -182,7 +181,6 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
               f"{k} alone {k * alone_wall:7.1f} s wall ({r['separate_startup_s']:.1f} s start-up, "
               f"{k * alone_step * 1e3:.2f} ms/step), {k * alone_cpu:.1f} s CPU | speedup {r['speedup_wall']:.1f}x "
               f"wall, {r['speedup_cpu']:.1f}x CPU, {r['speedup_steady']:.1f}x steady (load {_loadavg()})", flush=True)
-    del train_and_evaluate
     return rows
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from research import data as data_lib
 from research.models import build_model, get_config
@@ -315,13 +315,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                              per_call)
                 extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
                 eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
-                if across:  # each device runs its own models: the model axis of every input split over the mesh
-                    models, shared = model_batch.models_spec(mesh), PartitionSpec()
-                    block_data = model_batch.models_spec(mesh, 1) if per_model_data else shared
-                    block_fn = model_batch.over_devices(block_fn, mesh, (models, block_data, shared, models),
-                                                        (models, model_batch.models_spec(mesh, 1)))
-                    eval_fn = model_batch.over_devices(eval_fn, mesh, (models, models if per_model_data else shared),
-                                                       models)
+                if across:  # each device runs its own models on whole batches
+                    block_fn, eval_fn, *across_data = model_batch.split_over_devices(block_fn, eval_fn, mesh,
+                                                                                     per_model_data)
                 member_state = model_batch.member_getter(shardings)
             else:
                 def step_fn(state, batch, values):
@@ -338,10 +334,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
             train_sharding = blocks.block_sharding(batch_sharding, data_axes)
             eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
-            if across:  # whole batches on each device: its models' own, or the one they all share
-                train_sharding, eval_sharding = (
-                    NamedSharding(mesh, model_batch.models_spec(mesh, k) if per_model_data else PartitionSpec())
-                    for k in (1, 0))
+            if across:
+                train_sharding, eval_sharding = across_data
             train_block = blocks.jit_block_step(block_fn, state_shardings, train_sharding, len(extra_args))
             run_eval = evaluation.make_evaluation(
                 eval_fn, state_shardings.params, eval_sharding,

@@ -32,7 +32,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models.config import ConfigError
 from research.training.optimizers import HYPERPARAMETERS, OptimizerConfig, hyperparameters
-from research.training.state import stack_trees
 
 # Config fields that may differ between models trained together.
 BATCHABLE = ("train.seed", "opt.learning_rate", "opt.warmup_steps", "opt.decay_fraction", "opt.min_lr_ratio",
@@ -239,6 +238,20 @@ def over_devices(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: Any) -> C
             return fn(*args)
 
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def split_over_devices(block_fn: Callable, eval_fn: Callable, mesh: Mesh, per_model_data: bool
+                       ) -> tuple[Callable, Callable, NamedSharding, NamedSharding]:
+    """The K-model train block (map_block_over_models) and eval step (map_over_models) with the
+    model axis split over the devices, and where their data goes: (block, eval, the train
+    blocks' sharding [N, K, ...] or [N, ...], one eval batch's sharding [K, ...] or [...]).
+    Each device holds whole batches: its own models', or the one stream they all share."""
+    models, shared = models_spec(mesh), PartitionSpec()
+    block_data = models_spec(mesh, 1) if per_model_data else shared
+    eval_data = models if per_model_data else shared
+    block_fn = over_devices(block_fn, mesh, (models, block_data, shared, models), (models, models_spec(mesh, 1)))
+    eval_fn = over_devices(eval_fn, mesh, (models, eval_data), models)
+    return block_fn, eval_fn, NamedSharding(mesh, block_data), NamedSharding(mesh, eval_data)
 
 
 def member_getter(shardings: Any):
