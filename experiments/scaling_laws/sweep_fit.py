@@ -106,7 +106,8 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
         "compute_optimal": [_allocation(law, c) for c in budgets],
         "loss_by_budget": _loss_by(ok, "C", "N", "C"), "loss_by_model": _loss_by(ok, "model", "D", "N"),
         "learning_rates": _learning_rates(config, ok),
-        "irreducible": _irreducible(config, {"nominal": report["approach3"], "exact": exact["approach3"]}),
+        "irreducible": _irreducible(config, {"nominal": report["approach3"], "exact": exact["approach3"]},
+                                    plan, workdir),
     }
     write_text_atomically(fit_path, json.dumps(json_safe(report), indent=2))  # never half a fit.json
     return report, summary(report)
@@ -295,12 +296,15 @@ def _loss_by(records: Sequence[dict], group: str, order: str, sort_by: str) -> l
     return out
 
 
-def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict]) -> dict | None:
+def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict], plan: Any,
+                 workdir: str) -> dict | None:
     """The synthetic corpus's reachable loss beside each accounting's fitted E and its interval
-    (nats per character). The bound does not depend on the accounting: only N's does."""
+    (nats per character), and the floor measured on the very validation batches the runs were
+    scored on. The bound does not depend on the accounting: only N's does."""
     if config.data.source != "synthetic":
         return None
-    from research.scaling.synthetic_bound import window_bound_nats
+    from research import data as data_lib
+    from research.scaling.synthetic_bound import eval_set_oracle_nats, window_bound_nats
     from research.scaling.synthetic_corpus import markov_source
 
     s = config.data.synthetic
@@ -308,9 +312,16 @@ def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict]) 
                            zipf_exponent=s.get("zipf_exponent", 0.0), hierarchical=s.get("hierarchical", False))
     rate = source.entropy_rate_nats()
     bound = window_bound_nats(source, s.doc_chars, config.train.seq_len)
-    out = {"entropy_rate": rate, "window_bound": bound,
-           "note": "nats per character: the entropy rate, and the lowest loss reachable when each window of "
-                   "seq_len starts without the characters before it (one eos target per document not included)"}
+    try:  # the source's own predictor on the runs' eval batches: the bound as these batches realise it
+        oracle = eval_set_oracle_nats(plan.data_config, data_lib.build_tokenizer(plan.data_config, workdir),
+                                      batch_size=config.train.batch_size, seq_len=config.train.seq_len,
+                                      num_batches=config.train.eval_batches)
+    except ValueError as error:  # a tokenizer that is not one piece per letter: no oracle, never a failed fit
+        oracle = {"error": str(error)}
+    out = {"entropy_rate": rate, "window_bound": bound, "eval_set_oracle": oracle,
+           "note": "nats per target (characters and eos): the entropy rate; the lowest loss reachable in "
+                   "expectation when each window of seq_len starts without the characters before it; and the "
+                   "loss of the source's own predictor on the runs' eval batches (eval_set_oracle)"}
     for accounting, fit in approach3.items():
         interval = fit.get("intervals", {}).get("E")
         out[accounting] = {"fitted_E": fit["E"], "E_interval": interval,
@@ -390,6 +401,11 @@ def summary(report: dict) -> str:
             row = irreducible[accounting]
             lines.append(f"irreducible loss ({accounting}): fitted E={row['fitted_E']:.4f} "
                          f"({row['relative_gap']:+.1%} from the reachable bound {irreducible['window_bound']:.4f}; "
-                         f"entropy rate {irreducible['entropy_rate']:.4f} nats/char); "
+                         f"entropy rate {irreducible['entropy_rate']:.4f} nats/char{_oracle_text(irreducible)}); "
                          f"interval contains the bound: {row['interval_contains_bound']}")
     return "\n".join(lines)
+
+
+def _oracle_text(irreducible: dict) -> str:
+    oracle = irreducible.get("eval_set_oracle") or {}
+    return f"; the source's own loss on the eval batches {oracle['loss']:.4f}" if "loss" in oracle else ""

@@ -4,7 +4,8 @@ import collections
 import numpy as np
 import pytest
 
-from research.scaling.synthetic_bound import context_entropies_nats, window_bound_nats
+from research.scaling.synthetic_bound import (conditional_tables, context_entropies_nats, eval_set_oracle_nats,
+                                              oracle_loss_nats, window_bound_nats)
 from research.scaling.synthetic_corpus import markov_source, synthetic_documents
 
 
@@ -57,3 +58,67 @@ def test_window_bound_counts_the_context_each_window_starts_without_and_the_eos(
     assert window_bound_nats(source, 10, 4) == pytest.approx((characters + 2 * np.log(2)) / 11)
     with pytest.raises(ValueError, match="seq_len=1"):
         window_bound_nats(source, 8, 1)
+
+
+def _one_window_batch(ids: list[int], seq_len: int) -> dict:
+    """The batch causal_lm_examples makes of one document's tokens when they fit one window."""
+    inputs = np.zeros((1, seq_len), np.int32)
+    targets = np.zeros((1, seq_len), np.int32)
+    weights = np.zeros((1, seq_len), np.float32)
+    inputs[0, :len(ids)] = ids
+    targets[0, :len(ids) - 1] = ids[1:]
+    weights[0, :len(ids) - 1] = 1.0
+    return {"inputs": inputs, "targets": targets, "positions": np.arange(seq_len)[None], "loss_weights": weights}
+
+
+def test_oracle_loss_prices_each_target_from_its_own_window_by_hand():
+    # Token ids: 0 = "▁", 1 = eos, 2 + s = letter s.
+    symbol_of_id = np.array([-1, -1, 0, 1, 2])
+    source = markov_source(2, alphabet="abc", order=2, concentration=0.5)
+    text = [0, 2, 2, 1, 0, 0, 1, 2, 1, 1]  # letters c1..c10
+    ids = [0, *[2 + s for s in text], 1]
+    h0_table, h1_table = (np.asarray(t) for t in conditional_tables(source)[:2])
+    # One window holds the document: c1 from nothing, c2 from c1, c3.. from the source's own
+    # full contexts (its log_probs, an independent indexing of contexts); the eos costs nothing.
+    full = source.log_probs(np.array(text[2:]), first_context=text[0] * 3 + text[1])
+    expected = -(np.log(h0_table[0, text[0]]) + np.log(h1_table[text[0], text[1]]) + full.sum()) / 11
+    loss, count = oracle_loss_nats(source, [_one_window_batch(ids, 12)], symbol_of_id=symbol_of_id, eos_id=1,
+                                   prefix_id=0, doc_chars=10, seq_len=12)
+    assert count == 11 and loss == pytest.approx(expected, rel=1e-12)
+    assert h0_table[0] == pytest.approx(source.stationary_S().reshape(3, 3).sum(axis=0))
+    # Windows of 4 inputs: ▁ c1 c2 c3 | c4 c5 c6 c7 | c8 c9 c10 eos. c5 sees only c4, c6 c4 c5; the eos
+    # follows c10 at window position 2, as c6 does (m = 2): eos ln 2, c7 pays ln 2 besides its own.
+    inputs = np.array([ids[0:4], ids[4:8], ids[8:12]], np.int32)
+    targets = np.array([ids[1:5], ids[5:9], ids[9:12] + [0]], np.int32)
+    weights = np.ones((3, 4), np.float32)
+    weights[2, 3] = 0.0
+    batch = {"inputs": inputs, "targets": targets, "positions": np.tile(np.arange(4), (3, 1)), "loss_weights": weights}
+    tables = conditional_tables(source)
+    nats = [-np.log(h0_table[0, text[0]])]
+    for t in range(1, 10):  # text[t] is token t + 1, predicted from the inputs of its window up to token t
+        window_start = t // 4 * 4
+        seen = text[max(window_start - 1, 0, t - 2):t]  # the window's characters (▁ is token 0), last 2
+        nats.append(-np.log(tables[len(seen)][seen[0] * 3 + seen[1] if len(seen) == 2 else seen[0], text[t]]))
+    nats[6] += np.log(2)  # c7, predicted at window position 2 like the eos
+    expected = (sum(nats) + np.log(2)) / 11
+    loss, count = oracle_loss_nats(source, [batch], symbol_of_id=symbol_of_id, eos_id=1, prefix_id=0,
+                                   doc_chars=10, seq_len=4)
+    assert count == 11 and loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_oracle_on_the_pipelines_validation_batches_agrees_with_the_window_bound(tmp_path):
+    """The bound's windows are the pipeline's: the source's own predictor, scored on the packed
+    validation batches the train loop evaluates, lands on window_bound_nats within sampling noise,
+    while the entropy rate (no window starts) lies far outside it."""
+    from research.data import DataConfig, TokenizerConfig, build_tokenizer
+
+    synthetic = dict(alphabet="abcdefgh", order=2, concentration=0.3, doc_chars=60, num_documents=4000, source_seed=3)
+    config = DataConfig(source="synthetic", validation_fraction=0.25, synthetic=synthetic,
+                        tokenizer=TokenizerConfig(vocab_size=15, byte_fallback=False, character_coverage=1.0))
+    tokenizer = build_tokenizer(config, str(tmp_path))
+    result = eval_set_oracle_nats(config, tokenizer, batch_size=16, seq_len=8, num_batches=400)
+    source = markov_source(3, alphabet="abcdefgh", order=2, concentration=0.3)
+    bound = window_bound_nats(source, 60, 8)
+    assert 0.9 * 400 * 16 * 8 < result["targets"] <= 400 * 16 * 8  # the packed rows are nearly full
+    assert result["loss"] == pytest.approx(bound, abs=0.01)
+    assert abs(source.entropy_rate_nats() - bound) > 0.1

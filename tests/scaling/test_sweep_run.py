@@ -190,7 +190,13 @@ def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
     assert {f["run"] for f in fit["sweep"]["runs"]["failed"]} == {oom, diverged}
     assert fit["approach3"]["E"] == pytest.approx(LAW.E, rel=0.05)
     assert [p["compute"] for p in fit["approach2"]["profiles"]] == [6e8, 2e9]  # 2e8 has 1 size left
-    assert fit["sweep"]["irreducible"]["window_bound"] > fit["sweep"]["irreducible"]["entropy_rate"]
+    irreducible = fit["sweep"]["irreducible"]
+    assert irreducible["window_bound"] > irreducible["entropy_rate"]
+    # The source's own predictor on the eval batches the runs were scored on (every one of them).
+    oracle = irreducible["eval_set_oracle"]
+    assert oracle["batches"] == config.train.eval_batches and oracle["targets"] > 0
+    assert oracle["loss"] == pytest.approx(irreducible["window_bound"], abs=0.1)  # one batch: 256 targets
+    assert f"the source's own loss on the eval batches {oracle['loss']:.4f}" in out.getvalue()
     assert [g["C"] for g in fit["sweep"]["loss_by_budget"]] == [2e8, 6e8, 2e9]
     assert "approach 3 (nominal): L(N, D) = " in out.getvalue() and "irreducible loss (exact): fitted E=" in out.getvalue()
     assert set(fit["exact"]) >= {"approach1", "approach2", "approach3", "kaplan"} and fit["exact"]["approach3"]["E"] > 0
