@@ -319,9 +319,10 @@ def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict], 
     except ValueError as error:  # a tokenizer that is not one piece per letter: no oracle, never a failed fit
         oracle = {"error": str(error)}
     out = {"entropy_rate": rate, "window_bound": bound, "eval_set_oracle": oracle,
-           "note": "nats per target (characters and eos): the entropy rate; the lowest loss reachable in "
-                   "expectation when each window of seq_len starts without the characters before it; and the "
-                   "loss of the source's own predictor on the runs' eval batches (eval_set_oracle)"}
+           "note": "the entropy rate in nats per character; in nats per target (characters and eos), as the "
+                   "eval loss: the lowest loss reachable in expectation when each window of seq_len starts "
+                   "without the characters before it, and the loss of the source's own predictor on the runs' "
+                   "eval batches (eval_set_oracle)"}
     for accounting, fit in approach3.items():
         interval = fit.get("intervals", {}).get("E")
         out[accounting] = {"fitted_E": fit["E"], "E_interval": interval,

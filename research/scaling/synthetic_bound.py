@@ -136,14 +136,19 @@ def oracle_loss_nats(source: MarkovSource, batches, *, symbol_of_id: np.ndarray,
 
 def eval_set_oracle_nats(data_config, tokenizer, *, batch_size: int, seq_len: int, num_batches: int) -> dict:
     """oracle_loss_nats on the first `num_batches` validation batches of the synthetic corpus, as the
-    train loop evaluates them (research/training/loop.py: split "validation", seed 0): the floor
-    of every eval loss a sweep scores there, beside window_bound_nats, its expected value."""
+    train loop evaluates them in one process (research/training/loop.py: split "validation", seed
+    0): the floor of every eval loss a sweep scores there, beside window_bound_nats, its expected
+    value. (Runs scored by several processes saw each process's shard at its share of the batch.)"""
     from research import data as data_lib  # research.data imports research.scaling's corpus
     from research.scaling.synthetic_corpus import markov_source
 
     s = data_config.synthetic
     source = markov_source(s.source_seed, alphabet=s.alphabet, order=s.order, concentration=s.concentration,
                            zipf_exponent=s.zipf_exponent, hierarchical=s.hierarchical)
+    if " " in s.alphabet:  # SentencePiece writes a space as "▁", the piece that opens every document
+        raise ValueError(f"eval_set_oracle_nats: the alphabet {s.alphabet!r} holds a space, which the tokenizer "
+                         "writes as '\u2581', the piece that opens each document, so a window's start is ambiguous; "
+                         "use an alphabet without a space for an exact floor.")
     pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     symbol_of_id = np.array([s.alphabet.index(p) if len(p) == 1 and p in s.alphabet else -1 for p in pieces])
     if "\u2581" not in pieces or int((symbol_of_id >= 0).sum()) != len(s.alphabet):

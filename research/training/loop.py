@@ -240,11 +240,13 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
 
     # Everything a user can get wrong is checked here, before any compilation.
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape", None))
-    if across:
+    if across:  # each model's whole batch on one device: only the microbatches must divide it
         model_batch.check_models_across_devices(num_models, mesh)
+        partitioning.check_microbatches(train.batch_size, train.microbatches)
     else:
         partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
-        partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
+    # Across devices too: each model's checkpoint is laid out as if trained alone on this mesh.
+    partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,

@@ -208,7 +208,8 @@ def stacked_shardings(shardings: Any) -> Any:
 
 def across_devices_shardings(shardings: Any, mesh: Mesh) -> Any:
     """The model axis split over every device of `mesh`, each model whole on one device
-    (train.models_across_devices): the per-model shardings are not used."""
+    (train.models_across_devices). The per-model shardings still lay out each model's
+    checkpoint, saved and restored as if it were trained alone."""
     split = NamedSharding(mesh, models_spec(mesh))
     return jax.tree.map(lambda _: split, shardings)
 

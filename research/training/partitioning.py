@@ -59,11 +59,16 @@ def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
-    """Each microbatch must split evenly over the data-parallel devices and the processes."""
+def check_microbatches(batch_size: int, microbatches: int) -> None:
+    """The batch must split into whole microbatches."""
     if microbatches < 1 or batch_size % microbatches:
         raise ConfigError(f"batch_size={batch_size} is not divisible by train.microbatches={microbatches}; "
                           "choose a divisor of the batch size.")
+
+
+def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
+    """Each microbatch must split evenly over the data-parallel devices and the processes."""
+    check_microbatches(batch_size, microbatches)
     ways = data_parallel_size(mesh, rules)
     micro = batch_size // microbatches
     if micro % ways:

@@ -122,3 +122,13 @@ def test_oracle_on_the_pipelines_validation_batches_agrees_with_the_window_bound
     assert 0.9 * 400 * 16 * 8 < result["targets"] <= 400 * 16 * 8  # the packed rows are nearly full
     assert result["loss"] == pytest.approx(bound, abs=0.01)
     assert abs(source.entropy_rate_nats() - bound) > 0.1
+
+
+def test_oracle_refuses_an_alphabet_with_a_space_by_naming_it(tmp_path):
+    from research.data import DataConfig, TokenizerConfig, build_tokenizer
+
+    config = DataConfig(source="synthetic", validation_fraction=0.1,
+                        synthetic=dict(alphabet="abcdefg ", order=1, doc_chars=50, num_documents=100),
+                        tokenizer=TokenizerConfig(vocab_size=14, byte_fallback=False, character_coverage=1.0))
+    with pytest.raises(ValueError, match=r"alphabet 'abcdefg ' holds a space"):
+        eval_set_oracle_nats(config, build_tokenizer(config, str(tmp_path)), batch_size=4, seq_len=8, num_batches=1)

@@ -61,3 +61,21 @@ def test_models_the_devices_cannot_split_are_one_line_before_compiling(tokenizer
     with pytest.raises(ConfigError, match=r"3 models cannot be split evenly over 8 devices") as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=8, microbatches=3), r"batch_size=8 is not divisible by train.microbatches=3"),
+    # Each model's checkpoint is laid out as it would be alone: here d_model 36 over 8 FSDP devices.
+    (dict(mesh=(1, -1, 1), d_model=36), r"d_model"),
+])
+def test_a_batch_or_model_the_mesh_cannot_take_is_one_line_before_compiling(tokenizers, tmp_path, change, message):
+    change = dict(change)
+    mesh, d_model = change.pop("mesh", None), change.pop("d_model", None)
+    config = _across(tokenizers["plain"], "opt.learning_rate", tuple(1e-3 * (1 + i) for i in range(8)), **change)
+    if mesh:
+        config.mesh.shape = mesh
+    if d_model:
+        config.model.d_model = d_model
+    with pytest.raises(ConfigError, match=message) as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
