@@ -120,11 +120,8 @@ def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -
     says why not the plug-in entropy); None if it cannot be had."""
     if config.data.source == "synthetic":
         from research.scaling.synthetic_bound import context_entropies_nats
-        from research.scaling.synthetic_corpus import markov_source
-        s = config.data.synthetic
-        source = markov_source(s.source_seed, alphabet=s.alphabet, order=s.order, concentration=s.concentration,
-                               zipf_exponent=s.get("zipf_exponent", 0.0), hierarchical=s.get("hierarchical", False))
-        return float(context_entropies_nats(source)[1])
+        from research.scaling.synthetic_corpus import source_of
+        return float(context_entropies_nats(source_of(config.data.synthetic))[1])
     try:
         from research import data as data_lib
         from research.scaling.plateau import bigram_cross_entropy_nats
@@ -305,11 +302,10 @@ def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict], 
         return None
     from research import data as data_lib
     from research.scaling.synthetic_bound import eval_set_oracle_nats, window_bound_nats
-    from research.scaling.synthetic_corpus import markov_source
+    from research.scaling.synthetic_corpus import source_of
 
     s = config.data.synthetic
-    source = markov_source(s.source_seed, alphabet=s.alphabet, order=s.order, concentration=s.concentration,
-                           zipf_exponent=s.get("zipf_exponent", 0.0), hierarchical=s.get("hierarchical", False))
+    source = source_of(s)
     rate = source.entropy_rate_nats()
     bound = window_bound_nats(source, s.doc_chars, config.train.seq_len)
     try:  # the source's own predictor on the runs' eval batches: the bound as these batches realise it

@@ -116,10 +116,8 @@ class SyntheticDocuments:
     """
 
     def __init__(self, config: SyntheticConfig, seed: int, num_documents: int):
-        from research.scaling.synthetic_corpus import markov_source
-        self._source = markov_source(config.source_seed, alphabet=config.alphabet, order=config.order,
-                                     concentration=config.concentration, zipf_exponent=config.zipf_exponent,
-                                     hierarchical=config.hierarchical)
+        from research.scaling.synthetic_corpus import source_of
+        self._source = source_of(config)
         self._symbols = np.array(list(config.alphabet))
         self._seed, self._length, self._doc_chars = seed, num_documents, config.doc_chars
         cdf_SV = np.cumsum(self._source.transitions_SV, axis=1)

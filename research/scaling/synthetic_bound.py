@@ -39,6 +39,15 @@ def context_entropies_nats(source: MarkovSource) -> np.ndarray:
     return np.diff(np.asarray(gram_entropy))
 
 
+def _eos_position(doc_chars: int, seq_len: int) -> tuple[int, int]:
+    """(p, m): the eos is predicted from the input at window position p, where m inputs of windows
+    like its own sit (window_bound_nats says why); m = 1 when its window holds "▁" and is known."""
+    position = doc_chars % seq_len
+    if doc_chars < seq_len:  # the first window, the only one that holds "▁": its place is known
+        return position, 1
+    return position, int(np.sum((np.arange(seq_len, doc_chars + 1) % seq_len) == position))
+
+
 def window_bound_nats(source: MarkovSource, doc_chars: int, seq_len: int) -> float:
     """Mean best-possible loss over a document's targets (nats per target), the targets the
     training loss averages: its `doc_chars` characters and its eos.
@@ -61,11 +70,7 @@ def window_bound_nats(source: MarkovSource, doc_chars: int, seq_len: int) -> flo
     context = token - window_start - (window_start == 0)  # characters seen; "▁" is not one
     characters = float(entropies[np.minimum(context, source.order)].sum())
     # The eos (token doc_chars + 1) is predicted from the input at token doc_chars.
-    position = doc_chars % seq_len
-    if doc_chars < seq_len:  # the first window, the only one that holds "▁": its place is known
-        like_it = 1
-    else:
-        like_it = int(np.sum((np.arange(seq_len, doc_chars + 1) % seq_len) == position))
+    position, like_it = _eos_position(doc_chars, seq_len)
     q = 1.0 / like_it
     eos = like_it * (-q * np.log(q) - (1 - q) * np.log1p(-q)) if like_it > 1 else 0.0
     return (characters + eos) / (doc_chars + 1)
@@ -96,8 +101,7 @@ def oracle_loss_nats(source: MarkovSource, batches, *, symbol_of_id: np.ndarray,
     window_bound_nats prices them (eos with probability 1/m at its window position)."""
     V, k = len(source.alphabet), source.order
     tables = conditional_tables(source)
-    position = doc_chars % seq_len
-    like_it = int(np.sum((np.arange(seq_len, doc_chars + 1) % seq_len) == position)) if doc_chars >= seq_len else 1
+    position, like_it = _eos_position(doc_chars, seq_len)
     q = 1.0 / like_it
     total, count = 0.0, 0
     for batch in batches:
@@ -140,11 +144,9 @@ def eval_set_oracle_nats(data_config, tokenizer, *, batch_size: int, seq_len: in
     0): the floor of every eval loss a sweep scores there, beside window_bound_nats, its expected
     value. (Runs scored by several processes saw each process's shard at its share of the batch.)"""
     from research import data as data_lib  # research.data imports research.scaling's corpus
-    from research.scaling.synthetic_corpus import markov_source
+    from research.scaling.synthetic_corpus import source_of
 
     s = data_config.synthetic
-    source = markov_source(s.source_seed, alphabet=s.alphabet, order=s.order, concentration=s.concentration,
-                           zipf_exponent=s.zipf_exponent, hierarchical=s.hierarchical)
     if " " in s.alphabet:  # SentencePiece writes a space as "▁", the piece that opens every document
         raise ValueError(f"eval_set_oracle_nats: the alphabet {s.alphabet!r} holds a space, which the tokenizer "
                          "writes as '\u2581', the piece that opens each document, so a window's start is ambiguous; "
@@ -157,6 +159,6 @@ def eval_set_oracle_nats(data_config, tokenizer, *, batch_size: int, seq_len: in
     iterator = data_lib.make_batch_iterator(data_config, tokenizer=tokenizer, objective="causal_lm",
                                             batch_size=batch_size, seq_len=seq_len, split="validation", seed=0)
     batches = [next(iterator) for _ in range(num_batches)]
-    loss, targets = oracle_loss_nats(source, batches, symbol_of_id=symbol_of_id, eos_id=tokenizer.eos_id,
+    loss, targets = oracle_loss_nats(source_of(s), batches, symbol_of_id=symbol_of_id, eos_id=tokenizer.eos_id,
                                      prefix_id=pieces.index("\u2581"), doc_chars=s.doc_chars, seq_len=seq_len)
     return {"loss": loss, "targets": targets, "batches": num_batches}

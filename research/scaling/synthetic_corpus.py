@@ -19,7 +19,7 @@ so documents can be generated in any order or in parallel.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -175,3 +175,12 @@ def nats_per_token(nats_per_character: float, num_characters: int, num_tokens: i
     if num_characters <= 0 or num_tokens <= 0:
         raise ValueError(f"num_characters={num_characters}, num_tokens={num_tokens} must be positive.")
     return nats_per_character * num_characters / num_tokens
+
+
+def source_of(synthetic: Any) -> MarkovSource:
+    """The source a synthetic data config (research.data.SyntheticConfig, or its ConfigDict in an
+    experiment config, where fields added later may be absent) describes."""
+    return markov_source(synthetic.source_seed, alphabet=synthetic.alphabet, order=synthetic.order,
+                         concentration=synthetic.concentration,
+                         zipf_exponent=getattr(synthetic, "zipf_exponent", 0.0),
+                         hierarchical=getattr(synthetic, "hierarchical", False))
