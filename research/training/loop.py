@@ -30,14 +30,15 @@ bit-identical to it.
 
 Many models: `train_together(configs, workdirs)` trains K configs that differ only in seed
 or optimizer numbers as one program (research/training/model_batch.py); each workdir gets
-its own metrics.jsonl, checkpoints and result, as if the model had been trained alone.
+its own metrics.jsonl, checkpoints and result, as if the model had been trained alone
+(each model's records, restore and saves: research/training/members.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -49,20 +50,17 @@ from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
-from research.training import blocks, evaluation, losses, metrics as metrics_lib, model_batch, partitioning
+from research.training import blocks, evaluation, losses, members as members_lib, metrics as metrics_lib, model_batch
+from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
-from research.training.state import (create_stacked_train_state, create_train_state, stack_trees, train_state_shardings,
-                                     with_shardings)
+from research.training.members import TrainingDivergedError
+from research.training.state import create_stacked_train_state, create_train_state, train_state_shardings
 from research.training.train_step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; the bad state was not saved."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,23 +121,6 @@ def _data_objective(name: str, family: str, options: dict[str, Any]):
 
 
 
-@dataclasses.dataclass
-class _Member:
-    """One model of the run: its own config, workdir, records, checkpoints and fate."""
-
-    index: int
-    config: ml_collections.ConfigDict
-    workdir: str
-    checkpoint: CheckpointConfig
-    writer: metrics_lib.MetricWriter
-    checkpointer: Checkpointer
-    throughput: metrics_lib.Throughput | None = None
-    last: dict[str, float] = dataclasses.field(default_factory=dict)
-    held: dict[str, float] = dataclasses.field(default_factory=dict)  # the boundary step's train metrics
-    timed: bool = False  # the throughput clock has started (after the first, compiling call)
-    error: TrainingDivergedError | None = None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (or resume) the run described by `config` in `workdir`; returns the last
     train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there.
@@ -173,54 +154,6 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
     """
     model_batch.check_trainable_together(configs, workdirs)
     return _train(list(configs), list(workdirs), stacked=True)
-
-
-def _restore_or_init(members: list[_Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
-                     init: Callable[[], Any], stacked_shardings: Any | None) -> tuple[Any, list]:
-    """The initial state, restored from the latest intact checkpoint every model has (a kill
-    between the models' saves leaves some a step ahead: those later steps are dropped), else
-    fresh, and the data iterators positioned to match it. K models' states are stacked laid
-    out as `stacked_shardings` (None: one model)."""
-    if all(m.checkpointer.latest_step() is None for m in members):
-        return init(), sources
-    while True:
-        common = set.intersection(*(set(m.checkpointer.all_steps()) for m in members))
-        for m in members:
-            m.checkpointer.delete_after(max(common, default=0))
-        if not common:
-            log.warning("the models saved no common step: all restart from step 0")
-            for m in members:
-                m.writer.forget_after(-1)
-            return init(), sources
-        states = []
-        for m in members:
-            own = m.index if len(sources) > 1 else 0
-            iterator = sources[own] if m.index == own else fresh_source()  # shared data: restore it once
-            # [issue-13b] The newest step that restores intact: a damaged one is logged and moved aside.
-            state, iterator = m.checkpointer.restore(with_shardings(abstract, shardings), iterator)
-            if m.index == own:
-                sources[own] = iterator
-            states.append(state)
-        restored = {int(jax.device_get(s.step)) for s in states}
-        if len(restored) == 1:  # else a model fell back past a damaged step: all go back to a common one
-            break
-    step = restored.pop()
-    for m in members:
-        m.writer.forget_after(step)
-        # [issue-13b] Resuming with another num_steps / schedule: say so in one line.
-        schedule_warning = workdir_lib.schedule_change(m.checkpointer.restore_config(step), m.config.to_dict(), step)
-        if schedule_warning:
-            log.warning("%s", schedule_warning)
-    return (states[0] if stacked_shardings is None else stack_trees(states, stacked_shardings)), sources
-
-
-def _log_step(member: _Member, step: int, record: dict[str, Any], progress: metrics_lib.ConsoleProgress, *,
-              keep: bool = False) -> None:
-    """One logged step of one model: metrics.jsonl / TensorBoard / W&B, and the console line
-    (model 0's; `keep`: an evaluation step, its line stays above the bar)."""
-    member.writer.write(step, record)
-    if member.index == 0 and "loss" in record:
-        progress.report(step, record, keep=keep)  # [issue-13b]
 
 
 def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, stacked: bool
@@ -279,7 +212,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     batch_partition = partitioning.batch_partition_spec(rules)
     if across:  # no model's batch is split: nothing in a model names a mesh axis
         batch_partition = PartitionSpec()
-    members = [_Member(i, c, w, checkpoint_config,
+    members = [members_lib.Member(i, c, w, checkpoint_config,
                        metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),  # [issue-13b]
                        Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
                for i, (c, w) in enumerate(zip(configs, workdirs))]
@@ -301,7 +234,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                       state_shardings)
                 return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)[0]
 
-            state, sources = _restore_or_init(members, abstract, shardings, sources,
+            state, sources = members_lib.restore_or_init(members, abstract, shardings, sources,
                                               lambda: batches("train", train.seed), initial_state,
                                               state_shardings if stacked else None)
 
@@ -377,51 +310,18 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             prefetcher = BlockPrefetcher(sources, plan, block_len, lambda host: partitioning.shard_batch(
                 host, train_sharding), per_member=per_model_data)
 
-            def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:
-                """A block's metrics on the host: log them, stop a model on NaN/Inf. The step
-                `hold` (an evaluation step) is kept for its record with the eval metrics."""
-                host = {k: np.asarray(v).reshape(len(v), -1)[:num_steps]
-                        for k, v in jax.device_get(device_metrics).items()}
-                for m in members:
-                    if m.error is not None:
-                        continue
-                    if m.timed:
-                        for _ in range(num_steps):
-                            m.throughput.step_done()
-                    else:  # the first call compiled: the clock starts now, as after step 1 before
-                        m.throughput.step_done()
-                        m.timed = True
-                    speed = m.throughput.read()
-                    for j in range(num_steps):
-                        step = first + j
-                        values = {k: float(v[j, m.index]) for k, v in host.items()}
-                        if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
-                            m.error = TrainingDivergedError(
-                                f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
-                                f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
-                                f"without saving. Last good checkpoint: step {m.checkpointer.latest_step()} in "
-                                f"{m.checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
-                            m.checkpointer.wait()
-                            if not stacked:
-                                raise m.error
-                            log.warning("%s", m.error)
-                            break
-                        m.last.update(values)
-                        if step == hold:
-                            m.held = {**values, **speed}
-                        elif step % train.log_every_steps == 0:
-                            _log_step(m, step, {**values, **speed}, progress)
-
             checkpoint_directories = ", ".join(m.checkpointer.directory for m in members)
             if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
                 raise preemption.Interrupted(guard.signal_name, start_step, checkpoint_directories, saved=False)
 
-            def save_member(m: _Member, step: int, state: Any, block: Any, best_metric: float | None) -> None:
-                """Save model m at `step`, the end of `block` (its slice, laid out as if trained alone);
-                best_metric None: the step was not evaluated (keep_best 0)."""
+            def save_model(m: members_lib.Member, step: int, state: Any, block: Any, best_metric: float | None) -> None:
+                # Model m's slice of the state, laid out as if trained alone, and its data position.
                 own = state if member_state is None else member_state(state, m.index)
-                m.checkpointer.save(step, own, block.positions[m.index if per_model_data else 0],
-                                    m.config.to_dict(), None if best_metric is None else {BEST_METRIC: best_metric})
+                members_lib.save_member(m, step, own, block.positions[m.index if per_model_data else 0], best_metric)
+
+            def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:
+                members_lib.record_block(members, first, num_steps, device_metrics, hold, stacked=stacked,
+                                         log_every_steps=train.log_every_steps, progress=progress)
 
             # [issue-13b] console: bar on a terminal, plain lines in a log.
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
@@ -448,10 +348,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         for m, metrics in zip(members, eval_metrics):
                             if m.error is not None:
                                 continue
-                            _log_step(m, step, {**m.held, **metrics}, progress, keep=True)
+                            members_lib.log_step(m, step, {**m.held, **metrics}, progress, keep=True)
                             m.last.update(metrics)
                             if save:
-                                save_member(m, step, state, block, metrics.get(BEST_METRIC))
+                                save_model(m, step, state, block, metrics.get(BEST_METRIC))
                             m.throughput.restart()  # evaluation and saving are not training time
                     if all(m.error is not None for m in members):
                         break
@@ -464,7 +364,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                 pending = None
                             for m in members:
                                 if m.error is None:  # no eval loss here: keep_best ranks it last
-                                    save_member(m, step, state, block, float("inf"))
+                                    save_model(m, step, state, block, float("inf"))
                         raise preemption.Interrupted(guard.signal_name, step, checkpoint_directories)
                 if pending is not None:
                     record(*pending, hold=None)

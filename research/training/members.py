@@ -1,0 +1,137 @@
+"""The models of one run of the train loop (research/training/loop.py), one `Member` each.
+
+A run trains one model, or K models together (research/training/model_batch.py); every model
+keeps its own config, workdir, metrics.jsonl, checkpoints and fate, as if trained alone. Here:
+restoring them to a common step, reading a block's metrics into each model's records (and
+stopping a model whose loss is not finite), and saving one model's slice of the state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from research.training import metrics as metrics_lib
+from research.training import workdir as workdir_lib
+from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
+from research.training.state import stack_trees, with_shardings
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf; the bad state was not saved."""
+
+
+@dataclasses.dataclass
+class Member:
+    """One model of the run: its own config, workdir, records, checkpoints and fate."""
+
+    index: int
+    config: ml_collections.ConfigDict
+    workdir: str
+    checkpoint: CheckpointConfig
+    writer: metrics_lib.MetricWriter
+    checkpointer: Checkpointer
+    throughput: metrics_lib.Throughput | None = None
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    held: dict[str, float] = dataclasses.field(default_factory=dict)  # the boundary step's train metrics
+    timed: bool = False  # the throughput clock has started (after the first, compiling call)
+    error: TrainingDivergedError | None = None
+
+
+def restore_or_init(members: list[Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
+                    init: Callable[[], Any], stacked_shardings: Any | None) -> tuple[Any, list]:
+    """The initial state, restored from the latest intact checkpoint every model has (a kill
+    between the models' saves leaves some a step ahead: those later steps are dropped), else
+    fresh, and the data iterators positioned to match it. K models' states are stacked laid
+    out as `stacked_shardings` (None: one model)."""
+    if all(m.checkpointer.latest_step() is None for m in members):
+        return init(), sources
+    while True:
+        common = set.intersection(*(set(m.checkpointer.all_steps()) for m in members))
+        for m in members:
+            m.checkpointer.delete_after(max(common, default=0))
+        if not common:
+            log.warning("the models saved no common step: all restart from step 0")
+            for m in members:
+                m.writer.forget_after(-1)
+            return init(), sources
+        states = []
+        for m in members:
+            own = m.index if len(sources) > 1 else 0
+            iterator = sources[own] if m.index == own else fresh_source()  # shared data: restore it once
+            # [issue-13b] The newest step that restores intact: a damaged one is logged and moved aside.
+            state, iterator = m.checkpointer.restore(with_shardings(abstract, shardings), iterator)
+            if m.index == own:
+                sources[own] = iterator
+            states.append(state)
+        restored = {int(jax.device_get(s.step)) for s in states}
+        if len(restored) == 1:  # else a model fell back past a damaged step: all go back to a common one
+            break
+    step = restored.pop()
+    for m in members:
+        m.writer.forget_after(step)
+        # [issue-13b] Resuming with another num_steps / schedule: say so in one line.
+        schedule_warning = workdir_lib.schedule_change(m.checkpointer.restore_config(step), m.config.to_dict(), step)
+        if schedule_warning:
+            log.warning("%s", schedule_warning)
+    return (states[0] if stacked_shardings is None else stack_trees(states, stacked_shardings)), sources
+
+
+def log_step(member: Member, step: int, record: dict[str, Any], progress: metrics_lib.ConsoleProgress, *,
+             keep: bool = False) -> None:
+    """One logged step of one model: metrics.jsonl / TensorBoard / W&B, and the console line
+    (model 0's; `keep`: an evaluation step, its line stays above the bar)."""
+    member.writer.write(step, record)
+    if member.index == 0 and "loss" in record:
+        progress.report(step, record, keep=keep)  # [issue-13b]
+
+
+def record_block(members: list[Member], first: int, num_steps: int, device_metrics: Any, hold: int | None, *,
+                 stacked: bool, log_every_steps: int, progress: metrics_lib.ConsoleProgress) -> None:
+    """A block's metrics (steps first .. first + num_steps - 1) on the host: log them, stop a
+    model on NaN/Inf (raised at once when it trains alone). The step `hold` (an evaluation
+    step) is kept for its record with the eval metrics."""
+    host = {k: np.asarray(v).reshape(len(v), -1)[:num_steps] for k, v in jax.device_get(device_metrics).items()}
+    for m in members:
+        if m.error is not None:
+            continue
+        if m.timed:
+            for _ in range(num_steps):
+                m.throughput.step_done()
+        else:  # the first call compiled: the clock starts now, as after step 1 before
+            m.throughput.step_done()
+            m.timed = True
+        speed = m.throughput.read()
+        for j in range(num_steps):
+            step = first + j
+            values = {k: float(v[j, m.index]) for k, v in host.items()}
+            if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
+                m.error = TrainingDivergedError(
+                    f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
+                    f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
+                    f"without saving. Last good checkpoint: step {m.checkpointer.latest_step()} in "
+                    f"{m.checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
+                m.checkpointer.wait()
+                if not stacked:
+                    raise m.error
+                log.warning("%s", m.error)
+                break
+            m.last.update(values)
+            if step == hold:
+                m.held = {**values, **speed}
+            elif step % log_every_steps == 0:
+                log_step(m, step, {**values, **speed}, progress)
+
+
+def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric: float | None) -> None:
+    """Save model m at `step`: `own_state` is its slice of the state, laid out as if trained
+    alone, `position` its data iterator's position; best_metric None: the step was not
+    evaluated (keep_best 0)."""
+    m.checkpointer.save(step, own_state, position, m.config.to_dict(),
+                        None if best_metric is None else {BEST_METRIC: best_metric})
