@@ -57,8 +57,8 @@ def _generation(harness, task, docs, contexts):
                                     for c, t in zip(contexts, targets)])
     examples = []
     for context, target, generation, score in zip(contexts, targets, generations, scores):
-        predicted_ids = as_ids(tokenizer.encode(generation.text.strip()))
-        target_ids = as_ids(tokenizer.encode(target.strip()))
+        predicted_ids = answer_ids(tokenizer, generation.text)
+        target_ids = answer_ids(tokenizer, target)
         examples.append({
             "prompt": context, "prediction": generation.text, "target": target,
             "exact_match": M.exact_match(M.extract_answer(generation.text, spec.answer_prefix),
@@ -68,6 +68,18 @@ def _generation(harness, task, docs, contexts):
             "target_log_prob": score.log_prob, "brier_score": M.mean_brier(score.token_brier),
             **M.teacher_forced(score.token_log_probs, score.token_is_greedy)})
     return examples
+
+
+def answer_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of an answer for token_accuracy and token_edit_distance, encoded alone
+    without its leading whitespace-only tokens: SentencePiece opens every non-empty text with
+    a bare word-start piece ("▁" before "345"), which an empty prediction lacks; counted, it
+    made an empty answer's distance L + 1 and gave every prediction a free first match."""
+    ids = as_ids(tokenizer.encode(text.strip()))
+    start = 0
+    while start < len(ids) and not tokenizer.decode([ids[start]]).strip():
+        start += 1
+    return ids[start:]
 
 
 def _multiple_choice(harness, task, docs, contexts):

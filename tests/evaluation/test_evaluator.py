@@ -87,3 +87,26 @@ def test_multiple_choice_and_rolling_tasks(harness):
         evaluate(harness, rolling, num_fewshot=1)
     with pytest.raises(TaskError, match="limit=0 must be >= 1"):
         evaluate(harness, rolling, limit=0)
+
+
+def test_answer_tokens_of_a_sentencepiece_tokenizer_skip_its_word_start_piece(tmp_path):
+    # SentencePiece opens "345" with a bare word-start piece an empty answer lacks: counted, an
+    # empty prediction was 4 edits from "345" and "34" matched 3 of 4 positions.
+    import random
+
+    from research.data.config import TokenizerConfig
+    from research.data.tokenizer import train_tokenizer
+    from research.evaluation import metrics as M
+    from research.evaluation.evaluator import answer_ids
+
+    rng = random.Random(0)
+    lines = [f"{rng.randint(10, 9999)}+{rng.randint(10, 9999)}={rng.randint(10, 99999)}" for _ in range(3000)]
+    tokenizer = train_tokenizer(["\n".join(lines)], TokenizerConfig(vocab_size=19, byte_fallback=False,
+                                                                    character_coverage=1.0), str(tmp_path / "t.model"))
+    assert len(tokenizer.encode("345")) == 4  # the premise: "\u2581", "3", "4", "5"
+    target = answer_ids(tokenizer, "345")
+    assert [tokenizer.decode([i]) for i in target] == ["3", "4", "5"]
+    assert answer_ids(tokenizer, "") == [] and answer_ids(tokenizer, " 345 ") == target
+    assert M.token_edit_distance(answer_ids(tokenizer, ""), target) == 3
+    assert M.token_accuracy(answer_ids(tokenizer, "34"), target) == pytest.approx(2 / 3)
+    assert M.token_edit_distance(answer_ids(tokenizer, "354"), target) == 2
