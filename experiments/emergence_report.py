@@ -152,13 +152,13 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
                  f"with L while the per-digit metrics stay smooth; read the values):\n\n```\n{table}\n```\n")
     if transition:
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
-                             ["task", "size", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
+                             ["task", "size", "num_shots", "step", "tokens", "exact_match", "teacher_forced_accuracy"])
         text += (f"\n## Along training ({', '.join(dict.fromkeys(r['task'] for r in transition))})\n\n"
                  f"```\n{table}\n```\n\nExact match beside p^L at every checkpoint: mirage_along_training.csv "
                  "and .png.\n")
     if transition_shapes:
         table = format_table(_interval_text(transition_shapes, ["breakthroughness"]),
-                             ["task", "size", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
+                             ["task", "size", "num_shots", "metric", "first", "last", "largest_step", "largest_step_se", "at_step",
                               "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
                  "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"

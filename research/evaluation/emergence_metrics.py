@@ -129,6 +129,8 @@ def curve_shape_with_noise(scales: Sequence[float], item_scores: Sequence[Sequen
     if scores_MI.ndim != 2 or scores_MI.shape[0] != len(order) or scores_MI.shape[1] < 2:
         raise ConfigError(f"item_scores has shape {scores_MI.shape}; need one row of >= 2 item scores per model "
                           f"({len(order)} models).")
+    if len(np.unique(np.asarray(scales, np.float64))) != len(order):
+        raise ConfigError(f"scales {list(scales)} repeat a value; each model (or checkpoint) needs a distinct scale.")
     scores_MI = scores_MI[order]
     M, n = scores_MI.shape
     rng = np.random.default_rng(seed)

@@ -164,7 +164,7 @@ JUMP_RATIO = 25.0
 
 def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequence[str], *,
                       samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """Per size, the shape of `task`'s curve along training (steps as the scale axis): I, L, B
+    """Per size and shot setting, the shape of `task`'s curve along training (steps as the scale axis): I, L, B
     with the noise rule of emergence_metrics.curve_shape_with_noise (every checkpoint scores the
     same items, so the bootstrap is paired), and the largest rise between two consecutive
     checkpoints (`largest_step`, `at_step`) beside its noise (`largest_step_se`, the bootstrap
@@ -174,12 +174,15 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.emergence_metrics import curve_shape_with_noise
 
-    by_size: dict[str, list[dict[str, Any]]] = {}
+    # One curve per size and shot setting: a study evaluating 0- and 1-shot at every checkpoint
+    # has two curves per size, whose rows must not merge into one with repeated steps.
+    by_curve: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
         if row["task"] == task and row.get("items"):
-            by_size.setdefault(row["size"], []).append(row)
+            by_curve.setdefault((row["size"], row.get("num_shots", 0)), []).append(row)
     out = []
-    for size, members in sorted(by_size.items(), key=lambda kv: kv[1][0]["params_non_embedding"]):
+    for (size, shots), members in sorted(by_curve.items(),
+                                         key=lambda kv: (kv[1][0]["params_non_embedding"], kv[0][1])):
         members = sorted(members, key=lambda r: r["step"])
         if len(members) < 2:
             continue
@@ -197,7 +200,8 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
             typical = float(np.sqrt(np.median(np.maximum(steps**2, (1.0 / scores_MI.shape[1]) ** 2))))
             jump_ratio = float(steps[k]) / typical
             jump = bool(shape["above_noise"] and steps[k] > NOISE_Z * step_se and jump_ratio > JUMP_RATIO)
-            out.append({"task": task, "size": size, "params_non_embedding": members[0]["params_non_embedding"],
+            out.append({"task": task, "size": size, "num_shots": shots,
+                        "params_non_embedding": members[0]["params_non_embedding"],
                         "metric": metric, "checkpoints": len(members), "first": shape["values"][0],
                         "last": shape["values"][-1], "largest_step": float(steps[k]),
                         "at_step": int(members[k + 1]["step"]), "largest_step_se": step_se,

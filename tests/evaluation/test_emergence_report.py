@@ -11,6 +11,7 @@ import pytest
 from research.evaluation.fewshot import fewshot_context
 from research.evaluation.plots import plot_grid
 from research.evaluation.results_table import read_rows, write_rows
+from research.evaluation.emergence_metrics import curve_shape_with_noise
 from research.evaluation.study_report import curve_summary, transition_shapes
 from research.evaluation.task_catalog import catalog_task
 from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
@@ -102,6 +103,20 @@ def test_transition_shapes_find_a_jump_along_training_and_not_noise():
         row["items"]["exact_match"] *= 6  # 1200 items, the same rates
     (w,) = transition_shapes(wander, "copying", ("exact_match",))
     assert w["above_noise"] is not None and not w["jump"] and w["jump_ratio"] < 3
+
+
+def test_transition_shapes_keep_each_shot_setting_its_own_curve():
+    # 0-shot always wrong, 1-shot always right, at every checkpoint: two flat curves. Merged into
+    # one (as they were) they made a curve of 8 points with repeated steps and a "jump" of 1.0.
+    rows = [{"task": "t", "size": "s", "params_non_embedding": 1, "step": step, "num_shots": shots,
+             "items": {"exact_match": [float(shots)] * 400}} for step in (250, 500, 750, 1000) for shots in (0, 1)]
+    zero, one = transition_shapes(rows, "t", ("exact_match",))
+    assert (zero["num_shots"], one["num_shots"]) == (0, 1)
+    for shape, value in ((zero, 0.0), (one, 1.0)):
+        assert shape["checkpoints"] == 4 and shape["first"] == shape["last"] == value
+        assert shape["largest_step"] == 0.0 and not shape["above_noise"] and not shape["jump"]
+    with pytest.raises(ConfigError, match="repeat a value"):
+        curve_shape_with_noise([250, 250, 500], [[0.0, 1.0]] * 3)
 
 
 def test_rows_round_trip_and_plots_are_written(tmp_path):
