@@ -104,13 +104,27 @@ def _base() -> ml_collections.ConfigDict:
         # Rotary positions, 4-wide heads (sweep_plan.SweepSpec says why: with learned positions
         # these sizes never leave the bigram plateau in the steps a budget affords).
         position="rope", head_dim=4,
-        # Learning rate 2e-2 at width 32, scaled as 1 / width. Checked by a sweep of 0.5x, 1x, 2x, 4x
-        # this rule's 1e-2 (train_together, 4 models at once; eval loss): at D16 L2 (600 steps) 1.778,
-        # 1.735, 1.714, 1.726 and at D48 L3 (400 steps) 1.786, 1.729, 1.714, 1.748: the best
-        # multiple is the same (2x) at both ends of the ladder, so the rule transfers. Capped at 4e-2
-        # (lr_scale_cap): D12 L2 over 2,000 steps at 5e-3, 1e-2, 2e-2, 4e-2: 1.743, 1.697, 1.691, 1.679,
-        # while a D12 run at the uncapped 5.3e-2 stalled on the plateau (sweep_plan.SweepSpec).
-        lr_reference_width=32, lr_scale_cap=2.0,
+        # Learning rate 2e-2 at width 32, scaled as 1 / width, for runs of up to 500 steps; longer
+        # runs at (500 / steps) ** 0.5 of that (lr_horizon_*). The width rule: a sweep of 0.5x, 1x,
+        # 2x, 4x its 1e-2 (train_together, 4 models at once; eval loss) at D16 L2 (600 steps) 1.778,
+        # 1.735, 1.714, 1.726 and at D48 L3 (400 steps) 1.786, 1.729, 1.714, 1.748: the best multiple
+        # is the same (2x) at both ends of the ladder. The run-length rule (2026-12-03, lr_check, one
+        # seed, eval loss; "old" = 2e-2 x 32 / width, capped at 4e-2, for every length): D28 L2 at
+        # 262 steps 0.011 / 0.023 (old, rule) / 0.046: 1.888 / 1.860 / 1.971; D12 L2 at 1,356 steps
+        # 0.01 / 0.02 / 0.04 (old): 1.724 / 1.704 / 1.696 (rule 0.032); D20 L2 at 1,602 steps 0.008 /
+        # 0.016 / 0.032 (old): 1.647 / 1.629 / 1.636 (rule 0.018); at 5,062 steps 0.008 / 0.016 /
+        # 0.032 (old) / 0.064: 1.590 / 1.589 / 1.608 / 1.651 (rule 0.010); L3 D40 at 2,747 steps
+        # 0.008 / 0.016 (old): 1.575 / 1.580 (rule 0.0068); D40 L2 at 4,118 steps 0.008 / 0.016 (old):
+        # 1.566 / 1.571 (rule 0.0056); D8 L2 at 9,248 steps 0.005 / 0.01 / 0.02 / 0.04 (old) / 0.06 /
+        # 0.08: 1.780 / 1.767 / 1.753 / 1.774 / 1.795 / 1.818 (rule 0.019). So the best rate falls
+        # about as 1 / sqrt(steps), and one rate for every length over-stepped the long runs: the
+        # whole sweep at half the old rate for every length moved Approach 3's E from 1.5415 to
+        # 1.5361 and the N_opt exponents' gap from 0.19 to 0.065, while its shortest runs got worse
+        # (D28 at 262 steps 1.860 -> 1.881). No cap on the width multiplier (lr_scale_cap; it was 2,
+        # i.e. 4e-2, because D12 at the rule's 5.3e-2 over 4,300 steps stalled on the plateau): with
+        # the run-length factor every rate of this plan stays below 4e-2 (the highest: D8 at 2,922
+        # steps, 0.033; D12 at 4,292 steps gets 0.018), and the cap gave D8 half its rule.
+        lr_reference_width=32, lr_scale_cap=0.0, lr_horizon_steps=500, lr_horizon_exponent=0.5,
         # The smallest budget's 6 runs again with seed 1: run-to-run noise for the fit's intervals.
         repeat_budget=0.0, repeat_seeds=(1,)))
     # Where to read the fitted law off: the compute-optimal N, D and tokens per parameter.
@@ -150,8 +164,9 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
             source="stdlib", validation_fraction=0.05, max_documents=None,
             tokenizer=dict(model_path=None, vocab_size=128, byte_fallback=False, character_coverage=0.9995,
                            max_training_chars=2_000_000, num_extra_ids=0)))
-        config.opt.learning_rate = 1e-2
-        config.sweep.update(dict(budgets=(3.16e11, 5.62e11, 1e12, 1.78e12), tokens_per_param_prior=150.0))
+        config.opt.learning_rate = 1e-2  # for every run length, capped at 2x (measured without lr_horizon_*)
+        config.sweep.update(dict(budgets=(3.16e11, 5.62e11, 1e12, 1.78e12), tokens_per_param_prior=150.0,
+                                 lr_scale_cap=2.0, lr_horizon_steps=0))
         config.fit.compute_budget = 1.78e12
     elif arg == "gpu_host":
         # The cpu_tiny corpus's kind (hierarchical, Zipf-weighted, order 3) over 64 characters:
@@ -163,7 +178,8 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 1000
         config.sweep.update(dict(non_embedding_params=(1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8, 2.56e8),
                                  aspect=32, budgets=(1e17, 3e17, 1e18, 3.16e18), tokens_per_param_prior=20.0,
-                                 min_steps=200, lr_reference_width=256, head_dim=0))
+                                 min_steps=200, lr_reference_width=256, head_dim=0,
+                                 lr_scale_cap=2.0, lr_horizon_steps=0))
         config.fit.compute_budget = 1e19
         # One 8-GPU host. peak: 8 x 989e12 bf16 dense FLOP/s (H100 SXM datasheet). MFU: NOT
         # measured here (no accelerator was lent to this session); 0.3 is an assumption for

@@ -46,7 +46,7 @@ def check(config, workdir: str, sizes: list[float], steps: int, multipliers: lis
     tokenizer = sweep._shared_tokenizer(plan.data_config, workdir)
     rows = []
     for model in plan.models:
-        scale = learning_rate_scale(plan.spec, model.config.d_model)
+        scale = learning_rate_scale(plan.spec, model.config.d_model, steps)
         run = PlannedRun(f"{model.name}-{steps}steps", model, steps, config.train.batch_size, config.train.seq_len,
                          model.params(plan.spec.param_count), None, None, 0, scale)
         one = sweep.run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=1e11)

@@ -22,7 +22,7 @@ and a "sweep" section:
                      and at fit.compute_budget
   loss_by_budget     each budget's (N, loss) in order of N and its best loss (IsoFLOP sweeps)
   loss_by_model      each model's (D, loss) in order of D
-  learning_rates     each model's learning rate (sweep.lr_reference_width's transfer rule)
+  learning_rates     each run's learning rate (the sweep's width and run-length rules)
   irreducible        on the synthetic corpus: the source's entropy rate and the bound
                      reachable with the sweep's windows (research/scaling/synthetic_bound.py)
                      beside the fitted E and its interval, all in nats per character
@@ -270,7 +270,7 @@ def _seed_noise(ok: Sequence[dict]) -> dict | None:
 
 
 def _learning_rates(config: ml_collections.ConfigDict, ok: Sequence[dict]) -> dict:
-    return {r["model"]: config.opt.learning_rate * r.get("learning_rate_scale", 1.0) for r in ok}
+    return {r["run"]: config.opt.learning_rate * r.get("learning_rate_scale", 1.0) for r in ok}
 
 
 def _allocation(law: ChinchillaLaw, compute: float) -> dict:

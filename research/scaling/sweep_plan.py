@@ -71,6 +71,12 @@ class SweepSpec:
     # cannot take; on cpu_tiny's corpus D12 over 2,000 steps was best at 4e-2, and a D12 run at
     # the rule's 5.3e-2 stayed near the bigram plateau for 1,300 of its 4,300 steps.
     lr_scale_cap: float = 0.0
+    # Learning rate by run length (0: off): a run of S > lr_horizon_steps steps trains at
+    # (lr_horizon_steps / S) ** lr_horizon_exponent times the width rule's rate. The best
+    # step shrinks as a run grows longer; one rate for every length tunes the short runs and
+    # over-steps the long ones (measured on cpu_tiny: experiments/configs/scaling_laws.py).
+    lr_horizon_steps: int = 0
+    lr_horizon_exponent: float = 0.5
     # Repeat every run of budget `repeat_budget` (0: the smallest budget) with each of these
     # extra train seeds, so the fit can measure run-to-run noise (() = no repeats).
     repeat_budget: float = 0.0
@@ -101,6 +107,9 @@ class SweepSpec:
             raise SweepError(f"sweep.tokens_per_param={self.tokens_per_param}, sweep.tokens={self.tokens}: "
                              "plan='tokens' needs exactly one, all positive, e.g. tokens_per_param=(5, 10, 20, 40) "
                              "or tokens=(1e6, 4e6).")
+        if self.lr_horizon_steps < 0 or not 0.0 <= self.lr_horizon_exponent <= 1.0:
+            raise SweepError(f"sweep.lr_horizon_steps={self.lr_horizon_steps} must be >= 0 (0 = off) and "
+                             f"lr_horizon_exponent={self.lr_horizon_exponent} in [0, 1], e.g. 500 and 0.5.")
         if self.min_layers < 1 or self.lr_reference_width < 0 or self.lr_scale_cap < 0:
             raise SweepError(f"sweep.min_layers={self.min_layers} must be >= 1, lr_reference_width="
                              f"{self.lr_reference_width} >= 0 (0 = one learning rate for every size) and "
@@ -220,7 +229,7 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
         steps = round(tokens / tokens_per_step)
         if steps < spec.min_steps:
             return False
-        scale = learning_rate_scale(spec, model.config.d_model)
+        scale = learning_rate_scale(spec, model.config.d_model, steps)
         repeated = spec.repeat_budget or min(spec.budgets, default=None)
         seeds = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
         for seed in seeds:
@@ -262,11 +271,16 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
     return runs
 
 
-def learning_rate_scale(spec: SweepSpec, d_model: int) -> float:
-    """The multiple of config.opt.learning_rate a model of width d_model trains at:
-    lr_reference_width / d_model (1 when the rule is off), capped at lr_scale_cap."""
+def learning_rate_scale(spec: SweepSpec, d_model: int, steps: int) -> float:
+    """The multiple of config.opt.learning_rate a run of `steps` steps of a model of width
+    d_model trains at: lr_reference_width / d_model (1 when the rule is off), capped at
+    lr_scale_cap, times (lr_horizon_steps / steps) ** lr_horizon_exponent for runs longer than
+    lr_horizon_steps (when set)."""
     scale = spec.lr_reference_width / d_model if spec.lr_reference_width else 1.0
-    return min(scale, spec.lr_scale_cap) if spec.lr_scale_cap else scale
+    scale = min(scale, spec.lr_scale_cap) if spec.lr_scale_cap else scale
+    if spec.lr_horizon_steps and steps > spec.lr_horizon_steps:
+        scale *= (spec.lr_horizon_steps / steps) ** spec.lr_horizon_exponent
+    return scale
 
 
 def warmup_steps(spec: SweepSpec, num_steps: int) -> int:

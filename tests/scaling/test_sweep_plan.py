@@ -1,4 +1,5 @@
 """Sweep planning: ladders, IsoFLOP and token-budget layouts, per-run configs, presets, bad input."""
+import dataclasses
 import math
 import os
 import subprocess
@@ -10,8 +11,8 @@ import pytest
 from experiments.configs import scaling_laws
 from experiments.scaling_laws import sweep
 from research.models import get_config, sizing
-from research.scaling.sweep_plan import (SweepError, SweepSpec, estimated_seconds, ladder_models, plan_runs,
-                                         warmup_steps)
+from research.scaling.sweep_plan import (SweepError, SweepSpec, estimated_seconds, ladder_models,
+                                         learning_rate_scale, plan_runs, warmup_steps)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LADDER = (5e3, 1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5)
@@ -87,11 +88,14 @@ def test_every_preset_plans(preset):
         assert len(repeats) >= 6 and {r.budget for r in repeats} == {budgets[0]}
         assert {(r.model.name, r.num_steps) for r in repeats} <= {(r.model.name, r.num_steps) for r in plan.runs
                                                                    if r.seed == 0}
-        # Learning rate per size by the 1/width rule, capped, recorded on each run.
+        # Learning rate per run by the 1/width rule and the run-length rule, recorded on each run.
         for r in plan.runs:
-            rule = plan.spec.lr_reference_width / r.model.config.d_model
-            assert r.learning_rate_scale == pytest.approx(min(rule, plan.spec.lr_scale_cap))
-        assert {r.learning_rate_scale for r in plan.runs if r.model.config.d_model <= 16} == {plan.spec.lr_scale_cap}
+            rule = plan.spec.lr_reference_width / r.model.config.d_model * min(1.0, (500 / r.num_steps) ** 0.5)
+            assert r.learning_rate_scale == pytest.approx(rule)
+        rates = {r.run_id: config.opt.learning_rate * r.learning_rate_scale for r in plan.runs}
+        assert rates["ladder-L2-D28-262steps"] == pytest.approx(2e-2 * 32 / 28)  # short: the width rule alone
+        assert rates["ladder-L2-D20-16020steps"] == pytest.approx(2e-2 * 32 / 20 * (500 / 16020) ** 0.5)
+        assert max(rates.values()) < 4e-2  # below the rate at which D12 stalled on the plateau
         assert {r.model.config.position for r in plan.runs} == {"rope"}
         assert sum(r.tokens for r in plan.runs) < 1.2e8
     text = sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu)
@@ -113,6 +117,8 @@ def test_every_preset_plans(preset):
     (dict(repeat_budget=5e10), "repeat_budget=5e\\+10 is not one of sweep.budgets"),
     (dict(min_layers=0), "sweep.min_layers=0 must be >= 1"),
     (dict(lr_scale_cap=-1.0), "lr_scale_cap=-1.0 >= 0"),
+    (dict(lr_horizon_steps=-5), "sweep.lr_horizon_steps=-5 must be >= 0"),
+    (dict(lr_horizon_exponent=1.5), "lr_horizon_exponent=1.5 in \\[0, 1\\]"),
     (dict(position="alibi"), "sweep.position='alibi'"),
     (dict(bogus=1), "unknown field\\(s\\) \\['bogus'\\]"),
 ])
@@ -139,3 +145,14 @@ def test_cli_dry_run_and_bad_preset():
     result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
         f"error: unknown scaling_laws preset 'cpu_small'; choose one of {scaling_laws.PRESETS}."]
+
+
+def test_learning_rate_scale_by_width_and_run_length():
+    spec = SweepSpec(non_embedding_params=(1e4,), plan="tokens", tokens_per_param=(10.0,), lr_reference_width=32,
+                     lr_scale_cap=2.0, lr_horizon_steps=500, lr_horizon_exponent=0.5)
+    assert learning_rate_scale(spec, 16, 500) == 2.0  # 32 / 16 = 2, not longer than the horizon
+    assert learning_rate_scale(spec, 8, 100) == 2.0  # 32 / 8 = 4, capped at 2
+    assert learning_rate_scale(spec, 64, 2000) == pytest.approx(0.5 * 0.5)  # (500 / 2000) ** 0.5
+    assert learning_rate_scale(spec, 32, 4500) == pytest.approx(1 / 3)
+    off = dataclasses.replace(spec, lr_horizon_steps=0)
+    assert learning_rate_scale(off, 64, 2000) == 0.5
