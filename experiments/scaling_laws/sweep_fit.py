@@ -17,6 +17,8 @@ and a "sweep" section:
                      noise, their bias and spread (research/scaling/noise_intervals.py)
   held_out           Approach 3 fitted without the largest budget, predicting its best loss
                      (research/scaling/held_out.py), both accountings
+  leave_out          Approach 3 refitted without the smallest / largest size and budget in
+                     turn: E, alpha, beta and a of each (research/scaling/leave_out.py), nominal
   seed_noise         runs repeated with another seed: the spread of their log losses
   compute_optimal    Approach 3's N_opt, D_opt and tokens per parameter at each sweep budget
                      and at fit.compute_budget
@@ -38,11 +40,13 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from experiments.scaling_laws.sweep_summary import summary
 from research.atomic_files import write_text_atomically
 from research.scaling import RunTable, RunTableError, fit_envelope
 from research.scaling.held_out import predict_held_out_budget
 from research.scaling.isoflop import fit_isoflop
 from research.scaling.laws import ChinchillaLaw, PowerLaw
+from research.scaling.leave_out import leave_out_fits
 from research.scaling.noise_intervals import common_point, gap_quantile, noise_interval, simulate_estimator_bias
 from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
 from research.scaling.report import fit_run_table
@@ -102,6 +106,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
                                                                noise, fit_settings["seed"]))
                             for a in ACCOUNTING_COLUMNS},
         "held_out": {a: _held_out(runs_csv, a, fit_settings["init_grid"]) for a in ACCOUNTING_COLUMNS},
+        "leave_out": _leave_out(runs_csv, fit_settings["init_grid"]),
         "seed_noise": seed_noise,
         "compute_optimal": [_allocation(law, c) for c in budgets],
         "loss_by_budget": _loss_by(ok, "C", "N", "C"), "loss_by_model": _loss_by(ok, "model", "D", "N"),
@@ -254,6 +259,17 @@ def _held_out(runs_csv: str, accounting: str, init_grid: str) -> dict:
         return {"skipped": str(error)}
 
 
+def _leave_out(runs_csv: str, init_grid: str) -> dict:
+    """Approach 3 refitted without each edge of the design (research/scaling/leave_out.py),
+    nominal accounting only (each refit costs a grid fit, ~3 s)."""
+    from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID
+    try:
+        return leave_out_fits(read_runs_csv(runs_csv, "nominal"), grid=PAPER_GRID if init_grid == "paper"
+                              else COARSE_GRID)
+    except RunTableError as error:
+        return {"skipped": str(error)}
+
+
 def _seed_noise(ok: Sequence[dict]) -> dict | None:
     """Runs that differ only in train.seed: std of log loss within each pair or group (the
     run-to-run noise, as a relative loss error), pooled over groups."""
@@ -327,82 +343,3 @@ def _irreducible(config: ml_collections.ConfigDict, approach3: dict[str, dict], 
                            "interval_contains_bound": None if not interval else interval[0] <= bound <= interval[1]}
     out["fitted_E"] = approach3["nominal"]["E"]
     return out
-
-
-def summary(report: dict) -> str:
-    """The fit's headline numbers as a few lines of text."""
-    fit3, sweep = report["approach3"], report["sweep"]
-    runs = sweep["runs"]
-    lines = [f"fit of {report['num_runs']} runs (N = {sweep['param_count']} parameters); {len(runs['failed'])} failed "
-             f"and {len(runs['plateau'])} early-plateau run(s) left out"]
-    for failed in runs["failed"]:
-        lines.append(f"  failed: {failed['run']}: {failed['error']}")
-    for flat in runs["plateau"]:
-        lines.append(f"  plateau: {flat['run']}: loss {flat['loss']:.4f} (H_1 = {runs['plateau_rule']['order1_entropy']:.4f})")
-    for accounting, fit in (("nominal", fit3), ("exact", report["exact"]["approach3"])):
-        interval = fit.get("intervals", {}).get("E")
-        along = fit.get("optimum_exact_flops")
-        optimum = (f"N_opt ∝ C^{along['a']:.3g} along C = f(N) D, f = {along['flops_per_token']['coefficient']:.3g} "
-                   f"N^{along['flops_per_token']['exponent']:.3g} FLOPs/token (C^{fit['a']:.3g} along 6ND)"
-                   if along else f"N_opt ∝ C^{fit['a']:.3g}")
-        lines.append(f"approach 3 ({accounting}): L(N, D) = {fit['E']:.4g} + {fit['A']:.4g} / N^{fit['alpha']:.3g} + "
-                     f"{fit['B']:.4g} / D^{fit['beta']:.3g}; {optimum}"
-                     + (f"; E 80% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""))
-    for accounting, exponents in sweep["n_opt_exponents"].items():
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in exponents.items()
-                          if v is not None and not isinstance(v, (dict, list)))
-        lines.append(f"N_opt exponent a ({accounting}): {shown}")
-        simulated = exponents.get("simulated_at_design")
-        if simulated:
-            text = ", ".join(f"{k} median {v['median']:.3g} (bias {v['bias']:+.3g}, 10th-90th percentile "
-                             f"{v['p10']:.3g}-{v['p90']:.3g})" if "median" in v else f"{k} never fitted"
-                             for k, v in simulated["estimators"].items())
-            gap = simulated["gaps"].get("approach1_final-approach2")
-            if gap and "gap_quantile_1_2" in exponents:
-                text += (f"; approach 1 - 2 gaps there {gap['p10']:+.3g} to {gap['p90']:+.3g} (10th-90th), the "
-                         f"observed one at quantile {exponents['gap_quantile_1_2']:.2f}")
-            lines.append(f"  at this design, {simulated['datasets']} datasets from approach 3's law "
-                         f"(a = {simulated['true']:.3g}) with the seed noise: {text}")
-        intervals = exponents.get("intervals_80") or {}
-        if any(intervals.values()):
-            text = ", ".join(f"{k} [{v[0]:.3g}, {v[1]:.3g}]" for k, v in intervals.items() if v)
-            agree = exponents.get("intervals_agree")
-            verdict = ("they share [{:.3g}, {:.3g}]".format(*exponents["intervals_overlap"]) if agree else
-                       "cannot judge: fewer than two intervals" if agree is None else "they share no value")
-            lines.append(f"  80% intervals of a (approaches 1 and 2 under the seed noise, 3 bootstrap): {text}; "
-                         f"{verdict}")
-    for profile in report["approach2"].get("profiles", []):
-        lines.append(f"  IsoFLOP C={profile['compute']:.3g}: N_opt={profile['N_opt']:.3g}, "
-                     f"D_opt={profile['D_opt']:.3g}, {profile['D_opt'] / profile['N_opt']:.3g} tokens/parameter"
-                     + (" (extrapolated)" if profile["extrapolated"] else ""))
-    for accounting, held in sweep["held_out"].items():
-        if "skipped" in held:
-            lines.append(f"held-out budget ({accounting}): skipped: {held['skipped']}")
-        else:
-            lines.append(f"held-out budget C={held['compute']:.3g} ({accounting}): observed best loss "
-                         f"{held['observed_best_loss']:.4f}; predicted at that run {held['predicted_at_best_run']:.4f} "
-                         f"({held['relative_error_at_best_run']:+.2%}), predicted optimum {held['predicted_optimum']:.4f} "
-                         f"({held['relative_error_optimum']:+.2%})")
-    if sweep["seed_noise"]:
-        lines.append(f"seed noise: {sweep['seed_noise']['relative_std']:.2%} relative std of loss over "
-                     f"{sweep['seed_noise']['groups']} repeated run(s)")
-    for row in sweep["compute_optimal"]:
-        lines.append(f"approach 3 compute-optimal at C={row['C']:.3g}: N={row['N_opt']:.3g}, D={row['D_opt']:.3g}, "
-                     f"{row['tokens_per_parameter']:.3g} tokens/parameter, loss {row['loss']:.4g}")
-    for group in sweep["loss_by_budget"]:
-        pairs = ", ".join(f"{n:.3g}:{l:.3f}" for n, l in zip(group["N"], group["loss"]))
-        lines.append(f"C={group['C']:.3g}: best loss {group['best_loss']:.4f}; N:loss {pairs}")
-    irreducible = sweep["irreducible"]
-    if irreducible:
-        for accounting in ("nominal", "exact"):
-            row = irreducible[accounting]
-            lines.append(f"irreducible loss ({accounting}): fitted E={row['fitted_E']:.4f} "
-                         f"({row['relative_gap']:+.1%} from the reachable bound {irreducible['window_bound']:.4f}; "
-                         f"entropy rate {irreducible['entropy_rate']:.4f} nats/char{_oracle_text(irreducible)}); "
-                         f"interval contains the bound: {row['interval_contains_bound']}")
-    return "\n".join(lines)
-
-
-def _oracle_text(irreducible: dict) -> str:
-    oracle = irreducible.get("eval_set_oracle") or {}
-    return f"; the source's own loss on the eval batches {oracle['loss']:.4f}" if "loss" in oracle else ""

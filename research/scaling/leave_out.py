@@ -1,0 +1,62 @@
+"""How much does Approach 3's fit lean on the edges of the design? Refit without each edge.
+
+A fitted E (or exponent) that moves when one edge of the sweep is left out is carried by
+those runs: a size too small to follow the power law in N, or a budget whose short runs are
+still mid-transition, pulls the irreducible term toward them. Each entry refits Approach 3
+(chinchilla_fit, the same initialisation grid, no bootstrap) on the runs that remain after
+leaving out one edge:
+  smallest_size / largest_size      every run of the smallest / largest N
+  smallest_budget / largest_budget  every run of the smallest / largest FLOP budget
+                                    (isoflop.group_by_budget; IsoFLOP sweeps only)
+and reports E, alpha, beta and the N_opt exponent a = beta / (alpha + beta). An edge whose
+removal leaves fewer than 5 runs (Approach 3 has five parameters) or fewer than 2 sizes or
+budgets is skipped with the reason.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from research.scaling.chinchilla_fit import PAPER_GRID, InitGrid, fit_chinchilla_law
+from research.scaling.isoflop import group_by_budget
+from research.scaling.run_table import RunTable
+
+MIN_RUNS = 5
+
+
+def _without(table: RunTable, drop: np.ndarray) -> RunTable:
+    keep = ~drop
+    take = lambda v: None if v is None else v[keep]
+    return RunTable(table.N[keep], table.D[keep], table.loss[keep], budget=take(table.budget),
+                    flops=take(table.flops))
+
+
+def leave_out_fits(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> dict[str, dict]:
+    """{edge: {"runs_left_out", "runs", "E", "alpha", "beta", "a"} or {"skipped": why}} (module docstring)."""
+    sizes = np.unique(table.N)
+    edges: dict[str, np.ndarray | str] = {}
+    if sizes.size >= 3:
+        edges["smallest_size"] = table.N == sizes[0]
+        edges["largest_size"] = table.N == sizes[-1]
+    else:
+        edges["smallest_size"] = edges["largest_size"] = f"only {sizes.size} size(s)"
+    if table.budget is not None:
+        groups = group_by_budget(table)
+        if len(groups) >= 3:
+            for name, rows in (("smallest_budget", groups[0]), ("largest_budget", groups[-1])):
+                drop = np.zeros(len(table), bool)
+                drop[rows] = True
+                edges[name] = drop
+        else:
+            edges["smallest_budget"] = edges["largest_budget"] = f"only {len(groups)} budget(s)"
+    out: dict[str, dict] = {}
+    for name, drop in edges.items():
+        if isinstance(drop, str):
+            out[name] = {"skipped": drop}
+            continue
+        if len(table) - int(drop.sum()) < MIN_RUNS:
+            out[name] = {"skipped": f"{len(table) - int(drop.sum())} runs would remain; Approach 3 needs {MIN_RUNS}"}
+            continue
+        law = fit_chinchilla_law(_without(table, drop), grid=grid).law
+        out[name] = {"runs_left_out": int(drop.sum()), "runs": len(table) - int(drop.sum()), "E": law.E,
+                     "alpha": law.alpha, "beta": law.beta, "a": law.beta / (law.alpha + law.beta)}
+    return out
