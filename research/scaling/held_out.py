@@ -49,10 +49,7 @@ def predict_held_out_budget(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> 
                             f"{len(groups)}.")
     held = groups[-1]
     fit_rows = np.concatenate(groups[:-1])
-    keep = lambda v, rows: None if v is None else v[rows]
-    fit_table = RunTable(table.N[fit_rows], table.D[fit_rows], table.loss[fit_rows],
-                         budget=keep(table.budget, fit_rows), flops=keep(table.flops, fit_rows))
-    law = fit_chinchilla_law(fit_table, grid=grid).law
+    law = fit_chinchilla_law(table.select(fit_rows), grid=grid).law
     best = held[np.argmin(table.loss[held])]
     compute = float(np.exp(np.mean(np.log(table.compute[held]))))
     # FLOPs per token as a line in log N through the held-out runs (exactly 6 N when nominal).

@@ -23,13 +23,6 @@ from research.scaling.run_table import RunTable
 MIN_RUNS = 5
 
 
-def _without(table: RunTable, drop: np.ndarray) -> RunTable:
-    keep = ~drop
-    take = lambda v: None if v is None else v[keep]
-    return RunTable(table.N[keep], table.D[keep], table.loss[keep], budget=take(table.budget),
-                    flops=take(table.flops))
-
-
 def leave_out_fits(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> dict[str, dict]:
     """{edge: {"runs_left_out", "runs", "E", "alpha", "beta", "a"} or {"skipped": why}} (module docstring)."""
     sizes = np.unique(table.N)
@@ -56,7 +49,7 @@ def leave_out_fits(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> dict[str,
         if len(table) - int(drop.sum()) < MIN_RUNS:
             out[name] = {"skipped": f"{len(table) - int(drop.sum())} runs would remain; Approach 3 needs {MIN_RUNS}"}
             continue
-        law = fit_chinchilla_law(_without(table, drop), grid=grid).law
+        law = fit_chinchilla_law(table.select(~drop), grid=grid).law
         out[name] = {"runs_left_out": int(drop.sum()), "runs": len(table) - int(drop.sum()), "E": law.E,
                      "alpha": law.alpha, "beta": law.beta, "a": law.beta / (law.alpha + law.beta)}
     return out

@@ -84,6 +84,12 @@ class RunTable:
             raise RunTableError(f"{what} needs at least {count} finished runs, the table has {len(self)}; "
                                 "add runs (or fix failed ones).")
 
+    def select(self, rows: np.ndarray) -> "RunTable":
+        """The runs at `rows` (indices or a boolean mask), with their run ids, budgets and FLOPs."""
+        take = lambda v: None if v is None else v[rows]
+        return RunTable(self.N[rows], self.D[rows], self.loss[rows], run=take(self.run), budget=take(self.budget),
+                        flops=take(self.flops))
+
     @classmethod
     def from_arrays(cls, N, D, loss, **kwargs) -> "RunTable":
         """An in-memory table, with NaN / infinite losses left out as failed runs."""

@@ -213,8 +213,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     if across:  # no model's batch is split: nothing in a model names a mesh axis
         batch_partition = PartitionSpec()
     members = [members_lib.Member(i, c, w, checkpoint_config,
-                       metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),  # [issue-13b]
-                       Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
+                                  metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),  # [issue-13b]
+                                  Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
                for i, (c, w) in enumerate(zip(configs, workdirs))]
     sources = [batches("train", seed) for seed in data_seeds]
     prefetcher = None
@@ -235,8 +235,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)[0]
 
             state, sources = members_lib.restore_or_init(members, abstract, shardings, sources,
-                                              lambda: batches("train", train.seed), initial_state,
-                                              state_shardings if stacked else None)
+                                                         lambda: batches("train", train.seed), initial_state,
+                                                         state_shardings if stacked else None)
 
             if stacked:
                 def model_step(state, batch, values):
