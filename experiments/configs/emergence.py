@@ -50,10 +50,30 @@ training (7% fewer 2-digit training problems): whether a size crosses the additi
 in 4000 steps turns on such differences, so with one seed per size no design tried gives a
 curve across sizes; averaging several seeds per size is the untried next step (several times
 this preset's 20 minutes).
+Measured 2026-12-03 on 2 cores (one seed per size, nothing beside each run):
+- One learning rate for every size (--config.opt.learning_rate=6e-3 --config.lr_reference_width=0;
+  14:20 wall, 1,452 s CPU): d48-l2 learned 2 and 3 digits (exact match 0.995 / 0.966), d24-l2
+  none (and copied less: exact match 0.54), d32-l2 as before (same rate), and scale-1e5 learned
+  5-digit addition alone (exact match 0.949; 2 / 3 / 4 / 6 digits 0.09 / 0.003 / 0.002 / 0).
+  Unpadded, each length needs its own offsets (k and 2k + 1 back) and is learned as its own
+  task, so one per-digit p does not hold across lengths.
+- Padded operands (cpu_tiny_padded: every operand written with 6 digits, zeros in the high
+  places, Lee et al. 2023; 13:12 wall, 1,216 s CPU): every 2-layer size learned every length
+  (final exact match >= 0.996 at 2 to 6 digits, 1000 items each; the 1-layer control <= 0.017,
+  p 0.18-0.30) and copying. Along training per-digit p jumps with exact match (e.g. d32-l2 at
+  6 digits: p 0.19 / 0.38 / 0.83 / 0.97 and exact match 0 / 0 / 0.28 / 0.85 at steps 1000-1750;
+  the jump rule true for p at every length and 2-layer size): with one per-digit procedure,
+  learning it is itself the transition, so padding turns the mirage into a genuine transition.
+  Smaller 2-layer widths under the same preset: d8-l2 (1 head) learned nothing (6-digit p 0.18),
+  d12-l2 (1 head) reached p 0.64-0.86 with exact match ~0.1 at every length (errors on a subset
+  of items, not independent per digit), d16-l2 learned every length (final exact match >= 0.98); with 2 heads,
+  d8 learned nothing and d12 learned it between steps 3000 and 3500 (final exact match
+  0.885-0.922, p 0.97-0.98). Across these widths per-digit p is no smoother than exact match.
 T5 kernels with GPT-2's N(0, 0.02) embedding tables (an init scheme tried, then removed): copying
 learned, addition not (d48-l2 p 0.64).
 
-`micro` (2 sizes, a handful of steps) runs end to end in under a minute; tests use it.
+`cpu_tiny_padded` is cpu_tiny with padded addition operands (above). `micro` (2 sizes, a handful
+of steps) runs end to end in under a minute; tests use it.
 Override any field, e.g. `--config.train.num_steps=800 --config.eval.num_test=200`.
 Rerunning the same command skips finished training and finished evaluations.
 
@@ -85,8 +105,28 @@ import ml_collections
 
 from research.sharding import DEFAULT_RULES
 
-PRESETS = ("cpu_tiny", "cpu_tiny_mirage", "gpu_host", "micro")
+PRESETS = ("cpu_tiny", "cpu_tiny_padded", "cpu_tiny_mirage", "gpu_host", "micro")
 COPY_TASK = "copying_varied"
+PADDED_WIDTH = 6  # cpu_tiny_padded: operands zero-padded to 6 digits, one per-digit procedure for every length
+
+
+def addition(digits: int, width: int = 0) -> str:
+    """The catalog name of `digits`-digit addition, every number least-significant digit first,
+    operands zero-padded to `width` digits (0: unpadded)."""
+    return f"addition_{digits}digit_lsb_first" + (f"_pad{width}" if width else "")
+
+
+def _use_addition_width(config: ml_collections.ConfigDict, width: int) -> None:
+    """Every addition task of `config` (training mixture, evaluation, report) at operand width `width`."""
+    def rename(name: str) -> str:
+        if not name.startswith("addition_") or "_lsb_first" not in name:
+            return name
+        return addition(int(name.split("_")[1].removesuffix("digit")), width)
+
+    config.mixture.tasks = {rename(t): n for t, n in config.mixture.tasks.items()}
+    for field in ("tasks", "final_tasks"):
+        config.eval[field] = tuple(rename(t) for t in config.eval[field])
+    config.report.transition_task = tuple(rename(t) for t in config.report.transition_task)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -97,7 +137,8 @@ def _base() -> ml_collections.ConfigDict:
     # transition needs the 1- vs 2-layer contrast. Widths the presets lack are in `ladder`.
     config.sizes = ("scale-1e4", "d24-l2", "d32-l2", "d48-l2", "scale-1e5")
     config.ladder = ml_collections.ConfigDict({
-        f"d{d}-l2": dict(preset="scale-1e5", d_model=d, num_heads=d // 8, d_ff=4 * d) for d in (24, 32, 48)})
+        **{f"d{d}-l2": dict(preset="scale-1e5", d_model=d, num_heads=d // 8, d_ff=4 * d) for d in (8, 12, 16, 24, 32, 48)},
+        **{f"d{d}-l2h2": dict(preset="scale-1e5", d_model=d, num_heads=2, d_ff=4 * d) for d in (8, 12)}})
     # float32 compute: on CPU bf16 is emulated and slower. Rotary positions: with learned
     # positions no size left the unigram plateau in 1200 steps (addition per-digit p 0.17-0.27,
     # copying at chance 0.03-0.05, every size alike); relative attention is what both tasks need.
@@ -128,7 +169,7 @@ def _base() -> ml_collections.ConfigDict:
     # "\u2581q" on both sides, where after a newline it was "q").
     config.mixture = ml_collections.ConfigDict(dict(
         corpus_fraction=0.0, examples_per_document=(1, 16), examples_per_document_by_task={COPY_TASK: (1, 1)},
-        seed=1, tasks={**{f"addition_{k}digit_lsb_first": 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))
+        seed=1, tasks={**{addition(k): 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))
     # A character vocabulary (no byte fallback): every letter of the copying task is one piece
     # ("\u2581q"). With 256 byte pieces + 64 learned ones (vocab 320), half the letters were split
     # into "\u2581" + letter: the copy then needs a 2-back lookup, and the many "\u2581" tokens
@@ -158,9 +199,9 @@ def _base() -> ml_collections.ConfigDict:
     # eval.tasks at every checkpoint (the curve along training); eval.final_tasks at the end
     # only, with final_num_test items each (>= 1000: bootstrap intervals of a few points).
     config.eval = ml_collections.ConfigDict(dict(
-        tasks=(COPY_TASK, *(f"addition_{k}digit_lsb_first" for k in (2, 4, 6))), shots=(0,), num_test=400,
+        tasks=(COPY_TASK, *(addition(k) for k in (2, 4, 6))), shots=(0,), num_test=400,
         num_train=64,
-        final_tasks=tuple(f"addition_{k}digit_lsb_first" for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
+        final_tasks=tuple(addition(k) for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
         seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
     # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
     # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
@@ -171,7 +212,7 @@ def _base() -> ml_collections.ConfigDict:
         metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
                  "token_edit_distance", "token_accuracy", "brier_score"),
         plot_metrics=("exact_match", "teacher_forced_accuracy", "target_log_prob"),
-        transition_task=(COPY_TASK, *(f"addition_{k}digit_lsb_first" for k in (2, 4, 6)))))
+        transition_task=(COPY_TASK, *(addition(k) for k in (2, 4, 6)))))
     return config
 
 
@@ -189,6 +230,11 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # design with more addition learned can still be run.
         config.model.init_scheme = "normal"
         config.mixture.examples_per_document_by_task = {}
+    elif arg == "cpu_tiny_padded":
+        # cpu_tiny with every addition operand zero-padded to 6 digits (the module docstring's
+        # "padded operands" figures): every 2-layer size learns every length, and per-digit p
+        # jumps with exact match, a genuine transition in place of the mirage.
+        _use_addition_width(config, PADDED_WIDTH)
     elif arg == "gpu_host":
         # One 8-GPU host: a 7-size ladder 1e5 .. 1e8 non-embedding parameters, 20000 steps of
         # 128 x 256 tokens in bf16. `--dry_run` prints the training FLOPs and the time at
@@ -205,7 +251,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 2000
         config.estimate.update(dict(peak_flops=8 * 989e12, mfu=0.3))  # 8 x H100 SXM bf16 dense; MFU assumed
         config.ladder = ml_collections.ConfigDict()
-        config.mixture.tasks = {**{f"addition_{k}digit_lsb_first": 200_000 for k in range(2, 7)},
+        config.mixture.tasks = {**{addition(k): 200_000 for k in range(2, 7)},
                                 COPY_TASK: 200_000}
         config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":

@@ -208,6 +208,26 @@ def test_cpu_tiny_mirage_is_cpu_tiny_with_the_previous_init_and_packed_copy_docu
     assert mirage.to_dict() == tiny.to_dict()
 
 
+def test_cpu_tiny_padded_is_cpu_tiny_with_every_addition_task_padded():
+    padded, tiny = configs.get_config("cpu_tiny_padded"), configs.get_config("cpu_tiny")
+    plan = emergence.plan_study(padded)
+    names = [e.name for e in plan.final_entries]
+    assert names == [f"addition_{k}digit_lsb_first_pad6" for k in range(2, 7)]
+    # One operand width for every length: the prompts of 2- and 6-digit problems are equally long.
+    prompt_lengths = {len(e.task.docs(e.task.spec.eval_split)[0].fields["a"]) for e in plan.final_entries}
+    assert prompt_lengths == {configs.PADDED_WIDTH}
+    trained = [t for t in padded.mixture.tasks if t.startswith("addition")]
+    assert trained == names and set(padded.report.transition_task) <= set(padded.eval.tasks)
+    # Nothing else differs (the copy task and its counts, the ladder, training): names only.
+    strip = lambda d: {k.replace("_pad6", ""): v for k, v in d.items()}
+    assert strip(dict(padded.mixture.tasks)) == dict(tiny.mixture.tasks)
+    for field in ("tasks", "final_tasks"):
+        assert tuple(t.replace("_pad6", "") for t in padded.eval[field]) == tuple(tiny.eval[field])
+    for config in (padded, tiny):
+        config.mixture.tasks, config.eval.tasks, config.eval.final_tasks, config.report.transition_task = {}, (), (), ()
+    assert padded.to_dict() == tiny.to_dict()
+
+
 def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     # eval.tasks at every checkpoint (400 items) and final_tasks (1000) both hold the task: the
     # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.

@@ -48,6 +48,21 @@ def test_arithmetic_answers_and_digit_knobs():
     assert _docs(catalog_task("addition_3digit_lsb_first", num_test=1))[0]["a"] == "837"  # 738 read backwards
     with pytest.raises(TaskError, match="reverse_operands=True needs reverse_answer=True"):
         get_task("addition", reverse_operands=True)
+    # pad_to: operands zero-padded in their high places (least-significant first: trailing zeros);
+    # the answer keeps its own length, so exact match still scores `digits` (+ carry) digits.
+    padded = _docs(catalog_task("addition_2digit_lsb_first_pad6", num_test=50))
+    for doc in padded:
+        a, b = int(doc["a"][::-1]), int(doc["b"][::-1])
+        assert len(doc["a"]) == len(doc["b"]) == 6 and doc["a"][2:] == doc["b"][2:] == "0000"
+        assert 10 <= a <= 99 and 10 <= b <= 99 and doc["answer"] == str(a + b)[::-1]
+    assert {len(d["answer"]) for d in padded} == {2, 3}
+    for doc in _docs(get_task("addition", digits=3, pad_to=5, num_test=20)):  # usual order: leading zeros
+        assert doc["a"][:2] == doc["b"][:2] == "00" and doc["answer"] == int(doc["a"]) + int(doc["b"])
+        assert 100 <= int(doc["a"]) <= 999
+    with pytest.raises(TaskError, match="pad_to=3 must be 0 \\(no padding\\) or in \\[4, 8\\]"):
+        get_task("addition", digits=4, pad_to=3)
+    with pytest.raises(TaskError, match="pad_to=9 must be"):
+        get_task("addition", digits=4, pad_to=9)
     for doc in _docs(get_task("multiplication", digits=3, digits_b=2, num_test=20)):
         assert doc["a"] * doc["b"] == doc["answer"] and len(str(doc["b"])) == 2
     for doc in _docs(get_task("modular_arithmetic", modulus=13, op="*", num_test=20)):

@@ -11,6 +11,13 @@ Addition's reverse_answer writes the sum least-significant digit first ("457+86=
 the order in which carries are computed: each answer digit then depends only on the two
 operand digits of its place and the carry of the digit just written, which small models learn
 in far fewer steps than the usual order (where the first digit needs every carry).
+Addition's pad_to writes both operands with that many digits, zeros filling the high places
+("457+86=" with pad_to=6, every number least-significant first: "754000+680000=345"; the
+answer is not padded), as Lee et al. 2023 ("Teaching Arithmetic to Small Transformers",
+arXiv 2307.03381) train: every answer digit then sits at the same offsets from its operand
+digits whatever the operands' length, so one learned per-digit procedure serves every length.
+Without it, with rotary positions, each length needs its own offsets and is learned as a
+separate task (experiments/configs/emergence.py).
 """
 from __future__ import annotations
 
@@ -49,12 +56,16 @@ def _check_digits(name: str, digits: int, digits_b: int) -> None:
 
 def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
                   seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False,
-                  reverse_answer: bool = False, reverse_operands: bool = False) -> Task:
+                  reverse_answer: bool = False, reverse_operands: bool = False, pad_to: int = 0) -> Task:
     """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b` (its digits in reverse
     order with reverse_answer; with reverse_operands too, a's and b's digits are also written
-    least-significant first, so every number reads in the order carries flow)."""
+    least-significant first, so every number reads in the order carries flow; pad_to > 0: both
+    operands written with pad_to digits, zeros in the high places)."""
     digits_b = digits if digits_b is None else digits_b
     _check_digits("addition", digits, digits_b)
+    if pad_to and not max(digits, digits_b) <= pad_to <= MAX_DIGITS:
+        raise TaskError(f"task 'addition': pad_to={pad_to} must be 0 (no padding) or in "
+                        f"[{max(digits, digits_b)}, {MAX_DIGITS}] (at least the operands' digits).")
     if reverse_answer and chain_of_thought:
         raise TaskError("task 'addition': reverse_answer=True has no chain-of-thought form; use one of the two.")
     if reverse_operands and not reverse_answer:
@@ -64,10 +75,13 @@ def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int
     def make_doc(rng: random.Random) -> dict:
         a, b = _operand(rng, digits), _operand(rng, digits_b)
         answer = str(a + b)[::-1] if reverse_answer else a + b
-        shown_a, shown_b = (str(a)[::-1], str(b)[::-1]) if reverse_operands else (a, b)
+        shown_a, shown_b = (str(a).zfill(pad_to), str(b).zfill(pad_to)) if pad_to else (a, b)
+        if reverse_operands:
+            shown_a, shown_b = str(shown_a)[::-1], str(shown_b)[::-1]
         return {"a": shown_a, "b": shown_b, "answer": answer, "scratchpad": addition_scratchpad(a, b)}
 
     name = f"addition_{digits}x{digits_b}" + ("_lsb_first" if reverse_operands else "_reversed" if reverse_answer else "")
+    name += f"_pad{pad_to}" if pad_to else ""
     spec = _spec(name, "{a}+{b}=", chain_of_thought, num_fewshot, seed)
     return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
 
