@@ -208,6 +208,25 @@ def test_cpu_tiny_mirage_is_cpu_tiny_with_the_previous_init_and_packed_copy_docu
     assert mirage.to_dict() == tiny.to_dict()
 
 
+def test_tracking_more_lengths_along_training_holds_out_no_new_items():
+    # cpu_tiny tracks every addition length at every checkpoint (400 items each): those items are
+    # the first 400 of the 1000 final ones, so the held-out set, hence the training mixture and
+    # the trained runs, are those of the design that tracked 2, 4 and 6 digits only.
+    from research.evaluation.task_corpus import held_out_prompts
+    every, some = configs.get_config("cpu_tiny"), configs.get_config("cpu_tiny")
+    some.eval.tasks = tuple(t for t in every.eval.tasks if not t.startswith(("addition_3", "addition_5")))
+    assert len(some.eval.tasks) < len(every.eval.tasks)
+
+    def held_out(config):
+        plan = emergence.plan_study(config)
+        return set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
+
+    assert held_out(every) == held_out(some)
+    fewer = configs.get_config("cpu_tiny")
+    fewer.eval.final_tasks = tuple(t for t in fewer.eval.final_tasks if not t.startswith("addition_3"))
+    assert held_out(fewer) != held_out(every)  # the check can tell a changed held-out set
+
+
 def test_cpu_tiny_padded_is_cpu_tiny_with_every_addition_task_padded():
     padded, tiny = configs.get_config("cpu_tiny_padded"), configs.get_config("cpu_tiny")
     plan = emergence.plan_study(padded)
