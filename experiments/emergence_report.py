@@ -133,7 +133,8 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
             f"I / RootMedianSquare of the steps between consecutive sizes (App. B; the formulas as restated "
             f"by secondary sources, the appendix's own text not checked). linearity / breakthroughness: the "
             f"same with each squared step floored at its bootstrap variance and at (1 / items)^2, shown only "
-            f"where the total improvement I exceeds {NOISE_Z:g} bootstrap standard errors "
+            f"where the curve's range exceeds what item noise gives a flat curve (the range of the "
+            f"bootstrap deviations, mean + {NOISE_Z:g} standard deviations) "
             f"(research/evaluation/emergence_metrics.py)."
             f"\n\n## Across sizes (end of training), values ordered by size\n\n```\n{shapes}\n```\n")
     if mirage:

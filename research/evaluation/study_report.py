@@ -169,8 +169,8 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
     same items, so the bootstrap is paired), and the largest rise between two consecutive
     checkpoints (`largest_step`, `at_step`) beside its noise (`largest_step_se`, the bootstrap
     standard error of that step), and `jump_ratio`, that step over the root-median-square step.
-    `jump` (a genuine transition): above item noise (|I| and the largest step each > NOISE_Z
-    standard errors) and jump_ratio > JUMP_RATIO (above training noise)."""
+    `jump` (a genuine transition): above item noise (the curve's range above its noise range,
+    and the largest step > NOISE_Z standard errors) and jump_ratio > JUMP_RATIO (above training noise)."""
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.emergence_metrics import curve_shape_with_noise
 
@@ -207,6 +207,6 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
                         "at_step": int(members[k + 1]["step"]), "largest_step_se": step_se,
                         "jump_ratio": jump_ratio, "jump": jump,
                         **{k2: shape[k2] for k2 in ("items", "total_improvement", "total_improvement_se",
-                                                    "above_noise", "linearity", "breakthroughness",
+                                                    "noise_range", "above_noise", "linearity", "breakthroughness",
                                                     "breakthroughness_interval")}})
     return out

@@ -54,6 +54,24 @@ def test_noise_rule_separates_a_tiny_jump_from_a_real_one():
     assert low < 0.5 < high and high - low < 0.05
 
 
+def test_noise_rule_sees_a_rise_that_falls_back_and_no_flat_noise():
+    # The minimum ties at both ends (0.001 at the 2nd model, 0.003 at the last), so I's sign can
+    # flip between resamples: in one run of the study (other items) the signed-I rule judged
+    # such a 0.965 rise noise. The range rule does not depend on the sign.
+    rise_fall = curve_shape_with_noise(SCALES, items([0.002, 0.001, 0.615, 0.966, 0.003], 1000))
+    assert rise_fall["above_noise"] and rise_fall["total_improvement"] == pytest.approx(0.965)
+    assert rise_fall["breakthroughness"] is not None
+    # Flat curves of independent noisy items, 16 checkpoints x 400 items at a rate of 0.01 (the
+    # sparse case where the signed-I rule raised false alarms): none is called above noise,
+    # while the same curves with a 0.05 rise at the last checkpoint are.
+    rng = np.random.default_rng(0)
+    flat = [(rng.random((16, 400)) < 0.01).astype(float) for _ in range(40)]
+    assert not any(curve_shape_with_noise(range(16), f, seed=i)["above_noise"] for i, f in enumerate(flat))
+    for f in flat:
+        f[-1, :20] = 1.0
+    assert all(curve_shape_with_noise(range(16), f, seed=i)["above_noise"] for i, f in enumerate(flat))
+
+
 def test_teacher_forced_p_is_per_token_and_ignores_later_positions():
     # Gold "543": the first token is wrong, the rest are the argmax given the gold prefix.
     out = M.teacher_forced(np.log([0.2, 0.9, 0.6]), np.array([False, True, True]))
