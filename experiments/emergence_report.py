@@ -122,7 +122,7 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
 def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
-    from research.evaluation.study_report import JUMP_RATIO
+    from research.evaluation.study_report import JUMP_RATIO, jump_verdicts
 
     shapes = format_table(_interval_text(summary, ["total_improvement", "linearity", "breakthroughness"]),
                           ["task", "num_shots", "metric", "values", "total_improvement", "above_noise", "linearity",
@@ -165,5 +165,11 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
                  "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
                  f"median-square rise; jump: above item noise and jump_ratio > {JUMP_RATIO:g}, above training "
                  f"noise, study_report.JUMP_RATIO):\n\n```\n{table}\n```\n")
+        verdicts = jump_verdicts(transition_shapes)
+        if verdicts:
+            table = format_table(verdicts, list(verdicts[0]))
+            text += ("\nWhere exact match jumps along training: \"mirage\" when per-digit (teacher-forced) "
+                     "accuracy does not jump, \"genuine\" when it jumps too (study_report.jump_verdicts):"
+                     f"\n\n```\n{table}\n```\n")
     finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
     return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"

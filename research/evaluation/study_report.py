@@ -210,3 +210,25 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
                                                     "noise_range", "above_noise", "linearity", "breakthroughness",
                                                     "breakthroughness_interval")}})
     return out
+
+
+def jump_verdicts(shapes: Sequence[dict[str, Any]], *, whole: str = "exact_match",
+                  per_token: str = "teacher_forced_accuracy") -> list[dict[str, Any]]:
+    """For every curve along training (a transition_shapes task, size and shot setting) whose
+    `whole`-answer metric jumps: "mirage" when its `per_token` metric does not jump (Schaeffer et
+    al. 2023: the all-or-nothing metric makes a steady per-token gain look sudden), "genuine"
+    when it jumps too (the per-token skill itself appears at once). Curves lacking either metric
+    are skipped."""
+    by_curve: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    for row in shapes:
+        by_curve.setdefault((row["task"], row["size"], row["num_shots"]), {})[row["metric"]] = row
+    out = []
+    for (task, size, shots), metrics in by_curve.items():
+        if whole not in metrics or per_token not in metrics or not metrics[whole]["jump"]:
+            continue
+        w, t = metrics[whole], metrics[per_token]
+        out.append({"task": task, "size": size, "num_shots": shots, "verdict": "genuine" if t["jump"] else "mirage",
+                    f"{whole}_jump_ratio": w["jump_ratio"], f"{per_token}_jump_ratio": t["jump_ratio"],
+                    f"{whole}_breakthroughness": w["breakthroughness"],
+                    f"{per_token}_breakthroughness": t["breakthroughness"], "at_step": w["at_step"]})
+    return out

@@ -12,7 +12,7 @@ from research.evaluation.fewshot import fewshot_context
 from research.evaluation.plots import plot_grid
 from research.evaluation.results_table import read_rows, write_rows
 from research.evaluation.emergence_metrics import curve_shape_with_noise
-from research.evaluation.study_report import curve_summary, transition_shapes
+from research.evaluation.study_report import curve_summary, jump_verdicts, transition_shapes
 from research.evaluation.task_catalog import catalog_task
 from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
                                              write_mixture)
@@ -103,6 +103,28 @@ def test_transition_shapes_find_a_jump_along_training_and_not_noise():
         row["items"]["exact_match"] *= 6  # 1200 items, the same rates
     (w,) = transition_shapes(wander, "copying", ("exact_match",))
     assert w["above_noise"] is not None and not w["jump"] and w["jump_ratio"] < 3
+
+
+def test_jump_verdicts_tell_the_mirage_from_a_genuine_transition():
+    # 400 items per checkpoint. "mirage": per-digit accuracy climbs 0.2 -> 0.9 in steady steps
+    # while exact match (all of 3 digits right) sits at 0 and jumps at the end. "genuine": both
+    # jump between the same two checkpoints. "flat": nothing jumps (no verdict).
+    def rows(size, exact, per_digit):
+        return [{"task": "add", "size": size, "params_non_embedding": len(size), "step": 100 * (i + 1),
+                 "items": {"exact_match": [1.0] * e + [0.0] * (400 - e),
+                           "teacher_forced_accuracy": [1.0] * t + [0.0] * (400 - t)}}
+                for i, (e, t) in enumerate(zip(exact, per_digit))]
+    data = (rows("mirage", [0, 0, 0, 0, 0, 0, 0, 280], [80, 120, 160, 200, 240, 280, 320, 360])
+            + rows("genuine", [0, 0, 0, 0, 0, 300, 300, 300], [80, 80, 80, 80, 80, 390, 390, 390])
+            + rows("flat", [0] * 8, [80] * 8))
+    shapes = transition_shapes(data, "add", ("exact_match", "teacher_forced_accuracy"))
+    verdicts = {v["size"]: v for v in jump_verdicts(shapes)}
+    assert set(verdicts) == {"mirage", "genuine"}
+    assert verdicts["mirage"]["verdict"] == "mirage" and verdicts["genuine"]["verdict"] == "genuine"
+    assert verdicts["mirage"]["teacher_forced_accuracy_jump_ratio"] == pytest.approx(1.0)
+    assert verdicts["genuine"]["at_step"] == 600
+    # Without the per-token metric there is nothing to compare: no verdict.
+    assert jump_verdicts([s for s in shapes if s["metric"] == "exact_match"]) == []
 
 
 def test_transition_shapes_keep_each_shot_setting_its_own_curve():
