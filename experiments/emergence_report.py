@@ -42,7 +42,8 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     transition = [row for task in transition_tasks
                   for row in transition_table(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
     shapes = [row for task in transition_tasks
-              for row in transition_shapes(along_with_items, task, ("exact_match", "teacher_forced_accuracy"))]
+              for row in transition_shapes(along_with_items, task,
+                                           ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob"))]
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
@@ -168,8 +169,9 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
         verdicts = jump_verdicts(transition_shapes)
         if verdicts:
             table = format_table(verdicts, list(verdicts[0]))
-            text += ("\nWhere exact match jumps along training: \"mirage\" when per-digit (teacher-forced) "
-                     "accuracy does not jump, \"genuine\" when it jumps too (study_report.jump_verdicts):"
+            text += ("\nWhere exact match jumps along training: \"genuine\" when the per-token (teacher-forced) "
+                     "accuracy and probability of the right token jump too, within one checkpoint of it; "
+                     "\"mirage\" otherwise (study_report.jump_verdicts):"
                      f"\n\n```\n{table}\n```\n")
     finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
     return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"

@@ -65,9 +65,15 @@ Measured 2026-12-03 on 2 cores (one seed per size, nothing beside each run):
   jump rule (jump ratio 36.2 and 131) and p does not (11.4 and 10.7); exact match tracks p^L
   (3 digits at step 3750: 0.565 against 0.573). The preset run fresh afterwards: 13:53 wall,
   1,416 s of CPU, nothing beside it, its report identical to that re-evaluation's. Its verdicts
-  along training (report.md, study_report.jump_verdicts): copying genuine for d32-l2, d48-l2
-  and scale-1e5 (p's jump ratio 159-245) and a mirage for d24-l2 (exact match 48.7, p 5.1);
-  2- and 3-digit addition along d32-l2 mirages.
+  along training (report.md, study_report.jump_verdicts, its report regenerated with the verdict
+  code): copying genuine for d32-l2, d48-l2 and scale-1e5 (per-token accuracy's jump ratio
+  159-245, probability's 116-276) and a mirage for d24-l2 (exact match 48.7, accuracy 5.1,
+  probability 6.4); 2- and 3-digit addition along d32-l2 mirages (accuracy 11.4 / 10.7,
+  probability 4.1 / 9.2).
+- The same preset with --config.train.seed=1 (16:57 wall, 1,437 s CPU; a 4-minute simulation
+  ran beside it): copying genuine for all four 2-layer sizes, and no size learned addition
+  (2-digit exact match <= 0.087), so no addition verdict: the addition mirage along training
+  is one seed's (0) and one size's (d32-l2).
 - Padded operands (cpu_tiny_padded: every operand written with 6 digits, zeros in the high
   places, Lee et al. 2023; 13:12 wall, 1,216 s CPU): every 2-layer size learned every length
   (final exact match >= 0.996 at 2 to 6 digits, 1000 items each; the 1-layer control <= 0.017,

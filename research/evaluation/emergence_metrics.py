@@ -47,12 +47,13 @@ same items):
     what item noise alone gives a flat curve: the range of the bootstrap deviations y*_i - y_i
     (the noise around each model's score, paired across models), mean + NOISE_Z standard
     deviations over the resamples (`noise_range`). The range of noise grows with the number of
-    models, so the rule accounts for picking the extremes; in simulated flat curves (5 models x
-    1000 items and 16 x 400, success rates 0.01, 0.3 and 0.9, 200 curves each) it raised no false alarm.
+    models, so the rule accounts for picking the extremes. Simulated flat curves (independent 0/1
+    items; 5 models x 1000 items and 16 x 400, success rates 0.01, 0.3 and 0.9) gave false
+    alarms at 0-0.6% per setting over 1000 curves each (2 models x 1000 items at 0.3: 0.6%).
     An earlier rule compared the signed I with its own bootstrap standard error. I's sign
     flips between resamples when two models tie for the minimum at both ends of a curve that
     rises and falls back ([0.002, 0.001, 0.615, 0.966, 0.003], 1000 items: a 0.965 rise judged
-    noise), and on sparse flat curves it raised false alarms (16 x 400 at rate 0.01: 3.5%);
+    noise), and on sparse flat curves it raised false alarms (16 x 400 at rate 0.01: 3.0-3.5%);
   - a floor on each squared step of L's and B's denominators: its bootstrap variance, and
     never below (1 / items)^2, the resolution of a score that is a mean over items. Steps far
     above their noise are unchanged, so real curves get the paper's values; a flat-then-tiny

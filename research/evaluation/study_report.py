@@ -205,6 +205,7 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
                         "metric": metric, "checkpoints": len(members), "first": shape["values"][0],
                         "last": shape["values"][-1], "largest_step": float(steps[k]),
                         "at_step": int(members[k + 1]["step"]), "largest_step_se": step_se,
+                        "step_spacing": float(np.median(np.diff([m["step"] for m in members]))),
                         "jump_ratio": jump_ratio, "jump": jump,
                         **{k2: shape[k2] for k2 in ("items", "total_improvement", "total_improvement_se",
                                                     "noise_range", "above_noise", "linearity", "breakthroughness",
@@ -213,22 +214,26 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
 
 
 def jump_verdicts(shapes: Sequence[dict[str, Any]], *, whole: str = "exact_match",
-                  per_token: str = "teacher_forced_accuracy") -> list[dict[str, Any]]:
+                  per_token: Sequence[str] = ("teacher_forced_accuracy", "teacher_forced_prob")) -> list[dict[str, Any]]:
     """For every curve along training (a transition_shapes task, size and shot setting) whose
-    `whole`-answer metric jumps: "mirage" when its `per_token` metric does not jump (Schaeffer et
-    al. 2023: the all-or-nothing metric makes a steady per-token gain look sudden), "genuine"
-    when it jumps too (the per-token skill itself appears at once). Curves lacking either metric
-    are skipped."""
+    `whole`-answer metric jumps: "genuine" when every `per_token` metric jumps too, within one
+    checkpoint of it (per-token accuracy is itself thresholded at the argmax, so the
+    probability of the right token must jump as well); "mirage" otherwise (Schaeffer et al.
+    2023: a steadier per-token gain that the all-or-nothing metric makes look sudden). Curves
+    lacking any of the metrics are skipped."""
     by_curve: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
     for row in shapes:
         by_curve.setdefault((row["task"], row["size"], row["num_shots"]), {})[row["metric"]] = row
     out = []
     for (task, size, shots), metrics in by_curve.items():
-        if whole not in metrics or per_token not in metrics or not metrics[whole]["jump"]:
+        if any(m not in metrics for m in (whole, *per_token)) or not metrics[whole]["jump"]:
             continue
-        w, t = metrics[whole], metrics[per_token]
-        out.append({"task": task, "size": size, "num_shots": shots, "verdict": "genuine" if t["jump"] else "mirage",
-                    f"{whole}_jump_ratio": w["jump_ratio"], f"{per_token}_jump_ratio": t["jump_ratio"],
-                    f"{whole}_breakthroughness": w["breakthroughness"],
-                    f"{per_token}_breakthroughness": t["breakthroughness"], "at_step": w["at_step"]})
+        w = metrics[whole]
+        together = [metrics[m]["jump"] and abs(metrics[m]["at_step"] - w["at_step"]) <= w["step_spacing"]
+                    for m in per_token]
+        row = {"task": task, "size": size, "num_shots": shots, "verdict": "genuine" if all(together) else "mirage",
+               "at_step": w["at_step"], f"{whole}_jump_ratio": w["jump_ratio"]}
+        for m in per_token:
+            row.update({f"{m}_jump_ratio": metrics[m]["jump_ratio"], f"{m}_at_step": metrics[m]["at_step"]})
+        out.append(row)
     return out

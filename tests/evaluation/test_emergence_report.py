@@ -106,25 +106,30 @@ def test_transition_shapes_find_a_jump_along_training_and_not_noise():
 
 
 def test_jump_verdicts_tell_the_mirage_from_a_genuine_transition():
-    # 400 items per checkpoint. "mirage": per-digit accuracy climbs 0.2 -> 0.9 in steady steps
-    # while exact match (all of 3 digits right) sits at 0 and jumps at the end. "genuine": both
-    # jump between the same two checkpoints. "flat": nothing jumps (no verdict).
-    def rows(size, exact, per_digit):
+    # 400 items per checkpoint, steps 100..800. "mirage": per-token accuracy and probability climb
+    # 0.2 -> 0.9 in steady steps while exact match (all 3 digits right) sits at 0 and jumps at
+    # the end. "genuine": all three jump between the same two checkpoints. "early": the
+    # per-token metrics jump at step 200, exact match only at step 800 (not the same event).
+    # "flat": nothing jumps (no verdict).
+    def rows(size, exact, per_token):
         return [{"task": "add", "size": size, "params_non_embedding": len(size), "step": 100 * (i + 1),
                  "items": {"exact_match": [1.0] * e + [0.0] * (400 - e),
-                           "teacher_forced_accuracy": [1.0] * t + [0.0] * (400 - t)}}
-                for i, (e, t) in enumerate(zip(exact, per_digit))]
+                           "teacher_forced_accuracy": [1.0] * t + [0.0] * (400 - t),
+                           "teacher_forced_prob": [0.9] * t + [0.1] * (400 - t)}}
+                for i, (e, t) in enumerate(zip(exact, per_token))]
     data = (rows("mirage", [0, 0, 0, 0, 0, 0, 0, 280], [80, 120, 160, 200, 240, 280, 320, 360])
             + rows("genuine", [0, 0, 0, 0, 0, 300, 300, 300], [80, 80, 80, 80, 80, 390, 390, 390])
+            + rows("early", [0, 0, 0, 0, 0, 0, 0, 300], [80, 390, 390, 390, 390, 390, 390, 390])
             + rows("flat", [0] * 8, [80] * 8))
-    shapes = transition_shapes(data, "add", ("exact_match", "teacher_forced_accuracy"))
+    metrics = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob")
+    shapes = transition_shapes(data, "add", metrics)
     verdicts = {v["size"]: v for v in jump_verdicts(shapes)}
-    assert set(verdicts) == {"mirage", "genuine"}
-    assert verdicts["mirage"]["verdict"] == "mirage" and verdicts["genuine"]["verdict"] == "genuine"
+    assert {k: v["verdict"] for k, v in verdicts.items()} == {"mirage": "mirage", "genuine": "genuine",
+                                                              "early": "mirage"}
     assert verdicts["mirage"]["teacher_forced_accuracy_jump_ratio"] == pytest.approx(1.0)
-    assert verdicts["genuine"]["at_step"] == 600
-    # Without the per-token metric there is nothing to compare: no verdict.
-    assert jump_verdicts([s for s in shapes if s["metric"] == "exact_match"]) == []
+    assert verdicts["genuine"]["at_step"] == 600 and verdicts["early"]["teacher_forced_prob_at_step"] == 200
+    # Without the per-token probability there is nothing to check the argmax accuracy against: no verdict.
+    assert jump_verdicts([s for s in shapes if s["metric"] != "teacher_forced_prob"]) == []
 
 
 def test_transition_shapes_keep_each_shot_setting_its_own_curve():
