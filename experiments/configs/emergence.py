@@ -224,11 +224,13 @@ def _base() -> ml_collections.ConfigDict:
         num_train=64,
         final_tasks=tuple(addition(k) for k in range(2, 7)), final_shots=(0,), final_num_test=1000,
         seed=0, batch_size=100, min_bucket=64, cot_description="Work it out step by step.\n"))
-    # For --dry_run's time estimate: the devices' peak FLOP/s and an assumed MFU (2 shared CPU
-    # cores: ~50 GFLOP/s float32 matmul peak measured by research.training.metrics.measure_peak_flops;
-    # MFU 17%: this ladder's 1.32e13 training FLOPs took 1510 s of training wall time summed over
-    # its sizes at load 9-16 (issue-9f note); a quiet machine should do better (not measured).
-    config.estimate = ml_collections.ConfigDict(dict(peak_flops=50e9, mfu=0.17))
+    # For --dry_run's time estimate: the devices' peak FLOP/s and an MFU. Measured on the
+    # 2026-12-03 machine (2 cores with AVX-512 and AMX): research.training.metrics.
+    # measure_peak_flops gave 2.38e11 and 2.60e11 float32 matmul FLOP/s; the cpu_tiny run's
+    # 1.32e13 training FLOPs took 1,224 s of training summed over its sizes, in two one-core
+    # worker processes, i.e. ~612 s of wall: 8.6% of 2.5e11. (An older machine: ~50e9 peak,
+    # 1,690 s summed, i.e. ~31%; the product, achieved FLOP/s, moved 1.4x between the two.)
+    config.estimate = ml_collections.ConfigDict(dict(peak_flops=2.5e11, mfu=0.086))
     config.report = ml_collections.ConfigDict(dict(
         metrics=("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
                  "token_edit_distance", "token_accuracy", "brier_score"),

@@ -195,6 +195,23 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
         configs.get_config("cpu_huge")
 
 
+def test_dry_run_estimate_counts_every_size_and_divides_by_peak_times_mfu():
+    from research.models import sizing
+    config = configs.get_config("cpu_tiny")
+    estimate = emergence.estimated_training(config)
+    assert list(estimate["flops"]) == list(config.sizes)
+    tokens = config.train.num_steps * config.train.batch_size * config.train.seq_len
+    for size, model in emergence.plan_study(config).sizes.items():
+        # Independent of sizing's per-token count: 6 FLOPs per parameter per token, plus attention.
+        six_n_d = 6 * sizing.param_counts(model).total * tokens
+        assert six_n_d < estimate["flops"][size] < 2 * six_n_d
+    assert estimate["seconds"] == pytest.approx(
+        sum(estimate["flops"].values()) / (config.estimate.peak_flops * config.estimate.mfu))
+    faster = config.copy_and_resolve_references()
+    faster.estimate.mfu *= 2
+    assert emergence.estimated_training(faster)["seconds"] == pytest.approx(estimate["seconds"] / 2)
+
+
 def test_cpu_tiny_mirage_is_cpu_tiny_with_the_previous_init_and_packed_copy_documents():
     mirage, tiny = configs.get_config("cpu_tiny_mirage"), configs.get_config("cpu_tiny")
     plan = emergence.plan_study(mirage)
