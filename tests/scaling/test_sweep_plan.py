@@ -140,7 +140,9 @@ def test_cli_dry_run_and_bad_preset():
         "error: sweep.budgets: C=1e+05 FLOPs is too small for any model at min_steps=80 x 1024 tokens (the smallest "
         "model needs 8.65e+08); raise the budget or add smaller models."]
     result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "30 runs" in result.stdout and "h at 20% MFU" in result.stdout
+    estimate = scaling_laws.get_config("cpu_tiny").estimate
+    assert result.returncode == 0 and "30 runs" in result.stdout
+    assert f"h at {estimate.mfu:.0%} MFU of {estimate.peak_flops:.3g} FLOP/s" in result.stdout
     command[3] = "--config=experiments/configs/scaling_laws.py:cpu_small"
     result = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
