@@ -79,7 +79,7 @@ Measured 2026-12-03 on 2 cores (one seed per size, nothing beside each run):
   (final exact match >= 0.996 at 2 to 6 digits, 1000 items each; the 1-layer control <= 0.017,
   p 0.18-0.30) and copying. Along training per-digit p jumps with exact match (e.g. d32-l2 at
   6 digits: p 0.19 / 0.38 / 0.83 / 0.97 and exact match 0 / 0 / 0.28 / 0.85 at steps 1000-1750;
-  the jump rule true for p at every length and 2-layer size): with one per-digit procedure,
+  the jump rule true for p at every tracked length, 2, 4 and 6, and every 2-layer size): with one per-digit procedure,
   learning it is itself the transition, so padding turns the mirage into a genuine transition.
   Smaller 2-layer widths under the same preset: d8-l2 (1 head) learned nothing (6-digit p 0.18),
   d12-l2 (1 head) reached p 0.64-0.86 with exact match ~0.1 at every length (errors on a subset
