@@ -28,7 +28,9 @@ and a "sweep" section:
   irreducible        on the synthetic corpus: the source's entropy rate and the bound
                      reachable with the sweep's windows (research/scaling/synthetic_bound.py)
                      beside the fitted E and its interval, all in nats per character
-The fit is redone only when its inputs (runs.csv, the fit settings) changed.
+The fit is redone only when its inputs (runs.csv, the fit settings, FIT_METHOD_VERSION) changed.
+Every fit sees one point per (N, D): runs repeated with another seed enter at their geometric
+mean loss (RunTable.merge_replicates); seed_noise is measured on them before they are merged.
 """
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ MIN_RUNS = 5  # Approach 3 has five parameters
 SIMULATED_DATASETS = 60  # simulated copies of the design per accounting (_simulated_at_design)
 ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
+# Part of the fit's input digest: bumped whenever the same runs would give another fit.json,
+# so a rerun never keeps a fit the present code would not write. 2: seeds merged (2026-12-03).
+FIT_METHOD_VERSION = 2
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
@@ -76,6 +81,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     with open(os.path.join(workdir, "runs.csv"), "rb") as f:
         digest.update(f.read())
     digest.update(json.dumps(fit_settings, sort_keys=True).encode())
+    digest.update(f"fit method {FIT_METHOD_VERSION}".encode())
     fit_path = os.path.join(workdir, "fit.json")
     previous = _read_previous_fit(fit_path)
     if previous is not None:
@@ -170,12 +176,13 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     that remain are those where noise favoured a smaller size."""
     table = _design_table(ok, accounting)
     try:
-        result = fit_envelope(table, between_sizes=True).as_dict()
-        result["argmin_a"] = fit_envelope(table).N_opt.exponent
+        result = fit_envelope(_design_points(table), between_sizes=True).as_dict()
+        result["argmin_a"] = fit_envelope(_design_points(table)).N_opt.exponent
     except RunTableError as error:
         return {"skipped": str(error)}
-    spread = noise_interval(table, lambda t: fit_envelope(t, between_sizes=True).N_opt.exponent, noise or 0.0,
-                            seed=seed)
+    # Noise is drawn per run, then the seeds of a point merged, as in the real fit.
+    spread = noise_interval(table, lambda t: fit_envelope(_design_points(t), between_sizes=True).N_opt.exponent,
+                            noise or 0.0, seed=seed)
     if spread:
         result["a_interval_80"], result["a_resamples"] = spread["interval"], spread["resamples"]
     return result
@@ -187,6 +194,11 @@ def _design_table(ok: Sequence[dict], accounting: str) -> RunTable:
     column = lambda name: np.array([r[name] for r in ok], float)
     return RunTable(column(n_column), column("D"), column("loss"), run=np.array([r["model"] for r in ok]),
                     budget=column("C"), flops=column(c_column))
+
+
+def _design_points(table: RunTable) -> RunTable:
+    """Seeds of one (N, D) as one point, as every fit sees them (RunTable.merge_replicates)."""
+    return table.merge_replicates()
 
 
 def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, noise: float | None,
@@ -201,8 +213,8 @@ def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, nois
     along = fitted.get("optimum_exact_flops")
     flops_per_token = PowerLaw(**along["flops_per_token"]) if along else None
     table = _design_table(ok, accounting)
-    estimators = {"approach1_final": lambda t: fit_envelope(t, between_sizes=True).N_opt.exponent,
-                  "approach2": lambda t: fit_isoflop(t).N_opt.exponent}
+    estimators = {"approach1_final": lambda t: fit_envelope(_design_points(t), between_sizes=True).N_opt.exponent,
+                  "approach2": lambda t: fit_isoflop(_design_points(t)).N_opt.exponent}
     result = simulate_estimator_bias(table, lambda t: law.loss(t.N, t.D), law.optimal_exponents(flops_per_token)[0],
                                      estimators, noise, datasets=SIMULATED_DATASETS, seed=seed)
     return {"law": "approach3", "noise": noise, **result}
@@ -212,10 +224,10 @@ def _approach2_spread(runs_csv: str, accounting: str, noise: float | None, seed:
     """What the seed noise alone does to Approach 2's exponent (research/scaling/noise_intervals.py)."""
     try:
         table = read_runs_csv(runs_csv, accounting)
-        fit_isoflop(table)
+        fit_isoflop(_design_points(table))
     except RunTableError:
         return None
-    return noise_interval(table, lambda t: fit_isoflop(t).N_opt.exponent, noise or 0.0, seed=seed)
+    return noise_interval(table, lambda t: fit_isoflop(_design_points(t)).N_opt.exponent, noise or 0.0, seed=seed)
 
 
 def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | None,
@@ -253,7 +265,7 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
 def _held_out(runs_csv: str, accounting: str, init_grid: str) -> dict:
     from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID
     try:
-        table = read_runs_csv(runs_csv, accounting)
+        table = _design_points(read_runs_csv(runs_csv, accounting))
         return predict_held_out_budget(table, grid=PAPER_GRID if init_grid == "paper" else COARSE_GRID).as_dict()
     except RunTableError as error:
         return {"skipped": str(error)}
@@ -264,7 +276,7 @@ def _leave_out(runs_csv: str, init_grid: str) -> dict:
     nominal accounting only (each refit costs a grid fit, ~3 s)."""
     from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID
     try:
-        return leave_out_fits(read_runs_csv(runs_csv, "nominal"), grid=PAPER_GRID if init_grid == "paper"
+        return leave_out_fits(_design_points(read_runs_csv(runs_csv, "nominal")), grid=PAPER_GRID if init_grid == "paper"
                               else COARSE_GRID)
     except RunTableError as error:
         return {"skipped": str(error)}

@@ -7,8 +7,10 @@ def summary(report: dict) -> str:
     """The fit's headline numbers as a few lines of text."""
     fit3, sweep = report["approach3"], report["sweep"]
     runs = sweep["runs"]
-    lines = [f"fit of {report['num_runs']} runs (N = {sweep['param_count']} parameters); {len(runs['failed'])} failed "
-             f"and {len(runs['plateau'])} early-plateau run(s) left out"]
+    points = report.get("design_points", report["num_runs"])
+    merged = f" at {points} design points (seeds of one N and D merged)" if points != report["num_runs"] else ""
+    lines = [f"fit of {report['num_runs']} runs{merged} (N = {sweep['param_count']} parameters); "
+             f"{len(runs['failed'])} failed and {len(runs['plateau'])} early-plateau run(s) left out"]
     for failed in runs["failed"]:
         lines.append(f"  failed: {failed['run']}: {failed['error']}")
     for flat in runs["plateau"]:

@@ -3,7 +3,10 @@
 One call behind `python -m experiments.scaling_laws.fit` (and any study that ends with a
 run table): Approach 3 with bootstrap intervals, Approaches 1 and 2 where the table's
 layout allows them (otherwise fit.json says why), Kaplan's L(N), L(D), L(C), and
-predictions at a compute budget. Units as in research/scaling/laws.py.
+predictions at a compute budget. Units as in research/scaling/laws.py. Runs repeated with
+another seed are fitted as one design point at their geometric mean loss
+(RunTable.merge_replicates): fit.json's num_runs counts the table's rows, design_points the
+points every fit saw.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     if bootstrap_samples < 0 or not 0 < confidence < 1:
         raise RunTableError(f"--bootstrap={bootstrap_samples} must be >= 0 and --confidence={confidence} "
                                     "in (0, 1).")
-    table = read_runs_csv(runs_csv, accounting)
+    runs = read_runs_csv(runs_csv, accounting)
+    table = runs.merge_replicates()  # seeds of one (N, D) are one design point (run_table.py)
     table.require(5, "Approach 3 (5 parameters)")
     os.makedirs(output_dir, exist_ok=True)
     grid = PAPER_GRID if init_grid == "paper" else COARSE_GRID
@@ -53,8 +57,8 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     flops_per_token = None if accounting == "nominal" else PowerLaw.fit(table.N, table.flops_per_token)
 
     report = {
-        "runs_csv": os.path.abspath(runs_csv), "num_runs": len(table), "accounting": accounting,
-        "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
+        "runs_csv": os.path.abspath(runs_csv), "num_runs": len(runs), "design_points": len(table),
+        "accounting": accounting, "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
         "approach3": {**approach3.as_dict(), **_optimum_exponents(approach3, flops_per_token)},
         "approach1": _describe(approach1), "approach2": _describe(approach2),
         "kaplan": {k: _describe(v) for k, v in kaplan.items()},

@@ -6,6 +6,11 @@ the rows of one training curve, for Approach 1), `C` (the run's nominal FLOP bud
 group IsoFLOP profiles exactly; otherwise C = 6 N D). Failed rows, and rows whose loss is
 NaN or infinite (a diverged run), are reported and left out of every fit, never counted as 0.
 
+Replicates (rows with the same N, D, budget and FLOPs: runs that differ only in their seed)
+enter the fits as one design point (`RunTable.merge_replicates`), so a budget measured twice
+for run-to-run noise does not weigh twice in the fit, nor count as twice the evidence in its
+bootstrap.
+
 Compute accounting (`read_runs_csv(..., accounting=...)`):
   "nominal"  N is the `N` column (a sweep writes non-embedding N there) and C = 6 N D, the
              convention of Kaplan et al. 2020;
@@ -89,6 +94,28 @@ class RunTable:
         take = lambda v: None if v is None else v[rows]
         return RunTable(self.N[rows], self.D[rows], self.loss[rows], run=take(self.run), budget=take(self.budget),
                         flops=take(self.flops))
+
+    def merge_replicates(self) -> "RunTable":
+        """One row per design point: rows with equal N, D, budget and FLOPs become one, at the
+        geometric mean of their losses (the mean log loss, the scale the fits work in) and with
+        the first row's run id; rows keep the order of their first appearance.
+
+        Why: seeds of one (N, D) measure the same point. Fitted as separate rows they weigh
+        that point k times, and a bootstrap that resamples them as independent runs treats the
+        design as larger than it is. In the cpu_tiny sweep the smallest budget's 6 sizes were
+        run twice, 12 of 30 rows: the budget farthest from the asymptote pulled Approach 3's E
+        up (issue-9 note)."""
+        columns = [self.N, self.D] + [v for v in (self.budget, self.flops) if v is not None]
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(*(c.tolist() for c in columns))):
+            groups.setdefault(key, []).append(i)
+        if len(groups) == len(self):
+            return self
+        first = np.array([rows[0] for rows in groups.values()])
+        loss = np.array([np.exp(np.mean(np.log(self.loss[rows]))) for rows in groups.values()])
+        take = lambda v: None if v is None else v[first]
+        return RunTable(self.N[first], self.D[first], loss, run=take(self.run), budget=take(self.budget),
+                        flops=take(self.flops), excluded=self.excluded)
 
     @classmethod
     def from_arrays(cls, N, D, loss, **kwargs) -> "RunTable":

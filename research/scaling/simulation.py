@@ -6,7 +6,9 @@ All datasets share the design (N, D) and differ only in their losses, so every f
 bootstrap resample of every dataset is one problem of a single batched L-BFGS solve whose
 log losses are per problem: 50 datasets x 200 resamples cost one compilation.
 The fit per dataset is Approach 3's (chinchilla_fit): the best of a grid of starts, then
-bootstrap resamples of the runs restarted from that optimum.
+bootstrap resamples of the runs restarted from that optimum. Runs sharing an (N, D), seeds of
+one point, are drawn with their own noise and then merged as the study merges them
+(RunTable.merge_replicates): one point at their mean log loss.
 """
 from __future__ import annotations
 
@@ -56,11 +58,15 @@ def simulate_interval_coverage(law: ChinchillaLaw, N, D, *, rel_noise: float, nu
                                seed: int = 0, max_evaluations: int = 3000) -> CoverageStudy:
     """Fit `num_datasets` noisy draws of `law` at runs (N, D) and bootstrap each (module docstring)."""
     N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
-    S, R = num_datasets, N.size
+    S = num_datasets
     rng = np.random.default_rng(seed)
-    loss_SR = law.loss(N, D)[None] * np.exp(rng.normal(0.0, rel_noise, (S, R)))
-    log_X_JR = np.log([N, D])
-    log_loss_SR = np.log(loss_SR)
+    log_loss_SU = np.log(law.loss(N, D))[None] + rng.normal(0.0, rel_noise, (S, N.size))  # U: the runs
+    # Runs at one (N, D) (seeds) are one design point at their mean log loss, as the study fits them.
+    points_RJ, point_of_U = np.unique(np.stack([N, D], axis=1), axis=0, return_inverse=True)
+    member_UR = np.eye(len(points_RJ))[point_of_U.reshape(-1)]
+    log_loss_SR = (log_loss_SU @ member_UR) / member_UR.sum(axis=0)
+    R = len(points_RJ)
+    log_X_JR = np.log(points_RJ.T)
 
     starts_IK = grid.points()
     I = len(starts_IK)

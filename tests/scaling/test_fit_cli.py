@@ -8,9 +8,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from research.scaling import RunTableError
+from research.scaling import RunTable, RunTableError, isoflop_runs
+from research.scaling.chinchilla_fit import COARSE_GRID, fit_chinchilla_law
 from research.scaling.report import fit_run_table
 
 from tests.scaling.synthetic import TRUE_LAW, chinchilla_like_runs
@@ -78,3 +80,40 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: pass --predict_N and --predict_D together")
     assert not (tmp_path / "out").exists()
+
+
+def test_seeds_of_one_point_are_fitted_as_that_point(tmp_path):
+    """A budget repeated with a second seed enters every fit once, at the geometric mean of its
+    seeds: the fit equals that of the table holding the means, and differs from the one that
+    counts the seeds as two runs each (which weighs the repeated budget twice)."""
+    C, N, D = isoflop_runs(np.geomspace(6e18, 3e21, 5), 6, 4e7, 1.6e10)
+    loss = TRUE_LAW.sample(N, D, rel_noise=0.01, seed=3)
+    repeated = C == C.min()
+    shift = np.exp(np.random.default_rng(4).normal(0.0, 0.01, repeated.sum()))
+    seed0, seed1 = loss[repeated] * shift, loss[repeated] / shift * 1.01  # their geometric mean: loss * 1.005
+
+    def write(name, rows):
+        path = tmp_path / name
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["N", "D", "loss", "C"])
+            writer.writerows(rows)
+        return str(path)
+
+    points = list(zip(N, D, np.where(repeated, loss * np.sqrt(1.01), loss), C))
+    seeds = [r for r, rep in zip(zip(N, D, loss, C), repeated) if not rep]
+    seeds += list(zip(N[repeated], D[repeated], seed0, C[repeated])) + list(zip(N[repeated], D[repeated], seed1,
+                                                                               C[repeated]))
+    fits = {name: fit_run_table(write(f"{name}.csv", rows), str(tmp_path / name), bootstrap_samples=0,
+                                init_grid="coarse")
+            for name, rows in (("points", points), ("seeds", seeds))}
+    assert fits["seeds"]["num_runs"] == len(N) + repeated.sum() and fits["seeds"]["design_points"] == len(N)
+    for key in ("E", "alpha", "beta", "a"):  # equal to the solver's tolerance (the rows come in another order)
+        assert fits["seeds"]["approach3"][key] == pytest.approx(fits["points"]["approach3"][key], rel=1e-6)
+    assert fits["seeds"]["approach2"]["a"] == pytest.approx(fits["points"]["approach2"]["a"], rel=1e-6)
+    # Counted as two runs each, the repeated budget pulls the fit elsewhere.
+    first_seed = loss.copy()
+    first_seed[repeated] = seed0
+    doubled = RunTable(np.concatenate([N, N[repeated]]), np.concatenate([D, D[repeated]]),
+                       np.concatenate([first_seed, seed1]))
+    assert abs(fit_chinchilla_law(doubled, grid=COARSE_GRID).law.E - fits["points"]["approach3"]["E"]) > 1e-4

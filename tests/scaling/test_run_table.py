@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from research.scaling import RunTable, RunTableError, read_runs_csv
+from research.scaling.run_table import ExcludedRow
 
 
 def write(tmp_path, text: str) -> str:
@@ -62,3 +63,23 @@ def test_in_memory_tables():
         RunTable(np.array([-1.0]), np.array([1e9]), np.array([3.0]))
     with pytest.raises(RunTableError, match="needs at least 5 finished runs, the table has 2"):
         table.require(5, "Approach 3")
+
+
+def test_seeds_of_one_design_point_merge_into_one_row():
+    """Rows with equal N, D, budget and FLOPs become one at the geometric mean loss, with the first
+    row's run id, in order of first appearance; a different D or budget is another point."""
+    table = RunTable(np.array([1e8, 2e8, 1e8, 1e8, 2e8]), np.array([1e9, 1e9, 1e9, 2e9, 1e9]),
+                     np.array([3.0, 2.9, 3.3, 2.8, 2.7]), run=np.array(["a", "b", "a-seed1", "c", "b-seed1"]),
+                     budget=np.array([6e17, 1.2e18, 6e17, 1.2e18, 1.2e18]),
+                     excluded=(ExcludedRow(7, "status='failed'"),))
+    merged = table.merge_replicates()
+    np.testing.assert_array_equal(merged.N, [1e8, 2e8, 1e8])
+    np.testing.assert_array_equal(merged.D, [1e9, 1e9, 2e9])
+    np.testing.assert_allclose(merged.loss, [np.sqrt(3.0 * 3.3), np.sqrt(2.9 * 2.7), 2.8], rtol=1e-15)
+    assert merged.run.tolist() == ["a", "b", "c"] and merged.budget.tolist() == [6e17, 1.2e18, 1.2e18]
+    assert merged.excluded == table.excluded
+    other_budget = RunTable(np.array([1e8, 1e8]), np.array([1e9, 1e9]), np.array([3.0, 3.1]),
+                            budget=np.array([6e17, 1e18]))
+    assert len(other_budget.merge_replicates()) == 2
+    single = RunTable(np.array([1e8, 2e8]), np.array([1e9, 1e9]), np.array([3.0, 2.9]))
+    assert single.merge_replicates() is single

@@ -1,6 +1,7 @@
 """The cpu_tiny study's fit, tested at its own design: 50 datasets drawn from a known law at the
-sweep's planned (N, D) runs, with run-to-run noise; the 80% bootstrap intervals of E, alpha
-and beta must hold the truth in >= 70% of them.
+sweep's planned (N, D) runs, with run-to-run noise (each seed its own draw, the seeds of a point
+then merged as the study fits them); the 80% bootstrap intervals of E, alpha and beta must hold
+the truth in >= 70% of them.
 
 Resamples: 100 per dataset here against the study's 4,000, to keep the test near 20 s. The
 coverage claim is still tested honestly: each interval is the 10th-90th percentile of 100
