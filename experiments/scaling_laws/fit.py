@@ -2,7 +2,9 @@
 
 The CSV needs columns N (parameters), D (tokens), loss (nats/token); optional `status`
 (rows != "ok" are left out and reported), `run` (training-curve id, for Approach 1) and
-`C` (nominal FLOP budget, to group IsoFLOP profiles). Writes DIR/fit.json with
+`C` (nominal FLOP budget, to group IsoFLOP profiles) and `seed` (rows at one N, D and C with
+different seeds are one design point, fitted at their geometric mean loss; without the
+column no rows are merged). Writes DIR/fit.json with
   approach3: E, A, B, alpha, beta, a, b, G and bootstrap intervals (Hoffmann et al. 2022);
   approach1 / approach2: N_opt ∝ C^a, D_opt ∝ C^b (or why the table does not allow them);
   kaplan: L(N), L(D), L(C) = E + (X_c/X)^alpha;

@@ -6,7 +6,7 @@ research.scaling.report under nominal accounting (N non-embedding, C = 6 N D) an
 "exact", the same fits with total N and sizing's exact FLOPs (plots in workdir/exact/),
 and a "sweep" section:
   runs               finished / failed / plateau counts and each left-out run's reason
-  approach1_final    Approach 1 over each model's final losses (one point per run, each the
+  approach1_final    Approach 1 over each model's final losses (one point per (N, D), each the
                      end of a schedule that spans exactly that run's D; never a loss read
                      from the middle of an unannealed cosine), both accountings
   n_opt_exponents    a of N_opt ∝ C^a from Approaches 1, 2 and 3 side by side, both
@@ -170,14 +170,16 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     copies of the losses, each multiplied by exp(normal(0, noise)) (research/scaling/noise_intervals.py):
     how far run-to-run noise alone moves Approach 1's exponent. Its N_opt is the best of a few discrete
     sizes at each compute, so one run's noise can move a whole rung. At the cpu_tiny design
-    (_simulated_at_design: the sweep's fitted law, its 0.55% seed noise, 60 copies) a's median sat
-    0.115 below the law's (nominal accounting; 0.147 exact), 10th-90th 0.34-0.56: between budgets
-    only some sizes' runs reach, and where the optimum leaves the top of them the bracketed points
-    that remain are those where noise favoured a smaller size."""
+    (_simulated_at_design: the sweep's fitted law, its 0.54% seed noise, 60 copies, seeds merged)
+    a's median sat 0.011 below the law's (nominal accounting; 0.036 exact), 10th-90th 0.34-0.49
+    (2026-12-03, README's run). Before seeds were merged, with that day's earlier law, it sat 0.115
+    below: between budgets only some sizes' runs reach, and where the optimum leaves the top of
+    them the bracketed points that remain are those where noise favoured a smaller size."""
     table = _design_table(ok, accounting)
     try:
-        result = fit_envelope(_design_points(table), between_sizes=True).as_dict()
-        result["argmin_a"] = fit_envelope(_design_points(table)).N_opt.exponent
+        points = _design_points(table)
+        result = fit_envelope(points, between_sizes=True).as_dict()
+        result["argmin_a"] = fit_envelope(points).N_opt.exponent
     except RunTableError as error:
         return {"skipped": str(error)}
     # Noise is drawn per run, then the seeds of a point merged, as in the real fit.
@@ -193,7 +195,7 @@ def _design_table(ok: Sequence[dict], accounting: str) -> RunTable:
     n_column, c_column = ACCOUNTING_COLUMNS[accounting]
     column = lambda name: np.array([r[name] for r in ok], float)
     return RunTable(column(n_column), column("D"), column("loss"), run=np.array([r["model"] for r in ok]),
-                    budget=column("C"), flops=column(c_column))
+                    budget=column("C"), flops=column(c_column), seed=np.array([str(r["seed"]) for r in ok]))
 
 
 def _design_points(table: RunTable) -> RunTable:
@@ -265,7 +267,7 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
 def _held_out(runs_csv: str, accounting: str, init_grid: str) -> dict:
     from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID
     try:
-        table = _design_points(read_runs_csv(runs_csv, accounting))
+        table = read_runs_csv(runs_csv, accounting)
         return predict_held_out_budget(table, grid=PAPER_GRID if init_grid == "paper" else COARSE_GRID).as_dict()
     except RunTableError as error:
         return {"skipped": str(error)}
@@ -276,7 +278,7 @@ def _leave_out(runs_csv: str, init_grid: str) -> dict:
     nominal accounting only (each refit costs a grid fit, ~3 s)."""
     from research.scaling.chinchilla_fit import COARSE_GRID, PAPER_GRID
     try:
-        return leave_out_fits(_design_points(read_runs_csv(runs_csv, "nominal")), grid=PAPER_GRID if init_grid == "paper"
+        return leave_out_fits(read_runs_csv(runs_csv, "nominal"), grid=PAPER_GRID if init_grid == "paper"
                               else COARSE_GRID)
     except RunTableError as error:
         return {"skipped": str(error)}

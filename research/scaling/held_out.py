@@ -8,7 +8,10 @@ the best loss observed at the held-out budget:
                 where the truth is known;
   optimum       min over N of L_hat(N, C / (FLOPs per token at N)) along the held-out
                 budget: what a planner who trusted the law would expect to reach there.
-Relative errors are (predicted - observed) / observed.
+Relative errors are (predicted - observed) / observed. The fit sees the seeds of one (N, D)
+as one point (RunTable.merge_replicates), as the full fit does; num_fit_runs and num_held_out
+count runs, and the observed best loss is the best run's (the minimum over seeds, as the
+sweep's loss_by_budget reads it).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def predict_held_out_budget(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> 
                             f"{len(groups)}.")
     held = groups[-1]
     fit_rows = np.concatenate(groups[:-1])
-    law = fit_chinchilla_law(table.select(fit_rows), grid=grid).law
+    law = fit_chinchilla_law(table.select(fit_rows).merge_replicates(), grid=grid).law  # seeds: one point
     best = held[np.argmin(table.loss[held])]
     compute = float(np.exp(np.mean(np.log(table.compute[held]))))
     # FLOPs per token as a line in log N through the held-out runs (exactly 6 N when nominal).

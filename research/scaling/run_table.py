@@ -6,10 +6,12 @@ the rows of one training curve, for Approach 1), `C` (the run's nominal FLOP bud
 group IsoFLOP profiles exactly; otherwise C = 6 N D). Failed rows, and rows whose loss is
 NaN or infinite (a diverged run), are reported and left out of every fit, never counted as 0.
 
-Replicates (rows with the same N, D, budget and FLOPs: runs that differ only in their seed)
-enter the fits as one design point (`RunTable.merge_replicates`), so a budget measured twice
-for run-to-run noise does not weigh twice in the fit, nor count as twice the evidence in its
-bootstrap.
+Optional `seed` (a sweep's runs.csv has it): rows with the same N, D, budget and FLOPs whose
+seeds differ are replicates of one design point, and enter the fits as one
+(`RunTable.merge_replicates`), so a budget measured twice for run-to-run noise does not weigh
+twice in the fit, nor count as twice the evidence in its bootstrap. Without a seed column
+nothing is merged: rows at one (N, D) may be different runs (learning rates, or checkpoints
+of several curves).
 
 Compute accounting (`read_runs_csv(..., accounting=...)`):
   "nominal"  N is the `N` column (a sweep writes non-embedding N there) and C = 6 N D, the
@@ -55,6 +57,7 @@ class RunTable:
     run: np.ndarray | None = None  # R strings: training-curve id, or None when each row is a run
     budget: np.ndarray | None = None  # R nominal FLOP budgets, or None to use 6 N D
     flops: np.ndarray | None = None  # R training FLOPs per run (exact accounting), or None for 6 N D
+    seed: np.ndarray | None = None  # R training seeds (strings), or None: rows are never merged
     excluded: tuple[ExcludedRow, ...] = ()
 
     def __post_init__(self):
@@ -93,29 +96,35 @@ class RunTable:
         """The runs at `rows` (indices or a boolean mask), with their run ids, budgets and FLOPs."""
         take = lambda v: None if v is None else v[rows]
         return RunTable(self.N[rows], self.D[rows], self.loss[rows], run=take(self.run), budget=take(self.budget),
-                        flops=take(self.flops))
+                        flops=take(self.flops), seed=take(self.seed))
 
     def merge_replicates(self) -> "RunTable":
-        """One row per design point: rows with equal N, D, budget and FLOPs become one, at the
-        geometric mean of their losses (the mean log loss, the scale the fits work in) and with
-        the first row's run id; rows keep the order of their first appearance.
+        """One row per design point: rows with equal N, D, budget and FLOPs and distinct seeds
+        become one, at the geometric mean of their losses (the mean log loss, the scale the fits
+        work in) and with the first row's run id and seed; rows keep the order of their first
+        appearance. A table without seeds, or a group in which a seed repeats (so its rows are
+        not replicates), is left as it is.
 
         Why: seeds of one (N, D) measure the same point. Fitted as separate rows they weigh
         that point k times, and a bootstrap that resamples them as independent runs treats the
         design as larger than it is. In the cpu_tiny sweep the smallest budget's 6 sizes were
         run twice, 12 of 30 rows: the budget farthest from the asymptote pulled Approach 3's E
         up (issue-9 note)."""
+        if self.seed is None:
+            return self
         columns = [self.N, self.D] + [v for v in (self.budget, self.flops) if v is not None]
         groups: dict[tuple, list[int]] = {}
         for i, key in enumerate(zip(*(c.tolist() for c in columns))):
             groups.setdefault(key, []).append(i)
-        if len(groups) == len(self):
+        points = [rows for group in groups.values()
+                  for rows in ([group] if len(set(self.seed[group].tolist())) == len(group) else [[i] for i in group])]
+        if len(points) == len(self):
             return self
-        first = np.array([rows[0] for rows in groups.values()])
-        loss = np.array([np.exp(np.mean(np.log(self.loss[rows]))) for rows in groups.values()])
+        first = np.array([rows[0] for rows in points])
+        loss = np.array([np.exp(np.mean(np.log(self.loss[rows]))) for rows in points])
         take = lambda v: None if v is None else v[first]
         return RunTable(self.N[first], self.D[first], loss, run=take(self.run), budget=take(self.budget),
-                        flops=take(self.flops), excluded=self.excluded)
+                        flops=take(self.flops), seed=take(self.seed), excluded=self.excluded)
 
     @classmethod
     def from_arrays(cls, N, D, loss, **kwargs) -> "RunTable":
@@ -162,18 +171,19 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
             if not (math.isfinite(v) and v > 0):
                 raise RunTableError(f"{path}:{line}: {c}={row[c]!r} must be a positive number; "
                                     "fix it or mark the row failed (status != ok).")
-        kept.append((values, (row.get("run") or "").strip()))
+        kept.append((values, (row.get("run") or "").strip(), (row.get("seed") or "").strip()))
     if not kept:
         raise RunTableError(f"{path}: no finished runs ({len(excluded)} row(s) failed or diverged); "
                             "a fit needs rows with status ok and a finite loss.")
-    column = lambda c: np.array([v[c] for v, _ in kept], np.float64)
-    has_budget = "C" in columns and all("C" in v for v, _ in kept)
-    has_run = "run" in columns and all(r for _, r in kept)
+    column = lambda c: np.array([v[c] for v, _, _ in kept], np.float64)
+    has_budget = "C" in columns and all("C" in v for v, _, _ in kept)
+    has_run = "run" in columns and all(r for _, r, _ in kept)
+    seeds = [s for _, _, s in kept]
     exact = accounting == "exact"
     return RunTable(column("N_total" if exact else "N"), column("D"), column("loss"),
-                    run=np.array([r for _, r in kept]) if has_run else None,
+                    run=np.array([r for _, r, _ in kept]) if has_run else None,
                     budget=column("C") if has_budget else None, flops=column("C_exact") if exact else None,
-                    excluded=tuple(excluded))
+                    seed=np.array(seeds) if "seed" in columns and all(seeds) else None, excluded=tuple(excluded))
 
 
 def _number(path: str, line: int, column: str, text: str | None) -> float:

@@ -96,14 +96,14 @@ def test_seeds_of_one_point_are_fitted_as_that_point(tmp_path):
         path = tmp_path / name
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["N", "D", "loss", "C"])
+            writer.writerow(["N", "D", "loss", "C", "seed"])
             writer.writerows(rows)
         return str(path)
 
-    points = list(zip(N, D, np.where(repeated, loss * np.sqrt(1.01), loss), C))
-    seeds = [r for r, rep in zip(zip(N, D, loss, C), repeated) if not rep]
-    seeds += list(zip(N[repeated], D[repeated], seed0, C[repeated])) + list(zip(N[repeated], D[repeated], seed1,
-                                                                               C[repeated]))
+    points = list(zip(N, D, np.where(repeated, loss * np.sqrt(1.01), loss), C, [0] * len(N)))
+    seeds = [(*r, 0) for r, rep in zip(zip(N, D, loss, C), repeated) if not rep]
+    seeds += [(*r, 0) for r in zip(N[repeated], D[repeated], seed0, C[repeated])]
+    seeds += [(*r, 1) for r in zip(N[repeated], D[repeated], seed1, C[repeated])]
     fits = {name: fit_run_table(write(f"{name}.csv", rows), str(tmp_path / name), bootstrap_samples=0,
                                 init_grid="coarse")
             for name, rows in (("points", points), ("seeds", seeds))}

@@ -80,8 +80,17 @@ def test_the_sweep_reports_each_approachs_interval_under_its_seed_noise(tmp_path
                              budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
     config.fit.update(dict(plateau_rule=False, bootstrap=200))
     out = io.StringIO()
-    fit = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}, seed_factor={1: 1.01}), out=out).fit
+    result = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}, seed_factor={1: 1.01}), out=out)
+    fit = result.fit
     assert fit["sweep"]["seed_noise"]["relative_std"] == pytest.approx(np.log(1.01) / np.sqrt(2), rel=1e-6)
+    # The seed-1 runs repeat (N, D) points of seed 0: every fit sees each pair as one point, while
+    # the held-out and leave-out counts stay counts of runs.
+    repeats = sum(r["seed"] == 1 for r in result.records)
+    assert repeats >= 3 and fit["num_runs"] == len(result.records)
+    assert fit["design_points"] == fit["num_runs"] - repeats
+    assert f"fit of {fit['num_runs']} runs at {fit['design_points']} design points" in out.getvalue()
+    held = fit["sweep"]["held_out"]["nominal"]
+    assert held["num_fit_runs"] + held["num_held_out"] == fit["num_runs"]
     for accounting in ("nominal", "exact"):
         exponents = fit["sweep"]["n_opt_exponents"][accounting]
         intervals = exponents["intervals_80"]
@@ -124,11 +133,13 @@ def test_simulation_at_a_design_finds_a_bias_that_noiseless_data_hides(isoflop_t
     runs = plan_sweep(scaling_laws.get_config("cpu_tiny")).runs
     N, D = np.array([r.N for r in runs], float), np.array([r.tokens for r in runs], float)
     design = RunTable(N, D, law.loss(N, D), run=np.array([r.model.name for r in runs]),
-                      budget=np.array([r.budget for r in runs], float), flops=6 * N * D)
+                      budget=np.array([r.budget for r in runs], float), flops=6 * N * D,
+                      seed=np.array([str(r.seed) for r in runs]))
+    assert len(design.merge_replicates()) < len(design)  # the repeated budget's seeds, merged as the sweep does
     result = simulate_estimator_bias(
         design, lambda t: law.loss(t.N, t.D), law.a,
-        {"approach1_final": lambda t: fit_envelope(t, between_sizes=True).N_opt.exponent,
-         "approach2": approach2_exponent}, 0.0055, datasets=40, seed=0)
+        {"approach1_final": lambda t: fit_envelope(t.merge_replicates(), between_sizes=True).N_opt.exponent,
+         "approach2": lambda t: approach2_exponent(t.merge_replicates())}, 0.0055, datasets=40, seed=0)
     one, two = result["estimators"]["approach1_final"], result["estimators"]["approach2"]
     gap = result["gaps"]["approach1_final-approach2"]
     assert gap["median"] < -0.05 and gap["p10"] < gap["median"] < gap["p90"]  # 1 reads below 2 on the same copies

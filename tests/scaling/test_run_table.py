@@ -66,11 +66,12 @@ def test_in_memory_tables():
 
 
 def test_seeds_of_one_design_point_merge_into_one_row():
-    """Rows with equal N, D, budget and FLOPs become one at the geometric mean loss, with the first
-    row's run id, in order of first appearance; a different D or budget is another point."""
+    """Rows with equal N, D, budget and FLOPs and distinct seeds become one at the geometric mean
+    loss, with the first row's run id, in order of first appearance; a different D or budget is
+    another point; without seeds, or with a seed repeated, rows are not replicates."""
     table = RunTable(np.array([1e8, 2e8, 1e8, 1e8, 2e8]), np.array([1e9, 1e9, 1e9, 2e9, 1e9]),
                      np.array([3.0, 2.9, 3.3, 2.8, 2.7]), run=np.array(["a", "b", "a-seed1", "c", "b-seed1"]),
-                     budget=np.array([6e17, 1.2e18, 6e17, 1.2e18, 1.2e18]),
+                     budget=np.array([6e17, 1.2e18, 6e17, 1.2e18, 1.2e18]), seed=np.array(["0", "0", "1", "0", "1"]),
                      excluded=(ExcludedRow(7, "status='failed'"),))
     merged = table.merge_replicates()
     np.testing.assert_array_equal(merged.N, [1e8, 2e8, 1e8])
@@ -78,8 +79,15 @@ def test_seeds_of_one_design_point_merge_into_one_row():
     np.testing.assert_allclose(merged.loss, [np.sqrt(3.0 * 3.3), np.sqrt(2.9 * 2.7), 2.8], rtol=1e-15)
     assert merged.run.tolist() == ["a", "b", "c"] and merged.budget.tolist() == [6e17, 1.2e18, 1.2e18]
     assert merged.excluded == table.excluded
-    other_budget = RunTable(np.array([1e8, 1e8]), np.array([1e9, 1e9]), np.array([3.0, 3.1]),
-                            budget=np.array([6e17, 1e18]))
-    assert len(other_budget.merge_replicates()) == 2
-    single = RunTable(np.array([1e8, 2e8]), np.array([1e9, 1e9]), np.array([3.0, 2.9]))
-    assert single.merge_replicates() is single
+    assert merged.seed.tolist() == ["0", "0", "0"]
+    pair = dict(N=np.array([1e8, 1e8]), D=np.array([1e9, 1e9]), loss=np.array([3.0, 3.1]))
+    assert len(RunTable(**pair, budget=np.array([6e17, 1e18]), seed=np.array(["0", "1"])).merge_replicates()) == 2
+    for seed in (None, np.array(["0", "0"])):  # two curves' checkpoints, or two learning rates: not seeds
+        unmerged = RunTable(**pair, seed=seed)
+        assert unmerged.merge_replicates() is unmerged
+
+
+def test_seed_column_is_read(tmp_path):
+    table = read_runs_csv(write(tmp_path, "N,D,loss,seed\n1e8,1e9,3.0,0\n1e8,1e9,3.3,1\n2e8,1e9,2.9,0\n"))
+    assert table.seed.tolist() == ["0", "1", "0"] and len(table.merge_replicates()) == 2
+    assert read_runs_csv(write(tmp_path, "N,D,loss,seed\n1e8,1e9,3.0,0\n1e8,1e9,3.3,\n")).seed is None

@@ -205,7 +205,7 @@ def test_failed_runs_are_reported_and_left_out_of_the_fit(tmp_path):
     leave_out = fit["sweep"]["leave_out"]  # the 7 finished runs only: the smallest budget keeps 1 of its 3
     assert set(leave_out) == {"smallest_size", "largest_size", "smallest_budget", "largest_budget"}
     assert leave_out["smallest_budget"]["runs_left_out"] == 1 and leave_out["smallest_budget"]["runs"] == 6
-    assert leave_out["largest_budget"]["skipped"] == "4 runs would remain; Approach 3 needs 5"
+    assert leave_out["largest_budget"]["skipped"] == "4 design points would remain; Approach 3 needs 5"
     assert f"smallest budget (1 runs) E={leave_out['smallest_budget']['E']:.4f}" in out.getvalue()
     with open(os.path.join(workdir, "fit.json")) as f:
         assert json.load(f)["sweep"]["inputs_sha256"] == fit["sweep"]["inputs_sha256"]
