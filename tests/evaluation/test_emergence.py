@@ -264,6 +264,14 @@ def test_cpu_tiny_padded_is_cpu_tiny_with_every_addition_task_padded():
     assert padded.to_dict() == tiny.to_dict()
 
 
+def test_cpu_tiny_widths_is_the_padded_study_at_five_one_head_widths():
+    widths, padded = configs.get_config("cpu_tiny_widths"), configs.get_config("cpu_tiny_padded")
+    models = list(emergence.plan_study(widths).sizes.values())
+    assert [(m.d_model, m.num_layers, m.num_heads) for m in models] == [(d, 2, 1) for d in (8, 10, 12, 14, 16)]
+    widths.sizes = padded.sizes
+    assert widths.to_dict() == padded.to_dict()  # the same tasks, training and evaluation
+
+
 def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     # eval.tasks at every checkpoint (400 items) and final_tasks (1000) both hold the task: the
     # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
