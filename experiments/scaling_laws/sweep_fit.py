@@ -172,9 +172,10 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     sizes at each compute, so one run's noise can move a whole rung. At the cpu_tiny design
     (_simulated_at_design: the sweep's fitted law, its 0.54% seed noise, 60 copies, seeds merged)
     a's median sat 0.011 below the law's (nominal accounting; 0.036 exact), 10th-90th 0.34-0.49
-    (2026-12-03, README's run). Before seeds were merged, with that day's earlier law, it sat 0.115
-    below: between budgets only some sizes' runs reach, and where the optimum leaves the top of
-    them the bracketed points that remain are those where noise favoured a smaller size."""
+    (2026-12-03, README's run; +0.002 and -0.024 with the seeds unmerged). Under an earlier
+    design and law it sat 0.115 below: between budgets only some sizes' runs reach, and where the
+    optimum leaves the top of them the bracketed points that remain are those where noise
+    favoured a smaller size."""
     table = _design_table(ok, accounting)
     try:
         points = _design_points(table)

@@ -88,11 +88,11 @@ def simulate_estimator_bias(table: RunTable, truth: Callable[[RunTable], np.ndar
 
     Why: an approach can be biased at a design even when it recovers the truth without noise.
     At the cpu_tiny IsoFLOP design, Approach 1 over final losses reads N_opt between budgets
-    where only some sizes' runs reach and the optimum leaves the top of them: with an earlier
-    fit's law and 0.55% seed noise, the seeds of the repeated budget fitted as separate points,
-    its median sat 0.115 below the law's a (nominal accounting; 0.147 exact), while Approach 2
-    was nearly unbiased (-0.007) but spread over 0.47-0.76 (10th-90th) (issue-9 note). With the
-    seeds merged and the 2026-12-03 law: -0.011 and +0.002 (README's run, fit.json)."""
+    where only some sizes' runs reach and the optimum leaves the top of them: under an earlier
+    design and law, with 0.55% seed noise, its median sat 0.115 below the law's a (nominal
+    accounting; 0.147 exact), while Approach 2 was nearly unbiased (-0.007) but spread over
+    0.47-0.76 (10th-90th) (issue-9 note). At the present design and its 2026-12-03 law, seeds
+    merged: -0.011 and +0.002 (README's run, fit.json)."""
     if not np.isfinite(noise) or noise < 0 or datasets < 1:
         raise ValueError(f"noise={noise!r} must be >= 0 and datasets={datasets} >= 1.")
     rng = np.random.default_rng(seed)
