@@ -19,8 +19,9 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
   stdlib_tiny  the design on real text (the embedded stdlib corpus, 128 character-level pieces):
              4 budgets 3.16e11 .. 1.78e12 (0.75 decades), 6 sizes each at 150 tokens per parameter,
              seed repeats at the smallest, learning rate 1e-2 x 32 / d_model. Measured (issue-9 note,
-             2026-12-03, 33:22 on 2 cores): IsoFLOP minima at 210-240 tokens per parameter, Approach 3
-             244-256; seed noise 2.6% (so the 1.78e12 profile is not U-shaped), held-out +2.25%.
+             2026-12-03, seeds merged, 26:30 on 2 cores): IsoFLOP minima at 211-240 tokens per
+             parameter, Approach 3 210-235; seed noise 2.4% (so the 1.78e12 profile is not
+             U-shaped), held-out +2.2%. (Before seeds were merged, 33:22: 210-240 and 244-256.)
   gpu_host   a 9-rung ladder (1e6 .. 2.6e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
              budget, seed repeats at 1e17, centred on Chinchilla's 20 tokens per parameter, batch
              128 x 512 tokens in bf16, on the same kind of corpus over 64 characters. `--dry_run`
