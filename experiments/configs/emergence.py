@@ -83,8 +83,14 @@ Measured 2026-12-03 on 2 cores (one seed per size, nothing beside each run):
   and p^L gives 0.835 / 0.665 / 0.541 / 0.417 / 0.338. scale-1e5 learned 2-5 digits (mirage at
   2 and 3, genuine at 4 and 5); d24-l2 and d48-l2 learned none, so across sizes the curve is
   again not monotone. Copying: genuine for d24-l2, d32-l2 and d48-l2; scale-1e5 rose over
-  several checkpoints (jump ratio 7.9). So the addition mirage along training holds for d32-l2
-  at seeds 0 and 2 (2-3 digits and 2-6 digits) and no size learned addition at seed 1.
+  several checkpoints (jump ratio 7.9).
+- --config.train.seed=3 (11:03 wall, 1,127 s CPU, nothing beside it): d48-l2 learned 2-digit
+  addition (final exact match 0.916) and part of 3-digit (0.463), and the jump rule calls both
+  "mirage" along its training (exact match jump ratio 37.7 / 78, accuracy 16.8 / 5.5,
+  probability 8.5 / 3.3); no other size passed exact match 0.1. Copying genuine for d32-l2 and
+  d48-l2. Over seeds 0-3, the addition mirage along training shows at seeds 0, 2 and 3 (d32-l2,
+  d32-l2 and scale-1e5, d48-l2) and no size learned addition at seed 1; which size learns
+  addition in 4000 steps varies with the seed, so no seed gives a monotone curve across sizes.
 - Padded operands (cpu_tiny_padded: every operand written with 6 digits, zeros in the high
   places, Lee et al. 2023; 13:12 wall, 1,216 s CPU): every 2-layer size learned every length
   (final exact match >= 0.996 at 2 to 6 digits, 1000 items each; the 1-layer control <= 0.017,
