@@ -178,13 +178,13 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     favoured a smaller size."""
     table = _design_table(ok, accounting)
     try:
-        points = _design_points(table)
+        points = table.merge_replicates()
         result = fit_envelope(points, between_sizes=True).as_dict()
         result["argmin_a"] = fit_envelope(points).N_opt.exponent
     except RunTableError as error:
         return {"skipped": str(error)}
     # Noise is drawn per run, then the seeds of a point merged, as in the real fit.
-    spread = noise_interval(table, lambda t: fit_envelope(_design_points(t), between_sizes=True).N_opt.exponent,
+    spread = noise_interval(table, lambda t: fit_envelope(t.merge_replicates(), between_sizes=True).N_opt.exponent,
                             noise or 0.0, seed=seed)
     if spread:
         result["a_interval_80"], result["a_resamples"] = spread["interval"], spread["resamples"]
@@ -199,10 +199,6 @@ def _design_table(ok: Sequence[dict], accounting: str) -> RunTable:
                     budget=column("C"), flops=column(c_column), seed=np.array([str(r["seed"]) for r in ok]))
 
 
-def _design_points(table: RunTable) -> RunTable:
-    """Seeds of one (N, D) as one point, as every fit sees them (RunTable.merge_replicates)."""
-    return table.merge_replicates()
-
 
 def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, noise: float | None,
                          seed: int) -> dict | None:
@@ -216,8 +212,8 @@ def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, nois
     along = fitted.get("optimum_exact_flops")
     flops_per_token = PowerLaw(**along["flops_per_token"]) if along else None
     table = _design_table(ok, accounting)
-    estimators = {"approach1_final": lambda t: fit_envelope(_design_points(t), between_sizes=True).N_opt.exponent,
-                  "approach2": lambda t: fit_isoflop(_design_points(t)).N_opt.exponent}
+    estimators = {"approach1_final": lambda t: fit_envelope(t.merge_replicates(), between_sizes=True).N_opt.exponent,
+                  "approach2": lambda t: fit_isoflop(t.merge_replicates()).N_opt.exponent}
     result = simulate_estimator_bias(table, lambda t: law.loss(t.N, t.D), law.optimal_exponents(flops_per_token)[0],
                                      estimators, noise, datasets=SIMULATED_DATASETS, seed=seed)
     return {"law": "approach3", "noise": noise, **result}
@@ -227,10 +223,10 @@ def _approach2_spread(runs_csv: str, accounting: str, noise: float | None, seed:
     """What the seed noise alone does to Approach 2's exponent (research/scaling/noise_intervals.py)."""
     try:
         table = read_runs_csv(runs_csv, accounting)
-        fit_isoflop(_design_points(table))
+        fit_isoflop(table.merge_replicates())
     except RunTableError:
         return None
-    return noise_interval(table, lambda t: fit_isoflop(_design_points(t)).N_opt.exponent, noise or 0.0, seed=seed)
+    return noise_interval(table, lambda t: fit_isoflop(t.merge_replicates()).N_opt.exponent, noise or 0.0, seed=seed)
 
 
 def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | None,
