@@ -98,16 +98,27 @@ class CheckpointConfig:
                               f"checkpoint.keep_best={self.keep_best} >= 0.")
 
 
+def _best_metric(metrics: Mapping[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
 class Checkpointer:
     """Saves and restores a run in `directory` (usually <workdir>/checkpoints)."""
 
     def __init__(self, directory: str, config: CheckpointConfig):
         keep = [policies.LatestN(n=config.keep_last)]
+        best = {}
         if config.keep_best:
-            keep.append(policies.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=True,
-                                       n=config.keep_best))
+            # A step saved without an eval loss (by older code of this file) is kept only while it
+            # is among the latest: orbax's default keeps such a step for ever.
+            keep.append(policies.BestN(get_metric_fn=_best_metric, reverse=True, n=config.keep_best,
+                                       keep_checkpoints_without_metrics=False))
+            # best_fn makes orbax write each step's metrics to disk, so a resumed run ranks the
+            # steps an earlier process saved; without it they are reloaded without metrics and
+            # every one of them is kept (keep_last / keep_best ignored across sessions).
+            best = dict(best_fn=_best_metric, best_mode="min")
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy(keep),
+            preservation_policy=policies.AnyPreservationPolicy(keep), **best,
             enable_async_checkpointing=config.async_save,
             create=True,
         )

@@ -148,6 +148,19 @@ def test_keeps_last_k_and_best_by_eval_loss(tmp_path):
     checkpoints.close()
 
 
+def test_a_resumed_run_ranks_the_steps_an_earlier_process_saved(tmp_path):
+    """The same saves split over two processes (a run stopped after step 3, then rerun) keep
+    the same steps: the earlier process's steps are reloaded with their eval losses."""
+    state = {"w": np.zeros(3, np.float32)}
+    for steps in ((1, 2, 3), (4, 5)):
+        checkpoints = Checkpointer(str(tmp_path), CheckpointConfig(keep_last=2, keep_best=1))
+        for step in steps:
+            checkpoints.save(step, state, _data_iterator(), {}, {"eval_loss": [5.0, 1.0, 4.0, 3.0, 2.0][step - 1]})
+            checkpoints.wait()
+        checkpoints.close()
+    assert Checkpointer(str(tmp_path), CheckpointConfig(keep_last=2, keep_best=1)).all_steps() == [2, 4, 5]
+
+
 KILL_DURING_SAVE = """
 import os, signal, sys
 import numpy as np, grain
