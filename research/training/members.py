@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -17,7 +18,8 @@ import numpy as np
 
 from research.training import metrics as metrics_lib
 from research.training import workdir as workdir_lib
-from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
+from research.models.config import ConfigError
+from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.state import stack_trees, with_shardings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,30 @@ class Member:
     error: TrainingDivergedError | None = None
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The checkpoint steps in <workdir>/checkpoints, read from the directory names (cheap:
+    nothing is opened or created; an unfinished save's temporary directory is not a step)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def check_common_start(workdirs: Sequence[str]) -> None:
+    """Models trained in one program resume from a step all of them saved. A model with no
+    checkpoint beside others that have some (a value added to batched.values, or a model that
+    diverged before its first save) would force all back to step 0 and lose the others' work:
+    refuse in one line instead, before anything is created or deleted."""
+    steps = [saved_steps(w) for w in workdirs]
+    have, lack = [i for i, s in enumerate(steps) if s], [i for i, s in enumerate(steps) if not s]
+    if have and lack:
+        raise ConfigError(
+            f"model(s) {', '.join(f'{i} ({workdirs[i]})' for i in lack)} have no checkpoint while model(s) "
+            f"{', '.join(map(str, have))} have saved up to step {max(max(steps[i]) for i in have)}: models trained in "
+            "one program resume from a step all of them saved. Train the new (or diverged) value(s) in a run of "
+            "their own, or use a new workdir; nothing was changed.")
+
+
 def restore_or_init(members: list[Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
                     init: Callable[[], Any], stacked_shardings: Any | None) -> tuple[Any, list]:
     """The initial state, restored from the latest intact checkpoint every model has (a kill
@@ -53,14 +79,16 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
     if all(m.checkpointer.latest_step() is None for m in members):
         return init(), sources
     while True:
-        common = set.intersection(*(set(m.checkpointer.all_steps()) for m in members))
+        all_steps = [sorted(m.checkpointer.all_steps()) for m in members]
+        common = set.intersection(*map(set, all_steps))
+        if not common:  # never restart from 0 over the models' saved work: say what is there
+            raise CheckpointError(
+                "the models trained together saved no common checkpoint step ("
+                + "; ".join(f"model {m.index}: {s or 'none'}" for m, s in zip(members, all_steps))
+                + "), so they cannot resume together; keep checkpoint.keep_last >= 2, and continue each model "
+                "in a run of its own or use a new workdir; nothing was deleted.")
         for m in members:
-            m.checkpointer.delete_after(max(common, default=0))
-        if not common:
-            log.warning("the models saved no common step: all restart from step 0")
-            for m in members:
-                m.writer.forget_after(-1)
-            return init(), sources
+            m.checkpointer.delete_after(max(common))
         states = []
         for m in members:
             own = m.index if len(sources) > 1 else 0

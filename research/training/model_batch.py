@@ -71,9 +71,24 @@ def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
     if not values:
         raise ConfigError(f"batched.values is empty: give the values of {field} to train together, "
                           "e.g. --config.batched.values='(1e-3, 3e-3)'.")
+    values = tuple(_checked_value(field, _get(config, field), value) for value in values)
     if len(set(values)) != len(values):
         raise ConfigError(f"batched.values={values} repeats a value; each model needs its own workdir.")
     return field, values
+
+
+def _checked_value(field: str, current: Any, value: Any) -> Any:
+    """`value` as the field's own type, or one line saying why it cannot be: a value that is
+    not a number, or a fraction for an integer field, would otherwise be cast silently (a
+    seed of 1.5 trained as 1 in a workdir named 1.5) or fail deep inside with a traceback."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"batched.values holds {value!r} ({type(value).__name__}): every value of {field} must "
+                          "be a number, e.g. --config.batched.values='(1e-3, 3e-3)'.")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if not float(value).is_integer():
+            raise ConfigError(f"batched.values holds {value!r}, but {field} is a whole number; give whole numbers.")
+        return int(value)
+    return value
 
 
 def expand_batched_axis(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, list[str]]:

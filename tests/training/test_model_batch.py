@@ -69,12 +69,25 @@ def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
     for i in (0, 2):
         assert np.isfinite(results[i]["eval_loss"]) and (tmp_path / str(i) / "checkpoints" / "6").exists()
         assert [r["step"] for r in read_metrics(workdirs[i]) if "loss" in r] == list(range(1, 7))
+    # Rerun: model 1 saved nothing, so the three cannot resume from a common step. One line, and
+    # the finished models' checkpoints and records are untouched (they once all restarted from 0).
+    before = {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()), read_metrics(workdirs[i]))
+              for i in (0, 2)}
+    with pytest.raises(ConfigError, match=r"model\(s\) 1 \(.*\) have no checkpoint while model\(s\) 0, 2 have saved "
+                                          r"up to step 6") as error:
+        train_together(configs, workdirs)
+    assert "\n" not in str(error.value)
+    assert before == {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()),
+                          read_metrics(workdirs[i])) for i in (0, 2)}
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(field="model.d_model2", values=(1, 2)), r"batched.field='model.d_model2' names no config field"),
     (dict(field="model.d_model", values=(16, 32)), r"batched.field='model.d_model' changes the program"),
     (dict(field="opt.learning_rate", values=()), r"batched.values is empty"),
+    (dict(field="train.seed", values=(1, 1.5)), r"batched.values holds 1.5, but train.seed is a whole number"),
+    (dict(field="opt.learning_rate", values=(1e-3, "fast")), r"holds 'fast' \(str\): every value of opt.learning_rate"),
+    (dict(field="train.seed", values=(1, 1.0)), r"repeats a value"),
 ])
 def test_bad_batched_axis_is_one_line_before_compiling(change, message, tokenizers, tmp_path):
     config = run_config("gpt_tiny", tokenizers["plain"])
@@ -120,6 +133,29 @@ def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokeniz
     train_and_evaluate(config, str(tmp_path / "cut"))
     for name in ("opt.learning_rate=0.001", "opt.learning_rate=0.002"):
         assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
+
+
+def test_models_with_no_common_checkpoint_step_are_refused_and_keep_their_checkpoints(tokenizers, tmp_path):
+    """keep_last 1 and a kill between the models' saves: model 0 holds step 8 only, model 1
+    step 4 only. No step is common, so one line, nothing deleted (they once all restarted from 0)."""
+    import shutil
+    from research.training.checkpointing import CheckpointError
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=8, steps_per_call=4)
+    config.checkpoint.update(dict(keep_last=1, keep_best=0))
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    config.train.stop_after_steps = 4
+    train_and_evaluate(config, str(tmp_path / "run"))
+    one = tmp_path / "run" / "opt.learning_rate=0.002" / "checkpoints"
+    shutil.copytree(one, tmp_path / "step4")
+    config.train.stop_after_steps = 0
+    train_and_evaluate(config, str(tmp_path / "run"))
+    shutil.rmtree(one)
+    shutil.copytree(tmp_path / "step4", one)
+    with pytest.raises(CheckpointError, match=r"no common checkpoint step \(model 0: \[8\]; model 1: \[4\]\)") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value)
+    assert [p.name for p in (tmp_path / "run" / "opt.learning_rate=0.001" / "checkpoints").iterdir()
+            if p.name.isdigit()] == ["8"] and [p.name for p in one.iterdir() if p.name.isdigit()] == ["4"]
 
 
 @pytest.mark.parametrize("models_per_call", [1, 2, 3])
