@@ -9,17 +9,20 @@ Saves are asynchronous: the state is copied to host memory, then written in the
 background while training continues. Orbax writes into a temporary directory and
 renames it only once every item is complete, so a process killed mid-save leaves the
 previous checkpoint as the latest restorable one. Kept: the last `keep_last` steps and
-the `keep_best` steps with the lowest eval loss.
+the `keep_best` steps with the lowest eval loss (saved with each step, so a resumed run
+ranks the steps an earlier process saved as well).
 
 A committed step can still be damaged afterwards (a disk filled up, files truncated by a
 copy, an item deleted by hand). Restoring without a step (`restore`) then falls back to the
 newest step that restores completely, logs which steps it skipped and why, and moves each
 damaged step aside into `<checkpoints>.damaged/<step>` so the run can save that step again.
+A step whose saved eval loss alone is unreadable keeps its state; only that record is moved aside.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -33,6 +36,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from research.models.config import ConfigError
 
 BEST_METRIC = "eval_loss"  # lower is better
+METRICS_ITEM = "metrics"  # orbax's item (and file) name for the metrics a step was saved with
 ITEMS = ("state", "data", "config")
 # Orbax splits every replicated array among its replicas to write in parallel, compiling a
 # slicing program per array shape: for small models that is dozens of compilations per new
@@ -102,6 +106,31 @@ def _best_metric(metrics: Mapping[str, float]) -> float:
     return metrics[BEST_METRIC]
 
 
+def _set_aside_unreadable_metrics(directory: str) -> None:
+    """Orbax reads every step's metrics item (the eval loss keep-best ranks by) when it opens
+    the directory, and one that no longer parses (a truncated file) stops it from opening at
+    all. That item is only a ranking: move it aside to <checkpoints>.damaged/<step>.metrics,
+    so the step ranks as one without an eval loss; its state is checked when it is restored."""
+    if jax.process_index() == 0 and os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            item = os.path.join(directory, name, METRICS_ITEM)
+            if not name.isdigit() or not os.path.isfile(os.path.join(item, METRICS_ITEM)):
+                continue
+            try:
+                with open(os.path.join(item, METRICS_ITEM)) as f:
+                    json.load(f)
+            except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                aside = os.path.join(directory.rstrip("/") + ".damaged", f"{name}.{METRICS_ITEM}")
+                log.warning("checkpoint step %s in %s: its eval loss (keep-best's ranking) is unreadable (%s); moved "
+                            "it to %s", name, directory, _one_line(error), aside)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(item, aside)
+    if jax.process_count() > 1:  # every process opens the directory as process 0 left it
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("checkpoint_metrics_set_aside")
+
+
 class Checkpointer:
     """Saves and restores a run in `directory` (usually <workdir>/checkpoints)."""
 
@@ -122,6 +151,8 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save,
             create=True,
         )
+        if config.keep_best:
+            _set_aside_unreadable_metrics(directory)
         with _quiet_absl():  # a damaged step's metadata is reported by `restore`, in one line
             self._manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 

@@ -72,3 +72,28 @@ def test_every_step_damaged_is_one_error(tmp_path):
         _restore(directory)
     assert "\n" not in str(error.value)
     assert sorted(os.listdir(directory)) == ["1", "2"]  # nothing moved when nothing could be restored
+
+
+def test_an_unreadable_eval_loss_record_is_moved_aside_and_the_step_restores(tmp_path, caplog):
+    """keep-best's ranking is saved with each step; a truncated record of it once stopped orbax
+    from opening the directory at all (JSONDecodeError)."""
+    directory = str(tmp_path / "checkpoints")
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=1, async_save=False))
+    iterator = _iterator()
+    for step in (1, 2):
+        next(iterator)
+        checkpointer.save(step, {"w": jnp.full((4, 8), float(step))}, iterator, {"step": step}, {"eval_loss": 3.0 - step})
+    checkpointer.close()
+    record = os.path.join(directory, "2", "metrics", "metrics")
+    with open(record, "r+b") as f:
+        f.truncate(5)
+    with caplog.at_level(logging.WARNING, logger="research.training.checkpointing"):
+        checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=1, async_save=False))
+    try:
+        assert any("step 2" in r.getMessage() and "eval loss" in r.getMessage() for r in caplog.records)
+        assert os.path.isdir(os.path.join(str(tmp_path), "checkpoints.damaged", "2.metrics"))
+        state, iterator = checkpointer.restore({"w": jnp.zeros((4, 8))}, _iterator())
+        np.testing.assert_array_equal(state["w"], 2.0)
+        assert next(iterator) == 2 and checkpointer.all_steps() == [1, 2]
+    finally:
+        checkpointer.close()
