@@ -52,8 +52,9 @@ def main(argv):
         sys.exit(130)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    # z_loss as it enters the total loss (weight x raw), like the console line.
-    final = {**final, "z_loss": final["z_loss"] * config.train.z_loss} if "z_loss" in final else final
+    # z_loss as it enters the total loss (weight x raw), like the console line; with K models
+    # trained together each model's key is "<field>=<value>/z_loss".
+    final = {k: v * config.train.z_loss if k == "z_loss" or k.endswith("/z_loss") else v for k, v in final.items()}
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 

@@ -162,15 +162,19 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
                         f"step {step}: loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; "
                         f"stopped without saving; lower opt.learning_rate and rerun.")
                 last.update(values)
-                save = step % checkpoint_config.every_steps == 0 or step == end_step
-                record = dict(values) if step % train.log_every_steps == 0 or save else {}
-                if save or step % train.eval_every_steps == 0:
+                # A step where train.stop_after_steps ends this session is saved but neither
+                # evaluated nor recorded beyond the logging schedule: the run continued later has
+                # the records of one that never stopped. Keep-best ranks that save last.
+                regular_save = step % checkpoint_config.every_steps == 0 or step == train.num_steps
+                record = dict(values) if step % train.log_every_steps == 0 or regular_save else {}
+                best = {BEST_METRIC: float("inf")}
+                if regular_save or step % train.eval_every_steps == 0:
                     eval_metrics = run_eval()
                     record.update(eval_metrics)
                     last.update(eval_metrics)
-                    if save:
-                        checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(),
-                                          {BEST_METRIC: eval_metrics[BEST_METRIC]})
+                    best = {BEST_METRIC: eval_metrics[BEST_METRIC]}
+                if regular_save or step == end_step:
+                    checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
                 if record:
                     writer.write(step, record)
             if end_step == start_step and "eval_loss" not in last:

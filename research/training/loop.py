@@ -335,11 +335,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         record(*pending, hold=None)
                     pending = (first, block.num_steps, block_metrics)
                     progress.update(block.num_steps)
-                    save = step % checkpoint_config.every_steps == 0 or step == end_step
+                    final = step == train.num_steps
+                    save = step % checkpoint_config.every_steps == 0 or final
                     # A checkpoint step is evaluated only when keep-best ranks checkpoints by it:
                     # otherwise a sweep whose runs score on 800 validation batches and save every
                     # 500 steps spent more time evaluating than training its small models.
-                    evaluate = (step % train.eval_every_steps == 0 or step == end_step
+                    evaluate = (step % train.eval_every_steps == 0 or final
                                 or (save and checkpoint_config.keep_best > 0))
                     if save or evaluate:
                         # Check this block before saving: a NaN state must never become a checkpoint.
@@ -356,9 +357,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                             m.throughput.restart()  # evaluation and saving are not training time
                     if all(m.error is not None for m in members):
                         break
-                    # [issue-13b] A signal: the block just run ends at `step`; save it (unless just saved)
-                    # and stop; rerunning continues bit-exactly. Checked once per block on every process.
-                    if guard.should_stop(step) and step < end_step:
+                    # [issue-13b] A signal, or train.stop_after_steps: the block just run ends at `step`;
+                    # save it (unless just saved) and stop; rerunning continues bit-exactly, with the
+                    # records and evaluations of a run that never stopped. Checked once per block on
+                    # every process.
+                    signalled = guard.should_stop(step) and step < end_step
+                    if signalled or (step == end_step and not final):
                         if not save:
                             if pending is not None:  # never save a NaN state
                                 record(*pending, hold=None)
@@ -366,7 +370,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                             for m in members:
                                 if m.error is None:  # no eval loss here: keep_best ranks it last
                                     save_model(m, step, state, block, float("inf"))
-                        raise preemption.Interrupted(guard.signal_name, step, checkpoint_directories)
+                        if signalled:
+                            raise preemption.Interrupted(guard.signal_name, step, checkpoint_directories)
                 if pending is not None:
                     record(*pending, hold=None)
                 if end_step == start_step and not any("eval_loss" in m.last for m in members):

@@ -68,6 +68,27 @@ def test_killed_lora_dpo_run_resumes_exactly(compilation_cache, tmp_path):
     assert set(tree["params"]) == {"lora"}
 
 
+def test_stop_after_steps_then_rerun_has_the_records_of_a_run_that_never_stopped(tmp_path):
+    """Step 5 is neither an evaluation nor a checkpoint step: stopping there saves it, and
+    the continued run's losses and evaluations are the uninterrupted run's."""
+    config = tiny_config("sft_tiny", num_steps=8)
+    config.checkpoint.every_steps = 4
+    config.opt.warmup_steps = 2
+    finetune_and_evaluate(config, str(tmp_path / "whole"))
+    config.train.stop_after_steps = 5
+    finetune_and_evaluate(config, str(tmp_path / "resumed"))
+    assert Checkpointer(str(tmp_path / "resumed" / "checkpoints"), CheckpointConfig()).latest_step() == 5
+    config.train.stop_after_steps = 0
+    finetune_and_evaluate(config, str(tmp_path / "resumed"))
+    resumed, whole = per_step(tmp_path / "resumed"), per_step(tmp_path / "whole")
+    assert sorted(resumed) == sorted(whole) == list(range(1, 9))
+    for step in whole:
+        assert [resumed[step][key] for key in PER_STEP[:4]] == [whole[step][key] for key in PER_STEP[:4]], step
+    evaluations = [{r["step"]: r["eval_loss"] for r in read_metrics(tmp_path / run) if "eval_loss" in r}
+                   for run in ("resumed", "whole")]
+    assert evaluations[0] == evaluations[1] and sorted(evaluations[1]) == [0, 4, 8]
+
+
 def test_a_reference_with_another_vocabulary_is_one_line(tmp_path):
     reference = build_model(get_config("gpt2-tiny", num_layers=1, d_model=32, vocab_size=200))
     import jax

@@ -56,7 +56,7 @@ def test_negative_steps_per_call_is_one_line_before_compiling(tokenizers, tmp_pa
 
 
 def kill_after_checkpoint(command, checkpoint_dir, env):
-    """Start `command`, SIGKILL it once `checkpoint_dir` exists; returns its output."""
+    """Start `command`, SIGKILL it once `checkpoint_dir` exists, rerun it; returns the rerun's stdout."""
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while not checkpoint_dir.exists() and process.poll() is None and time.time() < deadline:
@@ -66,6 +66,7 @@ def kill_after_checkpoint(command, checkpoint_dir, env):
     assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{output[-3000:]}"
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    return rerun.stdout
 
 
 def test_kill_9_blocked_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):

@@ -115,9 +115,13 @@ def test_kill_9_batched_run_then_rerun_is_exact(tokenizers, compilation_cache, t
     workdir = tmp_path / "killed"
     command = [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny",
                f"--workdir={workdir}", *cli_overrides(config)]
-    kill_after_checkpoint(command, workdir / "train.seed=1" / "checkpoints" / "4", compilation_cache)
+    printed = kill_after_checkpoint(command, workdir / "train.seed=1" / "checkpoints" / "4", compilation_cache)
+    final = {k: float(v) for k, v in (item.rsplit("=", 1) for item in printed.split() if "/" in item)}
     for name in ("train.seed=0", "train.seed=1"):
         assert_same_run(per_step(workdir / name), per_step(tmp_path / "whole" / name), steps)
+        # The final line weighs each model's z_loss as the console line does (it printed the raw value).
+        raw = [r["z_loss"] for r in read_metrics(workdir / name) if "z_loss" in r][-1]
+        assert final[f"{name}/z_loss"] == pytest.approx(raw * config.train.z_loss, rel=1e-3)
 
 
 def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokenizers, compilation_cache, tmp_path):

@@ -50,16 +50,20 @@ def cli_overrides(config, prefix="config"):
 
 @pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny"])
 def test_stop_and_rerun_is_exact(preset, tokenizers, compilation_cache, tmp_path):
-    """masked LM and span corruption, with dropout on: 8 steps == 4 steps, stop, rerun."""
+    """masked LM and span corruption, with dropout on: 8 steps == 5 steps, stop, rerun. Step 5
+    is neither an evaluation nor a checkpoint step: the stop saves it but adds no evaluation."""
     config = run_config(preset, tokenizer_for(preset, tokenizers))
     config.model.dropout_rate = 0.1
     train_and_evaluate(config, str(tmp_path / "whole"))
-    config.train.stop_after_steps = 4
+    config.train.stop_after_steps = 5
     train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert latest_checkpoint(tmp_path / "resumed") == 4
+    assert latest_checkpoint(tmp_path / "resumed") == 5
     config.train.stop_after_steps = 0  # the same command again
     train_and_evaluate(config, str(tmp_path / "resumed"))
     assert_same_run(per_step(tmp_path / "resumed"), per_step(tmp_path / "whole"), 8)
+    evaluations = [{r["step"]: r["eval_loss"] for r in read_metrics(tmp_path / run) if "eval_loss" in r}
+                   for run in ("resumed", "whole")]
+    assert evaluations[0] == evaluations[1] and sorted(evaluations[1]) == [4, 8]
 
 
 def test_kill_9_then_rerun_the_command_is_exact(tokenizers, compilation_cache, tmp_path):
