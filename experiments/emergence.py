@@ -38,8 +38,8 @@ from ml_collections import config_flags
 
 from experiments import emergence_report
 # The plan and data steps live in emergence_plan; examples_per_document is re-exported for callers.
-from experiments.emergence_plan import (StudyPlan, examples_per_document, plan_study, prepare_data,  # noqa: F401
-                                        read_json, size_model_fields)
+from experiments.emergence_plan import (StudyPlan, check_trained_runs, examples_per_document, plan_study,  # noqa: F401
+                                        prepare_data, read_json, size_model_fields)
 from research.models.config import ConfigError
 
 Log = Callable[[str], None]
@@ -136,6 +136,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     from research.training.metrics import measure_peak_flops
 
     plan = plan_study(config)
+    check_trained_runs(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     data_config = prepare_data(config, plan, workdir, log)
     tokenizer = load_tokenizer(data_config["tokenizer"]["model_path"])
@@ -180,6 +181,7 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int
     from research.training.metrics import measure_peak_flops
 
     plan = plan_study(config)
+    check_trained_runs(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     prepare_data(config, plan, workdir, print)
     peak_flops = config.train.peak_flops or measure_peak_flops()

@@ -68,6 +68,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
             raise ConfigError(f"mixture.examples_per_document_by_task[{name!r}]={tuple(pair)} must be (fewest, most) "
                               "with 1 <= fewest <= most.")
 
+    _check_training_and_evaluation(config, models)
     ev = config.eval
     cue = ev.cot_description
     eval_tasks = {name: _with_cue(catalog_task(name, num_test=ev.num_test, num_train=ev.num_train, seed=ev.seed),
@@ -93,6 +94,79 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
                            "model": config.model.to_dict()})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
+
+
+def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: dict[str, Any]) -> None:
+    """The numbers that otherwise fail only inside a worker, after the data is written or a
+    whole size has trained (eval.batch_size is read when the first checkpoint is evaluated)."""
+    from research.training.checkpointing import CheckpointConfig
+    from research.training.loop import TrainConfig
+    from research.training.optimizers import OptimizerConfig
+
+    train = TrainConfig(**config.train.to_dict())  # each ConfigError names its train.<field>
+    OptimizerConfig(total_steps=train.num_steps, **config.opt.to_dict())
+    CheckpointConfig(**config.checkpoint.to_dict())
+    for size, model in models.items():
+        if train.seq_len > model.max_len:
+            raise ConfigError(f"train.seq_len={train.seq_len} exceeds size {size!r}'s max_len={model.max_len}; "
+                              f"lower train.seq_len or raise model.max_len.")
+    ev = config.eval
+    for field in ("batch_size", "min_bucket", "num_test"):
+        if int(ev.get(field, 1)) < 1:
+            raise ConfigError(f"eval.{field}={ev.get(field)} must be >= 1.")
+    if not tuple(ev.tasks):
+        raise ConfigError("eval.tasks is empty: name the tasks evaluated at every checkpoint, e.g. "
+                          "--config.eval.tasks='(\"copying\",)'.")
+
+
+def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Before any work: a size already trained in `workdir` was trained as this config asks
+    (model, optimizer and every learning rate, seed, batch and sequence sizes), else a finished
+    run would be reported under the new settings without being retrained; and not past
+    train.num_steps, whose final evaluation (the many-item tasks) it would otherwise lack.
+    The data is checked by prepare_data."""
+    from experiments.emergence import train_config
+    from research.training import workdir as workdir_lib
+
+    for size in config.sizes:
+        run_dir = os.path.join(workdir, "runs", size)
+        saved = _newest_saved_config(os.path.join(run_dir, "checkpoints"))
+        if saved is None:
+            continue
+        step, saved = saved
+        wanted = train_config(config, size, {}).to_dict()
+        differences = workdir_lib.fingerprint_differences(_training_identity(saved), _training_identity(wanted))
+        if differences:
+            raise ConfigError(f"{run_dir} was trained with other settings ({differences}); use a new --workdir, or "
+                              f"delete {run_dir} to train that size again.")
+        if step > int(config.train.num_steps):
+            raise ConfigError(f"{run_dir} is trained to step {step}, past train.num_steps={config.train.num_steps}; "
+                              f"set train.num_steps={step} (or more), or use a new --workdir.")
+
+
+def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
+    """What decides a size's trained weights, flattened: the workdir fingerprint (model, seed,
+    sequence length) without the data (prepare_data checks it), every optimizer number and the batch size."""
+    from research.training import workdir as workdir_lib
+
+    identity = {k: v for k, v in workdir_lib.run_fingerprint({**run, "data": {}}).items()
+                if not k.startswith("data.")}
+    identity.update({f"opt.{k}": list(v) if isinstance(v, tuple) else v for k, v in dict(run.get("opt", {})).items()})
+    identity["train.batch_size"] = dict(run.get("train", {})).get("batch_size")
+    return identity
+
+
+def _newest_saved_config(directory: str) -> tuple[int, dict[str, Any]] | None:
+    """(step, run config) of the newest checkpoint in `directory` whose config item reads; None if none."""
+    steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True) \
+        if os.path.isdir(directory) else []
+    for step in steps:
+        try:
+            with open(os.path.join(directory, str(step), "config", "metadata"), encoding="utf-8") as f:
+                return step, json.load(f)
+        except (OSError, ValueError):  # a damaged step: the training resumes past it, so check the one before
+            continue
+    return None
 
 
 def _with_cue(task: Any, cue: str) -> Any:

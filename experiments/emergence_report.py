@@ -31,8 +31,12 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     summary = noisy_curve_summary(finals_with_items, scale="params_non_embedding", group_by=("task", "num_shots"),
                                   metrics=tuple(config.report.metrics))
     covered = {(r["task"], r["num_shots"], r["metric"]) for r in summary}
-    summary += [r for r in curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
-                                         metrics=tuple(config.report.metrics))
+    # A metric without per-item values (evaluations cached before it had them) has no noise
+    # floor: its linearity and breakthroughness are left blank, the paper's bare values kept
+    # under paper_*, so no shape is reported that noise alone could give.
+    summary += [{**r, "linearity": None, "breakthroughness": None}
+                for r in curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                       metrics=tuple(config.report.metrics))
                 if (r["task"], r["num_shots"], r["metric"]) not in covered]
     mirage = mirage_table([r for r in finals_with_items if r["task"] in set(config.eval.get("final_tasks", ()))])
     transition_tasks = _transition_tasks(config)

@@ -163,9 +163,11 @@ def log_echo(log_dir: str, count: int, out: Callable[[str], None] = print) -> Ca
 
 
 def last_lines(path: str, count: int = 5) -> str:
-    """The last non-empty lines of a worker's log (its error, when it failed)."""
+    """The last non-empty lines of a worker's log (its error, when it failed), leaving out
+    libraries' info and warning lines (a killed worker's last line is often one of those)."""
     with open(path, errors="replace") as f:
-        lines = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
+        lines = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines()
+                 if line.strip() and not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)]
     return "\n".join(lines[-count:])
 
 

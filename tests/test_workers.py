@@ -77,3 +77,10 @@ def test_emergence_study_in_two_workers_trains_each_size_once_and_reports(tmp_pa
         assert list((workdir / "runs" / size / "evals").glob("step_*.json"))
     assert (workdir / "report" / "report.md").is_file()
     assert not any(line.startswith("[worker") and " I1" in line for line in result.stdout.splitlines())
+
+
+def test_a_failed_workers_last_line_leaves_out_library_logging(tmp_path):
+    log = tmp_path / "worker-0.log"
+    log.write_text("d8-l2: training 60 steps\nW1203 22:57:37.1 builder.py:1] Using custom data configuration\n"
+                   "I1203 22:57:38.0 x.py:2] saved\n")
+    assert workers.last_lines(str(log), 1) == "d8-l2: training 60 steps"

@@ -59,6 +59,9 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     # Per-item metrics carry item-bootstrap intervals and the noise rule's verdict.
     assert len(exact["value_intervals"]) == 2 and exact["items"] == config.eval.num_test
     assert isinstance(exact["above_noise"], bool) and (exact["breakthroughness"] is None) == (not exact["above_noise"])
+    # Every reported metric has per-item values, so none gets a shape without the noise rule.
+    assert all(s["linearity"] is None or s["above_noise"] for s in summary)
+    assert all("value_intervals" in s for s in summary)
     mirage = read_rows(os.path.join(workdir, "report", "mirage.json"))
     assert {m["size"] for m in mirage} == set(config.sizes) and all(m["task"] == final_task for m in mirage)
     for m in mirage:
@@ -126,6 +129,17 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     reseeded.eval.seed = 1
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
         emergence.prepare_data(reseeded, emergence.plan_study(reseeded), workdir, logs.append)
+    # Finished sizes trained otherwise than asked (a learning rate, a seed) were once reported under
+    # the new settings without retraining; a shorter run would lose the final many-item evaluation.
+    small = configs.get_config("micro").sizes[0]
+    for change, message in [(lambda c: c.opt.update(learning_rate=c.opt.learning_rate / 2),
+                             r"was trained with other settings \(opt.learning_rate: "),
+                            (lambda c: c.train.update(seed=7), r"train.seed: 0 there, 7 now"),
+                            (lambda c: c.train.update(num_steps=2), r"is trained to step 4, past train.num_steps=2")]:
+        with pytest.raises(ConfigError, match=message) as error:
+            emergence.run_study(_bad(change), workdir, log=logs.append)
+        assert small in str(error.value) and "\n" not in str(error.value)
+    assert open(paths["results"]).read() == before
 
 
 def _bad(change):
@@ -148,6 +162,13 @@ def _bad(change):
      r"examples_per_document_by_task names 'copying', which mixture.tasks lacks"),
     (lambda c: setattr(c.mixture, "examples_per_document_by_task", {"addition_1digit": (2, 1)}),
      r"examples_per_document_by_task\['addition_1digit'\]=\(2, 1\) must be \(fewest, most\)"),
+    # Once read only inside a worker: after the data was written, or after a whole size trained.
+    (lambda c: c.eval.update(batch_size=0), r"eval.batch_size=0 must be >= 1"),
+    (lambda c: c.eval.update(num_test=0), r"eval.num_test=0 must be >= 1"),
+    (lambda c: c.eval.update(tasks=()), r"eval.tasks is empty"),
+    (lambda c: c.checkpoint.update(every_steps=0), r"checkpoint.every_steps=0 must be positive"),
+    (lambda c: c.train.update(num_steps=0), r"train.num_steps=0 must be positive"),
+    (lambda c: c.train.update(seq_len=100_000), r"train.seq_len=100000 exceeds size 'scale-1e4''s max_len"),
 ])
 def test_bad_config_fails_before_any_work(change, message, tmp_path, monkeypatch):
     monkeypatch.setattr("research.training.train_and_evaluate", lambda *a: pytest.fail("trained"))
