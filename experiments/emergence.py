@@ -162,7 +162,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
                 log(f"{size}: training {config.train.num_steps} steps at peak learning rate "
                     f"{size_learning_rate(config, size):.3g}")
                 final = train_and_evaluate(train_config(config, size, data_config), run_dir)
-                log(f"{size}: trained in {time.perf_counter() - start:.0f} s, eval_loss {final['eval_loss']:.3f}")
+                # A session ended by train.stop_after_steps before an evaluation step returns no eval_loss.
+                loss = f", eval_loss {final['eval_loss']:.3f}" if "eval_loss" in final else ""
+                log(f"{size}: trained in {time.perf_counter() - start:.0f} s{loss}")
             rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))
     if worker:
         return {}

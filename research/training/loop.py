@@ -153,7 +153,7 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
     stopped it (naming the model's index and the step); the other models go on.
     """
     model_batch.check_trainable_together(configs, workdirs)
-    members_lib.check_common_start(workdirs)
+    members_lib.check_common_start(workdirs, int(configs[0].checkpoint.every_steps))
     return _train(list(configs), list(workdirs), stacked=True)
 
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from research.training import metrics as metrics_lib
 from research.training import workdir as workdir_lib
-from research.models.config import ConfigError
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.state import stack_trees, with_shardings
 
@@ -55,19 +54,29 @@ def saved_steps(workdir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def check_common_start(workdirs: Sequence[str]) -> None:
-    """Models trained in one program resume from a step all of them saved. A model with no
-    checkpoint beside others that have some (a value added to batched.values, or a model that
-    diverged before its first save) would force all back to step 0 and lose the others' work:
-    refuse in one line instead, before anything is created or deleted."""
-    steps = [saved_steps(w) for w in workdirs]
-    have, lack = [i for i, s in enumerate(steps) if s], [i for i, s in enumerate(steps) if not s]
-    if have and lack:
-        raise ConfigError(
-            f"model(s) {', '.join(f'{i} ({workdirs[i]})' for i in lack)} have no checkpoint while model(s) "
-            f"{', '.join(map(str, have))} have saved up to step {max(max(steps[i]) for i in have)}: models trained in "
-            "one program resume from a step all of them saved. Train the new (or diverged) value(s) in a run of "
-            "their own, or use a new workdir; nothing was changed.")
+def _far_behind(newest: list[int], every_steps: int) -> list[int]:
+    """Indices of the models whose newest saved step (0: none) lies before the save preceding
+    the newest step any model saved. A kill between the models' saves leaves each either at
+    that newest step or at the save before it; a model further behind was added later or
+    diverged before saving, and the others' work must not be thrown away for it."""
+    leader = max(newest)
+    previous = (leader - 1) // every_steps * every_steps  # the save before `leader` (0: none)
+    return [i for i, n in enumerate(newest) if n < previous]
+
+
+def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
+    """Models trained in one program resume from a step all of them saved. A model far behind
+    the others (_far_behind: a value added to batched.values, or a model that diverged before
+    its first save) would force all back to step 0 and lose the others' work: refuse in one
+    line instead, before anything is created or deleted."""
+    newest = [max(saved_steps(w), default=0) for w in workdirs]
+    behind = _far_behind(newest, max(every_steps, 1))  # 0 is refused later, with the config's checks
+    if behind:
+        raise CheckpointError(
+            f"model(s) {', '.join(f'{i} ({workdirs[i]}, step {newest[i] or None})' for i in behind)} are behind the "
+            f"others (saved up to step {max(newest)}): models trained in one program resume from a step all of them "
+            "saved. Train the new (or diverged) value(s) in a run of their own, or use a new workdir; nothing was "
+            "changed.")
 
 
 def restore_or_init(members: list[Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
@@ -81,12 +90,22 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
     while True:
         all_steps = [sorted(m.checkpointer.all_steps()) for m in members]
         common = set.intersection(*map(set, all_steps))
-        if not common:  # never restart from 0 over the models' saved work: say what is there
-            raise CheckpointError(
-                "the models trained together saved no common checkpoint step ("
-                + "; ".join(f"model {m.index}: {s or 'none'}" for m, s in zip(members, all_steps))
-                + "), so they cannot resume together; keep checkpoint.keep_last >= 2, and continue each model "
-                "in a run of its own or use a new workdir; nothing was deleted.")
+        if not common:
+            newest = [max(s, default=0) for s in all_steps]
+            if _far_behind(newest, members[0].checkpoint.every_steps):  # never restart over the others' work
+                raise CheckpointError(
+                    "the models trained together saved no common checkpoint step ("
+                    + "; ".join(f"model {m.index}: {s or 'none'}" for m, s in zip(members, all_steps))
+                    + "), so they cannot resume together; continue each model in a run of its own or use a new "
+                    "workdir; nothing was deleted.")
+            # A kill between the models' saves with keep_last 1 (the others had dropped the step
+            # the laggards hold): no step to resume all from exactly, so all start again.
+            log.warning("the models saved no common step (a kill between their saves; checkpoint.keep_last=%d): "
+                        "all restart from step 0", members[0].checkpoint.keep_last)
+            for m in members:
+                m.checkpointer.delete_after(0)
+                m.writer.forget_after(-1)
+            return init(), sources
         for m in members:
             m.checkpointer.delete_after(max(common))
         states = []

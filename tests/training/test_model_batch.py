@@ -8,6 +8,7 @@ import pytest
 
 from research.models.config import ConfigError
 from research.training import TrainingDivergedError, model_batch, train_and_evaluate
+from research.training.checkpointing import CheckpointError
 from research.training.loop import train_together
 from research.training.metrics import read_metrics
 
@@ -73,8 +74,8 @@ def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
     # the finished models' checkpoints and records are untouched (they once all restarted from 0).
     before = {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()), read_metrics(workdirs[i]))
               for i in (0, 2)}
-    with pytest.raises(ConfigError, match=r"model\(s\) 1 \(.*\) have no checkpoint while model\(s\) 0, 2 have saved "
-                                          r"up to step 6") as error:
+    with pytest.raises(CheckpointError, match=r"model\(s\) 1 \(.*, step None\) are behind the others \(saved up "
+                                              r"to step 6\)") as error:
         train_together(configs, workdirs)
     assert "\n" not in str(error.value)
     assert before == {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()),
@@ -139,27 +140,38 @@ def test_a_model_killed_between_the_models_saves_resumes_with_the_others(tokeniz
         assert_same_run(per_step(tmp_path / "cut" / name), per_step(tmp_path / "whole" / name), 10)
 
 
-def test_models_with_no_common_checkpoint_step_are_refused_and_keep_their_checkpoints(tokenizers, tmp_path):
-    """keep_last 1 and a kill between the models' saves: model 0 holds step 8 only, model 1
-    step 4 only. No step is common, so one line, nothing deleted (they once all restarted from 0)."""
+def test_models_far_apart_are_refused_and_a_kill_between_saves_restarts(tokenizers, tmp_path, caplog):
+    """keep_last 1, saves every 4 of 12 steps. Model 1 left at step 4 while model 0 is at 12 (it
+    was added, or diverged): one line, nothing deleted (they once all restarted from 0). Model 1
+    at step 8 (a kill between the models' saves of step 12): no common step, so all restart."""
+    import logging
     import shutil
-    from research.training.checkpointing import CheckpointError
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=8, steps_per_call=4)
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=12, steps_per_call=4)
     config.checkpoint.update(dict(keep_last=1, keep_best=0))
     config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
-    config.train.stop_after_steps = 4
-    train_and_evaluate(config, str(tmp_path / "run"))
     one = tmp_path / "run" / "opt.learning_rate=0.002" / "checkpoints"
-    shutil.copytree(one, tmp_path / "step4")
+    for stop in (4, 8):
+        config.train.stop_after_steps = stop
+        train_and_evaluate(config, str(tmp_path / "run"))
+        shutil.copytree(one, tmp_path / f"step{stop}")
     config.train.stop_after_steps = 0
     train_and_evaluate(config, str(tmp_path / "run"))
+    zero = tmp_path / "run" / "opt.learning_rate=0.001" / "checkpoints"
     shutil.rmtree(one)
     shutil.copytree(tmp_path / "step4", one)
-    with pytest.raises(CheckpointError, match=r"no common checkpoint step \(model 0: \[8\]; model 1: \[4\]\)") as error:
+    with pytest.raises(CheckpointError, match=r"model\(s\) 1 \(.*, step 4\) are behind the others \(saved up to "
+                                              r"step 12\)") as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value)
-    assert [p.name for p in (tmp_path / "run" / "opt.learning_rate=0.001" / "checkpoints").iterdir()
-            if p.name.isdigit()] == ["8"] and [p.name for p in one.iterdir() if p.name.isdigit()] == ["4"]
+    assert [p.name for p in zero.iterdir() if p.name.isdigit()] == ["12"]
+    assert [p.name for p in one.iterdir() if p.name.isdigit()] == ["4"]
+    shutil.rmtree(one)
+    shutil.copytree(tmp_path / "step8", one)
+    with caplog.at_level(logging.WARNING, logger="research.training.members"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert any("all restart from step 0" in r.getMessage() for r in caplog.records)
+    for directory in (zero, one):
+        assert [p.name for p in directory.iterdir() if p.name.isdigit()] == ["12"]
 
 
 @pytest.mark.parametrize("models_per_call", [1, 2, 3])
