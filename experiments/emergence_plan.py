@@ -130,7 +130,7 @@ def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     for size in config.sizes:
         run_dir = os.path.join(workdir, "runs", size)
-        saved = _newest_saved_config(os.path.join(run_dir, "checkpoints"))
+        saved = workdir_lib.newest_saved_config(os.path.join(run_dir, "checkpoints"))
         if saved is None:
             continue
         step, saved = saved
@@ -154,19 +154,6 @@ def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
     identity.update({f"opt.{k}": list(v) if isinstance(v, tuple) else v for k, v in dict(run.get("opt", {})).items()})
     identity["train.batch_size"] = dict(run.get("train", {})).get("batch_size")
     return identity
-
-
-def _newest_saved_config(directory: str) -> tuple[int, dict[str, Any]] | None:
-    """(step, run config) of the newest checkpoint in `directory` whose config item reads; None if none."""
-    steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True) \
-        if os.path.isdir(directory) else []
-    for step in steps:
-        try:
-            with open(os.path.join(directory, str(step), "config", "metadata"), encoding="utf-8") as f:
-                return step, json.load(f)
-        except (OSError, ValueError):  # a damaged step: the training resumes past it, so check the one before
-            continue
-    return None
 
 
 def _with_cue(task: Any, cue: str) -> Any:

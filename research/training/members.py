@@ -18,6 +18,7 @@ import numpy as np
 
 from research.training import metrics as metrics_lib
 from research.training import workdir as workdir_lib
+from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.state import stack_trees, with_shardings
 
@@ -45,15 +46,6 @@ class Member:
     error: TrainingDivergedError | None = None
 
 
-def saved_steps(workdir: str) -> list[int]:
-    """The checkpoint steps in <workdir>/checkpoints, read from the directory names (cheap:
-    nothing is opened or created; an unfinished save's temporary directory is not a step)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
 def _far_behind(newest: list[int], every_steps: int) -> list[int]:
     """Indices of the models whose newest saved step (0: none) lies before the save preceding
     the newest step any model saved. A kill between the models' saves leaves each either at
@@ -69,7 +61,7 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
     the others (_far_behind: a value added to batched.values, or a model that diverged before
     its first save) would force all back to step 0 and lose the others' work: refuse in one
     line instead, before anything is created or deleted."""
-    newest = [max(saved_steps(w), default=0) for w in workdirs]
+    newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
     behind = _far_behind(newest, max(every_steps, 1))  # 0 is refused later, with the config's checks
     if behind:
         raise CheckpointError(

@@ -115,13 +115,19 @@ def _read_recorded(workdir: str) -> dict[str, Any] | None:
         except (OSError, ValueError, KeyError, TypeError):
             raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
                                "and rerun, else choose another --workdir.") from None
-    checkpoints = os.path.join(workdir, "checkpoints")
+    saved = newest_saved_config(os.path.join(workdir, "checkpoints"))
+    return None if saved is None else run_fingerprint(saved[1])
+
+
+def newest_saved_config(checkpoints: str) -> tuple[int, dict[str, Any]] | None:
+    """(step, run config) of the newest checkpoint step in `checkpoints` whose saved config
+    reads (a damaged step: the one before); None if none does."""
     steps = sorted((int(n) for n in os.listdir(checkpoints) if n.isdigit()), reverse=True) \
         if os.path.isdir(checkpoints) else []
     for step in steps:
         try:
             with open(os.path.join(checkpoints, str(step), "config", "metadata"), encoding="utf-8") as f:
-                return run_fingerprint(json.load(f))
+                return step, dict(json.load(f))
         except Exception:  # a damaged or foreign step: try the one before
             continue
     return None
