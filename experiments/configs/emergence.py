@@ -199,7 +199,7 @@ def _base() -> ml_collections.ConfigDict:
     # accuracy on the copied letters was 0.10 after 1500 steps; with T5 init 0.60 by step 900.
     config.model = ml_collections.ConfigDict(dict(vocab_size=80, max_len=256, dtype="float32",
                                                   param_dtype="float32", dropout_rate=0.0, position="rope",
-                                                  init_scheme="t5"))
+                                                  init_scheme="t5", dense_weight_grad="auto"))
     # Addition of 2 to 6 digits with every number written least-significant digit first
     # ("754+68=345" is 457+86=543) for the mirage: with rotary positions each answer digit then
     # reads its two operand digits at fixed offsets back (k and 2k+1 for k-digit operands),

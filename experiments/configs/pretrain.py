@@ -63,7 +63,8 @@ def _base() -> ml_collections.ConfigDict:
         preset="gpt2-tiny", dtype="bfloat16", param_dtype="float32", dropout_rate=0.0,
         num_layers=placeholder(int), d_model=placeholder(int), num_heads=placeholder(int), d_ff=placeholder(int),
         num_kv_heads=placeholder(int), vocab_size=placeholder(int), max_len=placeholder(int),
-        scan_layers=placeholder(bool), remat=placeholder(str), attention_kernel=placeholder(str)))
+        scan_layers=placeholder(bool), remat=placeholder(str), attention_kernel=placeholder(str),
+        dense_weight_grad=placeholder(str)))
     config.objective = "causal_lm"
     config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
     # research.data.DataConfig: source stdlib | tfds (tfds_name, data_dir, splits; e.g. the output of

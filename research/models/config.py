@@ -24,6 +24,8 @@ Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 # full: nothing (the whole block is recomputed).
 Remat = Literal["none", "full", "save_dots", "dots_with_no_batch_dims", "minimal", "offload"]
 AttentionKernelName = Literal["auto", "xla", "dot_product_attention", "splash"]
+# How a Dense layer's backward pass computes its kernel gradient (research/models/layers.py).
+DenseWeightGrad = Literal["auto", "autodiff", "activations_lhs"]
 DType = Literal["float32", "bfloat16", "float16"]
 InitScheme = Literal["normal", "t5"]
 
@@ -35,6 +37,7 @@ _CHOICES = {
     "activation": Activation,
     "remat": Remat,
     "attention_kernel": AttentionKernelName,
+    "dense_weight_grad": DenseWeightGrad,
     "dtype": DType,
     "param_dtype": DType,
     "init_scheme": InitScheme,
@@ -95,6 +98,11 @@ class ModelConfig:
     # research/models/attention_kernels.py; auto = cuDNN on GPU (half precision), splash on
     # TPU, the xla reference einsum otherwise, and wherever a fused kernel cannot run the call.
     attention_kernel: AttentionKernelName = "auto"
+    # Kernel gradients of Dense layers. autodiff: JAX's own transpose rule, dW = (dY^T X)^T.
+    # activations_lhs: dW = X^T dY with the saved input X as the matmul's left operand
+    # (research/models/layers.py says why XLA:CPU runs it faster). Same values up to float32
+    # rounding, not the same bits. auto: activations_lhs on CPU without remat, else autodiff.
+    dense_weight_grad: DenseWeightGrad = "auto"
 
     def __post_init__(self):
         for field, choice in _CHOICES.items():

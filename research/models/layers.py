@@ -5,6 +5,7 @@ mesh axes). Shapes use the legend in research/models/__init__.py.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -56,6 +57,47 @@ def embedding_init_std(config: ModelConfig, table: str) -> float:
     return {"tokens": 1.0, "relative_bias": config.d_model**-0.5}.get(table, INIT_STD)
 
 
+def uses_activations_lhs(config: ModelConfig) -> bool:
+    """Whether Dense kernel gradients take the activations_lhs form (ModelConfig.dense_weight_grad).
+    auto picks it on CPU only, and only without remat: its custom_vjp hides the matmul from
+    remat policies such as save_dots, which look for dot_general."""
+    if config.dense_weight_grad == "auto":
+        return jax.default_backend() == "cpu" and config.remat == "none"
+    return config.dense_weight_grad == "activations_lhs"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def activations_lhs_product(x: Array, kernel: Array, n_in: int) -> Array:
+    """x [..., in...] times kernel [in..., out...] over x's last n_in dims, whose kernel gradient
+    is X^T dY with X on the left.
+
+    Why: JAX's transpose rule forms the kernel gradient as dot(dY, X) over the rows, then
+    transposes the result. XLA:CPU's matmul wants the left operand's contracted rows minor, so it
+    materialises dY transposed, and fuses the whole elementwise chain that produces dY (the
+    residual stream's gradient, through every layer norm above) into that copy, recomputing it
+    for each layer's kernel gradient. With X on the left the transposed copy is of a saved
+    activation. Measured on a ladder model of 1e6 parameters (D144 L4, 16 x 64 tokens): 84-89
+    against 94-107 ms per step; at 1e5, 13.0 against 14.8-16.2 ms."""
+    return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+
+
+def _activations_lhs_forward(x: Array, kernel: Array, n_in: int):
+    return activations_lhs_product(x, kernel, n_in), (x, kernel)
+
+
+def _activations_lhs_backward(n_in: int, saved: tuple[Array, Array], grad_y: Array):
+    x, kernel = saved
+    n_out, n_rows = kernel.ndim - n_in, x.ndim - n_in
+    out_dims = (tuple(range(grad_y.ndim - n_out, grad_y.ndim)), tuple(range(n_in, kernel.ndim)))
+    grad_x = jax.lax.dot_general(grad_y, kernel, (out_dims, ((), ())))
+    rows = tuple(range(n_rows))
+    grad_kernel = jax.lax.dot_general(x, grad_y, ((rows, rows), ((), ())))
+    return grad_x, grad_kernel
+
+
+activations_lhs_product.defvjp(_activations_lhs_forward, _activations_lhs_backward)
+
+
 class Dense(nn.Module):
     """DenseGeneral over the last `len(in_axes)` dims with logical axis names.
 
@@ -79,10 +121,13 @@ class Dense(nn.Module):
         std = dense_init_std(cfg, fan_in, self.t5_init_scale)
         kernel = self.param("kernel", kernel_init(self.in_axes + self.out_axes, std),
                             tuple(x.shape[-n_in:]) + tuple(self.features), cfg.weight_dtype)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
-                                (contract, ((), ())),
-                                preferred_element_type=jnp.float32 if self.float32_output else None)
+        x, kernel = x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype)
+        if uses_activations_lhs(cfg) and not self.float32_output:
+            y = activations_lhs_product(x, kernel, n_in)
+        else:
+            contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+            y = jax.lax.dot_general(x, kernel, (contract, ((), ())),
+                                    preferred_element_type=jnp.float32 if self.float32_output else None)
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)
             y = y + bias.astype(y.dtype)
