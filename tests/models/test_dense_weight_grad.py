@@ -100,3 +100,29 @@ def test_auto_is_activations_lhs_on_cpu_without_remat_only():
 def test_unknown_form_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"dense_weight_grad='transposed' is not one of"):
         get_config("gpt2-tiny", dense_weight_grad="transposed")
+
+
+def test_both_studies_pass_the_setting_to_every_run():
+    """`--config.model.dense_weight_grad=autodiff` is how runs measured before activations_lhs
+    reproduce bit for bit, so it must reach each run's model, not stop at the study config."""
+    from experiments import emergence_plan
+    from experiments.configs import emergence, scaling_laws
+    from experiments.scaling_laws import sweep
+    from research.scaling.sweep_plan import SweepSpec, ladder_models, plan_runs
+    from research.training.workdir import run_fingerprint
+
+    config = scaling_laws.get_config("cpu_tiny")
+    config.model.dense_weight_grad = "autodiff"
+    spec = SweepSpec(non_embedding_params=(5e3,), plan="tokens", tokens=(1e5,), min_steps=5)
+    run = plan_runs(spec, ladder_models(spec, vocab_size=23, seq_len=64), batch_size=16, seq_len=64)[0]
+    one = sweep.run_config(config, run, spec, tokenizer_path="/tok.model", peak_flops=1e9)
+    fields = {k: v for k, v in one.model.to_dict().items() if v is not None}
+    assert get_config(fields.pop("preset"), **fields).dense_weight_grad == "autodiff"
+    # Like remat, it does not change what a checkpoint means: a rerun under the other form resumes.
+    assert not any("dense_weight_grad" in key for key in run_fingerprint(one.to_dict()))
+
+    study = emergence.get_config("cpu_tiny")
+    study.model.dense_weight_grad = "autodiff"
+    for size in study.sizes:
+        fields = emergence_plan.size_model_fields(study, size)
+        assert get_config(fields.pop("preset"), **fields).dense_weight_grad == "autodiff"
