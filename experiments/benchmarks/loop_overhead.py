@@ -1,6 +1,6 @@
 """The train loop's overhead on small models, and K models in one program against K runs.
 
-    python -m experiments.benchmarks.loop_overhead [--sizes=1e3,1e4,1e5,1e6 --steps=300 --ks=1,4,16]
+    python -m experiments.benchmarks.loop_overhead [--sizes=1e3,1e4,1e5,1e6 --steps=300 --ks=1,4,16 --rounds=1]
 
 For ladder models (research.models.presets.scaling_ladder_config, as the scaling sweep
 builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
@@ -9,7 +9,8 @@ builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
   step      s/step of the compiled train step alone, called once per step on a batch
             already on the device (jit_train_step; one sync at the end)
   torch     s/step of plain PyTorch of the same shapes (/work/shared/reference/torch_gpt_ref.py)
-and the ratios loop/step (the loop's overhead) and loop/torch. Then, for K = 1, 4, 16
+and the ratios loop/step (the loop's overhead) and loop/torch; with --rounds=N each of the three
+is measured N times, alternating, and its median is used. Then, for K = 1, 4, 16
 models of the --k_size ladder model (learning rates differing, one shared data stream):
 the wall and process CPU time of train_together against K times one run alone (measured
 once: the K runs would be identical in cost), the start-up part of each (wall - steps x
@@ -26,6 +27,7 @@ import copy
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,8 @@ _KS = flags.DEFINE_list("ks", ["1", "4", "16"], "Models per program.")
 _K_SIZE = flags.DEFINE_float("k_size", 1e4, "Ladder target of the K-models comparison.")
 _K_STEPS = flags.DEFINE_integer("k_steps", 200, "Train steps of each K-models run.")
 _TORCH = flags.DEFINE_string("torch_ref", "/work/shared/reference/torch_gpt_ref.py", "Plain PyTorch script.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Measure loop, step and PyTorch this many times per size, alternating, "
+                               "and report each one's median (a loaded machine varies by 10-20% run to run).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "OMP threads of the PyTorch run; 0: its default.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many devices (XLA_FLAGS "
@@ -201,19 +205,28 @@ def main(argv) -> None:
     with tempfile.TemporaryDirectory() as root:
         for target in (float(s) for s in _SIZES.value if s):
             config, ladder = base_config(target, root, _STEPS.value, peak)
-            loop_step, _ = loop_seconds_per_step(config, os.path.join(root, f"loop{target:g}"))
-            step = compiled_step_seconds(config, _STEPS.value)
-            torch_step = torch_seconds_per_step(ladder, config.train.batch_size, config.train.seq_len, _STEPS.value)
+            rounds = []
+            for r in range(_ROUNDS.value):
+                loop_step, _ = loop_seconds_per_step(config, os.path.join(root, f"loop{target:g}-{r}"))
+                step = compiled_step_seconds(config, _STEPS.value)
+                torch_step = torch_seconds_per_step(ladder, config.train.batch_size, config.train.seq_len,
+                                                    _STEPS.value)
+                rounds.append((loop_step, step, torch_step))
+            loop_step, step = (statistics.median(r[i] for r in rounds) for i in (0, 1))
+            torch_step = None if rounds[0][2] is None else statistics.median(r[2] for r in rounds)
             row = dict(params_non_embedding=ladder_params(ladder), d_model=ladder.d_model, layers=ladder.num_layers,
                        loop_s=loop_step, step_s=step, overhead_s=loop_step - step, loop_over_step=loop_step / step,
                        torch_s=torch_step, loop_over_torch=None if torch_step is None else loop_step / torch_step,
-                       loadavg=_loadavg())
+                       rounds=rounds, loadavg=_loadavg())
             results["sizes"].append(row)
             torch_text = "n/a" if torch_step is None else f"{torch_step * 1e3:6.2f} ms"
+            spread = "" if len(rounds) == 1 else " | rounds (loop, step, torch ms): " + ", ".join(
+                "/".join("n/a" if v is None else f"{v * 1e3:.1f}" for v in r) for r in rounds)
             print(f"N={row['params_non_embedding']:>9,} (D{ladder.d_model} L{ladder.num_layers}): loop "
                   f"{loop_step * 1e3:6.2f} ms/step, step alone {step * 1e3:6.2f} ms, overhead "
                   f"{(loop_step - step) * 1e3:6.2f} ms ({loop_step / step:.2f}x); torch {torch_text} "
-                  f"(loop/torch {row['loop_over_torch'] or float('nan'):.2f}x) (load {_loadavg()})", flush=True)
+                  f"(loop/torch {row['loop_over_torch'] or float('nan'):.2f}x) (load {_loadavg()}){spread}",
+                  flush=True)
         if [k for k in _KS.value if k]:
             results["k_models"] = k_models(_K_SIZE.value, [int(k) for k in _KS.value if k], _K_STEPS.value, peak,
                                            os.path.join(root, "k"))
