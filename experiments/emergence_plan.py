@@ -91,8 +91,10 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
+    # Evaluation runs the forward pass only: the kernel gradients' form cannot change a cached result.
+    model = {k: v for k, v in config.model.to_dict().items() if k != "dense_weight_grad"}
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                           "model": config.model.to_dict()})
+                           "model": model})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 

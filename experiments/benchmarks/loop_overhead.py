@@ -213,7 +213,7 @@ def main(argv) -> None:
                                                     _STEPS.value)
                 rounds.append((loop_step, step, torch_step))
             loop_step, step = (statistics.median(r[i] for r in rounds) for i in (0, 1))
-            torch_step = None if rounds[0][2] is None else statistics.median(r[2] for r in rounds)
+            torch_step = None if None in [r[2] for r in rounds] else statistics.median(r[2] for r in rounds)
             row = dict(params_non_embedding=ladder_params(ladder), d_model=ladder.d_model, layers=ladder.num_layers,
                        loop_s=loop_step, step_s=step, overhead_s=loop_step - step, loop_over_step=loop_step / step,
                        torch_s=torch_step, loop_over_torch=None if torch_step is None else loop_step / torch_step,

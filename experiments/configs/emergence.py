@@ -8,6 +8,12 @@ least-significant digit first):
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
+Every figure below was measured with Dense kernel gradients by autodiff, before 2026-12-04; CPU
+runs now use model.dense_weight_grad=auto (activations_lhs, research/models/layers.py), whose
+rounding compounds over training into different results. `--config.model.dense_weight_grad=autodiff`
+reruns the code that measured them (bit for bit on the same kind of CPU only); the README has
+cpu_tiny's run under auto.
+
 What was measured with the previous preset (now `cpu_tiny_mirage`: GPT-2 init, copy problems packed 1-16 per document;
 one run, 09:01-09:12 UTC on 2 cores at load 1.3-3.9, the sizes in two worker processes): 10:48
 wall in all, 1,135 s of CPU. Addition (1000 items per length, exact match at 2 / 3 / 4 / 5 / 6

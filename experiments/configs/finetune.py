@@ -42,7 +42,8 @@ def _base() -> ml_collections.ConfigDict:
     config.tokenizer = "char"  # "" = the checkpoint's own
     config.model = ml_collections.ConfigDict(dict(
         preset="gpt2-tiny", dtype="float32", dropout_rate=0.0, num_layers=placeholder(int),
-        d_model=placeholder(int), max_len=placeholder(int), scan_layers=placeholder(bool), num_labels=placeholder(int)))
+        d_model=placeholder(int), max_len=placeholder(int), scan_layers=placeholder(bool), num_labels=placeholder(int),
+        dense_weight_grad=placeholder(str)))
     config.data = ml_collections.ConfigDict(dict(
         train_file="", eval_file="", chat_template="plain", synthetic="arithmetic", num_train=2048,
         num_eval=128, seed=0))

@@ -105,7 +105,11 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
 def _fingerprint(config: dict) -> dict:
     train = {k: config["train"].get(k) for k in _FINGERPRINT_TRAIN}
     data = {k: v for k, v in config["data"].items() if k != "tokenizer"}
-    return {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
+    fingerprint = {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
+    # How the kernel gradients' matmuls are formed changes rounding, not the run: an interrupted
+    # run may resume under the other form (research.training.workdir treats it the same way).
+    model = {k: v for k, v in (fingerprint["model"] or {}).items() if k != "dense_weight_grad"}
+    return {**fingerprint, "model": model}
 
 
 def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: bool) -> None:

@@ -59,8 +59,10 @@ def embedding_init_std(config: ModelConfig, table: str) -> float:
 
 def uses_activations_lhs(config: ModelConfig) -> bool:
     """Whether Dense kernel gradients take the activations_lhs form (ModelConfig.dense_weight_grad).
-    auto picks it on CPU only, and only without remat: its custom_vjp hides the matmul from
-    remat policies such as save_dots, which look for dot_general."""
+    auto picks it on CPU only (the re-fusion it avoids is XLA:CPU's), and only without remat: the
+    remat policies (save_dots keeps dot_general outputs) were measured and tested with autodiff's
+    matmuls, not inside a custom_vjp. A custom_vjp has no forward-mode rule: jax.jvp through the
+    model needs dense_weight_grad='autodiff'."""
     if config.dense_weight_grad == "auto":
         return jax.default_backend() == "cpu" and config.remat == "none"
     return config.dense_weight_grad == "activations_lhs"

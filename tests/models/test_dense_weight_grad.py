@@ -118,11 +118,31 @@ def test_both_studies_pass_the_setting_to_every_run():
     one = sweep.run_config(config, run, spec, tokenizer_path="/tok.model", peak_flops=1e9)
     fields = {k: v for k, v in one.model.to_dict().items() if v is not None}
     assert get_config(fields.pop("preset"), **fields).dense_weight_grad == "autodiff"
-    # Like remat, it does not change what a checkpoint means: a rerun under the other form resumes.
+    # Like remat, it does not change what a checkpoint means: a run interrupted under one form
+    # resumes under the other, in a plain workdir and in a sweep's run directory.
     assert not any("dense_weight_grad" in key for key in run_fingerprint(one.to_dict()))
+    config.model.dense_weight_grad = None
+    default = sweep.run_config(config, run, spec, tokenizer_path="/tok.model", peak_flops=1e9)
+    assert default.model.to_dict() != one.model.to_dict()
+    assert sweep._fingerprint(default.to_dict()) == sweep._fingerprint(one.to_dict())
 
     study = emergence.get_config("cpu_tiny")
+    cached_evaluations = emergence_plan.plan_study(study).fingerprint
     study.model.dense_weight_grad = "autodiff"
     for size in study.sizes:
         fields = emergence_plan.size_model_fields(study, size)
         assert get_config(fields.pop("preset"), **fields).dense_weight_grad == "autodiff"
+    # Evaluations are forward passes: those cached under one form stay valid under the other.
+    assert emergence_plan.plan_study(study).fingerprint == cached_evaluations
+
+
+@pytest.mark.parametrize("form,custom_calls", [("autodiff", 0), ("activations_lhs", 6 * 2)])
+def test_dense_layers_route_through_the_chosen_form(form, custom_calls):
+    """Each block's q, k, v, out, MLP in and out projections use the form (2 blocks: 12 calls,
+    q / k / v / out and MLP in / out); the float32 LM head never does."""
+    config = get_config("gpt2-tiny", num_layers=2, vocab_size=64, max_len=8, dense_weight_grad=form, tie_embeddings=False)
+    model = build_model(config)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    params = unbox(model.init(jax.random.key(0), tokens)["params"])
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens))))(params))
+    assert jaxpr.count("custom_vjp_call") == custom_calls
