@@ -1,6 +1,7 @@
 """The train loop's overhead on small models, and K models in one program against K runs.
 
     python -m experiments.benchmarks.loop_overhead [--sizes=1e3,1e4,1e5,1e6 --steps=300 --ks=1,4,16 --rounds=1]
+    python -m experiments.benchmarks.loop_overhead --dense_weight_grad=autodiff   # the kernel gradients before 2026-12-04
 
 For ladder models (research.models.presets.scaling_ladder_config, as the scaling sweep
 builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
@@ -49,6 +50,9 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "OMP threads of the Py
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many devices (XLA_FLAGS "
                                     "--xla_force_host_platform_device_count); 0: as XLA_FLAGS says.")
+_DENSE_GRAD = flags.DEFINE_enum("dense_weight_grad", None, ["auto", "autodiff", "activations_lhs"],
+                                "model.dense_weight_grad of every run (default: the config's, auto); "
+                                "autodiff times the kernel gradients as they were before 2026-12-04.")
 _ACROSS = flags.DEFINE_bool("k_across_devices", False, "K models: train.models_across_devices (each model "
                             "whole on one device; K not a multiple of the device count is skipped).")
 
@@ -73,6 +77,8 @@ def base_config(target: float, workdir: str, steps: int, peak_flops: float):
     config.model.update(dict(preset="gpt2-tiny", d_model=ladder.d_model, num_layers=ladder.num_layers,
                              num_heads=ladder.num_heads, d_ff=ladder.d_ff, max_len=ladder.max_len))
     config.model.vocab_size = ladder.vocab_size
+    if _DENSE_GRAD.value:
+        config.model.dense_weight_grad = _DENSE_GRAD.value
     config.data.tokenizer.model_path = tokenizer.path
     config.train.update(dict(num_steps=steps, log_every_steps=steps, eval_every_steps=10 * steps, eval_batches=1,
                              peak_flops=peak_flops, progress_bar=False))
