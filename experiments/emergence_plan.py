@@ -12,7 +12,7 @@ from typing import Any, Callable
 import ml_collections
 
 from research.atomic_files import write_text_atomically
-from research.models.config import ConfigError
+from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 
 Log = Callable[[str], None]
 
@@ -91,8 +91,8 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
-    # Evaluation runs the forward pass only: the kernel gradients' form cannot change a cached result.
-    model = {k: v for k, v in config.model.to_dict().items() if k != "dense_weight_grad"}
+    # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
+    model = {k: v for k, v in config.model.to_dict().items() if k not in GRADIENT_ONLY_FIELDS}
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
                            "model": model})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)

@@ -37,7 +37,7 @@ import tqdm
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig, DataError
-from research.models.config import ConfigError
+from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 from research.scaling import sweep_records
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
                                          ladder_models, plan_runs, warmup_steps)
@@ -106,9 +106,9 @@ def _fingerprint(config: dict) -> dict:
     train = {k: config["train"].get(k) for k in _FINGERPRINT_TRAIN}
     data = {k: v for k, v in config["data"].items() if k != "tokenizer"}
     fingerprint = {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
-    # How the kernel gradients' matmuls are formed changes rounding, not the run: an interrupted
-    # run may resume under the other form (research.training.workdir treats it the same way).
-    model = {k: v for k, v in (fingerprint["model"] or {}).items() if k != "dense_weight_grad"}
+    # How gradients are computed changes rounding, not the run: an interrupted run may resume
+    # under another form (research.training.workdir treats it the same way).
+    model = {k: v for k, v in (fingerprint["model"] or {}).items() if k not in GRADIENT_ONLY_FIELDS}
     return {**fingerprint, "model": model}
 
 

@@ -26,6 +26,9 @@ Remat = Literal["none", "full", "save_dots", "dots_with_no_batch_dims", "minimal
 AttentionKernelName = Literal["auto", "xla", "dot_product_attention", "splash"]
 # How a Dense layer's backward pass computes its kernel gradient (research/models/layers.py).
 DenseWeightGrad = Literal["auto", "autodiff", "activations_lhs"]
+# Fields that change only how gradients are computed: never a forward pass, a checkpoint's
+# meaning or a cached evaluation. Resume checks and evaluation caches leave them out.
+GRADIENT_ONLY_FIELDS = ("dense_weight_grad",)
 DType = Literal["float32", "bfloat16", "float16"]
 InitScheme = Literal["normal", "t5"]
 

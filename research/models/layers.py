@@ -57,6 +57,11 @@ def embedding_init_std(config: ModelConfig, table: str) -> float:
     return {"tokens": 1.0, "relative_bias": config.d_model**-0.5}.get(table, INIT_STD)
 
 
+def _last_dims_by_first(x_ndim: int, n_in: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """dot_general contracting dims: x's last n_in against the kernel's first n_in."""
+    return tuple(range(x_ndim - n_in, x_ndim)), tuple(range(n_in))
+
+
 def uses_activations_lhs(config: ModelConfig) -> bool:
     """Whether Dense kernel gradients take the activations_lhs form (ModelConfig.dense_weight_grad).
     auto picks it on CPU only (the re-fusion it avoids is XLA:CPU's), and only without remat: the
@@ -82,7 +87,7 @@ def activations_lhs_product(x: Array, kernel: Array, n_in: int) -> Array:
     in one process, 10 alternating rounds, median ms per step (2026-12-04, 2-core CPU): 1e6
     parameters (D144 L4) 88.1 against 112.0; 1e5 (D64 L2) 13.1 against 15.4; 1e4 (D28 L1) 5.07
     against 5.59; 1e3 (D8 L1) 2.06 against 2.11."""
-    return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    return jax.lax.dot_general(x, kernel, (_last_dims_by_first(x.ndim, n_in), ((), ())))
 
 
 def _activations_lhs_forward(x: Array, kernel: Array, n_in: int):
@@ -129,8 +134,7 @@ class Dense(nn.Module):
         if uses_activations_lhs(cfg) and not self.float32_output:
             y = activations_lhs_product(x, kernel, n_in)
         else:
-            contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-            y = jax.lax.dot_general(x, kernel, (contract, ((), ())),
+            y = jax.lax.dot_general(x, kernel, (_last_dims_by_first(x.ndim, n_in), ((), ())),
                                     preferred_element_type=jnp.float32 if self.float32_output else None)
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)

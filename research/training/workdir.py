@@ -20,12 +20,12 @@ import os
 import shutil
 from typing import Any, Iterator, Mapping, Sequence
 
-from research.models.config import ConfigError
+from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 
 RUN_FILE = "run.json"
 # Fields that do not change what a checkpoint means: compute precision, recomputation, dropout,
-# the form of the kernel gradients' matmuls.
-_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate", "dense_weight_grad")
+# how gradients are computed.
+_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
 # Moving a dataset does not make it another dataset.
 _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
 _TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
