@@ -35,7 +35,16 @@ definition"; issues "emergent abilities linearity breakthroughness metric formul
 strings "breakthroughness", "root median square"; google/BIG-bench's bigbench/api, which the
 index does not hold) found the paper's outline (Appendix B's title, Section 3.4 "Linearity
 and breakthroughness: categorizing scaling behaviors") and the same `breakthrough_score`,
-but no text of the formulas.
+but no text of the formulas. A third search (2026-12-04; exact strings "RootSumSquare",
+"RootMeanSquare({y", "L(y) = I(y)", "linearity_score" and others; the paper's arXiv, ar5iv and
+OpenReview pages, of which only the abstracts are stored) found no primary text either, and one
+secondary statement: a research survey summarising Zhao et al. 2025, "Random Scaling of Emergent
+Capabilities" (arXiv 2502.17356), which uses both metrics, says "B uses root-median-square in the
+denominator, L root-mean-square" - this module's reading, not the root SUM square (which would
+give L = sqrt(n - 1) for equal steps instead of n - 1; the order of curves by L is the same for
+the same number of models). Weak support, so L stays marked as not checked against the primary
+text. The same `breakthrough_score` counts a tie of argmax and argmin as sign -1 where this
+module uses np.sign (0); they differ only for a flat curve, where I = 0 either way.
 
 The paper's B has no noise floor: y = [0, 0, 0, 0, 0.01] and [0, 0, 0, 0, 1] both score
 +inf, because the median step is 0 either way. `curve_shape_with_noise` adds what the paper
