@@ -54,9 +54,9 @@ _EXPORTS = {
     "CausalLM": "objectives", "MaskedLM": "objectives", "Objective": "objectives",
     "ObjectiveName": "objectives", "PrefixLM": "objectives", "SpanCorruption": "objectives",
     "get_objective": "objectives",
-    "make_batch_dataset": "pipeline", "make_batch_iterator": "pipeline",
+    "check_batch_shape": "pipeline", "make_batch_dataset": "pipeline", "make_batch_iterator": "pipeline",
     "document_source": "sources",
-    "SpecialTokens": "tokenizer", "Tokenizer": "tokenizer", "build_tokenizer": "tokenizer",
+    "SpecialTokens": "tokenizer", "Tokenizer": "tokenizer", "build_tokenizer": "tokenizer", "build_shared_tokenizer": "tokenizer",
     "check_vocab_fits": "tokenizer", "train_tokenizer": "tokenizer",
 }
 

@@ -121,6 +121,16 @@ def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     return shard_index, shard_count
 
 
+def check_batch_shape(batch_size: int, seq_len: int, model_max_len: int | None = None) -> None:
+    """One line if batches of batch_size x seq_len cannot be made, or are longer than the model
+    takes; callers check this before anything is written (a workdir, a tokenizer)."""
+    if batch_size <= 0 or seq_len <= 0:
+        raise DataError(f"batch_size={batch_size} and seq_len={seq_len} must be positive.")
+    if model_max_len is not None and seq_len > model_max_len:
+        raise DataError(f"seq_len={seq_len} is longer than the model's max_len={model_max_len}; "
+                        "lower seq_len or use a model with a longer max_len.")
+
+
 def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objective: ObjectiveName | Objective,
                        batch_size: int, seq_len: int, split: str = "train", seed: int = 0,
                        shard_index: int | None = None, shard_count: int | None = None,
@@ -130,11 +140,7 @@ def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objecti
     from research.data.tokenizer import check_vocab_fits
 
     objective = get_objective(objective)
-    if batch_size <= 0 or seq_len <= 0:
-        raise DataError(f"batch_size={batch_size} and seq_len={seq_len} must be positive.")
-    if model_max_len is not None and seq_len > model_max_len:
-        raise DataError(f"seq_len={seq_len} is longer than the model's max_len={model_max_len}; "
-                        "lower seq_len or use a model with a longer max_len.")
+    check_batch_shape(batch_size, seq_len, model_max_len)
     if num_epochs is not None and num_epochs <= 0:
         raise DataError(f"num_epochs={num_epochs} must be positive (or None to repeat forever).")
     if model_vocab_size is not None:

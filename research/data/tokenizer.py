@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -226,6 +227,24 @@ def build_tokenizer(data_config: DataConfig, workdir: str) -> Tokenizer:
     from research.data.sources import document_source
     texts = document_source(data_config, "train")
     return train_tokenizer((texts[i] for i in range(len(texts))), tok, path)
+
+
+def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> Tokenizer:
+    """`build_tokenizer` for runs trained together on one corpus: trained once (in the first
+    workdir), then copied to each other workdir that lacks it, so every workdir holds its
+    tokenizer as if trained alone (training it K times took 6-13 s per model on the stdlib
+    corpus)."""
+    tokenizer = build_tokenizer(data_config, workdirs[0])
+    if data_config.tokenizer.model_path:
+        return tokenizer
+    for workdir in workdirs[1:]:
+        path = cached_model_path(data_config, workdir)
+        if not os.path.isfile(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp_path = f"{path}.tmp{os.getpid()}"
+            shutil.copyfile(tokenizer.path, tmp_path)
+            os.replace(tmp_path, path)
+    return tokenizer
 
 
 def _main(argv: Sequence[str]) -> None:

@@ -73,11 +73,17 @@ def auto_block_len(flops_per_step: float, peak_flops: float, batch_bytes: int) -
     return max(1, steps)
 
 
-def resolve_block_len(steps_per_call: int, *, flops_per_step: float, peak_flops: float, batch_bytes: int) -> int:
+def resolve_block_len(steps_per_call: int, *, flops_per_step: float, peak_flops: float, batch_bytes: int,
+                      longest_block: int | None = None) -> int:
+    """The block length: steps_per_call, or auto_block_len's for 0, never above `longest_block`
+    (the most steps any block of the run can hold: blocks end at evaluation and checkpoint steps).
+    Every block's batches are stacked to the full length, so a length past what any block
+    holds would only cost memory (steps_per_call=10**6 for an 8-step run: 8.9 GB)."""
     if steps_per_call < 0:
         raise ConfigError(f"train.steps_per_call={steps_per_call} must be >= 1, or 0 to choose it from the "
                           "model's FLOPs per step.")
-    return steps_per_call or auto_block_len(flops_per_step, peak_flops, batch_bytes)
+    chosen = steps_per_call or auto_block_len(flops_per_step, peak_flops, batch_bytes)
+    return max(1, min(chosen, longest_block)) if longest_block else chosen
 
 
 def block_plan(start_step: int, end_step: int, block_len: int,

@@ -135,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = train_together(configs, workdirs)
     failed = [str(r) for r in results if isinstance(r, Exception)]
     if failed:
-        raise TrainingDivergedError(f"{len(failed)} of {len(results)} models diverged (the others finished): "
-                                    + " | ".join(failed))
+        others = " (the others finished)" if len(failed) < len(results) else ""
+        raise TrainingDivergedError(f"{len(failed)} of {len(results)} models diverged{others}: " + " | ".join(failed))
     return {f"{os.path.basename(w)}/{k}": v for w, r in zip(workdirs, results) for k, v in r.items()}
 
 
@@ -182,13 +182,14 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # Across devices too: each model's checkpoint is laid out as if trained alone on this mesh.
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
+    data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))
     # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run (every
     # model's, before any is created), then create them.
-    workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)], record=jax.process_index() == 0)
-    tokenizer = [data_lib.build_tokenizer(data_config, w) for w in workdirs][0]  # each workdir as if alone
+    claimed = workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)],
+                                    record=jax.process_index() == 0)
     local_batch = train.batch_size // jax.process_count()
     seeds = [t.seed for t in trains]
     per_model_data = len(set(seeds)) > 1  # the seed orders the data too: one stream per model
@@ -200,9 +201,14 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
             model_vocab_size=model_config.vocab_size)
 
-    # Shapes from one validation batch, so the train iterators are untouched until step 0.
-    example = next(batches("validation", train.seed))
-    objective.check_batch(example, model_config.max_len)
+    try:  # the checks that need the tokenizer: a bad input withdraws the claims this call made
+        tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
+        # Shapes from one validation batch, so the train iterators are untouched until step 0.
+        example = next(batches("validation", train.seed))
+        objective.check_batch(example, model_config.max_len)
+    except (ConfigError, data_lib.DataError):
+        workdir_lib.unclaim(claimed)
+        raise
     batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
     # The optimizer here only gives the state its structure (init, restore); each step builds its own
@@ -289,7 +295,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             tokens_per_step = train.batch_size * target_len
             block_len = blocks.resolve_block_len(
                 train.steps_per_call, flops_per_step=num_models * tokens_per_step * size["train_flops_per_token"],
-                peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
+                peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()),
+                longest_block=min(n for n in (train.num_steps, train.eval_every_steps, checkpoint_config.every_steps)
+                                  if n > 0))
             if jax.process_count() > 1:  # each process timed its own peak: all must run the same calls
                 from jax.experimental import multihost_utils
                 block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))

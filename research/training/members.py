@@ -8,6 +8,7 @@ stopping a model whose loss is not finite), and saving one model's slice of the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -16,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research.atomic_files import write_text_atomically
 from research.training import metrics as metrics_lib
 from research.training import workdir as workdir_lib
 from research.training.checkpoint_loading import checkpoint_steps_in
@@ -23,6 +25,7 @@ from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Check
 from research.training.state import stack_trees, with_shardings
 
 log = logging.getLogger(__name__)
+DIVERGED_FILE = "diverged.json"  # in a model's workdir: it stopped on a NaN/Inf while trained with others
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -56,19 +59,43 @@ def _far_behind(newest: list[int], every_steps: int) -> list[int]:
     return [i for i, n in enumerate(newest) if n < previous]
 
 
+def _diverged_step(workdir: str) -> int | None:
+    """The step at which the model in `workdir` stopped on a NaN/Inf while trained with others
+    (its DIVERGED_FILE), else None."""
+    try:
+        with open(os.path.join(workdir, DIVERGED_FILE), encoding="utf-8") as f:
+            return int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
     """Models trained in one program resume from a step all of them saved. A model far behind
-    the others (_far_behind: a value added to batched.values, or a model that diverged before
-    its first save) would force all back to step 0 and lose the others' work: refuse in one
-    line instead, before anything is created or deleted."""
+    the others would force all back to step 0 and lose the others' work: refuse in one line
+    instead, before anything is created or deleted. Far behind: _far_behind, or no checkpoint
+    while another model has one and either no run recorded in its workdir (a value added to
+    batched.values) or a NaN stop recorded there (a model that diverged before its first save,
+    which would diverge again each rerun, every time taking the others back to step 0). A model
+    with no checkpoint whose workdir records this run and no NaN stop was killed between the
+    models' first saves: all restart from step 0 (restore_or_init)."""
     newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
-    behind = _far_behind(newest, max(every_steps, 1))  # 0 is refused later, with the config's checks
-    if behind:
+    why = {i: f"step {newest[i] or None}" for i in _far_behind(newest, max(every_steps, 1))}
+    # (every_steps 0 is refused later, with the config's checks)
+    if max(newest) > 0:
+        for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
+            if saved or i in why:
+                continue
+            diverged = _diverged_step(workdir)
+            if diverged is not None:
+                why[i] = f"no checkpoint: diverged at step {diverged}"
+            elif not workdir_lib.holds_run(workdir):
+                why[i] = "new"
+    if why:
         raise CheckpointError(
-            f"model(s) {', '.join(f'{i} ({workdirs[i]}, step {newest[i] or None})' for i in behind)} are behind the "
+            f"model(s) {', '.join(f'{i} ({workdirs[i]}, {why[i]})' for i in sorted(why))} are behind the "
             f"others (saved up to step {max(newest)}): models trained in one program resume from a step all of them "
-            "saved. Train the new (or diverged) value(s) in a run of their own, or use a new workdir; nothing was "
-            "changed.")
+            "saved. Train the new (or diverged) value(s) in a run of their own (or drop them from batched.values), "
+            "or use a new workdir; nothing was changed.")
 
 
 def restore_or_init(members: list[Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,
@@ -78,6 +105,8 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
     fresh, and the data iterators positioned to match it. K models' states are stacked laid
     out as `stacked_shardings` (None: one model)."""
     if all(m.checkpointer.latest_step() is None for m in members):
+        for m in members:  # records of a run killed (or stopped by a NaN) before its first save: redone now
+            m.writer.forget_after(-1)
         return init(), sources
     while True:
         all_steps = [sorted(m.checkpointer.all_steps()) for m in members]
@@ -151,14 +180,19 @@ def record_block(members: list[Member], first: int, num_steps: int, device_metri
             step = first + j
             values = {k: float(v[j, m.index]) for k, v in host.items()}
             if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
+                latest = m.checkpointer.latest_step()
+                saved = (f"Last good checkpoint: step {latest} in {m.checkpointer.directory}" if latest is not None
+                         else "No checkpoint was saved")
                 m.error = TrainingDivergedError(
                     f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
                     f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
-                    f"without saving. Last good checkpoint: step {m.checkpointer.latest_step()} in "
-                    f"{m.checkpointer.directory}; lower opt.learning_rate or raise warmup and rerun.")
+                    f"without saving. {saved}; lower opt.learning_rate or raise warmup and rerun.")
                 m.checkpointer.wait()
                 if not stacked:
                     raise m.error
+                if jax.process_index() == 0:  # check_common_start reads it: a rerun would diverge again
+                    write_text_atomically(os.path.join(m.workdir, DIVERGED_FILE),
+                                          json.dumps({"step": step, "error": str(m.error)}) + "\n")
                 log.warning("%s", m.error)
                 break
             m.last.update(values)
@@ -174,3 +208,6 @@ def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric
     evaluated (keep_best 0)."""
     m.checkpointer.save(step, own_state, position, m.config.to_dict(),
                         None if best_metric is None else {BEST_METRIC: best_metric})
+    marker = os.path.join(m.workdir, DIVERGED_FILE)
+    if os.path.exists(marker) and jax.process_index() == 0:  # an earlier NaN stop, now trained past
+        os.remove(marker)

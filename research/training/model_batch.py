@@ -59,6 +59,9 @@ def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
     """(field, values) of config.batched, or None when the config trains one model."""
     batched = config.get("batched", None)
     if not batched or not batched.get("field", ""):
+        if batched and tuple(batched.get("values", ()) or ()):  # values alone would train one model, silently
+            raise ConfigError(f"batched.values={tuple(batched['values'])} is set but batched.field is empty: name the "
+                              f"field they are values of, e.g. --config.batched.field=opt.learning_rate ({BATCHABLE}).")
         return None
     field, values = batched["field"], tuple(batched.get("values", ()) or ())
     try:

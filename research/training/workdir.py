@@ -105,6 +105,11 @@ def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, A
     return "; ".join(parts)
 
 
+def holds_run(workdir: str) -> bool:
+    """Whether `workdir` records a run (its run.json, written when a run claimed it)."""
+    return os.path.isfile(os.path.join(workdir, RUN_FILE))
+
+
 def _read_recorded(workdir: str) -> dict[str, Any] | None:
     """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
     before run.json existed) the config saved with its newest checkpoint; None if neither."""
@@ -143,10 +148,11 @@ def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> No
     claim_all([(workdir, config)], record=record)
 
 
-def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True) -> None:
+def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True) -> list[str]:
     """`claim` for several (workdir, config) runs trained together: every workdir is checked
-    before any is created, so a refusal leaves nothing behind."""
-    fingerprints = []
+    before any is created, so a refusal leaves nothing behind. Returns the workdirs this call
+    claimed first (no run recorded there before), for `unclaim` when a later check fails."""
+    fingerprints, first = [], []
     for workdir, config in runs:
         check_writable(workdir)
         current = run_fingerprint(config)
@@ -156,6 +162,10 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
                 raise WorkdirError(
                     f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "
                     f"use a new --workdir, or delete {workdir} to start over.")
+            if recorded is None:
+                first.append(workdir)
+        elif not _is_url(workdir):
+            first.append(workdir)
         fingerprints.append(current)
     from etils import epath  # knows local and cloud (gs://) paths alike
     for (workdir, _), current in zip(runs, fingerprints):
@@ -169,6 +179,17 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
             partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
             partial.write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
             partial.replace(path / RUN_FILE)
+    return first
+
+
+def unclaim(workdirs: Sequence[str]) -> None:
+    """Withdraw the claims `claim_all` made first on `workdirs` (a bad input found after the
+    claim, before any training): the corrected command must not be refused as another run."""
+    for workdir in workdirs:
+        checkpoints = os.path.join(workdir, "checkpoints")
+        if not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(workdir, RUN_FILE))
 
 
 def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:

@@ -44,6 +44,21 @@ def test_trained_model_is_cached_in_workdir(tokenizer, small_stdlib):
     assert cached_model_path(bigger, "w") != cached_model_path(small_stdlib, "w")
 
 
+def test_models_trained_together_train_their_tokenizer_once(tokenizer, small_stdlib, tmp_path, monkeypatch):
+    from research.data import tokenizer as tokenizer_lib
+    trained = []
+    real = tokenizer_lib.train_tokenizer
+    monkeypatch.setattr(tokenizer_lib, "train_tokenizer", lambda *a, **k: trained.append(1) or real(*a, **k))
+    workdirs = [str(tmp_path / name) for name in "abc"]
+    shared = tokenizer_lib.build_shared_tokenizer(small_stdlib, workdirs)
+    assert len(trained) == 1 and shared.path == tokenizer_lib.cached_model_path(small_stdlib, workdirs[0])
+    for workdir in workdirs:  # every workdir holds it, as if trained alone (same bytes as a lone training)
+        with open(tokenizer_lib.cached_model_path(small_stdlib, workdir), "rb") as f, open(tokenizer.path, "rb") as g:
+            assert f.read() == g.read()
+    tokenizer_lib.build_shared_tokenizer(small_stdlib, workdirs)  # a rerun reuses them all
+    assert len(trained) == 1
+
+
 def test_extra_ids_are_sentinels_at_the_top(tokenizer):
     assert tokenizer.vocab_size == tokenizer.piece_size + 100
     assert tokenizer.sentinel_id(0) == tokenizer.vocab_size - 1

@@ -31,6 +31,16 @@ def test_auto_block_length_is_long_for_small_steps_and_one_for_large():
     assert blocks.auto_block_len(1e6, 1e11, blocks.MAX_BLOCK_BYTES // 3) == 3
 
 
+def test_block_length_never_exceeds_the_longest_block_of_the_run():
+    # Every block's batches are stacked to the full length: 10**6 steps per call for an 8-step
+    # run once padded 10**6 batches (8.9 GB).
+    common = dict(flops_per_step=1e6, peak_flops=1e11, batch_bytes=10_000)
+    assert blocks.resolve_block_len(10**6, **common, longest_block=8) == 8
+    assert blocks.resolve_block_len(5, **common, longest_block=8) == 5
+    assert blocks.resolve_block_len(0, **common, longest_block=3) == 3  # auto would pick MAX_AUTO_BLOCK
+    assert blocks.resolve_block_len(0, **common) == blocks.MAX_AUTO_BLOCK
+
+
 def test_blocked_steps_are_bit_identical_to_one_step_per_call(tokenizers, compilation_cache, tmp_path):
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=9, eval_every_steps=4)
     config.model.dropout_rate = 0.1  # per-step dropout keys must match too

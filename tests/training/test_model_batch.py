@@ -89,6 +89,7 @@ def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
     (dict(field="train.seed", values=(1, 1.5)), r"batched.values holds 1.5, but train.seed is a whole number"),
     (dict(field="opt.learning_rate", values=(1e-3, "fast")), r"holds 'fast' \(str\): every value of opt.learning_rate"),
     (dict(field="train.seed", values=(1, 1.0)), r"repeats a value"),
+    (dict(field="", values=(1e-3, 2e-3)), r"batched.values=\(0.001, 0.002\) is set but batched.field is empty"),
 ])
 def test_bad_batched_axis_is_one_line_before_compiling(change, message, tokenizers, tmp_path):
     config = run_config("gpt_tiny", tokenizers["plain"])
@@ -96,6 +97,61 @@ def test_bad_batched_axis_is_one_line_before_compiling(change, message, tokenize
     with pytest.raises(ConfigError, match=message) as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def _saved(workdir):
+    checkpoints = workdir / "checkpoints"
+    return sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()), read_metrics(workdir)
+
+
+def test_a_value_added_to_a_run_that_saved_once_is_refused_not_restarted(tokenizers, tmp_path):
+    """Models that saved only their first (here: final) checkpoint, then a value added: the new
+    model has no checkpoint and no run in its workdir, so it is refused in one line; the
+    finished models keep their checkpoints and records (they once all restarted from step 0)."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4, steps_per_call=4)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    train_and_evaluate(config, str(tmp_path / "run"))
+    names = ("opt.learning_rate=0.001", "opt.learning_rate=0.002")
+    before = {name: _saved(tmp_path / "run" / name) for name in names}
+    config.batched.values = (1e-3, 2e-3, 5e-3)
+    with pytest.raises(CheckpointError, match=r"model\(s\) 2 \(.*opt.learning_rate=0.005, new\) are behind the "
+                                              r"others \(saved up to step 4\)") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run" / "opt.learning_rate=0.005").exists()
+    assert before == {name: _saved(tmp_path / "run" / name) for name in names}
+
+
+def test_a_model_that_diverged_before_its_first_save_is_refused_on_rerun(tokenizers, tmp_path):
+    """Restarting all from step 0 would diverge the same model again on every rerun, each time
+    retraining the others: refused in one line, naming the step it diverged at."""
+    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=4, steps_per_call=2)
+    base.opt.warmup_steps = 0
+    configs = [_member(base, **{"opt.learning_rate": 1e-3}), _member(base, **{"opt.learning_rate": 1e35})]
+    workdirs = [str(tmp_path / str(i)) for i in range(2)]
+    results = train_together(configs, workdirs)
+    assert isinstance(results[1], TrainingDivergedError) and "No checkpoint was saved" in str(results[1])
+    bad_step = int(str(results[1]).split("step ")[1].split(":")[0])
+    before = _saved(tmp_path / "0")
+    assert before[0] == ["4"]
+    with pytest.raises(CheckpointError, match=rf"model\(s\) 1 \(.*, no checkpoint: diverged at step {bad_step}\) "
+                                              r"are behind the others") as error:
+        train_together(configs, workdirs)
+    assert "\n" not in str(error.value) and _saved(tmp_path / "0") == before
+    # Without it the first model resumes alone, untouched.
+    assert train_together(configs[:1], workdirs[:1])[0]["eval_loss"] == pytest.approx(results[0]["eval_loss"])
+
+
+def test_records_of_a_run_stopped_before_its_first_save_are_not_kept_twice(tokenizers, tmp_path):
+    """A kill (or NaN stop) before the first checkpoint leaves records but no checkpoint: the
+    rerun starts from step 0 and its records replace them."""
+    import shutil
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=3, steps_per_call=1)
+    config.checkpoint.every_steps = 10
+    train_and_evaluate(config, str(tmp_path / "run"))
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if killed while saving the first checkpoint
+    train_and_evaluate(config, str(tmp_path / "run"))
+    steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert steps == sorted(set(steps)) and [s for s in steps if s > 0] == [1, 2, 3]
 
 
 def test_models_of_different_shapes_are_refused_in_one_line(tokenizers, tmp_path):

@@ -93,3 +93,24 @@ def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
     now = float(make_schedule(OptimizerConfig(total_steps=600, **opt))(100))
     assert now > was  # a longer cosine is higher at the same step
     assert f"was {was:.3g}, is now {now:.3g}" in warning
+
+
+@pytest.mark.parametrize("bad", [dict(train=dict(seq_len=4096)), dict(model=dict(vocab_size=100))])
+def test_a_bad_input_found_by_the_loop_leaves_the_workdir_unclaimed(bad, tokenizers, tmp_path):
+    """A seq_len past the model's max_len (checked before the claim) or a vocabulary the
+    tokenizer does not fit in (checked with the tokenizer, after it): one line, and the user's
+    existing workdir records no run, so the corrected command is not refused as another run."""
+    from tests.training.conftest import run_config
+    from research.training import train_and_evaluate
+    workdir = tmp_path / "mine"
+    workdir.mkdir()
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    good = config.to_dict()
+    for section, fields in bad.items():
+        config[section].update(fields)
+    with pytest.raises(DataError) as error:
+        train_and_evaluate(config, str(workdir))
+    assert "\n" not in str(error.value) and not workdir_lib.holds_run(str(workdir))
+    import ml_collections
+    train_and_evaluate(ml_collections.ConfigDict(good), str(workdir))
+    assert workdir_lib.holds_run(str(workdir)) and (workdir / "checkpoints" / "2").exists()
