@@ -55,8 +55,11 @@ def main(argv):
     fit3, plan = report["approach3"], report["prediction"]["approach3"]
     print(f"approach3: E={fit3['E']:.4g} A={fit3['A']:.4g} B={fit3['B']:.4g} alpha={fit3['alpha']:.4g} "
           f"beta={fit3['beta']:.4g} a={fit3['a']:.4g} b={fit3['b']:.4g} ({fit3['seconds']:.1f} s)")
-    print(f"at C={report['prediction']['compute_budget']:.3g}: N_opt={plan['N_opt']:.4g} D_opt={plan['D_opt']:.4g} "
-          f"tokens/param={plan['tokens_per_parameter']:.3g} loss={plan['loss']:.4g}")
+    if "skipped" in plan:
+        print(f"at C={report['prediction']['compute_budget']:.3g}: no compute-optimal allocation: {plan['skipped']}")
+    else:
+        print(f"at C={report['prediction']['compute_budget']:.3g}: N_opt={plan['N_opt']:.4g} "
+              f"D_opt={plan['D_opt']:.4g} tokens/param={plan['tokens_per_parameter']:.3g} loss={plan['loss']:.4g}")
     print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'fit.json')} and {', '.join(report['plots'])}")
 
 

@@ -62,6 +62,8 @@ def summary(report: dict) -> str:
     if sweep["seed_noise"]:
         lines.append(f"seed noise: {sweep['seed_noise']['relative_std']:.2%} relative std of loss over "
                      f"{sweep['seed_noise']['groups']} repeated run(s)")
+    if sweep.get("compute_optimal_skipped"):
+        lines.append(f"approach 3 compute-optimal: skipped: {sweep['compute_optimal_skipped']}")
     for row in sweep["compute_optimal"]:
         lines.append(f"approach 3 compute-optimal at C={row['C']:.3g}: N={row['N_opt']:.3g}, D={row['D_opt']:.3g}, "
                      f"{row['tokens_per_parameter']:.3g} tokens/parameter, loss {row['loss']:.4g}")

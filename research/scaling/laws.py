@@ -18,6 +18,10 @@ import numpy as np
 FLOPS_PER_PARAM_TOKEN = 6.0  # forward + backward of a dense transformer, C = 6 N D
 
 
+class NoOptimumError(ValueError):
+    """A fitted law without a compute-optimal allocation (ChinchillaLaw.optimum_problem)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ChinchillaLaw:
     """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, eq. 2)."""
@@ -45,14 +49,31 @@ class ChinchillaLaw:
 
     @property
     def G(self) -> float:
-        """N_opt = G (C/6)**a and D_opt = (C/6)**b / G (Hoffmann et al. eq. 4)."""
+        """N_opt = G (C/6)**a and D_opt = (C/6)**b / G (Hoffmann et al. eq. 4); NaN when the law
+        has no optimum (optimum_problem)."""
+        if self.optimum_problem():
+            return float("nan")
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+
+    def optimum_problem(self) -> str | None:
+        """Why the law has no compute-optimal allocation, or None. With alpha or beta <= 0 (a
+        fit of too few or too noisy runs) loss does not fall with both N and D, and the
+        allocation's formulas raise a negative number to fractional powers (complex numbers)."""
+        if self.alpha > 0 and self.beta > 0 and self.A > 0 and self.B > 0:
+            return None
+        return (f"the fitted law (alpha={self.alpha:.3g}, beta={self.beta:.3g}, A={self.A:.3g}, B={self.B:.3g}) "
+                "does not fall with both N and D, so it has no compute-optimal allocation; fit more runs "
+                "(more sizes per budget, or budgets further apart)")
 
     def compute_optimal(self, C, flops_per_token: PowerLaw | None = None):
         """(N_opt, D_opt) minimising L under C = 6 N D, or under C = f(N) D when training costs
         f(N) = k N^s FLOPs per token (`flops_per_token`; exact accounting, where attention and
         the unembedding make small models dearer per parameter than 6 N). C in FLOPs, broadcasts.
-        Setting dL/dN = 0 along f(N) D = C: N^(alpha + s beta) = alpha A C^beta / (s beta B k^beta)."""
+        Setting dL/dN = 0 along f(N) D = C: N^(alpha + s beta) = alpha A C^beta / (s beta B k^beta).
+        Raises NoOptimumError when optimum_problem() says there is none."""
+        problem = self.optimum_problem()
+        if problem:
+            raise NoOptimumError(problem)
         C = np.asarray(C, np.float64)
         if flops_per_token is None:
             per = C / FLOPS_PER_PARAM_TOKEN

@@ -66,7 +66,8 @@ def plot_law_contours(law: ChinchillaLaw, table: RunTable, path: str, *, compute
     """
     c_max = max(table.compute.max(), compute_budget or 0.0) * 3
     c = np.geomspace(table.compute.min() / 3, c_max, 200)
-    n_opt = law.compute_optimal(c, flops_per_token)[0]
+    optimum = law.optimum_problem() is None  # else no compute-optimal line to draw
+    n_opt = law.compute_optimal(c, flops_per_token)[0] if optimum else table.N
     n = np.geomspace(min(table.N.min(), n_opt.min()) / 3, max(table.N.max(), n_opt.max()) * 3, 200)
     C_NC, N_NC = np.meshgrid(c, n)
     per_token = FLOPS_PER_PARAM_TOKEN * N_NC if flops_per_token is None else flops_per_token(N_NC)
@@ -77,8 +78,9 @@ def plot_law_contours(law: ChinchillaLaw, table: RunTable, path: str, *, compute
     contours = ax.contourf(C_NC, N_NC, loss, levels=np.unique(levels), cmap="viridis", extend="both")
     fig.colorbar(contours, ax=ax, label="predicted loss (nats/token)")
     ax.scatter(table.compute, table.N, s=6, color="white", edgecolor="black", lw=0.3, label="runs")
-    ax.plot(c, n_opt, color="red", lw=1.5, label=f"N_opt ∝ C^{law.optimal_exponents(flops_per_token)[0]:.3f}")
-    if compute_budget is not None:
+    if optimum:
+        ax.plot(c, n_opt, color="red", lw=1.5, label=f"N_opt ∝ C^{law.optimal_exponents(flops_per_token)[0]:.3f}")
+    if optimum and compute_budget is not None:
         ax.plot(compute_budget, law.compute_optimal(compute_budget, flops_per_token)[0], marker="*", color="red",
                 ms=12, label=f"C={compute_budget:.2e}")
     xlabel = "training FLOPs C = 6ND" if flops_per_token is None else "training FLOPs C (exact)"

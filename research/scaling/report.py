@@ -107,10 +107,14 @@ def _optimum_exponents(approach3, flops_per_token: PowerLaw | None) -> dict:
 
 def _prediction(compute_budget, predict, law, approach1, approach2, flops_per_token=None,
                 N_range=(0.0, math.inf)) -> dict:
-    N3, D3 = law.compute_optimal(compute_budget, flops_per_token)
-    out = {"compute_budget": compute_budget,
-           "approach3": {**_allocation(N3, D3), "loss": float(law.loss(N3, D3))}}
-    if flops_per_token is not None and not N_range[0] <= N3 <= N_range[1]:
+    out = {"compute_budget": compute_budget}
+    problem = law.optimum_problem()
+    if problem:
+        out["approach3"] = {"skipped": problem}
+    else:
+        N3, D3 = law.compute_optimal(compute_budget, flops_per_token)
+        out["approach3"] = {**_allocation(N3, D3), "loss": float(law.loss(N3, D3))}
+    if not problem and flops_per_token is not None and not N_range[0] <= N3 <= N_range[1]:
         # f(N) = k N^s was fitted over the runs' sizes; s < 1 extrapolated far enough would cost
         # less than 6 N per token, which no transformer does.
         out["approach3"]["warning"] = (f"N_opt={N3:.3g} lies outside the runs' N [{N_range[0]:.3g}, "

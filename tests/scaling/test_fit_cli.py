@@ -117,3 +117,32 @@ def test_seeds_of_one_point_are_fitted_as_that_point(tmp_path):
     doubled = RunTable(np.concatenate([N, N[repeated]]), np.concatenate([D, D[repeated]]),
                        np.concatenate([first_seed, seed1]))
     assert abs(fit_chinchilla_law(doubled, grid=COARSE_GRID).law.E - fits["points"]["approach3"]["E"]) > 1e-4
+
+
+def test_a_fitted_law_without_an_optimum_is_reported_not_a_crash(runs_csv, tmp_path, monkeypatch):
+    """A fit of too few runs can come out with an exponent <= 0 (a sweep's test preset gave
+    beta = -0.733): the compute-optimal allocation is then skipped with the reason, instead
+    of complex numbers and a traceback after every run had trained."""
+    import dataclasses
+    from research.scaling import report as report_lib
+    from research.scaling.laws import NoOptimumError
+    real = report_lib.fit_chinchilla_law
+
+    def rising_with_D(*args, **kwargs):
+        fit = real(*args, **kwargs)
+        flip = lambda law: dataclasses.replace(law, beta=-abs(law.beta))
+        return dataclasses.replace(fit, law=flip(fit.law), bootstrap_laws=[flip(fit.bootstrap_laws[0]),
+                                                                            *fit.bootstrap_laws[1:]])
+
+    monkeypatch.setattr(report_lib, "fit_chinchilla_law", rising_with_D)
+    report = fit_run_table(runs_csv, str(tmp_path / "nominal"), compute_budget=5.76e23, bootstrap_samples=4,
+                           init_grid="coarse")
+    skipped = report["prediction"]["approach3"]["skipped"]
+    assert "no compute-optimal allocation" in skipped and "beta=-" in skipped
+    saved = json.loads((tmp_path / "nominal" / "fit.json").read_text())
+    assert saved["approach3"]["G"] is None and saved["approach3"]["beta"] < 0
+    assert (tmp_path / "nominal" / "law_contours.png").exists()
+    from research.scaling.laws import ChinchillaLaw
+    law = ChinchillaLaw(**{k: saved["approach3"][k] for k in ("E", "A", "B", "alpha", "beta")})
+    with pytest.raises(NoOptimumError, match="does not fall with both N and D"):
+        law.compute_optimal(1e20)
