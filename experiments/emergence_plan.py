@@ -4,6 +4,7 @@ training mixture with its tokenizer, built and checked before any compilation
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ class StudyPlan:
 def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     """Build the ladder's model configs and every task; ConfigError / TaskError on bad input."""
     from research.evaluation.suite import plan_suite
-    from research.evaluation.task_catalog import catalog_task
+    from research.evaluation.task_catalog import catalog_names, catalog_task, is_task_file
     from research.evaluation.task_spec import make_task
     from research.models import get_config
 
@@ -60,6 +61,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
     if not mixture.tasks or any(int(n) < 1 for n in mixture.tasks.values()):
         raise ConfigError(f"mixture.tasks={dict(mixture.tasks)} must map task names to problem counts >= 1.")
+    for name in mixture.tasks:  # a misspelt training task is named as such, before the packing below names it
+        if not is_task_file(name) and name not in catalog_names():
+            catalog_task(name)  # raises the catalog's one line, with the nearest names
     for name, pair in dict(mixture.get("examples_per_document_by_task", None) or {}).items():
         if name not in mixture.tasks:
             raise ConfigError(f"mixture.examples_per_document_by_task names {name!r}, which mixture.tasks lacks; "
@@ -69,6 +73,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
                               "with 1 <= fewest <= most.")
 
     _check_training_and_evaluation(config, models)
+    _check_report(config)
     ev = config.eval
     cue = ev.cot_description
     eval_tasks = {name: _with_cue(catalog_task(name, num_test=ev.num_test, num_train=ev.num_train, seed=ev.seed),
@@ -98,6 +103,31 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 
+def _check_report(config: ml_collections.ConfigDict) -> None:
+    """report.metrics / plot_metrics name metrics the evaluation computes, and each
+    report.transition_task is evaluated at every checkpoint (eval.tasks): a misspelt name once
+    gave an empty report after the whole study had run."""
+    from research.evaluation.metrics import GENERATION_METRICS, LOGLIKELIHOOD_METRICS, MULTIPLE_CHOICE_METRICS
+
+    report = config.get("report", None)
+    if report is None:
+        return
+    known = tuple(dict.fromkeys((*GENERATION_METRICS, *MULTIPLE_CHOICE_METRICS, *LOGLIKELIHOOD_METRICS)))
+    for field in ("metrics", "plot_metrics"):
+        names = tuple(report.get(field, ()) or ())
+        unknown = [m for m in names if m not in known]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"report.{field} names unknown metric(s) {unknown}; {hint}known: {known}.")
+    tracked = report.get("transition_task", None) or ()
+    tracked = [tracked] if isinstance(tracked, str) else list(tracked)
+    missing = [t for t in tracked if t not in tuple(config.eval.tasks)]
+    if missing:
+        raise ConfigError(f"report.transition_task names {missing}, which eval.tasks={tuple(config.eval.tasks)} does "
+                          "not evaluate at every checkpoint; add them to eval.tasks or drop them.")
+
+
 def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: dict[str, Any]) -> None:
     """The numbers that otherwise fail only inside a worker, after the data is written or a
     whole size has trained (eval.batch_size is read when the first checkpoint is evaluated)."""
@@ -123,9 +153,8 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
 
 def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before any work: a size already trained in `workdir` was trained as this config asks
-    (model, optimizer and every learning rate, seed, batch and sequence sizes), else a finished
-    run would be reported under the new settings without being retrained; and not past
-    train.num_steps, whose final evaluation (the many-item tasks) it would otherwise lack.
+    (model, optimizer and every learning rate, seed, batch and sequence sizes, num_steps), else
+    a finished run would be reported under the new settings without being retrained.
     The data is checked by prepare_data."""
     from experiments.emergence import train_config
     from research.training import workdir as workdir_lib
@@ -135,15 +164,12 @@ def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
         saved = workdir_lib.newest_saved_config(os.path.join(run_dir, "checkpoints"))
         if saved is None:
             continue
-        step, saved = saved
+        _, saved = saved
         wanted = train_config(config, size, {}).to_dict()
         differences = workdir_lib.fingerprint_differences(_training_identity(saved), _training_identity(wanted))
         if differences:
             raise ConfigError(f"{run_dir} was trained with other settings ({differences}); use a new --workdir, or "
                               f"delete {run_dir} to train that size again.")
-        if step > int(config.train.num_steps):
-            raise ConfigError(f"{run_dir} is trained to step {step}, past train.num_steps={config.train.num_steps}; "
-                              f"set train.num_steps={step} (or more), or use a new --workdir.")
 
 
 def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +181,9 @@ def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
                 if not k.startswith("data.")}
     identity.update({f"opt.{k}": list(v) if isinstance(v, tuple) else v for k, v in dict(run.get("opt", {})).items()})
     identity["train.batch_size"] = dict(run.get("train", {})).get("batch_size")
+    # The schedule's length: a finished size continued to a larger num_steps would follow a
+    # stretched schedule (its learning rate rising again), a run no fresh one equals.
+    identity["train.num_steps"] = dict(run.get("train", {})).get("num_steps")
     return identity
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -44,9 +45,11 @@ from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, Sw
 
 RESULT_FILE = "result.json"  # written once a run has ended (ok or failed)
 RUN_CONFIG_FILE = "run_config.json"
+FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
 # The config sections that decide what a run computes; a rerun must match them to reuse it.
 _FINGERPRINT_SECTIONS = ("model", "objective", "objective_options", "opt")
-_FINGERPRINT_TRAIN = ("num_steps", "batch_size", "seq_len", "microbatches", "seed", "z_loss")
+_FINGERPRINT_TRAIN = ("num_steps", "batch_size", "seq_len", "microbatches", "seed", "z_loss",
+                      "eval_batches")  # the loss the fit reads is measured on eval_batches batches
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
 
@@ -81,9 +84,25 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
     shard = config.get("shard", {"index": 0, "count": 1})
     if not 0 <= shard["index"] < shard["count"]:
         raise SweepError(f"shard.index={shard['index']} must be in [0, shard.count={shard['count']}).")
+    _check_fit_settings(config.get("fit", None))
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
     return SweepPlan(spec, data_config, models, runs)
+
+
+def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:
+    """The fit section's mistakes, before any run trains (the fit reads them only once every
+    run has finished)."""
+    if not fit or not fit.get("enabled", True):
+        return
+    bootstrap, budget, grid = fit.get("bootstrap", 0), fit.get("compute_budget", 1.0), fit.get("init_grid", "paper")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise SweepError(f"fit.bootstrap={bootstrap!r} must be a whole number >= 0 (resamples; 4000 for 10-90% "
+                         "intervals, 0 for none).")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise SweepError(f"fit.compute_budget={budget!r} must be a positive number of FLOPs, e.g. 1e12.")
+    if grid not in FIT_INIT_GRIDS:
+        raise SweepError(f"fit.init_grid={grid!r} is not one of {FIT_INIT_GRIDS}.")
 
 
 def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSpec, *, tokenizer_path: str,

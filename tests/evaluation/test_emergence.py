@@ -130,12 +130,15 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
         emergence.prepare_data(reseeded, emergence.plan_study(reseeded), workdir, logs.append)
     # Finished sizes trained otherwise than asked (a learning rate, a seed) were once reported under
-    # the new settings without retraining; a shorter run would lose the final many-item evaluation.
+    # the new settings without retraining; a shorter run would lose the final many-item evaluation,
+    # a longer one would continue past its schedule's end under a new, stretched schedule.
     small = configs.get_config("micro").sizes[0]
     for change, message in [(lambda c: c.opt.update(learning_rate=c.opt.learning_rate / 2),
                              r"was trained with other settings \(opt.learning_rate: "),
                             (lambda c: c.train.update(seed=7), r"train.seed: 0 there, 7 now"),
-                            (lambda c: c.train.update(num_steps=2), r"is trained to step 4, past train.num_steps=2")]:
+                            (lambda c: c.train.update(num_steps=2), r"train.num_steps: 4 there, 2 now"),
+                            # Longer: the finished runs would continue on a stretched schedule.
+                            (lambda c: c.train.update(num_steps=6), r"train.num_steps: 4 there, 6 now")]:
         with pytest.raises(ConfigError, match=message) as error:
             emergence.run_study(_bad(change), workdir, log=logs.append)
         assert small in str(error.value) and "\n" not in str(error.value)
@@ -162,6 +165,12 @@ def _bad(change):
      r"examples_per_document_by_task names 'copying', which mixture.tasks lacks"),
     (lambda c: setattr(c.mixture, "examples_per_document_by_task", {"addition_1digit": (2, 1)}),
      r"examples_per_document_by_task\['addition_1digit'\]=\(2, 1\) must be \(fewest, most\)"),
+    # Once read only when the report was written, after the whole study: an empty table.
+    (lambda c: c.report.update(metrics=("exact_matchh",)), r"report.metrics names unknown metric\(s\) "
+                                                            r"\['exact_matchh'\]; did you mean 'exact_match'"),
+    (lambda c: c.report.update(plot_metrics=("acc_norn",)), r"report.plot_metrics names unknown metric"),
+    (lambda c: c.report.update(transition_task=("nope",)), r"report.transition_task names \['nope'\], which "
+                                                            r"eval.tasks="),
     # Once read only inside a worker: after the data was written, or after a whole size trained.
     (lambda c: c.eval.update(batch_size=0), r"eval.batch_size=0 must be >= 1"),
     (lambda c: c.eval.update(num_test=0), r"eval.num_test=0 must be >= 1"),
@@ -253,6 +262,7 @@ def test_tracking_more_lengths_along_training_holds_out_no_new_items():
     from research.evaluation.task_corpus import held_out_prompts
     every, some = configs.get_config("cpu_tiny"), configs.get_config("cpu_tiny")
     some.eval.tasks = tuple(t for t in every.eval.tasks if not t.startswith(("addition_3", "addition_5")))
+    some.report.transition_task = tuple(t for t in every.report.transition_task if t in some.eval.tasks)
     assert len(some.eval.tasks) < len(every.eval.tasks)
 
     def held_out(config):
@@ -328,3 +338,14 @@ def test_cpu_tiny_tokenizer_gives_every_copied_letter_its_own_token(tmp_path):
         ids = list(tokenizer.encode(doc))
         bar = ids.index(tokenizer.encode("|")[-1])
         assert ids[:bar] == ids[bar + 1:]
+
+
+def test_a_misspelt_training_task_is_named_even_where_the_packing_names_tasks():
+    """cpu_tiny packs some tasks per document (mixture.examples_per_document_by_task): a
+    misspelt mixture task was reported as the packing naming a task the mixture lacks."""
+    config = configs.get_config("cpu_tiny")
+    config.mixture.tasks = {"additon_2digit_lsb_first": 5}
+    with pytest.raises(TaskError, match=r"unknown task 'additon_2digit_lsb_first'; did you mean "
+                                        r"addition_2digit_lsb_first") as error:
+        emergence.plan_study(config)
+    assert "\n" not in str(error.value)

@@ -132,6 +132,22 @@ def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("fit_fields, message", [
+    (dict(bootstrap=-5), r"fit.bootstrap=-5 must be a whole number >= 0"),
+    (dict(compute_budget=-1.0), r"fit.compute_budget=-1.0 must be a positive number of FLOPs"),
+    (dict(init_grid="fine"), r"fit.init_grid='fine' is not one of \('paper', 'coarse'\)"),
+])
+def test_bad_fit_settings_fail_before_training_with_one_line(fit_fields, message):
+    """The fit reads its section only once every run has trained: checked with the plan."""
+    config = scaling_laws.get_config("cpu_tiny")
+    config.fit.update(fit_fields)
+    with pytest.raises(SweepError, match=message) as error:
+        sweep.plan_sweep(config)
+    assert "\n" not in str(error.value)
+    config.fit.enabled = False  # a sweep that does not fit does not need them
+    sweep.plan_sweep(config)
+
+
 def test_cli_dry_run_and_bad_preset():
     command = [sys.executable, "-m", "experiments.scaling_laws",
                "--config=experiments/configs/scaling_laws.py:cpu_tiny", "--dry_run", "--config.sweep.budgets=(1e5,)"]
