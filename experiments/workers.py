@@ -164,10 +164,16 @@ def log_echo(log_dir: str, count: int, out: Callable[[str], None] = print) -> Ca
 
 def last_lines(path: str, count: int = 5) -> str:
     """The last non-empty lines of a worker's log (its error, when it failed), leaving out
-    libraries' info and warning lines (a killed worker's last line is often one of those)."""
+    libraries' info and warning lines (a killed worker's last line is often one of those) and
+    progress bars (a bar drawn after the error line once hid it). With count=1, the worker's
+    last 'error: ...' line when it printed one."""
     with open(path, errors="replace") as f:
         lines = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines()
-                 if line.strip() and not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)]
+                 if line.strip() and not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)
+                 and not re.search(r"\d+%\|", line)]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if count == 1 and errors:
+        return errors[-1]
     return "\n".join(lines[-count:])
 
 

@@ -84,3 +84,9 @@ def test_a_failed_workers_last_line_leaves_out_library_logging(tmp_path):
     log.write_text("d8-l2: training 60 steps\nW1203 22:57:37.1 builder.py:1] Using custom data configuration\n"
                    "I1203 22:57:38.0 x.py:2] saved\n")
     assert workers.last_lines(str(log), 1) == "d8-l2: training 60 steps"
+    # A progress bar drawn after the worker's error line once hid it (and its advice to rerun
+    # was wrong): the error line is the one reported.
+    log.write_text("sweep:   0%| | 0.00/2.01G [00:00<?, ?FLOP/s]\nerror: runs/x was trained with a different "
+                   "config (sections ['opt'] differ)\nsweep:   0%| | 0.00/2.01G [00:00<?, ?FLOP/s]\n")
+    assert workers.last_lines(str(log), 1) == ("error: runs/x was trained with a different config (sections "
+                                               "['opt'] differ)")

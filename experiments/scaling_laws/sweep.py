@@ -259,6 +259,11 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
     import jax
 
     plan = plan_sweep(config)
+    for run in plan.runs:  # a changed config: refused here, before plan.json and the tables are rewritten
+        # (inside each worker it surfaced as a worker's exit code); the tokenizer and peak are
+        # not part of a run's identity (_fingerprint)
+        _check_same_run(os.path.join(workdir, "runs", run.run_id),
+                        run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0), write=False)
     if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "plan.json"), "w") as f:

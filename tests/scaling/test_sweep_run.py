@@ -229,8 +229,20 @@ def test_a_changed_config_cannot_reuse_a_run_directory(tmp_path):
     config = scaling_laws.get_config("test_tiny")
     config.fit.enabled = False
     sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    written = lambda: {name: ((tmp_path / name).read_text(), os.stat(tmp_path / name).st_mtime_ns)
+                       for name in ("plan.json", "runs.csv")}
+    tables = written()
     config.opt.learning_rate = 3e-2
     with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['opt'\\] differ\\)"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    # Refused before the plan and tables were rewritten for the changed config (and so before
+    # any worker starts: inside one it surfaced as a worker's exit code).
+    assert written() == tables
+    # The loss the fit reads is the mean over train.eval_batches batches: another count would mix
+    # losses measured on different evaluation sets in one fit.
+    config.opt.learning_rate = scaling_laws.get_config("test_tiny").opt.learning_rate
+    config.train.eval_batches += 3
+    with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['train'\\] differ"):
         sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
 
 
