@@ -87,7 +87,7 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
     rows = []
     for step in checkpoint_steps_in(os.path.join(run_dir, "checkpoints")):
         # Only the task results are cached; where the step sits (tokens, compute, final) is
-        # recomputed, so raising train.num_steps and rerunning relabels the old steps.
+        # recomputed from the config (a run trained to another num_steps is refused before).
         tokens = step * train.batch_size * train.seq_len
         identity = {"size": size, "params_non_embedding": counts.non_embedding, "params_total": counts.total,
                     "learning_rate": size_learning_rate(config, size), "step": step, "final": step == train.num_steps, "tokens": tokens,

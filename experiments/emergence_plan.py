@@ -107,14 +107,17 @@ def _check_report(config: ml_collections.ConfigDict) -> None:
     """report.metrics / plot_metrics name metrics the evaluation computes, and each
     report.transition_task is evaluated at every checkpoint (eval.tasks): a misspelt name once
     gave an empty report after the whole study had run."""
-    from research.evaluation.metrics import GENERATION_METRICS, LOGLIKELIHOOD_METRICS, MULTIPLE_CHOICE_METRICS
+    from research.evaluation.metrics import METRICS_BY_OUTPUT_TYPE
 
     report = config.get("report", None)
     if report is None:
         return
-    known = tuple(dict.fromkeys((*GENERATION_METRICS, *MULTIPLE_CHOICE_METRICS, *LOGLIKELIHOOD_METRICS)))
+    known = tuple(dict.fromkeys(m for names in METRICS_BY_OUTPUT_TYPE.values() for m in names))
     for field in ("metrics", "plot_metrics"):
-        names = tuple(report.get(field, ()) or ())
+        names = report.get(field, ()) or ()
+        if isinstance(names, str):
+            raise ConfigError(f"report.{field}={names!r} must be a tuple of metric names, e.g. ({names!r},).")
+        names = tuple(names)
         unknown = [m for m in names if m not in known]
         if unknown:
             near = difflib.get_close_matches(unknown[0], known, n=1)

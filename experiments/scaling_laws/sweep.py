@@ -218,6 +218,19 @@ def _same_program_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
     return list(groups.values())
 
 
+def _can_resume_together(pending: list[tuple]) -> bool:
+    """Whether the group's runs may resume as one program (research.training.members'
+    check_common_start): a run far behind the others refuses that, not the runs."""
+    from research.training.checkpointing import CheckpointError
+    from research.training.members import check_common_start
+
+    try:
+        check_common_start([run_dir for _, _, run_dir, _ in pending], int(pending[0][1].checkpoint.every_steps))
+    except CheckpointError:
+        return False
+    return True
+
+
 def _train_together(pending: list[tuple]) -> list[dict]:
     """Train same-shape runs as one program (resuming from their common checkpoint); each
     gets its own record, as if trained alone (losses equal to float32 rounding)."""
@@ -355,6 +368,10 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
     if len(pending) == 1:
         run, one, run_dir, _ = pending[0]
         records = [_train_one(run, one, run_dir, train_fn or _train_alone)]
+    elif not _can_resume_together(pending):
+        # e.g. one seed diverged before its first save while the other saved: each goes on
+        # alone from its own checkpoint (the diverged one fails again and is recorded so)
+        records = [_train_one(run, one, run_dir, _train_alone) for run, one, run_dir, _ in pending]
     else:
         records = _train_together(pending)
     for (run, _, run_dir, label), record in zip(pending, records):

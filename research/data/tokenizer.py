@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import uuid
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -195,7 +196,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: s
         raise DataError(f"tokenizer: SentencePiece could not train vocab_size={config.vocab_size} on "
                         f"{sum(map(len, chunks))} chars ({first_line}); lower vocab_size or add text.") from None
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    tmp_path = f"{model_path}.tmp{os.getpid()}"
+    tmp_path = f"{model_path}.tmp{uuid.uuid4().hex}"  # unique across hosts (containers share pids)
     with open(tmp_path, "wb") as f:
         f.write(model.getvalue())
     os.replace(tmp_path, model_path)  # concurrent trainers (several hosts) never see half a file
@@ -241,7 +242,7 @@ def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> 
         path = cached_model_path(data_config, workdir)
         if not os.path.isfile(path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tmp_path = f"{path}.tmp{os.getpid()}"
+            tmp_path = f"{path}.tmp{uuid.uuid4().hex}"
             shutil.copyfile(tokenizer.path, tmp_path)
             os.replace(tmp_path, path)
     return tokenizer

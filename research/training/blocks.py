@@ -73,6 +73,13 @@ def auto_block_len(flops_per_step: float, peak_flops: float, batch_bytes: int) -
     return max(1, steps)
 
 
+def longest_block(num_steps: int, *every: int) -> int:
+    """The most steps a block of the run can hold: blocks end at every multiple of `every`
+    (evaluation, checkpoint steps), and none holds more than the run's num_steps, rounded up
+    to a power of two so runs of different lengths still share one compiled block program."""
+    return min(1 << max(num_steps - 1, 0).bit_length(), *(e for e in every if e > 0))
+
+
 def resolve_block_len(steps_per_call: int, *, flops_per_step: float, peak_flops: float, batch_bytes: int,
                       longest_block: int | None = None) -> int:
     """The block length: steps_per_call, or auto_block_len's for 0, never above `longest_block`

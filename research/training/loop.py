@@ -54,6 +54,7 @@ from research.training import blocks, evaluation, losses, members as members_lib
 from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
+from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.members import TrainingDivergedError
@@ -183,6 +184,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
+    for workdir in workdirs:  # a finished run rerun with fewer steps would train nothing and say nothing
+        saved = max(checkpoint_steps_in(os.path.join(workdir, "checkpoints")), default=0)
+        if saved > train.num_steps:
+            raise ConfigError(f"--workdir={workdir} holds a checkpoint at step {saved}, past train.num_steps="
+                              f"{train.num_steps}; set train.num_steps={saved} or more, or use a new --workdir.")
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))
@@ -207,7 +213,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         example = next(batches("validation", train.seed))
         objective.check_batch(example, model_config.max_len)
     except (ConfigError, data_lib.DataError):
-        workdir_lib.unclaim(claimed)
+        if jax.process_index() == 0:  # the process that recorded the claims
+            workdir_lib.unclaim(claimed)
         raise
     batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
@@ -296,8 +303,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             block_len = blocks.resolve_block_len(
                 train.steps_per_call, flops_per_step=num_models * tokens_per_step * size["train_flops_per_token"],
                 peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()),
-                longest_block=min(n for n in (train.num_steps, train.eval_every_steps, checkpoint_config.every_steps)
-                                  if n > 0))
+                longest_block=blocks.longest_block(train.num_steps, train.eval_every_steps,
+                                                   checkpoint_config.every_steps))
             if jax.process_count() > 1:  # each process timed its own peak: all must run the same calls
                 from jax.experimental import multihost_utils
                 block_len = int(multihost_utils.broadcast_one_to_all(np.int32(block_len)))

@@ -71,25 +71,27 @@ def _diverged_step(workdir: str) -> int | None:
 
 def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
     """Models trained in one program resume from a step all of them saved. A model far behind
-    the others would force all back to step 0 and lose the others' work: refuse in one line
-    instead, before anything is created or deleted. Far behind: _far_behind, or no checkpoint
-    while another model has one and either no run recorded in its workdir (a value added to
-    batched.values) or a NaN stop recorded there (a model that diverged before its first save,
-    which would diverge again each rerun, every time taking the others back to step 0). A model
-    with no checkpoint whose workdir records this run and no NaN stop was killed between the
-    models' first saves: all restart from step 0 (restore_or_init)."""
+    the others would force all back to step 0 (or back to its own step) and lose the others'
+    work: refuse in one line instead, before anything is created or deleted. Far behind:
+      - _far_behind (more than one save behind the newest);
+      - a NaN stop recorded past its newest checkpoint while another model saved beyond that
+        (it would diverge again on each rerun, each time taking the others back);
+      - no checkpoint while another model has one, and its workdir not claimed together with
+        a model that has one (a value added to batched.values, or first started alone).
+    A model with no checkpoint claimed together with the others and no NaN stop was killed
+    between the models' first saves: all restart from step 0 (restore_or_init)."""
     newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
     why = {i: f"step {newest[i] or None}" for i in _far_behind(newest, max(every_steps, 1))}
     # (every_steps 0 is refused later, with the config's checks)
-    if max(newest) > 0:
-        for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
-            if saved or i in why:
-                continue
-            diverged = _diverged_step(workdir)
-            if diverged is not None:
-                why[i] = f"no checkpoint: diverged at step {diverged}"
-            elif not workdir_lib.holds_run(workdir):
-                why[i] = "new"
+    leaders = {os.path.abspath(w) for w, n in zip(workdirs, newest) if n > 0}
+    for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
+        if i in why or saved == max(newest):
+            continue
+        diverged = _diverged_step(workdir)
+        if diverged is not None and diverged > saved:
+            why[i] = f"{f'step {saved}' if saved else 'no checkpoint'}: diverged at step {diverged}"
+        elif not saved and not leaders & set(workdir_lib.claimed_with(workdir)):
+            why[i] = "new"
     if why:
         raise CheckpointError(
             f"model(s) {', '.join(f'{i} ({workdirs[i]}, {why[i]})' for i in sorted(why))} are behind the "

@@ -110,6 +110,20 @@ def holds_run(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, RUN_FILE))
 
 
+def _absolute(workdir: str) -> str:
+    return workdir if _is_url(workdir) else os.path.abspath(workdir)
+
+
+def claimed_with(workdir: str) -> list[str]:
+    """The workdirs (absolute) that `workdir` was last claimed together with, itself included;
+    [] when it records no run, or was claimed alone."""
+    try:
+        with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
+            return list(json.load(f).get("trained_with", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def _read_recorded(workdir: str) -> dict[str, Any] | None:
     """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
     before run.json existed) the config saved with its newest checkpoint; None if neither."""
@@ -168,6 +182,9 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
             first.append(workdir)
         fingerprints.append(current)
     from etils import epath  # knows local and cloud (gs://) paths alike
+    # Models trained together: each workdir records its siblings, so a rerun can tell a model
+    # killed before its first save (claimed with the others) from one added since (members.py).
+    together = sorted(_absolute(w) for w, _ in runs) if len(runs) > 1 else None
     for (workdir, _), current in zip(runs, fingerprints):
         path = epath.Path(workdir)
         try:
@@ -177,7 +194,8 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
                                "choose a directory you can write.") from None
         if record:  # written aside, then renamed: other processes checking the workdir never read half a file
             partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
-            partial.write_text(json.dumps({"fingerprint": current}, indent=1, sort_keys=True) + "\n")
+            record = {"fingerprint": current, **({"trained_with": together} if together else {})}
+            partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
             partial.replace(path / RUN_FILE)
     return first
 

@@ -286,3 +286,20 @@ def test_a_run_config_a_kill_left_empty_is_rewritten_until_the_run_has_started(t
     (started / sweep.RUN_CONFIG_FILE).write_text("")  # a finished run's proof of its config is gone: stop
     with pytest.raises(sweep.SweepError, match=f"{sweep.RUN_CONFIG_FILE} is unreadable .* the run has started"):
         sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+
+
+def test_a_group_that_cannot_resume_together_goes_on_run_by_run(tmp_path):
+    """Seed 1 diverged before its first save while seed 0 saved and the sweep was killed: the
+    pair cannot resume as one program (research.training.members), so each run goes on alone
+    (seed 0 from its checkpoint) instead of both being recorded as failed on every rerun."""
+    import json
+    from research.training import members
+    config = scaling_laws.get_config("test_tiny")
+    dirs = [tmp_path / "seed0", tmp_path / "seed1"]
+    pending = [(None, config, str(d), None) for d in dirs]
+    (dirs[0] / "checkpoints" / "10" / "state").mkdir(parents=True)
+    dirs[1].mkdir()
+    (dirs[1] / "run.json").write_text(json.dumps({"fingerprint": {}, "trained_with": sorted(map(str, dirs))}))
+    assert sweep._can_resume_together(pending)  # killed between the pair's first saves: they restart together
+    (dirs[1] / members.DIVERGED_FILE).write_text(json.dumps({"step": 3, "error": "nan"}))
+    assert not sweep._can_resume_together(pending)

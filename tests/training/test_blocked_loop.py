@@ -39,6 +39,11 @@ def test_block_length_never_exceeds_the_longest_block_of_the_run():
     assert blocks.resolve_block_len(5, **common, longest_block=8) == 5
     assert blocks.resolve_block_len(0, **common, longest_block=3) == 3  # auto would pick MAX_AUTO_BLOCK
     assert blocks.resolve_block_len(0, **common) == blocks.MAX_AUTO_BLOCK
+    # The run's longest block: its evaluation / checkpoint interval, and its length rounded up to
+    # a power of two (runs of 80 and 100 steps still share the 128-step program).
+    assert blocks.longest_block(8, 4, 4) == 4 and blocks.longest_block(8, 100, 100) == 8
+    assert blocks.longest_block(80, 500, 500) == blocks.longest_block(100, 500, 500) == 128
+    assert blocks.longest_block(1, 0, 5) == 1
 
 
 def test_blocked_steps_are_bit_identical_to_one_step_per_call(tokenizers, compilation_cache, tmp_path):

@@ -112,6 +112,8 @@ def test_a_value_added_to_a_run_that_saved_once_is_refused_not_restarted(tokeniz
     config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
     train_and_evaluate(config, str(tmp_path / "run"))
     names = ("opt.learning_rate=0.001", "opt.learning_rate=0.002")
+    from research.training.workdir import claimed_with
+    assert claimed_with(str(tmp_path / "run" / names[0])) == [str(tmp_path / "run" / name) for name in names]
     before = {name: _saved(tmp_path / "run" / name) for name in names}
     config.batched.values = (1e-3, 2e-3, 5e-3)
     with pytest.raises(CheckpointError, match=r"model\(s\) 2 \(.*opt.learning_rate=0.005, new\) are behind the "
@@ -139,6 +141,40 @@ def test_a_model_that_diverged_before_its_first_save_is_refused_on_rerun(tokeniz
     assert "\n" not in str(error.value) and _saved(tmp_path / "0") == before
     # Without it the first model resumes alone, untouched.
     assert train_together(configs[:1], workdirs[:1])[0]["eval_loss"] == pytest.approx(results[0]["eval_loss"])
+
+
+@pytest.mark.parametrize("b_steps, b_claim, b_diverged, refused", [
+    ((), "together", None, None),  # killed between the models' first saves: all restart
+    ((), None, None, "new"),  # a value added since: no run in its workdir
+    ((), "alone", None, "new"),  # first started alone (as the refusal advises), then added
+    ((), "together", 2, "no checkpoint: diverged at step 2"),
+    ((4,), "together", 6, "step 4: diverged at step 6"),  # would diverge again, the other redoing 4 -> 8
+    ((4,), "together", None, None),  # killed between the models' saves of step 8
+    ((4,), "together", 3, None),  # a NaN stop before the checkpoint it has since saved: stale
+])
+def test_which_models_may_resume_together(b_steps, b_claim, b_diverged, refused, tmp_path):
+    """members.check_common_start on hand-made workdirs: model a saved up to the newest step
+    (4 or 8, saves every 4), model b is behind."""
+    import json
+    import os
+    from research.training import members
+    a, b = tmp_path / "a", tmp_path / "b"
+    for workdir, steps in ((a, (4,) if not b_steps else (4, 8)), (b, b_steps)):
+        workdir.mkdir()
+        for step in steps:
+            (workdir / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    together = sorted(os.path.abspath(w) for w in (a, b))
+    if b_claim:
+        (b / "run.json").write_text(json.dumps({"fingerprint": {}, **({"trained_with": together}
+                                                                      if b_claim == "together" else {})}))
+    if b_diverged is not None:
+        (b / members.DIVERGED_FILE).write_text(json.dumps({"step": b_diverged, "error": "nan"}))
+    if refused is None:
+        members.check_common_start([str(a), str(b)], 4)
+    else:
+        with pytest.raises(CheckpointError, match=rf"model\(s\) 1 \({b}, {refused}\) are behind") as error:
+            members.check_common_start([str(a), str(b)], 4)
+        assert "\n" not in str(error.value)
 
 
 def test_records_of_a_run_stopped_before_its_first_save_are_not_kept_twice(tokenizers, tmp_path):

@@ -114,3 +114,18 @@ def test_a_bad_input_found_by_the_loop_leaves_the_workdir_unclaimed(bad, tokeniz
     import ml_collections
     train_and_evaluate(ml_collections.ConfigDict(good), str(workdir))
     assert workdir_lib.holds_run(str(workdir)) and (workdir / "checkpoints" / "2").exists()
+
+
+def test_rerunning_a_finished_run_with_fewer_steps_is_one_line(tokenizers, tmp_path):
+    """It once exited 0 having trained nothing, with a warning that 'the rest of the run
+    follows the new schedule'."""
+    from tests.training.conftest import run_config
+    from research.models.config import ConfigError
+    from research.training import train_and_evaluate
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    train_and_evaluate(config, str(tmp_path / "run"))
+    config.train.num_steps = 2
+    with pytest.raises(ConfigError, match=r"holds a checkpoint at step 4, past train.num_steps=2; set "
+                                          r"train.num_steps=4 or more") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value)
