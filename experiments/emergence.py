@@ -244,7 +244,8 @@ def main(argv):
             print(f"{size:12s} {flops:.3g} training FLOPs")
         print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
               f"{estimate['mfu']:.0%} MFU of {estimate['peak_flops']:.3g} FLOP/s (an estimate from FLOPs; the MFU is "
-              "config.estimate.mfu, evaluation not included)")
+              "config.estimate.mfu, an assumption unless measured on this machine (the preset's comment says "
+              "where it came from); evaluation not included)")
         return
     if not flags.FLAGS.workdir:
         sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")

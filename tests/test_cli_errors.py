@@ -74,3 +74,15 @@ def test_workdir_of_another_run_is_refused_in_one_line(tmp_path):
 def test_evaluate_num_test_zero_is_one_line(tmp_path):
     code, lines = run("experiments.evaluate", f"--checkpoint={tmp_path}", "--num_test=0")
     assert code == 1 and lines == ["error: flag --num_test=0: 0 is not a positive integer"], lines
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--sizes=abc", "error: --sizes=abc: 'abc' is not a number"),
+    ("--ks=0", "error: --ks=0: '0' must be a whole number of models >= 1."),
+    ("--rounds=0", "error: --rounds=0 must be >= 1."),
+    ("--steps=0", "error: --steps=0 must be >= 1."),
+])
+def test_loop_overhead_benchmark_bad_flag_is_one_line_before_measuring(flag, expected):
+    """Each was a traceback; --ks=0 only after every size had been measured."""
+    code, lines = run("experiments.benchmarks.loop_overhead", flag)
+    assert code != 0 and lines[-1].startswith(expected) and len([line for line in lines if "Error" in line]) == 0

@@ -199,8 +199,27 @@ def ladder_params(ladder) -> int:
     return sizing.param_counts(ladder).non_embedding
 
 
+def _check_flags() -> None:
+    """One line per bad value, before the peak is measured or any model trains."""
+    for name, values in (("sizes", _SIZES.value), ("ks", _KS.value)):
+        for value in (v for v in values if v):
+            try:
+                number = float(value)
+            except ValueError:
+                sys.exit(f"error: --{name}={','.join(values)}: {value!r} is not a number; e.g. --sizes=1e4,1e5 --ks=1,16.")
+            if number < (1e3 if name == "sizes" else 1) or (name == "ks" and not number.is_integer()):
+                sys.exit(f"error: --{name}={','.join(values)}: {value!r} must be "
+                         + ("a ladder target >= 1e3." if name == "sizes" else "a whole number of models >= 1."))
+    for name, value in (("steps", _STEPS.value), ("k_steps", _K_STEPS.value), ("rounds", _ROUNDS.value)):
+        if value < 1:
+            sys.exit(f"error: --{name}={value} must be >= 1.")
+    if _K_SIZE.value < 1e3:
+        sys.exit(f"error: --k_size={_K_SIZE.value:g} must be a ladder target >= 1e3.")
+
+
 def main(argv) -> None:
     del argv
+    _check_flags()
     if _CPU_DEVICES.value:  # before the backend starts (the first device query below)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={_CPU_DEVICES.value}").strip()
@@ -234,7 +253,7 @@ def main(argv) -> None:
                   f"(loop/torch {row['loop_over_torch'] or float('nan'):.2f}x) (load {_loadavg()}){spread}",
                   flush=True)
         if [k for k in _KS.value if k]:
-            results["k_models"] = k_models(_K_SIZE.value, [int(k) for k in _KS.value if k], _K_STEPS.value, peak,
+            results["k_models"] = k_models(_K_SIZE.value, [int(float(k)) for k in _KS.value if k], _K_STEPS.value, peak,
                                            os.path.join(root, "k"))
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:

@@ -22,7 +22,7 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
              2026-12-03, seeds merged, 26:30 on 2 cores): IsoFLOP minima at 211-240 tokens per
              parameter, Approach 3 210-235; seed noise 2.4% (so the 1.78e12 profile is not
              U-shaped), held-out +2.2%. (Before seeds were merged, 33:22: 210-240 and 244-256.)
-  gpu_host   a 9-rung ladder (1e6 .. 2.6e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
+  gpu_host   a 10-rung ladder (1e6 .. 5.1e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
              budget, seed repeats at 1e17, centred on Chinchilla's 20 tokens per parameter, batch
              128 x 512 tokens in bf16, on the same kind of corpus over 64 characters. `--dry_run`
              prints the FLOPs and the time at the stated peak and MFU (an estimate: the MFU is an
@@ -32,8 +32,9 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
   test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py).
 
 Any field can be overridden, e.g. `--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3`
-or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b
---config.data.tokenizer.vocab_size=8192 --config.data.tokenizer.byte_fallback=True`.
+or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
+--config.data.tokenizer.vocab_size=8192 --config.data.tokenizer.byte_fallback=True` (a TFDS dataset
+built under --config.data.data_dir; lm1b has train and test splits).
 `get_sweep()` splits a sweep into shards for launch/ (one job per shard, one shared workdir):
 
     python -m launch --config=experiments/configs/scaling_laws.py:cpu_tiny --module=experiments.scaling_laws \
@@ -54,11 +55,17 @@ CPU_LADDER = (1.5e3, 3.5e3, 6e3, 1e4, 1.4e4, 2e4, 2.5e4, 3.8e4, 5.8e4, 8.3e4)
 CPU_BUDGETS = (3.16e10, 1e11, 3.16e11, 1e12)  # 1.500 decades
 
 
+# research.data.DataConfig's fields of the other sources, at their defaults, so that
+# --config.data.source=tfds --config.data.tfds_name=... (or files) can point any preset at real text.
+_OTHER_SOURCES = dict(tfds_name="", data_dir="", file_patterns=(), text_field="text", train_split="train",
+                      validation_split="validation")
+
+
 def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
     """Train on the Markov corpus with a character-level tokenizer (one token per character)."""
     synthetic = SyntheticConfig(**fields)
     config.data = ml_collections.ConfigDict(dict(
-        source="synthetic", validation_fraction=0.001, max_documents=None,
+        **_OTHER_SOURCES, source="synthetic", validation_fraction=0.001, max_documents=None,
         synthetic=dict(source_seed=synthetic.source_seed, alphabet=synthetic.alphabet, order=synthetic.order,
                        concentration=synthetic.concentration, zipf_exponent=synthetic.zipf_exponent,
                        hierarchical=synthetic.hierarchical, doc_chars=synthetic.doc_chars,
@@ -166,7 +173,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # Read tokens per parameter at the optimum off fit.json: IsoFLOP minima per budget
         # (Approach 2) and Approach 3's compute_optimal rows.
         config.data = ml_collections.ConfigDict(dict(
-            source="stdlib", validation_fraction=0.05, max_documents=None,
+            **_OTHER_SOURCES, source="stdlib", validation_fraction=0.05, max_documents=None,
             tokenizer=dict(model_path=None, vocab_size=128, byte_fallback=False, character_coverage=0.9995,
                            max_training_chars=2_000_000, num_extra_ids=0)))
         config.opt.learning_rate = 1e-2  # for every run length, capped at 2x (measured without lr_horizon_*)
@@ -176,12 +183,18 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
     elif arg == "gpu_host":
         # The cpu_tiny corpus's kind (hierarchical, Zipf-weighted, order 3) over 64 characters:
         # 262,144 contexts, so models of 1e6..1e8 parameters are still capacity-limited.
-        _capacity_limited_corpus(config, alphabet=string.ascii_letters + string.digits + ".,", doc_chars=4096)
+        # 10M documents (4.1e10 tokens, generated on demand): the longest run (1.4e7 parameters at
+        # 3.16e18 FLOPs) reads 3.9e10 tokens without repeating the data (1M documents: 18 passes).
+        _capacity_limited_corpus(config, alphabet=string.ascii_letters + string.digits + ".,", doc_chars=4096,
+                                 num_documents=10_000_000)
         config.model.dtype = "bfloat16"
         config.train.update(dict(batch_size=128, seq_len=512, eval_batches=32))
         config.opt.learning_rate = 3e-3
         config.checkpoint.every_steps = 1000
-        config.sweep.update(dict(non_embedding_params=(1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8, 2.56e8),
+        # Up to 5.12e8: at 3.16e18 FLOPs Chinchilla's 20 tokens per parameter puts N_opt at 1.6e8, and
+        # a ladder ending at 2.56e8 clipped that budget's window to 5 sizes below it and 1 above (now
+        # 4 and 2, as at the other budgets: the window is the nearest size, 3 below and 2 above).
+        config.sweep.update(dict(non_embedding_params=(1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8, 2.56e8, 5.12e8),
                                  aspect=32, budgets=(1e17, 3e17, 1e18, 3.16e18), tokens_per_param_prior=20.0,
                                  min_steps=200, lr_reference_width=256, head_dim=0,
                                  lr_scale_cap=2.0, lr_horizon_steps=0))

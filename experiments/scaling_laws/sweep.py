@@ -123,7 +123,10 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
 
 def _fingerprint(config: dict) -> dict:
     train = {k: config["train"].get(k) for k in _FINGERPRINT_TRAIN}
-    data = {k: v for k, v in config["data"].items() if k != "tokenizer"}
+    # Every DataConfig field, defaults filled in: a config that spells out a default (the presets'
+    # data sections gained tfds_name, splits, ... for --config.data overrides) is the same run.
+    data = json.loads(json.dumps(dataclasses.asdict(DataConfig(**config["data"]))))
+    data.pop("tokenizer")
     fingerprint = {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
     # How gradients are computed changes rounding, not the run: an interrupted run may resume
     # under another form (research.training.workdir treats it the same way).
@@ -413,6 +416,8 @@ def describe_plan(plan: SweepPlan, peak_flops: float, mfu: float) -> str:
     seconds = estimated_seconds(plan.runs, peak_flops, mfu)
     lines.append(f"{len(plan.runs)} runs, {sum(r.tokens for r in plan.runs):,} tokens, "
                  f"{sum(r.compute_exact for r in plan.runs):.3g} FLOPs: about {seconds / 3600:.2g} h at {mfu:.0%} MFU "
-                 f"of {peak_flops:.3g} FLOP/s (an estimate from FLOPs; compilation and evaluation not included)")
+                 f"of {peak_flops:.3g} FLOP/s (an estimate from FLOPs: peak and MFU are config.estimate's, whose "
+                 "comment says where they came from, the MFU an assumption unless measured on this machine; "
+                 "compilation and evaluation not included)")
     return "\n".join(lines)
 

@@ -85,6 +85,9 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
             f"unknown TFDS dataset {config.tfds_name!r}: neither a registered builder nor prepared under "
             f"{where}; check the name (e.g. 'lm1b', 'c4/en') and data_dir."
         ) from None
+    except (AssertionError, ValueError) as error:  # a malformed name or version ('lm1b:9.9.9', 'Bad Name!')
+        raise DataError(f"TFDS dataset name {config.tfds_name!r} is not valid ({_first_line(error)}); give "
+                        "'name', 'name/config' or 'name:version' as prepared under data_dir.") from None
     if not builder.is_prepared():
         raise DataError(
             f"TFDS dataset {config.tfds_name!r} is not prepared under {where}; prepare it there with "
@@ -93,16 +96,28 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
     if config.text_field not in builder.info.features:
         raise DataError(f"TFDS dataset {config.tfds_name!r} has no feature {config.text_field!r}; "
                         f"set text_field to one of {sorted(builder.info.features)}.")
-    if split.split("[")[0] not in builder.info.splits:
+    if any(part.split("[")[0].strip() not in builder.info.splits for part in split.split("+")):  # 'train+validation'
         raise DataError(f"TFDS dataset {config.tfds_name!r} has no split {split!r}; "
                         f"use one of {sorted(builder.info.splits)}.")
     try:
-        return builder.as_data_source(split=split)
+        source = builder.as_data_source(split=split)
+        size = len(source)  # an empty or reversed slice fails here, not at the first read
     except NotImplementedError:
         raise DataError(
             f"TFDS dataset {config.tfds_name!r} under {where} is not in array_record format; re-prepare it "
             "with --file_format=array_record (random access needs it)."
         ) from None
+    except (AssertionError, ValueError) as error:  # 'train[:abc]', 'validation[10:5]'
+        raise DataError(f"TFDS split {split!r} of {config.tfds_name!r} cannot be read ({_first_line(error)}); "
+                        "write e.g. 'train', 'train[:90%]' or 'train[1000:2000]'.") from None
+    if size == 0:
+        raise DataError(f"TFDS split {split!r} of {config.tfds_name!r} holds no examples; widen the slice.")
+    return source
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class SyntheticDocuments:

@@ -50,6 +50,21 @@ def test_files_builder_reads_txt_md_py_and_jsonl(tmp_path):
     by_name = document_source(DataConfig(source="tfds", tfds_name=name, data_dir=str(tmp_path / "tfds"),
                                          max_documents=2), "validation")
     assert [by_name[0], by_name[1]] == [validation[0], validation[1]]
+    tfds = lambda **kw: DataConfig(source="tfds", tfds_name=name, data_dir=str(tmp_path / "tfds"), **kw)  # noqa: E731
+    both = document_source(tfds(train_split="train+validation"), "train")  # valid TFDS syntax, once refused
+    assert len(both) == len(train) + len(validation)
+    # Each once a traceback (and, inside the train loop, a workdir left claimed by the bad config).
+    for bad, message in [(dict(train_split="train[:abc]"), r"TFDS split 'train\[:abc\]' of .* cannot be read"),
+                         (dict(train_split="validation[3:1]"), r"TFDS split 'validation\[3:1\]' of .* (cannot be "
+                                                                r"read|holds no examples)"),
+                         (dict(tfds_name=name + ":9.9.9"), r"TFDS dataset name .*:9.9.9' is not valid"),
+                         (dict(tfds_name="Bad Name!"), r"TFDS dataset name 'Bad Name!' is not valid|unknown TFDS")]:
+        config = tfds(**{k: v for k, v in bad.items() if k != "tfds_name"})
+        if "tfds_name" in bad:
+            config = DataConfig(source="tfds", tfds_name=bad["tfds_name"], data_dir=str(tmp_path / "tfds"))
+        with pytest.raises(DataError, match=message) as error:
+            document_source(config, "train")
+        assert "\n" not in str(error.value)
 
 
 def test_source_errors_are_one_line(tmp_path):

@@ -99,7 +99,7 @@ def test_every_preset_plans(preset):
         assert {r.model.config.position for r in plan.runs} == {"rope"}
         assert sum(r.tokens for r in plan.runs) < 1.2e8
     text = sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu)
-    assert "an estimate from FLOPs" in text and plan.runs[-1].run_id in text
+    assert "an estimate from FLOPs" in text and "the MFU an assumption" in text and plan.runs[-1].run_id in text
 
 
 @pytest.mark.parametrize("sweep_fields, message", [
@@ -174,3 +174,18 @@ def test_learning_rate_scale_by_width_and_run_length():
     assert learning_rate_scale(spec, 32, 4500) == pytest.approx(1 / 3)
     off = dataclasses.replace(spec, lr_horizon_steps=0)
     assert learning_rate_scale(off, 64, 2000) == 0.5
+
+
+def test_gpu_host_windows_straddle_each_budgets_optimum_without_repeating_data():
+    """The ladder once ended at 2.56e8, so at 3.16e18 FLOPs (N_opt 1.6e8 at 20 tokens per
+    parameter) the window held 5 sizes below the optimum and 1 above, and its smallest model
+    read the 1M-document corpus 18 times."""
+    import math
+    config = scaling_laws.get_config("gpu_host")
+    plan = sweep.plan_sweep(config)
+    for budget in config.sweep.budgets:
+        sizes = sorted({r.N for r in plan.runs if r.budget == budget})
+        optimum = math.sqrt(budget / (6 * config.sweep.tokens_per_param_prior))
+        assert len(sizes) == 6 and sum(n > optimum for n in sizes) >= 2 and sum(n < optimum for n in sizes) >= 2
+    corpus_tokens = config.data.synthetic.num_documents * config.data.synthetic.doc_chars
+    assert max(r.tokens for r in plan.runs) <= corpus_tokens
