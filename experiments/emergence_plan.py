@@ -61,8 +61,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         raise ConfigError(f"mixture.corpus_fraction={mixture.corpus_fraction} must be in [0, 1).")
     if not mixture.tasks or any(int(n) < 1 for n in mixture.tasks.values()):
         raise ConfigError(f"mixture.tasks={dict(mixture.tasks)} must map task names to problem counts >= 1.")
+    known = set(catalog_names())
     for name in mixture.tasks:  # a misspelt training task is named as such, before the packing below names it
-        if not is_task_file(name) and name not in catalog_names():
+        if not is_task_file(name) and name not in known:
             catalog_task(name)  # raises the catalog's one line, with the nearest names
     for name, pair in dict(mixture.get("examples_per_document_by_task", None) or {}).items():
         if name not in mixture.tasks:

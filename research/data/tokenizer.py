@@ -17,13 +17,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import uuid
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from research.atomic_files import write_bytes_atomically
 from research.data.config import SPECIAL_PIECES, DataConfig, DataError, TokenizerConfig
 
 # SentencePiece rejects longer "sentences"; documents are fed in chunks cut at newlines.
@@ -65,6 +64,11 @@ class Tokenizer:
             return cls(proto, num_extra_ids=num_extra_ids, path=path)
         except RuntimeError:
             raise DataError(f"{path!r} is not a SentencePiece model; give a .model file.") from None
+
+    @property
+    def model_proto(self) -> bytes:
+        """The SentencePiece model, serialized (the .model file's bytes)."""
+        return self._proto
 
     def __getstate__(self):
         return {"proto": self._proto, "num_extra_ids": self.num_extra_ids, "path": self.path}
@@ -196,10 +200,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: s
         raise DataError(f"tokenizer: SentencePiece could not train vocab_size={config.vocab_size} on "
                         f"{sum(map(len, chunks))} chars ({first_line}); lower vocab_size or add text.") from None
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    tmp_path = f"{model_path}.tmp{uuid.uuid4().hex}"  # unique across hosts (containers share pids)
-    with open(tmp_path, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp_path, model_path)  # concurrent trainers (several hosts) never see half a file
+    write_bytes_atomically(model_path, model.getvalue())  # concurrent trainers (several hosts) never see half a file
     return Tokenizer(model.getvalue(), num_extra_ids=config.num_extra_ids, path=model_path)
 
 
@@ -242,9 +243,7 @@ def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> 
         path = cached_model_path(data_config, workdir)
         if not os.path.isfile(path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tmp_path = f"{path}.tmp{uuid.uuid4().hex}"
-            shutil.copyfile(tokenizer.path, tmp_path)
-            os.replace(tmp_path, path)
+            write_bytes_atomically(path, tokenizer.model_proto)
     return tokenizer
 
 

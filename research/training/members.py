@@ -83,7 +83,7 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
     newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
     why = {i: f"step {newest[i] or None}" for i in _far_behind(newest, max(every_steps, 1))}
     # (every_steps 0 is refused later, with the config's checks)
-    leaders = {os.path.abspath(w) for w, n in zip(workdirs, newest) if n > 0}
+    leaders = {workdir_lib.absolute_workdir(w) for w, n in zip(workdirs, newest) if n > 0}
     for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
         if i in why or saved == max(newest):
             continue

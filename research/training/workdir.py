@@ -105,13 +105,14 @@ def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, A
     return "; ".join(parts)
 
 
-def holds_run(workdir: str) -> bool:
-    """Whether `workdir` records a run (its run.json, written when a run claimed it)."""
-    return os.path.isfile(os.path.join(workdir, RUN_FILE))
-
-
-def _absolute(workdir: str) -> str:
+def absolute_workdir(workdir: str) -> str:
+    """`workdir` as recorded in run.json's trained_with (cloud paths unchanged)."""
     return workdir if _is_url(workdir) else os.path.abspath(workdir)
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    checkpoints = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
 
 
 def claimed_with(workdir: str) -> list[str]:
@@ -184,7 +185,7 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
     from etils import epath  # knows local and cloud (gs://) paths alike
     # Models trained together: each workdir records its siblings, so a rerun can tell a model
     # killed before its first save (claimed with the others) from one added since (members.py).
-    together = sorted(_absolute(w) for w, _ in runs) if len(runs) > 1 else None
+    together = sorted(absolute_workdir(w) for w, _ in runs) if len(runs) > 1 else None
     for (workdir, _), current in zip(runs, fingerprints):
         path = epath.Path(workdir)
         try:
@@ -194,8 +195,8 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
                                "choose a directory you can write.") from None
         if record:  # written aside, then renamed: other processes checking the workdir never read half a file
             partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
-            record = {"fingerprint": current, **({"trained_with": together} if together else {})}
-            partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            content = {"fingerprint": current, **({"trained_with": together} if together else {})}
+            partial.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
             partial.replace(path / RUN_FILE)
     return first
 
@@ -204,8 +205,7 @@ def unclaim(workdirs: Sequence[str]) -> None:
     """Withdraw the claims `claim_all` made first on `workdirs` (a bad input found after the
     claim, before any training): the corrected command must not be refused as another run."""
     for workdir in workdirs:
-        checkpoints = os.path.join(workdir, "checkpoints")
-        if not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
+        if not _has_checkpoint(workdir):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(workdir, RUN_FILE))
 
@@ -246,8 +246,6 @@ def removed_if_failed(workdir: str, errors: tuple[type[BaseException], ...]) -> 
     try:
         yield
     except errors:
-        checkpoints = os.path.join(workdir, "checkpoints")
-        has_checkpoint = os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
-        if not existed and os.path.isdir(workdir) and not has_checkpoint:
+        if not existed and os.path.isdir(workdir) and not _has_checkpoint(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
         raise

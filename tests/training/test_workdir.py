@@ -110,10 +110,10 @@ def test_a_bad_input_found_by_the_loop_leaves_the_workdir_unclaimed(bad, tokeniz
         config[section].update(fields)
     with pytest.raises(DataError) as error:
         train_and_evaluate(config, str(workdir))
-    assert "\n" not in str(error.value) and not workdir_lib.holds_run(str(workdir))
+    assert "\n" not in str(error.value) and not (workdir / workdir_lib.RUN_FILE).exists()
     import ml_collections
     train_and_evaluate(ml_collections.ConfigDict(good), str(workdir))
-    assert workdir_lib.holds_run(str(workdir)) and (workdir / "checkpoints" / "2").exists()
+    assert (workdir / workdir_lib.RUN_FILE).exists() and (workdir / "checkpoints" / "2").exists()
 
 
 def test_rerunning_a_finished_run_with_fewer_steps_is_one_line(tokenizers, tmp_path):
