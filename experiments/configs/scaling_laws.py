@@ -47,7 +47,7 @@ import string
 import ml_collections
 
 from experiments.configs import pretrain
-from research.data.config import SyntheticConfig
+from research.data.config import DataConfig, SyntheticConfig
 
 PRESETS = ("cpu_tiny", "stdlib_tiny", "tokens_tiny", "gpu_host", "test_tiny")
 # 10 sizes, ~x1.4 apart (distinct widths at 2 layers), every one with >= 2 layers (sweep.min_layers); 4 budgets over 1.5 decades.
@@ -57,8 +57,8 @@ CPU_BUDGETS = (3.16e10, 1e11, 3.16e11, 1e12)  # 1.500 decades
 
 # research.data.DataConfig's fields of the other sources, at their defaults, so that
 # --config.data.source=tfds --config.data.tfds_name=... (or files) can point any preset at real text.
-_OTHER_SOURCES = dict(tfds_name="", data_dir="", file_patterns=(), text_field="text", train_split="train",
-                      validation_split="validation")
+_OTHER_SOURCES = {field: getattr(DataConfig(), field)
+                  for field in ("tfds_name", "data_dir", "file_patterns", "text_field", "train_split", "validation_split")}
 
 
 def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
