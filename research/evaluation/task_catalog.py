@@ -12,6 +12,7 @@ Names are the generated tasks' builders (research.evaluation.tasks: "addition", 
     addition_{1..8}digit_reversed    (the sum's digits least-significant first)
     addition_{1..8}digit_lsb_first   (every number's digits least-significant first)
     addition_{k}digit_lsb_first_pad{W}  (the same, operands zero-padded to W digits, k <= W <= 8)
+    addition_{k}digit_base{B}_lsb_first[_pad{W}]  (the same in base B = 16, 26 or 36)
     modular_addition[_cot]           modular_multiplication[_cot]      (modulus 97)
     copying                          (induction: repeat a 12-symbol sequence, predict 4)
     copying_varied                   (the same with 6 to 12 symbols: no fixed offset to copy from)
@@ -50,6 +51,14 @@ for _digits in range(1, MAX_DIGITS + 1):
     for _width in range(_digits, MAX_DIGITS + 1):
         _VARIANTS[f"addition_{_digits}digit_lsb_first_pad{_width}"] = (
             "addition", dict(digits=_digits, reverse_answer=True, reverse_operands=True, pad_to=_width))
+for _base in (16, 26, 36):
+    for _digits in range(1, MAX_DIGITS + 1):
+        _VARIANTS[f"addition_{_digits}digit_base{_base}_lsb_first"] = (
+            "addition", dict(digits=_digits, reverse_answer=True, reverse_operands=True, base=_base))
+        for _width in range(_digits, MAX_DIGITS + 1):
+            _VARIANTS[f"addition_{_digits}digit_base{_base}_lsb_first_pad{_width}"] = (
+                "addition", dict(digits=_digits, reverse_answer=True, reverse_operands=True, pad_to=_width,
+                                 base=_base))
 _VARIANTS["copying"] = ("induction", dict(length=12, num_predict=4))
 _VARIANTS["copying_varied"] = ("induction", dict(length=12, min_length=6, num_predict=4))
 _VARIANTS["repeat_8to16"] = ("repeat", dict(length=16, min_length=8))

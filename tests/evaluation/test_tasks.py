@@ -63,6 +63,19 @@ def test_arithmetic_answers_and_digit_knobs():
         get_task("addition", digits=4, pad_to=3)
     with pytest.raises(TaskError, match="pad_to=9 must be"):
         get_task("addition", digits=4, pad_to=9)
+    # base: every number in base B (digits, then letters), checked with Python's own int(s, base).
+    for base, name in ((16, "addition_3digit_base16_lsb_first"), (26, "addition_3digit_base26_lsb_first_pad6")):
+        docs = _docs(catalog_task(name, num_test=200))
+        for doc in docs:
+            a, b = int(doc["a"][::-1], base), int(doc["b"][::-1], base)
+            assert base**2 <= a < base**3 and base**2 <= b < base**3
+            assert int(doc["answer"][::-1], base) == a + b and doc["answer"][-1] != "0"
+        assert max(max(d["a"] + d["b"]) for d in docs) == "0123456789abcdefghijklmnopqrstuvwxyz"[base - 1]
+    assert get_task("addition", digits=2, base=2, num_test=1).splits["test"][0].fields["a"] in ("10", "11")
+    with pytest.raises(TaskError, match="base=37 must be in \\[2, 36\\]"):
+        get_task("addition", base=37)
+    with pytest.raises(TaskError, match="base=16 has no chain-of-thought form"):
+        get_task("addition", base=16, chain_of_thought=True)
     for doc in _docs(get_task("multiplication", digits=3, digits_b=2, num_test=20)):
         assert doc["a"] * doc["b"] == doc["answer"] and len(str(doc["b"])) == 2
     for doc in _docs(get_task("modular_arithmetic", modulus=13, op="*", num_test=20)):

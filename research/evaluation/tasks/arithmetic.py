@@ -18,6 +18,10 @@ arXiv 2307.03381) train: every answer digit then sits at the same offsets from i
 digits whatever the operands' length, so one learned per-digit procedure serves every length.
 Without it, with rotary positions, each length needs its own offsets and is learned as a
 separate task (experiments/configs/emergence.py).
+Addition's base writes every number in that base (2-36, digits then lowercase letters: base 16
+"ff+1=" -> "100"): the per-place table a small model must hold grows as 2 x base^2 (sum and
+carry for every pair and carry-in), 200 entries in base 10 and 1,352 in base 26, so how much of
+it a model of a given size holds can be graded by capacity rather than all or nothing.
 """
 from __future__ import annotations
 
@@ -29,10 +33,20 @@ from research.evaluation.tasks.chain_of_thought import (ANSWER_PREFIX, COT_TARGE
 from research.evaluation.tasks.generated import check_range, generated_task
 
 MAX_DIGITS = 8
+DIGIT_SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"  # base b uses the first b
 
 
-def _operand(rng: random.Random, digits: int) -> int:
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+def _operand(rng: random.Random, digits: int, base: int = 10) -> int:
+    return rng.randint(0 if digits == 1 else base ** (digits - 1), base**digits - 1)
+
+
+def to_base(value: int, base: int) -> str:
+    """`value` >= 0 written in `base` (2-36) with DIGIT_SYMBOLS, most significant digit first."""
+    out = DIGIT_SYMBOLS[value % base]
+    while value >= base:
+        value //= base
+        out = DIGIT_SYMBOLS[value % base] + out
+    return out
 
 
 def _spec(name: str, prompt: str, chain_of_thought: bool, num_fewshot: int, seed: int) -> TaskSpec:
@@ -56,7 +70,8 @@ def _check_digits(name: str, digits: int, digits_b: int) -> None:
 
 def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
                   seed: int = 0, num_fewshot: int = 0, chain_of_thought: bool = False,
-                  reverse_answer: bool = False, reverse_operands: bool = False, pad_to: int = 0) -> Task:
+                  reverse_answer: bool = False, reverse_operands: bool = False, pad_to: int = 0,
+                  base: int = 10) -> Task:
     """'{a}+{b}=' -> a + b, with a of `digits` digits and b of `digits_b` (its digits in reverse
     order with reverse_answer; with reverse_operands too, a's and b's digits are also written
     least-significant first, so every number reads in the order carries flow; pad_to > 0: both
@@ -68,19 +83,28 @@ def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int
                         f"[{max(digits, digits_b)}, {MAX_DIGITS}] (at least the operands' digits).")
     if reverse_answer and chain_of_thought:
         raise TaskError("task 'addition': reverse_answer=True has no chain-of-thought form; use one of the two.")
+    check_range("addition", "base", base, 2, len(DIGIT_SYMBOLS))
+    if base != 10 and chain_of_thought:
+        raise TaskError(f"task 'addition': base={base} has no chain-of-thought form (its scratchpad is decimal); "
+                        "use base=10 or chain_of_thought=False.")
     if reverse_operands and not reverse_answer:
         raise TaskError("task 'addition': reverse_operands=True needs reverse_answer=True (every number "
                         "least-significant digit first).")
 
     def make_doc(rng: random.Random) -> dict:
-        a, b = _operand(rng, digits), _operand(rng, digits_b)
-        answer = str(a + b)[::-1] if reverse_answer else a + b
-        shown_a, shown_b = (str(a).zfill(pad_to), str(b).zfill(pad_to)) if pad_to else (a, b)
+        a, b = _operand(rng, digits, base), _operand(rng, digits_b, base)
+        total = to_base(a + b, base)
+        answer = total[::-1] if reverse_answer else (a + b if base == 10 else total)
+        shown_a, shown_b = to_base(a, base).zfill(pad_to), to_base(b, base).zfill(pad_to)
+        if not pad_to and base == 10:
+            shown_a, shown_b = a, b
         if reverse_operands:
             shown_a, shown_b = str(shown_a)[::-1], str(shown_b)[::-1]
-        return {"a": shown_a, "b": shown_b, "answer": answer, "scratchpad": addition_scratchpad(a, b)}
+        scratchpad = addition_scratchpad(a, b) if base == 10 else ""
+        return {"a": shown_a, "b": shown_b, "answer": answer, "scratchpad": scratchpad}
 
-    name = f"addition_{digits}x{digits_b}" + ("_lsb_first" if reverse_operands else "_reversed" if reverse_answer else "")
+    name = f"addition_{digits}x{digits_b}" + (f"_base{base}" if base != 10 else "")
+    name += "_lsb_first" if reverse_operands else "_reversed" if reverse_answer else ""
     name += f"_pad{pad_to}" if pad_to else ""
     spec = _spec(name, "{a}+{b}=", chain_of_thought, num_fewshot, seed)
     return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
