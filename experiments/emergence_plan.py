@@ -105,9 +105,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
 
 
 def _check_report(config: ml_collections.ConfigDict) -> None:
-    """report.metrics / plot_metrics name metrics the evaluation computes, and each
-    report.transition_task is evaluated at every checkpoint (eval.tasks): a misspelt name once
-    gave an empty report after the whole study had run."""
+    """report.metrics / plot_metrics name metrics the evaluation computes, report.mirage_sizes
+    names trained sizes, and each report.transition_task is evaluated at every checkpoint
+    (eval.tasks): a misspelt name once gave an empty report after the whole study had run."""
     from research.evaluation.metrics import METRICS_BY_OUTPUT_TYPE
 
     report = config.get("report", None)
@@ -124,6 +124,11 @@ def _check_report(config: ml_collections.ConfigDict) -> None:
             near = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(f"report.{field} names unknown metric(s) {unknown}; {hint}known: {known}.")
+    mirage_sizes = report.get("mirage_sizes", ()) or ()
+    unknown = [s for s in mirage_sizes if s not in tuple(config.sizes)]
+    if unknown:
+        raise ConfigError(f"report.mirage_sizes names {unknown}, which sizes={tuple(config.sizes)} does not train; "
+                          "name sizes from `sizes` (or leave it empty for every size).")
     tracked = report.get("transition_task", None) or ()
     tracked = [tracked] if isinstance(tracked, str) else list(tracked)
     missing = [t for t in tracked if t not in tuple(config.eval.tasks)]

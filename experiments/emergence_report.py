@@ -9,6 +9,10 @@ from typing import Any
 
 import ml_collections
 
+# The metrics whose shapes across sizes the mirage is read from: exact match and its continuous kin.
+MIRAGE_SHAPE_METRICS = ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")
+
+
 def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str) -> dict[str, str]:
     """results, summary (shape metrics across sizes), mirage and transition tables, plots and
     report.md under <workdir>/report."""
@@ -38,7 +42,13 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                 for r in curve_summary(finals, scale="params_non_embedding", group_by=("task", "num_shots"),
                                        metrics=tuple(config.report.metrics))
                 if (r["task"], r["num_shots"], r["metric"]) not in covered]
-    mirage = mirage_table([r for r in finals_with_items if r["task"] in set(config.eval.get("final_tasks", ()))])
+    final_tasks = set(config.eval.get("final_tasks", ()))
+    mirage = mirage_table([r for r in finals_with_items if r["task"] in final_tasks])
+    # The mirage's shapes across sizes, over report.mirage_sizes (one architecture) where set.
+    mirage_sizes = set(config.report.get("mirage_sizes", ()) or config.sizes)
+    mirage_shapes = noisy_curve_summary(
+        [r for r in finals_with_items if r["task"] in final_tasks and r["size"] in mirage_sizes],
+        scale="params_non_embedding", group_by=("task", "num_shots"), metrics=MIRAGE_SHAPE_METRICS) if mirage else []
     transition_tasks = _transition_tasks(config)
     # Exact match beside p^L at every checkpoint of the transition tasks that have answers of
     # several tokens: the mirage along training compute, beside the one across sizes.
@@ -51,6 +61,7 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
+             "mirage_shapes": write_rows(mirage_shapes, os.path.join(report_dir, "mirage_shapes"))["csv"],
              "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"],
              "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"],
              "mirage_along_training": write_rows(mirage_along, os.path.join(report_dir, "mirage_along_training"))["csv"]}
@@ -91,7 +102,7 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                              x_label="training tokens", title="along training")
     paths["report"] = os.path.join(report_dir, "report.md")
     with open(paths["report"], "w", encoding="utf-8") as f:
-        f.write(_report_markdown(config, summary, mirage, transition, shapes, finals))
+        f.write(_report_markdown(config, summary, mirage, mirage_shapes, transition, shapes, finals))
     return paths
 
 
@@ -124,7 +135,7 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
     return out
 
 
-def _report_markdown(config, summary, mirage, transition, transition_shapes, finals) -> str:
+def _report_markdown(config, summary, mirage, mirage_shapes, transition, transition_shapes, finals) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
     from research.evaluation.study_report import JUMP_RATIO, jump_verdicts
@@ -149,13 +160,13 @@ def _report_markdown(config, summary, mirage, transition, transition_shapes, fin
                               "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy, L = answer "
                  f"tokens)\n\n```\n{table}\n```\n")
-        final_tasks = set(config.eval.get("final_tasks", ()))
-        mirage_shapes = [r for r in summary if r["task"] in final_tasks and r["metric"] in
-                         ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")]
+        mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
-                             ["task", "metric", "total_improvement", "above_noise", "linearity", "breakthroughness"])
-        text += ("\nShape across sizes, per answer length (the mirage predicts exact match's breakthroughness growing "
-                 f"with L while the per-digit metrics stay smooth; read the values):\n\n```\n{table}\n```\n")
+                             ["task", "metric", "values", "total_improvement", "above_noise", "linearity",
+                              "breakthroughness"])
+        text += (f"\nShape across sizes ({', '.join(mirage_sizes)}: report.mirage_sizes), per answer length (the "
+                 "mirage predicts exact match's breakthroughness growing with L while the per-digit metrics stay "
+                 f"smooth; read the values; mirage_shapes.csv):\n\n```\n{table}\n```\n")
     if transition:
         table = format_table(_interval_text(transition, ["exact_match", "teacher_forced_accuracy"]),
                              ["task", "size", "num_shots", "step", "tokens", "exact_match", "teacher_forced_accuracy"])

@@ -67,6 +67,10 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     for m in mirage:
         low, high = m["p_to_the_L_interval"]
         assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
+    # The mirage's shapes across report.mirage_sizes (micro: empty, so every size): per final task and metric.
+    shapes = read_rows(os.path.join(workdir, "report", "mirage_shapes.json"))
+    assert {(s["task"], s["metric"]) for s in shapes} == {(final_task, m) for m in emergence_report.MIRAGE_SHAPE_METRICS}
+    assert all(s["num_models"] == len(config.sizes) for s in shapes)
     transition = read_rows(os.path.join(workdir, "report", "transition.json"))
     assert [(t["size"], t["step"]) for t in transition if t["num_shots"] == 0] == [
         (s, n) for s in config.sizes for n in (2, 4)]
@@ -169,6 +173,8 @@ def _bad(change):
     (lambda c: c.report.update(metrics=("exact_matchh",)), r"report.metrics names unknown metric\(s\) "
                                                             r"\['exact_matchh'\]; did you mean 'exact_match'"),
     (lambda c: c.report.update(plot_metrics=("acc_norn",)), r"report.plot_metrics names unknown metric"),
+    (lambda c: c.report.update(mirage_sizes=("scale-1e4", "scale-3e5")), r"report.mirage_sizes names "
+                                                                         r"\['scale-3e5'\], which sizes="),
     (lambda c: c.report.update(transition_task=("nope",)), r"report.transition_task names \['nope'\], which "
                                                             r"eval.tasks="),
     # Once read only inside a worker: after the data was written, or after a whole size trained.
@@ -210,7 +216,7 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
-    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_lsb_first" for k in range(2, 7)]
+    assert [e.name for e in plan.final_entries] == [f"addition_{k}digit_base26_lsb_first_pad6" for k in range(2, 7)]
     assert all(len(e.task.docs(e.task.spec.eval_split)) >= 1000 for e in plan.final_entries)
     # The transition: copying at every checkpoint, across the 1- to 2-layer boundary of the ladder.
     assert set(config.report.transition_task) <= set(config.eval.tasks)
@@ -242,8 +248,8 @@ def test_dry_run_estimate_counts_every_size_and_divides_by_peak_times_mfu():
     assert emergence.estimated_training(faster)["seconds"] == pytest.approx(estimate["seconds"] / 2)
 
 
-def test_cpu_tiny_mirage_is_cpu_tiny_with_the_previous_init_and_packed_copy_documents():
-    mirage, tiny = configs.get_config("cpu_tiny_mirage"), configs.get_config("cpu_tiny")
+def test_cpu_tiny_mirage_is_cpu_tiny_base10_with_the_previous_init_and_packed_copy_documents():
+    mirage, tiny = configs.get_config("cpu_tiny_mirage"), configs.get_config("cpu_tiny_base10")
     plan = emergence.plan_study(mirage)
     assert {m.init_scheme for m in plan.sizes.values()} == {"normal"}
     assert emergence.examples_per_document(mirage.mixture, "copying_varied") == tuple(mirage.mixture.examples_per_document)
@@ -275,8 +281,8 @@ def test_tracking_more_lengths_along_training_holds_out_no_new_items():
     assert held_out(fewer) != held_out(every)  # the check can tell a changed held-out set
 
 
-def test_cpu_tiny_padded_is_cpu_tiny_with_every_addition_task_padded():
-    padded, tiny = configs.get_config("cpu_tiny_padded"), configs.get_config("cpu_tiny")
+def test_cpu_tiny_padded_is_cpu_tiny_base10_with_every_addition_task_padded():
+    padded, tiny = configs.get_config("cpu_tiny_padded"), configs.get_config("cpu_tiny_base10")
     plan = emergence.plan_study(padded)
     names = [e.name for e in plan.final_entries]
     assert names == [f"addition_{k}digit_lsb_first_pad6" for k in range(2, 7)]
@@ -293,6 +299,25 @@ def test_cpu_tiny_padded_is_cpu_tiny_with_every_addition_task_padded():
     for config in (padded, tiny):
         config.mixture.tasks, config.eval.tasks, config.eval.final_tasks, config.report.transition_task = {}, (), (), ()
     assert padded.to_dict() == tiny.to_dict()
+
+
+def test_cpu_tiny_is_the_padded_study_in_base_26_with_the_mirage_read_across_its_2_layer_sizes():
+    tiny, padded = configs.get_config("cpu_tiny"), configs.get_config("cpu_tiny_padded")
+    plan = emergence.plan_study(tiny)
+    # Every addition task, trained and evaluated, in base 26 (digits and letters a-p), padded to 6.
+    for entry in plan.final_entries:
+        doc = entry.task.docs(entry.task.spec.eval_split)[0].fields
+        assert len(doc["a"]) == configs.PADDED_WIDTH
+        assert int(doc["answer"][::-1], 26) == int(doc["a"][::-1], 26) + int(doc["b"][::-1], 26)
+    letters = {c for e in plan.final_entries for d in e.task.docs(e.task.spec.eval_split)[:50]
+               for c in d.fields["a"] + d.fields["b"]}
+    assert letters - set("0123456789") and letters <= set("0123456789abcdefghijklmnop")
+    # The mirage's sizes: the 2-layer ones (the 1-layer control is another architecture).
+    assert tiny.report.mirage_sizes == tuple(s for s, m in plan.sizes.items() if m.num_layers == 2)
+    assert len(tiny.report.mirage_sizes) >= 4
+    # Nothing else differs from the base-10 padded study: the base and the mirage's sizes only.
+    tiny.report.mirage_sizes = ()
+    assert json.loads(tiny.to_json().replace("_base26", "")) == json.loads(padded.to_json())
 
 
 def test_cpu_tiny_widths_is_the_padded_study_at_five_one_head_widths():
