@@ -42,6 +42,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         remaining = flags.FLAGS(argv)
     except flags.Error as error:
         last = str(error).strip().splitlines()[-1].strip()
+        group = re.search(r"flag --([\w.]+)=(\S*): Failed to parse '.*' as a ConfigDict", last)
+        if group:  # e.g. --config.model=gpt2-small: a group of fields was given a bare value
+            name, value = group.groups()
+            example = f"--{name}.preset={value}" if name.endswith(".model") else f"--{name}.FIELD={value}"
+            sys.exit(f"error: --{name} is a group of fields, not a value; set one of its fields, e.g. {example} "
+                     "(the config file lists them).")
         sys.exit(f"error: {re.sub(r'^[A-Za-z]*Error: ', '', last)}")
     except (AttributeError, KeyError) as error:  # an override of a key the config does not have
         sys.exit(_unknown_override(error, argv))

@@ -113,20 +113,22 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
     except Exception as error:  # the config file's own one-line error (e.g. an unknown preset)
         raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
     for key in keys:
-        node, walked = root, []
+        node, parent, walked = root, None, []
         for part in key.removeprefix("config.").split("."):
             where = "config" + "".join(f".{w}" for w in walked)
             if not hasattr(node, "keys"):
                 raise LaunchError(f"{key}: {where} is a value ({node!r}), not a group of fields; set {where} itself.")
             if part not in node.keys():
                 raise LaunchError(f"{key}: {where} has no field {part!r}; its fields are {sorted(node.keys())}.")
-            node, walked = node[part], [*walked, part]
+            parent, node, walked = node, node[part], [*walked, part]
         if values and key in values:
-            _check_value_type(key, values[key], node)
+            # A placeholder field (None until set, e.g. model.num_layers) has a declared type that
+            # config_flags enforces in the job; type(None) would let any value through here.
+            declared = parent.get_type(walked[-1]) if node is None and hasattr(parent, "get_type") else type(node)
+            _check_value_type(key, values[key], node, declared)
 
 
-def _check_value_type(key: str, text: str, current: Any) -> None:
-    kind = type(current)
+def _check_value_type(key: str, text: str, current: Any, kind: type) -> None:
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):

@@ -98,6 +98,25 @@ def test_bad_sources_and_prompts_are_one_line(tmp_path, hf_dir):
         cli.generate_text(cli.load_model(hf_dir=hf_dir), ["a"], temperature=1.0, top_k=1000)
 
 
+def test_a_hugging_face_folder_with_a_file_missing_or_damaged_is_one_line(tmp_path, hf_dir):
+    import shutil
+    for case in ("no weights", "no config", "truncated weights"):
+        folder = tmp_path / case.replace(" ", "_")
+        shutil.copytree(hf_dir, folder)
+        weights = folder / "model.safetensors"
+        if case == "no weights":
+            weights.unlink()
+        elif case == "no config":
+            (folder / "config.json").unlink()
+        else:
+            weights.write_bytes(weights.read_bytes()[:5000])
+        expected = {"no weights": "no weights in", "no config": "config.json' is missing",
+                    "truncated weights": "is not a readable safetensors file"}[case]
+        with pytest.raises(ConfigError, match=expected) as error:
+            cli.load_model(hf_dir=str(folder))
+        assert "\n" not in str(error.value)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 1-layer GPT trained for 1 step with its own SentencePiece tokenizer."""

@@ -82,6 +82,12 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
         needed, what = 1 + max_new_tokens, "1 (decoder start) + max_new_tokens"
     else:
         needed, what = max(len(p) for p in prompts) + max_new_tokens, "longest prompt + max_new_tokens"
+    longest = max(len(p) for p in prompts)
+    if config.position == "learned" and config.family != "encoder_decoder" and longest >= config.max_len:
+        # No max_new_tokens fits: the prompt alone fills the position table.
+        raise ConfigError(f"the longest prompt is {longest} tokens, and max_len={config.max_len} of {config.name}'s "
+                          f"learned position table leaves no room to generate; shorten it to at most "
+                          f"{config.max_len - 1} tokens.")
     if config.position == "learned" and needed > config.max_len:
         raise ConfigError(
             f"{what} = {needed} exceeds max_len={config.max_len} of {config.name}'s learned position table; "

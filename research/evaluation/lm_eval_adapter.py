@@ -27,6 +27,9 @@ from research.optional_imports import import_optional
 import_optional("lm_eval", "The lm-evaluation-harness adapter (research.evaluation.lm_eval_adapter)")
 from lm_eval.api.model import LM  # noqa: E402  (after the one-line hint above when lm-eval is absent)
 from lm_eval.api.registry import register_model  # noqa: E402
+# lm-eval fills its registry of built-in models ("hf", "vllm", ...) from lm_eval.models only
+# while the registry is empty: registering "research" first would hide them all in this process.
+import lm_eval.models  # noqa: E402,F401
 
 from research.evaluation.harness import Harness
 from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest

@@ -54,14 +54,15 @@ def has_hf_tokenizer(folder: str) -> bool:
     return os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f)) for f in HF_TOKENIZER_FILES)
 
 
-def load_tokenizer(spec: str) -> TextTokenizer:
-    """The tokenizer `spec` names: "char", a SentencePiece .model file, or a Hugging Face tokenizer folder."""
+def load_tokenizer(spec: str, *, num_extra_ids: int = 0) -> TextTokenizer:
+    """The tokenizer `spec` names: "char", a SentencePiece .model file (with `num_extra_ids` T5
+    sentinels above its pieces, as the run that trained it had), or a Hugging Face tokenizer folder."""
     if spec == CHAR:
         return CharTokenizer()
     if os.path.isfile(spec):
         from research.data import DataError, Tokenizer
         try:
-            return Tokenizer.load(spec)
+            return Tokenizer.load(spec, num_extra_ids=num_extra_ids)
         except DataError as e:
             raise ConfigError(f"tokenizer {spec!r}: {e}") from None
     if has_hf_tokenizer(spec):

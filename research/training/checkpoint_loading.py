@@ -167,7 +167,10 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     model_config = model_config_from_run(config)
     if model_overrides:
         model_config = model_config.replace(**model_overrides)
-    text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir))
+    # The run's own SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
+    # without them sentinel ids decode as "<extra_id_-100>" and the vocabulary looks smaller.
+    sentinels = 0 if tokenizer else int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
     # The latest step may be damaged (a save killed mid-write): fall back to the newest intact
     # one, as training's resume does, and say so. An explicitly requested step never falls back.
@@ -204,7 +207,7 @@ def load_hf(path: str, *, tokenizer: str | None = None, **model_overrides: Any) 
     text_tokenizer = load_tokenizer(tokenizer)
     try:
         model, params = from_hf(path, **model_overrides)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:  # damaged weights, or a file the folder lacks
         raise ConfigError(str(e)) from None
     check_vocabulary(text_tokenizer, model.config.vocab_size, model.config.name)
     return LoadedModel(model, params, text_tokenizer, f"hf {path}", None)

@@ -147,3 +147,14 @@ def test_requests_and_bad_input(setup):
         HarnessLM.create_from_arg_string("batch_size=4")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['steps'\]"):
         HarnessLM.create_from_arg_string("checkpoint=/x,steps=3")
+
+
+def test_importing_the_adapter_keeps_lm_evals_own_models():
+    # Registering "research" once left lm-eval's registry with that name alone, so model="hf"
+    # failed in any process that had imported the adapter.
+    import subprocess
+    import sys
+    code = ("import research.evaluation.lm_eval_adapter, lm_eval.api.registry as r; "
+            "print(r.get_model('hf').__name__, r.get_model('research').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["HFLM", "HarnessLM"]

@@ -75,6 +75,10 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
     with pytest.raises(LaunchError, match=r"config.train.num_steps=1e3x: config.train.num_steps is int \(now \d+\)"):
         check_config_keys(PRETRAIN, ["config.train.num_steps"], {"config.train.num_steps": "1e3x"})
     check_config_keys(PRETRAIN, ["config.opt.learning_rate"], {"config.opt.learning_rate": "3e-4"})
+    # A placeholder field (None until set, e.g. model.num_layers) is checked against its declared type.
+    with pytest.raises(LaunchError, match=r"config.model.num_layers=four: config.model.num_layers is int \(now None\)"):
+        check_config_keys(PRETRAIN, ["config.model.num_layers"], {"config.model.num_layers": "four"})
+    check_config_keys(PRETRAIN, ["config.model.num_layers"], {"config.model.num_layers": "4"})
     with pytest.raises(LaunchError, match="unknown pretrain preset 'nope'"):
         check_config_keys("experiments/configs/pretrain.py:nope", [])
 

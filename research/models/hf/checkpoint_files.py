@@ -100,15 +100,24 @@ def strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
 
 
 def _read_safetensors(file_path: str) -> StateDict:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
-    return load_file(file_path)
+    try:
+        return load_file(file_path)
+    except SafetensorError as e:  # a truncated or damaged download
+        raise CheckpointError(f"{file_path!r} is not a readable safetensors file ({e}); copy or export it "
+                              "again.") from None
 
 
 def _read_torch(file_path: str) -> StateDict:
     from research.optional_imports import import_optional
     torch = import_optional("torch", f"reading {file_path!r} (safetensors checkpoints need no torch)")
     # weights_only: a .bin is a pickle, and unrestricted unpickling runs arbitrary code.
-    tensors = torch.load(file_path, map_location="cpu", weights_only=True)
+    try:
+        tensors = torch.load(file_path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError) as e:  # a truncated or damaged file, or not a state dict
+        raise CheckpointError(f"{file_path!r} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
+                              "copy or export it again.") from None
     # numpy has no bfloat16: widen it (exactly) to float32.
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
 
