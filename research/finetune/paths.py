@@ -164,7 +164,7 @@ def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     eval_pairs = mean_aux(bradley_terry_loss, model)
     return FinetuneJob(name=f"reward model {base.config.name} ({base.source})", model=model,
                        loss_fn=bradley_terry_loss, abstract_params=boxed, initial_params=initial,
-                       train_batches=train_batches,
+                       train_batches=train_batches, new_modules=("head",),
                        evaluate=lambda params, reference, sharding: eval_pairs(params, eval_batches(), sharding))
 
 
