@@ -26,3 +26,23 @@ def test_a_classification_head_trains_under_lora_and_is_checkpointed(tmp_path):
                                                           jax.tree.leaves(initial)))
     counted = [r["params_trainable"] for r in read_metrics(tmp_path) if "params_trainable" in r][0]
     assert counted == sum(np.size(x) for x in jax.tree.leaves(saved))  # adapters + the head
+
+
+def test_a_lora_run_is_a_starting_point_and_a_reference_with_its_adapters_merged_into_its_base(tmp_path):
+    """Its checkpoint holds only adapters: the base it was trained on (run.json) is loaded and
+    the adapters merged, so the next run starts from exactly the model the LoRA run evaluated."""
+    from research.finetune.base_model import load_base_model, load_reference
+    lora_run = tmp_path / "sft_lora"
+    trained = finetune_and_evaluate(lora_config("sft_lora_tiny", num_steps=3), str(lora_run))
+    config = lora_config("sft_tiny", num_steps=1, rank=0)
+    config.init, config.tokenizer = f"checkpoint:{lora_run}", ""
+    started = finetune_and_evaluate(config, str(tmp_path / "sft_from_lora"))
+    np.testing.assert_allclose(started["before_eval_loss"], trained["eval_loss"], rtol=1e-5)
+    base = load_base_model(config.init, config.model)
+    assert "LoRA run" in base.source and "lora" not in base.params
+    reference_config, reference_params = load_reference(config.init)
+    assert reference_config == base.config
+    jax.tree.map(np.testing.assert_array_equal, reference_params, base.params)
+    dpo = lora_config("dpo_tiny", num_steps=1, rank=0)
+    dpo.preference.reference = f"checkpoint:{lora_run}"
+    build_job(dpo)  # the reference loads (it failed with ScopeParamNotFoundError at the first step)
