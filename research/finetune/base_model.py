@@ -65,6 +65,15 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
     return BaseModel(model_config, params, tokenizer, source)
 
 
+def job_base_model(config: ml_collections.ConfigDict) -> BaseModel:
+    """The base model of a fine-tuning job (config.init / model / tokenizer), with train.seq_len
+    checked against its max_len before any data is tokenized or anything compiled."""
+    from research.finetune.checks import check_seq_len
+    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    check_seq_len(config.train.seq_len, base.config)
+    return base
+
+
 def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
     """The tokenizer spec a fine-tuning run in `path` trained with ("" for a pretraining run,
     whose own SentencePiece model load_checkpoint finds): its config.tokenizer, or when that

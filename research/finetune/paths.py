@@ -14,7 +14,7 @@ import numpy as np
 
 from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt
 from research.finetune import records as records_lib
-from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, load_base_model,
+from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, job_base_model,
                                          load_reference)
 from research.finetune.evaluators import greedy_completions, mean_aux
 from research.finetune.heads import ScalarHeadModel, with_pretrained_body
@@ -58,7 +58,7 @@ def _local(rows: list) -> list:
 
 
 def _decoder_base(config: ml_collections.ConfigDict) -> BaseModel:
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family != "decoder":
         raise ConfigError(f"path={config.path!r} trains decoder-only models; {base.config.name} is "
                           f"{base.config.family}. Use a GPT/LLaMA preset or checkpoint.")
@@ -147,7 +147,7 @@ def _row_iterators(train_rows, eval_rows, config):
 
 def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """A reward model: the zoo model + a scalar head, Bradley-Terry loss on preference pairs."""
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family == "encoder_decoder":
         raise ConfigError(f"path='reward' puts a scalar head on a decoder or encoder body; {base.config.name} is "
                           "an encoder-decoder. Use a GPT/LLaMA or BERT model.")

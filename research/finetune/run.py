@@ -49,9 +49,11 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     import jax
 
     from research.data import DataError
+    from research.finetune.checks import check_config
     from research.finetune.run_identity import claim_workdir
     from research.training import workdir as workdir_lib
 
+    check_config(config)  # values no run could use: one line before the workdir is touched
     errors = (ConfigError, DataError)
     with workdir_lib.removed_if_failed(workdir, errors):
         claimed = claim_workdir(workdir, config.to_dict(), record=jax.process_index() == 0)

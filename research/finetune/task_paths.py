@@ -23,7 +23,7 @@ import numpy as np
 
 from research.decoding import beam_search
 from research.finetune import records as records_lib
-from research.finetune.base_model import BaseModel, abstract_and_init, load_base_model
+from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import TokenClassifier, with_pretrained_body
 from research.finetune.paths import _local, _section, load_records
@@ -76,7 +76,7 @@ def synthetic_text_to_text(rule: str, count: int, seed: int) -> list[dict]:
 
 
 def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family != family:
         raise ConfigError(f"path={config.path!r} fine-tunes {family} models; {base.config.name} is "
                           f"{base.config.family}.")
