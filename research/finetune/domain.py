@@ -123,6 +123,7 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"domain adaptation of {base.config.name} ({base.source}) on {config.data.folder}", model=model,
+        tokenizer=base.tokenizer,
         loss_fn=loss_fn, abstract_params=boxed,
         initial_params=lambda: base.params if base.params is not None else init(int(train.seed)),
         train_batches=lambda seed: iter(batches("train", seed, None)), evaluate=evaluate)

@@ -122,6 +122,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"sft {base.config.name} ({base.source})", model=model, loss_fn=loss_fn, abstract_params=boxed,
+        tokenizer=base.tokenizer,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.packed_batches(_local(train_examples), batch_size=local_batch,
                                                                    seq_len=train.seq_len, seed=seed)),
@@ -212,6 +213,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"{preference.loss} {base.config.name} ({base.source})", model=model, loss_fn=loss_fn,
+        tokenizer=base.tokenizer,
         abstract_params=boxed, initial_params=lambda: initial(int(config.train.seed)), train_batches=train_batches,
         evaluate=evaluate, prepare=lambda policy, reference, batch, step: with_reference(reference, batch),
         needs_reference=preference.needs_reference and not reference_spec)

@@ -89,7 +89,8 @@ def _label(where: str, value: Any, num_labels: int) -> int:
     return value
 
 
-def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics, new_modules=()):
+def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics, new_modules=(),
+             tokenizer=None):
     local_batch = config.train.batch_size // jax.process_count()
     eval_batches = lambda: itertools.islice(iter(records_lib.row_batches(
         _local(eval_rows), batch_size=local_batch, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
@@ -101,7 +102,7 @@ def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows
     return FinetuneJob(name=name, model=model, loss_fn=loss_fn, abstract_params=boxed, initial_params=initial,
                        train_batches=lambda seed: iter(records_lib.row_batches(_local(train_rows),
                                                                                batch_size=local_batch, seed=seed)),
-                       evaluate=evaluate, new_modules=new_modules)
+                       evaluate=evaluate, new_modules=new_modules, tokenizer=tokenizer)
 
 
 def _softmax_cross_entropy(logits_NC: jax.Array, labels_N: jax.Array) -> tuple[jax.Array, dict]:
@@ -163,7 +164,8 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     # peft's modules_to_save for sequence classification: the classifier trains in full under LoRA.
     return _row_job(f"classification {base.config.name} ({base.source})", config, model, classification_loss, boxed,
-                    initial, train_rows, eval_rows, predict_metrics, new_modules=("classifier",))
+                    initial, train_rows, eval_rows, predict_metrics, new_modules=("classifier",),
+                    tokenizer=tokenizer)
 
 
 def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
@@ -257,5 +259,5 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         return text_metrics(predictions, [str(r["target"]) for _, r in generation])
 
     return _row_job(f"text-to-text {cfg.name} ({base.source})", config, model, loss_fn, boxed, initial,
-                    train_rows, eval_rows, predict_metrics)
+                    train_rows, eval_rows, predict_metrics, tokenizer=tokenizer)
 

@@ -66,6 +66,8 @@ class FinetuneJob:
     # Top-level parameter subtrees the job initialises fresh (task heads): under LoRA they have
     # nothing pretrained to adapt, so they are trained in full (peft's modules_to_save).
     new_modules: tuple[str, ...] = ()
+    # The fine-tuning tokenizer: its special ids go into an exported Hugging Face config.
+    tokenizer: Any = None
 
 
 def _sub(section: Any) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             if end_step == start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
-                _export(job, merge(state.params), config.export_dir)
+                _export(job, merge(state.params), config.export_dir, job.tokenizer)
     finally:
         checkpointer.close()
         writer.close()
@@ -212,11 +214,30 @@ def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:
     return state.replace(params={k: v for k, v in state.params.items() if k != BASE}) if lora else state
 
 
-def _export(job: FinetuneJob, params: Any, path: str) -> None:
-    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here)."""
+def _export(job: FinetuneJob, params: Any, path: str, tokenizer: Any = None) -> None:
+    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here),
+    its config carrying `tokenizer`'s special ids: the architecture's defaults (GPT-2's 50256)
+    may lie outside a fine-tuning vocabulary, and generate() stops on config's eos id."""
     from research.models import to_hf
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
     to_hf(job.model, jax.device_get(params), path)
+    if tokenizer is not None:
+        _set_special_ids(os.path.join(path, "config.json"), tokenizer)
     log.info("exported merged weights to %s", path)
+
+
+def _set_special_ids(config_file: str, tokenizer: Any) -> None:
+    """bos / eos / pad ids of `tokenizer` in an exported config.json (bos None when it has none);
+    written aside and renamed, so the folder never holds half a config."""
+    import json
+    with open(config_file, encoding="utf-8") as f:
+        hf_config = json.load(f)
+    bos = getattr(tokenizer, "bos_id", None)
+    hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
+                     pad_token_id=int(tokenizer.pad_id))
+    partial = f"{config_file}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    os.replace(partial, config_file)

@@ -46,3 +46,18 @@ def test_a_lora_run_is_a_starting_point_and_a_reference_with_its_adapters_merged
     dpo = lora_config("dpo_tiny", num_steps=1, rank=0)
     dpo.preference.reference = f"checkpoint:{lora_run}"
     build_job(dpo)  # the reference loads (it failed with ScopeParamNotFoundError at the first step)
+
+
+def test_the_exported_config_carries_the_fine_tuning_tokenizers_special_ids(tmp_path):
+    """GPT-2's default bos/eos 50256 lie outside the char tokenizer's 512 ids: generate() would
+    never stop on eos. The export names the tokenizer's own (char: pad 0, eos 1, no bos)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+    config = lora_config("sft_lora_tiny", num_steps=2)
+    config.export_dir = str(tmp_path / "hf")
+    finetune_and_evaluate(config, str(tmp_path / "run"))
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (None, 1, 0)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert model.generation_config.eos_token_id == 1 and model.config.vocab_size == 512
