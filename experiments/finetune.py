@@ -1,7 +1,8 @@
 """Fine-tune a model: `python -m experiments.finetune --config=experiments/configs/finetune.py:sft_tiny --workdir=DIR`.
 
 A thin absl main around research.finetune.finetune_and_evaluate; see the config module's
-docstring for the presets (one per path) and overrides. Rerunning with the same workdir resumes.
+docstring for the presets (one per path) and overrides. Rerunning the same command resumes;
+a workdir holding another run (another base, data, path or LoRA setting) is refused in one line.
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ def main(argv):
     from research.data import DataError
     from research.finetune import finetune_and_evaluate
     from research.training import TrainingDivergedError
+    from research.training.checkpointing import CheckpointError
 
     try:
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError, TrainingDivergedError) as error:
+    except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 

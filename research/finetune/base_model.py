@@ -1,7 +1,9 @@
 """Where a fine-tuning run starts: a seeded init, a training run's checkpoint, or a Hugging Face folder.
 
     config.init = "random"              the preset config.model (with overrides), initialised from train.seed
-    config.init = "checkpoint:<workdir>"  a research.training run (latest step), its own tokenizer
+    config.init = "checkpoint:<workdir>"  a research.training run (latest step), its own tokenizer;
+                                         or a fine-tuning run's (a LoRA run's adapters merged into
+                                         the base it was trained on, which its run.json records)
     config.init = "hf:<folder>"          a Hugging Face checkpoint folder, its own tokenizer
 
 config.tokenizer ("char", a SentencePiece .model, an HF folder; "" = the run's own) picks
@@ -48,13 +50,28 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
         kind, path = init.split(":", 1)
         if kind == "checkpoint" and not tokenizer_spec:
             tokenizer_spec = finetune_run_tokenizer(path)
-        loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
-        model_config = loaded.model.config.replace(**overrides) if overrides else loaded.model.config
-        tokenizer, params, source = loaded.tokenizer, loaded.params, loaded.source
+        if kind == "checkpoint" and lora_run_config(path) is not None:
+            merged = load_lora_run(path)
+            model_config, params, source = merged.config, merged.params, merged.source
+            tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else merged.tokenizer
+        else:
+            loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
+            model_config, tokenizer = loaded.model.config, loaded.tokenizer
+            params, source = loaded.params, loaded.source
+        model_config = model_config.replace(**overrides) if overrides else model_config
     else:
         raise ConfigError(f"init={init!r} must be 'random', 'checkpoint:<run workdir>' or 'hf:<folder>'.")
     check_vocabulary(tokenizer, model_config.vocab_size, model_config.name)
     return BaseModel(model_config, params, tokenizer, source)
+
+
+def job_base_model(config: ml_collections.ConfigDict) -> BaseModel:
+    """The base model of a fine-tuning job (config.init / model / tokenizer), with train.seq_len
+    checked against its max_len before any data is tokenized or anything compiled."""
+    from research.finetune.checks import check_seq_len
+    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    check_seq_len(config.train.seq_len, base.config)
+    return base
 
 
 def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
@@ -78,6 +95,9 @@ def load_reference(spec: str) -> tuple[ModelConfig, Any]:
     from research.training.checkpoint_loading import (checkpoint_root, checkpoint_steps_in, model_config_from_run,
                                                         restore_params, run_config)
     kind, _, path = spec.partition(":")
+    if kind == "checkpoint" and lora_run_config(path) is not None:
+        merged = load_lora_run(path)
+        return merged.config, merged.params
     if kind == "checkpoint":
         root = checkpoint_root(path)
         step = checkpoint_steps_in(root)[-1]
@@ -109,3 +129,50 @@ def abstract_and_init(model: Any, example_args: tuple, example_kwargs: dict | No
 
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     return boxed, (lambda seed: meta.unbox(jax.jit(init)(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
+
+
+# Paths whose model is a zoo model (a LoRA run of theirs merges into a usable base); the reward
+# and tagging paths put a head on a body, which no other path loads.
+_ZOO_MODEL_PATHS = ("sft", "preference", "grpo", "domain", "classification", "text_to_text")
+
+
+def lora_run_config(path: str) -> dict[str, Any] | None:
+    """The saved config of the fine-tuning LoRA run in `path` (latest step); None for any other run."""
+    from research.training.checkpoint_loading import run_config
+    try:
+        saved = run_config(path)
+    except ConfigError:
+        return None  # not a run (load_checkpoint says why, in one line)
+    return saved if "path" in saved and (saved.get("lora") or {}).get("rank") else None
+
+
+def load_lora_run(path: str) -> BaseModel:
+    """A LoRA run's model: its checkpoint holds only the adapters (and fresh heads), so the base
+    it was trained on (run.json's init, else its saved config's) is loaded and they are merged in."""
+    import os
+
+    import numpy as np
+
+    from research.finetune.lora import BASE, LoraConfig, merged_params
+    from research.finetune.run_identity import recorded_init
+    from research.models import build_model
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params, run_workdir
+    root = checkpoint_root(path)
+    step = checkpoint_steps_in(root)[-1]
+    saved = lora_run_config(path) or {}
+    if saved.get("path") not in _ZOO_MODEL_PATHS:
+        raise ConfigError(f"checkpoint:{path} is a LoRA run of path={saved.get('path')!r}, whose task head no other "
+                          "path loads; start from its base model (its config.init) instead.")
+    base_init = recorded_init(run_workdir(root)) or str(saved["init"])
+    base = load_base_model(base_init, saved.get("model", {}), str(saved.get("tokenizer", "") or ""))
+    params = base.params
+    if params is None:  # init='random': the seeded init the LoRA run started from (fold_in(seed, 0))
+        ones = np.ones((1, 8), np.int32)
+        model = build_model(base.config)
+        _, init = abstract_and_init(model, (ones, ones) if base.config.family == "encoder_decoder" else (ones,))
+        params = init(int(saved.get("train", {}).get("seed", 0)))
+    section = dict(saved["lora"])
+    lora = LoraConfig(**{**section, "targets": tuple(section.get("targets", ()))})
+    saved_params = restore_params(os.path.join(root, str(step)))
+    merged = jax.device_get(jax.jit(lambda p: merged_params(p, lora))({**saved_params, BASE: params}))
+    return BaseModel(base.config, merged, base.tokenizer, f"LoRA run {root} step {step} merged into {base.source}")

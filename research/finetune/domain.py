@@ -27,7 +27,7 @@ import numpy as np
 from research.data.config import DataConfig, DataError
 from research.data.pipeline import make_batch_dataset
 from research.data.tokenizer import SpecialTokens
-from research.finetune.base_model import abstract_and_init, load_base_model
+from research.finetune.base_model import abstract_and_init, job_base_model
 from research.finetune.evaluators import mean_aux
 from research.finetune.paths import _section
 from research.finetune.trainer import FinetuneJob
@@ -96,7 +96,7 @@ def domain_data_config(config: ml_collections.ConfigDict) -> DataConfig:
 def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """Continued pretraining of config.init on data.folder with the base model's tokenizer."""
     data_config = domain_data_config(config)
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     family, train = base.config.family, config.train
     objective_name = str(_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
     tokenizer = PipelineTokenizer(base.tokenizer)
@@ -123,6 +123,7 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"domain adaptation of {base.config.name} ({base.source}) on {config.data.folder}", model=model,
+        tokenizer=base.tokenizer,
         loss_fn=loss_fn, abstract_params=boxed,
         initial_params=lambda: base.params if base.params is not None else init(int(train.seed)),
         train_batches=lambda seed: iter(batches("train", seed, None)), evaluate=evaluate)

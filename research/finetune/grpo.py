@@ -160,7 +160,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     local_batch = train.batch_size
     return FinetuneJob(
-        name=f"grpo {base.config.name} ({base.source})", model=model,
+        name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer,
         loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=local_batch, seed=seed)),

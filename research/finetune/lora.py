@@ -10,6 +10,8 @@ which is the same function as the unmerged forward x W + (alpha / r) (x A) B. Th
 state's params are {"base": frozen weights, "lora": adapters}; the loss stops gradients
 at the base, and the optimizer (optax.multi_transform) updates only "lora", so Adam's
 moments exist only for adapter leaves. B starts at zero, so step 0 is the base model.
+A task head the job initialises fresh (a reward head, a classifier) has nothing pretrained
+to adapt: it sits whole under "trained" and is trained in full, as peft's modules_to_save.
 Export: `to_hf(model, merge_lora(base, lora, config), path)`.
 
 Dropout (lora.dropout = p, as peft's lora_dropout): in train mode only, the adapter path
@@ -41,6 +43,7 @@ from research.models.config import ConfigError
 # Attention and MLP projections of all three families (decoder, BERT, T5 self/cross attention).
 DEFAULT_TARGETS = (r"attention/(query|key|value|out)/kernel$", r"mlp/(wi|wi_0|wi_1|wo)/kernel$")
 BASE, LORA = "base", "lora"
+TRAINED = "trained"  # top-level subtrees trained in full under LoRA (fresh task heads)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -212,23 +215,36 @@ def with_adapter_path(config: LoraConfig):
     return nn.intercept_methods(intercept)
 
 
+def split_trained(params: dict, names: tuple[str, ...]) -> tuple[dict, dict]:
+    """(params without the top-level subtrees `names`, those subtrees): the frozen base and
+    the fully trained heads of a LoRA run."""
+    return ({k: v for k, v in params.items() if k not in names}, {k: v for k, v in params.items() if k in names})
+
+
+def merged_params(params: dict, config: LoraConfig) -> Any:
+    """The model's parameters of {"base", "lora"[, "trained"]}: merged weights plus the heads."""
+    return {**merge_lora(params[BASE], params[LORA], config), **params.get(TRAINED, {})}
+
+
 def lora_loss_fn(loss_fn: Any, config: LoraConfig) -> Any:
-    """The loss as a function of {"base", "lora"} params, gradients stopped at the (frozen)
-    base: merged weights, or under dropout in train mode (rng given) the unmerged forward."""
+    """The loss as a function of {"base", "lora"[, "trained"]} params, gradients stopped at the
+    (frozen) base: merged weights, or under dropout in train mode (rng given) the unmerged forward."""
     def loss(model, params, batch, rng):
         base = jax.lax.stop_gradient(params[BASE])
+        trained = params.get(TRAINED, {})
         if rng is None or config.dropout == 0:
-            return loss_fn(model, merge_lora(base, params[LORA], config), batch, rng)
+            return loss_fn(model, {**merge_lora(base, params[LORA], config), **trained}, batch, rng)
         with with_adapter_path(config):
-            return loss_fn(model, attach_adapters(base, params[LORA]), batch, rng)
+            return loss_fn(model, {**attach_adapters(base, params[LORA]), **trained}, batch, rng)
     return loss
 
 
 def trainable_labels(params: Any) -> Any:
-    """"train" for adapter leaves, "frozen" for the base: the labels of optax.multi_transform."""
-    return {key: jax.tree.map(lambda _: "train" if key == LORA else "frozen", value) for key, value in params.items()}
+    """"train" for adapter and head leaves, "frozen" for the base: the labels of optax.multi_transform."""
+    return {key: jax.tree.map(lambda _: "train" if key in (LORA, TRAINED) else "frozen", value)
+            for key, value in params.items()}
 
 
 def adapter_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optimizer` on the adapters only; the base gets zero updates and no optimizer state."""
+    """`optimizer` on the adapters (and fresh heads) only; the base gets zero updates and no optimizer state."""
     return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, trainable_labels)

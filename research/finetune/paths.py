@@ -14,7 +14,7 @@ import numpy as np
 
 from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt
 from research.finetune import records as records_lib
-from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, load_base_model,
+from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, job_base_model,
                                          load_reference)
 from research.finetune.evaluators import greedy_completions, mean_aux
 from research.finetune.heads import ScalarHeadModel, with_pretrained_body
@@ -58,7 +58,7 @@ def _local(rows: list) -> list:
 
 
 def _decoder_base(config: ml_collections.ConfigDict) -> BaseModel:
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family != "decoder":
         raise ConfigError(f"path={config.path!r} trains decoder-only models; {base.config.name} is "
                           f"{base.config.family}. Use a GPT/LLaMA preset or checkpoint.")
@@ -122,6 +122,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"sft {base.config.name} ({base.source})", model=model, loss_fn=loss_fn, abstract_params=boxed,
+        tokenizer=base.tokenizer,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.packed_batches(_local(train_examples), batch_size=local_batch,
                                                                    seq_len=train.seq_len, seed=seed)),
@@ -147,7 +148,7 @@ def _row_iterators(train_rows, eval_rows, config):
 
 def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """A reward model: the zoo model + a scalar head, Bradley-Terry loss on preference pairs."""
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family == "encoder_decoder":
         raise ConfigError(f"path='reward' puts a scalar head on a decoder or encoder body; {base.config.name} is "
                           "an encoder-decoder. Use a GPT/LLaMA or BERT model.")
@@ -164,7 +165,7 @@ def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     eval_pairs = mean_aux(bradley_terry_loss, model)
     return FinetuneJob(name=f"reward model {base.config.name} ({base.source})", model=model,
                        loss_fn=bradley_terry_loss, abstract_params=boxed, initial_params=initial,
-                       train_batches=train_batches,
+                       train_batches=train_batches, new_modules=("head",),
                        evaluate=lambda params, reference, sharding: eval_pairs(params, eval_batches(), sharding))
 
 
@@ -212,6 +213,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"{preference.loss} {base.config.name} ({base.source})", model=model, loss_fn=loss_fn,
+        tokenizer=base.tokenizer,
         abstract_params=boxed, initial_params=lambda: initial(int(config.train.seed)), train_batches=train_batches,
         evaluate=evaluate, prepare=lambda policy, reference, batch, step: with_reference(reference, batch),
         needs_reference=preference.needs_reference and not reference_spec)

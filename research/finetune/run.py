@@ -7,7 +7,8 @@
                   a synthetic rule); config.lora (rank 0 = full fine-tuning); config.preference;
                   config.grpo; config.train / opt / checkpoint / mesh as in pretraining.
 
-Writes metrics.jsonl, tensorboard/ and checkpoints/ in workdir; rerunning resumes.
+Writes run.json (the run's identity, research/finetune/run_identity.py), metrics.jsonl,
+tensorboard/ and checkpoints/ in workdir; rerunning the same run resumes, another run is refused.
 """
 from __future__ import annotations
 
@@ -40,5 +41,25 @@ def build_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Build the job `config.path` describes and train (or resume) it in `workdir`; returns
-    the step-0 evaluation (before_*) and the last train and eval metrics."""
-    return run_job(build_job(config), config, workdir)
+    the step-0 evaluation (before_*) and the last train and eval metrics.
+
+    The workdir is claimed first (a workdir holding another run is refused in one line,
+    before any loading); a bad input found later withdraws the claim, and removes a workdir
+    this call created that holds no checkpoint, so the corrected command starts clean."""
+    import jax
+
+    from research.data import DataError
+    from research.finetune.checks import check_config
+    from research.finetune.run_identity import claim_workdir
+    from research.training import workdir as workdir_lib
+
+    check_config(config)  # values no run could use: one line before the workdir is touched
+    errors = (ConfigError, DataError)
+    with workdir_lib.removed_if_failed(workdir, errors):
+        claimed = claim_workdir(workdir, config.to_dict(), record=jax.process_index() == 0)
+        try:
+            return run_job(build_job(config), config, workdir)
+        except errors:
+            if jax.process_index() == 0:  # only a claim with no checkpoint yet is withdrawn
+                workdir_lib.unclaim(claimed)
+            raise

@@ -23,7 +23,7 @@ import numpy as np
 
 from research.decoding import beam_search
 from research.finetune import records as records_lib
-from research.finetune.base_model import BaseModel, abstract_and_init, load_base_model
+from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import TokenClassifier, with_pretrained_body
 from research.finetune.paths import _local, _section, load_records
@@ -76,7 +76,7 @@ def synthetic_text_to_text(rule: str, count: int, seed: int) -> list[dict]:
 
 
 def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
-    base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
+    base = job_base_model(config)
     if base.config.family != family:
         raise ConfigError(f"path={config.path!r} fine-tunes {family} models; {base.config.name} is "
                           f"{base.config.family}.")
@@ -89,7 +89,8 @@ def _label(where: str, value: Any, num_labels: int) -> int:
     return value
 
 
-def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics):
+def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics, new_modules=(),
+             tokenizer=None):
     local_batch = config.train.batch_size // jax.process_count()
     eval_batches = lambda: itertools.islice(iter(records_lib.row_batches(
         _local(eval_rows), batch_size=local_batch, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
@@ -101,7 +102,7 @@ def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows
     return FinetuneJob(name=name, model=model, loss_fn=loss_fn, abstract_params=boxed, initial_params=initial,
                        train_batches=lambda seed: iter(records_lib.row_batches(_local(train_rows),
                                                                                batch_size=local_batch, seed=seed)),
-                       evaluate=evaluate)
+                       evaluate=evaluate, new_modules=new_modules, tokenizer=tokenizer)
 
 
 def _softmax_cross_entropy(logits_NC: jax.Array, labels_N: jax.Array) -> tuple[jax.Array, dict]:
@@ -161,8 +162,10 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             labels += list(batch["label"][keep])
         return classification_metrics(predictions, labels)
 
+    # peft's modules_to_save for sequence classification: the classifier trains in full under LoRA.
     return _row_job(f"classification {base.config.name} ({base.source})", config, model, classification_loss, boxed,
-                    initial, train_rows, eval_rows, predict_metrics)
+                    initial, train_rows, eval_rows, predict_metrics, new_modules=("classifier",),
+                    tokenizer=tokenizer)
 
 
 def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
@@ -209,7 +212,8 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         return classification_metrics(predictions, labels)
 
     return _row_job(f"token classification {base.config.name} ({base.source})", config, model,
-                    token_classification_loss, boxed, initial, train_rows, eval_rows, predict_metrics)
+                    token_classification_loss, boxed, initial, train_rows, eval_rows, predict_metrics,
+                    new_modules=("head",))
 
 
 def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
@@ -255,5 +259,5 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         return text_metrics(predictions, [str(r["target"]) for _, r in generation])
 
     return _row_job(f"text-to-text {cfg.name} ({base.source})", config, model, loss_fn, boxed, initial,
-                    train_rows, eval_rows, predict_metrics)
+                    train_rows, eval_rows, predict_metrics, tokenizer=tokenizer)
 

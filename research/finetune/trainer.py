@@ -9,7 +9,8 @@ batch iterator and an evaluator. This module runs it with research/training's pi
 
   * initial parameters from a checkpoint, a Hugging Face folder or a seed (job.initial_params);
   * LoRA: params {"base", "lora"}, an optimizer that updates only "lora", and checkpoints
-    that hold only "lora" (the base is reloaded from its source on resume);
+    that hold only "lora" (the base is reloaded from its source on resume); a job's fresh task
+    heads (job.new_modules) sit under "trained", are trained in full and checkpointed too;
   * a frozen reference (the initial policy) for DPO / RL, kept outside the train state;
   * `job.prepare(policy, reference, batch, step)`: frozen inputs added to a batch before the
     step (reference log-probs), or for RL the sampling phase that builds the batch.
@@ -31,7 +32,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from research.finetune.lora import BASE, LORA, LoraConfig, adapter_optimizer, init_lora, lora_loss_fn, merge_lora
+from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_optimizer, init_lora, lora_loss_fn,
+                                   merged_params, split_trained)
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
 from research.training import metrics as metrics_lib, partitioning
@@ -61,6 +63,11 @@ class FinetuneJob:
     # or (that batch, host metrics to log with the step)
     prepare: Callable[[Any, Any, dict, int], dict] | None = None
     needs_reference: bool = False
+    # Top-level parameter subtrees the job initialises fresh (task heads): under LoRA they have
+    # nothing pretrained to adapt, so they are trained in full (peft's modules_to_save).
+    new_modules: tuple[str, ...] = ()
+    # The fine-tuning tokenizer: its special ids go into an exported Hugging Face config.
+    tokenizer: Any = None
 
 
 def _sub(section: Any) -> dict[str, Any]:
@@ -94,7 +101,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
     if lora is not None:
         optimizer, loss_fn = adapter_optimizer(optimizer), lora_loss_fn(loss_fn, lora)
         adapters = jax.eval_shape(lambda key: init_lora(job.abstract_params, lora, key), jax.random.PRNGKey(0))
-        boxed = {BASE: job.abstract_params, LORA: adapters}
+        frozen, heads = split_trained(job.abstract_params, job.new_modules)
+        boxed = {BASE: frozen, LORA: adapters, **({TRAINED: heads} if heads else {})}
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
@@ -124,20 +132,21 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
                 target = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                      _checkpoint_view(state, lora)), view_sh)
                 restored, train_iter = checkpointer.restore(target, train_iter)
-                state = restored.replace(params={BASE: params[BASE], LORA: restored.params[LORA]}) if lora else restored
+                state = restored.replace(params={**restored.params, BASE: params[BASE]}) if lora else restored
                 writer.forget_after(int(state.step))
 
             step_fn = jit_train_step(make_train_step(job.model, loss_fn, optimizer, schedule,
                                                      microbatches=train.microbatches,
                                                      batch_spec=partitioning.batch_partition_spec(rules)),
                                      shardings, batch_sharding)
-            merge = jax.jit(lambda p: merge_lora(p[BASE], p[LORA], lora)) if lora else (lambda p: p)
+            merge = jax.jit(lambda p: merged_params(p, lora)) if lora else (lambda p: p)
 
             def run_eval() -> dict[str, float]:
                 return {k: float(v) for k, v in job.evaluate(merge(state.params), reference(), batch_sharding).items()}
 
             start_step = int(state.step)
-            trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[LORA] if lora else params))
+            trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+                {k: v for k, v in params.items() if k != BASE} if lora else params))
             total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
             log.info("%s: %s trainable of %s params; mesh %s; starting at step %d", job.name, f"{trainable:,}",
                      f"{total:,}", dict(mesh.shape), start_step)
@@ -180,7 +189,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
             if end_step == start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
-                _export(job, merge(state.params), config.export_dir)
+                _export(job, merge(state.params), config.export_dir, job.tokenizer)
     finally:
         checkpointer.close()
         writer.close()
@@ -188,26 +197,47 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
 
 
 def _initial_params(job: FinetuneJob, lora: LoraConfig | None, boxed: Any, param_sh: Any, seed: int) -> Any:
-    base_sh = param_sh[BASE] if lora else param_sh
-    base = jax.device_put(job.initial_params(), base_sh)
     if lora is None:
-        return base
+        return jax.device_put(job.initial_params(), param_sh)
     from flax.core import meta
+    base, heads = split_trained(job.initial_params(), job.new_modules)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
-    adapters = jax.jit(lambda k: meta.unbox(init_lora(boxed[BASE], lora, k)), out_shardings=param_sh[LORA])(key)
-    return {BASE: base, LORA: adapters}
+    # Adapters of the whole model's targets (the heads are not targets), as before heads moved out.
+    whole = {**boxed[BASE], **boxed.get(TRAINED, {})}
+    adapters = jax.jit(lambda k: meta.unbox(init_lora(whole, lora, k)), out_shardings=param_sh[LORA])(key)
+    params = {BASE: jax.device_put(base, param_sh[BASE]), LORA: adapters}
+    return {**params, TRAINED: jax.device_put(heads, param_sh[TRAINED])} if heads else params
 
 
 def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:
     """What a checkpoint holds: the whole state, or under LoRA everything but the frozen base."""
-    return state.replace(params={LORA: state.params[LORA]}) if lora else state
+    return state.replace(params={k: v for k, v in state.params.items() if k != BASE}) if lora else state
 
 
-def _export(job: FinetuneJob, params: Any, path: str) -> None:
-    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here)."""
+def _export(job: FinetuneJob, params: Any, path: str, tokenizer: Any = None) -> None:
+    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here),
+    its config carrying `tokenizer`'s special ids: the architecture's defaults (GPT-2's 50256)
+    may lie outside a fine-tuning vocabulary, and generate() stops on config's eos id."""
     from research.models import to_hf
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
     to_hf(job.model, jax.device_get(params), path)
+    if tokenizer is not None:
+        _set_special_ids(os.path.join(path, "config.json"), tokenizer)
     log.info("exported merged weights to %s", path)
+
+
+def _set_special_ids(config_file: str, tokenizer: Any) -> None:
+    """bos / eos / pad ids of `tokenizer` in an exported config.json (bos None when it has none);
+    written aside and renamed, so the folder never holds half a config."""
+    import json
+    with open(config_file, encoding="utf-8") as f:
+        hf_config = json.load(f)
+    bos = getattr(tokenizer, "bos_id", None)
+    hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
+                     pad_token_id=int(tokenizer.pad_id))
+    partial = f"{config_file}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    os.replace(partial, config_file)

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 
@@ -31,6 +31,10 @@ _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
 _TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
+
+
+# config (a plain dict) -> the flat dict of fields that identify the run (run.json's "fingerprint").
+Fingerprint = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class WorkdirError(ConfigError):
@@ -125,7 +129,7 @@ def claimed_with(workdir: str) -> list[str]:
         return []
 
 
-def _read_recorded(workdir: str) -> dict[str, Any] | None:
+def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | None:
     """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
     before run.json existed) the config saved with its newest checkpoint; None if neither."""
     run_file = os.path.join(workdir, RUN_FILE)
@@ -137,7 +141,7 @@ def _read_recorded(workdir: str) -> dict[str, Any] | None:
             raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
                                "and rerun, else choose another --workdir.") from None
     saved = newest_saved_config(os.path.join(workdir, "checkpoints"))
-    return None if saved is None else run_fingerprint(saved[1])
+    return None if saved is None else fingerprint(saved[1])
 
 
 def newest_saved_config(checkpoints: str) -> tuple[int, dict[str, Any]] | None:
@@ -154,25 +158,29 @@ def newest_saved_config(checkpoints: str) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
-def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> None:
+def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True,
+          fingerprint: Fingerprint | None = None) -> None:
     """Check `workdir` for this run (a plain-dict config), then create it and record the run.
 
     Raises WorkdirError, in one line, for an unwritable workdir or one holding another run
     (naming the fields that differ). `record=False` (processes other than 0) does not write run.json.
     """
-    claim_all([(workdir, config)], record=record)
+    claim_all([(workdir, config)], record=record, fingerprint=fingerprint)
 
 
-def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True) -> list[str]:
+def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True,
+              fingerprint: Fingerprint | None = None) -> list[str]:
     """`claim` for several (workdir, config) runs trained together: every workdir is checked
     before any is created, so a refusal leaves nothing behind. Returns the workdirs this call
-    claimed first (no run recorded there before), for `unclaim` when a later check fails."""
+    claimed first (no run recorded there before), for `unclaim` when a later check fails.
+    `fingerprint` (default run_fingerprint) identifies runs of another kind (fine-tuning)."""
+    fingerprint = fingerprint or run_fingerprint
     fingerprints, first = [], []
     for workdir, config in runs:
         check_writable(workdir)
-        current = run_fingerprint(config)
+        current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
-            recorded = _read_recorded(workdir)
+            recorded = _read_recorded(workdir, fingerprint)
             if recorded is not None and recorded != current:
                 raise WorkdirError(
                     f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "

@@ -214,3 +214,27 @@ def test_lora_dropout_changes_the_loss_in_train_mode_only():
     # Under dropout the base still gets no gradient.
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[BASE]))
     assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads[LORA]))
+
+
+def test_a_fresh_head_trains_in_full_beside_the_adapters_and_the_base_stays_frozen():
+    """peft's modules_to_save: BERT's classifier (initialised for the task) is under "trained"."""
+    from research.finetune.lora import TRAINED, split_trained
+    from research.finetune.task_paths import classification_loss
+    model = build_model(get_config("bert-test", num_layers=1, vocab_size=128, d_model=32, d_ff=64, num_labels=2,
+                                   pooler=True))
+    tokens = jnp.arange(1, 9, dtype=jnp.int32)[None].repeat(4, 0)
+    boxed = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
+    config = LoraConfig(rank=2)
+    base, heads = split_trained(meta.unbox(boxed), ("classifier",))
+    params = {BASE: base, LORA: meta.unbox(init_lora(boxed, config, jax.random.key(1))), TRAINED: heads}
+    optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=10, learning_rate=1e-2, warmup_steps=0))
+    optimizer = adapter_optimizer(optimizer)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    batch = {"tokens": np.asarray(tokens), "segment_ids": np.ones((4, 8), np.int32),
+             "label": np.asarray([0, 1, 0, 1], np.int32)}
+    step = jax.jit(make_train_step(model, lora_loss_fn(classification_loss, config), optimizer, schedule))
+    new, _ = step(state, batch)
+    jax.tree.map(np.testing.assert_array_equal, new.params[BASE], params[BASE])
+    assert all(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(new.params[TRAINED]),
+                                                     jax.tree.leaves(params[TRAINED])))

@@ -1,0 +1,96 @@
+"""What makes two fine-tuning runs the same run: the fingerprint run.json records.
+
+A workdir holds one run. `claim_workdir` (research/training/workdir.py's claim with this
+fingerprint) writes <workdir>/run.json at the first start and refuses, in one line, a later
+start whose fingerprint differs: resuming would mix adapters trained on another base, or
+metrics of another data set, or fail deep in orbax on another parameter tree. The
+fingerprint holds what a checkpoint's meaning depends on: the path, the base model (init,
+model overrides, tokenizer), the data, LoRA's shape, the objective's settings, seq_len, the
+seed and the optimizer's name. What may change on resume is left out: num_steps, the learning
+rate and schedule, logging and evaluation settings, the mesh, compute dtype and dropout.
+
+Local paths are recorded absolute: the same relative path from another directory is
+another file. run.json's "init" is also where a LoRA run's own base is found when the run is
+loaded as a starting point (research/finetune/base_model.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from research.models.config import GRADIENT_ONLY_FIELDS
+from research.training import workdir as workdir_lib
+
+# Fields that do not change what a checkpoint means (as in pretraining's workdir.py).
+_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
+_DATA_PATH_FIELDS = ("train_file", "eval_file", "folder")
+_TRAIN_FIELDS = ("seq_len", "seed")
+
+
+def absolute_spec(spec: str) -> str:
+    """'checkpoint:<path>' / 'hf:<path>' / 'reward_model:<path>' with the path made absolute."""
+    kind, sep, path = str(spec).partition(":")
+    if not sep or not path or "://" in path or kind not in ("checkpoint", "hf", "reward_model"):
+        return str(spec)
+    return f"{kind}:{os.path.abspath(path)}"
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a fine-tuning config (a plain dict, as checkpoints save it) that identify
+    the run, flattened to dotted keys (a pretraining config gives one that differs)."""
+    section = lambda name: dict(config.get(name) or {})
+    model = {k: v for k, v in section("model").items() if v is not None and k not in _MODEL_FIELDS_FREE_ON_RESUME}
+    data = {k: v for k, v in section("data").items() if k != "data_dir"}
+    for key in _DATA_PATH_FIELDS:
+        if data.get(key):
+            data[key] = os.path.abspath(str(data[key]))
+    lora = section("lora")
+    lora = {"rank": int(lora.get("rank") or 0)} if not lora.get("rank") else \
+        {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free
+    path = config.get("path")
+    identity: dict[str, Any] = {
+        "path": path, "init": absolute_spec(config.get("init", "")), "tokenizer": config.get("tokenizer", ""),
+        "model": model, "data": data, "lora": lora,
+        "train": {k: section("train")[k] for k in _TRAIN_FIELDS if k in section("train")},
+        "opt": {"name": section("opt").get("name", "adamw")},
+    }
+    if path == "preference":
+        identity["preference"] = {**section("preference"),
+                                  "reference": absolute_spec(section("preference").get("reference", "") or "")}
+    if path == "grpo":
+        identity["grpo"] = {**section("grpo"), "reward": absolute_spec(section("grpo").get("reward", "rule"))}
+    if "num_token_labels" in config:
+        identity["num_token_labels"] = config["num_token_labels"]
+    return _flatten(_plain(identity))
+
+
+def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> list[str]:
+    """Refuse (WorkdirError, one line) a workdir holding another run, else create it and record
+    this run; returns [workdir] when this call claimed it first (for workdir_lib.unclaim)."""
+    return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=finetune_fingerprint)
+
+
+def recorded_init(workdir: str) -> str | None:
+    """The (absolute) init spec recorded in `workdir`'s run.json; None when it records none."""
+    try:
+        with open(os.path.join(workdir, workdir_lib.RUN_FILE), encoding="utf-8") as f:
+            return json.load(f)["fingerprint"]["init"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,79 @@
+"""A fine-tuning workdir holds one run: run.json records it, another run is refused in one line
+before any work, and the same run reruns (resumes) as before."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from research.finetune import finetune_and_evaluate
+from research.training.workdir import RUN_FILE, WorkdirError
+
+from tests.finetune.conftest import REPO, tiny_config as preset_config
+
+
+def tiny_config(preset, num_steps):
+    config = preset_config(preset, num_steps=num_steps)
+    config.opt.warmup_steps = 0
+    return config
+
+
+def _refused(config, workdir, differs):
+    before = {name: (workdir / name).read_bytes() for name in ("metrics.jsonl", RUN_FILE)}
+    with pytest.raises(WorkdirError, match=rf"^--workdir={workdir} holds another run \(.*{differs}.*\); use a new "
+                                           rf"--workdir, or delete {workdir} to start over\.$") as error:
+        finetune_and_evaluate(config, str(workdir))
+    assert "\n" not in str(error.value)
+    assert {name: (workdir / name).read_bytes() for name in before} == before  # nothing written over
+
+
+def test_another_base_data_path_or_lora_setting_is_refused_and_the_same_run_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(config, str(workdir))
+    recorded = json.loads((workdir / RUN_FILE).read_text())["fingerprint"]
+    assert recorded["path"] == "sft" and recorded["init"] == "random" and recorded["lora.rank"] == 0
+
+    other_base = tiny_config("sft_tiny", num_steps=2)
+    other_base.init = f"checkpoint:{tmp_path / 'sft'}"
+    _refused(other_base, workdir, r"init: 'random' there, 'checkpoint:.*/sft' now")
+    other_data = tiny_config("sft_tiny", num_steps=2)
+    other_data.data.train_file = str(tmp_path / "other.jsonl")  # refused before the file is read
+    _refused(other_data, workdir, r"data.train_file: '' there, '.*/other.jsonl' now")
+    lora = tiny_config("sft_lora_tiny", num_steps=2)
+    _refused(lora, workdir, r"lora.rank: 0 there, 8 now")
+    dpo = tiny_config("dpo_tiny", num_steps=2)
+    _refused(dpo, workdir, r"path: 'sft' there, 'preference' now")
+
+    # The same run with more steps (num_steps is free to change) resumes at step 2.
+    config.train.num_steps = 3
+    config.checkpoint.every_steps = 3
+    finetune_and_evaluate(config, str(workdir))
+    steps = sorted(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                   if "loss" in json.loads(line))
+    assert steps == [1, 2, 3]
+
+
+def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path):
+    """Workdirs written before run.json existed: the config saved with the checkpoint decides."""
+    workdir = tmp_path / "run"
+    finetune_and_evaluate(tiny_config("dpo_lora_tiny", num_steps=2), str(workdir))
+    os.remove(workdir / RUN_FILE)
+    full = tiny_config("dpo_tiny", num_steps=2)
+    with pytest.raises(WorkdirError, match=r"lora.rank: 8 there, 0 now"):
+        finetune_and_evaluate(full, str(workdir))
+
+
+def test_the_command_line_refuses_another_run_in_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / RUN_FILE).write_text(json.dumps({"fingerprint": {"path": "preference"}}))
+    command = [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune.py:sft_tiny",
+               f"--workdir={workdir}"]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --workdir={workdir} holds another run (path: "
+                                                   "'preference' there, 'sft' now"), result.stderr
