@@ -222,22 +222,5 @@ def _export(job: FinetuneJob, params: Any, path: str, tokenizer: Any = None) -> 
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
-    to_hf(job.model, jax.device_get(params), path)
-    if tokenizer is not None:
-        _set_special_ids(os.path.join(path, "config.json"), tokenizer)
+    to_hf(job.model, jax.device_get(params), path, tokenizer=tokenizer)
     log.info("exported merged weights to %s", path)
-
-
-def _set_special_ids(config_file: str, tokenizer: Any) -> None:
-    """bos / eos / pad ids of `tokenizer` in an exported config.json (bos None when it has none);
-    written aside and renamed, so the folder never holds half a config."""
-    import json
-    with open(config_file, encoding="utf-8") as f:
-        hf_config = json.load(f)
-    bos = getattr(tokenizer, "bos_id", None)
-    hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
-                     pad_token_id=int(tokenizer.pad_id))
-    partial = f"{config_file}.{os.getpid()}.tmp"
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    os.replace(partial, config_file)

@@ -40,10 +40,11 @@ def from_hf(path: str, **overrides: Any):
     return _from_hf(path, **overrides)
 
 
-def to_hf(model: nn.Module, params: Any, path: str) -> None:
-    """Write `params` as a Hugging Face checkpoint folder (config.json + model.safetensors)."""
+def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
+    """Write `params` as a Hugging Face checkpoint folder (config.json + model.safetensors), with
+    `tokenizer`'s special ids in config.json when given (research.models.hf.to_hf)."""
     from research.models.hf import to_hf as _to_hf
-    return _to_hf(model, params, path)
+    return _to_hf(model, params, path, tokenizer=tokenizer)
 
 
 __all__ = ["ConfigError", "ModelConfig", "build_model", "from_hf", "get_config", "preset_names",

@@ -118,6 +118,19 @@ def test_to_hf_folder_loads_in_transformers(tmp_path, batch, preset, architectur
     assert diff[mask.astype(bool)].max() <= TOL
 
 
+def test_to_hf_carries_the_tokenizers_special_ids(tmp_path):
+    # gpt2-tiny embeds 512 ids; GPT-2's default eos 50256 lies outside them, so transformers'
+    # generate() would never stop on the model's real eos unless the export names it.
+    import json
+    from types import SimpleNamespace
+    model = build_model(get_config("gpt2-tiny"))
+    to_hf(model, _random_params(model), str(tmp_path), tokenizer=SimpleNamespace(bos_id=2, eos_id=1, pad_id=0))
+    exported = json.loads((tmp_path / "config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (2, 1, 0)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert hf_model.generation_config.eos_token_id == 1 < hf_model.config.vocab_size
+
+
 @pytest.mark.parametrize("module,preset", [(gpt2, "gpt2-tiny"), (llama, "llama-tiny"), (llama, "tinyllama-1.1b")])
 def test_config_round_trip(module, preset):
     config = get_config(preset)

@@ -61,11 +61,20 @@ def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
     return build_model(config), params
 
 
-def to_hf(model: nn.Module, params: Any, path: str) -> None:
-    """Write `params` of `model` to the folder `path` as config.json + model.safetensors."""
+def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
+    """Write `params` of `model` to the folder `path` as config.json + model.safetensors.
+
+    tokenizer: the one the model was trained with (anything with eos_id, pad_id and optionally
+    bos_id); its special ids go into config.json. Without it an architecture's defaults stand
+    (GPT-2's 50256), which may lie outside a small vocabulary: transformers then warns, and its
+    generate() never stops on the model's real eos."""
     config: ModelConfig = model.config
     module = _module_for_config(config)
     hf_config = module.config_to_hf(config)
+    if tokenizer is not None:
+        bos = getattr(tokenizer, "bos_id", None)
+        hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
+                         pad_token_id=int(tokenizer.pad_id))
     write_checkpoint(path, hf_config, module.params_to_hf(params, config))
 
 
