@@ -171,8 +171,10 @@ def decontaminate(index: ContaminationIndex) -> DocumentStage:
     return stage
 
 
-def build_document_stages(config: PreparationConfig, contamination: ContaminationIndex | None) -> list[NamedStage]:
-    """The per-document stages `config` enables, in order (standardise first, decontamination last)."""
+def build_document_stages(config: PreparationConfig, contamination: ContaminationIndex | None,
+                          words: Sequence[str] | None = None) -> list[NamedStage]:
+    """The per-document stages `config` enables, in order (standardise first, decontamination last).
+    `words`: the blocklist already read from `config.blocklist` (None: read it now)."""
     stages = [NamedStage("standardise", lambda doc: standardise(doc, config.standardise))]
     if config.gopher_quality.enabled:
         stages.append(NamedStage("gopher_quality", gopher_quality(config.gopher_quality)))
@@ -180,7 +182,7 @@ def build_document_stages(config: PreparationConfig, contamination: Contaminatio
         stages.append(NamedStage("gopher_repetition", gopher_repetition(config.gopher_repetition)))
     if config.c4_quality.enabled:
         stages.append(NamedStage("c4_quality", c4_quality(config.c4_quality)))
-    words = blocklist_words(config.blocklist)
+    words = blocklist_words(config.blocklist) if words is None else words
     if words:
         stages.append(NamedStage("blocklist", blocklist(words)))
     if contamination is not None and len(contamination):

@@ -36,12 +36,29 @@ class InputSpec:
 
     def fingerprint(self) -> list:
         if self.tfds_name:
-            return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field]
+            return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field, _tfds_files(self)]
         return [self.text_field] + [[os.path.relpath(p, self.root), os.stat(p).st_size, os.stat(p).st_mtime_ns]
                                     for p in self.files]
 
     def describe(self) -> str:
         return f"tfds:{self.tfds_name}[{self.tfds_split}]" if self.tfds_name else f"{len(self.files)} files under {self.root}"
+
+
+def _tfds_files(spec: InputSpec) -> list:
+    """The prepared TFDS dataset's files (names, sizes, mtimes) and its dataset_info.json's digest:
+    re-preparing it under the same name changes them, as editing an input file changes its size/mtime."""
+    import hashlib
+
+    import tensorflow_datasets as tfds
+    from etils import epath
+    folder = epath.Path(tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None).data_dir)
+    files = []
+    for path in sorted(folder.iterdir()):
+        stat = path.stat()
+        if not stat.is_directory:
+            files.append([path.name, stat.length, stat.mtime])
+    info = folder / "dataset_info.json"
+    return [files, hashlib.sha256(info.read_bytes()).hexdigest() if info.exists() else None]
 
 
 def _is_jsonl(path: str) -> bool:

@@ -4,9 +4,10 @@
                              name="my_corpus", config=PreparationConfig())
 
 Work happens in `{output_dir}/.{name}-preparing-{fingerprint}/` (the fingerprint covers the
-inputs' paths, sizes and mtimes and the config). datatrove marks each finished task there,
-so rerunning after an interruption continues where it stopped; the last step renames the
-finished dataset to `{output_dir}/{name}/{version}`, the only way a dataset appears there.
+inputs' paths, sizes and mtimes, the config, and what its blocklist and task files hold).
+datatrove marks each finished task there, so rerunning after an interruption continues where
+it stopped; the last step renames the finished dataset to `{output_dir}/{name}/{version}`,
+the only way a dataset appears there.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
@@ -23,7 +24,8 @@ from research.data.config import DataError
 from research.data.preparation import engine_steps, report, tfds_output
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.counters import merge_counters
-from research.data.preparation.decontamination import ContaminationIndex, contamination_index
+from research.data.preparation.decontamination import ContaminationIndex, contamination_index, evaluation_items
+from research.data.preparation.document_stages import blocklist_words
 from research.data.preparation.inputs import DocumentReader, InputSpec
 from research.data.preparation.lsh import lsh_bands
 
@@ -84,11 +86,29 @@ class Layout:
         return os.path.join(self.work, "staging")
 
 
-def fingerprint(spec: InputSpec, config: PreparationConfig) -> str:
-    """A digest of what decides the output (the executor does not)."""
+def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
+    """Digests of what the config's files hold (the config names only their paths): a blocklist
+    file or a task file edited in place must change the fingerprint, or a rerun would return the
+    old dataset with documents that should now be dropped. Empty without such files, so the
+    fingerprints of datasets prepared without them stay what they were."""
+    from research.evaluation.task_catalog import is_task_file
+    contents = {}
+    if config.blocklist.words_file:
+        contents["blocklist_words"] = hashlib.sha256("\n".join(words).encode()).hexdigest()
+    task_files = [task for task in config.decontamination.tasks if is_task_file(task)]
+    if task_files:  # the items decontamination matches: the task file and the data files it names
+        items = evaluation_items(task_files, num_test=config.decontamination.num_test)
+        contents["task_items"] = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+    return contents
+
+
+def fingerprint(spec: InputSpec, config: PreparationConfig, words: Sequence[str] | None = None) -> str:
+    """A digest of what decides the output (the executor does not): the inputs, the config and the
+    contents of the files it names. `words`: the blocklist, if already read."""
     decisive = config.to_dict()
     decisive.pop("execution")
-    text = json.dumps([spec.fingerprint(), decisive], sort_keys=True, default=str)
+    contents = _file_contents(config, blocklist_words(config.blocklist) if words is None else words)
+    text = json.dumps([spec.fingerprint(), decisive] + ([contents] if contents else []), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -122,8 +142,8 @@ class Finalise(PipelineStep):
             shutil.rmtree(intermediate, ignore_errors=True)
 
 
-def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
-               contamination: ContaminationIndex | None, description: dict[str, Any]) -> list[tuple[str, list, int]]:
+def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, contamination: ContaminationIndex | None,
+               description: dict[str, Any], words: Sequence[str] | None = None) -> list[tuple[str, list, int]]:
     """(stage name, datatrove pipeline, tasks) in dependency order."""
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupFilter, MinhashDedupSignature)
@@ -148,7 +168,7 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
         partition_steps.append(engine_steps.PartitionStore(layout.unique))
     stored.append(tfds_output.ShardWriter(layout.shards, config.output.validation_fraction))
     pipelines = [
-        ("1_read_and_filter", [DocumentReader(spec), engine_steps.DocumentStagesStep(config, contamination, layout.counters),
+        ("1_read_and_filter", [DocumentReader(spec), engine_steps.DocumentStagesStep(config, contamination, layout.counters, words),
                                engine_steps.PartitionWriter(layout.partitions, partitions)], config.execution.read_tasks),
         ("2_exact_dedup", partition_steps, partitions),
     ]
@@ -211,7 +231,8 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
         raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case letters, digits and '_', "
                         "starting with a letter (e.g. 'my_corpus').")
     output_dir = os.path.abspath(output_dir)
-    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config))
+    words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
+    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words))
     if os.path.isdir(layout.final):
         try:
             done = read_report(layout.final)
@@ -226,7 +247,7 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     description = report.description(spec, config, layout.fingerprint, contamination,
                                      lsh_bands(config.dedup.jaccard_threshold, config.dedup.num_permutations))
     os.makedirs(layout.work, exist_ok=True)
-    executors = _executors(_pipelines(spec, layout, config, contamination, description), layout, config)
+    executors = _executors(_pipelines(spec, layout, config, contamination, description, words), layout, config)
     try:
         executors[-1].run()  # runs (or submits) the chain of dependencies first
     except DataError:
