@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 from typing import Iterator
 
 from datatrove.data import Document
@@ -135,7 +136,17 @@ def _record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[
     if not isinstance(record[text_field], str):
         raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(record[text_field]).__name__}, not a string; "
                         "set --text_field to the key that holds the text.")
-    return record[text_field], invalid
+    text, surrogates = _repair_surrogates(record[text_field])
+    return text, invalid + surrogates
+
+
+# A JSON escape of half a surrogate pair ("\ud83d" alone, common in web scrapes) decodes to a
+# string no UTF-8 encoder accepts; like undecodable bytes, each one becomes U+FFFD and is counted.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repair_surrogates(text: str) -> tuple[str, int]:
+    return _LONE_SURROGATE.subn("\ufffd", text)
 
 
 def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:

@@ -8,6 +8,8 @@ import pytest
 
 from research.data.config import DataError
 from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+from research.data.preparation.config import StandardiseConfig
+from research.data.preparation.document_stages import dedup_key, standardise
 from research.data.preparation.inputs import decode_utf8, read_file
 from tests.data.preparation.conftest import good_document
 from tests.data.preparation.corpora import write_files, write_jsonl
@@ -57,6 +59,17 @@ def test_invalid_utf8_is_counted_per_document_with_its_origin(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "bad \xff byte"}\n')
     docs = list(read_file(str(tmp_path / "c.jsonl"), str(tmp_path), "text"))
     assert [(d.metadata["origin"], d.metadata["invalid_utf8_bytes"]) for d in docs] == [("c.jsonl:1", 0), ("c.jsonl:2", 1)]
+
+
+def test_lone_surrogate_escape_in_jsonl_is_repaired_and_counted(tmp_path):
+    # Half an emoji's surrogate pair, as web scrapes cut them: no UTF-8 encoder accepts it.
+    (tmp_path / "s.jsonl").write_text('{"text": "broken emoji \\ud83d here."}\n{"text": "whole \\ud83d\\ude00"}\n')
+    broken, whole = read_file(str(tmp_path / "s.jsonl"), str(tmp_path), "text")
+    assert (broken.text, broken.metadata["invalid_utf8_bytes"]) == ("broken emoji \ufffd here.", 1)
+    assert (whole.text, whole.metadata["invalid_utf8_bytes"]) == ("whole \U0001f600", 0)
+    verdict = standardise(broken, StandardiseConfig(max_invalid_fraction=0.1))
+    assert verdict.note == "repaired_invalid_utf8"
+    assert dedup_key(verdict.text)  # encodes: the crash was here
 
 
 def test_bad_record_deep_in_a_file_stops_the_run_with_file_and_line_and_publishes_nothing(tmp_path):
