@@ -1,7 +1,8 @@
 """Raw inputs: globs or folders of text / markdown / code files, JSONL files, or a TFDS dataset.
 
 `resolve_inputs(...)` checks everything cheap before any work (patterns match, files are
-readable and not all empty, each JSONL file's first record has the text field) and
+readable and not all empty, each JSONL file's first record has the text field), skips
+binary files (a NUL byte in the first 8 KB: archives, .pyc, images; the report counts them) and
 `DocumentReader` streams documents for one datatrove task: files `rank::world_size`, or
 an index range of a TFDS split. A bad record later in a file fails with file:line.
 Undecodable UTF-8 is not an error: the bytes are replaced and counted, and the
@@ -34,6 +35,7 @@ class InputSpec:
     tfds_name: str = ""
     tfds_data_dir: str = ""
     tfds_split: str = "train"
+    skipped: tuple[tuple[str, str], ...] = ()  # (reason, path) of matched files not read; see SKIP_REASONS
 
     def fingerprint(self) -> list:
         if self.tfds_name:
@@ -43,6 +45,26 @@ class InputSpec:
 
     def describe(self) -> str:
         return f"tfds:{self.tfds_name}[{self.tfds_split}]" if self.tfds_name else f"{len(self.files)} files under {self.root}"
+
+    def excluding(self, folder: str) -> InputSpec:
+        """Without the files under `folder`: an --output_dir inside the input folder holds this or an
+        earlier run's dataset, which must never become its own input."""
+        folder = os.path.join(os.path.realpath(folder), "")
+
+        def under(path: str) -> bool:
+            return os.path.realpath(path).startswith(folder)
+
+        inside = sorted({p for p in self.files if under(p)} | {p for _, p in self.skipped if under(p)})
+        if not inside:
+            return self
+        files = tuple(p for p in self.files if not under(p))
+        if not files:
+            raise DataError(f"every input file is under --output_dir={folder.rstrip(os.sep)}; give inputs outside "
+                            "it or choose another --output_dir.")
+        # Its binary shards count as under_output_dir too: the same files whether the run is the first or not.
+        skipped = tuple(s for s in self.skipped if not under(s[1])) + tuple(("under_output_dir", p) for p in inside)
+        return dataclasses.replace(self, files=files, root=os.path.commonpath([os.path.dirname(p) for p in files]),
+                                   skipped=skipped)
 
 
 def _tfds_files(spec: InputSpec) -> list:
@@ -60,6 +82,20 @@ def _tfds_files(spec: InputSpec) -> list:
             files.append([path.name, stat.length, stat.mtime])
     info = folder / "dataset_info.json"
     return [files, hashlib.sha256(info.read_bytes()).hexdigest() if info.exists() else None]
+
+
+SKIP_REASONS = {"binary": "NUL bytes in the first KB: an archive, compiled or image file",
+                "under_output_dir": "inside --output_dir"}
+_BINARY_PROBE_BYTES = 8192
+
+
+def _is_binary(path: str) -> bool:
+    """Text holds no NUL byte; tar, .pyc, images and the like do within their first few KB."""
+    try:
+        with open(path, "rb") as f:
+            return b"\0" in f.read(_BINARY_PROBE_BYTES)
+    except OSError as e:
+        raise DataError(f"input file {path} cannot be read ({e.strerror}); fix it or leave it out.") from None
 
 
 def _is_jsonl(path: str) -> bool:
@@ -98,13 +134,19 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
+    binary = [p for p in paths if _is_binary(p)]
+    paths = [p for p in paths if p not in set(binary)]
+    if not paths:
+        raise DataError(f"input {input_arg!r} matches only binary files (NUL bytes: archives, compiled or image "
+                        "files); give text, markdown, code or .jsonl files.")
     if all(os.path.getsize(p) == 0 for p in paths):
         raise DataError(f"input {input_arg!r} matches only empty files; nothing to prepare.")
     for path in paths:
         if _is_jsonl(path):
             _check_jsonl_head(path, text_field)
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    return InputSpec(files=tuple(paths), root=root, text_field=text_field)
+    return InputSpec(files=tuple(paths), root=root, text_field=text_field,
+                     skipped=tuple(("binary", p) for p in binary))
 
 
 def _resolve_tfds(name: str, text_field: str, data_dir: str, split: str) -> InputSpec:

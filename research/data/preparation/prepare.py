@@ -231,6 +231,7 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
         raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case letters, digits and '_', "
                         "starting with a letter (e.g. 'my_corpus').")
     output_dir = os.path.abspath(output_dir)
+    spec = spec.excluding(output_dir)
     words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
     layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words))
     if os.path.isdir(layout.final):

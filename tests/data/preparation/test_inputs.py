@@ -3,6 +3,7 @@ import builtins
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -11,6 +12,7 @@ from research.data.preparation import PreparationConfig, prepare_dataset, resolv
 from research.data.preparation.config import StandardiseConfig
 from research.data.preparation.document_stages import dedup_key, standardise
 from research.data.preparation.inputs import decode_utf8, read_file
+from research.data.preparation.report import summary_text
 from tests.data.preparation.conftest import good_document
 from tests.data.preparation.corpora import write_files, write_jsonl
 
@@ -105,3 +107,34 @@ def test_everything_filtered_out_names_the_rules_and_publishes_nothing(tmp_path)
         prepare_dataset(resolve_inputs(str(tmp_path / "in")), output_dir=str(tmp_path / "out"), name="none",
                         config=config)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_binary_files_are_skipped_and_counted(tmp_path):
+    folder = write_files(str(tmp_path / "src"), {"a.py": "print('a')\n", "b.py": "print('b')\n",
+                                                 "b.cpython-311.pyc": b"\xa7\r\r\n\x00\x00\x00\x00code"})
+    with tarfile.open(os.path.join(folder, "backup.tar"), "w") as tar:  # headers + every file again
+        tar.add(os.path.join(folder, "a.py"), arcname="a.py")
+    spec = resolve_inputs(folder)
+    assert [os.path.basename(p) for p in spec.files] == ["a.py", "b.py"]
+    assert sorted((reason, os.path.basename(p)) for reason, p in spec.skipped) == [
+        ("binary", "b.cpython-311.pyc"), ("binary", "backup.tar")]
+    with pytest.raises(DataError, match=r"matches only binary files .*; give text, markdown, code or \.jsonl"):
+        resolve_inputs(os.path.join(folder, "*.tar"))
+
+
+def test_output_dir_inside_the_input_folder_is_never_read(tmp_path):
+    folder = write_files(str(tmp_path / "in"), {f"{i}.txt": good_document(i) for i in range(6)})
+    with tarfile.open(os.path.join(folder, "backup.tar"), "w") as tar:
+        tar.add(os.path.join(folder, "0.txt"), arcname="0.txt")
+    config = PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False}, "dedup": {"near": False},
+                                          "output": {"num_shards": 1, "validation_fraction": 0.5},
+                                          "execution": {"read_tasks": 1}})
+    out = os.path.join(folder, "out")
+    first = prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config)
+    second = prepare_dataset(resolve_inputs(folder), output_dir=out, name="second", config=config)
+    assert first["totals"]["docs_in"] == second["totals"]["docs_in"] == 6  # not the first dataset's files
+    assert first["stages"] == second["stages"]
+    assert first["skipped_inputs"] == {"binary": {"files": 1, "examples": [os.path.join(folder, "backup.tar")]}}
+    assert second["skipped_inputs"]["under_output_dir"]["files"] >= 3  # shards, dataset_info.json, report
+    assert "skipped 1 input file(s) as binary" in summary_text(second)
+    assert prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config) == first  # same fingerprint
