@@ -1,7 +1,8 @@
 """Prepare a training dataset: `python -m experiments.prepare_data --input=GLOB_OR_JSONL --output_dir=DIR --name=NAME`.
 
 Reads raw text (comma-separated files, globs or folders of text / markdown / code files;
-.jsonl files with --text_field; or tfds:NAME with --tfds_data_dir / --tfds_split), runs the
+.jsonl files with --text_field; either compressed as .gz / .bz2 / .xz; or tfds:NAME with
+--tfds_data_dir / --tfds_split; binary files and --output_dir are skipped), runs the
 stages of research.data.preparation on datatrove's executor, and writes the TFDS dataset
 DIR/NAME/1.0.0 (array_record; `text` and `origin` features; train and validation splits)
 with preparation_report.{json,txt,png} beside it. Rerunning the same command resumes an

@@ -1,4 +1,5 @@
-"""Raw inputs: globs or folders of text / markdown / code files, JSONL files, or a TFDS dataset.
+"""Raw inputs: globs or folders of text / markdown / code files, JSONL files (each may be
+compressed: .gz, .bz2, .xz), or a TFDS dataset.
 
 `resolve_inputs(...)` checks everything cheap before any work (patterns match, files are
 readable and not all empty, each JSONL file's first record has the text field), skips
@@ -10,12 +11,16 @@ standardise stage repairs or drops the document.
 """
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import glob
+import gzip
 import json
+import lzma
 import os
 import re
-from typing import Iterator
+import zlib
+from typing import BinaryIO, Iterator
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -89,17 +94,33 @@ SKIP_REASONS = {"binary": "NUL bytes in the first KB: an archive, compiled or im
 _BINARY_PROBE_BYTES = 8192
 
 
-def _is_binary(path: str) -> bool:
-    """Text holds no NUL byte; tar, .pyc, images and the like do within their first few KB."""
+# Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
+_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What reading a missing, unreadable, corrupt or truncated (compressed) file raises.
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _open_input(path: str) -> BinaryIO:
+    return _DECOMPRESSORS.get(os.path.splitext(path)[1].lower(), open)(path, "rb")
+
+
+def _cannot_read(path: str, error: Exception) -> DataError:
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return DataError(f"input file {path} cannot be read ({reason}); fix it or leave it out.")
+
+
+def _head(path: str) -> bytes:
+    """The first few KB of the file's (decompressed) content."""
     try:
-        with open(path, "rb") as f:
-            return b"\0" in f.read(_BINARY_PROBE_BYTES)
-    except OSError as e:
-        raise DataError(f"input file {path} cannot be read ({e.strerror}); fix it or leave it out.") from None
+        with _open_input(path) as f:
+            return f.read(_BINARY_PROBE_BYTES)
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
 
 
 def _is_jsonl(path: str) -> bool:
-    return path.endswith(".jsonl")
+    stem, suffix = os.path.splitext(path)
+    return (stem if suffix.lower() in _DECOMPRESSORS else path).endswith(".jsonl")
 
 
 def _matches(pattern: str) -> list[str]:
@@ -110,11 +131,14 @@ def _matches(pattern: str) -> list[str]:
 
 
 def _check_jsonl_head(path: str, text_field: str) -> None:
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                _record_text(raw, path, line_no, text_field)
-                return
+    try:
+        with _open_input(path) as f:
+            for line_no, raw in enumerate(f, start=1):
+                if raw.strip():
+                    _record_text(raw, path, line_no, text_field)
+                    return
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
 
 
 def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: str = "",
@@ -134,12 +158,13 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
-    binary = [p for p in paths if _is_binary(p)]
-    paths = [p for p in paths if p not in set(binary)]
+    heads = {path: _head(path) for path in paths}  # text holds no NUL byte; tar, .pyc, images do early on
+    binary = [path for path in paths if b"\0" in heads[path]]
+    paths = [path for path in paths if b"\0" not in heads[path]]
     if not paths:
         raise DataError(f"input {input_arg!r} matches only binary files (NUL bytes: archives, compiled or image "
                         "files); give text, markdown, code or .jsonl files.")
-    if all(os.path.getsize(p) == 0 for p in paths):
+    if not any(heads[path] for path in paths):
         raise DataError(f"input {input_arg!r} matches only empty files; nothing to prepare.")
     for path in paths:
         if _is_jsonl(path):
@@ -197,10 +222,11 @@ def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:
 
 
 def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
-    """The documents of one file: each non-blank line of a .jsonl, or the whole file."""
+    """The documents of one file: each non-blank line of a .jsonl, or the whole file (decompressed
+    first if it ends in .gz, .bz2 or .xz)."""
     rel = os.path.relpath(path, root)
     try:
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             if not _is_jsonl(path):
                 raw = f.read()
                 if raw.strip():
@@ -211,8 +237,8 @@ def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
                 if raw.strip():
                     text, invalid = _record_text(raw, path, line_no, text_field)
                     yield _document(text, f"{rel}:{line_no}", invalid, len(raw))
-    except OSError as e:
-        raise DataError(f"input file {path} cannot be read ({e.strerror}); fix it or leave it out.") from None
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
 
 
 class DocumentReader(PipelineStep):

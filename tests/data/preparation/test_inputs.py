@@ -1,5 +1,8 @@
 """Bad input is one clear line naming the file (and line) and the fix; bad bytes are counted, not fatal."""
 import builtins
+import bz2
+import gzip
+import lzma
 import os
 import subprocess
 import sys
@@ -138,3 +141,28 @@ def test_output_dir_inside_the_input_folder_is_never_read(tmp_path):
     assert second["skipped_inputs"]["under_output_dir"]["files"] >= 3  # shards, dataset_info.json, report
     assert "skipped 1 input file(s) as binary" in summary_text(second)
     assert prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config) == first  # same fingerprint
+
+
+def test_compressed_inputs_are_read_as_the_file_without_the_suffix(tmp_path):
+    lines = b'{"text": "first"}\n{"text": "second"}\n'
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "b.jsonl.bz2").write_bytes(bz2.compress(lines))
+    (tmp_path / "c.txt.xz").write_bytes(lzma.compress(b"one document\nof two lines"))
+    (tmp_path / "d.json.gz").write_bytes(gzip.compress(b'{"a json file": "is one document"}'))
+    spec = resolve_inputs(str(tmp_path))
+    assert spec.skipped == ()  # the compressed bytes hold NULs; the text does not
+    docs = [d for path in spec.files for d in read_file(path, spec.root, "text")]
+    assert [(d.metadata["origin"], d.text) for d in docs] == [
+        ("a.jsonl.gz:1", "first"), ("a.jsonl.gz:2", "second"), ("b.jsonl.bz2:1", "first"), ("b.jsonl.bz2:2", "second"),
+        ("c.txt.xz", "one document\nof two lines"), ("d.json.gz", '{"a json file": "is one document"}')]
+
+
+def test_corrupt_or_truncated_compressed_input_is_one_line(tmp_path):
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"bad.jsonl.gz cannot be read \(Not a gzipped file .*\); fix it or leave it out"):
+        resolve_inputs(str(tmp_path / "bad.jsonl.gz"))
+    records = b"".join(b'{"text": "record %d with some words"}\n' % i for i in range(2000))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(records)[:-200])  # the head is fine, the end is gone
+    spec = resolve_inputs(str(tmp_path / "cut.jsonl.gz"))
+    with pytest.raises(DataError, match=r"cut.jsonl.gz cannot be read \(Compressed file ended"):
+        list(read_file(spec.files[0], spec.root, "text"))
