@@ -33,9 +33,11 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     from research.data.config import DataError
     from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+    from research.data.preparation.prepare import check_destination
     from research.data.preparation.report import summary_text
 
     try:
+        check_destination(_OUTPUT_DIR.value, _NAME.value)  # before reading a possibly large input
         config = PreparationConfig.from_dict(_CONFIG.value.to_dict())
         spec = resolve_inputs(_INPUT.value, text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
                               tfds_split=_TFDS_SPLIT.value)

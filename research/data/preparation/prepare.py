@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Sequence
 
@@ -216,6 +217,33 @@ def _executors(pipelines: list[tuple[str, list, int]], layout: Layout, config: P
     return executors
 
 
+# TFDS finds a dataset's files by a pattern whose name part is ASCII ([a-zA-Z]\w*); pretraining
+# looks it up lower-case. Its file names add up to ~45 characters ('.NAME-preparing-<12 hex>',
+# 'NAME-validation.array_record-00000-of-00004'), and file systems allow 255 bytes (some 143).
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_NAME_CHARS = 96
+
+
+def check_destination(output_dir: str, name: str) -> None:
+    """A DataError unless `name` is a usable dataset name and `output_dir` is (or can be made) a
+    writable directory; cheap, so callers run it before reading any input."""
+    if not _NAME.fullmatch(name or ""):
+        raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case ASCII letters, digits and '_', "
+                        "starting with a letter (e.g. 'my_corpus').")
+    if len(name) > MAX_NAME_CHARS:
+        raise DataError(f"--name is {len(name)} characters long; give at most {MAX_NAME_CHARS} (the dataset's file "
+                        "names add ~45 to it, and file systems cap names at 255 bytes, some at 143).")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):  # the nearest part of the path that is there
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DataError(f"--output_dir={output_dir!r}: {existing} is a file, not a directory; give a directory "
+                        "(the dataset goes in OUTPUT_DIR/NAME/VERSION).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"--output_dir={output_dir!r}: {existing} is not writable; fix its permissions or choose "
+                        "another directory.")
+
+
 def read_report(dataset_dir: str) -> dict[str, Any]:
     with open(os.path.join(dataset_dir, REPORT_NAME), encoding="utf-8") as f:
         return json.load(f)
@@ -227,9 +255,7 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     With the local executor this returns when the dataset is published; with slurm / ray it
     returns once the jobs are submitted (the report then has only `submitted`).
     """
-    if not name or not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
-        raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case letters, digits and '_', "
-                        "starting with a letter (e.g. 'my_corpus').")
+    check_destination(output_dir, name)
     output_dir = os.path.abspath(output_dir)
     spec = spec.excluding(output_dir)
     words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
