@@ -10,6 +10,8 @@ interrupted run, or returns at once when the dataset is already there.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags
@@ -17,8 +19,12 @@ from ml_collections import config_flags
 
 from experiments.cli import parse_flags
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "prepare_data.py")
+# No default here: ml_collections would load it, with every --config.KEY override, while this
+# module is imported, where a misspelled key is a traceback. _parse_flags puts it on the
+# command line instead, so experiments.cli.parse_flags reports such a key in one line.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/prepare_data.py", "Config file, e.g. experiments/configs/prepare_data.py:code.")
+    "config", None, "Config file, e.g. experiments/configs/prepare_data.py:code (default: its 'web' preset).")
 _INPUT = flags.DEFINE_string("input", None, "Comma-separated files, globs ('**' recurses) or folders; or tfds:NAME.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "TFDS data_dir to write the dataset into.")
 _NAME = flags.DEFINE_string("name", None, "Dataset name (lower-case letters, digits, '_').")
@@ -57,5 +63,13 @@ def main(argv):
         print(summary_text(report).split("\n\nExamples")[0])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """parse_flags, with --config=DEFAULT_CONFIG first when no --config is given (overrides apply to it)."""
+    if not any(re.match(r"-{1,2}config(=|$)", arg) for arg in argv[1:]):
+        argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
+        sys.argv = argv  # ml_collections reads the --config.KEY overrides from sys.argv
+    return parse_flags(argv)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=_parse_flags)

@@ -1,10 +1,16 @@
 """Every prepare_data preset resolves to a PreparationConfig; mistakes are one line."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from experiments.configs import prepare_data as presets
 from research.data.config import DataError
 from research.data.preparation import PreparationConfig
 from research.data.preparation.config import DecontaminationConfig, ExecutionConfig, OutputConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.mark.parametrize("preset", presets.PRESETS)
@@ -58,3 +64,17 @@ def test_ray_without_ray_installed_is_one_line(tmp_path):
     else:
         executors = prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
         assert [type(e).__name__ for e in executors] == ["RayPipelineExecutor"] * 6
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.dedup.jacard=0.7", "error: --config.dedup.jacard is not a config key"),
+    ("--config.dedup.jaccard_threshold=1.5", "error: dedup: jaccard_threshold=1.5 must be in (0, 1)."),  # default preset
+])
+def test_cli_overrides_without_config_flag_are_one_line(tmp_path, override, message):
+    (tmp_path / "a.txt").write_text("some text")
+    result = subprocess.run([sys.executable, "-m", "experiments.prepare_data", f"--input={tmp_path}/a.txt",
+                             f"--output_dir={tmp_path}/out", "--name=x", override],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "out")
