@@ -170,3 +170,13 @@ def test_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
         with pytest.raises(DataError, match=r"a.txt is a file, not a directory; give a directory"):
             prepare_dataset(spec, output_dir=str(output_dir), name="x", config=config)
     assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_missing_blocklist_file_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    config = corpus_config("").__class__.from_dict({"blocklist": {"words_file": "/nope.txt"},
+                                                    "decontamination": {"all_catalog_tasks": False}})
+    with pytest.raises(DataError, match=r"blocklist: words_file='/nope.txt' cannot be read"):
+        prepare_dataset(resolve_inputs(str(tmp_path / "a.txt")), output_dir=str(tmp_path / "out"), name="x",
+                        config=config)
+    assert not os.path.exists(tmp_path / "out")  # no work dir left behind
