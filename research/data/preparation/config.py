@@ -167,6 +167,11 @@ class BlocklistConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "words", (self.words,) if isinstance(self.words, str) else tuple(self.words))
+        for word in self.words:
+            # An empty alternative in the blocklist's regex matches everywhere: every document would go.
+            if not isinstance(word, str) or not word.strip():
+                raise DataError(f"blocklist: words entry {word!r} must be a non-blank word or phrase (an empty one "
+                                f"blocks every document); remove it from words={self.words!r}.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

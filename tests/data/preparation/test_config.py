@@ -105,3 +105,9 @@ def test_quality_thresholds_accept_none_and_lists():
                                           "gopher_repetition": {"top_n_grams": [[2, 0.2]], "dup_line_frac": None},
                                           "c4_quality": {"min_num_sentences": -1}})
     assert config.gopher_repetition.top_n_grams == ((2, 0.2),)
+
+
+@pytest.mark.parametrize("words", [("badword", ""), ("badword", "   "), ("badword", 3)])
+def test_blank_blocklist_entry_is_refused(words):
+    with pytest.raises(DataError, match=r"blocklist: words entry .* must be a non-blank word or phrase .*; remove it"):
+        PreparationConfig.from_dict({"blocklist": {"words": words}})
