@@ -91,9 +91,7 @@ def _tfds_files(spec: InputSpec) -> list:
 
 SKIP_REASONS = {"binary": "NUL bytes in the first KB: an archive, compiled or image file",
                 "under_output_dir": "inside --output_dir"}
-_BINARY_PROBE_BYTES = 8192
-
-
+_BINARY_PROBE_BYTES = 8192  # text holds no NUL byte; tar, .pyc, images hold one this early
 # Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
 _DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # What reading a missing, unreadable, corrupt or truncated (compressed) file raises.
@@ -158,7 +156,7 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
-    heads = {path: _head(path) for path in paths}  # text holds no NUL byte; tar, .pyc, images do early on
+    heads = {path: _head(path) for path in paths}
     binary = [path for path in paths if b"\0" in heads[path]]
     paths = [path for path in paths if b"\0" not in heads[path]]
     if not paths:

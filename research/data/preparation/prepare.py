@@ -168,9 +168,10 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, conta
     else:
         partition_steps.append(engine_steps.PartitionStore(layout.unique))
     stored.append(tfds_output.ShardWriter(layout.shards, config.output.validation_fraction))
+    stages = engine_steps.DocumentStagesStep(config, contamination, layout.counters, words)
     pipelines = [
-        ("1_read_and_filter", [DocumentReader(spec), engine_steps.DocumentStagesStep(config, contamination, layout.counters, words),
-                               engine_steps.PartitionWriter(layout.partitions, partitions)], config.execution.read_tasks),
+        ("1_read_and_filter", [DocumentReader(spec), stages, engine_steps.PartitionWriter(layout.partitions, partitions)],
+         config.execution.read_tasks),
         ("2_exact_dedup", partition_steps, partitions),
     ]
     if dedup.near:
