@@ -1,7 +1,8 @@
 """Prepare a training dataset: `python -m experiments.prepare_data --input=GLOB_OR_JSONL --output_dir=DIR --name=NAME`.
 
 Reads raw text (comma-separated files, globs or folders of text / markdown / code files;
-.jsonl files with --text_field; or tfds:NAME with --tfds_data_dir / --tfds_split), runs the
+.jsonl files with --text_field; either compressed as .gz / .bz2 / .xz; or tfds:NAME with
+--tfds_data_dir / --tfds_split; binary files and --output_dir are skipped), runs the
 stages of research.data.preparation on datatrove's executor, and writes the TFDS dataset
 DIR/NAME/1.0.0 (array_record; `text` and `origin` features; train and validation splits)
 with preparation_report.{json,txt,png} beside it. Rerunning the same command resumes an
@@ -9,6 +10,8 @@ interrupted run, or returns at once when the dataset is already there.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags
@@ -16,8 +19,12 @@ from ml_collections import config_flags
 
 from experiments.cli import parse_flags
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "prepare_data.py")
+# No default here: ml_collections would load it, with every --config.KEY override, while this
+# module is imported, where a misspelled key is a traceback. _parse_flags puts it on the
+# command line instead, so experiments.cli.parse_flags reports such a key in one line.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/prepare_data.py", "Config file, e.g. experiments/configs/prepare_data.py:code.")
+    "config", None, "Config file, e.g. experiments/configs/prepare_data.py:code (default: its 'web' preset).")
 _INPUT = flags.DEFINE_string("input", None, "Comma-separated files, globs ('**' recurses) or folders; or tfds:NAME.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "TFDS data_dir to write the dataset into.")
 _NAME = flags.DEFINE_string("name", None, "Dataset name (lower-case letters, digits, '_').")
@@ -32,9 +39,11 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     from research.data.config import DataError
     from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+    from research.data.preparation.prepare import check_destination
     from research.data.preparation.report import summary_text
 
     try:
+        check_destination(_OUTPUT_DIR.value, _NAME.value)  # before reading a possibly large input
         config = PreparationConfig.from_dict(_CONFIG.value.to_dict())
         spec = resolve_inputs(_INPUT.value, text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
                               tfds_split=_TFDS_SPLIT.value)
@@ -54,5 +63,13 @@ def main(argv):
         print(summary_text(report).split("\n\nExamples")[0])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """parse_flags, with --config=DEFAULT_CONFIG first when no --config is given (overrides apply to it)."""
+    if not any(re.match(r"-{1,2}config(=|$)", arg) for arg in argv[1:]):
+        argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
+        sys.argv = argv  # ml_collections reads the --config.KEY overrides from sys.argv
+    return parse_flags(argv)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=_parse_flags)

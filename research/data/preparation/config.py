@@ -21,6 +21,47 @@ def _nested(value: Any, cls: type) -> Any:
     return cls(**value) if isinstance(value, Mapping) else value
 
 
+def _check_number(section: str, name: str, value: Any, *, low: float, high: float | None = None,
+                  integer: bool = False, optional: bool = True) -> None:
+    """A DataError unless `value` is a number (an int if `integer`) in [low, high], or None if `optional`.
+    datatrove's filters check none of this: a bad threshold is a TypeError in a worker, or a silent drop-all."""
+    off = " or None (the rule off)" if optional else ""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise DataError(f"{section}: {name}={value!r} must be {'an integer' if integer else 'a number'}{off}.")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise DataError(f"{section}: {name}={value!r} must be {bounds}{off}.")
+
+
+def _check_order(section: str, low_name: str, low: Any, high_name: str, high: Any) -> None:
+    if low is not None and high is not None and low > high:
+        raise DataError(f"{section}: {low_name}={low} is above {high_name}={high}; every document would be dropped. "
+                        f"Lower {low_name} or raise {high_name}.")
+
+
+def _check_flags(section: str, config: Any) -> None:
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(field.default, bool) and not isinstance(value, bool):
+            raise DataError(f"{section}: {field.name}={value!r} must be True or False.")
+
+
+def _ngram_fractions(section: str, name: str, pairs: Any) -> tuple[tuple[int, float], ...]:
+    """((n, fraction), ...) from a tuple or list of pairs, each n >= 1 and fraction in [0, 1]."""
+    example = "e.g. ((2, 0.2), (3, 0.18))"
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (tuple, list)):
+        raise DataError(f"{section}: {name}={pairs!r} must be a tuple of (n, fraction) pairs, {example}.")
+    for pair in pairs:
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or isinstance(pair[0], bool)
+                or not isinstance(pair[0], int) or pair[0] < 1 or isinstance(pair[1], bool)
+                or not isinstance(pair[1], (int, float)) or not 0 <= pair[1] <= 1):
+            raise DataError(f"{section}: {name} entry {pair!r} must be (n, fraction) with an integer n >= 1 and a "
+                            f"fraction in [0, 1], {example}.")
+    return tuple(tuple(pair) for pair in pairs)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StandardiseConfig:
     """Unicode normalisation, line endings, whitespace and control characters."""
@@ -56,6 +97,19 @@ class GopherQualityConfig:
     max_non_alpha_words_ratio: float | None = 0.8  # at least this share of words holds a letter
     min_stop_words: int | None = 2  # of: the, be, to, of, and, that, have, with
 
+    def __post_init__(self):
+        section = "gopher_quality"
+        _check_flags(section, self)
+        for name in ("min_doc_words", "max_doc_words", "min_stop_words"):
+            _check_number(section, name, getattr(self, name), low=0, integer=True)
+        for name in ("min_avg_word_length", "max_avg_word_length", "max_symbol_word_ratio"):
+            _check_number(section, name, getattr(self, name), low=0)
+        for name in ("max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "max_non_alpha_words_ratio"):
+            _check_number(section, name, getattr(self, name), low=0, high=1)
+        _check_order(section, "min_doc_words", self.min_doc_words, "max_doc_words", self.max_doc_words)
+        _check_order(section, "min_avg_word_length", self.min_avg_word_length,
+                     "max_avg_word_length", self.max_avg_word_length)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GopherRepetitionConfig:
@@ -70,8 +124,12 @@ class GopherRepetitionConfig:
     dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
 
     def __post_init__(self):
-        for field in ("top_n_grams", "dup_n_grams"):  # configs give lists
-            object.__setattr__(self, field, tuple(tuple(pair) for pair in getattr(self, field)))
+        section = "gopher_repetition"
+        _check_flags(section, self)
+        for name in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"):
+            _check_number(section, name, getattr(self, name), low=0, high=1)
+        for name in ("top_n_grams", "dup_n_grams"):  # configs give lists: tuples again
+            object.__setattr__(self, name, _ngram_fractions(section, name, getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,6 +147,16 @@ class C4QualityConfig:
     filter_curly_bracket: bool = True
     filter_policy: bool = True
 
+    def __post_init__(self):
+        section = "c4_quality"
+        _check_flags(section, self)
+        for name in ("min_num_sentences", "min_words_per_line"):
+            _check_number(section, name, getattr(self, name), low=-1, integer=True, optional=False)
+        _check_number(section, "max_word_length", self.max_word_length, low=-1, integer=True, optional=False)
+        if self.max_word_length == 0:  # every line has a word longer than 0 characters
+            raise DataError(f"{section}: max_word_length=0 would drop every line; give a length >= 1, or -1 to turn "
+                            "the rule off.")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BlocklistConfig:
@@ -99,6 +167,11 @@ class BlocklistConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "words", (self.words,) if isinstance(self.words, str) else tuple(self.words))
+        for word in self.words:
+            # An empty alternative in the blocklist's regex matches everywhere: every document would go.
+            if not isinstance(word, str) or not word.strip():
+                raise DataError(f"blocklist: words entry {word!r} must be a non-blank word or phrase (an empty one "
+                                f"blocks every document); remove it from words={self.words!r}.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from research.data.config import DataError
 from research.data.preparation.config import (BlocklistConfig, C4QualityConfig, GopherQualityConfig,
                                               GopherRepetitionConfig, PreparationConfig, StandardiseConfig)
 from research.data.preparation.decontamination import ContaminationIndex
@@ -148,10 +149,17 @@ def c4_quality(config: C4QualityConfig) -> DocumentStage:
 
 
 def blocklist_words(config: BlocklistConfig) -> tuple[str, ...]:
+    """`words` and the lines of `words_file` (blank lines and '#' comments skipped), lower-cased and sorted."""
     words = list(config.words)
     if config.words_file:
-        with open(config.words_file, encoding="utf-8") as f:
-            words += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        fix = "give a UTF-8 text file with one word or phrase per line"
+        try:
+            with open(config.words_file, encoding="utf-8") as f:
+                words += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            raise DataError(f"blocklist: words_file={config.words_file!r} cannot be read ({e.strerror}); {fix}.") from None
+        except UnicodeDecodeError:
+            raise DataError(f"blocklist: words_file={config.words_file!r} is not UTF-8 text; {fix}.") from None
     return tuple(sorted(set(w.lower() for w in words)))
 
 
@@ -171,8 +179,10 @@ def decontaminate(index: ContaminationIndex) -> DocumentStage:
     return stage
 
 
-def build_document_stages(config: PreparationConfig, contamination: ContaminationIndex | None) -> list[NamedStage]:
-    """The per-document stages `config` enables, in order (standardise first, decontamination last)."""
+def build_document_stages(config: PreparationConfig, contamination: ContaminationIndex | None,
+                          words: Sequence[str] | None = None) -> list[NamedStage]:
+    """The per-document stages `config` enables, in order (standardise first, decontamination last).
+    `words`: the blocklist already read from `config.blocklist` (None: read it now)."""
     stages = [NamedStage("standardise", lambda doc: standardise(doc, config.standardise))]
     if config.gopher_quality.enabled:
         stages.append(NamedStage("gopher_quality", gopher_quality(config.gopher_quality)))
@@ -180,7 +190,7 @@ def build_document_stages(config: PreparationConfig, contamination: Contaminatio
         stages.append(NamedStage("gopher_repetition", gopher_repetition(config.gopher_repetition)))
     if config.c4_quality.enabled:
         stages.append(NamedStage("c4_quality", c4_quality(config.c4_quality)))
-    words = blocklist_words(config.blocklist)
+    words = blocklist_words(config.blocklist) if words is None else words
     if words:
         stages.append(NamedStage("blocklist", blocklist(words)))
     if contamination is not None and len(contamination):

@@ -16,7 +16,7 @@ import collections
 import glob
 import json
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -58,12 +58,14 @@ class DocumentStagesStep(PipelineStep):
     name = "document stages"
     type = "FILTER"
 
-    def __init__(self, config: PreparationConfig, contamination: ContaminationIndex | None, counters_dir: str):
+    def __init__(self, config: PreparationConfig, contamination: ContaminationIndex | None, counters_dir: str,
+                 words: Sequence[str] | None = None):
         super().__init__()
         self.config, self.contamination, self.counters_dir = config, contamination, counters_dir
+        self.words = words  # the blocklist as the driver read it (None: read config.blocklist here)
 
     def run(self, data: Iterator[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        stages = build_document_stages(self.config, self.contamination)
+        stages = build_document_stages(self.config, self.contamination, self.words)
         counters = StageCounters(self.config.max_examples)
         for stage in stages:
             counters.stage(stage.name)  # every enabled stage appears in the report, even with no input

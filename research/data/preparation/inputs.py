@@ -1,7 +1,9 @@
-"""Raw inputs: globs or folders of text / markdown / code files, JSONL files, or a TFDS dataset.
+"""Raw inputs: globs or folders of text / markdown / code files, JSONL files (each may be
+compressed: .gz, .bz2, .xz), or a TFDS dataset.
 
 `resolve_inputs(...)` checks everything cheap before any work (patterns match, files are
-readable and not all empty, each JSONL file's first record has the text field) and
+readable and not all empty, each JSONL file's first record has the text field), skips
+binary files (a NUL byte in the first 8 KB: archives, .pyc, images; the report counts them) and
 `DocumentReader` streams documents for one datatrove task: files `rank::world_size`, or
 an index range of a TFDS split. A bad record later in a file fails with file:line.
 Undecodable UTF-8 is not an error: the bytes are replaced and counted, and the
@@ -9,11 +11,16 @@ standardise stage repairs or drops the document.
 """
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import glob
+import gzip
 import json
+import lzma
 import os
-from typing import Iterator
+import re
+import zlib
+from typing import BinaryIO, Iterator
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -33,19 +40,85 @@ class InputSpec:
     tfds_name: str = ""
     tfds_data_dir: str = ""
     tfds_split: str = "train"
+    skipped: tuple[tuple[str, str], ...] = ()  # (reason, path) of matched files not read; see SKIP_REASONS
 
     def fingerprint(self) -> list:
         if self.tfds_name:
-            return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field]
+            return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field, _tfds_files(self)]
         return [self.text_field] + [[os.path.relpath(p, self.root), os.stat(p).st_size, os.stat(p).st_mtime_ns]
                                     for p in self.files]
 
     def describe(self) -> str:
         return f"tfds:{self.tfds_name}[{self.tfds_split}]" if self.tfds_name else f"{len(self.files)} files under {self.root}"
 
+    def excluding(self, folder: str) -> InputSpec:
+        """Without the files under `folder`: an --output_dir inside the input folder holds this or an
+        earlier run's dataset, which must never become its own input."""
+        folder = os.path.join(os.path.realpath(folder), "")
+
+        def under(path: str) -> bool:
+            return os.path.realpath(path).startswith(folder)
+
+        inside = sorted({p for p in self.files if under(p)} | {p for _, p in self.skipped if under(p)})
+        if not inside:
+            return self
+        files = tuple(p for p in self.files if not under(p))
+        if not files:
+            raise DataError(f"every input file is under --output_dir={folder.rstrip(os.sep)}; give inputs outside "
+                            "it or choose another --output_dir.")
+        # Its binary shards count as under_output_dir too: the same files whether the run is the first or not.
+        skipped = tuple(s for s in self.skipped if not under(s[1])) + tuple(("under_output_dir", p) for p in inside)
+        return dataclasses.replace(self, files=files, root=os.path.commonpath([os.path.dirname(p) for p in files]),
+                                   skipped=skipped)
+
+
+def _tfds_files(spec: InputSpec) -> list:
+    """The prepared TFDS dataset's files (names, sizes, mtimes) and its dataset_info.json's digest:
+    re-preparing it under the same name changes them, as editing an input file changes its size/mtime."""
+    import hashlib
+
+    import tensorflow_datasets as tfds
+    from etils import epath
+    folder = epath.Path(tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None).data_dir)
+    files = []
+    for path in sorted(folder.iterdir()):
+        stat = path.stat()
+        if not stat.is_directory:
+            files.append([path.name, stat.length, stat.mtime])
+    info = folder / "dataset_info.json"
+    return [files, hashlib.sha256(info.read_bytes()).hexdigest() if info.exists() else None]
+
+
+SKIP_REASONS = {"binary": "NUL bytes in the first KB: an archive, compiled or image file",
+                "under_output_dir": "inside --output_dir"}
+_BINARY_PROBE_BYTES = 8192  # text holds no NUL byte; tar, .pyc, images hold one this early
+# Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
+_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What reading a missing, unreadable, corrupt or truncated (compressed) file raises.
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _open_input(path: str) -> BinaryIO:
+    return _DECOMPRESSORS.get(os.path.splitext(path)[1].lower(), open)(path, "rb")
+
+
+def _cannot_read(path: str, error: Exception) -> DataError:
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return DataError(f"input file {path} cannot be read ({reason}); fix it or leave it out.")
+
+
+def _head(path: str) -> bytes:
+    """The first few KB of the file's (decompressed) content."""
+    try:
+        with _open_input(path) as f:
+            return f.read(_BINARY_PROBE_BYTES)
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
+
 
 def _is_jsonl(path: str) -> bool:
-    return path.endswith(".jsonl")
+    stem, suffix = os.path.splitext(path)
+    return (stem if suffix.lower() in _DECOMPRESSORS else path).endswith(".jsonl")
 
 
 def _matches(pattern: str) -> list[str]:
@@ -56,11 +129,14 @@ def _matches(pattern: str) -> list[str]:
 
 
 def _check_jsonl_head(path: str, text_field: str) -> None:
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                _record_text(raw, path, line_no, text_field)
-                return
+    try:
+        with _open_input(path) as f:
+            for line_no, raw in enumerate(f, start=1):
+                if raw.strip():
+                    _record_text(raw, path, line_no, text_field)
+                    return
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
 
 
 def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: str = "",
@@ -80,13 +156,20 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
-    if all(os.path.getsize(p) == 0 for p in paths):
+    heads = {path: _head(path) for path in paths}
+    binary = [path for path in paths if b"\0" in heads[path]]
+    paths = [path for path in paths if b"\0" not in heads[path]]
+    if not paths:
+        raise DataError(f"input {input_arg!r} matches only binary files (NUL bytes: archives, compiled or image "
+                        "files); give text, markdown, code or .jsonl files.")
+    if not any(heads[path] for path in paths):
         raise DataError(f"input {input_arg!r} matches only empty files; nothing to prepare.")
     for path in paths:
         if _is_jsonl(path):
             _check_jsonl_head(path, text_field)
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    return InputSpec(files=tuple(paths), root=root, text_field=text_field)
+    return InputSpec(files=tuple(paths), root=root, text_field=text_field,
+                     skipped=tuple(("binary", p) for p in binary))
 
 
 def _resolve_tfds(name: str, text_field: str, data_dir: str, split: str) -> InputSpec:
@@ -118,7 +201,17 @@ def _record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[
     if not isinstance(record[text_field], str):
         raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(record[text_field]).__name__}, not a string; "
                         "set --text_field to the key that holds the text.")
-    return record[text_field], invalid
+    text, surrogates = _repair_surrogates(record[text_field])
+    return text, invalid + surrogates
+
+
+# A JSON escape of half a surrogate pair ("\ud83d" alone, common in web scrapes) decodes to a
+# string no UTF-8 encoder accepts; like undecodable bytes, each one becomes U+FFFD and is counted.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repair_surrogates(text: str) -> tuple[str, int]:
+    return _LONE_SURROGATE.subn("\ufffd", text)
 
 
 def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:
@@ -127,10 +220,11 @@ def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:
 
 
 def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
-    """The documents of one file: each non-blank line of a .jsonl, or the whole file."""
+    """The documents of one file: each non-blank line of a .jsonl, or the whole file (decompressed
+    first if it ends in .gz, .bz2 or .xz)."""
     rel = os.path.relpath(path, root)
     try:
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             if not _is_jsonl(path):
                 raw = f.read()
                 if raw.strip():
@@ -141,8 +235,8 @@ def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
                 if raw.strip():
                     text, invalid = _record_text(raw, path, line_no, text_field)
                     yield _document(text, f"{rel}:{line_no}", invalid, len(raw))
-    except OSError as e:
-        raise DataError(f"input file {path} cannot be read ({e.strerror}); fix it or leave it out.") from None
+    except _READ_ERRORS as e:
+        raise _cannot_read(path, e) from None
 
 
 class DocumentReader(PipelineStep):

@@ -4,9 +4,10 @@
                              name="my_corpus", config=PreparationConfig())
 
 Work happens in `{output_dir}/.{name}-preparing-{fingerprint}/` (the fingerprint covers the
-inputs' paths, sizes and mtimes and the config). datatrove marks each finished task there,
-so rerunning after an interruption continues where it stopped; the last step renames the
-finished dataset to `{output_dir}/{name}/{version}`, the only way a dataset appears there.
+inputs' paths, sizes and mtimes, the config, and what its blocklist and task files hold).
+datatrove marks each finished task there, so rerunning after an interruption continues where
+it stopped; the last step renames the finished dataset to `{output_dir}/{name}/{version}`,
+the only way a dataset appears there.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
-from typing import Any
+from typing import Any, Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
@@ -23,7 +25,8 @@ from research.data.config import DataError
 from research.data.preparation import engine_steps, report, tfds_output
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.counters import merge_counters
-from research.data.preparation.decontamination import ContaminationIndex, contamination_index
+from research.data.preparation.decontamination import ContaminationIndex, contamination_index, evaluation_items
+from research.data.preparation.document_stages import blocklist_words
 from research.data.preparation.inputs import DocumentReader, InputSpec
 from research.data.preparation.lsh import lsh_bands
 
@@ -84,11 +87,29 @@ class Layout:
         return os.path.join(self.work, "staging")
 
 
-def fingerprint(spec: InputSpec, config: PreparationConfig) -> str:
-    """A digest of what decides the output (the executor does not)."""
+def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
+    """Digests of what the config's files hold (the config names only their paths): a blocklist
+    file or a task file edited in place must change the fingerprint, or a rerun would return the
+    old dataset with documents that should now be dropped. Empty without such files, so the
+    fingerprints of datasets prepared without them stay what they were."""
+    from research.evaluation.task_catalog import is_task_file
+    contents = {}
+    if config.blocklist.words_file:
+        contents["blocklist_words"] = hashlib.sha256("\n".join(words).encode()).hexdigest()
+    task_files = [task for task in config.decontamination.tasks if is_task_file(task)]
+    if task_files:  # the items decontamination matches: the task file and the data files it names
+        items = evaluation_items(task_files, num_test=config.decontamination.num_test)
+        contents["task_items"] = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+    return contents
+
+
+def fingerprint(spec: InputSpec, config: PreparationConfig, words: Sequence[str] | None = None) -> str:
+    """A digest of what decides the output (the executor does not): the inputs, the config and the
+    contents of the files it names. `words`: the blocklist, if already read."""
     decisive = config.to_dict()
     decisive.pop("execution")
-    text = json.dumps([spec.fingerprint(), decisive], sort_keys=True, default=str)
+    contents = _file_contents(config, blocklist_words(config.blocklist) if words is None else words)
+    text = json.dumps([spec.fingerprint(), decisive] + ([contents] if contents else []), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -122,8 +143,8 @@ class Finalise(PipelineStep):
             shutil.rmtree(intermediate, ignore_errors=True)
 
 
-def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
-               contamination: ContaminationIndex | None, description: dict[str, Any]) -> list[tuple[str, list, int]]:
+def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, contamination: ContaminationIndex | None,
+               description: dict[str, Any], words: Sequence[str] | None = None) -> list[tuple[str, list, int]]:
     """(stage name, datatrove pipeline, tasks) in dependency order."""
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupFilter, MinhashDedupSignature)
@@ -147,9 +168,10 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig,
     else:
         partition_steps.append(engine_steps.PartitionStore(layout.unique))
     stored.append(tfds_output.ShardWriter(layout.shards, config.output.validation_fraction))
+    stages = engine_steps.DocumentStagesStep(config, contamination, layout.counters, words)
     pipelines = [
-        ("1_read_and_filter", [DocumentReader(spec), engine_steps.DocumentStagesStep(config, contamination, layout.counters),
-                               engine_steps.PartitionWriter(layout.partitions, partitions)], config.execution.read_tasks),
+        ("1_read_and_filter", [DocumentReader(spec), stages, engine_steps.PartitionWriter(layout.partitions, partitions)],
+         config.execution.read_tasks),
         ("2_exact_dedup", partition_steps, partitions),
     ]
     if dedup.near:
@@ -196,6 +218,33 @@ def _executors(pipelines: list[tuple[str, list, int]], layout: Layout, config: P
     return executors
 
 
+# TFDS finds a dataset's files by a pattern whose name part is ASCII ([a-zA-Z]\w*); pretraining
+# looks it up lower-case. Its file names add up to ~45 characters ('.NAME-preparing-<12 hex>',
+# 'NAME-validation.array_record-00000-of-00004'), and file systems allow 255 bytes (some 143).
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_NAME_CHARS = 96
+
+
+def check_destination(output_dir: str, name: str) -> None:
+    """A DataError unless `name` is a usable dataset name and `output_dir` is (or can be made) a
+    writable directory; cheap, so callers run it before reading any input."""
+    if not _NAME.fullmatch(name or ""):
+        raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case ASCII letters, digits and '_', "
+                        "starting with a letter (e.g. 'my_corpus').")
+    if len(name) > MAX_NAME_CHARS:
+        raise DataError(f"--name is {len(name)} characters long; give at most {MAX_NAME_CHARS} (the dataset's file "
+                        "names add ~45 to it, and file systems cap names at 255 bytes, some at 143).")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):  # the nearest part of the path that is there
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DataError(f"--output_dir={output_dir!r}: {existing} is a file, not a directory; give a directory "
+                        "(the dataset goes in OUTPUT_DIR/NAME/VERSION).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"--output_dir={output_dir!r}: {existing} is not writable; fix its permissions or choose "
+                        "another directory.")
+
+
 def read_report(dataset_dir: str) -> dict[str, Any]:
     with open(os.path.join(dataset_dir, REPORT_NAME), encoding="utf-8") as f:
         return json.load(f)
@@ -207,11 +256,11 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     With the local executor this returns when the dataset is published; with slurm / ray it
     returns once the jobs are submitted (the report then has only `submitted`).
     """
-    if not name or not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
-        raise DataError(f"--name={name!r} must be a TFDS dataset name: lower-case letters, digits and '_', "
-                        "starting with a letter (e.g. 'my_corpus').")
+    check_destination(output_dir, name)
     output_dir = os.path.abspath(output_dir)
-    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config))
+    spec = spec.excluding(output_dir)
+    words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
+    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words))
     if os.path.isdir(layout.final):
         try:
             done = read_report(layout.final)
@@ -226,7 +275,7 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     description = report.description(spec, config, layout.fingerprint, contamination,
                                      lsh_bands(config.dedup.jaccard_threshold, config.dedup.num_permutations))
     os.makedirs(layout.work, exist_ok=True)
-    executors = _executors(_pipelines(spec, layout, config, contamination, description), layout, config)
+    executors = _executors(_pipelines(spec, layout, config, contamination, description, words), layout, config)
     try:
         executors[-1].run()  # runs (or submits) the chain of dependencies first
     except DataError:

@@ -10,7 +10,7 @@ from typing import Any
 
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.decontamination import ContaminationIndex
-from research.data.preparation.inputs import InputSpec
+from research.data.preparation.inputs import SKIP_REASONS, InputSpec
 
 
 def description(spec: InputSpec, config: PreparationConfig, fingerprint: str,
@@ -18,11 +18,23 @@ def description(spec: InputSpec, config: PreparationConfig, fingerprint: str,
     """What the run was asked to do (known before it starts)."""
     return {
         "input": spec.describe(),
+        "skipped_inputs": skipped_inputs(spec, config.max_examples),
         "fingerprint": fingerprint,
         "config": config.to_dict(),
         "minhash_lsh": {"bands": lsh[0], "rows": lsh[1]},
         "decontamination_tasks": [vars(t) for t in contamination.tasks] if contamination else [],
     }
+
+
+def skipped_inputs(spec: InputSpec, max_examples: int) -> dict[str, dict[str, Any]]:
+    """{reason: {"files": count, "examples": first paths}} of the matched files that were not read."""
+    skipped: dict[str, dict[str, Any]] = {}
+    for reason, path in sorted(spec.skipped):
+        entry = skipped.setdefault(reason, {"files": 0, "examples": []})
+        entry["files"] += 1
+        if len(entry["examples"]) < max_examples:
+            entry["examples"].append(path)
+    return skipped
 
 
 def build_report(stages: dict[str, dict[str, Any]], splits: dict[str, int], described: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +62,11 @@ def summary_text(report: dict[str, Any]) -> str:
     totals = report["totals"]
     lines = [f"Data preparation of {report['input']} (fingerprint {report['fingerprint']})",
              f"kept {totals['docs_out']} of {totals['docs_in']} documents ({_percent(totals['docs_out'], totals['docs_in']).strip()}), "
-             f"{totals['words_out']} of {totals['words_in']} words; splits {report['splits']}", "",
-             f"{'stage':<20}{'docs in':>10}{'docs out':>10}{'kept':>8}{'words in':>12}{'words out':>12}{'rewritten':>10}"]
+             f"{totals['words_out']} of {totals['words_in']} words; splits {report['splits']}"]
+    for reason, entry in report.get("skipped_inputs", {}).items():
+        lines.append(f"skipped {entry['files']} input file(s) as {reason} ({SKIP_REASONS.get(reason, reason)}), "
+                     f"e.g. {', '.join(os.path.basename(p) for p in entry['examples'])}")
+    lines += ["", f"{'stage':<20}{'docs in':>10}{'docs out':>10}{'kept':>8}{'words in':>12}{'words out':>12}{'rewritten':>10}"]
     for stage in report["stages"]:
         lines.append(f"{stage['stage']:<20}{stage['docs_in']:>10}{stage['docs_out']:>10}"
                      f"{_percent(stage['docs_out'], stage['docs_in']):>8}{stage['words_in']:>12}"

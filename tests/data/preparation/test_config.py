@@ -1,10 +1,16 @@
 """Every prepare_data preset resolves to a PreparationConfig; mistakes are one line."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from experiments.configs import prepare_data as presets
 from research.data.config import DataError
 from research.data.preparation import PreparationConfig
 from research.data.preparation.config import DecontaminationConfig, ExecutionConfig, OutputConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.mark.parametrize("preset", presets.PRESETS)
@@ -58,3 +64,50 @@ def test_ray_without_ray_installed_is_one_line(tmp_path):
     else:
         executors = prepare._executors(prepare._pipelines(spec, layout, config, None, {}), layout, config)
         assert [type(e).__name__ for e in executors] == ["RayPipelineExecutor"] * 6
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.dedup.jacard=0.7", "error: --config.dedup.jacard is not a config key"),
+    ("--config.dedup.jaccard_threshold=1.5", "error: dedup: jaccard_threshold=1.5 must be in (0, 1)."),  # default preset
+])
+def test_cli_overrides_without_config_flag_are_one_line(tmp_path, override, message):
+    (tmp_path / "a.txt").write_text("some text")
+    result = subprocess.run([sys.executable, "-m", "experiments.prepare_data", f"--input={tmp_path}/a.txt",
+                             f"--output_dir={tmp_path}/out", "--name=x", override],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("gopher_quality", {"min_doc_words": 50, "max_doc_words": 10},
+     r"min_doc_words=50 is above max_doc_words=10; every document would be dropped\. Lower"),
+    ("gopher_quality", {"min_doc_words": -1}, r"gopher_quality: min_doc_words=-1 must be >= 0 or None"),
+    ("gopher_quality", {"min_doc_words": 2.5}, r"min_doc_words=2\.5 must be an integer or None"),
+    ("gopher_quality", {"min_avg_word_length": 12}, r"min_avg_word_length=12 is above max_avg_word_length=10"),
+    ("gopher_quality", {"max_bullet_lines_ratio": 1.5}, r"max_bullet_lines_ratio=1\.5 must be in \[0, 1\]"),
+    ("gopher_quality", {"enabled": "yes"}, r"gopher_quality: enabled='yes' must be True or False"),
+    ("gopher_repetition", {"top_n_grams": ((2, "x"),)}, r"top_n_grams entry \(2, 'x'\) must be \(n, fraction\)"),
+    ("gopher_repetition", {"dup_n_grams": (5, 0.15)}, r"dup_n_grams entry 5 must be \(n, fraction\)"),
+    ("gopher_repetition", {"top_n_grams": ((0, 0.2),)}, r"top_n_grams entry \(0, 0\.2\) must be"),
+    ("gopher_repetition", {"dup_line_frac": -0.1}, r"dup_line_frac=-0\.1 must be in \[0, 1\]"),
+    ("c4_quality", {"min_num_sentences": -2}, r"c4_quality: min_num_sentences=-2 must be >= -1\."),
+    ("c4_quality", {"max_word_length": 0}, r"max_word_length=0 would drop every line"),
+])
+def test_quality_thresholds_are_checked_up_front(section, values, message):
+    with pytest.raises(DataError, match=message):
+        PreparationConfig.from_dict({section: values})
+
+
+def test_quality_thresholds_accept_none_and_lists():
+    config = PreparationConfig.from_dict({"gopher_quality": {"min_doc_words": None, "max_doc_words": 5},
+                                          "gopher_repetition": {"top_n_grams": [[2, 0.2]], "dup_line_frac": None},
+                                          "c4_quality": {"min_num_sentences": -1}})
+    assert config.gopher_repetition.top_n_grams == ((2, 0.2),)
+
+
+@pytest.mark.parametrize("words", [("badword", ""), ("badword", "   "), ("badword", 3)])
+def test_blank_blocklist_entry_is_refused(words):
+    with pytest.raises(DataError, match=r"blocklist: words entry .* must be a non-blank word or phrase .*; remove it"):
+        PreparationConfig.from_dict({"blocklist": {"words": words}})

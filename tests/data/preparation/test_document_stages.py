@@ -2,6 +2,7 @@
 import pytest
 from datatrove.data import Document
 
+from research.data.config import DataError
 from research.data.preparation import document_stages as ds
 from research.data.preparation.config import (BlocklistConfig, C4QualityConfig, GopherQualityConfig,
                                               GopherRepetitionConfig, StandardiseConfig)
@@ -102,3 +103,11 @@ def test_published_gopher_defaults(threshold):
     assert (threshold, config.max_doc_words, config.min_avg_word_length, config.max_avg_word_length) == (50, 100_000, 3, 10)
     assert (config.max_symbol_word_ratio, config.max_bullet_lines_ratio, config.max_ellipsis_lines_ratio,
             config.max_non_alpha_words_ratio, config.min_stop_words) == (0.1, 0.9, 0.3, 0.8, 2)
+
+
+def test_unreadable_blocklist_file_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"words_file='/nope.txt' cannot be read \(No such file or directory\); give"):
+        ds.blocklist_words(BlocklistConfig(words_file="/nope.txt"))
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"latin1.txt' is not UTF-8 text; give a UTF-8 text file"):
+        ds.blocklist_words(BlocklistConfig(words_file=str(tmp_path / "latin1.txt")))

@@ -1,14 +1,21 @@
 """Bad input is one clear line naming the file (and line) and the fix; bad bytes are counted, not fatal."""
 import builtins
+import bz2
+import gzip
+import lzma
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 from research.data.config import DataError
 from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
+from research.data.preparation.config import StandardiseConfig
+from research.data.preparation.document_stages import dedup_key, standardise
 from research.data.preparation.inputs import decode_utf8, read_file
+from research.data.preparation.report import summary_text
 from tests.data.preparation.conftest import good_document
 from tests.data.preparation.corpora import write_files, write_jsonl
 
@@ -59,6 +66,17 @@ def test_invalid_utf8_is_counted_per_document_with_its_origin(tmp_path):
     assert [(d.metadata["origin"], d.metadata["invalid_utf8_bytes"]) for d in docs] == [("c.jsonl:1", 0), ("c.jsonl:2", 1)]
 
 
+def test_lone_surrogate_escape_in_jsonl_is_repaired_and_counted(tmp_path):
+    # Half an emoji's surrogate pair, as web scrapes cut them: no UTF-8 encoder accepts it.
+    (tmp_path / "s.jsonl").write_text('{"text": "broken emoji \\ud83d here."}\n{"text": "whole \\ud83d\\ude00"}\n')
+    broken, whole = read_file(str(tmp_path / "s.jsonl"), str(tmp_path), "text")
+    assert (broken.text, broken.metadata["invalid_utf8_bytes"]) == ("broken emoji \ufffd here.", 1)
+    assert (whole.text, whole.metadata["invalid_utf8_bytes"]) == ("whole \U0001f600", 0)
+    verdict = standardise(broken, StandardiseConfig(max_invalid_fraction=0.1))
+    assert verdict.note == "repaired_invalid_utf8"
+    assert dedup_key(verdict.text)  # encodes: the crash was here
+
+
 def test_bad_record_deep_in_a_file_stops_the_run_with_file_and_line_and_publishes_nothing(tmp_path):
     records = [{"text": good_document(i)} for i in range(3)] + [{"body": "no text field"}]
     os.makedirs(tmp_path / "in")
@@ -92,3 +110,59 @@ def test_everything_filtered_out_names_the_rules_and_publishes_nothing(tmp_path)
         prepare_dataset(resolve_inputs(str(tmp_path / "in")), output_dir=str(tmp_path / "out"), name="none",
                         config=config)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_binary_files_are_skipped_and_counted(tmp_path):
+    folder = write_files(str(tmp_path / "src"), {"a.py": "print('a')\n", "b.py": "print('b')\n",
+                                                 "b.cpython-311.pyc": b"\xa7\r\r\n\x00\x00\x00\x00code"})
+    with tarfile.open(os.path.join(folder, "backup.tar"), "w") as tar:  # headers + every file again
+        tar.add(os.path.join(folder, "a.py"), arcname="a.py")
+    spec = resolve_inputs(folder)
+    assert [os.path.basename(p) for p in spec.files] == ["a.py", "b.py"]
+    assert sorted((reason, os.path.basename(p)) for reason, p in spec.skipped) == [
+        ("binary", "b.cpython-311.pyc"), ("binary", "backup.tar")]
+    with pytest.raises(DataError, match=r"matches only binary files .*; give text, markdown, code or \.jsonl"):
+        resolve_inputs(os.path.join(folder, "*.tar"))
+
+
+def test_output_dir_inside_the_input_folder_is_never_read(tmp_path):
+    folder = write_files(str(tmp_path / "in"), {f"{i}.txt": good_document(i) for i in range(6)})
+    with tarfile.open(os.path.join(folder, "backup.tar"), "w") as tar:
+        tar.add(os.path.join(folder, "0.txt"), arcname="0.txt")
+    config = PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False}, "dedup": {"near": False},
+                                          "output": {"num_shards": 1, "validation_fraction": 0.5},
+                                          "execution": {"read_tasks": 1}})
+    out = os.path.join(folder, "out")
+    first = prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config)
+    second = prepare_dataset(resolve_inputs(folder), output_dir=out, name="second", config=config)
+    assert first["totals"]["docs_in"] == second["totals"]["docs_in"] == 6  # not the first dataset's files
+    assert first["stages"] == second["stages"]
+    assert first["skipped_inputs"] == {"binary": {"files": 1, "examples": [os.path.join(folder, "backup.tar")]}}
+    assert second["skipped_inputs"]["under_output_dir"]["files"] >= 3  # shards, dataset_info.json, report
+    assert "skipped 1 input file(s) as binary" in summary_text(second)
+    assert prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config) == first  # same fingerprint
+
+
+def test_compressed_inputs_are_read_as_the_file_without_the_suffix(tmp_path):
+    lines = b'{"text": "first"}\n{"text": "second"}\n'
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "b.jsonl.bz2").write_bytes(bz2.compress(lines))
+    (tmp_path / "c.txt.xz").write_bytes(lzma.compress(b"one document\nof two lines"))
+    (tmp_path / "d.json.gz").write_bytes(gzip.compress(b'{"a json file": "is one document"}'))
+    spec = resolve_inputs(str(tmp_path))
+    assert spec.skipped == ()  # the compressed bytes hold NULs; the text does not
+    docs = [d for path in spec.files for d in read_file(path, spec.root, "text")]
+    assert [(d.metadata["origin"], d.text) for d in docs] == [
+        ("a.jsonl.gz:1", "first"), ("a.jsonl.gz:2", "second"), ("b.jsonl.bz2:1", "first"), ("b.jsonl.bz2:2", "second"),
+        ("c.txt.xz", "one document\nof two lines"), ("d.json.gz", '{"a json file": "is one document"}')]
+
+
+def test_corrupt_or_truncated_compressed_input_is_one_line(tmp_path):
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"bad.jsonl.gz cannot be read \(Not a gzipped file .*\); fix it or leave it out"):
+        resolve_inputs(str(tmp_path / "bad.jsonl.gz"))
+    records = b"".join(b'{"text": "record %d with some words"}\n' % i for i in range(2000))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(records)[:-200])  # the head is fine, the end is gone
+    spec = resolve_inputs(str(tmp_path / "cut.jsonl.gz"))
+    with pytest.raises(DataError, match=r"cut.jsonl.gz cannot be read \(Compressed file ended"):
+        list(read_file(spec.files[0], spec.root, "text"))

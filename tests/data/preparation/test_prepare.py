@@ -149,3 +149,34 @@ def test_dedup_stages_can_be_turned_off(tmp_path):
     texts = output_texts(str(tmp_path / "out"), "dups")
     assert len(texts["train"]) + len(texts["validation"]) == 6
     assert not set(texts["train"].values()) & set(texts["validation"].values())  # a text's copies share a split
+
+
+@pytest.mark.parametrize("name, message", [
+    ("корпус", "must be a TFDS dataset name: lower-case ASCII letters"), ("Corpus", "must be a TFDS dataset name"),
+    ("1st", "must be a TFDS dataset name"), ("my-corpus", "must be a TFDS dataset name"), ("", "must be a TFDS"),
+    ("x" * 300, "--name is 300 characters long; give at most 96")])
+def test_bad_name_is_one_line_before_any_work(tmp_path, name, message):
+    (tmp_path / "a.txt").write_text("some text")
+    with pytest.raises(DataError, match=message):
+        prepare_dataset(resolve_inputs(str(tmp_path / "a.txt")), output_dir=str(tmp_path / "out"), name=name,
+                        config=corpus_config(""))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    spec, config = resolve_inputs(str(tmp_path / "a.txt")), corpus_config("")
+    for output_dir in (tmp_path / "a.txt", tmp_path / "a.txt" / "below"):
+        with pytest.raises(DataError, match=r"a.txt is a file, not a directory; give a directory"):
+            prepare_dataset(spec, output_dir=str(output_dir), name="x", config=config)
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_missing_blocklist_file_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    config = corpus_config("").__class__.from_dict({"blocklist": {"words_file": "/nope.txt"},
+                                                    "decontamination": {"all_catalog_tasks": False}})
+    with pytest.raises(DataError, match=r"blocklist: words_file='/nope.txt' cannot be read"):
+        prepare_dataset(resolve_inputs(str(tmp_path / "a.txt")), output_dir=str(tmp_path / "out"), name="x",
+                        config=config)
+    assert not os.path.exists(tmp_path / "out")  # no work dir left behind
