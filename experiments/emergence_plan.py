@@ -126,6 +126,9 @@ def _check_report(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"report.{field} names unknown metric(s) {unknown}; {hint}known: {known}.")
     mirage_sizes = report.get("mirage_sizes", ()) or ()
     unknown = [s for s in mirage_sizes if s not in tuple(config.sizes)]
+    if len(set(mirage_sizes)) == 1:
+        raise ConfigError(f"report.mirage_sizes={tuple(mirage_sizes)} names one size; a shape across sizes needs "
+                          "at least 2 (4 or more to mean anything), or leave it empty for every size.")
     if unknown:
         raise ConfigError(f"report.mirage_sizes names {unknown}, which sizes={tuple(config.sizes)} does not train; "
                           "name sizes from `sizes` (or leave it empty for every size).")

@@ -46,9 +46,16 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     mirage = mirage_table([r for r in finals_with_items if r["task"] in final_tasks])
     # The mirage's shapes across sizes, over report.mirage_sizes (one architecture) where set.
     mirage_sizes = set(config.report.get("mirage_sizes", ()) or config.sizes)
-    mirage_shapes = noisy_curve_summary(
-        [r for r in finals_with_items if r["task"] in final_tasks and r["size"] in mirage_sizes],
-        scale="params_non_embedding", group_by=("task", "num_shots"), metrics=MIRAGE_SHAPE_METRICS) if mirage else []
+    mirage_finals = [r for r in finals_with_items if r["task"] in final_tasks and r["size"] in mirage_sizes]
+    mirage_shapes = noisy_curve_summary(mirage_finals, scale="params_non_embedding", group_by=("task", "num_shots"),
+                                        metrics=MIRAGE_SHAPE_METRICS) if mirage else []
+    covered = {(r["task"], r["num_shots"], r["metric"]) for r in mirage_shapes}
+    # As in the summary: rows cached without per-item values keep the paper's bare values only.
+    mirage_shapes += [{**r, "linearity": None, "breakthroughness": None}
+                      for r in curve_summary([{k: v for k, v in r.items() if k != "items"} for r in mirage_finals],
+                                             scale="params_non_embedding", group_by=("task", "num_shots"),
+                                             metrics=MIRAGE_SHAPE_METRICS)
+                      if mirage and (r["task"], r["num_shots"], r["metric"]) not in covered]
     transition_tasks = _transition_tasks(config)
     # Exact match beside p^L at every checkpoint of the transition tasks that have answers of
     # several tokens: the mirage along training compute, beside the one across sizes.

@@ -68,15 +68,10 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), che
 
 def check_writable(directory: str) -> None:
     """ConfigError unless `directory` exists writable or can be created; creates nothing."""
-    existing = os.path.abspath(directory)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"output directory {directory!r}: {existing!r} is a file, not a directory; pass another "
-                          "--output_dir.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output directory {directory!r} cannot be written ({existing!r} is not writable); pass "
-                          "another --output_dir.")
+    from research.atomic_files import unwritable_reason
+    reason = unwritable_reason(directory)
+    if reason:
+        raise ConfigError(f"output directory {directory!r}: {reason}; pass another --output_dir.")
 
 
 def unused_stem(stem: str) -> str:

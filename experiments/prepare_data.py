@@ -46,7 +46,7 @@ def main(argv):
         check_destination(_OUTPUT_DIR.value, _NAME.value)  # before reading a possibly large input
         config = PreparationConfig.from_dict(_CONFIG.value.to_dict())
         spec = resolve_inputs(_INPUT.value, text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
-                              tfds_split=_TFDS_SPLIT.value)
+                              tfds_split=_TFDS_SPLIT.value, exclude=_OUTPUT_DIR.value)
         report = prepare_dataset(spec, output_dir=_OUTPUT_DIR.value, name=_NAME.value, config=config)
     except DataError as error:
         sys.exit(f"error: {error}")

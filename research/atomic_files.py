@@ -1,4 +1,5 @@
-"""Whole-file writes that a reader, a concurrent writer or a kill -9 never sees half of."""
+"""Whole-file writes that a reader, a concurrent writer or a kill -9 never sees half of, and the
+check that a destination folder can be written before any work."""
 from __future__ import annotations
 
 import os
@@ -22,3 +23,17 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     with open(temporary, "wb") as f:
         f.write(data)
     os.replace(temporary, path)
+
+
+def unwritable_reason(directory: str) -> str | None:
+    """Why `directory` cannot be used or created as a writable folder, naming the nearest part
+    of its path that exists ("/a/b is a file, not a directory", "/a is not writable"); None when
+    it can. Creates nothing, so callers run it before any long work."""
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

@@ -13,8 +13,9 @@ Why base 26 (2026-12-04, model.dense_weight_grad=auto): in base 10 the per-place
 entries (sum and carry for each digit pair and carry-in), learned at once with the routing to
 the operand digits, so per-digit p itself jumps between sizes (cpu_tiny_base10 and its variants
 below). Base 26's table holds 1,352 entries; a 2-layer size first leaves an early plateau (p
-about 0.2, the routing) and then learns the table by degrees. Two full runs, on 2 cores with
-other jobs beside them: seed 0 19 min, seed 1 (--config.train.seed=1) 15.5 min.
+about 0.2, the routing) and then learns the table by degrees. On 2 cores: seed 0 11:21 wall,
+1,141 s of CPU with nothing beside it (19 min with other jobs beside it, every report file
+identical); seed 1 (--config.train.seed=1) 15.5 min with other jobs beside it.
 - Copying: every 2-layer size learns it (exact match >= 0.9975 at the end), with a genuine jump along
   training in 3 of the 4 sizes at each seed; the 1-layer control stays near chance (teacher-forced p 0.14-0.20).
 - Addition: every 2-layer size learns part of the table (per-digit p 0.68-0.97 at the end), the
@@ -47,8 +48,8 @@ to 5 digits along scale-1e5's training. The figures further below were measured 
 Every figure below was measured with Dense kernel gradients by autodiff, before 2026-12-04; CPU
 runs now use model.dense_weight_grad=auto (activations_lhs, research/models/layers.py), whose
 rounding compounds over training into different results. `--config.model.dense_weight_grad=autodiff`
-reruns the code that measured them (bit for bit on the same kind of CPU only); the README has
-cpu_tiny's run under auto.
+reruns the code that measured them (bit for bit on the same kind of CPU only); cpu_tiny_base10's
+runs under auto are in the paragraph above.
 
 What was measured with the previous preset (now `cpu_tiny_mirage`: GPT-2 init, copy problems packed 1-16 per document;
 one run, 09:01-09:12 UTC on 2 cores at load 1.3-3.9, the sizes in two worker processes): 10:48
@@ -183,7 +184,9 @@ Fields:
                 (num_train), seed; cot_description: the line that opens chain-of-thought
                 prompts (and their training documents), so a zero-shot prompt says which
                 format is wanted
-  report        metrics summarised and plotted; transition_task: the task (or tuple of tasks)
+  report        metrics summarised and plotted; mirage_sizes: the sizes (at least 2; 4 or more for
+                a shape to mean anything) the mirage's shapes across sizes are read from, empty
+                for every size; transition_task: the task (or tuple of tasks)
                 whose curves along training are tabled, shaped and plotted (transition.png)
 """
 from __future__ import annotations
@@ -330,7 +333,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # cpu_tiny_base10 with the design before it: GPT-2's N(0, 0.02) init and copy problems packed
         # 1-16 per document, as the other tasks. Its last full run (the "previous preset" figures in this
         # module's docstring) showed the mirage along training (addition learned, exact match
-        # jumping while per-digit p rose smoothly) and no copying; cpu_tiny shows the copying
+        # jumping while per-digit p rose smoothly) and no copying; cpu_tiny_base10 shows the copying
         # transition, and in its full run only d32-l2 learned addition (2-3 digits). Kept so the
         # design with more addition learned can still be run.
         config.model.init_scheme = "normal"

@@ -12,7 +12,8 @@ at the base, and the optimizer (optax.multi_transform) updates only "lora", so A
 moments exist only for adapter leaves. B starts at zero, so step 0 is the base model.
 A task head the job initialises fresh (a reward head, a classifier) has nothing pretrained
 to adapt: it sits whole under "trained" and is trained in full, as peft's modules_to_save.
-Export: `to_hf(model, merge_lora(base, lora, config), path)`.
+Export: `to_hf(model, merged_params(params, config), path, tokenizer=...)` (the base with the
+adapters merged and any trained head; research/finetune/trainer.py's export_dir does this).
 
 Dropout (lora.dropout = p, as peft's lora_dropout): in train mode only, the adapter path
 sees dropped-out inputs, y = x W + (alpha / r) (dropout(x) A) B, while the base path sees x.

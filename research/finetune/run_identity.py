@@ -19,13 +19,12 @@ import json
 import os
 from typing import Any, Mapping
 
-from research.models.config import GRADIENT_ONLY_FIELDS
 from research.training import workdir as workdir_lib
 
-# Fields that do not change what a checkpoint means (as in pretraining's workdir.py).
-_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
+# Fields that do not change what a checkpoint means, and those of train that do: pretraining's.
+_MODEL_FIELDS_FREE_ON_RESUME = workdir_lib.MODEL_FIELDS_FREE_ON_RESUME
+_TRAIN_FIELDS = workdir_lib.TRAIN_FIELDS_IN_FINGERPRINT
 _DATA_PATH_FIELDS = ("train_file", "eval_file", "folder")
-_TRAIN_FIELDS = ("seq_len", "seed")
 
 
 def absolute_spec(spec: str) -> str:
@@ -36,20 +35,16 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{os.path.abspath(path)}"
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _absolute_tokenizer(config: Mapping[str, Any]) -> str:
+    """config's tokenizer with a local path made absolute ("" and "char" name no file)."""
+    spec = str(config.get("tokenizer", "") or "")
+    return spec if spec in ("", "char") or "://" in spec else os.path.abspath(spec)
 
 
 def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,7 +61,7 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free
     path = config.get("path")
     identity: dict[str, Any] = {
-        "path": path, "init": absolute_spec(config.get("init", "")), "tokenizer": config.get("tokenizer", ""),
+        "path": path, "init": absolute_spec(config.get("init", "")), "tokenizer": _absolute_tokenizer(config),
         "model": model, "data": data, "lora": lora,
         "train": {k: section("train")[k] for k in _TRAIN_FIELDS if k in section("train")},
         "opt": {"name": section("opt").get("name", "adamw")},
@@ -78,7 +73,7 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         identity["grpo"] = {**section("grpo"), "reward": absolute_spec(section("grpo").get("reward", "rule"))}
     if "num_token_labels" in config:
         identity["num_token_labels"] = config["num_token_labels"]
-    return _flatten(_plain(identity))
+    return workdir_lib.flatten_config(_plain(identity))
 
 
 def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> list[str]:

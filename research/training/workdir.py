@@ -20,15 +20,16 @@ import os
 import shutil
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from research.atomic_files import unwritable_reason
 from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 
 RUN_FILE = "run.json"
 # Fields that do not change what a checkpoint means: compute precision, recomputation, dropout,
 # how gradients are computed.
-_MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
+MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
 # Moving a dataset does not make it another dataset.
 _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
-_TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
+TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
 
@@ -41,11 +42,12 @@ class WorkdirError(ConfigError):
     """The workdir cannot be used for this run (unwritable, or holding another run)."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} from nested mappings {"a": {"b": value}}; tuples become lists, as JSON reads them back."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
@@ -62,12 +64,12 @@ def run_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     model = get_config(model_fields.pop("preset"), **model_fields).to_dict()
     data = dataclasses.asdict(DataConfig(**dict(config.get("data", {}))))
     train = dict(config.get("train", {}))
-    return _flatten({
-        "model": {k: v for k, v in model.items() if k not in _MODEL_FIELDS_FREE_ON_RESUME},
+    return flatten_config({
+        "model": {k: v for k, v in model.items() if k not in MODEL_FIELDS_FREE_ON_RESUME},
         "objective": config.get("objective", "causal_lm"),
         "objective_options": dict(config.get("objective_options", {}) or {}),
         "data": {k: v for k, v in data.items() if k not in _DATA_FIELDS_FREE_ON_RESUME},
-        "train": {k: train[k] for k in _TRAIN_FIELDS_IN_FINGERPRINT if k in train},
+        "train": {k: train[k] for k in TRAIN_FIELDS_IN_FINGERPRINT if k in train},
         # The optimizer's state has its own structure: another optimizer cannot resume this one.
         "opt": {"name": dict(config.get("opt", {})).get("name", "adamw")},
     })
@@ -85,14 +87,9 @@ def check_writable(workdir: str) -> None:
     path = os.path.abspath(workdir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another --workdir.")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise WorkdirError(f"cannot create --workdir={workdir}: {existing} is a file; choose another --workdir.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise WorkdirError(f"--workdir={workdir} {what} (permission denied); choose a directory you can write.")
+    reason = unwritable_reason(path)
+    if reason:
+        raise WorkdirError(f"cannot use --workdir={workdir}: {reason}; choose another --workdir.")
 
 
 def _describe(value: Any) -> str:

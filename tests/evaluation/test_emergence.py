@@ -175,6 +175,8 @@ def _bad(change):
     (lambda c: c.report.update(plot_metrics=("acc_norn",)), r"report.plot_metrics names unknown metric"),
     (lambda c: c.report.update(mirage_sizes=("scale-1e4", "scale-3e5")), r"report.mirage_sizes names "
                                                                          r"\['scale-3e5'\], which sizes="),
+    (lambda c: c.report.update(mirage_sizes=("scale-1e4",)), r"report.mirage_sizes=\('scale-1e4',\) names one "
+                                                               r"size; a shape across sizes needs at least 2"),
     (lambda c: c.report.update(transition_task=("nope",)), r"report.transition_task names \['nope'\], which "
                                                             r"eval.tasks="),
     # Once read only inside a worker: after the data was written, or after a whole size trained.

@@ -45,7 +45,8 @@ def test_a_lora_run_is_a_starting_point_and_a_reference_with_its_adapters_merged
     jax.tree.map(np.testing.assert_array_equal, reference_params, base.params)
     dpo = lora_config("dpo_tiny", num_steps=1, rank=0)
     dpo.preference.reference = f"checkpoint:{lora_run}"
-    build_job(dpo)  # the reference loads (it failed with ScopeParamNotFoundError at the first step)
+    # One DPO step scores with that reference (it failed with ScopeParamNotFoundError at the first step).
+    assert np.isfinite(finetune_and_evaluate(dpo, str(tmp_path / "dpo_from_lora"))["eval_loss"])
 
 
 def test_the_exported_config_carries_the_fine_tuning_tokenizers_special_ids(tmp_path):

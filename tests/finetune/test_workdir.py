@@ -77,3 +77,19 @@ def test_the_command_line_refuses_another_run_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: --workdir={workdir} holds another run (path: "
                                                    "'preference' there, 'sft' now"), result.stderr
+
+
+def test_local_paths_in_the_identity_are_absolute(tmp_path, monkeypatch):
+    # The same relative --config.tokenizer from another directory names another file: it must
+    # not match (the run would resume its adapters on another tokenizer); "char" names no file.
+    from research.finetune.run_identity import finetune_fingerprint
+    config = {"path": "sft", "tokenizer": "tok.model", "data": {"train_file": "train.jsonl"}}
+    fingerprints = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        fingerprints.append(finetune_fingerprint(config))
+    assert fingerprints[0]["tokenizer"] == str(tmp_path / "a" / "tok.model")
+    assert fingerprints[0]["tokenizer"] != fingerprints[1]["tokenizer"]
+    assert fingerprints[0]["data.train_file"] != fingerprints[1]["data.train_file"]
+    assert finetune_fingerprint({**config, "tokenizer": "char"})["tokenizer"] == "char"

@@ -89,7 +89,7 @@ def _tfds_files(spec: InputSpec) -> list:
     return [files, hashlib.sha256(info.read_bytes()).hexdigest() if info.exists() else None]
 
 
-SKIP_REASONS = {"binary": "NUL bytes in the first KB: an archive, compiled or image file",
+SKIP_REASONS = {"binary": "NUL bytes in the first 8 KB: an archive, compiled or image file",
                 "under_output_dir": "inside --output_dir"}
 _BINARY_PROBE_BYTES = 8192  # text holds no NUL byte; tar, .pyc, images hold one this early
 # Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
@@ -140,8 +140,10 @@ def _check_jsonl_head(path: str, text_field: str) -> None:
 
 
 def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: str = "",
-                   tfds_split: str = "train") -> InputSpec:
-    """The files (or TFDS dataset) `input_arg` names: comma-separated globs / folders, or 'tfds:NAME'."""
+                   tfds_split: str = "train", exclude: str = "") -> InputSpec:
+    """The files (or TFDS dataset) `input_arg` names: comma-separated globs / folders, or 'tfds:NAME'.
+    exclude: a folder (the --output_dir) whose files are left out before any is opened: whatever
+    a run left there (its dataset, its report) is never input, and must not stop a rerun."""
     if not input_arg.strip():
         raise DataError("--input is empty; give files, globs or folders (comma-separated), or tfds:NAME.")
     if input_arg.startswith(TFDS_PREFIX):
@@ -152,7 +154,10 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
         if not matched:
             raise DataError(f"input {pattern!r} matches no files; check the path or the glob ('**' recurses).")
         files.update(os.path.abspath(p) for p in matched)
-    paths = sorted(files)
+    spec = InputSpec(files=tuple(sorted(files)), text_field=text_field)
+    if exclude:
+        spec = spec.excluding(exclude)
+    paths, under_exclude = list(spec.files), spec.skipped
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
@@ -169,7 +174,7 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
             _check_jsonl_head(path, text_field)
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     return InputSpec(files=tuple(paths), root=root, text_field=text_field,
-                     skipped=tuple(("binary", p) for p in binary))
+                     skipped=tuple(("binary", p) for p in binary) + under_exclude)
 
 
 def _resolve_tfds(name: str, text_field: str, data_dir: str, split: str) -> InputSpec:

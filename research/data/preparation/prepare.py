@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
+from research.atomic_files import unwritable_reason
 from research.data.config import DataError
 from research.data.preparation import engine_steps, report, tfds_output
 from research.data.preparation.config import PreparationConfig
@@ -234,15 +235,10 @@ def check_destination(output_dir: str, name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise DataError(f"--name is {len(name)} characters long; give at most {MAX_NAME_CHARS} (the dataset's file "
                         "names add ~45 to it, and file systems cap names at 255 bytes, some at 143).")
-    existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):  # the nearest part of the path that is there
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise DataError(f"--output_dir={output_dir!r}: {existing} is a file, not a directory; give a directory "
-                        "(the dataset goes in OUTPUT_DIR/NAME/VERSION).")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"--output_dir={output_dir!r}: {existing} is not writable; fix its permissions or choose "
-                        "another directory.")
+    reason = unwritable_reason(output_dir)
+    if reason:
+        raise DataError(f"--output_dir={output_dir!r}: {reason}; give a writable directory (the dataset goes in "
+                        "OUTPUT_DIR/NAME/VERSION).")
 
 
 def read_report(dataset_dir: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Any, Iterable
 
 import numpy as np
@@ -115,7 +116,7 @@ def _read_torch(file_path: str) -> StateDict:
     # weights_only: a .bin is a pickle, and unrestricted unpickling runs arbitrary code.
     try:
         tensors = torch.load(file_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as e:  # a truncated or damaged file, or not a state dict
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated, damaged, not a state dict
         raise CheckpointError(f"{file_path!r} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
                               "copy or export it again.") from None
     # numpy has no bfloat16: widen it (exactly) to float32.

@@ -143,6 +143,25 @@ def test_output_dir_inside_the_input_folder_is_never_read(tmp_path):
     assert prepare_dataset(resolve_inputs(folder), output_dir=out, name="first", config=config) == first  # same fingerprint
 
 
+def test_files_under_the_excluded_output_dir_are_never_opened(tmp_path):
+    # resolve_inputs reads every matched file's start (binary probe, JSONL field check): a file
+    # under --output_dir that cannot be read that way (here a corrupt .jsonl.gz, or JSONL without
+    # the input's text field) must not stop the run that would leave it out anyway.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"content": "a document"}\n')
+    (folder / "out").mkdir()
+    (folder / "out" / "old.jsonl.gz").write_bytes(b"\x1f\x8b not gzip after all")
+    (folder / "out" / "records.jsonl").write_text('{"text": "no content field"}\n')
+    with pytest.raises(DataError, match="cannot be read|content"):
+        resolve_inputs(str(folder), text_field="content")
+    spec = resolve_inputs(str(folder), text_field="content", exclude=str(folder / "out"))
+    assert spec.files == (str(folder / "a.jsonl"),)
+    assert sorted(spec.skipped) == [("under_output_dir", str(folder / "out" / name))
+                                    for name in ("old.jsonl.gz", "records.jsonl")]
+    assert spec.excluding(str(folder / "out")) == spec  # what prepare_dataset does again: no change
+
+
 def test_compressed_inputs_are_read_as_the_file_without_the_suffix(tmp_path):
     lines = b'{"text": "first"}\n{"text": "second"}\n'
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(lines))

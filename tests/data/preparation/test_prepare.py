@@ -167,7 +167,7 @@ def test_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     spec, config = resolve_inputs(str(tmp_path / "a.txt")), corpus_config("")
     for output_dir in (tmp_path / "a.txt", tmp_path / "a.txt" / "below"):
-        with pytest.raises(DataError, match=r"a.txt is a file, not a directory; give a directory"):
+        with pytest.raises(DataError, match=r"a.txt is a file, not a directory; give a writable directory"):
             prepare_dataset(spec, output_dir=str(output_dir), name="x", config=config)
     assert os.listdir(tmp_path) == ["a.txt"]
 
