@@ -71,7 +71,9 @@ setuptools.setup(
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
         "hf": HF_REQUIRES,
-        "lm_eval": LM_EVAL_REQUIRES,  # lm-evaluation-harness adapter (pulls torch + transformers)
+        # lm-evaluation-harness adapter (pulls torch + transformers). Spelt with "-", as pip writes
+        # extras in the metadata: pip before 24 does not match "[lm_eval]" to it.
+        "lm-eval": LM_EVAL_REQUIRES,
         "wandb": WANDB_REQUIRES,  # optional W&B logging beside TensorBoard (config.wandb.project)
         "test": TEST_REQUIRES,
     },

@@ -30,11 +30,14 @@ def main(argv):
     from research.finetune import finetune_and_evaluate
     from research.training import TrainingDivergedError
     from research.training.checkpointing import CheckpointError
+    from research.training.metrics import weighted_z_loss
 
     try:
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
+    final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 

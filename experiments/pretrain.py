@@ -34,6 +34,7 @@ def main(argv):
         std_logging.getLogger("research").setLevel(std_logging.INFO)
     from research.data import DataError
     from research.training import TrainingDivergedError, train_and_evaluate
+    from research.training.metrics import weighted_z_loss
     from research.training.checkpointing import CheckpointError
     from research.training.preemption import Interrupted
     from research.training.workdir import removed_if_failed
@@ -54,7 +55,7 @@ def main(argv):
         sys.exit(f"error: {error}")
     # z_loss as it enters the total loss (weight x raw), like the console line; with K models
     # trained together each model's key is "<field>=<value>/z_loss".
-    final = {k: v * config.train.z_loss if k == "z_loss" or k.endswith("/z_loss") else v for k, v in final.items()}
+    final = weighted_z_loss(final, config.train.z_loss)
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 

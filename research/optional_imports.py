@@ -22,11 +22,25 @@ PACKAGES = {
 }
 # The setup.py extra that bundles each of them.
 EXTRAS = {"torch": "pip install -e '.[hf]'", "transformers": "pip install -e '.[hf]'",
-          "lm_eval": "pip install -e '.[lm_eval]'"}
+          "lm_eval": "pip install -e '.[lm-eval]'"}
 
 
 class MissingDependencyError(ImportError, ConfigError):
     """A feature's optional package is not installed; the message says what to install."""
+
+
+def require_installed(module: str, feature: str) -> None:
+    """MissingDependencyError (as import_optional's) unless `module` is installed; imports nothing,
+    for callers that must set the environment (threads, OMP policy) before the import."""
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise _missing(module, feature)
+
+
+def _missing(module: str, feature: str) -> MissingDependencyError:
+    name, install, tip = PACKAGES.get(module, (module, f"pip install {module}", ""))
+    return MissingDependencyError(f"{feature} needs {name} ({install}), which is not installed"
+                                  f"{'; ' + tip if tip else ''}; or {EXTRAS.get(module, install)}.", name=module)
 
 
 def import_optional(module: str, feature: str) -> ModuleType:
@@ -38,7 +52,4 @@ def import_optional(module: str, feature: str) -> ModuleType:
         # (one of its own imports failing) keeps its real traceback.
         if error.name != module:
             raise
-        name, install, tip = PACKAGES.get(module, (module, f"pip install {module}", ""))
-        raise MissingDependencyError(f"{feature} needs {name} ({install}), which is not installed"
-                                     f"{'; ' + tip if tip else ''}; or {EXTRAS.get(module, install)}.",
-                                     name=module) from None
+        raise _missing(module, feature) from None

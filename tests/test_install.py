@@ -47,7 +47,7 @@ CHECK_IMPORTS = textwrap.dedent(r"""
     import research
     assert os.path.dirname(research.__file__).startswith(sys.prefix), research.__file__
     modules, hints = [], {}
-    extra_modules = {"research.evaluation.lm_eval_adapter": "lm_eval"}  # the [lm_eval] extra's adapter
+    extra_modules = {"research.evaluation.lm_eval_adapter": "lm_eval"}  # the [lm-eval] extra's adapter
     for package in ("research", "experiments", "launch"):
         root = importlib.import_module(package)
         for info in pkgutil.walk_packages(root.__path__, package + "."):
@@ -147,5 +147,12 @@ def test_runtime_alone_installs_and_runs_main_jobs_without_torch_or_transformers
         out = main("launch", f"--config={source}/experiments/configs/pretrain.py:gpt_tiny",
                    "--module=experiments.pretrain", f"--workdir={work / 'launch'}", "--dry_run")
         assert out.count("-m launch.multihost experiments.pretrain") == 3 and not (work / "launch").exists()
+        # The benchmarks that time torch or transformers say so in one line (they raised a traceback).
+        for module, flags in (("experiments.benchmarks.matmul_vs_torch", ["--rows=8"]),
+                              ("experiments.benchmarks.decode_vs_transformers", ["--rounds=1"])):
+            result = subprocess.run([python, "-c", RUN_MODULE, module, *flags], cwd=work, capture_output=True,
+                                    text=True, timeout=300)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 1 and len(lines) == 1 and "pip install torch" in lines[0], result.stderr
     finally:
         shutil.rmtree(venv, ignore_errors=True)  # ~1 GB; pytest keeps its last three tmp folders

@@ -40,3 +40,21 @@ def test_hf_tokenizer_folder_without_transformers(monkeypatch, tmp_path):
     with pytest.raises(MissingDependencyError, match=r"tokenizer folder '.*' needs .*\(pip install transformers\)"):
         load_tokenizer(str(tmp_path))
     assert load_tokenizer("char").decode(load_tokenizer("char").encode("ok")) == "ok"  # others need nothing
+
+
+def test_every_extra_a_hint_names_is_in_setup_py_as_pip_writes_it():
+    # pip writes extras into the metadata with "-" for "_"; pip before 24 then did not match
+    # "[lm_eval]" to it and installed nothing, so a hint must name the extra in that spelling.
+    import ast
+    import os
+    import re
+
+    from research.optional_imports import EXTRAS
+    setup_py = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")).read()
+    call = next(node for node in ast.walk(ast.parse(setup_py)) if isinstance(node, ast.Call)
+                and "setup" in (getattr(node.func, "id", ""), getattr(node.func, "attr", "")))
+    extras = next(k.value for k in call.keywords if k.arg == "extras_require")
+    names = {key.value for key in extras.keys}
+    for hint in EXTRAS.values():
+        (extra,) = re.findall(r"\.\[([^\]]+)\]", hint)
+        assert extra in names and extra == re.sub(r"[-_.]+", "-", extra).lower(), (hint, sorted(names))

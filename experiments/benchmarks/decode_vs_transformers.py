@@ -124,6 +124,12 @@ def main(argv):
         sys.exit(f"error: --batch_sizes={','.join(_BATCH_SIZES.value)} must be comma-separated integers.")
     if min(batch_sizes) < 1 or _ROUNDS.value < 1 or _NEW_TOKENS.value < 1 or _PROMPT_LEN.value < 1:
         sys.exit("error: --batch_sizes, --rounds, --new_tokens and --prompt_len must be positive.")
+    from research.optional_imports import MissingDependencyError, require_installed
+    try:  # checked without importing: OMP_WAIT_POLICY must be set before torch loads
+        for module in ("torch", "transformers"):
+            require_installed(module, "experiments.benchmarks.decode_vs_transformers (it times transformers)")
+    except MissingDependencyError as error:
+        sys.exit(f"error: {error}")
     if _OMP_WAIT.value != "unset":
         if "torch" in sys.modules:
             sys.exit("error: torch was imported before OMP_WAIT_POLICY could be set; run this module directly.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -46,7 +47,11 @@ def _time(fn: Callable[[], object], reps: int) -> tuple[float, float]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    import torch  # optional dependency, as in decode_vs_transformers
+    from research.optional_imports import MissingDependencyError, import_optional
+    try:
+        torch = import_optional("torch", "experiments.benchmarks.matmul_vs_torch (it times PyTorch beside XLA)")
+    except MissingDependencyError as error:
+        sys.exit(f"error: {error}")
     torch.set_num_threads(os.cpu_count() or 1)
     M, D, V, L = _ROWS.value, _D_MODEL.value, _VOCAB.value, _LAYERS.value
     # (name, K, N, occurrences per step); the head's weight is the tied table E [V, D], used as E^T.

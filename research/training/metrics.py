@@ -237,6 +237,13 @@ def _count(value: float) -> str:
     return f"{value:.3g}"
 
 
+def weighted_z_loss(metrics: Mapping[str, Any], weight: float) -> dict[str, Any]:
+    """`metrics` with every z_loss ("z_loss", or "<field>=<value>/z_loss" of K models trained
+    together) as it enters the total loss, weight x raw value: the raw log-partition term (~30)
+    printed beside the loss reads as if it were part of it even where its weight is 0."""
+    return {k: v * weight if k == "z_loss" or k.endswith("/z_loss") else v for k, v in metrics.items()}
+
+
 def console_line(step: int, total_steps: int, metrics: Mapping[str, float], *, z_loss_weight: float = 0.0) -> str:
     """One human line of a logged step: loss, z_loss as it enters the total (weight x raw value,
     the raw value stays in metrics.jsonl), learning rate, tokens/s, MFU, and eval loss when present."""

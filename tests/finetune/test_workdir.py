@@ -93,3 +93,15 @@ def test_local_paths_in_the_identity_are_absolute(tmp_path, monkeypatch):
     assert fingerprints[0]["tokenizer"] != fingerprints[1]["tokenizer"]
     assert fingerprints[0]["data.train_file"] != fingerprints[1]["data.train_file"]
     assert finetune_fingerprint({**config, "tokenizer": "char"})["tokenizer"] == "char"
+
+
+def test_the_command_line_prints_z_loss_as_it_enters_the_loss(tmp_path):
+    # sft_tiny's z_loss weight is 0: its final line printed the raw log-partition term (~33)
+    # beside a total_loss equal to the loss.
+    command = [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune.py:sft_tiny",
+               f"--workdir={tmp_path / 'run'}", "--config.train.num_steps=2", "--config.opt.warmup_steps=0"]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    final = dict(item.split("=", 1) for item in result.stdout.strip().splitlines()[-1].split())
+    assert float(final["z_loss"]) == 0.0 and float(final["total_loss"]) == float(final["loss"])

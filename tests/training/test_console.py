@@ -1,7 +1,7 @@
 """The run's console line: loss, weighted z_loss, tokens/s, MFU; a bar on a terminal, plain lines in a log."""
 import io
 
-from research.training.metrics import ConsoleProgress, console_line
+from research.training.metrics import ConsoleProgress, console_line, weighted_z_loss
 
 METRICS = {"loss": 5.8382, "z_loss": 36.19, "learning_rate": 9.75e-4, "tokens_per_second": 12345.0,
            "mfu": 0.0312, "grad_norm": 1.3}
@@ -12,6 +12,14 @@ def test_console_line_shows_throughput_mfu_and_z_loss_as_weighted():
     assert line == "step 40/300 | loss 5.8382 | z_loss 3.62e-03 | lr 9.75e-04 | 12.3k tok/s | MFU 3.1%"
     assert "eval_loss 6.0000" in console_line(40, 300, {**METRICS, "eval_loss": 6.0})
     assert "z_loss" not in console_line(40, 300, METRICS)  # no z_loss term: nothing to show
+
+
+def test_final_metrics_show_z_loss_as_weighted_for_one_model_and_for_k():
+    final = {"loss": 5.8, "z_loss": 36.0, "opt.learning_rate=0.01/z_loss": 30.0, "opt.learning_rate=0.01/loss": 5.0}
+    assert weighted_z_loss(final, 1e-4) == {"loss": 5.8, "z_loss": 36.0 * 1e-4,
+                                            "opt.learning_rate=0.01/z_loss": 30.0 * 1e-4,
+                                            "opt.learning_rate=0.01/loss": 5.0}
+    assert weighted_z_loss(final, 0.0)["z_loss"] == 0.0  # fine-tuning's default: no term at all
 
 
 class _Terminal(io.StringIO):
