@@ -9,6 +9,11 @@ from absl import flags
 from ml_collections.config_flags import config_flags as ml_config_flags
 
 
+# Config fields that are dicts with no declared keys (the objective's options: mask_rate,
+# noise_density, ...): "--config.objective_options.mask_rate=0.3" cannot name a key there.
+FREE_FORM_FIELDS = ("objective_options",)
+
+
 def _config_flags() -> list[flags.Flag]:
     return [flag for flag in flags.FLAGS._flags().values()
             if isinstance(getattr(flag, "parser", None), ml_config_flags.ConfigFileFlagParser)]
@@ -21,6 +26,10 @@ def _unknown_override(error: Exception, argv: list[str]) -> str:
     flag = next((a.split("=")[0] for a in argv[1:] if re.search(rf"\.{re.escape(key)}(=|$|\.)", a)), key)
     hint = re.search(r'Did you mean "([^"]+)"', text)
     fix = f'did you mean "{hint.group(1)}"?' if hint else "see the config file for its keys."
+    free_form = re.match(r"--((?:[\w]+\.)*(?:" + "|".join(FREE_FORM_FIELDS) + r"))\.(\w+)$", flag)
+    if free_form:  # an empty dict in the config: its keys are not declared, so set it whole
+        group, option = free_form.groups()
+        fix = f"""{group} is a dict of free-form options, set whole: --{group}="{{'{option}': VALUE}}"."""
     return f"error: {flag} is not a config key; {fix}"
 
 

@@ -66,7 +66,9 @@ def _base() -> ml_collections.ConfigDict:
         scan_layers=placeholder(bool), remat=placeholder(str), attention_kernel=placeholder(str),
         dense_weight_grad=placeholder(str)))
     config.objective = "causal_lm"
-    config.objective_options = ml_collections.ConfigDict()  # e.g. mask_rate, noise_density
+    # The objective's options (e.g. mask_rate, noise_density), set whole on the command line:
+    # --config.objective_options="{'mask_rate': 0.3}" (the dict declares no keys to override one by one).
+    config.objective_options = ml_collections.ConfigDict()
     # research.data.DataConfig: source stdlib | tfds (tfds_name, data_dir, splits; e.g. the output of
     # experiments.prepare_data) | files (file_patterns, text_field for .jsonl) | synthetic.
     config.data = ml_collections.ConfigDict(dict(

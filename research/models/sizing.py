@@ -397,6 +397,10 @@ def cli_output(model: str | None, overrides: Sequence[str] = (), seq_len: int | 
         reports = [size_report(get_config(name), seq_len, source_len) for name in preset_names()]
         return json.dumps(reports, indent=2) if as_json else format_table(reports)
     config = get_config(model, **dict(parse_override(o) for o in overrides))
+    if config.position == "learned" and seq_len is not None and seq_len > config.max_len:
+        # Training refuses it too: a learned position table has max_len rows.
+        raise ConfigError(f"--seq_len={seq_len} exceeds {config.name}'s max_len={config.max_len} (learned positions "
+                          f"cannot go further); give at most {config.max_len}, or --override=max_len={seq_len}.")
     report = size_report(config, seq_len, source_len)
     return json.dumps(report, indent=2) if as_json else format_report(report)
 

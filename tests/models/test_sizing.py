@@ -173,6 +173,8 @@ def test_cli_json_and_table_cover_all_presets():
     (("--model=gpt2-small", "--override=num_layers=four"), "num_layers='four': expected int"),
     (("--model=gpt2-small", "--override=norm=batchnorm"), "choose one of"),
     (("--model=gpt2-small", "--override=num_layers"), "not field=value"),
+    # Learned positions end at max_len: training refuses a longer seq_len, so sizing does too.
+    (("--model=gpt2-small", "--seq_len=4096"), "--seq_len=4096 exceeds gpt2-small's max_len=1024"),
     (("--model=gpt2-smal",), "Did you mean gpt2-small"),
     (("--override=num_layers=4",), "--override needs --model"),
 ])
