@@ -9,11 +9,6 @@ from absl import flags
 from ml_collections.config_flags import config_flags as ml_config_flags
 
 
-# Config fields that are dicts with no declared keys (the objective's options: mask_rate,
-# noise_density, ...): "--config.objective_options.mask_rate=0.3" cannot name a key there.
-FREE_FORM_FIELDS = ("objective_options",)
-
-
 def _config_flags() -> list[flags.Flag]:
     return [flag for flag in flags.FLAGS._flags().values()
             if isinstance(getattr(flag, "parser", None), ml_config_flags.ConfigFileFlagParser)]
@@ -26,11 +21,29 @@ def _unknown_override(error: Exception, argv: list[str]) -> str:
     flag = next((a.split("=")[0] for a in argv[1:] if re.search(rf"\.{re.escape(key)}(=|$|\.)", a)), key)
     hint = re.search(r'Did you mean "([^"]+)"', text)
     fix = f'did you mean "{hint.group(1)}"?' if hint else "see the config file for its keys."
-    free_form = re.match(r"--((?:[\w]+\.)*(?:" + "|".join(FREE_FORM_FIELDS) + r"))\.(\w+)$", flag)
-    if free_form:  # an empty dict in the config: its keys are not declared, so set it whole
-        group, option = free_form.groups()
-        fix = f"""{group} is a dict of free-form options, set whole: --{group}="{{'{option}': VALUE}}"."""
+    group, _, option = flag.lstrip("-").rpartition(".")
+    if _is_empty_group(group, argv):  # e.g. objective_options: a dict that declares no keys, so set it whole
+        fix = f"""{group} declares no keys; set it whole: --{group}="{{'{option}': VALUE}}"."""
     return f"error: {flag} is not a config key; {fix}"
+
+
+def _is_empty_group(dotted: str, argv: list[str]) -> bool:
+    """Whether `dotted` ("config.objective_options") is an empty dict in the config file that
+    argv's --config names (loaded again: on this error path the flag holds no value yet)."""
+    name, *path = dotted.split(".")
+    flag = next((f for f in _config_flags() if f.name == name), None)
+    source = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{name}=")), None)
+    if flag is None or source is None or not path:
+        return False
+    try:
+        node = flag.parser.parse(source)
+    except Exception:  # the config's own failure is reported elsewhere; no hint from it here
+        return False
+    for part in path:
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False
+        node = node[part]
+    return hasattr(node, "keys") and not list(node.keys())
 
 
 def _missing_config_file(name: str, path: str) -> str:

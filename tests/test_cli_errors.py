@@ -33,8 +33,8 @@ def run(module, *args):
      "product 1. (mesh.shape=(-1, 1, 1); leave dcn_shape empty on one slice / host)"),
     ([CONFIG, "--config.train.num_steps=10"], "error: opt.warmup_steps=30 must lie in [0, total_steps=10]."),
     ([CONFIG, "--config.objective_options.mask_rate=0.3"],
-     "error: --config.objective_options.mask_rate is not a config key; config.objective_options is a dict of "
-     "free-form options, set whole: --config.objective_options=\"{'mask_rate': VALUE}\"."),
+     "error: --config.objective_options.mask_rate is not a config key; config.objective_options declares no keys; "
+     "set it whole: --config.objective_options=\"{'mask_rate': VALUE}\"."),
     ([CONFIG, "--config.model=gpt2-small"], "error: --config.model is a group of fields, not a value; set one of its "
                                              "fields, e.g. --config.model.preset=gpt2-small (the config file lists them)."),
 ])
