@@ -15,7 +15,8 @@ from research.models.config import ConfigError, ModelConfig
 NO_EXPORT_PATHS = ("reward", "token_classification")
 
 
-def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+def config_section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """config[name] (a ConfigDict or mapping) as a plain dict; {} when absent or None."""
     value = config.get(name) or {}
     return value.to_dict() if hasattr(value, "to_dict") else dict(value)
 
@@ -23,7 +24,7 @@ def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 def check_config(config: Mapping[str, Any]) -> None:
     """ConfigError (one line) for a value no run of this config could use (see module docstring)."""
     path = config.get("path")
-    data = _section(config, "data")
+    data = config_section(config, "data")
     for split in ("train", "eval"):
         key = f"num_{split}"
         if key in data and data.get("synthetic") and not data.get(f"{split}_file") and int(data[key]) <= 0:
@@ -37,7 +38,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"generation_prompts={prompts} must be >= 0: how many evaluation prompts are completed "
                           "(0 = none).")
     if path == "preference":
-        preference = _section(config, "preference")
+        preference = config_section(config, "preference")
         if preference.get("reference") and preference.get("loss") == "simpo":
             raise ConfigError(f"preference.reference={preference['reference']!r} is unused: SimPO needs no reference "
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")

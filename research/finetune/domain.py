@@ -29,7 +29,7 @@ from research.data.pipeline import make_batch_dataset
 from research.data.tokenizer import SpecialTokens
 from research.finetune.base_model import abstract_and_init, job_base_model
 from research.finetune.evaluators import mean_aux
-from research.finetune.paths import _section
+from research.finetune.checks import config_section
 from research.finetune.trainer import FinetuneJob
 from research.models import build_model
 from research.models.config import ConfigError
@@ -78,7 +78,7 @@ class PipelineTokenizer:
 
 def domain_data_config(config: ml_collections.ConfigDict) -> DataConfig:
     """Pretraining's DataConfig for data.folder's files (checked here, before anything is written)."""
-    data = _section(config, "data")
+    data = config_section(config, "data")
     files = domain_files(str(data.get("folder", "") or ""))
     fraction = float(data.get("validation_fraction", 0.1))
     data_config = DataConfig(source="files", file_patterns=tuple(glob.escape(p) for p in files),
@@ -98,7 +98,7 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data_config = domain_data_config(config)
     base = job_base_model(config)
     family, train = base.config.family, config.train
-    objective_name = str(_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
+    objective_name = str(config_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
     tokenizer = PipelineTokenizer(base.tokenizer)
     model = build_model(base.config)
     loss_fn = losses.make_loss_fn(losses.get_objective(objective_name, family), float(train.z_loss))

@@ -32,7 +32,8 @@ from research.data.chat_templates import get_chat_template, render_prompt
 from research.decoding import generate
 from research.finetune import records as records_lib
 from research.finetune.evaluators import greedy_completions
-from research.finetune.paths import _decoder_base, _section, _zoo_params, generation_prompts, load_records
+from research.finetune.checks import config_section
+from research.finetune.paths import _decoder_base, _zoo_params, generation_prompts, load_records
 from research.finetune.preference_data import rule_reward, synthetic_prompts
 from research.finetune.preference_losses import token_log_probs
 from research.finetune.records import check_fits, pad_row
@@ -86,9 +87,9 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         raise ConfigError("path='grpo' scores samples on the host and runs on one process; launch it without "
                           "jax.distributed.")
     base = _decoder_base(config)
-    section = _section(config, "grpo")
+    section = config_section(config, "grpo")
     grpo = GrpoConfig(**section)
-    data = _section(config, "data")
+    data = config_section(config, "data")
     rule = data.get("synthetic")
     reward_fn = reward_function(grpo.reward, rule)
     template = get_chat_template(data.get("chat_template", "plain"))

@@ -16,6 +16,7 @@ from research.data.chat_templates import get_chat_template, instruction_messages
 from research.finetune import records as records_lib
 from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, job_base_model,
                                          load_reference)
+from research.finetune.checks import config_section
 from research.finetune.evaluators import greedy_completions, mean_aux
 from research.finetune.heads import ScalarHeadModel, with_pretrained_body
 from research.finetune.preference_data import (PREFERENCE_FIELDS, preference_rows, rule_reward,
@@ -33,11 +34,6 @@ from research.training import losses
 def generation_prompts(config: ml_collections.ConfigDict) -> int:
     """How many eval prompts are completed greedily for exact match / rule reward (0: none)."""
     return int(config.get("generation_prompts", 32))
-
-
-def _section(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
-    section = config.get(name, {}) or {}
-    return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
 
 
 def load_records(data: dict[str, Any], split: str, fields, synthetic) -> list[tuple[str, dict]]:
@@ -84,7 +80,7 @@ def _rule_reward_eval(model, tokenizer, template, prompts: list[str], rule: str,
 def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """Instruction tuning: causal LM on chat examples, loss on response tokens only, packed."""
     base = _decoder_base(config)
-    data, train = _section(config, "data"), config.train
+    data, train = config_section(config, "data"), config.train
     template = get_chat_template(data.get("chat_template", "plain"))
     sft_synthetic = lambda rule, n, seed: [{"instruction": r["prompt"], "response": r["chosen"]}
                                           for r in synthetic_preferences(rule, n, seed)]
@@ -130,7 +126,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
 
 def _pair_rows(config, base: BaseModel):
-    data = _section(config, "data")
+    data = config_section(config, "data")
     template = get_chat_template(data.get("chat_template", "plain"))
     kwargs = dict(template=template, tokenizer=base.tokenizer, seq_len=config.train.seq_len)
     train_records = load_records(data, "train", PREFERENCE_FIELDS, synthetic_preferences)
@@ -172,7 +168,7 @@ def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """DPO / IPO / SimPO against a frozen reference: the initial policy, or preference.reference."""
     base = _decoder_base(config)
-    preference_section = _section(config, "preference")
+    preference_section = config_section(config, "preference")
     reference_spec = preference_section.pop("reference", "") or ""
     preference = PreferenceConfig(**preference_section)
     template, train_rows, eval_rows, eval_records = _pair_rows(config, base)
@@ -195,7 +191,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         return {**batch, **score_reference(reference_params if reference_params is not None else reference, batch)}
 
     eval_pairs = mean_aux(loss_fn, model)
-    data = _section(config, "data")
+    data = config_section(config, "data")
     rule = data.get("synthetic") if not data.get("eval_file") else None
     rule_eval = None
     if rule and generation_prompts(config):

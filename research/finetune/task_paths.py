@@ -26,7 +26,8 @@ from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import TokenClassifier, with_pretrained_body
-from research.finetune.paths import _local, _section, load_records
+from research.finetune.checks import config_section
+from research.finetune.paths import _local, load_records
 from research.finetune.preference_data import synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
@@ -138,7 +139,7 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         raise ConfigError(f"path='classification' needs a BERT model with a pooler and model.num_labels >= 2; "
                           f"got num_labels={num_labels}.")
     seq_len, tokenizer = config.train.seq_len, base.tokenizer
-    data = _section(config, "data")
+    data = config_section(config, "data")
 
     def row(where, record):
         ids = list(tokenizer.encode(str(record["text"])))
@@ -172,7 +173,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """Per-token tagging: a BERT body + a linear head over its hidden states."""
     base = _encoder_base(config, "encoder")
     seq_len, tokenizer = config.train.seq_len, base.tokenizer
-    data = _section(config, "data")
+    data = config_section(config, "data")
     num_labels = int(config.get("num_token_labels", 3))
     space = list(tokenizer.encode(" "))
 
@@ -220,7 +221,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """T5: the encoder reads the input, the decoder is teacher-forced on the target (+ eos)."""
     base = _encoder_base(config, "encoder_decoder")
     seq_len, tokenizer, cfg = config.train.seq_len, base.tokenizer, base.config
-    data = _section(config, "data")
+    data = config_section(config, "data")
     eos, start = int(tokenizer.eos_id), int(cfg.decoder_start_token_id)
 
     def row(where, record):
