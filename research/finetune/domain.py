@@ -28,8 +28,8 @@ from research.data.config import DataConfig, DataError
 from research.data.pipeline import make_batch_dataset
 from research.data.tokenizer import SpecialTokens
 from research.finetune.base_model import abstract_and_init, job_base_model
-from research.finetune.evaluators import mean_aux
 from research.finetune.checks import config_section
+from research.finetune.evaluators import mean_aux
 from research.finetune.trainer import FinetuneJob
 from research.models import build_model
 from research.models.config import ConfigError

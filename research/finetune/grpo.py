@@ -31,8 +31,8 @@ import numpy as np
 from research.data.chat_templates import get_chat_template, render_prompt
 from research.decoding import generate
 from research.finetune import records as records_lib
-from research.finetune.evaluators import greedy_completions
 from research.finetune.checks import config_section
+from research.finetune.evaluators import greedy_completions
 from research.finetune.paths import _decoder_base, _zoo_params, generation_prompts, load_records
 from research.finetune.preference_data import rule_reward, synthetic_prompts
 from research.finetune.preference_losses import token_log_probs

@@ -24,9 +24,9 @@ import numpy as np
 from research.decoding import beam_search
 from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
+from research.finetune.checks import config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import TokenClassifier, with_pretrained_body
-from research.finetune.checks import config_section
 from research.finetune.paths import _local, load_records
 from research.finetune.preference_data import synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
