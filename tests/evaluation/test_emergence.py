@@ -263,11 +263,12 @@ def test_cpu_tiny_mirage_is_cpu_tiny_base10_with_the_previous_init_and_packed_co
     assert mirage.to_dict() == tiny.to_dict()
 
 
-def test_tracking_more_lengths_along_training_holds_out_no_new_items():
-    # cpu_tiny tracks every addition length at every checkpoint (400 items each): those items are
-    # the first 400 of the 1000 final ones, so the held-out set, hence the training mixture and
-    # the trained runs, are those of the design that tracked 2, 4 and 6 digits only.
-    from research.evaluation.task_corpus import held_out_prompts
+def test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items():
+    # cpu_tiny tracks every addition length at every checkpoint with the final evaluation's 1000
+    # items (400 items are the first 400 of the same 1000), so the held-out additions, hence the
+    # training mixture and the trained runs, are those of the designs that tracked 400 items, or
+    # 2, 4 and 6 digits only.
+    from research.evaluation.task_corpus import held_out_prompts, render
     every, some = configs.get_config("cpu_tiny"), configs.get_config("cpu_tiny")
     some.eval.tasks = tuple(t for t in every.eval.tasks if not t.startswith(("addition_3", "addition_5")))
     some.report.transition_task = tuple(t for t in every.report.transition_task if t in some.eval.tasks)
@@ -278,8 +279,19 @@ def test_tracking_more_lengths_along_training_holds_out_no_new_items():
         return set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
 
     assert held_out(every) == held_out(some)
+    # 1000 copy items along training in place of 400 hold out 600 more copy prompts, none of
+    # which the training stream draws: every training problem is kept as before.
+    fewer_items = configs.get_config("cpu_tiny")
+    fewer_items.eval.num_test = 400
+    extra = held_out(every) - held_out(fewer_items)
+    assert len(extra) == 600 and held_out(fewer_items) <= held_out(every)
+    trained = {render(t.spec.prompt, d, "prompt") for t in emergence.plan_study(every).train_tasks.values()
+               for d in t.docs("train")}
+    assert not extra & trained
     fewer = configs.get_config("cpu_tiny")
-    fewer.eval.final_tasks = tuple(t for t in fewer.eval.final_tasks if not t.startswith("addition_3"))
+    for field in ("tasks", "final_tasks"):
+        fewer.eval[field] = tuple(t for t in fewer.eval[field] if not t.startswith("addition_3"))
+    fewer.report.transition_task = tuple(t for t in fewer.report.transition_task if t in fewer.eval.tasks)
     assert held_out(fewer) != held_out(every)  # the check can tell a changed held-out set
 
 
@@ -317,8 +329,12 @@ def test_cpu_tiny_is_the_padded_study_in_base_26_with_the_mirage_read_across_its
     # The mirage's sizes: the 2-layer ones (the 1-layer control is another architecture).
     assert tiny.report.mirage_sizes == tuple(s for s, m in plan.sizes.items() if m.num_layers == 2)
     assert len(tiny.report.mirage_sizes) >= 4
-    # Nothing else differs from the base-10 padded study: the base and the mirage's sizes only.
-    tiny.report.mirage_sizes = ()
+    # Its curves along training have as many items as the final evaluation (training is unchanged
+    # by it: test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items).
+    assert tiny.eval.num_test == tiny.eval.final_num_test == 1000
+    # Nothing else differs from the base-10 padded study: the base, the mirage's sizes and the
+    # items along training only.
+    tiny.report.mirage_sizes, tiny.eval.num_test = (), padded.eval.num_test
     assert json.loads(tiny.to_json().replace("_base26", "")) == json.loads(padded.to_json())
 
 
