@@ -379,6 +379,9 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.ladder = ml_collections.ConfigDict()
         config.mixture.tasks = {**{addition(k): 200_000 for k in range(2, 7)},
                                 COPY_TASK: 200_000}
+        # cpu_tiny's addition (base 26, operands padded to 6 digits): its per-place table is
+        # learned by degrees, where base 10's 200 entries come at once with the routing.
+        _use_addition_width(config, PADDED_WIDTH, MIRAGE_BASE)
         config.eval.update(dict(num_test=1000, batch_size=500))
     elif arg == "micro":
         config.sizes = ("scale-1e4", "scale-3e4")

@@ -215,6 +215,9 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert emergence.size_learning_rate(unfloored, config.sizes[-1]) == pytest.approx(config.opt.learning_rate * 48 / 64)
     gpu = configs.get_config("gpu_host")
     assert emergence.size_learning_rate(gpu, gpu.sizes[-1]) == gpu.opt.learning_rate  # rule off there
+    # The accelerator preset's addition is cpu_tiny's (base 26, padded), trained and evaluated.
+    assert gpu.eval.final_tasks == config.eval.final_tasks
+    assert [t for t in gpu.mixture.tasks if t.startswith("addition")] == list(config.eval.final_tasks)
     assert {(e.name, e.num_fewshot) for e in plan.eval_entries} == {
         (t, k) for t in config.eval.tasks for k in config.eval.shots}
     # The mirage: addition of 2..6 digits, >= 1000 held-out items each, at the final checkpoint.
