@@ -1,0 +1,265 @@
+"""Seed noise of the emergence study's curves across sizes: finished runs of one study that
+differ only in train.seed, read side by side.
+
+    python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s0
+    python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s1 \
+        --config.train.seed=1
+    python -m experiments.emergence_seeds --workdirs=/tmp/em_s0,/tmp/em_s1 \
+        --sizes=d24-l2,d32-l2,d48-l2,scale-1e5 --output_dir=/tmp/em_seeds
+
+Why: one run gives one model per size, and a size's per-digit accuracy p at the end can
+depend on the seed more than on the size (in cpu_tiny, on when the size left its early
+plateau). A curve across sizes from one seed may then show the mirage where another seed
+does not, and the item-bootstrap intervals of one run cannot tell: they hold the models
+fixed. This reads each workdir's final evaluations, per item (runs/<size>/evals), and writes
+to --output_dir:
+  seeds.csv       per answer-length task, size and seed: exact match, p and p^L at the end, with
+                  80% item-bootstrap intervals (study_report.mirage_table);
+  seed_spread.csv per task, size and metric: mean, standard deviation and range over the seeds;
+  size_steps.csv  per task, metric and pair of consecutive sizes: the rise of the seed mean, its
+                  standard error (sqrt(sd_a^2 + sd_b^2) / sqrt(seeds)) and whether it exceeds
+                  RESOLVED_SE of them: whether the seeds tell the two sizes apart;
+  verdicts.csv    per seed, whether that seed's curve across --sizes shows the mirage, by the
+                  rule of `mirage_verdict`;
+  seeds.md        the tables, and the count of seeds that show the mirage.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from research.models.config import ConfigError
+
+P = "teacher_forced_accuracy"
+SHAPE_METRICS = ("exact_match", P)
+# A rise between consecutive sizes counts as resolved by the seeds when the seed mean moves by
+# more than this many standard errors of it (about a two-sided 95% z test; with 3 seeds a
+# crude one: the standard deviation itself is uncertain by ~50%).
+RESOLVED_SE = 2.0
+# Fingerprint fields allowed to differ between the runs: the seed, and paths inside each workdir.
+_MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dict[str, Any]:
+    """{workdir, seed, fingerprints {size: ...}, rows}: the final evaluation of every size in
+    `sizes` at `num_shots`, one row per answer-length task (the one with the most items), with
+    per-item values."""
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"--workdirs names {workdir!r}, which is not a directory; give finished emergence "
+                          "study workdirs.")
+    results = os.path.join(workdir, "report", "results.json")
+    if not all(os.path.exists(os.path.join(workdir, "report", n)) for n in ("results.json", "mirage.json")):
+        raise ConfigError(f"{workdir!r} has no finished report (report/results.json and mirage.json): finish its "
+                          "study first (rerun the same experiments.emergence command).")
+    params = {r["size"]: r["params_non_embedding"] for r in _read_json(results)["rows"]}
+    # The answer-length tasks: those of the study's final evaluation (eval.final_tasks), which its
+    # report's mirage table holds.
+    tasks = {r["task"] for r in _read_json(os.path.join(workdir, "report", "mirage.json"))["rows"]}
+    fingerprints, rows = {}, []
+    for size in sizes:
+        run_dir = os.path.join(workdir, "runs", size)
+        evals = os.path.join(run_dir, "evals")
+        steps = sorted(int(n[len("step_"):-len(".json")]) for n in os.listdir(evals)
+                       if n.startswith("step_") and n.endswith(".json")) if os.path.isdir(evals) else []
+        if size not in params or not steps:
+            raise ConfigError(f"--sizes names {size!r}, which {workdir!r} has not trained and evaluated; its sizes: "
+                              f"{sorted(params)}.")
+        fingerprints[size] = _read_json(os.path.join(run_dir, "run.json"))["fingerprint"]
+        final: dict[str, dict[str, Any]] = {}
+        for row in _read_json(os.path.join(evals, f"step_{steps[-1]}.json"))["rows"]:
+            items = row.get("items") or {}
+            if row["task"] in tasks and row["num_shots"] == num_shots and P in items and "answer_tokens" in items and (
+                    row["task"] not in final or row["num_examples"] > final[row["task"]]["num_examples"]):
+                final[row["task"]] = {**row, "size": size, "step": steps[-1], "params_non_embedding": params[size]}
+        if not final:
+            raise ConfigError(f"{workdir!r} has no per-item final evaluation of {size} at num_shots={num_shots}; "
+                              "give the shots of the study's eval.final_shots.")
+        rows.extend(final.values())
+    seeds = {f["train.seed"] for f in fingerprints.values()}
+    return {"workdir": workdir, "seed": seeds.pop(), "fingerprints": fingerprints, "rows": rows}
+
+
+def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
+    """One line when the runs are not one study at different seeds."""
+    if len(runs) < 2:
+        raise ConfigError(f"--workdirs names {len(runs)} workdir; seed noise needs >= 2 runs of one study.")
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--workdirs hold runs with train.seed {seeds}: two share a seed; give runs that differ "
+                          "in --config.train.seed.")
+    first = runs[0]
+    for run in runs[1:]:
+        for size, fingerprint in run["fingerprints"].items():
+            ref = first["fingerprints"][size]
+            differ = sorted(k for k in set(ref) | set(fingerprint)
+                            if k not in _MAY_DIFFER and ref.get(k) != fingerprint.get(k))
+            if differ:
+                raise ConfigError(f"{run['workdir']!r} and {first['workdir']!r} trained {size} differently "
+                                  f"({differ[0]}: {fingerprint.get(differ[0])!r} vs {ref.get(differ[0])!r}); "
+                                  "only train.seed may differ.")
+        steps = {(r["size"], r["step"]) for r in run["rows"]} ^ {(r["size"], r["step"]) for r in first["rows"]}
+        tasks = {r["task"] for r in run["rows"]} ^ {r["task"] for r in first["rows"]}
+        if steps or tasks:
+            raise ConfigError(f"{run['workdir']!r} and {first['workdir']!r} end at different steps or evaluate "
+                              f"different tasks ({sorted(map(str, steps | tasks))[0]}); finish both studies.")
+
+
+def seed_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """study_report.mirage_table of every run, with its seed."""
+    from research.evaluation.study_report import mirage_table
+    return [{"seed": run["seed"], **row} for run in runs for row in mirage_table(run["rows"])]
+
+
+def seed_spread(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task, size and metric (exact_match, p, p_to_the_L): mean, sd (n-1) and range over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in table:
+        groups.setdefault((row["task"], row["answer_tokens"], row["params_non_embedding"], row["size"]), []).append(row)
+    out = []
+    for (task, length, params, size), members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        for metric in ("exact_match", "p", "p_to_the_L"):
+            values = np.array([m[metric] for m in sorted(members, key=lambda m: m["seed"])], np.float64)
+            out.append({"task": task, "answer_tokens": length, "size": size, "params_non_embedding": params,
+                        "metric": metric, "seeds": len(values), "values": [float(v) for v in values],
+                        "mean": float(values.mean()), "sd": float(values.std(ddof=1)),
+                        "min": float(values.min()), "max": float(values.max())})
+    return out
+
+
+def size_steps(spread: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and metric, each pair of consecutive sizes: the seed mean's rise and its
+    standard error; resolved when |rise| > RESOLVED_SE standard errors."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in spread:
+        if row["metric"] in ("exact_match", "p"):
+            groups.setdefault((row["task"], row["metric"]), []).append(row)
+    out = []
+    for (task, metric), members in groups.items():
+        members = sorted(members, key=lambda m: m["params_non_embedding"])
+        for a, b in zip(members, members[1:]):
+            rise = b["mean"] - a["mean"]
+            se = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / a["seeds"])
+            # Seeds that agree exactly (se 0) resolve any rise.
+            ratio = rise / se if se > 0 else math.copysign(math.inf, rise) if rise else 0.0
+            out.append({"task": task, "metric": metric, "from": a["size"], "to": b["size"], "rise": rise, "se": se,
+                        "rise_over_se": ratio, "resolved": bool(abs(rise) > RESOLVED_SE * se)})
+    return out
+
+
+def mirage_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Whether one run's curve across its sizes shows the mirage (Schaeffer et al. 2023):
+      1. p (per-digit accuracy) rises with size at every answer length: the smooth per-token
+         improvement the argument starts from;
+      2. exact match's breakthroughness at the longest length exceeds the shortest length's,
+         their 80% item-bootstrap intervals apart: exact match looks sharper as L grows;
+      3. p's breakthroughness at the longest length does not: its interval reaches down to the
+         shortest length's.
+    Breakthroughness is the noise-floored one of research/evaluation/emergence_metrics.py;
+    a curve within item noise has none, and then 2 fails (3 holds)."""
+    from research.evaluation.study_report import noisy_curve_summary
+
+    lengths = {r["task"]: float(np.mean(r["items"]["answer_tokens"])) for r in rows}
+    shortest, longest = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
+    shapes = {(s["task"], s["metric"]): s for s in noisy_curve_summary(
+        rows, scale="params_non_embedding", group_by=("task",), metrics=SHAPE_METRICS)}
+    p_rises = all(np.all(np.diff(shapes[(t, P)]["values"]) > 0) for t in lengths)
+
+    def interval(task: str, metric: str) -> list[float] | None:
+        return shapes[(task, metric)]["breakthroughness_interval"]
+
+    em_short, em_long = interval(shortest, "exact_match"), interval(longest, "exact_match")
+    p_short, p_long = interval(shortest, P), interval(longest, P)
+    em_sharper = bool(em_short and em_long and em_long[0] > em_short[1])
+    p_sharper = bool(p_short and p_long and p_long[0] > p_short[1])
+    value = lambda task, metric: shapes[(task, metric)]["breakthroughness"]
+    return {"shortest": shortest, "longest": longest, "p_rises_with_size": bool(p_rises),
+            "exact_match_breakthroughness": [value(shortest, "exact_match"), value(longest, "exact_match")],
+            "exact_match_intervals": [em_short, em_long], "exact_match_sharper": em_sharper,
+            "p_breakthroughness": [value(shortest, P), value(longest, P)], "p_intervals": [p_short, p_long],
+            "p_sharper": p_sharper, "mirage": bool(p_rises and em_sharper and not p_sharper)}
+
+
+def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
+                   verdicts: Sequence[dict[str, Any]]) -> str:
+    """seeds.md: the verdict per seed, the spread over seeds, and the size steps."""
+    from research.evaluation.results_table import format_table
+
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v["p_rises_with_size"],
+              "exact_match_B": " -> ".join(fmt(b) for b in v["exact_match_breakthroughness"]),
+              "p_B": " -> ".join(fmt(b) for b in v["p_breakthroughness"])} for v in verdicts]
+    spread_shown = [{**r, "values": " ".join(f"{x:.3f}" for x in r["values"]), "mean": f"{r['mean']:.3f}",
+                     "sd": f"{r['sd']:.3f}"} for r in spread if r["metric"] in ("exact_match", "p")]
+    steps_shown = [{**r, "rise": f"{r['rise']:+.3f}", "se": f"{r['se']:.3f}",
+                    "rise_over_se": f"{r['rise_over_se']:+.2f}"} for r in steps]
+    count = sum(v["mirage"] for v in verdicts)
+    resolved = sum(r["resolved"] for r in steps)
+    return "\n".join([
+        "# Emergence across seeds", "",
+        f"Sizes: {', '.join(sizes)}; seeds: {', '.join(str(v['seed']) for v in verdicts)}. "
+        f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds** (experiments/emergence_seeds.py, "
+        "mirage_verdict: p rises with size at every length, and exact match's breakthroughness B at the longest "
+        "answer is above the shortest's, 80% item-bootstrap intervals apart, while p's is not).", "",
+        "```", format_table(shown, ["seed", "mirage", "p_rises_with_size", "exact_match_B", "p_B"]), "```", "",
+        "## Spread over seeds at the end of training (p: teacher-forced per-digit accuracy; sd over seeds, n-1)", "",
+        "```", format_table(spread_shown, ["task", "size", "metric", "values", "mean", "sd"]), "```", "",
+        f"## Steps between consecutive sizes: {resolved} of {len(steps)} resolved by the seeds "
+        f"(|rise of the seed mean| > {RESOLVED_SE:g} standard errors)", "",
+        "```", format_table(steps_shown, ["task", "metric", "from", "to", "rise", "se", "rise_over_se", "resolved"]),
+        "```", ""])
+
+
+def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir: str,
+                      num_shots: int = 0) -> dict[str, str]:
+    """Read the runs, check they are one study, and write the files of the module docstring."""
+    from research.evaluation.results_table import write_rows
+    from research.atomic_files import write_text_atomically
+
+    if len(sizes) < 2:
+        raise ConfigError(f"--sizes={list(sizes)}: a curve across sizes needs >= 2 sizes (e.g. the study's "
+                          "report.mirage_sizes).")
+    runs = [read_seed_run(w, sizes, num_shots) for w in workdirs]
+    check_same_study(runs)
+    table = seed_table(runs)
+    spread = seed_spread(table)
+    steps = size_steps(spread)
+    verdicts = [{"seed": run["seed"], "workdir": run["workdir"], **mirage_verdict(run["rows"])} for run in runs]
+    metadata = {"workdirs": list(workdirs), "sizes": list(sizes), "num_shots": num_shots}
+    paths = {}
+    for name, rows in (("seeds", table), ("seed_spread", spread), ("size_steps", steps), ("verdicts", verdicts)):
+        paths[name] = write_rows(rows, os.path.join(output_dir, name), metadata=metadata)["csv"]
+    paths["report"] = os.path.join(output_dir, "seeds.md")
+    write_text_atomically(paths["report"], seeds_markdown(sizes, spread, steps, verdicts))
+    return paths
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    try:
+        paths = write_seed_report(f.workdirs, f.sizes, f.output_dir, f.num_shots)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    with open(paths["report"], encoding="utf-8") as report:
+        print(report.read())
+    print("wrote " + ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_list("workdirs", None, "Finished emergence study workdirs of one config, differing in train.seed.")
+    flags.DEFINE_list("sizes", None, "The sizes whose curve is read, small to large (e.g. report.mirage_sizes).")
+    flags.DEFINE_string("output_dir", None, "Where the seed report is written.")
+    flags.DEFINE_integer("num_shots", 0, "The final evaluation's shots to read (one of eval.final_shots).")
+    flags.mark_flags_as_required(["workdirs", "sizes", "output_dir"])
+    app.run(main)

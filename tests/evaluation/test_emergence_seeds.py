@@ -1,0 +1,130 @@
+"""experiments/emergence_seeds.py on study workdirs written here: per-item final evaluations
+drawn digit by digit from a known per-digit accuracy p, so exact match is p^L in expectation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import emergence_seeds
+from research.models.config import ConfigError
+
+SIZES = {"a": 10_000, "b": 20_000, "c": 40_000, "d": 80_000}
+LENGTHS = {"add2": 2, "add6": 6}
+ITEMS = 1000
+
+
+def _items(p: float, length: int, rng: np.random.Generator) -> dict[str, list[float]]:
+    correct = rng.random((ITEMS, length)) < p
+    accuracy = correct.mean(axis=1)
+    return {"teacher_forced_accuracy": accuracy.tolist(), "exact_match": correct.all(axis=1).tolist(),
+            "teacher_forced_prob": accuracy.tolist(), "target_log_prob": (length * np.log(p)).repeat(ITEMS).tolist(),
+            "token_edit_distance": (~correct).sum(axis=1).tolist(), "answer_tokens": [float(length)] * ITEMS}
+
+
+def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32) -> str:
+    """A finished emergence workdir: report files, and per size a run.json and its last evaluation
+    (answer-length tasks with items, plus a tracked copy task the seed report must leave out)."""
+    workdir = os.path.join(root, f"seed{seed}")
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(workdir, "report"))
+    dump = lambda path, obj: open(path, "w").write(json.dumps(obj))
+    dump(os.path.join(workdir, "report", "results.json"),
+         {"metadata": {}, "rows": [{"size": s, "params_non_embedding": n} for s, n in SIZES.items()]})
+    dump(os.path.join(workdir, "report", "mirage.json"), {"metadata": {}, "rows": [{"task": t} for t in LENGTHS]})
+    for size, p in p_by_size.items():
+        run_dir = os.path.join(workdir, "runs", size)
+        os.makedirs(os.path.join(run_dir, "evals"))
+        fingerprint = {"train.seed": seed, "model.d_model": d_model, "model.name": size,
+                       "data.file_patterns": [os.path.join(workdir, "data", "mixture.jsonl")]}
+        dump(os.path.join(run_dir, "run.json"), {"fingerprint": fingerprint})
+        rows = [{"task": t, "num_shots": 0, "num_examples": ITEMS, "items": _items(p, L, rng)}
+                for t, L in LENGTHS.items()]
+        rows.append({"task": "copy", "num_shots": 0, "num_examples": ITEMS, "items": _items(0.99, 8, rng)})
+        rows.append({"task": "add2", "num_shots": 0, "num_examples": 400, "items": _items(p, 2, rng)})  # fewer items
+        dump(os.path.join(run_dir, "evals", "step_4000.json"), {"metadata": {}, "rows": rows})
+        dump(os.path.join(run_dir, "evals", "step_2000.json"), {"metadata": {}, "rows": []})
+    return workdir
+
+
+# p rises with size by steps of 0.10-0.20: exact match at 6 digits (p^6) 0.016, 0.047, 0.18, 0.74,
+# breakthroughness ~5.5 against ~3.2 at 2 digits (p^2) and ~3 for p itself.
+SMOOTH = {"a": 0.5, "b": 0.6, "c": 0.75, "d": 0.95}
+OUT_OF_ORDER = {"a": 0.6, "b": 0.9, "c": 0.7, "d": 0.8}  # a seed on which b learned the most
+
+
+def test_seed_report_counts_the_seeds_that_show_the_mirage_and_the_spread_between_them(tmp_path):
+    workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, OUT_OF_ORDER)]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    verdicts = json.load(open(paths["verdicts"].replace(".csv", ".json")))["rows"]
+    assert [v["seed"] for v in verdicts] == [0, 1]
+    smooth, out_of_order = verdicts
+    # Seed 0: p^L sharpens exact match at 6 digits, p itself does not sharpen: the mirage.
+    assert smooth["p_rises_with_size"] and smooth["exact_match_sharper"] and not smooth["p_sharper"]
+    assert smooth["mirage"] and (smooth["shortest"], smooth["longest"]) == ("add2", "add6")
+    assert smooth["exact_match_breakthroughness"][1] > smooth["exact_match_breakthroughness"][0]
+    assert not out_of_order["p_rises_with_size"] and not out_of_order["mirage"]
+    assert "shows at 1 of 2 seeds" in open(paths["report"]).read()
+
+    # The spread: the two seeds' item means, their mean and sample standard deviation.
+    spread = json.load(open(paths["seed_spread"].replace(".csv", ".json")))["rows"]
+    assert {r["task"] for r in spread} == set(LENGTHS)  # the tracked copy task is not an answer length
+    row = next(r for r in spread if (r["task"], r["size"], r["metric"]) == ("add6", "b", "p"))
+    assert row["values"] == pytest.approx([0.6, 0.9], abs=0.02)
+    assert row["mean"] == pytest.approx(np.mean(row["values"])) and row["sd"] == pytest.approx(
+        abs(row["values"][0] - row["values"][1]) / np.sqrt(2))
+    # Steps between sizes: a -> b rises in both seeds, by 0.1 and 0.3 (se: the two ends' sds over
+    # sqrt(2 seeds)); b -> c rises in one and falls in the other: not resolved.
+    steps = {(r["task"], r["metric"], r["from"]): r
+             for r in json.load(open(paths["size_steps"].replace(".csv", ".json")))["rows"]}
+    ab, bc = steps[("add2", "p", "a")], steps[("add2", "p", "b")]
+    means = {r["size"]: r for r in spread if (r["task"], r["metric"]) == ("add2", "p")}
+    assert ab["rise"] == pytest.approx(means["b"]["mean"] - means["a"]["mean"])
+    assert ab["rise"] == pytest.approx(0.2, abs=0.02)
+    assert ab["se"] == pytest.approx(np.hypot(means["a"]["sd"], means["b"]["sd"]) / np.sqrt(2))
+    assert ab["resolved"] == (ab["rise"] > 2 * ab["se"])
+    assert not bc["resolved"]
+
+
+def test_seeds_that_agree_resolve_every_step_and_all_show_the_mirage(tmp_path):
+    workdirs = [_study(str(tmp_path), s, SMOOTH) for s in (0, 1, 2)]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    steps = json.load(open(paths["size_steps"].replace(".csv", ".json")))["rows"]
+    assert all(r["resolved"] for r in steps if r["metric"] == "p")
+    assert "shows at 3 of 3 seeds" in open(paths["report"]).read()
+
+
+@pytest.mark.parametrize("make, sizes, shots, message", [
+    (lambda root: [_study(root, 0, SMOOTH)], list(SIZES), 0, r"names 1 workdir; seed noise needs >= 2"),
+    (lambda root: [_study(root, 0, SMOOTH), _study(os.path.join(root, "x"), 0, SMOOTH)], list(SIZES), 0,
+     r"train.seed \[0, 0\]: two share a seed"),
+    (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH, d_model=48)], list(SIZES), 0,
+     r"trained a differently \(model.d_model: 48 vs 32\); only train.seed may differ"),
+    (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH)], ["a", "e"], 0,
+     r"--sizes names 'e', which .* has not trained and evaluated"),
+    (lambda root: [_study(root, 0, SMOOTH), os.path.join(root, "missing")], list(SIZES), 0, r"is not a directory"),
+    (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH)], ["a"], 0, r"needs >= 2 sizes"),
+    (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH)], list(SIZES), 3,
+     r"no per-item final evaluation of a at num_shots=3; give the shots of the study's eval.final_shots"),
+])
+def test_bad_input_is_one_line_before_anything_is_written(tmp_path, make, sizes, shots, message):
+    workdirs = make(str(tmp_path))
+    with pytest.raises(ConfigError, match=message) as error:
+        emergence_seeds.write_seed_report(workdirs, sizes, str(tmp_path / "out"), num_shots=shots)
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out")
+
+
+def test_unfinished_study_is_named_by_the_command_line(tmp_path):
+    finished = _study(str(tmp_path), 0, SMOOTH)
+    unfinished = _study(str(tmp_path), 1, SMOOTH)
+    os.remove(os.path.join(unfinished, "report", "mirage.json"))
+    result = subprocess.run([sys.executable, "-m", "experiments.emergence_seeds", f"--workdirs={finished},{unfinished}",
+                             "--sizes=a,b,c,d", f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {unfinished!r} has no finished report (report/results.json and mirage.json): finish its study "
+        "first (rerun the same experiments.emergence command).")
