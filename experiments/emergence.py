@@ -4,16 +4,21 @@ instances along training, and report every metric against parameters and compute
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/emergence
 
 Steps (each skipped on a rerun when already done):
-  1. data/mixture.jsonl: the stdlib corpus mixed with the tasks' training documents
-     (problems held out for evaluation are never trained on); a SentencePiece tokenizer
-     trained on it once and shared by every size (split_digits: one token per digit).
+  1. data/mixture.jsonl: the tasks' training documents, mixed with mixture.corpus_fraction of
+     stdlib corpus text (cpu_tiny: none; problems held out for evaluation are never trained
+     on); a SentencePiece tokenizer trained on it once and shared by every size.
   2. runs/<size>/: research.training.train_and_evaluate on that mixture (source="files"),
      every checkpoint kept; a finished run is not touched, an unfinished one resumes.
   3. runs/<size>/evals/step_<n>.json: every checkpoint on every (task, shots) pair.
   4. report/ (experiments/emergence_report.py): results.{json,csv} (one row per size, step,
-     task and shots), summary.{json,csv} (each metric across sizes at the end of training, with BIG-bench linearity and
-     breakthroughness), report.md, and plots: vs_params.png, vs_compute.png,
-     direct_vs_cot.png, zero_vs_few_shot.png.
+     task and shots), summary.{json,csv} (each metric across sizes at the end of training, with
+     BIG-bench linearity and breakthroughness), mirage.{json,csv} (exact match beside p^L per
+     size and answer length) and mirage_shapes (their shapes across report.mirage_sizes),
+     transition / transition_shapes / mirage_along_training (the same along training, with the
+     jump rule), report.md, and plots: vs_params.png, vs_compute.png, zero_vs_few_shot.png,
+     mirage.png, mirage_along_training.png, transition.png, and direct_vs_cot.png where
+     chain-of-thought and direct variants of a task are both evaluated.
+Several seeds of one study: experiments/emergence_seeds.py reads their workdirs side by side.
 
 Tokenizer: the training system trains on SentencePiece ids, so the study uses a SentencePiece
 model trained on the mixture rather than research.evaluation.CharTokenizer. Its split_digits
@@ -239,7 +244,11 @@ def main(argv):
     from research.training import TrainingDivergedError
 
     if flags.FLAGS.dry_run:
-        estimate = estimated_training(flags.FLAGS.config)
+        try:
+            plan_study(flags.FLAGS.config)  # the checks a run makes before any work, so a dry run vets the config
+            estimate = estimated_training(flags.FLAGS.config)
+        except ConfigError as error:
+            sys.exit(f"error: {error}")
         for size, flops in estimate["flops"].items():
             print(f"{size:12s} {flops:.3g} training FLOPs")
         print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
@@ -249,6 +258,10 @@ def main(argv):
         return
     if not flags.FLAGS.workdir:
         sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
+    from research.atomic_files import unwritable_reason
+    reason = unwritable_reason(flags.FLAGS.workdir)
+    if reason:
+        sys.exit(f"error: --workdir={flags.FLAGS.workdir}: {reason}; pass a folder the study can write to.")
     try:
         if flags.FLAGS.study_worker:
             run_study(flags.FLAGS.config, flags.FLAGS.workdir, worker=True)

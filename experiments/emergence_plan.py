@@ -50,6 +50,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         models[size] = get_config(fields.pop("preset"), **fields)
     if models[sizes[0]].family != "decoder" or any(m.family != models[sizes[0]].family for m in models.values()):
         raise ConfigError(f"sizes={sizes} must all be decoder presets; the study trains causal LMs.")
+    _check_distinct_sizes(models)
     if float(config.get("lr_reference_width", 0) or 0) < 0:
         raise ConfigError(f"lr_reference_width={config.lr_reference_width} must be >= 0 (0: one learning rate "
                           "for every size).")
@@ -74,7 +75,6 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
                               "with 1 <= fewest <= most.")
 
     _check_training_and_evaluation(config, models)
-    _check_report(config)
     ev = config.eval
     cue = ev.cot_description
     eval_tasks = {name: _with_cue(catalog_task(name, num_test=ev.num_test, num_train=ev.num_train, seed=ev.seed),
@@ -95,6 +95,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         longest = max(t.spec.max_new_tokens for t in final_tasks.values())
         final_tasks = {n: make_task(t.spec.replace(max_new_tokens=longest), t.splits) for n, t in final_tasks.items()}
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
+    _check_report(config)  # after the tasks: a misspelt task is named as such, not as a report mismatch
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
     # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
@@ -102,6 +103,21 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
                            "model": model})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
+
+
+def _check_distinct_sizes(models: dict[str, Any]) -> None:
+    """Every size a distinct non-embedding parameter count: the curves across sizes use it as
+    their scale, and two models at one scale would fail the report after all the training
+    (the ladder's d8-l2 and d8-l2h1 are one model: d_model // 8 = 1 head)."""
+    from research.models import sizing
+
+    seen: dict[int, str] = {}
+    for size, model in models.items():
+        count = sizing.param_counts(model).non_embedding
+        if count in seen:
+            raise ConfigError(f"sizes {seen[count]!r} and {size!r} have the same {count:,} non-embedding "
+                              "parameters, the scale of every curve across sizes; keep one of them.")
+        seen[count] = size
 
 
 def _check_report(config: ml_collections.ConfigDict) -> None:
@@ -158,6 +174,8 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
     for field in ("batch_size", "min_bucket", "num_test"):
         if int(ev.get(field, 1)) < 1:
             raise ConfigError(f"eval.{field}={ev.get(field)} must be >= 1.")
+    if int(ev.get("num_train", 0)) < 0:
+        raise ConfigError(f"eval.num_train={ev.num_train} must be >= 0 (the few-shot examples' pool per task).")
     if not tuple(ev.tasks):
         raise ConfigError("eval.tasks is empty: name the tasks evaluated at every checkpoint, e.g. "
                           "--config.eval.tasks='(\"copying\",)'.")
@@ -274,5 +292,14 @@ def size_model_fields(config: ml_collections.ConfigDict, size: str) -> dict[str,
     """research.training's model fields of one size: {"preset": ..., overrides}. A size is a model
     preset, or a name in config.ladder ({name: dict(preset=..., d_model=..., ...)}: a preset with
     its shape changed, for widths the presets lack); config.model's overrides apply to both."""
-    custom = dict((config.get("ladder", None) or {}).get(size, None) or {"preset": size})
+    from research.models.presets import preset_names
+
+    ladder = config.get("ladder", None) or {}
+    if size not in ladder and size not in preset_names():
+        near = difflib.get_close_matches(size, [*ladder, *preset_names()], n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise ConfigError(f"sizes names {size!r}, neither a config.ladder entry ({', '.join(ladder) or 'none'}) nor a "
+                          f"model preset (scale-1e4 .. scale-1e9, ...); {hint}or add it to config.ladder as "
+                          "dict(preset=..., d_model=..., num_heads=..., d_ff=...).")
+    custom = dict(ladder.get(size, None) or {"preset": size})
     return {"preset": custom.pop("preset"), **config.model.to_dict(), **custom}

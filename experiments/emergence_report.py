@@ -9,6 +9,8 @@ from typing import Any
 
 import ml_collections
 
+from research.atomic_files import write_text_atomically
+
 # The metrics whose shapes across sizes the mirage is read from: exact match and its continuous kin.
 MIRAGE_SHAPE_METRICS = ("exact_match", "teacher_forced_accuracy", "target_log_prob", "token_edit_distance")
 
@@ -78,7 +80,8 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     paths["vs_params"] = plot_grid(finals, x="params_non_embedding", metrics=metrics, panel=lambda r: "",
                                    series=setting, path=os.path.join(report_dir, "vs_params.png"),
                                    x_label="non-embedding parameters")
-    paths["vs_compute"] = plot_grid(rows, x="compute_flops", metrics=metrics, panel=setting,
+    along = [{k: v for k, v in r.items() if k != "items"} for r in along_with_items]  # one point per checkpoint
+    paths["vs_compute"] = plot_grid(along, x="compute_flops", metrics=metrics, panel=setting,
                                     series=lambda r: r["size"], path=os.path.join(report_dir, "vs_compute.png"),
                                     x_label="training compute (FLOPs)")
     paired = {base(r) for r in finals if r["chain_of_thought"]} & {base(r) for r in finals if not r["chain_of_thought"]}
@@ -108,8 +111,8 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                              path=os.path.join(report_dir, "transition.png"),
                                              x_label="training tokens", title="along training")
     paths["report"] = os.path.join(report_dir, "report.md")
-    with open(paths["report"], "w", encoding="utf-8") as f:
-        f.write(_report_markdown(config, summary, mirage, mirage_shapes, transition, shapes, finals))
+    write_text_atomically(paths["report"], _report_markdown(config, summary, mirage, mirage_shapes, transition,
+                                                            shapes, finals))
     return paths
 
 
@@ -165,8 +168,10 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                                                      "token_edit_distance"]),
                              ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "p",
                               "target_log_prob", "token_edit_distance"])
-        text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy, L = answer "
-                 f"tokens)\n\n```\n{table}\n```\n")
+        text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy: each item's "
+                 "share of right answer tokens, averaged over items; L = answer_tokens, the items' mean answer "
+                 "length; p^L = that p raised to that L, its interval resampling the items' p with L held)"
+                 f"\n\n```\n{table}\n```\n")
         mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
                              ["task", "metric", "values", "total_improvement", "above_noise", "linearity",
@@ -186,8 +191,10 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                               "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
                  "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
-                 f"median-square rise; jump: above item noise and jump_ratio > {JUMP_RATIO:g}, above training "
-                 f"noise, study_report.JUMP_RATIO):\n\n```\n{table}\n```\n")
+                 "median-square rise, each squared rise floored at (1 / items)^2, one item's resolution, so a curve "
+                 "flat for most checkpoints has jump_ratio = items x its largest rise; jump: above item noise and "
+                 f"jump_ratio > {JUMP_RATIO:g}, above training noise, study_report.JUMP_RATIO):"
+                 f"\n\n```\n{table}\n```\n")
         verdicts = jump_verdicts(transition_shapes)
         if verdicts:
             table = format_table(verdicts, list(verdicts[0]))

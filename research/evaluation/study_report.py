@@ -127,7 +127,7 @@ def noisy_curve_summary(final_rows: Sequence[dict[str, Any]], *, scale: str, gro
                 continue  # items differ between sizes: no paired bootstrap
             scores = [sign * np.asarray(m["items"][metric], np.float64) for m in members]
             shape = curve_shape_with_noise([float(m[scale]) for m in members], scores, samples=samples, seed=seed)
-            shape["values"] = [sign * v for v in shape["values"]]
+            shape["values"] = [sign * v + 0.0 for v in shape["values"]]  # + 0.0: no "-0.0" for a flipped zero
             shape["value_intervals"] = [sorted(sign * v for v in pair) for pair in shape["value_intervals"]]
             out.append({**dict(zip(group_by, key)), "metric": metric, "num_models": len(members), **shape})
     return out

@@ -26,6 +26,7 @@ An unknown name fails with the nearest known names.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from research.evaluation.task_spec import Task, TaskError, load_task
@@ -84,8 +85,12 @@ def catalog_task(name: str, *, num_test: int | None = None, num_train: int | Non
         return load_task(name)
     if name not in _VARIANTS:
         near = difflib.get_close_matches(name, _VARIANTS, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(catalog_names())}."
-        raise TaskError(f"unknown task {name!r}; {hint} (or give a .json task file)")
+        # Without a near name, the task families, not all ~230 variants (a one-line error stays readable).
+        families = sorted({re.split(r"_\d", n)[0] for n in catalog_names()})
+        hint = (f"did you mean {', '.join(near)}?" if near else
+                f"known families: {', '.join(families)} (research.evaluation.task_catalog.catalog_names() "
+                "lists every name);")
+        raise TaskError(f"unknown task {name!r}; {hint} or give a .json task file.")
     builder, knobs = _VARIANTS[name]
     sizes = {k: v for k, v in dict(num_test=num_test, num_train=num_train, seed=seed).items() if v is not None}
     return get_task(builder, **knobs, **sizes)

@@ -47,8 +47,9 @@ def task_documents(task: Task, *, examples_per_document: tuple[int, int], seed: 
     excluded = set().union(*(held_out_prompts(t) for t in held_out))
     docs = [d for d in task.docs(split) if render(spec.prompt, d, "prompt") not in excluded]
     if not docs:
-        raise TaskError(f"task {spec.name!r}: every document of split {split!r} is held out; draw more "
-                        "training documents or use another seed.")
+        raise TaskError(f"task {spec.name!r}: every document of split {split!r} is held out (the evaluation items "
+                        "cover every training problem); evaluate fewer items (num_test), draw more training "
+                        "documents, or use another seed.")
     description = render(spec.description, docs[0], "description") if spec.description else ""
     rng = random.Random(seed)
     out, start = [], 0

@@ -158,7 +158,14 @@ def _bad(change):
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.eval.update(tasks=("addition_1digit", "copyng")), "unknown task 'copyng'; did you mean copying"),
     (lambda c: c.eval.update(shots=(0, 9)), "num_shots=9 but its few-shot split 'train' holds 8 examples"),
-    (lambda c: setattr(c, "sizes", ("scale-1e4", "scale-9e9")), "unknown model preset 'scale-9e9'"),
+    (lambda c: setattr(c, "sizes", ("scale-1e4", "scale-9e9")), r"sizes names 'scale-9e9', neither a config.ladder "
+                                                                 r"entry \(d10-l2h1, .*did you mean scale-1e9"),
+    # Two sizes at one parameter count: once found by the report, after both trained.
+    (lambda c: setattr(c, "sizes", ("d8-l2", "d8-l2h1")), r"sizes 'd8-l2' and 'd8-l2h1' have the same 1,760 "
+                                                           r"non-embedding parameters"),
+    (lambda c: c.eval.update(num_train=-1), r"eval.num_train=-1 must be >= 0"),
+    (lambda c: c.eval.update(tasks=("nosuch_task",), final_tasks=()), r"unknown task 'nosuch_task'; known families: "
+                                                                       r"addition, .*copying.*; or give a .json"),
     (lambda c: setattr(c, "sizes", ("scale-1e4",)), r"must name at least 2 distinct presets"),
     (lambda c: c.mixture.update(corpus_fraction=1.0), r"corpus_fraction=1.0 must be in \[0, 1\)"),
     (lambda c: setattr(c, "lr_reference_width", -48), r"lr_reference_width=-48 must be >= 0"),
@@ -234,6 +241,21 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     assert train.checkpoint.keep_last == config.train.num_steps // config.checkpoint.every_steps + 1
     with pytest.raises(ValueError, match="unknown emergence preset 'cpu_huge'"):
         configs.get_config("cpu_huge")
+
+
+def test_command_line_refuses_a_bad_config_in_a_dry_run_and_a_file_as_workdir(tmp_path):
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "experiments.emergence", "--config=experiments/configs/emergence.py:micro"]
+    dry = subprocess.run([*command, "--dry_run", "--config.eval.num_test=0"], capture_output=True, text=True)
+    assert dry.returncode == 1 and dry.stderr.strip().splitlines()[-1] == "error: eval.num_test=0 must be >= 1."
+    assert "training FLOPs" not in dry.stdout
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    run = subprocess.run([*command, f"--workdir={afile}"], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+        f"error: --workdir={afile}: {afile} is a file, not a directory; pass a folder the study can write to.")
+    assert afile.read_text() == "kept"
 
 
 def test_dry_run_estimate_counts_every_size_and_divides_by_peak_times_mfu():

@@ -12,7 +12,7 @@ from research.evaluation.fewshot import fewshot_context
 from research.evaluation.plots import plot_grid
 from research.evaluation.results_table import read_rows, write_rows
 from research.evaluation.emergence_metrics import curve_shape_with_noise
-from research.evaluation.study_report import curve_summary, jump_verdicts, transition_shapes
+from research.evaluation.study_report import curve_summary, jump_verdicts, noisy_curve_summary, transition_shapes
 from research.evaluation.task_catalog import catalog_task
 from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
                                              write_mixture)
@@ -78,6 +78,18 @@ def test_curve_summary_orients_metrics_and_finds_the_jump():
     assert summary["exact_match"]["paper_linearity"] == summary["exact_match"]["linearity"]
     with pytest.raises(ConfigError, match="has two rows at params"):
         curve_summary(rows + rows[:1], scale="params", group_by=("task",), metrics=("exact_match",))
+
+
+def test_noisy_curve_summary_gives_item_means_in_the_metric_own_orientation():
+    # Edit distance (lower is better) is negated for the shape and back for the values: a size
+    # whose items are all 0 shows 0.0, not "-0.0"; values are the item means, ordered by size.
+    items = {1e4: [2.0, 1.0, 3.0, 2.0], 1e5: [1.0, 0.0, 1.0, 0.0], 1e6: [0.0, 0.0, 0.0, 0.0]}
+    rows = [{"task": "t", "num_shots": 0, "params": p, "items": {"token_edit_distance": v}}
+            for p, v in reversed(items.items())]
+    (shape,) = noisy_curve_summary(rows, scale="params", group_by=("task",), metrics=("token_edit_distance",))
+    assert shape["values"] == [2.0, 0.5, 0.0] and "-0.0" not in json.dumps(shape["values"])
+    assert all(low <= v <= high for v, (low, high) in zip(shape["values"], shape["value_intervals"]))
+    assert shape["total_improvement"] == pytest.approx(2.0)  # the fall in edit distance, as an improvement
 
 
 def test_transition_shapes_find_a_jump_along_training_and_not_noise():
