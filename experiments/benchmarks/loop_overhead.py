@@ -16,9 +16,10 @@ models of the --k_size ladder model (learning rates differing, one shared data s
 the wall and process CPU time of train_together against K times one run alone (measured
 once: the K runs would be identical in cost), the start-up part of each (wall - steps x
 steady s/step: state creation, compilation, checkpointing, evaluation) and the steady
-s/step. `--cpu_devices=2 --k_across_devices` splits the CPU into 2 devices and trains the K
-models split over them (train.models_across_devices); the runs alone then split their batch
-over the same 2 devices.
+s/step; and against K times one run launched as its own process (interpreter start and
+imports included: what K separate program launches cost). `--cpu_devices=2
+--k_across_devices` splits the CPU into 2 devices and trains the K models split over them
+(train.models_across_devices); the runs alone then split their batch over the same 2 devices.
 
 Not a test: the figures depend on the machine and on its load (printed beside them).
 """
@@ -164,6 +165,7 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
     alone_workdir = os.path.join(root, "alone")
     alone_step, alone_wall, alone_cpu = _timed_run(lambda: train_and_evaluate(config, alone_workdir), config,
                                                    alone_workdir)
+    launch_wall = launched_run_seconds(config, os.path.join(root, "launched"))
     rows = []
     for k in ks:
         if _ACROSS.value and k % jax.device_count():
@@ -183,15 +185,37 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
                          separate_startup_s=k * (alone_wall - steps * alone_step),
                          speedup_wall=k * alone_wall / wall, speedup_cpu=k * alone_cpu / cpu,
                          together_s_per_step=together_step, separate_s_per_step=k * alone_step,
-                         speedup_steady=k * alone_step / together_step, devices=jax.device_count(),
+                         speedup_steady=k * alone_step / together_step, launched_run_wall_s=launch_wall,
+                         separate_launches_wall_s=k * launch_wall, speedup_vs_launches=k * launch_wall / wall,
+                         devices=jax.device_count(),
                          across_devices=_ACROSS.value, loadavg=_loadavg()))
         r = rows[-1]
         print(f"K={k:3d} ({r['params_non_embedding']:,} params each): together {wall:7.1f} s wall "
               f"({r['together_startup_s']:.1f} s start-up, {together_step * 1e3:.2f} ms/step), {cpu:.1f} s CPU | "
               f"{k} alone {k * alone_wall:7.1f} s wall ({r['separate_startup_s']:.1f} s start-up, "
               f"{k * alone_step * 1e3:.2f} ms/step), {k * alone_cpu:.1f} s CPU | speedup {r['speedup_wall']:.1f}x "
-              f"wall, {r['speedup_cpu']:.1f}x CPU, {r['speedup_steady']:.1f}x steady (load {_loadavg()})", flush=True)
+              f"wall, {r['speedup_cpu']:.1f}x CPU, {r['speedup_steady']:.1f}x steady | {k} launched one after another "
+              f"{k * launch_wall:7.1f} s wall: {r['speedup_vs_launches']:.1f}x (load {_loadavg()})", flush=True)
     return rows
+
+
+# One run as its own program: a fresh interpreter that imports the library and trains (what a
+# sweep without K-model batching launches per model; a lower bound on a CLI launch, which also
+# parses flags and builds its config).
+_LAUNCH = ("import json, sys, ml_collections; from research.training import train_and_evaluate; "
+           "train_and_evaluate(ml_collections.ConfigDict(json.load(open(sys.argv[1]))), sys.argv[2])")
+
+
+def launched_run_seconds(config, workdir: str) -> float:
+    """Wall seconds of one run of `config` launched as its own process, start to exit."""
+    os.makedirs(workdir)
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json())
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _LAUNCH, path, os.path.join(workdir, "run")], check=True,
+                   capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    return time.perf_counter() - start
 
 
 def ladder_params(ladder) -> int:
