@@ -95,6 +95,8 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         longest = max(t.spec.max_new_tokens for t in final_tasks.values())
         final_tasks = {n: make_task(t.spec.replace(max_new_tokens=longest), t.splits) for n, t in final_tasks.items()}
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
+    _check_distinct_items(entries, "num_test")
+    _check_distinct_items(final_entries, "final_num_test")
     _check_report(config)  # after the tasks: a misspelt task is named as such, not as a report mismatch
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
@@ -103,6 +105,25 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
                            "model": model})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
+
+
+# The share of repeated problems an evaluation may hold: 1000 items of 2-digit addition (8,100
+# problems) repeat ~6%; 1000 of 1-digit addition (100 problems) repeat 90%.
+MAX_REPEATED_ITEMS = 0.1
+
+
+def _check_distinct_items(entries: list, field: str) -> None:
+    """Refuse an evaluation whose test items are mostly repeats of a few problems: the item
+    bootstrap takes its items as independent draws, so its intervals would be too narrow."""
+    from research.evaluation.task_corpus import held_out_prompts
+
+    for entry in entries:
+        items = len(entry.task.docs(entry.task.spec.eval_split))
+        distinct = len(held_out_prompts(entry.task))
+        if distinct < (1.0 - MAX_REPEATED_ITEMS) * items:
+            raise ConfigError(f"eval.{field}={items}: task {entry.name!r} has only {distinct} distinct problems among "
+                              f"its {items} test items, and repeats make the item-bootstrap intervals too narrow; "
+                              f"lower eval.{field} to at most {distinct} or use a task with more problems.")
 
 
 def _check_distinct_sizes(models: dict[str, Any]) -> None:

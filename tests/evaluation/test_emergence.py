@@ -164,6 +164,9 @@ def _bad(change):
     (lambda c: setattr(c, "sizes", ("d8-l2", "d8-l2h1")), r"sizes 'd8-l2' and 'd8-l2h1' have the same 1,760 "
                                                            r"non-embedding parameters"),
     (lambda c: c.eval.update(num_train=-1), r"eval.num_train=-1 must be >= 0"),
+    # 1000 items of 1-digit addition are 100 problems repeated: the item bootstrap would be too narrow.
+    (lambda c: c.eval.update(final_tasks=("addition_1digit",), final_num_test=1000),
+     r"eval.final_num_test=1000: task 'addition_1digit' has only 100 distinct problems among its 1000 test items"),
     (lambda c: c.eval.update(tasks=("nosuch_task",), final_tasks=()), r"unknown task 'nosuch_task'; known families: "
                                                                        r"addition, .*copying.*; or give a .json"),
     (lambda c: setattr(c, "sizes", ("scale-1e4",)), r"must name at least 2 distinct presets"),
