@@ -74,6 +74,8 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
              "transition": write_rows(transition, os.path.join(report_dir, "transition"))["csv"],
              "transition_shapes": write_rows(shapes, os.path.join(report_dir, "transition_shapes"))["csv"],
              "mirage_along_training": write_rows(mirage_along, os.path.join(report_dir, "mirage_along_training"))["csv"]}
+    verdicts = mirage_verdicts(mirage, mirage_shapes, shapes)
+    paths["mirage_verdicts"] = write_rows(verdicts, os.path.join(report_dir, "mirage_verdicts"))["csv"]
     metrics = tuple(config.report.plot_metrics)
     setting = lambda r: f"{r['task']} {r['num_shots']}-shot"
     base = lambda r: r["task"].removesuffix("_cot")
@@ -112,8 +114,29 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
                                              x_label="training tokens", title="along training")
     paths["report"] = os.path.join(report_dir, "report.md")
     write_text_atomically(paths["report"], _report_markdown(config, summary, mirage, mirage_shapes, transition,
-                                                            shapes, finals))
+                                                            shapes, finals, verdicts))
     return paths
+
+
+def mirage_verdicts(mirage: list[dict[str, Any]], mirage_shapes: list[dict[str, Any]],
+                    transition_shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """study_report.sharpening_verdict over the final tasks' answer lengths: across sizes (the
+    mirage_shapes of report.mirage_sizes; p must rise at every size step) and along training per
+    size (p must end above where it started). Rows: axis, size, num_shots and the verdict."""
+    from research.evaluation.study_report import sharpening_verdict
+
+    out = []
+    for shots in sorted({r["num_shots"] for r in mirage}):
+        lengths = {r["task"]: r["answer_tokens"] for r in mirage if r["num_shots"] == shots}
+        across = sharpening_verdict([r for r in mirage_shapes if r["num_shots"] == shots], lengths)
+        if across:
+            out.append({"axis": "across sizes", "size": "", "num_shots": shots, **across})
+        for size in dict.fromkeys(r["size"] for r in transition_shapes):
+            curves = [r for r in transition_shapes if r["size"] == size and r["num_shots"] == shots]
+            along = sharpening_verdict(curves, lengths, premise="net")
+            if along:
+                out.append({"axis": "along training", "size": size, "num_shots": shots, **along})
+    return out
 
 
 def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
@@ -145,7 +168,8 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
     return out
 
 
-def _report_markdown(config, summary, mirage, mirage_shapes, transition, transition_shapes, finals) -> str:
+def _report_markdown(config, summary, mirage, mirage_shapes, transition, transition_shapes, finals,
+                     verdicts) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
     from research.evaluation.study_report import JUMP_RATIO, jump_verdicts
@@ -202,5 +226,20 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                      "accuracy and probability of the right token jump too, within one checkpoint of it; "
                      "\"mirage\" otherwise (study_report.jump_verdicts):"
                      f"\n\n```\n{table}\n```\n")
+    if verdicts:
+        along = [v for v in verdicts if v["axis"] == "along training"]
+        across = [v for v in verdicts if v["axis"] == "across sizes"]
+        arrow = lambda pair: " -> ".join("-" if b is None else f"{b:.3g}" for b in pair)
+        shown = [{**v, "exact_match_B": arrow(v["exact_match_breakthroughness"]),
+                  "p_B": arrow(v["teacher_forced_accuracy_breakthroughness"]),
+                  "p_improves": v["teacher_forced_accuracy_improves"]} for v in verdicts]
+        table = format_table(shown, ["axis", "size", "num_shots", "shortest", "longest", "p_improves",
+                                     "exact_match_B", "p_B", "mirage"])
+        text += (f"\n## The mirage by rule: across sizes {'shown' if any(v['mirage'] for v in across) else 'not shown'}"
+                 f"; along training at {sum(v['mirage'] for v in along)} of {len(along)} sizes\n\n"
+                 "Exact match's breakthroughness B at the longest answer above the shortest's (80% intervals apart) "
+                 "while per-digit accuracy p improves (at every size step across sizes; from first to last "
+                 "checkpoint along training) and its B does not sharpen so (study_report.sharpening_verdict; "
+                 f"mirage_verdicts.csv):\n\n```\n{table}\n```\n")
     finals_table = format_table(finals, ["size", "params_non_embedding", "task", "num_shots", *config.report.metrics])
     return text + f"\n## Final checkpoints\n\n```\n{finals_table}\n```\n"

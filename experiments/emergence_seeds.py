@@ -19,8 +19,9 @@ to --output_dir:
   size_steps.csv  per task, metric and pair of consecutive sizes: the rise of the seed mean, its
                   standard error (sqrt(sd_a^2 + sd_b^2) / sqrt(seeds)) and whether it exceeds
                   RESOLVED_SE of them: whether the seeds tell the two sizes apart;
-  verdicts.csv    per seed, whether that seed's curve across --sizes shows the mirage, by the
-                  rule of `mirage_verdict`;
+  verdicts.csv    per seed, whether that seed's curve across --sizes shows the mirage (the rule of
+                  research.evaluation.study_report.sharpening_verdict), and which of --sizes
+                  show it along training (the run's report/mirage_verdicts.csv);
   seeds.md        the tables, and the count of seeds that show the mirage.
 """
 from __future__ import annotations
@@ -158,36 +159,25 @@ def size_steps(spread: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def mirage_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Whether one run's curve across its sizes shows the mirage (Schaeffer et al. 2023):
-      1. p (per-digit accuracy) rises with size at every answer length: the smooth per-token
-         improvement the argument starts from;
-      2. exact match's breakthroughness at the longest length exceeds the shortest length's,
-         their 80% item-bootstrap intervals apart: exact match looks sharper as L grows;
-      3. p's breakthroughness at the longest length does not: its interval reaches down to the
-         shortest length's.
-    Breakthroughness is the noise-floored one of research/evaluation/emergence_metrics.py;
-    a curve within item noise has none, and then 2 fails (3 holds)."""
-    from research.evaluation.study_report import noisy_curve_summary
+    """Whether one run's curve across its sizes shows the mirage: study_report.sharpening_verdict
+    (p rises at every size step and length; exact match's breakthroughness at the longest
+    answer above the shortest's, 80% item-bootstrap intervals apart; p's not) on the shapes of
+    `rows` (one final row per size and answer-length task, with per-item values)."""
+    from research.evaluation.study_report import noisy_curve_summary, sharpening_verdict
 
     lengths = {r["task"]: float(np.mean(r["items"]["answer_tokens"])) for r in rows}
-    shortest, longest = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
-    shapes = {(s["task"], s["metric"]): s for s in noisy_curve_summary(
-        rows, scale="params_non_embedding", group_by=("task",), metrics=SHAPE_METRICS)}
-    p_rises = all(np.all(np.diff(shapes[(t, P)]["values"]) > 0) for t in lengths)
+    shapes = noisy_curve_summary(rows, scale="params_non_embedding", group_by=("task",), metrics=SHAPE_METRICS)
+    return sharpening_verdict(shapes, lengths)
 
-    def interval(task: str, metric: str) -> list[float] | None:
-        return shapes[(task, metric)]["breakthroughness_interval"]
 
-    em_short, em_long = interval(shortest, "exact_match"), interval(longest, "exact_match")
-    p_short, p_long = interval(shortest, P), interval(longest, P)
-    em_sharper = bool(em_short and em_long and em_long[0] > em_short[1])
-    p_sharper = bool(p_short and p_long and p_long[0] > p_short[1])
-    value = lambda task, metric: shapes[(task, metric)]["breakthroughness"]
-    return {"shortest": shortest, "longest": longest, "p_rises_with_size": bool(p_rises),
-            "exact_match_breakthroughness": [value(shortest, "exact_match"), value(longest, "exact_match")],
-            "exact_match_intervals": [em_short, em_long], "exact_match_sharper": em_sharper,
-            "p_breakthroughness": [value(shortest, P), value(longest, P)], "p_intervals": [p_short, p_long],
-            "p_sharper": p_sharper, "mirage": bool(p_rises and em_sharper and not p_sharper)}
+def along_training_verdicts(workdir: str, sizes: Sequence[str], num_shots: int) -> list[dict[str, Any]]:
+    """The study report's own verdicts along training (report/mirage_verdicts.json) for `sizes`."""
+    path = os.path.join(workdir, "report", "mirage_verdicts.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{workdir!r} has no report/mirage_verdicts.json (a report written before it existed): rerun "
+                          "its experiments.emergence command, which rewrites the report without training.")
+    return [r for r in _read_json(path)["rows"]
+            if r["axis"] == "along training" and r["size"] in sizes and r["num_shots"] == num_shots]
 
 
 def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
@@ -196,9 +186,11 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     from research.evaluation.results_table import format_table
 
     fmt = lambda v: "-" if v is None else f"{v:.3g}"
-    shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v["p_rises_with_size"],
+    shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v[f"{P}_improves"],
               "exact_match_B": " -> ".join(fmt(b) for b in v["exact_match_breakthroughness"]),
-              "p_B": " -> ".join(fmt(b) for b in v["p_breakthroughness"])} for v in verdicts]
+              "p_B": " -> ".join(fmt(b) for b in v[f"{P}_breakthroughness"]),
+              "along_training": f"{len(v['along_training_mirage_sizes'])} of {v['along_training_sizes']}: "
+                                + (", ".join(v["along_training_mirage_sizes"]) or "none")} for v in verdicts]
     spread_shown = [{**r, "values": " ".join(f"{x:.3f}" for x in r["values"]), "mean": f"{r['mean']:.3f}",
                      "sd": f"{r['sd']:.3f}"} for r in spread if r["metric"] in ("exact_match", "p")]
     steps_shown = [{**r, "rise": f"{r['rise']:+.3f}", "se": f"{r['se']:.3f}",
@@ -208,10 +200,13 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     return "\n".join([
         "# Emergence across seeds", "",
         f"Sizes: {', '.join(sizes)}; seeds: {', '.join(str(v['seed']) for v in verdicts)}. "
-        f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds** (experiments/emergence_seeds.py, "
-        "mirage_verdict: p rises with size at every length, and exact match's breakthroughness B at the longest "
-        "answer is above the shortest's, 80% item-bootstrap intervals apart, while p's is not).", "",
-        "```", format_table(shown, ["seed", "mirage", "p_rises_with_size", "exact_match_B", "p_B"]), "```", "",
+        f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds** (study_report.sharpening_verdict: "
+        "p rises with size at every length, and exact match's breakthroughness B at the longest answer is above "
+        "the shortest's, 80% item-bootstrap intervals apart, while p's is not).",
+        f"Along training (each run's report/mirage_verdicts.csv: the same rule on one size's checkpoints, p "
+        f"ending above where it started), the sizes that show it, per seed.", "",
+        "```", format_table(shown, ["seed", "mirage", "p_rises_with_size", "exact_match_B", "p_B", "along_training"]),
+        "```", "",
         "## Spread over seeds at the end of training (p: teacher-forced per-digit accuracy; sd over seeds, n-1)", "",
         "```", format_table(spread_shown, ["task", "size", "metric", "values", "mean", "sd"]), "```", "",
         f"## Steps between consecutive sizes: {resolved} of {len(steps)} resolved by the seeds "
@@ -234,7 +229,12 @@ def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir:
     table = seed_table(runs)
     spread = seed_spread(table)
     steps = size_steps(spread)
-    verdicts = [{"seed": run["seed"], "workdir": run["workdir"], **mirage_verdict(run["rows"])} for run in runs]
+    verdicts = []
+    for run in runs:
+        along = along_training_verdicts(run["workdir"], sizes, num_shots)
+        verdicts.append({"seed": run["seed"], "workdir": run["workdir"], **mirage_verdict(run["rows"]),
+                         "along_training_mirage_sizes": [v["size"] for v in along if v["mirage"]],
+                         "along_training_sizes": len(along)})
     metadata = {"workdirs": list(workdirs), "sizes": list(sizes), "num_shots": num_shots}
     paths = {}
     for name, rows in (("seeds", table), ("seed_spread", spread), ("size_steps", steps), ("verdicts", verdicts)):

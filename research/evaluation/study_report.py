@@ -237,3 +237,45 @@ def jump_verdicts(shapes: Sequence[dict[str, Any]], *, whole: str = "exact_match
             row.update({f"{m}_jump_ratio": metrics[m]["jump_ratio"], f"{m}_at_step": metrics[m]["at_step"]})
         out.append(row)
     return out
+
+
+def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, float], *,
+                       premise: str = "monotone", whole: str = "exact_match",
+                       part: str = "teacher_forced_accuracy") -> dict[str, Any] | None:
+    """Whether one family of curves (the sizes' curve at every answer length, or one size's
+    curve along training at every length) shows the mirage of Schaeffer et al. 2023, as the
+    issue states it: `whole`'s breakthroughness grows with the answer length L while `part`'s
+    (the per-token metric) does not.
+      1. the premise: `part` improves at every length: rises at every step ("monotone", across
+         sizes) or ends above where it starts ("net", along training, where a few checkpoints
+         may dip);
+      2. `whole`'s breakthroughness at the longest length is above the shortest length's, their
+         80% item-bootstrap intervals apart;
+      3. `part`'s is not: its longest-length interval reaches down to the shortest's.
+    `shapes`: noisy curve shapes (noisy_curve_summary / transition_shapes rows, one family) with
+    "task", "metric", "values", "breakthroughness" and "breakthroughness_interval"; `lengths`:
+    {task: mean answer tokens}, the tasks read. A curve within item noise has no
+    breakthroughness: then 2 fails, and 3 holds. None when a length lacks either metric."""
+    by_key = {(s["task"], s["metric"]): s for s in shapes if s["task"] in lengths}
+    tasks = [t for t in lengths if (t, whole) in by_key and (t, part) in by_key]
+    if len(tasks) < 2 or len(tasks) != len(lengths):
+        return None
+    shortest, longest = min(tasks, key=lengths.get), max(tasks, key=lengths.get)
+    if premise == "monotone":
+        improves = all(np.all(np.diff(by_key[(t, part)]["values"]) > 0) for t in tasks)
+    elif premise == "net":
+        improves = all(by_key[(t, part)]["values"][-1] > by_key[(t, part)]["values"][0] for t in tasks)
+    else:
+        raise ValueError(f"premise={premise!r}: 'monotone' or 'net'.")
+
+    def apart(metric: str) -> bool:
+        low, high = (by_key[(t, metric)]["breakthroughness_interval"] for t in (shortest, longest))
+        return bool(low and high and high[0] > low[1])
+
+    b = lambda task, metric: by_key[(task, metric)]["breakthroughness"]
+    whole_sharper, part_sharper = apart(whole), apart(part)
+    return {"shortest": shortest, "longest": longest, f"{part}_improves": bool(improves),
+            f"{whole}_breakthroughness": [b(shortest, whole), b(longest, whole)],
+            f"{part}_breakthroughness": [b(shortest, part), b(longest, part)],
+            f"{whole}_sharper": whole_sharper, f"{part}_sharper": part_sharper,
+            "mirage": bool(improves and whole_sharper and not part_sharper)}

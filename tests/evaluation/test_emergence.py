@@ -69,6 +69,9 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
         assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
     # The mirage's shapes across report.mirage_sizes (micro: empty, so every size): per final task and metric.
     shapes = read_rows(os.path.join(workdir, "report", "mirage_shapes.json"))
+    # One answer length (micro's final task): no sharpening with length to judge, no verdict rows.
+    assert paths["mirage_verdicts"].endswith("mirage_verdicts.csv")
+    assert read_rows(paths["mirage_verdicts"].replace(".csv", ".json")) == []
     assert {(s["task"], s["metric"]) for s in shapes} == {(final_task, m) for m in emergence_report.MIRAGE_SHAPE_METRICS}
     assert all(s["num_models"] == len(config.sizes) for s in shapes)
     transition = read_rows(os.path.join(workdir, "report", "transition.json"))

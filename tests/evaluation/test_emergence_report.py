@@ -12,7 +12,8 @@ from research.evaluation.fewshot import fewshot_context
 from research.evaluation.plots import plot_grid
 from research.evaluation.results_table import read_rows, write_rows
 from research.evaluation.emergence_metrics import curve_shape_with_noise
-from research.evaluation.study_report import curve_summary, jump_verdicts, noisy_curve_summary, transition_shapes
+from research.evaluation.study_report import (curve_summary, jump_verdicts, noisy_curve_summary, sharpening_verdict,
+                                              transition_shapes)
 from research.evaluation.task_catalog import catalog_task
 from research.evaluation.task_corpus import (held_out_prompts, solved_example, task_documents, take_chars,
                                              write_mixture)
@@ -90,6 +91,40 @@ def test_noisy_curve_summary_gives_item_means_in_the_metric_own_orientation():
     assert shape["values"] == [2.0, 0.5, 0.0] and "-0.0" not in json.dumps(shape["values"])
     assert all(low <= v <= high for v, (low, high) in zip(shape["values"], shape["value_intervals"]))
     assert shape["total_improvement"] == pytest.approx(2.0)  # the fall in edit distance, as an improvement
+
+
+def _shape(task, metric, values, interval, b=1.0):
+    return {"task": task, "metric": metric, "values": values, "breakthroughness": b,
+            "breakthroughness_interval": interval}
+
+
+def test_sharpening_verdict_calls_the_mirage_only_when_the_whole_answer_sharpens_with_length_and_p_does_not():
+    lengths = {"two": 2.0, "six": 6.0}
+    rising = [0.5, 0.6, 0.75, 0.95]
+    shapes = [_shape("two", "exact_match", [0.25, 0.36, 0.56, 0.9], [3.0, 3.5]),
+              _shape("six", "exact_match", [0.02, 0.05, 0.18, 0.74], [4.5, 6.0]),
+              _shape("two", "teacher_forced_accuracy", rising, [2.8, 3.2]),
+              _shape("six", "teacher_forced_accuracy", rising, [2.9, 3.3])]
+    verdict = sharpening_verdict(shapes, lengths)
+    assert verdict["mirage"] and (verdict["shortest"], verdict["longest"]) == ("two", "six")
+    # Intervals that touch are not apart: no sharpening of exact match, no mirage.
+    touching = [dict(s, breakthroughness_interval=[3.5, 6.0]) if (s["task"], s["metric"]) == ("six", "exact_match")
+                else s for s in shapes]
+    assert not sharpening_verdict(touching, lengths)["mirage"]
+    # p sharpening as much as exact match: a genuine change in p, not the metric's doing.
+    p_sharper = [dict(s, breakthroughness_interval=[4.0, 5.0]) if (s["task"], s["metric"]) ==
+                 ("six", "teacher_forced_accuracy") else s for s in shapes]
+    assert not sharpening_verdict(p_sharper, lengths)["mirage"]
+    # p dipping at one size step: no premise across sizes, but a net rise is enough along training.
+    dipping = [dict(s, values=[0.5, 0.7, 0.65, 0.95]) if s["metric"] == "teacher_forced_accuracy" else s
+               for s in shapes]
+    assert not sharpening_verdict(dipping, lengths)["mirage"]
+    assert sharpening_verdict(dipping, lengths, premise="net")["mirage"]
+    # Exact match within item noise (no breakthroughness): not sharper.
+    flat = [dict(s, breakthroughness=None, breakthroughness_interval=None) if s["metric"] == "exact_match" else s
+            for s in shapes]
+    assert not sharpening_verdict(flat, lengths)["exact_match_sharper"]
+    assert sharpening_verdict(shapes[:3], lengths) is None  # a length without p: no verdict
 
 
 def test_transition_shapes_find_a_jump_along_training_and_not_noise():

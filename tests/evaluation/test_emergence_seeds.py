@@ -26,7 +26,8 @@ def _items(p: float, length: int, rng: np.random.Generator) -> dict[str, list[fl
             "token_edit_distance": (~correct).sum(axis=1).tolist(), "answer_tokens": [float(length)] * ITEMS}
 
 
-def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32) -> str:
+def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32,
+           along_mirage: tuple[str, ...] = ()) -> str:
     """A finished emergence workdir: report files, and per size a run.json and its last evaluation
     (answer-length tasks with items, plus a tracked copy task the seed report must leave out)."""
     workdir = os.path.join(root, f"seed{seed}")
@@ -36,6 +37,9 @@ def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 
     dump(os.path.join(workdir, "report", "results.json"),
          {"metadata": {}, "rows": [{"size": s, "params_non_embedding": n} for s, n in SIZES.items()]})
     dump(os.path.join(workdir, "report", "mirage.json"), {"metadata": {}, "rows": [{"task": t} for t in LENGTHS]})
+    # The study report's verdicts along training, one per size (what emergence_report writes).
+    dump(os.path.join(workdir, "report", "mirage_verdicts.json"), {"metadata": {}, "rows": [
+        {"axis": "along training", "size": size, "num_shots": 0, "mirage": size in along_mirage} for size in SIZES]})
     for size, p in p_by_size.items():
         run_dir = os.path.join(workdir, "runs", size)
         os.makedirs(os.path.join(run_dir, "evals"))
@@ -58,17 +62,21 @@ OUT_OF_ORDER = {"a": 0.6, "b": 0.9, "c": 0.7, "d": 0.8}  # a seed on which b lea
 
 
 def test_seed_report_counts_the_seeds_that_show_the_mirage_and_the_spread_between_them(tmp_path):
-    workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, OUT_OF_ORDER)]
+    workdirs = [_study(str(tmp_path), 0, SMOOTH, along_mirage=("b", "d")), _study(str(tmp_path), 1, OUT_OF_ORDER)]
     paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
     verdicts = json.load(open(paths["verdicts"].replace(".csv", ".json")))["rows"]
     assert [v["seed"] for v in verdicts] == [0, 1]
     smooth, out_of_order = verdicts
     # Seed 0: p^L sharpens exact match at 6 digits, p itself does not sharpen: the mirage.
-    assert smooth["p_rises_with_size"] and smooth["exact_match_sharper"] and not smooth["p_sharper"]
+    assert smooth["teacher_forced_accuracy_improves"] and smooth["exact_match_sharper"]
+    assert not smooth["teacher_forced_accuracy_sharper"]
     assert smooth["mirage"] and (smooth["shortest"], smooth["longest"]) == ("add2", "add6")
     assert smooth["exact_match_breakthroughness"][1] > smooth["exact_match_breakthroughness"][0]
-    assert not out_of_order["p_rises_with_size"] and not out_of_order["mirage"]
-    assert "shows at 1 of 2 seeds" in open(paths["report"]).read()
+    assert not out_of_order["teacher_forced_accuracy_improves"] and not out_of_order["mirage"]
+    # Along training: each run's own verdicts, for the sizes read.
+    assert smooth["along_training_mirage_sizes"] == ["b", "d"] and out_of_order["along_training_mirage_sizes"] == []
+    report = open(paths["report"]).read()
+    assert "shows at 1 of 2 seeds" in report and "2 of 4: b, d" in report and "0 of 4: none" in report
 
     # The spread: the two seeds' item means, their mean and sample standard deviation.
     spread = json.load(open(paths["seed_spread"].replace(".csv", ".json")))["rows"]
@@ -116,6 +124,13 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path, make, sizes,
     with pytest.raises(ConfigError, match=message) as error:
         emergence_seeds.write_seed_report(workdirs, sizes, str(tmp_path / "out"), num_shots=shots)
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out")
+
+
+def test_a_report_without_verdicts_along_training_asks_for_a_rerun_of_the_study(tmp_path):
+    workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, SMOOTH)]
+    os.remove(os.path.join(workdirs[1], "report", "mirage_verdicts.json"))
+    with pytest.raises(ConfigError, match=r"has no report/mirage_verdicts.json .*rerun its experiments.emergence"):
+        emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
 
 
 def test_unfinished_study_is_named_by_the_command_line(tmp_path):
