@@ -169,7 +169,7 @@ def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[st
 
 
 def _report_markdown(config, summary, mirage, mirage_shapes, transition, transition_shapes, finals,
-                     verdicts) -> str:
+                     mirage_rules) -> str:
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.results_table import format_table
     from research.evaluation.study_report import JUMP_RATIO, jump_verdicts
@@ -226,13 +226,13 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                      "accuracy and probability of the right token jump too, within one checkpoint of it; "
                      "\"mirage\" otherwise (study_report.jump_verdicts):"
                      f"\n\n```\n{table}\n```\n")
-    if verdicts:
-        along = [v for v in verdicts if v["axis"] == "along training"]
-        across = [v for v in verdicts if v["axis"] == "across sizes"]
+    if mirage_rules:
+        along = [v for v in mirage_rules if v["axis"] == "along training"]
+        across = [v for v in mirage_rules if v["axis"] == "across sizes"]
         arrow = lambda pair: " -> ".join("-" if b is None else f"{b:.3g}" for b in pair)
         shown = [{**v, "exact_match_B": arrow(v["exact_match_breakthroughness"]),
                   "p_B": arrow(v["teacher_forced_accuracy_breakthroughness"]),
-                  "p_improves": v["teacher_forced_accuracy_improves"]} for v in verdicts]
+                  "p_improves": v["teacher_forced_accuracy_improves"]} for v in mirage_rules]
         table = format_table(shown, ["axis", "size", "num_shots", "shortest", "longest", "p_improves",
                                      "exact_match_B", "p_B", "mirage"])
         text += (f"\n## The mirage by rule: across sizes {'shown' if any(v['mirage'] for v in across) else 'not shown'}"

@@ -253,7 +253,8 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
          80% item-bootstrap intervals apart;
       3. `part`'s is not: its longest-length interval reaches down to the shortest's.
     `shapes`: noisy curve shapes (noisy_curve_summary / transition_shapes rows, one family) with
-    "task", "metric", "values", "breakthroughness" and "breakthroughness_interval"; `lengths`:
+    "task", "metric", "values" (or "first" and "last"), "breakthroughness" and
+    "breakthroughness_interval"; `lengths`:
     {task: mean answer tokens}, the tasks read. A curve within item noise has no
     breakthroughness: then 2 fails, and 3 holds. None when a length lacks either metric."""
     by_key = {(s["task"], s["metric"]): s for s in shapes if s["task"] in lengths}
@@ -263,8 +264,9 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
     shortest, longest = min(tasks, key=lengths.get), max(tasks, key=lengths.get)
     if premise == "monotone":
         improves = all(np.all(np.diff(by_key[(t, part)]["values"]) > 0) for t in tasks)
-    elif premise == "net":
-        improves = all(by_key[(t, part)]["values"][-1] > by_key[(t, part)]["values"][0] for t in tasks)
+    elif premise == "net":  # transition_shapes rows carry their curve's first and last values
+        ends = lambda row: (row["first"], row["last"]) if "first" in row else (row["values"][0], row["values"][-1])
+        improves = all(ends(by_key[(t, part)])[1] > ends(by_key[(t, part)])[0] for t in tasks)
     else:
         raise ValueError(f"premise={premise!r}: 'monotone' or 'net'.")
 

@@ -120,6 +120,9 @@ def test_sharpening_verdict_calls_the_mirage_only_when_the_whole_answer_sharpens
                for s in shapes]
     assert not sharpening_verdict(dipping, lengths)["mirage"]
     assert sharpening_verdict(dipping, lengths, premise="net")["mirage"]
+    as_along_training = [{**{k: v for k, v in s.items() if k != "values"}, "first": s["values"][0],
+                          "last": s["values"][-1]} for s in dipping]  # transition_shapes rows: ends only
+    assert sharpening_verdict(as_along_training, lengths, premise="net")["mirage"]
     # Exact match within item noise (no breakthroughness): not sharper.
     flat = [dict(s, breakthroughness=None, breakthroughness_interval=None) if s["metric"] == "exact_match" else s
             for s in shapes]
