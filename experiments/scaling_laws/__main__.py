@@ -50,6 +50,11 @@ def main(argv):
     from research.training.preemption import Interrupted
 
     config = _CONFIG.value
+    if _WORKDIR.value:  # before any work: a file in its path failed at the first write, in a traceback
+        from research.atomic_files import unwritable_reason
+        reason = unwritable_reason(_WORKDIR.value)
+        if reason:
+            sys.exit(f"error: --workdir={_WORKDIR.value} cannot be used: {reason}; choose another --workdir.")
     try:
         if _DRY_RUN.value:
             plan = sweep.plan_sweep(config)

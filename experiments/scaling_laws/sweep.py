@@ -49,6 +49,7 @@ from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, Sw
 from research.training import preemption
 from research.training.preemption import Interrupted
 
+MIN_BOOTSTRAP = 100  # fewest fit.bootstrap resamples (other than 0); _check_fit_settings says why
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
@@ -85,6 +86,11 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
     if not 0 <= shard["index"] < shard["count"]:
         raise SweepError(f"shard.index={shard['index']} must be in [0, shard.count={shard['count']}).")
     _check_fit_settings(config.get("fit", None))
+    for name in ("batch_size", "seq_len"):  # before the ladder: they size every model and run
+        value = config.train.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SweepError(f"train.{name}={value!r} must be a whole number >= 1, e.g. "
+                             f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
     return SweepPlan(spec, data_config, models, runs)
@@ -96,9 +102,16 @@ def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:
     if not fit or not fit.get("enabled", True):
         return
     bootstrap, budget, grid = fit.get("bootstrap", 0), fit.get("compute_budget", 1.0), fit.get("init_grid", "paper")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise SweepError(f"fit.bootstrap={bootstrap!r} must be a whole number >= 0 (resamples; 4000 for 10-90% "
-                         "intervals, 0 for none).")
+    seed = fit.get("seed", 0)
+    # A 10-90% percentile interval needs enough resamples to have a 10th and a 90th percentile at
+    # all: from 1 resample it is that resample's value (it need not contain the estimate), and below
+    # ~100 the interval's ends move with the resampling more than with the data.
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not (bootstrap == 0 or
+                                                                             bootstrap >= MIN_BOOTSTRAP):
+        raise SweepError(f"fit.bootstrap={bootstrap!r} must be 0 (no intervals) or a whole number >= {MIN_BOOTSTRAP} "
+                         "(resamples; 4000 for 10-90% intervals).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # numpy's generators take seeds >= 0
+        raise SweepError(f"fit.seed={seed!r} (the bootstrap's seed) must be a whole number >= 0, e.g. 0.")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
         raise SweepError(f"fit.compute_budget={budget!r} must be a positive number of FLOPs, e.g. 1e12.")
     if grid not in FIT_INIT_GRIDS:
