@@ -74,8 +74,12 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     failed = [r for r in records if r["status"] == "failed"]
     plateau = [r for r in records if r["status"] == PLATEAU_STATUS]
     if len(ok) < MIN_RUNS:
-        return None, (f"fit skipped: {len(ok)} finished run(s) ({len(failed)} failed, {len(plateau)} on the early "
-                      f"plateau); the fit needs >= {MIN_RUNS}. Add runs or fix the failed ones (--retry_failed).")
+        # Name the fix that applies: plateau runs finished fine, --retry_failed would not touch them.
+        fixes = ["add runs"] + (["retry the failed ones (--retry_failed)"] if failed else []) + (
+            ["train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False)"] if plateau else [])
+        return None, (f"fit skipped: {len(ok)} of {len(ok) + len(failed) + len(plateau)} ended run(s) usable "
+                      f"({len(failed)} failed, {len(plateau)} finished on the early plateau); the fit needs >= "
+                      f"{MIN_RUNS}: {', or '.join(fixes)}.")
     fit_settings = config.fit.to_dict()
     digest = hashlib.sha256()
     with open(os.path.join(workdir, "runs.csv"), "rb") as f:

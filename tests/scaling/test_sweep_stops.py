@@ -1,5 +1,6 @@
-"""How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), and a run
-the training system refused before its first step does not lock its directory."""
+"""How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), a run the
+training system refused before its first step does not lock its directory, and a fit skipped
+for plateau runs names the fix that applies."""
 import io
 import json
 import os
@@ -105,3 +106,20 @@ def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_pat
     config.opt.learning_rate = 3e-2
     with pytest.raises(sweep.SweepError, match="trained with a different config"):
         sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
+
+
+def test_a_fit_skipped_for_plateau_runs_counts_them_as_finished_and_names_the_plateau_rule(tmp_path):
+    """It said "0 finished run(s) (0 failed, 5 on the early plateau) ... fix the failed ones
+    (--retry_failed)": the runs had finished, and --retry_failed does nothing for them."""
+    config = scaling_laws.get_config("test_tiny")
+
+    def flat(run_config, run_dir):  # every run ends far above the corpus's bigram level
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            for step in range(1, run_config.train.num_steps + 1):
+                f.write(json.dumps({"step": step, "loss": 5.0, "num_tokens": 256}) + "\n")
+            f.write(json.dumps({"step": run_config.train.num_steps, "eval_loss": 5.0}) + "\n")
+
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=flat, out=io.StringIO())
+    assert outcome.fit is None and outcome.fit_note == (
+        "fit skipped: 0 of 5 ended run(s) usable (0 failed, 5 finished on the early plateau); the fit needs >= 5: "
+        "add runs, or train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False).")
