@@ -238,6 +238,7 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
         # not part of a run's identity (_fingerprint)
         _check_same_run(os.path.join(workdir, "runs", run.run_id),
                         run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0), write=False)
+    _check_same_plan(workdir, plan)
     if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "plan.json"), "w") as f:
@@ -245,6 +246,24 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
         sweep_records.write_tables(_all_records(plan.runs, os.path.join(workdir, "runs")), workdir)
     tokenizer = _shared_tokenizer(plan.data_config, workdir)
     return plan, tokenizer, config.train.peak_flops or _measure_peak_flops()
+
+
+def _check_same_plan(workdir: str, plan: SweepPlan) -> None:
+    """Refuse a plan that drops runs of the one workdir/plan.json holds: rewriting plan.json and
+    the tables would make the old runs' rows vanish while the old fit.json stayed. The same plan
+    resumes; a plan that only adds runs (more budgets or sizes; "add runs" is what a fit that
+    lacks runs advises) keeps every old row and goes on."""
+    try:
+        with open(os.path.join(workdir, "plan.json")) as f:
+            old = [record["run"] for record in json.load(f)]
+    except FileNotFoundError:
+        return
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return  # unreadable (written before it was atomic): the run directories' own checks still apply
+    dropped = [run_id for run_id in old if run_id not in {run.run_id for run in plan.runs}]
+    if dropped:
+        raise SweepError(f"{workdir} holds a sweep planned with other settings ({len(dropped)} of its {len(old)} runs, "
+                         f"e.g. {dropped[0]}, are not in this plan); use a new --workdir, or restore the settings.")
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: TrainFn | None = None,

@@ -1,6 +1,6 @@
 """How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), a run the
 training system refused before its first step does not lock its directory, and a fit skipped
-for plateau runs names the fix that applies."""
+for plateau runs names the fix that applies, and a workdir keeps the plan it was made with."""
 import io
 import json
 import os
@@ -123,3 +123,20 @@ def test_a_fit_skipped_for_plateau_runs_counts_them_as_finished_and_names_the_pl
     assert outcome.fit is None and outcome.fit_note == (
         "fit skipped: 0 of 5 ended run(s) usable (0 failed, 5 finished on the early plateau); the fit needs >= 5: "
         "add runs, or train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False).")
+
+
+def test_a_plan_that_drops_runs_is_refused_before_anything_is_rewritten(tmp_path):
+    """Run ids that do not overlap the old ones passed every run directory's check: plan.json and
+    the tables were rewritten for the new plan and the old rows vanished (fit.json stayed)."""
+    config = tiny_config()
+    sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    written = lambda: {name: (tmp_path / name).read_bytes() for name in ("plan.json", "runs.csv", "runs.jsonl")}
+    before = written()
+    config.sweep.tokens_per_param = (2.0,)
+    with pytest.raises(sweep.SweepError, match=f"{tmp_path} holds a sweep planned with other settings \\(5 of its 5 "
+                                               "runs, e.g. .*, are not in this plan\\); use a new --workdir"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert written() == before
+    config.sweep.tokens_per_param = (1.0, 2.0)  # only adds runs: every old row is kept
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert outcome.counts["skipped"] == 5 and outcome.counts["trained"] > 0
