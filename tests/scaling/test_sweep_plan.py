@@ -227,3 +227,19 @@ def test_gpu_host_windows_straddle_each_budgets_optimum_without_repeating_data()
         assert len(sizes) == 6 and sum(n > optimum for n in sizes) >= 2 and sum(n < optimum for n in sizes) >= 2
     corpus_tokens = config.data.synthetic.num_documents * config.data.synthetic.doc_chars
     assert max(r.tokens for r in plan.runs) <= corpus_tokens
+
+
+def test_the_config_docstring_states_the_presets_own_sizes():
+    """It said tokens_tiny was 20.8M tokens "about as long as cpu_tiny" (it is 19.1M tokens and a
+    seventh of the FLOPs) and cpu_tiny's rate "capped at 4e-2" (lr_scale_cap=0: no cap)."""
+    doc = " ".join(scaling_laws.__doc__.split())
+    totals = {}
+    for preset in ("tokens_tiny", "cpu_tiny"):
+        runs = sweep.plan_sweep(scaling_laws.get_config(preset)).runs
+        totals[preset] = (sum(r.tokens for r in runs), sum(r.compute_exact for r in runs))
+    flops = lambda value: f"{value:.3g}".replace("e+", "e")  # 1.51e12, as the docstring writes it
+    assert f"{totals['tokens_tiny'][0] / 1e6:.1f}M tokens, {flops(totals['tokens_tiny'][1])} FLOPs" in doc
+    assert f"cpu_tiny's {flops(totals['cpu_tiny'][1])}" in doc
+    assert totals["tokens_tiny"][1] / totals["cpu_tiny"][1] == pytest.approx(1 / 7, rel=0.1)  # "about a seventh"
+    assert scaling_laws.get_config("cpu_tiny").sweep.lr_scale_cap == 0.0 and "capped at" not in doc
+    assert "no cap, lr_scale_cap=0" in doc and "(500 / steps) ** 0.5" in doc
