@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -108,20 +109,53 @@ def become_worker() -> None:
             os._exit(1)
 
 
+class Stopped(Exception):
+    """run_workers(forward_signals=True) got Ctrl-C / SIGTERM and its workers have exited."""
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(f"stopped by {signal_name}: the workers saved their runs' checkpoints; rerun the same "
+                         "command to continue.")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), as preemption.Interrupted."""
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+
+
 def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[[], None] = lambda: None,
-                poll_seconds: float = 2.0) -> list[int]:
+                poll_seconds: float = 2.0, forward_signals: bool = False) -> list[int]:
     """Start one process per argv (each pinned to its slice of this process's cores once it calls
     become_worker(); output in log_dir/worker-<i>.log), call poll() every poll_seconds until all have exited, and return
     their exit codes. When one fails, the others are stopped (a config mistake fails them all
-    alike; a run's own failure is recorded by the run, not by the exit code)."""
+    alike; a run's own failure is recorded by the run, not by the exit code).
+
+    forward_signals=True (main thread only): a first Ctrl-C / SIGTERM of this process is passed on
+    to the workers as SIGTERM (their training loops save a checkpoint and stop; SIGTERM, not the
+    signal itself: a terminal's Ctrl-C already reached them, and a second SIGINT would make them
+    stop without saving), this process waits for them and raises Stopped; a second Ctrl-C kills them."""
     os.makedirs(log_dir, exist_ok=True)
     slices = split_cores(list(os.sched_getaffinity(0)), len(argvs))
     processes = []
-    for index, (argv, cores) in enumerate(zip(argvs, slices)):
-        log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
-        env = {**os.environ, _CORES_ENV: ",".join(map(str, cores)), _PARENT_ENV: str(os.getpid())}
-        processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    received: list[str] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: the finally below kills the workers
+        if not received:
+            received.append(signal.Signals(signum).name)
+            for p, _ in processes:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+
+    previous = {}
+    if forward_signals and threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for index, (argv, cores) in enumerate(zip(argvs, slices)):
+            log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
+            env = {**os.environ, _CORES_ENV: ",".join(map(str, cores)), _PARENT_ENV: str(os.getpid())}
+            processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env), log))
         while any(p.poll() is None for p, _ in processes):
             if any(p.returncode not in (None, 0) for p, _ in processes):
                 for p, _ in processes:
@@ -135,7 +169,11 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
                 p.kill()
             p.wait()
             log.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     poll()
+    if received:
+        raise Stopped(received[0])
     return [p.returncode for p, _ in processes]
 
 
@@ -166,14 +204,19 @@ def last_lines(path: str, count: int = 5) -> str:
     """The last non-empty lines of a worker's log (its error, when it failed), leaving out
     libraries' info and warning lines (a killed worker's last line is often one of those) and
     progress bars (a bar drawn after the error line once hid it). With count=1, the worker's
-    last 'error: ...' line when it printed one."""
+    last 'error: ...' line when it printed one, also one printed (on stderr) onto the end of a
+    bar's line on stdout, with no newline between them."""
     with open(path, errors="replace") as f:
-        lines = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines()
-                 if line.strip() and not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)
-                 and not re.search(r"\d+%\|", line)]
-    errors = [line for line in lines if line.startswith("error: ")]
-    if count == 1 and errors:
-        return errors[-1]
+        text = f.read().replace("\r", "\n")
+    if count == 1:
+        # "error: " where a line starts or right after a bar's last character ("]"): not the
+        # word inside some other message
+        errors = list(re.finditer(r"(?:^|(?<=\]))error: [^\n]*", text, re.MULTILINE))
+        if errors:
+            return errors[-1].group(0).rstrip()
+    lines = [line.rstrip() for line in text.splitlines()
+             if line.strip() and not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line)
+             and not re.search(r"\d+%\|", line)]
     return "\n".join(lines[-count:])
 
 

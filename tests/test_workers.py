@@ -90,3 +90,47 @@ def test_a_failed_workers_last_line_leaves_out_library_logging(tmp_path):
                    "config (sections ['opt'] differ)\nsweep:   0%| | 0.00/2.01G [00:00<?, ?FLOP/s]\n")
     assert workers.last_lines(str(log), 1) == ("error: runs/x was trained with a different config (sections "
                                                "['opt'] differ)")
+
+
+def test_a_progress_bars_line_does_not_hide_the_error_printed_onto_its_end(tmp_path):
+    """The worker's error (stderr) was written right after a bar's redraw (stdout, no newline):
+    the whole line was dropped as a bar and an unrelated line reported as the worker's error."""
+    log = tmp_path / "worker-0.log"
+    log.write_text("sweep: 5 runs over 5 models (tokens)\nsweep:   0%|          | 0.00/2.01G [00:00<?, ?FLOP/s]\r"
+                   "sweep:   0%|          | 0.00/2.01G [00:00<?, ?FLOP/s, ladder-L1-D8-3steps]error: "
+                   "opt.learning_rate=-1.0 must be positive.\nsweep:   0%|          | 0.00/2.01G [00:00<?, ?FLOP/s]\n")
+    assert workers.last_lines(str(log), 1) == "error: opt.learning_rate=-1.0 must be positive."
+
+
+WAIT_FOR_SIGTERM = """
+import signal, sys, time
+def stop(signum, frame):
+    print("saved on", signal.Signals(signum).name, flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_signal_to_the_parent_stops_the_workers_gracefully_and_raises_stopped(tmp_path):
+    """Ctrl-C of the command reached only the parent's KeyboardInterrupt, whose cleanup killed the
+    workers (-9, nothing saved): the workers get SIGTERM (their loops save and stop) and the
+    parent waits for them, then raises Stopped (one line, exit code 130)."""
+    import signal
+
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    sent, handlers = [], [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+
+    def poll():
+        if not sent and all(p.exists() and "ready" in p.read_text() for p in logs):
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(workers.Stopped, match="stopped by SIGINT: the workers saved") as stop:
+        workers.run_workers([[sys.executable, "-c", WAIT_FOR_SIGTERM]] * 2, log_dir=str(tmp_path), poll=poll,
+                            poll_seconds=0.05, forward_signals=True)
+    assert stop.value.exit_code == 130
+    assert all("saved on SIGTERM" in p.read_text() for p in logs)
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # restored

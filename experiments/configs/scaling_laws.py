@@ -11,8 +11,10 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
              non-embedding params, 2-3 layers each) x 4 IsoFLOP budgets 3.16e10 .. 1e12 FLOPs (1.5
              decades), 6 sizes per budget centred at 200 tokens per parameter, plus the smallest
              budget again with seed 1 (run-to-run noise; the two seeds of a size train together as
-             one program) = 30 runs, 118M tokens; learning rate 2e-2 x 32 / d_model per size, capped
-             at 4e-2 (a 1/width transfer rule checked by a learning-rate sweep, recorded per run); on
+             one program) = 30 runs, 118M tokens; learning rate 2e-2 x 32 / d_model per size (a 1/width
+             transfer rule checked by a learning-rate sweep; no cap, lr_scale_cap=0), times
+             (500 / steps) ** 0.5 for runs longer than 500 steps (lr_horizon_*: the best rate falls
+             about as 1 / sqrt(steps)), recorded per run; on
              a capacity-limited synthetic corpus (hierarchical Zipf-weighted order-3 Markov source
              over 16 letters: entropy rate 1.512, reachable bound 1.525 nats/target (eos included), bigram level H_1
              1.959). Designed for a quiet 2-core machine; see the issue-9 note for what was measured.
@@ -28,7 +30,8 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
              prints the FLOPs and the time at the stated peak and MFU (an estimate: the MFU is an
              assumption, not a measurement; see the preset).
   tokens_tiny  Approach 1's design on the same corpus: the 5 smallest models x 3 token budgets
-             (D/N = 40, 120, 360) = 15 runs, 20.8M tokens: about as long as cpu_tiny.
+             (D/N = 40, 120, 360) = 15 runs, 19.1M tokens, 1.51e12 FLOPs: about a seventh of
+             cpu_tiny's 1.11e13 (`--dry_run`: 0.031 h against 0.23 h at the same assumed MFU).
   test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py).
 
 Any field can be overridden, e.g. `--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3`

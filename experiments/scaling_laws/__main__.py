@@ -47,8 +47,14 @@ def main(argv):
     from research.data import DataError
     from research.models.config import ConfigError
     from research.scaling import RunTableError
+    from research.training.preemption import Interrupted
 
     config = _CONFIG.value
+    if _WORKDIR.value:  # before any work: a file in its path failed at the first write, in a traceback
+        from research.atomic_files import unwritable_reason
+        reason = unwritable_reason(_WORKDIR.value)
+        if reason:
+            sys.exit(f"error: --workdir={_WORKDIR.value} cannot be used: {reason}; choose another --workdir.")
     try:
         if _DRY_RUN.value:
             plan = sweep.plan_sweep(config)
@@ -77,6 +83,13 @@ def main(argv):
                 print(outcome.fit_note)
     except (ConfigError, DataError, RunTableError) as error:
         sys.exit(f"error: {error}")
+    except (Interrupted, workers.Stopped) as stop:  # the run saved and stays pending: the same command resumes it
+        print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
+        sys.exit(stop.exit_code)  # 130 / 143: a scheduler sees the job was stopped, not finished
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's training loop
+        print("\nerror: stopped by SIGINT without saving this step; rerun the same command to continue from the "
+              "last checkpoints.", file=sys.stderr)
+        sys.exit(130)
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")

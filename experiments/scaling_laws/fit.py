@@ -54,7 +54,9 @@ def main(argv):
         print(f"left out line {row['line']}: {row['reason']}")
     fit3, plan = report["approach3"], report["prediction"]["approach3"]
     print(f"approach3: E={fit3['E']:.4g} A={fit3['A']:.4g} B={fit3['B']:.4g} alpha={fit3['alpha']:.4g} "
-          f"beta={fit3['beta']:.4g} a={fit3['a']:.4g} b={fit3['b']:.4g} ({fit3['seconds']:.1f} s)")
+          f"beta={fit3['beta']:.4g} " + (f"a={fit3['a']:.4g} b={fit3['b']:.4g}" if fit3["a"] is not None
+                                          else "a, b: none (no compute-optimal allocation)")
+          + f" ({fit3['seconds']:.1f} s)")
     if "skipped" in plan:
         print(f"at C={report['prediction']['compute_budget']:.3g}: no compute-optimal allocation: {plan['skipped']}")
     else:

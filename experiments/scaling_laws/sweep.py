@@ -8,7 +8,9 @@
      its own step count and schedule. A run with workdir/runs/<run_id>/result.json is
      finished and skipped; one with checkpoints but no result was interrupted and resumes.
      A run that raises (diverges, runs out of memory, ...) is recorded as failed and the
-     sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it;
+     sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it, and so
+     does Ctrl-C / SIGTERM (preemption.Interrupted: the run saved a checkpoint and stays
+     pending, to resume on the next start);
   4. workdir/runs.csv, runs.jsonl and curves.csv are rewritten after every run
      (research/scaling/sweep_records.py);
   5. when no run is pending, experiments/scaling_laws/sweep_fit.py marks early-plateau runs,
@@ -38,18 +40,17 @@ import tqdm
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig, DataError
-from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
+from research.models.config import ConfigError
+from experiments.scaling_laws.run_dirs import (RESULT_FILE, RUN_CONFIG_FILE, _check_same_run, _fingerprint,  # noqa: F401
+                                               _latest_checkpoint, read_result)
 from research.scaling import sweep_records
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
                                          ladder_models, plan_runs, warmup_steps)
+from research.training import preemption
+from research.training.preemption import Interrupted
 
-RESULT_FILE = "result.json"  # written once a run has ended (ok or failed)
-RUN_CONFIG_FILE = "run_config.json"
+MIN_BOOTSTRAP = 100  # fewest fit.bootstrap resamples (other than 0); _check_fit_settings says why
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
-# The config sections that decide what a run computes; a rerun must match them to reuse it.
-_FINGERPRINT_SECTIONS = ("model", "objective", "objective_options", "opt")
-_FINGERPRINT_TRAIN = ("num_steps", "batch_size", "seq_len", "microbatches", "seed", "z_loss",
-                      "eval_batches")  # the loss the fit reads is measured on eval_batches batches
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
 
@@ -85,6 +86,11 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
     if not 0 <= shard["index"] < shard["count"]:
         raise SweepError(f"shard.index={shard['index']} must be in [0, shard.count={shard['count']}).")
     _check_fit_settings(config.get("fit", None))
+    for name in ("batch_size", "seq_len"):  # before the ladder: they size every model and run
+        value = config.train.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SweepError(f"train.{name}={value!r} must be a whole number >= 1, e.g. "
+                             f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
     return SweepPlan(spec, data_config, models, runs)
@@ -96,9 +102,16 @@ def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:
     if not fit or not fit.get("enabled", True):
         return
     bootstrap, budget, grid = fit.get("bootstrap", 0), fit.get("compute_budget", 1.0), fit.get("init_grid", "paper")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise SweepError(f"fit.bootstrap={bootstrap!r} must be a whole number >= 0 (resamples; 4000 for 10-90% "
-                         "intervals, 0 for none).")
+    seed = fit.get("seed", 0)
+    # A 10-90% percentile interval needs enough resamples to have a 10th and a 90th percentile at
+    # all: from 1 resample it is that resample's value (it need not contain the estimate), and below
+    # ~100 the interval's ends move with the resampling more than with the data.
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not (bootstrap == 0 or
+                                                                             bootstrap >= MIN_BOOTSTRAP):
+        raise SweepError(f"fit.bootstrap={bootstrap!r} must be 0 (no intervals) or a whole number >= {MIN_BOOTSTRAP} "
+                         "(resamples; 4000 for 10-90% intervals).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # numpy's generators take seeds >= 0
+        raise SweepError(f"fit.seed={seed!r} (the bootstrap's seed) must be a whole number >= 0, e.g. 0.")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
         raise SweepError(f"fit.compute_budget={budget!r} must be a positive number of FLOPs, e.g. 1e12.")
     if grid not in FIT_INIT_GRIDS:
@@ -121,66 +134,6 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
     return ml_collections.ConfigDict(sections)
 
 
-def _fingerprint(config: dict) -> dict:
-    train = {k: config["train"].get(k) for k in _FINGERPRINT_TRAIN}
-    # Every DataConfig field, defaults filled in: a config that spells out a default (the presets'
-    # data sections gained tfds_name, splits, ... for --config.data overrides) is the same run.
-    data = json.loads(json.dumps(dataclasses.asdict(DataConfig(**config["data"]))))
-    data.pop("tokenizer")
-    fingerprint = {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
-    # How gradients are computed changes rounding, not the run: an interrupted run may resume
-    # under another form (research.training.workdir treats it the same way).
-    model = {k: v for k, v in (fingerprint["model"] or {}).items() if k not in GRADIENT_ONLY_FIELDS}
-    return {**fingerprint, "model": model}
-
-
-def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: bool) -> None:
-    """A run directory may only be reused by the same run: fail on a changed config."""
-    path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
-    stored = _read_run_config(run_dir, path)
-    if stored is not None:
-        old, new = _fingerprint(stored), _fingerprint(current)
-        if old != new:
-            changed = sorted(k for k in new if old.get(k) != new.get(k))
-            raise SweepError(f"{run_dir} was trained with a different config (sections {changed} differ); use a new "
-                             "--workdir for a changed sweep, or restore the config it was made with.")
-    elif write:
-        os.makedirs(run_dir, exist_ok=True)
-        # Atomically: a sweep killed mid-write once left an empty file that every rerun failed on.
-        write_text_atomically(path, json.dumps(current, indent=1))
-
-
-def _read_run_config(run_dir: str, path: str) -> dict | None:
-    """The stored config, or None when there is none. An unreadable one (written by a version that
-    did not write atomically, killed mid-write) counts as none while the run has not started;
-    once it has a checkpoint or a result, the file is what proves the run's config: stop."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        if _latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
-            return None
-        raise SweepError(f"{path} is unreadable ({error.__class__.__name__}) but the run has started; restore the "
-                         "file, or delete the run's directory to train it again.") from None
-
-
-def _latest_checkpoint(run_dir: str) -> int:
-    directory = os.path.join(run_dir, "checkpoints")
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-    return max(steps, default=0)
-
-
-def read_result(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, RESULT_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str, train_fn: TrainFn) -> dict:
     """Train (or resume) one run and return its record; failures become failed records."""
     resumed_from = _latest_checkpoint(run_dir)
@@ -190,6 +143,8 @@ def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str,
         train_fn(config, run_dir)
     except (ConfigError, DataError):
         raise  # the sweep's config is wrong: every run would fail the same way
+    except Interrupted:
+        raise  # Ctrl-C / SIGTERM: the sweep stops, the run stays pending and resumes on rerun
     except Exception as exception:  # noqa: BLE001 -- any failure of one run is recorded, the sweep goes on
         error = _error_line(exception)
     return sweep_records.finished_record(run, _run_metrics(run_dir), seconds=time.perf_counter() - start,
@@ -243,11 +198,14 @@ def _train_together(pending: list[tuple]) -> list[dict]:
     start = time.perf_counter()
     try:
         outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])
-    except (ConfigError, DataError):
-        raise
+    except (ConfigError, DataError, Interrupted):
+        raise  # as in _train_one: not a failure of these runs
     except Exception as exception:  # noqa: BLE001 -- the whole group failed; the sweep goes on
         outcomes = [exception] * len(pending)
     seconds = (time.perf_counter() - start) / len(pending)  # the group's wall time, shared out evenly
+    stopped = [outcome for outcome in outcomes if isinstance(outcome, Interrupted)]
+    if stopped:
+        raise stopped[0]
     records = []
     for (run, _, run_dir, _), outcome, resumed_from in zip(pending, outcomes, resumed):
         error = _error_line(outcome) if isinstance(outcome, Exception) else None
@@ -280,6 +238,7 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
         # not part of a run's identity (_fingerprint)
         _check_same_run(os.path.join(workdir, "runs", run.run_id),
                         run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0), write=False)
+    _check_same_plan(workdir, plan)
     if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "plan.json"), "w") as f:
@@ -287,6 +246,24 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
         sweep_records.write_tables(_all_records(plan.runs, os.path.join(workdir, "runs")), workdir)
     tokenizer = _shared_tokenizer(plan.data_config, workdir)
     return plan, tokenizer, config.train.peak_flops or _measure_peak_flops()
+
+
+def _check_same_plan(workdir: str, plan: SweepPlan) -> None:
+    """Refuse a plan that drops runs of the one workdir/plan.json holds: rewriting plan.json and
+    the tables would make the old runs' rows vanish while the old fit.json stayed. The same plan
+    resumes; a plan that only adds runs (more budgets or sizes; "add runs" is what a fit that
+    lacks runs advises) keeps every old row and goes on."""
+    try:
+        with open(os.path.join(workdir, "plan.json")) as f:
+            old = [record["run"] for record in json.load(f)]
+    except FileNotFoundError:
+        return
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return  # unreadable (written before it was atomic): the run directories' own checks still apply
+    dropped = [run_id for run_id in old if run_id not in {run.run_id for run in plan.runs}]
+    if dropped:
+        raise SweepError(f"{workdir} holds a sweep planned with other settings ({len(dropped)} of its {len(old)} runs, "
+                         f"e.g. {dropped[0]}, are not in this plan); use a new --workdir, or restore the settings.")
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: TrainFn | None = None,
@@ -313,7 +290,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
     labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
     if worker:
         groups.sort(key=lambda group: -sum(run.compute_exact for run in group))
+    requests = preemption.stop_requests()
     for group in groups:
+        if preemption.stop_requests() > requests:
+            # Ctrl-C / SIGTERM during a run's last steps ended that run normally: stop here, not at
+            # the next run's first step (its Guard never saw the signal)
+            raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the run(s) it came during ended")
         with (workers.claim(os.path.join(runs_dir, group[0].run_id)) if worker
               else contextlib.nullcontext(True)) as ours:
             if not ours:  # another worker trains it; its result is read at the end
@@ -368,24 +350,28 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
     resumed = _latest_checkpoint(pending[0][2])
     progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
                              + (f" (resuming at step {resumed})" if resumed else ""))
-    if len(pending) == 1:
-        run, one, run_dir, _ = pending[0]
-        records = [_train_one(run, one, run_dir, train_fn or _train_alone)]
-    elif not _can_resume_together(pending):
-        # e.g. one seed diverged before its first save while the other saved: each goes on
-        # alone from its own checkpoint (the diverged one fails again and is recorded so)
-        records = [_train_one(run, one, run_dir, _train_alone) for run, one, run_dir, _ in pending]
-    else:
-        records = _train_together(pending)
-    for (run, _, run_dir, label), record in zip(pending, records):
-        counts["failed" if record["status"] == "failed" else "trained"] += 1
-        progress.update(run.compute_exact)
-        progress.write(run_line(label, record), file=out)
-        if primary:  # whole or absent: other workers read it while this one writes
-            write_text_atomically(os.path.join(run_dir, RESULT_FILE),
-                                           json.dumps(sweep_records.json_safe(record)))
-    if primary:
-        sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+
+    def record(finished: list[tuple], records: list[dict]) -> None:
+        for (run, _, run_dir, label), one_record in zip(finished, records):
+            counts["failed" if one_record["status"] == "failed" else "trained"] += 1
+            progress.update(run.compute_exact)
+            progress.write(run_line(label, one_record), file=out)
+            if primary:  # whole or absent: other workers read it while this one writes
+                write_text_atomically(os.path.join(run_dir, RESULT_FILE),
+                                      json.dumps(sweep_records.json_safe(one_record)))
+        if primary:
+            sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
+
+    if len(pending) > 1 and _can_resume_together(pending):
+        record(pending, _train_together(pending))
+        return
+    # One by one (alone, or e.g. one seed diverged before its first save while the other saved:
+    # each goes on from its own checkpoint), each recorded as it ends, so an interrupt of a later
+    # one (preemption.Interrupted, raised through) loses no earlier result.
+    for item in pending:
+        run, one, run_dir, _ = item
+        # train_fn (tests' stand-in trainer) comes with one-run groups only (run_sweep)
+        record([item], [_train_one(run, one, run_dir, train_fn or _train_alone)])
 
 
 def _all_records(runs: Sequence[PlannedRun], runs_dir: str) -> list[dict]:

@@ -60,8 +60,9 @@ SIMULATED_DATASETS = 60  # simulated copies of the design per accounting (_simul
 ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
 # Part of the fit's input digest: bumped whenever the same runs would give another fit.json,
-# so a rerun never keeps a fit the present code would not write. 2: seeds merged (2026-12-03).
-FIT_METHOD_VERSION = 2
+# so a rerun never keeps a fit the present code would not write. 2: seeds merged (2026-12-03);
+# 3: no exponents for a law without an optimum.
+FIT_METHOD_VERSION = 3
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
@@ -74,8 +75,12 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     failed = [r for r in records if r["status"] == "failed"]
     plateau = [r for r in records if r["status"] == PLATEAU_STATUS]
     if len(ok) < MIN_RUNS:
-        return None, (f"fit skipped: {len(ok)} finished run(s) ({len(failed)} failed, {len(plateau)} on the early "
-                      f"plateau); the fit needs >= {MIN_RUNS}. Add runs or fix the failed ones (--retry_failed).")
+        # Name the fix that applies: plateau runs finished fine, --retry_failed would not touch them.
+        fixes = ["add runs"] + (["retry the failed ones (--retry_failed)"] if failed else []) + (
+            ["train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False)"] if plateau else [])
+        return None, (f"fit skipped: {len(ok)} of {len(ok) + len(failed) + len(plateau)} ended run(s) usable "
+                      f"({len(failed)} failed, {len(plateau)} finished on the early plateau); the fit needs >= "
+                      f"{MIN_RUNS}: {', or '.join(fixes)}.")
     fit_settings = config.fit.to_dict()
     digest = hashlib.sha256()
     with open(os.path.join(workdir, "runs.csv"), "rb") as f:
@@ -207,7 +212,7 @@ def _simulated_at_design(ok: Sequence[dict], accounting: str, report: dict, nois
     Approach 3's law plus the measured seed noise: each one's bias and spread at this design
     (research/scaling/noise_intervals.simulate_estimator_bias). None without measured noise."""
     fitted = report["approach3"]
-    if not noise:
+    if not noise or fitted.get("optimum_skipped"):  # no optimum: no true exponent to compare with
         return None
     law = ChinchillaLaw(**{k: fitted[k] for k in ("E", "A", "B", "alpha", "beta")})
     along = fitted.get("optimum_exact_flops")
@@ -240,9 +245,11 @@ def _exponents(report: dict, approach1_final: dict, approach2_spread: dict | Non
     # Under exact accounting Approach 3's optimum lies along C = f(N) D, not 6 N D (report.py).
     approach3 = report["approach3"].get("optimum_exact_flops", report["approach3"])
     values = {"approach1_final": approach1_final.get("a"), "approach1_frontier": report["approach1"].get("a"),
-              "approach2": report["approach2"].get("a"), "approach3": approach3["a"]}
+              "approach2": report["approach2"].get("a"), "approach3": approach3.get("a")}
     if approach3 is not report["approach3"]:
         values["approach3_along_6ND"] = report["approach3"]["a"]
+    if "optimum_skipped" in report["approach3"]:  # no optimum, so no exponent (report._approach3)
+        values["approach3_skipped"] = report["approach3"]["optimum_skipped"]
     main = [values[k] for k in ("approach1_final", "approach2", "approach3") if values[k] is not None]
     values["max_gap_1_2_3"] = float(max(main) - min(main)) if len(main) >= 2 else None
     interval = approach1_final.get("a_interval_80")

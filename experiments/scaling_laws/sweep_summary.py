@@ -20,7 +20,8 @@ def summary(report: dict) -> str:
         along = fit.get("optimum_exact_flops")
         optimum = (f"N_opt ∝ C^{along['a']:.3g} along C = f(N) D, f = {along['flops_per_token']['coefficient']:.3g} "
                    f"N^{along['flops_per_token']['exponent']:.3g} FLOPs/token (C^{fit['a']:.3g} along 6ND)"
-                   if along else f"N_opt ∝ C^{fit['a']:.3g}")
+                   if along else f"N_opt ∝ C^{fit['a']:.3g}" if fit.get("a") is not None
+                   else f"no N_opt exponent: {fit.get('optimum_skipped')}")
         lines.append(f"approach 3 ({accounting}): L(N, D) = {fit['E']:.4g} + {fit['A']:.4g} / N^{fit['alpha']:.3g} + "
                      f"{fit['B']:.4g} / D^{fit['beta']:.3g}; {optimum}"
                      + (f"; E 80% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""))

@@ -26,7 +26,8 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
                      retry_failed: bool = False, out: TextIO = sys.stdout) -> dict[str, int]:
     """Train every pending run of `config` (given on the command line as `args`) in `workers`
     processes; returns what this call did: {"trained", "skipped" (finished before), "failed"}.
-    Raises SweepError naming the worker and its last log line if one fails."""
+    Raises SweepError naming the worker and its last log line if one fails, workers.Stopped on
+    Ctrl-C / SIGTERM once the workers have saved their runs and exited."""
     plan, _, peak_flops = sweep.prepare_sweep(config, workdir)
     runs_dir = os.path.join(workdir, "runs")
     mine = plan.runs[config.shard.index::config.shard.count]
@@ -64,7 +65,8 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
     argvs = [workers_lib.worker_argv(MODULE, args, "--sweep_worker", f"--config.train.peak_flops={peak_flops!r}")
              for _ in range(workers)]
     try:
-        codes = workers_lib.run_workers(argvs, log_dir=log_dir, poll=report_finished)
+        # Ctrl-C / SIGTERM: the workers save and stop, their runs stay pending (workers.Stopped)
+        codes = workers_lib.run_workers(argvs, log_dir=log_dir, poll=report_finished, forward_signals=True)
     finally:
         progress.close()
     for index, code in enumerate(codes):

@@ -59,7 +59,7 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     report = {
         "runs_csv": os.path.abspath(runs_csv), "num_runs": len(runs), "design_points": len(table),
         "accounting": accounting, "excluded": [{"line": row.line, "reason": row.reason} for row in table.excluded],
-        "approach3": {**approach3.as_dict(), **_optimum_exponents(approach3, flops_per_token)},
+        "approach3": _approach3(approach3, flops_per_token),
         "approach1": _describe(approach1), "approach2": _describe(approach2),
         "kaplan": {k: _describe(v) for k, v in kaplan.items()},
         "prediction": _prediction(compute_budget, predict, approach3.law, approach1, approach2, flops_per_token,
@@ -88,6 +88,18 @@ def _describe(fit) -> dict:
 
 def _allocation(N: float, D: float) -> dict:
     return {"N_opt": float(N), "D_opt": float(D), "tokens_per_parameter": float(D / N)}
+
+
+def _approach3(approach3, flops_per_token: PowerLaw | None) -> dict:
+    """Approach 3's fit, with a and b (and their intervals) only when the law has an optimum:
+    for a law that does not fall with both N and D (optimum_problem) beta / (alpha + beta) is the
+    exponent of nothing, under either accounting; "optimum_skipped" says why they are absent."""
+    problem = approach3.law.optimum_problem()
+    if not problem:
+        return {**approach3.as_dict(), **_optimum_exponents(approach3, flops_per_token)}
+    out = {**approach3.as_dict(), "a": None, "b": None, "optimum_skipped": problem}
+    out["intervals"] = {k: v for k, v in out["intervals"].items() if k not in ("a", "b", "G")}
+    return out
 
 
 def _optimum_exponents(approach3, flops_per_token: PowerLaw | None) -> dict:

@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from research.scaling.laws import FLOPS_PER_PARAM_TOKEN
+from research.scaling.plateau import PLATEAU_STATUS
 
 REQUIRED_COLUMNS = ("N", "D", "loss")
 ACCOUNTINGS = ("nominal", "exact")
@@ -173,7 +174,12 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
                                     "fix it or mark the row failed (status != ok).")
         kept.append((values, (row.get("run") or "").strip(), (row.get("seed") or "").strip()))
     if not kept:
-        raise RunTableError(f"{path}: no finished runs ({len(excluded)} row(s) failed or diverged); "
+        # Rows a sweep's early-plateau rule marked finished fine: say so, and how to fit them anyway.
+        flat = sum(row.reason == f"status={PLATEAU_STATUS!r}" for row in excluded)
+        parts = ([f"{len(excluded) - flat} row(s) failed or diverged"] if len(excluded) > flat else []) + (
+            [f"{flat} row(s) on the early plateau (status {PLATEAU_STATUS!r}; rerun the sweep with "
+             "--config.fit.plateau_rule=False to fit them)"] if flat else [])
+        raise RunTableError(f"{path}: no finished runs ({', '.join(parts) or 'no rows'}); "
                             "a fit needs rows with status ok and a finite loss.")
     column = lambda c: np.array([v[c] for v, _, _ in kept], np.float64)
     has_budget = "C" in columns and all("C" in v for v, _, _ in kept)

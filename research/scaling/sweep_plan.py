@@ -84,7 +84,27 @@ class SweepSpec:
 
     def __post_init__(self):
         for name in ("presets", "non_embedding_params", "budgets", "tokens_per_param", "tokens", "repeat_seeds"):
-            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+            value = getattr(self, name) or ()
+            # --config.sweep.budgets=abc arrives as the string 'abc', which tuple() splits into letters
+            kind = str if name == "presets" else int if name == "repeat_seeds" else (int, float)
+            if isinstance(value, str) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                example = {"presets": "('gpt2-tiny',)", "non_embedding_params": "(1e4, 3e4)", "budgets": "(1e11, 1e12)",
+                           "tokens_per_param": "(20.0,)", "tokens": "(1e6, 4e6)", "repeat_seeds": "(1,)"}[name]
+                raise SweepError(f"sweep.{name}={value!r} must be a tuple of "
+                                 f"{'names' if name == 'presets' else 'whole numbers' if kind is int else 'numbers'}, "
+                                 f"e.g. --config.sweep.{name}='{example}'.")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.aspect, bool) or not isinstance(self.aspect, int) or self.aspect < 1:
+            raise SweepError(f"sweep.aspect={self.aspect!r} (d_model per layer of generated models) must be a whole "
+                             "number >= 1, e.g. 16.")
+        if not (isinstance(self.tokens_per_param_prior, (int, float)) and math.isfinite(self.tokens_per_param_prior)
+                and self.tokens_per_param_prior > 0):
+            raise SweepError(f"sweep.tokens_per_param_prior={self.tokens_per_param_prior!r} must be a positive "
+                             "number of tokens per parameter, e.g. 20.0.")
+        if 0 in self.repeat_seeds or len(set(self.repeat_seeds)) != len(self.repeat_seeds):
+            raise SweepError(f"sweep.repeat_seeds={self.repeat_seeds} repeats "
+                             f"{'seed 0, which every run already trains with' if 0 in self.repeat_seeds else 'a seed'}"
+                             "; give distinct extra seeds other than 0, e.g. (1, 2).")
         if bool(self.presets) == bool(self.non_embedding_params):
             raise SweepError("sweep: the model ladder is empty; set exactly one of sweep.presets (zoo names) or "
                              "sweep.non_embedding_params (target sizes), e.g. non_embedding_params=(1e4, 3e4, 1e5).")

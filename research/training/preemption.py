@@ -80,6 +80,31 @@ class Interrupted(Exception):
         return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
 
 
+class StoppedBetweenRuns(Interrupted):
+    """A caller that trains several runs in turn (a scaling sweep) stopped on a signal that came
+    while one of them trained: that run ended (or saved) and no later run starts."""
+
+    def __init__(self, signal_name: str, after: str):
+        self.signal_name, self.step = signal_name, 0
+        Exception.__init__(self, f"stopped by {signal_name} after {after}; rerun the same command to continue.")
+
+
+# Every signal a Guard of this process took as a stop request, in order. Why: a signal that comes
+# during a run's last block of steps ends that run normally (nothing raises), and the next run's
+# Guard never sees it, so a caller training runs in turn checks this list between runs.
+_REQUESTS: list[str] = []
+
+
+def stop_requests() -> int:
+    """How many stop requests Guards have taken so far; compare with a later count, and read the
+    signal with `last_stop_request()`."""
+    return len(_REQUESTS)
+
+
+def last_stop_request() -> str | None:
+    return _REQUESTS[-1] if _REQUESTS else None
+
+
 class Guard:
     """A context in which SIGINT / SIGTERM request a clean stop instead of killing the process.
 
@@ -100,6 +125,7 @@ class Guard:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
+            _REQUESTS.append(self.signal_name)
             print(f"{self.signal_name}: saving a checkpoint after the current block of steps, then stopping"
                   + (" (Ctrl-C again to stop at once)." if signum == signal.SIGINT else "."), file=sys.stderr)
 

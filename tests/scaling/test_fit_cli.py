@@ -146,3 +146,38 @@ def test_a_fitted_law_without_an_optimum_is_reported_not_a_crash(runs_csv, tmp_p
     law = ChinchillaLaw(**{k: saved["approach3"][k] for k in ("E", "A", "B", "alpha", "beta")})
     with pytest.raises(NoOptimumError, match="does not fall with both N and D"):
         law.compute_optimal(1e20)
+    # Nor are N_opt's exponents: beta / (alpha + beta) of such a law is the exponent of nothing.
+    assert saved["approach3"]["a"] is None and saved["approach3"]["b"] is None
+    assert saved["approach3"]["optimum_skipped"] == skipped and "a" not in saved["approach3"]["intervals"]
+
+
+def test_no_exponents_of_a_law_without_an_optimum_under_exact_accounting_either(runs_csv, tmp_path, monkeypatch):
+    """report.py's optimum_exact_flops (a along C = f(N) D) and the sweep's n_opt_exponents read the
+    law's a without asking optimum_problem(): a sweep printed 'approach3=-35.2' for beta = -0.733."""
+    import dataclasses
+    from experiments.scaling_laws.sweep_fit import _exponents
+    from experiments.scaling_laws.sweep_summary import summary
+    from research.scaling import report as report_lib
+    real = report_lib.fit_chinchilla_law
+    monkeypatch.setattr(report_lib, "fit_chinchilla_law", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), law=dataclasses.replace(real(*a, **k).law, beta=-0.733)))
+    with open(runs_csv) as f:
+        rows = list(csv.DictReader(f))
+    exact_csv = tmp_path / "exact.csv"
+    with open(exact_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["N", "N_total", "D", "C_exact", "loss", "status"])
+        writer.writerows([r["N"], 1.2 * float(r["N"]), r["D"], 7.0 * float(r["N"]) * float(r["D"]), r["loss"],
+                          r["status"]] for r in rows)
+    report = fit_run_table(str(exact_csv), str(tmp_path / "exact"), accounting="exact", bootstrap_samples=0,
+                           init_grid="coarse")
+    fit3 = report["approach3"]
+    assert fit3["a"] is None and "optimum_exact_flops" not in fit3 and "beta=-0.733" in fit3["optimum_skipped"]
+    exponents = _exponents(report, {}, None)
+    assert exponents["approach3"] is None and exponents["approach3_skipped"] == fit3["optimum_skipped"]
+    sweep_report = {**report, "exact": report, "sweep": {
+        "runs": {"failed": [], "plateau": []}, "param_count": "non_embedding", "n_opt_exponents": {"exact": exponents},
+        "held_out": {}, "leave_out": {}, "compute_optimal": [], "irreducible": None, "seed_noise": None,
+        "loss_by_budget": []}}
+    text = summary(sweep_report)
+    assert "approach 3 (exact)" in text and "no N_opt exponent: the fitted law" in text

@@ -44,6 +44,10 @@ def test_optional_columns_absent(tmp_path):
     ("N,D,loss\n1e8,2e9,0\n", r"runs.csv:2: loss='0' must be a positive number"),
     ("N,D,loss\n1e8,2e9,3.1\n1e8,abc,3.1\n", r"runs.csv:3: D='abc' is not a number"),
     ("N,D,loss,status\n1e8,2e9,3.1,diverged\n", r"no finished runs \(1 row\(s\) failed or diverged\)"),
+    # a sweep's runs.csv whose rows all finished on the early plateau: it said "failed or diverged"
+    ("N,D,loss,status\n1e8,2e9,3.1,plateau\n1e8,3e9,3.0,plateau\n1e8,2e9,3.1,failed\n",
+     r"no finished runs \(1 row\(s\) failed or diverged, 2 row\(s\) on the early plateau \(status 'plateau'; "
+     r"rerun the sweep with --config.fit.plateau_rule=False to fit them\)\)"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, text, message):
     with pytest.raises(RunTableError, match=message) as error:

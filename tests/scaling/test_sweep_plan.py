@@ -121,6 +121,16 @@ def test_every_preset_plans(preset):
     (dict(lr_horizon_exponent=1.5), "lr_horizon_exponent=1.5 in \\[0, 1\\]"),
     (dict(position="alibi"), "sweep.position='alibi'"),
     (dict(bogus=1), "unknown field\\(s\\) \\['bogus'\\]"),
+    # --config.sweep.budgets=abc arrives as ('abc',); it once became a tuple of letters (TypeError)
+    (dict(budgets=("abc",)), r"sweep.budgets=\('abc',\) must be a tuple of numbers, e.g. --config.sweep.budgets="),
+    (dict(non_embedding_params=("abc",)), r"sweep.non_embedding_params=\('abc',\) must be a tuple of numbers"),
+    (dict(plan="tokens", tokens_per_param=("abc",)), r"sweep.tokens_per_param=\('abc',\) must be a tuple"),
+    (dict(aspect=0), r"sweep.aspect=0 \(d_model per layer of generated models\) must be a whole number >= 1"),
+    (dict(aspect=-4), r"sweep.aspect=-4 "),  # it said "ladder sizes [...] appear twice"
+    (dict(tokens_per_param_prior=0.0), r"sweep.tokens_per_param_prior=0.0 must be a positive number"),
+    (dict(tokens_per_param_prior=-20.0), r"sweep.tokens_per_param_prior=-20.0 must be a positive number"),
+    (dict(repeat_seeds=(0,)), r"sweep.repeat_seeds=\(0,\) repeats seed 0, which every run already trains with"),
+    (dict(repeat_seeds=(1, 1)), r"sweep.repeat_seeds=\(1, 1\) repeats a seed; give distinct extra seeds"),
 ])
 def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
     config = scaling_laws.get_config("cpu_tiny")
@@ -133,7 +143,9 @@ def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
 
 
 @pytest.mark.parametrize("fit_fields, message", [
-    (dict(bootstrap=-5), r"fit.bootstrap=-5 must be a whole number >= 0"),
+    (dict(bootstrap=-5), r"fit.bootstrap=-5 must be 0 \(no intervals\) or a whole number >= 100"),
+    (dict(bootstrap=1), r"fit.bootstrap=1 must be 0 \(no intervals\) or a whole number >= 100"),
+    (dict(seed=-1), r"fit.seed=-1 \(the bootstrap's seed\) must be a whole number >= 0"),  # it failed after training
     (dict(compute_budget=-1.0), r"fit.compute_budget=-1.0 must be a positive number of FLOPs"),
     (dict(init_grid="fine"), r"fit.init_grid='fine' is not one of \('paper', 'coarse'\)"),
 ])
@@ -146,6 +158,32 @@ def test_bad_fit_settings_fail_before_training_with_one_line(fit_fields, message
     assert "\n" not in str(error.value)
     config.fit.enabled = False  # a sweep that does not fit does not need them
     sweep.plan_sweep(config)
+
+
+@pytest.mark.parametrize("train_fields, message", [
+    (dict(batch_size=0), r"train.batch_size=0 must be a whole number >= 1"),  # was a ZeroDivisionError
+    (dict(batch_size=-8), r"train.batch_size=-8 must be a whole number >= 1"),  # said "steps of -256 tokens"
+    (dict(seq_len=0), r"train.seq_len=0 must be a whole number >= 1"),  # said "ladder-1e+03: max_len=0"
+])
+def test_bad_train_sizes_name_the_train_field(train_fields, message):
+    config = scaling_laws.get_config("test_tiny")
+    config.train.update(train_fields)
+    with pytest.raises(SweepError, match=message) as error:
+        sweep.plan_sweep(config)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_workdir_under_a_file_is_one_line_before_any_work(tmp_path, dry_run):
+    (tmp_path / "file").write_text("kept")
+    for workdir in (tmp_path / "file", tmp_path / "file" / "sweep"):
+        result = subprocess.run([sys.executable, "-m", "experiments.scaling_laws", f"--workdir={workdir}",
+                                 "--config=experiments/configs/scaling_laws.py:test_tiny"] + ["--dry_run"] * dry_run,
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+            f"error: --workdir={workdir} cannot be used: {tmp_path / 'file'} is a file, not a directory; choose "
+            "another --workdir."], result.stderr
+    assert (tmp_path / "file").read_text() == "kept"
 
 
 def test_cli_dry_run_and_bad_preset():
@@ -189,3 +227,19 @@ def test_gpu_host_windows_straddle_each_budgets_optimum_without_repeating_data()
         assert len(sizes) == 6 and sum(n > optimum for n in sizes) >= 2 and sum(n < optimum for n in sizes) >= 2
     corpus_tokens = config.data.synthetic.num_documents * config.data.synthetic.doc_chars
     assert max(r.tokens for r in plan.runs) <= corpus_tokens
+
+
+def test_the_config_docstring_states_the_presets_own_sizes():
+    """It said tokens_tiny was 20.8M tokens "about as long as cpu_tiny" (it is 19.1M tokens and a
+    seventh of the FLOPs) and cpu_tiny's rate "capped at 4e-2" (lr_scale_cap=0: no cap)."""
+    doc = " ".join(scaling_laws.__doc__.split())
+    totals = {}
+    for preset in ("tokens_tiny", "cpu_tiny"):
+        runs = sweep.plan_sweep(scaling_laws.get_config(preset)).runs
+        totals[preset] = (sum(r.tokens for r in runs), sum(r.compute_exact for r in runs))
+    flops = lambda value: f"{value:.3g}".replace("e+", "e")  # 1.51e12, as the docstring writes it
+    assert f"{totals['tokens_tiny'][0] / 1e6:.1f}M tokens, {flops(totals['tokens_tiny'][1])} FLOPs" in doc
+    assert f"cpu_tiny's {flops(totals['cpu_tiny'][1])}" in doc
+    assert totals["tokens_tiny"][1] / totals["cpu_tiny"][1] == pytest.approx(1 / 7, rel=0.1)  # "about a seventh"
+    assert scaling_laws.get_config("cpu_tiny").sweep.lr_scale_cap == 0.0 and "capped at" not in doc
+    assert "no cap, lr_scale_cap=0" in doc and "(500 / steps) ** 0.5" in doc

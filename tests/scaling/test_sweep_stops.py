@@ -1,0 +1,142 @@
+"""How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), a run the
+training system refused before its first step does not lock its directory, and a fit skipped
+for plateau runs names the fix that applies, and a workdir keeps the plan it was made with."""
+import io
+import json
+import os
+import signal
+
+import pytest
+
+from experiments.configs import scaling_laws
+from experiments.scaling_laws import sweep
+from research.models.config import ConfigError
+from research.training import preemption
+from tests.scaling.test_sweep_run import law_trainer
+
+
+def tiny_config():
+    config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = False
+    return config
+
+
+def test_an_interrupted_run_stops_the_sweep_pending_and_a_rerun_trains_it(tmp_path):
+    config = tiny_config()
+    runs = sweep.plan_sweep(config).runs
+    stopped = runs[2].run_id
+    trained = []
+
+    def interrupted_once(run_config, run_dir):
+        if os.path.basename(run_dir) == stopped and not trained.count(stopped):
+            trained.append(stopped)
+            raise preemption.Interrupted("SIGTERM", 5, os.path.join(run_dir, "checkpoints"))
+        trained.append(os.path.basename(run_dir))
+        return law_trainer({})(run_config, run_dir)
+
+    with pytest.raises(preemption.Interrupted, match="stopped by SIGTERM at step 5"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=interrupted_once, out=io.StringIO())
+    assert trained == [r.run_id for r in runs[:3]]  # the sweep stopped: no later run started
+    assert sweep.read_result(str(tmp_path / "runs" / stopped)) is None  # pending, not recorded as failed
+    rows = {r["run"]: r["status"] for r in map(json.loads, open(tmp_path / "runs.jsonl"))}
+    assert rows[stopped] == "pending" and rows[runs[0].run_id] == "ok"
+
+    again = sweep.run_sweep(config, str(tmp_path), train_fn=interrupted_once, out=io.StringIO())
+    assert again.counts == {"trained": 3, "skipped": 2, "failed": 0, "pending": 0}
+    assert trained[3:] == [r.run_id for r in runs[2:]]
+
+
+def test_a_signal_during_a_runs_last_steps_stops_the_sweep_before_the_next_run(tmp_path):
+    """The run's Guard takes the signal, the run ends normally (it was at its last block), and the
+    next run's Guard never sees it: the sweep must stop between the two."""
+    config = tiny_config()
+    runs = sweep.plan_sweep(config).runs
+    started = []
+
+    def signalled_in_first(run_config, run_dir):
+        started.append(os.path.basename(run_dir))
+        if len(started) == 1:
+            guard = preemption.Guard().install()
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert guard.requested
+            finally:
+                guard.uninstall()
+        return law_trainer({})(run_config, run_dir)
+
+    with pytest.raises(preemption.Interrupted, match="stopped by SIGTERM after") as stop:
+        sweep.run_sweep(config, str(tmp_path), train_fn=signalled_in_first, out=io.StringIO())
+    assert stop.value.exit_code == 143 and started == [runs[0].run_id]
+    assert sweep.read_result(str(tmp_path / "runs" / runs[0].run_id))["status"] == "ok"  # its result is kept
+
+
+def test_a_group_trained_together_that_is_interrupted_is_not_recorded_failed(monkeypatch, tmp_path):
+    from research.training import loop
+
+    def interrupted(configs, workdirs):
+        raise preemption.Interrupted("SIGINT", 10, "somewhere")
+
+    monkeypatch.setattr(loop, "train_together", interrupted)
+    config = tiny_config()
+    run = sweep.plan_sweep(config).runs[0]
+    pending = [(run, config, str(tmp_path / name), name) for name in ("a", "b")]
+    with pytest.raises(preemption.Interrupted, match="stopped by SIGINT"):
+        sweep._train_together(pending)
+
+
+def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_path):
+    """run_config.json is written before the training system validates the config; a config it
+    refuses leaves a run with no checkpoint and no result, whose record the corrected command replaces."""
+    config = tiny_config()
+
+    def validating(run_config, run_dir):
+        if run_config.opt.learning_rate <= 0:
+            raise ConfigError(f"opt.learning_rate={run_config.opt.learning_rate} must be positive.")
+        return law_trainer({})(run_config, run_dir)
+
+    config.opt.learning_rate = -1.0
+    with pytest.raises(ConfigError, match="must be positive"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
+    config.opt.learning_rate = 1e-2
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
+    assert outcome.counts["trained"] == 5
+    first = tmp_path / "runs" / outcome.plan.runs[0].run_id
+    assert json.loads((first / sweep.RUN_CONFIG_FILE).read_text())["opt"]["learning_rate"] > 0
+    # Once a run has a result, its config is what the result was trained with: still refused.
+    config.opt.learning_rate = 3e-2
+    with pytest.raises(sweep.SweepError, match="trained with a different config"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
+
+
+def test_a_fit_skipped_for_plateau_runs_counts_them_as_finished_and_names_the_plateau_rule(tmp_path):
+    """It said "0 finished run(s) (0 failed, 5 on the early plateau) ... fix the failed ones
+    (--retry_failed)": the runs had finished, and --retry_failed does nothing for them."""
+    config = scaling_laws.get_config("test_tiny")
+
+    def flat(run_config, run_dir):  # every run ends far above the corpus's bigram level
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            for step in range(1, run_config.train.num_steps + 1):
+                f.write(json.dumps({"step": step, "loss": 5.0, "num_tokens": 256}) + "\n")
+            f.write(json.dumps({"step": run_config.train.num_steps, "eval_loss": 5.0}) + "\n")
+
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=flat, out=io.StringIO())
+    assert outcome.fit is None and outcome.fit_note == (
+        "fit skipped: 0 of 5 ended run(s) usable (0 failed, 5 finished on the early plateau); the fit needs >= 5: "
+        "add runs, or train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False).")
+
+
+def test_a_plan_that_drops_runs_is_refused_before_anything_is_rewritten(tmp_path):
+    """Run ids that do not overlap the old ones passed every run directory's check: plan.json and
+    the tables were rewritten for the new plan and the old rows vanished (fit.json stayed)."""
+    config = tiny_config()
+    sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    written = lambda: {name: (tmp_path / name).read_bytes() for name in ("plan.json", "runs.csv", "runs.jsonl")}
+    before = written()
+    config.sweep.tokens_per_param = (2.0,)
+    with pytest.raises(sweep.SweepError, match=f"{tmp_path} holds a sweep planned with other settings \\(5 of its 5 "
+                                               "runs, e.g. .*, are not in this plan\\); use a new --workdir"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert written() == before
+    config.sweep.tokens_per_param = (1.0, 2.0)  # only adds runs: every old row is kept
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert outcome.counts["skipped"] == 5 and outcome.counts["trained"] > 0
