@@ -137,7 +137,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     from experiments import workers
     from research.training.checkpoint_loading import checkpoint_steps_in
     from research.evaluation.tokenizer_loading import load_tokenizer
-    from research.training import train_and_evaluate
+    from research.training import preemption, train_and_evaluate
     from research.training.metrics import measure_peak_flops
 
     plan = plan_study(config)
@@ -151,7 +151,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     if worker:  # the largest first: the workers then end close together
         flops = estimated_training(config)["flops"]
         sizes.sort(key=lambda size: -flops[size])
+    requests = preemption.stop_requests()
     for size in sizes:
+        # A Ctrl-C / SIGTERM during a size's last steps ends that size normally (nothing raises);
+        # stop here rather than start the next size.
+        if preemption.stop_requests() > requests:
+            raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the size it came during ended")
         run_dir = os.path.join(workdir, "runs", size)
         with workers.claim(run_dir) if worker else contextlib.nullcontext(True) as ours:
             if not ours:
@@ -196,7 +201,9 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int
     print(f"training {len(config.sizes)} sizes in {count} worker processes (their logs: {log_dir})")
     argvs = [workers.worker_argv("experiments.emergence", args, "--study_worker",
                                  f"--config.train.peak_flops={peak_flops!r}") for _ in range(count)]
-    codes = workers.run_workers(argvs, log_dir=log_dir, poll=workers.log_echo(log_dir, count))
+    # forward_signals: a Ctrl-C / SIGTERM reaches the workers as SIGTERM (each saves its size's
+    # checkpoint and stops), then workers.Stopped; the same command resumes.
+    codes = workers.run_workers(argvs, log_dir=log_dir, poll=workers.log_echo(log_dir, count), forward_signals=True)
     for index, code in enumerate(codes):
         if code:
             log = os.path.join(log_dir, f"worker-{index}.log")
@@ -242,6 +249,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from research.data import DataError
     from research.training import TrainingDivergedError
+    from research.training.preemption import Interrupted
 
     if flags.FLAGS.dry_run:
         try:
@@ -272,6 +280,9 @@ def main(argv):
         run_study(flags.FLAGS.config, flags.FLAGS.workdir)  # after workers: only the report is left
     except (ConfigError, DataError, TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
+    except (Interrupted, workers.Stopped) as stop:  # checkpoints saved: the same command resumes
+        print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
+        sys.exit(stop.exit_code)  # 130 / 143: a scheduler sees the job was stopped, not finished
 
 
 if __name__ == "__main__":

@@ -249,6 +249,39 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
         configs.get_config("cpu_huge")
 
 
+def test_a_stop_during_one_size_starts_no_other_size(tmp_path, monkeypatch):
+    """Interrupted (Ctrl-C / SIGTERM inside a size's training) propagates; a signal a size's
+    Guard took during its last steps, which let that size end normally, stops the study before
+    the next size starts."""
+    import signal
+    from research.training import preemption
+    started = []
+
+    def interrupted(config, run_dir):
+        started.append(os.path.basename(run_dir))
+        raise preemption.Interrupted("SIGINT", 3, os.path.join(run_dir, "checkpoints"))
+
+    def signalled_at_its_end(config, run_dir):
+        started.append(os.path.basename(run_dir))
+        guard = preemption.Guard().install()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert guard.requested
+        finally:
+            guard.uninstall()
+        return {}
+
+    monkeypatch.setattr(emergence, "evaluate_run", lambda *args: [])
+    monkeypatch.setattr("research.training.metrics.measure_peak_flops", lambda: 1e9)
+    for train, message in ((interrupted, "stopped by SIGINT at step 3"),
+                           (signalled_at_its_end, "stopped by SIGTERM after the size it came during ended")):
+        started.clear()
+        monkeypatch.setattr("research.training.train_and_evaluate", train)
+        with pytest.raises(preemption.Interrupted, match=message):
+            emergence.run_study(configs.get_config("micro"), str(tmp_path / train.__name__), log=lambda _: None)
+        assert started == [configs.get_config("micro").sizes[0]]
+
+
 def test_command_line_refuses_a_bad_config_in_a_dry_run_and_a_file_as_workdir(tmp_path):
     import subprocess
     import sys
