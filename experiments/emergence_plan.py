@@ -254,23 +254,26 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
     from research import data
     from research.data.sources import TextFileSource, stdlib_files
-    from research.evaluation.task_corpus import held_out_prompts, take_chars, task_documents, write_mixture
+    from research.evaluation.task_corpus import take_chars, task_documents, write_mixture
 
     data_dir = os.path.join(workdir, "data")
     mixture_path = os.path.join(data_dir, "mixture.jsonl")
     manifest_path = os.path.join(data_dir, "manifest.json")
-    # The mixture depends on the eval config only through the prompts it holds out (and the
-    # chain-of-thought cue), so adding an evaluation whose items are already held out (e.g. the
-    # first 400 of the 1000 final addition items, tracked at every checkpoint) keeps the runs.
     held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
-    wanted = _digest({"mixture": config.mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                      "cot_description": config.eval.cot_description,
-                      "held_out": _digest(sorted(set().union(*(held_out_prompts(t) for t in held_out))))})
-    if read_json(manifest_path).get("fingerprint") != wanted or not os.path.isfile(mixture_path):
+    wanted, legacy = mixture_fingerprints(config, plan)
+    stored = read_json(manifest_path).get("fingerprint")
+    if stored == legacy != wanted and os.path.isfile(mixture_path):
+        # A manifest written before 2026-12-05 (its fingerprint held every held-out prompt), by
+        # these very settings: the same documents; record the fingerprint of today's form.
+        write_json(manifest_path, {**read_json(manifest_path), "fingerprint": wanted})
+        stored = wanted
+    if stored != wanted or not os.path.isfile(mixture_path):
         runs_dir = os.path.join(workdir, "runs")
         if os.path.isdir(runs_dir) and os.listdir(runs_dir):
             raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
-                              "use a new --workdir (or delete its runs/ and data/).")
+                              "use a new --workdir (or delete its runs/ and data/; a workdir made before "
+                              "2026-12-05 also continues under the eval settings it was made with, e.g. cpu_tiny's "
+                              "--config.eval.num_test=400).")
         mixture = config.mixture
         parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
                                       seed=mixture.seed, held_out=held_out)
@@ -288,6 +291,24 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     tokenizer = data.build_tokenizer(data.DataConfig(**files_config, tokenizer=data.TokenizerConfig(
         **config.tokenizer.to_dict())), workdir)
     return {**files_config, "file_patterns": [mixture_path], "tokenizer": {"model_path": tokenizer.path}}
+
+
+def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> tuple[str, str]:
+    """(fingerprint, the same in its pre-2026-12-05 form) of what decides the training mixture:
+    the mixture and tokenizer settings, the chain-of-thought cue and the evaluation prompts the
+    training tasks would otherwise contain, which are left out of them. Only those: tracking more
+    items or tasks at every checkpoint (more held-out copy prompts that no training document
+    holds, the first 400 of the 1000 final additions) keeps the mixture, and so the runs. The
+    older form digested every held-out prompt, whether or not training drew it."""
+    from research.evaluation.task_corpus import held_out_prompts, render
+
+    held_out = set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
+    excluded = sorted({prompt for task in plan.train_tasks.values() for doc in task.docs("train")
+                       if (prompt := render(task.spec.prompt, doc, "prompt")) in held_out})
+    settings = {"mixture": config.mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+                "cot_description": config.eval.cot_description}
+    return (_digest({**settings, "excluded_from_training": _digest(excluded)}),
+            _digest({**settings, "held_out": _digest(sorted(held_out))}))
 
 
 def examples_per_document(mixture: ml_collections.ConfigDict, task: str) -> tuple[int, int]:

@@ -336,9 +336,10 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.report.mirage_sizes = ("d24-l2", "d32-l2", "d48-l2", "scale-1e5")
         # 1000 items per task at every checkpoint, as at the end: the mirage along training is
         # read from these curves, and the minimum is 1000 items per answer length. The
-        # first 400 are the items the 400-item curves had (one seed draws them in order), and
-        # the final 1000 are the same problems, so the held-out set, and with it training, is
-        # unchanged.
+        # first 400 are the items the 400-item curves had (one seed draws them in order), the
+        # additions are the final 1000, and the 600 more copy prompts held out are none the
+        # training stream draws: the training documents are those of 400 items, and the
+        # mixture's fingerprint (emergence_plan.mixture_fingerprints) with them.
         config.eval.num_test = 1000
     elif arg == "cpu_tiny_base10":
         pass

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from experiments import emergence, emergence_report
+from experiments import emergence, emergence_plan, emergence_report
 from experiments.configs import emergence as configs
 from research.evaluation import harness as harness_lib
 from research.evaluation.results_table import read_rows
@@ -132,6 +132,14 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     tracked.eval.tasks = (*tracked.eval.tasks, "addition_2digit")
     emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
     assert os.path.getmtime(mixture) == written
+    # A manifest written before the fingerprint's present form, by these settings: accepted and
+    # brought up to date, the mixture kept.
+    manifest = os.path.join(workdir, "data", "manifest.json")
+    current = emergence_plan.read_json(manifest)["fingerprint"]
+    legacy = emergence_plan.mixture_fingerprints(tracked, emergence.plan_study(tracked))[1]
+    emergence_plan.write_json(manifest, {**emergence_plan.read_json(manifest), "fingerprint": legacy})
+    emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
+    assert emergence_plan.read_json(manifest)["fingerprint"] == current and os.path.getmtime(mixture) == written
     reseeded = configs.get_config("micro")
     reseeded.eval.seed = 1
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):
@@ -327,7 +335,7 @@ def test_cpu_tiny_mirage_is_cpu_tiny_base10_with_the_previous_init_and_packed_co
     assert mirage.to_dict() == tiny.to_dict()
 
 
-def test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items():
+def test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixture():
     # cpu_tiny tracks every addition length at every checkpoint with the final evaluation's 1000
     # items (400 items are the first 400 of the same 1000), so the held-out additions, hence the
     # training mixture and the trained runs, are those of the designs that tracked 400 items, or
@@ -344,7 +352,8 @@ def test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items():
 
     assert held_out(every) == held_out(some)
     # 1000 copy items along training in place of 400 hold out 600 more copy prompts, none of
-    # which the training stream draws: every training problem is kept as before.
+    # which the training stream draws: every training problem is kept as before, and so is the
+    # mixture's fingerprint (its older form, of every held-out prompt, changed).
     fewer_items = configs.get_config("cpu_tiny")
     fewer_items.eval.num_test = 400
     extra = held_out(every) - held_out(fewer_items)
@@ -352,6 +361,9 @@ def test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items():
     trained = {render(t.spec.prompt, d, "prompt") for t in emergence.plan_study(every).train_tasks.values()
                for d in t.docs("train")}
     assert not extra & trained
+    new, old = emergence_plan.mixture_fingerprints(every, emergence.plan_study(every))
+    assert (new, old) != emergence_plan.mixture_fingerprints(fewer_items, emergence.plan_study(fewer_items))
+    assert new == emergence_plan.mixture_fingerprints(fewer_items, emergence.plan_study(fewer_items))[0]
     fewer = configs.get_config("cpu_tiny")
     for field in ("tasks", "final_tasks"):
         fewer.eval[field] = tuple(t for t in fewer.eval[field] if not t.startswith("addition_3"))
@@ -394,7 +406,7 @@ def test_cpu_tiny_is_the_padded_study_in_base_26_with_the_mirage_read_across_its
     assert tiny.report.mirage_sizes == tuple(s for s, m in plan.sizes.items() if m.num_layers == 2)
     assert len(tiny.report.mirage_sizes) >= 4
     # Its curves along training have as many items as the final evaluation (training is unchanged
-    # by it: test_tracking_more_items_or_lengths_along_training_holds_out_no_new_items).
+    # by it: test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixture).
     assert tiny.eval.num_test == tiny.eval.final_num_test == 1000
     # Nothing else differs from the base-10 padded study: the base, the mirage's sizes and the
     # items along training only.
