@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import NoReturn
 
 from absl import flags
 from ml_collections.config_flags import config_flags as ml_config_flags
@@ -91,3 +92,16 @@ def _exit_if_config_file_missing() -> None:
             flag.value.keys  # ml_collections defers a load failure to the first access; surface it now
         except OSError:
             sys.exit(_missing_config_file(flag.name, str(flag.serialize()).split("=", 1)[-1].split(":", 1)[0]))
+
+
+def exit_stopped(stop: Exception | None) -> NoReturn:
+    """Exit after a Ctrl-C / SIGTERM: `stop` (preemption.Interrupted or workers.Stopped, whose
+    checkpoints are saved) in one line with its exit code, 130 / 143, so a scheduler sees the job
+    was stopped, not finished; None for a KeyboardInterrupt (a second Ctrl-C, or one outside a
+    training loop), exit 130."""
+    if stop is None:
+        print("\nerror: stopped by SIGINT without saving this step; rerun the same command to continue from the "
+              "last checkpoints.", file=sys.stderr)
+        sys.exit(130)
+    print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
+    sys.exit(stop.exit_code)

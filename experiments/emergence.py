@@ -15,7 +15,8 @@ Steps (each skipped on a rerun when already done):
      BIG-bench linearity and breakthroughness), mirage.{json,csv} (exact match beside p^L per
      size and answer length) and mirage_shapes (their shapes across report.mirage_sizes),
      transition / transition_shapes / mirage_along_training (the same along training, with the
-     jump rule), report.md, and plots: vs_params.png, vs_compute.png, zero_vs_few_shot.png,
+     jump rule), mirage_verdicts (the mirage by rule, study_report.sharpening_verdict: across
+     sizes and along training per size), report.md, and plots: vs_params.png, vs_compute.png, zero_vs_few_shot.png,
      mirage.png, mirage_along_training.png, transition.png, and direct_vs_cot.png where
      chain-of-thought and direct variants of a task are both evaluated.
 Several seeds of one study: experiments/emergence_seeds.py reads their workdirs side by side.
@@ -105,12 +106,24 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
         params = restore_params(os.path.join(run_dir, "checkpoints", str(step)))
         harness = Harness(model, params, tokenizer, batch_size=config.eval.batch_size,
                           min_bucket=config.eval.min_bucket)
-        entries = plan.eval_entries + (plan.final_entries if step == train.num_steps else [])
+        entries = plan.eval_entries + (final_entries_not_tracked(plan) if step == train.num_steps else [])
         results = evaluate_with_items(harness, entries)
         write_rows(results, stem, metadata={"fingerprint": plan.fingerprint})
         rows.extend({**identity, **row} for row in results)
         log(f"  evaluated {size} step {step} in {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def final_entries_not_tracked(plan: StudyPlan) -> list:
+    """The final evaluation's entries less those the checkpoint evaluation already scores on the
+    same items with the same shots (cpu_tiny tracks its 1000 final additions at every
+    checkpoint): scoring them twice would cost time and give the last checkpoint two rows."""
+    from research.evaluation.task_corpus import held_out_prompts
+
+    key = lambda e: (e.name, e.num_fewshot, len(e.task.docs(e.task.spec.eval_split)),
+                     tuple(sorted(held_out_prompts(e.task))))
+    tracked = {key(e) for e in plan.eval_entries}
+    return [e for e in plan.final_entries if key(e) not in tracked]
 
 
 def evaluate_with_items(harness: Any, entries: list) -> list[dict[str, Any]]:
@@ -153,10 +166,6 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
         sizes.sort(key=lambda size: -flops[size])
     requests = preemption.stop_requests()
     for size in sizes:
-        # A Ctrl-C / SIGTERM during a size's last steps ends that size normally (nothing raises);
-        # stop here rather than start the next size.
-        if preemption.stop_requests() > requests:
-            raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the size it came during ended")
         run_dir = os.path.join(workdir, "runs", size)
         with workers.claim(run_dir) if worker else contextlib.nullcontext(True) as ours:
             if not ours:
@@ -172,6 +181,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
                 log(f"{size}: training {config.train.num_steps} steps at peak learning rate "
                     f"{size_learning_rate(config, size):.3g}")
                 final = train_and_evaluate(train_config(config, size, data_config), run_dir)
+                # A Ctrl-C / SIGTERM during a size's last steps ends its training normally (nothing
+                # raises): stop before its evaluation and the next size (evaluations are cached per step).
+                if preemption.stop_requests() > requests:
+                    raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), f"{size}'s training ended")
                 # A session ended by train.stop_after_steps before an evaluation step returns no eval_loss.
                 loss = f", eval_loss {final['eval_loss']:.3f}" if "eval_loss" in final else ""
                 log(f"{size}: trained in {time.perf_counter() - start:.0f} s{loss}")
@@ -249,6 +262,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from research.data import DataError
     from research.training import TrainingDivergedError
+    from experiments.cli import exit_stopped
     from research.training.preemption import Interrupted
 
     if flags.FLAGS.dry_run:
@@ -281,8 +295,9 @@ def main(argv):
     except (ConfigError, DataError, TrainingDivergedError) as error:
         sys.exit(f"error: {error}")
     except (Interrupted, workers.Stopped) as stop:  # checkpoints saved: the same command resumes
-        print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
-        sys.exit(stop.exit_code)  # 130 / 143: a scheduler sees the job was stopped, not finished
+        exit_stopped(stop)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a size's training (evaluation is cached per step)
+        exit_stopped(None)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,24 @@ def _check_distinct_items(entries: list, field: str) -> None:
         items = len(entry.task.docs(entry.task.spec.eval_split))
         distinct = len(held_out_prompts(entry.task))
         if distinct < (1.0 - MAX_REPEATED_ITEMS) * items:
+            problems = _problems_behind(distinct, items)
             raise ConfigError(f"eval.{field}={items}: task {entry.name!r} has only {distinct} distinct problems among "
                               f"its {items} test items, and repeats make the item-bootstrap intervals too narrow; "
-                              f"lower eval.{field} to at most {distinct} or use a task with more problems.")
+                              f"items are drawn with replacement from about {problems} problems, so lower eval.{field} "
+                              f"to about {max(1, problems // 10)} or use a task with more problems.")
+
+
+def _problems_behind(distinct: int, draws: int) -> int:
+    """How many equally likely problems `draws` draws with replacement come from when `distinct`
+    of them differ (E[distinct] = K (1 - (1 - 1/K)^draws), solved for K by bisection)."""
+    low, high = float(distinct), float(distinct) * 1e6
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle * (1 - (1 - 1 / middle) ** draws) < distinct:
+            low = middle
+        else:
+            high = middle
+    return round(high)
 
 
 def _check_distinct_sizes(models: dict[str, Any]) -> None:

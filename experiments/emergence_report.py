@@ -1,7 +1,8 @@
 """The emergence study's report (experiments/emergence.py, step 4): from the evaluated rows,
 results.{json,csv}, summary.{json,csv} (each metric across sizes at the end of training, with
-BIG-bench linearity and breakthroughness), the mirage and transition tables, plots and report.md
-under <workdir>/report."""
+BIG-bench linearity and breakthroughness), the mirage and transition tables, the mirage's
+verdicts by rule (mirage_verdicts.{json,csv}: across sizes and along training per size),
+plots and report.md under <workdir>/report."""
 from __future__ import annotations
 
 import os
@@ -144,7 +145,9 @@ def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> lis
     chosen: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = (row["size"], row["step"], row["task"], row["num_shots"])
-        if key not in chosen or (row["num_examples"] > chosen[key]["num_examples"]) == most_items:
+        # Strictly more (or fewer): on a tie the first row, the one evaluated at every checkpoint.
+        if key not in chosen or (row["num_examples"] > chosen[key]["num_examples"] if most_items
+                                 else row["num_examples"] < chosen[key]["num_examples"]):
             chosen[key] = row
     return [row for row in rows if chosen[(row["size"], row["step"], row["task"], row["num_shots"])] is row]
 
@@ -235,8 +238,9 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                   "p_improves": v["teacher_forced_accuracy_improves"]} for v in mirage_rules]
         table = format_table(shown, ["axis", "size", "num_shots", "shortest", "longest", "p_improves",
                                      "exact_match_B", "p_B", "mirage"])
+        curves = "sizes" if len({v["num_shots"] for v in along}) <= 1 else "(size, shots) curves"
         text += (f"\n## The mirage by rule: across sizes {'shown' if any(v['mirage'] for v in across) else 'not shown'}"
-                 f"; along training at {sum(v['mirage'] for v in along)} of {len(along)} sizes\n\n"
+                 f"; along training at {sum(v['mirage'] for v in along)} of {len(along)} {curves}\n\n"
                  "Exact match's breakthroughness B at the longest answer above the shortest's (80% intervals apart) "
                  "while per-digit accuracy p improves (at every size step across sizes; from first to last "
                  "checkpoint along training) and its B does not sharpen so (study_report.sharpening_verdict; "

@@ -17,8 +17,8 @@ to --output_dir:
                   80% item-bootstrap intervals (study_report.mirage_table);
   seed_spread.csv per task, size and metric: mean, standard deviation and range over the seeds;
   size_steps.csv  per task, metric and pair of consecutive sizes: the rise of the seed mean, its
-                  standard error (sqrt(sd_a^2 + sd_b^2) / sqrt(seeds)) and whether it exceeds
-                  RESOLVED_SE of them: whether the seeds tell the two sizes apart;
+                  standard error (sqrt(sd_a^2 / n_a + sd_b^2 / n_b)) and whether Welch's t test
+                  finds it at RESOLVED_LEVEL: whether the seeds tell the two sizes apart;
   verdicts.csv    per seed, whether that seed's curve across --sizes shows the mirage (the rule of
                   research.evaluation.study_report.sharpening_verdict), and which of --sizes
                   show it along training (the run's report/mirage_verdicts.csv);
@@ -34,15 +34,17 @@ from typing import Any, Sequence
 
 import numpy as np
 from absl import app, flags
+from scipy import stats
 
 from research.models.config import ConfigError
 
 P = "teacher_forced_accuracy"
 SHAPE_METRICS = ("exact_match", P)
-# A rise between consecutive sizes counts as resolved by the seeds when the seed mean moves by
-# more than this many standard errors of it (about a two-sided 95% z test; with 3 seeds a
-# crude one: the standard deviation itself is uncertain by ~50%).
-RESOLVED_SE = 2.0
+# A rise between consecutive sizes counts as resolved by the seeds when Welch's two-sided t test
+# of the two sizes' seed means rejects "no rise" at this level. With 2 or 3 seeds the t
+# quantile (12.7 at 1 degree of freedom, 2.78 at 4) is far above a normal 2: a z rule would call
+# a step with no true rise resolved 18% of the time at 2 seeds.
+RESOLVED_LEVEL = 0.05
 # Fingerprint fields allowed to differ between the runs: the seed, and paths inside each workdir.
 _MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path")
 
@@ -63,6 +65,9 @@ def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dic
     if not all(os.path.exists(os.path.join(workdir, "report", n)) for n in ("results.json", "mirage.json")):
         raise ConfigError(f"{workdir!r} has no finished report (report/results.json and mirage.json): finish its "
                           "study first (rerun the same experiments.emergence command).")
+    if not os.path.exists(os.path.join(workdir, "report", "mirage_verdicts.json")):
+        raise ConfigError(f"{workdir!r} has no report/mirage_verdicts.json (a report written before it existed): rerun "
+                          "its experiments.emergence command, which rewrites the report without training.")
     params = {r["size"]: r["params_non_embedding"] for r in _read_json(results)["rows"]}
     # The answer-length tasks: those of the study's final evaluation (eval.final_tasks), which its
     # report's mirage table holds.
@@ -139,8 +144,8 @@ def seed_spread(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def size_steps(spread: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task and metric, each pair of consecutive sizes: the seed mean's rise and its
-    standard error; resolved when |rise| > RESOLVED_SE standard errors."""
+    """Per task and metric, each pair of consecutive sizes: the seed mean's rise, its standard
+    error and Welch's t test of it (resolved: two-sided p < RESOLVED_LEVEL)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in spread:
         if row["metric"] in ("exact_match", "p"):
@@ -150,11 +155,16 @@ def size_steps(spread: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         members = sorted(members, key=lambda m: m["params_non_embedding"])
         for a, b in zip(members, members[1:]):
             rise = b["mean"] - a["mean"]
-            se = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / a["seeds"])
+            va, vb = a["sd"] ** 2 / a["seeds"], b["sd"] ** 2 / b["seeds"]
+            se = math.sqrt(va + vb)
             # Seeds that agree exactly (se 0) resolve any rise.
             ratio = rise / se if se > 0 else math.copysign(math.inf, rise) if rise else 0.0
+            # Welch-Satterthwaite degrees of freedom of the two means' difference.
+            dof = (va + vb) ** 2 / (va ** 2 / (a["seeds"] - 1) + vb ** 2 / (b["seeds"] - 1)) if se > 0 else math.inf
+            critical = float(stats.t.ppf(1 - RESOLVED_LEVEL / 2, dof)) if se > 0 else 0.0
             out.append({"task": task, "metric": metric, "from": a["size"], "to": b["size"], "rise": rise, "se": se,
-                        "rise_over_se": ratio, "resolved": bool(abs(rise) > RESOLVED_SE * se)})
+                        "rise_over_se": ratio, "dof": dof, "critical": critical,
+                        "resolved": bool(abs(ratio) > critical)})
     return out
 
 
@@ -172,11 +182,7 @@ def mirage_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def along_training_verdicts(workdir: str, sizes: Sequence[str], num_shots: int) -> list[dict[str, Any]]:
     """The study report's own verdicts along training (report/mirage_verdicts.json) for `sizes`."""
-    path = os.path.join(workdir, "report", "mirage_verdicts.json")
-    if not os.path.exists(path):
-        raise ConfigError(f"{workdir!r} has no report/mirage_verdicts.json (a report written before it existed): rerun "
-                          "its experiments.emergence command, which rewrites the report without training.")
-    return [r for r in _read_json(path)["rows"]
+    return [r for r in _read_json(os.path.join(workdir, "report", "mirage_verdicts.json"))["rows"]
             if r["axis"] == "along training" and r["size"] in sizes and r["num_shots"] == num_shots]
 
 
@@ -194,7 +200,7 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     spread_shown = [{**r, "values": " ".join(f"{x:.3f}" for x in r["values"]), "mean": f"{r['mean']:.3f}",
                      "sd": f"{r['sd']:.3f}"} for r in spread if r["metric"] in ("exact_match", "p")]
     steps_shown = [{**r, "rise": f"{r['rise']:+.3f}", "se": f"{r['se']:.3f}",
-                    "rise_over_se": f"{r['rise_over_se']:+.2f}"} for r in steps]
+                    "rise_over_se": f"{r['rise_over_se']:+.2f}", "critical": f"{r['critical']:.2f}"} for r in steps]
     count = sum(v["mirage"] for v in verdicts)
     resolved = sum(r["resolved"] for r in steps)
     return "\n".join([
@@ -203,15 +209,16 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
         f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds** (study_report.sharpening_verdict: "
         "p rises with size at every length, and exact match's breakthroughness B at the longest answer is above "
         "the shortest's, 80% item-bootstrap intervals apart, while p's is not).",
-        f"Along training (each run's report/mirage_verdicts.csv: the same rule on one size's checkpoints, p "
-        f"ending above where it started), the sizes that show it, per seed.", "",
+        "Along training (each run's report/mirage_verdicts.csv: the same rule on one size's checkpoints, p "
+        "ending above where it started), the sizes that show it, per seed.", "",
         "```", format_table(shown, ["seed", "mirage", "p_rises_with_size", "exact_match_B", "p_B", "along_training"]),
         "```", "",
         "## Spread over seeds at the end of training (p: teacher-forced per-digit accuracy; sd over seeds, n-1)", "",
         "```", format_table(spread_shown, ["task", "size", "metric", "values", "mean", "sd"]), "```", "",
         f"## Steps between consecutive sizes: {resolved} of {len(steps)} resolved by the seeds "
-        f"(|rise of the seed mean| > {RESOLVED_SE:g} standard errors)", "",
-        "```", format_table(steps_shown, ["task", "metric", "from", "to", "rise", "se", "rise_over_se", "resolved"]),
+        f"(Welch's t test of the seed means, two-sided, level {RESOLVED_LEVEL:g})", "",
+        "```", format_table(steps_shown, ["task", "metric", "from", "to", "rise", "se", "rise_over_se", "critical",
+                                   "resolved"]),
         "```", ""])
 
 

@@ -119,8 +119,8 @@ class Stopped(Exception):
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), as preemption.Interrupted."""
-        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+        from research.training.preemption import signal_exit_code
+        return signal_exit_code(self.signal_name)
 
 
 def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[[], None] = lambda: None,
@@ -156,6 +156,8 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
             log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
             env = {**os.environ, _CORES_ENV: ",".join(map(str, cores)), _PARENT_ENV: str(os.getpid())}
             processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            if received:  # a signal came while the workers were being started: this one stops too
+                processes[-1][0].send_signal(signal.SIGTERM)
         while any(p.poll() is None for p, _ in processes):
             if any(p.returncode not in (None, 0) for p, _ in processes):
                 for p, _ in processes:

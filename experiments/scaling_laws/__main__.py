@@ -47,6 +47,7 @@ def main(argv):
     from research.data import DataError
     from research.models.config import ConfigError
     from research.scaling import RunTableError
+    from experiments.cli import exit_stopped
     from research.training.preemption import Interrupted
 
     config = _CONFIG.value
@@ -84,12 +85,9 @@ def main(argv):
     except (ConfigError, DataError, RunTableError) as error:
         sys.exit(f"error: {error}")
     except (Interrupted, workers.Stopped) as stop:  # the run saved and stays pending: the same command resumes it
-        print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
-        sys.exit(stop.exit_code)  # 130 / 143: a scheduler sees the job was stopped, not finished
+        exit_stopped(stop)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's training loop
-        print("\nerror: stopped by SIGINT without saving this step; rerun the same command to continue from the "
-              "last checkpoints.", file=sys.stderr)
-        sys.exit(130)
+        exit_stopped(None)
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")

@@ -203,9 +203,6 @@ def _train_together(pending: list[tuple]) -> list[dict]:
     except Exception as exception:  # noqa: BLE001 -- the whole group failed; the sweep goes on
         outcomes = [exception] * len(pending)
     seconds = (time.perf_counter() - start) / len(pending)  # the group's wall time, shared out evenly
-    stopped = [outcome for outcome in outcomes if isinstance(outcome, Interrupted)]
-    if stopped:
-        raise stopped[0]
     records = []
     for (run, _, run_dir, _), outcome, resumed_from in zip(pending, outcomes, resumed):
         error = _error_line(outcome) if isinstance(outcome, Exception) else None
@@ -368,7 +365,10 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
     # One by one (alone, or e.g. one seed diverged before its first save while the other saved:
     # each goes on from its own checkpoint), each recorded as it ends, so an interrupt of a later
     # one (preemption.Interrupted, raised through) loses no earlier result.
+    requests = preemption.stop_requests()
     for item in pending:
+        if preemption.stop_requests() > requests:  # as between groups (run_sweep)
+            raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the run it came during ended")
         run, one, run_dir, _ = item
         # train_fn (tests' stand-in trainer) comes with one-run groups only (run_sweep)
         record([item], [_train_one(run, one, run_dir, train_fn or _train_alone)])

@@ -74,7 +74,8 @@ def summary(report: dict) -> str:
     edges = {k: v for k, v in (sweep.get("leave_out") or {}).items() if isinstance(v, dict) and "E" in v}
     if edges:
         lines.append("approach 3 without one edge of the design (nominal): " + "; ".join(
-            f"{name.replace('_', ' ')} ({v['runs_left_out']} runs) E={v['E']:.4f} a={v['a']:.3f}"
+            f"{name.replace('_', ' ')} ({v['runs_left_out']} runs) E={v['E']:.4f} "
+            + ("a=-" if v["a"] is None else f"a={v['a']:.3f}")
             for name, v in edges.items()))
     irreducible = sweep["irreducible"]
     if irreducible:

@@ -271,7 +271,8 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
         raise ValueError(f"premise={premise!r}: 'monotone' or 'net'.")
 
     def apart(metric: str) -> bool:
-        low, high = (by_key[(t, metric)]["breakthroughness_interval"] for t in (shortest, longest))
+        # .get: curve_summary rows (evaluations cached without per-item values) have no interval
+        low, high = (by_key[(t, metric)].get("breakthroughness_interval") for t in (shortest, longest))
         return bool(low and high and high[0] > low[1])
 
     b = lambda task, metric: by_key[(task, metric)]["breakthroughness"]

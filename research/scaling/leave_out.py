@@ -53,6 +53,11 @@ def leave_out_fits(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> dict[str,
             out[name] = {"skipped": f"{len(kept)} design points would remain; Approach 3 needs {MIN_RUNS}"}
             continue
         law = fit_chinchilla_law(kept, grid=grid).law
+        # As for the full fit: no N_opt exponent for a law without an optimum (a refit on fewer
+        # runs is the likeliest to give beta <= 0).
+        problem = law.optimum_problem()
         out[name] = {"runs_left_out": int(drop.sum()), "runs": len(table) - int(drop.sum()), "E": law.E,
-                     "alpha": law.alpha, "beta": law.beta, "a": law.beta / (law.alpha + law.beta)}
+                     "alpha": law.alpha, "beta": law.beta,
+                     "a": None if problem else law.beta / (law.alpha + law.beta),
+                     **({"optimum_skipped": problem} if problem else {})}
     return out

@@ -76,8 +76,13 @@ class Interrupted(Exception):
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention."""
-        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
+        return signal_exit_code(self.signal_name)
+
+
+def signal_exit_code(signal_name: str) -> int:
+    """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention for a
+    process a signal stopped."""
+    return 128 + int(getattr(signal, signal_name, signal.SIGTERM))
 
 
 class StoppedBetweenRuns(Interrupted):
@@ -136,8 +141,9 @@ class Guard:
             # a Python handler would replace its own.
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, self._handle)
-            if _EARLY_SIGINT.is_set():  # a Ctrl-C during setup that Python swallowed (watch_early_interrupts)
+            if _EARLY_SIGINT.is_set() and self.signal_name is None:  # a Ctrl-C during setup (watch_early_interrupts)
                 self.signal_name = "SIGINT"
+                _REQUESTS.append(self.signal_name)
         return self
 
     def uninstall(self) -> None:
@@ -161,7 +167,8 @@ class Guard:
                 reached = multihost_utils.reached_preemption_sync_point(step)
             except RuntimeError:  # jax_enable_preemption_service is off: no coordinated stop
                 return False
-            if reached:
-                self.signal_name = self.signal_name or "SIGTERM"
+            if reached and self.signal_name is None:
+                self.signal_name = "SIGTERM"
+                _REQUESTS.append(self.signal_name)
             return reached  # a local-only signal would desynchronise the processes; the service decides
         return self.requested

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from experiments import emergence_seeds
 from research.models.config import ConfigError
@@ -94,7 +95,12 @@ def test_seed_report_counts_the_seeds_that_show_the_mirage_and_the_spread_betwee
     assert ab["rise"] == pytest.approx(means["b"]["mean"] - means["a"]["mean"])
     assert ab["rise"] == pytest.approx(0.2, abs=0.02)
     assert ab["se"] == pytest.approx(np.hypot(means["a"]["sd"], means["b"]["sd"]) / np.sqrt(2))
-    assert ab["resolved"] == (ab["rise"] > 2 * ab["se"])
+    # Welch's t test with 2 seeds a size: 1 to 2 degrees of freedom, a critical value of 4.3 to
+    # 12.7 standard errors (a z rule's 2 would call a step with no true rise resolved 18% of the time).
+    va, vb = means["a"]["sd"] ** 2 / 2, means["b"]["sd"] ** 2 / 2
+    assert ab["dof"] == pytest.approx((va + vb) ** 2 / (va ** 2 + vb ** 2)) and 1 <= ab["dof"] <= 2
+    assert ab["critical"] == pytest.approx(stats.t.ppf(0.975, ab["dof"])) and ab["critical"] > 4.3
+    assert ab["resolved"] == (ab["rise"] / ab["se"] > ab["critical"])
     assert not bc["resolved"]
 
 

@@ -44,3 +44,15 @@ def test_too_few_sizes_or_runs_are_skipped_with_the_reason():
     D = np.array([1e6, 2e6, 1e6, 2e6, 4e6, 4e6])
     out = leave_out_fits(RunTable(N, D, TRUE.loss(N, D)))
     assert out == {"smallest_size": {"skipped": "only 2 size(s)"}, "largest_size": {"skipped": "only 2 size(s)"}}
+
+
+def test_a_refit_without_an_optimum_gets_no_exponent_but_the_reason(monkeypatch):
+    from types import SimpleNamespace
+    from research.scaling import leave_out
+    no_optimum = ChinchillaLaw(E=1.5, A=300.0, B=2000.0, alpha=0.6, beta=-0.7)
+    monkeypatch.setattr(leave_out, "fit_chinchilla_law", lambda table, grid=None: SimpleNamespace(law=no_optimum))
+    N, D, C = _isoflop_design()
+    out = leave_out_fits(RunTable(N, D, TRUE.loss(N, D), budget=C), grid=COARSE_GRID)
+    for edge in out.values():
+        assert edge["a"] is None and "no compute-optimal allocation" in edge["optimum_skipped"]
+        assert edge["beta"] == -0.7  # the law itself is still reported
