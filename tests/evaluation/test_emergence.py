@@ -225,8 +225,8 @@ def test_a_stop_during_one_size_starts_no_other_size(tmp_path, monkeypatch):
     """Interrupted (Ctrl-C / SIGTERM inside a size's training) propagates; a signal a size's
     Guard took during its last steps, which let its training end normally, stops the study before
     that size's evaluation and the next size."""
-    import signal
     from research.training import preemption
+    from tests.signals import stop_request_during_training
     started = []
 
     def interrupted(config, run_dir):
@@ -235,12 +235,7 @@ def test_a_stop_during_one_size_starts_no_other_size(tmp_path, monkeypatch):
 
     def signalled_at_its_end(config, run_dir):
         started.append(os.path.basename(run_dir))
-        guard = preemption.Guard().install()
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert guard.requested
-        finally:
-            guard.uninstall()
+        stop_request_during_training()
         return {}
 
     evaluated = []

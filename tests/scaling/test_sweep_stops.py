@@ -4,7 +4,6 @@ for plateau runs names the fix that applies, and a workdir keeps the plan it was
 import io
 import json
 import os
-import signal
 
 import pytest
 
@@ -13,6 +12,7 @@ from experiments.scaling_laws import sweep
 from research.models.config import ConfigError
 from research.training import preemption
 from tests.scaling.test_sweep_run import law_trainer
+from tests.signals import stop_request_during_training
 
 
 def tiny_config():
@@ -56,12 +56,7 @@ def test_a_signal_during_a_runs_last_steps_stops_the_sweep_before_the_next_run(t
     def signalled_in_first(run_config, run_dir):
         started.append(os.path.basename(run_dir))
         if len(started) == 1:
-            guard = preemption.Guard().install()
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                assert guard.requested
-            finally:
-                guard.uninstall()
+            stop_request_during_training()
         return law_trainer({})(run_config, run_dir)
 
     with pytest.raises(preemption.Interrupted, match="stopped by SIGTERM after") as stop:
