@@ -16,9 +16,9 @@ Steps (each skipped on a rerun when already done):
      size and answer length) and mirage_shapes (their shapes across report.mirage_sizes),
      transition / transition_shapes / mirage_along_training (the same along training, with the
      jump rule), mirage_verdicts (the mirage by rule, study_report.sharpening_verdict: across
-     sizes and along training per size), report.md, and plots: vs_params.png, vs_compute.png, zero_vs_few_shot.png,
-     mirage.png, mirage_along_training.png, transition.png, and direct_vs_cot.png where
-     chain-of-thought and direct variants of a task are both evaluated.
+     sizes and along training per size), report.md, and plots: vs_params.png, vs_compute.png,
+     zero_vs_few_shot.png, mirage.png, mirage_along_training.png, transition.png, and
+     direct_vs_cot.png where chain-of-thought and direct variants of a task are both evaluated.
 Several seeds of one study: experiments/emergence_seeds.py reads their workdirs side by side.
 
 Tokenizer: the training system trains on SentencePiece ids, so the study uses a SentencePiece

@@ -29,9 +29,9 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     # A task both tracked at every checkpoint (eval.tasks) and scored at the end (final_tasks) has
     # two rows at the final step: the summaries across sizes take the one with more items, the
     # curves along training the one with the same items as the other checkpoints.
-    finals_with_items = _one_row_per_setting([r for r in rows_with_items if r["final"]], most_items=True)
+    finals_with_items = one_row_per_setting([r for r in rows_with_items if r["final"]], most_items=True)
     finals = [{k: v for k, v in r.items() if k != "items"} for r in finals_with_items]
-    along_with_items = _one_row_per_setting(rows_with_items, most_items=False)
+    along_with_items = one_row_per_setting(rows_with_items, most_items=False)
     # Shape metrics with item-bootstrap intervals and the noise rule where per-item values
     # exist (every metric of emergence_metrics.curve_shape_with_noise); the paper's bare
     # values for the rest.
@@ -140,7 +140,12 @@ def mirage_verdicts(mirage: list[dict[str, Any]], mirage_shapes: list[dict[str, 
     return out
 
 
-def _one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
+def breakthroughness_pair(pair: list[float | None]) -> str:
+    """A verdict's (shortest, longest) breakthroughness as "B1 -> B2" ("-": within item noise)."""
+    return " -> ".join("-" if b is None else f"{b:.3g}" for b in pair)
+
+
+def one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list[dict[str, Any]]:
     """One row per (size, step, task, num_shots): the one with the most (or fewest) examples."""
     chosen: dict[tuple, dict[str, Any]] = {}
     for row in rows:
@@ -232,9 +237,8 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
     if mirage_rules:
         along = [v for v in mirage_rules if v["axis"] == "along training"]
         across = [v for v in mirage_rules if v["axis"] == "across sizes"]
-        arrow = lambda pair: " -> ".join("-" if b is None else f"{b:.3g}" for b in pair)
-        shown = [{**v, "exact_match_B": arrow(v["exact_match_breakthroughness"]),
-                  "p_B": arrow(v["teacher_forced_accuracy_breakthroughness"]),
+        shown = [{**v, "exact_match_B": breakthroughness_pair(v["exact_match_breakthroughness"]),
+                  "p_B": breakthroughness_pair(v["teacher_forced_accuracy_breakthroughness"]),
                   "p_improves": v["teacher_forced_accuracy_improves"]} for v in mirage_rules]
         table = format_table(shown, ["axis", "size", "num_shots", "shortest", "longest", "p_improves",
                                      "exact_match_B", "p_B", "mirage"])

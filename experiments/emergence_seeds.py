@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
+from experiments.emergence_report import breakthroughness_pair, one_row_per_setting
 from research.models.config import ConfigError
 
 P = "teacher_forced_accuracy"
@@ -82,16 +83,15 @@ def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dic
             raise ConfigError(f"--sizes names {size!r}, which {workdir!r} has not trained and evaluated; its sizes: "
                               f"{sorted(params)}.")
         fingerprints[size] = _read_json(os.path.join(run_dir, "run.json"))["fingerprint"]
-        final: dict[str, dict[str, Any]] = {}
-        for row in _read_json(os.path.join(evals, f"step_{steps[-1]}.json"))["rows"]:
-            items = row.get("items") or {}
-            if row["task"] in tasks and row["num_shots"] == num_shots and P in items and "answer_tokens" in items and (
-                    row["task"] not in final or row["num_examples"] > final[row["task"]]["num_examples"]):
-                final[row["task"]] = {**row, "size": size, "step": steps[-1], "params_non_embedding": params[size]}
+        candidates = [{**row, "size": size, "step": steps[-1], "params_non_embedding": params[size]}
+                      for row in _read_json(os.path.join(evals, f"step_{steps[-1]}.json"))["rows"]
+                      if row["task"] in tasks and row["num_shots"] == num_shots
+                      and {P, "answer_tokens"} <= set(row.get("items") or {})]
+        final = one_row_per_setting(candidates, most_items=True)  # as the study's own report chooses
         if not final:
             raise ConfigError(f"{workdir!r} has no per-item final evaluation of {size} at num_shots={num_shots}; "
                               "give the shots of the study's eval.final_shots.")
-        rows.extend(final.values())
+        rows.extend(final)
     seeds = {f["train.seed"] for f in fingerprints.values()}
     return {"workdir": workdir, "seed": seeds.pop(), "fingerprints": fingerprints, "rows": rows}
 
@@ -191,10 +191,9 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     """seeds.md: the verdict per seed, the spread over seeds, and the size steps."""
     from research.evaluation.results_table import format_table
 
-    fmt = lambda v: "-" if v is None else f"{v:.3g}"
     shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v[f"{P}_improves"],
-              "exact_match_B": " -> ".join(fmt(b) for b in v["exact_match_breakthroughness"]),
-              "p_B": " -> ".join(fmt(b) for b in v[f"{P}_breakthroughness"]),
+              "exact_match_B": breakthroughness_pair(v["exact_match_breakthroughness"]),
+              "p_B": breakthroughness_pair(v[f"{P}_breakthroughness"]),
               "along_training": f"{len(v['along_training_mirage_sizes'])} of {v['along_training_sizes']}: "
                                 + (", ".join(v["along_training_mirage_sizes"]) or "none")} for v in verdicts]
     spread_shown = [{**r, "values": " ".join(f"{x:.3f}" for x in r["values"]), "mean": f"{r['mean']:.3f}",

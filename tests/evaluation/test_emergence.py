@@ -270,14 +270,14 @@ def test_a_task_tracked_and_scored_at_the_end_gives_one_row_per_summary():
     # summaries across sizes take the final 1000, the curves along training the 400 every checkpoint has.
     rows = [{"size": "a", "step": 8, "task": "t", "num_shots": 0, "num_examples": n} for n in (400, 1000)]
     rows.append({"size": "a", "step": 4, "task": "t", "num_shots": 0, "num_examples": 400})
-    assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=True)] == [1000, 400]
-    assert [r["num_examples"] for r in emergence_report._one_row_per_setting(rows, most_items=False)] == [400, 400]
+    assert [r["num_examples"] for r in emergence_report.one_row_per_setting(rows, most_items=True)] == [1000, 400]
+    assert [r["num_examples"] for r in emergence_report.one_row_per_setting(rows, most_items=False)] == [400, 400]
     # As many items both times (a study evaluated before the final duplicate was skipped): both
     # summaries take the first row, the one evaluated at every checkpoint.
     tie = [{"size": "a", "step": 8, "task": "t", "num_shots": 0, "num_examples": 1000, "which": w}
            for w in ("tracked", "final")]
     for most_items in (True, False):
-        assert [r["which"] for r in emergence_report._one_row_per_setting(tie, most_items=most_items)] == ["tracked"]
+        assert [r["which"] for r in emergence_report.one_row_per_setting(tie, most_items=most_items)] == ["tracked"]
 
 
 def test_a_final_task_tracked_on_the_same_items_is_evaluated_once():

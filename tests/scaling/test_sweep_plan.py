@@ -137,7 +137,12 @@ def test_bad_sweeps_fail_before_training_with_one_line(sweep_fields, message):
     config.sweep.update({k: v for k, v in sweep_fields.items() if k in config.sweep})
     for key in set(sweep_fields) - set(config.sweep):
         config.sweep[key] = sweep_fields[key]
-    with pytest.raises(SweepError if "preset" not in message else Exception, match=message) as error:
+    _refused_in_one_line(config, message, SweepError if "preset" not in message else Exception)
+
+
+def _refused_in_one_line(config, message: str, error_type: type = SweepError) -> None:
+    """plan_sweep(config) raises error_type matching `message`, in one line."""
+    with pytest.raises(error_type, match=message) as error:
         sweep.plan_sweep(config)
     assert "\n" not in str(error.value)
 
@@ -153,9 +158,7 @@ def test_bad_fit_settings_fail_before_training_with_one_line(fit_fields, message
     """The fit reads its section only once every run has trained: checked with the plan."""
     config = scaling_laws.get_config("cpu_tiny")
     config.fit.update(fit_fields)
-    with pytest.raises(SweepError, match=message) as error:
-        sweep.plan_sweep(config)
-    assert "\n" not in str(error.value)
+    _refused_in_one_line(config, message)
     config.fit.enabled = False  # a sweep that does not fit does not need them
     sweep.plan_sweep(config)
 
@@ -168,9 +171,7 @@ def test_bad_fit_settings_fail_before_training_with_one_line(fit_fields, message
 def test_bad_train_sizes_name_the_train_field(train_fields, message):
     config = scaling_laws.get_config("test_tiny")
     config.train.update(train_fields)
-    with pytest.raises(SweepError, match=message) as error:
-        sweep.plan_sweep(config)
-    assert "\n" not in str(error.value)
+    _refused_in_one_line(config, message)
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
