@@ -8,8 +8,8 @@ differ only in train.seed, read side by side.
         --sizes=d24-l2,d32-l2,d48-l2,scale-1e5 --output_dir=/tmp/em_seeds
 
 Why: one run gives one model per size, and a size's per-digit accuracy p at the end can
-depend on the seed more than on the size (in cpu_tiny, on when the size left its early
-plateau). A curve across sizes from one seed may then show the mirage where another seed
+depend on the seed more than on the size (in cpu_tiny the 2-layer sizes left their early
+plateau at steps 1500-3000 of 4000, or never, varying with the seed). A curve across sizes from one seed may then show the mirage where another seed
 does not, and the item-bootstrap intervals of one run cannot tell: they hold the models
 fixed. This reads each workdir's final evaluations, per item (runs/<size>/evals), and writes
 to --output_dir:
@@ -22,6 +22,11 @@ to --output_dir:
   verdicts.csv    per seed, whether that seed's curve across --sizes shows the mirage (the rule of
                   research.evaluation.study_report.sharpening_verdict), and which of --sizes
                   show it along training (the run's report/mirage_verdicts.csv);
+  onsets.csv      per seed and size: the step at which p left its early plateau (onset_step, on
+                  the shortest answer length's checkpoint curve) and p at the end at the longest
+                  length; seeds.md adds Spearman's rank correlation of that final p with the
+                  onset step and with the size, over every (seed, size) that left the plateau:
+                  what the curve across sizes follows;
   seeds.md        the tables, and the count of seeds that show the mirage.
 """
 from __future__ import annotations
@@ -46,6 +51,10 @@ SHAPE_METRICS = ("exact_match", P)
 # quantile (12.7 at 1 degree of freedom, 2.78 at 4) is far above a normal 2: a z rule would call
 # a step with no true rise resolved 18% of the time at 2 seeds.
 RESOLVED_LEVEL = 0.05
+# A checkpoint has left the early plateau when its p is above the median p of every earlier
+# checkpoint by this much. cpu_tiny's plateau sits at p 0.2 (2 digits) with item noise near 0.01
+# (1,000 items), and leaving it took p to 0.3-0.5 within one or two checkpoints of 250 steps.
+ONSET_RISE = 0.1
 # Fingerprint fields allowed to differ between the runs: the seed, and paths inside each workdir.
 _MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path")
 
@@ -66,9 +75,10 @@ def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dic
     if not all(os.path.exists(os.path.join(workdir, "report", n)) for n in ("results.json", "mirage.json")):
         raise ConfigError(f"{workdir!r} has no finished report (report/results.json and mirage.json): finish its "
                           "study first (rerun the same experiments.emergence command).")
-    if not os.path.exists(os.path.join(workdir, "report", "mirage_verdicts.json")):
-        raise ConfigError(f"{workdir!r} has no report/mirage_verdicts.json (a report written before it existed): rerun "
-                          "its experiments.emergence command, which rewrites the report without training.")
+    for name in ("mirage_verdicts.json", "mirage_along_training.json"):
+        if not os.path.exists(os.path.join(workdir, "report", name)):
+            raise ConfigError(f"{workdir!r} has no report/{name} (a report written before it existed): rerun its "
+                              "experiments.emergence command, which rewrites the report without training.")
     params = {r["size"]: r["params_non_embedding"] for r in _read_json(results)["rows"]}
     # The answer-length tasks: those of the study's final evaluation (eval.final_tasks), which its
     # report's mirage table holds.
@@ -186,8 +196,92 @@ def along_training_verdicts(workdir: str, sizes: Sequence[str], num_shots: int) 
             if r["axis"] == "along training" and r["size"] in sizes and r["num_shots"] == num_shots]
 
 
+def onset_step(steps: Sequence[int], values: Sequence[float]) -> int | None:
+    """The first step whose value is above the median of every earlier one by ONSET_RISE
+    (None: the curve never left its plateau). The first checkpoint has no earlier one."""
+    order = np.argsort(steps)
+    steps, values = np.asarray(steps)[order], np.asarray(values, np.float64)[order]
+    for i in range(1, len(values)):
+        if values[i] > float(np.median(values[:i])) + ONSET_RISE:
+            return int(steps[i])
+    return None
+
+
+def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int) -> list[dict[str, Any]]:
+    """Per run and size: when p left its early plateau along training (onset_step of the
+    shortest answer length's curve, report/mirage_along_training.json) and p at the end at the
+    longest answer length (the final evaluation)."""
+    out = []
+    for run in runs:
+        final = {(r["size"], r["task"]): r for r in run["rows"]}
+        lengths = {r["task"]: float(np.mean(r["items"]["answer_tokens"])) for r in run["rows"]}
+        shortest, longest = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
+        along = [r for r in _read_json(os.path.join(run["workdir"], "report", "mirage_along_training.json"))["rows"]
+                 if r["task"] == shortest and r["num_shots"] == num_shots]
+        for size in sizes:
+            curve = sorted((r["step"], r["p"]) for r in along if r["size"] == size)
+            if len(curve) < 2:
+                raise ConfigError(f"{run['workdir']!r} tracked {shortest} at fewer than 2 checkpoints of {size}; the "
+                                  "onset needs it at every checkpoint (eval.tasks).")
+            row = final[(size, longest)]
+            out.append({"seed": run["seed"], "size": size, "params_non_embedding": row["params_non_embedding"],
+                        "onset_task": shortest, "onset_step": onset_step(*zip(*curve)), "final_step": curve[-1][0],
+                        "final_task": longest, "final_p": float(np.mean(row["items"][P]))})
+    return out
+
+
+def onset_correlations(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman's rank correlation of the final p with the onset step and with the size, over
+    the (seed, size) pairs that left the plateau (None where fewer than 3 did, or one side is
+    constant)."""
+    left = [r for r in rows if r["onset_step"] is not None]
+
+    def rho(key: str) -> tuple[float | None, float | None]:
+        x, y = [r[key] for r in left], [r["final_p"] for r in left]
+        if len(left) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+            return None, None
+        result = stats.spearmanr(x, y)
+        return float(result.statistic), float(result.pvalue)
+
+    (onset_rho, onset_p), (size_rho, size_p) = rho("onset_step"), rho("params_non_embedding")
+    return {"pairs": len(left), "never_left": len(rows) - len(left), "onset_rho": onset_rho, "onset_p": onset_p,
+            "size_rho": size_rho, "size_p": size_p}
+
+
+def _onsets_markdown(rows: Sequence[dict[str, Any]], correlations: dict[str, Any]) -> list[str]:
+    from research.evaluation.results_table import format_table
+
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    shown = [{**r, "onset_step": fmt(r["onset_step"], "d") if r["onset_step"] is not None else "never",
+              "final_p": f"{r['final_p']:.3f}"} for r in rows]
+    c = correlations
+    return [
+        f"## When each size left its early plateau (p above the median of all earlier checkpoints by {ONSET_RISE:g}, "
+        f"on {rows[0]['onset_task']}), and p at the end on {rows[0]['final_task']}", "",
+        "```", format_table(shown, ["seed", "size", "onset_step", "final_step", "final_p"]), "```", "",
+        f"Over the {c['pairs']} (seed, size) pairs that left the plateau ({c['never_left']} never did), Spearman's "
+        f"rank correlation of the final p with the onset step: {fmt(c['onset_rho'], '+.2f')} (p = "
+        f"{fmt(c['onset_p'], '.3f')}); with the size: {fmt(c['size_rho'], '+.2f')} (p = {fmt(c['size_p'], '.3f')}). "
+        + _what_the_final_p_follows(c), ""]
+
+
+def _what_the_final_p_follows(c: dict[str, Any]) -> str:
+    resolved = lambda key: c[key] is not None and c[key] < RESOLVED_LEVEL
+    onset, size = resolved("onset_p"), resolved("size_p")
+    if onset and not size:
+        return (f"Only the onset is resolved at level {RESOLVED_LEVEL:g}: the curve across sizes follows when each "
+                "size happened to leave the plateau, not the size.")
+    if size and not onset:
+        return f"Only the size is resolved at level {RESOLVED_LEVEL:g}: the final p follows the size."
+    if size and onset:
+        return f"Both are resolved at level {RESOLVED_LEVEL:g}."
+    return f"Neither is resolved at level {RESOLVED_LEVEL:g}: these runs cannot say what the final p follows."
+
+
+
 def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
-                   verdicts: Sequence[dict[str, Any]]) -> str:
+                   verdicts: Sequence[dict[str, Any]], onset_rows: Sequence[dict[str, Any]] = (),
+                   correlations: dict[str, Any] | None = None) -> str:
     """seeds.md: the verdict per seed, the spread over seeds, and the size steps."""
     from research.evaluation.results_table import format_table
 
@@ -218,7 +312,7 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
         f"(Welch's t test of the seed means, two-sided, level {RESOLVED_LEVEL:g})", "",
         "```", format_table(steps_shown, ["task", "metric", "from", "to", "rise", "se", "rise_over_se", "critical",
                                    "resolved"]),
-        "```", ""])
+        "```", "", *(_onsets_markdown(onset_rows, correlations) if onset_rows else [])])
 
 
 def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir: str,
@@ -241,12 +335,17 @@ def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir:
         verdicts.append({"seed": run["seed"], "workdir": run["workdir"], **mirage_verdict(run["rows"]),
                          "along_training_mirage_sizes": [v["size"] for v in along if v["mirage"]],
                          "along_training_sizes": len(along)})
+    onset_rows = onsets(runs, sizes, num_shots)
+    correlations = onset_correlations(onset_rows)
     metadata = {"workdirs": list(workdirs), "sizes": list(sizes), "num_shots": num_shots}
     paths = {}
-    for name, rows in (("seeds", table), ("seed_spread", spread), ("size_steps", steps), ("verdicts", verdicts)):
-        paths[name] = write_rows(rows, os.path.join(output_dir, name), metadata=metadata)["csv"]
+    for name, rows in (("seeds", table), ("seed_spread", spread), ("size_steps", steps), ("verdicts", verdicts),
+                       ("onsets", onset_rows)):
+        paths[name] = write_rows(rows, os.path.join(output_dir, name),
+                                 metadata={**metadata, **({"correlations": correlations} if name == "onsets" else {})}
+                                 )["csv"]
     paths["report"] = os.path.join(output_dir, "seeds.md")
-    write_text_atomically(paths["report"], seeds_markdown(sizes, spread, steps, verdicts))
+    write_text_atomically(paths["report"], seeds_markdown(sizes, spread, steps, verdicts, onset_rows, correlations))
     return paths
 
 

@@ -27,8 +27,28 @@ def _items(p: float, length: int, rng: np.random.Generator) -> dict[str, list[fl
             "token_edit_distance": (~correct).sum(axis=1).tolist(), "answer_tokens": [float(length)] * ITEMS}
 
 
+# Steps at which each size's 2-digit p leaves its plateau along training (None: never).
+ONSETS = {"a": 3000, "b": 2250, "c": 1500, "d": None}
+CHECKPOINTS = range(250, 4001, 250)
+
+
+def _along_training(p_by_size: dict[str, float], onsets: dict[str, int | None]) -> list[dict]:
+    """report/mirage_along_training.json rows of add2 (and of the copy task, ignored): p at the
+    plateau's 0.2 (a first checkpoint at 0.15), rising at the onset and 0.05 per checkpoint
+    after it up to the final p."""
+    rows = []
+    for size, p in p_by_size.items():
+        for step in CHECKPOINTS:
+            onset = onsets.get(size)
+            value = 0.15 if step == 250 else 0.2 if onset is None or step < onset else min(
+                p, 0.35 + 0.05 * (step - onset) / 250)
+            rows += [{"task": "add2", "num_shots": 0, "size": size, "step": step, "p": value},
+                     {"task": "copy", "num_shots": 0, "size": size, "step": step, "p": 0.9}]
+    return rows
+
+
 def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32,
-           along_mirage: tuple[str, ...] = ()) -> str:
+           along_mirage: tuple[str, ...] = (), onsets: dict[str, int | None] = ONSETS) -> str:
     """A finished emergence workdir: report files, and per size a run.json and its last evaluation
     (answer-length tasks with items, plus a tracked copy task the seed report must leave out)."""
     workdir = os.path.join(root, f"seed{seed}")
@@ -41,6 +61,8 @@ def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 
     # The study report's verdicts along training, one per size (what emergence_report writes).
     dump(os.path.join(workdir, "report", "mirage_verdicts.json"), {"metadata": {}, "rows": [
         {"axis": "along training", "size": size, "num_shots": 0, "mirage": size in along_mirage} for size in SIZES]})
+    dump(os.path.join(workdir, "report", "mirage_along_training.json"),
+         {"metadata": {}, "rows": _along_training(p_by_size, onsets)})
     for size, p in p_by_size.items():
         run_dir = os.path.join(workdir, "runs", size)
         os.makedirs(os.path.join(run_dir, "evals"))
@@ -132,11 +154,60 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path, make, sizes,
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out")
 
 
-def test_a_report_without_verdicts_along_training_asks_for_a_rerun_of_the_study(tmp_path):
+@pytest.mark.parametrize("name", ["mirage_verdicts.json", "mirage_along_training.json"])
+def test_a_report_without_curves_along_training_asks_for_a_rerun_of_the_study(tmp_path, name):
     workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, SMOOTH)]
-    os.remove(os.path.join(workdirs[1], "report", "mirage_verdicts.json"))
-    with pytest.raises(ConfigError, match=r"has no report/mirage_verdicts.json .*rerun its experiments.emergence"):
+    os.remove(os.path.join(workdirs[1], "report", name))
+    with pytest.raises(ConfigError, match=rf"has no report/{name} .*rerun its experiments.emergence"):
         emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+
+
+def test_onset_is_the_first_checkpoint_above_the_median_of_the_earlier_ones():
+    steps = [250, 500, 750, 1000, 1250]
+    # Early learning to the plateau (0.15 -> 0.2) is not an onset; the rise to 0.45 is.
+    assert emergence_seeds.onset_step(steps, [0.15, 0.2, 0.21, 0.45, 0.6]) == 1000
+    # Order of the checkpoints given does not matter.
+    assert emergence_seeds.onset_step(steps[::-1], [0.6, 0.45, 0.21, 0.2, 0.15]) == 1000
+    # A rise of exactly ONSET_RISE over the median does not count; more does.
+    rise = emergence_seeds.ONSET_RISE
+    assert emergence_seeds.onset_step(steps, [0.2] * 4 + [0.2 + rise]) is None
+    assert emergence_seeds.onset_step(steps, [0.2] * 4 + [0.2 + rise + 0.01]) == 1250
+    assert emergence_seeds.onset_step(steps, [0.2, 0.22, 0.19, 0.21, 0.2]) is None
+
+
+def test_seed_report_tables_each_sizes_onset_and_what_the_final_p_follows(tmp_path):
+    # Seed 0: final p rises with size while the onsets come earlier with size, except d never
+    # leaves the plateau; seed 1: a later onset for c (final p follows neither cleanly).
+    workdirs = [_study(str(tmp_path), 0, SMOOTH),
+                _study(str(tmp_path), 1, OUT_OF_ORDER, onsets={"a": 2500, "b": 1000, "c": 2000, "d": 1750})]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    rows = json.load(open(paths["onsets"].replace(".csv", ".json")))["rows"]
+    got = {(r["seed"], r["size"]): r for r in rows}
+    assert {k: r["onset_step"] for k, r in got.items() if k[0] == 0} == {(0, s): o for s, o in ONSETS.items()}
+    assert got[(1, "b")]["onset_step"] == 1000 and got[(1, "c")]["onset_step"] == 2000
+    assert {r["onset_task"] for r in rows} == {"add2"} and {r["final_task"] for r in rows} == {"add6"}
+    assert got[(1, "b")]["final_p"] == pytest.approx(0.9, abs=0.02)  # the final evaluation's p, longest length
+    # Spearman's rho over the 7 pairs that left the plateau, by hand.
+    left = [r for r in rows if r["onset_step"] is not None]
+    correlations = emergence_seeds.onset_correlations(rows)
+    assert correlations["pairs"] == 7 and correlations["never_left"] == 1
+    expected = stats.spearmanr([r["onset_step"] for r in left], [r["final_p"] for r in left])
+    assert correlations["onset_rho"] == pytest.approx(expected.statistic)
+    assert correlations["onset_rho"] < -0.5  # later onsets ended lower here
+    report = open(paths["report"]).read()
+    assert "When each size left its early plateau" in report and "never" in report
+    assert f"{correlations['onset_rho']:+.2f}" in report
+
+
+def test_onset_correlations_need_three_pairs_that_left_the_plateau():
+    rows = [{"onset_step": 1000, "params_non_embedding": 1, "final_p": 0.9},
+            {"onset_step": 2000, "params_non_embedding": 2, "final_p": 0.8},
+            {"onset_step": None, "params_non_embedding": 3, "final_p": 0.1}]
+    c = emergence_seeds.onset_correlations(rows)
+    assert c["onset_rho"] is None and c["size_rho"] is None and (c["pairs"], c["never_left"]) == (2, 1)
+    rows.append({"onset_step": 3000, "params_non_embedding": 4, "final_p": 0.7})
+    c = emergence_seeds.onset_correlations(rows)
+    assert c["onset_rho"] == pytest.approx(-1.0) and c["size_rho"] == pytest.approx(-1.0)
 
 
 def test_unfinished_study_is_named_by_the_command_line(tmp_path):
