@@ -36,10 +36,11 @@ result are the same under both (the held-out additions are the same problems).
   highest at d32-l2 (0.96-0.97, d48-l2 0.87-0.89, scale-1e5 0.81-0.89), exact match's
   breakthroughness falls with L (2.22 to 1.21) as per-digit accuracy's does (2.37 to 1.05): no
   mirage across sizes. Seed 2: p highest at d24-l2 (0.86-0.90), d32-l2 on the plateau, d48-l2
-  0.73-0.85, scale-1e5 0.74-0.90: no mirage. A size's p at step 4000 follows when it left the
-  plateau (steps 1500-3000 in these runs, or never), which varies with the seed, so the mirage
-  across sizes holds at one seed of three. A d16-l2 (seed 0) never left the plateau in 4000 steps
-  (p 0.21).
+  0.73-0.85, scale-1e5 0.74-0.90: no mirage. The sizes left the plateau at steps 1500-3000 (or
+  never); over the 11 (seed, size) pairs that left it, the final 6-digit p's Spearman correlation
+  is -0.37 with that step and +0.39 with the size, neither resolved at 0.05 (emergence_seeds'
+  onsets). The mirage across sizes holds at one seed of three. A d16-l2 (seed 0) never left the
+  plateau in 4000 steps (p 0.21).
 - By rule (report/mirage_verdicts.csv, research.evaluation.study_report.sharpening_verdict): the
   mirage across sizes at seed 0 only; along training at 1, 2 and 1 of the four 2-layer sizes
   (d32-l2; d48-l2 and scale-1e5; d48-l2): along training p itself sharpens with length at most
