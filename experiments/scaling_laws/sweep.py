@@ -5,8 +5,9 @@
   1. plan (research/scaling/sweep_plan.py): the ladder and its runs; bad input fails here;
   2. one tokenizer for every run, trained once into workdir/tokenizers (or the given model);
   3. each run trains in workdir/runs/<run_id> via research.training.train_and_evaluate with
-     its own step count and schedule. A run with workdir/runs/<run_id>/result.json is
-     finished and skipped; one with checkpoints but no result was interrupted and resumes.
+     its own step count and schedule (experiments/scaling_laws/sweep_train.py). A run with
+     workdir/runs/<run_id>/result.json is finished and skipped; one with checkpoints but no
+     result was interrupted and resumes.
      A run that raises (diverges, runs out of memory, ...) is recorded as failed and the
      sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it, and so
      does Ctrl-C / SIGTERM (preemption.Interrupted: the run saved a checkpoint and stays
@@ -31,27 +32,25 @@ import json
 import math
 import os
 import sys
-import time
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import ml_collections
 import tqdm
 
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
-from research.data.config import DataConfig, DataError
-from research.models.config import ConfigError
+from research.data.config import DataConfig
 from experiments.scaling_laws.run_dirs import (RESULT_FILE, RUN_CONFIG_FILE, _check_same_run, _fingerprint,  # noqa: F401
                                                _latest_checkpoint, read_result)
+from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
+                                                  train_group, train_one)
 from research.scaling import sweep_records
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
                                          ladder_models, plan_runs, warmup_steps)
 from research.training import preemption
-from research.training.preemption import Interrupted
 
 MIN_BOOTSTRAP = 100  # fewest fit.bootstrap resamples (other than 0); _check_fit_settings says why
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
-TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,83 +133,6 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
     return ml_collections.ConfigDict(sections)
 
 
-def _train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str, train_fn: TrainFn) -> dict:
-    """Train (or resume) one run and return its record; failures become failed records."""
-    resumed_from = _latest_checkpoint(run_dir)
-    start = time.perf_counter()
-    error = None
-    try:
-        train_fn(config, run_dir)
-    except (ConfigError, DataError):
-        raise  # the sweep's config is wrong: every run would fail the same way
-    except Interrupted:
-        raise  # Ctrl-C / SIGTERM: the sweep stops, the run stays pending and resumes on rerun
-    except Exception as exception:  # noqa: BLE001 -- any failure of one run is recorded, the sweep goes on
-        error = _error_line(exception)
-    return sweep_records.finished_record(run, _run_metrics(run_dir), seconds=time.perf_counter() - start,
-                                         resumed_from_step=resumed_from, error=error)
-
-
-def _error_line(exception: BaseException) -> str:
-    """A failed run's record: the exception's type and the first line of its message."""
-    text = str(exception).strip()
-    return f"{type(exception).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _run_metrics(run_dir: str) -> list[dict]:
-    from research.training.metrics import METRICS_FILE, read_metrics
-    return read_metrics(run_dir) if os.path.exists(os.path.join(run_dir, METRICS_FILE)) else []
-
-
-def _train_alone(config: ml_collections.ConfigDict, run_dir: str) -> dict:
-    from research.training import train_and_evaluate
-    return train_and_evaluate(config, run_dir)
-
-
-def _same_program_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
-    """Runs that differ only in their seed (sweep.repeat_seeds) share one compiled program
-    (research.training.train_together); every other run trains alone. Order is kept."""
-    groups: dict[tuple, list[PlannedRun]] = {}
-    for run in runs:
-        groups.setdefault((run.model.name, run.num_steps), []).append(run)
-    return list(groups.values())
-
-
-def _can_resume_together(pending: list[tuple]) -> bool:
-    """Whether the group's runs may resume as one program (research.training.members'
-    check_common_start): a run far behind the others refuses that, not the runs."""
-    from research.training.checkpointing import CheckpointError
-    from research.training.members import check_common_start
-
-    try:
-        check_common_start([run_dir for _, _, run_dir, _ in pending], int(pending[0][1].checkpoint.every_steps))
-    except CheckpointError:
-        return False
-    return True
-
-
-def _train_together(pending: list[tuple]) -> list[dict]:
-    """Train same-shape runs as one program (resuming from their common checkpoint); each
-    gets its own record, as if trained alone (losses equal to float32 rounding)."""
-    from research.training.loop import train_together
-
-    resumed = [_latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
-    start = time.perf_counter()
-    try:
-        outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])
-    except (ConfigError, DataError, Interrupted):
-        raise  # as in _train_one: not a failure of these runs
-    except Exception as exception:  # noqa: BLE001 -- the whole group failed; the sweep goes on
-        outcomes = [exception] * len(pending)
-    seconds = (time.perf_counter() - start) / len(pending)  # the group's wall time, shared out evenly
-    records = []
-    for (run, _, run_dir, _), outcome, resumed_from in zip(pending, outcomes, resumed):
-        error = _error_line(outcome) if isinstance(outcome, Exception) else None
-        records.append(sweep_records.finished_record(run, _run_metrics(run_dir), seconds=seconds,
-                                                     resumed_from_step=resumed_from, error=error))
-    return records
-
-
 def _shared_tokenizer(data_config: DataConfig, workdir: str) -> data_lib.Tokenizer:
     """The sweep's one tokenizer; on the synthetic corpus it must be character level."""
     tokenizer = data_lib.build_tokenizer(data_config, workdir)
@@ -283,7 +205,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
           f"{len(mine)}; {sum(r.compute_exact for r in plan.runs):.3g} training FLOPs in all", file=out)
     progress = tqdm.tqdm(total=sum(r.compute_exact for r in mine), unit="FLOP", unit_scale=True, desc="sweep",
                          file=out, dynamic_ncols=True, mininterval=1.0)
-    groups = _same_program_groups(mine) if train_fn is None else [[run] for run in mine]
+    groups = same_program_groups(mine) if train_fn is None else [[run] for run in mine]
     labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
     if worker:
         groups.sort(key=lambda group: -sum(run.compute_exact for run in group))
@@ -359,8 +281,8 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         if primary:
             sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
 
-    if len(pending) > 1 and _can_resume_together(pending):
-        record(pending, _train_together(pending))
+    if len(pending) > 1 and can_resume_together(pending):
+        record(pending, train_group(pending))
         return
     # One by one (alone, or e.g. one seed diverged before its first save while the other saved:
     # each goes on from its own checkpoint), each recorded as it ends, so an interrupt of a later
@@ -371,7 +293,7 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
             raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the run it came during ended")
         run, one, run_dir, _ = item
         # train_fn (tests' stand-in trainer) comes with one-run groups only (run_sweep)
-        record([item], [_train_one(run, one, run_dir, train_fn or _train_alone)])
+        record([item], [train_one(run, one, run_dir, train_fn or train_alone)])
 
 
 def _all_records(runs: Sequence[PlannedRun], runs_dir: str) -> list[dict]:

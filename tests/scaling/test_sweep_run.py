@@ -15,7 +15,7 @@ import time
 import pytest
 
 from experiments.configs import scaling_laws
-from experiments.scaling_laws import sweep
+from experiments.scaling_laws import sweep, sweep_train
 from research.models import get_config, sizing
 from research.scaling.laws import ChinchillaLaw
 
@@ -254,7 +254,7 @@ def test_seed_repeats_train_together_each_with_its_own_record(tmp_path):
                              models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
     config.fit.enabled = False
     plan = sweep.plan_sweep(config)
-    groups = sweep._same_program_groups(plan.runs)
+    groups = sweep_train.same_program_groups(plan.runs)
     assert [[r.seed for r in g] for g in groups] == [[0, 1]] * 3  # each size with its repeat
     out = io.StringIO()
     outcome = sweep.run_sweep(config, str(tmp_path), out=out)
@@ -300,6 +300,6 @@ def test_a_group_that_cannot_resume_together_goes_on_run_by_run(tmp_path):
     (dirs[0] / "checkpoints" / "10" / "state").mkdir(parents=True)
     dirs[1].mkdir()
     (dirs[1] / "run.json").write_text(json.dumps({"fingerprint": {}, "trained_with": sorted(map(str, dirs))}))
-    assert sweep._can_resume_together(pending)  # killed between the pair's first saves: they restart together
+    assert sweep_train.can_resume_together(pending)  # killed between the pair's first saves: they restart together
     (dirs[1] / members.DIVERGED_FILE).write_text(json.dumps({"step": 3, "error": "nan"}))
-    assert not sweep._can_resume_together(pending)
+    assert not sweep_train.can_resume_together(pending)

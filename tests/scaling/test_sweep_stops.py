@@ -8,7 +8,7 @@ import os
 import pytest
 
 from experiments.configs import scaling_laws
-from experiments.scaling_laws import sweep
+from experiments.scaling_laws import sweep, sweep_train
 from research.models.config import ConfigError
 from research.training import preemption
 from tests.scaling.test_sweep_run import law_trainer
@@ -76,7 +76,7 @@ def test_a_group_trained_together_that_is_interrupted_is_not_recorded_failed(mon
     run = sweep.plan_sweep(config).runs[0]
     pending = [(run, config, str(tmp_path / name), name) for name in ("a", "b")]
     with pytest.raises(preemption.Interrupted, match="stopped by SIGINT"):
-        sweep._train_together(pending)
+        sweep_train.train_group(pending)
 
 
 def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_path):
