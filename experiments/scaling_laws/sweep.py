@@ -40,8 +40,7 @@ import tqdm
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig
-from experiments.scaling_laws.run_dirs import (RESULT_FILE, RUN_CONFIG_FILE, _check_same_run, _fingerprint,  # noqa: F401
-                                               _latest_checkpoint, read_result)
+from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, _latest_checkpoint, read_result
 from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
                                                   train_group, train_one)
 from research.scaling import sweep_records

@@ -107,7 +107,7 @@ def test_both_studies_pass_the_setting_to_every_run():
     reproduce bit for bit, so it must reach each run's model, not stop at the study config."""
     from experiments import emergence_plan
     from experiments.configs import emergence, scaling_laws
-    from experiments.scaling_laws import sweep
+    from experiments.scaling_laws import run_dirs, sweep
     from research.scaling.sweep_plan import SweepSpec, ladder_models, plan_runs
     from research.training.workdir import run_fingerprint
 
@@ -124,7 +124,7 @@ def test_both_studies_pass_the_setting_to_every_run():
     config.model.dense_weight_grad = None
     default = sweep.run_config(config, run, spec, tokenizer_path="/tok.model", peak_flops=1e9)
     assert default.model.to_dict() != one.model.to_dict()
-    assert sweep._fingerprint(default.to_dict()) == sweep._fingerprint(one.to_dict())
+    assert run_dirs._fingerprint(default.to_dict()) == run_dirs._fingerprint(one.to_dict())
 
     study = emergence.get_config("cpu_tiny")
     cached_evaluations = emergence_plan.plan_study(study).fingerprint

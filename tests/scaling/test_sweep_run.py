@@ -15,7 +15,7 @@ import time
 import pytest
 
 from experiments.configs import scaling_laws
-from experiments.scaling_laws import sweep, sweep_train
+from experiments.scaling_laws import run_dirs, sweep, sweep_train
 from research.models import get_config, sizing
 from research.scaling.laws import ChinchillaLaw
 
@@ -274,17 +274,17 @@ def test_a_run_config_a_kill_left_empty_is_rewritten_until_the_run_has_started(t
     sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
     runs = sorted(os.listdir(tmp_path / "runs"))
     unstarted, started = tmp_path / "runs" / runs[0], tmp_path / "runs" / runs[1]
-    expected = json.loads((unstarted / sweep.RUN_CONFIG_FILE).read_text())
+    expected = json.loads((unstarted / run_dirs.RUN_CONFIG_FILE).read_text())
     for name in os.listdir(unstarted):  # as the kill left it: a claim and an empty config
-        if name not in (".claim", sweep.RUN_CONFIG_FILE):
+        if name not in (".claim", run_dirs.RUN_CONFIG_FILE):
             shutil.rmtree(unstarted / name) if (unstarted / name).is_dir() else os.remove(unstarted / name)
-    (unstarted / sweep.RUN_CONFIG_FILE).write_text("")
+    (unstarted / run_dirs.RUN_CONFIG_FILE).write_text("")
     again = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
-    assert again.counts["trained"] == 1 and json.loads((unstarted / sweep.RUN_CONFIG_FILE).read_text()) == expected
+    assert again.counts["trained"] == 1 and json.loads((unstarted / run_dirs.RUN_CONFIG_FILE).read_text()) == expected
     assert not [n for n in os.listdir(unstarted) if ".tmp" in n]
 
-    (started / sweep.RUN_CONFIG_FILE).write_text("")  # a finished run's proof of its config is gone: stop
-    with pytest.raises(sweep.SweepError, match=f"{sweep.RUN_CONFIG_FILE} is unreadable .* the run has started"):
+    (started / run_dirs.RUN_CONFIG_FILE).write_text("")  # a finished run's proof of its config is gone: stop
+    with pytest.raises(sweep.SweepError, match=f"{run_dirs.RUN_CONFIG_FILE} is unreadable .* the run has started"):
         sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
 
 

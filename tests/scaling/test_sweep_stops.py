@@ -8,7 +8,7 @@ import os
 import pytest
 
 from experiments.configs import scaling_laws
-from experiments.scaling_laws import sweep, sweep_train
+from experiments.scaling_laws import run_dirs, sweep, sweep_train
 from research.models.config import ConfigError
 from research.training import preemption
 from tests.scaling.test_sweep_run import law_trainer
@@ -96,7 +96,7 @@ def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_pat
     outcome = sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
     assert outcome.counts["trained"] == 5
     first = tmp_path / "runs" / outcome.plan.runs[0].run_id
-    assert json.loads((first / sweep.RUN_CONFIG_FILE).read_text())["opt"]["learning_rate"] > 0
+    assert json.loads((first / run_dirs.RUN_CONFIG_FILE).read_text())["opt"]["learning_rate"] > 0
     # Once a run has a result, its config is what the result was trained with: still refused.
     config.opt.learning_rate = 3e-2
     with pytest.raises(sweep.SweepError, match="trained with a different config"):
