@@ -209,19 +209,22 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Trai
     if worker:
         groups.sort(key=lambda group: -sum(run.compute_exact for run in group))
     requests = preemption.stop_requests()
-    for group in groups:
-        if preemption.stop_requests() > requests:
-            # Ctrl-C / SIGTERM during a run's last steps ended that run normally: stop here, not at
-            # the next run's first step (its Guard never saw the signal)
-            raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the run(s) it came during ended")
-        with (workers.claim(os.path.join(runs_dir, group[0].run_id)) if worker
-              else contextlib.nullcontext(True)) as ours:
-            if not ours:  # another worker trains it; its result is read at the end
-                progress.write(f"{labels[group[0].run_id]}: being trained by another worker", file=out)
-                continue
-            _run_group(group, config, plan, workdir, tokenizer.path, peak_flops, counts, labels, progress,
-                       train_fn=train_fn, retry_failed=retry_failed, primary=primary, out=out)
-    progress.close()
+    try:
+        for group in groups:
+            if preemption.stop_requests() > requests:
+                # Ctrl-C / SIGTERM during a run's last steps ended that run normally: stop here, not at
+                # the next run's first step (its Guard never saw the signal)
+                raise preemption.StoppedBetweenRuns(preemption.last_stop_request(), "the run(s) it came during ended")
+            with (workers.claim(os.path.join(runs_dir, group[0].run_id)) if worker
+                  else contextlib.nullcontext(True)) as ours:
+                if not ours:  # another worker trains it; its result is read at the end
+                    progress.write(f"{labels[group[0].run_id]}: being trained by another worker", file=out)
+                    continue
+                _run_group(group, config, plan, workdir, tokenizer.path, peak_flops, counts, labels, progress,
+                           train_fn=train_fn, retry_failed=retry_failed, primary=primary, out=out)
+    finally:  # on a stop or an error too: a bar left open is closed later by the garbage collector, and
+        # when that fell inside another bar's write, tqdm raised "Set changed size during iteration"
+        progress.close()
 
     records = _all_records(plan.runs, runs_dir)
     counts["pending"] = sum(r["status"] == "pending" for r in records)
