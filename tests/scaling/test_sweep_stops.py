@@ -1,6 +1,7 @@
-"""How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), a run the
-training system refused before its first step does not lock its directory, and a fit skipped
-for plateau runs names the fix that applies, and a workdir keeps the plan it was made with."""
+"""How a sweep stops: Ctrl-C / SIGTERM stop it with the run pending (not failed), between runs,
+between the runs of a group and before a group trained as one program; a run the training
+system refused before its first step does not lock its directory, and a fit skipped for plateau
+runs names the fix that applies, and a workdir keeps the plan it was made with."""
 import io
 import json
 import os
@@ -77,6 +78,73 @@ def test_a_group_trained_together_that_is_interrupted_is_not_recorded_failed(mon
     pending = [(run, config, str(tmp_path / name), name) for name in ("a", "b")]
     with pytest.raises(preemption.Interrupted, match="stopped by SIGINT"):
         sweep_train.train_group(pending)
+
+
+def seed_pairs(monkeypatch, signal_in: str):
+    """A sweep of 3 sizes x 2 seeds (each pair one group) whose training system is stood in for:
+    research.training's train_and_evaluate (one run) and train_together (a group) write the
+    records law_trainer writes. The first call of `signal_in` ("alone" or "together") takes a
+    stop request during its last steps and ends normally. Returns (config, groups, started: the
+    run ids each call trained, one list per call)."""
+    import research.training
+    from research.training import loop
+
+    config = tiny_config()
+    config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3), plan="isoflop", budgets=(4e7,),
+                             models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
+    groups = sweep_train.same_program_groups(sweep.plan_sweep(config).runs)
+    started = []
+
+    def train(way, configs, run_dirs):
+        started.append([os.path.basename(d) for d in run_dirs])
+        if way == signal_in and len(started) == 1:
+            stop_request_during_training()
+        return [law_trainer({})(c, d) for c, d in zip(configs, run_dirs)]
+
+    monkeypatch.setattr(research.training, "train_and_evaluate", lambda c, d: train("alone", [c], [d])[0])
+    monkeypatch.setattr(loop, "train_together", lambda cs, ds: train("together", cs, ds))
+    return config, groups, started
+
+
+def pending_runs(workdir) -> list[str]:
+    return [r["run"] for r in map(json.loads, open(workdir / "runs.jsonl")) if r["status"] == "pending"]
+
+
+def test_a_stop_during_a_group_member_trained_alone_stops_before_the_groups_next_member(monkeypatch, tmp_path):
+    """A seed pair that cannot resume as one program (seed 0 saved, seed 1 has no checkpoint)
+    trains one run at a time: a stop taken during seed 0's last steps must not start seed 1,
+    which stays pending for the rerun (the check inside the group, not the one between groups)."""
+    config, groups, started = seed_pairs(monkeypatch, signal_in="alone")
+    first, second = (run.run_id for run in groups[0])
+    (tmp_path / "runs" / first / "checkpoints" / "10" / "state").mkdir(parents=True)
+
+    with pytest.raises(preemption.StoppedBetweenRuns, match="stopped by SIGTERM after the run it came during "
+                                                            "ended; rerun the same command") as stop:
+        sweep.run_sweep(config, str(tmp_path), out=io.StringIO())
+    assert stop.value.exit_code == 143 and started == [[first]]  # seed 1 never started
+    assert sweep.read_result(str(tmp_path / "runs" / first))["status"] == "ok"
+    assert sweep.read_result(str(tmp_path / "runs" / second)) is None
+    assert second in pending_runs(tmp_path)
+
+    again = sweep.run_sweep(config, str(tmp_path), out=io.StringIO())
+    assert again.counts == {"trained": 5, "skipped": 1, "failed": 0, "pending": 0}
+    assert started[1] == [second]  # the rerun goes on with it first
+
+
+def test_a_stop_during_a_run_stops_the_sweep_before_a_pending_group_trains_together(monkeypatch, tmp_path):
+    """The check between groups on the path where a group trains as one program: a stop taken
+    during the first pair's last steps starts neither of the other pairs; they stay pending."""
+    config, groups, started = seed_pairs(monkeypatch, signal_in="together")
+
+    with pytest.raises(preemption.StoppedBetweenRuns, match=r"stopped by SIGTERM after the run\(s\) it came during "
+                                                             "ended; rerun the same command") as stop:
+        sweep.run_sweep(config, str(tmp_path), out=io.StringIO())
+    assert stop.value.exit_code == 143 and started == [[run.run_id for run in groups[0]]]
+    assert sorted(pending_runs(tmp_path)) == sorted(run.run_id for group in groups[1:] for run in group)
+
+    again = sweep.run_sweep(config, str(tmp_path), out=io.StringIO())
+    assert again.counts == {"trained": 4, "skipped": 2, "failed": 0, "pending": 0}
+    assert started[1:] == [[run.run_id for run in group] for group in groups[1:]]
 
 
 def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_path):
