@@ -21,6 +21,7 @@ import sys
 
 from absl import app, flags
 
+from research.scaling.chinchilla_fit import MIN_BOOTSTRAP
 from research.scaling.report import GOPHER_BUDGET, fit_run_table
 from research.scaling.run_table import RunTableError
 
@@ -30,7 +31,8 @@ _COMPUTE_BUDGET = flags.DEFINE_float("compute_budget", GOPHER_BUDGET,
                                      "FLOPs to plan for (default: Gopher's training budget).")
 _PREDICT_N = flags.DEFINE_float("predict_N", None, "Parameters of a model whose loss to predict (with --predict_D).")
 _PREDICT_D = flags.DEFINE_float("predict_D", None, "Tokens of a model whose loss to predict (with --predict_N).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 4000, "Bootstrap resamples for Approach 3's intervals (0 = none).")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 4000, f"Bootstrap resamples for Approach 3's intervals (0 = none; "
+                                  f"else at least {MIN_BOOTSTRAP}).")
 _CONFIDENCE = flags.DEFINE_float("confidence", 0.8, "Interval coverage: 0.8 = 10th-90th percentiles.")
 _INIT_GRID = flags.DEFINE_enum("init_grid", "paper", ["paper", "coarse"],
                                "Approach 3 starts: the paper's 4500-point grid, or a 72-point one for quick looks.")
@@ -38,9 +40,21 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling.")
 flags.mark_flags_as_required(["runs_csv", "output_dir"])
 
 
+def bootstrap_error(count: int) -> str | None:
+    """Why `count` resamples cannot give Approach 3's intervals, in one line, or None."""
+    if count == 0 or count >= MIN_BOOTSTRAP:
+        return None
+    # The sweep's fit.bootstrap has the same rule (experiments/scaling_laws/sweep.py).
+    return (f"--bootstrap={count} must be 0 (no intervals) or at least {MIN_BOOTSTRAP} resamples (fewer give "
+            "percentile intervals that move with the resampling); pass --bootstrap=4000, or --bootstrap=0 for none.")
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
+    problem = bootstrap_error(_BOOTSTRAP.value)  # before the fit, whose L-BFGS starts alone take a while
+    if problem:
+        sys.exit(f"error: {problem}")
     if (_PREDICT_N.value is None) != (_PREDICT_D.value is None):
         sys.exit("error: pass --predict_N and --predict_D together (the loss of N parameters on D tokens).")
     predict = None if _PREDICT_N.value is None else (_PREDICT_N.value, _PREDICT_D.value)

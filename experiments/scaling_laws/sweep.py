@@ -44,11 +44,11 @@ from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, _lat
 from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
                                                   train_group, train_one)
 from research.scaling import sweep_records
+from research.scaling.chinchilla_fit import MIN_BOOTSTRAP
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
                                          ladder_models, plan_runs, warmup_steps)
 from research.training import preemption
 
-MIN_BOOTSTRAP = 100  # fewest fit.bootstrap resamples (other than 0); _check_fit_settings says why
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
 
 
@@ -101,9 +101,7 @@ def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:
         return
     bootstrap, budget, grid = fit.get("bootstrap", 0), fit.get("compute_budget", 1.0), fit.get("init_grid", "paper")
     seed = fit.get("seed", 0)
-    # A 10-90% percentile interval needs enough resamples to have a 10th and a 90th percentile at
-    # all: from 1 resample it is that resample's value (it need not contain the estimate), and below
-    # ~100 the interval's ends move with the resampling more than with the data.
+    # MIN_BOOTSTRAP: fewer resamples give intervals that move with the resampling (chinchilla_fit says why)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not (bootstrap == 0 or
                                                                              bootstrap >= MIN_BOOTSTRAP):
         raise SweepError(f"fit.bootstrap={bootstrap!r} must be 0 (no intervals) or a whole number >= {MIN_BOOTSTRAP} "

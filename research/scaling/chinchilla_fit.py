@@ -89,6 +89,11 @@ def _law(x_K: np.ndarray) -> ChinchillaLaw:
 
 
 BOOTSTRAP_SAMPLES = 4000  # Epoch AI's replication (Besiroglu et al. 2024) used 4,000 resamples
+# The fewest resamples the commands accept (other than 0, none): a 10-90% percentile interval needs
+# enough resamples to have a 10th and a 90th percentile at all (from 1 resample it is that
+# resample's value, which need not contain the estimate), and below ~100 the interval's ends move
+# with the resampling more than with the data. This function itself takes any count (tests use few).
+MIN_BOOTSTRAP = 100
 BOOTSTRAP_BASINS = 3  # resample starts: the full-data optimum plus the best of this many other basins
 
 

@@ -82,6 +82,23 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_too_few_bootstrap_resamples_are_refused_before_fitting(tmp_path):
+    """--bootstrap=5 gave 10th-90th percentile "intervals" that move with the resampling; 0 (none)
+    and 100 or more pass the check and reach the table (here, one the fit refuses)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("params,D,loss\n1e8,1e9,3\n")
+    args = (f"--runs_csv={bad}", f"--output_dir={tmp_path / 'out'}")
+    for count in (5, 99, -1):
+        result = run_cli(*args, f"--bootstrap={count}")
+        assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+            f"error: --bootstrap={count} must be 0 (no intervals) or at least 100 resamples (fewer give percentile "
+            "intervals that move with the resampling); pass --bootstrap=4000, or --bootstrap=0 for none.")
+    for count in (0, 100):
+        result = run_cli(*args, f"--bootstrap={count}")
+        assert result.returncode == 1 and "missing column(s) N" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_seeds_of_one_point_are_fitted_as_that_point(tmp_path):
     """A budget repeated with a second seed enters every fit once, at the geometric mean of its
     seeds: the fit equals that of the table holding the means, and differs from the one that
