@@ -9,7 +9,11 @@ steps (rerun the same command to continue).
 """
 from __future__ import annotations
 
-import logging as std_logging
+if __name__ == "__main__":  # before the imports below (JAX, the config file): a Ctrl-C there must not be lost
+    from research.early_interrupts import remember_early_interrupts
+    remember_early_interrupts()
+
+import logging as std_logging  # noqa: E402
 import sys
 
 from absl import app, flags, logging
@@ -24,8 +28,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    from research.training.preemption import watch_early_interrupts
-    watch_early_interrupts()  # a Ctrl-C during setup must not be lost
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     if not flags.FLAGS["verbosity"].present:
@@ -38,6 +40,14 @@ def main(argv):
     from research.training.checkpointing import CheckpointError
     from research.training.preemption import Interrupted
     from research.training.workdir import removed_if_failed
+    from research.early_interrupts import interrupted_early, watch_early_interrupts
+
+    # Until here a Ctrl-C was only remembered (an exception amid imports ends with a traceback);
+    # from here it also interrupts the setup work, and is caught below. It must not be lost.
+    watch_early_interrupts()
+    if interrupted_early():  # one during the imports or the config's loading: nothing was started
+        print("stopped by SIGINT before training started; rerun the same command to start.", file=sys.stderr)
+        sys.exit(130)
 
     config = _CONFIG.value
     try:

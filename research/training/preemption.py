@@ -28,38 +28,10 @@ from typing import Any
 
 import jax
 
+# A Ctrl-C of a command's setup, before a Guard (kept free of JAX so a command installs it first).
+from research.early_interrupts import EARLY_SIGINT as _EARLY_SIGINT
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-_EARLY_SIGINT = threading.Event()
-
-
-def watch_early_interrupts() -> None:
-    """From now until a Guard takes over, Ctrl-C raises KeyboardInterrupt as Python's own handler
-    does, and is remembered: the next Guard then stops before the first step. Why: Python
-    ignores a KeyboardInterrupt raised inside a garbage-collection callback or a __del__ (it
-    prints "Exception ignored in ..."), so a Ctrl-C during setup was sometimes lost and the run
-    went on to the end. For command-line entry points (a notebook keeps Python's handler)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _early_sigint)
-        if sys.unraisablehook is not _quiet_swallowed_interrupt:
-            global _default_unraisablehook
-            _default_unraisablehook = sys.unraisablehook
-            sys.unraisablehook = _quiet_swallowed_interrupt
-
-
-def _early_sigint(signum: int, frame: FrameType | None) -> None:
-    _EARLY_SIGINT.set()
-    raise KeyboardInterrupt
-
-
-_default_unraisablehook = sys.unraisablehook
-
-
-def _quiet_swallowed_interrupt(unraisable: Any) -> None:
-    """The swallowed Ctrl-C is handled (the Guard stops the run with one line): no traceback for it."""
-    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _EARLY_SIGINT.is_set()):
-        _default_unraisablehook(unraisable)
 
 
 class Interrupted(Exception):

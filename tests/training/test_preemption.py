@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from research import early_interrupts
 from research.training import blocks, preemption, train_and_evaluate
 
 from tests.training.conftest import run_config
@@ -76,6 +77,35 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
         last.endswith("continue from the last checkpoint."), last
 
 
+def test_ctrl_c_during_the_commands_imports_is_one_line_and_exit_130(tokenizers, tmp_path):
+    """A Ctrl-C in the first second or two (imports, the config's loading), before main: it
+    was swallowed in a JAX gc callback and the run trained to the end with exit 0. Here the
+    Ctrl-C is the one remember_early_interrupts records, set before the command's module runs
+    (a signal at a fixed delay would race the interpreter's start)."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    workdir = tmp_path / "run"
+    argv = ["pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny", f"--workdir={workdir}",
+            *cli_overrides(config)]
+    script = ("import runpy, sys; from research import early_interrupts; early_interrupts.EARLY_SIGINT.set(); "
+              f"sys.argv = {argv!r}; runpy.run_module('experiments.pretrain', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == ("stopped by SIGINT before training started; rerun the same "
+                                                      "command to start.")
+    assert "Traceback" not in result.stderr and not workdir.exists()
+
+
+def test_before_main_a_ctrl_c_is_only_remembered():
+    original = signal.getsignal(signal.SIGINT)
+    try:
+        early_interrupts.remember_early_interrupts()
+        signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: an import in progress is not broken off
+        assert early_interrupts.interrupted_early()
+    finally:
+        signal.signal(signal.SIGINT, original)
+        early_interrupts.EARLY_SIGINT.clear()
+
+
 def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
     """Python ignores a KeyboardInterrupt raised in a gc callback or __del__ (seen in the test above:
     the run went on and exited 0, printing a traceback); the Guard installed afterwards must still
@@ -84,7 +114,7 @@ def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
     reported = []
     try:
         sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)  # stands for Python's
-        preemption.watch_early_interrupts()
+        early_interrupts.watch_early_interrupts()
         try:
             signal.raise_signal(signal.SIGINT)
         except KeyboardInterrupt:
@@ -94,7 +124,7 @@ def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
             assert guard.requested and guard.signal_name == "SIGINT" and guard.should_stop(0)
         finally:
             guard.uninstall()
-        assert signal.getsignal(signal.SIGINT) == preemption._early_sigint
+        assert signal.getsignal(signal.SIGINT) == early_interrupts._early_sigint
         assert not preemption.Guard().requested  # a Guard never installed sees nothing
 
         class Unraisable:  # what Python hands sys.unraisablehook
@@ -108,7 +138,7 @@ def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
     finally:
         signal.signal(signal.SIGINT, original)
         sys.unraisablehook = original_hook
-        preemption._EARLY_SIGINT.clear()
+        early_interrupts.EARLY_SIGINT.clear()
 
 
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
