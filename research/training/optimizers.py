@@ -7,6 +7,7 @@ biases: decaying them only pulls activations toward zero without regularising an
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Literal
 
 import jax
@@ -44,16 +45,24 @@ class OptimizerConfig:
         for field, choice in (("name", OptimizerName), ("schedule", ScheduleName)):
             if getattr(self, field) not in choice.__args__:
                 raise ConfigError(f"opt.{field}={getattr(self, field)!r} is not one of {choice.__args__}.")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"opt.learning_rate={self.learning_rate} must be positive.")
+        # `<= 0` alone lets nan through (every comparison with nan is False), and inf: both
+        # compiled and diverged at step 1.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"opt.learning_rate={self.learning_rate} must be a positive finite number, e.g. 3e-4.")
+        for field in ("b1", "b2"):
+            if not 0.0 <= getattr(self, field) < 1.0:  # a moment's decay: 1 never forgets, above 1 grows
+                raise ConfigError(f"opt.{field}={getattr(self, field)} must be in [0, 1), e.g. 0.9 or 0.95.")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ConfigError(f"opt.eps={self.eps} must be a finite number >= 0, e.g. 1e-8.")
         if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
             raise ConfigError(f"opt.warmup_steps={self.warmup_steps} must lie in [0, total_steps={self.total_steps}].")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"opt.decay_fraction={self.decay_fraction} must be in (0, 1].")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"opt.min_lr_ratio={self.min_lr_ratio} must be in [0, 1].")
-        if self.weight_decay < 0 or self.clip_norm < 0:
-            raise ConfigError("opt.weight_decay and opt.clip_norm must be >= 0 (0 disables).")
+        for field in ("weight_decay", "clip_norm"):
+            if not (math.isfinite(getattr(self, field)) and getattr(self, field) >= 0):
+                raise ConfigError(f"opt.{field}={getattr(self, field)} must be a finite number >= 0 (0 disables).")
 
 
 # The optimizer's numbers that may differ between models trained together in one program
