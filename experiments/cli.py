@@ -105,3 +105,16 @@ def exit_stopped(stop: Exception | None) -> NoReturn:
         sys.exit(130)
     print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
     sys.exit(stop.exit_code)
+
+
+def stop_if_interrupted_early() -> None:
+    """For a main, after its own imports: from here a Ctrl-C also raises KeyboardInterrupt (the
+    main catches it as a stop); one that came earlier (the command installs
+    research.early_interrupts.remember_early_interrupts before its imports, where JAX's gc
+    callback swallowed it and the run went on to the end with exit 0) stops the command now,
+    before any work: one line, exit 130."""
+    from research.early_interrupts import interrupted_early, watch_early_interrupts
+    watch_early_interrupts()
+    if interrupted_early():
+        print("stopped by SIGINT before any work started; rerun the same command to start.", file=sys.stderr)
+        sys.exit(130)

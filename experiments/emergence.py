@@ -32,6 +32,10 @@ before any compilation) and step 1's data; this module trains, evaluates and rep
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below (JAX, the config file): a Ctrl-C there must not be lost
+    from research.early_interrupts import remember_early_interrupts
+    remember_early_interrupts()
+
 import contextlib
 import os
 import sys
@@ -264,6 +268,8 @@ def main(argv):
     from research.training import TrainingDivergedError
     from experiments.cli import exit_stopped
     from research.training.preemption import Interrupted
+    from experiments.cli import stop_if_interrupted_early
+    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     if flags.FLAGS.dry_run:
         try:

@@ -6,6 +6,10 @@ a workdir holding another run (another base, data, path or LoRA setting) is refu
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below (JAX, the config file): a Ctrl-C there must not be lost
+    from research.early_interrupts import remember_early_interrupts
+    remember_early_interrupts()
+
 import logging as std_logging
 import sys
 
@@ -31,11 +35,17 @@ def main(argv):
     from research.training import TrainingDivergedError
     from research.training.checkpointing import CheckpointError
     from research.training.metrics import weighted_z_loss
+    from experiments.cli import stop_if_interrupted_early
+    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     try:
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues from the last
+        print("stopped by SIGINT without saving this step; rerun the same command to continue from the last "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(130)
     # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
     final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))

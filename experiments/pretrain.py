@@ -40,14 +40,8 @@ def main(argv):
     from research.training.checkpointing import CheckpointError
     from research.training.preemption import Interrupted
     from research.training.workdir import removed_if_failed
-    from research.early_interrupts import interrupted_early, watch_early_interrupts
-
-    # Until here a Ctrl-C was only remembered (an exception amid imports ends with a traceback);
-    # from here it also interrupts the setup work, and is caught below. It must not be lost.
-    watch_early_interrupts()
-    if interrupted_early():  # one during the imports or the config's loading: nothing was started
-        print("stopped by SIGINT before training started; rerun the same command to start.", file=sys.stderr)
-        sys.exit(130)
+    from experiments.cli import stop_if_interrupted_early
+    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     config = _CONFIG.value
     try:

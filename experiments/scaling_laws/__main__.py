@@ -9,6 +9,10 @@ without training. Presets and overrides: experiments/configs/scaling_laws.py.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below (JAX, the config file): a Ctrl-C there must not be lost
+    from research.early_interrupts import remember_early_interrupts
+    remember_early_interrupts()
+
 import io
 import os
 import sys
@@ -49,6 +53,8 @@ def main(argv):
     from research.scaling import RunTableError
     from experiments.cli import exit_stopped
     from research.training.preemption import Interrupted
+    from experiments.cli import stop_if_interrupted_early
+    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     config = _CONFIG.value
     if _WORKDIR.value:  # before any work: a file in its path failed at the first write, in a traceback

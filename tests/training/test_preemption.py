@@ -77,20 +77,23 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
         last.endswith("continue from the last checkpoint."), last
 
 
-def test_ctrl_c_during_the_commands_imports_is_one_line_and_exit_130(tokenizers, tmp_path):
-    """A Ctrl-C in the first second or two (imports, the config's loading), before main: it
-    was swallowed in a JAX gc callback and the run trained to the end with exit 0. Here the
-    Ctrl-C is the one remember_early_interrupts records, set before the command's module runs
-    (a signal at a fixed delay would race the interpreter's start)."""
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+@pytest.mark.parametrize("module, config", [
+    ("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tiny"),
+    ("experiments.finetune", "experiments/configs/finetune.py:sft_tiny"),
+    ("experiments.emergence", "experiments/configs/emergence.py:micro"),
+    ("experiments.scaling_laws", "experiments/configs/scaling_laws.py:cpu_tiny")])
+def test_ctrl_c_during_a_commands_imports_is_one_line_and_exit_130(tmp_path, module, config):
+    """A Ctrl-C in a command's first second or two (imports, the config's loading), before its
+    main: it was swallowed in a JAX gc callback and the run trained to the end with exit 0.
+    Here the Ctrl-C is the one remember_early_interrupts records, set before the command's
+    module runs (a signal at a fixed delay would race the interpreter's start)."""
     workdir = tmp_path / "run"
-    argv = ["pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny", f"--workdir={workdir}",
-            *cli_overrides(config)]
+    argv = [module, f"--config={config}", f"--workdir={workdir}"]
     script = ("import runpy, sys; from research import early_interrupts; early_interrupts.EARLY_SIGINT.set(); "
-              f"sys.argv = {argv!r}; runpy.run_module('experiments.pretrain', run_name='__main__')")
+              f"sys.argv = {argv!r}; runpy.run_module({module!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 130, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == ("stopped by SIGINT before training started; rerun the same "
+    assert result.stderr.strip().splitlines()[-1] == ("stopped by SIGINT before any work started; rerun the same "
                                                       "command to start.")
     assert "Traceback" not in result.stderr and not workdir.exists()
 
