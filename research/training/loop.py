@@ -326,9 +326,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             prefetcher = BlockPrefetcher(sources, plan, block_len, lambda host: partitioning.shard_batch(
                 host, train_sharding), per_member=per_model_data)
 
-            checkpoint_directories = ", ".join(m.checkpointer.directory for m in members)
             if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
-                raise preemption.Interrupted(guard.signal_name, start_step, checkpoint_directories, saved=False)
+                raise preemption.Interrupted(guard.signal_name, start_step, saved=False)
 
             def save_model(m: members_lib.Member, step: int, state: Any, block: Any, best_metric: float | None) -> None:
                 # Model m's slice of the state, laid out as if trained alone, and its data position.
@@ -386,7 +385,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                 if m.error is None:  # no eval loss here: keep_best ranks it last
                                     save_model(m, step, state, block, float("inf"))
                         if signalled:
-                            raise preemption.Interrupted(guard.signal_name, step, checkpoint_directories)
+                            raise members_lib.interrupted(members, guard.signal_name, step)
                 if pending is not None:
                     record(*pending, hold=None)
                 if end_step == start_step and not any("eval_loss" in m.last for m in members):

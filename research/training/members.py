@@ -19,6 +19,7 @@ import numpy as np
 
 from research.atomic_files import write_text_atomically
 from research.training import metrics as metrics_lib
+from research.training import preemption
 from research.training import workdir as workdir_lib
 from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
@@ -47,6 +48,7 @@ class Member:
     held: dict[str, float] = dataclasses.field(default_factory=dict)  # the boundary step's train metrics
     timed: bool = False  # the throughput clock has started (after the first, compiling call)
     error: TrainingDivergedError | None = None
+    diverged_at: int | None = None  # the step whose loss was not finite (error)
 
 
 def _far_behind(newest: list[int], every_steps: int) -> list[int]:
@@ -81,7 +83,8 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
     A model with no checkpoint claimed together with the others and no NaN stop was killed
     between the models' first saves: all restart from step 0 (restore_or_init)."""
     newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
-    why = {i: f"step {newest[i] or None}" for i in _far_behind(newest, max(every_steps, 1))}
+    why = {i: f"step {newest[i]}" if newest[i] else "no checkpoint"
+           for i in _far_behind(newest, max(every_steps, 1))}
     # (every_steps 0 is refused later, with the config's checks)
     leaders = {workdir_lib.absolute_workdir(w) for w, n in zip(workdirs, newest) if n > 0}
     for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
@@ -189,6 +192,7 @@ def record_block(members: list[Member], first: int, num_steps: int, device_metri
                     f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
                     f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
                     f"without saving. {saved}; lower opt.learning_rate or raise warmup and rerun.")
+                m.diverged_at = step
                 m.checkpointer.wait()
                 if not stacked:
                     raise m.error
@@ -213,3 +217,18 @@ def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric
     marker = os.path.join(m.workdir, DIVERGED_FILE)
     if os.path.exists(marker) and jax.process_index() == 0:  # an earlier NaN stop, now trained past
         os.remove(marker)
+
+
+def interrupted(members: list[Member], signal_name: str, step: int) -> preemption.Interrupted:
+    """The stop on a signal after the models still training saved `step`. A model that diverged
+    earlier saved nothing there and a rerun refuses it (check_common_start), so the line names
+    only the saved checkpoints, and says to drop the diverged models instead of "rerun the same
+    command"."""
+    saved = ", ".join(m.checkpointer.directory for m in members if m.error is None)
+    diverged = [m for m in members if m.error is not None]
+    if not diverged:
+        return preemption.Interrupted(signal_name, step, saved)
+    names = ", ".join(f"{m.index} ({m.workdir}, diverged at step {m.diverged_at})" for m in diverged)
+    return preemption.Interrupted(signal_name, step, saved, advice=(
+        f"model(s) {names} were not saved: drop their value(s) ({', '.join(os.path.basename(m.workdir) for m in diverged)}) "
+        "from batched.values (or train them in a run of their own), then rerun to continue the others"))

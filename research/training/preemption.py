@@ -38,13 +38,16 @@ class Interrupted(Exception):
     """The run stopped early on a signal, after saving a checkpoint at `step` (or, when the signal
     came before the first step, with nothing new to save)."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint_directory: str, *, saved: bool = True):
-        self.signal_name, self.step = signal_name, step
+    def __init__(self, signal_name: str, step: int, checkpoint_directory: str = "", *, saved: bool = True,
+                 advice: str = "rerun the same command to continue"):
+        # `advice`: what to do next, when rerunning the same command would not continue (a
+        # model of several trained together that diverged before the stop and saved nothing).
+        self.signal_name, self.step, self.saved = signal_name, step, saved
         if saved:
             text = f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint_directory}"
         else:
             text = f"stopped by {signal_name} before training step {step + 1}; nothing new to save"
-        super().__init__(f"{text}; rerun the same command to continue.")
+        super().__init__(f"{text}; {advice}.")
 
     @property
     def exit_code(self) -> int:

@@ -2,6 +2,7 @@
 exit cleanly, rerun is exact."""
 import itertools
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from research import early_interrupts
 from research.training import blocks, preemption, train_and_evaluate
+from research.training.checkpointing import CheckpointError
 
 from tests.training.conftest import run_config
 from tests.training.test_checkpoint_fallback import _truncate_files
@@ -173,3 +175,32 @@ def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_s
     assert (tmp_path / "stopped" / members[1] / "checkpoints.damaged" / "7").is_dir()
     for m in members:
         assert_same_run(per_step(tmp_path / "stopped" / m), per_step(tmp_path / "whole" / m), 8)
+
+
+def test_a_stop_after_one_of_the_models_diverged_names_only_the_saved_ones(tokenizers, tmp_path, monkeypatch):
+    """K=2, model 0 diverged at step 2 (no checkpoint), then Ctrl-C: the line must not claim a
+    checkpoint for model 0 nor promise that the same command continues (a rerun refuses model 0,
+    naming it as having no checkpoint); dropping its value, as the line says, continues model 1."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=8, steps_per_call=3)
+    config.opt.warmup_steps = 0
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e35, 1e-3)
+    bad, good = tmp_path / "opt.learning_rate=1e+35", tmp_path / "opt.learning_rate=0.001"
+
+    def should_stop(guard, step):  # as if Ctrl-C came during the block that ends at step 7
+        guard.signal_name = "SIGINT"
+        return step >= 5
+
+    with monkeypatch.context() as patch:
+        patch.setattr(preemption.Guard, "should_stop", should_stop)
+        with pytest.raises(preemption.Interrupted) as stop:
+            train_and_evaluate(config, str(tmp_path))
+    assert str(stop.value) == (
+        f"stopped by SIGINT at step 7; checkpoint saved in {good}/checkpoints; model(s) 0 ({bad}, diverged at "
+        "step 2) were not saved: drop their value(s) (opt.learning_rate=1e+35) from batched.values (or train them "
+        "in a run of their own), then rerun to continue the others.")
+    assert stop.value.exit_code == 130 and latest_checkpoint(good) == 7 and latest_checkpoint(bad) is None
+    with pytest.raises(CheckpointError, match=rf"model\(s\) 0 \({re.escape(str(bad))}, no checkpoint\) are behind"):
+        train_and_evaluate(config, str(tmp_path))
+    config.batched.values = (1e-3,)
+    assert "opt.learning_rate=0.001/eval_loss" in train_and_evaluate(config, str(tmp_path))
+    assert latest_checkpoint(good) == 8
