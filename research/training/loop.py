@@ -54,7 +54,6 @@ from research.training import blocks, evaluation, losses, members as members_lib
 from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib  # [issue-13b]
-from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.members import TrainingDivergedError
@@ -184,11 +183,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
-    for workdir in workdirs:  # a finished run rerun with fewer steps would train nothing and say nothing
-        saved = max(checkpoint_steps_in(os.path.join(workdir, "checkpoints")), default=0)
-        if saved > train.num_steps:
-            raise ConfigError(f"--workdir={workdir} holds a checkpoint at step {saved}, past train.num_steps="
-                              f"{train.num_steps}; set train.num_steps={saved} or more, or use a new --workdir.")
+    members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = _data_objective(config.objective, model_config.family,
                                      _sub_config(config.get("objective_options", {})))

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from research.atomic_files import write_text_atomically
+from research.models.config import ConfigError
 from research.training import metrics as metrics_lib
 from research.training import preemption
 from research.training import workdir as workdir_lib
@@ -69,6 +70,23 @@ def _diverged_step(workdir: str) -> int | None:
             return int(json.load(f)["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_steps_left(workdirs: Sequence[str], num_steps: int, stop_after_steps: int) -> None:
+    """ConfigError, in one line, when the saved checkpoints leave this run nothing to train: a
+    finished run rerun with fewer train.num_steps, or train.stop_after_steps at or below the
+    step already reached, would otherwise train nothing and say nothing."""
+    newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
+    for workdir, saved in zip(workdirs, newest):
+        if saved > num_steps:
+            raise ConfigError(f"--workdir={workdir} holds a checkpoint at step {saved}, past train.num_steps="
+                              f"{num_steps}; set train.num_steps={saved} or more, or use a new --workdir.")
+    # Models trained together resume from a step all of them saved: at most the lowest newest one.
+    reached, workdir = min(zip(newest, workdirs))
+    if 0 < stop_after_steps <= reached:
+        raise ConfigError(f"train.stop_after_steps={stop_after_steps} is at or below step {reached}, which "
+                          f"--workdir={workdir} already reached; give a later step, or 0 to train to "
+                          f"train.num_steps={num_steps}.")
 
 
 def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:

@@ -129,3 +129,22 @@ def test_rerunning_a_finished_run_with_fewer_steps_is_one_line(tokenizers, tmp_p
                                           r"train.num_steps=4 or more") as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value)
+
+
+def test_stop_after_steps_at_or_below_the_step_reached_is_one_line(tokenizers, tmp_path):
+    """It once exited 0 having trained nothing and printed an empty line (a stop at or before
+    the restored step is never reached). Refused before the workdir is touched."""
+    from tests.training.conftest import run_config
+    from research.models.config import ConfigError
+    from research.training import train_and_evaluate
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    records = (workdir / "metrics.jsonl").read_text()
+    for stop in (2, 4):
+        config.train.stop_after_steps = stop
+        with pytest.raises(ConfigError, match=rf"^train.stop_after_steps={stop} is at or below step 4, which "
+                                              rf"--workdir={workdir} already reached; give a later step, or 0 to "
+                                              r"train to train.num_steps=4.$"):
+            train_and_evaluate(config, str(workdir))
+    assert (workdir / "metrics.jsonl").read_text() == records
