@@ -248,5 +248,6 @@ def interrupted(members: list[Member], signal_name: str, step: int) -> preemptio
         return preemption.Interrupted(signal_name, step, saved)
     names = ", ".join(f"{m.index} ({m.workdir}, diverged at step {m.diverged_at})" for m in diverged)
     return preemption.Interrupted(signal_name, step, saved, advice=(
-        f"model(s) {names} were not saved: drop their value(s) ({', '.join(os.path.basename(m.workdir) for m in diverged)}) "
-        "from batched.values (or train them in a run of their own), then rerun to continue the others"))
+        f"model(s) {names} were not saved: drop their value(s) "
+        f"({', '.join(os.path.basename(m.workdir) for m in diverged)}) from batched.values (or train them in a run "
+        "of their own), then rerun to continue the others"))
