@@ -202,34 +202,32 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
             model_vocab_size=model_config.vocab_size)
 
-    try:  # the checks that need the tokenizer: a bad input withdraws the claims this call made
+    # Until the first step runs, nothing of this run exists to resume: a bad input or a stop (Ctrl-C,
+    # SIGTERM) then withdraws the claims this call made (below), so a corrected or changed command is
+    # not refused as "another run".
+    members, prefetcher, guard, started = [], None, None, False
+    try:
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
         example = next(batches("validation", train.seed))
         objective.check_batch(example, model_config.max_len)
-    except (ConfigError, data_lib.DataError):
-        if jax.process_index() == 0:  # the process that recorded the claims
-            workdir_lib.unclaim(claimed)
-        raise
-    batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
+        batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
-    # The optimizer here only gives the state its structure (init, restore); each step builds its own
-    # from the traced hyperparameters (below).
-    optimizer, _ = make_optimizer(opt_configs[0])
-    loss_fn = losses.make_loss_fn(objective, train.z_loss)
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
-    batch_partition = partitioning.batch_partition_spec(rules)
-    if across:  # no model's batch is split: nothing in a model names a mesh axis
-        batch_partition = PartitionSpec()
-    members = [members_lib.Member(i, c, w, checkpoint_config,
-                                  metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),  # [issue-13b]
-                                  Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
-               for i, (c, w) in enumerate(zip(configs, workdirs))]
-    sources = [batches("train", seed) for seed in data_seeds]
-    prefetcher = None
-    guard = preemption.Guard().install()  # [issue-13b] SIGINT/SIGTERM from here on: save and stop cleanly
+        # The optimizer here only gives the state its structure (init, restore); each step builds its own
+        # from the traced hyperparameters (below).
+        optimizer, _ = make_optimizer(opt_configs[0])
+        loss_fn = losses.make_loss_fn(objective, train.z_loss)
+        batch_sharding = partitioning.batch_sharding(mesh, rules)
+        batch_partition = partitioning.batch_partition_spec(rules)
+        if across:  # no model's batch is split: nothing in a model names a mesh axis
+            batch_partition = PartitionSpec()
+        members = [members_lib.Member(i, c, w, checkpoint_config,  # [issue-13b] writer
+                                      metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),
+                                      Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
+                   for i, (c, w) in enumerate(zip(configs, workdirs))]
+        sources = [batches("train", seed) for seed in data_seeds]
+        guard = preemption.Guard().install()  # [issue-13b] SIGINT/SIGTERM from here on: save and stop cleanly
 
-    try:
         with partitioning.sharding_context(mesh, rules):
             abstract, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
             state_shardings = shardings
@@ -337,6 +335,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
                                              enabled=train.progress_bar and jax.process_index() == 0) as progress:
                 step, pending = start_step, None
+                started = True  # from here a stop saves its step: the claim stays
                 for block in prefetcher:
                     first, step = step + 1, step + block.num_steps
                     state, block_metrics = train_block(state, block.batches, np.int32(block.num_steps), *extra_args)
@@ -386,8 +385,13 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 if end_step == start_step and not any("eval_loss" in m.last for m in members):
                     for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
                         m.last.update(metrics)
+    except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):
+        if not started and jax.process_index() == 0:  # the process that recorded the claims
+            workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own
+        raise
     finally:
-        guard.uninstall()  # [issue-13b]
+        if guard is not None:
+            guard.uninstall()  # [issue-13b]
         if prefetcher is not None:
             prefetcher.close()
         for m in members:

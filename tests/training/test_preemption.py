@@ -11,7 +11,7 @@ import time
 import pytest
 
 from research import early_interrupts
-from research.training import blocks, preemption, train_and_evaluate
+from research.training import blocks, members as members_lib, preemption, train_and_evaluate, workdir as workdir_lib
 from research.training.checkpointing import CheckpointError
 
 from tests.training.conftest import run_config
@@ -204,3 +204,52 @@ def test_a_stop_after_one_of_the_models_diverged_names_only_the_saved_ones(token
     config.batched.values = (1e-3,)
     assert "opt.learning_rate=0.001/eval_loss" in train_and_evaluate(config, str(tmp_path))
     assert latest_checkpoint(good) == 8
+
+
+def _stopped_in_setup(monkeypatch, how):
+    """Patch the loop so that a Ctrl-C lands during setup: taken by the Guard ("signal": the run
+    raises Interrupted, nothing saved) or raised as KeyboardInterrupt (before the Guard, or a second one)."""
+    if how == "signal":
+        def should_stop(guard, step):
+            guard.signal_name = "SIGINT"
+            return True
+        monkeypatch.setattr(preemption.Guard, "should_stop", should_stop)
+        return preemption.Interrupted
+
+    def restore_or_init(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(members_lib, "restore_or_init", restore_or_init)
+    return KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["signal", "keyboard_interrupt"])
+def test_a_ctrl_c_during_setup_leaves_the_workdir_free_for_other_settings(how, tokenizers, tmp_path, monkeypatch):
+    """Nothing was trained or saved, so the claim is withdrawn: rerunning with another
+    train.seq_len is accepted (it was refused as 'holds another run')."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop = _stopped_in_setup(patch, how)
+        with pytest.raises(stop):
+            train_and_evaluate(config, str(workdir))
+        assert not (workdir / workdir_lib.RUN_FILE).exists()
+        config.train.seq_len = 16
+        with pytest.raises(stop):  # past the claim: the changed setting was accepted
+            train_and_evaluate(config, str(workdir))
+
+
+def test_a_ctrl_c_during_the_setup_of_a_resumed_run_keeps_its_claim(tokenizers, tmp_path, monkeypatch):
+    """With a checkpoint in the workdir the run exists: a stop during setup keeps run.json, and
+    a changed setting is still refused."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    config.train.num_steps = 4
+    for how in ("signal", "keyboard_interrupt"):
+        with monkeypatch.context() as patch:
+            with pytest.raises(_stopped_in_setup(patch, how)):
+                train_and_evaluate(config, str(workdir))
+        assert (workdir / workdir_lib.RUN_FILE).exists()
+    config.train.seq_len = 16
+    with pytest.raises(workdir_lib.WorkdirError, match="holds another run"):
+        train_and_evaluate(config, str(workdir))
