@@ -37,6 +37,19 @@ from research.training.optimizers import HYPERPARAMETERS, OptimizerConfig, hyper
 BATCHABLE = ("train.seed", "opt.learning_rate", "opt.warmup_steps", "opt.decay_fraction", "opt.min_lr_ratio",
              "opt.b1", "opt.b2", "opt.eps", "opt.weight_decay", "opt.clip_norm")
 
+# The numbers each optimizer kind and schedule kind reads (research/training/optimizers.py:
+# make_schedule reads peak/warmup always, final (min_lr_ratio) unless constant, decay_start
+# (decay_fraction) for wsd only; make_optimizer passes b1/b2/eps to adamw, b1/b2 to lion, and
+# only weight_decay to adafactor). Models that differ in a number their kind ignores would
+# train identically under different names.
+_READ_BY = {
+    "schedule": {"constant": ("learning_rate", "warmup_steps"),
+                 "cosine": ("learning_rate", "warmup_steps", "min_lr_ratio"),
+                 "wsd": ("learning_rate", "warmup_steps", "min_lr_ratio", "decay_fraction")},
+    "name": {"adamw": ("b1", "b2", "eps", "weight_decay"), "lion": ("b1", "b2", "weight_decay"),
+             "adafactor": ("weight_decay",)},
+}
+
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
     node = config
@@ -138,6 +151,13 @@ def check_trainable_together(configs: Sequence[ml_collections.ConfigDict], workd
             raise ConfigError(f"models 0 and {index} differ in {name} ({reference.get(name)!r} vs {flat.get(name)!r}): "
                               f"models trained in one program must share their shapes and settings; only "
                               f"{', '.join(BATCHABLE)} may differ.")
+    for kind, reads in _READ_BY.items():
+        chosen = configs[0].opt[kind]
+        for field in sorted({f for r in reads.values() for f in r} - set(reads.get(chosen, ()))):
+            if len({c.opt[field] for c in configs}) > 1:
+                users = [k for k, r in reads.items() if field in r]
+                raise ConfigError(f"the models differ in opt.{field}, which opt.{kind}={chosen!r} does not use: they "
+                                  f"would train identically; batch another field, or set opt.{kind} to one of {users}.")
     clips = {bool(c.opt.clip_norm) for c in configs}
     if len(clips) > 1:
         raise ConfigError("opt.clip_norm is 0 for some models and not for others; clipping on/off is part of the "

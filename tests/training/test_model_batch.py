@@ -190,6 +190,29 @@ def test_records_of_a_run_stopped_before_its_first_save_are_not_kept_twice(token
     assert steps == sorted(set(steps)) and [s for s in steps if s > 0] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("kind, field, values, refused", [
+    ({"opt.schedule": "cosine"}, "opt.decay_fraction", (0.1, 0.3), "opt.schedule='cosine'"),
+    ({"opt.schedule": "constant"}, "opt.min_lr_ratio", (0.0, 0.1), "opt.schedule='constant'"),
+    ({"opt.name": "adafactor"}, "opt.b1", (0.8, 0.9), "opt.name='adafactor'"),
+    ({"opt.name": "lion"}, "opt.eps", (1e-8, 1e-6), "opt.name='lion'"),
+    ({"opt.schedule": "wsd"}, "opt.decay_fraction", (0.1, 0.3), None),  # read: trained
+    ({"opt.name": "lion"}, "opt.b1", (0.8, 0.9), None),
+])
+def test_a_batched_field_the_optimizer_ignores_is_refused_before_compiling(kind, field, values, refused, tmp_path):
+    """K models differing only in a number their schedule / optimizer never reads once trained
+    as K identical models under K names."""
+    config = _member(run_config("gpt_tiny", "unused.model"), **kind)
+    config.batched.field, config.batched.values = field, values
+    configs, workdirs = model_batch.expand_batched_axis(config, str(tmp_path))
+    if refused is None:
+        model_batch.check_trainable_together(configs, workdirs)
+        return
+    with pytest.raises(ConfigError, match=rf"^the models differ in {field}, which {refused} "
+                                          r"does not use: they would train identically; .*set opt\.") as error:
+        train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+
+
 def test_models_of_different_shapes_are_refused_in_one_line(tokenizers, tmp_path):
     config = run_config("gpt_tiny", tokenizers["plain"])
     wider = _member(config, **{"model.d_model": 64})
