@@ -101,20 +101,24 @@ def exit_stopped(stop: Exception | None) -> NoReturn:
     training loop), exit 130."""
     if stop is None:
         print("\nerror: stopped by SIGINT without saving this step; rerun the same command to continue from the "
-              "last checkpoints.", file=sys.stderr)
+              "last checkpoint(s), or from the start where none was saved yet.", file=sys.stderr)
         sys.exit(130)
     print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
     sys.exit(stop.exit_code)
 
 
-def stop_if_interrupted_early() -> None:
+def stop_if_interrupted_early(*, guarded: bool = True) -> None:
     """For a main, after its own imports: from here a Ctrl-C also raises KeyboardInterrupt (the
     main catches it as a stop); one that came earlier (the command installs
     research.early_interrupts.remember_early_interrupts before its imports, where JAX's gc
     callback swallowed it and the run went on to the end with exit 0) stops the command now,
-    before any work: one line, exit 130."""
+    before any work: one line, exit 130. guarded: the command trains under a preemption.Guard,
+    which stops for a Ctrl-C Python swallows later (else Python's own report of it is kept)."""
     from research.early_interrupts import interrupted_early, watch_early_interrupts
-    watch_early_interrupts()
-    if interrupted_early():
+    try:
+        watch_early_interrupts(quiet_when_swallowed=guarded)
+        if interrupted_early():
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:  # the one remembered, or one arriving just now
         print("stopped by SIGINT before any work started; rerun the same command to start.", file=sys.stderr)
         sys.exit(130)

@@ -35,17 +35,17 @@ def main(argv):
     from research.training import TrainingDivergedError
     from research.training.checkpointing import CheckpointError
     from research.training.metrics import weighted_z_loss
-    from experiments.cli import stop_if_interrupted_early
-    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
+    from experiments.cli import exit_stopped, stop_if_interrupted_early
+    # A Ctrl-C during the imports above; from here one raises, caught below (no Guard here: a
+    # Ctrl-C Python swallows mid-run is reported by Python, not hidden).
+    stop_if_interrupted_early(guarded=False)
 
     try:
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues from the last
-        print("stopped by SIGINT without saving this step; rerun the same command to continue from the last "
-              "checkpoint.", file=sys.stderr)
-        sys.exit(130)
+        exit_stopped(None)
     # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
     final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))

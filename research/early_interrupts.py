@@ -25,33 +25,57 @@ from types import FrameType
 from typing import Any
 
 EARLY_SIGINT = threading.Event()
+_taken = threading.Event()  # a Guard took a remembered Ctrl-C: Python may still report it swallowed
+
+
+def _ignored() -> bool:
+    # A job started in the background by a shell script inherits SIGINT ignored: keep it so.
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def remember_early_interrupts() -> None:
     """Until watch_early_interrupts or a Guard replaces it, a Ctrl-C is only remembered (for
-    the import phase of a command, where an exception would end it with a traceback)."""
-    if threading.current_thread() is threading.main_thread():
+    the import phase of a command, where an exception would end it with a traceback); a second
+    one raises KeyboardInterrupt, so a hang there can still be broken off."""
+    if threading.current_thread() is threading.main_thread() and not _ignored():
         signal.signal(signal.SIGINT, _remember_sigint)
 
 
-def watch_early_interrupts() -> None:
+def watch_early_interrupts(*, quiet_when_swallowed: bool = True) -> None:
     """From now until a Guard takes over, Ctrl-C raises KeyboardInterrupt as Python's own handler
     does, and is remembered: the next Guard then stops before the first step. For command-line
-    entry points (a notebook keeps Python's handler)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _early_sigint)
-        if sys.unraisablehook is not _quiet_swallowed_interrupt:
-            global _default_unraisablehook
-            _default_unraisablehook = sys.unraisablehook
-            sys.unraisablehook = _quiet_swallowed_interrupt
+    entry points (a notebook keeps Python's handler). quiet_when_swallowed: no "Exception
+    ignored" traceback when Python swallows that KeyboardInterrupt (a Guard will stop the run
+    with one line); False for commands without a Guard, where that traceback is all the user sees."""
+    if threading.current_thread() is not threading.main_thread() or _ignored():
+        return
+    signal.signal(signal.SIGINT, _early_sigint)
+    if quiet_when_swallowed and sys.unraisablehook is not _quiet_swallowed_interrupt:
+        global _default_unraisablehook
+        _default_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _quiet_swallowed_interrupt
 
 
 def interrupted_early() -> bool:
-    """Whether a Ctrl-C came since remember_early_interrupts / watch_early_interrupts."""
+    """Whether a Ctrl-C came since remember_early_interrupts / watch_early_interrupts (and no
+    Guard has taken it yet)."""
     return EARLY_SIGINT.is_set()
 
 
+def take_early_interrupt() -> bool:
+    """For a Guard: whether a Ctrl-C came before it, which it now owns (cleared here, so a later
+    Guard in the same process, a notebook's next run, does not stop for it again)."""
+    if not EARLY_SIGINT.is_set():
+        return False
+    EARLY_SIGINT.clear()
+    _taken.set()
+    return True
+
+
 def _remember_sigint(signum: int, frame: FrameType | None) -> None:
+    if EARLY_SIGINT.is_set():  # the second: break off whatever is taking so long
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
     EARLY_SIGINT.set()
 
 
@@ -65,5 +89,5 @@ _default_unraisablehook = sys.unraisablehook
 
 def _quiet_swallowed_interrupt(unraisable: Any) -> None:
     """The swallowed Ctrl-C is handled (the Guard stops the run with one line): no traceback for it."""
-    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and EARLY_SIGINT.is_set()):
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and (EARLY_SIGINT.is_set() or _taken.is_set())):
         _default_unraisablehook(unraisable)

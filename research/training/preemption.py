@@ -29,7 +29,7 @@ from typing import Any
 import jax
 
 # A Ctrl-C of a command's setup, before a Guard (kept free of JAX so a command installs it first).
-from research.early_interrupts import EARLY_SIGINT as _EARLY_SIGINT
+from research.early_interrupts import take_early_interrupt
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -116,7 +116,7 @@ class Guard:
             # a Python handler would replace its own.
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, self._handle)
-            if _EARLY_SIGINT.is_set() and self.signal_name is None:  # a Ctrl-C during setup (watch_early_interrupts)
+            if self.signal_name is None and take_early_interrupt():  # a Ctrl-C during setup (watch_early_interrupts)
                 self.signal_name = "SIGINT"
                 _REQUESTS.append(self.signal_name)
         return self

@@ -49,7 +49,7 @@ def test_constant_schedule_and_bad_values():
 
 @pytest.mark.parametrize("field, value", [
     ("learning_rate", float("nan")), ("learning_rate", float("inf")), ("learning_rate", 0.0), ("learning_rate", -1e-3),
-    ("b1", 1.0), ("b1", 1.5), ("b1", -0.1), ("b2", 1.0), ("b2", float("nan")), ("eps", -1e-8), ("eps", float("nan")),
+    ("b1", 1.0), ("b1", 1.5), ("b1", -0.1), ("b2", 1.0), ("b2", float("nan")), ("eps", -1e-8), ("eps", 0.0), ("eps", float("nan")),
     ("weight_decay", float("nan")), ("weight_decay", -0.1), ("clip_norm", float("inf")), ("clip_norm", -1.0)])
 def test_values_no_optimizer_can_train_with_are_one_line(field, value):
     # nan passed `learning_rate <= 0` (every comparison with nan is False) and compiled, then diverged at step 1.
@@ -59,7 +59,7 @@ def test_values_no_optimizer_can_train_with_are_one_line(field, value):
 
 
 def test_edge_values_that_train_are_accepted():
-    OptimizerConfig(b1=0.0, b2=0.999, eps=0.0, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-9)
+    OptimizerConfig(b1=0.0, b2=0.999, eps=1e-30, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-9)
 
 
 PARAMS = {

@@ -79,20 +79,31 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
         last.endswith("continue from the last checkpoint."), last
 
 
-@pytest.mark.parametrize("module, config", [
-    ("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tiny"),
-    ("experiments.finetune", "experiments/configs/finetune.py:sft_tiny"),
-    ("experiments.emergence", "experiments/configs/emergence.py:micro"),
-    ("experiments.scaling_laws", "experiments/configs/scaling_laws.py:cpu_tiny")])
-def test_ctrl_c_during_a_commands_imports_is_one_line_and_exit_130(tmp_path, module, config):
-    """A Ctrl-C in a command's first second or two (imports, the config's loading), before its
-    main: it was swallowed in a JAX gc callback and the run trained to the end with exit 0.
-    Here the Ctrl-C is the one remember_early_interrupts records, set before the command's
-    module runs (a signal at a fixed delay would race the interpreter's start)."""
+COMMANDS = [("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tiny"),
+            ("experiments.finetune", "experiments/configs/finetune.py:sft_tiny"),
+            ("experiments.emergence", "experiments/configs/emergence.py:micro"),
+            ("experiments.scaling_laws", "experiments/configs/scaling_laws.py:cpu_tiny")]
+# Runs a command as `python -m` would, with a real SIGINT delivered while it imports JAX (the
+# command's first second or two: JAX's gc callback swallowed a KeyboardInterrupt raised there,
+# and the run trained to the end with exit 0).
+_CTRL_C_AT_JAX_IMPORT = """
+import importlib.abc, runpy, signal, sys
+class CtrlCAtJaxImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "jax":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCAtJaxImport())
+sys.argv = {argv!r}
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module, config", COMMANDS)
+def test_ctrl_c_while_a_command_imports_jax_is_one_line_and_exit_130(tmp_path, module, config):
     workdir = tmp_path / "run"
-    argv = [module, f"--config={config}", f"--workdir={workdir}"]
-    script = ("import runpy, sys; from research import early_interrupts; early_interrupts.EARLY_SIGINT.set(); "
-              f"sys.argv = {argv!r}; runpy.run_module({module!r}, run_name='__main__')")
+    script = _CTRL_C_AT_JAX_IMPORT.format(argv=[module, f"--config={config}", f"--workdir={workdir}"])
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 130, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == ("stopped by SIGINT before any work started; rerun the same "
@@ -100,15 +111,24 @@ def test_ctrl_c_during_a_commands_imports_is_one_line_and_exit_130(tmp_path, mod
     assert "Traceback" not in result.stderr and not workdir.exists()
 
 
-def test_before_main_a_ctrl_c_is_only_remembered():
+def test_before_main_a_ctrl_c_is_only_remembered_and_a_second_breaks_off():
     original = signal.getsignal(signal.SIGINT)
     try:
         early_interrupts.remember_early_interrupts()
         signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: an import in progress is not broken off
         assert early_interrupts.interrupted_early()
+        with pytest.raises(KeyboardInterrupt):  # a second: a hang during the imports can still be stopped
+            signal.raise_signal(signal.SIGINT)
+        # A Guard takes the remembered Ctrl-C once; a later Guard (a notebook's next run) does not see it.
+        assert early_interrupts.take_early_interrupt() and not early_interrupts.take_early_interrupt()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by a job a script started in the background
+        early_interrupts.remember_early_interrupts()
+        early_interrupts.watch_early_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, original)
         early_interrupts.EARLY_SIGINT.clear()
+        early_interrupts._taken.clear()
 
 
 def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
@@ -144,6 +164,7 @@ def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
         signal.signal(signal.SIGINT, original)
         sys.unraisablehook = original_hook
         early_interrupts.EARLY_SIGINT.clear()
+        early_interrupts._taken.clear()
 
 
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
