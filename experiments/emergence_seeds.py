@@ -25,8 +25,7 @@ to --output_dir:
   onsets.csv      per seed and size: the step at which p left its early plateau (onset_step, on
                   the shortest answer length's checkpoint curve) and p at the end at the longest
                   length; seeds.md adds Spearman's rank correlation of that final p with the
-                  onset step and with the size, over every (seed, size) that left the plateau:
-                  what the curve across sizes follows;
+                  onset step and with the size, over every (seed, size), and which is resolved;
   seeds.md        the tables, and the count of seeds that show the mirage.
 """
 from __future__ import annotations
@@ -207,10 +206,11 @@ def onset_step(steps: Sequence[int], values: Sequence[float]) -> int | None:
     return None
 
 
-def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int) -> list[dict[str, Any]]:
+def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int) -> list[dict[str, Any]] | None:
     """Per run and size: when p left its early plateau along training (onset_step of the
     shortest answer length's curve, report/mirage_along_training.json) and p at the end at the
-    longest answer length (the final evaluation)."""
+    longest answer length (the final evaluation). None when a run did not track the shortest
+    length at every checkpoint of a size (report.transition_task): no onset can be read."""
     out = []
     for run in runs:
         final = {(r["size"], r["task"]): r for r in run["rows"]}
@@ -221,8 +221,7 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
         for size in sizes:
             curve = sorted((r["step"], r["p"]) for r in along if r["size"] == size)
             if len(curve) < 2:
-                raise ConfigError(f"{run['workdir']!r} tracked {shortest} at fewer than 2 checkpoints of {size}; the "
-                                  "onset needs it at every checkpoint (eval.tasks).")
+                return None
             row = final[(size, longest)]
             out.append({"seed": run["seed"], "size": size, "params_non_embedding": row["params_non_embedding"],
                         "onset_task": shortest, "onset_step": onset_step(*zip(*curve)), "final_step": curve[-1][0],
@@ -232,55 +231,55 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
 
 def onset_correlations(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Spearman's rank correlation of the final p with the onset step and with the size, over
-    the (seed, size) pairs that left the plateau (None where fewer than 3 did, or one side is
-    constant)."""
-    left = [r for r in rows if r["onset_step"] is not None]
+    every (seed, size) pair: one that never left the plateau ranks after every onset (None
+    where fewer than 3 pairs, or one side is constant). The pairs are not independent (each
+    seed gives every size, each size every seed), so the p-values are a rough guide only."""
+    never = max([r["final_step"] for r in rows], default=0) + 1  # later than any onset
 
     def rho(key: str) -> tuple[float | None, float | None]:
-        x, y = [r[key] for r in left], [r["final_p"] for r in left]
-        if len(left) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        x = [never if r[key] is None else r[key] for r in rows]
+        y = [r["final_p"] for r in rows]
+        if len(rows) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
             return None, None
         result = stats.spearmanr(x, y)
         return float(result.statistic), float(result.pvalue)
 
     (onset_rho, onset_p), (size_rho, size_p) = rho("onset_step"), rho("params_non_embedding")
-    return {"pairs": len(left), "never_left": len(rows) - len(left), "onset_rho": onset_rho, "onset_p": onset_p,
-            "size_rho": size_rho, "size_p": size_p}
+    return {"pairs": len(rows), "never_left": sum(r["onset_step"] is None for r in rows), "onset_rho": onset_rho,
+            "onset_p": onset_p, "size_rho": size_rho, "size_p": size_p}
 
 
-def _onsets_markdown(rows: Sequence[dict[str, Any]], correlations: dict[str, Any]) -> list[str]:
+def _onsets_markdown(rows: Sequence[dict[str, Any]] | None, correlations: dict[str, Any] | None) -> list[str]:
     from research.evaluation.results_table import format_table
 
+    if rows is None:
+        return ["No onset table: the runs did not track the shortest answer length at every checkpoint "
+                "(report.transition_task).", ""]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
-    shown = [{**r, "onset_step": fmt(r["onset_step"], "d") if r["onset_step"] is not None else "never",
+    shown = [{**r, "onset_step": "never" if r["onset_step"] is None else r["onset_step"],
               "final_p": f"{r['final_p']:.3f}"} for r in rows]
     c = correlations
     return [
         f"## When each size left its early plateau (p above the median of all earlier checkpoints by {ONSET_RISE:g}, "
         f"on {rows[0]['onset_task']}), and p at the end on {rows[0]['final_task']}", "",
         "```", format_table(shown, ["seed", "size", "onset_step", "final_step", "final_p"]), "```", "",
-        f"Over the {c['pairs']} (seed, size) pairs that left the plateau ({c['never_left']} never did), Spearman's "
-        f"rank correlation of the final p with the onset step: {fmt(c['onset_rho'], '+.2f')} (p = "
-        f"{fmt(c['onset_p'], '.3f')}); with the size: {fmt(c['size_rho'], '+.2f')} (p = {fmt(c['size_p'], '.3f')}). "
-        + _what_the_final_p_follows(c), ""]
+        f"Over the {c['pairs']} (seed, size) pairs ({c['never_left']} never left the plateau; they rank after every "
+        f"onset), Spearman's rank correlation of the final p with the onset step: {fmt(c['onset_rho'], '+.2f')} "
+        f"(p = {fmt(c['onset_p'], '.3f')}); with the size: {fmt(c['size_rho'], '+.2f')} (p = "
+        f"{fmt(c['size_p'], '.3f')}). " + _which_resolved(c) + " The pairs share seeds and sizes, so the p-values "
+        "are a rough guide.", ""]
 
 
-def _what_the_final_p_follows(c: dict[str, Any]) -> str:
-    resolved = lambda key: c[key] is not None and c[key] < RESOLVED_LEVEL
-    onset, size = resolved("onset_p"), resolved("size_p")
-    if onset and not size:
-        return (f"Only the onset is resolved at level {RESOLVED_LEVEL:g}: the curve across sizes follows when each "
-                "size happened to leave the plateau, not the size.")
-    if size and not onset:
-        return f"Only the size is resolved at level {RESOLVED_LEVEL:g}: the final p follows the size."
-    if size and onset:
-        return f"Both are resolved at level {RESOLVED_LEVEL:g}."
-    return f"Neither is resolved at level {RESOLVED_LEVEL:g}: these runs cannot say what the final p follows."
-
+def _which_resolved(c: dict[str, Any]) -> str:
+    resolved = [name for name, key in (("the onset step", "onset_p"), ("the size", "size_p"))
+                if c[key] is not None and c[key] < RESOLVED_LEVEL]
+    if not resolved:
+        return f"Neither correlation is resolved at level {RESOLVED_LEVEL:g}."
+    return f"Resolved at level {RESOLVED_LEVEL:g}: the correlation with {' and with '.join(resolved)}."
 
 
 def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
-                   verdicts: Sequence[dict[str, Any]], onset_rows: Sequence[dict[str, Any]] = (),
+                   verdicts: Sequence[dict[str, Any]], onset_rows: Sequence[dict[str, Any]] | None = None,
                    correlations: dict[str, Any] | None = None) -> str:
     """seeds.md: the verdict per seed, the spread over seeds, and the size steps."""
     from research.evaluation.results_table import format_table
@@ -312,7 +311,7 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
         f"(Welch's t test of the seed means, two-sided, level {RESOLVED_LEVEL:g})", "",
         "```", format_table(steps_shown, ["task", "metric", "from", "to", "rise", "se", "rise_over_se", "critical",
                                    "resolved"]),
-        "```", "", *(_onsets_markdown(onset_rows, correlations) if onset_rows else [])])
+        "```", "", *_onsets_markdown(onset_rows, correlations)])
 
 
 def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir: str,
@@ -336,11 +335,11 @@ def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir:
                          "along_training_mirage_sizes": [v["size"] for v in along if v["mirage"]],
                          "along_training_sizes": len(along)})
     onset_rows = onsets(runs, sizes, num_shots)
-    correlations = onset_correlations(onset_rows)
+    correlations = None if onset_rows is None else onset_correlations(onset_rows)
     metadata = {"workdirs": list(workdirs), "sizes": list(sizes), "num_shots": num_shots}
     paths = {}
     for name, rows in (("seeds", table), ("seed_spread", spread), ("size_steps", steps), ("verdicts", verdicts),
-                       ("onsets", onset_rows)):
+                       *([("onsets", onset_rows)] if onset_rows is not None else [])):
         paths[name] = write_rows(rows, os.path.join(output_dir, name),
                                  metadata={**metadata, **({"correlations": correlations} if name == "onsets" else {})}
                                  )["csv"]

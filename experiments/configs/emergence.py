@@ -37,10 +37,10 @@ result are the same under both (the held-out additions are the same problems).
   breakthroughness falls with L (2.22 to 1.21) as per-digit accuracy's does (2.37 to 1.05): no
   mirage across sizes. Seed 2: p highest at d24-l2 (0.86-0.90), d32-l2 on the plateau, d48-l2
   0.73-0.85, scale-1e5 0.74-0.90: no mirage. The sizes left the plateau at steps 1500-3000 (or
-  never); over the 11 (seed, size) pairs that left it, the final 6-digit p's Spearman correlation
-  is -0.37 with that step and +0.39 with the size, neither resolved at 0.05 (emergence_seeds'
-  onsets). The mirage across sizes holds at one seed of three. A d16-l2 (seed 0) never left the
-  plateau in 4000 steps (p 0.21).
+  never); over the 12 (seed, size) pairs the final 6-digit p's Spearman correlation is -0.52 with
+  that step and +0.39 with the size, neither resolved at 0.05 (emergence_seeds' onsets). The
+  mirage across sizes holds at one seed of three. A d16-l2 (seed 0) never left the plateau in
+  4000 steps (p 0.21).
 - By rule (report/mirage_verdicts.csv, research.evaluation.study_report.sharpening_verdict): the
   mirage across sizes at seed 0 only; along training at 1, 2 and 1 of the four 2-layer sizes
   (d32-l2; d48-l2 and scale-1e5; d48-l2): along training p itself sharpens with length at most
