@@ -53,7 +53,7 @@ def main(argv):
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the run took over the signal
         print("stopped by SIGINT without saving this step; rerun the same command to continue from the last "
-              "checkpoint.", file=sys.stderr)
+              "checkpoint, or from the start if none was saved yet.", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
