@@ -50,6 +50,11 @@ class Member:
     timed: bool = False  # the throughput clock has started (after the first, compiling call)
     error: TrainingDivergedError | None = None
     diverged_at: int | None = None  # the step whose loss was not finite (error)
+    # Whose lines the console shows: model 0's, then the next model still training once it diverged.
+    console: bool = False
+
+    def __post_init__(self):
+        self.console = self.index == 0
 
 
 def _far_behind(newest: list[int], every_steps: int) -> list[int]:
@@ -177,9 +182,10 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
 def log_step(member: Member, step: int, record: dict[str, Any], progress: metrics_lib.ConsoleProgress, *,
              keep: bool = False) -> None:
     """One logged step of one model: metrics.jsonl / TensorBoard / W&B, and the console line
-    (model 0's; `keep`: an evaluation step, its line stays above the bar)."""
+    (the console member's: model 0's until it diverges; `keep`: an evaluation step, its line
+    stays above the bar)."""
     member.writer.write(step, record)
-    if member.index == 0 and "loss" in record:
+    if member.console and "loss" in record:
         progress.report(step, record, keep=keep)  # [issue-13b]
 
 
@@ -218,6 +224,12 @@ def record_block(members: list[Member], first: int, num_steps: int, device_metri
                     write_text_atomically(os.path.join(m.workdir, DIVERGED_FILE),
                                           json.dumps({"step": step, "error": str(m.error)}) + "\n")
                 log.warning("%s", m.error)
+                if m.console:  # the others go on: show one of them, not a console gone silent
+                    m.console = False
+                    survivor = next((o for o in members if o.error is None), None)
+                    if survivor is not None:
+                        survivor.console = True
+                        log.warning("the console now shows model %d (%s)", survivor.index, survivor.workdir)
                 break
             m.last.update(values)
             if step == hold:

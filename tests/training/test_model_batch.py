@@ -10,6 +10,7 @@ from research.models.config import ConfigError
 from research.training import TrainingDivergedError, model_batch, train_and_evaluate
 from research.training.checkpointing import CheckpointError
 from research.training.loop import train_together
+from research.training import metrics as metrics_lib
 from research.training.metrics import read_metrics
 
 from tests.training.conftest import run_config
@@ -80,6 +81,28 @@ def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
     assert "\n" not in str(error.value)
     assert before == {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()),
                           read_metrics(workdirs[i])) for i in (0, 2)}
+
+
+def test_when_model_0_diverges_the_console_shows_a_model_still_training(tokenizers, tmp_path, monkeypatch, caplog):
+    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, steps_per_call=3)
+    base.opt.warmup_steps = 0
+    configs = [_member(base, **{"opt.learning_rate": 1e35}), _member(base, **{"opt.learning_rate": 1e-3}),
+               _member(base, **{"opt.learning_rate": 2e-3})]
+    workdirs = [str(tmp_path / str(i)) for i in range(3)]
+    shown = []  # (step, loss) of every console line
+    monkeypatch.setattr(metrics_lib.ConsoleProgress, "report",
+                        lambda self, step, record, keep=False: shown.append((step, record["loss"])))
+    results = train_together(configs, workdirs)
+    bad_step = int(str(results[0]).split("step ")[1].split(":")[0])
+    assert bad_step < 6
+    losses = {i: {r["step"]: r["loss"] for r in read_metrics(workdirs[i]) if "loss" in r} for i in (0, 1)}
+    # Before: model 0's lines; from its divergence to the end: model 1's (it was silent after bad_step).
+    assert [s for s, _ in shown if s < bad_step] == sorted(losses[0]) and all(
+        loss == losses[0][s] for s, loss in shown if s < bad_step)
+    after = [(s, loss) for s, loss in shown if s >= bad_step]
+    assert [s for s, _ in after] == [s for s in sorted(losses[1]) if s >= bad_step] and 6 in dict(after)
+    assert all(loss == losses[1][s] for s, loss in after)
+    assert f"the console now shows model 1 ({workdirs[1]})" in caplog.text
 
 
 @pytest.mark.parametrize("change, message", [
