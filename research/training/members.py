@@ -78,9 +78,10 @@ def _diverged_step(workdir: str) -> int | None:
 
 
 def check_steps_left(workdirs: Sequence[str], num_steps: int, stop_after_steps: int) -> None:
-    """ConfigError, in one line, when the saved checkpoints leave this run nothing to train: a
-    finished run rerun with fewer train.num_steps, or train.stop_after_steps at or below the
-    step already reached, would otherwise train nothing and say nothing."""
+    """ConfigError, in one line, when a finished run is rerun with fewer train.num_steps than it
+    saved; a warning line when train.stop_after_steps is at or below the step already saved, so
+    this session trains nothing (it once said nothing at all). Not an error: a scheduler may
+    resubmit a session's command after it ended, and a study reruns every size's session."""
     newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
     for workdir, saved in zip(workdirs, newest):
         if saved > num_steps:
@@ -89,9 +90,9 @@ def check_steps_left(workdirs: Sequence[str], num_steps: int, stop_after_steps: 
     # Models trained together resume from a step all of them saved: at most the lowest newest one.
     reached, workdir = min(zip(newest, workdirs))
     if 0 < stop_after_steps <= reached:
-        raise ConfigError(f"train.stop_after_steps={stop_after_steps} is at or below step {reached}, which "
-                          f"--workdir={workdir} already reached; give a later step, or 0 to train to "
-                          f"train.num_steps={num_steps}.")
+        log.warning("train.stop_after_steps=%d: --workdir=%s already saved step %d, so this session trains nothing; "
+                    "give a later step, or 0 to train to train.num_steps=%d.", stop_after_steps, workdir, reached,
+                    num_steps)
 
 
 def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
@@ -260,6 +261,6 @@ def interrupted(members: list[Member], signal_name: str, step: int) -> preemptio
         return preemption.Interrupted(signal_name, step, saved)
     names = ", ".join(f"{m.index} ({m.workdir}, diverged at step {m.diverged_at})" for m in diverged)
     return preemption.Interrupted(signal_name, step, saved, advice=(
-        f"model(s) {names} were not saved: drop their value(s) "
-        f"({', '.join(os.path.basename(m.workdir) for m in diverged)}) from batched.values (or train them in a run "
-        "of their own), then rerun to continue the others"))
+        f"model(s) {names} were not saved, and a rerun cannot continue them together with the others: with "
+        f"--config.batched drop their value(s) ({', '.join(os.path.basename(m.workdir) for m in diverged)}) from "
+        "batched.values (or train them in a run of their own), then rerun to continue the others"))

@@ -21,6 +21,7 @@ which suits models too small to split.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -151,10 +152,12 @@ def check_trainable_together(configs: Sequence[ml_collections.ConfigDict], workd
             raise ConfigError(f"models 0 and {index} differ in {name} ({reference.get(name)!r} vs {flat.get(name)!r}): "
                               f"models trained in one program must share their shapes and settings; only "
                               f"{', '.join(BATCHABLE)} may differ.")
+    defaults = {f.name: f.default for f in dataclasses.fields(OptimizerConfig)}
+    opt = lambda c, field: c.opt.get(field, defaults[field])  # a caller's opt may leave defaults out
     for kind, reads in _READ_BY.items():
-        chosen = configs[0].opt[kind]
+        chosen = opt(configs[0], kind)
         for field in sorted({f for r in reads.values() for f in r} - set(reads.get(chosen, ()))):
-            if len({c.opt[field] for c in configs}) > 1:
+            if len({opt(c, field) for c in configs}) > 1:
                 users = [k for k, r in reads.items() if field in r]
                 raise ConfigError(f"the models differ in opt.{field}, which opt.{kind}={chosen!r} does not use: they "
                                   f"would train identically; batch another field, or set opt.{kind} to one of {users}.")

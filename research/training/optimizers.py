@@ -52,7 +52,9 @@ class OptimizerConfig:
         for field in ("b1", "b2"):
             if not 0.0 <= getattr(self, field) < 1.0:  # a moment's decay: 1 never forgets, above 1 grows
                 raise ConfigError(f"opt.{field}={getattr(self, field)} must be in [0, 1), e.g. 0.9 or 0.95.")
-        if not (math.isfinite(self.eps) and self.eps > 0):  # adamw with eps 0: a zero gradient gives 0 / 0 = nan
+        # adamw with eps 0: a zero gradient (an unused embedding row) gives 0 / 0 = nan; lion and
+        # adafactor never read eps.
+        if not (math.isfinite(self.eps) and (self.eps > 0 or self.eps == 0 and self.name != "adamw")):
             raise ConfigError(f"opt.eps={self.eps} must be a positive finite number, e.g. 1e-8.")
         if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
             raise ConfigError(f"opt.warmup_steps={self.warmup_steps} must lie in [0, total_steps={self.total_steps}].")

@@ -3,6 +3,7 @@ the others go on; configs that cannot share a program are refused in one line.""
 import copy
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -234,6 +235,19 @@ def test_a_batched_field_the_optimizer_ignores_is_refused_before_compiling(kind,
                                           r"does not use: they would train identically; .*set opt\.") as error:
         train_and_evaluate(config, str(tmp_path))
     assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+
+
+def test_an_opt_section_that_leaves_defaults_out_is_read_with_the_defaults(tmp_path):
+    # A caller of train_together may pass opt without every field (it raised KeyError once).
+    config = _member(run_config("gpt_tiny", "unused.model"), **{"opt.schedule": "cosine"})
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    configs, workdirs = model_batch.expand_batched_axis(config, str(tmp_path))
+    for c in configs:
+        c.opt = ml_collections.ConfigDict({k: v for k, v in c.opt.items() if k not in ("decay_fraction", "eps")})
+    model_batch.check_trainable_together(configs, workdirs)
+    configs[1].opt.decay_fraction = 0.5  # differs from the default the other one gets: still refused
+    with pytest.raises(ConfigError, match=r"the models differ in opt.decay_fraction, which opt.schedule='cosine'"):
+        model_batch.check_trainable_together(configs, workdirs)
 
 
 def test_models_of_different_shapes_are_refused_in_one_line(tokenizers, tmp_path):

@@ -60,6 +60,7 @@ def test_values_no_optimizer_can_train_with_are_one_line(field, value):
 
 def test_edge_values_that_train_are_accepted():
     OptimizerConfig(b1=0.0, b2=0.999, eps=1e-30, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-9)
+    OptimizerConfig(name="lion", eps=0.0)  # lion never reads eps
 
 
 PARAMS = {

@@ -217,8 +217,9 @@ def test_a_stop_after_one_of_the_models_diverged_names_only_the_saved_ones(token
             train_and_evaluate(config, str(tmp_path))
     assert str(stop.value) == (
         f"stopped by SIGINT at step 7; checkpoint saved in {good}/checkpoints; model(s) 0 ({bad}, diverged at "
-        "step 2) were not saved: drop their value(s) (opt.learning_rate=1e+35) from batched.values (or train them "
-        "in a run of their own), then rerun to continue the others.")
+        "step 2) were not saved, and a rerun cannot continue them together with the others: with --config.batched "
+        "drop their value(s) (opt.learning_rate=1e+35) from batched.values (or train them in a run of their own), "
+        "then rerun to continue the others.")
     assert stop.value.exit_code == 130 and latest_checkpoint(good) == 7 and latest_checkpoint(bad) is None
     with pytest.raises(CheckpointError, match=rf"model\(s\) 0 \({re.escape(str(bad))}, no checkpoint\) are behind"):
         train_and_evaluate(config, str(tmp_path))
