@@ -202,10 +202,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
             model_vocab_size=model_config.vocab_size)
 
-    # Until the first step runs, nothing of this run exists to resume: a bad input or a stop (Ctrl-C,
-    # SIGTERM) then withdraws the claims this call made (below), so a corrected or changed command is
-    # not refused as "another run".
-    members, prefetcher, guard, started = [], None, None, False
+    # Until this call saves a checkpoint, nothing of it exists to resume: a bad input or a stop (Ctrl-C,
+    # SIGTERM, a second Ctrl-C while the first block compiles) then withdraws the claims this call made
+    # (below), so a corrected or changed command is not refused as "another run".
+    members, prefetcher, guard, saved = [], None, None, []
     try:
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
@@ -326,6 +326,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 # Model m's slice of the state, laid out as if trained alone, and its data position.
                 own = state if member_state is None else member_state(state, m.index)
                 members_lib.save_member(m, step, own, block.positions[m.index if per_model_data else 0], best_metric)
+                saved.append(step)
 
             def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:
                 members_lib.record_block(members, first, num_steps, device_metrics, hold, stacked=stacked,
@@ -335,7 +336,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
                                              enabled=train.progress_bar and jax.process_index() == 0) as progress:
                 step, pending = start_step, None
-                started = True  # from here a stop saves its step: the claim stays
                 for block in prefetcher:
                     first, step = step + 1, step + block.num_steps
                     state, block_metrics = train_block(state, block.batches, np.int32(block.num_steps), *extra_args)
@@ -386,7 +386,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                     for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
                         m.last.update(metrics)
     except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):
-        if not started and jax.process_index() == 0:  # the process that recorded the claims
+        if not saved and jax.process_index() == 0:  # the process that recorded the claims
             workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own
         raise
     finally:

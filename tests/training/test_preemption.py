@@ -260,6 +260,27 @@ def test_a_ctrl_c_during_setup_leaves_the_workdir_free_for_other_settings(how, t
             train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.parametrize("at_block, claim_kept", [(1, False), (4, True)])
+def test_a_second_ctrl_c_in_training_keeps_the_claim_only_once_a_checkpoint_was_saved(
+        at_block, claim_kept, tokenizers, tmp_path, monkeypatch):
+    """A KeyboardInterrupt (a second Ctrl-C) while the first blocks run, before any save: nothing
+    exists to resume, so the claim is withdrawn; after the first save (step 2) it stays."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, steps_per_call=1)
+    config.checkpoint.every_steps = config.train.eval_every_steps = 2
+    workdir = tmp_path / "run"
+    record_block = members_lib.record_block
+
+    def interrupted_at(members, first, *args, **kwargs):
+        if first >= at_block:
+            raise KeyboardInterrupt
+        return record_block(members, first, *args, **kwargs)
+    monkeypatch.setattr(members_lib, "record_block", interrupted_at)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, str(workdir))
+    assert (workdir / workdir_lib.RUN_FILE).exists() == claim_kept
+    assert bool(list((workdir / "checkpoints").glob("[0-9]*"))) == claim_kept
+
+
 def test_a_ctrl_c_during_the_setup_of_a_resumed_run_keeps_its_claim(tokenizers, tmp_path, monkeypatch):
     """With a checkpoint in the workdir the run exists: a stop during setup keeps run.json, and
     a changed setting is still refused."""
