@@ -266,9 +266,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from research.data import DataError
     from research.training import TrainingDivergedError
-    from experiments.cli import exit_stopped
+    from experiments.cli import exit_stopped, stop_if_interrupted_early
     from research.training.preemption import Interrupted
-    from experiments.cli import stop_if_interrupted_early
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     if flags.FLAGS.dry_run:

@@ -11,6 +11,7 @@ before its other imports:
         remember_early_interrupts()     # first: only remembers a Ctrl-C (no traceback mid-import)
     ...
     def main(argv):
+        ...                             # its own imports, then experiments.cli.stop_if_interrupted_early:
         watch_early_interrupts()        # now a Ctrl-C also interrupts the setup work
         if interrupted_early(): ...     # one line, exit 130
 

@@ -189,6 +189,7 @@ def k_models(target: float, ks: list[int], steps: int, peak_flops: float, root: 
                          together_s_per_step=together_step, separate_s_per_step=k * alone_step,
                          speedup_steady=k * alone_step / together_step, launched_run_wall_s=launch_wall,
                          separate_launches_wall_s=k * launch_wall, speedup_vs_launches=k * launch_wall / wall,
+                         launched_xla_flags=_XLA_FLAGS_GIVEN,  # the launched runs' CPU layout
                          devices=jax.device_count(),
                          across_devices=_ACROSS.value, loadavg=_loadavg()))
         r = rows[-1]

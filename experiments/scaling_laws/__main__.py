@@ -51,9 +51,8 @@ def main(argv):
     from research.data import DataError
     from research.models.config import ConfigError
     from research.scaling import RunTableError
-    from experiments.cli import exit_stopped
+    from experiments.cli import exit_stopped, stop_if_interrupted_early
     from research.training.preemption import Interrupted
-    from experiments.cli import stop_if_interrupted_early
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
     config = _CONFIG.value

@@ -44,7 +44,7 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
     path = os.path.join(run_dir, RUN_CONFIG_FILE)
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
     stored = _read_run_config(run_dir, path)
-    if stored is not None and _latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
+    if stored is not None and latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
         # Never started (e.g. a config the training system rejected before its first step, after
         # this file was written): nothing to protect, so the corrected command replaces it.
         stored = None
@@ -70,16 +70,16 @@ def _read_run_config(run_dir: str, path: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        if _latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
+        if latest_checkpoint(run_dir) == 0 and read_result(run_dir) is None:
             return None
         raise SweepError(f"{path} is unreadable ({error.__class__.__name__}) but the run has started; restore the "
                          "file, or delete the run's directory to train it again.") from None
 
 
-def _latest_checkpoint(run_dir: str) -> int:
-    directory = os.path.join(run_dir, "checkpoints")
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-    return max(steps, default=0)
+def latest_checkpoint(run_dir: str) -> int:
+    """The run's newest committed checkpoint step, 0 for none."""
+    from research.training.checkpoint_loading import checkpoint_steps_in
+    return max(checkpoint_steps_in(os.path.join(run_dir, "checkpoints")), default=0)
 
 
 def read_result(run_dir: str) -> dict | None:

@@ -40,7 +40,7 @@ import tqdm
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig
-from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, _latest_checkpoint, read_result
+from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, latest_checkpoint, read_result
 from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
                                                   train_group, train_one)
 from research.scaling import sweep_records
@@ -266,7 +266,7 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         pending.append((run, one, run_dir, label))
     if not pending:
         return
-    resumed = _latest_checkpoint(pending[0][2])
+    resumed = latest_checkpoint(pending[0][2])
     progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
                              + (f" (resuming at step {resumed})" if resumed else ""))
 

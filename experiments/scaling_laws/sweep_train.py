@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from experiments.scaling_laws.run_dirs import _latest_checkpoint
+from experiments.scaling_laws.run_dirs import latest_checkpoint
 from research.data.config import DataError
 from research.models.config import ConfigError
 from research.scaling import sweep_records
@@ -25,7 +25,7 @@ TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
 def train_one(run: PlannedRun, config: ml_collections.ConfigDict, run_dir: str, train_fn: TrainFn) -> dict:
     """Train (or resume) one run and return its record; failures become failed records."""
-    resumed_from = _latest_checkpoint(run_dir)
+    resumed_from = latest_checkpoint(run_dir)
     start = time.perf_counter()
     error = None
     try:
@@ -84,7 +84,7 @@ def train_group(pending: list[tuple]) -> list[dict]:
     gets its own record, as if trained alone (losses equal to float32 rounding)."""
     from research.training.loop import train_together
 
-    resumed = [_latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
+    resumed = [latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
     start = time.perf_counter()
     try:
         outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])

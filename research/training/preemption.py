@@ -42,7 +42,7 @@ class Interrupted(Exception):
                  advice: str = "rerun the same command to continue"):
         # `advice`: what to do next, when rerunning the same command would not continue (a
         # model of several trained together that diverged before the stop and saved nothing).
-        self.signal_name, self.step, self.saved = signal_name, step, saved
+        self.signal_name, self.step = signal_name, step
         if saved:
             text = f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint_directory}"
         else:
