@@ -26,6 +26,9 @@ to --output_dir:
                   the shortest answer length's checkpoint curve) and p at the end at the longest
                   length; seeds.md adds Spearman's rank correlation of that final p with the
                   onset step and with the size, over every (seed, size), and which is resolved;
+                  and p_after_onset: p at the longest length a fixed number of steps after each
+                  size's onset (the most every size that left the plateau trained past its onset),
+                  with its correlation with the size: whether size sets p once the onset is matched;
   seeds.md        the tables, and the count of seeds that show the mirage.
 """
 from __future__ import annotations
@@ -216,8 +219,11 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
         final = {(r["size"], r["task"]): r for r in run["rows"]}
         lengths = {r["task"]: float(np.mean(r["items"]["answer_tokens"])) for r in run["rows"]}
         shortest, longest = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
-        along = [r for r in _read_json(os.path.join(run["workdir"], "report", "mirage_along_training.json"))["rows"]
-                 if r["task"] == shortest and r["num_shots"] == num_shots]
+        along_all = _read_json(os.path.join(run["workdir"], "report", "mirage_along_training.json"))["rows"]
+        along = [r for r in along_all if r["task"] == shortest and r["num_shots"] == num_shots]
+        # The longest length's checkpoint curve, read at a matched time after each onset (below);
+        # the onset task's own when the run did not track the longest along training.
+        matched_task = longest if any(r["task"] == longest for r in along_all) else shortest
         for size in sizes:
             curve = sorted((r["step"], r["p"]) for r in along if r["size"] == size)
             if len(curve) < 2:
@@ -225,8 +231,27 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
             row = final[(size, longest)]
             out.append({"seed": run["seed"], "size": size, "params_non_embedding": row["params_non_embedding"],
                         "onset_task": shortest, "onset_step": onset_step(*zip(*curve)), "final_step": curve[-1][0],
-                        "final_task": longest, "final_p": float(np.mean(row["items"][P]))})
+                        "final_task": longest, "final_p": float(np.mean(row["items"][P])),
+                        "matched_task": matched_task,
+                        "_curve": {r["step"]: r["p"] for r in along_all
+                                   if r["task"] == matched_task and r["size"] == size and r["num_shots"] == num_shots}})
+    _read_after_onset(out)
     return out
+
+
+def _read_after_onset(rows: list[dict[str, Any]]) -> None:
+    """Set each row's p_after_onset: p on its matched_task at onset + after_onset_steps, the
+    largest offset every pair that left the plateau reached by its last checkpoint (None for a
+    pair that never left, or whose curve lacks that step). The final p of a size that left the
+    plateau late is read earlier in its learning than an early one's; at a matched offset the
+    sizes are compared at the same time since their onset."""
+    left = [r for r in rows if r["onset_step"] is not None]
+    offset = min((r["final_step"] - r["onset_step"] for r in left), default=None)
+    for r in rows:
+        curve = r.pop("_curve")
+        r["after_onset_steps"] = offset
+        r["p_after_onset"] = (None if r["onset_step"] is None or offset is None
+                              else curve.get(r["onset_step"] + offset))
 
 
 def onset_correlations(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -245,8 +270,17 @@ def onset_correlations(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return float(result.statistic), float(result.pvalue)
 
     (onset_rho, onset_p), (size_rho, size_p) = rho("onset_step"), rho("params_non_embedding")
+    # At a matched time since the onset: only the pairs that left the plateau, p read there.
+    matched = [r for r in rows if r.get("p_after_onset") is not None]
+    x, y = [r["params_non_embedding"] for r in matched], [r["p_after_onset"] for r in matched]
+    after_rho = after_p = None
+    if len(matched) >= 3 and len(set(x)) > 1 and len(set(y)) > 1:
+        result = stats.spearmanr(x, y)
+        after_rho, after_p = float(result.statistic), float(result.pvalue)
     return {"pairs": len(rows), "never_left": sum(r["onset_step"] is None for r in rows), "onset_rho": onset_rho,
-            "onset_p": onset_p, "size_rho": size_rho, "size_p": size_p}
+            "onset_p": onset_p, "size_rho": size_rho, "size_p": size_p, "matched_pairs": len(matched),
+            "after_onset_steps": next((r.get("after_onset_steps") for r in rows), None),
+            "after_onset_size_rho": after_rho, "after_onset_size_p": after_p}
 
 
 def _onsets_markdown(rows: Sequence[dict[str, Any]] | None, correlations: dict[str, Any] | None) -> list[str]:
@@ -257,17 +291,26 @@ def _onsets_markdown(rows: Sequence[dict[str, Any]] | None, correlations: dict[s
                 "(report.transition_task).", ""]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     shown = [{**r, "onset_step": "never" if r["onset_step"] is None else r["onset_step"],
-              "final_p": f"{r['final_p']:.3f}"} for r in rows]
+              "final_p": f"{r['final_p']:.3f}", "p_after_onset": fmt(r.get("p_after_onset"), ".3f")} for r in rows]
     c = correlations
+    after = c.get("after_onset_steps")
     return [
         f"## When each size left its early plateau (p above the median of all earlier checkpoints by {ONSET_RISE:g}, "
         f"on {rows[0]['onset_task']}), and p at the end on {rows[0]['final_task']}", "",
-        "```", format_table(shown, ["seed", "size", "onset_step", "final_step", "final_p"]), "```", "",
+        f"p_after_onset: p on {rows[0].get('matched_task', rows[0]['final_task'])} {fmt(after, 'd')} steps after "
+        "the size's onset (the most steps every size that left the plateau trained past its onset).", "",
+        "```", format_table(shown, ["seed", "size", "onset_step", "final_step", "final_p", "p_after_onset"]), "```",
+        "",
         f"Over the {c['pairs']} (seed, size) pairs ({c['never_left']} never left the plateau; they rank after every "
         f"onset), Spearman's rank correlation of the final p with the onset step: {fmt(c['onset_rho'], '+.2f')} "
         f"(p = {fmt(c['onset_p'], '.3f')}); with the size: {fmt(c['size_rho'], '+.2f')} (p = "
         f"{fmt(c['size_p'], '.3f')}). " + _which_resolved(c) + " The pairs share seeds and sizes, so the p-values "
-        "are a rough guide.", ""]
+        "are a rough guide.", "",
+        f"At a matched time since the onset ({fmt(after, 'd')} steps, the {c.get('matched_pairs', 0)} pairs that left "
+        f"the plateau), Spearman's rank correlation of p with the size: {fmt(c.get('after_onset_size_rho'), '+.2f')} "
+        f"(p = {fmt(c.get('after_onset_size_p'), '.3f')}): "
+        + ("resolved" if c.get("after_onset_size_p") is not None and c["after_onset_size_p"] < RESOLVED_LEVEL
+           else "not resolved") + f" at level {RESOLVED_LEVEL:g}.", ""]
 
 
 def _which_resolved(c: dict[str, Any]) -> str:

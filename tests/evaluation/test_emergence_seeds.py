@@ -32,23 +32,29 @@ ONSETS = {"a": 3000, "b": 2250, "c": 1500, "d": None}
 CHECKPOINTS = range(250, 4001, 250)
 
 
-def _along_training(p_by_size: dict[str, float], onsets: dict[str, int | None]) -> list[dict]:
+def _along_training(p_by_size: dict[str, float], onsets: dict[str, int | None],
+                    track_longest: bool = True) -> list[dict]:
     """report/mirage_along_training.json rows of add2 (and of the copy task, ignored): p at the
     plateau's 0.2 (a first checkpoint at 0.15), rising at the onset and 0.05 per checkpoint
-    after it up to the final p."""
+    after it up to the final p. With track_longest, add6 too: 0.1 before the onset, then
+    0.3 + 0.1 per checkpoint up to the final p."""
     rows = []
     for size, p in p_by_size.items():
         for step in CHECKPOINTS:
             onset = onsets.get(size)
-            value = 0.15 if step == 250 else 0.2 if onset is None or step < onset else min(
-                p, 0.35 + 0.05 * (step - onset) / 250)
+            before = onset is None or step < onset
+            value = 0.15 if step == 250 else 0.2 if before else min(p, 0.35 + 0.05 * (step - onset) / 250)
             rows += [{"task": "add2", "num_shots": 0, "size": size, "step": step, "p": value},
                      {"task": "copy", "num_shots": 0, "size": size, "step": step, "p": 0.9}]
+            if track_longest:
+                rows.append({"task": "add6", "num_shots": 0, "size": size, "step": step,
+                             "p": 0.1 if before else min(p, 0.3 + 0.1 * (step - onset) / 250)})
     return rows
 
 
 def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32,
-           along_mirage: tuple[str, ...] = (), onsets: dict[str, int | None] = ONSETS) -> str:
+           along_mirage: tuple[str, ...] = (), onsets: dict[str, int | None] = ONSETS,
+           track_longest: bool = True) -> str:
     """A finished emergence workdir: report files, and per size a run.json and its last evaluation
     (answer-length tasks with items, plus a tracked copy task the seed report must leave out)."""
     workdir = os.path.join(root, f"seed{seed}")
@@ -62,7 +68,7 @@ def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 
     dump(os.path.join(workdir, "report", "mirage_verdicts.json"), {"metadata": {}, "rows": [
         {"axis": "along training", "size": size, "num_shots": 0, "mirage": size in along_mirage} for size in SIZES]})
     dump(os.path.join(workdir, "report", "mirage_along_training.json"),
-         {"metadata": {}, "rows": _along_training(p_by_size, onsets)})
+         {"metadata": {}, "rows": _along_training(p_by_size, onsets, track_longest)})
     for size, p in p_by_size.items():
         run_dir = os.path.join(workdir, "runs", size)
         os.makedirs(os.path.join(run_dir, "evals"))
@@ -201,6 +207,39 @@ def test_seed_report_tables_each_sizes_onset_and_what_the_final_p_follows(tmp_pa
     report = open(paths["report"]).read()
     assert "When each size left its early plateau" in report and "never" in report
     assert f"{correlations['onset_rho']:+.2f}" in report and f"{correlations['size_rho']:+.2f}" in report
+
+
+def test_p_after_onset_compares_the_sizes_at_the_same_time_since_their_onset(tmp_path):
+    # Seed 0 left the plateau at 3000 / 2250 / 1500 / never, seed 1 at 2500 / 1000 / 2000 / 1750:
+    # every pair that left reached 1000 steps past its onset (seed 0's a: 3000 -> 4000), no more.
+    workdirs = [_study(str(tmp_path), 0, SMOOTH),
+                _study(str(tmp_path), 1, OUT_OF_ORDER, onsets={"a": 2500, "b": 1000, "c": 2000, "d": 1750})]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    data = json.load(open(paths["onsets"].replace(".csv", ".json")))
+    got = {(r["seed"], r["size"]): r for r in data["rows"]}
+    assert {r["after_onset_steps"] for r in data["rows"]} == {1000}
+    assert {r["matched_task"] for r in data["rows"]} == {"add6"}
+    # add6 along training is 0.3 + 0.1 per checkpoint after the onset, capped at the final p:
+    # 1000 steps on, min(p, 0.7).
+    expected = {(0, "a"): 0.5, (0, "b"): 0.6, (0, "c"): 0.7, (0, "d"): None,
+                (1, "a"): 0.6, (1, "b"): 0.7, (1, "c"): 0.7, (1, "d"): 0.7}
+    assert {k: r["p_after_onset"] for k, r in got.items()} == pytest.approx(expected)
+    c = data["metadata"]["correlations"]
+    matched = [r for r in data["rows"] if r["p_after_onset"] is not None]
+    rho = stats.spearmanr([r["params_non_embedding"] for r in matched], [r["p_after_onset"] for r in matched])
+    assert c["matched_pairs"] == 7 and c["after_onset_size_rho"] == pytest.approx(rho.statistic)
+    report = open(paths["report"]).read()
+    assert "1000 steps after the size's onset" in report and f"{c['after_onset_size_rho']:+.2f}" in report
+
+
+def test_p_after_onset_reads_the_onset_task_when_the_longest_was_not_tracked(tmp_path):
+    workdirs = [_study(str(tmp_path), s, SMOOTH, track_longest=False) for s in (0, 1)]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    rows = json.load(open(paths["onsets"].replace(".csv", ".json")))["rows"]
+    assert {r["matched_task"] for r in rows} == {"add2"}
+    # add2 1000 steps after the onset: min(p, 0.35 + 0.05 * 4) = min(p, 0.55).
+    assert {r["size"]: r["p_after_onset"] for r in rows if r["seed"] == 0} == pytest.approx(
+        {"a": 0.5, "b": 0.55, "c": 0.55, "d": None})
 
 
 def test_runs_without_the_shortest_length_along_training_get_no_onset_table(tmp_path):
