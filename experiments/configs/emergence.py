@@ -51,8 +51,8 @@ result are the same under both (the held-out additions are the same problems).
   at this scale the curve across sizes is within seed noise. Read 1000 steps after each size's
   own onset (onsets.csv's p_after_onset, the 11 pairs that left the plateau), 6-digit p's Spearman
   correlation with size is +0.42 (p = 0.196): once the onset is matched the 2-layer sizes follow
-  one curve within the seeds' spread (e.g. 0.64-0.90 at seed 0), so what sets a size's final p
-  here is when it left the plateau, and the size only through that.
+  one curve within the seeds' spread (e.g. 0.64-0.90 at seed 0): size does not order p even at a
+  matched time since the onset (neither correlation resolved at 0.05 with three seeds).
 - Tried for a p limited by capacity (2026-12-05, one seed, 8000 steps, 300 items per checkpoint,
   not adopted): d_model 32 with 4 heads at MLP widths 16 / 32 / 64 / 128. d_ff 16 never left the
   plateau; d_ff 32, 64 and 128 left it at steps 4000, 5000 and 2500 and ended at 6-digit p 0.94 /
