@@ -94,31 +94,40 @@ def _exit_if_config_file_missing() -> None:
             sys.exit(_missing_config_file(flag.name, str(flag.serialize()).split("=", 1)[-1].split(":", 1)[0]))
 
 
-def exit_stopped(stop: Exception | None) -> NoReturn:
+def exit_stopped(stop: BaseException | None) -> NoReturn:
     """Exit after a Ctrl-C / SIGTERM: `stop` (preemption.Interrupted or workers.Stopped, whose
     checkpoints are saved) in one line with its exit code, 130 / 143, so a scheduler sees the job
-    was stopped, not finished; None for a KeyboardInterrupt (a second Ctrl-C, or one outside a
-    training loop), exit 130."""
-    if stop is None:
-        print("\nerror: stopped by SIGINT without saving this step; rerun the same command to continue from the "
+    was stopped, not finished; a KeyboardInterrupt (a second Ctrl-C, one outside a training loop,
+    or a SIGTERM before a loop's Guard: research.early_interrupts.TerminatedEarly) or None (a
+    Ctrl-C), that line for a stop without a save, exit 130 / 143."""
+    if stop is None or isinstance(stop, KeyboardInterrupt):
+        from research.early_interrupts import signal_exit_code, stop_signal_name
+        name = stop_signal_name(stop)
+        print(f"\nerror: stopped by {name} without saving this step; rerun the same command to continue from the "
               "last checkpoint(s), or from the start where none was saved yet.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(signal_exit_code(name))
     print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
     sys.exit(stop.exit_code)
 
 
 def stop_if_interrupted_early(*, guarded: bool = True) -> None:
     """For a main, after its own imports: from here a Ctrl-C also raises KeyboardInterrupt (the
-    main catches it as a stop); one that came earlier (the command installs
-    research.early_interrupts.remember_early_interrupts before its imports, where JAX's gc
-    callback swallowed it and the run went on to the end with exit 0) stops the command now,
-    before any work: one line, exit 130. guarded: the command trains under a preemption.Guard,
-    which stops for a Ctrl-C Python swallows later (else Python's own report of it is kept)."""
-    from research.early_interrupts import interrupted_early, watch_early_interrupts
+    main catches it as a stop; a SIGTERM raises its subclass TerminatedEarly); one that came
+    earlier (the command installs research.early_interrupts.remember_early_interrupts before its
+    imports, where JAX's gc callback swallowed a Ctrl-C and the run went on to the end with exit
+    0, and a SIGTERM killed it) stops the command now, before any work: one line, exit 130 / 143.
+    guarded: the command trains under a preemption.Guard, which stops for a Ctrl-C Python
+    swallows later (else Python's own report of it is kept)."""
+    from research.early_interrupts import (TerminatedEarly, interrupted_early, signal_exit_code, stop_signal_name,
+                                           watch_early_interrupts)
     try:
         watch_early_interrupts(quiet_when_swallowed=guarded)
-        if interrupted_early():
+        remembered = interrupted_early()
+        if remembered == "SIGTERM":
+            raise TerminatedEarly
+        if remembered == "SIGINT":
             raise KeyboardInterrupt
-    except KeyboardInterrupt:  # the one remembered, or one arriving just now
-        print("stopped by SIGINT before any work started; rerun the same command to start.", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:  # the one remembered, or one arriving just now (TerminatedEarly: SIGTERM)
+        name = stop_signal_name(stop)
+        print(f"stopped by {name} before any work started; rerun the same command to start.", file=sys.stderr)
+        sys.exit(signal_exit_code(name))

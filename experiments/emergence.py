@@ -301,8 +301,8 @@ def main(argv):
         sys.exit(f"error: {error}")
     except (Interrupted, workers.Stopped) as stop:  # checkpoints saved: the same command resumes
         exit_stopped(stop)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a size's training (evaluation is cached per step)
-        exit_stopped(None)
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a size's training (evaluation is
+        exit_stopped(interrupt)  # cached per step); a SIGTERM before a Guard: TerminatedEarly, exit 143
 
 
 if __name__ == "__main__":

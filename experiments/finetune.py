@@ -44,8 +44,8 @@ def main(argv):
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues from the last
-        exit_stopped(None)
+    except KeyboardInterrupt as interrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues
+        exit_stopped(interrupt)  # from the last; a SIGTERM (no Guard here): TerminatedEarly, exit 143
     # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
     final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))

@@ -40,8 +40,9 @@ def main(argv):
     from research.training.checkpointing import CheckpointError
     from research.training.preemption import Interrupted
     from research.training.workdir import removed_if_failed
+    from research.early_interrupts import signal_exit_code, stop_signal_name
     from experiments.cli import stop_if_interrupted_early
-    stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
+    stop_if_interrupted_early()  # a Ctrl-C / SIGTERM during the imports above; from here one raises, caught below
 
     config = _CONFIG.value
     try:
@@ -51,10 +52,11 @@ def main(argv):
     except Interrupted as stop:  # Ctrl-C / SIGTERM: checkpoint saved; exit 130 / 143 so schedulers see it
         print(f"{stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run took over the signal
-        print("stopped by SIGINT without saving this step; rerun the same command to continue from the last "
+    except KeyboardInterrupt as stop:  # a second Ctrl-C, or a Ctrl-C / SIGTERM before the run took over the signal
+        name = stop_signal_name(stop)  # SIGTERM: research.early_interrupts.TerminatedEarly
+        print(f"stopped by {name} without saving this step; rerun the same command to continue from the last "
               "checkpoint, or from the start if none was saved yet.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(signal_exit_code(name))
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     # z_loss as it enters the total loss (weight x raw), like the console line; with K models

@@ -91,8 +91,8 @@ def main(argv):
         sys.exit(f"error: {error}")
     except (Interrupted, workers.Stopped) as stop:  # the run saved and stays pending: the same command resumes it
         exit_stopped(stop)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's training loop
-        exit_stopped(None)
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a run's training loop
+        exit_stopped(interrupt)  # SIGTERM before a Guard: TerminatedEarly, exit 143
     counts = outcome.counts
     print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
           f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")

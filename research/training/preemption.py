@@ -28,8 +28,9 @@ from typing import Any
 
 import jax
 
-# A Ctrl-C of a command's setup, before a Guard (kept free of JAX so a command installs it first).
-from research.early_interrupts import take_early_interrupt
+# A Ctrl-C / SIGTERM of a command's setup, before a Guard (kept free of JAX so a command installs it first).
+# signal_exit_code lives there too (the exit code of a stop before the imports end), and is used from here.
+from research.early_interrupts import signal_exit_code, take_early_interrupt
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,12 +53,6 @@ class Interrupted(Exception):
     @property
     def exit_code(self) -> int:
         return signal_exit_code(self.signal_name)
-
-
-def signal_exit_code(signal_name: str) -> int:
-    """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention for a
-    process a signal stopped."""
-    return 128 + int(getattr(signal, signal_name, signal.SIGTERM))
 
 
 class StoppedBetweenRuns(Interrupted):
@@ -116,8 +111,9 @@ class Guard:
             # a Python handler would replace its own.
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, self._handle)
-            if self.signal_name is None and take_early_interrupt():  # a Ctrl-C during setup (watch_early_interrupts)
-                self.signal_name = "SIGINT"
+            early = take_early_interrupt() if self.signal_name is None else None
+            if early is not None:  # a Ctrl-C / SIGTERM during setup (watch_early_interrupts)
+                self.signal_name = early
                 _REQUESTS.append(self.signal_name)
         return self
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from research import early_interrupts
@@ -83,88 +84,161 @@ COMMANDS = [("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tiny")
             ("experiments.finetune", "experiments/configs/finetune.py:sft_tiny"),
             ("experiments.emergence", "experiments/configs/emergence.py:micro"),
             ("experiments.scaling_laws", "experiments/configs/scaling_laws.py:cpu_tiny")]
-# Runs a command as `python -m` would, with a real SIGINT delivered while it imports JAX (the
-# command's first second or two: JAX's gc callback swallowed a KeyboardInterrupt raised there,
-# and the run trained to the end with exit 0).
-_CTRL_C_AT_JAX_IMPORT = """
+# Runs a command as `python -m` would, with a real SIGINT (or SIGTERM) delivered while it imports
+# JAX (the command's first second or two: JAX's gc callback swallowed a KeyboardInterrupt raised
+# there, and the run trained to the end with exit 0; a SIGTERM killed it with no line).
+_SIGNAL_AT_JAX_IMPORT = """
 import importlib.abc, runpy, signal, sys
-class CtrlCAtJaxImport(importlib.abc.MetaPathFinder):
+class SignalAtJaxImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "jax":
             sys.meta_path.remove(self)
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.{signal_name})
         return None
-sys.meta_path.insert(0, CtrlCAtJaxImport())
+sys.meta_path.insert(0, SignalAtJaxImport())
 sys.argv = {argv!r}
 runpy.run_module(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("module, config", COMMANDS)
-def test_ctrl_c_while_a_command_imports_jax_is_one_line_and_exit_130(tmp_path, module, config):
+def _signal_while_importing_jax(tmp_path, module, config, signal_name, exit_code):
     workdir = tmp_path / "run"
-    script = _CTRL_C_AT_JAX_IMPORT.format(argv=[module, f"--config={config}", f"--workdir={workdir}"])
+    script = _SIGNAL_AT_JAX_IMPORT.format(signal_name=signal_name,
+                                          argv=[module, f"--config={config}", f"--workdir={workdir}"])
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 130, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == ("stopped by SIGINT before any work started; rerun the same "
-                                                      "command to start.")
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (f"stopped by {signal_name} before any work started; rerun the "
+                                                      "same command to start.")
     assert "Traceback" not in result.stderr and not workdir.exists()
 
 
-def test_before_main_a_ctrl_c_is_only_remembered_and_a_second_breaks_off():
-    original = signal.getsignal(signal.SIGINT)
-    try:
-        early_interrupts.remember_early_interrupts()
-        signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: an import in progress is not broken off
-        assert early_interrupts.interrupted_early()
-        with pytest.raises(KeyboardInterrupt):  # a second: a hang during the imports can still be stopped
-            signal.raise_signal(signal.SIGINT)
-        # A Guard takes the remembered Ctrl-C once; a later Guard (a notebook's next run) does not see it.
-        assert early_interrupts.take_early_interrupt() and not early_interrupts.take_early_interrupt()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by a job a script started in the background
-        early_interrupts.remember_early_interrupts()
-        early_interrupts.watch_early_interrupts()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, original)
-        early_interrupts.EARLY_SIGINT.clear()
-        early_interrupts._taken.clear()
+@pytest.mark.parametrize("module, config", COMMANDS)
+def test_ctrl_c_while_a_command_imports_jax_is_one_line_and_exit_130(tmp_path, module, config):
+    _signal_while_importing_jax(tmp_path, module, config, "SIGINT", 130)
 
 
-def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run():
+@pytest.mark.parametrize("module, config", COMMANDS)
+def test_sigterm_while_a_command_imports_jax_is_one_line_and_exit_143(tmp_path, module, config):
+    """A scheduler's stop in a command's first seconds: remembered like a Ctrl-C (its default
+    action killed the process with no line), then the same one-line stop, with SIGTERM's 143."""
+    _signal_while_importing_jax(tmp_path, module, config, "SIGTERM", 143)
+
+
+# A real SIGTERM once the workdir is claimed, before the train loop's Guard (as the tokenizer
+# starts to build): its default action killed the process and left run.json, so a rerun with
+# changed settings was refused as "another run" though nothing was saved.
+_SIGTERM_AFTER_THE_CLAIM = """
+import runpy, signal, sys
+import research.data
+build_shared_tokenizer = research.data.build_shared_tokenizer
+def sigterm_then_build(*args, **kwargs):
+    signal.raise_signal(signal.SIGTERM)
+    return build_shared_tokenizer(*args, **kwargs)
+research.data.build_shared_tokenizer = sigterm_then_build
+sys.argv = {argv!r}
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_sigterm_during_setup_is_one_line_exit_143_and_leaves_the_workdir_free(tmp_path):
+    workdir = tmp_path / "run"
+    script = _SIGTERM_AFTER_THE_CLAIM.format(argv=["experiments.pretrain", f"--workdir={workdir}",
+                                                   "--config=experiments/configs/pretrain.py:gpt_tiny"])
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
+        "checkpoint, or from the start if none was saved yet."), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not (workdir / workdir_lib.RUN_FILE).exists()
+
+
+@pytest.fixture
+def early_handlers():
+    """Restores what research.early_interrupts changes in this process (both signals' handlers,
+    sys.unraisablehook, the remembered signals)."""
+    originals, original_hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
+    yield
+    for signum, handler in originals.items():
+        signal.signal(signum, handler)
+    sys.unraisablehook = original_hook
+    for flag in (early_interrupts.EARLY_SIGINT, early_interrupts.EARLY_SIGTERM, early_interrupts._taken):
+        flag.clear()
+
+
+class _Unraisable:  # what Python hands sys.unraisablehook
+    exc_traceback, err_msg, object = None, "Exception ignored in", None
+
+    def __init__(self, error):
+        self.exc_type, self.exc_value = type(error), error
+
+
+def test_before_main_a_ctrl_c_is_only_remembered_and_a_second_breaks_off(early_handlers):
+    early_interrupts.remember_early_interrupts()
+    signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: an import in progress is not broken off
+    assert early_interrupts.interrupted_early()
+    with pytest.raises(KeyboardInterrupt):  # a second: a hang during the imports can still be stopped
+        signal.raise_signal(signal.SIGINT)
+    # A Guard takes the remembered Ctrl-C once; a later Guard (a notebook's next run) does not see it.
+    assert early_interrupts.take_early_interrupt() and not early_interrupts.take_early_interrupt()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by a job a script started in the background
+    early_interrupts.remember_early_interrupts()
+    early_interrupts.watch_early_interrupts()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run(early_handlers):
     """Python ignores a KeyboardInterrupt raised in a gc callback or __del__ (seen in the test above:
     the run went on and exited 0, printing a traceback); the Guard installed afterwards must still
     see the Ctrl-C, and that traceback is not printed (other unraisable errors still are)."""
-    original, original_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     reported = []
+    sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)  # stands for Python's
+    early_interrupts.watch_early_interrupts()
     try:
-        sys.unraisablehook = lambda unraisable: reported.append(unraisable.exc_value)  # stands for Python's
-        early_interrupts.watch_early_interrupts()
-        try:
-            signal.raise_signal(signal.SIGINT)
-        except KeyboardInterrupt:
-            pass  # swallowed, as Python does inside a gc callback
-        guard = preemption.Guard().install()
-        try:
-            assert guard.requested and guard.signal_name == "SIGINT" and guard.should_stop(0)
-        finally:
-            guard.uninstall()
-        assert signal.getsignal(signal.SIGINT) == early_interrupts._early_sigint
-        assert not preemption.Guard().requested  # a Guard never installed sees nothing
-
-        class Unraisable:  # what Python hands sys.unraisablehook
-            exc_traceback, err_msg, object = None, "Exception ignored in", None
-
-            def __init__(self, error):
-                self.exc_type, self.exc_value = type(error), error
-        sys.unraisablehook(Unraisable(KeyboardInterrupt()))
-        sys.unraisablehook(Unraisable(ValueError("a real problem")))
-        assert [str(e) for e in reported] == ["a real problem"]
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass  # swallowed, as Python does inside a gc callback
+    guard = preemption.Guard().install()
+    try:
+        assert guard.requested and guard.signal_name == "SIGINT" and guard.should_stop(0)
     finally:
-        signal.signal(signal.SIGINT, original)
-        sys.unraisablehook = original_hook
-        early_interrupts.EARLY_SIGINT.clear()
-        early_interrupts._taken.clear()
+        guard.uninstall()
+    assert signal.getsignal(signal.SIGINT) == early_interrupts._early_sigint
+    assert not preemption.Guard().requested  # a Guard never installed sees nothing
+    sys.unraisablehook(_Unraisable(KeyboardInterrupt()))
+    sys.unraisablehook(_Unraisable(ValueError("a real problem")))
+    assert [str(e) for e in reported] == ["a real problem"]
+
+
+def test_a_sigterm_before_the_guard_is_remembered_and_the_guard_stops_for_it_with_143(early_handlers, monkeypatch):
+    """SIGTERM's default action killed a command in setup; now it is remembered during the imports,
+    raised as TerminatedEarly (a KeyboardInterrupt: the loop withdraws its claim) once the main
+    watches, and a Guard installed after one that Python swallowed stops for SIGTERM, exit 143."""
+    early_interrupts.remember_early_interrupts()
+    # Taken from its default action (which would end this test process with the signal below).
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+    signal.raise_signal(signal.SIGTERM)  # only remembered: the imports go on
+    assert early_interrupts.interrupted_early() == "SIGTERM"
+    early_interrupts.watch_early_interrupts()
+    with pytest.raises(early_interrupts.TerminatedEarly):
+        signal.raise_signal(signal.SIGTERM)
+    guard = preemption.Guard().install()
+    try:
+        assert guard.signal_name == "SIGTERM" and guard.should_stop(0)
+        assert preemption.Interrupted(guard.signal_name, 0, saved=False).exit_code == 143
+    finally:
+        guard.uninstall()
+    assert early_interrupts.interrupted_early() is None
+    assert signal.getsignal(signal.SIGTERM) == early_interrupts._early_sigterm
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # an inherited ignore is kept
+    early_interrupts.watch_early_interrupts()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    # After jax.distributed.initialize (launch.multihost) JAX's preemption notifier owns SIGTERM,
+    # installed in C where getsignal still reports SIG_DFL: left to it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    early_interrupts.remember_early_interrupts()
+    early_interrupts.watch_early_interrupts()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
