@@ -45,7 +45,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 
     The workdir is claimed first (a workdir holding another run is refused in one line,
     before any loading); a bad input found later withdraws the claim, and removes a workdir
-    this call created that holds no checkpoint, so the corrected command starts clean."""
+    this call created that holds no checkpoint, so the corrected command starts clean. A stop
+    (Ctrl-C, SIGTERM) before the first checkpoint withdraws the claim too: nothing of the run
+    exists to resume, so a changed command must not be refused as another run."""
     import jax
 
     from research.data import DataError
@@ -59,7 +61,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         claimed = claim_workdir(workdir, config.to_dict(), record=jax.process_index() == 0)
         try:
             return run_job(build_job(config), config, workdir)
-        except errors:
+        except (*errors, KeyboardInterrupt):  # a bad input, or a Ctrl-C / SIGTERM (early_interrupts.TerminatedEarly)
             if jax.process_index() == 0:  # only a claim with no checkpoint yet is withdrawn
                 workdir_lib.unclaim(claimed)
             raise

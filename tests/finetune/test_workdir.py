@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from research.finetune import finetune_and_evaluate
+from research.early_interrupts import TerminatedEarly
+from research.finetune import finetune_and_evaluate, run as run_module
 from research.training.workdir import RUN_FILE, WorkdirError
 
 from tests.finetune.conftest import REPO, tiny_config as preset_config
@@ -63,6 +64,22 @@ def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path
     full = tiny_config("dpo_tiny", num_steps=2)
     with pytest.raises(WorkdirError, match=r"lora.rank: 8 there, 0 now"):
         finetune_and_evaluate(full, str(workdir))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, TerminatedEarly])
+def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_settings(stop, tmp_path, monkeypatch):
+    """A Ctrl-C (KeyboardInterrupt) or a SIGTERM (TerminatedEarly: fine-tuning has no Guard) while
+    the job is built, after the claim: nothing was saved, so run.json must not stay behind (a
+    changed rerun was refused as another run)."""
+    def stopped(*args, **kwargs):
+        raise stop
+    monkeypatch.setattr(run_module, "build_job", stopped)
+    workdir = tmp_path / "run"
+    with pytest.raises(stop):
+        finetune_and_evaluate(tiny_config("sft_tiny", num_steps=2), str(workdir))
+    assert not (workdir / RUN_FILE).exists()
+    with pytest.raises(stop):  # past the claim: another setting is accepted
+        finetune_and_evaluate(tiny_config("sft_lora_tiny", num_steps=2), str(workdir))
 
 
 def test_the_command_line_refuses_another_run_in_one_line(tmp_path):
