@@ -40,7 +40,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import ml_collections
 from absl import app, flags, logging
@@ -245,6 +245,16 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
 
 
+def exit_dry_run_stopped(interrupt: KeyboardInterrupt) -> NoReturn:
+    """A Ctrl-C (or an early SIGTERM) during --dry_run: one line, exit 130 / 143 like a stopped study;
+    the dry run writes nothing, so there is nothing to continue from."""
+    from research.early_interrupts import signal_exit_code, stop_signal_name
+    name = stop_signal_name(interrupt)
+    print(f"stopped by {name} during the dry run (it writes nothing); rerun it to print the estimate.",
+          file=sys.stderr)
+    sys.exit(signal_exit_code(name))
+
+
 def _define_flags() -> None:
     # Defined only when run as a program: importing this module (tests) adds no global flags.
     config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
@@ -276,6 +286,8 @@ def main(argv):
             estimate = estimated_training(flags.FLAGS.config)
         except ConfigError as error:
             sys.exit(f"error: {error}")
+        except KeyboardInterrupt as interrupt:  # outside the study's try below: it ended in a traceback
+            exit_dry_run_stopped(interrupt)
         for size, flops in estimate["flops"].items():
             print(f"{size:12s} {flops:.3g} training FLOPs")
         print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
