@@ -36,7 +36,7 @@ from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_opt
                                    merged_params, split_trained)
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
-from research.training import metrics as metrics_lib, partitioning
+from research.training import metrics as metrics_lib, partitioning, workdir as workdir_lib
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.loop import TrainConfig, TrainingDivergedError
 from research.training.optimizers import OptimizerConfig, make_optimizer
@@ -155,6 +155,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
                 writer.write(0, {"params_trainable": trainable, "params_total": total, **before})
                 last.update({f"before_{k}": v for k, v in before.items()})
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
+            if start_step == train.num_steps:  # a rerun of a finished run: only its evaluation follows
+                log.warning("%s", workdir_lib.already_finished([workdir], start_step))
             for step in range(start_step + 1, end_step + 1):
                 batch = partitioning.shard_batch(next(train_iter), batch_sharding)
                 extra: dict[str, float] = {}

@@ -120,7 +120,6 @@ def _data_objective(name: str, family: str, options: dict[str, Any]):
     return dataclasses.replace(objective, **options) if options else objective
 
 
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (or resume) the run described by `config` in `workdir`; returns the last
     train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there.
@@ -321,6 +320,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
 
             if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
                 raise preemption.Interrupted(guard.signal_name, start_step, saved=False)
+            if start_step == train.num_steps:  # a rerun of a finished run: only its evaluation follows
+                log.warning("%s", workdir_lib.already_finished(workdirs, start_step))
 
             def save_model(m: members_lib.Member, step: int, state: Any, block: Any, best_metric: float | None) -> None:
                 # Model m's slice of the state, laid out as if trained alone, and its data position.

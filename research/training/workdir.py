@@ -242,6 +242,21 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
             "the rest of the run follows the new schedule.")
 
 
+def already_finished(workdirs: Sequence[str], step: int) -> str:
+    """The line for a rerun of a run that had finished (restored at its train.num_steps): it trains
+    nothing, and without this line the command printed only the restored model's evaluation,
+    as if it had just trained."""
+    if len(workdirs) == 1:
+        where = (f"its results are in {os.path.join(workdirs[0], 'metrics.jsonl')}, its checkpoints in "
+                 f"{os.path.join(workdirs[0], 'checkpoints')}")
+        runs = f"the run in --workdir={workdirs[0]}"
+    else:  # models trained together: each workdir holds one model's results, as if trained alone
+        where = "their results are in each one's metrics.jsonl, their checkpoints in each one's checkpoints/"
+        runs = f"the {len(workdirs)} runs in {', '.join(workdirs)}"
+    return (f"{runs} had already finished at step {step} (train.num_steps={step}): nothing was trained; {where}; "
+            "the metrics reported evaluate the last checkpoint. Raise train.num_steps to train on.")
+
+
 @contextlib.contextmanager
 def removed_if_failed(workdir: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
     """Remove `workdir` if the body raises one of `errors` (the user-input errors) and the

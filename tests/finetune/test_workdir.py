@@ -82,6 +82,19 @@ def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_se
         finetune_and_evaluate(tiny_config("sft_lora_tiny", num_steps=2), str(workdir))
 
 
+def test_a_rerun_of_a_finished_run_says_it_trained_nothing_and_where_the_results_are(tmp_path, caplog):
+    """It printed only the restored model's evaluation, as if it had just trained."""
+    import logging
+    workdir = tmp_path / "run"
+    config = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(config, str(workdir))
+    assert "had already finished" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="research.finetune"):
+        finetune_and_evaluate(config, str(workdir))
+    assert (f"the run in --workdir={workdir} had already finished at step 2 (train.num_steps=2): nothing was trained; "
+            f"its results are in {workdir}/metrics.jsonl, its checkpoints in {workdir}/checkpoints;") in caplog.text
+
+
 def test_the_command_line_refuses_another_run_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -148,3 +148,28 @@ def test_stop_after_steps_at_or_below_the_step_reached_says_so_and_trains_nothin
         assert (f"train.stop_after_steps={stop}: --workdir={workdir} already saved step 4, so this session trains "
                 "nothing; give a later step, or 0 to train to train.num_steps=4.") in caplog.text
     assert (workdir / "metrics.jsonl").read_text() == records
+
+
+def test_a_rerun_of_a_finished_run_says_it_trained_nothing_and_where_the_results_are(tokenizers, tmp_path, caplog):
+    """It printed only the restored model's evaluation, as if it had just trained."""
+    import logging
+    from tests.training.conftest import run_config
+    from research.training import train_and_evaluate
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    records = (workdir / "metrics.jsonl").read_text()
+    line = (f"the run in --workdir={workdir} had already finished at step 2 (train.num_steps=2): nothing was "
+            f"trained; its results are in {workdir}/metrics.jsonl, its checkpoints in {workdir}/checkpoints; the "
+            "metrics reported evaluate the last checkpoint. Raise train.num_steps to train on.")
+    assert line not in caplog.text  # not on the run that trained
+    with caplog.at_level(logging.WARNING, logger="research.training"):
+        assert "eval_loss" in train_and_evaluate(config, str(workdir))
+    assert line in caplog.text and (workdir / "metrics.jsonl").read_text() == records
+
+
+def test_the_finished_line_of_models_trained_together_names_each_workdir():
+    line = workdir_lib.already_finished(["w/opt.learning_rate=0.001", "w/opt.learning_rate=0.003"], 8)
+    assert line.startswith("the 2 runs in w/opt.learning_rate=0.001, w/opt.learning_rate=0.003 had already finished "
+                           "at step 8 (train.num_steps=8): nothing was trained; their results are in each one's "
+                           "metrics.jsonl") and "\n" not in line
