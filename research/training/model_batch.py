@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -33,6 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models.config import ConfigError
 from research.training.optimizers import HYPERPARAMETERS, OptimizerConfig, hyperparameters
+
+log = logging.getLogger(__name__)
 
 # Config fields that may differ between models trained together.
 BATCHABLE = ("train.seed", "opt.learning_rate", "opt.warmup_steps", "opt.decay_fraction", "opt.min_lr_ratio",
@@ -94,6 +97,17 @@ def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
     return field, values
 
 
+def _warn_if_across_devices_alone(config: ml_collections.ConfigDict) -> None:
+    """train.models_across_devices lays out K models trained together; a run of one model
+    ignored it without a word. A warning, not a refusal: that model trains exactly as without
+    it, and a scaling sweep trains alone, with its group's config, a run its seed group cannot
+    train together (a refusal there would stop the sweep)."""
+    if config.get("train", {}).get("models_across_devices", False):
+        log.warning("train.models_across_devices=True is ignored: config.batched names no field, so one model "
+                    "trains, its batch split over the devices as usual; to train several models split over the "
+                    "devices set batched.field and batched.values, else drop train.models_across_devices.")
+
+
 def _checked_value(field: str, current: Any, value: Any) -> Any:
     """`value` as the field's own type, or one line saying why it cannot be: a value that is
     not a number, or a fraction for an integer field, would otherwise be cast silently (a
@@ -112,6 +126,7 @@ def expand_batched_axis(config: ml_collections.ConfigDict, workdir: str) -> tupl
     """([config per model], [workdir per model]); one of each when nothing is batched."""
     axis = batched_axis(config)
     if axis is None:
+        _warn_if_across_devices_alone(config)
         return [config], [workdir]
     field, values = axis
     configs, workdirs = [], []

@@ -79,3 +79,23 @@ def test_a_batch_or_model_the_mesh_cannot_take_is_one_line_before_compiling(toke
     with pytest.raises(ConfigError, match=message) as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_models_across_devices_without_a_batched_axis_is_one_warning_line(tokenizers, tmp_path, monkeypatch, caplog):
+    """It was ignored without a word (one model trains as usual, so not refused: a scaling sweep
+    trains a seed group of one alone with its group's config)."""
+    from research.training import loop
+    trained = []
+    monkeypatch.setattr(loop, "_train", lambda configs, workdirs, stacked: trained.append(stacked) or [{}])
+    config = run_config("gpt_tiny", tokenizers["plain"], models_across_devices=True)
+    with caplog.at_level(logging.WARNING, logger="research.training.model_batch"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert trained == [False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.models_across_devices=True is ignored: config.batched names no field, so one model trains, its batch "
+        "split over the devices as usual; to train several models split over the devices set batched.field and "
+        "batched.values, else drop train.models_across_devices."]
+    caplog.clear()
+    config.train.models_across_devices = False
+    train_and_evaluate(config, str(tmp_path / "run"))
+    assert not caplog.records
