@@ -175,8 +175,9 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
         m.writer.forget_after(step)
         # [issue-13b] Resuming with another num_steps / schedule: say so in one line.
         schedule_warning = workdir_lib.schedule_change(m.checkpointer.restore_config(step), m.config.to_dict(), step)
-        if schedule_warning:
-            log.warning("%s", schedule_warning)
+        if schedule_warning:  # models trained together: whose schedule, named as record_block names a model
+            whose = f"model {m.index} ({m.workdir}): " if stacked_shardings is not None else ""
+            log.warning("%s%s", whose, schedule_warning)
     return (states[0] if stacked_shardings is None else stack_trees(states, stacked_shardings)), sources
 
 

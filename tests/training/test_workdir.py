@@ -173,3 +173,20 @@ def test_the_finished_line_of_models_trained_together_names_each_workdir():
     assert line.startswith("the 2 runs in w/opt.learning_rate=0.001, w/opt.learning_rate=0.003 had already finished "
                            "at step 8 (train.num_steps=8): nothing was trained; their results are in each one's "
                            "metrics.jsonl") and "\n" not in line
+
+
+def test_a_schedule_change_of_models_trained_together_names_each_model(tokenizers, tmp_path, caplog):
+    """K=2 resumed with a longer schedule: each model's warning said the same words with no
+    model named, as if one run had warned twice."""
+    import logging
+    from tests.training.conftest import run_config
+    from research.training import train_and_evaluate
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 3e-3)
+    train_and_evaluate(config, str(tmp_path))
+    config.train.num_steps = 4
+    with caplog.at_level(logging.WARNING, logger="research.training.members"):
+        train_and_evaluate(config, str(tmp_path))
+    warnings = [r.getMessage() for r in caplog.records if "changed learning-rate schedule" in r.getMessage()]
+    assert [w.split(": resuming")[0] for w in warnings] == [
+        f"model {i} ({tmp_path}/opt.learning_rate={lr})" for i, lr in enumerate(("0.001", "0.003"))]
