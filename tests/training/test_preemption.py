@@ -155,12 +155,15 @@ def test_sigterm_during_setup_is_one_line_exit_143_and_leaves_the_workdir_free(t
 @pytest.fixture
 def early_handlers():
     """Restores what research.early_interrupts changes in this process (both signals' handlers,
-    sys.unraisablehook, the remembered signals)."""
+    sys.unraisablehook, the remembered signals, its own state)."""
     originals, original_hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
+    state = {name: getattr(early_interrupts, name) for name in ("_guarded", "_default_unraisablehook")}
     yield
     for signum, handler in originals.items():
         signal.signal(signum, handler)
     sys.unraisablehook = original_hook
+    for name, value in state.items():
+        setattr(early_interrupts, name, value)
     for flag in (early_interrupts.EARLY_SIGINT, early_interrupts.EARLY_SIGTERM, early_interrupts._taken):
         flag.clear()
 
