@@ -23,9 +23,15 @@ Ctrl-C does so for it too) and stopped on with exit 143. Without this its defaul
 the process mid-setup, leaving run.json in a workdir where nothing was saved, and a changed
 rerun was refused as "another run". Only a default SIGTERM action is replaced: an inherited
 SIG_IGN is kept, and so is JAX's preemption notifier once the process joined jax.distributed.
+
+A Ctrl-C / SIGTERM raised where Python drops it (a finalizer, a gc callback) is delivered again
+at the next ordinary statement, where it stops the command as any other (see
+_quiet_swallowed_interrupt): only hidden, it was left to a later Guard, and where none followed
+(a --workers parent, work after the last run, a dry run) the command went on to exit 0.
 """
 from __future__ import annotations
 
+import _thread
 import signal
 import sys
 import threading
@@ -90,10 +96,11 @@ def watch_early_interrupts(*, quiet_when_swallowed: bool = True) -> None:
     """From now until a Guard takes over, Ctrl-C raises KeyboardInterrupt as Python's own handler
     does (SIGTERM: TerminatedEarly), and is remembered: the next Guard then stops before the
     first step. For command-line entry points (a notebook keeps Python's handler).
-    quiet_when_swallowed: no "Exception ignored" traceback when Python swallows that
-    KeyboardInterrupt (a Guard will stop the run with one line); False for commands without a
-    Guard, where that traceback is all the user sees, and where a swallowed SIGTERM takes
-    SIGTERM's default action (no Guard would stop for it later)."""
+    A Ctrl-C / SIGTERM these handlers raise where Python swallows it is delivered again, with no
+    "Exception ignored" traceback (_quiet_swallowed_interrupt). quiet_when_swallowed: neither
+    for another KeyboardInterrupt Python swallows once a Ctrl-C / SIGTERM came (a Guard stops
+    the run for it with one line); False for commands without a Guard, where that traceback is
+    all the user sees."""
     global _default_unraisablehook, _guarded
     if threading.current_thread() is not threading.main_thread():
         return
@@ -134,6 +141,9 @@ def _remember_sigint(signum: int, frame: FrameType | None) -> None:
 
 def _early_sigint(signum: int, frame: FrameType | None) -> None:
     EARLY_SIGINT.set()
+    if _in_the_hook(frame):  # raised here, it would be lost: the hook's own errors are only printed
+        _deliver_again(signum)
+        return
     raise KeyboardInterrupt
 
 
@@ -146,21 +156,54 @@ def _remember_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _early_sigterm(signum: int, frame: FrameType | None) -> None:
     EARLY_SIGTERM.set()
+    if _in_the_hook(frame):  # raised here, it would be lost: the hook's own errors are only printed
+        _deliver_again(signum)
+        return
     raise TerminatedEarly
 
 
 _default_unraisablehook = sys.unraisablehook
-_guarded = True  # the command trains under a Guard, which stops for a swallowed Ctrl-C / SIGTERM
+_guarded = True  # watch_early_interrupts' quiet_when_swallowed: the command trains under a Guard
 
 
 def _quiet_swallowed_interrupt(unraisable: Any) -> None:
-    """A swallowed Ctrl-C / SIGTERM under a Guard is handled (the Guard stops the run with one
-    line): no traceback for it. Without a Guard, Python's report of it is kept, and a swallowed
-    SIGTERM takes its default action: nothing would stop the command for it later."""
+    """sys.unraisablehook while watch_early_interrupts' handlers are in place. A Ctrl-C / SIGTERM
+    those handlers raised inside a finalizer or gc callback, which Python swallows, is delivered
+    again (no traceback for it): hiding it and leaving it to a later Guard let a command with no
+    Guard to come (a --workers parent, the work after a run, a dry run) go on to exit 0. Another
+    swallowed KeyboardInterrupt once a Ctrl-C / SIGTERM came is not reported under a Guard (it
+    stops the run with one line); every other error is, by Python's own hook."""
     error = unraisable.exc_value
-    if isinstance(error, TerminatedEarly) and not _guarded:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
+    if isinstance(error, TerminatedEarly):  # only _early_sigterm raises it (and a main, never in a finalizer)
+        _deliver_again(signal.SIGTERM)
+        return
+    ours = EARLY_SIGINT.is_set() and signal.getsignal(signal.SIGINT) is _early_sigint
+    if type(error) is KeyboardInterrupt and ours:  # raised by _early_sigint (a Guard's is its own)
+        _deliver_again(signal.SIGINT)
+        return
     handled = EARLY_SIGINT.is_set() or EARLY_SIGTERM.is_set() or _taken.is_set()
     if not (_guarded and isinstance(error, KeyboardInterrupt) and handled):
         _default_unraisablehook(unraisable)
+
+
+def _in_the_hook(frame: FrameType | None) -> bool:
+    """Whether a signal handler runs inside _quiet_swallowed_interrupt (or what it calls)."""
+    while frame is not None:
+        if frame.f_code is _quiet_swallowed_interrupt.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_again(signum: int) -> None:
+    """Have `signum`'s handler run again at the main thread's next ordinary bytecode, once the
+    hook (and the finalizer it reports on) returned: raised in either, Python would drop it
+    again. The handler current then takes it: ours raises where the command stops for it (its
+    one line, its exit code); one that lands in a finalizer again comes back here.
+
+    Python runs a pending signal's handler at its next check, and a call to a C function is
+    followed by one: _thread.interrupt_main(signum) called plainly ran the handler right here,
+    inside the hook, where what it raises is printed as "Exception ignored in sys.unraisablehook"
+    and lost. Called through map and unpacked, nothing checks before this function and the hook
+    return (so on CPython 3.11 to 3.13; tests/training/test_preemption.py checks the one in use)."""
+    _, = map(_thread.interrupt_main, (signum,))

@@ -244,6 +244,44 @@ def test_a_sigterm_before_the_guard_is_remembered_and_the_guard_stops_for_it_wit
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+# A Ctrl-C / SIGTERM whose handler runs inside a finalizer: Python drops what it raises there
+# ("Exception ignored in ..."). It was hidden and left to a later Guard; where none came (a
+# --workers parent, the work after a run, a dry run) a SIGTERM was lost and the command exited 0.
+# A process of its own: before, an unguarded swallowed SIGTERM took its default action.
+_SWALLOWED = """
+import signal, sys
+from research import early_interrupts
+early_interrupts.watch_early_interrupts(quiet_when_swallowed={guarded})
+if {in_the_hook}:  # the signal lands while the hook reports another error (Python's hook, printing)
+    def report(unraisable):
+        signal.raise_signal(signal.{signal_name})
+        print("reported", repr(unraisable.exc_value))
+    early_interrupts._default_unraisablehook = report
+class Finalizer:
+    def __del__(self):
+        if {in_the_hook}:
+            raise ValueError("a real problem")
+        signal.raise_signal(signal.{signal_name})
+try:
+    Finalizer()
+    print("went on")
+except KeyboardInterrupt as stop:
+    print("stopped:", type(stop).__name__)
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+@pytest.mark.parametrize("signal_name, raised", [("SIGTERM", "TerminatedEarly"), ("SIGINT", "KeyboardInterrupt")])
+@pytest.mark.parametrize("in_the_hook", [False, True])
+def test_a_signal_python_swallowed_is_raised_again_at_the_next_statement(guarded, signal_name, raised, in_the_hook):
+    script = _SWALLOWED.format(guarded=guarded, signal_name=signal_name, in_the_hook=in_the_hook)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = ["reported ValueError('a real problem')"] if in_the_hook else []
+    assert result.stdout.splitlines() == [*reported, f"stopped: {raised}"]
+    assert result.stderr == ""  # no "Exception ignored" report of it
+
+
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
         tokenizers, compilation_cache, tmp_path, monkeypatch, caplog):
     """K=2 models (own seeds, own data): the stop is asked once per block, both save the block's last
