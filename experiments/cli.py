@@ -118,15 +118,11 @@ def stop_if_interrupted_early(*, guarded: bool = True) -> None:
     0, and a SIGTERM killed it) stops the command now, before any work: one line, exit 130 / 143.
     guarded: the command trains under a preemption.Guard, which stops for a Ctrl-C Python
     swallows later (else Python's own report of it is kept)."""
-    from research.early_interrupts import (TerminatedEarly, interrupted_early, signal_exit_code, stop_signal_name,
+    from research.early_interrupts import (raise_if_interrupted_early, signal_exit_code, stop_signal_name,
                                            watch_early_interrupts)
     try:
         watch_early_interrupts(quiet_when_swallowed=guarded)
-        remembered = interrupted_early()
-        if remembered == "SIGTERM":
-            raise TerminatedEarly
-        if remembered == "SIGINT":
-            raise KeyboardInterrupt
+        raise_if_interrupted_early()
     except KeyboardInterrupt as stop:  # the one remembered, or one arriving just now (TerminatedEarly: SIGTERM)
         name = stop_signal_name(stop)
         print(f"stopped by {name} before any work started; rerun the same command to start.", file=sys.stderr)

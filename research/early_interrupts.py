@@ -13,7 +13,7 @@ before its other imports:
     def main(argv):
         ...                             # its own imports, then experiments.cli.stop_if_interrupted_early:
         watch_early_interrupts()        # now a Ctrl-C / SIGTERM also interrupts the setup work
-        if interrupted_early(): ...     # one line, exit 130 / 143
+        raise_if_interrupted_early()    # one that came during the imports; caught: one line, exit 130 / 143
 
 A Guard installed later sees a remembered Ctrl-C and stops before the first step.
 
@@ -23,6 +23,8 @@ Ctrl-C does so for it too) and stopped on with exit 143. Without this its defaul
 the process mid-setup, leaving run.json in a workdir where nothing was saved, and a changed
 rerun was refused as "another run". Only a default SIGTERM action is replaced: an inherited
 SIG_IGN is kept, and so is JAX's preemption notifier once the process joined jax.distributed.
+One TerminatedEarly is raised at a time: a second SIGTERM while the first is handled (SLURM
+signals the whole process group, a --workers parent its workers) adds nothing.
 
 A Ctrl-C / SIGTERM raised where Python drops it (a finalizer, a gc callback) is delivered again
 at the next ordinary statement, where it stops the command as any other (see
@@ -41,6 +43,7 @@ from typing import Any
 EARLY_SIGINT = threading.Event()
 EARLY_SIGTERM = threading.Event()
 _taken = threading.Event()  # a Guard took a remembered Ctrl-C: Python may still report it swallowed
+_terminating = False  # a TerminatedEarly is on its way up (raised, not dropped): a later SIGTERM adds nothing
 
 
 class TerminatedEarly(KeyboardInterrupt):
@@ -101,9 +104,10 @@ def watch_early_interrupts(*, quiet_when_swallowed: bool = True) -> None:
     for another KeyboardInterrupt Python swallows once a Ctrl-C / SIGTERM came (a Guard stops
     the run for it with one line); False for commands without a Guard, where that traceback is
     all the user sees."""
-    global _default_unraisablehook, _guarded
+    global _default_unraisablehook, _guarded, _terminating
     if threading.current_thread() is not threading.main_thread():
         return
+    _terminating = False
     if _sigterm_is_ours_to_take():
         signal.signal(signal.SIGTERM, _early_sigterm)
     if not _ignored():
@@ -124,12 +128,27 @@ def take_early_interrupt() -> str | None:
     """For a Guard: the signal that came before it (as interrupted_early), which it now owns
     (cleared here, so a later Guard in the same process, a notebook's next run, does not stop
     for it again); None if none came."""
+    global _terminating
     name = interrupted_early()
     if name is not None:
         EARLY_SIGINT.clear()
         EARLY_SIGTERM.clear()
         _taken.set()
+        _terminating = False  # the Guard stops for it; after the Guard a new SIGTERM raises again
     return name
+
+
+def raise_if_interrupted_early() -> None:
+    """For a command's main once it watches (watch_early_interrupts): the Ctrl-C / SIGTERM
+    remembered during its imports, raised as KeyboardInterrupt / TerminatedEarly (SIGTERM first
+    when both came) to stop it like one arriving now; nothing when none came."""
+    global _terminating
+    remembered = interrupted_early()
+    if remembered == "SIGTERM":
+        _terminating = True  # a second SIGTERM while the command stops for this one adds nothing
+        raise TerminatedEarly
+    if remembered == "SIGINT":
+        raise KeyboardInterrupt
 
 
 def _remember_sigint(signum: int, frame: FrameType | None) -> None:
@@ -155,10 +174,19 @@ def _remember_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _early_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as TerminatedEarly, once: a second SIGTERM while the first's TerminatedEarly is on
+    its way up returns here, so it cannot break off what handles the first (the train loop
+    withdrawing its workdir claim, a main printing its line), which left run.json where nothing
+    was saved, or a traceback and exit 1. SLURM signals the whole process group, and a --workers
+    parent forwards the signal to its workers, so two SIGTERMs a moment apart are ordinary."""
+    global _terminating
     EARLY_SIGTERM.set()
+    if _terminating:
+        return
     if _in_the_hook(frame):  # raised here, it would be lost: the hook's own errors are only printed
         _deliver_again(signum)
         return
+    _terminating = True
     raise TerminatedEarly
 
 
@@ -173,8 +201,10 @@ def _quiet_swallowed_interrupt(unraisable: Any) -> None:
     Guard to come (a --workers parent, the work after a run, a dry run) go on to exit 0. Another
     swallowed KeyboardInterrupt once a Ctrl-C / SIGTERM came is not reported under a Guard (it
     stops the run with one line); every other error is, by Python's own hook."""
+    global _terminating
     error = unraisable.exc_value
     if isinstance(error, TerminatedEarly):  # only _early_sigterm raises it (and a main, never in a finalizer)
+        _terminating = False  # dropped: the next one must raise
         _deliver_again(signal.SIGTERM)
         return
     ours = EARLY_SIGINT.is_set() and signal.getsignal(signal.SIGINT) is _early_sigint

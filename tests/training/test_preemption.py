@@ -127,14 +127,20 @@ def test_sigterm_while_a_command_imports_jax_is_one_line_and_exit_143(tmp_path, 
 # A real SIGTERM once the workdir is claimed, before the train loop's Guard (as the tokenizer
 # starts to build): its default action killed the process and left run.json, so a rerun with
 # changed settings was refused as "another run" though nothing was saved.
+# A second SIGTERM lands as the claim is withdrawn (SLURM's to the process group on top of a
+# --workers parent's): it raised another TerminatedEarly there, which skipped the withdrawal.
 _SIGTERM_AFTER_THE_CLAIM = """
 import runpy, signal, sys
 import research.data
-build_shared_tokenizer = research.data.build_shared_tokenizer
+from research.training import workdir
+build_shared_tokenizer, unclaim = research.data.build_shared_tokenizer, workdir.unclaim
 def sigterm_then_build(*args, **kwargs):
     signal.raise_signal(signal.SIGTERM)
     return build_shared_tokenizer(*args, **kwargs)
-research.data.build_shared_tokenizer = sigterm_then_build
+def sigterm_then_unclaim(*args, **kwargs):
+    signal.raise_signal(signal.SIGTERM)
+    return unclaim(*args, **kwargs)
+research.data.build_shared_tokenizer, workdir.unclaim = sigterm_then_build, sigterm_then_unclaim
 sys.argv = {argv!r}
 runpy.run_module(sys.argv[0], run_name="__main__")
 """
@@ -157,7 +163,7 @@ def early_handlers():
     """Restores what research.early_interrupts changes in this process (both signals' handlers,
     sys.unraisablehook, the remembered signals, its own state)."""
     originals, original_hook = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, sys.unraisablehook
-    state = {name: getattr(early_interrupts, name) for name in ("_guarded", "_default_unraisablehook")}
+    state = {name: getattr(early_interrupts, name) for name in ("_guarded", "_default_unraisablehook", "_terminating")}
     yield
     for signum, handler in originals.items():
         signal.signal(signum, handler)
@@ -280,6 +286,26 @@ def test_a_signal_python_swallowed_is_raised_again_at_the_next_statement(guarded
     reported = ["reported ValueError('a real problem')"] if in_the_hook else []
     assert result.stdout.splitlines() == [*reported, f"stopped: {raised}"]
     assert result.stderr == ""  # no "Exception ignored" report of it
+
+
+def test_a_second_sigterm_while_the_first_is_handled_adds_nothing(early_handlers):
+    """SLURM signals the whole process group, a --workers parent its workers: a second SIGTERM
+    raised another TerminatedEarly inside the handling of the first (the loop withdrawing its
+    claim), which left run.json behind, or escaped the main with a traceback."""
+    early_interrupts.watch_early_interrupts()
+    handled = []
+    with pytest.raises(early_interrupts.TerminatedEarly):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except early_interrupts.TerminatedEarly:
+            signal.raise_signal(signal.SIGTERM)  # nothing raised here: the first stops the command
+            handled.append("the first")
+            raise
+    assert handled == ["the first"]
+    # A Guard takes it (it stops for it); a SIGTERM after that Guard raises again.
+    preemption.Guard().install().uninstall()
+    with pytest.raises(early_interrupts.TerminatedEarly):
+        signal.raise_signal(signal.SIGTERM)
 
 
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
