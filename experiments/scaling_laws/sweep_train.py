@@ -7,6 +7,7 @@ return; a run that raises is a failed record here, except for a mistake in the c
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Callable, Sequence
@@ -52,8 +53,15 @@ def _run_metrics(run_dir: str) -> list[dict]:
 
 
 def train_alone(config: ml_collections.ConfigDict, run_dir: str) -> dict:
-    """The training system's one-run entry point (the default TrainFn)."""
+    """The training system's one-run entry point (the default TrainFn). Without
+    train.models_across_devices, which lays out the seed groups trained together (train_group)
+    and is nothing to one model: the run trains as with it, and the training system warned about
+    it for every run of the sweep trained alone (18 of cpu_tiny's 30), advising batched.field
+    and batched.values, which are no sweep setting (that warning is for a single-run config)."""
     from research.training import train_and_evaluate
+    if config.train.get("models_across_devices", False):
+        config = copy.deepcopy(config)
+        config.train.models_across_devices = False
     return train_and_evaluate(config, run_dir)
 
 

@@ -100,8 +100,8 @@ def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
 def _warn_if_across_devices_alone(config: ml_collections.ConfigDict) -> None:
     """train.models_across_devices lays out K models trained together; a run of one model
     ignored it without a word. A warning, not a refusal: that model trains exactly as without
-    it, and a scaling sweep trains alone, with its group's config, a run its seed group cannot
-    train together (a refusal there would stop the sweep)."""
+    it. For a user's single-run config: a scaling sweep drops the flag from the runs it trains
+    alone (experiments/scaling_laws/sweep_train.train_alone), for which the advice is no setting."""
     if config.get("train", {}).get("models_across_devices", False):
         log.warning("train.models_across_devices=True is ignored: config.batched names no field, so one model "
                     "trains, its batch split over the devices as usual; to train several models split over the "

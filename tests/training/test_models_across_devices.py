@@ -83,19 +83,27 @@ def test_a_batch_or_model_the_mesh_cannot_take_is_one_line_before_compiling(toke
 
 def test_models_across_devices_without_a_batched_axis_is_one_warning_line(tokenizers, tmp_path, monkeypatch, caplog):
     """It was ignored without a word (one model trains as usual, so not refused: a scaling sweep
-    trains a seed group of one alone with its group's config)."""
+    trains a seed group of one alone with its group's config). The sweep's runs trained alone
+    do not warn: the warning, for every such run (18 of cpu_tiny's 30), advised batched.field
+    and batched.values, which are no sweep setting."""
+    from experiments.scaling_laws.sweep_train import train_alone
     from research.training import loop
     trained = []
-    monkeypatch.setattr(loop, "_train", lambda configs, workdirs, stacked: trained.append(stacked) or [{}])
+    monkeypatch.setattr(loop, "_train", lambda configs, workdirs, stacked: trained.append(
+        (stacked, [c.train.models_across_devices for c in configs])) or [{}])
     config = run_config("gpt_tiny", tokenizers["plain"], models_across_devices=True)
     with caplog.at_level(logging.WARNING, logger="research.training.model_batch"):
         train_and_evaluate(config, str(tmp_path / "run"))
-    assert trained == [False]
+    assert trained == [(False, [True])]
     assert [r.getMessage() for r in caplog.records] == [
         "train.models_across_devices=True is ignored: config.batched names no field, so one model trains, its batch "
         "split over the devices as usual; to train several models split over the devices set batched.field and "
         "batched.values, else drop train.models_across_devices."]
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="research.training.model_batch"):
+        train_alone(config, str(tmp_path / "sweep_run"))
+    assert not caplog.records and trained[-1] == (False, [False])
+    assert config.train.models_across_devices  # the sweep's config is left as it was
     config.train.models_across_devices = False
     train_and_evaluate(config, str(tmp_path / "run"))
     assert not caplog.records
