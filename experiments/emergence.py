@@ -245,6 +245,19 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
 
 
+def print_estimate(config: ml_collections.ConfigDict) -> None:
+    """--dry_run: each size's training FLOPs and the estimated time; the checks a run makes
+    before any work come first, so a dry run vets the config (a ConfigError)."""
+    plan_study(config)
+    estimate = estimated_training(config)
+    for size, flops in estimate["flops"].items():
+        print(f"{size:12s} {flops:.3g} training FLOPs")
+    print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
+          f"{estimate['mfu']:.0%} MFU of {estimate['peak_flops']:.3g} FLOP/s (an estimate from FLOPs; the MFU is "
+          "config.estimate.mfu, an assumption unless measured on this machine (the preset's comment says "
+          "where it came from); evaluation not included)")
+
+
 def exit_dry_run_stopped(interrupt: KeyboardInterrupt) -> NoReturn:
     """A Ctrl-C (or an early SIGTERM) during --dry_run: one line, exit 130 / 143 like a stopped study;
     the dry run writes nothing, so there is nothing to continue from."""
@@ -280,28 +293,16 @@ def main(argv):
     from research.training.preemption import Interrupted
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
-    if flags.FLAGS.dry_run:
-        try:
-            plan_study(flags.FLAGS.config)  # the checks a run makes before any work, so a dry run vets the config
-            estimate = estimated_training(flags.FLAGS.config)
-        except ConfigError as error:
-            sys.exit(f"error: {error}")
-        except KeyboardInterrupt as interrupt:  # outside the study's try below: it ended in a traceback
-            exit_dry_run_stopped(interrupt)
-        for size, flops in estimate["flops"].items():
-            print(f"{size:12s} {flops:.3g} training FLOPs")
-        print(f"{estimate['total_flops']:.3g} FLOPs: about {estimate['seconds'] / 3600:.2g} h of training at "
-              f"{estimate['mfu']:.0%} MFU of {estimate['peak_flops']:.3g} FLOP/s (an estimate from FLOPs; the MFU is "
-              "config.estimate.mfu, an assumption unless measured on this machine (the preset's comment says "
-              "where it came from); evaluation not included)")
-        return
-    if not flags.FLAGS.workdir:
-        sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
-    from research.atomic_files import unwritable_reason
-    reason = unwritable_reason(flags.FLAGS.workdir)
-    if reason:
-        sys.exit(f"error: --workdir={flags.FLAGS.workdir}: {reason}; pass a folder the study can write to.")
-    try:
+    try:  # all that follows: a SIGTERM outside it ended in a traceback, exit 1
+        if flags.FLAGS.dry_run:
+            print_estimate(flags.FLAGS.config)
+            return
+        if not flags.FLAGS.workdir:
+            sys.exit("error: --workdir is required to run the study (or pass --dry_run to only print the estimate).")
+        from research.atomic_files import unwritable_reason
+        reason = unwritable_reason(flags.FLAGS.workdir)
+        if reason:
+            sys.exit(f"error: --workdir={flags.FLAGS.workdir}: {reason}; pass a folder the study can write to.")
         if flags.FLAGS.study_worker:
             run_study(flags.FLAGS.config, flags.FLAGS.workdir, worker=True)
             return
@@ -314,7 +315,9 @@ def main(argv):
     except (Interrupted, workers.Stopped) as stop:  # checkpoints saved: the same command resumes
         exit_stopped(stop)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a size's training (evaluation is
-        exit_stopped(interrupt)  # cached per step); a SIGTERM before a Guard: TerminatedEarly, exit 143
+        if flags.FLAGS.dry_run:  # cached per step); a SIGTERM before a Guard: TerminatedEarly, exit 143
+            exit_dry_run_stopped(interrupt)
+        exit_stopped(interrupt)
 
 
 if __name__ == "__main__":

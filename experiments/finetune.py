@@ -40,15 +40,15 @@ def main(argv):
     # Ctrl-C Python swallows mid-run is reported by Python, not hidden).
     stop_if_interrupted_early(guarded=False)
 
-    try:
+    try:  # all that follows: a SIGTERM outside it ended in a traceback, exit 1
         final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
+        final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as interrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues
         exit_stopped(interrupt)  # from the last; a SIGTERM (no Guard here): TerminatedEarly, exit 143
-    # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
-    final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
-    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 
 if __name__ == "__main__":

@@ -44,11 +44,15 @@ def main(argv):
     from experiments.cli import stop_if_interrupted_early
     stop_if_interrupted_early()  # a Ctrl-C / SIGTERM during the imports above; from here one raises, caught below
 
-    config = _CONFIG.value
-    try:
+    try:  # all that follows: a SIGTERM outside it (a Guard's is over) ended in a traceback, exit 1
+        config = _CONFIG.value
         # A run stopped by bad input before its first checkpoint leaves no workdir behind.
         with removed_if_failed(_WORKDIR.value, (ConfigError, DataError)):
             final = train_and_evaluate(config, _WORKDIR.value)
+        # z_loss as it enters the total loss (weight x raw), like the console line; with K models
+        # trained together each model's key is "<field>=<value>/z_loss".
+        final = weighted_z_loss(final, config.train.z_loss)
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
     except Interrupted as stop:  # Ctrl-C / SIGTERM: checkpoint saved; exit 130 / 143 so schedulers see it
         print(f"{stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
@@ -59,10 +63,6 @@ def main(argv):
         sys.exit(signal_exit_code(name))
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    # z_loss as it enters the total loss (weight x raw), like the console line; with K models
-    # trained together each model's key is "<field>=<value>/z_loss".
-    final = weighted_z_loss(final, config.train.z_loss)
-    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
 
 
 if __name__ == "__main__":

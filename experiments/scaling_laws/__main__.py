@@ -55,13 +55,13 @@ def main(argv):
     from research.training.preemption import Interrupted
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
-    config = _CONFIG.value
-    if _WORKDIR.value:  # before any work: a file in its path failed at the first write, in a traceback
-        from research.atomic_files import unwritable_reason
-        reason = unwritable_reason(_WORKDIR.value)
-        if reason:
-            sys.exit(f"error: --workdir={_WORKDIR.value} cannot be used: {reason}; choose another --workdir.")
-    try:
+    try:  # all that follows: a SIGTERM outside it ended in a traceback, exit 1
+        config = _CONFIG.value
+        if _WORKDIR.value:  # before any work: a file in its path failed at the first write, in a traceback
+            from research.atomic_files import unwritable_reason
+            reason = unwritable_reason(_WORKDIR.value)
+            if reason:
+                sys.exit(f"error: --workdir={_WORKDIR.value} cannot be used: {reason}; choose another --workdir.")
         if _DRY_RUN.value:
             plan = sweep.plan_sweep(config)
             print(sweep.describe_plan(plan, config.estimate.peak_flops, config.estimate.mfu))
@@ -87,15 +87,15 @@ def main(argv):
             outcome.counts.update(by_workers)
             if outcome.fit_note:
                 print(outcome.fit_note)
+        counts = outcome.counts
+        print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
+              f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
     except (ConfigError, DataError, RunTableError) as error:
         sys.exit(f"error: {error}")
     except (Interrupted, workers.Stopped) as stop:  # the run saved and stays pending: the same command resumes it
         exit_stopped(stop)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a run's training loop
         exit_stopped(interrupt)  # SIGTERM before a Guard: TerminatedEarly, exit 143
-    counts = outcome.counts
-    print(f"trained {counts['trained']}, skipped {counts['skipped']} finished, {counts['failed']} failed, "
-          f"{counts['pending']} pending; tables in {_WORKDIR.value}/runs.csv")
 
 
 if __name__ == "__main__":

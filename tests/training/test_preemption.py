@@ -124,6 +124,34 @@ def test_sigterm_while_a_command_imports_jax_is_one_line_and_exit_143(tmp_path, 
     _signal_while_importing_jax(tmp_path, module, config, "SIGTERM", 143)
 
 
+# A real SIGTERM as a study checks its --workdir, before its try (a SIGTERM raises TerminatedEarly
+# anywhere in a main from stop_if_interrupted_early on): it ended in a traceback, exit 1.
+_SIGTERM_AT_THE_WORKDIR_CHECK = """
+import runpy, signal, sys
+import research.atomic_files as atomic_files
+unwritable_reason = atomic_files.unwritable_reason
+def sigterm_then_check(*args, **kwargs):
+    signal.raise_signal(signal.SIGTERM)
+    return unwritable_reason(*args, **kwargs)
+atomic_files.unwritable_reason = sigterm_then_check
+sys.argv = {argv!r}
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module, config", [c for c in COMMANDS if c[0] in ("experiments.emergence",
+                                                                       "experiments.scaling_laws")])
+def test_a_sigterm_anywhere_in_a_main_is_one_line_and_exit_143(tmp_path, module, config):
+    workdir = tmp_path / "study"
+    script = _SIGTERM_AT_THE_WORKDIR_CHECK.format(argv=[module, f"--config={config}", f"--workdir={workdir}"])
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
+        "checkpoint(s), or from the start where none was saved yet."), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not workdir.exists()
+
+
 # A real SIGTERM once the workdir is claimed, before the train loop's Guard (as the tokenizer
 # starts to build): its default action killed the process and left run.json, so a rerun with
 # changed settings was refused as "another run" though nothing was saved.
