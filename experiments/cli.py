@@ -110,6 +110,16 @@ def exit_stopped(stop: BaseException | None) -> NoReturn:
     sys.exit(stop.exit_code)
 
 
+def exit_dry_run_stopped(interrupt: KeyboardInterrupt, prints: str) -> NoReturn:
+    """A Ctrl-C / SIGTERM during a --dry_run, which `prints` (e.g. "the plan"): one line, exit
+    130 / 143 like a stopped command; the dry run writes nothing, so there is nothing to continue
+    from (exit_stopped's line, which says to continue from the last checkpoint, does not apply)."""
+    from research.early_interrupts import signal_exit_code, stop_signal_name
+    name = stop_signal_name(interrupt)
+    print(f"stopped by {name} during the dry run (it writes nothing); rerun it to print {prints}.", file=sys.stderr)
+    sys.exit(signal_exit_code(name))
+
+
 def stop_if_interrupted_early(*, guarded: bool = True) -> None:
     """For a main, after its own imports: from here a Ctrl-C also raises KeyboardInterrupt (the
     main catches it as a stop; a SIGTERM raises its subclass TerminatedEarly); one that came

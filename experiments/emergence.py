@@ -40,7 +40,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import ml_collections
 from absl import app, flags, logging
@@ -258,16 +258,6 @@ def print_estimate(config: ml_collections.ConfigDict) -> None:
           "where it came from); evaluation not included)")
 
 
-def exit_dry_run_stopped(interrupt: KeyboardInterrupt) -> NoReturn:
-    """A Ctrl-C (or an early SIGTERM) during --dry_run: one line, exit 130 / 143 like a stopped study;
-    the dry run writes nothing, so there is nothing to continue from."""
-    from research.early_interrupts import signal_exit_code, stop_signal_name
-    name = stop_signal_name(interrupt)
-    print(f"stopped by {name} during the dry run (it writes nothing); rerun it to print the estimate.",
-          file=sys.stderr)
-    sys.exit(signal_exit_code(name))
-
-
 def _define_flags() -> None:
     # Defined only when run as a program: importing this module (tests) adds no global flags.
     config_flags.DEFINE_config_file("config", None, "e.g. experiments/configs/emergence.py:cpu_tiny.")
@@ -289,7 +279,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from research.data import DataError
     from research.training import TrainingDivergedError
-    from experiments.cli import exit_stopped, stop_if_interrupted_early
+    from experiments.cli import exit_dry_run_stopped, exit_stopped, stop_if_interrupted_early
     from research.training.preemption import Interrupted
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
@@ -316,7 +306,7 @@ def main(argv):
         exit_stopped(stop)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a size's training (evaluation is
         if flags.FLAGS.dry_run:  # cached per step); a SIGTERM before a Guard: TerminatedEarly, exit 143
-            exit_dry_run_stopped(interrupt)
+            exit_dry_run_stopped(interrupt, "the estimate")
         exit_stopped(interrupt)
 
 

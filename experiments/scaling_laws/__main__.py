@@ -51,7 +51,7 @@ def main(argv):
     from research.data import DataError
     from research.models.config import ConfigError
     from research.scaling import RunTableError
-    from experiments.cli import exit_stopped, stop_if_interrupted_early
+    from experiments.cli import exit_dry_run_stopped, exit_stopped, stop_if_interrupted_early
     from research.training.preemption import Interrupted
     stop_if_interrupted_early()  # a Ctrl-C during the imports above; from here one raises, caught below
 
@@ -95,7 +95,9 @@ def main(argv):
     except (Interrupted, workers.Stopped) as stop:  # the run saved and stays pending: the same command resumes it
         exit_stopped(stop)
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one outside a run's training loop
-        exit_stopped(interrupt)  # SIGTERM before a Guard: TerminatedEarly, exit 143
+        if _DRY_RUN.value:  # SIGTERM before a Guard: TerminatedEarly, exit 143
+            exit_dry_run_stopped(interrupt, "the plan")
+        exit_stopped(interrupt)
 
 
 if __name__ == "__main__":
