@@ -119,7 +119,7 @@ class Stopped(Exception):
 
     @property
     def exit_code(self) -> int:
-        from research.training.preemption import signal_exit_code
+        from research.early_interrupts import signal_exit_code  # free of JAX, unlike preemption
         return signal_exit_code(self.signal_name)
 
 
