@@ -265,26 +265,12 @@ def test_command_line_refuses_a_bad_config_in_a_dry_run_and_a_file_as_workdir(tm
     assert afile.read_text() == "kept"
 
 
-# `python -m experiments.emergence --dry_run` with a real Ctrl-C while it plans the study.
-_CTRL_C_DURING_THE_DRY_RUN = """
-import runpy, signal, sys
-import experiments.emergence_plan as plan
-plan_study = plan.plan_study
-def ctrl_c_then_plan(*args, **kwargs):
-    signal.raise_signal(signal.SIGINT)
-    return plan_study(*args, **kwargs)
-plan.plan_study = ctrl_c_then_plan
-sys.argv = ["experiments.emergence", "--config=experiments/configs/emergence.py:micro", "--dry_run"]
-runpy.run_module(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_a_ctrl_c_during_a_dry_run_is_one_line_and_exit_130():
-    """The dry run lay outside the handler of the study's stops: a Ctrl-C ended in a traceback."""
-    import subprocess
-    import sys
-    result = subprocess.run([sys.executable, "-c", _CTRL_C_DURING_THE_DRY_RUN], capture_output=True, text=True,
-                            timeout=300)
+    """The dry run lay outside the handler of the study's stops: a Ctrl-C ended in a traceback.
+    The Ctrl-C is real, raised as the dry run plans the study."""
+    from tests.signals import run_with_signal_during
+    result = run_with_signal_during("experiments.emergence_plan", "plan_study", "SIGINT", [
+        "experiments.emergence", "--config=experiments/configs/emergence.py:micro", "--dry_run"])
     assert result.returncode == 130, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
         "stopped by SIGINT during the dry run (it writes nothing); rerun it to print the estimate."]

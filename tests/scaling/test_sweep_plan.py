@@ -204,25 +204,12 @@ def test_cli_dry_run_and_bad_preset():
         f"error: unknown scaling_laws preset 'cpu_small'; choose one of {scaling_laws.PRESETS}."]
 
 
-# `python -m experiments.scaling_laws --dry_run` with a real SIGTERM as it plans the sweep.
-_SIGTERM_DURING_THE_DRY_RUN = """
-import runpy, signal, sys
-from experiments.scaling_laws import sweep
-plan_sweep = sweep.plan_sweep
-def sigterm_then_plan(*args, **kwargs):
-    signal.raise_signal(signal.SIGTERM)
-    return plan_sweep(*args, **kwargs)
-sweep.plan_sweep = sigterm_then_plan
-sys.argv = ["experiments.scaling_laws", "--config=experiments/configs/scaling_laws.py:test_tiny", "--dry_run"]
-runpy.run_module(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_a_sigterm_during_a_dry_run_says_it_wrote_nothing_exit_143():
     """It printed the training stop's line (continue from the last checkpoint(s)), though a dry
-    run writes nothing."""
-    result = subprocess.run([sys.executable, "-c", _SIGTERM_DURING_THE_DRY_RUN], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    run writes nothing. The SIGTERM is real, raised as the dry run plans the sweep."""
+    from tests.signals import run_with_signal_during
+    result = run_with_signal_during("experiments.scaling_laws.sweep", "plan_sweep", "SIGTERM", [
+        "experiments.scaling_laws", "--config=experiments/configs/scaling_laws.py:test_tiny", "--dry_run"], timeout=120)
     assert result.returncode == 143, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
         "stopped by SIGTERM during the dry run (it writes nothing); rerun it to print the plan."]

@@ -15,6 +15,7 @@ from research import early_interrupts
 from research.training import blocks, members as members_lib, preemption, train_and_evaluate, workdir as workdir_lib
 from research.training.checkpointing import CheckpointError
 
+from tests.signals import run_with_signal_during
 from tests.training.conftest import run_config
 from tests.training.test_checkpoint_fallback import _truncate_files
 from tests.training.test_resume import REPO, assert_same_run, cli_overrides, latest_checkpoint, per_step
@@ -124,27 +125,15 @@ def test_sigterm_while_a_command_imports_jax_is_one_line_and_exit_143(tmp_path, 
     _signal_while_importing_jax(tmp_path, module, config, "SIGTERM", 143)
 
 
-# A real SIGTERM as a study checks its --workdir, before its try (a SIGTERM raises TerminatedEarly
-# anywhere in a main from stop_if_interrupted_early on): it ended in a traceback, exit 1.
-_SIGTERM_AT_THE_WORKDIR_CHECK = """
-import runpy, signal, sys
-import research.atomic_files as atomic_files
-unwritable_reason = atomic_files.unwritable_reason
-def sigterm_then_check(*args, **kwargs):
-    signal.raise_signal(signal.SIGTERM)
-    return unwritable_reason(*args, **kwargs)
-atomic_files.unwritable_reason = sigterm_then_check
-sys.argv = {argv!r}
-runpy.run_module(sys.argv[0], run_name="__main__")
-"""
-
-
 @pytest.mark.parametrize("module, config", [c for c in COMMANDS if c[0] in ("experiments.emergence",
                                                                        "experiments.scaling_laws")])
 def test_a_sigterm_anywhere_in_a_main_is_one_line_and_exit_143(tmp_path, module, config):
+    """A real SIGTERM as a study checks its --workdir, before its try (a SIGTERM raises
+    TerminatedEarly anywhere in a main from stop_if_interrupted_early on): it ended in a
+    traceback, exit 1."""
     workdir = tmp_path / "study"
-    script = _SIGTERM_AT_THE_WORKDIR_CHECK.format(argv=[module, f"--config={config}", f"--workdir={workdir}"])
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_with_signal_during("research.atomic_files", "unwritable_reason", "SIGTERM",
+                                    [module, f"--config={config}", f"--workdir={workdir}"])
     assert result.returncode == 143, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
         "error: stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
