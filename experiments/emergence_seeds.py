@@ -214,7 +214,7 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
     shortest answer length's curve, report/mirage_along_training.json) and p at the end at the
     longest answer length (the final evaluation). None when a run did not track the shortest
     length at every checkpoint of a size (report.transition_task): no onset can be read."""
-    out = []
+    out, curves = [], []  # curves[i]: {step: p} on out[i]'s matched_task, for _read_after_onset
     for run in runs:
         final = {(r["size"], r["task"]): r for r in run["rows"]}
         lengths = {r["task"]: float(np.mean(r["items"]["answer_tokens"])) for r in run["rows"]}
@@ -232,14 +232,14 @@ def onsets(runs: Sequence[dict[str, Any]], sizes: Sequence[str], num_shots: int)
             out.append({"seed": run["seed"], "size": size, "params_non_embedding": row["params_non_embedding"],
                         "onset_task": shortest, "onset_step": onset_step(*zip(*curve)), "final_step": curve[-1][0],
                         "final_task": longest, "final_p": float(np.mean(row["items"][P])),
-                        "matched_task": matched_task,
-                        "_curve": {r["step"]: r["p"] for r in along_all
-                                   if r["task"] == matched_task and r["size"] == size and r["num_shots"] == num_shots}})
-    _read_after_onset(out)
+                        "matched_task": matched_task})
+            curves.append({r["step"]: r["p"] for r in along_all
+                           if r["task"] == matched_task and r["size"] == size and r["num_shots"] == num_shots})
+    _read_after_onset(out, curves)
     return out
 
 
-def _read_after_onset(rows: list[dict[str, Any]]) -> None:
+def _read_after_onset(rows: list[dict[str, Any]], curves: Sequence[dict[int, float]]) -> None:
     """Set each row's p_after_onset: p on its matched_task at onset + after_onset_steps, the
     largest offset every pair that left the plateau reached by its last checkpoint (None for a
     pair that never left, or whose curve lacks that step). The final p of a size that left the
@@ -247,8 +247,7 @@ def _read_after_onset(rows: list[dict[str, Any]]) -> None:
     sizes are compared at the same time since their onset."""
     left = [r for r in rows if r["onset_step"] is not None]
     offset = min((r["final_step"] - r["onset_step"] for r in left), default=None)
-    for r in rows:
-        curve = r.pop("_curve")
+    for r, curve in zip(rows, curves):
         r["after_onset_steps"] = offset
         r["p_after_onset"] = (None if r["onset_step"] is None or offset is None
                               else curve.get(r["onset_step"] + offset))
