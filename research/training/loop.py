@@ -204,7 +204,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # Until this call saves a checkpoint, nothing of it exists to resume: a bad input or a stop (Ctrl-C,
     # SIGTERM, a second Ctrl-C while the first block compiles) then withdraws the claims this call made
     # (below), so a corrected or changed command is not refused as "another run".
-    members, prefetcher, guard, saved = [], None, None, []
+    members, writers, prefetcher, guard, saved = [], [], None, None, []
     try:
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
@@ -220,10 +220,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         batch_partition = partitioning.batch_partition_spec(rules)
         if across:  # no model's batch is split: nothing in a model names a mesh axis
             batch_partition = PartitionSpec()
-        members = [members_lib.Member(i, c, w, checkpoint_config,  # [issue-13b] writer
-                                      metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()),
+        for c, w in zip(configs, workdirs):  # one at a time: a stop while the next starts finds those before it
+            writers.append(metrics_lib.MetricWriter(w, wandb=wandb_config, run_config=c.to_dict()))  # [issue-13b]
+        members = [members_lib.Member(i, c, w, checkpoint_config, writer,
                                       Checkpointer(os.path.join(os.path.abspath(w), "checkpoints"), checkpoint_config))
-                   for i, (c, w) in enumerate(zip(configs, workdirs))]
+                   for i, (c, w, writer) in enumerate(zip(configs, workdirs, writers))]
         sources = [batches("train", seed) for seed in data_seeds]
         guard = preemption.Guard().install()  # [issue-13b] SIGINT/SIGTERM from here on: save and stop cleanly
 
@@ -388,7 +389,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         m.last.update(metrics)
     except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):
         if not saved and jax.process_index() == 0:  # the process that recorded the claims
-            workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own
+            withdrawn = workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own
+            for w, writer in zip(workdirs, writers):  # and their records: a rerun must not show this setup's curves
+                if w in withdrawn:
+                    writer.discard()
         raise
     finally:
         if guard is not None:
@@ -397,5 +401,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             prefetcher.close()
         for m in members:
             m.checkpointer.close()  # waits for a save in flight
-            m.writer.close()
+        for writer in writers:
+            writer.close()
     return [m.error if m.error is not None else dict(m.last) for m in members]

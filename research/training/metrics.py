@@ -7,12 +7,14 @@ same devices.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
 import os
 import secrets
+import shutil
 import sys
 import time
 from typing import Any, Mapping, Sequence
@@ -31,6 +33,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 WANDB_ID_FILE = "wandb_run_id"
+WANDB_DIR = "wandb"  # wandb.init(dir=workdir) keeps its runs (offline: the whole log) here
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,14 +80,25 @@ class MetricWriter:
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tensorboard = None
         self._wandb_run = None
+        # What the workdir held of this writer's files before it started: `discard` removes the
+        # rest and only the rest (a resumed run's earlier event files stay).
+        self._before: dict[str, frozenset[str] | None] = {}
         if self.enabled:
-            SummaryWriter = _summary_writer_class()
-            os.makedirs(workdir, exist_ok=True)
-            self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-            from tensorboardX.proto.summary_pb2 import Summary
-            self._summary = Summary
-            if wandb is not None and wandb.project:
-                self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
+            use_wandb = wandb is not None and bool(wandb.project)
+            owned = [self.path, os.path.join(workdir, TENSORBOARD_DIR)]
+            owned += [os.path.join(workdir, WANDB_ID_FILE), os.path.join(workdir, WANDB_DIR)] if use_wandb else []
+            self._before = {path: _entries(path) for path in owned}
+            try:  # a Ctrl-C while W&B starts (seconds): what was made so far is still this writer's to discard
+                SummaryWriter = _summary_writer_class()
+                os.makedirs(workdir, exist_ok=True)
+                self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+                from tensorboardX.proto.summary_pb2 import Summary
+                self._summary = Summary
+                if use_wandb:
+                    self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
+            except BaseException:
+                self.discard()
+                raise
 
     def forget_after(self, step: int) -> None:
         """Drop records past `step`: a resumed run rewrites them, so the log reads as one run."""
@@ -120,9 +134,39 @@ class MetricWriter:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+            self._tensorboard = None
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
+
+    def discard(self) -> None:
+        """Close, then remove what this writer added to the workdir (metrics.jsonl, its TensorBoard
+        event file, a W&B id file and offline run), keeping what was there before it started: for
+        a run whose workdir claim is withdrawn (nothing of it saved), whose curves a rerun would
+        otherwise show beside its own. An online W&B run stays on the server."""
+        self.close()
+        for path, before in self._before.items():
+            if before is None:  # the writer made it: all of it goes
+                _remove(path)
+            elif os.path.isdir(path):  # it was there: only the entries added since
+                for name in set(os.listdir(path)) - before:
+                    _remove(os.path.join(path, name))
+        self._before = {}
+
+
+def _entries(path: str) -> frozenset[str] | None:
+    """None when `path` does not exist; else the names in it (a directory), or none (a file, kept whole)."""
+    if not os.path.lexists(path):
+        return None
+    return frozenset(os.listdir(path)) if os.path.isdir(path) and not os.path.islink(path) else frozenset()
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _start_wandb(workdir: str, config: WandbConfig, run_config: Mapping[str, Any]) -> Any:

@@ -206,13 +206,15 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
     return first
 
 
-def unclaim(workdirs: Sequence[str]) -> None:
+def unclaim(workdirs: Sequence[str]) -> list[str]:
     """Withdraw the claims `claim_all` made first on `workdirs` (a bad input found after the
-    claim, before any training): the corrected command must not be refused as another run."""
-    for workdir in workdirs:
-        if not _has_checkpoint(workdir):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(workdir, RUN_FILE))
+    claim, before any training): the corrected command must not be refused as another run.
+    Returns the workdirs withdrawn (those with no checkpoint), whose records the caller discards."""
+    withdrawn = [workdir for workdir in workdirs if not _has_checkpoint(workdir)]
+    for workdir in withdrawn:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(workdir, RUN_FILE))
+    return withdrawn
 
 
 def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:

@@ -12,7 +12,8 @@ import jax
 import pytest
 
 from research import early_interrupts
-from research.training import blocks, members as members_lib, preemption, train_and_evaluate, workdir as workdir_lib
+from research.training import blocks, members as members_lib, metrics as metrics_lib, preemption, train_and_evaluate
+from research.training import workdir as workdir_lib
 from research.training.checkpointing import CheckpointError
 
 from tests.signals import run_with_signal_during
@@ -173,6 +174,26 @@ def test_sigterm_during_setup_is_one_line_exit_143_and_leaves_the_workdir_free(t
         "stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
         "checkpoint, or from the start if none was saved yet."), result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not (workdir / workdir_lib.RUN_FILE).exists()
+
+
+def test_a_real_sigterm_during_setup_removes_the_setups_tensorboard_and_wandb_files(tokenizers, tmp_path,
+                                                                                      monkeypatch):
+    """A SIGTERM once the run's writers started (TensorBoard, W&B offline), before any save: exit
+    143, one line, and the workdir holds none of the setup's files (a rerun showed the stale
+    curves, W&B resumed the stopped setup's run id) beside what it held before."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    config.wandb.update(project="research-test", mode="offline")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("the user's")
+    result = run_with_signal_during("research.training.members", "restore_or_init", "SIGTERM", [
+        "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny", f"--workdir={workdir}",
+        *cli_overrides(config)])
+    assert result.returncode == 143, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("stopped by SIGTERM") and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "notes.txt"], result.stderr[-3000:]
 
 
 @pytest.fixture
@@ -402,17 +423,27 @@ def _stopped_in_setup(monkeypatch, how):
     return KeyboardInterrupt
 
 
+def _event_files(workdir):
+    return sorted(p.name for p in (workdir / metrics_lib.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+
+
 @pytest.mark.parametrize("how", ["signal", "keyboard_interrupt"])
 def test_a_ctrl_c_during_setup_leaves_the_workdir_free_for_other_settings(how, tokenizers, tmp_path, monkeypatch):
     """Nothing was trained or saved, so the claim is withdrawn: rerunning with another
-    train.seq_len is accepted (it was refused as 'holds another run')."""
+    train.seq_len is accepted (it was refused as 'holds another run'). The setup's records go
+    with it (a rerun showed its curves beside its own); what the workdir held before stays."""
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
     workdir = tmp_path / "run"
+    earlier = workdir / metrics_lib.TENSORBOARD_DIR / "events.out.tfevents.1700000000.earlier"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier writer's events")
     with monkeypatch.context() as patch:
         stop = _stopped_in_setup(patch, how)
         with pytest.raises(stop):
             train_and_evaluate(config, str(workdir))
         assert not (workdir / workdir_lib.RUN_FILE).exists()
+        assert _event_files(workdir) == [earlier.name] and earlier.read_bytes() == b"an earlier writer's events"
+        assert not (workdir / metrics_lib.METRICS_FILE).exists()
         config.train.seq_len = 16
         with pytest.raises(stop):  # past the claim: the changed setting was accepted
             train_and_evaluate(config, str(workdir))
@@ -440,17 +471,20 @@ def test_a_second_ctrl_c_in_training_keeps_the_claim_only_once_a_checkpoint_was_
 
 
 def test_a_ctrl_c_during_the_setup_of_a_resumed_run_keeps_its_claim(tokenizers, tmp_path, monkeypatch):
-    """With a checkpoint in the workdir the run exists: a stop during setup keeps run.json, and
-    a changed setting is still refused."""
+    """With a checkpoint in the workdir the run exists: a stop during setup keeps run.json and
+    the run's records, and a changed setting is still refused."""
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
     workdir = tmp_path / "run"
     train_and_evaluate(config, str(workdir))
+    trained = (_event_files(workdir), (workdir / metrics_lib.METRICS_FILE).read_text())
     config.train.num_steps = 4
     for how in ("signal", "keyboard_interrupt"):
         with monkeypatch.context() as patch:
             with pytest.raises(_stopped_in_setup(patch, how)):
                 train_and_evaluate(config, str(workdir))
         assert (workdir / workdir_lib.RUN_FILE).exists()
+        assert set(trained[0]) <= set(_event_files(workdir))
+        assert (workdir / metrics_lib.METRICS_FILE).read_text() == trained[1]
     config.train.seq_len = 16
     with pytest.raises(workdir_lib.WorkdirError, match="holds another run"):
         train_and_evaluate(config, str(workdir))

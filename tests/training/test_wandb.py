@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import pretrain
 from research.models.config import ConfigError
-from research.training.metrics import WANDB_ID_FILE, MetricWriter, WandbConfig
+from research.training.metrics import WANDB_DIR, WANDB_ID_FILE, MetricWriter, WandbConfig
 
 
 def test_off_by_default_and_bad_mode_is_one_line(tmp_path):
@@ -38,3 +38,19 @@ def test_offline_run_logs_the_scalars_under_the_workdir(tmp_path, monkeypatch):
     for text in (b"loss", b"2.75", b"2.5", b"tokens_per_second", b"1234.5"):
         assert text in logged, text
     assert os.path.getsize(tmp_path / "metrics.jsonl") > 0  # the JSONL log is written as before
+
+
+def test_discard_removes_the_offline_run_it_started_and_keeps_what_was_there(tmp_path, monkeypatch):
+    """A withdrawn claim discards the writer's files: the offline run it started goes, an earlier
+    run's W&B directory and id file (which the writer resumed) stay."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    earlier_run = tmp_path / WANDB_DIR / "offline-run-20260101_000000-0123456789abcdef"
+    earlier_run.mkdir(parents=True)
+    (tmp_path / WANDB_ID_FILE).write_text("0123456789abcdef\n")
+    writer = MetricWriter(str(tmp_path), enabled=True, wandb=WandbConfig(project="research-test", mode="offline"))
+    writer.write(0, {"loss": 2.75})
+    assert len(glob.glob(str(tmp_path / WANDB_DIR / "offline-run-*-0123456789abcdef"))) == 2
+    writer.discard()
+    assert glob.glob(str(tmp_path / WANDB_DIR / "offline-run-*")) == [str(earlier_run)]
+    assert (tmp_path / WANDB_ID_FILE).read_text() == "0123456789abcdef\n"
+    assert sorted(os.listdir(tmp_path)) == [WANDB_DIR, WANDB_ID_FILE]
