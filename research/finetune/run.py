@@ -47,21 +47,31 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     before any loading); a bad input found later withdraws the claim, and removes a workdir
     this call created that holds no checkpoint, so the corrected command starts clean. A stop
     (Ctrl-C, SIGTERM) before the first checkpoint withdraws the claim too: nothing of the run
-    exists to resume, so a changed command must not be refused as another run."""
+    exists to resume, so a changed command must not be refused as another run, and its records
+    (metrics.jsonl, TensorBoard events) go too."""
     import jax
 
     from research.data import DataError
     from research.finetune.checks import check_config
     from research.finetune.run_identity import claim_workdir
+    from research.training.metrics import MetricWriter
     from research.training import workdir as workdir_lib
 
     check_config(config)  # values no run could use: one line before the workdir is touched
     errors = (ConfigError, DataError)
     with workdir_lib.removed_if_failed(workdir, errors):
         claimed = claim_workdir(workdir, config.to_dict(), record=jax.process_index() == 0)
+        writer = None
         try:
-            return run_job(build_job(config), config, workdir)
+            job = build_job(config)
+            writer = MetricWriter(workdir)
+            return run_job(job, config, workdir, writer)
         except (*errors, KeyboardInterrupt):  # a bad input, or a Ctrl-C / SIGTERM (early_interrupts.TerminatedEarly)
-            if jax.process_index() == 0:  # only a claim with no checkpoint yet is withdrawn
-                workdir_lib.unclaim(claimed)
+            # Only a claim with no checkpoint yet is withdrawn, and with it the records this call
+            # wrote (a rerun would show them beside its own).
+            if jax.process_index() == 0 and workdir_lib.unclaim(claimed) and writer is not None:
+                writer.discard()
             raise
+        finally:
+            if writer is not None:
+                writer.close()

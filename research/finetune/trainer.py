@@ -84,8 +84,11 @@ def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
     return LoraConfig(**section)
 
 
-def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train (or resume) `job` in `workdir`; returns {before_*: step-0 eval, last train and eval metrics}."""
+def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
+            writer: metrics_lib.MetricWriter) -> dict[str, float]:
+    """Train (or resume) `job` in `workdir`; returns {before_*: step-0 eval, last train and eval metrics}.
+    `writer` (the caller's, which closes it) takes the records: a caller withdrawing its claim
+    on a stop discards them."""
     os.makedirs(workdir, exist_ok=True)
     train = TrainConfig(**_sub(config.train))
     opt_config = OptimizerConfig(total_steps=train.num_steps, **_sub(config.opt))
@@ -106,7 +109,6 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
-    writer = metrics_lib.MetricWriter(workdir)
     train_iter = job.train_batches(train.seed)
     last: dict[str, float] = {}
     try:
@@ -194,7 +196,6 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str) -
                 _export(job, merge(state.params), config.export_dir, job.tokenizer)
     finally:
         checkpointer.close()
-        writer.close()
     return last
 
 

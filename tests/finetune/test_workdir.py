@@ -9,6 +9,7 @@ import pytest
 
 from research.early_interrupts import TerminatedEarly
 from research.finetune import finetune_and_evaluate, run as run_module
+from research.training.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricWriter
 from research.training.workdir import RUN_FILE, WorkdirError
 
 from tests.finetune.conftest import REPO, tiny_config as preset_config
@@ -66,18 +67,33 @@ def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path
         finetune_and_evaluate(full, str(workdir))
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, TerminatedEarly])
-def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_settings(stop, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop, where", [(KeyboardInterrupt, "build_job"), (TerminatedEarly, "build_job"),
+                                         (KeyboardInterrupt, "first_record")])
+def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_settings(stop, where, tmp_path,
+                                                                                         monkeypatch):
     """A Ctrl-C (KeyboardInterrupt) or a SIGTERM (TerminatedEarly: fine-tuning has no Guard) while
-    the job is built, after the claim: nothing was saved, so run.json must not stay behind (a
-    changed rerun was refused as another run)."""
+    the job is built, after the claim, or once the step-0 evaluation is recorded: nothing was
+    saved, so run.json must not stay behind (a changed rerun was refused as another run), nor
+    the records written so far (a rerun showed them beside its own); earlier files stay."""
     def stopped(*args, **kwargs):
         raise stop
-    monkeypatch.setattr(run_module, "build_job", stopped)
+    write = MetricWriter.write
+
+    def write_then_stop(writer, step, metrics):
+        write(writer, step, metrics)
+        raise stop
+    if where == "build_job":
+        monkeypatch.setattr(run_module, "build_job", stopped)
+    else:
+        monkeypatch.setattr(MetricWriter, "write", write_then_stop)
     workdir = tmp_path / "run"
+    earlier = workdir / TENSORBOARD_DIR / "events.out.tfevents.1700000000.earlier"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier writer's events")
     with pytest.raises(stop):
         finetune_and_evaluate(tiny_config("sft_tiny", num_steps=2), str(workdir))
-    assert not (workdir / RUN_FILE).exists()
+    assert not (workdir / RUN_FILE).exists() and not (workdir / METRICS_FILE).exists()
+    assert os.listdir(earlier.parent) == [earlier.name] and earlier.read_bytes() == b"an earlier writer's events"
     with pytest.raises(stop):  # past the claim: another setting is accepted
         finetune_and_evaluate(tiny_config("sft_lora_tiny", num_steps=2), str(workdir))
 
