@@ -94,17 +94,20 @@ def _exit_if_config_file_missing() -> None:
             sys.exit(_missing_config_file(flag.name, str(flag.serialize()).split("=", 1)[-1].split(":", 1)[0]))
 
 
-def exit_stopped(stop: BaseException | None) -> NoReturn:
+def exit_stopped(stop: BaseException | None, *, one_run: bool = False) -> NoReturn:
     """Exit after a Ctrl-C / SIGTERM: `stop` (preemption.Interrupted or workers.Stopped, whose
     checkpoints are saved) in one line with its exit code, 130 / 143, so a scheduler sees the job
     was stopped, not finished; a KeyboardInterrupt (a second Ctrl-C, one outside a training loop,
     or a SIGTERM before a loop's Guard: research.early_interrupts.TerminatedEarly) or None (a
-    Ctrl-C), that line for a stop without a save, exit 130 / 143."""
+    Ctrl-C), that line for a stop without a save, exit 130 / 143. one_run: the command trains one
+    run (experiments.pretrain), which continues from its last checkpoint, not a study's runs from theirs."""
     if stop is None or isinstance(stop, KeyboardInterrupt):
         from research.early_interrupts import signal_exit_code, stop_signal_name
         name = stop_signal_name(stop)
+        where = ("last checkpoint, or from the start if none was saved yet" if one_run
+                 else "last checkpoint(s), or from the start where none was saved yet")
         print(f"\nerror: stopped by {name} without saving this step; rerun the same command to continue from the "
-              "last checkpoint(s), or from the start where none was saved yet.", file=sys.stderr)
+              f"{where}.", file=sys.stderr)
         sys.exit(signal_exit_code(name))
     print(f"\nerror: {stop}", file=sys.stderr)  # on a line of its own, not after a progress bar's
     sys.exit(stop.exit_code)

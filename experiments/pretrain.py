@@ -40,8 +40,7 @@ def main(argv):
     from research.training.checkpointing import CheckpointError
     from research.training.preemption import Interrupted
     from research.training.workdir import removed_if_failed
-    from research.early_interrupts import signal_exit_code, stop_signal_name
-    from experiments.cli import stop_if_interrupted_early
+    from experiments.cli import exit_stopped, stop_if_interrupted_early
     stop_if_interrupted_early()  # a Ctrl-C / SIGTERM during the imports above; from here one raises, caught below
 
     try:  # all that follows: a SIGTERM outside it (a Guard's is over) ended in a traceback, exit 1
@@ -53,14 +52,10 @@ def main(argv):
         # trained together each model's key is "<field>=<value>/z_loss".
         final = weighted_z_loss(final, config.train.z_loss)
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
-    except Interrupted as stop:  # Ctrl-C / SIGTERM: checkpoint saved; exit 130 / 143 so schedulers see it
-        print(f"{stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except KeyboardInterrupt as stop:  # a second Ctrl-C, or a Ctrl-C / SIGTERM before the run took over the signal
-        name = stop_signal_name(stop)  # SIGTERM: research.early_interrupts.TerminatedEarly
-        print(f"stopped by {name} without saving this step; rerun the same command to continue from the last "
-              "checkpoint, or from the start if none was saved yet.", file=sys.stderr)
-        sys.exit(signal_exit_code(name))
+    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C / SIGTERM: one line, exit 130 / 143 so schedulers see it
+        # Interrupted: the run saved its step; a KeyboardInterrupt (a second Ctrl-C, or one before the
+        # run's Guard took over; SIGTERM: early_interrupts.TerminatedEarly): nothing new was saved.
+        exit_stopped(stop, one_run=True)
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
 

@@ -50,7 +50,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_is_exact(tokenizers, compi
     assert process.returncode == 128 + signal.SIGTERM, f"{process.returncode}\n{stderr[-3000:]}"
     last = stderr.strip().splitlines()[-1]
     stopped_at = latest_checkpoint(workdir)
-    assert last == (f"stopped by SIGTERM at step {stopped_at}; checkpoint saved in {workdir}/checkpoints; "
+    assert last == (f"error: stopped by SIGTERM at step {stopped_at}; checkpoint saved in {workdir}/checkpoints; "
                     "rerun the same command to continue."), stderr[-3000:]
     assert "Traceback" not in stderr
     print(f"stopped at step {stopped_at}")
@@ -78,8 +78,8 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tokenizers, tmp_path):
     assert process.returncode == 130, f"{process.returncode}\n{stderr[-3000:]}"
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("stopped by SIGINT") and last.endswith("rerun the same command to continue.") or \
-        last.endswith("or from the start if none was saved yet."), last
+    assert last.startswith("error: stopped by SIGINT") and (last.endswith("rerun the same command to continue.") or
+                                                            last.endswith("or from the start if none was saved yet.")), last
 
 
 COMMANDS = [("experiments.pretrain", "experiments/configs/pretrain.py:gpt_tiny"),
@@ -171,7 +171,7 @@ def test_sigterm_during_setup_is_one_line_exit_143_and_leaves_the_workdir_free(t
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 143, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
-        "stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
+        "error: stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
         "checkpoint, or from the start if none was saved yet."), result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not (workdir / workdir_lib.RUN_FILE).exists()
 
@@ -192,7 +192,9 @@ def test_a_real_sigterm_during_setup_removes_the_setups_tensorboard_and_wandb_fi
         *cli_overrides(config)])
     assert result.returncode == 143, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("stopped by SIGTERM") and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[-1] == "error: stopped by SIGTERM before training step 1; nothing new to save; rerun the same " \
+        "command to continue.", result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "notes.txt"], result.stderr[-3000:]
 
 
