@@ -53,7 +53,7 @@ _EXPORTS = {
     "DataConfig": "config", "DataError": "config", "TokenizerConfig": "config",
     "CausalLM": "objectives", "MaskedLM": "objectives", "Objective": "objectives",
     "ObjectiveName": "objectives", "PrefixLM": "objectives", "SpanCorruption": "objectives",
-    "get_objective": "objectives",
+    "get_objective": "objectives", "objective_for_family": "objectives",
     "check_batch_shape": "pipeline", "make_batch_dataset": "pipeline", "make_batch_iterator": "pipeline",
     "document_source": "sources",
     "SpecialTokens": "tokenizer", "Tokenizer": "tokenizer", "build_tokenizer": "tokenizer", "build_shared_tokenizer": "tokenizer",

@@ -18,7 +18,7 @@ Long documents are cut into windows; each window is its own packed segment.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Mapping, Union
 
 import numpy as np
 
@@ -323,3 +323,14 @@ def get_objective(objective: ObjectiveName | Objective) -> Objective:
             raise DataError(f"objective={objective!r} is not one of {tuple(_BY_NAME)}.")
         return _BY_NAME[objective]()
     return objective
+
+
+def objective_for_family(name: ObjectiveName, family: str, options: Mapping[str, Any] | None = None) -> Objective:
+    """Objective `name` with `options` (a run's objective_options) for a model of `family`
+    (research.models): an encoder-decoder model (T5) gets encoder-decoder examples from an
+    objective that makes both (prefix_lm), unless the options say otherwise."""
+    objective = get_objective(name)
+    options = dict(options or {})
+    if family == "encoder_decoder" and "encoder_decoder" in {f.name for f in dataclasses.fields(objective)}:
+        options = {"encoder_decoder": True, **options}
+    return dataclasses.replace(objective, **options) if options else objective

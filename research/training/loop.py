@@ -112,14 +112,6 @@ def _rules(mesh_config: Any) -> Rules:
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
-def _data_objective(name: str, family: str, options: dict[str, Any]):
-    """The data-side objective (research.data), told to build encoder-decoder examples for T5."""
-    objective = data_lib.get_objective(name)
-    if family == "encoder_decoder" and "encoder_decoder" in {f.name for f in dataclasses.fields(objective)}:
-        options = {"encoder_decoder": True, **options}
-    return dataclasses.replace(objective, **options) if options else objective
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (or resume) the run described by `config` in `workdir`; returns the last
     train and eval metrics. Writes metrics.jsonl, tensorboard/, checkpoints/ there.
@@ -184,8 +176,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
     members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
-    data_objective = _data_objective(config.objective, model_config.family,
-                                     _sub_config(config.get("objective_options", {})))
+    data_objective = data_lib.objective_for_family(config.objective, model_config.family,
+                                                   _sub_config(config.get("objective_options", {})))
     # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run (every
     # model's, before any is created), then create them.
     claimed = workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)],

@@ -3,7 +3,7 @@ import grain
 import numpy as np
 import pytest
 
-from research.data import CausalLM, DataError, MaskedLM, PrefixLM, SpanCorruption, get_objective
+from research.data import CausalLM, DataError, MaskedLM, PrefixLM, SpanCorruption, get_objective, objective_for_family
 from research.data.objectives import (causal_lm_examples, corrupt_spans, random_spans_noise_mask,
                                       span_corruption_lengths)
 from research.data.pipeline import batches_from_token_documents
@@ -197,3 +197,13 @@ def test_objective_errors_are_one_line():
         get_objective("mlm")
     with pytest.raises(DataError, match="seq_len=1"):
         CausalLM().validate(HANDMADE, 1)
+
+
+def test_objective_for_family_makes_encoder_decoder_examples_for_t5_unless_the_options_say_otherwise():
+    """The train loop's objective: prefix_lm for T5 splits into encoder / decoder features; a
+    decoder keeps the decoder-only layout; objective_options win over the family's default."""
+    assert objective_for_family("prefix_lm", "encoder_decoder") == PrefixLM(encoder_decoder=True)
+    assert objective_for_family("prefix_lm", "decoder") == PrefixLM()
+    assert objective_for_family("prefix_lm", "encoder_decoder", {"encoder_decoder": False}) == PrefixLM()
+    assert objective_for_family("masked_lm", "encoder", {"mask_rate": 0.3}) == MaskedLM(mask_rate=0.3)
+    assert objective_for_family("span_corruption", "encoder_decoder") == SpanCorruption()
