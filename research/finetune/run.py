@@ -68,9 +68,10 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
             return run_job(job, config, workdir, writer)
         except (*errors, KeyboardInterrupt):  # a bad input, or a Ctrl-C / SIGTERM (early_interrupts.TerminatedEarly)
             # Only a claim with no checkpoint yet is withdrawn, and with it the records this call
-            # wrote (a rerun would show them beside its own).
+            # wrote (a rerun would show them beside its own); an error there is a warning line, the
+            # stop (or the bad input's error) stays what is raised.
             if jax.process_index() == 0 and workdir_lib.unclaim(claimed) and writer is not None:
-                writer.discard()
+                writer.discard_or_warn()
             raise
         finally:
             if writer is not None:

@@ -384,7 +384,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             withdrawn = workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own
             for w, writer in zip(workdirs, writers):  # and their records: a rerun must not show this setup's curves
                 if w in withdrawn:
-                    writer.discard()
+                    writer.discard_or_warn()  # an error there is a warning line: the stop stays the stop
         raise
     finally:
         if guard is not None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import secrets
@@ -27,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from research.atomic_files import write_text_atomically
 from research.models import sizing
 from research.models.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -97,7 +100,9 @@ class MetricWriter:
                 if use_wandb:
                     self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
             except BaseException:
-                self.discard()
+                # Also where the caller keeps its claim (a resumed run): harmless, as discard removes
+                # only what this writer added, none of which any run needs.
+                self.discard_or_warn()
                 raise
 
     def forget_after(self, step: int) -> None:
@@ -132,26 +137,45 @@ class MetricWriter:
             self._wandb_run.log(scalars, step=int(step))
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
+        self._close()
+
+    def _close(self, exit_code: int | None = None) -> None:
+        # Each is let go of before it is closed: a close that raises is not tried again by the
+        # caller's `finally` (which would replace the stop being handled).
+        tensorboard, self._tensorboard = self._tensorboard, None
+        run, self._wandb_run = self._wandb_run, None
+        try:
+            if tensorboard is not None:
+                tensorboard.close()
+        finally:
+            if run is not None:
+                run.finish() if exit_code is None else run.finish(exit_code=exit_code)
 
     def discard(self) -> None:
         """Close, then remove what this writer added to the workdir (metrics.jsonl, its TensorBoard
         event file, a W&B id file and offline run), keeping what was there before it started: for
         a run whose workdir claim is withdrawn (nothing of it saved), whose curves a rerun would
-        otherwise show beside its own. An online W&B run stays on the server."""
-        self.close()
-        for path, before in self._before.items():
-            if before is None:  # the writer made it: all of it goes
-                _remove(path)
-            elif os.path.isdir(path):  # it was there: only the entries added since
-                for name in set(os.listdir(path)) - before:
-                    _remove(os.path.join(path, name))
-        self._before = {}
+        otherwise show beside its own. An online W&B run stays on the server, marked failed."""
+        try:
+            self._close(exit_code=1)  # a run about to be deleted did not finish
+        finally:
+            before, self._before = self._before, {}
+            for path, was in before.items():
+                if was is None:  # the writer made it: all of it goes
+                    _remove(path)
+                elif os.path.isdir(path):  # it was there: only the entries added since
+                    for name in set(os.listdir(path)) - was:
+                        _remove(os.path.join(path, name))
+
+    def discard_or_warn(self) -> None:
+        """`discard`, for a caller handling a stop (Ctrl-C, SIGTERM) or a bad input: an error while
+        cleaning up (W&B's finish, a file it may not remove) is one warning line, and the stop goes
+        on with its own line and exit code."""
+        try:
+            self.discard()
+        except Exception as error:
+            log.warning("could not remove the stopped setup's records from %s (%s: %s); remove them by hand if a "
+                        "rerun shows them", os.path.dirname(self.path) or ".", type(error).__name__, error)
 
 
 def _entries(path: str) -> frozenset[str] | None:

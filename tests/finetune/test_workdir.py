@@ -98,6 +98,30 @@ def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_se
         finetune_and_evaluate(tiny_config("sft_lora_tiny", num_steps=2), str(workdir))
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, TerminatedEarly])
+def test_a_failing_discard_after_a_stop_is_a_warning_and_the_stop_goes_on(stop, tmp_path, monkeypatch, caplog):
+    """Removing the records of a stopped fine-tuning setup fails (a permission, W&B's finish):
+    the stop still propagates (the command's one line, exit 130 / 143) and the claim is
+    withdrawn; the failure is one warning line. It replaced the stop, with a traceback."""
+    import logging
+    write = MetricWriter.write
+
+    def write_then_stop(writer, step, metrics):
+        write(writer, step, metrics)
+        raise stop
+
+    def refused(writer):
+        raise PermissionError(13, "Permission denied", writer.path)
+    monkeypatch.setattr(MetricWriter, "write", write_then_stop)
+    monkeypatch.setattr(MetricWriter, "discard", refused)
+    workdir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="research.training.metrics"), pytest.raises(stop):
+        finetune_and_evaluate(tiny_config("sft_tiny", num_steps=2), str(workdir))
+    assert not (workdir / RUN_FILE).exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "research.training.metrics"]
+    assert "could not remove" in warning and "PermissionError" in warning
+
+
 def test_a_rerun_of_a_finished_run_says_it_trained_nothing_and_where_the_results_are(tmp_path, caplog):
     """It printed only the restored model's evaluation, as if it had just trained."""
     import logging

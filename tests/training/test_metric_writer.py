@@ -1,12 +1,16 @@
-"""MetricWriter's TensorBoard events: every scalar of every step, readable as TensorBoard reads them."""
+"""MetricWriter's TensorBoard events: every scalar of every step, readable as TensorBoard reads them;
+what `discard` removes (what the writer added) and keeps (what was there)."""
 import glob
 import json
+import logging
 import os
 import struct
 
+import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from research.training.metrics import MetricWriter, read_metrics
+from research.training import metrics as metrics_lib
+from research.training.metrics import MetricWriter, WandbConfig, read_metrics
 
 
 def _events(directory: str) -> list[Event]:
@@ -47,3 +51,46 @@ def test_forget_after_drops_later_steps_and_a_line_a_kill_cut_short(tmp_path):
     with open(writer.path) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
     assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
+
+
+def test_a_failing_cleanup_while_the_writer_starts_is_a_warning_and_the_stop_goes_on(tmp_path, monkeypatch,
+                                                                                   caplog):
+    """A Ctrl-C while W&B starts, and discarding what was made so far fails (a file it may not
+    remove): the Ctrl-C is what propagates (the command's one stop line and exit 130), the
+    failure one warning line; it replaced the KeyboardInterrupt with its own traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(metrics_lib, "_start_wandb", interrupted)
+    monkeypatch.setattr(metrics_lib, "_remove", refused)
+    with caplog.at_level(logging.WARNING, logger=metrics_lib.__name__), pytest.raises(KeyboardInterrupt):
+        MetricWriter(str(tmp_path), enabled=True, wandb=WandbConfig(project="research-test", mode="offline"))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "could not remove" in warning and "PermissionError" in warning and "\n" not in warning
+
+
+def test_discard_marks_the_wandb_run_failed_and_a_finish_error_still_removes_the_files(tmp_path, monkeypatch,
+                                                                                      caplog):
+    """The W&B run of a discarded setup ends as failed (exit code 1: online, it stays on the
+    server); when finish raises, the files still go and discard_or_warn logs one line."""
+    finished = []
+
+    class Run:
+        def log(self, scalars, step):
+            pass
+
+        def finish(self, exit_code=None):
+            finished.append(exit_code)
+            raise RuntimeError("wandb service went away")
+
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    writer._wandb_run = Run()
+    writer.write(0, {"loss": 2.5})
+    with caplog.at_level(logging.WARNING, logger=metrics_lib.__name__):
+        writer.discard_or_warn()
+    writer.close()  # the caller's `finally`: not tried again
+    assert finished == [1] and os.listdir(tmp_path) == []
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "RuntimeError: wandb service went away" in warning

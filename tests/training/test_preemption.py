@@ -451,6 +451,58 @@ def test_a_ctrl_c_during_setup_leaves_the_workdir_free_for_other_settings(how, t
             train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.parametrize("how", ["signal", "keyboard_interrupt"])
+def test_a_failing_discard_during_a_setup_stop_is_a_warning_and_the_stop_goes_on(how, tokenizers, tmp_path,
+                                                                                 monkeypatch, caplog):
+    """Removing the setup's records fails (a file it may not remove, W&B's finish raising): the
+    stop is still what propagates (its one line, exit 130 / 143), and the claim is withdrawn; the
+    failure is one warning line. The discard's error replaced the stop, with a traceback and exit 1."""
+    def refused(writer):
+        raise PermissionError(13, "Permission denied", writer.path)
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop = _stopped_in_setup(patch, how)
+        patch.setattr(metrics_lib.MetricWriter, "discard", refused)
+        with caplog.at_level(logging.WARNING, logger=metrics_lib.__name__), pytest.raises(stop):
+            train_and_evaluate(config, str(workdir))
+    assert not (workdir / workdir_lib.RUN_FILE).exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == metrics_lib.__name__]
+    assert "could not remove" in warning and "PermissionError" in warning and "\n" not in warning
+
+
+# A real SIGTERM during setup (as restore_or_init is called), and the discard of the setup's
+# records raising, as a permission error would.
+_SIGTERM_AND_A_FAILING_DISCARD = """
+import runpy, signal, sys
+from research.training import members, metrics
+restore_or_init = members.restore_or_init
+def sigterm_then_restore(*args, **kwargs):
+    signal.raise_signal(signal.SIGTERM)
+    return restore_or_init(*args, **kwargs)
+def refused(writer):
+    raise PermissionError(13, "Permission denied", writer.path)
+members.restore_or_init, metrics.MetricWriter.discard = sigterm_then_restore, refused
+sys.argv = {argv!r}
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_real_sigterm_during_setup_whose_discard_fails_is_still_one_line_and_exit_143(tokenizers, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    workdir = tmp_path / "run"
+    script = _SIGTERM_AND_A_FAILING_DISCARD.format(argv=[
+        "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny", f"--workdir={workdir}",
+        *cli_overrides(config)])
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM before training step 1; nothing new to save; rerun the same command to "
+        "continue."), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not (workdir / workdir_lib.RUN_FILE).exists()
+    assert "could not remove the stopped setup's records" in result.stderr, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("at_block, claim_kept", [(1, False), (4, True)])
 def test_a_second_ctrl_c_in_training_keeps_the_claim_only_once_a_checkpoint_was_saved(
         at_block, claim_kept, tokenizers, tmp_path, monkeypatch):
