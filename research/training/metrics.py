@@ -85,12 +85,12 @@ class MetricWriter:
         self._wandb_run = None
         # What the workdir held of this writer's files before it started: `discard` removes the
         # rest and only the rest (a resumed run's earlier event files stay).
-        self._before: dict[str, frozenset[str] | None] = {}
+        self._before: dict[str, _Before] = {}
         if self.enabled:
             use_wandb = wandb is not None and bool(wandb.project)
             owned = [self.path, os.path.join(workdir, TENSORBOARD_DIR)]
             owned += [os.path.join(workdir, WANDB_ID_FILE), os.path.join(workdir, WANDB_DIR)] if use_wandb else []
-            self._before = {path: _entries(path) for path in owned}
+            self._before = {path: _before(path) for path in owned}
             try:  # a Ctrl-C while W&B starts (seconds): what was made so far is still this writer's to discard
                 SummaryWriter = _summary_writer_class()
                 os.makedirs(workdir, exist_ok=True)
@@ -155,7 +155,10 @@ class MetricWriter:
         """Close, then remove what this writer added to the workdir (metrics.jsonl, its TensorBoard
         event file, a W&B id file and offline run), keeping what was there before it started: for
         a run whose workdir claim is withdrawn (nothing of it saved), whose curves a rerun would
-        otherwise show beside its own. An online W&B run stays on the server, marked failed."""
+        otherwise show beside its own. An online W&B run stays on the server, marked failed.
+        Entries of a symlinked tensorboard/ or wandb/ that were there stay (shared log storage);
+        the link itself is never removed. A second process writing to the same workdir at the same
+        time is not supported: what it added would be removed too."""
         try:
             self._close(exit_code=1)  # a run about to be deleted did not finish
         finally:
@@ -163,8 +166,8 @@ class MetricWriter:
             for path, was in before.items():
                 if was is None:  # the writer made it: all of it goes
                     _remove(path)
-                elif os.path.isdir(path):  # it was there: only the entries added since
-                    for name in set(os.listdir(path)) - was:
+                elif isinstance(was, frozenset) and os.path.isdir(path):  # a directory (or a link to one)
+                    for name in set(os.listdir(path)) - was:  # that was there: only the entries added since
                         _remove(os.path.join(path, name))
 
     def discard_or_warn(self) -> None:
@@ -178,11 +181,18 @@ class MetricWriter:
                         "rerun shows them", os.path.dirname(self.path) or ".", type(error).__name__, error)
 
 
-def _entries(path: str) -> frozenset[str] | None:
-    """None when `path` does not exist; else the names in it (a directory), or none (a file, kept whole)."""
+_Before = frozenset | int | None  # a directory's entries; a file (or anything else) and its size; nothing there
+
+
+def _before(path: str) -> _Before:
+    """What is at `path`: a directory's entries, a link to a directory's included (its entries are
+    someone's, say shared log storage's: recording none of them, discard emptied the link's
+    target), a file's size (kept whole), or None when nothing is there."""
+    if os.path.isdir(path):
+        return frozenset(os.listdir(path))
     if not os.path.lexists(path):
         return None
-    return frozenset(os.listdir(path)) if os.path.isdir(path) and not os.path.islink(path) else frozenset()
+    return os.path.getsize(path) if os.path.isfile(path) else 0
 
 
 def _remove(path: str) -> None:

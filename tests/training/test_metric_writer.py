@@ -10,7 +10,7 @@ import pytest
 from tensorboardX.proto.event_pb2 import Event
 
 from research.training import metrics as metrics_lib
-from research.training.metrics import MetricWriter, WandbConfig, read_metrics
+from research.training.metrics import TENSORBOARD_DIR, MetricWriter, WandbConfig, read_metrics
 
 
 def _events(directory: str) -> list[Event]:
@@ -94,3 +94,21 @@ def test_discard_marks_the_wandb_run_failed_and_a_finish_error_still_removes_the
     assert finished == [1] and os.listdir(tmp_path) == []
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "RuntimeError: wandb service went away" in warning
+
+
+def test_discard_through_a_symlinked_tensorboard_directory_removes_only_its_own_event_file(tmp_path):
+    """tensorboard/ a link to shared log storage holding earlier runs' events: discard removed
+    every file in the link's target (it recorded nothing of a link, then followed it)."""
+    shared = tmp_path / "shared" / "tensorboard"
+    shared.mkdir(parents=True)
+    earlier = shared / "events.out.tfevents.1700000000.earlier"
+    earlier.write_bytes(b"an earlier run's events")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / TENSORBOARD_DIR).symlink_to(shared, target_is_directory=True)
+    writer = MetricWriter(str(workdir), enabled=True)
+    writer.write(1, {"loss": 2.5})
+    assert len(os.listdir(shared)) == 2  # the writer's event file went through the link
+    writer.discard()
+    assert os.path.islink(workdir / TENSORBOARD_DIR) and os.listdir(shared) == [earlier.name]
+    assert earlier.read_bytes() == b"an earlier run's events"
