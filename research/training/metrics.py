@@ -119,6 +119,9 @@ class MetricWriter:
                 if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
         write_text_atomically(self.path, "".join(kept))  # a kill during this rewrite must not lose the history
+        if isinstance(self._before.get(self.path), int):  # a file from before: the records dropped here are
+            # dropped by design (a run restarting), so discard cuts the file back to what is left, not to them
+            self._before[self.path] = os.path.getsize(self.path)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -152,10 +155,13 @@ class MetricWriter:
                 run.finish() if exit_code is None else run.finish(exit_code=exit_code)
 
     def discard(self) -> None:
-        """Close, then remove what this writer added to the workdir (metrics.jsonl, its TensorBoard
-        event file, a W&B id file and offline run), keeping what was there before it started: for
-        a run whose workdir claim is withdrawn (nothing of it saved), whose curves a rerun would
-        otherwise show beside its own. An online W&B run stays on the server, marked failed.
+        """Close, then remove what this writer added to the workdir (metrics.jsonl's new records,
+        its TensorBoard event file, a W&B id file and offline run), keeping what was there before
+        it started: for a run whose workdir claim is withdrawn (nothing of it saved), whose curves a
+        rerun would otherwise show beside its own. An online W&B run stays on the server, marked
+        failed. A metrics.jsonl that was there is cut back to what it held, or, after `forget_after`,
+        to what that kept: with no checkpoint, restore_or_init's forget_after(-1) dropped the earlier
+        records by design (the run starts over), so the file is left empty, as a rerun would make it.
         Entries of a symlinked tensorboard/ or wandb/ that were there stay (shared log storage);
         the link itself is never removed. A second process writing to the same workdir at the same
         time is not supported: what it added would be removed too."""
@@ -166,6 +172,9 @@ class MetricWriter:
             for path, was in before.items():
                 if was is None:  # the writer made it: all of it goes
                     _remove(path)
+                elif isinstance(was, int):  # a file that was there: only metrics.jsonl is appended to
+                    if path == self.path and os.path.isfile(path):
+                        os.truncate(path, min(was, os.path.getsize(path)))
                 elif isinstance(was, frozenset) and os.path.isdir(path):  # a directory (or a link to one)
                     for name in set(os.listdir(path)) - was:  # that was there: only the entries added since
                         _remove(os.path.join(path, name))

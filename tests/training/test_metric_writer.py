@@ -10,7 +10,7 @@ import pytest
 from tensorboardX.proto.event_pb2 import Event
 
 from research.training import metrics as metrics_lib
-from research.training.metrics import TENSORBOARD_DIR, MetricWriter, WandbConfig, read_metrics
+from research.training.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricWriter, WandbConfig, read_metrics
 
 
 def _events(directory: str) -> list[Event]:
@@ -112,3 +112,23 @@ def test_discard_through_a_symlinked_tensorboard_directory_removes_only_its_own_
     writer.discard()
     assert os.path.islink(workdir / TENSORBOARD_DIR) and os.listdir(shared) == [earlier.name]
     assert earlier.read_bytes() == b"an earlier run's events"
+
+
+def test_discard_cuts_an_earlier_metrics_file_back_to_what_the_setup_kept_of_it(tmp_path):
+    """A metrics.jsonl from before: a setup with no checkpoint drops its records by design
+    (forget_after(-1), the run starts over) and appends step 0; discard left that step-0 record,
+    the file neither as it was nor as a rerun makes it. Now it is left as forget_after left it:
+    empty. Without forget_after (a writer whose setup failed at once), as it was."""
+    earlier = '{"step": 0, "loss": 3.0}\n{"step": 10, "loss": 2.0}\n'
+    (tmp_path / METRICS_FILE).write_text(earlier)
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    writer.forget_after(-1)  # members.restore_or_init with no checkpoint
+    writer.write(0, {"eval_loss": 4.0})
+    writer.discard()
+    assert (tmp_path / METRICS_FILE).read_text() == ""
+
+    (tmp_path / METRICS_FILE).write_text(earlier)
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    writer.write(0, {"eval_loss": 4.0})
+    writer.discard()
+    assert (tmp_path / METRICS_FILE).read_text() == earlier
