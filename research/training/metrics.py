@@ -18,7 +18,7 @@ import secrets
 import shutil
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -175,9 +175,11 @@ class MetricWriter:
                 elif isinstance(was, int):  # a file that was there: only metrics.jsonl is appended to
                     if path == self.path and os.path.isfile(path):
                         os.truncate(path, min(was, os.path.getsize(path)))
-                elif isinstance(was, frozenset) and os.path.isdir(path):  # a directory (or a link to one)
-                    for name in set(os.listdir(path)) - was:  # that was there: only the entries added since
+                elif isinstance(was, _Dir) and os.path.isdir(path):  # a directory (or a link to one)
+                    added = sorted(set(os.listdir(path)) - was.names)  # that was there: only the entries added since
+                    for name in added:
                         _remove(os.path.join(path, name))
+                    _repair_links(path, was.links, [os.path.join(os.path.realpath(path), n) for n in added])
 
     def discard_or_warn(self) -> None:
         """`discard`, for a caller handling a stop (Ctrl-C, SIGTERM) or a bad input: an error while
@@ -190,18 +192,46 @@ class MetricWriter:
                         "rerun shows them", os.path.dirname(self.path) or ".", type(error).__name__, error)
 
 
-_Before = frozenset | int | None  # a directory's entries; a file (or anything else) and its size; nothing there
+class _Dir(NamedTuple):
+    names: frozenset[str]  # its entries
+    links: dict[str, str]  # name -> target of each entry that is a symbolic link
+
+
+_Before = _Dir | int | None  # a directory; a file (or anything else) and its size in bytes; nothing there
 
 
 def _before(path: str) -> _Before:
     """What is at `path`: a directory's entries, a link to a directory's included (its entries are
     someone's, say shared log storage's: recording none of them, discard emptied the link's
-    target), a file's size (kept whole), or None when nothing is there."""
+    target) and the targets of the links among them, a file's size, or None when nothing is there."""
     if os.path.isdir(path):
-        return frozenset(os.listdir(path))
+        with os.scandir(path) as entries:
+            entries = list(entries)
+        return _Dir(frozenset(e.name for e in entries),
+                    {e.name: os.readlink(e.path) for e in entries if e.is_symlink()})
     if not os.path.lexists(path):
         return None
     return os.path.getsize(path) if os.path.isfile(path) else 0
+
+def _repair_links(directory: str, links: Mapping[str, str], removed: Sequence[str]) -> None:
+    """Links that were in `directory` and that this writer's run re-pointed into what discard just
+    removed (W&B's latest-run, debug.log, debug-internal.log): pointed back where they pointed
+    before, or removed where that is gone too, so none is left dangling. Others are left alone."""
+    for name, target in links.items():
+        link = os.path.join(directory, name)
+        if not os.path.islink(link) or os.path.exists(link) or os.readlink(link) == target:
+            continue
+        now = os.path.realpath(os.path.join(directory, os.readlink(link)))
+        if not any(now == r or now.startswith(r + os.sep) for r in removed):
+            continue
+        if os.path.exists(os.path.join(directory, target)):
+            temporary = link + ".restoring"
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            os.symlink(target, temporary)
+            os.replace(temporary, link)
+        else:
+            os.remove(link)
 
 
 def _remove(path: str) -> None:

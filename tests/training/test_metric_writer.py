@@ -132,3 +132,24 @@ def test_discard_cuts_an_earlier_metrics_file_back_to_what_the_setup_kept_of_it(
     writer.write(0, {"eval_loss": 4.0})
     writer.discard()
     assert (tmp_path / METRICS_FILE).read_text() == earlier
+
+
+def test_discard_removes_a_link_it_left_dangling_and_leaves_the_others(tmp_path):
+    """Links that were there and that the run re-pointed at what discard removes: pointed back
+    when their earlier target is there (test_wandb: W&B's latest-run), else removed rather than
+    left dangling; a link re-pointed elsewhere, or dangling already, is not this writer's to touch."""
+    directory = tmp_path / TENSORBOARD_DIR
+    directory.mkdir()
+    for name in ("latest", "elsewhere", "dangling"):
+        (directory / name).symlink_to("gone-before")
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    writer.write(1, {"loss": 2.5})
+    (new,) = [p.name for p in directory.glob("events.out.tfevents.*")]
+    (directory / "latest").unlink()
+    (directory / "latest").symlink_to(new)  # as W&B re-points latest-run at its new run
+    (directory / "elsewhere").unlink()
+    (directory / "elsewhere").symlink_to(tmp_path / "not-the-writers")
+    writer.discard()
+    assert sorted(os.listdir(directory)) == ["dangling", "elsewhere"]
+    assert os.readlink(directory / "elsewhere") == str(tmp_path / "not-the-writers")
+    assert os.readlink(directory / "dangling") == "gone-before"

@@ -54,3 +54,24 @@ def test_discard_removes_the_offline_run_it_started_and_keeps_what_was_there(tmp
     assert glob.glob(str(tmp_path / WANDB_DIR / "offline-run-*")) == [str(earlier_run)]
     assert (tmp_path / WANDB_ID_FILE).read_text() == "0123456789abcdef\n"
     assert sorted(os.listdir(tmp_path)) == [WANDB_DIR, WANDB_ID_FILE]
+
+
+def test_discard_points_the_links_wandb_moved_back_at_the_earlier_run(tmp_path, monkeypatch):
+    """W&B re-points wandb/latest-run (and debug.log, debug-internal.log) at each new run: once
+    the discarded run's directory was removed they dangled. They point at the earlier run again."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = WandbConfig(project="research-test", mode="offline")
+    earlier = MetricWriter(str(tmp_path), enabled=True, wandb=config)
+    earlier.write(0, {"loss": 2.75})
+    earlier.close()
+    wandb_dir = tmp_path / WANDB_DIR
+    links = {name: os.readlink(wandb_dir / name) for name in os.listdir(wandb_dir)
+             if os.path.islink(wandb_dir / name)}
+    assert "latest-run" in links and all(os.path.exists(wandb_dir / name) for name in links)
+    writer = MetricWriter(str(tmp_path), enabled=True, wandb=config)
+    writer.write(0, {"loss": 2.5})
+    assert os.readlink(wandb_dir / "latest-run") != links["latest-run"]  # W&B moved it to the new run
+    writer.discard()
+    assert {name: os.readlink(wandb_dir / name) for name in links} == links
+    assert all(os.path.exists(wandb_dir / name) for name in links)
+    assert sorted(os.listdir(wandb_dir)) == sorted([*links, links["latest-run"]])
