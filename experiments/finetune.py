@@ -48,7 +48,7 @@ def main(argv):
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as interrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues
-        exit_stopped(interrupt)  # from the last; a SIGTERM (no Guard here): TerminatedEarly, exit 143
+        exit_stopped(interrupt, one_run=True)  # from the last; a SIGTERM (no Guard here): TerminatedEarly, exit 143
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def run(module, *args):
     ([CONFIG, "--config.objective_options.mask_rate=0.3"],
      "error: --config.objective_options.mask_rate is not a config key; config.objective_options declares no keys; "
      "set it whole: --config.objective_options=\"{'mask_rate': VALUE}\"."),
+    (["--config=experiments/configs/pretrain.py:bert_tiny", "--config.objective_options={'mask_rat': 0.3}"],
+     "error: objective_options ['mask_rat'] are not options of objective='masked_lm'; it takes "
+     "['mask_rate', 'mask_token_fraction', 'random_token_fraction']."),
     ([CONFIG, "--config.model=gpt2-small"], "error: --config.model is a group of fields, not a value; set one of its "
                                              "fields, e.g. --config.model.preset=gpt2-small (the config file lists them)."),
 ])

@@ -331,6 +331,11 @@ def objective_for_family(name: ObjectiveName, family: str, options: Mapping[str,
     objective that makes both (prefix_lm), unless the options say otherwise."""
     objective = get_objective(name)
     options = dict(options or {})
+    known = sorted(f.name for f in dataclasses.fields(objective) if f.init)
+    unknown = sorted(set(options) - set(known))
+    if unknown:  # dataclasses.replace would raise a TypeError traceback naming __init__, not the option
+        takes = f"it takes {known}" if known else "it takes none; drop objective_options"
+        raise DataError(f"objective_options {unknown} are not options of objective={name!r}; {takes}.")
     if family == "encoder_decoder" and "encoder_decoder" in {f.name for f in dataclasses.fields(objective)}:
         options = {"encoder_decoder": True, **options}
     return dataclasses.replace(objective, **options) if options else objective

@@ -207,3 +207,11 @@ def test_objective_for_family_makes_encoder_decoder_examples_for_t5_unless_the_o
     assert objective_for_family("prefix_lm", "encoder_decoder", {"encoder_decoder": False}) == PrefixLM()
     assert objective_for_family("masked_lm", "encoder", {"mask_rate": 0.3}) == MaskedLM(mask_rate=0.3)
     assert objective_for_family("span_corruption", "encoder_decoder") == SpanCorruption()
+
+
+def test_an_unknown_objective_option_is_one_line_naming_it_and_the_options():
+    with pytest.raises(DataError, match=r"\['mask_rat'\] are not options of objective='masked_lm'; it takes "
+                                        r"\['mask_rate', "):
+        objective_for_family("masked_lm", "encoder", {"mask_rat": 0.3})
+    with pytest.raises(DataError, match="it takes none; drop objective_options"):
+        objective_for_family("causal_lm", "decoder", {"mask_rate": 0.3})

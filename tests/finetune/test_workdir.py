@@ -175,3 +175,16 @@ def test_the_command_line_prints_z_loss_as_it_enters_the_loss(tmp_path):
     assert result.returncode == 0, result.stderr
     final = dict(item.split("=", 1) for item in result.stdout.strip().splitlines()[-1].split())
     assert float(final["z_loss"]) == 0.0 and float(final["total_loss"]) == float(final["loss"])
+
+
+def test_a_sigterm_in_setup_says_the_one_run_continues_from_its_last_checkpoint(tmp_path):
+    """Fine-tuning trains one run: its stop line spoke of a study's checkpoint(s)."""
+    from tests.signals import run_with_signal_during
+    workdir = tmp_path / "run"
+    result = run_with_signal_during("research.atomic_files", "unwritable_reason", "SIGTERM", [
+        "experiments.finetune", "--config=experiments/configs/finetune.py:sft_tiny", f"--workdir={workdir}"])
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
+        "checkpoint, or from the start if none was saved yet."), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
