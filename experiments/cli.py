@@ -100,7 +100,8 @@ def exit_stopped(stop: BaseException | None, *, one_run: bool = False) -> NoRetu
     was stopped, not finished; a KeyboardInterrupt (a second Ctrl-C, one outside a training loop,
     or a SIGTERM before a loop's Guard: research.early_interrupts.TerminatedEarly) or None (a
     Ctrl-C), that line for a stop without a save, exit 130 / 143. one_run: the command trains one
-    run (experiments.pretrain), which continues from its last checkpoint, not a study's runs from theirs."""
+    run (experiments.pretrain, experiments.finetune), which continues from its last checkpoint, not a
+    study's runs from theirs."""
     if stop is None or isinstance(stop, KeyboardInterrupt):
         from research.early_interrupts import signal_exit_code, stop_signal_name
         name = stop_signal_name(stop)
