@@ -7,7 +7,6 @@ same devices.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -15,10 +14,9 @@ import logging
 import math
 import os
 import secrets
-import shutil
 import sys
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.atomic_files import write_text_atomically
+from research.training import setup_files
 from research.models import sizing
 from research.models.config import ConfigError, ModelConfig
 
@@ -85,12 +84,12 @@ class MetricWriter:
         self._wandb_run = None
         # What the workdir held of this writer's files before it started: `discard` removes the
         # rest and only the rest (a resumed run's earlier event files stay).
-        self._before: dict[str, _Before] = {}
+        self._before: dict[str, setup_files.Before] = {}
         if self.enabled:
             use_wandb = wandb is not None and bool(wandb.project)
             owned = [self.path, os.path.join(workdir, TENSORBOARD_DIR)]
             owned += [os.path.join(workdir, WANDB_ID_FILE), os.path.join(workdir, WANDB_DIR)] if use_wandb else []
-            self._before = {path: _before(path) for path in owned}
+            self._before = {path: setup_files.snapshot(path) for path in owned}
             try:  # a Ctrl-C while W&B starts (seconds): what was made so far is still this writer's to discard
                 SummaryWriter = _summary_writer_class()
                 os.makedirs(workdir, exist_ok=True)
@@ -169,17 +168,7 @@ class MetricWriter:
             self._close(exit_code=1)  # a run about to be deleted did not finish
         finally:
             before, self._before = self._before, {}
-            for path, was in before.items():
-                if was is None:  # the writer made it: all of it goes
-                    _remove(path)
-                elif isinstance(was, int):  # a file that was there: only metrics.jsonl is appended to
-                    if path == self.path and os.path.isfile(path):
-                        os.truncate(path, min(was, os.path.getsize(path)))
-                elif isinstance(was, _Dir) and os.path.isdir(path):  # a directory (or a link to one)
-                    added = sorted(set(os.listdir(path)) - was.names)  # that was there: only the entries added since
-                    for name in added:
-                        _remove(os.path.join(path, name))
-                    _repair_links(path, was.links, [os.path.join(os.path.realpath(path), n) for n in added])
+            setup_files.remove_added(before, appended=self.path)
 
     def discard_or_warn(self) -> None:
         """`discard`, for a caller handling a stop (Ctrl-C, SIGTERM) or a bad input: an error while
@@ -190,56 +179,6 @@ class MetricWriter:
         except Exception as error:
             log.warning("could not remove the stopped setup's records from %s (%s: %s); remove them by hand if a "
                         "rerun shows them", os.path.dirname(self.path) or ".", type(error).__name__, error)
-
-
-class _Dir(NamedTuple):
-    names: frozenset[str]  # its entries
-    links: dict[str, str]  # name -> target of each entry that is a symbolic link
-
-
-_Before = _Dir | int | None  # a directory; a file (or anything else) and its size in bytes; nothing there
-
-
-def _before(path: str) -> _Before:
-    """What is at `path`: a directory's entries, a link to a directory's included (its entries are
-    someone's, say shared log storage's: recording none of them, discard emptied the link's
-    target) and the targets of the links among them, a file's size, or None when nothing is there."""
-    if os.path.isdir(path):
-        with os.scandir(path) as entries:
-            entries = list(entries)
-        return _Dir(frozenset(e.name for e in entries),
-                    {e.name: os.readlink(e.path) for e in entries if e.is_symlink()})
-    if not os.path.lexists(path):
-        return None
-    return os.path.getsize(path) if os.path.isfile(path) else 0
-
-def _repair_links(directory: str, links: Mapping[str, str], removed: Sequence[str]) -> None:
-    """Links that were in `directory` and that this writer's run re-pointed into what discard just
-    removed (W&B's latest-run, debug.log, debug-internal.log): pointed back where they pointed
-    before, or removed where that is gone too, so none is left dangling. Others are left alone."""
-    for name, target in links.items():
-        link = os.path.join(directory, name)
-        if not os.path.islink(link) or os.path.exists(link) or os.readlink(link) == target:
-            continue
-        now = os.path.realpath(os.path.join(directory, os.readlink(link)))
-        if not any(now == r or now.startswith(r + os.sep) for r in removed):
-            continue
-        if os.path.exists(os.path.join(directory, target)):
-            temporary = link + ".restoring"
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-            os.symlink(target, temporary)
-            os.replace(temporary, link)
-        else:
-            os.remove(link)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
 
 
 def _start_wandb(workdir: str, config: WandbConfig, run_config: Mapping[str, Any]) -> Any:

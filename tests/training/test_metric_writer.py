@@ -9,7 +9,7 @@ import struct
 import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from research.training import metrics as metrics_lib
+from research.training import metrics as metrics_lib, setup_files
 from research.training.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricWriter, WandbConfig, read_metrics
 
 
@@ -64,7 +64,7 @@ def test_a_failing_cleanup_while_the_writer_starts_is_a_warning_and_the_stop_goe
     def refused(path):
         raise PermissionError(13, "Permission denied", path)
     monkeypatch.setattr(metrics_lib, "_start_wandb", interrupted)
-    monkeypatch.setattr(metrics_lib, "_remove", refused)
+    monkeypatch.setattr(setup_files, "_remove", refused)
     with caplog.at_level(logging.WARNING, logger=metrics_lib.__name__), pytest.raises(KeyboardInterrupt):
         MetricWriter(str(tmp_path), enabled=True, wandb=WandbConfig(project="research-test", mode="offline"))
     (warning,) = [r.getMessage() for r in caplog.records]
