@@ -58,6 +58,14 @@ result are the same under both (the held-out additions are the same problems).
   plateau; d_ff 32, 64 and 128 left it at steps 4000, 5000 and 2500 and ended at 6-digit p 0.94 /
   0.92 / 1.00 (exact match 0.63 / 0.56 / 0.99, 1000 items): the MLP's width moved the onset, and
   p was no more ordered by size than across cpu_tiny's widths.
+- Tried, one learning rate for every 2-layer size (--config.lr_reference_width=0, so 4e-3 for
+  all; 2026-12-05, seed 0, 13:07 wall, the four 2-layer sizes only, not adopted): d24-l2 never
+  left the plateau (2-digit p 0.22 at step 4000) and d32-l2 was only leaving it at the end (p
+  0.23 -> 0.29 over steps 3500-4000); d48-l2 and scale-1e5 train at 4e-3 under the rule too and
+  were unchanged. Across sizes p itself then jumps (2-digit p's breakthroughness 7.9 [7.2, 8.7]
+  against exact match's 3.6): the width rule's higher rates are what let the small widths leave
+  the plateau within 4000 steps, and lowering them turns the size axis into a transition of p,
+  not a mirage.
 
 cpu_tiny_base10 is cpu_tiny before that change (base 10, operands unpadded); the paragraphs
 below, up to the list of fields, describe it and its variants (what they call cpu_tiny or
