@@ -136,6 +136,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 restored, train_iter = checkpointer.restore(target, train_iter)
                 state = restored.replace(params={**restored.params, BASE: params[BASE]}) if lora else restored
                 writer.forget_after(int(state.step))
+            else:  # records of a run killed before its first save: redone now (as pretraining's restore_or_init)
+                writer.forget_after(-1)
 
             step_fn = jit_train_step(make_train_step(job.model, loss_fn, optimizer, schedule,
                                                      microbatches=train.microbatches,

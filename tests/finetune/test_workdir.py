@@ -2,6 +2,7 @@
 before any work, and the same run reruns (resumes) as before."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -188,3 +189,19 @@ def test_a_sigterm_in_setup_says_the_one_run_continues_from_its_last_checkpoint(
         "error: stopped by SIGTERM without saving this step; rerun the same command to continue from the last "
         "checkpoint, or from the start if none was saved yet."), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_rerun_after_a_kill_before_the_first_checkpoint_starts_a_fresh_record(tmp_path):
+    """A kill -9 before the first save leaves metrics.jsonl records and no checkpoint: the rerun
+    trains from step 0 again, and its log reads as one run (pretraining's restore_or_init drops
+    them the same way). The old records stayed, so each step appeared twice."""
+    workdir = tmp_path / "run"
+    config = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(config, str(workdir))
+    for step_dir in (workdir / "checkpoints").iterdir():  # what a kill before the first save leaves
+        if step_dir.name.isdigit():
+            shutil.rmtree(step_dir)
+    finetune_and_evaluate(config, str(workdir))
+    steps = [json.loads(line)["step"] for line in (workdir / METRICS_FILE).read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2], steps
