@@ -26,6 +26,7 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
+from research.compile_interrupts import ctrl_c_after_compiles
 from research.models.config import ConfigError
 
 
@@ -186,6 +187,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (quote the prompt).")
+    ctrl_c_after_compiles()  # a Ctrl-C mid-compile would end in a segfault at exit
     f = flags.FLAGS
     if not f["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

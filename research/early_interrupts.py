@@ -40,6 +40,8 @@ import threading
 from types import FrameType
 from typing import Any
 
+from research.compile_interrupts import defer_while_compiling
+
 EARLY_SIGINT = threading.Event()
 EARLY_SIGTERM = threading.Event()
 _taken = threading.Event()  # a Guard took a remembered Ctrl-C: Python may still report it swallowed
@@ -159,6 +161,8 @@ def _remember_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def _early_sigint(signum: int, frame: FrameType | None) -> None:
+    if defer_while_compiling(signum, frame):  # raised there, the exit would crash (research.compile_interrupts)
+        return
     EARLY_SIGINT.set()
     if _in_the_hook(frame):  # raised here, it would be lost: the hook's own errors are only printed
         _deliver_again(signum)
@@ -180,6 +184,8 @@ def _early_sigterm(signum: int, frame: FrameType | None) -> None:
     was saved, or a traceback and exit 1. SLURM signals the whole process group, and a --workers
     parent forwards the signal to its workers, so two SIGTERMs a moment apart are ordinary."""
     global _terminating
+    if not _terminating and defer_while_compiling(signum, frame):  # as _early_sigint
+        return
     EARLY_SIGTERM.set()
     if _terminating:
         return
