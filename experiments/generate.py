@@ -10,7 +10,8 @@ by --seed); --num_beams > 1 runs beam search (--alpha is its length penalty) and
 beam, best first. Several --prompt flags, or --prompt_file (one prompt per line), decode as
 one batch. --checkpoint is a run's workdir (experiments.pretrain); its latest step (or --step)
 and its own tokenizer are used, as in experiments.evaluate. Generation stops at the
-tokenizer's eos. Every option is checked before the model is loaded or compiled.
+tokenizer's eos and never picks an id past the tokenizer's vocabulary (model vocabularies are
+padded above it). Every option is checked before the model is loaded or compiled.
 
 In Python, the same:
     from research.training.checkpoint_loading import load_checkpoint
@@ -81,7 +82,7 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     import jax
     import numpy as np
 
-    from research.decoding import beam_search, generate
+    from research.decoding import beam_search, generate, vocab_limit_for
 
     options = dataclasses.replace(options or DecodingOptions(), **option_overrides)
     options.check()
@@ -98,18 +99,22 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     start = int(tokenizer.eos_id if start is None else start)
     prompt_ids = [list(tokenizer.encode(p)) or [start] for p in prompts]
     eos = int(tokenizer.eos_id)
+    # The model's vocabulary is padded above the tokenizer's (512 ids for 400 pieces in a tiny
+    # run); a barely trained head can rank a padded id first, which no piece decodes.
+    vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
     repeats = options.num_samples if options.temperature > 0 else 1
     batch = [ids for ids in prompt_ids for _ in range(repeats)]
     if options.num_beams > 1:
         out = beam_search(model, loaded.params, batch, num_beams=options.num_beams,
-                          max_new_tokens=options.max_new_tokens, alpha=options.alpha, stop_tokens=[eos])
+                          max_new_tokens=options.max_new_tokens, alpha=options.alpha, stop_tokens=[eos],
+                          vocab_limit=vocab_limit)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BWN, out.lengths_BW, out.log_probs_BW))
         rows = [[(tokens[b, w, :lengths[b, w]], float(log_probs[b, w])) for w in range(options.num_beams)
                  if np.isfinite(log_probs[b, w])] for b in range(len(batch))]
     else:
         out = generate(model, loaded.params, batch, max_new_tokens=options.max_new_tokens,
                        temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, stop_tokens=[eos],
-                       rng=jax.random.key(options.seed))
+                       rng=jax.random.key(options.seed), vocab_limit=vocab_limit)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BN, out.lengths_B, out.log_probs_BN))
         rows = [[(tokens[b, :lengths[b]], float(log_probs[b].sum()))] for b in range(len(batch))]
     completions: list[list[Completion]] = [[] for _ in prompts]

@@ -157,3 +157,33 @@ def test_a_damaged_latest_checkpoint_falls_back_and_an_explicit_one_is_one_line(
     with pytest.raises(DamagedCheckpointError, match=r"checkpoint .*/2' cannot be read .* pick another step") as error:
         load_checkpoint(str(run), step=2)
     assert "\n" not in str(error.value)
+
+
+
+@pytest.fixture(scope="module")
+def rigged_run(run_dir):
+    """The tiny run (400 tokenizer ids, 512 embedded) with its padded ids winning every step, as
+    a barely trained head's untrained rows can."""
+    from research.training.checkpoint_loading import load_checkpoint
+    from tests.test_decoding_vocab_limit import padded_ids_win
+    loaded = load_checkpoint(run_dir)
+    assert loaded.tokenizer.vocab_size == 400 and loaded.model.config.vocab_size == 512
+    return loaded._replace(params=padded_ids_win(loaded.params, loaded.tokenizer.vocab_size))
+
+
+def test_the_rigged_run_emits_padded_ids_when_decoding_is_not_limited(rigged_run):
+    import numpy as np
+
+    from research.decoding import generate
+    tokens = generate(rigged_run.model, rigged_run.params, [[5, 6]], max_new_tokens=4).tokens_BN
+    assert np.all(np.asarray(tokens) >= rigged_run.tokenizer.vocab_size)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(temperature=0.8, top_k=40, num_samples=3, seed=0),
+                                     dict(num_beams=3)], ids=["greedy", "readme_sampling", "beams"])
+def test_generate_text_never_yields_an_id_the_tokenizer_lacks(rigged_run, options):
+    size = rigged_run.tokenizer.vocab_size
+    completions = [c for candidates in cli.generate_text(rigged_run, ["import", "The history of"], max_new_tokens=6,
+                                                         **options) for c in candidates]
+    assert all(max(c.token_ids, default=0) < size and "<extra_id" not in c.text for c in completions)
+    assert any(c.token_ids for c in completions)

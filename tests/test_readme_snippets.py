@@ -89,6 +89,9 @@ def test_generating_text_block(run_dir: str, tmp_path: Path, monkeypatch: pytest
     # The sampling call sets no max_new_tokens, so the default bounds each sample.
     limit = DecodingOptions().max_new_tokens
     assert len(samples) == 3 and all(s.prompt == "import" and 1 <= len(s.token_ids) <= limit for s in samples)
+    # Never a padded id the tokenizer lacks (the model embeds 512 ids for its 400 pieces).
+    assert all(max(c.token_ids) < loaded.tokenizer.vocab_size < loaded.model.config.vocab_size
+               for c in (greedy, *samples))
     # The text is the continuation of the prompt's tokens (decoded with the prompt, so a leading
     # space survives), and what the block printed is that text.
     prompt_ids = list(loaded.tokenizer.encode("def main("))

@@ -129,10 +129,22 @@ class Tokenizer:
         """Token ids of `text`, int32 [N], without bos/eos (objectives add those)."""
         return np.asarray(self._sp.encode(text), dtype=np.int32)
 
+    def _check_ids(self, ids: np.ndarray) -> None:
+        """DataError naming the first id outside [0, vocab_size). Extra id i is vocab_size - 1 - i,
+        so without this an id past the top (a padded model vocabulary) became '<extra_id_-56>'."""
+        outside = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if outside.size:
+            raise DataError(f"token id {int(outside[0])} is outside this tokenizer's vocabulary [0, {self.vocab_size}) "
+                            f"({self.piece_size} pieces + {self.num_extra_ids} extra ids); a model whose vocabulary "
+                            "is padded above it must decode with vocab_limit (research.decoding.vocab_limit_for).")
+
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Text of `ids`; control pieces decode to nothing, extra ids to '<extra_id_i>'."""
+        """Text of `ids`; control pieces decode to nothing, extra ids to '<extra_id_i>'. An id
+        outside [0, vocab_size) is a DataError, not text."""
+        ids = np.asarray(ids).reshape(-1)
+        self._check_ids(ids)
         out, run = [], []
-        for index in np.asarray(ids).reshape(-1).tolist():
+        for index in ids.tolist():
             if index >= self.piece_size:
                 out.append(self._sp.decode(run))
                 run = []
@@ -143,6 +155,7 @@ class Tokenizer:
         return "".join(out)
 
     def id_to_piece(self, index: int) -> str:
+        self._check_ids(np.asarray([index]))
         return f"<extra_id_{self.vocab_size - 1 - index}>" if index >= self.piece_size else self._sp.id_to_piece(int(index))
 
     def __repr__(self) -> str:

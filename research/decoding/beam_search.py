@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, pad_prompts
-from research.decoding.sampling import is_stop
+from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, pad_prompts
+from research.decoding.sampling import is_stop, limit_vocab
 from research.models.config import ConfigError
 
 Array = jax.Array
@@ -64,11 +64,14 @@ class _Beams(NamedTuple):
 
 def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, num_beams: int,
                 max_new_tokens: int, alpha: float = 0.6, stop_tokens: Sequence[int] = (),
-                pad_to_multiple: int = 1, bidirectional_prompt: bool = False) -> BeamSearchOutput:
+                pad_to_multiple: int = 1, bidirectional_prompt: bool = False,
+                vocab_limit: int | None = None) -> BeamSearchOutput:
     """The `num_beams` highest-scoring continuations of each prompt (lengths may differ).
 
     alpha: length-penalty exponent (T5X's default 0.6). For encoder-decoder models the
     prompts are the encoder inputs. pad_to_multiple, bidirectional_prompt: as in `generate`.
+    vocab_limit: no beam is extended by an id >= vocab_limit (as in `generate`); scores and
+    log_probs_BW stay log-probabilities under the model's full vocabulary.
     """
     config = model.config
     stop_tokens = tuple(int(t) for t in stop_tokens)
@@ -77,11 +80,12 @@ def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
         raise ConfigError(f"num_beams={num_beams!r} must be a positive integer.")
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha={alpha} must be a finite length-penalty exponent (0 disables it).")
+    vocab_limit = check_vocab_limit(config, vocab_limit)
     adapter = adapter_for(model, bool(bidirectional_prompt))
     padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)
     return _beam_search(params, padded, jnp.asarray(stop_tokens, jnp.int32), jnp.float32(alpha), model=model,
                         max_new_tokens=int(max_new_tokens), num_beams=num_beams,
-                        bidirectional_prompt=bool(bidirectional_prompt))
+                        bidirectional_prompt=bool(bidirectional_prompt), vocab_limit=vocab_limit)
 
 
 def _take(x_BC: Array, index_BW: Array) -> Array:
@@ -90,10 +94,13 @@ def _take(x_BC: Array, index_BW: Array) -> Array:
 
 
 def _expand(beams: _Beams, logits_BWV: Array, step: Array, stop_tokens_S: Array,
-            alpha: Array) -> tuple[_Beams, Array]:
+            alpha: Array, vocab_limit: int | None = None) -> tuple[_Beams, Array]:
     """Choose token `step` of every beam -> (new beams, parent alive beam of each new alive beam [B, W])."""
     batch, width, vocab = logits_BWV.shape
     log_probs_BWV = beams.alive_log_prob_BW[..., None] + jax.nn.log_softmax(logits_BWV, axis=-1)
+    # Padded ids are removed after the softmax, not before: beams are ranked by their
+    # log-probability under the model's full vocabulary, the same number scoring reports.
+    log_probs_BWV = limit_vocab(log_probs_BWV, vocab_limit)
     # Each alive beam yields at most S stop candidates, so W * (1 + S) candidates always
     # hold W that can stay alive.
     num_candidates = min(width * (1 + stop_tokens_S.shape[0]), width * vocab)
@@ -119,9 +126,11 @@ def _expand(beams: _Beams, logits_BWV: Array, step: Array, stop_tokens_S: Array,
     return new_beams, _take(parent_BC, alive_pick_BW)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "bidirectional_prompt"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_beams", "bidirectional_prompt",
+                                             "vocab_limit"))
 def _beam_search(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, alpha: Array, *, model: nn.Module,
-                 max_new_tokens: int, num_beams: int, bidirectional_prompt: bool = False) -> BeamSearchOutput:
+                 max_new_tokens: int, num_beams: int, bidirectional_prompt: bool = False,
+                 vocab_limit: int | None = None) -> BeamSearchOutput:
     adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
     params = adapter.prepare(params)  # once, outside the token loop
@@ -135,7 +144,7 @@ def _beam_search(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, alph
     no_tokens_BWN = jnp.full((batch, width, n), pad_id, jnp.int32)
     beams = _Beams(no_tokens_BWN, start_log_prob_BW, no_tokens_BWN, jnp.full((batch, width), -jnp.inf),
                    jnp.full((batch, width), -jnp.inf), jnp.zeros((batch, width), jnp.int32))
-    expand = functools.partial(_expand, stop_tokens_S=stop_tokens_S, alpha=alpha)
+    expand = functools.partial(_expand, stop_tokens_S=stop_tokens_S, alpha=alpha, vocab_limit=vocab_limit)
     beams, parent_BW = expand(beams, jnp.broadcast_to(logits_BV[:, None], (batch, width, vocab)), jnp.int32(0))
 
     def keep_going(carry):

@@ -5,7 +5,7 @@ naming the value and the fix, never inside a compiled loop.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -92,3 +92,27 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
         raise ConfigError(
             f"{what} = {needed} exceeds max_len={config.max_len} of {config.name}'s learned position table; "
             f"shorten the prompt or lower max_new_tokens to at most {max_new_tokens - (needed - config.max_len)}.")
+
+
+def check_vocab_limit(config: ModelConfig, vocab_limit: int | None) -> int | None:
+    """The limit to compile in: None when it excludes nothing (so a limit equal to the model's
+    vocabulary reuses the unlimited program, bit for bit), else an int in [1, vocab_size)."""
+    if vocab_limit is None:
+        return None
+    if isinstance(vocab_limit, bool) or not isinstance(vocab_limit, (int, np.integer)) or \
+            not 1 <= vocab_limit <= config.vocab_size:
+        raise ConfigError(f"vocab_limit={vocab_limit!r} must be an int in [1, {config.vocab_size}] (the vocabulary "
+                          f"of {config.name}), or None for no limit.")
+    return None if vocab_limit == config.vocab_size else int(vocab_limit)
+
+
+def vocab_limit_for(tokenizer: Any, model_vocab_size: int) -> int | None:
+    """The `vocab_limit` that keeps decoding inside `tokenizer`: its vocab_size when smaller than
+    the model's. Model vocabularies are padded above the tokenizer (a tiny run embeds 512 ids
+    for 400 pieces, presets round 32000 up to 32768); untrained rows of the head can still win
+    an argmax, and the tokenizer cannot decode them. None when the tokenizer does not say its
+    size, or covers the whole model vocabulary (nothing to exclude)."""
+    size = getattr(tokenizer, "vocab_size", None) if tokenizer is not None else None
+    if size is None or int(size) >= model_vocab_size:
+        return None
+    return int(size)

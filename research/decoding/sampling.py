@@ -3,7 +3,9 @@
 One prefill over the left-padded prompts, then a jitted `lax.while_loop` of single-token
 steps that exits as soon as every sequence has emitted a stop token. Compiled once per
 (model, prompt width P, max_new_tokens, number of stop tokens, greedy / top_k / nucleus on
-or off); temperature and top_p are traced, so sweeping them does not recompile.
+or off, vocab_limit); temperature and top_p are traced, so sweeping them does not recompile.
+vocab_limit is static because it is fixed per model + tokenizer: one compile per pair, never
+one per call.
 
 Extra dimension letters: P prompt width, N new tokens.
 """
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, pad_prompts
+from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, pad_prompts
 from research.models.config import ConfigError
 
 Array = jax.Array
@@ -59,6 +61,16 @@ def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | No
     return logits_BV
 
 
+def limit_vocab(logits_BV: Array, vocab_limit: int | None) -> Array:
+    """-inf on ids >= vocab_limit (the padded ids no tokenizer piece owns); a no-op for None.
+
+    vocab_limit is a Python int, so this is a static slice, not a [V] mask built each step.
+    """
+    if vocab_limit is None:
+        return logits_BV
+    return logits_BV.at[..., vocab_limit:].set(-jnp.inf)
+
+
 def greedy_choice(logits_BV: Array) -> Array:
     """jnp.argmax over the last axis (the first maximum; the first NaN if any), as int32.
 
@@ -76,7 +88,8 @@ def greedy_choice(logits_BV: Array) -> Array:
 
 def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             rng: Array | None = None, pad_to_multiple: int = 1, bidirectional_prompt: bool = False) -> GenerateOutput:
+             rng: Array | None = None, pad_to_multiple: int = 1, bidirectional_prompt: bool = False,
+             vocab_limit: int | None = None) -> GenerateOutput:
     """Continue each prompt (a list of token ids; lengths may differ) by up to `max_new_tokens`.
 
     temperature 0 is greedy (argmax); otherwise tokens are drawn from
@@ -86,6 +99,10 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     config.decoder_start_token_id. pad_to_multiple rounds the padded prompt width up, so
     batches of similar prompt lengths reuse one compiled program (results are unchanged).
     bidirectional_prompt: a prefix-LM decoder reads its prompt as the bidirectional prefix.
+    vocab_limit: only ids below it are ever chosen (pass the tokenizer's vocab_size when the
+    model's vocabulary is padded above it; research.decoding.vocab_limit_for). The limit
+    restricts the choice, not log_probs_BN: those stay the model's own softmax over its full
+    vocabulary, as teacher-forced scoring computes them. None (default) limits nothing.
     """
     config = model.config
     stop_tokens = tuple(int(t) for t in stop_tokens)
@@ -96,6 +113,7 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
         raise ConfigError(f"top_k={top_k!r} must be an int in [0, {config.vocab_size}] (0 disables it).")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p={top_p} must be in (0, 1] (1 disables nucleus filtering).")
+    vocab_limit = check_vocab_limit(config, vocab_limit)
     greedy = temperature == 0
     if not greedy and rng is None:
         raise ConfigError(f"temperature={temperature} samples, so pass rng=jax.random.key(seed) (or temperature=0).")
@@ -104,7 +122,8 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     return _generate(params, padded, jnp.asarray(stop_tokens, jnp.int32),
                      jax.random.key(0) if rng is None else rng, jnp.float32(temperature if not greedy else 1.0),
                      jnp.float32(top_p), model=model, max_new_tokens=int(max_new_tokens), greedy=greedy,
-                     top_k=top_k, nucleus=top_p < 1, bidirectional_prompt=bool(bidirectional_prompt))
+                     top_k=top_k, nucleus=top_p < 1, bidirectional_prompt=bool(bidirectional_prompt),
+                     vocab_limit=vocab_limit)
 
 
 def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
@@ -113,10 +132,10 @@ def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "top_k", "nucleus",
-                                             "bidirectional_prompt"))
+                                             "bidirectional_prompt", "vocab_limit"))
 def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Array, temperature: Array,
               top_p: Array, *, model: nn.Module, max_new_tokens: int, greedy: bool, top_k: int,
-              nucleus: bool, bidirectional_prompt: bool = False) -> GenerateOutput:
+              nucleus: bool, bidirectional_prompt: bool = False, vocab_limit: int | None = None) -> GenerateOutput:
     adapter = adapter_for(model, bidirectional_prompt)
     pad_id = model.config.pad_token_id
     params = adapter.prepare(params)  # once, outside the token loop
@@ -124,10 +143,13 @@ def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Ar
     batch = logits_BV.shape[0]
 
     def choose(logits_BV, step, done_B):
+        # Padded ids leave before temperature / top-k / top-p, so the nucleus is renormalized over
+        # real tokens; the reported log-prob below still uses the unrestricted logits.
+        allowed_BV = limit_vocab(logits_BV, vocab_limit)
         if greedy:
-            token_B = greedy_choice(logits_BV)
+            token_B = greedy_choice(allowed_BV)
         else:
-            scaled_BV = filter_logits(logits_BV / temperature, top_k=top_k, top_p=top_p if nucleus else None)
+            scaled_BV = filter_logits(allowed_BV / temperature, top_k=top_k, top_p=top_p if nucleus else None)
             token_B = jax.random.categorical(jax.random.fold_in(rng, step), scaled_BV, axis=-1).astype(jnp.int32)
         log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
         return jnp.where(done_B, pad_id, token_B), jnp.where(done_B, 0.0, log_prob_B)

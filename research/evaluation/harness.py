@@ -70,11 +70,21 @@ class Harness:
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
+        from research.decoding import vocab_limit_for
+        # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
+        # padded above it). Scoring deliberately ignores this limit: a log-likelihood is the
+        # model's own softmax over its full vocabulary, as lm-eval and HF compute it.
+        self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
 
     # --- requests ------------------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
-        """log p(continuation | context) and is_greedy of each request."""
+        """log p(continuation | context) and is_greedy of each request.
+
+        Both over the model's full (padded) vocabulary, not self.vocab_limit: renormalizing over
+        the tokenizer's ids would report scores no other harness reproduces, and a padded id's
+        share of the mass is part of how good the model is.
+        """
         family = self.config.family
         if family == "encoder":
             return self._pseudo_loglikelihood(requests)
@@ -242,7 +252,7 @@ class Harness:
                                  positions_BP=np.pad(padded.positions_BP, columns))
         out = _generate(self.params, padded, jnp.asarray(stop_tokens, jnp.int32), jax.random.key(0), jnp.float32(1.0),
                         jnp.float32(1.0), model=self.model, max_new_tokens=int(max_new_tokens), greedy=True, top_k=0,
-                        nucleus=False)
+                        nucleus=False, vocab_limit=self.vocab_limit)
         tokens_BN, lengths_B = jax.device_get((out.tokens_BN, out.lengths_B))
         return [as_ids(tokens_BN[b, :lengths_B[b]]) for b in range(len(prompts))]
 

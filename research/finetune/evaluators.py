@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from research.decoding import generate
+from research.decoding import generate, vocab_limit_for
 from research.evaluation.metrics import exact_match
 from research.training.partitioning import shard_batch
 
@@ -47,7 +47,9 @@ def mean_aux(loss_fn: Callable, model: Any) -> Callable[[Any, Iterable[Mapping[s
 def greedy_completions(model: Any, params: Any, prompts: Sequence[Sequence[int]], tokenizer: Any, *,
                        max_new_tokens: int, stop_text: str = "\n") -> list[str]:
     """Greedy continuations of token-id prompts, decoded and cut at `stop_text` (eos stops too)."""
-    out = generate(model, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=[tokenizer.eos_id])
+    # vocab_limit: the model's vocabulary may be padded above the tokenizer's, whose decode rejects those ids.
+    out = generate(model, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=[tokenizer.eos_id],
+                   vocab_limit=vocab_limit_for(tokenizer, model.config.vocab_size))
     texts = []
     for row, length in zip(np.asarray(out.tokens_BN), np.asarray(out.lengths_B)):
         text = tokenizer.decode([int(t) for t in row[:int(length)]])

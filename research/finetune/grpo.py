@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from research.data.chat_templates import get_chat_template, render_prompt
-from research.decoding import generate
+from research.decoding import generate, vocab_limit_for
 from research.finetune import records as records_lib
 from research.finetune.checks import config_section
 from research.finetune.evaluators import greedy_completions
@@ -119,8 +119,11 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
         prompts = [list(row[:n]) for row, n in zip(host["prompt_tokens"], host["prompt_length"])]
         repeated = [p for p in prompts for _ in range(grpo.group_size)]
+        # vocab_limit: no padded id the tokenizer cannot decode for the reward. log_probs_BN stay
+        # the full-vocabulary ones, matching token_log_probs of the policy update.
         out = generate(model, policy, repeated, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
-                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step))
+                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step),
+                       vocab_limit=vocab_limit_for(tokenizer, model.config.vocab_size))
         tokens_BN, lengths_B = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
         policy_logps_BN = np.asarray(out.log_probs_BN)
         completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]

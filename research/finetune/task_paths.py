@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research.decoding import beam_search
+from research.decoding import beam_search, vocab_limit_for
 from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.checks import config_section
@@ -253,7 +253,8 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             return {}
         prompts = [list(tokenizer.encode(str(r["input"]))) for _, r in generation]
         out = beam_search(model, params, prompts, num_beams=num_beams, stop_tokens=[eos],
-                          max_new_tokens=int(config.get("generation_tokens", 16)))
+                          max_new_tokens=int(config.get("generation_tokens", 16)),
+                          vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids
         best = np.asarray(out.tokens_BWN)[:, 0]
         lengths = np.asarray(out.lengths_BW)[:, 0]
         predictions = [tokenizer.decode([int(t) for t in row[:n]]) for row, n in zip(best, lengths)]

@@ -168,7 +168,8 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     if model_overrides:
         model_config = model_config.replace(**model_overrides)
     # The run's own SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
-    # without them sentinel ids decode as "<extra_id_-100>" and the vocabulary looks smaller.
+    # without them the vocabulary looks smaller, so generation would never emit a sentinel and
+    # decoding one would be an out-of-range error.
     sentinels = 0 if tokenizer else int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
     text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)

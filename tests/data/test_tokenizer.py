@@ -68,6 +68,19 @@ def test_extra_ids_are_sentinels_at_the_top(tokenizer):
         "<extra_id_0>x<extra_id_1>"
 
 
+def test_an_id_outside_the_vocabulary_is_a_one_line_error_not_text(tokenizer):
+    # Extra id i is vocab_size - 1 - i: the top id decodes as <extra_id_0>, the lowest as <extra_id_99>.
+    assert tokenizer.decode([tokenizer.piece_size, tokenizer.vocab_size - 1]) == "<extra_id_99><extra_id_0>"
+    size = tokenizer.vocab_size  # a padded model vocabulary's ids above it once decoded as <extra_id_-N>
+    for bad in (size, size + 55, -1):
+        message = rf"token id {bad} is outside this tokenizer's vocabulary \[0, {size}\) \({tokenizer.piece_size} "
+        with pytest.raises(DataError, match=message) as error:
+            tokenizer.decode([5, bad])
+        assert "\n" not in str(error.value)
+        with pytest.raises(DataError, match=message):
+            tokenizer.id_to_piece(bad)
+
+
 def test_check_vocab_fits(tokenizer):
     check_vocab_fits(tokenizer, tokenizer.vocab_size)
     with pytest.raises(DataError, match=f"vocab_size={tokenizer.vocab_size} is larger than .* vocab_size=256"):

@@ -148,3 +148,22 @@ def test_bad_tokens_and_settings_fail_before_compiling(gpt2):
         Harness(model, params, object())
     with pytest.raises(ConfigError, match="must be a tuple of stop strings"):
         harness.generate_until([GenerateRequest(text([5]), "\n", 4)])
+
+
+def test_generation_keeps_to_the_tokenizers_ids_and_scoring_to_the_models_softmax(gpt2):
+    from tests.test_decoding_vocab_limit import padded_ids_win
+
+    class SizedIdTokenizer(IdTokenizer):
+        vocab_size = 64  # the model embeds 96 ids: 32 padded ones
+
+    model, params = gpt2
+    params = padded_ids_win(params, 64)  # ids 64..95 now win every greedy step
+    requests = [GenerateRequest(text(p), (), 5) for p in ([5, 9, 12], [7])]
+    unlimited = Harness(model, params, IdTokenizer(), batch_size=2)  # no vocab_size: nothing to limit
+    assert all(len(r.tokens) == 5 and min(r.tokens) >= 64 for r in unlimited.generate_until(requests))
+    harness = Harness(model, params, SizedIdTokenizer(), batch_size=2)
+    limited = harness.generate_until(requests)
+    assert all(max(r.tokens, default=0) < 64 for r in limited) and any(r.tokens for r in limited)
+    # Teacher-forced scores are the same with or without the limit: the full-vocabulary softmax.
+    scored = [LoglikelihoodRequest(text([5, 9]), text([12, 40]))]
+    assert harness.loglikelihood(scored)[0].log_prob == unlimited.loglikelihood(scored)[0].log_prob
