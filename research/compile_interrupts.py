@@ -22,6 +22,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -30,15 +31,29 @@ from types import FrameType
 _COMPILER_FILE = os.path.join("jax", "_src", "compiler.py")
 RECHECK_SECONDS = 0.02  # short: the stop is only as late as the compile plus this
 _pending: set[int] = set()  # signals whose handler is due to run again (one timer each)
+_deferred: set[int] = set()  # signals a compile deferred that have not been raised yet
 _lock = threading.RLock()  # reentrant: a second signal can run its handler inside the first one
 
 
+def _jax_directory() -> str | None:
+    """The jax package's directory once jax is imported (this module never imports it)."""
+    jax = sys.modules.get("jax")
+    path = getattr(jax, "__file__", None)
+    return os.path.dirname(path) + os.sep if path else None
+
+
+def _in_jax(frame: FrameType | None) -> bool:
+    directory = _jax_directory()
+    return frame is not None and directory is not None and frame.f_code.co_filename.startswith(directory)
+
+
 def compiling(frame: FrameType | None) -> bool:
-    """Whether a signal handler given `frame` runs while the main thread waits for XLA to compile."""
+    """Whether a signal handler given `frame` runs while the main thread waits for XLA to compile:
+    a frame of jax/_src/compiler.py, innermost or under jax's own frames only."""
     while frame is not None:
         if frame.f_code.co_filename.endswith(_COMPILER_FILE):
             return True
-        if "jax" not in frame.f_code.co_filename:  # our code or the user's: not inside a compile
+        if not _in_jax(frame):  # our code or the user's: not inside a compile
             return False
         frame = frame.f_back
     return False
@@ -52,16 +67,22 @@ def _run_handler_again(signum: int) -> None:
 
 def defer_while_compiling(signum: int, frame: FrameType | None) -> bool:
     """For a handler about to raise: False outside a compile (raise now). Inside one, arranges for
-    `signum`'s handler to run again in RECHECK_SECONDS (again and again until the compile has
-    returned, where it raises) and returns True: the handler returns without raising or recording
-    anything, so the signal is taken, once, by whichever handler is current when it runs again (a
-    Guard installed meanwhile gets a stop request, not a second Ctrl-C). A second signal while one
-    is pending adds nothing."""
-    if not compiling(frame):
-        return False
+    `signum`'s handler to run again in RECHECK_SECONDS and returns True: the handler returns
+    without raising or recording anything, so the signal is taken, once, by whichever handler is
+    current when it runs again (a Guard installed meanwhile gets a stop request, not a second
+    Ctrl-C). A second signal while one is pending adds nothing.
+
+    A deferred signal keeps being deferred until the main thread runs code outside jax: right
+    after a compile jax reads the executable's layouts and memory kinds under bare `except:`
+    clauses (jax/_src/interpreters/pxla.py), where a KeyboardInterrupt raised would be swallowed
+    and the stop lost (2 of 24 stops of finetune sft_tiny ran to the end, exit 0, before this)."""
     with _lock:
         if signum in _pending:
             return True
+        if not (compiling(frame) or (signum in _deferred and _in_jax(frame))):
+            _deferred.discard(signum)
+            return False
+        _deferred.add(signum)
         _pending.add(signum)
     timer = threading.Timer(RECHECK_SECONDS, _run_handler_again, (signum,))
     timer.daemon = True

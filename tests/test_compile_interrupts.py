@@ -7,6 +7,7 @@ import sys
 import time
 import types
 
+import jax
 import pytest
 
 from research import compile_interrupts
@@ -20,8 +21,10 @@ def _frame(filename: str, parent: object = None) -> types.SimpleNamespace:
     return types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=filename), f_back=parent)
 
 
-COMPILER_FRAME = _frame(os.path.join("site-packages", "jax", "_src", "compiler.py"),
-                        _frame(os.path.join("site-packages", "jax", "_src", "pjit.py"), _frame("train.py")))
+JAX_SRC = os.path.join(os.path.dirname(jax.__file__), "_src")
+COMPILER_FRAME = _frame(os.path.join(JAX_SRC, "compiler.py"), _frame(os.path.join(JAX_SRC, "pjit.py"), _frame("train.py")))
+# Where jax reads a new executable's layouts, under bare `except:` clauses.
+AFTER_COMPILE_FRAME = _frame(os.path.join(JAX_SRC, "interpreters", "pxla.py"), _frame("train.py"))
 
 
 def _wait_for(predicate, seconds: float = 5.0) -> None:
@@ -32,8 +35,8 @@ def _wait_for(predicate, seconds: float = 5.0) -> None:
 
 def test_compiling_reads_the_frames_up_to_the_callers_code():
     assert compile_interrupts.compiling(COMPILER_FRAME)
-    assert compile_interrupts.compiling(_frame(os.path.join("jax", "_src", "profiler.py"), COMPILER_FRAME))
-    assert not compile_interrupts.compiling(_frame(os.path.join("jax", "_src", "pjit.py"), _frame("train.py")))
+    assert compile_interrupts.compiling(_frame(os.path.join(JAX_SRC, "profiler.py"), COMPILER_FRAME))
+    assert not compile_interrupts.compiling(AFTER_COMPILE_FRAME)
     assert not compile_interrupts.compiling(_frame("train.py", COMPILER_FRAME))  # the compile returned
     assert not compile_interrupts.compiling(None)
 
@@ -50,6 +53,24 @@ def test_a_deferred_signal_runs_its_handler_again_once():
         assert len(calls) == 1
         assert not compile_interrupts.compiling(calls[0])  # this test's own frame: raise here
         assert not compile_interrupts.defer_while_compiling(signal.SIGUSR1, calls[0])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_deferred_signal_waits_until_the_main_thread_leaves_jax():
+    """Raised in jax's code right after the compile, a bare `except:` there would swallow it."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(frame))
+    try:
+        assert not compile_interrupts.defer_while_compiling(signal.SIGUSR1, AFTER_COMPILE_FRAME)  # no compile: now
+        assert compile_interrupts.defer_while_compiling(signal.SIGUSR1, COMPILER_FRAME)
+        _wait_for(lambda: len(calls) == 1)
+        assert compile_interrupts.defer_while_compiling(signal.SIGUSR1, AFTER_COMPILE_FRAME)  # still in jax
+        _wait_for(lambda: len(calls) == 2)
+        assert not compile_interrupts.defer_while_compiling(signal.SIGUSR1, _frame("train.py"))  # raise here
+        assert not compile_interrupts.defer_while_compiling(signal.SIGUSR1, AFTER_COMPILE_FRAME)  # a new one: now
+        time.sleep(5 * compile_interrupts.RECHECK_SECONDS)
+        assert len(calls) == 2
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
