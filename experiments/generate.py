@@ -192,7 +192,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag (quote the prompt).")
-    ctrl_c_after_compiles()  # a Ctrl-C mid-compile would end in a segfault at exit
+    ctrl_c_after_compiles()  # a Ctrl-C mid-compile must not end in a segfault at exit
     f = flags.FLAGS
     if not f["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

@@ -40,7 +40,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from research.compile_interrupts import defer_while_compiling
+from research.compile_interrupts import note_stop
 
 EARLY_SIGINT = threading.Event()
 EARLY_SIGTERM = threading.Event()
@@ -161,12 +161,11 @@ def _remember_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def _early_sigint(signum: int, frame: FrameType | None) -> None:
-    if defer_while_compiling(signum, frame):  # raised there, the exit would crash (research.compile_interrupts)
-        return
     EARLY_SIGINT.set()
     if _in_the_hook(frame):  # raised here, it would be lost: the hook's own errors are only printed
         _deliver_again(signum)
         return
+    note_stop(signum, frame)  # raised inside an XLA compile, the exit must skip the teardown
     raise KeyboardInterrupt
 
 
@@ -184,8 +183,6 @@ def _early_sigterm(signum: int, frame: FrameType | None) -> None:
     was saved, or a traceback and exit 1. SLURM signals the whole process group, and a --workers
     parent forwards the signal to its workers, so two SIGTERMs a moment apart are ordinary."""
     global _terminating
-    if not _terminating and defer_while_compiling(signum, frame):  # as _early_sigint
-        return
     EARLY_SIGTERM.set()
     if _terminating:
         return
@@ -193,6 +190,7 @@ def _early_sigterm(signum: int, frame: FrameType | None) -> None:
         _deliver_again(signum)
         return
     _terminating = True
+    note_stop(signum, frame)  # as _early_sigint
     raise TerminatedEarly
 
 

@@ -30,7 +30,7 @@ import jax
 
 # A Ctrl-C / SIGTERM of a command's setup, before a Guard (kept free of JAX so a command installs it first).
 # signal_exit_code lives there too (the exit code of a stop before the imports end), and is used from here.
-from research.compile_interrupts import defer_while_compiling
+from research.compile_interrupts import note_stop
 from research.early_interrupts import signal_exit_code, take_early_interrupt
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -98,8 +98,7 @@ class Guard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.signal_name == "SIGINT":
-            if defer_while_compiling(signum, frame):  # raised mid-compile, the exit would crash
-                return
+            note_stop(signum, frame)  # raised inside an XLA compile, the exit must skip the teardown
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
