@@ -11,9 +11,10 @@ that thread touches the freed client and the process dies of SIGSEGV: exit -11 i
 computation interrupted while it runs does not (the runtime waits for it).
 
 So a handler that raises a stop calls note_stop first, and when the stop came inside a compile
-the process ends without the teardown: an atexit hook, registered when this module is imported
-(before any other, so it runs after all of them: orbax, W&B, absl), flushes stdout and stderr and
-calls os._exit(128 + signal). Raising the stop at once, inside the compile, is kept: tried first,
+the process ends without the teardown: an atexit hook, registered when this module is imported,
+flushes stdout and stderr and calls os._exit(128 + signal). The training commands import it
+first (through research.early_interrupts), so the hooks registered later (orbax, W&B) run
+before it: atexit runs the last registered first. Raising the stop at once, inside the compile, is kept: tried first,
 deferring it until the compile had returned raised it at arbitrary points of the code after the
 compile, where it was swallowed by jax's bare `except:` clauses (2 of 24 stops lost, exit 0) or
 left a ThreadPoolExecutor worker unregistered, and the exit hung.
@@ -82,7 +83,7 @@ def _exit_without_teardown() -> None:
     os._exit(128 + _stopped_mid_compile)
 
 
-atexit.register(_exit_without_teardown)  # the first registered: it runs after every other hook
+atexit.register(_exit_without_teardown)  # runs after every hook registered later
 
 
 def _keyboard_interrupt_noting_compiles(signum: int, frame: FrameType | None) -> None:
@@ -96,5 +97,6 @@ def ctrl_c_after_compiles() -> None:
     ends the process without the teardown that would crash. Only replaces Python's default
     handler, in the main thread: a background job's inherited SIG_IGN and a handler someone
     installed are kept."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _keyboard_interrupt_noting_compiles)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from experiments.generate import DecodingOptions
+from tests.evaluation.conftest import capitals_task_yaml
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -108,20 +108,7 @@ def _write_task(folder: Path) -> None:
     folder.mkdir()
     data = folder / "questions.jsonl"
     data.write_text("".join(json.dumps({"country": c, "options": o, "label": g}) + "\n" for c, o, g in QUESTIONS))
-    (folder / "my_task.yaml").write_text(textwrap.dedent(f"""\
-        task: my_task
-        dataset_path: json
-        dataset_kwargs:
-          data_files:
-            test: {data}
-        test_split: test
-        output_type: multiple_choice
-        doc_to_text: "Q: What is the capital of {{{{country}}}}?\\nA:"
-        doc_to_choice: options
-        doc_to_target: label
-        metric_list:
-          - metric: acc
-        """))
+    (folder / "my_task.yaml").write_text(capitals_task_yaml("my_task", data))
 
 
 def test_lm_evaluation_harness_block(run_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

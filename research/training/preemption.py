@@ -28,9 +28,9 @@ from typing import Any
 
 import jax
 
+from research.compile_interrupts import note_stop
 # A Ctrl-C / SIGTERM of a command's setup, before a Guard (kept free of JAX so a command installs it first).
 # signal_exit_code lives there too (the exit code of a stop before the imports end), and is used from here.
-from research.compile_interrupts import note_stop
 from research.early_interrupts import signal_exit_code, take_early_interrupt
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -48,3 +48,13 @@ def tiny_model(name: str, vocab_size: int = VOCAB, **overrides):
 @pytest.fixture
 def tokenizer():
     return IdTokenizer()
+
+
+def capitals_task_yaml(task: str, data_file: str, metrics: tuple[str, ...] = ("acc",)) -> str:
+    """An lm-eval multiple-choice task over local JSONL rows {country, options, label}: "Q: What is
+    the capital of <country>?" (offline: dataset_path json reads data_file)."""
+    metric_lines = "".join(f"  - metric: {m}\n" for m in metrics)
+    return (f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data_file}\n"
+            "test_split: test\noutput_type: multiple_choice\n"
+            'doc_to_text: "Q: What is the capital of {{country}}?\\nA:"\n'
+            "doc_to_choice: options\ndoc_to_target: label\nmetric_list:\n" + metric_lines)

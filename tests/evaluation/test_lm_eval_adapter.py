@@ -12,7 +12,7 @@ from research.evaluation.lm_eval_adapter import HarnessLM, evaluate_tasks
 from research.evaluation.requests import GenerateRequest
 from research.evaluation.task_spec import load_task
 from research.models.config import ConfigError
-from tests.evaluation.conftest import tiny_model
+from tests.evaluation.conftest import capitals_task_yaml, tiny_model
 
 CAPITALS = [("France", ["Paris", "Rome", "Lima"], 0), ("Peru", ["Oslo", "Lima", "Quito"], 1),
             ("Italy", ["Madrid", "Bern", "Rome"], 2), ("Norway", ["Oslo", "Riga", "Kyiv"], 0),
@@ -45,21 +45,8 @@ def setup(tmp_path_factory):
                                      for i, (w, g) in enumerate(zip(WORDS, greedy))])
     lm_eval_dir = tmp / "lm_eval_tasks"
     lm_eval_dir.mkdir()
-    _yaml(lm_eval_dir / "capitals.yaml", f"""
-        task: local_capitals
-        dataset_path: json
-        dataset_kwargs:
-          data_files:
-            test: {tmp / 'mc.jsonl'}
-        test_split: test
-        output_type: multiple_choice
-        doc_to_text: "Q: What is the capital of {{{{country}}}}?\\nA:"
-        doc_to_choice: options
-        doc_to_target: label
-        metric_list:
-          - metric: acc
-          - metric: acc_norm
-        """)
+    (lm_eval_dir / "capitals.yaml").write_text(
+        capitals_task_yaml("local_capitals", tmp / "mc.jsonl", ("acc", "acc_norm")))
     _yaml(lm_eval_dir / "say.yaml", f"""
         task: local_say
         dataset_path: json
