@@ -37,7 +37,10 @@ class HFTokenizer:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
         self.bos_id = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
         self.mask_id = None if getattr(tokenizer, "mask_token_id", None) is None else int(tokenizer.mask_token_id)
-        self.vocab_size = len(tokenizer)
+        # Every id the tokenizer can produce or decode: len() counts the pieces, which misses ids
+        # above a gap in the numbering (a vocab with unused ids, added tokens placed higher), and
+        # decoding's vocab_limit would then never generate those tokens.
+        self.vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
