@@ -10,6 +10,12 @@ Each step has a sampling phase and the ordinary train step:
   3. add the frozen reference's per-token log-probs, then run research.training's train
      step on the loss below.
 
+The policy is the distribution the completions are drawn from: softmax(logits / temperature)
+over the tokenizer's ids (research.decoding's vocab_limit; the model's padded ids are never
+drawn). Every log-prob below, the reference's included, is taken under that same distribution
+(as TRL's GRPOTrainer scales logits by its temperature), so the update is the policy gradient
+of the sampler itself, not of the model's full temperature-1 softmax.
+
 Loss per completion token (one policy update per sample, so the PPO ratio is 1 and only
 its gradient matters): -A * exp(logp - stop_grad(logp)) + kl_coef * k3, with the k3 KL
 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman 2020), averaged over all
@@ -67,9 +73,12 @@ def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     return (rewards_BG - mean) / (rewards_BG.std(axis=-1, keepdims=True) + eps)
 
 
-def grpo_loss(model, params, batch, rng, *, kl_coef: float):
-    """Token-level GRPO loss on sampled completions (see module docstring), in the loop's aux form."""
-    logps_BT = token_log_probs(model, params, batch["tokens"], rng)
+def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float = 1.0,
+              vocab_limit: int | None = None):
+    """Token-level GRPO loss on sampled completions (see module docstring), in the loop's aux form;
+    temperature and vocab_limit: the sampler's, so logp is the log-prob of what was drawn."""
+    logps_BT = token_log_probs(model, params, batch["tokens"], rng, temperature=temperature,
+                               vocab_limit=vocab_limit)
     mask_BT = batch["completion_mask"][:, 1:].astype(jnp.float32)
     ratio_BT = jnp.exp(logps_BT - jax.lax.stop_gradient(logps_BT))
     log_ratio_ref_BT = batch["ref_logps"] - logps_BT
@@ -111,7 +120,11 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     rows = [prompt_row(i, w, r) for i, (w, r) in enumerate(prompt_records["train"])]
     model = build_model(base.config)
     boxed, initial = _zoo_params(model, base, train.seq_len)
-    reference_log_probs = jax.jit(lambda params, tokens: token_log_probs(model, params, tokens, None))
+    vocab_limit = vocab_limit_for(tokenizer, model.config.vocab_size)
+    # Log-probs under the sampler's distribution (module docstring), for the reference and, in
+    # sample_kl, the policy.
+    sampler_log_probs = jax.jit(lambda params, tokens: token_log_probs(
+        model, params, tokens, None, temperature=grpo.temperature, vocab_limit=vocab_limit))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(int(train.seed)), 3)
     eos = int(tokenizer.eos_id)
 
@@ -119,13 +132,10 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
         prompts = [list(row[:n]) for row, n in zip(host["prompt_tokens"], host["prompt_length"])]
         repeated = [p for p in prompts for _ in range(grpo.group_size)]
-        # vocab_limit: no padded id the tokenizer cannot decode for the reward. log_probs_BN stay
-        # the full-vocabulary ones, matching token_log_probs of the policy update.
+        # vocab_limit: no padded id the tokenizer cannot decode for the reward.
         out = generate(model, policy, repeated, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
-                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step),
-                       vocab_limit=vocab_limit_for(tokenizer, model.config.vocab_size))
+                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step), vocab_limit=vocab_limit)
         tokens_BN, lengths_B = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
-        policy_logps_BN = np.asarray(out.log_probs_BN)
         completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]
                        for row, n in zip(tokens_BN, lengths_B)]
         prompt_texts = [texts[int(i)] for i in host["index"] for _ in range(grpo.group_size)]
@@ -137,11 +147,13 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             tokens[i, :len(prompt)] = prompt
             tokens[i, len(prompt):len(prompt) + n] = tokens_BN[i, :n]
             mask[i, len(prompt):len(prompt) + n] = 1.0
-        ref_logps = np.asarray(reference_log_probs(reference, tokens))
-        # k1 estimate of KL(policy || reference) per sampled token: log pi - log ref.
-        ref_on_samples = np.concatenate([ref_logps[i, len(p) - 1:len(p) - 1 + n]
-                                         for i, (p, n) in enumerate(zip(repeated, lengths_B))])
-        policy_on_samples = np.concatenate([policy_logps_BN[i, :n] for i, n in enumerate(lengths_B)])
+        ref_logps = np.asarray(sampler_log_probs(reference, tokens))
+        # k1 estimate of KL(policy || reference) per sampled token: log pi - log ref, both under
+        # the sampler's distribution (generate's log_probs_BN are the temperature-1 full softmax).
+        policy_logps = np.asarray(sampler_log_probs(policy, tokens))
+        ref_on_samples, policy_on_samples = (
+            np.concatenate([logps[i, len(p) - 1:len(p) - 1 + n] for i, (p, n) in enumerate(zip(repeated, lengths_B))])
+            for logps in (ref_logps, policy_logps))
         train_batch = {"tokens": tokens, "completion_mask": mask, "advantages": advantages, "ref_logps": ref_logps}
         sharding = jax.tree.leaves(batch)[0].sharding
         extra = {"sample_reward": float(rewards.mean()),
@@ -165,7 +177,8 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     local_batch = train.batch_size
     return FinetuneJob(
         name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer,
-        loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef), abstract_params=boxed,
+        loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef, temperature=grpo.temperature,
+                                  vocab_limit=vocab_limit), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=local_batch, seed=seed)),
         evaluate=evaluate, prepare=sample_and_score, needs_reference=True)

@@ -51,12 +51,18 @@ class PreferenceConfig:
         return self.loss != "simpo"
 
 
-def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None) -> Array:
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) [B, T-1] of a decoder on right-padded rows."""
+def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None, *,
+                    temperature: float = 1.0, vocab_limit: int | None = None) -> Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) [B, T-1] of a decoder on right-padded rows, under
+    softmax(logits / temperature) over ids below vocab_limit (None: the whole vocabulary): the
+    distribution research.decoding.generate samples from with the same two settings."""
     # Rows are right-padded and attention is causal, so padding never reaches a real token.
     rngs = {} if rng is None else {"dropout": rng}
     logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
-                             rngs=rngs).astype(jnp.float32)
+                             rngs=rngs).astype(jnp.float32) / temperature
+    if vocab_limit is not None and vocab_limit < logits_BTV.shape[-1]:
+        allowed_V = jnp.arange(logits_BTV.shape[-1]) < vocab_limit
+        logits_BTV = jnp.where(allowed_V, logits_BTV, -jnp.inf)
     log_probs_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
 

@@ -31,3 +31,52 @@ def test_tiny_grpo_run_raises_reward_with_bounded_kl(tmp_path):
     assert last > 2 * first + 0.03, (first, last)  # seen: 0.027 -> 0.119
     assert final["eval_reward"] > final["before_eval_reward"]
     assert max(kl) < 1.5, kl  # nats per sampled token; kl_coef keeps the policy near the reference
+
+
+def _log_softmax_np(logits, temperature, vocab_limit):
+    """The sampler's log-probs by hand: logits / T over the first vocab_limit ids (float64)."""
+    scaled = np.asarray(logits, np.float64)[..., :vocab_limit] / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    return scaled - np.log(np.exp(scaled).sum(axis=-1, keepdims=True))
+
+
+def test_grpo_loss_takes_log_probs_under_the_sampling_distribution():
+    # The policy is what generate draws from: softmax(logits / T) over the tokenizer's ids. With
+    # a reference equal to the policy and log-probs taken under that distribution by hand, the
+    # KL term must vanish; log-probs of the full temperature-1 softmax (the old loss) leave a KL.
+    import jax
+    from research.finetune.run import build_job
+
+    config = tiny_config("grpo_tiny")
+    config.grpo.temperature = 0.5
+    job = build_job(config)
+    params = job.initial_params()
+    vocab, limit = job.model.config.vocab_size, job.tokenizer.vocab_size
+    assert limit < vocab  # the model's vocabulary is padded above the tokenizer's: the case at issue
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, limit, size=(8, config.train.seq_len)).astype(np.int32)
+    logits = np.asarray(job.model.apply({"params": params}, tokens[:, :-1]), np.float64)
+
+    def kl_against(reference_logps_BTV):
+        ref = np.take_along_axis(reference_logps_BTV, tokens[:, 1:, None], axis=-1)[..., 0].astype(np.float32)
+        batch = {"tokens": tokens, "completion_mask": np.ones_like(tokens, np.float32),
+                 "advantages": np.zeros(8, np.float32), "ref_logps": ref}
+        loss, aux = job.loss_fn(job.model, params, batch, None)
+        return float(aux["accuracy"]), float(loss)  # aux "accuracy" carries the mean k3 KL
+
+    kl, loss = kl_against(_log_softmax_np(logits, 0.5, limit))
+    assert abs(kl) < 1e-5 and abs(loss) < 1e-6, (kl, loss)
+    kl_full, _ = kl_against(_log_softmax_np(logits, 1.0, vocab))
+    assert kl_full > 1e-3, kl_full
+    # The gradient is that of the sampler's log-probs: it moves no padded id's logit row.
+    grads = jax.grad(lambda p: job.loss_fn(job.model, p, {"tokens": tokens,
+                                                          "completion_mask": np.ones_like(tokens, np.float32),
+                                                          "advantages": np.ones(8, np.float32),
+                                                          "ref_logps": np.zeros(tokens[:, 1:].shape, np.float32)},
+                                           None)[0])(params)
+    head = [np.asarray(g) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+            if g.ndim == 2 and vocab in g.shape]
+    assert head, "no parameter with a vocabulary axis"
+    for g in head:
+        rows = g[limit:] if g.shape[0] == vocab else g[:, limit:].T
+        np.testing.assert_array_equal(rows, 0)
