@@ -17,8 +17,10 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     plan = emergence.plan_study(config)
     params = [sizing.param_counts(m).non_embedding for m in plan.sizes.values()]
     assert len(params) >= 5 and params == sorted(params) and params[-1] > 10 * params[0]
-    # The ladder's own widths: preset scale-1e5 (2 layers) at d_model 24, 32, 48.
+    # The ladder's own widths: preset scale-1e5 (2 layers) at d_model 24, 32, 48, 64, every head of
+    # 8 dimensions (scale-1e5 itself has 4 heads of 16 at d_model 64).
     assert [(m.d_model, m.num_layers) for m in plan.sizes.values()] == [(28, 1), (24, 2), (32, 2), (48, 2), (64, 2)]
+    assert {m.d_model // m.num_heads for m in list(plan.sizes.values())[1:]} == {8}
     assert {m.init_scheme for m in plan.sizes.values()} == {"t5"}  # config.model reaches the ladder's own widths
     # The width rule, floored: learning_rate x max(lr_reference_width / d_model, lr_scale_floor), so
     # rates fall with width down to the reference rate (scale-1e5 failed at the unfloored 3e-3).
@@ -45,7 +47,8 @@ def test_cpu_tiny_config_plans_a_ladder_with_a_learning_rate_per_width():
     layers = [m.num_layers for m in plan.sizes.values()]
     assert layers[0] == 1 and layers[-1] >= 2
     train = emergence.train_config(config, config.sizes[-1], {"source": "files", "file_patterns": ["x.jsonl"]})
-    assert train.model.preset == config.sizes[-1] and train.opt.learning_rate == rates[-1]
+    assert (train.model.preset, train.model.d_model, train.model.num_heads) == ("scale-1e5", 64, 8)
+    assert train.opt.learning_rate == rates[-1]
     custom = emergence.train_config(config, "d32-l2", {"source": "files", "file_patterns": ["x.jsonl"]})
     assert (custom.model.preset, custom.model.d_model, custom.model.position) == ("scale-1e5", 32, "rope")
     assert train.checkpoint.keep_last == config.train.num_steps // config.checkpoint.every_steps + 1
@@ -156,9 +159,11 @@ def test_cpu_tiny_is_the_padded_study_in_base_26_with_the_mirage_read_across_its
     # Its curves along training have as many items as the final evaluation (training is unchanged
     # by it: test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixture).
     assert tiny.eval.num_test == tiny.eval.final_num_test == 1000
-    # Nothing else differs from the base-10 padded study: the base, the mirage's sizes and the
-    # items along training only.
-    tiny.report.mirage_sizes, tiny.eval.num_test = (), padded.eval.num_test
+    # Nothing else differs from the base-10 padded study: the base, the mirage's sizes, the items
+    # along training and the top size (d64-l2, heads of 8 dimensions as below it, for scale-1e5's
+    # 4 heads of 16) only.
+    assert tiny.sizes[-1] == "d64-l2" and padded.sizes[-1] == "scale-1e5"
+    tiny.report.mirage_sizes, tiny.eval.num_test, tiny.sizes = (), padded.eval.num_test, padded.sizes
     assert json.loads(tiny.to_json().replace("_base26", "")) == json.loads(padded.to_json())
 
 
