@@ -5,7 +5,7 @@ differ only in train.seed, read side by side.
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s1 \
         --config.train.seed=1
     python -m experiments.emergence_seeds --workdirs=/tmp/em_s0,/tmp/em_s1 \
-        --sizes=d24-l2,d32-l2,d48-l2,scale-1e5 --output_dir=/tmp/em_seeds
+        --sizes=d24-l2,d32-l2,d48-l2,d64-l2 --output_dir=/tmp/em_seeds
 
 Why: one run gives one model per size, and a size's per-digit accuracy p at the end can
 depend on the seed more than on the size (in cpu_tiny the 2-layer sizes left their early
