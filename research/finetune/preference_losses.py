@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.decoding.sampling import limit_vocab
 from research.models.config import ConfigError
 
 Array = jax.Array
@@ -60,10 +61,7 @@ def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array 
     rngs = {} if rng is None else {"dropout": rng}
     logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
                              rngs=rngs).astype(jnp.float32) / temperature
-    if vocab_limit is not None and vocab_limit < logits_BTV.shape[-1]:
-        allowed_V = jnp.arange(logits_BTV.shape[-1]) < vocab_limit
-        logits_BTV = jnp.where(allowed_V, logits_BTV, -jnp.inf)
-    log_probs_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+    log_probs_BTV = jax.nn.log_softmax(limit_vocab(logits_BTV, vocab_limit), axis=-1)
     return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
 
 
