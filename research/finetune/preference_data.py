@@ -2,7 +2,9 @@
 
 A record is {"prompt": str or chat messages, "chosen": str, "rejected": str}. Both
 responses are rendered after the same prompt with the chat template; the mask marks the
-response tokens (what DPO scores and a reward model judges).
+reply's tokens only (what DPO / IPO / SimPO score): an assistant turn inside a multi-turn
+prompt is context, as in trl's DPOTrainer / CPOTrainer, whose completion mask covers only
+the chosen / rejected completion.
 
 Synthetic sets, so the whole preference loop runs on a CPU with a checkable truth:
     capitals     "Shout: cat" -> chosen "CAT", rejected "cat" (a formatting rule)
@@ -75,11 +77,16 @@ def prompt_messages(where: str, prompt: Any) -> list[dict]:
 def preference_row(where: str, record: Record, *, template: ChatTemplate, tokenizer: Any, seq_len: int) -> Row:
     """Rows {chosen,rejected}_{tokens,mask,length} of one record, padded to seq_len."""
     prompt = prompt_messages(where, record["prompt"])
+    # render_chat encodes each piece on its own, so the prompt's ids are a prefix of every
+    # conversation's ids; nothing before the reply is scored (render_chat would mark the prompt's
+    # own assistant turns trainable, and the length-normalised IPO / SimPO would count them).
+    context = len(render_chat(prompt, template, tokenizer)[0])
     row: Row = {}
     for side in ("chosen", "rejected"):
         if not isinstance(record[side], str):
             raise RecordError(f"{where}: field {side!r} must be a string.")
         ids, mask = render_chat([*prompt, {"role": "assistant", "content": record[side]}], template, tokenizer)
+        mask = [0] * context + mask[context:]
         check_fits(where, len(ids), seq_len, f"prompt + {side} response")
         row[f"{side}_tokens"] = pad_row(ids, seq_len)
         row[f"{side}_mask"] = pad_row(mask, seq_len, np.float32)

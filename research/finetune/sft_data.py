@@ -2,7 +2,9 @@
 
 SFT is pretraining's causal-LM objective (research.training.losses, "causal_lm") on a
 different data transform: the loss weight of a target token is 1 only where the chat
-template marks the token as the assistant's (its reply, closing text and eos). Examples
+template marks the token as the assistant's (its reply, closing text and eos): every
+assistant turn of a multi-turn conversation is trained, as trl's assistant_only_loss (a
+preference pair, research/finetune/preference_data.py, scores only its reply). Examples
 are packed with segment ids, so attention never crosses examples.
 """
 from __future__ import annotations

@@ -87,3 +87,22 @@ def test_synthetic_preferences_follow_their_rule():
                          tokenizer=TOKENIZER, seq_len=40)
     chosen = [t for t, m in zip(row["chosen_tokens"], row["chosen_mask"]) if m]
     assert TOKENIZER.decode(chosen) == "CAT\n" and int(row["chosen_length"]) == len("User: Shout: cat\nAssistant: CAT\n") + 1
+
+
+def test_a_multi_turn_preference_prompt_scores_only_the_reply():
+    # trl's DPOTrainer / CPOTrainer score only the completion: an assistant turn inside the
+    # prompt is context. The row's tokens are the whole conversation, rebuilt here by hand.
+    prompt = [{"role": "user", "content": "Shout: cat"}, {"role": "assistant", "content": "CAT"},
+              {"role": "user", "content": "Shout: dog"}]
+    row = preference_row("p:1", {"prompt": prompt, "chosen": "DOG", "rejected": "dog"}, template=PLAIN,
+                         tokenizer=TOKENIZER, seq_len=96)
+    eos = [TOKENIZER.eos_id]
+    context = (TOKENIZER.encode("User: Shout: cat\nAssistant: CAT\n") + eos
+               + TOKENIZER.encode("User: Shout: dog\nAssistant: "))
+    for side, reply in (("chosen", "DOG\n"), ("rejected", "dog\n")):
+        expected = context + TOKENIZER.encode(reply) + eos
+        length = int(row[f"{side}_length"])
+        assert list(row[f"{side}_tokens"][:length]) == expected
+        np.testing.assert_array_equal(row[f"{side}_mask"][:length],
+                                      [0] * len(context) + [1] * (len(expected) - len(context)))
+        assert int(row[f"{side}_mask"].sum()) == 5  # the reply, its newline and eos
