@@ -37,7 +37,7 @@ class PreferenceConfig:
     loss: PreferenceLoss = "dpo"
     beta: float = 0.1
     simpo_gamma: float = 0.5
-    label_smoothing: float = 0.0  # conservative DPO (Mitchell 2023): assumed label-flip rate
+    label_smoothing: float = 0.0  # conservative DPO (Mitchell 2023) / SimPO as trl: assumed label-flip rate
 
     def __post_init__(self):
         if self.loss not in PreferenceLoss.__args__:
@@ -46,6 +46,10 @@ class PreferenceConfig:
             raise ConfigError(f"preference.beta={self.beta} must be positive.")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+        if self.loss == "ipo" and self.label_smoothing:
+            # IPO regresses the margin onto 1/(2 beta): there is no label to smooth (trl ignores it too).
+            raise ConfigError(f"preference.label_smoothing={self.label_smoothing} is unused: IPO has no labels to "
+                              "smooth; unset --config.preference.label_smoothing (or use loss 'dpo' / 'simpo').")
 
     @property
     def needs_reference(self) -> bool:
@@ -89,12 +93,16 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
 
     DPO (Rafailov 2023): -log sigmoid(beta * ((pc - rc) - (pr - rr))), label-smoothed.
     IPO (Azar 2023): ((pc - rc)/|c| - (pr - rr)/|r| - 1/(2 beta))^2, per-token log-ratios as trl.
-    SimPO (Meng 2024): -log sigmoid(beta * (pc/|c| - pr/|r|) - gamma), no reference.
+    SimPO (Meng 2024): -log sigmoid(beta * (pc/|c| - pr/|r|) - gamma), no reference, label-smoothed
+    as trl's CPOTrainer (loss_type="simpo").
+    Label smoothing eps (DPO, SimPO): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z) of the margin z.
     """
+    smoothing = config.label_smoothing
     if config.loss == "simpo":
         chosen = config.beta * chosen_logps / jnp.maximum(chosen_lengths, 1.0)
         rejected = config.beta * rejected_logps / jnp.maximum(rejected_lengths, 1.0)
-        return -jax.nn.log_sigmoid(chosen - rejected - config.simpo_gamma), chosen, rejected
+        z = chosen - rejected - config.simpo_gamma
+        return -jax.nn.log_sigmoid(z) * (1 - smoothing) - jax.nn.log_sigmoid(-z) * smoothing, chosen, rejected
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
     chosen, rejected = config.beta * chosen_ratio, config.beta * rejected_ratio
@@ -102,7 +110,6 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
         delta = chosen_ratio / jnp.maximum(chosen_lengths, 1.0) - rejected_ratio / jnp.maximum(rejected_lengths, 1.0)
         return jnp.square(delta - 1.0 / (2.0 * config.beta)), chosen, rejected
     margin = chosen - rejected
-    smoothing = config.label_smoothing
     loss = -jax.nn.log_sigmoid(margin) * (1 - smoothing) - jax.nn.log_sigmoid(-margin) * smoothing
     return loss, chosen, rejected
 

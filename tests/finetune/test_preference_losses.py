@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from research.finetune.preference_losses import PreferenceConfig, preference_margin_loss
+from research.models.config import ConfigError
 
 
 def trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, *, loss_type, beta):
@@ -72,3 +73,30 @@ def test_dpo_and_simpo_by_hand():
                                         jnp.array([4.0]), config)
     z = 2.0 * (chosen / 2 - rejected / 4) - 0.5  # 2 * (-2 + 1.5) - 0.5 = -1.5
     np.testing.assert_allclose(float(loss[0]), np.log1p(np.exp(-z)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_simpo_matches_trls_cpo_simpo_with_label_smoothing(label_smoothing):
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    chosen, rejected = np.array([-4.0, -3.0, -9.0], np.float32), np.array([-6.0, -5.0, -2.0], np.float32)
+    chosen_len, rejected_len = np.array([2.0, 3.0, 5.0], np.float32), np.array([4.0, 2.0, 1.0], np.float32)
+    beta, gamma = 2.0, 0.5
+    trainer = types.SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta,
+                                    label_smoothing=label_smoothing, accelerator=types.SimpleNamespace(device="cpu"))
+    # trl's CPOTrainer averages log-probs over the completion for SimPO (average_log_prob) before cpo_loss.
+    expected = CPOTrainer.cpo_loss(trainer, torch.tensor(chosen / chosen_len),
+                                   torch.tensor(rejected / rejected_len))[0].numpy()
+    ours, _, _ = preference_margin_loss(jnp.asarray(chosen), jnp.asarray(rejected), None, None,
+                                        jnp.asarray(chosen_len), jnp.asarray(rejected_len),
+                                        PreferenceConfig(loss="simpo", beta=beta, simpo_gamma=gamma,
+                                                         label_smoothing=label_smoothing))
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5)
+
+
+def test_label_smoothing_for_ipo_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^preference.label_smoothing=0.2 is unused: IPO has no labels to smooth; "
+                                          r"unset --config.preference.label_smoothing") as error:
+        PreferenceConfig(loss="ipo", label_smoothing=0.2)
+    assert "\n" not in str(error.value)
+    PreferenceConfig(loss="ipo", label_smoothing=0.0)
