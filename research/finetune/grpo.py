@@ -6,7 +6,8 @@ Each step has a sampling phase and the ordinary train step:
      (temperature sampling, key fold_in(seed key, step), so a resumed run samples the same);
   2. score them with the reward (grpo.reward: data.synthetic's rule_reward, or a reward
      model trained by path="reward"), and set each completion's
-     advantage to (r - mean of its group) / (std of its group + eps): no value model;
+     advantage to (r - mean of its group) / (std of its group + eps): no value model (the
+     sample std, Bessel-corrected, as TRL's GRPOTrainer with scale_rewards="group");
   3. add the frozen reference's per-token log-probs, then run research.training's train
      step on the loss below.
 
@@ -68,9 +69,12 @@ class GrpoConfig:
 
 
 def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """(r - group mean) / (group std + eps) over the last axis (the G completions of a prompt)."""
+    """(r - group mean) / (group std + eps) over the last axis (the G completions of a prompt),
+    with the sample std (ddof=1) as TRL's GRPOTrainer (torch's unbiased std); G >= 2."""
+    if rewards_BG.shape[-1] < 2:  # the sample std of one reward is undefined (NaN)
+        raise ValueError(f"group_advantages needs groups of >= 2 rewards, got {rewards_BG.shape[-1]}.")
     mean = rewards_BG.mean(axis=-1, keepdims=True)
-    return (rewards_BG - mean) / (rewards_BG.std(axis=-1, keepdims=True) + eps)
+    return (rewards_BG - mean) / (rewards_BG.std(axis=-1, ddof=1, keepdims=True) + eps)
 
 
 def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float = 1.0,

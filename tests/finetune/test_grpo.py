@@ -1,6 +1,7 @@
 """GRPO from a programmatic reward: group-relative advantages, and a tiny run that raises
 the reward of its samples while the KL to the reference stays bounded."""
 import numpy as np
+import pytest
 
 from research.finetune import finetune_and_evaluate
 from research.finetune.grpo import group_advantages
@@ -9,11 +10,18 @@ from research.training.metrics import read_metrics
 from tests.finetune.conftest import tiny_config
 
 
-def test_group_advantages_are_standardised_within_each_group():
+def test_group_advantages_are_standardised_by_the_sample_std_within_each_group():
+    # As TRL's GRPOTrainer (scale_rewards="group": torch's unbiased std). By hand: [1, 0, 0, 1] has
+    # mean 1/2 and sample std sqrt(4 * 1/4 / 3) = 1/sqrt(3); [0, 1] has mean 1/2, std 1/sqrt(2).
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
     advantages = group_advantages(rewards)
-    np.testing.assert_allclose(advantages[0], [1, -1, -1, 1], atol=1e-3)
+    half_over = lambda std: 0.5 / (std + 1e-4)
+    np.testing.assert_allclose(advantages[0], half_over(1 / np.sqrt(3)) * np.array([1, -1, -1, 1]), rtol=1e-6)
     np.testing.assert_array_equal(advantages[1], 0)  # a group that all agree teaches nothing
+    np.testing.assert_allclose(group_advantages(np.array([[0.0, 1.0]])), [[-half_over(1 / np.sqrt(2)),
+                                                                          half_over(1 / np.sqrt(2))]], rtol=1e-6)
+    with pytest.raises(ValueError, match="groups of >= 2 rewards, got 1"):  # no NaN from a group of one
+        group_advantages(np.array([[1.0], [0.0]]))
 
 
 def test_tiny_grpo_run_raises_reward_with_bounded_kl(tmp_path):
