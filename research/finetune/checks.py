@@ -3,7 +3,8 @@
 Every bad value a user can give on the command line fails here in one line naming the value
 and the fix, before any loading or compilation, instead of after training (export_dir on a
 head model, data.num_eval=0), as a NaN or an OOM (seq_len past the model's max_len, checked
-when the base model's config is known: `check_seq_len`) or silently (a SimPO reference).
+when the base model's config is known: `check_seq_len`) or silently (a SimPO reference, a
+LoRA dropout at rank 0).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         if preference.get("reference") and preference.get("loss") == "simpo":
             raise ConfigError(f"preference.reference={preference['reference']!r} is unused: SimPO needs no reference "
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")
+    from research.finetune.trainer import lora_config
+    lora_config(config)  # LoraConfig's one-line errors, and a dropout with rank 0 (full fine-tuning)
     if config.get("export_dir") and path in NO_EXPORT_PATHS:
         raise ConfigError(f"export_dir={config['export_dir']!r}: path={path!r} trains a model with a task head, "
                           "which has no Hugging Face export here; unset export_dir.")

@@ -64,8 +64,15 @@ class GrpoConfig:
     def __post_init__(self):
         if self.group_size < 2:
             raise ConfigError(f"grpo.group_size={self.group_size} must be >= 2 (advantages compare a group).")
-        if self.max_new_tokens <= 0 or self.temperature <= 0 or self.kl_coef < 0:
-            raise ConfigError("grpo.max_new_tokens and grpo.temperature must be positive, grpo.kl_coef >= 0.")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"grpo.max_new_tokens={self.max_new_tokens} must be positive: the length of each "
+                              "sampled completion (e.g. --config.grpo.max_new_tokens=8).")
+        if self.temperature <= 0:
+            raise ConfigError(f"grpo.temperature={self.temperature} must be positive: GRPO samples its completions "
+                              "(e.g. --config.grpo.temperature=1.0).")
+        if self.kl_coef < 0:
+            raise ConfigError(f"grpo.kl_coef={self.kl_coef} must be >= 0: the weight of the KL to the reference "
+                              "(0 = none; e.g. --config.grpo.kl_coef=0.05).")
 
 
 def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:

@@ -75,9 +75,13 @@ def _sub(section: Any) -> dict[str, Any]:
 
 
 def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
-    """config.lora with rank 0 (or absent) means full fine-tuning."""
+    """config.lora with rank 0 (or absent) means full fine-tuning; a dropout there is refused
+    (it has no adapter to act on), as is any value LoraConfig refuses."""
     section = _sub(config.get("lora", {}) or {})
     if not section or not section.get("rank"):
+        if section.get("dropout"):
+            raise ConfigError(f"lora.dropout={section['dropout']} needs lora.rank > 0: rank 0 is full fine-tuning, "
+                              "which has no adapter to drop out; set --config.lora.rank=8, or lora.dropout=0.")
         return None
     if "targets" in section:
         section["targets"] = tuple(section["targets"])

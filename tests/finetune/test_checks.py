@@ -24,6 +24,15 @@ CASES = {
     "no generation tokens": ("sft_tiny", {"generation_tokens": 0},
                              r"^generation_tokens=0 must be positive: .*--config.generation_tokens=16"),
     "negative generation prompts": ("sft_tiny", {"generation_prompts": -1}, r"^generation_prompts=-1 must be >= 0"),
+    "GRPO temperature 0": ("grpo_tiny", {"grpo.temperature": 0.0},
+                           r"^grpo.temperature=0.0 must be positive: .*--config.grpo.temperature=1.0"),
+    "GRPO negative KL weight": ("grpo_tiny", {"grpo.kl_coef": -1.0},
+                                r"^grpo.kl_coef=-1.0 must be >= 0: .*--config.grpo.kl_coef=0.05"),
+    "GRPO no new tokens": ("grpo_tiny", {"grpo.max_new_tokens": 0},
+                           r"^grpo.max_new_tokens=0 must be positive: .*--config.grpo.max_new_tokens=8"),
+    "LoRA dropout without adapters": ("sft_tiny", {"lora.dropout": 0.1},
+                                      r"^lora.dropout=0.1 needs lora.rank > 0: rank 0 is full fine-tuning, .*"
+                                      r"--config.lora.rank=8, or lora.dropout=0\.$"),
 }
 
 
