@@ -65,6 +65,41 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
     return BaseModel(model_config, params, tokenizer, source)
 
 
+def base_model_config(init: str, model_section: Any, depth: int = 0) -> ModelConfig | None:
+    """The ModelConfig `load_base_model(init, model_section)` loads, read without any weights (the
+    preset, a run's saved config, a Hugging Face config.json), so checks that need only the model's
+    shape run before the workdir is claimed; None where this cannot tell (load_base_model then
+    loads it, or says in one line why it cannot)."""
+    overrides = _overrides(model_section)
+    preset = overrides.pop("preset", None)
+    if init == "random":
+        return get_config(preset, **overrides) if preset else None
+    kind, _, path = init.partition(":")
+    if kind == "checkpoint":
+        from research.training.checkpoint_loading import checkpoint_root, model_config_from_run, run_config, run_workdir
+        saved = lora_run_config(path)
+        if saved is None:
+            try:
+                model_config = model_config_from_run(run_config(path))
+            except ConfigError:
+                return None  # not a run: load_checkpoint says why, in its place
+        elif depth < 8:  # a LoRA run: the base it was trained on (load_lora_run)
+            from research.finetune.run_identity import recorded_init
+            base_init = recorded_init(run_workdir(checkpoint_root(path))) or str(saved["init"])
+            model_config = base_model_config(base_init, saved.get("model", {}), depth + 1)
+        else:
+            return None
+    elif kind == "hf":
+        from research.models.hf import hf_model_config
+        try:
+            model_config = hf_model_config(path)
+        except (OSError, ValueError):  # no folder or config.json (ConfigError is a ValueError): load_hf says
+            return None
+    else:
+        return None
+    return model_config.replace(**overrides) if overrides and model_config is not None else model_config
+
+
 def job_base_model(config: ml_collections.ConfigDict) -> BaseModel:
     """The base model of a fine-tuning job (config.init / model / tokenizer), with train.seq_len
     checked against its max_len before any data is tokenized or anything compiled."""

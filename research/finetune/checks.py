@@ -1,15 +1,20 @@
-"""Checks of a fine-tuning config that need no model or data: run before the workdir is claimed.
+"""Checks of a fine-tuning config that need no weights or data: run before the workdir is claimed.
 
 Every bad value a user can give on the command line fails here in one line naming the value
 and the fix, before any loading or compilation, instead of after training (export_dir on a
 head model, data.num_eval=0), as a NaN or an OOM (seq_len past the model's max_len, checked
 when the base model's config is known: `check_seq_len`) or silently (a SimPO reference, a
-LoRA dropout at rank 0).
+LoRA dropout at rank 0). Because they come before the claim, a bad value on a workdir that
+already holds a run is named as such, not refused as "another run" (whose hint is to delete
+the workdir). The objective's sections (preference, grpo, lora) are checked by building their
+configs; lora.targets are matched against the base model's parameter paths, read from its
+config alone (base_model.base_model_config), where that can be read.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
@@ -38,16 +43,51 @@ def check_config(config: Mapping[str, Any]) -> None:
     if int(prompts) < 0:
         raise ConfigError(f"generation_prompts={prompts} must be >= 0: how many evaluation prompts are completed "
                           "(0 = none).")
+    from research.data.chat_templates import CHAT_TEMPLATES
+    if data.get("chat_template", "plain") not in CHAT_TEMPLATES:
+        raise ConfigError(f"data.chat_template={data['chat_template']!r} is not one of {sorted(CHAT_TEMPLATES)} "
+                          "(e.g. --config.data.chat_template=plain).")
     if path == "preference":
+        from research.finetune.preference_losses import PreferenceConfig
         preference = config_section(config, "preference")
         if preference.get("reference") and preference.get("loss") == "simpo":
             raise ConfigError(f"preference.reference={preference['reference']!r} is unused: SimPO needs no reference "
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")
-    from research.finetune.trainer import lora_config
-    lora_config(config)  # LoraConfig's one-line errors, and a dropout with rank 0 (full fine-tuning)
+        PreferenceConfig(**{k: v for k, v in preference.items() if k != "reference"})
+    if path == "grpo":
+        from research.finetune.grpo import GrpoConfig
+        GrpoConfig(**config_section(config, "grpo"))
+    check_lora_targets(config)
     if config.get("export_dir") and path in NO_EXPORT_PATHS:
         raise ConfigError(f"export_dir={config['export_dir']!r}: path={path!r} trains a model with a task head, "
                           "which has no Hugging Face export here; unset export_dir.")
+
+
+# Paths whose model nests the base model under "body" (research/finetune/heads.py), and the fresh
+# heads a path adds: trained in full under LoRA, never adapted (FinetuneJob.new_modules).
+_BODY_PATHS = ("reward", "token_classification")
+_FRESH_HEADS = ("classifier", "head")
+
+
+def check_lora_targets(config: Mapping[str, Any]) -> None:
+    """config.lora's values (trainer.lora_config: LoraConfig's errors, a dropout at rank 0) and,
+    where the base model's config can be read without its weights, lora.targets against its
+    parameter paths (lora.target_paths: a pattern matching nothing, or a parameter LoRA does not adapt)."""
+    from research.finetune.trainer import lora_config
+    lora = lora_config(config)
+    if lora is None:
+        return
+    from research.finetune.base_model import abstract_and_init, base_model_config
+    from research.finetune.lora import target_paths
+    from research.models import build_model
+    model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
+    if model_config is None:
+        return  # checked when the job builds its model (trainer.run_job), after the claim
+    ones = np.ones((1, 8), np.int32)  # parameter shapes do not depend on the input length
+    example = (ones, ones) if model_config.family == "encoder_decoder" else (ones,)
+    boxed, _ = abstract_and_init(build_model(model_config), example)  # shapes only: nothing is computed
+    base = {k: v for k, v in boxed.items() if k not in _FRESH_HEADS}
+    target_paths({"body": base} if config.get("path") in _BODY_PATHS else base, lora)
 
 
 def check_seq_len(seq_len: int, model: ModelConfig) -> None:

@@ -58,9 +58,11 @@ class LoraConfig:
 
     def __post_init__(self):
         if self.rank <= 0:
-            raise ConfigError(f"lora.rank={self.rank} must be positive.")
+            raise ConfigError(f"lora.rank={self.rank} must be positive (e.g. --config.lora.rank=8), or 0 for full "
+                              "fine-tuning.")
         if self.alpha <= 0:
-            raise ConfigError(f"lora.alpha={self.alpha} must be positive.")
+            raise ConfigError(f"lora.alpha={self.alpha} must be positive: adapters are scaled by alpha / rank "
+                              "(e.g. --config.lora.alpha=16).")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1), e.g. 0.05.")
         if not self.targets:

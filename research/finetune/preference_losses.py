@@ -43,9 +43,10 @@ class PreferenceConfig:
         if self.loss not in PreferenceLoss.__args__:
             raise ConfigError(f"preference.loss={self.loss!r} is not one of {PreferenceLoss.__args__}.")
         if self.beta <= 0:
-            raise ConfigError(f"preference.beta={self.beta} must be positive.")
+            raise ConfigError(f"preference.beta={self.beta} must be positive (e.g. --config.preference.beta=0.1).")
         if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+            raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5): the assumed "
+                              "rate of flipped labels (0 = none; e.g. --config.preference.label_smoothing=0.1).")
         if self.loss == "ipo" and self.label_smoothing:
             # IPO regresses the margin onto 1/(2 beta): there is no label to smooth (trl ignores it too).
             raise ConfigError(f"preference.label_smoothing={self.label_smoothing} is unused: IPO has no labels to "

@@ -68,6 +68,39 @@ def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path
         finetune_and_evaluate(full, str(workdir))
 
 
+BAD_VALUES = {"preference.beta": (0.0, r"^preference.beta=0.0 must be positive \(e.g. --config.preference.beta=0.1\)"),
+              "preference.label_smoothing": (0.7, r"^preference.label_smoothing=0.7 must be in \[0, 0.5\)"),
+              "lora.alpha": (-1.0, r"^lora.alpha=-1.0 must be positive: .*--config.lora.alpha=16"),
+              "lora.targets": (("nomatch$",), r"^lora.targets pattern 'nomatch\$' matches no parameter"),
+              "data.chat_template": ("chatm", r"^data.chat_template='chatm' is not one of \['chatml', 'plain'\]")}
+
+
+def test_a_bad_value_on_a_workdir_holding_a_run_is_named_not_refused_as_another_run(tmp_path):
+    """The value's own one-line error comes before the claim: "holds another run ...; delete DIR" was
+    the answer before, a hint that would throw the trained run away to fix a typo."""
+    from research.models.config import ConfigError
+    from research.finetune.base_model import base_model_config, load_base_model
+    workdir, exported = tmp_path / "run", tmp_path / "hf"
+    trained = tiny_config("dpo_lora_tiny", num_steps=2)
+    trained.export_dir = str(exported)
+    finetune_and_evaluate(trained, str(workdir))
+    # lora.targets are checked against the base's parameter paths, its config read without weights:
+    # the config loading the model gives, for a LoRA run's checkpoint and a Hugging Face folder.
+    for init in (f"checkpoint:{workdir}", f"hf:{exported}"):
+        assert base_model_config(init, {"dropout_rate": 0.1}) == load_base_model(init, {"dropout_rate": 0.1},
+                                                                                 "char").config
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    for key, (value, message) in BAD_VALUES.items():
+        config = tiny_config("dpo_lora_tiny", num_steps=2)
+        config.export_dir = str(exported)
+        section, field = key.split(".")
+        config[section][field] = value
+        with pytest.raises(ConfigError, match=message) as error:
+            finetune_and_evaluate(config, str(workdir))
+        assert not isinstance(error.value, WorkdirError) and "\n" not in str(error.value)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before  # nothing lost or written
+
+
 @pytest.mark.parametrize("stop, where", [(KeyboardInterrupt, "build_job"), (TerminatedEarly, "build_job"),
                                          (KeyboardInterrupt, "first_record")])
 def test_a_stop_before_the_first_checkpoint_leaves_the_workdir_free_for_other_settings(stop, where, tmp_path,

@@ -53,12 +53,19 @@ def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
     """
     from research.models import build_model
 
-    hf_config = read_hf_config(path)
-    module = _module_for_type(hf_config.get("model_type"), path)
-    overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
-    config = module.config_from_hf(hf_config).replace(**overrides)
-    params = module.params_from_hf(read_state_dict(path), config)
+    config = hf_model_config(path, **overrides)
+    params = _module_for_config_json(path).params_from_hf(read_state_dict(path), config)
     return build_model(config), params
+
+
+def hf_model_config(path: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig `from_hf(path, **overrides)` builds, from config.json alone (no weights read)."""
+    overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
+    return _module_for_config_json(path).config_from_hf(read_hf_config(path)).replace(**overrides)
+
+
+def _module_for_config_json(path: str) -> ModuleType:
+    return _module_for_type(read_hf_config(path).get("model_type"), path)
 
 
 def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
