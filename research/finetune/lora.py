@@ -25,7 +25,8 @@ resumed run draws the same masks. Evaluation (no rng) uses the merged weights.
 
 Paths are "/"-joined parameter keys, e.g. "layers/attention/query/kernel" (scanned) or
 "decoder_layers_1/cross_attention/out/kernel" (T5, unrolled); patterns are regular
-expressions searched in them.
+expressions searched in them, and every path a pattern matches must be a projection kernel
+(an embedding, bias or norm scale is refused: no adapter there would change the model).
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def _split_dims(path: str, ndim: int) -> tuple[int, int, int]:
     n_out = 2 if parent in ("query", "key", "value") else 1
     stacked = ndim - n_in - n_out
     if stacked < 0:
-        raise ConfigError(f"lora target {path!r} has {ndim} dims; LoRA adapts projection kernels (2+ dims).")
+        raise ConfigError(f"lora target {path!r} has {ndim} dims, fewer than the {n_in + n_out} ({n_in} in, {n_out} "
+                          f"out) of a {parent!r} projection kernel; leave it out of lora.targets.")
     return stacked, n_in, n_out
 
 
@@ -100,15 +102,25 @@ def _is_leaf(x: Any) -> bool:
 
 
 def target_paths(params: Any, config: LoraConfig) -> list[str]:
-    """Paths of the kernels that get adapters; ConfigError for a pattern that matches nothing."""
-    paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_leaf)[0]]
+    """Paths of the kernels that get adapters; ConfigError for a pattern that matches nothing, or
+    that matches a parameter LoRA does not adapt: merge_lora and the dropout path (Dense layers)
+    apply adapters to projection kernels only, so one on an embedding, bias or norm scale would
+    be trained and counted while changing nothing."""
+    leaves = {_path(p): getattr(v, "value", v) for p, v in
+              jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_leaf)[0]}
     matched = []
     for pattern in config.targets:
-        hits = [p for p in paths if re.search(pattern, p)]
+        hits = [p for p in leaves if re.search(pattern, p)]
         if not hits:
-            kernels = [p for p in paths if p.endswith("kernel")][:4]
+            kernels = [p for p in leaves if p.endswith("kernel")][:4]
             raise ConfigError(f"lora.targets pattern {pattern!r} matches no parameter; parameter paths look like "
                               f"{kernels}.")
+        for path in hits:
+            if path.rsplit("/", 1)[-1] != "kernel":
+                raise ConfigError(f"lora.targets pattern {pattern!r} matches {path!r}, which is not a projection "
+                                  "kernel (LoRA adapts '.../kernel' weights only); anchor the pattern to kernels, "
+                                  "e.g. 'attention/query/kernel$'.")
+            _split_dims(path, len(leaves[path].shape))
         matched += [p for p in hits if p not in matched]
     return sorted(matched)
 

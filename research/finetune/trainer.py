@@ -107,8 +107,10 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
     boxed = job.abstract_params
     if lora is not None:
         optimizer, loss_fn = adapter_optimizer(optimizer), lora_loss_fn(loss_fn, lora)
-        adapters = jax.eval_shape(lambda key: init_lora(job.abstract_params, lora, key), jax.random.PRNGKey(0))
         frozen, heads = split_trained(job.abstract_params, job.new_modules)
+        # Adapters on the frozen base only: a fresh head trains in full, and merged_params never
+        # applies an adapter to it (checks.check_lora_targets matches the same tree).
+        adapters = jax.eval_shape(lambda key: init_lora(frozen, lora, key), jax.random.PRNGKey(0))
         boxed = {BASE: frozen, LORA: adapters, **({TRAINED: heads} if heads else {})}
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -211,9 +213,8 @@ def _initial_params(job: FinetuneJob, lora: LoraConfig | None, boxed: Any, param
     from flax.core import meta
     base, heads = split_trained(job.initial_params(), job.new_modules)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
-    # Adapters of the whole model's targets (the heads are not targets), as before heads moved out.
-    whole = {**boxed[BASE], **boxed.get(TRAINED, {})}
-    adapters = jax.jit(lambda k: meta.unbox(init_lora(whole, lora, k)), out_shardings=param_sh[LORA])(key)
+    # Adapters of the frozen base's targets (run_job: a head is never adapted).
+    adapters = jax.jit(lambda k: meta.unbox(init_lora(boxed[BASE], lora, k)), out_shardings=param_sh[LORA])(key)
     params = {BASE: jax.device_put(base, param_sh[BASE]), LORA: adapters}
     return {**params, TRAINED: jax.device_put(heads, param_sh[TRAINED])} if heads else params
 

@@ -33,6 +33,15 @@ CASES = {
     "LoRA dropout without adapters": ("sft_tiny", {"lora.dropout": 0.1},
                                       r"^lora.dropout=0.1 needs lora.rank > 0: rank 0 is full fine-tuning, .*"
                                       r"--config.lora.rank=8, or lora.dropout=0\.$"),
+    # Adapters that change nothing: merge_lora adapts the frozen base's kernels only (not an
+    # embedding; not a fresh head, which trains in full).
+    "LoRA on the embedding": ("sft_lora_tiny", {"lora.targets": ("token_embed",)},
+                              r"^lora.targets pattern 'token_embed' matches 'token_embed/embedding', which is not a "
+                              r"projection kernel .*e\.g\. 'attention/query/kernel\$'\.$"),
+    "LoRA on a fresh reward head": ("reward_tiny", {"lora.rank": 8, "lora.targets": ("head/kernel$",)},
+                                    r"^lora.targets pattern 'head/kernel\$' matches no parameter"),
+    "LoRA on a fresh classifier": ("classify_tiny", {"lora.rank": 8, "lora.targets": ("classifier",)},
+                                   r"^lora.targets pattern 'classifier' matches no parameter"),
 }
 
 

@@ -238,3 +238,28 @@ def test_a_fresh_head_trains_in_full_beside_the_adapters_and_the_base_stays_froz
     jax.tree.map(np.testing.assert_array_equal, new.params[BASE], params[BASE])
     assert all(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(new.params[TRAINED]),
                                                      jax.tree.leaves(params[TRAINED])))
+
+
+@pytest.mark.parametrize("pattern, path, scan", [("token_embed", "token_embed/embedding", False),
+                                                 ("attention/query", "layers_0/attention/query/bias", False),
+                                                 ("attention/query", "layers/attention/query/bias", True),
+                                                 ("mlp_norm/scale", "layers_0/mlp_norm/scale", False)])
+def test_a_target_that_is_not_a_projection_kernel_is_one_line(pattern, path, scan):
+    # merge_lora and the Dense interceptor apply adapters to kernels only: an adapter on an
+    # embedding, bias or norm scale was created, trained and counted, and changed nothing (its
+    # gradient exactly 0). A scanned bias has 3 dims and used to pass as a kernel.
+    model = build_model(get_config("gpt2-tiny", num_layers=1, d_model=32, scan_layers=scan))
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    with pytest.raises(ConfigError, match=rf"^lora.targets pattern '{pattern}' matches '{path}', which is not a "
+                                          r"projection kernel .*; anchor the pattern to kernels, e\.g\. "
+                                          r"'attention/query/kernel\$'\.$") as error:
+        target_paths(boxed, LoraConfig(rank=4, targets=(pattern,)))
+    assert "\n" not in str(error.value)
+
+
+def test_a_kernel_with_too_few_dims_says_what_it_lacks():
+    params = {"attention": {"query": {"kernel": jnp.zeros((8, 4))}}}  # q needs [in, heads, head_dim]
+    with pytest.raises(ConfigError, match=r"^lora target 'attention/query/kernel' has 2 dims, fewer than the 3 "
+                                          r"\(1 in, 2 out\) of a 'query' projection kernel; leave it out of "
+                                          r"lora\.targets\.$"):
+        target_paths(params, LoraConfig(rank=4, targets=("query/kernel$",)))
