@@ -1,11 +1,16 @@
 """GRPO (Shao et al. 2024): RL with group-relative advantages, from a programmatic reward or
 the score of a trained reward model (grpo.reward, research/finetune/reward_source.py).
 
+A prompt ({"prompt": ...} per JSONL row) is a string or chat messages, as in preference files
+(research/finetune/preference_data.py): it is rendered with data.chat_template and the
+assistant's opening (the generation prompt), as trl renders conversational prompts.
+
 Each step has a sampling phase and the ordinary train step:
   1. sample `group_size` completions of every prompt in the batch with research.decoding
      (temperature sampling, key fold_in(seed key, step), so a resumed run samples the same);
   2. score them with the reward (grpo.reward: data.synthetic's rule_reward, or a reward
-     model trained by path="reward"), and set each completion's
+     model trained by path="reward"; it gets the prompt as chat messages, reward_source.py),
+     and set each completion's
      advantage to (r - mean of its group) / (std of its group + eps): no value model (the
      sample std, Bessel-corrected, as TRL's GRPOTrainer with scale_rewards="group");
   3. add the frozen reference's per-token log-probs, then run research.training's train
@@ -41,10 +46,10 @@ from research.finetune import records as records_lib
 from research.finetune.checks import config_section
 from research.finetune.evaluators import greedy_completions
 from research.finetune.paths import _decoder_base, _zoo_params, generation_prompts, load_records
-from research.finetune.preference_data import rule_reward, synthetic_prompts
+from research.finetune.preference_data import prompt_messages, rule_reward, synthetic_prompts
 from research.finetune.preference_losses import token_log_probs
 from research.finetune.records import check_fits, pad_row
-from research.finetune.reward_source import reward_function
+from research.finetune.reward_source import last_user_text, reward_function
 from research.finetune.trainer import FinetuneJob
 from research.models import build_model
 from research.models.config import ConfigError
@@ -84,6 +89,16 @@ def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     return (rewards_BG - mean) / (rewards_BG.std(axis=-1, ddof=1, keepdims=True) + eps)
 
 
+def generation_messages(where: str, prompt: Any) -> list[dict]:
+    """A GRPO prompt (a string, or chat messages as in preference files) as chat messages that end
+    with the turn the policy answers; RecordError naming the row otherwise."""
+    messages = prompt_messages(where, prompt)
+    if messages[-1]["role"] == "assistant":  # render_prompt would drop it and answer the turn before
+        raise records_lib.RecordError(f"{where}: the prompt ends with an assistant message; a GRPO prompt ends with "
+                                      "the user (or system) turn the policy answers.")
+    return messages
+
+
 def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float = 1.0,
               vocab_limit: int | None = None):
     """Token-level GRPO loss on sampled completions (see module docstring), in the loop's aux form;
@@ -120,15 +135,17 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                           f"{grpo.max_new_tokens}; raise seq_len.")
 
     prompt_records = {s: load_records(data, s, (("prompt",),), synthetic_prompts) for s in ("train", "eval")}
-    texts = [str(r["prompt"]) for _, r in prompt_records["train"]]
+    # Every prompt as chat messages (what the reward function gets, reward_source.py), rendered
+    # with the template's generation prompt, as preference rows render theirs.
+    prompt_chats = {s: [generation_messages(w, r["prompt"]) for w, r in prompt_records[s]] for s in ("train", "eval")}
 
-    def prompt_row(index, where, record):
-        ids = render_prompt([{"role": "user", "content": str(record["prompt"])}], template, tokenizer)
+    def prompt_row(index, where, messages):
+        ids = render_prompt(messages, template, tokenizer)
         check_fits(where, len(ids), prompt_len, "prompt")
         return {"prompt_tokens": pad_row(ids, prompt_len), "prompt_length": np.asarray(len(ids), np.int32),
                 "index": np.asarray(index, np.int32)}
 
-    rows = [prompt_row(i, w, r) for i, (w, r) in enumerate(prompt_records["train"])]
+    rows = [prompt_row(i, w, m) for i, ((w, _), m) in enumerate(zip(prompt_records["train"], prompt_chats["train"]))]
     model = build_model(base.config)
     boxed, initial = _zoo_params(model, base, train.seq_len)
     vocab_limit = vocab_limit_for(tokenizer, model.config.vocab_size)
@@ -149,8 +166,8 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         tokens_BN, lengths_B = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
         completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]
                        for row, n in zip(tokens_BN, lengths_B)]
-        prompt_texts = [texts[int(i)] for i in host["index"] for _ in range(grpo.group_size)]
-        rewards = np.asarray(reward_fn(prompt_texts, completions), np.float32)
+        group_prompts = [prompt_chats["train"][int(i)] for i in host["index"] for _ in range(grpo.group_size)]
+        rewards = np.asarray(reward_fn(group_prompts, completions), np.float32)
         advantages = group_advantages(rewards.reshape(-1, grpo.group_size)).reshape(-1).astype(np.float32)
         tokens = np.zeros((len(repeated), train.seq_len), np.int32)
         mask = np.zeros((len(repeated), train.seq_len), np.float32)
@@ -171,8 +188,8 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                  "sample_kl": float(np.mean(policy_on_samples - ref_on_samples))}
         return shard_batch(train_batch, sharding), extra
 
-    eval_prompts = [str(r["prompt"]) for _, r in prompt_records["eval"][:max(generation_prompts(config), 1)]]
-    eval_ids = [render_prompt([{"role": "user", "content": p}], template, tokenizer) for p in eval_prompts]
+    eval_prompts = prompt_chats["eval"][:max(generation_prompts(config), 1)]
+    eval_ids = [render_prompt(p, template, tokenizer) for p in eval_prompts]
 
     def evaluate(params, reference, sharding):
         completions = greedy_completions(model, params, eval_ids, tokenizer, max_new_tokens=grpo.max_new_tokens,
@@ -181,7 +198,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         # eval_loss (what keep-best minimises) is the negative greedy reward.
         metrics = {"eval_reward": reward, "eval_loss": -reward}
         if rule and grpo.reward != "rule":  # the rule the reward model was trained to prefer, when known
-            metrics["eval_rule_reward"] = float(np.mean([rule_reward(rule, p, c)
+            metrics["eval_rule_reward"] = float(np.mean([rule_reward(rule, last_user_text(p), c)
                                                          for p, c in zip(eval_prompts, completions)]))
         return metrics
 

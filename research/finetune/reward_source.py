@@ -4,8 +4,13 @@
     grpo.reward = "reward_model:<dir>"   the workdir of a path="reward" run (e.g. reward_tiny):
                                          its latest checkpoint's scalar head model
 
+A reward function gets each prompt as chat messages (a string prompt is one user message, as
+research/finetune/preference_data.prompt_messages makes it; trl's conversational format) and
+each completion as decoded text. The rule scores the content of the prompt's last user message
+(for a string prompt: the string itself).
+
 A reward model reads text, not the policy's ids: each completion is decoded, and the
-(prompt, completion) conversation is rendered with the reward run's own chat template and
+(prompt messages, completion) conversation is rendered with the reward run's own chat template and
 tokenizer exactly as its training pairs were (research/finetune/preference_data.py), so a
 reward model with another tokenizer or family (a BERT body) scores a decoder policy. Rows
 are padded to the reward run's train.seq_len; a longer conversation keeps its last
@@ -14,7 +19,7 @@ seq_len tokens (a decoder scores the last token) or its first (BERT scores token
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +32,14 @@ from research.finetune.preference_data import rule_reward
 from research.models.config import ConfigError
 
 REWARD_MODEL = "reward_model:"
-# (prompts, completions) -> one reward per completion, float32 [N]
-RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+Messages = Sequence[Mapping[str, str]]
+# (prompts as chat messages, completions) -> one reward per completion, float32 [N]
+RewardFn = Callable[[Sequence[Messages], Sequence[str]], np.ndarray]
+
+
+def last_user_text(messages: Messages) -> str:
+    """The content of the last user message (what a rule reads as the task); "" if there is none."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def load_reward_model(workdir: str) -> RewardFn:
@@ -49,12 +60,11 @@ def load_reward_model(workdir: str) -> RewardFn:
     seq_len, decoder = int(saved["train"]["seq_len"]), base.config.family == "decoder"
     score_rows = jax.jit(lambda params, tokens, lengths: model.apply({"params": params}, tokens, lengths))
 
-    def score(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    def score(prompts: Sequence[Messages], completions: Sequence[str]) -> np.ndarray:
         tokens = np.zeros((len(prompts), seq_len), np.int32)
         lengths = np.zeros((len(prompts),), np.int32)
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            ids, _ = render_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                                 template, base.tokenizer)
+            ids, _ = render_chat([*prompt, {"role": "assistant", "content": completion}], template, base.tokenizer)
             ids = ids[-seq_len:] if decoder else ids[:seq_len]
             tokens[i, :len(ids)], lengths[i] = ids, len(ids)
         return np.asarray(score_rows(params, jnp.asarray(tokens), jnp.asarray(lengths)), np.float32)
@@ -67,8 +77,8 @@ def reward_function(spec: str, rule: str | None) -> RewardFn:
         if not rule:
             raise ConfigError("grpo.reward='rule' needs a programmatic reward: set data.synthetic (capitals or "
                               "arithmetic), or use grpo.reward='reward_model:<reward run workdir>'.")
-        return lambda prompts, completions: np.asarray([rule_reward(rule, p, c) for p, c in zip(prompts, completions)],
-                                                       np.float32)
+        return lambda prompts, completions: np.asarray(
+            [rule_reward(rule, last_user_text(p), c) for p, c in zip(prompts, completions)], np.float32)
     if spec.startswith(REWARD_MODEL):
         return load_reward_model(spec[len(REWARD_MODEL):])
     raise ConfigError(f"grpo.reward={spec!r} must be 'rule' or '{REWARD_MODEL}<workdir of a reward run>'.")

@@ -88,3 +88,60 @@ def test_grpo_loss_takes_log_probs_under_the_sampling_distribution():
     for g in head:
         rows = g[limit:] if g.shape[0] == vocab else g[:, limit:].T
         np.testing.assert_array_equal(rows, 0)
+
+
+def test_chat_message_prompts_are_rendered_as_a_chat_and_reach_the_reward_as_messages(tmp_path, monkeypatch):
+    # A {"prompt": [messages]} row (the form preference files take) prompted the policy with the
+    # Python repr of the list; it must read as the chat, as a string prompt does, and the reward
+    # gets every prompt as messages (a string prompt: one user message).
+    import json
+
+    import jax
+    from research.finetune import grpo as grpo_module
+    from research.finetune.reward_source import reward_function
+
+    conversation = [{"role": "system", "content": "Be loud."}, {"role": "user", "content": "Shout: cat"}]
+    rows = [{"prompt": conversation}, {"prompt": "Shout: dog"}]
+    for split in ("train", "eval"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+
+    def recording_reward(spec, rule):
+        rule_fn = reward_function(spec, rule)
+        return lambda prompts, completions: seen.extend(prompts) or rule_fn(prompts, completions)
+
+    monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
+    config = tiny_config("grpo_tiny")
+    config.train.update(dict(seq_len=64, batch_size=2))
+    config.grpo.update(dict(group_size=2, max_new_tokens=4))
+    config.data.update(dict(train_file=str(tmp_path / "train.jsonl"), eval_file=str(tmp_path / "eval.jsonl")))
+    job = grpo_module.grpo_job(config)
+    batch = next(job.train_batches(0))
+    rendered = {job.tokenizer.decode([int(t) for t in row[:n]])
+                for row, n in zip(batch["prompt_tokens"], batch["prompt_length"])}
+    assert rendered == {"System: Be loud.\nUser: Shout: cat\nAssistant: ", "User: Shout: dog\nAssistant: "}
+
+    params = job.initial_params()
+    job.prepare(params, params, jax.tree.map(jax.numpy.asarray, batch), 1)
+    expected = [conversation, [{"role": "user", "content": "Shout: dog"}]]
+    assert sorted(map(json.dumps, seen)) == sorted(json.dumps(m) for m in expected for _ in range(2))
+    # The rule reads the last user message: the conversation scores as its string form does.
+    rule = reward_function("rule", "capitals")
+    np.testing.assert_array_equal(rule([conversation, [{"role": "user", "content": "Shout: cat"}]], ["CAT", "CAT"]),
+                                  [1.0, 1.0])
+
+
+def test_a_prompt_ending_with_an_assistant_turn_is_one_line(tmp_path):
+    import json
+
+    from research.finetune.grpo import grpo_job
+    from research.finetune.records import RecordError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "Shout: cat"},
+                                           {"role": "assistant", "content": "CAT"}]}) + "\n")
+    config = tiny_config("grpo_tiny")
+    config.data.update(dict(train_file=str(path), eval_file=str(path)))
+    with pytest.raises(RecordError, match=rf"^{path}:1: the prompt ends with an assistant message; a GRPO prompt ends "
+                                          r"with the user \(or system\) turn the policy answers\.$"):
+        grpo_job(config)
