@@ -132,17 +132,42 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
     return tokens_length, lengths(tokens_length)[1]
 
 
-def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density: float = 0.15,
-                            mean_span_length: float = 3.0) -> np.ndarray:
-    """bool [length]: which tokens are noise, in alternating kept / noise spans starting with
-    a kept span; span lengths are uniformly random compositions (t5 random_spans_noise_mask)."""
-    orig_length, length = length, max(length, 2)
+def _too_many_spans(length: int, noise_density: float, mean_span_length: float) -> str | None:
+    """Why a `length`-token window cannot take T5's noise spans (None if it can): the spans
+    alternate with kept spans, so each needs a kept token before it (t5's _random_segmentation
+    takes num_segments in [1, num_items] for both)."""
     num_noise, num_spans = _span_counts(length, noise_density, mean_span_length)
+    if num_spans <= length - num_noise:
+        return None
+    return (f"noise_density={noise_density} with mean_span_length={mean_span_length} makes {num_spans} noise "
+            f"spans in a {length}-token window but leaves only {length - num_noise} kept tokens to separate "
+            "them; lower noise_density or raise mean_span_length")
+
+
+def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density: float = 0.15,
+                            mean_span_length: float = 3.0, *, cap_spans: bool = False) -> np.ndarray:
+    """bool [length]: which tokens are noise, in alternating kept / noise spans starting with
+    a kept span; span lengths are uniformly random compositions (t5 random_spans_noise_mask).
+
+    Always exactly _span_counts' noise tokens, in its number of spans. Settings that make more
+    spans than there are kept tokens raise a DataError, as T5 fails on them (letting spans merge
+    would quietly drop noise). cap_spans=True makes at most one span per kept token instead,
+    keeping the noise count: for a document's short last window, where rounding can ask for a
+    span too many although a full window (checked by SpanCorruption.validate) has room.
+    """
+    orig_length, length = length, max(length, 2)
+    if mean_span_length < 1:  # more spans than noise tokens (SpanCorruption.validate refuses it too)
+        raise DataError(f"span_corruption: mean_span_length={mean_span_length} must be at least 1.")
+    if not cap_spans and (problem := _too_many_spans(length, noise_density, mean_span_length)):
+        raise DataError(f"span_corruption: {problem}.")
+    num_noise, num_spans = _span_counts(length, noise_density, mean_span_length)
+    num_spans = min(num_spans, length - num_noise)  # changes nothing unless cap_spans
 
     def random_segmentation(num_items: int, num_segments: int) -> np.ndarray:
+        """Lengths of `num_segments` non-empty segments of `num_items` (1 <= segments <= items)."""
         first_in_segment = np.zeros(num_items, np.int32)
         first_in_segment[1 + rng.permutation(num_items - 1)[:num_segments - 1]] = 1
-        return np.bincount(np.cumsum(first_in_segment), minlength=num_segments)
+        return np.bincount(np.cumsum(first_in_segment))
 
     noise_lengths = random_segmentation(num_noise, num_spans)
     kept_lengths = random_segmentation(length - num_noise, num_spans)
@@ -273,7 +298,9 @@ class MaskedLM:
 @dataclasses.dataclass(frozen=True)
 class SpanCorruption:
     """T5 span corruption: the encoder length is seq_len; the decoder length follows from it
-    (span_corruption_lengths) so that a full window fills both packed rows exactly."""
+    (span_corruption_lengths) so that a full window fills both packed rows exactly. Each noise
+    span needs a kept token before it, so validate refuses settings whose full window would need
+    more spans than it keeps tokens (e.g. noise_density 0.6 with mean_span_length 1)."""
 
     name: ClassVar[str] = "span_corruption"
     encoder_decoder: ClassVar[bool] = True
@@ -295,6 +322,9 @@ class SpanCorruption:
         if seq_len < 4:
             raise DataError(f"span_corruption: seq_len={seq_len} must be at least 4.")
         window = self.window_lengths(seq_len)[0]
+        # Short last windows are capped (random_spans_noise_mask); a full one must fit as asked.
+        if problem := _too_many_spans(window, self.noise_density, self.mean_span_length):
+            raise DataError(f"span_corruption: at seq_len={seq_len}, {problem}.")
         spans = _span_counts(window, self.noise_density, self.mean_span_length)[1]
         if special.num_extra_ids < spans:
             raise DataError(
@@ -306,7 +336,8 @@ class SpanCorruption:
         window_length = self.window_lengths(seq_len)[0]
         out = []
         for window in _windows(tokens, window_length):
-            noise = random_spans_noise_mask(len(window), rng, self.noise_density, self.mean_span_length)
+            noise = random_spans_noise_mask(len(window), rng, self.noise_density, self.mean_span_length,
+                                            cap_spans=len(window) < window_length)
             encoder_inputs, decoder_targets = corrupt_spans(window, noise, special)
             out.append(_encoder_decoder_example(encoder_inputs, decoder_targets, special.pad_id))
         return out

@@ -172,6 +172,41 @@ def test_span_corruption_statistics_sentinels_and_reconstruction():
     assert abs(noise_total / span_total - 3.0) < 0.1
 
 
+def test_span_corruption_refuses_more_noise_spans_than_kept_tokens_to_separate_them():
+    """T5's spans alternate with kept spans; asking for more spans than kept tokens used to merge
+    spans and drop noise silently (31-token window at 0.6 / 1.0: 15 noise tokens, not 19)."""
+    # seq_len 32: windows of 31 tokens, round(31 * 0.6) = 19 noise tokens in 19 spans, 12 kept.
+    with pytest.raises(DataError, match=r"^span_corruption: at seq_len=32, noise_density=0.6 with mean_span_length=1.0 "
+                                        r"makes 19 noise spans in a 31-token window but leaves only 12 kept tokens .*; "
+                                        r"lower noise_density or raise mean_span_length\.$"):
+        SpanCorruption(noise_density=0.6, mean_span_length=1.0).validate(HANDMADE, 32)
+    # Just over the edge: 52 tokens -> 42 noise in 21 spans, 10 kept; 31 -> 16 noise spans, 15 kept.
+    with pytest.raises(DataError, match="makes 21 noise spans in a 52-token window but leaves only 10 kept"):
+        SpanCorruption(noise_density=0.8, mean_span_length=2.0).validate(HANDMADE, 32)
+    with pytest.raises(DataError, match="makes 16 noise spans in a 31-token window but leaves only 15 kept"):
+        SpanCorruption(noise_density=0.5, mean_span_length=1.0).validate(HANDMADE, 32)
+    with pytest.raises(DataError, match="leaves only 12 kept tokens"):  # the mask itself, called directly
+        random_spans_noise_mask(31, np.random.default_rng(0), noise_density=0.6, mean_span_length=1.0)
+
+
+def test_a_short_last_window_keeps_t5s_noise_count_in_as_many_spans_as_fit():
+    """0.71 / 2.5 fits a full 54-token window at seq_len 32 (38 noise tokens in 15 spans), but rounding
+    asks a 5-token last window for round(3.55) = 4 noise tokens in round(1.6) = 2 spans with only 1
+    kept token: all 4 make one span after it."""
+    objective, rng = SpanCorruption(noise_density=0.71, mean_span_length=2.5), np.random.default_rng(0)
+    objective.validate(HANDMADE, 32)
+    tokens = np.arange(5, 5 + 54 + 5, dtype=np.int32)
+    for _ in range(20):
+        full, last = objective.examples(tokens, rng, 32, HANDMADE)
+        assert (full["decoder_targets"] >= 900).sum() == 15 and (full["decoder_targets"][:-1] < 900).sum() == 38
+        np.testing.assert_array_equal(last["encoder_inputs"], [59, 999, EOS])
+        np.testing.assert_array_equal(last["decoder_targets"], [999, 60, 61, 62, 63, EOS])
+    # A 12-token last window: round(8.52) = 9 noise tokens, 3 kept, so 3 spans (not round(3.6) = 4).
+    for _ in range(50):
+        noise = random_spans_noise_mask(12, rng, noise_density=0.71, mean_span_length=2.5, cap_spans=True)
+        assert noise.sum() == 9 and (noise & ~np.pad(noise[:-1], (1, 0))).sum() == 3 and not noise[0]
+
+
 def test_packed_span_corruption_batches():
     batches = _batches(random_documents(30, min_len=2, max_len=60), "span_corruption", seq_len=32)
     assert batches[0]["decoder_targets"].shape == (4, SpanCorruption().packed_lengths(32)["decoder_targets"])
