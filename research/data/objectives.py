@@ -84,13 +84,19 @@ def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, special: SpecialTo
 
     Chooses mask_rate of the non-special tokens; of those, mask_token_fraction become the
     mask id, random_token_fraction a random non-special id, the rest stay unchanged. Counts
-    are rounded stochastically so the rates hold in expectation for any length.
+    are rounded stochastically so the rates hold in expectation for any length: the random
+    count is drawn from the tokens left unmasked, at the rate that keeps its expectation
+    (rounding it from num_chosen and clipping it to the rest would lose random tokens when few
+    are chosen: one chosen token was random 2% of the time, not 10%).
     """
     candidates = np.flatnonzero(~np.isin(tokens, special.special_ids))
     num_chosen = min(len(candidates), _stochastic_round(mask_rate * len(candidates), rng))
     chosen = rng.choice(candidates, size=num_chosen, replace=False)
-    num_mask = min(num_chosen, _stochastic_round(mask_token_fraction * num_chosen, rng))
-    num_random = min(num_chosen - num_mask, _stochastic_round(random_token_fraction * num_chosen, rng))
+    num_mask = _stochastic_round(mask_token_fraction * num_chosen, rng)
+    # E[num_random] = share * (1 - mask_token_fraction) * num_chosen = random_token_fraction * num_chosen;
+    # min(1, ...): share is at most 1 (validate), but 0.1 / (1 - 0.9) is 1 + 2e-16 in floats.
+    share = min(1.0, random_token_fraction / (1 - mask_token_fraction)) if mask_token_fraction < 1 else 0.0
+    num_random = _stochastic_round(share * (num_chosen - num_mask), rng)
     inputs = _i32(tokens).copy()
     inputs[chosen[:num_mask]] = special.mask_id
     inputs[chosen[num_mask:num_mask + num_random]] = _random_ordinary_ids(num_random, rng, special)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from research.data import CausalLM, DataError, MaskedLM, PrefixLM, SpanCorruption, get_objective, objective_for_family
-from research.data.objectives import (causal_lm_examples, corrupt_spans, random_spans_noise_mask,
+from research.data.objectives import (causal_lm_examples, corrupt_spans, mask_tokens, random_spans_noise_mask,
                                       span_corruption_lengths)
 from research.data.pipeline import batches_from_token_documents
 from tests.data.handmade import HANDMADE, random_documents
@@ -126,6 +126,25 @@ def test_masked_lm_rates_on_100k_tokens():
     assert abs(masked - 0.8) < 0.02 and abs(random - 0.1) < 0.02 and abs(kept - 0.1) < 0.02
     replaced = inputs[chosen & (inputs != targets) & (inputs != HANDMADE.mask_id)]
     assert not np.isin(replaced, HANDMADE.special_ids).any()
+
+
+@pytest.mark.parametrize("fractions, expected", [((0.8, 0.1), (0.8, 0.1, 0.1)), ((0.5, 0.25), (0.5, 0.25, 0.25))])
+def test_masked_lm_split_holds_for_short_windows(fractions, expected):
+    """BERT's rule per chosen token (transformers' DataCollatorForLanguageModeling: 80% [MASK],
+    10% random, 10% unchanged) in expectation even when a window has 1-8 ordinary tokens and so
+    0-2 chosen ones; rounding the random count apart from the mask count gave 2-6% random there."""
+    mask_token_fraction, random_token_fraction = fractions
+    rng, counts = np.random.default_rng(0), np.zeros(3)
+    for length in range(1, 9):
+        tokens = np.concatenate([[HANDMADE.bos_id], rng.integers(5, 900, length), [EOS]]).astype(np.int32)
+        for _ in range(2500):
+            inputs, weights = mask_tokens(tokens, rng, HANDMADE, mask_token_fraction=mask_token_fraction,
+                                          random_token_fraction=random_token_fraction)
+            chosen, original = inputs[weights > 0], tokens[weights > 0]
+            masked = chosen == HANDMADE.mask_id
+            counts += [masked.sum(), (~masked & (chosen != original)).sum(), (chosen == original).sum()]
+    assert counts.sum() > 12_000  # about 0.15 * 36 * 2500 chosen tokens: standard errors 0.003-0.004
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.015)
 
 
 def test_masked_lm_windows_are_bos_tokens_eos():
