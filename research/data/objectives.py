@@ -77,6 +77,21 @@ def prefix_lm_example(example: Example, rng: np.random.Generator) -> Example:
 
 # ---------------------------------------------------------------------------- masked LM (BERT)
 
+def _check_mask_rates(mask_rate: float, mask_token_fraction: float, random_token_fraction: float) -> None:
+    """One-line DataError unless the rates are BERT-style fractions: a negative fraction would
+    slice the chosen tokens from the end and corrupt a share nobody asked for."""
+    if not 0 < mask_rate < 1:  # 0 would choose nothing: no loss at all
+        raise DataError(f"masked_lm: mask_rate={mask_rate} must be in (0, 1), the share of tokens chosen for "
+                        "the loss (BERT: 0.15).")
+    for name, value in (("mask_token_fraction", mask_token_fraction), ("random_token_fraction", random_token_fraction)):
+        if not 0 <= value <= 1:
+            raise DataError(f"masked_lm: {name}={value} must be in [0, 1], a share of the chosen tokens "
+                            "(BERT: mask_token_fraction 0.8, random_token_fraction 0.1).")
+    if not mask_token_fraction + random_token_fraction <= 1:
+        raise DataError(f"masked_lm: mask_token_fraction={mask_token_fraction} + random_token_fraction="
+                        f"{random_token_fraction} must be at most 1 (the rest of the chosen tokens stay unchanged).")
+
+
 def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, special: SpecialTokens, *,
                 mask_rate: float = 0.15, mask_token_fraction: float = 0.8,
                 random_token_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -87,14 +102,16 @@ def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, special: SpecialTo
     are rounded stochastically so the rates hold in expectation for any length: the random
     count is drawn from the tokens left unmasked, at the rate that keeps its expectation
     (rounding it from num_chosen and clipping it to the rest would lose random tokens when few
-    are chosen: one chosen token was random 2% of the time, not 10%).
+    are chosen: one chosen token was random 2% of the time, not 10%). Rates outside their
+    ranges raise a DataError (MaskedLM.validate checks them before any data is read).
     """
+    _check_mask_rates(mask_rate, mask_token_fraction, random_token_fraction)
     candidates = np.flatnonzero(~np.isin(tokens, special.special_ids))
     num_chosen = min(len(candidates), _stochastic_round(mask_rate * len(candidates), rng))
     chosen = rng.choice(candidates, size=num_chosen, replace=False)
     num_mask = _stochastic_round(mask_token_fraction * num_chosen, rng)
     # E[num_random] = share * (1 - mask_token_fraction) * num_chosen = random_token_fraction * num_chosen;
-    # min(1, ...): share is at most 1 (validate), but 0.1 / (1 - 0.9) is 1 + 2e-16 in floats.
+    # min(1, ...): share is at most 1 (_check_mask_rates), but 0.1 / (1 - 0.9) is 1 + 2e-16 in floats.
     share = min(1.0, random_token_fraction / (1 - mask_token_fraction)) if mask_token_fraction < 1 else 0.0
     num_random = _stochastic_round(share * (num_chosen - num_mask), rng)
     inputs = _i32(tokens).copy()
@@ -285,9 +302,7 @@ class MaskedLM:
                             "research.data.tokenizer (it reserves <mask>) or use a BERT-style model.")
         if seq_len < 3:
             raise DataError(f"masked_lm: seq_len={seq_len} must be at least 3 ([bos] token [eos]).")
-        if not (0 < self.mask_rate < 1 and self.mask_token_fraction + self.random_token_fraction <= 1):
-            raise DataError(f"masked_lm: rates {self} must satisfy 0 < mask_rate < 1 and "
-                            "mask_token_fraction + random_token_fraction <= 1.")
+        _check_mask_rates(self.mask_rate, self.mask_token_fraction, self.random_token_fraction)
 
     def examples(self, tokens, rng, seq_len, special):
         bos = [] if special.bos_id is None else [special.bos_id]

@@ -253,6 +253,24 @@ def test_objective_errors_are_one_line():
         CausalLM().validate(HANDMADE, 1)
 
 
+@pytest.mark.parametrize("options, message", [
+    # Only the sum was checked: -0.5 masked half the chosen tokens, (1.2, -0.3) masked all of them.
+    (dict(mask_token_fraction=-0.5), r"^masked_lm: mask_token_fraction=-0.5 must be in \[0, 1\], "),
+    (dict(mask_token_fraction=1.2, random_token_fraction=-0.3), r"^masked_lm: mask_token_fraction=1.2 must be in "),
+    (dict(random_token_fraction=-0.1), r"^masked_lm: random_token_fraction=-0.1 must be in \[0, 1\]"),
+    (dict(random_token_fraction=float("nan")), r"^masked_lm: random_token_fraction=nan must be in"),
+    (dict(mask_rate=0.0), r"^masked_lm: mask_rate=0.0 must be in \(0, 1\)"),
+    (dict(mask_token_fraction=0.8, random_token_fraction=0.3), r"mask_token_fraction=0.8 \+ random_token_fraction=0.3 "
+                                                              r"must be at most 1"),
+])
+def test_masked_lm_refuses_rates_outside_their_ranges_in_one_line_naming_the_value(options, message):
+    with pytest.raises(DataError, match=message) as raised:
+        MaskedLM(**options).validate(HANDMADE, 128)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(DataError, match=message):  # mask_tokens itself, called directly
+        mask_tokens(np.arange(5, 25, dtype=np.int32), np.random.default_rng(0), HANDMADE, **options)
+
+
 def test_objective_for_family_makes_encoder_decoder_examples_for_t5_unless_the_options_say_otherwise():
     """The train loop's objective: prefix_lm for T5 splits into encoder / decoder features; a
     decoder keeps the decoder-only layout; objective_options win over the family's default."""
