@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 import shlex
@@ -158,15 +159,41 @@ def check_module(module: str) -> None:
                           "experiments.pretrain or experiments.scaling_laws.")
 
 
-def _flag_value(value: Any) -> str:
-    """A Python value as ml_collections config_flags parse it: tuples as '(a,b)', others by str()."""
+def _flag_value(key: str, value: Any) -> str:
+    """A Python value as ml_collections config_flags parse it: a tuple (or list) as a Python
+    literal, which config_flags reads back with ast.literal_eval, others by str() (the field's
+    own parser reads them: str(0.1) keeps every digit, str(True) is a bool flag value)."""
     if isinstance(value, (tuple, list)):
-        return "(" + ",".join(_flag_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return _literal(key, value)
+    return str(value)
+
+
+def _literal(key: str, value: Any) -> str:
+    """`value` as Python source that ast.literal_eval turns back into it. Strings are repr()'d:
+    unquoted, ('query', 'value') would arrive as the one string '(query,value)'."""
+    if isinstance(value, (tuple, list)):
+        items = [_literal(key, item) for item in value]
+        return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a NumPy scalar: its repr (np.float64(0.1)) is not a literal
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LaunchError(f"{key}={value!r}: inf / nan inside a tuple cannot pass through the flag "
+                          "(ast.literal_eval has no literal for them); use a large finite value.")
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return repr(value)
+    raise LaunchError(f"{key}: tuple element {value!r} is a {type(value).__name__}; a tuple flag holds only "
+                      "str, int, float, bool, None or tuples of them.")
+
+
+def _display_value(value: Any) -> str:
+    """A value as it reads in a default job name: tuples as '(a,b)', without quotes."""
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_display_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return str(value)
 
 
 def _default_name(overrides: dict[str, Any]) -> str:
-    parts = [f"{key.rsplit('.', 1)[-1]}={_flag_value(value)}" for key, value in overrides.items()]
+    parts = [f"{key.rsplit('.', 1)[-1]}={_display_value(value)}" for key, value in overrides.items()]
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))[:120] or "job"
 
 
@@ -188,7 +215,7 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
         subdir = entry.get("workdir", _default_name(entry_overrides))
         job_dir = job_workdir(workdir, subdir)
         name = entry.get("name") or (f"job{index}" if subdir == "." else subdir.rstrip("/").rsplit("/", 1)[-1])
-        flags = [f"--{key}={_flag_value(value)}" for key, value in {**entry_overrides, **overrides}.items()]
+        flags = [f"--{key}={_flag_value(key, value)}" for key, value in {**entry_overrides, **overrides}.items()]
         argv = (python, "-m", "launch.multihost", module, f"--config={config}", f"--workdir={job_dir}", *flags)
         jobs.append(Job(name, job_dir, argv))
     names = [job.name for job in jobs]

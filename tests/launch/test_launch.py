@@ -5,6 +5,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from launch import backends, multihost, results
@@ -27,11 +28,55 @@ def test_get_sweep_expands_to_one_command_per_override_dict(tmp_path):
     shards = expand(load_sweep(scaling), module="experiments.scaling_laws", config=scaling, workdir=str(tmp_path))
     assert [(job.name, job.workdir) for job in shards] == [(f"shard{i}", str(tmp_path)) for i in range(3)]
     assert shards[2].argv[-2:] == ("--config.shard.index=2", "--config.shard.count=3")
-    # Tuples become config_flags tuples.
+    # Tuples become config_flags tuples: Python literals, strings quoted.
     (job,) = expand([{"config.sweep.budgets": (1e10, 3e10), "config.sweep.presets": ("gpt2-tiny",)}],
                     module="m", config="c.py", workdir="/w")
     assert job.argv[-2:] == ("--config.sweep.budgets=(10000000000.0,30000000000.0)",
-                             "--config.sweep.presets=(gpt2-tiny,)")
+                             "--config.sweep.presets=('gpt2-tiny',)")
+
+
+TUPLE_CONFIG = """
+import ml_collections
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.names, c.mixed, c.nested, c.text, c.lr = ("a", "b"), (1, 2.0), ((1, 2), (3,)), "x", 0.1
+    return c
+"""
+
+
+@pytest.mark.parametrize("entry", [
+    {"config.names": ("query", "value")},  # finetune's lora.targets
+    {"config.names": ("attention/query/kernel$",)},  # one element, regex characters
+    {"config.names": ("it's", 'say "hi"', "a, b", " spaced out ", "back\\slash", "tab\there", "[a-z]+.*?(x|y)")},
+    {"config.names": ()},
+    {"config.mixed": (True, None, 0.1 + 0.2, 1e-20, -3, float(np.float64(1) / 3))},
+    {"config.mixed": (np.float64(0.1), np.int64(7), np.bool_(True))},
+    {"config.nested": (("a", 1), ("b,c",), ())},
+    {"config.text": "it's a \"quoted\" value, with spaces $HOME", "config.lr": 1e-20},
+])
+def test_sweep_values_arrive_exactly_through_config_flags(tmp_path, entry):
+    """What the job's config holds after config_flags parses the job's command line (as the shell
+    splits it) is exactly the sweep's value."""
+    from absl import flags
+    from ml_collections import config_flags
+    (tmp_path / "cfg.py").write_text(TUPLE_CONFIG)
+    (job,) = expand([entry], module="m", config=str(tmp_path / "cfg.py"), workdir="/w")
+    argv = shlex.split(job.command)
+    flag_values, job_argv = flags.FlagValues(), ["prog", *argv[4:]]  # as launch.multihost hands them on
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=job_argv)
+    flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+    flag_values(job_argv)
+    plain = lambda v: tuple(map(plain, v)) if isinstance(v, tuple) else v.item() if isinstance(v, np.generic) else v
+    for key, value in entry.items():
+        # repr also tells 1 from 1.0 and True, and shows every digit of a float.
+        assert repr(flag_values.config[key.removeprefix("config.")]) == repr(plain(value))
+
+
+def test_tuple_values_that_cannot_be_flags_are_one_line_errors():
+    with pytest.raises(LaunchError, match=r"config.mixed=inf: inf / nan inside a tuple"):
+        expand([{"config.mixed": (1.0, float("inf"))}], module="m", config="c.py", workdir="/w")
+    with pytest.raises(LaunchError, match=r"config.mixed: tuple element \{'a': 1\} is a dict"):
+        expand([{"config.mixed": ({"a": 1},)}], module="m", config="c.py", workdir="/w")
 
 
 def test_bad_sweeps_are_one_line_errors(tmp_path):
