@@ -5,7 +5,11 @@ dicts. Keys starting with "config." are config overrides and become `--config.a.
 flags; two keys are launch options:
   "workdir"  the job's directory under the sweep's base workdir ("." = the base itself,
              for jobs that share one workdir, e.g. shards of a scaling sweep);
-             default: a name made from the overrides, e.g. "learning_rate=0.001".
+             default: a name made from the overrides, e.g. "learning_rate=0.001" (each
+             key's last part, or the whole key where two keys of the sweep end alike;
+             "-" and a short hash appended where characters outside [A-Za-z0-9_.=,+-]
+             were replaced or the name was cut at 120 characters). Two jobs may share a
+             workdir only if each sets it as "workdir"; otherwise expand() refuses.
   "name"     the job's name (default: its workdir name, or "job<i>").
 Every job runs `python -m launch.multihost <module> --config=<file>:<arg> --workdir=... <flags>`,
 so on several hosts each process joins jax.distributed before the entry point starts.
@@ -18,6 +22,7 @@ keys are checked against the config's fields before any job is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import math
 import os
@@ -192,27 +197,48 @@ def _display_value(value: Any) -> str:
     return str(value)
 
 
-def _default_name(overrides: dict[str, Any]) -> str:
-    parts = [f"{key.rsplit('.', 1)[-1]}={_display_value(value)}" for key, value in overrides.items()]
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))[:120] or "job"
+_NAME_LENGTH = 120
+
+
+def _default_name(overrides: dict[str, Any], labels: Mapping[str, str]) -> str:
+    """"leaf=value,..." with `labels[key]` for each key; where making it a file name lost
+    something (a replaced character, a cut), a hash of the exact overrides keeps two jobs
+    apart ("a b" and "a/b" both clean to "a_b")."""
+    text = ",".join(f"{labels[key]}={_display_value(value)}" for key, value in overrides.items())
+    clean = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)
+    if clean == text and len(clean) <= _NAME_LENGTH:
+        return clean or "job"
+    exact = ",".join(f"{key}={value!r}" for key, value in overrides.items())
+    digest = hashlib.sha1(exact.encode()).hexdigest()[:8]  # sha1, not hash(): the same every launch
+    return f"{clean[:_NAME_LENGTH - len(digest) - 1]}-{digest}"
+
+
+def _name_labels(sweep: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each config key's label in default names: its last part, unless another key of the sweep
+    ends the same (opt.learning_rate and sched.learning_rate), then the key without "config."."""
+    keys = {key for entry in sweep for key in entry if key.startswith("config.")}
+    leaves = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: key.removeprefix("config.") if leaves.count(key.rsplit(".", 1)[-1]) > 1 else key.rsplit(".", 1)[-1]
+            for key in keys}
 
 
 def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir: str,
            overrides: Mapping[str, Any] | None = None, python: str = "python") -> list[Job]:
     """One Job per override dict, each also given `overrides` (the same for every job); names
-    and workdirs are unique unless a job asks to share."""
+    are unique, and so are workdirs unless every job in one sets it as "workdir" (to share)."""
     overrides = dict(overrides or {})
     swept = sorted({key for entry in sweep for key in entry if key in overrides})
     if swept:
         raise LaunchError(f"--override sets {swept}, which the sweep varies; drop it or change get_sweep().")
-    jobs = []
+    jobs, labels, chosen = [], _name_labels(sweep), []
     for index, entry in enumerate(sweep):
         bad = [k for k in entry if not k.startswith("config.") and k not in LAUNCH_KEYS]
         if bad:
             raise LaunchError(f"get_sweep()[{index}] has key(s) {bad}; keys are 'config.<field>' overrides or one "
                               f"of {LAUNCH_KEYS}.")
         entry_overrides = {k: v for k, v in entry.items() if k.startswith("config.")}
-        subdir = entry.get("workdir", _default_name(entry_overrides))
+        subdir = entry.get("workdir", _default_name(entry_overrides, labels))
+        chosen.append("workdir" in entry)
         job_dir = job_workdir(workdir, subdir)
         name = entry.get("name") or (f"job{index}" if subdir == "." else subdir.rstrip("/").rsplit("/", 1)[-1])
         flags = [f"--{key}={_flag_value(key, value)}" for key, value in {**entry_overrides, **overrides}.items()]
@@ -226,4 +252,17 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
     if len(set(names)) != len(names):
         raise LaunchError(f"get_sweep() gives duplicate job names {sorted({n for n in names if names.count(n) > 1})}; "
                           "add a distinct 'name' to those entries.")
+    _check_workdirs(jobs, chosen)
     return jobs
+
+
+def _check_workdirs(jobs: Sequence[Job], chosen: Sequence[bool]) -> None:
+    """Two jobs in one workdir write into each other's checkpoints and metrics; allowed only
+    where each of them set that "workdir" itself (e.g. shards of one scaling sweep)."""
+    first: dict[str, int] = {}
+    for index, job in enumerate(jobs):
+        other = first.setdefault(job.workdir, index)
+        if other != index and not (chosen[other] and chosen[index]):
+            raise LaunchError(f"get_sweep() jobs {jobs[other].name!r} and {job.name!r} would share the workdir "
+                              f"{job.workdir} and overwrite each other's checkpoints; give one a distinct 'workdir' "
+                              "(or set the same 'workdir' in both to share it on purpose).")

@@ -96,6 +96,31 @@ def test_bad_sweeps_are_one_line_errors(tmp_path):
         expand([{"name": "a b"}], module="m", config="c", workdir="/w")
 
 
+def test_jobs_share_a_workdir_only_when_each_asks_to():
+    def workdirs(sweep):
+        return [job.workdir for job in expand(sweep, module="m", config="c.py", workdir="/base")]
+    # Default names apart where the old ones collided: the same leaf in two groups, values that
+    # clean to the same characters, values that differ after the 120-character cut.
+    assert workdirs([{"config.opt.learning_rate": 0.1, "name": "opt"}, {"config.sched.learning_rate": 0.1,
+                                                                        "name": "sched"}]) == [
+        "/base/opt.learning_rate=0.1", "/base/sched.learning_rate=0.1"]
+    spaced, slashed = workdirs([{"config.data.path": "a b"}, {"config.data.path": "a/b"}])
+    assert spaced != slashed and spaced.startswith("/base/path=a_b-") and slashed.startswith("/base/path=a_b-")
+    long = workdirs([{"config.data.path": "x" * 130 + "1"}, {"config.data.path": "x" * 130 + "2"}])
+    assert long[0] != long[1] and all(len(os.path.basename(w)) == 120 for w in long)
+    assert workdirs([{"config.data.path": "a_b"}]) == ["/base/path=a_b"]  # nothing lost: no hash
+    # A collision left (a workdir set to another job's default name) is a one-line error naming both.
+    with pytest.raises(LaunchError, match=r"jobs 'learning_rate=0.1' and 'mine' would share the workdir "
+                                          r"/base/learning_rate=0.1 .*give one a distinct 'workdir'"):
+        expand([{"config.opt.learning_rate": 0.1}, {"config.opt.learning_rate": 0.2, "workdir": "learning_rate=0.1",
+                                                    "name": "mine"}], module="m", config="c.py", workdir="/base")
+    with pytest.raises(LaunchError, match=r"jobs 'a' and 'b' would share the workdir /base/learning_rate=0.1 "):
+        expand([{"config.opt.learning_rate": 0.1, "name": "a"}, {"config.opt.learning_rate": 0.1, "name": "b"}],
+               module="m", config="c.py", workdir="/base")
+    # Jobs that each set the same workdir share it.
+    assert workdirs([{"workdir": "shared/", "name": "a"}, {"workdir": "shared", "name": "b"}]) == ["/base/shared"] * 2
+
+
 def test_overrides_reach_every_job_and_are_checked_against_the_config():
     overrides = parse_overrides(["train.num_steps=7", "config.data.seed=3"])
     assert overrides == {"config.train.num_steps": "7", "config.data.seed": "3"}
