@@ -6,9 +6,12 @@ every --override=KEY=VALUE to each job, and runs them here (local, then prints t
 table), or writes LAUNCH_DIR/launch_slurm.sh (an sbatch array) or LAUNCH_DIR/launch_tpu_vm.sh
 (gcloud commands) and, with --submit, submits it. LAUNCH_DIR (--launch_dir) defaults to the
 workdir; a cloud workdir (gs://...) is passed to the jobs intact and needs a local or shared
---launch_dir for scripts, logs and job status. The module, the override keys, node and GPU
-counts are checked before anything is written. `--dry_run` prints the commands and the
-script and writes nothing; `--results` prints each job's status, final loss and time.
+--launch_dir for scripts, logs and job status. Relative --config, --workdir and --launch_dir
+are taken from the caller's directory (jobs run in the repository root, so they get absolute
+paths; on tpu_vm a config inside this repository is given to the workers relative to
+--tpu_repo_dir, and the workdir must be absolute or gs://). The module, the override keys,
+node and GPU counts are checked before anything is written. `--dry_run` prints the commands
+and the script and writes nothing; `--results` prints each job's status, final loss and time.
 Examples:
   python -m launch --config=experiments/configs/pretrain.py:gpt_tiny --module=experiments.pretrain \\
       --workdir=/tmp/lr_sweep --backend=local --max_parallel=1 --override=config.train.num_steps=100
@@ -26,7 +29,7 @@ import sys
 from absl import app, flags
 
 from launch import backends, results as results_lib
-from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, load_sweep,
+from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
                           parse_overrides)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
@@ -75,6 +78,9 @@ def _launch() -> None:
     log_dir = _LAUNCH_DIR.value or workdir
     if is_url(log_dir):
         raise LaunchError(f"--launch_dir={log_dir} must be a local or shared-disk path (sbatch and bash read it).")
+    # Paths are given relative to here, but jobs run in REPO (or on TPU workers): resolve them now.
+    config, job_config, workdir = job_paths(_CONFIG.value, workdir, repo=REPO, remote=backend == "tpu_vm")
+    log_dir = os.path.abspath(log_dir)
     if _MAX_PARALLEL.value < 1:
         raise LaunchError(f"--max_parallel={_MAX_PARALLEL.value} must be >= 1.")
     slurm_options = backends.SlurmOptions(
@@ -88,12 +94,12 @@ def _launch() -> None:
     elif backend == "tpu_vm":
         backends.check_tpu_vm_options(tpu_vm_options)
     check_module(_MODULE.value)
-    sweep = load_sweep(_CONFIG.value)  # imports the config file: the first slow step
+    sweep = load_sweep(config)  # imports the config file: the first slow step
     overrides = parse_overrides(_OVERRIDE.value)
-    check_config_keys(_CONFIG.value, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
+    check_config_keys(config, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
                                             | set(overrides)), overrides)
     local = backend == "local"
-    jobs = expand(sweep, module=_MODULE.value, config=_CONFIG.value, workdir=workdir, overrides=overrides,
+    jobs = expand(sweep, module=_MODULE.value, config=job_config, workdir=workdir, overrides=overrides,
                   python=sys.executable if local else _PYTHON.value)
     if _RESULTS.value:
         print(results_lib.format_table(results_lib.collect(jobs, log_dir)))
@@ -111,10 +117,10 @@ def _launch() -> None:
             sys.exit(f"error: {len(failed)} of {len(jobs)} job(s) failed: {', '.join(failed)} (logs in {log_dir})")
         return
     if backend == "slurm":
-        script = backends.slurm_script(jobs, slurm_options, cwd=REPO, log_dir=os.path.abspath(log_dir))
+        script = backends.slurm_script(jobs, slurm_options, cwd=REPO, log_dir=log_dir)
         submit = ["sbatch"]
     else:
-        script = backends.tpu_vm_script(jobs, tpu_vm_options, log_dir=os.path.abspath(log_dir))
+        script = backends.tpu_vm_script(jobs, tpu_vm_options, log_dir=log_dir)
         submit = ["bash"]
     path = os.path.join(log_dir, f"launch_{backend}.sh")
     if _DRY_RUN.value:

@@ -65,6 +65,28 @@ def job_workdir(base: str, subdir: str) -> str:
     return os.path.normpath(os.path.join(base, subdir))
 
 
+def job_paths(config: str, workdir: str, *, repo: str, remote: bool = False) -> tuple[str, str, str]:
+    """(config to check here, config for the jobs, workdir for the jobs) from the command line's
+    --config / --workdir, which are relative to the caller's directory while jobs run in the
+    repository root. Here (local, slurm on a shared disk) both become absolute. On `remote`
+    workers (tpu_vm: the repository checked out again under --tpu_repo_dir) a config inside
+    this repository becomes repository-relative, so the workers' copy is loaded; one outside
+    stays absolute and must exist at that path on every worker; a relative workdir is refused
+    (it would land under the workers' repository while logs and status stay here)."""
+    path, sep, arg = config.partition(":")
+    local = os.path.abspath(path) + sep + arg
+    job_config = local
+    inside = os.path.relpath(os.path.abspath(path), os.path.abspath(repo))
+    if remote and not inside.startswith(os.pardir + os.sep) and inside != os.pardir:
+        job_config = inside + sep + arg
+    if is_url(workdir) or os.path.isabs(workdir):
+        return local, job_config, workdir
+    if remote:
+        raise LaunchError(f"--workdir={workdir} is relative; tpu_vm jobs write on the workers, so give a gs:// URL "
+                          "(with --launch_dir) or an absolute path there.")
+    return local, job_config, os.path.abspath(workdir)
+
+
 def _config_module(config: str):
     path = config.split(":", 1)[0]
     if not os.path.isfile(path):

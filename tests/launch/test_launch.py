@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from launch import backends, multihost, results
-from launch.sweep import LaunchError, check_config_keys, check_module, expand, load_sweep, parse_overrides
+from launch.sweep import (LaunchError, check_config_keys, check_module, expand, job_paths, load_sweep,
+                          parse_overrides)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRETRAIN = "experiments/configs/pretrain.py:gpt_tiny"
@@ -298,11 +299,41 @@ def test_cli_keeps_gs_paths_and_prints_the_script_on_dry_run(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written: no launch dir, no local "gs:" folder
 
 
+def test_cli_relative_paths_are_the_callers_though_jobs_run_in_the_repo(tmp_path):
+    (tmp_path / "cfg.py").write_text("import ml_collections\ndef get_config(arg=None):\n"
+                                     "    return ml_collections.ConfigDict({'lr': 0.1})\n"
+                                     "def get_sweep():\n    return [{'config.lr': 0.2}]\n")
+    base = [sys.executable, "-m", "launch", "--config=cfg.py:x", "--module=tests.launch.echo_job", "--workdir=rel"]
+    subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, check=True, env=ELSEWHERE)
+    # The job (run in the repository root) got absolute paths and wrote next to the launcher's logs.
+    argv = json.loads((tmp_path / "rel" / "lr=0.2" / "argv.json").read_text())["argv"]
+    assert argv[1:3] == [f"--config={tmp_path}/cfg.py:x", f"--workdir={tmp_path}/rel/lr=0.2"]
+    assert (tmp_path / "rel" / "launch_status" / "lr=0.2.json").is_file()
+    # slurm (shared disk): the script's jobs get the same absolute paths.
+    slurm = subprocess.run(base + ["--backend=slurm", "--launch_dir=logs", "--dry_run"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True, env=ELSEWHERE).stdout
+    assert slurm.startswith(f"# {tmp_path}/logs/launch_slurm.sh ")
+    assert f"--config={tmp_path}/cfg.py:x --workdir={tmp_path}/rel/lr=0.2 " in slurm
+
+
+def test_tpu_vm_workers_get_paths_of_their_own_checkout(tmp_path):
+    pretrain = os.path.join(REPO, PRETRAIN)
+    # A config in this repository is found under --tpu_repo_dir on the workers; one elsewhere stays absolute.
+    assert job_paths(os.path.relpath(pretrain), "gs://b/s", repo=REPO, remote=True) == (
+        pretrain, PRETRAIN, "gs://b/s")
+    assert job_paths(str(tmp_path / "c.py"), "/abs", repo=REPO, remote=True) == (
+        f"{tmp_path}/c.py", f"{tmp_path}/c.py", "/abs")
+    with pytest.raises(LaunchError, match="--workdir=runs/x is relative; tpu_vm jobs write on the workers"):
+        job_paths(PRETRAIN, "runs/x", repo=REPO, remote=True)
+    assert job_paths(PRETRAIN, "runs/x", repo=REPO) == (pretrain, pretrain, os.path.abspath("runs/x"))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--backend=slurm", "--slurm_nodes=0"], "error: --slurm_nodes=0 must be >= 1"),
     (["--backend=slurm", "--slurm_gpus_per_node=-2"], "error: --slurm_gpus_per_node=-2 must be >= 0"),
     (["--module=experiments.pretrian"], "error: --module='experiments.pretrian' is not found"),
     (["--workdir=gs://bucket/sweep"], "error: --workdir=gs://bucket/sweep is a cloud path"),
+    (["--backend=tpu_vm", "--tpu_name=t", "--tpu_zone=z", "--workdir=rel"], "error: --workdir=rel is relative; tpu_vm"),
 ])
 def test_cli_bad_launches_are_one_line_and_write_nothing(tmp_path, flags, message):
     workdir = tmp_path / "sweep"
