@@ -151,6 +151,18 @@ class TpuVmOptions:
 def check_tpu_vm_options(options: TpuVmOptions) -> None:
     if not options.tpu_name or not options.zone:
         raise LaunchError("tpu_vm needs --tpu_name and --tpu_zone, e.g. --tpu_name=my-v4-32 --tpu_zone=us-central2-b.")
+    if not options.repo_dir:
+        raise LaunchError("--tpu_repo_dir is empty; give the repository's path on every worker, e.g. ~/research.")
+
+
+def _remote_path(path: str) -> str:
+    """`path` quoted for the worker's shell (a space would split it), with a leading ~ or ~user
+    left unquoted so that the worker expands it to its own home."""
+    match = re.fullmatch(r"(~[A-Za-z0-9._-]*)(?:/(.*))?", path, flags=re.DOTALL)
+    if not match:
+        return shlex.quote(path)
+    home, rest = match.groups()
+    return home if rest is None else f"{home}/{shlex.quote(rest) if rest else ''}"
 
 
 def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -> str:
@@ -163,7 +175,8 @@ def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -
              'run_job() { local name=$1 start code; shift; start=$(date +%s); record_start "$name" "$start"; '
              '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; }']
     for job in jobs:
-        remote = " && ".join(part for part in (f"cd {options.repo_dir}", options.setup, job.command) if part)
+        remote = " && ".join(part for part in (f"cd {_remote_path(options.repo_dir)}", options.setup, job.command)
+                             if part)
         lines += [f"# {job.name}", f"run_job {job.name} gcloud compute tpus tpu-vm ssh {shlex.quote(options.tpu_name)} "
                   f"--zone={shlex.quote(options.zone)}{project} --worker=all --command={shlex.quote(remote)}"]
     lines.append('exit "$FAILED"')

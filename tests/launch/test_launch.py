@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import backends, multihost, results
-from launch.sweep import (LaunchError, check_config_keys, check_module, expand, job_paths, load_sweep,
+from launch.sweep import (Job, LaunchError, check_config_keys, check_module, expand, job_paths, load_sweep,
                           parse_overrides)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -255,6 +255,25 @@ def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
     assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["ok", "failed (exit 5)", "ok"]
     with pytest.raises(LaunchError, match="--tpu_name"):
         backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""), log_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("repo_dir", ["~/my repo/it's here", "~", "ABS/a b;c"])
+def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
+    """The worker's shell (bash -c of the remote command) changes into --tpu_repo_dir, spaces
+    and quotes kept, a leading ~ expanded to the worker's home."""
+    repo_dir = repo_dir.replace("ABS", str(tmp_path))
+    expected = tmp_path / repo_dir.removeprefix("~/") if repo_dir.startswith("~/") else (
+        tmp_path if repo_dir == "~" else tmp_path / "a b;c")
+    expected.mkdir(parents=True, exist_ok=True)
+    script = backends.tpu_vm_script([Job("j", "/w", ("pwd",))],
+                                    backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=repo_dir), log_dir="/l")
+    remote = next(line for line in script.splitlines() if line.startswith("run_job j "))
+    command = shlex.split(remote)[-1].removeprefix("--command=")
+    worker = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ,
+                                                                                            "HOME": str(tmp_path)})
+    assert (worker.returncode, worker.stdout.strip()) == (0, str(expected)), worker.stderr
+    with pytest.raises(LaunchError, match="--tpu_repo_dir is empty"):
+        backends.tpu_vm_script([], backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=""), log_dir="/l")
 
 
 def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
