@@ -152,15 +152,15 @@ def test_stop_tokens_end_each_sequence_and_pad_the_rest():
     assert int(out.lengths_B[0]) <= 3
 
 
-def test_beam_width_one_equals_greedy():
+def test_beam_width_one_without_stop_tokens_equals_greedy():
     model, params = _model("llama-tiny")
-    free = np.asarray(generate(model, params, PROMPTS, max_new_tokens=N).tokens_BN)
-    stop = int(free[1, 3])
-    greedy = generate(model, params, PROMPTS, max_new_tokens=N, stop_tokens=[stop])
-    beams = beam_search(model, params, PROMPTS, num_beams=1, max_new_tokens=N, alpha=0.0, stop_tokens=[stop])
-    np.testing.assert_array_equal(beams.tokens_BWN[:, 0], greedy.tokens_BN)
-    np.testing.assert_array_equal(beams.lengths_BW[:, 0], greedy.lengths_B)
-    np.testing.assert_allclose(beams.scores_BW[:, 0], greedy.log_probs_BN.sum(axis=1), atol=1e-4)
+    greedy = generate(model, params, PROMPTS, max_new_tokens=N)
+    for alpha in (0.0, 0.6):  # alpha only rescales the one beam's score (traced: one compile)
+        beams = beam_search(model, params, PROMPTS, num_beams=1, max_new_tokens=N, alpha=alpha)
+        np.testing.assert_array_equal(beams.tokens_BWN[:, 0], greedy.tokens_BN)
+        np.testing.assert_array_equal(beams.lengths_BW[:, 0], N)
+        np.testing.assert_allclose(beams.scores_BW[:, 0],
+                                   greedy.log_probs_BN.sum(axis=1) / length_penalty(N, alpha), atol=1e-4)
 
 
 def test_beam_scores_are_penalized_full_forward_log_probs():
@@ -208,6 +208,23 @@ def test_beam_search_finds_the_sequence_greedy_misses():
     beams = beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=2, alpha=0.0)
     np.testing.assert_array_equal(beams.tokens_BWN[0, 0], [2, 3])
     np.testing.assert_allclose(beams.scores_BW[0, 0], np.log(0.4 * 0.8999), atol=1e-5)
+
+
+def test_beam_width_one_with_a_stop_token_keeps_a_short_finished_hypothesis():
+    # From 0: 1 (0.6) is likeliest and the stop token 3 (0.4) second; from 1: 1 (0.5), 2 (0.4), 3 (0.1).
+    # Greedy runs 1, 1, 1 (p 0.15); width 1 finishes [3] at step 1 (p 0.4) and, once the alive
+    # beam (p 0.3 after two steps) can no longer beat it, returns it.
+    model = _bigram([[0.0, 0.6, 0.0, 0.4], [0.0, 0.5, 0.4, 0.1], [0.25] * 4, [0.25] * 4])
+    greedy = generate(model, {}, [[0]], max_new_tokens=3, stop_tokens=[3])
+    np.testing.assert_array_equal(greedy.tokens_BN, [[1, 1, 1]])
+    np.testing.assert_allclose(greedy.log_probs_BN.sum(), np.log(0.15), atol=1e-5)
+    beams = beam_search(model, {}, [[0]], num_beams=1, max_new_tokens=3, alpha=0.0, stop_tokens=[3])
+    np.testing.assert_array_equal(beams.tokens_BWN[0, 0], [3, 0, 0])
+    assert int(beams.lengths_BW[0, 0]) == 1
+    np.testing.assert_allclose(beams.log_probs_BW[0, 0], np.log(0.4), atol=1e-5)
+    # Without the stop token the same search is greedy's 1, 1, 1 again.
+    free = beam_search(model, {}, [[0]], num_beams=1, max_new_tokens=3, alpha=0.0)
+    np.testing.assert_array_equal(free.tokens_BWN[0, 0], [1, 1, 1])
 
 
 def test_length_penalty_alpha_trades_log_prob_for_length():
