@@ -283,9 +283,9 @@ def test_encoder_decoder_greedy_equals_full_forward_rollout():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prompts=[list(range(100))], max_new_tokens=40), "exceeds max_len=128.*at most 28"),
+    (dict(prompts=[list(range(100))], max_new_tokens=40), "exceeds max_len=128.*at most 29"),
     # A prompt that alone fills the table: no max_new_tokens can help (it once advised "at most -473").
-    (dict(prompts=[list(range(200))], max_new_tokens=4), "longest prompt is 200 tokens.*shorten it to at most 127"),
+    (dict(prompts=[list(range(200))], max_new_tokens=4), "longest prompt is 200 tokens.*shorten it to at most 128"),
     (dict(prompts=[], max_new_tokens=4), "non-empty list"),
     (dict(prompts=[[1, 2], []], max_new_tokens=4), r"prompts\[1\]"),
     (dict(prompts=[[1, 512]], max_new_tokens=4), "token id 512"),

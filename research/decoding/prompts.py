@@ -77,21 +77,21 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
     bad_stops = [t for t in stop_tokens if not 0 <= int(t) < config.vocab_size]
     if bad_stops:
         raise ConfigError(f"stop_tokens {bad_stops} are outside the vocabulary [0, {config.vocab_size}).")
-    if config.family == "encoder_decoder":
-        # The decoder starts from decoder_start_token_id and only its own tokens take positions.
-        needed, what = 1 + max_new_tokens, "1 (decoder start) + max_new_tokens"
-    else:
-        needed, what = max(len(p) for p in prompts) + max_new_tokens, "longest prompt + max_new_tokens"
+    if config.position != "learned" or config.family == "encoder_decoder":
+        return  # no position table to overflow (ModelConfig gives encoder-decoders relative positions)
+    # The last new token is returned, never fed back, so it takes no position: generation reads
+    # positions 0 .. prompt + max_new_tokens - 2 (as HF: GPT-2 with n_positions=16 generates 16 + 1).
     longest = max(len(p) for p in prompts)
-    if config.position == "learned" and config.family != "encoder_decoder" and longest >= config.max_len:
-        # No max_new_tokens fits: the prompt alone fills the position table.
-        raise ConfigError(f"the longest prompt is {longest} tokens, and max_len={config.max_len} of {config.name}'s "
-                          f"learned position table leaves no room to generate; shorten it to at most "
-                          f"{config.max_len - 1} tokens.")
-    if config.position == "learned" and needed > config.max_len:
+    if longest > config.max_len:
+        # No max_new_tokens fits: the prompt alone overflows the position table.
+        raise ConfigError(f"the longest prompt is {longest} tokens, more than max_len={config.max_len} of "
+                          f"{config.name}'s learned position table; shorten it to at most {config.max_len} tokens.")
+    needed = longest + max_new_tokens - 1
+    if needed > config.max_len:
         raise ConfigError(
-            f"{what} = {needed} exceeds max_len={config.max_len} of {config.name}'s learned position table; "
-            f"shorten the prompt or lower max_new_tokens to at most {max_new_tokens - (needed - config.max_len)}.")
+            f"longest prompt + max_new_tokens - 1 = {needed} exceeds max_len={config.max_len} of {config.name}'s "
+            f"learned position table (the last new token takes no position); shorten the prompt or lower "
+            f"max_new_tokens to at most {max_new_tokens - (needed - config.max_len)}.")
 
 
 def check_vocab_limit(config: ModelConfig, vocab_limit: int | None) -> int | None:

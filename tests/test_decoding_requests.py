@@ -1,0 +1,63 @@
+"""What a decoding request may ask: the learned-position limit, checked against transformers
+at its boundary, and the argument types generate / beam_search accept or refuse in one line."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from research.decoding import beam_search, generate
+from research.models import ConfigError, from_hf
+
+N_POSITIONS = 16
+
+
+@pytest.fixture(scope="module")
+def gpt2_16(tmp_path_factory):
+    """(transformers GPT-2 with a 16-row position table, the same weights loaded here)."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=40, n_positions=N_POSITIONS, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
+        eos_token_id=1, bos_token_id=1, pad_token_id=0)).eval()
+    folder = tmp_path_factory.mktemp("gpt2_16")
+    hf_model.save_pretrained(folder)
+    model, params = from_hf(str(folder))
+    assert model.config.max_len == N_POSITIONS
+    return hf_model, model, params
+
+
+def _hf_greedy(hf_model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    import torch
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+# The last new token is never fed back, so prompt + max_new_tokens may exceed the table by one.
+@pytest.mark.parametrize("prompt_len, max_new_tokens", [(N_POSITIONS, 1), (10, N_POSITIONS - 10 + 1)])
+def test_generation_fills_the_learned_position_table_as_transformers_does(gpt2_16, prompt_len, max_new_tokens):
+    hf_model, model, params = gpt2_16
+    prompt = list(range(2, 2 + prompt_len))
+    expected = _hf_greedy(hf_model, prompt, max_new_tokens)
+    assert len(expected) == max_new_tokens
+    out = generate(model, params, [prompt], max_new_tokens=max_new_tokens)
+    assert np.asarray(out.tokens_BN[0]).tolist() == expected
+    # Beam search makes the same request: without stop tokens width 1 is greedy.
+    beams = beam_search(model, params, [prompt], num_beams=1, max_new_tokens=max_new_tokens, alpha=0.0)
+    assert np.asarray(beams.tokens_BWN[0, 0]).tolist() == expected
+
+
+@pytest.mark.parametrize("prompt_len, max_new_tokens, message", [
+    (10, 8, r"longest prompt \+ max_new_tokens - 1 = 17 exceeds max_len=16.*at most 7"),
+    (N_POSITIONS + 1, 1, "longest prompt is 17 tokens, more than max_len=16.*at most 16 tokens"),
+])
+def test_one_position_past_the_table_is_refused(gpt2_16, prompt_len, max_new_tokens, message):
+    _, model, params = gpt2_16
+    prompt = list(range(2, 2 + prompt_len))
+    with pytest.raises(ConfigError, match=message):
+        generate(model, params, [prompt], max_new_tokens=max_new_tokens)
+    with pytest.raises(ConfigError, match=message):
+        beam_search(model, params, [prompt], num_beams=2, max_new_tokens=max_new_tokens)
