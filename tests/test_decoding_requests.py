@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from research.decoding import beam_search, generate
+from research.decoding import beam_search, generate, sampling
 from research.models import ConfigError, from_hf
+from tests.test_decoding import _bigram
 
 N_POSITIONS = 16
 
@@ -61,3 +62,21 @@ def test_one_position_past_the_table_is_refused(gpt2_16, prompt_len, max_new_tok
         generate(model, params, [prompt], max_new_tokens=max_new_tokens)
     with pytest.raises(ConfigError, match=message):
         beam_search(model, params, [prompt], num_beams=2, max_new_tokens=max_new_tokens)
+
+
+# A bigram table over 4 ids: compiles in a fraction of a second, and sampling it is not greedy.
+TABLE = [[0.1, 0.4, 0.3, 0.2], [0.3, 0.1, 0.2, 0.4], [0.25] * 4, [0.4, 0.3, 0.2, 0.1]]
+
+
+def test_numpy_integers_are_integers_and_compile_as_python_ints():
+    model = _bigram(TABLE)
+    sample = dict(max_new_tokens=6, temperature=1.0, rng=jax.random.key(0))
+    plain = generate(model, {}, [[0], [1]], top_k=2, **sample)
+    compiled = sampling._generate._cache_size()
+    numpy_k = generate(model, {}, [[0], [1]], top_k=np.int64(2), **sample)
+    np.testing.assert_array_equal(numpy_k.tokens_BN, plain.tokens_BN)
+    assert sampling._generate._cache_size() == compiled  # np.int64(2) is the program top_k=2 compiled
+    beams = beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3)
+    numpy_beams = beam_search(model, {}, [[0]], num_beams=np.int32(2), max_new_tokens=np.int64(3),
+                              pad_to_multiple=np.int64(1), vocab_limit=np.int64(4))
+    np.testing.assert_array_equal(numpy_beams.tokens_BWN, beams.tokens_BWN)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, pad_prompts
+from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, is_integer, pad_prompts
 from research.decoding.sampling import is_stop, limit_vocab
 from research.models.config import ConfigError
 
@@ -84,7 +84,7 @@ def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
     config = model.config
     stop_tokens = tuple(int(t) for t in stop_tokens)
     check_request(config, prompts, max_new_tokens, stop_tokens, pad_to_multiple)
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+    if not is_integer(num_beams) or num_beams < 1:
         raise ConfigError(f"num_beams={num_beams!r} must be a positive integer.")
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha={alpha} must be a finite length-penalty exponent (0 disables it).")
@@ -92,7 +92,7 @@ def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]],
     adapter = adapter_for(model, bool(bidirectional_prompt))
     padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)
     return _beam_search(params, padded, jnp.asarray(stop_tokens, jnp.int32), jnp.float32(alpha), model=model,
-                        max_new_tokens=int(max_new_tokens), num_beams=num_beams,
+                        max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                         bidirectional_prompt=bool(bidirectional_prompt), vocab_limit=vocab_limit)
 
 

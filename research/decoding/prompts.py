@@ -5,6 +5,7 @@ naming the value and the fix, never inside a compiled loop.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
@@ -14,6 +15,12 @@ from research.models.config import ConfigError, ModelConfig
 
 Array = jax.Array
 PadSide = Literal["left", "right"]
+
+
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer, not a bool: what every integer-valued decoding option accepts."""
+    # numpy registers its integer types as numbers.Integral; bool is an int subclass.
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 class PaddedPrompts(NamedTuple):
@@ -58,7 +65,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, side: PadSide = "
 def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                   stop_tokens: Sequence[int], pad_to_multiple: int = 1) -> None:
     """Raise ConfigError (one line) for a request the model cannot serve."""
-    if isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, (int, np.integer)) or pad_to_multiple < 1:
+    if not is_integer(pad_to_multiple) or pad_to_multiple < 1:
         raise ConfigError(f"pad_to_multiple={pad_to_multiple!r} must be a positive integer (1 = no rounding).")
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise ConfigError(f"prompts={prompts!r} must be a non-empty list of token-id lists; tokenize text first.")
@@ -72,7 +79,7 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
         if outside.size:
             raise ConfigError(f"prompts[{b}] holds token id {int(outside[0])} outside the vocabulary "
                               f"[0, {config.vocab_size}) of {config.name}.")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
     bad_stops = [t for t in stop_tokens if not 0 <= int(t) < config.vocab_size]
     if bad_stops:
@@ -99,8 +106,7 @@ def check_vocab_limit(config: ModelConfig, vocab_limit: int | None) -> int | Non
     vocabulary reuses the unlimited program, bit for bit), else an int in [1, vocab_size)."""
     if vocab_limit is None:
         return None
-    if isinstance(vocab_limit, bool) or not isinstance(vocab_limit, (int, np.integer)) or \
-            not 1 <= vocab_limit <= config.vocab_size:
+    if not is_integer(vocab_limit) or not 1 <= vocab_limit <= config.vocab_size:
         raise ConfigError(f"vocab_limit={vocab_limit!r} must be an int in [1, {config.vocab_size}] (the vocabulary "
                           f"of {config.name}), or None for no limit.")
     return None if vocab_limit == config.vocab_size else int(vocab_limit)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, pad_prompts
+from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, is_integer, pad_prompts
 from research.models.config import ConfigError
 
 Array = jax.Array
@@ -109,8 +109,9 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     check_request(config, prompts, max_new_tokens, stop_tokens, pad_to_multiple)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature={temperature} must be >= 0 (0 means greedy).")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= config.vocab_size:
+    if not is_integer(top_k) or not 0 <= top_k <= config.vocab_size:
         raise ConfigError(f"top_k={top_k!r} must be an int in [0, {config.vocab_size}] (0 disables it).")
+    top_k = int(top_k)  # a static argument: np.int64(5) and 5 share one compiled program
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p={top_p} must be in (0, 1] (1 disables nucleus filtering).")
     vocab_limit = check_vocab_limit(config, vocab_limit)
