@@ -80,3 +80,44 @@ def test_numpy_integers_are_integers_and_compile_as_python_ints():
     numpy_beams = beam_search(model, {}, [[0]], num_beams=np.int32(2), max_new_tokens=np.int64(3),
                               pad_to_multiple=np.int64(1), vocab_limit=np.int64(4))
     np.testing.assert_array_equal(numpy_beams.tokens_BWN, beams.tokens_BWN)
+
+
+def test_one_stop_id_none_and_top_p_none_mean_what_their_spelled_out_forms_do():
+    model = _bigram(TABLE)
+    greedy = dict(max_new_tokens=6)
+    np.testing.assert_array_equal(generate(model, {}, [[0], [1]], stop_tokens=3, **greedy).tokens_BN,
+                                  generate(model, {}, [[0], [1]], stop_tokens=[3], **greedy).tokens_BN)
+    np.testing.assert_array_equal(generate(model, {}, [[0]], stop_tokens=None, **greedy).tokens_BN,
+                                  generate(model, {}, [[0]], **greedy).tokens_BN)
+    beams = beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3, stop_tokens=np.int64(3))
+    np.testing.assert_array_equal(beams.tokens_BWN,
+                                  beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3, stop_tokens=[3]).tokens_BWN)
+    sample = dict(max_new_tokens=6, temperature=1.0, rng=jax.random.key(0))
+    np.testing.assert_array_equal(generate(model, {}, [[0], [1]], top_p=None, **sample).tokens_BN,
+                                  generate(model, {}, [[0], [1]], top_p=1.0, **sample).tokens_BN)
+    # The raw key data of jax.random.PRNGKey is a key too.
+    generate(model, {}, [[0]], max_new_tokens=2, temperature=1.0, rng=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(stop_tokens="3"), r"stop_tokens='3' must be a token id or a list of token ids"),
+    (dict(stop_tokens=[1.5]), r"stop_tokens=\[1.5\] must be a token id"),
+    (dict(temperature="0.7", rng=jax.random.key(0)), r"temperature='0.7' must be a number >= 0"),
+    (dict(temperature=1.0, top_p="0.9", rng=jax.random.key(0)), r"top_p='0.9' must be a number in \(0, 1\]"),
+    (dict(temperature=1.0, rng=0), r"rng=0 must be one jax.random key, e.g. rng=jax.random.key\(0\)"),
+    (dict(temperature=1.0, rng=jax.random.split(jax.random.key(0), 2)), r"rng=an array of shape \(2,\)"),
+])
+def test_bad_sampling_arguments_are_one_line(options, message):
+    model = _bigram(TABLE)
+    with pytest.raises(ConfigError, match=message) as error:
+        generate(model, {}, [[0]], max_new_tokens=2, **options)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(alpha=None), r"alpha=None must be a finite number"),
+    (dict(stop_tokens=[[3]]), r"stop_tokens=\[\[3\]\] must be a token id"),
+])
+def test_bad_beam_arguments_are_one_line(options, message):
+    with pytest.raises(ConfigError, match=message):
+        beam_search(_bigram(TABLE), {}, [[0]], num_beams=2, max_new_tokens=2, **options)

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, is_integer, pad_prompts
+from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real, pad_prompts,
+                                       stop_token_tuple)
 from research.decoding.sampling import is_stop, limit_vocab
 from research.models.config import ConfigError
 
@@ -71,23 +72,24 @@ class _Beams(NamedTuple):
 
 
 def beam_search(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, num_beams: int,
-                max_new_tokens: int, alpha: float = 0.6, stop_tokens: Sequence[int] = (),
+                max_new_tokens: int, alpha: float = 0.6, stop_tokens: int | Sequence[int] | None = (),
                 pad_to_multiple: int = 1, bidirectional_prompt: bool = False,
                 vocab_limit: int | None = None) -> BeamSearchOutput:
     """The `num_beams` highest-scoring continuations of each prompt (lengths may differ).
 
     alpha: length-penalty exponent (T5X's default 0.6). For encoder-decoder models the
-    prompts are the encoder inputs. pad_to_multiple, bidirectional_prompt: as in `generate`.
+    prompts are the encoder inputs. stop_tokens, pad_to_multiple, bidirectional_prompt: as in
+    `generate`.
     vocab_limit: no beam is extended by an id >= vocab_limit (as in `generate`); scores and
     log_probs_BW stay log-probabilities under the model's full vocabulary.
     """
     config = model.config
-    stop_tokens = tuple(int(t) for t in stop_tokens)
+    stop_tokens = stop_token_tuple(stop_tokens)
     check_request(config, prompts, max_new_tokens, stop_tokens, pad_to_multiple)
     if not is_integer(num_beams) or num_beams < 1:
         raise ConfigError(f"num_beams={num_beams!r} must be a positive integer.")
-    if not math.isfinite(alpha):
-        raise ConfigError(f"alpha={alpha} must be a finite length-penalty exponent (0 disables it).")
+    if not (is_real(alpha) and math.isfinite(alpha)):
+        raise ConfigError(f"alpha={alpha!r} must be a finite number, the length-penalty exponent (0 disables it).")
     vocab_limit = check_vocab_limit(config, vocab_limit)
     adapter = adapter_for(model, bool(bidirectional_prompt))
     padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)

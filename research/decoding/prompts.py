@@ -6,7 +6,7 @@ naming the value and the fix, never inside a compiled loop.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +21,33 @@ def is_integer(value: Any) -> bool:
     """A Python or numpy integer, not a bool: what every integer-valued decoding option accepts."""
     # numpy registers its integer types as numbers.Integral; bool is an int subclass.
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """A Python or numpy real number, or a 0-d array of one; not a bool (nor a string like '0.7')."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return (isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+            and (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)))
+
+
+def stop_token_tuple(stop_tokens: int | Sequence[int] | None) -> tuple[int, ...]:
+    """`stop_tokens` as a tuple of ids. One id alone (as transformers takes an int eos_token_id)
+    or None (no stop tokens) are accepted too; anything but integer ids is a ConfigError."""
+    if stop_tokens is None:
+        return ()
+    if isinstance(stop_tokens, Iterable) and not isinstance(stop_tokens, (str, bytes, np.ndarray, jax.Array)):
+        stop_tokens = list(stop_tokens)  # sets and generators too, which np.asarray would wrap as one object
+    try:
+        ids = np.asarray(stop_tokens)
+    except ValueError:  # ragged nesting
+        ids = np.asarray(None)
+    if ids.ndim > 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        shown = f"an array of shape {ids.shape}" if isinstance(stop_tokens, (np.ndarray, jax.Array)) else repr(stop_tokens)
+        raise ConfigError(f"stop_tokens={shown} must be a token id or a list of token ids, e.g. [eos_id].")
+    return tuple(int(t) for t in ids.reshape(-1))
 
 
 class PaddedPrompts(NamedTuple):

@@ -18,9 +18,11 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import PaddedPrompts, check_request, check_vocab_limit, is_integer, pad_prompts
+from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real, pad_prompts,
+                                       stop_token_tuple)
 from research.models.config import ConfigError
 
 Array = jax.Array
@@ -87,14 +89,17 @@ def greedy_choice(logits_BV: Array) -> Array:
 
 
 def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
+             temperature: float = 0.0, top_k: int = 0, top_p: float | None = 1.0,
+             stop_tokens: int | Sequence[int] | None = (),
              rng: Array | None = None, pad_to_multiple: int = 1, bidirectional_prompt: bool = False,
              vocab_limit: int | None = None) -> GenerateOutput:
     """Continue each prompt (a list of token ids; lengths may differ) by up to `max_new_tokens`.
 
     temperature 0 is greedy (argmax); otherwise tokens are drawn from
     softmax(filter_logits(logits / temperature, top_k, top_p)) with key fold_in(rng, step),
-    so a fixed rng reproduces the output. A row ends after its first token in `stop_tokens`.
+    so a fixed rng (a jax.random key) reproduces the output. top_k=0 and top_p=1 or None turn
+    those filters off. A row ends after its first token in `stop_tokens` (a list of ids, or
+    one id).
     For encoder-decoder models the prompts are the encoder inputs and decoding starts from
     config.decoder_start_token_id. pad_to_multiple rounds the padded prompt width up, so
     batches of similar prompt lengths reuse one compiled program (results are unchanged).
@@ -105,19 +110,25 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     vocabulary, as teacher-forced scoring computes them. None (default) limits nothing.
     """
     config = model.config
-    stop_tokens = tuple(int(t) for t in stop_tokens)
+    stop_tokens = stop_token_tuple(stop_tokens)
     check_request(config, prompts, max_new_tokens, stop_tokens, pad_to_multiple)
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ConfigError(f"temperature={temperature} must be >= 0 (0 means greedy).")
+    if not (is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy).")
+    temperature = float(temperature)
     if not is_integer(top_k) or not 0 <= top_k <= config.vocab_size:
         raise ConfigError(f"top_k={top_k!r} must be an int in [0, {config.vocab_size}] (0 disables it).")
     top_k = int(top_k)  # a static argument: np.int64(5) and 5 share one compiled program
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top_p={top_p} must be in (0, 1] (1 disables nucleus filtering).")
+    if top_p is None:  # filter_logits' "off", accepted here too
+        top_p = 1.0
+    if not (is_real(top_p) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p={top_p!r} must be a number in (0, 1] (1 or None disables nucleus filtering).")
+    top_p = float(top_p)
     vocab_limit = check_vocab_limit(config, vocab_limit)
     greedy = temperature == 0
     if not greedy and rng is None:
         raise ConfigError(f"temperature={temperature} samples, so pass rng=jax.random.key(seed) (or temperature=0).")
+    if rng is not None:
+        check_rng(rng)
     adapter = adapter_for(model, bool(bidirectional_prompt))
     padded = pad_prompts(prompts, config.pad_token_id, adapter.pad_side, pad_to_multiple)
     return _generate(params, padded, jnp.asarray(stop_tokens, jnp.int32),
@@ -125,6 +136,20 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
                      jnp.float32(top_p), model=model, max_new_tokens=int(max_new_tokens), greedy=greedy,
                      top_k=top_k, nucleus=top_p < 1, bidirectional_prompt=bool(bidirectional_prompt),
                      vocab_limit=vocab_limit)
+
+
+def check_rng(rng: Any) -> None:
+    """ConfigError unless `rng` is one jax.random key: a typed key (jax.random.key) or the raw
+    uint32 key data of jax.random.PRNGKey. Checked here: inside the compiled loop an int seed
+    fails as a JAX trace error."""
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        if rng.shape == ():
+            return
+    elif isinstance(rng, (jax.Array, np.ndarray)) and rng.dtype == np.uint32 and rng.ndim == 1:
+        return
+    shown = f"an array of shape {rng.shape} and dtype {rng.dtype}" if hasattr(rng, "dtype") else repr(rng)
+    raise ConfigError(f"rng={shown} must be one jax.random key, e.g. rng=jax.random.key(0) "
+                      "(or jax.random.PRNGKey(0)).")
 
 
 def is_stop(tokens: Array, stop_tokens_S: Array) -> Array:
