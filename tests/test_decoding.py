@@ -136,6 +136,36 @@ def test_filter_logits_keeps_exactly_the_nucleus():
     np.testing.assert_allclose(counts, [0, 0.625, 0, 0.375], atol=0.03)
 
 
+def test_tempered_filtering_keeps_what_transformers_warpers_keep():
+    import torch
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    rng = np.random.default_rng(0)
+    # Continuous logits (no ties, where ours keeps every token tied with the threshold) at three spreads.
+    logits = (rng.normal(size=(60, 50)) * np.repeat([0.5, 2.0, 8.0], 20)[:, None]).astype(np.float32)
+    for temperature in (0.3, 1.0, 2.5):
+        for top_k in (0, 1, 7):
+            for top_p in (0.05, 0.5, 0.9, 0.99, 1.0):
+                expected = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits))
+                expected = TopKLogitsWarper(top_k)(None, expected) if top_k else expected
+                expected = TopPLogitsWarper(top_p)(None, expected) if top_p < 1 else expected
+                ours = filter_logits(sampling.temper(jnp.asarray(logits), temperature), top_k=top_k,
+                                     top_p=top_p if top_p < 1 else None)
+                np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected.numpy()))
+                np.testing.assert_allclose(jax.nn.softmax(ours), torch.softmax(expected, -1).numpy(), atol=1e-6)
+
+
+def test_a_tiny_temperature_samples_the_greedy_tokens():
+    # logits / 1e-38 overflowed float32 to +-inf, and the softmax of that was NaN: garbage draws.
+    model, params = _model("gpt2-tiny")
+    greedy = generate(model, params, PROMPTS, max_new_tokens=N)
+    for top_k in (0, 20):
+        cold = generate(model, params, PROMPTS, max_new_tokens=N, temperature=1e-38, top_k=top_k,
+                        rng=jax.random.key(1))
+        np.testing.assert_array_equal(cold.tokens_BN, greedy.tokens_BN)
+        np.testing.assert_allclose(cold.log_probs_BN, greedy.log_probs_BN, atol=1e-6)
+
+
 def test_stop_tokens_end_each_sequence_and_pad_the_rest():
     model, params = _model("gpt2-tiny")
     free = np.asarray(generate(model, params, PROMPTS, max_new_tokens=N).tokens_BN)

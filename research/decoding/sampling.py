@@ -63,6 +63,19 @@ def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | No
     return logits_BV
 
 
+def temper(logits_BV: Array, temperature: Array | float) -> Array:
+    """logits / temperature shifted so the top logit is 0: the same softmax, with no overflow.
+
+    Divided unshifted, a tiny temperature (1e-38) turned finite logits into +-inf and the
+    softmax into NaN (garbage samples); shifted, the other logits only head to -inf, so
+    sampling tends to greedy as temperature -> 0. The top logits are set to 0 outright
+    rather than computed as 0 / temperature, which is NaN once a subnormal temperature is
+    flushed to 0.
+    """
+    max_B1 = jnp.max(logits_BV, axis=-1, keepdims=True)
+    return jnp.where(logits_BV == max_B1, 0.0, (logits_BV - max_B1) / temperature)
+
+
 def limit_vocab(logits_BV: Array, vocab_limit: int | None) -> Array:
     """-inf on ids >= vocab_limit (the padded ids no tokenizer piece owns); a no-op for None.
 
@@ -96,7 +109,8 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], *,
     """Continue each prompt (a list of token ids; lengths may differ) by up to `max_new_tokens`.
 
     temperature 0 is greedy (argmax); otherwise tokens are drawn from
-    softmax(filter_logits(logits / temperature, top_k, top_p)) with key fold_in(rng, step),
+    softmax(filter_logits(temper(logits, temperature), top_k, top_p)) (temper: logits /
+    temperature, shifted so none overflows) with key fold_in(rng, step),
     so a fixed rng (a jax.random key) reproduces the output. top_k=0 and top_p=1 or None turn
     those filters off. A row ends after its first token in `stop_tokens` (a list of ids, or
     one id).
@@ -175,7 +189,7 @@ def _generate(params: Any, prompts: PaddedPrompts, stop_tokens_S: Array, rng: Ar
         if greedy:
             token_B = greedy_choice(allowed_BV)
         else:
-            scaled_BV = filter_logits(allowed_BV / temperature, top_k=top_k, top_p=top_p if nucleus else None)
+            scaled_BV = filter_logits(temper(allowed_BV, temperature), top_k=top_k, top_p=top_p if nucleus else None)
             token_B = jax.random.categorical(jax.random.fold_in(rng, step), scaled_BV, axis=-1).astype(jnp.int32)
         log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), token_B[:, None], axis=-1)[:, 0]
         return jnp.where(done_B, pad_id, token_B), jnp.where(done_B, 0.0, log_prob_B)
