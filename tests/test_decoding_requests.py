@@ -89,9 +89,8 @@ def test_one_stop_id_none_and_top_p_none_mean_what_their_spelled_out_forms_do():
                                   generate(model, {}, [[0], [1]], stop_tokens=[3], **greedy).tokens_BN)
     np.testing.assert_array_equal(generate(model, {}, [[0]], stop_tokens=None, **greedy).tokens_BN,
                                   generate(model, {}, [[0]], **greedy).tokens_BN)
-    beams = beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3, stop_tokens=np.int64(3))
-    np.testing.assert_array_equal(beams.tokens_BWN,
-                                  beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3, stop_tokens=[3]).tokens_BWN)
+    search = lambda stop_tokens: beam_search(model, {}, [[0]], num_beams=2, max_new_tokens=3, stop_tokens=stop_tokens)
+    np.testing.assert_array_equal(search(np.int64(3)).tokens_BWN, search([3]).tokens_BWN)
     sample = dict(max_new_tokens=6, temperature=1.0, rng=jax.random.key(0))
     np.testing.assert_array_equal(generate(model, {}, [[0], [1]], top_p=None, **sample).tokens_BN,
                                   generate(model, {}, [[0], [1]], top_p=1.0, **sample).tokens_BN)

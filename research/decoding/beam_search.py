@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real, pad_prompts,
-                                       stop_token_tuple)
+from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real,
+                                       pad_prompts, stop_token_tuple)
 from research.decoding.sampling import is_stop, limit_vocab
 from research.models.config import ConfigError
 

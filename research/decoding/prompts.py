@@ -45,7 +45,8 @@ def stop_token_tuple(stop_tokens: int | Sequence[int] | None) -> tuple[int, ...]
     except ValueError:  # ragged nesting
         ids = np.asarray(None)
     if ids.ndim > 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        shown = f"an array of shape {ids.shape}" if isinstance(stop_tokens, (np.ndarray, jax.Array)) else repr(stop_tokens)
+        is_array = isinstance(stop_tokens, (np.ndarray, jax.Array))  # whose repr spans lines
+        shown = f"an array of shape {ids.shape}" if is_array else repr(stop_tokens)
         raise ConfigError(f"stop_tokens={shown} must be a token id or a list of token ids, e.g. [eos_id].")
     return tuple(int(t) for t in ids.reshape(-1))
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.decoding.adapters import adapter_for
-from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real, pad_prompts,
-                                       stop_token_tuple)
+from research.decoding.prompts import (PaddedPrompts, check_request, check_vocab_limit, is_integer, is_real,
+                                       pad_prompts, stop_token_tuple)
 from research.models.config import ConfigError
 
 Array = jax.Array
