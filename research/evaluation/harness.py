@@ -17,6 +17,11 @@ encoder_scoring="pll") or by a sequence classifier whose class i is choice i
 Contexts longer than the model are truncated from the left (keeping the text nearest the
 continuation), with a warning that counts the truncated requests; a continuation (or
 max_new_tokens) that alone does not fit is an error.
+
+Contexts, prompts and rolling texts of decoder and encoder-decoder models are encoded with
+the tokenizer's encode_context when it has one (HFTokenizer: the special tokens its default
+adds, Llama's <s>, T5's </s>, as lm-eval's `hf` model does), continuations with encode
+(none). Encoder-only models, which lm-eval does not evaluate, encode everything with encode.
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ class Harness:
         self.rolling_context_len = rolling_context_len
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
+        self._encode_context = getattr(tokenizer, "encode_context", tokenizer.encode)
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
         from research.decoding import vocab_limit_for
         # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
@@ -89,8 +95,8 @@ class Harness:
         if family == "encoder":
             return self._pseudo_loglikelihood(requests)
         joint = family == "decoder"  # seq2seq tokenizes context and continuation separately (lm-eval)
-        pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint)
-                 for r in requests]
+        pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint,
+                             encode_context=self._encode_context) for r in requests]
         for context_ids, continuation_ids in pairs:
             self._check_ids(context_ids + continuation_ids)
         if family == "decoder":
@@ -112,13 +118,16 @@ class Harness:
         return [_result(s, cut) for s, cut in zip(stats, truncated)]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
-        """log p(text) of each whole text, in windows of at most max_length tokens (decoder only)."""
+        """log p(text) of each whole text, in windows of at most max_length tokens (decoder only).
+
+        The text is encoded with encode_context, so a tokenizer that opens every input with
+        bos scores that bos too (after the prefix token), as lm-eval's hf model does."""
         if self.config.family != "decoder":
             raise ConfigError(f"{self.config.name} is an {self.config.family!r} model; rolling (unconditional) "
                               "loglikelihood needs a decoder-only model.")
         windows: list[list[ScoredRow]] = []
         for request in requests:
-            ids = as_ids(self.tokenizer.encode(request.text))
+            ids = as_ids(self._encode_context(request.text))
             self._check_ids(ids)
             windows.append(rolling_windows(ids, self.max_length, self.prefix_token, self.rolling_context_len))
         flat = [row for rows in windows for row in rows]
@@ -150,7 +159,7 @@ class Harness:
                                   f"{self.max_length}; lower max_new_tokens.")
             prompts, cut = [], []
             for i in indices:
-                ids = as_ids(self.tokenizer.encode(requests[i].context)) or [self.prefix_token]
+                ids = as_ids(self._encode_context(requests[i].context)) or [self.prefix_token]
                 self._check_ids(ids)
                 cut.append(len(ids) > budget)
                 prompts.append(ids[-budget:])

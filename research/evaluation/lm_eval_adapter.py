@@ -63,32 +63,42 @@ class HarnessLM(LM):
         return cls.from_loaded(load_checkpoint(path, step=step, tokenizer=tokenizer), **kwargs)
 
     @classmethod
-    def from_hf(cls, path: str, *, tokenizer: str | None = None, **kwargs: Any) -> "HarnessLM":
+    def from_hf(cls, path: str, *, tokenizer: str | None = None, add_bos_token: bool | None = None,
+                **kwargs: Any) -> "HarnessLM":
+        """A Hugging Face folder, scored as lm-eval's `hf` model scores it: contexts get the
+        tokenizer's own special tokens (Llama's <s>, T5's </s>); add_bos_token=False (lm-eval's
+        option of that name) leaves them out."""
         from research.training.checkpoint_loading import load_hf
-        return cls.from_loaded(load_hf(path, tokenizer=tokenizer), **kwargs)
+        return cls.from_loaded(load_hf(path, tokenizer=tokenizer, add_bos_token=add_bos_token), **kwargs)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
-        """lm-eval's `--model_args`: "checkpoint=DIR[,step=N]" or "hf_dir=DIR", plus tokenizer=,
-        batch_size=, max_length=, max_gen_toks=."""
+        """lm-eval's `--model_args`: "checkpoint=DIR[,step=N]" or "hf_dir=DIR[,add_bos_token=False]",
+        plus tokenizer=, batch_size=, max_length=, max_gen_toks=."""
         from lm_eval.utils import simple_parse_args_string
         args = {**simple_parse_args_string(arg_string),
                 **{k: v for k, v in (additional_config or {}).items() if v is not None and k == "batch_size"}}
         checkpoint, hf_dir = args.pop("checkpoint", None), args.pop("hf_dir", None)
         if (checkpoint is None) == (hf_dir is None):
             raise ConfigError(f"model_args={arg_string!r}: give exactly one of checkpoint=RUN_DIR or hf_dir=FOLDER.")
-        known = {"step", "tokenizer", "batch_size", "max_length", "max_gen_toks"}
+        known = {"step", "tokenizer", "batch_size", "max_length", "max_gen_toks", "add_bos_token"}
         unknown = sorted(set(args) - known)
         if unknown:
             raise ConfigError(f"model_args={arg_string!r}: unknown key(s) {unknown}; known: {sorted(known)}.")
         options = {k: int(args[k]) for k in ("batch_size", "max_length", "max_gen_toks") if args.get(k) is not None}
+        add_bos_token = args.pop("add_bos_token", None)
+        if add_bos_token is not None and not isinstance(add_bos_token, bool):
+            raise ConfigError(f"model_args: add_bos_token={add_bos_token!r} must be True or False.")
         if checkpoint is not None:
+            if add_bos_token is not None:
+                raise ConfigError("model_args: add_bos_token= applies to hf_dir= (a Hugging Face tokenizer); "
+                                  "leave it out for checkpoint=.")
             step = args.get("step")
             return cls.from_checkpoint(str(checkpoint), step=None if step is None else int(step),
                                        tokenizer=args.get("tokenizer"), **options)
         if "step" in args:
             raise ConfigError("model_args: step= selects a checkpoint step; it does not apply to hf_dir=.")
-        return cls.from_hf(str(hf_dir), tokenizer=args.get("tokenizer"), **options)
+        return cls.from_hf(str(hf_dir), tokenizer=args.get("tokenizer"), add_bos_token=add_bos_token, **options)
 
     # --- the three request types --------------------------------------------------------
 

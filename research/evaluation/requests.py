@@ -17,7 +17,7 @@ tokens[:-1] and score the last `num_scored` next-token predictions (targets toke
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -85,17 +85,23 @@ def as_ids(ids: Sequence[int] | np.ndarray) -> list[int]:
     return [int(i) for i in np.asarray(ids).reshape(-1)]
 
 
-def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int, *,
-                joint: bool = True) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int, *, joint: bool = True,
+                encode_context: Callable[[str], Sequence[int]] | None = None) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), tokenized as lm-eval does.
 
-    Trailing whitespace of the context moves to the continuation. joint=True (causal
-    models): the pair is encoded as one string and the continuation is what follows the
-    context's own encoding, so a subword that merges across the boundary is scored as part
-    of the continuation. joint=False (encoder-decoder): the parts are encoded separately.
-    An empty context becomes [prefix_token] (bos, else eos), so the first continuation
-    token has something to be predicted from.
+    Trailing whitespace of the context moves to the continuation. The context is encoded
+    with `encode_context` (default tokenizer.encode; the harness passes the tokenizer's
+    encode_context, which adds special tokens such as Llama's <s> or T5's </s> as lm-eval's
+    hf model does), the continuation alone with tokenizer.encode (no special tokens).
+    joint=True (causal models): the pair is encoded as one string with encode_context and
+    the continuation is what follows the context's own encoding, so a subword that merges
+    across the boundary is scored as part of the continuation. joint=False
+    (encoder-decoder): the parts are encoded separately. An empty context becomes
+    [prefix_token] (bos, else eos), so the first continuation token has something to be
+    predicted from; a continuation that itself opens with prefix_token gives that token up
+    as the context instead (lm-eval's rule).
     """
+    encode_context = tokenizer.encode if encode_context is None else encode_context
     stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
     context = stripped
@@ -103,11 +109,14 @@ def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int, *
         raise ConfigError(f"empty continuation for context {context[-40:]!r}; a loglikelihood request "
                           "needs at least one character to score.")
     if not context:
-        return [prefix_token], as_ids(tokenizer.encode(continuation))
+        continuation_ids = as_ids(tokenizer.encode(continuation))
+        if continuation_ids[:1] == [prefix_token]:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix_token], continuation_ids
     if not joint:
-        return as_ids(tokenizer.encode(context)), as_ids(tokenizer.encode(continuation))
-    whole = as_ids(tokenizer.encode(context + continuation))
-    context_ids = as_ids(tokenizer.encode(context))
+        return as_ids(encode_context(context)), as_ids(tokenizer.encode(continuation))
+    whole = as_ids(encode_context(context + continuation))
+    context_ids = as_ids(encode_context(context))
     if whole[:len(context_ids)] != context_ids:
         # The tokenizer merged across the boundary differently; score the parts separately.
         return context_ids, as_ids(tokenizer.encode(continuation))

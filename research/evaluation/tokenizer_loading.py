@@ -5,7 +5,11 @@
     load_tokenizer("path/to/hf_folder")         # a Hugging Face tokenizer folder (tokenizer.json, ...)
 
 Every result satisfies research.evaluation.tokenizer.TextTokenizer: encode adds no
-special tokens, decode drops them.
+special tokens, decode drops them. A Hugging Face tokenizer also has encode_context, the
+ids of a model input with the special tokens the tokenizer adds by default (Llama's leading
+<s>, T5's trailing </s>), which the evaluation harness encodes contexts with, as lm-eval's
+`hf` model does; load_tokenizer(folder, add_bos_token=False) turns them off, as lm-eval's
+add_bos_token=False does.
 """
 from __future__ import annotations
 
@@ -24,11 +28,15 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "
 class HFTokenizer:
     """A transformers tokenizer behind the TextTokenizer interface.
 
-    encode: ids of the text alone (add_special_tokens=False, as lm-eval scores
-    continuations). eos_id is required (generation stops on it); pad_id falls back to eos.
+    encode: ids of the text alone (add_special_tokens=False), what fine-tuning, generation
+    and a scored continuation need. encode_context: ids of a text the model is conditioned
+    on, encoded as lm-eval 0.4.13's HFLM.tok_encode encodes it: with the tokenizer's own
+    special tokens (add_bos_token=None), none (False) or add_special_tokens=True (True),
+    and none when the text already starts with the prefix token's text (bos, else eos).
+    eos_id is required (generation stops on it); pad_id falls back to eos.
     """
 
-    def __init__(self, tokenizer: Any, path: str = ""):
+    def __init__(self, tokenizer: Any, path: str = "", *, add_bos_token: bool | None = None):
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"Hugging Face tokenizer {path!r} defines no eos token; generation needs one to stop.")
         self._tokenizer = tokenizer
@@ -41,9 +49,21 @@ class HFTokenizer:
         # above a gap in the numbering (a vocab with unused ids, added tokens placed higher), and
         # decoding's vocab_limit would then never generate those tokens.
         self.vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+        self.add_bos_token = add_bos_token
+        # lm-eval leaves a text that already opens with the prefix token's text (e.g. "<s>") as
+        # it is, so a prompt that spells its own bos does not get a second one.
+        self._prefix_text = tokenizer.decode([self.eos_id if self.bos_id is None else self.bos_id])
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_context(self, text: str) -> list[int]:
+        """ids of a context / prompt / rolling text, special tokens as lm-eval's hf model adds them."""
+        if self.add_bos_token is False or (self._prefix_text and text.startswith(self._prefix_text)):
+            return self.encode(text)
+        # add_bos_token=None: the tokenizer's own default, which is add_special_tokens=True;
+        # True differs from it only through the tokenizer load_tokenizer built with it.
+        return list(self._tokenizer.encode(text, add_special_tokens=True))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -57,9 +77,16 @@ def has_hf_tokenizer(folder: str) -> bool:
     return os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f)) for f in HF_TOKENIZER_FILES)
 
 
-def load_tokenizer(spec: str, *, num_extra_ids: int = 0) -> TextTokenizer:
+def load_tokenizer(spec: str, *, num_extra_ids: int = 0, add_bos_token: bool | None = None) -> TextTokenizer:
     """The tokenizer `spec` names: "char", a SentencePiece .model file (with `num_extra_ids` T5
-    sentinels above its pieces, as the run that trained it had), or a Hugging Face tokenizer folder."""
+    sentinels above its pieces, as the run that trained it had), or a Hugging Face tokenizer folder.
+
+    add_bos_token (Hugging Face folders only): lm-eval's HFLM option of that name, passed to
+    transformers as lm-eval passes it and kept for HFTokenizer.encode_context; None (default)
+    leaves the tokenizer's own special tokens on, False turns them off."""
+    if add_bos_token is not None and not has_hf_tokenizer(spec):
+        raise ConfigError(f"add_bos_token={add_bos_token} applies to Hugging Face tokenizer folders only, and "
+                          f"tokenizer {spec!r} is not one; leave add_bos_token unset.")
     if spec == CHAR:
         return CharTokenizer()
     if os.path.isfile(spec):
@@ -71,13 +98,15 @@ def load_tokenizer(spec: str, *, num_extra_ids: int = 0) -> TextTokenizer:
     if has_hf_tokenizer(spec):
         # ~2 s to import, and not in the runtime: only Hugging Face tokenizers need it.
         transformers = import_optional("transformers", f"the Hugging Face tokenizer folder {spec!r}")
+        # As lm-eval's HFLM: transformers rebuilds the special-token template from add_bos_token.
+        options = {} if add_bos_token is None else {"add_bos_token": add_bos_token}
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True, **options)
         except (OSError, ValueError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"tokenizer folder {spec!r} could not be loaded by transformers "
                               f"({first_line}).") from None
-        return HFTokenizer(tokenizer, spec)
+        return HFTokenizer(tokenizer, spec, add_bos_token=add_bos_token)
     raise ConfigError(f"tokenizer {spec!r} is neither 'char', a SentencePiece .model file, nor a folder with "
                       f"one of {list(HF_TOKENIZER_FILES)}; give one of those.")
 

@@ -193,8 +193,12 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
 
 
-def load_hf(path: str, *, tokenizer: str | None = None, **model_overrides: Any) -> LoadedModel:
-    """A Hugging Face checkpoint folder; the tokenizer defaults to the folder's own."""
+def load_hf(path: str, *, tokenizer: str | None = None, add_bos_token: bool | None = None,
+            **model_overrides: Any) -> LoadedModel:
+    """A Hugging Face checkpoint folder; the tokenizer defaults to the folder's own.
+
+    add_bos_token: lm-eval's HFLM option (load_tokenizer); False turns off the special
+    tokens the evaluation harness otherwise adds to contexts."""
     from research.models import from_hf
     from research.models.hf.checkpoint_files import CheckpointError
 
@@ -205,7 +209,7 @@ def load_hf(path: str, *, tokenizer: str | None = None, **model_overrides: Any) 
             raise ConfigError(f"Hugging Face folder {path!r} holds no tokenizer files; pass --tokenizer (a folder "
                               "with tokenizer.json, a SentencePiece .model, or 'char').")
         tokenizer = path
-    text_tokenizer = load_tokenizer(tokenizer)
+    text_tokenizer = load_tokenizer(tokenizer, add_bos_token=add_bos_token)
     try:
         model, params = from_hf(path, **model_overrides)
     except (CheckpointError, FileNotFoundError) as e:  # damaged weights, or a file the folder lacks
