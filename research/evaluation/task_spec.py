@@ -35,7 +35,7 @@ class TaskSpec:
     """How to turn a document into requests and score them (lm-evaluation-harness semantics).
 
     prompt: template of the context. target: template of the gold continuation (for
-    multiple_choice: the gold choice's text, or its index). choices: multiple_choice only,
+    multiple_choice: the gold choice's index or its text, see gold_index). choices: multiple_choice only,
     the document field holding the list of choice strings. A few-shot example is
     prompt + target_delimiter + target; examples and the query are joined by
     fewshot_delimiter, after `description`. answer_prefix: for chain-of-thought targets,
@@ -161,12 +161,22 @@ def choices_of(spec: TaskSpec, doc: Doc) -> list[str]:
 
 
 def gold_index(spec: TaskSpec, doc: Doc) -> int:
-    """Index of the gold choice: the choice equal to the rendered target, else the target as an index."""
+    """Index of the gold choice, by lm-eval 0.4.13's rule for a doc_to_target template.
+
+    A rendered target made only of digits ("1", from an int or a digit-string field) is an
+    index into the choices, even when a choice has that text (choices ["3", "2", "1"] with
+    target "1" is "2"); any other target is the gold choice's own text. So a task whose
+    choices are digit strings names its gold by index.
+    """
     choices, target = choices_of(spec, doc), render(spec.target, doc, "target")
+    # lm-eval's str.isdigit without strip: " 1" is text. ASCII only, so int() reads what it shows.
+    if target.isascii() and target.isdigit():
+        if int(target) < len(choices):
+            return int(target)
+        raise TaskError(f"{doc.location}: target {target!r} is read as an index (digits) but there are only "
+                        f"{len(choices)} choices {choices}; give an index below {len(choices)}.")
     if target in choices:
         return choices.index(target)
-    if target.strip().isdigit() and int(target) < len(choices):
-        return int(target)
     raise TaskError(f"{doc.location}: target {target!r} is neither one of the choices {choices} nor an index "
                     "into them.")
 

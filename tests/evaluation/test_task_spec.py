@@ -84,3 +84,30 @@ def test_load_task_reports_missing_fields(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({**MC, "data_files": {}, "colour": "red"}))
     with pytest.raises(TaskError, match=r"unknown task field\(s\) \['colour'\]"):
         load_task(str(tmp_path / "t.json"))
+
+
+def test_multiple_choice_gold_follows_lm_evals_doc_to_target(tmp_path):
+    # A digit target is an index even where a choice has that text ("1" among ["3", "2", "1"]
+    # is "2"); it was looked up as choice text first, which scored the wrong gold.
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    docs = [{"question": "1+1=", "options": ["3", "2", "1"], "label": 1},
+            {"question": "2+3=", "options": ["5", "0", "6"], "label": "0"},
+            {"question": "Peru?", "options": ["Paris", "Rome", "Lima"], "label": "Lima"},
+            {"question": "0+0=", "options": ["1", "0", "2"], "label": 1}]
+    data = _write_jsonl(tmp_path / "docs.jsonl", docs)
+    (tmp_path / "digits_mc.yaml").write_text(
+        f"task: digits_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: options\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n")
+    lm_task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["digits_mc"])["tasks"]["digits_mc"]
+    # lm-eval's process_results reads an int target as the index and a str one as choice text.
+    expected = [t if isinstance(t, int) else lm_task.doc_to_choice(d).index(t)
+                for d, t in ((d, lm_task.doc_to_target(d)) for d in lm_task.test_docs())]
+    spec = TaskSpec(name="digits_mc", output_type="multiple_choice", prompt="{question}", target="{label}",
+                    choices="options", fewshot_split=None)
+    task = task_from_jsonl(spec, {"test": data})
+    assert [gold_index(spec, d) for d in task.docs("test")] == expected == [1, 0, 2, 1]
+    with pytest.raises(TaskError, match=r"target '3' is read as an index \(digits\) but there are only 3 choices"):
+        make_task(spec, {"test": [{"question": "?", "options": ["1", "2", "3"], "label": 3}]})
