@@ -103,8 +103,12 @@ def multiple_choice_metrics(log_likelihoods: Sequence[float], gold: int, choices
 
 
 def rolling_units(text: str, num_tokens: int) -> dict[str, int]:
-    """Counts the perplexities are normalised by: tokens, words (whitespace-separated, as lm-eval), UTF-8 bytes."""
-    return {"num_tokens": num_tokens, "num_words": len(re.split(r"\s+", text.strip())) if text.strip() else 0,
+    """Counts the perplexities are normalised by: tokens, words and UTF-8 bytes, the last two
+    exactly as lm-eval 0.4.13's count_words / count_bytes count them."""
+    # lm-eval splits the unstripped text, so leading or trailing whitespace adds an empty
+    # "word" each ("hello world\n" is 3): stripping first gave word perplexities that no
+    # lm-eval run of the same documents reproduces.
+    return {"num_tokens": num_tokens, "num_words": len(re.split(r"\s+", text)),
             "num_bytes": len(text.encode("utf-8"))}
 
 

@@ -82,3 +82,14 @@ def test_in_context_learning_score_by_hand():
         in_context_learning_score(losses)
     with pytest.raises(ConfigError, match="1 <= early_token < late_token"):
         in_context_learning_score(losses, early_token=4, late_token=2)
+
+
+def test_rolling_units_count_words_and_bytes_as_lm_eval():
+    # Leading / trailing whitespace is an empty "word" to lm-eval; stripping first undercounted.
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.task import ConfigurableTask
+
+    for text in ["hello world", "hello world\n", "  The cat sat.\n\nThe dog sat.\n", "\n", "caf\u00e9 \u00fcber"]:
+        units = M.rolling_units(text, 1)
+        assert (units["num_words"], units["num_bytes"]) == \
+            (ConfigurableTask.count_words(text), ConfigurableTask.count_bytes(text)), text
