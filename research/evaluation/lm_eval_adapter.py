@@ -16,6 +16,7 @@ owns the rest: task YAMLs, prompts, few-shot sampling, metrics and their aggrega
 
 Only greedy generation is offered (what lm-eval's generate_until means); a task asking for
 sampling (do_sample / temperature > 0) is refused in one line rather than answered greedily.
+The batch size is a fixed integer: lm-eval's batch_size="auto" is refused in one line too.
 lm-eval is imported only here, so the rest of the library does not need it.
 """
 from __future__ import annotations
@@ -85,7 +86,8 @@ class HarnessLM(LM):
         unknown = sorted(set(args) - known)
         if unknown:
             raise ConfigError(f"model_args={arg_string!r}: unknown key(s) {unknown}; known: {sorted(known)}.")
-        options = {k: int(args[k]) for k in ("batch_size", "max_length", "max_gen_toks") if args.get(k) is not None}
+        options = {k: _integer(k, args[k]) for k in ("batch_size", "max_length", "max_gen_toks")
+                   if args.get(k) is not None}
         add_bos_token = args.pop("add_bos_token", None)
         if add_bos_token is not None and not isinstance(add_bos_token, bool):
             raise ConfigError(f"model_args: add_bos_token={add_bos_token!r} must be True or False.")
@@ -124,6 +126,18 @@ class HarnessLM(LM):
             raise ConfigError("the task asks to sample (do_sample / temperature > 0); HarnessLM generates greedily "
                               "only: set generation_kwargs do_sample: false, temperature: 0 in the task.")
         return {"until": until, "max_new_tokens": max_new_tokens}
+
+
+def _integer(key: str, value: Any) -> int:
+    """A model_args / lm-eval option that must be an integer, or a one-line ConfigError."""
+    if isinstance(value, str) and key == "batch_size" and value.startswith("auto"):
+        # lm-eval's "auto" probes the largest batch that fits by running the model; the
+        # harness compiles one kernel per batch shape, so it takes a fixed size instead.
+        raise ConfigError(f"batch_size={value!r}: the research model does not pick its batch size automatically; "
+                          "give an integer, e.g. --batch_size 16.")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ConfigError(f"{key}={value!r} must be a positive integer, e.g. {key}=16.")
+    return int(value)
 
 
 def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | None = None,

@@ -136,6 +136,17 @@ def test_requests_and_bad_input(setup):
         HarnessLM.create_from_arg_string("checkpoint=/x,steps=3")
 
 
+def test_non_integer_sizes_fail_in_one_line_before_loading():
+    # lm-eval documents batch_size="auto" and passes it through; int("auto") was a bare ValueError.
+    import lm_eval
+    with pytest.raises(ConfigError, match=r"batch_size='auto': .* give an integer"):
+        lm_eval.simple_evaluate(model="research", model_args="hf_dir=/nowhere", tasks=["none"], batch_size="auto")
+    with pytest.raises(ConfigError, match=r"batch_size='auto:4': .* give an integer"):
+        HarnessLM.create_from_arg_string("hf_dir=/nowhere,batch_size=auto:4")
+    with pytest.raises(ConfigError, match=r"max_length='long' must be a positive integer"):
+        HarnessLM.create_from_arg_string("hf_dir=/nowhere,max_length=long")
+
+
 def test_importing_the_adapter_keeps_lm_evals_own_models():
     # Registering "research" once left lm-eval's registry with that name alone, so model="hf"
     # failed in any process that had imported the adapter.
