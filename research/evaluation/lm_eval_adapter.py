@@ -21,7 +21,7 @@ lm-eval is imported only here, so the rest of the library does not need it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from research.optional_imports import import_optional
 
@@ -77,15 +77,30 @@ class HarnessLM(LM):
         """lm-eval's `--model_args`: "checkpoint=DIR[,step=N]" or "hf_dir=DIR[,add_bos_token=False]",
         plus tokenizer=, batch_size=, max_length=, max_gen_toks=."""
         from lm_eval.utils import simple_parse_args_string
-        args = {**simple_parse_args_string(arg_string),
+        return cls._from_model_args(simple_parse_args_string(arg_string), additional_config, repr(arg_string))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: Mapping[str, Any], additional_config: dict | None = None) -> "HarnessLM":
+        """simple_evaluate(model="research", model_args={...}): the keys of create_from_arg_string
+        as a dict. lm-eval's default passes the dict to the constructor, which takes a Harness."""
+        if not isinstance(arg_dict, Mapping):
+            raise ConfigError(f"model_args={arg_dict!r} must be a dict or a 'key=value,...' string, "
+                              "e.g. {'hf_dir': FOLDER}.")
+        return cls._from_model_args(dict(arg_dict), additional_config, repr(dict(arg_dict)))
+
+    @classmethod
+    def _from_model_args(cls, model_args: dict[str, Any], additional_config: dict | None,
+                         arg_string: str) -> "HarnessLM":
+        # arg_string: the model_args as the user wrote them, for the error lines.
+        args = {**model_args,
                 **{k: v for k, v in (additional_config or {}).items() if v is not None and k == "batch_size"}}
         checkpoint, hf_dir = args.pop("checkpoint", None), args.pop("hf_dir", None)
         if (checkpoint is None) == (hf_dir is None):
-            raise ConfigError(f"model_args={arg_string!r}: give exactly one of checkpoint=RUN_DIR or hf_dir=FOLDER.")
+            raise ConfigError(f"model_args={arg_string}: give exactly one of checkpoint=RUN_DIR or hf_dir=FOLDER.")
         known = {"step", "tokenizer", "batch_size", "max_length", "max_gen_toks", "add_bos_token"}
         unknown = sorted(set(args) - known)
         if unknown:
-            raise ConfigError(f"model_args={arg_string!r}: unknown key(s) {unknown}; known: {sorted(known)}.")
+            raise ConfigError(f"model_args={arg_string}: unknown key(s) {unknown}; known: {sorted(known)}.")
         options = {k: _integer(k, args[k]) for k in ("batch_size", "max_length", "max_gen_toks")
                    if args.get(k) is not None}
         add_bos_token = args.pop("add_bos_token", None)

@@ -131,3 +131,16 @@ def test_add_bos_token_bad_input(llama_dir):
         HarnessLM.create_from_arg_string(f"hf_dir={llama_dir},add_bos_token=maybe")
     with pytest.raises(ConfigError, match=r"add_bos_token= applies to hf_dir="):
         HarnessLM.create_from_arg_string("checkpoint=/nowhere,add_bos_token=False")
+
+
+def test_model_args_as_a_dict_load_as_the_string_form(llama_dir):
+    # simple_evaluate(model_args={...}) calls create_from_arg_obj; lm-eval's default passed the
+    # dict to HarnessLM(harness, ...), a TypeError.
+    import lm_eval
+    from_dict = HarnessLM.create_from_arg_obj({"hf_dir": llama_dir, "batch_size": 4, "add_bos_token": False})
+    from_string = HarnessLM.create_from_arg_string(f"hf_dir={llama_dir},batch_size=4,add_bos_token=False")
+    assert _answers(from_dict, rolling=True) == _answers(from_string, rolling=True)
+    with pytest.raises(ConfigError, match=r"model_args=\{'hf_dir': '/nowhere', 'steps': 3\}: unknown key\(s\) \['steps'\]"):
+        lm_eval.simple_evaluate(model="research", model_args={"hf_dir": "/nowhere", "steps": 3}, tasks=["none"])
+    with pytest.raises(ConfigError, match=r"model_args=\['hf_dir'\] must be a dict"):
+        HarnessLM.create_from_arg_obj(["hf_dir"])
