@@ -229,3 +229,25 @@ def test_checkpoint_folder_loads_in_transformers(tmp_path, hf_models, inputs):
     real = inputs[2].astype(bool)
     np.testing.assert_allclose(_ours(params, model.config, inputs, "__call__")[real],
                                _torch(loaded, inputs).logits.numpy()[real], atol=TOL, rtol=0)
+
+
+def test_tied_config_with_a_distinct_stored_decoder_loads_untied_like_transformers(tmp_path, hf_models, inputs):
+    # tie_word_embeddings=true, but the file stores an MLM decoder of its own: transformers keeps it.
+    from safetensors.torch import save_file
+    from research.models import from_hf
+
+    _, mlm, _, _ = hf_models
+    mlm.save_pretrained(tmp_path)
+    state_dict = {k: v.detach().clone().contiguous() for k, v in mlm.state_dict().items()}
+    embedding = state_dict["bert.embeddings.word_embeddings.weight"]
+    state_dict["cls.predictions.decoder.weight"] = embedding + 0.5 * torch.randn_like(embedding)
+    save_file(state_dict, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    reference = transformers.BertForMaskedLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    decoder, embeddings = reference.cls.predictions.decoder.weight, reference.bert.embeddings.word_embeddings.weight
+    assert reference.config.tie_word_embeddings and decoder.data_ptr() != embeddings.data_ptr()
+
+    model, params = from_hf(str(tmp_path))
+    assert not model.config.tie_embeddings
+    real = inputs[2].astype(bool)
+    np.testing.assert_allclose(_ours(params, model.config, inputs, "__call__")[real],
+                               _torch(reference, inputs).logits.numpy()[real], atol=TOL, rtol=0)

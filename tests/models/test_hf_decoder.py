@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from research.models import ConfigError, build_model, from_hf, get_config, layout, to_hf
-from research.models.hf import gpt2, llama
+from research.models.hf import CheckpointError, gpt2, llama
 
 VOCAB = 128
 TOL = 1e-4
@@ -169,3 +169,33 @@ def test_to_hf_rejects_configs_the_architecture_cannot_express(tmp_path, preset,
     with pytest.raises(ConfigError) as error:
         to_hf(model, {}, str(tmp_path))
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("arch,embedding", [("gpt2", "transformer.wte.weight"),
+                                            ("llama-tied", "model.embed_tokens.weight")])
+def test_tied_config_with_a_distinct_stored_head_loads_untied_like_transformers(tmp_path, batch, arch, embedding):
+    # config.json says tie_word_embeddings=true, but the file stores an lm_head.weight of its own:
+    # transformers keeps that head (untied), so dropping it would change every logit.
+    from safetensors.torch import save_file
+    hf_model = _hf_model(arch)
+    hf_model.save_pretrained(tmp_path)
+    state_dict = {k: v.detach().clone().contiguous() for k, v in hf_model.state_dict().items()}
+    state_dict["lm_head.weight"] = state_dict[embedding] + 0.5 * torch.randn_like(state_dict[embedding])
+    save_file(state_dict, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    assert reference.config.tie_word_embeddings and reference.lm_head.weight.data_ptr() != \
+        reference.get_input_embeddings().weight.data_ptr()
+
+    model, params = from_hf(str(tmp_path))
+    assert not model.config.tie_embeddings
+    tokens, mask = batch
+    diff = np.abs(_our_logits(model, params, tokens, mask) - _hf_logits(reference, tokens, mask))
+    assert diff[mask.astype(bool)].max() <= TOL
+    # Asked to tie anyway, the import refuses rather than drop the stored head.
+    with pytest.raises(CheckpointError, match="config ties the LM head but lm_head.weight differs"):
+        from_hf(str(tmp_path), tie_embeddings=True)
+
+    # A stored head equal to the embedding stays tied.
+    state_dict["lm_head.weight"] = state_dict[embedding].clone()
+    save_file(state_dict, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    assert from_hf(str(tmp_path))[0].config.tie_embeddings

@@ -6,6 +6,7 @@ transformers' `from_pretrained` loads. Each architecture module (gpt2, llama, be
 provides:
 
     config_from_hf(hf_config: dict) -> ModelConfig
+    config_for_weights(config, state_dict) -> ModelConfig  # the LM head tied or not as the weights have it
     config_to_hf(config) -> dict                    # config.json, with model_type and architectures
     params_from_hf(state_dict, config) -> dict      # our layout: unrolled, or stacked if scan_layers
     params_to_hf(params, config) -> dict[str, np.ndarray]
@@ -26,7 +27,8 @@ import numpy as np
 
 from research.models import layout
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf.checkpoint_files import CheckpointError, read_hf_config, read_state_dict, write_checkpoint
+from research.models.hf.checkpoint_files import (CheckpointError, StateDict, read_hf_config, read_state_dict,
+                                                 write_checkpoint)
 
 # Modules are imported on use, so a missing optional one (or its dependencies) only
 # matters to checkpoints of that type.
@@ -50,16 +52,27 @@ def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
     `overrides` are ModelConfig fields applied after reading config.json, e.g.
     `scan_layers=True`, `dtype="bfloat16"`, `remat="full"`; params are cast to
     `param_dtype`. The config's name defaults to the folder's name.
+
+    As in transformers, an LM head stored with values other than the token embedding's is
+    loaded untied even where config.json says tie_word_embeddings=true.
     """
     from research.models import build_model
 
-    config = hf_model_config(path, **overrides)
-    params = _module_for_config_json(path).params_from_hf(read_state_dict(path), config)
+    hf_config = read_hf_config(path)
+    module = _module_for_type(hf_config.get("model_type"), path)
+    overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
+    config = module.config_from_hf(hf_config)  # before reading the weights: a bad config.json fails fast
+    state_dict = read_state_dict(path)
+    # Overrides come last, so an explicit tie_embeddings=True meets params_from_hf's check.
+    config = module.config_for_weights(config, state_dict).replace(**overrides)
+    params = module.params_from_hf(state_dict, config)
     return build_model(config), params
 
 
 def hf_model_config(path: str, **overrides: Any) -> ModelConfig:
-    """The ModelConfig `from_hf(path, **overrides)` builds, from config.json alone (no weights read)."""
+    """The ModelConfig `from_hf(path, **overrides)` builds, from config.json alone (no weights read):
+    the same, except that from_hf unties the LM head when the file stores one that differs from
+    the embedding (config_for_weights), which only the weights can tell."""
     overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
     return _module_for_config_json(path).config_from_hf(read_hf_config(path)).replace(**overrides)
 
@@ -122,6 +135,32 @@ def hf_activation(name: Any, model_type: str) -> str:
     return ACTIVATION_FROM_HF[name]
 
 
+def untie_distinct_head(config: ModelConfig, state_dict: StateDict, head: str, embedding: str) -> ModelConfig:
+    """`config` with tie_embeddings=False when `state_dict` holds a `head` whose values differ
+    from `embedding`'s, else `config`.
+
+    transformers (5.x) ties the head to the embedding only when the file's head is absent or
+    equal to it; a distinct stored head is kept (with a warning) whatever config.json says, and
+    transformers 5 writes tie_word_embeddings=true for every T5, so the weights decide."""
+    if config.tie_embeddings and _head_differs(state_dict, head, embedding):
+        return config.replace(tie_embeddings=False)
+    return config
+
+
+def check_tied_head(config: ModelConfig, state_dict: StateDict, head: str, embedding: str) -> None:
+    """CheckpointError if `config` ties the LM head but `state_dict` stores a different `head`:
+    dropping it would silently change the logits."""
+    if config.tie_embeddings and _head_differs(state_dict, head, embedding):
+        raise CheckpointError(f"{config.name}: config ties the LM head but {head} differs from {embedding}; "
+                              "load the folder with from_hf (it unties such a head, as transformers does) or "
+                              "pass a config with tie_embeddings=False.")
+
+
+def _head_differs(state_dict: StateDict, head: str, embedding: str) -> bool:
+    return head in state_dict and embedding in state_dict and not np.array_equal(state_dict[head],
+                                                                                 state_dict[embedding])
+
+
 def model_layout(unrolled: dict, config: ModelConfig, layer_names: tuple[str, ...] = ("layers",)) -> dict:
     """Unrolled numpy params -> arrays of `config.param_dtype`, stacked if scan_layers."""
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype=config.weight_dtype), unrolled)
@@ -142,5 +181,6 @@ def unrolled_layout(params: Any, config: ModelConfig, layer_names: tuple[str, ..
     return jax.tree.map(np.asarray, params)
 
 
-__all__ = ["ACTIVATION_FROM_HF", "ACTIVATION_TO_HF", "CheckpointError", "check_convertible", "from_hf", "hf_activation",
-           "model_layout", "supported_model_types", "to_hf", "unrolled_layout"]
+__all__ = ["ACTIVATION_FROM_HF", "ACTIVATION_TO_HF", "CheckpointError", "check_convertible", "check_tied_head",
+           "from_hf", "hf_activation", "model_layout", "supported_model_types", "to_hf", "unrolled_layout",
+           "untie_distinct_head"]

@@ -18,6 +18,9 @@ The pooler, MLM head and classifier are optional on import (BertModel checkpoint
 MLM head, BertForMaskedLM ones no pooler): what the checkpoint lacks is left out of the
 params, so only the methods that need it fail, and a head the config does not declare
 (pooler=False, num_labels=0) is skipped. The body must be complete.
+
+A stored cls.predictions.decoder.weight that differs from the word embeddings is loaded
+untied whatever tie_word_embeddings says, as transformers does (`config_for_weights`).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf import (ACTIVATION_TO_HF, CheckpointError, check_convertible, hf_activation, model_layout,
-                                unrolled_layout)
+from research.models.hf import (ACTIVATION_TO_HF, CheckpointError, check_convertible, check_tied_head, hf_activation,
+                                model_layout, unrolled_layout, untie_distinct_head)
 from research.models.hf.checkpoint_files import take
 
 MODEL_TYPE = "bert"
@@ -37,6 +40,7 @@ _BASE_PREFIX = "bert."  # BertFor* wrap BertModel under "bert."; BertModel check
 _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.seq_relationship.weight",
             "cls.seq_relationship.bias", "cls.predictions.bias", "cls.predictions.decoder.bias")
 _TIED_DECODER = "cls.predictions.decoder.weight"  # tied: equal to the word embeddings (checked)
+_WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
 class Convert(NamedTuple):
@@ -94,6 +98,12 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
     )
 
 
+def config_for_weights(config: ModelConfig, state_dict: dict[str, np.ndarray]) -> ModelConfig:
+    """`config` untied when the weights store an MLM decoder other than the word embeddings."""
+    return untie_distinct_head(config, {_hf_name(n): v for n, v in state_dict.items()}, _TIED_DECODER,
+                               _WORD_EMBEDDINGS)
+
+
 def config_to_hf(config: ModelConfig) -> dict:
     """config.json dict that transformers' BertConfig accepts."""
     check_convertible(config, "BERT", {
@@ -137,12 +147,9 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: ModelConfig) -> di
         group == "body" or any(hf_name in state_dict for hf_name in names))}
     ignore = _IGNORED + tuple(n for group, names in groups.items() if group not in used for n in names)
     shapes = {n: entry.hf_shape for names in used.values() for n, entry in names.items()}
+    check_tied_head(config, state_dict, _TIED_DECODER, _WORD_EMBEDDINGS)
     tensors = take({n: v for n, v in state_dict.items() if n != _TIED_DECODER or not config.tie_embeddings},
                    shapes, MODEL_TYPE, ignore=ignore)
-    if config.tie_embeddings and _TIED_DECODER in state_dict and not np.array_equal(
-            state_dict[_TIED_DECODER], tensors["embeddings.word_embeddings.weight"]):
-        raise CheckpointError(f"bert checkpoint: {_TIED_DECODER} differs from the word embeddings; "
-                              "load it with tie_embeddings=False.")
     unrolled: dict = {}
     for names in used.values():
         for hf_name, entry in names.items():

@@ -3,7 +3,8 @@
 HF GPT-2 uses Conv1D layers whose weight is [in, out] (the transpose of nn.Linear), a
 fused query/key/value projection `c_attn` [D, 3D] split as q | k | v with heads
 contiguous inside each part, and an LM head tied to `wte` unless tie_word_embeddings
-is false.
+is false or the file stores an lm_head.weight that differs from `wte` (transformers then
+keeps it untied, and so do we).
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf import (ACTIVATION_FROM_HF, ACTIVATION_TO_HF, check_convertible, hf_activation,
-                                model_layout, unrolled_layout)
+from research.models.hf import (ACTIVATION_FROM_HF, ACTIVATION_TO_HF, check_convertible, check_tied_head,
+                                hf_activation, model_layout, unrolled_layout, untie_distinct_head)
 from research.models.hf.checkpoint_files import StateDict, strip_prefix, take
 
 MODEL_TYPE = "gpt2"
@@ -40,6 +41,11 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         use_bias=True, scale_attention_logits=bool(hf["scale_attn_weights"]),
         tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=hf["pad_token_id"] or 0,
         dropout_rate=float(hf["resid_pdrop"]))
+
+
+def config_for_weights(config: ModelConfig, state_dict: StateDict) -> ModelConfig:
+    """`config` untied when the weights store an lm_head.weight other than wte.weight."""
+    return untie_distinct_head(config, strip_prefix(state_dict, "transformer."), "lm_head.weight", "wte.weight")
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -80,8 +86,11 @@ def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def params_from_hf(state_dict: StateDict, config: ModelConfig) -> dict:
     """Our params (layout per config.scan_layers, dtype config.param_dtype) from HF GPT-2 tensors."""
     # GPT2LMHeadModel saves "transformer.h.0..."; GPT2Model (e.g. the original "gpt2") "h.0...".
+    state_dict = strip_prefix(state_dict, "transformer.")
+    check_tied_head(config, state_dict, "lm_head.weight", "wte.weight")
+    # Tied, a stored head equals wte (checked above): transformers' save_pretrained may write it anyway.
     ignore = _IGNORED + (("lm_head.weight",) if config.tie_embeddings else ())
-    sd = take(strip_prefix(state_dict, "transformer."), _hf_shapes(config), MODEL_TYPE, ignore=ignore)
+    sd = take(state_dict, _hf_shapes(config), MODEL_TYPE, ignore=ignore)
     h, dh, d = config.num_heads, config.dim_per_head, config.d_model
     norm = lambda prefix: {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
     params: dict = {"token_embed": {"embedding": sd["wte.weight"]},

@@ -2,14 +2,17 @@
 window) <-> our decoder with RoPE, RMSNorm and a gated MLP.
 
 HF nn.Linear weights are [out, in], so every projection is transposed. Our RoPE uses
-the same rotate-half layout as HF LLaMA, so q/k weights need no permutation.
+the same rotate-half layout as HF LLaMA, so q/k weights need no permutation. A stored
+lm_head.weight that differs from embed_tokens is loaded untied whatever
+tie_word_embeddings says, as transformers does.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf import ACTIVATION_TO_HF, check_convertible, hf_activation, model_layout, unrolled_layout
+from research.models.hf import (ACTIVATION_TO_HF, check_convertible, check_tied_head, hf_activation, model_layout,
+                                unrolled_layout, untie_distinct_head)
 from research.models.hf.checkpoint_files import StateDict, strip_prefix, take
 
 # LlamaConfig's / MistralConfig's defaults: config.json files written by older
@@ -60,6 +63,11 @@ def _rope_theta(hf: dict[str, Any], model_type: str) -> float:
     return float(theta)
 
 
+def config_for_weights(config: ModelConfig, state_dict: StateDict) -> ModelConfig:
+    """`config` untied when the weights store an lm_head.weight other than embed_tokens.weight."""
+    return untie_distinct_head(config, strip_prefix(state_dict, "model."), "lm_head.weight", "embed_tokens.weight")
+
+
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """LLaMA config.json dict of `config`; ConfigError if LLaMA cannot express it."""
     check_convertible(config, "LLaMA", dict(family="decoder", position="rope", norm="rmsnorm", norm_placement="pre",
@@ -100,8 +108,11 @@ def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def params_from_hf(state_dict: StateDict, config: ModelConfig) -> dict:
     """Our params (layout per config.scan_layers, dtype config.param_dtype) from HF LLaMA tensors."""
     # LlamaForCausalLM saves "model.layers.0..."; LlamaModel "layers.0...".
+    state_dict = strip_prefix(state_dict, "model.")
+    check_tied_head(config, state_dict, "lm_head.weight", "embed_tokens.weight")
+    # Tied, a stored head equals embed_tokens (checked above): save_pretrained may write it anyway.
     ignore = _IGNORED + (("lm_head.weight",) if config.tie_embeddings else ())
-    sd = take(strip_prefix(state_dict, "model."), _hf_shapes(config), "llama", ignore=ignore)
+    sd = take(state_dict, _hf_shapes(config), "llama", ignore=ignore)
     h, k, dh, d = config.num_heads, config.kv_heads, config.dim_per_head, config.d_model
     params: dict = {"token_embed": {"embedding": sd["embed_tokens.weight"]},
                     "final_norm": {"scale": sd["norm.weight"]}}

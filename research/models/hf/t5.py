@@ -76,6 +76,11 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
     )
 
 
+def config_for_weights(config: ModelConfig, state_dict: dict[str, np.ndarray]) -> ModelConfig:
+    """`config` as is: params_from_hf refuses an lm_head.weight that a tied config would drop."""
+    return config
+
+
 def config_to_hf(config: ModelConfig) -> dict:
     """ModelConfig -> config.json dict for T5ForConditionalGeneration."""
     check_convertible(config, "T5", dict(family="encoder_decoder", position="relative", norm="rmsnorm",
