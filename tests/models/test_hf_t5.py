@@ -130,5 +130,36 @@ def test_bad_inputs_fail_with_one_line():
     with pytest.raises(CheckpointError, match=r"q.weight has shape \(32, 32\) but the config implies \(16, 32\)"):
         t5.params_from_hf(state_dict, config.replace(head_dim=4))
     untied_head = {**state_dict, "lm_head.weight": state_dict["shared.weight"] + 1}
-    with pytest.raises(CheckpointError, match="tie_word_embeddings=false"):
+    with pytest.raises(CheckpointError, match="config ties the LM head but lm_head.weight differs"):
         t5.params_from_hf(untied_head, config)
+    # Untying it (as transformers 5 does) would leave the v1.0 scaling on an untied head.
+    with pytest.raises(ConfigError, match="scale_decoder_outputs=false"):
+        t5.config_for_weights(config, untied_head)
+
+
+def test_v1_1_resaved_by_transformers5_loads_untied(tmp_path):
+    # transformers 5 writes tie_word_embeddings=true for every T5 and records the (absent) scaling
+    # as scale_decoder_outputs=false; the distinct lm_head.weight in the file is what unties it.
+    import json
+    from research.models import from_hf
+
+    reference = _reference("gated-gelu", tied=False)
+    reference.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["tie_word_embeddings"], written["scale_decoder_outputs"]) == (True, False)
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager")
+    assert reloaded.lm_head.weight.data_ptr() != reloaded.shared.weight.data_ptr()
+
+    model, params = from_hf(str(tmp_path))
+    assert (model.config.tie_embeddings, model.config.scale_tied_logits) == (False, False)
+    encoder_tokens, encoder_mask, decoder_tokens, decoder_mask = _inputs()
+    with torch.no_grad():
+        want = reloaded.eval()(input_ids=torch.from_numpy(encoder_tokens),
+                               attention_mask=torch.from_numpy(encoder_mask),
+                               decoder_input_ids=torch.from_numpy(decoder_tokens),
+                               decoder_attention_mask=torch.from_numpy(decoder_mask)).logits.numpy()
+    logits = model.apply({"params": params}, jnp.asarray(encoder_tokens), jnp.asarray(decoder_tokens),
+                         encoder_segment_ids_BS=jnp.asarray(encoder_mask, jnp.int32),
+                         decoder_segment_ids_BT=jnp.asarray(decoder_mask, jnp.int32))
+    real = decoder_mask.astype(bool)
+    assert np.abs(np.asarray(logits)[real] - want[real]).max() <= 1e-4

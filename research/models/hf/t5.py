@@ -6,7 +6,10 @@ and both directions read it, so import and export cannot drift apart.
 Tied heads: transformers < 5 ties `lm_head` to `shared` and scales the decoder output by
 D**-0.5 exactly when tie_word_embeddings (v1.0), and unties without scaling when it is false
 (v1.1). transformers 5 always writes tie_word_embeddings=true and records the scaling as
-scale_decoder_outputs; when that key is present we read it as the scaling.
+scale_decoder_outputs; when that key is present we read it as the scaling. Like
+transformers 5, we load an lm_head.weight that differs from shared.weight untied whatever
+tie_word_embeddings says (`config_for_weights`), so a v1.1 model re-saved by transformers 5
+(tie_word_embeddings=true, scale_decoder_outputs=false, its own lm_head) loads untied.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf import (ACTIVATION_TO_HF, CheckpointError, check_convertible, hf_activation, model_layout,
-                                unrolled_layout)
+from research.models.hf import (ACTIVATION_TO_HF, CheckpointError, check_convertible, check_tied_head, hf_activation,
+                                model_layout, unrolled_layout, untie_distinct_head)
 
 ARCHITECTURE = "T5ForConditionalGeneration"
 LAYER_NAMES = ("encoder_layers", "decoder_layers")
@@ -77,7 +80,13 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
 
 
 def config_for_weights(config: ModelConfig, state_dict: dict[str, np.ndarray]) -> ModelConfig:
-    """`config` as is: params_from_hf refuses an lm_head.weight that a tied config would drop."""
+    """`config` untied when the weights store an lm_head.weight other than shared.weight."""
+    config = untie_distinct_head(config, state_dict, "lm_head.weight", "shared.weight")
+    if config.scale_tied_logits and not config.tie_embeddings:
+        # transformers 5 would scale the decoder output, then apply the distinct head; we cannot.
+        raise ConfigError("t5: lm_head.weight differs from shared.weight (an untied head) but config.json scales the "
+                          "decoder output (scale_decoder_outputs, or tie_word_embeddings without it); a scaled "
+                          "untied head is not supported: if the model is T5 v1.1, set scale_decoder_outputs=false.")
     return config
 
 
@@ -130,10 +139,7 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: ModelConfig) -> di
     if unexpected:
         raise CheckpointError(f"{config.name}: T5 state dict has {len(unexpected)} tensor(s) the config does not "
                               f"describe (wrong layer counts or head?): {', '.join(unexpected)}.")
-    if config.tie_embeddings and "lm_head.weight" in state_dict and not np.array_equal(
-            state_dict["lm_head.weight"], state_dict["shared.weight"]):
-        raise CheckpointError(f"{config.name}: config ties the LM head but lm_head.weight differs from shared.weight; "
-                              "set tie_word_embeddings=false in config.json.")
+    check_tied_head(config, state_dict, "lm_head.weight", "shared.weight")
     params: dict = {}
     for entry in entries:
         value = np.asarray(state_dict[entry.key])
