@@ -163,3 +163,25 @@ def test_v1_1_resaved_by_transformers5_loads_untied(tmp_path):
                          decoder_segment_ids_BT=jnp.asarray(decoder_mask, jnp.int32))
     real = decoder_mask.astype(bool)
     assert np.abs(np.asarray(logits)[real] - want[real]).max() <= 1e-4
+
+
+def test_gated_exact_gelu_export_keeps_the_activation():
+    # transformers reads feed_forward_proj="gated-gelu" as the tanh GELU; an exact-GELU gated MLP
+    # must be written so transformers (and our import) read it back as exact.
+    config = get_config("t5-v1_1-tiny", activation="gelu", vocab_size=96)
+    hf_config = t5.config_to_hf(config)
+    assert t5.config_from_hf(hf_config).activation == "gelu"
+    reference = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(**hf_config, attn_implementation="eager")).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    params = t5.params_from_hf({k: v.numpy() for k, v in reference.state_dict().items()}, config)
+    encoder_tokens, _, decoder_tokens, _ = _inputs()
+    with torch.no_grad():
+        want = reference(input_ids=torch.from_numpy(encoder_tokens),
+                         decoder_input_ids=torch.from_numpy(decoder_tokens)).logits.numpy()
+    logits = EncoderDecoder(config).apply({"params": params}, jnp.asarray(encoder_tokens), jnp.asarray(decoder_tokens))
+    # Unscaled v1.1 logits reach ~40 here: the tolerance is relative (the tanh GELU is off by ~4e-4 of it).
+    assert np.abs(np.asarray(logits) - want).max() <= 1e-5 * np.abs(want).max()

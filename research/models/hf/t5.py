@@ -99,6 +99,9 @@ def config_to_hf(config: ModelConfig) -> dict:
         raise ConfigError(f"{config.name}: scale_tied_logits=True needs tie_embeddings=True to be expressed as T5.")
     if config.gated_mlp and config.activation == "gelu_tanh":
         proj = "gated-gelu"
+    elif config.gated_mlp and config.activation == "gelu":
+        # transformers reads "gated-gelu" as the tanh GELU (gelu_new); gelu_python is its exact (erf) one.
+        proj = "gated-gelu_python"
     else:
         proj = ("gated-" if config.gated_mlp else "") + ACTIVATION_TO_HF[config.activation]
     return {
