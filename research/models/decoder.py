@@ -74,7 +74,9 @@ class Decoder(nn.Module):
     """tokens [B, T] -> logits [B, T, V]; with `cache`, returns (logits, new cache).
 
     segment_ids_BT: 0 marks padding; packed rows use 1, 2, ... per document so attention
-    never crosses documents. positions_BT: position of each token within its document.
+    never crosses documents. positions_BT: position of each token within its document;
+    by default 0.. T-1 (after the cache's tokens, with a cache), which learned positions
+    refuse (ValueError) past max_len - 1.
     prefix_mask_BT: nonzero on tokens of a prefix-LM prefix, which attend to each other
     bidirectionally (within their document); the rest stays causal. With a cache, the
     prefix tokens of one call (a prompt's prefill) attend each other both ways.
@@ -94,6 +96,8 @@ class Decoder(nn.Module):
             segment_ids_BT = jnp.ones((b, t), jnp.int32)
         if positions_BT is None:
             start = 0 if cache is None else cache.index
+            if cfg.position == "learned":
+                _check_position_room(cfg, start, t)
             positions_BT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
 
         token_embed = Embed(cfg.vocab_size, cfg, init_std=embedding_init_std(cfg, "tokens"), name="token_embed")
@@ -143,6 +147,20 @@ class Decoder(nn.Module):
                                name="lm_head")(x_BTD)
         logits_BTV = constrain(logits_BTV, ("activation_batch", "activation_length", "activation_vocab"))
         return logits_BTV if cache is None else (logits_BTV, new_cache)
+
+
+def _check_position_room(cfg: ModelConfig, start: Array | int, t: int) -> None:
+    """Raise if positions start .. start + t - 1 run past the learned position table.
+
+    Out-of-range rows of the table read as NaN (jnp.take's fill), which would spread to every
+    logit. The length check is static (trace time, no runtime cost); the start (a cache index)
+    is checked when concrete, as check_cache_room does. Explicit positions_BT are the
+    caller's to keep below max_len (generate checks its prompts and max_new_tokens)."""
+    end = t if isinstance(start, int) else t + (0 if isinstance(start, jax.core.Tracer) else int(start))
+    if end > cfg.max_len:
+        raise ValueError(f"{cfg.name}: positions up to {end - 1} exceed the learned position table "
+                         f"(max_len={cfg.max_len}, positions 0..{cfg.max_len - 1}); truncate the input to "
+                         f"{cfg.max_len} tokens or use a config with a larger max_len.")
 
 
 def _causal_segment_mask(q_segment_BT: Array, kv_segment_BS: Array, q_slot_T: Array, kv_slot_S: Array) -> Array:

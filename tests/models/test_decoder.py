@@ -222,3 +222,22 @@ def test_bad_config_raises_one_line_config_error(preset, overrides, expected):
 def test_unknown_preset_suggests_nearest_names():
     with pytest.raises(ConfigError, match=r"unknown model preset 'gpt2-tinny'\. Did you mean gpt2-tiny"):
         get_config("gpt2-tinny")
+
+
+def test_learned_positions_refuse_inputs_past_max_len():
+    # Rows past the learned position table read as NaN (jnp.take's fill): every logit was NaN.
+    config = get_config("gpt2-tiny", max_len=8, num_layers=1)
+    model = build_model(config)
+    params = _random_params(model)
+    apply = jax.jit(model.apply)
+    assert np.isfinite(apply({"params": params}, jnp.asarray(_tokens((1, 8))))).all()
+    with pytest.raises(ValueError, match=r"positions up to 8 exceed .*max_len=8.*truncate the input to 8 tokens"):
+        apply({"params": params}, jnp.asarray(_tokens((1, 9))))
+
+    # Cached decoding with default positions: the step at position max_len - 1 runs, the next refuses.
+    cache = init_decoder_cache(config, batch=1, max_len=9)
+    _, cache = model.apply({"params": params}, jnp.asarray(_tokens((1, 7))), cache=cache)
+    logits, cache = model.apply({"params": params}, jnp.asarray(_tokens((1, 1))), cache=cache)
+    assert int(cache.index) == 8 and np.isfinite(logits).all()
+    with pytest.raises(ValueError, match="positions up to 8 exceed"):
+        model.apply({"params": params}, jnp.asarray(_tokens((1, 1))), cache=cache)
