@@ -137,7 +137,10 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
         # One accelerator host, from Hugging Face weights: --config.init=hf:/path/to/llama_folder.
         config.init = "hf:"
         config.tokenizer = ""
-        config.model = ml_collections.ConfigDict(dict(dtype="bfloat16", scan_layers=True, remat="dots"))
+        # Rematerialize all but the projections' matmul outputs (attention logits, which grow
+        # with seq_len squared, are recomputed): the usual trade-off for long sequences.
+        config.model = ml_collections.ConfigDict(dict(dtype="bfloat16", scan_layers=True,
+                                                      remat="dots_with_no_batch_dims"))
         config.data.chat_template = "chatml"
         config.train.update(dict(batch_size=64, seq_len=1024, num_steps=2000, eval_every_steps=200,
                                  log_every_steps=10, peak_flops=0.0))

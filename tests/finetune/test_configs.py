@@ -5,6 +5,7 @@ import pytest
 from experiments.configs import finetune as finetune_configs
 from research.finetune import PATHS, build_job
 from research.finetune.evaluators import classification_metrics, text_metrics
+from research.models import get_config
 from research.models.config import ConfigError
 
 from tests.finetune.conftest import tiny_config
@@ -27,6 +28,9 @@ def test_every_path_has_a_preset_and_gpu_presets_resolve():
     for preset in finetune_configs.GPU:
         config = finetune_configs.get_config(preset)
         assert config.init == "hf:" and config.model.dtype == "bfloat16"
+        # The model overrides must be ModelConfig fields and values (a remat="dots" was refused
+        # only when a user ran the preset on an accelerator).
+        get_config("llama-tiny", **config.model.to_dict())
     with pytest.raises(ConfigError, match=r"^path='ppo' is not one of"):
         config = tiny_config("sft_tiny")
         config.path = "ppo"
