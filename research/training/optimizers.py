@@ -34,7 +34,10 @@ class OptimizerConfig:
     warmup_steps: int = 0
     total_steps: int = 1000  # horizon of the decay; normally the run's number of steps
     decay_fraction: float = 0.2  # wsd: the last fraction of total_steps decays linearly
-    min_lr_ratio: float = 0.1  # final learning rate = min_lr_ratio * learning_rate
+    # final learning rate = min_lr_ratio * learning_rate, reached at step total_steps, as optax's
+    # schedules reach their end value at their horizon: the last update (step total_steps - 1)
+    # runs one decay step above it.
+    min_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -60,6 +63,12 @@ class OptimizerConfig:
             raise ConfigError(f"opt.warmup_steps={self.warmup_steps} must lie in [0, total_steps={self.total_steps}].")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"opt.decay_fraction={self.decay_fraction} must be in (0, 1].")
+        decay_start = self.total_steps - max(1, round(self.decay_fraction * self.total_steps))
+        if self.schedule == "wsd" and self.warmup_steps > decay_start:
+            # The ramp would run past the start of the decay, then drop onto the decay line in one step.
+            raise ConfigError(f"opt.warmup_steps={self.warmup_steps} overlaps the wsd decay, which starts at step "
+                              f"{decay_start} (decay_fraction={self.decay_fraction} of total_steps="
+                              f"{self.total_steps}); lower warmup_steps or decay_fraction.")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"opt.min_lr_ratio={self.min_lr_ratio} must be in [0, 1].")
         for field in ("weight_decay", "clip_norm"):

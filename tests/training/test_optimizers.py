@@ -37,6 +37,13 @@ def test_wsd_schedule_values():
     assert _lr(config, 80) == pytest.approx(2.0)  # decay of the last 20 steps starts here
     assert _lr(config, 90) == pytest.approx(1.0)
     assert _lr(config, 100) == pytest.approx(0.0)
+    # A warmup that runs into the decay window would reach the peak, then drop onto the decay
+    # line in one step (warmup 90 of 100: 1.0 at step 89, 0.5 at 90): refused in one line.
+    with pytest.raises(ConfigError, match=r"^opt.warmup_steps=90 overlaps the wsd decay, which starts at step 80 "
+                                          r"\(decay_fraction=0.2 of total_steps=100\); lower warmup_steps"):
+        OptimizerConfig(schedule="wsd", warmup_steps=90, total_steps=100, decay_fraction=0.2)
+    OptimizerConfig(schedule="wsd", warmup_steps=80, total_steps=100, decay_fraction=0.2)  # up to the start is fine
+    OptimizerConfig(schedule="cosine", warmup_steps=90, total_steps=100, decay_fraction=0.2)  # cosine has no window
 
 
 def test_constant_schedule_and_bad_values():
