@@ -65,6 +65,10 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int,
     shape = list(shape)
     if len(shape) != len(axis_names):
         raise ValueError(f"mesh shape {tuple(shape)} needs one size per axis {tuple(axis_names)}.")
+    bad = [s for s in shape if s != -1 and (not isinstance(s, (int, np.integer)) or s < 1)]
+    if bad:  # (2, -2, -2) has the right product but no meaning; jax.make_mesh then raised numpy's words
+        raise ValueError(f"mesh shape {tuple(shape)} has size(s) {bad}; each axis needs a positive size, "
+                         "or -1 for one axis to fill the rest.")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(shape)} has more than one -1; at most one axis can fill the rest.")
     if -1 in shape:

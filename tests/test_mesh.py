@@ -46,6 +46,9 @@ def test_training_mesh_with_a_network_shape_and_its_description():
     ((-1, 1, 1), (0, 1, 1), r"^mesh.dcn_shape: dcn_shape \(0, 1, 1\) needs one positive size per axis"),
     ((1, 8, 1), (2, 1, 1), r"^mesh.dcn_shape: mesh axis data has 1 devices, which do not split into 2"),
     ((3, -1, 1), (1, 1, 1), r"^mesh.shape: mesh shape \(3, -1, 1\) cannot fill 8 devices"),
+    # The product is 8, but only -1 means "fill the rest": jax.make_mesh raised numpy's reshape error.
+    ((2, -2, -2), None, r"^mesh.shape: mesh shape \(2, -2, -2\) has size\(s\) \[-2, -2\]; each axis needs a "
+                        r"positive size, or -1"),
 ])
 def test_training_mesh_refuses_bad_network_shapes_in_one_line(shape, dcn_shape, message):
     from research.models.config import ConfigError
