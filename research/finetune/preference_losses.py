@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Literal, Mapping
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from research.decoding.sampling import limit_vocab
 from research.models.config import ConfigError
 
+log = logging.getLogger(__name__)
 Array = jax.Array
 PreferenceLoss = Literal["dpo", "ipo", "simpo"]
 
@@ -37,7 +39,9 @@ class PreferenceConfig:
     loss: PreferenceLoss = "dpo"
     beta: float = 0.1
     simpo_gamma: float = 0.5
-    label_smoothing: float = 0.0  # conservative DPO (Mitchell 2023) / SimPO as trl: assumed label-flip rate
+    # Conservative DPO (Mitchell 2023) / SimPO as trl: assumed label-flip rate; no effect under IPO,
+    # which has no label to smooth (make_preference_loss warns, as trl ignores it there).
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.loss not in PreferenceLoss.__args__:
@@ -47,10 +51,6 @@ class PreferenceConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5): the assumed "
                               "rate of flipped labels (0 = none; e.g. --config.preference.label_smoothing=0.1).")
-        if self.loss == "ipo" and self.label_smoothing:
-            # IPO regresses the margin onto 1/(2 beta): there is no label to smooth (trl ignores it too).
-            raise ConfigError(f"preference.label_smoothing={self.label_smoothing} is unused: IPO has no labels to "
-                              "smooth; unset --config.preference.label_smoothing (or use loss 'dpo' / 'simpo').")
 
     @property
     def needs_reference(self) -> bool:
@@ -96,7 +96,7 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
     IPO (Azar 2023): ((pc - rc)/|c| - (pr - rr)/|r| - 1/(2 beta))^2, per-token log-ratios as trl.
     SimPO (Meng 2024): -log sigmoid(beta * (pc/|c| - pr/|r|) - gamma), no reference, label-smoothed
     as trl's CPOTrainer (loss_type="simpo").
-    Label smoothing eps (DPO, SimPO): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z) of the margin z.
+    Label smoothing eps (DPO, SimPO; IPO ignores it, as trl): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z) of the margin z.
     """
     smoothing = config.label_smoothing
     if config.loss == "simpo":
@@ -139,6 +139,14 @@ def preference_loss(model: nn.Module, params: Any, batch: Mapping[str, Array], r
 
 
 def make_preference_loss(config: PreferenceConfig):
+    if config.loss == "ipo" and config.label_smoothing:
+        # IPO regresses the margin onto 1/(2 beta): there is no label to smooth, and trl's DPO / CPO
+        # trainers ignore the value for IPO too. Accepted, not refused: the value is part of the run's
+        # identity (run_identity.py), so refusing it would strand an IPO run trained with it, while
+        # unsetting it would be refused as another run. One warning per job (check_config builds a
+        # PreferenceConfig too), so the value is never silently without effect.
+        log.warning("preference.label_smoothing=%s has no effect under IPO (as in trl, which ignores it for IPO); "
+                    "the loss is IPO's, unsmoothed.", config.label_smoothing)
     return functools.partial(preference_loss, config=config)
 
 

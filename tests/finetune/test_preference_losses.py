@@ -1,5 +1,6 @@
 """DPO / IPO against trl's DPOTrainer loss on the same log-probabilities; SimPO by hand."""
 import collections
+import logging
 import types
 
 import jax.numpy as jnp
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from research.finetune.preference_losses import PreferenceConfig, preference_margin_loss
-from research.models.config import ConfigError
 
 
 def trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, *, loss_type, beta):
@@ -94,9 +94,19 @@ def test_simpo_matches_trls_cpo_simpo_with_label_smoothing(label_smoothing):
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5)
 
 
-def test_label_smoothing_for_ipo_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match=r"^preference.label_smoothing=0.2 is unused: IPO has no labels to smooth; "
-                                          r"unset --config.preference.label_smoothing") as error:
-        PreferenceConfig(loss="ipo", label_smoothing=0.2)
-    assert "\n" not in str(error.value)
-    PreferenceConfig(loss="ipo", label_smoothing=0.0)
+def test_label_smoothing_under_ipo_is_accepted_with_one_warning_and_changes_nothing(caplog):
+    # trl's DPO / CPO trainers ignore label_smoothing for IPO. Refusing it stranded an IPO run trained
+    # with it: the value is in run.json, so neither the same command nor the unset value resumed it.
+    from research.finetune.preference_losses import make_preference_loss
+
+    smoothed, plain = PreferenceConfig(loss="ipo", label_smoothing=0.2), PreferenceConfig(loss="ipo")
+    with caplog.at_level(logging.WARNING, logger="research.finetune.preference_losses"):
+        make_preference_loss(smoothed)
+        make_preference_loss(plain)
+    assert [r.getMessage() for r in caplog.records] == [
+        "preference.label_smoothing=0.2 has no effect under IPO (as in trl, which ignores it for IPO); the loss is "
+        "IPO's, unsmoothed."]
+    args = (jnp.array([-4.0, -9.0]), jnp.array([-6.0, -2.0]), jnp.array([-5.0, -8.0]), jnp.array([-5.5, -3.0]),
+            jnp.array([2.0, 5.0]), jnp.array([4.0, 1.0]))
+    for ours, reference in zip(preference_margin_loss(*args, smoothed), preference_margin_loss(*args, plain)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
