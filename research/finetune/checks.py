@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
@@ -63,31 +62,36 @@ def check_config(config: Mapping[str, Any]) -> None:
                           "which has no Hugging Face export here; unset export_dir.")
 
 
-# Paths whose model nests the base model under "body" (research/finetune/heads.py), and the fresh
-# heads a path adds: trained in full under LoRA, never adapted (FinetuneJob.new_modules).
-_BODY_PATHS = ("reward", "token_classification")
-_FRESH_HEADS = ("classifier", "head")
+def lora_check_tree(config: Mapping[str, Any]) -> Any | None:
+    """The abstract parameter tree (shapes only) that LoRA adapts in a run of `config`, built as
+    the job builds its model (heads.path_model) and split as trainer.run_job splits it (the fresh
+    heads train in full); None where the base model's config cannot be read without its weights."""
+    from research.finetune.base_model import abstract_and_init, base_model_config
+    from research.finetune.heads import path_model
+    from research.finetune.lora import split_trained
+    model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
+    if model_config is None:
+        return None
+    # Parameter shapes do not depend on the input length (learned positions are max_len rows).
+    model, example, new_modules = path_model(config, model_config, min(8, model_config.max_len))
+    boxed, _ = abstract_and_init(model, example)  # shapes only: nothing is computed
+    return split_trained(boxed, new_modules)[0]
 
 
 def check_lora_targets(config: Mapping[str, Any]) -> None:
     """config.lora's values (trainer.lora_config: LoraConfig's errors, a dropout at rank 0) and,
-    where the base model's config can be read without its weights, lora.targets against its
-    parameter paths (lora.target_paths: a pattern matching nothing, or a parameter LoRA does not adapt)."""
+    where the base model's config can be read without its weights, lora.targets against the
+    parameters the run adapts (lora.target_paths: a pattern matching nothing, or a parameter LoRA
+    does not adapt). The tree is the job's own: a head model's body lacks the zoo model's LM head,
+    pooler and MLM head, so a pattern matching only those passed here and failed after the claim."""
     from research.finetune.trainer import lora_config
     lora = lora_config(config)
     if lora is None:
         return
-    from research.finetune.base_model import abstract_and_init, base_model_config
     from research.finetune.lora import target_paths
-    from research.models import build_model
-    model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
-    if model_config is None:
-        return  # checked when the job builds its model (trainer.run_job), after the claim
-    ones = np.ones((1, 8), np.int32)  # parameter shapes do not depend on the input length
-    example = (ones, ones) if model_config.family == "encoder_decoder" else (ones,)
-    boxed, _ = abstract_and_init(build_model(model_config), example)  # shapes only: nothing is computed
-    base = {k: v for k, v in boxed.items() if k not in _FRESH_HEADS}
-    target_paths({"body": base} if config.get("path") in _BODY_PATHS else base, lora)
+    tree = lora_check_tree(config)
+    if tree is not None:  # otherwise checked when the job builds its model (trainer.run_job), after the claim
+        target_paths(tree, lora)
 
 
 def check_seq_len(seq_len: int, model: ModelConfig) -> None:

@@ -30,8 +30,8 @@ from research.data.tokenizer import SpecialTokens
 from research.finetune.base_model import abstract_and_init, job_base_model
 from research.finetune.checks import config_section
 from research.finetune.evaluators import mean_aux
+from research.finetune.heads import path_model
 from research.finetune.trainer import FinetuneJob
-from research.models import build_model
 from research.models.config import ConfigError
 from research.training import losses
 
@@ -100,7 +100,7 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     family, train = base.config.family, config.train
     objective_name = str(config_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
     tokenizer = PipelineTokenizer(base.tokenizer)
-    model = build_model(base.config)
+    model, example, _ = path_model(config, base.config, train.seq_len)
     loss_fn = losses.make_loss_fn(losses.get_objective(objective_name, family), float(train.z_loss))
     local_batch = train.batch_size // jax.process_count()
 
@@ -114,8 +114,7 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             raise ConfigError(f"data.folder={config.data.folder!r}: {error}") from None
 
     batches("train", 0, 1)  # sizes, objective and tokenizer checked before the loop starts
-    ones = np.ones((1, train.seq_len), np.int32)
-    boxed, init = abstract_and_init(model, (ones, ones) if family == "encoder_decoder" else (ones,))
+    boxed, init = abstract_and_init(model, example)
     eval_loss = mean_aux(loss_fn, model)
 
     def evaluate(params, reference, sharding):

@@ -51,7 +51,6 @@ from research.finetune.preference_losses import token_log_probs
 from research.finetune.records import check_fits, pad_row
 from research.finetune.reward_source import last_user_text, reward_function
 from research.finetune.trainer import FinetuneJob
-from research.models import build_model
 from research.models.config import ConfigError
 from research.training.partitioning import shard_batch
 
@@ -146,8 +145,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                 "index": np.asarray(index, np.int32)}
 
     rows = [prompt_row(i, w, m) for i, ((w, _), m) in enumerate(zip(prompt_records["train"], prompt_chats["train"]))]
-    model = build_model(base.config)
-    boxed, initial = _zoo_params(model, base, train.seq_len)
+    model, boxed, initial = _zoo_params(config, base)
     vocab_limit = vocab_limit_for(tokenizer, model.config.vocab_size)
     # Log-probs under the sampler's distribution (module docstring), for the reference and, in
     # sample_kl, the policy.

@@ -6,11 +6,12 @@ layer under "head".
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.models import build_model
 from research.models.config import ConfigError, ModelConfig
@@ -64,6 +65,25 @@ class TokenClassifier(nn.Module):
     def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, deterministic: bool = True) -> Array:
         hidden_BTD = _hidden(self.body, self.config, tokens_BT, segment_ids_BT, deterministic)
         return self.head(self.dropout(hidden_BTD, deterministic=deterministic)).astype(jnp.float32)
+
+
+def path_model(config: Mapping[str, Any], model_config: ModelConfig,
+               seq_len: int) -> tuple[nn.Module, tuple[np.ndarray, ...], tuple[str, ...]]:
+    """(model, example inputs [1, seq_len] to initialise it on, fresh task heads) of fine-tuning
+    path config["path"] on a base of `model_config`: the zoo model itself, or one of the head models
+    above (whose body holds only the parameters their forward pass uses: no LM head, pooler or MLM
+    head). The fresh heads are FinetuneJob.new_modules: trained in full under LoRA, never adapted.
+    Every job builder and the pre-claim LoRA check (checks.check_lora_targets) build their
+    parameter tree from this, so the targets the check accepts are the ones training adapts."""
+    path = config.get("path")
+    ones = np.ones((1, seq_len), np.int32)
+    if path == "reward":
+        return ScalarHeadModel(model_config), (ones, np.full((1,), seq_len, np.int32)), ("head",)
+    if path == "token_classification":
+        return TokenClassifier(model_config, int(config.get("num_token_labels", 3))), (ones,), ("head",)
+    example = (ones, ones) if model_config.family == "encoder_decoder" else (ones,)
+    # peft's modules_to_save for sequence classification: the classifier trains in full under LoRA.
+    return build_model(model_config), example, ("classifier",) if path == "classification" else ()
 
 
 def with_pretrained_body(params: Any, body_params: Any, where: str) -> Any:

@@ -18,7 +18,7 @@ from research.finetune.base_model import (BaseModel, abstract_and_init, check_sa
                                          load_reference)
 from research.finetune.checks import config_section
 from research.finetune.evaluators import greedy_completions, mean_aux
-from research.finetune.heads import ScalarHeadModel, with_pretrained_body
+from research.finetune.heads import path_model, with_pretrained_body
 from research.finetune.preference_data import (PREFERENCE_FIELDS, preference_rows, rule_reward,
                                                synthetic_preferences)
 from research.finetune.preference_losses import (PreferenceConfig, bradley_terry_loss, make_preference_loss,
@@ -61,9 +61,11 @@ def _decoder_base(config: ml_collections.ConfigDict) -> BaseModel:
     return base
 
 
-def _zoo_params(model, base: BaseModel, seq_len: int):
-    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32),))
-    return boxed, (lambda seed: base.params if base.params is not None else init(seed))
+def _zoo_params(config: ml_collections.ConfigDict, base: BaseModel):
+    """(model, boxed abstract params, seed -> initial params) of a path that trains the zoo model itself."""
+    model, example, _ = path_model(config, base.config, config.train.seq_len)
+    boxed, init = abstract_and_init(model, example)
+    return model, boxed, (lambda seed: base.params if base.params is not None else init(seed))
 
 
 def _rule_reward_eval(model, tokenizer, template, prompts: list[str], rule: str, max_new_tokens: int):
@@ -88,10 +90,9 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     train_examples = sft_examples(load_records(data, "train", SFT_FIELDS, sft_synthetic), **kwargs)
     eval_records = load_records(data, "eval", SFT_FIELDS, sft_synthetic)
     eval_examples = sft_examples(eval_records, **kwargs)
-    model = build_model(base.config)
+    model, boxed, initial = _zoo_params(config, base)
     objective = losses.get_objective("causal_lm", "decoder")
     loss_fn = losses.make_loss_fn(objective, float(train.z_loss))
-    boxed, initial = _zoo_params(model, base, train.seq_len)
     local_batch = train.batch_size // jax.process_count()
     eval_loss = mean_aux(loss_fn, model)
 
@@ -149,9 +150,8 @@ def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         raise ConfigError(f"path='reward' puts a scalar head on a decoder or encoder body; {base.config.name} is "
                           "an encoder-decoder. Use a GPT/LLaMA or BERT model.")
     _, train_rows, eval_rows, _ = _pair_rows(config, base)
-    model = ScalarHeadModel(base.config)
-    seq_len = config.train.seq_len
-    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32), np.full((1,), seq_len, np.int32)))
+    model, example, new_modules = path_model(config, base.config, config.train.seq_len)
+    boxed, init = abstract_and_init(model, example)
 
     def initial():
         params = init(int(config.train.seed))
@@ -161,7 +161,7 @@ def reward_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     eval_pairs = mean_aux(bradley_terry_loss, model)
     return FinetuneJob(name=f"reward model {base.config.name} ({base.source})", model=model,
                        loss_fn=bradley_terry_loss, abstract_params=boxed, initial_params=initial,
-                       train_batches=train_batches, new_modules=("head",),
+                       train_batches=train_batches, new_modules=new_modules,
                        evaluate=lambda params, reference, sharding: eval_pairs(params, eval_batches(), sharding))
 
 
@@ -172,8 +172,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     reference_spec = preference_section.pop("reference", "") or ""
     preference = PreferenceConfig(**preference_section)
     template, train_rows, eval_rows, eval_records = _pair_rows(config, base)
-    model = build_model(base.config)
-    boxed, initial = _zoo_params(model, base, config.train.seq_len)
+    model, boxed, initial = _zoo_params(config, base)
     loss_fn = make_preference_loss(preference)
     train_batches, eval_batches = _row_iterators(train_rows, eval_rows, config)
 

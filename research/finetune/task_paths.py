@@ -26,12 +26,11 @@ from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.checks import config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
-from research.finetune.heads import TokenClassifier, with_pretrained_body
+from research.finetune.heads import path_model, with_pretrained_body
 from research.finetune.paths import _local, load_records
 from research.finetune.preference_data import synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
-from research.models import build_model
 from research.models.config import ConfigError
 from research.training import losses
 
@@ -149,8 +148,8 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     train_rows, eval_rows = ([row(w, r) for w, r in load_records(data, split, (("text", "label"),),
                                                                  synthetic_sentiment)] for split in ("train", "eval"))
-    model = build_model(base.config)
-    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32),))
+    model, example, new_modules = path_model(config, base.config, seq_len)
+    boxed, init = abstract_and_init(model, example)
     initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
     predict = jax.jit(lambda params, tokens, segments: jnp.argmax(model.apply(
         {"params": params}, tokens, segment_ids_BT=segments, method="classify"), -1))
@@ -163,9 +162,8 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             labels += list(batch["label"][keep])
         return classification_metrics(predictions, labels)
 
-    # peft's modules_to_save for sequence classification: the classifier trains in full under LoRA.
     return _row_job(f"classification {base.config.name} ({base.source})", config, model, classification_loss, boxed,
-                    initial, train_rows, eval_rows, predict_metrics, new_modules=("classifier",),
+                    initial, train_rows, eval_rows, predict_metrics, new_modules=new_modules,
                     tokenizer=tokenizer)
 
 
@@ -194,8 +192,8 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     train_rows, eval_rows = ([row(w, r) for w, r in load_records(data, split, (("words", "labels"),),
                                                                  synthetic_char_classes)] for split in ("train", "eval"))
-    model = TokenClassifier(base.config, num_labels)
-    boxed, init = abstract_and_init(model, (np.ones((1, seq_len), np.int32),))
+    model, example, new_modules = path_model(config, base.config, seq_len)  # num_token_labels classes, as num_labels
+    boxed, init = abstract_and_init(model, example)
 
     def initial():
         params = init(int(config.train.seed))
@@ -214,7 +212,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return _row_job(f"token classification {base.config.name} ({base.source})", config, model,
                     token_classification_loss, boxed, initial, train_rows, eval_rows, predict_metrics,
-                    new_modules=("head",))
+                    new_modules=new_modules)
 
 
 def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
@@ -240,10 +238,9 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     records = {split: load_records(data, split, (("input", "target"),), synthetic_text_to_text)
                for split in ("train", "eval")}
     train_rows, eval_rows = ([row(w, r) for w, r in records[split]] for split in ("train", "eval"))
-    model = build_model(cfg)
+    model, example, _ = path_model(config, cfg, seq_len)
     loss_fn = losses.make_loss_fn(losses.get_objective("prefix_lm", "encoder_decoder"), float(config.train.z_loss))
-    ones = np.ones((1, seq_len), np.int32)
-    boxed, init = abstract_and_init(model, (ones, ones))
+    boxed, init = abstract_and_init(model, example)
     initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
     generation = records["eval"][:int(config.get("generation_prompts", 32))]
     num_beams = int(config.get("num_beams", 4))

@@ -109,7 +109,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
         optimizer, loss_fn = adapter_optimizer(optimizer), lora_loss_fn(loss_fn, lora)
         frozen, heads = split_trained(job.abstract_params, job.new_modules)
         # Adapters on the frozen base only: a fresh head trains in full, and merged_params never
-        # applies an adapter to it (checks.check_lora_targets matches the same tree).
+        # applies an adapter to it. checks.lora_check_tree builds this same tree before the claim
+        # (heads.path_model, split the same way), so a bad target is named there, not after the claim.
         adapters = jax.eval_shape(lambda key: init_lora(frozen, lora, key), jax.random.PRNGKey(0))
         boxed = {BASE: frozen, LORA: adapters, **({TRAINED: heads} if heads else {})}
     batch_sharding = partitioning.batch_sharding(mesh, rules)

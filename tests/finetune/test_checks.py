@@ -58,3 +58,55 @@ def test_a_bad_value_is_one_line_up_front(case, tmp_path):
     assert "\n" not in str(error.value)
     assert time.perf_counter() - start < 20  # before any compilation or training
     assert not (tmp_path / "run").exists()
+
+
+# (preset, model preset or None): every path kind, and the head models on each body family
+# (a head model's body holds only what its forward pass uses: no LM head, pooler or MLM head).
+PATH_MODELS = [("sft_tiny", None), ("sft_tiny", "llama-tiny"), ("t5_tiny", None), ("classify_tiny", None),
+               ("tag_tiny", None), ("reward_tiny", None), ("reward_tiny", "llama-tiny"),
+               ("reward_tiny", "bert-test"), ("dpo_tiny", None), ("grpo_tiny", None), ("domain_tiny", None),
+               ("domain_tiny", "bert-test")]
+
+
+@pytest.mark.parametrize("preset, model", PATH_MODELS)
+def test_the_pre_claim_lora_check_sees_the_tree_training_adapts(preset, model, tmp_path):
+    # check_lora_targets matched patterns against the zoo model wrapped under "body", with the
+    # LM head, pooler and MLM head a head model's body lacks: a pattern matching only those
+    # passed the check and failed after the claim (on a workdir holding a run: "another run").
+    import jax
+
+    from research.finetune.checks import lora_check_tree
+    from research.finetune.lora import _is_leaf, _path, split_trained
+    from research.finetune.run import build_job
+
+    config = tiny_config(preset)
+    if model:
+        config.model.preset = model
+    if preset == "domain_tiny":
+        from tests.finetune.test_domain import domain_folder
+        config.tokenizer = "char"
+        config.data.update(dict(folder=str(domain_folder(tmp_path / "notes")), data_dir=str(tmp_path / "data"),
+                                validation_fraction=0.25))
+    job = build_job(config)
+    adapted, _ = split_trained(job.abstract_params, job.new_modules)  # as trainer.run_job splits it
+
+    def shapes(tree):
+        return {_path(p): getattr(v, "value", v).shape
+                for p, v in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]}
+    assert shapes(lora_check_tree(config)) == shapes(adapted)
+
+
+@pytest.mark.parametrize("preset, model, pattern", [("reward_tiny", "llama-tiny", "lm_head/kernel$"),
+                                                    ("tag_tiny", None, "pooler/kernel$"),
+                                                    ("tag_tiny", None, "mlm_head/transform/kernel$")])
+def test_a_target_only_the_zoo_model_has_is_refused_before_the_claim(preset, model, pattern):
+    from research.finetune.checks import check_config
+
+    config = tiny_config(preset)
+    config.lora.rank = 8
+    config.lora.targets = (pattern,)
+    if model:
+        config.model.preset = model
+    with pytest.raises(ConfigError, match=rf"^lora.targets pattern '{pattern.replace('$', chr(92) + '$')}' matches "
+                                          r"no parameter; parameter paths look like \['body/"):
+        check_config(config)
