@@ -37,7 +37,7 @@ from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_opt
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
 from research.training import metrics as metrics_lib, partitioning, workdir as workdir_lib
-from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
+from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.loop import TrainConfig, TrainingDivergedError
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, with_shardings
@@ -140,7 +140,12 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 view_sh = _checkpoint_view(shardings, lora)
                 target = with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                      _checkpoint_view(state, lora)), view_sh)
-                restored, train_iter = checkpointer.restore(target, train_iter)
+                try:
+                    restored, train_iter = checkpointer.restore(target, train_iter)
+                except CheckpointError as error:
+                    if lora is not None:
+                        _check_saved_adapters(checkpointer, boxed[LORA], lora, error)
+                    raise
                 state = restored.replace(params={**restored.params, BASE: params[BASE]}) if lora else restored
                 writer.forget_after(int(state.step))
             else:  # records of a run killed before its first save: redone now (as pretraining's restore_or_init)
@@ -218,6 +223,42 @@ def _initial_params(job: FinetuneJob, lora: LoraConfig | None, boxed: Any, param
     adapters = jax.jit(lambda k: meta.unbox(init_lora(boxed[BASE], lora, k)), out_shardings=param_sh[LORA])(key)
     params = {BASE: jax.device_put(base, param_sh[BASE]), LORA: adapters}
     return {**params, TRAINED: jax.device_put(heads, param_sh[TRAINED])} if heads else params
+
+
+def _check_saved_adapters(checkpointer: Checkpointer, adapters: Any, lora: LoraConfig, error: Exception) -> None:
+    """A CheckpointError naming the LoRA adapters the latest checkpoint holds beyond (or lacks
+    against) those this config builds, raised when a restore failed and they differ. Without it
+    the restore's own error (a tree mismatch, "delete the damaged steps") sends the run's owner
+    after steps that are not damaged: the same config made other adapters under older code, which
+    also put them on biases and fresh heads (where they trained nothing); now only the frozen
+    base's projection kernels get one (lora.target_paths). Nothing is adapted for compatibility:
+    such a run cannot resume. Returns where the saved tree cannot be read (the restore error says why)."""
+    import orbax.checkpoint as ocp
+    from research.finetune.lora import _path
+    step = checkpointer.latest_step()
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that an item folder has no step metadata; it needs none
+    try:
+        metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(checkpointer.directory, str(step), "state"))
+        tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+        saved_adapters = tree["params"][LORA]
+    except Exception:  # a damaged or foreign step: nothing to compare
+        return
+    finally:
+        absl_logger.setLevel(level)
+
+    def adapted(tree: Any) -> set[str]:  # the kernels' parents: {parent: {"lora_a", "lora_b"}}
+        return {_path(p).rsplit("/", 1)[0] for p, _ in jax.tree_util.tree_flatten_with_path(
+            tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]}
+    saved, built = adapted(saved_adapters), adapted(adapters)
+    if saved != built:
+        raise CheckpointError(
+            f"checkpoint step {step} in {checkpointer.directory} holds LoRA adapters other than those "
+            f"lora.targets={lora.targets} gives now (there only: {sorted(saved - built)}; here only: "
+            f"{sorted(built - saved)}): adapters now go on the frozen base's projection kernels only, and older "
+            "code also made them on biases and fresh heads, where they trained nothing; this run cannot resume "
+            "with this code: train it again in a new --workdir.") from error
 
 
 def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:

@@ -62,3 +62,30 @@ def test_the_exported_config_carries_the_fine_tuning_tokenizers_special_ids(tmp_
     assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (None, 1, 0)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     assert model.generation_config.eos_token_id == 1 and model.config.vocab_size == 512
+
+
+def test_a_checkpoint_with_adapters_this_config_no_longer_builds_says_so(tmp_path, monkeypatch):
+    """Older code put an adapter on every path lora.targets matched, a fresh head's kernel too
+    (where it trained nothing); the same config now builds adapters on the frozen base only, so
+    such a run cannot resume. The restore error said "delete the damaged steps", of steps that
+    are not damaged; it names the adapters that differ instead, and leaves the steps in place."""
+    import pytest
+
+    from research.finetune import trainer
+    from research.finetune.lora import init_lora, split_trained
+    from research.training.checkpointing import CheckpointError
+
+    config = lora_config("classify_tiny", num_steps=2)
+    config.lora.targets = ("kernel$",)
+    _, head = split_trained(build_job(config).abstract_params, ("classifier",))
+    with monkeypatch.context() as patch:  # the older code: the fresh classifier adapted too
+        patch.setattr(trainer, "init_lora", lambda params, lora, key: init_lora({**params, **head}, lora, key))
+        finetune_and_evaluate(config, str(tmp_path))
+    resumed = lora_config("classify_tiny", num_steps=4)
+    resumed.lora.targets = ("kernel$",)
+    with pytest.raises(CheckpointError, match=r"^checkpoint step 2 in \S+ holds LoRA adapters other than those "
+                                              r"lora.targets=\('kernel\$',\) gives now \(there only: \['classifier'\]; "
+                                              r"here only: \[\]\): .* train it again in a new --workdir\.$") as error:
+        finetune_and_evaluate(resumed, str(tmp_path))
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]  # nothing moved aside
