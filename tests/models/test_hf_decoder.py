@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from research.models import ConfigError, build_model, from_hf, get_config, layout, to_hf
-from research.models.hf import CheckpointError, gpt2, llama
+from research.models.hf import CheckpointError, gpt2, hf_model_config, llama
 
 VOCAB = 128
 TOL = 1e-4
@@ -188,14 +188,19 @@ def test_tied_config_with_a_distinct_stored_head_loads_untied_like_transformers(
 
     model, params = from_hf(str(tmp_path))
     assert not model.config.tie_embeddings
+    # Fine-tuning's pre-claim checks read the config without the layers: it must be the same
+    # (an lm_head LoRA target was refused there while the job's model had the head).
+    assert hf_model_config(str(tmp_path)) == model.config
     tokens, mask = batch
     diff = np.abs(_our_logits(model, params, tokens, mask) - _hf_logits(reference, tokens, mask))
     assert diff[mask.astype(bool)].max() <= TOL
     # Asked to tie anyway, the import refuses rather than drop the stored head.
-    with pytest.raises(CheckpointError, match="config ties the LM head but lm_head.weight differs"):
+    with pytest.raises(CheckpointError, match="config ties the LM head but lm_head.weight differs from .*; leave "
+                                              "tie_embeddings unset"):
         from_hf(str(tmp_path), tie_embeddings=True)
 
     # A stored head equal to the embedding stays tied.
     state_dict["lm_head.weight"] = state_dict[embedding].clone()
     save_file(state_dict, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     assert from_hf(str(tmp_path))[0].config.tie_embeddings
+    assert hf_model_config(str(tmp_path)).tie_embeddings

@@ -143,8 +143,11 @@ def test_v1_1_resaved_by_transformers5_loads_untied(tmp_path):
     import json
     from research.models import from_hf
 
+    from research.models.hf import hf_model_config
+
     reference = _reference("gated-gelu", tied=False)
-    reference.save_pretrained(tmp_path)
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")  # sharded: the head is read from its own shard
+    assert (tmp_path / "model.safetensors.index.json").exists()
     written = json.loads((tmp_path / "config.json").read_text())
     assert (written["tie_word_embeddings"], written["scale_decoder_outputs"]) == (True, False)
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path), attn_implementation="eager")
@@ -152,6 +155,7 @@ def test_v1_1_resaved_by_transformers5_loads_untied(tmp_path):
 
     model, params = from_hf(str(tmp_path))
     assert (model.config.tie_embeddings, model.config.scale_tied_logits) == (False, False)
+    assert hf_model_config(str(tmp_path)) == model.config  # what fine-tuning's pre-claim checks read
     encoder_tokens, encoder_mask, decoder_tokens, decoder_mask = _inputs()
     with torch.no_grad():
         want = reloaded.eval()(input_ids=torch.from_numpy(encoder_tokens),

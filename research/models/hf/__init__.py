@@ -28,7 +28,7 @@ import numpy as np
 from research.models import layout
 from research.models.config import ConfigError, ModelConfig
 from research.models.hf.checkpoint_files import (CheckpointError, StateDict, read_hf_config, read_state_dict,
-                                                 write_checkpoint)
+                                                 read_tensors_ending_with, write_checkpoint)
 
 # Modules are imported on use, so a missing optional one (or its dependencies) only
 # matters to checkpoints of that type.
@@ -70,15 +70,22 @@ def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
 
 
 def hf_model_config(path: str, **overrides: Any) -> ModelConfig:
-    """The ModelConfig `from_hf(path, **overrides)` builds, from config.json alone (no weights read):
-    the same, except that from_hf unties the LM head when the file stores one that differs from
-    the embedding (config_for_weights), which only the weights can tell."""
+    """The ModelConfig `from_hf(path, **overrides)` builds, without loading the model's layers:
+    config.json, and when it ties the LM head, the stored head and embedding tensors alone
+    (from_hf unties a stored head that differs from the embedding, and only the weights tell)."""
+    hf_config = read_hf_config(path)
+    module = _module_for_type(hf_config.get("model_type"), path)
     overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
-    return _module_for_config_json(path).config_from_hf(read_hf_config(path)).replace(**overrides)
+    config = module.config_from_hf(hf_config)
+    if config.tie_embeddings:
+        config = module.config_for_weights(config, read_tensors_ending_with(path, _HEAD_AND_EMBEDDING_NAMES))
+    return config.replace(**overrides)
 
 
-def _module_for_config_json(path: str) -> ModuleType:
-    return _module_for_type(read_hf_config(path).get("model_type"), path)
+# The stored names (any prefix) of every architecture's LM head and input embedding, which
+# config_for_weights compares (gpt2, llama, t5, bert).
+_HEAD_AND_EMBEDDING_NAMES = ("lm_head.weight", "wte.weight", "embed_tokens.weight", "shared.weight",
+                             "predictions.decoder.weight", "word_embeddings.weight")
 
 
 def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
@@ -152,8 +159,8 @@ def check_tied_head(config: ModelConfig, state_dict: StateDict, head: str, embed
     dropping it would silently change the logits."""
     if config.tie_embeddings and _head_differs(state_dict, head, embedding):
         raise CheckpointError(f"{config.name}: config ties the LM head but {head} differs from {embedding}; "
-                              "load the folder with from_hf (it unties such a head, as transformers does) or "
-                              "pass a config with tie_embeddings=False.")
+                              "leave tie_embeddings unset (from_hf then unties such a head, as transformers "
+                              "does), or pass a config with tie_embeddings=False.")
 
 
 def _head_differs(state_dict: StateDict, head: str, embedding: str) -> bool:

@@ -56,6 +56,35 @@ def read_state_dict(path: str) -> StateDict:
         f"{TORCH_FILE} or {TORCH_INDEX}.")
 
 
+def read_tensors_ending_with(path: str, suffixes: tuple[str, ...]) -> StateDict:
+    """The tensors of the checkpoint folder `path` whose names end with one of `suffixes`:
+    only those are read from safetensors files (a model's head and embeddings, not its
+    layers); a PyTorch .bin is a pickle, read whole."""
+    single, index = os.path.join(path, SAFETENSORS_FILE), os.path.join(path, SAFETENSORS_INDEX)
+    if os.path.isfile(single):
+        names_by_file = {single: None}
+    elif os.path.isfile(index):
+        with open(index) as f:
+            weight_map: dict[str, str] = json.load(f)["weight_map"]
+        names_by_file = {}
+        for name, shard in weight_map.items():
+            if name.endswith(suffixes):
+                names_by_file.setdefault(os.path.join(path, shard), []).append(name)
+    else:
+        return {n: v for n, v in read_state_dict(path).items() if n.endswith(suffixes)}
+    from safetensors import SafetensorError, safe_open
+    tensors: StateDict = {}
+    for file_path, names in names_by_file.items():
+        try:
+            with safe_open(file_path, framework="numpy") as f:
+                for name in (names if names is not None else [n for n in f.keys() if n.endswith(suffixes)]):
+                    tensors[name] = f.get_tensor(name)
+        except (SafetensorError, OSError) as e:  # a missing shard, a truncated or damaged download
+            raise CheckpointError(f"{file_path!r} is not a readable safetensors file ({e}); copy or export it "
+                                  "again.") from None
+    return tensors
+
+
 def write_checkpoint(path: str, hf_config: dict[str, Any], state_dict: StateDict) -> None:
     """Write `path`/config.json and `path`/model.safetensors (creating the folder)."""
     from safetensors.numpy import save_file
