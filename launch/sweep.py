@@ -6,10 +6,11 @@ flags; two keys are launch options:
   "workdir"  the job's directory under the sweep's base workdir ("." = the base itself,
              for jobs that share one workdir, e.g. shards of a scaling sweep);
              default: a name made from the overrides, e.g. "learning_rate=0.001" (each
-             key's last part, or the whole key where two keys of the sweep end alike;
-             "-" and a short hash appended where characters outside [A-Za-z0-9_.=,+-]
-             were replaced or the name was cut at 120 characters). Two jobs may share a
-             workdir only if each sets it as "workdir"; otherwise expand() refuses.
+             key's last part; characters outside [A-Za-z0-9_.=,+-] become _; cut at 120),
+             the same every launch, so a relaunched sweep resumes; where two jobs with
+             different overrides would get one name, "-" and a short hash of the exact
+             overrides keep them apart. Two jobs may share a workdir only if each sets it
+             as "workdir"; otherwise expand() refuses.
   "name"     the job's name (default: its workdir name, or "job<i>").
 Every job runs `python -m launch.multihost <module> --config=<file>:<arg> --workdir=... <flags>`,
 so on several hosts each process joins jax.distributed before the entry point starts.
@@ -222,26 +223,29 @@ def _display_value(value: Any) -> str:
 _NAME_LENGTH = 120
 
 
-def _default_name(overrides: dict[str, Any], labels: Mapping[str, str]) -> str:
-    """"leaf=value,..." with `labels[key]` for each key; where making it a file name lost
-    something (a replaced character, a cut), a hash of the exact overrides keeps two jobs
-    apart ("a b" and "a/b" both clean to "a_b")."""
-    text = ",".join(f"{labels[key]}={_display_value(value)}" for key, value in overrides.items())
-    clean = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)
-    if clean == text and len(clean) <= _NAME_LENGTH:
-        return clean or "job"
-    exact = ",".join(f"{key}={value!r}" for key, value in overrides.items())
-    digest = hashlib.sha1(exact.encode()).hexdigest()[:8]  # sha1, not hash(): the same every launch
-    return f"{clean[:_NAME_LENGTH - len(digest) - 1]}-{digest}"
+def _default_name(overrides: dict[str, Any]) -> str:
+    """"leaf=value,..." as a file name (other characters become _, cut at 120): the name every
+    launch has given a job, so a relaunched sweep resumes in the same workdirs."""
+    text = ",".join(f"{key.rsplit('.', 1)[-1]}={_display_value(value)}" for key, value in overrides.items())
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)[:_NAME_LENGTH] or "job"
 
 
-def _name_labels(sweep: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Each config key's label in default names: its last part, unless another key of the sweep
-    ends the same (opt.learning_rate and sched.learning_rate), then the key without "config."."""
-    keys = {key for entry in sweep for key in entry if key.startswith("config.")}
-    leaves = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: key.removeprefix("config.") if leaves.count(key.rsplit(".", 1)[-1]) > 1 else key.rsplit(".", 1)[-1]
-            for key in keys}
+def _apart(names: list[str | None], overrides: list[dict[str, Any]]) -> list[str | None]:
+    """Default names (None: the entry sets its workdir) that two jobs with different overrides
+    share ("a b" and "a/b" both become a_b; opt.lr and sched.lr both lr; a cut at 120 characters)
+    get a hash of the exact overrides; every other name stays as it was."""
+    exact = [",".join(f"{key}={value!r}" for key, value in entry.items()) for entry in overrides]
+    variants: dict[str, set[str]] = {}
+    for name, text in zip(names, exact):
+        if name is not None:
+            variants.setdefault(name, set()).add(text)
+    apart = []
+    for name, text in zip(names, exact):
+        if name is not None and len(variants[name]) > 1:  # equal overrides stay equal: _check_workdirs says so
+            digest = hashlib.sha1(text.encode()).hexdigest()[:8]  # sha1, not hash(): the same every launch
+            name = f"{name[:_NAME_LENGTH - len(digest) - 1]}-{digest}"
+        apart.append(name)
+    return apart
 
 
 def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir: str,
@@ -252,14 +256,17 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
     swept = sorted({key for entry in sweep for key in entry if key in overrides})
     if swept:
         raise LaunchError(f"--override sets {swept}, which the sweep varies; drop it or change get_sweep().")
-    jobs, labels, chosen = [], _name_labels(sweep), []
     for index, entry in enumerate(sweep):
         bad = [k for k in entry if not k.startswith("config.") and k not in LAUNCH_KEYS]
         if bad:
             raise LaunchError(f"get_sweep()[{index}] has key(s) {bad}; keys are 'config.<field>' overrides or one "
                               f"of {LAUNCH_KEYS}.")
-        entry_overrides = {k: v for k, v in entry.items() if k.startswith("config.")}
-        subdir = entry.get("workdir", _default_name(entry_overrides, labels))
+    all_overrides = [{k: v for k, v in entry.items() if k.startswith("config.")} for entry in sweep]
+    defaults = _apart([None if "workdir" in entry else _default_name(entry_overrides)
+                       for entry, entry_overrides in zip(sweep, all_overrides)], all_overrides)
+    jobs, chosen = [], []
+    for index, (entry, entry_overrides, default) in enumerate(zip(sweep, all_overrides, defaults)):
+        subdir = entry["workdir"] if default is None else default
         chosen.append("workdir" in entry)
         job_dir = job_workdir(workdir, subdir)
         name = entry.get("name") or (f"job{index}" if subdir == "." else subdir.rstrip("/").rsplit("/", 1)[-1])

@@ -100,16 +100,18 @@ def test_bad_sweeps_are_one_line_errors(tmp_path):
 def test_jobs_share_a_workdir_only_when_each_asks_to():
     def workdirs(sweep):
         return [job.workdir for job in expand(sweep, module="m", config="c.py", workdir="/base")]
-    # Default names apart where the old ones collided: the same leaf in two groups, values that
-    # clean to the same characters, values that differ after the 120-character cut.
-    assert workdirs([{"config.opt.learning_rate": 0.1, "name": "opt"}, {"config.sched.learning_rate": 0.1,
-                                                                        "name": "sched"}]) == [
-        "/base/opt.learning_rate=0.1", "/base/sched.learning_rate=0.1"]
+    # Default names are what every launch gave, so relaunched sweeps resume where they ran,
+    # cleaned values and tuples included; only names two jobs would share get a hash apart:
+    # the same leaf in two groups, values that clean to the same characters, a cut at 120.
+    assert workdirs([{"config.init": "hf:/data/llama"}, {"config.model.d_ff_mult": (2, 4)}]) == [
+        "/base/init=hf__data_llama", "/base/d_ff_mult=_2,4_"]
+    opt, sched = workdirs([{"config.opt.learning_rate": 0.1, "name": "opt"},
+                           {"config.sched.learning_rate": 0.1, "name": "sched"}])
+    assert opt != sched and opt.startswith("/base/learning_rate=0.1-") and sched.startswith("/base/learning_rate=0.1-")
     spaced, slashed = workdirs([{"config.data.path": "a b"}, {"config.data.path": "a/b"}])
     assert spaced != slashed and spaced.startswith("/base/path=a_b-") and slashed.startswith("/base/path=a_b-")
     long = workdirs([{"config.data.path": "x" * 130 + "1"}, {"config.data.path": "x" * 130 + "2"}])
     assert long[0] != long[1] and all(len(os.path.basename(w)) == 120 for w in long)
-    assert workdirs([{"config.data.path": "a_b"}]) == ["/base/path=a_b"]  # nothing lost: no hash
     # A collision left (a workdir set to another job's default name) is a one-line error naming both.
     with pytest.raises(LaunchError, match=r"jobs 'learning_rate=0.1' and 'mine' would share the workdir "
                                           r"/base/learning_rate=0.1 .*give one a distinct 'workdir'"):
@@ -257,12 +259,13 @@ def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
         backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""), log_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("repo_dir", ["~/my repo/it's here", "~", "ABS/a b;c"])
+@pytest.mark.parametrize("repo_dir", ["~/my repo/it's here", "~", "ABS/a b;c", "$HOME/my repo", "${HOME}/x"])
 def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
     """The worker's shell (bash -c of the remote command) changes into --tpu_repo_dir, spaces
-    and quotes kept, a leading ~ expanded to the worker's home."""
+    and quotes kept, a leading ~ or $HOME expanded to the worker's home."""
     repo_dir = repo_dir.replace("ABS", str(tmp_path))
-    expected = tmp_path / repo_dir.removeprefix("~/") if repo_dir.startswith("~/") else (
+    home = next((h for h in ("~/", "$HOME/", "${HOME}/") if repo_dir.startswith(h)), None)
+    expected = tmp_path / repo_dir.removeprefix(home) if home else (
         tmp_path if repo_dir == "~" else tmp_path / "a b;c")
     expected.mkdir(parents=True, exist_ok=True)
     script = backends.tpu_vm_script([Job("j", "/w", ("pwd",))],
