@@ -55,7 +55,7 @@ _TPU_NAME = flags.DEFINE_string("tpu_name", "", "tpu_vm: the TPU VM's name.")
 _TPU_ZONE = flags.DEFINE_string("tpu_zone", "", "tpu_vm: its zone.")
 _TPU_PROJECT = flags.DEFINE_string("tpu_project", "", "tpu_vm: its project (default: gcloud's).")
 _TPU_REPO = flags.DEFINE_string("tpu_repo_dir", "~/research",
-                                "tpu_vm: the repository's path on every worker (a leading ~ is its home).")
+                                "tpu_vm: the repository's path on every worker (a leading ~ or $HOME is its home).")
 flags.mark_flags_as_required(["config", "module", "workdir"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

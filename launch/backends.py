@@ -156,9 +156,9 @@ def check_tpu_vm_options(options: TpuVmOptions) -> None:
 
 
 def _remote_path(path: str) -> str:
-    """`path` quoted for the worker's shell (a space would split it), with a leading ~ or ~user
-    left unquoted so that the worker expands it to its own home."""
-    match = re.fullmatch(r"(~[A-Za-z0-9._-]*)(?:/(.*))?", path, flags=re.DOTALL)
+    """`path` quoted for the worker's shell (a space would split it), with a leading ~, ~user
+    or $HOME left unquoted so that the worker expands it to its own home."""
+    match = re.fullmatch(r"(~[A-Za-z0-9._-]*|\$HOME|\$\{HOME\})(?:/(.*))?", path, flags=re.DOTALL)
     if not match:
         return shlex.quote(path)
     home, rest = match.groups()
