@@ -14,11 +14,14 @@ ranks by plain log-probability; alpha > 0 favours longer outputs.
 num_beams=1 is greedy search only without stop tokens: the one alive beam then takes the
 argmax each step (any alpha; it only rescales the final score). With stop tokens it is
 not, because the finished pool keeps the best finished hypothesis seen, which may be a
-short one. The alive beam takes the best non-stop token each step (greedy's tokens up to
-greedy's stop), and each step's stop-token candidate competes for the pool, so the result
-is the best-scoring of "the alive beam's first t tokens + a stop token" (every t) and the
-n-token alive beam. E.g. a stop token ranked second at step 1 (log p -1.7) beats a greedy
-run of log p -9.8 that never stops: width 1 returns [stop] where greedy returns n tokens.
+short one. Each step takes the top W * (1 + S) continuations (S stop tokens): the alive beam
+continues with the best non-stop one among them (greedy's tokens up to greedy's stop), and
+a stop token among them finishes a hypothesis that competes for the pool. So the result is
+the best-scoring of the n-token alive beam and "the alive beam's first t tokens + a stop
+token" for the steps t + 1 at which a stop token ranked among the top 1 + S; a stop token
+ranked lower never finishes. E.g. a stop token ranked second at step 1 (log p -1.7) beats a
+greedy run of log p -9.8 that never stops: width 1 returns [stop] where greedy returns n
+tokens.
 
 Extra dimension letters: P prompt width, N new tokens, W beams, C candidates, R = B * W rows,
 M = W + C (finished pool plus new candidates).
