@@ -59,15 +59,52 @@ def _generation(harness, task, docs, contexts):
     for context, target, generation, score in zip(contexts, targets, generations, scores):
         predicted_ids = answer_ids(tokenizer, generation.text)
         target_ids = answer_ids(tokenizer, target)
+        # The request scores delimiter + target (as a few-shot example shows them), but every
+        # per-token metric is over the target's own tokens (metrics.py: p and L of the target):
+        # counting the delimiter's " " made p ~ (L p + 1) / (L + 1) and L one too many.
+        start = answer_start(tokenizer, _scored_ids(score), spec.target_delimiter)
+        log_probs, greedy = score.token_log_probs[start:], score.token_is_greedy[start:]
         examples.append({
             "prompt": context, "prediction": generation.text, "target": target,
             "exact_match": M.exact_match(M.extract_answer(generation.text, spec.answer_prefix),
                                          M.extract_answer(target, spec.answer_prefix)),
             "token_accuracy": M.token_accuracy(predicted_ids, target_ids),
             "token_edit_distance": float(M.token_edit_distance(predicted_ids, target_ids)),
-            "target_log_prob": score.log_prob, "brier_score": M.mean_brier(score.token_brier),
-            **M.teacher_forced(score.token_log_probs, score.token_is_greedy)})
+            "target_log_prob": float(np.sum(log_probs, dtype=np.float64)),
+            "brier_score": M.mean_brier(score.token_brier[start:]),
+            **M.teacher_forced(log_probs, greedy)})
     return examples
+
+
+def _scored_ids(score) -> tuple[int, ...]:
+    if len(score.tokens) != len(score.token_log_probs):
+        raise TaskError(f"a loglikelihood result holds {len(score.tokens)} token ids for "
+                        f"{len(score.token_log_probs)} scored tokens; give LoglikelihoodResult.tokens, the "
+                        "continuation's scored ids, so the target's own tokens can be told from the delimiter's.")
+    return tuple(score.tokens)
+
+
+def answer_start(tokenizer, scored_ids, delimiter: str) -> int:
+    """Index of the first answer token among the scored ids of `delimiter + target`: the
+    leading tokens that hold only the delimiter (and whitespace) are skipped, the first
+    token holding a character of the target is the answer's first.
+
+    Answer characters are counted as the non-whitespace characters of the decoded prefix
+    beyond those of the delimiter: decoding a prefix alone drops SentencePiece's leading
+    space ("▁w" decodes to "w"), so character offsets would not line up, counts of
+    non-whitespace do. The rule matches answer_ids, which drops leading whitespace-only
+    tokens of the stripped target: a bare word-start "▁" before "3" is skipped, while a
+    token merging the delimiter into the target ("▁w" for " w") holds an answer
+    character and is the answer's (with a character tokenizer both give the same L tokens).
+    """
+    delimiter_chars = sum(not c.isspace() for c in delimiter)
+    start = 0
+    while start < len(scored_ids):
+        prefix = tokenizer.decode(list(scored_ids[:start + 1]))
+        if sum(not c.isspace() for c in prefix) > delimiter_chars:
+            break
+        start += 1
+    return start
 
 
 def answer_ids(tokenizer, text: str) -> list[int]:

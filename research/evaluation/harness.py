@@ -115,7 +115,7 @@ class Harness:
                 self.model, self.params, [(s, np.asarray(t, np.int32)) for s, (_, t) in zip(sources, pairs)],
                 **self._sizes)
         self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
-        return [_result(s, cut) for s, cut in zip(stats, truncated)]
+        return [_result(s, cut, t) for s, cut, (_, t) in zip(stats, truncated, pairs)]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
         """log p(text) of each whole text, in windows of at most max_length tokens (decoder only).
@@ -193,7 +193,7 @@ class Harness:
         if mask_id is None:
             raise ConfigError(f"tokenizer {type(self.tokenizer).__name__} has no mask_id; pseudo-log-likelihood "
                               "scoring of an encoder-only model masks each continuation token.")
-        rows, owners, truncated = [], [], []
+        rows, owners, truncated, continuations = [], [], [], []
         for index, request in enumerate(requests):
             context_ids, continuation_ids = encode_pair(self.tokenizer, request.context, request.continuation,
                                                         self.prefix_token, joint=True)
@@ -201,6 +201,7 @@ class Harness:
             row, cut = conditional_row(context_ids, continuation_ids, self.max_length - 1)
             sequence = row.tokens  # at most max_length tokens; the continuation is its tail
             truncated.append(cut)
+            continuations.append(continuation_ids)
             for j in range(len(sequence) - row.num_scored, len(sequence)):
                 masked = sequence.copy()
                 masked[j] = mask_id
@@ -211,8 +212,8 @@ class Harness:
         for owner, s in zip(owners, stats):
             per_request[owner].append(s)
         self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
-        return [_result(scoring.TokenStats(*(np.concatenate(parts) for parts in zip(*pieces))), cut)
-                for pieces, cut in zip(per_request, truncated)]
+        return [_result(scoring.TokenStats(*(np.concatenate(parts) for parts in zip(*pieces))), cut, ids)
+                for pieces, cut, ids in zip(per_request, truncated, continuations)]
 
     def _classify(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         num_labels = self.config.num_labels
@@ -285,6 +286,6 @@ class Harness:
                           "truncated from the left.", stacklevel=3)
 
 
-def _result(stats: scoring.TokenStats, truncated: bool) -> LoglikelihoodResult:
+def _result(stats: scoring.TokenStats, truncated: bool, continuation_ids: Sequence[int]) -> LoglikelihoodResult:
     return LoglikelihoodResult(float(np.sum(stats.log_probs, dtype=np.float64)), bool(np.all(stats.is_greedy)),
-                               stats.log_probs, stats.is_greedy, stats.brier, truncated)
+                               stats.log_probs, stats.is_greedy, stats.brier, truncated, tuple(continuation_ids))

@@ -6,7 +6,7 @@ Generation tasks get discontinuous and continuous metrics side by side (Schaeffe
     exact_match          1 if the (answer of the) output equals the target, else 0
     token_accuracy       fraction of target token positions the output matches
     token_edit_distance  Levenshtein distance between output and target token sequences
-    target_log_prob      log p(target | prompt), teacher-forced, nats
+    target_log_prob      log p(target | prompt + target_delimiter), teacher-forced, nats
     brier_score          mean over target tokens of the multi-class Brier score of the
                          next-token distribution (1 - 2 p_target + sum_v p_v^2), in [0, 2]
     teacher_forced_accuracy  fraction of target tokens that are the argmax given the prompt and
@@ -17,9 +17,17 @@ Generation tasks get discontinuous and continuous metrics side by side (Schaeffe
     teacher_forced_prob  mean over target tokens of p(gold token | prompt, gold prefix)
     answer_tokens        L, the target's token count (exact match ~ p^L for independent tokens)
 
+"Target tokens" are the target's own: the harness scores target_delimiter + target (as a
+few-shot example writes it), and the evaluator drops the scored tokens that hold only the
+delimiter (evaluator.answer_start), so the " " before an answer is neither counted in L nor
+averaged into p. A tokenizer that merges the delimiter into the target's first token (a
+SentencePiece "▁w") leaves that token to the target.
+
 Multiple choice (lm-eval): acc (argmax log-likelihood is gold), acc_norm (argmax of
 log-likelihood / length of the choice in characters), brier_score (sum over choices of
 (p_i - [i = gold])^2 with p = softmax of the choices' log-likelihoods), target_log_prob.
+Multiple-choice and loglikelihood tasks score, as lm-eval does, the whole continuation
+target_delimiter + choice / target, delimiter included.
 Rolling likelihood: perplexities are corpus-level, exp(-sum log p / sum units).
 """
 from __future__ import annotations
@@ -86,7 +94,10 @@ def teacher_forced(token_log_probs: np.ndarray, token_is_greedy: np.ndarray) -> 
 
 
 def mean_brier(token_brier: np.ndarray) -> float:
-    """Mean per-token Brier score over the target's tokens."""
+    """Mean per-token Brier score over the target's tokens (0.0, a perfect score, for none, as
+    teacher_forced gives an empty target p = 1)."""
+    if not len(token_brier):
+        return 0.0
     return float(np.mean(token_brier))
 
 

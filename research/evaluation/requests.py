@@ -46,7 +46,8 @@ class GenerateRequest:
 class LoglikelihoodResult:
     """Per-token arrays cover the continuation's N tokens.
 
-    log_prob: sum of token_log_probs (nats). is_greedy: all(token_is_greedy).
+    log_prob: sum of token_log_probs (nats). is_greedy: all(token_is_greedy). tokens: the N
+    continuation ids scored.
     token_brier: multi-class Brier score of each next-token distribution against the
     continuation token, sum_v (p_v - [v = target])^2 = 1 - 2 p_target + sum_v p_v^2, in [0, 2].
     """
@@ -57,6 +58,9 @@ class LoglikelihoodResult:
     token_is_greedy: np.ndarray  # [N] bool
     token_brier: np.ndarray  # [N] float32
     truncated: bool = False  # the context was cut from the left to fit the model
+    # The continuation's N scored ids, as tokenized in context (encode_pair): which of them
+    # are a task's delimiter and which its answer is only known from the ids (evaluator).
+    tokens: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

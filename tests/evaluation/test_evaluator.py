@@ -33,8 +33,9 @@ class OracleHarness:
         return [GenerateResult(gold, ()) for gold in golds[:len(requests)]]
 
     def loglikelihood(self, requests):
-        return [LoglikelihoodResult(-1.0, True, np.array([-1.0]), np.array([True]), np.array([0.5]))
-                for _ in requests]
+        # One scored token, the continuation's last character: an answer token (never the delimiter).
+        return [LoglikelihoodResult(-1.0, True, np.array([-1.0]), np.array([True]), np.array([0.5]),
+                                    tokens=tuple(self.tokenizer.encode(r.continuation[-1:]))) for r in requests]
 
 
 def test_generation_task_metrics_side_by_side(harness):
@@ -54,6 +55,62 @@ def test_generation_task_metrics_side_by_side(harness):
     assert example["prompt"].count("\n") == 2 and "\n" not in example["prediction"]  # 2 shots; stopped at "\n"
     assert np.mean([e["target_log_prob"] for e in result.examples]) == pytest.approx(
         result.metrics["target_log_prob"])
+
+
+def test_teacher_forced_metrics_cover_the_target_not_its_delimiter(harness):
+    # unscramble's delimiter is " ": the harness scores " " + target, but p, its probability,
+    # log p and L are the target's (metrics.py). Checked against a forward pass of our own
+    # over the target's characters alone; the old code also counted the space (L + 1 tokens).
+    import jax
+
+    from research.evaluation.evaluator import answer_ids
+    from research.evaluation.fewshot import fewshot_context
+    from research.evaluation.task_catalog import catalog_task
+
+    task = catalog_task("unscramble_reversed", num_test=3, num_train=8)
+    assert task.spec.target_delimiter == " "
+    tok = harness.tokenizer
+    result = evaluate(harness, task, num_fewshot=1)
+    for i, example in enumerate(result.examples):
+        context = fewshot_context(task, i, 1)
+        target = example["target"]
+        context_ids, target_ids = tok.encode(context + " "), tok.encode(target)
+        full = np.asarray([context_ids + target_ids], np.int32)
+        logits = harness.model.apply({"params": harness.params}, full[:, :-1])
+        log_probs = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), -1))
+        rows = log_probs[len(context_ids) - 1:]  # the predictions of the target's characters
+        gold = rows[np.arange(len(target_ids)), target_ids]
+        probs = np.exp(rows)
+        brier = 1 - 2 * np.exp(gold) + (probs ** 2).sum(-1)
+        assert example["answer_tokens"] == len(target) == len(answer_ids(tok, target))
+        assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(rows.argmax(-1) == target_ids))
+        assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(gold)), rel=1e-4)
+        assert example["target_log_prob"] == pytest.approx(gold.sum(), rel=1e-4)
+        assert example["brier_score"] == pytest.approx(brier.mean(), rel=1e-4)
+
+
+class PieceTokenizer:
+    """Decodes pieces as SentencePiece does: "_" is a space, and a decoded text drops its leading one."""
+
+    pieces = ["_", "_w", "_e", "3", "_Answer", ":", "_5", ":5"]
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids).replace("_", " ").removeprefix(" ")
+
+
+@pytest.mark.parametrize("pieces, delimiter, start", [
+    (["_", "3"], " ", 1),  # a bare word-start piece before the answer is the delimiter's
+    (["_w", "_e"], " ", 0),  # the delimiter merged into the answer's first piece: that piece is the answer's
+    (["_Answer", ":", "_5"], " Answer:", 2),
+    ([":5"], ":", 0),
+    (["3"], "", 0),
+    (["_"], " ", 1),  # an empty target: no answer tokens
+])
+def test_answer_start_skips_only_the_delimiters_pieces(pieces, delimiter, start):
+    from research.evaluation.evaluator import answer_start
+
+    tok = PieceTokenizer()
+    assert answer_start(tok, [tok.pieces.index(p) for p in pieces], delimiter) == start
 
 
 def test_oracle_answers_score_perfectly_including_chain_of_thought():
