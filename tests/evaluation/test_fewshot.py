@@ -1,8 +1,11 @@
 """Few-shot prompts match golden strings; examples are seeded per document."""
 from __future__ import annotations
 
+import pytest
+
 from research.evaluation.fewshot import fewshot_context, sample_shots
-from research.evaluation.task_spec import TaskSpec, make_task
+from research.evaluation.task_catalog import catalog_task
+from research.evaluation.task_spec import TaskError, TaskSpec, make_task, render
 from research.evaluation.tasks import get_task
 
 QA = TaskSpec(name="qa", output_type="generate_until", prompt="Q: {q}\nA:", target="{a}", num_fewshot=2,
@@ -36,3 +39,24 @@ def test_shots_depend_only_on_seed_and_document_index():
     reseeded = make_task(QA.replace(fewshot_seed=8), {"test": TEST * 5, "train": TRAIN})
     draws = {tuple(d.fields["q"] for d in sample_shots(t, i, 4)) for t in (task, reseeded) for i in range(10)}
     assert len(draws) > 5  # different documents / seeds get different examples
+
+
+def test_no_shot_poses_the_query_itself():
+    # addition_1digit has 100 problems; its train stream shares some with the test split, and
+    # 14 of 200 5-shot prompts showed the query solved ("9+7=16" above "9+7=").
+    task = catalog_task("addition_1digit", num_test=200, num_train=64)
+    spec = task.spec
+    leaks = 0
+    for i, doc in enumerate(task.docs("test")):
+        query = render(spec.prompt, doc, "prompt")
+        leaks += any(render(spec.prompt, s, "prompt") == query for s in sample_shots(task, i, 5))
+    assert leaks == 0
+    # The same problem also under the evaluation split: every copy of it is left out, not just the document.
+    same = make_task(QA.replace(fewshot_split="test"), {"test": [TEST[0], TEST[0], *TEST[1:], *TRAIN[:2]]})
+    assert "7+1" not in [s.fields["q"] for s in sample_shots(same, 0, 3)]
+    # A pool holding too few other problems is an error that says so.
+    only = make_task(QA, {"test": TEST, "train": [TEST[0], TEST[0], TRAIN[0]]})
+    assert [s.fields["q"] for s in sample_shots(only, 0, 1)] == ["0+0"]
+    with pytest.raises(TaskError, match=r"num_fewshot=2 but the few-shot split 'train' holds 1 usable documents "
+                                        r"\(whose prompt is not that of evaluation document 0\); lower num_fewshot"):
+        sample_shots(only, 0, 2)
