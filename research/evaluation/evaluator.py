@@ -40,7 +40,8 @@ def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, li
             raise TaskError(f"limit={limit} must be >= 1 (or None for every document).")
         docs = docs[:limit]
     if not docs:
-        raise TaskError(f"task {spec.name!r}: split {spec.eval_split!r} holds no documents.")
+        raise TaskError(f"task {spec.name!r}: split {spec.eval_split!r} holds no documents; give it some "
+                        "(num_test >= 1 for a generated task).")
     contexts = [fewshot_context(task, i, k) if spec.output_type != "loglikelihood_rolling" else ""
                 for i in range(len(docs))]
     run = {"generate_until": _generation, "multiple_choice": _multiple_choice, "loglikelihood": _loglikelihood,

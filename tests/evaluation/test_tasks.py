@@ -31,6 +31,18 @@ def test_every_task_is_seeded_and_builds_prompts():
         assert fewshot_context(a, 0, num_fewshot=3)
 
 
+def test_empty_tasks_build_and_evaluation_names_the_empty_split():
+    # Arithmetic took max() of its documents' lengths and raised a bare ValueError on an empty
+    # task; every other generated task builds one, and evaluate() refuses it in one line.
+    from research.evaluation.evaluator import evaluate
+
+    for name in ("addition_3digit", "multiplication_2digit", "modular_addition", "addition_2digit_cot", "copying"):
+        task = catalog_task(name, num_test=0, num_train=0)
+        assert task.docs("test") == () and task.docs("train") == ()
+        with pytest.raises(TaskError, match=r"split 'test' holds no documents; give it some \(num_test >= 1"):
+            evaluate(None, task)  # refused before the model is called
+
+
 def test_arithmetic_answers_and_digit_knobs():
     for digits in (1, 4, 8):
         for doc in _docs(get_task("addition", digits=digits, num_test=20)):

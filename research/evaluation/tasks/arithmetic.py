@@ -59,8 +59,12 @@ def _spec(name: str, prompt: str, chain_of_thought: bool, num_fewshot: int, seed
 
 def _fit_generation_budget(task: Task) -> Task:
     # One token per character bounds any tokenizer's count; +1 leaves room for the stop "\n".
-    longest = max(len(gold_text(task.spec, d)) for docs in task.splits.values() for d in docs)
-    return make_task(task.spec.replace(max_new_tokens=longest + 1), task.splits)
+    lengths = [len(gold_text(task.spec, d)) for docs in task.splits.values() for d in docs]
+    if not lengths:
+        # num_test = num_train = 0 builds an empty task, as every other generated task does
+        # (evaluate() then refuses it, naming the split): nothing to fit, the spec's budget stays.
+        return task
+    return make_task(task.spec.replace(max_new_tokens=max(lengths) + 1), task.splits)
 
 
 def _check_digits(name: str, digits: int, digits_b: int) -> None:

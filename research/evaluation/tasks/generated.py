@@ -14,7 +14,10 @@ def generated_task(spec: TaskSpec, make_doc: DocMaker, *, num_test: int, num_tra
 
     Each split has its own stream, random.Random(f"{name}:{seed}:{split}"), so changing
     num_train does not change the test documents. Splits may share a problem when the
-    problem space is small (1-digit addition has 100); deduplicating would starve them.
+    problem space is small (1-digit addition has 100); deduplicating would starve them (the
+    few-shot draw instead leaves out shots posing the query's problem, fewshot.sample_shots).
+    A split may be empty (num_test=0): the task builds, and evaluate() refuses an empty
+    evaluation split with an error that names it.
     """
     for knob, value in (("num_test", num_test), ("num_train", num_train)):
         if value < 0:
