@@ -87,6 +87,10 @@ class Layout:
     def staging(self) -> str:  # the dataset being assembled
         return os.path.join(self.work, "staging")
 
+    @property
+    def read_tasks_record(self) -> str:  # how many tasks split the reading (stage 1) of this work dir
+        return os.path.join(self.work, "read_tasks.json")
+
 
 def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
     """Digests of what the config's files hold (the config names only their paths): a blocklist
@@ -144,6 +148,49 @@ class Finalise(PipelineStep):
             shutil.rmtree(intermediate, ignore_errors=True)
 
 
+READ_STAGE = "1_read_and_filter"
+
+
+def reading_tasks(layout: Layout, requested: int) -> int:
+    """How many tasks read this work dir's inputs: `requested`, or the count its reading started with.
+
+    Task r of n reads files r, r+n, ... and datatrove skips the tasks it marked complete, so
+    resuming with another n would skip files (finished ranks of the old split) or read some
+    twice (old partition files of ranks the new split no longer has). So the first run records
+    n; a finished reading is reused whatever a rerun asks (the later stages read the partitions
+    of every task, sorted, so they do not depend on n), and an unfinished one continues only
+    with its own n: a DataError names both, before anything runs or is deleted.
+    """
+    recorded = None
+    try:
+        with open(layout.read_tasks_record, encoding="utf-8") as f:
+            recorded = int(json.load(f)["read_tasks"])
+    except FileNotFoundError:
+        # A work dir started before the record existed: datatrove's own description of the
+        # stage (written as its tasks start) says how many there were.
+        try:
+            with open(os.path.join(layout.logs, READ_STAGE, "executor.json"), encoding="utf-8") as f:
+                recorded = int(json.load(f)["world_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+    if recorded is None:
+        os.makedirs(layout.work, exist_ok=True)
+        tmp = f"{layout.read_tasks_record}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"read_tasks": requested}, f)
+        os.replace(tmp, layout.read_tasks_record)
+        return requested
+    if recorded == requested:
+        return recorded
+    completions = os.path.join(layout.logs, READ_STAGE, "completions")
+    if all(os.path.isfile(os.path.join(completions, f"{rank:05d}")) for rank in range(recorded)):
+        return recorded  # finished: its tasks are all skipped, and nothing after depends on the count
+    raise DataError(f"{layout.work} is partly read with execution.read_tasks={recorded}, not {requested} (another "
+                    f"split of the inputs would lose or repeat documents); rerun with "
+                    f"--config.execution.read_tasks={recorded} to continue, or delete {layout.work} to read "
+                    f"everything again with {requested}.")
+
+
 def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, contamination: ContaminationIndex | None,
                description: dict[str, Any], words: Sequence[str] | None = None) -> list[tuple[str, list, int]]:
     """(stage name, datatrove pipeline, tasks) in dependency order."""
@@ -171,7 +218,7 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, conta
     stored.append(tfds_output.ShardWriter(layout.shards, config.output.validation_fraction))
     stages = engine_steps.DocumentStagesStep(config, contamination, layout.counters, words)
     pipelines = [
-        ("1_read_and_filter", [DocumentReader(spec), stages, engine_steps.PartitionWriter(layout.partitions, partitions)],
+        (READ_STAGE, [DocumentReader(spec), stages, engine_steps.PartitionWriter(layout.partitions, partitions)],
          config.execution.read_tasks),
         ("2_exact_dedup", partition_steps, partitions),
     ]
@@ -268,9 +315,12 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
                         "delete it or choose another --name.")
     contamination = contamination_index(config.decontamination) if (
         config.decontamination.tasks or config.decontamination.all_catalog_tasks) else None
+    os.makedirs(layout.work, exist_ok=True)
+    read_tasks = reading_tasks(layout, config.execution.read_tasks)
+    if read_tasks != config.execution.read_tasks:  # a finished reading reused: run (and report) its count
+        config = dataclasses.replace(config, execution=dataclasses.replace(config.execution, read_tasks=read_tasks))
     description = report.description(spec, config, layout.fingerprint, contamination,
                                      lsh_bands(config.dedup.jaccard_threshold, config.dedup.num_permutations))
-    os.makedirs(layout.work, exist_ok=True)
     executors = _executors(_pipelines(spec, layout, config, contamination, description, words), layout, config)
     try:
         executors[-1].run()  # runs (or submits) the chain of dependencies first

@@ -7,7 +7,7 @@ import pytest
 
 from research import data
 from research.data.config import DataError
-from research.data.preparation import prepare_dataset, read_report, resolve_inputs, tfds_output
+from research.data.preparation import engine_steps, prepare_dataset, read_report, resolve_inputs, tfds_output
 from tests.data.preparation.conftest import corpus_config, standardise_text
 
 
@@ -116,6 +116,69 @@ def test_interrupted_run_publishes_nothing_and_a_rerun_finishes_identically(hand
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # the work dir is gone
     # Running again finds the finished dataset and does nothing.
     assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == report
+
+
+def _same_dataset(handmade, output_dir: str) -> None:
+    """The data files equal the handmade run's, byte for byte (the report names the read_tasks)."""
+    a, b = os.path.join(handmade["output_dir"], "handmade", "1.0.0"), os.path.join(output_dir, "handmade", "1.0.0")
+    files = sorted(f for f in os.listdir(a) if not f.startswith("preparation_report"))
+    assert sorted(f for f in os.listdir(b) if not f.startswith("preparation_report")) == files
+    match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_unfinished_reading_resumed_with_other_read_tasks_is_refused_and_continues_with_its_own(
+        handmade, tmp_path, monkeypatch):
+    # Task 2 of 3 dies after tasks 0 and 1 finished. Two tasks would split the files otherwise
+    # (task 1 of 2 reads what tasks 1 and 3 of 3 read) and datatrove would skip both as done.
+    original = engine_steps.PartitionWriter.run
+
+    def killed_task_2(self, data, rank=0, world_size=1):
+        if rank == 2:
+            raise RuntimeError("simulated kill")
+        return original(self, data, rank, world_size)
+
+    monkeypatch.setattr(engine_steps.PartitionWriter, "run", killed_task_2)
+    spec = resolve_inputs(handmade["corpus"])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                        config=corpus_config(handmade["task_file"], read_tasks=3))
+    monkeypatch.setattr(engine_steps.PartitionWriter, "run", original)
+    [work] = [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    completions = tmp_path / work / "logs" / "1_read_and_filter" / "completions"
+    assert sorted(os.listdir(completions)) == ["00000", "00001"]
+    with pytest.raises(DataError, match=r"partly read with execution.read_tasks=3, not 2 .*rerun with "
+                                        r"--config.execution.read_tasks=3 to continue, or delete .* with 2\.$"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                        config=corpus_config(handmade["task_file"], read_tasks=2))
+    assert sorted(os.listdir(completions)) == ["00000", "00001"]  # the refusal deleted nothing
+    prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                    config=corpus_config(handmade["task_file"], read_tasks=3))
+    _same_dataset(handmade, str(tmp_path))  # the handmade run read with 2 tasks, uninterrupted
+    report = read_report(str(tmp_path / "handmade" / "1.0.0"))
+    assert report["stages"] == handmade["report"]["stages"]
+
+
+def test_finished_reading_resumed_with_other_read_tasks_gives_the_uninterrupted_output(
+        handmade, tmp_path, monkeypatch):
+    # Read with 2 tasks (as the handmade run), die in the partition stage, resume with 3: the
+    # third task must not read files 2, 5, ... again (duplicates of what task 0 of 2 read).
+    original = engine_steps.PartitionStore.run
+
+    def killed(self, data, rank=0, world_size=1):
+        raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(engine_steps.PartitionStore, "run", killed)
+    spec = resolve_inputs(handmade["corpus"])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                        config=corpus_config(handmade["task_file"], read_tasks=2))
+    monkeypatch.setattr(engine_steps.PartitionStore, "run", original)
+    report = prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                             config=corpus_config(handmade["task_file"], read_tasks=3))
+    _same_dataset(handmade, str(tmp_path))  # (exact dedup would hide repeated documents here)
+    assert report["stages"] == handmade["report"]["stages"]  # each document read once
+    assert report == handmade["report"]  # the config too: it names the read_tasks the reading used
 
 
 def test_a_different_dataset_under_the_same_name_is_refused(handmade):
