@@ -52,18 +52,88 @@ def drop(reason: str) -> Verdict:
     return Verdict(None, reason)
 
 
-class RegexWordTokenizer(WordTokenizer):
-    """Words (letters/digits, with inner apostrophes) and single punctuation marks; sentences end
-    at . ! ? before whitespace. A dependency-free stand-in for datatrove's spaCy/NLTK tokenizers."""
+# Words with a period that spaCy's English tokenizer keeps whole (its tokenizer exceptions):
+# titles, months, US states, company suffixes. A dotted run of one- or two-letter parts
+# (U.S., e.g., p.m., Ph.D.) and a single-letter initial (J.) are kept whole by _ABBREVIATED.
+_ABBREVIATIONS = frozenset("""
+    Adm. Ak. Ala. Apr. Ariz. Ark. Aug. Bros. Calif. Co. Colo. Conn. Corp. Dec. Del. Dr. Feb. Fla. Ga.
+    Gen. Gov. Ia. Id. Ill. Inc. Ind. Jan. Jr. Jul. Jun. Kan. Kans. Ky. La. Ltd. Mar. Mass. Md. Messrs.
+    Mich. Minn. Miss. Mo. Mont. Mr. Mrs. Ms. Mt. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. Prof. Rep.
+    Rev. Sen. Sep. Sept. St. Tenn. Va. Wash. Wis. co. vs.""".split())
+_ABBREVIATED = re.compile(r"[^\W\d_]\.|[^\W\d_]{1,2}\.(?:[^\W\d_]{1,2}\.)+|\d{1,2}[ap]\.m\.")
+_URL = re.compile(r"(?:[a-zA-Z][\w+.-]*://|www\.)\S*[\w/]|[\w.+-]+@[\w-]+\.[\w.-]*\w")  # not its final '.'/')'/','.
+# What spaCy splits off a word's start and end (its prefix and suffix rules): brackets, quotes,
+# , : ; ! ? and similar marks, an ellipsis whole, currency signs at the start; at the end also
+# clitics ('s, n't), units and % after a number, and a period after a lower-case letter, a digit,
+# a mark or two capitals (so 'USA.' splits, the initial 'J.' not). Not '-', '/', '.' at the
+# start: '--verbose', '/etc', '.jsonl' stay whole, as in spaCy.
+_MARKS = r",:;!?¿¡()\[\]{}<>_#*&·'\"”“`‘´’‚„»«"
+_PREFIX = re.compile(rf"\.\.+|…|[§%=—–$£€¥₹₽{_MARKS}]|\+(?!\d)")
+_UNITS = "km|m|cm|mm|nm|ha|yd|in|ft|kg|g|mg|lb|oz|t|mph|kmh|hPa|Pa|mb|MB|kb|KB|gb|GB|tb|TB|T|G|M|K|%"
+_SUFFIX = re.compile(rf"(?:\.\.+|…|(?i:n['’]t|['’](?:s|m|d|ll|ve|re))|[—–{_MARKS}]|(?<=\d)(?:[+$£€¥]|{_UNITS})"
+                     rf"|(?<=[^\W\d_A-Z]|[\d%²\-+{_MARKS}])\.|(?<=[A-Z][A-Z])\.)$")
+# ... and inside what is left (its infix rules): an ellipsis; a hyphen or dash before a letter
+# (release-notes, not 2.1-3); an operator between digits (2023-04-05, 3*4); : / < > = before a
+# letter; a comma between letters; a period from a lower-case to a capital letter.
+_INFIX = re.compile(r"\.\.+|…|(?<=[^\W_])(?:--+|—|–|-|~)(?=[^\W\d_])|(?<=\d)[-+*^](?=[\d-])"
+                    r"|(?<=[^\W_])[:/<>=](?=[^\W\d_])|(?<=[^\W\d_]),(?=[^\W\d_])|(?<=[a-z])\.(?=[A-Z])")
 
-    _WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+
+def _kept_whole(word: str) -> bool:
+    return word in _ABBREVIATIONS or bool(_ABBREVIATED.fullmatch(word) or _URL.fullmatch(word))
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each word, split as spaCy's English tokenizer splits (closely, not exactly):
+    punctuation off both ends of each whitespace-separated chunk, then at the infixes."""
+    spans = []
+    for chunk in re.finditer(r"\S+", text):
+        start, end = chunk.span()
+        if text[start:end].isalnum():  # the common case: nothing to split
+            spans.append((start, end))
+            continue
+        tail = []
+        while start < end and not _kept_whole(text[start:end]):
+            word = text[start:end]
+            prefix = _PREFIX.match(word)
+            if prefix:
+                spans.append((start, start + prefix.end()))
+                start += prefix.end()
+                continue
+            suffix = _SUFFIX.search(word)
+            if not suffix or suffix.start() == 0:
+                break
+            tail.append((start + suffix.start(), end))
+            end = start + suffix.start()
+        if start < end:
+            core = text[start:end]
+            cut = start
+            if not _kept_whole(core):
+                for infix in _INFIX.finditer(core):
+                    if infix.start() + start > cut:
+                        spans.append((cut, start + infix.start()))
+                    spans.append((start + infix.start(), start + infix.end()))
+                    cut = start + infix.end()
+            if cut < end:
+                spans.append((cut, end))
+        spans.extend(reversed(tail))
+    return spans
+
+
+class RegexWordTokenizer(WordTokenizer):
+    """Words as spaCy's English tokenizer (datatrove's default for these filters) splits them,
+    without its download: a URL, 2.1.3, 10:30 or e.g. is one word, '...' one token, and
+    punctuation is split off a word's ends (counting each mark as a word of its own made the
+    Gopher rule 'at least 80% of words contain a letter' fail ordinary prose with URLs, dates
+    and decimals). Sentences end at . ! ? before whitespace."""
+
     _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 
     def __init__(self):
         super().__init__("en")
 
     def word_tokenize(self, text: str) -> list[str]:
-        return self._WORD.findall(text)
+        return [text[a:b] for a, b in _word_spans(text)]
 
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         spans, start = [], 0
@@ -80,6 +150,10 @@ class RegexWordTokenizer(WordTokenizer):
 
 
 WORDS = RegexWordTokenizer()
+# Changes whenever WORDS splits words or sentences differently: the quality rules and the
+# near-dedup shingles depend on it, so it is part of the work dir's fingerprint (a run started
+# by older code is not resumed with the new splitting, nor its dataset taken as this one's).
+WORDS_VERSION = 2
 
 
 def dedup_key(text: str) -> str:

@@ -95,12 +95,17 @@ class Layout:
 def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
     """Digests of what the config's files hold (the config names only their paths): a blocklist
     file or a task file edited in place must change the fingerprint, or a rerun would return the
-    old dataset with documents that should now be dropped. Empty without such files, so the
-    fingerprints of datasets prepared without them stay what they were."""
+    old dataset with documents that should now be dropped. Likewise the version of the word and
+    sentence splitting, when a stage uses it. Empty without these, so the fingerprints of
+    datasets prepared without them stay what they were."""
     from research.evaluation.task_catalog import is_task_file
     contents = {}
     if config.blocklist.words_file:
         contents["blocklist_words"] = hashlib.sha256("\n".join(words).encode()).hexdigest()
+    if (config.gopher_quality.enabled or config.gopher_repetition.enabled or config.c4_quality.enabled
+            or config.dedup.near):  # the stages that split words (with WORDS); absent, nothing changes
+        from research.data.preparation.document_stages import WORDS_VERSION
+        contents["word_splitting"] = str(WORDS_VERSION)
     task_files = [task for task in config.decontamination.tasks if is_task_file(task)]
     if task_files:  # the items decontamination matches: the task file and the data files it names
         items = evaluation_items(task_files, num_test=config.decontamination.num_test)

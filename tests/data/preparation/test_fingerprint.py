@@ -72,3 +72,15 @@ def test_rerun_after_the_blocklist_file_changed_is_refused(tmp_path):
     words_file.write_text("zzzz\nriver\n")  # documents holding 'river' would now be dropped
     with pytest.raises(DataError, match="already holds a dataset prepared from other inputs or settings"):
         prepare_dataset(resolve_inputs(corpus), output_dir=out, name="blocked", config=config)
+
+
+def test_word_splitting_version_changes_the_fingerprint_of_configs_that_split_words(tmp_path, monkeypatch):
+    # A work dir or dataset made with another splitting of words (Gopher, C4, minhash shingles)
+    # must not be resumed or returned as this one.
+    from research.data.preparation import document_stages
+    spec = resolve_inputs(write_files(str(tmp_path / "in"), {"a.txt": "some text"}))
+    splitting, plain = _config(), _config(gopher_quality={"enabled": False}, gopher_repetition={"enabled": False},
+                                          dedup={"near": False})
+    before = fingerprint(spec, splitting), fingerprint(spec, plain)
+    monkeypatch.setattr(document_stages, "WORDS_VERSION", document_stages.WORDS_VERSION + 1)
+    assert fingerprint(spec, splitting) != before[0] and fingerprint(spec, plain) == before[1]
