@@ -115,6 +115,36 @@ def test_word_tokenizer_splits_as_spacy_does(text):
     assert ds.WORDS.word_tokenize(text) == SPACY_WORDS[text]
 
 
+# Sentences as spaCy's sentencizer (datatrove's default for the C4 rule) splits these, computed
+# once with spaCy 3.8 and frozen here. Abbreviations, initials and p.m. end no sentence (nor
+# 'Mass.' before 'He': spaCy takes it for the state's abbreviation); closing quotes stay.
+SPACY_SENTENCES = {
+    "Dr. Smith met Mr. Jones at 5 p.m. on Main St. near the U.S. bank.":
+        ["Dr. Smith met Mr. Jones at 5 p.m. on Main St. near the U.S. bank."],
+    "John F. Kennedy was born in Brookline, Mass. He was the 35th president.":
+        ["John F. Kennedy was born in Brookline, Mass. He was the 35th president."],
+    '"Really?" she asked. Wait... what happened (at 10:30)? Nobody knows!':
+        ['"Really?"', "she asked.", "Wait... what happened (at 10:30)?", "Nobody knows!"],
+    "Prices rose 2.5% in the U.K. last year. See www.example.com/faq. It explains why.":
+        ["Prices rose 2.5% in the U.K. last year.", "See www.example.com/faq.", "It explains why."],
+}
+
+
+@pytest.mark.parametrize("text", SPACY_SENTENCES)
+def test_sentences_split_as_spacy_does(text):
+    assert ds.WORDS.sent_tokenize(text) == SPACY_SENTENCES[text]
+
+
+def test_c4_counts_no_sentence_end_at_abbreviations():
+    # 3 sentences on 3 lines: datatrove's C4QualityFilter with spaCy drops the page (< 5). Each
+    # period of Dr. Mr. p.m. St. U.S. counted as an end made 8 and kept it.
+    page = ("Dr. Smith met Mr. Jones at 5 p.m. on Main St. near the U.S. bank.\n"
+            "They talked about the weather for a long time.\n"
+            "Then they went home together in the rain.")
+    assert ds.c4_quality(C4QualityConfig(enabled=True))(doc(page)).reason == "c4_too_few_sentences"
+    assert ds.c4_quality(C4QualityConfig(enabled=True))(doc(page + "\nIt rained. They stayed in.")).kept
+
+
 # Ordinary prose with URLs, versions, dates and times: datatrove's GopherQualityFilter with
 # spaCy keeps it (108 words, 88 with a letter: 0.815 >= 0.8). Counting each punctuation mark
 # as a word gave 154 words, 0.656, and dropped it.
