@@ -178,15 +178,19 @@ def reading_tasks(layout: Layout, requested: int) -> int:
                 recorded = int(json.load(f)["world_size"])
         except (OSError, ValueError, KeyError, TypeError):
             recorded = None
-    if recorded is None:
+    if recorded == requested:
+        return recorded
+    # No reading task ever started (datatrove writes the stage's executor.json as they start):
+    # a run that failed before reading (Ray missing, a failed submit) read nothing, so its
+    # count binds nothing.
+    started = os.path.isfile(os.path.join(layout.logs, READ_STAGE, "executor.json"))
+    if recorded is None or not started:
         os.makedirs(layout.work, exist_ok=True)
         tmp = f"{layout.read_tasks_record}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"read_tasks": requested}, f)
         os.replace(tmp, layout.read_tasks_record)
         return requested
-    if recorded == requested:
-        return recorded
     completions = os.path.join(layout.logs, READ_STAGE, "completions")
     if all(os.path.isfile(os.path.join(completions, f"{rank:05d}")) for rank in range(recorded)):
         return recorded  # finished: its tasks are all skipped, and nothing after depends on the count

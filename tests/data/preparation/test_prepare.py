@@ -159,6 +159,25 @@ def test_unfinished_reading_resumed_with_other_read_tasks_is_refused_and_continu
     assert report["stages"] == handmade["report"]["stages"]
 
 
+def test_a_run_that_failed_before_reading_binds_no_read_tasks(handmade, tmp_path, monkeypatch):
+    # A first run that fails before any reading task starts (Ray missing, a failed submit)
+    # read nothing: a rerun with another read_tasks is not "partly read".
+    from research.data.preparation import prepare
+
+    def no_executors(*args, **kwargs):
+        raise RuntimeError("submit failed")
+
+    monkeypatch.setattr(prepare, "_executors", no_executors)
+    spec = resolve_inputs(handmade["corpus"])
+    with pytest.raises(RuntimeError, match="submit failed"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                        config=corpus_config(handmade["task_file"], read_tasks=4))
+    monkeypatch.undo()
+    prepare_dataset(spec, output_dir=str(tmp_path), name="handmade",
+                    config=corpus_config(handmade["task_file"], read_tasks=2))
+    _same_dataset(handmade, str(tmp_path))
+
+
 def test_finished_reading_resumed_with_other_read_tasks_gives_the_uninterrupted_output(
         handmade, tmp_path, monkeypatch):
     # Read with 2 tasks (as the handmade run), die in the partition stage, resume with 3: the
