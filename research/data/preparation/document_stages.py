@@ -79,6 +79,10 @@ _INFIX = re.compile(r"\.\.+|…|(?<=[^\W_])(?:--+|—|–|-|~)(?=[^\W\d_])|(?<=\
                     r"|(?<=[^\W_])[:/<>=](?=[^\W\d_])|(?<=[^\W\d_]),(?=[^\W\d_])|(?<=[a-z])\.(?=[A-Z])")
 
 
+_LONGEST_SPLIT = 256  # characters; longer chunks are split by _LINEAR_WORD
+_LINEAR_WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+
+
 def _kept_whole(word: str) -> bool:
     return word in _ABBREVIATIONS or bool(_ABBREVIATED.fullmatch(word) or _URL.fullmatch(word))
 
@@ -91,6 +95,16 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
         start, end = chunk.span()
         if text[start:end].isalnum():  # the common case: nothing to split
             spans.append((start, end))
+            continue
+        if end - start > _LONGEST_SPLIT:
+            # Stripping marks one at a time costs the chunk's length each time, so a run of
+            # 100,000 '!' would stall a worker for minutes (spaCy's tokenizer is quadratic there
+            # too); no English word is this long: a URL stays whole, anything else is split into
+            # runs of word characters and single marks, in one linear pass.
+            if _URL.fullmatch(text, start, end):
+                spans.append((start, end))
+            else:
+                spans.extend(m.span() for m in _LINEAR_WORD.finditer(text, start, end))
             continue
         tail = []
         while start < end and not _kept_whole(text[start:end]):

@@ -95,6 +95,15 @@ def test_regex_word_tokenizer_words_and_sentences():
     assert ds.WORDS.sent_tokenize("One two. Three? Four") == ["One two.", "Three?", "Four"]
 
 
+def test_chunks_too_long_for_any_word_are_split_in_one_pass():
+    # Past 256 characters the mark-by-mark stripping (quadratic: a 100,000-'!' run took minutes)
+    # gives way to runs of word characters and single marks; a URL still stays whole.
+    url = "https://example.com/" + "a" * 300
+    assert ds.WORDS.word_tokenize(f"see {url} now") == ["see", url, "now"]
+    assert ds.WORDS.word_tokenize("wow" + "!" * 300) == ["wow"] + ["!"] * 300
+    assert ds.WORDS.word_tokenize("x" * 200 + "..." + "y" * 100) == ["x" * 200, ".", ".", ".", "y" * 100]
+
+
 # What spaCy 3.8's English tokenizer (datatrove's default for the Gopher and C4 filters) gives
 # for these, computed once with spaCy and frozen here: the repository must not need spaCy.
 SPACY_WORDS = {
