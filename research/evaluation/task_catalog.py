@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from typing import Any
 
-from research.evaluation.task_spec import Task, TaskError, load_task
+from research.evaluation.task_spec import Task, TaskError, load_task, render
 from research.evaluation.tasks import get_task, task_names
 from research.evaluation.tasks.arithmetic import MAX_DIGITS
 from research.evaluation.tasks.unscramble import Corruption
@@ -108,7 +109,12 @@ def check_shots(name: str, task: Task, num_fewshot: int) -> None:
     if spec.fewshot_split is None or spec.fewshot_split not in task.splits:
         raise TaskError(f"task {name!r}: num_shots={num_fewshot} needs a few-shot split, and it has none; "
                         "use num_shots=0.")
-    usable = len(task.splits[spec.fewshot_split]) - (spec.fewshot_split == spec.eval_split)
+    # sample_shots never draws a shot with the query's own prompt (the query itself, when the
+    # few-shot split is the evaluation split): the query with the most such copies decides.
+    pool = Counter(render(spec.prompt, doc, "prompt") for doc in task.docs(spec.fewshot_split))
+    copies = max((pool[render(spec.prompt, doc, "prompt")] for doc in task.docs(spec.eval_split)), default=0)
+    usable = sum(pool.values()) - copies
     if num_fewshot > usable:
         raise TaskError(f"task {name!r}: num_shots={num_fewshot} but its few-shot split {spec.fewshot_split!r} "
-                        f"holds {usable} examples; lower num_shots or raise num_train.")
+                        f"holds {usable} examples usable for every query (shots never pose the query's own "
+                        "problem); lower num_shots or raise num_train.")

@@ -91,7 +91,7 @@ def test_restored_params_are_the_saved_params(run_dir):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(tasks=["addition_3digti"]), r"unknown task 'addition_3digti'; did you mean addition_3digit"),
     (dict(tasks=["addition_1digit"], num_shots=[0, 100]),
-     r"task 'addition_1digit': num_shots=100 but its few-shot split 'train' holds 64 examples"),
+     r"task 'addition_1digit': num_shots=100 but its few-shot split 'train' holds 61 examples usable for every query"),
     (dict(tasks=["addition_1digit"], step=7), r"checkpoint step 7 is not in .*; it holds steps \[1, 2\]"),
     (dict(tasks=["copying", "copying"]), r"task\(s\) \['copying'\] listed twice"),
     (dict(tasks=["addition_1digit"], tokenizer="no/such.model"), r"tokenizer 'no/such.model' is neither 'char'"),
@@ -134,8 +134,17 @@ def test_catalog_names_build_and_shots_are_checked():
     assert task.spec.name == "addition_3x3_cot" and len(task.docs("test")) == 5
     assert catalog_task("copying", num_test=2).spec.name == "induction_12_4"
     check_shots("addition_3digit_cot", task, 3)
-    with pytest.raises(TaskError, match="holds 3 examples; lower num_shots or raise num_train"):
+    with pytest.raises(TaskError, match=r"holds 3 examples usable for every query .*; lower num_shots or raise num_train"):
         check_shots("addition_3digit_cot", task, 4)
+    # Shots never pose the query's own problem: with 5 one-digit train problems, some of 200
+    # test queries repeat one of them, so only 4 are usable for every query. The check said 5
+    # and evaluation then failed on those queries, after the model was loaded.
+    small = catalog_task("addition_1digit", num_test=200, num_train=5)
+    with pytest.raises(TaskError, match=r"holds 4 examples usable for every query"):
+        check_shots("addition_1digit", small, 5)
+    check_shots("addition_1digit", small, 4)
+    from research.evaluation.fewshot import fewshot_context
+    assert all(fewshot_context(small, i, 4) for i in range(200))
 
 
 def test_hugging_face_folder_with_its_tokenizer(tmp_path):
