@@ -102,8 +102,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
                    for name, count in mixture.tasks.items()}
     # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
     model = {k: v for k, v in config.model.to_dict().items() if k not in GRADIENT_ONLY_FIELDS}
+    from research.evaluation.evaluator import METRICS_VERSION
     fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                           "model": model})
+                           "model": model, "metrics_version": METRICS_VERSION})
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 

@@ -19,6 +19,12 @@ from research.evaluation.harness import Harness
 from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest, as_ids
 from research.evaluation.task_spec import Task, TaskError, choices_of, gold_index, gold_text, render
 
+# Bumped when a change of this module's metrics or prompts changes what an evaluation of the
+# same model gives, so studies that cache results (experiments/emergence.py) evaluate again.
+# 2: teacher-forced metrics over the target's own tokens, not its delimiter's; few-shot
+# examples never pose the query's own problem (2026-12-05).
+METRICS_VERSION = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskResult:

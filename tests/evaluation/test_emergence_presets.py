@@ -122,6 +122,19 @@ def test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixtur
     assert held_out(fewer) != held_out(every)  # the check can tell a changed held-out set
 
 
+def test_a_change_of_the_metrics_evaluates_again_and_keeps_the_training_mixture(monkeypatch):
+    # Cached evaluations (runs/<size>/evals) are reused while the plan's fingerprint matches: a
+    # change of what the metrics compute (evaluator.METRICS_VERSION) must not leave a curve of
+    # old and new definitions mixed, and must not touch the trained runs' mixture.
+    from research.evaluation import evaluator
+    config = configs.get_config("micro")
+    plan = emergence.plan_study(config)
+    monkeypatch.setattr(evaluator, "METRICS_VERSION", evaluator.METRICS_VERSION + 1)
+    again = emergence.plan_study(config)
+    assert again.fingerprint != plan.fingerprint
+    assert emergence_plan.mixture_fingerprints(config, again) == emergence_plan.mixture_fingerprints(config, plan)
+
+
 def test_cpu_tiny_padded_is_cpu_tiny_base10_with_every_addition_task_padded():
     padded, tiny = configs.get_config("cpu_tiny_padded"), configs.get_config("cpu_tiny_base10")
     plan = emergence.plan_study(padded)
