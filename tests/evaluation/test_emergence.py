@@ -167,7 +167,8 @@ def _bad(change):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.eval.update(tasks=("addition_1digit", "copyng")), "unknown task 'copyng'; did you mean copying"),
-    (lambda c: c.eval.update(shots=(0, 9)), "num_shots=9 but its few-shot split 'train' holds 8 examples"),
+    (lambda c: c.eval.update(shots=(0, 9)),
+     "num_shots=9 but its few-shot split 'train' holds 7 examples usable for every query"),
     (lambda c: setattr(c, "sizes", ("scale-1e4", "scale-9e9")), r"sizes names 'scale-9e9', neither a config.ladder "
                                                                  r"entry \(d10-l2h1, .*did you mean scale-1e9"),
     # Two sizes at one parameter count: once found by the report, after both trained.
