@@ -31,8 +31,8 @@ def sample_shots(task: Task, doc_index: int, num_fewshot: int) -> list[Doc]:
     # the few-shot split is the evaluation split, is one). Filtering the pool before the
     # draw keeps it a function of the seed and doc_index alone, and leaves the shots of every
     # query without such a duplicate exactly as they were.
-    query = render(spec.prompt, task.docs(spec.eval_split)[doc_index], "prompt")
-    candidates = [i for i, shot in enumerate(pool) if render(spec.prompt, shot, "prompt") != query]
+    query = task.prompts(spec.eval_split)[doc_index]
+    candidates = [i for i, prompt in enumerate(task.prompts(spec.fewshot_split)) if prompt != query]
     if num_fewshot > len(candidates):
         raise TaskError(f"task {spec.name!r}: num_fewshot={num_fewshot} but the few-shot split "
                         f"{spec.fewshot_split!r} holds {len(candidates)} usable documents (whose prompt is not that of "

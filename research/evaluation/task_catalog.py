@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from research.evaluation.task_spec import Task, TaskError, load_task, render
+from research.evaluation.task_spec import Task, TaskError, load_task
 from research.evaluation.tasks import get_task, task_names
 from research.evaluation.tasks.arithmetic import MAX_DIGITS
 from research.evaluation.tasks.unscramble import Corruption
@@ -111,8 +111,8 @@ def check_shots(name: str, task: Task, num_fewshot: int) -> None:
                         "use num_shots=0.")
     # sample_shots never draws a shot with the query's own prompt (the query itself, when the
     # few-shot split is the evaluation split): the query with the most such copies decides.
-    pool = Counter(render(spec.prompt, doc, "prompt") for doc in task.docs(spec.fewshot_split))
-    copies = max((pool[render(spec.prompt, doc, "prompt")] for doc in task.docs(spec.eval_split)), default=0)
+    pool = Counter(task.prompts(spec.fewshot_split))
+    copies = max((pool[prompt] for prompt in task.prompts(spec.eval_split)), default=0)
     usable = sum(pool.values()) - copies
     if num_fewshot > usable:
         raise TaskError(f"task {name!r}: num_shots={num_fewshot} but its few-shot split {spec.fewshot_split!r} "

@@ -14,6 +14,7 @@ when the task is built, so a missing field fails at load time with file and line
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import string
@@ -112,6 +113,18 @@ class Task:
         if split not in self.splits:
             raise TaskError(f"task {self.spec.name!r} has no split {split!r}; it has {sorted(self.splits)}.")
         return self.splits[split]
+
+    def prompts(self, split: str) -> tuple[str, ...]:
+        """Each document's rendered prompt, rendered once per split: few-shot selection compares
+        every query's prompt with the whole pool's."""
+        cache = self._rendered_prompts
+        if split not in cache:
+            cache[split] = tuple(render(self.spec.prompt, doc, "prompt") for doc in self.docs(split))
+        return cache[split]
+
+    @functools.cached_property
+    def _rendered_prompts(self) -> dict[str, tuple[str, ...]]:
+        return {}  # cached_property writes the instance __dict__ directly, as a frozen dataclass allows
 
 
 def make_task(spec: TaskSpec, splits: dict[str, Sequence[Doc | dict]]) -> Task:
