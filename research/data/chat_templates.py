@@ -13,7 +13,9 @@ and the end-of-sequence token are "trainable" (mask 1), everything else (system 
 turns, the assistant's opening marker) is context (mask 0). Each piece is encoded on its
 own and the ids concatenated, so the mask boundary is exact for any tokenizer (a subword
 tokenizer may then split a boundary differently from encoding the whole string at once;
-training and generation use the same pieces, so they agree).
+training and generation use the same pieces, so they agree). A tokenizer whose default
+encoding opens a text with special tokens (a Llama-style Hugging Face folder's <s>) gets
+them first, as context, by the rule the evaluation harness encodes contexts with.
 """
 from __future__ import annotations
 
@@ -93,13 +95,28 @@ def _pieces(messages: Sequence[Mapping[str, str]], template: ChatTemplate) -> li
     return pieces
 
 
-def render_chat(messages: Sequence[Mapping[str, str]], template: ChatTemplate,
-                tokenizer: Any) -> tuple[list[int], list[int]]:
-    """(token ids, trainable mask 0/1) of a whole conversation; see the module docstring."""
-    ids: list[int] = []
-    mask: list[int] = []
-    for text, trainable in _pieces(messages, template):
-        piece = list(tokenizer.encode(text)) if text else []
+def _leading_special_ids(tokenizer: Any, text: str) -> list[int]:
+    """The special ids the tokenizer's default encoding puts before `text` (a Llama-style <s>).
+
+    The rule is the evaluation harness's (HFTokenizer.encode_context, lm-eval's HFLM), so a
+    Hugging Face model is fine-tuned on the input it is evaluated (and was pretrained) on.
+    Tokenizers without encode_context (research's own SentencePiece and char tokenizers) get
+    none: their pretraining adds no bos (research/data/objectives.py). Special tokens the
+    default puts after a text (T5's </s>) are not leading and stay off."""
+    encode_context = getattr(tokenizer, "encode_context", None)
+    if encode_context is None or not text:
+        return []
+    plain, full = [int(i) for i in tokenizer.encode(text)], [int(i) for i in encode_context(text)]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    return full[:start]
+
+
+def _encode_pieces(pieces: list[tuple[str, bool]], template: ChatTemplate, tokenizer: Any,
+                   ) -> tuple[list[int], list[int]]:
+    ids = _leading_special_ids(tokenizer, pieces[0][0]) if pieces else []
+    mask = [0] * len(ids)
+    for text, trainable in pieces:
+        piece = [int(i) for i in tokenizer.encode(text)] if text else []
         ids += piece
         mask += [int(trainable)] * len(piece)
         if trainable and template.eos_after_assistant:
@@ -108,8 +125,14 @@ def render_chat(messages: Sequence[Mapping[str, str]], template: ChatTemplate,
     return ids, mask
 
 
+def render_chat(messages: Sequence[Mapping[str, str]], template: ChatTemplate,
+                tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(token ids, trainable mask 0/1) of a whole conversation; see the module docstring."""
+    return _encode_pieces(_pieces(messages, template), template, tokenizer)
+
+
 def render_prompt(messages: Sequence[Mapping[str, str]], template: ChatTemplate, tokenizer: Any) -> list[int]:
-    """Token ids of the conversation so far plus the assistant's opening: what a model continues."""
+    """Token ids of the conversation so far plus the assistant's opening: what a model continues.
+    A prefix of render_chat's ids for the conversation with the reply."""
     context = list(messages[:-1]) if messages and messages[-1]["role"] == "assistant" else list(messages)
-    ids, _ = render_chat(context, template, tokenizer)
-    return ids + list(tokenizer.encode(template.assistant_open))
+    return _encode_pieces(_pieces(context, template) + [(template.assistant_open, False)], template, tokenizer)[0]
