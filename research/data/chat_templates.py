@@ -16,6 +16,12 @@ tokenizer may then split a boundary differently from encoding the whole string a
 training and generation use the same pieces, so they agree). A tokenizer whose default
 encoding opens a text with special tokens (a Llama-style Hugging Face folder's <s>) gets
 them first, as context, by the rule the evaluation harness encodes contexts with.
+
+A generated turn ends at `turn_end_ids` (generation stops there) and `cut_turn` gives its
+ids and reply text:
+
+    out = generate(..., stop_tokens=turn_end_ids(template, tokenizer))
+    length, reply = cut_turn(out.tokens_BN[0][:out.lengths_B[0]], template, tokenizer)
 """
 from __future__ import annotations
 
@@ -136,3 +142,49 @@ def render_prompt(messages: Sequence[Mapping[str, str]], template: ChatTemplate,
     A prefix of render_chat's ids for the conversation with the reply."""
     context = list(messages[:-1]) if messages and messages[-1]["role"] == "assistant" else list(messages)
     return _encode_pieces(_pieces(context, template) + [(template.assistant_open, False)], template, tokenizer)[0]
+
+
+def turn_end_ids(template: ChatTemplate, tokenizer: Any) -> tuple[int, ...]:
+    """The ids that end a generated assistant turn, for generate(stop_tokens=...): eos, and the
+    closing marker when the tokenizer spells it as one id (ChatML's <|im_end|> in a Qwen-style
+    vocabulary, whose generation_config stops on it). chatml trains no eos, and a Hugging Face
+    decode drops a special <|im_end|>, so without its id nothing would end the turn."""
+    ids = [int(tokenizer.eos_id)]
+    marker = template.assistant_close.strip()  # plain's "\n" is no marker: replies hold newlines
+    if marker:
+        encoded = [int(i) for i in tokenizer.encode(marker)]
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(encoded[0])
+    return tuple(ids)
+
+
+def cut_turn(ids: Sequence[int], template: ChatTemplate, tokenizer: Any) -> tuple[int, str]:
+    """(length, reply) of generated ids: length counts the ids of the assistant turn, its end
+    included (what a policy gradient trains, as trl's completion mask ends at the first eos),
+    and reply is the text before that end.
+
+    The end is the first turn_end_ids id. A template that appends eos is ended by eos alone:
+    a reply may itself hold the closing text (plain's "\n" in a multi-line reply), so only a
+    closing text at its very end is dropped. A template without eos (chatml) is also ended by
+    the closing marker spelled in several ids (a char or SentencePiece tokenizer); the turn's
+    ids then run through the first one whose text completes it."""
+    ids = [int(i) for i in ids]
+    stops = turn_end_ids(template, tokenizer)
+    stop = next((k for k, t in enumerate(ids) if t in stops), None)
+    content = ids if stop is None else ids[:stop]  # decoded without the end: a decode may spell it
+    text = tokenizer.decode(content)
+    length = len(ids) if stop is None else stop + 1
+    if template.eos_after_assistant:
+        return length, text.removesuffix(template.assistant_close)
+    marker = template.assistant_close.strip() or template.assistant_close
+    cut = text.find(marker)
+    if cut < 0:
+        return length, text
+    low, high = 1, len(content)  # the shortest prefix whose text holds the marker (text grows with ids)
+    while low < high:
+        middle = (low + high) // 2
+        if marker in tokenizer.decode(content[:middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return low, text[:cut]

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from research.data.chat_templates import ChatTemplate, cut_turn, turn_end_ids
 from research.decoding import generate, vocab_limit_for
 from research.evaluation.metrics import exact_match
 from research.training.partitioning import shard_batch
@@ -45,16 +46,15 @@ def mean_aux(loss_fn: Callable, model: Any) -> Callable[[Any, Iterable[Mapping[s
 
 
 def greedy_completions(model: Any, params: Any, prompts: Sequence[Sequence[int]], tokenizer: Any, *,
-                       max_new_tokens: int, stop_text: str = "\n") -> list[str]:
-    """Greedy continuations of token-id prompts, decoded and cut at `stop_text` (eos stops too)."""
+                       max_new_tokens: int, template: ChatTemplate) -> list[str]:
+    """Greedy replies to token-id prompts (render_prompt's): generation stops at the template's
+    turn-end ids and each reply is cut where its turn ends (chat_templates.cut_turn)."""
     # vocab_limit: the model's vocabulary may be padded above the tokenizer's, whose decode rejects those ids.
-    out = generate(model, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=[tokenizer.eos_id],
+    out = generate(model, params, prompts, max_new_tokens=max_new_tokens,
+                   stop_tokens=turn_end_ids(template, tokenizer),
                    vocab_limit=vocab_limit_for(tokenizer, model.config.vocab_size))
-    texts = []
-    for row, length in zip(np.asarray(out.tokens_BN), np.asarray(out.lengths_B)):
-        text = tokenizer.decode([int(t) for t in row[:int(length)]])
-        texts.append(text.split(stop_text)[0] if stop_text else text)
-    return texts
+    return [cut_turn(row[:int(length)], template, tokenizer)[1]
+            for row, length in zip(np.asarray(out.tokens_BN), np.asarray(out.lengths_B))]
 
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int], prefix: str = "eval_") -> dict[str, float]:

@@ -8,6 +8,9 @@ assistant's opening (the generation prompt), as trl renders conversational promp
 Each step has a sampling phase and the ordinary train step:
   1. sample `group_size` completions of every prompt in the batch with research.decoding
      (temperature sampling, key fold_in(seed key, step), so a resumed run samples the same);
+     each ends at the template's turn end (research/data/chat_templates.py cut_turn): the
+     reward reads the reply before it, and the loss trains the sampled tokens through it,
+     as trl's completion mask ends at the first eos;
   2. score them with the reward (grpo.reward: data.synthetic's rule_reward, or a reward
      model trained by path="reward"; it gets the prompt as chat messages, reward_source.py),
      and set each completion's
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research.data.chat_templates import get_chat_template, render_prompt
+from research.data.chat_templates import cut_turn, get_chat_template, render_prompt, turn_end_ids
 from research.decoding import generate, vocab_limit_for
 from research.finetune import records as records_lib
 from research.finetune.checks import config_section
@@ -152,7 +155,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     sampler_log_probs = jax.jit(lambda params, tokens: token_log_probs(
         model, params, tokens, None, temperature=grpo.temperature, vocab_limit=vocab_limit))
     sample_key = jax.random.fold_in(jax.random.PRNGKey(int(train.seed)), 3)
-    eos = int(tokenizer.eos_id)
+    turn_ends = turn_end_ids(template, tokenizer)
 
     def sample_and_score(policy, reference, batch, step):
         host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
@@ -160,10 +163,14 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         repeated = [p for p in prompts for _ in range(grpo.group_size)]
         # vocab_limit: no padded id the tokenizer cannot decode for the reward.
         out = generate(model, policy, repeated, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
-                       stop_tokens=[eos], rng=jax.random.fold_in(sample_key, step), vocab_limit=vocab_limit)
-        tokens_BN, lengths_B = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
-        completions = [tokenizer.decode([int(t) for t in row[:n]]).split(template.assistant_close)[0]
-                       for row, n in zip(tokens_BN, lengths_B)]
+                       stop_tokens=turn_ends, rng=jax.random.fold_in(sample_key, step), vocab_limit=vocab_limit)
+        tokens_BN = np.asarray(out.tokens_BN)
+        # Each sample up to its turn's end (that included): what the reward reads and the loss trains.
+        # A sample that runs on past it (chatml with a closing marker of several ids) would otherwise
+        # give the post-turn tokens the turn's advantage.
+        turns = [cut_turn(row[:n], template, tokenizer) for row, n in zip(tokens_BN, np.asarray(out.lengths_B))]
+        lengths_B = np.asarray([n for n, _ in turns])
+        completions = [reply for _, reply in turns]
         group_prompts = [prompt_chats["train"][int(i)] for i in host["index"] for _ in range(grpo.group_size)]
         rewards = np.asarray(reward_fn(group_prompts, completions), np.float32)
         advantages = group_advantages(rewards.reshape(-1, grpo.group_size)).reshape(-1).astype(np.float32)
@@ -191,7 +198,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     def evaluate(params, reference, sharding):
         completions = greedy_completions(model, params, eval_ids, tokenizer, max_new_tokens=grpo.max_new_tokens,
-                                         stop_text=template.assistant_close)
+                                         template=template)
         reward = float(np.mean(reward_fn(eval_prompts, completions)))
         # eval_loss (what keep-best minimises) is the negative greedy reward.
         metrics = {"eval_reward": reward, "eval_loss": -reward}

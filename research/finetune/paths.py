@@ -74,7 +74,7 @@ def _rule_reward_eval(model, tokenizer, template, prompts: list[str], rule: str,
 
     def evaluate(params) -> dict[str, float]:
         completions = greedy_completions(model, params, ids, tokenizer, max_new_tokens=max_new_tokens,
-                                         stop_text=template.assistant_close)
+                                         template=template)
         return {"eval_rule_reward": float(np.mean([rule_reward(rule, p, c) for p, c in zip(prompts, completions)]))}
     return evaluate
 
@@ -110,7 +110,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         if not prompts:
             return metrics
         completions = greedy_completions(model, params, prompts, base.tokenizer, max_new_tokens=max_new,
-                                         stop_text=template.assistant_close)
+                                         template=template)
         metrics["eval_exact_match"] = float(np.mean([c.strip() == t.strip() for c, t in zip(completions, targets)]))
         if rule:
             metrics["eval_rule_reward"] = float(np.mean([rule_reward(rule, r.get("instruction", ""), c)

@@ -1,7 +1,8 @@
 """Oracles for chat rendering and turn ends. Hugging Face tokenizer folders built here:
 byte-level BPE (GPT-2 / Qwen / Llama-3 style) with <|im_start|> and <|im_end|> as special
 tokens and <|endoftext|> as eos (a Qwen-style base model), and transformers'
-apply_chat_template with ChatML's Jinja template on the same folder."""
+apply_chat_template with ChatML's Jinja template on the same folder. And a scripted generate:
+a model that says exactly what a test plans (what a perfectly trained model would say)."""
 from __future__ import annotations
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -44,3 +45,23 @@ def oracle_ids(folder: str, messages: list[dict], **options) -> list[int]:
     ids = oracle.apply_chat_template(messages, tokenize=True, return_dict=False, **options)
     return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
 
+
+def scripted_generate(plans: dict[tuple[int, ...], list[int]]):
+    """A stand-in for research.decoding.generate whose model says plans[prompt]: the row stops
+    after its first id in stop_tokens (as generate does) or at max_new_tokens."""
+    import types
+
+    import numpy as np
+
+    def generate(model, params, prompts, *, max_new_tokens, stop_tokens=(), **unused):
+        stops = {int(s) for s in ([stop_tokens] if isinstance(stop_tokens, int) else stop_tokens)}
+        rows = []
+        for prompt in prompts:
+            plan = plans[tuple(int(t) for t in prompt)][:max_new_tokens]
+            end = next((k + 1 for k, t in enumerate(plan) if t in stops), len(plan))
+            rows.append(plan[:end])
+        tokens = np.zeros((len(rows), max_new_tokens), np.int32)
+        for i, row in enumerate(rows):
+            tokens[i, :len(row)] = row
+        return types.SimpleNamespace(tokens_BN=tokens, lengths_B=np.asarray([len(r) for r in rows], np.int32))
+    return generate

@@ -1,5 +1,9 @@
-"""Where a chat turn begins: a Hugging Face tokenizer's default leading special tokens open
-every rendered row (oracle: transformers' apply_chat_template on folders built here)."""
+"""Where a chat turn begins and ends: a Hugging Face tokenizer's default leading special
+tokens open every rendered row (oracle: transformers' apply_chat_template on folders built
+here), and a generated reply ends at the template's turn end, neither earlier (plain's "\\n"
+inside a multi-line reply) nor later (chatml's <|im_end|>, a special token a decode drops)."""
+import json
+
 import pytest
 
 from research.data.chat_templates import get_chat_template, render_chat, render_prompt
@@ -7,7 +11,8 @@ from research.evaluation.tokenizer import CharTokenizer
 from research.evaluation.tokenizer_loading import load_tokenizer
 from research.finetune.preference_data import preference_row
 from research.finetune.sft_data import sft_example
-from tests.finetune.chat_oracles import chatml_folder, oracle_ids
+from tests.finetune.chat_oracles import chatml_folder, oracle_ids, scripted_generate
+from tests.finetune.conftest import tiny_config
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"},
         {"role": "assistant", "content": "It is 4."}]
@@ -44,3 +49,52 @@ def test_research_tokenizers_get_no_leading_token():
     ids, _ = render_chat(CHAT, get_chat_template("plain"), tokenizer)
     assert ids == tokenizer.encode("System: be brief\nUser: What is 2+2?\nAssistant: It is 4.\n") + [tokenizer.eos_id]
 
+
+REPLIES = ["line one\nline two", "def f():\n    return 1", "It is 4."]
+
+
+@pytest.mark.parametrize("tokenizer_kind,template_name", [("char", "plain"), ("char", "chatml"), ("hf", "plain"),
+                                                          ("hf", "chatml")])
+def test_a_model_that_says_its_training_target_scores_exact_match_1(tmp_path, monkeypatch, tokenizer_kind,
+                                                                    template_name):
+    # The scripted model says the reply's trained tokens (render_chat's mask), then, where nothing
+    # stopped it, goes on with an invented next user turn. plain: cutting at its closing "\n" kept
+    # only a reply's first line. chatml with a special <|im_end|> (Qwen-style): the decode dropped
+    # it, nothing stopped generation (chatml trains no eos) and the invented turn was scored too.
+    from research.finetune import evaluators
+    from research.finetune.run import build_job
+
+    spec = "char" if tokenizer_kind == "char" else chatml_folder(tmp_path / "tok")
+    tokenizer, template = load_tokenizer(spec), get_chat_template(template_name)
+    records = [{"instruction": f"Write it {i}", "response": reply} for i, reply in enumerate(REPLIES)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plans = {}
+    for record in records:
+        messages = [{"role": "user", "content": record["instruction"]},
+                    {"role": "assistant", "content": record["response"]}]
+        ids, mask = render_chat(messages, template, tokenizer)
+        invented = tokenizer.encode(f"{template.user_open}And 3+3?{template.user_close}")
+        plans[tuple(render_prompt(messages, template, tokenizer))] = [i for i, m in zip(ids, mask) if m] + invented
+    monkeypatch.setattr(evaluators, "generate", scripted_generate(plans))
+    config = tiny_config("sft_tiny")
+    config.train.update(dict(eval_batches=0, seq_len=128))  # no eval loss: only the completions matter here
+    config.update(dict(tokenizer=spec, generation_prompts=len(records), generation_tokens=64))
+    config.data.update(dict(train_file=str(tmp_path / "data.jsonl"), eval_file=str(tmp_path / "data.jsonl"),
+                            chat_template=template_name))
+    job = build_job(config)
+    assert job.evaluate(None, None, None)["eval_exact_match"] == 1.0
+
+
+def test_cut_turn_by_hand():
+    from research.data.chat_templates import cut_turn, turn_end_ids
+
+    char, plain, chatml = CharTokenizer(), get_chat_template("plain"), get_chat_template("chatml")
+    eos = char.eos_id
+    # plain: eos ends the turn; a trailing closing "\n" is dropped, the reply's own newlines stay.
+    assert cut_turn(char.encode("a\nb\n") + [eos] + char.encode("xy"), plain, char) == (5, "a\nb")
+    assert cut_turn(char.encode("a\nb\nUser: c"), plain, char) == (11, "a\nb\nUser: c")  # no end yet: all of it
+    # chatml in characters: no id ends the turn (turn_end_ids is eos alone); the <|im_end|> text
+    # does, its ids included (13 = "a\nb" + 10 marker characters), also without the "\n" after it.
+    assert turn_end_ids(chatml, char) == (eos,)
+    for tail in ("\n<|im_start|>user\nc", ""):
+        assert cut_turn(char.encode("a\nb<|im_end|>" + tail), chatml, char) == (13, "a\nb")

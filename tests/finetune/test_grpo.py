@@ -145,3 +145,63 @@ def test_a_prompt_ending_with_an_assistant_turn_is_one_line(tmp_path):
     with pytest.raises(RecordError, match=rf"^{path}:1: the prompt ends with an assistant message; a GRPO prompt ends "
                                           r"with the user \(or system\) turn the policy answers\.$"):
         grpo_job(config)
+
+
+@pytest.mark.parametrize("tokenizer_kind,template_name", [("char", "plain"), ("char", "chatml"), ("hf", "chatml")])
+def test_a_sample_ends_at_its_turn_end_for_the_reward_and_the_loss(tmp_path, monkeypatch, tokenizer_kind,
+                                                                   template_name):
+    # The scripted policy says a reply's trained tokens, then (where nothing stops it) an invented
+    # next user turn. The reward must read the whole reply (plain's closing "\n" cut "CAT\nCAT" to
+    # "CAT"), and the loss train the sampled tokens through the turn's end only, as trl's completion
+    # mask ends at the first eos: chatml trains no eos, so the samples ran to max_new_tokens and the
+    # tokens after <|im_end|> (a special token in a Qwen-style folder, which the decode also dropped)
+    # got the turn's advantage.
+    import json
+
+    import jax
+    from research.data.chat_templates import render_chat, render_prompt
+    from research.evaluation.tokenizer_loading import load_tokenizer
+    from research.finetune import grpo as grpo_module
+    from research.finetune.reward_source import reward_function
+    from tests.finetune.chat_oracles import chatml_folder, scripted_generate
+
+    spec = "char" if tokenizer_kind == "char" else chatml_folder(tmp_path / "tok")
+    tokenizer = load_tokenizer(spec)
+    template = grpo_module.get_chat_template(template_name)
+    replies = {"Shout: cat": "CAT\nCAT", "Shout: dog": "DOG"}
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in replies))
+    plans, turn_lengths = {}, {}
+    for prompt, reply in replies.items():
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        ids, mask = render_chat(messages, template, tokenizer)
+        key = tuple(render_prompt(messages, template, tokenizer))
+        plans[key] = [i for i, m in zip(ids, mask) if m] + tokenizer.encode(f"{template.user_open}hi")
+        # By hand: plain's turn is the reply, its "\n" and eos; chatml's ends at <|im_end|> (the
+        # "\n" after it is never generated when generation stops on the <|im_end|> id).
+        turn_lengths[key] = (len(tokenizer.encode(reply + "\n")) + 1 if template_name == "plain"
+                             else len(tokenizer.encode(reply + "<|im_end|>")))
+    monkeypatch.setattr(grpo_module, "generate", scripted_generate(plans))
+    seen = []
+
+    def recording_reward(spec, rule):
+        rule_fn = reward_function(spec, rule)
+        return lambda prompts, completions: seen.extend(completions) or rule_fn(prompts, completions)
+
+    monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
+    config = tiny_config("grpo_tiny")
+    config.train.update(dict(seq_len=128, batch_size=2))
+    config.grpo.update(dict(group_size=2, max_new_tokens=48))
+    config.tokenizer = spec
+    config.data.update(dict(train_file=str(tmp_path / "prompts.jsonl"), eval_file=str(tmp_path / "prompts.jsonl"),
+                            chat_template=template_name))
+    job = grpo_module.grpo_job(config)
+    batch = next(job.train_batches(0))
+    params = job.initial_params()
+    train_batch, _ = job.prepare(params, params, jax.tree.map(jax.numpy.asarray, batch), 1)
+    assert sorted(seen) == sorted(reply for reply in replies.values() for _ in range(2))
+    mask, tokens = np.asarray(train_batch["completion_mask"]), np.asarray(train_batch["tokens"])
+    prompts = [tuple(int(t) for t in row[:n]) for row, n in zip(batch["prompt_tokens"], batch["prompt_length"])]
+    for i, prompt in enumerate(p for p in prompts for _ in range(2)):
+        start, n = len(prompt), turn_lengths[prompt]
+        np.testing.assert_array_equal(mask[i], [0] * start + [1] * n + [0] * (mask.shape[1] - start - n))
+        assert list(tokens[i, start:start + n]) == plans[prompt][:n]
