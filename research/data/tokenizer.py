@@ -53,6 +53,10 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.num_extra_ids = num_extra_ids
         self.path = path
+        if self._sp.eos_id() < 0:  # a legal SentencePiece option (eos_id=-1), and -1 would reach batches as a token
+            raise DataError(f"{path or 'the SentencePiece model'!r} has no eos piece (eos_id=-1), and objectives end "
+                            "every document with eos; train it with an eos_id (SentencePieceTrainer's eos_id=1), or train "
+                            "one here (python -m research.data.tokenizer --train).")
 
     @classmethod
     def load(cls, path: str, *, num_extra_ids: int = 0) -> "Tokenizer":

@@ -107,3 +107,27 @@ def test_cli_trains_then_reuses(tmp_path):
     assert second.stdout.startswith(path)
     bad = subprocess.run(args[:3], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: give --train")
+
+
+def test_a_model_without_an_eos_piece_is_refused_at_load(tmp_path):
+    # eos_id=-1 is a legal SentencePiece option; the pipeline appended that -1 to every document
+    # as its eos, and it reached batches as an input and a target.
+    import io
+
+    import sentencepiece as spm
+
+    from research.evaluation.tokenizer_loading import load_tokenizer
+    from research.models.config import ConfigError
+
+    model = io.BytesIO()
+    text = [f"line {i} of a small corpus, with words and more words {i * 7}" for i in range(300)]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=120, eos_id=-1,
+                                   pad_id=-1, bos_id=1, unk_id=0, minloglevel=2)
+    path = tmp_path / "no_eos.model"
+    path.write_bytes(model.getvalue())
+    message = rf"^'{path}' has no eos piece \(eos_id=-1\), and objectives end every document with eos; train it"
+    with pytest.raises(DataError, match=message) as error:
+        build_tokenizer(DataConfig(source="stdlib", tokenizer=TokenizerConfig(model_path=str(path))), str(tmp_path))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=rf"^tokenizer '{path}': '{path}' has no eos piece"):
+        load_tokenizer(str(path))
