@@ -150,13 +150,24 @@ class Tokenizer:
         out, run = [], []
         for index in ids.tolist():
             if index >= self.piece_size:
-                out.append(self._sp.decode(run))
+                out.append(self._decode_run(run, after_sentinel=bool(out)))
                 run = []
                 out.append(f"<extra_id_{self.vocab_size - 1 - index}>")
             else:
                 run.append(index)
-        out.append(self._sp.decode(run))
+        out.append(self._decode_run(run, after_sentinel=bool(out)))
         return "".join(out)
+
+    def _decode_run(self, run: list[int], *, after_sentinel: bool) -> str:
+        """Text of the pieces between sentinels. SentencePiece drops a leading "▁" as the dummy
+        prefix it adds to a text's start; after a sentinel it is the text's own space (T5's
+        "<extra_id_0> value"), so it is put back, as decoding all pieces at once keeps it."""
+        text = self._sp.decode(run)
+        first = next((i for i in run if not self._sp.is_control(i)), None)
+        if after_sentinel and first is not None and self._sp.id_to_piece(first).startswith("\u2581") \
+                and not text.startswith(" "):
+            text = " " + text
+        return text
 
     def id_to_piece(self, index: int) -> str:
         self._check_ids(np.asarray([index]))

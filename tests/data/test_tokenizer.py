@@ -64,8 +64,27 @@ def test_extra_ids_are_sentinels_at_the_top(tokenizer):
     assert tokenizer.sentinel_id(0) == tokenizer.vocab_size - 1
     special = tokenizer.special_tokens()
     assert {0, 1, 3, 4, tokenizer.sentinel_id(0), tokenizer.sentinel_id(99)} <= set(special.special_ids)
+    # encode("x") opens with the dummy prefix's "▁": after a sentinel it reads as a space.
     assert tokenizer.decode([tokenizer.sentinel_id(0), *tokenizer.encode("x"), tokenizer.sentinel_id(1)]) == \
-        "<extra_id_0>x<extra_id_1>"
+        "<extra_id_0> x<extra_id_1>"
+
+
+def test_text_after_a_sentinel_keeps_its_space(tokenizer):
+    # Span corruption of "return the value"; each run between sentinels was decoded alone, and
+    # SentencePiece dropped its leading "▁" as a dummy prefix. Oracle: SentencePiece decoding
+    # all the pieces at once, a sentinel spelled as a piece (it passes through as its text).
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    ids = [int(i) for i in tokenizer.encode("return the value")]
+    pieces = [tokenizer.id_to_piece(i) for i in ids]
+    a, b = [k for k, piece in enumerate(pieces) if piece.startswith("▁")][1:3]  # the span " the"
+    inputs = ids[:a] + [tokenizer.sentinel_id(0)] + ids[b:]
+    targets = [tokenizer.sentinel_id(0)] + ids[a:b] + [tokenizer.sentinel_id(1)]
+    assert tokenizer.decode(inputs) == sp.decode_pieces(pieces[:a] + ["<extra_id_0>"] + pieces[b:]) == \
+        "return<extra_id_0> value"
+    assert tokenizer.decode(targets) == sp.decode_pieces(["<extra_id_0>", *pieces[a:b], "<extra_id_1>"]) == \
+        "<extra_id_0> the<extra_id_1>"
 
 
 def test_an_id_outside_the_vocabulary_is_a_one_line_error_not_text(tokenizer):
