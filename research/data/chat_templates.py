@@ -164,7 +164,7 @@ def cut_turn(ids: Sequence[int], template: ChatTemplate, tokenizer: Any) -> tupl
     and reply is the text before that end.
 
     The end is the first turn_end_ids id. A template that appends eos is ended by eos alone:
-    a reply may itself hold the closing text (plain's "\n" in a multi-line reply), so only a
+    a reply may itself hold the closing text (plain's "\\n" in a multi-line reply), so only a
     closing text at its very end is dropped. A template without eos (chatml) is also ended by
     the closing marker spelled in several ids (a char or SentencePiece tokenizer); the turn's
     ids then run through the first one whose text completes it."""
