@@ -69,7 +69,8 @@ def curve_summary(rows: Sequence[dict[str, Any]], *, scale: str, group_by: Seque
 # --- Per-item analyses: rows that carry "items" {metric: [per-example values]} ----------------
 
 ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
-                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score")
+                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score", "target_and_stop_log_prob",
+                "stop_tokens")
 
 
 def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
