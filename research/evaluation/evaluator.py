@@ -24,7 +24,8 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # 2: teacher-forced metrics over the target's own tokens, not its delimiter's; few-shot
 # examples never pose the query's own problem (2026-12-05).
 # 3: the per-token teacher-forced metrics (p, its probability, Brier score) and L also cover the
-# stop string's tokens (the end-of-answer decision exact match needs) (2026-12-05).
+# stop string's tokens (the end-of-answer decision exact match needs); is_greedy is the argmax
+# among the ids generation may write, not the model's padded vocabulary (2026-12-05).
 METRICS_VERSION = 3
 
 

@@ -78,8 +78,8 @@ class Harness:
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
         from research.decoding import vocab_limit_for
         # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
-        # padded above it). Scoring deliberately ignores this limit: a log-likelihood is the
-        # model's own softmax over its full vocabulary, as lm-eval and HF compute it.
+        # padded above it). Log-likelihoods deliberately ignore this limit: one is the model's own
+        # softmax over its full vocabulary, as lm-eval and HF compute it. is_greedy keeps to it.
         self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
 
     # --- requests ------------------------------------------------------------------------
@@ -87,9 +87,13 @@ class Harness:
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         """log p(continuation | context) and is_greedy of each request.
 
-        Both over the model's full (padded) vocabulary, not self.vocab_limit: renormalizing over
+        log p over the model's full (padded) vocabulary, not self.vocab_limit: renormalizing over
         the tokenizer's ids would report scores no other harness reproduces, and a padded id's
-        share of the mass is part of how good the model is.
+        share of the mass is part of how good the model is. is_greedy (each token the argmax)
+        among the ids below self.vocab_limit, the ones generate_until may write: teacher-forced
+        accuracy then counts a token right exactly when greedy generation, given the same
+        prefix, writes it. lm-eval takes the argmax over every id; the two differ only where a
+        padded id, which no tokenizer piece owns, outscores every real one.
         """
         family = self.config.family
         if family == "encoder":
@@ -101,7 +105,8 @@ class Harness:
             self._check_ids(context_ids + continuation_ids)
         if family == "decoder":
             built = [conditional_row(c, t, self.max_length) for c, t in pairs]
-            stats = scoring.score_decoder_rows(self.model, self.params, [row for row, _ in built], **self._sizes)
+            stats = scoring.score_decoder_rows(self.model, self.params, [row for row, _ in built],
+                                               vocab_limit=self.vocab_limit, **self._sizes)
             truncated = [cut for _, cut in built]
         else:
             sources, truncated = [], []
@@ -113,7 +118,7 @@ class Harness:
                 truncated.append(len(context_ids) > self.max_length)
             stats = scoring.score_seq2seq_rows(
                 self.model, self.params, [(s, np.asarray(t, np.int32)) for s, (_, t) in zip(sources, pairs)],
-                **self._sizes)
+                vocab_limit=self.vocab_limit, **self._sizes)
         self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
         return [_result(s, cut, t) for s, cut, (_, t) in zip(stats, truncated, pairs)]
 
@@ -131,7 +136,9 @@ class Harness:
             self._check_ids(ids)
             windows.append(rolling_windows(ids, self.max_length, self.prefix_token, self.rolling_context_len))
         flat = [row for rows in windows for row in rows]
-        stats = scoring.score_decoder_rows(self.model, self.params, flat, **self._sizes)
+        # The same vocab_limit as loglikelihood's, so both share one compiled kernel per shape.
+        stats = scoring.score_decoder_rows(self.model, self.params, flat, vocab_limit=self.vocab_limit,
+                                           **self._sizes)
         results, start = [], 0
         for rows in windows:
             token_log_probs = np.concatenate([s.log_probs for s in stats[start:start + len(rows)]])
@@ -207,7 +214,7 @@ class Harness:
                 masked[j] = mask_id
                 rows.append((masked, j, int(sequence[j])))
                 owners.append(index)
-        stats = scoring.score_masked_rows(self.model, self.params, rows, **self._sizes)
+        stats = scoring.score_masked_rows(self.model, self.params, rows, vocab_limit=self.vocab_limit, **self._sizes)
         per_request: list[list[scoring.TokenStats]] = [[] for _ in requests]
         for owner, s in zip(owners, stats):
             per_request[owner].append(s)

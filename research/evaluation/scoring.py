@@ -8,7 +8,10 @@ instead of once per example. Padding carries segment id 0, which the models mask
 
 Each kernel returns, per scored position, the target's log-probability (float32), whether
 the target is the argmax, and the multi-class Brier score of the next-token distribution
-(1 - 2 p_target + sum_v p_v^2).
+(1 - 2 p_target + sum_v p_v^2). Log-probabilities and Brier scores are over the model's full
+(padded) vocabulary; the argmax, with `vocab_limit`, over the ids below it, the ones greedy
+generation may pick (harness.Harness.vocab_limit), so a token counted right under teacher
+forcing is the one generation would write.
 """
 from __future__ import annotations
 
@@ -39,40 +42,44 @@ def bucket_length(n: int, max_len: int, min_bucket: int = 16) -> int:
     return min(max_len, max(min_bucket, 1 << (n - 1).bit_length()))
 
 
-def _token_stats(logits_BTV: Array, targets_BT: Array) -> tuple[Array, Array, Array]:
+def _token_stats(logits_BTV: Array, targets_BT: Array, vocab_limit: int | None) -> tuple[Array, Array, Array]:
     log_probs_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
     target_BT = jnp.take_along_axis(log_probs_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    greedy_BT = jnp.argmax(log_probs_BTV, axis=-1) == targets_BT
+    # The argmax among the ids generation may write: a padded id (no tokenizer piece) that
+    # outscores the gold token made it "wrong" here while generation, which never picks a
+    # padded id, wrote it.
+    greedy_BT = jnp.argmax(log_probs_BTV[..., :vocab_limit], axis=-1) == targets_BT
     brier_BT = 1.0 - 2.0 * jnp.exp(target_BT) + jnp.sum(jnp.exp(2.0 * log_probs_BTV), axis=-1)
     return target_BT, greedy_BT, brier_BT
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def decoder_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array, *,
-                        model: nn.Module) -> tuple[Array, Array, Array]:
+                        model: nn.Module, vocab_limit: int | None = None) -> tuple[Array, Array, Array]:
     """Causal LM: stats of targets_BT[b, t] given tokens_BT[b, :t+1] (right-padded rows)."""
     logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
-    return _token_stats(logits_BTV, targets_BT)
+    return _token_stats(logits_BTV, targets_BT, vocab_limit)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def seq2seq_token_stats(params: Any, source_BS: Array, source_segment_ids_BS: Array, decoder_inputs_BT: Array,
                         target_segment_ids_BT: Array, targets_BT: Array, *,
-                        model: nn.Module) -> tuple[Array, Array, Array]:
+                        model: nn.Module, vocab_limit: int | None = None) -> tuple[Array, Array, Array]:
     """Encoder-decoder: stats of targets_BT given the source and the shifted targets."""
     logits_BTV = model.apply({"params": params}, source_BS, decoder_inputs_BT,
                              encoder_segment_ids_BS=source_segment_ids_BS,
                              decoder_segment_ids_BT=target_segment_ids_BT)
-    return _token_stats(logits_BTV, targets_BT)
+    return _token_stats(logits_BTV, targets_BT, vocab_limit)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def masked_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, masked_position_B: Array,
-                       targets_B: Array, *, model: nn.Module) -> tuple[Array, Array, Array]:
+                       targets_B: Array, *, model: nn.Module,
+                       vocab_limit: int | None = None) -> tuple[Array, Array, Array]:
     """Masked LM: stats of targets_B at the one masked position of each row."""
     logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
     logits_BV = jnp.take_along_axis(logits_BTV, masked_position_B[:, None, None], axis=1)[:, 0]
-    stats = _token_stats(logits_BV[:, None], targets_B[:, None])
+    stats = _token_stats(logits_BV[:, None], targets_B[:, None], vocab_limit)
     return tuple(s[:, 0] for s in stats)
 
 
@@ -101,14 +108,16 @@ def _right_pad(seqs: Sequence[np.ndarray], batch: int, width: int) -> tuple[np.n
 
 
 def score_decoder_rows(model: nn.Module, params: Any, rows: Sequence[ScoredRow], *, batch_size: int,
-                       max_len: int, min_bucket: int) -> list[TokenStats]:
-    """TokenStats of the last `num_scored` targets of every row (inputs tokens[:-1] <= max_len)."""
+                       max_len: int, min_bucket: int, vocab_limit: int | None = None) -> list[TokenStats]:
+    """TokenStats of the last `num_scored` targets of every row (inputs tokens[:-1] <= max_len);
+    is_greedy among the ids below vocab_limit (None: every id)."""
     out: list[TokenStats | None] = [None] * len(rows)
     for chunk in _batches([len(r.tokens) - 1 for r in rows], batch_size):
         width = bucket_length(max(len(rows[i].tokens) - 1 for i in chunk), max_len, min_bucket)
         inputs, segments = _right_pad([rows[i].tokens[:-1] for i in chunk], batch_size, width)
         targets, _ = _right_pad([rows[i].tokens[1:] for i in chunk], batch_size, width)
-        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, model=model))
+        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, model=model,
+                                                   vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
             n, k = len(rows[i].tokens) - 1, rows[i].num_scored
             out[i] = TokenStats(*(np.asarray(s[r, n - k:n]) for s in stats))
@@ -116,7 +125,8 @@ def score_decoder_rows(model: nn.Module, params: Any, rows: Sequence[ScoredRow],
 
 
 def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *,
-                       batch_size: int, max_len: int, min_bucket: int) -> list[TokenStats]:
+                       batch_size: int, max_len: int, min_bucket: int,
+                       vocab_limit: int | None = None) -> list[TokenStats]:
     """TokenStats of every target token of (source ids, target ids) pairs; decoding starts
     from config.decoder_start_token_id, as in teacher-forced training."""
     start = model.config.decoder_start_token_id
@@ -129,7 +139,7 @@ def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.n
         shifted = [np.concatenate([[start], pairs[i][1][:-1]]).astype(np.int32) for i in chunk]
         decoder_inputs, _ = _right_pad(shifted, batch_size, target_width)
         stats = jax.device_get(seq2seq_token_stats(params, source, source_segments, decoder_inputs, target_segments,
-                                                   targets, model=model))
+                                                   targets, model=model, vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
             n = len(pairs[i][1])
             out[i] = TokenStats(*(np.asarray(s[r, :n]) for s in stats))
@@ -137,7 +147,8 @@ def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.n
 
 
 def score_masked_rows(model: nn.Module, params: Any, rows: Sequence[tuple[np.ndarray, int, int]], *,
-                      batch_size: int, max_len: int, min_bucket: int) -> list[TokenStats]:
+                      batch_size: int, max_len: int, min_bucket: int,
+                      vocab_limit: int | None = None) -> list[TokenStats]:
     """TokenStats (one position each) of (masked ids, masked position, true token) rows."""
     out: list[TokenStats | None] = [None] * len(rows)
     for chunk in _batches([len(r[0]) for r in rows], batch_size):
@@ -147,7 +158,8 @@ def score_masked_rows(model: nn.Module, params: Any, rows: Sequence[tuple[np.nda
         targets = np.zeros((batch_size,), np.int32)
         for r, i in enumerate(chunk):
             positions[r], targets[r] = rows[i][1], rows[i][2]
-        stats = jax.device_get(masked_token_stats(params, tokens, segments, positions, targets, model=model))
+        stats = jax.device_get(masked_token_stats(params, tokens, segments, positions, targets, model=model,
+                                                  vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
             out[i] = TokenStats(*(np.asarray(s[r:r + 1]) for s in stats))
     return out

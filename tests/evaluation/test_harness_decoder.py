@@ -150,11 +150,12 @@ def test_bad_tokens_and_settings_fail_before_compiling(gpt2):
         harness.generate_until([GenerateRequest(text([5]), "\n", 4)])
 
 
+class SizedIdTokenizer(IdTokenizer):
+    vocab_size = 64  # the model embeds 96 ids: 32 padded ones
+
+
 def test_generation_keeps_to_the_tokenizers_ids_and_scoring_to_the_models_softmax(gpt2):
     from tests.test_decoding_vocab_limit import padded_ids_win
-
-    class SizedIdTokenizer(IdTokenizer):
-        vocab_size = 64  # the model embeds 96 ids: 32 padded ones
 
     model, params = gpt2
     params = padded_ids_win(params, 64)  # ids 64..95 now win every greedy step
@@ -167,3 +168,23 @@ def test_generation_keeps_to_the_tokenizers_ids_and_scoring_to_the_models_softma
     # Teacher-forced scores are the same with or without the limit: the full-vocabulary softmax.
     scored = [LoglikelihoodRequest(text([5, 9]), text([12, 40]))]
     assert harness.loglikelihood(scored)[0].log_prob == unlimited.loglikelihood(scored)[0].log_prob
+
+
+def test_is_greedy_is_the_argmax_among_the_ids_generation_may_write(gpt2):
+    # Teacher-forced accuracy counts a token right when it is the argmax: over the model's padded
+    # vocabulary a padded id won every position, so the tokens greedy generation writes (never a
+    # padded id) were all scored "not greedy", and p fell below what generation got right.
+    from tests.test_decoding_vocab_limit import padded_ids_win
+
+    model, params = gpt2
+    params = padded_ids_win(params, 64)  # ids 64..95 outscore every real id after any input
+    harness = Harness(model, params, SizedIdTokenizer(), batch_size=2)
+    outputs = harness.generate_until([GenerateRequest(text(p), (), 4) for p in ([5, 9, 12], [7], [33, 34])])
+    prompt, written = next((p, r.tokens) for p, r in zip(([5, 9, 12], [7], [33, 34]), outputs) if r.tokens)
+    (scored,) = harness.loglikelihood([LoglikelihoodRequest(text(prompt), text(list(written)))])
+    assert scored.is_greedy and scored.token_is_greedy.all()
+    # Over every id (no vocab_size: nothing to limit, lm-eval's argmax) none of them is.
+    (full,) = Harness(model, params, IdTokenizer(), batch_size=2).loglikelihood(
+        [LoglikelihoodRequest(text(prompt), text(list(written)))])
+    assert not full.token_is_greedy.any()
+    np.testing.assert_array_equal(full.token_log_probs, scored.token_log_probs)  # log p unchanged
