@@ -13,7 +13,8 @@ Steps (each skipped on a rerun when already done):
   4. report/ (experiments/emergence_report.py): results.{json,csv} (one row per size, step,
      task and shots), summary.{json,csv} (each metric across sizes at the end of training, with
      BIG-bench linearity and breakthroughness), mirage.{json,csv} (exact match beside p^L per
-     size and answer length) and mirage_shapes (their shapes across report.mirage_sizes),
+     size and answer length, with their paired difference and whether its 80% interval holds 0,
+     study_report.mirage_table) and mirage_shapes (their shapes across report.mirage_sizes),
      transition / transition_shapes / mirage_along_training (the same along training, with the
      jump rule), mirage_verdicts (the mirage by rule, study_report.sharpening_verdict: across
      sizes and along training per size), report.md, and plots: vs_params.png, vs_compute.png,

@@ -196,13 +196,21 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
             f"(research/evaluation/emergence_metrics.py)."
             f"\n\n## Across sizes (end of training), values ordered by size\n\n```\n{shapes}\n```\n")
     if mirage:
-        table = format_table(_interval_text(mirage, ["exact_match", "p", "p_to_the_L", "target_log_prob",
-                                                     "token_edit_distance"]),
-                             ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "p",
-                              "target_log_prob", "token_edit_distance"])
+        shown = [{**r, "em_minus_pL": r["exact_match_minus_p_to_the_L"],
+                  "em_minus_pL_interval": r["exact_match_minus_p_to_the_L_interval"],
+                  "agrees": r["exact_match_agrees_with_p_to_the_L"]} for r in mirage]
+        table = format_table(_interval_text(shown, ["exact_match", "p", "p_to_the_L", "em_minus_pL", "target_log_prob",
+                                                    "token_edit_distance"]),
+                             ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "em_minus_pL",
+                              "agrees", "p", "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy: each item's "
-                 "share of right answer tokens, averaged over items; L = answer_tokens, the items' mean answer "
-                 "length; p^L = that p raised to that L, its interval resampling the items' p with L held)"
+                 "share of right answer tokens, the target's and then the stop string's that ends it, averaged "
+                 "over items; L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
+                 "that L, its interval resampling the items' p with L held; em_minus_pL = exact match - p^L, its "
+                 "80% interval from the same item resamples; agrees: that interval contains 0, in "
+                 f"{sum(r['agrees'] for r in shown)} of {len(shown)} rows. Overlapping intervals of the two are no "
+                 "test of agreement: both come from the same items. Below 0 the wrong tokens are spread over more "
+                 "items than independent errors would spread them, above 0 they gather on fewer)"
                  f"\n\n```\n{table}\n```\n")
         mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),

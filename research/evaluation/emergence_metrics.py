@@ -192,6 +192,31 @@ def bootstrap_mean_interval(values: Sequence[float], *, samples: int = 1000, con
     return float(f(x.mean())), float(low), float(high)
 
 
+def bootstrap_difference_interval(values: Sequence[float], others: Sequence[float], *, samples: int = 1000,
+                                  confidence: float = 0.8, seed: int = 0,
+                                  transform_others=None) -> tuple[float, float, float]:
+    """(estimate, low, high): mean(values) - transform_others(mean(others)) over per-item values
+    of the same items (e.g. exact match - p^L), with its item-bootstrap percentile interval.
+
+    Both means are taken over the same resampled items in every resample (the paired bootstrap
+    of Efron and Tibshirani 1993, ch. 6), and the resamples are bootstrap_mean_interval's for the
+    same seed and item count, so the difference's interval pairs with each side's own. Two
+    quantities of the same items are correlated, so their difference varies less than either:
+    whether two 80% intervals overlap says little about whether the two agree, whether this
+    interval contains 0 does."""
+    x, y = np.asarray(values, np.float64), np.asarray(others, np.float64)
+    if x.size == 0 or x.shape != y.shape:
+        raise ConfigError(f"bootstrap_difference_interval needs per-item values of the same items, got "
+                          f"{x.shape} and {y.shape}.")
+    f = transform_others or (lambda m: m)
+    rng = np.random.default_rng(seed)
+    index_BI = rng.integers(0, x.size, size=(samples, x.size))
+    differences = x[index_BI].mean(axis=1) - f(y[index_BI].mean(axis=1))
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(differences, [tail, 100.0 - tail])
+    return float(x.mean() - f(y.mean())), float(low), float(high)
+
+
 def in_context_learning_score(token_losses: Sequence[np.ndarray], *, early_token: int = 50,
                               late_token: int = 500) -> float:
     """mean_n loss_n[late_token] - mean_n loss_n[early_token] (Olsson et al. 2022), in nats.

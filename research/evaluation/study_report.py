@@ -76,10 +76,21 @@ ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob",
 def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
                  seed: int = 0) -> list[dict[str, Any]]:
     """Exact match beside p^L (Schaeffer et al. 2023), per size and task, with item-bootstrap
-    intervals: p is the teacher-forced per-token accuracy and L the answer's token count
-    (the mean over items; all items of one addition length have nearly the same L). Also the
-    teacher-forced probability, log-probability of the answer and edit distance."""
-    from research.evaluation.emergence_metrics import bootstrap_mean_interval
+    intervals: p is the teacher-forced per-token accuracy and L the answer's token count, both
+    over the target's tokens and the stop string's (metrics.py), L the mean over items (in
+    base-26 addition of k digits an answer is k or k + 1 tokens and the stop; (mean p)^(mean L)
+    is then within 0.006 of the mean of each item's p^L for independent digits). Also the
+    teacher-forced probability, log-probability of the target (and of the target and its stop,
+    where the rows have it) and edit distance.
+
+    `exact_match_minus_p_to_the_L`: the paired difference, its interval from the same item
+    resamples as both sides' (emergence_metrics.bootstrap_difference_interval). Exact match
+    agrees with p^L (`exact_match_agrees_with_p_to_the_L`) when that interval contains 0; two
+    overlapping intervals are no such test, as both come from the same items. Below 0, exact
+    match is below p^L: the wrong tokens are spread over more items than independent errors
+    spread them (as a missed stop decision on every item would); above 0, they gather on fewer.
+    """
+    from research.evaluation.emergence_metrics import bootstrap_difference_interval, bootstrap_mean_interval
 
     out = []
     for row in final_rows:
@@ -91,15 +102,22 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
                  "params_non_embedding": row["params_non_embedding"],
                  **{k: row[k] for k in ("step", "tokens") if k in row},  # rows along training keep their place
                  "items": len(items["exact_match"]), "answer_tokens": L}
-        for metric, transform, name in (("exact_match", None, "exact_match"),
-                                        ("teacher_forced_accuracy", None, "p"),
-                                        ("teacher_forced_accuracy", lambda m: m**L, "p_to_the_L"),
-                                        ("teacher_forced_prob", None, "p_prob"),
-                                        ("target_log_prob", None, "target_log_prob"),
-                                        ("token_edit_distance", None, "token_edit_distance")):
+        columns = [("exact_match", None, "exact_match"), ("teacher_forced_accuracy", None, "p"),
+                   ("teacher_forced_accuracy", lambda m: m**L, "p_to_the_L"),
+                   ("teacher_forced_prob", None, "p_prob"), ("target_log_prob", None, "target_log_prob"),
+                   ("target_and_stop_log_prob", None, "target_and_stop_log_prob"),
+                   ("token_edit_distance", None, "token_edit_distance")]
+        for metric, transform, name in columns:
+            if metric not in items:  # target_and_stop_log_prob: evaluations cached before it
+                continue
             value, low, high = bootstrap_mean_interval(items[metric], samples=samples, confidence=confidence,
                                                        seed=seed, transform=transform)
             entry[name], entry[f"{name}_interval"] = value, [low, high]
+        value, low, high = bootstrap_difference_interval(items["exact_match"], items["teacher_forced_accuracy"],
+                                                         samples=samples, confidence=confidence, seed=seed,
+                                                         transform_others=lambda m: m**L)
+        entry["exact_match_minus_p_to_the_L"], entry["exact_match_minus_p_to_the_L_interval"] = value, [low, high]
+        entry["exact_match_agrees_with_p_to_the_L"] = bool(low <= 0.0 <= high)
         out.append(entry)
     return out
 

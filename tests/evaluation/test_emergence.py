@@ -66,6 +66,12 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     for m in mirage:
         low, high = m["p_to_the_L_interval"]
         assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
+        # Agreement is read from the paired difference's interval, not from two overlapping ones.
+        low, high = m["exact_match_minus_p_to_the_L_interval"]
+        assert m["exact_match_minus_p_to_the_L"] == pytest.approx(m["exact_match"] - m["p_to_the_L"])
+        assert m["exact_match_agrees_with_p_to_the_L"] == (low <= 0 <= high)
+        # L counts the stop string ("\n") that ends each answer: micro's sums are 2 or 3 digits.
+        assert 3 <= m["answer_tokens"] <= 4
     # The mirage's shapes across report.mirage_sizes (micro: empty, so every size): per final task and metric.
     shapes = read_rows(os.path.join(workdir, "report", "mirage_shapes.json"))
     # One answer length (micro's final task): no sharpening with length to judge, no verdict rows.
@@ -81,6 +87,7 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     report = open(paths["report"]).read()
     assert "breakthroughness" in report and "scale-3e4" in report
     assert "paper_breakthroughness" in report.split("## Across sizes")[1]  # the unfloored values beside
+    assert "em_minus_pL" in report.split("## The mirage")[1] and "agrees" in report.split("## The mirage")[1]
 
 
 def test_training_data_holds_out_the_evaluation_problems(micro_study):

@@ -8,6 +8,7 @@ import pytest
 from research.evaluation import metrics as M
 from research.evaluation.emergence_metrics import (bootstrap_mean_interval, breakthroughness,
                                                    curve_shape_with_noise, linearity, total_improvement)
+from research.evaluation.study_report import mirage_table
 
 SCALES = [1e4, 3e4, 1e5, 3e5, 1e6]
 
@@ -90,12 +91,49 @@ def test_exact_match_matches_p_to_the_L_only_for_independent_tokens(L):
     correct_NL = rng.random((n, L)) < p  # independent per-token errors (Schaeffer et al.'s model)
     exact = correct_NL.all(axis=1).astype(float)
     accuracy = correct_NL.mean(axis=1)
-    em, em_low, em_high = bootstrap_mean_interval(exact, samples=2000)
-    pl, pl_low, pl_high = bootstrap_mean_interval(accuracy, samples=2000, transform=lambda m: m**L)
-    assert pl == pytest.approx(accuracy.mean() ** L)
-    assert max(em_low, pl_low) <= min(em_high, pl_high) + 0.01  # intervals meet: EM ~ p^L
-    # Errors that come all together (an item is right or wrong as a whole): EM = p, far from p^L.
+    pl, _, _ = bootstrap_mean_interval(accuracy, samples=2000, transform=lambda m: m**L)
+    assert pl == pytest.approx(accuracy.mean() ** L) and exact.mean() == pytest.approx(pl, abs=0.03)
+    assert _mirage_row(correct_NL)["exact_match_agrees_with_p_to_the_L"]  # the paired difference's interval holds 0
+    # Errors that come all together (an item is right or wrong as a whole): EM = p, far above p^L.
     together = np.repeat((rng.random(n) < p)[:, None], L, axis=1)
-    em2, low2, high2 = bootstrap_mean_interval(together.all(axis=1).astype(float))
-    _, pl2_low, pl2_high = bootstrap_mean_interval(together.mean(axis=1), transform=lambda m: m**L)
+    _, low2, _ = bootstrap_mean_interval(together.all(axis=1).astype(float))
+    _, _, pl2_high = bootstrap_mean_interval(together.mean(axis=1), transform=lambda m: m**L)
     assert low2 > pl2_high  # the comparison detects it
+    assert _mirage_row(together)["exact_match_minus_p_to_the_L_interval"][0] > 0
+
+
+def _mirage_row(correct_NL: np.ndarray) -> dict:
+    """study_report.mirage_table's row of items whose answer tokens are right where correct_NL is."""
+    n = len(correct_NL)
+    items = {"exact_match": correct_NL.all(axis=1).astype(float).tolist(),
+             "teacher_forced_accuracy": correct_NL.mean(axis=1).tolist(),
+             "teacher_forced_prob": correct_NL.mean(axis=1).tolist(), "target_log_prob": [0.0] * n,
+             "token_edit_distance": [0.0] * n, "answer_tokens": [float(correct_NL.shape[1])] * n}
+    (row,) = mirage_table([{"task": "t", "num_shots": 0, "size": "s", "params_non_embedding": 1, "items": items}])
+    return row
+
+
+def test_exact_match_and_p_to_the_L_agree_by_their_paired_difference_not_by_overlapping_intervals():
+    # The audit's case: 1000 items of 6 tokens, half the items easy (each token right with
+    # probability 0.92), half hard (0.84), tokens independent within an item. Exact match is
+    # then above p^L (errors gather on the hard items), and the two 80% intervals overlap,
+    # which the design log read as "exact match follows p^L"; the difference's interval, from
+    # the same item resamples, does not hold 0.
+    rng = np.random.default_rng(0)
+    n, L = 1000, 6
+    hard = rng.random(n) < 0.5
+    correct_NL = rng.random((n, L)) < np.where(hard, 0.84, 0.92)[:, None]
+    row = _mirage_row(correct_NL)
+    (em_low, em_high), (pl_low, pl_high) = row["exact_match_interval"], row["p_to_the_L_interval"]
+    assert max(em_low, pl_low) <= min(em_high, pl_high)  # the intervals overlap
+    low, high = row["exact_match_minus_p_to_the_L_interval"]
+    assert 0 < low < row["exact_match_minus_p_to_the_L"] < high
+    assert not row["exact_match_agrees_with_p_to_the_L"]
+    # By hand: the difference of the two means over one resample of the items, 1000 resamples.
+    exact, p = correct_NL.all(axis=1).astype(float), correct_NL.mean(axis=1)
+    index_BI = np.random.default_rng(0).integers(0, n, size=(1000, n))
+    differences = exact[index_BI].mean(axis=1) - p[index_BI].mean(axis=1) ** L
+    assert row["exact_match_minus_p_to_the_L"] == pytest.approx(exact.mean() - p.mean() ** L)
+    np.testing.assert_allclose([low, high], np.percentile(differences, [10, 90]))
+    # Paired with each side's own interval: the same resamples (seed and item count).
+    np.testing.assert_allclose(row["exact_match_interval"], np.percentile(exact[index_BI].mean(axis=1), [10, 90]))
