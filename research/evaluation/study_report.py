@@ -189,7 +189,12 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
     checkpoints (`largest_step`, `at_step`) beside its noise (`largest_step_se`, the bootstrap
     standard error of that step), and `jump_ratio`, that step over the root-median-square step.
     `jump` (a genuine transition): above item noise (the curve's range above its noise range,
-    and the largest step > NOISE_Z standard errors) and jump_ratio > JUMP_RATIO (above training noise)."""
+    and the largest step > NOISE_Z standard errors) and jump_ratio > JUMP_RATIO (above training noise).
+
+    As in noisy_curve_summary, a metric where lower is better (LOWER_IS_BETTER: edit distance,
+    Brier score) is negated for the shape, so a rise is an improvement: its largest_step is its
+    largest fall, shown in the metric's own sign (negative) as `first` and `last` are, while
+    total_improvement, jump_ratio, L and B stay oriented (positive: better along training)."""
     from research.evaluation.emergence_metrics import NOISE_Z
     from research.evaluation.emergence_metrics import curve_shape_with_noise
 
@@ -208,7 +213,9 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
         for metric in metrics:
             if not all(metric in m["items"] for m in members) or len({len(m["items"][metric]) for m in members}) != 1:
                 continue
-            scores_MI = np.asarray([m["items"][metric] for m in members], np.float64)
+            # Oriented, larger better: an edit distance collapsing to 0 is the jump, one blowing up is not.
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            scores_MI = sign * np.asarray([m["items"][metric] for m in members], np.float64)
             shape = curve_shape_with_noise([m["step"] for m in members], scores_MI, samples=samples, seed=seed)
             steps = np.diff(np.asarray(shape["values"]))
             k = int(np.argmax(steps))
@@ -221,8 +228,9 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
             jump = bool(shape["above_noise"] and steps[k] > NOISE_Z * step_se and jump_ratio > JUMP_RATIO)
             out.append({"task": task, "size": size, "num_shots": shots,
                         "params_non_embedding": members[0]["params_non_embedding"],
-                        "metric": metric, "checkpoints": len(members), "first": shape["values"][0],
-                        "last": shape["values"][-1], "largest_step": float(steps[k]),
+                        # + 0.0: no "-0.0" for a flipped zero
+                        "metric": metric, "checkpoints": len(members), "first": sign * shape["values"][0] + 0.0,
+                        "last": sign * shape["values"][-1] + 0.0, "largest_step": sign * float(steps[k]) + 0.0,
                         "at_step": int(members[k + 1]["step"]), "largest_step_se": step_se,
                         "step_spacing": float(np.median(np.diff([m["step"] for m in members]))),
                         "jump_ratio": jump_ratio, "jump": jump,
@@ -272,8 +280,9 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
          80% item-bootstrap intervals apart;
       3. `part`'s is not: its longest-length interval reaches down to the shortest's.
     `shapes`: noisy curve shapes (noisy_curve_summary / transition_shapes rows, one family) with
-    "task", "metric", "values" (or "first" and "last"), "breakthroughness" and
-    "breakthroughness_interval"; `lengths`:
+    "task", "metric", "values" (or "first" and "last", in the metric's own sign; for a
+    lower-is-better `part` "improves" means falls), "breakthroughness" and
+    "breakthroughness_interval" (oriented, larger better, as those functions give it); `lengths`:
     {task: mean answer tokens}, the tasks read. A curve within item noise has no
     breakthroughness: then 2 fails, and 3 holds. None when a length lacks either metric."""
     by_key = {(s["task"], s["metric"]): s for s in shapes if s["task"] in lengths}
@@ -281,10 +290,12 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
     if len(tasks) < 2 or len(tasks) != len(lengths):
         return None
     shortest, longest = min(tasks, key=lengths.get), max(tasks, key=lengths.get)
+    better = lambda values: [oriented(part, v) for v in values]  # a fall of edit distance is a rise
     if premise == "monotone":
-        improves = all(np.all(np.diff(by_key[(t, part)]["values"]) > 0) for t in tasks)
+        improves = all(np.all(np.diff(better(by_key[(t, part)]["values"])) > 0) for t in tasks)
     elif premise == "net":  # transition_shapes rows carry their curve's first and last values
-        ends = lambda row: (row["first"], row["last"]) if "first" in row else (row["values"][0], row["values"][-1])
+        ends = lambda row: better((row["first"], row["last"]) if "first" in row else (row["values"][0],
+                                                                                       row["values"][-1]))
         improves = all(ends(by_key[(t, part)])[1] > ends(by_key[(t, part)])[0] for t in tasks)
     else:
         raise ValueError(f"premise={premise!r}: 'monotone' or 'net'.")

@@ -206,3 +206,33 @@ def test_rows_round_trip_and_plots_are_written(tmp_path):
     path = plot_grid(rows, x="params", metrics=("exact_match", "absent"), panel=lambda r: r["task"],
                      series=lambda r: r["size"], path=str(tmp_path / "p.png"))
     assert os.path.getsize(path) > 5_000 and open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_lower_is_better_curves_along_training_are_oriented_before_their_shape():
+    # Edit distance 3 -> 0 in one checkpoint is the model learning (the jump); 0 -> 3 is a
+    # collapse, no jump. Unoriented, the collapse was the jump and the learning had no rise.
+    def rows(size, params, wrong):  # 400 items; per checkpoint how many have edit distance 3 (the rest 0)
+        return [{"task": "add", "size": size, "params_non_embedding": params, "step": 250 * (i + 1), "num_shots": 0,
+                 "items": {"token_edit_distance": [3.0] * c + [0.0] * (400 - c)}} for i, c in enumerate(wrong)]
+    data = rows("learns", 1, [400] * 6 + [0] * 6) + rows("forgets", 2, [0] * 6 + [400] * 6)
+    learns, forgets = transition_shapes(data, "add", ("token_edit_distance",))
+    assert learns["jump"] and not forgets["jump"]
+    assert (learns["first"], learns["last"], learns["largest_step"], learns["at_step"]) == (3.0, 0.0, -3.0, 1750)
+    assert learns["total_improvement"] == pytest.approx(3.0) and forgets["total_improvement"] == pytest.approx(-3.0)
+    assert (forgets["first"], forgets["last"]) == (0.0, 3.0) and "-0.0" not in json.dumps(forgets)
+
+
+def test_sharpening_verdicts_premise_reads_a_falling_edit_distance_as_improving():
+    lengths = {"two": 2.0, "six": 6.0}
+    falling = [2.0, 1.5, 0.8, 0.1]  # edit distance improving at every size step
+    shapes = [_shape("two", "exact_match", [0.25, 0.36, 0.56, 0.9], [3.0, 3.5]),
+              _shape("six", "exact_match", [0.02, 0.05, 0.18, 0.74], [4.5, 6.0]),
+              _shape("two", "token_edit_distance", falling, [2.8, 3.2]),
+              _shape("six", "token_edit_distance", falling, [2.9, 3.3])]
+    verdict = sharpening_verdict(shapes, lengths, part="token_edit_distance")
+    assert verdict["token_edit_distance_improves"] and verdict["mirage"]
+    rising = [dict(s, values=s["values"][::-1]) if s["metric"] == "token_edit_distance" else s for s in shapes]
+    assert not sharpening_verdict(rising, lengths, part="token_edit_distance")["token_edit_distance_improves"]
+    ends = [{**{k: v for k, v in s.items() if k != "values"}, "first": s["values"][0], "last": s["values"][-1]}
+            for s in shapes]  # transition_shapes rows, along training
+    assert sharpening_verdict(ends, lengths, premise="net", part="token_edit_distance")["mirage"]
