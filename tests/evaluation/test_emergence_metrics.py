@@ -137,3 +137,17 @@ def test_exact_match_and_p_to_the_L_agree_by_their_paired_difference_not_by_over
     np.testing.assert_allclose([low, high], np.percentile(differences, [10, 90]))
     # Paired with each side's own interval: the same resamples (seed and item count).
     np.testing.assert_allclose(row["exact_match_interval"], np.percentile(exact[index_BI].mean(axis=1), [10, 90]))
+
+
+def test_exact_match_zero_on_every_item_agrees_with_a_p_to_the_L_below_one_item():
+    # 1000 items of 6 tokens, each right with probability 0.2: p^L = 6.4e-5, so no item is all
+    # right, and exact match is 0 in every resample. The difference's interval then sits just
+    # below 0 (all of it p^L's spread), less than one item (0.001) from it: agreement. A p^L of
+    # 0.05, 50 items' worth, is not.
+    rng = np.random.default_rng(1)
+    for p, agrees in ((0.2, True), (0.6, False)):
+        correct_NL = rng.random((1000, 6)) < p
+        correct_NL[correct_NL.all(axis=1), 0] = False  # exact match 0 on every item
+        row = _mirage_row(correct_NL)
+        assert row["exact_match_interval"] == [0.0, 0.0] and row["exact_match_minus_p_to_the_L_interval"][1] < 0
+        assert row["exact_match_agrees_with_p_to_the_L"] == agrees
