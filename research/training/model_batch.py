@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -155,8 +156,16 @@ def check_trainable_together(configs: Sequence[ml_collections.ConfigDict], workd
     """One line naming the first field that keeps these configs out of one program."""
     if len(configs) != len(workdirs) or not configs:
         raise ConfigError(f"{len(configs)} configs and {len(workdirs)} workdirs: give one workdir per config.")
-    if len(set(workdirs)) != len(workdirs):
-        raise ConfigError("two models share a workdir; give each model its own.")
+    seen: dict[str, int] = {}
+    for index, workdir in enumerate(workdirs):
+        # One directory has many spellings ('runs/./a', 'runs/a/', a symlink): as strings they
+        # passed as two workdirs, and the two models wrote one run.json, metrics.jsonl and checkpoints.
+        # Cloud paths (gs://...) have no links to resolve: only a trailing '/' is dropped.
+        key = workdir.rstrip("/") if "://" in workdir else os.path.realpath(workdir)
+        if key in seen:
+            raise ConfigError(f"models {seen[key]} and {index} share a workdir ({workdirs[seen[key]]!r} and "
+                              f"{workdir!r} are one directory); give each model its own.")
+        seen[key] = index
     ignored = set(BATCHABLE) | {"batched.field", "batched.values", "train.progress_bar"}
     reference = _flat(configs[0])
     for index, config in enumerate(configs[1:], start=1):

@@ -1,6 +1,7 @@
 """K models in one program train exactly as each would alone; a diverging one is named and
 the others go on; configs that cannot share a program are refused in one line."""
 import copy
+import re
 import sys
 
 import ml_collections
@@ -258,6 +259,23 @@ def test_models_of_different_shapes_are_refused_in_one_line(tokenizers, tmp_path
     assert "\n" not in str(error.value) and not (tmp_path / "a").exists()
     with pytest.raises(ConfigError, match="share a workdir"):
         train_together([config, config], [str(tmp_path / "a")] * 2)
+
+
+def test_two_spellings_of_one_workdir_are_one_workdir(tmp_path):
+    """'a/./b' and 'b/' passed as two workdirs: both models wrote one run.json, metrics.jsonl and checkpoints."""
+    configs = [run_config("gpt_tiny", "unused.model"), _member(run_config("gpt_tiny", "unused.model"),
+                                                                **{"train.seed": 1})]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    a = str(tmp_path / "a")
+    for other in (a + "/", f"{tmp_path}/./a", str(tmp_path / "link")):
+        with pytest.raises(ConfigError, match=re.escape(f"models 0 and 1 share a workdir ('{a}' and '{other}' are one "
+                                                        "directory); give each model its own.")) as error:
+            model_batch.check_trainable_together(configs, [a, other])
+        assert "\n" not in str(error.value)
+    model_batch.check_trainable_together(configs, [a, str(tmp_path / "b")])
+    with pytest.raises(ConfigError, match="share a workdir"):  # cloud paths: compared as written, less a final '/'
+        model_batch.check_trainable_together(configs, ["gs://bucket/a", "gs://bucket/a/"])
 
 
 def test_kill_9_batched_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
