@@ -159,6 +159,32 @@ def test_a_damaged_latest_checkpoint_falls_back_and_an_explicit_one_is_one_line(
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("damage", ["truncated config", "no config item"])
+def test_a_latest_checkpoint_whose_config_is_damaged_falls_back_too(run_dir, tmp_path, caplog, damage):
+    """The newest step's config was read before the fallback: a truncated one raised a bare
+    JSONDecodeError, a missing one a ConfigError, where training's resume takes the step before."""
+    import shutil
+
+    from research.training.checkpoint_loading import DamagedCheckpointError, load_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(run / "checkpoints" / "1", run / "checkpoints" / "2")
+    config = run / "checkpoints" / "2" / "config"
+    if damage == "truncated config":
+        (config / "metadata").write_bytes((config / "metadata").read_bytes()[:100])
+    else:
+        shutil.rmtree(config)
+    with caplog.at_level("WARNING"):
+        loaded = load_checkpoint(str(run))
+    assert loaded.step == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "checkpoints/2'" in warnings[0] and "Falling back" in warnings[0], warnings
+    expected = "cannot be read \\(its config: JSONDecodeError" if damage == "truncated config" else "holds no config"
+    with pytest.raises(DamagedCheckpointError, match=rf"checkpoint .*/2' {expected}.* pick another step") as error:
+        load_checkpoint(str(run), step=2)
+    assert "\n" not in str(error.value)
+
+
 
 @pytest.fixture(scope="module")
 def rigged_run(run_dir):

@@ -82,12 +82,21 @@ def run_config(path: str, step: int | None = None) -> dict[str, Any]:
     """The run config saved with checkpoint `step` (default latest), as a plain dict."""
     root = checkpoint_root(path)
     step = _pick_step(root, step)
-    config_file = os.path.join(root, str(step), "config", "metadata")
+    step_dir = os.path.join(root, str(step))
+    config_file = os.path.join(step_dir, "config", "metadata")
     if not os.path.isfile(config_file):
-        raise ConfigError(f"checkpoint {os.path.join(root, str(step))!r} holds no config item; it was not written "
-                          "by research.training (or is damaged).")
-    with open(config_file, encoding="utf-8") as f:
-        return json.load(f)
+        raise DamagedCheckpointError(f"checkpoint {step_dir!r} holds no config item; it is damaged (or was not "
+                                     "written by research.training): pick another step (--step=N) or retrain.")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    except (OSError, ValueError) as error:  # a truncated file (JSONDecodeError, UnicodeDecodeError are ValueErrors)
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise DamagedCheckpointError(f"checkpoint {step_dir!r} cannot be read (its config: {reason}); it is "
+                                     "damaged: pick another step (--step=N) or retrain.") from None
+    return config
 
 
 def model_config_from_run(config: dict[str, Any]) -> ModelConfig:
@@ -160,37 +169,39 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
     """
     root = checkpoint_root(path)
-    requested = step
-    step = _pick_step(root, step)
     workdir = run_workdir(root)
-    config = run_config(root, step)
-    model_config = model_config_from_run(config)
-    if model_overrides:
-        model_config = model_config.replace(**model_overrides)
-    # The run's own SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
-    # without them the vocabulary looks smaller, so generation would never emit a sentinel and
-    # decoding one would be an out-of-range error.
-    sentinels = 0 if tokenizer else int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
-    text_tokenizer = load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
-    check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
-    # The latest step may be damaged (a save killed mid-write): fall back to the newest intact
-    # one, as training's resume does, and say so. An explicitly requested step never falls back.
-    candidates = [step] if requested is not None else sorted(checkpoint_steps_in(root), reverse=True)
+    # The latest step may be damaged (a save killed mid-write, a truncated copy): its config or
+    # its params unreadable. Fall back to the newest intact one, as training's resume does, and
+    # say so. An explicitly requested step never falls back.
+    candidates = [_pick_step(root, step)] if step is not None else sorted(checkpoint_steps_in(root), reverse=True)
+    text_tokenizer = None
     for index, candidate in enumerate(candidates):
         try:
+            config = run_config(root, candidate)
+            model_config = model_config_from_run(config)
+            if model_overrides:
+                model_config = model_config.replace(**model_overrides)
+            if text_tokenizer is None:  # checked before the params are read: a wrong tokenizer fails at once
+                text_tokenizer = _run_tokenizer(config, workdir, tokenizer)
+            check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
             params = restore_params(os.path.join(root, str(candidate)))
         except DamagedCheckpointError as error:
             if index == len(candidates) - 1:
                 raise
             log.warning("%s Falling back to an earlier step.", error)
             continue
-        if candidate != step:
-            model_config = model_config_from_run(run_config(root, candidate))
-            if model_overrides:
-                model_config = model_config.replace(**model_overrides)
         step = candidate
         break
     return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
+
+
+def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
+    """The tokenizer to load a run's checkpoint with: `tokenizer` (a load_tokenizer spec), else the run's own."""
+    # The run's own SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
+    # without them the vocabulary looks smaller, so generation would never emit a sentinel and
+    # decoding one would be an out-of-range error.
+    sentinels = 0 if tokenizer else int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    return load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
 
 
 def load_hf(path: str, *, tokenizer: str | None = None, add_bos_token: bool | None = None,
