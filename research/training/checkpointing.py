@@ -17,6 +17,8 @@ copy, an item deleted by hand). Restoring without a step (`restore`) then falls 
 newest step that restores completely, logs which steps it skipped and why, and moves each
 damaged step aside into `<checkpoints>.damaged/<step>` so the run can save that step again.
 A step whose saved eval loss alone is unreadable keeps its state; only that record is moved aside.
+A step whose state does not fit the one the config builds (another optimizer, clipping turned
+on or off) is not damaged: `restore` refuses in one line and moves nothing.
 """
 from __future__ import annotations
 
@@ -57,6 +59,20 @@ def _one_line(error: BaseException, limit: int = 160) -> str:
     text = " ".join(str(error).split()) or repr(error)
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(error).__name__}: {text}"
+
+
+def _misfit(error: BaseException) -> str | None:
+    """Where the saved state does not fit the state this config builds (orbax's tree-structure or
+    shape mismatch: the config changed, the files are intact), else None."""
+    text = str(error)
+    if "tree structures do not match:" in text:  # then lines "path:", "- Source: now", "- Target: saved"
+        diff = text.split("tree structures do not match:", 1)[1].split("If this mismatch", 1)[0]
+        paths = [line.strip()[:-1] for line in diff.splitlines()
+                 if line.strip().endswith(":") and not line.strip().startswith("-")]
+        return f"its state's tree differs at {', '.join(paths[:3]) or 'the top'}{' and more' if len(paths) > 3 else ''}"
+    if "is not compatible with the stored shape" in text:  # "Requested shape: (4,) is not compatible with ..."
+        return " ".join(text.split(". ", 1)[0].split())
+    return None
 
 
 @contextlib.contextmanager
@@ -194,6 +210,13 @@ class Checkpointer:
                         restored = self._restore_step(candidate, target_state, data_iterator)
                         self.restore_config(candidate)  # resuming reads it too (schedule check)
                 except Exception as error:  # any failure to read a step means it is not usable
+                    misfit = _misfit(error)
+                    if misfit is not None:  # not damage: every step would fail alike, and none may be moved aside
+                        raise CheckpointError(
+                            f"checkpoint step {candidate} in {self.directory} does not fit this config ({misfit}): "
+                            "the config changed in a way its checkpoints cannot follow (e.g. opt.clip_norm between 0 "
+                            "and > 0, opt.name, a model dimension); rerun with the config they were saved with, or "
+                            "use a new workdir; the checkpoints are intact and were left as they are.") from None
                     reason = _one_line(error)
                 else:
                     self._set_aside(skipped, restored_step=candidate)

@@ -3,7 +3,8 @@
 `claim(workdir, config)` is called once the config has been validated and before the
 run writes anything. It refuses, in one line, a workdir that cannot be written, and one
 that holds another run: the run's fingerprint (what makes two runs the same run: model
-architecture, objective, data identity, sequence length, seed, optimizer) is written to
+architecture, objective, data identity, sequence length, seed, optimizer, and whether it
+clips gradients, which changes the optimizer state's structure) is written to
 <workdir>/run.json at the first start and compared on every later start. Fields that may
 legitimately change on resume (num_steps, learning rate, logging, mesh, compute dtype)
 are not in it; a changed learning-rate schedule is reported by `schedule_change`.
@@ -30,6 +31,9 @@ MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY
 # Moving a dataset does not make it another dataset.
 _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
 TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
+# Fingerprint fields added after run.json was introduced: a run.json recorded before lacks them,
+# and they are then taken from the newest checkpoint's saved config (none saved: nothing to compare).
+_ADDED_LATER = ("opt.clip_norm>0",)
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
 
@@ -63,15 +67,18 @@ def run_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     model_fields = {k: v for k, v in dict(config["model"]).items() if v is not None}
     model = get_config(model_fields.pop("preset"), **model_fields).to_dict()
     data = dataclasses.asdict(DataConfig(**dict(config.get("data", {}))))
-    train = dict(config.get("train", {}))
+    from research.training.optimizers import OptimizerConfig
+
+    train, opt = dict(config.get("train", {})), dict(config.get("opt", {}))
     return flatten_config({
         "model": {k: v for k, v in model.items() if k not in MODEL_FIELDS_FREE_ON_RESUME},
         "objective": config.get("objective", "causal_lm"),
         "objective_options": dict(config.get("objective_options", {}) or {}),
         "data": {k: v for k, v in data.items() if k not in _DATA_FIELDS_FREE_ON_RESUME},
         "train": {k: train[k] for k in TRAIN_FIELDS_IN_FINGERPRINT if k in train},
-        # The optimizer's state has its own structure: another optimizer cannot resume this one.
-        "opt": {"name": dict(config.get("opt", {})).get("name", "adamw")},
+        # The optimizer's state has its own structure: another optimizer cannot resume this one, nor
+        # can the same one with clipping turned on or off (a chain of two transformations, or of one).
+        "opt": {"name": opt.get("name", "adamw"), "clip_norm>0": bool(opt.get("clip_norm", OptimizerConfig.clip_norm))},
     })
 
 
@@ -133,10 +140,18 @@ def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | N
     if os.path.isfile(run_file):
         try:
             with open(run_file, encoding="utf-8") as f:
-                return dict(json.load(f)["fingerprint"])
+                recorded = dict(json.load(f)["fingerprint"])
         except (OSError, ValueError, KeyError, TypeError):
             raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
                                "and rerun, else choose another --workdir.") from None
+        missing = [k for k in _ADDED_LATER if k not in recorded]
+        saved = newest_saved_config(os.path.join(workdir, "checkpoints")) if missing else None
+        try:
+            from_checkpoint = fingerprint(saved[1]) if saved is not None else {}
+        except Exception:  # a config today's code cannot read: the fields run.json has decide alone
+            from_checkpoint = {}
+        recorded.update({k: from_checkpoint[k] for k in missing if k in from_checkpoint})
+        return recorded
     saved = newest_saved_config(os.path.join(workdir, "checkpoints"))
     return None if saved is None else fingerprint(saved[1])
 
@@ -178,10 +193,15 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
         current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
             recorded = _read_recorded(workdir, fingerprint)
-            if recorded is not None and recorded != current:
+            # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing.
+            compared = {k: v for k, v in current.items() if k in (recorded or {}) or k not in _ADDED_LATER}
+            if recorded is not None and recorded != compared:
+                clipping = ("; turning clipping off changes the optimizer state: a large opt.clip_norm (e.g. 1e9) "
+                            "in place of 0 keeps it" if recorded.get("opt.clip_norm>0") and
+                            not current.get("opt.clip_norm>0") else "")
                 raise WorkdirError(
-                    f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, current)}); "
-                    f"use a new --workdir, or delete {workdir} to start over.")
+                    f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, compared)}); "
+                    f"use a new --workdir, or delete {workdir} to start over{clipping}.")
             if recorded is None:
                 first.append(workdir)
         elif not _is_url(workdir):

@@ -97,3 +97,23 @@ def test_an_unreadable_eval_loss_record_is_moved_aside_and_the_step_restores(tmp
         assert next(iterator) == 2 and checkpointer.all_steps() == [1, 2]
     finally:
         checkpointer.close()
+
+
+def test_a_state_that_does_not_fit_the_config_is_refused_and_no_step_is_moved(tmp_path):
+    """Turning opt.clip_norm on or off changes the optimizer state's tree (a chain of one or two
+    transformations): every step failed alike and the line said to delete the 'damaged' steps."""
+    directory = str(tmp_path / "checkpoints")
+    _save_steps(directory)
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False))
+    try:
+        with pytest.raises(CheckpointError, match=r"checkpoint step 3 in .* does not fit this config \(its state's "
+                                                  r"tree differs at opt\): .* rerun with the config they were saved "
+                                                  r"with, or use a new workdir; the checkpoints are intact") as error:
+            checkpointer.restore({"w": jnp.zeros((4, 8)), "opt": (jnp.zeros(2),)}, _iterator())
+        assert "\n" not in str(error.value) and "delete" not in str(error.value)
+        with pytest.raises(CheckpointError, match=r"does not fit this config \(Requested shape: \(4, 9\) is not "
+                                                  r"compatible with the stored shape: \(4, 8\)\)"):
+            checkpointer.restore({"w": jnp.zeros((4, 9))}, _iterator())
+    finally:
+        checkpointer.close()
+    assert sorted(os.listdir(directory)) == ["1", "2", "3"] and not (tmp_path / "checkpoints.damaged").exists()

@@ -43,6 +43,43 @@ def test_workdir_of_another_run_is_refused_naming_the_difference(change, named, 
     assert sorted(os.listdir(workdir)) == before
 
 
+def test_clipping_turned_on_or_off_is_refused_naming_it(tmp_path):
+    """Clipping on or off changes the optimizer state's tree: it passed the claim, and the restore
+    then called every checkpoint damaged and advised deleting them."""
+    workdir = str(tmp_path / "run")
+    config = pretrain.get_config("gpt_tiny")
+    workdir_lib.claim(workdir, config.to_dict())
+    config.opt.clip_norm = 0.5  # another value: the same state, free on resume
+    workdir_lib.claim(workdir, config.to_dict())
+    config.opt.clip_norm = 0.0
+    with pytest.raises(WorkdirError, match=r"holds another run \(opt.clip_norm>0: true there, false now\); .* a large "
+                                           r"opt.clip_norm \(e.g. 1e9\) in place of 0 keeps it") as error:
+        workdir_lib.claim(workdir, config.to_dict())
+    assert "\n" not in str(error.value)
+
+
+def test_a_run_file_recorded_before_clipping_was_in_the_fingerprint(tmp_path):
+    """Its run.json lacks opt.clip_norm>0: taken from the newest checkpoint's config, else not compared."""
+    workdir = tmp_path / "run"
+    clipped, unclipped = pretrain.get_config("gpt_tiny"), pretrain.get_config("gpt_tiny")
+    unclipped.opt.clip_norm = 0.0
+    workdir_lib.claim(str(workdir), clipped.to_dict())
+    old = json.loads((workdir / workdir_lib.RUN_FILE).read_text())
+    del old["fingerprint"]["opt.clip_norm>0"]
+    (workdir / workdir_lib.RUN_FILE).write_text(json.dumps(old))
+    step_config = workdir / "checkpoints" / "100" / "config"
+    step_config.mkdir(parents=True)
+    (step_config / "metadata").write_text(json.dumps(clipped.to_dict()))
+    with pytest.raises(WorkdirError, match=r"opt.clip_norm>0: true there, false now"):
+        workdir_lib.claim(str(workdir), unclipped.to_dict())
+    workdir_lib.claim(str(workdir), clipped.to_dict())  # and records it from now on
+    assert json.loads((workdir / workdir_lib.RUN_FILE).read_text())["fingerprint"]["opt.clip_norm>0"] is True
+    other = tmp_path / "no_checkpoint"
+    workdir_lib.claim(str(other), clipped.to_dict())
+    (other / workdir_lib.RUN_FILE).write_text(json.dumps(old))
+    workdir_lib.claim(str(other), unclipped.to_dict())  # nothing saved: nothing to resume, nothing to compare
+
+
 def test_workdir_without_run_file_is_checked_against_its_checkpoint_config(tmp_path):
     """Workdirs written before run.json existed: the newest checkpoint's saved config decides."""
     step_config = tmp_path / "run" / "checkpoints" / "100" / "config"
