@@ -173,11 +173,13 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
     step = restored.pop()
     for m in members:
         m.writer.forget_after(step)
-        # [issue-13b] Resuming with another num_steps / schedule: say so in one line.
-        schedule_warning = workdir_lib.schedule_change(m.checkpointer.restore_config(step), m.config.to_dict(), step)
-        if schedule_warning:  # models trained together: whose schedule, named as record_block names a model
-            whose = f"model {m.index} ({m.workdir}): " if stacked_shardings is not None else ""
-            log.warning("%s%s", whose, schedule_warning)
+        # [issue-13b] Resuming with another num_steps / schedule, batch size or optimizer number: say so in one line.
+        saved_config, config = m.checkpointer.restore_config(step), m.config.to_dict()
+        for warning in (workdir_lib.schedule_change(saved_config, config, step),
+                        workdir_lib.resume_changes(saved_config, config, step)):
+            if warning:  # models trained together: whose schedule, named as record_block names a model
+                whose = f"model {m.index} ({m.workdir}): " if stacked_shardings is not None else ""
+                log.warning("%s%s", whose, warning)
     return (states[0] if stacked_shardings is None else stack_trees(states, stacked_shardings)), sources
 
 

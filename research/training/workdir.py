@@ -6,8 +6,12 @@ that holds another run: the run's fingerprint (what makes two runs the same run:
 architecture, objective, data identity, sequence length, seed, optimizer, and whether it
 clips gradients, which changes the optimizer state's structure) is written to
 <workdir>/run.json at the first start and compared on every later start. Fields that may
-legitimately change on resume (num_steps, learning rate, logging, mesh, compute dtype)
-are not in it; a changed learning-rate schedule is reported by `schedule_change`.
+legitimately change on resume (num_steps, the learning-rate schedule, batch size and
+microbatches, the optimizer's numbers b1, b2, eps, weight_decay and clip_norm's value while
+clipping stays on or off, logging, mesh, compute dtype) are not in it. Resuming with a changed
+schedule is reported in one line by `schedule_change`, with a changed batch size or optimizer
+number by `resume_changes`: the rest of such a run is neither the saved run continued nor a
+fresh run of the new config.
 
 `removed_if_failed(workdir)` is the command line's guarantee that a run which fails
 before its first checkpoint leaves no workdir behind that it created itself.
@@ -36,6 +40,8 @@ TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 _ADDED_LATER = ("opt.clip_norm>0",)
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
+# The optimizer's other numbers (OptimizerConfig), reported by resume_changes.
+_OPT_NUMBERS = ("b1", "b2", "eps", "weight_decay", "clip_norm")
 
 
 # config (a plain dict) -> the flat dict of fields that identify the run (run.json's "fingerprint").
@@ -262,6 +268,34 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
         rate_text = ""
     return (f"resuming at step {step} with a changed learning-rate schedule ({fields}){rate_text}; "
             "the rest of the run follows the new schedule.")
+
+
+def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
+    """A one-line warning when resuming at `step` with another train.batch_size or optimizer number
+    (opt.b1, b2, eps, weight_decay, clip_norm) than the checkpoint was saved with; None otherwise.
+    Allowed, as a deliberate change may be, but never silent. (train.microbatches gives the same
+    gradient; the schedule is schedule_change's.)"""
+    from research.training.optimizers import OptimizerConfig
+
+    def numbers(run: Mapping[str, Any]) -> dict[str, Any]:
+        opt = dict(run.get("opt", {}))
+        return {"train.batch_size": dict(run.get("train", {})).get("batch_size"),
+                **{f"opt.{k}": opt.get(k, getattr(OptimizerConfig, k)) for k in _OPT_NUMBERS}}
+
+    before, now = numbers(saved_config), numbers(config)
+    changed = [k for k in now if before[k] is not None and before[k] != now[k]]
+    if not changed:
+        return None
+    fields = ", ".join(f"{k} {_describe(before[k])} -> {_describe(now[k])}" for k in changed)
+    consequences = []
+    if "train.batch_size" in changed:
+        # The data pipeline's packing depends on the batch size (research/data/pipeline.py).
+        consequences.append(f"the saved data position belongs to batch size {before['train.batch_size']}, so the "
+                            "data that follows is neither the saved run's stream nor a fresh run's")
+    if any(k.startswith("opt.") for k in changed):
+        consequences.append("the steps that follow apply the new optimizer value(s) to a state built with the old, "
+                            "as neither the saved run nor a fresh run of this config would")
+    return f"resuming at step {step} with {fields}: {'; '.join(consequences)}."
 
 
 def already_finished(workdirs: Sequence[str], step: int) -> str:

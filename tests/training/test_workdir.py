@@ -132,6 +132,45 @@ def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
     assert f"was {was:.3g}, is now {now:.3g}" in warning
 
 
+def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
+    """They resumed silently, while a learning-rate change got a line."""
+    saved = pretrain.get_config("gpt_tiny").to_dict()
+    assert workdir_lib.resume_changes(saved, saved, 100) is None
+    for field, value in (("train.microbatches", 2), ("opt.learning_rate", 1e-4), ("train.num_steps", 600)):
+        other = pretrain.get_config("gpt_tiny")  # the same gradient; a schedule change (schedule_change's)
+        other[field.split(".")[0]][field.split(".")[1]] = value
+        assert workdir_lib.resume_changes(saved, other.to_dict(), 100) is None, field
+    other = pretrain.get_config("gpt_tiny")
+    other.train.batch_size = 2 * saved["train"]["batch_size"]
+    warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+    assert warning == (f"resuming at step 100 with train.batch_size 16 -> 32: the saved data position belongs to "
+                       "batch size 16, so the data that follows is neither the saved run's stream nor a fresh run's.")
+    for field, value in (("b1", 0.8), ("b2", 0.999), ("eps", 1e-6), ("weight_decay", 0.0), ("clip_norm", 0.5)):
+        other = pretrain.get_config("gpt_tiny")
+        other.opt[field] = value
+        warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+        assert warning.startswith(f"resuming at step 100 with opt.{field} {json.dumps(saved['opt'][field])} -> "
+                                  f"{json.dumps(value)}: the steps that follow apply the new optimizer value(s)")
+        assert "\n" not in warning
+
+
+def test_resuming_with_another_batch_size_and_weight_decay_says_so(tokenizers, tmp_path, caplog):
+    import logging
+    from tests.training.conftest import run_config
+    from research.training import train_and_evaluate
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2, stop_after_steps=1)
+    train_and_evaluate(config, str(tmp_path))
+    config.train.update(batch_size=16, stop_after_steps=0)
+    config.opt.weight_decay = 0.0
+    with caplog.at_level(logging.WARNING, logger="research.training.members"):
+        train_and_evaluate(config, str(tmp_path))
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming at step 1")]
+    assert warnings == ["resuming at step 1 with train.batch_size 8 -> 16, opt.weight_decay 0.1 -> 0.0: the saved data "
+                        "position belongs to batch size 8, so the data that follows is neither the saved run's stream "
+                        "nor a fresh run's; the steps that follow apply the new optimizer value(s) to a state built "
+                        "with the old, as neither the saved run nor a fresh run of this config would."]
+
+
 @pytest.mark.parametrize("bad", [dict(train=dict(seq_len=4096)), dict(model=dict(vocab_size=100))])
 def test_a_bad_input_found_by_the_loop_leaves_the_workdir_unclaimed(bad, tokenizers, tmp_path):
     """A seq_len past the model's max_len (checked before the claim) or a vocabulary the
