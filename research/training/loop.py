@@ -35,6 +35,7 @@ its own metrics.jsonl, checkpoints and result, as if the model had been trained 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -387,12 +388,16 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                     writer.discard_or_warn()  # an error there is a warning line: the stop stays the stop
         raise
     finally:
-        if guard is not None:
-            guard.uninstall()  # [issue-13b]
-        if prefetcher is not None:
-            prefetcher.close()
-        for m in members:
-            m.checkpointer.close()  # waits for a save in flight
-        for writer in writers:
-            writer.close()
+        # Run last-registered first, each even when one before raised (a second Ctrl-C while a save
+        # finishes). The Guard goes last: until the saves commit, a signal is a stop request, not an
+        # exception raised inside checkpointer.close() that skipped every close after it.
+        with contextlib.ExitStack() as closing:
+            if guard is not None:
+                closing.callback(guard.uninstall)  # [issue-13b]
+            for writer in writers:
+                closing.callback(writer.close)
+            for m in members:
+                closing.callback(m.checkpointer.close)  # waits for a save in flight
+            if prefetcher is not None:
+                closing.callback(prefetcher.close)
     return [m.error if m.error is not None else dict(m.last) for m in members]

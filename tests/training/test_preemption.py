@@ -292,6 +292,38 @@ def test_a_second_sigterm_while_the_first_is_handled_adds_nothing(early_handlers
         signal.raise_signal(signal.SIGTERM)
 
 
+def test_a_second_sigterm_while_the_stop_save_finishes_skips_no_close(tokenizers, tmp_path, monkeypatch,
+                                                                      early_handlers):
+    """The Guard was uninstalled before checkpointer.close() waited for the stop's save: a second
+    SIGTERM there (SLURM signals the whole process group) met pretrain's early handler, which raised
+    inside close(), so the metric writers were never closed and the stop's line was lost."""
+    from research.training import metrics as metrics_lib
+    from research.training.checkpointing import Checkpointer
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    early_interrupts.watch_early_interrupts()  # as experiments.pretrain's main does before training
+    closed = []
+    close_checkpointer, close_writer = Checkpointer.close, metrics_lib.MetricWriter.close
+
+    def checkpointer_close(checkpointer):
+        signal.raise_signal(signal.SIGTERM)  # the second SIGTERM, while the stop's save is being committed
+        close_checkpointer(checkpointer)
+        closed.append("checkpointer")
+
+    def should_stop(guard, step):  # as if the first SIGTERM came during the first block (step 1)
+        guard.signal_name = "SIGTERM"
+        return step >= 1
+
+    monkeypatch.setattr(Checkpointer, "close", checkpointer_close)
+    monkeypatch.setattr(metrics_lib.MetricWriter, "close", lambda w: (close_writer(w), closed.append("writer")))
+    monkeypatch.setattr(preemption.Guard, "should_stop", should_stop)
+    try:
+        with pytest.raises(preemption.Interrupted, match=r"stopped by SIGTERM at step 1; checkpoint saved in "):
+            train_and_evaluate(config, str(tmp_path))
+    except KeyboardInterrupt as error:  # TerminatedEarly: let it fail this test, not end the pytest session
+        pytest.fail(f"{type(error).__name__} raised while closing; closed: {closed}")
+    assert closed == ["checkpointer", "writer"] and latest_checkpoint(tmp_path) == 1
+
+
 def test_models_trained_together_stop_at_a_block_end_and_resume_past_a_damaged_step(
         tokenizers, compilation_cache, tmp_path, monkeypatch, caplog):
     """K=2 models (own seeds, own data): the stop is asked once per block, both save the block's last
