@@ -14,6 +14,7 @@ resumes at exactly the same batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -104,11 +105,18 @@ def batches_from_token_documents(documents: grain.MapDataset, *, objective: Obje
 def _synthetic_key(data_config: DataConfig, tokenizer: Tokenizer, split: str, shard_index: int,
                    shard_count: int) -> tuple | None:
     """What a synthetic shard's documents depend on (None for other sources: files and TFDS may
-    change between runs in one process)."""
+    change between runs in one process).
+
+    Every DataConfig field is in it, not a hand-picked list: a list left validation_fraction out,
+    and a second run with another fraction was replayed the first run's validation batches. Only
+    the tokenizer's config is swapped for what the tokenizer does (its digest), so runs whose
+    tokenizers were trained or loaded from different paths but are the same model still share.
+    """
     if data_config.source != "synthetic":
         return None
-    return (repr(data_config.synthetic), data_config.max_documents, split, shard_index, shard_count,
-            tokenizer_digest(tokenizer))
+    fields = tuple((f.name, getattr(data_config, f.name)) for f in dataclasses.fields(data_config)
+                   if f.name != "tokenizer")
+    return (repr(fields), split, shard_index, shard_count, tokenizer_digest(tokenizer))
 
 
 def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -1,4 +1,6 @@
 """Synthetic batch streams replayed within a process: bit-identical batches and states."""
+import copy
+import dataclasses
 import itertools
 import json
 
@@ -9,7 +11,7 @@ from research.data import DataConfig, build_tokenizer, make_batch_iterator
 from research.data import batch_replay
 from research.data.batch_replay import ReplayIterator
 from research.data.config import SyntheticConfig, TokenizerConfig
-from research.data.pipeline import make_batch_dataset
+from research.data.pipeline import _synthetic_key, make_batch_dataset
 
 SYNTHETIC = SyntheticConfig(alphabet="abcdef", order=2, doc_chars=200, num_documents=60)
 CONFIG = DataConfig(source="synthetic", synthetic=SYNTHETIC, tokenizer=TokenizerConfig(
@@ -132,3 +134,36 @@ def test_back_to_a_known_state_after_following_an_unknown_one(synthetic_tokenize
     list(itertools.islice(reference, 12))
     for _ in range(5):  # the source must be moved back from batch 41 to batch 12
         _assert_same(next(replayed), next(reference))
+
+
+def test_another_validation_fraction_is_not_replayed_the_first_runs_batches(synthetic_tokenizer):
+    # The key once named the synthetic config but not validation_fraction, which sizes the
+    # validation split: a second run with another fraction read the first run's batches.
+    other = CONFIG.replace(validation_fraction=0.5)
+    args = {**ARGS, "split": "validation"}
+    first = list(itertools.islice(make_batch_iterator(CONFIG, tokenizer=synthetic_tokenizer, **args), 12))
+    replayed = list(itertools.islice(make_batch_iterator(other, tokenizer=synthetic_tokenizer, **args), 12))
+    truth = list(itertools.islice(iter(make_batch_dataset(other, tokenizer=synthetic_tokenizer, **args)), 12))
+    assert any(not np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(first, truth))  # the test can fail
+    for got, expected in zip(replayed, truth):
+        _assert_same(got, expected)
+
+
+def test_every_data_field_but_the_tokenizer_config_is_in_the_stream_key(synthetic_tokenizer):
+    """Robust to fields added later: changing any field (validation bypassed, the key only reads
+    them) changes the key; the tokenizer enters through its digest, so an equal config, or one
+    naming the same tokenizer another way (a model path in another run's workdir), shares it."""
+    def key(config):
+        return _synthetic_key(config, synthetic_tokenizer, "validation", 0, 1)
+    for field in dataclasses.fields(DataConfig):
+        if field.name == "tokenizer":
+            continue
+        changed = copy.copy(CONFIG)
+        object.__setattr__(changed, field.name, f"<another {field.name}>")
+        assert key(changed) != key(CONFIG), field.name
+    same_run = CONFIG.replace(tokenizer=TokenizerConfig(model_path="/elsewhere/tokenizer.model"))
+    assert key(DataConfig(**{f.name: getattr(CONFIG, f.name) for f in dataclasses.fields(CONFIG)})) == key(CONFIG)
+    assert key(same_run) == key(CONFIG)
+    list(itertools.islice(_replayed(synthetic_tokenizer), 5))
+    replayed = make_batch_iterator(same_run, tokenizer=synthetic_tokenizer, **ARGS)
+    assert len(replayed._stream.batches) == 5  # the same stream: read, not recomputed
