@@ -78,8 +78,19 @@ class BlockPrefetcher:
 
     def _produce(self) -> None:
         try:
+            given = 0  # steps whose batches every source has given
             for n in self._steps:
-                per_step = [[next(source) for source in self._sources] for _ in range(n)]
+                per_step = []
+                for _ in range(n):
+                    try:
+                        per_step.append([next(source) for source in self._sources])
+                    except StopIteration:
+                        # Raised from __next__, a StopIteration would end the consumer's for loop as
+                        # if the plan were done: training would stop early, silently, unsaved.
+                        raise RuntimeError(
+                            f"a data source ran out after {given} batches, but the training plan needs "
+                            f"{sum(self._steps)}; train from a source that repeats (num_epochs=None).") from None
+                    given += 1
                 positions = tuple(IteratorPosition(source.get_state()) for source in self._sources)
                 block = Block(n, self._put(stack_block(per_step, self._block_len, self._per_member)), positions)
                 while not self._stop.is_set():
