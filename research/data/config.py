@@ -156,6 +156,10 @@ class DataConfig:
             raise DataError("data: text_field must name the feature that holds the text, e.g. 'text'.")
         if not self.train_split or not self.validation_split:
             raise DataError("data: train_split and validation_split must name TFDS splits, e.g. 'train[:1%]'.")
+        if self.source == "tfds" and self.train_split.replace(" ", "") == self.validation_split.replace(" ", ""):
+            # The same slice for both would report training loss as held-out loss, silently.
+            raise DataError(f"data: train_split and validation_split are both {self.train_split!r}, so validation "
+                            "would score training data; hold out a slice, e.g. 'train[1%:]' / 'train[:1%]'.")
         if self.source != "tfds" and (self.train_split, self.validation_split) != LOCAL_SPLITS:
             raise DataError(f"data: train_split={self.train_split!r} / validation_split={self.validation_split!r} "
                             f"apply to source='tfds' only; source={self.source!r} splits by validation_fraction.")

@@ -90,3 +90,12 @@ def test_source_errors_are_one_line(tmp_path):
         DataConfig(source="files")
     with pytest.raises(DataError, match="source='web' is not one of"):
         DataConfig(source="web")
+
+
+def test_tfds_train_and_validation_splits_must_differ():
+    # Once accepted: validation then scored the training data, with no warning.
+    for train, validation in [("train", "train"), ("train[:90%]", "train[ :90%]")]:
+        with pytest.raises(DataError, match="both .* so validation would score training data") as error:
+            DataConfig(source="tfds", tfds_name="lm1b", train_split=train, validation_split=validation)
+        assert "\n" not in str(error.value)
+    DataConfig(source="tfds", tfds_name="lm1b", train_split="train", validation_split="test")
