@@ -7,9 +7,9 @@ layout, read back by `tfds.data_source` like any prepared dataset:
 
     {data_dir}/research_text_files/{config}/1.0.0/research_text_files-train.array_record-00000-of-00001
 
-The config name is a digest of the matched files (path, size, mtime), the text field and
-the validation fraction, so a rerun reuses the prepared data and an edited corpus is
-rebuilt. Each record is {"text": document, "origin": "path" or "path:line"}.
+The config name is a digest of the matched files (their common directory, and each file's path
+in it, size and mtime), the text field and the validation fraction, so a rerun reuses the
+prepared data and an edited or other corpus is rebuilt. Each record is {"text": document, "origin": "path" or "path:line"}.
 """
 from __future__ import annotations
 
@@ -113,7 +113,9 @@ def text_files_builder(patterns: Sequence[str], *, text_field: str, validation_f
     if sum(size for _, size, _ in stats) == 0:
         raise DataError(f"file patterns {list(patterns)} match only empty files; nothing to train on.")
     root = os.path.commonpath([os.path.dirname(p) for p in files])
-    fingerprint = json.dumps([[os.path.relpath(p, root), s, m] for p, s, m in stats]
+    # The absolute root too: two unpacked copies of a corpus (archive mtimes, equal sizes) in two
+    # directories otherwise shared one name, and the second read the first's prepared text.
+    fingerprint = json.dumps([root] + [[os.path.relpath(p, root), s, m] for p, s, m in stats]
                              + [text_field, validation_fraction])
     config = TextFilesConfig(
         name="files_" + hashlib.sha1(fingerprint.encode()).hexdigest()[:16],
