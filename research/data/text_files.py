@@ -9,11 +9,15 @@ layout, read back by `tfds.data_source` like any prepared dataset:
 
 The config name is a digest of the matched files (their common directory, and each file's path
 in it, size and mtime), the text field and the validation fraction, so a rerun reuses the
-prepared data and an edited or other corpus is rebuilt. Each record is {"text": document, "origin": "path" or "path:line"}.
+prepared data and an edited or other corpus is rebuilt. Processes sharing a data_dir (the hosts
+of one job, parallel sweep workers) prepare it once: the first takes a lock, the others wait and
+read its copy. Each record is {"text": document, "origin": "path" or "path:line"}.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -105,6 +109,23 @@ def _split_documents(config: TextFilesConfig) -> Iterator[tuple[str, str, str]]:
                 yield key, text, "validation" if in_validation(key, config.validation_fraction) else "train"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created if missing); released on exit or if the
+    process dies, so a crashed preparation never blocks the next. Cloud paths (gs://) are not
+    locked: flock needs a local or network file system."""
+    if "://" in lock_path:
+        yield
+        return
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def text_files_builder(patterns: Sequence[str], *, text_field: str, validation_fraction: float,
                        data_dir: str | None) -> ResearchTextFiles:
     """The builder for `patterns`, prepared (once) under `data_dir`; errors before any work."""
@@ -122,13 +143,20 @@ def text_files_builder(patterns: Sequence[str], *, text_field: str, validation_f
         description=",".join(patterns),
         files=tuple(files), root=root, text_field=text_field, validation_fraction=validation_fraction,
     )
-    builder = ResearchTextFiles(config=config, data_dir=data_dir or None, file_format="array_record")
-    if not builder.is_prepared():
-        # One read before TFDS starts: bad JSON / a missing field / no text fail here, cleanly.
-        splits = {split for _, _, split in _split_documents(config)}
-        if not splits:
-            raise DataError(f"file patterns {list(patterns)} hold no non-blank documents; nothing to train on.")
-        config = dataclasses.replace(config, splits=tuple(sorted(splits)))
-        builder = ResearchTextFiles(config=config, data_dir=data_dir or None, file_format="array_record")
-        builder.download_and_prepare()
-    return builder
+    def make(config: TextFilesConfig) -> ResearchTextFiles:
+        return ResearchTextFiles(config=config, data_dir=data_dir or None, file_format="array_record")
+
+    builder = make(config)
+    if builder.is_prepared():
+        return builder
+    # Processes sharing data_dir (a job's hosts, parallel sweep workers) all find it unprepared;
+    # unlocked, both prepared it and the second crashed renaming its copy onto the first's. So:
+    # one prepares under the lock, the others wait, see it prepared, and read that copy.
+    with _exclusive(os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), config.name + ".lock")):
+        if not make(config).is_prepared():
+            # One read before TFDS starts: bad JSON / a missing field / no text fail here, cleanly.
+            splits = {split for _, _, split in _split_documents(config)}
+            if not splits:
+                raise DataError(f"file patterns {list(patterns)} hold no non-blank documents; nothing to train on.")
+            make(dataclasses.replace(config, splits=tuple(sorted(splits)))).download_and_prepare()
+    return make(config)  # a builder made now reads the prepared dataset's info (its splits) from disk

@@ -1,9 +1,14 @@
 """The files source's prepared dataset: which documents are held out, when it is reused, and
 processes that share a data_dir."""
 import os
+import subprocess
+import sys
+import textwrap
 
 from research.data import DataConfig
 from research.data.sources import document_source
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _texts(config, split):
@@ -23,3 +28,31 @@ def test_a_corpus_in_another_directory_is_not_read_from_the_first_ones_copy(tmp_
         configs.append(DataConfig(source="files", file_patterns=(str(tmp_path / name / "*.txt"),),
                                   data_dir=str(tmp_path / "tfds"), validation_fraction=0.0))
     assert [_texts(c, "train") for c in configs] == [["the cat sat on the mat"], ["the cat sat on the hat"]]
+
+
+def test_processes_sharing_a_data_dir_prepare_it_once(tmp_path):
+    # Both found it unprepared and prepared it; the second crashed renaming its copy onto the
+    # first's (FileExistsError). Each process waits here until both are ready to read.
+    _jsonl(tmp_path / "corpus" / "c.jsonl", [f"document {i} " * 5 for i in range(3000)])
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from research.data import DataConfig
+        from research.data.sources import document_source
+        import research.data.text_files  # imports TFDS before the start line
+        open(os.path.join({str(tmp_path)!r}, 'ready' + sys.argv[1]), 'w').close()
+        while not all(os.path.exists(os.path.join({str(tmp_path)!r}, 'ready' + i)) for i in '01'):
+            time.sleep(0.005)
+        config = DataConfig(source='files', file_patterns=({str(tmp_path / 'corpus' / '*.jsonl')!r},),
+                            data_dir={str(tmp_path / 'tfds')!r})
+        print('documents', len(document_source(config, 'train')), len(document_source(config, 'validation')))
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [p.communicate(timeout=240) + (p.returncode,) for p in processes]
+    for out, err, returncode in results:
+        assert returncode == 0, err[-2000:]
+    counts = [out.split("documents")[-1].split() for out, _, _ in results]
+    assert counts[0] == counts[1] and sum(map(int, counts[0])) == 3000
+    prepared = [d for d, _, names in os.walk(tmp_path / "tfds") if any(".array_record-" in n for n in names)]
+    assert len(prepared) == 1
