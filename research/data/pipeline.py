@@ -76,6 +76,21 @@ def _stack_and_pad(rows: list[dict[str, np.ndarray]], batch_size: int) -> Batch:
     return {k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()} if missing else batch
 
 
+# grain's shuffle orders epoch e by seed + e, so adjacent run seeds passed as they are share
+# orders: seed s's epoch e + 1 was seed s + 1's epoch e (train_together's and the sweeps' seed
+# repeats then saw the same document sequence one epoch apart, understating seed noise). Run seeds
+# are spread over grain's 32-bit range by an odd stride (a bijection mod 2**32, so distinct seeds
+# stay distinct): seed s's epochs start at s * STRIDE, and seeds up to 1000 apart are >= 10**6 seeds
+# apart, so their epoch orders meet only past epoch 10**6. Seed 0 maps to 0: its stream (the
+# published studies') is the one it always was.
+_SEED_STRIDE = 0x9E3779B9  # 2**32 / golden ratio, odd: well spread multiples
+
+
+def _grain_seed(seed: int) -> int:
+    """The base seed handed to grain for run seed `seed` (32-bit; see _SEED_STRIDE)."""
+    return (int(seed) % 2**32) * _SEED_STRIDE % 2**32
+
+
 def batches_from_token_documents(documents: grain.MapDataset, *, objective: Objective, special: SpecialTokens,
                                  batch_size: int, seq_len: int, seed: int = 0, num_epochs: int | None = None,
                                  num_packing_bins: int | None = None, read_threads: int | None = None
@@ -87,7 +102,7 @@ def batches_from_token_documents(documents: grain.MapDataset, *, objective: Obje
     threads (None: one per core, up to 16; 0: read on the iterating thread). The batches
     do not depend on it.
     """
-    seed = int(seed) % 2**32  # grain's index shuffle takes 32-bit seeds
+    seed = _grain_seed(seed)
     ds = documents.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.random_map(_ObjectiveExamples(objective, seq_len, special), seed=(seed + 1) % 2**32)
     threads = min(16, os.cpu_count() or 1) if read_threads is None else read_threads

@@ -1,10 +1,13 @@
 """make_batch_iterator: schema per objective, exact resume (also through orbax), sharding, errors."""
 import itertools
 
+import grain
 import numpy as np
 import pytest
 
 from research.data import DataConfig, DataError, get_objective, make_batch_iterator
+from research.data.pipeline import batches_from_token_documents
+from tests.data.handmade import HANDMADE
 
 SMALL = DataConfig(max_documents=6)
 
@@ -121,3 +124,31 @@ def test_shards_default_to_the_jax_process(tokenizer):
     kwargs = dict(tokenizer=tokenizer, objective="causal_lm", batch_size=2, seq_len=32)
     _assert_same(_take(make_batch_iterator(SMALL, **kwargs), 2),  # one process here: index 0 of 1
                  _take(make_batch_iterator(SMALL, shard_index=0, shard_count=1, **kwargs), 2))
+
+
+def _epoch_orders(seed, num_docs=50, epochs=3):
+    """The document order of each epoch: document i is the single token 5 + i."""
+    docs = [np.array([5 + i], np.int32) for i in range(num_docs)]
+    ds = batches_from_token_documents(grain.MapDataset.source(docs), objective=get_objective("causal_lm"),
+                                      special=HANDMADE, batch_size=1, seq_len=2, seed=seed, num_epochs=epochs,
+                                      num_packing_bins=1, read_threads=0)
+    order = [int(batch["inputs"][0, 0]) - 5 for batch in ds]
+    return [tuple(order[e * num_docs:(e + 1) * num_docs]) for e in range(epochs)]
+
+
+def test_no_two_seeds_share_an_epoch_order():
+    # grain orders epoch e by seed + e: run seeds passed to it as they were, seed 0's epoch 1 was
+    # seed 1's epoch 0 (and seed 1's epoch 1 seed 2's epoch 0), so seed repeats saw one sequence.
+    orders = {(seed, epoch): order for seed in range(4) for epoch, order in enumerate(_epoch_orders(seed))}
+    assert all(sorted(order) == list(range(50)) for order in orders.values())
+    assert len(set(orders.values())) == len(orders), "two (seed, epoch) pairs share a document order"
+
+
+def test_seed_0_orders_its_epochs_as_it_always_did():
+    """Published studies ran at seed 0: its epoch e is grain's index shuffle at seed e, as before
+    the seeds were spread (see pipeline._SEED_STRIDE)."""
+    from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
+
+    expected = [tuple(index_shuffle_module.index_shuffle(i, max_index=49, seed=epoch, rounds=4) for i in range(50))
+                for epoch in range(3)]
+    assert _epoch_orders(0) == expected
