@@ -170,7 +170,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         model_batch.check_models_across_devices(num_models, mesh)
         partitioning.check_microbatches(train.batch_size, train.microbatches)
     else:
-        partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
+        partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules,
+                                      config.mesh.get("dcn_shape", None))
     # Across devices too: each model's checkpoint is laid out as if trained alone on this mesh.
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     data_config = data_lib.DataConfig(**_sub_config(config.data))

@@ -66,8 +66,11 @@ def check_microbatches(batch_size: int, microbatches: int) -> None:
                           "choose a divisor of the batch size.")
 
 
-def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules) -> None:
-    """Each microbatch must split evenly over the data-parallel devices and the processes."""
+def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules,
+                     dcn_shape: Sequence[int] | None = None) -> None:
+    """Each microbatch must split evenly over the data-parallel devices and the processes, and
+    each process must hold a slice of the batch of its own (check_processes_own_batch_slices;
+    dcn_shape, config mesh.dcn_shape, only names the network split in its message)."""
     check_microbatches(batch_size, microbatches)
     ways = data_parallel_size(mesh, rules)
     micro = batch_size // microbatches
@@ -77,6 +80,40 @@ def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rule
                           f"use a batch size that is a multiple of {ways * microbatches}.")
     if batch_size % jax.process_count():
         raise ConfigError(f"batch_size={batch_size} does not split over {jax.process_count()} processes.")
+    check_processes_own_batch_slices(mesh, rules, dcn_shape)
+
+
+def process_batch_slices(mesh: Mesh, rules: Rules) -> dict[int, set[int]]:
+    """process index -> the slices of the batch its devices hold (a slice: an index along the
+    batch's mesh axes, of data_parallel_size(mesh, rules) in all)."""
+    axes = batch_partition_spec(rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    sizes = [mesh.shape[a] for a in axes]
+    held: dict[int, set[int]] = {}
+    for index in np.ndindex(*mesh.devices.shape):
+        coords = [index[list(mesh.axis_names).index(a)] for a in axes]
+        batch_slice = int(np.ravel_multi_index(coords, sizes)) if axes else 0
+        held.setdefault(int(mesh.devices[index].process_index), set()).add(batch_slice)
+    return held
+
+
+def check_processes_own_batch_slices(mesh: Mesh, rules: Rules, dcn_shape: Sequence[int] | None = None) -> None:
+    """One line unless the processes hold disjoint, equal shares of the batch's slices.
+
+    Why: each process feeds batch_size / process_count rows of its own data shard (the loop's
+    local batch; the pipeline shards by process index). Processes that share a slice (the batch
+    not split across them, e.g. tensor parallelism across hosts) would each feed different rows
+    as the same rows: a batch of the wrong size whose "replicas" differ, wrong without an error."""
+    held = process_batch_slices(mesh, rules)
+    shares = sorted({len(s) for s in held.values()})
+    overlap = sum(len(s) for s in held.values()) != len(set().union(*held.values()))
+    if len(held) > 1 and (overlap or len(shares) > 1):
+        network = f" with mesh.dcn_shape={tuple(dcn_shape)}" if dcn_shape else ""
+        raise ConfigError(
+            f"mesh {dict(mesh.shape)}{network} has the {len(held)} processes share slices of the batch (split "
+            f"{data_parallel_size(mesh, rules)} way(s), over data x fsdp), but each process feeds rows of its own; "
+            f"split data (or fsdp) across the processes, e.g. mesh.dcn_shape=({len(held)}, 1, 1) with mesh.shape's "
+            f"data a multiple of {len(held)}.")
 
 
 def _model_axis_sizes(config: Any) -> dict[str, tuple[str, int]]:
