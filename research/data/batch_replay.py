@@ -77,7 +77,9 @@ class _Stream:
         compact = _compact(batch)
         size = sum(stored.nbytes for _, _, stored in compact)
         with self.lock:
-            if position != len(self.batches) or _total_bytes() + size > MAX_REPLAY_BYTES:
+            # An evicted stream (more live keys than MAX_STREAMS: train_together with many seeds)
+            # stops growing: _total_bytes() no longer counts it, so its growth escaped the bound.
+            if position != len(self.batches) or not _is_kept(self) or _total_bytes() + size > MAX_REPLAY_BYTES:
                 return
             self.batches.append(compact)
             self.states.append(json.dumps(state))
@@ -90,6 +92,11 @@ _STREAMS = RecentlyUsed(MAX_STREAMS, _Stream)
 
 def _total_bytes() -> int:
     return sum(stream.nbytes for stream in _STREAMS.values())
+
+
+def _is_kept(stream: _Stream) -> bool:
+    """Whether `stream` is still one of the MAX_STREAMS kept (not evicted by newer keys)."""
+    return any(kept is stream for kept in _STREAMS.values())
 
 
 def clear() -> None:

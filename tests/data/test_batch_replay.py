@@ -167,3 +167,17 @@ def test_every_data_field_but_the_tokenizer_config_is_in_the_stream_key(syntheti
     list(itertools.islice(_replayed(synthetic_tokenizer), 5))
     replayed = make_batch_iterator(same_run, tokenizer=synthetic_tokenizer, **ARGS)
     assert len(replayed._stream.batches) == 5  # the same stream: read, not recomputed
+
+
+def test_streams_evicted_while_read_stay_within_the_byte_bound(synthetic_tokenizer, monkeypatch):
+    # Six seeds trained together (six live keys, MAX_STREAMS=4 kept): the two evicted streams
+    # went on growing, uncounted, and the six held 30 batches against a bound of 20.
+    per_batch = sum(v.size for v in next(_plain(synthetic_tokenizer)).values())  # compact: uint8
+    monkeypatch.setattr(batch_replay, "MAX_REPLAY_BYTES", 20 * per_batch)
+    replayed = [_replayed(synthetic_tokenizer, seed=seed) for seed in range(6)]
+    plain = [_plain(synthetic_tokenizer, seed=seed) for seed in range(6)]
+    for _ in range(30):
+        for it, reference in zip(replayed, plain):
+            _assert_same(next(it), next(reference))  # batches stay right either way
+    held = {id(it._stream): it._stream.nbytes for it in replayed}
+    assert len(held) == 6 and sum(held.values()) <= 20 * per_batch
