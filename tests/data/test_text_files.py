@@ -1,5 +1,6 @@
 """The files source's prepared dataset: which documents are held out, when it is reused, and
 processes that share a data_dir."""
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,11 @@ from research.data import DataConfig
 from research.data.sources import document_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _jsonl(path, texts):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
 
 
 def _texts(config, split):
