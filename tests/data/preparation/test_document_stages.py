@@ -1,4 +1,6 @@
 """Each per-document stage keeps, rewrites or drops exactly the documents it should."""
+import random
+
 import pytest
 from datatrove.data import Document
 
@@ -102,6 +104,87 @@ def test_chunks_too_long_for_any_word_are_split_in_one_pass():
     assert ds.WORDS.word_tokenize(f"see {url} now") == ["see", url, "now"]
     assert ds.WORDS.word_tokenize("wow" + "!" * 300) == ["wow"] + ["!"] * 300
     assert ds.WORDS.word_tokenize("x" * 200 + "..." + "y" * 100) == ["x" * 200, ".", ".", ".", "y" * 100]
+
+
+# Chunks of the shapes _split_simple splits with one regex match: it must take each of them (or
+# the speed-up is gone) and split it as the careful prefix/suffix/infix loop does ...
+FAST_PATH_CHUNKS = ["word,", "(word),", '"Name":', "}],", "**Note:**", "don't.", "IT'S", "USA.", "5.", "1,000.",
+                    "10:30,", "(2.5)", "--dry-run", "(--verbose).", "well-known.", "snake_case_2,", "mp3's", "ok...",
+                    "Dr..", "…word…", "«quoted»", "x².", "Éa.", "'s", "((", "...)", "“Hi!”", "end.”"]
+# ... and chunks it must leave to the loop: an abbreviation, initial or p.m. keeps its period, so
+# does one capital or a dash before it; URLs, e-mails, units, dates, a '+', '/', '_' at an end.
+CAREFUL_CHUNKS = ["Dr.", "Dr.)", "co.", "J.", "É.", "McD.", "e.g.,", "p.m.", "a—.", "word….", "www.x", "www._",
+                  "(http://x.y),", "me@x.org.", "10km,", "5%", "2023-04-05", "a_", "_a_", "x/y", "+5", "n't", "1..5"]
+
+
+@pytest.mark.parametrize("chunk", FAST_PATH_CHUNKS)
+def test_fast_path_splits_common_chunks_as_the_careful_loop(chunk):
+    fast = ds._split_simple(chunk)
+    assert fast is not None, f"{chunk!r} no longer takes the fast path"
+    assert [chunk[a:b] for a, b in fast] == [chunk[a:b] for a, b in ds._split_careful(chunk)]
+
+
+@pytest.mark.parametrize("chunk", CAREFUL_CHUNKS)
+def test_fast_path_leaves_exceptions_to_the_careful_loop(chunk):
+    assert ds._split_simple(chunk) is None
+
+
+def _generated_chunks(count: int, seed: int = 0) -> list[str]:
+    """Chunks built like the fast path's shapes (marks, a core, parts, clitic, marks), some mutated."""
+    rng = random.Random(seed)
+    lead = list("§%=—–$£€¥₹₽…,:;!?()[]{}<>_#*&·'\"”“`‘’«»") + ["..", "..."]
+    trail = list("—–…,:;!?()[]{}<>#*&·'\"”“`‘’«»") + [".", ".", "..", "_", "-", "/", "+", "%", "@"]
+    letters = list("abenstxyzABNSTXYZ") + list("éÉßſKΣж東²")
+    words = ["Dr", "co", "Sept", "J", "e", "p", "www", "http", "mph", "km", "t", "n", "USA", "McD", "do", "ca"]
+
+    def word() -> str:
+        w = rng.choice(words) if rng.random() < 0.4 else "".join(rng.choices(letters, k=rng.randint(1, 4)))
+        w += str(rng.randint(0, 99)) if rng.random() < 0.3 else ""
+        return w + ("_" + rng.choice([word, lambda: "7"])() if rng.random() < 0.15 else "")
+
+    def number() -> str:
+        return str(rng.randint(0, 999)) + "".join(rng.choice(".:,") + str(rng.randint(0, 99))
+                                                   for _ in range(rng.choice([0, 0, 1, 2])))
+    chunks = []
+    for _ in range(count):
+        chunk = "".join(rng.choices(lead, k=rng.choice([0, 0, 1, 2]))) + "-" * rng.choice([0, 0, 0, 1, 2])
+        chunk += word() if rng.random() < 0.7 else number()
+        chunk += "".join("-" + (word() if rng.random() < 0.9 else number()) for _ in range(rng.choice([0, 0, 1])))
+        chunk += rng.choice(["", "", "", "n't", "N'T", "’s", "'ll", "'t", "'"])
+        chunk += "".join(rng.choices(trail, k=rng.choice([0, 1, 1, 2, 3])))
+        if rng.random() < 0.1:
+            at = rng.randrange(len(chunk) + 1)
+            chunk = chunk[:at] + rng.choice(letters + trail + lead + list("0-_/@+")) + chunk[at:]
+        chunks.append(chunk)
+    return chunks
+
+
+def test_fast_path_agrees_with_the_careful_loop_on_generated_chunks():
+    taken = 0
+    for chunk in _generated_chunks(20_000):
+        fast = ds._split_simple(chunk)
+        if fast is not None:
+            taken += 1
+            assert fast == ds._split_careful(chunk), chunk
+    assert taken > 8_000  # the generator reaches the fast path, not only the loop
+
+
+def test_suffix_found_from_the_end_as_a_full_search_finds_it():
+    # _suffix_start looks at the last 3 characters only, unless a run of periods reaches further.
+    rng = random.Random(0)
+    alphabet = list("....…,:;'’\"-+$£%²09aAnNtTsSmMdDlLeEkKgPIUS_—ſK")
+    chunks = ["a.....", "....", "x...)", "don't", "10km", "5mph", "USA.", "J.", "a'll", "1.5", "e.g."]
+    chunks += ["".join(rng.choices(alphabet, k=rng.randint(1, 8))) for _ in range(20_000)]
+    for chunk in chunks:
+        full = ds._SUFFIX.search(chunk)
+        assert ds._suffix_start(chunk) == (full.start() if full else -1), chunk
+
+
+def test_repeated_chunks_split_at_their_own_offsets():
+    # The second '(a),' and '"b":' come from the per-chunk cache: their spans move with them.
+    assert ds._word_spans('(a), "b": (a), "b":') == [
+        (0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8), (8, 9),
+        (10, 11), (11, 12), (12, 13), (13, 14), (15, 16), (16, 17), (17, 18), (18, 19)]
 
 
 # What spaCy 3.8's English tokenizer (datatrove's default for the Gopher and C4 filters) gives
