@@ -204,8 +204,8 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                              ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "em_minus_pL",
                               "agrees", "p", "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy: each item's "
-                 "share of right answer tokens, the target's and then the stop string's that ends it, averaged "
-                 "over items; L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
+                 "share of right answer tokens, averaged over items (the stop after the answer is not scored: where "
+                 "ending the answer is a decision, p^L leans above exact match); L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
                  "that L, its interval resampling the items' p with L held; em_minus_pL = exact match - p^L, its "
                  "80% interval from the same item resamples; agrees: that interval contains 0 (to within one "
                  "item, 1 / items), in "

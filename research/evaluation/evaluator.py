@@ -23,10 +23,12 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # same model gives, so studies that cache results (experiments/emergence.py) evaluate again.
 # 2: teacher-forced metrics over the target's own tokens, not its delimiter's; few-shot
 # examples never pose the query's own problem (2026-12-05).
-# 3: the per-token teacher-forced metrics (p, its probability, Brier score) and L also cover the
-# stop string's tokens (the end-of-answer decision exact match needs); is_greedy is the argmax
-# among the ids generation may write, not the model's padded vocabulary (2026-12-05).
-METRICS_VERSION = 3
+# 3 (withdrawn): p and L also covered the stop string; 4: they cover the target's tokens only
+# again (a task whose documents end an answer with eos, as copying_varied's, never predicts the
+# stop string, so 3 scored every right copy's end as wrong: p 0.8 at exact match 1.0), and
+# is_greedy is the argmax among the ids generation may write, not the model's padded vocabulary
+# (2026-12-05).
+METRICS_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,22 +65,16 @@ def _generation(harness, task, docs, contexts):
     spec, tokenizer = task.spec, harness.tokenizer
     targets = [gold_text(spec, d) for d in docs]
     generations = harness.generate_until([GenerateRequest(c, spec.until, spec.max_new_tokens) for c in contexts])
-    # Exact match needs greedy decoding to stop after the target, so the teacher-forced request
-    # also scores the stop string that ends it (until[0], as few-shot examples end), in one pass.
-    stops = [answer_stop(spec, t) for t in targets]
-    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t + stop)
-                                    for c, t, stop in zip(contexts, targets, stops)])
+    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t)
+                                    for c, t in zip(contexts, targets)])
     examples = []
-    for context, target, stop, generation, score in zip(contexts, targets, stops, generations, scores):
+    for context, target, generation, score in zip(contexts, targets, generations, scores):
         predicted_ids = answer_ids(tokenizer, generation.text)
         target_ids = answer_ids(tokenizer, target)
-        # The request scores delimiter + target + stop; the per-token metrics are over the
-        # answer's tokens, the target's own and the stop's (metrics.py: p and L), never the
-        # delimiter's: counting the delimiter's " " made p ~ (L p + 1) / (L + 1) and L one too
-        # many. target_log_prob keeps to the target's own tokens (lm-eval's loglikelihood).
-        scored = _scored_ids(score)
-        end = answer_end(tokenizer, scored, spec.target_delimiter, target) if stop else len(scored)
-        start = answer_start(tokenizer, scored[:end], spec.target_delimiter)
+        # The request scores delimiter + target (as a few-shot example shows them), but every
+        # per-token metric is over the target's own tokens (metrics.py: p and L of the target):
+        # counting the delimiter's " " made p ~ (L p + 1) / (L + 1) and L one too many.
+        start = answer_start(tokenizer, _scored_ids(score), spec.target_delimiter)
         log_probs, greedy = score.token_log_probs[start:], score.token_is_greedy[start:]
         examples.append({
             "prompt": context, "prediction": generation.text, "target": target,
@@ -86,22 +82,10 @@ def _generation(harness, task, docs, contexts):
                                          M.extract_answer(target, spec.answer_prefix)),
             "token_accuracy": M.token_accuracy(predicted_ids, target_ids),
             "token_edit_distance": float(M.token_edit_distance(predicted_ids, target_ids)),
-            "target_log_prob": float(np.sum(score.token_log_probs[start:end], dtype=np.float64)),
-            "target_and_stop_log_prob": float(np.sum(log_probs, dtype=np.float64)),
-            "stop_tokens": float(len(scored) - end),
+            "target_log_prob": float(np.sum(log_probs, dtype=np.float64)),
             "brier_score": M.mean_brier(score.token_brier[start:]),
             **M.teacher_forced(log_probs, greedy)})
     return examples
-
-
-def answer_stop(spec, target: str) -> str:
-    """The stop string scored after `target`: the task's first `until` string, which greedy
-    decoding must write to end the answer where the target ends ("" for a task without one,
-    and for a target without a non-whitespace character, whose end cannot be told from the
-    delimiter's by answer_end)."""
-    if not spec.until or not target.strip():
-        return ""
-    return spec.until[0]
 
 
 def _scored_ids(score) -> tuple[int, ...]:
@@ -133,21 +117,6 @@ def answer_start(tokenizer, scored_ids, delimiter: str) -> int:
             break
         start += 1
     return start
-
-
-def answer_end(tokenizer, scored_ids, delimiter: str, target: str) -> int:
-    """Index just past the target's last token among the scored ids of `delimiter + target +
-    stop`: the shortest prefix whose decoded text holds every non-whitespace character of the
-    delimiter and the target. The tokens after it are the stop string's (as answer_start,
-    counting non-whitespace characters, not offsets, so SentencePiece's dropped leading space
-    does not matter). A token merging the target's last character with the stop ("5\\n" as one
-    piece) is the target's, and the stop then has no token of its own; so has a stop the
-    tokenizer drops. len(scored_ids) when the scored ids never hold the whole target."""
-    wanted = sum(not c.isspace() for c in delimiter + target)
-    for end in range(len(scored_ids) + 1):
-        if sum(not c.isspace() for c in tokenizer.decode(list(scored_ids[:end]))) >= wanted:
-            return end
-    return len(scored_ids)
 
 
 def answer_ids(tokenizer, text: str) -> list[int]:

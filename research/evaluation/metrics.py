@@ -6,37 +6,22 @@ Generation tasks get discontinuous and continuous metrics side by side (Schaeffe
     exact_match          1 if the (answer of the) output equals the target, else 0
     token_accuracy       fraction of target token positions the output matches
     token_edit_distance  Levenshtein distance between output and target token sequences
-    target_log_prob      log p(target | prompt + target_delimiter), teacher-forced, nats: the
-                         target's own tokens (lm-eval's loglikelihood of the target)
-    target_and_stop_log_prob  log p(target + stop | prompt + target_delimiter): the same with the
-                         stop string's tokens, the log-probability of writing the answer and
-                         then ending it (= target_log_prob for a task without a stop string)
-    brier_score          mean over answer tokens of the multi-class Brier score of the
+    target_log_prob      log p(target | prompt + target_delimiter), teacher-forced, nats
+    brier_score          mean over target tokens of the multi-class Brier score of the
                          next-token distribution (1 - 2 p_target + sum_v p_v^2), in [0, 2]
-    teacher_forced_accuracy  fraction of answer tokens that are the argmax given the prompt and
+    teacher_forced_accuracy  fraction of target tokens that are the argmax given the prompt and
                          the *gold* tokens before them: Schaeffer et al. 2023's per-token
                          accuracy p, which one wrong early digit does not zero (unlike
                          token_accuracy, which compares a free-running generation position
                          by position)
-    teacher_forced_prob  mean over answer tokens of p(gold token | prompt, gold prefix)
-    answer_tokens        L, the answer's token count: the target's tokens and the stop's
-                         (exact match ~ p^L for independent tokens)
-    stop_tokens          how many of those L tokens are the stop string's (0 without one)
+    teacher_forced_prob  mean over target tokens of p(gold token | prompt, gold prefix)
+    answer_tokens        L, the target's token count (exact match ~ p^L for independent tokens)
 
-"Answer tokens" are the tokens greedy decoding must get right for an exact match: the
-target's own, and then the stop string that ends it (the task's first `until` string, as a
-few-shot example is followed by it; evaluator.answer_stop). Exact match needs decoding to stop
-there, so the end is a prediction like any digit: in least-significant-first addition it is the
-carry-out ("\\n" or a last "1"), and scoring only the target left it out of p and L, which biased
-p^L above exact match even for independent errors. A task without a stop string
-(until empty) scores the target alone. Greedy decoding can also end at eos or after whitespace
-the comparison strips; the stop string is the end the prompt format teaches, not the only one.
-The harness scores target_delimiter + target + stop in one request, and the evaluator splits
-the scored tokens: those holding only the delimiter are dropped (evaluator.answer_start), so the
-" " before an answer is neither counted in L nor averaged into p; those after the target's last
-character are the stop's (evaluator.answer_end). A tokenizer that merges the delimiter into the
-target's first token (a SentencePiece "▁w") leaves that token to the target, as one merging the
-target's last character with the stop does.
+"Target tokens" are the target's own: the harness scores target_delimiter + target (as a
+few-shot example writes it), and the evaluator drops the scored tokens that hold only the
+delimiter (evaluator.answer_start), so the " " before an answer is neither counted in L nor
+averaged into p. A tokenizer that merges the delimiter into the target's first token (a
+SentencePiece "▁w") leaves that token to the target.
 
 Multiple choice (lm-eval): acc (argmax log-likelihood is gold), acc_norm (argmax of
 log-likelihood / length of the choice in characters), brier_score (sum over choices of
@@ -53,9 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
-GENERATION_METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob",
-                      "target_and_stop_log_prob", "brier_score", "teacher_forced_accuracy", "teacher_forced_prob",
-                      "answer_tokens", "stop_tokens")
+GENERATION_METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "target_log_prob", "brier_score",
+                      "teacher_forced_accuracy", "teacher_forced_prob", "answer_tokens")
 MULTIPLE_CHOICE_METRICS = ("acc", "acc_norm", "brier_score", "target_log_prob")
 LOGLIKELIHOOD_METRICS = ("target_log_prob", "is_greedy", "brier_score")
 ROLLING_METRICS = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
@@ -101,8 +85,7 @@ def token_edit_distance(predicted: Sequence[int], target: Sequence[int]) -> int:
 
 
 def teacher_forced(token_log_probs: np.ndarray, token_is_greedy: np.ndarray) -> dict[str, float]:
-    """Per-token accuracy and probability of the gold answer tokens (the target's and its stop's)
-    under teacher forcing, and their count L (module docstring)."""
+    """Per-token accuracy and probability of the gold target under teacher forcing (module docstring)."""
     if not len(token_log_probs):
         return {"teacher_forced_accuracy": 1.0, "teacher_forced_prob": 1.0, "answer_tokens": 0.0}
     return {"teacher_forced_accuracy": float(np.mean(token_is_greedy)),
@@ -111,8 +94,8 @@ def teacher_forced(token_log_probs: np.ndarray, token_is_greedy: np.ndarray) -> 
 
 
 def mean_brier(token_brier: np.ndarray) -> float:
-    """Mean per-token Brier score over the answer's tokens (0.0, a perfect score, for none, as
-    teacher_forced gives an empty answer p = 1)."""
+    """Mean per-token Brier score over the target's tokens (0.0, a perfect score, for none, as
+    teacher_forced gives an empty target p = 1)."""
     if not len(token_brier):
         return 0.0
     return float(np.mean(token_brier))

@@ -69,19 +69,18 @@ def curve_summary(rows: Sequence[dict[str, Any]], *, scale: str, group_by: Seque
 # --- Per-item analyses: rows that carry "items" {metric: [per-example values]} ----------------
 
 ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
-                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score", "target_and_stop_log_prob",
-                "stop_tokens")
+                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score")
 
 
 def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
                  seed: int = 0) -> list[dict[str, Any]]:
     """Exact match beside p^L (Schaeffer et al. 2023), per size and task, with item-bootstrap
     intervals: p is the teacher-forced per-token accuracy and L the answer's token count, both
-    over the target's tokens and the stop string's (metrics.py), L the mean over items (in
-    base-26 addition of k digits an answer is k or k + 1 tokens and the stop; (mean p)^(mean L)
-    is then within 0.006 of the mean of each item's p^L for independent digits). Also the
-    teacher-forced probability, log-probability of the target (and of the target and its stop,
-    where the rows have it) and edit distance.
+    over the target's tokens (metrics.py; the stop after the answer is not scored, so where
+    ending the answer is a decision, p^L leans above exact match), L the mean over items (in
+    base-26 addition of k digits an answer is k or k + 1 tokens; (mean p)^(mean L) is then
+    within 0.006 of the mean of each item's p^L for independent digits). Also the
+    teacher-forced probability, log-probability of the target and edit distance.
 
     `exact_match_minus_p_to_the_L`: the paired difference, its interval from the same item
     resamples as both sides' (emergence_metrics.bootstrap_difference_interval). Exact match
@@ -91,7 +90,7 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
     for want of any item that could show it. Two overlapping intervals are no such test, as
     both come from the same items. Below 0, exact
     match is below p^L: the wrong tokens are spread over more items than independent errors
-    spread them (as a missed stop decision on every item would); above 0, they gather on fewer.
+    spread them (as an unscored stop decision missed on many items would); above 0, they gather on fewer.
     """
     from research.evaluation.emergence_metrics import bootstrap_difference_interval, bootstrap_mean_interval
 
@@ -108,11 +107,8 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
         columns = [("exact_match", None, "exact_match"), ("teacher_forced_accuracy", None, "p"),
                    ("teacher_forced_accuracy", lambda m: m**L, "p_to_the_L"),
                    ("teacher_forced_prob", None, "p_prob"), ("target_log_prob", None, "target_log_prob"),
-                   ("target_and_stop_log_prob", None, "target_and_stop_log_prob"),
                    ("token_edit_distance", None, "token_edit_distance")]
         for metric, transform, name in columns:
-            if metric not in items:  # target_and_stop_log_prob: evaluations cached before it
-                continue
             value, low, high = bootstrap_mean_interval(items[metric], samples=samples, confidence=confidence,
                                                        seed=seed, transform=transform)
             entry[name], entry[f"{name}_interval"] = value, [low, high]

@@ -33,45 +33,34 @@ class OracleHarness:
         return [GenerateResult(gold, ()) for gold in golds[:len(requests)]]
 
     def loglikelihood(self, requests):
-        # Every continuation token the argmax, at log-probability -1 and Brier score 0.5.
-        out = []
-        for r in requests:
-            n = len(self.tokenizer.encode(r.continuation))
-            out.append(LoglikelihoodResult(-float(n), True, np.full(n, -1.0), np.ones(n, bool), np.full(n, 0.5),
-                                           tokens=tuple(self.tokenizer.encode(r.continuation))))
-        return out
+        # One scored token, the continuation's last character: an answer token (never the delimiter).
+        return [LoglikelihoodResult(-1.0, True, np.array([-1.0]), np.array([True]), np.array([0.5]),
+                                    tokens=tuple(self.tokenizer.encode(r.continuation[-1:]))) for r in requests]
 
 
 def test_generation_task_metrics_side_by_side(harness):
     task = get_task("addition", digits=1, num_test=4, num_train=8, num_fewshot=2)
     result = evaluate(harness, task)
     assert set(result.metrics) == {"exact_match", "token_accuracy", "token_edit_distance", "target_log_prob",
-                                   "target_and_stop_log_prob", "brier_score", "teacher_forced_accuracy",
-                                   "teacher_forced_prob", "answer_tokens", "stop_tokens"}
+                                   "brier_score", "teacher_forced_accuracy", "teacher_forced_prob", "answer_tokens"}
     assert 0 <= result.metrics["exact_match"] <= result.metrics["token_accuracy"] + 1e-9 <= 1 + 1e-9
     assert 0 <= result.metrics["brier_score"] <= 2 and result.metrics["target_log_prob"] < 0
     example = result.examples[0]
     direct = harness.loglikelihood([LoglikelihoodRequest(example["prompt"], example["target"])])[0]
     assert example["target_log_prob"] == pytest.approx(direct.log_prob, abs=1e-5)
-    # Teacher-forced p: the gold tokens' argmax flags and probabilities given the gold prefix,
-    # the target's and then the stop string's ("\n"), which greedy decoding must write to stop.
-    ended = harness.loglikelihood([LoglikelihoodRequest(example["prompt"], example["target"] + "\n")])[0]
-    assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(ended.token_is_greedy))
-    assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(ended.token_log_probs)), rel=1e-5)
-    assert example["target_and_stop_log_prob"] == pytest.approx(ended.log_prob, abs=1e-5)
-    assert example["answer_tokens"] == len(ended.token_log_probs) == len(direct.token_log_probs) + 1
-    assert example["stop_tokens"] == 1
+    # Teacher-forced p: the gold tokens' argmax flags and probabilities given the gold prefix.
+    assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(direct.token_is_greedy))
+    assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(direct.token_log_probs)), rel=1e-5)
+    assert example["answer_tokens"] == len(direct.token_log_probs) >= 1
     assert example["prompt"].count("\n") == 2 and "\n" not in example["prediction"]  # 2 shots; stopped at "\n"
     assert np.mean([e["target_log_prob"] for e in result.examples]) == pytest.approx(
         result.metrics["target_log_prob"])
 
 
-def test_teacher_forced_metrics_cover_the_target_and_its_stop_not_its_delimiter(harness):
-    # unscramble's delimiter is " " and its stop "\n": the harness scores " " + target + "\n";
-    # p, its probability, the Brier score and L are the target's and the stop's tokens, log p
-    # the target's alone (metrics.py). Checked against a forward pass of our own over the
-    # target's characters and the stop; older code counted the space (L + 1 tokens), then left
-    # out the stop (L - 1).
+def test_teacher_forced_metrics_cover_the_target_not_its_delimiter(harness):
+    # unscramble's delimiter is " ": the harness scores " " + target, but p, its probability,
+    # log p and L are the target's (metrics.py). Checked against a forward pass of our own
+    # over the target's characters alone; the old code also counted the space (L + 1 tokens).
     import jax
 
     from research.evaluation.evaluator import answer_ids
@@ -85,22 +74,20 @@ def test_teacher_forced_metrics_cover_the_target_and_its_stop_not_its_delimiter(
     for i, example in enumerate(result.examples):
         context = fewshot_context(task, i, 1)
         target = example["target"]
-        context_ids, answer = tok.encode(context + " "), tok.encode(target + "\n")
-        full = np.asarray([context_ids + answer], np.int32)
+        context_ids, target_ids = tok.encode(context + " "), tok.encode(target)
+        full = np.asarray([context_ids + target_ids], np.int32)
         logits = harness.model.apply({"params": harness.params}, full[:, :-1])
         log_probs = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), -1))
-        rows = log_probs[len(context_ids) - 1:]  # the predictions of the target's characters and "\n"
-        gold = rows[np.arange(len(answer)), answer]
+        rows = log_probs[len(context_ids) - 1:]  # the predictions of the target's characters
+        gold = rows[np.arange(len(target_ids)), target_ids]
         probs = np.exp(rows)
         brier = 1 - 2 * np.exp(gold) + (probs ** 2).sum(-1)
-        assert example["answer_tokens"] == len(target) + 1 == len(answer_ids(tok, target)) + 1
-        assert example["stop_tokens"] == 1
+        assert example["answer_tokens"] == len(target) == len(answer_ids(tok, target))
         # The argmax among the tokenizer's ids, the ones generation may write (the model embeds 128).
-        greedy = rows[:, :tok.vocab_size].argmax(-1) == answer
+        greedy = rows[:, :tok.vocab_size].argmax(-1) == target_ids
         assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(greedy))
         assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(gold)), rel=1e-4)
-        assert example["target_log_prob"] == pytest.approx(gold[:-1].sum(), rel=1e-4)
-        assert example["target_and_stop_log_prob"] == pytest.approx(gold.sum(), rel=1e-4)
+        assert example["target_log_prob"] == pytest.approx(gold.sum(), rel=1e-4)
         assert example["brier_score"] == pytest.approx(brier.mean(), rel=1e-4)
 
 
