@@ -6,7 +6,10 @@ A record is one JSON object per line. Each path names the fields it needs (SFT:
 lacks a field fails with `file:line` and the fields it has, before anything is trained.
 
 Batches come from grain datasets, so the iterator's position is saved with each
-checkpoint and a resumed run sees exactly the batches it would have seen.
+checkpoint and a resumed run sees exactly the batches it would have seen. The run seed reaches
+grain as pretraining's does (research/data/pipeline.py _grain_seed): grain orders epoch e by
+seed + e, so seeds passed as they are share orders an epoch apart (seed s's epoch e + 1 was seed
+s + 1's epoch e); seed 0 maps to 0, so its order is the one it always was.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from research.data.pipeline import to_batch_row
+from research.data.pipeline import _grain_seed, to_batch_row
 from research.models.config import ConfigError
 
 Record = dict[str, Any]
@@ -81,7 +84,7 @@ def packed_batches(examples: list[Row], *, batch_size: int, seq_len: int, seed: 
     """Causal-LM batches from unpacked examples {inputs, targets, loss_weights} (1-D, any length
     <= seq_len), first-fit packed into rows of seq_len by grain: segment ids 1, 2, .. per
     example and positions restarting at 0, so attention never crosses examples."""
-    seed = int(seed) % 2**32
+    seed = _grain_seed(seed)
     ds = grain.MapDataset.source(examples)
     if shuffle:
         ds = ds.shuffle(seed=seed)
@@ -98,7 +101,7 @@ def row_batches(rows: list[Row], *, batch_size: int, seed: int, num_epochs: int 
     """Batches of fixed-length rows (preference pairs, classification, text-to-text)."""
     ds = grain.MapDataset.source(rows)
     if shuffle:
-        ds = ds.shuffle(seed=int(seed) % 2**32)
+        ds = ds.shuffle(seed=_grain_seed(seed))
     ds = ds.repeat(num_epochs).to_iter_dataset()
     return ds.batch(batch_size, drop_remainder=False, batch_fn=functools.partial(_stack_and_pad, batch_size=batch_size))
 

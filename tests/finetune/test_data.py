@@ -7,7 +7,7 @@ import pytest
 from research.data.chat_templates import get_chat_template, render_chat, render_prompt
 from research.evaluation.tokenizer import CharTokenizer
 from research.finetune.preference_data import PREFERENCE_FIELDS, preference_row, rule_reward, synthetic_preferences
-from research.finetune.records import RecordError, packed_batches, read_jsonl
+from research.finetune.records import RecordError, packed_batches, read_jsonl, row_batches
 from research.finetune.sft_data import SFT_FIELDS, sft_example
 
 TOKENIZER = CharTokenizer()
@@ -106,3 +106,43 @@ def test_a_multi_turn_preference_prompt_scores_only_the_reply():
         np.testing.assert_array_equal(row[f"{side}_mask"][:length],
                                       [0] * len(context) + [1] * (len(expected) - len(context)))
         assert int(row[f"{side}_mask"].sum()) == 5  # the reply, its newline and eos
+
+
+NUM_ROWS, EPOCHS, BINS = 48, 3, 8  # packed_batches packs into max(batch_size, 8) bins
+
+
+def _epoch_orders(seed, kind):
+    """Each epoch's order of NUM_ROWS rows (row i: the single id 5 + i, or seq_len of them).
+    Packed: rows fill their bins, so each group of BINS consecutive rows is emitted as a group
+    in an order of the packer's own; an epoch's order is then its sequence of groups."""
+    if kind == "rows":
+        rows = [{"x": np.array([5 + i], np.int32)} for i in range(NUM_ROWS)]
+        order = [int(b["x"][0, 0]) - 5 for b in row_batches(rows, batch_size=1, seed=seed, num_epochs=EPOCHS)]
+        return [tuple(order[e * NUM_ROWS:(e + 1) * NUM_ROWS]) for e in range(EPOCHS)]
+    full = lambda i: np.full(4, 5 + i, np.int32)
+    examples = [{"inputs": full(i), "targets": full(i), "loss_weights": np.ones(4, np.float32)} for i in range(NUM_ROWS)]
+    order = [int(b["inputs"][0, 0]) - 5 for b in packed_batches(examples, batch_size=1, seq_len=4, seed=seed,
+                                                                num_epochs=EPOCHS)]
+    groups = [frozenset(order[i:i + BINS]) for i in range(0, len(order), BINS)]
+    per_epoch = NUM_ROWS // BINS
+    return [tuple(groups[e * per_epoch:(e + 1) * per_epoch]) for e in range(EPOCHS)]
+
+
+@pytest.mark.parametrize("kind", ["rows", "packed"])
+def test_no_two_seeds_share_an_epoch_order(kind):
+    # grain orders epoch e by seed + e: fine-tuning seeds passed to it as they were, seed 0's
+    # epoch 1 was seed 1's epoch 0, so seed repeats of a fine-tuning run saw one sequence.
+    orders = {(seed, epoch): order for seed in range(4) for epoch, order in enumerate(_epoch_orders(seed, kind))}
+    assert len(set(orders.values())) == len(orders), "two (seed, epoch) pairs share an order"
+
+
+@pytest.mark.parametrize("kind", ["rows", "packed"])
+def test_seed_0_orders_its_epochs_as_it_always_did(kind):
+    """Seed 0's epoch e is grain's index shuffle at seed e, as before run seeds were spread."""
+    from grain._src.python.experimental.index_shuffle.python import index_shuffle_module
+
+    shuffled = [[index_shuffle_module.index_shuffle(i, max_index=NUM_ROWS - 1, seed=epoch, rounds=4)
+                 for i in range(NUM_ROWS)] for epoch in range(EPOCHS)]
+    expected = [tuple(order) if kind == "rows" else
+                tuple(frozenset(order[i:i + BINS]) for i in range(0, NUM_ROWS, BINS)) for order in shuffled]
+    assert _epoch_orders(0, kind) == expected
