@@ -6,8 +6,11 @@ start whose fingerprint differs: resuming would mix adapters trained on another 
 metrics of another data set, or fail deep in orbax on another parameter tree. The
 fingerprint holds what a checkpoint's meaning depends on: the path, the base model (init,
 model overrides, tokenizer), the data, LoRA's shape, the objective's settings, seq_len, the
-seed and the optimizer's name. What may change on resume is left out: num_steps, the learning
-rate and schedule, logging and evaluation settings, the mesh, compute dtype and dropout.
+seed, the optimizer's name and whether it clips gradients (another optimizer-state tree; a
+run.json recorded before lacks it, and workdir.claim_all then takes it from the newest
+checkpoint's config, or compares nothing, as for pretraining). What may change on resume is
+left out: num_steps, the learning rate and schedule, clip_norm's value while clipping stays on
+or off, logging and evaluation settings, the mesh, compute dtype and dropout.
 
 Local paths are recorded absolute: the same relative path from another directory is
 another file. run.json's "init" is also where a LoRA run's own base is found when the run is
@@ -50,6 +53,8 @@ def _absolute_tokenizer(config: Mapping[str, Any]) -> str:
 def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a fine-tuning config (a plain dict, as checkpoints save it) that identify
     the run, flattened to dotted keys (a pretraining config gives one that differs)."""
+    from research.training.optimizers import OptimizerConfig  # optax on use, as workdir.run_fingerprint
+
     section = lambda name: dict(config.get(name) or {})
     model = {k: v for k, v in section("model").items() if v is not None and k not in _MODEL_FIELDS_FREE_ON_RESUME}
     data = {k: v for k, v in section("data").items() if k != "data_dir"}
@@ -64,7 +69,9 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         "path": path, "init": absolute_spec(config.get("init", "")), "tokenizer": _absolute_tokenizer(config),
         "model": model, "data": data, "lora": lora,
         "train": {k: section("train")[k] for k in _TRAIN_FIELDS if k in section("train")},
-        "opt": {"name": section("opt").get("name", "adamw")},
+        # Clipping on or off is another optimizer-state tree: only caught at restore without it.
+        "opt": {"name": section("opt").get("name", "adamw"),
+                "clip_norm>0": bool(section("opt").get("clip_norm", OptimizerConfig.clip_norm))},
     }
     if path == "preference":
         identity["preference"] = {**section("preference"),

@@ -68,6 +68,41 @@ def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path
         finetune_and_evaluate(full, str(workdir))
 
 
+
+def test_clipping_turned_on_or_off_is_refused_naming_it(tmp_path):
+    """Clipping on or off changes the optimizer state's tree: the claim let it through and only the
+    restore failed. Another clip_norm while clipping stays on resumes; a run.json recorded before
+    the field existed takes it from the newest checkpoint's config, and with none compares nothing."""
+    from research.finetune.run_identity import claim_workdir
+    workdir = tmp_path / "run"
+    finetune_and_evaluate(tiny_config("sft_tiny", num_steps=2), str(workdir))
+    assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["opt.clip_norm>0"] is True
+    unclipped = tiny_config("sft_tiny", num_steps=3)
+    unclipped.opt.clip_norm = 0.0
+    refusal = (rf"^--workdir={workdir} holds another run \(opt.clip_norm>0: true there, false now\); use a new "
+               r"--workdir, or delete .* to start over; .* a large opt.clip_norm \(e.g. 1e9\) in place of 0 keeps it\.$")
+    with pytest.raises(WorkdirError, match=refusal) as error:
+        finetune_and_evaluate(unclipped, str(workdir))
+    assert "\n" not in str(error.value)
+
+    recorded = json.loads((workdir / RUN_FILE).read_text())
+    del recorded["fingerprint"]["opt.clip_norm>0"]  # a run.json written before the field
+    (workdir / RUN_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(WorkdirError, match=refusal):  # the saved step's config says it clipped
+        claim_workdir(str(workdir), unclipped.to_dict())
+    fresh = tmp_path / "no_checkpoint"
+    fresh.mkdir()
+    (fresh / RUN_FILE).write_text(json.dumps(recorded))
+    claim_workdir(str(fresh), unclipped.to_dict())  # nothing saved: nothing to resume, nothing to compare
+
+    (workdir / RUN_FILE).write_text(json.dumps(recorded))
+    other_value = tiny_config("sft_tiny", num_steps=3)
+    other_value.opt.clip_norm = 0.5  # the same state: resumes, and run.json records the field again
+    other_value.checkpoint.every_steps = 3
+    finetune_and_evaluate(other_value, str(workdir))
+    assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["opt.clip_norm>0"] is True
+
+
 BAD_VALUES = {"preference.beta": (0.0, r"^preference.beta=0.0 must be positive \(e.g. --config.preference.beta=0.1\)"),
               "preference.label_smoothing": (0.7, r"^preference.label_smoothing=0.7 must be in \[0, 0.5\)"),
               "lora.alpha": (-1.0, r"^lora.alpha=-1.0 must be positive: .*--config.lora.alpha=16"),
