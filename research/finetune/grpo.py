@@ -209,7 +209,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     local_batch = train.batch_size
     return FinetuneJob(
-        name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer,
+        name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer, stop_ids=turn_ends,
         loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef, temperature=grpo.temperature,
                                   vocab_limit=vocab_limit), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),

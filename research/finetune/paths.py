@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt
+from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt, turn_end_ids
 from research.finetune import records as records_lib
 from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, job_base_model,
                                          load_reference)
@@ -119,7 +119,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"sft {base.config.name} ({base.source})", model=model, loss_fn=loss_fn, abstract_params=boxed,
-        tokenizer=base.tokenizer,
+        tokenizer=base.tokenizer, stop_ids=turn_end_ids(template, base.tokenizer),
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.packed_batches(_local(train_examples), batch_size=local_batch,
                                                                    seq_len=train.seq_len, seed=seed)),
@@ -208,7 +208,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     return FinetuneJob(
         name=f"{preference.loss} {base.config.name} ({base.source})", model=model, loss_fn=loss_fn,
-        tokenizer=base.tokenizer,
+        tokenizer=base.tokenizer, stop_ids=turn_end_ids(template, base.tokenizer),
         abstract_params=boxed, initial_params=lambda: initial(int(config.train.seed)), train_batches=train_batches,
         evaluate=evaluate, prepare=lambda policy, reference, batch, step: with_reference(reference, batch),
         needs_reference=preference.needs_reference and not reference_spec)

@@ -68,6 +68,9 @@ class FinetuneJob:
     new_modules: tuple[str, ...] = ()
     # The fine-tuning tokenizer: its special ids go into an exported Hugging Face config.
     tokenizer: Any = None
+    # The ids a generated turn ends at (a chat path's chat_templates.turn_end_ids): an export's
+    # generation_config.json stops there, where a chatml-tuned model ends its turn with <|im_end|>.
+    stop_ids: tuple[int, ...] = ()
 
 
 def _sub(section: Any) -> dict[str, Any]:
@@ -207,7 +210,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             if end_step == start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
-                _export(job, merge(state.params), config.export_dir, job.tokenizer)
+                _export(job, merge(state.params), config.export_dir)
     finally:
         checkpointer.close()
     return last
@@ -266,13 +269,15 @@ def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:
     return state.replace(params={k: v for k, v in state.params.items() if k != BASE}) if lora else state
 
 
-def _export(job: FinetuneJob, params: Any, path: str, tokenizer: Any = None) -> None:
+def _export(job: FinetuneJob, params: Any, path: str) -> None:
     """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here),
-    its config carrying `tokenizer`'s special ids: the architecture's defaults (GPT-2's 50256)
-    may lie outside a fine-tuning vocabulary, and generate() stops on config's eos id."""
+    its config carrying the job's tokenizer's special ids: the architecture's defaults (GPT-2's
+    50256) may lie outside a fine-tuning vocabulary, and generate() stops on config's eos id;
+    generation_config.json adds the job's turn ends (ChatML's <|im_end|>, which chatml trains in
+    place of eos): without them generate() ran past the end of the turn."""
     from research.models import to_hf
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
-    to_hf(job.model, jax.device_get(params), path, tokenizer=tokenizer)
+    to_hf(job.model, jax.device_get(params), path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
     log.info("exported merged weights to %s", path)

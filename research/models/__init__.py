@@ -14,7 +14,7 @@ Models are flax.linen modules used purely: `params = model.init(rng, ...)["param
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 
@@ -40,11 +40,12 @@ def from_hf(path: str, **overrides: Any):
     return _from_hf(path, **overrides)
 
 
-def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
+def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None, stop_ids: Sequence[int] = ()) -> None:
     """Write `params` as a Hugging Face checkpoint folder (config.json + model.safetensors), with
-    `tokenizer`'s special ids in config.json when given (research.models.hf.to_hf)."""
+    `tokenizer`'s special ids in config.json and generation_config.json when given, the latter
+    also stopping at `stop_ids` (research.models.hf.to_hf)."""
     from research.models.hf import to_hf as _to_hf
-    return _to_hf(model, params, path, tokenizer=tokenizer)
+    return _to_hf(model, params, path, tokenizer=tokenizer, stop_ids=stop_ids)
 
 
 __all__ = ["ConfigError", "ModelConfig", "build_model", "from_hf", "get_config", "preset_names",

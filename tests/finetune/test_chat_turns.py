@@ -1,7 +1,8 @@
 """Where a chat turn begins and ends: a Hugging Face tokenizer's default leading special
 tokens open every rendered row (oracle: transformers' apply_chat_template on folders built
 here), and a generated reply ends at the template's turn end, neither earlier (plain's "\\n"
-inside a multi-line reply) nor later (chatml's <|im_end|>, a special token a decode drops)."""
+inside a multi-line reply) nor later (chatml's <|im_end|>, a special token a decode drops), also in
+transformers' generate() on an exported folder."""
 import json
 
 import pytest
@@ -98,3 +99,62 @@ def test_cut_turn_by_hand():
     assert turn_end_ids(chatml, char) == (eos,)
     for tail in ("\n<|im_start|>user\nc", ""):
         assert cut_turn(char.encode("a\nb<|im_end|>" + tail), chatml, char) == (13, "a\nb")
+
+
+def test_generate_on_a_chatml_export_stops_at_im_end(tmp_path):
+    """A chatml-tuned model ends its turn with <|im_end|> and no eos: the export recorded only the
+    tokenizer's eos, so transformers' generate() ran on past the turn's end into an invented next
+    turn. A logits processor makes the exported model say a planned turn and what would follow it."""
+    import torch
+    import transformers
+
+    from research.finetune import finetune_and_evaluate
+
+    folder = chatml_folder(tmp_path / "tok")
+    config = tiny_config("sft_tiny", num_steps=1)
+    config.opt.warmup_steps = 0
+    config.train.update(dict(seq_len=64, eval_batches=1))
+    config.update(dict(tokenizer=folder, export_dir=str(tmp_path / "hf")))
+    config.data.chat_template = "chatml"
+    finetune_and_evaluate(config, str(tmp_path / "run"))
+
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    eos, im_end = hf_tokenizer.eos_token_id, hf_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert model.generation_config.eos_token_id == [eos, im_end] and model.config.eos_token_id == eos
+    # The rest of generation_config.json is what transformers derives from config.json without it.
+    exported_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    derived = transformers.GenerationConfig.from_model_config(exported_config).to_diff_dict()
+    written = model.generation_config.to_diff_dict()
+    assert {k: v for k, v in written.items() if k not in ("eos_token_id", "transformers_version")} == \
+        {k: v for k, v in derived.items() if k not in ("eos_token_id", "transformers_version", "_from_model_config")}
+
+    prompt = oracle_ids(folder, CHAT[:2], add_generation_prompt=True)
+    turn = hf_tokenizer.encode("It is 4.", add_special_tokens=False) + [im_end]
+    plan = turn + hf_tokenizer.encode("\n<|im_start|>user\nAnd 3+3?", add_special_tokens=False)
+
+    class SaysThePlan(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            forced = torch.full_like(scores, -float("inf"))
+            forced[:, plan[input_ids.shape[1] - len(prompt)]] = 0.0
+            return forced
+
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         max_new_tokens=len(plan), do_sample=False,
+                         logits_processor=transformers.LogitsProcessorList([SaysThePlan()]))
+    assert out[0, len(prompt):].tolist() == turn
+
+
+@pytest.mark.parametrize("preset", ["dpo_tiny", "grpo_tiny"])
+def test_every_chat_path_hands_its_turn_ends_to_the_export(tmp_path, preset):
+    """Preference tuning and GRPO render chatml turns too: their exports stop where SFT's do."""
+    from research.data.chat_templates import turn_end_ids
+    from research.finetune.run import build_job
+
+    folder = chatml_folder(tmp_path / "tok")
+    config = tiny_config(preset)
+    config.train.seq_len = 64
+    config.tokenizer = folder
+    config.data.chat_template = "chatml"
+    job = build_job(config)
+    assert job.stop_ids == turn_end_ids(get_chat_template("chatml"), load_tokenizer(folder)) and len(job.stop_ids) == 2

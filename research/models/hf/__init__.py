@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,7 +28,7 @@ import numpy as np
 from research.models import layout
 from research.models.config import ConfigError, ModelConfig
 from research.models.hf.checkpoint_files import (CheckpointError, StateDict, read_hf_config, read_state_dict,
-                                                 read_tensors_ending_with, write_checkpoint)
+                                                 read_tensors_ending_with, write_checkpoint, write_generation_config)
 
 # Modules are imported on use, so a missing optional one (or its dependencies) only
 # matters to checkpoints of that type.
@@ -88,13 +88,19 @@ _HEAD_AND_EMBEDDING_NAMES = ("lm_head.weight", "wte.weight", "embed_tokens.weigh
                              "predictions.decoder.weight", "word_embeddings.weight")
 
 
-def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) -> None:
+def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None, stop_ids: Sequence[int] = ()) -> None:
     """Write `params` of `model` to the folder `path` as config.json + model.safetensors.
 
     tokenizer: the one the model was trained with (anything with eos_id, pad_id and optionally
-    bos_id); its special ids go into config.json. Without it an architecture's defaults stand
-    (GPT-2's 50256), which may lie outside a small vocabulary: transformers then warns, and its
-    generate() never stops on the model's real eos."""
+    bos_id); its special ids go into config.json and generation_config.json. Without it an
+    architecture's defaults stand (GPT-2's 50256), which may lie outside a small vocabulary:
+    transformers then warns, and its generate() never stops on the model's real eos.
+    stop_ids (with tokenizer): further ids a generated turn ends at, such as a chat template's
+    one-id turn end (research.data.chat_templates.turn_end_ids: ChatML's <|im_end|>, which a
+    chatml-tuned model ends its turn with, not eos); generation_config.json's eos_token_id lists
+    them after eos (a Qwen instruct folder lists <|im_end|> and <|endoftext|> there too), so
+    transformers' generate() stops at any of them.
+    config.json keeps the tokenizer's one eos."""
     config: ModelConfig = model.config
     module = _module_for_config(config)
     hf_config = module.config_to_hf(config)
@@ -103,6 +109,8 @@ def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None) ->
         hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
                          pad_token_id=int(tokenizer.pad_id))
     write_checkpoint(path, hf_config, module.params_to_hf(params, config))
+    if tokenizer is not None:  # written each time: a file an earlier export left here would speak for this one
+        write_generation_config(path, hf_config, stop_ids)
 
 
 def supported_model_types() -> list[str]:

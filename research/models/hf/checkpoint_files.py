@@ -21,6 +21,10 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+# config.json's fields that transformers' GenerationConfig.from_model_config carries into the
+# generation config of a folder without one (the only generation fields our config.json holds).
+_GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 StateDict = dict[str, np.ndarray]
 
@@ -96,6 +100,19 @@ def write_checkpoint(path: str, hf_config: dict[str, Any], state_dict: StateDict
     # transformers refuses files whose metadata does not name a framework.
     tensors = {name: np.ascontiguousarray(array) for name, array in state_dict.items()}
     save_file(tensors, os.path.join(path, SAFETENSORS_FILE), metadata={"format": "pt"})
+
+
+def write_generation_config(path: str, hf_config: dict[str, Any], stop_ids: Iterable[int] = ()) -> None:
+    """Write `path`/generation_config.json: what transformers derives from `hf_config` without one,
+    with eos_token_id the config's eos followed by `stop_ids` (a list when that makes several ids:
+    generate() stops at any of them)."""
+    fields = {k: hf_config[k] for k in _GENERATION_FIELDS if hf_config.get(k) is not None}
+    eos = list(dict.fromkeys([*([int(fields["eos_token_id"])] if "eos_token_id" in fields else []),
+                              *(int(i) for i in stop_ids)]))
+    if eos:
+        fields["eos_token_id"] = eos if len(eos) > 1 else eos[0]
+    with open(os.path.join(path, GENERATION_CONFIG_FILE), "w") as f:
+        json.dump(fields, f, indent=2, sort_keys=True)
 
 
 def take(state_dict: StateDict, shapes: dict[str, tuple[int, ...]], model_type: str,
