@@ -61,8 +61,9 @@ ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
 # Part of the fit's input digest: bumped whenever the same runs would give another fit.json,
 # so a rerun never keeps a fit the present code would not write. 2: seeds merged (2026-12-03);
-# 3: no exponents for a law without an optimum.
-FIT_METHOD_VERSION = 3
+# 3: no exponents for a law without an optimum; 4: Approach 1 keeps bracketed optima only and reads
+# N_opt between rungs by default (envelope.py).
+FIT_METHOD_VERSION = 4
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
@@ -172,7 +173,7 @@ def _read_previous_fit(fit_path: str) -> dict | None:
 def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, seed: int) -> dict:
     """Approach 1 with each model's finished runs as its curve: every point is a final loss;
     N_opt read between the ladder's rungs (research/scaling/envelope.py; the plain argmin's
-    exponent is kept as argmin_a). With the seed noise measured, a_interval_80 is the 10th-90th percentile of a over
+    exponent, every grid value with the ladder's ends, is kept as argmin_a). With the seed noise measured, a_interval_80 is the 10th-90th percentile of a over
     copies of the losses, each multiplied by exp(normal(0, noise)) (research/scaling/noise_intervals.py):
     how far run-to-run noise alone moves Approach 1's exponent. Its N_opt is the best of a few discrete
     sizes at each compute, so one run's noise can move a whole rung. At the cpu_tiny design
@@ -186,7 +187,7 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
     try:
         points = table.merge_replicates()
         result = fit_envelope(points, between_sizes=True).as_dict()
-        result["argmin_a"] = fit_envelope(points).N_opt.exponent
+        result["argmin_a"] = fit_envelope(points, between_sizes=False, bracketed=False).N_opt.exponent
     except RunTableError as error:
         return {"skipped": str(error)}
     # Noise is drawn per run, then the seeds of a point merged, as in the real fit.

@@ -61,7 +61,7 @@ def training_curves(sizes, max_tokens=1e13, points=60):
 
 def test_approach1_envelope_of_training_curves():
     table = training_curves(np.geomspace(1e7, 1e11, 41))
-    fit = fit_envelope(table, num_compute=500)
+    fit = fit_envelope(table, num_compute=500, between_sizes=False)  # the best rung at each compute
     assert fit.from_curves
     env = fit.envelope
     # The envelope is never above any curve at the same compute, and its sizes grow with C.
@@ -71,6 +71,44 @@ def test_approach1_envelope_of_training_curves():
     assert on_envelope.any()
     assert fit.N_opt.exponent == pytest.approx(TRUE_LAW.a, abs=0.03)
     assert fit.D_opt.exponent == pytest.approx(TRUE_LAW.b, abs=0.03)
+    between = fit_envelope(table, num_compute=500)  # the default: N_opt read between rungs
+    assert between.N_opt.exponent == pytest.approx(TRUE_LAW.a, abs=0.01)
+    assert between.D_opt.exponent == pytest.approx(TRUE_LAW.b, abs=0.01)
+
+
+def cpu_tiny_law_runs():
+    """The cpu_tiny sweep's seed-0 runs (N non-embedding, D, nominal budget) and noiseless final
+    losses from a law that sweep fitted (a = 0.556)."""
+    from experiments.configs.scaling_laws import get_config
+    from experiments.scaling_laws.sweep import plan_sweep
+    from research.scaling import ChinchillaLaw
+
+    law = ChinchillaLaw(E=1.539, A=114.6, alpha=0.845, B=1.705e5, beta=1.06)
+    runs = [r for r in plan_sweep(get_config("cpu_tiny")).runs if r.seed == 0]
+    return law, runs
+
+
+def test_default_envelope_leaves_the_ladders_ends_out_of_training_curves():
+    """Noiseless curves of a known law at the cpu_tiny design, each run's curve from 1,024 tokens
+    to its end (as curves.csv holds them): early in training the smallest model leads, so most
+    grid values' best size is the ladder's smallest, a bound and not an optimum. The default
+    (what the fit CLI and report.fit_run_table use) keeps only bracketed grid values and
+    recovers the law's a; keeping every argmin gave 0.247."""
+    law, runs = cpu_tiny_law_runs()
+    rows = [(r.N, d, r.run_id) for r in runs for d in np.geomspace(1024, r.tokens, 16)]
+    N, D = (np.array([row[i] for row in rows], float) for i in (0, 1))
+    table = RunTable(N, D, law.loss(N, D), run=np.array([row[2] for row in rows]))
+    fit = fit_envelope(table)
+    assert fit.N_opt.exponent == pytest.approx(law.a, abs=0.01)
+    assert fit.D_opt.exponent == pytest.approx(law.b, abs=0.01)
+    assert N.min() < fit.envelope.N.min() and fit.envelope.N.max() < N.max()
+    rungs = fit_envelope(table, between_sizes=False)  # bracketed, on the rungs: the staircase's slope
+    assert np.isin(rungs.envelope.N, N).all() and N.min() < rungs.envelope.N.min()
+    assert abs(rungs.N_opt.exponent - law.a) < 0.05
+    raw = fit_envelope(table, between_sizes=False, bracketed=False)  # kept for comparison, documented biased
+    assert raw.N_opt.exponent == pytest.approx(0.247, abs=0.01) and raw.envelope.N.min() == N.min()
+    with pytest.raises(ValueError, match="needs bracketed=True"):
+        fit_envelope(table, bracketed=False)
 
 
 def test_curve_with_two_sizes_is_an_error():
@@ -111,7 +149,7 @@ def test_approach1_between_rungs_removes_the_ladders_staircase(exact):
             N.append(ladder[i]), D.append(C / 6 / ladder[i]), runs.append(f"model-{i}")
     N, D = np.array(N), np.array(D)
     table = RunTable(N, D, law.loss(N, D), run=np.array(runs), flops=flops_per_token(N) * D)
-    between, argmin = fit_envelope(table, between_sizes=True), fit_envelope(table)
+    between, argmin = fit_envelope(table), fit_envelope(table, between_sizes=False, bracketed=False)
     assert abs(between.N_opt.exponent - true_a) < 0.015
     assert abs(argmin.N_opt.exponent - true_a) > 0.03
     assert not np.isin(between.envelope.N, ladder).all()  # between rungs, not only on them
