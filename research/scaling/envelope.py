@@ -4,12 +4,14 @@ With training curves (a `run` column: many rows per run, D = tokens seen so far)
 curve's loss is interpolated (linearly in log C, log loss) onto a log-spaced grid of
 compute values; at every grid value the size with the lowest loss gives N_opt(C), and
 D_opt(C) = C / (FLOPs per token at N_opt: 6 N under nominal accounting). The paper used 1500
-grid values; a grid value no curve reaches is left out. With one row per run, the envelope is
-the compute frontier: the runs that reach a lower loss than every run with less compute.
+grid values; a grid value no curve reaches is left out. With one row per run (final losses),
+the envelope is the compute frontier: each budget's best run, where it beats every budget
+with less compute (compute_frontier; the runs of one budget count once, at the budget's
+compute).
 
 N_opt ∝ C^a and D_opt ∝ C^b are then least-squares lines in log space over the envelope.
 
-On curves only bracketed optima count: grid values whose best size has both its ladder
+Only bracketed optima count: grid values (or budgets) whose best size has both its ladder
 neighbours reaching that compute, and doing worse. At the ladder's ends, and at compute that
 only some sizes reach (each model's final losses span only the budgets it was run at), the
 best of the sizes present is a bound, not the optimum; early in training the smallest model
@@ -26,7 +28,8 @@ against the law's 0.560 along f, 0.549 with the rule; on the sweep's own runs, e
 parabola in (log N, log loss) through the best size and its two neighbours (by size). Why: a
 ladder samples N discretely, so the best rung is a staircase, and the slope fitted through it
 depends on where the rungs happen to fall. The curves above: best rung 0.521, between rungs
-0.556. `between_sizes=False` keeps the best rung; with `bracketed=False` as well it is
+0.556; their final losses (the frontier, one point per budget): best rung 0.668, between
+rungs 0.556. `between_sizes=False` keeps the best rung; with `bracketed=False` as well it is
 the plain argmin at every grid value, the ladder's ends included (the staircase as it is,
 for plots and comparison; its slope is biased as above).
 """
@@ -36,6 +39,7 @@ import dataclasses
 
 import numpy as np
 
+from research.scaling.isoflop import MIN_SIZES_PER_PROFILE, budget_compute, group_by_budget
 from research.scaling.laws import PowerLaw
 from research.scaling.run_table import RunTable, RunTableError
 
@@ -66,30 +70,57 @@ class Approach1Fit:
                 "distinct_sizes_on_envelope": int(np.unique(self.envelope.N).size)}
 
 
-def compute_frontier(table: RunTable) -> np.ndarray:
-    """Indices of rows whose loss is below that of every row with less compute, by compute."""
-    order = np.lexsort((table.loss, table.compute))  # ties in compute: lowest loss first
-    best_so_far = np.minimum.accumulate(table.loss[order])
-    improves = np.concatenate([[True], table.loss[order][1:] < best_so_far[:-1]])
-    return order[improves]
+def budget_groups(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
+    """Row indices of each budget, by isoflop.group_by_budget. Without a C column a group
+    whose runs' FLOPs span more than rel_tol is not one budget (group_by_budget chains runs
+    whose consecutive FLOPs differ by less, which in a dense non-IsoFLOP design can span
+    decades): each of its runs is then a group of its own."""
+    groups = []
+    for rows in group_by_budget(table, rel_tol):
+        compute = table.compute[rows]
+        one_budget = table.budget is not None or compute.max() <= compute.min() * (1.0 + rel_tol)
+        groups.extend([rows] if one_budget else [rows[i:i + 1] for i in range(rows.size)])
+    return groups
+
+
+def compute_frontier(table: RunTable, rel_tol: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, compute) of the compute frontier, by compute: each budget's best run (budget_groups)
+    at the budget's compute (isoflop.budget_compute: the C label under nominal accounting),
+    where its loss is below that of every budget with less compute.
+
+    Why each budget counts once: its runs spend the same compute by design, and rounding to
+    whole steps moves their 6 N D by < 0.2%. Taken as different compute, every run of a budget
+    that beat the one rounded just below it entered the frontier: all four sizes of cpu_tiny's
+    smallest budget, 0.17 nats apart (11 points from 4 budgets on noiseless losses of a known
+    law, a = 0.498 against its 0.556)."""
+    groups = budget_groups(table, rel_tol)
+    rows = np.array([g[np.argmin(table.loss[g])] for g in groups], dtype=int)
+    compute = np.array([budget_compute(table, g) for g in groups], dtype=np.float64)
+    order = np.lexsort((table.loss[rows], compute))  # ties in compute: lowest loss first
+    loss = table.loss[rows[order]]
+    best_so_far = np.minimum.accumulate(loss)
+    improves = np.concatenate([[True], loss[1:] < best_so_far[:-1]])
+    return rows[order][improves], compute[order][improves]
 
 
 def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, between_sizes: bool = True,
-                   bracketed: bool = True) -> Envelope:
+                   bracketed: bool = True, rel_tol: float = 0.1) -> Envelope:
     """The envelope over training curves (table.run set) or the frontier of single runs.
 
-    On curves only bracketed optima count (module docstring): the grid values whose best size
-    has both ladder neighbours reaching that compute. between_sizes reads N_opt between rungs
-    (the vertex of the parabola through the best size and its two neighbours); False keeps the
-    best rung, a staircase. bracketed=False (only with between_sizes=False) is the plain argmin
+    Only bracketed optima count (module docstring): on curves the grid values whose best size
+    has both ladder neighbours reaching that compute; on the frontier the budgets whose best
+    run has a smaller and a larger size beside it (a budget of fewer than 3 sizes, e.g. a
+    single run, cannot be checked and is kept). between_sizes reads N_opt between rungs (the
+    vertex of the parabola through the best size and its two neighbours); False keeps the best
+    rung, a staircase. bracketed=False (only with between_sizes=False) is the plain argmin
     everywhere, the ladder's ends included: for plotting and comparison, not for fitting (its
-    slope is biased)."""
+    slope is biased). rel_tol: how far apart in FLOPs runs without a C column may be and still
+    be one budget (isoflop.group_by_budget)."""
     if not bracketed and between_sizes:
         raise ValueError("between_sizes=True reads N_opt from the best size and its two neighbours, so it "
                          "needs bracketed=True; pass between_sizes=False with bracketed=False for the plain argmin.")
     if table.run is None:
-        rows = compute_frontier(table)
-        return Envelope(table.compute[rows], table.loss[rows], table.N[rows], table.D[rows])
+        return _frontier_envelope(table, rel_tol, between_sizes, bracketed)
     runs = np.unique(table.run)
     grid = np.geomspace(table.compute.min(), table.compute.max(), num_compute)
     loss_UG = np.full((runs.size, grid.size), np.inf)
@@ -151,12 +182,36 @@ def _bracketed_curves(grid: np.ndarray, loss_UG: np.ndarray, sizes: np.ndarray, 
     return Envelope(grid[use], np.exp(y1[use]), np.exp(log_n_opt), grid[use] / per_token_opt)
 
 
+def _frontier_envelope(table: RunTable, rel_tol: float, between_sizes: bool, bracketed: bool) -> Envelope:
+    """The compute frontier of final losses, each budget's N_opt read as lower_envelope says."""
+    rows, compute = compute_frontier(table, rel_tol)
+    budget_of = {int(r): g for g in budget_groups(table, rel_tol) for r in g}
+    keep, N_opt, per_token = np.ones(rows.size, bool), table.N[rows].copy(), table.flops_per_token[rows].copy()
+    for k, row in enumerate(rows):
+        group = budget_of[int(row)]
+        unique = np.unique(table.N[group])
+        if not bracketed or unique.size < MIN_SIZES_PER_PROFILE:
+            continue
+        i = int(np.searchsorted(unique, table.N[row]))
+        if i == 0 or i == unique.size - 1:  # the budget's smallest or largest size: a bound, not an optimum
+            keep[k] = False
+        elif between_sizes:
+            at = [table.N[group] == n for n in unique[i - 1:i + 2]]
+            log_n = np.log(unique[i - 1:i + 2])
+            log_loss = [np.log(table.loss[group][m].min()) for m in at]
+            log_per_token = [np.log(table.flops_per_token[group][m]).mean() for m in at]
+            x = float(np.clip(_vertex(*log_n, *log_loss), log_n[0], log_n[2]))
+            N_opt[k], per_token[k] = np.exp(x), np.exp(np.interp(x, log_n, log_per_token))
+    return Envelope(compute[keep], table.loss[rows[keep]], N_opt[keep], compute[keep] / per_token[keep])
+
+
 def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, between_sizes: bool = True,
-                 bracketed: bool = True) -> Approach1Fit:
+                 bracketed: bool = True, rel_tol: float = 0.1) -> Approach1Fit:
     """Approach 1: power laws N_opt(C), D_opt(C) through the lower envelope (lower_envelope's
     options; the default reads N_opt between rungs at bracketed optima only, which recovers a
     law's exponent from its noiseless curves: module docstring)."""
-    envelope = lower_envelope(table, num_compute, between_sizes=between_sizes, bracketed=bracketed)
+    envelope = lower_envelope(table, num_compute, between_sizes=between_sizes, bracketed=bracketed,
+                              rel_tol=rel_tol)
     if np.unique(envelope.N).size < 2:
         raise RunTableError(f"Approach 1 needs >= 2 model sizes on the loss-compute envelope, found "
                             f"{np.unique(envelope.N).size}; add runs of other sizes that reach the frontier.")

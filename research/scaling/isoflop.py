@@ -83,14 +83,20 @@ def group_by_budget(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
     return np.split(order, breaks)
 
 
+def budget_compute(table: RunTable, rows: np.ndarray) -> float:
+    """The compute of one budget's runs (`rows`, a group of group_by_budget)."""
+    # Nominal tables carry their budget label; under exact accounting the runs of one
+    # nominal budget spend slightly different FLOPs, and the profile sits at their mean.
+    if table.budget is not None and table.flops is None:
+        return float(table.budget[rows[0]])
+    return float(np.exp(np.mean(np.log(table.compute[rows]))))
+
+
 def fit_isoflop(table: RunTable, *, rel_tol: float = 0.1) -> Approach2Fit:
     """Approach 2: one parabola per budget with >= 3 sizes, then N_opt(C), D_opt(C)."""
     profiles, skipped = [], []
     for rows in group_by_budget(table, rel_tol):
-        # Nominal tables carry their budget label; under exact accounting the runs of one
-        # nominal budget spend slightly different FLOPs, and the profile sits at their mean.
-        compute = float(table.budget[rows[0]]) if table.budget is not None and table.flops is None else float(
-            np.exp(np.mean(np.log(table.compute[rows]))))
+        compute = budget_compute(table, rows)
         N, loss = table.N[rows], table.loss[rows]
         if np.unique(N).size < MIN_SIZES_PER_PROFILE:
             skipped.append(f"C={compute:.3g}: {np.unique(N).size} model size(s), a parabola needs "

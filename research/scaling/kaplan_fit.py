@@ -4,7 +4,7 @@ Kaplan et al. 2020 fit L(N) on models trained near convergence, L(D) on the larg
 with early stopping, L(C) on the compute frontier. From a run table of any origin we use:
   L(N): for each model size, its lowest loss (its best-trained run);
   L(D): data-limited runs only (`data_limited_rows`), the lowest loss at each D;
-  L(C): the compute frontier (envelope.compute_frontier).
+  L(C): the compute frontier (envelope.compute_frontier: each budget once, at its best run).
 
 Which runs are data-limited. Kaplan et al. fit L(D) to their largest model, early-stopped,
 so that D and not N limits the loss. A sweep gives every run its own D, so "lowest loss per
@@ -130,8 +130,8 @@ def fit_kaplan_laws(table: RunTable) -> dict[str, KaplanFit | str]:
     limited = data_limited_rows(table)
     points = {"N": _lowest_loss_per_value(table.N, table.loss),
               "D": _lowest_loss_per_value(table.D[limited], table.loss[limited])}
-    frontier = compute_frontier(table)
-    points["C"] = (table.compute[frontier], table.loss[frontier])
+    frontier, compute = compute_frontier(table)  # each budget once, at its best run
+    points["C"] = (compute, table.loss[frontier])
     fits: dict[str, KaplanFit | str] = {}
     fittable = {}
     for variable, (X, loss) in points.items():

@@ -111,6 +111,27 @@ def test_default_envelope_leaves_the_ladders_ends_out_of_training_curves():
         fit_envelope(table, bracketed=False)
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_frontier_counts_each_budget_once_at_its_best_run(labelled):
+    """Noiseless final losses at the cpu_tiny runs: rounding to whole steps moves a run's 6 N D
+    by < 0.2% from its budget, which made every size of the smallest budget a frontier point
+    of its own (11 points from 4 budgets, a = 0.498). Each budget counts once, at its compute
+    (the C label, or its runs grouped within 10%), and N_opt read between rungs gives the law's a."""
+    law, runs = cpu_tiny_law_runs()
+    N, D = np.array([r.N for r in runs], float), np.array([r.tokens for r in runs], float)
+    budget = np.array([r.budget for r in runs])
+    table = RunTable(N, D, law.loss(N, D), budget=budget if labelled else None)
+    fit = fit_envelope(table)
+    budgets = np.unique(budget)
+    assert fit.envelope.compute.size == budgets.size == 4
+    np.testing.assert_allclose(fit.envelope.compute, budgets, rtol=0 if labelled else 2e-3)
+    assert fit.N_opt.exponent == pytest.approx(law.a, abs=0.01)
+    rows, compute = compute_frontier(table)
+    best = [np.flatnonzero(budget == c)[np.argmin(table.loss[budget == c])] for c in budgets]
+    assert rows.tolist() == best and np.array_equal(compute, fit.envelope.compute)
+    np.testing.assert_array_equal(fit_envelope(table, between_sizes=False).envelope.N, N[best])
+
+
 def test_curve_with_two_sizes_is_an_error():
     table = RunTable(np.array([1e8, 2e8, 4e8]), np.array([1e9, 2e9, 4e9]), np.array([3.0, 2.9, 2.8]),
                      run=np.array(["a", "a", "b"]))
@@ -121,9 +142,25 @@ def test_curve_with_two_sizes_is_an_error():
 def test_frontier_of_final_losses():
     table = RunTable(np.array([1.0, 2.0, 3.0, 4.0, 5.0]) * 1e8, np.full(5, 1e9),
                      np.array([3.0, 3.2, 2.9, 2.95, 2.5]))
-    assert compute_frontier(table).tolist() == [0, 2, 4]
+    rows, compute = compute_frontier(table)  # no C column, and FLOPs > 10% apart: each run its own budget
+    assert rows.tolist() == [0, 2, 4]
+    np.testing.assert_allclose(compute, table.compute[[0, 2, 4]], rtol=1e-12)
     fit = fit_envelope(table)
     assert not fit.from_curves and fit.envelope.N.tolist() == [1e8, 3e8, 5e8]
+    # Runs 5% apart chain into one group_by_budget group spanning 34%: not one budget, so each
+    # run stays its own frontier point rather than the group collapsing into one.
+    dense = RunTable(np.full(7, 1e8), 1e9 * 1.05 ** np.arange(7), 3.0 - 0.01 * np.arange(7))
+    assert compute_frontier(dense)[0].tolist() == list(range(7))
+
+
+def test_frontier_leaves_out_a_budget_whose_best_run_is_its_edge():
+    """A budget whose best run is its smallest (or largest) size only bounds its optimum."""
+    C, N, D = isoflop_runs([1e10, 1e11, 1e12], 5, 1e3, 1e5)
+    loss = 2.0 + 0.05 * (np.log(N) - np.log(0.03 * C ** 0.5)) ** 2 - 0.01 * np.log(C)
+    loss[C == 1e12] = 2.0 - 0.01 * np.log(1e12) + 0.01 * np.arange(5)  # best at its smallest size
+    table = RunTable(N, D, loss, budget=C)
+    assert fit_envelope(table).envelope.compute.tolist() == [1e10, 1e11]
+    assert fit_envelope(table, between_sizes=False, bracketed=False).envelope.compute.tolist() == [1e10, 1e11, 1e12]
 
 
 @pytest.mark.parametrize("exact", [False, True])
