@@ -76,7 +76,23 @@ def main(argv):
     else:
         print(f"at C={report['prediction']['compute_budget']:.3g}: N_opt={plan['N_opt']:.4g} "
               f"D_opt={plan['D_opt']:.4g} tokens/param={plan['tokens_per_parameter']:.3g} loss={plan['loss']:.4g}")
+    for line in approach_lines(report):
+        print(line)
     print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'fit.json')} and {', '.join(report['plots'])}")
+
+
+def approach_lines(report: dict) -> list[str]:
+    """Approaches 1 and 2's exponent, or why the table does not allow them, and each budget
+    Approach 2 left out of N_opt(C) (an extrapolated IsoFLOP vertex among them) with the reason."""
+    lines = []
+    for name in ("approach1", "approach2"):
+        fit = report[name]
+        if isinstance(fit.get("skipped"), str):  # the whole approach: report._describe
+            lines.append(f"{name}: skipped: {fit['skipped']}")
+            continue
+        lines.append(f"{name}: N_opt ∝ C^{fit['a']:.4g}, D_opt ∝ C^{fit['b']:.4g}")
+        lines.extend(f"{name}: left out {reason}" for reason in fit.get("skipped", []))
+    return lines
 
 
 if __name__ == "__main__":

@@ -51,7 +51,14 @@ def summary(report: dict) -> str:
     for profile in report["approach2"].get("profiles", []):
         lines.append(f"  IsoFLOP C={profile['compute']:.3g}: N_opt={profile['N_opt']:.3g}, "
                      f"D_opt={profile['D_opt']:.3g}, {profile['D_opt'] / profile['N_opt']:.3g} tokens/parameter"
-                     + (" (extrapolated)" if profile["extrapolated"] else ""))
+                     + ("" if not profile["extrapolated"] else " (extrapolated)" if profile.get("in_fit", True)
+                        else " (extrapolated: left out of N_opt(C))"))
+    for accounting, approach2 in (("nominal", report["approach2"]), ("exact", report["exact"]["approach2"])):
+        reasons = approach2.get("skipped")
+        if isinstance(reasons, str):  # no Approach 2 at all
+            lines.append(f"approach 2 ({accounting}): skipped: {reasons}")
+        for reason in reasons if isinstance(reasons, list) else []:
+            lines.append(f"approach 2 ({accounting}) left out {reason}")
     for accounting, held in sweep["held_out"].items():
         if "skipped" in held:
             lines.append(f"held-out budget ({accounting}): skipped: {held['skipped']}")

@@ -198,3 +198,46 @@ def test_no_exponents_of_a_law_without_an_optimum_under_exact_accounting_either(
         "loss_by_budget": []}}
     text = summary(sweep_report)
     assert "approach 3 (exact)" in text and "no N_opt exponent: the fitted law" in text
+
+
+def test_the_cli_prints_each_budget_approach_2_left_out(tmp_path):
+    """An IsoFLOP vertex outside its budget's sizes is left out of N_opt(C), and the command says
+    so with the reason (it had entered the fit with no word at the fit level: a = 0.512 for 0.556)."""
+    from tests.scaling.test_isoflop_envelope import extrapolated_budget_table
+
+    law, table = extrapolated_budget_table()
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["N", "D", "loss", "C"])
+        writer.writerows(zip(table.N, table.D, table.loss, table.budget))
+    result = run_cli(f"--runs_csv={path}", f"--output_dir={tmp_path / 'out'}", "--bootstrap=0", "--init_grid=coarse")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    left_out = [line for line in lines if line.startswith("approach2: left out ")]
+    assert len(left_out) == 1 and left_out[0].startswith("approach2: left out C=1e+12: vertex N_opt=")
+    assert "(extrapolated)" in left_out[0]
+    a = float(next(line for line in lines if line.startswith("approach2: N_opt")).split("C^")[1].split(",")[0])
+    assert a == pytest.approx(law.a, abs=0.005)
+    saved = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert [p["in_fit"] for p in saved["approach2"]["profiles"]] == [True, True, True, False]
+
+
+def test_the_sweep_summary_names_budgets_approach_2_left_out():
+    from experiments.scaling_laws.sweep_summary import summary
+    from research.scaling import fit_isoflop
+    from tests.scaling.test_isoflop_envelope import extrapolated_budget_table
+
+    law, table = extrapolated_budget_table()
+    approach2 = fit_isoflop(table).as_dict()
+    approach3 = {**law.as_dict(), "intervals": {}}
+    report = {"num_runs": len(table), "approach3": approach3, "approach2": approach2,
+              "exact": {"approach3": approach3, "approach2": {"skipped": "Approach 2 needs IsoFLOP profiles"}},
+              "sweep": {"runs": {"failed": [], "plateau": []}, "param_count": "non_embedding", "n_opt_exponents": {},
+                        "held_out": {}, "leave_out": {}, "compute_optimal": [], "irreducible": None,
+                        "seed_noise": None, "loss_by_budget": []}}
+    lines = summary(report).splitlines()
+    assert sum("(extrapolated: left out of N_opt(C))" in line for line in lines) == 1
+    assert [line for line in lines if line.startswith("approach 2 (")] == [
+        f"approach 2 (nominal) left out {approach2['skipped'][0]}",
+        "approach 2 (exact): skipped: Approach 2 needs IsoFLOP profiles"]

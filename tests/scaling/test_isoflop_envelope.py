@@ -45,6 +45,38 @@ def test_budget_grouping_and_skipped_budgets():
     assert len(fit.skipped) == 1 and "2 model size(s)" in fit.skipped[0]
 
 
+def extrapolated_budget_table():
+    """Four noiseless budgets of a known law (a = 0.556): the first three with 6 sizes 4x either
+    side of their optimum, the last with 6 sizes all below its optimum (a ladder ending too low)."""
+    from research.scaling import ChinchillaLaw
+
+    law = ChinchillaLaw(E=1.54, A=114.6, alpha=0.845, B=1.7e5, beta=1.06)
+    C, N = [], []
+    for i, budget in enumerate([3.16e10, 1e11, 3.16e11, 1e12]):
+        N_opt = float(law.compute_optimal(budget)[0])
+        sizes = np.geomspace(N_opt / 4, N_opt * 4, 6) if i < 3 else np.geomspace(N_opt / 8, N_opt / 1.3, 6)
+        C += [budget] * 6
+        N += list(sizes)
+    C, N = np.array(C), np.array(N)
+    D = C / (6 * N)
+    return law, RunTable(N, D, law.loss(N, D), budget=C)
+
+
+def test_an_extrapolated_vertex_is_left_out_of_N_opt_and_listed():
+    law, table = extrapolated_budget_table()
+    fit = fit_isoflop(table)
+    assert fit.N_opt.exponent == pytest.approx(law.a, abs=0.005)  # 0.512 with the last vertex in the fit
+    assert len(fit.skipped) == 1 and fit.skipped[0].startswith("C=1e+12: vertex N_opt=") and "extrapolated" in \
+        fit.skipped[0]
+    assert [p["in_fit"] for p in fit.as_dict()["profiles"]] == [True, True, True, False]
+    assert fit.as_dict()["skipped"] == list(fit.skipped)
+    kept = fit_isoflop(table, include_extrapolated=True)
+    assert len(kept.profiles) == 4 and not kept.skipped and abs(kept.N_opt.exponent - law.a) > 0.03
+    two = table.select(np.flatnonzero(np.isin(table.budget, [3.16e10, 1e12])))
+    with pytest.raises(RunTableError, match=r"found 1 \(C=1e\+12: vertex N_opt=.* \(extrapolated\)"):
+        fit_isoflop(two)
+
+
 def test_approach2_needs_two_profiles():
     C, N, D = isoflop_runs(BUDGETS[:1], 5, 1e7, 1e10)
     with pytest.raises(RunTableError, match="IsoFLOP profiles at >= 2 budgets, found 1"):
