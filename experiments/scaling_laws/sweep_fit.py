@@ -5,7 +5,8 @@ Before fitting, runs still on the early plateau (research/scaling/plateau.py) ge
 research.scaling.report under nominal accounting (N non-embedding, C = 6 N D) and, under
 "exact", the same fits with total N and sizing's exact FLOPs (plots in workdir/exact/),
 and a "sweep" section:
-  runs               finished / failed / plateau counts and each left-out run's reason
+  runs               finished / failed / plateau counts and each left-out run's reason, and
+                     the plateau rule's H_1, or why the rule was not applied (printed too)
   approach1_final    Approach 1 over each model's final losses (one point per (N, D), each the
                      end of a schedule that spans exactly that run's D; never a loss read
                      from the middle of an unannealed cosine), both accountings
@@ -70,7 +71,7 @@ FIT_METHOD_VERSION = 4
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
               records: Sequence[dict]) -> tuple[dict | None, str]:
     """(fit.json's content, a note) for the sweep in `workdir`; (None, why) when it cannot be fitted."""
-    order1 = order1_entropy(config, plan, workdir) if config.fit.get("plateau_rule", True) else None
+    order1, not_applied = _plateau_level(config, plan, workdir)
     records = mark_plateau_runs(records, order1)
     write_tables(records, workdir)  # runs.csv now says which runs the plateau rule left out
     ok = [r for r in records if r["status"] == "ok"]
@@ -111,7 +112,8 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
         "inputs_sha256": digest.hexdigest(), "param_count": plan.spec.param_count, "plan": plan.spec.plan,
         "runs": {"finished": len(ok), "failed": [{"run": r["run"], "error": r["error"]} for r in failed],
                  "plateau": [{"run": r["run"], "loss": r["loss"]} for r in plateau],
-                 "plateau_rule": {"order1_entropy": order1, "rule": "final loss > H_1 - margin (plateau.py)"}},
+                 "plateau_rule": {"order1_entropy": order1, "rule": "final loss > H_1 - margin (plateau.py)",
+                                  "not_applied": not_applied}},
         "approach1_final": approach1_final,
         "n_opt_exponents": {a: _exponents(report if a == "nominal" else report["exact"], approach1_final[a],
                                           _approach2_spread(runs_csv, a, noise, fit_settings["seed"]),
@@ -132,34 +134,46 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     return report, summary(report)
 
 
-def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> float | None:
+def _plateau_level(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> tuple[float | None, str | None]:
+    """(H_1 for the plateau rule, None) or (None, why the rule is not applied).
+
+    Only the errors of reading the corpus and its tokenizer switch the rule off (DataError is
+    a ValueError; a missing file or dataset an OSError): no estimate means no plateau flags,
+    never a failed fit, and the summary says so. Any other exception is a bug and propagates:
+    catching every Exception had turned, e.g., an AttributeError into a rule silently off."""
+    if not config.fit.get("plateau_rule", True):
+        return None, "turned off (fit.plateau_rule=False)"
+    try:
+        return order1_entropy(config, plan, workdir), None
+    except (ValueError, OSError) as error:
+        return None, f"no bigram level H_1 for this corpus: {type(error).__name__}: {error}"
+
+
+def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> float:
     """H(X_t+1 | X_t) of the training text in nats per token: exact on the synthetic corpus;
     otherwise the held-out cross-entropy of a bigram model counted on up to ORDER1_TOKENS
     training tokens, over up to ORDER1_TOKENS validation tokens (research/scaling/plateau.py
-    says why not the plug-in entropy); None if it cannot be had."""
+    says why not the plug-in entropy). Errors reading the corpus or tokenizer propagate
+    (_plateau_level decides which ones switch the rule off)."""
     if config.data.source == "synthetic":
         from research.scaling.synthetic_bound import context_entropies_nats
         from research.scaling.synthetic_corpus import source_of
         return float(context_entropies_nats(source_of(config.data.synthetic))[1])
-    try:
-        from research import data as data_lib
-        from research.scaling.plateau import bigram_cross_entropy_nats
-        # The sweep's one tokenizer: the given model, or the one it trained into the workdir.
-        tokenizer = data_lib.build_tokenizer(plan.data_config, workdir)
+    from research import data as data_lib
+    from research.scaling.plateau import bigram_cross_entropy_nats
+    # The sweep's one tokenizer: the given model, or the one it trained into the workdir.
+    tokenizer = data_lib.build_tokenizer(plan.data_config, workdir)
 
-        def token_sequences(split: str) -> list[list[int]]:
-            documents = data_lib.document_source(plan.data_config, split)
-            sequences, total = [], 0
-            for i in range(len(documents)):
-                sequences.append(tokenizer.encode(documents[i]))
-                total += len(sequences[-1])
-                if total >= ORDER1_TOKENS:
-                    break
-            return sequences
-        return bigram_cross_entropy_nats(token_sequences("train"), token_sequences("validation"),
-                                         tokenizer.vocab_size)
-    except Exception:  # noqa: BLE001 -- no estimate means no plateau flags, never a failed fit
-        return None
+    def token_sequences(split: str) -> list[list[int]]:
+        documents = data_lib.document_source(plan.data_config, split)
+        sequences, total = [], 0
+        for i in range(len(documents)):
+            sequences.append(tokenizer.encode(documents[i]))
+            total += len(sequences[-1])
+            if total >= ORDER1_TOKENS:
+                break
+        return sequences
+    return bigram_cross_entropy_nats(token_sequences("train"), token_sequences("validation"), tokenizer.vocab_size)
 
 
 def _read_previous_fit(fit_path: str) -> dict | None:

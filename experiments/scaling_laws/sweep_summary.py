@@ -11,6 +11,9 @@ def summary(report: dict) -> str:
     merged = f" at {points} design points (seeds of one N and D merged)" if points != report["num_runs"] else ""
     lines = [f"fit of {report['num_runs']} runs{merged} (N = {sweep['param_count']} parameters); "
              f"{len(runs['failed'])} failed and {len(runs['plateau'])} early-plateau run(s) left out"]
+    not_applied = runs.get("plateau_rule", {}).get("not_applied")
+    if not_applied:
+        lines.append(f"plateau rule not applied: {not_applied}")
     for failed in runs["failed"]:
         lines.append(f"  failed: {failed['run']}: {failed['error']}")
     for flat in runs["plateau"]:

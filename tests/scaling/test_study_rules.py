@@ -137,3 +137,43 @@ def test_exact_report_reads_the_optimum_along_the_runs_flops_per_token(tmp_path)
     far = fit_run_table(str(path), str(tmp_path / "far"), accounting="exact", bootstrap_samples=0,
                         init_grid="coarse", compute_budget=1e20)
     assert "outside the runs' N" in far["prediction"]["approach3"]["warning"]
+
+
+def test_a_bug_in_the_bigram_level_is_not_taken_for_missing_data(tmp_path):
+    """order1_entropy caught every Exception: a bug (here plan=None, an AttributeError) returned
+    None and switched the plateau rule off without a word. Now only a data or tokenizer error
+    does, with its reason in fit.json and a summary line; anything else propagates."""
+    from experiments.configs.scaling_laws import get_config
+    from experiments.scaling_laws.sweep_fit import order1_entropy
+
+    with pytest.raises(AttributeError):  # the old code returned None: no H_1, no plateau flags
+        order1_entropy(get_config("stdlib_tiny"), None, str(tmp_path))
+
+
+def test_the_plateau_rule_is_not_applied_for_a_data_error_and_the_summary_says_why(tmp_path):
+    import dataclasses
+
+    from experiments.configs.scaling_laws import get_config
+    from experiments.scaling_laws.sweep import plan_sweep
+    from experiments.scaling_laws.sweep_fit import _plateau_level
+    from experiments.scaling_laws.sweep_summary import summary
+
+    config = get_config("stdlib_tiny")
+    with pytest.raises(AttributeError):
+        _plateau_level(config, None, str(tmp_path))
+    plan = plan_sweep(config)
+    missing = str(tmp_path / "missing.model")
+    data = dataclasses.replace(plan.data_config,
+                               tokenizer=dataclasses.replace(plan.data_config.tokenizer, model_path=missing))
+    h1, reason = _plateau_level(config, dataclasses.replace(plan, data_config=data), str(tmp_path))
+    assert h1 is None and reason.startswith("no bigram level H_1 for this corpus: DataError: ") and missing in reason
+    config.fit.plateau_rule = False
+    assert _plateau_level(config, plan, str(tmp_path)) == (None, "turned off (fit.plateau_rule=False)")
+    law = LAW.as_dict()
+    report = {"num_runs": 6, "approach3": {**law, "intervals": {}}, "approach2": {},
+              "exact": {"approach3": {**law, "intervals": {}}, "approach2": {}},
+              "sweep": {"runs": {"failed": [], "plateau": [], "plateau_rule": {"order1_entropy": None,
+                                                                             "not_applied": reason}},
+                        "param_count": "non_embedding", "n_opt_exponents": {}, "held_out": {}, "leave_out": {},
+                        "compute_optimal": [], "irreducible": None, "seed_noise": None, "loss_by_budget": []}}
+    assert f"plateau rule not applied: {reason}" in summary(report).splitlines()
