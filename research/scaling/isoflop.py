@@ -76,9 +76,11 @@ class Approach2Fit:
 def group_by_budget(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
     """Row indices of each IsoFLOP group, smallest budget first.
 
-    With a `C` column, rows with equal C form a group. Otherwise runs are sorted by 6 N D
-    and a new group starts wherever consecutive runs differ by more than `rel_tol`
-    (runs of one budget differ only by rounding of N and D to whole layers and steps).
+    With a `C` column, rows with equal C form a group. Otherwise runs are sorted by their
+    compute and a new group starts wherever consecutive runs differ by more than `rel_tol`
+    (under 6 N D the runs of one budget differ only by rounding of N and D to whole layers and
+    steps; under exact accounting by up to 39%, see budget_compute, so give such a table its C
+    column).
     """
     if table.budget is not None:
         budgets = np.unique(table.budget)
@@ -91,8 +93,11 @@ def group_by_budget(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
 
 def budget_compute(table: RunTable, rows: np.ndarray) -> float:
     """The compute of one budget's runs (`rows`, a group of group_by_budget)."""
-    # Nominal tables carry their budget label; under exact accounting the runs of one
-    # nominal budget spend slightly different FLOPs, and the profile sits at their mean.
+    # Nominal tables carry their budget label. Under exact accounting the runs of one nominal
+    # budget do not spend the same FLOPs: sizing's attention and unembedding FLOPs weigh most at
+    # small N, so in cpu_tiny's smallest budget they spend 1.21x (largest size) to 1.69x (smallest)
+    # the budget, 39% apart. Such a profile is not iso-FLOP (Porian et al. 2024, "Resolving
+    # Discrepancies in Compute-Optimal Scaling of Language Models"); it sits at their geometric mean.
     if table.budget is not None and table.flops is None:
         return float(table.budget[rows[0]])
     return float(np.exp(np.mean(np.log(table.compute[rows]))))

@@ -18,9 +18,13 @@ Compute accounting (`read_runs_csv(..., accounting=...)`):
              convention of Kaplan et al. 2020;
   "exact"    N is the `N_total` column (embeddings included) and C is the `C_exact` column:
              sizing's train FLOPs per token (attention and unembedding included) x D. At
-             small sizes the two differ by a size-dependent factor (1.1-1.6x in the cpu_tiny
+             small sizes the two differ by a size-dependent factor (1.15-1.69x in the cpu_tiny
              ladder), which biases fitted exponents (Porian et al. 2024, "Resolving
-             Discrepancies in Compute-Optimal Scaling of Language Models").
+             Discrepancies in Compute-Optimal Scaling of Language Models"). So the runs of one
+             nominal budget C do not spend equal exact FLOPs: in cpu_tiny's smallest budget
+             1.21-1.69x C, up to 39% apart. Under exact accounting an IsoFLOP profile is
+             therefore not iso-FLOP; the fits place it at its runs' geometric mean
+             (isoflop.budget_compute), and they group runs by the C column, not by C_exact.
 """
 from __future__ import annotations
 
