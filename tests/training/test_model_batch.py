@@ -20,11 +20,18 @@ from tests.training.test_blocked_loop import kill_after_checkpoint
 from tests.training.test_resume import PER_STEP, assert_same_run, cli_overrides, per_step
 
 
+# Losses agree to float32 rounding (1e-6 relative); the gradient norm sums the squares of every
+# parameter's gradient, whose rounding differs with how the batch is split over devices: 1.8e-6
+# apart at step 2 of one data stream (seed 5 of test_models_across_devices), so 1e-5 for it.
+_RTOL = {"grad_norm": 1e-5}
+
+
 def _close_runs(batched, alone, num_steps):
     assert sorted(batched) == sorted(alone) == list(range(1, num_steps + 1))
     for step in alone:
         for key in PER_STEP:
-            np.testing.assert_allclose(batched[step][key], alone[step][key], rtol=1e-6, err_msg=f"{step} {key}")
+            np.testing.assert_allclose(batched[step][key], alone[step][key], rtol=_RTOL.get(key, 1e-6),
+                                       err_msg=f"{step} {key}")
 
 
 def _member(config, **changes):
