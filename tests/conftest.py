@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices so meshes and sharding run on any machine."""
 import os
+import signal
 
 # Must be set before jax initialises its backends (i.e. before any test imports jax).
 # LLVM optimisation level 1 instead of XLA's default 2 (unless XLA_FLAGS already chooses one):
@@ -13,6 +14,10 @@ if "--xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=1"
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A background job of a non-interactive shell (`cmd &`) starts with SIGINT ignored, and its
+# children inherit that: the Ctrl-C tests' commands would never see their signal. Python's own
+# handler again, which exec resets to the default in every subprocess the tests start.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One persistent XLA compilation cache for the whole suite, its xdist workers and the
 # subprocesses they start (the environment is inherited): many tests compile the same tiny
