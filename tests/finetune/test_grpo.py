@@ -104,13 +104,7 @@ def test_chat_message_prompts_are_rendered_as_a_chat_and_reach_the_reward_as_mes
     rows = [{"prompt": conversation}, {"prompt": "Shout: dog"}]
     for split in ("train", "eval"):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    seen = []
-
-    def recording_reward(spec, rule):
-        rule_fn = reward_function(spec, rule)
-        return lambda prompts, completions: seen.extend(prompts) or rule_fn(prompts, completions)
-
-    monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
+    seen = _record_rewards(monkeypatch, grpo_module, "prompts")
     config = tiny_config("grpo_tiny")
     config.train.update(dict(seq_len=64, batch_size=2))
     config.grpo.update(dict(group_size=2, max_new_tokens=4))
@@ -162,7 +156,6 @@ def test_a_sample_ends_at_its_turn_end_for_the_reward_and_the_loss(tmp_path, mon
     from research.data.chat_templates import render_chat, render_prompt
     from research.evaluation.tokenizer_loading import load_tokenizer
     from research.finetune import grpo as grpo_module
-    from research.finetune.reward_source import reward_function
     from tests.finetune.chat_oracles import chatml_folder, scripted_generate
 
     spec = "char" if tokenizer_kind == "char" else chatml_folder(tmp_path / "tok")
@@ -181,13 +174,7 @@ def test_a_sample_ends_at_its_turn_end_for_the_reward_and_the_loss(tmp_path, mon
         turn_lengths[key] = (len(tokenizer.encode(reply + "\n")) + 1 if template_name == "plain"
                              else len(tokenizer.encode(reply + "<|im_end|>")))
     monkeypatch.setattr(grpo_module, "generate", scripted_generate(plans))
-    seen = []
-
-    def recording_reward(spec, rule):
-        rule_fn = reward_function(spec, rule)
-        return lambda prompts, completions: seen.extend(completions) or rule_fn(prompts, completions)
-
-    monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
+    seen = _record_rewards(monkeypatch, grpo_module, "completions")
     config = tiny_config("grpo_tiny")
     config.train.update(dict(seq_len=128, batch_size=2))
     config.grpo.update(dict(group_size=2, max_new_tokens=48))
@@ -205,3 +192,21 @@ def test_a_sample_ends_at_its_turn_end_for_the_reward_and_the_loss(tmp_path, mon
         start, n = len(prompt), turn_lengths[prompt]
         np.testing.assert_array_equal(mask[i], [0] * start + [1] * n + [0] * (mask.shape[1] - start - n))
         assert list(tokens[i, start:start + n]) == plans[prompt][:n]
+
+
+def _record_rewards(monkeypatch, grpo_module, what: str) -> list:
+    """Make GRPO's reward functions also append what they are given (`what`: "prompts" or
+    "completions") to the returned list, scoring as before."""
+    from research.finetune.reward_source import reward_function
+    seen = []
+
+    def recording_reward(spec, rule):
+        rule_fn = reward_function(spec, rule)
+
+        def score(prompts, completions):
+            seen.extend(prompts if what == "prompts" else completions)
+            return rule_fn(prompts, completions)
+        return score
+
+    monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
+    return seen
