@@ -6,8 +6,12 @@ All datasets share the design (N, D) and differ only in their losses, so every f
 bootstrap resample of every dataset is one problem of a single batched L-BFGS solve whose
 log losses are per problem: 50 datasets x 200 resamples cost one compilation.
 The fit per dataset is Approach 3's (chinchilla_fit): the best of a grid of starts, then
-bootstrap resamples of the runs restarted from that optimum. Runs sharing an (N, D), seeds of
-one point, are drawn with their own noise and then merged as the study merges them
+bootstrap resamples of the runs, each refitted from the starts fit_chinchilla_law gives its
+resamples (chinchilla_fit.bootstrap_starts: the dataset's best basins and BOOTSTRAP_STARTS),
+keeping the lowest objective. What differs from the study's own fit is only the grid of the
+datasets' point fits, `grid` (COARSE_GRID by default, for cost; the study uses PAPER_GRID),
+and with it which basins the resamples start from. Runs sharing an (N, D), seeds of one point,
+are drawn with their own noise and then merged as the study merges them
 (RunTable.merge_replicates): one point at their mean log loss.
 """
 from __future__ import annotations
@@ -18,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.scaling.chinchilla_fit import COARSE_GRID, PARAMETERS, InitGrid, _law
+from research.scaling.chinchilla_fit import (BOOTSTRAP_BASINS, BOOTSTRAP_STARTS, COARSE_GRID, PARAMETERS, InitGrid, _law,
+                                             bootstrap_starts)
 from research.scaling.huber_lse import HUBER_GTOL, huber_lse_value_and_grad
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.lbfgs import minimize_batched
@@ -55,8 +60,10 @@ def _solve(log_X_JR, log_loss_PR, x0_PK, weight_PR, max_evaluations):
 
 def simulate_interval_coverage(law: ChinchillaLaw, N, D, *, rel_noise: float, num_datasets: int = 50,
                                bootstrap_samples: int = 200, confidence: float = 0.8, grid: InitGrid = COARSE_GRID,
-                               seed: int = 0, max_evaluations: int = 3000) -> CoverageStudy:
-    """Fit `num_datasets` noisy draws of `law` at runs (N, D) and bootstrap each (module docstring)."""
+                               seed: int = 0, max_evaluations: int = 3000, bootstrap_basins: int = BOOTSTRAP_BASINS,
+                               bootstrap_extra: InitGrid | np.ndarray | None = BOOTSTRAP_STARTS) -> CoverageStudy:
+    """Fit `num_datasets` noisy draws of `law` at runs (N, D) and bootstrap each (module docstring);
+    bootstrap_basins and bootstrap_extra as in fit_chinchilla_law."""
     N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
     S = num_datasets
     rng = np.random.default_rng(seed)
@@ -73,13 +80,21 @@ def simulate_interval_coverage(law: ChinchillaLaw, N, D, *, rel_noise: float, nu
     result = _solve(log_X_JR, np.repeat(log_loss_SR, I, axis=0), np.tile(starts_IK, (S, 1)), np.ones((S * I, R)),
                     max_evaluations)
     value_SI = np.where(np.isfinite(result.value_P), result.value_P, np.inf).reshape(S, I)
-    best_SK = result.x_PK.reshape(S, I, -1)[np.arange(S), value_SI.argmin(axis=1)]
+    x_SIK = result.x_PK.reshape(S, I, -1)
+    best_SK = x_SIK[np.arange(S), value_SI.argmin(axis=1)]
 
     B = bootstrap_samples
+    # Each dataset's resamples start where fit_chinchilla_law would start them; a dataset with
+    # fewer distinct basins repeats its best start, so that every dataset has J starts.
+    starts = [bootstrap_starts(x_SIK[s], value_SI[s], bootstrap_basins, bootstrap_extra) for s in range(S)]
+    J = max(len(x) for x in starts)
+    starts_SJK = np.stack([np.concatenate([x, np.repeat(x[:1], J - len(x), axis=0)]) for x in starts])
     counts_PR = rng.multinomial(R, np.full(R, 1.0 / R), size=S * B).astype(np.float64)
-    boot = _solve(log_X_JR, np.repeat(log_loss_SR, B, axis=0), np.repeat(best_SK, B, axis=0), counts_PR,
-                  max_evaluations)
-    laws_SB = [[_law(x) for x in boot.x_PK[s * B:(s + 1) * B]] for s in range(S)]
+    boot = _solve(log_X_JR, np.repeat(log_loss_SR, B * J, axis=0), np.repeat(starts_SJK, B, axis=0).reshape(-1, 5),
+                  np.repeat(counts_PR, J, axis=0), max_evaluations)
+    value_SBJ = np.where(np.isfinite(boot.value_P), boot.value_P, np.inf).reshape(S, B, J)
+    x_SBJK = boot.x_PK.reshape(S, B, J, -1)
+    laws_SB = [[_law(x_SBJK[s, b, value_SBJ[s, b].argmin()]) for b in range(B)] for s in range(S)]
     tail = 50.0 * (1.0 - confidence)
     intervals = {k: np.array([np.percentile([getattr(l, k) for l in laws], [tail, 100 - tail]) for laws in laws_SB])
                  for k in COVERED}
