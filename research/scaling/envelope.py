@@ -1,6 +1,6 @@
 """Approach 1 of Hoffmann et al. 2022: the lower envelope of loss against compute.
 
-With training curves (a `run` column: many rows per run, D = tokens seen so far), each
+With training curves (a `run` column with several rows per run, D = tokens seen so far), each
 curve's loss is interpolated (linearly in log C, log loss) onto a log-spaced grid of
 compute values; at every grid value the size with the lowest loss gives N_opt(C), and
 D_opt(C) = C / (FLOPs per token at N_opt: 6 N under nominal accounting). The paper used 1500
@@ -70,6 +70,14 @@ class Approach1Fit:
                 "distinct_sizes_on_envelope": int(np.unique(self.envelope.N).size)}
 
 
+def has_curves(table: RunTable) -> bool:
+    """Whether the table holds training curves: a run column with some run id on several rows.
+    A sweep's runs.csv names every run, one row each: those are final losses, and read as curves
+    of one point each, the envelope had found 2 grid values (a = 0.076 nominal, -0.18 exact, on
+    synthetic losses at the cpu_tiny runs)."""
+    return table.run is not None and np.unique(table.run).size < len(table)
+
+
 def budget_groups(table: RunTable, rel_tol: float = 0.1) -> list[np.ndarray]:
     """Row indices of each budget, by isoflop.group_by_budget. Without a C column a group
     whose runs' FLOPs span more than rel_tol is not one budget (group_by_budget chains runs
@@ -119,7 +127,7 @@ def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, be
     if not bracketed and between_sizes:
         raise ValueError("between_sizes=True reads N_opt from the best size and its two neighbours, so it "
                          "needs bracketed=True; pass between_sizes=False with bracketed=False for the plain argmin.")
-    if table.run is None:
+    if not has_curves(table):
         return _frontier_envelope(table, rel_tol, between_sizes, bracketed)
     runs = np.unique(table.run)
     grid = np.geomspace(table.compute.min(), table.compute.max(), num_compute)
@@ -216,4 +224,4 @@ def fit_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, betw
         raise RunTableError(f"Approach 1 needs >= 2 model sizes on the loss-compute envelope, found "
                             f"{np.unique(envelope.N).size}; add runs of other sizes that reach the frontier.")
     return Approach1Fit(envelope, PowerLaw.fit(envelope.compute, envelope.N),
-                        PowerLaw.fit(envelope.compute, envelope.D), from_curves=table.run is not None)
+                        PowerLaw.fit(envelope.compute, envelope.D), from_curves=has_curves(table))

@@ -185,6 +185,19 @@ def test_frontier_of_final_losses():
     assert compute_frontier(dense)[0].tolist() == list(range(7))
 
 
+def test_a_run_column_naming_each_row_is_final_losses_not_curves():
+    """A sweep's runs.csv has a run column with one row per run: Approach 1 read each row as a
+    curve of one point and found 2 grid values (a = 0.076 on these losses). They are final
+    losses: the frontier, as without the column."""
+    law, runs = cpu_tiny_law_runs()
+    N, D = np.array([r.N for r in runs], float), np.array([r.tokens for r in runs], float)
+    budget = np.array([r.budget for r in runs])
+    named = fit_envelope(RunTable(N, D, law.loss(N, D), budget=budget, run=np.array([r.run_id for r in runs])))
+    plain = fit_envelope(RunTable(N, D, law.loss(N, D), budget=budget))
+    assert not named.from_curves and named.envelope.compute.size == 4
+    assert named.N_opt.exponent == plain.N_opt.exponent == pytest.approx(law.a, abs=0.01)
+
+
 def test_frontier_leaves_out_a_budget_whose_best_run_is_its_edge():
     """A budget whose best run is its smallest (or largest) size only bounds its optimum."""
     C, N, D = isoflop_runs([1e10, 1e11, 1e12], 5, 1e3, 1e5)
