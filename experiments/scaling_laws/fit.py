@@ -1,12 +1,15 @@
 """Fit scaling laws to a run table: `python -m experiments.scaling_laws.fit --runs_csv=PATH --output_dir=DIR`.
 
 The CSV needs columns N (parameters), D (tokens), loss (nats/token); optional `status`
-(rows != "ok" are left out and reported), `run` (training-curve id, for Approach 1) and
+(rows != "ok" are left out and reported), `run` (training-curve id, for Approach 1: rows of
+one id are one model's curve; ids that each name one row are final losses) and
 `C` (nominal FLOP budget, to group IsoFLOP profiles) and `seed` (rows at one N, D and C with
 different seeds are one design point, fitted at their geometric mean loss; without the
 column no rows are merged). Writes DIR/fit.json with
   approach3: E, A, B, alpha, beta, a, b, G and bootstrap intervals (Hoffmann et al. 2022);
-  approach1 / approach2: N_opt ∝ C^a, D_opt ∝ C^b (or why the table does not allow them);
+  approach1 / approach2: N_opt ∝ C^a, D_opt ∝ C^b (or why the table does not allow them),
+    Approach 2's budgets left out of N_opt(C) with the reason (e.g. an extrapolated vertex),
+    all printed too;
   kaplan: L(N), L(D), L(C) = E + (X_c/X)^alpha;
   prediction: N_opt, D_opt, tokens per parameter at --compute_budget (C = 6ND) from each
   approach, and the predicted loss at (--predict_N, --predict_D) if given;
