@@ -113,7 +113,7 @@ def compute_frontier(table: RunTable, rel_tol: float = 0.1) -> tuple[np.ndarray,
 
 def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, between_sizes: bool = True,
                    bracketed: bool = True, rel_tol: float = 0.1) -> Envelope:
-    """The envelope over training curves (table.run set) or the frontier of single runs.
+    """The envelope over training curves (has_curves) or the frontier of final losses.
 
     Only bracketed optima count (module docstring): on curves the grid values whose best size
     has both ladder neighbours reaching that compute; on the frontier the budgets whose best
