@@ -63,11 +63,11 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 # Part of the fit's input digest: bumped whenever the same runs would give another fit.json,
 # so a rerun never keeps a fit the present code would not write. 2: seeds merged (2026-12-03);
 # 3: no exponents for a law without an optimum; 4: Approach 1 keeps bracketed optima only and reads
-# N_opt between rungs by default, its frontier (and Kaplan's L(C)) counts each budget once, and runs.csv's
-# one row per run id is read as final losses, not one-point curves (envelope.py);
-# Approach 2 leaves extrapolated IsoFLOP vertices out of N_opt(C) (isoflop.py); Approach 3's bootstrap
+# N_opt between rungs by default, its frontier (and Kaplan's L(C)) counts each budget once (envelope.py);
+# Approach 2 leaves extrapolated IsoFLOP vertices out of N_opt(C) (isoflop.py); 5: runs.csv's one row
+# per run id is read as final losses, not one-point curves (envelope.py), and Approach 3's bootstrap
 # refits each resample from 8 more starts (chinchilla_fit.BOOTSTRAP_STARTS).
-FIT_METHOD_VERSION = 4
+FIT_METHOD_VERSION = 5
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
