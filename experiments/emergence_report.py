@@ -204,8 +204,8 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                              ["task", "size", "answer_tokens", "items", "exact_match", "p_to_the_L", "em_minus_pL",
                               "agrees", "p", "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy: each item's "
-                 "share of right answer tokens, averaged over items (the stop after the answer is not scored: where "
-                 "ending the answer is a decision, p^L leans above exact match); L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
+                 "share of right answer tokens, averaged over items (the stop after the answer is not one of them; "
+                 "the next table counts it); L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
                  "that L, its interval resampling the items' p with L held; em_minus_pL = exact match - p^L, its "
                  "80% interval from the same item resamples; agrees: that interval contains 0 (to within one "
                  "item, 1 / items), in "
@@ -213,6 +213,20 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                  "test of agreement: both come from the same items. Below 0 the wrong tokens are spread over more "
                  "items than independent errors would spread them, above 0 they gather on fewer)"
                  f"\n\n```\n{table}\n```\n")
+        with_end = [{**r, "em_minus": r["exact_match_minus_p_to_the_L_times_end"],
+                     "em_minus_interval": r["exact_match_minus_p_to_the_L_times_end_interval"],
+                     "agrees": r["exact_match_agrees_with_p_to_the_L_times_end"]} for r in mirage if "end_accuracy" in r]
+        if with_end:
+            table = format_table(_interval_text(with_end, ["exact_match", "end_accuracy", "p_to_the_L_times_end",
+                                                           "em_minus"]),
+                                 ["task", "size", "exact_match", "end_accuracy", "p_to_the_L_times_end", "em_minus",
+                                  "agrees"])
+            text += ("\nWith the end decision (exact match also needs greedy decoding to stop right after the "
+                     "answer: eos or the stop string next): end_accuracy q = the items' share where, given the gold "
+                     "answer, it does; p^L q, exact match's prediction for independent decisions, all of them; "
+                     "em_minus = exact match - p^L q with its paired 80% interval; agrees as above, in "
+                     f"{sum(r['agrees'] for r in with_end)} of {len(with_end)} rows (mirage.csv).\n\n"
+                     f"```\n{table}\n```\n")
         mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
                              ["task", "metric", "values", "total_improvement", "above_noise", "linearity",

@@ -180,16 +180,17 @@ def curve_shape_with_noise(scales: Sequence[float], item_scores: Sequence[Sequen
 def bootstrap_mean_interval(values: Sequence[float], *, samples: int = 1000, confidence: float = 0.8,
                             seed: int = 0, transform=None) -> tuple[float, float, float]:
     """(estimate, low, high): the mean of per-item `values` (or transform(mean), e.g. p -> p**L)
-    with its item-bootstrap percentile interval."""
+    with its item-bootstrap percentile interval. `values` may be [items, J] (several values per
+    item); transform then maps the [..., J] means to one number (e.g. p**L * q)."""
     x = np.asarray(values, np.float64)
-    if x.size == 0:
+    if len(x) == 0:
         raise ConfigError("bootstrap_mean_interval needs at least one item.")
     f = transform or (lambda m: m)
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)
+    means = x[rng.integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
     tail = 50.0 * (1.0 - confidence)
     low, high = np.percentile(f(means), [tail, 100.0 - tail])
-    return float(f(x.mean())), float(low), float(high)
+    return float(f(x.mean(axis=0))), float(low), float(high)
 
 
 def bootstrap_difference_interval(values: Sequence[float], others: Sequence[float], *, samples: int = 1000,
@@ -203,9 +204,9 @@ def bootstrap_difference_interval(values: Sequence[float], others: Sequence[floa
     same seed and item count, so the difference's interval pairs with each side's own. Two
     quantities of the same items are correlated, so their difference varies less than either:
     whether two 80% intervals overlap says little about whether the two agree, whether this
-    interval contains 0 does."""
+    interval contains 0 does. `others` may be [items, J], as in bootstrap_mean_interval."""
     x, y = np.asarray(values, np.float64), np.asarray(others, np.float64)
-    if x.size == 0 or x.shape != y.shape:
+    if x.size == 0 or x.ndim != 1 or len(y) != x.size:
         raise ConfigError(f"bootstrap_difference_interval needs per-item values of the same items, got "
                           f"{x.shape} and {y.shape}.")
     f = transform_others or (lambda m: m)
@@ -214,7 +215,7 @@ def bootstrap_difference_interval(values: Sequence[float], others: Sequence[floa
     differences = x[index_BI].mean(axis=1) - f(y[index_BI].mean(axis=1))
     tail = 50.0 * (1.0 - confidence)
     low, high = np.percentile(differences, [tail, 100.0 - tail])
-    return float(x.mean() - f(y.mean())), float(low), float(high)
+    return float(x.mean() - f(y.mean(axis=0))), float(low), float(high)
 
 
 def in_context_learning_score(token_losses: Sequence[np.ndarray], *, early_token: int = 50,

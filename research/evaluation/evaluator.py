@@ -27,8 +27,10 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # again (a task whose documents end an answer with eos, as copying_varied's, never predicts the
 # stop string, so 3 scored every right copy's end as wrong: p 0.8 at exact match 1.0), and
 # is_greedy is the argmax among the ids generation may write, not the model's padded vocabulary
-# (2026-12-05).
-METRICS_VERSION = 4
+# (2026-12-05). 5: each generation item also scores the end decision after its target (the next
+# token being eos or a piece whose text begins with a stop string, where generate_until's text
+# ends): end_is_greedy and end_prob (2026-12-06); p and L themselves are unchanged.
+METRICS_VERSION = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,7 @@ def _generation(harness, task, docs, contexts):
     spec, tokenizer = task.spec, harness.tokenizer
     targets = [gold_text(spec, d) for d in docs]
     generations = harness.generate_until([GenerateRequest(c, spec.until, spec.max_new_tokens) for c in contexts])
-    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t)
+    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t, end_until=spec.until)
                                     for c, t in zip(contexts, targets)])
     examples = []
     for context, target, generation, score in zip(contexts, targets, generations, scores):
@@ -84,7 +86,8 @@ def _generation(harness, task, docs, contexts):
             "token_edit_distance": float(M.token_edit_distance(predicted_ids, target_ids)),
             "target_log_prob": float(np.sum(log_probs, dtype=np.float64)),
             "brier_score": M.mean_brier(score.token_brier[start:]),
-            **M.teacher_forced(log_probs, greedy)})
+            **M.teacher_forced(log_probs, greedy),
+            **({} if score.end_log_prob is None else M.end_decision(score.end_log_prob, score.end_is_greedy))})
     return examples
 
 

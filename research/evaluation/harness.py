@@ -81,6 +81,7 @@ class Harness:
         # padded above it). Log-likelihoods deliberately ignore this limit: one is the model's own
         # softmax over its full vocabulary, as lm-eval and HF compute it. is_greedy keeps to it.
         self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
+        self._end_masks: dict[tuple[str, ...], np.ndarray] = {}
 
     # --- requests ------------------------------------------------------------------------
 
@@ -98,16 +99,17 @@ class Harness:
         family = self.config.family
         if family == "encoder":
             return self._pseudo_loglikelihood(requests)
+        for request in requests:
+            if isinstance(request.end_until, str):
+                raise ConfigError(f"end_until={request.end_until!r} must be a tuple of stop strings, e.g. "
+                                  f"({request.end_until!r},).")
         joint = family == "decoder"  # seq2seq tokenizes context and continuation separately (lm-eval)
         pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint,
                              encode_context=self._encode_context) for r in requests]
         for context_ids, continuation_ids in pairs:
             self._check_ids(context_ids + continuation_ids)
         if family == "decoder":
-            built = [conditional_row(c, t, self.max_length) for c, t in pairs]
-            stats = scoring.score_decoder_rows(self.model, self.params, [row for row, _ in built],
-                                               vocab_limit=self.vocab_limit, **self._sizes)
-            truncated = [cut for _, cut in built]
+            stats, truncated, ends = self._score_decoder(requests, pairs)
         else:
             sources, truncated = [], []
             for context_ids, continuation_ids in pairs:
@@ -119,8 +121,80 @@ class Harness:
             stats = scoring.score_seq2seq_rows(
                 self.model, self.params, [(s, np.asarray(t, np.int32)) for s, (_, t) in zip(sources, pairs)],
                 vocab_limit=self.vocab_limit, **self._sizes)
+            ends = self._seq2seq_ends(requests, pairs)
         self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
-        return [_result(s, cut, t) for s, cut, (_, t) in zip(stats, truncated, pairs)]
+        return [_result(s, cut, t, end) for s, cut, (_, t), end in zip(stats, truncated, pairs, ends)]
+
+    def _score_decoder(self, requests: Sequence[LoglikelihoodRequest], pairs: Sequence[tuple[list[int], list[int]]]):
+        """(TokenStats, whether the context was cut, end or None) of each request, by decoder rows.
+
+        A request with end_until is scored as continuation + one placeholder token: the forward
+        pass that scores the continuation then also gives the distribution after it, the end
+        decision (end_mask), at no extra row. Its context is cut for that one more input.
+        """
+        stats: list = [None] * len(requests)
+        truncated: list[bool] = [False] * len(requests)
+        ends: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(None if request.end_until is None else tuple(request.end_until), []).append(i)
+        for until, indices in groups.items():
+            if until is None:
+                built = [conditional_row(*pairs[i], self.max_length) for i in indices]
+                scored = [(s, None) for s in scoring.score_decoder_rows(
+                    self.model, self.params, [row for row, _ in built], vocab_limit=self.vocab_limit, **self._sizes)]
+            else:
+                for i in indices:
+                    if len(pairs[i][1]) + 1 > self.max_length:
+                        raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
+                                          f"exceed max_length={self.max_length}; shorten it, or score it without "
+                                          "end_until.")
+                built = [conditional_row(pairs[i][0], pairs[i][1] + [0], self.max_length) for i in indices]
+                scored = scoring.score_decoder_rows_and_ends(self.model, self.params, [row for row, _ in built],
+                                                             self.end_mask(until), vocab_limit=self.vocab_limit,
+                                                             **self._sizes)
+            for i, (_, cut), (s, end) in zip(indices, built, scored):
+                stats[i], truncated[i], ends[i] = s, cut, end
+        return stats, truncated, ends
+
+    def _seq2seq_ends(self, requests: Sequence[LoglikelihoodRequest],
+                      pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool] | None]:
+        """(log P(end), greedy ends) after each continuation whose request has end_until (end_mask),
+        by one more encoder-decoder row each; None for the others."""
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, request in enumerate(requests):
+            if request.end_until is not None:
+                groups.setdefault(tuple(request.end_until), []).append(i)
+        for until, indices in groups.items():
+            for i in indices:
+                if len(pairs[i][1]) + 1 > self.max_length:
+                    raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
+                                      f"exceed max_length={self.max_length}; shorten it, or score it without end_until.")
+            ends = scoring.score_seq2seq_ends(
+                self.model, self.params, [(np.asarray(pairs[i][0][-self.max_length:], np.int32),
+                                           np.asarray(pairs[i][1], np.int32)) for i in indices],
+                self.end_mask(until), vocab_limit=self.vocab_limit, **self._sizes)
+            for i, end in zip(indices, ends):
+                out[i] = end
+        return out
+
+    def end_mask(self, until: Sequence[str]) -> np.ndarray:
+        """[vocab_size] bool: eos and every id below vocab_limit whose text, decoded alone, begins
+        with a non-empty stop string of `until`: a SentencePiece newline piece counts for "\\n" although
+        encode("\\n") alone gives two ids (word-start piece, newline), and so does a BPE piece holding
+        two newlines. Cached per `until`."""
+        key = tuple(until)
+        if key not in self._end_masks:
+            mask = np.zeros((self.config.vocab_size,), bool)
+            mask[int(self.tokenizer.eos_id)] = True
+            stops = [text for text in key if text]
+            if stops:
+                for i in range(self.vocab_limit or self.config.vocab_size):
+                    if self.tokenizer.decode([i]).startswith(tuple(stops)):
+                        mask[i] = True
+            self._end_masks[key] = mask
+        return self._end_masks[key]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
         """log p(text) of each whole text, in windows of at most max_length tokens (decoder only).
@@ -293,6 +367,9 @@ class Harness:
                           "truncated from the left.", stacklevel=3)
 
 
-def _result(stats: scoring.TokenStats, truncated: bool, continuation_ids: Sequence[int]) -> LoglikelihoodResult:
+def _result(stats: scoring.TokenStats, truncated: bool, continuation_ids: Sequence[int],
+            end: tuple[float, bool] | None = None) -> LoglikelihoodResult:
+    end_log_prob, end_is_greedy = end if end is not None else (None, None)
     return LoglikelihoodResult(float(np.sum(stats.log_probs, dtype=np.float64)), bool(np.all(stats.is_greedy)),
-                               stats.log_probs, stats.is_greedy, stats.brier, truncated, tuple(continuation_ids))
+                               stats.log_probs, stats.is_greedy, stats.brier, truncated, tuple(continuation_ids),
+                               end_log_prob, end_is_greedy)

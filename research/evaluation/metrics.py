@@ -17,6 +17,13 @@ Generation tasks get discontinuous and continuous metrics side by side (Schaeffe
     teacher_forced_prob  mean over target tokens of p(gold token | prompt, gold prefix)
     answer_tokens        L, the target's token count (exact match ~ p^L for independent tokens)
 
+Per example only (harnesses that score the end; research.evaluation.harness does): exact match
+also needs greedy decoding to stop right after the target, a decision p^L leaves out (in
+least-significant-first addition, whether a carry-out digit follows). end_prob is the next-token
+probability of the ids that end the answer there (eos, pieces whose text begins with a stop
+string: harness.Harness.end_mask), end_is_greedy whether the argmax is one of them; exact match
+~ p^L q for independent decisions, q the items' mean end_is_greedy.
+
 "Target tokens" are the target's own: the harness scores target_delimiter + target (as a
 few-shot example writes it), and the evaluator drops the scored tokens that hold only the
 delimiter (evaluator.answer_start), so the " " before an answer is neither counted in L nor
@@ -91,6 +98,12 @@ def teacher_forced(token_log_probs: np.ndarray, token_is_greedy: np.ndarray) -> 
     return {"teacher_forced_accuracy": float(np.mean(token_is_greedy)),
             "teacher_forced_prob": float(np.mean(np.exp(np.asarray(token_log_probs, np.float64)))),
             "answer_tokens": float(len(token_log_probs))}
+
+
+def end_decision(end_log_prob: float, end_is_greedy: bool) -> dict[str, float]:
+    """The decision to stop right after the gold target, which exact match also needs (module
+    docstring): its probability and whether greedy decoding takes it."""
+    return {"end_prob": float(np.exp(end_log_prob)), "end_is_greedy": float(end_is_greedy)}
 
 
 def mean_brier(token_brier: np.ndarray) -> float:

@@ -26,8 +26,13 @@ from research.models.config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class LoglikelihoodRequest:
+    """log p(continuation | context). With end_until (stop strings, as GenerateRequest.until),
+    also the decision to end right after the continuation: the next token is one that
+    generate_until stops on (eos, or a stop string that is one token)."""
+
     context: str
     continuation: str
+    end_until: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,10 @@ class LoglikelihoodResult:
     # The continuation's N scored ids, as tokenized in context (encode_pair): which of them
     # are a task's delimiter and which its answer is only known from the ids (evaluator).
     tokens: tuple[int, ...] = ()
+    # With the request's end_until (None without): log of the next-token probability mass on
+    # the ids generation stops on, and whether the greedy next token is one of them.
+    end_log_prob: float | None = None
+    end_is_greedy: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)

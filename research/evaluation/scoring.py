@@ -72,6 +72,34 @@ def seq2seq_token_stats(params: Any, source_BS: Array, source_segment_ids_BS: Ar
     return _token_stats(logits_BTV, targets_BT, vocab_limit)
 
 
+def _end_stats(logits_BV: Array, end_mask_V: Array, vocab_limit: int | None) -> tuple[Array, Array]:
+    """log of the next-token mass on the ids of end_mask_V, and whether the argmax below
+    vocab_limit is one of them, per [..., V] logits."""
+    log_probs_BV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1)
+    end_B = jax.nn.logsumexp(jnp.where(end_mask_V, log_probs_BV, -jnp.inf), axis=-1)
+    return end_B, end_mask_V[jnp.argmax(log_probs_BV[..., :vocab_limit], axis=-1)]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
+def decoder_token_and_end_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array,
+                                end_mask_V: Array, *, model: nn.Module,
+                                vocab_limit: int | None = None) -> tuple[Array, Array, Array, Array, Array]:
+    """decoder_token_stats and, at every position, _end_stats of its next-token distribution."""
+    logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
+    return (*_token_stats(logits_BTV, targets_BT, vocab_limit), *_end_stats(logits_BTV, end_mask_V, vocab_limit))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
+def seq2seq_end_stats(params: Any, source_BS: Array, source_segment_ids_BS: Array, decoder_inputs_BT: Array,
+                      target_segment_ids_BT: Array, last_B: Array, end_mask_V: Array, *, model: nn.Module,
+                      vocab_limit: int | None = None) -> tuple[Array, Array]:
+    """Encoder-decoder: _end_stats of the next token after decoder_inputs_BT[b, :last_B[b] + 1]."""
+    logits_BTV = model.apply({"params": params}, source_BS, decoder_inputs_BT,
+                             encoder_segment_ids_BS=source_segment_ids_BS,
+                             decoder_segment_ids_BT=target_segment_ids_BT)
+    return _end_stats(jnp.take_along_axis(logits_BTV, last_B[:, None, None], axis=1)[:, 0], end_mask_V, vocab_limit)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def masked_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, masked_position_B: Array,
                        targets_B: Array, *, model: nn.Module,
@@ -121,6 +149,50 @@ def score_decoder_rows(model: nn.Module, params: Any, rows: Sequence[ScoredRow],
         for r, i in enumerate(chunk):
             n, k = len(rows[i].tokens) - 1, rows[i].num_scored
             out[i] = TokenStats(*(np.asarray(s[r, n - k:n]) for s in stats))
+    return out
+
+
+def score_decoder_rows_and_ends(model: nn.Module, params: Any, rows: Sequence[ScoredRow], end_mask: np.ndarray, *,
+                                batch_size: int, max_len: int, min_bucket: int,
+                                vocab_limit: int | None = None) -> list[tuple[TokenStats, tuple[float, bool]]]:
+    """score_decoder_rows of rows whose last target is a placeholder after the continuation:
+    TokenStats of the num_scored - 1 targets before it, and (log P(next token in end_mask),
+    whether the argmax below vocab_limit is) at the placeholder's position: the decision after
+    the continuation, from the continuation's own forward pass."""
+    out: list[tuple[TokenStats, tuple[float, bool]] | None] = [None] * len(rows)
+    for chunk in _batches([len(r.tokens) - 1 for r in rows], batch_size):
+        width = bucket_length(max(len(rows[i].tokens) - 1 for i in chunk), max_len, min_bucket)
+        inputs, segments = _right_pad([rows[i].tokens[:-1] for i in chunk], batch_size, width)
+        targets, _ = _right_pad([rows[i].tokens[1:] for i in chunk], batch_size, width)
+        *stats, end, greedy = jax.device_get(decoder_token_and_end_stats(
+            params, inputs, segments, targets, jnp.asarray(end_mask), model=model, vocab_limit=vocab_limit))
+        for r, i in enumerate(chunk):
+            n, k = len(rows[i].tokens) - 1, rows[i].num_scored
+            out[i] = (TokenStats(*(np.asarray(x[r, n - k:n - 1]) for x in stats)),
+                      (float(end[r, n - 1]), bool(greedy[r, n - 1])))
+    return out
+
+
+def score_seq2seq_ends(model: nn.Module, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                       end_mask: np.ndarray, *, batch_size: int, max_len: int, min_bucket: int,
+                       vocab_limit: int | None = None) -> list[tuple[float, bool]]:
+    """score_decoder_ends for (source ids, target ids) pairs: the decision after the whole
+    target, decoding from config.decoder_start_token_id."""
+    start = model.config.decoder_start_token_id
+    out: list[tuple[float, bool] | None] = [None] * len(pairs)
+    for chunk in _batches([len(s) + len(t) for s, t in pairs], batch_size):
+        source_width = bucket_length(max(len(pairs[i][0]) for i in chunk), max_len, min_bucket)
+        target_width = bucket_length(max(len(pairs[i][1]) + 1 for i in chunk), max_len, min_bucket)
+        source, source_segments = _right_pad([pairs[i][0] for i in chunk], batch_size, source_width)
+        decoder_inputs, target_segments = _right_pad(
+            [np.concatenate([[start], pairs[i][1]]).astype(np.int32) for i in chunk], batch_size, target_width)
+        last = np.zeros((batch_size,), np.int32)
+        last[:len(chunk)] = [len(pairs[i][1]) for i in chunk]
+        end, greedy = jax.device_get(seq2seq_end_stats(params, source, source_segments, decoder_inputs,
+                                                       target_segments, last, jnp.asarray(end_mask), model=model,
+                                                       vocab_limit=vocab_limit))
+        for r, i in enumerate(chunk):
+            out[i] = (float(end[r]), bool(greedy[r]))
     return out
 
 

@@ -69,15 +69,16 @@ def curve_summary(rows: Sequence[dict[str, Any]], *, scale: str, group_by: Seque
 # --- Per-item analyses: rows that carry "items" {metric: [per-example values]} ----------------
 
 ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob", "target_log_prob",
-                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score")
+                "token_edit_distance", "answer_tokens", "token_accuracy", "brier_score",
+                "end_is_greedy", "end_prob")
 
 
 def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
                  seed: int = 0) -> list[dict[str, Any]]:
     """Exact match beside p^L (Schaeffer et al. 2023), per size and task, with item-bootstrap
     intervals: p is the teacher-forced per-token accuracy and L the answer's token count, both
-    over the target's tokens (metrics.py; the stop after the answer is not scored, so where
-    ending the answer is a decision, p^L leans above exact match), L the mean over items (in
+    over the target's tokens (metrics.py; the stop after the answer is not one of them: see
+    end_accuracy below), L the mean over items (in
     base-26 addition of k digits an answer is k or k + 1 tokens; (mean p)^(mean L) is then
     within 0.006 of the mean of each item's p^L for independent digits). Also the
     teacher-forced probability, log-probability of the target and edit distance.
@@ -90,7 +91,14 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
     for want of any item that could show it. Two overlapping intervals are no such test, as
     both come from the same items. Below 0, exact
     match is below p^L: the wrong tokens are spread over more items than independent errors
-    spread them (as an unscored stop decision missed on many items would); above 0, they gather on fewer.
+    spread them (or a decision p does not count, such as the stop: p^L q below); above 0, they gather on fewer.
+
+    Where the items score the end decision (metrics.py; research.evaluation.harness's do), exact
+    match's prediction for independent decisions, all of them: `end_accuracy` q (greedy decoding
+    stops right after the gold target, given it), `p_to_the_L_times_end` p^L q, and
+    `exact_match_minus_p_to_the_L_times_end` with `exact_match_agrees_with_p_to_the_L_times_end`
+    by the same paired test (the end is a decision of its own kind, so q multiplies p^L rather
+    than being averaged into p).
     """
     from research.evaluation.emergence_metrics import bootstrap_difference_interval, bootstrap_mean_interval
 
@@ -112,12 +120,23 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
             value, low, high = bootstrap_mean_interval(items[metric], samples=samples, confidence=confidence,
                                                        seed=seed, transform=transform)
             entry[name], entry[f"{name}_interval"] = value, [low, high]
-        value, low, high = bootstrap_difference_interval(items["exact_match"], items["teacher_forced_accuracy"],
-                                                         samples=samples, confidence=confidence, seed=seed,
-                                                         transform_others=lambda m: m**L)
-        entry["exact_match_minus_p_to_the_L"], entry["exact_match_minus_p_to_the_L_interval"] = value, [low, high]
         step = 1.0 / len(items["exact_match"])
-        entry["exact_match_agrees_with_p_to_the_L"] = bool(low - step <= 0.0 <= high + step)
+        comparisons = [(items["teacher_forced_accuracy"], lambda m: m**L, "p_to_the_L")]
+        if "end_is_greedy" in items:
+            p_and_end = np.stack([items["teacher_forced_accuracy"], items["end_is_greedy"]], axis=1)
+            with_end = lambda m: m[..., 0]**L * m[..., 1]  # noqa: E731
+            for values, transform, name in [(items["end_is_greedy"], None, "end_accuracy"),
+                                            (p_and_end, with_end, "p_to_the_L_times_end")]:
+                value, low, high = bootstrap_mean_interval(values, samples=samples, confidence=confidence,
+                                                           seed=seed, transform=transform)
+                entry[name], entry[f"{name}_interval"] = value, [low, high]
+            comparisons.append((p_and_end, with_end, "p_to_the_L_times_end"))
+        for others, transform, name in comparisons:
+            value, low, high = bootstrap_difference_interval(items["exact_match"], others, samples=samples,
+                                                             confidence=confidence, seed=seed,
+                                                             transform_others=transform)
+            entry[f"exact_match_minus_{name}"], entry[f"exact_match_minus_{name}_interval"] = value, [low, high]
+            entry[f"exact_match_agrees_with_{name}"] = bool(low - step <= 0.0 <= high + step)
         out.append(entry)
     return out
 

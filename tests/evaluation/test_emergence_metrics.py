@@ -151,3 +151,31 @@ def test_exact_match_zero_on_every_item_agrees_with_a_p_to_the_L_below_one_item(
         row = _mirage_row(correct_NL)
         assert row["exact_match_interval"] == [0.0, 0.0] and row["exact_match_minus_p_to_the_L_interval"][1] < 0
         assert row["exact_match_agrees_with_p_to_the_L"] == agrees
+
+
+def test_p_to_the_L_times_the_end_decision_predicts_exact_match_where_p_to_the_L_alone_does_not():
+    # 1000 items of 4 answer tokens, each right with probability 0.85, and the decision to stop
+    # after them, right with probability 0.7, all independent. Exact match needs all five:
+    # 0.85^4 * 0.7 = 0.37, while p^L over the answer tokens alone predicts 0.85^4 = 0.52, a
+    # paired difference far outside noise; p^L q, q the end's accuracy, predicts exact match.
+    rng = np.random.default_rng(0)
+    n, L = 1000, 4
+    correct_NL, end_N = rng.random((n, L)) < 0.85, rng.random(n) < 0.7
+    exact = (correct_NL.all(axis=1) & end_N).astype(float)
+    p = correct_NL.mean(axis=1)
+    items = {"exact_match": exact.tolist(), "teacher_forced_accuracy": p.tolist(),
+             "teacher_forced_prob": p.tolist(), "target_log_prob": [0.0] * n,
+             "token_edit_distance": [0.0] * n, "answer_tokens": [float(L)] * n,
+             "end_is_greedy": end_N.astype(float).tolist(), "end_prob": end_N.astype(float).tolist()}
+    (row,) = mirage_table([{"task": "t", "num_shots": 0, "size": "s", "params_non_embedding": 1, "items": items}])
+    assert row["exact_match_minus_p_to_the_L_interval"][1] < -0.1 and not row["exact_match_agrees_with_p_to_the_L"]
+    assert row["end_accuracy"] == pytest.approx(end_N.mean())
+    assert row["p_to_the_L_times_end"] == pytest.approx(p.mean() ** L * end_N.mean())
+    assert row["exact_match_minus_p_to_the_L_times_end"] == pytest.approx(exact.mean() - p.mean() ** L * end_N.mean())
+    assert row["exact_match_agrees_with_p_to_the_L_times_end"]
+    # Its interval by hand: both means over the same 1000 resamples of the items.
+    index_BI = np.random.default_rng(0).integers(0, n, size=(1000, n))
+    differences = exact[index_BI].mean(axis=1) - p[index_BI].mean(axis=1) ** L * end_N[index_BI].mean(axis=1)
+    np.testing.assert_allclose(row["exact_match_minus_p_to_the_L_times_end_interval"], np.percentile(differences, [10, 90]))
+    # Items without the end decision (a harness that does not score it): no such columns.
+    assert "end_accuracy" not in _mirage_row(correct_NL)

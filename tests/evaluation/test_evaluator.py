@@ -52,6 +52,12 @@ def test_generation_task_metrics_side_by_side(harness):
     assert example["teacher_forced_accuracy"] == pytest.approx(np.mean(direct.token_is_greedy))
     assert example["teacher_forced_prob"] == pytest.approx(np.mean(np.exp(direct.token_log_probs)), rel=1e-5)
     assert example["answer_tokens"] == len(direct.token_log_probs) >= 1
+    # The end decision after the target: eos or the task's one-token stop string "\n" next.
+    (ended,) = harness.loglikelihood([LoglikelihoodRequest(example["prompt"], example["target"], end_until=("\n",))])
+    assert example["end_prob"] == pytest.approx(math.exp(ended.end_log_prob), rel=1e-5)
+    assert example["end_is_greedy"] == float(ended.end_is_greedy)
+    for e in result.examples:  # every decision greedy-right <=> greedy decoding writes the target and stops
+        assert (e["teacher_forced_accuracy"] == 1.0 and e["end_is_greedy"] == 1.0) == (e["exact_match"] == 1.0)
     assert example["prompt"].count("\n") == 2 and "\n" not in example["prediction"]  # 2 shots; stopped at "\n"
     assert np.mean([e["target_log_prob"] for e in result.examples]) == pytest.approx(
         result.metrics["target_log_prob"])
