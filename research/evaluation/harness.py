@@ -82,6 +82,7 @@ class Harness:
         # softmax over its full vocabulary, as lm-eval and HF compute it. is_greedy keeps to it.
         self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
         self._end_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._pieces: list[tuple[int, str]] | None = None
 
     # --- requests ------------------------------------------------------------------------
 
@@ -188,10 +189,10 @@ class Harness:
         if key not in self._end_masks:
             mask = np.zeros((self.config.vocab_size,), bool)
             mask[int(self.tokenizer.eos_id)] = True
-            stops = [text for text in key if text]
+            stops = tuple(text for text in key if text)
             if stops:
-                for i in range(self.vocab_limit or self.config.vocab_size):
-                    if self.tokenizer.decode([i]).startswith(tuple(stops)):
+                for i, piece in self._piece_texts():
+                    if piece.startswith(stops):
                         mask[i] = True
             self._end_masks[key] = mask
         return self._end_masks[key]
@@ -311,13 +312,22 @@ class Harness:
                 scoring.classify_rows(self.model, self.params, rows, **self._sizes)]
 
     def _stop_tokens(self, until: Sequence[str]) -> tuple[int, ...]:
-        """eos plus every stop string that is one token: the decoding loop can stop early on those."""
-        stops = {int(self.tokenizer.eos_id)}
-        for text in until:
-            ids = as_ids(self.tokenizer.encode(text)) if text else []
-            if len(ids) == 1:
-                stops.add(ids[0])
-        return tuple(sorted(stops))
+        """eos plus every id whose text, decoded alone, holds a stop string: the decoding loop stops
+        on those. The text is cut at the stop's first occurrence either way (_finish), which then
+        lies in the text up to that id, so stopping there changes no output; it saves the steps
+        after it (a SentencePiece newline piece is such an id although encode("\\n") gives two;
+        one-token stop strings alone missed it and every row ran to max_new_tokens). An id's
+        text alone lacks only the leading space its piece may have in context, so it holds a stop
+        string only where the text in context does."""
+        stops = [text for text in until if text]
+        return tuple(sorted({int(self.tokenizer.eos_id)} | {i for i, piece in self._piece_texts() if any(
+            stop in piece for stop in stops)}))
+
+    def _piece_texts(self) -> list[tuple[int, str]]:
+        """(id, its text decoded alone) of every id generation may write, computed once."""
+        if self._pieces is None:
+            self._pieces = [(i, self.tokenizer.decode([i])) for i in range(self.vocab_limit or self.config.vocab_size)]
+        return self._pieces
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_tokens: tuple[int, ...],
                   budget: int) -> list[list[int]]:

@@ -94,11 +94,9 @@ def test_encoder_decoder_end_is_scored_after_the_target():
     assert [r.end_is_greedy for r in results] == [g == EOS for g in greedy]
 
 
-def test_end_mask_holds_a_sentencepiece_newline_piece_that_encode_splits(tmp_path):
-    # The emergence study's tokenizer: encode("\n") alone is the word-start piece and the
-    # newline piece, so no one-token stop string exists, yet after an answer the model writes the
-    # newline piece alone and generate_until cuts the text there. With only one-token stop
-    # strings counted, the end was right on no item of a cpu_tiny run (exact match 0.94 beside it).
+def _sum_tokenizer(tmp_path):
+    """A SentencePiece tokenizer of "a+b=c" lines, in which encode("\\n") alone gives two ids
+    (word-start piece, newline piece), and sentencepiece's own processor of the same model."""
     import random
 
     import sentencepiece as spm
@@ -111,10 +109,40 @@ def test_end_mask_holds_a_sentencepiece_newline_piece_that_encode_splits(tmp_pat
     tokenizer = train_tokenizer(["\n".join(lines)], TokenizerConfig(vocab_size=19, byte_fallback=False,
                                                                     character_coverage=1.0), str(tmp_path / "t.model"))
     assert len(tokenizer.encode("\n")) == 2  # the premise
-    oracle = spm.SentencePieceProcessor(model_file=str(tmp_path / "t.model"))
+    return tokenizer, spm.SentencePieceProcessor(model_file=str(tmp_path / "t.model"))
+
+
+def test_end_mask_holds_a_sentencepiece_newline_piece_that_encode_splits(tmp_path):
+    # The emergence study's tokenizer: encode("\n") alone is the word-start piece and the
+    # newline piece, so no one-token stop string exists, yet after an answer the model writes the
+    # newline piece alone and generate_until cuts the text there. With only one-token stop
+    # strings counted, the end was right on no item of a cpu_tiny run (exact match 0.94 beside it).
+    tokenizer, oracle = _sum_tokenizer(tmp_path)
     model, params = tiny_model("gpt2-tiny", vocab_size=32)
     harness = Harness(model, params, tokenizer)
     assert set(np.flatnonzero(harness.end_mask(("\n",)))) == {oracle.eos_id(), oracle.piece_to_id("\n")}
     assert set(np.flatnonzero(harness.end_mask(()))) == {oracle.eos_id()}
     plus_ids = {i for i in range(oracle.get_piece_size()) if oracle.id_to_piece(i).lstrip("\u2581").startswith("+")}
     assert set(np.flatnonzero(harness.end_mask(("+", "\n")))) == {oracle.eos_id(), oracle.piece_to_id("\n")} | plus_ids
+
+
+def test_generation_stops_on_a_piece_holding_the_stop_string_with_the_text_it_had_without_stopping(tmp_path):
+    # With only one-token stop strings, a stop that encodes to two ids alone ("\\n", or a digit:
+    # word-start piece + the piece) stopped nothing: every row ran to max_new_tokens and the text
+    # was cut afterwards. A piece whose text holds the stop now ends the row; the text is the one
+    # the full-length run cuts.
+    from research.evaluation.requests import GenerateRequest, cut_at_stop
+
+    tokenizer, oracle = _sum_tokenizer(tmp_path)
+    model, params = tiny_model("gpt2-tiny", vocab_size=32)
+    harness = Harness(model, params, tokenizer, batch_size=4)
+    assert {oracle.piece_to_id("\n"), oracle.eos_id()} <= set(harness._stop_tokens(("\n",)))
+    prompts = [f"{a}+{b}=" for a, b in ((12, 345), (9, 87), (4321, 5), (66, 77), (100, 2000), (3, 4))]
+    full = harness.generate_until([GenerateRequest(p, (), 12) for p in prompts])
+    # A piece some row writes before its last token, as the stop string.
+    stop = next(text for r in full for i in r.tokens[:-1] if (text := tokenizer.decode([i]).strip()))
+    assert len(tokenizer.encode(stop)) == 2  # the premise: no one-token stop string
+    stopped = harness.generate_until([GenerateRequest(p, (stop,), 12) for p in prompts])
+    assert [r.text for r in stopped] == [cut_at_stop(tokenizer.decode(list(r.tokens)), (stop,)) for r in full]
+    assert sum(map(len, (r.tokens for r in stopped))) < sum(map(len, (r.tokens for r in full)))
+    assert all(stop not in tokenizer.decode([i]) for r in stopped for i in r.tokens[:-1])  # ended at the first
