@@ -83,6 +83,7 @@ class Harness:
         self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
         self._end_masks: dict[tuple[str, ...], np.ndarray] = {}
         self._pieces: list[tuple[int, str]] | None = None
+        self._stop_sets: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     # --- requests ------------------------------------------------------------------------
 
@@ -318,10 +319,14 @@ class Harness:
         after it (a SentencePiece newline piece is such an id although encode("\\n") gives two;
         one-token stop strings alone missed it and every row ran to max_new_tokens). An id's
         text alone lacks only the leading space its piece may have in context, so it holds a stop
-        string only where the text in context does."""
-        stops = [text for text in until if text]
-        return tuple(sorted({int(self.tokenizer.eos_id)} | {i for i, piece in self._piece_texts() if any(
-            stop in piece for stop in stops)}))
+        string only where the text in context does. Cached per `until` (one pass over the
+        vocabulary, not one per request)."""
+        key = tuple(until)
+        if key not in self._stop_sets:
+            stops = [text for text in key if text]
+            self._stop_sets[key] = tuple(sorted({int(self.tokenizer.eos_id)} | {
+                i for i, piece in self._piece_texts() if any(stop in piece for stop in stops)}))
+        return self._stop_sets[key]
 
     def _piece_texts(self) -> list[tuple[int, str]]:
         """(id, its text decoded alone) of every id generation may write, computed once."""
