@@ -101,14 +101,20 @@ def compute_frontier(table: RunTable, rel_tol: float = 0.1) -> tuple[np.ndarray,
     that beat the one rounded just below it entered the frontier: all four sizes of cpu_tiny's
     smallest budget, 0.17 nats apart (11 points from 4 budgets on noiseless losses of a known
     law, a = 0.498 against its 0.556)."""
+    rows, compute, _ = _frontier_budgets(table, rel_tol)
+    return rows, compute
+
+
+def _frontier_budgets(table: RunTable, rel_tol: float) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """compute_frontier's (rows, compute) and the row indices of each of those rows' budget."""
     groups = budget_groups(table, rel_tol)
     rows = np.array([g[np.argmin(table.loss[g])] for g in groups], dtype=int)
     compute = np.array([budget_compute(table, g) for g in groups], dtype=np.float64)
     order = np.lexsort((table.loss[rows], compute))  # ties in compute: lowest loss first
     loss = table.loss[rows[order]]
     best_so_far = np.minimum.accumulate(loss)
-    improves = np.concatenate([[True], loss[1:] < best_so_far[:-1]])
-    return rows[order][improves], compute[order][improves]
+    on_frontier = order[np.concatenate([[True], loss[1:] < best_so_far[:-1]])]
+    return rows[on_frontier], compute[on_frontier], [groups[i] for i in on_frontier]
 
 
 def lower_envelope(table: RunTable, num_compute: int = NUM_COMPUTE_VALUES, *, between_sizes: bool = True,
@@ -192,11 +198,9 @@ def _bracketed_curves(grid: np.ndarray, loss_UG: np.ndarray, sizes: np.ndarray, 
 
 def _frontier_envelope(table: RunTable, rel_tol: float, between_sizes: bool, bracketed: bool) -> Envelope:
     """The compute frontier of final losses, each budget's N_opt read as lower_envelope says."""
-    rows, compute = compute_frontier(table, rel_tol)
-    budget_of = {int(r): g for g in budget_groups(table, rel_tol) for r in g}
+    rows, compute, groups = _frontier_budgets(table, rel_tol)
     keep, N_opt, per_token = np.ones(rows.size, bool), table.N[rows].copy(), table.flops_per_token[rows].copy()
-    for k, row in enumerate(rows):
-        group = budget_of[int(row)]
+    for k, (row, group) in enumerate(zip(rows, groups)):
         unique = np.unique(table.N[group])
         if not bracketed or unique.size < MIN_SIZES_PER_PROFILE:
             continue
