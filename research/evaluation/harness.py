@@ -111,28 +111,33 @@ class Harness:
         for context_ids, continuation_ids in pairs:
             self._check_ids(context_ids + continuation_ids)
         if family == "decoder":
-            stats, truncated, ends = self._score_decoder(requests, pairs)
+            def build(context_ids, continuation_ids):
+                return conditional_row(context_ids, continuation_ids, self.max_length)
+            score_rows = scoring.score_decoder_rows_and_ends
         else:
-            sources, truncated = [], []
-            for context_ids, continuation_ids in pairs:
+            def build(context_ids, continuation_ids):
                 if len(continuation_ids) > self.max_length:
                     raise ConfigError(f"continuation of {len(continuation_ids)} tokens exceeds max_length="
                                       f"{self.max_length}; shorten it.")
-                sources.append(np.asarray(context_ids[-self.max_length:], np.int32))
-                truncated.append(len(context_ids) > self.max_length)
-            stats = scoring.score_seq2seq_rows(
-                self.model, self.params, [(s, np.asarray(t, np.int32)) for s, (_, t) in zip(sources, pairs)],
-                vocab_limit=self.vocab_limit, **self._sizes)
-            ends = self._seq2seq_ends(requests, pairs)
+                return ((np.asarray(context_ids[-self.max_length:], np.int32), np.asarray(continuation_ids, np.int32)),
+                        len(context_ids) > self.max_length)
+            score_rows = scoring.score_seq2seq_rows_and_ends
+
+        def score(rows, end_mask):
+            return score_rows(self.model, self.params, rows, end_mask, vocab_limit=self.vocab_limit, **self._sizes)
+        stats, truncated, ends = self._score_with_ends(requests, pairs, build, score)
         self._warn_truncated(sum(truncated), len(requests), "loglikelihood")
         return [_result(s, cut, t, end) for s, cut, (_, t), end in zip(stats, truncated, pairs, ends)]
 
-    def _score_decoder(self, requests: Sequence[LoglikelihoodRequest], pairs: Sequence[tuple[list[int], list[int]]]):
-        """(TokenStats, whether the context was cut, end or None) of each request, by decoder rows.
+    def _score_with_ends(self, requests: Sequence[LoglikelihoodRequest], pairs: Sequence[tuple[list[int], list[int]]],
+                         build, score) -> tuple[list, list[bool], list[tuple[float, bool] | None]]:
+        """(TokenStats, whether the context was cut, end or None) of each request. build(context
+        ids, continuation ids) -> (row, cut) and score(rows, end_mask or None) -> [(TokenStats,
+        end or None)] are the family's.
 
         A request with end_until is scored as continuation + one placeholder token: the forward
         pass that scores the continuation then also gives the distribution after it, the end
-        decision (end_mask), at no extra row. Its context is cut for that one more input.
+        decision (end_mask), at no extra row; a decoder's context is cut for that one more input.
         """
         stats: list = [None] * len(requests)
         truncated: list[bool] = [False] * len(requests)
@@ -141,45 +146,17 @@ class Harness:
         for i, request in enumerate(requests):
             groups.setdefault(None if request.end_until is None else tuple(request.end_until), []).append(i)
         for until, indices in groups.items():
-            if until is None:
-                built = [conditional_row(*pairs[i], self.max_length) for i in indices]
-                scored = [(s, None) for s in scoring.score_decoder_rows(
-                    self.model, self.params, [row for row, _ in built], vocab_limit=self.vocab_limit, **self._sizes)]
-            else:
-                for i in indices:
-                    if len(pairs[i][1]) + 1 > self.max_length:
-                        raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
-                                          f"exceed max_length={self.max_length}; shorten it, or score it without "
-                                          "end_until.")
-                built = [conditional_row(pairs[i][0], pairs[i][1] + [0], self.max_length) for i in indices]
-                scored = scoring.score_decoder_rows_and_ends(self.model, self.params, [row for row, _ in built],
-                                                             self.end_mask(until), vocab_limit=self.vocab_limit,
-                                                             **self._sizes)
+            placeholder = [] if until is None else [0]
+            for i in indices:
+                if placeholder and len(pairs[i][1]) + 1 > self.max_length:
+                    raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
+                                      f"exceed max_length={self.max_length}; shorten it, or score it without "
+                                      "end_until.")
+            built = [build(pairs[i][0], pairs[i][1] + placeholder) for i in indices]
+            scored = score([row for row, _ in built], None if until is None else self.end_mask(until))
             for i, (_, cut), (s, end) in zip(indices, built, scored):
                 stats[i], truncated[i], ends[i] = s, cut, end
         return stats, truncated, ends
-
-    def _seq2seq_ends(self, requests: Sequence[LoglikelihoodRequest],
-                      pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool] | None]:
-        """(log P(end), greedy ends) after each continuation whose request has end_until (end_mask),
-        by one more encoder-decoder row each; None for the others."""
-        out: list[tuple[float, bool] | None] = [None] * len(requests)
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, request in enumerate(requests):
-            if request.end_until is not None:
-                groups.setdefault(tuple(request.end_until), []).append(i)
-        for until, indices in groups.items():
-            for i in indices:
-                if len(pairs[i][1]) + 1 > self.max_length:
-                    raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
-                                      f"exceed max_length={self.max_length}; shorten it, or score it without end_until.")
-            ends = scoring.score_seq2seq_ends(
-                self.model, self.params, [(np.asarray(pairs[i][0][-self.max_length:], np.int32),
-                                           np.asarray(pairs[i][1], np.int32)) for i in indices],
-                self.end_mask(until), vocab_limit=self.vocab_limit, **self._sizes)
-            for i, end in zip(indices, ends):
-                out[i] = end
-        return out
 
     def end_mask(self, until: Sequence[str]) -> np.ndarray:
         """[vocab_size] bool: eos and every id below vocab_limit whose text, decoded alone, begins

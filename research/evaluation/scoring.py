@@ -53,51 +53,38 @@ def _token_stats(logits_BTV: Array, targets_BT: Array, vocab_limit: int | None) 
     return target_BT, greedy_BT, brier_BT
 
 
+def _end_stats(logits_BTV: Array, end_mask_V: Array, vocab_limit: int | None) -> tuple[Array, Array]:
+    """At every position: log of the next-token mass on the ids of end_mask_V, and whether the
+    argmax below vocab_limit is one of them."""
+    log_probs_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    end_BT = jax.nn.logsumexp(jnp.where(end_mask_V, log_probs_BTV, -jnp.inf), axis=-1)
+    return end_BT, end_mask_V[jnp.argmax(log_probs_BTV[..., :vocab_limit], axis=-1)]
+
+
+def _stats(logits_BTV: Array, targets_BT: Array, end_mask_V: Array | None, vocab_limit: int | None) -> tuple:
+    stats = _token_stats(logits_BTV, targets_BT, vocab_limit)
+    return stats if end_mask_V is None else (*stats, *_end_stats(logits_BTV, end_mask_V, vocab_limit))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
-def decoder_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array, *,
-                        model: nn.Module, vocab_limit: int | None = None) -> tuple[Array, Array, Array]:
-    """Causal LM: stats of targets_BT[b, t] given tokens_BT[b, :t+1] (right-padded rows)."""
+def decoder_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array,
+                        end_mask_V: Array | None = None, *, model: nn.Module, vocab_limit: int | None = None) -> tuple:
+    """Causal LM: stats of targets_BT[b, t] given tokens_BT[b, :t+1] (right-padded rows), and
+    with end_mask_V the _end_stats of every position too."""
     logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
-    return _token_stats(logits_BTV, targets_BT, vocab_limit)
+    return _stats(logits_BTV, targets_BT, end_mask_V, vocab_limit)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def seq2seq_token_stats(params: Any, source_BS: Array, source_segment_ids_BS: Array, decoder_inputs_BT: Array,
-                        target_segment_ids_BT: Array, targets_BT: Array, *,
-                        model: nn.Module, vocab_limit: int | None = None) -> tuple[Array, Array, Array]:
-    """Encoder-decoder: stats of targets_BT given the source and the shifted targets."""
+                        target_segment_ids_BT: Array, targets_BT: Array, end_mask_V: Array | None = None, *,
+                        model: nn.Module, vocab_limit: int | None = None) -> tuple:
+    """Encoder-decoder: stats of targets_BT given the source and the shifted targets (and with
+    end_mask_V the _end_stats of every position)."""
     logits_BTV = model.apply({"params": params}, source_BS, decoder_inputs_BT,
                              encoder_segment_ids_BS=source_segment_ids_BS,
                              decoder_segment_ids_BT=target_segment_ids_BT)
-    return _token_stats(logits_BTV, targets_BT, vocab_limit)
-
-
-def _end_stats(logits_BV: Array, end_mask_V: Array, vocab_limit: int | None) -> tuple[Array, Array]:
-    """log of the next-token mass on the ids of end_mask_V, and whether the argmax below
-    vocab_limit is one of them, per [..., V] logits."""
-    log_probs_BV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1)
-    end_B = jax.nn.logsumexp(jnp.where(end_mask_V, log_probs_BV, -jnp.inf), axis=-1)
-    return end_B, end_mask_V[jnp.argmax(log_probs_BV[..., :vocab_limit], axis=-1)]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
-def decoder_token_and_end_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array,
-                                end_mask_V: Array, *, model: nn.Module,
-                                vocab_limit: int | None = None) -> tuple[Array, Array, Array, Array, Array]:
-    """decoder_token_stats and, at every position, _end_stats of its next-token distribution."""
-    logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
-    return (*_token_stats(logits_BTV, targets_BT, vocab_limit), *_end_stats(logits_BTV, end_mask_V, vocab_limit))
-
-
-@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
-def seq2seq_end_stats(params: Any, source_BS: Array, source_segment_ids_BS: Array, decoder_inputs_BT: Array,
-                      target_segment_ids_BT: Array, last_B: Array, end_mask_V: Array, *, model: nn.Module,
-                      vocab_limit: int | None = None) -> tuple[Array, Array]:
-    """Encoder-decoder: _end_stats of the next token after decoder_inputs_BT[b, :last_B[b] + 1]."""
-    logits_BTV = model.apply({"params": params}, source_BS, decoder_inputs_BT,
-                             encoder_segment_ids_BS=source_segment_ids_BS,
-                             decoder_segment_ids_BT=target_segment_ids_BT)
-    return _end_stats(jnp.take_along_axis(logits_BTV, last_B[:, None, None], axis=1)[:, 0], end_mask_V, vocab_limit)
+    return _stats(logits_BTV, targets_BT, end_mask_V, vocab_limit)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
@@ -139,61 +126,46 @@ def score_decoder_rows(model: nn.Module, params: Any, rows: Sequence[ScoredRow],
                        max_len: int, min_bucket: int, vocab_limit: int | None = None) -> list[TokenStats]:
     """TokenStats of the last `num_scored` targets of every row (inputs tokens[:-1] <= max_len);
     is_greedy among the ids below vocab_limit (None: every id)."""
-    out: list[TokenStats | None] = [None] * len(rows)
+    return [stats for stats, _ in _decoder_rows(model, params, rows, None, batch_size, max_len, min_bucket,
+                                                vocab_limit)]
+
+
+def score_decoder_rows_and_ends(model: nn.Module, params: Any, rows: Sequence[ScoredRow], end_mask: np.ndarray | None,
+                                *, batch_size: int, max_len: int, min_bucket: int,
+                                vocab_limit: int | None = None) -> list[tuple[TokenStats, tuple[float, bool] | None]]:
+    """With end_mask, score_decoder_rows of rows whose last target is a placeholder after the
+    continuation: TokenStats of the num_scored - 1 targets before it, and (log P(next token in
+    end_mask), whether the argmax below vocab_limit is) at the placeholder's position: the
+    decision after the continuation, from the continuation's own forward pass. Without it,
+    (score_decoder_rows' TokenStats, None)."""
+    return _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit)
+
+
+def _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit):
+    """(TokenStats, end) of each row: end None without end_mask, else read at its last target,
+    which is then left out of the TokenStats."""
+    out: list = [None] * len(rows)
+    mask = None if end_mask is None else jnp.asarray(end_mask)
     for chunk in _batches([len(r.tokens) - 1 for r in rows], batch_size):
         width = bucket_length(max(len(rows[i].tokens) - 1 for i in chunk), max_len, min_bucket)
         inputs, segments = _right_pad([rows[i].tokens[:-1] for i in chunk], batch_size, width)
         targets, _ = _right_pad([rows[i].tokens[1:] for i in chunk], batch_size, width)
-        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, model=model,
+        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, mask, model=model,
                                                    vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
             n, k = len(rows[i].tokens) - 1, rows[i].num_scored
-            out[i] = TokenStats(*(np.asarray(s[r, n - k:n]) for s in stats))
+            out[i] = _row_result(stats, r, n - k, n, end_mask is not None)
     return out
 
 
-def score_decoder_rows_and_ends(model: nn.Module, params: Any, rows: Sequence[ScoredRow], end_mask: np.ndarray, *,
-                                batch_size: int, max_len: int, min_bucket: int,
-                                vocab_limit: int | None = None) -> list[tuple[TokenStats, tuple[float, bool]]]:
-    """score_decoder_rows of rows whose last target is a placeholder after the continuation:
-    TokenStats of the num_scored - 1 targets before it, and (log P(next token in end_mask),
-    whether the argmax below vocab_limit is) at the placeholder's position: the decision after
-    the continuation, from the continuation's own forward pass."""
-    out: list[tuple[TokenStats, tuple[float, bool]] | None] = [None] * len(rows)
-    for chunk in _batches([len(r.tokens) - 1 for r in rows], batch_size):
-        width = bucket_length(max(len(rows[i].tokens) - 1 for i in chunk), max_len, min_bucket)
-        inputs, segments = _right_pad([rows[i].tokens[:-1] for i in chunk], batch_size, width)
-        targets, _ = _right_pad([rows[i].tokens[1:] for i in chunk], batch_size, width)
-        *stats, end, greedy = jax.device_get(decoder_token_and_end_stats(
-            params, inputs, segments, targets, jnp.asarray(end_mask), model=model, vocab_limit=vocab_limit))
-        for r, i in enumerate(chunk):
-            n, k = len(rows[i].tokens) - 1, rows[i].num_scored
-            out[i] = (TokenStats(*(np.asarray(x[r, n - k:n - 1]) for x in stats)),
-                      (float(end[r, n - 1]), bool(greedy[r, n - 1])))
-    return out
-
-
-def score_seq2seq_ends(model: nn.Module, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-                       end_mask: np.ndarray, *, batch_size: int, max_len: int, min_bucket: int,
-                       vocab_limit: int | None = None) -> list[tuple[float, bool]]:
-    """score_decoder_ends for (source ids, target ids) pairs: the decision after the whole
-    target, decoding from config.decoder_start_token_id."""
-    start = model.config.decoder_start_token_id
-    out: list[tuple[float, bool] | None] = [None] * len(pairs)
-    for chunk in _batches([len(s) + len(t) for s, t in pairs], batch_size):
-        source_width = bucket_length(max(len(pairs[i][0]) for i in chunk), max_len, min_bucket)
-        target_width = bucket_length(max(len(pairs[i][1]) + 1 for i in chunk), max_len, min_bucket)
-        source, source_segments = _right_pad([pairs[i][0] for i in chunk], batch_size, source_width)
-        decoder_inputs, target_segments = _right_pad(
-            [np.concatenate([[start], pairs[i][1]]).astype(np.int32) for i in chunk], batch_size, target_width)
-        last = np.zeros((batch_size,), np.int32)
-        last[:len(chunk)] = [len(pairs[i][1]) for i in chunk]
-        end, greedy = jax.device_get(seq2seq_end_stats(params, source, source_segments, decoder_inputs,
-                                                       target_segments, last, jnp.asarray(end_mask), model=model,
-                                                       vocab_limit=vocab_limit))
-        for r, i in enumerate(chunk):
-            out[i] = (float(end[r]), bool(greedy[r]))
-    return out
+def _row_result(stats: Sequence[np.ndarray], r: int, first: int, stop: int, with_end: bool):
+    """Row r's (TokenStats over positions [first, stop), None) or, with_end, (TokenStats over
+    [first, stop - 1), its end stats at stop - 1)."""
+    if not with_end:
+        return TokenStats(*(np.asarray(x[r, first:stop]) for x in stats[:3])), None
+    end, greedy = stats[3], stats[4]
+    return (TokenStats(*(np.asarray(x[r, first:stop - 1]) for x in stats[:3])),
+            (float(end[r, stop - 1]), bool(greedy[r, stop - 1])))
 
 
 def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *,
@@ -201,8 +173,22 @@ def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.n
                        vocab_limit: int | None = None) -> list[TokenStats]:
     """TokenStats of every target token of (source ids, target ids) pairs; decoding starts
     from config.decoder_start_token_id, as in teacher-forced training."""
+    return [stats for stats, _ in _seq2seq_rows(model, params, pairs, None, batch_size, max_len, min_bucket,
+                                                vocab_limit)]
+
+
+def score_seq2seq_rows_and_ends(model: nn.Module, params: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                                end_mask: np.ndarray | None, *, batch_size: int, max_len: int, min_bucket: int,
+                                vocab_limit: int | None = None) -> list[tuple[TokenStats, tuple[float, bool] | None]]:
+    """score_decoder_rows_and_ends for (source ids, target ids + placeholder) pairs."""
+    return _seq2seq_rows(model, params, pairs, end_mask, batch_size, max_len, min_bucket, vocab_limit)
+
+
+def _seq2seq_rows(model, params, pairs, end_mask, batch_size, max_len, min_bucket, vocab_limit):
+    """(TokenStats, end) of each pair, as _decoder_rows."""
     start = model.config.decoder_start_token_id
-    out: list[TokenStats | None] = [None] * len(pairs)
+    out: list = [None] * len(pairs)
+    mask = None if end_mask is None else jnp.asarray(end_mask)
     for chunk in _batches([len(s) + len(t) for s, t in pairs], batch_size):
         source_width = bucket_length(max(len(pairs[i][0]) for i in chunk), max_len, min_bucket)
         target_width = bucket_length(max(len(pairs[i][1]) for i in chunk), max_len, min_bucket)
@@ -211,10 +197,9 @@ def score_seq2seq_rows(model: nn.Module, params: Any, pairs: Sequence[tuple[np.n
         shifted = [np.concatenate([[start], pairs[i][1][:-1]]).astype(np.int32) for i in chunk]
         decoder_inputs, _ = _right_pad(shifted, batch_size, target_width)
         stats = jax.device_get(seq2seq_token_stats(params, source, source_segments, decoder_inputs, target_segments,
-                                                   targets, model=model, vocab_limit=vocab_limit))
+                                                   targets, mask, model=model, vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
-            n = len(pairs[i][1])
-            out[i] = TokenStats(*(np.asarray(s[r, :n]) for s in stats))
+            out[i] = _row_result(stats, r, 0, len(pairs[i][1]), end_mask is not None)
     return out
 
 
