@@ -218,9 +218,13 @@ def _approach1_final(ok: Sequence[dict], accounting: str, noise: float | None, s
 def _design_table(ok: Sequence[dict], accounting: str) -> RunTable:
     """The finished runs under `accounting`, each model's runs one curve, grouped by budget."""
     n_column, c_column = ACCOUNTING_COLUMNS[accounting]
-    column = lambda name: np.array([r[name] for r in ok], float)
+    column = lambda name: np.array([np.nan if r.get(name) is None else r[name] for r in ok], float)
+    budget = column("C")
+    # A token plan's runs have no FLOP budget (C None): grouped by their compute instead. A NaN
+    # label made every group empty, and the fit died (argmin of an empty sequence).
     return RunTable(column(n_column), column("D"), column("loss"), run=np.array([r["model"] for r in ok]),
-                    budget=column("C"), flops=column(c_column), seed=np.array([str(r["seed"]) for r in ok]))
+                    budget=budget if np.all(np.isfinite(budget)) else None, flops=column(c_column),
+                    seed=np.array([str(r["seed"]) for r in ok]))
 
 
 

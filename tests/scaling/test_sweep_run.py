@@ -303,3 +303,15 @@ def test_a_group_that_cannot_resume_together_goes_on_run_by_run(tmp_path):
     assert sweep_train.can_resume_together(pending)  # killed between the pair's first saves: they restart together
     (dirs[1] / members.DIVERGED_FILE).write_text(json.dumps({"step": 3, "error": "nan"}))
     assert not sweep_train.can_resume_together(pending)
+
+
+def test_a_token_plan_is_fitted_with_approach_1_over_final_losses(tmp_path):
+    """A token plan's runs have no FLOP budget (runs.csv's C is blank): Approach 1 over final
+    losses labelled every run with a NaN budget, grouped none of them, and the fit died on
+    "attempt to get argmin of an empty sequence" once any run was usable."""
+    config = scaling_laws.get_config("test_tiny")  # plan="tokens"
+    config.fit.plateau_rule = False  # the law's losses sit below this corpus's bigram level
+    outcome = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert outcome.fit is not None, outcome.fit_note
+    final = outcome.fit["sweep"]["approach1_final"]["nominal"]
+    assert "skipped" in final or final["a"] > 0, final
