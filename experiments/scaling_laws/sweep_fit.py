@@ -101,7 +101,8 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
     runs_csv = os.path.join(workdir, "runs.csv")
     common = dict(compute_budget=fit_settings["compute_budget"], bootstrap_samples=fit_settings["bootstrap"],
                   init_grid=fit_settings["init_grid"], seed=fit_settings["seed"])
-    report = fit_run_table(runs_csv, workdir, **common)
+    # The sweep's report is written once, whole, below: a kill before that leaves the last fit.json.
+    report = fit_run_table(runs_csv, workdir, write_json=False, **common)
     exact = fit_run_table(runs_csv, os.path.join(workdir, "exact"), accounting="exact", **common)
     report["exact"] = {k: exact[k] for k in ("approach1", "approach2", "approach3", "kaplan", "prediction", "plots")}
     fitted = report["approach3"]

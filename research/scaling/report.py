@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from research.atomic_files import write_text_atomically
 from research.scaling import plots
 from research.scaling.chinchilla_fit import BOOTSTRAP_SAMPLES, COARSE_GRID, PAPER_GRID, fit_chinchilla_law
 from research.scaling.envelope import fit_envelope
@@ -30,8 +31,9 @@ GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's training budget, which Hoffmann et al
 def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOPHER_BUDGET,
                   predict: tuple[float, float] | None = None, bootstrap_samples: int = BOOTSTRAP_SAMPLES,
                   confidence: float = 0.8, init_grid: str = "paper", seed: int = 0,
-                  accounting: str = "nominal") -> dict:
-    """Fit every law to the runs in `runs_csv`; write fit.json and plots to `output_dir`; return the report.
+                  accounting: str = "nominal", write_json: bool = True) -> dict:
+    """Fit every law to the runs in `runs_csv`; write fit.json (unless `write_json` is False: a
+    caller that adds to the report writes it) and plots to `output_dir`; return the report.
 
     `accounting` (run_table.ACCOUNTINGS): "nominal" fits N and C = 6 N D from the N column;
     "exact" fits total N and sizing's exact FLOPs (columns N_total, C_exact).
@@ -69,8 +71,8 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     }
     report["plots"] = _plot(table, approach3.law, approach1, approach2, kaplan, compute_budget, output_dir,
                             flops_per_token)
-    with open(os.path.join(output_dir, "fit.json"), "w") as f:
-        json.dump(_finite(report), f, indent=2)
+    if write_json:  # a reader (or a kill) never finds half a fit.json
+        write_text_atomically(os.path.join(output_dir, "fit.json"), json.dumps(_finite(report), indent=2))
     return report
 
 
@@ -149,6 +151,8 @@ def _plot(table, law, approach1, approach2, kaplan, compute_budget, output_dir, 
                                           path("loss_vs_compute.png"))]
     if not isinstance(approach2, str):
         written.append(plots.plot_isoflop_profiles(approach2, path("isoflop.png")))
+    elif os.path.exists(path("isoflop.png")):  # an earlier fit's profiles, which this fit does not have
+        os.remove(path("isoflop.png"))
     return [os.path.basename(p) for p in written]
 
 

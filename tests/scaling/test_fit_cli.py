@@ -241,3 +241,24 @@ def test_the_sweep_summary_names_budgets_approach_2_left_out():
     assert [line for line in lines if line.startswith("approach 2 (")] == [
         f"approach 2 (nominal) left out {approach2['skipped'][0]}",
         "approach 2 (exact): skipped: Approach 2 needs IsoFLOP profiles"]
+
+
+def test_a_refit_without_isoflop_profiles_drops_the_earlier_profiles_plot(runs_csv, tmp_path):
+    """isoflop.png from an earlier fit stayed beside a fit that had no profiles (Approach 2
+    skipped): a plot the fit.json beside it did not describe."""
+    out = tmp_path / "fit"
+    assert "isoflop.png" in fit_run_table(runs_csv, str(out), bootstrap_samples=0, init_grid="coarse")["plots"]
+    rows = list(csv.reader(open(runs_csv)))
+    one_budget = tmp_path / "no_profiles.csv"  # one run per N: no budget holds the 3 runs of a parabola
+    with open(one_budget, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + list({row[0]: row for row in rows[1:] if row[3] == "ok"}.values()))
+    report = fit_run_table(str(one_budget), str(out), bootstrap_samples=0, init_grid="coarse")
+    assert isinstance(report["approach2"], str) or "skipped" in str(report["approach2"])
+    assert "isoflop.png" not in report["plots"] and not (out / "isoflop.png").exists()
+
+
+def test_a_report_another_writes_leaves_no_fit_json(runs_csv, tmp_path):
+    """The sweep adds its sections and writes fit.json once, atomically; the intermediate report
+    used to be written to the same path first, so a kill in between left half a fit.json."""
+    report = fit_run_table(runs_csv, str(tmp_path), bootstrap_samples=0, init_grid="coarse", write_json=False)
+    assert not (tmp_path / "fit.json").exists() and (tmp_path / "law_contours.png").exists() and report["approach3"]
