@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from typing import Any, Sequence
 
 import ml_collections
@@ -85,7 +86,7 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
             ["train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False)"] if plateau else [])
         return None, (f"fit skipped: {len(ok)} of {len(ok) + len(failed) + len(plateau)} ended run(s) usable "
                       f"({len(failed)} failed, {len(plateau)} finished on the early plateau); the fit needs >= "
-                      f"{MIN_RUNS}: {', or '.join(fixes)}.")
+                      f"{MIN_RUNS}: {', or '.join(fixes)}." + _set_aside_previous_fit(workdir))
     fit_settings = config.fit.to_dict()
     digest = hashlib.sha256()
     with open(os.path.join(workdir, "runs.csv"), "rb") as f:
@@ -177,6 +178,27 @@ def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -
                 break
         return sequences
     return bigram_cross_entropy_nats(token_sequences("train"), token_sequences("validation"), tokenizer.vocab_size)
+
+
+SUPERSEDED_DIR = "fit_superseded"  # an earlier fit that the runs, as runs.csv now reads them, no longer give
+
+
+def _set_aside_previous_fit(workdir: str) -> str:
+    """Move an earlier fit (fit.json, its plots, exact/) into SUPERSEDED_DIR when this sweep can
+    no longer be fitted (e.g. the plateau rule now leaves too few runs): left in place they would
+    report a fit that runs.csv contradicts. Returns the sentence saying so ("" if there was none)."""
+    fit_path = os.path.join(workdir, "fit.json")
+    if not os.path.exists(fit_path):
+        return ""
+    previous = _read_previous_fit(fit_path) or {}
+    aside = os.path.join(workdir, SUPERSEDED_DIR)
+    shutil.rmtree(aside, ignore_errors=True)  # an older superseded fit
+    os.makedirs(aside)
+    # fit.json last: a kill part way leaves it in place, and the rerun sets aside what is left.
+    for name in [*previous.get("plots", []), "exact", "fit.json"]:
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.move(os.path.join(workdir, name), os.path.join(aside, name))
+    return f" The earlier fit (fit.json, its plots, exact/), which runs.csv no longer gives, is moved to {aside}."
 
 
 def _read_previous_fit(fit_path: str) -> dict | None:

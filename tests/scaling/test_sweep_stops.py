@@ -9,7 +9,7 @@ import os
 import pytest
 
 from experiments.configs import scaling_laws
-from experiments.scaling_laws import run_dirs, sweep, sweep_train
+from experiments.scaling_laws import run_dirs, sweep, sweep_fit, sweep_train
 from research.models.config import ConfigError
 from research.training import preemption
 from tests.scaling.test_sweep_run import law_trainer
@@ -203,3 +203,34 @@ def test_a_plan_that_drops_runs_is_refused_before_anything_is_rewritten(tmp_path
     config.sweep.tokens_per_param = (1.0, 2.0)  # only adds runs: every old row is kept
     outcome = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
     assert outcome.counts["skipped"] == 5 and outcome.counts["trained"] > 0
+
+
+def test_a_fit_the_runs_no_longer_give_is_set_aside_not_left_beside_them(tmp_path):
+    """Refitted with the plateau rule on, every run was flagged and the fit skipped, but the fit.json
+    and plots made with the rule off stayed: 9 runs fitted, beside a runs.csv that used none."""
+    config = scaling_laws.get_config("test_tiny")
+    config.fit.plateau_rule = False
+
+    lawful = law_trainer({})
+
+    def high(run_config, run_dir):  # the law's losses raised far above the corpus's bigram level
+        lawful(run_config, run_dir)
+        path = os.path.join(run_dir, "metrics.jsonl")
+        records = [json.loads(line) for line in open(path)]
+        with open(path, "w") as f:
+            f.writelines(json.dumps({k: v + 5.0 if "loss" in k else v for k, v in r.items()}) + "\n" for r in records)
+
+    first = sweep.run_sweep(config, str(tmp_path), train_fn=high, out=io.StringIO())
+    assert first.fit is not None
+    written = [*first.fit["plots"], "fit.json", "exact"]
+    before = {name: os.path.exists(tmp_path / name) for name in written}
+    assert all(before.values()), before
+    fit_bytes = (tmp_path / "fit.json").read_bytes()
+
+    config.fit.plateau_rule = True
+    second = sweep.run_sweep(config, str(tmp_path), train_fn=high, out=io.StringIO())
+    aside = tmp_path / sweep_fit.SUPERSEDED_DIR
+    assert second.fit is None and second.fit_note.startswith("fit skipped: 0 of 5 ended run(s) usable")
+    assert f"moved to {aside}" in second.fit_note
+    assert not any(os.path.exists(tmp_path / name) for name in written)  # nothing beside runs.csv contradicts it
+    assert (aside / "fit.json").read_bytes() == fit_bytes and all((aside / name).exists() for name in written)
