@@ -91,7 +91,22 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
                              f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
+    _check_fittable(spec, config.get("fit", None))
     return SweepPlan(spec, data_config, models, runs)
+
+
+def _check_fittable(spec: SweepSpec, fit: ml_collections.ConfigDict | None) -> None:
+    """An IsoFLOP design the laws cannot be fitted to, refused before training when the fit is
+    on: one budget gives one profile, and Approaches 1 and 2 and the held-out prediction need
+    profiles at >= 2 (3) budgets, while on one budget D = C / 6N moves with N, so Approach 3
+    cannot tell A / N^alpha from B / D^beta. (A token plan of one ratio still gives Approach 1
+    from its training curves.)"""
+    if not fit or not fit.get("enabled", True) or spec.plan != "isoflop" or len(set(spec.budgets)) >= 2:
+        return
+    raise SweepError(f"sweep.budgets={tuple(spec.budgets)} holds one FLOP budget: the scaling-law fits need IsoFLOP "
+                     "profiles at >= 2 budgets (3 for the held-out prediction); set e.g. "
+                     "--config.sweep.budgets='(1e11, 3e11, 1e12)', or train the one profile without fitting: "
+                     "--config.fit.enabled=False.")
 
 
 def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:

@@ -147,6 +147,17 @@ def _refused_in_one_line(config, message: str, error_type: type = SweepError) ->
     assert "\n" not in str(error.value)
 
 
+def test_one_isoflop_budget_is_refused_before_training_when_the_laws_are_fitted():
+    """It trained every run; then the fit found one profile (Approaches 1 and 2 and the held-out
+    prediction skipped) and still printed the N_opt exponent of Approach 3's undetermined law."""
+    config = scaling_laws.get_config("cpu_tiny")
+    config.sweep.budgets = config.sweep.budgets[:1]
+    _refused_in_one_line(config, r"sweep.budgets=\(31600000000.0,\) holds one FLOP budget: the scaling-law fits "
+                                 r"need IsoFLOP profiles at >= 2 budgets .* --config.fit.enabled=False")
+    config.fit.enabled = False  # one profile, trained without fitting
+    assert {r.budget for r in sweep.plan_sweep(config).runs} == {3.16e10}
+
+
 @pytest.mark.parametrize("fit_fields, message", [
     (dict(bootstrap=-5), r"fit.bootstrap=-5 must be 0 \(no intervals\) or a whole number >= 100"),
     (dict(bootstrap=1), r"fit.bootstrap=1 must be 0 \(no intervals\) or a whole number >= 100"),
