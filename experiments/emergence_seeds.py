@@ -326,21 +326,25 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     """seeds.md: the verdict per seed, the spread over seeds, and the size steps."""
     from research.evaluation.results_table import format_table
 
-    shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v[f"{P}_improves"],
-              "exact_match_B": breakthroughness_pair(v["exact_match_breakthroughness"]),
-              "p_B": breakthroughness_pair(v[f"{P}_breakthroughness"]),
+    pair = lambda v, key: breakthroughness_pair(v[key]) if key in v else "-"
+    shown = [{"seed": v["seed"], "mirage": v["mirage"], "p_rises_with_size": v.get(f"{P}_improves"),
+              "exact_match_B": pair(v, "exact_match_breakthroughness"), "p_B": pair(v, f"{P}_breakthroughness"),
               "along_training": f"{len(v['along_training_mirage_sizes'])} of {v['along_training_sizes']}: "
                                 + (", ".join(v["along_training_mirage_sizes"]) or "none")} for v in verdicts]
     spread_shown = [{**r, "values": " ".join(f"{x:.3f}" for x in r["values"]), "mean": f"{r['mean']:.3f}",
                      "sd": f"{r['sd']:.3f}"} for r in spread if r["metric"] in ("exact_match", "p")]
     steps_shown = [{**r, "rise": f"{r['rise']:+.3f}", "se": f"{r['se']:.3f}",
                     "rise_over_se": f"{r['rise_over_se']:+.2f}", "critical": f"{r['critical']:.2f}"} for r in steps]
-    count = sum(v["mirage"] for v in verdicts)
+    count = sum(v["mirage"] is True for v in verdicts)
     resolved = sum(r["resolved"] for r in steps)
+    lengths = sorted({r["task"] for r in spread})
+    headline = (f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds**" if any(
+        v["mirage"] is not None for v in verdicts) else f"**No mirage verdict**: the runs score {len(lengths)} "
+        f"answer length(s) ({', '.join(lengths)}), and the mirage compares the shortest with the longest")
     return "\n".join([
         "# Emergence across seeds", "",
         f"Sizes: {', '.join(sizes)}; seeds: {', '.join(str(v['seed']) for v in verdicts)}. "
-        f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds** (study_report.sharpening_verdict: "
+        f"{headline} (study_report.sharpening_verdict: "
         "p rises with size at every length, and exact match's breakthroughness B at the longest answer is above "
         "the shortest's, 80% item-bootstrap intervals apart, while p's is not).",
         "Along training (each run's report/mirage_verdicts.csv: the same rule on one size's checkpoints, p "
@@ -373,7 +377,10 @@ def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir:
     verdicts = []
     for run in runs:
         along = along_training_verdicts(run["workdir"], sizes, num_shots)
-        verdicts.append({"seed": run["seed"], "workdir": run["workdir"], **mirage_verdict(run["rows"]),
+        # None: the study scores one answer length, and the mirage compares lengths (the spread and
+        # the size steps below still stand).
+        verdict = mirage_verdict(run["rows"]) or {"mirage": None}
+        verdicts.append({"seed": run["seed"], "workdir": run["workdir"], **verdict,
                          "along_training_mirage_sizes": [v["size"] for v in along if v["mirage"]],
                          "along_training_sizes": len(along)})
     onset_rows = onsets(runs, sizes, num_shots)

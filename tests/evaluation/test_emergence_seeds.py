@@ -270,3 +270,16 @@ def test_unfinished_study_is_named_by_the_command_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {unfinished!r} has no finished report (report/results.json and mirage.json): finish its study "
         "first (rerun the same experiments.emergence command).")
+
+
+def test_runs_of_one_answer_length_get_the_spread_and_no_mirage_verdict(tmp_path, monkeypatch):
+    """The micro preset scores one answer length: the seed report died on a TypeError (the verdict,
+    which compares lengths, was None) and wrote nothing."""
+    monkeypatch.setattr(sys.modules[__name__], "LENGTHS", {"add2": 2})
+    workdirs = [_study(str(tmp_path), s, SMOOTH, track_longest=False) for s in (0, 1)]
+    paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
+    verdicts = json.load(open(paths["verdicts"].replace(".csv", ".json")))["rows"]
+    assert [v["mirage"] for v in verdicts] == [None, None]
+    assert "No mirage verdict**: the runs score 1 answer length(s) (add2)" in open(paths["report"]).read()
+    spread = json.load(open(paths["seed_spread"].replace(".csv", ".json")))["rows"]
+    assert {r["task"] for r in spread} == {"add2"} and spread
