@@ -241,7 +241,11 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
         fields = size_model_fields(config, size)
         model = get_config(fields.pop("preset"), **fields)
         flops[size] = float(sizing.flops_per_token(model, train.seq_len, include_embedding=True).train) * tokens
-    seconds = sum(flops.values()) / (config.estimate.peak_flops * config.estimate.mfu)
+    peak, mfu = config.estimate.peak_flops, config.estimate.mfu
+    if not (isinstance(peak, (int, float)) and isinstance(mfu, (int, float)) and peak > 0 and 0 < mfu <= 1):
+        raise ConfigError(f"config.estimate: peak_flops={peak!r} must be > 0 FLOP/s and mfu={mfu!r} in (0, 1], "
+                          "e.g. --config.estimate.mfu=0.3.")
+    seconds = sum(flops.values()) / (peak * mfu)
     return {"flops": flops, "total_flops": sum(flops.values()), "seconds": seconds,
             "peak_flops": config.estimate.peak_flops, "mfu": config.estimate.mfu}
 

@@ -3,12 +3,14 @@ differ from one another, the dry run's estimate, and the cpu_tiny tokenizer."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from experiments import emergence, emergence_plan
 from experiments.configs import emergence as configs
 from research.evaluation.task_spec import TaskError
+from research.models.config import ConfigError
 from research.models import sizing
 
 
@@ -71,6 +73,16 @@ def test_dry_run_estimate_counts_every_size_and_divides_by_peak_times_mfu():
     faster = config.copy_and_resolve_references()
     faster.estimate.mfu *= 2
     assert emergence.estimated_training(faster)["seconds"] == pytest.approx(estimate["seconds"] / 2)
+
+
+@pytest.mark.parametrize("field, value", [("mfu", 0.0), ("mfu", -0.3), ("mfu", 5.0), ("peak_flops", 0.0)])
+def test_an_estimate_at_an_impossible_mfu_or_peak_is_refused_in_one_line(field, value):
+    """mfu=0 or peak_flops=0 was a ZeroDivisionError; mfu=-0.3 printed a negative time, mfu=5 "500% MFU"."""
+    config = configs.get_config("micro")
+    config.estimate[field] = value
+    with pytest.raises(ConfigError, match=rf"config.estimate: .*{field}={re.escape(repr(value))}") as error:
+        emergence.estimated_training(config)
+    assert "\n" not in str(error.value)
 
 
 def test_cpu_tiny_mirage_is_cpu_tiny_base10_with_the_previous_init_and_packed_copy_documents():
