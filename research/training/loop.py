@@ -378,7 +378,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                             raise members_lib.interrupted(members, guard.signal_name, step)
                 if pending is not None:
                     record(*pending, hold=None)
-                if end_step == start_step and not any("eval_loss" in m.last for m in members):
+                # Nothing left (a finished run rerun, or stop_after_steps at or below the restored step).
+                if end_step <= start_step and not any("eval_loss" in m.last for m in members):
                     for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
                         m.last.update(metrics)
     except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):

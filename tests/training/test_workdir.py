@@ -215,14 +215,17 @@ def test_stop_after_steps_at_or_below_the_step_reached_says_so_and_trains_nothin
     from research.training import train_and_evaluate
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
     workdir = tmp_path / "run"
-    train_and_evaluate(config, str(workdir))
+    finished = train_and_evaluate(config, str(workdir))
     records = (workdir / "metrics.jsonl").read_text()
     for stop in (2, 4):
         config.train.stop_after_steps = stop
         caplog.clear()
-        train_and_evaluate(config, str(workdir))
+        result = train_and_evaluate(config, str(workdir))
         assert (f"train.stop_after_steps={stop}: --workdir={workdir} already saved step 4, so this session trains "
                 "nothing; give a later step, or 0 to train to train.num_steps=4.") in caplog.text
+        # The restored model's evaluation is what the session reports (a stop below the restored
+        # step returned {}: `python -m experiments.pretrain` printed an empty line).
+        assert result["eval_loss"] == pytest.approx(finished["eval_loss"], rel=1e-6), stop
     assert (workdir / "metrics.jsonl").read_text() == records
 
 
