@@ -91,6 +91,7 @@ class Guard:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._stop_now = False  # a second Ctrl-C came: should_stop raises it again if it was swallowed
 
     @property
     def requested(self) -> bool:
@@ -99,6 +100,9 @@ class Guard:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.signal_name == "SIGINT":
             note_stop(signum, frame)  # raised inside an XLA compile, the exit must skip the teardown
+            # Raised where Python ignores exceptions (a garbage-collection callback of jax's, a
+            # __del__) it is printed as "Exception ignored" and lost: should_stop raises it again.
+            self._stop_now = True
             raise KeyboardInterrupt  # second Ctrl-C: stop now, without the save
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
@@ -134,6 +138,8 @@ class Guard:
         """True when this process got a signal or (multi-process) the job is being preempted.
         Every process must call this at the same steps (the loop: every block's last step, in
         increasing order), so they stop at the same one."""
+        if self._stop_now:  # the second Ctrl-C's KeyboardInterrupt was swallowed where it was raised
+            raise KeyboardInterrupt
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             try:
