@@ -97,7 +97,10 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     # An empty prompt starts from bos (else eos), as the evaluation harness does.
     start = getattr(tokenizer, "bos_id", None)
     start = int(tokenizer.eos_id if start is None else start)
-    prompt_ids = [list(tokenizer.encode(p)) or [start] for p in prompts]
+    # A prompt is a model input: encoded with the special tokens the tokenizer adds by default (Llama's
+    # <s>, T5's </s>), as transformers' generate gets them and the evaluation harness encodes contexts.
+    encode_prompt = getattr(tokenizer, "encode_context", tokenizer.encode)
+    prompt_ids = [list(encode_prompt(p)) or [start] for p in prompts]
     eos = int(tokenizer.eos_id)
     # The model's vocabulary is padded above the tokenizer's (512 ids for 400 pieces in a tiny
     # run); a barely trained head can rank a padded id first, which no piece decodes.

@@ -53,6 +53,36 @@ def test_greedy_text_matches_transformers_generate(hf_dir):
         assert completion.log_prob < 0
 
 
+def test_a_prompt_keeps_the_bos_its_tokenizer_adds_as_transformers_generate_does(tmp_path):
+    """Llama's tokenizer opens every input with <s>; generate encoded prompts without it, and its
+    greedy text differed from transformers' for 3 of 3 prompts (conditioned on other ids)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, processors
+    pieces = ["<pad>", "</s>", "<s>"] + list(string.ascii_lowercase + " .")
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(pieces), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5, bos_token_id=2, eos_token_id=1,
+        pad_token_id=0)).eval()
+    hf_model.save_pretrained(tmp_path)
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                                                        pad_token="<pad>", bos_token="<s>")
+    hf_tokenizer.save_pretrained(tmp_path)
+    prompts = ["a", "the quick", "x y"]
+    completions = cli.generate_text(cli.load_model(hf_dir=str(tmp_path)), prompts, max_new_tokens=10)
+    for prompt, (completion,) in zip(prompts, completions):
+        ids = torch.tensor([hf_tokenizer.encode(prompt)])
+        assert int(ids[0, 0]) == 2  # the <s> the tokenizer adds
+        with torch.no_grad():
+            expected = hf_model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=1, pad_token_id=0)
+        new = [int(i) for i in expected[0, ids.shape[1]:]]
+        assert list(completion.token_ids) == (new[:new.index(1)] if 1 in new else new), prompt
+
+
 def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     loaded = cli.load_model(hf_dir=hf_dir)
     sample = dict(max_new_tokens=10, temperature=1.5, top_k=20, top_p=0.95, num_samples=4)
