@@ -140,6 +140,16 @@ class HarnessLM(LM):
         if sampling:
             raise ConfigError("the task asks to sample (do_sample / temperature > 0); HarnessLM generates greedily "
                               "only: set generation_kwargs do_sample: false, temperature: 0 in the task.")
+        # Greedy decoding ignores the sampling filters, as transformers' generate does without do_sample.
+        for key in ("top_k", "top_p"):
+            gen_kwargs.pop(key, None)
+        beams = gen_kwargs.pop("num_beams", 1)
+        if beams not in (None, 1, "1"):
+            raise ConfigError(f"the task asks for num_beams={beams!r}; HarnessLM generates greedily only (it once "
+                              "answered such tasks greedily without a word): set generation_kwargs num_beams: 1.")
+        if gen_kwargs:  # lm-eval's hf model passes the rest to generate; answered without them, a task would differ
+            raise ConfigError(f"the task's generation_kwargs {sorted(gen_kwargs)} are not supported by HarnessLM "
+                              "(until, max_gen_toks, do_sample: false, temperature: 0, num_beams: 1 are); remove them.")
         return {"until": until, "max_new_tokens": max_new_tokens}
 
 

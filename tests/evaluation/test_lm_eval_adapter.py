@@ -126,6 +126,13 @@ def test_requests_and_bad_input(setup):
     assert text == harness.generate_until([GenerateRequest("Say cat:", ("\n",), 4)])[0].text
     with pytest.raises(ConfigError, match="generates greedily only"):
         lm.generate_until([Request("Say cat:", {"until": ["\n"], "do_sample": True, "temperature": 0.7})])
+    # Beam search and unknown settings were answered greedily without a word.
+    with pytest.raises(ConfigError, match=r"num_beams=4; HarnessLM generates greedily only"):
+        lm.generate_until([Request("Say cat:", {"until": ["\n"], "num_beams": 4})])
+    with pytest.raises(ConfigError, match=r"generation_kwargs \['num_beemz'\] are not supported"):
+        lm.generate_until([Request("Say cat:", {"until": ["\n"], "num_beemz": 4})])
+    greedy = {"until": ["\n"], "do_sample": False, "temperature": 0.0, "top_p": 0.9, "top_k": 5, "num_beams": 1}
+    assert lm.generate_until([Request("Say cat:", greedy)]) == [text]  # filters a greedy decoder ignores
     with pytest.raises(ConfigError, match=r"task\(s\) \['local_capitalz'\] not found"):
         evaluate_tasks(lm, ["local_capitalz"], include_path=str(lm_eval_dir), include_defaults=False)
     from lm_eval.api.registry import get_model
