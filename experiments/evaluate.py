@@ -31,12 +31,13 @@ from research.compile_interrupts import ctrl_c_after_compiles
 from research.models.config import ConfigError
 
 
-def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), checkpoint: str | None = None,
+def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = None, checkpoint: str | None = None,
                    step: int | None = None, hf_dir: str | None = None, tokenizer: str | None = None,
                    num_test: int = 100, num_train: int = 64, seed: int = 0, batch_size: int = 16,
                    dtype: str | None = None, output_dir: str | None = None, overwrite: bool = False,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Evaluate one model on every (task, shots) pair; print (and write) the table; return its rows."""
+    """Evaluate one model on every (task, shots) pair (num_shots None: each task at its own count, a
+    task file's num_fewshot, else 0); print (and write) the table; return its rows."""
     from research.training.checkpoint_loading import checkpoint_root, load_checkpoint, load_hf, run_workdir
     from research.evaluation.suite import plan_suite
 
@@ -50,7 +51,8 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] = (0,), che
         raise ConfigError(f"--num_train={num_train} must be >= 0 (few-shot pool per generated task).")
     if output_dir is not None:
         check_writable(output_dir)
-    entries = plan_suite(list(tasks), list(num_shots), num_test=num_test, num_train=num_train, seed=seed)
+    entries = plan_suite(list(tasks), None if num_shots is None else list(num_shots), num_test=num_test,
+                         num_train=num_train, seed=seed)
     if checkpoint is not None:
         root = checkpoint_root(checkpoint)  # a directory without checkpoints fails here, before any loading
         overrides = {"dtype": dtype} if dtype else {}
@@ -135,7 +137,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("hf_dir", None, "A Hugging Face checkpoint folder, instead of --checkpoint.")
     flags.DEFINE_string("tokenizer", None, "'char', a SentencePiece .model, or a HF tokenizer folder.")
     flags.DEFINE_list("tasks", ["addition_3digit"], "Task names (research/evaluation/task_catalog.py) or .json files.")
-    flags.DEFINE_list("num_shots", ["0"], "Few-shot example counts, e.g. 0,1,5.")
+    flags.DEFINE_list("num_shots", [], "Few-shot example counts, e.g. 0,1,5; default: each task's own (a task "
+                      "file's num_fewshot, else 0).")
     flags.DEFINE_integer("num_test", 100, "Evaluation documents per generated task.", lower_bound=1)
     flags.DEFINE_integer("num_train", 64, "Few-shot pool size per generated task.", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seed of the generated tasks' documents.")
@@ -155,7 +158,7 @@ def main(argv):
     from research.data import DataError
 
     try:
-        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots), checkpoint=f.checkpoint, step=f.step,
+        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots) or None, checkpoint=f.checkpoint, step=f.step,
                        hf_dir=f.hf_dir, tokenizer=f.tokenizer, num_test=f.num_test, num_train=f.num_train,
                        seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir,
                        overwrite=f.overwrite)

@@ -32,25 +32,29 @@ class SuiteEntry:
         return self.task.spec.answer_prefix is not None
 
 
-def plan_suite(names: Sequence[str], shots: Sequence[int], *, num_test: int | None = None,
+def plan_suite(names: Sequence[str], shots: Sequence[int] | None, *, num_test: int | None = None,
                num_train: int | None = None, seed: int | None = None,
                tasks: dict[str, Task] | None = None) -> list[SuiteEntry]:
-    """Every (task, shots) pair, tasks in the order given; each task is built once.
+    """Every (task, shots) pair, tasks in the order given; each task is built once. shots None:
+    each task at its own count (a task file's num_fewshot, else 0).
 
     tasks: prebuilt tasks by name, used instead of the catalog (e.g. with a study's prompt
     changes); other names come from research.evaluation.task_catalog.
     """
     if not names:
         raise TaskError("no tasks given; name at least one, e.g. addition_3digit.")
-    if not shots:
+    if shots is not None and not shots:
         raise TaskError("no shot counts given; e.g. num_shots=0.")
+    repeated = sorted({k for k in shots or () if list(shots).count(k) > 1})
+    if repeated:
+        raise TaskError(f"shot count(s) {repeated} listed twice; list each once.")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
         raise TaskError(f"task(s) {duplicates} listed twice; list each once.")
     entries = []
     for name in names:
         task = (tasks or {}).get(name) or catalog_task(name, num_test=num_test, num_train=num_train, seed=seed)
-        for k in shots:
+        for k in (task.spec.num_fewshot,) if shots is None else shots:
             check_shots(name, task, k)
             entries.append(SuiteEntry(name, task, k))
     # Render one prompt per entry now: a template error surfaces before any model runs.

@@ -60,3 +60,15 @@ def test_no_shot_poses_the_query_itself():
     with pytest.raises(TaskError, match=r"num_fewshot=2 but the few-shot split 'train' holds 1 usable documents "
                                         r"\(whose prompt is not that of evaluation document 0\); lower num_fewshot"):
         sample_shots(only, 0, 2)
+
+
+def test_a_suite_without_shot_counts_prompts_each_task_with_its_own():
+    """experiments.evaluate passed an explicit 0 by default, so a task file's "num_fewshot": 2 was
+    evaluated 0-shot without notice; a shot count given twice gave two identical rows."""
+    from research.evaluation.suite import plan_suite
+    qa = make_task(QA, {"test": TEST, "train": TRAIN})
+    (entry,) = plan_suite(["qa"], None, tasks={"qa": qa})
+    assert entry.num_fewshot == 2 and fewshot_context(entry.task, 0, entry.num_fewshot).count("Q: ") == 3
+    assert [e.num_fewshot for e in plan_suite(["qa"], [0, 1], tasks={"qa": qa})] == [0, 1]
+    with pytest.raises(TaskError, match=r"shot count\(s\) \[0\] listed twice"):
+        plan_suite(["qa"], [0, 0], tasks={"qa": qa})
