@@ -8,6 +8,7 @@ Section 2.2), as implemented by datatrove's filters.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Literal, Mapping
 
 from research.data.config import DataError
@@ -227,6 +228,10 @@ class OutputConfig:
                             "(the dataset has train and validation splits).")
         if self.num_shards < 1:
             raise DataError(f"output: num_shards={self.num_shards} must be >= 1.")
+        # TFDS reads <name>/<version> only for a version x.y.z: another one was published, then not loadable.
+        if not re.fullmatch(r"\d+\.\d+\.\d+", str(self.version)):
+            raise DataError(f"output: version={self.version!r} must be a TFDS version x.y.z, e.g. "
+                            "--config.output.version=1.0.0.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -274,6 +279,9 @@ class PreparationConfig:
         for field in dataclasses.fields(self):
             if dataclasses.is_dataclass(field.default):
                 object.__setattr__(self, field.name, _nested(getattr(self, field.name), type(field.default)))
+        if isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int) or self.max_examples < 0:
+            raise DataError(f"prepare_data config: max_examples={self.max_examples!r} (dropped documents shown per "
+                            "rule in the report) must be a whole number >= 0, e.g. --config.max_examples=3.")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "PreparationConfig":

@@ -59,8 +59,8 @@ class StageCounters:
         counts[kind][reason] = counts[kind].get(reason, 0) + 1
         examples = counts["examples"].setdefault(reason, [])
         # Each task keeps its max_examples smallest origins, so the merge keeps the smallest of all
-        # whatever the number of tasks.
-        if len(examples) < self.max_examples or origin < examples[-1]["origin"]:
+        # whatever the number of tasks (max_examples 0: none, and no last one to compare with).
+        if self.max_examples and (len(examples) < self.max_examples or origin < examples[-1]["origin"]):
             examples.append({"origin": origin, "text": text[:EXAMPLE_CHARS], **details})
             examples.sort(key=lambda e: e["origin"])
             del examples[self.max_examples:]

@@ -34,6 +34,23 @@ def test_config_mistakes_are_one_line():
         ExecutionConfig(executor="slurm")
     with pytest.raises(DataError, match="min_ngram=9 <= max_ngram=8"):
         DecontaminationConfig(min_ngram=9, max_ngram=8)
+    # Published as <name>/abc, which tfds.builder could not find; -1 crashed inside a datatrove task.
+    with pytest.raises(DataError, match=r"output: version='abc' must be a TFDS version x.y.z"):
+        OutputConfig(version="abc")
+    with pytest.raises(DataError, match=r"max_examples=-1 \(dropped documents shown per rule in the report\)"):
+        PreparationConfig.from_dict({"max_examples": -1})
+
+
+def test_a_report_of_no_examples_counts_every_drop():
+    """max_examples=0 (show none) compared each drop with the last of an empty list: IndexError."""
+    from research.data.preparation.counters import StageCounters
+    for keep in (0, 2):
+        counters = StageCounters(keep)
+        for origin in ("c.txt", "a.txt", "b.txt"):
+            counters.dropped("gopher_quality", "gopher_short_doc", origin, "short")
+        stage = counters.stage("gopher_quality")
+        assert stage["dropped"] == {"gopher_short_doc": 3}
+        assert [e["origin"] for e in stage["examples"]["gopher_short_doc"]] == ["a.txt", "b.txt"][:keep]
 
 
 def test_slurm_executors_are_built_as_a_dependency_chain(tmp_path):
