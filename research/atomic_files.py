@@ -30,8 +30,10 @@ def unwritable_reason(directory: str) -> str | None:
     of its path that exists ("/a/b is a file, not a directory", "/a is not writable"); None when
     it can. Creates nothing, so callers run it before any long work."""
     existing = os.path.abspath(directory)
-    while not os.path.exists(existing):
+    while not os.path.lexists(existing):  # lexists: a broken link is not a missing folder to create
         existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):
+        return f"{existing} is a link to {os.readlink(existing)!r}, which does not exist"
     if not os.path.isdir(existing):
         return f"{existing} is a file, not a directory"
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -254,6 +254,17 @@ def test_output_dir_that_is_a_file_is_one_line_before_any_work(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
+def test_output_dir_that_is_a_broken_link_is_one_line_before_any_work(tmp_path):
+    """The check followed the link to its missing target and tested the parent instead; the work
+    ran and then died on a FileNotFoundError (evaluate: FileExistsError, its table lost)."""
+    (tmp_path / "a.txt").write_text("some text")
+    os.symlink(tmp_path / "gone", tmp_path / "out")
+    with pytest.raises(DataError, match=r"out is a link to '.*gone', which does not exist"):
+        prepare_dataset(resolve_inputs(str(tmp_path / "a.txt")), output_dir=str(tmp_path / "out"), name="x",
+                        config=corpus_config(""))
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "out"] and not os.path.exists(tmp_path / "gone")
+
+
 def test_missing_blocklist_file_is_one_line_before_any_work(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     config = corpus_config("").__class__.from_dict({"blocklist": {"words_file": "/nope.txt"},
