@@ -58,6 +58,9 @@ class DecodingOptions:
             raise ConfigError(f"--num_beams={self.num_beams} must be >= 1 (1 = no beam search).")
         if self.num_samples < 1:
             raise ConfigError(f"--num_samples={self.num_samples} must be >= 1.")
+        if not math.isfinite(self.alpha):  # beam search checked it only after the model had loaded
+            raise ConfigError(f"--alpha={self.alpha} (beam search's length-penalty exponent) must be a finite "
+                              "number, e.g. --alpha=0.6.")
         sampling = self.temperature > 0
         if not sampling and (self.top_k or self.top_p < 1 or self.num_samples > 1):
             raise ConfigError("--top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "

@@ -104,6 +104,7 @@ def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     (dict(num_beams=2, temperature=0.7), r"--num_beams=2 is beam search, which does not sample"),
     (dict(num_beams=0), r"--num_beams=0 must be >= 1"),
     (dict(max_new_tokens=0), r"--max_new_tokens=0 must be >= 1"),
+    (dict(num_beams=2, alpha=float("nan")), r"--alpha=nan \(beam search's length-penalty exponent\) must be"),
 ])
 def test_bad_decoding_options_are_one_line(options, message):
     with pytest.raises(ConfigError, match=message):
