@@ -116,18 +116,27 @@ def _softmax_cross_entropy(logits_NC: jax.Array, labels_N: jax.Array) -> tuple[j
     return mean, {"cross_entropy": mean, "z_loss": jnp.zeros(()), "accuracy": accuracy, "num_tokens": n}
 
 
+def _real(labels: Any, segment_ids: Any, xp: Any = jnp) -> Any:
+    """Labels with those of padding (segment 0: the all-zero rows that fill a last short batch,
+    whose labels read 0, a real class) set to IGNORE; xp: jnp in a loss, np on the host. Counted,
+    they moved the eval loss with the batch size (tagging at batch 8 against 6: 206 tokens for
+    110, accuracy 0.374 for 0.264)."""
+    return xp.where(segment_ids > 0, labels, IGNORE)
+
+
 def classification_loss(model, params, batch, rng):
     rngs = {} if rng is None else {"dropout": rng}
     logits = model.apply({"params": params}, batch["tokens"], segment_ids_BT=batch["segment_ids"],
                          deterministic=rng is None, rngs=rngs, method="classify")
-    return _softmax_cross_entropy(logits, batch["label"])
+    return _softmax_cross_entropy(logits, _real(batch["label"], batch["segment_ids"][:, 0]))
 
 
 def token_classification_loss(model, params, batch, rng):
     rngs = {} if rng is None else {"dropout": rng}
     logits = model.apply({"params": params}, batch["tokens"], segment_ids_BT=batch["segment_ids"],
                          deterministic=rng is None, rngs=rngs)
-    return _softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+    labels = _real(batch["labels"], batch["segment_ids"])
+    return _softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
@@ -205,7 +214,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     def predict_metrics(params, batches):
         predictions, labels = [], []
         for batch in batches:
-            keep = batch["labels"] >= 0
+            keep = _real(batch["labels"], batch["segment_ids"], np) >= 0
             predictions += list(np.asarray(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
             labels += list(batch["labels"][keep])
         return classification_metrics(predictions, labels)

@@ -102,3 +102,20 @@ def test_a_reference_with_another_vocabulary_is_one_line(tmp_path):
                                           r"'gpt2-tiny' has 512; use a reference trained with the policy's tokenizer"):
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", ["tag_tiny", "classify_tiny"])
+def test_evaluation_does_not_count_the_rows_that_pad_a_last_short_batch(preset, tmp_path):
+    """24 eval records at batch 16: the last batch holds 8 all-zero rows whose labels read class 0.
+    Tagging counted their positions (seen at 30 records, batch 8 against 6: accuracy 0.374 against
+    0.264, F1 0.329 against 0.232); classification counted 32 records in its loss."""
+    before = {}
+    for batch_size in (8, 16):  # 8 divides 24: no padding
+        config = tiny_config(preset, num_steps=1)
+        config.train.update(dict(batch_size=batch_size, eval_batches=100))
+        config.opt.warmup_steps = 0
+        config.data.num_eval = 24
+        result = finetune_and_evaluate(config, str(tmp_path / str(batch_size)))
+        before[batch_size] = {k: v for k, v in result.items() if k.startswith("before_eval")}
+    assert before[8]["before_eval_count"] == (24 if preset == "classify_tiny" else before[8]["before_eval_count"])
+    assert before[16] == pytest.approx(before[8], rel=1e-6)
