@@ -12,6 +12,7 @@ config alone (base_model.base_model_config), where that can be read.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 from research.models.config import ConfigError, ModelConfig
@@ -31,6 +32,11 @@ def check_config(config: Mapping[str, Any]) -> None:
     path = config.get("path")
     data = config_section(config, "data")
     for split in ("train", "eval"):
+        # Here, not when the records load: by then a workdir holding a finished run had refused the
+        # changed config as "another run" and advised deleting it, for a typo in a path.
+        file = data.get(f"{split}_file")
+        if file and not os.path.isfile(file):
+            raise ConfigError(f"data.{split}_file={file!r}: no such JSONL file; check the path.")
         key = f"num_{split}"
         if key in data and data.get("synthetic") and not data.get(f"{split}_file") and int(data[key]) <= 0:
             raise ConfigError(f"data.{key}={data[key]} must be positive: it is the size of the synthetic {split} set "
@@ -53,6 +59,10 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"preference.reference={preference['reference']!r} is unused: SimPO needs no reference "
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")
         PreferenceConfig(**{k: v for k, v in preference.items() if k != "reference"})
+        kind, _, where = str(preference.get("reference") or "").partition(":")
+        if kind in ("checkpoint", "hf") and not os.path.isdir(where):
+            raise ConfigError(f"preference.reference={preference['reference']!r}: {where!r} is not a folder; give "
+                              "a run workdir (checkpoint:) or a Hugging Face folder (hf:), or '' for the initial policy.")
     if path == "grpo":
         from research.finetune.grpo import GrpoConfig
         GrpoConfig(**config_section(config, "grpo"))

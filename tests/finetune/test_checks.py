@@ -21,6 +21,11 @@ CASES = {
     "SimPO reference": ("simpo_tiny", {"preference.reference": "checkpoint:/nonexistent"},
                         r"^preference.reference='checkpoint:/nonexistent' is unused: SimPO needs no reference model; "
                         r"unset --config.preference.reference"),
+    # A typo in a path: on a workdir holding a finished run these were refused as "another run" (delete it).
+    "mistyped train file": ("sft_tiny", {"data.train_file": "/nonexistent/train.jsonl"},
+                            r"^data.train_file='/nonexistent/train.jsonl': no such JSONL file; check the path\.$"),
+    "missing reference": ("dpo_tiny", {"preference.reference": "checkpoint:/nonexistent"},
+                          r"^preference.reference='checkpoint:/nonexistent': '/nonexistent' is not a folder"),
     "no generation tokens": ("sft_tiny", {"generation_tokens": 0},
                              r"^generation_tokens=0 must be positive: .*--config.generation_tokens=16"),
     "negative generation prompts": ("sft_tiny", {"generation_prompts": -1}, r"^generation_prompts=-1 must be >= 0"),
