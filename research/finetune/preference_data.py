@@ -85,6 +85,12 @@ def preference_row(where: str, record: Record, *, template: ChatTemplate, tokeni
     for side in ("chosen", "rejected"):
         if not isinstance(record[side], str):
             raise RecordError(f"{where}: field {side!r} must be a string.")
+    if record["chosen"] == record["rejected"]:
+        # Its loss is log 2 with zero gradient whatever the model, and it always counts as wrong
+        # (the accuracy's comparison is strict): a data error, not a preference.
+        raise RecordError(f"{where}: 'chosen' and 'rejected' are the same text ({record['chosen'][:40]!r}); "
+                          "a preference pair needs two different responses: fix or drop the row.")
+    for side in ("chosen", "rejected"):
         ids, mask = render_chat([*prompt, {"role": "assistant", "content": record[side]}], template, tokenizer)
         mask = [0] * context + mask[context:]
         check_fits(where, len(ids), seq_len, f"prompt + {side} response")

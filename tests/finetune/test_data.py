@@ -78,6 +78,15 @@ def test_a_response_longer_than_the_context_is_one_line(tmp_path):
                        tokenizer=TOKENIZER, seq_len=16)
 
 
+def test_a_pair_of_one_response_twice_is_one_line():
+    """It trained without a word: the pair's loss sits at log 2 with zero gradient and it always
+    counts as wrong in the accuracy (a strict comparison)."""
+    with pytest.raises(RecordError, match=r"^p:3: 'chosen' and 'rejected' are the same text \('CAT'\); a preference "
+                                          r"pair needs two different responses: fix or drop the row\.$"):
+        preference_row("p:3", {"prompt": "Shout: cat", "chosen": "CAT", "rejected": "CAT"}, template=PLAIN,
+                       tokenizer=TOKENIZER, seq_len=40)
+
+
 def test_synthetic_preferences_follow_their_rule():
     for rule in ("capitals", "arithmetic"):
         for record in synthetic_preferences(rule, 50, seed=1):
