@@ -39,8 +39,10 @@ class PreferenceConfig:
     loss: PreferenceLoss = "dpo"
     beta: float = 0.1
     simpo_gamma: float = 0.5
-    # Conservative DPO (Mitchell 2023) / SimPO as trl: assumed label-flip rate; no effect under IPO,
-    # which has no label to smooth (make_preference_loss warns, as trl ignores it there).
+    # The assumed label-flip rate of conservative DPO (Mitchell 2023) and of SimPO as trl's CPOTrainer;
+    # no effect under IPO, which has no label to smooth (make_preference_loss warns). trl 1.16's DPO
+    # "sigmoid" loss ignores it (0.8171 at 0 and at 0.2, where this gives 0.8359): at eps > 0 trl's
+    # DPOTrainer is no oracle of this loss (its "robust" loss is another formula, 0.7858).
     label_smoothing: float = 0.0
 
     def __post_init__(self):
@@ -96,7 +98,8 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
     IPO (Azar 2023): ((pc - rc)/|c| - (pr - rr)/|r| - 1/(2 beta))^2, per-token log-ratios as trl.
     SimPO (Meng 2024): -log sigmoid(beta * (pc/|c| - pr/|r|) - gamma), no reference, label-smoothed
     as trl's CPOTrainer (loss_type="simpo").
-    Label smoothing eps (DPO, SimPO; IPO ignores it, as trl): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z) of the margin z.
+    Label smoothing eps (DPO, SimPO; IPO ignores it): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z) of
+    the margin z, conservative DPO's formula (Mitchell 2023), not trl 1.16's DPO, which ignores eps.
     """
     smoothing = config.label_smoothing
     if config.loss == "simpo":
