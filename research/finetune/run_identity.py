@@ -38,6 +38,19 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{os.path.abspath(path)}"
 
 
+def _latest_step(spec: str) -> int | None:
+    """The newest checkpoint step of a 'checkpoint:<run>' spec (what the loaders read); else None."""
+    kind, _, path = str(spec).partition(":")
+    if kind != "checkpoint" or not path:
+        return None
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in
+    try:
+        steps = checkpoint_steps_in(checkpoint_root(path))
+    except Exception:  # a missing run is reported where the base loads, in its own words
+        return None
+    return int(steps[-1]) if steps else None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
@@ -73,9 +86,14 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         "opt": {"name": section("opt").get("name", "adamw"),
                 "clip_norm>0": bool(section("opt").get("clip_norm", OptimizerConfig.clip_norm))},
     }
+    # A base or reference read from a run's latest checkpoint is that step: if the run trains on,
+    # a resume would load another model (seen: a DPO step-3 loss of 0.6817 against 0.6734), so the
+    # step belongs to the run's identity and a rerun after it moved is refused, not resumed inexactly.
+    identity["init_checkpoint_step"] = _latest_step(config.get("init", ""))
     if path == "preference":
-        identity["preference"] = {**section("preference"),
-                                  "reference": absolute_spec(section("preference").get("reference", "") or "")}
+        reference = section("preference").get("reference", "") or ""
+        identity["preference"] = {**section("preference"), "reference": absolute_spec(reference),
+                                  "reference_checkpoint_step": _latest_step(reference)}
     if path == "grpo":
         identity["grpo"] = {**section("grpo"), "reward": absolute_spec(section("grpo").get("reward", "rule"))}
     if "num_token_labels" in config:

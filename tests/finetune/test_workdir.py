@@ -43,6 +43,7 @@ def test_another_base_data_path_or_lora_setting_is_refused_and_the_same_run_resu
     _refused(other_base, workdir, r"init: 'random' there, 'checkpoint:.*/sft' now")
     other_data = tiny_config("sft_tiny", num_steps=2)
     other_data.data.train_file = str(tmp_path / "other.jsonl")  # refused before the file is read
+    (tmp_path / "other.jsonl").write_text(json.dumps({"instruction": "a", "response": "b"}) + "\n")
     _refused(other_data, workdir, r"data.train_file: '' there, '.*/other.jsonl' now")
     lora = tiny_config("sft_lora_tiny", num_steps=2)
     _refused(lora, workdir, r"lora.rank: 0 there, 8 now")
@@ -56,6 +57,23 @@ def test_another_base_data_path_or_lora_setting_is_refused_and_the_same_run_resu
     steps = sorted(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
                    if "loss" in json.loads(line))
     assert steps == [1, 2, 3]
+
+
+def test_a_base_run_that_trained_on_is_refused_not_resumed_from_another_model(tmp_path):
+    """init=checkpoint:X loads X's newest step: when X trained on between a stop and the rerun, the
+    run resumed without a word on another base (and reference), its losses those of no run."""
+    base = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(base, str(tmp_path / "X"))
+    dpo = tiny_config("dpo_tiny", num_steps=4)
+    dpo.init, dpo.tokenizer = f"checkpoint:{tmp_path / 'X'}", ""
+    dpo.train.stop_after_steps = 2
+    workdir = tmp_path / "dpo"
+    finetune_and_evaluate(dpo, str(workdir))
+    assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["init_checkpoint_step"] == 2
+    base.train.num_steps = base.checkpoint.every_steps = 3
+    finetune_and_evaluate(base, str(tmp_path / "X"))  # X trains on to step 3
+    dpo.train.stop_after_steps = 0
+    _refused(dpo, workdir, r"init_checkpoint_step: 2 there, 3 now")
 
 
 def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path):
