@@ -135,7 +135,12 @@ class HarnessLM(LM):
     def _generation_options(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         until = gen_kwargs.pop("until", None)
         until = () if until is None else (until,) if isinstance(until, str) else tuple(until)
-        max_new_tokens = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+        # lm-eval 0.4.13 reads the length under these names, first found first (normalize_gen_kwargs),
+        # and its hf model drops max_length.
+        lengths = [gen_kwargs.pop(k) for k in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+                   if k in gen_kwargs]
+        gen_kwargs.pop("max_length", None)
+        max_new_tokens = int(lengths[0]) if lengths else self.max_gen_toks
         sampling = gen_kwargs.pop("do_sample", False) or float(gen_kwargs.pop("temperature", 0.0) or 0.0) > 0
         if sampling:
             raise ConfigError("the task asks to sample (do_sample / temperature > 0); HarnessLM generates greedily "
@@ -149,7 +154,8 @@ class HarnessLM(LM):
                               "answered such tasks greedily without a word): set generation_kwargs num_beams: 1.")
         if gen_kwargs:  # lm-eval's hf model passes the rest to generate; answered without them, a task would differ
             raise ConfigError(f"the task's generation_kwargs {sorted(gen_kwargs)} are not supported by HarnessLM "
-                              "(until, max_gen_toks, do_sample: false, temperature: 0, num_beams: 1 are); remove them.")
+                              "(until, max_gen_toks or its aliases, do_sample: false, temperature: 0, num_beams: 1 "
+                              "are); remove them.")
         return {"until": until, "max_new_tokens": max_new_tokens}
 
 

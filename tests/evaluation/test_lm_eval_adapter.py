@@ -133,6 +133,11 @@ def test_requests_and_bad_input(setup):
         lm.generate_until([Request("Say cat:", {"until": ["\n"], "num_beemz": 4})])
     greedy = {"until": ["\n"], "do_sample": False, "temperature": 0.0, "top_p": 0.9, "top_k": 5, "num_beams": 1}
     assert lm.generate_until([Request("Say cat:", greedy)]) == [text]  # filters a greedy decoder ignores
+    # lm-eval's aliases of max_gen_toks set the length (max_gen_toks first), max_length is dropped as its hf model does.
+    longer = lm.generate_until([Request("Say cat:", {"until": ["\n"], "max_new_tokens": 9, "max_length": 3})])
+    assert longer == [harness.generate_until([GenerateRequest("Say cat:", ("\n",), 9)])[0].text]
+    both = lm.generate_until([Request("Say cat:", {"until": ["\n"], "max_gen_toks": 4, "max_tokens": 9})])
+    assert both == [text]
     with pytest.raises(ConfigError, match=r"task\(s\) \['local_capitalz'\] not found"):
         evaluate_tasks(lm, ["local_capitalz"], include_path=str(lm_eval_dir), include_defaults=False)
     from lm_eval.api.registry import get_model
