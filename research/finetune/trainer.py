@@ -176,6 +176,10 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
             if start_step == train.num_steps:  # a rerun of a finished run: only its evaluation follows
                 log.warning("%s", workdir_lib.already_finished([workdir], start_step))
+            elif 0 < train.stop_after_steps <= start_step:  # as the pretraining loop says it (members.check_steps_left)
+                log.warning("train.stop_after_steps=%d: --workdir=%s already saved step %d, so this session trains "
+                            "nothing and reports the restored model; give a later step, or 0 to train to "
+                            "train.num_steps=%d.", train.stop_after_steps, workdir, start_step, train.num_steps)
             for step in range(start_step + 1, end_step + 1):
                 batch = partitioning.shard_batch(next(train_iter), batch_sharding)
                 extra: dict[str, float] = {}
@@ -207,7 +211,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
                 if record:
                     writer.write(step, record)
-            if end_step == start_step and "eval_loss" not in last:
+            # Nothing left to train (a finished run rerun, or stop_after_steps at or below the restored step).
+            if end_step <= start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
                 _export(job, merge(state.params), config.export_dir)
