@@ -186,18 +186,24 @@ SUPERSEDED_DIR = "fit_superseded"  # an earlier fit that the runs, as runs.csv n
 def _set_aside_previous_fit(workdir: str) -> str:
     """Move an earlier fit (fit.json, its plots, exact/) into SUPERSEDED_DIR when this sweep can
     no longer be fitted (e.g. the plateau rule now leaves too few runs): left in place they would
-    report a fit that runs.csv contradicts. Returns the sentence saying so ("" if there was none)."""
+    report a fit that runs.csv contradicts. Returns the sentence saying so ("" if there was none).
+    The files gather in SUPERSEDED_DIR.partial, renamed when all are there: a rerun after a kill
+    part way goes on filling it, and an older superseded fit is replaced only then."""
     fit_path = os.path.join(workdir, "fit.json")
-    if not os.path.exists(fit_path):
-        return ""
-    previous = _read_previous_fit(fit_path) or {}
     aside = os.path.join(workdir, SUPERSEDED_DIR)
-    shutil.rmtree(aside, ignore_errors=True)  # an older superseded fit
-    os.makedirs(aside)
-    # fit.json last: a kill part way leaves it in place, and the rerun sets aside what is left.
-    for name in [*previous.get("plots", []), "exact", "fit.json"]:
-        if os.path.exists(os.path.join(workdir, name)):
-            shutil.move(os.path.join(workdir, name), os.path.join(aside, name))
+    partial = aside + ".partial"
+    if not os.path.exists(fit_path) and not os.path.isdir(partial):
+        return ""
+    previous = _read_previous_fit(fit_path) or _read_previous_fit(os.path.join(partial, "fit.json")) or {}
+    os.makedirs(partial, exist_ok=True)
+    for name in [*previous.get("plots", []), "exact", "fit.json"]:  # fit.json last: it marks work left to do
+        source, target = os.path.join(workdir, name), os.path.join(partial, name)
+        if os.path.lexists(source):
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            shutil.move(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(partial, aside)
     return f" The earlier fit (fit.json, its plots, exact/), which runs.csv no longer gives, is moved to {aside}."
 
 

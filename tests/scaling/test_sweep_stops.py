@@ -234,3 +234,20 @@ def test_a_fit_the_runs_no_longer_give_is_set_aside_not_left_beside_them(tmp_pat
     assert f"moved to {aside}" in second.fit_note
     assert not any(os.path.exists(tmp_path / name) for name in written)  # nothing beside runs.csv contradicts it
     assert (aside / "fit.json").read_bytes() == fit_bytes and all((aside / name).exists() for name in written)
+
+
+def test_setting_a_fit_aside_that_a_kill_interrupted_keeps_what_was_moved(tmp_path):
+    """A kill while the earlier fit moved aside left part of it moved; the rerun deleted that part
+    (it cleared the folder and started over) before moving the rest."""
+    (tmp_path / "fit.json").write_text(json.dumps({"plots": ["law_contours.png", "loss_vs_compute.png"]}))
+    (tmp_path / "loss_vs_compute.png").write_text("second")
+    partial = tmp_path / (sweep_fit.SUPERSEDED_DIR + ".partial")
+    partial.mkdir()
+    (partial / "law_contours.png").write_text("first")  # moved before the kill
+    (tmp_path / sweep_fit.SUPERSEDED_DIR).mkdir()
+    (tmp_path / sweep_fit.SUPERSEDED_DIR / "fit.json").write_text("{}")  # an older superseded fit
+    assert "moved to" in sweep_fit._set_aside_previous_fit(str(tmp_path))
+    aside = tmp_path / sweep_fit.SUPERSEDED_DIR
+    assert sorted(os.listdir(tmp_path)) == [sweep_fit.SUPERSEDED_DIR]
+    assert sorted(os.listdir(aside)) == ["fit.json", "law_contours.png", "loss_vs_compute.png"]
+    assert (aside / "law_contours.png").read_text() == "first" and "plots" in (aside / "fit.json").read_text()
