@@ -31,9 +31,20 @@ def check_config(config: Mapping[str, Any]) -> None:
     """ConfigError (one line) for a value no run of this config could use (see module docstring)."""
     path = config.get("path")
     data = config_section(config, "data")
+    # Paths are checked here, not where they load: by then a workdir holding a finished run had
+    # refused the changed config as "another run" and advised deleting it, for a typo in a path.
+    folder = data.get("folder")
+    if folder and "://" not in str(folder) and not os.path.isdir(str(folder)):
+        raise ConfigError(f"data.folder={folder!r} is not a folder; give a folder of .txt / .md files.")
+    specs = [("init", config.get("init") or "")]
+    if path == "grpo":
+        specs.append(("grpo.reward", config_section(config, "grpo").get("reward") or ""))
+    for name, spec in specs:
+        kind, _, where = str(spec).partition(":")
+        if kind in ("checkpoint", "hf", "reward_model") and "://" not in where and not os.path.isdir(where):
+            raise ConfigError(f"{name}={spec!r}: {where!r} is not a folder; give a run workdir or a Hugging Face "
+                              "folder that exists.")
     for split in ("train", "eval"):
-        # Here, not when the records load: by then a workdir holding a finished run had refused the
-        # changed config as "another run" and advised deleting it, for a typo in a path.
         file = data.get(f"{split}_file")
         if file and not os.path.isfile(file):
             raise ConfigError(f"data.{split}_file={file!r}: no such JSONL file; check the path.")

@@ -38,17 +38,23 @@ def absolute_spec(spec: str) -> str:
     return f"{kind}:{os.path.abspath(path)}"
 
 
-def _latest_step(spec: str) -> int | None:
-    """The newest checkpoint step of a 'checkpoint:<run>' spec (what the loaders read); else None."""
-    kind, _, path = str(spec).partition(":")
-    if kind != "checkpoint" or not path:
-        return None
+def _latest_steps(spec: str) -> list[int] | None:
+    """The newest checkpoint steps the loaders read for a 'checkpoint:<run>' (or 'reward_model:')
+    spec: the run's own, then, for a fine-tuning run (a LoRA run merges its adapters into its
+    base's newest step), its base's, and so on; None for any other spec."""
     from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in
-    try:
-        steps = checkpoint_steps_in(checkpoint_root(path))
-    except Exception:  # a missing run is reported where the base loads, in its own words
-        return None
-    return int(steps[-1]) if steps else None
+    kind, _, path = str(spec).partition(":")
+    steps: list[int] = []
+    while kind in ("checkpoint", "reward_model") and path and len(steps) < 8:  # 8: a chain, never a cycle
+        try:
+            found = checkpoint_steps_in(checkpoint_root(path))
+        except Exception:  # a missing run is reported where the base loads, in its own words
+            break
+        if not found:
+            break
+        steps.append(int(found[-1]))
+        kind, _, path = str(recorded_init(path) or "").partition(":")
+    return steps or None
 
 
 def _plain(value: Any) -> Any:
@@ -89,13 +95,15 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     # A base or reference read from a run's latest checkpoint is that step: if the run trains on,
     # a resume would load another model (seen: a DPO step-3 loss of 0.6817 against 0.6734), so the
     # step belongs to the run's identity and a rerun after it moved is refused, not resumed inexactly.
-    identity["init_checkpoint_step"] = _latest_step(config.get("init", ""))
+    identity["init_checkpoint_step"] = _latest_steps(config.get("init", ""))
     if path == "preference":
         reference = section("preference").get("reference", "") or ""
         identity["preference"] = {**section("preference"), "reference": absolute_spec(reference),
-                                  "reference_checkpoint_step": _latest_step(reference)}
+                                  "reference_checkpoint_step": _latest_steps(reference)}
     if path == "grpo":
-        identity["grpo"] = {**section("grpo"), "reward": absolute_spec(section("grpo").get("reward", "rule"))}
+        reward = section("grpo").get("reward", "rule")
+        identity["grpo"] = {**section("grpo"), "reward": absolute_spec(reward),
+                            "reward_checkpoint_step": _latest_steps(reward)}
     if "num_token_labels" in config:
         identity["num_token_labels"] = config["num_token_labels"]
     return workdir_lib.flatten_config(_plain(identity))

@@ -37,8 +37,10 @@ _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
 TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # Fingerprint fields added after run.json was introduced: a run.json recorded before lacks them,
 # and they are then taken from the newest checkpoint's saved config (none saved: nothing to compare).
-# Fields a run.json written before them lacks (fine-tuning's base and reference steps: 2026-12-06).
-_ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step")
+# Fine-tuning's base and reference steps (2026-12-06) are recomputed from those runs as they are now,
+# so for such an old run.json they always match: it is not checked for a base that moved.
+_ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
+                "grpo.reward_checkpoint_step")
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
 # The optimizer's other numbers (OptimizerConfig), reported by resume_changes.

@@ -24,6 +24,12 @@ CASES = {
     # A typo in a path: on a workdir holding a finished run these were refused as "another run" (delete it).
     "mistyped train file": ("sft_tiny", {"data.train_file": "/nonexistent/train.jsonl"},
                             r"^data.train_file='/nonexistent/train.jsonl': no such JSONL file; check the path\.$"),
+    "missing base": ("sft_tiny", {"init": "checkpoint:/nonexistent"},
+                     r"^init='checkpoint:/nonexistent': '/nonexistent' is not a folder"),
+    "missing reward model": ("grpo_tiny", {"grpo.reward": "reward_model:/nonexistent"},
+                             r"^grpo.reward='reward_model:/nonexistent': '/nonexistent' is not a folder"),
+    "missing domain folder": ("domain_tiny", {"data.folder": "/nonexistent"},
+                              r"^data.folder='/nonexistent' is not a folder; give a folder of .txt / .md files\.$"),
     "missing reference": ("dpo_tiny", {"preference.reference": "checkpoint:/nonexistent"},
                           r"^preference.reference='checkpoint:/nonexistent': '/nonexistent' is not a folder"),
     "no generation tokens": ("sft_tiny", {"generation_tokens": 0},

@@ -34,7 +34,7 @@ def test_grpo_raises_the_score_of_a_bert_reward_model_with_bounded_kl(tmp_path):
 def test_a_reward_source_that_is_not_a_reward_run_is_one_line(tmp_path):
     config = tiny_config("grpo_tiny")
     config.grpo.reward = f"reward_model:{tmp_path / 'nowhere'}"
-    with pytest.raises(ConfigError, match=r"^checkpoint directory '.*nowhere' does not exist"):
+    with pytest.raises(ConfigError, match=r"^grpo.reward='reward_model:.*nowhere': '.*nowhere' is not a folder"):
         finetune_and_evaluate(config, str(tmp_path / "run"))
     config.grpo.reward = "ppo"
     with pytest.raises(ConfigError, match=r"^grpo.reward='ppo' must be 'rule' or 'reward_model:<workdir of a reward run>'"):

@@ -40,6 +40,7 @@ def test_another_base_data_path_or_lora_setting_is_refused_and_the_same_run_resu
 
     other_base = tiny_config("sft_tiny", num_steps=2)
     other_base.init = f"checkpoint:{tmp_path / 'sft'}"
+    (tmp_path / "sft").mkdir()  # refused before it is read
     _refused(other_base, workdir, r"init: 'random' there, 'checkpoint:.*/sft' now")
     other_data = tiny_config("sft_tiny", num_steps=2)
     other_data.data.train_file = str(tmp_path / "other.jsonl")  # refused before the file is read
@@ -69,11 +70,28 @@ def test_a_base_run_that_trained_on_is_refused_not_resumed_from_another_model(tm
     dpo.train.stop_after_steps = 2
     workdir = tmp_path / "dpo"
     finetune_and_evaluate(dpo, str(workdir))
-    assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["init_checkpoint_step"] == 2
+    assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["init_checkpoint_step"] == [2]
     base.train.num_steps = base.checkpoint.every_steps = 3
     finetune_and_evaluate(base, str(tmp_path / "X"))  # X trains on to step 3
     dpo.train.stop_after_steps = 0
-    _refused(dpo, workdir, r"init_checkpoint_step: 2 there, 3 now")
+    _refused(dpo, workdir, r"init_checkpoint_step: \[2\] there, \[3\] now")
+
+
+def test_the_identity_follows_a_lora_base_to_the_run_it_was_trained_from(tmp_path):
+    """A LoRA run L as init merges its adapters into its own base X's newest step: X training on
+    moves the model a resume would load, though L's own step stays."""
+    from research.finetune.run_identity import finetune_fingerprint
+    base = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(base, str(tmp_path / "X"))
+    lora = tiny_config("sft_lora_tiny", num_steps=2)
+    lora.init, lora.tokenizer = f"checkpoint:{tmp_path / 'X'}", ""
+    finetune_and_evaluate(lora, str(tmp_path / "L"))
+    dpo = tiny_config("dpo_tiny", num_steps=2)
+    dpo.init = f"checkpoint:{tmp_path / 'L'}"
+    assert finetune_fingerprint(dpo.to_dict())["init_checkpoint_step"] == [2, 2]
+    base.train.num_steps = base.checkpoint.every_steps = 3
+    finetune_and_evaluate(base, str(tmp_path / "X"))
+    assert finetune_fingerprint(dpo.to_dict())["init_checkpoint_step"] == [2, 3]
 
 
 def test_a_workdir_from_before_run_json_is_identified_by_its_checkpoint(tmp_path):
