@@ -338,9 +338,12 @@ def seeds_markdown(sizes: Sequence[str], spread: Sequence[dict[str, Any]], steps
     count = sum(v["mirage"] is True for v in verdicts)
     resolved = sum(r["resolved"] for r in steps)
     lengths = sorted({r["task"] for r in spread})
-    headline = (f"**The mirage across sizes shows at {count} of {len(verdicts)} seeds**" if any(
-        v["mirage"] is not None for v in verdicts) else f"**No mirage verdict**: the runs score {len(lengths)} "
-        f"answer length(s) ({', '.join(lengths)}), and the mirage compares the shortest with the longest")
+    judged = [v for v in verdicts if v["mirage"] is not None]
+    why = (f"the runs score {len(lengths)} answer length ({', '.join(lengths)}), and the mirage compares the shortest "
+           "with the longest" if len(lengths) < 2 else "a length lacks exact match or p at some size")
+    headline = (f"**The mirage across sizes shows at {count} of {len(judged)} seeds**"
+                + (f" ({len(verdicts) - len(judged)} without a verdict: {why})" if len(judged) < len(verdicts) else "")
+                if judged else f"**No mirage verdict**: {why}")
     return "\n".join([
         "# Emergence across seeds", "",
         f"Sizes: {', '.join(sizes)}; seeds: {', '.join(str(v['seed']) for v in verdicts)}. "

@@ -135,7 +135,8 @@ class Guard:
         self.uninstall()
 
     def should_stop(self, step: int) -> bool:
-        """True when this process got a signal or (multi-process) the job is being preempted.
+        """True when this process got a signal or (multi-process) the job is being preempted;
+        raises KeyboardInterrupt after a second Ctrl-C whose own was swallowed (see _handle).
         Every process must call this at the same steps (the loop: every block's last step, in
         increasing order), so they stop at the same one."""
         if self._stop_now:  # the second Ctrl-C's KeyboardInterrupt was swallowed where it was raised

@@ -280,6 +280,6 @@ def test_runs_of_one_answer_length_get_the_spread_and_no_mirage_verdict(tmp_path
     paths = emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "out"))
     verdicts = json.load(open(paths["verdicts"].replace(".csv", ".json")))["rows"]
     assert [v["mirage"] for v in verdicts] == [None, None]
-    assert "No mirage verdict**: the runs score 1 answer length(s) (add2)" in open(paths["report"]).read()
+    assert "No mirage verdict**: the runs score 1 answer length (add2)" in open(paths["report"]).read()
     spread = json.load(open(paths["seed_spread"].replace(".csv", ".json")))["rows"]
     assert {r["task"] for r in spread} == {"add2"} and spread
