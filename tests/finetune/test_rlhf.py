@@ -1,6 +1,5 @@
 """RLHF against a trained reward model: a BERT body with a scalar head learns a preference,
 then GRPO raises that reward model's score of the policy's replies with bounded KL."""
-import numpy as np
 import pytest
 
 from research.finetune import finetune_and_evaluate

@@ -1,6 +1,5 @@
 """Whole fine-tuning runs: a reward model learns a separable preference; a killed LoRA-DPO
 run, rerun, is bit-exact; a reference with another vocabulary is one line."""
-import os
 import signal
 import subprocess
 import sys
