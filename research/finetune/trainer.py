@@ -36,7 +36,7 @@ from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_opt
                                    merged_params, split_trained)
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
-from research.training import metrics as metrics_lib, partitioning, workdir as workdir_lib
+from research.training import metrics as metrics_lib, partitioning, preemption, workdir as workdir_lib
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.loop import TrainConfig, TrainingDivergedError
 from research.training.optimizers import OptimizerConfig, make_optimizer
@@ -217,7 +217,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             if config.get("export_dir"):
                 _export(job, merge(state.params), config.export_dir)
     finally:
-        checkpointer.close()
+        with preemption.stops_held():  # a stop now waits for the last save to commit, then stops
+            checkpointer.close()
     return last
 
 

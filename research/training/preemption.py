@@ -20,11 +20,12 @@ Python handler then.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 
@@ -152,3 +153,25 @@ class Guard:
                 _REQUESTS.append(self.signal_name)
             return reached  # a local-only signal would desynchronise the processes; the service decides
         return self.requested
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Ctrl-C / SIGTERM wait until the block ends, then act as they would have (their handlers run
+    then, in order). For work that must not be broken off half way, e.g. a checkpointer's close
+    waiting for its last save to commit: a signal raised inside orbax's wait left tracebacks from
+    its finalize thread and the save's tmp folder, and lost the step (the fine-tuning loop, which
+    has no Guard). Outside the main thread nothing can be held: the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in _SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):  # each once: a second SIGTERM from the process group adds nothing
+            signal.raise_signal(signum)
+

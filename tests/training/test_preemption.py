@@ -202,6 +202,22 @@ def test_a_ctrl_c_that_python_swallowed_during_setup_still_stops_the_run(early_h
     assert [str(e) for e in reported] == ["a real problem"]
 
 
+def test_a_stop_during_held_work_acts_once_the_work_is_done(early_handlers):
+    """Fine-tuning's last checkpoint: a Ctrl-C inside the checkpointer's close broke off orbax's wait
+    (its finalize thread printed tracebacks, the step's tmp folder stayed, the step was lost)."""
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with preemption.stops_held():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # held too; acted on once
+            done.append("committed")
+    assert done == ["committed"] and signal.getsignal(signal.SIGINT) == handler
+    with preemption.stops_held():  # nothing held: nothing raised
+        done.append("again")
+    assert done == ["committed", "again"]
+
+
 def test_a_second_ctrl_c_that_python_swallowed_stops_at_the_next_block_end(early_handlers):
     """Seen once in about 11 double Ctrl-Cs of two models trained together: the second Ctrl-C's
     KeyboardInterrupt was raised inside jax's garbage-collection callback, printed as "Exception
