@@ -69,8 +69,12 @@ def rule_reward(rule: SyntheticRule, prompt: str, completion: str) -> float:
 
 
 def prompt_messages(where: str, prompt: Any) -> list[dict]:
+    """A record's 'prompt': a string (one user turn) or a list of chat messages."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, (list, tuple)):  # check_messages would name 'messages', a field the row lacks
+        raise RecordError(f"{where}: field 'prompt' must be a string or a list of chat messages, got "
+                          f"{type(prompt).__name__} {prompt!r:.40}.")
     return list(check_messages(prompt, where))
 
 

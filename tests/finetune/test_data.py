@@ -78,6 +78,14 @@ def test_a_response_longer_than_the_context_is_one_line(tmp_path):
                        tokenizer=TOKENIZER, seq_len=16)
 
 
+def test_a_prompt_that_is_neither_text_nor_messages_names_the_prompt():
+    """It said "'messages' must be a non-empty list", a field a preference row does not have."""
+    with pytest.raises(RecordError, match=r"^p:2: field 'prompt' must be a string or a list of chat messages, got "
+                                          r"int 7\.$"):
+        preference_row("p:2", {"prompt": 7, "chosen": "A", "rejected": "B"}, template=PLAIN, tokenizer=TOKENIZER,
+                       seq_len=40)
+
+
 def test_a_pair_of_one_response_twice_is_one_line():
     """It trained without a word: the pair's loss sits at log 2 with zero gradient and it always
     counts as wrong in the accuracy (a strict comparison)."""
