@@ -29,10 +29,11 @@ class HFTokenizer:
     """A transformers tokenizer behind the TextTokenizer interface.
 
     encode: ids of the text alone (add_special_tokens=False), what fine-tuning and a generated
-    or scored continuation need (generation's prompts, as contexts, use encode_context). encode_context: ids of a text the model is conditioned
-    on, encoded as lm-eval 0.4.13's HFLM.tok_encode encodes it: with the tokenizer's own
-    special tokens (add_bos_token=None), none (False) or add_special_tokens=True (True),
-    and none when the text already starts with the prefix token's text (bos, else eos).
+    or scored continuation need (generation's prompts, as contexts, use encode_context).
+    encode_context: ids of a text the model is conditioned on, encoded as lm-eval 0.4.13's
+    HFLM.tok_encode encodes it: with the tokenizer's own special tokens (add_bos_token=None),
+    none (False) or add_special_tokens=True (True), and none when the text already starts with
+    the prefix token's text (bos, else eos).
     eos_id is required (generation stops on it); pad_id falls back to eos.
     """
 

@@ -27,6 +27,14 @@ def config_section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value.to_dict() if hasattr(value, "to_dict") else dict(value)
 
 
+def _check_folder_spec(name: str, spec: Any) -> None:
+    """One line when a 'checkpoint:' / 'hf:' / 'reward_model:' spec names a local folder that does not exist."""
+    kind, _, where = str(spec or "").partition(":")
+    if kind in ("checkpoint", "hf", "reward_model") and "://" not in where and not os.path.isdir(where):
+        raise ConfigError(f"{name}={spec!r}: {where!r} is not a folder; give a run workdir (checkpoint:) or a Hugging "
+                          "Face folder (hf:) that exists.")
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """ConfigError (one line) for a value no run of this config could use (see module docstring)."""
     path = config.get("path")
@@ -36,14 +44,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     folder = data.get("folder")
     if folder and "://" not in str(folder) and not os.path.isdir(str(folder)):
         raise ConfigError(f"data.folder={folder!r} is not a folder; give a folder of .txt / .md files.")
-    specs = [("init", config.get("init") or "")]
+    _check_folder_spec("init", config.get("init"))
     if path == "grpo":
-        specs.append(("grpo.reward", config_section(config, "grpo").get("reward") or ""))
-    for name, spec in specs:
-        kind, _, where = str(spec).partition(":")
-        if kind in ("checkpoint", "hf", "reward_model") and "://" not in where and not os.path.isdir(where):
-            raise ConfigError(f"{name}={spec!r}: {where!r} is not a folder; give a run workdir or a Hugging Face "
-                              "folder that exists.")
+        _check_folder_spec("grpo.reward", config_section(config, "grpo").get("reward"))
     for split in ("train", "eval"):
         file = data.get(f"{split}_file")
         if file and not os.path.isfile(file):
@@ -70,10 +73,7 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"preference.reference={preference['reference']!r} is unused: SimPO needs no reference "
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")
         PreferenceConfig(**{k: v for k, v in preference.items() if k != "reference"})
-        kind, _, where = str(preference.get("reference") or "").partition(":")
-        if kind in ("checkpoint", "hf") and not os.path.isdir(where):
-            raise ConfigError(f"preference.reference={preference['reference']!r}: {where!r} is not a folder; give "
-                              "a run workdir (checkpoint:) or a Hugging Face folder (hf:), or '' for the initial policy.")
+        _check_folder_spec("preference.reference", preference.get("reference"))
     if path == "grpo":
         from research.finetune.grpo import GrpoConfig
         GrpoConfig(**config_section(config, "grpo"))
