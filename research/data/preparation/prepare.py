@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +34,8 @@ from research.data.preparation.inputs import DocumentReader, InputSpec
 from research.data.preparation.lsh import lsh_bands
 
 REPORT_NAME = "preparation_report.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,4 +347,18 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
         raise DataError(f"preparation of {name!r} stopped before publishing; see the logs under {layout.logs} "
                         "and rerun the same command to continue.")
     shutil.rmtree(layout.work, ignore_errors=True)
+    _warn_of_other_work_dirs(layout)
     return read_report(layout.final)
+
+
+def _warn_of_other_work_dirs(layout: Layout) -> None:
+    """Name the work dirs of this name's other fingerprints: an interrupted preparation whose
+    inputs or settings then changed can never be resumed, and its dir would stay, unseen
+    (a dot name), holding up to a copy of the corpus. Not deleted here: another preparation
+    of the same name with other settings may still be running in it."""
+    for work in sorted(glob.glob(os.path.join(glob.escape(layout.output_dir), f".{glob.escape(layout.name)}-preparing-*"))):
+        if work != layout.work and os.path.isdir(work):
+            size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(work) for f in files)
+            log.warning("%s (%.1f MB) is the work dir of a preparation of %r with other inputs or settings, left "
+                        "by an interrupted run; delete it unless that preparation is still running.",
+                        work, size / 1e6, layout.name)

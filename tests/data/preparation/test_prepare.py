@@ -1,4 +1,5 @@
 """The whole pipeline on the handmade corpus: the report, the TFDS output, determinism, resuming."""
+import dataclasses
 import filecmp
 import os
 
@@ -116,6 +117,30 @@ def test_interrupted_run_publishes_nothing_and_a_rerun_finishes_identically(hand
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # the work dir is gone
     # Running again finds the finished dataset and does nothing.
     assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == report
+
+
+def test_work_dir_of_an_interrupted_run_with_other_settings_is_named_when_another_publishes(
+        handmade, tmp_path, monkeypatch, caplog):
+    """A kill, then a rerun with a changed setting: the first work dir can never be resumed; the
+    finished rerun names it (not deleted: it could belong to a preparation still running)."""
+    original = tfds_output.ShardWriter.run
+
+    def crash(self, data, rank=0, world_size=1):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(tfds_output.ShardWriter, "run", crash)
+    spec = resolve_inputs(handmade["corpus"])
+    config = corpus_config(handmade["task_file"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config)
+    (left,) = [p for p in os.listdir(tmp_path) if p.startswith(".handmade-preparing-")]
+    monkeypatch.setattr(tfds_output.ShardWriter, "run", original)
+    changed = dataclasses.replace(config, dedup=dataclasses.replace(config.dedup, near=False))
+    with caplog.at_level("WARNING"):
+        prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=changed)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == [left]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and left in r.getMessage()]
+    assert "other inputs or settings" in warning and "delete it unless" in warning
 
 
 def _same_dataset(handmade, output_dir: str) -> None:
