@@ -110,12 +110,18 @@ def _launch() -> None:
             print("\n".join(f"{job.name}: {job.command}" for job in jobs))
             print(f"(logs would go to {os.path.join(log_dir, 'launch_<job>.log')})")
             return
-        backends.run_local(jobs, cwd=REPO, log_dir=log_dir, max_parallel=_MAX_PARALLEL.value)
+        try:
+            backends.run_local(jobs, cwd=REPO, log_dir=log_dir, max_parallel=_MAX_PARALLEL.value)
+        except backends.Stopped as stop:
+            print(results_lib.format_table(results_lib.collect(jobs, log_dir)))
+            print(f"error: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_code)
         table = results_lib.collect(jobs, log_dir)
         print(results_lib.format_table(table))
-        failed = [r.name for r in table if r.status.startswith("failed")]
-        if failed:
-            sys.exit(f"error: {len(failed)} of {len(jobs)} job(s) failed: {', '.join(failed)} (logs in {log_dir})")
+        unfinished = [f"{r.name} ({r.status})" for r in table if r.status != "ok"]  # failed, or stopped on its own
+        if unfinished:
+            sys.exit(f"error: {len(unfinished)} of {len(jobs)} job(s) did not finish: {', '.join(unfinished)} "
+                     f"(logs in {log_dir})")
         return
     if backend == "slurm":
         script = backends.slurm_script(jobs, slurm_options, cwd=REPO, log_dir=log_dir)

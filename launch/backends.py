@@ -8,11 +8,14 @@ job's start and end under <log_dir>/launch_status (launch/results.py reads them)
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence, TextIO
 
@@ -28,38 +31,124 @@ class LocalResult:
     log: str  # path of the job's stdout + stderr
 
 
+# launch.multihost reads it: a job started by run_local gets SIGTERM (saves and stops) when the
+# launcher dies, even by SIGKILL, instead of training on with nobody to record its end.
+PARENT_ENV = "LAUNCH_PARENT_PID"
+
+
+class Stopped(Exception):
+    """run_local got Ctrl-C / SIGTERM: it passed the signal on to the running jobs (their training
+    loops save a checkpoint and stop), waited for them and started no more."""
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(f"stopped by {signal_name}: the running jobs saved their checkpoints; rerun the same "
+                         "command to continue (finished jobs are not retrained).")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name))
+
+
+def _lock_jobs(jobs: Sequence[Job], log_dir: str) -> dict[str, int]:
+    """An exclusive flock per job (<log_dir>/launch_status/<name>.lock), held by this process and
+    then by the job's process, so a second launch of the sweep, while a job of the first still
+    runs (its launcher killed, the job saving), cannot train the same workdir beside it."""
+    locks: dict[str, int] = {}
+    try:
+        for job in jobs:
+            path = results_lib.status_path(log_dir, job.name)[:-len(".json")] + ".lock"
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            locks[job.name] = fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LaunchError(f"job {job.name!r} is still running from an earlier launch (it holds {path}); "
+                                  f"wait for it to end, or stop it, then launch again.") from None
+    except BaseException:
+        for fd in locks.values():
+            os.close(fd)
+        raise
+    return locks
+
+
 def run_local(jobs: Sequence[Job], *, cwd: str, log_dir: str, max_parallel: int = 1,
               out: TextIO = sys.stdout) -> list[LocalResult]:
     """Run the jobs as subprocesses of this machine, at most `max_parallel` at once; each
     job's output goes to <log_dir>/launch_<name>.log (appended; the job makes its own workdir,
-    which may be a gs:// URL)."""
+    which may be a gs:// URL).
+
+    A Ctrl-C or SIGTERM of this process (main thread) is passed on to the running jobs, once
+    (each job runs in a session of its own, so a terminal's Ctrl-C reaches it only this way;
+    a second Ctrl-C is passed on again: the jobs then stop without saving); no further job
+    starts, the running ones are waited for and recorded, and Stopped is raised. A job still
+    running from an earlier launch is refused before anything starts (_lock_jobs)."""
     if max_parallel < 1:
         raise LaunchError(f"--max_parallel={max_parallel} must be >= 1.")
     os.makedirs(log_dir, exist_ok=True)
+    locks = _lock_jobs(jobs, log_dir)
     pending, running, results = list(jobs), [], []
-    while pending or running:
-        while pending and len(running) < max_parallel:
-            job = pending.pop(0)
-            log_path = os.path.join(log_dir, f"launch_{job.name}.log")
-            log = open(log_path, "a")
-            print(f"start {job.name}: {job.command}", file=out, flush=True)
-            start = time.time()
-            results_lib.record_start(log_dir, job.name, start)
-            process = subprocess.Popen(job.argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-            running.append((job, process, log, log_path, start))
-        for entry in list(running):
-            job, process, log, log_path, start = entry
-            if process.poll() is not None:
-                log.close()
-                running.remove(entry)
-                end = time.time()
-                results_lib.record_end(log_dir, job.name, start, process.returncode, end)
-                results.append(LocalResult(job, process.returncode, end - start, log_path))
-                status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode}; see {log_path})"
-                print(f"done {job.name}: {status}", file=out, flush=True)
-        time.sleep(0.05)
+    received: list[int] = []
+    signalled: set[int] = set()  # pids given the first signal
+
+    def pass_on(process: subprocess.Popen) -> None:
+        if process.poll() is None and (process.pid not in signalled or len(received) > 1):
+            signalled.add(process.pid)
+            process.send_signal(received[-1])
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        for entry in running:
+            pass_on(entry[1])
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (pending and not received):
+            while pending and not received and len(running) < max_parallel:
+                job = pending.pop(0)
+                log_path = os.path.join(log_dir, f"launch_{job.name}.log")
+                log = open(log_path, "a")
+                print(f"start {job.name}: {job.command}", file=out, flush=True)
+                start = time.time()
+                results_lib.record_start(log_dir, job.name, start)
+                process = subprocess.Popen(job.argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True, pass_fds=(locks[job.name],),
+                                           env={**os.environ, PARENT_ENV: str(os.getpid())})
+                running.append((job, process, log, log_path, start))
+                if received:  # the signal came while it was starting
+                    pass_on(process)
+            for entry in list(running):
+                job, process, log, log_path, start = entry
+                if process.poll() is not None:
+                    log.close()
+                    running.remove(entry)
+                    end = time.time()
+                    results_lib.record_end(log_dir, job.name, start, process.returncode, end)
+                    results.append(LocalResult(job, process.returncode, end - start, log_path))
+                    print(f"done {job.name}: {_ending(process.returncode, log_path)}", file=out, flush=True)
+            time.sleep(0.05)
+    finally:
+        for job, process, *_ in running:  # only when something went wrong here: leave no job behind
+            process.terminate()
+            process.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for fd in locks.values():
+            os.close(fd)
+    if received:
+        raise Stopped(signal.Signals(received[0]).name)
     order = {job.name: i for i, job in enumerate(jobs)}
     return sorted(results, key=lambda r: order[r.job.name])
+
+
+def _ending(returncode: int, log_path: str) -> str:
+    if returncode == 0:
+        return "ok"
+    if returncode in results_lib.STOPPED_CODES:
+        return f"stopped (exit {returncode}; its last checkpoint is kept)"
+    return f"FAILED (exit {returncode}; see {log_path})"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -10,8 +10,11 @@ devices in jax.devices() and its own in jax.local_devices().
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import runpy
+import signal
 import sys
 from typing import Mapping
 
@@ -52,10 +55,28 @@ def initialize(env: Mapping[str, str] = os.environ) -> str | None:
     return kind
 
 
+_PARENT_ENV = "LAUNCH_PARENT_PID"  # launch.backends.PARENT_ENV (not imported: keep this start-up lean)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> None:
+    """A job started by launch's local backend gets SIGTERM when the launcher dies (even by
+    SIGKILL): its training loop saves and stops, rather than train on unrecorded while a relaunch
+    starts it again. Not inherited by the job's own subprocesses."""
+    parent = os.environ.pop(_PARENT_ENV, "")
+    if not parent:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        raise SystemExit("error: the launcher that started this job has exited; not starting it.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1].startswith("-"):
         raise SystemExit("usage: python -m launch.multihost <module> [flags...], e.g. "
                          "python -m launch.multihost experiments.pretrain --config=...")
+    die_with_launcher()
     initialize()
     sys.argv = argv[1:]
     runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

@@ -23,6 +23,8 @@ from launch.sweep import Job
 
 STATUS_DIR = "launch_status"
 METRICS_FILE = "metrics.jsonl"  # research.training.metrics.METRICS_FILE (not imported: it pulls in jax)
+# Exit codes of a job a Ctrl-C (130) or SIGTERM (143) stopped: it saved and resumes on a relaunch.
+STOPPED_CODES = (130, 143)
 
 
 def status_path(log_dir: str, name: str) -> str:
@@ -75,7 +77,7 @@ def final_metrics(workdir: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     name: str
-    status: str  # "ok", "failed (exit N)", "running", "not started"
+    status: str  # "ok", "failed (exit N)", "stopped (exit 130 / 143)", "running", "not started"
     seconds: float | None
     step: int | None
     loss: float | None
@@ -94,7 +96,8 @@ def collect(jobs: Sequence[Job], log_dir: str, now: float | None = None) -> list
             status, seconds = "running", now - record["start"]  # or killed without a word (e.g. SIGKILL)
         else:
             code = record["returncode"]
-            status, seconds = ("ok" if code == 0 else f"failed (exit {code})"), record["end"] - record["start"]
+            status = "ok" if code == 0 else f"stopped (exit {code})" if code in STOPPED_CODES else f"failed (exit {code})"
+            seconds = record["end"] - record["start"]
         final = final_metrics(job.workdir)
         results.append(JobResult(job.name, status, seconds, final.get("step"), final.get("loss"),
                                  final.get("eval_loss")))
