@@ -21,11 +21,28 @@ from typing import Mapping
 _EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
+# The variables jax's SLURM plugin reads inside a job step (srun); an allocation without a step
+# (salloc -n4, an sbatch script's own shell) has SLURM_NTASKS but none of these.
+_SLURM_STEP = ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def _count(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise SystemExit(f"error: {name}={env[name]!r} is not an integer; set it to a whole number.") from None
+
+
 def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
     """"explicit", "slurm" or "tpu" when this process is one of several hosts; None on one host."""
-    if env.get("JAX_COORDINATOR_ADDRESS"):
+    explicit = [name for name in _EXPLICIT if env.get(name)]
+    if explicit:
+        if len(explicit) < len(_EXPLICIT):
+            missing = [name for name in _EXPLICIT if name not in explicit]
+            raise SystemExit(f"error: {', '.join(explicit)} set but {', '.join(missing)} not; set all of "
+                             f"{', '.join(_EXPLICIT)} (or none, on one host).")
         return "explicit"
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+    if env.get("SLURM_NTASKS") and _count(env, "SLURM_NTASKS") > 1 and all(env.get(v) for v in _SLURM_STEP):
         return "slurm"
     # A TPU VM slice lists every worker's hostname; a single-host TPU lists one (or none).
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
@@ -33,11 +50,26 @@ def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
     return None
 
 
+def slurm_local_device_ids(env: Mapping[str, str] = os.environ) -> list[int] | None:
+    """The GPUs this process uses in a SLURM step: all of its node's when it is the node's only
+    task (launch's sbatch script: one task per node), else None (jax's default: the GPU numbered
+    by SLURM_LOCALID, for one task per GPU). jax would give a node's only task GPU 0 alone."""
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
+    if not nodes or _count(env, "SLURM_NTASKS") != int(nodes):
+        return None
+    gpus = env.get("SLURM_GPUS_ON_NODE") or ""
+    if gpus.isdigit():
+        return list(range(int(gpus)))
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return list(range(len(visible))) if visible else None
+
+
 def initialize(env: Mapping[str, str] = os.environ) -> str | None:
     """Call jax.distributed.initialize when running on several hosts; returns the cluster kind.
 
     SLURM and TPU slices are detected by jax itself (its cluster plugins read the same
-    variables); the explicit form passes coordinator, process count and id through.
+    variables; for SLURM we add the GPUs, see slurm_local_device_ids); the explicit form passes
+    coordinator, process count and id through.
     """
     kind = cluster_kind(env)
     if kind is None:
@@ -45,11 +77,11 @@ def initialize(env: Mapping[str, str] = os.environ) -> str | None:
     import jax
 
     if kind == "explicit":
-        missing = [name for name in _EXPLICIT if not env.get(name)]
-        if missing:
-            raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS is set but {missing} are not; set all of {_EXPLICIT}.")
         jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+                                   num_processes=_count(env, "JAX_NUM_PROCESSES"),
+                                   process_id=_count(env, "JAX_PROCESS_ID"))
+    elif kind == "slurm" and (devices := slurm_local_device_ids(env)) is not None:
+        jax.distributed.initialize(local_device_ids=devices)
     else:
         jax.distributed.initialize()
     return kind

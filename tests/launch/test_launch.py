@@ -283,15 +283,31 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     import jax
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
-    assert multihost.initialize({}) is None and multihost.initialize({"SLURM_NTASKS": "1"}) is None
+    step = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    assert multihost.initialize({}) is None and multihost.initialize({"SLURM_NTASKS": "1", **step}) is None
     assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}) is None
-    assert multihost.initialize({"SLURM_NTASKS": "4"}) == "slurm"  # jax reads SLURM's variables itself
+    # An allocation's own shell (salloc -n4, an sbatch script outside srun) is one process, not a step.
+    assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_NNODES": "4"}) is None
+    # One task per GPU (4 on one node): jax gives each its GPU (SLURM_LOCALID) itself.
+    assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "1", **step}) == "slurm"
+    # launch's sbatch script: one task per node, which must use every GPU of its node, not GPU 0.
+    assert multihost.initialize({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
+                                 **step}) == "slurm"
+    assert multihost.initialize({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2",
+                                 "CUDA_VISIBLE_DEVICES": "4,5", **step}) == "slurm"
     assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == "tpu"
     assert multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2",
                                  "JAX_PROCESS_ID": "1"}) == "explicit"
-    assert calls == [{}, {}, {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}]
-    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES"):
+    assert calls == [{}, {"local_device_ids": list(range(8))}, {"local_device_ids": [0, 1]}, {},
+                     {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}]
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID not"):
         multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234"})
+    # Without a coordinator, two processes would each train alone, the same workdir.
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID set but JAX_COORDINATOR_ADDRESS not"):
+        multihost.initialize({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES='two' is not an integer"):
+        multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
+    assert len(calls) == 5
 
 
 def test_cli_dry_run_and_script(tmp_path):
