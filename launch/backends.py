@@ -212,9 +212,17 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
               *_status_functions(log_dir),
               'NAME="${NAMES[$SLURM_ARRAY_TASK_ID]}"', 'START=$(date +%s)', 'record_start "$NAME" "$START"',
               "# launch.multihost joins jax.distributed on every node (SLURM_NTASKS > 1).",
+              "# scancel, the time limit and preemption send SIGTERM to this shell too: the trap keeps it",
+              "# alive until srun returns (the job saving), so the job's end is recorded.",
+              _STOP_TRAP,
               'set +e', 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"', 'CODE=$?', 'set -e',
               'record_end "$NAME" "$START" "$CODE"', 'exit "$CODE"', ""]
     return "\n".join(lines)
+
+
+# A handler, not `trap '' TERM`: an ignored signal stays ignored in the children, which then
+# could not be stopped. Bash runs it once the foreground command (the job) has returned.
+_STOP_TRAP = "trap 'STOPPED=1' TERM INT"
 
 
 def _status_functions(log_dir: str) -> list[str]:
@@ -260,9 +268,11 @@ def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -
     does not stop the rest, and the script exits non-zero if any failed."""
     check_tpu_vm_options(options)
     project = f" --project={shlex.quote(options.project)}" if options.project else ""
-    lines = ["#!/bin/bash", "set -uo pipefail", *_status_functions(log_dir), "FAILED=0",
+    # A Ctrl-C / SIGTERM: the running job's end is recorded, and no later job starts.
+    lines = ["#!/bin/bash", "set -uo pipefail", *_status_functions(log_dir), "FAILED=0", "STOPPED=", _STOP_TRAP,
              'run_job() { local name=$1 start code; shift; start=$(date +%s); record_start "$name" "$start"; '
-             '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; }']
+             '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; '
+             '[ -z "$STOPPED" ] || exit "$code"; }']
     for job in jobs:
         remote = " && ".join(part for part in (f"cd {_remote_path(options.repo_dir)}", options.setup, job.command)
                              if part)

@@ -1,6 +1,7 @@
 """launch's local backend when the launcher is stopped: its jobs stop with it and are recorded,
 a killed launcher takes its jobs down, and a relaunch never trains a job that still runs."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,3 +68,51 @@ def test_a_killed_launcher_takes_its_jobs_down_and_a_relaunch_waits_for_them(tmp
         time.sleep(1)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == "3 ok"
+
+
+# A job that saves for a moment on SIGTERM, then exits 143, as a training loop does.
+_SAVING_JOB = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(143))); "
+               "open(sys.argv[1], 'w').close(); time.sleep(120)")
+
+
+def _stop_script_group(argv: list[str], started, env=None) -> subprocess.Popen:
+    """Run a launch script in a session of its own and SIGTERM all of it, as SLURM's scancel,
+    time limit and preemption do (the batch shell included)."""
+    script = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    _wait_for(started.exists)
+    os.killpg(script.pid, signal.SIGTERM)
+    script.communicate(timeout=60)
+    return script
+
+
+def test_slurm_task_stopped_by_sigterm_records_that_its_job_stopped(tmp_path):
+    from launch import backends, results
+    from launch.sweep import expand, load_sweep
+    jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/shared/lr")
+    script = backends.slurm_script(jobs, backends.SlurmOptions(job_name="lr"), cwd="/repo", log_dir=str(tmp_path))
+    started = tmp_path / "started"
+    srun = f"{shlex.quote(sys.executable)} -c {shlex.quote(_SAVING_JOB)} {started} #"  # the rest: a comment
+    fake = script.replace("set -euo pipefail", "set -euo pipefail; SLURM_ARRAY_TASK_ID=1").replace("srun ", srun + " ")
+    fake = "\n".join(line for line in fake.splitlines() if not line.startswith("cd "))
+    task = _stop_script_group(["bash", "-c", fake], started)
+    assert task.returncode == 143
+    assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["not started", "stopped (exit 143)",
+                                                                        "not started"]
+
+
+def test_tpu_vm_script_stopped_records_the_running_job_and_starts_no_other(tmp_path):
+    from launch import backends, results
+    from launch.sweep import expand, load_sweep
+    jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/w")
+    script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-8", zone="z"), log_dir=str(tmp_path))
+    started = tmp_path / "started"
+    gcloud = tmp_path / "bin" / "gcloud"
+    gcloud.parent.mkdir()
+    gcloud.write_text(f"#!/bin/bash\nexec {shlex.quote(sys.executable)} -c {shlex.quote(_SAVING_JOB)} {started}\n")
+    gcloud.chmod(0o755)
+    env = {**os.environ, "PATH": f"{gcloud.parent}:{os.environ['PATH']}"}
+    run = _stop_script_group(["bash", "-c", script], started, env)
+    assert run.returncode == 143
+    assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["stopped (exit 143)", "not started",
+                                                                        "not started"]
