@@ -98,7 +98,7 @@ def _launch() -> None:
     sweep = load_sweep(config)  # imports the config file: the first slow step
     overrides = parse_overrides(_OVERRIDE.value)
     check_config_keys(config, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
-                                            | set(overrides)), overrides)
+                                     | set(overrides)), overrides, sweep)
     local = backend == "local"
     jobs = expand(sweep, module=_MODULE.value, config=job_config, workdir=workdir, overrides=overrides,
                   python=sys.executable if local else _PYTHON.value)

@@ -129,10 +129,13 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str] | None = None) -> None:
+def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str] | None = None,
+                      sweep: Sequence[Mapping[str, Any]] = ()) -> None:
     """Every "config.a.b" key names a field of get_config(arg) of the config file; else one line
-    listing the fields that exist where the key went wrong. `values` (command-line strings) of
-    int / float / bool fields must parse as that type, as config_flags will parse them in the job."""
+    listing the fields that exist where the key went wrong. `values` (command-line strings) and
+    the `sweep` entries' values of int / float / bool fields must parse as that type, as
+    config_flags will parse them in the job; a sweep's None only where the field is None already
+    (expand leaves its flag out: a flag would carry the text 'None')."""
     module = _config_module(config)
     if not hasattr(module, "get_config"):
         raise LaunchError(f"{config.split(':', 1)[0]} defines no get_config(arg); it is not a config file.")
@@ -141,6 +144,7 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
         root = module.get_config(arg) if arg is not None else module.get_config()
     except Exception as error:  # the config file's own one-line error (e.g. an unknown preset)
         raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
+    fields = {}
     for key in keys:
         node, parent, walked = root, None, []
         for part in key.removeprefix("config.").split("."):
@@ -150,14 +154,27 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
             if part not in node.keys():
                 raise LaunchError(f"{key}: {where} has no field {part!r}; its fields are {sorted(node.keys())}.")
             parent, node, walked = node, node[part], [*walked, part]
+        # A placeholder field (None until set, e.g. model.num_layers) has a declared type that
+        # config_flags enforces in the job; type(None) would let any value through here.
+        declared = parent.get_type(walked[-1]) if node is None and hasattr(parent, "get_type") else type(node)
+        fields[key] = (node, declared)
         if values and key in values:
-            # A placeholder field (None until set, e.g. model.num_layers) has a declared type that
-            # config_flags enforces in the job; type(None) would let any value through here.
-            declared = parent.get_type(walked[-1]) if node is None and hasattr(parent, "get_type") else type(node)
             _check_value_type(key, values[key], node, declared)
+    for index, entry in enumerate(sweep):
+        for key, value in entry.items():
+            if key not in fields:
+                continue
+            node, declared = fields[key]
+            if value is None:
+                if node is not None:
+                    raise LaunchError(f"get_sweep()[{index}] sets {key} to None, which no flag can carry (the job "
+                                      f"would get the text 'None'); its default is {node!r}: give a value, or leave "
+                                      "the key out.")
+            elif not isinstance(value, (tuple, list)):
+                _check_value_type(key, str(value), node, declared, where=f"get_sweep()[{index}]: {key}={value!r}")
 
 
-def _check_value_type(key: str, text: str, current: Any, kind: type) -> None:
+def _check_value_type(key: str, text: str, current: Any, kind: type, where: str | None = None) -> None:
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):
@@ -165,8 +182,8 @@ def _check_value_type(key: str, text: str, current: Any, kind: type) -> None:
         elif kind in (int, float):
             kind(text)
     except ValueError:
-        raise LaunchError(f"--override={key}={text}: {key} is {kind.__name__} (now {current!r}); give a "
-                          f"value of type {kind.__name__}.") from None
+        raise LaunchError(f"{where or f'--override={key}={text}'}: {key} is {kind.__name__} (now {current!r}); give "
+                          f"a value of type {kind.__name__}.") from None
 
 
 def check_module(module: str) -> None:
@@ -270,7 +287,8 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
         chosen.append("workdir" in entry)
         job_dir = job_workdir(workdir, subdir)
         name = entry.get("name") or (f"job{index}" if subdir == "." else subdir.rstrip("/").rsplit("/", 1)[-1])
-        flags = [f"--{key}={_flag_value(key, value)}" for key, value in {**entry_overrides, **overrides}.items()]
+        flags = [f"--{key}={_flag_value(key, value)}" for key, value in {**entry_overrides, **overrides}.items()
+                 if value is not None]  # None: the field's default, None (check_config_keys)
         argv = (python, "-m", "launch.multihost", module, f"--config={config}", f"--workdir={job_dir}", *flags)
         jobs.append(Job(name, job_dir, argv))
     names = [job.name for job in jobs]

@@ -156,6 +156,23 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
         check_config_keys("experiments/configs/pretrain.py:nope", [])
 
 
+def test_sweep_values_are_checked_against_the_config_and_none_reaches_no_flag():
+    keys = ["config.model.num_layers", "config.data.tokenizer.model_path", "config.train.num_steps"]
+    check_config_keys(PRETRAIN, keys, sweep=[{"config.model.num_layers": None, "config.train.num_steps": 7}])
+    (job,) = expand([{"config.model.num_layers": None, "config.train.num_steps": 7}], module="m", config=PRETRAIN,
+                    workdir="/w")
+    assert not any(arg.startswith("--config.model.num_layers") for arg in job.argv)  # the field's default, None: no flag
+    # A flag carried None as the text 'None' (the job failed: "tokenizer model 'None' does not exist").
+    assert not any(arg.startswith("--config.data.tokenizer") for arg in expand(
+        [{"config.data.tokenizer.model_path": None}], module="m", config=PRETRAIN, workdir="/w")[0].argv)
+    with pytest.raises(LaunchError, match=r"get_sweep\(\)\[1\] sets config.train.num_steps to None, "
+                                          r"which no flag can carry"):
+        check_config_keys(PRETRAIN, keys, sweep=[{}, {"config.train.num_steps": None}])
+    with pytest.raises(LaunchError, match=r"get_sweep\(\)\[0\]: config.train.num_steps=0.5: config.train.num_steps "
+                                          r"is int"):
+        check_config_keys(PRETRAIN, keys, sweep=[{"config.train.num_steps": 0.5}])
+
+
 def test_module_is_checked_without_importing_it():
     check_module("experiments.pretrain")
     check_module("experiments.scaling_laws")  # a package with __main__.py
