@@ -1,7 +1,8 @@
 """Sweep expansion: a config module's `get_sweep()` override dicts -> one job (a command line) each.
 
 A config file (experiments/configs/<study>.py) may define `get_sweep()` returning a list of
-dicts. Keys starting with "config." are config overrides and become `--config.a.b=value`
+dicts (with a `preset` parameter it is given the config's preset, "path.py:preset", and may
+refuse one it does not suit with a ValueError). Keys starting with "config." are config overrides and become `--config.a.b=value`
 flags; two keys are launch options:
   "workdir"  the job's directory under the sweep's base workdir ("." = the base itself,
              for jobs that share one workdir, e.g. shards of a scaling sweep);
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -100,13 +102,19 @@ def _config_module(config: str):
 
 
 def load_sweep(config: str) -> list[dict[str, Any]]:
-    """`get_sweep()` of the config file in `config` ("path/to/config.py[:arg]")."""
+    """`get_sweep()` of the config file in `config` ("path/to/config.py[:arg]"), called with
+    preset=arg when it takes a `preset` parameter (a sweep that suits only some presets)."""
     path = config.split(":", 1)[0]
     module = _config_module(config)
     if not hasattr(module, "get_sweep"):
         raise LaunchError(f"{path} defines no get_sweep(); add one returning a list of override dicts, "
                           "e.g. [{'config.opt.learning_rate': 1e-3}, ...].")
-    sweep = module.get_sweep()
+    takes_preset = "preset" in inspect.signature(module.get_sweep).parameters
+    try:
+        sweep = module.get_sweep(preset=config.split(":", 1)[1] if ":" in config else None) if takes_preset \
+            else module.get_sweep()
+    except ValueError as error:  # the config file's own one-line refusal
+        raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
     if not isinstance(sweep, list) or not sweep or not all(isinstance(d, dict) for d in sweep):
         raise LaunchError(f"{path}: get_sweep() returned {type(sweep).__name__}; it must return a non-empty list "
                           "of override dicts.")
@@ -144,6 +152,12 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
         root = module.get_config(arg) if arg is not None else module.get_config()
     except Exception as error:  # the config file's own one-line error (e.g. an unknown preset)
         raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
+    batched = root.get("batched") if hasattr(root, "get") else None
+    batched = batched.get("field") if hasattr(batched, "get") else None
+    if batched and f"config.{batched}" in keys:
+        raise LaunchError(f"config.{batched}: --config={config!r} trains several values of it in one job "
+                          f"(config.batched.field={batched!r}), so a job's own value would be replaced; sweep "
+                          "another field, or launch a preset without config.batched.")
     fields = {}
     for key in keys:
         node, parent, walked = root, None, []

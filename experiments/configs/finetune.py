@@ -154,6 +154,12 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
     return config
 
 
-def get_sweep() -> list[dict]:
-    """DPO beta sweep (overrides for launch/)."""
+def get_sweep(preset: str | None = None) -> list[dict]:
+    """A beta sweep of a preference preset (overrides for launch/, which passes the preset:
+    path.py:dpo_tiny). Other paths read no preference.beta: their three jobs would be one run."""
+    preset = preset or "dpo_tiny"
+    path = get_config(preset).path
+    if path != "preference":
+        raise ValueError(f"the sweep of this file varies preference.beta, which preset {preset!r} (path {path!r}) "
+                         "does not read; launch a preference preset, e.g. experiments/configs/finetune.py:dpo_tiny.")
     return [{"config.preference.beta": beta} for beta in (0.05, 0.1, 0.3)]

@@ -156,6 +156,20 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
         check_config_keys("experiments/configs/pretrain.py:nope", [])
 
 
+def test_sweeps_that_do_not_suit_the_preset_are_one_line_errors():
+    assert len(load_sweep("experiments/configs/finetune.py:dpo_tiny")) == 3
+    # sft_tiny reads no preference.beta: its three jobs trained one run three times.
+    with pytest.raises(LaunchError, match=r"finetune.py:sft_tiny'.*preference.beta, which preset 'sft_tiny' "
+                                          r"\(path 'sft'\) does not read"):
+        load_sweep("experiments/configs/finetune.py:sft_tiny")
+    # gpt_tiny_lr_sweep trains get_sweep()'s learning rates in each job (config.batched).
+    lr_sweep = "experiments/configs/pretrain.py:gpt_tiny_lr_sweep"
+    with pytest.raises(LaunchError, match=r"config.opt.learning_rate: --config=.*trains several values of it in one "
+                                          r"job \(config.batched.field='opt.learning_rate'\)"):
+        check_config_keys(lr_sweep, ["config.opt.learning_rate"])
+    check_config_keys(lr_sweep, ["config.train.seed"])
+
+
 def test_sweep_values_are_checked_against_the_config_and_none_reaches_no_flag():
     keys = ["config.model.num_layers", "config.data.tokenizer.model_path", "config.train.num_steps"]
     check_config_keys(PRETRAIN, keys, sweep=[{"config.model.num_layers": None, "config.train.num_steps": 7}])
