@@ -141,7 +141,14 @@ def _launch() -> None:
         raise LaunchError(f"cannot write {path}: {error.strerror}; pick a writable --launch_dir.") from None
     print(f"wrote {path} ({len(jobs)} jobs)")
     if _SUBMIT.value:
-        subprocess.run([*submit, path], check=True)
+        try:
+            code = subprocess.run([*submit, path]).returncode
+        except FileNotFoundError:
+            raise LaunchError(f"--submit: {submit[0]} is not installed here; submit {path} where it is "
+                              f"({submit[0]} {path}).") from None
+        if code:
+            what = "sbatch refused the script" if backend == "slurm" else "a job failed (see launch_status)"
+            raise LaunchError(f"--submit: {submit[0]} {path} exited {code}: {what}; the script stays written.")
 
 
 if __name__ == "__main__":

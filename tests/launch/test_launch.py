@@ -353,6 +353,26 @@ def test_cli_dry_run_and_script(tmp_path):
         "error: tpu_vm needs --tpu_name and --tpu_zone, e.g. --tpu_name=my-v4-32 --tpu_zone=us-central2-b.")
 
 
+def test_cli_submit_failures_are_one_line_and_keep_the_script(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    base = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=experiments.pretrain",
+            f"--workdir={tmp_path / 'w'}", "--backend=slurm", "--submit"]
+    python_only = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}"}  # no sbatch
+    missing = subprocess.run(base, cwd=REPO, capture_output=True, text=True, env=python_only)
+    assert missing.returncode == 1 and missing.stderr.splitlines() == [
+        f"error: --submit: sbatch is not installed here; submit {tmp_path}/w/launch_slurm.sh where it is "
+        f"(sbatch {tmp_path}/w/launch_slurm.sh)."]
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Invalid partition' >&2\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    refused = subprocess.run(base, cwd=REPO, capture_output=True, text=True, env=python_only)
+    assert refused.returncode == 1 and refused.stderr.splitlines() == [
+        "sbatch: error: Invalid partition",
+        f"error: --submit: sbatch {tmp_path}/w/launch_slurm.sh exited 1: sbatch refused the script; the script "
+        "stays written."]
+    assert (tmp_path / "w" / "launch_slurm.sh").is_file()
+
+
 def test_cli_keeps_gs_paths_and_prints_the_script_on_dry_run(tmp_path):
     launch_dir = tmp_path / "launch"
     result = subprocess.run([sys.executable, "-m", "launch", f"--config={REPO}/{PRETRAIN}",
