@@ -22,6 +22,12 @@ from research.scaling.sweep_plan import SweepError
 MODULE = "experiments.scaling_laws"
 
 
+def workers_log_dir(workdir: str, shard_index: int, shard_count: int) -> str:
+    """Where a job's workers write their logs: <workdir>/workers, or per shard (shards of one
+    sweep share its workdir; side by side, each shard's worker-0.log overwrote the others')."""
+    return os.path.join(workdir, "workers", *([f"shard{shard_index}"] if shard_count > 1 else []))
+
+
 def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers: int, args: Sequence[str],
                      retry_failed: bool = False, out: TextIO = sys.stdout) -> dict[str, int]:
     """Train every pending run of `config` (given on the command line as `args`) in `workers`
@@ -31,7 +37,7 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
     plan, _, peak_flops = sweep.prepare_sweep(config, workdir)
     runs_dir = os.path.join(workdir, "runs")
     mine = plan.runs[config.shard.index::config.shard.count]
-    log_dir = os.path.join(workdir, "workers")
+    log_dir = workers_log_dir(workdir, config.shard.index, config.shard.count)
     print(f"sweep: {len(plan.runs)} runs over {len(plan.models)} models ({plan.spec.plan}); this job runs "
           f"{len(mine)} in {workers} worker processes (their logs: {log_dir}); "
           f"{sum(r.compute_exact for r in plan.runs):.3g} training FLOPs in all", file=out)

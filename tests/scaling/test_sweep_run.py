@@ -315,3 +315,9 @@ def test_a_token_plan_is_fitted_with_approach_1_over_final_losses(tmp_path):
     assert outcome.fit is not None, outcome.fit_note
     final = outcome.fit["sweep"]["approach1_final"]["nominal"]
     assert 0 < final["a"] < 1 and final["envelope_points"] >= 3, final  # Approach 1 ran (not skipped)
+
+
+def test_shards_sharing_a_workdir_keep_their_worker_logs_apart():
+    from experiments.scaling_laws.sweep_workers import workers_log_dir
+    assert workers_log_dir("/w", 0, 1) == "/w/workers"  # one job: where the README's sweep keeps them
+    assert [workers_log_dir("/w", i, 3) for i in range(3)] == [f"/w/workers/shard{i}" for i in range(3)]
