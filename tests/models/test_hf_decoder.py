@@ -147,6 +147,9 @@ def test_llama_reads_transformers4_rope_theta_and_defaults():
 @pytest.mark.parametrize("module,hf_config,expected", [
     (llama, {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "RoPE scaling 'llama3'"),
     (llama, {"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE scaling 'linear'"),
+    # transformers 5 saves rope_parameters; a rope_scaling added by hand applies there (it was ignored here).
+    (llama, {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+             "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "RoPE scaling 'linear'"),
     (llama, {"attention_bias": True}, "attention_bias=true is not supported"),
     (llama, {"mlp_bias": True}, "mlp_bias=true is not supported"),
     (llama, {"hidden_act": "tanh"}, "activation 'tanh' is not supported"),

@@ -53,9 +53,13 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
 
 
 def _rope_theta(hf: dict[str, Any], model_type: str) -> float:
-    """RoPE base from transformers 5's rope_parameters or 4's rope_theta / rope_scaling."""
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+    """RoPE base from transformers 5's rope_parameters or 4's rope_theta / rope_scaling. Both
+    dicts are read, rope_scaling over rope_parameters as transformers merges them: a config
+    saved by transformers 5 (rope_parameters: default) and then given a rope_scaling by hand
+    is scaled there, so it must be refused here, not loaded as plain RoPE."""
+    rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+    kinds = {rope.pop("rope_type", "default"), rope.pop("type", "default")}  # 4 wrote 'type'
+    rope_type = next((kind for kind in sorted(kinds) if kind != "default"), "default")
     theta = rope.pop("rope_theta", hf.get("rope_theta", _ROPE_THETA_DEFAULT))
     if rope_type != "default" or rope:
         raise ConfigError(f"{model_type}: RoPE scaling {rope_type!r} {rope or ''} is not supported; "
