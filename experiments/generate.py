@@ -46,8 +46,10 @@ class DecodingOptions:
 
     def check(self) -> None:
         """One line per mistake, naming the flag and the fix (before any model is loaded)."""
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if not 1 <= self.max_new_tokens < 2**31:  # positions are int32 on the device
+            raise ConfigError(f"--max_new_tokens={self.max_new_tokens} must be between 1 and {2**31 - 1}.")
+        if not -2**63 <= self.seed < 2**63:  # jax.random.key's range
+            raise ConfigError(f"--seed={self.seed} must fit in 64 bits (between {-2**63} and {2**63 - 1}).")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError(f"--temperature={self.temperature} must be >= 0 (0 = greedy).")
         if self.top_k < 0:

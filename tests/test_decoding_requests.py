@@ -120,3 +120,12 @@ def test_bad_sampling_arguments_are_one_line(options, message):
 def test_bad_beam_arguments_are_one_line(options, message):
     with pytest.raises(ConfigError, match=message):
         beam_search(_bigram(TABLE), {}, [[0]], num_beams=2, max_new_tokens=2, **options)
+
+
+def test_a_request_past_int32_positions_is_one_line_for_every_family():
+    # A RoPE / relative-position model has no table to overflow; jax's OverflowError came first.
+    for search in (lambda n: generate(_bigram(TABLE), {}, [[0, 1]], max_new_tokens=n),
+                   lambda n: beam_search(_bigram(TABLE), {}, [[0, 1]], num_beams=2, max_new_tokens=n)):
+        with pytest.raises(ConfigError, match=r"max_new_tokens=2147483646 with a 2-token prompt passes 2147483647 "
+                                              r"positions"):
+            search(2**31 - 2)

@@ -103,7 +103,10 @@ def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     (dict(top_k=5), r"only apply when sampling; add --temperature>0"),
     (dict(num_beams=2, temperature=0.7), r"--num_beams=2 is beam search, which does not sample"),
     (dict(num_beams=0), r"--num_beams=0 must be >= 1"),
-    (dict(max_new_tokens=0), r"--max_new_tokens=0 must be >= 1"),
+    (dict(max_new_tokens=0), r"--max_new_tokens=0 must be between 1 and 2147483647"),
+    # Both were tracebacks after the model had loaded (jax's OverflowError).
+    (dict(max_new_tokens=2**31), r"--max_new_tokens=2147483648 must be between 1 and 2147483647"),
+    (dict(temperature=0.5, seed=2**63), r"--seed=9223372036854775808 must fit in 64 bits"),
     (dict(num_beams=2, alpha=float("nan")), r"--alpha=nan \(beam search's length-penalty exponent\) must be"),
 ])
 def test_bad_decoding_options_are_one_line(options, message):

@@ -109,6 +109,9 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
                               f"[0, {config.vocab_size}) of {config.name}.")
     if not is_integer(max_new_tokens) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
+    if max(len(p) for p in prompts) + max_new_tokens >= 2**31:  # positions and lengths are int32 on the device
+        raise ConfigError(f"max_new_tokens={max_new_tokens} with a {max(len(p) for p in prompts)}-token prompt "
+                          f"passes {2**31 - 1} positions, the most int32 can index.")
     bad_stops = [t for t in stop_tokens if not 0 <= int(t) < config.vocab_size]
     if bad_stops:
         raise ConfigError(f"stop_tokens {bad_stops} are outside the vocabulary [0, {config.vocab_size}).")
