@@ -10,7 +10,8 @@ by --seed); --num_beams > 1 runs beam search (--alpha is its length penalty) and
 beam, best first. Several --prompt flags, or --prompt_file (one prompt per line), decode as
 one batch. --checkpoint is a run's workdir (experiments.pretrain); its latest step (or --step)
 and its own tokenizer are used, as in experiments.evaluate. Generation stops at the
-tokenizer's eos and never picks an id past the tokenizer's vocabulary (model vocabularies are
+tokenizer's eos (and, from --hf_dir, at every eos_token_id of the folder's
+generation_config.json, as transformers' generate does) and never picks an id past the tokenizer's vocabulary (model vocabularies are
 padded above it). Every option is checked before the model is loaded or compiled.
 
 In Python, the same:
@@ -75,7 +76,7 @@ class DecodingOptions:
 @dataclasses.dataclass(frozen=True)
 class Completion:
     prompt: str
-    text: str  # the continuation alone, cut at eos
+    text: str  # the continuation alone, cut at the first stop id (eos)
     token_ids: tuple[int, ...]
     log_prob: float  # log p(continuation | prompt) under the model (temperature 1)
 
@@ -107,6 +108,8 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     encode_prompt = getattr(tokenizer, "encode_context", tokenizer.encode)
     prompt_ids = [list(encode_prompt(p)) or [start] for p in prompts]
     eos = int(tokenizer.eos_id)
+    # Where transformers' generate() stops too: the folder's generation_config.json ids beside eos.
+    stops = list(dict.fromkeys([eos, *getattr(loaded, "stop_ids", ())]))
     # The model's vocabulary is padded above the tokenizer's (512 ids for 400 pieces in a tiny
     # run); a barely trained head can rank a padded id first, which no piece decodes.
     vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
@@ -114,14 +117,14 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     batch = [ids for ids in prompt_ids for _ in range(repeats)]
     if options.num_beams > 1:
         out = beam_search(model, loaded.params, batch, num_beams=options.num_beams,
-                          max_new_tokens=options.max_new_tokens, alpha=options.alpha, stop_tokens=[eos],
+                          max_new_tokens=options.max_new_tokens, alpha=options.alpha, stop_tokens=stops,
                           vocab_limit=vocab_limit)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BWN, out.lengths_BW, out.log_probs_BW))
         rows = [[(tokens[b, w, :lengths[b, w]], float(log_probs[b, w])) for w in range(options.num_beams)
                  if np.isfinite(log_probs[b, w])] for b in range(len(batch))]
     else:
         out = generate(model, loaded.params, batch, max_new_tokens=options.max_new_tokens,
-                       temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, stop_tokens=[eos],
+                       temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, stop_tokens=stops,
                        rng=jax.random.key(options.seed), vocab_limit=vocab_limit)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BN, out.lengths_B, out.log_probs_BN))
         rows = [[(tokens[b, :lengths[b]], float(log_probs[b].sum()))] for b in range(len(batch))]
@@ -130,8 +133,7 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
         index = b // repeats
         for ids, log_prob in candidates:
             ids = [int(i) for i in ids]
-            if eos in ids:
-                ids = ids[:ids.index(eos)]
+            ids = ids[:next((i for i, token in enumerate(ids) if token in stops), len(ids))]
             completions[index].append(Completion(prompts[index], _continuation_text(tokenizer, prompt_ids[index], ids,
                                                                                   config.family), tuple(ids), log_prob))
     return completions

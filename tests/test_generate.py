@@ -53,6 +53,37 @@ def test_greedy_text_matches_transformers_generate(hf_dir):
         assert completion.log_prob < 0
 
 
+def test_generation_stops_at_every_eos_id_of_the_folders_generation_config(hf_dir, tmp_path):
+    """An instruct or chatml export lists its turn end beside eos in generation_config.json (to_hf
+    writes <|im_end|> there); transformers stops at any of them, and generate ran past them."""
+    import json
+    import shutil
+
+    import torch
+    import transformers
+    free = cli.generate_text(cli.load_model(hf_dir=hf_dir), ["the cat"], max_new_tokens=12)[0][0].token_ids
+    turn_end = free[3]  # call the fourth greedy token the turn end
+    folder = str(tmp_path / "gpt")
+    shutil.copytree(hf_dir, folder)
+    with open(os.path.join(folder, "generation_config.json")) as f:
+        generation = json.load(f)
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump({**generation, "eos_token_id": [1, turn_end]}, f)
+    loaded = cli.load_model(hf_dir=folder)
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    ids = torch.tensor([transformers.AutoTokenizer.from_pretrained(folder).encode("the cat")])
+    with torch.no_grad():
+        expected = hf_model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert expected[3] == turn_end and len(expected) == 4  # transformers stops there
+    for options in (dict(), dict(num_beams=2, alpha=0.0)):
+        (completion, *_), = cli.generate_text(loaded, ["the cat"], max_new_tokens=12, **options)
+        assert list(completion.token_ids) == expected[:3], options  # cut before the stop id, as at eos
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump({**generation, "eos_token_id": "x"}, f)
+    with pytest.raises(ConfigError, match=r"generation_config.json: eos_token_id='x' is not a token id"):
+        cli.load_model(hf_dir=folder)
+
+
 def test_a_prompt_keeps_the_bos_its_tokenizer_adds_as_transformers_generate_does(tmp_path):
     """Llama's tokenizer opens every input with <s>; generate encoded prompts without it, and its
     greedy text differed from transformers' for 3 of 3 prompts (conditioned on other ids)."""

@@ -42,6 +42,9 @@ class LoadedModel(NamedTuple):
     tokenizer: TextTokenizer
     source: str  # "checkpoint <dir> step <n>" or "hf <dir>", for reports
     step: int | None  # training step of a checkpoint; None for Hugging Face weights
+    # Ids generation stops at besides the tokenizer's eos: a Hugging Face folder's
+    # generation_config.json eos_token_id list (e.g. ChatML's <|im_end|>, which to_hf writes there).
+    stop_ids: tuple[int, ...] = ()
 
 
 def checkpoint_root(path: str) -> str:
@@ -211,7 +214,7 @@ def load_hf(path: str, *, tokenizer: str | None = None, add_bos_token: bool | No
     add_bos_token: lm-eval's HFLM option (load_tokenizer); False turns off the special
     tokens the evaluation harness otherwise adds to contexts."""
     from research.models import from_hf
-    from research.models.hf.checkpoint_files import CheckpointError
+    from research.models.hf.checkpoint_files import CheckpointError, read_generation_stop_ids
 
     if not os.path.isdir(path):
         raise ConfigError(f"Hugging Face folder {path!r} does not exist.")
@@ -223,10 +226,12 @@ def load_hf(path: str, *, tokenizer: str | None = None, add_bos_token: bool | No
     text_tokenizer = load_tokenizer(tokenizer, add_bos_token=add_bos_token)
     try:
         model, params = from_hf(path, **model_overrides)
+        stop_ids = read_generation_stop_ids(path)
     except (CheckpointError, FileNotFoundError) as e:  # damaged weights, or a file the folder lacks
         raise ConfigError(str(e)) from None
     check_vocabulary(text_tokenizer, model.config.vocab_size, model.config.name)
-    return LoadedModel(model, params, text_tokenizer, f"hf {path}", None)
+    return LoadedModel(model, params, text_tokenizer, f"hf {path}", None,
+                       tuple(i for i in stop_ids if i < model.config.vocab_size))
 
 
 def _pick_step(root: str, step: int | None) -> int:

@@ -115,6 +115,25 @@ def write_generation_config(path: str, hf_config: dict[str, Any], stop_ids: Iter
         json.dump(fields, f, indent=2, sort_keys=True)
 
 
+def read_generation_stop_ids(path: str) -> tuple[int, ...]:
+    """The eos_token_id(s) of `path`/generation_config.json (one id or a list; () without the
+    file or the field): every id transformers' generate() stops at for this folder, e.g. an
+    instruct model's end of turn beside its tokenizer's eos."""
+    try:
+        with open(os.path.join(path, GENERATION_CONFIG_FILE)) as f:
+            eos = json.load(f).get("eos_token_id")
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{os.path.join(path, GENERATION_CONFIG_FILE)} is not a JSON object ({error}); "
+                              "fix or delete it.") from None
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{os.path.join(path, GENERATION_CONFIG_FILE)}: eos_token_id={eos!r} is not a token "
+                              "id or a list of them; fix or delete it.")
+    return tuple(dict.fromkeys(ids))
+
+
 def take(state_dict: StateDict, shapes: dict[str, tuple[int, ...]], model_type: str,
          ignore: Iterable[str] = ()) -> StateDict:
     """The tensors named in `shapes`, checked against them; clear errors for missing,
