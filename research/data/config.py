@@ -148,6 +148,17 @@ class DataConfig:
             raise DataError("data: source='tfds' needs tfds_name, e.g. tfds_name='lm1b'.")
         if self.source == "files" and not self.file_patterns:
             raise DataError("data: source='files' needs file_patterns, e.g. ('corpus/**/*.txt',).")
+        # A field of another source would be ignored: --config.data.file_patterns=... without
+        # source='files' trained on the default corpus, silently.
+        if self.file_patterns and self.source != "files":
+            raise DataError(f"data: file_patterns={self.file_patterns} apply to source='files' only, not "
+                            f"source={self.source!r}; add --config.data.source=files (or drop file_patterns).")
+        if self.tfds_name and self.source != "tfds":
+            raise DataError(f"data: tfds_name={self.tfds_name!r} applies to source='tfds' only, not "
+                            f"source={self.source!r}; add --config.data.source=tfds (or drop tfds_name).")
+        if self.text_field != "text" and self.source in ("stdlib", "synthetic"):
+            raise DataError(f"data: text_field={self.text_field!r} applies to source='tfds' or 'files' (.jsonl) "
+                            f"only; source={self.source!r} has no fields.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise DataError(f"data: validation_fraction={self.validation_fraction} must be in [0, 1).")
         if self.max_documents is not None and self.max_documents <= 0:

@@ -69,6 +69,19 @@ def test_splits_are_for_tfds_only():
         data_lib.DataConfig(source="stdlib", validation_split="train[:1%]")
 
 
+@pytest.mark.parametrize("fields, message", [
+    # Each trained on the standard library, silently, with the default source.
+    (dict(file_patterns=("corpus/*.txt",)), r"file_patterns=\('corpus/\*.txt',\) apply to source='files' only, "
+                                           r"not source='stdlib'; add --config.data.source=files"),
+    (dict(tfds_name="c4/en"), r"tfds_name='c4/en' applies to source='tfds' only, not source='stdlib'"),
+    (dict(source="files", file_patterns=("a.txt",), tfds_name="lm1b"), r"tfds_name='lm1b' applies to source='tfds'"),
+    (dict(source="synthetic", text_field="body"), r"text_field='body' applies to source='tfds' or 'files'"),
+])
+def test_a_field_of_another_source_is_one_line(fields, message):
+    with pytest.raises(data_lib.DataError, match=message):
+        data_lib.DataConfig(**fields)
+
+
 @pytest.mark.parametrize("preset", pretrain.ACCELERATOR_PRESETS)
 def test_accelerator_preset_resolves_and_fits_an_8_device_host(preset):
     config = pretrain.get_config(preset)
