@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -102,6 +103,13 @@ class TrainConfig:
                       "eval_every_steps", "eval_batches"):
             if getattr(self, field) <= 0:
                 raise ConfigError(f"train.{field}={getattr(self, field)} must be positive.")
+        # A negative stop trained nothing and reported the untrained model as the result.
+        if self.stop_after_steps < 0:
+            raise ConfigError(f"train.stop_after_steps={self.stop_after_steps} must be >= 0 (a step to leave after, "
+                              "or 0 for off).")
+        if not (math.isfinite(self.peak_flops) and self.peak_flops >= 0):
+            raise ConfigError(f"train.peak_flops={self.peak_flops} must be a FLOP/s figure >= 0 (0: the device's "
+                              "datasheet peak); MFU divides by it.")
 
 
 def _sub_config(section: Any) -> dict[str, Any]:

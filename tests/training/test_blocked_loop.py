@@ -62,12 +62,19 @@ def test_blocked_steps_are_bit_identical_to_one_step_per_call(tokenizers, compil
     assert sorted(int(d) for d in os.listdir(tmp_path / "blocked" / "checkpoints") if d.isdigit()) == [6, 9]
 
 
-def test_negative_steps_per_call_is_one_line_before_compiling(tokenizers, tmp_path):
+@pytest.mark.parametrize("field, value, message", [
+    ("steps_per_call", -2, r"train.steps_per_call=-2 must be >= 1, or 0"),
+    # It trained nothing and reported the untrained model's eval loss, exit 0, claiming the workdir.
+    ("stop_after_steps", -3, r"train.stop_after_steps=-3 must be >= 0"),
+    ("peak_flops", -5.0, r"train.peak_flops=-5.0 must be a FLOP/s figure >= 0"),
+])
+def test_bad_loop_settings_are_one_line_before_compiling(tokenizers, tmp_path, field, value, message):
     config = run_config("gpt_tiny", tokenizers["plain"])
-    config.train.steps_per_call = -2
-    with pytest.raises(ConfigError, match=r"train.steps_per_call=-2 must be >= 1, or 0") as error:
+    config.train[field] = value
+    with pytest.raises(ConfigError, match=message) as error:
         train_and_evaluate(config, str(tmp_path))
     assert "\n" not in str(error.value)
+    assert not os.path.exists(tmp_path / "run.json")  # nothing claimed: the corrected command may use it
 
 
 def kill_after_checkpoint(command, checkpoint_dir, env):
