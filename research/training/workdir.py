@@ -30,8 +30,9 @@ from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
 
 RUN_FILE = "run.json"
 # Fields that do not change what a checkpoint means: compute precision, recomputation, dropout,
-# how gradients are computed.
-MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate") + GRADIENT_ONLY_FIELDS
+# how gradients are computed, which attention kernel computes the same attention (xla, cuDNN,
+# splash: a run may move to a host where another one works).
+MODEL_FIELDS_FREE_ON_RESUME = ("dtype", "remat", "dropout_rate", "attention_kernel") + GRADIENT_ONLY_FIELDS
 # Moving a dataset does not make it another dataset.
 _DATA_FIELDS_FREE_ON_RESUME = ("data_dir",)
 TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
@@ -41,6 +42,7 @@ TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # so for such an old run.json they always match: it is not checked for a base that moved.
 _ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
                 "grpo.reward_checkpoint_step")
+_FREED_LATER = ("model.attention_kernel",)
 # What the learning rate at a step depends on (research.training.optimizers.OptimizerConfig).
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
 # The optimizer's other numbers (OptimizerConfig), reported by resume_changes.
@@ -160,7 +162,8 @@ def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | N
         except Exception:  # a config today's code cannot read: the fields run.json has decide alone
             from_checkpoint = {}
         recorded.update({k: from_checkpoint[k] for k in missing if k in from_checkpoint})
-        return recorded
+        # Fields made free on resume after a run.json recorded them (model.attention_kernel, 2026-12-06).
+        return {k: v for k, v in recorded.items() if k not in _FREED_LATER}
     saved = newest_saved_config(os.path.join(workdir, "checkpoints"))
     return None if saved is None else fingerprint(saved[1])
 
@@ -274,19 +277,19 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
 
 
 def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
-    """A one-line warning when resuming at `step` with another train.batch_size or optimizer number
-    (opt.b1, b2, eps, weight_decay, clip_norm) than the checkpoint was saved with; None otherwise.
-    Allowed, as a deliberate change may be, but never silent. (train.microbatches gives the same
-    gradient; the schedule is schedule_change's.)"""
+    """A one-line warning when resuming at `step` with another train.batch_size, train.z_loss,
+    train.eval_batches or optimizer number (opt.b1, b2, eps, weight_decay, clip_norm) than the
+    checkpoint was saved with; None otherwise. Allowed, as a deliberate change may be, but never
+    silent. (train.microbatches gives the same gradient; the schedule is schedule_change's.)"""
     from research.training.optimizers import OptimizerConfig
 
     def numbers(run: Mapping[str, Any]) -> dict[str, Any]:
-        opt = dict(run.get("opt", {}))
-        return {"train.batch_size": dict(run.get("train", {})).get("batch_size"),
+        opt, train = dict(run.get("opt", {})), dict(run.get("train", {}))
+        return {**{f"train.{k}": train.get(k) for k in ("batch_size", "z_loss", "eval_batches")},
                 **{f"opt.{k}": opt.get(k, getattr(OptimizerConfig, k)) for k in _OPT_NUMBERS}}
 
     before, now = numbers(saved_config), numbers(config)
-    changed = [k for k in now if before[k] is not None and before[k] != now[k]]
+    changed = [k for k in now if before[k] is not None and now[k] is not None and before[k] != now[k]]
     if not changed:
         return None
     fields = ", ".join(f"{k} {_describe(before[k])} -> {_describe(now[k])}" for k in changed)
@@ -295,6 +298,12 @@ def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], s
         # The data pipeline's packing depends on the batch size (research/data/pipeline.py).
         consequences.append(f"the saved data position belongs to batch size {before['train.batch_size']}, so the "
                             "data that follows is neither the saved run's stream nor a fresh run's")
+    if "train.z_loss" in changed:
+        consequences.append("the steps that follow minimise another loss than the saved run's (total_loss before and "
+                            "after are not comparable)")
+    if "train.eval_batches" in changed:
+        consequences.append("evaluations from here score another set of validation batches: their eval_loss is not "
+                            "comparable with the earlier ones, and checkpoint.keep_best ranks checkpoints across both")
     if any(k.startswith("opt.") for k in changed):
         consequences.append("the steps that follow apply the new optimizer value(s) to a state built with the old, "
                             "as neither the saved run nor a fresh run of this config would")

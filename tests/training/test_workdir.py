@@ -26,6 +26,14 @@ def test_first_claim_records_the_run_and_the_same_run_is_accepted(tmp_path):
     again.train.num_steps, again.opt.learning_rate, again.model.dtype = 900, 1e-4, "bfloat16"
     again.mesh.shape = (1, -1, 1)
     workdir_lib.claim(workdir, again.to_dict())
+    # The attention kernel computes the same attention: a run may move to a host where another one works.
+    again.model.attention_kernel = "xla"
+    workdir_lib.claim(workdir, again.to_dict())
+    # A run.json written while the kernel was part of the run's identity still resumes under another.
+    old = json.load(open(os.path.join(workdir, workdir_lib.RUN_FILE)))
+    old["fingerprint"]["model.attention_kernel"] = "auto"
+    json.dump(old, open(os.path.join(workdir, workdir_lib.RUN_FILE), "w"))
+    workdir_lib.claim(workdir, again.to_dict())
 
 
 @pytest.mark.parametrize("change, named", [
@@ -145,6 +153,14 @@ def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
     warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
     assert warning == (f"resuming at step 100 with train.batch_size 16 -> 32: the saved data position belongs to "
                        "batch size 16, so the data that follows is neither the saved run's stream nor a fresh run's.")
+    # Both resumed silently: another loss from here on; eval losses (and keep_best) over other batches.
+    for field, value, consequence in (("z_loss", 0.1, "minimise another loss than the saved run's"),
+                                      ("eval_batches", 2, "score another set of validation batches")):
+        other = pretrain.get_config("gpt_tiny")
+        other.train[field] = value
+        warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+        assert warning.startswith(f"resuming at step 100 with train.{field} {json.dumps(saved['train'][field])} -> "
+                                  f"{json.dumps(value)}: ") and consequence in warning and "\n" not in warning
     for field, value in (("b1", 0.8), ("b2", 0.999), ("eps", 1e-6), ("weight_decay", 0.0), ("clip_norm", 0.5)):
         other = pretrain.get_config("gpt_tiny")
         other.opt[field] = value
