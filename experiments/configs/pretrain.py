@@ -31,8 +31,9 @@ measured: train FLOPs = research.models.sizing's per-token training FLOPs (6N + 
 unembedding included) x tokens, divided by 8 x 312e12 FLOP/s (8x A100 bf16 dense peak)
 at an *assumed* 40% MFU; scale by your host's peak and the MFU the console line shows.
 
-    gpt2_small_c4  GPT-2 small (124M with V=32768), T=1024, 256 x 1024 tokens/step,
-                   10,000 steps = 2.6e9 tokens (~20 per parameter), 7.2e8 FLOPs/token,
+    gpt2_small_c4  GPT-2 small's shape with V=32768 (111M parameters, 85M non-embedding; GPT-2's
+                   124M is at V=50257), T=1024, 256 x 1024 tokens/step, 10,000 steps = 2.6e9
+                   tokens (~24 per parameter), 7.2e8 FLOPs/token,
                    1.9e18 FLOPs: about 0.5 h on 8x A100 at 40% MFU.
     llama_1b_c4    TinyLlama-1.1B shape (LLaMA: RoPE, RMSNorm, SwiGLU, GQA 32:4), T=2048,
                    256 x 2048 tokens/step, FSDP over the host, layers scanned and rematerialized,
@@ -116,7 +117,7 @@ def _accelerator_config(arg: str) -> ml_collections.ConfigDict:
         config.model.update(dict(preset="gpt2-small"))
         config.train.update(dict(num_steps=10_000, seq_len=1024))
         config.opt.update(dict(learning_rate=6e-4, warmup_steps=700))
-        config.mesh.shape = (-1, 1, 1)  # data parallel: 124M parameters fit on every device
+        config.mesh.shape = (-1, 1, 1)  # data parallel: 111M parameters fit on every device
     else:  # llama_1b_c4
         config.model.update(dict(preset="tinyllama-1.1b", scan_layers=True, remat="full"))
         config.train.update(dict(num_steps=40_000, seq_len=2048))
