@@ -131,32 +131,36 @@ def run_tokenizer_path(config: dict[str, Any], workdir: str) -> str:
 
 def restore_params(step_dir: str) -> Any:
     """The `params` subtree of the train state saved in `step_dir`, as numpy arrays."""
-    import numpy as np
     import orbax.checkpoint as ocp
+
+    from research.training.checkpointing import quiet_restore
 
     state_dir = os.path.join(step_dir, "state")
     checkpointer = ocp.PyTreeCheckpointer()
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax warns that an item folder has no step metadata; it needs none
     try:
-        metadata = checkpointer.metadata(state_dir)
-        tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
-        if "params" not in tree:
-            raise ConfigError(f"checkpoint {step_dir!r} has no params in its state (found {sorted(tree)}).")
-        import jax
-        item = {"params": jax.tree.map(lambda _: 0, tree["params"])}
-        restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])}
-        restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+        with quiet_restore():  # orbax warns that an item folder has no step metadata (it needs none), and more
+            return _restore_params(checkpointer, state_dir, step_dir)
     except ConfigError:
         raise
     except Exception as error:  # orbax/tensorstore errors on truncated or missing files: one line, not a traceback
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         raise DamagedCheckpointError(f"checkpoint {step_dir!r} cannot be read ({reason}); it is damaged: pick "
                                      "another step (--step=N) or retrain.") from None
-    finally:
-        absl_logger.setLevel(level)
+
+
+def _restore_params(checkpointer: Any, state_dir: str, step_dir: str) -> Any:
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    metadata = checkpointer.metadata(state_dir)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    if "params" not in tree:
+        raise ConfigError(f"checkpoint {step_dir!r} has no params in its state (found {sorted(tree)}).")
+    item = {"params": jax.tree.map(lambda _: 0, tree["params"])}
+    restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])}
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
     return restored["params"]
 
 

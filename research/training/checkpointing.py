@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Mapping
 
 import grain
 import jax
@@ -73,6 +77,76 @@ def _misfit(error: BaseException) -> str | None:
     if "is not compatible with the stored shape" in text:  # "Requested shape: (4,) is not compatible with ..."
         return " ".join(text.split(". ", 1)[0].split())
     return None
+
+
+@contextlib.contextmanager
+def quiet_restore() -> Iterator[None]:
+    """Around an orbax restore whose failure the caller reports in one line: what else a failed
+    read prints is silenced (a damaged step printed 23-33 tracebacks, 1,000-1,600 lines): absl's
+    per-file warnings; "Event loop is closed" tracebacks that tensorstore's threads print straight
+    to stderr as reads end after orbax's loop has closed (stderr's descriptor goes to a file
+    during the restore and a short grace period after a failure, replayed if it succeeded:
+    nothing else runs while a checkpoint loads); and the abandoned reads' own complaints when
+    they are collected (the failure's traceback, which holds them, is dropped; later ones are
+    _AbandonedCheckpointReads' and _unraisable_hook's)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved, captured = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    failed = False
+    try:
+        yield
+    except Exception as error:
+        failed = True
+        error.__traceback__ = error.__cause__ = error.__context__ = None
+        for _ in range(5):
+            gc.collect()
+            time.sleep(0.1)
+        raise error
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not failed:
+            captured.seek(0)
+            os.write(2, captured.read())
+        captured.close()
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class _AbandonedCheckpointReads(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" records for the array reads a failed
+    orbax restore left behind: they are logged whenever the tasks are collected, which can be
+    long after quiet_restore has reported the failure in its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("exception was never retrieved" in text
+                    and any(mark in text for mark in ("orbax", "array index", "TensorStore", "OCDBT")))
+
+
+logging.getLogger("asyncio").addFilter(_AbandonedCheckpointReads())
+
+
+def _is_abandoned_checkpoint_read(unraisable: Any) -> bool:
+    """An orbax read coroutine of a failed restore, raising as it is collected (printed as
+    "Exception ignored in: <coroutine object _read_array_index_and_device_put ...>")."""
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"orbax{os.sep}checkpoint" in code.co_filename
+
+
+def _unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(unraisable: Any) -> None:
+        if not _is_abandoned_checkpoint_read(unraisable):
+            previous(unraisable)
+    return hook
+
+
+sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
 
 
 @contextlib.contextmanager
@@ -206,7 +280,7 @@ class Checkpointer:
             reason = self._damage(candidate)
             if reason is None:
                 try:
-                    with _quiet_absl():  # orbax logs each unreadable file; the reason is reported below
+                    with quiet_restore():  # orbax logs each unreadable file; the reason is reported below
                         restored = self._restore_step(candidate, target_state, data_iterator)
                         self.restore_config(candidate)  # resuming reads it too (schedule check)
                 except Exception as error:  # any failure to read a step means it is not usable
