@@ -30,7 +30,7 @@ from absl import app, flags
 
 from launch import backends, results as results_lib
 from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
-                          parse_overrides)
+                          parse_overrides, read_launched, record_launched)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
 _MODULE = flags.DEFINE_string("module", None, "Entry point each job runs with python -m, e.g. experiments.pretrain.")
@@ -101,7 +101,7 @@ def _launch() -> None:
                                      | set(overrides)), overrides, sweep)
     local = backend == "local"
     jobs = expand(sweep, module=_MODULE.value, config=job_config, workdir=workdir, overrides=overrides,
-                  python=sys.executable if local else _PYTHON.value)
+                  python=sys.executable if local else _PYTHON.value, launched=read_launched(log_dir))
     if _RESULTS.value:
         print(results_lib.format_table(results_lib.collect(jobs, log_dir)))
         return
@@ -110,6 +110,7 @@ def _launch() -> None:
             print("\n".join(f"{job.name}: {job.command}" for job in jobs))
             print(f"(logs would go to {os.path.join(log_dir, 'launch_<job>.log')})")
             return
+        record_launched(log_dir, sweep, jobs)
         try:
             backends.run_local(jobs, cwd=REPO, log_dir=log_dir, max_parallel=_MAX_PARALLEL.value)
         except backends.Stopped as stop:
@@ -139,6 +140,7 @@ def _launch() -> None:
             f.write(script)
     except OSError as error:
         raise LaunchError(f"cannot write {path}: {error.strerror}; pick a writable --launch_dir.") from None
+    record_launched(log_dir, sweep, jobs)
     print(f"wrote {path} ({len(jobs)} jobs)")
     if _SUBMIT.value:
         try:

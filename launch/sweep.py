@@ -10,7 +10,8 @@ flags; two keys are launch options:
              key's last part; characters outside [A-Za-z0-9_.=,+-] become _; cut at 120),
              the same every launch, so a relaunched sweep resumes; where two jobs with
              different overrides would get one name, "-" and a short hash of the exact
-             overrides keep them apart. Two jobs may share a workdir only if each sets it
+             overrides keep them apart (a job launched before keeps its name: the launch
+             dir's launch_jobs.json). Two jobs may share a workdir only if each sets it
              as "workdir"; otherwise expand() refuses.
   "name"     the job's name (default: its workdir name, or "job<i>").
 Every job runs `python -m launch.multihost <module> --config=<file>:<arg> --workdir=... <flags>`,
@@ -27,6 +28,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import re
@@ -261,11 +263,16 @@ def _default_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)[:_NAME_LENGTH] or "job"
 
 
+def exact_overrides(entry: Mapping[str, Any]) -> str:
+    """A job's overrides exactly (its identity in launch_jobs.json and its name's hash)."""
+    return ",".join(f"{key}={value!r}" for key, value in entry.items())
+
+
 def _apart(names: list[str | None], overrides: list[dict[str, Any]]) -> list[str | None]:
     """Default names (None: the entry sets its workdir) that two jobs with different overrides
     share ("a b" and "a/b" both become a_b; opt.lr and sched.lr both lr; a cut at 120 characters)
     get a hash of the exact overrides; every other name stays as it was."""
-    exact = [",".join(f"{key}={value!r}" for key, value in entry.items()) for entry in overrides]
+    exact = [exact_overrides(entry) for entry in overrides]
     variants: dict[str, set[str]] = {}
     for name, text in zip(names, exact):
         if name is not None:
@@ -280,9 +287,14 @@ def _apart(names: list[str | None], overrides: list[dict[str, Any]]) -> list[str
 
 
 def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir: str,
-           overrides: Mapping[str, Any] | None = None, python: str = "python") -> list[Job]:
+           overrides: Mapping[str, Any] | None = None, python: str = "python",
+           launched: Mapping[str, str] | None = None) -> list[Job]:
     """One Job per override dict, each also given `overrides` (the same for every job); names
-    are unique, and so are workdirs unless every job in one sets it as "workdir" (to share)."""
+    are unique, and so are workdirs unless every job in one sets it as "workdir" (to share).
+    `launched` ({exact_overrides: default name}, the sweep's earlier launches: read_launched)
+    keeps a job's name when the sweep grows: an added entry whose default name collides with
+    it would otherwise rename both (with a hash), and the launched one would start again in a
+    new workdir."""
     overrides = dict(overrides or {})
     swept = sorted({key for entry in sweep for key in entry if key in overrides})
     if swept:
@@ -295,6 +307,9 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
     all_overrides = [{k: v for k, v in entry.items() if k.startswith("config.")} for entry in sweep]
     defaults = _apart([None if "workdir" in entry else _default_name(entry_overrides)
                        for entry, entry_overrides in zip(sweep, all_overrides)], all_overrides)
+    launched = launched or {}
+    defaults = [launched.get(exact_overrides(entry_overrides), default) if default is not None else None
+                for entry_overrides, default in zip(all_overrides, defaults)]
     jobs, chosen = [], []
     for index, (entry, entry_overrides, default) in enumerate(zip(sweep, all_overrides, defaults)):
         subdir = entry["workdir"] if default is None else default
@@ -315,6 +330,33 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
                           "add a distinct 'name' to those entries.")
     _check_workdirs(jobs, chosen)
     return jobs
+
+
+LAUNCHED_FILE = "launch_jobs.json"  # in the launch dir: {exact overrides: default name} of every job launched
+
+
+def read_launched(log_dir: str) -> dict[str, str]:
+    """The default names earlier launches of the sweep gave its jobs ({} before the first)."""
+    try:
+        with open(os.path.join(log_dir, LAUNCHED_FILE)) as f:
+            launched = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in launched.items()} if isinstance(launched, dict) else {}
+
+
+def record_launched(log_dir: str, sweep: Sequence[Mapping[str, Any]], jobs: Sequence[Job]) -> None:
+    """Add this launch's default-named jobs to LAUNCHED_FILE (atomically: a reader never sees half)."""
+    launched = read_launched(log_dir)
+    for entry, job in zip(sweep, jobs):
+        if "workdir" not in entry:
+            launched[exact_overrides({k: v for k, v in entry.items() if k.startswith("config.")})] = \
+                os.path.basename(job.workdir.rstrip("/"))
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, LAUNCHED_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(launched, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def _check_workdirs(jobs: Sequence[Job], chosen: Sequence[bool]) -> None:

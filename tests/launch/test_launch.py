@@ -124,6 +124,21 @@ def test_jobs_share_a_workdir_only_when_each_asks_to():
     assert workdirs([{"workdir": "shared/", "name": "a"}, {"workdir": "shared", "name": "b"}]) == ["/base/shared"] * 2
 
 
+def test_a_grown_sweep_keeps_the_names_and_workdirs_of_the_jobs_launched_before(tmp_path):
+    """An added entry whose default name collides with a launched job's hashed both names, and the
+    launched job (maybe finished) started again in a new workdir."""
+    from launch.sweep import read_launched, record_launched
+    first = [{"config.opt.learning_rate": 1e-3}, {"config.opt.learning_rate": 3e-3}]
+    jobs = expand(first, module="m", config="c.py", workdir="/w", launched=read_launched(str(tmp_path)))
+    record_launched(str(tmp_path), first, jobs)
+    grown = [*first, {"config.sched.learning_rate": 1e-3}]  # the same default name: learning_rate=0.001
+    assert expand(grown, module="m", config="c.py", workdir="/w")[0].name != jobs[0].name  # what it did
+    kept = expand(grown, module="m", config="c.py", workdir="/w", launched=read_launched(str(tmp_path)))
+    assert [job.workdir for job in kept[:2]] == [job.workdir for job in jobs] == \
+        ["/w/learning_rate=0.001", "/w/learning_rate=0.003"]
+    assert kept[2].workdir.startswith("/w/learning_rate=0.001-") and len({job.name for job in kept}) == 3
+
+
 def test_overrides_reach_every_job_and_are_checked_against_the_config():
     overrides = parse_overrides(["train.num_steps=7", "config.data.seed=3"])
     assert overrides == {"config.train.num_steps": "7", "config.data.seed": "3"}
@@ -447,3 +462,5 @@ def test_cli_local_sweep_ends_with_the_results_table(tmp_path):
         assert argv[-2:] == [f"--config.opt.learning_rate={lr}", "--config.train.num_steps=7"]
     on_demand = subprocess.run(base + ["--results"], cwd=REPO, capture_output=True, text=True, check=True)
     assert on_demand.stdout.splitlines()[-1] == "3 ok"
+    launched = json.loads((tmp_path / "launch_jobs.json").read_text())  # the names a grown sweep keeps
+    assert sorted(launched.values()) == ["learning_rate=0.001", "learning_rate=0.003", "learning_rate=0.01"]
