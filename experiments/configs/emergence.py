@@ -123,7 +123,7 @@ def _base() -> ml_collections.ConfigDict:
     # T5's init (kernels N(0, fan_in^-1/2), token embeddings N(0, 1)) in place of GPT-2's N(0, 0.02):
     # an induction head is a product of small matrices across two layers, and from a 0.02 init
     # its gradient starts near zero (a long plateau). Measured on the copy task alone (standalone
-    # pilots, d32-l2, one problem per document, issue-9h note): with N(0, 0.02) teacher-forced
+    # pilots, d32-l2, one problem per document; issue 9's tracker notes): with N(0, 0.02) teacher-forced
     # accuracy on the copied letters was 0.10 after 1500 steps; with T5 init 0.60 by step 900.
     config.model = ml_collections.ConfigDict(dict(vocab_size=80, max_len=256, dtype="float32",
                                                   param_dtype="float32", dropout_rate=0.0, position="rope",
@@ -135,8 +135,8 @@ def _base() -> ml_collections.ConfigDict:
     # al. 2022: 6 to 12 symbols, so the repeat is at no fixed offset) for a transition between
     # architectures. The repeat task (repeat_8to16_12letters: random letters, then their copy)
     # was tried in its place and learned by no size in 4000 steps, while the addition it
-    # displaced was learned less (issue-9g note); copying_varied, with which d48-l2 learned
-    # addition of every length (issue-9f note), is kept. No corpus text: the steps go to the tasks.
+    # displaced was learned less (a pilot; issue 9's tracker notes); copying_varied, with which d48-l2 learned
+    # addition of every length (a pilot; issue 9's tracker notes), is kept. No corpus text: the steps go to the tasks.
     # One copy problem per document (examples_per_document_by_task), each its own packed segment:
     # with several problems in one context every letter also occurs in the earlier problems, so
     # "find the current letter's earlier occurrence" matches wrong copies as often as the right
@@ -163,7 +163,7 @@ def _base() -> ml_collections.ConfigDict:
     # lr_scale_floor): 8e-3 at d_model 24, 6e-3 at 32, 4e-3 at 48 and at 64. Without
     # the floor scale-1e5 trained at 3e-3 and did not learn addition (per-digit p 0.27-0.35 at
     # step 4000), while the same model at 4e-3 learned it outright (exact match >= 0.993; one
-    # seed each, issue-9f note): the rule was tuned at width 48 and is not extrapolated below its
+    # seed each; issue 9's tracker notes): the rule was tuned at width 48 and is not extrapolated below its
     # reference rate. 0 turns the rule off (every size at opt.learning_rate). The rates are
     # logged and in the results rows.
     config.lr_reference_width = 48

@@ -17,13 +17,14 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
              about as 1 / sqrt(steps)), recorded per run; on
              a capacity-limited synthetic corpus (hierarchical Zipf-weighted order-3 Markov source
              over 16 letters: entropy rate 1.512, reachable bound 1.525 nats/target (eos included), bigram level H_1
-             1.959). Designed for a quiet 2-core machine; see the issue-9 note for what was measured.
+             1.959). Designed for a quiet 2-core machine; README.md's scaling section gives
+             what was measured.
   stdlib_tiny  the design on real text (the embedded stdlib corpus, 128 character-level pieces):
              4 budgets 3.16e11 .. 1.78e12 (0.75 decades), 6 sizes each at 150 tokens per parameter,
-             seed repeats at the smallest, learning rate 1e-2 x 32 / d_model. Measured (issue-9 note,
-             2026-12-03, seeds merged, 26:30 on 2 cores): IsoFLOP minima at 211-240 tokens per
-             parameter, Approach 3 210-235; seed noise 2.4% (so the 1.78e12 profile is not
-             U-shaped), held-out +2.2%. (Before seeds were merged, 33:22: 210-240 and 244-256.)
+             seed repeats at the smallest, learning rate 1e-2 x 32 / d_model. Measured (2026-12-03,
+             seeds merged, 26:30 on 2 cores): IsoFLOP minima at 211-240 tokens per parameter,
+             Approach 3 210-235; seed noise 2.4% (so the 1.78e12 profile is not U-shaped),
+             held-out +2.2%. (Before seeds were merged, 33:22: 210-240 and 244-256.)
   gpu_host   a 10-rung ladder (1e6 .. 5.1e8 non-embedding params) x budgets 1e17 .. 3.16e18 FLOPs, 6 per
              budget, seed repeats at 1e17, centred on Chinchilla's 20 tokens per parameter, batch
              128 x 512 tokens in bf16, on the same kind of corpus over 64 characters. `--dry_run`
@@ -94,7 +95,7 @@ def _base() -> ml_collections.ConfigDict:
     config.objective = "causal_lm"
     # Each run is scored once, at its end, on 800 validation batches (819k tokens, most of the
     # cpu_tiny corpus's validation split). Why so many: with 48 batches (49k tokens) every run of
-    # one cpu_tiny sweep scored 0.006-0.013 nats lower than on 800 (mean 0.009, issue-9 note): an
+    # one cpu_tiny sweep scored 0.006-0.013 nats lower than on 800 (mean 0.009; issue 9's notes on the tracker): an
     # offset shared by all runs, as large as the gap between the fitted E and the reachable bound
     # it is checked against, plus ~0.002 of per-run scatter. The batches are evaluated up to 64 per
     # compiled call (research/training/evaluation.py) and, after a worker's first run, replayed from
@@ -165,7 +166,7 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # Real text: the embedded Python standard-library corpus (30 MB of train files, 72 files
         # held out), 128 character-level SentencePiece pieces trained once for every run (losses
         # in nats per token). Why not cpu_tiny's budgets: on this text the 1e11 runs end at or
-        # above a bigram model's held-out 3.09 nats/token (3.07-3.32, issue-9 note), so the plateau
+        # above a bigram model's held-out 3.09 nats/token (3.07-3.32; issue 9's notes on the tracker), so the plateau
         # rule leaves them out; at 3.16e11 an IsoFLOP pilot (6 sizes) was U-shaped, 2.84-3.15 with
         # its minimum near 1.5e4-2.5e4 parameters (~150 tokens per parameter). Budgets from there, a
         # quarter decade apart (0.75 decades; the sweep took 33:22 on 2 cores), 6 sizes each

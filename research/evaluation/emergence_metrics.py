@@ -26,7 +26,7 @@ is the paper's: I = sign(argmax - argmin) (max - min), B = I / sqrt(median(diff^
 they agree, and tests/evaluation/test_emergence_metrics.py checks both by hand. L's
 denominator (root MEAN square of the same steps) is B's with the mean for the median, as
 this docstring has stated it since it was written; no source text confirmed or refuted
-it, so treat L as unverified against the paper. A second search (issue-9g note: pages
+it, so treat L as unverified against the paper. A second search (issue 9's tracker notes: pages
 "Beyond the Imitation Game linearity breakthroughness appendix definition", "arXiv
 2206.04615 ... breakthrough behavior", "BIG-bench appendix B linearity ... root median
 square ..."; code "breakthroughness RootMedianSquare", "breakthroughness metric ... sign

@@ -91,7 +91,7 @@ def simulate_estimator_bias(table: RunTable, truth: Callable[[RunTable], np.ndar
     where only some sizes' runs reach and the optimum leaves the top of them: under an earlier
     design and law, with 0.55% seed noise, its median sat 0.115 below the law's a (nominal
     accounting; 0.147 exact), while Approach 2 was nearly unbiased (-0.007) but spread over
-    0.47-0.76 (10th-90th) (issue-9 note). At the present design and its 2026-12-03 law, seeds
+    0.47-0.76 (10th-90th) (issue 9's tracker notes). At the present design and its 2026-12-03 law, seeds
     merged: -0.011 and +0.002 (README's run, fit.json)."""
     if not np.isfinite(noise) or noise < 0 or datasets < 1:
         raise ValueError(f"noise={noise!r} must be >= 0 and datasets={datasets} >= 1.")

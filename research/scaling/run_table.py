@@ -114,7 +114,7 @@ class RunTable:
         that point k times, and a bootstrap that resamples them as independent runs treats the
         design as larger than it is. In the cpu_tiny sweep the smallest budget's 6 sizes were
         run twice, 12 of 30 rows: the budget farthest from the asymptote pulled Approach 3's E
-        up (issue-9 note)."""
+        up (issue 9's tracker notes)."""
         if self.seed is None:
             return self
         columns = [self.N, self.D] + [v for v in (self.budget, self.flops) if v is not None]
