@@ -13,7 +13,7 @@ from research.training import blocks, train_and_evaluate
 from research.training.metrics import read_metrics
 
 from tests.training.conftest import run_config
-from tests.training.test_resume import REPO, assert_same_run, cli_overrides, latest_checkpoint, per_step
+from tests.training.test_resume import REPO, assert_same_run, cli_overrides, per_step
 
 
 def test_block_plan_ends_calls_at_every_boundary():

@@ -151,7 +151,7 @@ def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
     other = pretrain.get_config("gpt_tiny")
     other.train.batch_size = 2 * saved["train"]["batch_size"]
     warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
-    assert warning == (f"resuming at step 100 with train.batch_size 16 -> 32: the saved data position belongs to "
+    assert warning == ("resuming at step 100 with train.batch_size 16 -> 32: the saved data position belongs to "
                        "batch size 16, so the data that follows is neither the saved run's stream nor a fresh run's.")
     # Both resumed silently: another loss from here on; eval losses (and keep_best) over other batches.
     for field, value, consequence in (("z_loss", 0.1, "minimise another loss than the saved run's"),
