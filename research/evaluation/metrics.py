@@ -115,14 +115,17 @@ def mean_brier(token_brier: np.ndarray) -> float:
 
 
 def multiple_choice_metrics(log_likelihoods: Sequence[float], gold: int, choices: Sequence[str]) -> dict[str, float]:
-    """acc, acc_norm, brier_score, target_log_prob of one question."""
+    """acc, acc_norm, brier_score, target_log_prob of one question. acc_norm divides each
+    log-likelihood by its choice's length in characters, as lm-eval does: an empty choice
+    (-inf) never wins it (dividing by 1 made it win whenever its delimiter alone scored best)."""
     ll = np.asarray(log_likelihoods, np.float64)
-    lengths = np.asarray([max(1, len(c)) for c in choices], np.float64)
+    lengths = np.asarray([len(c) for c in choices], np.float64)
     probs = np.exp(ll - ll.max())
     probs /= probs.sum()
     one_hot = np.zeros_like(probs)
     one_hot[gold] = 1.0
-    return {"acc": float(np.argmax(ll) == gold), "acc_norm": float(np.argmax(ll / lengths) == gold),
+    normalized = np.where(lengths > 0, ll / np.maximum(lengths, 1), -np.inf)
+    return {"acc": float(np.argmax(ll) == gold), "acc_norm": float(np.argmax(normalized) == gold),
             "brier_score": float(np.sum((probs - one_hot) ** 2)), "target_log_prob": float(ll[gold])}
 
 

@@ -130,10 +130,13 @@ def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int, *
         return as_ids(encode_context(context)), as_ids(tokenizer.encode(continuation))
     whole = as_ids(encode_context(context + continuation))
     context_ids = as_ids(encode_context(context))
-    if whole[:len(context_ids)] != context_ids:
-        # The tokenizer merged across the boundary differently; score the parts separately.
+    # lm-eval's rule even where the tokenizer merged across the boundary ("hel" + "lo world"):
+    # the continuation is whatever follows len(context ids) in the joint encoding (scoring the
+    # parts separately gave -23.42 where lm-eval's HFLM gives -11.35).
+    continuation_ids = whole[len(context_ids):]
+    if not continuation_ids:  # the merge swallowed it: nothing would be scored
         return context_ids, as_ids(tokenizer.encode(continuation))
-    return context_ids, whole[len(context_ids):]
+    return context_ids, continuation_ids
 
 
 def conditional_row(context_ids: Sequence[int], continuation_ids: Sequence[int],

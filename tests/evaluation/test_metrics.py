@@ -36,6 +36,8 @@ def test_multiple_choice_metrics_by_hand():
     # Brier = 0.7054^2 + (0.2595 - 1)^2 + 0.0351^2 = 0.4976 + 0.5483 + 0.0012 = 1.0471
     assert out["brier_score"] == pytest.approx(1.0471, abs=1e-3)
     assert out["target_log_prob"] == -2.0
+    # An empty choice scores -inf per character, as in lm-eval: it won acc_norm here with -1 / 1.
+    assert M.multiple_choice_metrics([-1.0, -2.0], gold=1, choices=["", "ab"])["acc_norm"] == 1.0
 
 
 def test_rolling_aggregation_is_corpus_level():

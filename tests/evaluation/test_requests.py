@@ -19,6 +19,29 @@ def test_encode_pair_moves_trailing_space_to_continuation():
         encode_pair(tok, "x", "", prefix_token=1)
 
 
+class _GreedyPieces:
+    """Longest-match tokenization over a few pieces: "hello" is one piece, "hel" and "lo" others."""
+
+    PIECES = {"hello": 100, "hel": 101, "lo": 102, " world": 103}
+
+    def encode(self, text):
+        ids = []
+        while text:
+            piece = max((p for p in self.PIECES if text.startswith(p)), key=len)
+            ids.append(self.PIECES[piece])
+            text = text[len(piece):]
+        return ids
+
+
+def test_a_merge_across_the_boundary_scores_what_follows_the_context_in_the_joint_encoding():
+    """lm-eval's rule: whole[len(context ids):]; the parts encoded apart scored "lo world" as
+    [lo, world], -23.42 against lm-eval HFLM's -11.35 on the audit's GPT-2."""
+    tok = _GreedyPieces()
+    assert encode_pair(tok, "hel", "lo world", prefix_token=1) == ([101], [103])
+    # A merge that leaves nothing after the context's length scores the continuation alone.
+    assert encode_pair(tok, "hel", "lo", prefix_token=1) == ([101], [102])
+
+
 def test_conditional_row_truncates_context_from_the_left():
     row, cut = conditional_row([1, 2, 3, 4, 5], [6, 7], max_len=4)
     # The model sees 4 inputs [3, 4, 5, 6] and scores the targets 6, 7.
