@@ -69,6 +69,20 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
     return _run(loaded, entries, batch_size, stem, overwrite, log)
 
 
+def check_generation_fits(entries, family: str, max_length: int, model_name: str) -> None:
+    """A decoder's generated tokens share its context with the prompt: a task generating up to
+    max_length tokens or more could never run. Checked for every task before the first runs (it
+    failed once earlier tasks had been evaluated, and their rows were lost)."""
+    if family != "decoder":
+        return
+    for entry in entries:
+        spec = entry.task.spec
+        if spec.output_type == "generate_until" and spec.max_new_tokens >= max_length:
+            raise ConfigError(f"task {entry.name} generates up to {spec.max_new_tokens} tokens, which leaves no "
+                              f"room for its prompt in {model_name}'s context of {max_length}; drop it from --tasks "
+                              "or evaluate a model with a longer context.")
+
+
 def check_writable(directory: str) -> None:
     """ConfigError unless `directory` exists writable or can be created; creates nothing."""
     from research.atomic_files import unwritable_reason
@@ -95,6 +109,7 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
 
     harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size)
     config = loaded.model.config
+    check_generation_fits(entries, config.family, harness.max_length, config.name)
     counts = sizing.param_counts(config)
     identity = {"model": config.name, "step": loaded.step, "params_non_embedding": counts.non_embedding}
     log(f"evaluating {loaded.source} ({config.name}, {sizing.human_count(counts.total)} params) on "

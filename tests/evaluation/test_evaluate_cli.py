@@ -108,6 +108,19 @@ def test_bad_input_is_one_line_before_compiling(run_dir, monkeypatch, kwargs, me
     assert "\n" not in str(error.value)
 
 
+def test_a_task_generating_past_the_models_context_is_one_line_before_any_task_runs(run_dir, monkeypatch):
+    """It failed in the harness once the tasks before it had been evaluated, and their rows were lost."""
+    from research.evaluation import suite
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("a task ran"))
+    spec = catalog_task("addition_8digit_cot", num_test=2, num_train=4, seed=0).spec
+    context = load_checkpoint(run_dir).model.config.max_len
+    assert spec.max_new_tokens >= context
+    with pytest.raises(ConfigError, match=rf"task addition_8digit_cot generates up to {spec.max_new_tokens} tokens, "
+                                          rf"which leaves no room for its prompt in .*'s context of {context}") as error:
+        cli.evaluate_model(checkpoint=run_dir, tasks=["addition_1digit", "addition_8digit_cot"], num_test=2)
+    assert "\n" not in str(error.value)
+
+
 def test_directory_without_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_loading, "restore_params", lambda *a: pytest.fail("restored"))
     with pytest.raises(ConfigError, match=r"no checkpoint in .*; give the workdir of a run"):
