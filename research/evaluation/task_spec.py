@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 import os
 import string
 from typing import Any, Literal, Sequence
@@ -62,6 +63,7 @@ class TaskSpec:
 
     def __post_init__(self):
         where = f"task {self.name!r}"
+        self._check_types(where)
         if self.output_type not in _OUTPUT_TYPES:
             raise TaskError(f"{where}: output_type={self.output_type!r} is not one of {_OUTPUT_TYPES}.")
         # JSON gives lists; keep the spec hashable and immutable.
@@ -89,6 +91,29 @@ class TaskSpec:
             raise TaskError(f"{where}: num_fewshot={self.num_fewshot} needs a fewshot_split to draw examples from.")
         if self.max_new_tokens < 1:
             raise TaskError(f"{where}: max_new_tokens={self.max_new_tokens} must be >= 1.")
+
+    def _check_types(self, where: str) -> None:
+        """Each field's JSON type, in one line naming it: a number as a delimiter was a TypeError
+        traceback (with 0 shots only after the model had compiled), a string of metrics was split
+        into characters."""
+        def wrong(field: str, kind: str) -> TaskError:
+            return TaskError(f"{where}: {field}={getattr(self, field)!r} must be {kind}.")
+
+        for field in ("name", "prompt", "target", "eval_split", "target_delimiter", "fewshot_delimiter",
+                      "description"):
+            if not isinstance(getattr(self, field), str):
+                raise wrong(field, "a string")
+        for field in ("choices", "fewshot_split", "answer_prefix"):
+            if getattr(self, field) is not None and not isinstance(getattr(self, field), str):
+                raise wrong(field, "a string (or null)")
+        for field in ("num_fewshot", "fewshot_seed", "max_new_tokens"):
+            if isinstance(getattr(self, field), bool) or not isinstance(getattr(self, field), numbers.Integral):
+                raise wrong(field, "an integer")
+        if not isinstance(self.metrics, (list, tuple)) or not all(isinstance(m, str) for m in self.metrics):
+            raise wrong("metrics", "a list of metric names, e.g. [\"exact_match\"]")
+        if not isinstance(self.until, str) and not (isinstance(self.until, (list, tuple))
+                                                    and all(isinstance(u, str) for u in self.until)):
+            raise wrong("until", "a stop string or a list of them")
 
     def replace(self, **overrides: Any) -> "TaskSpec":
         return dataclasses.replace(self, **overrides)
@@ -244,7 +269,7 @@ def load_task(path: str, **overrides: Any) -> Task:
         raise TaskError(f"{path}: unknown task field(s) {unknown}; known: {sorted(fields)}.")
     try:
         spec = TaskSpec(**{**raw, **overrides})
-    except TypeError as e:  # a required field (name, output_type, prompt) is missing
+    except TypeError as e:  # a required field (name, output_type, prompt) is missing: field types are TaskError's
         raise TaskError(f"{path}: {e}; a task needs name, output_type and prompt.") from None
     base = os.path.dirname(os.path.abspath(path))
     return task_from_jsonl(spec, {split: os.path.join(base, file) for split, file in data_files.items()})

@@ -64,6 +64,25 @@ def test_bad_specs_fail_with_the_fix():
         TaskSpec(name="t", output_type="generate_until", prompt="{q}")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    # A TypeError traceback, with 0 shots only once the model had compiled:
+    ("target_delimiter", 5, r"target_delimiter=5 must be a string"),
+    ("fewshot_delimiter", None, r"fewshot_delimiter=None must be a string"),
+    # One line, but ending "a task needs name, output_type and prompt":
+    ("num_fewshot", "1", r"num_fewshot='1' must be an integer"),
+    ("max_new_tokens", True, r"max_new_tokens=True must be an integer"),
+    ("until", 5, r"until=5 must be a stop string or a list of them"),
+    ("description", 3, r"description=3 must be a string"),
+    # Split into characters: "unknown metric(s) ['e', 'x', ...]":
+    ("metrics", "exact_match", r"metrics='exact_match' must be a list of metric names"),
+    ("choices", ["a"], r"choices=\['a'\] must be a string \(or null\)"),
+])
+def test_a_field_of_the_wrong_type_is_one_line_naming_it(field, value, message):
+    with pytest.raises(TaskError, match=rf"task 'capitals': {message}") as error:
+        TaskSpec(**{**MC, field: value})
+    assert "\n" not in str(error.value)
+
+
 def test_more_shots_than_the_fewshot_split_holds():
     spec = TaskSpec(name="t", output_type="generate_until", prompt="{q}=", target="{a}", num_fewshot=3)
     task = make_task(spec, {"test": [{"q": "1+1", "a": "2"}], "train": [{"q": "2+2", "a": "4"}, {"q": "1+3", "a": "4"}]})
