@@ -113,9 +113,17 @@ class ModelConfig:
             value = getattr(self, field)
             if value not in allowed:
                 raise ConfigError(f"{self.name}: {field}={value!r} is not one of {allowed}.")
-        for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
+        for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len", "relative_buckets",
+                      "relative_max_distance"):
             if getattr(self, field) <= 0:
                 raise ConfigError(f"{self.name}: {field}={getattr(self, field)} must be positive.")
+        for field in ("head_dim", "num_encoder_layers"):  # None: derived (D // H; num_layers)
+            if getattr(self, field) is not None and getattr(self, field) <= 0:
+                raise ConfigError(f"{self.name}: {field}={getattr(self, field)} must be positive (or None for "
+                                  "the default).")
+        for field in ("num_labels", "type_vocab_size"):
+            if getattr(self, field) < 0:
+                raise ConfigError(f"{self.name}: {field}={getattr(self, field)} must be >= 0 (0: none).")
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ConfigError(
                 f"{self.name}: num_heads={self.num_heads} does not divide d_model={self.d_model}; "
@@ -130,6 +138,15 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: RoPE needs an even head_dim, got {self.dim_per_head}.")
         if self.family == "encoder_decoder" and self.position != "relative":
             raise ConfigError(f"{self.name}: encoder_decoder models use position='relative' (T5).")
+        if self.family != "encoder_decoder" and self.position == "relative":  # it built no positions at all
+            raise ConfigError(f"{self.name}: position='relative' (T5's bucketed bias) is built by encoder_decoder "
+                              f"models only; a {self.family} uses 'learned' or 'rope'.")
+        # What each family builds: T5 blocks are pre-norm; BERT's are post-norm (a pre-norm
+        # encoder had no final norm, so its output was not normalised as encode() says).
+        required = {"encoder_decoder": "pre", "encoder": "post"}.get(self.family)
+        if required and self.norm_placement != required:
+            raise ConfigError(f"{self.name}: norm_placement={self.norm_placement!r} is not built for {self.family} "
+                              f"models, whose blocks are {required}-norm; set norm_placement={required!r}.")
         if self.family != "encoder" and (self.type_vocab_size or self.pooler):
             raise ConfigError(f"{self.name}: type_vocab_size and pooler belong to encoder (BERT) models.")
         if not 0.0 <= self.dropout_rate < 1.0:

@@ -212,6 +212,16 @@ def test_sharded_forward_on_2x2x2_mesh_matches_single_device(tiny):
     ("llama-tiny", dict(num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
     ("llama-tiny", dict(activation="swish"), "activation='swish' is not one of"),
     ("gpt2-tiny", dict(n_layers=3), "unknown config field(s) ['n_layers']"),
+    # Accepted before, and built without any positional information:
+    ("gpt2-tiny", dict(position="relative"), "position='relative' (T5's bucketed bias) is built by encoder_decoder"),
+    # Accepted, and ignored (T5) or built without a final norm (BERT):
+    ("t5-tiny", dict(norm_placement="post"), "norm_placement='post' is not built for encoder_decoder models"),
+    ("bert-test", dict(norm_placement="pre"), "norm_placement='pre' is not built for encoder models"),
+    # A ZeroDivisionError or an MLIRError later, or a T5 without encoder layers:
+    ("gpt2-tiny", dict(head_dim=0), "head_dim=0 must be positive"),
+    ("t5-tiny", dict(relative_buckets=0), "relative_buckets=0 must be positive"),
+    ("t5-tiny", dict(num_encoder_layers=-1), "num_encoder_layers=-1 must be positive"),
+    ("bert-test", dict(num_labels=-1), "num_labels=-1 must be >= 0"),
 ])
 def test_bad_config_raises_one_line_config_error(preset, overrides, expected):
     with pytest.raises(ConfigError) as error:

@@ -180,7 +180,7 @@ def test_published_param_counts(name, count):
 
 def test_bad_inputs_fail_with_one_line():
     with pytest.raises(ConfigError, match="family='encoder_decoder'"):
-        _init_shapes(get_config("gpt2-tiny").replace(position="relative"))
+        _init_shapes(get_config("gpt2-tiny"))
     cache = init_encoder_decoder_cache(CONFIG, B, 3)
     model = build_model(CONFIG)
     with pytest.raises(ValueError, match="6 tokens do not fit a KV cache of 3 slots"):
