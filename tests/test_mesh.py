@@ -56,3 +56,18 @@ def test_training_mesh_refuses_bad_network_shapes_in_one_line(shape, dcn_shape, 
     with pytest.raises(ConfigError, match=message) as error:
         partitioning.make_training_mesh(shape, dcn_shape=dcn_shape)
     assert "\n" not in str(error.value)
+
+
+def test_a_bert_whose_d_model_does_not_split_over_the_tensor_axis_is_one_line():
+    """BERT's pooler and MLM transform put d_model on the tensor-parallel "mlp" axis: the check let
+    d_model=36 over 8 through (heads, d_ff and vocab split), and placing the params raised JAX's
+    IndivisibleError."""
+    from research.models import ConfigError, get_config
+    from research.sharding import DEFAULT_RULES
+    from research.training.partitioning import check_model_fits_mesh, make_training_mesh
+    mesh = make_training_mesh((1, 1, 8))
+    bert = get_config("bert-test", d_model=36, num_heads=8, head_dim=8)
+    with pytest.raises(ConfigError, match=r"model bert-test: d_model=36 does not split over mesh axis tensor of "
+                                          r"size 8 \(rule 'mlp' -> 'tensor'"):
+        check_model_fits_mesh(bert, mesh, DEFAULT_RULES)
+    check_model_fits_mesh(get_config("bert-test", d_model=32, num_heads=8, head_dim=8), mesh, DEFAULT_RULES)

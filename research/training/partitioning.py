@@ -116,34 +116,37 @@ def check_processes_own_batch_slices(mesh: Mesh, rules: Rules, dcn_shape: Sequen
             f"data a multiple of {len(held)}.")
 
 
-def _model_axis_sizes(config: Any) -> dict[str, tuple[str, int]]:
-    """Logical parameter axis -> (the ModelConfig field behind it, its size)."""
-    sizes = {"vocab": ("vocab_size", config.vocab_size), "embed": ("d_model", config.d_model),
-             "heads": ("num_heads", config.num_heads), "kv_heads": ("num_kv_heads", config.kv_heads),
-             "kv": ("head_dim", config.dim_per_head), "mlp": ("d_ff", config.d_ff),
-             "relpos_buckets": ("relative_buckets", config.relative_buckets)}
+def _model_axis_sizes(config: Any) -> dict[str, list[tuple[str, int]]]:
+    """Logical parameter axis -> the (ModelConfig field, size) of every dimension laid on it."""
+    sizes = {"vocab": [("vocab_size", config.vocab_size)], "embed": [("d_model", config.d_model)],
+             "heads": [("num_heads", config.num_heads)], "kv_heads": [("num_kv_heads", config.kv_heads)],
+             "kv": [("head_dim", config.dim_per_head)], "mlp": [("d_ff", config.d_ff)],
+             "relpos_buckets": [("relative_buckets", config.relative_buckets)]}
+    if config.family == "encoder":  # BERT's pooler and MLM transform: [D, D] kernels, D on "mlp" (encoder.py)
+        sizes["mlp"].append(("d_model", config.d_model))
     if config.scan_layers:
-        sizes["layers"] = ("num_layers", config.num_layers)
+        sizes["layers"] = [("num_layers", config.num_layers)]
     if config.position == "learned":
-        sizes["positions"] = ("max_len", config.max_len)
+        sizes["positions"] = [("max_len", config.max_len)]
     return sizes
 
 
 def check_model_fits_mesh(model_config: Any, mesh: Mesh, rules: Rules) -> None:
     """Every model dimension that the rules split over mesh axes must divide evenly over them
     (e.g. tensor parallelism over more devices than there are heads); one line, before compiling."""
+    sizes = _model_axis_sizes(model_config)
     for logical, mesh_axes in rules:
-        if logical not in _model_axis_sizes(model_config) or mesh_axes is None:
+        if logical not in sizes or mesh_axes is None:
             continue
         axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
         ways = int(np.prod([mesh.shape[a] for a in axes]))
-        field, size = _model_axis_sizes(model_config)[logical]
-        if ways > 1 and size % ways:
-            divisors = [d for d in range(1, ways + 1) if size % d == 0 and ways % d == 0]
-            raise ConfigError(
-                f"model {model_config.name}: {field}={size} does not split over mesh axis "
-                f"{'x'.join(axes)} of size {ways} (rule {logical!r} -> {mesh_axes!r}, mesh {dict(mesh.shape)}); "
-                f"use a {'x'.join(axes)} size that divides {size} (e.g. {max(divisors)}) via --config.mesh.shape.")
+        for field, size in sizes[logical]:
+            if ways > 1 and size % ways:
+                divisors = [d for d in range(1, ways + 1) if size % d == 0 and ways % d == 0]
+                raise ConfigError(
+                    f"model {model_config.name}: {field}={size} does not split over mesh axis "
+                    f"{'x'.join(axes)} of size {ways} (rule {logical!r} -> {mesh_axes!r}, mesh {dict(mesh.shape)}); "
+                    f"use a {'x'.join(axes)} size that divides {size} (e.g. {max(divisors)}) via --config.mesh.shape.")
 
 
 def _key_name(key: Any) -> str:
