@@ -103,6 +103,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
     rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in (config.mesh.get("rules") or DEFAULT_RULES))
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
+    partitioning.check_model_fits_mesh(job.model.config, mesh, rules)  # one line, not JAX's IndivisibleError
     lora = lora_config(config)
 
     optimizer, schedule = make_optimizer(opt_config)
