@@ -67,8 +67,9 @@ class FlopsPerToken:
     """Matmul FLOPs per token (a multiply-add is 2 FLOPs), Kaplan et al. 2020 Table 1.
 
     forward/train are per target token; for encoder_decoder, forward = decoder_forward +
-    encoder_forward * source_len / target_len. For decoders encoder_forward is 0; for
-    encoders decoder_forward is 0.
+    encoder_forward * source_len / target_len (encoder_forward includes the decoder's
+    cross-attention key / value projections of each source token). For decoders
+    encoder_forward is 0; for encoders decoder_forward is 0.
     """
 
     forward: int
@@ -194,7 +195,10 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
 
     encoder_decoder: encoder tokens cost 2 N_enc + 4 L_enc S d_attn each; decoder tokens
     2 N_dec + 2 L_dec T d_attn (causal self) + 4 L_dec S d_attn (cross), with T = seq_len
-    and S = source_len (default seq_len, i.e. equal source and target lengths).
+    and S = source_len (default seq_len, i.e. equal source and target lengths); the
+    cross-attention's key and value projections, part of N_dec, run once per source token, so
+    they are counted with the encoder's tokens (at S = T the total is the same; at the span-
+    corruption shape T=114, S=512 counting them per target token undercounted t5-small by 8%).
 
     include_embedding adds the unembedding matmul, 2 D V per (target) token forward; the
     input lookup is a gather and costs no matmul FLOPs.
@@ -222,8 +226,10 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     else:
         encoder_attention = 4 * cfg.encoder_layers * source * d_attn
         decoder_attention = cfg.num_layers * (2 * n_ctx + 4 * source) * d_attn
-        encoder_forward = 2 * _self_attention_stack(cfg, cfg.encoder_layers) + encoder_attention
-        decoder_forward = 2 * _t5_decoder_stack(cfg) + decoder_attention + unembed
+        kv_width = cfg.kv_heads * cfg.dim_per_head
+        cross_kv = cfg.num_layers * 2 * (cfg.d_model * kv_width + (kv_width if cfg.use_bias else 0))
+        encoder_forward = 2 * (_self_attention_stack(cfg, cfg.encoder_layers) + cross_kv) + encoder_attention
+        decoder_forward = 2 * (_t5_decoder_stack(cfg) - cross_kv) + decoder_attention + unembed
         # Integer division is exact for equal lengths, the common case.
         forward = decoder_forward + encoder_forward * source // n_ctx
         attention = decoder_attention + encoder_attention * source // n_ctx

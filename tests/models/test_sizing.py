@@ -38,16 +38,21 @@ def test_t5_flops_halves():
     n_enc = 6 * (4 * 512 * 512 + 2 * 512 * 2048 + 2 * 512) + 512  # attention + MLP + 2 norms, final norm
     n_dec = 6 * (8 * 512 * 512 + 2 * 512 * 2048 + 3 * 512) + 512  # + cross-attention, 3 norms
     assert n_enc + n_dec == sizing.param_counts(config).non_embedding
+    cross_kv = 6 * 2 * 512 * 512  # the cross-attention's K, V projections: once per source token
     flops = sizing.flops_per_token(config)  # equal source and target lengths, 512
     # Bidirectional and cross-attention: 4 per key (QK^T + weighted sum); causal self: 2 (half the keys).
-    assert flops.encoder_forward == 2 * n_enc + 4 * 6 * 512 * 512
-    assert flops.decoder_forward == 2 * n_dec + 6 * (2 * 512 + 4 * 512) * 512  # causal self + cross
-    assert flops.forward == flops.encoder_forward + flops.decoder_forward
+    assert flops.encoder_forward == 2 * (n_enc + cross_kv) + 4 * 6 * 512 * 512
+    assert flops.decoder_forward == 2 * (n_dec - cross_kv) + 6 * (2 * 512 + 4 * 512) * 512  # causal self + cross
+    assert flops.forward == flops.encoder_forward + flops.decoder_forward == \
+        2 * (n_enc + n_dec) + 6 * (4 * 512 + 2 * 512 + 4 * 512) * 512
     assert flops.attention_forward == 6 * (4 * 512 + 2 * 512 + 4 * 512) * 512
-    # Short targets: each target token also pays for source_len / seq_len = 4 source tokens.
+    # Short targets: each target token also pays for source_len / seq_len = 4 source tokens, and for
+    # their cross K, V (counted per target token they were 4x too few: 8% of the total undercounted).
     short = sizing.flops_per_token(config, 128, source_len=512)
-    assert short.decoder_forward == 2 * n_dec + 6 * (2 * 128 + 4 * 512) * 512
+    assert short.decoder_forward == 2 * (n_dec - cross_kv) + 6 * (2 * 128 + 4 * 512) * 512
     assert short.forward == short.decoder_forward + 4 * short.encoder_forward
+    assert short.forward == 2 * n_dec + 4 * 2 * n_enc + 3 * 2 * cross_kv + 6 * (2 * 128 + 4 * 512) * 512 + \
+        4 * 4 * 6 * 512 * 512
 
 
 def test_memory_of_a_hand_checkable_config():
