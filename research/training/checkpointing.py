@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -240,6 +241,12 @@ class Checkpointer:
             preservation_policy=policies.AnyPreservationPolicy(keep), **best,
             enable_async_checkpointing=config.async_save,
             create=True,
+            # Orbax names its cross-process barriers by step alone: the managers of models trained
+            # together save the same step at once, and on several processes their barriers collided
+            # ("Barrier _async_write_complete.2 is already ongoing") and the run hung. A prefix from
+            # the directory is the same on every process and differs between the models.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix="ck" + hashlib.sha1(str(directory).encode()).hexdigest()[:12]),
         )
         if config.keep_best:
             _set_aside_unreadable_metrics(directory)

@@ -1,13 +1,15 @@
 """One process of tests/training/test_multiprocess.py: a tiny train_and_evaluate run.
 
     python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N] [--mesh=D,F,T --dcn-shape=D,F,T]
+        [--batched=LR,LR,...]
 
 Multi-host comes from the environment exactly as in a real launch: with
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, launch.multihost joins
 jax.distributed before anything touches a device. --concat-shards=N (single process only)
 makes every data iterator yield the concatenation of shards 0..N-1 of N, each batch/N rows:
 the global batch N processes would assemble, so one process can reproduce their run.
---mesh / --dcn-shape set config.mesh.shape / mesh.dcn_shape (a hybrid mesh across the processes).
+--mesh / --dcn-shape set config.mesh.shape / mesh.dcn_shape (a hybrid mesh across the processes);
+--batched trains one model per learning rate together (config.batched).
 """
 import json
 import os
@@ -66,6 +68,9 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     for name, field in (("mesh", "shape"), ("dcn-shape", "dcn_shape")):
         if name in options:
             config.mesh[field] = tuple(int(n) for n in options[name].split(","))
+    if "batched" in options:  # models trained together, one per learning rate, each checkpointed
+        config.batched.update(dict(field="opt.learning_rate", values=tuple(float(v) for v in
+                                                                        options["batched"].split(","))))
     # The mesh the loop builds from this config: which process owns the devices at each data index.
     from research.training import partitioning
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))

@@ -123,3 +123,17 @@ def test_hybrid_mesh_puts_each_process_on_its_own_data_slice(tmp_path, tokenizer
         assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
         assert report["data_slices"] == [[0], [1]]  # data index i holds only process i's devices
     assert_same_training(hybrid, reports, one_process_run)
+
+
+def test_models_trained_together_checkpoint_on_two_processes(tmp_path, tokenizers):
+    """Each model's checkpoint manager saves the same step at once: orbax named its cross-process
+    barriers by step alone, they collided ("Barrier _async_write_complete.3 is already ongoing")
+    and the run hung at its first checkpoint."""
+    together = tmp_path / "together"
+    run_all(two_process_commands(together, tokenizers["plain"], tmp_path, "--batched=0.001,0.003"), tmp_path)
+    reports = [json.loads((tmp_path / f"together_{i}.json").read_text()) for i in range(2)]
+    assert reports[0]["final"] == reports[1]["final"]
+    for member in ("opt.learning_rate=0.001", "opt.learning_rate=0.003"):
+        assert sorted(os.listdir(together / member / "checkpoints" / "3" / "data"))[-2:] == \
+            ["process_0-of-2.json", "process_1-of-2.json"]
+        assert np.isfinite(reports[0]["final"][f"{member}/eval_loss"])
