@@ -127,13 +127,20 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
     if stem is None:
         log("not written: pass --output_dir=DIR to keep this table as JSON and CSV.")
         return rows
-    # The free name is chosen only now, after the long work, so a concurrent run cannot take it first.
-    target = stem if overwrite else unused_stem(stem)
-    replaced = overwrite and os.path.exists(stem + ".json")
-    paths = write_rows(rows, target, metadata={"source": loaded.source, "model_config": config.to_dict()})
-    note = (" (replacing the earlier results: --overwrite)" if replaced else
-            f" ({stem}.json holds earlier results, kept; --overwrite replaces them)" if target != stem else "")
-    log(f"wrote {paths['json']} and {paths['csv']}{note}")
+    import jax
+    if jax.process_index() == 0:  # on several hosts every process holds the same rows: one writes
+        # The free name is chosen only now, after the long work, so a concurrent run cannot take it first.
+        target = stem if overwrite else unused_stem(stem)
+        replaced = overwrite and os.path.exists(stem + ".json")
+        paths = write_rows(rows, target, metadata={"source": loaded.source, "model_config": config.to_dict()})
+        note = (" (replacing the earlier results: --overwrite)" if replaced else
+                f" ({stem}.json holds earlier results, kept; --overwrite replaces them)" if target != stem else "")
+        log(f"wrote {paths['json']} and {paths['csv']}{note}")
+    else:
+        log("the results are written by process 0")
+    if jax.process_count() > 1:  # no process exits before the files exist
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("experiments.evaluate: results written")
     return rows
 
 

@@ -46,6 +46,24 @@ def test_checkpoint_evaluated_end_to_end(run_dir, tmp_path):
     assert "exact_match" in table and "copying" in table
 
 
+def test_on_several_hosts_only_process_0_writes_the_results(run_dir, tmp_path, monkeypatch):
+    """Every process holds the same rows; on 2 processes both wrote, as step_N and step_N_v2."""
+    import jax
+    from jax.experimental import multihost_utils
+    synced = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", synced.append)
+    for index in (1, 0):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        lines = []
+        cli.evaluate_model(checkpoint=run_dir, tasks=["addition_1digit"], num_test=2, num_train=4,
+                           output_dir=str(tmp_path), log=lines.append)
+        assert sorted(os.listdir(tmp_path)) == ([] if index else ["step_2.csv", "step_2.json"]), index
+        assert lines[-1] == "the results are written by process 0" if index else lines[-1].startswith("wrote ")
+    # Each waited for the files (orbax's restore syncs too, under its own names).
+    assert [name for name in synced if name.startswith("experiments.")] == ["experiments.evaluate: results written"] * 2
+
+
 def test_results_are_never_overwritten_silently(run_dir, tmp_path):
     def run(tasks, **kwargs):
         lines = []
