@@ -192,6 +192,30 @@ def claim(workdir: str, config: Mapping[str, Any], *, record: bool = True,
     claim_all([(workdir, config)], record=record, fingerprint=fingerprint)
 
 
+def check_same_on_every_process(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """On several processes (hosts), all must train the same runs: one line on every process
+    when their workdirs or configs differ (data.data_dir aside: each host may keep its copy of
+    the data elsewhere). Another learning rate on one process trained silently while run.json
+    recorded process 0's; another workdir hung in orbax's barriers until a timeout."""
+    import jax
+    if jax.process_count() < 2:
+        return
+    import hashlib
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    text = json.dumps([(workdir, {k: v for k, v in flatten_config(config).items() if k != "data.data_dir"})
+                       for workdir, config in runs], sort_keys=True, default=str)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(digest))
+    differing = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differing:
+        raise WorkdirError(f"process(es) {differing} were given another --workdir or config than process 0 (this is "
+                           f"process {jax.process_index()} of {jax.process_count()}); start every process with the "
+                           "same command.")
+
+
 def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = True,
               fingerprint: Fingerprint | None = None) -> list[str]:
     """`claim` for several (workdir, config) runs trained together: every workdir is checked
@@ -199,6 +223,7 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
     claimed first (no run recorded there before), for `unclaim` when a later check fails.
     `fingerprint` (default run_fingerprint) identifies runs of another kind (fine-tuning)."""
     fingerprint = fingerprint or run_fingerprint
+    check_same_on_every_process(runs)
     fingerprints, first = [], []
     for workdir, config in runs:
         check_writable(workdir)

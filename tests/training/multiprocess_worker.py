@@ -1,7 +1,7 @@
 """One process of tests/training/test_multiprocess.py: a tiny train_and_evaluate run.
 
     python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N] [--mesh=D,F,T --dcn-shape=D,F,T]
-        [--batched=LR,LR,...]
+        [--batched=LR,LR,...] [--lr=LR]
 
 Multi-host comes from the environment exactly as in a real launch: with
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, launch.multihost joins
@@ -68,6 +68,8 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     for name, field in (("mesh", "shape"), ("dcn-shape", "dcn_shape")):
         if name in options:
             config.mesh[field] = tuple(int(n) for n in options[name].split(","))
+    if "lr" in options:
+        config.opt.learning_rate = float(options["lr"])
     if "batched" in options:  # models trained together, one per learning rate, each checkpointed
         config.batched.update(dict(field="opt.learning_rate", values=tuple(float(v) for v in
                                                                         options["batched"].split(","))))

@@ -137,3 +137,20 @@ def test_models_trained_together_checkpoint_on_two_processes(tmp_path, tokenizer
         assert sorted(os.listdir(together / member / "checkpoints" / "3" / "data"))[-2:] == \
             ["process_0-of-2.json", "process_1-of-2.json"]
         assert np.isfinite(reports[0]["final"][f"{member}/eval_loss"])
+
+
+def test_processes_given_different_runs_stop_in_one_line(tmp_path, tokenizers):
+    """Another learning rate on process 1 trained silently (run.json recorded process 0's); another
+    workdir hung in orbax's barriers for minutes. Now each process says so, before anything is written."""
+    for case, flags in (("lr", [["--lr=0.001"], ["--lr=0.01"]]), ("workdir", [[], []])):
+        commands = two_process_commands(tmp_path / case, tokenizers["plain"], tmp_path)
+        if case == "workdir":
+            commands[1][0][2] = str(tmp_path / "elsewhere")
+        processes = [subprocess.Popen([*argv, *extra], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      text=True) for (argv, env), extra in zip(commands, flags)]
+        errors = [p.communicate(timeout=TIMEOUT_S)[1] for p in processes]
+        assert [p.returncode for p in processes] == [1, 1], errors
+        for index, error in enumerate(errors):
+            assert f"process(es) [1] were given another --workdir or config than process 0 (this is process {index} " \
+                   "of 2)" in error
+        assert not (tmp_path / case).exists() and not (tmp_path / "elsewhere").exists()
