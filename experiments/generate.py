@@ -11,8 +11,8 @@ beam, best first. Several --prompt flags, or --prompt_file (one prompt per line)
 one batch. --checkpoint is a run's workdir (experiments.pretrain); its latest step (or --step)
 and its own tokenizer are used, as in experiments.evaluate. Generation stops at the
 tokenizer's eos (and, from --hf_dir, at every eos_token_id of the folder's
-generation_config.json, as transformers' generate does) and never picks an id past the tokenizer's vocabulary (model vocabularies are
-padded above it). Every option is checked before the model is loaded or compiled.
+generation_config.json, as transformers' generate does) and never picks an id past the
+tokenizer's vocabulary (model vocabularies are padded above it). Every option is checked before the model is loaded or compiled.
 
 In Python, the same:
     from research.training.checkpoint_loading import load_checkpoint

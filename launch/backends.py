@@ -57,7 +57,7 @@ def _lock_jobs(jobs: Sequence[Job], log_dir: str) -> dict[str, int]:
     locks: dict[str, int] = {}
     try:
         for job in jobs:
-            path = results_lib.status_path(log_dir, job.name)[:-len(".json")] + ".lock"
+            path = results_lib.lock_path(log_dir, job.name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             locks[job.name] = fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
             try:

@@ -54,8 +54,8 @@ def slurm_local_device_ids(env: Mapping[str, str] = os.environ) -> list[int] | N
     """The GPUs this process uses in a SLURM step: all of its node's when it is the node's only
     task (launch's sbatch script: one task per node), else None (jax's default: the GPU numbered
     by SLURM_LOCALID, for one task per GPU). jax would give a node's only task GPU 0 alone."""
-    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
-    if not nodes or _count(env, "SLURM_NTASKS") != int(nodes):
+    nodes = "SLURM_STEP_NUM_NODES" if env.get("SLURM_STEP_NUM_NODES") else "SLURM_NNODES"
+    if not env.get(nodes) or _count(env, "SLURM_NTASKS") != _count(env, nodes):
         return None
     gpus = env.get("SLURM_GPUS_ON_NODE") or ""
     if gpus.isdigit():

@@ -31,6 +31,11 @@ def status_path(log_dir: str, name: str) -> str:
     return os.path.join(log_dir, STATUS_DIR, f"{name}.json")
 
 
+def lock_path(log_dir: str, name: str) -> str:
+    """The file a running job's flock is held on (launch.backends, local backend)."""
+    return os.path.join(log_dir, STATUS_DIR, f"{name}.lock")
+
+
 def record_start(log_dir: str, name: str, start: float | None = None) -> None:
     _write_status(log_dir, name, {"name": name, "start": time.time() if start is None else start})
 

@@ -2,8 +2,8 @@
 
 A config file (experiments/configs/<study>.py) may define `get_sweep()` returning a list of
 dicts (with a `preset` parameter it is given the config's preset, "path.py:preset", and may
-refuse one it does not suit with a ValueError). Keys starting with "config." are config overrides and become `--config.a.b=value`
-flags; two keys are launch options:
+refuse one it does not suit with a ValueError). Keys starting with "config." are config
+overrides and become `--config.a.b=value` flags; two keys are launch options:
   "workdir"  the job's directory under the sweep's base workdir ("." = the base itself,
              for jobs that share one workdir, e.g. shards of a scaling sweep);
              default: a name made from the overrides, e.g. "learning_rate=0.001" (each
