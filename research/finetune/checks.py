@@ -38,13 +38,6 @@ def _check_folder_spec(name: str, spec: Any) -> None:
 def check_config(config: Mapping[str, Any]) -> None:
     """ConfigError (one line) for a value no run of this config could use (see module docstring)."""
     path = config.get("path")
-    import jax
-    if jax.process_count() > 1:
-        # Evaluation reads the model's outputs on the host (generated replies, predicted labels) from
-        # arrays spanning every process, and each process holds only its own eval rows: on 2 processes
-        # sft, dpo and classify died in their first evaluation, after loading and compiling.
-        raise ConfigError(f"fine-tuning runs on one process; this is process {jax.process_index()} of "
-                          f"{jax.process_count()}: launch it without jax.distributed (one host, all its devices).")
     data = config_section(config, "data")
     # Paths are checked here, not where they load: by then a workdir holding a finished run had
     # refused the changed config as "another run" and advised deleting it, for a typo in a path.

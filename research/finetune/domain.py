@@ -20,7 +20,6 @@ import itertools
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -102,12 +101,12 @@ def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     tokenizer = PipelineTokenizer(base.tokenizer)
     model, example, _ = path_model(config, base.config, train.seq_len)
     loss_fn = losses.make_loss_fn(losses.get_objective(objective_name, family), float(train.z_loss))
-    local_batch = train.batch_size // jax.process_count()
 
     def batches(split: str, seed: int, num_epochs: int | None):
         try:
             return make_batch_dataset(data_config, tokenizer=tokenizer, objective=objective_name,
-                                      batch_size=local_batch, seq_len=train.seq_len, split=split, seed=seed,
+                                      batch_size=train.batch_size, seq_len=train.seq_len, split=split, seed=seed,
+                                      shard_index=0, shard_count=1,
                                       num_epochs=num_epochs, model_max_len=base.config.max_len,
                                       model_vocab_size=base.config.vocab_size)
         except DataError as error:

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from research.data.chat_templates import ChatTemplate, cut_turn, turn_end_ids
 from research.decoding import generate, vocab_limit_for
 from research.evaluation.metrics import exact_match
-from research.training.partitioning import shard_batch
+from research.training.partitioning import shard_global_batch, to_host
 
 
 def mean_aux(loss_fn: Callable, model: Any) -> Callable[[Any, Iterable[Mapping[str, np.ndarray]], NamedSharding],
@@ -31,7 +31,7 @@ def mean_aux(loss_fn: Callable, model: Any) -> Callable[[Any, Iterable[Mapping[s
         total = 0.0
         for batch in batches:
             if not all(isinstance(v, jax.Array) for v in batch.values()):
-                batch = shard_batch(batch, sharding)
+                batch = shard_global_batch(batch, sharding)
             aux = {k: float(v) for k, v in jax.device_get(aux_of(params, batch)).items()}
             n = aux.pop("num_tokens")
             aux.pop("z_loss", None)
@@ -54,7 +54,7 @@ def greedy_completions(model: Any, params: Any, prompts: Sequence[Sequence[int]]
                    stop_tokens=turn_end_ids(template, tokenizer),
                    vocab_limit=vocab_limit_for(tokenizer, model.config.vocab_size))
     return [cut_turn(row[:int(length)], template, tokenizer)[1]
-            for row, length in zip(np.asarray(out.tokens_BN), np.asarray(out.lengths_B))]
+            for row, length in zip(to_host(out.tokens_BN), to_host(out.lengths_B))]
 
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int], prefix: str = "eval_") -> dict[str, float]:

@@ -30,7 +30,9 @@ its gradient matters): -A * exp(logp - stop_grad(logp)) + kl_coef * k3, with the
 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman 2020), averaged over all
 completion tokens of the batch. Logged per step: sample_reward (mean reward of the
 samples) and sample_kl (mean per-token log-ratio log pi - log ref on the samples).
-Rewards are computed on the host from decoded text, so this path runs on one process.
+Rewards are computed on the host from decoded text: on several processes every process
+samples the same completions (one program, one key), gathers them and scores them itself, so
+each builds the same global batch and places its own rows (partitioning.shard_global_batch).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from research.finetune.records import check_fits, pad_row
 from research.finetune.reward_source import last_user_text, reward_function
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
-from research.training.partitioning import shard_batch
+from research.training.partitioning import shard_global_batch, to_host
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,9 +122,6 @@ def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float =
 
 
 def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
-    if jax.process_count() != 1:
-        raise ConfigError("path='grpo' scores samples on the host and runs on one process; launch it without "
-                          "jax.distributed.")
     base = _decoder_base(config)
     section = config_section(config, "grpo")
     grpo = GrpoConfig(**section)
@@ -158,17 +157,17 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     turn_ends = turn_end_ids(template, tokenizer)
 
     def sample_and_score(policy, reference, batch, step):
-        host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
+        host = {k: to_host(v) for k, v in batch.items()}
         prompts = [list(row[:n]) for row, n in zip(host["prompt_tokens"], host["prompt_length"])]
         repeated = [p for p in prompts for _ in range(grpo.group_size)]
         # vocab_limit: no padded id the tokenizer cannot decode for the reward.
         out = generate(model, policy, repeated, max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature,
                        stop_tokens=turn_ends, rng=jax.random.fold_in(sample_key, step), vocab_limit=vocab_limit)
-        tokens_BN = np.asarray(out.tokens_BN)
+        tokens_BN = to_host(out.tokens_BN)
         # Each sample up to its turn's end (that included): what the reward reads and the loss trains.
         # A sample that runs on past it (chatml with a closing marker of several ids) would otherwise
         # give the post-turn tokens the turn's advantage.
-        turns = [cut_turn(row[:n], template, tokenizer) for row, n in zip(tokens_BN, np.asarray(out.lengths_B))]
+        turns = [cut_turn(row[:n], template, tokenizer) for row, n in zip(tokens_BN, to_host(out.lengths_B))]
         lengths_B = np.asarray([n for n, _ in turns])
         completions = [reply for _, reply in turns]
         group_prompts = [prompt_chats["train"][int(i)] for i in host["index"] for _ in range(grpo.group_size)]
@@ -180,10 +179,10 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             tokens[i, :len(prompt)] = prompt
             tokens[i, len(prompt):len(prompt) + n] = tokens_BN[i, :n]
             mask[i, len(prompt):len(prompt) + n] = 1.0
-        ref_logps = np.asarray(sampler_log_probs(reference, tokens))
+        ref_logps = to_host(sampler_log_probs(reference, tokens))
         # k1 estimate of KL(policy || reference) per sampled token: log pi - log ref, both under
         # the sampler's distribution (generate's log_probs_BN are the temperature-1 full softmax).
-        policy_logps = np.asarray(sampler_log_probs(policy, tokens))
+        policy_logps = to_host(sampler_log_probs(policy, tokens))
         ref_on_samples, policy_on_samples = (
             np.concatenate([logps[i, len(p) - 1:len(p) - 1 + n] for i, (p, n) in enumerate(zip(repeated, lengths_B))])
             for logps in (ref_logps, policy_logps))
@@ -191,7 +190,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         sharding = jax.tree.leaves(batch)[0].sharding
         extra = {"sample_reward": float(rewards.mean()),
                  "sample_kl": float(np.mean(policy_on_samples - ref_on_samples))}
-        return shard_batch(train_batch, sharding), extra
+        return shard_global_batch(train_batch, sharding), extra
 
     eval_prompts = prompt_chats["eval"][:max(generation_prompts(config), 1)]
     eval_ids = [render_prompt(p, template, tokenizer) for p in eval_prompts]
@@ -207,12 +206,11 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                                                          for p, c in zip(eval_prompts, completions)]))
         return metrics
 
-    local_batch = train.batch_size
     return FinetuneJob(
         name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer, stop_ids=turn_ends,
         loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef, temperature=grpo.temperature,
                                   vocab_limit=vocab_limit), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),
-        train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=local_batch, seed=seed)),
+        train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=train.batch_size, seed=seed)),
         evaluate=evaluate, prepare=sample_and_score, needs_reference=True)
 

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research.data.chat_templates import get_chat_template, instruction_messages, render_prompt, turn_end_ids
+from research.data.chat_templates import get_chat_template, render_prompt, turn_end_ids
 from research.finetune import records as records_lib
 from research.finetune.base_model import (BaseModel, abstract_and_init, check_same_vocabulary, job_base_model,
                                          load_reference)
@@ -47,10 +47,6 @@ def load_records(data: dict[str, Any], split: str, fields, synthetic) -> list[tu
     count = int(data.get(f"num_{split}", 256))
     seed = int(data.get("seed", 0)) + (0 if split == "train" else 1_000_003)
     return records_lib.as_records(synthetic(data["synthetic"], count, seed), f"synthetic:{data['synthetic']}:{split}")
-
-
-def _local(rows: list) -> list:
-    return records_lib.shard_rows(rows, jax.process_index(), jax.process_count())
 
 
 def _decoder_base(config: ml_collections.ConfigDict) -> BaseModel:
@@ -93,7 +89,6 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     model, boxed, initial = _zoo_params(config, base)
     objective = losses.get_objective("causal_lm", "decoder")
     loss_fn = losses.make_loss_fn(objective, float(train.z_loss))
-    local_batch = train.batch_size // jax.process_count()
     eval_loss = mean_aux(loss_fn, model)
 
     from research.finetune.sft_data import record_messages
@@ -104,7 +99,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     rule = data.get("synthetic") if not data.get("eval_file") else None
 
     def evaluate(params, reference, sharding):
-        batches = records_lib.packed_batches(_local(eval_examples), batch_size=local_batch, seq_len=train.seq_len,
+        batches = records_lib.packed_batches(eval_examples, batch_size=train.batch_size, seq_len=train.seq_len,
                                              seed=0, num_epochs=1, shuffle=False)
         metrics = eval_loss(params, itertools.islice(iter(batches), train.eval_batches), sharding)
         if not prompts:
@@ -121,7 +116,7 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         name=f"sft {base.config.name} ({base.source})", model=model, loss_fn=loss_fn, abstract_params=boxed,
         tokenizer=base.tokenizer, stop_ids=turn_end_ids(template, base.tokenizer),
         initial_params=lambda: initial(int(train.seed)),
-        train_batches=lambda seed: iter(records_lib.packed_batches(_local(train_examples), batch_size=local_batch,
+        train_batches=lambda seed: iter(records_lib.packed_batches(train_examples, batch_size=train.batch_size,
                                                                    seq_len=train.seq_len, seed=seed)),
         evaluate=evaluate)
 
@@ -136,10 +131,10 @@ def _pair_rows(config, base: BaseModel):
 
 
 def _row_iterators(train_rows, eval_rows, config):
-    local_batch = config.train.batch_size // jax.process_count()
-    train_batches = lambda seed: iter(records_lib.row_batches(_local(train_rows), batch_size=local_batch, seed=seed))
+    batch_size = config.train.batch_size
+    train_batches = lambda seed: iter(records_lib.row_batches(train_rows, batch_size=batch_size, seed=seed))
     eval_batches = lambda: itertools.islice(iter(records_lib.row_batches(
-        _local(eval_rows), batch_size=local_batch, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
+        eval_rows, batch_size=batch_size, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
     return train_batches, eval_batches
 
 
@@ -199,8 +194,8 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                                       int(config.get("generation_tokens", 16)))
 
     def evaluate(params, reference, sharding):
-        from research.training.partitioning import shard_batch
-        batches = (with_reference(reference, shard_batch(b, sharding)) for b in eval_batches())
+        from research.training.partitioning import shard_global_batch
+        batches = (with_reference(reference, shard_global_batch(b, sharding)) for b in eval_batches())
         metrics = eval_pairs(params, batches, sharding)
         if rule_eval is not None:
             metrics.update(rule_eval(params))

@@ -69,10 +69,6 @@ def check_fits(where: str, length: int, seq_len: int, what: str = "example") -> 
                           "(up to the model's max_len) or shorten the record.")
 
 
-def shard_rows(rows: list, process_index: int, process_count: int) -> list:
-    return rows[process_index::process_count]
-
-
 def pad_row(values: Sequence[int | float], length: int, dtype=np.int32) -> np.ndarray:
     out = np.zeros((length,), dtype)
     out[:len(values)] = values

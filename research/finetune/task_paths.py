@@ -27,12 +27,13 @@ from research.finetune.base_model import BaseModel, abstract_and_init, job_base_
 from research.finetune.checks import config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import path_model, with_pretrained_body
-from research.finetune.paths import _local, load_records
+from research.finetune.paths import load_records
 from research.finetune.preference_data import synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
 from research.training import losses
+from research.training.partitioning import to_host
 
 IGNORE = -1  # label of tokens that carry none (padding, continuation pieces, separators)
 _POSITIVE = ("good", "great", "nice", "happy", "love", "fine")
@@ -91,17 +92,17 @@ def _label(where: str, value: Any, num_labels: int) -> int:
 
 def _row_job(name, config, model, loss_fn, boxed, initial, train_rows, eval_rows, predict_metrics, new_modules=(),
              tokenizer=None):
-    local_batch = config.train.batch_size // jax.process_count()
+    batch_size = config.train.batch_size
     eval_batches = lambda: itertools.islice(iter(records_lib.row_batches(
-        _local(eval_rows), batch_size=local_batch, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
+        eval_rows, batch_size=batch_size, seed=0, num_epochs=1, shuffle=False)), config.train.eval_batches)
     eval_loss = mean_aux(loss_fn, model)
 
     def evaluate(params, reference, sharding):
         return {**eval_loss(params, eval_batches(), sharding), **predict_metrics(params, eval_batches())}
 
     return FinetuneJob(name=name, model=model, loss_fn=loss_fn, abstract_params=boxed, initial_params=initial,
-                       train_batches=lambda seed: iter(records_lib.row_batches(_local(train_rows),
-                                                                               batch_size=local_batch, seed=seed)),
+                       train_batches=lambda seed: iter(records_lib.row_batches(train_rows, batch_size=batch_size,
+                                                                               seed=seed)),
                        evaluate=evaluate, new_modules=new_modules, tokenizer=tokenizer)
 
 
@@ -167,7 +168,7 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         predictions, labels = [], []
         for batch in batches:
             keep = batch["segment_ids"][:, 0] > 0
-            predictions += list(np.asarray(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
+            predictions += list(to_host(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
             labels += list(batch["label"][keep])
         return classification_metrics(predictions, labels)
 
@@ -215,7 +216,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         predictions, labels = [], []
         for batch in batches:
             keep = _real(batch["labels"], batch["segment_ids"], np) >= 0
-            predictions += list(np.asarray(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
+            predictions += list(to_host(predict(params, batch["tokens"], batch["segment_ids"]))[keep])
             labels += list(batch["labels"][keep])
         return classification_metrics(predictions, labels)
 
@@ -261,8 +262,8 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         out = beam_search(model, params, prompts, num_beams=num_beams, stop_tokens=[eos],
                           max_new_tokens=int(config.get("generation_tokens", 16)),
                           vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids
-        best = np.asarray(out.tokens_BWN)[:, 0]
-        lengths = np.asarray(out.lengths_BW)[:, 0]
+        best = to_host(out.tokens_BWN)[:, 0]
+        lengths = to_host(out.lengths_BW)[:, 0]
         predictions = [tokenizer.decode([int(t) for t in row[:n]]) for row, n in zip(best, lengths)]
         return text_metrics(predictions, [str(r["target"]) for _, r in generation])
 

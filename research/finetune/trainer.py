@@ -182,7 +182,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                             "nothing and reports the restored model; give a later step, or 0 to train to "
                             "train.num_steps=%d.", train.stop_after_steps, workdir, start_step, train.num_steps)
             for step in range(start_step + 1, end_step + 1):
-                batch = partitioning.shard_batch(next(train_iter), batch_sharding)
+                batch = partitioning.shard_global_batch(next(train_iter), batch_sharding)
                 extra: dict[str, float] = {}
                 if job.prepare is not None:
                     batch = job.prepare(merge(state.params), reference(), batch, step)
@@ -286,5 +286,10 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
-    to_hf(job.model, jax.device_get(params), path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
-    log.info("exported merged weights to %s", path)
+    host = jax.tree.map(partitioning.to_host, params)  # on several processes every one takes part in the gather
+    if jax.process_index() == 0:  # one writer; the others wait until the folder is whole
+        to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
+        log.info("exported merged weights to %s", path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"finetune export {path}")

@@ -190,6 +190,25 @@ def shard_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) 
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def shard_global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """A whole batch, the same on every process -> global arrays split over the mesh: each
+    process places the rows its own devices hold. The batches then do not depend on how many
+    processes share the mesh (fine-tuning's in-memory data: every process builds every batch)."""
+    def place(value: np.ndarray) -> jax.Array:
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    return {k: place(np.asarray(v)) for k, v in batch.items()}
+
+
+def to_host(value: Any) -> np.ndarray:
+    """An array's whole value on this host. A global array spanning several processes is
+    gathered from all of them (a collective: every process must make the same call); np.asarray
+    alone refuses such an array."""
+    if isinstance(value, jax.Array) and not (value.is_fully_addressable or value.is_fully_replicated):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
 def shard_size_bytes(tree: Any) -> dict[Any, int]:
     """Bytes each device holds of `tree`'s arrays (its addressable shards)."""
     held: dict[Any, int] = {}

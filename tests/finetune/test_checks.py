@@ -124,15 +124,3 @@ def test_a_target_only_the_zoo_model_has_is_refused_before_the_claim(preset, mod
     with pytest.raises(ConfigError, match=rf"^lora.targets pattern '{pattern.replace('$', chr(92) + '$')}' matches "
                                           r"no parameter; parameter paths look like \['body/"):
         check_config(config)
-
-
-def test_several_processes_are_refused_in_one_line_before_any_work(tmp_path, monkeypatch):
-    """On 2 processes sft, dpo and classify died in their first evaluation (a host read of an array
-    spanning every process), after loading and compiling."""
-    import jax
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    with pytest.raises(ConfigError, match=r"^fine-tuning runs on one process; this is process 1 of 2: launch it "
-                                          r"without jax.distributed"):
-        finetune_and_evaluate(tiny_config("sft_tiny"), str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()

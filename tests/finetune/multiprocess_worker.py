@@ -1,0 +1,42 @@
+"""One process of tests/finetune/test_multiprocess.py: a tiny fine-tuning run (3 steps of 8 rows).
+
+    python multiprocess_worker.py <preset> <workdir> <out.json> [--generation_prompts=N] [--stop_after_steps=N]
+        [--export_dir=DIR] [--folder=DIR --data_dir=DIR]
+
+Multi-host comes from the environment as in a real launch (JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID: launch.multihost joins jax.distributed before anything
+touches a device); without them it is one process with the devices XLA_FLAGS gives. The
+mesh's data axis spans every device of every process.
+"""
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from launch import multihost  # noqa: E402  (before jax touches a device)
+
+
+def main(preset: str, workdir: str, out_path: str, *flags: str) -> None:
+    multihost.initialize()
+    import jax
+    from research.finetune import finetune_and_evaluate
+    from tests.finetune.conftest import tiny_config
+
+    options = dict(f[2:].split("=", 1) for f in flags)
+    config = tiny_config(preset, num_steps=3, stop_after_steps=int(options.get("stop_after_steps", 0)))
+    config.opt.warmup_steps = 1
+    config.generation_prompts = int(options.get("generation_prompts", 0))
+    config.mesh.shape = (jax.device_count(), 1, 1)
+    if "export_dir" in options:
+        config.export_dir = options["export_dir"]
+    if "folder" in options:  # domain adaptation on a folder of text files
+        config.data.update(dict(folder=options["folder"], data_dir=options["data_dir"], validation_fraction=0.25))
+    final = finetune_and_evaluate(config, workdir)
+    with open(out_path, "w") as f:
+        json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(), "final": final}, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,98 @@
+"""Fine-tuning on two local processes joined by jax.distributed equals one process with their devices.
+
+Each worker (tests/finetune/multiprocess_worker.py) is its own Python process: 2 processes x 2
+fake CPU devices against 1 process x 4, one mesh over all devices. Fine-tuning builds every
+global batch on every process and each places the rows its devices hold, so both runs train
+on the same batches; only the order of floating-point reductions may differ. Until 2026-12-06
+fine-tuning was refused on several processes: its evaluation read generated replies and
+predicted labels from arrays spanning both processes, and each process drew other batches.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from research.training.metrics import read_metrics
+from tests.training.test_multiprocess import free_port, run_all, worker_env
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
+
+
+def commands(preset: str, workdir, out, *flags: str, processes: int) -> list:
+    """The worker on `processes` processes (4 devices in all)."""
+    if processes == 1:
+        return [([sys.executable, WORKER, preset, str(workdir), f"{out}_0.json", *flags], worker_env(4))]
+    port = free_port()
+    return [([sys.executable, WORKER, preset, str(workdir), f"{out}_{i}.json", *flags],
+             worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+            for i in range(processes)]
+
+
+def run(tmp_path, preset: str, name: str, *flags: str, processes: int) -> list[dict]:
+    """Train; returns each process's final metrics."""
+    run_all(commands(preset, tmp_path / name, tmp_path / name, *flags, processes=processes), tmp_path)
+    return [json.loads((tmp_path / f"{name}_{i}.json").read_text())["final"] for i in range(processes)]
+
+
+def assert_same(multi: dict, single: dict) -> None:
+    assert sorted(multi) == sorted(single)
+    for key in single:  # margins near 0 (reward, DPO) need an absolute tolerance beside the relative one
+        np.testing.assert_allclose(multi[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def logged(workdir) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(str(workdir)) if "loss" in r]
+
+
+SFT_FLAGS = ("--generation_prompts=6",)
+
+
+@pytest.fixture(scope="module")
+def one_process_sft(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("one_process_sft")
+    final, = run(tmp_path, "sft_tiny", "single", *SFT_FLAGS, f"--export_dir={tmp_path / 'export'}", processes=1)
+    return tmp_path, final
+
+
+def test_sft_on_two_processes_matches_one_with_generation_and_export(tmp_path, one_process_sft):
+    single_dir, single = one_process_sft
+    multi = run(tmp_path, "sft_tiny", "multi", *SFT_FLAGS, f"--export_dir={tmp_path / 'export'}", processes=2)
+    assert multi[0] == multi[1]  # every process reports the same, globally reduced, metrics
+    assert "eval_exact_match" in single and "before_eval_exact_match" in single  # greedy replies were generated
+    assert_same(multi[0], single)
+    # Process 0 alone wrote the records: each step once, the losses of the one-process run.
+    steps, losses = zip(*logged(tmp_path / "multi"))
+    single_steps, single_losses = zip(*logged(single_dir / "single"))
+    assert steps == single_steps == (1, 2, 3)
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
+    assert losses[-1] < losses[0]  # it trained: the comparison is not of constants
+    # The export gathered the sharded weights: the same tensors as the one-process export.
+    from safetensors.numpy import load_file
+    exported, reference = (load_file(str(d / "export" / "model.safetensors")) for d in (tmp_path, single_dir))
+    assert sorted(exported) == sorted(reference)
+    for name in reference:  # Adam's first steps move a weight whose gradient is ~0 by up to +-lr on rounding
+        np.testing.assert_allclose(exported[name], reference[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_sft_stopped_and_resumed_on_two_processes_matches_one_uninterrupted(tmp_path, one_process_sft):
+    single_dir, single = one_process_sft
+    run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, "--stop_after_steps=2", processes=2)
+    assert [step for step, _ in logged(tmp_path / "resumed")] == [1, 2]
+    final = run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, processes=2)[0]
+    assert_same(final, {k: v for k, v in single.items() if not k.startswith("before_")})  # no step-0 eval in a resumed run
+    steps, losses = zip(*logged(tmp_path / "resumed"))
+    assert steps == (1, 2, 3)
+    np.testing.assert_allclose(losses, [loss for _, loss in logged(single_dir / "single")], rtol=1e-5)
+
+
+# Preference pairs (reference log-probs), BERT classification (labels predicted on the host),
+# T5 (beam search on the host) and GRPO (sampling, rewards and advantages on the host).
+@pytest.mark.parametrize("preset", ["dpo_tiny", "classify_tiny", "t5_tiny", "grpo_tiny"])
+def test_other_paths_on_two_processes_match_one(tmp_path, preset):
+    flags = ("--generation_prompts=4",)
+    single, = run(tmp_path, preset, "single", *flags, processes=1)
+    multi = run(tmp_path, preset, "multi", *flags, processes=2)
+    assert multi[0] == multi[1]
+    assert_same(multi[0], single)
