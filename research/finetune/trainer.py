@@ -119,7 +119,9 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
         boxed = {BASE: frozen, LORA: adapters, **({TRAINED: heads} if heads else {})}
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
-    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config)
+    # Every process builds every batch (shard_global_batch): a run resumes on any number of processes.
+    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config,
+                                data_same_on_every_process=True)
     train_iter = job.train_batches(train.seed)
     last: dict[str, float] = {}
     try:

@@ -18,7 +18,10 @@ newest step that restores completely, logs which steps it skipped and why, and m
 damaged step aside into `<checkpoints>.damaged/<step>` so the run can save that step again.
 A step whose saved eval loss alone is unreadable keeps its state; only that record is moved aside.
 A step whose state does not fit the one the config builds (another optimizer, clipping turned
-on or off) is not damaged: `restore` refuses in one line and moves nothing.
+on or off) is not damaged: `restore` refuses in one line and moves nothing; nor is a step saved
+by another number of processes, whose data positions are per process (pretraining's rows depend
+on the count): one line, unless the run's data is the same on every process (fine-tuning builds
+every global batch on every process), which then resumes from process 0's position on any count.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -171,6 +175,17 @@ def _register_array_handler() -> None:
 _register_array_handler()
 
 
+def _data_process_count(step_dir: str) -> int | None:
+    """How many processes saved the data positions of a step (grain writes process_<i>-of-<n>.json
+    per process), or None where that cannot be read."""
+    try:
+        names = os.listdir(os.path.join(step_dir, "data"))
+    except OSError:
+        return None
+    counts = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json$").match, names) if m}
+    return counts.pop() if len(counts) == 1 else None
+
+
 def missing_items(step_dir: str) -> list[str]:
     """Items of a step directory that are absent (cheap check before a full restore)."""
     return [item for item in ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
@@ -225,7 +240,10 @@ def _set_aside_unreadable_metrics(directory: str) -> None:
 class Checkpointer:
     """Saves and restores a run in `directory` (usually <workdir>/checkpoints)."""
 
-    def __init__(self, directory: str, config: CheckpointConfig):
+    def __init__(self, directory: str, config: CheckpointConfig, *, data_same_on_every_process: bool = False):
+        # True: every process iterates the same data (module docstring), so a run may resume on
+        # another number of processes from process 0's saved position.
+        self._data_same_on_every_process = data_same_on_every_process
         keep = [policies.LatestN(n=config.keep_last)]
         best = {}
         if config.keep_best:
@@ -284,6 +302,13 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}.")
         skipped: list[tuple[int, str]] = []
         for candidate in steps:
+            saved_by = _data_process_count(os.path.join(self.directory, str(candidate)))
+            if saved_by not in (None, jax.process_count()) and not self._data_same_on_every_process:
+                raise CheckpointError(
+                    f"checkpoint step {candidate} in {self.directory} was saved by {saved_by} process(es), each "
+                    f"with its own data position, and this run has {jax.process_count()}: which rows each process "
+                    f"reads depends on the count, so resume it on {saved_by} process(es), or train in a new workdir; "
+                    "the checkpoints are intact and were left as they are.")
             reason = self._damage(candidate)
             if reason is None:
                 try:
@@ -309,6 +334,16 @@ class Checkpointer:
             + "); if the run's config changed, use a new workdir, else delete the damaged steps.")
 
     def _restore_step(self, step: int, target_state: Any, data_iterator: Any) -> tuple[Any, Any]:
+        saved_by = _data_process_count(os.path.join(self.directory, str(step)))
+        if saved_by not in (None, jax.process_count()) and self._data_same_on_every_process:
+            # grain's handler reads process_<i>-of-<this count>.json, which this step lacks.
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state)))
+            path = os.path.join(self.directory, str(step), "data", f"process_0-of-{saved_by}.json")
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            data_iterator.set_state(json.loads(text) if isinstance(data_iterator, grain.DatasetIterator)
+                                    else text.encode())
+            return restored["state"], data_iterator
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator),

@@ -76,11 +76,14 @@ def test_sft_on_two_processes_matches_one_with_generation_and_export(tmp_path, o
         np.testing.assert_allclose(exported[name], reference[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_sft_stopped_and_resumed_on_two_processes_matches_one_uninterrupted(tmp_path, one_process_sft):
+def test_sft_stopped_and_resumed_on_two_processes_then_one_matches_one_uninterrupted(tmp_path, one_process_sft):
+    """Stopped after step 1 and 2 on two processes, finished on one: every process holds the same
+    data position (it builds every batch), so the run resumes on any number of processes."""
     single_dir, single = one_process_sft
-    run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, "--stop_after_steps=2", processes=2)
-    assert [step for step, _ in logged(tmp_path / "resumed")] == [1, 2]
-    final = run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, processes=2)[0]
+    for stop, processes in ((1, 2), (2, 2)):
+        run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, f"--stop_after_steps={stop}", processes=processes)
+        assert [step for step, _ in logged(tmp_path / "resumed")] == list(range(1, stop + 1))
+    final, = run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, processes=1)
     assert_same(final, {k: v for k, v in single.items() if not k.startswith("before_")})  # no step-0 eval in a resumed run
     steps, losses = zip(*logged(tmp_path / "resumed"))
     assert steps == (1, 2, 3)

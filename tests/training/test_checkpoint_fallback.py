@@ -162,3 +162,30 @@ def test_a_state_that_does_not_fit_the_config_is_refused_and_no_step_is_moved(tm
     finally:
         checkpointer.close()
     assert sorted(os.listdir(directory)) == ["1", "2", "3"] and not (tmp_path / "checkpoints.damaged").exists()
+
+
+def test_a_step_saved_by_another_process_count_is_refused_unless_the_data_is_the_same_everywhere(tmp_path):
+    """Resumed on another number of hosts, every step failed to read process_0-of-1.json and the
+    line said to delete the 'damaged' steps. Pretraining's rows depend on the process count: one
+    line, nothing moved. Fine-tuning's do not: it resumes from process 0's saved position."""
+    directory = str(tmp_path / "checkpoints")
+    _save_steps(directory)
+    for step in ("1", "2", "3"):  # as two processes save them: one position file each
+        data = os.path.join(directory, step, "data")
+        os.rename(os.path.join(data, "process_0-of-1.json"), os.path.join(data, "process_0-of-2.json"))
+        with open(os.path.join(data, "process_1-of-2.json"), "w") as f:
+            f.write("not read")
+    with pytest.raises(CheckpointError, match=r"^checkpoint step 3 in .* was saved by 2 process\(es\), each with its "
+                                              r"own data position, and this run has 1: .* resume it on 2 process\(es\), "
+                                              r"or train in a new workdir; the checkpoints are intact") as error:
+        _restore(directory)
+    assert "\n" not in str(error.value) and "delete" not in str(error.value)
+    assert sorted(os.listdir(directory)) == ["1", "2", "3"] and not (tmp_path / "checkpoints.damaged").exists()
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False),
+                                data_same_on_every_process=True)
+    try:
+        state, iterator = checkpointer.restore({"w": jnp.zeros((4, 8))}, _iterator())
+        np.testing.assert_array_equal(state["w"], np.full((4, 8), 3.0))
+        assert next(iterator) == 3  # step 3 had yielded 0, 1, 2
+    finally:
+        checkpointer.close()
