@@ -172,8 +172,10 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
     _check_same_plan(workdir, plan)
     if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "plan.json"), "w") as f:
-            json.dump([sweep_records.planned_record(run) for run in plan.runs], f, indent=1)
+        # Atomically: a kill mid-write left half a plan.json, which _check_same_plan reads as
+        # "no plan" and then accepted a plan that drops runs.
+        write_text_atomically(os.path.join(workdir, "plan.json"),
+                              json.dumps([sweep_records.planned_record(run) for run in plan.runs], indent=1))
         sweep_records.write_tables(_all_records(plan.runs, os.path.join(workdir, "runs")), workdir)
     tokenizer = _shared_tokenizer(plan.data_config, workdir)
     return plan, tokenizer, config.train.peak_flops or _measure_peak_flops()
@@ -190,7 +192,7 @@ def _check_same_plan(workdir: str, plan: SweepPlan) -> None:
     except FileNotFoundError:
         return
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return  # unreadable (written before it was atomic): the run directories' own checks still apply
+        return  # unreadable (written by code before it was atomic): the run directories' own checks still apply
     dropped = [run_id for run_id in old if run_id not in {run.run_id for run in plan.runs}]
     if dropped:
         raise SweepError(f"{workdir} holds a sweep planned with other settings ({len(dropped)} of its {len(old)} runs, "

@@ -251,3 +251,57 @@ def test_setting_a_fit_aside_that_a_kill_interrupted_keeps_what_was_moved(tmp_pa
     assert sorted(os.listdir(tmp_path)) == [sweep_fit.SUPERSEDED_DIR]
     assert sorted(os.listdir(aside)) == ["fit.json", "law_contours.png", "loss_vs_compute.png"]
     assert (aside / "law_contours.png").read_text() == "first" and "plots" in (aside / "fit.json").read_text()
+
+
+def test_a_kill_while_plan_json_is_written_leaves_the_old_plan_whole(tmp_path, monkeypatch):
+    """plan.json was written in place: a kill mid-write left half a file, which reads as no plan,
+    and a plan dropping 3 of the 5 runs was then accepted. Now it is written aside and renamed."""
+    config = tiny_config()
+    sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    before = (tmp_path / "plan.json").read_bytes()
+
+    class Killed(BaseException):
+        pass
+
+    def dying_write(f, text):  # a kill part way through writing a file (text or bytes)
+        f.write(text[:len(text) // 2])
+        f.flush()
+        raise Killed
+
+    opened = []
+    real_open = open
+
+    def open_and_watch(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and "plan.json" in os.path.basename(str(path)):
+            opened.append(path)
+            return _DyingFile(f, dying_write)
+        return f
+
+    monkeypatch.setattr("builtins.open", open_and_watch)
+    with pytest.raises(Killed):
+        sweep.prepare_sweep(config, str(tmp_path))
+    monkeypatch.undo()
+    assert opened and (tmp_path / "plan.json").read_bytes() == before
+    config.sweep.tokens_per_param = (2.0,)
+    with pytest.raises(sweep.SweepError, match="holds a sweep planned with other settings"):
+        sweep._check_same_plan(str(tmp_path), sweep.plan_sweep(config))
+
+
+class _DyingFile:
+    """A text file whose write is replaced (the rest passes through)."""
+
+    def __init__(self, f, write):
+        self._f, self._write = f, write
+
+    def write(self, text):
+        return self._write(self._f, text)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
