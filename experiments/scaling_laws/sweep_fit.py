@@ -67,8 +67,10 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 # N_opt between rungs by default, its frontier (and Kaplan's L(C)) counts each budget once (envelope.py);
 # Approach 2 leaves extrapolated IsoFLOP vertices out of N_opt(C) (isoflop.py); 5: runs.csv's one row
 # per run id is read as final losses, not one-point curves (envelope.py), and Approach 3's bootstrap
-# refits each resample from 8 more starts (chinchilla_fit.BOOTSTRAP_STARTS).
-FIT_METHOD_VERSION = 5
+# refits each resample from 8 more starts (chinchilla_fit.BOOTSTRAP_STARTS); 6: the allocation's
+# intervals (a, b, G) leave out resamples without an optimum, Approach 3 needs >= 3 sizes and token
+# counts, a held-out budget of one size reads FLOPs per token from every run (held_out.py).
+FIT_METHOD_VERSION = 6
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,

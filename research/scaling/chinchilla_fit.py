@@ -24,9 +24,13 @@ import numpy as np
 from research.scaling.huber_lse import HUBER_DELTA, HUBER_GTOL, huber_lse_value_and_grad
 from research.scaling.laws import ChinchillaLaw
 from research.scaling.lbfgs import minimize_batched
-from research.scaling.run_table import RunTable
+from research.scaling.run_table import RunTable, RunTableError
 
 PARAMETERS = ("a", "b", "e", "alpha", "beta")  # order of the K=5 axis of every x_PK here
+ALLOCATION_KEYS = ("a", "b", "G")  # ChinchillaLaw.as_dict's entries that exist only with an optimum
+# E + A/N^alpha seen at two sizes is two numbers for three unknowns (E shared with the D term):
+# each of A, alpha and B, beta needs runs at >= 3 distinct values of its variable.
+MIN_DISTINCT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,18 +64,33 @@ class Approach3Fit:
     bootstrap_laws: tuple[ChinchillaLaw, ...] = ()
     confidence: float = 0.8
 
+    def bootstrap_with_optimum(self) -> tuple[ChinchillaLaw, ...]:
+        """The bootstrap fits that have a compute-optimal allocation (ChinchillaLaw.optimum_problem)."""
+        return tuple(law for law in self.bootstrap_laws if not law.optimum_problem())
+
     def intervals(self) -> dict[str, tuple[float, float]]:
-        """Percentile intervals of E, A, B, alpha, beta, a, b, G over the bootstrap fits."""
+        """Percentile intervals of E, A, B, alpha, beta over the bootstrap fits, and of the
+        allocation's a, b, G over the fits that have one: a resample whose beta (or alpha) came out
+        <= 0 has no optimum, its G is NaN (one NaN made G's interval [nan, nan]) and its
+        beta / (alpha + beta) the exponent of nothing (it bent a's interval below 0). How many
+        were left out is `bootstrap_without_optimum` in as_dict."""
         if not self.bootstrap_laws:
             return {}
         tail = 50.0 * (1.0 - self.confidence)
-        values = {k: [law.as_dict()[k] for law in self.bootstrap_laws] for k in self.law.as_dict()}
-        return {k: tuple(float(q) for q in np.percentile(v, [tail, 100.0 - tail])) for k, v in values.items()}
+        with_optimum = self.bootstrap_with_optimum()
+        out = {}
+        for key in self.law.as_dict():
+            laws = with_optimum if key in ALLOCATION_KEYS else self.bootstrap_laws
+            if laws:
+                values = [law.as_dict()[key] for law in laws]
+                out[key] = tuple(float(q) for q in np.percentile(values, [tail, 100.0 - tail]))
+        return out
 
     def as_dict(self) -> dict:
         return {**self.law.as_dict(), "objective": self.objective, "huber_delta": HUBER_DELTA,
                 "num_inits": self.num_inits, "num_converged": self.num_converged, "seconds": self.seconds,
                 "bootstrap_samples": len(self.bootstrap_laws), "confidence": self.confidence,
+                "bootstrap_without_optimum": len(self.bootstrap_laws) - len(self.bootstrap_with_optimum()),
                 "intervals": {k: list(v) for k, v in self.intervals().items()}}
 
 
@@ -133,6 +152,11 @@ def fit_chinchilla_law(table: RunTable, *, grid: InitGrid = PAPER_GRID, bootstra
     confidence 0.8 gives 10th-90th percentile intervals.
     """
     table.require(len(PARAMETERS), "Approach 3 (5 parameters)")
+    sizes, tokens = len(np.unique(table.N)), len(np.unique(table.D))
+    if min(sizes, tokens) < MIN_DISTINCT:
+        raise RunTableError(f"Approach 3 needs runs at >= {MIN_DISTINCT} distinct model sizes N and >= {MIN_DISTINCT} "
+                            f"distinct token counts D to determine A, alpha and B, beta; the table has {sizes} and "
+                            f"{tokens}: add runs at other sizes or token counts.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.8 for 10th-90th percentiles.")
     start = time.perf_counter()

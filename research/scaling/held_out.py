@@ -55,8 +55,11 @@ def predict_held_out_budget(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> 
     law = fit_chinchilla_law(table.select(fit_rows).merge_replicates(), grid=grid).law  # seeds: one point
     best = held[np.argmin(table.loss[held])]
     compute = float(np.exp(np.mean(np.log(table.compute[held]))))
-    # FLOPs per token as a line in log N through the held-out runs (exactly 6 N when nominal).
-    line = np.polyfit(np.log(table.N[held]), np.log(table.flops_per_token[held]), 1)
+    # FLOPs per token as a line in log N through the held-out runs (exactly 6 N when nominal),
+    # or through every run when the held-out budget has one size: a line fitted to one point is
+    # any line through it (polyfit's minimum-norm one put the optimum at the grid's edge).
+    known = held if len(np.unique(table.N[held])) > 1 else np.arange(len(table))
+    line = np.polyfit(np.log(table.N[known]), np.log(table.flops_per_token[known]), 1)
     N_grid = np.geomspace(table.N.min() / 10, table.N.max() * 10, _SIZES_ALONG_BUDGET)
     along = law.loss(N_grid, compute / np.exp(np.polyval(line, np.log(N_grid))))
     return HeldOutPrediction(compute=compute, num_fit_runs=int(fit_rows.size), num_held_out=int(held.size),

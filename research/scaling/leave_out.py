@@ -20,7 +20,7 @@ import numpy as np
 
 from research.scaling.chinchilla_fit import PAPER_GRID, InitGrid, fit_chinchilla_law
 from research.scaling.isoflop import group_by_budget
-from research.scaling.run_table import RunTable
+from research.scaling.run_table import RunTable, RunTableError
 
 MIN_RUNS = 5
 
@@ -52,7 +52,11 @@ def leave_out_fits(table: RunTable, *, grid: InitGrid = PAPER_GRID) -> dict[str,
         if len(kept) < MIN_RUNS:
             out[name] = {"skipped": f"{len(kept)} design points would remain; Approach 3 needs {MIN_RUNS}"}
             continue
-        law = fit_chinchilla_law(kept, grid=grid).law
+        try:
+            law = fit_chinchilla_law(kept, grid=grid).law
+        except RunTableError as error:  # e.g. too few distinct sizes left to determine alpha
+            out[name] = {"skipped": str(error)}
+            continue
         # As for the full fit: no N_opt exponent for a law without an optimum (a refit on fewer
         # runs is the likeliest to give beta <= 0).
         problem = law.optimum_problem()

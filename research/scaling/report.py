@@ -113,9 +113,11 @@ def _optimum_exponents(approach3, flops_per_token: PowerLaw | None) -> dict:
     out = {"flops_per_token": flops_per_token.as_dict(), "a": a, "b": b}
     if approach3.bootstrap_laws:
         tail = 50.0 * (1.0 - approach3.confidence)
-        draws = np.array([law.optimal_exponents(flops_per_token) for law in approach3.bootstrap_laws])
-        out["intervals"] = {name: [float(q) for q in np.percentile(draws[:, i], [tail, 100.0 - tail])]
-                            for i, name in enumerate(("a", "b"))}
+        # Over the resamples with an optimum, as Approach3Fit.intervals' a and b.
+        draws = np.array([law.optimal_exponents(flops_per_token) for law in approach3.bootstrap_with_optimum()])
+        if len(draws):
+            out["intervals"] = {name: [float(q) for q in np.percentile(draws[:, i], [tail, 100.0 - tail])]
+                                for i, name in enumerate(("a", "b"))}
     return {"optimum_exact_flops": out}
 
 

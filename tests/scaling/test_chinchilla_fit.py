@@ -116,3 +116,36 @@ def test_each_bootstrap_refit_reaches_the_resamples_own_optimum():
         grid_refit = fit_chinchilla_law(table.select(rows), grid=PAPER_GRID).law
         found = weighted_huber_objective(fit.bootstrap_laws[s], table, weight_SR[s])
         assert found <= weighted_huber_objective(grid_refit, table, weight_SR[s]) * (1 + 1e-6), s
+
+
+def test_a_table_at_too_few_sizes_or_token_counts_is_a_clear_error():
+    """Two sizes give E + A/N^alpha as two numbers for three unknowns: the fit reported exponents
+    that never moved from its starting grid (beta 1.0 at one D) and an allocation from them."""
+    N = np.repeat([1e8, 3e8], 3)
+    D = N * np.tile([10.0, 20.0, 40.0], 2)
+    with pytest.raises(RunTableError, match=r"^Approach 3 needs runs at >= 3 distinct model sizes N and >= 3 "
+                                            r"distinct token counts D .*; the table has 2 and 6: add runs"):
+        fit_chinchilla_law(RunTable(N, D, TRUE_LAW.loss(N, D)), grid=COARSE_GRID)
+    N = np.geomspace(1e8, 1e9, 6)
+    with pytest.raises(RunTableError, match=r"the table has 6 and 1: add runs"):
+        fit_chinchilla_law(RunTable(N, np.full(6, 1e10), TRUE_LAW.loss(N, 1e10)), grid=COARSE_GRID)
+
+
+def test_allocation_intervals_leave_out_resamples_without_an_optimum():
+    """One resample with beta <= 0 made G's interval [nan, nan] and pulled a's below 0."""
+    from research.scaling.chinchilla_fit import Approach3Fit
+    rng = np.random.default_rng(0)
+    good = [ChinchillaLaw(E=1.8, A=400.0, B=2000.0, alpha=0.34 + 0.02 * z, beta=0.36 + 0.02 * w)
+            for z, w in rng.normal(size=(40, 2))]
+    bad = [ChinchillaLaw(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=-0.01 * (i + 1)) for i in range(10)]
+    fit = Approach3Fit(law=good[0], objective=0.0, num_inits=1, num_converged=1, seconds=0.0,
+                       bootstrap_laws=tuple(good + bad), confidence=0.8)
+    intervals = fit.intervals()
+    for key in ("a", "b", "G"):
+        expected = np.percentile([law.as_dict()[key] for law in good], [10, 90])
+        np.testing.assert_allclose(intervals[key], expected, err_msg=key)
+    assert intervals["a"][0] > 0 and all(np.isfinite(intervals["G"]))
+    # The law's own parameters keep every resample: beta's interval reaches the negative draws.
+    np.testing.assert_allclose(intervals["beta"], np.percentile([law.beta for law in good + bad], [10, 90]))
+    assert intervals["beta"][0] < 0
+    assert fit.as_dict()["bootstrap_without_optimum"] == 10

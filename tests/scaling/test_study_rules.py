@@ -177,3 +177,18 @@ def test_the_plateau_rule_is_not_applied_for_a_data_error_and_the_summary_says_w
                         "param_count": "non_embedding", "n_opt_exponents": {}, "held_out": {}, "leave_out": {},
                         "compute_optimal": [], "irreducible": None, "seed_noise": None, "loss_by_budget": []}}
     assert f"plateau rule not applied: {reason}" in summary(report).splitlines()
+
+
+def test_held_out_optimum_of_a_budget_with_one_size_follows_six_N_D():
+    """A held-out budget of one run (tokens_tiny groups by compute): FLOPs per token were a line
+    fitted to one point, the optimum was searched along a wrong budget line and landed on the
+    grid's edge (2.1756 at N = 1e10 against 2.2457 at N = 4.2e9 along C = 6 N D)."""
+    N = np.repeat(np.geomspace(1e7, 1e9, 5), 3)
+    D = N * np.tile([40.0, 120.0, 360.0], 5)
+    table = RunTable(N, D, LAW.loss(N, D))
+    held = predict_held_out_budget(table, grid=COARSE_GRID)
+    assert held.num_held_out == 1
+    sizes = np.geomspace(N.min() / 10, N.max() * 10, 400)  # the prediction's own grid
+    along = LAW.loss(sizes, held.compute / (6 * sizes))  # the true law along C = 6 N D
+    assert held.predicted_optimum == pytest.approx(along.min(), rel=1e-4)
+    assert held.predicted_optimum_N == pytest.approx(sizes[along.argmin()], rel=0.03)
