@@ -170,6 +170,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
         flops = estimated_training(config)["flops"]
         sizes.sort(key=lambda size: -flops[size])
     requests = preemption.stop_requests()
+    unfinished = []  # sizes a train.stop_after_steps session left short of train.num_steps
     for size in sizes:
         run_dir = os.path.join(workdir, "runs", size)
         with workers.claim(run_dir) if worker else contextlib.nullcontext(True) as ours:
@@ -194,7 +195,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
                 loss = f", eval_loss {final['eval_loss']:.3f}" if "eval_loss" in final else ""
                 log(f"{size}: trained in {time.perf_counter() - start:.0f} s{loss}")
             rows.extend(evaluate_run(config, plan, size, run_dir, tokenizer, log))
+            saved = checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))
+            if not saved or saved[-1] < config.train.num_steps:
+                unfinished.append(f"{size} (step {saved[-1] if saved else 0})")
     if worker:
+        return {}
+    if unfinished:  # the report compares final models: without them it had nothing to plot (a traceback)
+        log(f"no report yet: {', '.join(unfinished)} stopped before train.num_steps={config.train.num_steps} "
+            f"(train.stop_after_steps={config.train.get('stop_after_steps', 0)}); their checkpoints and evaluations "
+            "are kept: rerun without train.stop_after_steps (or with a later step) to finish them and write the report.")
         return {}
     paths = emergence_report.write_report(config, rows, workdir)
     with open(paths["report"], encoding="utf-8") as f:

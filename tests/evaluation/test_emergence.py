@@ -306,3 +306,25 @@ def test_a_final_task_tracked_on_the_same_items_is_evaluated_once():
     fewer = configs.get_config("cpu_tiny")
     fewer.eval.num_test = 400  # the tracked items are then the first 400 of the final 1000
     assert len(emergence.final_entries_not_tracked(emergence.plan_study(fewer))) == 5
+
+
+def test_a_session_stopped_by_stop_after_steps_writes_no_report_and_says_why(tmp_path, monkeypatch):
+    """Every size stopped at step 2 of 4 (train.stop_after_steps): no final rows, and the report
+    died on 'nothing to plot' after all the training, overwriting report/ with partial tables."""
+    config = configs.get_config("micro")
+    config.train.stop_after_steps = 2
+
+    def stopped_at_step_2(train_config, run_dir):
+        os.makedirs(os.path.join(run_dir, "checkpoints", "2", "state"))
+        return {}
+
+    monkeypatch.setattr("research.training.train_and_evaluate", stopped_at_step_2)
+    monkeypatch.setattr("research.training.metrics.measure_peak_flops", lambda: 1e9)
+    monkeypatch.setattr(emergence, "evaluate_run", lambda *args: [])
+    logs = []
+    assert emergence.run_study(config, str(tmp_path), log=logs.append) == {}
+    sizes = ", ".join(f"{size} (step 2)" for size in config.sizes)
+    assert logs[-1] == (f"no report yet: {sizes} stopped before train.num_steps={config.train.num_steps} "
+                        "(train.stop_after_steps=2); their checkpoints and evaluations are kept: rerun without "
+                        "train.stop_after_steps (or with a later step) to finish them and write the report.")
+    assert not os.path.exists(os.path.join(tmp_path, "report"))
