@@ -90,8 +90,12 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
     every item its resamples are all 0, and a p^L of 1e-4 would put the interval just below 0
     for want of any item that could show it. Two overlapping intervals are no such test, as
     both come from the same items. Below 0, exact
-    match is below p^L: the wrong tokens are spread over more items than independent errors
-    spread them (or a decision p does not count, such as the stop: p^L q below); above 0, they gather on fewer.
+    match is below p^L: the wrong tokens are spread over more items than independent errors at one
+    per-token accuracy p would spread them. Dependence between errors is one cause; positions of
+    unequal accuracy are another, with independent errors: accuracies p_1..p_L give exact match
+    p_1...p_L, at most (mean p)^L (the AM-GM inequality; in addition some digits carry, some do
+    not). The per-item accuracies kept here cannot tell the two apart. A decision p does not count,
+    such as the stop, is a third (p^L q below). Above 0, the wrong tokens gather on fewer items.
 
     Where the items score the end decision (metrics.py; research.evaluation.harness's do), exact
     match's prediction for independent decisions, all of them: `end_accuracy` q (greedy decoding
@@ -164,6 +168,8 @@ def noisy_curve_summary(final_rows: Sequence[dict[str, Any]], *, scale: str, gro
             if len(lengths) != 1:
                 continue  # items differ between sizes: no paired bootstrap
             scores = [sign * np.asarray(m["items"][metric], np.float64) for m in members]
+            if not all(np.all(np.isfinite(s)) for s in scores):
+                continue  # as curve_summary: a curve with a non-finite value has no shape (one aborted the report)
             shape = curve_shape_with_noise([float(m[scale]) for m in members], scores, samples=samples, seed=seed)
             shape["values"] = [sign * v + 0.0 for v in shape["values"]]  # + 0.0: no "-0.0" for a flipped zero
             shape["value_intervals"] = [sorted(sign * v for v in pair) for pair in shape["value_intervals"]]
@@ -235,6 +241,8 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
             # Oriented, larger better: an edit distance collapsing to 0 is the jump, one blowing up is not.
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
             scores_MI = sign * np.asarray([m["items"][metric] for m in members], np.float64)
+            if not np.all(np.isfinite(scores_MI)):
+                continue  # no shape for a curve with a non-finite value, as above
             shape = curve_shape_with_noise([m["step"] for m in members], scores_MI, samples=samples, seed=seed)
             steps = np.diff(np.asarray(shape["values"]))
             k = int(np.argmax(steps))
@@ -310,8 +318,9 @@ def sharpening_verdict(shapes: Sequence[dict[str, Any]], lengths: dict[str, floa
         return None
     shortest, longest = min(tasks, key=lengths.get), max(tasks, key=lengths.get)
     better = lambda values: [oriented(part, v) for v in values]  # a fall of edit distance is a rise
-    if premise == "monotone":
-        improves = all(np.all(np.diff(better(by_key[(t, part)]["values"])) > 0) for t in tasks)
+    if premise == "monotone":  # one value is no rise (np.all of no steps is True)
+        improves = all(len(values) > 1 and np.all(np.diff(values) > 0)
+                       for values in (better(by_key[(t, part)]["values"]) for t in tasks))
     elif premise == "net":  # transition_shapes rows carry their curve's first and last values
         ends = lambda row: better((row["first"], row["last"]) if "first" in row else (row["values"][0],
                                                                                        row["values"][-1]))

@@ -91,6 +91,14 @@ def test_noisy_curve_summary_gives_item_means_in_the_metric_own_orientation():
     assert shape["values"] == [2.0, 0.5, 0.0] and "-0.0" not in json.dumps(shape["values"])
     assert all(low <= v <= high for v, (low, high) in zip(shape["values"], shape["value_intervals"]))
     assert shape["total_improvement"] == pytest.approx(2.0)  # the fall in edit distance, as an improvement
+    # A non-finite item value: that curve has no shape (as curve_summary's), the others keep theirs;
+    # it raised "scores [nan, ...] must be finite", naming no task or metric, and the report was lost.
+    for row in rows:
+        row["items"]["exact_match"] = [0.0, 1.0, 1.0, 0.0]
+    rows[0]["items"]["token_edit_distance"] = [float("nan"), 0.0, 0.0, 0.0]
+    shapes = noisy_curve_summary(rows, scale="params", group_by=("task",),
+                                 metrics=("token_edit_distance", "exact_match"))
+    assert [s["metric"] for s in shapes] == ["exact_match"]
 
 
 def _shape(task, metric, values, interval, b=1.0):
@@ -128,6 +136,9 @@ def test_sharpening_verdict_calls_the_mirage_only_when_the_whole_answer_sharpens
             for s in shapes]
     assert not sharpening_verdict(flat, lengths)["exact_match_sharper"]
     assert sharpening_verdict(shapes[:3], lengths) is None  # a length without p: no verdict
+    # One size per length: p does not rise (there is no step); the verdicts table said it did.
+    single = [dict(s, values=s["values"][-1:]) for s in shapes]
+    assert not sharpening_verdict(single, lengths)["teacher_forced_accuracy_improves"]
 
 
 def test_transition_shapes_find_a_jump_along_training_and_not_noise():
