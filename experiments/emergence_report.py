@@ -211,7 +211,9 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                  "item, 1 / items), in "
                  f"{sum(r['agrees'] for r in shown)} of {len(shown)} rows. Overlapping intervals of the two are no "
                  "test of agreement: both come from the same items. Below 0 the wrong tokens are spread over more "
-                 "items than independent errors would spread them, above 0 they gather on fewer)"
+                 "items than independent errors at one accuracy p would spread them: dependent errors, or "
+                 "positions of unequal accuracy (independent errors at p_1..p_L give exact match p_1...p_L <= "
+                 "(mean p)^L), which these per-item accuracies cannot tell apart; above 0 they gather on fewer)"
                  f"\n\n```\n{table}\n```\n")
         with_end = [{**r, "em_minus": r["exact_match_minus_p_to_the_L_times_end"],
                      "em_minus_interval": r["exact_match_minus_p_to_the_L_times_end_interval"],
