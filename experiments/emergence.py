@@ -142,6 +142,8 @@ def evaluate_with_items(harness: Any, entries: list) -> list[dict[str, Any]]:
         result = evaluate(harness, entry.task, num_fewshot=entry.num_fewshot)
         items = {m: [float(e[m]) for e in result.examples] for m in ITEM_METRICS
                  if result.examples and m in result.examples[0]}
+        if result.examples and "answer_token_greedy" in result.examples[0]:  # one list per item
+            items["answer_token_greedy"] = [list(e["answer_token_greedy"]) for e in result.examples]
         rows.append({"task": entry.name, "num_shots": entry.num_fewshot, "chain_of_thought": entry.chain_of_thought,
                      "num_examples": len(result.examples), **result.metrics, "items": items})
     return rows

@@ -229,6 +229,22 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                      "em_minus = exact match - p^L q with its paired 80% interval; agrees as above, in "
                      f"{sum(r['agrees'] for r in with_end)} of {len(with_end)} rows (mirage.csv).\n\n"
                      f"```\n{table}\n```\n")
+        by_position = [{**r, "em_minus": r["exact_match_minus_p_positions_product"],
+                        "em_minus_interval": r["exact_match_minus_p_positions_product_interval"],
+                        "agrees": r["exact_match_agrees_with_p_positions_product"]}
+                       for r in mirage if "p_positions_product" in r]
+        if by_position:
+            table = format_table(_interval_text(by_position, ["exact_match", "p_to_the_L", "p_positions_product",
+                                                              "em_minus"]),
+                                 ["task", "size", "exact_match", "p_to_the_L", "p_positions_product", "em_minus",
+                                  "agrees"])
+            text += ("\nBy position: p_positions_product = the mean over items of p_1...p_L, p_j the items' share "
+                     "right at their j-th answer token (teacher-forced): exact match's prediction for independent "
+                     "errors at each position's own accuracy. Where exact match is below p^L and agrees with this, "
+                     "positions of unequal accuracy explain the gap; a gap left here is dependence between the "
+                     "errors. em_minus = exact match - that product with its paired 80% interval; agrees as above, "
+                     f"in {sum(r['agrees'] for r in by_position)} of {len(by_position)} rows (mirage.csv).\n\n"
+                     f"```\n{table}\n```\n")
         mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
                              ["task", "metric", "values", "total_improvement", "above_noise", "linearity",

@@ -29,8 +29,10 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # is_greedy is the argmax among the ids generation may write, not the model's padded vocabulary
 # (2026-12-05). 5: each generation item also scores the end decision after its target (the next
 # token being eos or a piece whose text begins with a stop string, where generate_until's text
-# ends): end_is_greedy and end_prob (2026-12-06); p and L themselves are unchanged.
-METRICS_VERSION = 5
+# ends): end_is_greedy and end_prob (2026-12-06); p and L themselves are unchanged. 6: each
+# generation item keeps whether each answer token is the argmax (answer_token_greedy), for the
+# product of per-position accuracies beside p^L (study_report.mirage_table); nothing else changes.
+METRICS_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,7 @@ def _generation(harness, task, docs, contexts):
             "target_log_prob": float(np.sum(log_probs, dtype=np.float64)),
             "brier_score": M.mean_brier(score.token_brier[start:]),
             **M.teacher_forced(log_probs, greedy),
+            "answer_token_greedy": [float(g) for g in greedy],  # per answer token, in order
             **({} if score.end_log_prob is None else M.end_decision(score.end_log_prob, score.end_is_greedy))})
     return examples
 

@@ -14,7 +14,7 @@ raw metric values, ordered by scale.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -73,6 +73,29 @@ ITEM_METRICS = ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob",
                 "end_is_greedy", "end_prob")
 
 
+def positions_product(correct: Sequence[Sequence[float]]) -> tuple[np.ndarray, Callable]:
+    """(per-item columns, transform) such that transform(mean of the columns over items) is the
+    mean over items of p_1...p_(L_i), p_j the share of items right at answer token j among those
+    with a j-th token: independent errors at each position's own accuracy (study_report.mirage_table).
+    Columns per item: right at token j (0 past its end), has a token j, and which length it has
+    (0..M), so a bootstrap resample of the items recomputes every p_j and the length mix."""
+    lengths = [len(c) for c in correct]
+    M = max(lengths, default=0)
+    columns = np.zeros((len(correct), 2 * M + M + 1), np.float64)
+    for i, c in enumerate(correct):
+        columns[i, :len(c)] = c
+        columns[i, M:M + len(c)] = 1.0
+        columns[i, 2 * M + len(c)] = 1.0
+
+    def product(means: np.ndarray) -> np.ndarray:
+        right, present, mix = means[..., :M], means[..., M:2 * M], means[..., 2 * M:]
+        p = np.where(present > 0, right / np.maximum(present, 1e-300), 1.0)
+        prefix = np.concatenate([np.ones(p.shape[:-1] + (1,)), np.cumprod(p, axis=-1)], axis=-1)  # lengths 0..M
+        return np.sum(mix * prefix, axis=-1)
+
+    return columns, product
+
+
 def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, confidence: float = 0.8,
                  seed: int = 0) -> list[dict[str, Any]]:
     """Exact match beside p^L (Schaeffer et al. 2023), per size and task, with item-bootstrap
@@ -96,6 +119,13 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
     p_1...p_L, at most (mean p)^L (the AM-GM inequality; in addition some digits carry, some do
     not). The per-item accuracies kept here cannot tell the two apart. A decision p does not count,
     such as the stop, is a third (p^L q below). Above 0, the wrong tokens gather on fewer items.
+
+    Where the items keep each answer token's teacher-forced correctness (answer_token_greedy),
+    `p_positions_product`: exact match's prediction for independent errors at each position's own
+    accuracy p_j (the share of items right at their j-th answer token, over the items that have
+    one), the mean over items of p_1...p_(L_i); exact match below p^L but agreeing with it leaves
+    unequal positions as the cause, and a gap beside it dependence between the errors
+    (`exact_match_minus_p_positions_product` with its paired interval and agrees, as above).
 
     Where the items score the end decision (metrics.py; research.evaluation.harness's do), exact
     match's prediction for independent decisions, all of them: `end_accuracy` q (greedy decoding
@@ -135,6 +165,12 @@ def mirage_table(final_rows: Sequence[dict[str, Any]], *, samples: int = 1000, c
                                                            seed=seed, transform=transform)
                 entry[name], entry[f"{name}_interval"] = value, [low, high]
             comparisons.append((p_and_end, with_end, "p_to_the_L_times_end"))
+        if "answer_token_greedy" in items:
+            by_position, product = positions_product(items["answer_token_greedy"])
+            value, low, high = bootstrap_mean_interval(by_position, samples=samples, confidence=confidence,
+                                                       seed=seed, transform=product)
+            entry["p_positions_product"], entry["p_positions_product_interval"] = value, [low, high]
+            comparisons.append((by_position, product, "p_positions_product"))
         for others, transform, name in comparisons:
             value, low, high = bootstrap_difference_interval(items["exact_match"], others, samples=samples,
                                                              confidence=confidence, seed=seed,

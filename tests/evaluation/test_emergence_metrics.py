@@ -179,3 +179,39 @@ def test_p_to_the_L_times_the_end_decision_predicts_exact_match_where_p_to_the_L
     np.testing.assert_allclose(row["exact_match_minus_p_to_the_L_times_end_interval"], np.percentile(differences, [10, 90]))
     # Items without the end decision (a harness that does not score it): no such columns.
     assert "end_accuracy" not in _mirage_row(correct_NL)
+
+
+def test_the_product_of_per_position_accuracies_tells_unequal_positions_from_dependent_errors():
+    # 3000 items of 5 or 6 answer tokens, errors independent but positions unequal (0.99 .. 0.70,
+    # as carries make some digits harder): exact match is below p^L by the AM-GM inequality, and
+    # the product of per-position accuracies predicts it. Errors that repel each other (at most one
+    # wrong token per item, at the same per-position rates) leave a gap below even that product.
+    rng = np.random.default_rng(0)
+    p_j = np.array([0.99, 0.95, 0.90, 0.85, 0.80, 0.70])
+    lengths = np.where(np.arange(3000) % 3 == 0, 5, 6)
+
+    def row_of(correct):
+        items = {"exact_match": [float(all(c)) for c in correct], "answer_tokens": [float(len(c)) for c in correct],
+                 "teacher_forced_accuracy": [float(np.mean(c)) for c in correct],
+                 "answer_token_greedy": [[float(v) for v in c] for c in correct]}
+        for name in ("teacher_forced_prob", "target_log_prob", "token_edit_distance"):
+            items[name] = items["teacher_forced_accuracy"]
+        (row,) = mirage_table([{"task": "t", "num_shots": 0, "size": "s", "params_non_embedding": 1, "items": items}])
+        return row
+
+    independent = [rng.random(L) < p_j[:L] for L in lengths]
+    row = row_of(independent)
+    # By hand: p_j over the items that have a j-th token, then the mean over items of their prefix product.
+    shares = [np.mean([c[j] for c in independent if len(c) > j]) for j in range(6)]
+    expected = np.mean([np.prod(shares[:len(c)]) for c in independent])
+    assert row["p_positions_product"] == pytest.approx(expected, rel=1e-12)
+    assert row["exact_match_minus_p_to_the_L_interval"][1] < 0 and not row["exact_match_agrees_with_p_to_the_L"]
+    assert row["exact_match_agrees_with_p_positions_product"]
+    repelling = []
+    for L in lengths:  # one wrong token at position j with probability 1 - p_j, never two
+        wrong = np.flatnonzero(rng.random(L) >= p_j[:L])
+        c = np.ones(L, bool)
+        if len(wrong):
+            c[rng.choice(wrong)] = False
+        repelling.append(c)
+    assert not row_of(repelling)["exact_match_agrees_with_p_positions_product"]
