@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from research.decoding.prompts import PaddedPrompts, PadSide
 from research.models.config import ConfigError
 from research.models.decoder import Decoder, DecoderCache, init_decoder_cache
+from research.models.layers import einsum_float32_out
 
 Array = jax.Array
 
@@ -36,7 +37,7 @@ class DecoderParams(NamedTuple):
 
 def tied_logits(hidden_BTD: Array, head_DV: Array) -> Array:
     """Logits of a tied head from its transposed table (Embed.attend's math: float32 out)."""
-    return jnp.einsum("BTD,DV->BTV", hidden_BTD.astype(head_DV.dtype), head_DV, preferred_element_type=jnp.float32)
+    return einsum_float32_out("BTD,DV->BTV", hidden_BTD.astype(head_DV.dtype), head_DV)
 
 
 class DecoderAdapter(NamedTuple):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from research.models.config import ConfigError, ModelConfig
+from research.models.layers import einsum_float32_out
 
 Array = jax.Array
 ResolvedKernel = Literal["xla", "dot_product_attention", "splash"]
@@ -123,8 +124,7 @@ def reference_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask_BTS: A
     dtype = q_BTHd.dtype
     # Group query heads over their shared kv head: H = K * G.
     q_BTKGd = q_BTHd.reshape(b, t, k, h // k, dh)
-    logits_BKGTS = jnp.einsum("BTKGd,BSKd->BKGTS", q_BTKGd, k_BSKd.astype(dtype),
-                              preferred_element_type=jnp.float32)
+    logits_BKGTS = einsum_float32_out("BTKGd,BSKd->BKGTS", q_BTKGd, k_BSKd.astype(dtype))
     if scale != 1.0:
         logits_BKGTS = logits_BKGTS * scale
     if bias_BHTS is not None:
@@ -133,8 +133,7 @@ def reference_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask_BTS: A
     probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(dtype)
     if dropout is not None:
         probs_BKGTS = dropout(probs_BKGTS)
-    out_BTKGd = jnp.einsum("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(dtype),
-                           preferred_element_type=jnp.float32)
+    out_BTKGd = einsum_float32_out("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(dtype))
     return out_BTKGd.reshape(b, t, h, dh).astype(dtype)
 
 

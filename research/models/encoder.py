@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from research.models.attention import segment_attention_mask
 from research.models.config import ConfigError, ModelConfig
 from research.models.decoder import ACT_BTD, DecoderBlock
-from research.models.layers import Dense, Embed, Norm, activation_fn, constrain, zeros_init
+from research.models.layers import Dense, Embed, Norm, activation_fn, constrain, einsum_float32_out, zeros_init
 from research.models.stack import run_stack
 
 Array = jax.Array
@@ -45,8 +45,7 @@ class MlmHead(nn.Module):
         h_BTD = Dense((cfg.d_model,), *_SQUARE_AXES, cfg, use_bias=True, name="transform")(x_BTD)
         h_BTD = Norm(cfg, name="transform_norm")(activation_fn(cfg.activation)(h_BTD))
         if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", h_BTD, token_embedding_VD.astype(cfg.compute_dtype),
-                                    preferred_element_type=jnp.float32)
+            logits_BTV = einsum_float32_out("BTD,VD->BTV", h_BTD, token_embedding_VD.astype(cfg.compute_dtype))
         else:
             logits_BTV = Dense((cfg.vocab_size,), ("embed",), ("vocab",), cfg, use_bias=False, float32_output=True,
                                name="decoder")(h_BTD)

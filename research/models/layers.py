@@ -57,9 +57,27 @@ def embedding_init_std(config: ModelConfig, table: str) -> float:
     return {"tokens": 1.0, "relative_bias": config.d_model**-0.5}.get(table, INIT_STD)
 
 
+def _dense_spec(x_ndim: int, n_in: int, n_out: int) -> str:
+    """The einsum of x's last n_in dims against a kernel's first n_in: e.g. 'abc,cd->abd'."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    rows, contracted, out = letters[:x_ndim - n_in], letters[x_ndim - n_in:x_ndim], letters[x_ndim:x_ndim + n_out]
+    return f"{rows}{contracted},{contracted}{out}->{rows}{out}"
+
+
 def _last_dims_by_first(x_ndim: int, n_in: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """dot_general contracting dims: x's last n_in against the kernel's first n_in."""
     return tuple(range(x_ndim - n_in, x_ndim)), tuple(range(n_in))
+
+
+def einsum_float32_out(spec: str, x: Array, y: Array) -> Array:
+    """einsum(spec, x, y) accumulated and returned in float32 (LM heads, attention logits under
+    bf16 compute). XLA:CPU's plain dot thunk has no bf16 x bf16 -> float32 kernel: generation's
+    one-token steps of a bf16 decoder died with "Unsupported element type for DotThunk::Execute:
+    BF16 x BF16 = F32". On CPU the operands go to float32 first: exact, and the same products
+    and float32 sums."""
+    if jax.default_backend() == "cpu":
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
 
 
 def uses_activations_lhs(config: ModelConfig) -> bool:
@@ -133,9 +151,10 @@ class Dense(nn.Module):
         x, kernel = x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype)
         if uses_activations_lhs(cfg) and not self.float32_output:
             y = activations_lhs_product(x, kernel, n_in)
+        elif self.float32_output:
+            y = einsum_float32_out(_dense_spec(x.ndim, n_in, kernel.ndim - n_in), x, kernel)
         else:
-            y = jax.lax.dot_general(x, kernel, (_last_dims_by_first(x.ndim, n_in), ((), ())),
-                                    preferred_element_type=jnp.float32 if self.float32_output else None)
+            y = jax.lax.dot_general(x, kernel, (_last_dims_by_first(x.ndim, n_in), ((), ())))
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.out_axes), tuple(self.features), cfg.weight_dtype)
             y = y + bias.astype(y.dtype)
@@ -205,8 +224,7 @@ class Embed(nn.Module):
     def attend(self, x_BTD: Array) -> Array:
         """'BTD,VD->BTV' against the table: logits accumulated and returned in float32."""
         cfg = self.config
-        return jnp.einsum("BTD,VD->BTV", x_BTD.astype(cfg.compute_dtype),
-                          self.embedding.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+        return einsum_float32_out("BTD,VD->BTV", x_BTD.astype(cfg.compute_dtype), self.embedding.astype(cfg.compute_dtype))
 
 
 # Activations named with jax.ad_checkpoint.checkpoint_name in attention.py.
