@@ -41,7 +41,7 @@ from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Check
 from research.training.loop import TrainConfig, TrainingDivergedError
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, with_shardings
-from research.training.train_step import jit_train_step, make_train_step
+from research.training.train_step import check_master_weights, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
@@ -104,6 +104,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
     partitioning.check_model_fits_mesh(job.model.config, mesh, rules)  # one line, not JAX's IndivisibleError
+    check_master_weights(job.model.config)
     lora = lora_config(config)
 
     optimizer, schedule = make_optimizer(opt_config)

@@ -60,7 +60,7 @@ from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Check
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.members import TrainingDivergedError
 from research.training.state import create_stacked_train_state, create_train_state, train_state_shardings
-from research.training.train_step import make_eval_step, make_train_step
+from research.training.train_step import check_master_weights, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                       config.mesh.get("dcn_shape", None))
     # Across devices too: each model's checkpoint is laid out as if trained alone on this mesh.
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
+    check_master_weights(model_config)
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
     members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)

@@ -53,6 +53,8 @@ CASES = {
                                     r"^lora.targets pattern 'head/kernel\$' matches no parameter"),
     "LoRA on a fresh classifier": ("classify_tiny", {"lora.rank": 8, "lora.targets": ("classifier",)},
                                    r"^lora.targets pattern 'classifier' matches no parameter"),
+    "float16 master weights": ("dpo_tiny", {"model.param_dtype": "float16", "opt.warmup_steps": 0},
+                               r"^model.param_dtype=float16: training keeps float32 master weights"),
     # JAX's IndivisibleError from placing the params, after compiling the initializer:
     "tensor split past the heads": ("sft_tiny", {"mesh.shape": (1, 1, 8), "opt.warmup_steps": 0},
                                     r"^model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8"),

@@ -77,6 +77,10 @@ def test_checkpoint_steps_are_evaluated_only_when_keep_best_ranks_them(keep_best
     (dict(batch_size=12), "microbatch size 12 .* not divisible by the 8 data-parallel devices"),
     (dict(seq_len=256), "seq_len=256 is longer than the model's max_len=128"),
     (dict(objective="masked_lm"), "objective='masked_lm' trains encoder models, not decoder"),
+    # bf16 master weights: updates below bf16's resolution were lost, and the blocked loop died on
+    # Adam moments whose dtype changed after the first step (a 45-line traceback).
+    (dict(param_dtype="bfloat16"), r"^model.param_dtype=bfloat16: training keeps float32 master weights; set "
+                                   r"model.param_dtype=float32, with model.dtype=bfloat16 for bfloat16 compute"),
 ])
 def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path, monkeypatch):
     def compiled(*args, **kwargs):
@@ -88,6 +92,8 @@ def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path,
         config.mesh.update(change)
     elif "objective" in change:
         config.objective = change["objective"]
+    elif "param_dtype" in change:
+        config.model.update(change)
     else:
         config.train.update(change)
     with pytest.raises(ValueError, match=message) as error:
