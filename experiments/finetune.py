@@ -35,9 +35,10 @@ def main(argv):
     from research.training import TrainingDivergedError
     from research.training.checkpointing import CheckpointError
     from research.training.metrics import weighted_z_loss
+    from research.training.preemption import Interrupted
     from experiments.cli import exit_stopped, stop_if_interrupted_early
-    # A Ctrl-C during the imports above; from here one raises, caught below (no Guard here: a
-    # Ctrl-C Python swallows mid-run is reported by Python, not hidden).
+    # A Ctrl-C during the imports above; from here one raises, caught below (the training steps run
+    # under a Guard: a Ctrl-C / SIGTERM there saves the step and stops, research/finetune/trainer.py).
     stop_if_interrupted_early(guarded=False)
 
     try:  # all that follows: a SIGTERM outside it ended in a traceback, exit 1
@@ -47,8 +48,10 @@ def main(argv):
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt as interrupt:  # fine-tuning saves at its checkpoint steps only: a rerun continues
-        exit_stopped(interrupt, one_run=True)  # from the last; a SIGTERM (no Guard here): TerminatedEarly, exit 143
+    except Interrupted as stop:  # during the steps: that step saved, exit 130 / 143, the rerun continues
+        exit_stopped(stop)
+    except KeyboardInterrupt as interrupt:  # outside the steps (loading, evaluation, a second Ctrl-C): a rerun
+        exit_stopped(interrupt, one_run=True)  # continues from the last checkpoint
 
 
 if __name__ == "__main__":

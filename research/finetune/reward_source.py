@@ -30,6 +30,7 @@ from research.finetune.base_model import load_base_model
 from research.finetune.heads import ScalarHeadModel
 from research.finetune.preference_data import rule_reward
 from research.models.config import ConfigError
+from research.training.partitioning import to_host
 
 REWARD_MODEL = "reward_model:"
 Messages = Sequence[Mapping[str, str]]
@@ -67,7 +68,8 @@ def load_reward_model(workdir: str) -> RewardFn:
             ids, _ = render_chat([*prompt, {"role": "assistant", "content": completion}], template, base.tokenizer)
             ids = ids[-seq_len:] if decoder else ids[:seq_len]
             tokens[i, :len(ids)], lengths[i] = ids, len(ids)
-        return np.asarray(score_rows(params, jnp.asarray(tokens), jnp.asarray(lengths)), np.float32)
+        # to_host: called inside the training mesh, on several processes the scores span all of them.
+        return to_host(score_rows(params, jnp.asarray(tokens), jnp.asarray(lengths))).astype(np.float32)
     return score
 
 

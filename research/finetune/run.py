@@ -55,7 +55,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     from research.finetune.checks import check_config
     from research.finetune.run_identity import claim_workdir
     from research.training.metrics import MetricWriter
-    from research.training import workdir as workdir_lib
+    from research.training import preemption, workdir as workdir_lib
 
     check_config(config)  # values no run could use: one line before the workdir is touched
     errors = (ConfigError, DataError)
@@ -66,7 +66,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
             job = build_job(config)
             writer = MetricWriter(workdir)
             return run_job(job, config, workdir, writer)
-        except (*errors, KeyboardInterrupt):  # a bad input, or a Ctrl-C / SIGTERM (early_interrupts.TerminatedEarly)
+        except (*errors, KeyboardInterrupt, preemption.Interrupted):  # a bad input, or a Ctrl-C / SIGTERM
             # Only a claim with no checkpoint yet is withdrawn, and with it the records this call
             # wrote (a rerun would show them beside its own); an error there is a warning line, the
             # stop (or the bad input's error) stays what is raised.

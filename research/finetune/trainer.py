@@ -125,6 +125,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                                 data_same_on_every_process=True)
     train_iter = job.train_batches(train.seed)
     last: dict[str, float] = {}
+    guard: preemption.Guard | None = None
     try:
         with partitioning.sharding_context(mesh, rules):
             param_sh = partitioning.param_shardings(boxed, mesh, rules)
@@ -184,6 +185,9 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 log.warning("train.stop_after_steps=%d: --workdir=%s already saved step %d, so this session trains "
                             "nothing and reports the restored model; give a later step, or 0 to train to "
                             "train.num_steps=%d.", train.stop_after_steps, workdir, start_step, train.num_steps)
+            guard = preemption.Guard().install()  # until the steps end (or the finally below)
+            if start_step < end_step and guard.should_stop(start_step):  # a stop during the setup
+                raise preemption.Interrupted(guard.signal_name, start_step, saved=False)
             for step in range(start_step + 1, end_step + 1):
                 batch = partitioning.shard_global_batch(next(train_iter), batch_sharding)
                 extra: dict[str, float] = {}
@@ -215,12 +219,27 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
                 if record:
                     writer.write(step, record)
+                # Ctrl-C / SIGTERM (on several processes, the coordination service's preemption
+                # notice, so all stop at one step): save this step and stop; the rerun continues.
+                if step < end_step and guard.should_stop(step):
+                    if not regular_save:
+                        checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
+                    raise preemption.Interrupted(guard.signal_name, step, checkpointer.directory)
+            # A Ctrl-C during the last step (one process; several stop where the service says): that
+            # step is saved; what remains (an export, the rerun of a finished run's evaluation) is left
+            # to the rerun rather than making the stop wait for it.
+            stop = guard.signal_name if guard.requested and jax.process_count() == 1 else None
+            guard.uninstall()
+            if stop and start_step < end_step:
+                raise preemption.Interrupted(stop, end_step, checkpointer.directory)
             # Nothing left to train (a finished run rerun, or stop_after_steps at or below the restored step).
             if end_step <= start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
                 _export(job, merge(state.params), config.export_dir)
     finally:
+        if guard is not None:
+            guard.uninstall()
         with preemption.stops_held():  # a stop now waits for the last save to commit, then stops
             checkpointer.close()
     return last
@@ -290,9 +309,24 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
     host = jax.tree.map(partitioning.to_host, params)  # on several processes every one takes part in the gather
-    if jax.process_index() == 0:  # one writer; the others wait until the folder is whole
+    if jax.process_count() == 1:
         to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
         log.info("exported merged weights to %s", path)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"finetune export {path}")
+        return
+    # One writer. Every process learns whether it wrote the folder: with a bare barrier, a write
+    # that failed on process 0 (the path a file, a full disk) left it short of the barrier and
+    # every process hung.
+    from jax.experimental import multihost_utils
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
+        except Exception as error:  # reported on every process below, raised here as it was
+            failure = error
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failure is not None)))
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ConfigError(f"export_dir={path!r}: process 0 could not write the export (its log says why); the "
+                          "checkpoints are saved: fix the folder and rerun the same command to export.")
+    log.info("exported merged weights to %s", path)

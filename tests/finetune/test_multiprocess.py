@@ -9,6 +9,7 @@ predicted labels from arrays spanning both processes, and each process drew othe
 """
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -99,3 +100,40 @@ def test_other_paths_on_two_processes_match_one(tmp_path, preset):
     multi = run(tmp_path, preset, "multi", *flags, processes=2)
     assert multi[0] == multi[1]
     assert_same(multi[0], single)
+
+
+def test_grpo_scored_by_a_reward_model_on_two_processes_matches_one(tmp_path):
+    """The reward model scores inside the training mesh: on two processes its scores spanned
+    both and reading them on the host died at step 1."""
+    from research.finetune import finetune_and_evaluate
+    from tests.finetune.conftest import tiny_config
+    reward = tiny_config("reward_tiny", num_steps=2)
+    reward.opt.warmup_steps = 1
+    finetune_and_evaluate(reward, str(tmp_path / "reward"))
+    flags = (f"--grpo_reward=reward_model:{tmp_path / 'reward'}",)
+    single, = run(tmp_path, "grpo_tiny", "single", *flags, processes=1)
+    multi = run(tmp_path, "grpo_tiny", "multi", *flags, processes=2)
+    assert multi[0] == multi[1]
+    assert_same(multi[0], single)
+
+
+def test_an_export_process_0_cannot_write_fails_on_every_process(tmp_path):
+    """Process 0 writes the export alone: its failure left it short of the barrier the others
+    waited at, and both processes hung until killed."""
+    (tmp_path / "a_file").write_text("not a folder")
+    argvs = commands("sft_tiny", tmp_path / "run", tmp_path / "run", f"--export_dir={tmp_path / 'a_file' / 'export'}",
+                     processes=2)
+    logs = [tmp_path / f"worker_{i}.log" for i in range(2)]
+    processes = []
+    for (argv, env), path in zip(argvs, logs):
+        with open(path, "w") as log:
+            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=120) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert all(code not in (0, -9) for code in codes), codes
+    assert "NotADirectoryError" in logs[0].read_text()
+    assert "export_dir=" in logs[1].read_text() and "process 0 could not write the export" in logs[1].read_text()
