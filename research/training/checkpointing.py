@@ -295,6 +295,7 @@ class Checkpointer:
         (damaged newer steps are logged and moved aside). target_state holds
         ShapeDtypeStructs with the shardings wanted now, so a run can resume on a different mesh."""
         if step is not None:
+            self._check_process_count(step)
             return self._restore_step(step, target_state, data_iterator)
         with _quiet_absl():
             steps = sorted(self._manager.all_steps(), reverse=True)
@@ -302,13 +303,7 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}.")
         skipped: list[tuple[int, str]] = []
         for candidate in steps:
-            saved_by = _data_process_count(os.path.join(self.directory, str(candidate)))
-            if saved_by not in (None, jax.process_count()) and not self._data_same_on_every_process:
-                raise CheckpointError(
-                    f"checkpoint step {candidate} in {self.directory} was saved by {saved_by} process(es), each "
-                    f"with its own data position, and this run has {jax.process_count()}: which rows each process "
-                    f"reads depends on the count, so resume it on {saved_by} process(es), or train in a new workdir; "
-                    "the checkpoints are intact and were left as they are.")
+            self._check_process_count(candidate)
             reason = self._damage(candidate)
             if reason is None:
                 try:
@@ -332,6 +327,17 @@ class Checkpointer:
             f"no checkpoint in {self.directory} could be restored ("
             + "; ".join(f"step {s}: {r}" for s, r in skipped)
             + "); if the run's config changed, use a new workdir, else delete the damaged steps.")
+
+    def _check_process_count(self, step: int) -> None:
+        """One line when `step` was saved by another number of processes and each process's data
+        position is its own (module docstring); not damage: nothing is moved aside."""
+        saved_by = _data_process_count(os.path.join(self.directory, str(step)))
+        if saved_by not in (None, jax.process_count()) and not self._data_same_on_every_process:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} was saved by {saved_by} process(es), each "
+                f"with its own data position, and this run has {jax.process_count()}: which rows each process "
+                f"reads depends on the count, so resume it on {saved_by} process(es), or train in a new workdir; "
+                "the checkpoints are intact and were left as they are.")
 
     def _restore_step(self, step: int, target_state: Any, data_iterator: Any) -> tuple[Any, Any]:
         saved_by = _data_process_count(os.path.join(self.directory, str(step)))

@@ -181,6 +181,12 @@ def test_a_step_saved_by_another_process_count_is_refused_unless_the_data_is_the
         _restore(directory)
     assert "\n" not in str(error.value) and "delete" not in str(error.value)
     assert sorted(os.listdir(directory)) == ["1", "2", "3"] and not (tmp_path / "checkpoints.damaged").exists()
+    checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False))
+    try:  # a step asked for by number: the same line
+        with pytest.raises(CheckpointError, match=r"^checkpoint step 2 in .* was saved by 2 process\(es\)"):
+            checkpointer.restore({"w": jnp.zeros((4, 8))}, _iterator(), step=2)
+    finally:
+        checkpointer.close()
     checkpointer = Checkpointer(directory, CheckpointConfig(keep_last=5, keep_best=0, async_save=False),
                                 data_same_on_every_process=True)
     try:
