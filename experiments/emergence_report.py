@@ -163,6 +163,21 @@ def _transition_tasks(config: ml_collections.ConfigDict) -> list[str]:
     return [tasks] if isinstance(tasks, str) else list(tasks)
 
 
+def _prediction_section(mirage: list[dict[str, Any]], predicted: str, beside: str, intro: str) -> str:
+    """The report's table of exact match against one more of its predictions (study_report.mirage_table's
+    `predicted` column and its paired difference), with `beside` shown too; empty where no row has it."""
+    rows = [{**r, "em_minus": r[f"exact_match_minus_{predicted}"],
+             "em_minus_interval": r[f"exact_match_minus_{predicted}_interval"],
+             "agrees": r[f"exact_match_agrees_with_{predicted}"]} for r in mirage if predicted in r]
+    if not rows:
+        return ""
+    from research.evaluation.results_table import format_table
+    table = format_table(_interval_text(rows, ["exact_match", beside, predicted, "em_minus"]),
+                         ["task", "size", "exact_match", beside, predicted, "em_minus", "agrees"])
+    return (f"\n{intro} with its paired 80% interval; agrees as above, in {sum(r['agrees'] for r in rows)} of "
+            f"{len(rows)} rows (mirage.csv).\n\n```\n{table}\n```\n")
+
+
 def _interval_text(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Rows with each `name` shown as 'value [low, high]' (its item-bootstrap 80% interval)."""
     out = []
@@ -215,36 +230,18 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                  "positions of unequal accuracy (independent errors at p_1..p_L give exact match p_1...p_L <= "
                  "(mean p)^L), which these per-item accuracies cannot tell apart; above 0 they gather on fewer)"
                  f"\n\n```\n{table}\n```\n")
-        with_end = [{**r, "em_minus": r["exact_match_minus_p_to_the_L_times_end"],
-                     "em_minus_interval": r["exact_match_minus_p_to_the_L_times_end_interval"],
-                     "agrees": r["exact_match_agrees_with_p_to_the_L_times_end"]} for r in mirage if "end_accuracy" in r]
-        if with_end:
-            table = format_table(_interval_text(with_end, ["exact_match", "end_accuracy", "p_to_the_L_times_end",
-                                                           "em_minus"]),
-                                 ["task", "size", "exact_match", "end_accuracy", "p_to_the_L_times_end", "em_minus",
-                                  "agrees"])
-            text += ("\nWith the end decision (exact match also needs greedy decoding to stop right after the "
-                     "answer: eos or the stop string next): end_accuracy q = the items' share where, given the gold "
-                     "answer, it does; p^L q, exact match's prediction for independent decisions, all of them; "
-                     "em_minus = exact match - p^L q with its paired 80% interval; agrees as above, in "
-                     f"{sum(r['agrees'] for r in with_end)} of {len(with_end)} rows (mirage.csv).\n\n"
-                     f"```\n{table}\n```\n")
-        by_position = [{**r, "em_minus": r["exact_match_minus_p_positions_product"],
-                        "em_minus_interval": r["exact_match_minus_p_positions_product_interval"],
-                        "agrees": r["exact_match_agrees_with_p_positions_product"]}
-                       for r in mirage if "p_positions_product" in r]
-        if by_position:
-            table = format_table(_interval_text(by_position, ["exact_match", "p_to_the_L", "p_positions_product",
-                                                              "em_minus"]),
-                                 ["task", "size", "exact_match", "p_to_the_L", "p_positions_product", "em_minus",
-                                  "agrees"])
-            text += ("\nBy position: p_positions_product = the mean over items of p_1...p_L, p_j the items' share "
-                     "right at their j-th answer token (teacher-forced): exact match's prediction for independent "
-                     "errors at each position's own accuracy. Where exact match is below p^L and agrees with this, "
-                     "positions of unequal accuracy explain the gap; a gap left here is dependence between the "
-                     "errors. em_minus = exact match - that product with its paired 80% interval; agrees as above, "
-                     f"in {sum(r['agrees'] for r in by_position)} of {len(by_position)} rows (mirage.csv).\n\n"
-                     f"```\n{table}\n```\n")
+        text += _prediction_section(
+            mirage, "p_to_the_L_times_end", "end_accuracy",
+            "With the end decision (exact match also needs greedy decoding to stop right after the answer: eos or "
+            "the stop string next): end_accuracy q = the items' share where, given the gold answer, it does; p^L q, "
+            "exact match's prediction for independent decisions, all of them; em_minus = exact match - p^L q")
+        text += _prediction_section(
+            mirage, "p_positions_product", "p_to_the_L",
+            "By position: p_positions_product = the mean over items of p_1...p_L, p_j the items' share right at "
+            "their j-th answer token (teacher-forced): exact match's prediction for independent errors at each "
+            "position's own accuracy. Where exact match is below p^L and agrees with this, positions of unequal "
+            "accuracy explain the gap; a gap left here is dependence between the errors. em_minus = exact match - "
+            "that product")
         mirage_sizes = tuple(config.report.get("mirage_sizes", ()) or config.sizes)
         table = format_table(_interval_text(mirage_shapes, ["total_improvement", "breakthroughness"]),
                              ["task", "metric", "values", "total_improvement", "above_noise", "linearity",
