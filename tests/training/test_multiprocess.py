@@ -8,6 +8,7 @@ its own rows through jax.make_array_from_process_local_data, as on a real multi-
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -23,9 +24,18 @@ TIMEOUT_S = 80
 
 
 def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+    """A port for a coordinator, free now, below Linux's ephemeral range (32768-60999): a port
+    bind(0) returns is drawn from that range, where the many outgoing connections of other
+    multi-process tests (gloo collectives, gRPC) take their source ports too, and one may take it
+    between this check and the coordinator's bind."""
+    rng = random.Random()
+    while True:
+        with contextlib.closing(socket.socket()) as s:
+            try:
+                s.bind(("localhost", rng.randrange(20000, 32000)))
+            except OSError:
+                continue
+            return s.getsockname()[1]
 
 
 def worker_env(devices: int, **extra: str) -> dict[str, str]:
