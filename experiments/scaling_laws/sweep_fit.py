@@ -69,7 +69,8 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 # per run id is read as final losses, not one-point curves (envelope.py), and Approach 3's bootstrap
 # refits each resample from 8 more starts (chinchilla_fit.BOOTSTRAP_STARTS); 6: the allocation's
 # intervals (a, b, G) leave out resamples without an optimum, Approach 3 needs >= 3 sizes and token
-# counts, a held-out budget of one size reads FLOPs per token from every run (held_out.py).
+# counts, a held-out budget of one size reads FLOPs per token from every run (held_out.py), and
+# num_converged leaves out starts whose objective was not finite (lbfgs.py).
 FIT_METHOD_VERSION = 6
 
 

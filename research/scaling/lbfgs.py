@@ -82,7 +82,9 @@ def minimize_batched(objective: ValueAndGrad, x0_PK: np.ndarray, per_problem: An
         x_out[index[done]] = np.asarray(state["x"])[done]
         for key, field in (("value", "f"), ("iterations", "iterations"), ("evaluations", "evaluations")):
             out[key][index[done]] = np.asarray(state[field])[done]
-        out["converged"][index[done]] = ~active[done]
+        # Stopped by a rule, at a finite value: a start whose objective was not finite (inactive
+        # from the first evaluation) did not converge, and counted as if it had.
+        out["converged"][index[done]] = ~active[done] & np.isfinite(np.asarray(state["f"])[done])
         keep = np.flatnonzero(~finished & real)
         if keep.size == 0:
             break

@@ -52,6 +52,13 @@ def test_max_evaluations_marks_unconverged():
     assert (result.evaluations_P <= 6).all()
 
 
+def test_a_start_whose_objective_is_not_finite_has_not_converged():
+    """It is inactive from its first evaluation: counted as converged, it inflated num_converged."""
+    with jax.enable_x64(True):
+        result = minimize_batched(rosenbrock, np.array([[0.0, 0.0], [np.inf, 0.0]]), jnp.full(2, 1.0), gtol=1e-10)
+    assert result.converged_P.tolist() == [True, False]
+
+
 def test_matches_scipy_lbfgsb_on_chinchilla_objective(chinchilla_table):
     """An independent optimiser from the same starts reaches the same objective."""
     table = chinchilla_table
