@@ -189,7 +189,10 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             if start_step < end_step and guard.should_stop(start_step):  # a stop during the setup
                 raise preemption.Interrupted(guard.signal_name, start_step, saved=False)
             for step in range(start_step + 1, end_step + 1):
-                batch = partitioning.shard_global_batch(next(train_iter), batch_sharding)
+                host_batch = next(train_iter)
+                if step == start_step + 1:
+                    _check_same_batch_on_every_process(host_batch, step)
+                batch = partitioning.shard_global_batch(host_batch, batch_sharding)
                 extra: dict[str, float] = {}
                 if job.prepare is not None:
                     batch = job.prepare(merge(state.params), reference(), batch, step)
@@ -243,6 +246,28 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
         with preemption.stops_held():  # a stop now waits for the last save to commit, then stops
             checkpointer.close()
     return last
+
+
+def _check_same_batch_on_every_process(batch: Batch, step: int) -> None:
+    """One line when processes built different batches: every process builds each global batch
+    and places only its own rows (partitioning.shard_global_batch), so a data file that differs
+    between hosts, or an order that depends on the process (Python's per-process hash seed), would
+    train on rows no single batch holds, silently. Checked at a session's first step."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+    from jax.experimental import multihost_utils
+    digest = hashlib.sha256()
+    for key in sorted(batch):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(batch[key]).tobytes())
+    every = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest.digest(), np.uint8)))
+    differing = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differing:
+        raise ConfigError(f"process(es) {differing} built another batch for step {step} than process 0 (this is "
+                          f"process {jax.process_index()} of {jax.process_count()}): fine-tuning builds every batch on "
+                          "every process, so each needs the same data files and order; copy the same files to every "
+                          "host (or set PYTHONHASHSEED if your data's order depends on it).")
 
 
 def _initial_params(job: FinetuneJob, lora: LoraConfig | None, boxed: Any, param_sh: Any, seed: int) -> Any:
@@ -308,7 +333,10 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
-    host = jax.tree.map(partitioning.to_host, params)  # on several processes every one takes part in the gather
+    def gathered(x):
+        value = partitioning.to_host(x)  # on several processes a collective: every one takes part
+        return value if jax.process_index() == 0 else None  # only the writer keeps the whole model
+    host = jax.tree.map(gathered, params)
     if jax.process_count() == 1:
         to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
         log.info("exported merged weights to %s", path)

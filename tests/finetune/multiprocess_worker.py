@@ -1,7 +1,7 @@
 """One process of tests/finetune/test_multiprocess.py: a tiny fine-tuning run (3 steps of 8 rows).
 
     python multiprocess_worker.py <preset> <workdir> <out.json> [--generation_prompts=N] [--stop_after_steps=N]
-        [--export_dir=DIR] [--folder=DIR --data_dir=DIR] [--grpo_reward=reward_model:DIR]
+        [--export_dir=DIR] [--folder=DIR --data_dir=DIR] [--grpo_reward=reward_model:DIR] [--reverse_data_on=I]
 
 Multi-host comes from the environment as in a real launch (JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID: launch.multihost joins jax.distributed before anything
@@ -31,6 +31,10 @@ def main(preset: str, workdir: str, out_path: str, *flags: str) -> None:
     config.mesh.shape = (jax.device_count(), 1, 1)
     if "export_dir" in options:
         config.export_dir = options["export_dir"]
+    if "reverse_data_on" in options and jax.process_index() == int(options["reverse_data_on"]):
+        from research.finetune import paths  # this process reads the same records in another order
+        load_records = paths.load_records
+        paths.load_records = lambda *args: list(reversed(load_records(*args)))
     if "grpo_reward" in options:
         config.grpo.reward = options["grpo_reward"]
     if "folder" in options:  # domain adaptation on a folder of text files

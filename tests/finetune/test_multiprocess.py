@@ -137,3 +137,23 @@ def test_an_export_process_0_cannot_write_fails_on_every_process(tmp_path):
     assert all(code not in (0, -9) for code in codes), codes
     assert "NotADirectoryError" in logs[0].read_text()
     assert "export_dir=" in logs[1].read_text() and "process 0 could not write the export" in logs[1].read_text()
+
+
+def test_processes_that_build_different_batches_stop_in_one_line(tmp_path):
+    """Every process builds each global batch and keeps its own rows: data read in another order on
+    process 1 (another file on its host, a hash-seed-dependent order) trained silently on rows no
+    single batch holds. Now both processes stop at the first step, with one line."""
+    argvs = commands("sft_tiny", tmp_path / "run", tmp_path / "run", "--reverse_data_on=1", processes=2)
+    processes = [subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                 for argv, env in argvs]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in processes] == [1, 1], [e[-2000:] for e in errors]
+    for index, error in enumerate(errors):
+        assert (f"process(es) [1] built another batch for step 1 than process 0 (this is process {index} of 2): "
+                "fine-tuning builds every batch on every process") in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
