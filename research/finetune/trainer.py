@@ -253,16 +253,8 @@ def _check_same_batch_on_every_process(batch: Batch, step: int) -> None:
     and places only its own rows (partitioning.shard_global_batch), so a data file that differs
     between hosts, or an order that depends on the process (Python's per-process hash seed), would
     train on rows no single batch holds, silently. Checked at a session's first step."""
-    if jax.process_count() == 1:
-        return
-    import hashlib
-    from jax.experimental import multihost_utils
-    digest = hashlib.sha256()
-    for key in sorted(batch):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(batch[key]).tobytes())
-    every = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest.digest(), np.uint8)))
-    differing = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    differing = partitioning.processes_differing(
+        [part for key in sorted(batch) for part in (key.encode(), np.ascontiguousarray(batch[key]).tobytes())])
     if differing:
         raise ConfigError(f"process(es) {differing} built another batch for step {step} than process 0 (this is "
                           f"process {jax.process_index()} of {jax.process_count()}): fine-tuning builds every batch on "
@@ -333,25 +325,24 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
+
     def gathered(x):
         value = partitioning.to_host(x)  # on several processes a collective: every one takes part
         return value if jax.process_index() == 0 else None  # only the writer keeps the whole model
     host = jax.tree.map(gathered, params)
-    if jax.process_count() == 1:
-        to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
-        log.info("exported merged weights to %s", path)
-        return
     # One writer. Every process learns whether it wrote the folder: with a bare barrier, a write
     # that failed on process 0 (the path a file, a full disk) left it short of the barrier and
     # every process hung.
-    from jax.experimental import multihost_utils
     failure = None
     if jax.process_index() == 0:
         try:
             to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
         except Exception as error:  # reported on every process below, raised here as it was
             failure = error
-    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failure is not None)))
+    failed = failure is not None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
     if failure is not None:
         raise failure
     if failed:

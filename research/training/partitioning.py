@@ -209,6 +209,20 @@ def to_host(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def processes_differing(parts: Sequence[bytes]) -> list[int]:
+    """The processes whose `parts` (hashed together) differ from process 0's, [] on one process.
+    A collective: every process must make the same call."""
+    if jax.process_count() < 2:
+        return []
+    import hashlib
+    from jax.experimental import multihost_utils
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    every = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest.digest(), np.uint8)))
+    return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+
+
 def shard_size_bytes(tree: Any) -> dict[Any, int]:
     """Bytes each device holds of `tree`'s arrays (its addressable shards)."""
     held: dict[Any, int] = {}

@@ -198,18 +198,13 @@ def check_same_on_every_process(runs: Sequence[tuple[str, Mapping[str, Any]]]) -
     the data elsewhere). Another learning rate on one process trained silently while run.json
     recorded process 0's; another workdir hung in orbax's barriers until a timeout."""
     import jax
+
+    from research.training.partitioning import processes_differing
     if jax.process_count() < 2:
         return
-    import hashlib
-
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     text = json.dumps([(workdir, {k: v for k, v in flatten_config(config).items() if k != "data.data_dir"})
                        for workdir, config in runs], sort_keys=True, default=str)
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
-    every = np.asarray(multihost_utils.process_allgather(digest))
-    differing = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    differing = processes_differing([text.encode()])
     if differing:
         raise WorkdirError(f"process(es) {differing} were given another --workdir or config than process 0 (this is "
                            f"process {jax.process_index()} of {jax.process_count()}); start every process with the "

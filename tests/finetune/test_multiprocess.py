@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +103,28 @@ def test_other_paths_on_two_processes_match_one(tmp_path, preset):
     assert_same(multi[0], single)
 
 
+def run_to_failure(argvs, logs_dir, timeout: int = 120) -> tuple[list[int], list[str]]:
+    """Run the commands together (processes expected to fail); their exit codes and output. Any
+    still running after `timeout` (a process waiting on a failed peer) is killed: code -9."""
+    paths = [logs_dir / f"worker_{i}.log" for i in range(len(argvs))]
+    processes = []
+    for (argv, env), path in zip(argvs, paths):
+        with open(path, "w") as log:  # files, not pipes: a full pipe would block a worker
+            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    try:
+        for p in processes:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in processes], [path.read_text() for path in paths]
+
+
 def test_grpo_scored_by_a_reward_model_on_two_processes_matches_one(tmp_path):
     """The reward model scores inside the training mesh: on two processes its scores spanned
     both and reading them on the host died at step 1."""
@@ -123,20 +146,10 @@ def test_an_export_process_0_cannot_write_fails_on_every_process(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     argvs = commands("sft_tiny", tmp_path / "run", tmp_path / "run", f"--export_dir={tmp_path / 'a_file' / 'export'}",
                      processes=2)
-    logs = [tmp_path / f"worker_{i}.log" for i in range(2)]
-    processes = []
-    for (argv, env), path in zip(argvs, logs):
-        with open(path, "w") as log:
-            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=120) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
+    codes, logs = run_to_failure(argvs, tmp_path)
     assert all(code not in (0, -9) for code in codes), codes
-    assert "NotADirectoryError" in logs[0].read_text()
-    assert "export_dir=" in logs[1].read_text() and "process 0 could not write the export" in logs[1].read_text()
+    assert "NotADirectoryError" in logs[0]
+    assert "export_dir=" in logs[1] and "process 0 could not write the export" in logs[1]
 
 
 def test_processes_that_build_different_batches_stop_in_one_line(tmp_path):
@@ -144,15 +157,8 @@ def test_processes_that_build_different_batches_stop_in_one_line(tmp_path):
     process 1 (another file on its host, a hash-seed-dependent order) trained silently on rows no
     single batch holds. Now both processes stop at the first step, with one line."""
     argvs = commands("sft_tiny", tmp_path / "run", tmp_path / "run", "--reverse_data_on=1", processes=2)
-    processes = [subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-                 for argv, env in argvs]
-    try:
-        errors = [p.communicate(timeout=120)[1] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in processes] == [1, 1], [e[-2000:] for e in errors]
+    codes, errors = run_to_failure(argvs, tmp_path)
+    assert codes == [1, 1], [e[-2000:] for e in errors]
     for index, error in enumerate(errors):
         assert (f"process(es) [1] built another batch for step 1 than process 0 (this is process {index} of 2): "
                 "fine-tuning builds every batch on every process") in error
