@@ -47,6 +47,13 @@ class DecodingOptions:
 
     def check(self) -> None:
         """One line per mistake, naming the flag and the fix (before any model is loaded)."""
+        from research.decoding.prompts import is_integer, is_real
+        # Types first: generate_text(..., top_p=None) compared None with 0 in a bare TypeError.
+        for field in dataclasses.fields(self):
+            value, integer = getattr(self, field.name), field.type in (int, "int")
+            if not (is_integer(value) if integer else is_real(value)):
+                raise ConfigError(f"--{field.name}={value!r} must be {'a whole number' if integer else 'a number'}, "
+                                  f"e.g. --{field.name}={field.default}.")
         if not 1 <= self.max_new_tokens < 2**31:  # positions are int32 on the device
             raise ConfigError(f"--max_new_tokens={self.max_new_tokens} must be between 1 and {2**31 - 1}.")
         if not -2**63 <= self.seed < 2**63:  # jax.random.key's range

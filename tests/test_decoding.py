@@ -131,6 +131,8 @@ def test_filter_logits_keeps_exactly_the_nucleus():
     assert kept(top_p=0.7) == [False, True, False, True]  # 0.5 alone is short of 0.7; 0.5 + 0.3 reaches it
     assert kept(top_p=0.81) == [True, True, False, True]
     assert kept(top_p=0.1) == [False, True, False, False]  # the argmax always survives
+    # Even below float32's smallest normal (0 on XLA:CPU): it once kept no token, and every sample was id 0.
+    assert kept(top_p=1e-40) == [False, True, False, False]
     assert kept(top_p=1.0) == [True, True, True, True]
     assert kept(top_k=3, top_p=None) == [True, True, False, True]
     assert kept(top_k=1, top_p=0.99) == [False, True, False, False]
@@ -325,6 +327,8 @@ def test_encoder_decoder_greedy_equals_full_forward_rollout():
     (dict(prompts=[[1, 512]], max_new_tokens=4), "token id 512"),
     (dict(prompts=[[1]], max_new_tokens=0), "max_new_tokens=0"),
     (dict(prompts=[[1]], max_new_tokens=4, temperature=0.5), "rng="),
+    # Raw key data of the wrong length passed the check and failed inside the trace.
+    (dict(prompts=[[1]], max_new_tokens=4, temperature=0.5, rng=np.zeros(3, np.uint32)), r"rng=an array of shape \(3,\)"),
     (dict(prompts=[[1]], max_new_tokens=4, top_p=0.0), "top_p=0.0"),
     (dict(prompts=[[1]], max_new_tokens=4, top_k=513), "top_k=513"),
     (dict(prompts=[[1]], max_new_tokens=4, stop_tokens=[600]), "stop_tokens"),

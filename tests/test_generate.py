@@ -139,6 +139,9 @@ def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     (dict(max_new_tokens=2**31), r"--max_new_tokens=2147483648 must be between 1 and 2147483647"),
     (dict(temperature=0.5, seed=2**63), r"--seed=9223372036854775808 must fit in 64 bits"),
     (dict(num_beams=2, alpha=float("nan")), r"--alpha=nan \(beam search's length-penalty exponent\) must be"),
+    # generate_text(..., top_p=None) compared None with 0: a bare TypeError.
+    (dict(temperature=1.0, top_p=None), r"--top_p=None must be a number"),
+    (dict(num_beams=2.5), r"--num_beams=2.5 must be a whole number"),
 ])
 def test_bad_decoding_options_are_one_line(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -57,7 +57,9 @@ def filter_logits(logits_BV: Array, *, top_k: int = 0, top_p: float | Array | No
         sorted_BV = -jnp.sort(-logits_BV, axis=-1)
         probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
         mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-        keep_BV = mass_before_BV < top_p
+        # The top token always stays: a top_p below float32's smallest normal is 0 on XLA:CPU,
+        # which kept no token (every logit -inf, so every sample was id 0).
+        keep_BV = (mass_before_BV < top_p) | (jnp.arange(sorted_BV.shape[-1]) == 0)
         threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
         logits_BV = jnp.where(logits_BV >= threshold_B1, logits_BV, -jnp.inf)
     return logits_BV
@@ -160,7 +162,11 @@ def check_rng(rng: Any) -> None:
         if rng.shape == ():
             return
     elif isinstance(rng, (jax.Array, np.ndarray)) and rng.dtype == np.uint32 and rng.ndim == 1:
-        return
+        try:  # the key data's length is the PRNG implementation's (2 for the default threefry)
+            jax.random.wrap_key_data(rng)
+            return
+        except (TypeError, ValueError):
+            pass
     shown = f"an array of shape {rng.shape} and dtype {rng.dtype}" if hasattr(rng, "dtype") else repr(rng)
     raise ConfigError(f"rng={shown} must be one jax.random key, e.g. rng=jax.random.key(0) "
                       "(or jax.random.PRNGKey(0)).")
