@@ -69,15 +69,18 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
     return _run(loaded, entries, batch_size, stem, overwrite, log)
 
 
-def check_generation_fits(entries, family: str, max_length: int, model_name: str) -> None:
-    """A decoder's generated tokens share its context with the prompt: a task generating up to
-    max_length tokens or more could never run. Checked for every task before the first runs (it
-    failed once earlier tasks had been evaluated, and their rows were lost)."""
-    if family != "decoder":
-        return
+def check_tasks_fit(entries, harness) -> None:
+    """Every task before the first runs (a failure after earlier tasks had been evaluated lost
+    their rows): each task's kind suits the model's family (harness.unsupported), and a decoder's
+    generated tokens, which share its context with the prompt, leave room for a prompt."""
+    config = harness.config
+    family, max_length, model_name = config.family, harness.max_length, config.name
     for entry in entries:
         spec = entry.task.spec
-        if spec.output_type == "generate_until" and spec.max_new_tokens >= max_length:
+        reason = harness.unsupported(spec.output_type)
+        if reason:
+            raise ConfigError(f"task {entry.name}: {reason} Drop it from --tasks.")
+        if family == "decoder" and spec.output_type == "generate_until" and spec.max_new_tokens >= max_length:
             raise ConfigError(f"task {entry.name} generates up to {spec.max_new_tokens} tokens, which leaves no "
                               f"room for its prompt in {model_name}'s context of {max_length}; drop it from --tasks "
                               "or evaluate a model with a longer context.")
@@ -107,9 +110,9 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
     from research.evaluation.suite import run_suite
     from research.models import sizing
 
-    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size)
+    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size, stop_ids=loaded.stop_ids)
     config = loaded.model.config
-    check_generation_fits(entries, config.family, harness.max_length, config.name)
+    check_tasks_fit(entries, harness)
     counts = sizing.param_counts(config)
     identity = {"model": config.name, "step": loaded.step, "params_non_embedding": counts.non_embedding}
     log(f"evaluating {loaded.source} ({config.name}, {sizing.human_count(counts.total)} params) on "

@@ -43,6 +43,11 @@ class TaskResult:
     examples: list[dict[str, Any]]
 
 
+def no_documents(spec) -> TaskError:
+    return TaskError(f"task {spec.name!r}: split {spec.eval_split!r} holds no documents; give it some "
+                     "(num_test >= 1 for a generated task).")
+
+
 def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, limit: int | None = None) -> TaskResult:
     """Every metric of `task.spec.metrics` over the first `limit` evaluation documents."""
     spec = task.spec
@@ -55,8 +60,7 @@ def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, li
             raise TaskError(f"limit={limit} must be >= 1 (or None for every document).")
         docs = docs[:limit]
     if not docs:
-        raise TaskError(f"task {spec.name!r}: split {spec.eval_split!r} holds no documents; give it some "
-                        "(num_test >= 1 for a generated task).")
+        raise no_documents(spec)
     contexts = [fewshot_context(task, i, k) if spec.output_type != "loglikelihood_rolling" else ""
                 for i in range(len(docs))]
     run = {"generate_until": _generation, "multiple_choice": _multiple_choice, "loglikelihood": _loglikelihood,

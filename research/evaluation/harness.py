@@ -49,12 +49,14 @@ class Harness:
 
     batch_size rows are scored per call of a jitted kernel; rows are padded to power-of-two
     lengths >= min_bucket. max_length: longest input the model may see (default
-    config.max_len). rolling_context_len: see requests.rolling_windows.
+    config.max_len). rolling_context_len: see requests.rolling_windows. stop_ids: ids besides the
+    tokenizer's eos that end a generation (a model's generation_config eos ids, such as a chat
+    template's turn end: LoadedModel.stop_ids), as transformers' and lm-eval's generate stop there.
     """
 
     def __init__(self, model: nn.Module, params: Any, tokenizer: Any, *, batch_size: int = 8,
                  max_length: int | None = None, min_bucket: int = 16, encoder_scoring: EncoderScoring = "pll",
-                 rolling_context_len: int = 1):
+                 rolling_context_len: int = 1, stop_ids: Sequence[int] = ()):
         config = model.config
         check_tokenizer(tokenizer)
         if batch_size < 1:
@@ -67,7 +69,13 @@ class Harness:
             raise ConfigError(f"min_bucket={min_bucket} must be >= 1.")
         if encoder_scoring not in ("pll", "classifier"):
             raise ConfigError(f"encoder_scoring={encoder_scoring!r} must be 'pll' or 'classifier'.")
+        bad = [i for i in stop_ids if not (isinstance(i, (int, np.integer)) and 0 <= i < config.vocab_size)]
+        if bad:
+            raise ConfigError(f"stop_ids={tuple(stop_ids)}: {bad[0]!r} is not a token id of {config.name} "
+                              f"(0 .. {config.vocab_size - 1}).")
         self.model, self.params, self.tokenizer = model, unbox(params), tokenizer
+        # Every id that ends a generation: eos first, then the model's own (e.g. a turn end).
+        self.end_ids = tuple(dict.fromkeys([int(tokenizer.eos_id), *(int(i) for i in stop_ids)]))
         self.config = config
         self.batch_size, self.max_length, self.min_bucket = batch_size, max_length, min_bucket
         self.encoder_scoring = encoder_scoring
@@ -83,7 +91,19 @@ class Harness:
         self.vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
         self._end_masks: dict[tuple[str, ...], np.ndarray] = {}
         self._pieces: list[tuple[int, str]] | None = None
+        self._special_pieces: dict[int, str] = {}  # id -> text of a special token decode() drops
         self._stop_sets: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def unsupported(self, output_type: str) -> str | None:
+        """Why this model cannot answer a task of `output_type` (one line), or None: checked for
+        every task of a suite before the first runs (a rolling task after a generation task on
+        T5 failed once the first had run, and its rows were lost)."""
+        family, name = self.config.family, self.config.name
+        if output_type == "loglikelihood_rolling" and family != "decoder":
+            return f"{name} is an {family!r} model; rolling (unconditional) loglikelihood needs a decoder-only model."
+        if output_type == "generate_until" and family == "encoder":
+            return f"{name} is an encoder-only model; generation needs a decoder or encoder_decoder model."
+        return None
 
     # --- requests ------------------------------------------------------------------------
 
@@ -159,18 +179,18 @@ class Harness:
         return stats, truncated, ends
 
     def end_mask(self, until: Sequence[str]) -> np.ndarray:
-        """[vocab_size] bool: eos and every id below vocab_limit whose text, decoded alone, begins
+        """[vocab_size] bool: eos (and the other end_ids) and every id below vocab_limit whose text, decoded alone, begins
         with a non-empty stop string of `until`: a SentencePiece newline piece counts for "\\n" although
         encode("\\n") alone gives two ids (word-start piece, newline), and so does a BPE piece holding
         two newlines. Cached per `until`."""
         key = tuple(until)
         if key not in self._end_masks:
             mask = np.zeros((self.config.vocab_size,), bool)
-            mask[int(self.tokenizer.eos_id)] = True
+            mask[list(self.end_ids)] = True
             stops = tuple(text for text in key if text)
             if stops:
                 for i, piece in self._piece_texts():
-                    if piece.startswith(stops):
+                    if piece.startswith(stops) or self._special_pieces.get(i, "").startswith(stops):
                         mask[i] = True
             self._end_masks[key] = mask
         return self._end_masks[key]
@@ -180,9 +200,8 @@ class Harness:
 
         The text is encoded with encode_context, so a tokenizer that opens every input with
         bos scores that bos too (after the prefix token), as lm-eval's hf model does."""
-        if self.config.family != "decoder":
-            raise ConfigError(f"{self.config.name} is an {self.config.family!r} model; rolling (unconditional) "
-                              "loglikelihood needs a decoder-only model.")
+        if self.unsupported("loglikelihood_rolling"):
+            raise ConfigError(self.unsupported("loglikelihood_rolling"))
         windows: list[list[ScoredRow]] = []
         for request in requests:
             ids = as_ids(self._encode_context(request.text))
@@ -202,9 +221,8 @@ class Harness:
     def generate_until(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
         """Greedy continuation of each context, cut before its first stop string or eos."""
         family = self.config.family
-        if family == "encoder":
-            raise ConfigError(f"{self.config.name} is an encoder-only model; generation needs a decoder or "
-                              "encoder_decoder model.")
+        if self.unsupported("generate_until"):
+            raise ConfigError(self.unsupported("generate_until"))
         results: list[GenerateResult | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
@@ -277,15 +295,16 @@ class Harness:
 
     def _classify(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         num_labels = self.config.num_labels
-        rows = []
+        rows, truncated = [], 0
         for context, choices in questions:
             if len(choices) != num_labels:
                 raise ConfigError(f"{len(choices)} choices for a classifier with num_labels={num_labels}; "
                                   "classifier scoring maps class i to choice i, so they must match.")
             ids = as_ids(self.tokenizer.encode(context)) or [self.prefix_token]
             self._check_ids(ids)
+            truncated += len(ids) > self.max_length  # a context of exactly max_length was counted as cut
             rows.append(np.asarray(ids[-self.max_length:], np.int32))
-        self._warn_truncated(sum(len(r) == self.max_length for r in rows), len(rows), "multiple_choice")
+        self._warn_truncated(truncated, len(rows), "multiple_choice")
         return [np.asarray(lp, np.float64) for lp in
                 scoring.classify_rows(self.model, self.params, rows, **self._sizes)]
 
@@ -301,14 +320,27 @@ class Harness:
         key = tuple(until)
         if key not in self._stop_sets:
             stops = [text for text in key if text]
-            self._stop_sets[key] = tuple(sorted({int(self.tokenizer.eos_id)} | {
-                i for i, piece in self._piece_texts() if any(stop in piece for stop in stops)}))
+            self._stop_sets[key] = tuple(sorted(set(self.end_ids) | {
+                i for i, piece in self._piece_texts() if any(stop in piece for stop in stops)} | set(
+                self._special_stops(key))))
         return self._stop_sets[key]
+
+    def _special_stops(self, until: Sequence[str]) -> list[int]:
+        """Special tokens whose own text holds a stop string (until=("<|im_end|>",)): decode()
+        drops their text, so the string never appeared in the output and generation ran on to
+        max_new_tokens, keeping the text after the turn end. lm-eval cuts there."""
+        stops = [text for text in until if text]
+        self._piece_texts()
+        return [i for i, text in self._special_pieces.items() if any(stop in text for stop in stops)]
 
     def _piece_texts(self) -> list[tuple[int, str]]:
         """(id, its text decoded alone) of every id generation may write, computed once."""
         if self._pieces is None:
             self._pieces = [(i, self.tokenizer.decode([i])) for i in range(self.vocab_limit or self.config.vocab_size)]
+            keeping = getattr(self.tokenizer, "decode_keeping_special", None)
+            if keeping is not None:
+                self._special_pieces = {i: text for i, piece in self._pieces if not piece
+                                        for text in [keeping([i])] if text}
         return self._pieces
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_tokens: tuple[int, ...],
@@ -340,9 +372,8 @@ class Harness:
         return [as_ids(tokens_BN[b, :lengths_B[b]]) for b in range(len(prompts))]
 
     def _finish(self, ids: list[int], until: Sequence[str], truncated: bool) -> GenerateResult:
-        eos = int(self.tokenizer.eos_id)
-        if eos in ids:
-            ids = ids[:ids.index(eos)]
+        ends = set(self.end_ids) | set(self._special_stops(until))
+        ids = next((ids[:k] for k, i in enumerate(ids) if i in ends), ids)
         text = cut_at_stop(self.tokenizer.decode(ids), until)
         return GenerateResult(text, tuple(ids), truncated)
 

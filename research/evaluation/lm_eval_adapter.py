@@ -55,7 +55,8 @@ class HarnessLM(LM):
                     max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> "HarnessLM":
         """From a research.training.checkpoint_loading.LoadedModel."""
         return cls(Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size,
-                           max_length=max_length), max_gen_toks=max_gen_toks)
+                           max_length=max_length, stop_ids=getattr(loaded, "stop_ids", ())),
+                   max_gen_toks=max_gen_toks)
 
     @classmethod
     def from_checkpoint(cls, path: str, *, step: int | None = None, tokenizer: str | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-from research.evaluation.evaluator import evaluate
+from research.evaluation.evaluator import evaluate, no_documents
 from research.evaluation.fewshot import fewshot_context
 from research.evaluation.task_catalog import catalog_task, check_shots
 from research.evaluation.task_spec import Task, TaskError
@@ -59,6 +59,8 @@ def plan_suite(names: Sequence[str], shots: Sequence[int] | None, *, num_test: i
             entries.append(SuiteEntry(name, task, k))
     # Render one prompt per entry now: a template error surfaces before any model runs.
     for entry in entries:
+        if not entry.task.docs(entry.task.spec.eval_split):  # rendering document 0 was an IndexError
+            raise no_documents(entry.task.spec)
         if entry.task.spec.output_type != "loglikelihood_rolling":
             fewshot_context(entry.task, 0, entry.num_fewshot)
     return entries

@@ -69,6 +69,10 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def decode_keeping_special(self, ids: Sequence[int]) -> str:
+        """The text with special tokens spelled out ("<|im_end|>"): where a stop string may lie."""
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
 

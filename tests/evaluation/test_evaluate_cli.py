@@ -139,6 +139,43 @@ def test_a_task_generating_past_the_models_context_is_one_line_before_any_task_r
     assert "\n" not in str(error.value)
 
 
+def test_a_task_the_models_family_cannot_run_is_one_line_before_any_task_runs(monkeypatch):
+    """T5 given a generation task and then a rolling one: the rolling task failed after the first had
+    run, and its row was lost; an encoder-only model likewise with a generation task."""
+    from research.evaluation import suite
+    from research.evaluation.task_spec import TaskSpec, make_task
+    from tests.evaluation.conftest import IdTokenizer, tiny_model
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("a task ran"))
+    rolling = make_task(TaskSpec(name="ppl", output_type="loglikelihood_rolling", prompt="{text}"),
+                        {"test": [{"text": "abc"}]})
+    entries = suite.plan_suite(["addition_1digit", "ppl"], None, num_test=2,
+                               tasks={"ppl": rolling})
+    t5 = harness_lib.Harness(*tiny_model("t5-tiny"), IdTokenizer())
+    with pytest.raises(ConfigError, match=r"task ppl: t5-tiny is an 'encoder_decoder' model; rolling"):
+        cli.check_tasks_fit(entries, t5)
+    bert = harness_lib.Harness(*tiny_model("bert-test"), IdTokenizer())
+    with pytest.raises(ConfigError, match=r"task addition_1digit: bert-test is an encoder-only model; generation"):
+        cli.check_tasks_fit(entries, bert)
+    cli.check_tasks_fit(entries[1:], harness_lib.Harness(*tiny_model("gpt2-tiny"), IdTokenizer()))
+
+
+def test_the_models_stop_ids_reach_the_harness(run_dir, monkeypatch):
+    """generation_config.json's further eos ids (LoadedModel.stop_ids) end generation in experiments.evaluate
+    and in the lm-eval adapter, as in experiments.generate; the harness never heard of them."""
+    from research.evaluation.lm_eval_adapter import HarnessLM
+    loaded = load_checkpoint(run_dir)._replace(stop_ids=(7,))
+    assert 7 in HarnessLM.from_loaded(loaded).harness.end_ids
+    seen = []
+
+    def check(entries, harness):
+        seen.append(harness.end_ids)
+        raise ConfigError("checked")
+    monkeypatch.setattr(cli, "check_tasks_fit", check)
+    with pytest.raises(ConfigError, match="checked"):
+        cli._run(loaded, [], 2, None, False, print)
+    assert 7 in seen[0]
+
+
 def test_directory_without_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_loading, "restore_params", lambda *a: pytest.fail("restored"))
     with pytest.raises(ConfigError, match=r"no checkpoint in .*; give the workdir of a run"):

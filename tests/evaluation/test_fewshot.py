@@ -72,3 +72,7 @@ def test_a_suite_without_shot_counts_prompts_each_task_with_its_own():
     assert [e.num_fewshot for e in plan_suite(["qa"], [0, 1], tasks={"qa": qa})] == [0, 1]
     with pytest.raises(TaskError, match=r"shot count\(s\) \[0\] listed twice"):
         plan_suite(["qa"], [0, 0], tasks={"qa": qa})
+    # An empty evaluation split: rendering its document 0 was an IndexError.
+    empty = make_task(QA, {"test": [], "train": TRAIN})
+    with pytest.raises(TaskError, match=r"split 'test' holds no documents"):
+        plan_suite(["qa"], [0], tasks={"qa": empty})

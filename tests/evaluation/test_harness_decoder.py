@@ -122,6 +122,41 @@ def test_generate_until_is_greedy_and_stops_at_stop_string(gpt2):
     assert cut == full[:full.index(stop)] and stop not in cut
 
 
+class _SpecialEnd(IdTokenizer):
+    """Id `end` is a special token: decode() drops it, decode_keeping_special spells it "<|end|>"."""
+
+    def __init__(self, end):
+        self.end = end
+
+    def decode(self, ids):
+        return super().decode([i for i in ids if int(i) != self.end])
+
+    def decode_keeping_special(self, ids):
+        return "".join("<|end|>" if int(i) == self.end else super().decode([i]) for i in ids)
+
+
+def test_generation_ends_at_the_models_stop_ids_and_at_a_special_tokens_stop_string(gpt2):
+    """A model's own stop ids (generation_config.json's eos list, e.g. a chat turn end) were ignored,
+    and so was a stop string spelling a special token, whose text decode() drops: both generated on
+    to max_new_tokens, keeping the text after the turn end."""
+    model, params = gpt2
+    prompt = [5, 9, 12, 40]
+    greedy = _greedy_rollout(model, params, prompt, 6)
+    k = next(i for i in range(1, len(greedy)) if greedy[i] not in greedy[:i])  # the first new id ends it
+    end = greedy[k]
+    assert IdTokenizer.eos_id not in greedy
+    request = GenerateRequest(text(prompt), (), 6)
+    harness = Harness(model, params, IdTokenizer(), batch_size=2, stop_ids=(end,))
+    assert harness.generate_until([request])[0].text == text(greedy[:k])
+    assert harness.end_mask(())[end] and not harness.end_mask(())[greedy[0]]
+    assert Harness(model, params, IdTokenizer(), batch_size=2).generate_until([request])[0].text == text(greedy)
+    special = Harness(model, params, _SpecialEnd(end), batch_size=2)
+    assert special.generate_until([GenerateRequest(text(prompt), ("<|end|>",), 6)])[0].text == text(greedy[:k])
+    assert special.end_mask(("<|end|>",))[end]
+    with pytest.raises(ConfigError, match=r"stop_ids=\(9999,\): 9999 is not a token id"):
+        Harness(model, params, IdTokenizer(), stop_ids=(9999,))
+
+
 def test_long_context_is_truncated_from_the_left_with_a_warning(gpt2):
     model, params = gpt2
     harness = Harness(model, params, IdTokenizer(), batch_size=2, max_length=16)

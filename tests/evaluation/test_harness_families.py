@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -77,3 +78,10 @@ def test_encoder_classifier_maps_class_i_to_choice_i():
     np.testing.assert_allclose(scores, np.asarray(jax.nn.log_softmax(logits)), atol=1e-5)
     with pytest.raises(ConfigError, match="2 choices for a classifier with num_labels=3"):
         harness.multiple_choice([(text(context), ["a", "b"])])
+    # A context of exactly max_length is not cut (it was warned about as truncated); one more token is.
+    short = Harness(model, params, IdTokenizer(), batch_size=2, max_length=4, encoder_scoring="classifier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short.multiple_choice([(text(context), ["a", "b", "c"])])
+    with pytest.warns(UserWarning, match="1 of 1 contexts exceed max_length=4"):
+        short.multiple_choice([(text(context + [7]), ["a", "b", "c"])])
