@@ -32,6 +32,9 @@ def get_config(arg: str = "web") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown prepare_data preset {arg!r}; choose one of {PRESETS}.")
     config = ml_collections.ConfigDict(dataclasses.asdict(PreparationConfig()))
+    # A field whose default is None has no type to override it with on the command line
+    # (--config.decontamination.num_test=5 failed): a placeholder gives it one.
+    config.decontamination.num_test = ml_collections.config_dict.placeholder(int)
     if arg == "c4":
         config.c4_quality.enabled = True
     if arg == "code":

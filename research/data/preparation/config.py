@@ -36,6 +36,15 @@ def _check_number(section: str, name: str, value: Any, *, low: float, high: floa
         raise DataError(f"{section}: {name}={value!r} must be {bounds}{off}.")
 
 
+def _check_not_zero(section: str, config: Any, names: tuple[str, ...]) -> None:
+    """datatrove tests these thresholds for truth (`if threshold and ...`): 0 turned the rule off
+    instead of dropping every document the rule counts anything in."""
+    for name in names:
+        if getattr(config, name) == 0:
+            raise DataError(f"{section}: {name}=0 would turn the rule off (datatrove reads 0 as unset); give a tiny "
+                            f"positive value (e.g. 1e-9) to drop any document it counts something in, or None for off.")
+
+
 def _check_order(section: str, low_name: str, low: Any, high_name: str, high: Any) -> None:
     if low is not None and high is not None and low > high:
         raise DataError(f"{section}: {low_name}={low} is above {high_name}={high}; every document would be dropped. "
@@ -107,6 +116,8 @@ class GopherQualityConfig:
             _check_number(section, name, getattr(self, name), low=0)
         for name in ("max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "max_non_alpha_words_ratio"):
             _check_number(section, name, getattr(self, name), low=0, high=1)
+        _check_not_zero(section, self, ("max_doc_words", "max_avg_word_length", "max_symbol_word_ratio",
+                                        "max_bullet_lines_ratio", "max_ellipsis_lines_ratio"))
         _check_order(section, "min_doc_words", self.min_doc_words, "max_doc_words", self.max_doc_words)
         _check_order(section, "min_avg_word_length", self.min_avg_word_length,
                      "max_avg_word_length", self.max_avg_word_length)
@@ -129,6 +140,7 @@ class GopherRepetitionConfig:
         _check_flags(section, self)
         for name in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"):
             _check_number(section, name, getattr(self, name), low=0, high=1)
+        _check_not_zero(section, self, ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"))
         for name in ("top_n_grams", "dup_n_grams"):  # configs give lists: tuples again
             object.__setattr__(self, name, _ngram_fractions(section, name, getattr(self, name)))
 
@@ -136,7 +148,12 @@ class GopherRepetitionConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class C4QualityConfig:
     """C4's rules: keep lines ending in terminal punctuation with >= 3 words, drop pages with
-    < 5 sentences, 'lorem ipsum' or '{'. Off by default: they delete code and markdown."""
+    < 5 sentences, 'lorem ipsum' or '{'. Off by default: they delete code and markdown.
+
+    3 words and 5 sentences are the paper's text (Raffel et al. 2020, Section 2.2) and datatrove's
+    defaults; the code that built the released C4 (tensorflow_datasets/text/c4_utils.py) uses the
+    opposite, _MIN_WORDS_PER_LINE = 5 and _MIN_NUM_SENTENCES = 3: set min_words_per_line=5,
+    min_num_sentences=3 to reproduce the released corpus."""
 
     enabled: bool = False
     filter_no_terminal_punct: bool = True
@@ -193,6 +210,9 @@ class DedupConfig:
             raise DataError(f"dedup: shingle_size={self.shingle_size} must be >= 1.")
         if self.num_permutations < 2:
             raise DataError(f"dedup: num_permutations={self.num_permutations} must be >= 2.")
+        # numpy's generator range: outside it the minhash stage failed after the whole reading stage.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise DataError(f"dedup: seed={self.seed!r} must be a whole number in [0, {2**32 - 1}].")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

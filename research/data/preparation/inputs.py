@@ -45,8 +45,10 @@ class InputSpec:
     def fingerprint(self) -> list:
         if self.tfds_name:
             return [self.tfds_name, self.tfds_data_dir, self.tfds_split, self.text_field, _tfds_files(self)]
-        return [self.text_field] + [[os.path.relpath(p, self.root), os.stat(p).st_size, os.stat(p).st_mtime_ns]
-                                    for p in self.files]
+        # The absolute root too: two copies of a corpus in two folders (same names, sizes and mtimes,
+        # as an unpacked archive gives) shared a fingerprint, and the second returned the first's dataset.
+        return [self.text_field, os.path.abspath(self.root)] + [
+            [os.path.relpath(p, self.root), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in self.files]
 
     def describe(self) -> str:
         return f"tfds:{self.tfds_name}[{self.tfds_split}]" if self.tfds_name else f"{len(self.files)} files under {self.root}"

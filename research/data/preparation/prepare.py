@@ -11,15 +11,17 @@ the only way a dataset appears there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
+import fcntl
 import glob
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
@@ -317,18 +319,60 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     spec = spec.excluding(output_dir)
     words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
     layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words))
-    if os.path.isdir(layout.final):
-        try:
-            done = read_report(layout.final)
-        except (OSError, ValueError):
-            done = {}
-        if done.get("fingerprint") == layout.fingerprint:
+    done = _published_report(layout)
+    if done is not None and not os.path.isdir(layout.work):
+        return done
+    with _work_dir_lock(layout):
+        done = _published_report(layout)  # published by a run that held the lock a moment ago
+        if done is not None:
+            # A run killed between publishing and removing its work dir left it (up to a few copies
+            # of the corpus, under a dot name); nothing can resume it.
+            shutil.rmtree(layout.work, ignore_errors=True)
             return done
-        raise DataError(f"{layout.final} already holds a dataset prepared from other inputs or settings; "
-                        "delete it or choose another --name.")
+        return _prepare(spec, layout, config, words)
+
+
+def _published_report(layout: Layout) -> dict[str, Any] | None:
+    """The report of the dataset this preparation publishes, if it is published; a DataError if
+    another preparation's dataset holds its place."""
+    if not os.path.isdir(layout.final):
+        return None
+    try:
+        done = read_report(layout.final)
+    except (OSError, ValueError):
+        done = {}
+    if done.get("fingerprint") == layout.fingerprint:
+        return done
+    raise DataError(f"{layout.final} already holds a dataset prepared from other inputs or settings; "
+                    "delete it or choose another --name.")
+
+
+@contextlib.contextmanager
+def _work_dir_lock(layout: Layout) -> Iterator[None]:
+    """An exclusive flock in the work dir for the whole preparation. Two runs of one command in one
+    work dir (a command started twice) wrote over each other's files and broke it for every later
+    rerun (datatrove's 'Hash order error', KeyErrors) until it was deleted by hand; the second is now
+    refused in one line. A POSIX record lock (lockf), not flock: the kernel drops it when its holder
+    dies, and a process the holder forked (datatrove's manager) does not inherit it; an inherited
+    flock outlived a killed run in that orphan and refused every rerun."""
+    os.makedirs(layout.work, exist_ok=True)
+    with open(os.path.join(layout.work, ".lock"), "a") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES or EAGAIN: held by another process
+            raise DataError(f"another prepare_data run is preparing {layout.name!r} from these inputs and settings "
+                            f"in {layout.work}; let it finish (then rerun for its report) or stop it first.") from None
+        try:
+            yield
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+
+
+def _prepare(spec: InputSpec, layout: Layout, config: PreparationConfig, words: Sequence[str]) -> dict[str, Any]:
+    """prepare_dataset's work, under the work dir's lock."""
+    name = layout.name
     contamination = contamination_index(config.decontamination) if (
         config.decontamination.tasks or config.decontamination.all_catalog_tasks) else None
-    os.makedirs(layout.work, exist_ok=True)
     read_tasks = reading_tasks(layout, config.execution.read_tasks)
     if read_tasks != config.execution.read_tasks:  # a finished reading reused: run (and report) its count
         config = dataclasses.replace(config, execution=dataclasses.replace(config.execution, read_tasks=read_tasks))

@@ -111,10 +111,26 @@ def test_cli_overrides_without_config_flag_are_one_line(tmp_path, override, mess
     ("gopher_repetition", {"dup_line_frac": -0.1}, r"dup_line_frac=-0\.1 must be in \[0, 1\]"),
     ("c4_quality", {"min_num_sentences": -2}, r"c4_quality: min_num_sentences=-2 must be >= -1\."),
     ("c4_quality", {"max_word_length": 0}, r"max_word_length=0 would drop every line"),
+    # datatrove reads a 0 threshold as unset: the rule was silently off.
+    ("gopher_quality", {"max_symbol_word_ratio": 0}, r"max_symbol_word_ratio=0 would turn the rule off"),
+    ("gopher_repetition", {"dup_line_frac": 0}, r"dup_line_frac=0 would turn the rule off"),
+    # numpy's seed range: it failed after the whole reading stage.
+    ("dedup", {"seed": -1}, r"dedup: seed=-1 must be a whole number in \[0, 4294967295\]"),
+    ("dedup", {"seed": 2**32}, r"dedup: seed=4294967296 must be"),
 ])
 def test_quality_thresholds_are_checked_up_front(section, values, message):
     with pytest.raises(DataError, match=message):
         PreparationConfig.from_dict({section: values})
+
+
+def test_a_field_whose_default_is_none_can_be_set_on_the_command_line(tmp_path):
+    """--config.decontamination.num_test=5 failed in flag parsing: ml_collections cannot override a
+    None-typed field. Here parsing passes, and the (bad) name is what stops the run."""
+    (tmp_path / "a.txt").write_text("some text")
+    result = subprocess.run([sys.executable, "-m", "experiments.prepare_data", f"--input={tmp_path}/a.txt",
+                             f"--output_dir={tmp_path}/out", "--name=Bad", "--config.decontamination.num_test=5"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().startswith("error: --name='Bad'"), result.stderr[-2000:]
 
 
 def test_quality_thresholds_accept_none_and_lists():

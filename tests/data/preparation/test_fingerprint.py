@@ -16,6 +16,16 @@ def _config(**sections) -> PreparationConfig:
     return PreparationConfig.from_dict({"decontamination": {"all_catalog_tasks": False}, **sections})
 
 
+def test_a_copy_of_the_inputs_in_another_folder_has_its_own_fingerprint(tmp_path):
+    """Same relative names, sizes and mtimes (an archive unpacked twice), other text: the second
+    preparation returned the first's dataset."""
+    a = write_files(str(tmp_path / "a"), {"doc.txt": "some text"})
+    b = write_files(str(tmp_path / "b"), {"doc.txt": "sane text"})
+    stat = os.stat(os.path.join(a, "doc.txt"))
+    os.utime(os.path.join(b, "doc.txt"), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint(resolve_inputs(a), _config()) != fingerprint(resolve_inputs(b), _config())
+
+
 def test_blocklist_file_edited_in_place_changes_the_fingerprint(tmp_path):
     spec = resolve_inputs(write_files(str(tmp_path / "in"), {"a.txt": "some text"}))
     words_file = tmp_path / "words.txt"

@@ -119,6 +119,48 @@ def test_interrupted_run_publishes_nothing_and_a_rerun_finishes_identically(hand
     assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == report
 
 
+def test_a_second_run_of_the_same_preparation_is_refused_while_the_first_holds_its_work_dir(handmade, tmp_path):
+    """Two overlapping runs of one command wrote over each other's files in one work dir and broke it
+    for every later rerun; the second is refused in one line, and once the first is gone (killed,
+    here) the same command runs."""
+    import subprocess
+    import sys
+
+    from research.data.preparation import prepare
+    spec = resolve_inputs(handmade["corpus"])
+    config = corpus_config(handmade["task_file"])
+    layout = prepare.Layout(str(tmp_path), "handmade", "1.0.0", prepare.fingerprint(spec, config))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from research.data.preparation import prepare; "
+        f"layout = prepare.Layout({str(tmp_path)!r}, 'handmade', '1.0.0', {layout.fingerprint!r}); "
+        "lock = prepare._work_dir_lock(layout); lock.__enter__(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DataError, match=r"another prepare_data run is preparing 'handmade' from these inputs"):
+            prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == handmade["report"]
+
+
+def test_a_work_dir_left_by_a_run_killed_after_publishing_is_removed_by_the_rerun(handmade, tmp_path, monkeypatch):
+    """Killed between the rename into place and the cleanup: the rerun returned "done" and left the
+    hidden work dir (up to a few copies of the corpus) for ever."""
+    spec = resolve_inputs(handmade["corpus"])
+    config = corpus_config(handmade["task_file"])
+    from research.data.preparation import prepare
+    original = prepare.shutil.rmtree
+    monkeypatch.setattr(prepare.shutil, "rmtree", lambda *a, **k: None)  # as if killed before any cleanup
+    report = prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config)
+    monkeypatch.setattr(prepare.shutil, "rmtree", original)
+    left = [p for p in os.listdir(tmp_path) if p.startswith(".handmade-preparing-")]
+    assert len(left) == 1
+    assert prepare_dataset(spec, output_dir=str(tmp_path), name="handmade", config=config) == report
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
 def test_work_dir_of_an_interrupted_run_with_other_settings_is_named_when_another_publishes(
         handmade, tmp_path, monkeypatch, caplog):
     """A kill, then a rerun with a changed setting: the first work dir can never be resumed; the
