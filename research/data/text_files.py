@@ -5,7 +5,7 @@ tensorflow_datasets 4.9.10 can run a real `tfds.core.GeneratorBasedBuilder` with
 Python; only tfrecord needs TF), so this is an ordinary builder. It writes TFDS's own
 layout, read back by `tfds.data_source` like any prepared dataset:
 
-    {data_dir}/research_text_files/{config}/1.0.0/research_text_files-train.array_record-00000-of-00001
+    {data_dir}/research_text_files/{config}/1.1.0/research_text_files-train.array_record-00000-of-00001
 
 The config name is a digest of the matched files (their common directory, and each file's path
 in it, size and mtime), the text field and the validation fraction, so a rerun reuses the
@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 import tensorflow_datasets as tfds
 
 from research.data.config import DataError
+from research.data.document_files import READ_ERRORS, cannot_read, decode_utf8, is_jsonl, open_input, record_text
 from research.data.sources import in_validation
 
 BUILDER_NAME = "research_text_files"
@@ -45,23 +46,18 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
 
 
 def _documents(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """(key, text) for each document in one file: a .jsonl line, or the whole file."""
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no} is not valid JSON ({e.msg}); fix or remove the line.") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise DataError(f"{path}:{line_no} has no field {text_field!r}; set text_field to the "
-                                    "JSON key that holds the text.")
-                yield f"{path}:{line_no}", str(record[text_field])
-    else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            yield path, f.read()
+    """(key, text) for each document in one file: a .jsonl line, or the whole file; compressed
+    files (.gz, .bz2, .xz) are read decompressed, as data preparation reads them."""
+    try:
+        with open_input(path) as f:
+            if not is_jsonl(path):  # newlines as text-mode reading gives them (1.0.0 read that way)
+                yield path, decode_utf8(f.read())[0].replace("\r\n", "\n").replace("\r", "\n")
+                return
+            for line_no, raw in enumerate(f, start=1):
+                if raw.strip():
+                    yield f"{path}:{line_no}", record_text(raw, path, line_no, text_field)[0]
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,7 +74,10 @@ class TextFilesConfig(tfds.core.BuilderConfig):
 class ResearchTextFiles(tfds.core.GeneratorBasedBuilder):
     """Documents from local files, split into train / validation by a hash of each key."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Compressed files are read decompressed; a JSONL text field that is not a string is "
+                              "an error (1.0.0 stored gzip bytes, and the text 'None' of a null field).",
+                     "1.0.0": "Initial release."}
     # Nothing is downloaded, so there are no URL checksums to find next to this module; TFDS's
     # own lookup of them needs the `importlib_resources` backport, which is not a dependency.
     code_path = None

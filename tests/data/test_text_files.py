@@ -62,3 +62,28 @@ def test_processes_sharing_a_data_dir_prepare_it_once(tmp_path):
     assert counts[0] == counts[1] and sum(map(int, counts[0])) == 3000
     prepared = [d for d, _, names in os.walk(tmp_path / "tfds") if any(".array_record-" in n for n in names)]
     assert len(prepared) == 1
+
+
+def test_compressed_files_are_read_decompressed_and_a_text_field_must_hold_text(tmp_path):
+    """The files source stored a .jsonl.gz as one document of gzip bytes, and {"text": null} as the
+    text 'None'; data preparation (research/data/document_files.py, now shared) read both right."""
+    import gzip
+
+    import pytest
+
+    from research.data.config import DataError
+    (tmp_path / "in").mkdir()
+    with gzip.open(tmp_path / "in" / "a.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "first document"}) + "\n" + json.dumps({"text": "second one"}) + "\n")
+    with gzip.open(tmp_path / "in" / "b.txt.gz", "wt") as f:
+        f.write("a plain\r\ndocument")
+    config = DataConfig(source="files", file_patterns=(str(tmp_path / "in" / "*"),), data_dir=str(tmp_path / "tfds"),
+                        validation_fraction=0.0)
+    assert sorted(_texts(config, "train")) == ["a plain\ndocument", "first document", "second one"]
+    _jsonl(tmp_path / "bad" / "c.jsonl", ["fine"])
+    with open(tmp_path / "bad" / "c.jsonl", "a") as f:
+        f.write(json.dumps({"text": None}) + "\n")
+    bad = DataConfig(source="files", file_patterns=(str(tmp_path / "bad" / "*.jsonl"),),
+                     data_dir=str(tmp_path / "tfds"), validation_fraction=0.0)
+    with pytest.raises(DataError, match=r"c\.jsonl:2: field 'text' is NoneType, not a string"):
+        _texts(bad, "train")

@@ -11,21 +11,18 @@ standardise stage repairs or drops the document.
 """
 from __future__ import annotations
 
-import bz2
 import dataclasses
 import glob
-import gzip
-import json
-import lzma
 import os
-import re
-import zlib
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
 from research.data.config import DataError
+# Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
+from research.data.document_files import (READ_ERRORS, cannot_read, decode_utf8, is_jsonl, open_input,
+                                          record_text)
 
 TFDS_PREFIX = "tfds:"
 
@@ -94,33 +91,13 @@ def _tfds_files(spec: InputSpec) -> list:
 SKIP_REASONS = {"binary": "NUL bytes in the first 8 KB: an archive, compiled or image file",
                 "under_output_dir": "inside --output_dir"}
 _BINARY_PROBE_BYTES = 8192  # text holds no NUL byte; tar, .pyc, images hold one this early
-# Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
-_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-# What reading a missing, unreadable, corrupt or truncated (compressed) file raises.
-_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
-
-
-def _open_input(path: str) -> BinaryIO:
-    return _DECOMPRESSORS.get(os.path.splitext(path)[1].lower(), open)(path, "rb")
-
-
-def _cannot_read(path: str, error: Exception) -> DataError:
-    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return DataError(f"input file {path} cannot be read ({reason}); fix it or leave it out.")
-
-
 def _head(path: str) -> bytes:
     """The first few KB of the file's (decompressed) content."""
     try:
-        with _open_input(path) as f:
+        with open_input(path) as f:
             return f.read(_BINARY_PROBE_BYTES)
-    except _READ_ERRORS as e:
-        raise _cannot_read(path, e) from None
-
-
-def _is_jsonl(path: str) -> bool:
-    stem, suffix = os.path.splitext(path)
-    return (stem if suffix.lower() in _DECOMPRESSORS else path).endswith(".jsonl")
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
 
 
 def _matches(pattern: str) -> list[str]:
@@ -132,13 +109,13 @@ def _matches(pattern: str) -> list[str]:
 
 def _check_jsonl_head(path: str, text_field: str) -> None:
     try:
-        with _open_input(path) as f:
+        with open_input(path) as f:
             for line_no, raw in enumerate(f, start=1):
                 if raw.strip():
-                    _record_text(raw, path, line_no, text_field)
+                    record_text(raw, path, line_no, text_field)
                     return
-    except _READ_ERRORS as e:
-        raise _cannot_read(path, e) from None
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
 
 
 def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: str = "",
@@ -172,7 +149,7 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     if not any(heads[path] for path in paths):
         raise DataError(f"input {input_arg!r} matches only empty files; nothing to prepare.")
     for path in paths:
-        if _is_jsonl(path):
+        if is_jsonl(path):
             _check_jsonl_head(path, text_field)
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     return InputSpec(files=tuple(paths), root=root, text_field=text_field,
@@ -186,41 +163,6 @@ def _resolve_tfds(name: str, text_field: str, data_dir: str, split: str) -> Inpu
     return InputSpec(tfds_name=name, tfds_data_dir=data_dir, tfds_split=split, text_field=text_field)
 
 
-def decode_utf8(raw: bytes) -> tuple[str, int]:
-    """(text, number of invalid byte sequences replaced by U+FFFD)."""
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        repaired = raw.decode("utf-8", errors="replace")
-        return repaired, len(repaired) - len(raw.decode("utf-8", errors="ignore"))
-
-
-def _record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[str, int]:
-    line, invalid = decode_utf8(raw)
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg}); fix or remove the line.") from None
-    if not isinstance(record, dict) or text_field not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{path}:{line_no}: no field {text_field!r} (it has {keys}); set --text_field to the key "
-                        "that holds the text.")
-    if not isinstance(record[text_field], str):
-        raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(record[text_field]).__name__}, not a string; "
-                        "set --text_field to the key that holds the text.")
-    text, surrogates = _repair_surrogates(record[text_field])
-    return text, invalid + surrogates
-
-
-# A JSON escape of half a surrogate pair ("\ud83d" alone, common in web scrapes) decodes to a
-# string no UTF-8 encoder accepts; like undecodable bytes, each one becomes U+FFFD and is counted.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _repair_surrogates(text: str) -> tuple[str, int]:
-    return _LONE_SURROGATE.subn("\ufffd", text)
-
-
 def _document(text: str, origin: str, invalid: int, num_bytes: int) -> Document:
     return Document(text=text, id=origin, metadata={"origin": origin, "invalid_utf8_bytes": invalid,
                                                     "num_bytes": num_bytes})
@@ -231,8 +173,8 @@ def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
     first if it ends in .gz, .bz2 or .xz)."""
     rel = os.path.relpath(path, root)
     try:
-        with _open_input(path) as f:
-            if not _is_jsonl(path):
+        with open_input(path) as f:
+            if not is_jsonl(path):
                 raw = f.read()
                 if raw.strip():
                     text, invalid = decode_utf8(raw)
@@ -240,10 +182,10 @@ def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
                 return
             for line_no, raw in enumerate(f, start=1):
                 if raw.strip():
-                    text, invalid = _record_text(raw, path, line_no, text_field)
+                    text, invalid = record_text(raw, path, line_no, text_field)
                     yield _document(text, f"{rel}:{line_no}", invalid, len(raw))
-    except _READ_ERRORS as e:
-        raise _cannot_read(path, e) from None
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
 
 
 class DocumentReader(PipelineStep):
