@@ -297,10 +297,22 @@ def check_destination(output_dir: str, name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise DataError(f"--name is {len(name)} characters long; give at most {MAX_NAME_CHARS} (the dataset's file "
                         "names add ~45 to it, and file systems cap names at 255 bytes, some at 143).")
+    if _registered_tfds_name(name):
+        raise DataError(f"--name={name!r} is a dataset TFDS itself defines: reading it back by name would load TFDS's "
+                        f"{name} (its own builder and version), not this one; choose another name, e.g. 'my_{name}'.")
     reason = unwritable_reason(output_dir)
     if reason:
         raise DataError(f"--output_dir={output_dir!r}: {reason}; give a writable directory (the dataset goes in "
                         "OUTPUT_DIR/NAME/VERSION).")
+
+
+def _registered_tfds_name(name: str) -> bool:
+    import tensorflow_datasets as tfds
+    try:
+        tfds.builder_cls(name)
+    except Exception:  # DatasetNotFoundError, or a registered builder whose module fails to import  # noqa: BLE001
+        return False
+    return True
 
 
 def read_report(dataset_dir: str) -> dict[str, Any]:

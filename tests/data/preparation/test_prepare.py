@@ -303,7 +303,10 @@ def test_dedup_stages_can_be_turned_off(tmp_path):
 @pytest.mark.parametrize("name, message", [
     ("корпус", "must be a TFDS dataset name: lower-case ASCII letters"), ("Corpus", "must be a TFDS dataset name"),
     ("1st", "must be a TFDS dataset name"), ("my-corpus", "must be a TFDS dataset name"), ("", "must be a TFDS"),
-    ("x" * 300, "--name is 300 characters long; give at most 96")])
+    ("x" * 300, "--name is 300 characters long; give at most 96"),
+    # Prepared fine, then pretraining by name read TFDS's own lm1b builder ("not prepared ... tfds build").
+    ("lm1b", "--name='lm1b' is a dataset TFDS itself defines"),
+    ("tiny_shakespeare", "is a dataset TFDS itself defines.*e.g. 'my_tiny_shakespeare'")])
 def test_bad_name_is_one_line_before_any_work(tmp_path, name, message):
     (tmp_path / "a.txt").write_text("some text")
     with pytest.raises(DataError, match=message):
