@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,10 @@ _WORD = re.compile(r"\w+")
 
 
 def words_of(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """Case-folded words of NFKC text: an item and a document that spell a word in two Unicode
+    forms (composed 'é' / 'e' + combining accent, full-width letters) share its words; without
+    it the combining accent split a word in two."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 @dataclasses.dataclass(frozen=True)

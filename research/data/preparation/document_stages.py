@@ -298,6 +298,12 @@ WORDS = RegexWordTokenizer()
 # near-dedup shingles depend on it, so it is part of the work dir's fingerprint (a run started
 # by older code is not resumed with the new splitting, nor its dataset taken as this one's).
 WORDS_VERSION = 3
+# What standardise, the blocklist and decontamination match and rewrite: part of every fingerprint,
+# so a rerun after they changed prepares again instead of returning the dataset older rules made.
+# 2: control characters removed before Unicode normalisation; blocklist entries in the documents'
+# Unicode form, and no word boundary at an edge in a script without spaces; decontamination on
+# NFKC case-folded words.
+DOCUMENT_STAGES_VERSION = 2
 
 
 def dedup_key(text: str) -> str:
@@ -321,8 +327,10 @@ def standardise(doc: Document, config: StandardiseConfig) -> Verdict:
         if config.invalid_utf8 == "drop" or invalid / size > config.max_invalid_fraction:
             return drop("invalid_utf8")
     text = _LINE_BREAK.sub("\n", doc.text)  # before NFC/NFKC: \x85 is a control char too
-    text = unicodedata.normalize(config.unicode_form, text)
-    text = _SPACE.sub(" ", _CONTROL.sub("", text))
+    # Control characters go before normalising: one between a letter and its combining mark
+    # ('e\x00\u0301') kept the two apart, and the output was not in the form asked for.
+    text = unicodedata.normalize(config.unicode_form, _CONTROL.sub("", text))
+    text = _SPACE.sub(" ", text)
     lines, blank_run = [], 0
     for line in text.split("\n"):
         line = line.rstrip()
@@ -381,9 +389,30 @@ def blocklist_words(config: BlocklistConfig) -> tuple[str, ...]:
     return tuple(sorted(set(w.lower() for w in words)))
 
 
-def blocklist(words: Sequence[str]) -> DocumentStage:
-    """Drop a document that contains any blocked word or phrase as whole words, ignoring case."""
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+# Scripts written without spaces between words: a blocked word in them has no word boundary to
+# look for ('赌博' inside '网上赌博网站'); unicodedata names their letters with these prefixes.
+_SPACELESS_SCRIPTS = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH", "HIRAGANA", "KATAKANA", "THAI",
+                      "LAO", "KHMER", "MYANMAR", "TIBETAN")
+
+
+def _spaceless(char: str) -> bool:
+    return unicodedata.name(char, "").startswith(_SPACELESS_SCRIPTS)
+
+
+def _blocked_pattern(word: str) -> str:
+    """A word or phrase as a whole word: no letter or digit beside it, except at an edge written in
+    a script without spaces."""
+    left = "" if _spaceless(word[0]) else r"(?<!\w)"
+    right = "" if _spaceless(word[-1]) else r"(?!\w)"
+    return left + re.escape(word) + right
+
+
+def blocklist(words: Sequence[str], unicode_form: str = "NFC") -> DocumentStage:
+    """Drop a document that contains any blocked word or phrase as whole words, ignoring case.
+    The words are put in the Unicode form standardise gives the documents: an entry typed
+    decomposed ('cafe\u0301', as macOS and PDFs give it) never matched a composed document."""
+    words = sorted({unicodedata.normalize(unicode_form, w) for w in words})
+    pattern = re.compile("|".join(_blocked_pattern(w) for w in words), re.IGNORECASE)
 
     def stage(doc: Document) -> Verdict:
         return drop("blocklist") if pattern.search(doc.text) else Verdict(doc.text)
@@ -410,7 +439,7 @@ def build_document_stages(config: PreparationConfig, contamination: Contaminatio
         stages.append(NamedStage("c4_quality", c4_quality(config.c4_quality)))
     words = blocklist_words(config.blocklist) if words is None else words
     if words:
-        stages.append(NamedStage("blocklist", blocklist(words)))
+        stages.append(NamedStage("blocklist", blocklist(words, config.standardise.unicode_form)))
     if contamination is not None and len(contamination):
         stages.append(NamedStage("decontamination", decontaminate(contamination)))
     return stages

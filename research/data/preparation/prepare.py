@@ -101,11 +101,11 @@ class Layout:
 def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
     """Digests of what the config's files hold (the config names only their paths): a blocklist
     file or a task file edited in place must change the fingerprint, or a rerun would return the
-    old dataset with documents that should now be dropped. Likewise the version of the word and
-    sentence splitting, when a stage uses it. Empty without these, so the fingerprints of
-    datasets prepared without them stay what they were."""
+    old dataset with documents that should now be dropped. Likewise the versions of the document
+    stages' matching and of the word and sentence splitting (when a stage uses it)."""
+    from research.data.preparation.document_stages import DOCUMENT_STAGES_VERSION
     from research.evaluation.task_catalog import is_task_file
-    contents = {}
+    contents = {"document_stages": str(DOCUMENT_STAGES_VERSION)}
     if config.blocklist.words_file:
         contents["blocklist_words"] = hashlib.sha256("\n".join(words).encode()).hexdigest()
     if (config.gopher_quality.enabled or config.gopher_repetition.enabled or config.c4_quality.enabled
@@ -355,8 +355,8 @@ def _published_report(layout: Layout) -> dict[str, Any] | None:
         done = {}
     if done.get("fingerprint") == layout.fingerprint:
         return done
-    raise DataError(f"{layout.final} already holds a dataset prepared from other inputs or settings; "
-                    "delete it or choose another --name.")
+    raise DataError(f"{layout.final} already holds a dataset prepared from other inputs or settings (or by an "
+                    "earlier version of this code); delete it or choose another --name.")
 
 
 @contextlib.contextmanager

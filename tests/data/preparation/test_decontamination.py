@@ -46,3 +46,14 @@ def test_task_file_items(tmp_path):
 def test_unknown_task_is_one_line():
     with pytest.raises(DataError, match="cannot load task 'no_such_task'"):
         evaluation_items(["no_such_task"])
+
+
+def test_an_item_is_found_whatever_the_unicode_form_of_item_and_document():
+    """A decomposed accent split an item's word in two ('cafe', then the mark dropped), so an item
+    written decomposed never matched the composed (standardised) documents; full-width letters
+    and case-folding likewise."""
+    import unicodedata
+    item = "Q: Which café in the old town serves the best crème brûlée on the square? A: the blue door"
+    index = build_index({"t": [unicodedata.normalize("NFD", item)]}, min_ngram=8, max_ngram=13)
+    assert index.first_match("Intro. " + unicodedata.normalize("NFC", item) + " more") == "t"
+    assert words_of("ＣＡＦÉ Straße") == ["café", "strasse"]

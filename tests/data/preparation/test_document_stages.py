@@ -23,6 +23,9 @@ def test_standardise_rewrites_line_endings_unicode_controls_and_blank_runs():
     assert verdict.text == "  Café\nline two end\n\n\nlast word"
     assert ds.standardise(doc("ﬁ ligature"), StandardiseConfig(unicode_form="NFKC")).text == "fi ligature"
     assert ds.standardise(doc("ﬁ ligature"), StandardiseConfig()).text == "ﬁ ligature"
+    # A control character between a letter and its combining mark: removed before normalising
+    # (after, the two stayed apart and the text was not NFC).
+    assert ds.standardise(doc("cafe\x00\u0301 au lait"), StandardiseConfig()).text == "caf\u00e9 au lait"
 
 
 def test_standardise_drops_empty_and_badly_encoded_documents():
@@ -85,6 +88,20 @@ def test_blocklist_matches_whole_words_and_phrases_ignoring_case():
     assert stage(doc("Great SPAM offer")).reason == "blocklist"
     assert stage(doc("please Buy  now".replace("  ", " "))).reason == "blocklist"
     assert stage(doc("spammer and buying now")).kept  # not whole words
+
+
+def test_blocklist_matches_across_unicode_forms_and_in_scripts_without_spaces():
+    """A decomposed entry ('cafe' + U+0301, as macOS and PDFs give it) never matched a composed
+    document; a Chinese word never matched inside Chinese text, which has no spaces for a word
+    boundary."""
+    import unicodedata
+    stage = ds.blocklist(ds.blocklist_words(BlocklistConfig(words=(unicodedata.normalize("NFD", "café crème"),
+                                                                   "赌博", "casino"))))
+    composed = ds.standardise(doc(unicodedata.normalize("NFD", "We had a café crème here.")), StandardiseConfig())
+    assert stage(doc(composed.text)).reason == "blocklist"
+    assert stage(doc("这是一个网上赌博网站。")).reason == "blocklist"
+    assert stage(doc("an online casino site")).reason == "blocklist"
+    assert stage(doc("online casinos and cafés")).kept  # Latin words stay whole words
 
 
 def test_dedup_key_ignores_case_width_and_whitespace_only():

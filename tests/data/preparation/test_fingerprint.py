@@ -84,6 +84,17 @@ def test_rerun_after_the_blocklist_file_changed_is_refused(tmp_path):
         prepare_dataset(resolve_inputs(corpus), output_dir=out, name="blocked", config=config)
 
 
+def test_document_stages_version_changes_every_fingerprint(tmp_path, monkeypatch):
+    # Standardise, blocklist and decontamination run (or may run) in every preparation: a rerun
+    # after their matching changed must prepare again, not return what the older rules made.
+    from research.data.preparation import document_stages
+    spec = resolve_inputs(write_files(str(tmp_path / "in"), {"a.txt": "some text"}))
+    plain = _config(gopher_quality={"enabled": False}, gopher_repetition={"enabled": False}, dedup={"near": False})
+    before = fingerprint(spec, plain)
+    monkeypatch.setattr(document_stages, "DOCUMENT_STAGES_VERSION", document_stages.DOCUMENT_STAGES_VERSION + 1)
+    assert fingerprint(spec, plain) != before
+
+
 def test_word_splitting_version_changes_the_fingerprint_of_configs_that_split_words(tmp_path, monkeypatch):
     # A work dir or dataset made with another splitting of words (Gopher, C4, minhash shingles)
     # must not be resumed or returned as this one.
