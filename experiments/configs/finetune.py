@@ -66,7 +66,10 @@ def _base() -> ml_collections.ConfigDict:
     return config
 
 
-def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
+DEFAULT_PRESET = "sft_tiny"  # what a --config without ":preset" builds
+
+
+def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
     """The preset `arg` (one of PRESETS)."""
     if arg not in PRESETS:
         raise ValueError(f"unknown finetune preset {arg!r}; choose one of {PRESETS}.")
@@ -156,8 +159,10 @@ def get_config(arg: str = "sft_tiny") -> ml_collections.ConfigDict:
 
 def get_sweep(preset: str | None = None) -> list[dict]:
     """A beta sweep of a preference preset (overrides for launch/, which passes the preset:
-    path.py:dpo_tiny). Other paths read no preference.beta: their three jobs would be one run."""
-    preset = preset or "dpo_tiny"
+    path.py:dpo_tiny). Other paths read no preference.beta: their three jobs would be one run.
+    Without a preset the jobs build get_config's default (sft), so that is what is checked: a
+    default of dpo_tiny here passed the check and launched three identical SFT runs."""
+    preset = preset or DEFAULT_PRESET
     path = get_config(preset).path
     if path != "preference":
         raise ValueError(f"the sweep of this file varies preference.beta, which preset {preset!r} (path {path!r}) "

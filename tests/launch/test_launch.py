@@ -177,6 +177,10 @@ def test_sweeps_that_do_not_suit_the_preset_are_one_line_errors():
     with pytest.raises(LaunchError, match=r"finetune.py:sft_tiny'.*preference.beta, which preset 'sft_tiny' "
                                           r"\(path 'sft'\) does not read"):
         load_sweep("experiments/configs/finetune.py:sft_tiny")
+    # No preset: the jobs build get_config()'s default, sft_tiny; the sweep checked dpo_tiny and
+    # launched three identical SFT runs.
+    with pytest.raises(LaunchError, match=r"which preset 'sft_tiny' \(path 'sft'\) does not read"):
+        load_sweep("experiments/configs/finetune.py")
     # gpt_tiny_lr_sweep trains get_sweep()'s learning rates in each job (config.batched).
     lr_sweep = "experiments/configs/pretrain.py:gpt_tiny_lr_sweep"
     with pytest.raises(LaunchError, match=r"config.opt.learning_rate: --config=.*trains several values of it in one "
