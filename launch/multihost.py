@@ -108,8 +108,13 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1].startswith("-"):
         raise SystemExit("usage: python -m launch.multihost <module> [flags...], e.g. "
                          "python -m launch.multihost experiments.pretrain --config=...")
+    # A job of launch's local backend runs on this host alone. Inside a multi-task SLURM step
+    # (srun --ntasks-per-node=8 --pty bash) the step's variables made every such job wait in
+    # jax.distributed.initialize for peers that never came.
+    local_job = bool(os.environ.get(_PARENT_ENV))
     die_with_launcher()
-    initialize()
+    if not local_job:
+        initialize()
     sys.argv = argv[1:]
     runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
 

@@ -360,6 +360,26 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     assert len(calls) == 5
 
 
+def test_a_local_backend_job_never_joins_a_cluster(monkeypatch):
+    """Inside a multi-task SLURM step every local job waited in jax.distributed.initialize for
+    peers that never came (it hung, its log empty)."""
+    import os
+    import runpy
+    ran, joined = [], []
+    monkeypatch.setattr(multihost, "initialize", lambda *a, **k: joined.append(1))
+    monkeypatch.setattr(runpy, "run_module", lambda module, **kwargs: ran.append(module))
+    # As the real one does, minus the parent-death signal (this is the test process).
+    monkeypatch.setattr(multihost, "die_with_launcher", lambda: os.environ.pop(backends.PARENT_ENV, None))
+    for name, value in {"SLURM_NTASKS": "8", "SLURM_STEP_NODELIST": "n1", "SLURM_PROCID": "3",
+                        "SLURM_LOCALID": "3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(backends.PARENT_ENV, "1234")
+    multihost.main(["launch.multihost", "tests.launch.echo_job", "--workdir=x"])
+    assert ran == ["tests.launch.echo_job"] and joined == []
+    multihost.main(["launch.multihost", "tests.launch.echo_job", "--workdir=x"])  # a job of srun itself joins
+    assert joined == [1]
+
+
 def test_cli_dry_run_and_script(tmp_path):
     base = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=experiments.pretrain",
             f"--workdir={tmp_path}"]
