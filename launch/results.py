@@ -11,6 +11,7 @@ etils.epath so a gs:// workdir works wherever its file system is available.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -34,6 +35,23 @@ def status_path(log_dir: str, name: str) -> str:
 def lock_path(log_dir: str, name: str) -> str:
     """The file a running job's flock is held on (launch.backends, local backend)."""
     return os.path.join(log_dir, STATUS_DIR, f"{name}.lock")
+
+
+def _lock_free(path: str) -> bool:
+    """True when the local backend's lock file of a job exists and nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
 
 
 def record_start(log_dir: str, name: str, start: float | None = None) -> None:
@@ -82,7 +100,7 @@ def final_metrics(workdir: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     name: str
-    status: str  # "ok", "failed (exit N)", "stopped (exit 130 / 143)", "running", "not started"
+    status: str  # "ok", "failed (exit N)", "stopped (exit 130 / 143)", "running", "killed (...)", "not started"
     seconds: float | None
     step: int | None
     loss: float | None
@@ -98,7 +116,11 @@ def collect(jobs: Sequence[Job], log_dir: str, now: float | None = None) -> list
         if record is None:
             status, seconds = "not started", None
         elif "end" not in record:
-            status, seconds = "running", now - record["start"]  # or killed without a word (e.g. SIGKILL)
+            status, seconds = "running", now - record["start"]
+            if _lock_free(lock_path(log_dir, job.name)):
+                # Its launcher and the job are gone (a SIGKILL, a lost machine) without recording an
+                # end: it showed "running" for ever. A slurm or tpu_vm job holds no such lock.
+                status = "killed (no exit recorded)"
         else:
             code = record["returncode"]
             status = "ok" if code == 0 else f"stopped (exit {code})" if code in STOPPED_CODES else f"failed (exit {code})"

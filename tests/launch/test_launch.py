@@ -329,6 +329,27 @@ def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
         backends.tpu_vm_script([], backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=""), log_dir="/l")
 
 
+def test_a_local_job_killed_without_a_record_is_not_shown_running(tmp_path):
+    """Its launcher SIGKILLed, the job then stopped: no end was recorded and the table said
+    "running" for ever. The local backend's lock tells a running job from a dead one."""
+    import fcntl
+    import os
+    (job,) = expand([{"name": "a"}], module="m", config="c", workdir=str(tmp_path))
+    log_dir = str(tmp_path / "logs")
+    results.record_start(log_dir, "a")
+    assert [r.status for r in results.collect([job], log_dir)] == ["running"]  # no lock file: slurm, tpu_vm
+    fd = os.open(results.lock_path(log_dir, "a"), os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held, as the launcher and the job hold it
+        assert [r.status for r in results.collect([job], log_dir)] == ["running"]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    (result,) = results.collect([job], log_dir)
+    assert result.status == "killed (no exit recorded)"
+    assert results.format_table([result]).splitlines()[-1] == "1 killed"
+
+
 def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     import jax
     calls = []
