@@ -125,9 +125,12 @@ def run_local(jobs: Sequence[Job], *, cwd: str, log_dir: str, max_parallel: int 
                     log.close()
                     running.remove(entry)
                     end = time.time()
-                    results_lib.record_end(log_dir, job.name, start, process.returncode, end)
-                    results.append(LocalResult(job, process.returncode, end - start, log_path))
-                    print(f"done {job.name}: {_ending(process.returncode, log_path)}", file=out, flush=True)
+                    # Killed by a signal before it could handle one (a stop in its first moments):
+                    # the shell's 128 + N, so a SIGTERM / Ctrl-C reads as stopped, not as failed.
+                    code = process.returncode if process.returncode >= 0 else 128 - process.returncode
+                    results_lib.record_end(log_dir, job.name, start, code, end)
+                    results.append(LocalResult(job, code, end - start, log_path))
+                    print(f"done {job.name}: {_ending(code, log_path)}", file=out, flush=True)
             time.sleep(0.05)
     finally:
         for job, process, *_ in running:  # only when something went wrong here: leave no job behind

@@ -350,6 +350,21 @@ def test_a_local_job_killed_without_a_record_is_not_shown_running(tmp_path):
     assert results.format_table([result]).splitlines()[-1] == "1 killed"
 
 
+def test_a_job_killed_by_a_signal_before_handling_one_is_recorded_as_the_shell_would(tmp_path):
+    """A SIGTERM in a job's first moments (before any handler) gave returncode -15: "FAILED
+    (exit -15)" beside the launcher's "the running jobs saved their checkpoints"."""
+    import sys
+
+    from launch.sweep import Job
+    jobs = [Job(name, str(tmp_path / name), (sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), {sig})"))
+            for name, sig in (("term", "signal.SIGTERM"), ("kill", "signal.SIGKILL"))]
+    with open(tmp_path / "out.txt", "w") as out:
+        done = backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path / "logs"), out=out)
+    assert [r.returncode for r in done] == [143, 137]
+    assert [r.status for r in results.collect(jobs, str(tmp_path / "logs"))] == ["stopped (exit 143)",
+                                                                                  "failed (exit 137)"]
+
+
 def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     import jax
     calls = []
