@@ -24,6 +24,8 @@ keys are checked against the config's fields before any job is written.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -197,9 +199,35 @@ def _check_value_type(key: str, text: str, current: Any, kind: type, where: str 
                 raise ValueError
         elif kind in (int, float):
             kind(text)
+        elif kind in (tuple, list):
+            _check_sequence_text(text, current)
     except ValueError:
+        example = ""
+        if kind in (tuple, list) and current:
+            with contextlib.suppress(LaunchError):
+                example = f", e.g. --override={key}='{_literal(key, current)}'"
         raise LaunchError(f"{where or f'--override={key}={text}'}: {key} is {kind.__name__} (now {current!r}); give "
-                          f"a value of type {kind.__name__}.") from None
+                          f"a value of type {kind.__name__}{example}.") from None
+
+
+def _check_sequence_text(text: str, current: Any) -> None:
+    """A tuple field's flag text as config_flags reads it (a Python literal; one value is a tuple of
+    one): a ValueError where the job would fail to parse it ('(1e11, 1e12' in every shard) or
+    would get elements of another type than the default's ('abc' became ('abc',) of budgets)."""
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(text) from None
+    parsed = parsed if isinstance(parsed, (tuple, list)) else (parsed,)
+    kinds = {type(v) for v in current or ()}
+    if kinds and not kinds <= {int, float, bool, str, type(None)}:
+        return  # nested or unusual defaults: left to config_flags
+    numbers = kinds and kinds <= {int, float}
+    for value in parsed:
+        if numbers and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(text)
+        if kinds == {str} and not isinstance(value, str):
+            raise ValueError(text)
 
 
 def check_module(module: str) -> None:

@@ -167,6 +167,13 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
     with pytest.raises(LaunchError, match=r"config.model.num_layers=four: config.model.num_layers is int \(now None\)"):
         check_config_keys(PRETRAIN, ["config.model.num_layers"], {"config.model.num_layers": "four"})
     check_config_keys(PRETRAIN, ["config.model.num_layers"], {"config.model.num_layers": "4"})
+    # A tuple field: '(1e11, 1e12' failed in every shard's flag parsing; 'abc' became the budgets ('abc',).
+    scaling, budgets = "experiments/configs/scaling_laws.py:cpu_tiny", "config.sweep.budgets"
+    for bad in ("(1e11, 1e12", "abc", "(1e11, 'x')"):
+        with pytest.raises(LaunchError, match=rf"config.sweep.budgets is tuple .*e.g. --override={budgets}='\("):
+            check_config_keys(scaling, [budgets], {budgets: bad})
+    for good in ("(1e11, 1e12)", "1e12", "[3e10, 1e11]"):
+        check_config_keys(scaling, [budgets], {budgets: good})
     with pytest.raises(LaunchError, match="unknown pretrain preset 'nope'"):
         check_config_keys("experiments/configs/pretrain.py:nope", [])
 
