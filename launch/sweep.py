@@ -308,10 +308,21 @@ def _apart(names: list[str | None], overrides: list[dict[str, Any]]) -> list[str
     apart = []
     for name, text in zip(names, exact):
         if name is not None and len(variants[name]) > 1:  # equal overrides stay equal: _check_workdirs says so
-            digest = hashlib.sha1(text.encode()).hexdigest()[:8]  # sha1, not hash(): the same every launch
-            name = f"{name[:_NAME_LENGTH - len(digest) - 1]}-{digest}"
+            name = _with_digest(name, text)
         apart.append(name)
     return apart
+
+
+def _with_digest(name: str, exact: str) -> str:
+    digest = hashlib.sha1(exact.encode()).hexdigest()[:8]  # sha1, not hash(): the same every launch
+    return f"{name[:_NAME_LENGTH - len(digest) - 1]}-{digest}"
+
+
+def _unless_taken(name: str, exact: str, taken: set[str]) -> str:
+    """A new job's default name, or with its overrides' hash when an earlier launch gave that name
+    to a job with other overrides (names cut at 120 characters: a sweep edited from seed 1 to seed 2
+    reused seed 1's workdir, refused there as another run, its table showing seed 1's loss)."""
+    return _with_digest(name, exact) if name in taken else name
 
 
 def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir: str,
@@ -336,7 +347,9 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
     defaults = _apart([None if "workdir" in entry else _default_name(entry_overrides)
                        for entry, entry_overrides in zip(sweep, all_overrides)], all_overrides)
     launched = launched or {}
-    defaults = [launched.get(exact_overrides(entry_overrides), default) if default is not None else None
+    taken = set(launched.values())  # names (and workdirs) of jobs an earlier launch ran with other overrides
+    defaults = [None if default is None else launched.get(exact_overrides(entry_overrides))
+                or _unless_taken(default, exact_overrides(entry_overrides), taken)
                 for entry_overrides, default in zip(all_overrides, defaults)]
     jobs, chosen = [], []
     for index, (entry, entry_overrides, default) in enumerate(zip(sweep, all_overrides, defaults)):

@@ -137,6 +137,16 @@ def test_a_grown_sweep_keeps_the_names_and_workdirs_of_the_jobs_launched_before(
     assert [job.workdir for job in kept[:2]] == [job.workdir for job in jobs] == \
         ["/w/learning_rate=0.001", "/w/learning_rate=0.003"]
     assert kept[2].workdir.startswith("/w/learning_rate=0.001-") and len({job.name for job in kept}) == 3
+    # An edited sweep (not grown): a new job whose default name an earlier launch gave to other
+    # overrides (here the cut at 120 characters) reused that job's workdir, refused as another run.
+    long = "x" * 120
+    edited = [{"config.data.name": long, "config.train.seed": 2}]
+    record_launched(str(tmp_path), [{"config.data.name": long, "config.train.seed": 1}],
+                    expand([{"config.data.name": long, "config.train.seed": 1}], module="m", config="c.py",
+                           workdir="/w"))
+    (new,) = expand(edited, module="m", config="c.py", workdir="/w", launched=read_launched(str(tmp_path)))
+    (alone,) = expand(edited, module="m", config="c.py", workdir="/w")
+    assert alone.name == "name=" + "x" * 115 and new.name != alone.name and new.name.startswith("name=xxx")
 
 
 def test_overrides_reach_every_job_and_are_checked_against_the_config():
