@@ -94,7 +94,7 @@ def _launch() -> None:
         backends.check_slurm_options(slurm_options)
     elif backend == "tpu_vm":
         backends.check_tpu_vm_options(tpu_vm_options)
-    check_module(_MODULE.value)
+    check_module(_MODULE.value, REPO)
     sweep = load_sweep(config)  # imports the config file: the first slow step
     overrides = parse_overrides(_OVERRIDE.value)
     check_config_keys(config, sorted({key for entry in sweep for key in entry if key.startswith("config.")}

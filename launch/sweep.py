@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shlex
+import sys
 from typing import Any, Mapping, Sequence
 
 from etils import epath
@@ -230,22 +231,42 @@ def _check_sequence_text(text: str, current: Any) -> None:
             raise ValueError(text)
 
 
-def check_module(module: str) -> None:
-    """The entry point exists as an importable module (found, not imported: importing may be slow)."""
+def check_module(module: str, repo: str | None = None) -> None:
+    """The entry point exists as a module the jobs can import (found, not imported: importing may
+    be slow). Jobs run `python -m` in `repo`, the repository root, so it is looked for there and
+    not in the caller's directory: --module=myexp run from a project folder passed the check and
+    every job failed with "No module named myexp"."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module or ""):
         raise LaunchError(f"--module={module!r} is not a dotted module name; e.g. --module=experiments.pretrain.")
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    if found is not None and found.submodule_search_locations is not None:  # a package runs its __main__
-        found = importlib.util.find_spec(f"{module}.__main__")
-        kind = "a package without __main__.py"
-    else:
-        kind = "not found"
+    with _import_path_of_jobs(repo):
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.submodule_search_locations is not None:  # a package runs its __main__
+            found = importlib.util.find_spec(f"{module}.__main__")
+            kind = "a package without __main__.py"
+        else:
+            kind = "not found"
+    if found is None and repo is not None:
+        kind += f" from {repo}, where the jobs run (python -m there: put it in that repository or on PYTHONPATH)"
     if found is None:
         raise LaunchError(f"--module={module!r} is {kind}; give the entry point run with python -m, e.g. "
                           "experiments.pretrain or experiments.scaling_laws.")
+
+
+@contextlib.contextmanager
+def _import_path_of_jobs(repo: str | None):
+    """sys.path with the caller's directory (python -m's first entry) replaced by `repo`."""
+    if repo is None:
+        yield
+        return
+    saved, cwd = list(sys.path), os.getcwd()
+    sys.path[:] = [repo] + [p for p in sys.path if p not in ("", cwd)]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _flag_value(key: str, value: Any) -> str:

@@ -232,6 +232,18 @@ def test_module_is_checked_without_importing_it():
             check_module(bad)
 
 
+def test_module_is_looked_for_where_the_jobs_run(tmp_path, monkeypatch):
+    """--module=myexp run from a project folder passed the check (python -m puts the caller's
+    folder on sys.path) and every job, run in the repository, failed: No module named myexp."""
+    (tmp_path / "myexp_for_launch_test.py").write_text("print('hello')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_module("myexp_for_launch_test")  # as seen from here
+    with pytest.raises(LaunchError, match=rf"is not found from {REPO}, where the jobs run"):
+        check_module("myexp_for_launch_test", REPO)
+    check_module("experiments.pretrain", REPO)
+
+
 def test_cloud_workdirs_stay_urls():
     (job,) = expand([{"config.opt.learning_rate": 1}], module="m", config="c.py", workdir="gs://bucket/sweep/")
     assert job.workdir == "gs://bucket/sweep/learning_rate=1" and f"--workdir={job.workdir}" in job.argv
