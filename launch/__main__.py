@@ -29,8 +29,8 @@ import sys
 from absl import app, flags
 
 from launch import backends, results as results_lib
-from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
-                          parse_overrides, read_launched, record_launched)
+from launch.sweep import (LaunchError, check_config_keys, check_launch_dir, check_module, expand, is_url, job_paths,
+                          load_sweep, parse_overrides, read_launched, record_launch_dir, record_launched)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
 _MODULE = flags.DEFINE_string("module", None, "Entry point each job runs with python -m, e.g. experiments.pretrain.")
@@ -95,6 +95,7 @@ def _launch() -> None:
     elif backend == "tpu_vm":
         backends.check_tpu_vm_options(tpu_vm_options)
     check_module(_MODULE.value, REPO)
+    check_launch_dir(log_dir, workdir)
     sweep = load_sweep(config)  # imports the config file: the first slow step
     overrides = parse_overrides(_OVERRIDE.value)
     check_config_keys(config, sorted({key for entry in sweep for key in entry if key.startswith("config.")}
@@ -110,6 +111,7 @@ def _launch() -> None:
             print("\n".join(f"{job.name}: {job.command}" for job in jobs))
             print(f"(logs would go to {os.path.join(log_dir, 'launch_<job>.log')})")
             return
+        record_launch_dir(log_dir, workdir)
         record_launched(log_dir, sweep, jobs)
         try:
             backends.run_local(jobs, cwd=REPO, log_dir=log_dir, max_parallel=_MAX_PARALLEL.value)
@@ -140,6 +142,7 @@ def _launch() -> None:
             f.write(script)
     except OSError as error:
         raise LaunchError(f"cannot write {path}: {error.strerror}; pick a writable --launch_dir.") from None
+    record_launch_dir(log_dir, workdir)
     record_launched(log_dir, sweep, jobs)
     print(f"wrote {path} ({len(jobs)} jobs)")
     if _SUBMIT.value:

@@ -421,6 +421,32 @@ def record_launched(log_dir: str, sweep: Sequence[Mapping[str, Any]], jobs: Sequ
     os.replace(path + ".tmp", path)
 
 
+OWNER_FILE = "launch_sweep.json"  # in the launch dir: {"workdir": the base workdir of the sweep it keeps}
+
+
+def check_launch_dir(log_dir: str, workdir: str) -> None:
+    """A LaunchError when `log_dir` keeps the records of a sweep in another workdir. Its status,
+    logs, locks and names are keyed by job name alone: a second sweep with the same job names
+    overwrote the first's records (its finished jobs then read 'failed')."""
+    try:
+        with open(os.path.join(log_dir, OWNER_FILE)) as f:
+            owner = json.load(f).get("workdir")
+    except (OSError, ValueError, AttributeError):
+        return
+    if owner and owner != workdir:
+        raise LaunchError(f"--launch_dir={log_dir} keeps the jobs of the sweep in {owner}; give the sweep in "
+                          f"{workdir} a --launch_dir of its own (or delete {os.path.join(log_dir, OWNER_FILE)} "
+                          "if that sweep's records may go).")
+
+
+def record_launch_dir(log_dir: str, workdir: str) -> None:
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, OWNER_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"workdir": workdir}, f)
+    os.replace(path + ".tmp", path)
+
+
 def _check_workdirs(jobs: Sequence[Job], chosen: Sequence[bool]) -> None:
     """Two jobs in one workdir write into each other's checkpoints and metrics; allowed only
     where each of them set that "workdir" itself (e.g. shards of one scaling sweep)."""

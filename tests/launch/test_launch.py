@@ -553,3 +553,13 @@ def test_cli_local_sweep_ends_with_the_results_table(tmp_path):
     assert on_demand.stdout.splitlines()[-1] == "3 ok"
     launched = json.loads((tmp_path / "launch_jobs.json").read_text())  # the names a grown sweep keeps
     assert sorted(launched.values()) == ["learning_rate=0.001", "learning_rate=0.003", "learning_rate=0.01"]
+    # Another sweep (same job names, another workdir) in this launch dir overwrote its records: its
+    # finished jobs then read "failed". Refused in one line; this sweep's table is intact.
+    other = [*base[:5], f"--workdir={tmp_path / 'other'}", f"--launch_dir={tmp_path}", "--override=train.num_steps=7"]
+    refused = subprocess.run(other, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.strip().startswith(
+        f"error: --launch_dir={tmp_path} keeps the jobs of the sweep in {tmp_path}; give the sweep in "
+        f"{tmp_path / 'other'} a --launch_dir of its own"), refused.stderr
+    assert not (tmp_path / "other").exists()
+    again = subprocess.run(base + ["--results"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert again.stdout.splitlines()[-1] == "3 ok"
