@@ -22,7 +22,9 @@ Examples:
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -147,13 +149,38 @@ def _launch() -> None:
     print(f"wrote {path} ({len(jobs)} jobs)")
     if _SUBMIT.value:
         try:
-            code = subprocess.run([*submit, path]).returncode
+            code = _run_passing_on_signals([*submit, path])
         except FileNotFoundError:
             raise LaunchError(f"--submit: {submit[0]} is not installed here; submit {path} where it is "
                               f"({submit[0]} {path}).") from None
+        if code in results_lib.STOPPED_CODES:
+            print(f"error: stopped (exit {code}): the running job's end is recorded and no later job started; "
+                  "rerun the same command to continue.", file=sys.stderr)
+            sys.exit(code)
         if code:
             what = "sbatch refused the script" if backend == "slurm" else "a job failed (see launch_status)"
             raise LaunchError(f"--submit: {submit[0]} {path} exited {code}: {what}; the script stays written.")
+
+
+def _run_passing_on_signals(argv: list[str]) -> int:
+    """Run `argv` to its end. A Ctrl-C or SIGTERM is passed on to it, not raised here: raised,
+    subprocess.run killed the tpu_vm script before its trap recorded the running job's end (a
+    KeyboardInterrupt traceback, and the job 'running' in --results for ever). It runs in a
+    session of its own and the signal goes to its whole group (the script and the gcloud command
+    it waits on), once, as a terminal's Ctrl-C would reach them; sent to the script alone, bash
+    would wait for gcloud's job to end before its trap ran."""
+    process = subprocess.Popen(argv, start_new_session=True)
+
+    def pass_on(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -179,8 +179,8 @@ def check_slurm_options(options: SlurmOptions) -> None:
         raise LaunchError(f"cpus_per_task={options.cpus_per_task} must be >= 1.")
     if options.max_concurrent < 0:
         raise LaunchError(f"max_concurrent={options.max_concurrent} must be >= 0 (0 = no limit).")
-    # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
-    if not re.fullmatch(r"(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})", options.time):
+    # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, and no limit (UNLIMITED / INFINITE).
+    if not re.fullmatch(r"(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|UNLIMITED|INFINITE)", options.time):
         raise LaunchError(f"--slurm_time={options.time!r} is not a SLURM time; use e.g. 24:00:00, 90 (minutes) "
                           "or 2-00:00:00.")
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", options.job_name):

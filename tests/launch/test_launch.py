@@ -311,6 +311,9 @@ def test_slurm_script_is_an_array_of_the_jobs(tmp_path):
                          (dict(time="1day"), "--slurm_time='1day' is not a SLURM time")):
         with pytest.raises(LaunchError, match=message):
             backends.slurm_script(jobs, backends.SlurmOptions(**bad), cwd="/repo", log_dir=str(tmp_path))
+    for unlimited in ("UNLIMITED", "INFINITE"):  # sbatch's no-limit values were refused
+        assert f"#SBATCH --time={unlimited}" in backends.slurm_script(
+            jobs, backends.SlurmOptions(time=unlimited), cwd="/repo", log_dir=str(tmp_path))
 
 
 def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):

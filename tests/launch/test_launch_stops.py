@@ -116,3 +116,34 @@ def test_tpu_vm_script_stopped_records_the_running_job_and_starts_no_other(tmp_p
     assert run.returncode == 143
     assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["stopped (exit 143)", "not started",
                                                                         "not started"]
+
+
+@pytest.mark.parametrize("to_group", [True, False])  # a terminal's Ctrl-C (the whole group), or a SIGINT to the launcher
+def test_a_ctrl_c_during_a_submitted_tpu_vm_script_lets_it_record_the_running_jobs_end(tmp_path, to_group):
+    """subprocess.run killed the script on the KeyboardInterrupt before its trap recorded the job's end:
+    a traceback, and the job 'running' in --results for ever."""
+    bin_dir, workdir = tmp_path / "bin", tmp_path / "w"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(  # a job on the workers: saves on a stop and exits 128 + N
+        "#!/bin/bash\nexec " + shlex.quote(sys.executable) + " -c " + shlex.quote(
+            "import signal, sys, time\n"
+            "def stop(signum, frame):\n    time.sleep(1); sys.exit(128 + signum)\n"
+            "signal.signal(signal.SIGINT, stop); signal.signal(signal.SIGTERM, stop)\n"
+            f"open({str(tmp_path / 'started')!r}, 'w').close(); time.sleep(120)\n") + "\n")
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=experiments.pretrain",
+            f"--workdir={workdir}", "--backend=tpu_vm", "--tpu_name=v4-32", "--tpu_zone=z"]
+    launcher = subprocess.Popen(argv + ["--submit"], cwd=REPO, env=env, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (tmp_path / "started").exists())
+    if to_group:
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: stopped (exit 130): the running job's end is recorded")
+    table = subprocess.run(argv + ["--results"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    rows = [line.split()[:2] for line in table.stdout.splitlines() if line.startswith(NAMES)]
+    assert rows == [[NAMES[0], "stopped"], [NAMES[1], "not"], [NAMES[2], "not"]]
