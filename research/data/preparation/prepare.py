@@ -213,7 +213,7 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, conta
                                                   MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.utils.hashing import HashConfig
 
-    from research.data.preparation.document_stages import WORDS
+    from research.data.preparation.document_stages import SHINGLE_WORDS
 
     partitions, dedup = config.output.num_shards, config.dedup
     bands, rows = lsh_bands(dedup.jaccard_threshold, dedup.num_permutations)
@@ -225,7 +225,7 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, conta
     stored: list = [engine_steps.StoredPartitionReader(layout.unique)]
     if dedup.near:
         partition_steps += [engine_steps.PartitionStore(layout.unique),
-                            MinhashDedupSignature(layout.signatures, config=minhash, language=WORDS)]
+                            MinhashDedupSignature(layout.signatures, config=minhash, language=SHINGLE_WORDS)]
         stored.append(engine_steps.NearDedupStep(MinhashDedupFilter(layout.remove_ids), layout.counters,
                                                  config.max_examples))
     else:

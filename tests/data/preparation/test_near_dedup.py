@@ -5,13 +5,13 @@ import random
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
 
 from research.data.preparation import PreparationConfig, prepare_dataset, resolve_inputs
-from research.data.preparation.document_stages import WORDS
+from research.data.preparation.document_stages import SHINGLE_WORDS
 from tests.data.preparation.corpora import random_words, write_files
 
 
 def shingles(text: str, n: int = 5) -> set:
     """The exact shingle set minhash estimates (same normalisation and words as the pipeline)."""
-    return set(ngrams(WORDS.word_tokenize(simplify_text(text, TextNormConfig())), n))
+    return set(ngrams(SHINGLE_WORDS.word_tokenize(simplify_text(text, TextNormConfig())), n))
 
 
 def jaccard(a: str, b: str) -> float:
@@ -69,3 +69,29 @@ def test_near_duplicate_recall_and_precision_at_jaccard_0_8(tmp_path):
     assert precision >= 0.95, precision
     assert report["totals"]["docs_out"] == len(files) - len(removed)
     assert os.path.isdir(tmp_path / "out" / "near" / "1.0.0")
+
+
+def test_near_duplicates_in_a_script_without_spaces_are_found(tmp_path):
+    """A Chinese page without spaces was one word: no 5-word shingle, never compared (3 of 10
+    near copies removed, by chance of punctuation); its characters are shingle words now."""
+    rng = random.Random(1)
+    han = [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
+    bases = ["".join(rng.choice(han) for _ in range(300)) + "。" for _ in range(20)]
+    files = {f"base_{i:02d}.txt": text for i, text in enumerate(bases)}
+    for i in range(10):  # three characters changed: character 5-gram Jaccard about 0.9
+        chars = list(bases[i])
+        for position in rng.sample(range(300), 3):
+            chars[position] = rng.choice(han)
+        files[f"near_{i:02d}.txt"] = "".join(chars)
+        assert 0.8 < jaccard(bases[i], files[f"near_{i:02d}.txt"]) < 0.97
+    config = PreparationConfig.from_dict({
+        "gopher_quality": {"enabled": False}, "gopher_repetition": {"enabled": False},
+        "decontamination": {"all_catalog_tasks": False}, "max_examples": 1000,
+        "output": {"num_shards": 1, "validation_fraction": 0.2}, "execution": {"read_tasks": 1}})
+    report = prepare_dataset(resolve_inputs(write_files(str(tmp_path / "corpus"), files)),
+                             output_dir=str(tmp_path / "out"), name="zh", config=config)
+    near = next(s for s in report["stages"] if s["stage"] == "near_dedup")
+    removed = {e["origin"] for e in near["examples"].get("near_duplicate", [])}
+    pairs = [(f"base_{i:02d}.txt", f"near_{i:02d}.txt") for i in range(10)]
+    assert sum(a in removed or b in removed for a, b in pairs) >= 9 and len(removed) <= 10
+    assert removed <= {name for pair in pairs for name in pair}
