@@ -179,10 +179,11 @@ class Harness:
         return stats, truncated, ends
 
     def end_mask(self, until: Sequence[str]) -> np.ndarray:
-        """[vocab_size] bool: eos (and the other end_ids) and every id below vocab_limit whose text, decoded alone, begins
-        with a non-empty stop string of `until`: a SentencePiece newline piece counts for "\\n" although
-        encode("\\n") alone gives two ids (word-start piece, newline), and so does a BPE piece holding
-        two newlines. Cached per `until`."""
+        """[vocab_size] bool: the end_ids (eos first) and every id below vocab_limit whose text,
+        decoded alone (a special token's spelled out), begins with a non-empty stop string of
+        `until`: a SentencePiece newline piece counts for "\\n" although encode("\\n") alone gives
+        two ids (word-start piece, newline), and so does a BPE piece holding two newlines. Cached
+        per `until`."""
         key = tuple(until)
         if key not in self._end_masks:
             mask = np.zeros((self.config.vocab_size,), bool)
@@ -200,8 +201,9 @@ class Harness:
 
         The text is encoded with encode_context, so a tokenizer that opens every input with
         bos scores that bos too (after the prefix token), as lm-eval's hf model does."""
-        if self.unsupported("loglikelihood_rolling"):
-            raise ConfigError(self.unsupported("loglikelihood_rolling"))
+        reason = self.unsupported("loglikelihood_rolling")
+        if reason:
+            raise ConfigError(reason)
         windows: list[list[ScoredRow]] = []
         for request in requests:
             ids = as_ids(self._encode_context(request.text))
@@ -221,8 +223,9 @@ class Harness:
     def generate_until(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
         """Greedy continuation of each context, cut before its first stop string or eos."""
         family = self.config.family
-        if self.unsupported("generate_until"):
-            raise ConfigError(self.unsupported("generate_until"))
+        reason = self.unsupported("generate_until")
+        if reason:
+            raise ConfigError(reason)
         results: list[GenerateResult | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
