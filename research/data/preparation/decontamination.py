@@ -99,9 +99,16 @@ def evaluation_items(names: Sequence[str], *, num_test: int | None = None) -> di
     return items
 
 
-def contamination_index(config: DecontaminationConfig) -> ContaminationIndex:
+def decontamination_items(config: DecontaminationConfig) -> dict[str, list[str]]:
+    """The items of every task `config` names ({} when decontamination is off)."""
     from research.evaluation.task_catalog import catalog_names
     names = list(config.tasks) + (catalog_names() if config.all_catalog_tasks else [])
     names = list(dict.fromkeys(names))  # first occurrence, stable order
-    return build_index(evaluation_items(names, num_test=config.num_test),
-                       min_ngram=config.min_ngram, max_ngram=config.max_ngram)
+    return evaluation_items(names, num_test=config.num_test) if names else {}
+
+
+def contamination_index(config: DecontaminationConfig,
+                        items: Mapping[str, Sequence[str]] | None = None) -> ContaminationIndex:
+    """The index of `items` (default: decontamination_items(config))."""
+    items = decontamination_items(config) if items is None else items
+    return build_index(items, min_ngram=config.min_ngram, max_ngram=config.max_ngram)

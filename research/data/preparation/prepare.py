@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from datatrove.pipeline.base import PipelineStep
 
@@ -30,7 +30,7 @@ from research.data.config import DataError
 from research.data.preparation import engine_steps, report, tfds_output
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.counters import merge_counters
-from research.data.preparation.decontamination import ContaminationIndex, contamination_index, evaluation_items
+from research.data.preparation.decontamination import ContaminationIndex, contamination_index, decontamination_items
 from research.data.preparation.document_stages import blocklist_words
 from research.data.preparation.inputs import DocumentReader, InputSpec
 from research.data.preparation.lsh import lsh_bands
@@ -98,13 +98,14 @@ class Layout:
         return os.path.join(self.work, "read_tasks.json")
 
 
-def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str, str]:
+def _file_contents(config: PreparationConfig, words: Sequence[str],
+                   items: Mapping[str, Sequence[str]] | None) -> dict[str, str]:
     """Digests of what the config's files hold (the config names only their paths): a blocklist
     file or a task file edited in place must change the fingerprint, or a rerun would return the
-    old dataset with documents that should now be dropped. Likewise the versions of the document
-    stages' matching and of the word and sentence splitting (when a stage uses it)."""
+    old dataset with documents that should now be dropped. Likewise the items decontamination
+    matches (a catalog task whose generator changed), and the versions of the document stages'
+    matching and of the word and sentence splitting (when a stage uses it)."""
     from research.data.preparation.document_stages import DOCUMENT_STAGES_VERSION
-    from research.evaluation.task_catalog import is_task_file
     contents = {"document_stages": str(DOCUMENT_STAGES_VERSION)}
     if config.blocklist.words_file:
         contents["blocklist_words"] = hashlib.sha256("\n".join(words).encode()).hexdigest()
@@ -112,19 +113,20 @@ def _file_contents(config: PreparationConfig, words: Sequence[str]) -> dict[str,
             or config.dedup.near):  # the stages that split words (with WORDS); absent, nothing changes
         from research.data.preparation.document_stages import WORDS_VERSION
         contents["word_splitting"] = str(WORDS_VERSION)
-    task_files = [task for task in config.decontamination.tasks if is_task_file(task)]
-    if task_files:  # the items decontamination matches: the task file and the data files it names
-        items = evaluation_items(task_files, num_test=config.decontamination.num_test)
+    items = decontamination_items(config.decontamination) if items is None else items
+    if items:
         contents["task_items"] = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
     return contents
 
 
-def fingerprint(spec: InputSpec, config: PreparationConfig, words: Sequence[str] | None = None) -> str:
+def fingerprint(spec: InputSpec, config: PreparationConfig, words: Sequence[str] | None = None,
+                items: Mapping[str, Sequence[str]] | None = None) -> str:
     """A digest of what decides the output (the executor does not): the inputs, the config and the
-    contents of the files it names. `words`: the blocklist, if already read."""
+    contents of the files it names. `words`, `items`: the blocklist and the decontamination items,
+    if already read."""
     decisive = config.to_dict()
     decisive.pop("execution")
-    contents = _file_contents(config, blocklist_words(config.blocklist) if words is None else words)
+    contents = _file_contents(config, blocklist_words(config.blocklist) if words is None else words, items)
     text = json.dumps([spec.fingerprint(), decisive] + ([contents] if contents else []), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -330,7 +332,8 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
     output_dir = os.path.abspath(output_dir)
     spec = spec.excluding(output_dir)
     words = blocklist_words(config.blocklist)  # read once: the workers use what the fingerprint covers
-    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words))
+    items = decontamination_items(config.decontamination)  # read once: the index is built from what is fingerprinted
+    layout = Layout(output_dir, name, config.output.version, fingerprint(spec, config, words, items))
     done = _published_report(layout)
     if done is not None and not os.path.isdir(layout.work):
         return done
@@ -341,7 +344,7 @@ def prepare_dataset(spec: InputSpec, *, output_dir: str, name: str, config: Prep
             # of the corpus, under a dot name); nothing can resume it.
             shutil.rmtree(layout.work, ignore_errors=True)
             return done
-        return _prepare(spec, layout, config, words)
+        return _prepare(spec, layout, config, words, items)
 
 
 def _published_report(layout: Layout) -> dict[str, Any] | None:
@@ -380,10 +383,11 @@ def _work_dir_lock(layout: Layout) -> Iterator[None]:
             fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
-def _prepare(spec: InputSpec, layout: Layout, config: PreparationConfig, words: Sequence[str]) -> dict[str, Any]:
+def _prepare(spec: InputSpec, layout: Layout, config: PreparationConfig, words: Sequence[str],
+             items: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """prepare_dataset's work, under the work dir's lock."""
     name = layout.name
-    contamination = contamination_index(config.decontamination) if (
+    contamination = contamination_index(config.decontamination, items) if (
         config.decontamination.tasks or config.decontamination.all_catalog_tasks) else None
     read_tasks = reading_tasks(layout, config.execution.read_tasks)
     if read_tasks != config.execution.read_tasks:  # a finished reading reused: run (and report) its count

@@ -26,6 +26,20 @@ def test_a_copy_of_the_inputs_in_another_folder_has_its_own_fingerprint(tmp_path
     assert fingerprint(resolve_inputs(a), _config()) != fingerprint(resolve_inputs(b), _config())
 
 
+def test_a_catalog_task_whose_items_changed_changes_the_fingerprint(tmp_path, monkeypatch):
+    """Only task files were digested: a catalog task whose generator changed (other prompts, other
+    items) kept the fingerprint, and a rerun returned a dataset decontaminated against old items."""
+    from research.data.preparation import decontamination
+    spec = resolve_inputs(write_files(str(tmp_path / "in"), {"a.txt": "some text"}))
+    config = PreparationConfig.from_dict({"decontamination": {"tasks": ["addition_1digit"], "all_catalog_tasks": False}})
+    before = fingerprint(spec, config)
+    assert fingerprint(spec, config) == before
+    original = decontamination.evaluation_items
+    monkeypatch.setattr(decontamination, "evaluation_items", lambda names, num_test=None: {
+        name: [item + " (reworded)" for item in items] for name, items in original(names, num_test=num_test).items()})
+    assert fingerprint(spec, config) != before
+
+
 def test_blocklist_file_edited_in_place_changes_the_fingerprint(tmp_path):
     spec = resolve_inputs(write_files(str(tmp_path / "in"), {"a.txt": "some text"}))
     words_file = tmp_path / "words.txt"
