@@ -105,7 +105,10 @@ def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
     elif name == "tag":
         config.path = "token_classification"
         config.model.preset = "bert-test"
-        config.data.synthetic = "char_classes"
+        config.data.synthetic = "char_classes"  # 3 classes: letter, digit, punctuation
+        # Tags per token, a config key so a data set's own count can be given on the command line
+        # (--config.num_token_labels=9); it was read with a default of 3 and no key to set it.
+        config.num_token_labels = 3
         config.train.num_steps = 100
         config.train.eval_every_steps = 50
         config.checkpoint.every_steps = 50

@@ -38,11 +38,16 @@ class HFTokenizer:
     """
 
     def __init__(self, tokenizer: Any, path: str = "", *, add_bos_token: bool | None = None):
-        if tokenizer.eos_token_id is None:
-            raise ConfigError(f"Hugging Face tokenizer {path!r} defines no eos token; generation needs one to stop.")
+        # BERT's tokenizers define no eos: its [SEP] ends a sequence (a stock bert-base folder was
+        # refused, though classification and tagging never generate).
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(tokenizer, "sep_token_id", None)
+        if eos is None:
+            raise ConfigError(f"Hugging Face tokenizer {path!r} defines no eos (nor sep) token; generation needs one "
+                              "to stop.")
         self._tokenizer = tokenizer
         self.path = path
-        self.eos_id = int(tokenizer.eos_token_id)
+        self.eos_id = int(eos)
+        self._around: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
         self.bos_id = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
         self.mask_id = None if getattr(tokenizer, "mask_token_id", None) is None else int(tokenizer.mask_token_id)
@@ -68,6 +73,19 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def special_tokens_around(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(ids before, ids after) the text that the tokenizer's own template adds to one sequence:
+        BERT's ([CLS],), ([SEP],); T5's (), (</s>,); Llama's (<s>,), (). Read off the encoding
+        of a probe text with and without special tokens, so any template (a fast tokenizer's
+        post-processor included) is what the model was trained with."""
+        if self._around is None:
+            plain = list(self._tokenizer.encode("a", add_special_tokens=False))
+            full = list(self._tokenizer.encode("a", add_special_tokens=True))
+            start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+            self._around = ((), ()) if start is None or not plain else (
+                tuple(full[:start]), tuple(full[start + len(plain):]))
+        return self._around
 
     def decode_keeping_special(self, ids: Sequence[int]) -> str:
         """The text with special tokens spelled out ("<|im_end|>"): where a stop string may lie."""

@@ -121,6 +121,19 @@ def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float =
     return loss, {"cross_entropy": loss, "z_loss": jnp.zeros(()), "accuracy": kl, "num_tokens": n}
 
 
+def check_rule_reads_prompts(rule: str, records: dict, chats: dict) -> None:
+    """A ConfigError unless the programmatic rule can read every prompt's task (prompts from files:
+    the arithmetic rule failed on 'Capital of France?' at the first evaluation, after training)."""
+    for split in ("train", "eval"):
+        for (where, _), messages in zip(records[split], chats[split]):
+            try:
+                rule_reward(rule, last_user_text(messages), "")
+            except (ValueError, IndexError):
+                raise ConfigError(f"{where}: grpo.reward='rule' (data.synthetic={rule!r}) cannot read this prompt "
+                                  f"({last_user_text(messages)[:40]!r}); give prompts of that rule's form, or "
+                                  "grpo.reward='reward_model:<workdir>'.") from None
+
+
 def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     base = _decoder_base(config)
     section = config_section(config, "grpo")
@@ -139,6 +152,8 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     # Every prompt as chat messages (what the reward function gets, reward_source.py), rendered
     # with the template's generation prompt, as preference rows render theirs.
     prompt_chats = {s: [generation_messages(w, r["prompt"]) for w, r in prompt_records[s]] for s in ("train", "eval")}
+    if grpo.reward == "rule":
+        check_rule_reads_prompts(rule, prompt_records, prompt_chats)
 
     def prompt_row(index, where, messages):
         ids = render_prompt(messages, template, tokenizer)

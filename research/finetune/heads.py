@@ -6,6 +6,7 @@ layer under "head".
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -16,6 +17,8 @@ import numpy as np
 from research.models import build_model
 from research.models.config import ConfigError, ModelConfig
 from research.models.layers import Dense
+
+log = logging.getLogger(__name__)
 
 Array = jax.Array
 
@@ -84,6 +87,35 @@ def path_model(config: Mapping[str, Any], model_config: ModelConfig,
     example = (ones, ones) if model_config.family == "encoder_decoder" else (ones,)
     # peft's modules_to_save for sequence classification: the classifier trains in full under LoRA.
     return build_model(model_config), example, ("classifier",) if path == "classification" else ()
+
+
+_HEADS = ("classifier", "pooler", "mlm_head")  # what a BERT checkpoint may lack or size otherwise
+
+
+def with_fresh_heads(params: Any, pretrained: Any, where: str) -> Any:
+    """The zoo model's `params` with every module taken from `pretrained`, except heads it lacks
+    or holds in other shapes, which stay freshly initialised: a BertModel checkpoint (no
+    classifier, no MLM head) fine-tuned for classification gets a new classifier, as transformers'
+    from_pretrained gives one (a device_put of mismatched trees was a traceback, the workdir left
+    claimed). A pretrained classifier of another number of labels is replaced, and said so; a
+    missing body module is an error, as in with_pretrained_body."""
+    missing = sorted(name for name in params if name not in pretrained and name not in _HEADS)
+    if missing:
+        raise ConfigError(f"{where}: the pretrained model lacks {missing} that the fine-tuned model needs; load a "
+                          "model of the same preset.")
+    merged = {}
+    for name, fresh in params.items():
+        taken = pretrained.get(name)
+        same = taken is not None and jax.tree.structure(taken) == jax.tree.structure(fresh) and all(
+            np.shape(a) == np.shape(b) for a, b in zip(jax.tree.leaves(taken), jax.tree.leaves(fresh)))
+        if taken is not None and not same:
+            if name not in _HEADS:
+                raise ConfigError(f"{where}: its {name} does not fit this model's shapes; load a model of the same "
+                                  "preset.")
+            log.warning("%s: its %s does not fit this model (another number of labels?); a new one is trained.",
+                        where, name)
+        merged[name] = taken if same else fresh
+    return merged
 
 
 def with_pretrained_body(params: Any, body_params: Any, where: str) -> Any:

@@ -41,6 +41,11 @@ def load_records(data: dict[str, Any], split: str, fields, synthetic) -> list[tu
     path = data.get(f"{split}_file") or ""
     if path:
         return records_lib.read_jsonl(path, fields)
+    other = "eval" if split == "train" else "train"
+    if data.get(f"{other}_file"):  # never the user's data beside the preset's synthetic set
+        raise ConfigError(f"data.{other}_file is given but data.{split}_file is not: the {split} set would be the "
+                          f"preset's synthetic {data.get('synthetic') or ''!r} data, not yours (it was, silently, "
+                          f"and keep-best ranked checkpoints on it); give data.{split}_file too.")
     if not data.get("synthetic"):
         raise ConfigError(f"data.{split}_file is empty and data.synthetic is unset; give a JSONL file or a "
                           "synthetic rule.")

@@ -72,8 +72,8 @@ def prompt_messages(where: str, prompt: Any) -> list[dict]:
     """A record's 'prompt': a string (one user turn) or a list of chat messages."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, (list, tuple)):  # check_messages would name 'messages', a field the row lacks
-        raise RecordError(f"{where}: field 'prompt' must be a string or a list of chat messages, got "
+    if not isinstance(prompt, (list, tuple)) or not prompt:  # check_messages would name 'messages', not 'prompt'
+        raise RecordError(f"{where}: field 'prompt' must be a string or a non-empty list of chat messages, got "
                           f"{type(prompt).__name__} {prompt!r:.40}.")
     return list(check_messages(prompt, where))
 

@@ -26,7 +26,7 @@ from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.checks import config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
-from research.finetune.heads import path_model, with_pretrained_body
+from research.finetune.heads import path_model, with_fresh_heads, with_pretrained_body
 from research.finetune.paths import load_records
 from research.finetune.preference_data import synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
@@ -84,9 +84,19 @@ def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
     return base
 
 
-def _label(where: str, value: Any, num_labels: int) -> int:
+def special_tokens_around(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids a Hugging Face tokenizer's template puts before and after one sequence (BERT's
+    [CLS] ... [SEP], T5's ... </s>), as the model was pretrained and as transformers encodes
+    (research.evaluation.tokenizer_loading.HFTokenizer); none for this codebase's own tokenizers.
+    Without them a BERT's pooler read the first word where it was trained on [CLS]."""
+    around = getattr(tokenizer, "special_tokens_around", None)
+    return around() if around is not None else ((), ())
+
+
+def _label(where: str, value: Any, num_labels: int, setting: str = "model.num_labels") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_labels:
-        raise RecordError(f"{where}: label {value!r} must be an int in [0, {num_labels}).")
+        raise RecordError(f"{where}: label {value!r} must be an int in [0, {num_labels}) (--config.{setting}="
+                          f"{num_labels}; raise it to the number of labels of your data).")
     return value
 
 
@@ -150,8 +160,10 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     seq_len, tokenizer = config.train.seq_len, base.tokenizer
     data = config_section(config, "data")
 
+    before, after = special_tokens_around(tokenizer)
+
     def row(where, record):
-        ids = list(tokenizer.encode(str(record["text"])))
+        ids = [*before, *tokenizer.encode(str(record["text"])), *after]
         check_fits(where, len(ids), seq_len, "text")
         return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
                 "label": np.asarray(_label(where, record["label"], num_labels), np.int32)}
@@ -160,7 +172,11 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                                                                  synthetic_sentiment)] for split in ("train", "eval"))
     model, example, new_modules = path_model(config, base.config, seq_len)
     boxed, init = abstract_and_init(model, example)
-    initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
+
+    def initial():
+        params = init(int(config.train.seed))
+        return params if base.params is None else with_fresh_heads(params, base.params, base.source)
+
     predict = jax.jit(lambda params, tokens, segments: jnp.argmax(model.apply(
         {"params": params}, tokens, segment_ids_BT=segments, method="classify"), -1))
 
@@ -184,18 +200,23 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data = config_section(config, "data")
     num_labels = int(config.get("num_token_labels", 3))
     space = list(tokenizer.encode(" "))
+    before, after = special_tokens_around(tokenizer)
 
     def row(where, record):
         words, labels = record["words"], record["labels"]
         if not isinstance(words, list) or not isinstance(labels, list) or len(words) != len(labels):
             raise RecordError(f"{where}: 'words' and 'labels' must be lists of the same length.")
-        ids, tags = [], []
+        ids, tags = list(before), [IGNORE] * len(before)
         for i, (word, label) in enumerate(zip(words, labels)):
+            label = _label(where, label, num_labels, "num_token_labels")
             if i:
                 ids, tags = ids + space, tags + [IGNORE] * len(space)
             pieces = list(tokenizer.encode(str(word)))
+            # A word of no token ('' or a zero-width space) carries no label: given one, every later
+            # label slid a token to the left (transformers' word_ids() likewise skip it).
             ids += pieces
-            tags += [_label(where, label, num_labels)] + [IGNORE] * (len(pieces) - 1)
+            tags += ([label] + [IGNORE] * (len(pieces) - 1)) if pieces else []
+        ids, tags = ids + list(after), tags + [IGNORE] * len(after)
         check_fits(where, len(ids), seq_len, "words")
         return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
                 "labels": np.concatenate([np.asarray(tags, np.int32), np.full(seq_len - len(tags), IGNORE, np.int32)])}
@@ -232,8 +253,11 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data = config_section(config, "data")
     eos, start = int(tokenizer.eos_id), int(cfg.decoder_start_token_id)
 
+    before, after = special_tokens_around(tokenizer)
+    encode_source = lambda text: [*before, *tokenizer.encode(text), *after]  # T5's ... </s>, as pretrained
+
     def row(where, record):
-        source = list(tokenizer.encode(str(record["input"])))
+        source = encode_source(str(record["input"]))
         target = list(tokenizer.encode(str(record["target"]))) + [eos]
         check_fits(where, len(source), seq_len, "input")
         check_fits(where, len(target), seq_len, "target")
@@ -258,7 +282,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     def predict_metrics(params, batches):
         if not generation:
             return {}
-        prompts = [list(tokenizer.encode(str(r["input"]))) for _, r in generation]
+        prompts = [encode_source(str(r["input"])) for _, r in generation]
         out = beam_search(model, params, prompts, num_beams=num_beams, stop_tokens=[eos],
                           max_new_tokens=int(config.get("generation_tokens", 16)),
                           vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids

@@ -76,6 +76,48 @@ def test_a_bad_value_is_one_line_up_front(case, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _jsonl(path, records):
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.mark.parametrize("preset, files, message", [
+    # The eval set was the preset's synthetic one, silently (keep-best ranked checkpoints on it).
+    ("sft_tiny", {"train_file": [{"instruction": "2+2=", "response": "4"}]},
+     r"^data.train_file is given but data.eval_file is not: the eval set would be the preset's synthetic "
+     r"'arithmetic' data"),
+    # The arithmetic rule failed on these at the first evaluation, after training.
+    ("grpo_tiny", {"train_file": [{"prompt": "Capital of France?"}], "eval_file": [{"prompt": "1+2="}],
+                   "synthetic": "arithmetic"},
+     r"train.jsonl:1: grpo.reward='rule' \(data.synthetic='arithmetic'\) cannot read this prompt"),
+    # 9 tags: no setting could raise the count, read with a default of 3.
+    ("tag_tiny", {"train_file": [{"words": ["a", "1"], "labels": [5, 0]}], "eval_file": [{"words": ["b"], "labels": [0]}]},
+     r"train.jsonl:1: label 5 must be an int in \[0, 3\) \(--config.num_token_labels=3; raise it"),
+])
+def test_data_files_that_do_not_fit_the_preset_are_one_line(preset, files, message, tmp_path):
+    config = tiny_config(preset)
+    for key, value in files.items():
+        config.data[key] = value if isinstance(value, str) else _jsonl(tmp_path / f"{key.split('_')[0]}.jsonl", value)
+    with pytest.raises(ConfigError, match=message) as error:
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_a_tag_set_of_its_own_size_trains_with_num_token_labels(tmp_path):
+    """A key of the preset, so --config.num_token_labels=9 can set it (no key existed: the count was
+    read with a default of 3, and the command line refused the flag)."""
+    from research.finetune.run import build_job
+    config = tiny_config("tag_tiny")
+    assert config.num_token_labels == 3
+    config.num_token_labels = 9
+    path = _jsonl(tmp_path / "ner.jsonl", [{"words": ["a", "1"], "labels": [8, 0]}])
+    config.data.update(dict(train_file=path, eval_file=path))
+    job = build_job(config)
+    assert next(job.train_batches(0))["labels"][0][0] == 8
+    assert job.initial_params()["head"]["kernel"].shape[-1] == 9
+
+
 # (preset, model preset or None): every path kind, and the head models on each body family
 # (a head model's body holds only what its forward pass uses: no LM head, pooler or MLM head).
 PATH_MODELS = [("sft_tiny", None), ("sft_tiny", "llama-tiny"), ("t5_tiny", None), ("classify_tiny", None),

@@ -80,9 +80,13 @@ def test_a_response_longer_than_the_context_is_one_line(tmp_path):
 
 def test_a_prompt_that_is_neither_text_nor_messages_names_the_prompt():
     """It said "'messages' must be a non-empty list", a field a preference row does not have."""
-    with pytest.raises(RecordError, match=r"^p:2: field 'prompt' must be a string or a list of chat messages, got "
-                                          r"int 7\.$"):
+    with pytest.raises(RecordError, match=r"^p:2: field 'prompt' must be a string or a non-empty list of chat "
+                                          r"messages, got int 7\.$"):
         preference_row("p:2", {"prompt": 7, "chosen": "A", "rejected": "B"}, template=PLAIN, tokenizer=TOKENIZER,
+                       seq_len=40)
+    with pytest.raises(RecordError, match=r"^p:3: field 'prompt' must be a string or a non-empty list of chat "
+                                          r"messages, got list \[\]\.$"):  # it named 'messages' for an empty list
+        preference_row("p:3", {"prompt": [], "chosen": "A", "rejected": "B"}, template=PLAIN, tokenizer=TOKENIZER,
                        seq_len=40)
 
 
