@@ -19,7 +19,7 @@ from flax.core import meta
 
 from research.training.checkpoint_loading import load_checkpoint, load_hf
 from research.evaluation.tokenizer_loading import check_vocabulary, load_tokenizer
-from research.models import get_config
+from research.models import get_config, layout
 from research.models.config import ConfigError, ModelConfig
 
 
@@ -58,11 +58,25 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
             loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
             model_config, tokenizer = loaded.model.config, loaded.tokenizer
             params, source = loaded.params, loaded.source
+        loaded_config = model_config
         model_config = model_config.replace(**overrides) if overrides else model_config
+        params = relayout_layers(params, loaded_config, model_config)
     else:
         raise ConfigError(f"init={init!r} must be 'random', 'checkpoint:<run workdir>' or 'hf:<folder>'.")
     check_vocabulary(tokenizer, model_config.vocab_size, model_config.name)
     return BaseModel(model_config, params, tokenizer, source)
+
+
+def relayout_layers(params: Any, loaded: ModelConfig, wanted: ModelConfig) -> Any:
+    """`params` laid out for `wanted.scan_layers` (one stacked "layers" tree, or layers_0, layers_1,
+    ...): a config override of scan_layers (the GPU presets set it) met the loaded model's own
+    layout, and the first step died on mismatched trees."""
+    if params is None or loaded.scan_layers == wanted.scan_layers:
+        return params
+    names = ("encoder_layers", "decoder_layers") if wanted.family == "encoder_decoder" else ("layers",)
+    for name in names:
+        params = (layout.stack_layers if wanted.scan_layers else layout.unstack_layers)(params, name)
+    return params
 
 
 def base_model_config(init: str, model_section: Any, depth: int = 0) -> ModelConfig | None:

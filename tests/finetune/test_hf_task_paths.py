@@ -128,3 +128,31 @@ def test_t5_inputs_end_with_the_eos_its_tokenizer_adds(tmp_path):
     n = int(batch["encoder_segment_ids"][0].sum())
     assert batch["encoder_inputs"][0][:n].tolist() == tokenizer("review: the film was good")["input_ids"]
     assert tokenizer.convert_ids_to_tokens(batch["encoder_inputs"][0][:n].tolist())[-1] == "</s>"
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_a_layer_layout_override_relays_the_loaded_weights(tmp_path, scan_layers):
+    """scan_layers=True over an unrolled Hugging Face folder (the GPU presets set it with init hf:)
+    kept the folder's layers_0, layers_1 beside the scanned model's one stacked tree: the first
+    step died in device_put on mismatched trees."""
+    import jax
+
+    from research.finetune.base_model import load_base_model
+    from research.models.layout import unbox
+    folder = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2,
+                                                         n_head=4)).save_pretrained(folder)
+    base = load_base_model(f"hf:{folder}", {"scan_layers": scan_layers}, "char")
+    plain = load_base_model(f"hf:{folder}", {}, "char")
+    assert ("layers" in base.params) == scan_layers and ("layers_1" in base.params) != scan_layers
+    if scan_layers:  # the same weights, stacked
+        np.testing.assert_array_equal(base.params["layers"]["mlp"]["wi"]["kernel"][1],
+                                      plain.params["layers_1"]["mlp"]["wi"]["kernel"])
+    config = get_config("sft_tiny")
+    config.init, config.tokenizer = f"hf:{folder}", "char"
+    config.model = {"scan_layers": scan_layers}
+    config.train.update(dict(seq_len=32, batch_size=2))
+    config.data.update(dict(num_train=4, num_eval=4))
+    job = build_job(config)
+    assert jax.tree.structure(job.initial_params()) == jax.tree.structure(unbox(job.abstract_params))
