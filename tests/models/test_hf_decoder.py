@@ -129,6 +129,12 @@ def test_to_hf_carries_the_tokenizers_special_ids(tmp_path):
     assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (2, 1, 0)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
     assert hf_model.generation_config.eos_token_id == 1 < hf_model.config.vocab_size
+    # Exported again without a tokenizer: the earlier generation_config.json (eos 1, stop id 7) stayed
+    # and spoke for the new weights.
+    to_hf(model, _random_params(model), str(tmp_path), tokenizer=SimpleNamespace(bos_id=2, eos_id=1, pad_id=0),
+          stop_ids=(7,))
+    to_hf(model, _random_params(model), str(tmp_path))
+    assert not (tmp_path / "generation_config.json").exists()
 
 
 @pytest.mark.parametrize("module,preset", [(gpt2, "gpt2-tiny"), (llama, "llama-tiny"), (llama, "tinyllama-1.1b")])

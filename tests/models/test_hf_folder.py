@@ -110,6 +110,20 @@ def test_missing_shard(hf_gpt2, tmp_path):
         from_hf(str(tmp_path))
 
 
+@pytest.mark.parametrize("index, message", [("{not json", r"is not a valid checkpoint index \(JSONDecodeError"),
+                                            ('{"metadata": {}}', r"is not a valid checkpoint index \(KeyError"),
+                                            ('{"weight_map": [1]}', r"weight_map is not a mapping")])
+def test_a_damaged_index_is_one_line(hf_gpt2, tmp_path, index, message):
+    """A truncated or hand-edited model.safetensors.index.json was a JSONDecodeError / KeyError
+    traceback through every CLI (they catch the checkpoint errors, not these)."""
+    from research.models.hf.checkpoint_files import CheckpointError, read_tensors_ending_with
+    hf_gpt2.save_pretrained(tmp_path, max_shard_size="20KB")
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    for read in (lambda: from_hf(str(tmp_path)), lambda: read_tensors_ending_with(str(tmp_path), ("wte.weight",))):
+        with pytest.raises(CheckpointError, match=message):
+            read()
+
+
 def test_unsupported_model_type_lists_supported(folder):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "bloom"}))

@@ -15,6 +15,7 @@ The helpers below are shared by those modules.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from types import ModuleType
@@ -27,8 +28,9 @@ import numpy as np
 
 from research.models import layout
 from research.models.config import ConfigError, ModelConfig
-from research.models.hf.checkpoint_files import (CheckpointError, StateDict, read_hf_config, read_state_dict,
-                                                 read_tensors_ending_with, write_checkpoint, write_generation_config)
+from research.models.hf.checkpoint_files import (GENERATION_CONFIG_FILE, CheckpointError, StateDict, read_hf_config,
+                                                 read_state_dict, read_tensors_ending_with, write_checkpoint,
+                                                 write_generation_config)
 
 # Modules are imported on use, so a missing optional one (or its dependencies) only
 # matters to checkpoints of that type.
@@ -109,8 +111,14 @@ def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None, st
         hf_config.update(bos_token_id=None if bos is None else int(bos), eos_token_id=int(tokenizer.eos_id),
                          pad_token_id=int(tokenizer.pad_id))
     write_checkpoint(path, hf_config, module.params_to_hf(params, config))
-    if tokenizer is not None:  # written each time: a file an earlier export left here would speak for this one
+    # Written each time: a file an earlier export left here would speak for this one; without a
+    # tokenizer there are no special ids to write, so an earlier file goes (its eos and stop ids
+    # were read by transformers and read_generation_stop_ids as this model's).
+    if tokenizer is not None:
         write_generation_config(path, hf_config, stop_ids)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, GENERATION_CONFIG_FILE))
 
 
 def supported_model_types() -> list[str]:

@@ -68,8 +68,7 @@ def read_tensors_ending_with(path: str, suffixes: tuple[str, ...]) -> StateDict:
     if os.path.isfile(single):
         names_by_file = {single: None}
     elif os.path.isfile(index):
-        with open(index) as f:
-            weight_map: dict[str, str] = json.load(f)["weight_map"]
+        weight_map = _weight_map(index)
         names_by_file = {}
         for name, shard in weight_map.items():
             if name.endswith(suffixes):
@@ -188,9 +187,23 @@ def _read_torch(file_path: str) -> StateDict:
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
 
 
+def _weight_map(index_path: str) -> dict[str, str]:
+    """An index file's {tensor name: shard file}; a CheckpointError (one line) when the file is not
+    JSON or has no weight_map (both were tracebacks)."""
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{index_path!r} is not a valid checkpoint index ({type(error).__name__}: "
+                              f"{str(error)[:80]}); copy it again from the original checkpoint.") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path!r}: weight_map is not a mapping of tensor names to shard files; copy "
+                              "it again from the original checkpoint.")
+    return weight_map
+
+
 def _read_index(index_path: str) -> StateDict:
-    with open(index_path) as f:
-        weight_map: dict[str, str] = json.load(f)["weight_map"]
+    weight_map = _weight_map(index_path)
     folder = os.path.dirname(index_path)
     reader = _read_safetensors if index_path.endswith(SAFETENSORS_INDEX) else _read_torch
     state_dict: StateDict = {}
