@@ -31,8 +31,9 @@ import sys
 from absl import app, flags
 
 from launch import backends, results as results_lib
-from launch.sweep import (LaunchError, check_config_keys, check_launch_dir, check_module, expand, is_url, job_paths,
-                          load_sweep, parse_overrides, read_launched, record_launch_dir, record_launched)
+from launch.launch_dir import check_launch_dir, read_launched, record_launch_dir, record_launched
+from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
+                          parse_overrides)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
 _MODULE = flags.DEFINE_string("module", None, "Entry point each job runs with python -m, e.g. experiments.pretrain.")

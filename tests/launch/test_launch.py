@@ -127,7 +127,7 @@ def test_jobs_share_a_workdir_only_when_each_asks_to():
 def test_a_grown_sweep_keeps_the_names_and_workdirs_of_the_jobs_launched_before(tmp_path):
     """An added entry whose default name collides with a launched job's hashed both names, and the
     launched job (maybe finished) started again in a new workdir."""
-    from launch.sweep import read_launched, record_launched
+    from launch.launch_dir import read_launched, record_launched
     first = [{"config.opt.learning_rate": 1e-3}, {"config.opt.learning_rate": 3e-3}]
     jobs = expand(first, module="m", config="c.py", workdir="/w", launched=read_launched(str(tmp_path)))
     record_launched(str(tmp_path), first, jobs)
