@@ -133,3 +133,38 @@ def test_adafactor_default_decay_is_decoupled_and_scaled_by_the_learning_rate():
     np.testing.assert_allclose(finals["adafactor"]["kernel"], expected, rtol=1e-6)
     np.testing.assert_allclose(finals["adafactor"]["kernel"], finals["adamw"]["kernel"], rtol=1e-6)
     np.testing.assert_array_equal(finals["adafactor"]["bias"], 1.0)
+
+
+@pytest.mark.parametrize("name", ["adafactor", "adamw"])
+def test_a_scanned_model_trains_as_the_unrolled_one(name):
+    """scan_layers is a layout choice: Adafactor's per-leaf RMS steps over a stacked [L, ...] leaf
+    mixed the layers (5 steps, one layer's kernels 4x the other's: updates 190% off)."""
+    from research.models import build_model, get_config
+    from research.models.layout import stack_layers, unbox, unstack_layers
+    from research.training import losses
+    from tests.training.conftest import synthetic_batch
+    config = get_config("gpt2-tiny", num_layers=2, vocab_size=128, max_len=32, use_bias=False)
+    unrolled, scanned = build_model(config), build_model(config.replace(scan_layers=True))
+    tokens = jnp.ones((1, 16), jnp.int32)
+    start = unbox(unrolled.init(jax.random.PRNGKey(0), tokens)["params"])
+    start = {k: (jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x, v) if k == "layers_1" else v)
+             for k, v in start.items()}
+    loss_fn = losses.make_loss_fn(losses.get_objective("causal_lm", "decoder"))
+    batches = [{k: jnp.asarray(v) for k, v in synthetic_batch("decoder", 8, 16, 128, seed=s).items()} for s in range(5)]
+    ends = []
+    for model, params in ((unrolled, start), (scanned, stack_layers(start, "layers"))):
+        optimizer, _ = make_optimizer(OptimizerConfig(name=name, learning_rate=1e-2, schedule="constant",
+                                                      total_steps=5, weight_decay=0.1, clip_norm=1.0))
+        state = optimizer.init(params)
+
+        @jax.jit
+        def step(params, state, batch, model=model, optimizer=optimizer):
+            grads = jax.grad(lambda p: loss_fn(model, p, batch, None)[0])(params)
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+        for batch in batches:
+            params, state = step(params, state, batch)
+        ends.append(params)
+    moved = lambda end: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), end, start)
+    for a, b in zip(jax.tree.leaves(moved(unstack_layers(ends[1], "layers"))), jax.tree.leaves(moved(ends[0]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
