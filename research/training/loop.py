@@ -331,6 +331,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 # Model m's slice of the state, laid out as if trained alone, and its data position.
                 own = state if member_state is None else member_state(state, m.index)
                 members_lib.save_member(m, step, own, block.positions[m.index if per_model_data else 0], best_metric)
+                m.writer.flush()  # the events up to a checkpoint survive a kill, as metrics.jsonl's records do
                 saved.append(step)
 
             def record(first: int, num_steps: int, device_metrics: Any, hold: int | None) -> None:

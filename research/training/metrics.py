@@ -93,7 +93,10 @@ class MetricWriter:
             try:  # a Ctrl-C while W&B starts (seconds): what was made so far is still this writer's to discard
                 SummaryWriter = _summary_writer_class()
                 os.makedirs(workdir, exist_ok=True)
-                self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+                # Named apart: names hold the second they were made in, and a writer made in the same
+                # second as another on this workdir (a resume in one process) opened over its file.
+                self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                                  filename_suffix=f".{secrets.token_hex(4)}")
                 from tensorboardX.proto.summary_pb2 import Summary
                 self._summary = Summary
                 if use_wandb:
@@ -105,7 +108,11 @@ class MetricWriter:
                 raise
 
     def forget_after(self, step: int) -> None:
-        """Drop records past `step`: a resumed run rewrites them, so the log reads as one run."""
+        """Drop records past `step`: a resumed run rewrites them, so the log reads as one run. Event
+        files cannot be rewritten: TensorBoard is told to purge their steps past `step` instead (a
+        kill between checkpoints showed the redone steps twice)."""
+        if self.enabled and self._tensorboard is not None:
+            self._reopen_tensorboard(purge_step=step + 1)
         if not self.enabled or not os.path.exists(self.path):
             return
         kept = []
@@ -137,6 +144,21 @@ class MetricWriter:
                 int(step))
         if self._wandb_run is not None:
             self._wandb_run.log(scalars, step=int(step))
+
+    def flush(self) -> None:
+        """Write out what TensorBoard buffers (up to 120 s of events): called at each checkpoint, so a
+        kill -9 loses no event of a step the rerun resumes after (steps up to the checkpoint were
+        never redone, and were missing for good)."""
+        if self._tensorboard is not None:
+            self._reopen_tensorboard()
+
+    def _reopen_tensorboard(self, purge_step: int | None = None) -> None:
+        """Close the event file (which drains tensorboardX's queue: its flush() writes only what its
+        thread has dequeued) and go on in a new one, named apart (see __init__)."""
+        old, self._tensorboard = self._tensorboard, None
+        old.close()
+        self._tensorboard = _summary_writer_class()(old.logdir, purge_step=purge_step,
+                                                    filename_suffix=f".{secrets.token_hex(4)}")
 
     def close(self) -> None:
         self._close()

@@ -53,6 +53,28 @@ def test_forget_after_drops_later_steps_and_a_line_a_kill_cut_short(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
 
 
+def test_events_up_to_a_checkpoint_survive_a_kill_and_a_resume_purges_the_redone_steps(tmp_path):
+    """TensorBoard buffered up to 120 s of events: a kill -9 after checkpoint 20 lost steps 0-20 for
+    good (the rerun resumed after them), and a kill between checkpoints showed the redone steps
+    twice. flush() (called at each save) writes them out; forget_after() marks the steps past the
+    checkpoint purged (a SessionLog START at step + 1, TensorBoard's purge_step)."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+    writer = MetricWriter(str(tmp_path), enabled=True)
+    for step in range(1, 6):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.flush()  # the save at step 5; the process is then killed without closing anything
+    assert [e.step for e in _events(str(tmp_path)) if e.summary.value] == [1, 2, 3, 4, 5]
+    writer.write(6, {"loss": 0.1})
+    writer.flush()
+    resumed = MetricWriter(str(tmp_path), enabled=True)  # the rerun restores step 5's checkpoint
+    resumed.forget_after(5)
+    resumed.write(6, {"loss": 0.2})
+    resumed.close()
+    events = _events(str(tmp_path))
+    assert any(e.session_log.status == SessionLog.START and e.step == 6 for e in events)
+    assert sorted(e.step for e in events if e.summary.value) == [1, 2, 3, 4, 5, 6, 6]  # the first 6 purged by TensorBoard
+
+
 def test_a_failing_cleanup_while_the_writer_starts_is_a_warning_and_the_stop_goes_on(tmp_path, monkeypatch,
                                                                                    caplog):
     """A Ctrl-C while W&B starts, and discarding what was made so far fails (a file it may not
