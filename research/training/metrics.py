@@ -100,7 +100,16 @@ class MetricWriter:
                 from tensorboardX.proto.summary_pb2 import Summary
                 self._summary = Summary
                 if use_wandb:
-                    self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
+                    try:
+                        self._wandb_run = _start_wandb(workdir, wandb, run_config or {})
+                    except Exception as error:  # noqa: BLE001 -- any W&B start-up failure: one line
+                        # Not logged in, no network, a bad entity: a traceback, and the workdir's
+                        # claim stayed (only a ConfigError withdraws it), refusing a corrected rerun.
+                        text = " ".join(str(error).split())[:160]
+                        raise ConfigError(f"wandb.project={wandb.project!r}: Weights & Biases did not start "
+                                          f"({type(error).__name__}: {text}); run `wandb login`, or set "
+                                          "--config.wandb.mode=offline (or wandb.project='' to log locally only).") \
+                            from None
             except BaseException:
                 # Also where the caller keeps its claim (a resumed run): harmless, as discard removes
                 # only what this writer added, none of which any run needs.

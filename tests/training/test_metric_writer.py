@@ -93,6 +93,25 @@ def test_a_failing_cleanup_while_the_writer_starts_is_a_warning_and_the_stop_goe
     assert "could not remove" in warning and "PermissionError" in warning and "\n" not in warning
 
 
+def test_wandb_that_cannot_start_is_one_line_and_leaves_no_claim(tmp_path, monkeypatch, tokenizers):
+    """Not logged in (wandb's UsageError 'No API key configured'): a traceback, and the new workdir
+    stayed claimed, so the corrected command was refused as 'another run'."""
+    from research.models.config import ConfigError
+    from research.training import train_and_evaluate
+    from tests.training.conftest import run_config
+
+    def no_key(*args, **kwargs):
+        raise RuntimeError("No API key configured. Use `wandb login` to log in.")
+    monkeypatch.setattr(metrics_lib, "_start_wandb", no_key)
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2)
+    config.wandb.update({"project": "research-test", "mode": "online"})
+    with pytest.raises(ConfigError, match=r"^wandb.project='research-test': Weights & Biases did not start "
+                                          r"\(RuntimeError: No API key configured.*run `wandb login`") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
 def test_discard_marks_the_wandb_run_failed_and_a_finish_error_still_removes_the_files(tmp_path, monkeypatch,
                                                                                       caplog):
     """The W&B run of a discarded setup ends as failed (exit code 1: online, it stays on the
