@@ -185,7 +185,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     check_master_weights(model_config)
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
-    members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = data_lib.objective_for_family(config.objective, model_config.family,
                                                    _sub_config(config.get("objective_options", {})))
@@ -193,6 +192,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # model's, before any is created), then create them.
     claimed = workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)],
                                     record=jax.process_index() == 0)
+    # After the claim: a workdir holding another run is that line, not advice on num_steps (which,
+    # followed, met the refusal). It raises only where a checkpoint exists, so no new claim is left.
+    members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
     local_batch = train.batch_size // jax.process_count()
     seeds = [t.seed for t in trains]
     per_model_data = len(set(seeds)) > 1  # the seed orders the data too: one stream per model

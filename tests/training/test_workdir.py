@@ -221,6 +221,11 @@ def test_rerunning_a_finished_run_with_fewer_steps_is_one_line(tokenizers, tmp_p
                                           r"train.num_steps=4 or more") as error:
         train_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value)
+    # Another run's config as well (seq_len): that is the line, not advice on num_steps, which,
+    # followed, met the refusal.
+    config.train.seq_len = 16
+    with pytest.raises(ConfigError, match=r"holds another run \(train.seq_len: 32 there, 16 now\)"):
+        train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_stop_after_steps_at_or_below_the_step_reached_says_so_and_trains_nothing(tokenizers, tmp_path, caplog):
