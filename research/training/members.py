@@ -57,13 +57,19 @@ class Member:
         self.console = self.index == 0
 
 
-def _far_behind(newest: list[int], every_steps: int) -> list[int]:
+def _far_behind(saved: list[list[int]], every_steps: int) -> list[int]:
     """Indices of the models whose newest saved step (0: none) lies before the save preceding
     the newest step any model saved. A kill between the models' saves leaves each either at
     that newest step or at the save before it; a model further behind was added later or
-    diverged before saving, and the others' work must not be thrown away for it."""
+    diverged before saving, and the others' work must not be thrown away for it. The save before
+    is read off the leader's own steps on disk; from checkpoint.every_steps only where the leader
+    kept no earlier one (keep_last=1): a rerun with another every_steps (an allowed change) was
+    refused after an ordinary kill, or, set to the run's length, restarted every model from step 0
+    and deleted the finished ones' checkpoints."""
+    newest = [max(steps, default=0) for steps in saved]
     leader = max(newest)
-    previous = (leader - 1) // every_steps * every_steps  # the save before `leader` (0: none)
+    earlier = [s for s in saved[newest.index(leader)] if s < leader]
+    previous = max(earlier) if earlier else (leader - 1) // every_steps * every_steps  # (0: none)
     return [i for i, n in enumerate(newest) if n < previous]
 
 
@@ -106,9 +112,10 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
         a model that has one (a value added to batched.values, or first started alone).
     A model with no checkpoint claimed together with the others and no NaN stop was killed
     between the models' first saves: all restart from step 0 (restore_or_init)."""
-    newest = [max(checkpoint_steps_in(os.path.join(w, "checkpoints")), default=0) for w in workdirs]
+    saved_steps = [list(checkpoint_steps_in(os.path.join(w, "checkpoints"))) for w in workdirs]
+    newest = [max(steps, default=0) for steps in saved_steps]
     why = {i: f"step {newest[i]}" if newest[i] else "no checkpoint"
-           for i in _far_behind(newest, max(every_steps, 1))}
+           for i in _far_behind(saved_steps, max(every_steps, 1))}
     # (every_steps 0 is refused later, with the config's checks)
     leaders = {workdir_lib.absolute_workdir(w) for w, n in zip(workdirs, newest) if n > 0}
     for i, (workdir, saved) in enumerate(zip(workdirs, newest)):
@@ -141,8 +148,7 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
         all_steps = [sorted(m.checkpointer.all_steps()) for m in members]
         common = set.intersection(*map(set, all_steps))
         if not common:
-            newest = [max(s, default=0) for s in all_steps]
-            if _far_behind(newest, members[0].checkpoint.every_steps):  # never restart over the others' work
+            if _far_behind(all_steps, members[0].checkpoint.every_steps):  # never restart over the others' work
                 raise CheckpointError(
                     "the models trained together saved no common checkpoint step ("
                     + "; ".join(f"model {m.index}: {s or 'none'}" for m, s in zip(members, all_steps))

@@ -423,3 +423,18 @@ def test_stacked_states_are_the_solo_states_and_members_come_back_in_the_solo_la
 def test_a_negative_group_size_is_one_line():
     with pytest.raises(ConfigError, match=r"train.models_per_call=-1 must be >= 1"):
         model_batch.map_over_models(lambda s: s, (0,), -1)
+
+
+def test_the_save_before_the_newest_is_read_off_the_leaders_steps():
+    """Which models trained together are too far behind to resume with the others: the save before
+    the newest came from the current checkpoint.every_steps, so after an ordinary kill between the
+    models' step-20 saves a rerun with every_steps=5 (an allowed change) was refused, and with
+    every_steps=40 a model left at step 10 no longer counted as behind: every model restarted from
+    step 0 and the finished ones' checkpoints were deleted."""
+    from research.training.members import _far_behind
+    assert _far_behind([[10, 20], [10], [10]], 5) == []  # a kill between the step-20 saves
+    assert _far_behind([[30, 40], [30, 40], [10]], 40) == [2]
+    assert _far_behind([[30, 40], [30], [40]], 10) == []
+    # keep_last=1: no earlier step on disk, so every_steps says where the save before was.
+    assert _far_behind([[20], [10]], 10) == [] and _far_behind([[40], [10]], 10) == [1]
+    assert _far_behind([[10], []], 10) == [] and _far_behind([[20], []], 10) == [1]  # a first save, or later
