@@ -61,11 +61,6 @@ class OptimizerConfig:
             raise ConfigError(f"opt.eps={self.eps} must be a positive finite number, e.g. 1e-8.")
         if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
             raise ConfigError(f"opt.warmup_steps={self.warmup_steps} must lie in [0, total_steps={self.total_steps}].")
-        if self.schedule == "cosine" and self.warmup_steps == self.total_steps:
-            # Every step would be warmup: the cosine never starts, and the run ends at the peak
-            # rate, not at min_lr_ratio of it (accepted without a word).
-            raise ConfigError(f"opt.warmup_steps={self.warmup_steps} equals total_steps: the cosine decay would never "
-                              "start; lower warmup_steps (e.g. a few percent of the steps) or use schedule='constant'.")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"opt.decay_fraction={self.decay_fraction} must be in (0, 1].")
         decay_start = self.total_steps - max(1, round(self.decay_fraction * self.total_steps))
