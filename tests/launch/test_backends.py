@@ -1,0 +1,211 @@
+"""launch's backends (local subprocesses, the SLURM array script, tpu_vm gcloud commands), the
+results table read from their status records, and the multi-host start-up of each job."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from launch import backends, multihost, results
+from launch.sweep import Job, LaunchError, expand, load_sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRETRAIN = "experiments/configs/pretrain.py:gpt_tiny"
+
+
+def test_local_backend_runs_every_job_and_reports_failures(tmp_path):
+    sweep = [{"config.opt.learning_rate": 0.1}, {"config.fail": True}, {"config.opt.learning_rate": 0.3}]
+    jobs = expand(sweep, module="tests.launch.echo_job", config="c.py:x", workdir=str(tmp_path), python=sys.executable)
+    log = tmp_path / "out.txt"
+    (tmp_path / "learning_rate=0.3").mkdir()
+    (tmp_path / "learning_rate=0.3" / "metrics.jsonl").write_text(
+        '{"step": 0, "params_total": 5}\n{"step": 10, "loss": 2.5, "eval_loss": 2.75}\n{"step": 20, "loss": 2.25}\n'
+        '{"step": 30, "lo')  # the last line cut short, as by a killed job
+    with open(log, "w") as out:
+        local_results = backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path / "logs"), max_parallel=2, out=out)
+    assert [(r.job.name, r.returncode) for r in local_results] == [
+        ("learning_rate=0.1", 0), ("fail=True", 3), ("learning_rate=0.3", 0)]
+    # The results table: status and time from the status records, the final loss from metrics.jsonl.
+    table = results.collect([*jobs, *expand([{"name": "never"}], module="m", config="c", workdir=str(tmp_path))],
+                            str(tmp_path / "logs"))
+    assert [(r.name, r.status, r.step, r.loss, r.eval_loss) for r in table] == [
+        ("learning_rate=0.1", "ok", None, None, None), ("fail=True", "failed (exit 3)", None, None, None),
+        ("learning_rate=0.3", "ok", 20, 2.25, 2.75), ("never", "not started", None, None, None)]
+    assert all(0 < r.seconds < 60 for r in table[:3]) and table[3].seconds is None
+    lines = results.format_table(table).splitlines()
+    assert lines[0].split() == ["job", "status", "time", "step", "loss", "eval_loss"]
+    row = lines[3].split()
+    assert row[:2] == ["learning_rate=0.3", "ok"] and row[3:] == ["20", "2.2500", "2.7500"]
+    assert lines[-1] == "2 ok, 1 failed, 1 not started"
+    recorded = json.loads((tmp_path / "learning_rate=0.3" / "argv.json").read_text())["argv"]
+    assert recorded[1:] == ["--config=c.py:x", f"--workdir={tmp_path}/learning_rate=0.3",
+                            "--config.opt.learning_rate=0.3"]  # launch.multihost ran the module as __main__
+    assert "done fail=True: FAILED (exit 3" in log.read_text()
+    with pytest.raises(LaunchError, match="max_parallel=0"):
+        backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path), max_parallel=0)
+
+
+def test_slurm_script_is_an_array_of_the_jobs(tmp_path):
+    jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/shared/lr")
+    script = backends.slurm_script(jobs, backends.SlurmOptions(job_name="lr", nodes=2, gpus_per_node=8,
+                                                               partition="gpu", setup="source venv/bin/activate"),
+                                   cwd="/repo", log_dir=str(tmp_path))
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash" and "#SBATCH --array=0-2" in lines and "#SBATCH --nodes=2" in lines
+    assert "#SBATCH --ntasks-per-node=1" in lines and "#SBATCH --gpus-per-node=8" in lines
+    assert "#SBATCH --partition=gpu" in lines and not any("--account" in line for line in lines)
+    assert lines.index("source venv/bin/activate") < lines.index("JOBS=(")
+    assert 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"' in lines
+    # The array is valid bash holding each job's exact command: run task 1 with echo for srun,
+    # then task 2 with a failing srun; each task records how its job ended.
+    fake = script.replace("set -euo pipefail", "set -euo pipefail; SLURM_ARRAY_TASK_ID=$1")
+    fake = "\n".join(line for line in fake.splitlines() if not line.startswith(("cd ", "source ")))
+    echo = subprocess.run(["bash", "-c", fake.replace("srun bash -c", "echo"), "script", "1"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert shlex.split(echo) == list(jobs[1].argv)
+    failing = subprocess.run(["bash", "-c", fake.replace("srun bash -c", "bash -c 'exit 4'"), "script", "2"],
+                             capture_output=True, text=True)
+    assert failing.returncode == 4
+    assert [(r.name, r.status) for r in results.collect(jobs, str(tmp_path))] == [
+        ("learning_rate=0.001", "not started"), ("learning_rate=0.003", "ok"), ("learning_rate=0.01", "failed (exit 4)")]
+    for bad, message in ((dict(nodes=0), "--slurm_nodes=0 must be >= 1"),
+                         (dict(gpus_per_node=-1), "--slurm_gpus_per_node=-1 must be >= 0"),
+                         (dict(time="1day"), "--slurm_time='1day' is not a SLURM time")):
+        with pytest.raises(LaunchError, match=message):
+            backends.slurm_script(jobs, backends.SlurmOptions(**bad), cwd="/repo", log_dir=str(tmp_path))
+    for unlimited in ("UNLIMITED", "INFINITE"):  # sbatch's no-limit values were refused
+        assert f"#SBATCH --time={unlimited}" in backends.slurm_script(
+            jobs, backends.SlurmOptions(time=unlimited), cwd="/repo", log_dir=str(tmp_path))
+
+
+def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
+    jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/w")
+    script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-32", zone="us-central2-b",
+                                                                 setup="source ~/venv/bin/activate"),
+                                    log_dir=str(tmp_path))
+    commands = [line for line in script.splitlines() if line.startswith("run_job ")]
+    assert len(commands) == 3
+    argv = shlex.split(commands[0])
+    assert argv[:8] == ["run_job", jobs[0].name, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32"]
+    assert "--worker=all" in argv and "--zone=us-central2-b" in argv
+    remote = next(a for a in argv if a.startswith("--command=")).split("=", 1)[1]
+    assert remote == "cd ~/research && source ~/venv/bin/activate && " + jobs[0].command
+    # With gcloud failing for the second job only, the rest still run and the script fails.
+    fake_gcloud = tmp_path / "bin" / "gcloud"
+    fake_gcloud.parent.mkdir()
+    fake_gcloud.write_text('#!/bin/bash\ncase "$*" in *0.003*) exit 5;; esac\n')
+    fake_gcloud.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_gcloud.parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 1
+    assert [r.status for r in results.collect(jobs, str(tmp_path))] == ["ok", "failed (exit 5)", "ok"]
+    with pytest.raises(LaunchError, match="--tpu_name"):
+        backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""), log_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("repo_dir", ["~/my repo/it's here", "~", "ABS/a b;c", "$HOME/my repo", "${HOME}/x"])
+def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
+    """The worker's shell (bash -c of the remote command) changes into --tpu_repo_dir, spaces
+    and quotes kept, a leading ~ or $HOME expanded to the worker's home."""
+    repo_dir = repo_dir.replace("ABS", str(tmp_path))
+    home = next((h for h in ("~/", "$HOME/", "${HOME}/") if repo_dir.startswith(h)), None)
+    expected = tmp_path / repo_dir.removeprefix(home) if home else (
+        tmp_path if repo_dir == "~" else tmp_path / "a b;c")
+    expected.mkdir(parents=True, exist_ok=True)
+    script = backends.tpu_vm_script([Job("j", "/w", ("pwd",))],
+                                    backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=repo_dir), log_dir="/l")
+    remote = next(line for line in script.splitlines() if line.startswith("run_job j "))
+    command = shlex.split(remote)[-1].removeprefix("--command=")
+    worker = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ,
+                                                                                            "HOME": str(tmp_path)})
+    assert (worker.returncode, worker.stdout.strip()) == (0, str(expected)), worker.stderr
+    with pytest.raises(LaunchError, match="--tpu_repo_dir is empty"):
+        backends.tpu_vm_script([], backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=""), log_dir="/l")
+
+
+def test_a_local_job_killed_without_a_record_is_not_shown_running(tmp_path):
+    """Its launcher SIGKILLed, the job then stopped: no end was recorded and the table said
+    "running" for ever. The local backend's lock tells a running job from a dead one."""
+    import fcntl
+    import os
+    (job,) = expand([{"name": "a"}], module="m", config="c", workdir=str(tmp_path))
+    log_dir = str(tmp_path / "logs")
+    results.record_start(log_dir, "a")
+    assert [r.status for r in results.collect([job], log_dir)] == ["running"]  # no lock file: slurm, tpu_vm
+    fd = os.open(results.lock_path(log_dir, "a"), os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held, as the launcher and the job hold it
+        assert [r.status for r in results.collect([job], log_dir)] == ["running"]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    (result,) = results.collect([job], log_dir)
+    assert result.status == "killed (no exit recorded)"
+    assert results.format_table([result]).splitlines()[-1] == "1 killed"
+
+
+def test_a_job_killed_by_a_signal_before_handling_one_is_recorded_as_the_shell_would(tmp_path):
+    """A SIGTERM in a job's first moments (before any handler) gave returncode -15: "FAILED
+    (exit -15)" beside the launcher's "the running jobs saved their checkpoints"."""
+    import sys
+
+    jobs = [Job(name, str(tmp_path / name), (sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), {sig})"))
+            for name, sig in (("term", "signal.SIGTERM"), ("kill", "signal.SIGKILL"))]
+    with open(tmp_path / "out.txt", "w") as out:
+        done = backends.run_local(jobs, cwd=REPO, log_dir=str(tmp_path / "logs"), out=out)
+    assert [r.returncode for r in done] == [143, 137]
+    assert [r.status for r in results.collect(jobs, str(tmp_path / "logs"))] == ["stopped (exit 143)",
+                                                                                  "failed (exit 137)"]
+
+
+def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
+    import jax
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    step = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    assert multihost.initialize({}) is None and multihost.initialize({"SLURM_NTASKS": "1", **step}) is None
+    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}) is None
+    # An allocation's own shell (salloc -n4, an sbatch script outside srun) is one process, not a step.
+    assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_NNODES": "4"}) is None
+    # One task per GPU (4 on one node): jax gives each its GPU (SLURM_LOCALID) itself.
+    assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "1", **step}) == "slurm"
+    # launch's sbatch script: one task per node, which must use every GPU of its node, not GPU 0.
+    assert multihost.initialize({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
+                                 **step}) == "slurm"
+    assert multihost.initialize({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2",
+                                 "CUDA_VISIBLE_DEVICES": "4,5", **step}) == "slurm"
+    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == "tpu"
+    assert multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2",
+                                 "JAX_PROCESS_ID": "1"}) == "explicit"
+    assert calls == [{}, {"local_device_ids": list(range(8))}, {"local_device_ids": [0, 1]}, {},
+                     {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}]
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID not"):
+        multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234"})
+    # Without a coordinator, two processes would each train alone, the same workdir.
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID set but JAX_COORDINATOR_ADDRESS not"):
+        multihost.initialize({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
+    with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES='two' is not an integer"):
+        multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
+    assert len(calls) == 5
+
+
+def test_a_local_backend_job_never_joins_a_cluster(monkeypatch):
+    """Inside a multi-task SLURM step every local job waited in jax.distributed.initialize for
+    peers that never came (it hung, its log empty)."""
+    import os
+    import runpy
+    ran, joined = [], []
+    monkeypatch.setattr(multihost, "initialize", lambda *a, **k: joined.append(1))
+    monkeypatch.setattr(runpy, "run_module", lambda module, **kwargs: ran.append(module))
+    # As the real one does, minus the parent-death signal (this is the test process).
+    monkeypatch.setattr(multihost, "die_with_launcher", lambda: os.environ.pop(backends.PARENT_ENV, None))
+    for name, value in {"SLURM_NTASKS": "8", "SLURM_STEP_NODELIST": "n1", "SLURM_PROCID": "3",
+                        "SLURM_LOCALID": "3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(backends.PARENT_ENV, "1234")
+    multihost.main(["launch.multihost", "tests.launch.echo_job", "--workdir=x"])
+    assert ran == ["tests.launch.echo_job"] and joined == []
+    multihost.main(["launch.multihost", "tests.launch.echo_job", "--workdir=x"])  # a job of srun itself joins
+    assert joined == [1]
