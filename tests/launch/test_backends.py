@@ -149,8 +149,6 @@ def test_a_local_job_killed_without_a_record_is_not_shown_running(tmp_path):
 def test_a_job_killed_by_a_signal_before_handling_one_is_recorded_as_the_shell_would(tmp_path):
     """A SIGTERM in a job's first moments (before any handler) gave returncode -15: "FAILED
     (exit -15)" beside the launcher's "the running jobs saved their checkpoints"."""
-    import sys
-
     jobs = [Job(name, str(tmp_path / name), (sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), {sig})"))
             for name, sig in (("term", "signal.SIGTERM"), ("kill", "signal.SIGKILL"))]
     with open(tmp_path / "out.txt", "w") as out:
