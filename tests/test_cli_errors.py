@@ -70,13 +70,17 @@ def test_uncreatable_workdir_is_one_line(tmp_path):
 def test_workdir_of_another_run_is_refused_in_one_line(tmp_path):
     from experiments.configs import pretrain
     from research.training import workdir as workdir_lib
+    from research.training import workdir_lock
     workdir = tmp_path / "run"
     workdir_lib.claim(str(workdir), pretrain.get_config("gpt_tiny").to_dict())
+    workdir_lock.release([str(workdir)])  # that run ended, having saved (one with no checkpoint may be replaced)
+    (workdir / "checkpoints" / "5").mkdir(parents=True)
+    before = sorted(os.listdir(workdir))
     code, lines = run("experiments.pretrain", CONFIG, "--config.model.d_model=128", f"--workdir={workdir}")
     assert code == 1 and lines == [
         f"error: --workdir={workdir} holds another run (model.d_model: 64 there, 128 now); use a new --workdir, "
         f"or delete {workdir} to start over."], lines
-    assert sorted(os.listdir(workdir)) == ["run.json"]  # the other run's workdir is untouched
+    assert sorted(os.listdir(workdir)) == before  # the other run's workdir is untouched
 
 
 def test_evaluate_num_test_zero_is_one_line(tmp_path):

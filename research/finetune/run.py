@@ -55,7 +55,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     from research.finetune.checks import check_config
     from research.finetune.run_identity import claim_workdir
     from research.training.metrics import MetricWriter
-    from research.training import preemption, workdir as workdir_lib
+    from research.training import preemption, workdir as workdir_lib, workdir_lock
 
     check_config(config)  # values no run could use: one line before the workdir is touched
     errors = (ConfigError, DataError)
@@ -76,3 +76,4 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         finally:
             if writer is not None:
                 writer.close()
+            workdir_lock.release([workdir])  # the run is over: another command may train here

@@ -55,7 +55,7 @@ from research.data.prefetch import BlockPrefetcher
 from research.training import blocks, evaluation, losses, members as members_lib, metrics as metrics_lib, model_batch
 from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
-from research.training import preemption, workdir as workdir_lib  # [issue-13b]
+from research.training import preemption, workdir as workdir_lib, workdir_lock  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
 from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
 from research.training.members import TrainingDivergedError
@@ -192,9 +192,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # model's, before any is created), then create them.
     claimed = workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)],
                                     record=jax.process_index() == 0)
-    # After the claim: a workdir holding another run is that line, not advice on num_steps (which,
-    # followed, met the refusal). It raises only where a checkpoint exists, so no new claim is left.
-    members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
     local_batch = train.batch_size // jax.process_count()
     seeds = [t.seed for t in trains]
     per_model_data = len(set(seeds)) > 1  # the seed orders the data too: one stream per model
@@ -211,6 +208,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # (below), so a corrected or changed command is not refused as "another run".
     members, writers, prefetcher, guard, saved = [], [], None, None, []
     try:
+        # After the claim: a workdir holding another run is that line, not advice on num_steps (which,
+        # followed, met the refusal).
+        members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
         example = next(batches("validation", train.seed))
@@ -406,6 +406,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         # finishes). The Guard goes last: until the saves commit, a signal is a stop request, not an
         # exception raised inside checkpointer.close() that skipped every close after it.
         with contextlib.ExitStack() as closing:
+            closing.callback(workdir_lock.release, workdirs)  # the very last: the run is over
             if guard is not None:
                 closing.callback(guard.uninstall)  # [issue-13b]
             for writer in writers:

@@ -21,12 +21,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from research.atomic_files import unwritable_reason
 from research.models.config import GRADIENT_ONLY_FIELDS, ConfigError
+from research.training import workdir_lock
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 # Fields that do not change what a checkpoint means: compute precision, recomputation, dropout,
@@ -219,14 +225,72 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
     `fingerprint` (default run_fingerprint) identifies runs of another kind (fine-tuning)."""
     fingerprint = fingerprint or run_fingerprint
     check_same_on_every_process(runs)
+    for workdir, _ in runs:
+        check_writable(workdir)
+    workdirs = [workdir for workdir, _ in runs]
+    locked: list[str] = []  # the locks this call takes (given up again if it refuses)
+    try:
+        # Before anything is compared or written: refuse a workdir another live process trains in,
+        # and learn whether a recorded run with no checkpoint is dead (it may then be replaced).
+        free = _lock_existing(workdirs, record, locked)
+        return _claim_locked(runs, record, fingerprint, free, locked)
+    except BaseException:
+        workdir_lock.release(locked)
+        raise
+
+
+def _lock_existing(workdirs: Sequence[str], record: bool, locked: list[str]) -> bool:
+    """Lock the existing local workdirs on the recording process (process 0), appending those
+    it locks to `locked`; every process agrees on its verdict. Raises WorkdirError for a workdir
+    another live process holds. Returns whether every existing one was free and is now locked
+    (False: some file system takes no locks, or a run of this process holds one: a run recorded
+    there may be alive)."""
+    import jax
+
+    code = -1  # -1: all were free; -2: some may be in use; i >= 0: workdirs[i] is busy
+    if record:
+        for i, workdir in enumerate(workdirs):
+            if _is_url(workdir) or not os.path.isdir(workdir):
+                continue
+            if workdir_lock.holds(workdir):
+                code = -2
+                continue
+            held = workdir_lock.hold(workdir)
+            if held is False:
+                code = i
+                break
+            if held:
+                locked.append(workdir)
+            else:
+                code = -2
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+    if code >= 0:
+        raise WorkdirError(_busy_line(workdirs[code]))
+    return code == -1
+
+
+def _busy_line(workdir: str) -> str:
+    return (f"--workdir={workdir} is in use: {workdir_lock.holder(workdir)} is training there now; wait for it "
+            "to end (or stop it), or use another --workdir.")
+
+
+def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, fingerprint: Fingerprint,
+                  free: bool, locked: list[str]) -> list[str]:
     fingerprints, first = [], []
     for workdir, config in runs:
-        check_writable(workdir)
         current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
             recorded = _read_recorded(workdir, fingerprint)
             # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing.
             compared = {k: v for k, v in current.items() if k in (recorded or {}) or k not in _ADDED_LATER}
+            if recorded is not None and recorded != compared and free and not _has_checkpoint(workdir):
+                # Its process is gone (the lock was free) and it saved nothing: a run killed (kill -9,
+                # out of memory) before its first checkpoint. Its records are redone from step 0.
+                log.warning("--workdir=%s recorded a run that stopped before its first checkpoint (%s): this run "
+                            "replaces it", workdir, fingerprint_differences(recorded, compared))
+                recorded = None
             if recorded is not None and recorded != compared:
                 clipping = ("; turning clipping off changes the optimizer state: a large opt.clip_norm (e.g. 1e9) "
                             "in place of 0 keeps it" if recorded.get("opt.clip_norm>0") and
@@ -250,6 +314,12 @@ def claim_all(runs: Sequence[tuple[str, Mapping[str, Any]]], *, record: bool = T
         except OSError as error:  # e.g. a read-only or virtual file system, a missing mount
             raise WorkdirError(f"cannot create --workdir={workdir} ({error.strerror or error}); "
                                "choose a directory you can write.") from None
+        if record and not _is_url(workdir) and not workdir_lock.holds(workdir):
+            held = workdir_lock.hold(workdir)
+            if held is False:  # created at the same moment by another command
+                raise WorkdirError(_busy_line(workdir))
+            if held:
+                locked.append(workdir)
         if record:  # written aside, then renamed: other processes checking the workdir never read half a file
             partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
             content = {"fingerprint": current, **({"trained_with": together} if together else {})}
@@ -266,6 +336,7 @@ def unclaim(workdirs: Sequence[str]) -> list[str]:
     for workdir in withdrawn:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(workdir, RUN_FILE))
+    workdir_lock.release(withdrawn, remove=True)
     return withdrawn
 
 
@@ -354,6 +425,8 @@ def removed_if_failed(workdir: str, errors: tuple[type[BaseException], ...]) -> 
     try:
         yield
     except errors:
-        if not existed and os.path.isdir(workdir) and not _has_checkpoint(workdir):
+        # (another command that created it in the same moment and trains there keeps it)
+        if not existed and os.path.isdir(workdir) and not _has_checkpoint(workdir) and \
+                not workdir_lock.held_elsewhere(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
         raise

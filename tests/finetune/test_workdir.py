@@ -244,6 +244,7 @@ def test_the_command_line_refuses_another_run_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / RUN_FILE).write_text(json.dumps({"fingerprint": {"path": "preference"}}))
+    (workdir / "checkpoints" / "5").mkdir(parents=True)  # it saved: a run to keep (with none it may be replaced)
     command = [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune.py:sft_tiny",
                f"--workdir={workdir}"]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,

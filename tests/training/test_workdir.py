@@ -1,13 +1,17 @@
 """A workdir is bound to one run: checked before anything is written, refused in one line."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from experiments.configs import pretrain
 from research.data.config import DataError
-from research.training import workdir as workdir_lib
+from research.training import workdir as workdir_lib, workdir_lock
 from research.training.workdir import WorkdirError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(**model):
@@ -123,6 +127,67 @@ def test_failure_before_first_checkpoint_leaves_no_new_workdir(tmp_path):
             workdir_lib.claim(str(tmp_path / "crash"), _config())
             raise RuntimeError("crash")
     assert (tmp_path / "crash").exists()
+
+
+def _other_process_claiming(workdir: str, **model) -> subprocess.Popen:
+    """A process that claims `workdir` (as a run starting would) and then trains for ever."""
+    script = ("import sys; from tests.training.test_workdir import _config; from research.training import workdir; "
+              f"workdir.claim({workdir!r}, _config(**{model!r})); print('ready', flush=True); sys.stdin.read()")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"
+    return process
+
+
+def test_a_workdir_another_live_process_trains_in_is_refused_in_one_line(tmp_path):
+    """Two commands on one workdir trained side by side, each exit 0: their checkpoints replaced each
+    other's steps and metrics.jsonl held both runs' rows interleaved."""
+    workdir = str(tmp_path / "run")
+    other = _other_process_claiming(workdir)
+    try:
+        before = {name: open(os.path.join(workdir, name), "rb").read() for name in os.listdir(workdir)}
+        for config in (_config(), _config(d_model=128)):  # the same run or another: both wait for it
+            with pytest.raises(WorkdirError) as error:
+                workdir_lib.claim(workdir, config)
+            assert str(error.value) == (f"--workdir={workdir} is in use: pid {other.pid} on {os.uname().nodename} is "
+                                        "training there now; wait for it to end (or stop it), or use another --workdir.")
+        assert {name: open(os.path.join(workdir, name), "rb").read() for name in os.listdir(workdir)} == before
+        with pytest.raises(DataError):  # a command that failed on it must not delete the live run's workdir
+            with workdir_lib.removed_if_failed(workdir, (DataError,)):
+                raise DataError("created by the other process in the same moment")
+        assert os.path.isfile(os.path.join(workdir, workdir_lib.RUN_FILE))
+    finally:
+        other.kill()
+        other.wait()
+    workdir_lib.claim(workdir, _config())  # its process is gone: the same run resumes
+    workdir_lock.release([workdir])
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_replaced_by_the_next_command(tmp_path, caplog):
+    """A kill -9 (or an out-of-memory kill) before the first save left run.json claimed: a corrected
+    command was refused as another run until the workdir was deleted by hand. Nothing of that run
+    can be resumed, and its process is gone: the next command takes the workdir over. A run that
+    saved a checkpoint is still kept, and so is one whose process lives."""
+    import logging
+    workdir = str(tmp_path / "run")
+    other = _other_process_claiming(workdir)
+    other.kill()
+    other.wait()
+    with caplog.at_level(logging.WARNING, logger="research.training.workdir"):
+        workdir_lib.claim(workdir, _config(d_model=128))
+    recorded = json.load(open(os.path.join(workdir, workdir_lib.RUN_FILE)))["fingerprint"]
+    assert recorded["model.d_model"] == 128
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--workdir={workdir} recorded a run that stopped before its first checkpoint (model.d_model: 64 there, 128 "
+        "now): this run replaces it"]
+    # While this process's run is in it, another run is refused (as from any live process).
+    with pytest.raises(WorkdirError, match="holds another run"):
+        workdir_lib.claim(workdir, _config())
+    workdir_lock.release([workdir])
+    os.makedirs(os.path.join(workdir, "checkpoints", "10"))  # it saved: kept
+    with pytest.raises(WorkdirError, match="holds another run"):
+        workdir_lib.claim(workdir, _config())
+    assert not workdir_lock.holds(workdir)  # a refusal gives up the locks it took
 
 
 def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
