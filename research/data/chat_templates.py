@@ -13,7 +13,10 @@ and the end-of-sequence token are "trainable" (mask 1), everything else (system 
 turns, the assistant's opening marker) is context (mask 0). Each piece is encoded on its
 own and the ids concatenated, so the mask boundary is exact for any tokenizer (a subword
 tokenizer may then split a boundary differently from encoding the whole string at once;
-training and generation use the same pieces, so they agree). A tokenizer whose default
+training and generation use the same pieces, so they agree). Pieces after the first are
+encoded as the text they continue: a SentencePiece tokenizer (research's, a Llama-style
+folder) marks a text's start as a word start ("▁"), which put a space before every piece
+('User: hi\n Assistant:  It is 4.') that the whole text does not have. A tokenizer whose default
 encoding opens a text with special tokens (a Llama-style Hugging Face folder's <s>) gets
 them first, as context, by the rule the evaluation harness encodes contexts with.
 
@@ -117,12 +120,27 @@ def _leading_special_ids(tokenizer: Any, text: str) -> list[int]:
     return full[:start]
 
 
+# Encoded before a piece that continues a text, then dropped: a newline, which tokenizers keep a
+# token of its own (research's reserve piece 5 for it; byte-level BPE does not merge it with letters).
+_ANCHOR = "\n"
+
+
+def _encode_continuing(tokenizer: Any, text: str) -> list[int]:
+    """Ids of `text` where it continues earlier text: no word-start mark of its own. Encoded after
+    _ANCHOR, whose ids are then dropped; where the anchor's ids are not a prefix of the result
+    (the text's first token merged with it), the text is encoded alone."""
+    anchor = [int(i) for i in tokenizer.encode(_ANCHOR)]
+    ids = [int(i) for i in tokenizer.encode(_ANCHOR + text)]
+    return ids[len(anchor):] if ids[:len(anchor)] == anchor else [int(i) for i in tokenizer.encode(text)]
+
+
 def _encode_pieces(pieces: list[tuple[str, bool]], template: ChatTemplate, tokenizer: Any,
                    ) -> tuple[list[int], list[int]]:
     ids = _leading_special_ids(tokenizer, pieces[0][0]) if pieces else []
     mask = [0] * len(ids)
-    for text, trainable in pieces:
-        piece = [int(i) for i in tokenizer.encode(text)] if text else []
+    for k, (text, trainable) in enumerate(pieces):
+        piece = ([] if not text else _encode_continuing(tokenizer, text) if k else
+                 [int(i) for i in tokenizer.encode(text)])
         ids += piece
         mask += [int(trainable)] * len(piece)
         if trainable and template.eos_after_assistant:

@@ -38,6 +38,25 @@ def chatml_folder(path, *, default_specials: str = "") -> str:
     return str(path)
 
 
+def metaspace_folder(path) -> str:
+    """A Llama-style SentencePiece folder (tokenizers' Metaspace, a word-start "▁" prepended to an
+    encoding's first text only, byte fallback, <s> first by default) with ChatML as plain text."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    core = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    core.decoder = decoders.Sequence([decoders.Metaspace(replacement="\u2581", prepend_scheme="first"),
+                                      decoders.ByteFallback()])
+    core.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                                     unk_token="<unk>", pad_token="</s>")
+    tokenizer.chat_template = "{{ bos_token }}" + CHATML
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
 def oracle_ids(folder: str, messages: list[dict], **options) -> list[int]:
     """transformers' apply_chat_template ids of `messages` (options: add_generation_prompt)."""
     import transformers

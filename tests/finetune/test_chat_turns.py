@@ -51,6 +51,35 @@ def test_research_tokenizers_get_no_leading_token():
     assert ids == tokenizer.encode("System: be brief\nUser: What is 2+2?\nAssistant: It is 4.\n") + [tokenizer.eos_id]
 
 
+def test_sentencepiece_rows_spell_the_template_text_with_no_space_before_each_piece(tmp_path):
+    """A SentencePiece tokenizer marks an encoding's start as a word start: each piece encoded
+    on its own got a "▁" of its own, so rows read 'User: What is 2+2?\\n Assistant:  It is 4.'
+    (research's tokenizer) and differed from apply_chat_template after every piece (a Llama-style
+    folder); the model was tuned on spaces its pretraining never put there."""
+    from research import data
+    from tests.finetune.chat_oracles import metaspace_folder
+    config = data.DataConfig(source="stdlib", max_documents=40,
+                             tokenizer=data.TokenizerConfig(vocab_size=400, max_training_chars=60_000))
+    tokenizer = data.build_tokenizer(config, str(tmp_path / "sp"))
+    texts = {"plain": "System: be brief\nUser: What is 2+2?\nAssistant: It is 4.\n",
+             "chatml": "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                       "<|im_start|>assistant\nIt is 4.<|im_end|>\n"}
+    for name, text in texts.items():
+        template = get_chat_template(name)
+        ids, mask = render_chat(CHAT, template, tokenizer)
+        assert tokenizer.decode(ids) == text
+        assert tokenizer.decode([i for i, m in zip(ids, mask) if m]).startswith("It is 4.")
+        assert render_prompt(CHAT, template, tokenizer) == ids[:mask.index(1)]
+    # A Llama-style folder: every piece after the first as apply_chat_template encodes it (the
+    # first keeps the word start that encode_context, lm-eval's rule, gives a text after <s>).
+    folder = metaspace_folder(tmp_path / "llama")
+    tokenizer = load_tokenizer(folder)
+    chatml = get_chat_template("chatml")
+    ids, _ = render_chat(CHAT, chatml, tokenizer)
+    first, oracle_first = render_chat(CHAT[:1], chatml, tokenizer)[0], oracle_ids(folder, CHAT[:1])
+    assert ids[len(first):] == oracle_ids(folder, CHAT)[len(oracle_first):]
+
+
 REPLIES = ["line one\nline two", "def f():\n    return 1", "It is 4."]
 
 
