@@ -59,12 +59,14 @@ Log = Callable[[str], None]
 def train_config(config: ml_collections.ConfigDict, size: str,
                  data_config: dict[str, Any]) -> ml_collections.ConfigDict:
     """The research.training config of one size of the ladder."""
-    num_checkpoints = config.train.num_steps // config.checkpoint.every_steps + 1
+    # Every checkpoint of the grid is kept (the curves along training are evaluated on it), and
+    # the saves a stop adds off the grid only while they are the latest (needed to resume).
+    every = config.checkpoint.every_steps
     return ml_collections.ConfigDict(dict(
         model=size_model_fields(config, size), objective="causal_lm", objective_options={},
         data=data_config, train=config.train.to_dict(),
         opt={**config.opt.to_dict(), "learning_rate": size_learning_rate(config, size)},
-        checkpoint={**config.checkpoint.to_dict(), "keep_last": num_checkpoints, "keep_best": 0},
+        checkpoint={**config.checkpoint.to_dict(), "keep_last": 2, "keep_every_steps": every, "keep_best": 0},
         mesh=config.mesh.to_dict()))
 
 
@@ -96,7 +98,11 @@ def evaluate_run(config: ml_collections.ConfigDict, plan: StudyPlan, size: str, 
     flops_per_token = sizing.flops_per_token(model_config, train.seq_len, include_embedding=True).train
     model = build_model(model_config)
     rows = []
-    for step in checkpoint_steps_in(os.path.join(run_dir, "checkpoints")):
+    # The grid's steps and the last: a stop's save off the grid (kept while it was the latest, or
+    # by a study before keep_every_steps) is no point of the curve a run that never stopped has.
+    steps = [s for s in checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))
+             if s % config.checkpoint.every_steps == 0 or s == train.num_steps]
+    for step in steps:
         # Only the task results are cached; where the step sits (tokens, compute, final) is
         # recomputed from the config (a run trained to another num_steps is refused before).
         tokens = step * train.batch_size * train.seq_len

@@ -199,13 +199,18 @@ class CheckpointConfig:
     keep_last: int = 2
     keep_best: int = 1  # by eval loss; 0 keeps none for being best
     async_save: bool = True
+    # Also kept: every step that is a multiple of this (0: none). A study evaluating checkpoints
+    # along training keeps its grid whatever a stop adds (a stop saves off the grid, and with
+    # keep_last alone those saves pushed grid steps out).
+    keep_every_steps: int = 0
 
     def __post_init__(self):
         if self.every_steps <= 0:
             raise ConfigError(f"checkpoint.every_steps={self.every_steps} must be positive.")
-        if self.keep_last < 1 or self.keep_best < 0:
-            raise ConfigError(f"checkpoint.keep_last={self.keep_last} must be >= 1 and "
-                              f"checkpoint.keep_best={self.keep_best} >= 0.")
+        if self.keep_last < 1 or self.keep_best < 0 or self.keep_every_steps < 0:
+            raise ConfigError(f"checkpoint.keep_last={self.keep_last} must be >= 1, "
+                              f"checkpoint.keep_best={self.keep_best} >= 0 and "
+                              f"checkpoint.keep_every_steps={self.keep_every_steps} >= 0.")
 
 
 def _best_metric(metrics: Mapping[str, float]) -> float:
@@ -245,6 +250,8 @@ class Checkpointer:
         # another number of processes from process 0's saved position.
         self._data_same_on_every_process = data_same_on_every_process
         keep = [policies.LatestN(n=config.keep_last)]
+        if config.keep_every_steps:
+            keep.append(policies.EveryNSteps(interval_steps=config.keep_every_steps))
         best = {}
         if config.keep_best:
             # A step saved without an eval loss (by older code of this file) is kept only while it

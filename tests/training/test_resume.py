@@ -93,3 +93,21 @@ def test_kill_9_then_rerun_the_command_is_exact(tokenizers, compilation_cache, t
     rerun = subprocess.run(command, cwd=REPO, env=compilation_cache, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)
+
+
+def test_stops_off_the_checkpoint_grid_keep_the_grid_with_keep_every_steps(tokenizers, tmp_path):
+    """A stop saves where its block ends, off the every_steps grid. With keep_last alone those
+    saves pushed grid steps out: an emergence study stopped at steps 1, 3, 5 kept checkpoints
+    [3, 4, 5, 6, 8] and drew its curves along training through them, not [2, 4, 6, 8]. With
+    keep_every_steps the grid stays and an off-grid save lives only while it is the latest."""
+    from research.training.checkpoint_loading import checkpoint_steps_in
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=8, eval_every_steps=2)
+    config.checkpoint.update(every_steps=2, keep_last=2, keep_best=0, keep_every_steps=2)
+    saved = []
+    for stop in (1, 3, 0):
+        config.train.stop_after_steps = stop
+        train_and_evaluate(config, str(tmp_path))
+        saved.append(checkpoint_steps_in(str(tmp_path / "checkpoints")))
+    assert saved == [[1], [2, 3], [2, 4, 6, 8]]
+    with pytest.raises(Exception, match="keep_every_steps=-2 >= 0"):
+        CheckpointConfig(keep_every_steps=-2)
