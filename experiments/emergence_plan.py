@@ -66,13 +66,18 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     for name in mixture.tasks:  # a misspelt training task is named as such, before the packing below names it
         if not is_task_file(name) and name not in known:
             catalog_task(name)  # raises the catalog's one line, with the nearest names
+    pairs = {"mixture.examples_per_document": mixture.examples_per_document}
     for name, pair in dict(mixture.get("examples_per_document_by_task", None) or {}).items():
         if name not in mixture.tasks:
             raise ConfigError(f"mixture.examples_per_document_by_task names {name!r}, which mixture.tasks lacks; "
                               f"use one of {sorted(mixture.tasks)}.")
-        if len(tuple(pair)) != 2 or not 1 <= int(pair[0]) <= int(pair[1]):
-            raise ConfigError(f"mixture.examples_per_document_by_task[{name!r}]={tuple(pair)} must be (fewest, most) "
-                              "with 1 <= fewest <= most.")
+        pairs[f"mixture.examples_per_document_by_task[{name!r}]"] = pair
+    for field, pair in pairs.items():  # (a one-number tuple failed after the plan, in the data's preparation)
+        pair = tuple(pair) if isinstance(pair, (tuple, list)) else (pair,)
+        if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair) or \
+                not 1 <= pair[0] <= pair[1]:
+            raise ConfigError(f"{field}={pair if len(pair) != 1 else pair[0]!r} must be (fewest, most) with "
+                              "1 <= fewest <= most.")
 
     _check_training_and_evaluation(config, models)
     ev = config.eval

@@ -367,8 +367,11 @@ def write_seed_report(workdirs: Sequence[str], sizes: Sequence[str], output_dir:
                       num_shots: int = 0) -> dict[str, str]:
     """Read the runs, check they are one study, and write the files of the module docstring."""
     from research.evaluation.results_table import write_rows
-    from research.atomic_files import write_text_atomically
+    from research.atomic_files import unwritable_reason, write_text_atomically
 
+    reason = unwritable_reason(output_dir)  # before every workdir is read (it failed at the first write)
+    if reason:
+        raise ConfigError(f"--output_dir={output_dir}: {reason}; pass a folder the report can be written to.")
     if len(sizes) < 2:
         raise ConfigError(f"--sizes={list(sizes)}: a curve across sizes needs >= 2 sizes (e.g. the study's "
                           "report.mirage_sizes).")

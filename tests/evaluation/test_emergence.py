@@ -65,7 +65,11 @@ def test_micro_study_writes_table_summary_and_plots(micro_study):
     assert {m["size"] for m in mirage} == set(config.sizes) and all(m["task"] == final_task for m in mirage)
     for m in mirage:
         low, high = m["p_to_the_L_interval"]
-        assert low <= m["p_to_the_L"] <= high and m["p_to_the_L"] == pytest.approx(m["p"] ** m["answer_tokens"])
+        # Answers of k or k + 1 tokens (a carry), a share f = L - k of them k + 1 long: the mean of p^(L_i).
+        k = int(m["answer_tokens"])
+        f = m["answer_tokens"] - k
+        assert low <= m["p_to_the_L"] <= high
+        assert m["p_to_the_L"] == pytest.approx((1 - f) * m["p"] ** k + f * m["p"] ** (k + 1))
         # Agreement is read from the paired difference's interval, not from two overlapping ones.
         low, high = m["exact_match_minus_p_to_the_L_interval"]
         assert m["exact_match_minus_p_to_the_L"] == pytest.approx(m["exact_match"] - m["p_to_the_L"])
@@ -198,6 +202,10 @@ def _bad(change):
      r"examples_per_document_by_task names 'copying', which mixture.tasks lacks"),
     (lambda c: setattr(c.mixture, "examples_per_document_by_task", {"addition_1digit": (2, 1)}),
      r"examples_per_document_by_task\['addition_1digit'\]=\(2, 1\) must be \(fewest, most\)"),
+    # A one-number pair passed the plan and the dry run, then was a traceback in the data's preparation.
+    (lambda c: setattr(c.mixture, "examples_per_document", (3,)),
+     r"mixture.examples_per_document=3 must be \(fewest, most\) with 1 <= fewest <= most"),
+    (lambda c: setattr(c.mixture, "examples_per_document", (1.5, 4)), r"mixture.examples_per_document=\(1.5, 4\)"),
     # Once read only when the report was written, after the whole study: an empty table.
     (lambda c: c.report.update(metrics=("exact_matchh",)), r"report.metrics names unknown metric\(s\) "
                                                             r"\['exact_matchh'\]; did you mean 'exact_match'"),
@@ -328,3 +336,24 @@ def test_a_session_stopped_by_stop_after_steps_writes_no_report_and_says_why(tmp
                         "(train.stop_after_steps=2); their checkpoints and evaluations are kept: rerun without "
                         "train.stop_after_steps (or with a later step) to finish them and write the report.")
     assert not os.path.exists(os.path.join(tmp_path, "report"))
+
+
+def test_curves_along_training_are_read_on_the_checkpoint_grid_and_the_grid_is_kept(tmp_path):
+    """A stop (Ctrl-C, SIGTERM, stop_after_steps) saves off the every_steps grid: those saves were
+    evaluated as points of the curves along training, and with keep_last = the grid's length they
+    pushed grid steps out (stops at 1, 3, 5 of 8 left [3, 4, 5, 6, 8]; the jump ratio, onsets and
+    breakthroughness along training moved with them)."""
+    from research.evaluation.results_table import write_rows
+    config = configs.get_config("micro")
+    every, num_steps = config.checkpoint.every_steps, config.train.num_steps
+    size = config.sizes[0]
+    checkpoint = emergence.train_config(config, size, {}).checkpoint
+    assert checkpoint.keep_every_steps == every and checkpoint.keep_last == 2
+    plan = emergence.plan_study(config)
+    run_dir = tmp_path / "run"
+    for step in range(1, num_steps + 1):  # every step saved (stops at each odd one); evaluations cached
+        (run_dir / "checkpoints" / str(step) / "state").mkdir(parents=True)
+        write_rows([{"task": "t", "num_shots": 0}], str(run_dir / "evals" / f"step_{step}"),
+                   metadata={"fingerprint": plan.fingerprint})
+    rows = emergence.evaluate_run(config, plan, size, str(run_dir), tokenizer=None, log=lambda _: None)
+    assert [r["step"] for r in rows] == list(range(every, num_steps + 1, every))

@@ -160,6 +160,16 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path, make, sizes,
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out")
 
 
+def test_an_output_dir_under_a_file_is_one_line_before_the_workdirs_are_read(tmp_path, monkeypatch):
+    workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, SMOOTH)]
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(emergence_seeds, "read_seed_run", lambda *a: pytest.fail("read the workdirs first"))
+    with pytest.raises(ConfigError) as error:
+        emergence_seeds.write_seed_report(workdirs, list(SIZES), str(tmp_path / "a_file" / "out"))
+    assert str(error.value) == (f"--output_dir={tmp_path / 'a_file' / 'out'}: {tmp_path / 'a_file'} is a file, not a "
+                                "directory; pass a folder the report can be written to.")
+
+
 @pytest.mark.parametrize("name", ["mirage_verdicts.json", "mirage_along_training.json"])
 def test_a_report_without_curves_along_training_asks_for_a_rerun_of_the_study(tmp_path, name):
     workdirs = [_study(str(tmp_path), 0, SMOOTH), _study(str(tmp_path), 1, SMOOTH)]
