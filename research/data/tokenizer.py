@@ -16,17 +16,25 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
-from research.atomic_files import write_bytes_atomically
+from research.atomic_files import unwritable_reason, write_bytes_atomically
 from research.data.config import SPECIAL_PIECES, DataConfig, DataError, TokenizerConfig
+
+log = logging.getLogger(__name__)
 
 # SentencePiece rejects longer "sentences"; documents are fed in chunks cut at newlines.
 _MAX_CHUNK_CHARS = 4096
+# A unigram vocabulary depends on SentencePiece's thread count (1, 2 and 4 threads learned different
+# pieces from the same text), so it is fixed rather than min(4, cpu_count): the same corpus and
+# config then train the same tokenizer on every machine. BPE's pieces do not depend on it.
+_TRAINING_THREADS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +61,10 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.num_extra_ids = num_extra_ids
         self.path = path
+        # Empty bytes parse as a model with no pieces, which then "had no eos piece": the wrong lead.
+        if self._sp.get_piece_size() == 0:
+            raise DataError(f"{path or 'the SentencePiece model'!r} holds no pieces ({len(model_proto)} bytes), so it "
+                            "is not a SentencePiece model; give a .model file (a truncated copy: copy it again).")
         if self._sp.eos_id() < 0:  # a legal SentencePiece option (eos_id=-1), and -1 would reach batches as a token
             raise DataError(f"{path or 'the SentencePiece model'!r} has no eos piece (eos_id=-1), and objectives end "
                             "every document with eos; train it with an eos_id (SentencePieceTrainer's eos_id=1), or train "
@@ -60,6 +72,9 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str, *, num_extra_ids: int = 0) -> "Tokenizer":
+        if os.path.isdir(path):
+            raise DataError(f"tokenizer model {path!r} is a directory, not a SentencePiece .model file; give the "
+                            "file itself (a run trains its own into <workdir>/tokenizers/).")
         if not os.path.isfile(path):
             raise DataError(f"tokenizer model {path!r} does not exist; give a SentencePiece .model file.")
         with open(path, "rb") as f:
@@ -125,9 +140,12 @@ class Tokenizer:
     def special_tokens(self) -> SpecialTokens:
         control = [i for i in range(self.piece_size) if self._sp.is_control(i)]
         extra = list(range(self.piece_size, self.vocab_size))
+        # <unk> too: it is no token of the text, so masked LM must neither predict nor insert it
+        # (Hugging Face's DataCollatorForLanguageModeling counts unk among the special tokens).
+        unk = [self.unk_id] if self.unk_id >= 0 else []
         return SpecialTokens(vocab_size=self.vocab_size, pad_id=self.pad_id, eos_id=self.eos_id,
                              bos_id=self.bos_id, mask_id=self.mask_id, num_extra_ids=self.num_extra_ids,
-                             special_ids=tuple(sorted(set(control + extra + [self.pad_id]))))
+                             special_ids=tuple(sorted(set(control + extra + unk + [self.pad_id]))))
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text`, int32 [N], without bos/eos (objectives add those)."""
@@ -159,15 +177,21 @@ class Tokenizer:
         return "".join(out)
 
     def _decode_run(self, run: list[int], *, after_sentinel: bool) -> str:
-        """Text of the pieces between sentinels. SentencePiece drops a leading "▁" as the dummy
+        """Text of the pieces between sentinels. SentencePiece drops one leading "▁" as the dummy
         prefix it adds to a text's start; after a sentinel it is the text's own space (T5's
-        "<extra_id_0> value"), so it is put back, as decoding all pieces at once keeps it."""
+        "<extra_id_0> value"), so it is put back, as decoding all pieces at once keeps it. Exactly
+        one: a run opening with "▁▁" (indented code) already decodes to " ", and still lost one."""
         text = self._sp.decode(run)
         first = next((i for i in run if not self._sp.is_control(i)), None)
-        if after_sentinel and first is not None and self._sp.id_to_piece(first).startswith("\u2581") \
-                and not text.startswith(" "):
+        if after_sentinel and first is not None and self._strips_leading_space(first):
             text = " " + text
         return text
+
+    def _strips_leading_space(self, index: int) -> bool:
+        """Whether SentencePiece drops the leading "▁" of piece `index` at a text's start, asked of
+        SentencePiece itself: whether it does depends on the model's normalizer settings."""
+        piece = self._sp.id_to_piece(index)
+        return piece.startswith("\u2581") and self._sp.decode([index]) == piece[1:].replace("\u2581", " ")
 
     def id_to_piece(self, index: int) -> str:
         self._check_ids(np.asarray([index]))
@@ -207,6 +231,7 @@ def _training_chunks(texts: Iterable[str], max_chars: int) -> Iterator[str]:
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: str) -> Tokenizer:
     """Train a SentencePiece model on `texts` and write it to `model_path` (atomically)."""
+    _check_writable(model_path)
     chunks = list(_training_chunks(texts, config.max_training_chars))
     if not chunks:
         raise DataError("tokenizer: the training text is empty; give a corpus with some text.")
@@ -220,16 +245,39 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: s
             allow_whitespace_only_pieces=True, split_digits=True,
             pad_id=0, eos_id=1, unk_id=2, bos_id=3,
             control_symbols=[SPECIAL_PIECES[4]], user_defined_symbols=[SPECIAL_PIECES[5]],
-            max_sentence_length=4 * _MAX_CHUNK_CHARS, num_threads=min(4, os.cpu_count() or 1),
+            max_sentence_length=4 * _MAX_CHUNK_CHARS, num_threads=_TRAINING_THREADS,
             minloglevel=2,
         )
     except RuntimeError as e:
-        first_line = str(e).strip().splitlines()[-1]
-        raise DataError(f"tokenizer: SentencePiece could not train vocab_size={config.vocab_size} on "
-                        f"{sum(map(len, chunks))} chars ({first_line}); lower vocab_size or add text.") from None
+        raise DataError(_training_failure(str(e), config, sum(map(len, chunks)))) from None
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     write_bytes_atomically(model_path, model.getvalue())  # concurrent trainers (several hosts) never see half a file
     return Tokenizer(model.getvalue(), num_extra_ids=config.num_extra_ids, path=model_path)
+
+
+def _check_writable(model_path: str) -> None:
+    """DataError before any training when `model_path` cannot be written (a workdir under a file):
+    it was a NotADirectoryError traceback after the whole training."""
+    reason = unwritable_reason(os.path.dirname(os.path.abspath(model_path)))
+    if reason:
+        raise DataError(f"tokenizer: cannot write {model_path!r} ({reason}); give a writable workdir.")
+
+
+def _training_failure(message: str, config: TokenizerConfig, num_chars: int) -> str:
+    """SentencePiece's failure as one line whose advice fits it: too few pieces for the corpus'
+    characters needs a larger vocab_size, too little text for vocab_size a smaller one."""
+    reason = message.strip().splitlines()[-1]
+    found = re.search(r"smaller than required_chars\. \d+ vs (\d+)", reason)
+    if found:
+        return (f"tokenizer: vocab_size={config.vocab_size} cannot hold the {found.group(1)} pieces the special "
+                f"pieces and the corpus' characters (character_coverage={config.character_coverage}) need; raise "
+                f"vocab_size to at least {found.group(1)}, or lower character_coverage.")
+    found = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", reason)
+    if found:
+        return (f"tokenizer: vocab_size={config.vocab_size} is more pieces than {num_chars} chars of training "
+                f"text yield; lower vocab_size to at most {found.group(1)}, or train on more text.")
+    return (f"tokenizer: SentencePiece could not train vocab_size={config.vocab_size} on {num_chars} chars "
+            f"({reason}); check vocab_size and the training text.")
 
 
 def cached_model_path(data_config: DataConfig, workdir: str) -> str:
@@ -237,10 +285,15 @@ def cached_model_path(data_config: DataConfig, workdir: str) -> str:
     tok = data_config.tokenizer
     key = dataclasses.asdict(data_config)
     key["tokenizer"] = {k: v for k, v in key["tokenizer"].items() if k not in ("model_path", "num_extra_ids")}
-    if data_config.source == "files":  # an edited corpus is a different corpus
+    if tok.model_type == "unigram":  # its pieces depend on the thread count, which min(4, cpu_count) once set
+        key["tokenizer"]["num_threads"] = _TRAINING_THREADS
+    if data_config.source == "files":
+        # The files themselves, not how they are named: an edited corpus is a different corpus, while a
+        # relative or overlapping pattern, or another data_dir (where the prepared copy lives), is not.
         from research.data.text_files import expand_patterns
         key["files"] = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
                         for p in expand_patterns(data_config.file_patterns)]
+        del key["file_patterns"], key["data_dir"]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = f"{data_config.source}_{tok.model_type}_{tok.vocab_size}_{digest}.model"
     return os.path.join(workdir, "tokenizers", name)
@@ -254,9 +307,25 @@ def build_tokenizer(data_config: DataConfig, workdir: str) -> Tokenizer:
     path = cached_model_path(data_config, workdir)
     if os.path.isfile(path):
         return Tokenizer.load(path, num_extra_ids=tok.num_extra_ids)
+    _check_writable(path)  # before reading (for source="files", preparing) the corpus
+    _warn_about_other_models(path)
     from research.data.sources import document_source
     texts = document_source(data_config, "train")
     return train_tokenizer((texts[i] for i in range(len(texts))), tok, path)
+
+
+def _warn_about_other_models(path: str) -> None:
+    """Say so when training beside models of the same kind trained for another corpus, config or
+    trainer (unigram models cached before the thread count was fixed): a resumed run would
+    otherwise switch tokenizers silently."""
+    prefix = os.path.basename(path).rsplit("_", 1)[0] + "_"
+    folder = os.path.dirname(path)
+    others = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else ())
+                    if n.startswith(prefix) and n.endswith(".model"))
+    if others:
+        log.warning("training tokenizer %s beside %s, trained for another corpus, config or trainer version; a "
+                    "run that trained with one of those keeps it only with data.tokenizer.model_path=<it>.",
+                    path, others)
 
 
 def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> Tokenizer:

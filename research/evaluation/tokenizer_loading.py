@@ -21,8 +21,15 @@ from research.models.config import ConfigError
 from research.optional_imports import import_optional
 
 CHAR = "char"
-# Files any of which marks a folder as holding a Hugging Face tokenizer.
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+# Files any of which marks a folder as holding a Hugging Face tokenizer: a fast tokenizer's
+# tokenizer.json, or the vocabulary files of the slow tokenizers AutoTokenizer builds (T5 and
+# Llama's SentencePiece models, XLM-R's sentencepiece.bpe.model, DeBERTa-v2's spm.model, GPT-2's
+# vocab.json + merges.txt).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model",
+                      "sentencepiece.bpe.model", "spm.model")
+# A WordPiece vocab.txt is any text file by its name alone; with the model's config.json beside it
+# (older BERT repositories hold just those two), AutoTokenizer builds the tokenizer config.json names.
+HF_VOCAB_WITH_CONFIG = ("vocab.txt",)
 
 
 class HFTokenizer:
@@ -97,7 +104,11 @@ class HFTokenizer:
 
 def has_hf_tokenizer(folder: str) -> bool:
     """Whether `folder` holds the files of a Hugging Face tokenizer."""
-    return os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f)) for f in HF_TOKENIZER_FILES)
+    if not os.path.isdir(folder):
+        return False
+    def has(name: str) -> bool:
+        return os.path.isfile(os.path.join(folder, name))
+    return any(map(has, HF_TOKENIZER_FILES)) or (has("config.json") and any(map(has, HF_VOCAB_WITH_CONFIG)))
 
 
 def load_tokenizer(spec: str, *, num_extra_ids: int = 0, add_bos_token: bool | None = None) -> TextTokenizer:
@@ -129,9 +140,19 @@ def load_tokenizer(spec: str, *, num_extra_ids: int = 0, add_bos_token: bool | N
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"tokenizer folder {spec!r} could not be loaded by transformers "
                               f"({first_line}).") from None
+        except Exception as e:
+            # The tokenizers library (Rust) raises a bare Exception for a tokenizer.json it cannot
+            # parse ("data did not match any variant of untagged enum ModelUntagged"): damaged, or
+            # written by a newer version. A subclass is some other failure, a bug to see whole.
+            if type(e) is not Exception:
+                raise
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+            raise ConfigError(f"tokenizer folder {spec!r}: the installed tokenizers library cannot read its "
+                              f"tokenizer.json ({first_line}); it is damaged or from a newer version: copy it "
+                              "again or upgrade tokenizers.") from None
         return HFTokenizer(tokenizer, spec, add_bos_token=add_bos_token)
     raise ConfigError(f"tokenizer {spec!r} is neither 'char', a SentencePiece .model file, nor a folder with "
-                      f"one of {list(HF_TOKENIZER_FILES)}; give one of those.")
+                      f"one of {list(HF_TOKENIZER_FILES)} (or config.json with vocab.txt); give one of those.")
 
 
 def check_vocabulary(tokenizer: TextTokenizer, vocab_size: int, model_name: str) -> None:

@@ -204,10 +204,14 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
 
 def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
     """The tokenizer to load a run's checkpoint with: `tokenizer` (a load_tokenizer spec), else the run's own."""
-    # The run's own SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
+    # The run's SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
     # without them the vocabulary looks smaller, so generation would never emit a sentinel and
-    # decoding one would be an out-of-range error.
-    sentinels = 0 if tokenizer else int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    # decoding one would be an out-of-range error. That holds for a .model given explicitly too
+    # (the "cannot tell which tokenizer" error asks for the run's own that way); "char" and
+    # Hugging Face folders have no sentinels to add.
+    sentinels = int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    if tokenizer and not os.path.isfile(tokenizer):
+        sentinels = 0
     return load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
 
 
