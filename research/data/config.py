@@ -103,7 +103,8 @@ class SyntheticConfig:
     def char_vocab_size(self) -> int:
         """SentencePiece pieces of a character-level tokenizer: the special pieces, each character,
         and "▁" (SentencePiece's word-start mark; the space character itself when in the alphabet)."""
-        return len(SPECIAL_PIECES) + len(self.alphabet) + (" " not in self.alphabet)
+        # A character that is already a special piece ("\n", piece 5) is not a second piece.
+        return len(SPECIAL_PIECES) + len(set(self.alphabet) - set(SPECIAL_PIECES)) + (" " not in self.alphabet)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,6 +157,9 @@ class DataConfig:
         if self.tfds_name and self.source != "tfds":
             raise DataError(f"data: tfds_name={self.tfds_name!r} applies to source='tfds' only, not "
                             f"source={self.source!r}; add --config.data.source=tfds (or drop tfds_name).")
+        if self.data_dir and self.source in ("stdlib", "synthetic"):  # read by TFDS (tfds, files) only
+            raise DataError(f"data: data_dir={self.data_dir!r} applies to source='tfds' or 'files' only; "
+                            f"source={self.source!r} reads no TFDS data (drop data_dir, or set source).")
         if self.text_field != "text" and self.source in ("stdlib", "synthetic"):
             raise DataError(f"data: text_field={self.text_field!r} applies to source='tfds' or 'files' (.jsonl) "
                             f"only; source={self.source!r} has no fields.")

@@ -18,6 +18,7 @@ Long documents are cut into windows; each window is its own packed segment.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, ClassVar, Literal, Mapping, Union
 
 import numpy as np
@@ -377,6 +378,20 @@ def get_objective(objective: ObjectiveName | Objective) -> Objective:
     return objective
 
 
+def _check_option_type(objective: str, option: str, value: Any, default: Any) -> None:
+    """One line unless `value` has the type of the option's default: a string number ('0.3', as a
+    command line may pass it) failed later as a TypeError traceback, after the workdir was claimed,
+    and any non-empty string (even 'no') was a true encoder_decoder."""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, (bool, np.bool_)), "a bool (True or False)"
+    else:  # the numeric options: any real number, but not a bool (True is no rate)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+        expected = f"a number (default {default})"
+    if not ok:
+        raise DataError(f"objective_options: {option}={value!r} ({type(value).__name__}) of objective={objective!r} "
+                        f"must be {expected}; give it unquoted, e.g. {{'{option}': {default}}}.")
+
+
 def objective_for_family(name: ObjectiveName, family: str, options: Mapping[str, Any] | None = None) -> Objective:
     """Objective `name` with `options` (a run's objective_options) for a model of `family`
     (research.models): an encoder-decoder model (T5) gets encoder-decoder examples from an
@@ -388,6 +403,9 @@ def objective_for_family(name: ObjectiveName, family: str, options: Mapping[str,
     if unknown:  # dataclasses.replace would raise a TypeError traceback naming __init__, not the option
         takes = f"it takes {known}" if known else "it takes none; drop objective_options"
         raise DataError(f"objective_options {unknown} are not options of objective={name!r}; {takes}.")
+    for field in dataclasses.fields(objective):
+        if field.init and field.name in options:
+            _check_option_type(name, field.name, options[field.name], field.default)
     if family == "encoder_decoder" and "encoder_decoder" in {f.name for f in dataclasses.fields(objective)}:
         options = {"encoder_decoder": True, **options}
     return dataclasses.replace(objective, **options) if options else objective

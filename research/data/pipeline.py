@@ -91,17 +91,34 @@ def _grain_seed(seed: int) -> int:
     return (int(seed) % 2**32) * _SEED_STRIDE % 2**32
 
 
+def check_yields_examples(documents: grain.MapDataset, *, objective: Objective, special: SpecialTokens,
+                          seq_len: int, what: str = "the documents") -> None:
+    """One line unless some document of `documents` (token ids) yields an example.
+
+    Why: with none, grain's flat-map skips empty documents over an endless epoch stream, and the
+    first next() hung for ever (a split of blank texts, a shard of them). Reads documents in order
+    up to the first that yields one: usually the first, so this costs a full pass only when it fails.
+    """
+    rng = np.random.default_rng(0)  # whether a document yields an example does not depend on the draw
+    for index in range(len(documents)):
+        if objective.examples(documents[index], rng, seq_len, special):
+            return
+    raise DataError(f"{what} has no document that yields an example: all {len(documents)} tokenize to no "
+                    "tokens (blank texts?); check text_field and the data, or use another split.")
+
+
 def batches_from_token_documents(documents: grain.MapDataset, *, objective: Objective, special: SpecialTokens,
                                  batch_size: int, seq_len: int, seed: int = 0, num_epochs: int | None = None,
-                                 num_packing_bins: int | None = None, read_threads: int | None = None
-                                 ) -> grain.IterDataset:
+                                 num_packing_bins: int | None = None, read_threads: int | None = None,
+                                 what: str = "the documents") -> grain.IterDataset:
     """Batches of `objective` from documents of token ids (int32 [N], no bos/eos).
 
     num_epochs=None repeats forever (drops nothing); a finite run pads its last batch
     with empty rows so every batch is [batch_size, length]. read_threads: grain's reader
     threads (None: one per core, up to 16; 0: read on the iterating thread). The batches
-    do not depend on it.
+    do not depend on it. A DataError naming `what` when no document yields an example.
     """
+    check_yields_examples(documents, objective=objective, special=special, seq_len=seq_len, what=what)
     seed = _grain_seed(seed)
     ds = documents.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.random_map(_ObjectiveExamples(objective, seq_len, special), seed=(seed + 1) % 2**32)
@@ -186,7 +203,9 @@ def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objecti
     return batches_from_token_documents(
         cached_token_documents(shard, tokenizer.encode, shared_key=shared_key), objective=objective,
         special=special, batch_size=batch_size, seq_len=seq_len, seed=seed, num_epochs=num_epochs,
-        num_packing_bins=num_packing_bins, read_threads=0 if caches(shard) else None)
+        num_packing_bins=num_packing_bins, read_threads=0 if caches(shard) else None,
+        what=f"split {split!r} of {data_config.describe()}" + (f" (shard {shard_index} of {shard_count})"
+                                                               if shard_count > 1 else ""))
 
 
 def make_batch_iterator(data_config: DataConfig, *, tokenizer: Tokenizer, objective: ObjectiveName | Objective,

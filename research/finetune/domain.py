@@ -62,6 +62,7 @@ class PipelineTokenizer:
     def __init__(self, tokenizer: Any):
         self._tokenizer = tokenizer
         self.vocab_size = int(tokenizer.vocab_size)
+        self._special: SpecialTokens | None = None
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tokenizer.encode(text), dtype=np.int32)
@@ -69,10 +70,46 @@ class PipelineTokenizer:
     def special_tokens(self) -> SpecialTokens:
         if hasattr(self._tokenizer, "special_tokens"):  # research.data.Tokenizer (SentencePiece)
             return self._tokenizer.special_tokens()
+        if self._special is None:
+            self._special = self._special_tokens()
+        return self._special
+
+    def _special_tokens(self) -> SpecialTokens:
         ids = dict(pad_id=int(self._tokenizer.pad_id), eos_id=int(self._tokenizer.eos_id),
                    bos_id=getattr(self._tokenizer, "bos_id", None), mask_id=getattr(self._tokenizer, "mask_id", None))
-        special = sorted({v for v in ids.values() if v is not None})
-        return SpecialTokens(vocab_size=self.vocab_size, special_ids=tuple(special), **ids)
+        special, num_extra_ids = set(), 0
+        # research.evaluation's HFTokenizer keeps the transformers tokenizer as _tokenizer.
+        hf = getattr(self._tokenizer, "_tokenizer", None)
+        if hf is not None and hasattr(hf, "all_special_ids"):
+            # BERT has no bos: its encoding opens with [CLS] ([CLS] ... [SEP], eos being [SEP]), and
+            # masked LM's windows open with bos, so they open as the model was trained.
+            if ids["bos_id"] is None and getattr(hf, "cls_token_id", None) is not None:
+                ids["bos_id"] = int(hf.cls_token_id)
+            # Every special token ([UNK], [CLS], sentinels...), not only pad / eos / mask: masked LM
+            # must neither choose them for the loss nor draw them as random replacements.
+            special = {int(i) for i in hf.all_special_ids}
+            num_extra_ids = hf_sentinel_count(hf, self.vocab_size, getattr(self._tokenizer, "path", ""))
+            special |= {self.vocab_size - 1 - i for i in range(num_extra_ids)}
+        special |= {v for v in ids.values() if v is not None}
+        return SpecialTokens(vocab_size=self.vocab_size, special_ids=tuple(sorted(special)),
+                             num_extra_ids=num_extra_ids, **ids)
+
+
+def hf_sentinel_count(hf: Any, vocab_size: int, path: str = "") -> int:
+    """How many T5 sentinels (<extra_id_0> .. <extra_id_{n-1}>) a Hugging Face tokenizer has; they must
+    sit where span corruption writes them (sentinel i = vocab_size - 1 - i), as T5's tokenizers put them.
+    Without this count T5's own span corruption was refused for want of sentinels."""
+    vocab = hf.get_vocab()
+    found = {int(token[len("<extra_id_"):-1]): index for token, index in vocab.items()
+             if token.startswith("<extra_id_") and token.endswith(">") and token[len("<extra_id_"):-1].isdigit()}
+    for i in range(len(found)):
+        if found.get(i) != vocab_size - 1 - i:
+            where = "is missing" if i not in found else f"is id {found[i]}"
+            raise ConfigError(f"tokenizer {path!r}: <extra_id_{i}> {where}, but the pipeline's sentinel {i} is id "
+                              f"{vocab_size - 1 - i} (vocab_size - 1 - i, T5's layout); use a tokenizer with "
+                              f"<extra_id_0> .. <extra_id_{len(found) - 1}> at the top of its vocabulary, "
+                              "counting down.")
+    return len(found)
 
 
 def domain_data_config(config: ml_collections.ConfigDict) -> DataConfig:
