@@ -91,6 +91,9 @@ class PipelineTokenizer:
             num_extra_ids = hf_sentinel_count(hf, self.vocab_size, getattr(self._tokenizer, "path", ""))
             special |= {self.vocab_size - 1 - i for i in range(num_extra_ids)}
         special |= {v for v in ids.values() if v is not None}
+        unk = getattr(self._tokenizer, "unk_id", None)  # (the char tokenizer's 3) no token of the text
+        if unk is not None:
+            special.add(int(unk))
         return SpecialTokens(vocab_size=self.vocab_size, special_ids=tuple(sorted(special)),
                              num_extra_ids=num_extra_ids, **ids)
 

@@ -115,3 +115,17 @@ def test_bert_masked_lm_windows_are_what_its_tokenizer_encodes_and_skip_every_sp
         (window,) = objective.examples(tokenizer.encode(text), np.random.default_rng(seed), 32, special)
         assert not window["loss_weights"][specials].any()
         assert not np.isin(window["inputs"][window["loss_weights"] > 0], oracle.all_special_ids).any()
+
+
+def test_the_char_tokenizers_unk_is_never_chosen_by_masked_lm():
+    from research.evaluation.tokenizer import CharTokenizer
+    tokenizer = CharTokenizer()
+    special = PipelineTokenizer(tokenizer).special_tokens()
+    assert tokenizer.unk_id in special.special_ids
+    ids = np.asarray([tokenizer.unk_id] * 40 + tokenizer.encode("abc" * 10), np.int32)
+    objective = MaskedLM(mask_rate=0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        for example in objective.examples(ids, rng, 64, special):
+            chosen = np.asarray(example["loss_weights"]) > 0
+            assert not np.any(np.asarray(example["targets"])[chosen] == tokenizer.unk_id)
