@@ -33,7 +33,8 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
   tokens_tiny  Approach 1's design on the same corpus: the 5 smallest models x 3 token budgets
              (D/N = 40, 120, 360) = 15 runs, 19.1M tokens, 1.51e12 FLOPs: about a seventh of
              cpu_tiny's 1.11e13 (`--dry_run`: 0.031 h against 0.23 h at the same assumed MFU).
-  test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py).
+  test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py); one
+             tokens-per-parameter ratio, so not fitted (fit.enabled=False).
 
 Any field can be overridden, e.g. `--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3`
 or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
@@ -220,7 +221,10 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
                                  tokens_per_param=(1.0,), min_steps=2, warmup_fraction=0.0, repeat_seeds=(),
                                  position="learned", head_dim=0,
                                  lr_reference_width=0, min_layers=1))
-        config.fit.update(dict(compute_budget=1e9, bootstrap=0, init_grid="coarse"))
+        # One tokens-per-parameter ratio, 5 runs: a smoke test of the sweep's machinery, whose N and D
+        # move together (no design Approach 3 could fit: sweep._check_fittable). Tests that fit set
+        # ratios and fit.enabled=True.
+        config.fit.update(dict(enabled=False, compute_budget=1e9, bootstrap=0, init_grid="coarse"))
     else:
         raise ValueError(f"unknown scaling_laws preset {arg!r}; choose one of {PRESETS}.")
     return config

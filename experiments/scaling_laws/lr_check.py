@@ -8,7 +8,7 @@ rule's learning rate times each multiplier, all multipliers of a size as one pro
 If the best multiplier is the same at both ends of the ladder, the rule transfers across
 sizes (muP's claim for 1/width); if it is not 1, scale config.opt.learning_rate by it.
 Writes WORKDIR/lr_check.json: per size, d_model, each multiplier's learning rate and final
-eval loss, and the best. Not run by the sweep itself (its cost would be the sweep's again).
+eval loss (null: diverged), and the best (null: every multiplier diverged). Not run by the sweep itself (its cost would be the sweep's again).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -30,18 +31,22 @@ _MULTIPLIERS = flags.DEFINE_list("multipliers", ["0.5", "1", "2"], "Multiples of
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def check(config, workdir: str, sizes: list[float], steps: int, multipliers: list[float]) -> list[dict]:
+def check(config: ml_collections.ConfigDict, workdir: str, sizes: list[float], steps: int, multipliers: list[float]) -> list[dict]:
     from experiments.scaling_laws import sweep
+    from research.atomic_files import write_text_atomically
     from research.scaling.sweep_plan import PlannedRun, SweepError, learning_rate_scale
+    from research.scaling.sweep_records import json_safe
     from research.training.loop import train_together
 
     if steps < 1 or not multipliers or any(m <= 0 for m in multipliers) or not sizes:
         raise SweepError(f"--steps={steps} must be >= 1, --multipliers={multipliers} positive and --sizes={sizes} "
                          "non-empty, e.g. --sizes=3.5e3,5.8e4 --steps=2000 --multipliers=0.5,1,2.")
     config = copy.deepcopy(config)
-    # Only the ladder matters here: a token plan of one step per model always plans.
+    # Only the ladder matters here: a token plan of one step per model always plans. Nothing is
+    # fitted, and the sweep refuses to fit a plan of one ratio (sweep._check_fittable).
     config.sweep.update(dict(non_embedding_params=tuple(sizes), plan="tokens", budgets=(), tokens=(),
                              tokens_per_param=(1.0,), min_steps=1, repeat_seeds=()))
+    config.fit.enabled = False
     plan = sweep.plan_sweep(config)
     tokenizer = sweep._shared_tokenizer(plan.data_config, workdir)
     rows = []
@@ -63,11 +68,13 @@ def check(config, workdir: str, sizes: list[float], steps: int, multipliers: lis
         rows.append({"model": model.name, "d_model": model.config.d_model, "steps": steps,
                      "learning_rates": [c.opt.learning_rate for c in configs], "multipliers": multipliers,
                      "eval_loss": losses, "best_multiplier": min(finite)[1] if finite else None})
+        best = rows[-1]["best_multiplier"]  # None when every multiplier diverged (a NaN loss)
         print(f"{model.name}: " + ", ".join(f"x{m:g} (lr {c.opt.learning_rate:.3g}) {loss:.4f}"
                                             for m, c, loss in zip(multipliers, configs, losses))
-              + f" -> best x{rows[-1]['best_multiplier']:g}", flush=True)
-    with open(os.path.join(workdir, "lr_check.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+              + (f" -> best x{best:g}" if best is not None else " -> best: none (all diverged)"), flush=True)
+    # NaN (a diverged run) as null: json.dump wrote NaN, which is not JSON. Atomically: a kill
+    # mid-write never leaves half a file that reads as a result.
+    write_text_atomically(os.path.join(workdir, "lr_check.json"), json.dumps(json_safe(rows), indent=1))
     return rows
 
 

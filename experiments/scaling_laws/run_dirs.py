@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import ml_collections
 
@@ -83,8 +84,32 @@ def latest_checkpoint(run_dir: str) -> int:
 
 
 def read_result(run_dir: str) -> dict | None:
+    """The run's result, or None while it has not ended. An unreadable result.json (cut short or
+    edited outside the sweep: the sweep writes it atomically) also counts as not ended, with a
+    warning on stderr: the run then resumes from its checkpoints (or trains again) and its result
+    is written anew, so the rerun a killed sweep needs goes on instead of dying in a traceback.
+    The result is derived from the run's metrics, so nothing is lost by that."""
     path = os.path.join(run_dir, RESULT_FILE)
-    if not os.path.exists(path):
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except FileNotFoundError:
         return None
-    with open(path) as f:
-        return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        _warn_unreadable(path, type(error).__name__)
+        return None
+    if not isinstance(result, dict) or "status" not in result:
+        _warn_unreadable(path, "no run record")
+        return None
+    return result
+
+
+_WARNED: set[tuple[str, int]] = set()  # (path, mtime): read_result runs for every run after each run ends
+
+
+def _warn_unreadable(path: str, why: str) -> None:
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        print(f"warning: {path} is unreadable ({why}); the run counts as not finished and resumes from its "
+              "checkpoints (or trains again), which rewrites it.", file=sys.stderr, flush=True)

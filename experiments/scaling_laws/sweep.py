@@ -7,7 +7,7 @@
   3. each run trains in workdir/runs/<run_id> via research.training.train_and_evaluate with
      its own step count and schedule (experiments/scaling_laws/sweep_train.py). A run with
      workdir/runs/<run_id>/result.json is finished and skipped; one with checkpoints but no
-     result was interrupted and resumes.
+     result (or an unreadable one: run_dirs.read_result) was interrupted and resumes.
      A run that raises (diverges, runs out of memory, ...) is recorded as failed and the
      sweep goes on; a mistake in the config itself (ConfigError, DataError) stops it, and so
      does Ctrl-C / SIGTERM (preemption.Interrupted: the run saved a checkpoint and stays
@@ -35,6 +35,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 import ml_collections
+import numpy as np
 import tqdm
 
 from research import data as data_lib
@@ -44,7 +45,7 @@ from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, late
 from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
                                                   train_group, train_one)
 from research.scaling import sweep_records
-from research.scaling.chinchilla_fit import MIN_BOOTSTRAP
+from research.scaling.chinchilla_fit import MIN_BOOTSTRAP, design_problem
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
                                          ladder_models, plan_runs, warmup_steps)
 from research.training import preemption
@@ -91,22 +92,35 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
                              f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
-    _check_fittable(spec, config.get("fit", None))
+    _check_fittable(spec, runs, config.get("fit", None))
     return SweepPlan(spec, data_config, models, runs)
 
 
-def _check_fittable(spec: SweepSpec, fit: ml_collections.ConfigDict | None) -> None:
-    """An IsoFLOP design the laws cannot be fitted to, refused before training when the fit is
-    on: one budget gives one profile, and Approaches 1 and 2 and the held-out prediction need
-    profiles at >= 2 (3) budgets, while on one budget D = C / 6N moves with N, so Approach 3
-    cannot tell A / N^alpha from B / D^beta. (A token plan of one ratio still gives Approach 1
-    from its training curves.)"""
-    if not fit or not fit.get("enabled", True) or spec.plan != "isoflop" or len(set(spec.budgets)) >= 2:
+def _check_fittable(spec: SweepSpec, runs: Sequence[PlannedRun], fit: ml_collections.ConfigDict | None) -> None:
+    """A design the laws cannot be fitted to, refused before training when the fit is on. One
+    IsoFLOP budget gives one profile, and Approaches 1 and 2 and the held-out prediction need
+    profiles at >= 2 (3) budgets. One tokens-per-parameter ratio puts every run on D = k N: N
+    and D move together, so Approach 3 cannot tell A / N^alpha from B / D^beta, and Approach 1's
+    N_opt ∝ C^0.5 holds by construction (each compute has one model; no fit reads the training
+    curves). Whole steps make such a line inexact (~1% off it at test_tiny's few-step runs), so it
+    is refused by its ratio, not by chinchilla_fit.design_problem, which then checks the rest
+    (too few sizes, token counts or design points)."""
+    if not fit or not fit.get("enabled", True):
         return
-    raise SweepError(f"sweep.budgets={tuple(spec.budgets)} holds one FLOP budget: the scaling-law fits need IsoFLOP "
-                     "profiles at >= 2 budgets (3 for the held-out prediction); set e.g. "
-                     "--config.sweep.budgets='(1e11, 3e11, 1e12)', or train the one profile without fitting: "
-                     "--config.fit.enabled=False.")
+    if spec.plan == "isoflop" and len(set(spec.budgets)) < 2:
+        raise SweepError(f"sweep.budgets={tuple(spec.budgets)} holds one FLOP budget: the scaling-law fits need "
+                         "IsoFLOP profiles at >= 2 budgets (3 for the held-out prediction); set e.g. "
+                         "--config.sweep.budgets='(1e11, 3e11, 1e12)', or train the one profile without fitting: "
+                         "--config.fit.enabled=False.")
+    if spec.plan == "tokens" and spec.tokens_per_param and len({run.tokens_per_param_target for run in runs}) < 2:
+        raise SweepError(f"sweep.tokens_per_param={tuple(spec.tokens_per_param)} gives one tokens-per-parameter ratio "
+                         "(D = k N for every run): N and D move together, so Approach 3 cannot separate A/N^alpha "
+                         "from B/D^beta; set >= 2 ratios, e.g. --config.sweep.tokens_per_param='(10, 20, 40)', or "
+                         "train the runs without fitting: --config.fit.enabled=False.")
+    problem = design_problem(np.array([run.N for run in runs], float), np.array([run.tokens for run in runs], float))
+    if problem:
+        raise SweepError(f"the planned runs: {problem.rstrip('.')}; or train them without fitting: "
+                         "--config.fit.enabled=False.")
 
 
 def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:

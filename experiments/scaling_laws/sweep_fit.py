@@ -47,17 +47,18 @@ import numpy as np
 from experiments.scaling_laws.sweep_summary import summary
 from research.atomic_files import write_text_atomically
 from research.scaling import RunTable, RunTableError, fit_envelope
+from research.scaling.chinchilla_fit import MIN_DESIGN_POINTS
 from research.scaling.held_out import predict_held_out_budget
 from research.scaling.isoflop import fit_isoflop
 from research.scaling.laws import ChinchillaLaw, PowerLaw
 from research.scaling.leave_out import leave_out_fits
 from research.scaling.noise_intervals import common_point, gap_quantile, noise_interval, simulate_estimator_bias
-from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs
+from research.scaling.plateau import PLATEAU_STATUS, mark_plateau_runs, rule_problem
 from research.scaling.report import fit_run_table
 from research.scaling.run_table import read_runs_csv
 from research.scaling.sweep_records import json_safe, write_tables
 
-MIN_RUNS = 5  # Approach 3 has five parameters
+MIN_RUNS = MIN_DESIGN_POINTS  # more than Approach 3's five parameters (chinchilla_fit says why)
 SIMULATED_DATASETS = 60  # simulated copies of the design per accounting (_simulated_at_design)
 ORDER1_TOKENS = 2_000_000  # per split, for the bigram level on real text
 ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")}
@@ -70,8 +71,10 @@ ACCOUNTING_COLUMNS = {"nominal": ("N", "C_6ND"), "exact": ("N_total", "C_exact")
 # refits each resample from 8 more starts (chinchilla_fit.BOOTSTRAP_STARTS); 6: the allocation's
 # intervals (a, b, G) leave out resamples without an optimum, Approach 3 needs >= 3 sizes and token
 # counts, a held-out budget of one size reads FLOPs per token from every run (held_out.py), and
-# num_converged leaves out starts whose objective was not finite (lbfgs.py).
-FIT_METHOD_VERSION = 6
+# num_converged leaves out starts whose objective was not finite (lbfgs.py). 7: Approach 3 refuses designs
+# whose log N and log D lie on one line and those of <= 5 distinct points (chinchilla_fit.design_problem),
+# and the plateau rule is not applied where H_1 is within its margin of the reachable loss.
+FIT_METHOD_VERSION = 7
 
 
 def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
@@ -142,7 +145,8 @@ def fit_sweep(config: ml_collections.ConfigDict, workdir: str, plan: Any,
 
 
 def _plateau_level(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> tuple[float | None, str | None]:
-    """(H_1 for the plateau rule, None) or (None, why the rule is not applied).
+    """(H_1 for the plateau rule, None) or (None, why the rule is not applied: turned off, no
+    H_1, or H_1 within the rule's margin of the reachable loss, plateau.rule_problem).
 
     Only the errors of reading the corpus and its tokenizer switch the rule off (DataError is
     a ValueError; a missing file or dataset an OSError): no estimate means no plateau flags,
@@ -151,9 +155,21 @@ def _plateau_level(config: ml_collections.ConfigDict, plan: Any, workdir: str) -
     if not config.fit.get("plateau_rule", True):
         return None, "turned off (fit.plateau_rule=False)"
     try:
-        return order1_entropy(config, plan, workdir), None
+        order1 = order1_entropy(config, plan, workdir)
     except (ValueError, OSError) as error:
         return None, f"no bigram level H_1 for this corpus: {type(error).__name__}: {error}"
+    problem = rule_problem(order1, _reachable_loss(config))  # H_1 at the bound: every run would be flagged
+    return (None, problem) if problem else (order1, None)
+
+
+def _reachable_loss(config: ml_collections.ConfigDict) -> float | None:
+    """The lowest eval loss reachable in expectation (nats per target): known on the synthetic
+    corpus only (research/scaling/synthetic_bound.py)."""
+    if config.data.source != "synthetic":
+        return None
+    from research.scaling.synthetic_bound import window_bound_nats
+    from research.scaling.synthetic_corpus import source_of
+    return window_bound_nats(source_of(config.data.synthetic), config.data.synthetic.doc_chars, config.train.seq_len)
 
 
 def order1_entropy(config: ml_collections.ConfigDict, plan: Any, workdir: str) -> float:

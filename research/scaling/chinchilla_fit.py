@@ -31,6 +31,17 @@ ALLOCATION_KEYS = ("a", "b", "G")  # ChinchillaLaw.as_dict's entries that exist 
 # E + A/N^alpha seen at two sizes is two numbers for three unknowns (E shared with the D term):
 # each of A, alpha and B, beta needs runs at >= 3 distinct values of its variable.
 MIN_DISTINCT = 3
+# More distinct (N, D) points than the law's 5 parameters: on exactly 5 the fit interpolates them
+# (objective 0), so every bit of noise lands in the parameters and nothing measures the misfit.
+MIN_DESIGN_POINTS = len(PARAMETERS) + 1
+# Collinear designs: the smallest singular value of the centred (log N, log D) points over the
+# largest (rank of [1, log N, log D] < 3 below it). With log D = c - log N (one IsoFLOP budget) or
+# c + log N (one tokens-per-parameter ratio) only A/N^alpha + B/D^beta along that line is seen, and
+# the fit returns one of a continuum of (E, alpha, beta) at equal objective. Exact lines give
+# ~1e-15; a sweep's one-budget profiles, D rounded to whole steps, 8e-7 .. 4e-4 (each budget of
+# the cpu_tiny, stdlib_tiny and gpu_host presets); whole designs 0.4 .. 0.73 (the same presets
+# and tokens_tiny). 1e-3 sits between: float noise and step rounding never let a line through.
+COLLINEAR_RTOL = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,11 +163,9 @@ def fit_chinchilla_law(table: RunTable, *, grid: InitGrid = PAPER_GRID, bootstra
     confidence 0.8 gives 10th-90th percentile intervals.
     """
     table.require(len(PARAMETERS), "Approach 3 (5 parameters)")
-    sizes, tokens = len(np.unique(table.N)), len(np.unique(table.D))
-    if min(sizes, tokens) < MIN_DISTINCT:
-        raise RunTableError(f"Approach 3 needs runs at >= {MIN_DISTINCT} distinct model sizes N and >= {MIN_DISTINCT} "
-                            f"distinct token counts D to determine A, alpha and B, beta; the table has {sizes} and "
-                            f"{tokens}: add runs at other sizes or token counts.")
+    problem = design_problem(table.N, table.D)
+    if problem:
+        raise RunTableError(problem)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.8 for 10th-90th percentiles.")
     start = time.perf_counter()
@@ -172,6 +181,31 @@ def fit_chinchilla_law(table: RunTable, *, grid: InitGrid = PAPER_GRID, bootstra
     return Approach3Fit(law=_law(result.x_PK[best]), objective=float(result.value_P[best]),
                         num_inits=len(inits_PK), num_converged=int(result.converged_P.sum()),
                         seconds=seconds, bootstrap_laws=bootstrap_laws, confidence=confidence)
+
+
+def design_problem(N: np.ndarray, D: np.ndarray) -> str | None:
+    """Why runs at these (N, D) cannot determine Approach 3's law, in one line, or None: fewer
+    than MIN_DISTINCT sizes or token counts, log N and log D on one line (COLLINEAR_RTOL), or
+    no more distinct points than the law has parameters (MIN_DESIGN_POINTS). The sweep checks
+    its plan with it before training (experiments/scaling_laws/sweep.py)."""
+    sizes, tokens = len(np.unique(N)), len(np.unique(D))
+    if min(sizes, tokens) < MIN_DISTINCT:
+        return (f"Approach 3 needs runs at >= {MIN_DISTINCT} distinct model sizes N and >= {MIN_DISTINCT} "
+                f"distinct token counts D to determine A, alpha and B, beta; the table has {sizes} and "
+                f"{tokens}: add runs at other sizes or token counts.")
+    points = np.unique(np.stack([np.asarray(N, np.float64), np.asarray(D, np.float64)], axis=1), axis=0)
+    logs = np.log(points)
+    # Centred, [1, log N, log D] has rank 1 + rank(centred (log N, log D)), better conditioned.
+    singular = np.linalg.svd(logs - logs.mean(axis=0), compute_uv=False)
+    if singular[-1] <= COLLINEAR_RTOL * singular[0]:
+        return ("Approach 3 cannot separate A/N^alpha from B/D^beta: across the runs log D is a linear function of "
+                "log N (one IsoFLOP budget, D = C/6N, or one tokens-per-parameter ratio, D = kN), so N and D move "
+                "together; add runs at other budgets or tokens-per-parameter ratios.")
+    if len(points) < MIN_DESIGN_POINTS:
+        return (f"Approach 3 needs more distinct (N, D) points than its {len(PARAMETERS)} parameters (on "
+                f"{len(PARAMETERS)} the law interpolates them exactly); the table has {len(points)}: add runs at "
+                "other sizes or token counts.")
+    return None
 
 
 def bootstrap_starts(x_PK: np.ndarray, value_P: np.ndarray, basins: int = BOOTSTRAP_BASINS,

@@ -19,6 +19,13 @@ hundred thousand tokens most bigrams are seen once, the plug-in estimate falls f
 any bigram model reaches on new text (3.09 nats on the stdlib corpus), and a low H_1 flags
 MORE runs, not fewer: it flagged all 30 runs of the stdlib_tiny sweep, models that beat
 bigram statistics among them. The held-out estimate errs high, towards flagging fewer.
+
+The rule only means something where the lowest reachable loss lies well below H_1: on a
+source whose H_1 is (nearly) its entropy rate (an order-1 chain; a hierarchical order-3 source
+at low concentration, H_1 0.188 against a bound of 0.175 nats) the source's own predictor
+would be flagged, every run left out, and the advice to train longer could not help.
+`rule_problem` says so, and the sweep then does not apply the rule (known bound: synthetic
+corpus only).
 """
 from __future__ import annotations
 
@@ -73,6 +80,17 @@ LAMBDAS = tuple(np.linspace(0.0, 0.99, 100))
 def on_plateau(loss: float, order1_entropy: float, margin: float = PLATEAU_MARGIN_NATS) -> bool:
     """The rule of the module docstring for one run's final loss (nats per token)."""
     return loss > order1_entropy - margin
+
+
+def rule_problem(order1_entropy: float, reachable_loss: float | None,
+                 margin: float = PLATEAU_MARGIN_NATS) -> str | None:
+    """Why the rule cannot tell plateau runs from the best possible ones, or None: the lowest
+    reachable loss (e.g. synthetic_bound.window_bound_nats, in the eval loss's units; None when
+    unknown) is not more than `margin` below H_1, so even it is "on the plateau"."""
+    if reachable_loss is None or order1_entropy - reachable_loss > margin:
+        return None
+    return (f"H_1 {order1_entropy:.4f} is within {margin} nats of the lowest reachable loss {reachable_loss:.4f} "
+            "(this corpus has little to learn beyond bigram statistics): the rule would leave out even a perfect model")
 
 
 def mark_plateau_runs(records: Sequence[dict], order1_entropy: float | None,

@@ -249,9 +249,15 @@ def test_a_refit_without_isoflop_profiles_drops_the_earlier_profiles_plot(runs_c
     out = tmp_path / "fit"
     assert "isoflop.png" in fit_run_table(runs_csv, str(out), bootstrap_samples=0, init_grid="coarse")["plots"]
     rows = list(csv.reader(open(runs_csv)))
-    one_budget = tmp_path / "no_profiles.csv"  # one run per N: no budget holds the 3 runs of a parabola
+    # Two runs per budget, other sizes at each: no budget holds the 3 runs of a parabola. (One run per
+    # N kept each N's last row, all of the largest budget: one profile, which Approach 3 refuses.)
+    by_budget: dict = {}
+    for row in rows[1:]:
+        if row[3] == "ok":
+            by_budget.setdefault(round(6 * float(row[0]) * float(row[1]), -15), []).append(row)
+    one_budget = tmp_path / "no_profiles.csv"
     with open(one_budget, "w", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + list({row[0]: row for row in rows[1:] if row[3] == "ok"}.values()))
+        csv.writer(f).writerows([rows[0]] + [r for i, rs in enumerate(by_budget.values()) for r in rs[2 * i:2 * i + 2]])
     report = fit_run_table(str(one_budget), str(out), bootstrap_samples=0, init_grid="coarse")
     assert isinstance(report["approach2"], str) or "skipped" in str(report["approach2"])
     assert "isoflop.png" not in report["plots"] and not (out / "isoflop.png").exists()

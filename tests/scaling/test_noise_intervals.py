@@ -76,6 +76,7 @@ def test_the_sweep_reports_each_approachs_interval_under_its_seed_noise(tmp_path
     """A sweep whose seed repeats differ by 1%: fit.json carries Approach 2's interval under
     that noise beside Approach 1's and Approach 3's bootstrap, and says whether they share a value."""
     config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = True  # (test_tiny alone is a smoke test, not fitted)
     config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
                              budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
     config.fit.update(dict(plateau_rule=False, bootstrap=200))
@@ -153,6 +154,7 @@ def test_without_seed_repeats_agreement_is_not_judged(tmp_path):
     """No repeated seeds: no noise is measured, so Approaches 1 and 2 get no interval and nothing
     is simulated; with only Approach 3's bootstrap the verdict is 'cannot judge', not 'disagree'."""
     config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = True  # (test_tiny alone is a smoke test, not fitted)
     config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
                              budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=(), repeat_seeds=()))
     config.fit.update(dict(plateau_rule=False, bootstrap=100))

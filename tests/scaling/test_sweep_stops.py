@@ -175,6 +175,8 @@ def test_a_fit_skipped_for_plateau_runs_counts_them_as_finished_and_names_the_pl
     """It said "0 finished run(s) (0 failed, 5 on the early plateau) ... fix the failed ones
     (--retry_failed)": the runs had finished, and --retry_failed does nothing for them."""
     config = scaling_laws.get_config("test_tiny")
+    config.sweep.tokens_per_param = (1.0, 2.0)  # one ratio cannot be fitted (sweep._check_fittable)
+    config.fit.enabled = True
 
     def flat(run_config, run_dir):  # every run ends far above the corpus's bigram level
         with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
@@ -184,7 +186,7 @@ def test_a_fit_skipped_for_plateau_runs_counts_them_as_finished_and_names_the_pl
 
     outcome = sweep.run_sweep(config, str(tmp_path), train_fn=flat, out=io.StringIO())
     assert outcome.fit is None and outcome.fit_note == (
-        "fit skipped: 0 of 5 ended run(s) usable (0 failed, 5 finished on the early plateau); the fit needs >= 5: "
+        "fit skipped: 0 of 10 ended run(s) usable (0 failed, 10 finished on the early plateau); the fit needs >= 6: "
         "add runs, or train the plateau runs longer, or fit them anyway (--config.fit.plateau_rule=False).")
 
 
@@ -209,6 +211,8 @@ def test_a_fit_the_runs_no_longer_give_is_set_aside_not_left_beside_them(tmp_pat
     """Refitted with the plateau rule on, every run was flagged and the fit skipped, but the fit.json
     and plots made with the rule off stayed: 9 runs fitted, beside a runs.csv that used none."""
     config = scaling_laws.get_config("test_tiny")
+    config.sweep.tokens_per_param = (1.0, 2.0)  # one ratio cannot be fitted (sweep._check_fittable)
+    config.fit.enabled = True
     config.fit.plateau_rule = False
 
     lawful = law_trainer({})
@@ -230,7 +234,7 @@ def test_a_fit_the_runs_no_longer_give_is_set_aside_not_left_beside_them(tmp_pat
     config.fit.plateau_rule = True
     second = sweep.run_sweep(config, str(tmp_path), train_fn=high, out=io.StringIO())
     aside = tmp_path / sweep_fit.SUPERSEDED_DIR
-    assert second.fit is None and second.fit_note.startswith("fit skipped: 0 of 5 ended run(s) usable")
+    assert second.fit is None and second.fit_note.startswith("fit skipped: 0 of 10 ended run(s) usable")
     assert f"moved to {aside}" in second.fit_note
     assert not any(os.path.exists(tmp_path / name) for name in written)  # nothing beside runs.csv contradicts it
     assert (aside / "fit.json").read_bytes() == fit_bytes and all((aside / name).exists() for name in written)
