@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
 from typing import Any, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from research import data as data_lib
 from research.models import build_model, get_config
@@ -119,6 +121,14 @@ def _sub_config(section: Any) -> dict[str, Any]:
 def _rules(mesh_config: Any) -> Rules:
     rules = mesh_config.get("rules", None) or DEFAULT_RULES
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def _all_finite(params: Any, *, stacked: bool) -> jax.Array:
+    """[K] (stacked models) or [1]: whether every parameter of each model is finite."""
+    def flags(x: jax.Array) -> jax.Array:
+        finite = jnp.isfinite(x)
+        return jnp.all(finite.reshape(finite.shape[0], -1), axis=1) if stacked else jnp.all(finite)[None]
+    return jnp.all(jnp.stack([flags(x) for x in jax.tree.leaves(params)]), axis=0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -291,6 +301,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches, num_models,
                 per_member=per_model_data, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
 
+            # One flag per model, replicated (every process reads it): are all its parameters finite.
+            params_finite = jax.jit(functools.partial(_all_finite, stacked=stacked),
+                                    out_shardings=NamedSharding(mesh, PartitionSpec()))
+
             target_len = example[objective.targets_key].shape[1]
             encoder_decoder = model_config.family == "encoder_decoder"
             source_len = example[objective.length_keys[0]].shape[1] if encoder_decoder else None
@@ -363,6 +377,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         record(*pending, hold=step)
                         pending = None
                         eval_metrics = run_eval(state.params) if evaluate else [{} for _ in members]
+                        # ... and never one whose next loss cannot be finite (an overflowed update).
+                        members_lib.stop_if_not_finite(members, step, params_finite(state.params), eval_metrics,
+                                                       stacked=stacked)
                         for m, metrics in zip(members, eval_metrics):
                             if m.error is not None:
                                 continue

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -199,6 +199,53 @@ def log_step(member: Member, step: int, record: dict[str, Any], progress: metric
         progress.report(step, record, keep=keep)  # [issue-13b]
 
 
+def stop_if_not_finite(members: list[Member], step: int, finite: np.ndarray,
+                       eval_metrics: Sequence[Mapping[str, float]], *, stacked: bool) -> None:
+    """Stop each model whose state after step `step`'s update is not finite, before it is saved:
+    parameters not all finite (`finite`: one flag per model), or an evaluation loss that is not.
+    A step's loss is computed before its update, so an update that overflowed (a learning rate of
+    1e35: parameters of 1e35, finite, whose loss is NaN) passed the loss check, was saved, and was
+    named "Last good checkpoint": a rerun from it diverged again at once."""
+    for m, ok, metrics in zip(members, np.asarray(finite).reshape(-1), eval_metrics):
+        if m.error is not None:
+            continue
+        if not ok:
+            _stop_diverged(m, members, step, "its parameters after the update are not finite", stacked=stacked)
+        elif BEST_METRIC in metrics and not np.isfinite(metrics[BEST_METRIC]):
+            _stop_diverged(m, members, step, f"{BEST_METRIC}={metrics[BEST_METRIC]} of the state after its update is "
+                           "not finite", stacked=stacked)
+
+
+def _stop_diverged(m: Member, members: list[Member], step: int, what: str, *, stacked: bool,
+                   state_step: int | None = None) -> None:
+    """Model m diverged at `step` (`what`, computed from the state after step `state_step`, default
+    `step`): record why (raised at once when it trains alone); the others go on."""
+    state_step = step if state_step is None else state_step
+    steps = sorted(m.checkpointer.all_steps())
+    good = [s for s in steps if s < state_step]
+    saved = f"Last good checkpoint: step {good[-1]} in {m.checkpointer.directory}" if good else "No good checkpoint"
+    if state_step in steps:  # its parameters give this value: resumed from, it diverges again whatever the settings
+        saved = (f"The checkpoint of step {state_step} holds the state that gave it: delete "
+                 f"{os.path.join(m.checkpointer.directory, str(state_step))} before rerunning. {saved}")
+    m.error = TrainingDivergedError(
+        f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: {what}; stopped "
+        f"without saving. {saved}; lower opt.learning_rate or raise warmup and rerun.")
+    m.diverged_at = step
+    m.checkpointer.wait()
+    if not stacked:
+        raise m.error
+    if jax.process_index() == 0:  # check_common_start reads it: a rerun would diverge again
+        write_text_atomically(os.path.join(m.workdir, DIVERGED_FILE),
+                              json.dumps({"step": step, "error": str(m.error)}) + "\n")
+    log.warning("%s", m.error)
+    if m.console:  # the others go on: show one of them, not a console gone silent
+        m.console = False
+        survivor = next((o for o in members if o.error is None), None)
+        if survivor is not None:
+            survivor.console = True
+            log.warning("the console now shows model %d (%s)", survivor.index, survivor.workdir)
+
+
 def record_block(members: list[Member], first: int, num_steps: int, device_metrics: Any, hold: int | None, *,
                  stacked: bool, log_every_steps: int, progress: metrics_lib.ConsoleProgress) -> None:
     """A block's metrics (steps first .. first + num_steps - 1) on the host: log them, stop a
@@ -219,27 +266,9 @@ def record_block(members: list[Member], first: int, num_steps: int, device_metri
             step = first + j
             values = {k: float(v[j, m.index]) for k, v in host.items()}
             if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
-                latest = m.checkpointer.latest_step()
-                saved = (f"Last good checkpoint: step {latest} in {m.checkpointer.directory}" if latest is not None
-                         else "No checkpoint was saved")
-                m.error = TrainingDivergedError(
-                    f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: "
-                    f"loss={values['total_loss']} grad_norm={values['grad_norm']} is not finite; stopped "
-                    f"without saving. {saved}; lower opt.learning_rate or raise warmup and rerun.")
-                m.diverged_at = step
-                m.checkpointer.wait()
-                if not stacked:
-                    raise m.error
-                if jax.process_index() == 0:  # check_common_start reads it: a rerun would diverge again
-                    write_text_atomically(os.path.join(m.workdir, DIVERGED_FILE),
-                                          json.dumps({"step": step, "error": str(m.error)}) + "\n")
-                log.warning("%s", m.error)
-                if m.console:  # the others go on: show one of them, not a console gone silent
-                    m.console = False
-                    survivor = next((o for o in members if o.error is None), None)
-                    if survivor is not None:
-                        survivor.console = True
-                        log.warning("the console now shows model %d (%s)", survivor.index, survivor.workdir)
+                # (computed from the state after step - 1: a checkpoint of that step gives it again)
+                _stop_diverged(m, members, step, f"loss={values['total_loss']} grad_norm={values['grad_norm']} is "
+                               "not finite", stacked=stacked, state_step=step - 1)
                 break
             m.last.update(values)
             if step == hold:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from research.models.config import ConfigError
@@ -74,6 +75,25 @@ class OptimizerConfig:
         for field in ("weight_decay", "clip_norm"):
             if not (math.isfinite(getattr(self, field)) and getattr(self, field) >= 0):
                 raise ConfigError(f"opt.{field}={getattr(self, field)} must be a finite number >= 0 (0 disables).")
+        self._check_float32()
+
+    def _check_float32(self) -> None:
+        """The step computes with these numbers in float32 (traced hyperparameters): one that
+        overflows it (a learning rate of 1e39 became inf, checked only in float64, and diverged at
+        step 1) or rounds to another meaning there (eps 1e-50 to 0, b2 0.99999999 to 1) is one line."""
+        for field in ("learning_rate", "eps", "weight_decay", "clip_norm", "b1", "b2"):
+            value = getattr(self, field)
+            with np.errstate(over="ignore", under="ignore"):
+                single = float(np.float32(value))
+            if not math.isfinite(single):
+                raise ConfigError(f"opt.{field}={value} overflows float32, the precision the step computes it in "
+                                  "(largest 3.4e38); give a smaller value.")
+            if value > 0 and single == 0 and (field != "eps" or self.name == "adamw"):
+                raise ConfigError(f"opt.{field}={value} is 0 in float32, the precision the step computes it in "
+                                  "(smallest 1.4e-45); give a larger value.")
+            if field in ("b1", "b2") and single >= 1.0:
+                raise ConfigError(f"opt.{field}={value} is 1.0 in float32, the precision the step computes it in; "
+                                  "give a value below 0.99999994, e.g. 0.999.")
 
 
 # The optimizer's numbers that may differ between models trained together in one program

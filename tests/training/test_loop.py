@@ -102,13 +102,48 @@ def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path,
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tokenizers, tmp_path):
+    """Params jump to ~1e30 at step 1's update (finite), and step 2's logits overflow. The state
+    after step 1 was saved and named "Last good checkpoint: step 1", though its loss is NaN: a
+    rerun from it, at any learning rate, diverged again at once. Evaluated before its save (keep-best
+    ranks by eval loss), it is stopped there; saved unevaluated, the divergence at step 2 names it."""
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6)
-    # Params jump to ~1e30 after step 1 (still finite, saved); step 2's logits overflow.
     config.opt.update(dict(learning_rate=1e30, schedule="constant", warmup_steps=0))
     config.checkpoint.every_steps = 1
-    with pytest.raises(TrainingDivergedError, match=r"step 2: loss=nan .* Last good checkpoint: step 1"):
-        train_and_evaluate(config, str(tmp_path))
-    assert Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig()).all_steps() == [1]
+    with pytest.raises(TrainingDivergedError, match=r"step 1: eval_loss=nan .* stopped without saving\. No good "
+                                                    r"checkpoint"):
+        train_and_evaluate(config, str(tmp_path / "evaluated"))
+    assert Checkpointer(str(tmp_path / "evaluated" / "checkpoints"), CheckpointConfig()).all_steps() == []
+    config.checkpoint.keep_best = 0  # saved without an evaluation
+    config.train.eval_every_steps = 6
+    checkpoints = tmp_path / "saved" / "checkpoints"
+    with pytest.raises(TrainingDivergedError) as error:
+        train_and_evaluate(config, str(tmp_path / "saved"))
+    assert str(error.value).startswith("step 2: loss=nan ")
+    assert str(error.value).endswith(f"The checkpoint of step 1 holds the state that gave it: delete {checkpoints / '1'} "
+                                     "before rerunning. No good checkpoint; lower opt.learning_rate or raise warmup and "
+                                     "rerun.")
+
+
+def test_parameters_that_are_not_finite_stop_their_model_before_a_save(tmp_path):
+    """Checked where a step is evaluated or saved: one flag per model of the stacked state."""
+    import types
+    import jax.numpy as jnp
+    from research.training import members as members_lib
+    from research.training.loop import _all_finite
+    params = {"w": jnp.array([[1.0, 2.0], [jnp.inf, 0.0], [3.0, 4.0]]), "b": jnp.array([0.0, 1.0, jnp.nan])}
+    assert _all_finite(params, stacked=True).tolist() == [True, False, False]
+    assert _all_finite({"w": jnp.ones(3)}, stacked=False).tolist() == [True]
+    checkpointer = types.SimpleNamespace(all_steps=lambda: [2], wait=lambda: None, directory=str(tmp_path))
+    models = [types.SimpleNamespace(index=i, workdir=str(tmp_path / str(i)), error=None, console=i == 0,
+                                    checkpointer=checkpointer) for i in range(3)]
+    for m in models:
+        os.makedirs(m.workdir)
+    members_lib.stop_if_not_finite(models, 4, _all_finite(params, stacked=True), [{}, {}, {"eval_loss": 1.0}],
+                                   stacked=True)
+    assert models[0].error is None and models[2].diverged_at == 4
+    assert str(models[1].error) == (f"model 1 ({models[1].workdir}): step 4: its parameters after the update are not "
+                                    f"finite; stopped without saving. Last good checkpoint: step 2 in {tmp_path}; lower "
+                                    "opt.learning_rate or raise warmup and rerun.")
 
 
 def _tiny_state(mesh):

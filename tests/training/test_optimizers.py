@@ -1,5 +1,6 @@
 """Schedules at hand-picked steps, the weight-decay mask, and each optimizer's update."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,18 @@ def test_constant_schedule_and_bad_values():
 def test_values_no_optimizer_can_train_with_are_one_line(field, value):
     # nan passed `learning_rate <= 0` (every comparison with nan is False) and compiled, then diverged at step 1.
     with pytest.raises(ConfigError, match=rf"^opt.{field}={value} must be") as error:
+        OptimizerConfig(**{field: value})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("field, value, meaning", [
+    ("learning_rate", 1e39, "overflows float32"), ("weight_decay", 1e39, "overflows float32"),
+    ("clip_norm", 1e39, "overflows float32"), ("eps", 1e-50, "is 0 in float32"), ("learning_rate", 1e-50, "is 0 in float32"),
+    ("b2", 0.99999999, "is 1.0 in float32")])
+def test_values_float32_cannot_hold_are_one_line(field, value, meaning):
+    """Checked in float64, used in float32: a learning rate of 1e39 passed, became inf in the step
+    and diverged at step 1 (a numpy overflow warning, then 'lower opt.learning_rate')."""
+    with pytest.raises(ConfigError, match=rf"^opt.{field}={re.escape(str(value))} {meaning}, the precision the step") as error:
         OptimizerConfig(**{field: value})
     assert "\n" not in str(error.value)
 
