@@ -41,32 +41,48 @@ class AttentionMask:
     """Which keys each query may attend.
 
     dense_BTS: True = may attend. When q_segment_BT / kv_segment_BS are set, dense_BTS is
-    exactly "same segment, key not padding (0), and s <= t if causal", so kernels may use
-    the segment ids instead (padding queries, whose outputs no loss reads, may then differ).
+    exactly "same segment, key not padding (0), s <= t if causal, and s > t - window if
+    window", so kernels may use the segment ids instead (padding queries, whose outputs no
+    loss reads, may then differ).
     """
 
     dense_BTS: Array
     q_segment_BT: Array | None = None
     kv_segment_BS: Array | None = None
     causal: bool = flax.struct.field(pytree_node=False, default=False)
+    window: int | None = flax.struct.field(pytree_node=False, default=None)  # config.sliding_window
 
     @property
     def has_segments(self) -> bool:
         return self.q_segment_BT is not None
 
 
-def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> Array:
-    """[B, T, S] mask: same segment, key not padding (segment 0), and s <= t if causal."""
+def segment_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool, window: int | None = None) -> Array:
+    """[B, T, S] mask: same segment, key not padding (segment 0), s <= t if causal, and
+    s > t - window if window (Mistral's sliding window; causal masks only)."""
     mask = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
     if causal:
         t, s = q_segment_BT.shape[1], kv_segment_BS.shape[1]
-        mask &= jnp.arange(s)[None, None, :] <= jnp.arange(t)[None, :, None]
+        mask &= causal_window_mask(jnp.arange(t), jnp.arange(s), window)[None]
+    elif window is not None:
+        raise ValueError("a sliding window applies to causal masks only.")
     return mask
 
 
-def segment_attention_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool) -> AttentionMask:
-    """The AttentionMask of segment ids (0 = padding), optionally causal."""
-    return AttentionMask(segment_mask(q_segment_BT, kv_segment_BS, causal), q_segment_BT, kv_segment_BS, causal)
+def causal_window_mask(q_index_T: Array, kv_index_S: Array, window: int | None) -> Array:
+    """[T, S]: key index <= query index, and within the last `window` indices when set
+    (transformers' rule: query q sees key k iff k <= q and k > q - window)."""
+    mask = kv_index_S[None, :] <= q_index_T[:, None]
+    if window is not None:
+        mask &= kv_index_S[None, :] > q_index_T[:, None] - window
+    return mask
+
+
+def segment_attention_mask(q_segment_BT: Array, kv_segment_BS: Array, causal: bool,
+                           window: int | None = None) -> AttentionMask:
+    """The AttentionMask of segment ids (0 = padding), optionally causal (and windowed)."""
+    return AttentionMask(segment_mask(q_segment_BT, kv_segment_BS, causal, window), q_segment_BT, kv_segment_BS,
+                         causal, window)
 
 
 def _log_once(message: str) -> None:
@@ -165,7 +181,12 @@ def splash_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask: Attentio
     b, t, h, dh = q_BTHd.shape
     s = k_BSKd.shape[1]
     dtype = q_BTHd.dtype
-    base = splash.CausalMask((t, s)) if mask.causal else splash.FullMask((t, s))
+    if mask.causal and mask.window is not None:
+        # Keys t - (window - 1) .. t: causal and windowed in one lazy mask, so splash skips
+        # the blocks outside the band instead of computing and discarding them.
+        base = splash.LocalMask((t, s), window_size=(mask.window - 1, 0), offset=0)
+    else:
+        base = splash.CausalMask((t, s)) if mask.causal else splash.FullMask((t, s))
     bq, bk = _splash_block(t), _splash_block(s)
     blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
                                block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)

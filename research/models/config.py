@@ -69,6 +69,10 @@ class ModelConfig:
 
     position: PositionEmbedding = "learned"
     rope_theta: float = 10_000.0
+    # Mistral-style local attention (decoder-only RoPE models): query t sees key s only when
+    # t - sliding_window < s <= t, transformers' Mistral rule (indices in the row, so left
+    # padding and packed documents keep their distances). None: full causal attention.
+    sliding_window: int | None = None
     relative_buckets: int = 32
     relative_max_distance: int = 128
 
@@ -149,6 +153,14 @@ class ModelConfig:
                               f"models, whose blocks are {required}-norm; set norm_placement={required!r}.")
         if self.family != "encoder" and (self.type_vocab_size or self.pooler):
             raise ConfigError(f"{self.name}: type_vocab_size and pooler belong to encoder (BERT) models.")
+        if self.sliding_window is not None:
+            if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
+                    or self.sliding_window < 1:
+                raise ConfigError(f"{self.name}: sliding_window={self.sliding_window!r} must be a positive int "
+                                  "(or None for full causal attention).")
+            if self.family != "decoder" or self.position != "rope":
+                raise ConfigError(f"{self.name}: sliding_window belongs to decoder models with position='rope' "
+                                  f"(Mistral), not a {self.family} with position={self.position!r}.")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ConfigError(f"{self.name}: dropout_rate={self.dropout_rate} must be in [0, 1).")
 

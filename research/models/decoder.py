@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from research.models.attention import (Attention, AttentionMask, LayerCache, check_cache_room, init_layer_cache,
                                        segment_attention_mask, segment_mask)
-from research.models.config import ModelConfig
+from research.models.attention_kernels import causal_window_mask
+from research.models.config import ConfigError, ModelConfig
 from research.models.layers import Dense, Embed, Mlp, Norm, constrain, embedding_init_std
 from research.models.stack import run_stack, stack_caches
 
@@ -94,6 +95,10 @@ class Decoder(nn.Module):
         b, t = tokens_BT.shape
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((b, t), jnp.int32)
+        if prefix_mask_BT is not None and cfg.sliding_window is not None:
+            # transformers has no windowed prefix LM to match: refuse rather than invent one.
+            raise ConfigError(f"{cfg.name}: prefix_mask_BT (prefix LM) is not supported with sliding_window="
+                              f"{cfg.sliding_window}; drop the prefix mask or use a config without a window.")
         if positions_BT is None:
             start = 0 if cache is None else cache.index
             if cfg.position == "learned":
@@ -107,7 +112,7 @@ class Decoder(nn.Module):
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
 
         if cache is None:
-            mask_BTS = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=True)
+            mask_BTS = segment_attention_mask(segment_ids_BT, segment_ids_BT, causal=True, window=cfg.sliding_window)
             if prefix_mask_BT is not None:
                 # Not expressible as segments + causal: kernels that need that form fall back.
                 prefix_BT = prefix_mask_BT != 0
@@ -121,7 +126,8 @@ class Decoder(nn.Module):
             check_cache_room(cache.segment_BS.shape[1], cache.index, t)
             slots_S = jnp.arange(cache.segment_BS.shape[1])
             segment_BS = jax.lax.dynamic_update_slice_in_dim(cache.segment_BS, segment_ids_BT, cache.index, axis=1)
-            dense_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S)
+            dense_BTS = _causal_segment_mask(segment_ids_BT, segment_BS, cache.index + jnp.arange(t), slots_S,
+                                             cfg.sliding_window)
             if prefix_mask_BT is not None:
                 # Only this call's own prefix tokens (slots [index, index + T)) are attended both ways.
                 prefix_BT = (prefix_mask_BT != 0) & (segment_ids_BT != 0)
@@ -163,7 +169,10 @@ def _check_position_room(cfg: ModelConfig, start: Array | int, t: int) -> None:
                          f"{cfg.max_len} tokens or use a config with a larger max_len.")
 
 
-def _causal_segment_mask(q_segment_BT: Array, kv_segment_BS: Array, q_slot_T: Array, kv_slot_S: Array) -> Array:
-    """Attend to earlier-or-equal slots of the same (non-padding) segment."""
+def _causal_segment_mask(q_segment_BT: Array, kv_segment_BS: Array, q_slot_T: Array, kv_slot_S: Array,
+                         window: int | None = None) -> Array:
+    """Attend to earlier-or-equal slots of the same (non-padding) segment, the last `window`
+    slots only when set. Slots are written in order (prompts left-padded), so slot distance
+    is token distance, as the full forward's index distance is."""
     same = (q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]) & (kv_segment_BS[:, None, :] != 0)
-    return same & (kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
+    return same & causal_window_mask(q_slot_T, kv_slot_S, window)[None]

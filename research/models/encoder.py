@@ -19,6 +19,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.models.attention import segment_attention_mask
 from research.models.config import ConfigError, ModelConfig
@@ -126,6 +127,8 @@ class Encoder(nn.Module):
         if cfg.type_vocab_size:
             if token_type_ids_BT is None:
                 token_type_ids_BT = jnp.zeros((b, t), jnp.int32)
+            else:
+                _check_token_types(cfg, token_type_ids_BT)
             x_BTD = x_BTD + self.token_type_embed(token_type_ids_BT)
         x_BTD = self.embed_norm(x_BTD)
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)
@@ -170,3 +173,17 @@ class Encoder(nn.Module):
 
     def _classify_pooled(self, pooled_BD: Array, deterministic: bool) -> Array:
         return self.classifier(self.classifier_dropout(pooled_BD, deterministic=deterministic))
+
+
+def _check_token_types(cfg: ModelConfig, token_type_ids_BT: Array) -> None:
+    """Raise if a token type id falls outside the type table: jnp.take would read it as NaN,
+    which spreads to every logit (transformers raises IndexError). Checked when the ids are
+    concrete (eager calls); under jit they are traced and the caller keeps them in range."""
+    if isinstance(token_type_ids_BT, jax.core.Tracer):
+        return
+    ids = np.asarray(token_type_ids_BT)
+    bad = ids[(ids < 0) | (ids >= cfg.type_vocab_size)]
+    if bad.size:
+        raise ValueError(f"{cfg.name}: token_type_ids_BT holds {int(bad.flat[0])}, outside the token type table "
+                         f"(type_vocab_size={cfg.type_vocab_size}, ids 0..{cfg.type_vocab_size - 1}); pass type ids "
+                         f"below {cfg.type_vocab_size}.")

@@ -159,7 +159,6 @@ def test_llama_reads_transformers4_rope_theta_and_defaults():
     (llama, {"attention_bias": True}, "attention_bias=true is not supported"),
     (llama, {"mlp_bias": True}, "mlp_bias=true is not supported"),
     (llama, {"hidden_act": "tanh"}, "activation 'tanh' is not supported"),
-    (llama, {"model_type": "mistral"}, "sliding_window=4096 is not supported"),
     (gpt2, {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=true is not supported"),
 ])
 def test_unsupported_hf_config_raises(module, hf_config, expected):

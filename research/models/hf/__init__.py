@@ -37,7 +37,7 @@ from research.models.hf.checkpoint_files import (GENERATION_CONFIG_FILE, Checkpo
 _MODULE_FOR_TYPE = {
     "gpt2": "research.models.hf.gpt2",
     "llama": "research.models.hf.llama",
-    "mistral": "research.models.hf.llama",  # LLaMA plus a sliding window, accepted when it is off
+    "mistral": "research.models.hf.llama",  # LLaMA plus a sliding window (ModelConfig.sliding_window)
     "bert": "research.models.hf.bert",
     "t5": "research.models.hf.t5",
 }

@@ -1,5 +1,5 @@
-"""LLaMA (transformers' LlamaForCausalLM; also MistralForCausalLM without a sliding
-window) <-> our decoder with RoPE, RMSNorm and a gated MLP.
+"""LLaMA and Mistral (transformers' LlamaForCausalLM / MistralForCausalLM) <-> our decoder
+with RoPE, RMSNorm and a gated MLP; Mistral's sliding window is config.sliding_window.
 
 HF nn.Linear weights are [out, in], so every projection is transposed. Our RoPE uses
 the same rotate-half layout as HF LLaMA, so q/k weights need no permutation. A stored
@@ -29,16 +29,12 @@ _IGNORED = (".rotary_emb.inv_freq",)
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
-    """ModelConfig of a LLaMA (or window-free Mistral) config.json dict."""
+    """ModelConfig of a LLaMA or Mistral config.json dict."""
     model_type = hf_config.get("model_type", "llama")
     hf = {**(_MISTRAL_DEFAULTS if model_type == "mistral" else _LLAMA_DEFAULTS), **hf_config}
     for flag in ("attention_bias", "mlp_bias"):
         if hf[flag]:
             raise ConfigError(f"{model_type}: {flag}=true is not supported; only bias-free LLaMA blocks convert.")
-    window = hf.get("sliding_window")
-    if window is not None and window < hf["max_position_embeddings"]:
-        raise ConfigError(f"{model_type}: sliding_window={window} is not supported (attention here is fully causal); "
-                          "set sliding_window to null in config.json to load with full attention.")
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf["head_dim"]
     return ModelConfig(
@@ -49,18 +45,34 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         norm="rmsnorm", norm_eps=hf["rms_norm_eps"], norm_placement="pre",
         activation=hf_activation(hf["hidden_act"], model_type), gated_mlp=True, use_bias=False,
         tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=hf["pad_token_id"] or 0,
-        dropout_rate=float(hf["attention_dropout"]))
+        dropout_rate=float(hf["attention_dropout"]), sliding_window=_sliding_window(hf, model_type))
+
+
+def _sliding_window(hf: dict[str, Any], model_type: str) -> int | None:
+    """Mistral's window, as transformers applies it: in every layer, whatever its size (a window
+    as long as max_position_embeddings still masks the positions RoPE runs past it). LLaMA's
+    modeling code never reads a sliding_window key, so there it means nothing."""
+    window = hf.get("sliding_window") if model_type == "mistral" else None
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"{model_type}: sliding_window={window!r} must be a positive int (or null for full "
+                          "causal attention).")
+    return window
 
 
 def _rope_theta(hf: dict[str, Any], model_type: str) -> float:
-    """RoPE base from transformers 5's rope_parameters or 4's rope_theta / rope_scaling. Both
-    dicts are read, rope_scaling over rope_parameters as transformers merges them: a config
-    saved by transformers 5 (rope_parameters: default) and then given a rope_scaling by hand
-    is scaled there, so it must be refused here, not loaded as plain RoPE."""
-    rope = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
-    kinds = {rope.pop("rope_type", "default"), rope.pop("type", "default")}  # 4 wrote 'type'
-    rope_type = next((kind for kind in sorted(kinds) if kind != "default"), "default")
-    theta = rope.pop("rope_theta", hf.get("rope_theta", _ROPE_THETA_DEFAULT))
+    """RoPE base from transformers 5's rope_parameters or 4's rope_theta / rope_scaling, read as
+    transformers' convert_rope_params_to_dict does: a non-empty rope_scaling replaces
+    rope_parameters whole (no merge: a rope_theta inside rope_parameters is then dropped), and
+    the theta is the chosen dict's, else the top-level rope_theta, else 10000."""
+    rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    type_4 = rope.pop("type", "default")  # transformers 4 wrote 'type'; 'rope_type' wins over it
+    rope_type = rope.pop("rope_type", type_4)
+    theta = rope.pop("rope_theta", None)
+    theta = hf.get("rope_theta", _ROPE_THETA_DEFAULT) if theta is None else theta
+    if rope.get("partial_rotary_factor", 1.0) == 1.0:  # the whole head rotated: plain RoPE
+        rope.pop("partial_rotary_factor", None)
     if rope_type != "default" or rope:
         raise ConfigError(f"{model_type}: RoPE scaling {rope_type!r} {rope or ''} is not supported; "
                           "only plain RoPE (rope_type 'default' with rope_theta) converts.")
@@ -73,10 +85,13 @@ def config_for_weights(config: ModelConfig, state_dict: StateDict) -> ModelConfi
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """LLaMA config.json dict of `config`; ConfigError if LLaMA cannot express it."""
+    """LLaMA config.json dict of `config` (Mistral's when it has a sliding window, which LLaMA
+    would silently drop); ConfigError if neither can express it."""
     check_convertible(config, "LLaMA", dict(family="decoder", position="rope", norm="rmsnorm", norm_placement="pre",
                                             gated_mlp=True, use_bias=False, scale_attention_logits=True,
                                             scale_tied_logits=False))
+    window = {} if config.sliding_window is None else {
+        "model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": config.sliding_window}
     return {
         "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": config.vocab_size,
         "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.num_layers,
@@ -89,6 +104,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "dtype": config.param_dtype,
+        **window,
     }
 
 
