@@ -145,7 +145,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = train_together(configs, workdirs)
     failed = [str(r) for r in results if isinstance(r, Exception)]
     if failed:
-        others = " (the others finished)" if len(failed) < len(results) else ""
+        stop = int(config.train.get("stop_after_steps", 0) or 0)
+        reached = (f"stopped at train.stop_after_steps={stop}" if 0 < stop < int(config.train.num_steps)
+                   else "finished")
+        others = f" (the others {reached})" if len(failed) < len(results) else ""
         raise TrainingDivergedError(f"{len(failed)} of {len(results)} models diverged{others}: " + " | ".join(failed))
     return {f"{os.path.basename(w)}/{k}": v for w, r in zip(workdirs, results) for k, v in r.items()}
 

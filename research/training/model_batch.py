@@ -95,6 +95,17 @@ def batched_axis(config: ml_collections.ConfigDict) -> tuple[str, tuple] | None:
     values = tuple(_checked_value(field, _get(config, field), value) for value in values)
     if len(set(values)) != len(values):
         raise ConfigError(f"batched.values={values} repeats a value; each model needs its own workdir.")
+    # Values that differ as written but not as the step reads them train identical models under
+    # two names (a seed study's 'replicates'): seeds are taken mod 2**32 (jax.random.PRNGKey, the
+    # data order), optimizer numbers in float32.
+    effective = [value % 2**32 if field == "train.seed" else float(np.float32(value)) if isinstance(value, float)
+                 else value for value in values]
+    for i, value in enumerate(effective):
+        if value in effective[:i]:
+            first = values[effective.index(value)]
+            raise ConfigError(f"batched.values gives {field}={first!r} and {values[i]!r}, which train the same model "
+                              f"({'seeds are read mod 2**32' if field == 'train.seed' else 'equal in float32'}); "
+                              "drop one of them.")
     return field, values
 
 

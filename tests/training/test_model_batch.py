@@ -121,6 +121,11 @@ def test_when_model_0_diverges_the_console_shows_a_model_still_training(tokenize
     (dict(field="train.seed", values=(1, 1.5)), r"batched.values holds 1.5, but train.seed is a whole number"),
     (dict(field="opt.learning_rate", values=(1e-3, "fast")), r"holds 'fast' \(str\): every value of opt.learning_rate"),
     (dict(field="train.seed", values=(1, 1.0)), r"repeats a value"),
+    # Different as written, the same model as trained: a seed study's duplicate 'replicates'.
+    (dict(field="train.seed", values=(0, 2**32)), r"gives train.seed=0 and 4294967296, which train the same model "
+                                                  r"\(seeds are read mod 2\*\*32\); drop one of them"),
+    (dict(field="train.seed", values=(7, 7 - 2**32)), r"train.seed=7 and -4294967289, which train the same model"),
+    (dict(field="opt.learning_rate", values=(1e-3, 1e-3 + 1e-12)), r"which train the same model \(equal in float32\)"),
     (dict(field="", values=(1e-3, 2e-3)), r"batched.values=\(0.001, 0.002\) is set but batched.field is empty"),
 ])
 def test_bad_batched_axis_is_one_line_before_compiling(change, message, tokenizers, tmp_path):
