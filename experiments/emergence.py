@@ -234,8 +234,8 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int
     peak_flops = config.train.peak_flops or measure_peak_flops()
     log_dir = os.path.join(workdir, "workers")
     print(f"training {len(config.sizes)} sizes in {count} worker processes (their logs: {log_dir})")
-    argvs = [workers.worker_argv("experiments.emergence", args, "--study_worker",
-                                 f"--config.train.peak_flops={peak_flops!r}") for _ in range(count)]
+    argvs = [workers.worker_argv("experiments.emergence", args, "--study_worker", f"--config.train.peak_flops={peak!r}")
+             for peak in workers.peak_shares(peak_flops, count)]
     # forward_signals: a Ctrl-C / SIGTERM reaches the workers as SIGTERM (each saves its size's
     # checkpoint and stops), then workers.Stopped; the same command resumes.
     codes = workers.run_workers(argvs, log_dir=log_dir, poll=workers.log_echo(log_dir, count), forward_signals=True)

@@ -91,6 +91,15 @@ def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
     return [cores[bounds[i]:bounds[i + 1]] for i in range(workers)]
 
 
+def peak_shares(peak_flops: float, workers: int) -> list[float]:
+    """Each worker's peak FLOP/s: `peak_flops` (measured on all of this process's cores) times the
+    share of the cores run_workers pins it to. A worker told the whole host's peak logged its MFU
+    against cores it never had (about 1/workers of the truth) and sized its blocks from it."""
+    slices = split_cores(list(os.sched_getaffinity(0)), workers)
+    total = sum(map(len, slices))
+    return [peak_flops * len(cores) / total for cores in slices]
+
+
 _CORES_ENV = "RESEARCH_WORKER_CORES"
 _PARENT_ENV = "RESEARCH_WORKER_PARENT"
 

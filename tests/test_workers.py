@@ -41,6 +41,14 @@ def test_cores_are_split_into_disjoint_contiguous_slices():
         workers.split_cores([0, 1], 3)
 
 
+def test_each_worker_is_told_the_peak_of_its_own_cores(monkeypatch):
+    """The study's workers were told the whole host's peak though pinned to a share of its cores:
+    their MFU read about 1/workers of the truth."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(5)))
+    assert workers.peak_shares(1e11, 2) == pytest.approx([0.4e11, 0.6e11])  # slices [0, 1] and [2, 3, 4]
+    assert workers.peak_shares(1e11, 1) == [1e11]
+
+
 def test_auto_workers_only_on_a_single_cpu_host():
     cores = len(os.sched_getaffinity(0))
     assert workers.auto_workers("cpu") == min(cores, workers.MAX_AUTO_WORKERS)

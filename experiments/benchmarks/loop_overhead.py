@@ -3,8 +3,10 @@
     python -m experiments.benchmarks.loop_overhead [--sizes=1e3,1e4,1e5,1e6 --steps=300 --ks=1,4,16 --rounds=1]
     python -m experiments.benchmarks.loop_overhead --dense_weight_grad=autodiff   # the kernel gradients before 2026-12-04
 
-For ladder models (research.models.presets.scaling_ladder_config, as the scaling sweep
-builds them: batch 16 x 64 tokens on the cpu_tiny synthetic corpus) it prints
+For ladder models (research.models.presets.scaling_ladder_config: aspect 32, learned positions,
+one layer where that fits, at batch 16 x 64 tokens on the cpu_tiny synthetic corpus; the cpu_tiny
+sweep's own models are narrower and deeper, aspect 16, rotary, >= 2 layers, head_dim 4, kept
+fixed here so figures compare across sessions) it prints
   loop      s/step of research.training.train_and_evaluate (its own tokens/s record: the
             first, compiling call and the final evaluation are not in it)
   step      s/step of the compiled train step alone, called once per step on a batch

@@ -357,6 +357,7 @@ def describe_plan(plan: SweepPlan, peak_flops: float, mfu: float) -> str:
                  f"{sum(r.compute_exact for r in plan.runs):.3g} FLOPs: about {seconds / 3600:.2g} h at {mfu:.0%} MFU "
                  f"of {peak_flops:.3g} FLOP/s (an estimate from FLOPs: peak and MFU are config.estimate's, whose "
                  "comment says where they came from, the MFU an assumption unless measured on this machine; "
-                 "compilation and evaluation not included)")
+                 "an MFU fitted on a whole run's wall time, as cpu_tiny's, already covers its compilation, "
+                 "evaluation and fit)")
     return "\n".join(lines)
 

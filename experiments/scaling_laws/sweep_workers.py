@@ -68,8 +68,8 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
                 progress.write(sweep.run_line(label, record), file=out)
 
     report_finished(before=True)
-    argvs = [workers_lib.worker_argv(MODULE, args, "--sweep_worker", f"--config.train.peak_flops={peak_flops!r}")
-             for _ in range(workers)]
+    argvs = [workers_lib.worker_argv(MODULE, args, "--sweep_worker", f"--config.train.peak_flops={peak!r}")
+             for peak in workers_lib.peak_shares(peak_flops, workers)]
     try:
         # Ctrl-C / SIGTERM: the workers save and stop, their runs stay pending (workers.Stopped)
         codes = workers_lib.run_workers(argvs, log_dir=log_dir, poll=report_finished, forward_signals=True)

@@ -219,9 +219,13 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     elif cfg.family == "encoder":
         counts = param_counts(cfg)
         heads_non_embedding, _ = _encoder_heads(cfg)
-        backbone_non_embedding = counts.non_embedding - heads_non_embedding
+        # The pooler runs once per sequence (its [CLS] token), not per token; the masked-LM head's
+        # transform (dense + norm) runs on every token, with the unembedding it feeds.
+        pooler = _dense_with_bias(cfg, cfg.d_model) if cfg.pooler else 0
+        backbone_non_embedding = counts.non_embedding - heads_non_embedding - pooler
+        mlm_transform = _dense_with_bias(cfg, cfg.d_model) + _norm(cfg) if include_embedding else 0
         attention = 4 * cfg.num_layers * n_ctx * d_attn
-        encoder_forward = 2 * backbone_non_embedding + attention + unembed
+        encoder_forward = 2 * (backbone_non_embedding + mlm_transform) + attention + unembed
         forward = encoder_forward
     else:
         encoder_attention = 4 * cfg.encoder_layers * source * d_attn

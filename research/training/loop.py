@@ -390,7 +390,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                             m.last.update(metrics)
                             if save:
                                 save_model(m, step, state, block, metrics.get(BEST_METRIC))
-                            m.throughput.restart()  # evaluation and saving are not training time
+                        for m in members:  # after every model's save: evaluation and saving are not training time
+                            m.throughput.restart()
                     if all(m.error is not None for m in members):
                         break
                     # [issue-13b] A signal, or train.stop_after_steps: the block just run ends at `step`;

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Sequence
 
 import jax
 
 # Dense bf16 tensor-core / MXU peak per chip, FLOP/s, from the vendors' data sheets.
-# Ordered most specific first: the first substring found in device_kind (lower case) wins.
+# Ordered most specific first: the first key found in device_kind (lower case) as whole words
+# wins (a substring matched "a100" in "RTX A1000" and "h200" in "GH200" and "H200 NVL").
 DATASHEET_BF16_PEAK: tuple[tuple[str, str, float], ...] = (
     ("tpu v6", "TPU v6e (Trillium)", 918e12),
     ("tpu v5 lite", "TPU v5e", 197e12),
@@ -25,6 +27,8 @@ DATASHEET_BF16_PEAK: tuple[tuple[str, str, float], ...] = (
     ("tpu v5", "TPU v5p", 459e12),  # jax names v5p "TPU v5"
     ("tpu v4", "TPU v4", 275e12),
     ("b200", "NVIDIA B200", 2250e12),
+    ("gh200", "NVIDIA GH200", 989e12),
+    ("h200 nvl", "NVIDIA H200 NVL", 835e12),
     ("h200", "NVIDIA H200", 989e12),
     ("h100 pcie", "NVIDIA H100 PCIe", 756e12),
     ("h100 nvl", "NVIDIA H100 NVL", 835e12),
@@ -45,7 +49,7 @@ def datasheet_peak(device_kind: str) -> tuple[str, float] | None:
     """(chip name, dense bf16 FLOP/s per chip) for a jax device_kind, or None if unknown."""
     kind = device_kind.lower()
     for key, name, flops in DATASHEET_BF16_PEAK:
-        if key in kind:
+        if re.search(rf"(?<![a-z0-9]){re.escape(key)}(?![a-z0-9])", kind):
             return name, flops
     return None
 

@@ -33,6 +33,22 @@ def test_gpt2_small_flops_match_kaplan_by_hand():
     assert exact.train_without_attention == 3 * (170_112_000 + 77_194_752)
 
 
+def test_bert_flops_count_the_mlm_transform_per_token_and_the_pooler_per_sequence():
+    """The MLM head's transform (dense 768x768 + bias, LayerNorm) runs on every token; the pooler
+    on one token per sequence. Counted the other way round, as before, the two cancelled only by
+    coincidence: without a pooler the count was 4% short of XLA's."""
+    for pooler in (True, False):
+        config = get_config("bert-base", pooler=pooler)
+        counts = sizing.param_counts(config)
+        pooler_params = (768 * 768 + 768) if pooler else 0
+        transform = 768 * 768 + 768 + 2 * 768
+        attention = 4 * 12 * 512 * 768  # bidirectional: QK^T and the weighted sum over every key
+        exact = sizing.flops_per_token(config, include_embedding=True)
+        assert exact.forward == 2 * (counts.non_embedding - pooler_params) + attention + 2 * 768 * config.vocab_size
+        nominal = sizing.flops_per_token(config)  # no MLM head: the backbone alone
+        assert nominal.forward == 2 * (counts.non_embedding - pooler_params - transform) + attention
+
+
 def test_t5_flops_halves():
     config = get_config("t5-small")  # L=6+6, D=512, H*Dh=512, F=2048, no biases, RMSNorm
     n_enc = 6 * (4 * 512 * 512 + 2 * 512 * 2048 + 2 * 512) + 512  # attention + MLP + 2 norms, final norm

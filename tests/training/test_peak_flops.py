@@ -14,9 +14,15 @@ from research.training.peak_flops import datasheet_peak, peak_flops
     ("NVIDIA A100-SXM4-80GB", "NVIDIA A100", 312e12), ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM", 989e12),
     ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", "NVIDIA H200", 989e12),
     ("NVIDIA B200", "NVIDIA B200", 2250e12),
+    # Matched by whole words: a substring gave GH200 the H200's name and the H200 NVL the SXM's peak.
+    ("NVIDIA GH200 480GB", "NVIDIA GH200", 989e12), ("NVIDIA H200 NVL", "NVIDIA H200 NVL", 835e12),
 ])
 def test_datasheet_lookup_by_device_kind(kind, name, flops):
     assert datasheet_peak(kind) == (name, flops)
+
+
+def test_a_kind_that_only_contains_a_key_is_not_that_chip():
+    assert datasheet_peak("NVIDIA RTX A1000 6GB Laptop GPU") is None  # was "NVIDIA A100", 312e12
 
 
 def test_devices_sum_override_wins_and_cpu_is_measured_and_labelled():
