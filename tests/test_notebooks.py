@@ -11,15 +11,24 @@ from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+def _estimate_text(preset: str) -> str:
+    from experiments.configs import scaling_laws
+    estimate = scaling_laws.get_config(preset).estimate
+    return f"at {estimate.mfu:.0%} MFU of {estimate.peak_flops:.3g} FLOP/s"
+
+
+_CPU_TINY_ESTIMATE = _estimate_text("cpu_tiny")
 # What each notebook must print (regular expressions over its text output) and how many images it shows.
 EXPECTED = {
     "quickstart.ipynb": ([r"gpt2-small", r"eval_loss"], 0),
     "zoo_tour.ipynb": ([r"max \|logit difference\| vs transformers: \d\.\d+e-0[5-9]", r"same tokens: True",
                         r"greedy:  +'the cat", r"beam \(log p"], 0),
     "pretraining.ipynb": ([r"train loss \d+\.\d+ -> \d+\.\d+ over 40 steps", r"checkpoint .* step 40"], 1),
+    # The plan's estimate from the preset's own config.estimate, which its note credits (it was 5e10 at 30%).
     "scaling_laws.ipynb": ([r"\d+ runs, ", r"plots: \['law_contours.png', 'loss_vs_compute.png', 'isoflop.png'\]",
-                            r"fitted \(approach 3\)"], 3),
-    "emergence.ipynb": ([r"'vs_params.png'", r"breakthroughness"], 2),
+                            r"fitted \(approach 3\)", re.escape(_CPU_TINY_ESTIMATE)], 3),
+    # Metric names whole: cut to 10 characters, teacher_forced_accuracy and _prob read alike.
+    "emergence.ipynb": ([r"'vs_params.png'", r"breakthroughness", r"'teacher_forced_accuracy'"], 2),
     "finetuning.ipynb": ([r"eval_loss: before \d+\.\d+ -> after \d+\.\d+", r"config\.json"], 0),
 }
 
