@@ -280,12 +280,14 @@ def _training_failure(message: str, config: TokenizerConfig, num_chars: int) -> 
             f"({reason}); check vocab_size and the training text.")
 
 
-def cached_model_path(data_config: DataConfig, workdir: str) -> str:
-    """Where `build_tokenizer` caches the model trained for `data_config` under `workdir`."""
+def cached_model_path(data_config: DataConfig, workdir: str, *, legacy: bool = False) -> str:
+    """Where `build_tokenizer` caches the model trained for `data_config` under `workdir`.
+    legacy=True: the name the same model had before 2026-12-06 (no thread count for unigram,
+    the file patterns and data_dir for source="files"), which runs trained then still use."""
     tok = data_config.tokenizer
     key = dataclasses.asdict(data_config)
     key["tokenizer"] = {k: v for k, v in key["tokenizer"].items() if k not in ("model_path", "num_extra_ids")}
-    if tok.model_type == "unigram":  # its pieces depend on the thread count, which min(4, cpu_count) once set
+    if tok.model_type == "unigram" and not legacy:  # its pieces depend on the thread count (min(4, cpu_count) before)
         key["tokenizer"]["num_threads"] = _TRAINING_THREADS
     if data_config.source == "files":
         # The files themselves, not how they are named: an edited corpus is a different corpus, while a
@@ -293,7 +295,8 @@ def cached_model_path(data_config: DataConfig, workdir: str) -> str:
         from research.data.text_files import expand_patterns
         key["files"] = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
                         for p in expand_patterns(data_config.file_patterns)]
-        del key["file_patterns"], key["data_dir"]
+        if not legacy:
+            del key["file_patterns"], key["data_dir"]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = f"{data_config.source}_{tok.model_type}_{tok.vocab_size}_{digest}.model"
     return os.path.join(workdir, "tokenizers", name)
@@ -307,6 +310,11 @@ def build_tokenizer(data_config: DataConfig, workdir: str) -> Tokenizer:
     path = cached_model_path(data_config, workdir)
     if os.path.isfile(path):
         return Tokenizer.load(path, num_extra_ids=tok.num_extra_ids)
+    # A model cached under the name it had before: a run trained with it resumes with it (trained
+    # again under the new name, a unigram model could get other pieces on a machine of < 4 cores).
+    legacy = cached_model_path(data_config, workdir, legacy=True)
+    if os.path.isfile(legacy):
+        return Tokenizer.load(legacy, num_extra_ids=tok.num_extra_ids)
     _check_writable(path)  # before reading (for source="files", preparing) the corpus
     _warn_about_other_models(path)
     from research.data.sources import document_source

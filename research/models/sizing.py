@@ -219,8 +219,8 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     elif cfg.family == "encoder":
         counts = param_counts(cfg)
         heads_non_embedding, _ = _encoder_heads(cfg)
-        # The pooler runs once per sequence (its [CLS] token), not per token; the masked-LM head's
-        # transform (dense + norm) runs on every token, with the unembedding it feeds.
+        # The pooler runs once per sequence (its [CLS] token: left out, as per-sequence work is); the
+        # masked-LM head's transform (dense + norm) runs on every token, with the unembedding it feeds.
         pooler = _dense_with_bias(cfg, cfg.d_model) if cfg.pooler else 0
         backbone_non_embedding = counts.non_embedding - heads_non_embedding - pooler
         mlm_transform = _dense_with_bias(cfg, cfg.d_model) + _norm(cfg) if include_embedding else 0

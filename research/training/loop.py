@@ -404,6 +404,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                             if pending is not None:  # never save a NaN state
                                 record(*pending, hold=None)
                                 pending = None
+                            members_lib.stop_if_not_finite(members, step, params_finite(state.params),
+                                                           [{} for _ in members], stacked=stacked)
                             for m in members:
                                 if m.error is None:  # no eval loss here: keep_best ranks it last
                                     save_model(m, step, state, block, float("inf"))

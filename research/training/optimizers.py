@@ -88,9 +88,10 @@ class OptimizerConfig:
             if not math.isfinite(single):
                 raise ConfigError(f"opt.{field}={value} overflows float32, the precision the step computes it in "
                                   "(largest 3.4e38); give a smaller value.")
-            if value > 0 and single == 0 and (field != "eps" or self.name == "adamw"):
+            # Below float32's smallest normal number XLA flushes to 0 (0 / (0 + 1e-40) was nan under jit).
+            if 0 < value < np.finfo(np.float32).tiny and (field != "eps" or self.name == "adamw"):
                 raise ConfigError(f"opt.{field}={value} is 0 in float32, the precision the step computes it in "
-                                  "(smallest 1.4e-45); give a larger value.")
+                                  "(it flushes values below 1.2e-38); give a larger value.")
             if field in ("b1", "b2") and single >= 1.0:
                 raise ConfigError(f"opt.{field}={value} is 1.0 in float32, the precision the step computes it in; "
                                   "give a value below 0.99999994, e.g. 0.999.")

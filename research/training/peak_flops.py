@@ -26,6 +26,7 @@ DATASHEET_BF16_PEAK: tuple[tuple[str, str, float], ...] = (
     ("tpu v5p", "TPU v5p", 459e12),
     ("tpu v5", "TPU v5p", 459e12),  # jax names v5p "TPU v5"
     ("tpu v4", "TPU v4", 275e12),
+    ("gb200", "NVIDIA GB200", 2500e12),  # per Blackwell GPU of a GB200 (NVL72 data sheet: 180 PFLOP/s / 72)
     ("b200", "NVIDIA B200", 2250e12),
     ("gh200", "NVIDIA GH200", 989e12),
     ("h200 nvl", "NVIDIA H200 NVL", 835e12),

@@ -271,6 +271,19 @@ def _lock_existing(workdirs: Sequence[str], record: bool, locked: list[str]) -> 
     return code == -1
 
 
+def _new_model_default(key: str, value: Any) -> bool:
+    """Whether `key` is a ModelConfig field at its default (model.sliding_window: None, added
+    2026-12-06): a run.json recorded before the field existed lacks it, and that run had the
+    default; without this every earlier run was refused as 'another run ()' on resume."""
+    from research.models.config import ModelConfig
+
+    if not key.startswith("model."):
+        return False
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    field = fields.get(key[len("model."):])
+    return field is not None and field.default is not dataclasses.MISSING and value == field.default
+
+
 def _busy_line(workdir: str) -> str:
     return (f"--workdir={workdir} is in use: {workdir_lock.holder(workdir)} is training there now; wait for it "
             "to end (or stop it), or use another --workdir.")
@@ -283,8 +296,10 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
         current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
             recorded = _read_recorded(workdir, fingerprint)
-            # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing.
-            compared = {k: v for k, v in current.items() if k in (recorded or {}) or k not in _ADDED_LATER}
+            # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing;
+            # nor does a model field added since, at the value every run had before it existed.
+            compared = {k: v for k, v in current.items()
+                        if k in (recorded or {}) or (k not in _ADDED_LATER and not _new_model_default(k, v))}
             if recorded is not None and recorded != compared and free and not _has_checkpoint(workdir):
                 # Its process is gone (the lock was free) and it saved nothing: a run killed (kill -9,
                 # out of memory) before its first checkpoint. Its records are redone from step 0.

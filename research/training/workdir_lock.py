@@ -5,7 +5,9 @@ each other's steps and metrics.jsonl held both runs' rows interleaved, each exit
 killed (kill -9, an out-of-memory kill) before its first checkpoint left its run.json behind,
 so a corrected command was refused as "another run" until the workdir was deleted by hand.
 Both need to know whether the process that claimed the workdir still lives; the kernel answers
-that: it drops a process's record locks when the process dies, however it dies.
+that: it drops a process's record locks when the process dies, however it dies. Where locks are
+only local (NFS mounted nolock, some FUSE mounts) a run on another host holds none that this one
+sees: a run there that has not saved yet can then be taken for dead and its claim replaced.
 
 `lockf` (fcntl record locks) rather than `flock`: a child forked while the lock is held (a data
 worker) does not inherit it, so it cannot outlive a killed run and refuse every rerun. Record
@@ -59,9 +61,12 @@ def hold(workdir: str) -> bool | None:
     except OSError as error:
         os.close(fd)
         return False if error.errno in (errno.EACCES, errno.EAGAIN) else None
-    os.ftruncate(fd, 0)  # say who holds it, for the line that refuses a second command
-    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
-    _held[key] = fd
+    _held[key] = fd  # first: release() closes it even if writing the holder's name fails (a full disk)
+    try:
+        os.ftruncate(fd, 0)  # say who holds it, for the line that refuses a second command
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+    except OSError:
+        pass  # the lock holds without the name; the refusal then says "a process"
     return True
 
 

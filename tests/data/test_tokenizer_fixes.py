@@ -97,6 +97,21 @@ def test_unigram_cache_name_records_the_thread_count(monkeypatch):
     assert cached_model_path(bpe, "w") == before[1]  # BPE's pieces do not depend on it: caches stay valid
 
 
+def test_a_model_cached_under_its_name_from_before_is_reused_not_retrained(tmp_path, monkeypatch):
+    """Cache names changed on 2026-12-06 (unigram: the thread count; files: the files, not their
+    patterns). A run trained before resumes with the model it trained with: retrained under the new
+    name, a unigram model got 4 of 400 pieces different on a 2-core machine."""
+    config = DataConfig(source="stdlib", max_documents=40,
+                        tokenizer=TokenizerConfig(model_type="unigram", vocab_size=400, max_training_chars=60_000))
+    legacy = cached_model_path(config, str(tmp_path), legacy=True)
+    assert legacy != cached_model_path(config, str(tmp_path))
+    os.makedirs(os.path.dirname(legacy))
+    with open(legacy, "wb") as f:
+        f.write(tokenizer_lib.build_tokenizer(config, str(tmp_path / "elsewhere")).model_proto)
+    monkeypatch.setattr(tokenizer_lib, "train_tokenizer", lambda *a, **k: pytest.fail("retrained"))
+    assert tokenizer_lib.build_tokenizer(config, str(tmp_path)).path == legacy
+
+
 def test_bad_model_paths_say_what_is_wrong(tmp_path):
     (tmp_path / "empty.model").write_bytes(b"")
     with pytest.raises(DataError, match=r"empty\.model' holds no pieces \(0 bytes\), so it is not a SentencePiece"):

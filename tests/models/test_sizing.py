@@ -33,10 +33,11 @@ def test_gpt2_small_flops_match_kaplan_by_hand():
     assert exact.train_without_attention == 3 * (170_112_000 + 77_194_752)
 
 
-def test_bert_flops_count_the_mlm_transform_per_token_and_the_pooler_per_sequence():
+def test_bert_flops_count_the_mlm_transform_per_token_and_not_the_pooler():
     """The MLM head's transform (dense 768x768 + bias, LayerNorm) runs on every token; the pooler
-    on one token per sequence. Counted the other way round, as before, the two cancelled only by
-    coincidence: without a pooler the count was 4% short of XLA's."""
+    on one token per sequence (1/512 of a token's share: left out, as per-sequence work is).
+    Counted the other way round, as before, the two cancelled only by coincidence: without a
+    pooler the count was 4% short of XLA's."""
     for pooler in (True, False):
         config = get_config("bert-base", pooler=pooler)
         counts = sizing.param_counts(config)

@@ -16,6 +16,7 @@ from research.training.peak_flops import datasheet_peak, peak_flops
     ("NVIDIA B200", "NVIDIA B200", 2250e12),
     # Matched by whole words: a substring gave GH200 the H200's name and the H200 NVL the SXM's peak.
     ("NVIDIA GH200 480GB", "NVIDIA GH200", 989e12), ("NVIDIA H200 NVL", "NVIDIA H200 NVL", 835e12),
+    ("NVIDIA GB200", "NVIDIA GB200", 2500e12),
 ])
 def test_datasheet_lookup_by_device_kind(kind, name, flops):
     assert datasheet_peak(kind) == (name, flops)

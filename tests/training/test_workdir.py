@@ -190,6 +190,23 @@ def test_a_run_killed_before_its_first_checkpoint_is_replaced_by_the_next_comman
     assert not workdir_lock.holds(workdir)  # a refusal gives up the locks it took
 
 
+def test_a_run_recorded_before_a_model_field_existed_resumes_at_its_default(tmp_path):
+    """model.sliding_window (2026-12-06) entered every fingerprint; a run.json written before it
+    lacks the key, and every earlier run was refused on resume as 'holds another run ()'."""
+    workdir = str(tmp_path / "run")
+    workdir_lib.claim(workdir, _config(preset="llama-tiny"))
+    workdir_lock.release([workdir])
+    run_file = os.path.join(workdir, workdir_lib.RUN_FILE)
+    old = json.load(open(run_file))
+    del old["fingerprint"]["model.sliding_window"]
+    json.dump(old, open(run_file, "w"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "5"))  # it saved: a run to resume, not to replace
+    workdir_lib.claim(workdir, _config(preset="llama-tiny"))
+    workdir_lock.release([workdir])
+    with pytest.raises(WorkdirError, match=r"holds another run \(model.sliding_window: .* 8 now\)"):
+        workdir_lib.claim(workdir, _config(preset="llama-tiny", sliding_window=8))  # not the default: another run
+
+
 def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
     saved = pretrain.get_config("gpt_tiny").to_dict()  # 300 steps, warmup 30, cosine, 3e-3
     assert workdir_lib.schedule_change(saved, saved, 100) is None
