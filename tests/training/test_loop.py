@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from research.models import build_model, get_config
-from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
 from research.training import TrainingDivergedError, loop, partitioning, train_and_evaluate
 from research.training.checkpointing import CheckpointConfig, Checkpointer
 from research.training.losses import get_objective
-from research.training.metrics import METRICS_FILE, TENSORBOARD_DIR, read_metrics
+from research.training.metrics import TENSORBOARD_DIR, read_metrics
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import abstract_batch, create_train_state, train_state_shardings, with_shardings
 
