@@ -59,7 +59,7 @@ from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib, workdir_lock  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
-from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer
+from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer, schedule_warning
 from research.training.members import TrainingDivergedError
 from research.training.state import create_stacked_train_state, create_train_state, train_state_shardings
 from research.training.train_step import check_master_weights, make_eval_step, make_train_step
@@ -179,6 +179,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     objective = losses.get_objective(config.objective, model_config.family)
     trains = [TrainConfig(**_sub_config(c.train)) for c in configs]
     opt_configs = [OptimizerConfig(total_steps=t.num_steps, **_sub_config(c.opt)) for t, c in zip(trains, configs)]
+    for line in dict.fromkeys(filter(None, map(schedule_warning, opt_configs))):  # once per distinct line
+        log.warning("%s", line)
     checkpoint_config = CheckpointConfig(**_sub_config(config.checkpoint))
     train = trains[0]
     rules = _rules(config.mesh)

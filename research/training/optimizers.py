@@ -112,6 +112,17 @@ def hyperparameters(config: OptimizerConfig) -> dict[str, float]:
             "clip_norm": config.clip_norm}
 
 
+def schedule_warning(config: OptimizerConfig) -> str | None:
+    """A line for a cosine schedule that never decays: warmup reaching the peak at the run's last
+    step or later (warmup_steps >= total_steps - 1) ends the run at the peak learning rate, which
+    nothing said. A warning, not a refusal: tiny test runs (2 steps, warmup 2) use it on purpose."""
+    if config.schedule == "cosine" and config.total_steps > 1 and config.warmup_steps >= config.total_steps - 1:
+        return (f"opt.warmup_steps={config.warmup_steps} of total_steps={config.total_steps}: the cosine decay never "
+                f"starts and the run ends at the peak learning rate {config.learning_rate:g}; lower warmup_steps "
+                "(e.g. a tenth of the steps) for a run that anneals.")
+    return None
+
+
 def make_schedule(config: OptimizerConfig, values: dict[str, Any] | None = None) -> Schedule:
     """Linear warmup to the peak, then cosine decay ("cosine"), a plateau and a final linear
     decay ("wsd", warmup-stable-decay, Hu et al. 2024), or a plateau ("constant").

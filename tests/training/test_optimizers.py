@@ -79,6 +79,19 @@ def test_values_float32_cannot_hold_are_one_line(field, value, meaning):
     assert "\n" not in str(error.value)
 
 
+def test_a_cosine_schedule_that_never_decays_is_said():
+    """warmup_steps == total_steps reached the peak at the last step: the run ended at the peak rate."""
+    from research.training.optimizers import make_schedule, schedule_warning
+    for warmup in (99, 100):
+        config = OptimizerConfig(learning_rate=1e-3, warmup_steps=warmup, total_steps=100)
+        assert float(make_schedule(config)(99)) == pytest.approx(1e-3)  # the last step runs at the peak
+        assert schedule_warning(config) == (f"opt.warmup_steps={warmup} of total_steps=100: the cosine decay never "
+                                            "starts and the run ends at the peak learning rate 0.001; lower "
+                                            "warmup_steps (e.g. a tenth of the steps) for a run that anneals.")
+    assert schedule_warning(OptimizerConfig(warmup_steps=98, total_steps=100)) is None
+    assert schedule_warning(OptimizerConfig(schedule="constant", warmup_steps=100, total_steps=100)) is None
+
+
 def test_edge_values_that_train_are_accepted():
     OptimizerConfig(b1=0.0, b2=0.999, eps=1e-30, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-9)
     OptimizerConfig(name="lion", eps=0.0)  # lion never reads eps
