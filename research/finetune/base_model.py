@@ -127,14 +127,20 @@ def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
     """The tokenizer spec a fine-tuning run in `path` trained with ("" for a pretraining run,
     whose own SentencePiece model load_checkpoint finds): its config.tokenizer, or when that
     was "" (the base's own) the tokenizer of the run it started from."""
-    from research.training.checkpoint_loading import run_config
+    from research.training.checkpoint_loading import checkpoint_root, run_config, run_tokenizer_path, run_workdir
     saved = run_config(path)
-    if "path" not in saved or "init" not in saved or depth > 8:  # not a finetune run
+    if "path" not in saved or "init" not in saved:  # a pretraining run
+        # A parent's own model by path: "" would send its fine-tuned child's load_checkpoint to
+        # look for the child's (a fine-tuning run trains no tokenizer), and find none.
+        return run_tokenizer_path(saved, run_workdir(checkpoint_root(path))) if depth else ""
+    if depth > 8:
         return ""
     if saved.get("tokenizer"):
         return str(saved["tokenizer"])
     kind, _, parent = str(saved["init"]).partition(":")
-    return finetune_run_tokenizer(parent, depth + 1) if kind == "checkpoint" else (parent if kind == "hf" else "")
+    if kind == "checkpoint":
+        return finetune_run_tokenizer(parent, depth + 1)
+    return parent if kind == "hf" else "char"  # init="random" trains with load_base_model's default
 
 
 def load_reference(spec: str) -> tuple[ModelConfig, Any]:

@@ -37,6 +37,7 @@ from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_opt
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
 from research.training import metrics as metrics_lib, partitioning, preemption, workdir as workdir_lib
+from research.training.checkpoint_loading import RESOLVED_MODEL
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.loop import TrainConfig, TrainingDivergedError
 from research.training.optimizers import OptimizerConfig, make_optimizer
@@ -124,6 +125,10 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
     checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), checkpoint_config,
                                 data_same_on_every_process=True)
     train_iter = job.train_batches(train.seed)
+    # The model's resolved config beside the run config: config.model is only a preset and the
+    # overrides applied to what config.init loaded (a checkpoint's or Hugging Face folder's own
+    # config), so load_checkpoint and a next fine-tuning stage rebuild the model from this.
+    saved_config = {**config.to_dict(), RESOLVED_MODEL: job.model.config.to_dict()}
     last: dict[str, float] = {}
     guard: preemption.Guard | None = None
     try:
@@ -219,14 +224,14 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     last.update(eval_metrics)
                     best = {BEST_METRIC: eval_metrics[BEST_METRIC]}
                 if regular_save or step == end_step:
-                    checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
+                    checkpointer.save(step, _checkpoint_view(state, lora), train_iter, saved_config, best)
                 if record:
                     writer.write(step, record)
                 # Ctrl-C / SIGTERM (on several processes, the coordination service's preemption
                 # notice, so all stop at one step): save this step and stop; the rerun continues.
                 if step < end_step and guard.should_stop(step):
                     if not regular_save:
-                        checkpointer.save(step, _checkpoint_view(state, lora), train_iter, config.to_dict(), best)
+                        checkpointer.save(step, _checkpoint_view(state, lora), train_iter, saved_config, best)
                     raise preemption.Interrupted(guard.signal_name, step, checkpointer.directory)
             # A Ctrl-C during the last step (one process; several stop where the service says): that
             # step is saved; what remains (an export, the rerun of a finished run's evaluation) is left

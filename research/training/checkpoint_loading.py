@@ -19,6 +19,7 @@ tokenizer that does not fit the model) fails here with one line, before any comp
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -34,6 +35,8 @@ from research.models.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"  # under a run's workdir (research.training.loop)
+# The key of a fine-tuning run's saved config holding its model's full ModelConfig.to_dict().
+RESOLVED_MODEL = "resolved_model"
 
 
 class LoadedModel(NamedTuple):
@@ -52,10 +55,29 @@ def checkpoint_root(path: str) -> str:
     for candidate in (os.path.join(path, CHECKPOINTS_DIR), path):
         if checkpoint_steps_in(candidate):
             return candidate
+    if os.path.isfile(path):
+        raise ConfigError(f"{path!r} is a file, not a checkpoint directory; give a training run's workdir.")
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint directory {path!r} does not exist; give a training run's workdir.")
+    step_dir = _step_dir_of(path)
+    if step_dir is not None:  # a user pointing at one step (or its state/) means that step of its run
+        root = os.path.dirname(step_dir)
+        step = os.path.basename(step_dir)
+        raise ConfigError(f"{path!r} is step {step} of the checkpoints in {root!r}, not a run; give the run's "
+                          f"workdir {run_workdir(root)!r} with --step={step} (step={step}).")
     raise ConfigError(f"no checkpoint in {path!r} (nor in {os.path.join(path, CHECKPOINTS_DIR)!r}); give the "
                       "workdir of a run that saved one (experiments.pretrain) or its checkpoints/ folder.")
+
+
+def _step_dir_of(path: str) -> str | None:
+    """The numbered step directory `path` is (<root>/<n>) or lies in (<root>/<n>/state, ...); None otherwise."""
+    path = os.path.normpath(os.path.abspath(path))
+    for candidate in (path, os.path.dirname(path)):
+        name = os.path.basename(candidate)
+        root = os.path.dirname(candidate)
+        if name.isdigit() and int(name) in checkpoint_steps_in(root):
+            return candidate
+    return None
 
 
 def run_workdir(root: str) -> str:
@@ -103,7 +125,15 @@ def run_config(path: str, step: int | None = None) -> dict[str, Any]:
 
 
 def model_config_from_run(config: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig a run trained: its preset plus the fields it overrode (None keeps the preset's)."""
+    """The ModelConfig a run trained: the resolved one a fine-tuning run saves (RESOLVED_MODEL),
+    else its preset plus the fields it overrode (None keeps the preset's)."""
+    resolved = config.get(RESOLVED_MODEL)
+    if isinstance(resolved, dict):
+        # A fine-tuning run's model section is only a preset and overrides on top of what its
+        # init loaded (a checkpoint's or Hugging Face folder's own config), so rebuilding it
+        # from the preset alone gave another model. Fields this code no longer has are dropped.
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in resolved.items() if k in known})
     fields = {k: v for k, v in dict(config["model"]).items() if v is not None}
     return get_config(fields.pop("preset"), **fields)
 
@@ -135,7 +165,8 @@ def restore_params(step_dir: str) -> Any:
 
     from research.training.checkpointing import quiet_restore
 
-    state_dir = os.path.join(step_dir, "state")
+    # Absolute: orbax's metadata() of a relative path comes back empty (item_metadata=None).
+    state_dir = os.path.join(os.path.abspath(step_dir), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         with quiet_restore():  # orbax warns that an item folder has no step metadata (it needs none), and more
@@ -154,7 +185,13 @@ def _restore_params(checkpointer: Any, state_dir: str, step_dir: str) -> Any:
     import orbax.checkpoint as ocp
 
     metadata = checkpointer.metadata(state_dir)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    saved = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
+    if saved is None:
+        # orbax returns no tree (no exception) when the state's metadata files are missing or
+        # truncated: the path is absolute here, so that is damage, said as such (not an AttributeError).
+        raise DamagedCheckpointError(f"checkpoint {step_dir!r} cannot be read (orbax finds no tree metadata in "
+                                     f"{state_dir!r}); it is damaged: pick another step (--step=N) or retrain.")
+    tree = saved.tree
     if "params" not in tree:
         raise ConfigError(f"checkpoint {step_dir!r} has no params in its state (found {sorted(tree)}).")
     item = {"params": jax.tree.map(lambda _: 0, tree["params"])}
@@ -175,8 +212,11 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     path: the run's workdir (or its checkpoints/ folder). tokenizer: a load_tokenizer spec
     replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
     """
+    from research.finetune.base_model import lora_run_config, relayout_layers  # it imports this module
     root = checkpoint_root(path)
     workdir = run_workdir(root)
+    if lora_run_config(root) is not None:  # its checkpoint holds only adapters: merge them into its base
+        return _load_lora_run(root, step, tokenizer, model_overrides)
     # The latest step may be damaged (a save killed mid-write, a truncated copy): its config or
     # its params unreadable. Fall back to the newest intact one, as training's resume does, and
     # say so. An explicitly requested step never falls back.
@@ -185,13 +225,13 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     for index, candidate in enumerate(candidates):
         try:
             config = run_config(root, candidate)
-            model_config = model_config_from_run(config)
-            if model_overrides:
-                model_config = model_config.replace(**model_overrides)
+            saved_config = model_config_from_run(config)
+            model_config = saved_config.replace(**model_overrides) if model_overrides else saved_config
             if text_tokenizer is None:  # checked before the params are read: a wrong tokenizer fails at once
                 text_tokenizer = _run_tokenizer(config, workdir, tokenizer)
             check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
-            params = restore_params(os.path.join(root, str(candidate)))
+            # An override of scan_layers changes the model's parameter tree too (stacked or per layer).
+            params = relayout_layers(restore_params(os.path.join(root, str(candidate))), saved_config, model_config)
         except DamagedCheckpointError as error:
             if index == len(candidates) - 1:
                 raise
@@ -200,6 +240,22 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
         step = candidate
         break
     return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
+
+
+def _load_lora_run(root: str, step: int | None, tokenizer: str | None,
+                   model_overrides: dict[str, Any]) -> LoadedModel:
+    """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
+    from research.finetune.base_model import load_lora_run, relayout_layers
+    latest = _pick_step(root, None)
+    if step is not None and _pick_step(root, step) != latest:  # _pick_step names the steps held
+        raise ConfigError(f"{root!r} is a LoRA run: only its latest step {latest} can be merged into its base "
+                          "(the base is read as it is now); drop --step, or export that step with the run.")
+    merged = load_lora_run(root)
+    model_config = merged.config.replace(**model_overrides) if model_overrides else merged.config
+    params = relayout_layers(merged.params, merged.config, model_config)
+    text_tokenizer = load_tokenizer(tokenizer) if tokenizer else merged.tokenizer
+    check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
+    return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, latest)
 
 
 def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
@@ -212,6 +268,11 @@ def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) 
     sentinels = int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
     if tokenizer and not os.path.isfile(tokenizer):
         sentinels = 0
+    if not tokenizer and "path" in config and "init" in config:
+        # A fine-tuning run's config.tokenizer ("" meaning its init's own), not a pretraining
+        # run's data.tokenizer: resolved along its chain of inits.
+        from research.finetune.base_model import finetune_run_tokenizer
+        tokenizer = finetune_run_tokenizer(workdir)
     return load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
 
 
