@@ -220,8 +220,9 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                               "agrees", "p", "target_log_prob", "token_edit_distance"])
         text += ("\n## The mirage: exact match beside p^L (p = teacher-forced per-token accuracy: each item's "
                  "share of right answer tokens, averaged over items (the stop after the answer is not one of them; "
-                 "the next table counts it); L = answer_tokens, the items' mean count of those tokens; p^L = that p raised to "
-                 "that L, its interval resampling the items' p with L held; em_minus_pL = exact match - p^L, its "
+                 "the next table counts it); L = answer_tokens, the items' mean count of those tokens; p^L = the "
+                 "mean over items of p raised to each item's own L (answers differ in length: a carry adds a digit), "
+                 "its interval resampling the items with their lengths; em_minus_pL = exact match - p^L, its "
                  "80% interval from the same item resamples; agrees: that interval contains 0 (to within one "
                  "item, 1 / items), in "
                  f"{sum(r['agrees'] for r in shown)} of {len(shown)} rows. Overlapping intervals of the two are no "
