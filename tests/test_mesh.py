@@ -71,3 +71,18 @@ def test_a_bert_whose_d_model_does_not_split_over_the_tensor_axis_is_one_line():
                                           r"size 8 \(rule 'mlp' -> 'tensor'"):
         check_model_fits_mesh(bert, mesh, DEFAULT_RULES)
     check_model_fits_mesh(get_config("bert-test", d_model=32, num_heads=8, head_dim=8), mesh, DEFAULT_RULES)
+
+
+def test_a_scanned_t5_whose_encoder_layers_do_not_split_over_a_layers_rule_is_one_line():
+    """With a rules table that lays 'layers' on a mesh axis, a scanned T5's encoder stack is its own
+    "layers" dimension: the check read num_layers only, let num_encoder_layers=3 over 2 through,
+    and placing the params raised JAX's IndivisibleError after the workdir was claimed."""
+    from research.models import ConfigError, get_config
+    from research.sharding import DEFAULT_RULES
+    from research.training.partitioning import check_model_fits_mesh, make_training_mesh
+    mesh = make_training_mesh((4, 2, 1))
+    rules = tuple(("layers", "fsdp") if logical == "layers" else (logical, axes) for logical, axes in DEFAULT_RULES)
+    t5 = get_config("t5-tiny", num_layers=2, num_encoder_layers=3, scan_layers=True)
+    with pytest.raises(ConfigError, match=r"model t5-tiny: num_encoder_layers=3 does not split over mesh axis fsdp"):
+        check_model_fits_mesh(t5, mesh, rules)
+    check_model_fits_mesh(get_config("t5-tiny", num_layers=2, num_encoder_layers=4, scan_layers=True), mesh, rules)

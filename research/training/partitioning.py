@@ -126,6 +126,9 @@ def _model_axis_sizes(config: Any) -> dict[str, list[tuple[str, int]]]:
         sizes["mlp"].append(("d_model", config.d_model))
     if config.scan_layers:
         sizes["layers"] = [("num_layers", config.num_layers)]
+        if config.family == "encoder_decoder" and config.encoder_layers != config.num_layers:
+            # T5's scanned encoder stack is its own "layers" dimension (num_encoder_layers)
+            sizes["layers"].append(("num_encoder_layers", config.encoder_layers))
     if config.position == "learned":
         sizes["positions"] = [("max_len", config.max_len)]
     return sizes
