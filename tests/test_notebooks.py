@@ -58,10 +58,13 @@ def test_install_cell_finds_a_local_clone_and_says_what_to_do_elsewhere(tmp_path
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, tmp_path, tmp_path_factory, monkeypatch):
     # The kernel imports this checkout (as an installed package would be found), and runs in an
     # empty directory, so a notebook that wrote next to itself would be noticed.
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    # The notebooks' tempfile.mkdtemp() workdirs (kept for a reader to open) land in pytest's
+    # own temporary tree, which pytest prunes, not in the machine's /tmp run after run.
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("notebook_tmp")))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
