@@ -332,7 +332,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                      peak_flops, num_models, f" split over the {mesh.size} devices" if across else "", block_len,
                      start_step)
             for m in members:
-                m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops)
+                m.throughput = metrics_lib.Throughput(tokens_per_step, size["train_flops_per_token"], peak_flops,
+                                                      models_in_program=num_models)
                 if start_step == 0:
                     m.writer.write(0, {**size, "peak_flops": peak_flops, "devices": mesh.size})
 

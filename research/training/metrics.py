@@ -288,10 +288,16 @@ class Throughput:
 
     The first step (compilation) is never timed, and `restart` drops time spent outside
     training (evaluation, checkpointing) from the current window.
+
+    With K models in one program each member's tokens/s is its own (its share of the wall
+    time), but MFU is the program's: the devices run all K models' FLOPs in that time, and a
+    member's 1/K share read as if the machine idled ((K - 1)/K) of it.
     """
 
-    def __init__(self, tokens_per_step: float, flops_per_token: float, peak_flops: float | None):
+    def __init__(self, tokens_per_step: float, flops_per_token: float, peak_flops: float | None,
+                 models_in_program: int = 1):
         self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
+        self.models_in_program = models_in_program
         self._start, self._steps = 0.0, -1
 
     def step_done(self) -> None:
@@ -312,7 +318,7 @@ class Throughput:
         self._start, self._steps = now, 0
         out = {"tokens_per_second": tokens_per_second}
         if self.peak_flops:
-            out["mfu"] = tokens_per_second * self.flops_per_token / self.peak_flops
+            out["mfu"] = tokens_per_second * self.models_in_program * self.flops_per_token / self.peak_flops
         return out
 
 

@@ -63,6 +63,11 @@ def test_models_trained_together_equal_models_trained_alone(tokenizers, compilat
     _close_runs(per_step(tmp_path / "axis" / "opt.learning_rate=0.001"), per_step(tmp_path / "alone" / "a"), steps)
     lr = [r["learning_rate"] for r in read_metrics(tmp_path / "axis" / "opt.learning_rate=0.002") if "loss" in r]
     assert max(lr) == pytest.approx(2e-3)
+    # Each member logs its own tokens/s but the program's MFU: both models' FLOPs ran in that time.
+    records = read_metrics(tmp_path / "axis" / "opt.learning_rate=0.002")
+    flops, peak = records[0]["train_flops_per_token"], records[0]["peak_flops"]
+    timed = [r for r in records if "mfu" in r]
+    assert timed and all(r["mfu"] == pytest.approx(2 * r["tokens_per_second"] * flops / peak) for r in timed)
 
 
 def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
