@@ -5,7 +5,8 @@
     python -m experiments.evaluate --hf_dir=/path/to/gpt2 --tasks=unscramble_anagram1 --num_shots=0,4
 
 --checkpoint is a run's workdir (experiments.pretrain); its latest step and its own
-SentencePiece tokenizer are used unless --step / --tokenizer say otherwise. --tokenizer is
+SentencePiece tokenizer are used unless --step / --tokenizer say otherwise (--step=best: the
+kept step with the lowest eval loss, which checkpoint.keep_best keeps). --tokenizer is
 'char', a SentencePiece .model file, or a Hugging Face tokenizer folder (the default for
 --hf_dir). Task names: research/evaluation/task_catalog.py, or a .json task file.
 
@@ -23,16 +24,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from absl import app, flags, logging
 
 from research.compile_interrupts import ctrl_c_after_compiles
 from research.models.config import ConfigError
 
+if TYPE_CHECKING:
+    from research.training.checkpoint_loading import Step
+
 
 def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = None, checkpoint: str | None = None,
-                   step: int | None = None, hf_dir: str | None = None, tokenizer: str | None = None,
+                   step: Step = None, hf_dir: str | None = None, tokenizer: str | None = None,
                    num_test: int = 100, num_train: int = 64, seed: int = 0, batch_size: int = 16,
                    dtype: str | None = None, output_dir: str | None = None, overwrite: bool = False,
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -158,7 +162,8 @@ def _define_flags() -> None:
     # Defined only when run as a program, so importing this module (tests, notebooks) adds no
     # global flags that could collide with another entry point's.
     flags.DEFINE_string("checkpoint", None, "A training run's workdir (or its checkpoints/ folder).")
-    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_string("step", None, "Checkpoint step to evaluate (default: the latest; 'best': the kept step "
+                        "with the lowest eval loss).")
     flags.DEFINE_string("hf_dir", None, "A Hugging Face checkpoint folder, instead of --checkpoint.")
     flags.DEFINE_string("tokenizer", None, "'char', a SentencePiece .model, or a HF tokenizer folder.")
     flags.DEFINE_list("tasks", ["addition_3digit"], "Task names (research/evaluation/task_catalog.py) or .json files.")
@@ -183,7 +188,8 @@ def main(argv):
     from research.data import DataError
 
     try:
-        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots) or None, checkpoint=f.checkpoint, step=f.step,
+        from research.training.checkpoint_loading import parse_step
+        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots) or None, checkpoint=f.checkpoint, step=parse_step(f.step),
                        hf_dir=f.hf_dir, tokenizer=f.tokenizer, num_test=f.num_test, num_train=f.num_train,
                        seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir,
                        overwrite=f.overwrite)

@@ -24,12 +24,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from absl import app, flags, logging
 
 from research.compile_interrupts import ctrl_c_after_compiles
 from research.models.config import ConfigError
+
+if TYPE_CHECKING:
+    from research.training.checkpoint_loading import Step
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -190,7 +193,8 @@ def _read_prompts(prompt_flags: Sequence[str], prompt_file: str | None) -> list[
 def _define_flags() -> None:
     # Defined only when run as a program (as experiments.evaluate), so importing adds no flags.
     flags.DEFINE_string("checkpoint", None, "A training run's workdir (or its checkpoints/ folder).")
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_string("step", None, "Checkpoint step (default: the latest; 'best': the kept step with the "
+                        "lowest eval loss).")
     flags.DEFINE_string("hf_dir", None, "A Hugging Face checkpoint folder, instead of --checkpoint.")
     flags.DEFINE_string("tokenizer", None, "'char', a SentencePiece .model, or a HF tokenizer folder.")
     flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for a batch).")
@@ -221,14 +225,15 @@ def main(argv):
                                   seed=f.seed)
         options.check()
         prompts = _read_prompts(f.prompt, f.prompt_file)
-        loaded = load_model(checkpoint=f.checkpoint, step=f.step, hf_dir=f.hf_dir, tokenizer=f.tokenizer,
+        from research.training.checkpoint_loading import parse_step
+        loaded = load_model(checkpoint=f.checkpoint, step=parse_step(f.step), hf_dir=f.hf_dir, tokenizer=f.tokenizer,
                             dtype=f.dtype)
         print(format_completions(generate_text(loaded, prompts, options), options))
     except (ConfigError, DataError) as error:
         sys.exit(f"error: {error}")
 
 
-def load_model(*, checkpoint: str | None = None, step: int | None = None, hf_dir: str | None = None,
+def load_model(*, checkpoint: str | None = None, step: Step = None, hf_dir: str | None = None,
                tokenizer: str | None = None, dtype: str | None = None):
     """A run's checkpoint or a Hugging Face folder (exactly one), as a LoadedModel."""
     from research.training.checkpoint_loading import load_checkpoint, load_hf

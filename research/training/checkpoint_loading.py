@@ -23,8 +23,9 @@ import dataclasses
 import glob
 import json
 import logging
+import math
 import os
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, Union
 
 import flax.linen as nn
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"  # under a run's workdir (research.training.loop)
 # The key of a fine-tuning run's saved config holding its model's full ModelConfig.to_dict().
 RESOLVED_MODEL = "resolved_model"
+BEST = "best"  # step=BEST: the held step with the lowest saved eval loss (checkpoint.keep_best keeps it)
+Step = Union[int, Literal["best"], None]
 
 
 class LoadedModel(NamedTuple):
@@ -103,7 +106,7 @@ def checkpoint_steps(path: str) -> list[int]:
     return checkpoint_steps_in(checkpoint_root(path))
 
 
-def run_config(path: str, step: int | None = None) -> dict[str, Any]:
+def run_config(path: str, step: Step = None) -> dict[str, Any]:
     """The run config saved with checkpoint `step` (default latest), as a plain dict."""
     root = checkpoint_root(path)
     step = _pick_step(root, step)
@@ -205,9 +208,10 @@ class DamagedCheckpointError(ConfigError):
     """A checkpoint step whose files cannot be read (truncated, missing, corrupted)."""
 
 
-def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None = None,
+def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = None,
                     **model_overrides: Any) -> LoadedModel:
-    """Model, params and tokenizer of a run's checkpoint `step` (default: latest).
+    """Model, params and tokenizer of a run's checkpoint `step` (default: latest; BEST: the held
+    step with the lowest saved eval loss).
 
     path: the run's workdir (or its checkpoints/ folder). tokenizer: a load_tokenizer spec
     replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
@@ -242,7 +246,7 @@ def load_checkpoint(path: str, *, step: int | None = None, tokenizer: str | None
     return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
 
 
-def _load_lora_run(root: str, step: int | None, tokenizer: str | None,
+def _load_lora_run(root: str, step: Step, tokenizer: str | None,
                    model_overrides: dict[str, Any]) -> LoadedModel:
     """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
     from research.finetune.base_model import load_lora_run, relayout_layers
@@ -303,12 +307,48 @@ def load_hf(path: str, *, tokenizer: str | None = None, add_bos_token: bool | No
                        tuple(i for i in stop_ids if i < model.config.vocab_size))
 
 
-def _pick_step(root: str, step: int | None) -> int:
+def parse_step(text: str | None) -> Step:
+    """A --step flag's value: None (the latest), BEST, or a step number; one line otherwise."""
+    if text is None or text == BEST:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--step={text!r} must be a step number or {BEST!r} (the kept step with the lowest eval "
+                          "loss); default: the latest.") from None
+
+
+def saved_eval_loss(step_dir: str) -> float | None:
+    """The eval loss a step was saved with (checkpoint.keep_best's ranking), None if it has none."""
+    from research.training.checkpointing import BEST_METRIC, METRICS_ITEM
+    try:
+        with open(os.path.join(step_dir, METRICS_ITEM, METRICS_ITEM), encoding="utf-8") as f:
+            loss = json.load(f).get(BEST_METRIC)
+    except (OSError, ValueError, AttributeError):  # none saved, or an unreadable record: not ranked
+        return None
+    return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+
+
+def best_step(root: str) -> int:
+    """The held step with the lowest saved eval loss (the later step on a tie), as keep_best ranks them."""
+    scored = [(loss, -step) for step in checkpoint_steps_in(root)
+              if (loss := saved_eval_loss(os.path.join(root, str(step)))) is not None]
+    if not scored:
+        raise ConfigError(f"no checkpoint in {root!r} was saved with an eval loss (checkpoint.keep_best=0, or no "
+                          f"evaluation at its save steps), so none is {BEST!r}; give a step number (--step=N).")
+    return -min(scored)[1]
+
+
+def _pick_step(root: str, step: Step) -> int:
     steps = checkpoint_steps_in(root)
     if not steps:
         raise ConfigError(f"no checkpoint in {root!r}.")
     if step is None:
         return steps[-1]
+    if step == BEST:
+        return best_step(root)
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ConfigError(f"step={step!r} must be a step number, {BEST!r} or None (the latest).")
     if step not in steps:
         raise ConfigError(f"checkpoint step {step} is not in {root!r}; it holds steps {steps}.")
     return step

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -74,3 +76,31 @@ def test_a_step_dir_its_state_or_a_file_is_named_for_what_it_is(runs, tmp_path):
         load_checkpoint(str(a_file))
     with pytest.raises(ConfigError, match="does not exist"):
         load_checkpoint(str(tmp_path / "missing"))
+
+
+def _set_eval_loss(run: str, step: int, loss) -> None:
+    path = os.path.join(run, "checkpoints", str(step), "metrics", "metrics")
+    with open(path, "w") as f:
+        f.write(loss if isinstance(loss, str) else json.dumps({"eval_loss": loss}))
+
+
+def test_step_best_is_the_kept_step_with_the_lowest_saved_eval_loss(runs, tmp_path):
+    from research.training.checkpoint_loading import parse_step
+    run = str(tmp_path / "run")
+    shutil.copytree(runs[False], run)
+    _set_eval_loss(run, 1, 3.25)
+    _set_eval_loss(run, 2, 3.5)
+    best = load_checkpoint(run, step="best")
+    assert best.step == 1 and "step 1" in best.source
+    np.testing.assert_array_equal(_logits(best), _logits(load_checkpoint(run, step=1)))
+    _set_eval_loss(run, 1, "{trunc")  # an unreadable record ranks no step; a tie goes to the later step
+    assert load_checkpoint(run, step="best").step == 2
+    _set_eval_loss(run, 1, 3.5)
+    assert load_checkpoint(run, step="best").step == 2
+    for step in (1, 2):
+        _set_eval_loss(run, step, float("nan"))
+    with pytest.raises(ConfigError, match=r"was saved with an eval loss .* give a step number \(--step=N\)"):
+        load_checkpoint(run, step="best")
+    assert [parse_step(text) for text in (None, "best", "7")] == [None, "best", 7]
+    with pytest.raises(ConfigError, match=r"--step='last' must be a step number or 'best'"):
+        parse_step("last")
