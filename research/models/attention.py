@@ -154,7 +154,8 @@ class Attention(nn.Module):
         if not isinstance(mask, AttentionMask):
             mask = AttentionMask(mask)  # a bare dense mask: only kernels that read dense masks apply
         proj = lambda n, name, scale=1.0: Dense((n, dh), ("embed",), ("heads" if n == h else "kv_heads", "kv"),
-                                                cfg, use_bias=cfg.use_bias, t5_init_scale=scale, name=name)
+                                                cfg, use_bias=cfg.use_bias or cfg.qkv_bias, t5_init_scale=scale,
+                                                name=name)
         source_BSD = x_BTD if kv_BSD is None else kv_BSD
         # Unscaled logits (T5) take their 1/sqrt(Dh) in the query's init instead.
         q_BTHd = proj(h, "query", 1.0 if cfg.scale_attention_logits else dh**-0.5)(x_BTD)

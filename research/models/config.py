@@ -82,6 +82,8 @@ class ModelConfig:
     activation: Activation = "gelu"
     gated_mlp: bool = False  # SwiGLU / gated-GELU: two input projections
     use_bias: bool = True
+    # Biases on the query, key and value projections alone (Qwen2); use_bias puts them everywhere.
+    qkv_bias: bool = False
     scale_attention_logits: bool = True  # T5 folds 1/sqrt(Dh) into its init instead
     tie_embeddings: bool = True  # LM head shares the token embedding
     scale_tied_logits: bool = False  # T5 v1.0: multiply by D**-0.5 before the tied head

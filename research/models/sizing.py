@@ -94,7 +94,7 @@ def _attention(cfg: ModelConfig) -> int:
     """q [D,H,Dh], k and v [D,K,Dh], out [H,Dh,D], plus their biases."""
     d, q_width, kv_width = cfg.d_model, cfg.num_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
     weights = d * q_width + 2 * d * kv_width + q_width * d
-    return weights + ((q_width + 2 * kv_width + d) if cfg.use_bias else 0)
+    return weights + (q_width + 2 * kv_width if cfg.use_bias or cfg.qkv_bias else 0) + (d if cfg.use_bias else 0)
 
 
 def _mlp(cfg: ModelConfig) -> int:
@@ -231,7 +231,7 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
         encoder_attention = 4 * cfg.encoder_layers * source * d_attn
         decoder_attention = cfg.num_layers * (2 * n_ctx + 4 * source) * d_attn
         kv_width = cfg.kv_heads * cfg.dim_per_head
-        cross_kv = cfg.num_layers * 2 * (cfg.d_model * kv_width + (kv_width if cfg.use_bias else 0))
+        cross_kv = cfg.num_layers * 2 * (cfg.d_model * kv_width + (kv_width if cfg.use_bias or cfg.qkv_bias else 0))
         encoder_forward = 2 * (_self_attention_stack(cfg, cfg.encoder_layers) + cross_kv) + encoder_attention
         decoder_forward = 2 * (_t5_decoder_stack(cfg) - cross_kv) + decoder_attention + unembed
         # Integer division is exact for equal lengths, the common case.

@@ -1,4 +1,4 @@
-"""Parity of research/models/hf (GPT-2, LLaMA, Mistral) with transformers on small random
+"""Parity of research/models/hf (GPT-2, LLaMA, Mistral, Qwen2) with transformers on small random
 models: logits, scan_layers import, exact export/import round trips, loading our export
 in transformers, and config conversion errors."""
 import jax
@@ -30,6 +30,10 @@ def _hf_model(arch: str) -> transformers.PreTrainedModel:
         if arch == "mistral":
             config = transformers.MistralConfig(sliding_window=None, head_dim=8, **llama_like)
             model = transformers.MistralForCausalLM(config)
+        elif arch.startswith("qwen2"):  # biases on q/k/v only; "-window": a 4-token window in every layer
+            window = dict(use_sliding_window=True, sliding_window=4, max_window_layers=0) if arch.endswith("window") \
+                else {}
+            model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**window, **llama_like))
         else:
             config = transformers.LlamaConfig(tie_word_embeddings=arch == "llama-tied", **llama_like)
             model = transformers.LlamaForCausalLM(config)
@@ -57,7 +61,7 @@ def batch():
     return tokens, mask
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-tied", "mistral"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-tied", "mistral", "qwen2", "qwen2-window"])
 def saved(request, tmp_path_factory):
     """(transformers model, folder it was saved to with save_pretrained)."""
     model = _hf_model(request.param)
@@ -105,10 +109,12 @@ def _random_params(model, seed=0):
     return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
-@pytest.mark.parametrize("preset,architecture", [("gpt2-tiny", "GPT2LMHeadModel"),
-                                                 ("llama-tiny", "LlamaForCausalLM")])
-def test_to_hf_folder_loads_in_transformers(tmp_path, batch, preset, architecture):
-    model = build_model(get_config(preset))
+@pytest.mark.parametrize("preset,overrides,architecture", [
+    ("gpt2-tiny", {}, "GPT2LMHeadModel"), ("llama-tiny", {}, "LlamaForCausalLM"),
+    ("llama-tiny", {"qkv_bias": True}, "Qwen2ForCausalLM"),
+    ("llama-tiny", {"qkv_bias": True, "sliding_window": 3}, "Qwen2ForCausalLM")])
+def test_to_hf_folder_loads_in_transformers(tmp_path, batch, preset, overrides, architecture):
+    model = build_model(get_config(preset, **overrides))
     params = _random_params(model)
     to_hf(model, params, str(tmp_path))
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
@@ -159,6 +165,11 @@ def test_llama_reads_transformers4_rope_theta_and_defaults():
     (llama, {"attention_bias": True}, "attention_bias=true is not supported"),
     (llama, {"mlp_bias": True}, "mlp_bias=true is not supported"),
     (llama, {"hidden_act": "tanh"}, "activation 'tanh' is not supported"),
+    # Qwen2's default layer_types window layers >= max_window_layers only; one window per model converts.
+    (llama, {"model_type": "qwen2", "num_hidden_layers": 4, "use_sliding_window": True, "max_window_layers": 2},
+     "qwen2: a sliding window in 2 of 4 layers"),
+    (llama, {"model_type": "qwen2", "num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]},
+     "qwen2: a sliding window in 1 of 2 layers"),
     (gpt2, {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=true is not supported"),
 ])
 def test_unsupported_hf_config_raises(module, hf_config, expected):
@@ -171,6 +182,7 @@ def test_unsupported_hf_config_raises(module, hf_config, expected):
     ("gpt2-tiny", dict(norm="rmsnorm"), "cannot be expressed as GPT-2: norm='rmsnorm' (needs 'layernorm')"),
     ("gpt2-tiny", dict(num_kv_heads=2), "num_kv_heads=2 (needs 4)"),
     ("llama-tiny", dict(use_bias=True), "cannot be expressed as LLaMA: use_bias=True (needs False)"),
+    ("t5-tiny", dict(qkv_bias=True), "cannot be expressed as T5: qkv_bias=True (needs False)"),
 ])
 def test_to_hf_rejects_configs_the_architecture_cannot_express(tmp_path, preset, overrides, expected):
     model = build_model(get_config(preset, **overrides))

@@ -129,6 +129,7 @@ VARIANTS = [
     ("bert-test", {}), ("bert-test", {"num_labels": 3}), ("bert-test", {"num_labels": 3, "pooler": False}),
     ("bert-test", {"tie_embeddings": False, "use_bias": False, "type_vocab_size": 0}),
     ("t5-tiny", {}), ("t5-v1_1-tiny", {"num_encoder_layers": 3, "num_kv_heads": 2}),
+    ("llama-tiny", {"qkv_bias": True, "num_kv_heads": 2}), ("t5-tiny", {"qkv_bias": True, "num_kv_heads": 2}),
 ]
 
 

@@ -38,6 +38,7 @@ _MODULE_FOR_TYPE = {
     "gpt2": "research.models.hf.gpt2",
     "llama": "research.models.hf.llama",
     "mistral": "research.models.hf.llama",  # LLaMA plus a sliding window (ModelConfig.sliding_window)
+    "qwen2": "research.models.hf.llama",  # LLaMA plus query/key/value biases (ModelConfig.qkv_bias)
     "bert": "research.models.hf.bert",
     "t5": "research.models.hf.t5",
 }

@@ -1,5 +1,6 @@
-"""LLaMA and Mistral (transformers' LlamaForCausalLM / MistralForCausalLM) <-> our decoder
-with RoPE, RMSNorm and a gated MLP; Mistral's sliding window is config.sliding_window.
+"""LLaMA, Mistral and Qwen2 (transformers' LlamaForCausalLM / MistralForCausalLM /
+Qwen2ForCausalLM) <-> our decoder with RoPE, RMSNorm and a gated MLP; Mistral's sliding window
+is config.sliding_window, Qwen2's query/key/value biases config.qkv_bias.
 
 HF nn.Linear weights are [out, in], so every projection is transposed. Our RoPE uses
 the same rotate-half layout as HF LLaMA, so q/k weights need no permutation. A stored
@@ -23,6 +24,12 @@ _LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size"
                    "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "pad_token_id": None}
 _MISTRAL_DEFAULTS = {**_LLAMA_DEFAULTS, "intermediate_size": 14336, "num_key_value_heads": 8,
                      "max_position_embeddings": 4096 * 32, "sliding_window": 4096}
+# Qwen2Config's: no attention_bias / mlp_bias keys (its q/k/v always carry biases, o and the MLP
+# never); a window only where use_sliding_window, and then in layers >= max_window_layers.
+_QWEN2_DEFAULTS = {**_LLAMA_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
+                   "max_position_embeddings": 32768, "use_sliding_window": False, "sliding_window": 4096,
+                   "max_window_layers": 28, "layer_types": None}
+_DEFAULTS = {"llama": _LLAMA_DEFAULTS, "mistral": _MISTRAL_DEFAULTS, "qwen2": _QWEN2_DEFAULTS}
 _ROPE_THETA_DEFAULT = 10_000.0
 # Non-persistent buffer that old checkpoints saved; recomputed from rope_theta.
 _IGNORED = (".rotary_emb.inv_freq",)
@@ -31,9 +38,9 @@ _IGNORED = (".rotary_emb.inv_freq",)
 def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
     """ModelConfig of a LLaMA or Mistral config.json dict."""
     model_type = hf_config.get("model_type", "llama")
-    hf = {**(_MISTRAL_DEFAULTS if model_type == "mistral" else _LLAMA_DEFAULTS), **hf_config}
+    hf = {**_DEFAULTS.get(model_type, _LLAMA_DEFAULTS), **hf_config}
     for flag in ("attention_bias", "mlp_bias"):
-        if hf[flag]:
+        if hf[flag] and model_type != "qwen2":  # Qwen2's modeling code reads neither key
             raise ConfigError(f"{model_type}: {flag}=true is not supported; only bias-free LLaMA blocks convert.")
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf["head_dim"]
@@ -44,6 +51,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         max_len=hf["max_position_embeddings"], position="rope", rope_theta=_rope_theta(hf, model_type),
         norm="rmsnorm", norm_eps=hf["rms_norm_eps"], norm_placement="pre",
         activation=hf_activation(hf["hidden_act"], model_type), gated_mlp=True, use_bias=False,
+        qkv_bias=model_type == "qwen2",
         tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=hf["pad_token_id"] or 0,
         dropout_rate=float(hf["attention_dropout"]), sliding_window=_sliding_window(hf, model_type))
 
@@ -51,13 +59,33 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
 def _sliding_window(hf: dict[str, Any], model_type: str) -> int | None:
     """Mistral's window, as transformers applies it: in every layer, whatever its size (a window
     as long as max_position_embeddings still masks the positions RoPE runs past it). LLaMA's
-    modeling code never reads a sliding_window key, so there it means nothing."""
+    modeling code never reads a sliding_window key, so there it means nothing. Qwen2 windows
+    the layers its layer_types call "sliding_attention": none, or all of them, convert."""
     window = hf.get("sliding_window") if model_type == "mistral" else None
+    if model_type == "qwen2":
+        window = _qwen2_window(hf)
     if window is None:
         return None
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"{model_type}: sliding_window={window!r} must be a positive int (or null for full "
                           "causal attention).")
+    return window
+
+
+def _qwen2_window(hf: dict[str, Any]) -> int | None:
+    """Qwen2Config's rule: a window only with use_sliding_window, in the layers layer_types names
+    (default: those from max_window_layers on). One window per model is what our decoder holds."""
+    layers = hf["num_hidden_layers"]
+    window = hf["sliding_window"] if hf["use_sliding_window"] else None
+    types = hf["layer_types"] or ["sliding_attention" if window is not None and i >= hf["max_window_layers"]
+                                  else "full_attention" for i in range(layers)]
+    sliding = sum(kind == "sliding_attention" for kind in types)
+    if sliding == 0:
+        return None
+    if sliding != layers or window is None:
+        raise ConfigError(f"qwen2: a sliding window in {sliding} of {layers} layers (use_sliding_window="
+                          f"{hf['use_sliding_window']}, max_window_layers={hf['max_window_layers']}) is not supported; "
+                          "only a window in every layer or in none converts.")
     return window
 
 
@@ -86,12 +114,16 @@ def config_for_weights(config: ModelConfig, state_dict: StateDict) -> ModelConfi
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """LLaMA config.json dict of `config` (Mistral's when it has a sliding window, which LLaMA
-    would silently drop); ConfigError if neither can express it."""
+    would silently drop; Qwen2's when its q/k/v carry biases); ConfigError if none can express it."""
     check_convertible(config, "LLaMA", dict(family="decoder", position="rope", norm="rmsnorm", norm_placement="pre",
                                             gated_mlp=True, use_bias=False, scale_attention_logits=True,
                                             scale_tied_logits=False))
     window = {} if config.sliding_window is None else {
         "model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": config.sliding_window}
+    if config.qkv_bias:  # Qwen2 windows layers >= max_window_layers: 0 puts the window in all of them
+        window = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+                  "use_sliding_window": config.sliding_window is not None, "max_window_layers": 0,
+                  "sliding_window": config.sliding_window}
     return {
         "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": config.vocab_size,
         "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.num_layers,
@@ -120,6 +152,9 @@ def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
                             "mlp.down_proj.weight": (d, f), "input_layernorm.weight": (d,),
                             "post_attention_layernorm.weight": (d,)}.items():
             shapes[f"layers.{i}.{name}"] = shape
+        if config.qkv_bias:
+            shapes.update({f"layers.{i}.self_attn.q_proj.bias": (hd,), f"layers.{i}.self_attn.k_proj.bias": (kd,),
+                           f"layers.{i}.self_attn.v_proj.bias": (kd,)})
     if not config.tie_embeddings:
         shapes["lm_head.weight"] = (v, d)
     return shapes
@@ -138,11 +173,13 @@ def params_from_hf(state_dict: StateDict, config: ModelConfig) -> dict:
                     "final_norm": {"scale": sd["norm.weight"]}}
     for i in range(config.num_layers):
         p = f"layers.{i}."
-        heads = lambda name, n: {"kernel": sd[p + name].T.reshape(d, n, dh)}
+        def heads(name: str, n: int) -> dict:
+            kernel = {"kernel": sd[p + name + ".weight"].T.reshape(d, n, dh)}
+            return {**kernel, "bias": sd[p + name + ".bias"].reshape(n, dh)} if config.qkv_bias else kernel
         params[f"layers_{i}"] = {
             "attention_norm": {"scale": sd[p + "input_layernorm.weight"]},
-            "attention": {"query": heads("self_attn.q_proj.weight", h), "key": heads("self_attn.k_proj.weight", k),
-                          "value": heads("self_attn.v_proj.weight", k),
+            "attention": {"query": heads("self_attn.q_proj", h), "key": heads("self_attn.k_proj", k),
+                          "value": heads("self_attn.v_proj", k),
                           "out": {"kernel": sd[p + "self_attn.o_proj.weight"].T.reshape(h, dh, d)}},
             "mlp_norm": {"scale": sd[p + "post_attention_layernorm.weight"]},
             # act(gate) * up: gate is the activated input projection wi_0.
@@ -175,6 +212,9 @@ def params_to_hf(params: Any, config: ModelConfig) -> StateDict:
             prefix + "input_layernorm.weight": layer["attention_norm"]["scale"],
             prefix + "post_attention_layernorm.weight": layer["mlp_norm"]["scale"],
         })
+        if config.qkv_bias:
+            for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+                sd[prefix + f"self_attn.{theirs}.bias"] = attention[ours]["bias"].reshape(-1)
     if not config.tie_embeddings:
         sd["lm_head.weight"] = p["lm_head"]["kernel"].T
     return sd

@@ -93,7 +93,8 @@ def config_for_weights(config: ModelConfig, state_dict: dict[str, np.ndarray]) -
 def config_to_hf(config: ModelConfig) -> dict:
     """ModelConfig -> config.json dict for T5ForConditionalGeneration."""
     check_convertible(config, "T5", dict(family="encoder_decoder", position="relative", norm="rmsnorm",
-                                         norm_placement="pre", use_bias=False, scale_attention_logits=False,
+                                         norm_placement="pre", use_bias=False, qkv_bias=False,
+                                         scale_attention_logits=False,
                                          num_kv_heads=None if config.num_kv_heads is None else config.num_heads))
     if config.scale_tied_logits and not config.tie_embeddings:
         raise ConfigError(f"{config.name}: scale_tied_logits=True needs tie_embeddings=True to be expressed as T5.")
