@@ -143,6 +143,18 @@ def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
     return parent if kind == "hf" else "char"  # init="random" trains with load_base_model's default
 
 
+def finetune_run_sentinels(path: str, depth: int = 0) -> int:
+    """The T5 sentinels (data.tokenizer.num_extra_ids) of the pretraining run at the root of the
+    run in `path`'s chain of checkpoint inits: a fine-tuning run's config has no data.tokenizer,
+    and its SentencePiece model (its ancestor's) lost the sentinels that run appended."""
+    from research.training.checkpoint_loading import run_config
+    saved = run_config(path)
+    if "path" not in saved or "init" not in saved:  # a pretraining run
+        return int(saved.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    kind, _, parent = str(saved["init"]).partition(":")
+    return finetune_run_sentinels(parent, depth + 1) if kind == "checkpoint" and depth < 8 else 0
+
+
 def load_reference(spec: str) -> tuple[ModelConfig, Any]:
     """(config, host params) of a frozen reference model: "checkpoint:<run workdir>" or "hf:<folder>"."""
     import os

@@ -270,13 +270,14 @@ def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) 
     # (the "cannot tell which tokenizer" error asks for the run's own that way); "char" and
     # Hugging Face folders have no sentinels to add.
     sentinels = int(config.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
+    if "path" in config and "init" in config:
+        # A fine-tuning run's config.tokenizer ("" meaning its init's own), not a pretraining
+        # run's data.tokenizer: resolved along its chain of inits, sentinels too.
+        from research.finetune.base_model import finetune_run_sentinels, finetune_run_tokenizer
+        sentinels = finetune_run_sentinels(workdir)
+        tokenizer = tokenizer or finetune_run_tokenizer(workdir)
     if tokenizer and not os.path.isfile(tokenizer):
         sentinels = 0
-    if not tokenizer and "path" in config and "init" in config:
-        # A fine-tuning run's config.tokenizer ("" meaning its init's own), not a pretraining
-        # run's data.tokenizer: resolved along its chain of inits.
-        from research.finetune.base_model import finetune_run_tokenizer
-        tokenizer = finetune_run_tokenizer(workdir)
     return load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)
 
 

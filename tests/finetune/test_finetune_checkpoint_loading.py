@@ -14,6 +14,7 @@ from tests.finetune.conftest import tiny_config
 TOKENS = np.random.default_rng(0).integers(1, 90, (2, 24)).astype(np.int32)
 # Fields the llama-tiny preset sets otherwise: rebuilding the run from its preset loses them.
 NON_DEFAULT = dict(sliding_window=4, rope_theta=500.0)
+SENTINELS = 5
 
 
 def _short(config) -> None:
@@ -36,7 +37,8 @@ def sft_run(tmp_path_factory) -> tuple[str, str, str]:
     config = pretrain.get_config("gpt_tiny")
     config.model.update(preset="llama-tiny", num_layers=1, dtype="float32", **NON_DEFAULT)
     config.data.max_documents = 20
-    config.data.tokenizer.update(vocab_size=400, max_training_chars=60_000)
+    # T5 sentinels appended to the run's SentencePiece model: its fine-tuned children must keep them.
+    config.data.tokenizer.update(vocab_size=400, max_training_chars=60_000, num_extra_ids=SENTINELS)
     config.train.update(num_steps=2, batch_size=8, seq_len=32, log_every_steps=1, eval_every_steps=2,
                         eval_batches=1, progress_bar=False, peak_flops=1e9)
     config.opt.warmup_steps = 1
@@ -61,6 +63,16 @@ def test_a_full_finetune_run_loads_with_its_resolved_model_and_tokenizer(sft_run
                                np.asarray(exported.model.apply({"params": exported.params}, TOKENS)), atol=1e-5)
     own = load_checkpoint(sft)  # no tokenizer given: the base run's own, through the SFT's init
     assert own.tokenizer.vocab_size == load_checkpoint(base).tokenizer.vocab_size
+
+
+def test_a_finetune_run_loaded_without_a_tokenizer_keeps_its_ancestors_sentinels(sft_run):
+    """A fine-tuning run's config has no data.tokenizer: its ancestor's .model loaded with 0
+    sentinels (vocabulary 400, not 405), so a sentinel id could not be decoded."""
+    base, sft, _ = sft_run
+    pretrained = load_checkpoint(base).tokenizer
+    assert pretrained.vocab_size == 400 + SENTINELS
+    assert load_checkpoint(sft).tokenizer.vocab_size == pretrained.vocab_size
+    assert load_checkpoint(sft).tokenizer.decode([400 + SENTINELS - 1]) == pretrained.decode([400 + SENTINELS - 1])
 
 
 def test_a_second_stage_starts_from_the_resolved_model(sft_run):
