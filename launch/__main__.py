@@ -12,6 +12,7 @@ paths; on tpu_vm a config inside this repository is given to the workers relativ
 --tpu_repo_dir, and the workdir must be absolute or gs://). The module, the override keys,
 node and GPU counts are checked before anything is written. `--dry_run` prints the commands
 and the script and writes nothing; `--results` prints each job's status, final loss and time.
+Jobs that --results shows running are not started again (`--force` does, for jobs gone unrecorded).
 Examples:
   python -m launch --config=experiments/configs/pretrain.py:gpt_tiny --module=experiments.pretrain \\
       --workdir=/tmp/lr_sweep --backend=local --max_parallel=1 --override=config.train.num_steps=100
@@ -27,12 +28,13 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Sequence
 
 from absl import app, flags
 
 from launch import backends, results as results_lib
 from launch.launch_dir import check_launch_dir, read_launched, record_launch_dir, record_launched
-from launch.sweep import (LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
+from launch.sweep import (Job, LaunchError, check_config_keys, check_module, expand, is_url, job_paths, load_sweep,
                           parse_overrides)
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file and preset whose get_sweep() to launch, path.py:arg.")
@@ -46,6 +48,9 @@ _LAUNCH_DIR = flags.DEFINE_string("launch_dir", None, "Where scripts, job logs a
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the jobs' commands and the script; run and write nothing.")
 _RESULTS = flags.DEFINE_bool("results", False, "Print each job's status, final loss and time; run nothing.")
 _SUBMIT = flags.DEFINE_bool("submit", False, "slurm / tpu_vm: also run sbatch / bash on the written script.")
+_FORCE = flags.DEFINE_bool("force", False, "Run / submit although a job of this launch dir reads 'running' in "
+                           "--results (a start and no exit record): for jobs the scheduler killed before they "
+                           "could record their end.")
 _MAX_PARALLEL = flags.DEFINE_integer("max_parallel", 1, "local: jobs running at once.")
 _PYTHON = flags.DEFINE_string("python", "python", "slurm / tpu_vm: the remote Python (local uses this one's).")
 _SLURM_NODES = flags.DEFINE_integer("slurm_nodes", 1, "slurm: nodes per job (one JAX process each).")
@@ -109,6 +114,8 @@ def _launch() -> None:
     if _RESULTS.value:
         print(results_lib.format_table(results_lib.collect(jobs, log_dir)))
         return
+    if not _DRY_RUN.value and (local or _SUBMIT.value):  # about to start jobs
+        _check_none_running(jobs, log_dir)
     if local:
         if _DRY_RUN.value:
             print("\n".join(f"{job.name}: {job.command}" for job in jobs))
@@ -161,6 +168,25 @@ def _launch() -> None:
         if code:
             what = "sbatch refused the script" if backend == "slurm" else "a job failed (see launch_status)"
             raise LaunchError(f"--submit: {submit[0]} {path} exited {code}: {what}; the script stays written.")
+
+
+def _check_none_running(jobs: Sequence[Job], log_dir: str) -> None:
+    """A LaunchError when a job of the sweep still runs from an earlier launch (what --results shows
+    as running): a second submission of a slurm / tpu_vm sweep started a second set of job steps on
+    the same workdirs (the local backend's lock covers local jobs only). A sweep whose jobs all
+    ended is run again (each job resumes from its checkpoint). A job killed before it could record
+    its end (SIGKILL past slurm's KillWait, a lost node) reads running for ever: --force skips this."""
+    if _FORCE.value:
+        return
+    names = results_lib.running(jobs, log_dir)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        status = os.path.join(log_dir, results_lib.STATUS_DIR)
+        # "is still running from an earlier launch": the words of the local backend's lock refusal.
+        raise LaunchError(f"{len(names)} job(s) of this sweep ({shown}): each is still running from an earlier "
+                          f"launch (a start and no exit record in {status}); running it again would train its "
+                          "workdir twice at once. Wait for it to end (--results; squeue for slurm), or add --force if "
+                          "it is gone (killed without recording its end).")
 
 
 def _run_passing_on_signals(argv: list[str]) -> int:

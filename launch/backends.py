@@ -212,7 +212,7 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
     lines.append("JOBS=(")
     lines += [f"  {shlex.quote(job.command)}  # {job.name}" for job in jobs]
     lines += [")", "NAMES=(" + " ".join(job.name for job in jobs) + ")",
-              *_status_functions(log_dir),
+              *_status_functions(log_dir, "slurm"),
               'NAME="${NAMES[$SLURM_ARRAY_TASK_ID]}"', 'START=$(date +%s)', 'record_start "$NAME" "$START"',
               "# launch.multihost joins jax.distributed on every node (SLURM_NTASKS > 1).",
               "# scancel, the time limit and preemption send SIGTERM to this shell too: the trap keeps it",
@@ -228,11 +228,14 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
 _STOP_TRAP = "trap 'STOPPED=1' TERM INT"
 
 
-def _status_functions(log_dir: str) -> list[str]:
-    """Shell functions writing launch/results.py's status records (JSON; names are [A-Za-z0-9_.=,+-])."""
+def _status_functions(log_dir: str, backend: str) -> list[str]:
+    """Shell functions writing launch/results.py's status records (JSON; names are [A-Za-z0-9_.=,+-]).
+    The start record names the backend: its job holds no lock, so results.collect must not read a
+    free .lock an earlier local run of the sweep left as this job's death."""
     status = shlex.quote(os.path.join(log_dir, results_lib.STATUS_DIR))
     return [f"STATUS_DIR={status}", 'mkdir -p "$STATUS_DIR"',
-            'record_start() { printf \'{"name": "%s", "start": %s}\\n\' "$1" "$2" > "$STATUS_DIR/$1.json"; }',
+            'record_start() { printf \'{"name": "%s", "start": %s, "backend": "' + backend + '"}\\n\' "$1" "$2" '
+            '> "$STATUS_DIR/$1.json"; }',
             'record_end() { printf \'{"name": "%s", "start": %s, "end": %s, "returncode": %s}\\n\' '
             '"$1" "$2" "$(date +%s)" "$3" > "$STATUS_DIR/$1.json"; }']
 
@@ -272,7 +275,8 @@ def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -
     check_tpu_vm_options(options)
     project = f" --project={shlex.quote(options.project)}" if options.project else ""
     # A Ctrl-C / SIGTERM: the running job's end is recorded, and no later job starts.
-    lines = ["#!/bin/bash", "set -uo pipefail", *_status_functions(log_dir), "FAILED=0", "STOPPED=", _STOP_TRAP,
+    lines = ["#!/bin/bash", "set -uo pipefail", *_status_functions(log_dir, "tpu_vm"), "FAILED=0", "STOPPED=",
+             _STOP_TRAP,
              'run_job() { local name=$1 start code; shift; start=$(date +%s); record_start "$name" "$start"; '
              '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; '
              '[ -z "$STOPPED" ] || exit "$code"; }']

@@ -55,7 +55,10 @@ def _lock_free(path: str) -> bool:
 
 
 def record_start(log_dir: str, name: str, start: float | None = None) -> None:
-    _write_status(log_dir, name, {"name": name, "start": time.time() if start is None else start})
+    """The local backend's start record. "backend" tells collect() that this job holds the lock
+    (launch.backends writes "slurm" / "tpu_vm" in its scripts' records, whose jobs hold none)."""
+    _write_status(log_dir, name, {"name": name, "start": time.time() if start is None else start,
+                                  "backend": "local"})
 
 
 def record_end(log_dir: str, name: str, start: float, returncode: int, end: float | None = None) -> None:
@@ -97,14 +100,38 @@ def final_metrics(workdir: str) -> dict[str, Any]:
     return final
 
 
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)  # json reads NaN / Infinity as floats
+
+
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     name: str
-    status: str  # "ok", "failed (exit N)", "stopped (exit 130 / 143)", "running", "killed (...)", "not started"
+    status: str  # "ok", "failed (exit N)", "stopped (exit 130 / 143)", "diverged (exit N)", "running",
+    # "killed (...)", "not started"
     seconds: float | None
     step: int | None
     loss: float | None
     eval_loss: float | None
+
+
+def _unended_status(log_dir: str, name: str, record: dict[str, Any]) -> str:
+    """"running" or "killed (no exit recorded)": the status of a job that recorded its start only."""
+    # A record without "backend" predates it: only the local backend then checked the lock.
+    if record.get("backend", "local") == "local" and _lock_free(lock_path(log_dir, name)):
+        # Its launcher and the job are gone (a SIGKILL, a lost machine) without recording an end:
+        # it showed "running" for ever. A slurm or tpu_vm job holds no such lock, so the free
+        # .lock an earlier local run of the sweep left says nothing about it.
+        return "killed (no exit recorded)"
+    return "running"
+
+
+def running(jobs: Sequence[Job], log_dir: str) -> list[str]:
+    """The names of the jobs collect() calls "running" (without reading their metrics files):
+    a local job holding its lock, or a slurm / tpu_vm job with a start and no end record."""
+    records = [(job.name, read_status(log_dir, job.name)) for job in jobs]
+    return [name for name, record in records
+            if record is not None and "end" not in record and _unended_status(log_dir, name, record) == "running"]
 
 
 def collect(jobs: Sequence[Job], log_dir: str, now: float | None = None) -> list[JobResult]:
@@ -113,19 +140,18 @@ def collect(jobs: Sequence[Job], log_dir: str, now: float | None = None) -> list
     results = []
     for job in jobs:
         record = read_status(log_dir, job.name)
+        final = final_metrics(job.workdir)
         if record is None:
             status, seconds = "not started", None
         elif "end" not in record:
-            status, seconds = "running", now - record["start"]
-            if _lock_free(lock_path(log_dir, job.name)):
-                # Its launcher and the job are gone (a SIGKILL, a lost machine) without recording an
-                # end: it showed "running" for ever. A slurm or tpu_vm job holds no such lock.
-                status = "killed (no exit recorded)"
+            status, seconds = _unended_status(log_dir, job.name, record), now - record["start"]
         else:
             code = record["returncode"]
             status = "ok" if code == 0 else f"stopped (exit {code})" if code in STOPPED_CODES else f"failed (exit {code})"
+            if any(_not_finite(final.get(key)) for key in ("loss", "eval_loss")):
+                # Its last loss is NaN / Inf: whatever its exit code, it diverged (it read "ok").
+                status = f"diverged (exit {code})"
             seconds = record["end"] - record["start"]
-        final = final_metrics(job.workdir)
         results.append(JobResult(job.name, status, seconds, final.get("step"), final.get("loss"),
                                  final.get("eval_loss")))
     return results
@@ -134,7 +160,7 @@ def collect(jobs: Sequence[Job], log_dir: str, now: float | None = None) -> list
 def format_table(results: Sequence[JobResult]) -> str:
     """A fixed-width table, one row per job, and a count of statuses."""
     def number(value: float | None, spec: str) -> str:
-        return "-" if value is None or not math.isfinite(value) else format(value, spec)
+        return "-" if value is None else format(value, spec)  # nan / inf as such: "-" is "not logged"
 
     def duration(seconds: float | None) -> str:
         if seconds is None:

@@ -207,3 +207,71 @@ def test_a_local_backend_job_never_joins_a_cluster(monkeypatch):
     assert ran == ["tests.launch.echo_job"] and joined == []
     multihost.main(["launch.multihost", "tests.launch.echo_job", "--workdir=x"])  # a job of srun itself joins
     assert joined == [1]
+
+
+# A job that writes what --results says of it while it runs (argv: its name, workdir, log dir, out file).
+_REPORT_JOB = ("import json, sys; from launch import results; from launch.sweep import Job; "
+               "name, workdir, log_dir, out = sys.argv[1:5]; job = Job(name, workdir, ()); "
+               "json.dump([r.status for r in results.collect([job], log_dir)], open(out, 'w'))")
+
+
+@pytest.mark.parametrize("backend", ["slurm", "tpu_vm"])
+def test_a_cluster_job_running_after_a_local_run_of_the_sweep_reads_running(tmp_path, backend):
+    """The free .lock an earlier local run of the sweep left made a slurm / tpu_vm job that
+    was running read "killed (no exit recorded)"; a local job killed so still reads killed."""
+    jobs = expand([{"config.opt.learning_rate": 0.1}], module="tests.launch.echo_job", config="c.py:x",
+                  workdir=str(tmp_path), python=sys.executable)
+    log_dir, out = str(tmp_path / "logs"), tmp_path / "seen.json"
+    with open(tmp_path / "out.txt", "w") as local_out:
+        backends.run_local(jobs, cwd=REPO, log_dir=log_dir, out=local_out)
+    assert os.path.exists(results.lock_path(log_dir, jobs[0].name))  # free now, and kept
+    report = shlex.join([sys.executable, "-c", _REPORT_JOB, jobs[0].name, jobs[0].workdir, log_dir, str(out)])
+    env = dict(os.environ)
+    if backend == "slurm":
+        script = backends.slurm_script(jobs, backends.SlurmOptions(job_name="lr"), cwd=REPO, log_dir=log_dir)
+        script = script.replace("set -euo pipefail", "set -euo pipefail; SLURM_ARRAY_TASK_ID=0")
+        script = script.replace("srun ", f"{report} # ")  # the job step: reports, the rest a comment
+    else:
+        script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-8", zone="z"), log_dir=log_dir)
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "gcloud").write_text(f"#!/bin/bash\nexec {report}\n")
+        (tmp_path / "bin" / "gcloud").chmod(0o755)
+        env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    task = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+    assert task.returncode == 0, task.stderr
+    assert json.loads(out.read_text()) == ["running"]
+    assert [r.status for r in results.collect(jobs, log_dir)] == ["ok"]
+    # A local job's start record without an end and with its lock free: killed, not running.
+    results.record_start(log_dir, jobs[0].name)
+    assert [r.status for r in results.collect(jobs, log_dir)] == ["killed (no exit recorded)"]
+    assert results.running(jobs, log_dir) == []
+
+
+def test_a_run_whose_last_loss_is_not_finite_reads_diverged_and_shows_it(tmp_path):
+    """A last loss of NaN showed "-" (as if none was logged) beside the status "ok"."""
+    sweep = [{"name": "nan", "workdir": "nan"}, {"name": "inf_eval", "workdir": "inf_eval"},
+             {"name": "none", "workdir": "none"}, {"name": "running", "workdir": "running"}]
+    jobs = expand(sweep, module="m", config="c.py:x", workdir=str(tmp_path))
+    logged = {"nan": '{"step": 10, "loss": 5.0}\n{"step": 20, "loss": NaN}\n',
+              "inf_eval": '{"step": 20, "loss": 2.5, "eval_loss": Infinity}\n', "none": '{"step": 20}\n',
+              "running": '{"step": 20, "loss": -Infinity}\n'}
+    for job in jobs:
+        os.makedirs(job.workdir)
+        with open(os.path.join(job.workdir, "metrics.jsonl"), "w") as f:
+            f.write(logged[job.name])
+        results.record_start(str(tmp_path), job.name, 0.0)
+        if job.name != "running":
+            results.record_end(str(tmp_path), job.name, 0.0, 1 if job.name == "inf_eval" else 0, 60.0)
+    lock = os.open(results.lock_path(str(tmp_path), "running"), os.O_CREAT | os.O_RDWR)
+    try:
+        import fcntl
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held: the local job still runs
+        lines = results.format_table(results.collect(jobs, str(tmp_path), now=60.0)).splitlines()
+    finally:
+        os.close(lock)
+    assert [line.split() for line in lines[1:-1]] == [
+        ["nan", "diverged", "(exit", "0)", "0:01:00", "20", "nan", "-"],
+        ["inf_eval", "diverged", "(exit", "1)", "0:01:00", "20", "2.5000", "inf"],
+        ["none", "ok", "0:01:00", "20", "-", "-"],
+        ["running", "running", "0:01:00", "20", "-inf", "-"]]
+    assert lines[-1] == "2 diverged, 1 ok, 1 running"

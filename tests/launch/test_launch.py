@@ -368,3 +368,42 @@ def test_cli_local_sweep_ends_with_the_results_table(tmp_path):
     assert not (tmp_path / "other").exists()
     again = subprocess.run(base + ["--results"], cwd=REPO, capture_output=True, text=True, check=True)
     assert again.stdout.splitlines()[-1] == "3 ok"
+
+
+def test_cli_refuses_to_submit_a_cluster_sweep_again_while_its_jobs_run(tmp_path):
+    """A second --submit of a slurm sweep whose array still ran was accepted: a second set of job
+    steps trained the same workdirs (only the local backend locked its jobs). A sweep whose jobs
+    all ended is submitted again (they resume); --force is the way past a job killed unrecorded."""
+    bin_dir, workdir = tmp_path / "bin", tmp_path / "w"
+    bin_dir.mkdir()
+    # sbatch runs each array task here; srun SIGKILLs the task's shell (a job still running, or one
+    # the scheduler killed: a start and no exit record), or with FAKE_SRUN_OK=1 the job ends at once.
+    (bin_dir / "sbatch").write_text(
+        '#!/bin/bash\necho "$1" >> "$(dirname "$0")/submitted"\n'
+        "n=$(sed -n 's/^#SBATCH --array=0-\\([0-9]*\\).*/\\1/p' \"$1\")\n"
+        'for i in $(seq 0 "$n"); do (SLURM_ARRAY_TASK_ID=$i bash "$1" > /dev/null 2>&1); done\nexit 0\n')
+    (bin_dir / "srun").write_text('#!/bin/bash\n[ -n "${FAKE_SRUN_OK:-}" ] && exit 0\nkill -KILL $PPID\n')
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "launch", f"--config={PRETRAIN}", "--module=tests.launch.echo_job",
+            f"--workdir={workdir}", "--backend=slurm", "--submit"]
+
+    def submit(*flags, **extra_env):
+        return subprocess.run(argv + list(flags), cwd=REPO, capture_output=True, text=True, env={**env, **extra_env})
+
+    def submitted():
+        return len((bin_dir / "submitted").read_text().splitlines())
+
+    first = submit()
+    assert first.returncode == 0, first.stderr
+    again = submit()
+    assert again.returncode == 1 and len(again.stderr.splitlines()) == 1, again.stderr
+    assert again.stderr.startswith("error: 3 job(s) of this sweep (learning_rate=0.001, learning_rate=0.003, "
+                                   "learning_rate=0.01): each is still running from an earlier launch (a start and "
+                                   f"no exit record in {workdir}/launch_status)")
+    assert "--force" in again.stderr and submitted() == 1
+    forced = submit("--force", FAKE_SRUN_OK="1")
+    assert forced.returncode == 0 and submitted() == 2, forced.stderr
+    resumed = submit()  # every job ended: a resubmission continues them
+    assert resumed.returncode == 0 and submitted() == 3, resumed.stderr
