@@ -75,8 +75,11 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
 
 def check_tasks_fit(entries, harness) -> None:
     """Every task before the first runs (a failure after earlier tasks had been evaluated lost
-    their rows): each task's kind suits the model's family (harness.unsupported), and a decoder's
-    generated tokens, which share its context with the prompt, leave room for a prompt."""
+    their rows): each task's kind suits the model's family (harness.unsupported), a decoder's
+    generated tokens, which share its context with the prompt, leave room for a prompt, and every
+    target (or choice) fits max_length as the scoring tokenizes it (evaluator.misfit)."""
+    from research.evaluation.evaluator import misfit
+
     config = harness.config
     family, max_length, model_name = config.family, harness.max_length, config.name
     for entry in entries:
@@ -88,6 +91,11 @@ def check_tasks_fit(entries, harness) -> None:
             raise ConfigError(f"task {entry.name} generates up to {spec.max_new_tokens} tokens, which leaves no "
                               f"room for its prompt in {model_name}'s context of {max_length}; drop it from --tasks "
                               "or evaluate a model with a longer context.")
+    # Tokenizing every document is the slow part: only once every task passed the checks above.
+    for entry in entries:
+        reason = misfit(harness, entry.task, num_fewshot=entry.num_fewshot)
+        if reason:
+            raise ConfigError(f"task {entry.name}: {reason}")
 
 
 def check_writable(directory: str) -> None:

@@ -51,6 +51,28 @@ def no_documents(spec) -> TaskError:
 def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, limit: int | None = None) -> TaskResult:
     """Every metric of `task.spec.metrics` over the first `limit` evaluation documents."""
     spec = task.spec
+    k, docs, contexts = _prepare(task, num_fewshot, limit)
+    reason = _misfit(harness, spec, docs, contexts)
+    if reason:  # before generating: a target too long to score failed only after generation
+        raise TaskError(f"task {spec.name!r}: {reason}")
+    run = {"generate_until": _generation, "multiple_choice": _multiple_choice, "loglikelihood": _loglikelihood,
+           "loglikelihood_rolling": _rolling}[spec.output_type]
+    examples = run(harness, task, docs, contexts)
+    return TaskResult(spec.name, k, M.aggregate(examples, spec.metrics), examples)
+
+
+def misfit(harness: Harness, task: Task, *, num_fewshot: int | None = None, limit: int | None = None) -> str | None:
+    """Why `harness` cannot score `task` as evaluate would (one line, without the task's name), or
+    None: every target (or choice) is tokenized exactly as scoring tokenizes it, delimiter and
+    end decision included, and measured against harness.max_length. No model is called, so a
+    suite checks every task before the first runs."""
+    _, docs, contexts = _prepare(task, num_fewshot, limit)
+    return _misfit(harness, task.spec, docs, contexts)
+
+
+def _prepare(task: Task, num_fewshot: int | None, limit: int | None) -> tuple[int, list, list[str]]:
+    """(shot count, documents, prompt of each), or a one-line TaskError."""
+    spec = task.spec
     k = spec.num_fewshot if num_fewshot is None else num_fewshot
     if spec.output_type == "loglikelihood_rolling" and k:
         raise TaskError(f"task {spec.name!r}: loglikelihood_rolling takes no few-shot examples, got num_fewshot={k}.")
@@ -63,18 +85,45 @@ def evaluate(harness: Harness, task: Task, *, num_fewshot: int | None = None, li
         raise no_documents(spec)
     contexts = [fewshot_context(task, i, k) if spec.output_type != "loglikelihood_rolling" else ""
                 for i in range(len(docs))]
-    run = {"generate_until": _generation, "multiple_choice": _multiple_choice, "loglikelihood": _loglikelihood,
-           "loglikelihood_rolling": _rolling}[spec.output_type]
-    examples = run(harness, task, docs, contexts)
-    return TaskResult(spec.name, k, M.aggregate(examples, spec.metrics), examples)
+    return k, list(docs), contexts
+
+
+def _misfit(harness: Harness, spec, docs, contexts) -> str | None:
+    if spec.output_type == "loglikelihood_rolling":
+        return None  # scored in windows of max_length: any length fits
+    if spec.output_type == "multiple_choice":
+        if harness.config.family == "encoder" and harness.encoder_scoring == "classifier":
+            return None  # a classifier scores the context alone, not the choices as continuations
+        flat = [(i, j, choice) for i, d in enumerate(docs) for j, choice in enumerate(choices_of(spec, d))]
+        owners = [(i, j) for i, j, _ in flat]
+        requests = [LoglikelihoodRequest(contexts[i], spec.target_delimiter + choice) for i, _, choice in flat]
+    else:
+        owners = [(i, None) for i in range(len(docs))]
+        requests = _target_requests(spec, docs, contexts)
+    over = harness.continuation_overflow(requests)
+    if over is None:
+        return None
+    index, count, most = over
+    doc, choice = owners[index]
+    what = f"document {doc}'s target" if choice is None else f"choice {choice} of document {doc}"
+    end = " with the decision to end after it" if requests[index].end_until is not None else ""
+    return (f"{what} is {count} tokens as scored (its delimiter included), more than the {most} that "
+            f"max_length={harness.max_length} of {harness.config.name} can score{end}; shorten it, or evaluate "
+            "a model with a longer max_len.")
+
+
+def _target_requests(spec, docs, contexts) -> list[LoglikelihoodRequest]:
+    """The request scoring each document's target after its prompt, as _generation and _loglikelihood send it."""
+    end_until = spec.until if spec.output_type == "generate_until" else None
+    return [LoglikelihoodRequest(c, spec.target_delimiter + gold_text(spec, d), end_until=end_until)
+            for c, d in zip(contexts, docs)]
 
 
 def _generation(harness, task, docs, contexts):
     spec, tokenizer = task.spec, harness.tokenizer
     targets = [gold_text(spec, d) for d in docs]
     generations = harness.generate_until([GenerateRequest(c, spec.until, spec.max_new_tokens) for c in contexts])
-    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t, end_until=spec.until)
-                                    for c, t in zip(contexts, targets)])
+    scores = harness.loglikelihood(_target_requests(spec, docs, contexts))
     examples = []
     for context, target, generation, score in zip(contexts, targets, generations, scores):
         predicted_ids = answer_ids(tokenizer, generation.text)
@@ -153,8 +202,7 @@ def _multiple_choice(harness, task, docs, contexts):
 def _loglikelihood(harness, task, docs, contexts):
     spec = task.spec
     targets = [gold_text(spec, d) for d in docs]
-    scores = harness.loglikelihood([LoglikelihoodRequest(c, spec.target_delimiter + t)
-                                    for c, t in zip(contexts, targets)])
+    scores = harness.loglikelihood(_target_requests(spec, docs, contexts))
     return [{"prompt": c, "target": t, "target_log_prob": s.log_prob, "is_greedy": float(s.is_greedy),
              "brier_score": M.mean_brier(s.token_brier)} for c, t, s in zip(contexts, targets, scores)]
 

@@ -125,11 +125,19 @@ class Harness:
             if isinstance(request.end_until, str):
                 raise ConfigError(f"end_until={request.end_until!r} must be a tuple of stop strings, e.g. "
                                   f"({request.end_until!r},).")
-        joint = family == "decoder"  # seq2seq tokenizes context and continuation separately (lm-eval)
-        pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint,
-                             encode_context=self._encode_context) for r in requests]
+        pairs = self._encode_pairs(requests)
         for context_ids, continuation_ids in pairs:
             self._check_ids(context_ids + continuation_ids)
+        # Every request is measured before any is scored: a too-long continuation in a later
+        # group (end_until or not) failed once the groups before it had been scored.
+        over = self._overflow(requests, pairs)
+        if over is not None:
+            index, count, most = over
+            if requests[index].end_until is not None:
+                raise ConfigError(f"continuation of {count} tokens and the decision to end after it exceed "
+                                  f"max_length={self.max_length}; shorten it, or score it without end_until.")
+            raise ConfigError(f"continuation of {count} tokens exceeds the model context of {most}; shorten it "
+                              "or use a model with a longer max_length.")
         if family == "decoder":
             def build(context_ids, continuation_ids):
                 return conditional_row(context_ids, continuation_ids, self.max_length)
@@ -166,17 +174,39 @@ class Harness:
         for i, request in enumerate(requests):
             groups.setdefault(None if request.end_until is None else tuple(request.end_until), []).append(i)
         for until, indices in groups.items():
-            placeholder = [] if until is None else [0]
-            for i in indices:
-                if placeholder and len(pairs[i][1]) + 1 > self.max_length:
-                    raise ConfigError(f"continuation of {len(pairs[i][1])} tokens and the decision to end after it "
-                                      f"exceed max_length={self.max_length}; shorten it, or score it without "
-                                      "end_until.")
+            placeholder = [] if until is None else [0]  # loglikelihood checked that it fits (_overflow)
             built = [build(pairs[i][0], pairs[i][1] + placeholder) for i in indices]
             scored = score([row for row, _ in built], None if until is None else self.end_mask(until))
             for i, (_, cut), (s, end) in zip(indices, built, scored):
                 stats[i], truncated[i], ends[i] = s, cut, end
         return stats, truncated, ends
+
+    def continuation_overflow(self, requests: Sequence[LoglikelihoodRequest]) -> tuple[int, int, int] | None:
+        """(index, tokens, most) of the first request whose continuation, tokenized exactly as
+        loglikelihood tokenizes it, holds more tokens than one pass can score, or None when every
+        one fits. Only the tokenizer runs: a task can be checked before any model call."""
+        if self.config.family == "encoder":
+            pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=True)
+                     for r in requests]
+        else:
+            pairs = self._encode_pairs(requests)
+        return self._overflow(requests, pairs)
+
+    def _encode_pairs(self, requests: Sequence[LoglikelihoodRequest]) -> list[tuple[list[int], list[int]]]:
+        joint = self.config.family == "decoder"  # seq2seq tokenizes context and continuation separately (lm-eval)
+        return [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=joint,
+                            encode_context=self._encode_context) for r in requests]
+
+    def _overflow(self, requests: Sequence[LoglikelihoodRequest],
+                  pairs: Sequence[tuple[list[int], list[int]]]) -> tuple[int, int, int] | None:
+        # The most continuation tokens of one row: max_length, less the placeholder input an
+        # end_until decision takes (_score_with_ends); an encoder-only row also holds at least one
+        # context token beside the masked continuation (_pseudo_loglikelihood, which ignores end_until).
+        for index, (request, (_, continuation_ids)) in enumerate(zip(requests, pairs)):
+            spare = 1 if self.config.family == "encoder" or request.end_until is not None else 0
+            if len(continuation_ids) > self.max_length - spare:
+                return index, len(continuation_ids), self.max_length - spare
+        return None
 
     def end_mask(self, until: Sequence[str]) -> np.ndarray:
         """[vocab_size] bool: the end_ids (eos first) and every id below vocab_limit whose text,
@@ -226,30 +256,42 @@ class Harness:
         reason = self.unsupported("generate_until")
         if reason:
             raise ConfigError(reason)
-        results: list[GenerateResult | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, request in enumerate(requests):
+        from research.decoding.prompts import check_request, is_integer
+
+        # Every request, then every group, is checked before the first group is generated:
+        # lm-eval sends all its tasks' requests in one call, and a bad group reached after the
+        # others had been generated threw their work away.
+        for request in requests:
             if isinstance(request.until, str):
                 raise ConfigError(f"until={request.until!r} must be a tuple of stop strings, e.g. ({request.until!r},).")
+            max_new_tokens = request.max_new_tokens
+            if not is_integer(max_new_tokens) or max_new_tokens < 1:
+                raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
+            if family == "decoder" and max_new_tokens >= self.max_length:
+                raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_length="
+                                  f"{self.max_length}; lower max_new_tokens to at most {self.max_length - 1}.")
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
             groups.setdefault((request.max_new_tokens, self._stop_tokens(request.until)), []).append(i)
-        num_truncated = 0
+        planned, num_truncated = [], 0  # (max_new_tokens, stop_tokens, budget, indices, prompts, cut) per group
         for (max_new_tokens, stop_tokens), indices in groups.items():
             budget = self.max_length - (max_new_tokens if family == "decoder" else 0)
-            if budget < 1:
-                raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_length="
-                                  f"{self.max_length}; lower max_new_tokens.")
             prompts, cut = [], []
             for i in indices:
                 ids = as_ids(self._encode_context(requests[i].context)) or [self.prefix_token]
                 self._check_ids(ids)
                 cut.append(len(ids) > budget)
                 prompts.append(ids[-budget:])
+            check_request(self.config, prompts, max_new_tokens, stop_tokens)
+            planned.append((max_new_tokens, stop_tokens, budget, indices, prompts, cut))
+            num_truncated += sum(cut)
+        results: list[GenerateResult | None] = [None] * len(requests)
+        for max_new_tokens, stop_tokens, budget, indices, prompts, cut in planned:
             for start in range(0, len(indices), self.batch_size):
                 chunk = slice(start, start + self.batch_size)
                 outputs = self._generate(prompts[chunk], max_new_tokens, stop_tokens, budget)
                 for i, ids, truncated in zip(indices[chunk], outputs, cut[chunk]):
                     results[i] = self._finish(ids, requests[i].until, truncated)
-            num_truncated += sum(cut)
         self._warn_truncated(num_truncated, len(requests), "generate_until")
         return results
 
@@ -348,16 +390,15 @@ class Harness:
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_tokens: tuple[int, ...],
                   budget: int) -> list[list[int]]:
-        """Greedy ids of each prompt (len(prompts) <= batch_size), stop token included."""
+        """Greedy ids of each prompt (len(prompts) <= batch_size), stop token included; the request
+        was checked (check_request) by generate_until before any group was generated."""
         # research.decoding.generate pads to the longest prompt of each call, compiling once per
         # width; padding here to a bucket width instead bounds the compiles. The private
         # _generate is the same loop minus that padding.
         from research.decoding import pad_prompts
         from research.decoding.adapters import adapter_for
-        from research.decoding.prompts import check_request
         from research.decoding.sampling import _generate
 
-        check_request(self.config, prompts, max_new_tokens, stop_tokens)
         width = scoring.bucket_length(max(len(p) for p in prompts), budget, self.min_bucket)
         # Spare rows repeat the first prompt, so they stop when it does and never hold the loop open.
         rows = list(prompts) + [prompts[0]] * (self.batch_size - len(prompts))

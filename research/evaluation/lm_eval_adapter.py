@@ -15,7 +15,9 @@ generate_until (context, gen_kwargs) -> greedy text cut at the first stop string
 owns the rest: task YAMLs, prompts, few-shot sampling, metrics and their aggregation.
 
 Only greedy generation is offered (what lm-eval's generate_until means); a task asking for
-sampling (do_sample / temperature > 0) is refused in one line rather than answered greedily.
+sampling as lm-eval reads its generation_kwargs (do_sample: true, or temperature > 0 without
+do_sample; do_sample: false is greedy at any temperature) is refused in one line rather than
+answered greedily.
 The batch size is a fixed integer: lm-eval's batch_size="auto" is refused in one line too.
 lm-eval is imported only here, so the rest of the library does not need it.
 """
@@ -142,10 +144,7 @@ class HarnessLM(LM):
                    if k in gen_kwargs]
         gen_kwargs.pop("max_length", None)
         max_new_tokens = int(lengths[0]) if lengths else self.max_gen_toks
-        sampling = gen_kwargs.pop("do_sample", False) or float(gen_kwargs.pop("temperature", 0.0) or 0.0) > 0
-        if sampling:
-            raise ConfigError("the task asks to sample (do_sample / temperature > 0); HarnessLM generates greedily "
-                              "only: set generation_kwargs do_sample: false, temperature: 0 in the task.")
+        self._check_greedy(gen_kwargs.pop("do_sample", None), gen_kwargs.pop("temperature", None))
         # Greedy decoding ignores the sampling filters, as transformers' generate does without do_sample.
         for key in ("top_k", "top_p"):
             gen_kwargs.pop(key, None)
@@ -158,6 +157,31 @@ class HarnessLM(LM):
                               "(until, max_gen_toks or its aliases, do_sample: false, temperature: 0, num_beams: 1 "
                               "are); remove them.")
         return {"until": until, "max_new_tokens": max_new_tokens}
+
+    @staticmethod
+    def _check_greedy(do_sample: Any, temperature: Any) -> None:
+        """A one-line ConfigError unless lm-eval 0.4.13 reads these as greedy decoding. Its
+        normalize_gen_kwargs: do_sample false -> greedy, temperature set to 0 whatever it was;
+        do_sample absent -> sampling exactly when temperature > 0; do_sample true -> sampling,
+        even at temperature 0 (its hf model then passes temperature 0 to transformers, which
+        refuses it), so that is refused here too."""
+        if do_sample is True:
+            raise ConfigError("the task sets do_sample: true, which asks lm-eval to sample; HarnessLM generates "
+                              "greedily only: set do_sample: false in the task's generation_kwargs.")
+        if do_sample is not None and not isinstance(do_sample, bool):
+            raise ConfigError(f"the task sets do_sample: {do_sample!r}; it must be true or false (HarnessLM "
+                              "generates greedily only: false).")
+        if do_sample is False:
+            return  # lm-eval decodes greedily whatever the temperature says
+        try:
+            value = float(0.0 if temperature is None else temperature)
+        except (TypeError, ValueError):
+            raise ConfigError(f"the task sets temperature: {temperature!r}; it must be a number (0 for greedy "
+                              "decoding).") from None
+        if value > 0:
+            raise ConfigError(f"the task sets temperature: {temperature!r} without do_sample, which lm-eval reads "
+                              "as sampling; HarnessLM generates greedily only: add do_sample: false to the task's "
+                              "generation_kwargs (or set temperature: 0).")
 
 
 def _integer(key: str, value: Any) -> int:

@@ -139,6 +139,24 @@ def test_a_task_generating_past_the_models_context_is_one_line_before_any_task_r
     assert "\n" not in str(error.value)
 
 
+def test_a_task_whose_target_is_too_long_to_score_is_one_line_before_any_task_runs(run_dir, tmp_path, monkeypatch):
+    """It failed in loglikelihood after its own generation and after the tasks before it had been
+    evaluated, and no JSON or CSV was written (evaluator.misfit tests the boundary itself)."""
+    from research.evaluation import suite
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("a task ran"))
+    context = load_checkpoint(run_dir).model.config.max_len
+    spec = {"name": "long_target", "output_type": "generate_until", "prompt": "{q} =", "target": "{a}",
+            "until": ["\n"], "max_new_tokens": 4, "fewshot_split": None, "data_files": {"test": "test.jsonl"}}
+    (tmp_path / "long.json").write_text(json.dumps(spec))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"q": "1+1", "a": " ".join(["9"] * context)}) + "\n")
+    with pytest.raises(ConfigError, match=rf"task .*long.json: document 0's target is \d+ tokens as scored .* "
+                                          rf"max_length={context} of gpt2-tiny .*; shorten it, or evaluate a model "
+                                          "with a longer max_len") as error:
+        cli.evaluate_model(checkpoint=run_dir, tasks=["addition_1digit", str(tmp_path / "long.json")], num_shots=[0],
+                           num_test=2, output_dir=str(tmp_path / "out"))
+    assert "\n" not in str(error.value)
+
+
 def test_a_task_the_models_family_cannot_run_is_one_line_before_any_task_runs(monkeypatch):
     """T5 given a generation task and then a rolling one: the rolling task failed after the first had
     run, and its row was lost; an encoder-only model likewise with a generation task."""

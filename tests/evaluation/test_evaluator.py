@@ -32,6 +32,9 @@ class OracleHarness:
         golds = [gold_text(self.task.spec, d) for d in self.task.docs("test")]
         return [GenerateResult(gold, ()) for gold in golds[:len(requests)]]
 
+    def continuation_overflow(self, requests):
+        return None  # every target fits
+
     def loglikelihood(self, requests):
         # One scored token, the continuation's last character: an answer token (never the delimiter).
         return [LoglikelihoodResult(-1.0, True, np.array([-1.0]), np.array([True]), np.array([0.5]),
@@ -175,3 +178,45 @@ def test_answer_tokens_of_a_sentencepiece_tokenizer_skip_its_word_start_piece(tm
     assert M.token_edit_distance(answer_ids(tokenizer, ""), target) == 3
     assert M.token_accuracy(answer_ids(tokenizer, "34"), target) == pytest.approx(2 / 3)
     assert M.token_edit_distance(answer_ids(tokenizer, "354"), target) == 2
+
+
+def test_a_target_that_just_fits_is_scored_and_one_token_more_is_refused_before_the_model(monkeypatch):
+    """A generation task's target longer than max_length - 1 tokens (the end decision after it
+    takes one more input) failed in loglikelihood only after generate_until had run (and, in a
+    suite, after the tasks before it). The check counts what scoring counts: the delimiter and
+    the end decision; a loglikelihood or multiple-choice continuation may fill max_length."""
+    from research.evaluation.evaluator import misfit
+    from tests.evaluation.conftest import IdTokenizer, text
+
+    harness = Harness(*tiny_model("gpt2-tiny"), IdTokenizer(), batch_size=2, max_length=16)
+    prompt = text([5, 6, 7])  # IdTokenizer: one token per character, no special tokens
+
+    def task(length, output_type="generate_until", delimiter=""):
+        spec = TaskSpec(name="long", output_type=output_type, prompt="{q}", target="{a}", target_delimiter=delimiter,
+                        until=("\n",), max_new_tokens=2, fewshot_split=None)
+        return make_task(spec, {"test": [{"q": prompt, "a": text(range(10, 10 + length))}]})
+
+    assert misfit(harness, task(15)) is None and misfit(harness, task(14, delimiter=text([3]))) is None
+    with pytest.warns(UserWarning, match="loglikelihood: 1 of 1 contexts exceed max_length=16"):
+        (example,) = evaluate(harness, task(15)).examples  # scored at the boundary: 15 tokens + the end decision
+    assert example["answer_tokens"] == 15 and "end_prob" in example
+    assert misfit(harness, task(16, "loglikelihood")) is None
+    expected = {(16, "generate_until", ""): "document 0's target is 16 tokens as scored (its delimiter included), "
+                                            "more than the 15 that max_length=16 of gpt2-tiny can score with the "
+                                            "decision to end after it; shorten it",
+                (15, "generate_until", text([3])): "document 0's target is 16 tokens",
+                (17, "loglikelihood", ""): "document 0's target is 17 tokens as scored (its delimiter included), "
+                                           "more than the 16 that max_length=16 of gpt2-tiny can score; shorten it"}
+    for (length, output_type, delimiter), message in expected.items():
+        reason = misfit(harness, task(length, output_type, delimiter))
+        assert reason.startswith(message) and "\n" not in reason, reason
+    mc = make_task(TaskSpec(name="mc", output_type="multiple_choice", prompt="{q}", target="0", choices="opts",
+                            target_delimiter="", fewshot_split=None),
+                   {"test": [{"q": prompt, "opts": [text([9]), text(range(10, 26))]},
+                             {"q": prompt, "opts": [text([9]), text(range(10, 27))]}]})
+    assert misfit(harness, mc).startswith("choice 1 of document 1 is 17 tokens as scored")
+    assert misfit(harness, mc, limit=1) is None
+    # evaluate() itself refuses before generating.
+    monkeypatch.setattr(harness, "generate_until", lambda *a: pytest.fail("generated before the check"))
+    with pytest.raises(TaskError, match=r"task 'long': document 0's target is 16 tokens .* max_length=16"):
+        evaluate(harness, task(16))

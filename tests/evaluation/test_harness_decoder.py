@@ -172,6 +172,34 @@ def test_long_context_is_truncated_from_the_left_with_a_warning(gpt2):
         harness.generate_until([GenerateRequest(text([4]), (), 16)])
 
 
+def test_every_group_is_checked_before_the_first_is_generated_or_scored(gpt2, monkeypatch):
+    """lm-eval sends every task's generate_until requests in one call, grouped here by
+    max_new_tokens: a group leaving no room for a prompt (or asking for no tokens) failed only
+    when the loop reached it, after the groups before it had been generated. loglikelihood
+    likewise scored the requests without end_until before refusing a too-long one with it."""
+    model, params = gpt2
+    harness = Harness(model, params, IdTokenizer(), batch_size=2, max_length=16)
+    monkeypatch.setattr(harness, "_generate", lambda *a: pytest.fail("generated before every group was checked"))
+    fine = GenerateRequest(text([5, 9]), (), 4)
+    for bad, message in ((GenerateRequest(text([7]), (), 16), r"max_new_tokens=16 leaves no room for a prompt in "
+                                                               r"max_length=16; lower max_new_tokens to at most 15\."),
+                         (GenerateRequest(text([7]), (), 0), r"max_new_tokens=0 must be a positive integer\.")):
+        with pytest.raises(ConfigError, match=message) as error:
+            harness.generate_until([fine, fine, bad])
+        assert "\n" not in str(error.value)
+    monkeypatch.setattr(scoring, "score_decoder_rows_and_ends", lambda *a, **k: pytest.fail("scored before checking"))
+    with pytest.raises(ConfigError, match=r"continuation of 16 tokens and the decision to end after it exceed "
+                                          r"max_length=16; shorten it"):
+        harness.loglikelihood([LoglikelihoodRequest(text([4]), text([5, 6])),
+                               LoglikelihoodRequest(text([4]), text(list(range(10, 26))), end_until=("\n",))])
+    # The limits loglikelihood scores up to: max_length, one less with the end decision.
+    requests = [LoglikelihoodRequest(text([4]), text(list(range(10, 26)))),
+                LoglikelihoodRequest(text([4]), text(list(range(10, 25))), end_until=())]
+    assert harness.continuation_overflow(requests) is None
+    assert harness.continuation_overflow(requests + [LoglikelihoodRequest(text([4]), text(list(range(10, 27))))]) == (
+        2, 17, 16)
+
+
 def test_bad_tokens_and_settings_fail_before_compiling(gpt2):
     model, params = gpt2
     harness = Harness(model, params, IdTokenizer())

@@ -148,6 +148,45 @@ def test_requests_and_bad_input(setup):
         HarnessLM.create_from_arg_string("checkpoint=/x,steps=3")
 
 
+def test_sampling_is_read_as_lm_eval_reads_it(setup, monkeypatch):
+    """do_sample: false with a temperature was refused although lm-eval 0.4.13 decodes it greedily
+    (normalize_gen_kwargs sets temperature 0), and the refusal told the user to set the do_sample:
+    false they had set. do_sample: true samples in lm-eval even at temperature 0 (its hf model
+    hands transformers temperature 0, which refuses it); without do_sample, temperature > 0 samples."""
+    harness = setup[0]
+    lm = HarnessLM(harness, max_gen_toks=4)
+
+    class Request:
+        def __init__(self, *args):
+            self.args = args
+
+    def generate(**kwargs):
+        return lm.generate_until([Request("Say cat:", {"until": ["\n"], **kwargs})])
+
+    greedy = generate()
+    assert generate(do_sample=False, temperature=0.7) == greedy
+    assert generate(temperature=0.0) == generate(temperature=None) == greedy
+    refused = [(dict(do_sample=True, temperature=0.0), r"sets do_sample: true, .* set do_sample: false in the"),
+               (dict(do_sample=True, temperature=0.7), r"sets do_sample: true, .* set do_sample: false in the"),
+               (dict(do_sample=True), r"sets do_sample: true"),
+               (dict(temperature=0.7), r"sets temperature: 0.7 without do_sample, which lm-eval reads as sampling; "
+                                       r".* add do_sample: false"),
+               (dict(do_sample="yes"), r"do_sample: 'yes'; it must be true or false"),
+               (dict(temperature="hot"), r"temperature: 'hot'; it must be a number")]
+    for kwargs, message in refused:
+        with pytest.raises(ConfigError, match=message) as error:
+            generate(**kwargs)
+        assert "\n" not in str(error.value)
+        if kwargs.get("do_sample") is True:  # the fix named is do_sample alone, never the temperature 0 already set
+            assert "temperature" not in str(error.value)
+    # Every group of one call (lm-eval sends all its tasks' requests at once) is checked before
+    # the first is generated: a max_gen_toks past max_length came after the others' work.
+    monkeypatch.setattr(harness, "_generate", lambda *a: pytest.fail("generated before every group was checked"))
+    late = {"until": ["\n"], "max_gen_toks": harness.max_length}
+    with pytest.raises(ConfigError, match=rf"max_new_tokens={harness.max_length} leaves no room"):
+        lm.generate_until([Request("Say cat:", {"until": ["\n"]}), Request("Say dog:", late)])
+
+
 def test_non_integer_sizes_fail_in_one_line_before_loading():
     # lm-eval documents batch_size="auto" and passes it through; int("auto") was a bare ValueError.
     import lm_eval
