@@ -17,13 +17,17 @@ import numpy as np
 from research.data.config import DataError
 from research.data.preparation.config import DecontaminationConfig
 
-_WORD = re.compile(r"\w+")
+# Letters and digits, not '_': \w counts it as a word character, so markdown emphasis
+# ('_ancient_', '__ancient__') made a document's word differ from the item's and a contaminated
+# document was kept. The blocklist treats '_' the same way (document_stages._blocked_pattern).
+_WORD = re.compile(r"[^\W_]+")
 
 
 def words_of(text: str) -> list[str]:
-    """Case-folded words of NFKC text: an item and a document that spell a word in two Unicode
-    forms (composed 'é' / 'e' + combining accent, full-width letters) share its words; without
-    it the combining accent split a word in two."""
+    """Case-folded words (runs of letters and digits; '_' separates words, as punctuation does) of
+    NFKC text: an item and a document that spell a word in two Unicode forms (composed 'é' /
+    'e' + combining accent, full-width letters) share its words; without it the combining
+    accent split a word in two."""
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 

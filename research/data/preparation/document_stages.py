@@ -335,8 +335,9 @@ WORDS_VERSION = 4
 # so a rerun after they changed prepares again instead of returning the dataset older rules made.
 # 2: control characters removed before Unicode normalisation; blocklist entries in the documents'
 # Unicode form, and no word boundary at an edge in a script without spaces; decontamination on
-# NFKC case-folded words.
-DOCUMENT_STAGES_VERSION = 2
+# NFKC case-folded words. 3: '_' separates words in both; a blocklist phrase matches across any
+# whitespace run, and entry and document are case-folded alike (İ, ß).
+DOCUMENT_STAGES_VERSION = 3
 
 
 def dedup_key(text: str) -> str:
@@ -408,7 +409,7 @@ def c4_quality(config: C4QualityConfig) -> DocumentStage:
 
 
 def blocklist_words(config: BlocklistConfig) -> tuple[str, ...]:
-    """`words` and the lines of `words_file` (blank lines and '#' comments skipped), lower-cased and sorted."""
+    """`words` and the lines of `words_file` (blank lines and '#' comments skipped), case-folded and sorted."""
     words = list(config.words)
     if config.words_file:
         fix = "give a UTF-8 text file with one word or phrase per line"
@@ -419,26 +420,28 @@ def blocklist_words(config: BlocklistConfig) -> tuple[str, ...]:
             raise DataError(f"blocklist: words_file={config.words_file!r} cannot be read ({e.strerror}); {fix}.") from None
         except UnicodeDecodeError:
             raise DataError(f"blocklist: words_file={config.words_file!r} is not UTF-8 text; {fix}.") from None
-    return tuple(sorted(set(w.lower() for w in words)))
+    return tuple(sorted(set(w.casefold() for w in words)))
 
 
 def _blocked_pattern(word: str) -> str:
-    """A word or phrase as a whole word: no letter or digit beside it, except at an edge written in
-    a script without spaces."""
-    left = "" if _spaceless(word[0]) else r"(?<!\w)"
-    right = "" if _spaceless(word[-1]) else r"(?!\w)"
-    return left + re.escape(word) + right
+    """A case-folded word or phrase as whole words: no letter or digit beside it ('_' is none: '_evil_'
+    is emphasis), except at an edge in a script without spaces; any whitespace run between its words."""
+    left = "" if _spaceless(word[0]) else r"(?<![^\W_])"
+    right = "" if _spaceless(word[-1]) else r"(?![^\W_])"
+    return left + r"\s+".join(re.escape(part) for part in word.split()) + right
 
 
 def blocklist(words: Sequence[str], unicode_form: str = "NFC") -> DocumentStage:
     """Drop a document that contains any blocked word or phrase as whole words, ignoring case.
     The words are put in the Unicode form standardise gives the documents: an entry typed
-    decomposed ('cafe\u0301', as macOS and PDFs give it) never matched a composed document."""
-    words = sorted({unicodedata.normalize(unicode_form, w) for w in words})
-    pattern = re.compile("|".join(_blocked_pattern(w) for w in words), re.IGNORECASE)
+    decomposed ('cafe\u0301', as macOS and PDFs give it) never matched a composed document. Both sides
+    are case-folded: re.IGNORECASE folds one character to one, so 'İstanbul' (lower: 'i' + a dot
+    mark) and 'straße' / 'STRASSE' never matched; folding is per character, so a match survives it."""
+    words = sorted({unicodedata.normalize(unicode_form, w.strip()).casefold() for w in words})
+    pattern = re.compile("|".join(_blocked_pattern(w) for w in words))
 
     def stage(doc: Document) -> Verdict:
-        return drop("blocklist") if pattern.search(doc.text) else Verdict(doc.text)
+        return drop("blocklist") if pattern.search(doc.text.casefold()) else Verdict(doc.text)
     return stage
 
 

@@ -20,11 +20,34 @@ from typing import Iterator, Sequence
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
+from loguru import logger
 
+from research.data.config import DataError
 from research.data.preparation.config import PreparationConfig
 from research.data.preparation.counters import StageCounters
 from research.data.preparation.decontamination import ContaminationIndex
 from research.data.preparation.document_stages import build_document_stages, dedup_key
+
+
+def one_line_data_errors(record: dict) -> None:
+    """loguru patcher: a DataError (bad input, e.g. a .jsonl record without the text field) that
+    datatrove logs as it fails a task becomes one DEBUG line without a traceback: the task's log
+    file keeps the message, the console shows nothing, and the driver prints it as one line.
+    datatrove's `logger.exception` printed ~130 lines first, with the value of each frame's
+    variables (loguru's diagnose), i.e. the documents' text. Other exceptions keep their traceback."""
+    exception = record["exception"]
+    if (exception is not None and isinstance(exception.value, DataError)
+            and (record["name"] or "").startswith("datatrove.")):
+        # A patcher cannot drop a record: below the console sink's level (INFO), it skips it.
+        debug = logger.level("DEBUG")
+        record["exception"] = None
+        record["level"] = type(record["level"])(debug.name, debug.no, debug.icon)
+
+
+# Installed on import: every process that runs a stage imports this module (the driver builds the
+# pipelines from it, local workers preload it, Slurm and Ray workers unpickle these steps), and a
+# patcher outlives the logger.remove() / add() with which datatrove sets up each task's sinks.
+logger.configure(patcher=one_line_data_errors)
 
 
 def _atomic_jsonl(path: str, records: Iterator[dict]) -> Iterator[dict]:

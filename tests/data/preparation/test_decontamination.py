@@ -57,3 +57,18 @@ def test_an_item_is_found_whatever_the_unicode_form_of_item_and_document():
     index = build_index({"t": [unicodedata.normalize("NFD", item)]}, min_ngram=8, max_ngram=13)
     assert index.first_match("Intro. " + unicodedata.normalize("NFC", item) + " more") == "t"
     assert words_of("ＣＡＦÉ Straße") == ["café", "strasse"]
+
+
+@pytest.mark.parametrize("emphasis", ["*ancient*", "_ancient_", "__ancient__", "**ancient**"])
+def test_markdown_emphasis_in_a_document_does_not_hide_an_item(emphasis):
+    """\\w counts '_' as a letter, so '_ancient_' was one word that no item word equals: a document
+    quoting an item with markdown emphasis was kept as clean."""
+    index = build_index({"t": [QUESTION]}, min_ngram=8, max_ngram=13)
+    assert index.first_match("Notes. " + QUESTION.replace("ancient", emphasis) + " more") == "t"
+
+
+def test_underscores_separate_words_in_items_and_documents_alike():
+    assert words_of("__Ancient__ snake_case _x_ a_1") == ["ancient", "snake", "case", "x", "a", "1"]
+    item = "Q: Which river_flows through the ancient capital city of the northern_kingdom? A: the silver river"
+    index = build_index({"t": [item]}, min_ngram=8, max_ngram=13)
+    assert index.first_match(QUESTION) == "t"  # the item's joined words are the document's two

@@ -104,6 +104,32 @@ def test_blocklist_matches_across_unicode_forms_and_in_scripts_without_spaces():
     assert stage(doc("online casinos and cafés")).kept  # Latin words stay whole words
 
 
+@pytest.mark.parametrize("text", ["a bad  phrase here", "a line ending in bad\nphrase here", "bad\t \n phrase",
+                                  "an _evil_ word", "an __evil__ word", "x_evil", "BAD PHRASE"])
+def test_blocklist_matches_a_phrase_across_any_whitespace_and_beside_underscores(text):
+    """A phrase matched only with one space between its words (spaced twice, or wrapped onto the
+    next line, it was kept), and '_' counted as a letter, so markdown emphasis '_evil_' hid a word."""
+    stage = ds.blocklist(ds.blocklist_words(BlocklistConfig(words=("bad phrase", "evil"))))
+    assert stage(doc(text)).reason == "blocklist"
+
+
+@pytest.mark.parametrize("text", ["a badphrase", "bad phrases", "evil1", "evils", "medieval"])
+def test_blocklist_still_matches_whole_words_only(text):
+    stage = ds.blocklist(ds.blocklist_words(BlocklistConfig(words=("bad phrase", "evil"))))
+    assert stage(doc(text)).kept
+
+
+@pytest.mark.parametrize("entry, text", [("İstanbul", "Trip to İstanbul today"), ("İSTANBUL", "To İstanbul"),
+                                         ("straße", "THE STRASSE SIGN"), ("STRASSE", "die Straße hier")])
+def test_blocklist_compares_case_folded_entries_and_documents(entry, text):
+    """Entries were lower-cased and matched with re.IGNORECASE, which folds one character at a time:
+    'İstanbul' lower-cases to 'i' + a combining dot, so it never matched itself in a document."""
+    stage = ds.blocklist(ds.blocklist_words(BlocklistConfig(words=(entry,))))
+    standardised = ds.standardise(doc(text), StandardiseConfig()).text
+    assert stage(doc(standardised)).reason == "blocklist"
+    assert stage(doc("İstanbullu, Straßenbahn, STRASSENBAHN")).kept  # still whole words only
+
+
 def test_dedup_key_ignores_case_width_and_whitespace_only():
     assert ds.dedup_key("Hello   World\n") == ds.dedup_key("hello world") == ds.dedup_key("ＨＥＬＬＯ world")
     assert ds.dedup_key("hello world.") != ds.dedup_key("hello world")

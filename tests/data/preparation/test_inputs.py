@@ -90,7 +90,9 @@ def test_bad_record_deep_in_a_file_stops_the_run_with_file_and_line_and_publishe
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path):
-    records = [{"text": good_document(i)} for i in range(2)] + [{"body": "no text field"}]
+    """datatrove logged the failed task's exception first: ~130 lines of traceback with the value
+    of each frame's variables, the documents' text among them, above the one line that matters."""
+    records = [{"text": good_document(i) + " secret customer text"} for i in range(2)] + [{"body": "no text field"}]
     write_jsonl(str(tmp_path / "data.jsonl"), records)
     result = subprocess.run(
         [sys.executable, "-m", "experiments.prepare_data", f"--input={tmp_path}/data.jsonl",
@@ -98,8 +100,14 @@ def test_cli_reports_bad_input_as_one_line(tmp_path):
          "--config.execution.read_tasks=1"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
+    lines = result.stderr.strip().splitlines()
+    last = lines[-1]
     assert last.startswith("error: ") and "data.jsonl:3: no field 'text'" in last and "--text_field" in last
+    # The rest is datatrove's progress (a dozen INFO lines): no traceback, no text of any document.
+    assert "Traceback" not in result.stderr and "secret customer" not in result.stderr + result.stdout
+    assert [line for line in lines if "no field 'text'" in line] == [last] and len(lines) <= 20
+    assert not [line for line in lines[:-1] if " | " not in line and not line.startswith(("---", "READER:", "FILTER:",
+                                                                                        "WRITER:"))]
 
 
 def test_everything_filtered_out_names_the_rules_and_publishes_nothing(tmp_path):

@@ -343,3 +343,48 @@ def test_missing_blocklist_file_is_one_line_before_any_work(tmp_path):
         prepare_dataset(resolve_inputs(str(tmp_path / "a.txt")), output_dir=str(tmp_path / "out"), name="x",
                         config=config)
     assert not os.path.exists(tmp_path / "out")  # no work dir left behind
+
+
+_FAILING_TASK = """
+import sys
+from datatrove.executor import LocalPipelineExecutor
+from research.data.config import DataError
+import research.data.preparation.engine_steps  # noqa: F401  (every process running a stage imports it)
+
+def fail(data, rank, world_size):
+    secret = "secret corpus text"
+    raise (DataError if sys.argv[1] == "DataError" else RuntimeError)("bad record of %d characters" % len(secret))
+
+try:
+    LocalPipelineExecutor([fail], tasks=1, logging_dir=sys.argv[2]).run()
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+@pytest.mark.parametrize("error", ["DataError", "RuntimeError"])
+def test_a_failed_task_logs_a_bad_input_in_one_line_and_anything_else_with_its_traceback(tmp_path, error):
+    """datatrove's executor logs a failed task's exception with loguru's traceback and each frame's
+    variables (documents' text); for a DataError, which the driver prints in one line, that was
+    ~130 lines of noise and leaked the corpus into the logs. A bug keeps its whole traceback."""
+    import subprocess
+    import sys
+    script = tmp_path / "task.py"  # a file, not -c: loguru shows variables only of lines it can read
+    script.write_text(_FAILING_TASK)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    result = subprocess.run([sys.executable, str(script), error, str(tmp_path / "logs")], capture_output=True,
+                            text=True, timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": repo})
+    assert result.stdout == f"{error} bad record of 18 characters\n"  # raised to the caller either way
+    with open(tmp_path / "logs" / "logs" / "task_00000.log", encoding="utf-8") as f:
+        task_log = f.read()
+    if error == "DataError":
+        assert "Traceback" not in result.stderr and "bad record" not in result.stderr
+        assert "secret" not in result.stderr and "secret" not in task_log and "Traceback" not in task_log
+        # The task's log file keeps the message, as one DEBUG line: "time | DEBUG | where - message".
+        logged = [line.split(" | ") for line in task_log.splitlines() if "bad record" in line]
+        assert len(logged) == 1 and logged[0][1].strip() == "DEBUG"
+        assert logged[0][2].startswith("datatrove.executor.base:") and logged[0][2].endswith(
+            " - bad record of 18 characters")
+    else:
+        assert "Traceback" in result.stderr and "RuntimeError: bad record of 18 characters" in result.stderr
+        assert "secret corpus text" in result.stderr  # loguru's variables, as datatrove configures it
