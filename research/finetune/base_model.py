@@ -3,7 +3,8 @@
     config.init = "random"              the preset config.model (with overrides), initialised from train.seed
     config.init = "checkpoint:<workdir>"  a research.training run (latest step), its own tokenizer;
                                          or a fine-tuning run's (a LoRA run's adapters merged into
-                                         the base it was trained on, which its run.json records)
+                                         the base step it was trained on, which its run.json
+                                         records). Not a reward or tagging run: a head on a body.
     config.init = "hf:<folder>"          a Hugging Face checkpoint folder, its own tokenizer
 
 config.tokenizer ("char", a SentencePiece .model, an HF folder; "" = the run's own) picks
@@ -11,6 +12,7 @@ the tokenizer; it must fit the model's vocabulary.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -21,6 +23,8 @@ from research.training.checkpoint_loading import load_checkpoint, load_hf
 from research.evaluation.tokenizer_loading import check_vocabulary, load_tokenizer
 from research.models import get_config, layout
 from research.models.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 class BaseModel(NamedTuple):
@@ -35,9 +39,10 @@ def _overrides(section: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> BaseModel:
+def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "", *, step: int | None = None) -> BaseModel:
     """The starting model named by `init` (see module docstring); model_section's fields other
-    than `preset` override the loaded config (e.g. dropout_rate, num_labels)."""
+    than `preset` override the loaded config (e.g. dropout_rate, num_labels). step: the step of a
+    'checkpoint:' run to load (default its latest): the one a LoRA run on it recorded."""
     overrides = _overrides(model_section)
     preset = overrides.pop("preset", None)
     if init == "random":
@@ -48,14 +53,20 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "") -> 
         source, params = f"random init of {preset}", None
     elif init.startswith(("checkpoint:", "hf:")):
         kind, path = init.split(":", 1)
+        if kind == "checkpoint":
+            refuse_head_run(path, "init")
         if kind == "checkpoint" and not tokenizer_spec:
             tokenizer_spec = finetune_run_tokenizer(path)
         if kind == "checkpoint" and lora_run_config(path) is not None:
-            merged = load_lora_run(path)
+            merged = load_lora_run(path, step)
             model_config, params, source = merged.config, merged.params, merged.source
             tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else merged.tokenizer
+        elif kind == "checkpoint":
+            loaded = load_checkpoint(path, step=step, tokenizer=tokenizer_spec or None)
+            model_config, tokenizer = loaded.model.config, loaded.tokenizer
+            params, source = loaded.params, loaded.source
         else:
-            loaded = (load_checkpoint if kind == "checkpoint" else load_hf)(path, tokenizer=tokenizer_spec or None)
+            loaded = load_hf(path, tokenizer=tokenizer_spec or None)
             model_config, tokenizer = loaded.model.config, loaded.tokenizer
             params, source = loaded.params, loaded.source
         loaded_config = model_config
@@ -90,7 +101,8 @@ def base_model_config(init: str, model_section: Any, depth: int = 0) -> ModelCon
         return get_config(preset, **overrides) if preset else None
     kind, _, path = init.partition(":")
     if kind == "checkpoint":
-        from research.training.checkpoint_loading import checkpoint_root, model_config_from_run, run_config, run_workdir
+        from research.training.checkpoint_loading import model_config_from_run, run_config
+        refuse_head_run(path, "init")  # before the workdir is claimed, where a check asks (LoRA targets)
         saved = lora_run_config(path)
         if saved is None:
             try:
@@ -98,9 +110,8 @@ def base_model_config(init: str, model_section: Any, depth: int = 0) -> ModelCon
             except ConfigError:
                 return None  # not a run: load_checkpoint says why, in its place
         elif depth < 8:  # a LoRA run: the base it was trained on (load_lora_run)
-            from research.finetune.run_identity import recorded_init
-            base_init = recorded_init(run_workdir(checkpoint_root(path))) or str(saved["init"])
-            model_config = base_model_config(base_init, saved.get("model", {}), depth + 1)
+            from research.finetune.run_identity import run_init_spec
+            model_config = base_model_config(run_init_spec(path, saved), saved.get("model", {}), depth + 1)
         else:
             return None
     elif kind == "hf":
@@ -127,6 +138,7 @@ def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
     """The tokenizer spec a fine-tuning run in `path` trained with ("" for a pretraining run,
     whose own SentencePiece model load_checkpoint finds): its config.tokenizer, or when that
     was "" (the base's own) the tokenizer of the run it started from."""
+    from research.finetune.run_identity import run_init_spec, run_tokenizer_spec
     from research.training.checkpoint_loading import checkpoint_root, run_config, run_tokenizer_path, run_workdir
     saved = run_config(path)
     if "path" not in saved or "init" not in saved:  # a pretraining run
@@ -135,9 +147,10 @@ def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
         return run_tokenizer_path(saved, run_workdir(checkpoint_root(path))) if depth else ""
     if depth > 8:
         return ""
-    if saved.get("tokenizer"):
-        return str(saved["tokenizer"])
-    kind, _, parent = str(saved["init"]).partition(":")
+    # The chain is followed through run.json's absolute paths (run_identity.run_init_spec).
+    if tokenizer := run_tokenizer_spec(path, saved):
+        return tokenizer
+    kind, _, parent = run_init_spec(path, saved).partition(":")
     if kind == "checkpoint":
         return finetune_run_tokenizer(parent, depth + 1)
     return parent if kind == "hf" else "char"  # init="random" trains with load_base_model's default
@@ -147,11 +160,12 @@ def finetune_run_sentinels(path: str, depth: int = 0) -> int:
     """The T5 sentinels (data.tokenizer.num_extra_ids) of the pretraining run at the root of the
     run in `path`'s chain of checkpoint inits: a fine-tuning run's config has no data.tokenizer,
     and its SentencePiece model (its ancestor's) lost the sentinels that run appended."""
+    from research.finetune.run_identity import run_init_spec
     from research.training.checkpoint_loading import run_config
     saved = run_config(path)
     if "path" not in saved or "init" not in saved:  # a pretraining run
         return int(saved.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
-    kind, _, parent = str(saved["init"]).partition(":")
+    kind, _, parent = run_init_spec(path, saved).partition(":")
     return finetune_run_sentinels(parent, depth + 1) if kind == "checkpoint" and depth < 8 else 0
 
 
@@ -162,6 +176,8 @@ def load_reference(spec: str) -> tuple[ModelConfig, Any]:
     from research.training.checkpoint_loading import (checkpoint_root, checkpoint_steps_in, model_config_from_run,
                                                         restore_params, run_config)
     kind, _, path = spec.partition(":")
+    if kind == "checkpoint":
+        refuse_head_run(path, "preference.reference")
     if kind == "checkpoint" and lora_run_config(path) is not None:
         merged = load_lora_run(path)
         return merged.config, merged.params
@@ -201,6 +217,30 @@ def abstract_and_init(model: Any, example_args: tuple, example_kwargs: dict | No
 # Paths whose model is a zoo model (a LoRA run of theirs merges into a usable base); the reward
 # and tagging paths put a head on a body, which no other path loads.
 _ZOO_MODEL_PATHS = ("sft", "preference", "grpo", "domain", "classification", "text_to_text")
+# Their checkpoints hold {"body", "head"} (heads.path_model), not a zoo model's tree: loaded as one
+# they died in a device_put or flax traceback, and a tagging run as a further tagger's init was
+# told its body "lacks" the very modules it has. A classification run is a zoo model: it loads.
+_HEAD_PATHS = {"reward": "a scalar reward head", "token_classification": "a per-token tagging head"}
+
+
+def refuse_head_run(path: str, what: str | None) -> None:
+    """ConfigError (one line) when the run in `path` is one of a head path (see _HEAD_PATHS), which
+    no loader here rebuilds as a model (nor merges a LoRA one into); `what` names the setting that
+    gave it ("init", "preference.reference"), None a checkpoint loaded to evaluate or generate."""
+    from research.training.checkpoint_loading import run_config
+    try:
+        saved = run_config(path)
+    except ConfigError:  # not a run, or a damaged latest step: the loader says so, or falls back
+        return
+    kind = saved.get("path")
+    if kind not in _HEAD_PATHS:
+        return
+    from research.finetune.run_identity import run_init_spec
+    given = f"{what}=checkpoint:{path}" if what else f"checkpoint {path!r}"
+    use = f"start from its base ({run_init_spec(path, saved)})"
+    use += f" or score with it (grpo.reward=reward_model:{path})" if kind == "reward" else ""
+    raise ConfigError(f"{given} is a path={kind!r} run: {_HEAD_PATHS[kind]} on its body, not a model this loads; "
+                      f"give a pretraining run or a fine-tuning run of path {', '.join(_ZOO_MODEL_PATHS)}: {use}.")
 
 
 def lora_run_config(path: str) -> dict[str, Any] | None:
@@ -213,25 +253,55 @@ def lora_run_config(path: str) -> dict[str, Any] | None:
     return saved if "path" in saved and (saved.get("lora") or {}).get("rank") else None
 
 
-def load_lora_run(path: str) -> BaseModel:
-    """A LoRA run's model: its checkpoint holds only the adapters (and fresh heads), so the base
-    it was trained on (run.json's init, else its saved config's) is loaded and they are merged in."""
+def lora_base_step(path: str, base_init: str) -> int | None:
+    """The step of its 'checkpoint:' base `base_init` that the LoRA run in `path` trained on (run.json's
+    init_checkpoint_step; every step of the run has the same: a resume on a moved base is refused).
+    Merged into the base's latest step instead, the model changed silently whenever the base run
+    was continued. None for a base that is no run, or, with a warning, a run recorded before."""
+    from research.finetune.run_identity import recorded_init_steps
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps, run_workdir
+    kind, _, base = base_init.partition(":")
+    if kind != "checkpoint":
+        return None
+    workdir = run_workdir(checkpoint_root(path))
+    recorded = recorded_init_steps(workdir)
+    if not recorded:
+        log.warning("LoRA run %s: its run.json records no base step (written before it did), so its adapters are "
+                    "merged into the latest step of its base %s, which may not be the one they were trained on.",
+                    workdir, base)
+        return None
+    held = checkpoint_steps(base)
+    if recorded[0] not in held:
+        raise ConfigError(f"LoRA run {workdir!r} was trained on step {recorded[0]} of its base {base!r}, which no "
+                          f"longer holds it (steps {held}): restore that step there, or train the LoRA run again "
+                          "on the base as it is now (a new --workdir).")
+    return recorded[0]
+
+
+def load_lora_run(path: str, step: int | None = None) -> BaseModel:
+    """A LoRA run's model at `step` (default its latest): its checkpoint holds only the adapters
+    (and fresh heads), so the base step it was trained on (lora_base_step: run.json's init and
+    init_checkpoint_step) is loaded and they are merged in."""
     import os
 
     import numpy as np
 
     from research.finetune.lora import BASE, LoraConfig, merged_params
-    from research.finetune.run_identity import recorded_init
+    from research.finetune.run_identity import run_init_spec, run_tokenizer_spec
     from research.models import build_model
-    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params, run_workdir
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params
     root = checkpoint_root(path)
-    step = checkpoint_steps_in(root)[-1]
+    held = checkpoint_steps_in(root)
+    if step is not None and step not in held:
+        raise ConfigError(f"checkpoint step {step} is not in {root!r}; it holds steps {held}.")
+    step = held[-1] if step is None else step
     saved = lora_run_config(path) or {}
     if saved.get("path") not in _ZOO_MODEL_PATHS:
         raise ConfigError(f"checkpoint:{path} is a LoRA run of path={saved.get('path')!r}, whose task head no other "
                           "path loads; start from its base model (its config.init) instead.")
-    base_init = recorded_init(run_workdir(root)) or str(saved["init"])
-    base = load_base_model(base_init, saved.get("model", {}), str(saved.get("tokenizer", "") or ""))
+    base_init = run_init_spec(root, saved)
+    base = load_base_model(base_init, saved.get("model", {}), run_tokenizer_spec(root, saved),
+                           step=lora_base_step(root, base_init))
     params = base.params
     if params is None:  # init='random': the seeded init the LoRA run started from (fold_in(seed, 0))
         ones = np.ones((1, 8), np.int32)

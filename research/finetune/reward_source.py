@@ -55,7 +55,10 @@ def load_reward_model(workdir: str) -> RewardFn:
     if (saved.get("lora") or {}).get("rank"):
         raise ConfigError(f"grpo.reward={REWARD_MODEL}{workdir} holds LoRA adapters only; train the reward "
                           "model with lora.rank=0 (full fine-tuning).")
-    base = load_base_model(saved["init"], saved["model"], saved.get("tokenizer", ""))
+    # The base as run.json records it: the saved init and tokenizer may be relative to the directory the
+    # reward run was launched from, which from anywhere else failed or found a same-named folder.
+    from research.finetune.run_identity import run_init_spec, run_tokenizer_spec
+    base = load_base_model(run_init_spec(root, saved), saved["model"], run_tokenizer_spec(root, saved))
     model, params = ScalarHeadModel(base.config), jax.device_put(restore_params(os.path.join(root, str(step))))
     template = get_chat_template(saved.get("data", {}).get("chat_template", "plain"))
     seq_len, decoder = int(saved["train"]["seq_len"]), base.config.family == "decoder"

@@ -13,8 +13,10 @@ left out: num_steps, the learning rate and schedule, clip_norm's value while cli
 or off, logging and evaluation settings, the mesh, compute dtype and dropout.
 
 Local paths are recorded absolute: the same relative path from another directory is
-another file. run.json's "init" is also where a LoRA run's own base is found when the run is
-loaded as a starting point (research/finetune/base_model.py).
+another file. run.json is therefore also where a loader follows a run's chain of inits
+(research/finetune/base_model.py): its "init" and "tokenizer" (the saved config's may be
+relative to the directory the run was launched from), and "init_checkpoint_step", the step of
+its base a LoRA run's adapters were trained on and are merged into.
 """
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ def absolute_spec(spec: str) -> str:
 
 
 def _latest_steps(spec: str) -> list[int] | None:
-    """The newest checkpoint steps the loaders read for a 'checkpoint:<run>' (or 'reward_model:')
-    spec: the run's own, then, for a fine-tuning run (a LoRA run merges its adapters into its
-    base's newest step), its base's, and so on; None for any other spec."""
+    """The newest checkpoint steps of a 'checkpoint:<run>' (or 'reward_model:') spec's chain: the
+    run's own, then, for a fine-tuning run, its base's, and so on; None for any other spec. A LoRA
+    run merges into the base step its own run.json records (base_model.lora_base_step), fixed by
+    that record, so the base's newest here only refuses more resumes, never fewer."""
     from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in
     kind, _, path = str(spec).partition(":")
     steps: list[int] = []
@@ -115,10 +118,43 @@ def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = Tru
     return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=finetune_fingerprint)
 
 
-def recorded_init(workdir: str) -> str | None:
-    """The (absolute) init spec recorded in `workdir`'s run.json; None when it records none."""
+def _recorded(workdir: str, key: str) -> Any:
+    """Fingerprint field `key` of `workdir`'s run.json; None without one (or an unreadable file)."""
     try:
         with open(os.path.join(workdir, workdir_lib.RUN_FILE), encoding="utf-8") as f:
-            return json.load(f)["fingerprint"]["init"]
+            return json.load(f)["fingerprint"][key]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_init(workdir: str) -> str | None:
+    """The (absolute) init spec recorded in `workdir`'s run.json; None when it records none."""
+    init = _recorded(workdir, "init")
+    return init if isinstance(init, str) and init else None
+
+
+def recorded_init_steps(workdir: str) -> list[int] | None:
+    """The steps of its init's chain `workdir`'s run recorded at its first start (the base's first:
+    what a LoRA run's adapters were trained on); None for a run.json recorded before that field,
+    or an init that is no run ('random', 'hf:')."""
+    steps = _recorded(workdir, "init_checkpoint_step")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, int) for s in steps):
+        return None
+    return [int(s) for s in steps]
+
+
+def run_init_spec(path: str, saved: Mapping[str, Any]) -> str:
+    """The init of the fine-tuning run in `path` (its workdir or checkpoints/), whose saved config
+    is `saved`: run.json's absolute spec. The saved one may be relative to the directory that run
+    was launched from (another directory failed, or found a same-named folder there), so it is
+    used only for a run recorded without run.json."""
+    from research.training.checkpoint_loading import checkpoint_root, run_workdir
+    return recorded_init(run_workdir(checkpoint_root(path))) or str(saved.get("init", ""))
+
+
+def run_tokenizer_spec(path: str, saved: Mapping[str, Any]) -> str:
+    """config.tokenizer of the fine-tuning run in `path`, as run.json records it (a local file made
+    absolute, as init: see run_init_spec); the saved config's for a run recorded without it."""
+    from research.training.checkpoint_loading import checkpoint_root, run_workdir
+    recorded = _recorded(run_workdir(checkpoint_root(path)), "tokenizer")
+    return recorded if isinstance(recorded, str) else str(saved.get("tokenizer", "") or "")

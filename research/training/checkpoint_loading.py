@@ -216,11 +216,12 @@ def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = Non
     path: the run's workdir (or its checkpoints/ folder). tokenizer: a load_tokenizer spec
     replacing the run's own. model_overrides: ModelConfig fields (e.g. dtype="float32").
     """
-    from research.finetune.base_model import lora_run_config, relayout_layers  # it imports this module
+    from research.finetune.base_model import lora_run_config, refuse_head_run, relayout_layers  # it imports this module
     root = checkpoint_root(path)
     workdir = run_workdir(root)
     if lora_run_config(root) is not None:  # its checkpoint holds only adapters: merge them into its base
         return _load_lora_run(root, step, tokenizer, model_overrides)
+    refuse_head_run(root, None)  # a reward or tagging run's tree is no zoo model: one line, not a traceback
     # The latest step may be damaged (a save killed mid-write, a truncated copy): its config or
     # its params unreadable. Fall back to the newest intact one, as training's resume does, and
     # say so. An explicitly requested step never falls back.
@@ -250,16 +251,21 @@ def _load_lora_run(root: str, step: Step, tokenizer: str | None,
                    model_overrides: dict[str, Any]) -> LoadedModel:
     """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
     from research.finetune.base_model import load_lora_run, relayout_layers
+    from research.finetune.run_identity import recorded_init_steps
     latest = _pick_step(root, None)
-    if step is not None and _pick_step(root, step) != latest:  # _pick_step names the steps held
-        raise ConfigError(f"{root!r} is a LoRA run: only its latest step {latest} can be merged into its base "
-                          "(the base is read as it is now); drop --step, or export that step with the run.")
-    merged = load_lora_run(root)
+    picked = latest if step is None else _pick_step(root, step)  # _pick_step names the steps held
+    # Every step of a LoRA run was trained on the base step its run.json records, so any step merges
+    # into that one; without that record the base is read as it is now, which fits the latest only.
+    if picked != latest and not recorded_init_steps(run_workdir(root)):
+        raise ConfigError(f"{root!r} is a LoRA run whose run.json records no base step: only its latest step "
+                          f"{latest} can be merged into its base (read as it is now); drop --step, or export that "
+                          "step with the run.")
+    merged = load_lora_run(root, picked)
     model_config = merged.config.replace(**model_overrides) if model_overrides else merged.config
     params = relayout_layers(merged.params, merged.config, model_config)
     text_tokenizer = load_tokenizer(tokenizer) if tokenizer else merged.tokenizer
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
-    return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, latest)
+    return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, picked)
 
 
 def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
