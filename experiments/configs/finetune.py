@@ -52,6 +52,9 @@ def _base() -> ml_collections.ConfigDict:
                                                        label_smoothing=0.0, reference=""))
     config.grpo = ml_collections.ConfigDict(dict(group_size=8, max_new_tokens=8, temperature=1.0, kl_coef=0.05,
                                                  reward="rule"))
+    # Dropout off in the train step's forward (trl's disable_dropout); None: trl's default for the
+    # path, on for preference and reward (DPOConfig / RewardConfig), off elsewhere (GRPOConfig, SFT).
+    config.disable_dropout = placeholder(bool)
     config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
     config.generation_prompts = 32
     config.export_dir = ""
@@ -119,6 +122,9 @@ def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
         config.model.preset = "t5-tiny"
         config.data.synthetic = "sentiment"
         config.generation_tokens = 24  # the 22-character target + eos
+        # The evaluation's beam width, a key so --config.num_beams=1 can set it (it was read with a
+        # default of 4 and no key, so the command line refused the flag).
+        config.num_beams = 4
         config.train.num_steps = 300
     elif name == "domain":
         # Continued pretraining on a folder of .txt / .md files (data.folder, required), with the

@@ -19,6 +19,17 @@ from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
 NO_EXPORT_PATHS = ("reward", "token_classification")
+# Paths whose loss has no LM softmax for train.z_loss (PaLM's log Z regulariser of the LM head) to act
+# on: a scalar reward head, or a classifier's few classes. It was accepted there and ignored.
+NO_Z_LOSS_PATHS = {"reward": "a scalar reward head's Bradley-Terry loss",
+                   "classification": "a sequence classifier's cross-entropy over its labels",
+                   "token_classification": "a per-token classifier's cross-entropy over its tags"}
+# The synthetic sets each path generates (data.synthetic): preference_data's rules, task_paths' sets.
+# A classifier or tagger ignored the value, so a typo trained on the sentiment data silently.
+_PREFERENCE_RULES = ("capitals", "arithmetic")
+SYNTHETIC_SETS = {"sft": _PREFERENCE_RULES, "reward": _PREFERENCE_RULES, "preference": _PREFERENCE_RULES,
+                  "grpo": _PREFERENCE_RULES, "classification": ("sentiment",),
+                  "token_classification": ("char_classes",), "text_to_text": ("sentiment", *_PREFERENCE_RULES)}
 
 
 def config_section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -55,6 +66,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         if key in data and data.get("synthetic") and not data.get(f"{split}_file") and int(data[key]) <= 0:
             raise ConfigError(f"data.{key}={data[key]} must be positive: it is the size of the synthetic {split} set "
                               f"(e.g. --config.data.{key}=128), or give data.{split}_file.")
+    check_synthetic(path, data)
     tokens, prompts = config.get("generation_tokens", 16), config.get("generation_prompts", 32)
     if int(tokens) <= 0:
         raise ConfigError(f"generation_tokens={tokens} must be positive: it is how many tokens each evaluation "
@@ -75,12 +87,65 @@ def check_config(config: Mapping[str, Any]) -> None:
         PreferenceConfig(**{k: v for k, v in preference.items() if k != "reference"})
         _check_folder_spec("preference.reference", preference.get("reference"))
     if path == "grpo":
-        from research.finetune.grpo import GrpoConfig
-        GrpoConfig(**config_section(config, "grpo"))
+        from research.finetune.grpo import GrpoConfig, check_prompt_budget
+        check_prompt_budget(int(config_section(config, "train").get("seq_len", 0)),
+                            GrpoConfig(**config_section(config, "grpo")))
+    z_loss = float(config_section(config, "train").get("z_loss", 0.0) or 0.0)
+    if z_loss < 0:
+        raise ConfigError(f"train.z_loss={z_loss} must be >= 0 (0 disables; e.g. --config.train.z_loss=1e-4).")
+    if z_loss and path in NO_Z_LOSS_PATHS:
+        raise ConfigError(f"train.z_loss={z_loss} has no effect on path={path!r}: its loss ({NO_Z_LOSS_PATHS[path]}) "
+                          "has no LM softmax to regularise; set --config.train.z_loss=0.")
+    if path == "text_to_text" and int(config.get("num_beams", 4)) < 1:
+        raise ConfigError(f"num_beams={config['num_beams']} must be >= 1: the beams of the evaluation's beam search "
+                          "(1 = greedy; e.g. --config.num_beams=4).")
+    from research.finetune.trainer import dropout_disabled
+    lora = config_section(config, "lora")
+    if lora.get("rank") and lora.get("dropout") and dropout_disabled(config):
+        raise ConfigError(f"lora.dropout={lora['dropout']} has no effect: disable_dropout is on for path={path!r} "
+                          "(unset, it is on for preference and reward, as trl's disable_dropout, which zeroes the "
+                          "adapters' dropout too); set --config.lora.dropout=0, or --config.disable_dropout=False.")
     check_lora_targets(config)
     if config.get("export_dir") and path in NO_EXPORT_PATHS:
         raise ConfigError(f"export_dir={config['export_dir']!r}: path={path!r} trains a model with a task head, "
                           "which has no Hugging Face export here; unset export_dir.")
+    if config.get("export_dir"):
+        check_export_dir(str(config["export_dir"]))
+
+
+def check_synthetic(path: Any, data: Mapping[str, Any]) -> None:
+    """data.synthetic must be a set `path` generates, where it is read (a split without a file,
+    or GRPO's rule reward), and data.num_eval within a finite set's held-out items."""
+    rule = data.get("synthetic")
+    both_files = data.get("train_file") and data.get("eval_file")
+    if not rule or path not in SYNTHETIC_SETS or (both_files and path != "grpo"):
+        return
+    if rule not in SYNTHETIC_SETS[path]:
+        raise ConfigError(f"data.synthetic={rule!r} is not a synthetic set of path={path!r}; choose one of "
+                          f"{SYNTHETIC_SETS[path]} (e.g. --config.data.synthetic={SYNTHETIC_SETS[path][0]}), or give "
+                          "data.train_file and data.eval_file.")
+    from research.finetune.preference_data import EVAL_CAPACITY
+    capacity, num_eval = EVAL_CAPACITY.get(rule), int(data.get("num_eval", 0) or 0)
+    if capacity is not None and not data.get("eval_file") and num_eval > capacity:
+        raise ConfigError(f"data.num_eval={num_eval}: the synthetic {rule!r} set holds {capacity} prompts apart from "
+                          f"its training prompts; set --config.data.num_eval={capacity} or less, or give "
+                          "data.eval_file.")
+
+
+def check_export_dir(export_dir: str) -> None:
+    """export_dir must be a writable folder or creatable in one: a file there was found only
+    after the last step, as a raw FileExistsError / NotADirectoryError."""
+    if "://" in export_dir:
+        return
+    path = os.path.abspath(export_dir)
+    while not os.path.lexists(path):  # the nearest existing ancestor is what the export creates it in
+        path = os.path.dirname(path)
+    problem = ("is a file" if not os.path.isdir(path) else
+               "is not writable" if not os.access(path, os.W_OK | os.X_OK) else None)
+    if problem:
+        where = problem if path == os.path.abspath(export_dir) else f"is under {path!r}, which {problem}"
+        raise ConfigError(f"export_dir={export_dir!r} {where}; give a writable folder, or a new path in one, for "
+                          "the Hugging Face export.")
 
 
 def lora_check_tree(config: Mapping[str, Any]) -> Any | None:

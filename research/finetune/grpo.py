@@ -28,8 +28,10 @@ of the sampler itself, not of the model's full temperature-1 softmax.
 Loss per completion token (one policy update per sample, so the PPO ratio is 1 and only
 its gradient matters): -A * exp(logp - stop_grad(logp)) + kl_coef * k3, with the k3 KL
 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman 2020), averaged over all
-completion tokens of the batch. Logged per step: sample_reward (mean reward of the
-samples) and sample_kl (mean per-token log-ratio log pi - log ref on the samples).
+completion tokens of the batch, plus train.z_loss times the mean log Z ** 2 of the policy's LM
+head on those tokens (its raw softmax normaliser, as SFT regularises it). Logged per step:
+sample_reward (mean reward of the samples) and sample_kl (mean per-token log-ratio
+log pi - log ref on the samples).
 Rewards are computed on the host from decoded text: on several processes every process
 samples the same completions (one program, one key), gathers them and scores them itself, so
 each builds the same global batch and places its own rows (partitioning.shard_global_batch).
@@ -52,8 +54,8 @@ from research.finetune.checks import config_section
 from research.finetune.evaluators import greedy_completions
 from research.finetune.paths import _decoder_base, _zoo_params, generation_prompts, load_records
 from research.finetune.preference_data import prompt_messages, rule_reward, synthetic_prompts
-from research.finetune.preference_losses import token_log_probs
-from research.finetune.records import check_fits, pad_row
+from research.finetune.preference_losses import mean_square, token_log_probs, token_log_probs_and_log_z
+from research.finetune.records import RecordError, pad_row
 from research.finetune.reward_source import last_user_text, reward_function
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
@@ -84,6 +86,24 @@ class GrpoConfig:
                               "(0 = none; e.g. --config.grpo.kl_coef=0.05).")
 
 
+def check_prompt_budget(seq_len: int, grpo: GrpoConfig) -> None:
+    """A prompt's budget is train.seq_len - grpo.max_new_tokens: the rest of a row is the sample's."""
+    if seq_len - grpo.max_new_tokens <= 1:
+        raise ConfigError(f"train.seq_len={seq_len} leaves no room for prompts after grpo.max_new_tokens="
+                          f"{grpo.max_new_tokens}; raise --config.train.seq_len above {grpo.max_new_tokens + 1}.")
+
+
+def check_prompt_fits(where: str, length: int, seq_len: int, grpo: GrpoConfig) -> None:
+    """One line naming both settings: records.check_fits reported the prompt budget as seq_len
+    ('> seq_len=20; raise train.seq_len' when train.seq_len was 24)."""
+    budget = seq_len - grpo.max_new_tokens
+    if length > budget:
+        raise RecordError(f"{where}: prompt has {length} tokens > {budget}, the prompt budget train.seq_len={seq_len} "
+                          f"- grpo.max_new_tokens={grpo.max_new_tokens}; raise --config.train.seq_len to "
+                          f"{length + grpo.max_new_tokens} (up to the model's max_len), lower grpo.max_new_tokens, "
+                          "or shorten the prompt.")
+
+
 def group_advantages(rewards_BG: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     """(r - group mean) / (group std + eps) over the last axis (the G completions of a prompt),
     with the sample std (ddof=1) as TRL's GRPOTrainer (torch's unbiased std); G >= 2."""
@@ -104,11 +124,11 @@ def generation_messages(where: str, prompt: Any) -> list[dict]:
 
 
 def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float = 1.0,
-              vocab_limit: int | None = None):
+              vocab_limit: int | None = None, z_loss: float = 0.0):
     """Token-level GRPO loss on sampled completions (see module docstring), in the loop's aux form;
     temperature and vocab_limit: the sampler's, so logp is the log-prob of what was drawn."""
-    logps_BT = token_log_probs(model, params, batch["tokens"], rng, temperature=temperature,
-                               vocab_limit=vocab_limit)
+    logps_BT, log_z_BT = token_log_probs_and_log_z(model, params, batch["tokens"], rng, temperature=temperature,
+                                                   vocab_limit=vocab_limit)
     mask_BT = batch["completion_mask"][:, 1:].astype(jnp.float32)
     ratio_BT = jnp.exp(logps_BT - jax.lax.stop_gradient(logps_BT))
     log_ratio_ref_BT = batch["ref_logps"] - logps_BT
@@ -117,8 +137,9 @@ def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float =
     n = jnp.sum(mask_BT)
     loss = jnp.sum(per_token * mask_BT) / jnp.maximum(n, 1.0)
     kl = jnp.sum(kl_BT * mask_BT) / jnp.maximum(n, 1.0)
+    z_term = mean_square(log_z_BT, mask_BT)
     # "accuracy" is the loop's second per-token mean: here the k3 KL to the reference.
-    return loss, {"cross_entropy": loss, "z_loss": jnp.zeros(()), "accuracy": kl, "num_tokens": n}
+    return loss + z_loss * z_term, {"cross_entropy": loss, "z_loss": z_term, "accuracy": kl, "num_tokens": n}
 
 
 def check_rule_reads_prompts(rule: str, records: dict, chats: dict) -> None:
@@ -143,10 +164,8 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     reward_fn = reward_function(grpo.reward, rule)
     template = get_chat_template(data.get("chat_template", "plain"))
     tokenizer, train = base.tokenizer, config.train
+    check_prompt_budget(train.seq_len, grpo)
     prompt_len = train.seq_len - grpo.max_new_tokens
-    if prompt_len <= 1:
-        raise ConfigError(f"train.seq_len={train.seq_len} leaves no room for prompts after grpo.max_new_tokens="
-                          f"{grpo.max_new_tokens}; raise seq_len.")
 
     prompt_records = {s: load_records(data, s, (("prompt",),), synthetic_prompts) for s in ("train", "eval")}
     # Every prompt as chat messages (what the reward function gets, reward_source.py), rendered
@@ -157,7 +176,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
 
     def prompt_row(index, where, messages):
         ids = render_prompt(messages, template, tokenizer)
-        check_fits(where, len(ids), prompt_len, "prompt")
+        check_prompt_fits(where, len(ids), train.seq_len, grpo)
         return {"prompt_tokens": pad_row(ids, prompt_len), "prompt_length": np.asarray(len(ids), np.int32),
                 "index": np.asarray(index, np.int32)}
 
@@ -224,7 +243,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     return FinetuneJob(
         name=f"grpo {base.config.name} ({base.source})", model=model, tokenizer=tokenizer, stop_ids=turn_ends,
         loss_fn=functools.partial(grpo_loss, kl_coef=grpo.kl_coef, temperature=grpo.temperature,
-                                  vocab_limit=vocab_limit), abstract_params=boxed,
+                                  vocab_limit=vocab_limit, z_loss=float(train.z_loss)), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=train.batch_size, seed=seed)),
         evaluate=evaluate, prepare=sample_and_score, needs_reference=True)

@@ -37,7 +37,8 @@ def generation_prompts(config: ml_collections.ConfigDict) -> int:
 
 
 def load_records(data: dict[str, Any], split: str, fields, synthetic) -> list[tuple[str, dict]]:
-    """Records of `split` from data.<split>_file, else `synthetic(count, seed)` (in memory)."""
+    """Records of `split` from data.<split>_file, else `synthetic(rule, count, seed, split)` (in
+    memory): the split's side of the synthetic space, so no eval item is a training item."""
     path = data.get(f"{split}_file") or ""
     if path:
         return records_lib.read_jsonl(path, fields)
@@ -51,7 +52,8 @@ def load_records(data: dict[str, Any], split: str, fields, synthetic) -> list[tu
                           "synthetic rule.")
     count = int(data.get(f"num_{split}", 256))
     seed = int(data.get("seed", 0)) + (0 if split == "train" else 1_000_003)
-    return records_lib.as_records(synthetic(data["synthetic"], count, seed), f"synthetic:{data['synthetic']}:{split}")
+    return records_lib.as_records(synthetic(data["synthetic"], count, seed, split),
+                                  f"synthetic:{data['synthetic']}:{split}")
 
 
 def _decoder_base(config: ml_collections.ConfigDict) -> BaseModel:
@@ -85,8 +87,8 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     base = _decoder_base(config)
     data, train = config_section(config, "data"), config.train
     template = get_chat_template(data.get("chat_template", "plain"))
-    sft_synthetic = lambda rule, n, seed: [{"instruction": r["prompt"], "response": r["chosen"]}
-                                          for r in synthetic_preferences(rule, n, seed)]
+    sft_synthetic = lambda rule, n, seed, split: [{"instruction": r["prompt"], "response": r["chosen"]}
+                                                 for r in synthetic_preferences(rule, n, seed, split)]
     kwargs = dict(template=template, tokenizer=base.tokenizer, seq_len=train.seq_len)
     train_examples = sft_examples(load_records(data, "train", SFT_FIELDS, sft_synthetic), **kwargs)
     eval_records = load_records(data, "eval", SFT_FIELDS, sft_synthetic)
@@ -173,7 +175,7 @@ def preference_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     preference = PreferenceConfig(**preference_section)
     template, train_rows, eval_rows, eval_records = _pair_rows(config, base)
     model, boxed, initial = _zoo_params(config, base)
-    loss_fn = make_preference_loss(preference)
+    loss_fn = make_preference_loss(preference, float(config.train.z_loss))
     train_batches, eval_batches = _row_iterators(train_rows, eval_rows, config)
 
     reference_model, reference_params = model, None

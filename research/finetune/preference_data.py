@@ -10,12 +10,17 @@ Synthetic sets, so the whole preference loop runs on a CPU with a checkable trut
     capitals     "Shout: cat" -> chosen "CAT", rejected "cat" (a formatting rule)
     arithmetic   "3+4=" -> chosen "7", rejected a wrong sum
 `rule_reward(rule, prompt, completion)` scores any completion by the same rule, for RL.
+Every synthetic set (these and research/finetune/task_paths.py's) is split by a stable hash of
+its item's text (`held_out`): eval items come from one part of the space, train items from the
+rest, so eval_exact_match measures generalisation, not memorised training prompts (arithmetic
+has 2,500 prompts: 72 of 128 eval prompts were also training prompts).
 """
 from __future__ import annotations
 
 import random
 import string
-from typing import Any, Literal, Sequence
+import zlib
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -24,33 +29,76 @@ from research.finetune.records import Record, RecordError, Row, check_fits, pad_
 
 PREFERENCE_FIELDS = (("prompt", "chosen", "rejected"),)
 SyntheticRule = Literal["capitals", "arithmetic"]
+Split = Literal["train", "eval"]
+# One item in _EVAL_SHARE of each synthetic space is held out for evaluation (arithmetic: 311 of
+# its 2,500 prompts, enough for the presets' 128 distinct eval prompts).
+_EVAL_SHARE = 8
+# Rejection draws per item before a space is declared too small (a held-out share of 1/8 needs ~8).
+_DRAWS_PER_ITEM = 200
+
+
+def held_out(key: str) -> bool:
+    """Whether the synthetic item whose text is `key` belongs to the eval split: crc32, not
+    Python's hash(), which differs between processes (each process builds every batch)."""
+    return zlib.crc32(key.encode()) % _EVAL_SHARE == 0
+
+
+def draw_split(rule: str, make: Callable[[random.Random], dict], key: Callable[[dict], str], count: int,
+               seed: int, split: Split) -> list[dict]:
+    """`count` items of `make` on the `split` side of `held_out`, reproducible by seed. Train items
+    may repeat (epochs over a small space, as before); eval items are distinct, so each prompt
+    is scored once. RecordError when the space holds too few held-out items."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r} must be 'train' or 'eval'.")
+    rng, items, seen = random.Random(seed), [], set()
+    draws, budget = 0, _DRAWS_PER_ITEM * count + 1000
+    while len(items) < count and draws < budget:
+        draws += 1
+        item = make(rng)
+        text = key(item)
+        if held_out(text) != (split == "eval") or (split == "eval" and text in seen):
+            continue
+        seen.add(text)
+        items.append(item)
+    if len(items) < count:
+        raise RecordError(f"data.num_{split}={count}: the synthetic {rule!r} set yields only {len(seen)} distinct "
+                          f"{split} items; lower data.num_{split} to {len(seen)} or less, or give data.{split}_file.")
+    return items
 
 
 def _word(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6)))
 
 
-def synthetic_preferences(rule: SyntheticRule, count: int, seed: int) -> list[dict[str, str]]:
-    """`count` preference records following `rule` (see module docstring), reproducible by seed."""
-    rng = random.Random(seed)
-    records = []
-    for _ in range(count):
-        if rule == "capitals":
-            word = _word(rng)
-            records.append({"prompt": f"Shout: {word}", "chosen": word.upper(), "rejected": word})
-        elif rule == "arithmetic":
-            a, b = rng.randint(0, 49), rng.randint(0, 49)
-            offset = rng.choice([1, 2, 3])
-            wrong = a + b - offset if a + b >= offset and rng.random() < 0.5 else a + b + offset
-            records.append({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(wrong)})
-        else:
-            raise RecordError(f"synthetic rule {rule!r} is not one of {SyntheticRule.__args__}.")
-    return records
+def _capitals(rng: random.Random) -> dict[str, str]:
+    word = _word(rng)
+    return {"prompt": f"Shout: {word}", "chosen": word.upper(), "rejected": word}
 
 
-def synthetic_prompts(rule: SyntheticRule, count: int, seed: int) -> list[dict[str, str]]:
+def _arithmetic(rng: random.Random) -> dict[str, str]:
+    a, b = rng.randint(0, 49), rng.randint(0, 49)
+    offset = rng.choice([1, 2, 3])
+    wrong = a + b - offset if a + b >= offset and rng.random() < 0.5 else a + b + offset
+    return {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(wrong)}
+
+
+_RULES: dict[str, Callable[[random.Random], dict[str, str]]] = {"capitals": _capitals, "arithmetic": _arithmetic}
+# Distinct held-out prompts of the finite spaces (capitals has 26^3 + ... + 26^6 words): what
+# data.num_eval may ask for (checks.check_synthetic_sizes, before the claim).
+EVAL_CAPACITY = {"arithmetic": sum(held_out(f"{a}+{b}=") for a in range(50) for b in range(50))}
+
+
+def synthetic_preferences(rule: SyntheticRule, count: int, seed: int, split: Split = "train") -> list[dict[str, str]]:
+    """`count` preference records following `rule` (see module docstring) from its `split`
+    side of the prompt space (disjoint from the other side), reproducible by seed."""
+    if rule not in _RULES:
+        raise RecordError(f"synthetic rule {rule!r} is not one of {SyntheticRule.__args__}.")
+    return draw_split(rule, _RULES[rule], lambda r: r["prompt"], count, seed, split)
+
+
+def synthetic_prompts(rule: SyntheticRule, count: int, seed: int, split: Split = "train") -> list[dict[str, str]]:
     """Prompts only (RL): {"prompt": ...} records of `rule`."""
-    return [{"prompt": r["prompt"]} for r in synthetic_preferences(rule, count, seed)]
+    return [{"prompt": r["prompt"]} for r in synthetic_preferences(rule, count, seed, split)]
 
 
 def rule_reward(rule: SyntheticRule, prompt: str, completion: str) -> float:

@@ -1,9 +1,11 @@
 """Preference objectives as pure losses: DPO (+ IPO, SimPO) and the Bradley-Terry reward loss.
 
 Each has the train loop's loss signature (model, params, batch, rng) -> (loss, aux), with
-aux = {cross_entropy: the objective's value, z_loss: 0, accuracy: preference accuracy,
-num_tokens: number of pairs}, so research/training's train step averages it over pairs
-exactly as it averages cross-entropy over tokens.
+aux = {cross_entropy: the objective's value, z_loss: the policy's mean log Z ** 2 on the scored
+response tokens (DPO / IPO / SimPO, added to the loss with weight train.z_loss as SFT's
+cross-entropy adds it; the reward model's scalar head has none: checks.py refuses a weight there),
+accuracy: preference accuracy, num_tokens: number of pairs}, so research/training's train step
+averages it over pairs exactly as it averages cross-entropy over tokens.
 
 Pair batches (research/finetune/preference_data.py), rows right-padded to T:
     chosen_tokens, chosen_mask, rejected_tokens, rejected_mask   [B, T]
@@ -59,34 +61,44 @@ class PreferenceConfig:
         return self.loss != "simpo"
 
 
+def token_log_probs_and_log_z(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None, *,
+                              temperature: float = 1.0, vocab_limit: int | None = None) -> tuple[Array, Array]:
+    """(token_log_probs [B, T-1], log Z [B, T-1]): log Z is the LM head's own softmax normaliser
+    (raw logits, whole vocabulary, temperature 1), the quantity train.z_loss regularises in SFT
+    (research.training.losses.cross_entropy), whatever distribution the log-probs are taken under."""
+    # Rows are right-padded and attention is causal, so padding never reaches a real token.
+    rngs = {} if rng is None else {"dropout": rng}
+    logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
+                             rngs=rngs).astype(jnp.float32)
+    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    log_probs_BTV = jax.nn.log_softmax(limit_vocab(logits_BTV / temperature, vocab_limit), axis=-1)
+    return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0], log_z_BT
+
+
 def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None, *,
                     temperature: float = 1.0, vocab_limit: int | None = None) -> Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) [B, T-1] of a decoder on right-padded rows, under
     softmax(logits / temperature) over ids below vocab_limit (None: the whole vocabulary): the
     distribution research.decoding.generate samples from with the same two settings."""
-    # Rows are right-padded and attention is causal, so padding never reaches a real token.
-    rngs = {} if rng is None else {"dropout": rng}
-    logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
-                             rngs=rngs).astype(jnp.float32) / temperature
-    log_probs_BTV = jax.nn.log_softmax(limit_vocab(logits_BTV, vocab_limit), axis=-1)
-    return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+    return token_log_probs_and_log_z(model, params, tokens_BT, rng, temperature=temperature,
+                                     vocab_limit=vocab_limit)[0]
 
 
-def sequence_log_probs(model: nn.Module, params: Any, tokens_BT: Array, mask_BT: Array,
-                       rng: Array | None) -> tuple[Array, Array]:
-    """(sum of response-token log-probs [B], response lengths [B])."""
-    weights_BT = mask_BT[:, 1:].astype(jnp.float32)
-    return jnp.sum(token_log_probs(model, params, tokens_BT, rng) * weights_BT, axis=-1), jnp.sum(weights_BT, -1)
+def mean_square(log_z_BT: Array, weights_BT: Array) -> Array:
+    """The z-loss term: mean of log Z ** 2 over the weighted (scored) tokens."""
+    return jnp.sum(jnp.square(log_z_BT) * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
 
 
 def pair_log_probs(model: nn.Module, params: Any, batch: Mapping[str, Array],
-                   rng: Array | None) -> tuple[Array, Array, Array, Array]:
-    """(chosen logps, rejected logps, chosen lengths, rejected lengths), one forward over 2B rows."""
+                   rng: Array | None) -> tuple[Array, Array, Array, Array, Array]:
+    """(chosen logps, rejected logps, chosen lengths, rejected lengths, z-loss term over both
+    responses' tokens), one forward over 2B rows; logps are sums over the response tokens."""
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-    logps, lengths = sequence_log_probs(model, params, tokens, mask, rng)
+    weights_BT = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])[:, 1:].astype(jnp.float32)
+    log_probs_BT, log_z_BT = token_log_probs_and_log_z(model, params, tokens, rng)
+    logps, lengths = jnp.sum(log_probs_BT * weights_BT, axis=-1), jnp.sum(weights_BT, axis=-1)
     b = batch["chosen_tokens"].shape[0]
-    return logps[:b], logps[b:], lengths[:b], lengths[b:]
+    return logps[:b], logps[b:], lengths[:b], lengths[b:], mean_square(log_z_BT, weights_BT)
 
 
 def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array | None,
@@ -118,13 +130,16 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
     return loss, chosen, rejected
 
 
-def _pair_aux(loss_B: Array, chosen_B: Array, rejected_B: Array, valid_B: Array) -> tuple[Array, dict]:
+def _pair_aux(loss_B: Array, chosen_B: Array, rejected_B: Array, valid_B: Array, z_term: Array | None = None,
+              z_loss: float = 0.0) -> tuple[Array, dict]:
     n = jnp.sum(valid_B)
     denominator = jnp.maximum(n, 1.0)
     mean_loss = jnp.sum(loss_B * valid_B) / denominator
     accuracy = jnp.sum((chosen_B > rejected_B).astype(jnp.float32) * valid_B) / denominator
-    return mean_loss, {"cross_entropy": mean_loss, "z_loss": jnp.zeros(()), "accuracy": accuracy, "num_tokens": n,
-                       "margin": jnp.sum((chosen_B - rejected_B) * valid_B) / denominator}
+    z_term = jnp.zeros(()) if z_term is None else z_term
+    return mean_loss + z_loss * z_term, {
+        "cross_entropy": mean_loss, "z_loss": z_term, "accuracy": accuracy, "num_tokens": n,
+        "margin": jnp.sum((chosen_B - rejected_B) * valid_B) / denominator}
 
 
 def _valid_pairs(batch: Mapping[str, Array]) -> Array:
@@ -132,16 +147,17 @@ def _valid_pairs(batch: Mapping[str, Array]) -> Array:
 
 
 def preference_loss(model: nn.Module, params: Any, batch: Mapping[str, Array], rng: Array | None, *,
-                    config: PreferenceConfig) -> tuple[Array, dict[str, Array]]:
-    """DPO / IPO / SimPO of the policy `params` on a pair batch (see module docstring)."""
-    chosen_logps, rejected_logps, chosen_len, rejected_len = pair_log_probs(model, params, batch, rng)
+                    config: PreferenceConfig, z_loss: float = 0.0) -> tuple[Array, dict[str, Array]]:
+    """DPO / IPO / SimPO of the policy `params` on a pair batch (see module docstring), plus
+    z_loss times the policy's mean log Z ** 2 on the response tokens it scores."""
+    chosen_logps, rejected_logps, chosen_len, rejected_len, z_term = pair_log_probs(model, params, batch, rng)
     refs = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if config.needs_reference else (None, None)
     loss_B, chosen_B, rejected_B = preference_margin_loss(chosen_logps, rejected_logps, *refs, chosen_len,
                                                           rejected_len, config)
-    return _pair_aux(loss_B, chosen_B, rejected_B, _valid_pairs(batch))
+    return _pair_aux(loss_B, chosen_B, rejected_B, _valid_pairs(batch), z_term, z_loss)
 
 
-def make_preference_loss(config: PreferenceConfig):
+def make_preference_loss(config: PreferenceConfig, z_loss: float = 0.0):
     if config.loss == "ipo" and config.label_smoothing:
         # IPO regresses the margin onto 1/(2 beta): there is no label to smooth, and trl's DPO / CPO
         # trainers ignore the value for IPO too. Accepted, not refused: the value is part of the run's
@@ -150,12 +166,14 @@ def make_preference_loss(config: PreferenceConfig):
         # PreferenceConfig too), so the value is never silently without effect.
         log.warning("preference.label_smoothing=%s has no effect under IPO (as in trl, which ignores it for IPO); "
                     "the loss is IPO's, unsmoothed.", config.label_smoothing)
-    return functools.partial(preference_loss, config=config)
+    if z_loss < 0:
+        raise ConfigError(f"train.z_loss={z_loss} must be >= 0 (0 disables).")
+    return functools.partial(preference_loss, config=config, z_loss=z_loss)
 
 
 def reference_log_probs(model: nn.Module, reference_params: Any, batch: Mapping[str, Array]) -> dict[str, Array]:
     """The frozen reference's sequence log-probs of a pair batch: the fields DPO / IPO read."""
-    chosen, rejected, _, _ = pair_log_probs(model, reference_params, batch, None)
+    chosen, rejected, _, _, _ = pair_log_probs(model, reference_params, batch, None)
     return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
 

@@ -28,7 +28,7 @@ from research.finetune.checks import config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import path_model, with_fresh_heads, with_pretrained_body
 from research.finetune.paths import load_records
-from research.finetune.preference_data import synthetic_preferences
+from research.finetune.preference_data import Split, draw_split, synthetic_preferences
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
@@ -39,41 +39,53 @@ IGNORE = -1  # label of tokens that carry none (padding, continuation pieces, se
 _POSITIVE = ("good", "great", "nice", "happy", "love", "fine")
 _NEGATIVE = ("bad", "awful", "sad", "hate", "poor", "ugly")
 _NEUTRAL = ("the", "a", "day", "film", "food", "it", "was", "very")
+TEXT_TO_TEXT_SETS = ("sentiment", "capitals", "arithmetic")
 
 
-def synthetic_sentiment(_: str, count: int, seed: int) -> list[dict]:
-    """Texts of neutral words plus words from one polarity list; label 1 = positive."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        label = rng.randint(0, 1)
-        words = [rng.choice(_NEUTRAL) for _ in range(3)] + [rng.choice(_POSITIVE if label else _NEGATIVE)
-                                                            for _ in range(2)]
-        rng.shuffle(words)
-        out.append({"text": " ".join(words), "label": label})
-    return out
+def _check_rule(rule: str, rules: tuple[str, ...]) -> None:
+    """A generator given another set's name (or a typo) generated its own set, silently."""
+    if rule not in rules:
+        raise RecordError(f"data.synthetic={rule!r} is not a synthetic set of this path; choose one of {rules} "
+                          f"(e.g. --config.data.synthetic={rules[0]}), or give data.train_file and data.eval_file.")
 
 
-def synthetic_char_classes(_: str, count: int, seed: int) -> list[dict]:
-    """Words of letters (0), digits (1) or punctuation (2), labelled by their class (a tagging task)."""
-    rng = random.Random(seed)
+def _sentiment_item(rng: random.Random) -> dict:
+    label = rng.randint(0, 1)
+    words = [rng.choice(_NEUTRAL) for _ in range(3)] + [rng.choice(_POSITIVE if label else _NEGATIVE)
+                                                        for _ in range(2)]
+    rng.shuffle(words)
+    return {"text": " ".join(words), "label": label}
+
+
+def synthetic_sentiment(rule: str, count: int, seed: int, split: Split = "train") -> list[dict]:
+    """Texts of neutral words plus words from one polarity list; label 1 = positive; `split`'s
+    side of the space (preference_data.draw_split: no eval text is a training text)."""
+    _check_rule(rule, ("sentiment",))
+    return draw_split(rule, _sentiment_item, lambda r: r["text"], count, seed, split)
+
+
+def _char_classes_item(rng: random.Random) -> dict:
     pools = (string.ascii_lowercase, string.digits, "!?.,;:-")
-    out = []
-    for _ in range(count):
-        labels = [rng.randint(0, 2) for _ in range(rng.randint(2, 5))]
-        out.append({"words": ["".join(rng.choice(pools[c]) for _ in range(rng.randint(1, 3))) for c in labels],
-                    "labels": labels})
-    return out
+    labels = [rng.randint(0, 2) for _ in range(rng.randint(2, 5))]
+    return {"words": ["".join(rng.choice(pools[c]) for _ in range(rng.randint(1, 3))) for c in labels],
+            "labels": labels}
 
 
-def synthetic_text_to_text(rule: str, count: int, seed: int) -> list[dict]:
+def synthetic_char_classes(rule: str, count: int, seed: int, split: Split = "train") -> list[dict]:
+    """Words of letters (0), digits (1) or punctuation (2), labelled by their class (a tagging task)."""
+    _check_rule(rule, ("char_classes",))
+    return draw_split(rule, _char_classes_item, lambda r: " ".join(r["words"]), count, seed, split)
+
+
+def synthetic_text_to_text(rule: str, count: int, seed: int, split: Split = "train") -> list[dict]:
     """sentiment: "review: <words>" -> "the review is positive|negative" (a T5-style label
     sentence: four words, so BLEU's 4-grams exist); capitals / arithmetic: the chosen reply
     of the preference sets (one-word targets, on which corpus BLEU is 0 even when right)."""
+    _check_rule(rule, TEXT_TO_TEXT_SETS)
     if rule == "sentiment":
         return [{"input": f"review: {r['text']}", "target": f"the review is {'positive' if r['label'] else 'negative'}"}
-                for r in synthetic_sentiment(rule, count, seed)]
-    return [{"input": r["prompt"], "target": r["chosen"]} for r in synthetic_preferences(rule, count, seed)]
+                for r in synthetic_sentiment(rule, count, seed, split)]
+    return [{"input": r["prompt"], "target": r["chosen"]} for r in synthetic_preferences(rule, count, seed, split)]
 
 
 def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
@@ -277,7 +289,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     boxed, init = abstract_and_init(model, example)
     initial = lambda: base.params if base.params is not None else init(int(config.train.seed))
     generation = records["eval"][:int(config.get("generation_prompts", 32))]
-    num_beams = int(config.get("num_beams", 4))
+    num_beams = int(config.get("num_beams", 4))  # a key of the t5 presets; 4 where a config has none
 
     def predict_metrics(params, batches):
         if not generation:

@@ -92,6 +92,26 @@ def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
     return LoraConfig(**section)
 
 
+# Paths whose trl trainer turns dropout off by default (DPOConfig, CPOConfig for SimPO, RewardConfig:
+# disable_dropout=True); GRPOConfig's default is False, and SFT and classification keep dropout.
+DROPOUT_OFF_PATHS = ("preference", "reward")
+
+
+def dropout_disabled(config: Any) -> bool:
+    """config.disable_dropout, or where it is unset (None) trl's default for config.path."""
+    value = config.get("disable_dropout")
+    return config.get("path") in DROPOUT_OFF_PATHS if value is None else bool(value)
+
+
+def _without_dropout(loss_fn: Callable) -> Callable:
+    """The loss with a deterministic forward (no dropout key), as trl's disable_dropout_in_model
+    sets every Dropout's p to 0, an adapter's included."""
+    def loss(model, params, batch, rng):
+        del rng  # dropout's only use of the key
+        return loss_fn(model, params, batch, None)
+    return loss
+
+
 def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             writer: metrics_lib.MetricWriter) -> dict[str, float]:
     """Train (or resume) `job` in `workdir`; returns {before_*: step-0 eval, last train and eval metrics}.
@@ -119,6 +139,11 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
         # (heads.path_model, split the same way), so a bad target is named there, not after the claim.
         adapters = jax.eval_shape(lambda key: init_lora(frozen, lora, key), jax.random.PRNGKey(0))
         boxed = {BASE: frozen, LORA: adapters, **({TRAINED: heads} if heads else {})}
+    if dropout_disabled(config):
+        # The reference (job.prepare, evaluation) is always scored without dropout: a policy scored
+        # with it gave, at step 1 where the two are equal, a DPO loss of 0.688 and accuracy 0.75, not
+        # log 2 and 0, from dropout noise alone. Wrapped outside LoRA, so the adapters' dropout goes too.
+        loss_fn = _without_dropout(loss_fn)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     # Every process builds every batch (shard_global_batch): a run resumes on any number of processes.

@@ -2,6 +2,7 @@
 
     python multiprocess_worker.py <preset> <workdir> <out.json> [--generation_prompts=N] [--stop_after_steps=N]
         [--export_dir=DIR] [--folder=DIR --data_dir=DIR] [--grpo_reward=reward_model:DIR] [--reverse_data_on=I]
+        [--export_fails_on=I]
 
 Multi-host comes from the environment as in a real launch (JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID: launch.multihost joins jax.distributed before anything
@@ -35,6 +36,12 @@ def main(preset: str, workdir: str, out_path: str, *flags: str) -> None:
         from research.finetune import paths  # this process reads the same records in another order
         load_records = paths.load_records
         paths.load_records = lambda *args: list(reversed(load_records(*args)))
+    if "export_fails_on" in options and jax.process_index() == int(options["export_fails_on"]):
+        import research.models  # this process's write of the export fails (a full disk, a lost mount)
+
+        def to_hf(*args, **kwargs):
+            raise OSError("No space left on device (the test's)")
+        research.models.to_hf = to_hf
     if "grpo_reward" in options:
         config.grpo.reward = options["grpo_reward"]
     if "folder" in options:  # domain adaptation on a folder of text files

@@ -55,6 +55,38 @@ CASES = {
                                    r"^lora.targets pattern 'classifier' matches no parameter"),
     "float16 master weights": ("dpo_tiny", {"model.param_dtype": "float16", "opt.warmup_steps": 0},
                                r"^model.param_dtype=float16: training keeps float32 master weights"),
+    # train.z_loss was accepted and ignored where the loss has no LM softmax (PaLM's log Z regulariser).
+    # (opt.warmup_steps=0 below: the preset's 10 exceeds the 8 steps, refused after the checks.)
+    "z_loss on a reward head": ("reward_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
+                                r"^train.z_loss=0.0001 has no effect on path='reward': its loss \(a scalar reward "
+                                r"head's Bradley-Terry loss\) has no LM softmax to regularise; set "
+                                r"--config.train.z_loss=0\.$"),
+    "z_loss on a classifier": ("classify_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
+                               r"^train.z_loss=0.0001 has no effect on path='classification'"),
+    "z_loss on a tagger": ("tag_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
+                           r"^train.z_loss=0.0001 has no effect on path='token_classification'"),
+    "negative z_loss": ("dpo_tiny", {"train.z_loss": -1.0, "opt.warmup_steps": 0},
+                        r"^train.z_loss=-1.0 must be >= 0"),
+    # A classifier or tagger ignored data.synthetic: any value, a typo included, trained on its own set.
+    "another path's synthetic set": ("classify_tiny", {"data.synthetic": "capitals", "opt.warmup_steps": 0},
+                                     r"^data.synthetic='capitals' is not a synthetic set of path='classification'; "
+                                     r"choose one of \('sentiment',\) \(e.g. --config.data.synthetic=sentiment\), "
+                                     r"or give data.train_file and data.eval_file\.$"),
+    "mistyped synthetic set": ("tag_tiny", {"data.synthetic": "sentimnet", "opt.warmup_steps": 0},
+                               r"^data.synthetic='sentimnet' is not a synthetic set of path='token_classification'"),
+    "mistyped preference rule": ("sft_tiny", {"data.synthetic": "arithmetc", "opt.warmup_steps": 0},
+                                 r"^data.synthetic='arithmetc' is not a synthetic set of path='sft'"),
+    # 2,500 arithmetic prompts, 311 held out from training: more eval prompts would repeat some.
+    "more eval prompts than held out": ("sft_tiny", {"data.num_eval": 400, "opt.warmup_steps": 0},
+                                        r"^data.num_eval=400: the synthetic 'arithmetic' set holds 311 prompts apart "
+                                        r"from its training prompts; set --config.data.num_eval=311 or less"),
+    "LoRA dropout with dropout disabled": ("dpo_lora_tiny", {"lora.dropout": 0.1, "opt.warmup_steps": 0},
+                                           r"^lora.dropout=0.1 has no effect: disable_dropout is on for "
+                                           r"path='preference' .*--config.disable_dropout=False\.$"),
+    "GRPO no room for prompts": ("grpo_tiny", {"train.seq_len": 8, "opt.warmup_steps": 0},
+                                 r"^train.seq_len=8 leaves no room for prompts after grpo.max_new_tokens=8; raise "
+                                 r"--config.train.seq_len above 9\.$"),
+    "no beams": ("t5_tiny", {"num_beams": 0, "opt.warmup_steps": 0}, r"^num_beams=0 must be >= 1: "),
     # JAX's IndivisibleError from placing the params, after compiling the initializer:
     "tensor split past the heads": ("sft_tiny", {"mesh.shape": (1, 1, 8), "opt.warmup_steps": 0},
                                     r"^model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8"),
@@ -168,3 +200,27 @@ def test_a_target_only_the_zoo_model_has_is_refused_before_the_claim(preset, mod
     with pytest.raises(ConfigError, match=rf"^lora.targets pattern '{pattern.replace('$', chr(92) + '$')}' matches "
                                           r"no parameter; parameter paths look like \['body/"):
         check_config(config)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_export_dir_that_is_or_lies_under_a_file_is_one_line_before_the_claim(where, tmp_path):
+    """It was found after the last step, as a raw FileExistsError / NotADirectoryError."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    config = tiny_config("sft_tiny", num_steps=2)
+    config.opt.warmup_steps = 0
+    config.export_dir = str(afile) if where == "file" else str(afile / "hf" / "model")
+    message = (rf"^export_dir='{afile}' is a file;" if where == "file" else
+               rf"^export_dir='{afile}/hf/model' is under '{afile}', which is a file;")
+    with pytest.raises(ConfigError, match=message + " give a writable folder, or a new path in one") as error:
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_an_export_dir_in_a_writable_folder_passes():
+    import tempfile
+
+    from research.finetune.checks import check_export_dir
+    with tempfile.TemporaryDirectory() as folder:
+        check_export_dir(folder)  # an existing folder
+        check_export_dir(f"{folder}/new/hf")  # created under one

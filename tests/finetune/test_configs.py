@@ -46,3 +46,38 @@ def test_task_metrics_by_hand():
     metrics = classification_metrics([0, 1, 1, 1], [0, 1, 0, 1])
     assert metrics["eval_accuracy"] == 0.75
     np.testing.assert_allclose(metrics["eval_f1"], (2 / 3 + 0.8) / 2)  # macro: class 0 F1 2/3, class 1 F1 0.8
+
+
+def test_num_beams_set_on_the_command_line_reaches_the_beam_search(monkeypatch):
+    """The text-to-text evaluation read num_beams with a default of 4 and no key, so the command
+    line refused --config.num_beams=1 ('is not a config key')."""
+    import os
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    from research.finetune import task_paths
+    from tests.finetune.conftest import REPO, TINY_MODEL
+
+    argv = ["finetune", f"--config={os.path.join(REPO, 'experiments/configs/finetune.py')}:t5_tiny",
+            "--config.num_beams=1"]
+    flag_values = flags.FlagValues()  # as experiments/finetune.py parses its command line
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert finetune_configs.get_config("t5_tiny").num_beams == 4  # the default, as before
+    config.model.update(TINY_MODEL)
+    config.train.update(dict(batch_size=8, seq_len=48, eval_batches=0))
+    config.data.update(dict(num_train=8, num_eval=8))
+    config.generation_prompts = 2
+
+    class Reached(Exception):
+        pass
+
+    def beam_search(*args, num_beams, **kwargs):
+        raise Reached(num_beams)
+    monkeypatch.setattr(task_paths, "beam_search", beam_search)
+    job = build_job(config)
+    with pytest.raises(Reached) as reached:
+        job.evaluate(None, None, None)  # no eval batches (eval_batches=0): straight to the beam search
+    assert reached.value.args == (1,)

@@ -167,3 +167,44 @@ def test_seed_0_orders_its_epochs_as_it_always_did(kind):
     expected = [tuple(order) if kind == "rows" else
                 tuple(frozenset(order[i:i + BINS]) for i in range(0, NUM_ROWS, BINS)) for order in shuffled]
     assert _epoch_orders(0, kind) == expected
+
+
+def _generator(path):
+    from research.finetune import task_paths
+    from research.finetune.preference_data import synthetic_prompts
+    return {"sft": synthetic_preferences, "reward": synthetic_preferences, "preference": synthetic_preferences,
+            "grpo": synthetic_prompts, "classification": task_paths.synthetic_sentiment,
+            "token_classification": task_paths.synthetic_char_classes,
+            "text_to_text": task_paths.synthetic_text_to_text}[path]
+
+
+@pytest.mark.parametrize("preset, synthetic", [("sft_tiny", None), ("sft_tiny", "capitals"), ("dpo_tiny", None),
+                                               ("reward_tiny", None), ("grpo_tiny", None), ("grpo_tiny", "arithmetic"),
+                                               ("classify_tiny", None), ("tag_tiny", None), ("t5_tiny", None),
+                                               ("t5_tiny", "arithmetic")])
+def test_no_synthetic_eval_item_is_a_training_item(preset, synthetic):
+    """At the presets' sizes (2,048 train, 128 eval): arithmetic has 2,500 prompts, and 72 of its 128
+    eval prompts were training prompts, so eval_exact_match measured memorisation."""
+    from experiments.configs.finetune import get_config
+    from research.finetune.paths import load_records
+
+    config = get_config(preset)
+    data = config.data.to_dict()
+    data["synthetic"] = synthetic or data["synthetic"]
+    inputs = lambda split: [json.dumps([record.get(k) for k in ("prompt", "text", "words", "input")])
+                            for _, record in load_records(data, split, None, _generator(config.path))]
+    train, evaluation = inputs("train"), inputs("eval")
+    assert (len(train), len(evaluation)) == (data["num_train"], data["num_eval"])
+    assert not set(train) & set(evaluation)
+    assert len(set(evaluation)) == len(evaluation)  # each eval prompt scored once
+
+
+def test_a_task_set_given_another_sets_name_is_one_line():
+    # The classifier's and tagger's generators ignored the name: any value, a typo included, gave their set.
+    from research.finetune import task_paths
+    from research.finetune.paths import load_records
+    for generator, name, sets in ((task_paths.synthetic_sentiment, "capitals", r"\('sentiment',\)"),
+                                  (task_paths.synthetic_char_classes, "sentimnet", r"\('char_classes',\)")):
+        with pytest.raises(RecordError, match=rf"^data.synthetic='{name}' is not a synthetic set of this path; "
+                                              rf"choose one of {sets}"):
+            load_records({"synthetic": name, "num_train": 4}, "train", None, generator)

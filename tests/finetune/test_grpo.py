@@ -210,3 +210,48 @@ def _record_rewards(monkeypatch, grpo_module, what: str) -> list:
 
     monkeypatch.setattr(grpo_module, "reward_function", recording_reward)
     return seen
+
+
+def test_a_prompt_past_the_prompt_budget_names_seq_len_and_max_new_tokens(tmp_path):
+    # The budget is train.seq_len - grpo.max_new_tokens; it was reported as seq_len itself
+    # ("prompt has 31 tokens > seq_len=20; raise train.seq_len" when train.seq_len was 24).
+    import json
+
+    from research.finetune.grpo import grpo_job
+    from research.finetune.records import RecordError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"prompt": "Shout: abcdefghij"}) + "\n")  # 'User: ...\nAssistant: ': 35 chars
+    config = tiny_config("grpo_tiny")
+    config.train.seq_len = 24
+    config.grpo.max_new_tokens = 4
+    config.data.update(dict(train_file=str(path), eval_file=str(path)))
+    with pytest.raises(RecordError, match=rf"^{path}:1: prompt has 35 tokens > 20, the prompt budget train.seq_len=24 "
+                                          r"- grpo.max_new_tokens=4; raise --config.train.seq_len to 39 \(up to the "
+                                          r"model's max_len\), lower grpo.max_new_tokens, or shorten the prompt\.$"):
+        grpo_job(config)
+
+
+def test_train_z_loss_regularises_the_policys_log_partition_on_the_completion_tokens():
+    # train.z_loss was silently 0 in GRPO: it regularises the LM head's own normaliser (raw logits,
+    # whole vocabulary), not the sampler's temperature-scaled, vocabulary-limited one.
+    from research.finetune.grpo import grpo_loss
+    from research.finetune.run import build_job
+    from tests.finetune.test_preference_losses import _tiny_decoder, mean_log_z_squared
+
+    model, params = _tiny_decoder()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 60, (4, 12)).astype(np.int32)
+    mask = np.zeros((4, 12), np.float32)
+    mask[:, 6:11] = 1
+    batch = {"tokens": tokens, "completion_mask": mask, "advantages": rng.normal(size=4).astype(np.float32),
+             "ref_logps": np.full((4, 11), -4.0, np.float32)}
+    kwargs = dict(kl_coef=0.1, temperature=0.7, vocab_limit=60)
+    plain, _ = grpo_loss(model, params, batch, None, **kwargs)
+    regularised, aux = grpo_loss(model, params, batch, None, z_loss=0.25, **kwargs)
+    expected = mean_log_z_squared(model, params, tokens, mask)
+    np.testing.assert_allclose(float(aux["z_loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(regularised), float(plain) + 0.25 * expected, rtol=1e-5)
+    config = tiny_config("grpo_tiny")
+    config.train.z_loss = 1e-4
+    assert build_job(config).loss_fn.keywords["z_loss"] == 1e-4

@@ -110,3 +110,85 @@ def test_label_smoothing_under_ipo_is_accepted_with_one_warning_and_changes_noth
             jnp.array([2.0, 5.0]), jnp.array([4.0, 1.0]))
     for ours, reference in zip(preference_margin_loss(*args, smoothed), preference_margin_loss(*args, plain)):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+
+
+def test_dpo_at_step_one_is_log_2_with_the_models_dropout_on(tmp_path):
+    """trl's DPOConfig.disable_dropout (True by default) scores policy and reference without dropout.
+    Hugging Face GPT-2 / BERT checkpoints load dropout_rate=0.1: the policy was scored with dropout
+    and the reference without, so at step 1 (policy == reference) the loss was 0.68819, not log 2,
+    and the accuracy 0.75, not 0, from dropout noise alone."""
+    from research.finetune import finetune_and_evaluate
+    from research.training.metrics import read_metrics
+    from tests.finetune.conftest import tiny_config
+
+    config = tiny_config("dpo_tiny", num_steps=1)
+    config.opt.warmup_steps = 0
+    config.model.dropout_rate = 0.1
+    finetune_and_evaluate(config, str(tmp_path))
+    step1 = [r for r in read_metrics(str(tmp_path)) if r.get("step") == 1 and "loss" in r][0]
+    assert step1["loss"] == pytest.approx(np.log(2), abs=1e-6) and step1["accuracy"] == 0.0, step1
+
+
+def test_dropout_is_off_by_default_where_trl_turns_it_off():
+    # trl: DPOConfig / CPOConfig (SimPO) / RewardConfig disable_dropout=True; GRPOConfig False; SFT keeps it.
+    from experiments.configs.finetune import get_config
+    from research.finetune.trainer import dropout_disabled
+
+    defaults = {p: dropout_disabled(get_config(p)) for p in ("dpo_tiny", "ipo_tiny", "simpo_tiny", "reward_tiny",
+                                                              "grpo_tiny", "sft_tiny", "classify_tiny")}
+    assert defaults == {"dpo_tiny": True, "ipo_tiny": True, "simpo_tiny": True, "reward_tiny": True,
+                        "grpo_tiny": False, "sft_tiny": False, "classify_tiny": False}
+    config = get_config("dpo_tiny")
+    config.disable_dropout = False  # a researcher who wants dropout sets it
+    assert not dropout_disabled(config)
+    config = get_config("grpo_tiny")
+    config.disable_dropout = True
+    assert dropout_disabled(config)
+
+
+def _tiny_decoder():
+    import jax
+    from research.models import build_model, get_config
+    model = build_model(get_config("gpt2-tiny", num_layers=1, d_model=32))
+    return model, model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+
+
+def mean_log_z_squared(model, params, tokens, mask):
+    """By hand: mean over the scored tokens of log Z ** 2 of the raw logits (float64)."""
+    logits = np.asarray(model.apply({"params": params}, jnp.asarray(tokens[:, :-1])), np.float64)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    weights = mask[:, 1:]
+    return float((log_z ** 2 * weights).sum() / weights.sum())
+
+
+def test_train_z_loss_regularises_the_policys_log_partition_on_the_scored_tokens():
+    # train.z_loss was silently 0 on the preference path (aux z_loss=0): PaLM's regulariser of the
+    # LM head's softmax normaliser, applied here as SFT applies it, on the response tokens scored.
+    from research.finetune.preference_losses import make_preference_loss
+
+    model, params = _tiny_decoder()
+    rng = np.random.default_rng(0)
+    batch = {f"{side}_tokens": rng.integers(1, 60, (2, 10)).astype(np.int32) for side in ("chosen", "rejected")}
+    for side, start in (("chosen", 4), ("rejected", 6)):
+        batch[f"{side}_mask"] = np.zeros((2, 10), np.float32)
+        batch[f"{side}_mask"][:, start:9] = 1
+        batch[f"{side}_length"] = np.full(2, 9, np.int32)
+    batch.update(ref_chosen_logps=np.full(2, -30.0, np.float32), ref_rejected_logps=np.full(2, -20.0, np.float32))
+    config = PreferenceConfig(loss="dpo")
+    plain, plain_aux = make_preference_loss(config)(model, params, batch, None)
+    regularised, aux = make_preference_loss(config, z_loss=0.5)(model, params, batch, None)
+    tokens = np.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
+    mask = np.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    expected = mean_log_z_squared(model, params, tokens, mask)
+    np.testing.assert_allclose(float(aux["z_loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(regularised), float(plain) + 0.5 * expected, rtol=1e-5)
+    assert float(aux["cross_entropy"]) == pytest.approx(float(plain_aux["cross_entropy"]), rel=1e-6)
+
+
+def test_the_preference_job_passes_train_z_loss_to_its_loss():
+    from research.finetune.run import build_job
+    from tests.finetune.conftest import tiny_config
+
+    config = tiny_config("dpo_tiny")
+    config.train.z_loss = 1e-4
+    assert build_job(config).loss_fn.keywords["z_loss"] == 1e-4

@@ -32,9 +32,11 @@ def test_reward_model_learns_a_separable_preference(tmp_path):
 
 def test_killed_lora_dpo_run_resumes_exactly(compilation_cache, tmp_path):
     """Model dropout and LoRA dropout on (their keys fold in the step), 8 devices; the
-    subprocesses reuse the whole run's compiled programs through the persistent cache."""
+    subprocesses reuse the whole run's compiled programs through the persistent cache. DPO turns
+    dropout off by default (trl's disable_dropout): this run turns it back on."""
     steps = 12
     config = tiny_config("dpo_lora_tiny", num_steps=steps)
+    config.disable_dropout = False
     config.checkpoint.every_steps = 4
     config.model.dropout_rate = 0.1
     config.lora.dropout = 0.1
