@@ -58,9 +58,11 @@ def _base() -> ml_collections.ConfigDict:
     config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
     config.generation_prompts = 32
     config.export_dir = ""
+    # No peak_flops / progress_bar keys: the fine-tuning trainer logs neither MFU nor a bar, and an
+    # override of a key nothing reads was accepted and ignored.
     config.train = ml_collections.ConfigDict(dict(
         num_steps=200, batch_size=16, seq_len=64, microbatches=1, seed=0, z_loss=0.0, log_every_steps=10,
-        eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=1.0, progress_bar=False))
+        eval_every_steps=100, eval_batches=8, stop_after_steps=0))
     config.opt = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=10, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
@@ -155,7 +157,7 @@ def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
                                                       remat="dots_with_no_batch_dims"))
         config.data.chat_template = "chatml"
         config.train.update(dict(batch_size=64, seq_len=1024, num_steps=2000, eval_every_steps=200,
-                                 log_every_steps=10, peak_flops=0.0))
+                                 log_every_steps=10))
         config.checkpoint.every_steps = 500
         config.opt.learning_rate = 2e-4 if config.lora.rank else 5e-7
         config.mesh.shape = (1, -1, 1)  # fully sharded data parallel over the host's chips

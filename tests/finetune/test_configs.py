@@ -81,3 +81,19 @@ def test_num_beams_set_on_the_command_line_reaches_the_beam_search(monkeypatch):
     with pytest.raises(Reached) as reached:
         job.evaluate(None, None, None)  # no eval batches (eval_batches=0): straight to the beam search
     assert reached.value.args == (1,)
+
+
+@pytest.mark.parametrize("key", ["progress_bar", "peak_flops"])
+def test_a_train_key_the_trainer_does_not_read_is_refused_on_the_command_line(key):
+    """The fine-tuning trainer logs neither a progress bar nor MFU: both keys were declared, an
+    override of them accepted and ignored."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-m", "experiments.finetune",
+                             "--config=experiments/configs/finetune.py:sft_tiny", f"--config.train.{key}=1",
+                             "--workdir=/nonexistent/never_made"], cwd=repo, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --config.train.{key} is not a config key")
