@@ -19,9 +19,13 @@ from ml_collections import config_flags
 from experiments.cli import parse_flags
 from research.models.config import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/finetune.py:sft_tiny.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags() -> None:
+    # Defined only when run as a program: importing this module (tests, notebooks, another entry
+    # point in the same process) adds no global flags that could collide.
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/finetune.py:sft_tiny.")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -42,9 +46,10 @@ def main(argv):
     stop_if_interrupted_early(guarded=False)
 
     try:  # all that follows: a SIGTERM outside it ended in a traceback, exit 1
-        final = finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        config = flags.FLAGS.config
+        final = finetune_and_evaluate(config, flags.FLAGS.workdir)
         # z_loss as it enters the total loss (weight x raw), as experiments.pretrain prints it.
-        final = weighted_z_loss(final, _CONFIG.value.train.z_loss)
+        final = weighted_z_loss(final, config.train.z_loss)
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items()) if isinstance(v, float)))
     except (ConfigError, DataError, TrainingDivergedError, CheckpointError) as error:
         sys.exit(f"error: {error}")
@@ -55,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=parse_flags)

@@ -20,18 +20,24 @@ from ml_collections import config_flags
 from experiments.cli import parse_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "prepare_data.py")
-# No default here: ml_collections would load it, with every --config.KEY override, while this
-# module is imported, where a misspelled key is a traceback. _parse_flags puts it on the
-# command line instead, so experiments.cli.parse_flags reports such a key in one line.
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. experiments/configs/prepare_data.py:code (default: its 'web' preset).")
-_INPUT = flags.DEFINE_string("input", None, "Comma-separated files, globs ('**' recurses) or folders; or tfds:NAME.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "TFDS data_dir to write the dataset into.")
-_NAME = flags.DEFINE_string("name", None, "Dataset name (lower-case letters, digits, '_').")
-_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSON key (.jsonl) or TFDS feature holding the text.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "data_dir of a tfds:NAME input.")
-_TFDS_SPLIT = flags.DEFINE_string("tfds_split", "train", "Split of a tfds:NAME input.")
-flags.mark_flags_as_required(["input", "output_dir", "name"])
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program (as experiments.evaluate does): importing this module
+    # (tests, notebooks, another entry point in the same process) adds no global flags, whose
+    # names (config, output_dir) collide with the other entry points'.
+    # No default config here: ml_collections would load it, with every --config.KEY override, when
+    # the flag is defined, where a misspelled key is a traceback. _parse_flags puts it on the
+    # command line instead, so experiments.cli.parse_flags reports such a key in one line.
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. experiments/configs/prepare_data.py:code (default: its 'web' preset).")
+    flags.DEFINE_string("input", None, "Comma-separated files, globs ('**' recurses) or folders; or tfds:NAME.")
+    flags.DEFINE_string("output_dir", None, "TFDS data_dir to write the dataset into.")
+    flags.DEFINE_string("name", None, "Dataset name (lower-case letters, digits, '_').")
+    flags.DEFINE_string("text_field", "text", "JSON key (.jsonl) or TFDS feature holding the text.")
+    flags.DEFINE_string("tfds_data_dir", "", "data_dir of a tfds:NAME input.")
+    flags.DEFINE_string("tfds_split", "train", "Split of a tfds:NAME input.")
+    flags.mark_flags_as_required(["input", "output_dir", "name"])
 
 
 def main(argv):
@@ -42,12 +48,13 @@ def main(argv):
     from research.data.preparation.prepare import check_destination
     from research.data.preparation.report import summary_text
 
+    f = flags.FLAGS
     try:
-        check_destination(_OUTPUT_DIR.value, _NAME.value)  # before reading a possibly large input
-        config = PreparationConfig.from_dict(_CONFIG.value.to_dict())
-        spec = resolve_inputs(_INPUT.value, text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
-                              tfds_split=_TFDS_SPLIT.value, exclude=_OUTPUT_DIR.value)
-        report = prepare_dataset(spec, output_dir=_OUTPUT_DIR.value, name=_NAME.value, config=config)
+        check_destination(f.output_dir, f.name)  # before reading a possibly large input
+        config = PreparationConfig.from_dict(f.config.to_dict())
+        spec = resolve_inputs(f.input, text_field=f.text_field, tfds_data_dir=f.tfds_data_dir,
+                              tfds_split=f.tfds_split, exclude=f.output_dir)
+        report = prepare_dataset(spec, output_dir=f.output_dir, name=f.name, config=config)
     except DataError as error:
         sys.exit(f"error: {error}")
     except Exception as error:  # a DataError raised inside a datatrove task arrives wrapped or re-raised
@@ -72,4 +79,5 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=_parse_flags)

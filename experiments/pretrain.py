@@ -22,9 +22,14 @@ from ml_collections import config_flags
 from experiments.cli import parse_flags
 from research.models.config import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/pretrain.py:gpt_tiny.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags() -> None:
+    # Defined only when run as a program (as experiments.evaluate does): importing this module
+    # (tests, notebooks, another entry point in the same process) adds no global flags, whose
+    # names (config, workdir) collide with the other entry points'.
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/pretrain.py:gpt_tiny.")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -44,10 +49,10 @@ def main(argv):
     stop_if_interrupted_early()  # a Ctrl-C / SIGTERM during the imports above; from here one raises, caught below
 
     try:  # all that follows: a SIGTERM outside it (a Guard's is over) ended in a traceback, exit 1
-        config = _CONFIG.value
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         # A run stopped by bad input before its first checkpoint leaves no workdir behind.
-        with removed_if_failed(_WORKDIR.value, (ConfigError, DataError)):
-            final = train_and_evaluate(config, _WORKDIR.value)
+        with removed_if_failed(workdir, (ConfigError, DataError)):
+            final = train_and_evaluate(config, workdir)
         # z_loss as it enters the total loss (weight x raw), like the console line; with K models
         # trained together each model's key is "<field>=<value>/z_loss".
         final = weighted_z_loss(final, config.train.z_loss)
@@ -61,4 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=parse_flags)

@@ -36,8 +36,11 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
   test_tiny  5 runs of a few steps each, for the test suite (tests/scaling/test_sweep_run.py); one
              tokens-per-parameter ratio, so not fitted (fit.enabled=False).
 
-Any field can be overridden, e.g. `--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3`
-or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
+`--config.train.seed=S` trains the whole sweep again with other seeds: every run with S (a
+repeated run with S plus its sweep.repeat_seeds offset); run ids then end in -seed<S>. Fields
+the sweep sets for each run (train.num_steps, stop_after_steps, log_every_steps, progress_bar,
+opt.warmup_steps) are None here and refused when given. Any other field can be overridden, e.g.
+`--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3` or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
 --config.data.tokenizer.vocab_size=8192 --config.data.tokenizer.byte_fallback=True` (a TFDS dataset
 built under --config.data.data_dir; lm1b has train and test splits).
 `get_sweep()` splits a sweep into shards for launch/ (one job per shard, one shared workdir):
@@ -50,6 +53,7 @@ from __future__ import annotations
 import string
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from experiments.configs import pretrain
 from research.data.config import DataConfig, SyntheticConfig
@@ -102,10 +106,15 @@ def _base() -> ml_collections.ConfigDict:
     # compiled call (research/training/evaluation.py) and, after a worker's first run, replayed from
     # memory (research/data/batch_replay.py): a few seconds per run on one core.
     config.train.update(dict(batch_size=16, seq_len=64, eval_batches=800, eval_every_steps=1_000_000,
-                             log_every_steps=1, progress_bar=False, peak_flops=0.0))
+                             peak_flops=0.0))
+    # None: set for each run by the sweep (sweep.run_config; sweep.PLAN_SET_FIELDS says from what).
+    # A value given for one is refused: it used to be replaced per run without a word.
+    config.train.update(dict(num_steps=placeholder(int), stop_after_steps=placeholder(int),
+                             log_every_steps=placeholder(int), progress_bar=placeholder(bool)))
     # Cosine to 10% of the peak over each run's own length (Hoffmann et al. 2022); the
     # runner sets warmup_steps from sweep.warmup_fraction and total_steps = the run's steps.
-    config.opt.update(dict(learning_rate=2e-2, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1))
+    config.opt.update(dict(learning_rate=2e-2, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1,
+                           warmup_steps=placeholder(int)))
     config.checkpoint.update(dict(every_steps=500, keep_last=1, keep_best=0))
     config.sweep = ml_collections.ConfigDict(dict(
         presets=(), non_embedding_params=CPU_LADDER, aspect=16, plan="isoflop", budgets=CPU_BUDGETS,

@@ -28,19 +28,23 @@ from research.scaling.chinchilla_fit import MIN_BOOTSTRAP
 from research.scaling.report import GOPHER_BUDGET, fit_run_table
 from research.scaling.run_table import RunTableError
 
-_RUNS_CSV = flags.DEFINE_string("runs_csv", None, "CSV of runs with columns N, D, loss (and optional status, run, C).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for fit.json and the PNG plots.")
-_COMPUTE_BUDGET = flags.DEFINE_float("compute_budget", GOPHER_BUDGET,
-                                     "FLOPs to plan for (default: Gopher's training budget).")
-_PREDICT_N = flags.DEFINE_float("predict_N", None, "Parameters of a model whose loss to predict (with --predict_D).")
-_PREDICT_D = flags.DEFINE_float("predict_D", None, "Tokens of a model whose loss to predict (with --predict_N).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 4000, f"Bootstrap resamples for Approach 3's intervals (0 = none; "
-                                  f"else at least {MIN_BOOTSTRAP}).")
-_CONFIDENCE = flags.DEFINE_float("confidence", 0.8, "Interval coverage: 0.8 = 10th-90th percentiles.")
-_INIT_GRID = flags.DEFINE_enum("init_grid", "paper", ["paper", "coarse"],
-                               "Approach 3 starts: the paper's 4500-point grid, or a 72-point one for quick looks.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling.")
-flags.mark_flags_as_required(["runs_csv", "output_dir"])
+
+def _define_flags() -> None:
+    # Defined only when run as a program (as experiments.evaluate does): importing this module
+    # (tests, notebooks, another entry point in the same process) adds no global flags, whose
+    # names (output_dir, seed) collide with the other entry points'.
+    flags.DEFINE_string("runs_csv", None, "CSV of runs with columns N, D, loss (and optional status, run, C).")
+    flags.DEFINE_string("output_dir", None, "Directory for fit.json and the PNG plots.")
+    flags.DEFINE_float("compute_budget", GOPHER_BUDGET, "FLOPs to plan for (default: Gopher's training budget).")
+    flags.DEFINE_float("predict_N", None, "Parameters of a model whose loss to predict (with --predict_D).")
+    flags.DEFINE_float("predict_D", None, "Tokens of a model whose loss to predict (with --predict_N).")
+    flags.DEFINE_integer("bootstrap", 4000, f"Bootstrap resamples for Approach 3's intervals (0 = none; else at "
+                         f"least {MIN_BOOTSTRAP}).")
+    flags.DEFINE_float("confidence", 0.8, "Interval coverage: 0.8 = 10th-90th percentiles.")
+    flags.DEFINE_enum("init_grid", "paper", ["paper", "coarse"],
+                      "Approach 3 starts: the paper's 4500-point grid, or a 72-point one for quick looks.")
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling.")
+    flags.mark_flags_as_required(["runs_csv", "output_dir"])
 
 
 def bootstrap_error(count: int) -> str | None:
@@ -55,16 +59,17 @@ def bootstrap_error(count: int) -> str | None:
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
-    problem = bootstrap_error(_BOOTSTRAP.value)  # before the fit, whose L-BFGS starts alone take a while
+    f = flags.FLAGS
+    problem = bootstrap_error(f.bootstrap)  # before the fit, whose L-BFGS starts alone take a while
     if problem:
         sys.exit(f"error: {problem}")
-    if (_PREDICT_N.value is None) != (_PREDICT_D.value is None):
+    if (f.predict_N is None) != (f.predict_D is None):
         sys.exit("error: pass --predict_N and --predict_D together (the loss of N parameters on D tokens).")
-    predict = None if _PREDICT_N.value is None else (_PREDICT_N.value, _PREDICT_D.value)
+    predict = None if f.predict_N is None else (f.predict_N, f.predict_D)
     try:
-        report = fit_run_table(_RUNS_CSV.value, _OUTPUT_DIR.value, compute_budget=_COMPUTE_BUDGET.value,
-                               predict=predict, bootstrap_samples=_BOOTSTRAP.value, confidence=_CONFIDENCE.value,
-                               init_grid=_INIT_GRID.value, seed=_SEED.value)
+        report = fit_run_table(f.runs_csv, f.output_dir, compute_budget=f.compute_budget, predict=predict,
+                               bootstrap_samples=f.bootstrap, confidence=f.confidence, init_grid=f.init_grid,
+                               seed=f.seed)
     except RunTableError as error:
         sys.exit(f"error: {error}")
     for row in report["excluded"]:
@@ -81,7 +86,7 @@ def main(argv):
               f"D_opt={plan['D_opt']:.4g} tokens/param={plan['tokens_per_parameter']:.3g} loss={plan['loss']:.4g}")
     for line in approach_lines(report):
         print(line)
-    print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'fit.json')} and {', '.join(report['plots'])}")
+    print(f"wrote {os.path.join(f.output_dir, 'fit.json')} and {', '.join(report['plots'])}")
 
 
 def approach_lines(report: dict) -> list[str]:
@@ -99,4 +104,5 @@ def approach_lines(report: dict) -> list[str]:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -23,12 +23,17 @@ from ml_collections import config_flags
 
 from experiments.cli import parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. scaling_laws.py:cpu_tiny.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and lr_check.json.")
-_SIZES = flags.DEFINE_list("sizes", ["3.5e3", "5.8e4"], "Ladder targets (non-embedding params) to check.")
-_STEPS = flags.DEFINE_integer("steps", 2000, "Train steps of every run (one cosine schedule each).")
-_MULTIPLIERS = flags.DEFINE_list("multipliers", ["0.5", "1", "2"], "Multiples of the rule's learning rate.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags() -> None:
+    # Defined only when run as a program (as experiments.evaluate does): importing this module
+    # (tests do, for check) adds no global flags, whose names (config, workdir) collide with the
+    # other entry points'.
+    config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. scaling_laws.py:cpu_tiny.")
+    flags.DEFINE_string("workdir", None, "Directory for the runs and lr_check.json.")
+    flags.DEFINE_list("sizes", ["3.5e3", "5.8e4"], "Ladder targets (non-embedding params) to check.")
+    flags.DEFINE_integer("steps", 2000, "Train steps of every run (one cosine schedule each).")
+    flags.DEFINE_list("multipliers", ["0.5", "1", "2"], "Multiples of the rule's learning rate.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, sizes: list[float], steps: int, multipliers: list[float]) -> list[dict]:
@@ -53,7 +58,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, sizes: list[float], s
     for model in plan.models:
         scale = learning_rate_scale(plan.spec, model.config.d_model, steps)
         run = PlannedRun(f"{model.name}-{steps}steps", model, steps, config.train.batch_size, config.train.seq_len,
-                         model.params(plan.spec.param_count), None, None, 0, scale)
+                         model.params(plan.spec.param_count), None, None, config.train.seed, scale)
         one = sweep.run_config(config, run, plan.spec, tokenizer_path=tokenizer.path, peak_flops=1e11)
         one.train.log_every_steps = steps
         configs, workdirs = [], []
@@ -83,11 +88,12 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     from research.models.config import ConfigError
     try:
-        check(_CONFIG.value, _WORKDIR.value, [float(s) for s in _SIZES.value], _STEPS.value,
-              [float(m) for m in _MULTIPLIERS.value])
+        f = flags.FLAGS
+        check(f.config, f.workdir, [float(s) for s in f.sizes], f.steps, [float(m) for m in f.multipliers])
     except (ConfigError, ValueError) as error:
         sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=parse_flags)

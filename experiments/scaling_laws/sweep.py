@@ -51,6 +51,19 @@ from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, Sw
 from research.training import preemption
 
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
+# Fields run_config sets for every run: the one value it sets (None: each run's own) and what sets
+# it. The presets leave them None ("set by the sweep"); any other value was replaced per run without
+# a word, so plan_sweep refuses it.
+PLAN_SET_FIELDS: dict[str, tuple[Any, str]] = {
+    "train.num_steps": (None, "each run's steps come from its budget in sweep.budgets, sweep.tokens_per_param or "
+                              "sweep.tokens, over train.batch_size x train.seq_len tokens a step; lr_check's from "
+                              "--steps"),
+    "train.stop_after_steps": (0, "every run trains to its end; stop the sweep with Ctrl-C / SIGTERM and the same "
+                                  "command resumes it"),
+    "train.log_every_steps": (1, "every step is recorded, for curves.csv"),
+    "train.progress_bar": (False, "the sweep draws one bar over all its runs"),
+    "opt.warmup_steps": (None, "each run warms up over sweep.warmup_fraction of its own steps"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +98,18 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
     if not 0 <= shard["index"] < shard["count"]:
         raise SweepError(f"shard.index={shard['index']} must be in [0, shard.count={shard['count']}).")
     _check_fit_settings(config.get("fit", None))
+    _check_plan_set_fields(config)
+    seed = config.train.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SweepError(f"train.seed={seed!r} must be a whole number >= 0: the whole sweep's seed (each run trains "
+                         "with it, a repeated run with it plus its sweep.repeat_seeds offset), e.g. 1.")
     for name in ("batch_size", "seq_len"):  # before the ladder: they size every model and run
         value = config.train.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepError(f"train.{name}={value!r} must be a whole number >= 1, e.g. "
                              f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
     models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
-    runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len)
+    runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len, seed=seed)
     _check_fittable(spec, runs, config.get("fit", None))
     return SweepPlan(spec, data_config, models, runs)
 
@@ -121,6 +139,17 @@ def _check_fittable(spec: SweepSpec, runs: Sequence[PlannedRun], fit: ml_collect
     if problem:
         raise SweepError(f"the planned runs: {problem.rstrip('.')}; or train them without fitting: "
                          "--config.fit.enabled=False.")
+
+
+def _check_plan_set_fields(config: ml_collections.ConfigDict) -> None:
+    """A value given for a field the sweep sets per run (PLAN_SET_FIELDS), refused before any work."""
+    for dotted, (fixed, why) in PLAN_SET_FIELDS.items():
+        section, name = dotted.split(".")
+        value = config[section].get(name)
+        if value is not None and (fixed is None or value != fixed):
+            to = "" if fixed is None else f" to {fixed!r}"
+            raise SweepError(f"{dotted}={value!r}: the sweep sets it{to} for each run ({why}); drop "
+                             f"--config.{dotted}.")
 
 
 def _check_fit_settings(fit: ml_collections.ConfigDict | None) -> None:
@@ -154,7 +183,7 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
                              peak_flops=peak_flops)
     sections["opt"]["warmup_steps"] = warmup_steps(spec, run.num_steps)
     sections["opt"]["learning_rate"] = sections["opt"]["learning_rate"] * run.learning_rate_scale
-    sections["train"]["seed"] = run.seed
+    sections["train"]["seed"] = run.seed  # config.train.seed, plus the run's repeat offset (plan_runs)
     sections["data"]["tokenizer"]["model_path"] = tokenizer_path
     return ml_collections.ConfigDict(sections)
 

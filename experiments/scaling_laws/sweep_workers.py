@@ -4,7 +4,9 @@ This process plans the sweep, trains the shared tokenizer and measures the peak 
 once, then starts the workers: the same command with `--sweep_worker`, each pinned to its
 share of the cores. Each worker takes the largest unclaimed run, trains it and writes its
 result; this process prints each run's line as its result appears. The fit is left to the
-caller, once every worker has exited (experiments/scaling_laws/__main__.py).
+caller, once every worker has exited (experiments/scaling_laws/__main__.py). With --retry_failed
+this process makes the failed runs pending before the workers start (make_failed_pending) and the
+workers retry nothing, so a run that fails again is retried once, not once per worker.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import tqdm
 
 from experiments import workers as workers_lib
 from experiments.scaling_laws import sweep
-from research.scaling.sweep_plan import SweepError
+from experiments.scaling_laws.run_dirs import RESULT_FILE, read_result
+from research.scaling.sweep_plan import PlannedRun, SweepError
 
 MODULE = "experiments.scaling_laws"
 
@@ -45,18 +48,22 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
                          file=out, dynamic_ncols=True, mininterval=1.0)
     labels = {run.run_id: f"[{i}/{len(mine)}] {run.run_id}" for i, run in enumerate(mine, start=1)}
     reported: set[str] = set()
-    stale: dict[str, dict] = {}  # failed results about to be retried: not this call's
     counts = {"trained": 0, "skipped": 0, "failed": 0}
+    if retry_failed:
+        # The runs to retry are fixed here, before any worker starts, and the workers retry
+        # nothing: each worker retrying what it found failed retried a run once per worker (one
+        # retried it, failed, wrote a new failed result and let go of it; the next read that as
+        # "failed before" and trained it again). Made pending, each is trained by the one worker
+        # that claims it, and a new failure is final for this command.
+        make_failed_pending(mine, runs_dir)
 
     def report_finished(before: bool = False) -> None:
         for run in mine:
             if run.run_id in reported:
                 continue
             record = sweep.read_result(os.path.join(runs_dir, run.run_id))
-            if before and retry_failed and record is not None and record["status"] == "failed":
-                stale[run.run_id] = record
-            if record is None or stale.get(run.run_id) == record:
-                continue  # not ended yet, or its old failure, still there until a worker retries it
+            if record is None:
+                continue  # not ended yet
             reported.add(run.run_id)
             progress.update(run.compute_exact)
             label = labels[run.run_id]
@@ -82,3 +89,14 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
             raise SweepError(f"worker {index} exited with code {code}: {last} (whole log: {log}); "
                              "finished runs are kept, rerun the same command to go on.")
     return counts
+
+
+def make_failed_pending(runs: Sequence[PlannedRun], runs_dir: str) -> None:
+    """Remove the result of each of `runs` that failed, so it counts as pending (as the one-process
+    sweep does right before it retries one: sweep._run_group). Its checkpoints are kept: the retry
+    resumes from them, as a rerun of an interrupted run does."""
+    for run in runs:
+        run_dir = os.path.join(runs_dir, run.run_id)
+        record = read_result(run_dir)
+        if record is not None and record["status"] == "failed":
+            os.remove(os.path.join(run_dir, RESULT_FILE))

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from research.atomic_files import write_text_atomically
+from research.atomic_files import unwritable_reason, write_text_atomically
 from research.scaling import plots
 from research.scaling.chinchilla_fit import BOOTSTRAP_SAMPLES, COARSE_GRID, PAPER_GRID, fit_chinchilla_law
 from research.scaling.envelope import fit_envelope
@@ -45,6 +45,10 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     if bootstrap_samples < 0 or not 0 < confidence < 1:
         raise RunTableError(f"--bootstrap={bootstrap_samples} must be >= 0 and --confidence={confidence} "
                                     "in (0, 1).")
+    # Before reading the table: a file in output_dir's path was a NotADirectoryError traceback.
+    reason = unwritable_reason(output_dir)
+    if reason:
+        raise RunTableError(f"--output_dir={output_dir} cannot be used: {reason}; choose another --output_dir.")
     runs = read_runs_csv(runs_csv, accounting)
     table = runs.merge_replicates()  # seeds of one (N, D) are one design point (run_table.py)
     table.require(5, "Approach 3 (5 parameters)")

@@ -77,8 +77,8 @@ class SweepSpec:
     # over-steps the long ones (measured on cpu_tiny: experiments/configs/scaling_laws.py).
     lr_horizon_steps: int = 0
     lr_horizon_exponent: float = 0.5
-    # Repeat every run of budget `repeat_budget` (0: the smallest budget) with each of these
-    # extra train seeds, so the fit can measure run-to-run noise (() = no repeats).
+    # Repeat every run of budget `repeat_budget` (0: the smallest budget) with train.seed plus
+    # each of these offsets, so the fit can measure run-to-run noise (() = no repeats).
     repeat_budget: float = 0.0
     repeat_seeds: tuple[int, ...] = ()
 
@@ -104,7 +104,7 @@ class SweepSpec:
         if 0 in self.repeat_seeds or len(set(self.repeat_seeds)) != len(self.repeat_seeds):
             raise SweepError(f"sweep.repeat_seeds={self.repeat_seeds} repeats "
                              f"{'seed 0, which every run already trains with' if 0 in self.repeat_seeds else 'a seed'}"
-                             "; give distinct extra seeds other than 0, e.g. (1, 2).")
+                             "; give distinct extra seeds (offsets from train.seed) other than 0, e.g. (1, 2).")
         if bool(self.presets) == bool(self.non_embedding_params):
             raise SweepError("sweep: the model ladder is empty; set exactly one of sweep.presets (zoo names) or "
                              "sweep.non_embedding_params (target sizes), e.g. non_embedding_params=(1e4, 3e4, 1e5).")
@@ -180,7 +180,7 @@ class PlannedRun:
     N: int  # parameters as sweep.param_count says
     budget: float | None  # isoflop: the nominal C of its profile; tokens: None
     tokens_per_param_target: float | None  # tokens: the planned D / N (before rounding to whole steps)
-    seed: int = 0  # train.seed: 0, or one of sweep.repeat_seeds for a repeated run
+    seed: int = 0  # train.seed: the sweep's train.seed, plus one of sweep.repeat_seeds for a repeated run
     learning_rate_scale: float = 1.0  # x config.opt.learning_rate (sweep.lr_reference_width's rule)
 
     @property
@@ -240,8 +240,12 @@ def ladder_models(spec: SweepSpec, *, vocab_size: int, seq_len: int) -> list[Lad
     return models
 
 
-def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int, seq_len: int) -> list[PlannedRun]:
-    """The sweep's runs, by budget (isoflop) or model (tokens), each at least spec.min_steps long."""
+def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int, seq_len: int,
+              seed: int = 0) -> list[PlannedRun]:
+    """The sweep's runs, by budget (isoflop) or model (tokens), each at least spec.min_steps long.
+    `seed` (config.train.seed) is the whole sweep's: every run trains with it, a repeated run with
+    it plus its sweep.repeat_seeds offset. A run id names a seed other than 0, so at the default 0
+    ids (and the run directories of existing sweeps) are what they were."""
     tokens_per_step = batch_size * seq_len
     runs: list[PlannedRun] = []
 
@@ -251,10 +255,11 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
             return False
         scale = learning_rate_scale(spec, model.config.d_model, steps)
         repeated = spec.repeat_budget or min(spec.budgets, default=None)
-        seeds = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
-        for seed in seeds:
-            runs.append(PlannedRun(f"{model.name}-{steps}steps" + (f"-seed{seed}" if seed else ""), model, steps,
-                                   batch_size, seq_len, model.params(spec.param_count), budget, ratio, seed, scale))
+        offsets = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
+        for run_seed in (seed + offset for offset in offsets):
+            runs.append(PlannedRun(f"{model.name}-{steps}steps" + (f"-seed{run_seed}" if run_seed else ""), model,
+                                   steps, batch_size, seq_len, model.params(spec.param_count), budget, ratio,
+                                   run_seed, scale))
         return True
 
     if spec.plan == "tokens":

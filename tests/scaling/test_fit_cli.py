@@ -82,6 +82,18 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_dir_under_a_file_is_one_line_before_fitting(runs_csv, tmp_path):
+    """It was a NotADirectoryError traceback from os.makedirs."""
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "fit"
+    with pytest.raises(RunTableError, match=rf"^--output_dir={out} cannot be used: {tmp_path / 'afile'} is a file"):
+        fit_run_table(runs_csv, str(out))
+    result = run_cli(f"--runs_csv={runs_csv}", f"--output_dir={out}")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: --output_dir={out} cannot be used: {tmp_path / 'afile'} is a file, not a directory; choose another "
+        "--output_dir."]
+
+
 def test_too_few_bootstrap_resamples_are_refused_before_fitting(tmp_path):
     """--bootstrap=5 gave 10th-90th percentile "intervals" that move with the resampling; 0 (none)
     and 100 or more pass the check and reach the table (here, one the fit refuses)."""
