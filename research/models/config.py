@@ -155,6 +155,9 @@ class ModelConfig:
                               f"models, whose blocks are {required}-norm; set norm_placement={required!r}.")
         if self.family != "encoder" and (self.type_vocab_size or self.pooler):
             raise ConfigError(f"{self.name}: type_vocab_size and pooler belong to encoder (BERT) models.")
+        if self.family != "encoder_decoder" and self.scale_tied_logits:  # only T5's head reads it: ignored
+            raise ConfigError(f"{self.name}: scale_tied_logits belongs to encoder_decoder (T5 v1.0) models; a "
+                              f"{self.family} does not scale its logits, so drop it.")
         if self.sliding_window is not None:
             if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
                     or self.sliding_window < 1:

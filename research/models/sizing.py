@@ -182,6 +182,16 @@ def count_param_tree(params: Any, *, exclude_heads: bool = False) -> int:
 
 # --- FLOPs ----------------------------------------------------------------------------
 
+def _causal_keys_seen(n_ctx: int, window: int | None) -> tuple[int, int]:
+    """(keys a windowed causal query sees, keys a full causal one sees), summed over positions:
+    min(t + 1, window) and t + 1. Counted as full length, a window's attention was charged as if
+    every query saw all earlier keys (128x over at T 4096, window 16)."""
+    full = n_ctx * (n_ctx + 1) // 2
+    if window is None or window >= n_ctx:
+        return full, full
+    return window * (window + 1) // 2 + (n_ctx - window) * window, full
+
+
 def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_len: int | None = None,
                     include_embedding: bool = False) -> FlopsPerToken:
     """Kaplan et al. 2020 Table 1: C_forward = 2N + attention, training = 3 C_forward.
@@ -190,7 +200,8 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     sub-leading), d_attn = H * Dh, and n_ctx = seq_len (default config.max_len). Attention
     (QK^T and the weighted sum of V) costs 4 n_ctx d_attn per token and layer over all
     keys; causal self-attention is counted once, i.e. over the half of the keys a query
-    sees (2 n_layer n_ctx d_attn, Kaplan's term; MaxText counts it this way since 2025).
+    sees (2 n_layer n_ctx d_attn, Kaplan's term; MaxText counts it this way since 2025). A
+    sliding window (Mistral) shrinks that in proportion to the keys its queries see.
     Bidirectional self-attention (encoders) and cross-attention count 4 per key.
 
     encoder_decoder: encoder tokens cost 2 N_enc + 4 L_enc S d_attn each; decoder tokens
@@ -213,7 +224,8 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_l
     unembed = 2 * cfg.d_model * cfg.vocab_size if include_embedding else 0
     encoder_forward = decoder_forward = 0
     if cfg.family == "decoder":
-        attention = 2 * cfg.num_layers * n_ctx * d_attn
+        seen, full = _causal_keys_seen(n_ctx, cfg.sliding_window)
+        attention = 2 * cfg.num_layers * n_ctx * d_attn * seen // full
         decoder_forward = 2 * param_counts(cfg).non_embedding + attention + unembed
         forward = decoder_forward
     elif cfg.family == "encoder":

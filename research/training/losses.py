@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Literal, Mapping
 
 import flax.linen as nn
@@ -134,8 +135,8 @@ def objective_loss(model: nn.Module, params: Any, batch: Batch, rng: Array | Non
 
 def make_loss_fn(objective: Objective, z_loss: float = 0.0) -> LossFn:
     """The pure loss (model, params, batch, rng) -> (loss, aux) of `objective`."""
-    if z_loss < 0:
-        raise ConfigError(f"z_loss={z_loss} must be >= 0 (0 disables).")
+    if not (math.isfinite(z_loss) and z_loss >= 0):  # nan passed "< 0" and the step's loss was nan
+        raise ConfigError(f"z_loss={z_loss} must be a finite number >= 0 (0 disables).")
     return functools.partial(objective_loss, objective=objective, z_loss=z_loss)
 
 

@@ -17,8 +17,12 @@ def test_decoder_cache_overflow_raises_eagerly_and_at_trace_time():
     # Slot 5 is the last one: two more tokens would need 7 slots (checked before any layer runs).
     with pytest.raises(ValueError, match="at cache slot 5 needs 7 slots but the KV cache has 6"):
         model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), cache=cache)
-    _, full = step(jnp.ones((1, 1), jnp.int32), cache)
-    assert int(full.index) == 6
+    logits, full = step(jnp.ones((1, 1), jnp.int32), cache)
+    assert int(full.index) == 6 and bool(jnp.all(jnp.isfinite(logits)))
+    # Under jit the index is traced: a step past the end wrote over the last slot and gave finite,
+    # wrong logits (3.5 off the full forward in a 4-slot llama). They are NaN now.
+    over, _ = step(jnp.ones((1, 1), jnp.int32), full)
+    assert bool(jnp.all(jnp.isnan(over)))
     # Under jit the index is traced; a write longer than the whole cache still fails while tracing.
     with pytest.raises(ValueError, match="7 tokens do not fit a KV cache of 6 slots"):
         step(jnp.ones((1, 7), jnp.int32), init_decoder_cache(config, batch=1, max_len=6))

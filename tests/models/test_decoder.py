@@ -217,6 +217,9 @@ def test_sharded_forward_on_2x2x2_mesh_matches_single_device(tiny):
     # Accepted, and ignored (T5) or built without a final norm (BERT):
     ("t5-tiny", dict(norm_placement="post"), "norm_placement='post' is not built for encoder_decoder models"),
     ("bert-test", dict(norm_placement="pre"), "norm_placement='pre' is not built for encoder models"),
+    # Only T5's head scales its logits: a decoder's or encoder's flag changed nothing (logits equal).
+    ("gpt2-tiny", dict(scale_tied_logits=True), "scale_tied_logits belongs to encoder_decoder (T5 v1.0) models"),
+    ("bert-test", dict(scale_tied_logits=True), "scale_tied_logits belongs to encoder_decoder (T5 v1.0) models"),
     # A ZeroDivisionError or an MLIRError later, or a T5 without encoder layers:
     ("gpt2-tiny", dict(head_dim=0), "head_dim=0 must be positive"),
     ("t5-tiny", dict(relative_buckets=0), "relative_buckets=0 must be positive"),

@@ -127,7 +127,7 @@ def test_a_damaged_index_is_one_line(hf_gpt2, tmp_path, index, message):
 def test_unsupported_model_type_lists_supported(folder):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "bloom"}))
-    with pytest.raises(ConfigError, match=r"model_type='bloom'; supported: bert, gpt2, llama, mistral, t5\.$"):
+    with pytest.raises(ConfigError, match=r"model_type='bloom'; supported: bert, gpt2, llama, mistral, qwen2, t5\.$"):
         from_hf(str(folder))
 
 

@@ -215,3 +215,15 @@ def test_cli_entry_point():
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == ["error: --override='d_modle=8': ModelConfig has no field "
                                                "'d_modle'; did you mean 'd_model'?"]
+
+
+def test_a_sliding_window_counts_only_the_keys_its_queries_see():
+    """A windowed query sees min(t + 1, window) keys: counted over full causal length, the
+    attention FLOPs of a window of 16 at T 4096 came out 128x too high (MFU too)."""
+    full = sizing.flops_per_token(get_config("llama-tiny"), 8)
+    windowed = sizing.flops_per_token(get_config("llama-tiny", sliding_window=3), 8)
+    # Keys seen over t = 0..7: 1 + 2 + 3 + 3 * 5 = 21 windowed, 1 + ... + 8 = 36 full.
+    assert windowed.attention_forward == full.attention_forward * 21 // 36
+    assert full.forward - windowed.forward == full.attention_forward - windowed.attention_forward
+    wide = sizing.flops_per_token(get_config("llama-tiny", sliding_window=8), 8)
+    assert wide == full  # a window as long as the sequence masks nothing

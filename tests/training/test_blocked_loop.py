@@ -67,6 +67,9 @@ def test_blocked_steps_are_bit_identical_to_one_step_per_call(tokenizers, compil
     # It trained nothing and reported the untrained model's eval loss, exit 0, claiming the workdir.
     ("stop_after_steps", -3, r"train.stop_after_steps=-3 must be >= 0"),
     ("peak_flops", -5.0, r"train.peak_flops=-5.0 must be a FLOP/s figure >= 0"),
+    # nan passed a "< 0" check: compiled, then stopped at step 1 as a divergence (lower the learning rate).
+    ("z_loss", float("nan"), r"train.z_loss=nan must be a finite number >= 0"),
+    ("z_loss", -1e-4, r"train.z_loss=-0.0001 must be a finite number >= 0"),
 ])
 def test_bad_loop_settings_are_one_line_before_compiling(tokenizers, tmp_path, field, value, message):
     config = run_config("gpt_tiny", tokenizers["plain"])
