@@ -20,10 +20,9 @@ def test_unknown_preset_is_one_line(module, config, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written before the error
 
 
-# Every entry point whose flags are defined only when it runs as a program (experiments/finetune.py
-# still defines its flags on import, so it is left out here).
-ENTRY_POINTS = ("experiments.pretrain", "experiments.finetune", "experiments.prepare_data", "experiments.scaling_laws.__main__",
-                "experiments.scaling_laws.lr_check", "experiments.scaling_laws.fit", "experiments.evaluate",
+# Every entry point: each defines its flags only when it runs as a program.
+ENTRY_POINTS = ("experiments.pretrain", "experiments.finetune", "experiments.prepare_data",
+                "experiments.scaling_laws.__main__", "experiments.scaling_laws.lr_check", "experiments.scaling_laws.fit", "experiments.evaluate",
                 "experiments.generate", "experiments.emergence")
 
 

@@ -91,8 +91,9 @@ def base_config(target: float, workdir: str, steps: int, peak_flops: float):
     if _DENSE_GRAD.value:
         config.model.dense_weight_grad = _DENSE_GRAD.value
     config.data.tokenizer.model_path = tokenizer.path
+    # The sweep preset leaves the fields it sets per run None (sweep.PLAN_SET_FIELDS): set them all.
     config.train.update(dict(num_steps=steps, log_every_steps=steps, eval_every_steps=10 * steps, eval_batches=1,
-                             peak_flops=peak_flops, progress_bar=False))
+                             peak_flops=peak_flops, progress_bar=False, stop_after_steps=0))
     config.opt.warmup_steps = max(1, steps // 20)
     config.checkpoint.every_steps = 10 * steps
     return config, ladder

@@ -134,13 +134,13 @@ def job_base_model(config: ml_collections.ConfigDict) -> BaseModel:
     return base
 
 
-def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
+def finetune_run_tokenizer(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> str:
     """The tokenizer spec a fine-tuning run in `path` trained with ("" for a pretraining run,
     whose own SentencePiece model load_checkpoint finds): its config.tokenizer, or when that
     was "" (the base's own) the tokenizer of the run it started from."""
     from research.finetune.run_identity import run_init_spec, run_tokenizer_spec
     from research.training.checkpoint_loading import checkpoint_root, run_config, run_tokenizer_path, run_workdir
-    saved = run_config(path)
+    saved = run_config(path) if saved is None else saved  # the step being loaded, else the latest
     if "path" not in saved or "init" not in saved:  # a pretraining run
         # A parent's own model by path: "" would send its fine-tuned child's load_checkpoint to
         # look for the child's (a fine-tuning run trains no tokenizer), and find none.
@@ -156,13 +156,15 @@ def finetune_run_tokenizer(path: str, depth: int = 0) -> str:
     return parent if kind == "hf" else "char"  # init="random" trains with load_base_model's default
 
 
-def finetune_run_sentinels(path: str, depth: int = 0) -> int:
+def finetune_run_sentinels(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> int:
     """The T5 sentinels (data.tokenizer.num_extra_ids) of the pretraining run at the root of the
     run in `path`'s chain of checkpoint inits: a fine-tuning run's config has no data.tokenizer,
-    and its SentencePiece model (its ancestor's) lost the sentinels that run appended."""
+    and its SentencePiece model (its ancestor's) lost the sentinels that run appended. saved: the
+    config of the step being loaded (default the latest's: a damaged latest step must not stop
+    loading an earlier one)."""
     from research.finetune.run_identity import run_init_spec
     from research.training.checkpoint_loading import run_config
-    saved = run_config(path)
+    saved = run_config(path) if saved is None else saved
     if "path" not in saved or "init" not in saved:  # a pretraining run
         return int(saved.get("data", {}).get("tokenizer", {}).get("num_extra_ids", 0) or 0)
     kind, _, parent = run_init_spec(path, saved).partition(":")

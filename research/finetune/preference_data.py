@@ -33,6 +33,10 @@ Split = Literal["train", "eval"]
 # One item in _EVAL_SHARE of each synthetic space is held out for evaluation (arithmetic: 311 of
 # its 2,500 prompts, enough for the presets' 128 distinct eval prompts).
 _EVAL_SHARE = 8
+# The synthetic sets' version, in a run's identity (run_identity.finetune_fingerprint): 2 split each
+# space by held_out, so a run started before (version 1: eval items drawn from the whole space,
+# 72 of 128 arithmetic eval prompts were training prompts) would resume on other records, silently.
+SYNTHETIC_SPLIT_VERSION = 2
 # Rejection draws per item before a space is declared too small (a held-out share of 1/8 needs ~8).
 _DRAWS_PER_ITEM = 200
 

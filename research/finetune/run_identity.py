@@ -83,6 +83,10 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in _DATA_PATH_FIELDS:
         if data.get(key):
             data[key] = os.path.abspath(str(data[key]))
+    if data.get("synthetic") and not (data.get("train_file") and data.get("eval_file")):
+        # Records generated here, not read: their generator's version is part of what was trained on.
+        from research.finetune.preference_data import SYNTHETIC_SPLIT_VERSION
+        data["synthetic_split_version"] = SYNTHETIC_SPLIT_VERSION
     lora = section("lora")
     lora = {"rank": int(lora.get("rank") or 0)} if not lora.get("rank") else \
         {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free

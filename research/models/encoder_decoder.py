@@ -211,6 +211,8 @@ class EncoderDecoder(nn.Module):
             else:
                 layers, cross = [c[0] for c in layer_caches], [c[1] for c in layer_caches]
             new_cache = DecoderCache(layers, segment_BS, cache.index + t, cross)
+            if isinstance(cache.index, jax.core.Tracer):  # as decoder.py: a clamped write under jit is NaN
+                x_BTD = jnp.where(cache.index + t > max_len, jnp.nan, x_BTD).astype(x_BTD.dtype)
 
         x_BTD = Norm(cfg, name="decoder_norm")(x_BTD)
         x_BTD = nn.Dropout(cfg.dropout_rate)(x_BTD, deterministic=deterministic)

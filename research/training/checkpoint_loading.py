@@ -280,8 +280,8 @@ def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) 
         # A fine-tuning run's config.tokenizer ("" meaning its init's own), not a pretraining
         # run's data.tokenizer: resolved along its chain of inits, sentinels too.
         from research.finetune.base_model import finetune_run_sentinels, finetune_run_tokenizer
-        sentinels = finetune_run_sentinels(workdir)
-        tokenizer = tokenizer or finetune_run_tokenizer(workdir)
+        sentinels = finetune_run_sentinels(workdir, saved=config)
+        tokenizer = tokenizer or finetune_run_tokenizer(workdir, saved=config)
     if tokenizer and not os.path.isfile(tokenizer):
         sentinels = 0
     return load_tokenizer(tokenizer or run_tokenizer_path(config, workdir), num_extra_ids=sentinels)

@@ -66,7 +66,10 @@ CASES = {
     "z_loss on a tagger": ("tag_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
                            r"^train.z_loss=0.0001 has no effect on path='token_classification'"),
     "negative z_loss": ("dpo_tiny", {"train.z_loss": -1.0, "opt.warmup_steps": 0},
-                        r"^train.z_loss=-1.0 must be >= 0"),
+                        r"^train.z_loss=-1.0 must be a finite number >= 0"),
+    # nan passed "< 0" and was told it "has no effect" on a reward head.
+    "nan z_loss": ("reward_tiny", {"train.z_loss": float("nan"), "opt.warmup_steps": 0},
+                   r"^train.z_loss=nan must be a finite number >= 0"),
     # A classifier or tagger ignored data.synthetic: any value, a typo included, trained on its own set.
     "another path's synthetic set": ("classify_tiny", {"data.synthetic": "capitals", "opt.warmup_steps": 0},
                                      r"^data.synthetic='capitals' is not a synthetic set of path='classification'; "

@@ -109,3 +109,17 @@ def test_a_lora_run_loads_merged_into_its_base(tmp_path):
                                np.asarray(merged_logits := loaded.model.apply({"params": merged.params}, TOKENS)),
                                atol=1e-6)
     assert merged_logits.shape[-1] == loaded.model.config.vocab_size
+
+
+def test_a_finetune_run_whose_latest_step_is_damaged_loads_an_earlier_one(sft_run, tmp_path):
+    """Its tokenizer and sentinels were read from the latest step's config whatever step was being
+    loaded: a damaged latest step stopped --step=N and the fall-back to an intact step alike."""
+    import shutil
+    _, sft, _ = sft_run
+    run = tmp_path / "sft"
+    shutil.copytree(sft, run)
+    shutil.copytree(run / "checkpoints" / "2", run / "checkpoints" / "4")
+    (run / "checkpoints" / "4" / "config" / "metadata").write_text('{"trunc')
+    intact = load_checkpoint(sft)
+    for loaded in (load_checkpoint(str(run), step=2), load_checkpoint(str(run))):
+        assert loaded.step == 2 and loaded.tokenizer.vocab_size == intact.tokenizer.vocab_size == 400 + SENTINELS

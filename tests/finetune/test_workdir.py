@@ -310,3 +310,18 @@ def test_a_rerun_after_a_kill_before_the_first_checkpoint_starts_a_fresh_record(
     steps = [json.loads(line)["step"] for line in (workdir / METRICS_FILE).read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [1, 2], steps
+
+
+def test_a_run_on_synthetic_data_from_before_the_held_out_split_is_refused_not_resumed(tmp_path):
+    """The synthetic sets' eval items were split off the training space (SYNTHETIC_SPLIT_VERSION 2):
+    the same settings now generate other records, so a run recorded before would resume on data
+    it never saw; its run.json lacks the version and it is refused as another run."""
+    workdir = tmp_path / "run"
+    config = tiny_config("sft_tiny", num_steps=2)
+    finetune_and_evaluate(config, str(workdir))
+    record = json.loads((workdir / RUN_FILE).read_text())
+    assert record["fingerprint"]["data.synthetic_split_version"] == 2
+    del record["fingerprint"]["data.synthetic_split_version"]
+    (workdir / RUN_FILE).write_text(json.dumps(record))
+    config.train.num_steps = 3
+    _refused(config, workdir, r"data.synthetic_split_version")

@@ -37,3 +37,9 @@ def test_encoder_decoder_cache_overflow_raises():
     cache = init_encoder_decoder_cache(config, batch=1, max_len=2)._replace(index=jnp.int32(2))
     with pytest.raises(ValueError, match="at cache slot 2 needs 3 slots"):
         model.apply({"params": params}, encoded, jnp.ones((1, 1), jnp.int32), cache=cache, method="decode")
+    # Under jit the index is traced: the write past the end clamped and the logits were finite, wrong.
+    step = jax.jit(lambda cache: model.apply({"params": params}, encoded, jnp.ones((1, 1), jnp.int32), cache=cache,
+                                             method="decode"))
+    fits, _ = step(cache._replace(index=jnp.int32(1)))
+    over, _ = step(cache)
+    assert bool(jnp.all(jnp.isfinite(fits))) and bool(jnp.all(jnp.isnan(over)))

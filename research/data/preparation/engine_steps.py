@@ -44,10 +44,26 @@ def one_line_data_errors(record: dict) -> None:
         record["level"] = type(record["level"])(debug.name, debug.no, debug.icon)
 
 
+def _install_patcher() -> None:
+    """one_line_data_errors as loguru's patcher, after any patcher already installed (configure
+    replaces it: a user's own patcher was dropped by importing this module). Once per process."""
+    previous = getattr(logger, "_core", None) and logger._core.patcher  # loguru keeps no public getter
+    if previous is _patch or getattr(previous, "__wrapped__", None) is _patch:
+        return
+
+    def patch(record: dict) -> None:
+        if previous is not None:
+            previous(record)
+        _patch(record)
+    patch.__wrapped__ = _patch
+    logger.configure(patcher=patch)
+
+
+_patch = one_line_data_errors
 # Installed on import: every process that runs a stage imports this module (the driver builds the
 # pipelines from it, local workers preload it, Slurm and Ray workers unpickle these steps), and a
 # patcher outlives the logger.remove() / add() with which datatrove sets up each task's sinks.
-logger.configure(patcher=one_line_data_errors)
+_install_patcher()
 
 
 def _atomic_jsonl(path: str, records: Iterator[dict]) -> Iterator[dict]:

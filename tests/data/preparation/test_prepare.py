@@ -388,3 +388,16 @@ def test_a_failed_task_logs_a_bad_input_in_one_line_and_anything_else_with_its_t
     else:
         assert "Traceback" in result.stderr and "RuntimeError: bad record of 18 characters" in result.stderr
         assert "secret corpus text" in result.stderr  # loguru's variables, as datatrove configures it
+
+
+def test_importing_the_engine_steps_keeps_a_loguru_patcher_already_installed():
+    """The one-line patcher was installed with logger.configure, which replaced a user's own
+    patcher (and so anything it added to every record) on import."""
+    import subprocess
+    import sys
+    code = ("from loguru import logger; seen = []; logger.remove(); "
+            "logger.configure(patcher=lambda record: seen.append(record['message'])); "
+            "import research.data.preparation.engine_steps as steps; steps._install_patcher(); "
+            "logger.info('kept'); print(seen)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "['kept']", result.stderr[-2000:]
