@@ -415,9 +415,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                 pending = None
                             members_lib.stop_if_not_finite(members, step, params_finite(state.params),
                                                            [{} for _ in members], stacked=stacked)
-                            for m in members:
-                                if m.error is None:  # no eval loss here: keep_best ranks it last
-                                    save_model(m, step, state, block, float("inf"))
+                            for m, metrics in zip(members, eval_metrics if evaluate else [{} for _ in members]):
+                                if m.error is None:  # its eval loss ranks it for keep_best / step='best'; none: last
+                                    save_model(m, step, state, block, metrics.get(BEST_METRIC, float("inf")))
                         if signalled:
                             raise members_lib.interrupted(members, guard.signal_name, step)
                 if pending is not None:

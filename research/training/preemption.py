@@ -9,8 +9,9 @@ a user who does not want to wait for the save.
 
 With several processes the signal may reach them at different steps; they must agree on
 where to stop, so `should_stop(step)` also asks the JAX coordination service (which
-receives SIGTERM itself) through `reached_preemption_sync_point`; only SIGINT gets a
-Python handler then.
+receives SIGTERM itself) through `reached_preemption_sync_point`, for every step since it
+last asked (see should_stop); only SIGINT gets a Python handler then, and a Ctrl-C is passed
+on to that service as a SIGTERM of this process, so every process stops at the same block end.
 
     with preemption.Guard() as guard:       # or guard = Guard().install() ... guard.uninstall()
         for block in ...:                   # step: the last step of the block
@@ -21,6 +22,7 @@ Python handler then.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import sys
 import threading
@@ -93,6 +95,7 @@ class Guard:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
         self._stop_now = False  # a second Ctrl-C came: should_stop raises it again if it was swallowed
+        self._reported = 0  # the last step reported to JAX's preemption sync point (several processes)
 
     @property
     def requested(self) -> bool:
@@ -108,6 +111,12 @@ class Guard:
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
             _REQUESTS.append(self.signal_name)
+            # Several processes stop only where all agree (should_stop): a Ctrl-C that cannot reach the
+            # preemption service would be announced and never honoured.
+            if signum == signal.SIGINT and jax.process_count() > 1 and not _notify_preemption_service():
+                print("SIGINT: this multi-process run cannot stop cleanly (JAX's preemption service is off or does "
+                      "not hold SIGTERM); Ctrl-C again to stop at once.", file=sys.stderr)
+                return
             print(f"{self.signal_name}: saving a checkpoint after the current block of steps, then stopping"
                   + (" (Ctrl-C again to stop at once)." if signum == signal.SIGINT else "."), file=sys.stderr)
 
@@ -144,15 +153,51 @@ class Guard:
             raise KeyboardInterrupt
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+            # On a notice the service sets the sync point to (the highest step any process last reported) + 1
+            # and answers True only to a call with exactly that step; asked at block ends only, a block of
+            # several steps stepped over it and the stop never came. So every step since the last call is
+            # reported, in order, from step 1 on (a notice before the first call sets it to 1: a resumed run
+            # meets it now). The service holds each process's reports still while it sets the point, so
+            # that point is past every step reported, and each process meets it in the block that covers
+            # it: the same block end on all, their blocks being the same.
+            reached = False
             try:
-                reached = multihost_utils.reached_preemption_sync_point(step)
+                while self._reported < step and not reached:
+                    self._reported += 1
+                    reached = multihost_utils.reached_preemption_sync_point(self._reported)
             except RuntimeError:  # jax_enable_preemption_service is off: no coordinated stop
                 return False
+            self._reported = max(self._reported, step)
             if reached and self.signal_name is None:
                 self.signal_name = "SIGTERM"
                 _REQUESTS.append(self.signal_name)
             return reached  # a local-only signal would desynchronise the processes; the service decides
         return self.requested
+
+
+def _notify_preemption_service() -> bool:
+    """Pass a Ctrl-C on to JAX's preemption service as this process's SIGTERM (its notifier's signal,
+    caught in C), which then sets one sync point for every process; False where nothing would catch
+    it: the service is off, or SIGTERM has a Python handler or none (the default action would kill)."""
+    if not (jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service):
+        return False
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None) or not _handled_in_c(signal.SIGTERM):
+        return False
+    signal.raise_signal(signal.SIGTERM)
+    return True
+
+
+def _handled_in_c(signum: int) -> bool:
+    """Whether the process's handler of `signum` is a function rather than the default action or
+    ignore: signal.getsignal reports only what Python installed (SIG_DFL for JAX's notifier)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        action = ctypes.create_string_buffer(256)  # struct sigaction: the handler first (Linux, macOS)
+        if libc.sigaction(signum, None, action) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return (ctypes.c_void_p.from_buffer(action).value or 0) not in (0, 1)  # SIG_DFL, SIG_IGN
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """One process of tests/training/test_multiprocess.py: a tiny train_and_evaluate run.
 
     python multiprocess_worker.py <workdir> <tokenizer.model> <out.json> [--concat-shards=N] [--mesh=D,F,T --dcn-shape=D,F,T]
-        [--batched=LR,LR,...] [--lr=LR]
+        [--batched=LR,LR,...] [--lr=LR] [--steps=N --steps-per-call=K]
 
 Multi-host comes from the environment exactly as in a real launch: with
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, launch.multihost joins
@@ -9,7 +9,10 @@ jax.distributed before anything touches a device. --concat-shards=N (single proc
 makes every data iterator yield the concatenation of shards 0..N-1 of N, each batch/N rows:
 the global batch N processes would assemble, so one process can reproduce their run.
 --mesh / --dcn-shape set config.mesh.shape / mesh.dcn_shape (a hybrid mesh across the processes);
---batched trains one model per learning rate together (config.batched).
+--batched trains one model per learning rate together (config.batched). --steps / --steps-per-call:
+a run of N steps in blocks of K, evaluated and saved at its end only; a signal's stop writes
+{"stopped_at": step, "message": ...} to <out.json> and exits with its code (143 / 130), as
+experiments.pretrain does.
 """
 import json
 import os
@@ -55,7 +58,7 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     kind = multihost.initialize()
     import jax
     from research import data
-    from research.training import train_and_evaluate
+    from research.training import preemption, train_and_evaluate
     from tests.training.conftest import run_config
 
     options = dict(f[2:].split("=", 1) for f in flags)
@@ -68,6 +71,10 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     for name, field in (("mesh", "shape"), ("dcn-shape", "dcn_shape")):
         if name in options:
             config.mesh[field] = tuple(int(n) for n in options[name].split(","))
+    if "steps" in options:  # long enough to be signalled mid-run; no evaluation or save before the end
+        steps = int(options["steps"])
+        config.train.update(num_steps=steps, eval_every_steps=steps, steps_per_call=int(options["steps-per-call"]))
+        config.checkpoint.every_steps = steps
     if "lr" in options:
         config.opt.learning_rate = float(options["lr"])
     if "batched" in options:  # models trained together, one per learning rate, each checkpointed
@@ -77,7 +84,12 @@ def main(workdir: str, tokenizer_path: str, out_path: str, *flags: str) -> None:
     from research.training import partitioning
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
     data_slices = [sorted({d.process_index for d in mesh.devices[i].flat}) for i in range(mesh.shape["data"])]
-    final = train_and_evaluate(config, workdir)
+    try:
+        final = train_and_evaluate(config, workdir)
+    except preemption.Interrupted as stop:
+        with open(out_path, "w") as f:
+            json.dump({"stopped_at": stop.step, "message": str(stop)}, f)
+        sys.exit(stop.exit_code)
     with open(out_path, "w") as f:
         json.dump({"cluster": kind, "process_index": jax.process_index(), "process_count": jax.process_count(),
                    "devices": jax.device_count(), "local_devices": jax.local_device_count(),

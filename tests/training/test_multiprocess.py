@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -164,3 +165,52 @@ def test_processes_given_different_runs_stop_in_one_line(tmp_path, tokenizers):
             assert f"process(es) [1] were given another --workdir or config than process 0 (this is process {index} " \
                    "of 2)" in error
         assert not (tmp_path / case).exists() and not (tmp_path / "elsewhere").exists()
+
+
+def _logged_step(workdir, step: int) -> bool:
+    """Whether process 0 has logged `step` (training is under way, past compilation)."""
+    try:
+        return f'"step": {step},' in (workdir / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_every_process_stops_them_all_at_one_block_end(tmp_path, tokenizers, signal_name):
+    """Blocks of 3 steps: JAX's preemption sync point (the highest step reported + 1) was asked at
+    block ends only, so a block stepped over it and a SIGTERM trained on to the end, exit 0; a Ctrl-C
+    was announced ("saving a checkpoint ... then stopping") and ignored the same way. Now both stop
+    every process at one block end, with a checkpoint there and the signal's exit code."""
+    steps, per_call = 600, 3  # ~10 ms a step: the stop lands a second or two after the signal, far from the end
+    workdir = tmp_path / "run"
+    commands = two_process_commands(workdir, tokenizers["plain"], tmp_path, f"--steps={steps}",
+                                    f"--steps-per-call={per_call}")
+    deadline = time.monotonic() + TIMEOUT_S
+    processes = []
+    try:
+        for i, (argv, env) in enumerate(commands):
+            with open(tmp_path / f"worker_{i}.log", "w") as log:
+                processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        # Signalled once a step is logged, not after a sleep: compiling takes long under load.
+        while not _logged_step(workdir, 3) and time.monotonic() < deadline and \
+                all(p.poll() is None for p in processes):
+            time.sleep(0.01)
+        for p in processes:
+            p.send_signal(getattr(signal, signal_name))
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+            time.sleep(0.1)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(tmp_path / f"worker_{i}.log").read_text()[-3000:] for i in range(2)]
+    code = 128 + getattr(signal, signal_name)
+    assert [p.returncode for p in processes] == [code, code], logs
+    reports = [json.loads((tmp_path / f"run_{i}.json").read_text()) for i in range(2)]
+    stopped_at = reports[0]["stopped_at"]
+    assert reports[1]["stopped_at"] == stopped_at and 3 < stopped_at < steps, reports
+    assert (stopped_at - 1) % per_call == 0  # a block end: blocks of 1, then 3, 3, ...
+    assert reports[0]["message"] == (f"stopped by {signal_name} at step {stopped_at}; checkpoint saved in "
+                                     f"{workdir}/checkpoints; rerun the same command to continue.")
+    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [stopped_at]
