@@ -68,7 +68,7 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
         if step is not None:
             raise ConfigError("--step selects a checkpoint step; it does not apply to --hf_dir.")
         loaded = load_hf(hf_dir, tokenizer=tokenizer, **({"dtype": dtype} if dtype else {}))
-        name = os.path.basename(os.path.normpath(hf_dir))
+        name = os.path.basename(os.path.abspath(hf_dir))  # "." named the files "..json", hidden
     stem = None if output_dir is None else os.path.join(output_dir, name)
     return _run(loaded, entries, batch_size, stem, overwrite, log)
 

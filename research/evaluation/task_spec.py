@@ -231,8 +231,13 @@ def read_jsonl(path: str) -> list[Doc]:
     if not os.path.isfile(path):
         raise TaskError(f"data file {path!r} does not exist.")
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # was a traceback from the text reader
+                raise TaskError(f"{path}:{number}: not UTF-8 text (byte {e.start + 1} of the line); save the file "
+                                "as UTF-8.") from None
             if not line.strip():
                 continue
             try:
@@ -260,9 +265,15 @@ def load_task(path: str, **overrides: Any) -> Task:
             raw = json.load(f)
         except json.JSONDecodeError as e:
             raise TaskError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+        except UnicodeDecodeError:
+            raise TaskError(f"{path}: not UTF-8 text; save the task file as UTF-8.") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data_files"), dict):
         raise TaskError(f"{path}: a task file is a JSON object with a 'data_files' object {{split: jsonl path}}.")
     data_files = raw.pop("data_files")
+    bad = {split: file for split, file in data_files.items() if not isinstance(file, str) or not file}
+    if bad:  # a number there was a TypeError traceback from os.path.join
+        raise TaskError(f"{path}: data_files {bad} must map each split to a JSONL path (a string), e.g. "
+                        "{\"test\": \"test.jsonl\"}.")
     fields = {f.name for f in dataclasses.fields(TaskSpec)}
     unknown = sorted(set(raw) - fields)
     if unknown:

@@ -264,6 +264,15 @@ def test_hugging_face_folder_with_its_tokenizer(tmp_path):
     finally:
         os.chdir(ROOT)
     assert list(cwd.iterdir()) == [] and lines[-1].startswith("not written: pass --output_dir=DIR")
+    # --hf_dir=. names the results after the folder ("." wrote hidden "..json" files, or failed after
+    # every task ran when the output folder did not exist yet).
+    os.chdir(tmp_path / "gpt")
+    try:
+        cli.evaluate_model(hf_dir=".", tasks=["copying"], num_test=2, output_dir=str(tmp_path / "new_out"),
+                           log=lambda _: None)
+    finally:
+        os.chdir(ROOT)
+    assert sorted(p.name for p in (tmp_path / "new_out").iterdir()) == ["gpt.csv", "gpt.json"]
 
 
 def test_table_formats_numbers_and_missing_cells():

@@ -105,6 +105,21 @@ def test_load_task_reports_missing_fields(tmp_path):
         load_task(str(tmp_path / "t.json"))
 
 
+def test_a_task_file_with_a_bad_path_or_bytes_is_one_line(tmp_path):
+    """A number as a data file and non-UTF-8 bytes (in the task file or a JSONL line) were tracebacks."""
+    (tmp_path / "t.json").write_text(json.dumps({**MC, "data_files": {"test": 5}}))
+    with pytest.raises(TaskError, match=r"data_files \{'test': 5\} must map each split to a JSONL path"):
+        load_task(str(tmp_path / "t.json"))
+    (tmp_path / "t.json").write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(TaskError, match=r"t.json: not UTF-8 text"):
+        load_task(str(tmp_path / "t.json"))
+    (tmp_path / "docs.jsonl").write_bytes(b'{"q": "a"}\n{"q": "caf\xe9"}\n')
+    (tmp_path / "t.json").write_text(json.dumps({**MC, "data_files": {"test": "docs.jsonl"}}))
+    with pytest.raises(TaskError, match=r"docs.jsonl:2: not UTF-8 text") as error:
+        load_task(str(tmp_path / "t.json"))
+    assert "\n" not in str(error.value)
+
+
 def test_multiple_choice_gold_follows_lm_evals_doc_to_target(tmp_path):
     # A digit target is an index even where a choice has that text ("1" among ["3", "2", "1"]
     # is "2"); it was looked up as choice text first, which scored the wrong gold.

@@ -132,6 +132,12 @@ def test_unscramble_induction_and_recall_documents():
             assert Counter(doc["scrambled"]) == Counter(doc["word"]) and doc["word"] in words
     import random
     assert scramble("value", "anagram1", random.Random(0))[::4] == "ve"  # first and last kept
+    # anagram2 keeps two letters at each end: a word under 6 letters came back as its own answer
+    # (463 of 1000 items of the catalog's anagram2), so its words have 6 letters or more.
+    docs = _docs(get_task("unscramble", corruption="anagram2", num_test=300))
+    assert min(len(d["word"]) for d in docs) == 6 and all(d["scrambled"] != d["word"] for d in docs)
+    with pytest.raises(TaskError, match=r"corruption='anagram2' leaves words under 6 letters as they are"):
+        get_task("unscramble", corruption="anagram2", min_length=4)
     for doc in _docs(get_task("unscramble", corruption="random_insertion", num_test=20)):
         assert re.sub(r"[^a-z]", "", doc["scrambled"]) == doc["word"]
 
