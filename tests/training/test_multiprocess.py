@@ -45,6 +45,14 @@ def worker_env(devices: int, **extra: str) -> dict[str, str]:
     return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
+def _kill_running(processes: list) -> None:
+    """Kill (and reap) the workers still running: a test's failure must not leave them behind."""
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
     """Run the commands concurrently, under one deadline; on any failure or timeout kill
     them all (a worker whose peer died would wait on the coordinator), so none stray."""
@@ -60,10 +68,7 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
                 and not any(p.poll() for p in processes):
             time.sleep(0.2)
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_running(processes)
     for p, path in zip(processes, paths):
         assert p.returncode == 0, f"{p.args} exited {p.returncode} (-9: killed after {TIMEOUT_S} s or a peer " \
                                   f"failed):\n{path.read_text()[-4000:]}"
@@ -200,10 +205,7 @@ def test_a_signal_to_every_process_stops_them_all_at_one_block_end(tmp_path, tok
         while time.monotonic() < deadline and any(p.poll() is None for p in processes):
             time.sleep(0.1)
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_running(processes)
     logs = [(tmp_path / f"worker_{i}.log").read_text()[-3000:] for i in range(2)]
     code = 128 + getattr(signal, signal_name)
     assert [p.returncode for p in processes] == [code, code], logs
