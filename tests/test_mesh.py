@@ -1,6 +1,5 @@
 """Meshes: jax.make_mesh over the topology, and a hybrid (multi-slice / multi-host) mesh."""
 import jax
-import numpy as np
 import pytest
 
 from research.sharding import make_hybrid_mesh, make_mesh

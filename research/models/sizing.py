@@ -183,13 +183,9 @@ def count_param_tree(params: Any, *, exclude_heads: bool = False) -> int:
 # --- FLOPs ----------------------------------------------------------------------------
 
 def _causal_keys_seen(n_ctx: int, window: int | None) -> tuple[int, int]:
-    """(keys a windowed causal query sees, keys a full causal one sees), summed over positions:
-    min(t + 1, window) and t + 1. Counted as full length, a window's attention was charged as if
-    every query saw all earlier keys (128x over at T 4096, window 16)."""
+    """(sum over t of min(t + 1, window), of t + 1): a window was charged as full length (128x at T 4096, w 16)."""
     full = n_ctx * (n_ctx + 1) // 2
-    if window is None or window >= n_ctx:
-        return full, full
-    return window * (window + 1) // 2 + (n_ctx - window) * window, full
+    return (full if window is None or window >= n_ctx else window * (window + 1) // 2 + (n_ctx - window) * window), full
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None, *, source_len: int | None = None,
