@@ -197,7 +197,8 @@ def main(argv):
 
     try:
         from research.training.checkpoint_loading import parse_step
-        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots) or None, checkpoint=f.checkpoint, step=parse_step(f.step),
+        evaluate_model(tasks=f.tasks, num_shots=_shots(f.num_shots) or None, checkpoint=f.checkpoint,
+                       step=parse_step(f.step),
                        hf_dir=f.hf_dir, tokenizer=f.tokenizer, num_test=f.num_test, num_train=f.num_train,
                        seed=f.seed, batch_size=f.batch_size, dtype=f.dtype, output_dir=f.output_dir,
                        overwrite=f.overwrite)

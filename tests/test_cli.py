@@ -22,8 +22,8 @@ def test_unknown_preset_is_one_line(module, config, tmp_path):
 
 # Every entry point: each defines its flags only when it runs as a program.
 ENTRY_POINTS = ("experiments.pretrain", "experiments.finetune", "experiments.prepare_data",
-                "experiments.scaling_laws.__main__", "experiments.scaling_laws.lr_check", "experiments.scaling_laws.fit", "experiments.evaluate",
-                "experiments.generate", "experiments.emergence")
+                "experiments.scaling_laws.__main__", "experiments.scaling_laws.lr_check",
+                "experiments.scaling_laws.fit", "experiments.evaluate", "experiments.generate", "experiments.emergence")
 
 
 def test_entry_points_import_together_and_define_no_flags():

@@ -40,7 +40,8 @@ Presets (each a complete run config of experiments/configs/pretrain.py plus `swe
 repeated run with S plus its sweep.repeat_seeds offset); run ids then end in -seed<S>. Fields
 the sweep sets for each run (train.num_steps, stop_after_steps, log_every_steps, progress_bar,
 opt.warmup_steps) are None here and refused when given. Any other field can be overridden, e.g.
-`--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3` or, for real text, `--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
+`--config.sweep.budgets='(1e11, 1e12)' --config.opt.learning_rate=3e-3` or, for real text,
+`--config.data.source=tfds --config.data.tfds_name=lm1b --config.data.validation_split=test
 --config.data.tokenizer.vocab_size=8192 --config.data.tokenizer.byte_fallback=True` (a TFDS dataset
 built under --config.data.data_dir; lm1b has train and test splits).
 `get_sweep()` splits a sweep into shards for launch/ (one job per shard, one shared workdir):

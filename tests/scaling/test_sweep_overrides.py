@@ -110,8 +110,9 @@ def test_retry_failed_in_two_workers_trains_a_run_that_fails_again_once(tmp_path
         return codes
 
     monkeypatch.setattr(sweep_workers.workers_lib, "run_workers", one_after_another)
-    args = ["--config=experiments/configs/scaling_laws.py:test_tiny", f"--workdir={workdir}", "--compilation_cache=False",
-            *(f"--config.{k}={v!r}".replace(" ", "") for k, v in overrides.items()), "--workers=2", "--retry_failed"]
+    args = ["--config=experiments/configs/scaling_laws.py:test_tiny", f"--workdir={workdir}",
+            "--compilation_cache=False", *(f"--config.{k}={v!r}".replace(" ", "") for k, v in overrides.items()),
+            "--workers=2", "--retry_failed"]
     counts = sweep_workers.train_in_workers(config, workdir, workers=2, args=args, retry_failed=True, out=io.StringIO())
     trained = [line for output in outputs for line in output.replace("\r", "\n").splitlines() if "FAILED:" in line]
     assert len(trained) == 1, outputs
