@@ -12,8 +12,6 @@ config alone (base_model.base_model_config), where that can be read.
 """
 from __future__ import annotations
 
-import math
-
 import os
 from typing import Any, Mapping
 
@@ -93,9 +91,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         check_prompt_budget(int(config_section(config, "train").get("seq_len", 0)),
                             GrpoConfig(**config_section(config, "grpo")))
     z_loss = float(config_section(config, "train").get("z_loss", 0.0) or 0.0)
-    if not (math.isfinite(z_loss) and z_loss >= 0):  # nan passed "< 0" and was read as "has no effect"
-        raise ConfigError(f"train.z_loss={z_loss} must be a finite number >= 0 (0 disables; e.g. "
-                          "--config.train.z_loss=1e-4).")
+    from research.training.losses import check_z_loss
+    check_z_loss(z_loss)  # before "has no effect" below: nan is truthy
     if z_loss and path in NO_Z_LOSS_PATHS:
         raise ConfigError(f"train.z_loss={z_loss} has no effect on path={path!r}: its loss ({NO_Z_LOSS_PATHS[path]}) "
                           "has no LM softmax to regularise; set --config.train.z_loss=0.")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from research.decoding.sampling import limit_vocab
 from research.models.config import ConfigError
+from research.training.losses import check_z_loss
 
 log = logging.getLogger(__name__)
 Array = jax.Array
@@ -71,8 +72,11 @@ def token_log_probs_and_log_z(model: nn.Module, params: Any, tokens_BT: Array, r
     logits_BTV = model.apply({"params": params}, tokens_BT[:, :-1], deterministic=rng is None,
                              rngs=rngs).astype(jnp.float32)
     log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    targets_BT1 = tokens_BT[:, 1:, None].astype(jnp.int32)
+    if temperature == 1.0 and vocab_limit is None:  # the same normaliser: one full-vocabulary pass, not two
+        return jnp.take_along_axis(logits_BTV, targets_BT1, axis=-1)[..., 0] - log_z_BT, log_z_BT
     log_probs_BTV = jax.nn.log_softmax(limit_vocab(logits_BTV / temperature, vocab_limit), axis=-1)
-    return jnp.take_along_axis(log_probs_BTV, tokens_BT[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0], log_z_BT
+    return jnp.take_along_axis(log_probs_BTV, targets_BT1, axis=-1)[..., 0], log_z_BT
 
 
 def token_log_probs(model: nn.Module, params: Any, tokens_BT: Array, rng: Array | None, *,
@@ -166,8 +170,7 @@ def make_preference_loss(config: PreferenceConfig, z_loss: float = 0.0):
         # PreferenceConfig too), so the value is never silently without effect.
         log.warning("preference.label_smoothing=%s has no effect under IPO (as in trl, which ignores it for IPO); "
                     "the loss is IPO's, unsmoothed.", config.label_smoothing)
-    if z_loss < 0:
-        raise ConfigError(f"train.z_loss={z_loss} must be >= 0 (0 disables).")
+    check_z_loss(z_loss)
     return functools.partial(preference_loss, config=config, z_loss=z_loss)
 
 

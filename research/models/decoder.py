@@ -139,14 +139,15 @@ class Decoder(nn.Module):
             x_BTD, layers = run_stack(DecoderBlock, cfg, cfg.num_layers, x_BTD, cache.layers, mask_BTS,
                                       positions_BT, cache.index, deterministic=deterministic, name="layers")
             new_cache = DecoderCache(layers, segment_BS, cache.index + t)
-            if isinstance(cache.index, jax.core.Tracer):
-                # Under jit check_cache_room cannot see the index: an overflowing write lands on the
-                # last slot (dynamic_update_slice clamps) and gave finite, wrong logits. NaN instead.
-                overflow = cache.index + t > cache.segment_BS.shape[1]
-                x_BTD = jnp.where(overflow, jnp.nan, x_BTD).astype(x_BTD.dtype)
 
         if last_logits_only:
             x_BTD = x_BTD[:, -1:]
+        if cache is not None and isinstance(cache.index, jax.core.Tracer):
+            # Under jit check_cache_room cannot see the index: an overflowing write lands on the last
+            # slot (dynamic_update_slice clamps) and gave finite, wrong logits. NaN instead (after the
+            # slice: a prefill pays for the positions it returns only).
+            overflow = cache.index + t > cache.segment_BS.shape[1]
+            x_BTD = jnp.where(overflow, jnp.nan, x_BTD).astype(x_BTD.dtype)
         if cfg.norm_placement == "pre":
             x_BTD = Norm(cfg, name="final_norm")(x_BTD)
         if return_hidden:

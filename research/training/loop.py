@@ -109,12 +109,7 @@ class TrainConfig:
         if self.stop_after_steps < 0:
             raise ConfigError(f"train.stop_after_steps={self.stop_after_steps} must be >= 0 (a step to leave after, "
                               "or 0 for off).")
-        # nan passed a "< 0" check, compiled, and stopped at step 1 as a divergence whose advice
-        # (lower the learning rate) was wrong.
-        if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or not (
-                math.isfinite(self.z_loss) and self.z_loss >= 0):
-            raise ConfigError(f"train.z_loss={self.z_loss!r} must be a finite number >= 0 (0 disables; PaLM used "
-                              "1e-4).")
+        losses.check_z_loss(self.z_loss)
         if not (math.isfinite(self.peak_flops) and self.peak_flops >= 0):
             raise ConfigError(f"train.peak_flops={self.peak_flops} must be a FLOP/s figure >= 0 (0: the device's "
                               "datasheet peak); MFU divides by it.")

@@ -133,10 +133,18 @@ def objective_loss(model: nn.Module, params: Any, batch: Batch, rng: Array | Non
     return cross_entropy(logits, batch[objective.targets_key], batch["loss_weights"], z_loss)
 
 
+def check_z_loss(value: Any) -> float:
+    """train.z_loss as a float, or one line: nan passed a "< 0" check, compiled, and the first step
+    stopped as a divergence whose advice (lower the learning rate) was wrong. Every path that
+    reads train.z_loss checks it here (pretraining, fine-tuning's checks and losses)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"train.z_loss={value!r} must be a finite number >= 0 (0 disables; PaLM used 1e-4).")
+    return float(value)
+
+
 def make_loss_fn(objective: Objective, z_loss: float = 0.0) -> LossFn:
     """The pure loss (model, params, batch, rng) -> (loss, aux) of `objective`."""
-    if not (math.isfinite(z_loss) and z_loss >= 0):  # nan passed "< 0" and the step's loss was nan
-        raise ConfigError(f"z_loss={z_loss} must be a finite number >= 0 (0 disables).")
+    check_z_loss(z_loss)
     return functools.partial(objective_loss, objective=objective, z_loss=z_loss)
 
 
