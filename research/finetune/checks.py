@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from research.atomic_files import unwritable_reason
 from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
@@ -137,15 +138,9 @@ def check_export_dir(export_dir: str) -> None:
     after the last step, as a raw FileExistsError / NotADirectoryError."""
     if "://" in export_dir:
         return
-    path = os.path.abspath(export_dir)
-    while not os.path.lexists(path):  # the nearest existing ancestor is what the export creates it in
-        path = os.path.dirname(path)
-    problem = ("is a file" if not os.path.isdir(path) else
-               "is not writable" if not os.access(path, os.W_OK | os.X_OK) else None)
-    if problem:
-        where = problem if path == os.path.abspath(export_dir) else f"is under {path!r}, which {problem}"
-        raise ConfigError(f"export_dir={export_dir!r} {where}; give a writable folder, or a new path in one, for "
-                          "the Hugging Face export.")
+    if reason := unwritable_reason(export_dir):
+        raise ConfigError(f"export_dir={export_dir!r}: {reason}; give a writable folder, or a new path in one, "
+                          "for the Hugging Face export.")
 
 
 def lora_check_tree(config: Mapping[str, Any]) -> Any | None:

@@ -213,8 +213,7 @@ def test_an_export_dir_that_is_or_lies_under_a_file_is_one_line_before_the_claim
     config = tiny_config("sft_tiny", num_steps=2)
     config.opt.warmup_steps = 0
     config.export_dir = str(afile) if where == "file" else str(afile / "hf" / "model")
-    message = (rf"^export_dir='{afile}' is a file;" if where == "file" else
-               rf"^export_dir='{afile}/hf/model' is under '{afile}', which is a file;")
+    message = rf"^export_dir='{config.export_dir}': {afile} is a file, not a directory;"
     with pytest.raises(ConfigError, match=message + " give a writable folder, or a new path in one") as error:
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
