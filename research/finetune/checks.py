@@ -16,6 +16,7 @@ import os
 from typing import Any, Mapping
 
 from research.atomic_files import unwritable_reason
+from research.finetune.preference_data import SyntheticRule
 from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
@@ -27,7 +28,7 @@ NO_Z_LOSS_PATHS = {"reward": "a scalar reward head's Bradley-Terry loss",
                    "token_classification": "a per-token classifier's cross-entropy over its tags"}
 # The synthetic sets each path generates (data.synthetic): preference_data's rules, task_paths' sets.
 # A classifier or tagger ignored the value, so a typo trained on the sentiment data silently.
-_PREFERENCE_RULES = ("capitals", "arithmetic")
+_PREFERENCE_RULES = SyntheticRule.__args__
 SYNTHETIC_SETS = {"sft": _PREFERENCE_RULES, "reward": _PREFERENCE_RULES, "preference": _PREFERENCE_RULES,
                   "grpo": _PREFERENCE_RULES, "classification": ("sentiment",),
                   "token_classification": ("char_classes",), "text_to_text": ("sentiment", *_PREFERENCE_RULES)}

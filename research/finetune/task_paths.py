@@ -24,7 +24,7 @@ import numpy as np
 from research.decoding import beam_search, vocab_limit_for
 from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
-from research.finetune.checks import config_section
+from research.finetune.checks import SYNTHETIC_SETS, config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
 from research.finetune.heads import path_model, with_fresh_heads, with_pretrained_body
 from research.finetune.paths import load_records
@@ -39,7 +39,7 @@ IGNORE = -1  # label of tokens that carry none (padding, continuation pieces, se
 _POSITIVE = ("good", "great", "nice", "happy", "love", "fine")
 _NEGATIVE = ("bad", "awful", "sad", "hate", "poor", "ugly")
 _NEUTRAL = ("the", "a", "day", "film", "food", "it", "was", "very")
-TEXT_TO_TEXT_SETS = ("sentiment", "capitals", "arithmetic")
+TEXT_TO_TEXT_SETS = SYNTHETIC_SETS["text_to_text"]
 
 
 def _check_rule(rule: str, rules: tuple[str, ...]) -> None:
