@@ -123,9 +123,8 @@ class Guard:
     def install(self) -> "Guard":
         """Take over SIGINT / SIGTERM until `uninstall` (main thread only)."""
         if threading.current_thread() is threading.main_thread():
-            # With several processes, SIGTERM belongs to JAX's preemption notifier (see should_stop);
-            # a Python handler would replace its own.
-            for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
+            # With several processes, SIGTERM belongs to JAX's preemption notifier (see should_stop).
+            for signum in _python_signals():
                 self._previous[signum] = signal.signal(signum, self._handle)
             early = take_early_interrupt() if self.signal_name is None else None
             if early is not None:  # a Ctrl-C / SIGTERM during setup (watch_early_interrupts)
@@ -175,6 +174,13 @@ class Guard:
         return self.requested
 
 
+def _python_signals() -> tuple[int, ...]:
+    """The signals this process's Python handlers may take: with several processes SIGTERM belongs
+    to JAX's preemption notifier, a C handler that signal.signal would replace, and restore as the
+    default action (signal.getsignal sees SIG_DFL there): a later SIGTERM killed the process."""
+    return _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,)
+
+
 def _notify_preemption_service() -> bool:
     """Pass a Ctrl-C on to JAX's preemption service as this process's SIGTERM (its notifier's signal,
     caught in C), which then sets one sync point for every process; False where nothing would catch
@@ -206,12 +212,14 @@ def stops_held() -> Iterator[None]:
     then, in order). For work that must not be broken off half way, e.g. a checkpointer's close
     waiting for its last save to commit: a signal raised inside orbax's wait left tracebacks from
     its finalize thread and the save's tmp folder, and lost the step (the fine-tuning loop, which
-    has no Guard). Outside the main thread nothing can be held: the block just runs."""
+    has no Guard). Outside the main thread nothing can be held: the block just runs. With several
+    processes only Ctrl-C is held: SIGTERM stays with JAX's preemption notifier (see _python_signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in _SIGNALS}
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
+                for signum in _python_signals()}  # several processes: JAX's notifier only records a SIGTERM
     try:
         yield
     finally:

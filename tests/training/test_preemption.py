@@ -421,30 +421,6 @@ def test_a_stop_after_one_of_the_models_diverged_names_only_the_saved_ones(token
     assert latest_checkpoint(good) == 8
 
 
-def test_with_several_processes_every_step_of_a_block_is_reported_to_the_preemption_sync_point(monkeypatch):
-    """JAX's preemption sync point (the highest step reported + 1) answers True only to a call with
-    exactly that step: reported at block ends only (1, 4, 7 in blocks of 3), point 6 was stepped
-    over and a SIGTERM never stopped a multi-process run. (The real two-process stop:
-    tests/training/test_multiprocess.py.)"""
-    from jax.experimental import multihost_utils
-    reported, point = [], 6
-
-    def reached(step):
-        reported.append(step)
-        return step == point
-
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", reached)
-    guard = preemption.Guard()
-    assert [guard.should_stop(step) for step in (0, 1, 4, 7)] == [False, False, False, True]
-    assert reported == [1, 2, 3, 4, 5, 6] and guard.signal_name == "SIGTERM"
-    # A notice during setup, before any step was reported, sets the point to 1: a run resumed at
-    # step 100 asked at 100 only and never met it.
-    reported.clear()
-    point = 1
-    assert preemption.Guard().should_stop(100) and reported == [1]
-
-
 def test_a_stop_on_an_evaluation_step_saves_its_eval_loss_for_best(tokenizers, tmp_path):
     """stop_after_steps (or a signal) on an evaluation step that is not a save step saved it with
     eval_loss=inf though it was just evaluated: keep_best ranked it last and step='best' named an
