@@ -72,6 +72,10 @@ class StoppedBetweenRuns(Interrupted):
 # during a run's last block of steps ends that run normally (nothing raises), and the next run's
 # Guard never sees it, so a caller training runs in turn checks this list between runs.
 _REQUESTS: list[str] = []
+# The last number this process reported to JAX's preemption sync point. Several processes train runs
+# in turn (a sweep); each run's Guard reports after the one before it, not from 1 again: a notice in one
+# run's last block set the point past that run's end, and the next runs, counting from 1, never met it.
+_SYNC_REPORTED = [0]
 
 
 def stop_requests() -> int:
@@ -96,6 +100,7 @@ class Guard:
         self._previous: dict[int, Any] = {}
         self._stop_now = False  # a second Ctrl-C came: should_stop raises it again if it was swallowed
         self._reported = 0  # the last step reported to JAX's preemption sync point (several processes)
+        self._sync_offset: int | None = None  # what earlier Guards reported (_SYNC_REPORTED) when this one began
 
     @property
     def requested(self) -> bool:
@@ -159,14 +164,18 @@ class Guard:
             # meets it now). The service holds each process's reports still while it sets the point, so
             # that point is past every step reported, and each process meets it in the block that covers
             # it: the same block end on all, their blocks being the same.
+            # Reported as numbers after those of the runs before (_SYNC_REPORTED), the same on every process.
+            if self._sync_offset is None:
+                self._sync_offset = _SYNC_REPORTED[0]
             reached = False
             try:
                 while self._reported < step and not reached:
                     self._reported += 1
-                    reached = multihost_utils.reached_preemption_sync_point(self._reported)
+                    reached = multihost_utils.reached_preemption_sync_point(self._sync_offset + self._reported)
             except RuntimeError:  # jax_enable_preemption_service is off: no coordinated stop
                 return False
             self._reported = max(self._reported, step)
+            _SYNC_REPORTED[0] = self._sync_offset + self._reported
             if reached and self.signal_name is None:
                 self.signal_name = "SIGTERM"
                 _REQUESTS.append(self.signal_name)

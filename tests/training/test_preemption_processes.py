@@ -21,6 +21,7 @@ def test_with_several_processes_every_step_of_a_block_is_reported_to_the_preempt
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", reached)
+    monkeypatch.setattr(preemption, "_SYNC_REPORTED", [0])  # a fresh process
     guard = preemption.Guard()
     assert [guard.should_stop(step) for step in (0, 1, 4, 7)] == [False, False, False, True]
     assert reported == [1, 2, 3, 4, 5, 6] and guard.signal_name == "SIGTERM"
@@ -28,7 +29,24 @@ def test_with_several_processes_every_step_of_a_block_is_reported_to_the_preempt
     # step 100 asked at 100 only and never met it.
     reported.clear()
     point = 1
+    monkeypatch.setattr(preemption, "_SYNC_REPORTED", [0])
     assert preemption.Guard().should_stop(100) and reported == [1]
+
+
+def test_with_several_processes_runs_in_turn_report_after_the_run_before(monkeypatch):
+    """A sweep trains its runs in turn, a Guard each. A notice in the first run's last block set the
+    point past its end (10 steps: point 11); the second run reported 1, 2, ... again and never met it,
+    so the sweep trained on through every later run."""
+    from jax.experimental import multihost_utils
+    reported = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                        lambda step: reported.append(step) or step == 11)
+    monkeypatch.setattr(preemption, "_SYNC_REPORTED", [0])
+    first = preemption.Guard()
+    assert not any(first.should_stop(step) for step in (5, 10))  # its last block: no stop inside it
+    second = preemption.Guard()
+    assert second.should_stop(5) and reported == list(range(1, 12))  # the second run's first block end
 
 
 def test_with_several_processes_a_held_stop_leaves_sigterm_to_jax(monkeypatch):
