@@ -89,6 +89,9 @@ class Completion:
     text: str  # the continuation alone, cut at the first stop id (eos)
     token_ids: tuple[int, ...]
     log_prob: float  # log p(continuation | prompt) under the model (temperature 1)
+    # A decoder's text goes on from the prompt; an encoder-decoder's (T5) is a sequence of its own,
+    # decoded without a leading space, which printed straight after the prompt read "Hello.Hallo.".
+    continues_prompt: bool = True
 
 
 def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | None = None,
@@ -144,8 +147,9 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
         for ids, log_prob in candidates:
             ids = [int(i) for i in ids]
             ids = ids[:next((i for i, token in enumerate(ids) if token in stops), len(ids))]
-            completions[index].append(Completion(prompts[index], _continuation_text(tokenizer, prompt_ids[index], ids,
-                                                                                  config.family), tuple(ids), log_prob))
+            text = _continuation_text(tokenizer, prompt_ids[index], ids, config.family)
+            completions[index].append(Completion(prompts[index], text, tuple(ids), log_prob,
+                                                 continues_prompt=config.family == "decoder"))
     return completions
 
 
@@ -159,15 +163,18 @@ def _continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int], fam
 
 
 def format_completions(completions: Sequence[Sequence[Completion]], options: DecodingOptions) -> str:
-    """Each prompt followed by its continuation(s); several are numbered with their log-probability."""
+    """Each prompt followed by its continuation(s) (an encoder-decoder's output after " => "); several
+    are numbered with their log-probability."""
+    def shown(c: Completion) -> str:
+        return c.prompt + c.text if c.continues_prompt else f"{c.prompt} => {c.text}"
+
     blocks = []
     for candidates in completions:
         if len(candidates) == 1:
-            blocks.append(candidates[0].prompt + candidates[0].text)
+            blocks.append(shown(candidates[0]))
             continue
         kind = "beam" if options.num_beams > 1 else "sample"
-        blocks.append("\n".join(f"[{kind} {i} log p={c.log_prob:.2f}] {c.prompt}{c.text}"
-                                for i, c in enumerate(candidates)))
+        blocks.append("\n".join(f"[{kind} {i} log p={c.log_prob:.2f}] {shown(c)}" for i, c in enumerate(candidates)))
     return "\n\n".join(blocks)
 
 

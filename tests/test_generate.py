@@ -128,6 +128,29 @@ def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     assert printed[0] == f"[beam 0 log p={beams[0].log_prob:.2f}] the{beams[0].text}"
 
 
+def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
+    """T5's output is a sequence of its own, decoded without a leading space: printed straight after
+    its prompt it ran on into it ("w3 w5w31 w31")."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(PIECES)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    torch.manual_seed(4)  # a seed whose greedy output is letters, not the pad id (which decodes to "")
+    transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(PIECES), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, eos_token_id=1,
+        pad_token_id=0, decoder_start_token_id=0)).save_pretrained(tmp_path)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(tmp_path)
+    loaded = cli.load_model(hf_dir=str(tmp_path))
+    greedy = cli.generate_text(loaded, ["ab"], max_new_tokens=4)
+    beams = cli.generate_text(loaded, ["ab"], max_new_tokens=4, num_beams=2)[0]
+    assert not greedy[0][0].continues_prompt and greedy[0][0].text
+    assert cli.format_completions(greedy, cli.DecodingOptions()) == f"ab => {greedy[0][0].text}"
+    printed = cli.format_completions([beams], cli.DecodingOptions(num_beams=2)).splitlines()
+    assert printed[1] == f"[beam 1 log p={beams[1].log_prob:.2f}] ab => {beams[1].text}"
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(temperature=-1.0), r"--temperature=-1.0 must be >= 0"),
     (dict(top_p=0.0, temperature=1.0), r"--top_p=0.0 must be in \(0, 1\]"),
