@@ -172,7 +172,9 @@ class DataConfig:
         if not self.train_split or not self.validation_split:
             raise DataError("data: train_split and validation_split must name TFDS splits, e.g. 'train[:1%]'.")
         if self.source == "tfds" and self.train_split.replace(" ", "") == self.validation_split.replace(" ", ""):
-            # The same slice for both would report training loss as held-out loss, silently.
+            # The same slice for both would report training loss as held-out loss, silently. Slices
+            # that overlap otherwise ('train' / 'train[:10%]') need the dataset's sizes: the source
+            # refuses them when it opens the builder (sources._check_disjoint).
             raise DataError(f"data: train_split and validation_split are both {self.train_split!r}, so validation "
                             "would score training data; hold out a slice, e.g. 'train[1%:]' / 'train[:1%]'.")
         if self.source != "tfds" and (self.train_split, self.validation_split) != LOCAL_SPLITS:

@@ -143,8 +143,14 @@ def _span_counts(length: int, noise_density: float, mean_span_length: float) -> 
 
 def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
                             mean_span_length: float = 3.0) -> tuple[int, int]:
-    """(raw tokens per window, decoder length) such that a full window's encoder inputs are
-    exactly `inputs_length` long (t5 random_spans_helper; e.g. 512 -> (568, 114))."""
+    """(raw tokens per window, decoder length) such that a full window's encoder inputs fill
+    `inputs_length` (t5.data.preprocessors.random_spans_helper; e.g. 512 -> (568, 114), and at
+    noise_density 0.5, 512 -> (766, 512)).
+
+    T5's helper exactly, but counting noise tokens and spans as its random_spans_noise_mask does
+    (at least one of each): the two differ only where a window rounds to no noise token or no
+    span, and there the helper's counts undersize the rows T5's mask then makes.
+    """
     def lengths(tokens_length: int) -> tuple[int, int]:
         num_noise, num_spans = _span_counts(tokens_length, noise_density, mean_span_length)
         # Inputs: kept tokens, one sentinel per span, eos. Targets: noise, sentinels, eos.
@@ -153,7 +159,13 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
     tokens_length = max(inputs_length - 1, 2)
     while lengths(tokens_length + 1)[0] <= inputs_length:
         tokens_length += 1
-    return tokens_length, lengths(tokens_length)[1]
+    full_inputs, targets_length = lengths(tokens_length)
+    # T5's special case: at density 0.5 the targets come out one longer than the inputs (512 ->
+    # 513), past a model whose max_len is the round seq_len; one raw token fewer makes them equal.
+    # Shorter windows never make longer targets (noise and span counts grow with the length).
+    if noise_density == 0.5 and targets_length > full_inputs:
+        tokens_length, targets_length = tokens_length - 1, targets_length - 1
+    return tokens_length, targets_length
 
 
 def _too_many_spans(length: int, noise_density: float, mean_span_length: float) -> str | None:
@@ -330,6 +342,11 @@ class SpanCorruption:
     mean_span_length: float = 3.0
 
     def window_lengths(self, seq_len: int) -> tuple[int, int]:
+        # Checked here too: packed_lengths (check_batch_shape) runs before validate, and a
+        # mean_span_length of 0 would be a ZeroDivisionError traceback.
+        if not (0 < self.noise_density < 1 and self.mean_span_length >= 1):
+            raise DataError(f"span_corruption: noise_density={self.noise_density} must be in (0, 1) and "
+                            f"mean_span_length={self.mean_span_length} at least 1.")
         return span_corruption_lengths(seq_len, self.noise_density, self.mean_span_length)
 
     def packed_lengths(self, seq_len: int) -> dict[str, int]:
@@ -338,12 +355,9 @@ class SpanCorruption:
                 "decoder_targets": targets_length, "loss_weights": targets_length}
 
     def validate(self, special: SpecialTokens, seq_len: int) -> None:
-        if not (0 < self.noise_density < 1 and self.mean_span_length >= 1):
-            raise DataError(f"span_corruption: noise_density={self.noise_density} must be in (0, 1) and "
-                            f"mean_span_length={self.mean_span_length} at least 1.")
+        window = self.window_lengths(seq_len)[0]  # refuses a bad noise_density / mean_span_length
         if seq_len < 4:
             raise DataError(f"span_corruption: seq_len={seq_len} must be at least 4.")
-        window = self.window_lengths(seq_len)[0]
         # Short last windows are capped (random_spans_noise_mask); a full one must fit as asked.
         if problem := _too_many_spans(window, self.noise_density, self.mean_span_length):
             raise DataError(f"span_corruption: at seq_len={seq_len}, {problem}.")

@@ -161,14 +161,27 @@ def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     return shard_index, shard_count
 
 
-def check_batch_shape(batch_size: int, seq_len: int, model_max_len: int | None = None) -> None:
+def check_batch_shape(batch_size: int, seq_len: int, model_max_len: int | None = None,
+                      objective: ObjectiveName | Objective | None = None) -> None:
     """One line if batches of batch_size x seq_len cannot be made, or are longer than the model
-    takes; callers check this before anything is written (a workdir, a tokenizer)."""
+    takes; callers check this before anything is written (a workdir, a tokenizer).
+
+    With `objective`, every packed row it makes is checked, not only seq_len: span corruption's
+    decoder rows follow from seq_len and noise_density (longer than seq_len above density 0.5),
+    and were refused only by the loss's batch check, after the tokenizer was trained.
+    """
     if batch_size <= 0 or seq_len <= 0:
         raise DataError(f"batch_size={batch_size} and seq_len={seq_len} must be positive.")
     if model_max_len is not None and seq_len > model_max_len:
         raise DataError(f"seq_len={seq_len} is longer than the model's max_len={model_max_len}; "
                         "lower seq_len or use a model with a longer max_len.")
+    if model_max_len is not None and objective is not None:
+        objective = get_objective(objective)
+        for key, length in objective.packed_lengths(seq_len).items():
+            if length > model_max_len:
+                raise DataError(f"{objective.name} at seq_len={seq_len} packs {key} rows of {length} tokens, longer "
+                                f"than the model's max_len={model_max_len}; lower seq_len (or noise_density) or "
+                                "use a model with a longer max_len.")
 
 
 def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objective: ObjectiveName | Objective,
@@ -180,7 +193,7 @@ def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objecti
     from research.data.tokenizer import check_vocab_fits
 
     objective = get_objective(objective)
-    check_batch_shape(batch_size, seq_len, model_max_len)
+    check_batch_shape(batch_size, seq_len, model_max_len, objective)
     if num_epochs is not None and num_epochs <= 0:
         raise DataError(f"num_epochs={num_epochs} must be positive (or None to repeat forever).")
     if model_vocab_size is not None:
@@ -217,7 +230,8 @@ def make_batch_iterator(data_config: DataConfig, *, tokenizer: Tokenizer, object
 
     batch_size is per process; shard_index / shard_count default to jax.process_index() /
     jax.process_count(); num_epochs=None repeats forever. model_max_len / model_vocab_size,
-    when given, are checked against seq_len / the tokenizer before any data is read.
+    when given, are checked against the objective's packed row lengths / the tokenizer before
+    any data is read.
     Schema per objective: research/data/objectives.py; state: get_state() / set_state().
     Synthetic batches are computed once per process and replayed (research/data/batch_replay.py).
     """

@@ -77,6 +77,7 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
     import tensorflow_datasets as tfds  # imported here: ~0.3 s, only the tfds/files sources need it
 
     where = config.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
+    run_split = split in ("train", "validation")
     split = {"train": config.train_split, "validation": config.validation_split}.get(split, split)
     try:
         builder = tfds.builder(config.tfds_name, data_dir=config.data_dir or None)
@@ -96,9 +97,16 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
     if config.text_field not in builder.info.features:
         raise DataError(f"TFDS dataset {config.tfds_name!r} has no feature {config.text_field!r}; "
                         f"set text_field to one of {sorted(builder.info.features)}.")
-    if any(part.split("[")[0].strip() not in builder.info.splits for part in split.split("+")):  # 'train+validation'
-        raise DataError(f"TFDS dataset {config.tfds_name!r} has no split {split!r}; "
-                        f"use one of {sorted(builder.info.splits)}.")
+    features = builder.info.features
+    if not _is_text(features[config.text_field]):
+        # Once str()-ed into documents: a ClassLabel trained on '0' / '1', a Sequence on "[b'x', b'y']".
+        texts = sorted(name for name, feature in features.items() if _is_text(feature))
+        raise DataError(f"TFDS dataset {config.tfds_name!r}: text_field={config.text_field!r} is a "
+                        f"{type(features[config.text_field]).__name__} feature, not text; set text_field to one of "
+                        f"its Text features {texts}.")
+    reads = _examples_read(builder, config, split)
+    if run_split:  # whichever is opened first: the tokenizer is trained on train before validation opens
+        _check_disjoint(builder, config, split, reads, where)
     try:
         source = builder.as_data_source(split=split)
         size = len(source)  # an empty or reversed slice fails here, not at the first read
@@ -113,6 +121,50 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
     if size == 0:
         raise DataError(f"TFDS split {split!r} of {config.tfds_name!r} holds no examples; widen the slice.")
     return source
+
+
+def _is_text(feature: Any) -> bool:
+    """Whether a TFDS feature reads as one string per example (Text, or a scalar string Tensor)."""
+    import tensorflow_datasets as tfds
+
+    if isinstance(feature, tfds.features.Text):
+        return True
+    return (type(feature) is tfds.features.Tensor and tuple(feature.shape) == ()
+            and np.dtype(feature.np_dtype).kind in "OSU")  # TFDS stores strings as object / bytes
+
+
+def _examples_read(builder: Any, config: DataConfig, split: str) -> list[tuple[str, int, int]]:
+    """(file, first, end) of each range of examples `split` reads, by TFDS's own split arithmetic
+    (percent rounding, '+', the same as as_data_source reads); one line if TFDS cannot read it."""
+    if any(part.split("[")[0].strip() not in builder.info.splits for part in split.split("+")):  # 'train+validation'
+        raise DataError(f"TFDS dataset {config.tfds_name!r} has no split {split!r}; "
+                        f"use one of {sorted(builder.info.splits)}.")
+    try:
+        instructions = builder.info.splits[split].file_instructions
+    except (AssertionError, ValueError, KeyError) as error:  # 'train[:abc]'
+        raise DataError(f"TFDS split {split!r} of {config.tfds_name!r} cannot be read ({_first_line(error)}); "
+                        "write e.g. 'train', 'train[:90%]' or 'train[1000:2000]'.") from None
+    return [(os.path.basename(i.filename), i.skip, i.skip + i.take) for i in instructions]
+
+
+def _check_disjoint(builder: Any, config: DataConfig, split: str, reads: list[tuple[str, int, int]],
+                    where: str) -> None:
+    """One line if train_split and validation_split read a common example: validation would then
+    score training data ('train' / 'train[:10%]', 'train+validation' / 'validation'), silently.
+    `split` is the one being opened (it reads `reads`); the other is compared only if TFDS can read
+    it, so a dataset without a validation split (lm1b) still opens its train split."""
+    other = config.validation_split if split == config.train_split else config.train_split
+    try:
+        other_reads = _examples_read(builder, config, other)
+    except DataError:  # refused in its own words when it is opened
+        return
+    shared = sum(max(0, min(end, other_end) - max(first, other_first))
+                 for name, first, end in reads for other_name, other_first, other_end in other_reads
+                 if name == other_name)
+    if shared:
+        raise DataError(f"data: train_split={config.train_split!r} and validation_split={config.validation_split!r} "
+                        f"of {config.tfds_name!r} under {where} share {shared} examples, so validation would score "
+                        "training data; use disjoint slices, e.g. 'train[1%:]' / 'train[:1%]'.")
 
 
 def _first_line(error: BaseException) -> str:
@@ -176,7 +228,14 @@ def _synthetic_source(config: DataConfig, split: str) -> SyntheticDocuments:
 def _decode_field(field: str):
     def decode(example: dict) -> str:
         value = example[field]
-        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if isinstance(value, str):
+            return value
+        # _tfds_source refuses non-text fields before reading; str() here made documents of
+        # '0' or "[b'x', b'y']", so anything else that gets through is refused, not trained on.
+        raise DataError(f"text_field={field!r} holds {type(value).__name__} values, not text; set text_field "
+                        "to a Text feature.")
     return decode
 
 

@@ -200,10 +200,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     check_master_weights(model_config)
     data_config = data_lib.DataConfig(**_sub_config(config.data))
-    data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len)  # before the workdir is claimed
-    wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     data_objective = data_lib.objective_for_family(config.objective, model_config.family,
                                                    _sub_config(config.get("objective_options", {})))
+    # Every row the objective packs (span corruption's decoder rows too), before the workdir is claimed.
+    data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len, data_objective)
+    wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run (every
     # model's, before any is created), then create them.
     claimed = workdir_lib.claim_all([(w, c.to_dict()) for c, w in zip(configs, workdirs)],
