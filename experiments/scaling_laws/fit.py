@@ -43,7 +43,7 @@ def _define_flags() -> None:
     flags.DEFINE_float("confidence", 0.8, "Interval coverage: 0.8 = 10th-90th percentiles.")
     flags.DEFINE_enum("init_grid", "paper", ["paper", "coarse"],
                       "Approach 3 starts: the paper's 4500-point grid, or a 72-point one for quick looks.")
-    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling.")
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling, a whole number >= 0.")
     flags.mark_flags_as_required(["runs_csv", "output_dir"])
 
 

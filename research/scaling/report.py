@@ -45,6 +45,10 @@ def fit_run_table(runs_csv: str, output_dir: str, *, compute_budget: float = GOP
     if bootstrap_samples < 0 or not 0 < confidence < 1:
         raise RunTableError(f"--bootstrap={bootstrap_samples} must be >= 0 and --confidence={confidence} "
                                     "in (0, 1).")
+    # numpy's generators take seeds >= 0: -1 was a traceback after the whole grid fit. The sweep's
+    # fit.seed has the same rule (experiments/scaling_laws/sweep.py _check_fit_settings).
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise RunTableError(f"--seed={seed!r} (the bootstrap's seed) must be a whole number >= 0, e.g. --seed=0.")
     # Before reading the table: a file in output_dir's path was a NotADirectoryError traceback.
     reason = unwritable_reason(output_dir)
     if reason:

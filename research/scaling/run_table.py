@@ -48,7 +48,7 @@ class RunTableError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExcludedRow:
-    line: int  # line number in the CSV (header = 1); 0 for in-memory tables
+    line: int  # line number in the CSV (header = 1; a row spanning lines: its last); 0 for in-memory tables
     reason: str
 
 
@@ -146,11 +146,14 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
     if accounting not in ACCOUNTINGS:
         raise RunTableError(f"accounting={accounting!r}: choose one of {ACCOUNTINGS}.")
     try:
-        with open(path, newline="") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is dropped, not read into the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             reader.fieldnames = columns
-            rows = list(reader)
+            # The line each row ends on (line_num after reading it), which counts the blank lines
+            # DictReader skips; a quoted field spanning lines puts its row at the last of them.
+            rows = [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise RunTableError(f"--runs_csv={path!r} does not exist; pass the path of a CSV with columns "
                             f"{', '.join(REQUIRED_COLUMNS)}.") from None
@@ -161,7 +164,7 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
                             f"a run table needs columns {', '.join(required)}"
                             + (" (a sweep's runs.csv has them)." if accounting == "exact" else "."))
     kept, excluded = [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         status = (row.get("status") or "ok").strip()
         if status.lower() != "ok":
             excluded.append(ExcludedRow(line, f"status={status!r}"))

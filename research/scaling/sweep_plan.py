@@ -6,7 +6,9 @@ Runs are laid out for one of the two designs of Hoffmann et al. 2022:
 
   "tokens"   Approach 1: every model trained for each of several token budgets, given as
              tokens per parameter (D = r N, `tokens_per_param`) or as token counts (`tokens`),
-             each a separate run whose schedule spans its own length.
+             each a separate run whose schedule spans its own length. `budgets` (FLOPs) are
+             the IsoFLOP plan's and unused here: a preset's stay harmless under
+             --config.sweep.plan=tokens.
   "isoflop"  Approach 2: for each FLOP budget C, the `models_per_budget` ladder models
              nearest the guessed optimum N* = sqrt(C / (6 r)) (r = `tokens_per_param_prior`,
              20 after Chinchilla), each trained on D = C / (6 N) tokens.
@@ -78,7 +80,9 @@ class SweepSpec:
     lr_horizon_steps: int = 0
     lr_horizon_exponent: float = 0.5
     # Repeat every run of budget `repeat_budget` (0: the smallest budget) with train.seed plus
-    # each of these offsets, so the fit can measure run-to-run noise (() = no repeats).
+    # each of these offsets, so the fit can measure run-to-run noise (() = no repeats). A budget
+    # is the plan's: a FLOP budget of `budgets` (isoflop), or a ratio of `tokens_per_param` or a
+    # count of `tokens` (tokens: every model's run at it, the smallest the cheapest, as at isoflop).
     repeat_budget: float = 0.0
     repeat_seeds: tuple[int, ...] = ()
 
@@ -137,12 +141,21 @@ class SweepSpec:
         if self.position not in ("learned", "rope") or self.head_dim < 0:
             raise SweepError(f"sweep.position={self.position!r} / sweep.head_dim={self.head_dim}: choose position "
                              "'learned' or 'rope' and head_dim >= 0 (0 = the ladder's own rule).")
-        if self.repeat_seeds and self.repeat_budget and self.repeat_budget not in self.budgets:
-            raise SweepError(f"sweep.repeat_budget={self.repeat_budget:g} is not one of sweep.budgets={self.budgets}; "
-                             "repeat runs of an existing budget, e.g. repeat_budget=budgets[0].")
+        name, budgets = self.plan_budgets
+        if self.repeat_seeds and self.repeat_budget and self.repeat_budget not in budgets:
+            raise SweepError(f"sweep.repeat_budget={self.repeat_budget:g} is not one of sweep.{name}={budgets} "
+                             f"(plan={self.plan!r}); repeat runs of an existing budget, e.g. "
+                             f"repeat_budget={budgets[0]:g}.")
         if self.min_steps < 1 or not 0.0 <= self.warmup_fraction < 1.0:
             raise SweepError(f"sweep.min_steps={self.min_steps} must be >= 1 and warmup_fraction="
                              f"{self.warmup_fraction} in [0, 1).")
+
+    @property
+    def plan_budgets(self) -> tuple[str, tuple[float, ...]]:
+        """The field that holds this plan's budgets, and them: isoflop's FLOPs, or tokens' ratios or counts."""
+        if self.plan == "isoflop":
+            return "budgets", self.budgets
+        return ("tokens_per_param", self.tokens_per_param) if self.tokens_per_param else ("tokens", self.tokens)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "SweepSpec":
@@ -249,13 +262,14 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
     tokens_per_step = batch_size * seq_len
     runs: list[PlannedRun] = []
 
-    def add(model: LadderModel, tokens: float, budget: float | None, ratio: float | None) -> bool:
+    repeated = spec.repeat_budget or min(spec.plan_budgets[1], default=None)
+
+    def add(model: LadderModel, tokens: float, budget: float | None, ratio: float | None, plan_budget: float) -> bool:
         steps = round(tokens / tokens_per_step)
         if steps < spec.min_steps:
             return False
         scale = learning_rate_scale(spec, model.config.d_model, steps)
-        repeated = spec.repeat_budget or min(spec.budgets, default=None)
-        offsets = (0, *spec.repeat_seeds) if budget is not None and budget == repeated else (0,)
+        offsets = (0, *spec.repeat_seeds) if plan_budget == repeated else (0,)
         for run_seed in (seed + offset for offset in offsets):
             runs.append(PlannedRun(f"{model.name}-{steps}steps" + (f"-seed{run_seed}" if run_seed else ""), model,
                                    steps, batch_size, seq_len, model.params(spec.param_count), budget, ratio,
@@ -265,8 +279,9 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
     if spec.plan == "tokens":
         for model in models:
             N = model.params(spec.param_count)
-            for ratio in spec.tokens_per_param or [tokens / N for tokens in spec.tokens]:
-                add(model, ratio * N, None, ratio)
+            for value in spec.plan_budgets[1]:
+                ratio = value if spec.tokens_per_param else value / N
+                add(model, ratio * N, None, ratio, value)
         if not runs:
             given = f"tokens_per_param={spec.tokens_per_param}" if spec.tokens_per_param else f"tokens={spec.tokens}"
             raise SweepError(f"sweep.{given}: every run would be shorter than min_steps={spec.min_steps} steps of "
@@ -288,7 +303,7 @@ def plan_runs(spec: SweepSpec, models: Sequence[LadderModel], *, batch_size: int
             count = min(spec.models_per_budget, len(fits))
             first = min(max(0, nearest - count // 2), len(fits) - count)
             for model in fits[first:first + count]:
-                add(model, budget / (FLOPS_PER_PARAM_TOKEN * model.params(spec.param_count)), budget, None)
+                add(model, budget / (FLOPS_PER_PARAM_TOKEN * model.params(spec.param_count)), budget, None, budget)
     ids = [run.run_id for run in runs]
     if len(set(ids)) != len(ids):
         raise SweepError("sweep: two runs train the same model for the same number of steps (equal budgets or "

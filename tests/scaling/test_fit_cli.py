@@ -5,6 +5,7 @@ absl flags must not meet other experiments' flags in a shared test process.
 """
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -280,3 +281,16 @@ def test_a_report_another_writes_leaves_no_fit_json(runs_csv, tmp_path):
     used to be written to the same path first, so a kill in between left half a fit.json."""
     report = fit_run_table(runs_csv, str(tmp_path), bootstrap_samples=0, init_grid="coarse", write_json=False)
     assert not (tmp_path / "fit.json").exists() and (tmp_path / "law_contours.png").exists() and report["approach3"]
+
+
+def test_a_negative_seed_is_refused_before_fitting(runs_csv, tmp_path):
+    """--seed=-1 ran the whole grid fit, then np.random.default_rng(-1) raised a traceback and no
+    fit.json was written; the sweep refuses such a fit.seed before training."""
+    out = tmp_path / "out"
+    message = "--seed=-1 (the bootstrap's seed) must be a whole number >= 0, e.g. --seed=0."
+    with pytest.raises(RunTableError, match=f"^{re.escape(message)}$"):
+        fit_run_table(runs_csv, str(out), bootstrap_samples=100, init_grid="coarse", seed=-1)
+    result = run_cli(f"--runs_csv={runs_csv}", f"--output_dir={out}", "--bootstrap=100", "--init_grid=coarse",
+                     "--seed=-1")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not out.exists()

@@ -95,3 +95,22 @@ def test_seed_column_is_read(tmp_path):
     table = read_runs_csv(write(tmp_path, "N,D,loss,seed\n1e8,1e9,3.0,0\n1e8,1e9,3.3,1\n2e8,1e9,2.9,0\n"))
     assert table.seed.tolist() == ["0", "1", "0"] and len(table.merge_replicates()) == 2
     assert read_runs_csv(write(tmp_path, "N,D,loss,seed\n1e8,1e9,3.0,0\n1e8,1e9,3.3,\n")).seed is None
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with U+FEFF: it was read into the first name, "missing column(s) N"."""
+    path = tmp_path / "runs.csv"
+    path.write_text("N,D,loss\n1e8,2e9,3.1\n2e8,2e9,3.0\n", encoding="utf-8-sig")
+    np.testing.assert_array_equal(read_runs_csv(str(path)).N, [1e8, 2e8])
+
+
+def test_lines_are_counted_past_blank_lines_and_multi_line_fields(tmp_path):
+    """DictReader skips blank lines, which enumerate(rows) did not count: every line named after
+    one was too small. A row spanning lines (a quoted field with a newline) is named by its last."""
+    text = ("N,D,loss,status\n\n1e8,2e9,3.1,ok\n\n\n1e8,2e9,nan,ok\n"
+            '2e8,2e9,3.0,"failed:\nout of memory"\n\n2e8,4e9,2.9,preempted\n')
+    table = read_runs_csv(write(tmp_path, text))
+    assert [(row.line, row.reason) for row in table.excluded] == [
+        (6, "loss=nan"), (8, "status='failed:\\nout of memory'"), (10, "status='preempted'")]
+    with pytest.raises(RunTableError, match=r"runs.csv:5: D='x' is not a number"):
+        read_runs_csv(write(tmp_path, "N,D,loss\n1e8,2e9,3.1\n\n\n1e8,x,3.1\n"))

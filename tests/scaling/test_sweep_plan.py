@@ -267,3 +267,27 @@ def test_the_config_docstring_states_the_presets_own_sizes():
     assert totals["tokens_tiny"][1] / totals["cpu_tiny"][1] == pytest.approx(1 / 7, rel=0.1)  # "about a seventh"
     assert scaling_laws.get_config("cpu_tiny").sweep.lr_scale_cap == 0.0 and "capped at" not in doc
     assert "no cap, lr_scale_cap=0" in doc and "(500 / steps) ** 0.5" in doc
+
+
+def test_a_tokens_plan_repeats_its_smallest_token_budget_with_repeat_seeds():
+    """plan='tokens' ignored sweep.repeat_seeds (only runs with a FLOP budget were repeated):
+    tokens_tiny with repeat_seeds=(1, 2) planned its 15 runs and no -seed run. Now every model's
+    run at the smallest ratio (token count), or at the one repeat_budget names, is repeated."""
+    config = scaling_laws.get_config("tokens_tiny")
+    config.sweep.repeat_seeds = (1, 2)
+    runs = sweep.plan_sweep(config).runs
+    firsts = [r.run_id for r in runs if r.tokens_per_param_target == 40.0 and not r.seed]
+    assert len(runs) == 25 and len(firsts) == 5
+    assert [r.run_id for r in runs if r.seed] == [f"{run_id}-seed{s}" for run_id in firsts for s in (1, 2)]
+    spec = SweepSpec(non_embedding_params=(5e3, 2e4), plan="tokens", tokens=(1e5, 4e5), min_steps=5,
+                     repeat_budget=4e5, repeat_seeds=(1,))
+    runs = plan_runs(spec, ladder_models(spec, vocab_size=23, seq_len=64), batch_size=16, seq_len=64)
+    assert [(r.tokens, r.seed) for r in runs if r.seed] == [(round(4e5 / 1024) * 1024, 1)] * 2
+    # cpu_tiny switched to tokens: its own repeat_seeds=(1,) repeat the smallest ratio, its
+    # FLOP budgets are the IsoFLOP plan's (unused); a FLOP budget as repeat_budget is refused.
+    config = scaling_laws.get_config("cpu_tiny")
+    config.sweep.update(dict(plan="tokens", tokens_per_param=(40.0, 120.0)))
+    assert {(r.tokens_per_param_target, r.seed) for r in sweep.plan_sweep(config).runs if r.seed} == {(40.0, 1)}
+    config.sweep.repeat_budget = 3.16e10
+    _refused_in_one_line(config, r"sweep.repeat_budget=3.16e\+10 is not one of sweep.tokens_per_param=\(40.0, 120.0\) "
+                                 r"\(plan='tokens'\); repeat runs of an existing budget, e.g. repeat_budget=40.")
