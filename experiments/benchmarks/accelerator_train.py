@@ -14,6 +14,7 @@ attention counted once), and the attention kernel and remat policy that ran.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from absl import app, flags
 
 from research.models import build_model, get_config
 from research.models.attention_kernels import resolve_kernel
-from research.models.config import AttentionKernelName, Remat
+from research.models.config import AttentionKernelName, ConfigError, Remat
 from research.sharding import DEFAULT_RULES
 from research.training import losses, partitioning
 from research.training.metrics import model_size
@@ -51,6 +52,9 @@ def benchmark(*, preset: str, seq_len: int, batch_size: int, steps: int, dtype: 
     batch_size = batch_size or 4 * mesh.size
     config = get_config(preset, max_len=seq_len, dtype=dtype, remat=remat, attention_kernel=attention_kernel,
                         scan_layers=True)
+    # Before compiling: one line, not JAX's IndivisibleError (e.g. 4 kv heads over tensor=8).
+    partitioning.check_batch_size(batch_size, 1, mesh, DEFAULT_RULES)
+    partitioning.check_model_fits_mesh(config, mesh, DEFAULT_RULES)
     model = build_model(config)
     objective = losses.get_objective("causal_lm", "decoder")
     optimizer, schedule = make_optimizer(OptimizerConfig(total_steps=1000, warmup_steps=10))
@@ -60,7 +64,6 @@ def benchmark(*, preset: str, seq_len: int, batch_size: int, steps: int, dtype: 
              "segment_ids": np.ones((batch_size, seq_len), np.int32),
              "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
              "loss_weights": np.ones((batch_size, seq_len), np.float32)}
-    partitioning.check_batch_size(batch_size, 1, mesh, DEFAULT_RULES)
     state, shardings = create_train_state(model, objective, optimizer, abstract_batch(batch), mesh,
                                           DEFAULT_RULES, seed=0)
     size = model_size(config, state.params, seq_len)
@@ -103,9 +106,13 @@ def benchmark(*, preset: str, seq_len: int, batch_size: int, steps: int, dtype: 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    figures = benchmark(preset=_PRESET.value, seq_len=_SEQ_LEN.value, batch_size=_BATCH.value, steps=_STEPS.value,
-                        dtype=_DTYPE.value, remat=_REMAT.value, attention_kernel=_KERNEL.value,
-                        mesh_shape=[int(x) for x in _MESH.value], peak_override=_PEAK.value)
+    try:
+        figures = benchmark(preset=_PRESET.value, seq_len=_SEQ_LEN.value, batch_size=_BATCH.value,
+                            steps=_STEPS.value, dtype=_DTYPE.value, remat=_REMAT.value,
+                            attention_kernel=_KERNEL.value, mesh_shape=[int(x) for x in _MESH.value],
+                            peak_override=_PEAK.value)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     for name, value in figures.items():
         print(f"{name:>30}: {value:.4g}" if isinstance(value, float) else f"{name:>30}: {value}")
     if _OUTPUT.value:

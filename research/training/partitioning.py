@@ -8,6 +8,7 @@ column statistics, O(rows + cols)) is replicated.
 from __future__ import annotations
 
 import contextlib
+import difflib
 from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
@@ -16,8 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research.models.config import ConfigError
-from research.sharding import (Rules, logical_to_sharding, make_mesh, make_mesh_across_network,
-                               resolve_mesh_shape)
+from research.sharding import (ACTIVATION_AXES, DEFAULT_RULES, PARAM_AXES, Rules, logical_to_sharding, make_mesh,
+                               make_mesh_across_network, resolve_mesh_shape, unmapped_logical_axes)
 
 
 def make_training_mesh(shape: tuple[int, ...], dcn_shape: Sequence[int] | None = None) -> Mesh:
@@ -72,6 +73,7 @@ def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rule
     each process must hold a slice of the batch of its own (check_processes_own_batch_slices;
     dcn_shape, config mesh.dcn_shape, only names the network split in its message)."""
     check_microbatches(batch_size, microbatches)
+    check_rules_name_mesh_axes(mesh, rules)  # the batch's rule is read here, before check_model_fits_mesh
     ways = data_parallel_size(mesh, rules)
     micro = batch_size // microbatches
     if micro % ways:
@@ -117,13 +119,17 @@ def check_processes_own_batch_slices(mesh: Mesh, rules: Rules, dcn_shape: Sequen
 
 
 def _model_axis_sizes(config: Any) -> dict[str, list[tuple[str, int]]]:
-    """Logical parameter axis -> the (ModelConfig field, size) of every dimension laid on it."""
+    """Logical parameter axis -> the (ModelConfig field, size) of every dimension laid on it;
+    its keys are the model's parameter axes (research/models builds exactly these)."""
     sizes = {"vocab": [("vocab_size", config.vocab_size)], "embed": [("d_model", config.d_model)],
-             "heads": [("num_heads", config.num_heads)], "kv_heads": [("num_kv_heads", config.kv_heads)],
-             "kv": [("head_dim", config.dim_per_head)], "mlp": [("d_ff", config.d_ff)],
-             "relpos_buckets": [("relative_buckets", config.relative_buckets)]}
+             "heads": [("num_heads", config.num_heads)], "kv": [("head_dim", config.dim_per_head)],
+             "mlp": [("d_ff", config.d_ff)]}
+    if config.kv_heads != config.num_heads:  # grouped-query key/value projections (attention.py)
+        sizes["kv_heads"] = [("num_kv_heads", config.kv_heads)]
     if config.family == "encoder":  # BERT's pooler and MLM transform: [D, D] kernels, D on "mlp" (encoder.py)
         sizes["mlp"].append(("d_model", config.d_model))
+    if config.type_vocab_size:
+        sizes["token_types"] = [("type_vocab_size", config.type_vocab_size)]
     if config.scan_layers:
         sizes["layers"] = [("num_layers", config.num_layers)]
         if config.family == "encoder_decoder" and config.encoder_layers != config.num_layers:
@@ -131,17 +137,68 @@ def _model_axis_sizes(config: Any) -> dict[str, list[tuple[str, int]]]:
             sizes["layers"].append(("num_encoder_layers", config.encoder_layers))
     if config.position == "learned":
         sizes["positions"] = [("max_len", config.max_len)]
+    if config.position == "relative":
+        sizes["relpos_buckets"] = [("relative_buckets", config.relative_buckets)]
     return sizes
 
 
+def model_logical_axes(config: Any) -> tuple[str, ...]:
+    """The logical axes `config`'s model names: its parameters' and its activations' (the KV
+    cache's only where the model decodes: decoder and encoder_decoder families)."""
+    decodes = config.family in ("decoder", "encoder_decoder")
+    activations = [a for a in ACTIVATION_AXES if decodes or not a.startswith("cache_")]
+    return (*_model_axis_sizes(config), *activations)
+
+
+def _rule_mesh_axes(mesh_axes: Any) -> tuple[str, ...]:
+    return () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+
+
+def check_rules_name_mesh_axes(mesh: Mesh, rules: Rules) -> None:
+    """Every mesh axis a rule names must be one of `mesh`'s; one line, not a KeyError (e.g.
+    MaxText's 'model' axis is this mesh's 'tensor')."""
+    for logical, mesh_axes in rules:
+        unknown = [a for a in _rule_mesh_axes(mesh_axes) if a not in mesh.axis_names]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], mesh.axis_names, n=1, cutoff=0.5)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(
+                f"mesh.rules: rule ({logical!r}, {mesh_axes!r}) names mesh axis {unknown[0]!r}, which the mesh does "
+                f"not have; {hint}use one of its axes {tuple(mesh.axis_names)} (tensor parallelism is 'tensor'), "
+                "or None to replicate.")
+
+
+def check_rules_map_model_axes(model_config: Any, rules: Rules) -> None:
+    """Every logical axis the model names must have a rule: flax replicates an unmapped one
+    without a word, so a typo ('embd') or a dropped rule ('activation_batch') would quietly keep
+    full weight copies (or the whole batch) on every device."""
+    missing = sorted(unmapped_logical_axes(PartitionSpec(*model_logical_axes(model_config)), rules))
+    if not missing:
+        return
+    known = set(PARAM_AXES) | set(ACTIVATION_AXES)
+    strays = [name for name, _ in rules if name not in known]
+    hint = f" (rule(s) {strays} name no logical axis of the models)" if strays else ""
+    defaults = dict(DEFAULT_RULES)
+    example = ", ".join(f"({name!r}, {defaults.get(name)!r})" for name in missing)
+    split = [name for name in missing if defaults.get(name) is not None]
+    replicate = f"({split[0]!r}, None)" if split else "None"
+    raise ConfigError(
+        f"mesh.rules has no rule for logical axis(es) {missing} of model {model_config.name}{hint}, so flax would "
+        f"replicate them silently (a full copy on every device); add one for each, e.g. {example} as in "
+        f"DEFAULT_RULES, or {replicate} to replicate one on purpose.")
+
+
 def check_model_fits_mesh(model_config: Any, mesh: Mesh, rules: Rules) -> None:
-    """Every model dimension that the rules split over mesh axes must divide evenly over them
-    (e.g. tensor parallelism over more devices than there are heads); one line, before compiling."""
+    """The rules must name only `mesh`'s axes and map every logical axis the model uses, and
+    every model dimension that they split over mesh axes must divide evenly over them (e.g.
+    tensor parallelism over more devices than there are heads); one line, before compiling."""
+    check_rules_name_mesh_axes(mesh, rules)
+    check_rules_map_model_axes(model_config, rules)
     sizes = _model_axis_sizes(model_config)
     for logical, mesh_axes in rules:
         if logical not in sizes or mesh_axes is None:
             continue
-        axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        axes = _rule_mesh_axes(mesh_axes)
         ways = int(np.prod([mesh.shape[a] for a in axes]))
         for field, size in sizes[logical]:
             if ways > 1 and size % ways:
