@@ -2,7 +2,9 @@
 
 Schedules are functions of the optimizer step (0-based, counted in updates, not
 microbatches) returning the learning rate. Weight decay never touches norm scales or
-biases: decaying them only pulls activations toward zero without regularising anything.
+biases (T5's relative-position bias tables included, as Hugging Face's Trainer leaves every
+"bias" parameter undecayed): decaying them only pulls activations toward zero without
+regularising anything.
 """
 from __future__ import annotations
 
@@ -151,11 +153,20 @@ def make_schedule(config: OptimizerConfig, values: dict[str, Any] | None = None)
     return schedule
 
 
+# Modules whose tables are additive biases, though stored as embeddings (T5's [buckets, heads]
+# attention-logit bias, research/models/attention.py): they decayed while the module docstring
+# promised that no bias does.
+NO_DECAY_MODULE_SUFFIXES = ("relative_bias",)
+
+
 def weight_decay_mask(params: Any) -> Any:
-    """True for leaves that take weight decay: matrices other than biases and norm scales."""
+    """True for leaves that take weight decay: matrices other than biases (relative-position bias
+    tables too) and norm scales."""
     def decays(path, leaf) -> bool:
-        name = getattr(path[-1], "key", str(path[-1]))
-        return name not in NO_DECAY_NAMES and jnp.ndim(leaf) >= 2
+        keys = [str(getattr(p, "key", p)) for p in path]
+        if any(key.endswith(NO_DECAY_MODULE_SUFFIXES) for key in keys[:-1]):
+            return False
+        return keys[-1] not in NO_DECAY_NAMES and jnp.ndim(leaf) >= 2
     return jax.tree_util.tree_map_with_path(decays, params)
 
 

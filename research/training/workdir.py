@@ -8,10 +8,11 @@ clips gradients, which changes the optimizer state's structure) is written to
 <workdir>/run.json at the first start and compared on every later start. Fields that may
 legitimately change on resume (num_steps, the learning-rate schedule, batch size and
 microbatches, the optimizer's numbers b1, b2, eps, weight_decay and clip_norm's value while
-clipping stays on or off, logging, mesh, compute dtype) are not in it. Resuming with a changed
-schedule is reported in one line by `schedule_change`, with a changed batch size or optimizer
-number by `resume_changes`: the rest of such a run is neither the saved run continued nor a
-fresh run of the new config.
+clipping stays on or off, logging, mesh, compute dtype, dropout, remat, the attention kernel)
+are not in it. Resuming with a changed schedule is reported in one line by `schedule_change`,
+with a changed batch size, z_loss, eval_batches, dropout, compute dtype or optimizer number by
+`resume_changes`: the rest of such a run is neither the saved run continued nor a fresh run of
+the new config.
 
 `removed_if_failed(workdir)` is the command line's guarantee that a run which fails
 before its first checkpoint leaves no workdir behind that it created itself.
@@ -53,6 +54,9 @@ _FREED_LATER = ("model.attention_kernel",)
 _SCHEDULE_FIELDS = ("learning_rate", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio")
 # The optimizer's other numbers (OptimizerConfig), reported by resume_changes.
 _OPT_NUMBERS = ("b1", "b2", "eps", "weight_decay", "clip_norm")
+# Model fields free on resume that change what the steps compute (remat and the attention kernel do
+# not), reported by resume_changes; a change of dropout resumed silently.
+_MODEL_NUMBERS = ("dropout_rate", "dtype")
 
 
 # config (a plain dict) -> the flat dict of fields that identify the run (run.json's "fingerprint").
@@ -375,7 +379,9 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
         for run in (saved_config, config):
             opt_config = OptimizerConfig(total_steps=run["train"]["num_steps"], **dict(run["opt"]))
             rates.append(float(make_schedule(opt_config)(step)))
-        rate_text = f": learning rate at step {step} was {rates[0]:.3g}, is now {rates[1]:.3g}"
+        # schedule(step) drives the next update, step + 1, the step whose record logs it (train_step):
+        # named "at step {step}", it was a rate the curves show one step later.
+        rate_text = f": learning rate of step {step + 1}, the next, was {rates[0]:.3g}, is now {rates[1]:.3g}"
     except Exception:  # an old checkpoint's config may not build today's optimizer; the fields suffice
         rate_text = ""
     return (f"resuming at step {step} with a changed learning-rate schedule ({fields}){rate_text}; "
@@ -384,15 +390,17 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
 
 def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
     """A one-line warning when resuming at `step` with another train.batch_size, train.z_loss,
-    train.eval_batches or optimizer number (opt.b1, b2, eps, weight_decay, clip_norm) than the
+    train.eval_batches, model.dropout_rate or model.dtype, or optimizer number (opt.b1, b2, eps,
+    weight_decay, clip_norm) than the
     checkpoint was saved with; None otherwise. Allowed, as a deliberate change may be, but never
     silent. (train.microbatches gives the same gradient; the schedule is schedule_change's.)"""
     from research.training.optimizers import OptimizerConfig
 
     def numbers(run: Mapping[str, Any]) -> dict[str, Any]:
-        opt, train = dict(run.get("opt", {})), dict(run.get("train", {}))
+        opt, train, model = dict(run.get("opt", {})), dict(run.get("train", {})), dict(run.get("model", {}))
         return {**{f"train.{k}": train.get(k) for k in ("batch_size", "z_loss", "eval_batches")},
-                **{f"opt.{k}": opt.get(k, getattr(OptimizerConfig, k)) for k in _OPT_NUMBERS}}
+                **{f"opt.{k}": opt.get(k, getattr(OptimizerConfig, k)) for k in _OPT_NUMBERS},
+                **{f"model.{k}": model.get(k) for k in _MODEL_NUMBERS}}
 
     before, now = numbers(saved_config), numbers(config)
     changed = [k for k in now if before[k] is not None and now[k] is not None and before[k] != now[k]]
@@ -410,6 +418,9 @@ def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], s
     if "train.eval_batches" in changed:
         consequences.append("evaluations from here score another set of validation batches: their eval_loss is not "
                             "comparable with the earlier ones, and checkpoint.keep_best ranks checkpoints across both")
+    if any(k.startswith("model.") for k in changed):
+        consequences.append("the steps that follow train with another dropout or compute precision than the saved "
+                            "run's")
     if any(k.startswith("opt.") for k in changed):
         consequences.append("the steps that follow apply the new optimizer value(s) to a state built with the old, "
                             "as neither the saved run nor a fresh run of this config would")

@@ -111,6 +111,19 @@ def test_decay_mask_skips_norms_and_biases():
     assert mask["embed"]["embedding"] is True
 
 
+def test_decay_mask_skips_t5s_relative_position_bias_tables():
+    """[buckets, heads] attention-logit biases stored as embeddings: they decayed, against the rule."""
+    from research.models import build_model, get_config
+    model = build_model(get_config("t5-tiny"))
+    tokens = jnp.ones((1, 8), jnp.int32)
+    from flax.core import meta
+    params = meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens))["params"])
+    mask = weight_decay_mask(params)
+    for name in ("encoder_relative_bias", "decoder_relative_bias"):
+        assert jax.tree.leaves(mask[name]) == [False], name
+    assert mask["token_embed"]["embedding"] is True
+
+
 @pytest.mark.parametrize("name", ["adamw", "lion", "adafactor"])
 def test_zero_gradients_decay_only_matrices(name):
     """With zero gradients the only change is weight decay: kernels shrink, norms/biases stay."""

@@ -219,7 +219,8 @@ def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
     was = float(make_schedule(OptimizerConfig(total_steps=300, **opt))(100))
     now = float(make_schedule(OptimizerConfig(total_steps=600, **opt))(100))
     assert now > was  # a longer cosine is higher at the same step
-    assert f"was {was:.3g}, is now {now:.3g}" in warning
+    # schedule(100) is the rate of the next update, logged at step 101 (it read "at step 100").
+    assert f"learning rate of step 101, the next, was {was:.3g}, is now {now:.3g}" in warning
 
 
 def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
@@ -243,6 +244,14 @@ def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
         warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
         assert warning.startswith(f"resuming at step 100 with train.{field} {json.dumps(saved['train'][field])} -> "
                                   f"{json.dumps(value)}: ") and consequence in warning and "\n" not in warning
+    # A changed dropout resumed silently (a compute dtype too), while z_loss got a line.
+    for field, value in (("dropout_rate", 0.3), ("dtype", "bfloat16")):
+        before, other = pretrain.get_config("gpt_tiny"), pretrain.get_config("gpt_tiny")
+        before.model[field] = 0.1 if field == "dropout_rate" else "float32"
+        other.model[field] = value
+        warning = workdir_lib.resume_changes(before.to_dict(), other.to_dict(), 100)
+        assert warning is not None and warning.startswith(f"resuming at step 100 with model.{field} ")
+        assert "another dropout or compute precision" in warning and "\n" not in warning
     for field, value in (("b1", 0.8), ("b2", 0.999), ("eps", 1e-6), ("weight_decay", 0.0), ("clip_norm", 0.5)):
         other = pretrain.get_config("gpt_tiny")
         other.opt[field] = value
