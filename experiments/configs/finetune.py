@@ -55,7 +55,10 @@ def _base() -> ml_collections.ConfigDict:
     # Dropout off in the train step's forward (trl's disable_dropout); None: trl's default for the
     # path, on for preference and reward (DPOConfig / RewardConfig), off elsewhere (GRPOConfig, SFT).
     config.disable_dropout = placeholder(bool)
-    config.generation_tokens = 8  # greedy completions of eval prompts: exact match, rule reward
+    # Tokens of the greedy completions of eval prompts (exact match, rule reward); GRPO's presets
+    # leave it unset: its evaluation completes grpo.max_new_tokens, as its samples (another value
+    # is refused there).
+    config.generation_tokens = 8
     config.generation_prompts = 32
     config.export_dir = ""
     # No peak_flops / progress_bar keys: the fine-tuning trainer logs neither MFU nor a bar, and an
@@ -138,6 +141,7 @@ def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
         config.opt.learning_rate = 1e-3
     elif name == "grpo":
         config.path = "grpo"
+        config.generation_tokens = placeholder(int)  # None: the evaluation completes grpo.max_new_tokens
         config.data.synthetic = "capitals"
         config.grpo.kl_coef = 0.2
         config.train.num_steps = 60

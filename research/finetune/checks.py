@@ -4,11 +4,12 @@ Every bad value a user can give on the command line fails here in one line namin
 and the fix, before any loading or compilation, instead of after training (export_dir on a
 head model, data.num_eval=0), as a NaN or an OOM (seq_len past the model's max_len, checked
 when the base model's config is known: `check_seq_len`) or silently (a SimPO reference, a
-LoRA dropout at rank 0). Because they come before the claim, a bad value on a workdir that
-already holds a run is named as such, not refused as "another run" (whose hint is to delete
-the workdir). The objective's sections (preference, grpo, lora) are checked by building their
-configs; lora.targets are matched against the base model's parameter paths, read from its
-config alone (base_model.base_model_config), where that can be read.
+LoRA dropout at rank 0). The loop's own settings (config.train / opt / checkpoint) are checked
+by the pretraining loop's configs (trainer.loop_configs). Because they come before the claim, a
+bad value on a workdir that already holds a run is named as such, not refused as "another run"
+(whose hint is to delete the workdir). The objective's sections (preference, grpo, lora) are
+checked by building their configs; lora.targets are matched against the base model's parameter
+paths, read from its config alone (base_model.base_model_config), where that can be read.
 """
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def check_config(config: Mapping[str, Any]) -> None:
                               f"(e.g. --config.data.{key}=128), or give data.{split}_file.")
     check_synthetic(path, data)
     tokens, prompts = config.get("generation_tokens", 16), config.get("generation_prompts", 32)
-    if int(tokens) <= 0:
+    if path == "grpo":
+        check_grpo_generation_tokens(tokens, config_section(config, "grpo"))
+    elif tokens is None or int(tokens) <= 0:  # None: a grpo preset's, run on another path
         raise ConfigError(f"generation_tokens={tokens} must be positive: it is how many tokens each evaluation "
                           "completion may have (e.g. --config.generation_tokens=16).")
     if int(prompts) < 0:
@@ -113,6 +116,10 @@ def check_config(config: Mapping[str, Any]) -> None:
                           "which has no Hugging Face export here; unset export_dir.")
     if config.get("export_dir"):
         check_export_dir(str(config["export_dir"]))
+    # The loop's own settings (opt.warmup_steps past num_steps, a learning rate <= 0, checkpoint.every_steps
+    # or train.batch_size 0) were refused only in run_job, after the claim and the job's loading.
+    from research.finetune.trainer import loop_configs
+    loop_configs(config)
 
 
 def check_synthetic(path: Any, data: Mapping[str, Any]) -> None:
@@ -132,6 +139,18 @@ def check_synthetic(path: Any, data: Mapping[str, Any]) -> None:
         raise ConfigError(f"data.num_eval={num_eval}: the synthetic {rule!r} set holds {capacity} prompts apart from "
                           f"its training prompts; set --config.data.num_eval={capacity} or less, or give "
                           "data.eval_file.")
+
+
+def check_grpo_generation_tokens(tokens: Any, grpo: Mapping[str, Any]) -> None:
+    """GRPO's evaluation completes as many tokens as its samples (grpo.max_new_tokens), so the
+    reward it reports is of replies like those it trains on: a generation_tokens of its own was
+    accepted and silently ignored. Unset (the grpo presets) or equal to grpo.max_new_tokens passes."""
+    from research.finetune.grpo import GrpoConfig
+    max_new_tokens = grpo.get("max_new_tokens", GrpoConfig.max_new_tokens)
+    if tokens is not None and int(tokens) != int(max_new_tokens):
+        raise ConfigError(f"generation_tokens={tokens} has no effect on path='grpo': its evaluation completes "
+                          f"grpo.max_new_tokens={max_new_tokens} tokens, as its samples; set "
+                          f"--config.grpo.max_new_tokens={tokens} instead of --config.generation_tokens.")
 
 
 def check_export_dir(export_dir: str) -> None:

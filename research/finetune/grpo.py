@@ -227,6 +227,10 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         return shard_global_batch(train_batch, sharding), extra
 
     eval_prompts = prompt_chats["eval"][:max(generation_prompts(config), 1)]
+    # Beside a reward model, the rule it was trained to prefer is reported where the eval prompts
+    # are that rule's own (as the preference path's): prompts from data.eval_file are not its form
+    # (arithmetic's rule died on free text at the step-0 evaluation; capitals' gave a meaningless score).
+    rule_scores_eval = bool(rule) and grpo.reward != "rule" and not data.get("eval_file")
     eval_ids = [render_prompt(p, template, tokenizer) for p in eval_prompts]
 
     def evaluate(params, reference, sharding):
@@ -235,7 +239,7 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         reward = float(np.mean(reward_fn(eval_prompts, completions)))
         # eval_loss (what keep-best minimises) is the negative greedy reward.
         metrics = {"eval_reward": reward, "eval_loss": -reward}
-        if rule and grpo.reward != "rule":  # the rule the reward model was trained to prefer, when known
+        if rule_scores_eval:
             metrics["eval_rule_reward"] = float(np.mean([rule_reward(rule, last_user_text(p), c)
                                                          for p, c in zip(eval_prompts, completions)]))
         return metrics

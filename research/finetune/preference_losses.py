@@ -1,11 +1,14 @@
 """Preference objectives as pure losses: DPO (+ IPO, SimPO) and the Bradley-Terry reward loss.
 
 Each has the train loop's loss signature (model, params, batch, rng) -> (loss, aux), with
-aux = {cross_entropy: the objective's value, z_loss: the policy's mean log Z ** 2 on the scored
-response tokens (DPO / IPO / SimPO, added to the loss with weight train.z_loss as SFT's
+aux = {cross_entropy: the objective's value, z_loss: the policy's log Z ** 2 on the scored
+response tokens, averaged per pair (each pair's mean over its chosen and rejected response tokens,
+then the mean over pairs; DPO / IPO / SimPO, added to the loss with weight train.z_loss as SFT's
 cross-entropy adds it; the reward model's scalar head has none: checks.py refuses a weight there),
 accuracy: preference accuracy, num_tokens: number of pairs}, so research/training's train step
-averages it over pairs exactly as it averages cross-entropy over tokens.
+averages it over pairs exactly as it averages cross-entropy over tokens. Every term is a mean over
+pairs: a mean over the batch's tokens, weighted by pairs there, made the objective with
+train.z_loss > 0 depend on train.microbatches (grad norm 0.62226 at 1, 0.62262 at 2).
 
 Pair batches (research/finetune/preference_data.py), rows right-padded to T:
     chosen_tokens, chosen_mask, rejected_tokens, rejected_mask   [B, T]
@@ -95,14 +98,17 @@ def mean_square(log_z_BT: Array, weights_BT: Array) -> Array:
 
 def pair_log_probs(model: nn.Module, params: Any, batch: Mapping[str, Array],
                    rng: Array | None) -> tuple[Array, Array, Array, Array, Array]:
-    """(chosen logps, rejected logps, chosen lengths, rejected lengths, z-loss term over both
-    responses' tokens), one forward over 2B rows; logps are sums over the response tokens."""
+    """(chosen logps, rejected logps, chosen lengths, rejected lengths, z-loss term per pair: the
+    mean log Z ** 2 over its chosen and rejected response tokens), each [B], one forward over 2B
+    rows; logps are sums over the response tokens."""
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
     weights_BT = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])[:, 1:].astype(jnp.float32)
     log_probs_BT, log_z_BT = token_log_probs_and_log_z(model, params, tokens, rng)
     logps, lengths = jnp.sum(log_probs_BT * weights_BT, axis=-1), jnp.sum(weights_BT, axis=-1)
+    square_sums = jnp.sum(jnp.square(log_z_BT) * weights_BT, axis=-1)
     b = batch["chosen_tokens"].shape[0]
-    return logps[:b], logps[b:], lengths[:b], lengths[b:], mean_square(log_z_BT, weights_BT)
+    z_B = (square_sums[:b] + square_sums[b:]) / jnp.maximum(lengths[:b] + lengths[b:], 1.0)
+    return logps[:b], logps[b:], lengths[:b], lengths[b:], z_B
 
 
 def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chosen_logps: Array | None,
@@ -134,13 +140,15 @@ def preference_margin_loss(chosen_logps: Array, rejected_logps: Array, ref_chose
     return loss, chosen, rejected
 
 
-def _pair_aux(loss_B: Array, chosen_B: Array, rejected_B: Array, valid_B: Array, z_term: Array | None = None,
+def _pair_aux(loss_B: Array, chosen_B: Array, rejected_B: Array, valid_B: Array, z_B: Array | None = None,
               z_loss: float = 0.0) -> tuple[Array, dict]:
     n = jnp.sum(valid_B)
     denominator = jnp.maximum(n, 1.0)
     mean_loss = jnp.sum(loss_B * valid_B) / denominator
     accuracy = jnp.sum((chosen_B > rejected_B).astype(jnp.float32) * valid_B) / denominator
-    z_term = jnp.zeros(()) if z_term is None else z_term
+    # A mean over pairs, as every other term: the train step weights microbatches by num_tokens
+    # (pairs here), so k microbatches give one batch's objective exactly (module docstring).
+    z_term = jnp.zeros(()) if z_B is None else jnp.sum(z_B * valid_B) / denominator
     return mean_loss + z_loss * z_term, {
         "cross_entropy": mean_loss, "z_loss": z_term, "accuracy": accuracy, "num_tokens": n,
         "margin": jnp.sum((chosen_B - rejected_B) * valid_B) / denominator}
@@ -153,12 +161,12 @@ def _valid_pairs(batch: Mapping[str, Array]) -> Array:
 def preference_loss(model: nn.Module, params: Any, batch: Mapping[str, Array], rng: Array | None, *,
                     config: PreferenceConfig, z_loss: float = 0.0) -> tuple[Array, dict[str, Array]]:
     """DPO / IPO / SimPO of the policy `params` on a pair batch (see module docstring), plus
-    z_loss times the policy's mean log Z ** 2 on the response tokens it scores."""
-    chosen_logps, rejected_logps, chosen_len, rejected_len, z_term = pair_log_probs(model, params, batch, rng)
+    z_loss times the policy's log Z ** 2 on the response tokens it scores, averaged per pair."""
+    chosen_logps, rejected_logps, chosen_len, rejected_len, z_B = pair_log_probs(model, params, batch, rng)
     refs = (batch["ref_chosen_logps"], batch["ref_rejected_logps"]) if config.needs_reference else (None, None)
     loss_B, chosen_B, rejected_B = preference_margin_loss(chosen_logps, rejected_logps, *refs, chosen_len,
                                                           rejected_len, config)
-    return _pair_aux(loss_B, chosen_B, rejected_B, _valid_pairs(batch), z_term, z_loss)
+    return _pair_aux(loss_B, chosen_B, rejected_B, _valid_pairs(batch), z_B, z_loss)
 
 
 def make_preference_loss(config: PreferenceConfig, z_loss: float = 0.0):

@@ -112,15 +112,21 @@ def _without_dropout(loss_fn: Callable) -> Callable:
     return loss
 
 
+def loop_configs(config: Any) -> tuple[TrainConfig, OptimizerConfig, CheckpointConfig]:
+    """config.train / opt / checkpoint as the pretraining loop's configs, whose own checks refuse a
+    bad value in one line; checks.check_config builds them before the claim and any loading."""
+    train = TrainConfig(**_sub(config.get("train") or {}))
+    return (train, OptimizerConfig(total_steps=train.num_steps, **_sub(config.get("opt") or {})),
+            CheckpointConfig(**_sub(config.get("checkpoint") or {})))
+
+
 def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             writer: metrics_lib.MetricWriter) -> dict[str, float]:
     """Train (or resume) `job` in `workdir`; returns {before_*: step-0 eval, last train and eval metrics}.
     `writer` (the caller's, which closes it) takes the records: a caller withdrawing its claim
     on a stop discards them."""
     os.makedirs(workdir, exist_ok=True)
-    train = TrainConfig(**_sub(config.train))
-    opt_config = OptimizerConfig(total_steps=train.num_steps, **_sub(config.opt))
-    checkpoint_config = CheckpointConfig(**_sub(config.checkpoint))
+    train, opt_config, checkpoint_config = loop_configs(config)
     rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in (config.mesh.get("rules") or DEFAULT_RULES))
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
     partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)

@@ -56,7 +56,6 @@ CASES = {
     "float16 master weights": ("dpo_tiny", {"model.param_dtype": "float16", "opt.warmup_steps": 0},
                                r"^model.param_dtype=float16: training keeps float32 master weights"),
     # train.z_loss was accepted and ignored where the loss has no LM softmax (PaLM's log Z regulariser).
-    # (opt.warmup_steps=0 below: the preset's 10 exceeds the 8 steps, refused after the checks.)
     "z_loss on a reward head": ("reward_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
                                 r"^train.z_loss=0.0001 has no effect on path='reward': its loss \(a scalar reward "
                                 r"head's Bradley-Terry loss\) has no LM softmax to regularise; set "
@@ -226,3 +225,27 @@ def test_an_export_dir_in_a_writable_folder_passes():
     with tempfile.TemporaryDirectory() as folder:
         check_export_dir(folder)  # an existing folder
         check_export_dir(f"{folder}/new/hf")  # created under one
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("opt.warmup_steps", 10, r"^opt.warmup_steps=10 must lie in \[0, total_steps=8\]\.$"),
+    ("opt.learning_rate", -1.0, r"^opt.learning_rate=-1.0 must be a positive finite number"),
+    ("checkpoint.every_steps", 0, r"^checkpoint.every_steps=0 must be positive\.$"),
+    ("train.batch_size", 0, r"^train.batch_size=0 must be positive\.$"),
+])
+def test_the_loops_own_settings_are_refused_before_the_claim_and_any_loading(key, value, message, tmp_path,
+                                                                            monkeypatch):
+    """They were refused in run_job, after the workdir was claimed and the job had loaded its base
+    model, data and reward models."""
+    from research.finetune import base_model, run, run_identity
+
+    def never(*args, **kwargs):
+        raise AssertionError("reached past check_config")
+    for module, name in ((run_identity, "claim_workdir"), (run, "build_job"), (base_model, "load_base_model")):
+        monkeypatch.setattr(module, name, never)
+    config = tiny_config("dpo_tiny")
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ConfigError, match=message) as error:
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
