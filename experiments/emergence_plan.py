@@ -92,9 +92,10 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     final_names = list(ev.get("final_tasks", ()))
     final_entries = []
     if final_names:
-        if int(ev.get("final_num_test", 0)) < 1:
-            raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= 1 when eval.final_tasks is set "
-                              "(e.g. 1000 items per task).")
+        if int(ev.get("final_num_test", 0)) < MIN_ITEMS:
+            raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= {MIN_ITEMS} when "
+                              "eval.final_tasks is set: each curve's item bootstrap needs that many items per task "
+                              "(e.g. 1000).")
         final_tasks = {name: catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train, seed=ev.seed)
                        for name in final_names}
         longest = max(t.spec.max_new_tokens for t in final_tasks.values())
@@ -102,7 +103,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
     _check_distinct_items(entries, "num_test")
     _check_distinct_items(final_entries, "final_num_test")
-    _check_report(config)  # after the tasks: a misspelt task is named as such, not as a report mismatch
+    _check_report(config, entries + final_entries)  # after the tasks: a misspelt task is named as such
     train_tasks = {name: _with_cue(catalog_task(name, num_test=0, num_train=int(count), seed=mixture.seed), cue)
                    for name, count in mixture.tasks.items()}
     # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
@@ -113,6 +114,9 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 
+# The fewest test items per task: every curve's item bootstrap and noise rule
+# (emergence_metrics.curve_shape_with_noise) need 2; 1 failed the report after the whole study.
+MIN_ITEMS = 2
 # The share of repeated problems an evaluation may hold: 1000 items of 2-digit addition (8,100
 # problems) repeat ~6%; 1000 of 1-digit addition (100 problems) repeat 90%.
 MAX_REPEATED_ITEMS = 0.1
@@ -162,16 +166,18 @@ def _check_distinct_sizes(models: dict[str, Any]) -> None:
         seen[count] = size
 
 
-def _check_report(config: ml_collections.ConfigDict) -> None:
-    """report.metrics / plot_metrics name metrics the evaluation computes, report.mirage_sizes
-    names trained sizes, and each report.transition_task is evaluated at every checkpoint
-    (eval.tasks): a misspelt name once gave an empty report after the whole study had run."""
+def _check_report(config: ml_collections.ConfigDict, entries: list) -> None:
+    """report.metrics / plot_metrics name metrics the study's tasks (`entries`) compute, at least
+    one to plot, report.mirage_sizes names trained sizes, and each report.transition_task is
+    evaluated at every checkpoint (eval.tasks): a misspelt name once gave an empty report after
+    the whole study had run, and no metric to plot a traceback from the plots instead of report.md."""
     from research.evaluation.metrics import METRICS_BY_OUTPUT_TYPE
 
     report = config.get("report", None)
     if report is None:
         return
     known = tuple(dict.fromkeys(m for names in METRICS_BY_OUTPUT_TYPE.values() for m in names))
+    computed = tuple(dict.fromkeys(m for entry in entries for m in entry.task.spec.metrics))
     for field in ("metrics", "plot_metrics"):
         names = report.get(field, ()) or ()
         if isinstance(names, str):
@@ -182,6 +188,13 @@ def _check_report(config: ml_collections.ConfigDict) -> None:
             near = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(f"report.{field} names unknown metric(s) {unknown}; {hint}known: {known}.")
+        uncomputed = [m for m in names if m not in computed]
+        if uncomputed:
+            raise ConfigError(f"report.{field} names {uncomputed}, which the study's tasks do not compute; name "
+                              f"metrics they compute: {computed}.")
+        if field == "plot_metrics" and not names:
+            raise ConfigError(f"report.plot_metrics=() names no metric to plot; name at least one the study's tasks "
+                              f"compute, e.g. ({computed[0]!r},).")
     mirage_sizes = report.get("mirage_sizes", ()) or ()
     unknown = [s for s in mirage_sizes if s not in tuple(config.sizes)]
     if len(set(mirage_sizes)) == 1:
@@ -213,9 +226,12 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
             raise ConfigError(f"train.seq_len={train.seq_len} exceeds size {size!r}'s max_len={model.max_len}; "
                               f"lower train.seq_len or raise model.max_len.")
     ev = config.eval
-    for field in ("batch_size", "min_bucket", "num_test"):
+    for field in ("batch_size", "min_bucket"):
         if int(ev.get(field, 1)) < 1:
             raise ConfigError(f"eval.{field}={ev.get(field)} must be >= 1.")
+    if int(ev.get("num_test", MIN_ITEMS)) < MIN_ITEMS:
+        raise ConfigError(f"eval.num_test={ev.get('num_test')} must be >= {MIN_ITEMS}: each curve's item bootstrap "
+                          "needs that many items per task (e.g. 400).")
     if int(ev.get("num_train", 0)) < 0:
         raise ConfigError(f"eval.num_train={ev.num_train} must be >= 0 (the few-shot examples' pool per task).")
     if not tuple(ev.tasks):
@@ -242,6 +258,43 @@ def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
         if differences:
             raise ConfigError(f"{run_dir} was trained with other settings ({differences}); use a new --workdir, or "
                               f"delete {run_dir} to train that size again.")
+
+
+# Study config fields that runs of one study may differ in: none changes the trained weights or
+# the evaluations (the measured peak FLOP/s, a session's stop, logging, the time estimate, the
+# device mesh), nor what experiments.emergence_seeds reads (its --sizes replace mirage_sizes).
+FREE_STUDY_FIELDS = ("train.peak_flops", "train.stop_after_steps", "train.progress_bar", "train.log_every_steps",
+                     "estimate", "mesh", "report.metrics", "report.plot_metrics", "report.mirage_sizes")
+
+
+# The names recorded_study gives the digests the study checks a rerun by.
+STUDY_DIGESTS = ("mixture.* or tokenizer.* (data/manifest.json's fingerprint)",
+                 "eval.* (the fingerprint of runs/*/evals)")
+
+
+def recorded_study(workdir: str, sizes: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(study, {size: run}) that the finished study in `workdir` ran with, as flattened fields.
+    study: the digests the study checks a rerun by (STUDY_DIGESTS: the mixture's in
+    data/manifest.json, the evaluations' in every runs/<size>/evals file), and the config its
+    report records (report/results.json's metadata, less FREE_STUDY_FIELDS; a report written
+    before 2026-12-06 records none). run: each size's training identity (what check_trained_runs
+    compares, from its newest checkpoint)."""
+    import glob
+
+    from research.training import workdir as workdir_lib
+
+    evals = sorted({read_json(path).get("metadata", {}).get("fingerprint") or "" for size in sizes
+                    for path in glob.glob(os.path.join(glob.escape(workdir), "runs", size, "evals", "*.json"))})
+    study = dict(zip(STUDY_DIGESTS, (read_json(os.path.join(workdir, "data", "manifest.json")).get("fingerprint"),
+                                     evals)))
+    config = read_json(os.path.join(workdir, "report", "results.json")).get("metadata", {}).get("config") or {}
+    study.update({k: v for k, v in workdir_lib.flatten_config(config).items()
+                  if not any(k == f or k.startswith(f + ".") for f in FREE_STUDY_FIELDS)})
+    runs = {}
+    for size in sizes:
+        saved = workdir_lib.newest_saved_config(os.path.join(workdir, "runs", size, "checkpoints"))
+        runs[size] = _training_identity(saved[1]) if saved else {}
+    return study, runs
 
 
 def _training_identity(run: dict[str, Any]) -> dict[str, Any]:

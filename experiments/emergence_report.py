@@ -6,7 +6,7 @@ plots and report.md under <workdir>/report."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -68,7 +68,9 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     shapes = [row for task in transition_tasks
               for row in transition_shapes(along_with_items, task,
                                            ("exact_match", "teacher_forced_accuracy", "teacher_forced_prob"))]
-    paths = {"results": write_rows(rows, os.path.join(report_dir, "results"))["csv"],
+    # The whole config, for experiments.emergence_seeds to tell runs of one study from others.
+    paths = {"results": write_rows(rows, os.path.join(report_dir, "results"),
+                                   metadata={"config": config.to_dict()})["csv"],
              "summary": write_rows(summary, os.path.join(report_dir, "summary"))["csv"],
              "mirage": write_rows(mirage, os.path.join(report_dir, "mirage"))["csv"],
              "mirage_shapes": write_rows(mirage_shapes, os.path.join(report_dir, "mirage_shapes"))["csv"],
@@ -106,11 +108,11 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
     if mirage_along:
         paths["mirage_along_training_plot"] = plot_grid(
             mirage_along, x="tokens", metrics=("exact_match", "p_to_the_L", "p"), panel=lambda r: r["task"],
-            series=lambda r: r["size"], path=os.path.join(report_dir, "mirage_along_training.png"),
+            series=_size_series(mirage_along), path=os.path.join(report_dir, "mirage_along_training.png"),
             x_label="training tokens", title="exact match vs p^L along training")
     if transition:
         paths["transition_plot"] = plot_grid(transition, x="tokens", metrics=("exact_match", "teacher_forced_accuracy"),
-                                             panel=lambda r: r["task"], series=lambda r: r["size"],
+                                             panel=lambda r: r["task"], series=_size_series(transition),
                                              path=os.path.join(report_dir, "transition.png"),
                                              x_label="training tokens", title="along training")
     paths["report"] = os.path.join(report_dir, "report.md")
@@ -155,6 +157,14 @@ def one_row_per_setting(rows: list[dict[str, Any]], *, most_items: bool) -> list
                                  else row["num_examples"] < chosen[key]["num_examples"]):
             chosen[key] = row
     return [row for row in rows if chosen[(row["size"], row["step"], row["task"], row["num_shots"])] is row]
+
+
+def _size_series(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+    """A curve along training per size, and per shots where rows have several (eval.shots): one
+    line through a size's 0-shot and k-shot points zig-zagged between them."""
+    if len({r["num_shots"] for r in rows}) > 1:
+        return lambda r: f"{r['size']} {r['num_shots']}-shot"
+    return lambda r: r["size"]
 
 
 def _transition_tasks(config: ml_collections.ConfigDict) -> list[str]:

@@ -43,6 +43,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
+from experiments.emergence_plan import STUDY_DIGESTS, recorded_study
 from experiments.emergence_report import breakthroughness_pair, one_row_per_setting
 from research.models.config import ConfigError
 
@@ -57,7 +58,8 @@ RESOLVED_LEVEL = 0.05
 # checkpoint by this much. cpu_tiny's plateau sits at p 0.2 (2 digits) with item noise near 0.01
 # (1,000 items), and leaving it took p to 0.3-0.5 within one or two checkpoints of 250 steps.
 ONSET_RISE = 0.1
-# Fingerprint fields allowed to differ between the runs: the seed, and paths inside each workdir.
+# Fields allowed to differ between the runs: the seed, and paths inside each workdir (the rest of
+# what may differ is left out of emergence_plan.recorded_study: FREE_STUDY_FIELDS).
 _MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path")
 
 
@@ -105,11 +107,15 @@ def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dic
                               "give the shots of the study's eval.final_shots.")
         rows.extend(final)
     seeds = {f["train.seed"] for f in fingerprints.values()}
-    return {"workdir": workdir, "seed": seeds.pop(), "fingerprints": fingerprints, "rows": rows}
+    study, trained = recorded_study(workdir, list(sizes))
+    # Per size: run.json's fingerprint, and the training identity (every optimizer number) it lacks.
+    fingerprints = {size: {**fingerprint, **trained[size]} for size, fingerprint in fingerprints.items()}
+    return {"workdir": workdir, "seed": seeds.pop(), "study": study, "fingerprints": fingerprints, "rows": rows}
 
 
 def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
-    """One line when the runs are not one study at different seeds."""
+    """One line when the runs are not one study at different seeds: their whole study config
+    (emergence_plan.recorded_study) and every size's training must agree but for train.seed."""
     if len(runs) < 2:
         raise ConfigError(f"--workdirs names {len(runs)} workdir; seed noise needs >= 2 runs of one study.")
     seeds = [r["seed"] for r in runs]
@@ -118,14 +124,23 @@ def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
                           "in --config.train.seed.")
     first = runs[0]
     for run in runs[1:]:
-        for size, fingerprint in run["fingerprints"].items():
-            ref = first["fingerprints"][size]
-            differ = sorted(k for k in set(ref) | set(fingerprint)
-                            if k not in _MAY_DIFFER and ref.get(k) != fingerprint.get(k))
-            if differ:
-                raise ConfigError(f"{run['workdir']!r} and {first['workdir']!r} trained {size} differently "
-                                  f"({differ[0]}: {fingerprint.get(differ[0])!r} vs {ref.get(differ[0])!r}); "
-                                  "only train.seed may differ.")
+        differ: dict[str, tuple[Any, Any]] = {}  # field -> (this run's value, the first's), first size's kept
+        # The sizes' fields first (a digest has no value worth showing); of the study's, those both
+        # reports record (an older report lacks the config, or a field added since: the digests judge).
+        study = [k for k in first["study"] if k in run["study"]]
+        for ours, ref, keys in [*((f, first["fingerprints"][size], None) for size, f in run["fingerprints"].items()),
+                                (run["study"], first["study"], study)]:
+            for k in keys or dict.fromkeys([*ref, *ours]):
+                if k not in _MAY_DIFFER and ours.get(k) != ref.get(k):
+                    differ.setdefault(k, (ours.get(k), ref.get(k)))
+        if differ:
+            # Where both record their config, its fields name what the digests only show differ.
+            named = [k for k in differ if k not in STUDY_DIGESTS]
+            names = named if named and len(study) > len(STUDY_DIGESTS) else list(differ)
+            name, (ours, ref) = names[0], differ[names[0]]
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise ConfigError(f"{run['workdir']!r} and {first['workdir']!r} are not one study at two seeds: they "
+                              f"differ in {shown} ({name}: {ours!r} vs {ref!r}); only train.seed may differ.")
         steps = {(r["size"], r["step"]) for r in run["rows"]} ^ {(r["size"], r["step"]) for r in first["rows"]}
         tasks = {r["task"] for r in run["rows"]} ^ {r["task"] for r in first["rows"]}
         if steps or tasks:

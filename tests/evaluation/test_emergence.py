@@ -170,6 +170,28 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     assert open(paths["results"]).read() == before
 
 
+def test_curves_along_training_keep_each_shots_setting_its_own_line(micro_study, monkeypatch):
+    """micro evaluates 0 and 1 shots: transition.png and mirage_along_training.png drew one line
+    per size through both settings' points, zig-zagging between them."""
+    workdir, _, _ = micro_study
+    drawn = {}
+
+    def record(rows, *, series, path, **kwargs):
+        lines = {}
+        for row in rows:
+            lines.setdefault(series(row), set()).add(row["num_shots"])
+        drawn[os.path.basename(path)] = lines
+        return path
+    monkeypatch.setattr("research.evaluation.plots.plot_grid", record)
+    emergence.run_study(configs.get_config("micro"), workdir, log=lambda _: None)
+    for name in ("transition.png", "mirage_along_training.png"):
+        assert drawn[name] and all(len(shots) == 1 for shots in drawn[name].values()), drawn[name]
+        assert {"scale-1e4 0-shot", "scale-1e4 1-shot"} <= set(drawn[name])
+    # The whole study config rides with the results: experiments.emergence_seeds compares it.
+    recorded = json.load(open(os.path.join(workdir, "report", "results.json")))["metadata"]["config"]
+    assert recorded["opt"]["learning_rate"] == configs.get_config("micro").opt.learning_rate
+
+
 def _bad(change):
     config = configs.get_config("micro")
     change(config)
@@ -218,7 +240,7 @@ def _bad(change):
                                                             r"eval.tasks="),
     # Once read only inside a worker: after the data was written, or after a whole size trained.
     (lambda c: c.eval.update(batch_size=0), r"eval.batch_size=0 must be >= 1"),
-    (lambda c: c.eval.update(num_test=0), r"eval.num_test=0 must be >= 1"),
+    (lambda c: c.eval.update(num_test=0), r"eval.num_test=0 must be >= 2"),
     (lambda c: c.eval.update(tasks=()), r"eval.tasks is empty"),
     (lambda c: c.checkpoint.update(every_steps=0), r"checkpoint.every_steps=0 must be positive"),
     (lambda c: c.train.update(num_steps=0), r"train.num_steps=0 must be positive"),
@@ -271,7 +293,8 @@ def test_command_line_refuses_a_bad_config_in_a_dry_run_and_a_file_as_workdir(tm
     import sys
     command = [sys.executable, "-m", "experiments.emergence", "--config=experiments/configs/emergence.py:micro"]
     dry = subprocess.run([*command, "--dry_run", "--config.eval.num_test=0"], capture_output=True, text=True)
-    assert dry.returncode == 1 and dry.stderr.strip().splitlines()[-1] == "error: eval.num_test=0 must be >= 1."
+    assert dry.returncode == 1
+    assert dry.stderr.strip().splitlines()[-1].startswith("error: eval.num_test=0 must be >= 2: ")
     assert "training FLOPs" not in dry.stdout
     afile = tmp_path / "afile"
     afile.write_text("kept")

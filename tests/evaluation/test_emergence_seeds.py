@@ -52,17 +52,29 @@ def _along_training(p_by_size: dict[str, float], onsets: dict[str, int | None],
     return rows
 
 
+def _config(seed: int, **changes: dict) -> dict:
+    """The study config a report records: the seed's own, a peak FLOP/s measured on each machine
+    (free to differ), and `changes` ({section: {field: value}})."""
+    config = {"train": {"seed": seed, "peak_flops": 1e9 * (seed + 1), "num_steps": 4000},
+              "opt": {"learning_rate": 4e-3}, "mixture": {"seed": 1}, "eval": {"seed": 0, "num_test": 400}}
+    for section, fields in changes.items():
+        config.setdefault(section, {}).update(fields)
+    return config
+
+
 def _study(root: str, seed: int, p_by_size: dict[str, float], *, d_model: int = 32,
            along_mirage: tuple[str, ...] = (), onsets: dict[str, int | None] = ONSETS,
-           track_longest: bool = True) -> str:
-    """A finished emergence workdir: report files, and per size a run.json and its last evaluation
-    (answer-length tasks with items, plus a tracked copy task the seed report must leave out)."""
+           track_longest: bool = True, config: dict | None = None) -> str:
+    """A finished emergence workdir: report files (results.json recording the study config,
+    _config(seed) unless given), and per size a run.json and its last evaluation (answer-length
+    tasks with items, plus a tracked copy task the seed report must leave out)."""
     workdir = os.path.join(root, f"seed{seed}")
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(workdir, "report"))
     dump = lambda path, obj: open(path, "w").write(json.dumps(obj))
     dump(os.path.join(workdir, "report", "results.json"),
-         {"metadata": {}, "rows": [{"size": s, "params_non_embedding": n} for s, n in SIZES.items()]})
+         {"metadata": {"config": config or _config(seed)},
+          "rows": [{"size": s, "params_non_embedding": n} for s, n in SIZES.items()]})
     dump(os.path.join(workdir, "report", "mirage.json"), {"metadata": {}, "rows": [{"task": t} for t in LENGTHS]})
     # The study report's verdicts along training, one per size (what emergence_report writes).
     dump(os.path.join(workdir, "report", "mirage_verdicts.json"), {"metadata": {}, "rows": [
@@ -145,7 +157,8 @@ def test_seeds_that_agree_resolve_every_step_and_all_show_the_mirage(tmp_path):
     (lambda root: [_study(root, 0, SMOOTH), _study(os.path.join(root, "x"), 0, SMOOTH)], list(SIZES), 0,
      r"train.seed \[0, 0\]: two share a seed"),
     (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH, d_model=48)], list(SIZES), 0,
-     r"trained a differently \(model.d_model: 48 vs 32\); only train.seed may differ"),
+     r"are not one study at two seeds: they differ in model.d_model \(model.d_model: 48 vs 32\); only train.seed "
+     r"may differ\.$"),
     (lambda root: [_study(root, 0, SMOOTH), _study(root, 1, SMOOTH)], ["a", "e"], 0,
      r"--sizes names 'e', which .* has not trained and evaluated"),
     (lambda root: [_study(root, 0, SMOOTH), os.path.join(root, "missing")], list(SIZES), 0, r"is not a directory"),
@@ -158,6 +171,53 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path, make, sizes,
     with pytest.raises(ConfigError, match=message) as error:
         emergence_seeds.write_seed_report(workdirs, sizes, str(tmp_path / "out"), num_shots=shots)
     assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "out")
+
+
+def test_runs_differing_in_more_than_the_seed_are_refused_naming_every_field(tmp_path):
+    """Only run.json's fingerprint was compared, and it holds no learning rate, mixture or
+    evaluation seed: such runs were read as seeds of one study, each its own one-seed group."""
+    first = _study(str(tmp_path), 0, SMOOTH, config=_config(0, report={"plot_metrics": ["exact_match"]}))
+    other = _study(str(tmp_path), 1, SMOOTH, config=_config(1, opt={"learning_rate": 0.02}, mixture={"seed": 7},
+                                                            eval={"seed": 3}, report={"plot_metrics": []}))
+    with pytest.raises(ConfigError) as error:
+        emergence_seeds.write_seed_report([first, other], list(SIZES), str(tmp_path / "out"))
+    assert str(error.value) == (f"{other!r} and {first!r} are not one study at two seeds: they differ in "
+                                "opt.learning_rate, mixture.seed, eval.seed (opt.learning_rate: 0.02 vs 0.004); only "
+                                "train.seed may differ.")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_reports_that_record_no_config_are_compared_by_the_study_fingerprints(tmp_path):
+    """A report written before the config was recorded: each size's newest checkpoint config (its
+    training identity, every optimizer number), the mixture's and the evaluations' digests."""
+    def old_study(seed, learning_rate, mixture, evaluation):
+        workdir = _study(str(tmp_path), seed, SMOOTH)
+        results = os.path.join(workdir, "report", "results.json")
+        json.dump({**json.load(open(results)), "metadata": {}}, open(results, "w"))
+        os.makedirs(os.path.join(workdir, "data"))
+        json.dump({"fingerprint": mixture}, open(os.path.join(workdir, "data", "manifest.json"), "w"))
+        for size in SIZES:
+            step = os.path.join(workdir, "runs", size, "evals", "step_4000.json")
+            json.dump({**json.load(open(step)), "metadata": {"fingerprint": evaluation}}, open(step, "w"))
+            saved = os.path.join(workdir, "runs", size, "checkpoints", "4000", "config")
+            os.makedirs(saved)
+            json.dump({"model": {"preset": "scale-1e4"}, "data": {}, "opt": {"learning_rate": learning_rate},
+                       "train": {"seed": seed, "seq_len": 64, "batch_size": 8, "num_steps": 4000}},
+                      open(os.path.join(saved, "metadata"), "w"))
+        return workdir
+
+    first = old_study(0, 4e-3, "m0", "e0")
+    with pytest.raises(ConfigError) as error:
+        emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES))
+                                          for w in (first, old_study(1, 0.02, "m7", "e3"))])
+    assert ("differ in opt.learning_rate, mixture.* or tokenizer.* (data/manifest.json's fingerprint), eval.* (the "
+            "fingerprint of runs/*/evals) (opt.learning_rate: 0.02 vs 0.004); only train.seed may differ.") in str(
+        error.value)
+    # One study at another seed, its report rewritten since (recording the config): the digests judge.
+    same = old_study(2, 4e-3, "m0", "e0")
+    results = os.path.join(same, "report", "results.json")
+    json.dump({**json.load(open(results)), "metadata": {"config": _config(2)}}, open(results, "w"))
+    emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in (first, same)])
 
 
 def test_an_output_dir_under_a_file_is_one_line_before_the_workdirs_are_read(tmp_path, monkeypatch):
