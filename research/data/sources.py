@@ -129,7 +129,9 @@ def _is_text(feature: Any) -> bool:
 
     if isinstance(feature, tfds.features.Text):
         return True
-    return (type(feature) is tfds.features.Tensor and tuple(feature.shape) == ()
+    # Any Tensor subclass: TFDS's Hugging Face wrapper stores string columns as Scalar(np.object_).
+    # The shape and dtype keep out ClassLabel (int64), Sequence and Image.
+    return (isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
             and np.dtype(feature.np_dtype).kind in "OSU")  # TFDS stores strings as object / bytes
 
 

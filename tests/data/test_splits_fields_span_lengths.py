@@ -25,7 +25,9 @@ class SplitCheckCorpus(tfds.core.GeneratorBasedBuilder):
             "text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2),
             "tags": tfds.features.Sequence(tfds.features.Text()),
             "vector": tfds.features.Tensor(shape=(2,), dtype=np.int64),
-            "note": tfds.features.Tensor(shape=(), dtype=np.object_)}))  # a scalar string: text
+            "note": tfds.features.Tensor(shape=(), dtype=np.object_),  # a scalar string: text
+            # TFDS's Hugging Face wrapper stores string columns so: text too (once refused).
+            "hf_text": tfds.features.Scalar(dtype=np.object_)}))
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(0, 30), "validation": self._generate_examples(30, 40)}
@@ -33,7 +35,7 @@ class SplitCheckCorpus(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, first, end):
         for i in range(first, end):
             yield i, {"text": f"document {i}", "label": i % 2, "tags": ["x", "y"], "vector": [i, i],
-                      "note": f"note {i}"}
+                      "note": f"note {i}", "hf_text": f"hf {i}"}
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +88,12 @@ def test_a_text_field_that_is_not_text_is_one_line_before_reading(corpus, monkey
         patch.setattr(SplitCheckCorpus, "as_data_source", no_reading)
         with pytest.raises(DataError, match=rf"^TFDS dataset 'split_check_corpus': text_field='{field}' is a "
                                             rf"{kind} feature, not text; set text_field to one of its Text "
-                                            r"features \['note', 'text'\]\.$"):
+                                            r"features \['hf_text', 'note', 'text'\]\.$"):
             document_source(corpus(text_field=field), "train")
     # Once str()-ed: documents '0' / '1', "[b'x' b'y']". Text fields still read as text.
     assert sorted(_texts(corpus(text_field="text"), "validation")) == [f"document {i}" for i in range(30, 40)]
     assert sorted(_texts(corpus(text_field="note"), "validation")) == [f"note {i}" for i in range(30, 40)]
+    assert sorted(_texts(corpus(text_field="hf_text"), "validation")) == [f"hf {i}" for i in range(30, 40)]
 
 
 def _t5_random_spans_helper(inputs_length, noise_density, mean_noise_span_length):
