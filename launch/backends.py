@@ -218,6 +218,9 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
               "# scancel, the time limit and preemption send SIGTERM to this shell too: the trap keeps it",
               "# alive until srun returns (the job saving), so the job's end is recorded.",
               _STOP_TRAP,
+              "# Since Slurm 22.05 srun does not take --cpus-per-task from sbatch: without this each",
+              "# job would be confined to one core of its allocation.",
+              f'export SRUN_CPUS_PER_TASK="${{SLURM_CPUS_PER_TASK:-{options.cpus_per_task}}}"',
               'set +e', 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"', 'CODE=$?', 'set -e',
               'record_end "$NAME" "$START" "$CODE"', 'exit "$CODE"', ""]
     return "\n".join(lines)

@@ -13,7 +13,9 @@ Presets:
 
 Override any field: --config.dedup.jaccard_threshold=0.7 --config.output.num_shards=16
 --config.execution.workers=8 --config.blocklist.words='("badword","bad phrase")'
---config.decontamination.tasks='("my_tasks/capitals.json",)'. A cluster run:
+--config.decontamination.tasks='("my_tasks/capitals.json",)'. Near-dedup reads every digit run
+as '0' (FineWeb's choice): --config.dedup.normalize_numbers=False keeps apart texts that differ
+only in their numbers (tables, logs). A cluster run:
 --config.execution.executor=slurm --config.execution.slurm_partition=cpu (see README).
 """
 from __future__ import annotations

@@ -5,7 +5,8 @@ per non-blank line; either may be compressed (.gz, .bz2, .xz: read as the file w
 A JSONL line that is not JSON, lacks the text field, or holds a non-string there is a one-line
 DataError naming file:line (the files source once trained on the text 'None' of {"text": null}
 and on the gzip bytes of a .jsonl.gz). Undecodable UTF-8 is not an error: each bad sequence
-becomes U+FFFD and is counted, as is each lone surrogate escape.
+becomes U+FFFD and is counted, as is each lone surrogate escape; in a JSONL line, only those
+inside the text field count (bad bytes in a url field made clean documents 'invalid').
 """
 from __future__ import annotations
 
@@ -48,9 +49,14 @@ def decode_utf8(raw: bytes) -> tuple[str, int]:
         return repaired, len(repaired) - len(raw.decode("utf-8", errors="ignore"))
 
 
-def record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[str, int]:
-    """(text of one JSONL line's `text_field`, invalid sequences replaced)."""
-    line, invalid = decode_utf8(raw)
+def record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[str, int, int]:
+    """(text of one JSONL line's `text_field`, invalid sequences replaced in it, its size in bytes).
+
+    The count and size are the field's, not the line's: bad bytes in another field (a url) made a
+    clean text 'invalid', and a large clean field beside it (html) hid a text 6% bad bytes."""
+    # Undecodable bytes stay apart from the text as lone surrogates (U+DC80..U+DCFF) until the
+    # field is picked; a JSON escape cannot hide them (a raw byte never joins a \uXXXX escape).
+    line = raw.decode("utf-8", errors="surrogateescape")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
@@ -59,16 +65,28 @@ def record_text(raw: bytes, path: str, line_no: int, text_field: str) -> tuple[s
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise DataError(f"{path}:{line_no}: no field {text_field!r} (it has {keys}); set --text_field to the key "
                         "that holds the text.")
-    if not isinstance(record[text_field], str):
-        raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(record[text_field]).__name__}, not a string; "
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{line_no}: field {text_field!r} is {type(value).__name__}, not a string; "
                         "set --text_field to the key that holds the text.")
-    text, surrogates = repair_surrogates(record[text_field])
-    return text, invalid + surrogates
+    if not _LONE_SURROGATE.search(value):
+        return value, 0, len(value.encode("utf-8"))
+    escaped = len(_ESCAPED_BYTE.findall(value))
+    # Each escaped byte was one byte of the file; a lone surrogate escape counts as the 3 bytes it names.
+    size = len(value.encode("utf-8", errors="surrogatepass")) - 2 * escaped
+    # A run of escaped bytes decodes as the whole line did before: one U+FFFD per bad sequence.
+    text = _ESCAPED_BYTES.sub(lambda run: decode_utf8(run.group().encode("utf-8", errors="surrogateescape"))[0], value)
+    invalid = text.count("\ufffd") - value.count("\ufffd")
+    text, surrogates = repair_surrogates(text)
+    return text, invalid + surrogates, size
 
 
 # A JSON escape of half a surrogate pair ("\ud83d" alone, common in web scrapes) decodes to a
 # string no UTF-8 encoder accepts; like undecodable bytes, each one becomes U+FFFD and is counted.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# What decoding with errors='surrogateescape' makes of each undecodable byte.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
 
 
 def repair_surrogates(text: str) -> tuple[str, int]:

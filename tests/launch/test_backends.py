@@ -80,6 +80,22 @@ def test_slurm_script_is_an_array_of_the_jobs(tmp_path):
             jobs, backends.SlurmOptions(time=unlimited), cwd="/repo", log_dir=str(tmp_path))
 
 
+def test_slurm_script_gives_srun_the_tasks_cpus(tmp_path):
+    """Since Slurm 22.05 srun does not take --cpus-per-task from sbatch: each job ran on one core."""
+    jobs = expand([{"config.seed": 1}], module="tests.launch.echo_job", config="c.py:x", workdir=str(tmp_path))
+    script = backends.slurm_script(jobs, backends.SlurmOptions(job_name="cpus", cpus_per_task=6), cwd=str(tmp_path),
+                                   log_dir=str(tmp_path / "logs"))
+    assert "#SBATCH --cpus-per-task=6" in script.splitlines()
+    fake_srun = tmp_path / "bin" / "srun"
+    fake_srun.parent.mkdir()
+    fake_srun.write_text('#!/bin/bash\necho "srun sees ${SRUN_CPUS_PER_TASK:-no} cpus per task"\n')
+    fake_srun.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "SRUN_"))}
+    env.update(PATH=f"{fake_srun.parent}:{os.environ['PATH']}", SLURM_ARRAY_TASK_ID="0", SLURM_CPUS_PER_TASK="6")
+    run = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "srun sees 6 cpus per task"
+
+
 def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
     jobs = expand(load_sweep(PRETRAIN), module="experiments.pretrain", config=PRETRAIN, workdir="/w")
     script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-32", zone="us-central2-b",

@@ -194,16 +194,27 @@ class BlocklistConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DedupConfig:
-    """Exact dedup on normalised text; MinHash LSH near-dedup (datatrove's minhash stages)."""
+    """Exact dedup on normalised text; MinHash LSH near-dedup (datatrove's minhash stages).
+
+    Near-dedup shingles are shingle_size-word n-grams (document_stages.SHINGLE_WORDS) of the text
+    as datatrove's simplify_text leaves it, in this order: lower-cased; with normalize_numbers, each
+    run of digits (any script, with one decimal part such as 3.14 or 2,5) replaced by '0';
+    datatrove's punctuation list (ASCII, CJK and typographic marks, control characters) replaced
+    by spaces; whitespace runs collapsed; diacritics removed
+    (combining marks after NFD). Two tables or logs that differ only in their numbers are then
+    the same text: set normalize_numbers=False to compare their numbers too."""
 
     exact: bool = True
     near: bool = True
-    jaccard_threshold: float = 0.8  # pairs above this word-shingle Jaccard similarity are duplicates
+    # Pairs above this Jaccard similarity of their shingle sets (normalised as above) are duplicates.
+    jaccard_threshold: float = 0.8
     shingle_size: int = 5  # words per shingle
     num_permutations: int = 112  # minhash hashes, split into bands x rows chosen for the threshold
     seed: int = 1
+    normalize_numbers: bool = True  # digit runs read as '0' before shingling (FineWeb's choice, datatrove's default)
 
     def __post_init__(self):
+        _check_flags("dedup", self)
         if not 0.0 < self.jaccard_threshold < 1.0:
             raise DataError(f"dedup: jaccard_threshold={self.jaccard_threshold} must be in (0, 1).")
         # Above ~100 words a shingle outgrows most paragraphs (a document shorter than one is never

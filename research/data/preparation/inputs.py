@@ -7,7 +7,8 @@ binary files (a NUL byte in the first 8 KB: archives, .pyc, images; the report c
 `DocumentReader` streams documents for one datatrove task: files `rank::world_size`, or
 an index range of a TFDS split. A bad record later in a file fails with file:line.
 Undecodable UTF-8 is not an error: the bytes are replaced and counted, and the
-standardise stage repairs or drops the document.
+standardise stage repairs or drops the document by their share of its text's bytes (a JSONL
+record's text field alone, not the whole line).
 """
 from __future__ import annotations
 
@@ -182,8 +183,8 @@ def read_file(path: str, root: str, text_field: str) -> Iterator[Document]:
                 return
             for line_no, raw in enumerate(f, start=1):
                 if raw.strip():
-                    text, invalid = record_text(raw, path, line_no, text_field)
-                    yield _document(text, f"{rel}:{line_no}", invalid, len(raw))
+                    text, invalid, num_bytes = record_text(raw, path, line_no, text_field)
+                    yield _document(text, f"{rel}:{line_no}", invalid, num_bytes)
     except READ_ERRORS as e:
         raise cannot_read(path, e) from None
 

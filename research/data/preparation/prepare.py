@@ -214,12 +214,14 @@ def _pipelines(spec: InputSpec, layout: Layout, config: PreparationConfig, conta
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.text import TextNormConfig
 
     from research.data.preparation.document_stages import SHINGLE_WORDS
 
     partitions, dedup = config.output.num_shards, config.dedup
     bands, rows = lsh_bands(dedup.jaccard_threshold, dedup.num_permutations)
     minhash = MinhashConfig(n_grams=dedup.shingle_size, num_buckets=bands, hashes_per_bucket=rows, seed=dedup.seed,
+                            norm_config=TextNormConfig(norm_numbers=dedup.normalize_numbers),
                             hash_config=HashConfig(precision=64, hash_fc="sha1"))
     partition_steps: list = [engine_steps.PartitionReader(layout.partitions)]
     if dedup.exact:

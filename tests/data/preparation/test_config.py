@@ -118,6 +118,7 @@ def test_cli_overrides_without_config_flag_are_one_line(tmp_path, override, mess
     ("dedup", {"seed": -1}, r"dedup: seed=-1 must be a whole number in \[0, 4294967295\]"),
     ("dedup", {"seed": 2**32}, r"dedup: seed=4294967296 must be"),
     ("dedup", {"shingle_size": 10_000}, r"dedup: shingle_size=10000 must be in \[1, 100\] words"),
+    ("dedup", {"normalize_numbers": "no"}, r"dedup: normalize_numbers='no' must be True or False"),
 ])
 def test_quality_thresholds_are_checked_up_front(section, values, message):
     with pytest.raises(DataError, match=message):

@@ -6,6 +6,7 @@ from datatrove.data import Document
 
 from research.data.config import DataError
 from research.data.preparation import document_stages as ds
+from research.data.preparation import word_spans as ws
 from research.data.preparation.config import (BlocklistConfig, C4QualityConfig, GopherQualityConfig,
                                               GopherRepetitionConfig, StandardiseConfig)
 from tests.data.preparation.corpora import SENTENCES, prose
@@ -162,14 +163,14 @@ CAREFUL_CHUNKS = ["Dr.", "Dr.)", "co.", "J.", "É.", "McD.", "e.g.,", "p.m.", "a
 
 @pytest.mark.parametrize("chunk", FAST_PATH_CHUNKS)
 def test_fast_path_splits_common_chunks_as_the_careful_loop(chunk):
-    fast = ds._split_simple(chunk)
+    fast = ws._split_simple(chunk)
     assert fast is not None, f"{chunk!r} no longer takes the fast path"
-    assert [chunk[a:b] for a, b in fast] == [chunk[a:b] for a, b in ds._split_careful(chunk)]
+    assert [chunk[a:b] for a, b in fast] == [chunk[a:b] for a, b in ws._split_careful(chunk)]
 
 
 @pytest.mark.parametrize("chunk", CAREFUL_CHUNKS)
 def test_fast_path_leaves_exceptions_to_the_careful_loop(chunk):
-    assert ds._split_simple(chunk) is None
+    assert ws._split_simple(chunk) is None
 
 
 def _generated_chunks(count: int, seed: int = 0) -> list[str]:
@@ -205,10 +206,10 @@ def _generated_chunks(count: int, seed: int = 0) -> list[str]:
 def test_fast_path_agrees_with_the_careful_loop_on_generated_chunks():
     taken = 0
     for chunk in _generated_chunks(20_000):
-        fast = ds._split_simple(chunk)
+        fast = ws._split_simple(chunk)
         if fast is not None:
             taken += 1
-            assert fast == ds._split_careful(chunk), chunk
+            assert fast == ws._split_careful(chunk), chunk
     assert taken > 8_000  # the generator reaches the fast path, not only the loop
 
 
@@ -219,13 +220,13 @@ def test_suffix_found_from_the_end_as_a_full_search_finds_it():
     chunks = ["a.....", "....", "x...)", "don't", "10km", "5mph", "USA.", "J.", "a'll", "1.5", "e.g."]
     chunks += ["".join(rng.choices(alphabet, k=rng.randint(1, 8))) for _ in range(20_000)]
     for chunk in chunks:
-        full = ds._SUFFIX.search(chunk)
-        assert ds._suffix_start(chunk) == (full.start() if full else -1), chunk
+        full = ws._SUFFIX.search(chunk)
+        assert ws._suffix_start(chunk) == (full.start() if full else -1), chunk
 
 
 def test_repeated_chunks_split_at_their_own_offsets():
     # The second '(a),' and '"b":' come from the per-chunk cache: their spans move with them.
-    assert ds._word_spans('(a), "b": (a), "b":') == [
+    assert ws.word_spans('(a), "b": (a), "b":') == [
         (0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8), (8, 9),
         (10, 11), (11, 12), (12, 13), (13, 14), (15, 16), (16, 17), (17, 18), (18, 19)]
 

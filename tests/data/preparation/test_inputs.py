@@ -2,6 +2,7 @@
 import builtins
 import bz2
 import gzip
+import json
 import lzma
 import os
 import subprocess
@@ -64,6 +65,28 @@ def test_invalid_utf8_is_counted_per_document_with_its_origin(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "bad \xff byte"}\n')
     docs = list(read_file(str(tmp_path / "c.jsonl"), str(tmp_path), "text"))
     assert [(d.metadata["origin"], d.metadata["invalid_utf8_bytes"]) for d in docs] == [("c.jsonl:1", 0), ("c.jsonl:2", 1)]
+
+
+def test_invalid_utf8_share_is_the_text_fields_not_the_lines(tmp_path):
+    """Bad bytes were counted over the whole JSONL line: 8 in a url field dropped a clean text as
+    invalid_utf8, and a 20 KB clean html field kept a text with 1 bad byte in 16 as 'repaired'."""
+    text = " ".join(good_document(0).split("\n")).encode()  # ~1 KB of clean prose
+    bad_text = b"".join(text[k:k + 15] + b"\xff" for k in range(0, len(text), 15))  # 1 bad byte in 16
+    html = json.dumps("<p>" + "x" * 20000 + "</p>").encode()
+    (tmp_path / "u.jsonl").write_bytes(
+        b'{"text": "' + text + b'", "url": "\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8"}\n'
+        + b'{"text": "' + bad_text + b'", "html": ' + html + b'}\n'
+        # A truncated sequence (one U+FFFD, as decoding the line gave), a lone surrogate escape, \n escaped.
+        + b'{"url": "\xff", "text": "caf\xc3 \\ud83d \xe2\x82 \xe2\x82\xac\\n"}\n')
+    clean, mostly_bad, mixed = read_file(str(tmp_path / "u.jsonl"), str(tmp_path), "text")
+    assert (clean.text.encode(), clean.metadata["invalid_utf8_bytes"], clean.metadata["num_bytes"]) == (text, 0, len(text))
+    assert standardise(clean, StandardiseConfig()).note == ""
+    assert mostly_bad.text == bad_text.decode("utf-8", errors="replace")
+    bad_bytes = bad_text.count(b"\xff")
+    assert (mostly_bad.metadata["invalid_utf8_bytes"], mostly_bad.metadata["num_bytes"]) == (bad_bytes, len(bad_text))
+    assert standardise(mostly_bad, StandardiseConfig()).reason == "invalid_utf8"  # 6% > 1%
+    assert mixed.text == "caf\ufffd \ufffd \ufffd \u20ac\n"
+    assert (mixed.metadata["invalid_utf8_bytes"], mixed.metadata["num_bytes"]) == (3, 3 + 1 + 1 + 3 + 1 + 2 + 1 + 3 + 1)
 
 
 def test_lone_surrogate_escape_in_jsonl_is_repaired_and_counted(tmp_path):
