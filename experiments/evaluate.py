@@ -136,9 +136,10 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
         row["seconds"] = round(time.perf_counter() - start, 2)
         rows.append(row)
         log(f"  {entry.name} {entry.num_fewshot}-shot: {row['seconds']:.1f} s")
-    shown = ["task", "num_shots", "num_examples", "exact_match", "token_accuracy", "token_edit_distance",
-             "target_log_prob", "brier_score", "acc", "acc_norm", "token_perplexity"]
-    log(format_table(rows, [c for c in shown if any(c in r for r in rows)]))
+    # Every metric a task computed, in the tasks' order: a fixed list left out word_perplexity,
+    # bits_per_byte, is_greedy, ..., which without --output_dir were then shown nowhere.
+    metrics = dict.fromkeys(m for entry in entries for m in entry.task.spec.metrics)
+    log(format_table(rows, ["task", "num_shots", "num_examples", *metrics]))
     if stem is None:
         log("not written: pass --output_dir=DIR to keep this table as JSON and CSV.")
         return rows

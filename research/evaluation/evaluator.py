@@ -32,7 +32,11 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # ends): end_is_greedy and end_prob (2026-12-06); p and L themselves are unchanged. 6: each
 # generation item keeps whether each answer token is the argmax (answer_token_greedy), for the
 # product of per-position accuracies beside p^L (study_report.mirage_table); nothing else changes.
-METRICS_VERSION = 6
+# 7: chain-of-thought and reversed-answer arithmetic variants draw their task's problems
+# (tasks/generated.py: problem_set), so their items changed (lsb-first and padded ones did not); a
+# task file's until defaults to its fewshot_delimiter (lm-eval's rule); an empty rolling text scores
+# log p 0 (2026-12-06).
+METRICS_VERSION = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,13 @@ def _prepare(task: Task, num_fewshot: int | None, limit: int | None) -> tuple[in
 
 def _misfit(harness: Harness, spec, docs, contexts) -> str | None:
     if spec.output_type == "loglikelihood_rolling":
-        return None  # scored in windows of max_length: any length fits
+        # Scored in windows of max_length: any length fits. An empty text scores log p 0 over no
+        # bytes or tokens, as lm-eval's hf model scores it; only a task of nothing but those
+        # measures nothing (its per-byte and per-token perplexities are 0 / 0).
+        if all(not render(spec.prompt, d, "prompt") for d in docs):
+            return (f"every one of its {len(docs)} documents renders to an empty text, so there is nothing to "
+                    "score; give documents with text (or check the prompt template's field).")
+        return None
     if spec.output_type == "multiple_choice":
         if harness.config.family == "encoder" and harness.encoder_scoring == "classifier":
             return None  # a classifier scores the context alone, not the choices as continuations

@@ -23,7 +23,7 @@ lm-eval is imported only here, so the rest of the library does not need it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from research.optional_imports import import_optional
 
@@ -37,6 +37,9 @@ import lm_eval.models  # noqa: E402,F401
 from research.evaluation.harness import Harness
 from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
 from research.models.config import ConfigError
+
+if TYPE_CHECKING:
+    from research.training.checkpoint_loading import Step
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default for generate_until
 
@@ -61,7 +64,7 @@ class HarnessLM(LM):
                    max_gen_toks=max_gen_toks)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, step: int | None = None, tokenizer: str | None = None,
+    def from_checkpoint(cls, path: str, *, step: Step = None, tokenizer: str | None = None,
                         **kwargs: Any) -> "HarnessLM":
         from research.training.checkpoint_loading import load_checkpoint
         return cls.from_loaded(load_checkpoint(path, step=step, tokenizer=tokenizer), **kwargs)
@@ -77,7 +80,7 @@ class HarnessLM(LM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
-        """lm-eval's `--model_args`: "checkpoint=DIR[,step=N]" or "hf_dir=DIR[,add_bos_token=False]",
+        """lm-eval's `--model_args`: "checkpoint=DIR[,step=N|best]" or "hf_dir=DIR[,add_bos_token=False]",
         plus tokenizer=, batch_size=, max_length=, max_gen_toks=."""
         from lm_eval.utils import simple_parse_args_string
         return cls._from_model_args(simple_parse_args_string(arg_string), additional_config, repr(arg_string))
@@ -113,8 +116,7 @@ class HarnessLM(LM):
             if add_bos_token is not None:
                 raise ConfigError("model_args: add_bos_token= applies to hf_dir= (a Hugging Face tokenizer); "
                                   "leave it out for checkpoint=.")
-            step = args.get("step")
-            return cls.from_checkpoint(str(checkpoint), step=None if step is None else int(step),
+            return cls.from_checkpoint(str(checkpoint), step=_step(args.get("step"), arg_string),
                                        tokenizer=args.get("tokenizer"), **options)
         if "step" in args:
             raise ConfigError("model_args: step= selects a checkpoint step; it does not apply to hf_dir=.")
@@ -196,13 +198,31 @@ def _integer(key: str, value: Any) -> int:
     return int(value)
 
 
+def _step(value: Any, arg_string: str) -> Step:
+    """model_args' step=, read by the CLI's --step rules (parse_step): a step number, 'best' or
+    absent (the latest). int() of lm-eval's parsed value failed on 'best' in a ValueError
+    traceback and turned step=1.5 into step 1 without a word."""
+    from research.training.checkpoint_loading import BEST, parse_step
+    if value is None:
+        return None
+    try:  # str first: lm-eval hands 1.5 over as a float, which int() would truncate
+        return parse_step(str(value))
+    except ConfigError:
+        raise ConfigError(f"model_args={arg_string}: step={value!r} must be a step number or {BEST!r} (the kept "
+                          "step with the lowest eval loss); leave it out for the latest.") from None
+
+
 def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | None = None,
                    include_defaults: bool = True, num_fewshot: int | None = None, limit: int | None = None,
-                   log_samples: bool = False, bootstrap_iters: int = 100_000, random_seed: int = 0) -> dict[str, Any]:
+                   log_samples: bool = False, bootstrap_iters: int = 100_000, random_seed: int = 0,
+                   numpy_random_seed: int = 1234, torch_random_seed: int = 1234,
+                   fewshot_random_seed: int = 1234) -> dict[str, Any]:
     """lm_eval.simple_evaluate on `lm` for task names (lm-eval's own, or those of the YAML files
     under include_path; include_defaults=False skips indexing lm-eval's thousands of tasks).
     The result dict is lm-eval's own (results, samples when log_samples, configs, ...);
-    bootstrap_iters=0 skips the bootstrap standard errors."""
+    bootstrap_iters=0 skips the bootstrap standard errors. The seeds default to
+    simple_evaluate's own (0, 1234, 1234, 1234), so `lm_eval --model hf` on the same task draws
+    the same few-shot examples (seeding all four with 0 drew others)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -215,6 +235,5 @@ def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | N
         raise ConfigError(f"lm-eval task(s) {missing} not found among lm-eval's tasks{where}.")
     return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot,
                                    limit=limit, log_samples=log_samples, bootstrap_iters=bootstrap_iters,
-                                   random_seed=random_seed,
-                                   numpy_random_seed=random_seed, torch_random_seed=random_seed,
-                                   fewshot_random_seed=random_seed)
+                                   random_seed=random_seed, numpy_random_seed=numpy_random_seed,
+                                   torch_random_seed=torch_random_seed, fewshot_random_seed=fewshot_random_seed)

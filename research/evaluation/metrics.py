@@ -35,7 +35,9 @@ log-likelihood / length of the choice in characters), brier_score (sum over choi
 (p_i - [i = gold])^2 with p = softmax of the choices' log-likelihoods), target_log_prob.
 Multiple-choice and loglikelihood tasks score, as lm-eval does, the whole continuation
 target_delimiter + choice / target, delimiter included.
-Rolling likelihood: perplexities are corpus-level, exp(-sum log p / sum units).
+Rolling likelihood: perplexities are corpus-level, exp(-sum log p / sum units) (inf past a float's
+range). An empty text scores as lm-eval's hf model scores it: no tokens, log p 0, 0 bytes and, by
+lm-eval's count_words, 1 word.
 """
 from __future__ import annotations
 
@@ -139,17 +141,32 @@ def rolling_units(text: str, num_tokens: int) -> dict[str, int]:
             "num_bytes": len(text.encode("utf-8"))}
 
 
+def perplexity(nats_per_unit: float) -> float:
+    """exp(nats_per_unit), inf where that overflows a float: a text without spaces (CJK,
+    minified code) can cost over 709 nats a "word", and math.exp raised OverflowError there,
+    losing every row already computed."""
+    try:
+        return math.exp(nats_per_unit)
+    except OverflowError:
+        return math.inf
+
+
 def aggregate(per_example: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, float]:
-    """Task-level value of each metric: the mean over examples, or a corpus-level perplexity."""
+    """Task-level value of each metric: the mean over examples, or a corpus-level perplexity.
+    A rolling metric whose unit count is 0 over every example (every text empty) is nan:
+    nothing was measured."""
     out = {}
     for name in names:
         if name in ROLLING_METRICS:
             log_prob = sum(e["log_prob"] for e in per_example)
-            if name == "bits_per_byte":
-                out[name] = -log_prob / (sum(e["num_bytes"] for e in per_example) * math.log(2))
+            unit = "num_bytes" if name == "bits_per_byte" else _PERPLEXITY_UNITS[name]
+            units = sum(e[unit] for e in per_example)
+            if not units:
+                out[name] = math.nan
+            elif name == "bits_per_byte":
+                out[name] = -log_prob / (units * math.log(2))
             else:
-                units = sum(e[_PERPLEXITY_UNITS[name]] for e in per_example)
-                out[name] = math.exp(-log_prob / units)
+                out[name] = perplexity(-log_prob / units)
         else:
             out[name] = float(np.mean([e[name] for e in per_example]))
     return out

@@ -42,6 +42,9 @@ class TaskSpec:
     prompt + target_delimiter + target; examples and the query are joined by
     fewshot_delimiter, after `description`. answer_prefix: for chain-of-thought targets,
     exact match compares only the text after the last occurrence of this prefix.
+    until: generate_until's stop strings; left out (None), the fewshot_delimiter alone, as
+    lm-eval's TaskConfig defaults generation_kwargs' until (a task with fewshot_delimiter "\n"
+    stopped only at "\n\n" here, so its answer ran on into the next made-up question).
     """
 
     name: str
@@ -57,7 +60,7 @@ class TaskSpec:
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     description: str = ""
-    until: tuple[str, ...] = ("\n\n",)  # generate_until stop strings
+    until: tuple[str, ...] | None = None  # generate_until stop strings; None: (fewshot_delimiter,)
     max_new_tokens: int = 32
     answer_prefix: str | None = None
 
@@ -68,7 +71,8 @@ class TaskSpec:
             raise TaskError(f"{where}: output_type={self.output_type!r} is not one of {_OUTPUT_TYPES}.")
         # JSON gives lists; keep the spec hashable and immutable.
         object.__setattr__(self, "metrics", tuple(self.metrics))
-        object.__setattr__(self, "until", (self.until,) if isinstance(self.until, str) else tuple(self.until))
+        until = (self.fewshot_delimiter,) if self.until is None else self.until
+        object.__setattr__(self, "until", (until,) if isinstance(until, str) else tuple(until))
         known = METRICS_BY_OUTPUT_TYPE[self.output_type]
         unknown = [m for m in self.metrics if m not in known]
         if unknown:
@@ -111,9 +115,10 @@ class TaskSpec:
                 raise wrong(field, "an integer")
         if not isinstance(self.metrics, (list, tuple)) or not all(isinstance(m, str) for m in self.metrics):
             raise wrong("metrics", "a list of metric names, e.g. [\"exact_match\"]")
-        if not isinstance(self.until, str) and not (isinstance(self.until, (list, tuple))
-                                                    and all(isinstance(u, str) for u in self.until)):
-            raise wrong("until", "a stop string or a list of them")
+        until = self.until
+        if until is not None and not isinstance(until, str) and not (isinstance(until, (list, tuple))
+                                                                     and all(isinstance(u, str) for u in until)):
+            raise wrong("until", "a stop string or a list of them (or null: the fewshot_delimiter)")
 
     def replace(self, **overrides: Any) -> "TaskSpec":
         return dataclasses.replace(self, **overrides)

@@ -279,3 +279,23 @@ def test_table_formats_numbers_and_missing_cells():
     table = format_table([{"task": "a", "x": 0.123456, "ok": True}, {"task": "bb", "x": float("inf")}])
     assert table.splitlines() == ["task       x  ok", "----  ------  ----", "a     0.1235  true",
                                   "bb       inf"]
+
+
+def test_the_printed_table_shows_every_metric_the_tasks_computed(run_dir, tmp_path):
+    """A fixed column list left out word_perplexity, bits_per_byte, is_greedy, ...: with --hf_dir
+    and no --output_dir those numbers were shown nowhere."""
+    (tmp_path / "text.jsonl").write_text('{"text": "the cat sat on the mat"}\n{"text": "hello world"}\n')
+    (tmp_path / "ll.jsonl").write_text('{"text": "one two", "t": "three"}\n')
+    (tmp_path / "text.json").write_text(json.dumps(
+        {"name": "text", "output_type": "loglikelihood_rolling", "prompt": "{text}", "fewshot_split": None,
+         "metrics": ["word_perplexity", "byte_perplexity", "bits_per_byte"], "data_files": {"test": "text.jsonl"}}))
+    (tmp_path / "ll.json").write_text(json.dumps(
+        {"name": "ll", "output_type": "loglikelihood", "prompt": "{text}", "target": "{t}", "fewshot_split": None,
+         "data_files": {"test": "ll.jsonl"}}))
+    lines = []
+    rows = cli.evaluate_model(checkpoint=run_dir, tasks=[str(tmp_path / "text.json"), str(tmp_path / "ll.json")],
+                              output_dir=str(tmp_path / "out"), log=lines.append)
+    header, _, text_row, ll_row = next(line for line in lines if line.startswith("task")).splitlines()
+    assert header.split() == ["task", "num_shots", "num_examples", "word_perplexity", "byte_perplexity",
+                              "bits_per_byte", "target_log_prob", "is_greedy", "brier_score"]
+    assert f"{rows[0]['word_perplexity']:.4g}" in text_row and f"{rows[1]['is_greedy']:.4g}" in ll_row

@@ -220,3 +220,26 @@ def test_a_target_that_just_fits_is_scored_and_one_token_more_is_refused_before_
     monkeypatch.setattr(harness, "generate_until", lambda *a: pytest.fail("generated before the check"))
     with pytest.raises(TaskError, match=r"task 'long': document 0's target is 16 tokens .* max_length=16"):
         evaluate(harness, task(16))
+
+
+def test_an_empty_rolling_text_scores_log_p_0_as_lm_eval_and_a_task_of_only_empty_texts_is_refused_first(harness):
+    """lm-eval's hf model scores an empty text (no tokens, no windows) log p 0; ours raised at
+    that document, naming neither task nor document, after earlier tasks had run."""
+    from research.evaluation.evaluator import misfit
+
+    spec = TaskSpec(name="wiki", output_type="loglikelihood_rolling", prompt="{text}", fewshot_split=None)
+    texts = ["The cat sat on the mat.", "", "hello world"]
+    result = evaluate(harness, make_task(spec, {"test": [{"text": t} for t in texts]}))
+    empty = result.examples[1]
+    assert (empty["log_prob"], empty["num_tokens"], empty["num_bytes"], empty["num_words"]) == (0.0, 0, 0, 1)
+    alone = evaluate(harness, make_task(spec, {"test": [{"text": t} for t in texts if t]}))
+    assert [e["log_prob"] for e in alone.examples] == pytest.approx([result.examples[i]["log_prob"] for i in (0, 2)])
+    for metric in ("token_perplexity", "byte_perplexity", "bits_per_byte"):  # the empty text adds nothing
+        assert result.metrics[metric] == pytest.approx(alone.metrics[metric], rel=1e-6)
+    assert token_losses(harness, [""])[0].shape == (0,)
+    # Nothing at all to score: refused by the pre-flight (misfit, which a suite runs on every task
+    # before the first), naming the task, before the model is called.
+    blank = make_task(spec, {"test": [{"text": ""}, {"text": ""}]})
+    assert "every one of its 2 documents renders to an empty text" in misfit(harness, blank)
+    with pytest.raises(TaskError, match=r"task 'wiki': every one of its 2 documents renders to an empty text"):
+        evaluate(harness, blank)

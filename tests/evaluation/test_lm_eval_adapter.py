@@ -207,3 +207,102 @@ def test_importing_the_adapter_keeps_lm_evals_own_models():
             "print(r.get_model('hf').__name__, r.get_model('research').__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["HFLM", "HarnessLM"]
+
+
+def test_fewshot_prompts_are_lm_evals_own_with_its_default_seeds(setup, tmp_path):
+    """evaluate_tasks seeded lm-eval's few-shot sampler (and random / numpy / torch) with 0 where
+    simple_evaluate's defaults are 0 / 1234 / 1234 / 1234, so `lm_eval --model hf` on the same
+    task drew other few-shot examples."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    harness = setup[0]
+    countries = ["Oman", "Cuba", "Iraq", "Laos", "Chad", "Fiji", "Mali", "Peru", "Togo", "Iran", "Niue", "Guam"]
+    docs = [{"country": c, "options": [c + "x", c + "y"], "label": 0} for c in countries]
+    _write_jsonl(tmp_path / "test.jsonl", docs[:4])
+    _write_jsonl(tmp_path / "train.jsonl", docs[4:])
+    yaml_dir = tmp_path / "yaml"
+    yaml_dir.mkdir()
+    _yaml(yaml_dir / "shots.yaml", f"""
+        task: local_shots
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {tmp_path / 'test.jsonl'}
+            train: {tmp_path / 'train.jsonl'}
+        test_split: test
+        fewshot_split: train
+        output_type: multiple_choice
+        doc_to_text: "Q: capital of {{{{country}}}}?\\nA:"
+        doc_to_target: "{{{{label}}}}"
+        doc_to_choice: "{{{{options}}}}"
+        num_fewshot: 3
+        metric_list:
+          - metric: acc
+        """)
+    lm = HarnessLM(harness)
+    options = dict(limit=4, log_samples=True, bootstrap_iters=0)
+    theirs = lm_eval.simple_evaluate(model=lm, tasks=["local_shots"], **options,
+                                     task_manager=TaskManager(include_path=str(yaml_dir), include_defaults=False))
+    ours = evaluate_tasks(lm, ["local_shots"], include_path=str(yaml_dir), include_defaults=False, **options)
+
+    def contexts(out):
+        return [s["arguments"][0][0] for s in sorted(out["samples"]["local_shots"], key=lambda s: s["doc_id"])]
+
+    assert contexts(ours) == contexts(theirs)
+    assert all(c.count("Q: capital of") == 4 for c in contexts(ours))  # 3 shots, then the query
+
+
+def test_model_args_step_follows_the_step_flags_rules(monkeypatch):
+    """step=best (which --step accepts) was a ValueError traceback from int(); step=1.5 became 1."""
+    from research.training import checkpoint_loading
+
+    asked = []
+
+    class Loaded(Exception):
+        pass
+
+    def load_checkpoint(path, *, step=None, tokenizer=None):
+        asked.append(step)
+        raise Loaded
+
+    monkeypatch.setattr(checkpoint_loading, "load_checkpoint", load_checkpoint)
+    for arg, step in (("step=best", "best"), ("step=7", 7), ("tokenizer=char", None)):
+        with pytest.raises(Loaded):
+            HarnessLM.create_from_arg_string(f"checkpoint=/run,{arg}")
+        assert asked.pop() == step
+    for value in ("1.5", "last", "True"):
+        with pytest.raises(ConfigError, match=rf"step={value!r}|step={value}") as error:
+            HarnessLM.create_from_arg_string(f"checkpoint=/run,step={value}")
+        assert "must be a step number or 'best'" in str(error.value) and "\n" not in str(error.value)
+    assert not asked  # refused before any loading
+    with pytest.raises(ConfigError, match=r"step=2.0 must be a step number"):
+        HarnessLM.create_from_arg_obj({"checkpoint": "/run", "step": 2.0})
+
+
+def test_an_empty_rolling_text_scores_as_lm_evals_hf_model(tmp_path):
+    """lm-eval's HFLM scores an empty text log p 0 (no tokens, no windows); HarnessLM raised
+    'rolling loglikelihood of an empty text', naming neither task nor document."""
+    import string
+
+    import torch
+    import transformers
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import Tokenizer, decoders, models
+
+    pieces = ["<pad>", "</s>"] + list(string.ascii_letters + string.digits + " .,\n")
+    tokenizer = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=80, n_positions=64, n_embd=32, n_layer=1,
+                                                         n_head=4)).save_pretrained(tmp_path)
+    texts = ["The cat sat.", "", "hello world"]
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i)
+                for i, t in enumerate(texts)]
+    theirs = HFLM(pretrained=str(tmp_path), device="cpu", batch_size=1, dtype="float32").loglikelihood_rolling(requests)
+    ours = HarnessLM.from_hf(str(tmp_path), batch_size=2).loglikelihood_rolling(requests)
+    assert theirs[1] == ours[1] == 0.0
+    assert ours == pytest.approx(theirs, abs=1e-3)

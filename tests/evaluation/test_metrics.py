@@ -95,3 +95,28 @@ def test_rolling_units_count_words_and_bytes_as_lm_eval():
         units = M.rolling_units(text, 1)
         assert (units["num_words"], units["num_bytes"]) == \
             (ConfigurableTask.count_words(text), ConfigurableTask.count_bytes(text)), text
+
+
+def test_a_perplexity_past_a_floats_range_is_inf_not_an_overflow_error():
+    """A text without spaces (CJK, minified code) is one "word" of thousands of nats: math.exp
+    raised OverflowError there, losing every row already computed."""
+    example = {"log_prob": -2000.0, **M.rolling_units("\u4e2d" * 400, 400)}  # 1 word, 400 tokens, 1200 bytes
+    out = M.aggregate([example], M.ROLLING_METRICS)
+    assert out["word_perplexity"] == math.inf
+    assert out["token_perplexity"] == pytest.approx(math.exp(5.0))
+    assert out["byte_perplexity"] == pytest.approx(math.exp(2000 / 1200))
+    assert out["bits_per_byte"] == pytest.approx(2000 / (1200 * math.log(2)))
+    assert M.perplexity(709.0) == pytest.approx(math.exp(709.0)) and M.perplexity(710.0) == math.inf
+
+
+def test_an_empty_text_adds_no_tokens_or_bytes_and_units_of_zero_are_nan():
+    # lm-eval scores an empty text log p 0 over 0 bytes and (count_words) 1 word.
+    empty = {"log_prob": 0.0, **M.rolling_units("", 0)}
+    text = {"log_prob": -6.0, **M.rolling_units("ab cd", 5)}
+    out = M.aggregate([text, empty], M.ROLLING_METRICS)
+    assert out["token_perplexity"] == pytest.approx(math.exp(6 / 5))
+    assert out["byte_perplexity"] == pytest.approx(math.exp(6 / 5))
+    assert out["word_perplexity"] == pytest.approx(math.exp(6 / 3))
+    alone = M.aggregate([empty], M.ROLLING_METRICS)  # nothing measured: 0 / 0 (was ZeroDivisionError)
+    assert math.isnan(alone["token_perplexity"]) and math.isnan(alone["bits_per_byte"])
+    assert alone["word_perplexity"] == 1.0

@@ -145,3 +145,23 @@ def test_multiple_choice_gold_follows_lm_evals_doc_to_target(tmp_path):
     assert [gold_index(spec, d) for d in task.docs("test")] == expected == [1, 0, 2, 1]
     with pytest.raises(TaskError, match=r"target '3' is read as an index \(digits\) but there are only 3 choices"):
         make_task(spec, {"test": [{"question": "?", "options": ["1", "2", "3"], "label": 3}]})
+
+
+def test_until_defaults_to_the_fewshot_delimiter_as_lm_evals_task_config(tmp_path):
+    """until defaulted to "\\n\\n" whatever the fewshot_delimiter: with "\\n" an answer ran on into
+    the next made-up question ("4\\nQ: 3+3?\\nA: 6"), where lm-eval stops at the delimiter."""
+    from lm_eval.config.task import TaskConfig
+
+    gen = dict(name="qa", output_type="generate_until", prompt="Q: {q}\nA:", target="{a}")
+    for delimiter in ("\n", "\n\n", "###"):
+        lm_eval_until = TaskConfig(task="qa", fewshot_delimiter=delimiter,
+                                   output_type="generate_until").generation_kwargs["until"]
+        assert TaskSpec(**gen, fewshot_delimiter=delimiter).until == tuple(lm_eval_until) == (delimiter,)
+    assert TaskSpec(**gen).until == ("\n\n",)  # both default fewshot_delimiter "\n\n"
+    assert TaskSpec(**gen, fewshot_delimiter="\n", until=[".", "\n"]).until == (".", "\n")  # given: kept
+    _write_jsonl(tmp_path / "test.jsonl", [{"q": "2+2?", "a": "4"}])
+    (tmp_path / "qa.json").write_text(json.dumps({**gen, "fewshot_delimiter": "\n", "fewshot_split": None,
+                                                  "data_files": {"test": "test.jsonl"}}))
+    assert load_task(str(tmp_path / "qa.json")).spec.until == ("\n",)
+    with pytest.raises(TaskError, match=r"until=3 must be a stop string or a list of them"):
+        TaskSpec(**gen, until=3)

@@ -57,6 +57,7 @@ def test_arithmetic_answers_and_digit_knobs():
     for doc in _docs(get_task("addition", digits=4, num_test=50, reverse_answer=True, reverse_operands=True)):
         a, b = int(doc["a"][::-1]), int(doc["b"][::-1])
         assert len(doc["a"]) == len(doc["b"]) == 4 and doc["answer"] == str(a + b)[::-1]
+    # addition_3digit's first problem (217+886; the variants share their base task's problems) backwards.
     assert _docs(catalog_task("addition_3digit_lsb_first", num_test=1))[0]["a"] == "837"  # 738 read backwards
     with pytest.raises(TaskError, match="reverse_operands=True needs reverse_answer=True"):
         get_task("addition", reverse_operands=True)
@@ -176,3 +177,36 @@ def test_unscramble_induction_and_recall_documents():
         assert doc["values"].split() == [pairs[q] for q in doc["queries"].split()]
     with pytest.raises(TaskError, match="num_pairs=30 exceeds the 26 distinct keys"):
         get_task("associative_recall", num_pairs=30, num_queries=2)
+
+
+def _problem(name: str, doc: dict) -> tuple[int, int]:
+    """The operands a document of task `name` poses, whatever order, padding or base it writes them in."""
+    base = int(re.search(r"_base(\d+)", name).group(1)) if "_base" in name else 10
+    if "lsb_first" in name:
+        return int(str(doc["a"])[::-1], base), int(str(doc["b"])[::-1], base)
+    return int(str(doc["a"]), base), int(str(doc["b"]), base)
+
+
+@pytest.mark.parametrize("base, variants", [
+    ("addition_3digit", ["addition_3digit_cot", "addition_3digit_reversed"]),
+    ("multiplication_2digit", ["multiplication_2digit_cot"]),
+    ("modular_addition", ["modular_addition_cot"])])
+def test_variants_of_a_task_pose_its_problems(base, variants):
+    """Each variant was seeded by its own name (spec.name + "_cot", "_reversed", ...), so a
+    chain-of-thought or reversed variant posed other problems than the direct task, though only
+    the target's form differs, and holding the direct task out held none of the variant's out."""
+    from research.evaluation.task_corpus import task_documents
+
+    sizes = dict(num_test=20, num_train=30, seed=3)
+    reference = catalog_task(base, **sizes)
+    for name in variants:
+        variant = catalog_task(name, **sizes)
+        for split in ("test", "train"):
+            assert [_problem(name, d) for d in _docs(variant, split)] == \
+                   [_problem(base, d) for d in _docs(reference, split)], (name, split)
+    if variants[0].endswith("_cot"):
+        # Training text made of the CoT variant's evaluation problems, with the direct task held
+        # out: every one is held out (none was: the two posed different problems).
+        cot = catalog_task(variants[0], **sizes)
+        with pytest.raises(TaskError, match="every document of split 'test' is held out"):
+            task_documents(cot, examples_per_document=(1, 1), seed=0, split="test", held_out=[reference])

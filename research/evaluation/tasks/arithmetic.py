@@ -4,6 +4,12 @@ Prompts are bare equations ("457+86=" -> "543"), one per line, so a character-le
 of a few thousand parameters can be evaluated few-shot. Every document carries both the
 direct answer and a scratchpad (tasks/chain_of_thought.py); `chain_of_thought=True` makes
 the scratchpad plus the answer the target, and exact match then compares the answer only.
+A chain-of-thought or reversed-answer variant poses the same problems as its task for the same
+seed (they share prompts and differ only in the target), so the two compare item for item and
+holding out the task's items (task_corpus.task_documents) holds out the variant's; each was
+seeded by its own name and posed other problems. Operands written least-significant first
+or zero-padded keep problems of their own: their prompts differ from the plain task's, and the
+emergence presets' recorded figures were measured on those problems.
 
 Difficulty knobs: digits (of the first operand, 1-8; the first digit is non-zero),
 digits_b (of the second, default = digits), modulus and op for modular arithmetic.
@@ -107,11 +113,14 @@ def addition_task(*, digits: int = 3, digits_b: int | None = None, num_test: int
         scratchpad = addition_scratchpad(a, b) if base == 10 else ""
         return {"a": shown_a, "b": shown_b, "answer": answer, "scratchpad": scratchpad}
 
-    name = f"addition_{digits}x{digits_b}" + (f"_base{base}" if base != 10 else "")
-    name += "_lsb_first" if reverse_operands else "_reversed" if reverse_answer else ""
+    numbers = f"addition_{digits}x{digits_b}" + (f"_base{base}" if base != 10 else "")
+    layout = ("_lsb_first" if reverse_operands else "") + (f"_pad{pad_to}" if pad_to else "")
+    problems = numbers + layout  # a reversed answer alone (or a chain of thought) poses the same problems
+    name = numbers + ("_lsb_first" if reverse_operands else "_reversed" if reverse_answer else "")
     name += f"_pad{pad_to}" if pad_to else ""
     spec = _spec(name, "{a}+{b}=", chain_of_thought, num_fewshot, seed)
-    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed,
+                                                 problem_set=problems))
 
 
 def multiplication_task(*, digits: int = 2, digits_b: int | None = None, num_test: int = 200, num_train: int = 64,
@@ -124,8 +133,10 @@ def multiplication_task(*, digits: int = 2, digits_b: int | None = None, num_tes
         a, b = _operand(rng, digits), _operand(rng, digits_b)
         return {"a": a, "b": b, "answer": a * b, "scratchpad": multiplication_scratchpad(a, b)}
 
-    spec = _spec(f"multiplication_{digits}x{digits_b}", "{a}*{b}=", chain_of_thought, num_fewshot, seed)
-    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
+    problems = f"multiplication_{digits}x{digits_b}"
+    spec = _spec(problems, "{a}*{b}=", chain_of_thought, num_fewshot, seed)
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed,
+                                                 problem_set=problems))
 
 
 def modular_arithmetic_task(*, modulus: int = 97, op: str = "+", num_test: int = 200, num_train: int = 64,
@@ -141,6 +152,7 @@ def modular_arithmetic_task(*, modulus: int = 97, op: str = "+", num_test: int =
         return {"a": a, "b": b, "op": op, "m": modulus, "answer": value % modulus,
                 "scratchpad": modular_scratchpad(a, b, modulus, op)}
 
-    name = f"modular_{'add' if op == '+' else 'mul'}_{modulus}"
-    spec = _spec(name, "{a}{op}{b} mod {m}=", chain_of_thought, num_fewshot, seed)
-    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed))
+    problems = f"modular_{'add' if op == '+' else 'mul'}_{modulus}"
+    spec = _spec(problems, "{a}{op}{b} mod {m}=", chain_of_thought, num_fewshot, seed)
+    return _fit_generation_budget(generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed,
+                                                 problem_set=problems))
