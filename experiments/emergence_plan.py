@@ -172,12 +172,13 @@ def _check_report(config: ml_collections.ConfigDict, entries: list) -> None:
     evaluated at every checkpoint (eval.tasks): a misspelt name once gave an empty report after
     the whole study had run, and no metric to plot a traceback from the plots instead of report.md."""
     from research.evaluation.metrics import METRICS_BY_OUTPUT_TYPE
+    from research.evaluation.suite import computed_metrics
 
     report = config.get("report", None)
     if report is None:
         return
     known = tuple(dict.fromkeys(m for names in METRICS_BY_OUTPUT_TYPE.values() for m in names))
-    computed = tuple(dict.fromkeys(m for entry in entries for m in entry.task.spec.metrics))
+    computed = computed_metrics(entries)
     for field in ("metrics", "plot_metrics"):
         names = report.get(field, ()) or ()
         if isinstance(names, str):

@@ -119,7 +119,7 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
          log: Callable[[str], None]) -> list[dict[str, Any]]:
     from research.evaluation.harness import Harness
     from research.evaluation.results_table import format_table, write_rows
-    from research.evaluation.suite import run_suite
+    from research.evaluation.suite import computed_metrics, run_suite
     from research.models import sizing
 
     harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size, stop_ids=loaded.stop_ids)
@@ -138,8 +138,7 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
         log(f"  {entry.name} {entry.num_fewshot}-shot: {row['seconds']:.1f} s")
     # Every metric a task computed, in the tasks' order: a fixed list left out word_perplexity,
     # bits_per_byte, is_greedy, ..., which without --output_dir were then shown nowhere.
-    metrics = dict.fromkeys(m for entry in entries for m in entry.task.spec.metrics)
-    log(format_table(rows, ["task", "num_shots", "num_examples", *metrics]))
+    log(format_table(rows, ["task", "num_shots", "num_examples", *computed_metrics(entries)]))
     if stem is None:
         log("not written: pass --output_dir=DIR to keep this table as JSON and CSV.")
         return rows

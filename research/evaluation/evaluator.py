@@ -33,7 +33,7 @@ from research.evaluation.task_spec import Task, TaskError, choices_of, gold_inde
 # generation item keeps whether each answer token is the argmax (answer_token_greedy), for the
 # product of per-position accuracies beside p^L (study_report.mirage_table); nothing else changes.
 # 7: chain-of-thought and reversed-answer arithmetic variants draw their task's problems
-# (tasks/generated.py: problem_set), so their items changed (lsb-first and padded ones did not); a
+# (tasks/generated.py: problem_set), so their items changed (lsb-first tasks and plain padded ones did not); a
 # task file's until defaults to its fewshot_delimiter (lm-eval's rule); an empty rolling text scores
 # log p 0 (2026-12-06).
 METRICS_VERSION = 7

@@ -239,10 +239,11 @@ class Harness:
         flat = [row for rows in windows for row in rows]
         # The same vocab_limit as loglikelihood's, so both share one compiled kernel per shape.
         stats = scoring.score_decoder_rows(self.model, self.params, flat, vocab_limit=self.vocab_limit,
-                                           **self._sizes)
+                                           **self._sizes) if flat else []
         results, start = [], 0
-        for rows in windows:
-            token_log_probs = np.concatenate([s.log_probs for s in stats[start:start + len(rows)]])
+        for rows in windows:  # an empty text has no windows: log p 0 over no tokens
+            token_log_probs = np.concatenate([np.zeros(0, np.float32)]
+                                             + [s.log_probs for s in stats[start:start + len(rows)]])
             start += len(rows)
             results.append(RollingResult(float(token_log_probs.sum()), token_log_probs, len(rows)))
         return results

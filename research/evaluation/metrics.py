@@ -153,8 +153,8 @@ def perplexity(nats_per_unit: float) -> float:
 
 def aggregate(per_example: Sequence[dict[str, float]], names: Sequence[str]) -> dict[str, float]:
     """Task-level value of each metric: the mean over examples, or a corpus-level perplexity.
-    A rolling metric whose unit count is 0 over every example (every text empty) is nan:
-    nothing was measured."""
+    A token or byte metric whose unit count is 0 over every example (every text empty) is nan:
+    nothing was measured (word_perplexity counts an empty text as one word, as lm-eval does)."""
     out = {}
     for name in names:
         if name in ROLLING_METRICS:

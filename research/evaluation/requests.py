@@ -169,16 +169,15 @@ def rolling_windows(token_ids: Sequence[int], max_len: int, prefix_token: int,
     earlier text). context_len=1 gives disjoint windows that each see only the previous
     window's last token, lm-eval's default; larger values trade compute for context.
 
-    No tokens (an empty text, from a tokenizer that adds no bos) score nothing, log p 0, as
-    lm-eval's hf model scores them (no windows): one row of the prefix token predicting itself
-    with num_scored=0, so a caller that concatenates each text's rows' scores gets an empty
-    array. Refusing it failed a suite at that document, after earlier tasks had run.
+    No tokens (an empty text, from a tokenizer that adds no bos) give no windows, which score
+    log p 0, as lm-eval's hf model scores them. Refusing it failed a suite at that document,
+    after earlier tasks had run.
     """
     n = len(token_ids)
     if not 1 <= context_len <= max_len:
         raise ConfigError(f"context_len={context_len} must be in [1, max_len={max_len}].")
     if n == 0:
-        return [ScoredRow(np.asarray([prefix_token, prefix_token], np.int32), 0)]
+        return []
     tokens = np.asarray(token_ids, np.int32)
     first = min(max_len, n)
     rows = [ScoredRow(np.concatenate([np.asarray([prefix_token], np.int32), tokens[:first]]), first)]

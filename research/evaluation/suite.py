@@ -66,6 +66,11 @@ def plan_suite(names: Sequence[str], shots: Sequence[int] | None, *, num_test: i
     return entries
 
 
+def computed_metrics(entries: Sequence[SuiteEntry]) -> tuple[str, ...]:
+    """The metrics the entries' tasks compute, each once, in the tasks' order."""
+    return tuple(dict.fromkeys(m for entry in entries for m in entry.task.spec.metrics))
+
+
 def run_suite(harness: Any, entries: Sequence[SuiteEntry], *, limit: int | None = None,
               on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """One row per entry: its identity, the number of examples scored, and every metric.

@@ -121,6 +121,9 @@ class TaskSpec:
             raise wrong("until", "a stop string or a list of them (or null: the fewshot_delimiter)")
 
     def replace(self, **overrides: Any) -> "TaskSpec":
+        # A stop string that was only the fewshot delimiter's default follows a new delimiter.
+        if "fewshot_delimiter" in overrides and "until" not in overrides and self.until == (self.fewshot_delimiter,):
+            overrides["until"] = None
         return dataclasses.replace(self, **overrides)
 
 

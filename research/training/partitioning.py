@@ -55,8 +55,7 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
     """How many ways the batch axis is split."""
-    axes = batch_partition_spec(rules)[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    axes = _rule_mesh_axes(batch_partition_spec(rules)[0])
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
@@ -88,8 +87,7 @@ def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rule
 def process_batch_slices(mesh: Mesh, rules: Rules) -> dict[int, set[int]]:
     """process index -> the slices of the batch its devices hold (a slice: an index along the
     batch's mesh axes, of data_parallel_size(mesh, rules) in all)."""
-    axes = batch_partition_spec(rules)[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = _rule_mesh_axes(batch_partition_spec(rules)[0])
     sizes = [mesh.shape[a] for a in axes]
     held: dict[int, set[int]] = {}
     for index in np.ndindex(*mesh.devices.shape):

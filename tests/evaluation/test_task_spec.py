@@ -159,6 +159,9 @@ def test_until_defaults_to_the_fewshot_delimiter_as_lm_evals_task_config(tmp_pat
         assert TaskSpec(**gen, fewshot_delimiter=delimiter).until == tuple(lm_eval_until) == (delimiter,)
     assert TaskSpec(**gen).until == ("\n\n",)  # both default fewshot_delimiter "\n\n"
     assert TaskSpec(**gen, fewshot_delimiter="\n", until=[".", "\n"]).until == (".", "\n")  # given: kept
+    # replace() with a new delimiter: a stop string that was the old one's default follows it.
+    assert TaskSpec(**gen).replace(fewshot_delimiter="\n").until == ("\n",)
+    assert TaskSpec(**gen, until=["."]).replace(fewshot_delimiter="\n").until == (".",)
     _write_jsonl(tmp_path / "test.jsonl", [{"q": "2+2?", "a": "4"}])
     (tmp_path / "qa.json").write_text(json.dumps({**gen, "fewshot_delimiter": "\n", "fewshot_split": None,
                                                   "data_files": {"test": "test.jsonl"}}))

@@ -57,7 +57,7 @@ def test_arithmetic_answers_and_digit_knobs():
     for doc in _docs(get_task("addition", digits=4, num_test=50, reverse_answer=True, reverse_operands=True)):
         a, b = int(doc["a"][::-1]), int(doc["b"][::-1])
         assert len(doc["a"]) == len(doc["b"]) == 4 and doc["answer"] == str(a + b)[::-1]
-    # addition_3digit's first problem (217+886; the variants share their base task's problems) backwards.
+    # Its own first problem, 738+381 (lsb-first tasks keep their problems: tasks/arithmetic.py), read backwards.
     assert _docs(catalog_task("addition_3digit_lsb_first", num_test=1))[0]["a"] == "837"  # 738 read backwards
     with pytest.raises(TaskError, match="reverse_operands=True needs reverse_answer=True"):
         get_task("addition", reverse_operands=True)

@@ -217,8 +217,8 @@ class DocumentReader(PipelineStep):
                                          text_field=spec.text_field), spec.tfds_split)
         start, stop = rank * len(source) // world_size, (rank + 1) * len(source) // world_size
         for index in range(start, stop):
-            value = source[index][spec.text_field]
-            raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            value = source[index][spec.text_field]  # _tfds_source refused a non-text feature
+            raw = value if isinstance(value, bytes) else value.encode("utf-8", errors="surrogatepass")
             text, invalid = decode_utf8(raw)
             if text.strip():
                 yield _document(text, f"{spec.tfds_name}/{spec.tfds_split}[{index}]", invalid, len(raw))
