@@ -21,6 +21,7 @@ from research.atomic_files import write_text_atomically
 from research.models.config import ConfigError
 from research.training import metrics as metrics_lib
 from research.training import preemption
+from research.training import resume_changes
 from research.training import workdir as workdir_lib
 from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
@@ -181,8 +182,8 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
         m.writer.forget_after(step)
         # [issue-13b] Resuming with another num_steps / schedule, batch size or optimizer number: say so in one line.
         saved_config, config = m.checkpointer.restore_config(step), m.config.to_dict()
-        for warning in (workdir_lib.schedule_change(saved_config, config, step),
-                        workdir_lib.resume_changes(saved_config, config, step)):
+        for warning in (resume_changes.schedule_change(saved_config, config, step),
+                        resume_changes.resume_changes(saved_config, config, step)):
             if warning:  # models trained together: whose schedule, named as record_block names a model
                 whose = f"model {m.index} ({m.workdir}): " if stacked_shardings is not None else ""
                 log.warning("%s%s", whose, warning)

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import pretrain
 from research.data.config import DataError
-from research.training import workdir as workdir_lib, workdir_lock
+from research.training import resume_changes as resume_lib, workdir as workdir_lib, workdir_lock
 from research.training.workdir import WorkdirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -209,10 +209,10 @@ def test_a_run_recorded_before_a_model_field_existed_resumes_at_its_default(tmp_
 
 def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
     saved = pretrain.get_config("gpt_tiny").to_dict()  # 300 steps, warmup 30, cosine, 3e-3
-    assert workdir_lib.schedule_change(saved, saved, 100) is None
+    assert resume_lib.schedule_change(saved, saved, 100) is None
     longer = pretrain.get_config("gpt_tiny")
     longer.train.num_steps = 600
-    warning = workdir_lib.schedule_change(saved, longer.to_dict(), 100)
+    warning = resume_lib.schedule_change(saved, longer.to_dict(), 100)
     assert "\n" not in warning and "train.num_steps 300 -> 600" in warning
     from research.training.optimizers import OptimizerConfig, make_schedule
     opt = {k: v for k, v in saved["opt"].items()}
@@ -226,14 +226,14 @@ def test_schedule_change_on_resume_is_one_warning_with_both_learning_rates():
 def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
     """They resumed silently, while a learning-rate change got a line."""
     saved = pretrain.get_config("gpt_tiny").to_dict()
-    assert workdir_lib.resume_changes(saved, saved, 100) is None
+    assert resume_lib.resume_changes(saved, saved, 100) is None
     for field, value in (("train.microbatches", 2), ("opt.learning_rate", 1e-4), ("train.num_steps", 600)):
         other = pretrain.get_config("gpt_tiny")  # the same gradient; a schedule change (schedule_change's)
         other[field.split(".")[0]][field.split(".")[1]] = value
-        assert workdir_lib.resume_changes(saved, other.to_dict(), 100) is None, field
+        assert resume_lib.resume_changes(saved, other.to_dict(), 100) is None, field
     other = pretrain.get_config("gpt_tiny")
     other.train.batch_size = 2 * saved["train"]["batch_size"]
-    warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+    warning = resume_lib.resume_changes(saved, other.to_dict(), 100)
     assert warning == ("resuming at step 100 with train.batch_size 16 -> 32: the saved data position belongs to "
                        "batch size 16, so the data that follows is neither the saved run's stream nor a fresh run's.")
     # Both resumed silently: another loss from here on; eval losses (and keep_best) over other batches.
@@ -241,7 +241,7 @@ def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
                                       ("eval_batches", 2, "score another set of validation batches")):
         other = pretrain.get_config("gpt_tiny")
         other.train[field] = value
-        warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+        warning = resume_lib.resume_changes(saved, other.to_dict(), 100)
         assert warning.startswith(f"resuming at step 100 with train.{field} {json.dumps(saved['train'][field])} -> "
                                   f"{json.dumps(value)}: ") and consequence in warning and "\n" not in warning
     # A changed dropout resumed silently (a compute dtype too), while z_loss got a line.
@@ -249,13 +249,13 @@ def test_a_changed_batch_size_or_optimizer_number_on_resume_is_one_warning():
         before, other = pretrain.get_config("gpt_tiny"), pretrain.get_config("gpt_tiny")
         before.model[field] = 0.1 if field == "dropout_rate" else "float32"
         other.model[field] = value
-        warning = workdir_lib.resume_changes(before.to_dict(), other.to_dict(), 100)
+        warning = resume_lib.resume_changes(before.to_dict(), other.to_dict(), 100)
         assert warning is not None and warning.startswith(f"resuming at step 100 with model.{field} ")
         assert "another dropout or compute precision" in warning and "\n" not in warning
     for field, value in (("b1", 0.8), ("b2", 0.999), ("eps", 1e-6), ("weight_decay", 0.0), ("clip_norm", 0.5)):
         other = pretrain.get_config("gpt_tiny")
         other.opt[field] = value
-        warning = workdir_lib.resume_changes(saved, other.to_dict(), 100)
+        warning = resume_lib.resume_changes(saved, other.to_dict(), 100)
         assert warning.startswith(f"resuming at step 100 with opt.{field} {json.dumps(saved['opt'][field])} -> "
                                   f"{json.dumps(value)}: the steps that follow apply the new optimizer value(s)")
         assert "\n" not in warning
