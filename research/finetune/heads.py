@@ -2,12 +2,13 @@
 
 The zoo model sits under "body" with its own parameter names, so a pretrained model's
 parameters (or a LoRA adapter's target paths) carry over unchanged; the head is a Dense
-layer under "head".
+layer under "head". Also what a zoo model's own heads take from the init: those it lacks
+(with_fresh_heads), and what its Hugging Face export keeps of it (export_plan).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -130,3 +131,70 @@ def with_pretrained_body(params: Any, body_params: Any, where: str) -> Any:
                               "fine-tuned model needs; load a model of the same preset.")
         return {k: take(v, source[k], f"{path}{k}/") for k, v in target.items()}
     return {**params, "body": take(params["body"], body_params, "")}
+
+
+# Heads of a zoo model that a path's loss never reads (classify reads the pooler and classifier):
+# they leave the run as the init gave them, so one the init lacked is random.
+UNREAD_HEADS = {"classification": ("mlm_head",)}
+_MAX_CHAIN = 8  # fine-tuning runs followed back to their first init (as base_model's loaders do)
+
+
+class ExportPlan(NamedTuple):
+    left_out: tuple[str, ...]  # heads neither loaded nor trained: not exported
+    hf_fields: dict[str, Any]  # config.json fields kept from the Hugging Face folder the run started from
+
+
+def export_plan(config: Mapping[str, Any], model_config: ModelConfig) -> ExportPlan:
+    """What a Hugging Face export of fine-tuning `config`'s zoo model (of `model_config`) takes from
+    config.init: a head its path never reads (UNREAD_HEADS) is left out unless the init held one (a
+    BertForSequenceClassification folder has no MLM head: the random one exported was loaded by
+    transformers as a trained one, without its "newly initialized" warning); config.json keeps the
+    label names and classifier dropout of the Hugging Face folder the run started from
+    (bert.carried_config), which ModelConfig does not hold. Checkpoint inits are followed through
+    the fine-tuning runs they continue (run.json's inits). An init no longer readable keeps every
+    head and LABEL_i names, said so: the export comes after training."""
+    unread = UNREAD_HEADS.get(config.get("path"), ())
+    if not unread and not model_config.num_labels:
+        return ExportPlan((), {})
+    try:
+        chain = _init_chain(str(config.get("init", "")))
+        kind, where, _ = chain[-1]
+        left_out = tuple(head for head in unread if not _init_holds(chain, head))
+        fields = {}
+        if kind == "hf" and model_config.family == "encoder":
+            from research.models.hf import bert
+            from research.models.hf.checkpoint_files import read_hf_config
+            fields = bert.carried_config(read_hf_config(where), model_config)
+    except (OSError, ValueError) as error:  # ConfigError and CheckpointError are ValueErrors
+        log.warning("export: config.init=%r could not be read again (%s); the export keeps every head and writes "
+                    "LABEL_i label names.", config.get("init"), error)
+        return ExportPlan((), {})
+    return ExportPlan(left_out, fields)
+
+
+def _init_chain(init: str) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(kind, location, saved config of a checkpoint run) of `init` and of the inits of the
+    fine-tuning runs it continues, up to one that is none (a folder, a seed, a pretraining run)."""
+    from research.finetune.run_identity import run_init_spec
+    from research.training.checkpoint_loading import run_config
+    chain = []
+    for _ in range(_MAX_CHAIN):
+        kind, _, where = init.partition(":")
+        saved = run_config(where) if kind == "checkpoint" else {}
+        chain.append((kind, where, saved))
+        if "path" not in saved or "init" not in saved:
+            break
+        init = run_init_spec(where, saved)
+    return chain
+
+
+def _init_holds(chain: list[tuple[str, str, Mapping[str, Any]]], head: str) -> bool:
+    """Whether the first init of `chain` that is not a run leaving `head` unread held it (a
+    pretraining run, or a path that trains it, holds it trained)."""
+    for kind, where, saved in chain:
+        if kind == "checkpoint" and head not in UNREAD_HEADS.get(saved.get("path"), ()):
+            return True
+        if kind == "hf":
+            from research.models.hf import bert
+            return head in bert.folder_heads(where)
+    return False  # a seeded init

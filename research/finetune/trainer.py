@@ -275,7 +275,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             if end_step <= start_step and "eval_loss" not in last:
                 last.update(run_eval())
             if config.get("export_dir"):
-                _export(job, merge(state.params), config.export_dir)
+                _export(job, merge(state.params), config)
     finally:
         if guard is not None:
             guard.uninstall()
@@ -351,13 +351,17 @@ def _checkpoint_view(state: TrainState, lora: LoraConfig | None) -> TrainState:
     return state.replace(params={k: v for k, v in state.params.items() if k != BASE}) if lora else state
 
 
-def _export(job: FinetuneJob, params: Any, path: str) -> None:
-    """Merged weights as a Hugging Face folder (zoo models only; heads have no HF layout here),
-    its config carrying the job's tokenizer's special ids: the architecture's defaults (GPT-2's
-    50256) may lie outside a fine-tuning vocabulary, and generate() stops on config's eos id;
-    generation_config.json adds the job's turn ends (ChatML's <|im_end|>, which chatml trains in
-    place of eos): without them generate() ran past the end of the turn."""
+def _export(job: FinetuneJob, params: Any, config: ml_collections.ConfigDict) -> None:
+    """Merged weights as a Hugging Face folder in config.export_dir (zoo models only; heads have no
+    HF layout here), its config carrying the job's tokenizer's special ids: the architecture's
+    defaults (GPT-2's 50256) may lie outside a fine-tuning vocabulary, and generate() stops on
+    config's eos id; generation_config.json adds the job's turn ends (ChatML's <|im_end|>, which
+    chatml trains in place of eos): without them generate() ran past the end of the turn. What it
+    keeps of config.init (a head the path never trained is written only if the init held one; the
+    init folder's label names) is heads.export_plan's."""
+    from research.finetune.heads import export_plan
     from research.models import to_hf
+    path = str(config.export_dir)
     if job.model.__class__.__module__.startswith("research.finetune"):
         raise ConfigError(f"export_dir: {job.name} trains a model with a task head, which has no Hugging Face "
                           "export here; unset export_dir.")
@@ -372,7 +376,12 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
     failure = None
     if jax.process_index() == 0:
         try:
+            # Read on the writer only: the gather above is a collective over the same tree everywhere.
+            plan = export_plan(config, job.model.config)
+            host = {name: value for name, value in host.items() if name not in plan.left_out}
             to_hf(job.model, host, path, tokenizer=job.tokenizer, stop_ids=job.stop_ids)
+            if plan.hf_fields:
+                _update_hf_config(path, plan.hf_fields)
         except Exception as error:  # reported on every process below, raised here as it was
             failure = error
     failed = failure is not None
@@ -385,3 +394,12 @@ def _export(job: FinetuneJob, params: Any, path: str) -> None:
         raise ConfigError(f"export_dir={path!r}: process 0 could not write the export (its log says why); the "
                           "checkpoints are saved: fix the folder and rerun the same command to export.")
     log.info("exported merged weights to %s", path)
+
+
+def _update_hf_config(path: str, fields: dict[str, Any]) -> None:
+    """`fields` set in the config.json that to_hf wrote in `path` (as write_checkpoint writes it)."""
+    import json
+    from research.models.hf.checkpoint_files import CONFIG_FILE, read_hf_config
+    hf_config = {**read_hf_config(path), **fields}
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)

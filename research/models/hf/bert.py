@@ -19,19 +19,23 @@ MLM head, BertForMaskedLM ones no pooler): what the checkpoint lacks is left out
 params, so only the methods that need it fail, and a head the config does not declare
 (pooler=False, num_labels=0) is skipped. The body must be complete.
 
+config_to_hf names labels LABEL_i; a fine-tuned export keeps its init folder's names
+(`carried_config`), and leaves out a head the init lacked and fine-tuning never trained
+(`folder_heads` says which the init held; research/finetune/heads.py export_plan decides).
+
 A stored cls.predictions.decoder.weight that differs from the word embeddings is loaded
 untied whatever tie_word_embeddings says, as transformers does (`config_for_weights`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Collection, Mapping, NamedTuple
 
 import numpy as np
 
 from research.models.config import ConfigError, ModelConfig
 from research.models.hf import (ACTIVATION_TO_HF, CheckpointError, check_convertible, check_tied_head, hf_activation,
                                 model_layout, unrolled_layout, untie_distinct_head)
-from research.models.hf.checkpoint_files import take
+from research.models.hf.checkpoint_files import read_hf_config, read_tensors_ending_with, take
 
 MODEL_TYPE = "bert"
 _BASE_PREFIX = "bert."  # BertFor* wrap BertModel under "bert."; BertModel checkpoints have no prefix
@@ -41,6 +45,10 @@ _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.seq_rel
             "cls.seq_relationship.bias", "cls.predictions.bias", "cls.predictions.decoder.bias")
 _TIED_DECODER = "cls.predictions.decoder.weight"  # tied: equal to the word embeddings (checked)
 _WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
+# config.json fields of a classifier that ModelConfig does not hold: a fine-tuned export keeps its
+# init's (`carried_config`); the label names only while the number of labels is the same.
+_LABEL_FIELDS = ("id2label", "label2id")
+_CLASSIFIER_FIELDS = ("classifier_dropout",)
 
 
 class Convert(NamedTuple):
@@ -143,8 +151,9 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: ModelConfig) -> di
     state_dict = {_hf_name(name): np.asarray(value) for name, value in state_dict.items()}
     groups = _name_map(config)
     # The body is required; a head is converted when the config declares it and the checkpoint has it.
+    held = _held(groups, state_dict)
     used = {group: names for group, names in groups.items() if _declared(group, config) and (
-        group == "body" or any(hf_name in state_dict for hf_name in names))}
+        group == "body" or group in held)}
     ignore = _IGNORED + tuple(n for group, names in groups.items() if group not in used for n in names)
     shapes = {n: entry.hf_shape for names in used.values() for n, entry in names.items()}
     check_tied_head(config, state_dict, _TIED_DECODER, _WORD_EMBEDDINGS)
@@ -155,6 +164,26 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: ModelConfig) -> di
         for hf_name, entry in names.items():
             _set(unrolled, entry.path, entry.convert.to_ours(tensors[hf_name], config))
     return model_layout(unrolled, config)
+
+
+def folder_heads(path: str) -> set[str]:
+    """The heads (pooler, mlm_head, classifier) of which the BERT checkpoint folder `path` holds
+    tensors, as params_from_hf finds them; only the heads' tensors are read."""
+    heads = {group: names for group, names in _name_map(config_from_hf(read_hf_config(path))).items()
+             if group != "body"}
+    suffixes = tuple(name for names in heads.values() for name in names)
+    return _held(heads, {_hf_name(name) for name in read_tensors_ending_with(path, suffixes)})
+
+
+def carried_config(source: Mapping[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """The fields of an init's config.json (`source`) that an export of `config`, fine-tuned from
+    it, keeps: config_to_hf writes LABEL_i names and no classifier_dropout, which lost a folder's
+    own label names (NEGATIVE, POSITIVE). Another number of labels keeps no names."""
+    if not config.num_labels:
+        return {}
+    same_labels = len(source.get("id2label") or {}) == config.num_labels
+    fields = (_LABEL_FIELDS if same_labels else ()) + _CLASSIFIER_FIELDS
+    return {field: source[field] for field in fields if field in source}
 
 
 def params_to_hf(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
@@ -233,6 +262,11 @@ def _mlm_bias_names(config: ModelConfig) -> tuple[str, str]:
     decoder; untied, transformers adds cls.predictions.decoder.bias and leaves the other unused."""
     names = ("cls.predictions.bias", "cls.predictions.decoder.bias")
     return names if config.tie_embeddings else names[::-1]
+
+
+def _held(groups: Mapping[str, Mapping[str, _Entry]], present: Collection[str]) -> set[str]:
+    """The groups of which `present` (HF names without "bert.") holds a tensor."""
+    return {group for group, names in groups.items() if any(name in present for name in names)}
 
 
 def _declared(group: str, config: ModelConfig) -> bool:
