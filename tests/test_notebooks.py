@@ -1,4 +1,5 @@
 """Notebooks are first-class: each one runs top to bottom in a fresh kernel and shows what it promises."""
+import ast
 import os
 import pathlib
 import re
@@ -55,6 +56,37 @@ def test_install_cell_finds_a_local_clone_and_says_what_to_do_elsewhere(tmp_path
     elsewhere = subprocess.run([sys.executable, "-S", "-c", install], cwd=tmp_path, env=env, capture_output=True,
                                text=True, timeout=120)
     assert elsewhere.returncode == 1 and "set REPOSITORY_URL above (Colab)" in elsewhere.stderr
+
+
+def _defined_and_used(source: str) -> tuple[set[str], set[str]]:
+    """The names a cell binds (imports, assignments, defs) and the names it reads."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    tree = ast.parse(TransformerManager().transform_cell(source))  # %magics and !commands as Python
+    defined, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else defined).add(node.id)
+    return defined, used
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_after_the_install_cell_run_without_it(path):
+    """After a runtime restart (Colab) a reader skips the install cell, the package being installed:
+    a name only it bound (os) was a NameError in every later cell that used it."""
+    cells = list(enumerate(nbformat.read(path, as_version=4).cells))
+    only_install, _ = _defined_and_used(cells[1][1].source)
+    defined, missing = set(), []
+    for index, cell in cells[2:]:
+        if cell.cell_type != "code":
+            continue
+        binds, reads = _defined_and_used(cell.source)
+        defined |= binds  # a cell may use what the cells above it bound: those are rerun too
+        missing += [f"cell {index}: {name}" for name in sorted(reads & only_install - defined)]
+    assert not missing, f"{path.name}: names only the install cell binds: {missing}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -421,7 +421,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 # Nothing left (a finished run rerun, or stop_after_steps at or below the restored step).
                 if end_step <= start_step and not any("eval_loss" in m.last for m in members):
                     for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
-                        m.last.update(metrics)
+                        # with the train metrics its run recorded, the keys a run that trained returns
+                        m.last.update({**metrics_lib.last_train_metrics(m.workdir, start_step), **metrics})
     except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):
         if not saved and jax.process_index() == 0:  # the process that recorded the claims
             withdrawn = workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+THROUGHPUT_KEYS = ("tokens_per_second", "mfu")  # Throughput.read's: a train record's timing, not the step's result
 
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -244,6 +245,24 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def last_train_metrics(workdir: str, step: int) -> dict[str, float]:
+    """The train metrics of <workdir>/metrics.jsonl's last train record at or before `step`, as
+    the run that trained it returned them (its evaluation and throughput left out): a rerun with
+    nothing left to train reports them again. {} when there is none (no file on this process)."""
+    path, last = os.path.join(workdir, METRICS_FILE), {}
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line a kill -9 cut short (process 0 drops it on resume; another process may read first)
+            if "loss" in record and record["step"] <= step:
+                last = record
+    return {k: v for k, v in last.items() if k != "step" and k not in THROUGHPUT_KEYS and not k.startswith("eval_")}
+
+
 def model_size(config: ModelConfig, params: Any, target_len: int, source_len: int | None = None) -> dict[str, int]:
     """Parameter counts (total from the actual tree, the embedding share by sizing's
     convention) and training FLOPs per target token at these sequence lengths."""
@@ -316,7 +335,7 @@ class Throughput:
         now = time.perf_counter()
         tokens_per_second = self._steps * self.tokens_per_step / max(now - self._start, 1e-9)
         self._start, self._steps = now, 0
-        out = {"tokens_per_second": tokens_per_second}
+        out = {"tokens_per_second": tokens_per_second}  # THROUGHPUT_KEYS: last_train_metrics leaves them out
         if self.peak_flops:
             out["mfu"] = tokens_per_second * self.models_in_program * self.flops_per_token / self.peak_flops
         return out

@@ -1,0 +1,45 @@
+"""A rerun with nothing left to train (a finished run, or train.stop_after_steps at or below the
+saved step) returns what the run that trained it returned: its last train metrics, as recorded,
+and the evaluation of the restored model. It once returned the evaluation alone, and a notebook's
+rerun of its Train cell failed with KeyError 'loss'."""
+import copy
+
+import pytest
+
+from research.training import train_and_evaluate
+from research.training.loop import train_together
+
+from tests.training.conftest import run_config
+
+EVAL_KEYS = ("eval_loss", "eval_perplexity", "eval_accuracy")
+
+
+def _assert_same_report(rerun, first):
+    assert sorted(rerun) == sorted(first)
+    for key in first:
+        if key in EVAL_KEYS:  # evaluated again on the restored model: float rounding apart at most
+            assert rerun[key] == pytest.approx(first[key], rel=1e-5), key
+        else:  # read back from metrics.jsonl: the very numbers the first run returned
+            assert rerun[key] == first[key], key
+
+
+@pytest.mark.parametrize("stop_after_steps", [0, 4])
+def test_a_rerun_with_nothing_to_train_returns_the_last_train_metrics(stop_after_steps, tokenizers,
+                                                                      compilation_cache, tmp_path):
+    config = run_config("gpt_tiny", tokenizers["plain"], stop_after_steps=stop_after_steps)
+    first = train_and_evaluate(config, str(tmp_path))
+    assert "loss" in first and "eval_loss" in first
+    _assert_same_report(train_and_evaluate(copy.deepcopy(config), str(tmp_path)), first)
+
+
+def test_models_trained_together_rerun_with_their_own_last_train_metrics(tokenizers, compilation_cache, tmp_path):
+    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=4)
+    configs = [copy.deepcopy(base) for _ in range(2)]
+    configs[1].train.seed = 1
+    configs[1].opt.learning_rate = 3e-3
+    workdirs = [str(tmp_path / name) for name in ("a", "b")]
+    first = train_together(configs, workdirs)
+    rerun = train_together(copy.deepcopy(configs), workdirs)
+    assert first[0]["loss"] != first[1]["loss"]  # each model's own records, not model 0's twice
+    for again, result in zip(rerun, first):
+        _assert_same_report(again, result)
