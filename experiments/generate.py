@@ -78,6 +78,9 @@ class DecodingOptions:
         if not sampling and (self.top_k or self.top_p < 1 or self.num_samples > 1):
             raise ConfigError("--top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "
                               "(e.g. --temperature=0.8).")
+        if self.num_beams == 1 and self.alpha != DecodingOptions.alpha:  # it was silently ignored
+            raise ConfigError(f"--alpha={self.alpha} is beam search's length penalty; add --num_beams>1 (e.g. "
+                              "--num_beams=4) or drop --alpha.")
         if self.num_beams > 1 and sampling:
             raise ConfigError(f"--num_beams={self.num_beams} is beam search, which does not sample; drop "
                               "--temperature (or set --num_beams=1).")
@@ -138,7 +141,7 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     else:
         out = generate(model, loaded.params, batch, max_new_tokens=options.max_new_tokens,
                        temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, stop_tokens=stops,
-                       rng=jax.random.key(options.seed), vocab_limit=vocab_limit)
+                       rng=seed_key(options.seed), vocab_limit=vocab_limit)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BN, out.lengths_B, out.log_probs_BN))
         rows = [[(tokens[b, :lengths[b]], float(log_probs[b].sum()))] for b in range(len(batch))]
     completions: list[list[Completion]] = [[] for _ in prompts]
@@ -151,6 +154,16 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
             completions[index].append(Completion(prompts[index], text, tuple(ids), log_prob,
                                                  continues_prompt=config.family == "decoder"))
     return completions
+
+
+def seed_key(seed: int):
+    """A PRNG key for any 64-bit --seed. jax.random.key keeps only a seed's low 32 bits without
+    jax_enable_x64 (--seed=0 and --seed=2**32 sampled the same text): the high half is folded in;
+    seeds in [0, 2**32) keep their keys (and samples) as before."""
+    import jax
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    high = (seed >> 32) & 0xFFFFFFFF
+    return jax.random.fold_in(key, high) if high else key
 
 
 def _continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int], family: str) -> str:
@@ -183,7 +196,7 @@ def _read_prompts(prompt_flags: Sequence[str], prompt_file: str | None) -> list[
         raise ConfigError("give --prompt or --prompt_file, not both.")
     if prompt_file:
         try:
-            with open(prompt_file, encoding="utf-8") as f:
+            with open(prompt_file, encoding="utf-8-sig") as f:  # a Windows editor's byte-order mark is no prompt text
                 prompts = [line.rstrip("\n") for line in f if line.strip()]
         except OSError as error:
             raise ConfigError(f"--prompt_file={prompt_file!r}: {error.strerror}.") from None

@@ -128,6 +128,23 @@ def test_sampling_is_seeded_and_beams_are_ranked(hf_dir):
     assert printed[0] == f"[beam 0 log p={beams[0].log_prob:.2f}] the{beams[0].text}"
 
 
+def test_seeds_past_32_bits_draw_other_samples(hf_dir):
+    """jax.random.key keeps a seed's low 32 bits without x64: --seed=0 and --seed=2**32 drew the
+    same text, as did -1 and 2**32-1. A seed below 2**32 keeps the key it had."""
+    import jax
+    loaded = cli.load_model(hf_dir=hf_dir)
+    sample = dict(max_new_tokens=12, temperature=1.5, num_samples=3)
+    drawn = {seed: [c.token_ids for c in cli.generate_text(loaded, ["a"], seed=seed, **sample)[0]]
+             for seed in (0, 2**32, -1, 2**32 - 1)}
+    assert drawn[0] != drawn[2**32] and drawn[-1] != drawn[2**32 - 1]
+    assert jax.random.key_data(cli.seed_key(7)).tolist() == jax.random.key_data(jax.random.key(7)).tolist()
+
+
+def test_a_prompt_files_byte_order_mark_is_not_prompt_text(tmp_path):
+    (tmp_path / "prompts.txt").write_bytes("\ufeffOnce upon a time\r\nThe end\r\n".encode("utf-8"))
+    assert cli._read_prompts([], str(tmp_path / "prompts.txt")) == ["Once upon a time", "The end"]
+
+
 def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
     """T5's output is a sequence of its own, decoded without a leading space: printed straight after
     its prompt it ran on into it ("w3 w5w31 w31")."""
@@ -162,6 +179,8 @@ def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
     (dict(max_new_tokens=2**31), r"--max_new_tokens=2147483648 must be between 1 and 2147483647"),
     (dict(temperature=0.5, seed=2**63), r"--seed=9223372036854775808 must fit in 64 bits"),
     (dict(num_beams=2, alpha=float("nan")), r"--alpha=nan \(beam search's length-penalty exponent\) must be"),
+    # Without beam search --alpha was accepted and ignored.
+    (dict(alpha=3.0), r"--alpha=3.0 is beam search's length penalty; add --num_beams>1"),
     # generate_text(..., top_p=None) compared None with 0: a bare TypeError.
     (dict(temperature=1.0, top_p=None), r"--top_p=None must be a number"),
     (dict(num_beams=2.5), r"--num_beams=2.5 must be a whole number"),
