@@ -289,9 +289,9 @@ def load_lora_run(path: str, step: int | None = None) -> BaseModel:
     import numpy as np
 
     from research.finetune.lora import BASE, LoraConfig, merged_params
-    from research.finetune.run_identity import run_init_spec, run_tokenizer_spec
+    from research.finetune.run_identity import check_init_files, run_init_spec, run_tokenizer_spec
     from research.models import build_model
-    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params
+    from research.training.checkpoint_loading import checkpoint_root, checkpoint_steps_in, restore_params, run_workdir
     root = checkpoint_root(path)
     held = checkpoint_steps_in(root)
     if step is not None and step not in held:
@@ -302,6 +302,7 @@ def load_lora_run(path: str, step: int | None = None) -> BaseModel:
         raise ConfigError(f"checkpoint:{path} is a LoRA run of path={saved.get('path')!r}, whose task head no other "
                           "path loads; start from its base model (its config.init) instead.")
     base_init = run_init_spec(root, saved)
+    check_init_files(run_workdir(root))  # an hf: base rewritten since: the adapters fit its old weights
     base = load_base_model(base_init, saved.get("model", {}), run_tokenizer_spec(root, saved),
                            step=lora_base_step(root, base_init))
     params = base.params

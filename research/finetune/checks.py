@@ -116,6 +116,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                           "which has no Hugging Face export here; unset export_dir.")
     if config.get("export_dir"):
         check_export_dir(str(config["export_dir"]))
+        check_export_not_a_base(config)
     # The loop's own settings (opt.warmup_steps past num_steps, a learning rate <= 0, checkpoint.every_steps
     # or train.batch_size 0) were refused only in run_job, after the claim and the job's loading.
     from research.finetune.trainer import loop_configs
@@ -154,13 +155,44 @@ def check_grpo_generation_tokens(tokens: Any, grpo: Mapping[str, Any]) -> None:
 
 
 def check_export_dir(export_dir: str) -> None:
-    """export_dir must be a writable folder or creatable in one: a file there was found only
+    """export_dir must be a local writable folder or creatable in one: a file there was found only
     after the last step, as a raw FileExistsError / NotADirectoryError."""
     if "://" in export_dir:
-        return
+        # The export writes with os and open (models/hf/checkpoint_files.py): 'gs://b/x' became a local
+        # folder ./gs:/b/x, and the run logged the export as done.
+        raise ConfigError(f"export_dir={export_dir!r} is a URL, which the Hugging Face export cannot write; give a "
+                          "local folder, then copy it there (e.g. gcloud storage cp -r DIR URL, or gsutil -m cp -r).")
     if reason := unwritable_reason(export_dir):
         raise ConfigError(f"export_dir={export_dir!r}: {reason}; give a writable folder, or a new path in one, "
                           "for the Hugging Face export.")
+
+
+def check_export_not_a_base(config: Mapping[str, Any]) -> None:
+    """export_dir must not be (nor lie in) a Hugging Face folder the run loads: its hf: init, its
+    preference reference, or one at the root of such a run's chain of checkpoint inits. The base is
+    reloaded at every resume and LoRA merge, so an export into it merged the adapters again at each
+    rerun (another model and eval_loss each time)."""
+    from research.finetune.run_identity import recorded_init
+    export = os.path.realpath(str(config["export_dir"]))
+    specs = [config.get("init")]
+    for path, key in (("preference", "reference"), ("grpo", "reward")):
+        if config.get("path") == path:
+            specs.append(config_section(config, path).get(key))
+    for spec in specs:
+        given = spec
+        for _ in range(8):  # a chain of runs, never a cycle
+            kind, _, where = str(spec or "").partition(":")
+            if kind not in ("checkpoint", "reward_model") or not (spec := recorded_init(where)):
+                break
+        if kind == "hf" and "://" not in where and _within(export, os.path.realpath(where)):
+            via = "" if spec == given else f" (the base of {given})"
+            raise ConfigError(f"export_dir={config['export_dir']!r} lies in the Hugging Face folder {where!r} the run "
+                              f"loads{via}: the export would overwrite that model (a rerun would load the export); "
+                              "give a folder outside it.")
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def lora_check_tree(config: Mapping[str, Any]) -> Any | None:

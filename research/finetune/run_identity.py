@@ -16,20 +16,28 @@ Local paths are recorded absolute: the same relative path from another directory
 another file. run.json is therefore also where a loader follows a run's chain of inits
 (research/finetune/base_model.py): its "init" and "tokenizer" (the saved config's may be
 relative to the directory the run was launched from), and "init_checkpoint_step", the step of
-its base a LoRA run's adapters were trained on and are merged into.
+its base a LoRA run's adapters were trained on and are merged into; for an 'hf:' init,
+"init_files_sha256", the digest of that folder's weight and config files at the run's first start
+(a folder rewritten since, e.g. by an export into it, is refused at resume and at load).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from typing import Any, Mapping
 
+from research.models.config import ConfigError
 from research.training import workdir as workdir_lib
 
 # Fields that do not change what a checkpoint means, and those of train that do: pretraining's.
 _MODEL_FIELDS_FREE_ON_RESUME = workdir_lib.MODEL_FIELDS_FREE_ON_RESUME
 _TRAIN_FIELDS = workdir_lib.TRAIN_FIELDS_IN_FINGERPRINT
 _DATA_PATH_FIELDS = ("train_file", "eval_file", "folder")
+# run.json's digest of an 'hf:' init folder's files (hf_files_digest), recorded at the run's first start.
+INIT_FILES_KEY = "init_files_sha256"
+_HF_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def absolute_spec(spec: str) -> str:
@@ -38,6 +46,32 @@ def absolute_spec(spec: str) -> str:
     if not sep or not path or "://" in path or kind not in ("checkpoint", "hf", "reward_model"):
         return str(spec)
     return f"{kind}:{os.path.abspath(path)}"
+
+
+def hf_files_digest(folder: str) -> str | None:
+    """sha256 over the names and contents of Hugging Face folder `folder`'s weight and config files
+    (*.safetensors, *.bin, config.json: what from_hf reads); None where it is no local folder."""
+    # Contents, not mtimes or sizes: a folder copied or restored elsewhere and back keeps its contents
+    # but not its mtimes, and an export into the folder rewrote same-sized files with other weights.
+    if "://" in folder or not os.path.isdir(folder):
+        return None
+    stats = []
+    for name in sorted(os.listdir(folder)):
+        if (name == "config.json" or name.endswith(_HF_WEIGHT_SUFFIXES)) and os.path.isfile(os.path.join(folder, name)):
+            st = os.stat(os.path.join(folder, name))
+            stats.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return _files_digest(os.path.abspath(folder), tuple(stats))
+
+
+@functools.lru_cache(maxsize=8)
+def _files_digest(folder: str, stats: tuple[tuple[str, int, int, int, int], ...]) -> str:
+    # Cached by the files' stat within one process only: a resume's claim reads the folder twice
+    # (check_init_files, the fingerprint), and a model's weights may be gigabytes.
+    digest = hashlib.sha256()
+    for name, *_ in stats:
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(f"{name}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
+    return digest.hexdigest()
 
 
 def _latest_steps(spec: str) -> list[int] | None:
@@ -103,6 +137,11 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     # a resume would load another model (seen: a DPO step-3 loss of 0.6817 against 0.6734), so the
     # step belongs to the run's identity and a rerun after it moved is refused, not resumed inexactly.
     identity["init_checkpoint_step"] = _latest_steps(config.get("init", ""))
+    # An 'hf:' base is reloaded at every resume and LoRA merge: its files at the first start are part
+    # of the run too (an export into the folder merged the adapters again at each rerun).
+    kind, _, folder = str(config.get("init", "")).partition(":")
+    if kind == "hf":
+        identity[INIT_FILES_KEY] = hf_files_digest(folder)
     if path == "preference":
         reference = section("preference").get("reference", "") or ""
         identity["preference"] = {**section("preference"), "reference": absolute_spec(reference),
@@ -119,16 +158,58 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
 def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> list[str]:
     """Refuse (WorkdirError, one line) a workdir holding another run, else create it and record
     this run; returns [workdir] when this call claimed it first (for workdir_lib.unclaim)."""
-    return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=finetune_fingerprint)
+    from research.training.checkpoint_loading import CHECKPOINTS_DIR, checkpoint_steps_in
+    fingerprint = finetune_fingerprint
+    recorded = _recorded_fingerprint(workdir)
+    saved = bool(checkpoint_steps_in(os.path.join(workdir, CHECKPOINTS_DIR)))
+    if saved and INIT_FILES_KEY not in (recorded or {}):
+        # A run recorded before the digest was (or before run.json): what its folder held at its start
+        # is unknown, so nothing is compared, nor recorded now (its files may have changed since).
+        fingerprint = lambda c: {k: v for k, v in finetune_fingerprint(c).items() if k != INIT_FILES_KEY}
+    elif saved and recorded.get("init") == absolute_spec(config.get("init", "")):
+        check_init_files(workdir)  # in its own words; the claim would say "another run" and to delete it
+    return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=fingerprint)
+
+
+def check_init_files(workdir: str) -> None:
+    """ConfigError (one line) when the 'hf:' folder the run in `workdir` started from holds other
+    weight or config files than run.json recorded at its first start: its checkpoints (a LoRA run's
+    adapters, merged into that folder's weights at every load) fit the files it trained on. Nothing
+    is checked for another init, a run recorded before the digest was, or a folder gone (its loader
+    says so)."""
+    recorded = _recorded(workdir, INIT_FILES_KEY)
+    kind, _, folder = str(recorded_init(workdir) or "").partition(":")
+    if kind != "hf" or not isinstance(recorded, str):
+        return
+    now = hf_files_digest(folder)
+    if now is not None and now != recorded:
+        raise ConfigError(f"the run in {workdir!r} started from init=hf:{folder}, whose weight or config files "
+                          f"changed since (sha256 {recorded[:12]} then, {now[:12]} now; an export_dir there rewrites "
+                          "them): its checkpoints fit the files it trained on; restore those files, or train again "
+                          "from the folder as it is now in a new --workdir.")
+
+
+def base_is_recorded(workdir: str) -> bool:
+    """Whether every step of the run in `workdir` merges into one known base: run.json records a
+    'checkpoint:' base's step or an 'hf:' folder's files (check_init_files), or init='random', which
+    is re-created from the run's seed (part of its identity)."""
+    return bool(recorded_init_steps(workdir)) or recorded_init(workdir) == "random" or \
+        isinstance(_recorded(workdir, INIT_FILES_KEY), str)
+
+
+def _recorded_fingerprint(workdir: str) -> dict[str, Any] | None:
+    """`workdir`'s run.json fingerprint; None without one (or an unreadable file)."""
+    try:
+        with open(os.path.join(workdir, workdir_lib.RUN_FILE), encoding="utf-8") as f:
+            recorded = json.load(f)["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _recorded(workdir: str, key: str) -> Any:
     """Fingerprint field `key` of `workdir`'s run.json; None without one (or an unreadable file)."""
-    try:
-        with open(os.path.join(workdir, workdir_lib.RUN_FILE), encoding="utf-8") as f:
-            return json.load(f)["fingerprint"][key]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return (_recorded_fingerprint(workdir) or {}).get(key)
 
 
 def recorded_init(workdir: str) -> str | None:

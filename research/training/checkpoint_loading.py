@@ -251,15 +251,16 @@ def _load_lora_run(root: str, step: Step, tokenizer: str | None,
                    model_overrides: dict[str, Any]) -> LoadedModel:
     """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
     from research.finetune.base_model import load_lora_run, relayout_layers
-    from research.finetune.run_identity import recorded_init_steps
+    from research.finetune.run_identity import base_is_recorded
     latest = _pick_step(root, None)
     picked = latest if step is None else _pick_step(root, step)  # _pick_step names the steps held
-    # Every step of a LoRA run was trained on the base step its run.json records, so any step merges
-    # into that one; without that record the base is read as it is now, which fits the latest only.
-    if picked != latest and not recorded_init_steps(run_workdir(root)):
-        raise ConfigError(f"{root!r} is a LoRA run whose run.json records no base step: only its latest step "
-                          f"{latest} can be merged into its base (read as it is now); drop --step, or export that "
-                          "step with the run.")
+    # Every step of a LoRA run was trained on the one base its run.json records (a checkpoint: base's
+    # step, an hf: folder's files, checked where it loads; a random init is its seed's), so any step
+    # merges into it; without that record the base is read as it is now, which fits the latest only.
+    if picked != latest and not base_is_recorded(run_workdir(root)):
+        raise ConfigError(f"{root!r} is a LoRA run whose run.json records no base step (nor its hf: folder's files; "
+                          f"written before it did): only its latest step {latest} can be merged into its base (read "
+                          "as it is now); drop --step, or export that step with the run.")
     merged = load_lora_run(root, picked)
     model_config = merged.config.replace(**model_overrides) if model_overrides else merged.config
     params = relayout_layers(merged.params, merged.config, model_config)
