@@ -14,49 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
-# Logical axis names used by the model zoo. Parameters use the first group; activations
-# use the "activation_" names so that e.g. a batch dimension can take (data, fsdp) while
-# the embed dimension of a weight takes fsdp, without the two competing in one spec.
-PARAM_AXES = (
-    "vocab", "embed", "heads", "kv_heads", "kv", "mlp", "layers",
-    "positions", "token_types", "relpos_buckets", "classes",
-)
-ACTIVATION_AXES = (
-    "activation_batch", "activation_length", "activation_embed",
-    "activation_heads", "activation_kv", "activation_mlp", "activation_vocab",
-    "cache_batch", "cache_length", "cache_heads", "cache_kv",
-)
-
-Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
-# FSDP shards weights along embed; tensor parallelism splits heads, MLP and vocab
-# (Megatron style); batch is split over every data-like axis.
-DEFAULT_RULES: Rules = (
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("layers", None),
-    ("positions", None),
-    ("token_types", None),
-    ("relpos_buckets", None),
-    ("classes", None),
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("cache_batch", ("data", "fsdp")),
-    ("cache_length", None),
-    ("cache_heads", "tensor"),
-    ("cache_kv", None),
-)
+# Re-exported: the names and rules live in a module of their own that imports no jax (sharding_rules).
+from research.sharding_rules import ACTIVATION_AXES, DEFAULT_RULES, MESH_AXES, PARAM_AXES, Rules  # noqa: E402,F401
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int,

@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from research.sharding import DEFAULT_RULES
+from research.sharding_rules import DEFAULT_RULES
 
 PRESETS = ("cpu_tiny", "cpu_tiny_base10", "cpu_tiny_padded", "cpu_tiny_widths", "cpu_tiny_mirage", "gpu_host", "micro")
 COPY_TASK = "copying_varied"

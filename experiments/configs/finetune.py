@@ -27,7 +27,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from research.finetune.lora import DEFAULT_TARGETS
-from research.sharding import DEFAULT_RULES
+from research.sharding_rules import DEFAULT_RULES
 
 TINY = ("sft_tiny", "sft_lora_tiny", "reward_tiny", "dpo_tiny", "dpo_lora_tiny", "ipo_tiny", "simpo_tiny",
         "classify_tiny", "tag_tiny", "t5_tiny", "grpo_tiny", "domain_tiny")

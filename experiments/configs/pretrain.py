@@ -48,7 +48,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from research.sharding import DEFAULT_RULES
+from research.sharding_rules import DEFAULT_RULES
 
 PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")  # CPU runs on the stdlib corpus
 # Presets that train several models in one program (config.batched); each model is a PRESETS run.
