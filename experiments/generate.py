@@ -11,8 +11,11 @@ beam, best first. Several --prompt flags, or --prompt_file (one prompt per line)
 one batch. --checkpoint is a run's workdir (experiments.pretrain); its latest step (or --step)
 and its own tokenizer are used, as in experiments.evaluate. Generation stops at the
 tokenizer's eos (and, from --hf_dir, at every eos_token_id of the folder's
-generation_config.json, as transformers' generate does) and never picks an id past the
-tokenizer's vocabulary (model vocabularies are padded above it). Every option is checked before the model is loaded or compiled.
+generation_config.json, as transformers' generate does; from a chat fine-tuning run's
+--checkpoint, at the turn end its export lists there) and never picks an id past the
+tokenizer's vocabulary (model vocabularies are padded above it). A decoder trained with
+objective=prefix_lm reads its prompt bidirectionally, as the prefix it was trained on.
+Every option is checked before the model is loaded or compiled.
 
 In Python, the same:
     from research.training.checkpoint_loading import load_checkpoint
@@ -124,24 +127,28 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     encode_prompt = getattr(tokenizer, "encode_context", tokenizer.encode)
     prompt_ids = [list(encode_prompt(p)) or [start] for p in prompts]
     eos = int(tokenizer.eos_id)
-    # Where transformers' generate() stops too: the folder's generation_config.json ids beside eos.
+    # Where transformers' generate() stops too: the folder's generation_config.json ids beside eos
+    # (a chat fine-tuning run's checkpoint: the same turn ends its export writes there).
     stops = list(dict.fromkeys([eos, *getattr(loaded, "stop_ids", ())]))
     # The model's vocabulary is padded above the tokenizer's (512 ids for 400 pieces in a tiny
     # run); a barely trained head can rank a padded id first, which no piece decodes.
     vocab_limit = vocab_limit_for(tokenizer, config.vocab_size)
     repeats = options.num_samples if options.temperature > 0 else 1
     batch = [ids for ids in prompt_ids for _ in range(repeats)]
+    # A prefix-LM decoder was trained with its prefix attended both ways; read causally, the
+    # prompt is one it never saw (LoadedModel.bidirectional_prompt, from the run's objective).
+    bidirectional = bool(getattr(loaded, "bidirectional_prompt", False))
     if options.num_beams > 1:
         out = beam_search(model, loaded.params, batch, num_beams=options.num_beams,
                           max_new_tokens=options.max_new_tokens, alpha=options.alpha, stop_tokens=stops,
-                          vocab_limit=vocab_limit)
+                          vocab_limit=vocab_limit, bidirectional_prompt=bidirectional)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BWN, out.lengths_BW, out.log_probs_BW))
         rows = [[(tokens[b, w, :lengths[b, w]], float(log_probs[b, w])) for w in range(options.num_beams)
                  if np.isfinite(log_probs[b, w])] for b in range(len(batch))]
     else:
         out = generate(model, loaded.params, batch, max_new_tokens=options.max_new_tokens,
                        temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, stop_tokens=stops,
-                       rng=seed_key(options.seed), vocab_limit=vocab_limit)
+                       rng=seed_key(options.seed), vocab_limit=vocab_limit, bidirectional_prompt=bidirectional)
         tokens, lengths, log_probs = jax.device_get((out.tokens_BN, out.lengths_B, out.log_probs_BN))
         rows = [[(tokens[b, :lengths[b]], float(log_probs[b].sum()))] for b in range(len(batch))]
     completions: list[list[Completion]] = [[] for _ in prompts]

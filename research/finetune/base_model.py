@@ -156,6 +156,21 @@ def finetune_run_tokenizer(path: str, depth: int = 0, saved: dict[str, Any] | No
     return parent if kind == "hf" else "char"  # init="random" trains with load_base_model's default
 
 
+# The paths whose job ends a generated turn at its chat template's turn end (FinetuneJob.stop_ids,
+# which its export's generation_config.json lists); the others train no turns.
+_CHAT_PATHS = ("sft", "preference", "grpo")
+
+
+def finetune_run_stop_ids(saved: dict[str, Any], tokenizer: Any) -> tuple[int, ...]:
+    """The ids the fine-tuning run whose saved config is `saved` was trained to end a turn at, as
+    its job's stop_ids (and so its export's generation_config.json): a chat path's turn_end_ids of
+    its data.chat_template (chatml's <|im_end|>: no eos), () for any other path or run."""
+    from research.data.chat_templates import get_chat_template, turn_end_ids
+    if saved.get("path") not in _CHAT_PATHS:
+        return ()
+    return turn_end_ids(get_chat_template(dict(saved.get("data") or {}).get("chat_template", "plain")), tokenizer)
+
+
 def finetune_run_sentinels(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> int:
     """The T5 sentinels (data.tokenizer.num_extra_ids) of the pretraining run at the root of the
     run in `path`'s chain of checkpoint inits: a fine-tuning run's config has no data.tokenizer,

@@ -51,6 +51,9 @@ class LoadedModel(NamedTuple):
     # Ids generation stops at besides the tokenizer's eos: a Hugging Face folder's
     # generation_config.json eos_token_id list (e.g. ChatML's <|im_end|>, which to_hf writes there).
     stop_ids: tuple[int, ...] = ()
+    # A prefix-LM decoder (trained with its prefix attended both ways, losses' prefix_mask_BT):
+    # generation reads the prompt as that prefix (research.decoding's bidirectional_prompt).
+    bidirectional_prompt: bool = False
 
 
 def checkpoint_root(path: str) -> str:
@@ -244,7 +247,8 @@ def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = Non
             continue
         step = candidate
         break
-    return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step)
+    return LoadedModel(build_model(model_config), params, text_tokenizer, f"checkpoint {root} step {step}", step,
+                       *_run_generation(config, model_config, text_tokenizer))
 
 
 def _load_lora_run(root: str, step: Step, tokenizer: str | None,
@@ -266,7 +270,25 @@ def _load_lora_run(root: str, step: Step, tokenizer: str | None,
     params = relayout_layers(merged.params, merged.config, model_config)
     text_tokenizer = load_tokenizer(tokenizer) if tokenizer else merged.tokenizer
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
-    return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, picked)
+    return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, picked,
+                       *_run_generation(run_config(root, picked), model_config, text_tokenizer))
+
+
+def _run_generation(config: dict[str, Any], model_config: ModelConfig,
+                    tokenizer: TextTokenizer) -> tuple[tuple[int, ...], bool]:
+    """(stop_ids, bidirectional_prompt) of a run's model, as it was trained (config: the saved one).
+
+    stop_ids: a chat fine-tuning run's turn ends, the ids its export's generation_config.json lists
+    (chatml ends a turn with <|im_end|>, never eos: generation from the checkpoint ran on past it).
+    bidirectional_prompt: the objective was prefix_lm on a decoder, a pretraining run's `objective`
+    or a domain-adaptation run's data.objective (the other fine-tuning paths train causally)."""
+    from research.finetune.base_model import finetune_run_stop_ids
+    stop_ids = tuple(i for i in finetune_run_stop_ids(config, tokenizer) if i < model_config.vocab_size)
+    if "path" in config and "init" in config:  # a fine-tuning run (see _run_tokenizer)
+        objective = dict(config.get("data") or {}).get("objective") if config.get("path") == "domain" else None
+    else:
+        objective = config.get("objective")
+    return stop_ids, model_config.family == "decoder" and objective == "prefix_lm"
 
 
 def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
