@@ -122,7 +122,9 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
     from research.evaluation.suite import computed_metrics, run_suite
     from research.models import sizing
 
-    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size, stop_ids=loaded.stop_ids)
+    # A prefix-LM decoder is scored and generated from with its context read as it was trained.
+    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size, stop_ids=loaded.stop_ids,
+                      bidirectional_prompt=loaded.bidirectional_prompt)
     config = loaded.model.config
     check_tasks_fit(entries, harness)
     counts = sizing.param_counts(config)

@@ -25,6 +25,7 @@ adds, Llama's <s>, T5's </s>, as lm-eval's `hf` model does), continuations with 
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Literal, Sequence
 
@@ -52,11 +53,13 @@ class Harness:
     config.max_len). rolling_context_len: see requests.rolling_windows. stop_ids: ids besides the
     tokenizer's eos that end a generation (a model's generation_config eos ids, such as a chat
     template's turn end: LoadedModel.stop_ids), as transformers' and lm-eval's generate stop there.
+    bidirectional_prompt: a prefix-LM decoder (LoadedModel.bidirectional_prompt) reads each context
+    and prompt as the prefix it was trained with, attended both ways.
     """
 
     def __init__(self, model: nn.Module, params: Any, tokenizer: Any, *, batch_size: int = 8,
                  max_length: int | None = None, min_bucket: int = 16, encoder_scoring: EncoderScoring = "pll",
-                 rolling_context_len: int = 1, stop_ids: Sequence[int] = ()):
+                 rolling_context_len: int = 1, stop_ids: Sequence[int] = (), bidirectional_prompt: bool = False):
         config = model.config
         check_tokenizer(tokenizer)
         if batch_size < 1:
@@ -73,6 +76,11 @@ class Harness:
         if bad:
             raise ConfigError(f"stop_ids={tuple(stop_ids)}: {bad[0]!r} is not a token id of {config.name} "
                               f"(0 .. {config.vocab_size - 1}).")
+        from research.decoding import vocab_limit_for
+        from research.decoding.adapters import adapter_for
+        if bidirectional_prompt:
+            adapter_for(model, True)  # refuses a model that is not a decoder
+        self.bidirectional_prompt = bool(bidirectional_prompt)
         self.model, self.params, self.tokenizer = model, unbox(params), tokenizer
         # Every id that ends a generation: eos first, then the model's own (e.g. a turn end).
         self.end_ids = tuple(dict.fromkeys([int(tokenizer.eos_id), *(int(i) for i in stop_ids)]))
@@ -84,7 +92,6 @@ class Harness:
         self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
         self._encode_context = getattr(tokenizer, "encode_context", tokenizer.encode)
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
-        from research.decoding import vocab_limit_for
         # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
         # padded above it). Log-likelihoods deliberately ignore this limit: one is the model's own
         # softmax over its full vocabulary, as lm-eval and HF compute it. is_greedy keeps to it.
@@ -141,7 +148,8 @@ class Harness:
         if family == "decoder":
             def build(context_ids, continuation_ids):
                 return conditional_row(context_ids, continuation_ids, self.max_length)
-            score_rows = scoring.score_decoder_rows_and_ends
+            score_rows = functools.partial(scoring.score_decoder_rows_and_ends,
+                                           bidirectional_prefix=self.bidirectional_prompt)
         else:
             def build(context_ids, continuation_ids):  # continuations fit: measured by _overflow above
                 return ((np.asarray(context_ids[-self.max_length:], np.int32), np.asarray(continuation_ids, np.int32)),
@@ -238,6 +246,7 @@ class Harness:
             windows.append(rolling_windows(ids, self.max_length, self.prefix_token, self.rolling_context_len))
         flat = [row for rows in windows for row in rows]
         # The same vocab_limit as loglikelihood's, so both share one compiled kernel per shape.
+        # Causal even for a prefix-LM decoder: a whole text has no context to read as a prefix.
         stats = scoring.score_decoder_rows(self.model, self.params, flat, vocab_limit=self.vocab_limit,
                                            **self._sizes) if flat else []
         results, start = [], 0
@@ -409,7 +418,8 @@ class Harness:
                                  positions_BP=np.pad(padded.positions_BP, columns))
         out = _generate(self.params, padded, jnp.asarray(stop_tokens, jnp.int32), jax.random.key(0), jnp.float32(1.0),
                         jnp.float32(1.0), model=self.model, max_new_tokens=int(max_new_tokens), greedy=True, top_k=0,
-                        nucleus=False, vocab_limit=self.vocab_limit)
+                        nucleus=False, bidirectional_prompt=self.bidirectional_prompt,
+                        vocab_limit=self.vocab_limit)
         tokens_BN, lengths_B = jax.device_get((out.tokens_BN, out.lengths_B))
         return [as_ids(tokens_BN[b, :lengths_B[b]]) for b in range(len(prompts))]
 

@@ -60,7 +60,8 @@ class HarnessLM(LM):
                     max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> "HarnessLM":
         """From a research.training.checkpoint_loading.LoadedModel."""
         return cls(Harness(loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size,
-                           max_length=max_length, stop_ids=getattr(loaded, "stop_ids", ())),
+                           max_length=max_length, stop_ids=getattr(loaded, "stop_ids", ()),
+                           bidirectional_prompt=getattr(loaded, "bidirectional_prompt", False)),
                    max_gen_toks=max_gen_toks)
 
     @classmethod

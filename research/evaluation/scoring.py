@@ -68,10 +68,14 @@ def _stats(logits_BTV: Array, targets_BT: Array, end_mask_V: Array | None, vocab
 
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"))
 def decoder_token_stats(params: Any, tokens_BT: Array, segment_ids_BT: Array, targets_BT: Array,
-                        end_mask_V: Array | None = None, *, model: nn.Module, vocab_limit: int | None = None) -> tuple:
+                        end_mask_V: Array | None = None, prefix_BT: Array | None = None, *, model: nn.Module,
+                        vocab_limit: int | None = None) -> tuple:
     """Causal LM: stats of targets_BT[b, t] given tokens_BT[b, :t+1] (right-padded rows), and
-    with end_mask_V the _end_stats of every position too."""
-    logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT)
+    with end_mask_V the _end_stats of every position too. With prefix_BT (1 on each row's
+    prefix-LM prefix), the prefix tokens attend each other both ways, as the training loss
+    feeds them (research.training.losses: prefix_mask_BT)."""
+    options = {} if prefix_BT is None else dict(prefix_mask_BT=prefix_BT)
+    logits_BTV = model.apply({"params": params}, tokens_BT, segment_ids_BT=segment_ids_BT, **options)
     return _stats(logits_BTV, targets_BT, end_mask_V, vocab_limit)
 
 
@@ -131,17 +135,20 @@ def score_decoder_rows(model: nn.Module, params: Any, rows: Sequence[ScoredRow],
 
 
 def score_decoder_rows_and_ends(model: nn.Module, params: Any, rows: Sequence[ScoredRow], end_mask: np.ndarray | None,
-                                *, batch_size: int, max_len: int, min_bucket: int,
-                                vocab_limit: int | None = None) -> list[tuple[TokenStats, tuple[float, bool] | None]]:
+                                *, batch_size: int, max_len: int, min_bucket: int, vocab_limit: int | None = None,
+                                bidirectional_prefix: bool = False
+                                ) -> list[tuple[TokenStats, tuple[float, bool] | None]]:
     """With end_mask, score_decoder_rows of rows whose last target is a placeholder after the
     continuation: TokenStats of the num_scored - 1 targets before it, and (log P(next token in
     end_mask), whether the argmax below vocab_limit is) at the placeholder's position: the
     decision after the continuation, from the continuation's own forward pass. Without it,
-    (score_decoder_rows' TokenStats, None)."""
-    return _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit)
+    (score_decoder_rows' TokenStats, None). bidirectional_prefix (a prefix-LM decoder): each
+    row's inputs before its scored targets (the context) attend each other both ways."""
+    return _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit,
+                         bidirectional_prefix)
 
 
-def _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit):
+def _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket, vocab_limit, bidirectional=False):
     """(TokenStats, end) of each row: end None without end_mask, else read at its last target,
     which is then left out of the TokenStats."""
     out: list = [None] * len(rows)
@@ -150,7 +157,13 @@ def _decoder_rows(model, params, rows, end_mask, batch_size, max_len, min_bucket
         width = bucket_length(max(len(rows[i].tokens) - 1 for i in chunk), max_len, min_bucket)
         inputs, segments = _right_pad([rows[i].tokens[:-1] for i in chunk], batch_size, width)
         targets, _ = _right_pad([rows[i].tokens[1:] for i in chunk], batch_size, width)
-        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, mask, model=model,
+        prefix = None
+        if bidirectional:
+            # Per row, as data.objectives.prefix_lm_example marks it: 1 on the first
+            # len(tokens) - num_scored inputs (the context), whose last predicts the first scored token.
+            _, prefix = _right_pad([rows[i].tokens[:len(rows[i].tokens) - rows[i].num_scored] for i in chunk],
+                                   batch_size, width)
+        stats = jax.device_get(decoder_token_stats(params, inputs, segments, targets, mask, prefix, model=model,
                                                    vocab_limit=vocab_limit))
         for r, i in enumerate(chunk):
             n, k = len(rows[i].tokens) - 1, rows[i].num_scored
