@@ -36,7 +36,8 @@ from research.finetune.lora import (BASE, LORA, TRAINED, LoraConfig, adapter_opt
                                    merged_params, split_trained)
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES
-from research.training import metrics as metrics_lib, partitioning, preemption, workdir as workdir_lib
+from research.training import (metrics as metrics_lib, partitioning, preemption, resume_changes,
+                               workdir as workdir_lib)
 from research.training.checkpoint_loading import RESOLVED_MODEL
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
 from research.training.loop import TrainConfig, TrainingDivergedError
@@ -192,6 +193,11 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     raise
                 state = restored.replace(params={**restored.params, BASE: params[BASE]}) if lora else restored
                 writer.forget_after(int(state.step))
+                # Another num_steps / schedule, batch size or optimizer number than the checkpoint's is
+                # allowed, but never silent (as pretraining's resume says it, members.restore_or_init).
+                for line in resume_changes.resume_warnings(checkpointer.restore_config(int(state.step)),
+                                                           config.to_dict(), int(state.step)):
+                    log.warning("%s", line)
             else:  # records of a run killed before its first save: redone now (as pretraining's restore_or_init)
                 writer.forget_after(-1)
 

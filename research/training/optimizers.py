@@ -78,6 +78,23 @@ class OptimizerConfig:
             if not (math.isfinite(getattr(self, field)) and getattr(self, field) >= 0):
                 raise ConfigError(f"opt.{field}={getattr(self, field)} must be a finite number >= 0 (0 disables).")
         self._check_float32()
+        self._check_moments_read()
+
+    def _check_moments_read(self) -> None:
+        """opt.b1 / opt.b2 away from their defaults under an optimizer that never reads them
+        (adafactor: optax's own decay_rate, no momentum) trained as the defaults without a word,
+        where the batched sweep refuses models differing in them. Which optimizer reads which
+        number is the sweep's table (model_batch._READ_BY); the defaults pass, as configs carry them
+        whatever the optimizer."""
+        from research.training.model_batch import _READ_BY  # imports this module: on use
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for field in ("b1", "b2"):  # eps is free: 0 is accepted where it is unread (above)
+            if field not in _READ_BY["name"][self.name] and getattr(self, field) != defaults[field]:
+                users = [k for k, r in _READ_BY["name"].items() if field in r]
+                raise ConfigError(f"opt.{field}={getattr(self, field)} is not used by opt.name={self.name!r} (it has "
+                                  f"its own second-moment decay and no momentum), so the run would train as with "
+                                  f"the default; leave opt.{field} at {defaults[field]}, or set opt.name to one of "
+                                  f"{users}.")
 
     def _check_float32(self) -> None:
         """The step computes with these numbers in float32 (traced hyperparameters): one that
@@ -170,9 +187,52 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-# Top-level parameter keys that hold a scanned stack of layers (research/models/stack.py), one
-# layer per index of their leading axis.
+# Parameter keys that hold a scanned stack of layers (research/models/stack.py's run_stack `name`s;
+# research/models/layout.py's stack_layers), one layer per index of their leading axis. They sit at
+# the top of a zoo model's tree, or deeper: under "body" (research/finetune/heads.py) and under
+# "lora" / "base" (research/finetune/lora.py).
 SCANNED_LAYERS = ("layers", "encoder_layers", "decoder_layers")
+
+Path = tuple[str, ...]
+
+
+def _scanned_stacks(tree: Any, prefix: Path = ()) -> list[Path]:
+    """Key paths of the scanned stacks in `tree`, at any depth. A stack without leaves (the part
+    optax.multi_transform masks out of this transform, e.g. LoRA's frozen base) is left out:
+    nothing there to vmap over."""
+    if not isinstance(tree, dict):
+        return []
+    found: list[Path] = []
+    for key, value in tree.items():
+        if key in SCANNED_LAYERS and jax.tree.leaves(value):
+            found.append((*prefix, key))
+        elif key not in SCANNED_LAYERS:
+            found += _scanned_stacks(value, (*prefix, key))
+    return found
+
+
+def _get(tree: Any, path: Path) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _put(tree: dict, path: Path, value: Any) -> dict:
+    """A copy of `tree` with `value` at `path` (parents created as needed)."""
+    head, *rest = path
+    return {**tree, head: _put(tree.get(head, {}), tuple(rest), value) if rest else value}
+
+
+def _without(tree: dict, paths: list[Path]) -> dict:
+    """A copy of `tree` without the subtrees at `paths`."""
+    out = dict(tree)
+    for head in {p[0] for p in paths}:
+        deeper = [p[1:] for p in paths if p[0] == head and len(p) > 1]
+        if deeper:
+            out[head] = _without(out[head], deeper)
+        else:
+            del out[head]
+    return out
 
 
 def each_scanned_layer(transform: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -180,27 +240,35 @@ def each_scanned_layer(transform: optax.GradientTransformation) -> optax.Gradien
     the unrolled model's layers_0, layers_1, ...: Adafactor's parameter-scale and block-RMS steps
     take an RMS per leaf, which over a stacked [L, ...] leaf mixed the layers (5 steps: updates
     4% off the unrolled model's at initialisation, 190% once one layer's kernels were 4x larger).
-    Params without a scanned stack get `transform` itself, state and all."""
-    def scanned(tree: Any) -> list[str]:
-        return [k for k in SCANNED_LAYERS if isinstance(tree, dict) and k in tree]
+    Stacks are found at any depth: found only at the top, a LoRA tree's adapters ({"lora":
+    {"layers": ...}}) and a head model's body ({"body": {"layers": ...}}) mixed their layers
+    (lora_a updates 2.9x the unrolled run's). The state is {"rest": state of everything else,
+    <the stacks at their paths>: their vmapped states}. Params without a scanned stack get
+    `transform` itself, state and all."""
+    def split(tree: Any, paths: list[Path]) -> Any:
+        return None if tree is None else _without(tree, paths)
 
     def init(params):
-        names = scanned(params)
-        if not names:
+        paths = _scanned_stacks(params)
+        if not paths:
             return transform.init(params)
-        rest = {k: v for k, v in params.items() if k not in names}
-        return {"rest": transform.init(rest), **{k: jax.vmap(transform.init)(params[k]) for k in names}}
+        if any(p[0] == "rest" for p in paths):  # would share the state's "rest" key
+            raise ValueError(f"each_scanned_layer: a scanned stack under a top-level 'rest' key ({paths}).")
+        state = {"rest": transform.init(split(params, paths))}
+        for path in paths:
+            state = _put(state, path, jax.vmap(transform.init)(_get(params, path)))
+        return state
 
     def update(updates, state, params=None):
-        names = scanned(updates)
-        if not names:
+        paths = _scanned_stacks(updates)
+        if not paths:
             return transform.update(updates, state, params)
-        split = lambda tree: {k: v for k, v in tree.items() if k not in names} if tree is not None else None
-        out, new_state = transform.update(split(updates), state["rest"], split(params))
-        out, new_state = dict(out), {"rest": new_state}
-        for k in names:
-            out[k], new_state[k] = jax.vmap(transform.update)(updates[k], state[k],
-                                                              None if params is None else params[k])
+        out, rest_state = transform.update(split(updates, paths), state["rest"], split(params, paths))
+        new_state = {"rest": rest_state}
+        for path in paths:
+            layer_updates, layer_state = jax.vmap(transform.update)(
+                _get(updates, path), _get(state, path), None if params is None else _get(params, path))
+            out, new_state = _put(out, path, layer_updates), _put(new_state, path, layer_state)
         return out, new_state
 
     return optax.GradientTransformation(init, update)

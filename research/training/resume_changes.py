@@ -84,3 +84,10 @@ def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], s
         consequences.append("the steps that follow apply the new optimizer value(s) to a state built with the old, "
                             "as neither the saved run nor a fresh run of this config would")
     return f"resuming at step {step} with {fields}: {'; '.join(consequences)}."
+
+
+def resume_warnings(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> list[str]:
+    """The lines of schedule_change and resume_changes that apply, in that order: what a run resumed
+    at `step` logs (fine-tuning's loop; pretraining's names each model's)."""
+    return [line for line in (schedule_change(saved_config, config, step), resume_changes(saved_config, config, step))
+            if line]
