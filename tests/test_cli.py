@@ -18,6 +18,10 @@ def test_unknown_preset_is_one_line(module, config, tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: unknown") and "choose one of" in lines[0]
     assert not list(tmp_path.iterdir())  # nothing written before the error
+    if module == "experiments.scaling_laws":  # the whole line, exit 1 (with or without --dry_run: flag parsing)
+        from experiments.configs.scaling_laws import PRESETS
+        assert result.returncode == 1 and lines == [
+            f"error: unknown scaling_laws preset 'cpu_tinyy'; choose one of {PRESETS}."]
 
 
 # Every entry point: each defines its flags only when it runs as a program.

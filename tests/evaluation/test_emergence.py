@@ -15,6 +15,10 @@ from research.evaluation.results_table import read_rows
 from research.evaluation.task_spec import TaskError
 from research.models.config import ConfigError
 
+# One xdist worker runs the module: its module-scoped micro_study (a 47 s study in the suite's
+# profile) ran once on each worker that got one of the tests using it (both, under -n 2).
+pytestmark = pytest.mark.xdist_group("emergence")
+
 
 @pytest.fixture(scope="module")
 def micro_study(tmp_path_factory):

@@ -110,29 +110,31 @@ def test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixtur
     some.report.transition_task = tuple(t for t in every.report.transition_task if t in some.eval.tasks)
     assert len(some.eval.tasks) < len(every.eval.tasks)
 
-    def held_out(config):
-        plan = emergence.plan_study(config)
+    def held_out(plan):
         return set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
 
-    assert held_out(every) == held_out(some)
-    # 1000 copy items along training in place of 400 hold out 600 more copy prompts, none of
-    # which the training stream draws: every training problem is kept as before, and so is the
-    # mixture's fingerprint (its older form, of every held-out prompt, changed).
     fewer_items = configs.get_config("cpu_tiny")
     fewer_items.eval.num_test = 400
-    extra = held_out(every) - held_out(fewer_items)
-    assert len(extra) == 600 and held_out(fewer_items) <= held_out(every)
-    trained = {render(t.spec.prompt, d, "prompt") for t in emergence.plan_study(every).train_tasks.values()
-               for d in t.docs("train")}
-    assert not extra & trained
-    new, old = emergence_plan.mixture_fingerprints(every, emergence.plan_study(every))
-    assert (new, old) != emergence_plan.mixture_fingerprints(fewer_items, emergence.plan_study(fewer_items))
-    assert new == emergence_plan.mixture_fingerprints(fewer_items, emergence.plan_study(fewer_items))[0]
     fewer = configs.get_config("cpu_tiny")
     for field in ("tasks", "final_tasks"):
         fewer.eval[field] = tuple(t for t in fewer.eval[field] if not t.startswith("addition_3"))
     fewer.report.transition_task = tuple(t for t in fewer.report.transition_task if t in fewer.eval.tasks)
-    assert held_out(fewer) != held_out(every)  # the check can tell a changed held-out set
+    # Each config planned once (plan_study is deterministic; ~1 s a plan).
+    plans = {name: emergence.plan_study(config) for name, config in
+             dict(every=every, some=some, fewer_items=fewer_items, fewer=fewer).items()}
+    assert held_out(plans["every"]) == held_out(plans["some"])
+    # 1000 copy items along training in place of 400 hold out 600 more copy prompts, none of
+    # which the training stream draws: every training problem is kept as before, and so is the
+    # mixture's fingerprint (its older form, of every held-out prompt, changed).
+    extra = held_out(plans["every"]) - held_out(plans["fewer_items"])
+    assert len(extra) == 600 and held_out(plans["fewer_items"]) <= held_out(plans["every"])
+    trained = {render(t.spec.prompt, d, "prompt") for t in plans["every"].train_tasks.values()
+               for d in t.docs("train")}
+    assert not extra & trained
+    new, old = emergence_plan.mixture_fingerprints(every, plans["every"])
+    assert (new, old) != emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])
+    assert new == emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])[0]
+    assert held_out(plans["fewer"]) != held_out(plans["every"])  # the check can tell a changed held-out set
 
 
 def test_a_change_of_the_metrics_evaluates_again_and_keeps_the_training_mixture(monkeypatch):

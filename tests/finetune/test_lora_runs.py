@@ -64,7 +64,8 @@ def test_the_exported_config_carries_the_fine_tuning_tokenizers_special_ids(tmp_
     assert model.generation_config.eos_token_id == 1 and model.config.vocab_size == 512
 
 
-def test_a_checkpoint_with_adapters_this_config_no_longer_builds_says_so(tmp_path, monkeypatch):
+def test_a_checkpoint_with_adapters_this_config_no_longer_builds_says_so(tmp_path, monkeypatch,
+                                                                         young_gc_after_failed_reads):
     """Older code put an adapter on every path lora.targets matched, a fresh head's kernel too
     (where it trained nothing); the same config now builds adapters on the frozen base only, so
     such a run cannot resume. The restore error said "delete the damaged steps", of steps that

@@ -92,9 +92,11 @@ def test_sft_stopped_and_resumed_on_two_processes_then_one_matches_one_uninterru
     np.testing.assert_allclose(losses, [loss for _, loss in logged(single_dir / "single")], rtol=1e-5)
 
 
-# Preference pairs (reference log-probs), BERT classification (labels predicted on the host),
-# T5 (beam search on the host) and GRPO (sampling, rewards and advantages on the host).
-@pytest.mark.parametrize("preset", ["dpo_tiny", "classify_tiny", "t5_tiny", "grpo_tiny"])
+# Preference pairs (reference log-probs), BERT classification (labels predicted on the host) and
+# T5 (beam search on the host). GRPO (sampling, rewards and advantages on the host) on two
+# processes is test_grpo_scored_by_a_reward_model_on_two_processes_matches_one, which also scores
+# its greedy evaluation replies by the rule (eval_rule_reward) on as many prompts as this test did.
+@pytest.mark.parametrize("preset", ["dpo_tiny", "classify_tiny", "t5_tiny"])
 def test_other_paths_on_two_processes_match_one(tmp_path, preset):
     flags = ("--generation_prompts=4",)
     single, = run(tmp_path, preset, "single", *flags, processes=1)
@@ -127,15 +129,18 @@ def run_to_failure(argvs, logs_dir, timeout: int = 120) -> tuple[list[int], list
 
 def test_grpo_scored_by_a_reward_model_on_two_processes_matches_one(tmp_path):
     """The reward model scores inside the training mesh: on two processes its scores spanned
-    both and reading them on the host died at step 1."""
+    both and reading them on the host died at step 1. Also GRPO's own two-process path (sampling,
+    group advantages, greedy evaluation replies on the host): the rule the reward model learnt
+    scores the 4 evaluation prompts' replies (eval_rule_reward), compared like every metric."""
     from research.finetune import finetune_and_evaluate
     from tests.finetune.conftest import tiny_config
     reward = tiny_config("reward_tiny", num_steps=2)
     reward.opt.warmup_steps = 1
     finetune_and_evaluate(reward, str(tmp_path / "reward"))
-    flags = (f"--grpo_reward=reward_model:{tmp_path / 'reward'}",)
+    flags = (f"--grpo_reward=reward_model:{tmp_path / 'reward'}", "--generation_prompts=4")
     single, = run(tmp_path, "grpo_tiny", "single", *flags, processes=1)
     multi = run(tmp_path, "grpo_tiny", "multi", *flags, processes=2)
+    assert {"eval_reward", "eval_rule_reward", "sample_reward"} <= set(single)  # all compared below
     assert multi[0] == multi[1]
     assert_same(multi[0], single)
 

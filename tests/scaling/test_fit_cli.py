@@ -97,18 +97,23 @@ def test_an_output_dir_under_a_file_is_one_line_before_fitting(runs_csv, tmp_pat
 
 def test_too_few_bootstrap_resamples_are_refused_before_fitting(tmp_path):
     """--bootstrap=5 gave 10th-90th percentile "intervals" that move with the resampling; 0 (none)
-    and 100 or more pass the check and reach the table (here, one the fit refuses)."""
+    and 100 or more pass the check and reach the table (here, one the fit refuses). One command
+    shows main checks the count before the table; the other counts go through main's check,
+    experiments.scaling_laws.fit.bootstrap_error, in-process (the CLI passing 0 and 100 on to the
+    fit: test_the_cli_prints_each_budget_approach_2_left_out, test_a_negative_seed_is_refused_before_fitting)."""
+    from experiments.scaling_laws.fit import bootstrap_error
     bad = tmp_path / "bad.csv"
     bad.write_text("params,D,loss\n1e8,1e9,3\n")
-    args = (f"--runs_csv={bad}", f"--output_dir={tmp_path / 'out'}")
-    for count in (5, 99, -1):
-        result = run_cli(*args, f"--bootstrap={count}")
-        assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
-            f"error: --bootstrap={count} must be 0 (no intervals) or at least 100 resamples (fewer give percentile "
-            "intervals that move with the resampling); pass --bootstrap=4000, or --bootstrap=0 for none.")
+    message = ("--bootstrap={} must be 0 (no intervals) or at least 100 resamples (fewer give percentile "
+               "intervals that move with the resampling); pass --bootstrap=4000, or --bootstrap=0 for none.")
+    result = run_cli(f"--runs_csv={bad}", f"--output_dir={tmp_path / 'out'}", "--bootstrap=5")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == "error: " + message.format(5)
+    for count in (99, -1):
+        assert bootstrap_error(count) == message.format(count)
     for count in (0, 100):
-        result = run_cli(*args, f"--bootstrap={count}")
-        assert result.returncode == 1 and "missing column(s) N" in result.stderr.strip().splitlines()[-1]
+        assert bootstrap_error(count) is None
+        with pytest.raises(RunTableError, match=r"missing column\(s\) N"):
+            fit_run_table(str(bad), str(tmp_path / "out"), bootstrap_samples=count)
     assert not (tmp_path / "out").exists()
 
 

@@ -79,7 +79,9 @@ def test_the_sweep_reports_each_approachs_interval_under_its_seed_noise(tmp_path
     config.fit.enabled = True  # (test_tiny alone is a smoke test, not fitted)
     config.sweep.update(dict(non_embedding_params=(1e3, 2e3, 4e3, 8e3, 1.6e4), plan="isoflop",
                              budgets=(2e8, 6e8, 2e9), models_per_budget=3, tokens_per_param=(), repeat_seeds=(1,)))
-    config.fit.update(dict(plateau_rule=False, bootstrap=200))
+    # The fewest resamples a fit accepts: no check below depends on their count (Approach 3's
+    # interval is only compared with what fit.json and the report say it is).
+    config.fit.update(dict(plateau_rule=False, bootstrap=100))
     out = io.StringIO()
     result = sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}, seed_factor={1: 1.01}), out=out)
     fit = result.fit

@@ -1,9 +1,9 @@
 """Several steps per compiled call change nothing but speed: same losses, same eval and
-checkpoint steps, exact resume after kill -9."""
+checkpoint steps, exact resume after kill -9 (tests/training/test_resume.py::
+test_kill_9_then_rerun_the_command_is_exact runs the command with steps_per_call=3)."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +13,7 @@ from research.training import blocks, train_and_evaluate
 from research.training.metrics import read_metrics
 
 from tests.training.conftest import run_config
-from tests.training.test_resume import REPO, assert_same_run, cli_overrides, per_step
+from tests.training.test_resume import REPO, assert_same_run, per_step
 
 
 def test_block_plan_ends_calls_at_every_boundary():
@@ -92,17 +92,6 @@ def kill_after_checkpoint(command, checkpoint_dir, env):
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return rerun.stdout
-
-
-def test_kill_9_blocked_run_then_rerun_is_exact(tokenizers, compilation_cache, tmp_path):
-    steps = 20  # killed once step 4 is saved: 16 steps left (4 saves) to cut into
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
-    train_and_evaluate(config, str(tmp_path / "whole"))
-    workdir = tmp_path / "killed"
-    command = [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:gpt_tiny",
-               f"--workdir={workdir}", *cli_overrides(config)]
-    kill_after_checkpoint(command, workdir / "checkpoints" / "4", compilation_cache)
-    assert_same_run(per_step(workdir), per_step(tmp_path / "whole"), steps)
 
 
 def test_runs_differing_in_length_and_learning_rate_share_the_compiled_train_program(tokenizers, tmp_path):

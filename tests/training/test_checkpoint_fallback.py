@@ -9,6 +9,10 @@ import pytest
 
 from research.training.checkpointing import CheckpointConfig, CheckpointError, Checkpointer
 
+# Failed restores here collect young garbage only (tests/conftest.py says why); the test that
+# checks a failed restore prints nothing else runs it in a process of its own, unpatched.
+pytestmark = pytest.mark.usefixtures("young_gc_after_failed_reads")
+
 
 def _iterator():
     return iter(grain.MapDataset.range(100).to_iter_dataset())

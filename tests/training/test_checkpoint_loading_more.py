@@ -12,6 +12,10 @@ import pytest
 from research.models.config import ConfigError
 from research.training.checkpoint_loading import load_checkpoint, restore_params
 
+# One xdist worker runs the module: its module-scoped `runs` (two trainings) ran once on each
+# worker that got one of its tests (13 s + 8 s in the suite's profile).
+pytestmark = pytest.mark.xdist_group("checkpoint_loading_more")
+
 TOKENS = np.random.default_rng(0).integers(1, 300, (2, 16)).astype(np.int32)
 
 

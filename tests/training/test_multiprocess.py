@@ -40,7 +40,13 @@ def free_port() -> int:
 
 
 def worker_env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+    """A worker's environment: this process's, less its JAX_* settings (a coordinator, a process id
+    or platform set outside would reach the worker) and XLA_FLAGS (the worker's device count is
+    its own), but with the suite's persistent XLA cache (tests/conftest.py), so the workers reuse
+    the programs that workers of other tests, and earlier runs, compiled."""
+    cache = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_")
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(cache) or (not k.startswith("JAX_") and k != "XLA_FLAGS")}
     flags = f"--xla_backend_optimization_level=1 --xla_force_host_platform_device_count={devices}"  # as conftest.py
     return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "TOKENIZERS_PARALLELISM": "false", **extra}
 

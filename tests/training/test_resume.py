@@ -73,9 +73,10 @@ def test_stop_and_rerun_is_exact(preset, tokenizers, compilation_cache, tmp_path
 
 
 def test_kill_9_then_rerun_the_command_is_exact(tokenizers, compilation_cache, tmp_path):
-    """causal LM: the real command, SIGKILLed after its first checkpoint, then rerun."""
+    """causal LM: the real command, SIGKILLed after its first checkpoint, then rerun. Three steps
+    per compiled call (blocks of 1, 3 to step 4, ...): the blocked loop's kill -9 resume is this test."""
     steps = 20  # killed once step 4 is saved: steps 5-20 (4 saves, 4 evals) are left to cut into
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps)
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=steps, steps_per_call=3)
     config.model.dropout_rate = 0.1
     train_and_evaluate(config, str(tmp_path / "whole"))
     workdir = tmp_path / "killed"
