@@ -3,7 +3,8 @@
 Kept apart from research.sharding (meshes, NamedShardings), and free of jax and flax: the
 experiment configs name DEFAULT_RULES, and the launcher, which only reads a config to plan and
 submit jobs (e.g. on a cluster's login node), imported jax and flax through them (1.5 of the 2.3 s
-a `python -m launch ... --dry_run` took).
+a `python -m launch ... --dry_run` took). The pretraining, emergence and scaling-law configs now
+import no jax; the fine-tuning config still does, through research.finetune.lora's targets.
 """
 from __future__ import annotations
 

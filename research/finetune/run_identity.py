@@ -37,7 +37,6 @@ _TRAIN_FIELDS = workdir_lib.TRAIN_FIELDS_IN_FINGERPRINT
 _DATA_PATH_FIELDS = ("train_file", "eval_file", "folder")
 # run.json's digest of an 'hf:' init folder's files (hf_files_digest), recorded at the run's first start.
 INIT_FILES_KEY = "init_files_sha256"
-_HF_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def absolute_spec(spec: str) -> str:
@@ -49,18 +48,27 @@ def absolute_spec(spec: str) -> str:
 
 
 def hf_files_digest(folder: str) -> str | None:
-    """sha256 over the names and contents of Hugging Face folder `folder`'s weight and config files
-    (*.safetensors, *.bin, config.json: what from_hf reads); None where it is no local folder."""
+    """sha256 over the names and contents of the files of Hugging Face folder `folder` that from_hf
+    reads (_read_by_from_hf); None where it is no local folder."""
     # Contents, not mtimes or sizes: a folder copied or restored elsewhere and back keeps its contents
     # but not its mtimes, and an export into the folder rewrote same-sized files with other weights.
     if "://" in folder or not os.path.isdir(folder):
         return None
     stats = []
     for name in sorted(os.listdir(folder)):
-        if (name == "config.json" or name.endswith(_HF_WEIGHT_SUFFIXES)) and os.path.isfile(os.path.join(folder, name)):
+        if _read_by_from_hf(name) and os.path.isfile(os.path.join(folder, name)):
             st = os.stat(os.path.join(folder, name))
             stats.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return _files_digest(os.path.abspath(folder), tuple(stats))
+
+
+def _read_by_from_hf(name: str) -> bool:
+    """config.json and the weights (research/models/hf/checkpoint_files.py): model*.safetensors or
+    pytorch_model*.bin, sharded or not, with their index. A training_args.bin or an adapter file
+    beside them is not the model: one added must not refuse the run's resume."""
+    safetensors = name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json"))
+    torch_file = name.startswith("pytorch_model") and name.endswith((".bin", ".bin.index.json"))
+    return name == "config.json" or safetensors or torch_file
 
 
 @functools.lru_cache(maxsize=8)
@@ -106,9 +114,10 @@ def _absolute_tokenizer(config: Mapping[str, Any]) -> str:
     return spec if spec in ("", "char") or "://" in spec else os.path.abspath(spec)
 
 
-def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) -> dict[str, Any]:
     """The fields of a fine-tuning config (a plain dict, as checkpoints save it) that identify
-    the run, flattened to dotted keys (a pretraining config gives one that differs)."""
+    the run, flattened to dotted keys (a pretraining config gives one that differs). init_files:
+    whether to read (and hash) an 'hf:' base the run reloads (_reloads_init)."""
     from research.training.optimizers import OptimizerConfig  # optax on use, as workdir.run_fingerprint
 
     section = lambda name: dict(config.get(name) or {})
@@ -137,10 +146,10 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     # a resume would load another model (seen: a DPO step-3 loss of 0.6817 against 0.6734), so the
     # step belongs to the run's identity and a rerun after it moved is refused, not resumed inexactly.
     identity["init_checkpoint_step"] = _latest_steps(config.get("init", ""))
-    # An 'hf:' base is reloaded at every resume and LoRA merge: its files at the first start are part
-    # of the run too (an export into the folder merged the adapters again at each rerun).
+    # An 'hf:' base that a resume or a LoRA merge reloads: its files at the first start are part of
+    # the run too (an export into the folder merged the adapters again at each rerun).
     kind, _, folder = str(config.get("init", "")).partition(":")
-    if kind == "hf":
+    if kind == "hf" and init_files and _reloads_init(config):
         identity[INIT_FILES_KEY] = hf_files_digest(folder)
     if path == "preference":
         reference = section("preference").get("reference", "") or ""
@@ -155,17 +164,31 @@ def finetune_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     return workdir_lib.flatten_config(_plain(identity))
 
 
+def _reloads_init(config: Mapping[str, Any]) -> bool:
+    """Whether a run of `config` reads its init again after its first checkpoint: a LoRA run's base
+    (frozen, merged at every load), a preference run's reference when that is the init. A full
+    fine-tuning run restores every parameter from its own checkpoints: its base may change."""
+    lora_rank = int(dict(config.get("lora") or {}).get("rank") or 0)
+    reference = dict(config.get("preference") or {}).get("reference") or ""
+    return lora_rank > 0 or (config.get("path") == "preference" and not reference)
+
+
 def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = True) -> list[str]:
     """Refuse (WorkdirError, one line) a workdir holding another run, else create it and record
     this run; returns [workdir] when this call claimed it first (for workdir_lib.unclaim)."""
     from research.training.checkpoint_loading import CHECKPOINTS_DIR, checkpoint_steps_in
     fingerprint = finetune_fingerprint
-    recorded = _recorded_fingerprint(workdir)
+    recorded = _recorded_fingerprint(workdir) or {}
     saved = bool(checkpoint_steps_in(os.path.join(workdir, CHECKPOINTS_DIR)))
-    if saved and INIT_FILES_KEY not in (recorded or {}):
+    kind, _, folder = str(config.get("init", "")).partition(":")
+    if saved and INIT_FILES_KEY not in recorded:
         # A run recorded before the digest was (or before run.json): what its folder held at its start
-        # is unknown, so nothing is compared, nor recorded now (its files may have changed since).
-        fingerprint = lambda c: {k: v for k, v in finetune_fingerprint(c).items() if k != INIT_FILES_KEY}
+        # is unknown, so nothing is compared, nor read, nor recorded now (its files may have changed).
+        fingerprint = functools.partial(finetune_fingerprint, init_files=False)
+    elif saved and kind == "hf" and hf_files_digest(folder) is None:
+        # The folder is gone (an unmounted disk): its loader says so in its own words; compared here,
+        # the claim would call the workdir another run's and offer to delete it.
+        fingerprint = lambda c: {**finetune_fingerprint(c, init_files=False), INIT_FILES_KEY: recorded[INIT_FILES_KEY]}
     elif saved and recorded.get("init") == absolute_spec(config.get("init", "")):
         check_init_files(workdir)  # in its own words; the claim would say "another run" and to delete it
     return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=fingerprint)

@@ -5,7 +5,8 @@ From a training run's checkpoint, or a Hugging Face folder:
     loaded = load_checkpoint("runs/gpt_tiny")              # latest step; the run's own tokenizer
     loaded = load_checkpoint("runs/gpt_tiny", step=200, tokenizer="char")
     loaded = load_hf("hf/gpt2_folder")                      # tokenizer from the same folder if present
-    harness = Harness(loaded.model, loaded.params, loaded.tokenizer)
+    harness = Harness(loaded.model, loaded.params, loaded.tokenizer, stop_ids=loaded.stop_ids,
+                      bidirectional_prompt=loaded.bidirectional_prompt)  # as experiments.evaluate builds it
 
 A run directory is what research.training.train_and_evaluate writes: checkpoints/<step>/
 {state, data, config} and tokenizers/. Only the parameters are read from `state` (an orbax

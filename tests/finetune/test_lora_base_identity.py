@@ -112,6 +112,40 @@ def test_an_hf_folder_whose_files_changed_since_the_run_started_is_refused_at_lo
     assert load_checkpoint(str(run), step=2).step == 2  # the files it started from again
 
 
+def test_files_the_loader_does_not_read_or_a_base_gone_refuse_no_resume(hf_run, tmp_path):
+    """A training_args.bin added beside the weights changed the digest and refused the resume; a base
+    folder gone (an unmounted disk) made the claim call the run another one and offer to delete it."""
+    from research.finetune.run_identity import hf_files_digest
+    folder, config, run = hf_run
+    before = hf_files_digest(str(folder))
+    (folder / "training_args.bin").write_bytes(b"not the model")
+    try:
+        assert hf_files_digest(str(folder)) == before
+        assert load_checkpoint(str(run), step=2).step == 2
+    finally:
+        (folder / "training_args.bin").unlink()
+    moved = tmp_path / "away"
+    folder.rename(moved)
+    try:
+        with pytest.raises(Exception) as error:
+            finetune_and_evaluate(_lora(6, config.init), str(run))
+        assert "another run" not in str(error.value) and "delete" not in str(error.value), error.value
+        assert str(folder) in str(error.value)
+    finally:
+        moved.rename(folder)
+
+
+def test_only_a_run_that_reloads_its_hf_init_records_its_files():
+    """A full fine-tuning run restores every parameter from its own checkpoints: its base folder may
+    change (reading gigabytes to hash it at every start bought nothing); LoRA and a preference run
+    whose reference is its init read the folder again at every session."""
+    from research.finetune.run_identity import INIT_FILES_KEY, finetune_fingerprint
+    for preset, recorded in (("sft_tiny", False), ("sft_lora_tiny", True), ("dpo_tiny", True)):
+        config = tiny_config(preset).to_dict()
+        config["init"] = "hf:/nonexistent/folder"
+        assert (INIT_FILES_KEY in finetune_fingerprint(config)) == recorded, preset
+
+
 def _never_past_the_checks(monkeypatch) -> None:
     from research.finetune import base_model, run, run_identity
 
