@@ -84,6 +84,9 @@ def _launch() -> None:
     if is_url(workdir) and not _LAUNCH_DIR.value:
         raise LaunchError(f"--workdir={workdir} is a cloud path; jobs write there, but launch keeps scripts, logs and "
                           "job status on a local or shared disk: add --launch_dir=DIR.")
+    if _LAUNCH_DIR.value is not None and not _LAUNCH_DIR.value.strip():  # else quietly the workdir
+        raise LaunchError(f"--launch_dir={_LAUNCH_DIR.value!r} is empty (an unset shell variable?); give a "
+                          "directory, or leave the flag out to keep scripts and logs in the workdir.")
     log_dir = _LAUNCH_DIR.value or workdir
     if is_url(log_dir):
         raise LaunchError(f"--launch_dir={log_dir} must be a local or shared-disk path (sbatch and bash read it).")

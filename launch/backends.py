@@ -201,7 +201,7 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
     lines = ["#!/bin/bash", f"#SBATCH --job-name={options.job_name}", f"#SBATCH --array=0-{len(jobs) - 1}{throttle}",
              f"#SBATCH --nodes={options.nodes}", "#SBATCH --ntasks-per-node=1",
              f"#SBATCH --cpus-per-task={options.cpus_per_task}", f"#SBATCH --time={options.time}",
-             f"#SBATCH --output={os.path.join(log_dir, '%x_%A_%a.log')}"]
+             f"#SBATCH --output={_sbatch_quoted(os.path.join(log_dir, '%x_%A_%a.log'))}"]
     if options.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
     lines += [f"#SBATCH --{key}={value}" for key, value in (("partition", options.partition),
@@ -224,6 +224,17 @@ def slurm_script(jobs: Sequence[Job], options: SlurmOptions, *, cwd: str, log_di
               'set +e', 'srun bash -c "${JOBS[$SLURM_ARRAY_TASK_ID]}"', 'CODE=$?', 'set -e',
               'record_end "$NAME" "$START" "$CODE"', 'exit "$CODE"', ""]
     return "\n".join(lines)
+
+
+def _sbatch_quoted(path: str) -> str:
+    """`path` for an #SBATCH line: sbatch splits a directive's value at unquoted whitespace and
+    drops it from an unquoted #, so a launch dir "my sweeps" gave the option "/x/my" (its logs
+    lost). Double quotes with \\" escapes read back intact; a backslash would also switch off
+    the %x/%A/%a of the file name, and a newline ends the directive: refused."""
+    if "\\" in path or "\n" in path:
+        raise LaunchError(f"--launch_dir path {path!r} holds a backslash or newline, which an #SBATCH --output line "
+                          "cannot carry; pick a launch dir without them.")
+    return '"' + path.replace('"', '\\"') + '"'
 
 
 # A handler, not `trap '' TERM`: an ignored signal stays ignored in the children, which then
@@ -284,8 +295,10 @@ def tpu_vm_script(jobs: Sequence[Job], options: TpuVmOptions, *, log_dir: str) -
              '"$@"; code=$?; record_end "$name" "$start" "$code"; [ "$code" = 0 ] || FAILED=1; '
              '[ -z "$STOPPED" ] || exit "$code"; }']
     for job in jobs:
-        remote = " && ".join(part for part in (f"cd {_remote_path(options.repo_dir)}", options.setup, job.command)
-                             if part)
+        # Lines, not "setup && command": a # comment in --setup hid the command (nothing ran,
+        # recorded "ok"). set -e stops the job where the cd or a setup line fails, as on slurm.
+        remote = "\n".join(part for part in ("set -e", f"cd {_remote_path(options.repo_dir)}", options.setup,
+                                              job.command) if part)
         lines += [f"# {job.name}", f"run_job {job.name} gcloud compute tpus tpu-vm ssh {shlex.quote(options.tpu_name)} "
                   f"--zone={shlex.quote(options.zone)}{project} --worker=all --command={shlex.quote(remote)}"]
     lines.append('exit "$FAILED"')

@@ -53,15 +53,35 @@ def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
 def slurm_local_device_ids(env: Mapping[str, str] = os.environ) -> list[int] | None:
     """The GPUs this process uses in a SLURM step: all of its node's when it is the node's only
     task (launch's sbatch script: one task per node), else None (jax's default: the GPU numbered
-    by SLURM_LOCALID, for one task per GPU). jax would give a node's only task GPU 0 alone."""
+    by SLURM_LOCALID, for one task per GPU; or JAX_LOCAL_DEVICE_IDS where set). jax would give a
+    node's only task GPU 0 alone."""
     nodes = "SLURM_STEP_NUM_NODES" if env.get("SLURM_STEP_NUM_NODES") else "SLURM_NNODES"
-    if not env.get(nodes) or _count(env, "SLURM_NTASKS") != _count(env, nodes):
+    # The user's own choice: jax.distributed.initialize reads it when given no local_device_ids.
+    if env.get("JAX_LOCAL_DEVICE_IDS") or not env.get(nodes) or _count(env, "SLURM_NTASKS") != _count(env, nodes):
         return None
     gpus = env.get("SLURM_GPUS_ON_NODE") or ""
     if gpus.isdigit():
         return list(range(int(gpus)))
     visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return list(range(len(visible))) if visible else None
+
+
+def _explicit_args(env: Mapping[str, str]) -> dict[str, str | int]:
+    """The explicit form's arguments, checked: jax hung on a coordinator without a port, and gave
+    a traceback (or a multi-line ValueError) on a port or a process count / id out of range."""
+    address = env["JAX_COORDINATOR_ADDRESS"]
+    host, _, port = address.rpartition(":")
+    # An IPv6 host is bracketed ([::1]:1234): a bare one's last part would read as the port.
+    if not host or (":" in host and not host.startswith("[")) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"error: JAX_COORDINATOR_ADDRESS={address!r} is not host:port; set it to process 0's "
+                         "address and a free port, e.g. 10.0.0.1:1234.")
+    count, index = _count(env, "JAX_NUM_PROCESSES"), _count(env, "JAX_PROCESS_ID")
+    if count < 1:
+        raise SystemExit(f"error: JAX_NUM_PROCESSES={count} must be >= 1 (the number of processes, one per host).")
+    if not 0 <= index < count:
+        raise SystemExit(f"error: JAX_PROCESS_ID={index} must be in 0..{count - 1} (JAX_NUM_PROCESSES={count}); "
+                         "give each process its own id.")
+    return {"coordinator_address": address, "num_processes": count, "process_id": index}
 
 
 def initialize(env: Mapping[str, str] = os.environ) -> str | None:
@@ -74,12 +94,11 @@ def initialize(env: Mapping[str, str] = os.environ) -> str | None:
     kind = cluster_kind(env)
     if kind is None:
         return None
+    explicit = _explicit_args(env) if kind == "explicit" else {}
     import jax
 
     if kind == "explicit":
-        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                                   num_processes=_count(env, "JAX_NUM_PROCESSES"),
-                                   process_id=_count(env, "JAX_PROCESS_ID"))
+        jax.distributed.initialize(**explicit)
     elif kind == "slurm" and (devices := slurm_local_device_ids(env)) is not None:
         jax.distributed.initialize(local_device_ids=devices)
     else:

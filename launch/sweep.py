@@ -80,6 +80,9 @@ def job_paths(config: str, workdir: str, *, repo: str, remote: bool = False) -> 
     this repository becomes repository-relative, so the workers' copy is loaded; one outside
     stays absolute and must exist at that path on every worker; a relative workdir is refused
     (it would land under the workers' repository while logs and status stay here)."""
+    if not workdir.strip():  # os.path.abspath("") is the caller's directory: the sweep would land there
+        raise LaunchError(f"--workdir={workdir!r} is empty (an unset shell variable?); give the sweep's base "
+                          "directory, e.g. --workdir=/tmp/lr_sweep.")
     path, sep, arg = config.partition(":")
     local = os.path.abspath(path) + sep + arg
     job_config = local
@@ -283,8 +286,7 @@ def _literal(key: str, value: Any) -> str:
     if isinstance(value, (tuple, list)):
         items = [_literal(key, item) for item in value]
         return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()  # a NumPy scalar: its repr (np.float64(0.1)) is not a literal
+    value = _python_scalar(value)  # a NumPy scalar's repr (np.float64(0.1)) is not a literal
     if isinstance(value, float) and not math.isfinite(value):
         raise LaunchError(f"{key}={value!r}: inf / nan inside a tuple cannot pass through the flag "
                           "(ast.literal_eval has no literal for them); use a large finite value.")
@@ -292,6 +294,19 @@ def _literal(key: str, value: Any) -> str:
         return repr(value)
     raise LaunchError(f"{key}: tuple element {value!r} is a {type(value).__name__}; a tuple flag holds only "
                       "str, int, float, bool, None or tuples of them.")
+
+
+def _python_scalar(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds; any other value as it is."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+
+
+def _same_flag(value: Any) -> Any:
+    """`value` with what does not change its flag made alike: NumPy scalars as Python values,
+    lists as tuples (both are the same literal)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_same_flag(item) for item in value)
+    return _python_scalar(value)
 
 
 def _display_value(value: Any) -> str:
@@ -311,9 +326,11 @@ def _default_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)[:_NAME_LENGTH] or "job"
 
 
-def exact_overrides(entry: Mapping[str, Any]) -> str:
-    """A job's overrides exactly (its identity in launch_jobs.json and its name's hash)."""
-    return ",".join(f"{key}={value!r}" for key, value in entry.items())
+def exact_overrides(entry: Mapping[str, Any], *, as_given: bool = False) -> str:
+    """A job's overrides exactly (its identity in launch_jobs.json and its name's hash). Values
+    giving the same flag give the same text: a sweep relaunched with np.float64(1e-3) for 1e-3
+    moved its job to a new workdir. `as_given`: the text of launches before that (plain repr)."""
+    return ",".join(f"{key}={(value if as_given else _same_flag(value))!r}" for key, value in entry.items())
 
 
 def _apart(names: list[str | None], overrides: list[dict[str, Any]]) -> list[str | None]:
@@ -369,6 +386,7 @@ def expand(sweep: Sequence[dict[str, Any]], *, module: str, config: str, workdir
     launched = launched or {}
     taken = set(launched.values())  # names (and workdirs) of jobs an earlier launch ran with other overrides
     defaults = [None if default is None else launched.get(exact_overrides(entry_overrides))
+                or launched.get(exact_overrides(entry_overrides, as_given=True))
                 or _unless_taken(default, exact_overrides(entry_overrides), taken)
                 for entry_overrides, default in zip(all_overrides, defaults)]
     jobs, chosen = [], []

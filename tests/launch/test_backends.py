@@ -2,6 +2,7 @@
 results table read from their status records, and the multi-host start-up of each job."""
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -101,13 +102,13 @@ def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
     script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="v4-32", zone="us-central2-b",
                                                                  setup="source ~/venv/bin/activate"),
                                     log_dir=str(tmp_path))
-    commands = [line for line in script.splitlines() if line.startswith("run_job ")]
+    commands = _run_job_commands(script)
     assert len(commands) == 3
     argv = shlex.split(commands[0])
     assert argv[:8] == ["run_job", jobs[0].name, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "v4-32"]
     assert "--worker=all" in argv and "--zone=us-central2-b" in argv
     remote = next(a for a in argv if a.startswith("--command=")).split("=", 1)[1]
-    assert remote == "cd ~/research && source ~/venv/bin/activate && " + jobs[0].command
+    assert remote == "set -e\ncd ~/research\nsource ~/venv/bin/activate\n" + jobs[0].command
     # With gcloud failing for the second job only, the rest still run and the script fails.
     fake_gcloud = tmp_path / "bin" / "gcloud"
     fake_gcloud.parent.mkdir()
@@ -121,6 +122,46 @@ def test_tpu_vm_script_runs_each_job_on_every_worker(tmp_path):
         backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="", zone=""), log_dir=str(tmp_path))
 
 
+def _run_job_commands(script: str) -> list[str]:
+    """The script's run_job commands, each whole (a remote command spans several lines)."""
+    return ["run_job " + re.split(r"\n(?=# |exit )", part, maxsplit=1)[0] for part in script.split("\nrun_job ")[1:]]
+
+
+def test_tpu_vm_setup_with_comments_and_lines_runs_before_the_job_and_stops_it_when_it_fails(tmp_path):
+    """`cd ... && export FOO=1  # my env && <job>`: the comment hid the job, which never ran while
+    its status read ok. The worker's shell (a fake gcloud: bash -c of --command, in $HOME) runs it."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "gcloud").write_text('#!/bin/bash\nfor a in "$@"; do case "$a" in --command=*) '
+                                            'cmd="${a#--command=}";; esac; done\ncd "$HOME" && exec bash -c "$cmd"\n')
+    (tmp_path / "bin" / "gcloud").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    write = "import os; open('ran', 'w').write(os.environ['FOO'] + os.environ['BAR'])"
+    jobs = [Job("j", str(tmp_path), (sys.executable, "-c", write))]
+    for setup, code, status in (("export FOO=1  # my env\nexport BAR=2 # more", 0, "ok"),
+                                ("export FOO=1 # my env\nfalse  # a failing setup\nexport BAR=2", 1,
+                                 "failed (exit 1)")):
+        (tmp_path / "ran").unlink(missing_ok=True)
+        script = backends.tpu_vm_script(jobs, backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir="~",
+                                                                     setup=setup), log_dir=str(tmp_path / "logs"))
+        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+        assert run.returncode == code, run.stderr
+        assert [r.status for r in results.collect(jobs, str(tmp_path / "logs"))] == [status]
+        ran = (tmp_path / "ran").read_text() if (tmp_path / "ran").exists() else None
+        assert ran == ("12" if code == 0 else None)
+
+
+def test_slurm_output_directive_keeps_a_launch_dir_with_spaces_whole(tmp_path):
+    """sbatch reads an #SBATCH line's value like a shell word (quotes group, an unquoted # starts a
+    comment: shlex(comments=True) on what launch writes): "my sweeps" gave --output=/x/my."""
+    jobs = [Job("a", "/w/a", ("true",))]
+    log_dir = str(tmp_path / 'my "sweeps" #1')
+    script = backends.slurm_script(jobs, backends.SlurmOptions(), cwd="/repo", log_dir=log_dir)
+    (line,) = [line for line in script.splitlines() if line.startswith("#SBATCH --output")]
+    assert shlex.split(line.removeprefix("#SBATCH"), comments=True) == [f"--output={log_dir}/%x_%A_%a.log"]
+    with pytest.raises(LaunchError, match="holds a backslash or newline"):
+        backends.slurm_script(jobs, backends.SlurmOptions(), cwd="/repo", log_dir=str(tmp_path / "a\\b"))
+
+
 @pytest.mark.parametrize("repo_dir", ["~/my repo/it's here", "~", "ABS/a b;c", "$HOME/my repo", "${HOME}/x"])
 def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
     """The worker's shell (bash -c of the remote command) changes into --tpu_repo_dir, spaces
@@ -132,7 +173,7 @@ def test_tpu_vm_repo_dir_reaches_the_workers_shell_intact(tmp_path, repo_dir):
     expected.mkdir(parents=True, exist_ok=True)
     script = backends.tpu_vm_script([Job("j", "/w", ("pwd",))],
                                     backends.TpuVmOptions(tpu_name="t", zone="z", repo_dir=repo_dir), log_dir="/l")
-    remote = next(line for line in script.splitlines() if line.startswith("run_job j "))
+    (remote,) = _run_job_commands(script)
     command = shlex.split(remote)[-1].removeprefix("--command=")
     worker = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ,
                                                                                             "HOME": str(tmp_path)})
@@ -203,6 +244,40 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES='two' is not an integer"):
         multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_COORDINATOR_ADDRESS": "localhost"}, "JAX_COORDINATOR_ADDRESS='localhost' is not host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:abc"}, "JAX_COORDINATOR_ADDRESS='localhost:abc' is not host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "::1"}, "JAX_COORDINATOR_ADDRESS='::1' is not host:port"),
+    ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES=0 must be >= 1"),
+    ({"JAX_PROCESS_ID": "2"}, r"JAX_PROCESS_ID=2 must be in 0\.\.1 \(JAX_NUM_PROCESSES=2\)"),
+    ({"JAX_PROCESS_ID": "-1"}, r"JAX_PROCESS_ID=-1 must be in 0\.\.1"),
+])
+def test_multihost_refuses_a_bad_explicit_cluster_in_one_line(monkeypatch, env, message):
+    """jax hung on a coordinator without a port and raised a traceback or a multi-line ValueError
+    on the others."""
+    import jax
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    good = {"JAX_COORDINATOR_ADDRESS": "[::1]:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    assert multihost.initialize(good) == "explicit" and calls[0]["coordinator_address"] == "[::1]:1234"
+    with pytest.raises(SystemExit, match=f"^error: {message}") as error:
+        multihost.initialize({**good, **env})
+    assert len(str(error.value).splitlines()) == 1 and len(calls) == 1
+
+
+def test_multihost_on_slurm_keeps_the_users_jax_local_device_ids(monkeypatch):
+    """launch's one-task-per-node default (every GPU of the node) replaced JAX_LOCAL_DEVICE_IDS;
+    left unset, jax.distributed.initialize reads the variable itself."""
+    import jax
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    step = {"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0",
+            "SLURM_LOCALID": "0", "SLURM_GPUS_ON_NODE": "8"}
+    assert multihost.initialize({**step, "JAX_LOCAL_DEVICE_IDS": "0,1"}) == "slurm"
+    assert multihost.initialize(step) == "slurm"
+    assert calls == [{}, {"local_device_ids": list(range(8))}]
 
 
 def test_a_local_backend_job_never_joins_a_cluster(monkeypatch):

@@ -148,6 +148,26 @@ def test_a_grown_sweep_keeps_the_names_and_workdirs_of_the_jobs_launched_before(
     assert alone.name == "name=" + "x" * 115 and new.name != alone.name and new.name.startswith("name=xxx")
 
 
+def test_a_relaunch_with_numpy_values_or_lists_keeps_each_jobs_workdir(tmp_path):
+    """np.float64(1e-3) gives the flag 1e-3 gives, and a list the tuple's; the exact overrides were
+    repr()'d, so a relaunched sweep with the other form moved its job to a new hashed workdir."""
+    from launch.launch_dir import read_launched, record_launched
+    first = [{"config.opt.learning_rate": 1e-3, "config.shape": [3, 4]}, {"config.opt.learning_rate": 1e-3,
+                                                                          "config.shape": [5]}]
+    jobs = expand(first, module="m", config="c.py", workdir="/w")
+    record_launched(str(tmp_path), first, jobs)
+    again = [{"config.opt.learning_rate": np.float64(1e-3), "config.shape": (3, np.int64(4))},
+             {"config.opt.learning_rate": np.float64(1e-3), "config.shape": (5,)}]
+    relaunched = expand(again, module="m", config="c.py", workdir="/w", launched=read_launched(str(tmp_path)))
+    assert [(j.workdir, j.argv) for j in relaunched] == [(j.workdir, j.argv) for j in jobs]
+    # A sweep of NumPy values launched before (its records hold their repr) keeps its workdirs too.
+    numpy_sweep = [{"config.opt.learning_rate": np.float64(v)} for v in (1e-3, 3e-3)]
+    earlier = {f"config.opt.learning_rate={v!r}": f"kept{i}" for i, v in enumerate(e["config.opt.learning_rate"]
+                                                                                   for e in numpy_sweep)}
+    assert [j.name for j in expand(numpy_sweep, module="m", config="c.py", workdir="/w", launched=earlier)] == [
+        "kept0", "kept1"]
+
+
 def test_overrides_reach_every_job_and_are_checked_against_the_config():
     overrides = parse_overrides(["train.num_steps=7", "config.data.seed=3"])
     assert overrides == {"config.train.num_steps": "7", "config.data.seed": "3"}
@@ -324,6 +344,9 @@ def test_tpu_vm_workers_get_paths_of_their_own_checkout(tmp_path):
     with pytest.raises(LaunchError, match="--workdir=runs/x is relative; tpu_vm jobs write on the workers"):
         job_paths(PRETRAIN, "runs/x", repo=REPO, remote=True)
     assert job_paths(PRETRAIN, "runs/x", repo=REPO) == (pretrain, pretrain, os.path.abspath("runs/x"))
+    for empty in ("", " "):
+        with pytest.raises(LaunchError, match="is empty"):
+            job_paths(PRETRAIN, empty, repo=REPO)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -332,6 +355,9 @@ def test_tpu_vm_workers_get_paths_of_their_own_checkout(tmp_path):
     (["--module=experiments.pretrian"], "error: --module='experiments.pretrian' is not found"),
     (["--workdir=gs://bucket/sweep"], "error: --workdir=gs://bucket/sweep is a cloud path"),
     (["--backend=tpu_vm", "--tpu_name=t", "--tpu_zone=z", "--workdir=rel"], "error: --workdir=rel is relative; tpu_vm"),
+    # An unset shell variable: the sweep landed in the caller's directory, or its logs in the workdir.
+    (["--workdir=", "--dry_run"], "error: --workdir='' is empty (an unset shell variable?)"),
+    (["--launch_dir=", "--backend=slurm"], "error: --launch_dir='' is empty (an unset shell variable?)"),
 ])
 def test_cli_bad_launches_are_one_line_and_write_nothing(tmp_path, flags, message):
     workdir = tmp_path / "sweep"
