@@ -81,6 +81,10 @@ class DecodingOptions:
         if not sampling and (self.top_k or self.top_p < 1 or self.num_samples > 1):
             raise ConfigError("--top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "
                               "(e.g. --temperature=0.8).")
+        # Greedy and beam search draw nothing: a seed sweep without --temperature gave identical runs.
+        if not sampling and self.seed != DecodingOptions.seed:
+            raise ConfigError(f"--seed={self.seed} only applies when sampling; add --temperature>0 (e.g. "
+                              "--temperature=0.8) or drop --seed.")
         if self.num_beams == 1 and self.alpha != DecodingOptions.alpha:  # it was silently ignored
             raise ConfigError(f"--alpha={self.alpha} is beam search's length penalty; add --num_beams>1 (e.g. "
                               "--num_beams=4) or drop --alpha.")

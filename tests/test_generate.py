@@ -181,6 +181,9 @@ def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
     (dict(num_beams=2, alpha=float("nan")), r"--alpha=nan \(beam search's length-penalty exponent\) must be"),
     # Without beam search --alpha was accepted and ignored.
     (dict(alpha=3.0), r"--alpha=3.0 is beam search's length penalty; add --num_beams>1"),
+    # Greedy and beam search draw nothing: a seed sweep without --temperature gave identical runs.
+    (dict(seed=1), r"--seed=1 only applies when sampling; add --temperature>0"),
+    (dict(seed=1, num_beams=2), r"--seed=1 only applies when sampling"),
     # generate_text(..., top_p=None) compared None with 0: a bare TypeError.
     (dict(temperature=1.0, top_p=None), r"--top_p=None must be a number"),
     (dict(num_beams=2.5), r"--num_beams=2.5 must be a whole number"),

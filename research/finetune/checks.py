@@ -103,7 +103,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                           "has no LM softmax to regularise; set --config.train.z_loss=0.")
     if path == "text_to_text" and int(config.get("num_beams", 4)) < 1:
         raise ConfigError(f"num_beams={config['num_beams']} must be >= 1: the beams of the evaluation's beam search "
-                          "(1 = greedy; e.g. --config.num_beams=4).")
+                          "(1 = greedy decoding; e.g. --config.num_beams=4).")
     from research.finetune.trainer import dropout_disabled
     lora = config_section(config, "lora")
     if lora.get("rank") and lora.get("dropout") and dropout_disabled(config):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research.decoding import beam_search, vocab_limit_for
+from research.decoding import beam_search, generate, vocab_limit_for
 from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.checks import SYNTHETIC_SETS, config_section
@@ -295,11 +295,14 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
         if not generation:
             return {}
         prompts = [encode_source(str(r["input"])) for _, r in generation]
-        out = beam_search(model, params, prompts, num_beams=num_beams, stop_tokens=[eos],
-                          max_new_tokens=int(config.get("generation_tokens", 16)),
-                          vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids
-        best = to_host(out.tokens_BWN)[:, 0]
-        lengths = to_host(out.lengths_BW)[:, 0]
+        options = dict(stop_tokens=[eos], max_new_tokens=int(config.get("generation_tokens", 16)),
+                       vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids
+        if num_beams == 1:  # greedy, as num_beams=1 means in transformers: one beam keeps the best
+            out = generate(model, params, prompts, **options)  # finished prefix, which can stop earlier
+            best, lengths = to_host(out.tokens_BN), to_host(out.lengths_B)
+        else:
+            out = beam_search(model, params, prompts, num_beams=num_beams, **options)
+            best, lengths = to_host(out.tokens_BWN)[:, 0], to_host(out.lengths_BW)[:, 0]
         predictions = [tokenizer.decode([int(t) for t in row[:n]]) for row, n in zip(best, lengths)]
         return text_metrics(predictions, [str(r["target"]) for _, r in generation])
 

@@ -48,9 +48,12 @@ def test_task_metrics_by_hand():
     np.testing.assert_allclose(metrics["eval_f1"], (2 / 3 + 0.8) / 2)  # macro: class 0 F1 2/3, class 1 F1 0.8
 
 
-def test_num_beams_set_on_the_command_line_reaches_the_beam_search(monkeypatch):
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_num_beams_set_on_the_command_line_reaches_the_decoding(monkeypatch, num_beams):
     """The text-to-text evaluation read num_beams with a default of 4 and no key, so the command
-    line refused --config.num_beams=1 ('is not a config key')."""
+    line refused --config.num_beams=1 ('is not a config key'). num_beams=1 is greedy decoding, as
+    the config's error message and transformers say: it ran a one-beam search, which keeps the best
+    finished prefix it has seen ([11, 1, eos] where greedy went on [11, 1, 1, 1, 1, 1])."""
     import os
 
     from absl import flags
@@ -60,7 +63,7 @@ def test_num_beams_set_on_the_command_line_reaches_the_beam_search(monkeypatch):
     from tests.finetune.conftest import REPO, TINY_MODEL
 
     argv = ["finetune", f"--config={os.path.join(REPO, 'experiments/configs/finetune.py')}:t5_tiny",
-            "--config.num_beams=1"]
+            f"--config.num_beams={num_beams}"]
     flag_values = flags.FlagValues()  # as experiments/finetune.py parses its command line
     config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
     flag_values(argv)
@@ -75,12 +78,16 @@ def test_num_beams_set_on_the_command_line_reaches_the_beam_search(monkeypatch):
         pass
 
     def beam_search(*args, num_beams, **kwargs):
-        raise Reached(num_beams)
+        raise Reached("beam_search", num_beams)
+
+    def generate(*args, temperature=0.0, **kwargs):
+        raise Reached("generate", temperature)
     monkeypatch.setattr(task_paths, "beam_search", beam_search)
+    monkeypatch.setattr(task_paths, "generate", generate)
     job = build_job(config)
     with pytest.raises(Reached) as reached:
-        job.evaluate(None, None, None)  # no eval batches (eval_batches=0): straight to the beam search
-    assert reached.value.args == (1,)
+        job.evaluate(None, None, None)  # no eval batches (eval_batches=0): straight to the decoding
+    assert reached.value.args == (("generate", 0.0) if num_beams == 1 else ("beam_search", num_beams))
 
 
 @pytest.mark.parametrize("key", ["progress_bar", "peak_flops"])
