@@ -8,6 +8,7 @@ before anything is traced or compiled.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Literal
 
 import jax.numpy as jnp
@@ -45,6 +46,11 @@ _CHOICES = {
     "param_dtype": DType,
     "init_scheme": InitScheme,
 }
+
+
+# Numeric fields by their annotation (a string: `from __future__ import annotations`).
+_NUMBER_FIELDS = {"int": numbers.Integral, "int | None": numbers.Integral, "float": numbers.Real}
+_KIND_NAMES = {numbers.Integral: "a whole number", numbers.Real: "a number"}
 
 
 class ConfigError(ValueError):
@@ -114,6 +120,16 @@ class ModelConfig:
     dense_weight_grad: DenseWeightGrad = "auto"
 
     def __post_init__(self):
+        # Types first: a config.json holding "2" or null where a count belongs (or 16.0 for a
+        # width) gave a TypeError in the checks below, or a model that failed deep in Flax.
+        # sliding_window has its own check below.
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), _NUMBER_FIELDS.get(field.type)
+            if kind is None or field.name == "sliding_window" or (value is None and field.type.endswith("| None")):
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigError(f"{self.name}: {field.name}={value!r} must be {_KIND_NAMES[kind]}"
+                                  f"{' (or None)' if field.type.endswith('| None') else ''}.")
         for field, choice in _CHOICES.items():
             allowed = choice.__args__
             value = getattr(self, field)

@@ -83,3 +83,33 @@ def test_out_of_range_token_type_ids_raise_one_line(types, bad):
     # In range: finite logits, and the check costs a jitted call nothing (the ids are traced there).
     logits = jax.jit(Encoder(config).apply)({"params": params}, tokens, token_type_ids_BT=jnp.zeros_like(tokens))
     assert np.isfinite(np.asarray(logits)).all()
+
+
+_LLAMA_JSON = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
+_T5_JSON = {"model_type": "t5", "vocab_size": VOCAB, "d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1,
+            "num_heads": 2, "feed_forward_proj": "relu"}
+
+
+@pytest.mark.parametrize("base, change, message", [
+    # Each was a bare TypeError / ValueError / AttributeError traceback from the converter or the
+    # config's own checks; the float width and the string eps were accepted and failed in Flax.
+    (_LLAMA_JSON, {"rope_scaling": "linear"}, r"c/config.json: not a readable llama config.*ValueError"),
+    (_T5_JSON, {"feed_forward_proj": None}, r"c/config.json: not a readable t5 config.*AttributeError"),
+    (_LLAMA_JSON, {"num_key_value_heads": "2"}, r"num_kv_heads='2' must be a whole number \(or None\)"),
+    (_LLAMA_JSON, {"num_hidden_layers": None}, r"num_layers=None must be a whole number\.$"),
+    (_LLAMA_JSON, {"hidden_size": 16.0}, r"d_model=16.0 must be a whole number"),
+    (_LLAMA_JSON, {"rms_norm_eps": "1e-6"}, r"norm_eps='1e-6' must be a number"),
+])
+def test_config_json_values_of_the_wrong_type_are_one_line(tmp_path, base, change, message):
+    from research.models.config import ConfigError
+    from research.models.hf import hf_model_config
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**base, **change}))
+    with pytest.raises(ConfigError, match=message) as raised:
+        hf_model_config(str(folder))
+    assert len(str(raised.value).splitlines()) == 1
+    with pytest.raises(ConfigError, match=message):  # before any weights are looked for
+        from_hf(str(folder))

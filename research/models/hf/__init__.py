@@ -61,10 +61,8 @@ def from_hf(path: str, **overrides: Any) -> tuple[nn.Module, dict]:
     """
     from research.models import build_model
 
-    hf_config = read_hf_config(path)
-    module = _module_for_type(hf_config.get("model_type"), path)
+    module, config = _config_json(path)  # before reading the weights: a bad config.json fails fast
     overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
-    config = module.config_from_hf(hf_config)  # before reading the weights: a bad config.json fails fast
     state_dict = read_state_dict(path)
     # Overrides come last, so an explicit tie_embeddings=True meets params_from_hf's check.
     config = module.config_for_weights(config, state_dict).replace(**overrides)
@@ -76,13 +74,27 @@ def hf_model_config(path: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig `from_hf(path, **overrides)` builds, without loading the model's layers:
     config.json, and when it ties the LM head, the stored head and embedding tensors alone
     (from_hf unties a stored head that differs from the embedding, and only the weights tell)."""
-    hf_config = read_hf_config(path)
-    module = _module_for_type(hf_config.get("model_type"), path)
+    module, config = _config_json(path)
     overrides.setdefault("name", os.path.basename(os.path.normpath(path)))
-    config = module.config_from_hf(hf_config)
     if config.tie_embeddings:
         config = module.config_for_weights(config, read_tensors_ending_with(path, _HEAD_AND_EMBEDDING_NAMES))
     return config.replace(**overrides)
+
+
+def _config_json(path: str) -> tuple[ModuleType, ModelConfig]:
+    """The architecture's converter module and the ModelConfig of `path`/config.json. A value of
+    the wrong type that the converter trips over (rope_scaling "linear" for {"type": "linear"},
+    feed_forward_proj null) is one line naming the file, not the converter's traceback."""
+    hf_config = read_hf_config(path)
+    module = _module_for_type(hf_config.get("model_type"), path)
+    try:
+        return module, module.config_from_hf(hf_config)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ConfigError(f"{os.path.join(path, 'config.json')}: not a readable {hf_config.get('model_type')} "
+                          f"config, a value is missing or of the wrong type ({type(e).__name__}: {e}); compare it "
+                          "with the config.json transformers writes for this architecture.") from None
 
 
 # The stored names (any prefix) of every architecture's LM head and input embedding, which
