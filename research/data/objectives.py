@@ -14,6 +14,8 @@ rows, adding segment ids and positions, and renames them into the batch schema:
     loss_weights                                                         [B, T] float32
 
 Long documents are cut into windows; each window is its own packed segment.
+`check_settings(seq_len)`: what the config alone makes impossible (run by check_batch_shape, before
+any tokenizer is trained); `validate(special, seq_len)` adds what needs the tokenizer (sentinels, mask).
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, special: SpecialTo
     count is drawn from the tokens left unmasked, at the rate that keeps its expectation
     (rounding it from num_chosen and clipping it to the rest would lose random tokens when few
     are chosen: one chosen token was random 2% of the time, not 10%). Rates outside their
-    ranges raise a DataError (MaskedLM.validate checks them before any data is read).
+    ranges raise a DataError (MaskedLM.check_settings checks them before any tokenizer is trained).
     """
     _check_mask_rates(mask_rate, mask_token_fraction, random_token_fraction)
     candidates = np.flatnonzero(~np.isin(tokens, special.special_ids))
@@ -135,7 +137,11 @@ def _random_ordinary_ids(count: int, rng: np.random.Generator, special: SpecialT
 # ---------------------------------------------------------------------------- T5 span corruption
 
 def _span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
-    """(noise tokens, noise spans) of a `length`-token window, as t5.data.preprocessors does."""
+    """(noise tokens, noise spans) of a `length`-token window, at least one of each, rounded half to
+    even in float64 as Hugging Face's numpy port of T5's random_spans_noise_mask does (run_t5_mlm_flax.py).
+    Not t5.data.preprocessors exactly: it rounds in float32, the other way for about 1% of lengths
+    (0.15 / 3.0, a 190-token window: 28 noise tokens in 9 spans here, 29 in 10 in T5). Kept, as a
+    change would change existing runs' data."""
     num_noise = int(round(length * noise_density))
     num_noise = min(max(num_noise, 1), length - 1)
     return num_noise, max(int(round(num_noise / mean_span_length)), 1)
@@ -147,9 +153,10 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
     `inputs_length` (t5.data.preprocessors.random_spans_helper; e.g. 512 -> (568, 114), and at
     noise_density 0.5, 512 -> (766, 512)).
 
-    T5's helper exactly, but counting noise tokens and spans as its random_spans_noise_mask does
-    (at least one of each): the two differ only where a window rounds to no noise token or no
-    span, and there the helper's counts undersize the rows T5's mask then makes.
+    T5's helper exactly (which rounds in float64, as _span_counts does), but with at least one noise
+    token and one span, as T5's random_spans_noise_mask makes: the two differ only where a window
+    rounds to no noise token or no span, and there the helper's counts undersize the rows T5's mask
+    then makes.
     """
     def lengths(tokens_length: int) -> tuple[int, int]:
         num_noise, num_spans = _span_counts(tokens_length, noise_density, mean_span_length)
@@ -189,10 +196,10 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density
     spans than there are kept tokens raise a DataError, as T5 fails on them (letting spans merge
     would quietly drop noise). cap_spans=True makes at most one span per kept token instead,
     keeping the noise count: for a document's short last window, where rounding can ask for a
-    span too many although a full window (checked by SpanCorruption.validate) has room.
+    span too many although a full window (checked by SpanCorruption.check_settings) has room.
     """
     orig_length, length = length, max(length, 2)
-    if mean_span_length < 1:  # more spans than noise tokens (SpanCorruption.validate refuses it too)
+    if mean_span_length < 1:  # more spans than noise tokens (SpanCorruption.check_settings refuses it too)
         raise DataError(f"span_corruption: mean_span_length={mean_span_length} must be at least 1.")
     if not cap_spans and (problem := _too_many_spans(length, noise_density, mean_span_length)):
         raise DataError(f"span_corruption: {problem}.")
@@ -254,9 +261,12 @@ class CausalLM:
     def packed_lengths(self, seq_len: int) -> dict[str, int]:
         return {"inputs": seq_len, "targets": seq_len, "loss_weights": seq_len}
 
-    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+    def check_settings(self, seq_len: int) -> None:
         if seq_len < 2:
             raise DataError(f"{self.name}: seq_len={seq_len} must be at least 2.")
+
+    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+        self.check_settings(seq_len)
 
     def examples(self, tokens: np.ndarray, rng: np.random.Generator, seq_len: int,
                  special: SpecialTokens) -> list[Example]:
@@ -279,9 +289,12 @@ class PrefixLM:
         return {"encoder_inputs": seq_len, "decoder_inputs": seq_len, "decoder_targets": seq_len,
                 "loss_weights": seq_len}
 
-    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+    def check_settings(self, seq_len: int) -> None:
         if seq_len < 2:
             raise DataError(f"{self.name}: seq_len={seq_len} must be at least 2.")
+
+    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+        self.check_settings(seq_len)
 
     def examples(self, tokens, rng, seq_len, special):
         if not len(tokens):
@@ -309,13 +322,16 @@ class MaskedLM:
     def packed_lengths(self, seq_len: int) -> dict[str, int]:
         return {"inputs": seq_len, "targets": seq_len, "loss_weights": seq_len}
 
-    def validate(self, special: SpecialTokens, seq_len: int) -> None:
-        if special.mask_id is None:
-            raise DataError("masked_lm: the tokenizer has no <mask> or [MASK] piece; train one with "
-                            "research.data.tokenizer (it reserves <mask>) or use a BERT-style model.")
+    def check_settings(self, seq_len: int) -> None:
         if seq_len < 3:
             raise DataError(f"masked_lm: seq_len={seq_len} must be at least 3 ([bos] token [eos]).")
         _check_mask_rates(self.mask_rate, self.mask_token_fraction, self.random_token_fraction)
+
+    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+        self.check_settings(seq_len)
+        if special.mask_id is None:
+            raise DataError("masked_lm: the tokenizer has no <mask> or [MASK] piece; train one with "
+                            "research.data.tokenizer (it reserves <mask>) or use a BERT-style model.")
 
     def examples(self, tokens, rng, seq_len, special):
         bos = [] if special.bos_id is None else [special.bos_id]
@@ -333,8 +349,8 @@ class MaskedLM:
 class SpanCorruption:
     """T5 span corruption: the encoder length is seq_len; the decoder length follows from it
     (span_corruption_lengths) so that a full window fills both packed rows exactly. Each noise
-    span needs a kept token before it, so validate refuses settings whose full window would need
-    more spans than it keeps tokens (e.g. noise_density 0.6 with mean_span_length 1)."""
+    span needs a kept token before it, so check_settings refuses settings whose full window would
+    need more spans than it keeps tokens (e.g. noise_density 0.6 with mean_span_length 1)."""
 
     name: ClassVar[str] = "span_corruption"
     encoder_decoder: ClassVar[bool] = True
@@ -342,7 +358,7 @@ class SpanCorruption:
     mean_span_length: float = 3.0
 
     def window_lengths(self, seq_len: int) -> tuple[int, int]:
-        # Checked here too: packed_lengths (check_batch_shape) runs before validate, and a
+        # Checked here too: packed_lengths may run before check_settings, and a
         # mean_span_length of 0 would be a ZeroDivisionError traceback.
         if not (0 < self.noise_density < 1 and self.mean_span_length >= 1):
             raise DataError(f"span_corruption: noise_density={self.noise_density} must be in (0, 1) and "
@@ -354,13 +370,17 @@ class SpanCorruption:
         return {"encoder_inputs": seq_len, "decoder_inputs": targets_length,
                 "decoder_targets": targets_length, "loss_weights": targets_length}
 
-    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+    def check_settings(self, seq_len: int) -> None:
         window = self.window_lengths(seq_len)[0]  # refuses a bad noise_density / mean_span_length
         if seq_len < 4:
             raise DataError(f"span_corruption: seq_len={seq_len} must be at least 4.")
         # Short last windows are capped (random_spans_noise_mask); a full one must fit as asked.
         if problem := _too_many_spans(window, self.noise_density, self.mean_span_length):
             raise DataError(f"span_corruption: at seq_len={seq_len}, {problem}.")
+
+    def validate(self, special: SpecialTokens, seq_len: int) -> None:
+        self.check_settings(seq_len)
+        window = self.window_lengths(seq_len)[0]
         spans = _span_counts(window, self.noise_density, self.mean_span_length)[1]
         if special.num_extra_ids < spans:
             raise DataError(

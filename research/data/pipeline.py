@@ -166,17 +166,21 @@ def check_batch_shape(batch_size: int, seq_len: int, model_max_len: int | None =
     """One line if batches of batch_size x seq_len cannot be made, or are longer than the model
     takes; callers check this before anything is written (a workdir, a tokenizer).
 
-    With `objective`, every packed row it makes is checked, not only seq_len: span corruption's
-    decoder rows follow from seq_len and noise_density (longer than seq_len above density 0.5),
-    and were refused only by the loss's batch check, after the tokenizer was trained.
+    With `objective`, its settings are checked at seq_len (objective.check_settings: a mask_rate
+    of 1.5, more noise spans than kept tokens, a seq_len of 1), which make_batch_dataset refused
+    only after the tokenizer was trained; and every packed row it makes is checked, not only
+    seq_len: span corruption's decoder rows follow from seq_len and noise_density (longer than
+    seq_len above density 0.5), and were refused only by the loss's batch check.
     """
     if batch_size <= 0 or seq_len <= 0:
         raise DataError(f"batch_size={batch_size} and seq_len={seq_len} must be positive.")
     if model_max_len is not None and seq_len > model_max_len:
         raise DataError(f"seq_len={seq_len} is longer than the model's max_len={model_max_len}; "
                         "lower seq_len or use a model with a longer max_len.")
-    if model_max_len is not None and objective is not None:
+    if objective is not None:
         objective = get_objective(objective)
+        objective.check_settings(seq_len)
+    if model_max_len is not None and objective is not None:
         for key, length in objective.packed_lengths(seq_len).items():
             if length > model_max_len:
                 raise DataError(f"{objective.name} at seq_len={seq_len} packs {key} rows of {length} tokens, longer "

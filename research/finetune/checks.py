@@ -104,6 +104,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     if path == "text_to_text" and int(config.get("num_beams", 4)) < 1:
         raise ConfigError(f"num_beams={config['num_beams']} must be >= 1: the beams of the evaluation's beam search "
                           "(1 = greedy decoding; e.g. --config.num_beams=4).")
+    if path == "domain":  # an objective the base's family cannot train (masked_lm for a decoder)
+        from research.finetune.domain import check_domain_objective
+        check_domain_objective(config)
     from research.finetune.trainer import dropout_disabled
     lora = config_section(config, "lora")
     if lora.get("rank") and lora.get("dropout") and dropout_disabled(config):

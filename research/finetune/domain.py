@@ -8,8 +8,9 @@ ids), and the documents go through pretraining's pipeline unchanged: the files b
 array_record dataset (research/data/text_files.py, under data.data_dir, "" = TFDS's default
 as in pretraining), split into train / validation by a hash of each file's path
 (data.validation_fraction), then tokenized, cut into windows by the family's pretraining
-objective (decoder: causal_lm; BERT: masked_lm; T5: span_corruption), packed and batched by
-research/data/pipeline.py, whose grain iterator the checkpoints save. The loss is
+objective (decoder: causal_lm; BERT: masked_lm; T5: span_corruption) or data.objective, built
+for the family as pretraining builds it (T5's prefix_lm: encoder-decoder examples), packed and
+batched by research/data/pipeline.py, whose grain iterator the checkpoints save. The loss is
 pretraining's (research/training/losses.py), so LoRA and everything else in the loop apply.
 Evaluation: the objective's mean loss and accuracy on up to train.eval_batches validation batches.
 """
@@ -24,9 +25,10 @@ import ml_collections
 import numpy as np
 
 from research.data.config import DataConfig, DataError
+from research.data.objectives import Objective, objective_for_family
 from research.data.pipeline import make_batch_dataset
 from research.data.tokenizer import SpecialTokens
-from research.finetune.base_model import abstract_and_init, job_base_model
+from research.finetune.base_model import abstract_and_init, base_model_config, job_base_model
 from research.finetune.checks import config_section
 from research.finetune.evaluators import mean_aux
 from research.finetune.heads import path_model
@@ -132,19 +134,37 @@ def domain_data_config(config: ml_collections.ConfigDict) -> DataConfig:
     return data_config
 
 
+def domain_objectives(config: ml_collections.ConfigDict, family: str) -> tuple[losses.Objective, Objective]:
+    """(loss objective, data objective) of data.objective ("" = the family's pretraining objective)
+    for a `family` model; one line if that family cannot train on it. The data objective is
+    pretraining's (objective_for_family): the bare name made prefix_lm's decoder batches for T5,
+    whose loss then failed on them (KeyError 'encoder_inputs') after the run folder was written."""
+    name = str(config_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
+    return losses.get_objective(name, family), objective_for_family(name, family)
+
+
+def check_domain_objective(config: ml_collections.ConfigDict) -> None:
+    """domain_objectives' refusal from the base model's config alone (no weights, no data), where
+    base_model_config can read it; otherwise domain_job refuses it once the base is loaded."""
+    model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
+    if model_config is not None:
+        domain_objectives(config, model_config.family)
+
+
 def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """Continued pretraining of config.init on data.folder with the base model's tokenizer."""
+    check_domain_objective(config)  # before the base model's weights load
     data_config = domain_data_config(config)
     base = job_base_model(config)
-    family, train = base.config.family, config.train
-    objective_name = str(config_section(config, "data").get("objective") or FAMILY_OBJECTIVES[family])
+    train = config.train
+    loss_objective, data_objective = domain_objectives(config, base.config.family)
     tokenizer = PipelineTokenizer(base.tokenizer)
     model, example, _ = path_model(config, base.config, train.seq_len)
-    loss_fn = losses.make_loss_fn(losses.get_objective(objective_name, family), float(train.z_loss))
+    loss_fn = losses.make_loss_fn(loss_objective, float(train.z_loss))
 
     def batches(split: str, seed: int, num_epochs: int | None):
         try:
-            return make_batch_dataset(data_config, tokenizer=tokenizer, objective=objective_name,
+            return make_batch_dataset(data_config, tokenizer=tokenizer, objective=data_objective,
                                       batch_size=train.batch_size, seq_len=train.seq_len, split=split, seed=seed,
                                       shard_index=0, shard_count=1,
                                       num_epochs=num_epochs, model_max_len=base.config.max_len,

@@ -202,7 +202,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_objective = data_lib.objective_for_family(config.objective, model_config.family,
                                                    _sub_config(config.get("objective_options", {})))
-    # Every row the objective packs (span corruption's decoder rows too), before the workdir is claimed.
+    # The objective's settings (mask_rate, noise spans, seq_len) and every row it packs (span corruption's
+    # decoder rows too), before the workdir is claimed and a tokenizer trained in it for nothing.
     data_lib.check_batch_shape(train.batch_size, train.seq_len, model_config.max_len, data_objective)
     wandb_config = metrics_lib.WandbConfig(**_sub_config(config.get("wandb", {})))  # [issue-13b] off by default
     # [issue-13b] The config is valid: refuse an unwritable workdir or one holding another run (every

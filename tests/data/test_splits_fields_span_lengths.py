@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from research.data import DataConfig, DataError, SpanCorruption, make_batch_iterator
+from research.data import CausalLM, DataConfig, DataError, MaskedLM, SpanCorruption, make_batch_iterator
 from research.data import pipeline
 from research.data.objectives import span_corruption_lengths
 from research.data.pipeline import batches_from_token_documents, check_batch_shape
@@ -158,6 +158,21 @@ def test_the_model_max_len_check_covers_the_objectives_packed_rows(tokenizer, mo
         make_batch_iterator(DataConfig(source="stdlib", max_documents=5), tokenizer=tokenizer,
                             objective=SpanCorruption(noise_density=0.7), batch_size=2, seq_len=64,
                             shard_index=0, shard_count=1, model_max_len=64)
+
+
+@pytest.mark.parametrize("objective, seq_len, message", [
+    (MaskedLM(mask_rate=1.5), 32, r"^masked_lm: mask_rate=1.5 must be in \(0, 1\)"),
+    (SpanCorruption(noise_density=0.6, mean_span_length=1.0), 64,
+     r"^span_corruption: at seq_len=64, noise_density=0.6 with mean_span_length=1.0 makes 38 noise spans"),
+    (CausalLM(), 1, r"^causal_lm: seq_len=1 must be at least 2\.$"),
+])
+def test_the_shape_check_refuses_objective_settings_no_tokenizer_could_make_work(objective, seq_len, message):
+    """check_batch_shape runs before any tokenizer exists; these were refused only by validate,
+    in make_batch_dataset, after the loop had claimed the workdir and trained a tokenizer in it."""
+    for model_max_len in (512, None):
+        with pytest.raises(DataError, match=message) as error:
+            check_batch_shape(8, seq_len, model_max_len, objective)
+        assert "\n" not in str(error.value)
 
 
 def test_a_pretraining_run_is_refused_before_its_workdir_when_the_objectives_rows_are_too_long(tmp_path):

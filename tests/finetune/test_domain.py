@@ -65,3 +65,26 @@ def test_a_bad_domain_folder_is_one_line_and_writes_nothing(tmp_path, make_folde
     with pytest.raises(ConfigError, match=message):
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_t5_continued_pretraining_with_prefix_lm_trains_on_encoder_decoder_batches(tmp_path):
+    """data.objective=prefix_lm on a T5 base: the bare name made decoder prefix-LM batches, and the
+    encoder-decoder loss failed on them (KeyError 'encoder_inputs') after the run folder was written."""
+    config = domain_config(domain_folder(tmp_path / "notes"), tmp_path / "data", "random", 3)
+    config.model.preset, config.data.objective = "t5-tiny", "prefix_lm"
+    result = finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert result["eval_count"] > 0 and result["eval_loss"] < result["before_eval_loss"], result
+
+
+def test_an_objective_the_base_cannot_train_is_one_line_before_its_weights_load(tmp_path, monkeypatch):
+    from research.finetune import base_model
+    monkeypatch.setattr(base_model, "load_base_model", lambda *a, **k: pytest.fail("loaded the base model"))
+    config = domain_config(domain_folder(tmp_path / "notes"), tmp_path / "data", "random", 2)
+    config.data.objective = "masked_lm"  # a decoder base (gpt2-tiny)
+    with pytest.raises(ConfigError, match=r"^objective='masked_lm' trains encoder models, not decoder; use one of"
+                       ) as error:
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+    from research.finetune.checks import check_config
+    with pytest.raises(ConfigError, match="trains encoder models"):  # the check before the workdir is claimed
+        check_config(config)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from research.data.config import DataError
 from research.models import build_model, get_config
 from research.sharding import DEFAULT_RULES
 from research.training import TrainingDivergedError, loop, partitioning, train_and_evaluate
@@ -98,6 +99,25 @@ def test_bad_input_fails_before_compiling(change, message, tokenizers, tmp_path,
     with pytest.raises(ValueError, match=message) as error:
         train_and_evaluate(config, str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("preset, options, seq_len, message", [
+    ("bert_tiny", {"mask_rate": 1.5}, 32, r"^masked_lm: mask_rate=1.5 must be in \(0, 1\)"),
+    ("t5_tiny", {"noise_density": 0.6, "mean_span_length": 1.0}, 64,
+     r"^span_corruption: at seq_len=64, noise_density=0.6 with mean_span_length=1.0 makes 38 noise spans"),
+    ("gpt_tiny", {}, 1, r"^causal_lm: seq_len=1 must be at least 2\.$"),
+])
+def test_objective_settings_are_refused_before_a_tokenizer_is_trained(preset, options, seq_len, message,
+                                                                       tmp_path, monkeypatch):
+    """Settings the config alone makes impossible were refused by make_batch_dataset, after the
+    claim and a full tokenizer training, which the refusal then removed with the workdir."""
+    from research.data import tokenizer as tokenizer_lib
+    monkeypatch.setattr(tokenizer_lib, "train_tokenizer", lambda *a, **k: pytest.fail("trained a tokenizer"))
+    config = run_config(preset, None, seq_len=seq_len)
+    config.objective_options.update(options)
+    with pytest.raises(DataError, match=message) as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tokenizers, tmp_path):
