@@ -91,6 +91,26 @@ def _log_once(message: str) -> None:
         logging.getLogger(__name__).info(message)
 
 
+def _cudnn_max_head_dim() -> int:
+    """jax's H_max: 256 on a CUDA GPU of compute capability 9.0 (Hopper) or later, else 128.
+    Read from the device's public attribute (absent on CPU, where a test fakes platform='gpu')."""
+    try:
+        capability = tuple(int(x) for x in str(jax.devices()[0].compute_capability).split("."))
+    except (AttributeError, ValueError):
+        return 128
+    return 256 if capability >= (9, 0) else 128
+
+
+def _cudnn_head_dim_refusal(head_dim: int) -> str | None:
+    """Why jax's cuDNN flash attention refuses this head_dim in every call, or None. Mirrors
+    check_is_flash_attention (jax/_src/cudnn/fused_attention_stablehlo.py, jax 0.10), which runs
+    only on a GPU: bf16 / fp16 heads must be a multiple of 8 and at most H_max."""
+    limit = _cudnn_max_head_dim()
+    if head_dim % 8 or head_dim > limit:
+        return f"head_dim a multiple of 8 and at most {limit}, got head_dim={head_dim}"
+    return None
+
+
 def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, dropout: bool, q_len: int,
                    kv_len: int, platform: str | None = None) -> ResolvedKernel:
     """The kernel that runs one attention call (trace time). Raises ConfigError when an
@@ -98,12 +118,21 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
     platform = platform or jax.default_backend()
     choice = config.attention_kernel
     half = config.dtype in ("bfloat16", "float16")
+    # jax_dot_product_attention's cuDNN path, and what jax's check refuses there. The dense mask
+    # reaches cuDNN as a bias, and with a bias its backward pass needs even T and S: only `auto`
+    # avoids that too, since the call cannot tell a training step from an inference one.
+    cudnn = platform == "gpu" and half
+    cudnn_refusal = _cudnn_head_dim_refusal(config.dim_per_head) if cudnn else None
+    if cudnn and cudnn_refusal is None and (q_len % 2 or kv_len % 2):
+        cudnn_refusal = f"even T and S for its backward pass, got T={q_len}, S={kv_len}"
     # Splash's blocks are multiples of 128 lanes, in interpret mode too.
     splash_ok = has_segments and not has_bias and q_len % 128 == 0 and kv_len % 128 == 0
     if choice == "auto":
         if dropout:
             kernel, why = "xla", "attention dropout is active (only the reference applies it)"
-        elif platform == "gpu" and half:
+        elif cudnn and cudnn_refusal:
+            kernel, why = "xla", f"cuDNN flash attention needs {cudnn_refusal}"
+        elif cudnn:
             kernel, why = "dot_product_attention", "cuDNN flash attention on GPU"
         elif platform == "tpu" and splash_ok:
             kernel, why = "splash", "splash attention on TPU"
@@ -117,6 +146,17 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
         raise ConfigError(f"{config.name}: attention_kernel={choice!r} has no attention-probability dropout but "
                           f"dropout_rate={config.dropout_rate}; use attention_kernel='xla' (or 'auto'), or "
                           "dropout_rate=0.")
+    if choice == "dot_product_attention":
+        if platform == "cpu" and config.dtype == "float16":
+            # jax's XLA path asks for float32 logits of float16 operands: XLA:CPU has no such dot
+            # under jit ("precision 'F16_F16_F32' is not supported"); only eager calls fell back.
+            raise ConfigError(f"{config.name}: attention_kernel='dot_product_attention' cannot run dtype='float16' "
+                              "under jit on CPU; use attention_kernel='xla' or 'auto', or dtype='bfloat16'.")
+        head_refusal = _cudnn_head_dim_refusal(config.dim_per_head) if cudnn else None
+        if head_refusal:
+            raise ConfigError(f"{config.name}: attention_kernel='dot_product_attention' runs cuDNN flash attention "
+                              f"on GPU, which needs {head_refusal}; use attention_kernel='auto' (falls back to "
+                              "'xla') or 'xla', or change head_dim.")
     if choice == "splash":
         if has_bias:
             raise ConfigError(f"{config.name}: attention_kernel='splash' takes no additive bias (T5 relative "

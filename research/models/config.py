@@ -163,6 +163,20 @@ class ModelConfig:
         if self.family != "encoder_decoder" and self.position == "relative":  # it built no positions at all
             raise ConfigError(f"{self.name}: position='relative' (T5's bucketed bias) is built by encoder_decoder "
                               f"models only; a {self.family} uses 'learned' or 'rope'.")
+        if self.family == "encoder_decoder":
+            # relative_position_bucket (attention.py) keeps n // 2 exact buckets, with n = relative_buckets
+            # in the causal decoder and half of them per direction in the bidirectional encoder, and
+            # divides by log(max_distance / exact): 0 exact buckets (relative_buckets < 4) raised
+            # ZeroDivisionError, and max_distance <= exact gave NaN logits or negative buckets.
+            if self.relative_buckets < 4:
+                raise ConfigError(f"{self.name}: relative_buckets={self.relative_buckets} is too few: the encoder's "
+                                  "bidirectional bias needs at least 1 exact bucket per direction; use "
+                                  "relative_buckets >= 4.")
+            exact = self.relative_buckets // 2  # the decoder's; the encoder has half as many
+            if self.relative_max_distance <= exact:
+                raise ConfigError(f"{self.name}: relative_max_distance={self.relative_max_distance} must exceed the "
+                                  f"{exact} exact distances of relative_buckets={self.relative_buckets} (buckets // 2); "
+                                  f"use relative_max_distance >= {exact + 1}.")
         # What each family builds: T5 blocks are pre-norm; BERT's are post-norm (a pre-norm
         # encoder had no final norm, so its output was not normalised as encode() says).
         required = {"encoder_decoder": "pre", "encoder": "post"}.get(self.family)

@@ -38,18 +38,17 @@ from research.models.layout import unbox
 from research.models.presets import get_config, preset_names
 
 ServeDType = Literal["float32", "bfloat16", "int8"]
-TrainPrecision = Literal["float32", "bfloat16"]
+# Training keeps float32 master weights: every trainer refuses another param_dtype
+# (research/training/train_step.py check_master_weights), so there is no bf16-params train state.
+TrainPrecision = Literal["float32"]
 BYTES_PER_VALUE: dict[str, int] = {"float32": 4, "bfloat16": 2, "int8": 1}
-# Bytes of training state per parameter with AdamW (activations not included), keyed by the
-# dtype of the parameters the optimizer updates (ModelConfig.param_dtype). Gradients and
-# optax's Adam moments take the parameters' dtype, so:
-#   float32 params:  weights 4 + grads 4 + Adam m 4 + Adam v 4 = 16
-#   bfloat16 params: weights 2 + grads 2 + Adam m 2 + Adam v 2 = 8
-# The compute dtype (ModelConfig.dtype) does not enter: bf16 compute over float32 params
-# (the default recipe) saves activation memory and time, not train-state memory, so it is
-# the float32 row. (ZeRO's mixed precision, bf16 copies beside f32 master weights and f32
-# moments, would be 2 + 2 + 4 + 4 + 4 = 16; this codebase keeps no second copy.)
-TRAIN_BYTES_PER_PARAM: dict[str, int] = {"float32": 4 + 4 + 4 + 4, "bfloat16": 2 + 2 + 2 + 2}
+# Bytes of training state per parameter with AdamW (activations not included). Gradients and
+# optax's Adam moments take the parameters' dtype: weights 4 + grads 4 + Adam m 4 + Adam v 4 = 16.
+# The compute dtype (ModelConfig.dtype) does not enter: bf16 compute over float32 params (the
+# default recipe) saves activation memory and time, not train-state memory. (ZeRO's mixed
+# precision, bf16 copies beside f32 master weights and f32 moments, would be 2 + 2 + 4 + 4 + 4 = 16;
+# this codebase keeps no second copy.) bfloat16 params are for inference: weight_bytes.
+TRAIN_BYTES_PER_PARAM: dict[str, int] = {"float32": 4 + 4 + 4 + 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,11 +264,12 @@ def weight_bytes(config: ModelConfig, dtype: ServeDType = "bfloat16") -> int:
 def train_state_bytes(config: ModelConfig, precision: TrainPrecision | None = None) -> int:
     """Bytes of weights + gradients + Adam state (TRAIN_BYTES_PER_PARAM); no activations.
 
-    precision: the parameters' dtype (default: the config's param_dtype)."""
+    precision: the parameters' dtype (default: the config's param_dtype); only float32 trains."""
     precision = config.param_dtype if precision is None else precision
     if precision not in TRAIN_BYTES_PER_PARAM:
-        raise ConfigError(f"precision={precision!r}: train in one of {tuple(TRAIN_BYTES_PER_PARAM)} "
-                          "(int8 is a serving format).")
+        raise ConfigError(f"{config.name}: no train state has {precision} parameters: training keeps float32 "
+                          "master weights (int8 is a serving format, bfloat16 params are for inference: "
+                          "weight_bytes); size param_dtype='float32', whatever the compute dtype.")
     return param_counts(config).total * TRAIN_BYTES_PER_PARAM[precision]
 
 
@@ -343,9 +343,8 @@ def format_report(report: dict[str, Any]) -> str:
         + f": forward {human_count(f['forward'])}, train {human_count(f['train'])} (6N + 6 L n_ctx d_attn); "
         f"with unembedding: train {human_count(f['train_with_embedding'])}",
         "serve weights: " + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["weight_bytes"].items()),
-        "train state (weights + grads + Adam m, v; no activations): "
-        + ", ".join(f"{d} params {human_bytes(b)}" for d, b in report["train_state_bytes"].items())
-        + " (bf16 compute over float32 params is the float32 figure)",
+        f"train state (float32 weights + grads + Adam m, v; no activations; any compute dtype): "
+        f"{human_bytes(report['train_state_bytes']['float32'])}",
     ]
     kv = report["kv_cache_bytes_per_token"]
     if kv["bfloat16"]:
@@ -356,16 +355,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 def format_table(reports: Sequence[dict[str, Any]]) -> str:
     """One row per report: family, L, D, H, total, non-embedding, train FLOPs/token, and train-state
-    memory with float32 and with bfloat16 parameters."""
-    header = ("preset", "family", "L", "D", "H", "total", "non-emb", "train FLOPs/tok", "train mem f32",
-              "train mem bf16")
+    memory (float32 master weights, the only ones training keeps)."""
+    header = ("preset", "family", "L", "D", "H", "total", "non-emb", "train FLOPs/tok", "train mem")
     rows = [header]
     for r in reports:
         layers = f"{r['encoder_layers']}+{r['num_layers']}" if r["family"] == "encoder_decoder" else str(r["num_layers"])
         rows.append((r["name"], r["family"], layers, str(r["d_model"]), str(r["num_heads"]),
                      human_count(r["params"]["total"]), human_count(r["params"]["non_embedding"]),
-                     human_count(r["flops_per_token"]["train"]), human_bytes(r["train_state_bytes"]["float32"]),
-                     human_bytes(r["train_state_bytes"]["bfloat16"])))
+                     human_count(r["flops_per_token"]["train"]), human_bytes(r["train_state_bytes"]["float32"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)

@@ -135,3 +135,53 @@ def test_auto_picks_per_platform_and_explicit_choices_fail_clearly():
         pick(bf16.replace(attention_kernel="dot_product_attention", dropout_rate=0.1), "gpu", dropout=True)
     with pytest.raises(ConfigError, match="attention_kernel='flash'"):
         bf16.replace(attention_kernel="flash")
+
+
+def test_float16_dot_product_attention_on_cpu_is_refused_and_auto_runs_under_jit():
+    """jax's XLA path failed to compile under jit on CPU ("precision 'F16_F16_F32' is not
+    supported by dot_general"); only eager calls worked."""
+    tokens = jnp.ones((1, 8), jnp.int32)
+    explicit = get_config("llama-tiny", num_layers=1, dtype="float16", attention_kernel="dot_product_attention")
+    with pytest.raises(ConfigError, match=r"cannot run dtype='float16' under jit on CPU; use attention_kernel='xla' "
+                                          r"or 'auto', or dtype='bfloat16'\."):
+        jax.jit(build_model(explicit).init)(jax.random.key(0), tokens)
+    auto = explicit.replace(attention_kernel="auto")
+    assert resolve_kernel(auto, has_bias=False, has_segments=True, dropout=False, q_len=8, kv_len=8,
+                          platform="cpu") == "xla"
+    model = build_model(auto)
+    params = jax.jit(model.init)(jax.random.key(0), tokens)
+    logits = jax.jit(model.apply)(params, tokens)
+    assert np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+class _FakeGpu:
+    def __init__(self, capability):
+        self.compute_capability = capability
+
+
+@pytest.mark.parametrize("capability, largest", [("8.0", 128), ("9.0", 256)])
+def test_cudnn_head_dims_jax_refuses_fall_back_or_fail_clearly(monkeypatch, capability, largest):
+    """jax's check_is_flash_attention wants head_dim % 8 == 0 and <= 128 (256 from Hopper), and even
+    T and S when training with a bias (the mask is one): `auto` picked cuDNN for scale-1e4 (head_dim 4)
+    on GPU, which failed to compile instead of falling back."""
+    monkeypatch.setattr(jax, "devices", lambda *a: [_FakeGpu(capability)])
+    pick = lambda config, q_len=1024, kv_len=1024: resolve_kernel(
+        config, has_bias=False, has_segments=True, dropout=False, q_len=q_len, kv_len=kv_len, platform="gpu")
+    tiny = get_config("scale-1e4", dtype="bfloat16")
+    assert tiny.dim_per_head == 4 and pick(tiny) == "xla"
+    for head_dim, ok in ((largest, True), (largest + 8, False), (12, False), (8, True)):
+        config = get_config("llama-tiny", dtype="float16", head_dim=head_dim)
+        assert pick(config) == ("dot_product_attention" if ok else "xla"), head_dim
+        explicit = config.replace(attention_kernel="dot_product_attention")
+        if ok:
+            assert pick(explicit) == "dot_product_attention"
+        else:
+            with pytest.raises(ConfigError, match=rf"needs head_dim a multiple of 8 and at most {largest}, got "
+                                                  rf"head_dim={head_dim}; use attention_kernel='auto'") as error:
+                pick(explicit)
+            assert "\n" not in str(error.value)
+    bf16 = get_config("llama-tiny", dtype="bfloat16")
+    assert pick(bf16, q_len=7, kv_len=7) == "xla" and pick(bf16, q_len=1, kv_len=64) == "xla"
+    # Inference with odd lengths runs on cuDNN: an explicit choice keeps it.
+    assert pick(bf16.replace(attention_kernel="dot_product_attention"), q_len=1, kv_len=64) == "dot_product_attention"
+    assert pick(bf16.replace(dtype="float32", head_dim=4), q_len=7) == "xla"  # float32: no cuDNN path at all

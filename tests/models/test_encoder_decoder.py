@@ -186,3 +186,48 @@ def test_bad_inputs_fail_with_one_line():
     with pytest.raises(ValueError, match="6 tokens do not fit a KV cache of 3 slots"):
         jax.eval_shape(lambda: model.apply({"params": PARAMS}, jnp.zeros((B, S, CONFIG.d_model)), ONES_BT,
                                            cache=cache, method="decode"))
+
+
+def test_relative_bucket_settings_are_accepted_exactly_when_both_stacks_bucket_them_in_range():
+    """relative_position_bucket divided by zero (relative_buckets < 4) or gave NaN / negative buckets
+    (relative_max_distance <= relative_buckets // 2) for configs ModelConfig accepted. Now a config is
+    accepted iff the encoder's bidirectional and the decoder's causal buckets all lie in [0, buckets)."""
+    from research.models.attention import relative_position_bucket
+    offsets = jnp.arange(-600, 601)
+    for buckets in range(1, 13):
+        for distance in range(1, 10):
+            try:
+                get_config("t5-tiny", relative_buckets=buckets, relative_max_distance=distance)
+                accepted = True
+            except ConfigError as error:
+                accepted = False
+                assert len(str(error).splitlines()) == 1 and (f"relative_buckets={buckets}" in str(error))
+            try:
+                ids = [np.asarray(relative_position_bucket(offsets, bidirectional, buckets, distance))
+                       for bidirectional in (True, False)]
+                in_range = all(0 <= i.min() and i.max() < buckets for i in ids)
+            except ZeroDivisionError:
+                in_range = False
+            assert accepted == in_range, (buckets, distance)
+    # Shipped presets and transformers' T5 defaults (32 buckets, 128) still pass.
+    from research.models.hf.t5 import config_from_hf
+    from research.models.presets import preset_names
+    assert config_from_hf({}).relative_buckets == 32
+    for name in preset_names():
+        get_config(name)
+    # The smallest accepted settings run end to end.
+    config = get_config("t5-tiny", num_layers=1, vocab_size=64, relative_buckets=4, relative_max_distance=3)
+    tokens = jnp.ones((1, 24), jnp.int32)
+    logits = build_model(config).apply({"params": _random_params(config)}, tokens, tokens)
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(relative_max_distance=16), r"relative_max_distance=16 must exceed the 16 exact distances of "
+                                     r"relative_buckets=32 .*use relative_max_distance >= 17\.$"),
+    (dict(relative_max_distance=8), r"relative_max_distance=8 must exceed .* >= 17\.$"),
+    (dict(relative_buckets=3), r"relative_buckets=3 is too few.*use relative_buckets >= 4\.$"),
+])
+def test_t5_bucket_settings_that_gave_nan_logits_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        get_config("t5-tiny", num_layers=1, **overrides)

@@ -80,10 +80,8 @@ def test_memory_of_a_hand_checkable_config():
     counts = sizing.param_counts(config)
     assert (counts.total, counts.embedding, counts.non_embedding) == (228, 104, 124)
     assert [sizing.weight_bytes(config, d) for d in ("float32", "bfloat16", "int8")] == [912, 456, 228]
-    # Weights, grads, Adam m and v in the params' dtype: 16 bytes per param (f32), 8 (bf16).
+    # Weights, grads, Adam m and v in float32 (the only params training keeps): 16 bytes per param.
     assert sizing.train_state_bytes(config, "float32") == sizing.train_state_bytes(config) == 3648
-    assert sizing.train_state_bytes(config, "bfloat16") == sizing.train_state_bytes(
-        config.replace(param_dtype="bfloat16")) == 1824
     # KV cache: 2 (k, v) * L=1 * K=1 * Dh=2 values per token.
     assert [sizing.kv_cache_bytes_per_token(config, d) for d in ("float32", "bfloat16", "int8")] == [16, 8, 4]
     assert sizing.kv_cache_bytes_per_token(get_config("bert-base")) == 0
@@ -91,17 +89,17 @@ def test_memory_of_a_hand_checkable_config():
     assert sizing.kv_cache_bytes_per_token(get_config("llama-7b")) == 524_288
 
 
-@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
-def test_train_state_bytes_match_the_state_the_trainer_builds(param_dtype):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_state_bytes_match_the_state_the_trainer_builds(dtype):
     """Weights + Adam state of the real train state (abstract: nothing allocated), plus a gradient
-    tree like the weights, equal the table's figure for that param dtype."""
+    tree like the weights, equal the table's figure whatever the compute dtype."""
     import jax
     from research.models import build_model
     from research.training.losses import get_objective
     from research.training.optimizers import OptimizerConfig, make_optimizer
     from research.training.state import _initializer, abstract_batch
     from tests.training.conftest import synthetic_batch
-    config = get_config("gpt2-tiny", param_dtype=param_dtype, dtype="bfloat16")
+    config = get_config("gpt2-tiny", dtype=dtype)
     optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10))
     batch = abstract_batch(synthetic_batch("decoder", 2, 8, config.vocab_size))
     state = jax.eval_shape(_initializer(build_model(config), get_objective("causal_lm", "decoder"), optimizer, batch),
@@ -109,6 +107,25 @@ def test_train_state_bytes_match_the_state_the_trainer_builds(param_dtype):
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
                               if jax.numpy.issubdtype(x.dtype, jax.numpy.floating))
     assert 2 * nbytes(state.params) + nbytes(state.opt_state) == sizing.train_state_bytes(config)
+
+
+def test_no_train_state_figure_for_param_dtypes_training_refuses():
+    """The report printed "bfloat16 params 995.5 MB" of train state, and train_state_bytes sized it,
+    while every trainer refuses param_dtype other than float32 (check_master_weights)."""
+    from research.training.train_step import check_master_weights
+    config = get_config("gpt2-tiny", param_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="model.param_dtype=bfloat16: training keeps float32 master weights"):
+        check_master_weights(config)
+    for call in (lambda: sizing.train_state_bytes(config), lambda: sizing.train_state_bytes(config, "bfloat16")):
+        with pytest.raises(ConfigError, match=r"no train state has bfloat16 parameters: training keeps float32 "
+                                              r"master weights .* size param_dtype='float32'"):
+            call()
+    report = sizing.size_report(config)
+    assert report["train_state_bytes"] == {"float32": sizing.train_state_bytes(config.replace(param_dtype="float32"))}
+    text, table = sizing.format_report(report), sizing.format_table([report])
+    assert "bfloat16 params" not in text and "bf16" not in table
+    assert f"train state (float32 weights + grads + Adam m, v; no activations; any compute dtype): " \
+           f"{sizing.human_bytes(16 * report['params']['total'])}" in text
 
 
 def test_bad_dtypes():
@@ -181,8 +198,7 @@ def test_cli_report_contains_the_numbers():
 def test_cli_json_and_table_cover_all_presets():
     report = json.loads(run_cli("--model=bert-base", "--json"))
     assert report["params"]["backbone"] == 109_482_240
-    assert report["train_state_bytes"] == {"float32": 16 * report["params"]["total"],
-                                           "bfloat16": 8 * report["params"]["total"]}
+    assert report["train_state_bytes"] == {"float32": 16 * report["params"]["total"]}
     table = run_cli()
     rows = table.splitlines()
     assert rows[0].split()[:5] == ["preset", "family", "L", "D", "H"]
