@@ -183,6 +183,9 @@ def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
     (dict(alpha=3.0), r"--alpha=3.0 is beam search's length penalty; add --num_beams>1"),
     # Greedy and beam search draw nothing: a seed sweep without --temperature gave identical runs.
     (dict(seed=1), r"--seed=1 only applies when sampling; add --temperature>0"),
+    # Beams with a sampling option: the message asked for --temperature, which beams then refused.
+    (dict(num_beams=2, top_p=0.9), r"--top_k / --top_p / --num_samples do not apply to beam search \(--num_beams=2\)"),
+    (dict(num_beams=2, num_samples=2), r"do not apply to beam search"),
     (dict(seed=1, num_beams=2), r"--seed=1 only applies when sampling"),
     # generate_text(..., top_p=None) compared None with 0: a bare TypeError.
     (dict(temperature=1.0, top_p=None), r"--top_p=None must be a number"),

@@ -151,6 +151,9 @@ def load_tokenizer(spec: str, *, num_extra_ids: int = 0, add_bos_token: bool | N
                               f"tokenizer.json ({first_line}); it is damaged or from a newer version: copy it "
                               "again or upgrade tokenizers.") from None
         return HFTokenizer(tokenizer, spec, add_bos_token=add_bos_token)
+    if not os.path.exists(spec):  # a moved file or a typo, not a file of the wrong kind
+        raise ConfigError(f"tokenizer {spec!r} does not exist; give 'char', a SentencePiece .model file, or a "
+                          "Hugging Face tokenizer folder.")
     raise ConfigError(f"tokenizer {spec!r} is neither 'char', a SentencePiece .model file, nor a folder with "
                       f"one of {list(HF_TOKENIZER_FILES)} (or config.json with vocab.txt); give one of those.")
 

@@ -152,7 +152,11 @@ def run_tokenizer_path(config: dict[str, Any], workdir: str) -> str:
     from research.data.tokenizer import cached_model_path
     tokenizer = dict(config.get("data", {}).get("tokenizer", {}))
     if tokenizer.get("model_path"):
-        return tokenizer["model_path"]
+        path = tokenizer["model_path"]
+        if "://" not in path and not os.path.exists(path):  # the run recorded the path, not a copy
+            raise ConfigError(f"run {workdir!r} was trained with data.tokenizer.model_path={path!r}, which no "
+                              "longer exists; pass --tokenizer=PATH.model (that model, moved).")
+        return path
     try:
         expected = cached_model_path(DataConfig(**config["data"]), workdir)
     except (DataError, KeyError, TypeError):

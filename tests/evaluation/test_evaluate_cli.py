@@ -112,7 +112,8 @@ def test_restored_params_are_the_saved_params(run_dir):
      r"task 'addition_1digit': num_shots=100 but its few-shot split 'train' holds 61 examples usable for every query"),
     (dict(tasks=["addition_1digit"], step=7), r"checkpoint step 7 is not in .*; it holds steps \[1, 2\]"),
     (dict(tasks=["copying", "copying"]), r"task\(s\) \['copying'\] listed twice"),
-    (dict(tasks=["addition_1digit"], tokenizer="no/such.model"), r"tokenizer 'no/such.model' is neither 'char'"),
+    (dict(tasks=["addition_1digit"], tokenizer="no/such.model"), r"tokenizer 'no/such.model' does not exist; give"),
+    (dict(tasks=["addition_1digit"], tokenizer="."), r"tokenizer '.' is neither 'char'"),  # exists, not one
     (dict(tasks=["addition_1digit"], num_test=0), r"--num_test=0 must be >= 1"),
     (dict(tasks=["addition_1digit"], num_train=-1), r"--num_train=-1 must be >= 0"),
 ])

@@ -108,3 +108,15 @@ def test_step_best_is_the_kept_step_with_the_lowest_saved_eval_loss(runs, tmp_pa
     assert [parse_step(text) for text in (None, "best", "7")] == [None, "best", 7]
     with pytest.raises(ConfigError, match=r"--step='last' must be a step number or 'best'"):
         parse_step("last")
+
+
+def test_a_tokenizer_model_path_that_moved_is_named_as_such(tmp_path):
+    """A run trained with data.tokenizer.model_path records the path, not a copy: once the file
+    moved, loading said the path was 'neither char, a SentencePiece .model file, nor a folder'."""
+    from research.training.checkpoint_loading import run_tokenizer_path
+    moved = str(tmp_path / "moved.model")
+    with pytest.raises(ConfigError, match=rf"trained with data.tokenizer.model_path='{moved}', which no longer "
+                                          r"exists; pass --tokenizer=PATH.model"):
+        run_tokenizer_path({"data": {"tokenizer": {"model_path": moved}}}, str(tmp_path))
+    (tmp_path / "moved.model").write_bytes(b"")
+    assert run_tokenizer_path({"data": {"tokenizer": {"model_path": moved}}}, str(tmp_path)) == moved
