@@ -23,7 +23,7 @@ from research.finetune.preference_data import (PREFERENCE_FIELDS, preference_row
                                                synthetic_preferences)
 from research.finetune.preference_losses import (PreferenceConfig, bradley_terry_loss, make_preference_loss,
                                                  reference_log_probs)
-from research.finetune.sft_data import SFT_FIELDS, sft_examples
+from research.finetune.sft_data import SFT_FIELDS, record_messages, sft_examples
 from research.finetune.trainer import FinetuneJob
 from research.models import build_model
 from research.models.config import ConfigError
@@ -98,10 +98,10 @@ def sft_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     loss_fn = losses.make_loss_fn(objective, float(train.z_loss))
     eval_loss = mean_aux(loss_fn, model)
 
-    from research.finetune.sft_data import record_messages
     gen_records = eval_records[:generation_prompts(config)]
-    prompts = [render_prompt(record_messages(w, r), template, base.tokenizer) for w, r in gen_records]
-    targets = [[m for m in record_messages(w, r) if m["role"] == "assistant"][-1]["content"] for w, r in gen_records]
+    chats = [record_messages(w, r) for w, r in gen_records]  # each ends with the reply scored (record_messages)
+    prompts = [render_prompt(chat, template, base.tokenizer) for chat in chats]
+    targets = [chat[-1]["content"] for chat in chats]
     max_new = int(config.get("generation_tokens", 16))
     rule = data.get("synthetic") if not data.get("eval_file") else None
 

@@ -1,7 +1,7 @@
 """Preference pairs: JSONL or synthetic records -> fixed-length chosen / rejected rows.
 
-A record is {"prompt": str or chat messages, "chosen": str, "rejected": str}. Both
-responses are rendered after the same prompt with the chat template; the mask marks the
+A record is {"prompt": str or chat messages ending with a user turn, "chosen": str, "rejected":
+str}. Both responses are rendered after the same prompt with the chat template; the mask marks the
 reply's tokens only (what DPO / IPO / SimPO score): an assistant turn inside a multi-turn
 prompt is context, as in trl's DPOTrainer / CPOTrainer, whose completion mask covers only
 the chosen / rejected completion.
@@ -133,6 +133,12 @@ def prompt_messages(where: str, prompt: Any) -> list[dict]:
 def preference_row(where: str, record: Record, *, template: ChatTemplate, tokenizer: Any, seq_len: int) -> Row:
     """Rows {chosen,rejected}_{tokens,mask,length} of one record, padded to seq_len."""
     prompt = prompt_messages(where, record["prompt"])
+    role = prompt[-1]["role"]
+    # A final assistant turn was rendered as two assistant turns (trl continues it: a prefill), and
+    # trl refuses a final system turn.
+    if role != "user":
+        raise RecordError(f"{where}: the prompt ends with {'an' if role == 'assistant' else 'a'} {role} message; a "
+                          "preference prompt ends with the user turn that 'chosen' and 'rejected' answer.")
     # render_chat encodes each piece on its own, so the prompt's ids are a prefix of every
     # conversation's ids; nothing before the reply is scored (render_chat would mark the prompt's
     # own assistant turns trainable, and the length-normalised IPO / SimPO would count them).

@@ -2,8 +2,8 @@
 
 A record is one JSON object per line. Each path names the fields it needs (SFT:
 `messages`, or `instruction` + `response` with an optional `input`; preferences: `prompt`,
-`chosen`, `rejected`; classification: `text` + `label`; ...). A row that is not JSON or
-lacks a field fails with `file:line` and the fields it has, before anything is trained.
+`chosen`, `rejected`; classification: `text` + `label`; ...). A row that is not UTF-8 or JSON,
+holds a lone UTF-16 surrogate or lacks a field fails with `file:line`, before anything is trained.
 
 Batches come from grain datasets, so the iterator's position is saved with each
 checkpoint and a resumed run sees exactly the batches it would have seen. The run seed reaches
@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grain
 import grain.experimental as grain_exp
@@ -42,9 +42,18 @@ def read_jsonl(path: str, required: Sequence[Sequence[str]]) -> list[tuple[str, 
     if not os.path.isfile(path):
         raise RecordError(f"{path}: no such JSONL file.")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    # Bytes, decoded line by line: a text-mode read raised a bare UnicodeDecodeError at a buffer
+    # offset, naming no line (and, being no RecordError, left the workdir claimed). splitlines
+    # ends lines at \n, \r\n or \r, as text mode's universal newlines did.
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f.read().splitlines(), start=1):
             where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise RecordError(f"{where}: not valid UTF-8 ({error.reason}: byte "
+                                  f"{raw[error.start:error.start + 1]!r} at column {error.start + 1}); save the "
+                                  "file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
             if not line.strip():
                 continue
             try:
@@ -53,6 +62,7 @@ def read_jsonl(path: str, required: Sequence[Sequence[str]]) -> list[tuple[str, 
                 raise RecordError(f"{where}: not valid JSON ({error.msg}).") from None
             if not isinstance(record, dict):
                 raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+            _check_encodable(where, record)
             if not any(all(field in record for field in option) for option in required):
                 wanted = " or ".join("+".join(option) for option in required)
                 raise RecordError(f"{where}: row lacks field(s) {wanted}; it has {sorted(record)}.")
@@ -60,6 +70,31 @@ def read_jsonl(path: str, required: Sequence[Sequence[str]]) -> list[tuple[str, 
     if not records:
         raise RecordError(f"{path}: the file holds no records.")
     return records
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _check_encodable(where: str, record: Record) -> None:
+    """RecordError naming the row when a string holds a lone UTF-16 surrogate: JSON's "\\ud83d"
+    escape (half of an emoji's pair, common in scraped chat dumps) decodes to one, and every
+    tokenizer then failed on it (HF: TypeError, SentencePiece: RuntimeError) without a row."""
+    for text in _strings(record):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RecordError(f"{where}: {text[:40]!r} holds a lone UTF-16 surrogate "
+                              f"({text[error.start]!r}), which no tokenizer encodes; fix the escape (an emoji is "
+                              "a pair such as \\ud83d\\ude00) or drop it.") from None
 
 
 def check_fits(where: str, length: int, seq_len: int, what: str = "example") -> None:

@@ -20,7 +20,8 @@ SFT_FIELDS = (("messages",), ("instruction", "response"))
 
 
 def record_messages(where: str, record: Record) -> list[dict]:
-    """Chat messages of an SFT record (either form); RecordError names the row."""
+    """Chat messages of an SFT record (either form), ending with the assistant reply; RecordError
+    names the row."""
     if "messages" in record:
         messages = check_messages(record["messages"], where)
     else:
@@ -30,6 +31,10 @@ def record_messages(where: str, record: Record) -> list[dict]:
         messages = instruction_messages(record["instruction"], record.get("input", ""), record["response"])
     if not any(m["role"] == "assistant" for m in messages):
         raise RecordError(f"{where}: the conversation has no assistant message to learn from.")
+    if messages[-1]["role"] != "assistant":  # eval prompted with the whole chat, scored the reply before it
+        raise RecordError(f"{where}: the conversation ends with a {messages[-1]['role']} message; an SFT "
+                          "conversation ends with the assistant reply it is trained and scored on: drop the "
+                          "trailing turn(s) or add the reply.")
     return messages
 
 

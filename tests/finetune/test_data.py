@@ -99,6 +99,68 @@ def test_a_pair_of_one_response_twice_is_one_line():
                        tokenizer=TOKENIZER, seq_len=40)
 
 
+def test_a_chat_that_does_not_end_with_its_reply_is_one_line_in_train_and_eval_files(tmp_path):
+    """It was accepted: eval prompted with the whole chat and scored the reply to "And 3+3?"
+    against the earlier "4" (exact match 1.0 for answering "4")."""
+    from research.finetune.run import build_job
+    from tests.finetune.conftest import tiny_config
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"instruction": "2+2?", "response": "4"}) + "\n")
+    bad.write_text("\n".join(json.dumps({"messages": chat}) for chat in (CHAT, CHAT[:4], CHAT[:3] + CHAT[:1])) + "\n")
+    for train_file, eval_file, row in ((bad, good, 2), (good, bad, 2)):
+        config = tiny_config("sft_tiny")
+        config.train.seq_len = 96
+        config.data.update(dict(train_file=str(train_file), eval_file=str(eval_file)))
+        with pytest.raises(RecordError, match=rf"^{bad}:{row}: the conversation ends with a user message; an SFT "
+                                              r"conversation ends with the assistant reply it is trained and scored "
+                                              r"on: drop the trailing turn\(s\) or add the reply\.$"):
+            build_job(config)
+    with pytest.raises(RecordError, match=r"^c:3: the conversation ends with a system message"):
+        sft_example("c:3", {"messages": CHAT[:3] + CHAT[:1]}, template=PLAIN, tokenizer=TOKENIZER, seq_len=96)
+
+
+def test_a_file_not_in_utf8_names_its_line_and_leaves_no_claimed_workdir(tmp_path):
+    """A Latin-1 byte raised a bare UnicodeDecodeError at a buffer offset after the base model
+    loaded, and run.json and .training_lock stayed behind."""
+    from research.finetune import finetune_and_evaluate
+    from tests.finetune.conftest import tiny_config
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"instruction": "ok", "response": "x"}\n{"instruction": "caf\xe9", "response": "x"}\n')
+    message = rf"^{path}:2: not valid UTF-8 \(invalid continuation byte: byte b'\\xe9' at column 21\); save the file"
+    with pytest.raises(RecordError, match=message):
+        read_jsonl(str(path), SFT_FIELDS)
+    config = tiny_config("sft_tiny", num_steps=1)
+    config.data.update(dict(train_file=str(path), eval_file=str(path)))
+    with pytest.raises(RecordError, match=message):
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fields, row", [
+    (SFT_FIELDS, '{"instruction": "smile \\ud83d", "response": "x"}'),
+    (SFT_FIELDS, '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "smile \\ud83d"}]}'),
+    (PREFERENCE_FIELDS, '{"prompt": "smile \\ud83d", "chosen": "a", "rejected": "b"}'),
+    ((("prompt",),), '{"prompt": [{"role": "user", "content": "smile \\udE00"}]}')])
+def test_a_lone_surrogate_escape_names_its_row(tmp_path, fields, row):
+    """It reached the tokenizer, which failed without a row (HF: TypeError TextEncodeInput,
+    SentencePiece: RuntimeError Unable to cast)."""
+    path = write(tmp_path, [row.replace("smile \\ud83d", "smile \\ud83d\\ude00").replace("\\udE00", "\\ud83d\\ude00"),
+                            row])  # a whole pair (an emoji) is fine
+    with pytest.raises(RecordError, match=rf"^{path}:2: 'smile \\ud[8e][3d0][d0]' holds a lone UTF-16 surrogate"):
+        read_jsonl(path, fields)
+
+
+@pytest.mark.parametrize("role, article", [("assistant", "an"), ("system", "a")])
+def test_a_preference_prompt_that_does_not_end_with_a_user_turn_is_one_line(role, article):
+    """An assistant ending (a prefill) was rendered as two assistant turns, where trl continues it;
+    a system ending was accepted, where trl raises."""
+    prompt = [{"role": "user", "content": "Is 2+2 4?"}, {"role": role, "content": "Answer:"}]
+    with pytest.raises(RecordError, match=rf"^p:4: the prompt ends with {article} {role} message; a preference "
+                                          r"prompt ends with the user turn that 'chosen' and 'rejected' answer\.$"):
+        preference_row("p:4", {"prompt": prompt, "chosen": " yes", "rejected": " no"}, template=PLAIN,
+                       tokenizer=TOKENIZER, seq_len=96)
+
+
 def test_synthetic_preferences_follow_their_rule():
     for rule in ("capitals", "arithmetic"):
         for record in synthetic_preferences(rule, 50, seed=1):
