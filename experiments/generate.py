@@ -78,9 +78,10 @@ class DecodingOptions:
             raise ConfigError(f"--alpha={self.alpha} (beam search's length-penalty exponent) must be a finite "
                               "number, e.g. --alpha=0.6.")
         sampling = self.temperature > 0
-        if self.num_beams > 1 and (self.top_k or self.top_p < 1 or self.num_samples > 1):
-            # Named first: the sampling message below asked for --temperature, which beams refuse.
-            raise ConfigError(f"--top_k / --top_p / --num_samples do not apply to beam search (--num_beams="
+        if self.num_beams > 1 and (self.top_k or self.top_p < 1 or self.num_samples > 1
+                                   or self.seed != DecodingOptions.seed):
+            # Named first: the sampling messages below asked for --temperature, which beams refuse.
+            raise ConfigError(f"--top_k / --top_p / --num_samples / --seed do not apply to beam search (--num_beams="
                               f"{self.num_beams}); drop them, or set --num_beams=1 and --temperature>0 to sample.")
         if not sampling and (self.top_k or self.top_p < 1 or self.num_samples > 1):
             raise ConfigError("--top_k / --top_p / --num_samples only apply when sampling; add --temperature>0 "

@@ -184,9 +184,10 @@ def test_an_encoder_decoders_output_is_printed_apart_from_its_input(tmp_path):
     # Greedy and beam search draw nothing: a seed sweep without --temperature gave identical runs.
     (dict(seed=1), r"--seed=1 only applies when sampling; add --temperature>0"),
     # Beams with a sampling option: the message asked for --temperature, which beams then refused.
-    (dict(num_beams=2, top_p=0.9), r"--top_k / --top_p / --num_samples do not apply to beam search \(--num_beams=2\)"),
+    (dict(num_beams=2, top_p=0.9), r"--top_k / --top_p / --num_samples / --seed do not apply to beam search "
+                                   r"\(--num_beams=2\)"),
     (dict(num_beams=2, num_samples=2), r"do not apply to beam search"),
-    (dict(seed=1, num_beams=2), r"--seed=1 only applies when sampling"),
+    (dict(seed=1, num_beams=2), r"--top_k / --top_p / --num_samples / --seed do not apply to beam search"),
     # generate_text(..., top_p=None) compared None with 0: a bare TypeError.
     (dict(temperature=1.0, top_p=None), r"--top_p=None must be a number"),
     (dict(num_beams=2.5), r"--num_beams=2.5 must be a whole number"),

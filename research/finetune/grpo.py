@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -78,11 +79,11 @@ class GrpoConfig:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"grpo.max_new_tokens={self.max_new_tokens} must be positive: the length of each "
                               "sampled completion (e.g. --config.grpo.max_new_tokens=8).")
-        if self.temperature <= 0:
+        if not math.isfinite(self.temperature) or self.temperature <= 0:  # nan passed "<= 0": NaN loss at step 1
             raise ConfigError(f"grpo.temperature={self.temperature} must be positive: GRPO samples its completions "
                               "(e.g. --config.grpo.temperature=1.0).")
-        if self.kl_coef < 0:
-            raise ConfigError(f"grpo.kl_coef={self.kl_coef} must be >= 0: the weight of the KL to the reference "
+        if not math.isfinite(self.kl_coef) or self.kl_coef < 0:
+            raise ConfigError(f"grpo.kl_coef={self.kl_coef} must be finite and >= 0: the weight of the KL to the reference "
                               "(0 = none; e.g. --config.grpo.kl_coef=0.05).")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any, Literal, Mapping
 
 import flax.linen as nn
@@ -54,8 +55,13 @@ class PreferenceConfig:
     def __post_init__(self):
         if self.loss not in PreferenceLoss.__args__:
             raise ConfigError(f"preference.loss={self.loss!r} is not one of {PreferenceLoss.__args__}.")
-        if self.beta <= 0:
-            raise ConfigError(f"preference.beta={self.beta} must be positive (e.g. --config.preference.beta=0.1).")
+        # nan and inf passed "<= 0" and stopped training at step 1 as a NaN loss (blaming the learning rate).
+        if not math.isfinite(self.beta) or self.beta <= 0:
+            raise ConfigError(f"preference.beta={self.beta} must be positive and finite (e.g. "
+                              "--config.preference.beta=0.1).")
+        if not math.isfinite(self.simpo_gamma):
+            raise ConfigError(f"preference.simpo_gamma={self.simpo_gamma} must be a finite number (e.g. "
+                              "--config.preference.simpo_gamma=0.5).")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"preference.label_smoothing={self.label_smoothing} must be in [0, 0.5): the assumed "
                               "rate of flipped labels (0 = none; e.g. --config.preference.label_smoothing=0.1).")

@@ -139,7 +139,7 @@ def test_clipping_turned_on_or_off_is_refused_naming_it(tmp_path):
     assert json.loads((workdir / RUN_FILE).read_text())["fingerprint"]["opt.clip_norm>0"] is True
 
 
-BAD_VALUES = {"preference.beta": (0.0, r"^preference.beta=0.0 must be positive \(e.g. --config.preference.beta=0.1\)"),
+BAD_VALUES = {"preference.beta": (0.0, r"^preference.beta=0.0 must be positive and finite \(e.g. --config.preference.beta=0.1\)"),
               "preference.label_smoothing": (0.7, r"^preference.label_smoothing=0.7 must be in \[0, 0.5\)"),
               "lora.alpha": (-1.0, r"^lora.alpha=-1.0 must be positive: .*--config.lora.alpha=16"),
               "lora.targets": (("nomatch$",), r"^lora.targets pattern 'nomatch\$' matches no parameter"),

@@ -116,7 +116,7 @@ def test_a_tokenizer_model_path_that_moved_is_named_as_such(tmp_path):
     from research.training.checkpoint_loading import run_tokenizer_path
     moved = str(tmp_path / "moved.model")
     with pytest.raises(ConfigError, match=rf"trained with data.tokenizer.model_path='{moved}', which no longer "
-                                          r"exists; pass --tokenizer=PATH.model"):
+                                          r"exists; give that model's new path as the tokenizer"):
         run_tokenizer_path({"data": {"tokenizer": {"model_path": moved}}}, str(tmp_path))
     (tmp_path / "moved.model").write_bytes(b"")
     assert run_tokenizer_path({"data": {"tokenizer": {"model_path": moved}}}, str(tmp_path)) == moved
