@@ -100,6 +100,7 @@ _T5_JSON = {"model_type": "t5", "vocab_size": VOCAB, "d_model": 16, "d_kv": 8, "
     (_LLAMA_JSON, {"num_hidden_layers": None}, r"num_layers=None must be a whole number\.$"),
     (_LLAMA_JSON, {"hidden_size": 16.0}, r"d_model=16.0 must be a whole number"),
     (_LLAMA_JSON, {"rms_norm_eps": "1e-6"}, r"norm_eps='1e-6' must be a number"),
+    (_LLAMA_JSON, {"num_attention_heads": 0}, r"c/config.json: not a readable llama config.*ZeroDivisionError"),
     # Silent NaN logits (transformers: IndexError) and a bare ZeroDivisionError at trace time.
     (_T5_JSON, {"relative_attention_max_distance": 16}, r"relative_max_distance=16 must exceed .* >= 17\.$"),
     (_T5_JSON, {"relative_attention_num_buckets": 2}, r"relative_buckets=2 is too few"),

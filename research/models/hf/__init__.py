@@ -91,9 +91,9 @@ def _config_json(path: str) -> tuple[ModuleType, ModelConfig]:
         return module, module.config_from_hf(hf_config)
     except ConfigError:
         raise
-    except (TypeError, ValueError, AttributeError, KeyError) as e:
+    except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as e:  # e.g. num_attention_heads 0
         raise ConfigError(f"{os.path.join(path, 'config.json')}: not a readable {hf_config.get('model_type')} "
-                          f"config, a value is missing or of the wrong type ({type(e).__name__}: {e}); compare it "
+                          f"config, a value is missing, of the wrong type or out of range ({type(e).__name__}: {e}); compare it "
                           "with the config.json transformers writes for this architecture.") from None
 
 
