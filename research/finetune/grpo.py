@@ -83,8 +83,8 @@ class GrpoConfig:
             raise ConfigError(f"grpo.temperature={self.temperature} must be positive: GRPO samples its completions "
                               "(e.g. --config.grpo.temperature=1.0).")
         if not math.isfinite(self.kl_coef) or self.kl_coef < 0:
-            raise ConfigError(f"grpo.kl_coef={self.kl_coef} must be finite and >= 0: the weight of the KL to the reference "
-                              "(0 = none; e.g. --config.grpo.kl_coef=0.05).")
+            raise ConfigError(f"grpo.kl_coef={self.kl_coef} must be finite and >= 0: the weight of the KL to the "
+                              "reference (0 = none; e.g. --config.grpo.kl_coef=0.05).")
 
 
 def check_prompt_budget(seq_len: int, grpo: GrpoConfig) -> None:

@@ -175,8 +175,8 @@ class ModelConfig:
             exact = self.relative_buckets // 2  # the decoder's; the encoder has half as many
             if self.relative_max_distance <= exact:
                 raise ConfigError(f"{self.name}: relative_max_distance={self.relative_max_distance} must exceed the "
-                                  f"{exact} exact distances of relative_buckets={self.relative_buckets} (buckets // 2); "
-                                  f"use relative_max_distance >= {exact + 1}.")
+                                  f"{exact} exact distances of relative_buckets={self.relative_buckets} (buckets // "
+                                  f"2); use relative_max_distance >= {exact + 1}.")
         # What each family builds: T5 blocks are pre-norm; BERT's are post-norm (a pre-norm
         # encoder had no final norm, so its output was not normalised as encode() says).
         required = {"encoder_decoder": "pre", "encoder": "post"}.get(self.family)

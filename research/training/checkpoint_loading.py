@@ -155,8 +155,8 @@ def run_tokenizer_path(config: dict[str, Any], workdir: str) -> str:
         path = tokenizer["model_path"]
         if "://" not in path and not os.path.exists(path):  # the run recorded the path, not a copy
             raise ConfigError(f"run {workdir!r} was trained with data.tokenizer.model_path={path!r}, which no "
-                              "longer exists; give that model's new path as the tokenizer (experiments.generate / evaluate: "
-                              "--tokenizer=PATH.model; fine-tuning: --config.tokenizer=PATH.model).")
+                              "longer exists; give that model's new path as the tokenizer (experiments.generate / "
+                              "evaluate: --tokenizer=PATH.model; fine-tuning: --config.tokenizer=PATH.model).")
         return path
     try:
         expected = cached_model_path(DataConfig(**config["data"]), workdir)

@@ -93,8 +93,8 @@ def _config_json(path: str) -> tuple[ModuleType, ModelConfig]:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as e:  # e.g. num_attention_heads 0
         raise ConfigError(f"{os.path.join(path, 'config.json')}: not a readable {hf_config.get('model_type')} "
-                          f"config, a value is missing, of the wrong type or out of range ({type(e).__name__}: {e}); compare it "
-                          "with the config.json transformers writes for this architecture.") from None
+                          f"config, a value is missing, of the wrong type or out of range ({type(e).__name__}: "
+                          f"{e}); compare it with the config.json transformers writes for this architecture.") from None
 
 
 # The stored names (any prefix) of every architecture's LM head and input embedding, which
