@@ -22,6 +22,9 @@ from research.models.config import ConfigError, ModelConfig
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
 NO_EXPORT_PATHS = ("reward", "token_classification")
+# The paths whose records go through data.chat_template (the classifiers, text-to-text and domain
+# runs read plain text).
+CHAT_PATHS = ("sft", "preference", "reward", "grpo")
 # Paths whose loss has no LM softmax for train.z_loss (PaLM's log Z regulariser of the LM head) to act
 # on: a scalar reward head, or a classifier's few classes. It was accepted there and ignored.
 NO_Z_LOSS_PATHS = {"reward": "a scalar reward head's Bradley-Terry loss",
@@ -83,6 +86,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     if data.get("chat_template", "plain") not in CHAT_TEMPLATES:
         raise ConfigError(f"data.chat_template={data['chat_template']!r} is not one of {sorted(CHAT_TEMPLATES)} "
                           "(e.g. --config.data.chat_template=plain).")
+    if data.get("chat_template", "plain") != "plain" and path not in CHAT_PATHS:  # was accepted, and ignored
+        raise ConfigError(f"data.chat_template={data['chat_template']!r} has no effect on path={path!r}: only "
+                          f"{', '.join(CHAT_PATHS)} render chat records; unset it (plain).")
     if path == "preference":
         from research.finetune.preference_losses import PreferenceConfig
         preference = config_section(config, "preference")

@@ -184,6 +184,11 @@ def make_preference_loss(config: PreferenceConfig, z_loss: float = 0.0):
         # PreferenceConfig too), so the value is never silently without effect.
         log.warning("preference.label_smoothing=%s has no effect under IPO (as in trl, which ignores it for IPO); "
                     "the loss is IPO's, unsmoothed.", config.label_smoothing)
+    if config.loss != "simpo" and config.simpo_gamma != PreferenceConfig.simpo_gamma:
+        # Only SimPO's margin reads it; warned, not refused, for the same reason as above (a sweep
+        # switching preference.loss left it set and trained identical DPO runs without a word).
+        log.warning("preference.simpo_gamma=%s has no effect under %s (SimPO's target margin only).",
+                    config.simpo_gamma, config.loss.upper())
     check_z_loss(z_loss)
     return functools.partial(preference_loss, config=config, z_loss=z_loss)
 

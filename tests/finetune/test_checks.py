@@ -67,6 +67,12 @@ CASES = {
     "float16 master weights": ("dpo_tiny", {"model.param_dtype": "float16", "opt.warmup_steps": 0},
                                r"^model.param_dtype=float16: training keeps float32 master weights"),
     # train.z_loss was accepted and ignored where the loss has no LM softmax (PaLM's log Z regulariser).
+    # The classifiers, text-to-text and domain paths read plain text: the template was ignored.
+    "chat template on a classifier": ("classify_tiny", {"data.chat_template": "chatml"},
+                                      r"^data.chat_template='chatml' has no effect on path='classification': only "
+                                      r"sft, preference, reward, grpo render chat records; unset it \(plain\)\.$"),
+    "chat template on text-to-text": ("t5_tiny", {"data.chat_template": "chatml"},
+                                      r"^data.chat_template='chatml' has no effect on path='text_to_text'"),
     "z_loss on a reward head": ("reward_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
                                 r"^train.z_loss=0.0001 has no effect on path='reward': its loss \(a scalar reward "
                                 r"head's Bradley-Terry loss\) has no LM softmax to regularise; set "

@@ -112,6 +112,25 @@ def test_label_smoothing_under_ipo_is_accepted_with_one_warning_and_changes_noth
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
 
 
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_simpo_gamma_outside_simpo_is_one_warning_and_changes_nothing(caplog, loss):
+    """Only SimPO's margin reads simpo_gamma: a sweep switching preference.loss left it set and
+    trained identical DPO / IPO runs without a word."""
+    from research.finetune.preference_losses import make_preference_loss
+
+    set_, default = PreferenceConfig(loss=loss, simpo_gamma=3.0), PreferenceConfig(loss=loss)
+    with caplog.at_level(logging.WARNING, logger="research.finetune.preference_losses"):
+        make_preference_loss(set_)
+        make_preference_loss(default)
+        make_preference_loss(PreferenceConfig(loss="simpo", simpo_gamma=3.0))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"preference.simpo_gamma=3.0 has no effect under {loss.upper()} (SimPO's target margin only)."]
+    args = (jnp.array([-4.0, -9.0]), jnp.array([-6.0, -2.0]), jnp.array([-5.0, -8.0]), jnp.array([-5.5, -3.0]),
+            jnp.array([2.0, 5.0]), jnp.array([4.0, 1.0]))
+    for ours, reference in zip(preference_margin_loss(*args, set_), preference_margin_loss(*args, default)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+
+
 def test_dpo_at_step_one_is_log_2_with_the_models_dropout_on(tmp_path):
     """trl's DPOConfig.disable_dropout (True by default) scores policy and reference without dropout.
     Hugging Face GPT-2 / BERT checkpoints load dropout_rate=0.1: the policy was scored with dropout
