@@ -13,12 +13,15 @@ paths, read from its config alone (base_model.base_model_config), where that can
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
 from research.atomic_files import unwritable_reason
 from research.finetune.preference_data import SyntheticRule
 from research.models.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 # Paths whose model carries a head with no Hugging Face layout here (trainer._export).
 NO_EXPORT_PATHS = ("reward", "token_classification")
@@ -86,9 +89,12 @@ def check_config(config: Mapping[str, Any]) -> None:
     if data.get("chat_template", "plain") not in CHAT_TEMPLATES:
         raise ConfigError(f"data.chat_template={data['chat_template']!r} is not one of {sorted(CHAT_TEMPLATES)} "
                           "(e.g. --config.data.chat_template=plain).")
-    if data.get("chat_template", "plain") != "plain" and path not in CHAT_PATHS:  # was accepted, and ignored
-        raise ConfigError(f"data.chat_template={data['chat_template']!r} has no effect on path={path!r}: only "
-                          f"{', '.join(CHAT_PATHS)} render chat records; unset it (plain).")
+    if data.get("chat_template", "plain") != "plain" and path not in CHAT_PATHS:
+        # It was ignored without a word. Warned, not refused: the value is in the run's identity
+        # (run_identity.py), so refusing it would strand a run started with it, and unsetting it
+        # would be refused as another run (preference.label_smoothing under IPO is treated alike).
+        log.warning("data.chat_template=%r has no effect on path=%r: only %s render chat records; the records are "
+                    "read as plain text.", data["chat_template"], path, ", ".join(CHAT_PATHS))
     if path == "preference":
         from research.finetune.preference_losses import PreferenceConfig
         preference = config_section(config, "preference")

@@ -67,12 +67,6 @@ CASES = {
     "float16 master weights": ("dpo_tiny", {"model.param_dtype": "float16", "opt.warmup_steps": 0},
                                r"^model.param_dtype=float16: training keeps float32 master weights"),
     # train.z_loss was accepted and ignored where the loss has no LM softmax (PaLM's log Z regulariser).
-    # The classifiers, text-to-text and domain paths read plain text: the template was ignored.
-    "chat template on a classifier": ("classify_tiny", {"data.chat_template": "chatml"},
-                                      r"^data.chat_template='chatml' has no effect on path='classification': only "
-                                      r"sft, preference, reward, grpo render chat records; unset it \(plain\)\.$"),
-    "chat template on text-to-text": ("t5_tiny", {"data.chat_template": "chatml"},
-                                      r"^data.chat_template='chatml' has no effect on path='text_to_text'"),
     "z_loss on a reward head": ("reward_tiny", {"train.z_loss": 1e-4, "opt.warmup_steps": 0},
                                 r"^train.z_loss=0.0001 has no effect on path='reward': its loss \(a scalar reward "
                                 r"head's Bradley-Terry loss\) has no LM softmax to regularise; set "
@@ -266,3 +260,22 @@ def test_the_loops_own_settings_are_refused_before_the_claim_and_any_loading(key
     with pytest.raises(ConfigError, match=message) as error:
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset, path", [("classify_tiny", "classification"), ("tag_tiny", "token_classification"),
+                                          ("t5_tiny", "text_to_text")])
+def test_a_chat_template_on_a_path_that_reads_plain_text_is_one_warning(preset, path, caplog):
+    """The classifiers and text-to-text read plain text: chatml was accepted and ignored without a
+    word. Warned, not refused: the value is in the run's identity, so a run started with it resumes."""
+    import logging
+
+    from research.finetune.checks import check_config
+    config = tiny_config(preset)
+    config.data.chat_template = "chatml"
+    with caplog.at_level(logging.WARNING, logger="research.finetune.checks"):
+        check_config(config)
+        config.data.chat_template = "plain"
+        check_config(config)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data.chat_template='chatml' has no effect on path='{path}': only sft, preference, reward, grpo render chat "
+        "records; the records are read as plain text."]
