@@ -177,15 +177,17 @@ def check_batch_shape(batch_size: int, seq_len: int, model_max_len: int | None =
     if model_max_len is not None and seq_len > model_max_len:
         raise DataError(f"seq_len={seq_len} is longer than the model's max_len={model_max_len}; "
                         "lower seq_len or use a model with a longer max_len.")
-    if objective is not None:
-        objective = get_objective(objective)
-        objective.check_settings(seq_len)
-    if model_max_len is not None and objective is not None:
-        for key, length in objective.packed_lengths(seq_len).items():
-            if length > model_max_len:
-                raise DataError(f"{objective.name} at seq_len={seq_len} packs {key} rows of {length} tokens, longer "
-                                f"than the model's max_len={model_max_len}; lower seq_len (or noise_density) or "
-                                "use a model with a longer max_len.")
+    if objective is None:
+        return
+    objective = get_objective(objective)
+    objective.check_settings(seq_len)
+    if model_max_len is None:
+        return
+    for key, length in objective.packed_lengths(seq_len).items():
+        if length > model_max_len:
+            raise DataError(f"{objective.name} at seq_len={seq_len} packs {key} rows of {length} tokens, longer "
+                            f"than the model's max_len={model_max_len}; lower seq_len (or noise_density) or "
+                            "use a model with a longer max_len.")
 
 
 def make_batch_dataset(data_config: DataConfig, *, tokenizer: Tokenizer, objective: ObjectiveName | Objective,

@@ -145,7 +145,8 @@ def domain_objectives(config: ml_collections.ConfigDict, family: str) -> tuple[l
 
 def check_domain_objective(config: ml_collections.ConfigDict) -> None:
     """domain_objectives' refusal from the base model's config alone (no weights, no data), where
-    base_model_config can read it; otherwise domain_job refuses it once the base is loaded."""
+    base_model_config can read it (checks.check_config, before the claim); otherwise domain_job
+    refuses it once the base is loaded."""
     model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
     if model_config is not None:
         domain_objectives(config, model_config.family)
@@ -153,7 +154,6 @@ def check_domain_objective(config: ml_collections.ConfigDict) -> None:
 
 def domain_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     """Continued pretraining of config.init on data.folder with the base model's tokenizer."""
-    check_domain_objective(config)  # before the base model's weights load
     data_config = domain_data_config(config)
     base = job_base_model(config)
     train = config.train

@@ -122,9 +122,9 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
     # reaches cuDNN as a bias, and with a bias its backward pass needs even T and S: only `auto`
     # avoids that too, since the call cannot tell a training step from an inference one.
     cudnn = platform == "gpu" and half
-    cudnn_refusal = _cudnn_head_dim_refusal(config.dim_per_head) if cudnn else None
-    if cudnn and cudnn_refusal is None and (q_len % 2 or kv_len % 2):
-        cudnn_refusal = f"even T and S for its backward pass, got T={q_len}, S={kv_len}"
+    head_refusal = _cudnn_head_dim_refusal(config.dim_per_head) if cudnn else None
+    cudnn_refusal = head_refusal or (f"even T and S for its backward pass, got T={q_len}, S={kv_len}"
+                                     if cudnn and (q_len % 2 or kv_len % 2) else None)
     # Splash's blocks are multiples of 128 lanes, in interpret mode too.
     splash_ok = has_segments and not has_bias and q_len % 128 == 0 and kv_len % 128 == 0
     if choice == "auto":
@@ -152,7 +152,6 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
             # under jit ("precision 'F16_F16_F32' is not supported"); only eager calls fell back.
             raise ConfigError(f"{config.name}: attention_kernel='dot_product_attention' cannot run dtype='float16' "
                               "under jit on CPU; use attention_kernel='xla' or 'auto', or dtype='bfloat16'.")
-        head_refusal = _cudnn_head_dim_refusal(config.dim_per_head) if cudnn else None
         if head_refusal:
             raise ConfigError(f"{config.name}: attention_kernel='dot_product_attention' runs cuDNN flash attention "
                               f"on GPU, which needs {head_refusal}; use attention_kernel='auto' (falls back to "
