@@ -55,8 +55,9 @@ def datasheet_peak(device_kind: str) -> tuple[str, float] | None:
     return None
 
 
-# Measured peaks by device tuple, once per process: the measurement is ~4e11 FLOPs on 8 fake
-# CPU devices (2.9 s of a 41 s preset run, profiled), and a process that trains many models
+# Measured peaks by device tuple, once per process: the measurement is ~2e11 FLOPs on 8 fake
+# CPU devices (1.4 s on 2 cores; 2.9 s before metrics.measure_peak_flops was trimmed, of a 41 s
+# preset run), and a process that trains many models
 # (a test worker, a notebook, train_together's callers) would otherwise pay it for every run.
 # A machine's matmul rate does not change between runs; MFU is a logged figure, never a loss.
 _MEASURED: dict[tuple, float] = {}

@@ -46,3 +46,16 @@ def test_a_measured_peak_is_measured_once_per_process_and_device_set(monkeypatch
     assert peak_flops(one).flops_per_second == peak_flops(one).flops_per_second == 5e9
     assert peak_flops(two).flops_per_second == 5e9
     assert calls == [tuple(one), tuple(two)]  # the second call for `one` reused its figure
+
+
+def test_the_measured_peak_counts_the_flops_of_the_timed_matmuls(monkeypatch):
+    """Each timed call runs two chained [size, size] products on every device: with a clock
+    that advances 1 s per reading, the peak is 2 products x devices x 2 size^3 FLOPs per second."""
+    import itertools
+
+    from research.training import metrics
+
+    clock = itertools.count()
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: float(next(clock)))
+    devices = jax.devices()[:2]
+    assert metrics.measure_peak_flops(devices, size=64, repeats=2) == 2 * 2 * 2 * 64**3
