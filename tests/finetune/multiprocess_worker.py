@@ -3,6 +3,11 @@
     python multiprocess_worker.py <preset> <workdir> <out.json> [--generation_prompts=N] [--stop_after_steps=N]
         [--export_dir=DIR] [--folder=DIR --data_dir=DIR] [--grpo_reward=reward_model:DIR] [--reverse_data_on=I]
         [--export_fails_on=I]
+    python multiprocess_worker.py --runs=<runs.json>   (each entry: [preset, workdir, out.json, *flags])
+
+--runs trains several independent runs one after another in this one process (one start): the
+one-process references of test_multiprocess.py, each in its own workdir with its own config.
+--reverse_data_on / --export_fails_on patch this process for good, so they are refused there.
 
 Multi-host comes from the environment as in a real launch (JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID: launch.multihost joins jax.distributed before anything
@@ -19,17 +24,38 @@ sys.path.insert(0, REPO)
 from launch import multihost  # noqa: E402  (before jax touches a device)
 
 
-def main(preset: str, workdir: str, out_path: str, *flags: str) -> None:
+def main(*args: str) -> None:
     multihost.initialize()
-    import jax
-    from research.finetune import finetune_and_evaluate
-    from tests.finetune.conftest import tiny_config
+    if len(args) == 1 and args[0].startswith("--runs="):
+        with open(args[0].split("=", 1)[1]) as f:
+            runs = json.load(f)
+        for run in runs:
+            assert not any(f.startswith(("--reverse_data_on", "--export_fails_on")) for f in run), run
+            train(*run)
+    else:
+        train(*args)
 
+
+def base_config(preset: str, *flags: str):
+    """The run's config from --generation_prompts / --stop_after_steps (the other flags are applied
+    by train); the mesh's data axis over every device of every process. Also test_multiprocess.py's
+    in-process resume."""
+    import jax
+    from tests.finetune.conftest import tiny_config
     options = dict(f[2:].split("=", 1) for f in flags)
     config = tiny_config(preset, num_steps=3, stop_after_steps=int(options.get("stop_after_steps", 0)))
     config.opt.warmup_steps = 1
     config.generation_prompts = int(options.get("generation_prompts", 0))
     config.mesh.shape = (jax.device_count(), 1, 1)
+    return config
+
+
+def train(preset: str, workdir: str, out_path: str, *flags: str) -> None:
+    import jax
+    from research.finetune import finetune_and_evaluate
+
+    options = dict(f[2:].split("=", 1) for f in flags)
+    config = base_config(preset, *flags)
     if "export_dir" in options:
         config.export_dir = options["export_dir"]
     if "reverse_data_on" in options and jax.process_index() == int(options["reverse_data_on"]):

@@ -49,24 +49,47 @@ def logged(workdir) -> list[tuple[int, float]]:
 
 
 SFT_FLAGS = ("--generation_prompts=6",)
+OTHER_FLAGS = ("--generation_prompts=4",)  # DPO, classification, T5 and GRPO
+
+
+def grpo_flags(reward_dir) -> tuple[str, ...]:
+    return (f"--grpo_reward=reward_model:{reward_dir}", *OTHER_FLAGS)
 
 
 @pytest.fixture(scope="module")
-def one_process_sft(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("one_process_sft")
-    final, = run(tmp_path, "sft_tiny", "single", *SFT_FLAGS, f"--export_dir={tmp_path / 'export'}", processes=1)
-    return tmp_path, final
+def one_process_runs(tmp_path_factory):
+    """Every one-process reference of this module (1 process x 4 devices): SFT with generation and
+    export, DPO, classification, T5, and GRPO scored by a reward model (trained here first, in this
+    process, as a run's earlier stage would be). The five runs train one after another in one worker
+    process (multiprocess_worker.py --runs), each in its own workdir with its own config: one
+    process start instead of five (~3-4 s each, mostly imports). The two-process runs compared with
+    them each still start their own two processes. Returns (directory: each run's workdir is its
+    preset's name, the SFT export is export/), {preset: final metrics}, the reward model's workdir."""
+    from research.finetune import finetune_and_evaluate
+    from tests.finetune.conftest import tiny_config
+    tmp_path = tmp_path_factory.mktemp("one_process")
+    reward = tiny_config("reward_tiny", num_steps=2)
+    reward.opt.warmup_steps = 1
+    finetune_and_evaluate(reward, str(tmp_path / "reward"))
+    flags = {"sft_tiny": (*SFT_FLAGS, f"--export_dir={tmp_path / 'export'}"), "dpo_tiny": OTHER_FLAGS,
+             "classify_tiny": OTHER_FLAGS, "t5_tiny": OTHER_FLAGS, "grpo_tiny": grpo_flags(tmp_path / "reward")}
+    runs = [[preset, str(tmp_path / preset), str(tmp_path / f"{preset}.json"), *f] for preset, f in flags.items()]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    # Five runs in one process: a longer deadline than one run's.
+    run_all([([sys.executable, WORKER, f"--runs={tmp_path / 'runs.json'}"], worker_env(4))], tmp_path, timeout=300)
+    finals = {preset: json.loads((tmp_path / f"{preset}.json").read_text())["final"] for preset in flags}
+    return tmp_path, finals, tmp_path / "reward"
 
 
-def test_sft_on_two_processes_matches_one_with_generation_and_export(tmp_path, one_process_sft):
-    single_dir, single = one_process_sft
+def test_sft_on_two_processes_matches_one_with_generation_and_export(tmp_path, one_process_runs):
+    single_dir, single = one_process_runs[0], one_process_runs[1]["sft_tiny"]
     multi = run(tmp_path, "sft_tiny", "multi", *SFT_FLAGS, f"--export_dir={tmp_path / 'export'}", processes=2)
     assert multi[0] == multi[1]  # every process reports the same, globally reduced, metrics
     assert "eval_exact_match" in single and "before_eval_exact_match" in single  # greedy replies were generated
     assert_same(multi[0], single)
     # Process 0 alone wrote the records: each step once, the losses of the one-process run.
     steps, losses = zip(*logged(tmp_path / "multi"))
-    single_steps, single_losses = zip(*logged(single_dir / "single"))
+    single_steps, single_losses = zip(*logged(single_dir / "sft_tiny"))
     assert steps == single_steps == (1, 2, 3)
     np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
     assert losses[-1] < losses[0]  # it trained: the comparison is not of constants
@@ -78,18 +101,22 @@ def test_sft_on_two_processes_matches_one_with_generation_and_export(tmp_path, o
         np.testing.assert_allclose(exported[name], reference[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_sft_stopped_and_resumed_on_two_processes_then_one_matches_one_uninterrupted(tmp_path, one_process_sft):
+def test_sft_stopped_and_resumed_on_two_processes_then_one_matches_one_uninterrupted(tmp_path, one_process_runs):
     """Stopped after step 1 and 2 on two processes, finished on one: every process holds the same
-    data position (it builds every batch), so the run resumes on any number of processes."""
-    single_dir, single = one_process_sft
+    data position (it builds every batch), so the run resumes on any number of processes. The one
+    that finishes is this (pytest) process with its 8 devices, resharding the 2 x 2 devices' save:
+    another process count and device count than the save's, without a process start (~3-4 s)."""
+    single_dir, single = one_process_runs[0], one_process_runs[1]["sft_tiny"]
     for stop, processes in ((1, 2), (2, 2)):
         run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, f"--stop_after_steps={stop}", processes=processes)
         assert [step for step, _ in logged(tmp_path / "resumed")] == list(range(1, stop + 1))
-    final, = run(tmp_path, "sft_tiny", "resumed", *SFT_FLAGS, processes=1)
+    from research.finetune import finetune_and_evaluate
+    from tests.finetune.multiprocess_worker import base_config  # the workers' config, the mesh over 8 devices
+    final = finetune_and_evaluate(base_config("sft_tiny", *SFT_FLAGS), str(tmp_path / "resumed"))
     assert_same(final, {k: v for k, v in single.items() if not k.startswith("before_")})  # no step-0 eval in a resumed run
     steps, losses = zip(*logged(tmp_path / "resumed"))
     assert steps == (1, 2, 3)
-    np.testing.assert_allclose(losses, [loss for _, loss in logged(single_dir / "single")], rtol=1e-5)
+    np.testing.assert_allclose(losses, [loss for _, loss in logged(single_dir / "sft_tiny")], rtol=1e-5)
 
 
 # Preference pairs (reference log-probs), BERT classification (labels predicted on the host) and
@@ -97,12 +124,10 @@ def test_sft_stopped_and_resumed_on_two_processes_then_one_matches_one_uninterru
 # processes is test_grpo_scored_by_a_reward_model_on_two_processes_matches_one, which also scores
 # its greedy evaluation replies by the rule (eval_rule_reward) on as many prompts as this test did.
 @pytest.mark.parametrize("preset", ["dpo_tiny", "classify_tiny", "t5_tiny"])
-def test_other_paths_on_two_processes_match_one(tmp_path, preset):
-    flags = ("--generation_prompts=4",)
-    single, = run(tmp_path, preset, "single", *flags, processes=1)
-    multi = run(tmp_path, preset, "multi", *flags, processes=2)
+def test_other_paths_on_two_processes_match_one(tmp_path, preset, one_process_runs):
+    multi = run(tmp_path, preset, "multi", *OTHER_FLAGS, processes=2)
     assert multi[0] == multi[1]
-    assert_same(multi[0], single)
+    assert_same(multi[0], one_process_runs[1][preset])
 
 
 def run_to_failure(argvs, logs_dir, timeout: int = 120) -> tuple[list[int], list[str]]:
@@ -127,19 +152,14 @@ def run_to_failure(argvs, logs_dir, timeout: int = 120) -> tuple[list[int], list
     return [p.returncode for p in processes], [path.read_text() for path in paths]
 
 
-def test_grpo_scored_by_a_reward_model_on_two_processes_matches_one(tmp_path):
+def test_grpo_scored_by_a_reward_model_on_two_processes_matches_one(tmp_path, one_process_runs):
     """The reward model scores inside the training mesh: on two processes its scores spanned
     both and reading them on the host died at step 1. Also GRPO's own two-process path (sampling,
     group advantages, greedy evaluation replies on the host): the rule the reward model learnt
     scores the 4 evaluation prompts' replies (eval_rule_reward), compared like every metric."""
-    from research.finetune import finetune_and_evaluate
-    from tests.finetune.conftest import tiny_config
-    reward = tiny_config("reward_tiny", num_steps=2)
-    reward.opt.warmup_steps = 1
-    finetune_and_evaluate(reward, str(tmp_path / "reward"))
-    flags = (f"--grpo_reward=reward_model:{tmp_path / 'reward'}", "--generation_prompts=4")
-    single, = run(tmp_path, "grpo_tiny", "single", *flags, processes=1)
-    multi = run(tmp_path, "grpo_tiny", "multi", *flags, processes=2)
+    _, finals, reward_dir = one_process_runs  # the reward model and the one-process run: the fixture
+    single = finals["grpo_tiny"]
+    multi = run(tmp_path, "grpo_tiny", "multi", *grpo_flags(reward_dir), processes=2)
     assert {"eval_reward", "eval_rule_reward", "sample_reward"} <= set(single)  # all compared below
     assert multi[0] == multi[1]
     assert_same(multi[0], single)

@@ -70,13 +70,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_command_line_errors_are_one_line(tmp_path):
+    """main's own check (--predict_N without --predict_D) in a command; a bad table's message
+    in-process. main prints every RunTableError of fit_run_table (this one too) as "error: <message>"
+    alone on stderr with exit code 1: the --seed=-1 command of test_a_negative_seed_is_refused_before_fitting
+    checks that path, one process for all such messages."""
     bad = tmp_path / "bad.csv"
     bad.write_text("params,D,loss\n1e8,1e9,3\n")
     out = f"--output_dir={tmp_path / 'out'}"
-    result = run_cli(f"--runs_csv={bad}", out)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {bad}: missing column(s) N (found params, D, loss); a run table needs columns N, D, loss.")
+    message = f"{bad}: missing column(s) N (found params, D, loss); a run table needs columns N, D, loss."
+    with pytest.raises(RunTableError, match=f"^{re.escape(message)}$"):
+        fit_run_table(str(bad), str(tmp_path / "out"))
     result = run_cli(f"--runs_csv={bad}", out, "--predict_N=1e9")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: pass --predict_N and --predict_D together")
@@ -84,15 +87,15 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 
 def test_an_output_dir_under_a_file_is_one_line_before_fitting(runs_csv, tmp_path):
-    """It was a NotADirectoryError traceback from os.makedirs."""
+    """It was a NotADirectoryError traceback from os.makedirs. The whole message in-process: the
+    command prints a RunTableError as that one line (the --seed=-1 command of
+    test_a_negative_seed_is_refused_before_fitting checks, stderr whole), a process not started here."""
     (tmp_path / "afile").write_text("")
     out = tmp_path / "afile" / "fit"
-    with pytest.raises(RunTableError, match=rf"^--output_dir={out} cannot be used: {tmp_path / 'afile'} is a file"):
+    message = (f"--output_dir={out} cannot be used: {tmp_path / 'afile'} is a file, not a directory; choose another "
+               "--output_dir.")
+    with pytest.raises(RunTableError, match=f"^{re.escape(message)}$"):
         fit_run_table(runs_csv, str(out))
-    result = run_cli(f"--runs_csv={runs_csv}", f"--output_dir={out}")
-    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
-        f"error: --output_dir={out} cannot be used: {tmp_path / 'afile'} is a file, not a directory; choose another "
-        "--output_dir."]
 
 
 def test_too_few_bootstrap_resamples_are_refused_before_fitting(tmp_path):
@@ -261,11 +264,17 @@ def test_the_sweep_summary_names_budgets_approach_2_left_out():
         "approach 2 (exact): skipped: Approach 2 needs IsoFLOP profiles"]
 
 
-def test_a_refit_without_isoflop_profiles_drops_the_earlier_profiles_plot(runs_csv, tmp_path):
-    """isoflop.png from an earlier fit stayed beside a fit that had no profiles (Approach 2
-    skipped): a plot the fit.json beside it did not describe."""
+def test_a_report_another_writes_leaves_no_fit_json_and_a_refit_without_profiles_drops_its_plot(runs_csv, tmp_path):
+    """Two regressions on one earlier fit (one fit of the table fewer):
+    - The sweep adds its sections and writes fit.json once, atomically; the intermediate report
+      used to be written to the same path first, so a kill in between left half a fit.json.
+    - isoflop.png from an earlier fit stayed beside a fit that had no profiles (Approach 2
+      skipped): a plot the fit.json beside it did not describe. (Which plots a refit removes does
+      not depend on an earlier fit.json: report.py looks for the file itself.)"""
     out = tmp_path / "fit"
-    assert "isoflop.png" in fit_run_table(runs_csv, str(out), bootstrap_samples=0, init_grid="coarse")["plots"]
+    earlier = fit_run_table(runs_csv, str(out), bootstrap_samples=0, init_grid="coarse", write_json=False)
+    assert not (out / "fit.json").exists() and (out / "law_contours.png").exists() and earlier["approach3"]
+    assert "isoflop.png" in earlier["plots"] and (out / "isoflop.png").exists()
     rows = list(csv.reader(open(runs_csv)))
     # Two runs per budget, other sizes at each: no budget holds the 3 runs of a parabola. (One run per
     # N kept each N's last row, all of the largest budget: one profile, which Approach 3 refuses.)
@@ -279,13 +288,6 @@ def test_a_refit_without_isoflop_profiles_drops_the_earlier_profiles_plot(runs_c
     report = fit_run_table(str(one_budget), str(out), bootstrap_samples=0, init_grid="coarse")
     assert isinstance(report["approach2"], str) or "skipped" in str(report["approach2"])
     assert "isoflop.png" not in report["plots"] and not (out / "isoflop.png").exists()
-
-
-def test_a_report_another_writes_leaves_no_fit_json(runs_csv, tmp_path):
-    """The sweep adds its sections and writes fit.json once, atomically; the intermediate report
-    used to be written to the same path first, so a kill in between left half a fit.json."""
-    report = fit_run_table(runs_csv, str(tmp_path), bootstrap_samples=0, init_grid="coarse", write_json=False)
-    assert not (tmp_path / "fit.json").exists() and (tmp_path / "law_contours.png").exists() and report["approach3"]
 
 
 def test_a_negative_seed_is_refused_before_fitting(runs_csv, tmp_path):

@@ -22,8 +22,12 @@ from tests.training.conftest import TINY_GPT, run_config, synthetic_batch
 
 
 def test_metrics_log_and_checkpoint_contents(tokenizers, tmp_path):
-    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=4, eval_every_steps=2)
-    config.checkpoint.every_steps = 2
+    """Also test_checkpoint_steps_are_evaluated_only_when_keep_best_ranks_them's keep_best 1 case
+    (one run for both: a call of train_and_evaluate costs ~2-3 s, its steps little): checkpoints
+    every 2 steps, evaluation every 100, and every checkpoint step is evaluated, since the
+    ranking needs it."""
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, eval_every_steps=100)
+    config.checkpoint.update(dict(every_steps=2, keep_best=1, keep_last=3))
     final = train_and_evaluate(config, str(tmp_path))
     records = read_metrics(tmp_path)
     init = records[0]
@@ -31,21 +35,23 @@ def test_metrics_log_and_checkpoint_contents(tokenizers, tmp_path):
     assert init["params_total"] == sum(x.size for x in jax.tree.leaves(_tiny_params()))
     assert init["train_flops_per_token"] > 6 * init["params_non_embedding"]
     steps = records[1:]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     for r in steps:
         assert {"loss", "grad_norm", "learning_rate", "accuracy"} <= set(r)
         assert np.isfinite(r["loss"]) and r["grad_norm"] > 0
     for r in steps[1:]:  # step 1 includes compilation and is not timed
         assert r["tokens_per_second"] > 0 and 0 < r["mfu"]
     evals = [r for r in steps if "eval_loss" in r]
-    assert [r["step"] for r in evals] == [2, 4]
+    assert [r["step"] for r in evals] == [2, 4, 6]
     assert evals[-1]["eval_perplexity"] == pytest.approx(np.exp(evals[-1]["eval_loss"]))
     assert final["eval_loss"] == evals[-1]["eval_loss"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / TENSORBOARD_DIR))
     checkpoints = Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig())
-    assert checkpoints.latest_step() == 4
-    assert set(os.listdir(tmp_path / "checkpoints" / "4")) >= {"state", "data", "config"}
+    assert checkpoints.latest_step() == 6
+    assert set(os.listdir(tmp_path / "checkpoints" / "6")) >= {"state", "data", "config"}
     assert checkpoints.restore_config()["model"]["preset"] == "gpt2-tiny"
+    assert sorted(Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(every_steps=2, keep_last=3,
+                                                                               keep_best=1)).all_steps()) == [2, 4, 6]
 
 
 def _tiny_params():
@@ -57,18 +63,18 @@ def _tiny_params():
         "causal_lm", "decoder"), batch, jax.random.PRNGKey(0))))
 
 
-@pytest.mark.parametrize("keep_best", [0, 1])
-def test_checkpoint_steps_are_evaluated_only_when_keep_best_ranks_them(keep_best, tokenizers, tmp_path):
+def test_checkpoint_steps_are_evaluated_only_when_keep_best_ranks_them(tokenizers, tmp_path):
     """Checkpoints every 2 steps, evaluation every 100: with keep_best 0 only the last step is
     evaluated (the scaling sweep scored every checkpoint on 800 batches for nothing); with
-    keep_best 1 every checkpoint step is, since the ranking needs it."""
+    keep_best 1 every checkpoint step is, since the ranking needs it (that run is
+    test_metrics_log_and_checkpoint_contents's)."""
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, eval_every_steps=100)
-    config.checkpoint.update(dict(every_steps=2, keep_best=keep_best, keep_last=3))
+    config.checkpoint.update(dict(every_steps=2, keep_best=0, keep_last=3))
     train_and_evaluate(config, str(tmp_path))
     evaluated = [r["step"] for r in read_metrics(tmp_path) if "eval_loss" in r]
-    assert evaluated == ([6] if keep_best == 0 else [2, 4, 6])
+    assert evaluated == [6]
     assert sorted(Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(every_steps=2, keep_last=3,
-                                                                               keep_best=keep_best)).all_steps()) == [2, 4, 6]
+                                                                               keep_best=0)).all_steps()) == [2, 4, 6]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -165,15 +171,23 @@ def test_parameters_that_are_not_finite_stop_their_model_before_a_save(tmp_path)
                                     "opt.learning_rate or raise warmup and rerun.")
 
 
-def _tiny_state(mesh):
-    model_config = get_config("gpt2-tiny", **TINY_GPT)
-    model = build_model(model_config)
-    objective = get_objective("causal_lm", "decoder")
+def _tiny_model():
+    model = build_model(get_config("gpt2-tiny", **TINY_GPT))
     optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10))
     batch = abstract_batch(synthetic_batch("decoder", 8, 16, 128))
-    state, _ = create_train_state(model, objective, optimizer, batch, mesh, DEFAULT_RULES, seed=3)
-    abstract, shardings = train_state_shardings(model, objective, optimizer, batch, mesh, DEFAULT_RULES)
-    return state, abstract, shardings
+    return model, get_objective("causal_lm", "decoder"), optimizer, batch
+
+
+def _tiny_state(mesh):
+    model, objective, optimizer, batch = _tiny_model()
+    return create_train_state(model, objective, optimizer, batch, mesh, DEFAULT_RULES, seed=3)[0]
+
+
+def _tiny_layout(mesh):
+    """The abstract state and its shardings on `mesh`: what a restore onto it needs (no state is
+    built there: its values come from the checkpoint)."""
+    model, objective, optimizer, batch = _tiny_model()
+    return train_state_shardings(model, objective, optimizer, batch, mesh, DEFAULT_RULES)
 
 
 def _data_iterator():
@@ -183,13 +197,13 @@ def _data_iterator():
 
 @pytest.mark.parametrize("shape", [(1, 8, 1), (2, 1, 4)])
 def test_restore_onto_a_different_mesh(shape, tmp_path):
-    state, _, _ = _tiny_state(partitioning.make_training_mesh((8, 1, 1)))
+    state = _tiny_state(partitioning.make_training_mesh((8, 1, 1)))
     data = _data_iterator()
     next(data), next(data)
     checkpoints = Checkpointer(str(tmp_path), CheckpointConfig())
     checkpoints.save(1, state, data, {"note": "test"}, {"eval_loss": 1.0})
     checkpoints.wait()
-    _, abstract, shardings = _tiny_state(partitioning.make_training_mesh(shape))
+    abstract, shardings = _tiny_layout(partitioning.make_training_mesh(shape))
     restored, data = checkpoints.restore(with_shardings(abstract, shardings), _data_iterator())
     assert next(data) == 2  # the data position came back too
     for got, want, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(state), jax.tree.leaves(shardings)):

@@ -70,45 +70,31 @@ def test_models_trained_together_equal_models_trained_alone(tokenizers, compilat
     assert timed and all(r["mfu"] == pytest.approx(2 * r["tokens_per_second"] * flops / peak) for r in timed)
 
 
-def test_a_diverging_model_is_named_and_the_others_finish(tokenizers, tmp_path):
-    base = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, steps_per_call=3)
-    base.opt.warmup_steps = 0
-    configs = [_member(base, **{"opt.learning_rate": 1e-3}), _member(base, **{"opt.learning_rate": 1e35}),
-               _member(base, **{"opt.learning_rate": 2e-3})]
-    workdirs = [str(tmp_path / str(i)) for i in range(3)]
-    results = train_together(configs, workdirs)
-    assert isinstance(results[1], TrainingDivergedError)
-    assert str(results[1]).startswith(f"model 1 ({workdirs[1]}): step ") and "not finite" in str(results[1])
-    bad_step = int(str(results[1]).split("step ")[1].split(":")[0])
-    assert [r["step"] for r in read_metrics(workdirs[1]) if "loss" in r] == list(range(1, bad_step))
-    assert not (tmp_path / "1" / "checkpoints" / "6").exists()
-    for i in (0, 2):
-        assert np.isfinite(results[i]["eval_loss"]) and (tmp_path / str(i) / "checkpoints" / "6").exists()
-        assert [r["step"] for r in read_metrics(workdirs[i]) if "loss" in r] == list(range(1, 7))
-    # Rerun: model 1 saved nothing, so the three cannot resume from a common step. One line, and
-    # the finished models' checkpoints and records are untouched (they once all restarted from 0).
-    before = {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()), read_metrics(workdirs[i]))
-              for i in (0, 2)}
-    with pytest.raises(CheckpointError, match=r"model\(s\) 1 \(.*, no checkpoint\) are behind the others \(saved up "
-                                              r"to step 6\)") as error:
-        train_together(configs, workdirs)
-    assert "\n" not in str(error.value)
-    assert before == {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()),
-                          read_metrics(workdirs[i])) for i in (0, 2)}
-
-
-def test_when_model_0_diverges_the_console_shows_a_model_still_training(tokenizers, tmp_path, monkeypatch, caplog):
+def test_a_diverging_model_is_named_the_others_finish_and_the_console_shows_one_still_training(
+        tokenizers, tmp_path, monkeypatch, caplog):
+    """Model 0 (the console's) diverges: it is named, the others finish, the console goes on with
+    model 1. One run for both checks (they were two tests, each training 3 models): a diverging
+    model other than the first is named, and its records end before its bad step, in
+    test_a_model_that_diverged_before_its_first_save_is_refused_on_rerun."""
     base = run_config("gpt_tiny", tokenizers["plain"], num_steps=6, steps_per_call=3)
     base.opt.warmup_steps = 0
     configs = [_member(base, **{"opt.learning_rate": 1e35}), _member(base, **{"opt.learning_rate": 1e-3}),
                _member(base, **{"opt.learning_rate": 2e-3})]
     workdirs = [str(tmp_path / str(i)) for i in range(3)]
     shown = []  # (step, loss) of every console line
-    monkeypatch.setattr(metrics_lib.ConsoleProgress, "report",
-                        lambda self, step, record, keep=False: shown.append((step, record["loss"])))
-    results = train_together(configs, workdirs)
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics_lib.ConsoleProgress, "report",
+                      lambda self, step, record, keep=False: shown.append((step, record["loss"])))
+        results = train_together(configs, workdirs)
+    assert isinstance(results[0], TrainingDivergedError)
+    assert str(results[0]).startswith(f"model 0 ({workdirs[0]}): step ") and "not finite" in str(results[0])
     bad_step = int(str(results[0]).split("step ")[1].split(":")[0])
     assert bad_step < 6
+    assert [r["step"] for r in read_metrics(workdirs[0]) if "loss" in r] == list(range(1, bad_step))
+    assert not (tmp_path / "0" / "checkpoints" / "6").exists()
+    for i in (1, 2):
+        assert np.isfinite(results[i]["eval_loss"]) and (tmp_path / str(i) / "checkpoints" / "6").exists()
+        assert [r["step"] for r in read_metrics(workdirs[i]) if "loss" in r] == list(range(1, 7))
     losses = {i: {r["step"]: r["loss"] for r in read_metrics(workdirs[i]) if "loss" in r} for i in (0, 1)}
     # Before: model 0's lines; from its divergence to the end: model 1's (it was silent after bad_step).
     assert [s for s, _ in shown if s < bad_step] == sorted(losses[0]) and all(
@@ -117,6 +103,16 @@ def test_when_model_0_diverges_the_console_shows_a_model_still_training(tokenize
     assert [s for s, _ in after] == [s for s in sorted(losses[1]) if s >= bad_step] and 6 in dict(after)
     assert all(loss == losses[1][s] for s, loss in after)
     assert f"the console now shows model 1 ({workdirs[1]})" in caplog.text
+    # Rerun: model 0 saved nothing, so the three cannot resume from a common step. One line, and
+    # the finished models' checkpoints and records are untouched (they once all restarted from 0).
+    before = {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()), read_metrics(workdirs[i]))
+              for i in (1, 2)}
+    with pytest.raises(CheckpointError, match=r"model\(s\) 0 \(.*, no checkpoint\) are behind the others \(saved up "
+                                              r"to step 6\)") as error:
+        train_together(configs, workdirs)
+    assert "\n" not in str(error.value)
+    assert before == {i: (sorted(p.name for p in (tmp_path / str(i) / "checkpoints").iterdir()),
+                          read_metrics(workdirs[i])) for i in (1, 2)}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -174,7 +170,11 @@ def test_a_model_that_diverged_before_its_first_save_is_refused_on_rerun(tokeniz
     workdirs = [str(tmp_path / str(i)) for i in range(2)]
     results = train_together(configs, workdirs)
     assert isinstance(results[1], TrainingDivergedError) and "No good checkpoint" in str(results[1])
+    # Named by its index and workdir (a model after the first: the test above has model 0 diverge).
+    assert str(results[1]).startswith(f"model 1 ({workdirs[1]}): step ") and "not finite" in str(results[1])
     bad_step = int(str(results[1]).split("step ")[1].split(":")[0])
+    assert [r["step"] for r in read_metrics(workdirs[1]) if "loss" in r] == list(range(1, bad_step))
+    assert [r["step"] for r in read_metrics(workdirs[0]) if "loss" in r] == list(range(1, 5))
     before = _saved(tmp_path / "0")
     assert before[0] == ["4"]
     with pytest.raises(CheckpointError, match=rf"model\(s\) 1 \(.*, no checkpoint: diverged at step {bad_step}\) "
@@ -334,13 +334,20 @@ def test_models_far_apart_are_refused_and_a_kill_between_saves_restarts(tokenize
     import logging
     import shutil
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=12, steps_per_call=4)
-    config.checkpoint.update(dict(keep_last=1, keep_best=0))
     config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
     one = tmp_path / "run" / "opt.learning_rate=0.002" / "checkpoints"
-    for stop in (4, 8):
-        config.train.stop_after_steps = stop
-        train_and_evaluate(config, str(tmp_path / "run"))
+    # Model 1's folder as keep_last 1 leaves it after its save of step 4, and of step 8: one run
+    # to step 8 keeping both, each copy less the other step (the checkpoint of a step is the same
+    # whatever is kept: a stop at 4, then at 8, cost a third run of ~2-3 s). Then keep_last 1
+    # from step 12 on, which drops steps 4 and 8 (checked below).
+    config.checkpoint.update(dict(keep_last=2, keep_best=0))
+    config.train.stop_after_steps = 8
+    train_and_evaluate(config, str(tmp_path / "run"))
+    assert sorted(p.name for p in one.iterdir() if p.name.isdigit()) == ["4", "8"]
+    for stop, other in ((4, "8"), (8, "4")):
         shutil.copytree(one, tmp_path / f"step{stop}")
+        shutil.rmtree(tmp_path / f"step{stop}" / other)
+    config.checkpoint.keep_last = 1
     config.train.stop_after_steps = 0
     train_and_evaluate(config, str(tmp_path / "run"))
     zero = tmp_path / "run" / "opt.learning_rate=0.001" / "checkpoints"

@@ -59,10 +59,10 @@ def _kill_running(processes: list) -> None:
             p.wait()
 
 
-def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
+def run_all(commands: list[tuple[list[str], dict[str, str]]], logs, timeout: float = TIMEOUT_S) -> None:
     """Run the commands concurrently, under one deadline; on any failure or timeout kill
     them all (a worker whose peer died would wait on the coordinator), so none stray."""
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + timeout
     paths = [logs / f"worker_{i}.log" for i in range(len(commands))]
     processes = []
     try:
@@ -76,7 +76,7 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], logs) -> None:
     finally:
         _kill_running(processes)
     for p, path in zip(processes, paths):
-        assert p.returncode == 0, f"{p.args} exited {p.returncode} (-9: killed after {TIMEOUT_S} s or a peer " \
+        assert p.returncode == 0, f"{p.args} exited {p.returncode} (-9: killed after {timeout} s or a peer " \
                                   f"failed):\n{path.read_text()[-4000:]}"
 
 
