@@ -262,7 +262,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 if stacked:
                     return create_stacked_train_state(model, objective, optimizer, batch_spec, mesh, rules, seeds,
                                                       state_shardings)
-                return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed)[0]
+                return create_train_state(model, objective, optimizer, batch_spec, mesh, rules, train.seed,
+                                          shardings)[0]
 
             state, sources = members_lib.restore_or_init(members, abstract, shardings, sources,
                                                          lambda: batches("train", train.seed), initial_state,

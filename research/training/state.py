@@ -38,16 +38,17 @@ def abstract_batch(batch: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def _initializer(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
-                 batch_spec: Mapping[str, jax.ShapeDtypeStruct], boxed: bool = False):
+                 batch_spec: Mapping[str, jax.ShapeDtypeStruct], with_boxed_params: bool = False):
+    """seed key -> TrainState; with_boxed_params: (the params with their logical-axis boxes, the state),
+    both from one trace of the model's init."""
     def init(seed_key: jax.Array):
         params_key, train_key = jax.random.split(seed_key)
         batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
-        params = init_params(model, objective, batch, params_key)
-        if boxed:
-            return params
-        params = meta.unbox(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                          rng=train_key)
+        boxed = init_params(model, objective, batch, params_key)
+        params = meta.unbox(boxed)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                           rng=train_key)
+        return (boxed, state) if with_boxed_params else state
     return init
 
 
@@ -55,10 +56,11 @@ def train_state_shardings(model: nn.Module, objective: Objective, optimizer: opt
                           batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh,
                           rules: Rules) -> tuple[TrainState, TrainState]:
     """(abstract state, its NamedShardings), computed without allocating anything."""
-    key = jax.random.PRNGKey(0)
+    # One trace for both (two eval_shapes traced the model's init twice: ~0.2 s each for a tiny
+    # model, paid by every run that starts).
     with sharding_context(mesh, rules):
-        boxed = jax.eval_shape(_initializer(model, objective, optimizer, batch_spec, boxed=True), key)
-        abstract = jax.eval_shape(_initializer(model, objective, optimizer, batch_spec), key)
+        boxed, abstract = jax.eval_shape(_initializer(model, objective, optimizer, batch_spec, with_boxed_params=True),
+                                         jax.random.PRNGKey(0))
     params = param_shardings(boxed, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = TrainState(step=replicated, params=params,
@@ -69,9 +71,11 @@ def train_state_shardings(model: nn.Module, objective: Objective, optimizer: opt
 
 def create_train_state(model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
                        batch_spec: Mapping[str, jax.ShapeDtypeStruct], mesh: Mesh, rules: Rules,
-                       seed: int) -> tuple[TrainState, TrainState]:
-    """A fresh state created already sharded, and its shardings."""
-    _, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
+                       seed: int, shardings: TrainState | None = None) -> tuple[TrainState, TrainState]:
+    """A fresh state created already sharded, and its shardings (`shardings`: train_state_shardings'
+    for these arguments, when the caller has them; computed here otherwise)."""
+    if shardings is None:
+        _, shardings = train_state_shardings(model, objective, optimizer, batch_spec, mesh, rules)
     init = jax.jit(_initializer(model, objective, optimizer, batch_spec), out_shardings=shardings)
     with sharding_context(mesh, rules):
         state = init(jax.random.PRNGKey(seed))
