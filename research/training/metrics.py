@@ -276,21 +276,25 @@ def model_size(config: ModelConfig, params: Any, target_len: int, source_len: in
 
 def measure_peak_flops(devices: Sequence[jax.Device] | None = None, *, size: int = 1024,
                        dtype: Any = jnp.float32, repeats: int = 5) -> float:
-    """Matmul FLOP/s of `devices` together (default: all): two chained [size, size] matmuls per
-    device, the best of `repeats` timed runs. A practical peak, below the data sheet's."""
+    """Matmul FLOP/s of `devices` together (default: all): chained [size, size] matmuls on each
+    device (two on CPU, four elsewhere), the best of `repeats` timed runs. A practical peak, below
+    the data sheet's."""
     devices = list(jax.devices() if devices is None else devices)
     mesh = Mesh(np.asarray(devices), ("devices",))
     sharding = NamedSharding(mesh, PartitionSpec("devices"))
     n = len(devices)
-    # One host-drawn matrix per operand, copied to every device: a matmul's speed does not depend
-    # on its values, and drawing n x size x size normals with jax.random took 0.5 s of the 2.9 s the
-    # measurement cost every training process on 8 fake CPU devices. Two chained products (four
-    # before) still leave dispatch negligible (~0.2 s per call there); the best of five calls gave
-    # the same peak as before, 1.79-1.84e11 FLOP/s against 1.77-1.82e11, alternating, in 1.4 s.
+    # One host-drawn matrix per operand, each device's shard built from it where it lives
+    # (make_array_from_callback: no cross-process check or gather, unlike a device_put of a host
+    # array onto a multi-process sharding): a matmul's speed does not depend on its values, and
+    # drawing n x size x size normals with jax.random took 0.5 s of the 2.9 s the measurement cost
+    # every training process on 8 fake CPU devices. On CPU two chained products per call (four
+    # before) leave dispatch negligible (~0.2 s a call there); the best of five calls gave the same
+    # peak as before, 1.79-1.84e11 FLOP/s against 1.77-1.82e11, alternating, in 1.4 s. Accelerators
+    # not in the data-sheet table keep four: a product takes microseconds there.
     rng = np.random.default_rng(0)
-    a, b = (jax.device_put(np.broadcast_to(rng.standard_normal((size, size)).astype(dtype), (n, size, size)),
-                           sharding) for _ in range(2))
-    chain = 2
+    a, b = (jax.make_array_from_callback((n, size, size), sharding, lambda index, m=m: m)
+            for m in (rng.standard_normal((1, size, size)).astype(dtype) for _ in range(2)))
+    chain = 2 if devices[0].platform == "cpu" else 4
 
     @jax.jit
     def matmuls(a, b):
