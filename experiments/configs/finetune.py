@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from research.finetune.checks import NO_GENERATION_PATHS
 from research.finetune.lora import DEFAULT_TARGETS
 from research.sharding_rules import DEFAULT_RULES
 
@@ -151,6 +152,13 @@ def get_config(arg: str = DEFAULT_PRESET) -> ml_collections.ConfigDict:
         config.opt.learning_rate = 3e-3
         config.opt.warmup_steps = 0
         config.opt.schedule = "constant"
+        # None: GRPO's evaluation scores the greedy completions of the first generation_prompts
+        # eval prompts and has no loss batches to count (a value is warned about, not used).
+        config.train.eval_batches = placeholder(int)
+    if config.path in NO_GENERATION_PATHS:
+        # None: nothing in these paths' evaluations generates text (a value is warned about, not used).
+        config.generation_tokens = placeholder(int)
+        config.generation_prompts = placeholder(int)
     if arg.endswith("_gpu"):
         # One accelerator host, from Hugging Face weights: --config.init=hf:/path/to/llama_folder.
         config.init = "hf:"

@@ -33,6 +33,11 @@ CHAT_PATHS = ("sft", "preference", "reward", "grpo")
 NO_Z_LOSS_PATHS = {"reward": "a scalar reward head's Bradley-Terry loss",
                    "classification": "a sequence classifier's cross-entropy over its labels",
                    "token_classification": "a per-token classifier's cross-entropy over its tags"}
+# Paths whose evaluation generates no text (a loss, a reward head's accuracy, a classifier's
+# labels): generation_tokens / generation_prompts were accepted there and ignored.
+NO_GENERATION_PATHS = {"reward": "a reward head's loss and accuracy on pairs",
+                       "classification": "a classifier's predicted labels",
+                       "token_classification": "a tagger's predicted tags", "domain": "the objective's loss and accuracy"}
 # The synthetic sets each path generates (data.synthetic): preference_data's rules, task_paths' sets.
 # A classifier or tagger ignored the value, so a typo trained on the sentiment data silently.
 _PREFERENCE_RULES = SyntheticRule.__args__
@@ -77,14 +82,19 @@ def check_config(config: Mapping[str, Any]) -> None:
                               f"(e.g. --config.data.{key}=128), or give data.{split}_file.")
     check_synthetic(path, data)
     tokens, prompts = config.get("generation_tokens", 16), config.get("generation_prompts", 32)
+    if path in NO_GENERATION_PATHS:
+        warn_unread_settings(path, config)
+    else:
+        if path == "grpo":
+            check_grpo_generation_tokens(tokens, config_section(config, "grpo"))
+        elif tokens is None or int(tokens) <= 0:  # None: a grpo or classifier preset's, run on another path
+            raise ConfigError(f"generation_tokens={tokens} must be positive: it is how many tokens each evaluation "
+                              "completion may have (e.g. --config.generation_tokens=16).")
+        if prompts is None or int(prompts) < 0:
+            raise ConfigError(f"generation_prompts={prompts} must be >= 0: how many evaluation prompts are "
+                              "completed (0 = none; e.g. --config.generation_prompts=32).")
     if path == "grpo":
-        check_grpo_generation_tokens(tokens, config_section(config, "grpo"))
-    elif tokens is None or int(tokens) <= 0:  # None: a grpo preset's, run on another path
-        raise ConfigError(f"generation_tokens={tokens} must be positive: it is how many tokens each evaluation "
-                          "completion may have (e.g. --config.generation_tokens=16).")
-    if int(prompts) < 0:
-        raise ConfigError(f"generation_prompts={prompts} must be >= 0: how many evaluation prompts are completed "
-                          "(0 = none).")
+        warn_unread_settings(path, config)
     from research.data.chat_templates import CHAT_TEMPLATES
     if data.get("chat_template", "plain") not in CHAT_TEMPLATES:
         raise ConfigError(f"data.chat_template={data['chat_template']!r} is not one of {sorted(CHAT_TEMPLATES)} "
@@ -155,6 +165,25 @@ def check_synthetic(path: Any, data: Mapping[str, Any]) -> None:
         raise ConfigError(f"data.num_eval={num_eval}: the synthetic {rule!r} set holds {capacity} prompts apart from "
                           f"its training prompts; set --config.data.num_eval={capacity} or less, or give "
                           "data.eval_file.")
+
+
+def warn_unread_settings(path: Any, config: Mapping[str, Any]) -> None:
+    """One warning per setting that `path` never reads: generation_* where nothing generates,
+    train.eval_batches on GRPO (its evaluation completes prompts; it has no loss batches). Their
+    presets leave them None. Warned, not refused: harmless, and a script that sets them for every
+    preset (as the tests' tiny_config does) should not fail on the paths that do not read them."""
+    if path in NO_GENERATION_PATHS:
+        for key in ("generation_tokens", "generation_prompts"):
+            if config.get(key) is not None:
+                log.warning("%s=%s has no effect on path=%r: its evaluation generates no text (it scores %s); "
+                            "drop --config.%s.", key, config[key], path, NO_GENERATION_PATHS[path], key)
+    if path == "grpo":
+        eval_batches = config_section(config, "train").get("eval_batches")
+        if eval_batches is not None:
+            log.warning("train.eval_batches=%s has no effect on path='grpo': its evaluation scores the greedy "
+                        "completions of the first %s eval prompts (generation_prompts, at least 1) and has no loss "
+                        "batches; set --config.generation_prompts instead.", eval_batches,
+                        max(int(config.get("generation_prompts", 32) or 0), 1))  # as grpo.py
 
 
 def check_grpo_generation_tokens(tokens: Any, grpo: Mapping[str, Any]) -> None:

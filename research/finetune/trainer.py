@@ -116,7 +116,9 @@ def _without_dropout(loss_fn: Callable) -> Callable:
 def loop_configs(config: Any) -> tuple[TrainConfig, OptimizerConfig, CheckpointConfig]:
     """config.train / opt / checkpoint as the pretraining loop's configs, whose own checks refuse a
     bad value in one line; checks.check_config builds them before the claim and any loading."""
-    train = TrainConfig(**_sub(config.get("train") or {}))
+    # eval_batches None: GRPO's presets (its evaluation counts prompts, not batches; checks.py).
+    train = TrainConfig(**{k: v for k, v in _sub(config.get("train") or {}).items()
+                           if not (k == "eval_batches" and v is None)})
     return (train, OptimizerConfig(total_steps=train.num_steps, **_sub(config.get("opt") or {})),
             CheckpointConfig(**_sub(config.get("checkpoint") or {})))
 

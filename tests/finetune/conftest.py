@@ -12,11 +12,15 @@ TINY_MODEL = dict(num_layers=1, d_model=32)
 def tiny_config(preset, num_steps=8, **train):
     config = get_config(preset)
     config.model.update(TINY_MODEL)
-    config.train.update(dict(num_steps=num_steps, batch_size=8, seq_len=48, eval_batches=2, log_every_steps=1,
+    # eval_batches and generation_prompts only where the preset reads them (None: GRPO's
+    # eval_batches, the classifiers' generation_*; a value there is warned about).
+    train = dict(dict(eval_batches=2) if config.train.eval_batches is not None else {}, **train)
+    config.train.update(dict(num_steps=num_steps, batch_size=8, seq_len=48, log_every_steps=1,
                              eval_every_steps=num_steps, **train))
     config.checkpoint.every_steps = num_steps
     # The presets' warmup within the few steps: check_config refuses a warmup past num_steps.
     config.opt.warmup_steps = min(config.opt.warmup_steps, num_steps)
     config.data.update(dict(num_train=256, num_eval=32))
-    config.generation_prompts = 0
+    if config.generation_prompts is not None:
+        config.generation_prompts = 0
     return config

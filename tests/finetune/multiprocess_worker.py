@@ -45,7 +45,8 @@ def base_config(preset: str, *flags: str):
     options = dict(f[2:].split("=", 1) for f in flags)
     config = tiny_config(preset, num_steps=3, stop_after_steps=int(options.get("stop_after_steps", 0)))
     config.opt.warmup_steps = 1
-    config.generation_prompts = int(options.get("generation_prompts", 0))
+    if config.generation_prompts is not None:  # None: a path that generates nothing
+        config.generation_prompts = int(options.get("generation_prompts", 0))
     config.mesh.shape = (jax.device_count(), 1, 1)
     return config
 

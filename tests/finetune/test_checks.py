@@ -279,3 +279,40 @@ def test_a_chat_template_on_a_path_that_reads_plain_text_is_one_warning(preset, 
     assert [r.getMessage() for r in caplog.records] == [
         f"data.chat_template='chatml' has no effect on path='{path}': only sft, preference, reward, grpo render chat "
         "records; the records are read as plain text."]
+
+
+@pytest.mark.parametrize("preset, setting, value, message", [
+    ("classify_tiny", "generation_tokens", 16,
+     "generation_tokens=16 has no effect on path='classification': its evaluation generates no text (it scores a "
+     "classifier's predicted labels); drop --config.generation_tokens."),
+    ("tag_tiny", "generation_prompts", 4,
+     "generation_prompts=4 has no effect on path='token_classification': its evaluation generates no text (it "
+     "scores a tagger's predicted tags); drop --config.generation_prompts."),
+    ("reward_tiny", "generation_prompts", 0,
+     "generation_prompts=0 has no effect on path='reward': its evaluation generates no text (it scores a reward "
+     "head's loss and accuracy on pairs); drop --config.generation_prompts."),
+    ("grpo_tiny", "train.eval_batches", 4,
+     "train.eval_batches=4 has no effect on path='grpo': its evaluation scores the greedy completions of the first "
+     "1 eval prompts (generation_prompts, at least 1) and has no loss batches; set --config.generation_prompts "
+     "instead."),
+])
+def test_a_setting_the_path_never_reads_is_one_warning(preset, setting, value, message, caplog):
+    """These were accepted and ignored without a word: nothing in a classifier's, tagger's or reward
+    model's evaluation generates, and GRPO's evaluation counts prompts, not batches. The presets
+    leave them None (no warning); a value is warned about, not refused, so a script that sets them
+    for every preset still runs."""
+    import logging
+
+    from research.finetune.checks import check_config
+    from research.finetune.trainer import loop_configs
+    config = tiny_config(preset)
+    section, _, field = setting.rpartition(".")
+    owner = config[section] if section else config
+    assert owner[field] is None
+    with caplog.at_level(logging.WARNING, logger="research.finetune.checks"):
+        check_config(config)  # the preset as it is: no warning
+        assert caplog.records == []
+        owner[field] = value
+        check_config(config)
+    assert [r.getMessage() for r in caplog.records] == [message]
+    assert loop_configs(config)[0].eval_batches == (value if setting == "train.eval_batches" else 2)
