@@ -34,6 +34,10 @@ from research.scaling.lbfgs import minimize_batched
 from research.scaling.run_table import RunTable, RunTableError
 
 NUM_PARAMETERS = 3  # E, X_c, alpha
+# More points than parameters, as Approach 3 (chinchilla_fit.MIN_DESIGN_POINTS): on 3 points the
+# law interpolates them exactly (objective ~1e-25), so its parameters carry all the noise and
+# nothing measures the misfit. A 3-budget sweep's L(C) was reported as a fit.
+MIN_POINTS = NUM_PARAMETERS + 1
 # Starts that have not converged by then drift along a degenerate valley (alpha -> 0 with
 # X_c -> inf, where the power law merges into E) and never hold the best objective.
 MAX_EVALUATIONS = 1000
@@ -51,8 +55,19 @@ class KaplanFit:
     loss: np.ndarray
     objective: float
 
+    def problem(self) -> str | None:
+        """Why the fitted law is not a scaling law, or None: with alpha <= 0 its loss does not fall
+        as X grows (seen on one IsoFLOP budget's runs, where a larger N trained on fewer tokens)."""
+        if self.law.alpha > 0:
+            return None
+        return (f"alpha={self.law.alpha:.3g} <= 0: the fitted loss does not fall as {self.variable} grows over these "
+                f"{self.X.size} points, so this is no scaling law in {self.variable}; fit more runs (more budgets, "
+                "sizes trained closer to convergence)")
+
     def as_dict(self) -> dict:
-        return {**self.law.as_dict(), "num_points": int(self.X.size), "objective": self.objective}
+        problem = self.problem()
+        return {**self.law.as_dict(), "num_points": int(self.X.size), "objective": self.objective,
+                **({"problem": problem} if problem else {})}
 
 
 def fit_saturating_power_law(X, loss, *, variable: str = "X", grid=KAPLAN_GRID,
@@ -97,9 +112,10 @@ def _fit_laws(points: dict[str, tuple], grid, max_evaluations: int) -> dict[str,
 
 def _check(variable: str, X, loss) -> tuple[np.ndarray, np.ndarray]:
     X, loss = np.asarray(X, np.float64), np.asarray(loss, np.float64)
-    if X.size < NUM_PARAMETERS:
-        raise RunTableError(f"L({variable}) has {NUM_PARAMETERS} parameters but only {X.size} point(s); "
-                            f"runs need >= {NUM_PARAMETERS} distinct values of {variable}.")
+    if X.size < MIN_POINTS:
+        raise RunTableError(f"L({variable}) has {NUM_PARAMETERS} parameters but only {X.size} point(s) (on "
+                            f"{NUM_PARAMETERS} it interpolates them exactly); runs need >= {MIN_POINTS} distinct "
+                            f"values of {variable}.")
     if np.any(X <= 0) or np.any(loss <= 0):
         raise RunTableError(f"L({variable}) needs positive {variable} and loss; got min {variable}={X.min():g}, "
                             f"min loss={loss.min():g}.")

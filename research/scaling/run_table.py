@@ -179,6 +179,8 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
             if not (math.isfinite(v) and v > 0):
                 raise RunTableError(f"{path}:{line}: {c}={row[c]!r} must be a positive number; "
                                     "fix it or mark the row failed (status != ok).")
+        if "C" in values:
+            _check_budget_units(path, line, row["C"], values)
         kept.append((values, (row.get("run") or "").strip(), (row.get("seed") or "").strip()))
     if not kept:
         # Rows a sweep's early-plateau rule marked finished fine: say so, and how to fit them anyway.
@@ -197,6 +199,23 @@ def read_runs_csv(path: str, accounting: str = "nominal") -> RunTable:
                     run=np.array([r for _, r, _ in kept]) if has_run else None,
                     budget=column("C") if has_budget else None, flops=column("C_exact") if exact else None,
                     seed=np.array(seeds) if "seed" in columns and all(seeds) else None, excluded=tuple(excluded))
+
+
+# How far a row's C (its nominal budget label) may lie from its 6 N D. A sweep's runs sit within a
+# few percent of their budget (N and D rounded to whole layers and steps), and a table whose N
+# counts embeddings that C did not within a few-fold; C in PF-days (Kaplan et al. 2020's unit,
+# 8.64e19 FLOPs) is 1e-20 of it. Such a C was accepted: Approaches 1 and 2 then placed every
+# optimum at absurd sizes (D_opt = 2e-11 tokens) while the printed exponents looked normal.
+BUDGET_RATIO_BOUNDS = (0.1, 10.0)
+
+
+def _check_budget_units(path: str, line: int, text: str, values: dict[str, float]) -> None:
+    nominal = FLOPS_PER_PARAM_TOKEN * values["N"] * values["D"]
+    ratio = values["C"] / nominal
+    if not BUDGET_RATIO_BOUNDS[0] <= ratio <= BUDGET_RATIO_BOUNDS[1]:
+        raise RunTableError(f"{path}:{line}: C={text.strip()!r} is {ratio:.3g} x 6*N*D = {nominal:.4g}; C must be the "
+                            "run's budget in FLOPs, near 6 N D (PF-days x 8.64e19), or drop the C column to group "
+                            "runs by 6 N D.")
 
 
 def _number(path: str, line: int, column: str, text: str | None) -> float:

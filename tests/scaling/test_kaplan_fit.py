@@ -34,12 +34,30 @@ def test_fits_from_a_run_table():
     # The irreducible term absorbs B/D^beta at D = 1e15.
     assert law_N.E == pytest.approx(TRUE_LAW.E + TRUE_LAW.B / 1e15**TRUE_LAW.beta, rel=0.01)
     assert isinstance(fits["D"], str) and "only 2 point" in fits["D"]  # two token counts: no L(D)
-    assert fits["C"].X.size >= 3
+    assert fits["C"].X.size >= 4
 
 
-def test_too_few_points():
-    with pytest.raises(RunTableError, match=r"L\(D\) has 3 parameters but only 2 point"):
-        fit_saturating_power_law([1e9, 1e10], [3.0, 2.5], variable="D")
+@pytest.mark.parametrize("points", [2, 3])
+def test_too_few_points(points):
+    # On 3 points the 3-parameter law interpolated them exactly (objective ~1e-25), reported as a fit.
+    X = np.geomspace(1e9, 1e11, points)
+    with pytest.raises(RunTableError, match=rf"^L\(D\) has 3 parameters but only {points} point\(s\) \(on 3 it "
+                                            r"interpolates them exactly\); runs need >= 4 distinct values of D\.$"):
+        fit_saturating_power_law(X, 1.9 + (5e8 / X) ** 0.28, variable="D")
+    law = fit_saturating_power_law(np.geomspace(1e9, 1e11, 4), 1.9 + (5e8 / np.geomspace(1e9, 1e11, 4)) ** 0.28)
+    assert law.X.size == 4 and "problem" not in law.as_dict()
+
+
+def test_a_law_whose_loss_rises_with_X_says_so():
+    # One IsoFLOP budget: the larger models, on fewer tokens, do worse, so L(N) rises with N.
+    from research.scaling import isoflop_runs
+    C, N, D = isoflop_runs(np.array([1e19]), 6, 1e9, 1e11)
+    fits = fit_kaplan_laws(RunTable(N, D, TRUE_LAW.loss(N, D), budget=C))
+    law_N = fits["N"]
+    assert law_N.law.alpha < 0
+    assert law_N.as_dict()["problem"] == (
+        f"alpha={law_N.law.alpha:.3g} <= 0: the fitted loss does not fall as N grows over these 6 points, so this is "
+        "no scaling law in N; fit more runs (more budgets, sizes trained closer to convergence)")
 
 
 def test_L_of_D_uses_only_data_limited_runs():

@@ -48,6 +48,11 @@ def test_optional_columns_absent(tmp_path):
     ("N,D,loss,status\n1e8,2e9,3.1,plateau\n1e8,3e9,3.0,plateau\n1e8,2e9,3.1,failed\n",
      r"no finished runs \(1 row\(s\) failed or diverged, 2 row\(s\) on the early plateau \(status 'plateau'; "
      r"rerun the sweep with --config.fit.plateau_rule=False to fit them\)\)"),
+    # C in PF-days (1.2e18 FLOPs = 1.39e-2 PF-days): Approaches 1 and 2 put D_opt at 2e-11 tokens.
+    ("N,D,loss,C\n1e8,2e9,3.1,1.2e18\n1e8,4e9,3.0,0.0278\n",
+     r"/runs.csv:3: C='0.0278' is 1.16e-20 x 6\*N\*D = 2.4e\+18; C must be the run's budget in FLOPs, near 6 N D "
+     r"\(PF-days x 8.64e19\), or drop the C column to group runs by 6 N D\.$"),
+    ("N,D,loss,C\n1e8,2e9,3.1,1.3e19\n", r"/runs.csv:2: C='1.3e19' is 10.8 x 6\*N\*D"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, text, message):
     with pytest.raises(RunTableError, match=message) as error:
