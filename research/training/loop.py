@@ -367,7 +367,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             # [issue-13b] console: bar on a terminal, plain lines in a log.
             with metrics_lib.ConsoleProgress(train.num_steps, start_step, z_loss_weight=train.z_loss,
                                              enabled=train.progress_bar and jax.process_index() == 0) as progress:
-                step, pending = start_step, None
+                step, pending, unevaluated_stop = start_step, None, False
                 for block in prefetcher:
                     first, step = step + 1, step + block.num_steps
                     state, block_metrics = train_block(state, block.batches, np.int32(block.num_steps), *extra_args)
@@ -418,13 +418,18 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                     save_model(m, step, state, block, metrics.get(BEST_METRIC, float("inf")))
                         if signalled:
                             raise members_lib.interrupted(members, guard.signal_name, step)
+                        unevaluated_stop = not evaluate
                 if pending is not None:
                     record(*pending, hold=None)
-                # Nothing left (a finished run rerun, or stop_after_steps at or below the restored step).
-                if end_step <= start_step and not any("eval_loss" in m.last for m in members):
-                    for m, metrics in zip(members, run_eval(state.params)):  # nothing left: report the restored model
-                        # with the train metrics its run recorded, the keys a run that trained returns
-                        m.last.update({**metrics_lib.last_train_metrics(m.workdir, start_step), **metrics})
+                # Nothing left (a finished run rerun, or stop_after_steps at or below the restored step), or
+                # stop_after_steps at a step not evaluated: report the model at `step` with the train metrics
+                # its run recorded, as a rerun of the command does (not the stop step's unrecorded losses
+                # beside an older step's evaluation: the two sessions reported different numbers).
+                if unevaluated_stop or (end_step <= start_step and not any("eval_loss" in m.last for m in members)):
+                    for m, metrics in zip(members, run_eval(state.params)):
+                        if m.error is None:
+                            m.last.clear()
+                            m.last.update({**metrics_lib.last_train_metrics(m.workdir, step), **metrics})
     except (ConfigError, data_lib.DataError, KeyboardInterrupt, preemption.Interrupted):
         if not saved and jax.process_index() == 0:  # the process that recorded the claims
             withdrawn = workdir_lib.unclaim(claimed)  # only those with no checkpoint: a resumed run keeps its own

@@ -23,10 +23,21 @@ def _assert_same_report(rerun, first):
             assert rerun[key] == first[key], key
 
 
-@pytest.mark.parametrize("stop_after_steps", [0, 4])
-def test_a_rerun_with_nothing_to_train_returns_the_last_train_metrics(stop_after_steps, tokenizers,
-                                                                      compilation_cache, tmp_path):
-    config = run_config("gpt_tiny", tokenizers["plain"], stop_after_steps=stop_after_steps)
+@pytest.mark.parametrize("train", [
+    dict(stop_after_steps=0), dict(stop_after_steps=4),  # the end; a step evaluated, saved and logged
+    # Off the log and eval grids (log every 10, eval every 3): the first session returned step 7's
+    # unrecorded losses beside step 6's evaluation, its rerun step 6's recorded ones and step 7's
+    # evaluation; at a checkpoint step (8) not evaluated (keep_best=0), step 6's evaluation beside
+    # step 8's losses.
+    dict(stop_after_steps=7, num_steps=13, log_every_steps=10, eval_every_steps=3),
+    dict(stop_after_steps=8, num_steps=13, log_every_steps=10, eval_every_steps=3, keep_best=0),
+], ids=["end", "eval step", "off grid", "save step"])
+def test_a_rerun_with_nothing_to_train_returns_the_last_train_metrics(train, tokenizers, compilation_cache, tmp_path):
+    train = dict(train)
+    keep_best = train.pop("keep_best", None)
+    config = run_config("gpt_tiny", tokenizers["plain"], **train)
+    if keep_best is not None:
+        config.checkpoint.keep_best = keep_best
     first = train_and_evaluate(config, str(tmp_path))
     assert "loss" in first and "eval_loss" in first
     _assert_same_report(train_and_evaluate(copy.deepcopy(config), str(tmp_path)), first)
