@@ -222,6 +222,8 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 before = run_eval()
                 writer.write(0, {"params_trainable": trainable, "params_total": total, **before})
                 last.update({f"before_{k}": v for k, v in before.items()})
+            else:  # a resumed run returns the step-0 evaluation too, as its first session recorded it
+                last.update(_recorded_before(workdir))
             end_step = min(train.num_steps, train.stop_after_steps or train.num_steps)
             if start_step == train.num_steps:  # a rerun of a finished run: only its evaluation follows
                 log.warning("%s", workdir_lib.already_finished([workdir], start_step))
@@ -229,6 +231,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 log.warning("train.stop_after_steps=%d: --workdir=%s already saved step %d, so this session trains "
                             "nothing and reports the restored model; give a later step, or 0 to train to "
                             "train.num_steps=%d.", train.stop_after_steps, workdir, start_step, train.num_steps)
+            evaluated = None  # the last step evaluated in this session
             guard = preemption.Guard().install()  # until the steps end (or the finally below)
             if start_step < end_step and guard.should_stop(start_step):  # a stop during the setup
                 raise preemption.Interrupted(guard.signal_name, start_step, saved=False)
@@ -262,6 +265,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     record.update(eval_metrics)
                     last.update(eval_metrics)
                     best = {BEST_METRIC: eval_metrics[BEST_METRIC]}
+                    evaluated = step
                 if regular_save or step == end_step:
                     checkpointer.save(step, _checkpoint_view(state, lora), train_iter, saved_config, best)
                 if record:
@@ -279,9 +283,14 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
             guard.uninstall()
             if stop and start_step < end_step:
                 raise preemption.Interrupted(stop, end_step, checkpointer.directory)
-            # Nothing left to train (a finished run rerun, or stop_after_steps at or below the restored step).
-            if end_step <= start_step and "eval_loss" not in last:
-                last.update(run_eval())
+            # Nothing left to train (a finished run rerun, or stop_after_steps at or below the restored step),
+            # or stop_after_steps at a step not evaluated: the model at that step, evaluated, with the train
+            # metrics its run recorded, in both sessions (the first returned the stop step's unrecorded
+            # losses beside an older evaluation; a rerun returned the evaluation alone, no 'loss').
+            if evaluated != end_step:
+                evaluation = run_eval()  # first: on several processes, past process 0's last record
+                last = {**{k: v for k, v in last.items() if k.startswith("before_")},
+                        **metrics_lib.last_train_metrics(workdir, max(start_step, end_step)), **evaluation}
             if config.get("export_dir"):
                 _export(job, merge(state.params), config)
     finally:
@@ -290,6 +299,15 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
         with preemption.stops_held():  # a stop now waits for the last save to commit, then stops
             checkpointer.close()
     return last
+
+
+def _recorded_before(workdir: str) -> dict[str, float]:
+    """before_* of metrics.jsonl's step-0 record (the evaluation before training); {} without one
+    (no file on this process)."""
+    path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+    records = metrics_lib.read_metrics(workdir) if os.path.exists(path) else []
+    first = next((r for r in records if r.get("step") == 0), {})
+    return {f"before_{k}": v for k, v in first.items() if k not in ("step", "params_trainable", "params_total")}
 
 
 def _check_same_batch_on_every_process(batch: Batch, step: int) -> None:
