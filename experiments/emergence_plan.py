@@ -242,7 +242,8 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
 
 def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before any work: a size already trained in `workdir` was trained as this config asks
-    (model, optimizer and every learning rate, seed, batch and sequence sizes, num_steps), else
+    (model, optimizer and every learning rate, seed, batch and sequence sizes, num_steps, z_loss,
+    dropout, compute dtype), else
     a finished run would be reported under the new settings without being retrained.
     The data is checked by prepare_data."""
     from experiments.emergence import train_config
@@ -299,8 +300,9 @@ def recorded_study(workdir: str, sizes: list[str]) -> tuple[dict[str, Any], dict
 
 
 def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
-    """What decides a size's trained weights, flattened: the workdir fingerprint (model, seed,
-    sequence length) without the data (prepare_data checks it), every optimizer number and the batch size."""
+    """What decides a size's trained weights and its evaluations, flattened: the workdir fingerprint
+    (model, seed, sequence length) without the data (prepare_data checks it), every optimizer number,
+    the batch size, num_steps, z_loss, dropout and the compute dtype."""
     from research.training import workdir as workdir_lib
 
     identity = {k: v for k, v in workdir_lib.run_fingerprint({**run, "data": {}}).items()
@@ -310,6 +312,11 @@ def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
     # The schedule's length: a finished size continued to a larger num_steps would follow a
     # stretched schedule (its learning rate rising again), a run no fresh one equals.
     identity["train.num_steps"] = dict(run.get("train", {})).get("num_steps")
+    # Free on a pretraining resume (warned there), not in a study: they change the trained weights
+    # (z_loss, dropout) or the evaluations (the compute dtype), and a finished size rerun with
+    # another value was reported under it without being retrained.
+    identity["train.z_loss"] = dict(run.get("train", {})).get("z_loss")
+    identity.update({f"model.{k}": dict(run.get("model", {})).get(k) for k in ("dropout_rate", "dtype")})
     return identity
 
 
