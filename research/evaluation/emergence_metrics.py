@@ -72,10 +72,14 @@ same items):
     rises and falls back ([0.002, 0.001, 0.615, 0.966, 0.003], 1000 items: a 0.965 rise judged
     noise), and on sparse flat curves it raised false alarms (16 x 400 at rate 0.01: 3.0-3.5%);
   - a floor on each squared step of L's and B's denominators: its bootstrap variance, and
-    never below (1 / items)^2, the resolution of a score that is a mean over items. Steps far
-    above their noise are unchanged, so real curves get the paper's values; a flat-then-tiny
-    curve gets a finite B that grows with the size of its jump (10 for [0,0,0,0,0.01] against
-    1000 for [0,0,0,0,1] at 1000 items) instead of +inf for both.
+    never below the square of the resolution of a mean over items (`mean_resolution`: the item
+    scores' grid spacing over the item count, 1 / items for 0/1 scores). Steps far above their
+    noise are unchanged, so real curves get the paper's values; a flat-then-tiny curve gets a
+    finite B that grows with the size of its jump (10 for [0,0,0,0,0.01] against 1000 for
+    [0,0,0,0,1] at 1000 items) instead of +inf for both. The floor was (1 / items)^2 for every
+    metric: on a continuous one (a probability, a log-probability) it depended on the units,
+    and steps 20x their noise of 6e-4 each got L = 2.4 instead of the paper's 4.0 (4.0 again in
+    percent).
 
 The in-context-learning score is that of Olsson et al. 2022, "In-context Learning and
 Induction Heads": the loss at the 500th token of a context minus the loss at the 50th,
@@ -145,6 +149,15 @@ def _shape(y_BM: np.ndarray, floor_M1: np.ndarray | None) -> tuple[np.ndarray, n
     return improvement_B, L_B, B_B
 
 
+def mean_resolution(scores: np.ndarray) -> float:
+    """The smallest nonzero difference a mean over the last axis's items can show: the spacing of
+    the item scores' grid over the item count (1 / items for 0/1 scores, for integer edit
+    distances, 1 / (L items) for fractions of L tokens; near 0 for continuous scores)."""
+    values = np.unique(np.asarray(scores, np.float64))
+    spacing = float(np.diff(values).min()) if values.size > 1 else 1.0
+    return spacing / np.shape(scores)[-1]
+
+
 def curve_shape_with_noise(scales: Sequence[float], item_scores: Sequence[Sequence[float]], *,
                            samples: int = 1000, confidence: float = 0.8, seed: int = 0) -> dict:
     """I, L, B of the curve of per-model means of `item_scores` (models x items, same items for
@@ -164,7 +177,7 @@ def curve_shape_with_noise(scales: Sequence[float], item_scores: Sequence[Sequen
     y_BM = scores_MI[:, index_BI].mean(axis=2).T  # (samples, models): paired resamples
     y_M = scores_MI.mean(axis=1)
     step_var_S = np.var(np.diff(y_BM, axis=1), axis=0)
-    floor_S = np.maximum(step_var_S, (1.0 / n) ** 2)
+    floor_S = np.maximum(step_var_S, mean_resolution(scores_MI) ** 2)
     I, L, B = (v[0] for v in _shape(y_M[None], floor_S))
     boot_I, boot_L, boot_B = _shape(y_BM, floor_S)
     tail = 50.0 * (1.0 - confidence)

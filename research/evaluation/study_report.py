@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from research.evaluation.emergence_metrics import breakthroughness, linearity, total_improvement
+from research.evaluation.emergence_metrics import breakthroughness, linearity, mean_resolution, total_improvement
 from research.models.config import ConfigError
 
 LOWER_IS_BETTER = frozenset({"token_edit_distance", "brier_score", "token_perplexity", "word_perplexity",
@@ -305,7 +305,7 @@ def transition_shapes(rows: Sequence[dict[str, Any]], task: str, metrics: Sequen
             index_BI = rng.integers(0, scores_MI.shape[1], size=(samples, scores_MI.shape[1]))
             boot_step = scores_MI[k + 1, index_BI].mean(axis=1) - scores_MI[k, index_BI].mean(axis=1)
             step_se = float(np.std(boot_step))
-            typical = float(np.sqrt(np.median(np.maximum(steps**2, (1.0 / scores_MI.shape[1]) ** 2))))
+            typical = float(np.sqrt(np.median(np.maximum(steps**2, mean_resolution(scores_MI) ** 2))))
             jump_ratio = float(steps[k]) / typical
             jump = bool(shape["above_noise"] and steps[k] > NOISE_Z * step_se and jump_ratio > JUMP_RATIO)
             out.append({"task": task, "size": size, "num_shots": shots,

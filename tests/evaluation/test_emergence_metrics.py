@@ -7,7 +7,8 @@ import pytest
 
 from research.evaluation import metrics as M
 from research.evaluation.emergence_metrics import (bootstrap_mean_interval, breakthroughness,
-                                                   curve_shape_with_noise, linearity, total_improvement)
+                                                   curve_shape_with_noise, linearity, mean_resolution,
+                                                   total_improvement)
 from research.evaluation.study_report import mirage_table
 
 SCALES = [1e4, 3e4, 1e5, 3e5, 1e6]
@@ -53,6 +54,26 @@ def test_noise_rule_separates_a_tiny_jump_from_a_real_one():
     assert smooth["linearity"] == pytest.approx(4.0) and smooth["breakthroughness"] == pytest.approx(4.0)
     low, high = smooth["value_intervals"][2]
     assert low < 0.5 < high and high - low < 0.05
+
+
+def test_a_continuous_metric_gets_the_paper_values_in_any_units():
+    # Item scores of a probability rising 6e-4 per model, paired item noise well below the steps:
+    # the (1 / items)^2 floor of 0/1 scores (1e-6 here, above 6e-4^2) drew L down to 2.4, and the
+    # same curve in percent got the paper's 4.0.
+    rng = np.random.default_rng(0)
+    base = 0.01 + rng.normal(0, 1e-4, 1000)
+    scores = np.array([base + 6e-4 * i + rng.normal(0, 1e-5, 1000) for i in range(5)])
+    shape = curve_shape_with_noise(SCALES, scores)
+    percent = curve_shape_with_noise(SCALES, 100 * scores)
+    assert shape["above_noise"]
+    assert shape["linearity"] == pytest.approx(shape["paper_linearity"], rel=1e-3)
+    assert shape["linearity"] == pytest.approx(percent["linearity"], rel=1e-9)
+    assert shape["breakthroughness"] == pytest.approx(percent["breakthroughness"], rel=1e-9)
+    # The resolution of a mean over items: 1 / items for 0/1 scores and whole numbers, the grid
+    # over the items for fractions of 4 tokens.
+    assert mean_resolution(np.array([[0.0, 1.0, 1.0, 0.0]])) == 0.25
+    assert mean_resolution(np.array([[3.0, 0.0], [1.0, 2.0]])) == 0.5
+    assert mean_resolution(np.array([[0.25, 0.75, 1.0, 0.5]])) == pytest.approx(0.0625)
 
 
 def test_noise_rule_sees_a_rise_that_falls_back_and_no_flat_noise():
