@@ -253,7 +253,7 @@ def transition_table(rows: Sequence[dict[str, Any]], task: str, metrics: Sequenc
 
 
 # A jump along training: the largest rise between consecutive checkpoints is this many times the
-# root-median-square of all rises (squares floored at (1 / items)^2, a mean's resolution). The item
+# root-median-square of all rises (squares floored at a mean's resolution squared, mean_resolution). The item
 # bootstrap cannot see training noise (checkpoint to checkpoint wander of a model learning
 # nothing), and over 24 checkpoints such wander alone gives breakthroughness 5-9 (seen on the
 # cpu_tiny study's chance-level curves). Simulated for 23 steps: i.i.d. Gaussian steps exceed a
