@@ -30,8 +30,8 @@ its gradient matters): -A * exp(logp - stop_grad(logp)) + kl_coef * k3, with the
 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman 2020), averaged over all
 completion tokens of the batch, plus train.z_loss times the mean log Z ** 2 of the policy's LM
 head on those tokens (its raw softmax normaliser, as SFT regularises it). Logged per step:
-sample_reward (mean reward of the samples) and sample_kl (mean per-token log-ratio
-log pi - log ref on the samples).
+sample_reward (mean reward of the samples), sample_kl (mean per-token log-ratio
+log pi - log ref on the samples) and kl (the loss's mean k3 estimate on them).
 Rewards are computed on the host from decoded text: on several processes every process
 samples the same completions (one program, one key), gathers them and scores them itself, so
 each builds the same global batch and places its own rows (partitioning.shard_global_batch).
@@ -139,7 +139,7 @@ def grpo_loss(model, params, batch, rng, *, kl_coef: float, temperature: float =
     loss = jnp.sum(per_token * mask_BT) / jnp.maximum(n, 1.0)
     kl = jnp.sum(kl_BT * mask_BT) / jnp.maximum(n, 1.0)
     z_term = mean_square(log_z_BT, mask_BT)
-    # "accuracy" is the loop's second per-token mean: here the k3 KL to the reference.
+    # "accuracy" is the loop's second per-token mean: here the k3 KL to the reference (recorded as "kl").
     return loss + z_loss * z_term, {"cross_entropy": loss, "z_loss": z_term, "accuracy": kl, "num_tokens": n}
 
 
@@ -251,5 +251,5 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                                   vocab_limit=vocab_limit, z_loss=float(train.z_loss)), abstract_params=boxed,
         initial_params=lambda: initial(int(train.seed)),
         train_batches=lambda seed: iter(records_lib.row_batches(rows, batch_size=train.batch_size, seed=seed)),
-        evaluate=evaluate, prepare=sample_and_score, needs_reference=True)
+        evaluate=evaluate, prepare=sample_and_score, needs_reference=True, metric_names={"accuracy": "kl"})
 

@@ -73,6 +73,9 @@ class FinetuneJob:
     # The ids a generated turn ends at (a chat path's chat_templates.turn_end_ids): an export's
     # generation_config.json stops there, where a chatml-tuned model ends its turn with <|im_end|>.
     stop_ids: tuple[int, ...] = ()
+    # The train step's fixed metric keys renamed where this path's loss means another thing by them
+    # (GRPO's 'accuracy' is its KL to the reference): recorded and returned under the new name.
+    metric_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _sub(section: Any) -> dict[str, Any]:
@@ -246,7 +249,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                     if isinstance(batch, tuple):  # (batch, host metrics of the sampling phase)
                         batch, extra = batch
                 state, step_metrics = step_fn(state, batch)
-                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                values = {job.metric_names.get(k, k): float(v) for k, v in jax.device_get(step_metrics).items()}
                 values.update(extra)
                 if not (np.isfinite(values["total_loss"]) and np.isfinite(values["grad_norm"])):
                     checkpointer.wait()

@@ -39,6 +39,9 @@ def test_tiny_grpo_run_raises_reward_with_bounded_kl(tmp_path):
     assert last > 2 * first + 0.03, (first, last)  # seen: 0.027 -> 0.119
     assert final["eval_reward"] > final["before_eval_reward"]
     assert max(kl) < 1.5, kl  # nats per sampled token; kl_coef keeps the policy near the reference
+    # The loss's k3 KL to the reference is recorded as such: it was logged and printed as 'accuracy'.
+    assert "accuracy" not in records[steps] and "accuracy" not in final
+    assert 0 <= records[steps]["kl"] == final["kl"] < 1.5
 
 
 def _log_softmax_np(logits, temperature, vocab_limit):
