@@ -113,6 +113,7 @@ def check_config(config: Mapping[str, Any]) -> None:
                               "model; unset --config.preference.reference (or use loss 'dpo' / 'ipo').")
         PreferenceConfig(**{k: v for k, v in preference.items() if k != "reference"})
         _check_folder_spec("preference.reference", preference.get("reference"))
+        check_reference_model(preference.get("reference"), int(config_section(config, "train").get("seq_len", 0)))
     if path == "grpo":
         from research.finetune.grpo import GrpoConfig, check_prompt_budget
         check_prompt_budget(int(config_section(config, "train").get("seq_len", 0)),
@@ -269,6 +270,33 @@ def check_lora_targets(config: Mapping[str, Any]) -> None:
     tree = lora_check_tree(config)
     if tree is not None:  # otherwise checked when the job builds its model (trainer.run_job), after the claim
         target_paths(tree, lora)
+
+
+def check_reference_model(spec: Any, seq_len: int) -> None:
+    """A preference reference scores the policy's rows token by token, so it must be a decoder (an
+    encoder's output at t sees token t + 1: a BERT run of the same vocabulary gave log-ratios that
+    mean nothing, and trained on silently) whose positions reach train.seq_len (a shorter max_len
+    raised a traceback at the step-0 scoring, after the claim). Read from its config alone; a spec
+    this cannot read is left to load_reference."""
+    kind, _, path = str(spec or "").partition(":")
+    if kind not in ("checkpoint", "hf"):
+        return
+    from research.finetune.base_model import base_model_config, refuse_head_run
+    if kind == "checkpoint":
+        refuse_head_run(path, "preference.reference")
+    reference = base_model_config(str(spec), {})
+    if reference is None:
+        return
+    if reference.family != "decoder":
+        kind_text = {"encoder": "an encoder-only model", "encoder_decoder": "an encoder-decoder model"}.get(
+            reference.family, f"a {reference.family} model")
+        raise ConfigError(f"preference.reference={spec!r} holds {reference.name!r}, {kind_text}; a reference scores "
+                          "replies token by token, so give a decoder-only (GPT/LLaMA) run or Hugging Face folder, or "
+                          "leave it empty for the initial policy.")
+    if seq_len > reference.max_len:
+        raise ConfigError(f"preference.reference={spec!r} holds {reference.name!r} with max_len={reference.max_len} < "
+                          f"train.seq_len={seq_len}; set --config.train.seq_len={reference.max_len} or less, or give "
+                          "a reference with a longer max_len.")
 
 
 def check_seq_len(seq_len: int, model: ModelConfig) -> None:

@@ -105,6 +105,14 @@ def special_tokens_around(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, .
     return around() if around is not None else ((), ())
 
 
+def _text(where: str, value: Any, field: str) -> str:
+    """A record's text field as given: a null or a number was turned into 'None' / '3' by str() and
+    trained on (and scored against) silently, where SFT and preference records are refused."""
+    if not isinstance(value, str):
+        raise RecordError(f"{where}: field {field!r} must be a string, got {type(value).__name__} {value!r:.40}.")
+    return value
+
+
 def _label(where: str, value: Any, num_labels: int, setting: str = "model.num_labels") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_labels:
         raise RecordError(f"{where}: label {value!r} must be an int in [0, {num_labels}) (--config.{setting}="
@@ -175,7 +183,7 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     before, after = special_tokens_around(tokenizer)
 
     def row(where, record):
-        ids = [*before, *tokenizer.encode(str(record["text"])), *after]
+        ids = [*before, *tokenizer.encode(_text(where, record["text"], "text")), *after]
         check_fits(where, len(ids), seq_len, "text")
         return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
                 "label": np.asarray(_label(where, record["label"], num_labels), np.int32)}
@@ -223,7 +231,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             label = _label(where, label, num_labels, "num_token_labels")
             if i:
                 ids, tags = ids + space, tags + [IGNORE] * len(space)
-            pieces = list(tokenizer.encode(str(word)))
+            pieces = list(tokenizer.encode(_text(where, word, f"words[{i}]")))
             # A word of no token ('' or a zero-width space) carries no label: given one, every later
             # label slid a token to the left (transformers' word_ids() likewise skip it).
             ids += pieces
@@ -269,8 +277,8 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     encode_source = lambda text: [*before, *tokenizer.encode(text), *after]  # T5's ... </s>, as pretrained
 
     def row(where, record):
-        source = encode_source(str(record["input"]))
-        target = list(tokenizer.encode(str(record["target"]))) + [eos]
+        source = encode_source(_text(where, record["input"], "input"))
+        target = list(tokenizer.encode(_text(where, record["target"], "target"))) + [eos]
         check_fits(where, len(source), seq_len, "input")
         check_fits(where, len(target), seq_len, "target")
         ones = lambda n: pad_row([1] * n, seq_len)
@@ -294,7 +302,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     def predict_metrics(params, batches):
         if not generation:
             return {}
-        prompts = [encode_source(str(r["input"])) for _, r in generation]
+        prompts = [encode_source(r["input"]) for _, r in generation]  # strings: row() checked every record
         options = dict(stop_tokens=[eos], max_new_tokens=int(config.get("generation_tokens", 16)),
                        vocab_limit=vocab_limit_for(tokenizer, cfg.vocab_size))  # no undecodable padded ids
         if num_beams == 1:  # greedy, as num_beams=1 means in transformers: one beam keeps the best
@@ -304,7 +312,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
             out = beam_search(model, params, prompts, num_beams=num_beams, **options)
             best, lengths = to_host(out.tokens_BWN)[:, 0], to_host(out.lengths_BW)[:, 0]
         predictions = [tokenizer.decode([int(t) for t in row[:n]]) for row, n in zip(best, lengths)]
-        return text_metrics(predictions, [str(r["target"]) for _, r in generation])
+        return text_metrics(predictions, [r["target"] for _, r in generation])
 
     return _row_job(f"text-to-text {cfg.name} ({base.source})", config, model, loss_fn, boxed, initial,
                     train_rows, eval_rows, predict_metrics, tokenizer=tokenizer)

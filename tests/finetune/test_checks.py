@@ -139,6 +139,14 @@ def _jsonl(path, records):
     # 9 tags: no setting could raise the count, read with a default of 3.
     ("tag_tiny", {"train_file": [{"words": ["a", "1"], "labels": [5, 0]}], "eval_file": [{"words": ["b"], "labels": [0]}]},
      r"train.jsonl:1: label 5 must be an int in \[0, 3\) \(--config.num_token_labels=3; raise it"),
+    # Nulls and numbers were turned into the text 'None' / '7' by str(), trained on and scored against.
+    ("t5_tiny", {"train_file": [{"input": "review: good day", "target": "positive"}],
+                 "eval_file": [{"input": "review: bad day", "target": None}]},
+     r"eval.jsonl:1: field 'target' must be a string, got NoneType None\.$"),
+    ("classify_tiny", {"train_file": [{"text": None, "label": 1}], "eval_file": [{"text": "a", "label": 0}]},
+     r"train.jsonl:1: field 'text' must be a string, got NoneType None\.$"),
+    ("tag_tiny", {"train_file": [{"words": ["a", 7], "labels": [1, 0]}], "eval_file": [{"words": ["b"], "labels": [0]}]},
+     r"train.jsonl:1: field 'words\[1\]' must be a string, got int 7\.$"),
 ])
 def test_data_files_that_do_not_fit_the_preset_are_one_line(preset, files, message, tmp_path):
     config = tiny_config(preset)
@@ -316,3 +324,24 @@ def test_a_setting_the_path_never_reads_is_one_warning(preset, setting, value, m
         check_config(config)
     assert [r.getMessage() for r in caplog.records] == [message]
     assert loop_configs(config)[0].eval_batches == (value if setting == "train.eval_batches" else 2)
+
+
+@pytest.mark.parametrize("hf_config, message", [
+    # A BERT folder of the policy's vocabulary: its log-probs see the next token; DPO trained on them.
+    (dict(model_type="bert", vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+          intermediate_size=64), r"holds 'reference', an encoder-only model; a reference scores replies token by token"),
+    # Positions up to 40 under rows of 48: a ValueError traceback at the step-0 scoring, after the claim.
+    (dict(model_type="gpt2", vocab_size=512, n_embd=32, n_layer=1, n_head=2, n_positions=40),
+     r"holds 'reference' with max_len=40 < train.seq_len=48; set --config.train.seq_len=40 or less"),
+])
+def test_a_reference_that_cannot_score_the_policys_rows_is_one_line_before_the_claim(hf_config, message, tmp_path):
+    import transformers
+    folder = tmp_path / "reference"
+    hf = transformers.AutoConfig.for_model(**hf_config)
+    kind = transformers.BertForMaskedLM if hf.model_type == "bert" else transformers.GPT2LMHeadModel
+    kind(hf).save_pretrained(folder)  # random weights; the check reads config.json alone
+    config = tiny_config("dpo_tiny")
+    config.preference.reference = f"hf:{folder}"
+    with pytest.raises(ConfigError, match=rf"^preference.reference='hf:{folder}' {message}") as error:
+        finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
