@@ -35,9 +35,14 @@ def cannot_read(path: str, error: Exception) -> DataError:
     return DataError(f"input file {path} cannot be read ({reason}); fix it or leave it out.")
 
 
+# JSON Lines by any of its spellings: '.JSONL' and '.ndjson' files were read as one plain-text
+# document of raw JSON each (syntax, keys and every field trained on; --text_field ignored).
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 def is_jsonl(path: str) -> bool:
     stem, suffix = os.path.splitext(path)
-    return (stem if suffix.lower() in DECOMPRESSORS else path).endswith(".jsonl")
+    return (stem if suffix.lower() in DECOMPRESSORS else path).lower().endswith(JSONL_SUFFIXES)
 
 
 def decode_utf8(raw: bytes) -> tuple[str, int]:

@@ -5,7 +5,7 @@ tensorflow_datasets 4.9.10 can run a real `tfds.core.GeneratorBasedBuilder` with
 Python; only tfrecord needs TF), so this is an ordinary builder. It writes TFDS's own
 layout, read back by `tfds.data_source` like any prepared dataset:
 
-    {data_dir}/research_text_files/{config}/1.1.0/research_text_files-train.array_record-00000-of-00001
+    {data_dir}/research_text_files/{config}/1.2.0/research_text_files-train.array_record-00000-of-00001
 
 The config name is a digest of the matched files (their common directory, and each file's path
 in it, size and mtime), the text field and the validation fraction, so a rerun reuses the
@@ -74,8 +74,10 @@ class TextFilesConfig(tfds.core.BuilderConfig):
 class ResearchTextFiles(tfds.core.GeneratorBasedBuilder):
     """Documents from local files, split into train / validation by a hash of each key."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "Compressed files are read decompressed; a JSONL text field that is not a string is "
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.2.0": "'.JSONL' and '.ndjson' files are JSON Lines (1.1.0 stored each as one document of raw "
+                              "JSON).",
+                     "1.1.0": "Compressed files are read decompressed; a JSONL text field that is not a string is "
                               "an error (1.0.0 stored gzip bytes, and the text 'None' of a null field).",
                      "1.0.0": "Initial release."}
     # Nothing is downloaded, so there are no URL checksums to find next to this module; TFDS's

@@ -77,9 +77,13 @@ def test_compressed_files_are_read_decompressed_and_a_text_field_must_hold_text(
         f.write(json.dumps({"text": "first document"}) + "\n" + json.dumps({"text": "second one"}) + "\n")
     with gzip.open(tmp_path / "in" / "b.txt.gz", "wt") as f:
         f.write("a plain\r\ndocument")
+    # JSON Lines by its other spellings: each was one document of raw JSON.
+    (tmp_path / "in" / "c.JSONL").write_text(json.dumps({"text": "third", "url": "u"}) + "\n")
+    (tmp_path / "in" / "d.ndjson").write_text(json.dumps({"text": "fourth"}) + "\n" + json.dumps({"text": "fifth"}))
     config = DataConfig(source="files", file_patterns=(str(tmp_path / "in" / "*"),), data_dir=str(tmp_path / "tfds"),
                         validation_fraction=0.0)
-    assert sorted(_texts(config, "train")) == ["a plain\ndocument", "first document", "second one"]
+    assert sorted(_texts(config, "train")) == ["a plain\ndocument", "fifth", "first document", "fourth", "second one",
+                                               "third"]
     _jsonl(tmp_path / "bad" / "c.jsonl", ["fine"])
     with open(tmp_path / "bad" / "c.jsonl", "a") as f:
         f.write(json.dumps({"text": None}) + "\n")

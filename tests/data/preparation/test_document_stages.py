@@ -60,6 +60,16 @@ def test_gopher_quality_rules_and_published_thresholds():
     assert _gopher(numbers).reason == "gopher_below_alpha_threshold"
     no_stop_words = " ".join(["river valley mill stone school garden herbs market"] * 10)
     assert _gopher(no_stop_words).reason == "gopher_enough_stop_words"
+    # Encyclopedic prose: every whitespace word holds a letter, but with each comma, period and
+    # bracket a word of the tokenizer's, 3 in 4 did (< 0.8): the letter rule counts whitespace words.
+    clause = "The river (the Thames), at 346 km long, flows east, past Oxford, Reading and London."
+    encyclopedic = " ".join([clause] * 8)
+    assert ds.share_of_words_with_a_letter(encyclopedic) == pytest.approx(14 / 15)
+    assert sum(any(c.isalpha() for c in w) for w in ds.WORDS.word_tokenize(encyclopedic)) < 0.8 * len(
+        ds.WORDS.word_tokenize(encyclopedic))
+    assert _gopher(encyclopedic).kept
+    # Both the letter rule and the stop-word rule fail: the letter rule's reason, datatrove's order.
+    assert _gopher(" ".join(["1999 2000 2001 river valley"] * 12)).reason == "gopher_below_alpha_threshold"
     assert _gopher(no_stop_words, min_stop_words=None).kept  # None turns a rule off
 
 
