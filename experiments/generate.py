@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 from absl import app, flags, logging
 
 from research.compile_interrupts import ctrl_c_after_compiles
+from research.evaluation.tokenizer_loading import context_encoder
 from research.models.config import ConfigError
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     start = int(tokenizer.eos_id if start is None else start)
     # A prompt is a model input: encoded with the special tokens the tokenizer adds by default (Llama's
     # <s>, T5's </s>), as transformers' generate gets them and the evaluation harness encodes contexts.
-    encode_prompt = getattr(tokenizer, "encode_context", tokenizer.encode)
+    encode_prompt = context_encoder(tokenizer, config.family)  # a T5 of this codebase's: + eos, as pretrained
     prompt_ids = [list(encode_prompt(p)) or [start] for p in prompts]
     eos = int(tokenizer.eos_id)
     # Where transformers' generate() stops too: the folder's generation_config.json ids beside eos

@@ -39,6 +39,7 @@ from research.evaluation.requests import (GenerateRequest, GenerateResult, Logli
                                           RollingRequest, RollingResult, ScoredRow, as_ids, conditional_row,
                                           cut_at_stop, encode_pair, rolling_windows)
 from research.evaluation.tokenizer import check_tokenizer
+from research.evaluation.tokenizer_loading import context_encoder
 from research.models.config import ConfigError
 from research.models.layout import unbox
 
@@ -90,7 +91,7 @@ class Harness:
         self.rolling_context_len = rolling_context_len
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
-        self._encode_context = getattr(tokenizer, "encode_context", tokenizer.encode)
+        self._encode_context = context_encoder(tokenizer, config.family)
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
         # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
         # padded above it). Log-likelihoods deliberately ignore this limit: one is the model's own

@@ -14,7 +14,7 @@ add_bos_token=False does.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from research.evaluation.tokenizer import CharTokenizer, TextTokenizer
 from research.models.config import ConfigError
@@ -100,6 +100,20 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, path={self.path!r})"
+
+
+def context_encoder(tokenizer: Any, family: str) -> Callable[[str], list[int]]:
+    """How a model input (a prompt, a scored context) is encoded: a Hugging Face tokenizer's
+    encode_context (its template's special tokens); this codebase's own tokenizers add none,
+    except the eos that closed every encoder input of an encoder-decoder model in pretraining
+    (span corruption and prefix LM, research/data/objectives.py): a T5 pretrained here was
+    prompted without it, on inputs unlike any it was trained on."""
+    own = getattr(tokenizer, "encode_context", None)
+    if own is not None:
+        return own
+    if family == "encoder_decoder":
+        return lambda text: [*tokenizer.encode(text), int(tokenizer.eos_id)]
+    return tokenizer.encode
 
 
 def has_hf_tokenizer(folder: str) -> bool:

@@ -274,6 +274,8 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     eos, start = int(tokenizer.eos_id), int(cfg.decoder_start_token_id)
 
     before, after = special_tokens_around(tokenizer)
+    if not hasattr(tokenizer, "special_tokens_around"):  # this codebase's own: the eos its pretraining's
+        after = (eos,)  # encoder inputs all ended with (research/data/objectives.py), which they lacked here
     encode_source = lambda text: [*before, *tokenizer.encode(text), *after]  # T5's ... </s>, as pretrained
 
     def row(where, record):

@@ -85,7 +85,9 @@ def test_encoder_decoder_end_is_scored_after_the_target():
     for source, target in CASES:
         buffer = np.zeros((1, 8), np.int32)
         buffer[0, :len(target) + 1] = [start] + target  # the decoder input after the whole target
-        expected.append(np.asarray(_seq2seq_log_probs(model, params, jnp.asarray([source]), buffer))[len(target)])
+        encoder_input = [*source, EOS]  # the eos every encoder input of this codebase's T5s ends with
+        log_probs = _seq2seq_log_probs(model, params, jnp.asarray([encoder_input]), buffer)
+        expected.append(np.asarray(log_probs)[len(target)])
     greedy = [int(lp[:harness.vocab_limit].argmax()) for lp in expected]
     other = [next(i for i in range(3, 96) if i != g) for g in greedy]
     results = harness.loglikelihood([LoglikelihoodRequest(text(c), text(t), end_until=(text([o]),))

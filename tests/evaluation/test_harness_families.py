@@ -33,12 +33,15 @@ def test_encoder_decoder_scores_continuation_conditionally_and_generates():
     source, target = [5, 9, 12, 40, 41], [17, 3, 22]
     result = harness.loglikelihood([LoglikelihoodRequest(text(source), text(target)),
                                     LoglikelihoodRequest(text([6, 7]), text([8]))])[0]
+    # The encoder reads the context and the eos (1) that closed every encoder input in pretraining
+    # (a tokenizer without encode_context is this codebase's own); it was read without it.
+    source = source + [IdTokenizer.eos_id]
     # Teacher forcing from decoder_start_token_id (0): inputs [0, 17, 3] predict [17, 3, 22].
     log_probs = _teacher_forced(model, params, source, [0] + target[:-1])
     np.testing.assert_allclose(result.token_log_probs, log_probs[np.arange(3), target], atol=1e-5)
     assert result.is_greedy == bool((log_probs.argmax(-1) == target).all())
 
-    generated = harness.generate_until([GenerateRequest(text(source), (), 3)])[0]
+    generated = harness.generate_until([GenerateRequest(text(source[:-1]), (), 3)])[0]
     # Greedy decoding from the start token, by full teacher-forced passes.
     ids = [0]
     for _ in range(3):

@@ -23,6 +23,19 @@ def test_every_tiny_preset_builds_its_job(preset, tmp_path):
     assert all(v.shape[0] == config.train.batch_size for v in batch.values())
 
 
+def test_a_t5_of_this_codebase_reads_inputs_ending_in_eos_as_in_pretraining():
+    """Span corruption and prefix LM end every encoder input with eos (research/data/objectives.py);
+    text-to-text fine-tuning with this codebase's own tokenizer fed them without it, and prompts
+    to such a model (generate, the evaluation harness) lacked it too."""
+    from research.evaluation.tokenizer_loading import context_encoder
+    job = build_job(tiny_config("t5_tiny"))
+    eos, batch = job.tokenizer.eos_id, next(job.train_batches(0))
+    for inputs, segments in zip(batch["encoder_inputs"], batch["encoder_segment_ids"]):
+        assert inputs[int(segments.sum()) - 1] == eos
+    assert context_encoder(job.tokenizer, "encoder_decoder")("ab") == [*job.tokenizer.encode("ab"), eos]
+    assert context_encoder(job.tokenizer, "decoder")("ab") == job.tokenizer.encode("ab")
+
+
 def test_every_path_has_a_preset_and_gpu_presets_resolve():
     assert {finetune_configs.get_config(p).path for p in finetune_configs.TINY} == set(PATHS)
     for preset in finetune_configs.GPU:
