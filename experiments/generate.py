@@ -262,12 +262,33 @@ def main(argv):
                                   seed=f.seed)
         options.check()
         prompts = _read_prompts(f.prompt, f.prompt_file)
+        check_top_k_before_loading(options.top_k, checkpoint=f.checkpoint, hf_dir=f.hf_dir)
         from research.training.checkpoint_loading import parse_step
         loaded = load_model(checkpoint=f.checkpoint, step=parse_step(f.step), hf_dir=f.hf_dir, tokenizer=f.tokenizer,
                             dtype=f.dtype)
         print(format_completions(generate_text(loaded, prompts, options), options))
     except (ConfigError, DataError) as error:
         sys.exit(f"error: {error}")
+
+
+def check_top_k_before_loading(top_k: int, *, checkpoint: str | None = None, hf_dir: str | None = None) -> None:
+    """--top_k against the model's vocabulary, read from its config alone: checked after the weights
+    loaded (minutes for a large checkpoint), where the module docstring promised before. A source
+    this cannot read is left to load_model, which says why."""
+    if not top_k or (checkpoint is None) == (hf_dir is None):
+        return
+    try:
+        if hf_dir is not None:  # config.json's vocab_size (hf_model_config may read weights to check a tied head)
+            from research.models.hf.checkpoint_files import read_hf_config
+            vocab_size, name = int(read_hf_config(hf_dir)["vocab_size"]), hf_dir
+        else:
+            from research.training.checkpoint_loading import model_config_from_run, run_config
+            config = model_config_from_run(run_config(checkpoint))
+            vocab_size, name = config.vocab_size, config.name
+    except (ConfigError, OSError, ValueError, KeyError, TypeError):
+        return
+    if top_k > vocab_size:
+        raise ConfigError(f"--top_k={top_k} exceeds the vocabulary ({vocab_size}) of {name}.")
 
 
 def load_model(*, checkpoint: str | None = None, step: Step = None, hf_dir: str | None = None,

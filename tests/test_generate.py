@@ -232,6 +232,11 @@ def test_a_hugging_face_folder_with_a_file_missing_or_damaged_is_one_line(tmp_pa
         with pytest.raises(ConfigError, match=expected) as error:
             cli.load_model(hf_dir=str(folder))
         assert "\n" not in str(error.value)
+    # A --top_k past the vocabulary is named from config.json alone, before the weights are read
+    # (it was checked once they had loaded), and only where it is wrong.
+    with pytest.raises(ConfigError, match=r"^--top_k=1000 exceeds the vocabulary \(\d+\)"):
+        cli.check_top_k_before_loading(1000, hf_dir=str(tmp_path / "truncated_weights"))
+    cli.check_top_k_before_loading(5, hf_dir=str(tmp_path / "truncated_weights"))
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +247,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_cli_prints_the_checkpoints_text(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"^--top_k=100000 exceeds the vocabulary \(\d+\) of "):
+        cli.check_top_k_before_loading(100000, checkpoint=run_dir)  # from the run's saved config, no weights read
     from research.training.checkpoint_loading import load_checkpoint
     (expected,) = cli.generate_text(load_checkpoint(run_dir), ["The history of"], max_new_tokens=8)[0]
     assert len(expected.token_ids) >= 1
