@@ -37,7 +37,8 @@ NO_Z_LOSS_PATHS = {"reward": "a scalar reward head's Bradley-Terry loss",
 # labels): generation_tokens / generation_prompts were accepted there and ignored.
 NO_GENERATION_PATHS = {"reward": "a reward head's loss and accuracy on pairs",
                        "classification": "a classifier's predicted labels",
-                       "token_classification": "a tagger's predicted tags", "domain": "the objective's loss and accuracy"}
+                       "token_classification": "a tagger's predicted tags",
+                       "domain": "the objective's loss and accuracy"}
 # The synthetic sets each path generates (data.synthetic): preference_data's rules, task_paths' sets.
 # A classifier or tagger ignored the value, so a typo trained on the sentiment data silently.
 _PREFERENCE_RULES = SyntheticRule.__args__
@@ -177,13 +178,15 @@ def warn_unread_settings(path: Any, config: Mapping[str, Any]) -> None:
         for key in ("generation_tokens", "generation_prompts"):
             if config.get(key) is not None:
                 log.warning("%s=%s has no effect on path=%r: its evaluation generates no text (it scores %s); "
-                            "drop --config.%s.", key, config[key], path, NO_GENERATION_PATHS[path], key)
+                            "ignored (this path's presets leave --config.%s unset).", key, config[key], path,
+                            NO_GENERATION_PATHS[path], key)
     if path == "grpo":
         eval_batches = config_section(config, "train").get("eval_batches")
         if eval_batches is not None:
             log.warning("train.eval_batches=%s has no effect on path='grpo': its evaluation scores the greedy "
                         "completions of the first %s eval prompts (generation_prompts, at least 1) and has no loss "
-                        "batches; set --config.generation_prompts instead.", eval_batches,
+                        "batches; ignored (the grpo presets leave it unset; --config.generation_prompts sets the "
+                        "prompts).", eval_batches,
                         max(int(config.get("generation_prompts", 32) or 0), 1))  # as grpo.py
 
 

@@ -21,6 +21,7 @@ position from the latest checkpoint, and every key is a fold_in of the step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Callable, Iterator
@@ -265,7 +266,9 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
                 best = {BEST_METRIC: float("inf")}
                 if regular_save or step % train.eval_every_steps == 0:
                     eval_metrics = run_eval()
-                    record.update(eval_metrics)
+                    # With the step's train metrics, as pretraining records an evaluated step: a stop
+                    # there reports them, and its rerun reads them back from here.
+                    record.update({**values, **eval_metrics})
                     last.update(eval_metrics)
                     best = {BEST_METRIC: eval_metrics[BEST_METRIC]}
                     evaluated = step
@@ -307,9 +310,17 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
 def _recorded_before(workdir: str) -> dict[str, float]:
     """before_* of metrics.jsonl's step-0 record (the evaluation before training); {} without one
     (no file on this process)."""
-    path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-    records = metrics_lib.read_metrics(workdir) if os.path.exists(path) else []
-    first = next((r for r in records if r.get("step") == 0), {})
+    path, first = os.path.join(workdir, metrics_lib.METRICS_FILE), {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # cut short by a kill -9 (another process may read before
+                    continue  # process 0 rewrites the file), as metrics.last_train_metrics skips it
+                if record.get("step") == 0:
+                    first = record
+                    break
     return {f"before_{k}": v for k, v in first.items() if k not in ("step", "params_trainable", "params_total")}
 
 

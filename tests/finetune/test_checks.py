@@ -145,7 +145,8 @@ def _jsonl(path, records):
      r"eval.jsonl:1: field 'target' must be a string, got NoneType None\.$"),
     ("classify_tiny", {"train_file": [{"text": None, "label": 1}], "eval_file": [{"text": "a", "label": 0}]},
      r"train.jsonl:1: field 'text' must be a string, got NoneType None\.$"),
-    ("tag_tiny", {"train_file": [{"words": ["a", 7], "labels": [1, 0]}], "eval_file": [{"words": ["b"], "labels": [0]}]},
+    ("tag_tiny", {"train_file": [{"words": ["a", 7], "labels": [1, 0]}],
+                  "eval_file": [{"words": ["b"], "labels": [0]}]},
      r"train.jsonl:1: field 'words\[1\]' must be a string, got int 7\.$"),
 ])
 def test_data_files_that_do_not_fit_the_preset_are_one_line(preset, files, message, tmp_path):
@@ -292,17 +293,18 @@ def test_a_chat_template_on_a_path_that_reads_plain_text_is_one_warning(preset, 
 @pytest.mark.parametrize("preset, setting, value, message", [
     ("classify_tiny", "generation_tokens", 16,
      "generation_tokens=16 has no effect on path='classification': its evaluation generates no text (it scores a "
-     "classifier's predicted labels); drop --config.generation_tokens."),
+     "classifier's predicted labels); ignored (this path's presets leave --config.generation_tokens unset)."),
     ("tag_tiny", "generation_prompts", 4,
      "generation_prompts=4 has no effect on path='token_classification': its evaluation generates no text (it "
-     "scores a tagger's predicted tags); drop --config.generation_prompts."),
+     "scores a tagger's predicted tags); ignored (this path's presets leave --config.generation_prompts unset)."),
     ("reward_tiny", "generation_prompts", 0,
      "generation_prompts=0 has no effect on path='reward': its evaluation generates no text (it scores a reward "
-     "head's loss and accuracy on pairs); drop --config.generation_prompts."),
+     "head's loss and accuracy on pairs); ignored (this path's presets leave --config.generation_prompts "
+     "unset)."),
     ("grpo_tiny", "train.eval_batches", 4,
      "train.eval_batches=4 has no effect on path='grpo': its evaluation scores the greedy completions of the first "
-     "1 eval prompts (generation_prompts, at least 1) and has no loss batches; set --config.generation_prompts "
-     "instead."),
+     "1 eval prompts (generation_prompts, at least 1) and has no loss batches; ignored (the grpo presets leave it "
+     "unset; --config.generation_prompts sets the prompts)."),
 ])
 def test_a_setting_the_path_never_reads_is_one_warning(preset, setting, value, message, caplog):
     """These were accepted and ignored without a word: nothing in a classifier's, tagger's or reward
@@ -329,7 +331,8 @@ def test_a_setting_the_path_never_reads_is_one_warning(preset, setting, value, m
 @pytest.mark.parametrize("hf_config, message", [
     # A BERT folder of the policy's vocabulary: its log-probs see the next token; DPO trained on them.
     (dict(model_type="bert", vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-          intermediate_size=64), r"holds 'reference', an encoder-only model; a reference scores replies token by token"),
+          intermediate_size=64),
+     r"holds 'reference', an encoder-only model; a reference scores replies token by token"),
     # Positions up to 40 under rows of 48: a ValueError traceback at the step-0 scoring, after the claim.
     (dict(model_type="gpt2", vocab_size=512, n_embd=32, n_layer=1, n_head=2, n_positions=40),
      r"holds 'reference' with max_len=40 < train.seq_len=48; set --config.train.seq_len=40 or less"),

@@ -35,6 +35,13 @@ def test_a_rerun_and_a_resumed_session_return_what_the_uninterrupted_session_ret
     assert first["before_eval_loss"] == whole["before_eval_loss"]
     _assert_same_report(finetune_and_evaluate(copy.deepcopy(stopped), str(tmp_path / "stopped")), first)
 
+    # Stopped at an evaluated step off the log grid (6: eval every 2, log every 4): the first session
+    # returned step 6's unrecorded losses, its rerun step 4's recorded ones.
+    on_eval = copy.deepcopy(config)
+    on_eval.train.update(dict(stop_after_steps=6, log_every_steps=4, eval_every_steps=2))
+    first = finetune_and_evaluate(on_eval, str(tmp_path / "on_eval"))
+    _assert_same_report(finetune_and_evaluate(copy.deepcopy(on_eval), str(tmp_path / "on_eval")), first)
+
     # Continued to the end: what the uninterrupted session returned (the resume is bit-exact).
     resumed = copy.deepcopy(config)
     resumed.train.update(dict(log_every_steps=4, eval_every_steps=4))
