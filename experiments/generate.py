@@ -127,8 +127,7 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     config = model.config
     if config.family == "encoder":
         raise ConfigError(f"{config.name} is an encoder-only model; generation needs a decoder or encoder_decoder.")
-    if options.top_k > config.vocab_size:
-        raise ConfigError(f"--top_k={options.top_k} exceeds the vocabulary ({config.vocab_size}) of {config.name}.")
+    _check_top_k(options.top_k, config.vocab_size, config.name)
     # An empty prompt starts from bos (else eos), as the evaluation harness does.
     start = getattr(tokenizer, "bos_id", None)
     start = int(tokenizer.eos_id if start is None else start)
@@ -287,6 +286,10 @@ def check_top_k_before_loading(top_k: int, *, checkpoint: str | None = None, hf_
             vocab_size, name = config.vocab_size, config.name
     except (ConfigError, OSError, ValueError, KeyError, TypeError):
         return
+    _check_top_k(top_k, vocab_size, name)
+
+
+def _check_top_k(top_k: int, vocab_size: int, name: str) -> None:
     if top_k > vocab_size:
         raise ConfigError(f"--top_k={top_k} exceeds the vocabulary ({vocab_size}) of {name}.")
 

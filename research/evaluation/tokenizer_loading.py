@@ -111,9 +111,14 @@ def context_encoder(tokenizer: Any, family: str) -> Callable[[str], list[int]]:
     own = getattr(tokenizer, "encode_context", None)
     if own is not None:
         return own
-    if family == "encoder_decoder":
-        return lambda text: [*tokenizer.encode(text), int(tokenizer.eos_id)]
-    return tokenizer.encode
+    before, after = pretraining_special_tokens(tokenizer, family)
+    return (lambda text: [*before, *tokenizer.encode(text), *after]) if before or after else tokenizer.encode
+
+
+def pretraining_special_tokens(tokenizer: Any, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ids before, ids after) a model input of this codebase's own pretraining: the eos after an
+    encoder-decoder's encoder input (research/data/objectives.py), nothing otherwise."""
+    return ((), (int(tokenizer.eos_id),)) if family == "encoder_decoder" else ((), ())
 
 
 def has_hf_tokenizer(folder: str) -> bool:

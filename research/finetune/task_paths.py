@@ -29,6 +29,7 @@ from research.finetune.evaluators import classification_metrics, mean_aux, text_
 from research.finetune.heads import path_model, with_fresh_heads, with_pretrained_body
 from research.finetune.paths import load_records
 from research.finetune.preference_data import Split, draw_split, synthetic_preferences
+from research.evaluation.tokenizer_loading import pretraining_special_tokens
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
@@ -96,13 +97,14 @@ def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
     return base
 
 
-def special_tokens_around(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def special_tokens_around(tokenizer: Any, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The ids a Hugging Face tokenizer's template puts before and after one sequence (BERT's
     [CLS] ... [SEP], T5's ... </s>), as the model was pretrained and as transformers encodes
-    (research.evaluation.tokenizer_loading.HFTokenizer); none for this codebase's own tokenizers.
+    (research.evaluation.tokenizer_loading.HFTokenizer); for this codebase's own tokenizers, what
+    its pretraining put there (an encoder-decoder's trailing eos, which text-to-text inputs lacked).
     Without them a BERT's pooler read the first word where it was trained on [CLS]."""
     around = getattr(tokenizer, "special_tokens_around", None)
-    return around() if around is not None else ((), ())
+    return around() if around is not None else pretraining_special_tokens(tokenizer, family)
 
 
 def _text(where: str, value: Any, field: str) -> str:
@@ -180,7 +182,7 @@ def classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     seq_len, tokenizer = config.train.seq_len, base.tokenizer
     data = config_section(config, "data")
 
-    before, after = special_tokens_around(tokenizer)
+    before, after = special_tokens_around(tokenizer, base.config.family)
 
     def row(where, record):
         ids = [*before, *tokenizer.encode(_text(where, record["text"], "text")), *after]
@@ -220,7 +222,7 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data = config_section(config, "data")
     num_labels = int(config.get("num_token_labels", 3))
     space = list(tokenizer.encode(" "))
-    before, after = special_tokens_around(tokenizer)
+    before, after = special_tokens_around(tokenizer, base.config.family)
 
     def row(where, record):
         words, labels = record["words"], record["labels"]
@@ -273,9 +275,7 @@ def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     data = config_section(config, "data")
     eos, start = int(tokenizer.eos_id), int(cfg.decoder_start_token_id)
 
-    before, after = special_tokens_around(tokenizer)
-    if not hasattr(tokenizer, "special_tokens_around"):  # this codebase's own: the eos its pretraining's
-        after = (eos,)  # encoder inputs all ended with (research/data/objectives.py), which they lacked here
+    before, after = special_tokens_around(tokenizer, cfg.family)
     encode_source = lambda text: [*before, *tokenizer.encode(text), *after]  # T5's ... </s>, as pretrained
 
     def row(where, record):

@@ -21,7 +21,6 @@ position from the latest checkpoint, and every key is a fold_in of the step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Callable, Iterator
@@ -310,17 +309,7 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
 def _recorded_before(workdir: str) -> dict[str, float]:
     """before_* of metrics.jsonl's step-0 record (the evaluation before training); {} without one
     (no file on this process)."""
-    path, first = os.path.join(workdir, metrics_lib.METRICS_FILE), {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # cut short by a kill -9 (another process may read before
-                    continue  # process 0 rewrites the file), as metrics.last_train_metrics skips it
-                if record.get("step") == 0:
-                    first = record
-                    break
+    first = next((r for r in metrics_lib.recorded_metrics(workdir) if r.get("step") == 0), {})
     return {f"before_{k}": v for k, v in first.items() if k not in ("step", "params_trainable", "params_total")}
 
 

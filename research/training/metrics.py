@@ -16,7 +16,7 @@ import os
 import secrets
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -245,21 +245,28 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def recorded_metrics(workdir: str) -> Iterator[dict[str, Any]]:
+    """The records of <workdir>/metrics.jsonl in order, skipping a line a kill -9 cut short (process 0
+    drops it on resume; another process may read first); none without the file (on this process)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def last_train_metrics(workdir: str, step: int) -> dict[str, float]:
     """The train metrics of <workdir>/metrics.jsonl's last train record at or before `step`, as
     the run that trained it returned them (its evaluation and throughput left out): a rerun with
     nothing left to train reports them again. {} when there is none (no file on this process)."""
-    path, last = os.path.join(workdir, METRICS_FILE), {}
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line a kill -9 cut short (process 0 drops it on resume; another process may read first)
-            if "loss" in record and record["step"] <= step:
-                last = record
+    last = {}
+    for record in recorded_metrics(workdir):
+        if "loss" in record and record["step"] <= step:
+            last = record
     return {k: v for k, v in last.items() if k != "step" and k not in THROUGHPUT_KEYS and not k.startswith("eval_")}
 
 
