@@ -130,6 +130,8 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
         # Records generated here, not read: their generator's version is part of what was trained on.
         from research.finetune.preference_data import SYNTHETIC_SPLIT_VERSION
         data["synthetic_split_version"] = SYNTHETIC_SPLIT_VERSION
+    if _path_ends_inputs_with_eos(config):
+        data["input_ends_with_eos"] = True
     lora = section("lora")
     lora = {"rank": int(lora.get("rank") or 0)} if not lora.get("rank") else \
         {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free
@@ -162,6 +164,27 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
     if "num_token_labels" in config:
         identity["num_token_labels"] = config["num_token_labels"]
     return workdir_lib.flatten_config(_plain(identity))
+
+
+def _path_ends_inputs_with_eos(config: Mapping[str, Any]) -> bool:
+    """Whether a text-to-text run's inputs end with the eos this codebase's own tokenizers put after
+    a T5's encoder input in pretraining (task_paths.special_tokens_around; a Hugging Face tokenizer's
+    template puts its own). Inputs had no eos before 2026-12-07: a run started then trained on other
+    rows, and its run.json, lacking this field, refuses a resume that would mix the two."""
+    if config.get("path") != "text_to_text":
+        return False
+    from research.evaluation.tokenizer_loading import has_hf_tokenizer
+    spec = _absolute_tokenizer(config)
+    kind, _, where = str(config.get("init", "")).partition(":")
+    if not spec and kind == "hf":
+        spec = where  # the folder's own tokenizer (load_base_model)
+    elif not spec and kind == "checkpoint":
+        from research.finetune.base_model import finetune_run_tokenizer
+        try:
+            spec = finetune_run_tokenizer(where)  # "" for a pretraining run: its own SentencePiece model
+        except Exception:  # no run there: load_base_model says so in its own words
+            spec = ""
+    return not (spec and has_hf_tokenizer(spec))
 
 
 def _reloads_init(config: Mapping[str, Any]) -> bool:

@@ -14,6 +14,7 @@ import transformers
 
 from experiments.configs.finetune import get_config
 from research.finetune.run import build_job
+from research.finetune.run_identity import finetune_fingerprint
 
 WORDS = "the a day film food it was very good great nice happy love fine bad awful sad hate poor ugly".split()
 
@@ -128,6 +129,10 @@ def test_t5_inputs_end_with_the_eos_its_tokenizer_adds(tmp_path):
     n = int(batch["encoder_segment_ids"][0].sum())
     assert batch["encoder_inputs"][0][:n].tolist() == tokenizer("review: the film was good")["input_ids"]
     assert tokenizer.convert_ids_to_tokens(batch["encoder_inputs"][0][:n].tolist())[-1] == "</s>"
+    # Its template put the eos there before 2026-12-07 too: its runs' identity is unchanged.
+    config = get_config("t5_tiny")
+    config.init, config.tokenizer = f"hf:{tmp_path / 't5'}", ""
+    assert "data.input_ends_with_eos" not in finetune_fingerprint(config.to_dict())
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

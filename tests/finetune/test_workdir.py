@@ -325,3 +325,18 @@ def test_a_run_on_synthetic_data_from_before_the_held_out_split_is_refused_not_r
     (workdir / RUN_FILE).write_text(json.dumps(record))
     config.train.num_steps = 3
     _refused(config, workdir, r"data.synthetic_split_version")
+
+
+def test_a_text_to_text_run_from_before_inputs_ended_with_eos_is_refused_not_resumed(tmp_path):
+    """A T5 of this codebase reads its inputs with the eos its pretraining put after them (since
+    2026-12-07): a text-to-text run recorded before trained on inputs without it, and its run.json
+    lacks the field, so a rerun that would go on with other rows is refused as another run."""
+    workdir = tmp_path / "run"
+    config = tiny_config("t5_tiny", num_steps=2)
+    finetune_and_evaluate(config, str(workdir))
+    record = json.loads((workdir / RUN_FILE).read_text())
+    assert record["fingerprint"]["data.input_ends_with_eos"] is True
+    del record["fingerprint"]["data.input_ends_with_eos"]
+    (workdir / RUN_FILE).write_text(json.dumps(record))
+    config.train.num_steps = 3
+    _refused(config, workdir, r"data.input_ends_with_eos: null there, true now")
