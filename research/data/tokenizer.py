@@ -340,7 +340,13 @@ def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> 
     """`build_tokenizer` for runs trained together on one corpus: trained once (in the first
     workdir), then copied to each other workdir that lacks it, so every workdir holds its
     tokenizer as if trained alone (training it K times took 6-13 s per model on the stdlib
-    corpus)."""
+    corpus).
+
+    The validation split is opened first: a corpus without one (a TFDS dataset with only 'train',
+    validation_fraction=0) is refused in one line before a tokenizer trains for the run that cannot
+    evaluate, and is lost with its withdrawn workdir."""
+    from research.data.sources import document_source
+    document_source(data_config, "validation")
     tokenizer = build_tokenizer(data_config, workdirs[0])
     if data_config.tokenizer.model_path:
         return tokenizer

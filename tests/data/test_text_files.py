@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from research.data import DataConfig
 from research.data.sources import document_source
 
@@ -91,3 +93,31 @@ def test_compressed_files_are_read_decompressed_and_a_text_field_must_hold_text(
                      data_dir=str(tmp_path / "tfds"), validation_fraction=0.0)
     with pytest.raises(DataError, match=r"c\.jsonl:2: field 'text' is NoneType, not a string"):
         _texts(bad, "train")
+
+
+def test_opening_a_split_logs_no_line_per_file(tmp_path, caplog):
+    # TFDS logged the builder config at every builder made (three per opened split, so at every
+    # evaluation), and its repr listed every file: 136 KB per split for 2,000 files.
+    for i in range(40):
+        (tmp_path / "corpus" / f"part{i:02d}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "corpus" / f"part{i:02d}.txt").write_text(f"document number {i}\n" * 5)
+    config = DataConfig(source="files", file_patterns=(str(tmp_path / "corpus" / "*.txt"),),
+                        data_dir=str(tmp_path / "tfds"), validation_fraction=0.2)
+    _texts(config, "train")  # prepares the corpus (TFDS's own progress lines are fine, once)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        for _ in range(3):  # three evaluations
+            assert _texts(config, "validation")
+    assert not [r for r in caplog.records if "part0" in r.getMessage() or "custom data config" in r.getMessage()]
+
+
+def test_a_corpus_without_validation_documents_is_refused_before_a_tokenizer_trains(tmp_path):
+    from research.data import tokenizer as tokenizer_lib
+    from research.data.config import DataError
+    (tmp_path / "corpus.txt").write_text("some text to train a tokenizer on\n" * 50)
+    config = DataConfig(source="files", file_patterns=(str(tmp_path / "corpus.txt"),),
+                        data_dir=str(tmp_path / "tfds"), validation_fraction=0.0)
+    workdir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"^split 'validation' of .* has no documents; .*validation_fraction=0\.0"):
+        tokenizer_lib.build_shared_tokenizer(config, [str(workdir)])
+    assert not (workdir / "tokenizers").exists() or not list((workdir / "tokenizers").iterdir())
