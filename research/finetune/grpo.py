@@ -174,6 +174,10 @@ def grpo_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     prompt_chats = {s: [generation_messages(w, r["prompt"]) for w, r in prompt_records[s]] for s in ("train", "eval")}
     if grpo.reward == "rule":
         check_rule_reads_prompts(rule, prompt_records, prompt_chats)
+    if (check_reward_prompts := getattr(reward_fn, "check_prompts", None)) is not None:  # a reward model
+        # Before anything compiles: a prompt filling the reward model's seq_len leaves no reply to score.
+        located = {s: list(zip((w for w, _ in prompt_records[s]), prompt_chats[s])) for s in ("train", "eval")}
+        check_reward_prompts(located["train"] + located["eval"][:max(generation_prompts(config), 1)])
 
     def prompt_row(index, where, messages):
         ids = render_prompt(messages, template, tokenizer)

@@ -39,3 +39,33 @@ def test_a_reward_source_that_is_not_a_reward_run_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^grpo.reward='ppo' must be 'rule' or 'reward_model:<workdir of a reward run>'"):
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bert_reward_model_reads_the_reply_of_a_conversation_longer_than_its_seq_len(tmp_path, caplog):
+    # The conversation was cut to its first seq_len tokens: the reply went, and every sample of a
+    # group scored alike (GRPO's advantages all zero). A prompt that fills seq_len alone is refused.
+    import json
+
+    import numpy as np
+    from research.finetune.reward_source import load_reward_model
+    reward = tiny_config("reward_tiny", num_steps=4)
+    reward.model.preset, reward.train.seq_len = "bert-test", 40
+    finetune_and_evaluate(reward, str(tmp_path / "reward"))
+    score = load_reward_model(str(tmp_path / "reward"))
+    long_prompt = [{"role": "user", "content": "Please answer in the shortest way you can. Shout: cat"}]
+    assert len(score.conversation_ids(long_prompt, "CAT")) > 40
+    with caplog.at_level("WARNING"):
+        rewards = score([long_prompt] * 2, ["CAT", "cat"])
+    assert rewards[0] != rewards[1], rewards
+    assert [r for r in caplog.records if "longer than its train.seq_len=40" in r.getMessage()]
+
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "x" * 60}) + "\n")
+    config = tiny_config("grpo_tiny")
+    config.train.seq_len = 80
+    config.grpo.reward = f"reward_model:{tmp_path / 'reward'}"
+    config.data.update(dict(train_file=str(tmp_path / "prompts.jsonl"), eval_file=str(tmp_path / "prompts.jsonl")))
+    with pytest.raises(ConfigError, match=r"^.*prompts\.jsonl.*: the prompt takes \d+ tokens of grpo\.reward=.*whose "
+                                          r"train\.seq_len=40 leaves no room for the reply it scores; train the"):
+        finetune_and_evaluate(config, str(tmp_path / "grpo"))
+    assert not (tmp_path / "grpo").exists()
+    assert np.isfinite(rewards).all()
