@@ -49,9 +49,8 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
 
 def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:
     """A one-line warning when resuming at `step` with another train.batch_size, train.z_loss,
-    train.eval_batches, model.dropout_rate or model.dtype, or optimizer number (opt.b1, b2, eps,
-    weight_decay, clip_norm) than the
-    checkpoint was saved with; None otherwise. Allowed, as a deliberate change may be, but never
+    train.eval_batches, model.dropout_rate, model.dtype or lora.dropout, or optimizer number (opt.b1,
+    b2, eps, weight_decay, clip_norm) than the checkpoint was saved with; None otherwise. Allowed, as a deliberate change may be, but never
     silent. (train.microbatches gives the same gradient; the schedule is schedule_change's.)"""
     from research.training.optimizers import OptimizerConfig
 
@@ -59,7 +58,9 @@ def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], s
         opt, train, model = dict(run.get("opt", {})), dict(run.get("train", {})), dict(run.get("model", {}))
         return {**{f"train.{k}": train.get(k) for k in ("batch_size", "z_loss", "eval_batches")},
                 **{f"opt.{k}": opt.get(k, getattr(OptimizerConfig, k)) for k in _OPT_NUMBERS},
-                **{f"model.{k}": model.get(k) for k in _MODEL_NUMBERS}}
+                **{f"model.{k}": model.get(k) for k in _MODEL_NUMBERS},
+                # A fine-tuning run's adapter dropout (free on resume, run_identity.py), as the model's.
+                "lora.dropout": dict(run.get("lora") or {}).get("dropout")}
 
     before, now = numbers(saved_config), numbers(config)
     changed = [k for k in now if before[k] is not None and now[k] is not None and before[k] != now[k]]
@@ -77,7 +78,7 @@ def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], s
     if "train.eval_batches" in changed:
         consequences.append("evaluations from here score another set of validation batches: their eval_loss is not "
                             "comparable with the earlier ones, and checkpoint.keep_best ranks checkpoints across both")
-    if any(k.startswith("model.") for k in changed):
+    if any(k.startswith(("model.", "lora.")) for k in changed):
         consequences.append("the steps that follow train with another dropout or compute precision than the saved "
                             "run's")
     if any(k.startswith("opt.") for k in changed):

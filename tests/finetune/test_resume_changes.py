@@ -27,6 +27,8 @@ def test_a_resume_with_a_changed_schedule_or_optimizer_number_is_one_warning_lin
     config.train.stop_after_steps = 0
     config.train.num_steps, config.opt.learning_rate = 6, config.opt.learning_rate / 2
     config.opt.weight_decay = 0.05
+    old_dropout = config.lora.dropout
+    config.lora.dropout = old_dropout + 0.25  # resumed without a word (seen: loss 5.5569 -> 5.5819)
     caplog.clear()
     finetune_and_evaluate(config, workdir)
     schedule, numbers = _resume_lines(caplog)
@@ -34,3 +36,5 @@ def test_a_resume_with_a_changed_schedule_or_optimizer_number_is_one_warning_lin
                                "opt.learning_rate ")
     assert "learning rate of step 4, the next, was" in schedule and "\n" not in schedule
     assert numbers.startswith("resuming at step 3 with opt.weight_decay ") and "-> 0.05" in numbers
+    assert f"lora.dropout {old_dropout!r} -> {config.lora.dropout!r}" in numbers
+    assert "train with another dropout" in numbers
