@@ -5,8 +5,8 @@ fingerprint) writes <workdir>/run.json at the first start and refuses, in one li
 start whose fingerprint differs: resuming would mix adapters trained on another base, or
 metrics of another data set, or fail deep in orbax on another parameter tree. The
 fingerprint holds what a checkpoint's meaning depends on: the path, the base model (init,
-model overrides, tokenizer), the data, LoRA's shape, the objective's settings, seq_len, the
-seed, the optimizer's name and whether it clips gradients (another optimizer-state tree; a
+model overrides, tokenizer), the data (local files' contents too), LoRA's shape, the objective's
+settings, seq_len, the seed, the optimizer's name and whether it clips gradients (another optimizer-state tree; a
 run.json recorded before lacks it, and workdir.claim_all then takes it from the newest
 checkpoint's config, or compares nothing, as for pretraining). What may change on resume is
 left out: num_steps, the learning rate and schedule, clip_norm's value while clipping stays on
@@ -62,6 +62,29 @@ def hf_files_digest(folder: str) -> str | None:
     return _files_digest(os.path.abspath(folder), tuple(stats))
 
 
+def data_files_digest(path: str) -> str | None:
+    """sha256 over the contents of data file `path`, or of the .txt / .md files a domain run reads
+    under folder `path` (with their names in it); None where there is nothing local to read (the
+    loader says why in its own words)."""
+    if "://" in path:
+        return None
+    if os.path.isfile(path):
+        root, files = os.path.dirname(path), [path]
+    elif os.path.isdir(path):
+        from research.finetune.domain import domain_files
+        try:
+            root, files = path, domain_files(path)
+        except ConfigError:
+            return None
+    else:
+        return None
+    stats = []
+    for file in files:
+        st = os.stat(file)
+        stats.append((os.path.relpath(file, root), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return _files_digest(os.path.abspath(root), tuple(stats))
+
+
 def _read_by_from_hf(name: str) -> bool:
     """config.json and the weights (research/models/hf/checkpoint_files.py): model*.safetensors or
     pytorch_model*.bin, sharded or not, with their index. A training_args.bin or an adapter file
@@ -74,7 +97,7 @@ def _read_by_from_hf(name: str) -> bool:
 @functools.lru_cache(maxsize=8)
 def _files_digest(folder: str, stats: tuple[tuple[str, int, int, int, int], ...]) -> str:
     # Cached by the files' stat within one process only: a resume's claim reads the folder twice
-    # (check_init_files, the fingerprint), and a model's weights may be gigabytes.
+    # (check_init_files, the fingerprint), and a model's weights (or a data set) may be gigabytes.
     digest = hashlib.sha256()
     for name, *_ in stats:
         with open(os.path.join(folder, name), "rb") as f:
@@ -126,6 +149,10 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
     for key in _DATA_PATH_FIELDS:
         if data.get(key):
             data[key] = os.path.abspath(str(data[key]))
+            # The contents too: a file rewritten at its path (rows cleaned or added) resumed the saved data
+            # position on other rows, beside a before_eval_loss scored on the old eval file.
+            if (digest := data_files_digest(data[key])) is not None:
+                data[f"{key}_sha256"] = digest
     if data.get("synthetic") and not (data.get("train_file") and data.get("eval_file")):
         # Records generated here, not read: their generator's version is part of what was trained on.
         from research.finetune.preference_data import SYNTHETIC_SPLIT_VERSION

@@ -340,3 +340,23 @@ def test_a_text_to_text_run_from_before_inputs_ended_with_eos_is_refused_not_res
     (workdir / RUN_FILE).write_text(json.dumps(record))
     config.train.num_steps = 3
     _refused(config, workdir, r"data.input_ends_with_eos: null there, true now")
+
+
+def test_a_data_file_rewritten_at_its_path_is_refused_and_one_only_touched_resumes(tmp_path):
+    """Only the paths were recorded: a train.jsonl cleaned or extended in place resumed the saved data
+    position on other rows, beside a before_eval_loss scored on the old eval file."""
+    workdir = tmp_path / "run"
+    rows = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("cat", "dog", "sun", "sea", "red", "sky", "owl", "fox") * 4]
+    for name in ("train", "eval"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_config("sft_tiny", num_steps=2)
+    config.data.update(dict(train_file=str(tmp_path / "train.jsonl"), eval_file=str(tmp_path / "eval.jsonl")))
+    finetune_and_evaluate(config, str(workdir))
+    config.train.num_steps = 3
+    os.utime(tmp_path / "train.jsonl", (1_700_000_000, 1_700_000_000))  # the same rows: the same run
+    (tmp_path / "eval.jsonl").write_bytes((tmp_path / "eval.jsonl").read_bytes())
+    finetune_and_evaluate(config, str(workdir))
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    config.train.num_steps = 4
+    _refused(config, workdir, r"data.train_file_sha256: ")
