@@ -31,7 +31,10 @@ def _fingerprint(config: dict) -> dict:
     # Every DataConfig field, defaults filled in: a config that spells out a default (the presets'
     # data sections gained tfds_name, splits, ... for --config.data overrides) is the same run.
     data = json.loads(json.dumps(dataclasses.asdict(DataConfig(**config["data"]))))
-    data.pop("tokenizer")
+    # The tokenizer's settings, not where its model lies: the sweep sets model_path to its one shared
+    # model (absent from the check made before that model exists). A changed setting trains another
+    # tokenizer, whose ids the runs still to train would have mixed into the fit with the finished ones.
+    data["tokenizer"].pop("model_path")
     fingerprint = {**{k: config.get(k) for k in _FINGERPRINT_SECTIONS}, "train": train, "data": data}
     # How gradients are computed changes rounding, not the run: an interrupted run may resume
     # under another form (research.training.workdir treats it the same way).

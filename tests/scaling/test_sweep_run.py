@@ -242,6 +242,13 @@ def test_a_changed_config_cannot_reuse_a_run_directory(tmp_path):
     config.train.eval_batches += 3
     with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['train'\\] differ"):
         sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    # A tokenizer setting trains another tokenizer: the runs left to train would read other ids than the
+    # finished ones, in one fit (it was left out of the comparison with the model's path).
+    config.train.eval_batches -= 3
+    config.data.tokenizer.max_training_chars = 5000
+    with pytest.raises(sweep.SweepError, match="trained with a different config \\(sections \\['data'\\] differ"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=law_trainer({}), out=io.StringIO())
+    assert written() == tables
 
 
 def test_seed_repeats_train_together_each_with_its_own_record(tmp_path):
