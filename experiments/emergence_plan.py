@@ -243,7 +243,7 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
 def check_trained_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before any work: a size already trained in `workdir` was trained as this config asks
     (model, optimizer and every learning rate, seed, batch and sequence sizes, num_steps, z_loss,
-    dropout, compute dtype), else
+    dropout, compute dtype, checkpoint grid), else
     a finished run would be reported under the new settings without being retrained.
     The data is checked by prepare_data."""
     from experiments.emergence import train_config
@@ -302,7 +302,7 @@ def recorded_study(workdir: str, sizes: list[str]) -> tuple[dict[str, Any], dict
 def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
     """What decides a size's trained weights and its evaluations, flattened: the workdir fingerprint
     (model, seed, sequence length) without the data (prepare_data checks it), every optimizer number,
-    the batch size, num_steps, z_loss, dropout and the compute dtype."""
+    the batch size, num_steps, z_loss, dropout, the compute dtype and the checkpoint grid."""
     from research.training import workdir as workdir_lib
 
     identity = {k: v for k, v in workdir_lib.run_fingerprint({**run, "data": {}}).items()
@@ -317,6 +317,9 @@ def _training_identity(run: dict[str, Any]) -> dict[str, Any]:
     # another value was reported under it without being retrained.
     identity["train.z_loss"] = dict(run.get("train", {})).get("z_loss")
     identity.update({f"model.{k}": dict(run.get("model", {})).get(k) for k in ("dropout_rate", "dtype")})
+    # The curve's grid: evaluate_run reads the checkpoints on it, and a finished size rerun with another
+    # value lost the points off the new grid from every table, without a word.
+    identity["checkpoint.every_steps"] = dict(run.get("checkpoint", {})).get("every_steps")
     return identity
 
 

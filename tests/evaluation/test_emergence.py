@@ -172,7 +172,9 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
                             (lambda c: c.train.update(z_loss=0.5), r"train.z_loss: 0.0001 there, 0.5 now"),
                             (lambda c: c.model.update(dropout_rate=0.3), r"model.dropout_rate: 0.0 there, 0.3 now"),
                             (lambda c: c.model.update(dtype="bfloat16"),
-                             r"model.dtype: 'float32' there, 'bfloat16' now")]:
+                             r"model.dtype: 'float32' there, 'bfloat16' now"),
+                            # Another curve grid: the points off it left every table without a word.
+                            (lambda c: c.checkpoint.update(every_steps=4), r"checkpoint.every_steps: 2 there, 4 now")]:
         with pytest.raises(ConfigError, match=message) as error:
             emergence.run_study(_bad(change), workdir, log=logs.append)
         assert small in str(error.value) and "\n" not in str(error.value)
