@@ -215,7 +215,8 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
             f"paper_linearity / paper_breakthroughness: Srivastava et al. 2022's I / RootMeanSquare and "
             f"I / RootMedianSquare of the steps between consecutive sizes (App. B; the formulas as restated "
             f"by secondary sources, the appendix's own text not checked). linearity / breakthroughness: the "
-            f"same with each squared step floored at its bootstrap variance and at (1 / items)^2, shown only "
+            f"same with each squared step floored at its bootstrap variance and at the square of the mean's "
+            f"resolution (the item scores' grid spacing / items: 1 / items for 0/1 scores), shown only "
             f"where the curve's range exceeds what item noise gives a flat curve (the range of the "
             f"bootstrap deviations, mean + {NOISE_Z:g} standard deviations) "
             f"(research/evaluation/emergence_metrics.py)."
@@ -272,8 +273,9 @@ def _report_markdown(config, summary, mirage, mirage_shapes, transition, transit
                               "jump_ratio", "above_noise", "jump", "linearity", "breakthroughness"])
         text += ("\nShape along training, per size (steps as the scale axis; largest_step_se: bootstrap standard "
                  "error of the largest rise between consecutive checkpoints; jump_ratio: that rise over the root-"
-                 "median-square rise, each squared rise floored at (1 / items)^2, one item's resolution, so a curve "
-                 "flat for most checkpoints has jump_ratio = items x its largest rise; jump: above item noise and "
+                 "median-square rise, each squared rise floored at the square of the mean's resolution r (the item "
+                 "scores' grid spacing / items: 1 / items for exact match, 1 / (L items) for per-token accuracy), so "
+                 "a curve flat for most checkpoints has jump_ratio = its largest rise / r; jump: above item noise and "
                  f"jump_ratio > {JUMP_RATIO:g}, above training noise, study_report.JUMP_RATIO):"
                  f"\n\n```\n{table}\n```\n")
         verdicts = jump_verdicts(transition_shapes)
