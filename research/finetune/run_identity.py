@@ -184,6 +184,10 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
         reference = section("preference").get("reference", "") or ""
         identity["preference"] = {**section("preference"), "reference": absolute_spec(reference),
                                   "reference_checkpoint_step": _latest_steps(reference)}
+        # An 'hf:' reference is read again at every start: its files are the run's, as an init's are.
+        ref_kind, _, ref_folder = reference.partition(":")
+        if ref_kind == "hf" and (digest := hf_files_digest(ref_folder)) is not None:
+            identity["preference"]["reference_files_sha256"] = digest
     if path == "grpo":
         reward = section("grpo").get("reward", "rule")
         identity["grpo"] = {**section("grpo"), "reward": absolute_spec(reward),

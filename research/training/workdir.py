@@ -46,9 +46,10 @@ TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # and they are then taken from the newest checkpoint's saved config (none saved: nothing to compare).
 # Fine-tuning's base and reference steps (2026-12-06) are recomputed from those runs as they are now,
 # so for such an old run.json they always match: it is not checked for a base that moved.
-# Fine-tuning's data file digests (2026-12-07) likewise: an old run's files are whatever they are now.
+# Fine-tuning's data file and 'hf:' reference digests (2026-12-07) likewise: an old run's files are whatever they are now.
 _ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
-                "grpo.reward_checkpoint_step", "data.train_file_sha256", "data.eval_file_sha256", "data.folder_sha256")
+                "grpo.reward_checkpoint_step", "data.train_file_sha256", "data.eval_file_sha256", "data.folder_sha256",
+                "preference.reference_files_sha256")
 _FREED_LATER = ("model.attention_kernel",)
 
 

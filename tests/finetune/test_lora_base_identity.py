@@ -146,6 +146,22 @@ def test_only_a_run_that_reloads_its_hf_init_records_its_files():
         assert (INIT_FILES_KEY in finetune_fingerprint(config)) == recorded, preset
 
 
+def test_a_preference_runs_hf_reference_is_identified_by_its_files(hf_run, tmp_path):
+    """A reference given as 'hf:<folder>' is loaded again at every start, like a LoRA base: a folder
+    rewritten between sessions resumed the run against another reference model, unrecorded."""
+    from research.finetune.run_identity import finetune_fingerprint
+    folder = tmp_path / "reference"
+    shutil.copytree(hf_run[0], folder)
+    config = tiny_config("dpo_tiny").to_dict()
+    config["preference"]["reference"] = f"hf:{folder}"
+    before = finetune_fingerprint(config)["preference.reference_files_sha256"]
+    (folder / "README.md").write_text("not read by from_hf")  # another file: the same reference
+    assert finetune_fingerprint(config)["preference.reference_files_sha256"] == before
+    config_json = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config_json, "layer_norm_epsilon": 1e-3}))
+    assert finetune_fingerprint(config)["preference.reference_files_sha256"] != before
+
+
 def _never_past_the_checks(monkeypatch) -> None:
     from research.finetune import base_model, run, run_identity
 
