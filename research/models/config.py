@@ -198,6 +198,20 @@ class ModelConfig:
                                   f"(Mistral), not a {self.family} with position={self.position!r}.")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ConfigError(f"{self.name}: dropout_rate={self.dropout_rate} must be in [0, 1).")
+        # Both gave all-NaN logits: theta ** (-2i / Dh) of a theta <= 0 is NaN or inf, and a
+        # negative eps takes rsqrt below zero wherever the variance is smaller. (`not >`: NaN too.)
+        if self.position == "rope" and not self.rope_theta > 0:
+            raise ConfigError(f"{self.name}: rope_theta={self.rope_theta} must be positive (RoPE's base, 10000 "
+                              "for LLaMA).")
+        if not self.norm_eps >= 0:
+            raise ConfigError(f"{self.name}: norm_eps={self.norm_eps} must be >= 0 (typically 1e-5 or 1e-6).")
+        # Both ids are looked up in the token embedding (padded prompt columns, T5's first decoder
+        # input): jnp.take fills a row the table lacks with NaN, so a padded row of a ragged batch
+        # generated token 0 at NaN log-probs (transformers refuses such a LLaMA config.json).
+        for field in ("pad_token_id", "decoder_start_token_id"):
+            if not 0 <= getattr(self, field) < self.vocab_size:
+                raise ConfigError(f"{self.name}: {field}={getattr(self, field)} is not a token of vocab_size="
+                                  f"{self.vocab_size}; give an id in [0, {self.vocab_size}), e.g. 0.")
 
     # Derived sizes, named by their dimension letters.
     @property

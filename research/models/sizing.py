@@ -63,13 +63,10 @@ class ParamCounts:
 
 @dataclasses.dataclass(frozen=True)
 class FlopsPerToken:
-    """Matmul FLOPs per token (a multiply-add is 2 FLOPs), Kaplan et al. 2020 Table 1.
-
-    forward/train are per target token; for encoder_decoder, forward = decoder_forward +
-    encoder_forward * source_len / target_len (encoder_forward includes the decoder's
-    cross-attention key / value projections of each source token). For decoders
-    encoder_forward is 0; for encoders decoder_forward is 0.
-    """
+    """Matmul FLOPs per token (a multiply-add is 2 FLOPs), Kaplan et al. 2020 Table 1. forward and
+    train are per target token; for encoder_decoder, forward = decoder_forward + encoder_forward *
+    source_len / target_len (encoder_forward includes the decoder's cross-attention key / value
+    projections of each source token). Decoders' encoder_forward is 0, encoders' decoder_forward."""
 
     forward: int
     train: int  # 3 x forward: the backward pass costs twice the forward
@@ -274,12 +271,9 @@ def train_state_bytes(config: ModelConfig, precision: TrainPrecision | None = No
 
 
 def kv_cache_bytes_per_token(config: ModelConfig, dtype: ServeDType = "bfloat16") -> int:
-    """2 (keys and values) * L * K * Dh * bytes for each cached token of one sequence.
-
-    Encoders do not decode (0). For encoder_decoder this is the decoder's self-attention
-    cache per target token; cross-attention keys/values, if cached, cost the same per
-    source token.
-    """
+    """2 (keys and values) * L * K * Dh * bytes for each cached token of one sequence. Encoders do
+    not decode (0). For encoder_decoder this is the decoder's self-attention cache per target
+    token; cross-attention keys/values, if cached, cost the same per source token."""
     if config.family == "encoder":
         return 0
     return 2 * config.num_layers * config.kv_heads * config.dim_per_head * _bytes_per_value(
@@ -327,6 +321,20 @@ def human_bytes(n: float) -> str:
     return f"{n:g} B"
 
 
+def _train_formula(report: dict[str, Any]) -> str:
+    """What the train figure counts for this family (flops_per_token's docstring derives each)."""
+    f, d_attn = report["flops_per_token"], report["num_heads"] * report["head_dim"]
+    if report["family"] == "encoder":  # every key; N: only the parameters every token runs through
+        n = human_count((f["forward"] - f["attention_forward"]) // 2)
+        return f"6N + 12 L n_ctx d_attn, N = {n} without the pooler and heads"
+    if report["family"] == "encoder_decoder":  # cross-attention K/V run per source token: the encoder's
+        return (f"3 x (decoder {human_count(f['decoder_forward'])} + encoder {human_count(f['encoder_forward'])} x "
+                "source_len / seq_len); decoder 2N + 2 L n_ctx d_attn + 4 L source_len d_attn, encoder 2N + 4 L "
+                "source_len d_attn")
+    share = f["attention_forward"] / (2 * report["num_layers"] * report["seq_len"] * d_attn)  # < 1: a sliding window
+    return "6N + 6 L n_ctx d_attn" + (f" x {share:.3f}, the causal keys a sliding window sees" if share < 1 else "")
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A readable multi-line summary of `size_report`."""
     p, f = report["params"], report["flops_per_token"]
@@ -340,7 +348,7 @@ def format_report(report: dict[str, Any]) -> str:
         + (f", backbone {human_count(p['backbone'])} ({p['backbone']:,})" if p["backbone"] != p["total"] else ""),
         f"FLOPs/token at seq_len={report['seq_len']}"
         + (f", source_len={report['source_len']}" if report["source_len"] else "")
-        + f": forward {human_count(f['forward'])}, train {human_count(f['train'])} (6N + 6 L n_ctx d_attn); "
+        + f": forward {human_count(f['forward'])}, train {human_count(f['train'])} ({_train_formula(report)}); "
         f"with unembedding: train {human_count(f['train_with_embedding'])}",
         "serve weights: " + ", ".join(f"{d} {human_bytes(b)}" for d, b in report["weight_bytes"].items()),
         f"train state (float32 weights + grads + Adam m, v; no activations; any compute dtype): "
@@ -412,6 +420,9 @@ def cli_output(model: str | None, overrides: Sequence[str] = (), seq_len: int | 
         reports = [size_report(get_config(name), seq_len, source_len) for name in preset_names()]
         return json.dumps(reports, indent=2) if as_json else format_table(reports)
     config = get_config(model, **dict(parse_override(o) for o in overrides))
+    if source_len is not None and config.family != "encoder_decoder":  # it was ignored without a word
+        raise ConfigError(f"--source_len={source_len}: {config.name} is a{'n' * (config.family == 'encoder')} "
+                          f"{config.family} that reads no source; drop it (--seq_len sets its length).")
     if config.position == "learned" and seq_len is not None and seq_len > config.max_len:
         # Training refuses it too: a learned position table has max_len rows.
         raise ConfigError(f"--seq_len={seq_len} exceeds {config.name}'s max_len={config.max_len} (learned positions "
@@ -428,8 +439,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                               flag_values=flag_values)
     flags.DEFINE_integer("seq_len", None, "Context length n_ctx for FLOPs (default: the config's max_len).",
                          flag_values=flag_values)
-    flags.DEFINE_integer("source_len", None, "Encoder-decoder source length (default: seq_len).",
-                         flag_values=flag_values)
+    flags.DEFINE_integer("source_len", None, "Encoder-decoder source length (default: seq_len); other "
+                         "families read no source.", flag_values=flag_values)
     flags.DEFINE_bool("json", False, "Print JSON instead of text.", flag_values=flag_values)
 
 

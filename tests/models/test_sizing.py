@@ -1,5 +1,6 @@
 """Sizing arithmetic against hand computation, module counts for config variants, and the CLI."""
 import json
+import re
 import subprocess
 import sys
 
@@ -243,3 +244,52 @@ def test_a_sliding_window_counts_only_the_keys_its_queries_see():
     assert full.forward - windowed.forward == full.attention_forward - windowed.attention_forward
     wide = sizing.flops_per_token(get_config("llama-tiny", sliding_window=8), 8)
     assert wide == full  # a window as long as the sequence masks nothing
+
+
+def _value(text: str) -> float:
+    """'85.1M' -> 85.1e6 (human_count's units)."""
+    return float(text[:-1]) * {"M": 1e6, "B": 1e9}[text[-1]]
+
+
+def _train_label(config: ModelConfig, seq_len: int, source_len: int | None = None) -> tuple[str, dict]:
+    """The label after the text report's train FLOPs, and the report."""
+    report = sizing.size_report(config, seq_len, source_len)
+    line = next(line for line in sizing.format_report(report).splitlines() if line.startswith("FLOPs"))
+    return line.split(" (", 1)[1].rsplit("); with unembedding", 1)[0], report
+
+
+@pytest.mark.parametrize("name, seq_len, source_len, overrides", [
+    ("bert-base", 512, None, {}), ("t5-small", 512, None, {}), ("t5-small", 114, 512, {}),
+    ("llama-7b", 2048, None, {"sliding_window": 256}),
+])
+def test_the_train_label_is_the_formula_of_the_printed_figure(name, seq_len, source_len, overrides):
+    """Every family was labelled "6N + 6 L n_ctx d_attn", which gave bert-base 545.7M for its
+    567.0M, t5-small 273.8M for 311.5M and a 256-token window at 2048 40.5B for 39.2B."""
+    cfg = get_config(name, **overrides)
+    label, report = _train_label(cfg, seq_len, source_len)
+    n, d_attn, layers = seq_len, cfg.num_heads * cfg.dim_per_head, cfg.num_layers
+    non_embedding = report["params"]["non_embedding"]
+    if cfg.family == "encoder":
+        tokens_n = re.fullmatch(r"6N \+ 12 L n_ctx d_attn, N = (\S+) without the pooler and heads", label)[1]
+        assert _value(tokens_n) < non_embedding  # the pooler and MLM transform are left out
+        by_label = 6 * _value(tokens_n) + 12 * layers * n * d_attn
+    elif cfg.family == "encoder_decoder":
+        decoder, encoder = re.fullmatch(r"3 x \(decoder (\S+) \+ encoder (\S+) x source_len / seq_len\); decoder "
+                                        r"2N \+ 2 L n_ctx d_attn \+ 4 L source_len d_attn, encoder 2N \+ 4 L "
+                                        r"source_len d_attn", label).groups()
+        by_label = 3 * (_value(decoder) + _value(encoder) * report["source_len"] / n)
+    else:
+        share = re.fullmatch(r"6N \+ 6 L n_ctx d_attn x (\S+), the causal keys a sliding window sees", label)[1]
+        by_label = 6 * non_embedding + 6 * layers * n * d_attn * float(share)
+        # A window the whole sequence fits in hides nothing: Kaplan's formula, as without one.
+        assert _train_label(cfg, cfg.sliding_window)[0] == _train_label(get_config(name), 256)[0] \
+            == "6N + 6 L n_ctx d_attn"
+    assert by_label == pytest.approx(report["flops_per_token"]["train"], rel=2e-3)
+
+@pytest.mark.parametrize("name, family", [("gpt2-small", "a decoder"), ("bert-base", "an encoder")])
+def test_cli_refuses_a_source_len_the_model_does_not_read(name, family):
+    # It was ignored without a word (while --source_len=0 was refused for them).
+    with pytest.raises(ConfigError, match=rf"^--source_len=4096: {name} is {family} that reads no source; drop it"):
+        run_cli(f"--model={name}", "--seq_len=128", "--source_len=4096")
+    assert "source_len=4096" in run_cli("--model=t5-small", "--source_len=4096")
+    assert len(run_cli("--source_len=64").splitlines()) == 1 + len(sizing.preset_names())  # T5 rows read it

@@ -44,6 +44,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
             raise ConfigError(f"{model_type}: {flag}=true is not supported; only bias-free LLaMA blocks convert.")
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf["head_dim"]
+    # A null pad id, or LLaMA-1 conversions' -1 (transformers' padding_idx counts it from the end): pad with 0.
     return ModelConfig(
         name=model_type, family="decoder", vocab_size=hf["vocab_size"], d_model=d,
         num_layers=hf["num_hidden_layers"], num_heads=h, num_kv_heads=hf["num_key_value_heads"] or h,
@@ -52,7 +53,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
         norm="rmsnorm", norm_eps=hf["rms_norm_eps"], norm_placement="pre",
         activation=hf_activation(hf["hidden_act"], model_type), gated_mlp=True, use_bias=False,
         qkv_bias=model_type == "qwen2",
-        tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=hf["pad_token_id"] or 0,
+        tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=max(hf["pad_token_id"] or 0, 0),
         dropout_rate=float(hf["attention_dropout"]), sliding_window=_sliding_window(hf, model_type))
 
 
