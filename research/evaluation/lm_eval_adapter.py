@@ -19,6 +19,10 @@ sampling as lm-eval reads its generation_kwargs (do_sample: true, or temperature
 do_sample; do_sample: false is greedy at any temperature) is refused in one line rather than
 answered greedily.
 The batch size is a fixed integer: lm-eval's batch_size="auto" is refused in one line too.
+max_gen_toks (default 256) is the length of a task that sets none, including one without
+generation_kwargs, which lm-eval 0.4.13 fills with its own max_gen_toks 256 (told apart from a
+task's own value in _lm_eval_filled); evaluate_tasks refuses, before any scoring, a generation
+task whose length leaves no room for a prompt in the model's max_length.
 lm-eval is imported only here, so the rest of the library does not need it.
 """
 from __future__ import annotations
@@ -33,6 +37,11 @@ from lm_eval.api.registry import register_model  # noqa: E402
 # lm-eval fills its registry of built-in models ("hf", "vllm", ...) from lm_eval.models only
 # while the registry is empty: registering "research" first would hide them all in this process.
 import lm_eval.models  # noqa: E402,F401
+
+try:  # an lm-eval without it filled no max_gen_toks into a task without generation_kwargs
+    from lm_eval.defaults import default_gen_kwargs as _lm_eval_default_gen_kwargs  # noqa: E402
+except ImportError:
+    _lm_eval_default_gen_kwargs = None
 
 from research.evaluation.harness import Harness
 from research.evaluation.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
@@ -134,11 +143,33 @@ class HarnessLM(LM):
         return [r.log_prob for r in results]
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
-        converted = [GenerateRequest(context, **self._generation_options(dict(gen_kwargs or {})))
-                     for context, gen_kwargs in (request.args for request in requests)]
+        # Every request is converted (and checked) before the harness generates any.
+        converted = [GenerateRequest(request.args[0], **self.generation_options(
+            request.args[1], getattr(request, "task_name", None))) for request in requests]
         return [r.text for r in self.harness.generate_until(converted)]
 
-    def _generation_options(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def generation_options(self, gen_kwargs: Mapping[str, Any] | None, task: str | None = None) -> dict[str, Any]:
+        """GenerateRequest's until and max_new_tokens for a generate_until request's gen_kwargs (of
+        lm-eval task `task`), or a one-line ConfigError naming the task: sampling, beams, unknown
+        settings, or a length that leaves no room for a prompt in the model's max_length."""
+        where = f"lm-eval task {task!r}" if task else "a generate_until request"
+        gen_kwargs = dict(gen_kwargs or {})
+        own_length = not _lm_eval_filled(gen_kwargs)
+        try:
+            options = self._generation_options(gen_kwargs, own_length)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        length, room = options["max_new_tokens"], self.harness.max_length - 1
+        # As Harness.generate_until measures it: only a decoder's prompt shares max_length with its answer.
+        if self.harness.config.family == "decoder" and length > room:
+            fix = (f"set max_gen_toks to at most {room} in the task's generation_kwargs" if own_length else
+                   f"pass max_gen_toks= at most {room} (HarnessLM(..., max_gen_toks=N) or model_args "
+                   "max_gen_toks=N), the length of a task that sets none")
+            raise ConfigError(f"{where}: max_gen_toks={length} leaves no room for a prompt in the model's "
+                              f"max_length={self.harness.max_length}; {fix}.")
+        return options
+
+    def _generation_options(self, gen_kwargs: dict[str, Any], own_length: bool) -> dict[str, Any]:
         until = gen_kwargs.pop("until", None)
         until = () if until is None else (until,) if isinstance(until, str) else tuple(until)
         # lm-eval 0.4.13 reads the length under these names, first found first (normalize_gen_kwargs),
@@ -146,7 +177,9 @@ class HarnessLM(LM):
         lengths = [gen_kwargs.pop(k) for k in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
                    if k in gen_kwargs]
         gen_kwargs.pop("max_length", None)
-        max_new_tokens = int(lengths[0]) if lengths else self.max_gen_toks
+        # A max_gen_toks of None sets no length (int(None) was a TypeError traceback).
+        own = own_length and lengths and lengths[0] is not None
+        max_new_tokens = int(lengths[0]) if own else self.max_gen_toks
         self._check_greedy(gen_kwargs.pop("do_sample", None), gen_kwargs.pop("temperature", None))
         # Greedy decoding ignores the sampling filters, as transformers' generate does without do_sample.
         for key in ("top_k", "top_p"):
@@ -185,6 +218,19 @@ class HarnessLM(LM):
             raise ConfigError(f"the task sets temperature: {temperature!r} without do_sample, which lm-eval reads "
                               "as sampling; HarnessLM generates greedily only: add do_sample: false to the task's "
                               "generation_kwargs (or set temperature: 0).")
+
+
+def _lm_eval_filled(gen_kwargs: Mapping[str, Any]) -> bool:
+    """Whether gen_kwargs are lm-eval's own fill-in for a generate_until task without
+    generation_kwargs, whose max_gen_toks is then no choice of the task's. lm-eval 0.4.13's
+    TaskConfig gives such a task default_gen_kwargs(fewshot_delimiter): {temperature: 0.0,
+    do_sample: False, max_gen_toks: 256, until: [...]}, keys in that order; a task's own
+    generation_kwargs keep its YAML's order (until appended when missing), so only one that
+    spells out those four values in that order reads as the fill-in. simple_evaluate's
+    gen_kwargs= update the same dict: a max_gen_toks set there makes it the task's own."""
+    if _lm_eval_default_gen_kwargs is None:
+        return False
+    return list(gen_kwargs.items()) == list(_lm_eval_default_gen_kwargs(gen_kwargs.get("until")).items())
 
 
 def _integer(key: str, value: Any) -> int:
@@ -234,7 +280,25 @@ def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | N
     if missing:
         where = f" or in {include_path!r}" if include_path else " (pass include_path=DIR with your task YAMLs)"
         raise ConfigError(f"lm-eval task(s) {missing} not found among lm-eval's tasks{where}.")
-    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot,
+    return lm_eval.simple_evaluate(model=lm, tasks=_checked_tasks(lm, manager, tasks), task_manager=manager,
+                                   num_fewshot=num_fewshot,
                                    limit=limit, log_samples=log_samples, bootstrap_iters=bootstrap_iters,
                                    random_seed=random_seed, numpy_random_seed=numpy_random_seed,
                                    torch_random_seed=torch_random_seed, fewshot_random_seed=fewshot_random_seed)
+
+
+def _checked_tasks(lm: HarnessLM, manager: Any, names: Sequence[str]) -> list[Any]:
+    """The tasks to evaluate, each generate_until task's generation_kwargs checked as lm will read
+    them: lm-eval runs every task's loglikelihood requests before any generation, so a length
+    past max_length was refused only after those were scored. The built tasks and groups are
+    handed on in place of their names, so lm-eval does not build them again; a tag (several
+    tasks under one name) is handed on by name. An lm-eval without TaskManager.load (before
+    0.4.13) gets the names, checked only at generation."""
+    if not hasattr(manager, "load"):
+        return list(names)
+    loaded = manager.load(list(names))
+    for name, task in loaded["tasks"].items():
+        if task.OUTPUT_TYPE == "generate_until":
+            lm.generation_options(task.config.generation_kwargs, name)
+    built = [loaded["groups"][name] if name in loaded["groups"] else loaded["tasks"].get(name) for name in names]
+    return list(names) if any(item is None for item in built) else built

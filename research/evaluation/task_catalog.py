@@ -114,6 +114,9 @@ def check_shots(name: str, task: Task, num_fewshot: int) -> None:
     pool = Counter(task.prompts(spec.fewshot_split))
     copies = max((pool[prompt] for prompt in task.prompts(spec.eval_split)), default=0)
     usable = sum(pool.values()) - copies
+    if spec.answer_identifies_problem:  # nor the query's answer (unscramble): each query's own count
+        from research.evaluation.fewshot import shot_candidates
+        usable = min((len(shot_candidates(task, i)) for i in range(len(task.prompts(spec.eval_split)))), default=0)
     if num_fewshot > usable:
         raise TaskError(f"task {name!r}: num_shots={num_fewshot} but its few-shot split {spec.fewshot_split!r} "
                         f"holds {usable} examples usable for every query (shots never pose the query's own "

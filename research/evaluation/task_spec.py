@@ -36,7 +36,8 @@ class TaskError(ConfigError):
 class TaskSpec:
     """How to turn a document into requests and score them (lm-evaluation-harness semantics).
 
-    prompt: template of the context. target: template of the gold continuation (for
+    prompt: template of the context (for loglikelihood_rolling: the whole scored text, with no
+    target). target: template of the gold continuation (for
     multiple_choice: the gold choice's index or its text, see gold_index). choices: multiple_choice only,
     the document field holding the list of choice strings. A few-shot example is
     prompt + target_delimiter + target; examples and the query are joined by
@@ -45,6 +46,11 @@ class TaskSpec:
     until: generate_until's stop strings; left out (None), the fewshot_delimiter alone, as
     lm-eval's TaskConfig defaults generation_kwargs' until (a task with fewshot_delimiter "\n"
     stopped only at "\n\n" here, so its answer ran on into the next made-up question).
+    answer_identifies_problem: whether two documents with one gold answer pose one problem, so
+    a few-shot example with the query's answer is left out as one with its prompt is
+    (fewshot.sample_shots). True for unscramble (every scramble of a word asks for that word);
+    False where equal answers are other problems: sums, recalled values, a multiple-choice
+    gold index or text.
     """
 
     name: str
@@ -63,6 +69,7 @@ class TaskSpec:
     until: tuple[str, ...] | None = None  # generate_until stop strings; None: (fewshot_delimiter,)
     max_new_tokens: int = 32
     answer_prefix: str | None = None
+    answer_identifies_problem: bool = False
 
     def __post_init__(self):
         where = f"task {self.name!r}"
@@ -89,6 +96,12 @@ class TaskSpec:
         if self.output_type == "loglikelihood_rolling" and self.num_fewshot:
             raise TaskError(f"{where}: loglikelihood_rolling scores whole texts; num_fewshot must be 0, "
                             f"got {self.num_fewshot}.")
+        if self.output_type == "loglikelihood_rolling" and self.target:
+            # Only the rendered prompt is scored: a target (lm-eval's doc_to_target, where its
+            # wikitext keeps the text) was silently left out, scoring e.g. the title alone.
+            raise TaskError(f"{where}: loglikelihood_rolling scores the prompt alone, so target={self.target!r} "
+                            "would be ignored; put the scored text in prompt (e.g. prompt='{text}') and leave "
+                            "target out.")
         if self.num_fewshot < 0:
             raise TaskError(f"{where}: num_fewshot={self.num_fewshot} must be >= 0.")
         if self.num_fewshot and not self.fewshot_split:
@@ -113,6 +126,8 @@ class TaskSpec:
         for field in ("num_fewshot", "fewshot_seed", "max_new_tokens"):
             if isinstance(getattr(self, field), bool) or not isinstance(getattr(self, field), numbers.Integral):
                 raise wrong(field, "an integer")
+        if not isinstance(self.answer_identifies_problem, bool):
+            raise wrong("answer_identifies_problem", "true or false")
         if not isinstance(self.metrics, (list, tuple)) or not all(isinstance(m, str) for m in self.metrics):
             raise wrong("metrics", "a list of metric names, e.g. [\"exact_match\"]")
         until = self.until
@@ -155,9 +170,20 @@ class Task:
             cache[split] = tuple(render(self.spec.prompt, doc, "prompt") for doc in self.docs(split))
         return cache[split]
 
+    def answers(self, split: str) -> tuple[str, ...]:
+        """Each document's gold text, computed once per split, as prompts() for the same reason."""
+        cache = self._rendered_answers
+        if split not in cache:
+            cache[split] = tuple(gold_text(self.spec, doc) for doc in self.docs(split))
+        return cache[split]
+
     @functools.cached_property
     def _rendered_prompts(self) -> dict[str, tuple[str, ...]]:
         return {}  # cached_property writes the instance __dict__ directly, as a frozen dataclass allows
+
+    @functools.cached_property
+    def _rendered_answers(self) -> dict[str, tuple[str, ...]]:
+        return {}
 
 
 def make_task(spec: TaskSpec, splits: dict[str, Sequence[Doc | dict]]) -> Task:

@@ -76,3 +76,34 @@ def test_a_suite_without_shot_counts_prompts_each_task_with_its_own():
     empty = make_task(QA, {"test": [], "train": TRAIN})
     with pytest.raises(TaskError, match=r"split 'test' holds no documents"):
         plan_suite(["qa"], [0], tasks={"qa": empty})
+
+
+def test_no_shot_of_an_unscramble_task_has_the_querys_word():
+    """Every scramble of a word asks for that word: unscramble_anagram1 showed 'toenks = tokens'
+    above the query 'toneks =' (1 of 200 5-shot prompts, 4 of 200 at 32 shots)."""
+    task = catalog_task("unscramble_anagram1", num_test=200)
+    assert task.spec.answer_identifies_problem
+    for k in (5, 32):
+        for i, doc in enumerate(task.docs("test")):
+            assert doc.fields["word"] not in [s.fields["word"] for s in sample_shots(task, i, k)]
+
+
+def test_equal_answers_stay_where_they_are_other_problems():
+    # "3+4=" and "5+2=" are two problems with one answer: such shots stay, and a task file opts in.
+    spec = TaskSpec(name="t", output_type="generate_until", prompt="{q}=", target="{a}", num_fewshot=2)
+    docs = {"test": [{"q": "3+4", "a": "7"}], "train": [{"q": "5+2", "a": "7"}, {"q": "6+1", "a": "7"}]}
+    assert sorted(s.fields["q"] for s in sample_shots(make_task(spec, docs), 0, 2)) == ["5+2", "6+1"]
+    same = make_task(spec.replace(answer_identifies_problem=True), {**docs, "train": [*docs["train"],
+                                                                                      {"q": "1+1", "a": "2"}]})
+    assert [s.fields["q"] for s in sample_shots(same, 0, 1)] == ["1+1"]
+    with pytest.raises(TaskError, match=r"holds 1 usable documents \(whose prompt and answer are not that of "
+                                        r"evaluation document 0\)"):
+        sample_shots(same, 0, 2)
+    with pytest.raises(TaskError, match=r"answer_identifies_problem='yes' must be true or false"):
+        spec.replace(answer_identifies_problem="yes")
+    # The catalog's check before any work counts the same shots (it counted prompts alone, and the
+    # refusal came from sample_shots once evaluation ran).
+    from research.evaluation.task_catalog import check_shots
+    check_shots("same", same, 1)
+    with pytest.raises(TaskError, match=r"holds 1 examples usable for every query"):
+        check_shots("same", same, 2)

@@ -183,7 +183,7 @@ def test_sampling_is_read_as_lm_eval_reads_it(setup, monkeypatch):
     # the first is generated: a max_gen_toks past max_length came after the others' work.
     monkeypatch.setattr(harness, "_generate", lambda *a: pytest.fail("generated before every group was checked"))
     late = {"until": ["\n"], "max_gen_toks": harness.max_length}
-    with pytest.raises(ConfigError, match=rf"max_new_tokens={harness.max_length} leaves no room"):
+    with pytest.raises(ConfigError, match=rf"generate_until request: max_gen_toks={harness.max_length} leaves no room"):
         lm.generate_until([Request("Say cat:", {"until": ["\n"]}), Request("Say dog:", late)])
 
 
@@ -306,3 +306,45 @@ def test_an_empty_rolling_text_scores_as_lm_evals_hf_model(tmp_path):
     ours = HarnessLM.from_hf(str(tmp_path), batch_size=2).loglikelihood_rolling(requests)
     assert theirs[1] == ours[1] == 0.0
     assert ours == pytest.approx(theirs, abs=1e-3)
+
+
+def test_max_gen_toks_serves_tasks_that_set_none_and_is_checked_before_scoring(setup, tmp_path, monkeypatch):
+    """A generation task without generation_kwargs got lm-eval's own max_gen_toks 256 in place of
+    HarnessLM's max_gen_toks=, so on a model with max_len 128 it failed, naming max_new_tokens,
+    only after every earlier task's loglikelihood requests had been scored."""
+    harness, tmp, _ = setup
+    yaml_dir = tmp_path / "yaml"
+    yaml_dir.mkdir()
+    (yaml_dir / "capitals.yaml").write_text(capitals_task_yaml("local_capitals", tmp / "mc.jsonl"))
+    for name, generation_kwargs in (("local_plain", ""), ("local_long", "generation_kwargs:\n  max_gen_toks: 500\n"),
+                                    ("local_256", "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 256\n")):
+        (yaml_dir / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp / 'gen.jsonl'}\n"
+            f"test_split: test\noutput_type: generate_until\ndoc_to_text: 'Say {{{{word}}}}:'\n"
+            f"doc_to_target: '{{{{answer}}}}'\n{generation_kwargs}metric_list:\n  - metric: exact_match\n")
+    lengths = []
+    generate = harness.generate_until
+    monkeypatch.setattr(harness, "generate_until",
+                        lambda requests: lengths.extend(r.max_new_tokens for r in requests) or generate(requests))
+
+    def run(lm, *tasks):
+        return evaluate_tasks(lm, ["local_capitals", *tasks], include_path=str(yaml_dir), include_defaults=False,
+                              bootstrap_iters=0, limit=2)
+
+    out = run(HarnessLM(harness, max_gen_toks=5), "local_plain")
+    assert lengths == [5, 5] and "exact_match,none" in out["results"]["local_plain"]
+    assert "acc,none" in out["results"]["local_capitals"]
+    # A length that leaves no prompt room is refused before any scoring, with the fix for where it was set.
+    monkeypatch.setattr(harness, "loglikelihood", lambda *a: pytest.fail("scored before the length was checked"))
+    refused = [((HarnessLM(harness), "local_plain"),
+                r"lm-eval task 'local_plain': max_gen_toks=256 leaves no room for a prompt in the model's "
+                r"max_length=128; pass max_gen_toks= at most 127 \(HarnessLM"),
+               ((HarnessLM(harness, max_gen_toks=5), "local_long"),
+                r"lm-eval task 'local_long': max_gen_toks=500 .* set max_gen_toks to at most 127 in the task's "
+                r"generation_kwargs"),
+               ((HarnessLM(harness, max_gen_toks=5), "local_256"),  # the task's own 256 stays its own
+                r"lm-eval task 'local_256': max_gen_toks=256 .* in the task's generation_kwargs")]
+    for (lm, task), message in refused:
+        with pytest.raises(ConfigError, match=message) as error:
+            run(lm, task)
+        assert "\n" not in str(error.value)

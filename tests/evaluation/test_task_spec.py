@@ -168,3 +168,14 @@ def test_until_defaults_to_the_fewshot_delimiter_as_lm_evals_task_config(tmp_pat
     assert load_task(str(tmp_path / "qa.json")).spec.until == ("\n",)
     with pytest.raises(TaskError, match=r"until=3 must be a stop string or a list of them"):
         TaskSpec(**gen, until=3)
+
+
+def test_a_rolling_task_with_a_target_is_refused_naming_the_fix():
+    """Only the prompt of a loglikelihood_rolling task is scored: a target (lm-eval wikitext's
+    doc_to_target, where its text lives) was accepted and left out, so the bits per byte were
+    the title's."""
+    with pytest.raises(TaskError, match=r"task 'wiki': loglikelihood_rolling scores the prompt alone, so "
+                                        r"target='\{text\}' would be ignored; put the scored text in prompt") as error:
+        TaskSpec(name="wiki", output_type="loglikelihood_rolling", prompt="{title}", target="{text}")
+    assert "\n" not in str(error.value)
+    assert TaskSpec(name="wiki", output_type="loglikelihood_rolling", prompt="{text}").target == ""

@@ -91,5 +91,6 @@ def unscramble_task(*, corruption: Corruption = "anagram1", min_length: int | No
 
     spec = TaskSpec(name=f"unscramble_{corruption}_{min_length}-{max_length}", output_type="generate_until",
                     prompt="{scrambled} =", target="{word}", fewshot_delimiter="\n", until=("\n",),
-                    max_new_tokens=max_length + 2, num_fewshot=num_fewshot, fewshot_seed=seed)
+                    max_new_tokens=max_length + 2, num_fewshot=num_fewshot, fewshot_seed=seed,
+                    answer_identifies_problem=True)  # another scramble of the query's word is its problem
     return generated_task(spec, make_doc, num_test=num_test, num_train=num_train, seed=seed)
