@@ -149,6 +149,36 @@ def claimed_with(workdir: str) -> list[str]:
         return []
 
 
+def _follow_move(recorded: dict[str, Any], current: Mapping[str, Any], workdir: str) -> dict[str, Any]:
+    """`recorded` with its paths under a folder that moved with `workdir` since run.json recorded
+    it there read as where they are now: the same files, moved together. A sweep's runs (runs/<id>)
+    and their tokenizer (tokenizers/...) moved to another folder were refused as another run on
+    the tokenizer's path. The folder that moved is one of the workdir's own or its ancestors whose
+    names the old and new paths share (only the part above them was renamed)."""
+    try:
+        with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
+            old = json.load(f).get("workdir")
+    except (OSError, ValueError, AttributeError):
+        return recorded
+    new = absolute_workdir(workdir)
+    if not isinstance(old, str) or old == new or _is_url(old) or _is_url(new):
+        return recorded
+    old_parts, new_parts = old.rstrip(os.sep).split(os.sep), new.rstrip(os.sep).split(os.sep)
+    shared = 0  # trailing names in common: the folders that may have moved together
+    while shared < min(len(old_parts), len(new_parts)) - 1 and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    moves = [(os.sep.join(old_parts[:len(old_parts) - i]) + os.sep, os.sep.join(new_parts[:len(new_parts) - i]) + os.sep)
+             for i in range(shared + 1)]
+
+    def moved(before: Any, now: Any) -> bool:
+        if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+            return all(b == n or moved(b, n) for b, n in zip(before, now))
+        return isinstance(before, str) and isinstance(now, str) and any(
+            a in before and before.replace(a, b, 1) == now for a, b in moves if a != os.sep)
+    return {k: current[k] if k in current and v != current[k] and moved(v, current[k]) else v
+            for k, v in recorded.items()}
+
+
 def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | None:
     """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
     before run.json existed) the config saved with its newest checkpoint; None if neither."""
@@ -295,6 +325,8 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
         current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
             recorded = _read_recorded(workdir, fingerprint)
+            if recorded is not None:
+                recorded = _follow_move(recorded, current, workdir)
             # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing;
             # nor does a model field added since, at the value every run had before it existed.
             compared = {k: v for k, v in current.items()
@@ -336,7 +368,10 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
                 locked.append(workdir)
         if record:  # written aside, then renamed: other processes checking the workdir never read half a file
             partial = path / f"{RUN_FILE}.{os.getpid()}.tmp"
-            content = {"fingerprint": current, **({"trained_with": together} if together else {})}
+            # Where it was: a workdir moved (a study folder copied to or from a Colab Drive) with the files
+            # around it (the study's tokenizer, its data) resumes (_follow_move).
+            content = {"fingerprint": current, "workdir": absolute_workdir(workdir),
+                       **({"trained_with": together} if together else {})}
             partial.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
             partial.replace(path / RUN_FILE)
     return first

@@ -101,6 +101,27 @@ def test_workdir_without_run_file_is_checked_against_its_checkpoint_config(tmp_p
         workdir_lib.claim(str(tmp_path / "run"), _config(num_heads=2))
 
 
+def test_a_workdir_moved_with_the_files_around_it_is_the_same_run(tmp_path):
+    """A sweep's runs/<id> and its tokenizers/ moved together (a study copied to or from a Colab
+    Drive): its interrupted runs were refused as another run on the tokenizer's new path."""
+    def config(root):
+        run = _config()
+        run["data"]["tokenizer"]["model_path"] = str(root / "tokenizers" / "t.model")
+        return run
+    old_root, new_root = tmp_path / "a" / "study", tmp_path / "b" / "renamed" / "study"
+    workdir_lib.claim(str(old_root / "runs" / "x"), config(old_root))
+    new_root.parent.mkdir(parents=True)
+    os.rename(old_root, new_root)
+    workdir_lib.claim(str(new_root / "runs" / "x"), config(new_root))
+    record = json.load(open(new_root / "runs" / "x" / workdir_lib.RUN_FILE))
+    assert record["workdir"] == str(new_root / "runs" / "x")
+    assert record["fingerprint"]["data.tokenizer.model_path"] == str(new_root / "tokenizers" / "t.model")
+    # A file that did not move with it is another tokenizer: still another run.
+    with pytest.raises(WorkdirError, match=r"data.tokenizer.model_path: '.*/b/renamed/study/tokenizers/t.model' "
+                                           r"there, '.*/elsewhere/tokenizers/t.model' now"):
+        workdir_lib.claim(str(new_root / "runs" / "x"), config(tmp_path / "elsewhere"))
+
+
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_uncreatable_workdir_is_one_line_and_nothing_is_created(where, tmp_path):
     blocker = tmp_path / "a_file"
