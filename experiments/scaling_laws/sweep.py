@@ -41,6 +41,7 @@ import tqdm
 from research import data as data_lib
 from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig
+from research.models.config import ConfigError
 from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, latest_checkpoint, read_result
 from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
                                                   train_group, train_one)
@@ -206,12 +207,20 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
     the tokenizer trained once; every user mistake in the config fails here."""
     import jax
 
+    from research.training.optimizers import OptimizerConfig
+
     plan = plan_sweep(config)
     for run in plan.runs:  # a changed config: refused here, before plan.json and the tables are rewritten
-        # (inside each worker it surfaced as a worker's exit code); the tokenizer and peak are
-        # not part of a run's identity (_fingerprint)
-        _check_same_run(os.path.join(workdir, "runs", run.run_id),
-                        run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0), write=False)
+        # (inside each worker it surfaced as a worker's exit code); the tokenizer's model path and the
+        # peak are not part of a run's identity (_fingerprint)
+        one = run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0)
+        try:  # each run's own warmup and length: a wsd overlap of the shortest run only failed it in its
+            # turn, after longer runs had trained, and the corrected command was then another config
+            OptimizerConfig(total_steps=run.num_steps, **one.opt.to_dict())
+        except ConfigError as error:
+            raise SweepError(f"run {run.run_id} ({run.num_steps} steps, opt.warmup_steps={one.opt.warmup_steps}): "
+                             f"{error}") from None
+        _check_same_run(os.path.join(workdir, "runs", run.run_id), one, write=False)
     _check_same_plan(workdir, plan)
     if jax.process_index() == 0:  # multi-host runs are one program; process 0 writes
         os.makedirs(workdir, exist_ok=True)

@@ -44,7 +44,7 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1  # decoupled; AdamW / Lion scale it by the learning rate
+    weight_decay: float = 0.1  # decoupled; scaled by the learning rate (Adafactor's too: make_optimizer)
     clip_norm: float = 1.0  # global gradient-norm clip; 0 disables
 
     def __post_init__(self):
@@ -78,23 +78,26 @@ class OptimizerConfig:
             if not (math.isfinite(getattr(self, field)) and getattr(self, field) >= 0):
                 raise ConfigError(f"opt.{field}={getattr(self, field)} must be a finite number >= 0 (0 disables).")
         self._check_float32()
-        self._check_moments_read()
+        self._check_settings_read()
 
-    def _check_moments_read(self) -> None:
-        """opt.b1 / opt.b2 away from their defaults under an optimizer that never reads them
-        (adafactor: optax's own decay_rate, no momentum) trained as the defaults without a word,
-        where the batched sweep refuses models differing in them. Which optimizer reads which
-        number is the sweep's table (model_batch._READ_BY); the defaults pass, as configs carry them
-        whatever the optimizer."""
+    def _check_settings_read(self) -> None:
+        """A number away from its default under an optimizer or schedule that never reads it trained as
+        the default without a word (adafactor's b1 / b2, lion's eps, a cosine's decay_fraction, a constant
+        schedule's min_lr_ratio), where the batched sweep refuses models differing in it: one line.
+        Which option reads which number is the sweep's table (model_batch._READ_BY); the defaults pass,
+        as configs carry them whatever the optimizer, and so does eps 0 where eps is unread."""
         from research.training.model_batch import _READ_BY  # imports this module: on use
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for field in ("b1", "b2"):  # eps is free: 0 is accepted where it is unread (above)
-            if field not in _READ_BY["name"][self.name] and getattr(self, field) != defaults[field]:
-                users = [k for k, r in _READ_BY["name"].items() if field in r]
-                raise ConfigError(f"opt.{field}={getattr(self, field)} is not used by opt.name={self.name!r} (it has "
-                                  f"its own second-moment decay and no momentum), so the run would train as with "
-                                  f"the default; leave opt.{field} at {defaults[field]}, or set opt.name to one of "
-                                  f"{users}.")
+        for kind, reads in _READ_BY.items():
+            chosen = getattr(self, kind)
+            for field in sorted({f for r in reads.values() for f in r} - set(reads[chosen])):
+                value = getattr(self, field)
+                if value == defaults[field] or field == "eps" and value == 0:
+                    continue
+                users = [k for k, r in reads.items() if field in r]
+                raise ConfigError(f"opt.{field}={value} is not used by opt.{kind}={chosen!r}{_UNREAD_WHY[chosen]}, "
+                                  f"so the run would train as with the default; leave opt.{field} at "
+                                  f"{defaults[field]}, or set opt.{kind} to one of {users}.")
 
     def _check_float32(self) -> None:
         """The step computes with these numbers in float32 (traced hyperparameters): one that
@@ -114,6 +117,13 @@ class OptimizerConfig:
             if field in ("b1", "b2") and single >= 1.0:
                 raise ConfigError(f"opt.{field}={value} is 1.0 in float32, the precision the step computes it in; "
                                   "give a value below 0.99999994, e.g. 0.999.")
+
+
+# Why an option leaves some numbers unread (OptimizerConfig._check_settings_read's line).
+_UNREAD_WHY = {"adafactor": " (it has its own second-moment decay and no momentum)",
+               "lion": " (its update is a sign: no denominator for eps to guard)", "adamw": "",
+               "cosine": " (only wsd decays over a final fraction)",
+               "constant": " (the learning rate stays at its peak)", "wsd": ""}
 
 
 # The optimizer's numbers that may differ between models trained together in one program
@@ -294,7 +304,9 @@ def make_optimizer(config: OptimizerConfig, values: dict[str, Any] | None = None
         # updates by their RMS itself. optax.adafactor would add its weight_decay_rate after the
         # learning-rate scaling (p <- p (1 - wd) per step: 0.9 with the AdamW-style default 0.1),
         # so the decay is added here before the schedule instead, decoupled as in AdamW:
-        # p <- p - lr(t) * (update + wd * p).
+        # p <- p - lr(t) * (update + wd * p). transformers' Adafactor (scale_parameter=True) scales
+        # its decay by lr * RMS(p) as well: for weights of RMS ~0.02 this decay is ~50x stronger
+        # relative to the update than there, so its weight_decay is not that one's.
         core = optax.chain(
             each_scanned_layer(optax.adafactor(learning_rate=None, weight_decay_rate=None)),  # ends with a sign flip
             optax.scale(-1.0),

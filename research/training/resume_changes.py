@@ -29,7 +29,7 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
                 **{f"opt.{k}": opt.get(k) for k in _SCHEDULE_FIELDS}}
 
     before, now = schedule_of(saved_config), schedule_of(config)
-    changed = [k for k in now if before.get(k) != now[k]]
+    changed = [k for k in now if before.get(k) != now[k] and _read_by_either(k, saved_config, config)]
     if not changed:
         return None
     fields = ", ".join(f"{k} {describe_value(before.get(k))} -> {describe_value(now[k])}" for k in changed)
@@ -45,6 +45,18 @@ def schedule_change(saved_config: Mapping[str, Any], config: Mapping[str, Any], 
         rate_text = ""
     return (f"resuming at step {step} with a changed learning-rate schedule ({fields}){rate_text}; "
             "the rest of the run follows the new schedule.")
+
+
+def _read_by_either(key: str, saved_config: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """Whether schedule field `key` is read by the saved run's schedule or this one's: a cosine run's
+    decay_fraction (a saved config may carry any, from before OptimizerConfig refused unread values)
+    was reported as a changed schedule whose rate was the same before and after."""
+    from research.training.model_batch import _READ_BY
+    field = key.partition(".")[2]
+    if key.startswith("train.") or field not in {f for r in _READ_BY["schedule"].values() for f in r}:
+        return True
+    return any(field in _READ_BY["schedule"].get(dict(run.get("opt", {})).get("schedule", "cosine"), (field,))
+               for run in (saved_config, config))
 
 
 def resume_changes(saved_config: Mapping[str, Any], config: Mapping[str, Any], step: int) -> str | None:

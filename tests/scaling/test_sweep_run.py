@@ -330,3 +330,16 @@ def test_shards_sharing_a_workdir_keep_their_worker_logs_apart():
     from experiments.scaling_laws.sweep_workers import workers_log_dir
     assert workers_log_dir("/w", 0, 1) == "/w/workers"  # one job: where the README's sweep keeps them
     assert [workers_log_dir("/w", i, 3) for i in range(3)] == [f"/w/workers/shard{i}" for i in range(3)]
+
+
+def test_a_run_whose_own_warmup_the_schedule_refuses_is_named_before_any_run_trains(tmp_path):
+    # Only the shortest run's warmup overlapped the wsd decay: it failed in its turn, after the longer
+    # runs had trained, and the corrected command was then refused as another config.
+    config = scaling_laws.get_config("test_tiny")
+    config.opt.update(dict(schedule="wsd", decay_fraction=0.1))
+    config.sweep.warmup_fraction = 0.88
+    trained = []
+    with pytest.raises(sweep.SweepError, match=r"^run \S+ \(\d+ steps, opt\.warmup_steps=\d+\): opt\.warmup_steps=\d+ "
+                                               r"overlaps the wsd decay"):
+        sweep.run_sweep(config, str(tmp_path), train_fn=lambda *a, **k: trained.append(a), out=io.StringIO())
+    assert not trained and not (tmp_path / "runs").exists()

@@ -208,3 +208,28 @@ def test_a_scanned_model_trains_as_the_unrolled_one(name):
     moved = lambda end: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), end, start)
     for a, b in zip(jax.tree.leaves(moved(unstack_layers(ends[1], "layers"))), jax.tree.leaves(moved(ends[0]))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(name="lion", eps=1e-3), r"^opt\.eps=0\.001 is not used by opt\.name='lion' \(its update is a sign"),
+    (dict(decay_fraction=0.5), r"^opt\.decay_fraction=0\.5 is not used by opt\.schedule='cosine' \(only wsd decays"),
+    (dict(schedule="constant", min_lr_ratio=0.0), r"^opt\.min_lr_ratio=0\.0 is not used by opt\.schedule='constant'"),
+    (dict(schedule="constant", decay_fraction=0.9), r"^opt\.decay_fraction=0\.9 is not used by opt\.schedule="),
+])
+def test_a_number_the_optimizer_or_schedule_never_reads_is_one_line(settings, message):
+    """They trained as the defaults without a word: runs swept over them were identical runs under
+    different names (and a resume said the schedule had changed, at the same learning rate)."""
+    with pytest.raises(ConfigError, match=message + r".*so the run would train as with the default; leave") as error:
+        OptimizerConfig(**settings)
+    assert "\n" not in str(error.value)
+    OptimizerConfig(schedule="wsd", decay_fraction=0.5, min_lr_ratio=0.0)  # read there
+    OptimizerConfig(min_lr_ratio=0.0)  # cosine reads it
+
+
+def test_a_resume_with_a_schedule_number_neither_schedule_reads_says_nothing():
+    from research.training.resume_changes import schedule_change
+    saved = {"train": {"num_steps": 100}, "opt": {"schedule": "cosine", "decay_fraction": 0.2, "learning_rate": 1e-3}}
+    now = {"train": {"num_steps": 100}, "opt": {**saved["opt"], "decay_fraction": 0.5}}
+    assert schedule_change(saved, now, 10) is None
+    wsd = {"train": {"num_steps": 100}, "opt": {**now["opt"], "schedule": "wsd"}}
+    assert "opt.schedule 'cosine' -> 'wsd'" in schedule_change(saved, wsd, 10)
