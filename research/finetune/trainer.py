@@ -135,8 +135,10 @@ def run_job(job: FinetuneJob, config: ml_collections.ConfigDict, workdir: str,
     train, opt_config, checkpoint_config = loop_configs(config)
     rules = tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in (config.mesh.get("rules") or DEFAULT_RULES))
     mesh = partitioning.make_training_mesh(tuple(config.mesh.shape), config.mesh.get("dcn_shape"))
-    partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules)
-    partitioning.check_model_fits_mesh(job.model.config, mesh, rules)  # one line, not JAX's IndivisibleError
+    # Every process builds every batch (shard_global_batch): processes may share slices of it.
+    partitioning.check_batch_size(train.batch_size, train.microbatches, mesh, rules, whole_batch_on_every_process=True)
+    # One line, not JAX's IndivisibleError; the job's tree sizes its task head (a tagger's labels, a reward's 1).
+    partitioning.check_model_fits_mesh(job.model.config, mesh, rules, job.abstract_params)
     check_master_weights(job.model.config)
     lora = lora_config(config)
 

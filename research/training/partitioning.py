@@ -67,10 +67,15 @@ def check_microbatches(batch_size: int, microbatches: int) -> None:
 
 
 def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rules,
-                     dcn_shape: Sequence[int] | None = None) -> None:
+                     dcn_shape: Sequence[int] | None = None, *, whole_batch_on_every_process: bool = False) -> None:
     """Each microbatch must split evenly over the data-parallel devices and the processes, and
     each process must hold a slice of the batch of its own (check_processes_own_batch_slices;
-    dcn_shape, config mesh.dcn_shape, only names the network split in its message)."""
+    dcn_shape, config mesh.dcn_shape, only names the network split in its message).
+
+    whole_batch_on_every_process: every process builds each whole batch and places the rows its
+    devices hold (shard_global_batch; fine-tuning), so the two process conditions, which come from
+    each process feeding batch_size / process_count rows of its own, do not apply: processes may
+    share batch slices, e.g. tensor parallelism across hosts."""
     check_microbatches(batch_size, microbatches)
     check_rules_name_mesh_axes(mesh, rules)  # the batch's rule is read here, before check_model_fits_mesh
     ways = data_parallel_size(mesh, rules)
@@ -79,6 +84,8 @@ def check_batch_size(batch_size: int, microbatches: int, mesh: Mesh, rules: Rule
         raise ConfigError(f"microbatch size {micro} (batch_size={batch_size} / microbatches={microbatches}) is not "
                           f"divisible by the {ways} data-parallel devices of mesh {dict(mesh.shape)}; "
                           f"use a batch size that is a multiple of {ways * microbatches}.")
+    if whole_batch_on_every_process:
+        return
     if batch_size % jax.process_count():
         raise ConfigError(f"batch_size={batch_size} does not split over {jax.process_count()} processes.")
     check_processes_own_batch_slices(mesh, rules, dcn_shape)
@@ -137,6 +144,22 @@ def _model_axis_sizes(config: Any) -> dict[str, list[tuple[str, int]]]:
         sizes["positions"] = [("max_len", config.max_len)]
     if config.position == "relative":
         sizes["relpos_buckets"] = [("relative_buckets", config.relative_buckets)]
+    if config.family == "encoder" and config.num_labels:  # BERT's sequence classifier [D, num_labels] (encoder.py)
+        sizes["classes"] = [("num_labels", config.num_labels)]
+    return sizes
+
+
+def _param_axis_sizes(boxed_params: Any) -> dict[str, list[tuple[str, int]]]:
+    """Logical axis -> (parameter path, size) of every dimension laid on it in `boxed_params`
+    (abstract, with flax's logical names): a fine-tuning head's axes, which no ModelConfig field
+    sizes (the reward head's 1 output, a tagger's num_token_labels, both on "classes")."""
+    sizes: dict[str, list[tuple[str, int]]] = {}
+    boxes = jax.tree_util.tree_leaves_with_path(boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    for path, box in boxes:
+        if isinstance(box, nn.LogicallyPartitioned):
+            for name, size in zip(box.names, box.value.shape):
+                if name is not None:
+                    sizes.setdefault(name, []).append((f"{'/'.join(_path_names(path))}'s {name} dimension", size))
     return sizes
 
 
@@ -166,15 +189,36 @@ def check_rules_name_mesh_axes(mesh: Mesh, rules: Rules) -> None:
                 "or None to replicate.")
 
 
-def check_rules_map_model_axes(model_config: Any, rules: Rules) -> None:
-    """Every logical axis the model names must have a rule: flax replicates an unmapped one
+def check_rules_name_each_axis_once(rules: Rules) -> None:
+    """flax applies the first rule of a logical axis and drops later ones without a word: an
+    override appended to DEFAULT_RULES did nothing, and the size check read the dropped rule."""
+    first: dict[str, Any] = {}
+    for logical, mesh_axes in rules:
+        if logical in first:
+            raise ConfigError(
+                f"mesh.rules names logical axis {logical!r} twice (({logical!r}, {first[logical]!r}), then "
+                f"({logical!r}, {mesh_axes!r})); flax applies only the first, so give each name once (change the "
+                "first rule instead of adding another).")
+        first[logical] = mesh_axes
+
+
+def check_rules_map_model_axes(model_config: Any, rules: Rules, boxed_params: Any = None) -> None:
+    """Every logical axis the model names (and `boxed_params`', a fine-tuning head's) must have a
+    rule, and every rule must name a logical axis of the models: flax replicates an unmapped axis
     without a word, so a typo ('embd') or a dropped rule ('activation_batch') would quietly keep
-    full weight copies (or the whole batch) on every device."""
-    missing = sorted(unmapped_logical_axes(PartitionSpec(*model_logical_axes(model_config)), rules))
+    full weight copies (or the whole batch) on every device, and a rule of no axis ('mpl') does nothing."""
+    extra = _param_axis_sizes(boxed_params) if boxed_params is not None else {}
+    missing = sorted(unmapped_logical_axes(PartitionSpec(*model_logical_axes(model_config), *extra), rules))
+    known = (*PARAM_AXES, *ACTIVATION_AXES)
+    strays = [name for name, _ in rules if name not in known]
+    if strays and not missing:
+        near = difflib.get_close_matches(strays[0], known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(
+            f"mesh.rules: rule(s) {strays} name no logical axis of the models, so they do nothing; {hint}use the names "
+            f"of research.sharding_rules.PARAM_AXES / ACTIVATION_AXES (e.g. {known[:3]}), or drop the rule.")
     if not missing:
         return
-    known = set(PARAM_AXES) | set(ACTIVATION_AXES)
-    strays = [name for name, _ in rules if name not in known]
     hint = f" (rule(s) {strays} name no logical axis of the models)" if strays else ""
     defaults = dict(DEFAULT_RULES)
     example = ", ".join(f"({name!r}, {defaults.get(name)!r})" for name in missing)
@@ -186,13 +230,18 @@ def check_rules_map_model_axes(model_config: Any, rules: Rules) -> None:
         f"DEFAULT_RULES, or {replicate} to replicate one on purpose.")
 
 
-def check_model_fits_mesh(model_config: Any, mesh: Mesh, rules: Rules) -> None:
-    """The rules must name only `mesh`'s axes and map every logical axis the model uses, and
-    every model dimension that they split over mesh axes must divide evenly over them (e.g.
-    tensor parallelism over more devices than there are heads); one line, before compiling."""
+def check_model_fits_mesh(model_config: Any, mesh: Mesh, rules: Rules, boxed_params: Any = None) -> None:
+    """The rules must name only `mesh`'s axes, each logical axis once, and map every logical axis
+    the model uses, and every model dimension that they split over mesh axes must divide evenly
+    over them (e.g. tensor parallelism over more devices than there are heads); one line, before
+    compiling. boxed_params: the abstract parameters the run trains where they hold axes that
+    `model_config` does not size (a fine-tuning job's task head; trainer.run_job)."""
     check_rules_name_mesh_axes(mesh, rules)
-    check_rules_map_model_axes(model_config, rules)
+    check_rules_name_each_axis_once(rules)
+    check_rules_map_model_axes(model_config, rules, boxed_params)
     sizes = _model_axis_sizes(model_config)
+    if boxed_params is not None:
+        sizes.update({k: v for k, v in _param_axis_sizes(boxed_params).items() if k not in sizes})
     for logical, mesh_axes in rules:
         if logical not in sizes or mesh_axes is None:
             continue
@@ -204,7 +253,8 @@ def check_model_fits_mesh(model_config: Any, mesh: Mesh, rules: Rules) -> None:
                 raise ConfigError(
                     f"model {model_config.name}: {field}={size} does not split over mesh axis "
                     f"{'x'.join(axes)} of size {ways} (rule {logical!r} -> {mesh_axes!r}, mesh {dict(mesh.shape)}); "
-                    f"use a {'x'.join(axes)} size that divides {size} (e.g. {max(divisors)}) via --config.mesh.shape.")
+                    f"use a {'x'.join(axes)} size that divides {size} (e.g. {max(divisors)}) via --config.mesh.shape, "
+                    f"or the rule ({logical!r}, None) to replicate it.")
 
 
 def _key_name(key: Any) -> str:

@@ -1,6 +1,7 @@
 """Each jax process must hold a slice of the batch of its own: it feeds batch_size / processes
 rows of its own data shard, so processes sharing a slice would feed different "copies" of it."""
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,43 @@ def test_two_processes_refuse_tensor_parallelism_across_them_before_compiling(tm
         assert p.returncode == 0, out[-3000:]
         assert "accepted (2, 1, 2)" in out, out[-3000:]
         assert "refused (1, 1, 4) mesh {'data': 1, 'fsdp': 1, 'tensor': 4} has the 2 processes share" in out, out
+
+
+def test_fine_tuning_with_tensor_parallelism_across_two_processes_matches_one_process(tmp_path):
+    """Fine-tuning builds every whole batch on every process and places the rows its devices hold
+    (shard_global_batch), so processes sharing the batch's one slice feed the same rows: the check
+    above, which holds for pretraining's per-process rows, refused its mesh (1, 1, 4) on 2 x 2 devices."""
+    code = textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, sys.argv[1])
+        from launch import multihost
+        multihost.initialize()
+        from research.finetune import finetune_and_evaluate
+        from tests.finetune.multiprocess_worker import base_config
+        config = base_config("sft_tiny")
+        config.mesh.shape = (1, 1, 4)
+        final = finetune_and_evaluate(config, sys.argv[2])
+        print("FINAL", json.dumps({k: final[k] for k in ("loss", "eval_loss")}), flush=True)
+    """)
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, "-c", code, REPO_ROOT, str(tmp_path / "multi")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                                                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+                 for i in range(2)]
+    try:  # the one-process run while the two run
+        from research.finetune import finetune_and_evaluate
+        from tests.finetune.multiprocess_worker import base_config
+        config = base_config("sft_tiny")
+        config.mesh.shape = (2, 1, 4)  # this process's 8 devices: tensor 4 as above
+        single = finetune_and_evaluate(config, str(tmp_path / "single"))
+        outputs = [p.communicate(timeout=180)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:]
+        multi = json.loads(out.split("FINAL ", 1)[1].splitlines()[0])
+        for key, value in multi.items():
+            np.testing.assert_allclose(value, single[key], rtol=1e-5, err_msg=key)
