@@ -109,8 +109,13 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
     model = {k: v for k, v in config.model.to_dict().items() if k not in GRADIENT_ONLY_FIELDS}
     from research.evaluation.evaluator import METRICS_VERSION
-    fingerprint = _digest({"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
-                           "model": model, "metrics_version": METRICS_VERSION})
+    fields = {"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+              "model": model, "metrics_version": METRICS_VERSION}
+    # Shots that leave out the query's answer too (unscramble, 2026-12-07): other prompts than before,
+    # for the studies that have such entries only (the others keep their cached evaluations).
+    filtered = sorted({e.name for e in entries + final_entries
+                       if e.num_fewshot and e.task.spec.answer_identifies_problem})
+    fingerprint = _digest({**fields, "answer_filtered_shots": filtered} if filtered else fields)
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 

@@ -7,6 +7,7 @@ make two runs the same is `_fingerprint`'s list.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -54,6 +55,12 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
         stored = None
     if stored is not None:
         old, new = _fingerprint(stored), _fingerprint(current)
+        # A tokenizer file given in the config, swapped for another (same vocab_size, other ids), is
+        # another run: compared by contents where both files can be read (the check before the sweep's
+        # own model exists has none; a moved workdir's recorded path none either, and it is the same).
+        digests = [_tokenizer_digest(c) for c in (stored, current)]
+        if None not in digests:
+            old["data"]["tokenizer_file_sha256"], new["data"]["tokenizer_file_sha256"] = digests
         if old != new:
             changed = sorted(k for k in new if old.get(k) != new.get(k))
             raise SweepError(f"{run_dir} was trained with a different config (sections {changed} differ); use a new "
@@ -62,6 +69,15 @@ def _check_same_run(run_dir: str, config: ml_collections.ConfigDict, *, write: b
         os.makedirs(run_dir, exist_ok=True)
         # Atomically: a sweep killed mid-write once left an empty file that every rerun failed on.
         write_text_atomically(path, json.dumps(current, indent=1))
+
+
+def _tokenizer_digest(config: dict) -> str | None:
+    """sha256 of the tokenizer model file `config` names, None when it names none that can be read."""
+    path = str(dict(dict(config.get("data") or {}).get("tokenizer") or {}).get("model_path") or "")
+    if not path or "://" in path or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_run_config(run_dir: str, path: str) -> dict | None:

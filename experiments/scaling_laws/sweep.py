@@ -211,9 +211,9 @@ def prepare_sweep(config: ml_collections.ConfigDict, workdir: str) -> tuple[Swee
 
     plan = plan_sweep(config)
     for run in plan.runs:  # a changed config: refused here, before plan.json and the tables are rewritten
-        # (inside each worker it surfaced as a worker's exit code); the tokenizer's model path and the
-        # peak are not part of a run's identity (_fingerprint)
-        one = run_config(config, run, plan.spec, tokenizer_path="", peak_flops=1.0)
+        # (inside each worker it surfaced as a worker's exit code); the peak is not part of a run's
+        # identity, the tokenizer's settings and a given model file's contents are (run_dirs._check_same_run)
+        one = run_config(config, run, plan.spec, tokenizer_path=plan.data_config.tokenizer.model_path, peak_flops=1.0)
         try:  # each run's own warmup and length: a wsd overlap of the shortest run only failed it in its
             # turn, after longer runs had trained, and the corrected command was then another config
             OptimizerConfig(total_steps=run.num_steps, **one.opt.to_dict())

@@ -105,7 +105,7 @@ def _tfds_source(config: DataConfig, split: str) -> Any:
                         f"{type(features[config.text_field]).__name__} feature, not text; set text_field to one of "
                         f"its Text features {texts}.")
     reads = _examples_read(builder, config, split)
-    if run_split:  # whichever is opened first: the tokenizer is trained on train before validation opens
+    if run_split:  # whichever is opened first (a run opens validation before its tokenizer trains on train)
         _check_disjoint(builder, config, split, reads, where)
     try:
         source = builder.as_data_source(split=split)

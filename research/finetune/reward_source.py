@@ -14,7 +14,7 @@ A reward model reads text, not the policy's ids: each completion is decoded, and
 tokenizer exactly as its training pairs were (research/finetune/preference_data.py), so a
 reward model with another tokenizer or family (a BERT body) scores a decoder policy. Rows
 are padded to the reward run's train.seq_len. A prompt whose conversation fills that length
-with an empty reply is refused before training (RewardModel.check_prompts); a longer
+with an empty reply is refused before training for an encoder (RewardModel.check_prompts); a longer
 conversation keeps its reply and loses the start of its prompt (a decoder scores the last
 token; an encoder keeps its first, which it scores, and the last seq_len - 1), with a warning:
 cut from the end, a BERT reward read no reply at all and scored every sample of a group alike,
@@ -87,7 +87,10 @@ class RewardModel:
 
     def check_prompts(self, prompts: Sequence[tuple[str, Messages]]) -> None:
         """ConfigError (one line) for the first (where, prompt) whose conversation with an empty reply
-        leaves no room for one reply token within the reward run's train.seq_len."""
+        leaves an encoder no room for one reply token within the reward run's train.seq_len (a decoder
+        reads the conversation's last seq_len tokens, the reply among them: warned when it scores)."""
+        if self.decoder:
+            return
         for where, prompt in prompts:
             length = len(self.conversation_ids(prompt, ""))
             if length >= self.seq_len:

@@ -69,3 +69,10 @@ def test_a_bert_reward_model_reads_the_reply_of_a_conversation_longer_than_its_s
         finetune_and_evaluate(config, str(tmp_path / "grpo"))
     assert not (tmp_path / "grpo").exists()
     assert np.isfinite(rewards).all()
+    # A decoder reward reads the conversation's last seq_len tokens, the reply among them: not refused.
+    decoder = tiny_config("reward_tiny", num_steps=1)
+    decoder.train.seq_len = 40
+    finetune_and_evaluate(decoder, str(tmp_path / "decoder_reward"))
+    decoder_score = load_reward_model(str(tmp_path / "decoder_reward"))
+    assert len(decoder_score.conversation_ids(long_prompt, "")) >= 40
+    decoder_score.check_prompts([("prompts.jsonl:1", long_prompt)])

@@ -343,3 +343,23 @@ def test_a_run_whose_own_warmup_the_schedule_refuses_is_named_before_any_run_tra
                                                r"overlaps the wsd decay"):
         sweep.run_sweep(config, str(tmp_path), train_fn=lambda *a, **k: trained.append(a), out=io.StringIO())
     assert not trained and not (tmp_path / "runs").exists()
+
+
+def test_a_tokenizer_file_swapped_for_another_of_the_same_size_is_another_config(tmp_path):
+    # Its path is left out of a run's identity (the sweep's own model moves with the workdir): another
+    # given file of the same vocab_size was accepted, and its runs joined the finished ones in one fit.
+    from research.data import DataConfig, build_tokenizer
+
+    def tokenizer(source_seed):
+        config = scaling_laws.get_config("test_tiny")
+        config.data.synthetic.source_seed = source_seed
+        return build_tokenizer(DataConfig(**config.data.to_dict()), str(tmp_path / f"tok{source_seed}")).path
+    first, other = tokenizer(0), tokenizer(7)
+    config = scaling_laws.get_config("test_tiny")
+    config.fit.enabled = False
+    config.data.tokenizer.model_path = first
+    sweep.run_sweep(config, str(tmp_path / "sweep"), train_fn=law_trainer({}), out=io.StringIO())
+    sweep.run_sweep(config, str(tmp_path / "sweep"), train_fn=law_trainer({}), out=io.StringIO())  # the same
+    config.data.tokenizer.model_path = other
+    with pytest.raises(sweep.SweepError, match=r"trained with a different config \(sections \['data'\] differ"):
+        sweep.run_sweep(config, str(tmp_path / "sweep"), train_fn=law_trainer({}), out=io.StringIO())

@@ -152,13 +152,13 @@ def test_a_run_refused_before_its_first_step_does_not_lock_its_directory(tmp_pat
     refuses leaves a run with no checkpoint and no result, whose record the corrected command replaces."""
     config = tiny_config()
 
-    def validating(run_config, run_dir):
-        if run_config.opt.learning_rate <= 0:
-            raise ConfigError(f"opt.learning_rate={run_config.opt.learning_rate} must be positive.")
+    def validating(run_config, run_dir):  # a refusal of the training system's (one the sweep cannot make first)
+        if run_config.opt.learning_rate >= 1:
+            raise ConfigError(f"opt.learning_rate={run_config.opt.learning_rate} must be below 1.")
         return law_trainer({})(run_config, run_dir)
 
-    config.opt.learning_rate = -1.0
-    with pytest.raises(ConfigError, match="must be positive"):
+    config.opt.learning_rate = 5.0
+    with pytest.raises(ConfigError, match="must be below 1"):
         sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
     config.opt.learning_rate = 1e-2
     outcome = sweep.run_sweep(config, str(tmp_path), train_fn=validating, out=io.StringIO())
