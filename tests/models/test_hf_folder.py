@@ -70,6 +70,36 @@ def test_pytorch_bin_folder(hf_gpt2, folder, tmp_path, expected):
     _assert_same(from_hf(str(path))[1], expected)
 
 
+def test_a_bin_of_parameters_saved_from_named_parameters_loads(hf_gpt2, folder, tmp_path, expected):
+    # nn.Parameters (requires_grad) raised "Can't call numpy() on Tensor that requires grad"; transformers loads it.
+    path = tmp_path / "params_bin"
+    os.makedirs(path)
+    shutil.copy(folder / "config.json", path / "config.json")
+    torch.save(dict(hf_gpt2.named_parameters()), path / "pytorch_model.bin")
+    params = from_hf(str(path))[1]
+    assert {k for k in dict(hf_gpt2.named_parameters())} < set(hf_gpt2.state_dict())  # (buffers left out)
+    _assert_same(params, expected)
+
+
+def test_a_gpt2_pad_id_past_the_vocabulary_reads_as_zero(folder):
+    # GPT-2 has no padding_idx, so transformers loads such a folder: padded columns are masked, pad with 0.
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": config["vocab_size"]}))
+    assert from_hf(str(folder))[0].config.pad_token_id == 0
+
+
+def test_an_export_removes_a_peft_adapter_an_earlier_save_left_in_the_folder(folder, tmp_path, caplog):
+    # transformers applied the adapter on top of the exported weights: the folder scored as another model.
+    from research.models.hf import to_hf
+    model, params = from_hf(str(folder))
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"stale")
+    with caplog.at_level("WARNING"):
+        to_hf(model, params, str(folder))
+    assert not (folder / "adapter_config.json").exists() and not (folder / "adapter_model.safetensors").exists()
+    assert any("adapter_config.json, adapter_model.safetensors" in r.getMessage() for r in caplog.records)
+
+
 def test_bfloat16_bin_loads_with_param_dtype_override(hf_gpt2, folder, tmp_path, expected):
     path = _bin_folder(hf_gpt2, folder, tmp_path / "bin16", dtype=torch.bfloat16)
     model, params = from_hf(str(path), param_dtype="bfloat16", dtype="bfloat16")

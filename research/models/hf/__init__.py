@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 from types import ModuleType
 from typing import Any, Sequence
@@ -132,6 +133,18 @@ def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None, st
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(path, GENERATION_CONFIG_FILE))
+    # A PEFT adapter an earlier save left here: transformers (and vLLM, lm-eval) load it on top of these
+    # weights, so the folder scored as another model (logits 4.07 away from the export's).
+    stale = [name for name in _PEFT_ADAPTER_FILES if os.path.isfile(os.path.join(path, name))]
+    for name in stale:
+        os.remove(os.path.join(path, name))
+    if stale:
+        logging.getLogger(__name__).warning("removed %s from %s: a PEFT adapter there would be applied on top of the "
+                                            "exported weights whenever the folder loads", ", ".join(stale), path)
+
+
+# The files of a PEFT adapter (peft's save_pretrained) that transformers applies when it loads a folder.
+_PEFT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
 def supported_model_types() -> list[str]:

@@ -183,8 +183,9 @@ def _read_torch(file_path: str) -> StateDict:
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated, damaged, not a state dict
         raise CheckpointError(f"{file_path!r} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
                               "copy or export it again.") from None
-    # numpy has no bfloat16: widen it (exactly) to float32.
-    return {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
+    # numpy has no bfloat16: widen it (exactly) to float32. detach: a file saved from named_parameters()
+    # holds nn.Parameters, whose numpy() raised (transformers loads such a file).
+    return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().numpy() for name, t in tensors.items()}
 
 
 def _weight_map(index_path: str) -> dict[str, str]:

@@ -33,14 +33,16 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if hf[flag]:
             raise ConfigError(f"gpt2: {flag}=true is not supported; only standard GPT-2 blocks convert.")
-    # A null pad id (GPT-2's), or a -1 some conversions write: pad with 0 (padded columns are masked).
+    # A null pad id (GPT-2's), a -1 some conversions write, or one past the vocabulary (GPT-2 has no
+    # padding_idx, so transformers loads it): pad with 0 (padded columns are masked).
+    pad = hf["pad_token_id"] if hf["pad_token_id"] is not None and 0 <= hf["pad_token_id"] < hf["vocab_size"] else 0
     return ModelConfig(
         name="gpt2", family="decoder", vocab_size=hf["vocab_size"], d_model=hf["n_embd"],
         num_layers=hf["n_layer"], num_heads=hf["n_head"], d_ff=hf["n_inner"] or 4 * hf["n_embd"],
         max_len=hf["n_positions"], position="learned", norm="layernorm", norm_eps=hf["layer_norm_epsilon"],
         norm_placement="pre", activation=hf_activation(hf["activation_function"], MODEL_TYPE), gated_mlp=False,
         use_bias=True, scale_attention_logits=bool(hf["scale_attn_weights"]),
-        tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=max(hf["pad_token_id"] or 0, 0),
+        tie_embeddings=bool(hf["tie_word_embeddings"]), pad_token_id=pad,
         dropout_rate=float(hf["resid_pdrop"]))
 
 
