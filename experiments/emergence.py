@@ -239,11 +239,9 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int
     # forward_signals: a Ctrl-C / SIGTERM reaches the workers as SIGTERM (each saves its size's
     # checkpoint and stops), then workers.Stopped; the same command resumes.
     codes = workers.run_workers(argvs, log_dir=log_dir, poll=workers.log_echo(log_dir, count), forward_signals=True)
-    for index, code in enumerate(codes):
-        if code:
-            log = os.path.join(log_dir, f"worker-{index}.log")
-            raise ConfigError(f"worker {index} exited with code {code}: {workers.last_lines(log, 1)} (whole log: "
-                              f"{log}); finished sizes are kept, rerun the same command to go on.")
+    failure = workers.failure_line(codes, log_dir)
+    if failure:
+        raise ConfigError(f"{failure}; finished sizes are kept, rerun the same command to go on.")
 
 
 def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:

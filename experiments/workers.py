@@ -146,6 +146,7 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
     os.makedirs(log_dir, exist_ok=True)
     slices = split_cores(list(os.sched_getaffinity(0)), len(argvs))
     processes = []
+    codes = ExitCodes()
     received: list[str] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -167,8 +168,12 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
             processes.append((subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env), log))
             if received:  # a signal came while the workers were being started: this one stops too
                 processes[-1][0].send_signal(signal.SIGTERM)
-        while any(p.poll() is None for p, _ in processes):
-            if any(p.returncode not in (None, 0) for p, _ in processes):
+        # Every worker polled each round: any() stopped at the first live one, so a later worker's
+        # failure went unseen while worker 0 trained on (for the rest of the study).
+        while None in [p.poll() for p, _ in processes]:
+            failed = [i for i, (p, _) in enumerate(processes) if p.returncode not in (None, 0)]
+            if failed and codes.first_failed is None:
+                codes.first_failed = failed[0]
                 for p, _ in processes:
                     if p.poll() is None:
                         p.terminate()
@@ -185,7 +190,29 @@ def run_workers(argvs: Sequence[Sequence[str]], *, log_dir: str, poll: Callable[
     poll()
     if received:
         raise Stopped(received[0])
-    return [p.returncode for p, _ in processes]
+    codes.extend(p.returncode for p, _ in processes)
+    return codes
+
+
+class ExitCodes(list):
+    """run_workers' exit codes, one per worker; first_failed: the worker whose failure stopped the
+    others (they then exit -15), None when none failed while others ran."""
+    first_failed: int | None = None
+
+
+def failure_line(codes: Sequence[int], log_dir: str) -> str | None:
+    """'worker i exited with code c' (or 'was killed by SIGKILL'), the end of its log and the log's
+    path, for the worker that failed first (ExitCodes.first_failed, else the first non-zero code);
+    None when every worker exited 0."""
+    index = getattr(codes, "first_failed", None)
+    if index is None:
+        index = next((i for i, code in enumerate(codes) if code), None)
+    if index is None:
+        return None
+    code, log = codes[index], os.path.join(log_dir, f"worker-{index}.log")
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else \
+        f"exited with code {code}"
+    return f"worker {index} {how}; its log ends: {last_lines(log, 1) or '(empty log)'} (whole log: {log})"
 
 
 def log_echo(log_dir: str, count: int, out: Callable[[str], None] = print) -> Callable[[], None]:

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +143,16 @@ def test_a_signal_to_the_parent_stops_the_workers_gracefully_and_raises_stopped(
     assert stop.value.exit_code == 130
     assert all("saved on SIGTERM" in p.read_text() for p in logs)
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # restored
+
+
+def test_a_later_worker_that_fails_stops_the_others_and_is_the_one_named(tmp_path):
+    # Only the first live worker was polled: worker 1's failure went unseen while worker 0 ran on
+    # (20 s here; in a study, the rest of its runs), and then worker 0's -15 would have been named.
+    start = time.perf_counter()
+    codes = workers.run_workers([["sleep", "20"], [sys.executable, "-c", "print('bad config'); raise SystemExit(3)"]],
+                                log_dir=str(tmp_path), poll_seconds=0.1)
+    assert time.perf_counter() - start < 10 and list(codes) == [-15, 3] and codes.first_failed == 1
+    assert workers.failure_line(codes, str(tmp_path)) == (
+        f"worker 1 exited with code 3; its log ends: bad config (whole log: {tmp_path}/worker-1.log)")
+    assert workers.failure_line([0, -9], str(tmp_path)).startswith("worker 1 was killed by SIGKILL; its log ends: ")
+    assert workers.failure_line([0, 0], str(tmp_path)) is None

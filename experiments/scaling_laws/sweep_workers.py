@@ -82,12 +82,9 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, *, workers
         codes = workers_lib.run_workers(argvs, log_dir=log_dir, poll=report_finished, forward_signals=True)
     finally:
         progress.close()
-    for index, code in enumerate(codes):
-        if code:
-            log = os.path.join(log_dir, f"worker-{index}.log")
-            last = workers_lib.last_lines(log, 1) or "(empty log)"
-            raise SweepError(f"worker {index} exited with code {code}: {last} (whole log: {log}); "
-                             "finished runs are kept, rerun the same command to go on.")
+    failure = workers_lib.failure_line(codes, log_dir)
+    if failure:
+        raise SweepError(f"{failure}; finished runs are kept, rerun the same command to go on.")
     return counts
 
 
