@@ -3,7 +3,8 @@
 The zoo model sits under "body" with its own parameter names, so a pretrained model's
 parameters (or a LoRA adapter's target paths) carry over unchanged; the head is a Dense
 layer under "head". Also what a zoo model's own heads take from the init: those it lacks
-(with_fresh_heads), and what its Hugging Face export keeps of it (export_plan).
+(with_fresh_heads), a tagger's head (with_pretrained_tagger), and what its Hugging Face export
+keeps of it (export_plan).
 """
 from __future__ import annotations
 
@@ -131,6 +132,22 @@ def with_pretrained_body(params: Any, body_params: Any, where: str) -> Any:
                               "fine-tuned model needs; load a model of the same preset.")
         return {k: take(v, source[k], f"{path}{k}/") for k, v in target.items()}
     return {**params, "body": take(params["body"], body_params, "")}
+
+
+def with_pretrained_tagger(params: Any, tagger: Any, where: str) -> Any:
+    """TokenClassifier `params` with the head of a pretrained tagger (bert.folder_tagger; None: none)
+    when it has this run's number of labels, as transformers keeps it; another number is replaced,
+    said so, as with_fresh_heads replaces a classifier."""
+    if tagger is None:
+        return params
+    fresh = params["head"]
+    held, wanted = np.shape(tagger["kernel"])[-1], np.shape(fresh["kernel"])[-1]
+    if held != wanted:
+        log.warning("%s: its token classifier has %d labels and num_token_labels=%d; a new one is trained.",
+                    where, held, wanted)
+        return params
+    # The init's dtype (param_dtype), as the pretrained body's leaves have it.
+    return {**params, "head": jax.tree.map(lambda t, f: np.asarray(t, f.dtype), tagger, fresh)}
 
 
 # Heads of a zoo model that a path's loss never reads (classify reads the pooler and classifier):

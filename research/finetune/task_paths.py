@@ -26,7 +26,8 @@ from research.finetune import records as records_lib
 from research.finetune.base_model import BaseModel, abstract_and_init, job_base_model
 from research.finetune.checks import SYNTHETIC_SETS, config_section
 from research.finetune.evaluators import classification_metrics, mean_aux, text_metrics
-from research.finetune.heads import path_model, with_fresh_heads, with_pretrained_body
+from research.finetune.heads import (path_model, with_fresh_heads, with_pretrained_body,
+                                     with_pretrained_tagger)
 from research.finetune.paths import load_records
 from research.finetune.preference_data import Split, draw_split, synthetic_preferences
 from research.evaluation.tokenizer_loading import pretraining_special_tokens
@@ -247,10 +248,13 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
                                                                  synthetic_char_classes)] for split in ("train", "eval"))
     model, example, new_modules = path_model(config, base.config, seq_len)  # num_token_labels classes, as num_labels
     boxed, init = abstract_and_init(model, example)
+    tagger = _folder_tagger(config.init)
 
     def initial():
         params = init(int(config.train.seed))
-        return params if base.params is None else with_pretrained_body(params, base.params, base.source)
+        if base.params is None:
+            return params
+        return with_pretrained_tagger(with_pretrained_body(params, base.params, base.source), tagger, base.source)
 
     predict = jax.jit(lambda params, tokens, segments: jnp.argmax(model.apply(
         {"params": params}, tokens, segment_ids_BT=segments), -1))
@@ -266,6 +270,19 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     return _row_job(f"token classification {base.config.name} ({base.source})", config, model,
                     token_classification_loss, boxed, initial, train_rows, eval_rows, predict_metrics,
                     new_modules=new_modules)
+
+
+def _folder_tagger(init: str) -> dict | None:
+    """The tagger head of a BertForTokenClassification folder init (bert.folder_tagger), read
+    before anything trains; None for other inits."""
+    kind, _, folder = init.partition(":")
+    if kind != "hf":
+        return None
+    from research.models.hf import CheckpointError, bert
+    try:
+        return bert.folder_tagger(folder)
+    except CheckpointError as error:  # a classifier unlike its config.json: one line, as load_hf says it
+        raise ConfigError(str(error)) from None
 
 
 def text_to_text_job(config: ml_collections.ConfigDict) -> FinetuneJob:

@@ -12,7 +12,8 @@ Name map (HF `BertForMaskedLM` state_dict -> our unrolled params); HF linear wei
     bert.encoder.layer.i.output.LayerNorm                   layers_i/mlp_norm
     bert.pooler.dense                                       pooler
     cls.predictions.transform.{dense,LayerNorm}, .bias      mlm_head/{transform,transform_norm}, mlm_head/bias
-    classifier                                              classifier (BertForSequenceClassification)
+    classifier                                              classifier (BertForSequenceClassification;
+                                                            a BertForTokenClassification's: folder_tagger)
 
 The pooler, MLM head and classifier are optional on import (BertModel checkpoints have no
 MLM head, BertForMaskedLM ones no pooler): what the checkpoint lacks is left out of the
@@ -78,9 +79,6 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
     if get("is_decoder", False) or get("add_cross_attention", False):
         raise ConfigError("bert: is_decoder / add_cross_attention configs are not supported; only the "
                           "bidirectional encoder is.")
-    architectures = get("architectures") or []
-    classifies = any(a.endswith("ForSequenceClassification") for a in architectures)
-    num_labels = (get("num_labels") or len(get("id2label") or {}) or 2) if classifies else 0
     return ModelConfig(
         name=get("_name_or_path") or "hf-bert",
         family="encoder",
@@ -99,7 +97,7 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
         tie_embeddings=get("tie_word_embeddings", True),
         type_vocab_size=get("type_vocab_size", 2),
         pooler=True,
-        num_labels=num_labels,
+        num_labels=_num_labels(hf_config, "ForSequenceClassification"),
         pad_token_id=get("pad_token_id") or 0,
         # One rate for all dropout sites; BERT checkpoints use the same value for both.
         dropout_rate=get("hidden_dropout_prob", 0.1),
@@ -173,6 +171,25 @@ def folder_heads(path: str) -> set[str]:
              if group != "body"}
     suffixes = tuple(name for names in heads.values() for name in names)
     return _held(heads, {_hf_name(name) for name in read_tensors_ending_with(path, suffixes)})
+
+
+def folder_tagger(path: str) -> dict[str, np.ndarray] | None:
+    """The per-token classifier of the BertForTokenClassification folder `path` as our Dense params
+    ({"kernel": [D, C], "bias": [C]}), as transformers' AutoModelForTokenClassification keeps it
+    (params_from_hf leaves it out: the zoo model has no per-token head); None for other
+    architectures (a sequence classifier reads the pooled [CLS], not each token) or a folder
+    without one. Only its two tensors are read."""
+    hf_config = read_hf_config(path)
+    num_labels = _num_labels(hf_config, "ForTokenClassification")
+    if not num_labels:
+        return None
+    config = config_from_hf(hf_config).replace(num_labels=num_labels)
+    names = _name_map(config)["classifier"]
+    stored = {_hf_name(name): value for name, value in read_tensors_ending_with(path, tuple(names)).items()}
+    if not _held({"classifier": names}, stored):
+        return None
+    tensors = take(stored, {name: entry.hf_shape for name, entry in names.items()}, MODEL_TYPE)
+    return {entry.path[-1]: entry.convert.to_ours(tensors[name], config) for name, entry in names.items()}
 
 
 def carried_config(source: Mapping[str, Any], config: ModelConfig) -> dict[str, Any]:
@@ -267,6 +284,13 @@ def _mlm_bias_names(config: ModelConfig) -> tuple[str, str]:
 def _held(groups: Mapping[str, Mapping[str, _Entry]], present: Collection[str]) -> set[str]:
     """The groups of which `present` (HF names without "bert.") holds a tensor."""
     return {group for group, names in groups.items() if any(name in present for name in names)}
+
+
+def _num_labels(hf_config: Mapping[str, Any], architecture: str) -> int:
+    """The classifier size of a config.json whose architectures end with `architecture`, else 0."""
+    if not any(a.endswith(architecture) for a in hf_config.get("architectures") or []):
+        return 0
+    return hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or 2
 
 
 def _declared(group: str, config: ModelConfig) -> bool:
