@@ -27,7 +27,8 @@ def run(module, *args):
      "emergence.py, finetune.py, prepare_data.py, pretrain.py, scaling_laws.py."),
     ([CONFIG, "--config.mesh.shape=(1,1,8)"],
      "error: model gpt2-tiny: num_heads=4 does not split over mesh axis tensor of size 8 (rule 'heads' -> 'tensor', "
-     "mesh {'data': 1, 'fsdp': 1, 'tensor': 8}); use a tensor size that divides 4 (e.g. 4) via --config.mesh.shape."),
+     "mesh {'data': 1, 'fsdp': 1, 'tensor': 8}); use a tensor size that divides 4 (e.g. 4) via --config.mesh.shape, "
+     "or the rule ('heads', None) to replicate it."),
     ([CONFIG, "--config.mesh.dcn_shape=(2,1,1)"],
      "error: mesh.dcn_shape: dcn_shape (2, 1, 1) spans 2 processes but the 8 devices are in 1 process; make its "
      "product 1. (mesh.shape=(-1, 1, 1); leave dcn_shape empty on one slice / host)"),
