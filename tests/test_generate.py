@@ -264,7 +264,8 @@ def test_cli_prints_the_checkpoints_text(run_dir, tmp_path):
     assert not [name for name in os.listdir(run_dir) if name.startswith(("generat", "evaluations"))]
 
 
-def test_a_damaged_latest_checkpoint_falls_back_and_an_explicit_one_is_one_line(run_dir, tmp_path, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_and_an_explicit_one_is_one_line(run_dir, tmp_path, caplog,
+                                                                               young_gc_after_failed_reads):
     import shutil
 
     from research.training.checkpoint_loading import DamagedCheckpointError, load_checkpoint
