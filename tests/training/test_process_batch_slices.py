@@ -68,20 +68,7 @@ def test_two_processes_refuse_tensor_parallelism_across_them_before_compiling(tm
             except ConfigError as error:
                 print("refused", shape, error, flush=True)
     """)
-    port = free_port()
-    processes = [subprocess.Popen([sys.executable, "-c", code, REPO_ROOT], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True,
-                                  env=worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                                                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-                 for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out[-3000:]
+    for out in _two_processes(code, REPO_ROOT):
         assert "accepted (2, 1, 2)" in out, out[-3000:]
         assert "refused (1, 1, 4) mesh {'data': 1, 'fsdp': 1, 'tensor': 4} has the 2 processes share" in out, out
 
@@ -102,25 +89,36 @@ def test_fine_tuning_with_tensor_parallelism_across_two_processes_matches_one_pr
         final = finetune_and_evaluate(config, sys.argv[2])
         print("FINAL", json.dumps({k: final[k] for k in ("loss", "eval_loss")}), flush=True)
     """)
-    port = free_port()
-    processes = [subprocess.Popen([sys.executable, "-c", code, REPO_ROOT, str(tmp_path / "multi")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env=worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                                                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-                 for i in range(2)]
-    try:  # the one-process run while the two run
+    def one_process():  # while the two run
         from research.finetune import finetune_and_evaluate
         from tests.finetune.multiprocess_worker import base_config
         config = base_config("sft_tiny")
         config.mesh.shape = (2, 1, 4)  # this process's 8 devices: tensor 4 as above
-        single = finetune_and_evaluate(config, str(tmp_path / "single"))
-        outputs = [p.communicate(timeout=180)[0] for p in processes]
+        return finetune_and_evaluate(config, str(tmp_path / "single"))
+    single = {}
+    for out in _two_processes(code, REPO_ROOT, str(tmp_path / "multi"), meanwhile=lambda: single.update(one_process()),
+                              timeout=180):
+        multi = json.loads(out.split("FINAL ", 1)[1].splitlines()[0])
+        for key, value in multi.items():
+            np.testing.assert_allclose(value, single[key], rtol=1e-5, err_msg=key)
+
+
+def _two_processes(code: str, *args: str, meanwhile=lambda: None, timeout: int = 120) -> list[str]:
+    """The outputs of `code` run by 2 jax.distributed processes of 2 CPU devices each (each exited 0),
+    with `meanwhile()` called in this process while they run."""
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True,
+                                  env=worker_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                                                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+                 for i in range(2)]
+    try:
+        meanwhile()
+        outputs = [p.communicate(timeout=timeout)[0] for p in processes]
     finally:
         for p in processes:
             if p.poll() is None:
                 p.kill()
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
-        multi = json.loads(out.split("FINAL ", 1)[1].splitlines()[0])
-        for key, value in multi.items():
-            np.testing.assert_allclose(value, single[key], rtol=1e-5, err_msg=key)
+    return outputs
