@@ -149,17 +149,13 @@ def claimed_with(workdir: str) -> list[str]:
         return []
 
 
-def _follow_move(recorded: dict[str, Any], current: Mapping[str, Any], workdir: str) -> dict[str, Any]:
+def _follow_move(recorded: dict[str, Any], current: Mapping[str, Any], old: Any, workdir: str) -> dict[str, Any]:
     """`recorded` with its paths under a folder that moved with `workdir` since run.json recorded
     it there read as where they are now: the same files, moved together. A sweep's runs (runs/<id>)
     and their tokenizer (tokenizers/...) moved to another folder were refused as another run on
     the tokenizer's path. The folder that moved is one of the workdir's own or its ancestors whose
-    names the old and new paths share (only the part above them was renamed)."""
-    try:
-        with open(os.path.join(workdir, RUN_FILE), encoding="utf-8") as f:
-            old = json.load(f).get("workdir")
-    except (OSError, ValueError, AttributeError):
-        return recorded
+    names the old and new paths share (only the part above them was renamed). old: where run.json
+    says the workdir was (None in one recorded before it said so)."""
     new = absolute_workdir(workdir)
     if not isinstance(old, str) or old == new or _is_url(old) or _is_url(new):
         return recorded
@@ -179,14 +175,16 @@ def _follow_move(recorded: dict[str, Any], current: Mapping[str, Any], workdir: 
             for k, v in recorded.items()}
 
 
-def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | None:
-    """The fingerprint of the run already in `workdir`: its run.json, else (a workdir written
-    before run.json existed) the config saved with its newest checkpoint; None if neither."""
+def _read_recorded(workdir: str, fingerprint: Fingerprint, current: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The fingerprint of the run already in `workdir`: its run.json (with the paths of a workdir
+    moved since read as moved, _follow_move, against `current`), else (a workdir written before
+    run.json existed) the config saved with its newest checkpoint; None if neither."""
     run_file = os.path.join(workdir, RUN_FILE)
     if os.path.isfile(run_file):
         try:
             with open(run_file, encoding="utf-8") as f:
-                recorded = dict(json.load(f)["fingerprint"])
+                content = json.load(f)
+            recorded = dict(content["fingerprint"])
         except (OSError, ValueError, KeyError, TypeError):
             raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
                                "and rerun, else choose another --workdir.") from None
@@ -198,7 +196,8 @@ def _read_recorded(workdir: str, fingerprint: Fingerprint) -> dict[str, Any] | N
             from_checkpoint = {}
         recorded.update({k: from_checkpoint[k] for k in missing if k in from_checkpoint})
         # Fields made free on resume after a run.json recorded them (model.attention_kernel, 2026-12-06).
-        return {k: v for k, v in recorded.items() if k not in _FREED_LATER}
+        kept = {k: v for k, v in recorded.items() if k not in _FREED_LATER}
+        return _follow_move(kept, current, content.get("workdir"), workdir)
     saved = newest_saved_config(os.path.join(workdir, "checkpoints"))
     return None if saved is None else fingerprint(saved[1])
 
@@ -324,9 +323,7 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
     for workdir, config in runs:
         current = fingerprint(config)
         if not _is_url(workdir) and os.path.isdir(workdir):
-            recorded = _read_recorded(workdir, fingerprint)
-            if recorded is not None:
-                recorded = _follow_move(recorded, current, workdir)
+            recorded = _read_recorded(workdir, fingerprint, current)
             # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing;
             # nor does a model field added since, at the value every run had before it existed.
             compared = {k: v for k, v in current.items()
