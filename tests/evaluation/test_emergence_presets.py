@@ -240,3 +240,23 @@ def test_a_misspelt_training_task_is_named_even_where_the_packing_names_tasks():
                                         r"addition_2digit_lsb_first") as error:
         emergence.plan_study(config)
     assert "\n" not in str(error.value)
+
+
+def test_a_study_prompting_unscramble_with_shots_is_keyed_apart_and_others_keep_their_key(monkeypatch):
+    # Shots that leave out other scrambles of the query's word (456cf7b) changed those prompts:
+    # a study that prompts such a task with shots must evaluate again, while a study without one
+    # (every preset) keeps its cached evaluations.
+    digested = []
+    digest = emergence_plan._digest
+    monkeypatch.setattr(emergence_plan, "_digest", lambda value: digested.append(value) or digest(value))
+    config = configs.get_config("micro")
+    emergence.plan_study(config)
+    assert "answer_filtered_shots" not in digested[-1]
+    config.eval.tasks = (*config.eval.tasks, "unscramble_cycle")
+    with_shots = emergence.plan_study(config).fingerprint
+    assert digested[-1]["answer_filtered_shots"] == ["unscramble_cycle"]
+    config.eval.shots = (0,)
+    emergence.plan_study(config)
+    assert "answer_filtered_shots" not in digested[-1]  # zero-shot prompts hold no other scramble
+    config.eval.shots = (0, 1)
+    assert emergence.plan_study(config).fingerprint == with_shots
