@@ -15,12 +15,14 @@ count; name: step_<N> for a checkpoint, the folder's name for --hf_dir). output_
 to <checkpoint>/evaluations; for --hf_dir nothing is written unless --output_dir is given
 (a model folder may be read-only, and the current directory is nobody's). Earlier results
 are never replaced silently: when <name>.json exists the new table goes to <name>_v2.json
-(then _v3, ...) and the log says so; --overwrite replaces it instead. Bad input (unknown
-task, no checkpoint, more shots than a few-shot split holds, an unwritable output_dir)
-fails with one line before anything is compiled.
+(then _v3, ...) and the log says so (evaluations finishing together get one name each);
+--overwrite replaces it instead. The JSON's metadata records the options that produced it.
+Bad input (unknown task, no checkpoint, more shots than a few-shot split holds, an
+unwritable output_dir) fails with one line before anything is compiled.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -59,10 +61,11 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
                          num_train=num_train, seed=seed)
     if checkpoint is not None:
         root = checkpoint_root(checkpoint)  # a directory without checkpoints fails here, before any loading
+        if output_dir is None:  # the default needs only the root: refused before the checkpoint is read
+            output_dir = os.path.join(run_workdir(root), "evaluations")
+            check_writable(output_dir)
         overrides = {"dtype": dtype} if dtype else {}
         loaded = load_checkpoint(root, step=step, tokenizer=tokenizer, **overrides)
-        output_dir = output_dir or os.path.join(run_workdir(root), "evaluations")
-        check_writable(output_dir)
         name = f"step_{loaded.step}"
     else:
         if step is not None:
@@ -70,7 +73,12 @@ def evaluate_model(*, tasks: Sequence[str], num_shots: Sequence[int] | None = No
         loaded = load_hf(hf_dir, tokenizer=tokenizer, **({"dtype": dtype} if dtype else {}))
         name = os.path.basename(os.path.abspath(hf_dir))  # "." named the files "..json", hidden
     stem = None if output_dir is None else os.path.join(output_dir, name)
-    return _run(loaded, entries, batch_size, stem, overwrite, log)
+    # Every option that can change a number in the table (the rest, tasks and shots, are in its
+    # rows): runs differing only in --seed wrote step_N.json and step_N_v2.json that no file told apart.
+    # tokenizer None: the run's (or folder's) own; dtype None: as trained (model_config holds the one used).
+    settings = {"seed": seed, "num_test": num_test, "num_train": num_train, "tokenizer": tokenizer,
+                "dtype": dtype, "batch_size": batch_size}
+    return _run(loaded, entries, batch_size, stem, overwrite, log, settings=settings)
 
 
 def check_tasks_fit(entries, harness) -> None:
@@ -106,19 +114,47 @@ def check_writable(directory: str) -> None:
         raise ConfigError(f"output directory {directory!r}: {reason}; pass another --output_dir.")
 
 
-def unused_stem(stem: str) -> str:
-    """`stem` if neither stem.json nor stem.csv exists, else the first free stem_v2, stem_v3, ..."""
+def reserve_stem(stem: str) -> str:
+    """`stem` if neither stem.json nor stem.csv exists, else the first free stem_v2, stem_v3, ...;
+    its .json is created empty, so a concurrent caller gets another name (write_rows then replaces it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)  # output_dir may not exist yet
     candidate, version = stem, 1
-    while os.path.exists(candidate + ".json") or os.path.exists(candidate + ".csv"):
+    while True:
+        # O_EXCL: checking that a name is free and writing it later let two evaluations finishing
+        # together both pick it, and the later replaced the earlier.
+        try:
+            os.close(os.open(candidate + ".json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            pass
+        else:
+            if not os.path.exists(candidate + ".csv"):
+                return candidate
+            os.remove(candidate + ".json")  # a .csv left without its .json still holds results
         version += 1
         candidate = f"{stem}_v{version}"
-    return candidate
+
+
+def write_results(rows: Sequence[dict[str, Any]], stem: str, overwrite: bool,
+                  metadata: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """Write rows to `stem` (overwrite) or to the name reserve_stem gives; (write_rows' paths, the stem used)."""
+    from research.evaluation.results_table import write_rows
+
+    if overwrite:
+        return write_rows(rows, stem, metadata=metadata), stem
+    target = reserve_stem(stem)
+    try:
+        return write_rows(rows, target, metadata=metadata), target
+    except BaseException:
+        with contextlib.suppress(OSError):  # the empty placeholder would hold the name for nothing
+            if os.path.getsize(target + ".json") == 0:
+                os.remove(target + ".json")
+        raise
 
 
 def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
-         log: Callable[[str], None]) -> list[dict[str, Any]]:
+         log: Callable[[str], None], *, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     from research.evaluation.harness import Harness
-    from research.evaluation.results_table import format_table, write_rows
+    from research.evaluation.results_table import format_table
     from research.evaluation.suite import computed_metrics, run_suite
     from research.models import sizing
 
@@ -146,10 +182,11 @@ def _run(loaded, entries, batch_size: int, stem: str | None, overwrite: bool,
         return rows
     import jax
     if jax.process_index() == 0:  # on several hosts every process holds the same rows: one writes
-        # The free name is chosen only now, after the long work, so a concurrent run cannot take it first.
-        target = stem if overwrite else unused_stem(stem)
+        # The free name is reserved only now, after the long work, so an evaluation started later
+        # but finishing first takes the lower version.
         replaced = overwrite and os.path.exists(stem + ".json")
-        paths = write_rows(rows, target, metadata={"source": loaded.source, "model_config": config.to_dict()})
+        metadata = {"source": loaded.source, "model_config": config.to_dict(), "settings": settings or {}}
+        paths, target = write_results(rows, stem, overwrite, metadata)
         note = (" (replacing the earlier results: --overwrite)" if replaced else
                 f" ({stem}.json holds earlier results, kept; --overwrite replaces them)" if target != stem else "")
         log(f"wrote {paths['json']} and {paths['csv']}{note}")
