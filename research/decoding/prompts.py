@@ -5,6 +5,7 @@ naming the value and the fix, never inside a compiled loop.
 """
 from __future__ import annotations
 
+import logging
 import numbers
 from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
@@ -15,6 +16,10 @@ from research.models.config import ConfigError, ModelConfig
 
 Array = jax.Array
 PadSide = Literal["left", "right"]
+log = logging.getLogger(__name__)
+# (model name, max_len) already warned about decoding past its trained context: the evaluation
+# harness makes one request per batch, and one line says it all.
+_WARNED_PAST_CONTEXT: set[tuple[str, int]] = set()
 
 
 def is_integer(value: Any) -> bool:
@@ -115,11 +120,14 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
     bad_stops = [t for t in stop_tokens if not 0 <= int(t) < config.vocab_size]
     if bad_stops:
         raise ConfigError(f"stop_tokens {bad_stops} are outside the vocabulary [0, {config.vocab_size}).")
-    if config.position != "learned" or config.family == "encoder_decoder":
-        return  # no position table to overflow (ModelConfig gives encoder-decoders relative positions)
+    if config.family == "encoder_decoder":
+        return  # relative positions (ModelConfig's rule), and the prompt is the encoder's, not the decoder's
     # The last new token is returned, never fed back, so it takes no position: generation reads
     # positions 0 .. prompt + max_new_tokens - 2 (as HF: GPT-2 with n_positions=16 generates 16 + 1).
     longest = max(len(p) for p in prompts)
+    if config.position != "learned":
+        _warn_past_context(config, longest, max_new_tokens)
+        return
     if longest > config.max_len:
         # No max_new_tokens fits: the prompt alone overflows the position table.
         raise ConfigError(f"the longest prompt is {longest} tokens, more than max_len={config.max_len} of "
@@ -130,6 +138,20 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new
             f"longest prompt + max_new_tokens - 1 = {needed} exceeds max_len={config.max_len} of {config.name}'s "
             f"learned position table (the last new token takes no position); shorten the prompt or lower "
             f"max_new_tokens to at most {max_new_tokens - (needed - config.max_len)}.")
+
+
+def _warn_past_context(config: ModelConfig, longest: int, max_new_tokens: int) -> None:
+    # RoPE has no table to overflow, and transformers decodes past max_position_embeddings too, so
+    # this is no refusal; but the model never saw those positions, and said nothing about it.
+    needed = longest + max_new_tokens - 1
+    key = (config.name, config.max_len)
+    if needed <= config.max_len or key in _WARNED_PAST_CONTEXT:
+        return
+    _WARNED_PAST_CONTEXT.add(key)
+    log.warning("longest prompt + max_new_tokens - 1 = %d positions exceed max_len=%d, the context %s was "
+                "trained on (position=%r): its output there may degrade; shorten the prompt or lower "
+                "max_new_tokens to stay within it (warned once per model).", needed, config.max_len, config.name,
+                config.position)
 
 
 def check_vocab_limit(config: ModelConfig, vocab_limit: int | None) -> int | None:
