@@ -117,8 +117,9 @@ class DataConfig:
       "tfds":   a TFDS dataset prepared locally as array_record (`tfds_name`, `data_dir`),
                 read from `train_split` / `validation_split`.
       "files":  local files matching `file_patterns` (.txt/.md/.py/... = one document per
-                file; .jsonl = one document per line, from `text_field`), built once into
-                array_record under `data_dir` by a TFDS builder.
+                file; .jsonl, .ndjson and JSON Lines .json = one document per line, from
+                `text_field`; binary files, the data_dir and runs' workdirs are left out), built
+                once into array_record under `data_dir` by a TFDS builder.
       "synthetic": documents sampled from a Markov source of known entropy rate (`synthetic`).
     """
 
@@ -131,7 +132,7 @@ class DataConfig:
     # for a corpus with no validation split (wikipedia). source="tfds" only.
     train_split: str = "train"
     validation_split: str = "validation"
-    validation_fraction: float = 0.05  # stdlib / files: share of files (or jsonl lines) held out
+    validation_fraction: float = 0.05  # stdlib / files / synthetic: share of files (or jsonl lines) held out
     max_documents: int | None = None  # cap per split, for fast tests and smoke runs
     tokenizer: TokenizerConfig = TokenizerConfig()
     synthetic: SyntheticConfig = SyntheticConfig()  # source="synthetic" only
@@ -150,13 +151,16 @@ class DataConfig:
         if self.source == "files" and not self.file_patterns:
             raise DataError("data: source='files' needs file_patterns, e.g. ('corpus/**/*.txt',).")
         # A field of another source would be ignored: --config.data.file_patterns=... without
-        # source='files' trained on the default corpus, silently.
+        # source='files' trained on the default corpus, silently. The fix names both command lines that
+        # build a DataConfig (pretraining's config flags, the tokenizer CLI's --source).
         if self.file_patterns and self.source != "files":
             raise DataError(f"data: file_patterns={self.file_patterns} apply to source='files' only, not "
-                            f"source={self.source!r}; add --config.data.source=files (or drop file_patterns).")
+                            f"source={self.source!r}; add --config.data.source=files (tokenizer CLI: "
+                            "--source=files), or drop file_patterns.")
         if self.tfds_name and self.source != "tfds":
             raise DataError(f"data: tfds_name={self.tfds_name!r} applies to source='tfds' only, not "
-                            f"source={self.source!r}; add --config.data.source=tfds (or drop tfds_name).")
+                            f"source={self.source!r}; add --config.data.source=tfds (tokenizer CLI: "
+                            "--source=tfds), or drop tfds_name.")
         if self.data_dir and self.source in ("stdlib", "synthetic"):  # read by TFDS (tfds, files) only
             raise DataError(f"data: data_dir={self.data_dir!r} applies to source='tfds' or 'files' only; "
                             f"source={self.source!r} reads no TFDS data (drop data_dir, or set source).")

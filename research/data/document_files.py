@@ -1,6 +1,10 @@
 """Reading documents from local files, shared by pretraining's `files` source (research.data.text_files)
 and data preparation (research.data.preparation.inputs): a file is one document, a .jsonl file one
 per non-blank line; either may be compressed (.gz, .bz2, .xz: read as the file without the suffix).
+The files source also reads a .json file as JSON Lines when its first line is a JSON object (what
+datasets' Dataset.to_json and pandas' to_json(lines=True) write) and refuses one holding a single JSON
+document (`reads_as_jsonl`); and it skips, as data preparation does, a file with a NUL byte in its
+first 8 KB (an archive, parquet, compiled or image file: `read_head`, `looks_binary`).
 
 A JSONL line that is not JSON, lacks the text field, or holds a non-string there is a one-line
 DataError naming file:line (the files source once trained on the text 'None' of {"text": null}
@@ -40,9 +44,65 @@ def cannot_read(path: str, error: Exception) -> DataError:
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def is_jsonl(path: str) -> bool:
+def _content_name(path: str) -> str:
+    """`path` lowercased, without a compression suffix: the name of what reading it gives."""
     stem, suffix = os.path.splitext(path)
-    return (stem if suffix.lower() in DECOMPRESSORS else path).lower().endswith(JSONL_SUFFIXES)
+    return (stem if suffix.lower() in DECOMPRESSORS else path).lower()
+
+
+def is_jsonl(path: str) -> bool:
+    return _content_name(path).endswith(JSONL_SUFFIXES)
+
+
+def reads_as_jsonl(path: str) -> bool:
+    """Whether `path` holds JSON Lines: a .jsonl / .ndjson file, or a .json file whose first non-blank line
+    is a JSON object. A .json file of one JSON document (an array, an indented object) is a one-line
+    DataError: read as one plain-text document it trained on JSON syntax, and text_field was ignored."""
+    if is_jsonl(path):
+        return True
+    if not _content_name(path).endswith(".json"):
+        return False
+    try:
+        # The first byte first: a one-line array of a whole dataset is refused without reading it all.
+        if read_head(path).lstrip()[:1] not in (b"{", b""):
+            raise _not_json_lines(path)
+        with open_input(path) as f:
+            first = next((raw for raw in f if raw.strip()), None)
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
+    if first is None:
+        return True  # no line to read: no documents, as an empty .jsonl
+    try:
+        record = json.loads(first.decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError:
+        raise _not_json_lines(path) from None
+    if not isinstance(record, dict):
+        raise _not_json_lines(path)
+    return True
+
+
+def _not_json_lines(path: str) -> DataError:
+    return DataError(f"{path} is one JSON document, not JSON Lines (one object per line), which a .json file must "
+                     "be; convert it to a .jsonl file with one {\"text\": ...} object per line (for a JSON array: "
+                     f"jq -c '.[]' {os.path.basename(path)} > data.jsonl), or leave it out of the file patterns.")
+
+
+# Data preparation's rule for binary inputs (research/data/preparation/inputs.py): text holds no NUL
+# byte, while archives, .pyc, images and parquet ('PAR1\x15\x00...') hold one this early.
+BINARY_PROBE_BYTES = 8192
+
+
+def read_head(path: str) -> bytes:
+    """The first BINARY_PROBE_BYTES of the file's (decompressed) content."""
+    try:
+        with open_input(path) as f:
+            return f.read(BINARY_PROBE_BYTES)
+    except READ_ERRORS as e:
+        raise cannot_read(path, e) from None
+
+
+def looks_binary(head: bytes) -> bool:
+    return b"\0" in head
 
 
 def decode_utf8(raw: bytes) -> tuple[str, int]:

@@ -21,10 +21,22 @@ from research.data.config import LOCAL_SPLITS, DataConfig, DataError, SyntheticC
 _NOT_STDLIB = {"site-packages", "dist-packages", "__pycache__"}
 
 
+def split_bucket(key: str) -> float:
+    """Where a document's key (a relative path or path:line) hashes to in [0, 1): it is held out
+    for validation when below validation_fraction."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
 def in_validation(key: str, validation_fraction: float) -> bool:
-    """Deterministic split of one document by a hash of its key (a relative path or path:line)."""
-    bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
-    return bucket < validation_fraction
+    """Deterministic split of one document by a hash of its key."""
+    return split_bucket(key) < validation_fraction
+
+
+def empty_split(config: DataConfig, split: str) -> DataError:
+    return DataError(
+        f"split {split!r} of {config.describe()} has no documents; add data, or for stdlib/files "
+        f"raise validation_fraction={config.validation_fraction} (validation) / lower it (train)."
+    )
 
 
 class TextFileSource:
@@ -255,9 +267,7 @@ def document_source(config: DataConfig, split: str) -> grain.MapDataset:
             from research.data.text_files import text_files_builder  # imports TFDS (~0.3 s)
             if split not in LOCAL_SPLITS:
                 raise DataError(f"split={split!r} is not one of {LOCAL_SPLITS} for source='files'.")
-            builder = text_files_builder(config.file_patterns, text_field=config.text_field,
-                                         validation_fraction=config.validation_fraction,
-                                         data_dir=config.data_dir or None)
+            builder = text_files_builder(config, split)  # refuses an empty split before preparing anything
             # An empty split is not written (TFDS cannot); it reads as no documents.
             source = builder.as_data_source(split=split) if split in builder.info.splits else []
             field = "text"
@@ -268,8 +278,5 @@ def document_source(config: DataConfig, split: str) -> grain.MapDataset:
             ds = ds[: config.max_documents]
         ds = ds.map(_decode_field(field))
     if len(ds) == 0:
-        raise DataError(
-            f"split {split!r} of {config.describe()} has no documents; add data, or for stdlib/files "
-            f"raise validation_fraction={config.validation_fraction} (validation) / lower it (train)."
-        )
+        raise empty_split(config, split)
     return ds

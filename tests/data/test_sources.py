@@ -40,7 +40,7 @@ def test_files_builder_reads_txt_md_py_and_jsonl(tmp_path):
     assert sorted(texts) == sorted(expected)  # every document once, blank jsonl lines skipped
     assert 0 < len(validation) < len(train)
     prepared = [d for d, _, files in os.walk(tmp_path / "tfds") if any(".array_record-" in f for f in files)]
-    assert len(prepared) == 1 and prepared[0].endswith("1.2.0")
+    assert len(prepared) == 1 and prepared[0].endswith("1.3.0")
     mtime = os.path.getmtime(prepared[0])
     assert len(document_source(config, "train")) == len(train)  # a rerun reuses the prepared data
     assert os.path.getmtime(prepared[0]) == mtime
