@@ -22,8 +22,8 @@ from datatrove.pipeline.base import PipelineStep
 
 from research.data.config import DataError
 # Compressed inputs are read as the file without the suffix: .jsonl.gz is JSONL, .txt.gz one document.
-from research.data.document_files import (READ_ERRORS, cannot_read, decode_utf8, is_jsonl, open_input,
-                                          record_text)
+from research.data.document_files import (READ_ERRORS, cannot_read, decode_utf8, is_jsonl, looks_binary,
+                                          open_input, read_head, record_text)
 
 TFDS_PREFIX = "tfds:"
 
@@ -91,14 +91,6 @@ def _tfds_files(spec: InputSpec) -> list:
 
 SKIP_REASONS = {"binary": "NUL bytes in the first 8 KB: an archive, compiled or image file",
                 "under_output_dir": "inside --output_dir"}
-_BINARY_PROBE_BYTES = 8192  # text holds no NUL byte; tar, .pyc, images hold one this early
-def _head(path: str) -> bytes:
-    """The first few KB of the file's (decompressed) content."""
-    try:
-        with open_input(path) as f:
-            return f.read(_BINARY_PROBE_BYTES)
-    except READ_ERRORS as e:
-        raise cannot_read(path, e) from None
 
 
 def _matches(pattern: str) -> list[str]:
@@ -141,9 +133,9 @@ def resolve_inputs(input_arg: str, *, text_field: str = "text", tfds_data_dir: s
     for path in paths:
         if not os.access(path, os.R_OK):
             raise DataError(f"input file {path} is not readable (permission denied); fix its permissions or leave it out.")
-    heads = {path: _head(path) for path in paths}
-    binary = [path for path in paths if b"\0" in heads[path]]
-    paths = [path for path in paths if b"\0" not in heads[path]]
+    heads = {path: read_head(path) for path in paths}
+    binary = [path for path in paths if looks_binary(heads[path])]
+    paths = [path for path in paths if not looks_binary(heads[path])]
     if not paths:
         raise DataError(f"input {input_arg!r} matches only binary files (NUL bytes: archives, compiled or image "
                         "files); give text, markdown, code or .jsonl files.")
