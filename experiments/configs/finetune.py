@@ -40,7 +40,9 @@ def _base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.path = "sft"
     config.init = "random"  # | checkpoint:<run workdir> | hf:<folder>
-    config.tokenizer = "char"  # "" = the checkpoint's own
+    # "" = the init's own. Left at "char" with an init trained with another tokenizer, the run is
+    # refused (base_model.check_default_tokenizer): its ids would mean other pieces to the model.
+    config.tokenizer = "char"
     config.model = ml_collections.ConfigDict(dict(
         preset="gpt2-tiny", dtype="float32", dropout_rate=0.0, num_layers=placeholder(int),
         d_model=placeholder(int), max_len=placeholder(int), scan_layers=placeholder(bool), num_labels=placeholder(int),

@@ -21,7 +21,8 @@ max_new_tokens) that alone does not fit is an error.
 Contexts, prompts and rolling texts of decoder and encoder-decoder models are encoded with
 the tokenizer's encode_context when it has one (HFTokenizer: the special tokens its default
 adds, Llama's <s>, T5's </s>, as lm-eval's `hf` model does), continuations with encode
-(none). Encoder-only models, which lm-eval does not evaluate, encode everything with encode.
+(none). Encoder-only models, which lm-eval does not evaluate, read each input between the special
+tokens they were trained with (tokenizer_loading.special_tokens_around: BERT's [CLS] ... [SEP]).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from research.evaluation.requests import (GenerateRequest, GenerateResult, Logli
                                           RollingRequest, RollingResult, ScoredRow, as_ids, conditional_row,
                                           cut_at_stop, encode_pair, rolling_windows)
 from research.evaluation.tokenizer import check_tokenizer
-from research.evaluation.tokenizer_loading import context_encoder
+from research.evaluation.tokenizer_loading import context_encoder, prefix_token, special_tokens_around
 from research.models.config import ConfigError
 from research.models.layout import unbox
 
@@ -89,9 +90,14 @@ class Harness:
         self.batch_size, self.max_length, self.min_bucket = batch_size, max_length, min_bucket
         self.encoder_scoring = encoder_scoring
         self.rolling_context_len = rolling_context_len
-        bos = getattr(tokenizer, "bos_id", None)
-        self.prefix_token = int(tokenizer.eos_id if bos is None else bos)
+        self.prefix_token = prefix_token(tokenizer)
         self._encode_context = context_encoder(tokenizer, config.family)
+        # An encoder reads every input inside its template; encode_context covers the other families.
+        self._around = special_tokens_around(tokenizer, "encoder") if config.family == "encoder" else ((), ())
+        self._room = max_length - sum(map(len, self._around))  # the text tokens of one encoder row
+        if self._room < 1:
+            raise ConfigError(f"max_length={max_length} leaves no room for text inside the special tokens "
+                              f"{self._around} of every {config.name} input; raise it.")
         self._sizes = dict(batch_size=batch_size, max_len=max_length, min_bucket=min_bucket)
         # Generation never picks an id the tokenizer cannot decode (the model's vocabulary is
         # padded above it). Log-likelihoods deliberately ignore this limit: one is the model's own
@@ -191,11 +197,8 @@ class Harness:
         """(index, tokens, most) of the first request whose continuation, tokenized exactly as
         loglikelihood tokenizes it, holds more tokens than one pass can score, or None when every
         one fits. Only the tokenizer runs: a task can be checked before any model call."""
-        if self.config.family == "encoder":
-            pairs = [encode_pair(self.tokenizer, r.context, r.continuation, self.prefix_token, joint=True)
-                     for r in requests]
-        else:
-            pairs = self._encode_pairs(requests)
+        pairs = ([self._encoder_pair(r) for r in requests] if self.config.family == "encoder"
+                 else self._encode_pairs(requests))
         return self._overflow(requests, pairs)
 
     def _encode_pairs(self, requests: Sequence[LoglikelihoodRequest]) -> list[tuple[list[int], list[int]]]:
@@ -206,10 +209,11 @@ class Harness:
     def _overflow(self, requests: Sequence[LoglikelihoodRequest],
                   pairs: Sequence[tuple[list[int], list[int]]]) -> tuple[int, int, int] | None:
         # The most continuation tokens of one row: max_length, less the placeholder input an
-        # end_until decision takes (_score_with_ends); an encoder-only row also holds at least one
-        # context token beside the masked continuation (_pseudo_loglikelihood, which ignores end_until).
+        # end_until decision takes (_score_with_ends); an encoder-only row also holds its special
+        # tokens and a context token beside the masked continuation (_pseudo_loglikelihood, no end_until).
         for index, (request, (_, continuation_ids)) in enumerate(zip(requests, pairs)):
-            spare = 1 if self.config.family == "encoder" or request.end_until is not None else 0
+            extra = self.config.family == "encoder" or request.end_until is not None
+            spare = self.max_length - self._room + 1 if extra else 0
             if len(continuation_ids) > self.max_length - spare:
                 return index, len(continuation_ids), self.max_length - spare
         return None
@@ -325,15 +329,16 @@ class Harness:
             raise ConfigError(f"tokenizer {type(self.tokenizer).__name__} has no mask_id; pseudo-log-likelihood "
                               "scoring of an encoder-only model masks each continuation token.")
         rows, owners, truncated, continuations = [], [], [], []
+        before, after = self._around
         for index, request in enumerate(requests):
-            context_ids, continuation_ids = encode_pair(self.tokenizer, request.context, request.continuation,
-                                                        self.prefix_token, joint=True)
-            self._check_ids(context_ids + continuation_ids)
-            row, cut = conditional_row(context_ids, continuation_ids, self.max_length - 1)
-            sequence = row.tokens  # at most max_length tokens; the continuation is its tail
+            context_ids, continuation_ids = self._encoder_pair(request)
+            self._check_ids([*before, *after, *context_ids, *continuation_ids])
+            row, cut = conditional_row(context_ids, continuation_ids, self._room - 1)  # at most _room tokens
+            sequence = np.asarray([*before, *row.tokens, *after], np.int32)
+            end = len(before) + len(row.tokens)
             truncated.append(cut)
             continuations.append(continuation_ids)
-            for j in range(len(sequence) - row.num_scored, len(sequence)):
+            for j in range(end - row.num_scored, end):
                 masked = sequence.copy()
                 masked[j] = mask_id
                 rows.append((masked, j, int(sequence[j])))
@@ -346,17 +351,28 @@ class Harness:
         return [_result(scoring.TokenStats(*(np.concatenate(parts) for parts in zip(*pieces))), cut, ids)
                 for pieces, cut, ids in zip(per_request, truncated, continuations)]
 
+    def _encoder_pair(self, request: LoglikelihoodRequest) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) of an encoder-only row, inside its special tokens: an empty
+        context is none where those give a masked token something to read, else the prefix token."""
+        context_ids, continuation_ids = encode_pair(self.tokenizer, request.context, request.continuation,
+                                                    self.prefix_token, joint=True)
+        if not request.context.rstrip() and any(self._around) and context_ids == [self.prefix_token]:
+            return [], continuation_ids
+        return context_ids, continuation_ids
+
     def _classify(self, questions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         num_labels = self.config.num_labels
         rows, truncated = [], 0
+        before, after = self._around
         for context, choices in questions:
             if len(choices) != num_labels:
                 raise ConfigError(f"{len(choices)} choices for a classifier with num_labels={num_labels}; "
                                   "classifier scoring maps class i to choice i, so they must match.")
-            ids = as_ids(self.tokenizer.encode(context)) or [self.prefix_token]
-            self._check_ids(ids)
-            truncated += len(ids) > self.max_length  # a context of exactly max_length was counted as cut
-            rows.append(np.asarray(ids[-self.max_length:], np.int32))
+            ids = as_ids(self.tokenizer.encode(context)) or ([] if any(self._around) else [self.prefix_token])
+            self._check_ids([*before, *after, *ids])
+            truncated += len(ids) > self._room  # a context that just fits was once counted as cut
+            # The text is cut from the left, never the template: the pooler reads the first token.
+            rows.append(np.asarray([*before, *ids[-self._room:], *after], np.int32))
         self._warn_truncated(truncated, len(rows), "multiple_choice")
         return [np.asarray(lp, np.float64) for lp in
                 scoring.classify_rows(self.model, self.params, rows, **self._sizes)]

@@ -2,11 +2,13 @@
 
 Any object with `encode`, `decode`, `eos_id` and `pad_id` works (research.data's
 SentencePiece `Tokenizer` does). `bos_id` and `mask_id` are optional: the harness
-reads them with getattr, using bos (else eos) as the prefix of an empty context, and
-mask for encoder-only (masked-LM) scoring. So is `encode_context(text)`: the ids of a text
-the model is conditioned on (a context, a prompt, a rolling text) with the special tokens
-the model expects there (HFTokenizer: the tokenizer's default, as lm-eval's `hf` model
-encodes contexts); without it the harness encodes those with `encode` too.
+reads them with getattr, using mask for encoder-only (masked-LM) scoring. So is
+`encode_context(text)`: the ids of a text the model is conditioned on (a context, a prompt,
+a rolling text) with the special tokens the model expects there (HFTokenizer: the
+tokenizer's default, as lm-eval's `hf` model encodes contexts, and bos, else eos, as the
+prefix of an empty context); without it the harness encodes those with `encode` too, and
+the prefix is eos, which ends every document this codebase pretrains on
+(tokenizer_loading.prefix_token).
 """
 from __future__ import annotations
 

@@ -94,6 +94,25 @@ class HFTokenizer:
                 tuple(full[:start]), tuple(full[start + len(plain):]))
         return self._around
 
+    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
+        """ids of each of `words`, as transformers encodes a pre-split text (is_split_into_words=True,
+        no special tokens): what a tagger fine-tuned with transformers read. A WordPiece (BERT) word
+        is its pieces; a byte-level BPE word carries a leading space only where the tokenizer adds
+        a prefix space (add_prefix_space), never a separate space token between words."""
+        if not words:
+            return []
+        split = dict(is_split_into_words=True, add_special_tokens=False)
+        encoded = self._tokenizer(list(words), **split)
+        try:
+            owners = encoded.word_ids()
+        except ValueError:  # a Python (slow) tokenizer keeps no word map; it encodes the words one by one
+            return [[int(i) for i in self._tokenizer([word], **split)["input_ids"]] for word in words]
+        out: list[list[int]] = [[] for _ in words]
+        for index, word in zip(encoded["input_ids"], owners):
+            if word is not None:
+                out[word].append(int(index))
+        return out
+
     def decode_keeping_special(self, ids: Sequence[int]) -> str:
         """The text with special tokens spelled out ("<|im_end|>"): where a stop string may lie."""
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -116,9 +135,82 @@ def context_encoder(tokenizer: Any, family: str) -> Callable[[str], list[int]]:
 
 
 def pretraining_special_tokens(tokenizer: Any, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(ids before, ids after) a model input of this codebase's own pretraining: the eos after an
-    encoder-decoder's encoder input (research/data/objectives.py), nothing otherwise."""
-    return ((), (int(tokenizer.eos_id),)) if family == "encoder_decoder" else ((), ())
+    """(ids before, ids after) a model input of this codebase's own pretraining
+    (research/data/objectives.py): the eos after an encoder-decoder's encoder input; the bos (where
+    the tokenizer has one) and eos around every masked-LM window of an encoder, for a tokenizer
+    pretraining runs with (research.data.Tokenizer: special_tokens()); nothing otherwise (a
+    decoder's document is tokens + eos, and a prompt is no whole document)."""
+    if family == "encoder_decoder":
+        return (), (int(tokenizer.eos_id),)
+    special = getattr(tokenizer, "special_tokens", None)
+    if family != "encoder" or special is None:  # char and other tokenizers no pretraining run uses
+        return (), ()
+    special = special()
+    return (() if special.bos_id is None else (int(special.bos_id),)), (int(special.eos_id),)
+
+
+def special_tokens_around(tokenizer: Any, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ids before, ids after) every input of a `family` model carries: a Hugging Face tokenizer's
+    template (BERT's [CLS] ... [SEP], T5's ... </s>: HFTokenizer.special_tokens_around), as the
+    model was pretrained and transformers encodes; for this codebase's own tokenizers what its
+    pretraining put there (pretraining_special_tokens). Without them a BERT's pooler read the first
+    word where it was trained on [CLS] (or <s>)."""
+    around = getattr(tokenizer, "special_tokens_around", None)
+    return around() if around is not None else pretraining_special_tokens(tokenizer, family)
+
+
+def prefix_token(tokenizer: Any) -> int:
+    """The token an empty context, an empty prompt and a text's first rolling window are
+    conditioned on. A Hugging Face tokenizer (encode_context): lm-eval's prefix_token_id, bos
+    else eos. This codebase's own tokenizers: eos, the token every pretraining document ends
+    with (objectives: a decoder's document is tokens + eos, an encoder-decoder's input ends with
+    eos); no decoder pretrained here ever read bos (mean log p of a text's first token -5.2 from
+    bos, -4.1 from eos, on a tiny decoder)."""
+    bos = getattr(tokenizer, "bos_id", None)
+    if getattr(tokenizer, "encode_context", None) is not None and bos is not None:
+        return int(bos)
+    return int(tokenizer.eos_id)
+
+
+def encode_words(tokenizer: Any, words: Sequence[str]) -> tuple[list[int], list[int | None]]:
+    """(ids, the index in ids of each word's first token, None for a word of no token) of `words`
+    read as one text. A Hugging Face tokenizer: as transformers encodes pre-split words
+    (HFTokenizer.encode_words). This codebase's own: ids are what the tokenizer gives for
+    " ".join(words): a SentencePiece word already opens with its word-start piece, so no space
+    is put between words (an encoded " " there was a second space, 'def   hello'), while a
+    character tokenizer's words are joined by its space."""
+    own = getattr(tokenizer, "encode_words", None)
+    if own is not None:
+        return _joined(own(words), [])
+    encode = lambda text: [int(i) for i in tokenizer.encode(text)]
+    text = " ".join(words)
+    pieces, whole = [encode(word) for word in words], encode(text)
+    for between in ([], encode(" ")):
+        ids, starts = _joined(pieces, between)
+        if ids == whole:
+            return ids, starts
+    # A token across a word boundary (a SentencePiece model that does not split at whitespace, an
+    # empty word's double space): a word starts at the first token the text before it does not give.
+    starts, offset, last = [], 0, -1
+    for word, alone in zip(words, pieces):
+        before = encode(text[:offset]) if offset else []
+        start = next((k for k, (a, b) in enumerate(zip(before, whole)) if a != b), min(len(before), len(whole)))
+        has_own = bool(alone) and last < start < len(whole)  # not the token an earlier word starts in
+        starts.append(start if has_own else None)
+        last = start if has_own else last
+        offset += len(word) + 1
+    return whole, starts
+
+
+def _joined(pieces: Sequence[Sequence[int]], between: Sequence[int]) -> tuple[list[int], list[int | None]]:
+    """(the words' ids with `between` after each but the last, each word's first index or None)."""
+    ids: list[int] = []
+    starts: list[int | None] = []
+    for k, word in enumerate(pieces):
+        ids += list(between) if k else []
+        starts.append(len(ids) if word else None)
+        ids += word
+    return ids, starts
 
 
 def has_hf_tokenizer(folder: str) -> bool:

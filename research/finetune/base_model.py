@@ -8,7 +8,8 @@
     config.init = "hf:<folder>"          a Hugging Face checkpoint folder, its own tokenizer
 
 config.tokenizer ("char", a SentencePiece .model, an HF folder; "" = the run's own) picks
-the tokenizer; it must fit the model's vocabulary.
+the tokenizer; it must fit the model's vocabulary. Left at the presets' "char" for an init
+trained with another tokenizer, it is refused (check_default_tokenizer).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import ml_collections
 from flax.core import meta
 
 from research.training.checkpoint_loading import load_checkpoint, load_hf
-from research.evaluation.tokenizer_loading import check_vocabulary, load_tokenizer
+from research.evaluation.tokenizer_loading import CHAR, check_vocabulary, has_hf_tokenizer, load_tokenizer
 from research.models import get_config, layout
 from research.models.config import ConfigError, ModelConfig
 
@@ -129,9 +130,34 @@ def job_base_model(config: ml_collections.ConfigDict) -> BaseModel:
     """The base model of a fine-tuning job (config.init / model / tokenizer), with train.seq_len
     checked against its max_len before any data is tokenized or anything compiled."""
     from research.finetune.checks import check_seq_len
+    check_default_tokenizer(config.init, config.get("tokenizer", ""))
     base = load_base_model(config.init, config.model, config.get("tokenizer", ""))
     check_seq_len(config.train.seq_len, base.config)
     return base
+
+
+def check_default_tokenizer(init: str, tokenizer_spec: str) -> None:
+    """ConfigError (one line, before any weights load) when config.tokenizer is the presets' default
+    "char" but `init` was trained with another tokenizer (a checkpoint's recorded one, a Hugging
+    Face folder's own): its character ids meant other pieces to the model, and it trained on them
+    silently (check_vocabulary passes, 99 ids <= 512)."""
+    if tokenizer_spec != CHAR:  # "" (the init's own) or one given on purpose
+        return
+    kind, _, path = init.partition(":")
+    if kind == "checkpoint":
+        try:
+            own = finetune_run_tokenizer(path)  # "" for a pretraining run: its own SentencePiece model
+        except ConfigError:  # not a run, or a damaged latest step: load_base_model says so, or falls back
+            return
+        if own == CHAR:
+            return
+        trained_with = own or "its own SentencePiece model"
+    elif kind == "hf" and has_hf_tokenizer(path):
+        trained_with = f"the tokenizer in {path!r}"
+    else:
+        return
+    raise ConfigError(f"config.tokenizer='char' is the presets' default, but init={init!r} was trained with "
+                      f"{trained_with}, whose ids mean other tokens; pass --config.tokenizer= for its own.")
 
 
 def finetune_run_tokenizer(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> str:

@@ -159,6 +159,8 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
         data["synthetic_split_version"] = SYNTHETIC_SPLIT_VERSION
     if _path_ends_inputs_with_eos(config):
         data["input_ends_with_eos"] = True
+    if _path_reads_masked_lm_window(config):
+        data["input_in_masked_lm_window"] = True
     lora = section("lora")
     lora = {"rank": int(lora.get("rank") or 0)} if not lora.get("rank") else \
         {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free
@@ -199,12 +201,35 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
 
 def _path_ends_inputs_with_eos(config: Mapping[str, Any]) -> bool:
     """Whether a text-to-text run's inputs end with the eos this codebase's own tokenizers put after
-    a T5's encoder input in pretraining (task_paths.special_tokens_around; a Hugging Face tokenizer's
+    a T5's encoder input in pretraining (tokenizer_loading.special_tokens_around; a Hugging Face tokenizer's
     template puts its own). Inputs had no eos before 2026-12-07: a run started then trained on other
     rows, and its run.json, lacking this field, refuses a resume that would mix the two."""
     if config.get("path") != "text_to_text":
         return False
     from research.evaluation.tokenizer_loading import has_hf_tokenizer
+    spec = _resolved_tokenizer(config)
+    return not (spec and has_hf_tokenizer(spec))
+
+
+def _path_reads_masked_lm_window(config: Mapping[str, Any]) -> bool:
+    """Whether a classification or tagging run reads its rows inside the <s> ... </s> window a BERT
+    pretrained with this codebase's SentencePiece tokenizer was trained on, its tagging words joined
+    as that tokenizer encodes the text (tokenizer_loading.special_tokens_around, encode_words). Rows
+    had neither before 2026-12-07: a run started then trained on other rows, and its run.json,
+    lacking this field, refuses a resume that would mix the two. char and Hugging Face tokenizers'
+    rows (BERT's [CLS] ... [SEP]) did not change: those runs keep their identity."""
+    if config.get("path") not in ("classification", "token_classification"):
+        return False
+    from research.evaluation.tokenizer_loading import has_hf_tokenizer
+    spec = _resolved_tokenizer(config)
+    if not spec and str(config.get("init", "")).partition(":")[0] != "checkpoint":
+        return False  # init='random' with tokenizer '': load_base_model's char
+    return spec != "char" and not has_hf_tokenizer(spec)
+
+
+def _resolved_tokenizer(config: Mapping[str, Any]) -> str:
+    """The tokenizer spec a run of `config` loads: config.tokenizer, else its init's own (an 'hf:'
+    folder; a checkpoint's recorded one, "" for a pretraining run's SentencePiece model)."""
     spec = _absolute_tokenizer(config)
     kind, _, where = str(config.get("init", "")).partition(":")
     if not spec and kind == "hf":
@@ -215,7 +240,7 @@ def _path_ends_inputs_with_eos(config: Mapping[str, Any]) -> bool:
             spec = finetune_run_tokenizer(where)  # "" for a pretraining run: its own SentencePiece model
         except Exception:  # no run there: load_base_model says so in its own words
             spec = ""
-    return not (spec and has_hf_tokenizer(spec))
+    return spec
 
 
 def _reloads_init(config: Mapping[str, Any]) -> bool:

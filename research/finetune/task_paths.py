@@ -30,7 +30,7 @@ from research.finetune.heads import (path_model, with_fresh_heads, with_pretrain
                                      with_pretrained_tagger)
 from research.finetune.paths import load_records
 from research.finetune.preference_data import Split, draw_split, synthetic_preferences
-from research.evaluation.tokenizer_loading import pretraining_special_tokens
+from research.evaluation.tokenizer_loading import encode_words, special_tokens_around
 from research.finetune.records import RecordError, check_fits, pad_row
 from research.finetune.trainer import FinetuneJob
 from research.models.config import ConfigError
@@ -96,16 +96,6 @@ def _encoder_base(config: ml_collections.ConfigDict, family: str) -> BaseModel:
         raise ConfigError(f"path={config.path!r} fine-tunes {family} models; {base.config.name} is "
                           f"{base.config.family}.")
     return base
-
-
-def special_tokens_around(tokenizer: Any, family: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The ids a Hugging Face tokenizer's template puts before and after one sequence (BERT's
-    [CLS] ... [SEP], T5's ... </s>), as the model was pretrained and as transformers encodes
-    (research.evaluation.tokenizer_loading.HFTokenizer); for this codebase's own tokenizers, what
-    its pretraining put there (an encoder-decoder's trailing eos, which text-to-text inputs lacked).
-    Without them a BERT's pooler read the first word where it was trained on [CLS]."""
-    around = getattr(tokenizer, "special_tokens_around", None)
-    return around() if around is not None else pretraining_special_tokens(tokenizer, family)
 
 
 def _text(where: str, value: Any, field: str) -> str:
@@ -222,24 +212,22 @@ def token_classification_job(config: ml_collections.ConfigDict) -> FinetuneJob:
     seq_len, tokenizer = config.train.seq_len, base.tokenizer
     data = config_section(config, "data")
     num_labels = int(config.get("num_token_labels", 3))
-    space = list(tokenizer.encode(" "))
     before, after = special_tokens_around(tokenizer, base.config.family)
 
     def row(where, record):
         words, labels = record["words"], record["labels"]
         if not isinstance(words, list) or not isinstance(labels, list) or len(words) != len(labels):
             raise RecordError(f"{where}: 'words' and 'labels' must be lists of the same length.")
-        ids, tags = list(before), [IGNORE] * len(before)
-        for i, (word, label) in enumerate(zip(words, labels)):
-            label = _label(where, label, num_labels, "num_token_labels")
-            if i:
-                ids, tags = ids + space, tags + [IGNORE] * len(space)
-            pieces = list(tokenizer.encode(_text(where, word, f"words[{i}]")))
-            # A word of no token ('' or a zero-width space) carries no label: given one, every later
-            # label slid a token to the left (transformers' word_ids() likewise skip it).
-            ids += pieces
-            tags += ([label] + [IGNORE] * (len(pieces) - 1)) if pieces else []
-        ids, tags = ids + list(after), tags + [IGNORE] * len(after)
+        labels = [_label(where, label, num_labels, "num_token_labels") for label in labels]
+        # The words' ids as the tokenizer gives them for the text (transformers' is_split_into_words
+        # for its tokenizers); a word's first token carries its label. A word of no token ('' or a
+        # zero-width space) carries none: given one, every later label slid a token to the left.
+        text_ids, starts = encode_words(tokenizer, [_text(where, w, f"words[{i}]") for i, w in enumerate(words)])
+        text_tags = [IGNORE] * len(text_ids)
+        for start, label in zip(starts, labels):
+            if start is not None:
+                text_tags[start] = label
+        ids, tags = [*before, *text_ids, *after], [IGNORE] * len(before) + text_tags + [IGNORE] * len(after)
         check_fits(where, len(ids), seq_len, "words")
         return {"tokens": pad_row(ids, seq_len), "segment_ids": pad_row([1] * len(ids), seq_len),
                 "labels": np.concatenate([np.asarray(tags, np.int32), np.full(seq_len - len(tags), IGNORE, np.int32)])}
