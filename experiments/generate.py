@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 from absl import app, flags, logging
 
 from research.compile_interrupts import ctrl_c_after_compiles
-from research.evaluation.tokenizer_loading import context_encoder
+from research.evaluation.tokenizer_loading import context_encoder, prefix_token
 from research.models.config import ConfigError
 
 if TYPE_CHECKING:
@@ -128,9 +128,9 @@ def generate_text(loaded, prompts: Sequence[str], options: DecodingOptions | Non
     if config.family == "encoder":
         raise ConfigError(f"{config.name} is an encoder-only model; generation needs a decoder or encoder_decoder.")
     _check_top_k(options.top_k, config.vocab_size, config.name)
-    # An empty prompt starts from bos (else eos), as the evaluation harness does.
-    start = getattr(tokenizer, "bos_id", None)
-    start = int(tokenizer.eos_id if start is None else start)
+    # An empty prompt starts where the evaluation harness starts one: a Hugging Face tokenizer's bos
+    # (else eos), and for this codebase's own tokenizers the eos every pretraining document ends with.
+    start = prefix_token(tokenizer)
     # A prompt is a model input: encoded with the special tokens the tokenizer adds by default (Llama's
     # <s>, T5's </s>), as transformers' generate gets them and the evaluation harness encodes contexts.
     encode_prompt = context_encoder(tokenizer, config.family)  # a T5 of this codebase's: + eos, as pretrained

@@ -338,3 +338,21 @@ def test_generate_text_never_yields_an_id_the_tokenizer_lacks(rigged_run, option
                                                          **options) for c in candidates]
     assert all(max(c.token_ids, default=0) < size and "<extra_id" not in c.text for c in completions)
     assert any(c.token_ids for c in completions)
+
+
+def test_an_empty_prompt_starts_from_the_eos_that_ends_every_pretraining_document(run_dir):
+    # A decoder pretrained here reads documents packed as tokens + eos and never reads bos: an empty
+    # prompt starts where the evaluation harness starts an empty context (tokenizer_loading.prefix_token).
+    import numpy as np
+
+    from research.decoding import generate
+    from research.training.checkpoint_loading import load_checkpoint
+    loaded = load_checkpoint(run_dir)
+    tokenizer = loaded.tokenizer
+    (completion,) = cli.generate_text(loaded, [""], max_new_tokens=6)[0]
+    log_probs = {start: float(np.asarray(generate(loaded.model, loaded.params, [[start]], max_new_tokens=6,
+                                                  stop_tokens=[tokenizer.eos_id],
+                                                  vocab_limit=tokenizer.vocab_size).log_probs_BN)[0].sum())
+                 for start in (tokenizer.eos_id, tokenizer.bos_id)}
+    assert completion.log_prob == pytest.approx(log_probs[tokenizer.eos_id], abs=1e-6)
+    assert completion.log_prob != pytest.approx(log_probs[tokenizer.bos_id], abs=1e-3)  # the start matters
