@@ -2,9 +2,9 @@
 differ only in train.seed, read side by side.
 
     python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s0
-    python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s1 \
+    python -m experiments.emergence --config=experiments/configs/emergence.py:cpu_tiny --workdir=/tmp/em_s1 \\
         --config.train.seed=1
-    python -m experiments.emergence_seeds --workdirs=/tmp/em_s0,/tmp/em_s1 \
+    python -m experiments.emergence_seeds --workdirs=/tmp/em_s0,/tmp/em_s1 \\
         --sizes=d24-l2,d32-l2,d48-l2,d64-l2 --output_dir=/tmp/em_seeds
 
 Why: one run gives one model per size, and a size's per-digit accuracy p at the end can

@@ -19,7 +19,7 @@ Real data from flags alone (a SentencePiece tokenizer is trained on the train sp
 --config.data.tokenizer.model_path is given):
 
     # any TFDS dataset prepared as array_record (`tfds build NAME --file_format=array_record`)
-    --config.data.source=tfds --config.data.tfds_name=wikipedia/20230601.en --config.data.data_dir=/data/tfds \
+    --config.data.source=tfds --config.data.tfds_name=wikipedia/20230601.en --config.data.data_dir=/data/tfds \\
         --config.data.train_split='train[1%:]' --config.data.validation_split='train[:1%]'
     # local files: .txt/.md/.py one document per file, .jsonl one per line (its text_field)
     --config.data.source=files --config.data.file_patterns='corpus/**/*.jsonl' --config.data.text_field=body
@@ -40,7 +40,7 @@ at an *assumed* 40% MFU; scale by your host's peak and the MFU the console line 
                    40,000 steps = 2.1e10 tokens (~19 per parameter), 6.8e9 FLOPs/token,
                    1.4e20 FLOPs: about 40 h on 8x A100 at 40% MFU.
 
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt2_small_c4 \
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt2_small_c4 \\
         --config.data.data_dir=/data/tfds --workdir=/runs/gpt2_small_c4
 """
 from __future__ import annotations
@@ -48,12 +48,17 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from research.data.config import TokenizerConfig
 from research.sharding_rules import DEFAULT_RULES
 
 PRESETS = ("gpt_tiny", "bert_tiny", "t5_tiny")  # CPU runs on the stdlib corpus
 # Presets that train several models in one program (config.batched); each model is a PRESETS run.
 BATCHED_PRESETS = ("gpt_tiny_lr_sweep",)
 ACCELERATOR_PRESETS = ("gpt2_small_c4", "llama_1b_c4")  # real data on one accelerator host
+# TokenizerConfig's training settings at its defaults, so that --config.data.tokenizer.<field> can set
+# each (a config key must exist to be overridden); spelled out or not, a run's tokenizer is the same.
+TOKENIZER_DEFAULTS = {field: getattr(TokenizerConfig(), field)
+                      for field in ("model_type", "byte_fallback", "character_coverage", "normalization")}
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -77,7 +82,7 @@ def _base() -> ml_collections.ConfigDict:
         validation_split="validation", validation_fraction=0.05, max_documents=placeholder(int),  # None: every document
         # model_path None trains a tokenizer on the train split (cached in the workdir).
         tokenizer=dict(model_path=placeholder(str), vocab_size=512, max_training_chars=2_000_000,
-                       num_extra_ids=0)))
+                       num_extra_ids=0, **TOKENIZER_DEFAULTS)))
     config.train = ml_collections.ConfigDict(dict(
         num_steps=300, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
         log_every_steps=10, eval_every_steps=100, eval_batches=8, stop_after_steps=0, peak_flops=0.0,

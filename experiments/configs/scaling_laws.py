@@ -46,7 +46,7 @@ opt.warmup_steps) are None here and refused when given. Any other field can be o
 built under --config.data.data_dir; lm1b has train and test splits).
 `get_sweep()` splits a sweep into shards for launch/ (one job per shard, one shared workdir):
 
-    python -m launch --config=experiments/configs/scaling_laws.py:cpu_tiny --module=experiments.scaling_laws \
+    python -m launch --config=experiments/configs/scaling_laws.py:cpu_tiny --module=experiments.scaling_laws \\
         --workdir=/tmp/sweep --backend=local --max_parallel=3
 """
 from __future__ import annotations
@@ -80,8 +80,8 @@ def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
                        concentration=synthetic.concentration, zipf_exponent=synthetic.zipf_exponent,
                        hierarchical=synthetic.hierarchical, doc_chars=synthetic.doc_chars,
                        num_documents=synthetic.num_documents, sample_seed=synthetic.sample_seed),
-        tokenizer=dict(model_path=None, vocab_size=synthetic.char_vocab_size, byte_fallback=False,
-                       character_coverage=1.0, max_training_chars=200_000, num_extra_ids=0)))
+        tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=None, vocab_size=synthetic.char_vocab_size,
+                       byte_fallback=False, character_coverage=1.0, max_training_chars=200_000, num_extra_ids=0)))
 
 
 def _capacity_limited_corpus(config: ml_collections.ConfigDict, **fields) -> None:
@@ -189,8 +189,8 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # (Approach 2) and Approach 3's compute_optimal rows.
         config.data = ml_collections.ConfigDict(dict(
             **_OTHER_SOURCES, source="stdlib", validation_fraction=0.05, max_documents=None,
-            tokenizer=dict(model_path=None, vocab_size=128, byte_fallback=False, character_coverage=0.9995,
-                           max_training_chars=2_000_000, num_extra_ids=0)))
+            tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=None, vocab_size=128, byte_fallback=False,
+                           character_coverage=0.9995, max_training_chars=2_000_000, num_extra_ids=0)))
         config.opt.learning_rate = 1e-2  # for every run length, capped at 2x (measured without lr_horizon_*)
         config.sweep.update(dict(budgets=(3.16e11, 5.62e11, 1e12, 1.78e12), tokens_per_param_prior=150.0,
                                  lr_scale_cap=2.0, lr_horizon_steps=0))

@@ -2,7 +2,7 @@
 
 Train from the command line (prints the cached .model path):
 
-    python -m research.data.tokenizer --train --source=stdlib --vocab_size=8192 \
+    python -m research.data.tokenizer --train --source=stdlib --vocab_size=8192 \\
         --model_type=bpe --workdir=/tmp/tok
     python -m research.data.tokenizer --model=/tmp/tok/tokenizers/<name>.model --encode="def f(): pass"
 
@@ -18,8 +18,9 @@ import io
 import json
 import logging
 import os
+import pathlib
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -72,12 +73,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str, *, num_extra_ids: int = 0) -> "Tokenizer":
-        if os.path.isdir(path):
+        if "://" not in path and os.path.isdir(path):
             raise DataError(f"tokenizer model {path!r} is a directory, not a SentencePiece .model file; give the "
                             "file itself (a run trains its own into <workdir>/tokenizers/).")
-        if not os.path.isfile(path):
+        if not _is_model_file(path):
             raise DataError(f"tokenizer model {path!r} does not exist; give a SentencePiece .model file.")
-        with open(path, "rb") as f:
+        with (_cloud_path(path) if "://" in path else pathlib.Path(path)).open("rb") as f:
             proto = f.read()
         try:
             return cls(proto, num_extra_ids=num_extra_ids, path=path)
@@ -210,6 +211,50 @@ def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
         )
 
 
+def encoder_decoder_ids(tokenizer_config: TokenizerConfig, family: str, model_fields: Mapping[str, Any]
+                        ) -> dict[str, int]:
+    """{field: pad} for pad_token_id and decoder_start_token_id where an encoder-decoder's config.model
+    (`model_fields`) leaves them unset and the tokenizer's pad is not their default 0 ({} for other
+    families and pad-0 tokenizers: those configs stay as they were). Its decoder inputs start with the
+    pad in training (objectives), while generation, scoring and to_hf start from decoder_start_token_id:
+    a given value other than the pad is a DataError. A given model_path is read here, so a missing or
+    bad file is refused before any work."""
+    pad = 0  # train_tokenizer's pad_id
+    if tokenizer_config.model_path:
+        pad = Tokenizer.load(tokenizer_config.model_path, num_extra_ids=tokenizer_config.num_extra_ids).pad_id
+    if family != "encoder_decoder":
+        return {}
+    given = {field: model_fields.get(field) for field in ("pad_token_id", "decoder_start_token_id")}
+    for field, value in given.items():
+        if value is not None and value != pad:
+            raise DataError(f"model.{field}={value} is not the pad id {pad} of the tokenizer "
+                            f"({tokenizer_config.model_path or 'trained here'}), from which the decoder's inputs "
+                            f"start in training; leave model.{field} unset or give {pad}.")
+    return {field: pad for field, value in given.items() if value is None and pad != 0}
+
+
+def _cloud_path(path: str) -> Any:
+    """`path` (a URL: gs://...) as etils.epath.Path, which reads and writes cloud storage (os and
+    open took 'gs://b/x' for a local folder ./gs:/b/x, which never reached the bucket)."""
+    from etils import epath
+    return epath.Path(path)
+
+
+def _is_model_file(path: str) -> bool:
+    return _cloud_path(path).is_file() if "://" in path else os.path.isfile(path)
+
+
+def _write_model(path: str, proto: bytes) -> None:
+    """Write a .model file whole: locally through a temporary renamed over it (concurrent trainers,
+    several hosts, never see half a file); to cloud storage as one object, which is whole or absent."""
+    if "://" in path:
+        _cloud_path(path).parent.mkdir(parents=True, exist_ok=True)
+        _cloud_path(path).write_bytes(proto)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomically(path, proto)
+
+
 def _training_chunks(texts: Iterable[str], max_chars: int) -> Iterator[str]:
     """Documents cut at newlines into <= _MAX_CHUNK_CHARS pieces, at most `max_chars` in all."""
     total = 0
@@ -250,14 +295,16 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: s
         )
     except RuntimeError as e:
         raise DataError(_training_failure(str(e), config, sum(map(len, chunks)))) from None
-    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    write_bytes_atomically(model_path, model.getvalue())  # concurrent trainers (several hosts) never see half a file
+    _write_model(model_path, model.getvalue())
     return Tokenizer(model.getvalue(), num_extra_ids=config.num_extra_ids, path=model_path)
 
 
 def _check_writable(model_path: str) -> None:
     """DataError before any training when `model_path` cannot be written (a workdir under a file):
-    it was a NotADirectoryError traceback after the whole training."""
+    it was a NotADirectoryError traceback after the whole training. A URL is left to the storage
+    library (as workdir.check_writable leaves a gs:// workdir)."""
+    if "://" in model_path:
+        return
     reason = unwritable_reason(os.path.dirname(os.path.abspath(model_path)))
     if reason:
         raise DataError(f"tokenizer: cannot write {model_path!r} ({reason}); give a writable workdir.")
@@ -308,12 +355,12 @@ def build_tokenizer(data_config: DataConfig, workdir: str) -> Tokenizer:
     if tok.model_path:
         return Tokenizer.load(tok.model_path, num_extra_ids=tok.num_extra_ids)
     path = cached_model_path(data_config, workdir)
-    if os.path.isfile(path):
+    if _is_model_file(path):
         return Tokenizer.load(path, num_extra_ids=tok.num_extra_ids)
     # A model cached under the name it had before: a run trained with it resumes with it (trained
     # again under the new name, a unigram model could get other pieces on a machine of < 4 cores).
     legacy = cached_model_path(data_config, workdir, legacy=True)
-    if os.path.isfile(legacy):
+    if _is_model_file(legacy):
         return Tokenizer.load(legacy, num_extra_ids=tok.num_extra_ids)
     _check_writable(path)  # before reading (for source="files", preparing) the corpus
     _warn_about_other_models(path)
@@ -328,8 +375,9 @@ def _warn_about_other_models(path: str) -> None:
     otherwise switch tokenizers silently."""
     prefix = os.path.basename(path).rsplit("_", 1)[0] + "_"
     folder = os.path.dirname(path)
-    others = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else ())
-                    if n.startswith(prefix) and n.endswith(".model"))
+    names = ([p.name for p in _cloud_path(folder).iterdir()] if _cloud_path(folder).is_dir() else []) \
+        if "://" in folder else os.listdir(folder) if os.path.isdir(folder) else []
+    others = sorted(n for n in names if n.startswith(prefix) and n.endswith(".model"))
     if others:
         log.warning("training tokenizer %s beside %s, trained for another corpus, config or trainer version; a "
                     "run that trained with one of those keeps it only with data.tokenizer.model_path=<it>.",
@@ -352,9 +400,8 @@ def build_shared_tokenizer(data_config: DataConfig, workdirs: Sequence[str]) -> 
         return tokenizer
     for workdir in workdirs[1:]:
         path = cached_model_path(data_config, workdir)
-        if not os.path.isfile(path):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            write_bytes_atomically(path, tokenizer.model_proto)
+        if not _is_model_file(path):
+            _write_model(path, tokenizer.model_proto)
     return tokenizer
 
 
