@@ -36,6 +36,7 @@ its own metrics.jsonl, checkpoints and result, as if the model had been trained 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -54,6 +55,7 @@ from research.models import build_model, get_config
 from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
+from research.data.tokenizer import encoder_decoder_ids
 from research.training import blocks, evaluation, losses, members as members_lib, metrics as metrics_lib, model_batch
 from research.training import partitioning
 from research.training import peak_flops as peak_flops_lib
@@ -176,6 +178,16 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     config = configs[0]  # every config shares what is read from it here (check_trainable_together)
     model_fields = {k: v for k, v in _sub_config(config.model).items() if v is not None}
     model_config = get_config(model_fields.pop("preset"), **model_fields)
+    data_config = data_lib.DataConfig(**_sub_config(config.data))
+    # A T5's decoder trains from its tokenizer's pad: generation and scoring start from the same id, as
+    # the configs saved with the run say (loading one builds this model). Pad-0 runs are left as they were.
+    ids = encoder_decoder_ids(data_config.tokenizer, model_config.family, model_fields)
+    if ids:
+        configs = [copy.deepcopy(c) for c in configs]  # the caller's config stays its own
+        for c in configs:
+            with c.unlocked():
+                c.model.update(ids)
+        config, model_config = configs[0], dataclasses.replace(model_config, **ids)
     model = build_model(model_config)
     objective = losses.get_objective(config.objective, model_config.family)
     trains = [TrainConfig(**_sub_config(c.train)) for c in configs]
@@ -199,7 +211,6 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     # Across devices too: each model's checkpoint is laid out as if trained alone on this mesh.
     partitioning.check_model_fits_mesh(model_config, mesh, rules)  # [issue-13b]
     check_master_weights(model_config)
-    data_config = data_lib.DataConfig(**_sub_config(config.data))
     data_objective = data_lib.objective_for_family(config.objective, model_config.family,
                                                    _sub_config(config.get("objective_options", {})))
     # The objective's settings (mask_rate, noise spans, seq_len) and every row it packs (span corruption's

@@ -3,10 +3,10 @@
 `claim(workdir, config)` is called once the config has been validated and before the
 run writes anything. It refuses, in one line, a workdir that cannot be written, and one
 that holds another run: the run's fingerprint (what makes two runs the same run: model
-architecture, objective, data identity, sequence length, seed, optimizer, and whether it
-clips gradients, which changes the optimizer state's structure) is written to
-<workdir>/run.json at the first start and compared on every later start. Fields that may
-legitimately change on resume (num_steps, the learning-rate schedule, batch size and
+architecture, objective, data identity (a given tokenizer file's contents too), sequence
+length, seed, optimizer, and whether it clips gradients, which changes the optimizer state's
+structure) is written to <workdir>/run.json at the first start and compared on every later
+start. Fields that may legitimately change on resume (num_steps, the learning-rate schedule, batch size and
 microbatches, the optimizer's numbers b1, b2, eps, weight_decay and clip_norm's value while
 clipping stays on or off, logging, mesh, compute dtype, dropout, remat, the attention kernel)
 are not in it. Resuming with a changed schedule, batch size, z_loss, eval_batches, dropout, compute dtype or
@@ -47,9 +47,10 @@ TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # Fine-tuning's base and reference steps (2026-12-06) are recomputed from those runs as they are now,
 # so for such an old run.json they always match: it is not checked for a base that moved.
 # Fine-tuning's data file and 'hf:' reference digests (2026-12-07) likewise: an old run's files are whatever they are now.
+# A given tokenizer file's digest (2026-12-07) likewise: the runs recorded before are not checked for a swapped file.
 _ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
                 "grpo.reward_checkpoint_step", "data.train_file_sha256", "data.eval_file_sha256", "data.folder_sha256",
-                "preference.reference_files_sha256")
+                "preference.reference_files_sha256", "data.tokenizer.model_file_sha256")
 _FREED_LATER = ("model.attention_kernel",)
 
 
@@ -82,6 +83,12 @@ def run_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     model_fields = {k: v for k, v in dict(config["model"]).items() if v is not None}
     model = get_config(model_fields.pop("preset"), **model_fields).to_dict()
     data = dataclasses.asdict(DataConfig(**dict(config.get("data", {}))))
+    # The given tokenizer's contents too: another model at the same path (same vocab_size, other ids)
+    # resumed silently on the old one's checkpoints. A URL or missing file is left to its loader.
+    model_path = data["tokenizer"]["model_path"]
+    if model_path and "://" not in model_path and os.path.isfile(model_path):
+        from research.finetune.run_identity import data_files_digest  # it imports this module
+        data["tokenizer"]["model_file_sha256"] = data_files_digest(model_path)
     from research.training.optimizers import OptimizerConfig
 
     train, opt = dict(config.get("train", {})), dict(config.get("opt", {}))
@@ -335,12 +342,16 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
                             "replaces it", workdir, fingerprint_differences(recorded, compared))
                 recorded = None
             if recorded is not None and recorded != compared:
-                clipping = ("; turning clipping off changes the optimizer state: a large opt.clip_norm (e.g. 1e9) "
-                            "in place of 0 keeps it" if recorded.get("opt.clip_norm>0") and
-                            not current.get("opt.clip_norm>0") else "")
+                advice = ("; turning clipping off changes the optimizer state: a large opt.clip_norm (e.g. 1e9) "
+                          "in place of 0 keeps it" if recorded.get("opt.clip_norm>0") and
+                          not current.get("opt.clip_norm>0") else "")
+                digest = "data.tokenizer.model_file_sha256"
+                if recorded.get(digest) not in (None, current.get(digest)) and current.get(digest):
+                    advice += (f"; the tokenizer file {current['data.tokenizer.model_path']} holds another model than "
+                               "the run trained with: restore that file to resume")
                 raise WorkdirError(
                     f"--workdir={workdir} holds another run ({fingerprint_differences(recorded, compared)}); "
-                    f"use a new --workdir, or delete {workdir} to start over{clipping}.")
+                    f"use a new --workdir, or delete {workdir} to start over{advice}.")
             if recorded is None:
                 first.append(workdir)
         elif not _is_url(workdir):
