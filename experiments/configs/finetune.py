@@ -10,7 +10,7 @@ Launch (each tiny preset runs on 2 CPU cores in about a minute or two, checkpoin
     python -m experiments.finetune --config=experiments/configs/finetune.py:tag_tiny --workdir=/tmp/ft/tag
     python -m experiments.finetune --config=experiments/configs/finetune.py:t5_tiny --workdir=/tmp/ft/t5
     python -m experiments.finetune --config=experiments/configs/finetune.py:grpo_tiny --workdir=/tmp/ft/grpo
-    python -m experiments.finetune --config=experiments/configs/finetune.py:domain_tiny --workdir=/tmp/ft/domain \
+    python -m experiments.finetune --config=experiments/configs/finetune.py:domain_tiny --workdir=/tmp/ft/domain \\
         --config.data.folder=/path/to/domain_text --config.init=checkpoint:/tmp/gpt_tiny --config.tokenizer=
 
 The tiny presets start from a randomly initialised tiny model (init='random') with the

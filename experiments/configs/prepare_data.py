@@ -1,8 +1,8 @@
 """Data preparation configs (research.data.preparation.PreparationConfig as a ConfigDict).
 
-    python -m experiments.prepare_data --input='corpus/**/*.txt,more.jsonl' --output_dir=/data/tfds \
+    python -m experiments.prepare_data --input='corpus/**/*.txt,more.jsonl' --output_dir=/data/tfds \\
         --name=my_corpus --config=experiments/configs/prepare_data.py:web
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt_tiny --workdir=/tmp/run \
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:gpt_tiny --workdir=/tmp/run \\
         --config.data.source=tfds --config.data.tfds_name=my_corpus --config.data.data_dir=/data/tfds
 
 Presets:

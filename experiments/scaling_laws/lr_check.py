@@ -2,7 +2,7 @@
 rule's learning rate times each multiplier, all multipliers of a size as one program
 (research.training.train_together), and report which multiplier is best per size.
 
-    python -m experiments.scaling_laws.lr_check --config=experiments/configs/scaling_laws.py:cpu_tiny \
+    python -m experiments.scaling_laws.lr_check --config=experiments/configs/scaling_laws.py:cpu_tiny \\
         --workdir=/tmp/lr_check --sizes=3.5e3,5.8e4 --steps=2000 --multipliers=0.5,1,2
 
 If the best multiplier is the same at both ends of the ladder, the rule transfers across

@@ -1,9 +1,11 @@
 """Tokenizer files and settings: a gs:// workdir's model reaches the bucket, every TokenizerConfig
 field is a config key of the presets, and the command examples in docstrings keep their lines."""
 import ast
+import glob
 import dataclasses
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -64,11 +66,17 @@ def test_every_tokenizer_setting_is_a_config_key_and_spelling_out_its_default_ch
             assert run_dirs._fingerprint(old) == run_dirs._fingerprint(new)
 
 
-@pytest.mark.parametrize("path", ["research/data/tokenizer.py", "experiments/emergence_seeds.py",
-                                  "experiments/configs/pretrain.py", "experiments/configs/scaling_laws.py"])
-def test_command_examples_in_docstrings_keep_their_line_breaks(path):
-    """A backslash ending a line of a non-raw docstring joins it with the next: --help showed
+def test_command_examples_in_docstrings_keep_their_line_breaks():
+    """A backslash ending a line of a non-raw module docstring joins it with the next: --help showed
     '--vocab_size=8192         --model_type=bpe' on one line."""
-    source = open(os.path.join(REPO, path), encoding="utf-8").read()
-    docstring = ast.parse(source).body[0].value
-    assert docstring.value.count("\n") == ast.get_source_segment(source, docstring).count("\n")
+    joined = []
+    for folder in ("experiments", "research", "launch"):
+        for path in sorted(glob.glob(os.path.join(REPO, folder, "**", "*.py"), recursive=True)):
+            source = open(path, encoding="utf-8").read()
+            body = ast.parse(source).body
+            if not body or not isinstance(body[0], ast.Expr) or not isinstance(body[0].value, ast.Constant):
+                continue
+            segment = ast.get_source_segment(source, body[0].value)
+            if not segment.lower().startswith(("r", "br")) and re.search(r"(?<!\\)\\\n", segment):
+                joined.append(os.path.relpath(path, REPO))
+    assert joined == []
