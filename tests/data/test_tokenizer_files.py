@@ -7,7 +7,6 @@ import os
 import pathlib
 import re
 
-import pytest
 
 from research.data import DataConfig, Tokenizer, TokenizerConfig, build_tokenizer
 from research.data import tokenizer as tokenizer_lib
