@@ -5,11 +5,11 @@ Expands the config file's get_sweep() into one job per override dict (launch/swe
 every --override=KEY=VALUE to each job, and runs them here (local, then prints the results
 table), or writes LAUNCH_DIR/launch_slurm.sh (an sbatch array) or LAUNCH_DIR/launch_tpu_vm.sh
 (gcloud commands) and, with --submit, submits it. LAUNCH_DIR (--launch_dir) defaults to the
-workdir; a cloud workdir (gs://...) is passed to the jobs intact and needs a local or shared
---launch_dir for scripts, logs and job status. Relative --config, --workdir and --launch_dir
+workdir. A cloud workdir (gs://...) is refused: jobs write with local file APIs, so mount the
+bucket on every host (gcsfuse: /gcs/BUCKET/...) and give that path. Relative --config, --workdir and --launch_dir
 are taken from the caller's directory (jobs run in the repository root, so they get absolute
 paths; on tpu_vm a config inside this repository is given to the workers relative to
---tpu_repo_dir, and the workdir must be absolute or gs://). The module, the override keys,
+--tpu_repo_dir, and the workdir must be absolute). The module, the override keys,
 node and GPU counts are checked before anything is written. `--dry_run` prints the commands
 and the script and writes nothing; `--results` prints each job's status, final loss and time.
 Jobs that --results shows running are not started again (`--force` does, for jobs gone unrecorded).
@@ -43,8 +43,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Base directory; each job gets i
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu_vm"], "Where the jobs run.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "KEY=VALUE added to every job, e.g. "
                                       "config.train.num_steps=100 (repeat the flag for several).")
-_LAUNCH_DIR = flags.DEFINE_string("launch_dir", None, "Where scripts, job logs and job status go (default: --workdir; "
-                               "needed when --workdir is a cloud path).")
+_LAUNCH_DIR = flags.DEFINE_string("launch_dir", None, "Where scripts, job logs and job status go (default: --workdir).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the jobs' commands and the script; run and write nothing.")
 _RESULTS = flags.DEFINE_bool("results", False, "Print each job's status, final loss and time; run nothing.")
 _SUBMIT = flags.DEFINE_bool("submit", False, "slurm / tpu_vm: also run sbatch / bash on the written script.")
@@ -81,9 +80,9 @@ def main(argv):
 def _launch() -> None:
     """Everything is checked and every script made before the first file is written."""
     backend, workdir = _BACKEND.value, _WORKDIR.value
-    if is_url(workdir) and not _LAUNCH_DIR.value:
-        raise LaunchError(f"--workdir={workdir} is a cloud path; jobs write there, but launch keeps scripts, logs and "
-                          "job status on a local or shared disk: add --launch_dir=DIR.")
+    if is_url(workdir):  # every job would refuse it at its start (atomic_files.unwritable_reason)
+        raise LaunchError(f"--workdir={workdir} is a cloud path, and the jobs write their runs with local file APIs; "
+                          "mount the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and give that path.")
     if _LAUNCH_DIR.value is not None and not _LAUNCH_DIR.value.strip():  # else quietly the workdir
         raise LaunchError(f"--launch_dir={_LAUNCH_DIR.value!r} is empty (an unset shell variable?); give a "
                           "directory, or leave the flag out to keep scripts and logs in the workdir.")

@@ -92,8 +92,8 @@ def job_paths(config: str, workdir: str, *, repo: str, remote: bool = False) -> 
     if is_url(workdir) or os.path.isabs(workdir):
         return local, job_config, workdir
     if remote:
-        raise LaunchError(f"--workdir={workdir} is relative; tpu_vm jobs write on the workers, so give a gs:// URL "
-                          "(with --launch_dir) or an absolute path there.")
+        raise LaunchError(f"--workdir={workdir} is relative; tpu_vm jobs write on the workers, so give an absolute "
+                          "path on a file system every worker mounts (e.g. gcsfuse at /gcs/BUCKET).")
     return local, job_config, os.path.abspath(workdir)
 
 

@@ -28,7 +28,12 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
 def unwritable_reason(directory: str) -> str | None:
     """Why `directory` cannot be used or created as a writable folder, naming the nearest part
     of its path that exists ("/a/b is a file, not a directory", "/a is not writable"); None when
-    it can. Creates nothing, so callers run it before any long work."""
+    it can. Creates nothing, so callers run it before any long work. A URL (gs://...) is refused:
+    what is written there goes through os and open (metrics.jsonl appends, checkpoint metadata,
+    plots, tables), which took 'gs://b/x' for a local folder ./gs:/b/x that never reached the bucket."""
+    if "://" in directory:
+        return (f"{directory} is a URL, and runs, studies and their outputs are written with local file APIs; "
+                "mount the bucket (e.g. gcsfuse at /gcs/BUCKET) or use a shared file system, and give that path")
     existing = os.path.abspath(directory)
     while not os.path.lexists(existing):  # lexists: a broken link is not a missing folder to create
         existing = os.path.dirname(existing)

@@ -109,14 +109,12 @@ def _is_url(path: str) -> bool:
 
 
 def check_writable(workdir: str) -> None:
-    """WorkdirError unless `workdir` is (or can be created as) a writable directory.
-    Cloud paths (gs://...) are left to the storage library."""
-    if _is_url(workdir):
-        return
+    """WorkdirError unless `workdir` is (or can be created as) a writable local directory (a cloud
+    URL is refused: atomic_files.unwritable_reason)."""
     path = os.path.abspath(workdir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another --workdir.")
-    reason = unwritable_reason(path)
+    reason = unwritable_reason(workdir)
     if reason:
         raise WorkdirError(f"cannot use --workdir={workdir}: {reason}; choose another --workdir.")
 

@@ -360,3 +360,17 @@ def test_a_data_file_rewritten_at_its_path_is_refused_and_one_only_touched_resum
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
     config.train.num_steps = 4
     _refused(config, workdir, r"data.train_file_sha256: ")
+
+
+def test_a_cloud_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Runs write metrics.jsonl, checkpoints and the tokenizer with os and open: 'gs://b/x' became a
+    local folder ./gs:/b/x, lost with the machine, while run.json alone reached the bucket."""
+    monkeypatch.chdir(tmp_path)
+    from research.atomic_files import unwritable_reason
+    from research.training.workdir import claim_all
+    for workdir in ("gs://bucket/run", "s3://bucket/run"):
+        assert unwritable_reason(workdir).startswith(f"{workdir} is a URL, and runs, studies and their outputs are "
+                                                     "written with local file APIs; mount the bucket")
+        with pytest.raises(WorkdirError, match=rf"^cannot use --workdir={workdir}: {workdir} is a URL"):
+            claim_all([(workdir, tiny_config("sft_tiny", num_steps=2).to_dict())])
+    assert list(tmp_path.iterdir()) == []

@@ -302,19 +302,18 @@ def test_cli_submit_failures_are_one_line_and_keep_the_script(tmp_path):
     assert (tmp_path / "w" / "launch_slurm.sh").is_file()
 
 
-def test_cli_keeps_gs_paths_and_prints_the_script_on_dry_run(tmp_path):
+def test_cli_refuses_a_gs_workdir_before_writing_anything(tmp_path):
+    # The jobs write their runs with os and open: a gs:// workdir became a local ./gs: folder on each
+    # host, lost with it; every job now refuses it, so launch does before any script is written.
     launch_dir = tmp_path / "launch"
     result = subprocess.run([sys.executable, "-m", "launch", f"--config={REPO}/{PRETRAIN}",
                              "--module=experiments.pretrain", "--workdir=gs://bucket/sweep", f"--launch_dir={launch_dir}",
                              "--backend=slurm", "--override=train.num_steps=7", "--dry_run"], cwd=tmp_path,
-                            capture_output=True, text=True, check=True, env=ELSEWHERE)
-    script = result.stdout
-    assert script.startswith(f"# {launch_dir}/launch_slurm.sh (3 jobs; not written: --dry_run)\n#!/bin/bash\n")
-    for lr in ("0.001", "0.003", "0.01"):
-        assert (f"--workdir=gs://bucket/sweep/learning_rate={lr} --config.opt.learning_rate={lr} "
-                "--config.train.num_steps=7") in script
-    assert "gs:/bucket" not in script and "#SBATCH --job-name=sweep" in script
-    assert list(tmp_path.iterdir()) == []  # nothing written: no launch dir, no local "gs:" folder
+                            capture_output=True, text=True, env=ELSEWHERE)
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "error: --workdir=gs://bucket/sweep is a cloud path, and the jobs write their runs with local file APIs; "
+        "mount the bucket on every host (e.g. gcsfuse at /gcs/BUCKET) and give that path."]
+    assert list(tmp_path.iterdir()) == []  # no launch dir, no local "gs:" folder
 
 
 def test_cli_relative_paths_are_the_callers_though_jobs_run_in_the_repo(tmp_path):
