@@ -1,10 +1,10 @@
 """Reading documents from local files, shared by pretraining's `files` source (research.data.text_files)
 and data preparation (research.data.preparation.inputs): a file is one document, a .jsonl file one
 per non-blank line; either may be compressed (.gz, .bz2, .xz: read as the file without the suffix).
-The files source also reads a .json file as JSON Lines when its first line is a JSON object (what
-datasets' Dataset.to_json and pandas' to_json(lines=True) write) and refuses one holding a single JSON
-document (`reads_as_jsonl`); and it skips, as data preparation does, a file with a NUL byte in its
-first 8 KB (an archive, parquet, compiled or image file: `read_head`, `looks_binary`).
+The files source also reads a .json file as JSON Lines when its first line is a JSON object holding
+the text field (what datasets' Dataset.to_json and pandas' to_json(lines=True) write: `reads_as_jsonl`);
+and it skips, as data preparation does, a file with a NUL byte in its first 8 KB (an archive, parquet,
+compiled or image file: `read_head`, `looks_binary`).
 
 A JSONL line that is not JSON, lacks the text field, or holds a non-string there is a one-line
 DataError naming file:line (the files source once trained on the text 'None' of {"text": null}
@@ -54,37 +54,27 @@ def is_jsonl(path: str) -> bool:
     return _content_name(path).endswith(JSONL_SUFFIXES)
 
 
-def reads_as_jsonl(path: str) -> bool:
+def reads_as_jsonl(path: str, text_field: str) -> bool:
     """Whether `path` holds JSON Lines: a .jsonl / .ndjson file, or a .json file whose first non-blank line
-    is a JSON object. A .json file of one JSON document (an array, an indented object) is a one-line
-    DataError: read as one plain-text document it trained on JSON syntax, and text_field was ignored."""
+    is a JSON object holding `text_field` (what datasets' to_json writes: read whole, it trained on JSON
+    syntax and text_field was ignored). Any other .json (a package.json, an indented or one-line config,
+    an array) stays one plain document, as data preparation reads it."""
     if is_jsonl(path):
         return True
     if not _content_name(path).endswith(".json"):
         return False
+    if read_head(path).lstrip()[:1] != b"{":  # an array or indented text: known without reading a line of it
+        return False
     try:
-        # The first byte first: a one-line array of a whole dataset is refused without reading it all.
-        if read_head(path).lstrip()[:1] not in (b"{", b""):
-            raise _not_json_lines(path)
         with open_input(path) as f:
-            first = next((raw for raw in f if raw.strip()), None)
+            first = next((raw for raw in f if raw.strip()), b"")
     except READ_ERRORS as e:
         raise cannot_read(path, e) from None
-    if first is None:
-        return True  # no line to read: no documents, as an empty .jsonl
     try:
         record = json.loads(first.decode("utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError:
-        raise _not_json_lines(path) from None
-    if not isinstance(record, dict):
-        raise _not_json_lines(path)
-    return True
-
-
-def _not_json_lines(path: str) -> DataError:
-    return DataError(f"{path} is one JSON document, not JSON Lines (one object per line), which a .json file must "
-                     "be; convert it to a .jsonl file with one {\"text\": ...} object per line (for a JSON array: "
-                     f"jq -c '.[]' {os.path.basename(path)} > data.jsonl), or leave it out of the file patterns.")
+    except json.JSONDecodeError:  # an object spread over lines
+        return False
+    return isinstance(record, dict) and text_field in record
 
 
 # Data preparation's rule for binary inputs (research/data/preparation/inputs.py): text holds no NUL

@@ -16,13 +16,14 @@ read its copy. Each record is {"text": document, "origin": "path" or "path:line"
 Not everything the patterns match is corpus (`expand_patterns`): `corpus/**/*` matched the prepared copy
 itself (its shards and dataset_info.json became documents, so the digest and the corpus changed at every
 open) and `**/*.jsonl` a run's metrics.jsonl. So these are left out, counted in one log line:
-  - files under the TFDS data_dir the builder prepares in (data_dir; when empty, TFDS's default and
-    registered data dirs), and under any `research_text_files` folder (this builder's output, wherever
-    its data_dir: the tokenizer's cache name expands the patterns without one);
+  - files under a `research_text_files` folder: this builder's output, wherever its data_dir (other
+    files of a data_dir, e.g. a corpus in ~/tensorflow_datasets/downloads/manual, stay corpus);
   - files of a run's workdir: under a folder holding a run.json with a "fingerprint", the record
-    research.training.workdir writes before a run writes anything else.
+    research.training.workdir writes before a run writes anything else, at or below the folder a
+    pattern names before its first wildcard (a corpus kept inside a workdir, as with --workdir=.,
+    and named by its own folder, stays corpus).
 Binary files (data preparation's rule: a NUL byte in the first 8 KB: parquet, archives, images) are
-skipped with one warning. A .json file is read as JSON Lines (document_files.reads_as_jsonl). A split
+skipped with one warning. A .json file of JSON Lines is read as JSON Lines (document_files.reads_as_jsonl). A split
 that no document can fall in (one input.txt is one document, wholly in train or validation) is refused
 before anything is prepared.
 """
@@ -33,6 +34,7 @@ import dataclasses
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -62,14 +64,6 @@ def _log_once(key: str, message: str) -> None:
         log.warning("%s", message)
 
 
-def _data_dirs(data_dir: str | None) -> list[str]:
-    """The folders (with a trailing separator) where the builder may prepare: `data_dir`, or TFDS's
-    default and registered data dirs when it is empty (TFDS's own list)."""
-    from tensorflow_datasets.core.utils import file_utils
-    return [os.path.join(os.path.realpath(os.path.expanduser(str(d))), "")
-            for d in file_utils.list_data_dirs(data_dir or None) if "://" not in str(d)]
-
-
 def _holds_run_record(folder: str) -> bool:
     try:
         with open(os.path.join(folder, _RUN_RECORD), encoding="utf-8") as f:
@@ -79,29 +73,35 @@ def _holds_run_record(folder: str) -> bool:
     return isinstance(record, dict) and "fingerprint" in record
 
 
-def _in_workdir(folder: str, seen: dict[str, bool]) -> bool:
-    """Whether `folder` is or is under a run's workdir; `seen` caches each folder's answer."""
+def _in_workdir(folder: str, top: str, seen: dict[str, bool]) -> bool:
+    """Whether `folder`, or a folder between it and `top` (both included), holds a run's record;
+    `seen` caches each folder's answer."""
     if folder not in seen:
         parent = os.path.dirname(folder)
-        seen[folder] = (parent != folder and _in_workdir(parent, seen)) or _holds_run_record(folder)
+        above = folder == top or parent == folder  # a workdir above the pattern's own folder was chosen on purpose
+        seen[folder] = (not above and _in_workdir(parent, top, seen)) or _holds_run_record(folder)
     return seen[folder]
 
 
-def _not_corpus(path: str, data_dirs: Sequence[str], seen: dict[str, bool]) -> str:
-    """Why `path` (absolute) is prepared TFDS data or a run's file (module docstring); "" if it is neither."""
-    real = os.path.realpath(path)
-    inside = [d for d in data_dirs if real.startswith(d)]
-    if inside:
-        return f"under the TFDS data_dir {inside[0].rstrip(os.sep)}"
-    if BUILDER_NAME in real.split(os.sep)[:-1]:
+def _literal_folder(pattern: str) -> str:
+    """The folder a glob pattern names before its first wildcard ('corpus/**/*' -> corpus)."""
+    parts = os.path.abspath(pattern).split(os.sep)
+    literal = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    return os.sep.join(literal if len(literal) < len(parts) else literal[:-1]) or os.sep
+
+
+def _not_corpus(path: str, top: str, seen: dict[str, bool]) -> str:
+    """Why `path` (absolute, matched by a pattern whose literal folder is `top`) is this builder's
+    prepared data or a run's file (module docstring); "" if neither."""
+    if BUILDER_NAME in path.split(os.sep)[:-1]:
         return f"in a {BUILDER_NAME} folder, this source's prepared data"
-    return "in a run's workdir, a folder holding run.json" if _in_workdir(os.path.dirname(path), seen) else ""
+    in_run = _in_workdir(os.path.dirname(path), top, seen)
+    return "in a run's workdir, a folder holding run.json" if in_run else ""
 
 
-def expand_patterns(patterns: Sequence[str], *, data_dir: str | None = None) -> list[str]:
+def expand_patterns(patterns: Sequence[str]) -> list[str]:
     """Sorted, de-duplicated files matching `patterns`, less prepared data and runs' files (module
-    docstring) under `data_dir` ("" / None: TFDS's default); a pattern matching no other file is an error."""
-    data_dirs, seen = _data_dirs(data_dir), {}
+    docstring); a pattern matching no other file is an error."""
     files: set[str] = set()
     left_out: dict[str, str] = {}  # path -> why
     for pattern in patterns:
@@ -110,18 +110,19 @@ def expand_patterns(patterns: Sequence[str], *, data_dir: str | None = None) -> 
         if not matched:
             raise DataError(f"file pattern {pattern!r} matches no files; check the path or the glob "
                             "('**' matches directories recursively).")
-        outputs = {p: why for p in sorted(matched) if (why := _not_corpus(p, data_dirs, seen))}
+        top, seen = _literal_folder(os.path.expanduser(pattern)), {}
+        outputs = {p: why for p in sorted(matched) if (why := _not_corpus(p, top, seen))}
         if len(outputs) == len(matched):
             example, why = next(iter(outputs.items()))
-            raise DataError(f"file pattern {pattern!r} matches no files but prepared TFDS data or a run's, never "
-                            f"documents (e.g. {example} is {why}); check the glob, and keep data_dir and workdirs "
-                            "out of the corpus folder.")
+            raise DataError(f"file pattern {pattern!r} matches no files but this source's prepared data or a run's, "
+                            f"never documents (e.g. {example} is {why}); check the glob, and keep data_dir and "
+                            "workdirs out of the corpus folder.")
         files |= matched - outputs.keys()
         left_out.update(outputs)
     if left_out:
         example, why = min(left_out.items())
-        _log_once(f"left out {patterns}", f"file patterns {list(patterns)}: left out {len(left_out)} matched "
-                  f"files of prepared TFDS data or a run's (e.g. {example} is {why}); they are never documents.")
+        _log_once(f"left out {patterns}", f"file patterns {list(patterns)}: left out {len(left_out)} matched files "
+                  f"of this source's prepared data or a run's (e.g. {example} is {why}); they are never documents.")
     return sorted(files)
 
 
@@ -153,7 +154,7 @@ def _without_binary(files: Sequence[str], patterns: Sequence[str]) -> list[str]:
 def _documents(path: str, text_field: str) -> Iterator[tuple[str, str, int]]:
     """(key, text, undecodable sequences) for each document in one file: a JSON Lines line, or the whole
     file; compressed files (.gz, .bz2, .xz) are read decompressed, as data preparation reads them."""
-    jsonl = reads_as_jsonl(path)
+    jsonl = reads_as_jsonl(path, text_field)
     try:
         with open_input(path) as f:
             if not jsonl:  # newlines as text-mode reading gives them (1.0.0 read that way)
@@ -292,12 +293,12 @@ def text_files_builder(config: DataConfig, split: str | None = None) -> Research
     """The builder for `config`'s files, prepared (once) under its data_dir; errors before any work,
     among them (`split` given) a split that would hold no document."""
     patterns = config.file_patterns
-    files = _without_binary(expand_patterns(patterns, data_dir=config.data_dir or None), patterns)
+    files = _without_binary(expand_patterns(patterns), patterns)
     stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files]
     if sum(size for _, size, _ in stats) == 0:
         raise DataError(f"file patterns {list(patterns)} match only empty files; nothing to train on.")
     root = os.path.commonpath([os.path.dirname(p) for p in files])
-    jsonl = [path for path in files if reads_as_jsonl(path)]  # refuses a .json of one JSON document, before any work
+    jsonl = [path for path in files if reads_as_jsonl(path, config.text_field)]
     if split is not None and not jsonl:
         _check_whole_files_split(config, files, root, split)
     # The absolute root too: two unpacked copies of a corpus (archive mtimes, equal sizes) in two

@@ -3,7 +3,6 @@ workdir, not binary files, .json as JSON Lines; a split no file can fall in is r
 anything is prepared; and the DataConfig lines about fields of another source."""
 import json
 import logging
-import os
 import re
 
 import pytest
@@ -51,6 +50,15 @@ def test_the_prepared_copy_and_a_runs_workdir_are_never_documents(tmp_path, capl
     assert not [p for p in expand_patterns(config.file_patterns) if "research_text_files" in p or "runs" in p]
     with pytest.raises(DataError, match=r"'.*runs/\*\*/\*\.jsonl' matches no files but .* a run's workdir"):
         expand_patterns([str(corpus / "runs" / "**" / "*.jsonl")])
+    # Only this source's own copy is left out of a data_dir: a corpus kept in one (TFDS's manual downloads) is read.
+    manual = tmp_path / "tfds" / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "book.txt").write_text("a book kept beside the prepared datasets")
+    assert expand_patterns([str(manual / "*.txt")]) == [str(manual / "book.txt")]
+    # A corpus inside a workdir (--workdir=. in a project folder), named by its own folder, is read too:
+    # only workdirs at or below the folder a pattern names before its first wildcard are left out.
+    assert expand_patterns([str(corpus / "runs" / "g" / "checkpoints" / "*.txt")]) == [
+        str(corpus / "runs" / "g" / "checkpoints" / "state.txt")]
 
 
 def test_binary_files_are_skipped_and_undecodable_text_is_counted(tmp_path, caplog):
@@ -68,7 +76,7 @@ def test_binary_files_are_skipped_and_undecodable_text_is_counted(tmp_path, capl
     assert "\n" not in str(error.value)
 
 
-def test_a_json_file_is_read_as_json_lines_or_refused(tmp_path):
+def test_a_json_file_of_json_lines_is_read_as_json_lines(tmp_path):
     # What datasets.Dataset.to_json and pandas' to_json(lines=True) write: each was one document of raw JSON,
     # with text_field ignored.
     (tmp_path / "lines").mkdir()
@@ -77,14 +85,16 @@ def test_a_json_file_is_read_as_json_lines_or_refused(tmp_path):
     config = _files(tmp_path, file_patterns=(str(tmp_path / "lines" / "*.json"),), text_field="body",
                     validation_fraction=0.0)
     assert _texts(config, "train") == ["body 0", "body 1", "body 2"]
-    for name, document in [("array.json", [{"body": "x"}]), ("indented.json", {"body": "x"})]:
-        (tmp_path / name).write_text(json.dumps(document, indent=1 if name == "indented.json" else None))
-        with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / name))} is one JSON document, not JSON "
-                                            r"Lines.*convert it to a \.jsonl file") as error:
-            document_source(_files(tmp_path, file_patterns=(str(tmp_path / name),), text_field="body"), "train")
-        assert "\n" not in str(error.value)
-    # The JSON Lines corpus's copy and its lock: the refusals prepared nothing.
-    assert len(os.listdir(tmp_path / "tfds" / "research_text_files")) == 2
+    # Any other .json (a package.json of a code corpus, an array, a one-line object without the text
+    # field) stays one plain document, as before and as data preparation reads it.
+    (tmp_path / "repo").mkdir()
+    documents = {"package.json": json.dumps({"name": "x", "body": "y"}, indent=1), "array.json": '[{"body": "x"}]',
+                 "tsconfig.json": '{"compilerOptions": {"strict": true}}'}
+    for name, text in documents.items():
+        (tmp_path / "repo" / name).write_text(text)
+    config = _files(tmp_path, file_patterns=(str(tmp_path / "repo" / "*.json"),), text_field="body",
+                    validation_fraction=0.0)
+    assert sorted(_texts(config, "train")) == sorted(documents.values())
 
 
 def test_a_split_no_file_falls_in_is_refused_before_anything_is_prepared(tmp_path):
