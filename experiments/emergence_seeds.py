@@ -46,6 +46,7 @@ from scipy import stats
 from experiments.emergence_plan import STUDY_DIGESTS, recorded_study
 from experiments.emergence_report import breakthroughness_pair, one_row_per_setting
 from research.models.config import ConfigError
+from research.training.workdir import ADDED_LATER
 
 P = "teacher_forced_accuracy"
 SHAPE_METRICS = ("exact_match", P)
@@ -131,7 +132,9 @@ def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
         for ours, ref, keys in [*((f, first["fingerprints"][size], None) for size, f in run["fingerprints"].items()),
                                 (run["study"], first["study"], study)]:
             for k in keys or dict.fromkeys([*ref, *ours]):
-                if k not in _MAY_DIFFER and ours.get(k) != ref.get(k):
+                # A fingerprint field added later (workdir.ADDED_LATER) is not recorded by a run before it.
+                added_later = k in ADDED_LATER and (k not in ours or k not in ref)
+                if k not in _MAY_DIFFER and not added_later and ours.get(k) != ref.get(k):
                     differ.setdefault(k, (ours.get(k), ref.get(k)))
         if differ:
             # Where both record their config, its fields name what the digests only show differ.

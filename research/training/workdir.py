@@ -48,7 +48,7 @@ TRAIN_FIELDS_IN_FINGERPRINT = ("seq_len", "seed")
 # so for such an old run.json they always match: it is not checked for a base that moved.
 # Fine-tuning's data file and 'hf:' reference digests (2026-12-07) likewise: an old run's files are whatever they are now.
 # A given tokenizer file's digest (2026-12-07) likewise: the runs recorded before are not checked for a swapped file.
-_ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
+ADDED_LATER = ("opt.clip_norm>0", "init_checkpoint_step", "preference.reference_checkpoint_step",
                 "grpo.reward_checkpoint_step", "data.train_file_sha256", "data.eval_file_sha256", "data.folder_sha256",
                 "preference.reference_files_sha256", "data.tokenizer.model_file_sha256")
 _FREED_LATER = ("model.attention_kernel",)
@@ -193,7 +193,7 @@ def _read_recorded(workdir: str, fingerprint: Fingerprint, current: Mapping[str,
         except (OSError, ValueError, KeyError, TypeError):
             raise WorkdirError(f"{run_file} is unreadable; if the workdir holds this run, delete that file "
                                "and rerun, else choose another --workdir.") from None
-        missing = [k for k in _ADDED_LATER if k not in recorded]
+        missing = [k for k in ADDED_LATER if k not in recorded]
         saved = newest_saved_config(os.path.join(workdir, "checkpoints")) if missing else None
         try:
             from_checkpoint = fingerprint(saved[1]) if saved is not None else {}
@@ -332,7 +332,7 @@ def _claim_locked(runs: Sequence[tuple[str, Mapping[str, Any]]], record: bool, f
             # A field an older run.json lacks, with no checkpoint to take it from, constrains nothing;
             # nor does a model field added since, at the value every run had before it existed.
             compared = {k: v for k, v in current.items()
-                        if k in (recorded or {}) or (k not in _ADDED_LATER and not _new_model_default(k, v))}
+                        if k in (recorded or {}) or (k not in ADDED_LATER and not _new_model_default(k, v))}
             if recorded is not None and recorded != compared and free and not _has_checkpoint(workdir):
                 # Its process is gone (the lock was free) and it saved nothing: a run killed (kill -9,
                 # out of memory) before its first checkpoint. Its records are redone from step 0.

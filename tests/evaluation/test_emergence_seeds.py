@@ -353,3 +353,22 @@ def test_runs_of_one_answer_length_get_the_spread_and_no_mirage_verdict(tmp_path
     assert "No mirage verdict**: the runs score 1 answer length (add2)" in open(paths["report"]).read()
     spread = json.load(open(paths["seed_spread"].replace(".csv", ".json")))["rows"]
     assert {r["task"] for r in spread} == {"add2"} and spread
+
+
+def test_a_study_recorded_before_a_fingerprint_field_was_added_is_one_study_with_a_later_one(tmp_path):
+    # Seed 0 ran before its runs' run.json recorded the tokenizer file's digest (workdir.ADDED_LATER),
+    # seed 1 after: one study, as resuming either run accepts; another digest on both sides still differs.
+    workdirs = [_study(str(tmp_path), seed, SMOOTH) for seed in (0, 1)]
+    for size in SIZES:
+        path = os.path.join(workdirs[1], "runs", size, "run.json")
+        record = json.load(open(path))
+        record["fingerprint"]["data.tokenizer.model_file_sha256"] = "0d8d"
+        json.dump(record, open(path, "w"))
+    emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in workdirs])
+    for size in SIZES:
+        path = os.path.join(workdirs[0], "runs", size, "run.json")
+        record = json.load(open(path))
+        record["fingerprint"]["data.tokenizer.model_file_sha256"] = "77aa"
+        json.dump(record, open(path, "w"))
+    with pytest.raises(ConfigError, match="data.tokenizer.model_file_sha256"):
+        emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in workdirs])

@@ -38,7 +38,7 @@ def test_a_tokenizer_file_replaced_at_its_path_is_another_run(tmp_path):
                                            r"model than the run trained with: restore that file to resume\.$") as error:
         _claimed(workdir, model)
     assert "\n" not in str(error.value)
-    # A run.json recorded before the digest was: its file is whatever it is now (workdir._ADDED_LATER).
+    # A run.json recorded before the digest was: its file is whatever it is now (workdir.ADDED_LATER).
     run_file = tmp_path / "run" / workdir_lib.RUN_FILE
     old = json.loads(run_file.read_text())
     del old["fingerprint"]["data.tokenizer.model_file_sha256"]
