@@ -75,8 +75,7 @@ def _lock_jobs(jobs: Sequence[Job], log_dir: str) -> dict[str, int]:
 def run_local(jobs: Sequence[Job], *, cwd: str, log_dir: str, max_parallel: int = 1,
               out: TextIO = sys.stdout) -> list[LocalResult]:
     """Run the jobs as subprocesses of this machine, at most `max_parallel` at once; each
-    job's output goes to <log_dir>/launch_<name>.log (appended; the job makes its own workdir,
-    which may be a gs:// URL).
+    job's output goes to <log_dir>/launch_<name>.log (appended; the job makes its own workdir).
 
     A Ctrl-C or SIGTERM of this process (main thread) is passed on to the running jobs, once
     (each job runs in a session of its own, so a terminal's Ctrl-C reaches it only this way;

@@ -4,7 +4,7 @@ Every backend records a job's start and end in <log_dir>/launch_status/<job name
 (local: this process; slurm: the array task's shell; tpu_vm: the script running the gcloud
 commands), so the table reads the same whichever backend ran the sweep. The final loss is
 the last record of the job's <workdir>/metrics.jsonl (research.training.metrics), read with
-etils.epath so a gs:// workdir works wherever its file system is available.
+etils.epath (the CLI refuses gs:// workdirs, as every job would; a mounted bucket is a local path).
 
     python -m launch --config=... --module=... --workdir=DIR --results   # on demand
 """

@@ -17,8 +17,9 @@ overrides and become `--config.a.b=value` flags; two keys are launch options:
 Every job runs `python -m launch.multihost <module> --config=<file>:<arg> --workdir=... <flags>`,
 so on several hosts each process joins jax.distributed before the entry point starts.
 
-Workdirs are etils.epath paths, so a cloud base such as gs://bucket/sweep stays a URL
-(os.path would fold it into gs:/bucket/sweep). Overrides given on the command line
+Workdirs are etils.epath paths, so a cloud base such as gs://bucket/sweep would stay a URL
+(os.path folds it into gs:/bucket/sweep); the CLI refuses one, as every job would (runs write
+with local file APIs: mount the bucket instead). Overrides given on the command line
 (`--override=config.train.num_steps=100`) are added to every job; they and the sweep's
 keys are checked against the config's fields before any job is written.
 """

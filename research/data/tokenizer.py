@@ -301,8 +301,8 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, model_path: s
 
 def _check_writable(model_path: str) -> None:
     """DataError before any training when `model_path` cannot be written (a workdir under a file):
-    it was a NotADirectoryError traceback after the whole training. A URL is left to the storage
-    library (as workdir.check_writable leaves a gs:// workdir)."""
+    it was a NotADirectoryError traceback after the whole training. A URL (a model written to a
+    bucket from the tokenizer CLI) is left to the storage library."""
     if "://" in model_path:
         return
     reason = unwritable_reason(os.path.dirname(os.path.abspath(model_path)))

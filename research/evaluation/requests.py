@@ -110,7 +110,7 @@ def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int, *
     the continuation is what follows the context's own encoding, so a subword that merges
     across the boundary is scored as part of the continuation. joint=False
     (encoder-decoder): the parts are encoded separately. An empty context becomes
-    [prefix_token] (bos, else eos), so the first continuation token has something to be
+    [prefix_token] (tokenizer_loading.prefix_token), so the first continuation token has something to be
     predicted from; a continuation that itself opens with prefix_token gives that token up
     as the context instead (lm-eval's rule).
     """

@@ -12,8 +12,9 @@ sees: a run there that has not saved yet can then be taken for dead and its clai
 `lockf` (fcntl record locks) rather than `flock`: a child forked while the lock is held (a data
 worker) does not inherit it, so it cannot outlive a killed run and refuse every rerun. Record
 locks belong to the process, so a second claim of a workdir this process already holds (runs
-trained one after another in one Python session, as the tests do) succeeds. Cloud paths
-(gs://) and file systems without lock support are not locked: nothing is refused there.
+trained one after another in one Python session, as the tests do) succeeds. File systems
+without lock support are not locked: nothing is refused there (cloud URLs are refused as workdirs:
+atomic_files.unwritable_reason).
 """
 from __future__ import annotations
 
