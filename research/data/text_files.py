@@ -202,9 +202,9 @@ class ResearchTextFiles(tfds.core.GeneratorBasedBuilder):
     """Documents from local files, split into train / validation by a hash of each key."""
 
     VERSION = tfds.core.Version("1.3.0")
-    RELEASE_NOTES = {"1.3.0": "Files under the data_dir or a run's workdir and binary files are left out, and a .json "
-                              "file of JSON Lines is read as JSON Lines (1.2.0 stored the prepared copy's shards, "
-                              "metrics.jsonl, parquet bytes and raw JSON as documents).",
+    RELEASE_NOTES = {"1.3.0": "This builder's own prepared data, a run's workdir files and binary files are left out, "
+                              "and a .json file of JSON Lines is read as JSON Lines (1.2.0 stored the prepared "
+                              "copy's shards, metrics.jsonl, parquet bytes and raw JSON as documents).",
                      "1.2.0": "'.JSONL' and '.ndjson' files are JSON Lines (1.1.0 stored each as one document of raw "
                               "JSON).",
                      "1.1.0": "Compressed files are read decompressed; a JSONL text field that is not a string is "
@@ -298,8 +298,8 @@ def text_files_builder(config: DataConfig, split: str | None = None) -> Research
     if sum(size for _, size, _ in stats) == 0:
         raise DataError(f"file patterns {list(patterns)} match only empty files; nothing to train on.")
     root = os.path.commonpath([os.path.dirname(p) for p in files])
-    jsonl = [path for path in files if reads_as_jsonl(path, config.text_field)]
-    if split is not None and not jsonl:
+    # Whole files only (a JSON Lines file holds many documents): the split is known from the paths.
+    if split is not None and not any(reads_as_jsonl(path, config.text_field) for path in files):
         _check_whole_files_split(config, files, root, split)
     # The absolute root too: two unpacked copies of a corpus (archive mtimes, equal sizes) in two
     # directories otherwise shared one name, and the second read the first's prepared text.

@@ -217,13 +217,13 @@ def encoder_decoder_ids(tokenizer_config: TokenizerConfig, family: str, model_fi
     (`model_fields`) leaves them unset and the tokenizer's pad is not their default 0 ({} for other
     families and pad-0 tokenizers: those configs stay as they were). Its decoder inputs start with the
     pad in training (objectives), while generation, scoring and to_hf start from decoder_start_token_id:
-    a given value other than the pad is a DataError. A given model_path is read here, so a missing or
-    bad file is refused before any work."""
+    a given value other than the pad is a DataError. Only an encoder-decoder's given model_path is read
+    here (the run loads its tokenizer later anyway)."""
+    if family != "encoder_decoder":
+        return {}
     pad = 0  # train_tokenizer's pad_id
     if tokenizer_config.model_path:
         pad = Tokenizer.load(tokenizer_config.model_path, num_extra_ids=tokenizer_config.num_extra_ids).pad_id
-    if family != "encoder_decoder":
-        return {}
     given = {field: model_fields.get(field) for field in ("pad_token_id", "decoder_start_token_id")}
     for field, value in given.items():
         if value is not None and value != pad:
