@@ -161,6 +161,8 @@ def finetune_fingerprint(config: Mapping[str, Any], *, init_files: bool = True) 
         data["input_ends_with_eos"] = True
     if _path_reads_masked_lm_window(config):
         data["input_in_masked_lm_window"] = True
+    if _hf_tagging_words_split_as_transformers(config):
+        data["words_split_as_transformers"] = True
     lora = section("lora")
     lora = {"rank": int(lora.get("rank") or 0)} if not lora.get("rank") else \
         {k: lora.get(k) for k in ("rank", "alpha", "targets")}  # dropout only regularises: free
@@ -217,7 +219,8 @@ def _path_reads_masked_lm_window(config: Mapping[str, Any]) -> bool:
     as that tokenizer encodes the text (tokenizer_loading.special_tokens_around, encode_words). Rows
     had neither before 2026-12-07: a run started then trained on other rows, and its run.json,
     lacking this field, refuses a resume that would mix the two. char and Hugging Face tokenizers'
-    rows (BERT's [CLS] ... [SEP]) did not change: those runs keep their identity."""
+    rows (BERT's [CLS] ... [SEP]) kept their special tokens: those runs keep their identity, except
+    byte-level BPE tagging runs, whose words are split otherwise (_hf_tagging_words_split_as_transformers)."""
     if config.get("path") not in ("classification", "token_classification"):
         return False
     from research.evaluation.tokenizer_loading import has_hf_tokenizer
@@ -225,6 +228,29 @@ def _path_reads_masked_lm_window(config: Mapping[str, Any]) -> bool:
     if not spec and str(config.get("init", "")).partition(":")[0] != "checkpoint":
         return False  # init='random' with tokenizer '': load_base_model's char
     return spec != "char" and not has_hf_tokenizer(spec)
+
+
+# Words whose old tagging encoding (each word alone, the tokenizer's " " between) and pre-split one
+# differ under a byte-level BPE ('Ġ' between words, 'Ġworld' after the change) and agree under WordPiece.
+_PROBE_WORDS = ("hello", "world")
+
+
+def _hf_tagging_words_split_as_transformers(config: Mapping[str, Any]) -> bool:
+    """Whether a tagging run with a Hugging Face tokenizer reads rows that changed on 2026-12-07:
+    its words were encoded one by one with the tokenizer's encoding of " " between them, and are
+    now encoded as transformers encodes pre-split words (tokenizer_loading.encode_words). The rows
+    are the same for WordPiece (BERT), other for a byte-level BPE (GPT-2, RoBERTa), so only such
+    runs carry this field: one recorded before, lacking it, is refused rather than resumed on
+    other rows. Decided on two probe words with the run's own tokenizer."""
+    if config.get("path") != "token_classification":
+        return False
+    from research.evaluation.tokenizer_loading import encode_words, has_hf_tokenizer, load_tokenizer
+    spec = _resolved_tokenizer(config)
+    if not spec or spec == "char" or not has_hf_tokenizer(spec):
+        return False
+    tokenizer = load_tokenizer(spec)
+    first, second = (list(tokenizer.encode(word)) for word in _PROBE_WORDS)
+    return encode_words(tokenizer, _PROBE_WORDS)[0] != first + list(tokenizer.encode(" ")) + second
 
 
 def _resolved_tokenizer(config: Mapping[str, Any]) -> str:

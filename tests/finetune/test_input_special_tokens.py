@@ -133,3 +133,23 @@ def test_runs_whose_rows_gained_the_masked_lm_window_carry_it_in_their_identity(
     config = get_config("sft_tiny")
     config.tokenizer = sentencepiece.path
     assert "data.input_in_masked_lm_window" not in finetune_fingerprint(config.to_dict())
+
+
+def test_tagging_runs_of_a_byte_level_bpe_carry_their_new_rows_in_their_identity(byte_level_bpe, tmp_path):
+    """A byte-level BPE's tagging rows changed with the rows above (a 'Ġ' token between words before):
+    such runs name it in their identity, so one recorded before is refused rather than resumed on
+    other rows. A WordPiece tokenizer's rows did not change (no token for " "): its runs keep theirs."""
+    import transformers
+    from research.finetune.run_identity import finetune_fingerprint
+    config = get_config("tag_tiny")
+    config.tokenizer = byte_level_bpe
+    assert finetune_fingerprint(config.to_dict())["data.words_split_as_transformers"] is True
+    for preset in ("classify_tiny", "sft_tiny"):  # no words to split
+        other = get_config(preset)
+        other.tokenizer = byte_level_bpe
+        assert "data.words_split_as_transformers" not in finetune_fingerprint(other.to_dict())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "wordpiece")
+    config.tokenizer = str(tmp_path / "wordpiece")
+    assert "data.words_split_as_transformers" not in finetune_fingerprint(config.to_dict())
