@@ -48,7 +48,7 @@ from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, 
 from research.scaling import sweep_records
 from research.scaling.chinchilla_fit import MIN_BOOTSTRAP, design_problem
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
-                                         ladder_models, plan_runs, warmup_steps)
+                                         ladder_models, plan_runs, trained_model_fields, warmup_steps)
 from research.training import preemption
 
 FIT_INIT_GRIDS = ("paper", "coarse")  # Approach 3's L-BFGS starting points (research.scaling.chinchilla_fit)
@@ -109,7 +109,8 @@ def plan_sweep(config: ml_collections.ConfigDict) -> SweepPlan:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepError(f"train.{name}={value!r} must be a whole number >= 1, e.g. "
                              f"--config.train.{name}={16 if name == 'batch_size' else 64}.")
-    models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len)
+    models = ladder_models(spec, vocab_size=vocab_size, seq_len=config.train.seq_len,
+                           model_fields=config.model.to_dict())
     runs = plan_runs(spec, models, batch_size=config.train.batch_size, seq_len=config.train.seq_len, seed=seed)
     _check_fittable(spec, runs, config.get("fit", None))
     return SweepPlan(spec, data_config, models, runs)
@@ -178,8 +179,7 @@ def run_config(config: ml_collections.ConfigDict, run: PlannedRun, spec: SweepSp
     """The training system's config for one run: the sweep config's sections, with the
     run's model, step count, warmup, shared tokenizer, and a record of every step."""
     sections = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "fit", "shard", "estimate")}
-    keep = {k: v for k, v in sections["model"].items() if v is not None and k not in run.model.overrides}
-    sections["model"] = {**keep, **run.model.overrides}
+    sections["model"] = trained_model_fields(run.model.overrides, sections["model"])  # as ladder_models sized it
     sections["train"].update(num_steps=run.num_steps, log_every_steps=1, stop_after_steps=0, progress_bar=False,
                              peak_flops=peak_flops)
     sections["opt"]["warmup_steps"] = warmup_steps(spec, run.num_steps)

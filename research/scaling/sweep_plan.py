@@ -216,20 +216,34 @@ def _rung(name: str, config: ModelConfig, overrides: dict[str, Any], seq_len: in
     return LadderModel(name, config, overrides, counts.total, counts.non_embedding, flops)
 
 
-def ladder_models(spec: SweepSpec, *, vocab_size: int, seq_len: int) -> list[LadderModel]:
-    """The ladder, smallest first, every model sized for the sweep's vocabulary and seq_len."""
+def trained_model_fields(overrides: Mapping[str, Any], model_fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's model fields as its training reads them (experiments/scaling_laws/sweep.run_config):
+    the sweep config's model section (its set fields) under the rung's own overrides."""
+    kept = {k: v for k, v in (model_fields or {}).items() if v is not None and k not in overrides}
+    return {**kept, **overrides}
+
+
+def ladder_models(spec: SweepSpec, *, vocab_size: int, seq_len: int,
+                  model_fields: Mapping[str, Any] | None = None) -> list[LadderModel]:
+    """The ladder, smallest first, every model sized for the sweep's vocabulary and seq_len, and as
+    it trains: with the sweep config's other model fields (`model_fields`, config.model: a
+    num_kv_heads=1 trained smaller models than runs.csv recorded, 12,496 parameters against 14,496)."""
     models = []
+
+    def model_config(overrides: dict[str, Any]) -> ModelConfig:
+        fields = trained_model_fields(overrides, model_fields)
+        return get_config(fields.pop("preset"), **fields)
+
     if spec.presets:
         for name in spec.presets:
-            base = get_config(name)
+            base = model_config({"preset": name, "vocab_size": vocab_size})
             if base.family != "decoder":
                 raise SweepError(f"sweep.presets: {name!r} is a {base.family} model; a sweep trains causal-LM "
                                  "decoders, e.g. 'gpt2-tiny', 'llama-20m', 'scale-1e5'.")
             if seq_len > base.max_len:
                 raise SweepError(f"sweep.presets: train.seq_len={seq_len} is longer than {name!r}'s max_len="
                                  f"{base.max_len}; lower train.seq_len or pick longer-context presets.")
-            fields = {"vocab_size": vocab_size}
-            models.append(_rung(name, base.replace(**fields), {"preset": name, **fields}, seq_len))
+            models.append(_rung(name, base, {"preset": name, "vocab_size": vocab_size}, seq_len))
     else:
         for target in spec.non_embedding_params:
             ladder = scaling_ladder_config(target, aspect=spec.aspect, vocab_size=vocab_size, max_len=seq_len)
@@ -242,8 +256,8 @@ def ladder_models(spec: SweepSpec, *, vocab_size: int, seq_len: int) -> list[Lad
             ladder = ladder.replace(position=spec.position)
             fields = {f: getattr(ladder, f) for f in _LADDER_FIELDS}
             name = f"ladder-L{ladder.num_layers}-D{ladder.d_model}"
-            models.append(_rung(name, get_config(LADDER_BASE_PRESET, **fields).replace(name=name),
-                                {"preset": LADDER_BASE_PRESET, **fields}, seq_len))
+            overrides = {"preset": LADDER_BASE_PRESET, **fields}
+            models.append(_rung(name, model_config(overrides).replace(name=name), overrides, seq_len))
     models.sort(key=lambda m: m.params_non_embedding)
     names = [m.name for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -301,3 +301,29 @@ def test_a_negative_seed_is_refused_before_fitting(runs_csv, tmp_path):
                      "--seed=-1")
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [f"error: {message}"]
     assert not out.exists()
+
+
+def test_a_loss_at_prediction_states_its_compute_in_the_fits_accounting(tmp_path):
+    """fit_run_table(predict=(N, D)) reports C beside the predicted loss: under exact accounting the
+    fitted f(N) D (6 N D under nominal), where N is N_total and every other C of the report is
+    f(N) D. It was 6 N D there too: up to 1.69x off on cpu_tiny's ladder, 0.8% here."""
+    from research.scaling.laws import ChinchillaLaw, PowerLaw
+    law = ChinchillaLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
+    rows = []
+    for budget in (1e15, 1e16, 1e17):
+        for n in np.geomspace(1e6, 1e8, 6):
+            d = budget / (6 * n)
+            rows.append(dict(N=n, N_total=n + 3e6, D=d, loss=float(law.loss(n, d)), C=budget,
+                             C_exact=(6 * (n + 3e6) + 2e6) * d))
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    predict = (5e7, 1e10)
+    report = fit_run_table(str(path), str(tmp_path / "exact"), accounting="exact", predict=predict,
+                           bootstrap_samples=0, init_grid="coarse")
+    compute = report["prediction"]["loss_at"]["compute"]
+    per_token = PowerLaw(**report["approach3"]["optimum_exact_flops"]["flops_per_token"])
+    assert compute == pytest.approx(per_token(predict[0]) * predict[1], rel=1e-9)
+    assert compute > 1.005 * 6 * predict[0] * predict[1]

@@ -72,6 +72,34 @@ def test_token_plan_and_per_run_schedule():
     assert one.model.dtype == "float32" and one.model.preset == "gpt2-tiny"
 
 
+@pytest.mark.parametrize("ladder", ["generated", "presets"])
+def test_recorded_sizes_are_those_of_the_model_each_run_trains(ladder):
+    """A config.model field the sweep does not set per run (num_kv_heads here; on a preset ladder
+    also d_model, num_layers, ...) trains every run's model: N, N_total and C_exact, which runs.csv
+    records and every fit reads, count that model (they counted the plan's: 14,496 parameters
+    recorded for 12,496 trained)."""
+    config = scaling_laws.get_config("test_tiny")
+    if ladder == "presets":
+        config.sweep.update(dict(presets=("llama-tiny", "llama-20m"), non_embedding_params=(), plan="tokens",
+                                 budgets=(), tokens_per_param=(1e-3,), min_steps=1))
+        config.fit.enabled = False
+        config.train.seq_len = 32
+    plain = {r.run_id: r for r in sweep.plan_sweep(config).runs}
+    config.model.num_kv_heads = 1
+    plan = sweep.plan_sweep(config)
+    for run in plan.runs:
+        fields = {k: v for k, v in sweep.run_config(config, run, plan.spec, tokenizer_path="/tok.model",
+                                                    peak_flops=1.0).model.to_dict().items() if v is not None}
+        trained = get_config(fields.pop("preset"), **fields)  # as the train loop builds it
+        assert trained.kv_heads == 1
+        counts = sizing.param_counts(trained)
+        assert (run.model.params_non_embedding, run.model.params_total) == (counts.non_embedding, counts.total)
+        exact = sizing.flops_per_token(trained, config.train.seq_len, include_embedding=True).train * run.tokens
+        assert run.compute_exact == pytest.approx(exact, rel=1e-12)
+        same = [r for r in plain.values() if r.model.name == run.model.name]
+        assert same and run.model.params_non_embedding < same[0].model.params_non_embedding  # the field mattered
+
+
 @pytest.mark.parametrize("preset", scaling_laws.PRESETS)
 def test_every_preset_plans(preset):
     config = scaling_laws.get_config(preset)
