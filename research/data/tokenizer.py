@@ -144,9 +144,12 @@ class Tokenizer:
         # <unk> too: it is no token of the text, so masked LM must neither predict nor insert it
         # (Hugging Face's DataCollatorForLanguageModeling counts unk among the special tokens).
         unk = [self.unk_id] if self.unk_id >= 0 else []
+        # The mask too where it is a user-defined piece (a model trained elsewhere): not a control
+        # piece, it was drawn as a "random" replacement and a literal one chosen as a target.
+        mask = [] if self.mask_id is None else [self.mask_id]
         return SpecialTokens(vocab_size=self.vocab_size, pad_id=self.pad_id, eos_id=self.eos_id,
                              bos_id=self.bos_id, mask_id=self.mask_id, num_extra_ids=self.num_extra_ids,
-                             special_ids=tuple(sorted(set(control + extra + unk + [self.pad_id]))))
+                             special_ids=tuple(sorted(set(control + extra + unk + mask + [self.pad_id]))))
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text`, int32 [N], without bos/eos (objectives add those)."""

@@ -48,6 +48,33 @@ def test_unk_is_a_special_id(tokenizer):
     assert tokenizer.unk_id == 2 and tokenizer.unk_id in special.special_ids
 
 
+def test_a_user_defined_mask_piece_is_a_special_id():
+    """A SentencePiece model trained elsewhere whose [MASK] is a user-defined piece, not a control
+    one: masked LM drew it as a "random" replacement (426 of 200,000 draws) and could pick a literal
+    [MASK] of the text as a target. Oracle: sentencepiece's own piece types."""
+    import io
+
+    import numpy as np
+    import sentencepiece as spm
+
+    from research.data.objectives import mask_tokens
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_stdlib_texts(4)), model_writer=model, vocab_size=400,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=3, user_defined_symbols=["[MASK]"],
+                                   minloglevel=2, byte_fallback=True, character_coverage=0.995)
+    tokenizer = Tokenizer(model.getvalue())
+    reference = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    special = tokenizer.special_tokens()
+    assert reference.is_control(special.mask_id) is False and reference.id_to_piece(special.mask_id) == "[MASK]"
+    assert special.mask_id in special.special_ids
+    tokens = np.tile(np.asarray([special.mask_id, *range(5, 200)], np.int32), 20)
+    for seed in range(20):
+        inputs, weights = mask_tokens(tokens, np.random.default_rng(seed), special)
+        assert not weights[tokens == special.mask_id].any()  # never a target
+        replaced = (weights > 0) & (inputs != tokens) & (inputs != special.mask_id)
+        assert replaced.any()  # random replacements were drawn
+
+
 def _stdlib_texts(count: int) -> list[str]:
     files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:count]
     return [open(f, encoding="utf-8", errors="replace").read() for f in files]
