@@ -109,7 +109,7 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     # Evaluation runs the forward pass only: how gradients are computed cannot change a cached result.
     model = {k: v for k, v in config.model.to_dict().items() if k not in GRADIENT_ONLY_FIELDS}
     from research.evaluation.evaluator import METRICS_VERSION
-    fields = {"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+    fields = {"eval": ev.to_dict(), "mixture": mixture.to_dict(), "tokenizer": tokenizer_settings(config),
               "model": model, "metrics_version": METRICS_VERSION}
     # Shots that leave out the query's answer too (unscramble, 2026-12-07): other prompts than before,
     # for the studies that have such entries only (the others keep their cached evaluations).
@@ -383,6 +383,15 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     return {**files_config, "file_patterns": [mixture_path], "tokenizer": {"model_path": tokenizer.path}}
 
 
+def tokenizer_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.tokenizer as the study's fingerprints digest it: the fields the presets gained later
+    (TOKENIZER_ADDED_LATER) only when they differ from their defaults, so a study recorded before
+    them keeps its fingerprint, and one with another model_type or normalization gets its own."""
+    from experiments.configs.emergence import TOKENIZER_ADDED_LATER
+    return {k: v for k, v in config.tokenizer.to_dict().items()
+            if k not in TOKENIZER_ADDED_LATER or v != TOKENIZER_ADDED_LATER[k]}
+
+
 def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> tuple[str, str]:
     """(fingerprint, the same in its pre-2026-12-05 form) of what decides the training mixture:
     the mixture and tokenizer settings, the chain-of-thought cue and the evaluation prompts the
@@ -395,7 +404,7 @@ def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> 
     held_out = set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
     excluded = sorted({prompt for task in plan.train_tasks.values() for doc in task.docs("train")
                        if (prompt := render(task.spec.prompt, doc, "prompt")) in held_out})
-    settings = {"mixture": config.mixture.to_dict(), "tokenizer": config.tokenizer.to_dict(),
+    settings = {"mixture": config.mixture.to_dict(), "tokenizer": tokenizer_settings(config),
                 "cot_description": config.eval.cot_description}
     return (_digest({**settings, "excluded_from_training": _digest(excluded)}),
             _digest({**settings, "held_out": _digest(sorted(held_out))}))

@@ -74,7 +74,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from research.data.config import TokenizerConfig
 from research.sharding_rules import DEFAULT_RULES
+
+# TokenizerConfig fields these presets gained on 2026-12-07 (a --config.tokenizer.model_type= was "not a
+# config key"), at their defaults; a study fingerprints them only when set otherwise
+# (experiments/emergence_plan.tokenizer_settings), so studies recorded before keep their fingerprints.
+TOKENIZER_ADDED_LATER = {field: getattr(TokenizerConfig(), field) for field in ("model_type", "normalization")}
 
 PRESETS = ("cpu_tiny", "cpu_tiny_base10", "cpu_tiny_padded", "cpu_tiny_widths", "cpu_tiny_mirage", "gpu_host", "micro")
 COPY_TASK = "copying_varied"
@@ -153,7 +159,7 @@ def _base() -> ml_collections.ConfigDict:
     # into "\u2581" + letter: the copy then needs a 2-back lookup, and the many "\u2581" tokens
     # inflated teacher-forced accuracy at chance to 0.25. 73 pieces is all the mixture has.
     config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=73, byte_fallback=False, character_coverage=1.0,
-                                                      max_training_chars=2_000_000))
+                                                      max_training_chars=2_000_000, **TOKENIZER_ADDED_LATER))
     config.train = ml_collections.ConfigDict(dict(
         num_steps=4000, batch_size=16, seq_len=128, microbatches=1, seed=0, z_loss=1e-4,
         log_every_steps=50, eval_every_steps=250, eval_batches=4, stop_after_steps=0, peak_flops=0.0,

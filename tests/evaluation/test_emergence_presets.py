@@ -260,3 +260,23 @@ def test_a_study_prompting_unscramble_with_shots_is_keyed_apart_and_others_keep_
     assert "answer_filtered_shots" not in digested[-1]  # zero-shot prompts hold no other scramble
     config.eval.shots = (0, 1)
     assert emergence.plan_study(config).fingerprint == with_shots
+
+
+def test_the_tokenizers_model_type_is_a_key_and_at_its_default_keeps_a_studys_fingerprints():
+    """--config.tokenizer.model_type=unigram was "not a config key" (pretraining had it): every preset
+    now has model_type and normalization at TokenizerConfig's defaults, which the plan and mixture
+    fingerprints leave out, so studies recorded before keep theirs; another value is another study."""
+    from research.data.config import TokenizerConfig
+    config = configs.get_config("micro")
+    assert (config.tokenizer.model_type, config.tokenizer.normalization) == (
+        TokenizerConfig().model_type, TokenizerConfig().normalization)
+    plan = emergence.plan_study(config)
+    fingerprints = (plan.fingerprint, emergence_plan.mixture_fingerprints(config, plan))
+    recorded_before = configs.get_config("micro")
+    del recorded_before.tokenizer["model_type"], recorded_before.tokenizer["normalization"]
+    before = emergence.plan_study(recorded_before)
+    assert (before.fingerprint, emergence_plan.mixture_fingerprints(recorded_before, before)) == fingerprints
+    config.tokenizer.model_type = "unigram"
+    other = emergence.plan_study(config)
+    assert other.fingerprint != plan.fingerprint
+    assert emergence_plan.mixture_fingerprints(config, other)[0] != fingerprints[1][0]
