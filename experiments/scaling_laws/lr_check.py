@@ -42,6 +42,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, sizes: list[float], s
     from research.scaling.sweep_plan import PlannedRun, SweepError, learning_rate_scale
     from research.scaling.sweep_records import json_safe
     from research.training.loop import train_together
+    from research.training.members import DIVERGED_FILE
 
     if steps < 1 or not multipliers or any(m <= 0 for m in multipliers) or not sizes:
         raise SweepError(f"--steps={steps} must be >= 1, --multipliers={multipliers} positive and --sizes={sizes} "
@@ -67,7 +68,13 @@ def check(config: ml_collections.ConfigDict, workdir: str, sizes: list[float], s
             member.opt.learning_rate = one.opt.learning_rate * multiplier
             configs.append(member)
             workdirs.append(os.path.join(workdir, model.name, f"x{multiplier:g}"))
-        results = train_together(configs, workdirs)
+        # A multiplier that diverged in an earlier session stays diverged (its marker stays until it
+        # saves past it): trained with the others again, the rerun was refused as a model left behind.
+        alive = [i for i, w in enumerate(workdirs) if not os.path.exists(os.path.join(w, DIVERGED_FILE))]
+        trained = train_together([configs[i] for i in alive], [workdirs[i] for i in alive]) if alive else []
+        results = [None] * len(workdirs)
+        for i, result in zip(alive, trained):
+            results[i] = result
         losses = [r["eval_loss"] if isinstance(r, dict) else float("nan") for r in results]
         finite = [(loss, m) for loss, m in zip(losses, multipliers) if loss == loss]
         rows.append({"model": model.name, "d_model": model.config.d_model, "steps": steps,
@@ -87,10 +94,11 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; every option is a --flag.")
     from research.models.config import ConfigError
+    from research.training.checkpointing import CheckpointError
     try:
         f = flags.FLAGS
         check(f.config, f.workdir, [float(s) for s in f.sizes], f.steps, [float(m) for m in f.multipliers])
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, ValueError, CheckpointError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -240,12 +240,22 @@ def _check_same_plan(workdir: str, plan: SweepPlan) -> None:
     lacks runs advises) keeps every old row and goes on."""
     try:
         with open(os.path.join(workdir, "plan.json")) as f:
-            old = [record["run"] for record in json.load(f)]
+            records = json.load(f)
+        old = [record["run"] for record in records]
     except FileNotFoundError:
         return
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         return  # unreadable (written by code before it was atomic): the run directories' own checks still apply
     dropped = [run_id for run_id in old if run_id not in {run.run_id for run in plan.runs}]
+    sizes = {run.model.name: run.model.params_total for run in plan.runs}
+    resized = [r for r in records
+               if r["run"] in dropped and sizes.get(r.get("model"), r.get("N_total")) != r.get("N_total")]
+    if resized:  # the same settings, sized as trained since fb5e730: other step counts, other run ids
+        r = resized[0]
+        raise SweepError(f"{workdir} holds a sweep planned when {r['model']} was sized at {r['N_total']:,} parameters; "
+                         f"it trains {sizes[r['model']]:,} (config.model fields such as num_kv_heads were left out of "
+                         f"the sizing before 2026-12-07), so {len(dropped)} of its {len(old)} runs, e.g. {dropped[0]}, "
+                         "have other step counts now; use a new --workdir.")
     if dropped:
         raise SweepError(f"{workdir} holds a sweep planned with other settings ({len(dropped)} of its {len(old)} runs, "
                          f"e.g. {dropped[0]}, are not in this plan); use a new --workdir, or restore the settings.")
@@ -365,9 +375,19 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         record([item], [train_one(run, one, run_dir, train_fn or train_alone)])
 
 
+# A result's columns that come from the plan's sizing of its model: taken from the plan, which sizes
+# the model the run trained (its directory holds this config: _check_same_run). Results written
+# before fb5e730 froze sizes that left out config.model fields (N 888 recorded for 816 trained).
+_PLANNED_SIZES = ("num_layers", "d_model", "N", "N_total", "N_non_embedding", "C_6ND", "C_exact")
+
+
 def _all_records(runs: Sequence[PlannedRun], runs_dir: str) -> list[dict]:
     """Every planned run's record: its result if it has ended, its plan otherwise."""
-    return [read_result(os.path.join(runs_dir, run.run_id)) or sweep_records.planned_record(run) for run in runs]
+    records = []
+    for run in runs:
+        planned, result = sweep_records.planned_record(run), read_result(os.path.join(runs_dir, run.run_id))
+        records.append(planned if result is None else {**result, **{k: planned[k] for k in _PLANNED_SIZES}})
+    return records
 
 
 def run_line(label: str, record: dict[str, Any]) -> str:

@@ -239,9 +239,11 @@ def _hf_tagging_words_split_as_transformers(config: Mapping[str, Any]) -> bool:
     """Whether a tagging run with a Hugging Face tokenizer reads rows that changed on 2026-12-07:
     its words were encoded one by one with the tokenizer's encoding of " " between them, and are
     now encoded as transformers encodes pre-split words (tokenizer_loading.encode_words). The rows
-    are the same for WordPiece (BERT), other for a byte-level BPE (GPT-2, RoBERTa), so only such
-    runs carry this field: one recorded before, lacking it, is refused rather than resumed on
-    other rows. Decided on two probe words with the run's own tokenizer."""
+    are the same for WordPiece (BERT), other for every tokenizer that encodes " " as a token
+    (byte-level BPE: GPT-2, RoBERTa; SentencePiece-style: T5, Llama, Mistral), so only those runs
+    carry this field: one recorded before, lacking it, is refused rather than resumed on other
+    rows (runs started between f9a8991 and this field too). Decided on two probe words with the
+    run's own tokenizer."""
     if config.get("path") != "token_classification":
         return False
     from research.evaluation.tokenizer_loading import encode_words, has_hf_tokenizer, load_tokenizer
@@ -296,7 +298,24 @@ def claim_workdir(workdir: str, config: Mapping[str, Any], *, record: bool = Tru
         fingerprint = lambda c: {**finetune_fingerprint(c, init_files=False), INIT_FILES_KEY: recorded[INIT_FILES_KEY]}
     elif saved and recorded.get("init") == absolute_spec(config.get("init", "")):
         check_init_files(workdir)  # in its own words; the claim would say "another run" and to delete it
+    spec = _resolved_tokenizer(config)
+    if recorded and spec and spec != "char" and "://" not in spec and not os.path.exists(spec):
+        # The tokenizer is gone (an unmounted disk): its loader says so in its own words. The fields its
+        # files decide are taken as recorded, or the claim would call the workdir another run's.
+        by_files = functools.partial(_with_recorded, fingerprint, recorded, _DECIDED_BY_TOKENIZER_FILES)
+        return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=by_files)
     return workdir_lib.claim_all([(workdir, config)], record=record, fingerprint=fingerprint)
+
+
+# Fingerprint fields read off the tokenizer's files (what kind of tokenizer it is).
+_DECIDED_BY_TOKENIZER_FILES = ("data.input_in_masked_lm_window", "data.words_split_as_transformers")
+
+
+def _with_recorded(fingerprint: Any, recorded: Mapping[str, Any], keys: tuple[str, ...],
+                   config: Mapping[str, Any]) -> dict[str, Any]:
+    """fingerprint(config) with `keys` as `recorded` holds them (absent there: absent here)."""
+    own = {k: v for k, v in fingerprint(config).items() if k not in keys}
+    return {**own, **{k: recorded[k] for k in keys if k in recorded}}
 
 
 def check_init_files(workdir: str) -> None:

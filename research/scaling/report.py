@@ -148,7 +148,7 @@ def _prediction(compute_budget, predict, law, approach1, approach2, flops_per_to
             out[name] = _allocation(fit.N_opt(compute_budget), fit.D_opt(compute_budget))
     if predict is not None:
         # C in the fit's own accounting: under exact accounting N is N_total and C is f(N) D (it was
-        # 6 N D there, up to 1.69x off on cpu_tiny's ladder beside the fit's own C).
+        # 6 N D there, up to 1.53x off on cpu_tiny's ladder beside the fit's own C).
         per_token = FLOPS_PER_PARAM_TOKEN * predict[0] if flops_per_token is None else flops_per_token(predict[0])
         out["loss_at"] = {"N": predict[0], "D": predict[1], "loss": float(law.loss(*predict)),
                           "compute": float(per_token * predict[1])}

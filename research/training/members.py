@@ -110,7 +110,8 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
       - a NaN stop recorded past its newest checkpoint while another model saved beyond that
         (it would diverge again on each rerun, each time taking the others back);
       - no checkpoint while another model has one, and its workdir not claimed together with
-        a model that has one (a value added to batched.values, or first started alone).
+        a model that has one (a value added to batched.values, or first started alone);
+      - no step in common with the others that saved, and not claimed together with them (_apart).
     A model with no checkpoint claimed together with the others and no NaN stop was killed
     between the models' first saves: all restart from step 0 (restore_or_init)."""
     saved_steps = [list(checkpoint_steps_in(os.path.join(w, "checkpoints"))) for w in workdirs]
@@ -127,12 +128,26 @@ def check_common_start(workdirs: Sequence[str], every_steps: int) -> None:
             why[i] = f"{f'step {saved}' if saved else 'no checkpoint'}: diverged at step {diverged}"
         elif not saved and not leaders & set(workdir_lib.claimed_with(workdir)):
             why[i] = "new"
+        elif saved and _apart(saved_steps, i, workdirs):
+            why[i] = f"step {saved}, trained apart from the others: no step in common"
     if why:
         raise CheckpointError(
             f"model(s) {', '.join(f'{i} ({workdirs[i]}, {why[i]})' for i in sorted(why))} are behind the "
             f"others (saved up to step {max(newest)}): models trained in one program resume from a step all of them "
             "saved. Train the new (or diverged) value(s) in a run of their own (or drop them from batched.values), "
             "or use a new workdir; nothing was changed.")
+
+
+def _apart(saved_steps: list[list[int]], i: int, workdirs: Sequence[str]) -> bool:
+    """Whether model i, which saved, shares no saved step with the other models that saved and was
+    not claimed together with them: runs of one shape trained apart (a sweep's shards), one save
+    apart. Resumed together they restarted all from step 0, over saved work, as after a kill
+    between the saves of models trained together."""
+    others = [j for j, steps in enumerate(saved_steps) if steps and j != i]
+    if not others or set(saved_steps[i]) & set.intersection(*(set(saved_steps[j]) for j in others)):
+        return False
+    together = set(workdir_lib.claimed_with(workdirs[i]))
+    return not {workdir_lib.absolute_workdir(workdirs[j]) for j in others} <= together
 
 
 def restore_or_init(members: list[Member], abstract: Any, shardings: Any, sources: list, fresh_source: Callable,

@@ -50,8 +50,9 @@ def test_unk_is_a_special_id(tokenizer):
 
 def test_a_user_defined_mask_piece_is_a_special_id():
     """A SentencePiece model trained elsewhere whose [MASK] is a user-defined piece, not a control
-    one: masked LM drew it as a "random" replacement (426 of 200,000 draws) and could pick a literal
-    [MASK] of the text as a target. Oracle: sentencepiece's own piece types."""
+    one: masked LM drew it as a "random" replacement (about 1 draw in the vocabulary size: 426 of
+    200,000 with a 500-piece model) and could pick a literal [MASK] of the text as a target.
+    Oracle: sentencepiece's own piece types."""
     import io
 
     import numpy as np

@@ -153,3 +153,32 @@ def test_tagging_runs_of_a_byte_level_bpe_carry_their_new_rows_in_their_identity
     transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "wordpiece")
     config.tokenizer = str(tmp_path / "wordpiece")
     assert "data.words_split_as_transformers" not in finetune_fingerprint(config.to_dict())
+
+
+def test_a_tagging_run_whose_tokenizer_folder_is_gone_is_not_called_another_run(byte_level_bpe, tmp_path):
+    """Its identity holds fields read off the tokenizer's files: with the folder gone (an unmounted
+    disk) the claim said the workdir "holds another run" and to delete it; the loader now says what
+    is missing, in its own words, and the run resumes once the folder is back."""
+    import shutil
+
+    from research.evaluation.tokenizer_loading import load_tokenizer
+    from research.finetune.run_identity import claim_workdir
+    from research.training import workdir_lock
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(byte_level_bpe, folder)
+    config = get_config("tag_tiny")
+    config.tokenizer = str(folder)
+    workdir = str(tmp_path / "run")
+    claim_workdir(workdir, config.to_dict())
+    workdir_lock.release([workdir])
+    (tmp_path / "run" / "checkpoints" / "4").mkdir(parents=True)  # a saved step
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["fingerprint"]["data.words_split_as_transformers"] is True
+    folder.rename(tmp_path / "unmounted")
+    claim_workdir(workdir, config.to_dict())
+    workdir_lock.release([workdir])
+    with pytest.raises(ConfigError, match=r"^tokenizer '.*tokenizer' does not exist"):
+        load_tokenizer(str(folder))
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == recorded
+    (tmp_path / "unmounted").rename(folder)
+    claim_workdir(workdir, config.to_dict())

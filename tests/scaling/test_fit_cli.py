@@ -306,7 +306,7 @@ def test_a_negative_seed_is_refused_before_fitting(runs_csv, tmp_path):
 def test_a_loss_at_prediction_states_its_compute_in_the_fits_accounting(tmp_path):
     """fit_run_table(predict=(N, D)) reports C beside the predicted loss: under exact accounting the
     fitted f(N) D (6 N D under nominal), where N is N_total and every other C of the report is
-    f(N) D. It was 6 N D there too: up to 1.69x off on cpu_tiny's ladder, 0.8% here."""
+    f(N) D. It was 6 N D there too: up to 1.53x off on cpu_tiny's ladder, 0.8% here."""
     from research.scaling.laws import ChinchillaLaw, PowerLaw
     law = ChinchillaLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
     rows = []

@@ -100,6 +100,34 @@ def test_recorded_sizes_are_those_of_the_model_each_run_trains(ladder):
         assert same and run.model.params_non_embedding < same[0].model.params_non_embedding  # the field mattered
 
 
+def test_a_sweep_sized_before_the_model_fields_counted_is_named_and_its_results_read_as_trained(tmp_path):
+    """A sweep run with --config.model.num_kv_heads=1 before its sizes counted it: its IsoFLOP step
+    counts (so run ids) differ now, and a rerun says why instead of "restore the settings", which
+    never changed; a result.json written then is read with the sizes of the model it trained (it
+    kept N 888 for 816 trained beside corrected rows in runs.csv and the fit)."""
+    import json
+
+    from research.scaling import sweep_records
+    config = scaling_laws.get_config("test_tiny")
+    sized_before = sweep.plan_sweep(config)  # the old sizing: config.model's fields left out
+    (tmp_path / "plan.json").write_text(json.dumps([sweep_records.planned_record(r) for r in sized_before.runs]))
+    config.model.num_kv_heads = 1
+    plan = sweep.plan_sweep(config)
+    with pytest.raises(SweepError, match=r"holds a sweep planned when ladder-\S+ was sized at [\d,]+ parameters; it "
+                                         r"trains [\d,]+ \(config.model fields such as num_kv_heads .*use a new "
+                                         r"--workdir\.$"):
+        sweep._check_same_plan(str(tmp_path), plan)
+    run = plan.runs[0]
+    stale = {**sweep_records.planned_record(run), "status": "ok", "loss": 2.5,
+             **{k: sweep_records.planned_record(sized_before.runs[0])[k] for k in ("N", "N_total", "C_exact")}}
+    assert stale["N_total"] != run.model.params_total
+    (tmp_path / "runs" / run.run_id).mkdir(parents=True)
+    (tmp_path / "runs" / run.run_id / "result.json").write_text(json.dumps(stale))
+    record = sweep._all_records(plan.runs, str(tmp_path / "runs"))[0]
+    assert (record["status"], record["loss"]) == ("ok", 2.5)
+    assert (record["N"], record["N_total"], record["C_exact"]) == (run.N, run.model.params_total, run.compute_exact)
+
+
 @pytest.mark.parametrize("preset", scaling_laws.PRESETS)
 def test_every_preset_plans(preset):
     config = scaling_laws.get_config(preset)

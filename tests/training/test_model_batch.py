@@ -219,6 +219,33 @@ def test_which_models_may_resume_together(b_steps, b_claim, b_diverged, refused,
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("b_claim, refused", [
+    ("together", False),  # a kill between the saves of step 8 (keep_last=1): all restart, as documented
+    ("alone", True),  # trained apart (a sweep's shards), one save behind: it restarted both from step 0
+    (None, True),
+])
+def test_models_with_no_common_step_resume_together_only_when_trained_together(b_claim, refused, tmp_path):
+    """keep_last=1: model a saved step 8, model b step 4, no step in common. Models trained apart
+    were resumed together by deleting a's step 8 and restarting both from step 0 (logged as a kill
+    between their saves); refused now, so a sweep continues each from its own checkpoint."""
+    import json
+    import os
+    from research.training import members
+    a, b = tmp_path / "a", tmp_path / "b"
+    for workdir, step in ((a, 8), (b, 4)):
+        (workdir / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    claims = {"together": {"trained_with": sorted(os.path.abspath(w) for w in (a, b))}, "alone": {}}
+    if b_claim:
+        (b / "run.json").write_text(json.dumps({"fingerprint": {}, **claims[b_claim]}))
+    if not refused:
+        members.check_common_start([str(a), str(b)], 4)
+        return
+    with pytest.raises(CheckpointError, match=rf"model\(s\) 1 \({b}, step 4, trained apart from the others: no "
+                                              r"step in common\) are behind the others \(saved up to step 8\)"):
+        members.check_common_start([str(a), str(b)], 4)
+    assert sorted(os.listdir(a / "checkpoints")) == ["8"]
+
+
 def test_records_of_a_run_stopped_before_its_first_save_are_not_kept_twice(tokenizers, tmp_path):
     """A kill (or NaN stop) before the first checkpoint leaves records but no checkpoint: the
     rerun starts from step 0 and its records replace them."""
