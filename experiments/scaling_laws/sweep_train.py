@@ -19,6 +19,7 @@ from research.data.config import DataError
 from research.models.config import ConfigError
 from research.scaling import sweep_records
 from research.scaling.sweep_plan import PlannedRun
+from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.preemption import Interrupted
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
@@ -76,10 +77,16 @@ def same_program_groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
 
 def can_resume_together(pending: list[tuple]) -> bool:
     """Whether the group's runs may resume as one program (research.training.members'
-    check_common_start): a run far behind the others refuses that, not the runs."""
+    check_common_start): a run far behind the others refuses that, not the runs. With
+    train.models_across_devices, a number of runs the devices cannot share evenly (a group's
+    last pending runs) trains one by one: it stopped the whole sweep with a ConfigError."""
+    import jax
+
     from research.training.checkpointing import CheckpointError
     from research.training.members import check_common_start
 
+    if pending[0][1].train.get("models_across_devices", False) and len(pending) % jax.device_count():
+        return False
     try:
         check_common_start([run_dir for _, _, run_dir, _ in pending], int(pending[0][1].checkpoint.every_steps))
     except CheckpointError:
@@ -92,7 +99,10 @@ def train_group(pending: list[tuple]) -> list[dict]:
     gets its own record, as if trained alone (losses equal to float32 rounding)."""
     from research.training.loop import train_together
 
-    resumed = [latest_checkpoint(run_dir) for _, _, run_dir, _ in pending]
+    # Together they resume from the newest step every run saved (members.restore_or_init), 0 when
+    # none is common: each run's own newest step was recorded (12 for a run resumed at 8).
+    saved = [set(checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))) for _, _, run_dir, _ in pending]
+    resumed = [max(set.intersection(*saved), default=0)] * len(pending)
     start = time.perf_counter()
     try:
         outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])

@@ -80,6 +80,37 @@ def test_a_group_trained_together_that_is_interrupted_is_not_recorded_failed(mon
         sweep_train.train_group(pending)
 
 
+def test_a_group_records_the_step_its_runs_resumed_from_together(monkeypatch, tmp_path):
+    """Runs resumed as one program restart from the newest step all of them saved: each run's
+    record named its own newest step (12 for a run that resumed at 8)."""
+    from research.training import loop
+
+    monkeypatch.setattr(loop, "train_together", lambda configs, workdirs: [RuntimeError("stood in")] * len(configs))
+    config = tiny_config()
+    run = sweep.plan_sweep(config).runs[0]
+    for name, steps in (("a", (8, 12)), ("b", (4, 8))):
+        for step in steps:
+            (tmp_path / name / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    pending = [(run, config, str(tmp_path / name), name) for name in ("a", "b")]
+    assert [r["resumed_from_step"] for r in sweep_train.train_group(pending)] == [8, 8]
+    (tmp_path / "b" / "checkpoints" / "8" / "state").rmdir()
+    (tmp_path / "b" / "checkpoints" / "8").rmdir()
+    assert [r["resumed_from_step"] for r in sweep_train.train_group(pending)] == [0, 0]  # none in common: restart
+
+
+def test_runs_the_devices_cannot_share_evenly_train_one_by_one(tmp_path):
+    """train.models_across_devices: 3 runs of a group over 8 devices stopped the whole sweep with a
+    ConfigError at that group (the sweep's own checks let it through); they train one by one."""
+    import jax
+    config = tiny_config()
+    run = sweep.plan_sweep(config).runs[0]
+    pending = [(run, config, str(tmp_path / name), name) for name in "abc"]
+    assert sweep_train.can_resume_together(pending)
+    config.train.models_across_devices = True
+    assert jax.device_count() == 8 and not sweep_train.can_resume_together(pending)
+    assert sweep_train.can_resume_together([(run, config, str(tmp_path / str(i)), str(i)) for i in range(8)])
+
+
 def seed_pairs(monkeypatch, signal_in: str):
     """A sweep of 3 sizes x 2 seeds (each pair one group) whose training system is stood in for:
     research.training's train_and_evaluate (one run) and train_together (a group) write the
