@@ -226,11 +226,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
     per_model_data = len(set(seeds)) > 1  # the seed orders the data too: one stream per model
     data_seeds = seeds if per_model_data else seeds[:1]
 
-    def batches(split: str, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    def batches(split: str, seed: int, num_epochs: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         return data_lib.make_batch_iterator(
             data_config, tokenizer=tokenizer, objective=data_objective, batch_size=local_batch,
-            seq_len=train.seq_len, split=split, seed=seed, model_max_len=model_config.max_len,
-            model_vocab_size=model_config.vocab_size)
+            seq_len=train.seq_len, split=split, seed=seed, num_epochs=num_epochs,
+            model_max_len=model_config.max_len, model_vocab_size=model_config.vocab_size)
 
     # Until this call saves a checkpoint, nothing of it exists to resume: a bad input or a stop (Ctrl-C,
     # SIGTERM, a second Ctrl-C while the first block compiles) then withdraws the claims this call made
@@ -241,8 +241,11 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         # followed, met the refusal).
         members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
+        # One epoch of validation at most (each row once), in one process: the processes' shards
+        # could end at different batches, and processes stopping apart would hang.
+        eval_epochs = 1 if jax.process_count() == 1 else None
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
-        example = next(batches("validation", train.seed))
+        example = next(batches("validation", train.seed, eval_epochs))
         objective.check_batch(example, model_config.max_len)
         batch_spec = {k: jax.ShapeDtypeStruct((train.batch_size, *v.shape[1:]), v.dtype) for k, v in example.items()}
 
@@ -318,7 +321,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                 eval_fn, state_shardings.params, eval_sharding,
                 # One validation stream for every seed: runs then differ only by what they trained
                 # on, not by which tokens scored them.
-                lambda: [batches("validation", 0) for _ in data_seeds], train.eval_batches, num_models,
+                lambda: [batches("validation", 0, eval_epochs) for _ in data_seeds], train.eval_batches, num_models,
                 per_member=per_model_data, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
 
             # One flag per model, replicated (every process reads it): are all its parameters finite.

@@ -62,3 +62,26 @@ def test_block_length_respects_the_byte_bound():
     assert evaluation.eval_block_len(5, 20_000) == 5
     assert evaluation.eval_block_len(800, evaluation.MAX_EVAL_BLOCK_BYTES // 3) == 3
     assert evaluation.eval_block_len(800, 2 * evaluation.MAX_EVAL_BLOCK_BYTES) == 1
+
+
+def test_a_split_holding_fewer_batches_than_asked_is_scored_once_with_one_warning(setup, caplog, monkeypatch):
+    """train.eval_batches past one epoch of the validation split: the loop's iterators of one epoch
+    end, and each evaluation scores what the split holds, every row once (a reshuffled second epoch
+    was averaged in: the scaling preset stdlib_tiny asked 800 batches of a split of 779)."""
+    model, objective, batches, mesh, state, shardings = setup
+    eval_step = make_eval_step(model, losses.make_loss_fn(objective, 1e-4))
+    sharding = partitioning.batch_sharding(mesh, DEFAULT_RULES)
+    monkeypatch.setattr(evaluation, "EVAL_BLOCK_LEN", 3)  # the split ends inside the third call
+    with partitioning.sharding_context(mesh, DEFAULT_RULES):
+        expected = _one_call_per_batch(eval_step, state.params, batches, sharding)
+        run = evaluation.make_evaluation(eval_step, shardings.params, sharding, lambda: [iter(batches)],
+                                         NUM_BATCHES + 5, 1, per_member=False,
+                                         batch_bytes=sum(v.nbytes for v in batches[0].values()))
+        with caplog.at_level("WARNING", logger="research.training.evaluation"):
+            assert run(state.params) == [expected]
+            assert run(state.params) == [expected]
+    warnings = [r.getMessage() for r in caplog.records if "eval_batches" in r.getMessage()]
+    assert warnings == [f"train.eval_batches={NUM_BATCHES + 5} is more than the validation split holds "
+                        f"({NUM_BATCHES} batches): each evaluation scores those, every row once (a second, reshuffled "
+                        f"epoch was averaged in before 2026-12-07); set train.eval_batches={NUM_BATCHES} or fewer to "
+                        "silence this."]
