@@ -159,7 +159,9 @@ WORDS_VERSION = 5
 # whitespace run, and entry and document are case-folded alike (İ, ß). 4: a JSONL record's invalid UTF-8
 # share is its text field's (it was the whole line's: bad bytes in a url field dropped clean texts).
 # 5: '.JSONL' and '.ndjson' files are read as JSON Lines (they were one plain-text document each).
-DOCUMENT_STAGES_VERSION = 5
+# 6: vertical tab, form feed and the file/group/record separators end a line, the unit separator is a
+# space (they were deleted: "first line\x0bsecond" became "first linesecond", a page break "one.Start").
+DOCUMENT_STAGES_VERSION = 6
 
 
 def dedup_key(text: str) -> str:
@@ -169,10 +171,13 @@ def dedup_key(text: str) -> str:
     return hashlib.sha1(normalised.encode("utf-8")).hexdigest()
 
 
-# C0/C1 control characters except tab and newline (and \r, handled as a line ending), plus the BOM.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
-_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")  # Unicode spaces -> ' '
-_LINE_BREAK = re.compile("\r\n|\r|\u2028|\u2029|\x85")
+# C0/C1 control characters except tab and newline (and the line endings below), plus the BOM.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ufeff]")
+# Unicode spaces and the unit separator -> ' ' (deleted, it joined the fields it separates).
+_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x1f]")
+# Line endings as str.splitlines reads them (Unicode's mandatory breaks, UAX #14, for \x0b and
+# \x0c): text extracted from slides, documents and PDFs separates lines and pages with them.
+_LINE_BREAK = re.compile("\r\n|\r|\u2028|\u2029|\x85|\x0b|\x0c|\x1c|\x1d|\x1e")
 
 
 def standardise(doc: Document, config: StandardiseConfig) -> Verdict:

@@ -29,6 +29,20 @@ def test_standardise_rewrites_line_endings_unicode_controls_and_blank_runs():
     assert ds.standardise(doc("cafe\x00\u0301 au lait"), StandardiseConfig()).text == "caf\u00e9 au lait"
 
 
+def test_standardise_ends_lines_where_str_splitlines_does_and_never_joins_words():
+    """Vertical tab, form feed and the file/group/record separators end a line (str.splitlines, and
+    Unicode's mandatory breaks for VT and FF: slides, documents and PDFs use them for line and page
+    breaks); the unit separator is a space. They were deleted: "first line\\x0bsecond line" became
+    "first linesecond line", a page break "one.Start"."""
+    for sep in "\x0b\x0c\x1c\x1d\x1e":
+        text = f"first line{sep}second line"
+        assert len(text.splitlines()) == 2  # the oracle: Python's own line boundaries
+        assert ds.standardise(doc(text), StandardiseConfig()).text == "first line\nsecond line"
+    assert ds.standardise(doc("one.\x0cStart"), StandardiseConfig()).text == "one.\nStart"
+    assert ds.standardise(doc("name\x1fvalue"), StandardiseConfig()).text == "name value"
+    assert ds.standardise(doc("a\x07b\x1bc"), StandardiseConfig()).text == "abc"  # other controls: still removed
+
+
 def test_standardise_drops_empty_and_badly_encoded_documents():
     assert ds.standardise(doc(" \r\n\x00\t\n"), StandardiseConfig()).reason == "empty"
     repaired = doc("caf\ufffd au lait " * 50, invalid_utf8_bytes=1, num_bytes=1000)
