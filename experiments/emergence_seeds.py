@@ -33,6 +33,7 @@ to --output_dir:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -59,9 +60,13 @@ RESOLVED_LEVEL = 0.05
 # checkpoint by this much. cpu_tiny's plateau sits at p 0.2 (2 digits) with item noise near 0.01
 # (1,000 items), and leaving it took p to 0.3-0.5 within one or two checkpoints of 250 steps.
 ONSET_RISE = 0.1
+# The digest a run records of its tokenizer file (workdir.run_fingerprint): of its name too, which a
+# study's own tokenizer takes from its workdir's mixture path, so two seeds' always differ; their
+# files' contents are compared instead (_tokenizer_contents).
+_TOKENIZER_DIGEST = "data.tokenizer.model_file_sha256"
 # Fields allowed to differ between the runs: the seed, and paths inside each workdir (the rest of
 # what may differ is left out of emergence_plan.recorded_study: FREE_STUDY_FIELDS).
-_MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path")
+_MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path", _TOKENIZER_DIGEST)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -136,6 +141,9 @@ def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
                 added_later = k in ADDED_LATER and (k not in ours or k not in ref)
                 if k not in _MAY_DIFFER and not added_later and ours.get(k) != ref.get(k):
                     differ.setdefault(k, (ours.get(k), ref.get(k)))
+            contents = [_tokenizer_contents(f) for f in (ours, ref)] if keys is None else [None]
+            if None not in contents and contents[0] != contents[1]:  # another tokenizer (unreadable: settings judge)
+                differ.setdefault(_TOKENIZER_DIGEST, tuple(contents))
         if differ:
             # Where both record their config, its fields name what the digests only show differ.
             named = [k for k in differ if k not in STUDY_DIGESTS]
@@ -149,6 +157,16 @@ def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
         if steps or tasks:
             raise ConfigError(f"{run['workdir']!r} and {first['workdir']!r} end at different steps or evaluate "
                               f"different tasks ({sorted(map(str, steps | tasks))[0]}); finish both studies.")
+
+
+def _tokenizer_contents(fingerprint: dict[str, Any]) -> str | None:
+    """sha256 of the contents of the tokenizer file a run's fingerprint names; None when it names
+    none that can be read (a study moved or cleaned: its recorded settings still judge)."""
+    path = str(fingerprint.get("data.tokenizer.model_path") or "")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def seed_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

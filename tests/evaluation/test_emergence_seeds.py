@@ -357,7 +357,8 @@ def test_runs_of_one_answer_length_get_the_spread_and_no_mirage_verdict(tmp_path
 
 def test_a_study_recorded_before_a_fingerprint_field_was_added_is_one_study_with_a_later_one(tmp_path):
     # Seed 0 ran before its runs' run.json recorded the tokenizer file's digest (workdir.ADDED_LATER),
-    # seed 1 after: one study, as resuming either run accepts; another digest on both sides still differs.
+    # seed 1 after: one study, as resuming either run accepts. Both recording it: their tokenizers'
+    # contents decide, not the digest, which holds the file's name.
     workdirs = [_study(str(tmp_path), seed, SMOOTH) for seed in (0, 1)]
     for size in SIZES:
         path = os.path.join(workdirs[1], "runs", size, "run.json")
@@ -365,10 +366,23 @@ def test_a_study_recorded_before_a_fingerprint_field_was_added_is_one_study_with
         record["fingerprint"]["data.tokenizer.model_file_sha256"] = "0d8d"
         json.dump(record, open(path, "w"))
     emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in workdirs])
-    for size in SIZES:
-        path = os.path.join(workdirs[0], "runs", size, "run.json")
-        record = json.load(open(path))
-        record["fingerprint"]["data.tokenizer.model_file_sha256"] = "77aa"
-        json.dump(record, open(path, "w"))
-    with pytest.raises(ConfigError, match="data.tokenizer.model_file_sha256"):
+
+    def tokenizer_files(contents: list[bytes]) -> None:
+        # Each study's own tokenizer, named from its workdir's mixture path (so its recorded digest,
+        # of the name too, always differed between two seeds: every real pair of studies was refused).
+        for workdir, data in zip(workdirs, contents):
+            model = os.path.join(workdir, "tokenizers", f"files_bpe_384_{abs(hash(workdir)) % 10**6}.model")
+            os.makedirs(os.path.dirname(model), exist_ok=True)
+            open(model, "wb").write(data)
+            for size in SIZES:
+                path = os.path.join(workdir, "runs", size, "run.json")
+                record = json.load(open(path))
+                record["fingerprint"].update({"data.tokenizer.model_path": model,
+                                              "data.tokenizer.model_file_sha256": f"{hash(model)}"})
+                json.dump(record, open(path, "w"))
+
+    tokenizer_files([b"pieces", b"pieces"])  # the same tokenizer under two names: one study
+    emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in workdirs])
+    tokenizer_files([b"pieces", b"other pieces"])  # another tokenizer: not one study
+    with pytest.raises(ConfigError, match="differ in data.tokenizer.model_file_sha256"):
         emergence_seeds.check_same_study([emergence_seeds.read_seed_run(w, list(SIZES)) for w in workdirs])
