@@ -96,8 +96,10 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
             raise ConfigError(f"eval.final_num_test={ev.get('final_num_test')} must be >= {MIN_ITEMS} when "
                               "eval.final_tasks is set: each curve's item bootstrap needs that many items per task "
                               "(e.g. 1000).")
-        final_tasks = {name: catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train, seed=ev.seed)
-                       for name in final_names}
+        # With the cue too: a chain-of-thought task among them was prompted without the line that opens
+        # its training documents and its every-checkpoint prompts, biasing the final rows against it.
+        final_tasks = {name: _with_cue(catalog_task(name, num_test=ev.final_num_test, num_train=ev.num_train,
+                                                    seed=ev.seed), cue) for name in final_names}
         longest = max(t.spec.max_new_tokens for t in final_tasks.values())
         final_tasks = {n: make_task(t.spec.replace(max_new_tokens=longest), t.splits) for n, t in final_tasks.items()}
         final_entries = plan_suite(final_names, list(ev.final_shots), tasks=final_tasks)
@@ -115,7 +117,12 @@ def plan_study(config: ml_collections.ConfigDict) -> StudyPlan:
     # for the studies that have such entries only (the others keep their cached evaluations).
     filtered = sorted({e.name for e in entries + final_entries
                        if e.num_fewshot and e.task.spec.answer_identifies_problem})
-    fingerprint = _digest({**fields, "answer_filtered_shots": filtered} if filtered else fields)
+    if filtered:
+        fields = {**fields, "answer_filtered_shots": filtered}
+    # Final chain-of-thought prompts that gained the cue on 2026-12-07: those studies evaluate again
+    # (no preset has one: the others keep their cached evaluations).
+    cued = sorted({e.name for e in final_entries if cue and e.task.spec.answer_prefix is not None})
+    fingerprint = _digest({**fields, "final_prompts_cued": cued} if cued else fields)
     return StudyPlan(models, entries, final_entries, train_tasks, fingerprint)
 
 

@@ -280,3 +280,25 @@ def test_the_tokenizers_model_type_is_a_key_and_at_its_default_keeps_a_studys_fi
     other = emergence.plan_study(config)
     assert other.fingerprint != plan.fingerprint
     assert emergence_plan.mixture_fingerprints(config, other)[0] != fingerprints[1][0]
+
+
+def test_a_chain_of_thought_final_task_is_prompted_with_the_cue_its_training_had(monkeypatch):
+    """eval.final_tasks prompted a chain-of-thought task without cot_description, the line opening
+    its training documents and its every-checkpoint prompts: its 1000-item final rows were biased
+    against it. Such studies evaluate again (their key changes); every preset keeps its key."""
+    config = configs.get_config("micro")
+    plain = emergence.plan_study(config)
+    config.eval.final_tasks = (*config.eval.final_tasks, "addition_3digit_cot")
+    config.eval.final_num_test = 1000
+    cue = config.eval.cot_description
+    digested = []
+    digest = emergence_plan._digest
+    monkeypatch.setattr(emergence_plan, "_digest", lambda value: digested.append(value) or digest(value))
+    plan = emergence.plan_study(config)
+    (cot,) = [e for e in plan.final_entries if e.name.startswith("addition_3digit_cot")]
+    tracked = [e for e in plain.eval_entries if e.name.startswith("addition_1digit_cot")][0]
+    assert cot.task.spec.description == cue == tracked.task.spec.description
+    assert all(e.task.spec.description != cue for e in plan.final_entries if e is not cot)  # direct tasks: none
+    assert digested[-1]["final_prompts_cued"] == [cot.name]
+    emergence.plan_study(configs.get_config("micro"))
+    assert "final_prompts_cued" not in digested[-1]
