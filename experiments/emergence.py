@@ -174,8 +174,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, log: Log = pri
     config = ml_collections.ConfigDict(config.to_dict())  # a copy: peak_flops is filled in below
     rows = []
     sizes = list(config.sizes)
-    if worker:  # the largest first: the workers then end close together
-        flops = estimated_training(config)["flops"]
+    if worker:  # the largest first: the workers then end close together (FLOPs only: estimate.* is
+        flops = training_flops(config)  # --dry_run's, and a bad value of it stopped every worker)
         sizes.sort(key=lambda size: -flops[size])
     requests = preemption.stop_requests()
     unfinished = []  # sizes a train.stop_after_steps session left short of train.num_steps
@@ -244,9 +244,8 @@ def train_in_workers(config: ml_collections.ConfigDict, workdir: str, count: int
         raise ConfigError(f"{failure}; finished sizes are kept, rerun the same command to go on.")
 
 
-def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Training FLOPs of every size (sizing's exact train FLOPs per token x tokens) and the time
-    they take at config.estimate's peak FLOP/s and MFU: an estimate, not a measurement."""
+def training_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """{size: training FLOPs}: sizing's exact train FLOPs per token x the tokens it trains on."""
     from research.models import get_config, sizing
 
     train = config.train
@@ -256,6 +255,13 @@ def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
         fields = size_model_fields(config, size)
         model = get_config(fields.pop("preset"), **fields)
         flops[size] = float(sizing.flops_per_token(model, train.seq_len, include_embedding=True).train) * tokens
+    return flops
+
+
+def estimated_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Training FLOPs of every size (training_flops) and the time they take at config.estimate's
+    peak FLOP/s and MFU: an estimate, not a measurement."""
+    flops = training_flops(config)
     peak, mfu = config.estimate.peak_flops, config.estimate.mfu
     if not (isinstance(peak, (int, float)) and isinstance(mfu, (int, float)) and peak > 0 and 0 < mfu <= 1):
         raise ConfigError(f"config.estimate: peak_flops={peak!r} must be > 0 FLOP/s and mfu={mfu!r} in (0, 1], "

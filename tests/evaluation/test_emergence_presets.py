@@ -84,6 +84,9 @@ def test_an_estimate_at_an_impossible_mfu_or_peak_is_refused_in_one_line(field, 
     with pytest.raises(ConfigError, match=rf"config.estimate: .*{field}={re.escape(repr(value))}") as error:
         emergence.estimated_training(config)
     assert "\n" not in str(error.value)
+    # Only --dry_run reads it: a study's workers order their sizes by FLOPs alone (each worker
+    # stopped on the bad value, after the data was prepared, and every rerun did the same).
+    assert emergence.training_flops(config) == emergence.estimated_training(configs.get_config("micro"))["flops"]
 
 
 def test_cpu_tiny_mirage_is_cpu_tiny_base10_with_the_previous_init_and_packed_copy_documents():
