@@ -43,8 +43,8 @@ from research.atomic_files import write_text_atomically
 from research.data.config import DataConfig
 from research.models.config import ConfigError
 from experiments.scaling_laws.run_dirs import RESULT_FILE, _check_same_run, latest_checkpoint, read_result
-from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, same_program_groups, train_alone,
-                                                  train_group, train_one)
+from experiments.scaling_laws.sweep_train import (TrainFn, can_resume_together, common_resume_step,
+                                                  same_program_groups, train_alone, train_group, train_one)
 from research.scaling import sweep_records
 from research.scaling.chinchilla_fit import MIN_BOOTSTRAP, design_problem
 from research.scaling.sweep_plan import (LadderModel, PlannedRun, SweepError, SweepSpec, estimated_seconds,
@@ -345,7 +345,8 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         pending.append((run, one, run_dir, label))
     if not pending:
         return
-    resumed = latest_checkpoint(pending[0][2])
+    together = len(pending) > 1 and can_resume_together(pending)
+    resumed = common_resume_step([p[2] for p in pending]) if together else latest_checkpoint(pending[0][2])
     progress.set_postfix_str(" + ".join(p[0].run_id for p in pending)
                              + (f" (resuming at step {resumed})" if resumed else ""))
 
@@ -360,7 +361,7 @@ def _run_group(group: list[PlannedRun], config: ml_collections.ConfigDict, plan:
         if primary:
             sweep_records.write_tables(_all_records(plan.runs, runs_dir), workdir)
 
-    if len(pending) > 1 and can_resume_together(pending):
+    if together:
         record(pending, train_group(pending))
         return
     # One by one (alone, or e.g. one seed diverged before its first save while the other saved:

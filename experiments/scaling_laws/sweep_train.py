@@ -8,6 +8,7 @@ return; a run that raises is a failed record here, except for a mistake in the c
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from typing import Callable, Sequence
@@ -21,6 +22,8 @@ from research.scaling import sweep_records
 from research.scaling.sweep_plan import PlannedRun
 from research.training.checkpoint_loading import checkpoint_steps_in
 from research.training.preemption import Interrupted
+
+log = logging.getLogger(__name__)
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 
@@ -86,6 +89,8 @@ def can_resume_together(pending: list[tuple]) -> bool:
     from research.training.members import check_common_start
 
     if pending[0][1].train.get("models_across_devices", False) and len(pending) % jax.device_count():
+        log.warning("train.models_across_devices: %d runs of one program cannot be split evenly over %d devices; "
+                    "they train one by one", len(pending), jax.device_count())
         return False
     try:
         check_common_start([run_dir for _, _, run_dir, _ in pending], int(pending[0][1].checkpoint.every_steps))
@@ -94,15 +99,20 @@ def can_resume_together(pending: list[tuple]) -> bool:
     return True
 
 
+def common_resume_step(run_dirs: Sequence[str]) -> int:
+    """The step runs trained as one program resume from: the newest step every one of them saved
+    (members.restore_or_init), 0 when none is common (each run's own newest was recorded: 12 for
+    a run resumed at 8)."""
+    saved = [set(checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))) for run_dir in run_dirs]
+    return max(set.intersection(*saved), default=0)
+
+
 def train_group(pending: list[tuple]) -> list[dict]:
     """Train same-shape runs as one program (resuming from their common checkpoint); each
     gets its own record, as if trained alone (losses equal to float32 rounding)."""
     from research.training.loop import train_together
 
-    # Together they resume from the newest step every run saved (members.restore_or_init), 0 when
-    # none is common: each run's own newest step was recorded (12 for a run resumed at 8).
-    saved = [set(checkpoint_steps_in(os.path.join(run_dir, "checkpoints"))) for _, _, run_dir, _ in pending]
-    resumed = [max(set.intersection(*saved), default=0)] * len(pending)
+    resumed = [common_resume_step([run_dir for _, _, run_dir, _ in pending])] * len(pending)
     start = time.perf_counter()
     try:
         outcomes = train_together([one for _, one, _, _ in pending], [run_dir for _, _, run_dir, _ in pending])

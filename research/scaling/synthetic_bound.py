@@ -13,6 +13,8 @@ it checks the bound's account of the windows against the data pipeline's (tests/
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from research.scaling.synthetic_corpus import MarkovSource
@@ -156,9 +158,11 @@ def eval_set_oracle_nats(data_config, tokenizer, *, batch_size: int, seq_len: in
     if "\u2581" not in pieces or int((symbol_of_id >= 0).sum()) != len(s.alphabet):
         raise ValueError("eval_set_oracle_nats needs a character-level tokenizer: one piece per letter of "
                          f"{s.alphabet!r} and the word-start piece '\u2581'.")
+    # One epoch at most, as the loop reads it (research/training/evaluation.make_evaluation).
     iterator = data_lib.make_batch_iterator(data_config, tokenizer=tokenizer, objective="causal_lm",
-                                            batch_size=batch_size, seq_len=seq_len, split="validation", seed=0)
-    batches = [next(iterator) for _ in range(num_batches)]
+                                            batch_size=batch_size, seq_len=seq_len, split="validation", seed=0,
+                                            num_epochs=1)
+    batches = list(itertools.islice(iterator, num_batches))
     loss, targets = oracle_loss_nats(source_of(s), batches, symbol_of_id=symbol_of_id, eos_id=tokenizer.eos_id,
                                      prefix_id=pieces.index("\u2581"), doc_chars=s.doc_chars, seq_len=seq_len)
-    return {"loss": loss, "targets": targets, "batches": num_batches}
+    return {"loss": loss, "targets": targets, "batches": len(batches)}

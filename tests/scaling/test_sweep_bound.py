@@ -122,6 +122,13 @@ def test_oracle_on_the_pipelines_validation_batches_agrees_with_the_window_bound
     assert 0.9 * 400 * 16 * 8 < result["targets"] <= 400 * 16 * 8  # the packed rows are nearly full
     assert result["loss"] == pytest.approx(bound, abs=0.01)
     assert abs(source.entropy_rate_nats() - bound) > 0.1
+    # Asked for more batches than the split holds, it scores one epoch, as the loop's evaluation
+    # does (it read on into a reshuffled second epoch the runs were no longer scored on).
+    from research.data import make_batch_iterator
+    epoch = list(make_batch_iterator(config, tokenizer=tokenizer, objective="causal_lm", batch_size=16, seq_len=8,
+                                     split="validation", seed=0, num_epochs=1))
+    whole = eval_set_oracle_nats(config, tokenizer, batch_size=16, seq_len=8, num_batches=10 * len(epoch))
+    assert whole["batches"] == len(epoch) and whole["targets"] == sum(int(b["loss_weights"].sum()) for b in epoch)
 
 
 def test_oracle_refuses_an_alphabet_with_a_space_by_naming_it(tmp_path):

@@ -85,3 +85,18 @@ def test_a_split_holding_fewer_batches_than_asked_is_scored_once_with_one_warnin
                         f"({NUM_BATCHES} batches): each evaluation scores those, every row once (a second, reshuffled "
                         f"epoch was averaged in before 2026-12-07); set train.eval_batches={NUM_BATCHES} or fewer to "
                         "silence this."]
+
+
+def test_the_loop_scores_one_epoch_of_a_short_validation_split(tokenizers, tmp_path, caplog):
+    """The loop's wiring: its validation iterators end after one epoch (they repeated forever)."""
+    import re
+
+    from research.training import train_and_evaluate
+    from tests.training.conftest import run_config
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=2, eval_every_steps=2, eval_batches=10_000)
+    config.checkpoint.every_steps = 2
+    with caplog.at_level("WARNING", logger="research.training.evaluation"):
+        result = train_and_evaluate(config, str(tmp_path))
+    (line,) = [r.getMessage() for r in caplog.records if "eval_batches=10000" in r.getMessage()]
+    held = int(re.search(r"holds \((\d+) batches\)", line).group(1))
+    assert 0 < held < 10_000 and math.isfinite(result["eval_loss"])
