@@ -61,7 +61,7 @@ def load_base_model(init: str, model_section: Any, tokenizer_spec: str = "", *, 
         if kind == "checkpoint" and lora_run_config(path) is not None:
             merged = load_lora_run(path, step)
             model_config, params, source = merged.config, merged.params, merged.source
-            tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else merged.tokenizer
+            tokenizer = lora_run_tokenizer(path, tokenizer_spec) if tokenizer_spec else merged.tokenizer
         elif kind == "checkpoint":
             loaded = load_checkpoint(path, step=step, tokenizer=tokenizer_spec or None)
             model_config, tokenizer = loaded.model.config, loaded.tokenizer
@@ -195,6 +195,16 @@ def finetune_run_stop_ids(saved: dict[str, Any], tokenizer: Any) -> tuple[int, .
     if saved.get("path") not in _CHAT_PATHS:
         return ()
     return turn_end_ids(get_chat_template(dict(saved.get("data") or {}).get("chat_template", "plain")), tokenizer)
+
+
+def lora_run_tokenizer(path: str, spec: str) -> Any:
+    """Tokenizer `spec` for the LoRA run in `path`: a SentencePiece file with the T5 sentinels of
+    the run's chain (finetune_run_sentinels), as a full fine-tuning run's loader gives it (a T5 LoRA
+    run loaded with its own .model, or as an init with tokenizer '', lost its 100 sentinels:
+    vocabulary 412 for 512)."""
+    import os
+    sentinels = finetune_run_sentinels(path) if os.path.isfile(spec) else 0
+    return load_tokenizer(spec, num_extra_ids=sentinels)
 
 
 def finetune_run_sentinels(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> int:

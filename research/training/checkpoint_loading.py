@@ -260,7 +260,7 @@ def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = Non
 def _load_lora_run(root: str, step: Step, tokenizer: str | None,
                    model_overrides: dict[str, Any]) -> LoadedModel:
     """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
-    from research.finetune.base_model import load_lora_run, relayout_layers
+    from research.finetune.base_model import load_lora_run, lora_run_tokenizer, relayout_layers
     from research.finetune.run_identity import base_is_recorded
     latest = _pick_step(root, None)
     picked = latest if step is None else _pick_step(root, step)  # _pick_step names the steps held
@@ -274,7 +274,7 @@ def _load_lora_run(root: str, step: Step, tokenizer: str | None,
     merged = load_lora_run(root, picked)
     model_config = merged.config.replace(**model_overrides) if model_overrides else merged.config
     params = relayout_layers(merged.params, merged.config, model_config)
-    text_tokenizer = load_tokenizer(tokenizer) if tokenizer else merged.tokenizer
+    text_tokenizer = lora_run_tokenizer(root, tokenizer) if tokenizer else merged.tokenizer
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
     return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, picked,
                        *_run_generation(run_config(root, picked), model_config, text_tokenizer))
