@@ -144,6 +144,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     if config.get("export_dir"):
         check_export_dir(str(config["export_dir"]))
         check_export_not_a_base(config)
+        check_export_architecture(config)
     # The loop's own settings (opt.warmup_steps past num_steps, a learning rate <= 0, checkpoint.every_steps
     # or train.batch_size 0) were refused only in run_job, after the claim and the job's loading.
     from research.finetune.trainer import loop_configs
@@ -213,6 +214,29 @@ def check_export_dir(export_dir: str) -> None:
     if reason := unwritable_reason(export_dir):
         raise ConfigError(f"export_dir={export_dir!r}: {reason}; give a writable folder, or a new path in one, "
                           "for the Hugging Face export.")
+
+
+def check_export_architecture(config: Mapping[str, Any]) -> None:
+    """The trained model must be one a Hugging Face architecture computes, read from the base's config
+    where that needs no weights: a model to_hf cannot write (an emergence size as LLaMA) failed after
+    all its training, and a decoder trained with data.objective='prefix_lm' (its prompt read both
+    ways) was exported as a causal GPT-2 / LLaMA that transformers reads causally (logits 0.02-0.07
+    off after a few steps), without a word."""
+    from research.finetune.base_model import base_model_config
+    model_config = base_model_config(config.get("init", "random"), config.get("model") or {})
+    if model_config is None:  # read when the job loads the base; to_hf then names what it cannot write
+        return
+    from research.models.hf import check_exportable
+    try:
+        check_exportable(model_config)
+    except ConfigError as error:
+        raise ConfigError(f"export_dir={config['export_dir']!r}: {error} Unset export_dir; the run's checkpoints still "
+                          "load with research.training.load_checkpoint.") from None
+    objective = str(config_section(config, "data").get("objective") or "")
+    if config.get("path") == "domain" and model_config.family == "decoder" and objective == "prefix_lm":
+        raise ConfigError(f"export_dir={config['export_dir']!r}: data.objective='prefix_lm' trains a decoder that reads "
+                          "its prompt both ways, which no Hugging Face decoder does (transformers would read it "
+                          "causally: another model); unset export_dir and load the run with load_checkpoint.")
 
 
 def check_export_not_a_base(config: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from experiments.configs.finetune import get_config
 from research.finetune import finetune_and_evaluate
 from research.models.config import ConfigError
 
@@ -348,3 +349,28 @@ def test_a_reference_that_cannot_score_the_policys_rows_is_one_line_before_the_c
     with pytest.raises(ConfigError, match=rf"^preference.reference='hf:{folder}' {message}") as error:
         finetune_and_evaluate(config, str(tmp_path / "run"))
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_an_export_no_hugging_face_decoder_computes_is_refused_before_training(tmp_path):
+    """export_dir on a model to_hf cannot write (an emergence size: rope with layernorm, biases, an
+    ungated MLP) failed after all its training; on a decoder trained with prefix_lm (its prompt read
+    both ways) it wrote a causal GPT-2 that transformers reads otherwise, without a word. Both are
+    refused by check_config, before the claim; an exportable run still passes."""
+    import json
+
+    from research.finetune.checks import check_config
+    run = tmp_path / "pretrained"
+    (run / "checkpoints" / "4" / "state").mkdir(parents=True)
+    (run / "checkpoints" / "4" / "config").mkdir()
+    (run / "checkpoints" / "4" / "config" / "metadata").write_text(
+        json.dumps({"model": {"preset": "scale-1e4", "position": "rope"}}))
+    config = get_config("sft_tiny")
+    config.init, config.tokenizer, config.export_dir = f"checkpoint:{run}", "", str(tmp_path / "hf")
+    with pytest.raises(ConfigError, match=r"^export_dir=.*: scale-1e4: cannot be expressed as LLaMA: norm='layernorm'"):
+        check_config(config.to_dict())
+    domain = get_config("domain_tiny")
+    domain.export_dir = str(tmp_path / "hf")
+    check_config(domain.to_dict())  # its own objective, causal: exportable
+    domain.data.objective = "prefix_lm"
+    with pytest.raises(ConfigError, match=r"^export_dir=.*: data.objective='prefix_lm' trains a decoder that reads"):
+        check_config(domain.to_dict())

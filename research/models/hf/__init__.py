@@ -147,6 +147,12 @@ def to_hf(model: nn.Module, params: Any, path: str, *, tokenizer: Any = None, st
 _PEFT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
+def check_exportable(config: ModelConfig) -> None:
+    """ConfigError (one line) when to_hf cannot write a model of `config`: read from the config alone,
+    so a run can be refused before it trains rather than after (its export failed at the end)."""
+    _module_for_config(config).config_to_hf(config)
+
+
 def supported_model_types() -> list[str]:
     return sorted(_MODULE_FOR_TYPE)
 
