@@ -288,8 +288,8 @@ def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | N
 
 
 def _checked_tasks(lm: HarnessLM, manager: Any, names: Sequence[str]) -> list[Any]:
-    """The tasks to evaluate, each generate_until task's generation_kwargs checked as lm will read
-    them: lm-eval runs every task's loglikelihood requests before any generation, so a length
+    """The tasks to evaluate, each checked for an output type the model answers (Harness.unsupported)
+    and each generate_until task's generation_kwargs as lm will read them: lm-eval runs every task's loglikelihood requests before any generation, so a length
     past max_length was refused only after those were scored. The built tasks and groups are
     handed on in place of their names, so lm-eval does not build them again; a tag (several
     tasks under one name) is handed on by name. An lm-eval without TaskManager.load (before
@@ -298,6 +298,10 @@ def _checked_tasks(lm: HarnessLM, manager: Any, names: Sequence[str]) -> list[An
         return list(names)
     loaded = manager.load(list(names))
     for name, task in loaded["tasks"].items():
+        # An output type the model cannot answer (T5's rolling loglikelihood) was refused only once
+        # lm-eval reached it, after every loglikelihood request of the other tasks was scored.
+        if (why := lm.harness.unsupported(task.OUTPUT_TYPE)) is not None:
+            raise ConfigError(f"lm-eval task {name!r} ({task.OUTPUT_TYPE}): {why}")
         if task.OUTPUT_TYPE == "generate_until":
             lm.generation_options(task.config.generation_kwargs, name)
     built = [loaded["groups"][name] if name in loaded["groups"] else loaded["tasks"].get(name) for name in names]

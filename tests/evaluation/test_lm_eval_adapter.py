@@ -348,3 +348,17 @@ def test_max_gen_toks_serves_tasks_that_set_none_and_is_checked_before_scoring(s
         with pytest.raises(ConfigError, match=message) as error:
             run(lm, task)
         assert "\n" not in str(error.value)
+
+
+def test_an_output_type_the_model_cannot_answer_is_refused_before_any_scoring(setup, monkeypatch):
+    """On a T5 a multiple-choice task then a rolling one scored every loglikelihood request of the
+    first and only then raised: the adapter checks each task's output type against the harness
+    (Harness.unsupported, what experiments.evaluate checks) before lm-eval scores anything."""
+    harness, _, lm_eval_dir = setup
+    why = "t5-tiny is an 'encoder_decoder' model; rolling (unconditional) loglikelihood needs a decoder-only model."
+    monkeypatch.setattr(harness, "unsupported", lambda output_type: why if output_type == "loglikelihood_rolling"
+                        else None)
+    monkeypatch.setattr(harness, "loglikelihood", lambda *a: pytest.fail("scored before the refusal"))
+    with pytest.raises(ConfigError, match=r"^lm-eval task 'local_text' \(loglikelihood_rolling\): t5-tiny is an "):
+        evaluate_tasks(HarnessLM(harness), ["local_capitals", "local_text"], include_path=str(lm_eval_dir),
+                       include_defaults=False, bootstrap_iters=0, limit=2)
