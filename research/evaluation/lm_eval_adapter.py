@@ -289,8 +289,9 @@ def evaluate_tasks(lm: HarnessLM, tasks: Sequence[str], *, include_path: str | N
 
 def _checked_tasks(lm: HarnessLM, manager: Any, names: Sequence[str]) -> list[Any]:
     """The tasks to evaluate, each checked for an output type the model answers (Harness.unsupported)
-    and each generate_until task's generation_kwargs as lm will read them: lm-eval runs every task's loglikelihood requests before any generation, so a length
-    past max_length was refused only after those were scored. The built tasks and groups are
+    and each generate_until task's generation_kwargs as lm will read them: lm-eval runs every
+    task's loglikelihood requests before any generation, so a length past max_length was refused
+    only after those were scored. The built tasks and groups are
     handed on in place of their names, so lm-eval does not build them again; a tag (several
     tasks under one name) is handed on by name. An lm-eval without TaskManager.load (before
     0.4.13) gets the names, checked only at generation."""

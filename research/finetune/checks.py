@@ -234,9 +234,9 @@ def check_export_architecture(config: Mapping[str, Any]) -> None:
                           "load with research.training.load_checkpoint.") from None
     objective = str(config_section(config, "data").get("objective") or "")
     if config.get("path") == "domain" and model_config.family == "decoder" and objective == "prefix_lm":
-        raise ConfigError(f"export_dir={config['export_dir']!r}: data.objective='prefix_lm' trains a decoder that reads "
-                          "its prompt both ways, which no Hugging Face decoder does (transformers would read it "
-                          "causally: another model); unset export_dir and load the run with load_checkpoint.")
+        raise ConfigError(f"export_dir={config['export_dir']!r}: data.objective='prefix_lm' trains a decoder that "
+                          "reads its prompt both ways, which no Hugging Face decoder does (transformers would read "
+                          "it causally: another model); unset export_dir and load the run with load_checkpoint.")
 
 
 def check_export_not_a_base(config: Mapping[str, Any]) -> None:
