@@ -33,6 +33,7 @@ to --output_dir:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -165,6 +166,15 @@ def _tokenizer_contents(fingerprint: dict[str, Any]) -> str | None:
     path = str(fingerprint.get("data.tokenizer.model_path") or "")
     if not os.path.isfile(path):
         return None
+    stat = os.stat(path)
+    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Every size of a study names the same tokenizer file: read once per command, not once per size
+    # (keyed by its stat too, so a file rewritten meanwhile is read again).
+    del size, mtime_ns
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

@@ -198,13 +198,12 @@ def finetune_run_stop_ids(saved: dict[str, Any], tokenizer: Any) -> tuple[int, .
 
 
 def lora_run_tokenizer(path: str, spec: str) -> Any:
-    """Tokenizer `spec` for the LoRA run in `path`: a SentencePiece file with the T5 sentinels of
-    the run's chain (finetune_run_sentinels), as a full fine-tuning run's loader gives it (a T5 LoRA
-    run loaded with its own .model, or as an init with tokenizer '', lost its 100 sentinels:
-    vocabulary 412 for 512)."""
-    import os
-    sentinels = finetune_run_sentinels(path) if os.path.isfile(spec) else 0
-    return load_tokenizer(spec, num_extra_ids=sentinels)
+    """Tokenizer `spec` for the LoRA run in `path`, loaded as any fine-tuning run's checkpoint loads
+    one (checkpoint_loading's run tokenizer: a SentencePiece file with the T5 sentinels of the run's
+    chain). Loaded without them, a T5 LoRA run given its own .model, or used as an init with
+    tokenizer '', had vocabulary 412 for 512."""
+    from research.training.checkpoint_loading import run_config, run_tokenizer
+    return run_tokenizer(run_config(path), path, spec)
 
 
 def finetune_run_sentinels(path: str, depth: int = 0, saved: dict[str, Any] | None = None) -> int:

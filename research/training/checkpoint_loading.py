@@ -242,7 +242,7 @@ def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = Non
             saved_config = model_config_from_run(config)
             model_config = saved_config.replace(**model_overrides) if model_overrides else saved_config
             if text_tokenizer is None:  # checked before the params are read: a wrong tokenizer fails at once
-                text_tokenizer = _run_tokenizer(config, workdir, tokenizer)
+                text_tokenizer = run_tokenizer(config, workdir, tokenizer)
             check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
             # An override of scan_layers changes the model's parameter tree too (stacked or per layer).
             params = relayout_layers(restore_params(os.path.join(root, str(candidate))), saved_config, model_config)
@@ -260,7 +260,7 @@ def load_checkpoint(path: str, *, step: Step = None, tokenizer: str | None = Non
 def _load_lora_run(root: str, step: Step, tokenizer: str | None,
                    model_overrides: dict[str, Any]) -> LoadedModel:
     """A fine-tuning LoRA run's model: its adapters merged into the base it was trained on."""
-    from research.finetune.base_model import load_lora_run, lora_run_tokenizer, relayout_layers
+    from research.finetune.base_model import load_lora_run, relayout_layers
     from research.finetune.run_identity import base_is_recorded
     latest = _pick_step(root, None)
     picked = latest if step is None else _pick_step(root, step)  # _pick_step names the steps held
@@ -274,10 +274,11 @@ def _load_lora_run(root: str, step: Step, tokenizer: str | None,
     merged = load_lora_run(root, picked)
     model_config = merged.config.replace(**model_overrides) if model_overrides else merged.config
     params = relayout_layers(merged.params, merged.config, model_config)
-    text_tokenizer = lora_run_tokenizer(root, tokenizer) if tokenizer else merged.tokenizer
+    saved = run_config(root, picked)
+    text_tokenizer = run_tokenizer(saved, root, tokenizer) if tokenizer else merged.tokenizer
     check_vocabulary(text_tokenizer, model_config.vocab_size, model_config.name)
     return LoadedModel(build_model(model_config), params, text_tokenizer, merged.source, picked,
-                       *_run_generation(run_config(root, picked), model_config, text_tokenizer))
+                       *_run_generation(saved, model_config, text_tokenizer))
 
 
 def _run_generation(config: dict[str, Any], model_config: ModelConfig,
@@ -290,14 +291,14 @@ def _run_generation(config: dict[str, Any], model_config: ModelConfig,
     or a domain-adaptation run's data.objective (the other fine-tuning paths train causally)."""
     from research.finetune.base_model import finetune_run_stop_ids
     stop_ids = tuple(i for i in finetune_run_stop_ids(config, tokenizer) if i < model_config.vocab_size)
-    if "path" in config and "init" in config:  # a fine-tuning run (see _run_tokenizer)
+    if "path" in config and "init" in config:  # a fine-tuning run (see run_tokenizer)
         objective = dict(config.get("data") or {}).get("objective") if config.get("path") == "domain" else None
     else:
         objective = config.get("objective")
     return stop_ids, model_config.family == "decoder" and objective == "prefix_lm"
 
 
-def _run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
+def run_tokenizer(config: dict[str, Any], workdir: str, tokenizer: str | None) -> TextTokenizer:
     """The tokenizer to load a run's checkpoint with: `tokenizer` (a load_tokenizer spec), else the run's own."""
     # The run's SentencePiece model carries its T5 sentinels (data.tokenizer.num_extra_ids):
     # without them the vocabulary looks smaller, so generation would never emit a sentinel and

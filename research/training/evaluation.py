@@ -58,8 +58,8 @@ def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Na
         iterators = batches()
         pending = []  # (batches in the call, its device outputs): fetched after the last call
         for first in range(0, num_batches, block_len):
-            rows = []
-            for _ in range(min(block_len, num_batches - first)):
+            rows, wanted = [], min(block_len, num_batches - first)
+            for _ in range(wanted):
                 try:
                     rows.append([next(it) for it in iterators])
                 except StopIteration:  # one epoch of the validation split is all it holds: each row once
@@ -67,7 +67,7 @@ def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Na
             if rows:  # zero batches past the data fill the last call; their sums are not added
                 block = stack_block(rows, block_len, per_member)
                 pending.append((len(rows), compiled(params, partitioning.shard_batch(block, block_sharding))))
-            if len(rows) < min(block_len, num_batches - first):
+            if len(rows) < wanted:
                 if not warned:
                     warned.append(True)
                     log.warning("train.eval_batches=%d is more than the validation split holds (%d batches): each "
