@@ -73,14 +73,14 @@ def test_an_unparsable_tokenizer_json_is_a_one_line_error(tmp_path):
 
 
 def test_the_runs_own_model_passed_explicitly_keeps_its_sentinels(tmp_path):
-    from research.training.checkpoint_loading import _run_tokenizer
+    from research.training.checkpoint_loading import run_tokenizer
 
     os.makedirs(tmp_path / "tokenizers")
     proto = _sentencepiece_model(pad_id=0, eos_id=1, unk_id=2, bos_id=3)
     for name in ("a", "b"):  # two models: the run's cannot be told, so the error asks for --tokenizer=PATH.model
         (tmp_path / "tokenizers" / f"{name}.model").write_bytes(proto)
     config = {"data": {"source": "stdlib", "tokenizer": {"vocab_size": 120, "num_extra_ids": 10}}}
-    explicit = _run_tokenizer(config, str(tmp_path), str(tmp_path / "tokenizers" / "a.model"))
+    explicit = run_tokenizer(config, str(tmp_path), str(tmp_path / "tokenizers" / "a.model"))
     assert explicit.vocab_size == 130
     assert explicit.decode([explicit.sentinel_id(0)]) == "<extra_id_0>"
-    assert _run_tokenizer(config, str(tmp_path), "char").vocab_size < 120  # no sentinels for a char tokenizer
+    assert run_tokenizer(config, str(tmp_path), "char").vocab_size < 120  # no sentinels for a char tokenizer
