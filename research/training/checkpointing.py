@@ -242,6 +242,28 @@ def _set_aside_unreadable_metrics(directory: str) -> None:
         multihost_utils.sync_global_devices("checkpoint_metrics_set_aside")
 
 
+@dataclasses.dataclass
+class _HoldingPolicy:
+    """The configured preservation policies, and also every step at or after `floor` (None: no
+    floor). Models trained together resume from a step all of them saved: with keep_last 1 each
+    model's save of step S deleted its step S - every_steps once S was written, so a kill between
+    the models' saves of S left no step in common and the whole group restarted from step 0. A
+    model now keeps the group's last common step until every model has committed a newer one.
+    Steps kept for the floor alone are noted in `held` (Checkpointer.release_held deletes them)."""
+
+    configured: Any
+    floor: int | None = None
+    held: set[int] = dataclasses.field(default_factory=set)
+
+    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
+        keep = list(self.configured.should_preserve(checkpoints, context=context))
+        for i, info in enumerate(checkpoints):
+            if not keep[i] and self.floor is not None and info.step >= self.floor:
+                keep[i] = True
+                self.held.add(info.step)
+        return keep
+
+
 class Checkpointer:
     """Saves and restores a run in `directory` (usually <workdir>/checkpoints)."""
 
@@ -262,8 +284,9 @@ class Checkpointer:
             # steps an earlier process saved; without it they are reloaded without metrics and
             # every one of them is kept (keep_last / keep_best ignored across sessions).
             best = dict(best_fn=_best_metric, best_mode="min")
+        self._policy = _HoldingPolicy(policies.AnyPreservationPolicy(keep))
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy(keep), **best,
+            preservation_policy=self._policy, **best,
             enable_async_checkpointing=config.async_save,
             create=True,
             # Orbax names its cross-process barriers by step alone: the managers of models trained
@@ -396,6 +419,20 @@ class Checkpointer:
         they all saved, and will save the later steps again."""
         for later in [s for s in self._manager.all_steps() if s > step]:
             self._manager.delete(later)
+
+    def hold_from(self, step: int | None) -> None:
+        """Keep `step` and every later step whatever keep_last says (None: keep as configured),
+        until release_held moves the floor past them (_HoldingPolicy says why)."""
+        self._policy.floor = step
+
+    def release_held(self, floor: int) -> None:
+        """Delete the steps before `floor` that were kept only for the previous floor, and hold
+        from `floor` on. Call once every model of the group has committed `floor`."""
+        for step in sorted(s for s in self._policy.held if s < floor):
+            if step in self._manager.all_steps():  # orbax's next save may have dropped it already
+                self._manager.delete(step)
+            self._policy.held.discard(step)
+        self._policy.floor = floor
 
     def wait(self) -> None:
         """Block until any background save has been committed."""

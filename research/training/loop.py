@@ -401,6 +401,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         record(*pending, hold=step)
                         pending = None
                         eval_metrics = run_eval(state.params) if evaluate else [{} for _ in members]
+                        if save:  # the previous round committed by all: each drops the step held for it
+                            members_lib.release_held(members)
                         # ... and never one whose next loss cannot be finite (an overflowed update).
                         members_lib.stop_if_not_finite(members, step, params_finite(state.params), eval_metrics,
                                                        stacked=stacked)
@@ -427,6 +429,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                 pending = None
                             members_lib.stop_if_not_finite(members, step, params_finite(state.params),
                                                            [{} for _ in members], stacked=stacked)
+                            members_lib.release_held(members)
                             for m, metrics in zip(members, eval_metrics if evaluate else [{} for _ in members]):
                                 if m.error is None:  # its eval loss ranks it for keep_best / step='best'; none: last
                                     save_model(m, step, state, block, metrics.get(BEST_METRIC, float("inf")))
@@ -435,6 +438,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                         unevaluated_stop = not evaluate
                 if pending is not None:
                     record(*pending, hold=None)
+                members_lib.release_held(members)
                 # Nothing left (a finished run rerun, or stop_after_steps at or below the restored step), or
                 # stop_after_steps at a step not evaluated: report the model at `step` with the train metrics
                 # its run recorded, as a rerun of the command does (not the stop step's unrecorded losses

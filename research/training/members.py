@@ -170,8 +170,9 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
                     + "; ".join(f"model {m.index}: {s or 'none'}" for m, s in zip(members, all_steps))
                     + "), so they cannot resume together; continue each model in a run of its own or use a new "
                     "workdir; nothing was deleted.")
-            # A kill between the models' saves with keep_last 1 (the others had dropped the step
-            # the laggards hold): no step to resume all from exactly, so all start again.
+            # Each model keeps the group's last common step until all have saved a newer one
+            # (Checkpointer.hold_from), so only folders from before that rule (a kill between the
+            # models' saves with keep_last 1) or edited by hand get here: all start again.
             log.warning("the models saved no common step (a kill between their saves; checkpoint.keep_last=%d): "
                         "all restart from step 0", members[0].checkpoint.keep_last)
             for m in members:
@@ -194,6 +195,8 @@ def restore_or_init(members: list[Member], abstract: Any, shardings: Any, source
             break
     step = restored.pop()
     for m in members:
+        if len(members) > 1:  # until every model has committed a newer step (release_held)
+            m.checkpointer.hold_from(step)
         m.writer.forget_after(step)
         # [issue-13b] Resuming with another num_steps / schedule, batch size or optimizer number: say so in one line.
         saved_config, config = m.checkpointer.restore_config(step), m.config.to_dict()
@@ -293,6 +296,21 @@ def record_block(members: list[Member], first: int, num_steps: int, device_metri
                 log_step(m, step, {**values, **speed}, progress)
 
 
+def release_held(members: list[Member]) -> None:
+    """Models trained together, before a round of saves and after the last: once every model
+    still training has committed its newest step, each drops the older step it kept for the
+    group (Checkpointer.hold_from: a kill between the models' saves leaves a step in common)."""
+    active = [m for m in members if m.error is None]
+    if len(members) < 2 or not active:
+        return
+    for m in active:
+        m.checkpointer.wait()
+    newest = [m.checkpointer.latest_step() for m in active]
+    if None not in newest:
+        for m in active:
+            m.checkpointer.release_held(min(newest))
+
+
 def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric: float | None) -> None:
     """Save model m at `step`: `own_state` is its slice of the state, laid out as if trained
     alone, `position` its data iterator's position; best_metric None: the step was not
@@ -309,6 +327,7 @@ def interrupted(members: list[Member], signal_name: str, step: int) -> preemptio
     earlier saved nothing there and a rerun refuses it (check_common_start), so the line names
     only the saved checkpoints, and says to drop the diverged models instead of "rerun the same
     command"."""
+    release_held(members)
     saved = ", ".join(m.checkpointer.directory for m in members if m.error is None)
     diverged = [m for m in members if m.error is not None]
     if not diverged:

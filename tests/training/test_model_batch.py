@@ -395,6 +395,38 @@ def test_models_far_apart_are_refused_and_a_kill_between_saves_restarts(tokenize
         assert [p.name for p in directory.iterdir() if p.name.isdigit()] == ["12"]
 
 
+def test_a_kill_between_the_models_saves_leaves_a_step_in_common(tokenizers, compilation_cache, tmp_path,
+                                                                 monkeypatch, caplog):
+    """keep_last 1, saves every 4 of 12 steps, the run dies between the models' saves of step 8:
+    model 0 still holds step 4 (its save of 8 deleted it, and the group restarted from step 0),
+    both resume from step 4, and each ends with keep_last's one step."""
+    import logging
+    from research.training import members as members_lib
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=12, steps_per_call=4)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    config.checkpoint.update(dict(keep_last=1, keep_best=0))
+    save_member = members_lib.save_member
+
+    def dies_before_model_1_saves_step_8(m, step, *args):
+        if (m.index, step) == (1, 8):
+            raise RuntimeError("killed")
+        save_member(m, step, *args)
+
+    monkeypatch.setattr(members_lib, "save_member", dies_before_model_1_saves_step_8)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_and_evaluate(config, str(tmp_path))
+    folders = [tmp_path / f"opt.learning_rate={v}" / "checkpoints" for v in ("0.001", "0.002")]
+    saved = [sorted(int(p.name) for p in f.iterdir() if p.name.isdigit()) for f in folders]
+    assert saved == [[4, 8], [4]]
+    monkeypatch.setattr(members_lib, "save_member", save_member)
+    with caplog.at_level(logging.INFO):
+        train_and_evaluate(config, str(tmp_path))
+    assert not any("restart from step 0" in r.getMessage() for r in caplog.records)
+    assert [sorted(p.name for p in f.iterdir() if p.name.isdigit()) for f in folders] == [["12"], ["12"]]
+    losses = [[r["step"] for r in read_metrics(str(f.parent)) if "loss" in r] for f in folders]
+    assert losses == [list(range(1, 13))] * 2  # steps 5-8 recorded again, nothing twice
+
+
 @pytest.mark.parametrize("models_per_call", [1, 2, 3])
 def test_models_in_groups_compute_what_the_whole_vmap_computes(models_per_call):
     import jax
