@@ -38,3 +38,35 @@ def test_entry_points_import_together_and_define_no_flags():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def _fields_no_flag_can_set(node, path: str) -> list[str]:
+    """Leaves that are a plain None: ml_collections refuses any --config override of them (a
+    placeholder(type) field, None until given, takes its type's values)."""
+    found = []
+    for key in node.keys():
+        value = node[key]
+        if hasattr(value, "keys") and not isinstance(value, dict):
+            found += _fields_no_flag_can_set(value, f"{path}.{key}")
+        elif value is None and node.get_type(key) is type(None):
+            found.append(f"{path}.{key}")
+    return found
+
+
+def test_every_preset_field_that_is_none_can_be_set_from_the_command_line():
+    """scaling_laws' data.tokenizer.model_path and data.max_documents were plain None: a sweep on real
+    text could not take a trained tokenizer or cap its documents by flag ("NoneType ... not supported")."""
+    import importlib
+    from ml_collections import config_flags
+    for name in ("pretrain", "finetune", "scaling_laws", "emergence", "prepare_data"):
+        module = importlib.import_module(f"experiments.configs.{name}")
+        for preset in [p for attr in ("PRESETS", "BATCHED_PRESETS", "ACCELERATOR_PRESETS")
+                       for p in getattr(module, attr, ())]:
+            assert _fields_no_flag_can_set(module.get_config(preset), "config") == [], (name, preset)
+    from absl import flags
+    argv = ["prog", "--config=experiments/configs/scaling_laws.py:stdlib_tiny",
+            "--config.data.tokenizer.model_path=/x.model", "--config.data.max_documents=5"]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+    values(argv)
+    assert (values.config.data.tokenizer.model_path, values.config.data.max_documents) == ("/x.model", 5)

@@ -75,12 +75,12 @@ def _synthetic(config: ml_collections.ConfigDict, **fields) -> None:
     """Train on the Markov corpus with a character-level tokenizer (one token per character)."""
     synthetic = SyntheticConfig(**fields)
     config.data = ml_collections.ConfigDict(dict(
-        **_OTHER_SOURCES, source="synthetic", validation_fraction=0.001, max_documents=None,
+        **_OTHER_SOURCES, source="synthetic", validation_fraction=0.001, max_documents=placeholder(int),
         synthetic=dict(source_seed=synthetic.source_seed, alphabet=synthetic.alphabet, order=synthetic.order,
                        concentration=synthetic.concentration, zipf_exponent=synthetic.zipf_exponent,
                        hierarchical=synthetic.hierarchical, doc_chars=synthetic.doc_chars,
                        num_documents=synthetic.num_documents, sample_seed=synthetic.sample_seed),
-        tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=None, vocab_size=synthetic.char_vocab_size,
+        tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=placeholder(str), vocab_size=synthetic.char_vocab_size,
                        byte_fallback=False, character_coverage=1.0, max_training_chars=200_000, num_extra_ids=0)))
 
 
@@ -188,9 +188,9 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         # Read tokens per parameter at the optimum off fit.json: IsoFLOP minima per budget
         # (Approach 2) and Approach 3's compute_optimal rows.
         config.data = ml_collections.ConfigDict(dict(
-            **_OTHER_SOURCES, source="stdlib", validation_fraction=0.05, max_documents=None,
-            tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=None, vocab_size=128, byte_fallback=False,
-                           character_coverage=0.9995, max_training_chars=2_000_000, num_extra_ids=0)))
+            **_OTHER_SOURCES, source="stdlib", validation_fraction=0.05, max_documents=placeholder(int),
+            tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=placeholder(str), vocab_size=128,
+                           byte_fallback=False, character_coverage=0.9995, max_training_chars=2_000_000, num_extra_ids=0)))
         # Its validation split holds 779 of the 800 batches asked (16 x 64, Python 3.11's stdlib): each run
         # is scored on those, every row once, with one warning (before 2026-12-07 21 batches of a
         # reshuffled second epoch were averaged in, the figures above too). eval_batches stays 800: it is
