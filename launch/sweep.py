@@ -136,7 +136,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.strip().removeprefix("--")
-        if not sep or not key or not value:
+        # An empty value is one: --config.tokenizer= (fine-tuning: the checkpoint's own tokenizer).
+        if not sep or not key:
             raise LaunchError(f"--override={override!r} is not KEY=VALUE; e.g. --override=config.train.num_steps=100.")
         key = key if key.startswith("config.") else f"config.{key}"
         if key in parsed:
@@ -162,10 +163,14 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
         raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
     batched = root.get("batched") if hasattr(root, "get") else None
     batched = batched.get("field") if hasattr(batched, "get") else None
-    if batched and f"config.{batched}" in keys:
-        raise LaunchError(f"config.{batched}: --config={config!r} trains several values of it in one job "
-                          f"(config.batched.field={batched!r}), so a job's own value would be replaced; sweep "
-                          "another field, or launch a preset without config.batched.")
+    # The preset's batched field, or one an --override or a sweep entry sets: each job's own value of
+    # it would be replaced by batched.values (three jobs "learning_rate=..." trained the same models).
+    named = [batched, (values or {}).get("config.batched.field"), *(e.get("config.batched.field") for e in sweep)]
+    for field in dict.fromkeys(str(f) for f in named if f):
+        if f"config.{field}" in keys:
+            raise LaunchError(f"config.{field}: the jobs train several values of it each (config.batched.field="
+                              f"{field!r}), so a job's own value would be replaced; sweep another field, or launch "
+                              "without config.batched.")
     fields = {}
     for key in keys:
         node, parent, walked = root, None, []

@@ -182,6 +182,10 @@ def test_overrides_reach_every_job_and_are_checked_against_the_config():
     for bad, message in (("train.num_steps", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE")):
         with pytest.raises(LaunchError, match=message):
             parse_overrides([bad])
+    # An empty value is a value: finetune's --config.tokenizer= (the checkpoint's own tokenizer).
+    assert parse_overrides(["config.tokenizer="]) == {"config.tokenizer": ""}
+    with pytest.raises(LaunchError, match=r"config.train.num_steps is int"):
+        check_config_keys(PRETRAIN, ["config.train.num_steps"], {"config.train.num_steps": ""})
     with pytest.raises(LaunchError, match="sets config.a twice"):
         parse_overrides(["a=1", "config.a=2"])
     check_config_keys(PRETRAIN, ["config.train.num_steps", "config.opt.learning_rate"])
@@ -219,10 +223,19 @@ def test_sweeps_that_do_not_suit_the_preset_are_one_line_errors():
         load_sweep("experiments/configs/finetune.py")
     # gpt_tiny_lr_sweep trains get_sweep()'s learning rates in each job (config.batched).
     lr_sweep = "experiments/configs/pretrain.py:gpt_tiny_lr_sweep"
-    with pytest.raises(LaunchError, match=r"config.opt.learning_rate: --config=.*trains several values of it in one "
-                                          r"job \(config.batched.field='opt.learning_rate'\)"):
+    with pytest.raises(LaunchError, match=r"config.opt.learning_rate: the jobs train several values of it each "
+                                          r"\(config.batched.field='opt.learning_rate'\)"):
         check_config_keys(lr_sweep, ["config.opt.learning_rate"])
     check_config_keys(lr_sweep, ["config.train.seed"])
+    # The batched field set by an --override or a sweep entry: PRETRAIN's three learning-rate jobs each
+    # trained the same two values (their own replaced), under names saying otherwise.
+    keys = ["config.opt.learning_rate", "config.batched.field", "config.batched.values"]
+    batched = {"config.batched.field": "opt.learning_rate", "config.batched.values": "(1e-3,3e-3)"}
+    with pytest.raises(LaunchError, match=r"config.opt.learning_rate: the jobs train several values of it each"):
+        check_config_keys(PRETRAIN, keys, batched, load_sweep(PRETRAIN))
+    with pytest.raises(LaunchError, match=r"config.opt.learning_rate: the jobs train several values of it each"):
+        check_config_keys(PRETRAIN, keys, sweep=[{"config.opt.learning_rate": 1e-3, **batched}])
+    check_config_keys(PRETRAIN, keys[1:], batched)
 
 
 def test_sweep_values_are_checked_against_the_config_and_none_reaches_no_flag():
