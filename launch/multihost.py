@@ -3,7 +3,7 @@
     python -m launch.multihost experiments.pretrain --config=... --workdir=...
 
 On one host this is just `python -m experiments.pretrain ...`. On several (a SLURM job with
-one task per host, a multi-host TPU VM slice, or explicit JAX_COORDINATOR_ADDRESS /
+one task per host, a Cloud TPU VM slice or GKE TPU pods, or explicit JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID), every process first calls jax.distributed.initialize,
 which must happen before anything touches a device; the entry point then sees all hosts'
 devices in jax.devices() and its own in jax.local_devices().
@@ -33,8 +33,21 @@ def _count(env: Mapping[str, str], name: str) -> int:
         raise SystemExit(f"error: {name}={env[name]!r} is not an integer; set it to a whole number.") from None
 
 
-def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
-    """"explicit", "slurm" or "tpu" when this process is one of several hosts; None on one host."""
+def tpu_chips_attached() -> int:
+    """TPU chips on this machine's PCI bus (jax's own probe; 0 where it cannot tell)."""
+    try:
+        from jax._src import hardware_utils
+        return int(hardware_utils.num_available_tpu_chips_and_device_id()[0])
+    except Exception:  # a jax without the private probe: detection falls back to the variables
+        return 0
+
+
+def cluster_kind(env: Mapping[str, str] = os.environ, tpu_chips: int | None = None) -> str | None:
+    """"explicit", "slurm" or "tpu" when this process is one of several hosts; None on one host.
+    "tpu" also on a Cloud TPU VM (TPU chips attached, `tpu_chips`, default probed): there no
+    variable lists the slice's workers (GKE's TPU_WORKER_HOSTNAMES is not set on a VM created by
+    gcloud), and jax's plugin reads them from the VM's metadata server; a single-host VM then
+    joins a one-process cluster."""
     explicit = [name for name in _EXPLICIT if env.get(name)]
     if explicit:
         if len(explicit) < len(_EXPLICIT):
@@ -44,10 +57,11 @@ def cluster_kind(env: Mapping[str, str] = os.environ) -> str | None:
         return "explicit"
     if env.get("SLURM_NTASKS") and _count(env, "SLURM_NTASKS") > 1 and all(env.get(v) for v in _SLURM_STEP):
         return "slurm"
-    # A TPU VM slice lists every worker's hostname; a single-host TPU lists one (or none).
-    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
-        return "tpu"
-    return None
+    # A GKE TPU slice lists every worker's hostname; a single-host one lists one.
+    if "TPU_WORKER_HOSTNAMES" in env:
+        return "tpu" if len([h for h in env["TPU_WORKER_HOSTNAMES"].split(",") if h]) > 1 else None
+    # Without jax.distributed, orbax's multi-process async save raised at a slice's first checkpoint.
+    return "tpu" if (tpu_chips_attached() if tpu_chips is None else tpu_chips) > 0 else None
 
 
 def slurm_local_device_ids(env: Mapping[str, str] = os.environ) -> list[int] | None:
@@ -84,14 +98,14 @@ def _explicit_args(env: Mapping[str, str]) -> dict[str, str | int]:
     return {"coordinator_address": address, "num_processes": count, "process_id": index}
 
 
-def initialize(env: Mapping[str, str] = os.environ) -> str | None:
+def initialize(env: Mapping[str, str] = os.environ, tpu_chips: int | None = None) -> str | None:
     """Call jax.distributed.initialize when running on several hosts; returns the cluster kind.
 
     SLURM and TPU slices are detected by jax itself (its cluster plugins read the same
     variables; for SLURM we add the GPUs, see slurm_local_device_ids); the explicit form passes
     coordinator, process count and id through.
     """
-    kind = cluster_kind(env)
+    kind = cluster_kind(env, tpu_chips)
     if kind is None:
         return None
     explicit = _explicit_args(env) if kind == "explicit" else {}
@@ -101,6 +115,13 @@ def initialize(env: Mapping[str, str] = os.environ) -> str | None:
         jax.distributed.initialize(**explicit)
     elif kind == "slurm" and (devices := slurm_local_device_ids(env)) is not None:
         jax.distributed.initialize(local_device_ids=devices)
+    elif kind == "tpu" and "TPU_WORKER_HOSTNAMES" not in env:
+        try:  # TPU chips, but perhaps no metadata server naming a slice (a TPU machine outside Cloud TPU)
+            jax.distributed.initialize()
+        except ValueError as error:  # jax: no cluster detected, so no coordinator address
+            print(f"warning: TPU chips attached but jax found no TPU slice ({str(error).strip().splitlines()[0]}); "
+                  "running as one process.", file=sys.stderr)
+            return None
     else:
         jax.distributed.initialize()
     return kind

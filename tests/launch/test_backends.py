@@ -221,7 +221,11 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
     step = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     assert multihost.initialize({}) is None and multihost.initialize({"SLURM_NTASKS": "1", **step}) is None
-    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}) is None
+    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}, tpu_chips=4) is None
+    assert multihost.cluster_kind({}) is None  # this machine: no TPU chips
+    # A Cloud TPU VM (made by gcloud, which launch's tpu_vm backend drives) has TPU chips and no
+    # TPU_WORKER_HOSTNAMES: jax's plugin reads its slice from the metadata server. It never joined.
+    assert multihost.initialize({}, tpu_chips=4) == "tpu"
     # An allocation's own shell (salloc -n4, an sbatch script outside srun) is one process, not a step.
     assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_NNODES": "4"}) is None
     # One task per GPU (4 on one node): jax gives each its GPU (SLURM_LOCALID) itself.
@@ -234,7 +238,7 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == "tpu"
     assert multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2",
                                  "JAX_PROCESS_ID": "1"}) == "explicit"
-    assert calls == [{}, {"local_device_ids": list(range(8))}, {"local_device_ids": [0, 1]}, {},
+    assert calls == [{}, {}, {"local_device_ids": list(range(8))}, {"local_device_ids": [0, 1]}, {},
                      {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}]
     with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID not"):
         multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1234"})
@@ -243,7 +247,23 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
         multihost.initialize({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
     with pytest.raises(SystemExit, match="JAX_NUM_PROCESSES='two' is not an integer"):
         multihost.initialize({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
-    assert len(calls) == 5
+    assert len(calls) == 6
+
+
+def test_tpu_chips_without_a_slice_run_as_one_process(monkeypatch, capsys):
+    """A TPU machine whose metadata names no slice: jax finds no cluster; one line, one process."""
+    import jax
+
+    def no_cluster(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    assert multihost.initialize({}, tpu_chips=1) is None
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: TPU chips attached but jax found no TPU slice (coordinator_address should be defined.); "
+        "running as one process."]
+    with pytest.raises(ValueError):  # GKE's variables name a slice: its failure is not hidden
+        multihost.initialize({"TPU_WORKER_HOSTNAMES": "a,b"})
 
 
 @pytest.mark.parametrize("env, message", [
