@@ -211,6 +211,10 @@ class CheckpointConfig:
             raise ConfigError(f"checkpoint.keep_last={self.keep_last} must be >= 1, "
                               f"checkpoint.keep_best={self.keep_best} >= 0 and "
                               f"checkpoint.keep_every_steps={self.keep_every_steps} >= 0.")
+        if self.keep_every_steps % self.every_steps:  # only saved steps can be kept: its grid was lost unsaid
+            raise ConfigError(f"checkpoint.keep_every_steps={self.keep_every_steps} is not a multiple of "
+                              f"checkpoint.every_steps={self.every_steps}, so the steps it keeps are never saved; "
+                              "make it a multiple (or 0).")
 
 
 def _best_metric(metrics: Mapping[str, float]) -> float:
