@@ -190,7 +190,8 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         config.data = ml_collections.ConfigDict(dict(
             **_OTHER_SOURCES, source="stdlib", validation_fraction=0.05, max_documents=placeholder(int),
             tokenizer=dict(pretrain.TOKENIZER_DEFAULTS, model_path=placeholder(str), vocab_size=128,
-                           byte_fallback=False, character_coverage=0.9995, max_training_chars=2_000_000, num_extra_ids=0)))
+                           byte_fallback=False, character_coverage=0.9995, max_training_chars=2_000_000,
+                           num_extra_ids=0)))
         # Its validation split holds 779 of the 800 batches asked (16 x 64, Python 3.11's stdlib): each run
         # is scored on those, every row once, with one warning (before 2026-12-07 21 batches of a
         # reshuffled second epoch were averaged in, the figures above too). eval_batches stays 800: it is
