@@ -72,8 +72,9 @@ def _base() -> ml_collections.ConfigDict:
     config.opt = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=10, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
-    # keep_every_steps: also keep each multiple of it (a stop's extra save counts toward keep_last; without
-    # it a run stopped at 13 and resumed kept 13 and 20 where a straight run keeps 10 and 20).
+    # keep_every_steps: also keep each multiple of it, itself a multiple of every_steps (a stop's extra
+    # save counts toward keep_last; without it a run stopped at 13 and resumed kept 13 and 20 where a
+    # straight run keeps 10 and 20).
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep_last=2, keep_best=1, async_save=True,
                                                        keep_every_steps=0))
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(), rules=DEFAULT_RULES))  # dcn_shape: as pretrain.py

@@ -96,7 +96,7 @@ def _base() -> ml_collections.ConfigDict:
         name="adamw", learning_rate=3e-3, schedule="cosine", warmup_steps=30, decay_fraction=0.2,
         min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
     config.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep_last=2, keep_best=1, async_save=True,
-                                                     keep_every_steps=0))  # also keep each multiple of it
+                                                     keep_every_steps=0))  # also keep each multiple (of every_steps)
     # dcn_shape: on several TPU slices or GPU hosts, how much of each axis crosses the slow network,
     # e.g. --config.mesh.dcn_shape='(2,1,1)' puts data parallelism across 2 of them; () = one slice.
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(), rules=DEFAULT_RULES))
