@@ -357,23 +357,31 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     mixture_path = os.path.join(data_dir, "mixture.jsonl")
     manifest_path = os.path.join(data_dir, "manifest.json")
     held_out = [entry.task for entry in plan.eval_entries + plan.final_entries]
-    wanted, legacy = mixture_fingerprints(config, plan)
+    wanted, uncut, legacy = mixture_fingerprints(config, plan)
     stored = read_json(manifest_path).get("fingerprint")
-    if stored == legacy != wanted and os.path.isfile(mixture_path):
+    runs_dir = os.path.join(workdir, "runs")
+    has_runs = os.path.isdir(runs_dir) and bool(os.listdir(runs_dir))
+    if stored == legacy != uncut and os.path.isfile(mixture_path):
         # A manifest written before 2026-12-05 (its fingerprint held every held-out prompt), by
-        # these very settings: the same documents; record the fingerprint of today's form.
-        write_json(manifest_path, {**read_json(manifest_path), "fingerprint": wanted})
+        # these very settings: the same documents; record the fingerprint of that day's form.
+        write_json(manifest_path, {**read_json(manifest_path), "fingerprint": uncut})
+        stored = uncut
+    if stored == uncut != wanted and os.path.isfile(mixture_path) and has_runs:
+        # Its runs trained on documents not cut to the window: the study goes on with them, so its
+        # sizes stay comparable; one without runs yet gets documents that fit.
+        log(f"warning: {mixture_path} was written before 2026-12-07: its task documents can be longer than "
+            f"train.seq_len={config.train.seq_len} tokens (cpu_tiny: 8-10% of its addition problems cut by a "
+            "window boundary); this study goes on with it, a new --workdir gets documents that fit.")
         stored = wanted
     if stored != wanted or not os.path.isfile(mixture_path):
-        runs_dir = os.path.join(workdir, "runs")
-        if os.path.isdir(runs_dir) and os.listdir(runs_dir):
+        if has_runs:
             raise ConfigError(f"{workdir!r} holds runs trained on another mixture, tokenizer or held-out set; "
                               "use a new --workdir (or delete its runs/ and data/; a workdir made before "
                               "2026-12-05 also continues under the eval settings it was made with, e.g. cpu_tiny's "
                               "--config.eval.num_test=400).")
         mixture = config.mixture
         parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
-                                      seed=mixture.seed, held_out=held_out)
+                                      seed=mixture.seed, held_out=held_out, max_chars=document_chars(config))
                  for name, task in plan.train_tasks.items()}
         task_chars = sum(len(t) for texts in parts.values() for t in texts)
         corpus_chars = int(task_chars * mixture.corpus_fraction / (1.0 - mixture.corpus_fraction))
@@ -399,21 +407,33 @@ def tokenizer_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
             if k not in TOKENIZER_ADDED_LATER or v != TOKENIZER_ADDED_LATER[k]}
 
 
-def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> tuple[str, str]:
-    """(fingerprint, the same in its pre-2026-12-05 form) of what decides the training mixture:
-    the mixture and tokenizer settings, the chain-of-thought cue and the evaluation prompts the
-    training tasks would otherwise contain, which are left out of them. Only those: tracking more
-    items or tasks at every checkpoint (more held-out copy prompts that no training document
-    holds, the first 400 of the 1000 final additions) keeps the mixture, and so the runs. The
-    older form digested every held-out prompt, whether or not training drew it."""
-    from research.evaluation.task_corpus import held_out_prompts, render
+def document_chars(config: ml_collections.ConfigDict) -> int:
+    """The longest task document, in characters, that one training window holds whole: at most one
+    token per character, plus the tokenizer's dummy prefix and the eos (task_corpus.task_documents)."""
+    return int(config.train.seq_len) - 2
 
-    held_out = set().union(*(held_out_prompts(e.task) for e in plan.eval_entries + plan.final_entries))
-    excluded = sorted({prompt for task in plan.train_tasks.values() for doc in task.docs("train")
-                       if (prompt := render(task.spec.prompt, doc, "prompt")) in held_out})
+
+def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> tuple[str, str, str]:
+    """(fingerprint, the same before 2026-12-07, the same before 2026-12-05) of what decides the
+    training mixture: the mixture and tokenizer settings, the chain-of-thought cue, the longest
+    document (document_chars) and the evaluation problems the training tasks would otherwise
+    contain, which are left out of them. Only those: tracking more items or tasks at every
+    checkpoint (more held-out copy prompts that no training document holds, the first 400 of the
+    1000 final additions) keeps the mixture, and so the runs. Before 2026-12-07 documents were
+    not cut to the window; before 2026-12-05 the form digested every held-out prompt, whether or
+    not training drew it."""
+    from research.evaluation.task_corpus import held_out_prompts, render, training_docs
+
+    evaluated = [e.task for e in plan.eval_entries + plan.final_entries]
+    held_out = set().union(*(held_out_prompts(t) for t in evaluated))
+    excluded = set()
+    for task in plan.train_tasks.values():
+        kept = {id(d) for d in training_docs(task, "train", evaluated)}
+        excluded |= {render(task.spec.prompt, d, "prompt") for d in task.docs("train") if id(d) not in kept}
     settings = {"mixture": config.mixture.to_dict(), "tokenizer": tokenizer_settings(config),
                 "cot_description": config.eval.cot_description}
-    return (_digest({**settings, "excluded_from_training": _digest(excluded)}),
+    uncut = {**settings, "excluded_from_training": _digest(sorted(excluded))}
+    return (_digest({**uncut, "document_chars": document_chars(config)}), _digest(uncut),
             _digest({**settings, "held_out": _digest(sorted(held_out))}))
 
 

@@ -150,7 +150,10 @@ def _base() -> ml_collections.ConfigDict:
     # init the head formed on the training stream but held-out copies rose only gradually
     # (standalone pilot, d32-l2: accuracy 0.19 -> 0.62 over steps 400-1500, exact match <= 0.11).
     # Alone in its segment the prompt is also tokenized as at evaluation (its first letter
-    # "\u2581q" on both sides, where after a newline it was "q").
+    # "\u2581q" on both sides, where after a newline it was "q"). Addition documents end before a
+    # problem would pass the training window (emergence_plan.document_chars): 1-16 problems each drew
+    # documents of up to ~350 characters for 128-token windows, and 8-10% of the problems were cut
+    # by a window boundary, their answers trained without their operands (before 2026-12-07).
     config.mixture = ml_collections.ConfigDict(dict(
         corpus_fraction=0.0, examples_per_document=(1, 16), examples_per_document_by_task={COPY_TASK: (1, 1)},
         seed=1, tasks={**{addition(k): 8_000 for k in range(2, 7)}, COPY_TASK: 16_000}))

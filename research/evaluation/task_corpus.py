@@ -33,31 +33,62 @@ def held_out_prompts(task: Task) -> set[str]:
     return {render(task.spec.prompt, d, "prompt") for d in task.docs(task.spec.eval_split)}
 
 
+def held_out_answers(task: Task) -> set[str]:
+    """Gold answers of `task`'s evaluation split where an answer names its problem
+    (TaskSpec.answer_identifies_problem: every scramble of a word asks for that word); else none."""
+    if not task.spec.answer_identifies_problem:
+        return set()
+    return {gold_text(task.spec, d) for d in task.docs(task.spec.eval_split)}
+
+
+def training_docs(task: Task, split: str, held_out: Sequence[Task]) -> list[Doc]:
+    """`task`'s `split` less the problems a held-out task evaluates: the same prompt, or where the
+    answer names the problem (unscramble) the same answer (150 of 200 evaluation words were
+    trained as the answer to another scramble)."""
+    spec = task.spec
+    prompts = set().union(*(held_out_prompts(t) for t in held_out))
+    answers = set().union(*(held_out_answers(t) for t in held_out)) if spec.answer_identifies_problem else set()
+    return [d for d in task.docs(split)
+            if render(spec.prompt, d, "prompt") not in prompts and (not answers or gold_text(spec, d) not in answers)]
+
+
 def task_documents(task: Task, *, examples_per_document: tuple[int, int], seed: int, split: str = "train",
-                   held_out: Sequence[Task] = ()) -> list[str]:
+                   held_out: Sequence[Task] = (), max_chars: int | None = None) -> list[str]:
     """`task`'s `split` cut into documents of a random number of solved examples each.
 
     examples_per_document: (fewest, most), both inclusive; documents are drawn with
-    random.Random(seed). held_out: tasks whose evaluation prompts must not be trained on.
+    random.Random(seed). held_out: tasks whose evaluation problems must not be trained on
+    (training_docs). max_chars: a document ends before an example would take it past this many
+    characters, fewest or not; a longer example is a document of its own. A training window
+    (train.seq_len tokens) that ends inside a problem trains its rest without the start of its
+    prompt, a context no evaluation shows: emergence sets it to the window (one token per
+    character at most, for text its tokenizer was trained on, plus the dummy prefix and eos).
     """
     low, high = examples_per_document
     if not 1 <= low <= high:
         raise TaskError(f"examples_per_document={examples_per_document} must satisfy 1 <= fewest <= most.")
+    if max_chars is not None and max_chars < 1:
+        raise TaskError(f"max_chars={max_chars} must be >= 1 (or None: no limit).")
     spec = task.spec
-    excluded = set().union(*(held_out_prompts(t) for t in held_out))
-    docs = [d for d in task.docs(split) if render(spec.prompt, d, "prompt") not in excluded]
+    docs = training_docs(task, split, held_out)
     if not docs:
         raise TaskError(f"task {spec.name!r}: every document of split {split!r} is held out (the evaluation items "
                         "cover every training problem); evaluate fewer items (num_test), draw more training "
                         "documents, or use another seed.")
-    description = render(spec.description, docs[0], "description") if spec.description else ""
     rng = random.Random(seed)
     out, start = [], 0
     while start < len(docs):
         count = rng.randint(low, high)
-        examples = [solved_example(spec, d) for d in docs[start:start + count]]
-        out.append(description + spec.fewshot_delimiter.join(examples))
-        start += count
+        # The description rendered from the document it heads (it was docs[0]'s for every document).
+        text = render(spec.description, docs[start], "description") if spec.description else ""
+        taken = 0
+        for doc in docs[start:start + count]:
+            example = (spec.fewshot_delimiter if taken else "") + solved_example(spec, doc)
+            if taken and max_chars is not None and len(text) + len(example) > max_chars:
+                break
+            text, taken = text + example, taken + 1
+        out.append(text)
+        start += taken
     return out
 
 

@@ -102,19 +102,22 @@ def test_training_data_holds_out_the_evaluation_problems(micro_study):
     workdir, _, _ = micro_study
     plan = emergence.plan_study(configs.get_config("micro"))
     held_out = {e.task.spec.prompt.format_map(d.fields) for e in plan.eval_entries for d in e.task.docs("test")}
-    lines, sources, problems_per_document = [], set(), {}
+    lines, sources, problems_per_document, texts = [], set(), {}, {}
     with open(os.path.join(workdir, "data", "mixture.jsonl")) as f:
         for record in map(json.loads, f):
             sources.add(record["source"])
             marker = "Answer:" if record["source"].endswith("_cot") else "="  # once per problem
             problems_per_document.setdefault(record["source"], set()).add(record["text"].count(marker))
+            texts.setdefault(record["source"], []).append(record["text"])
             if record["source"] != "stdlib":
                 lines.extend(record["text"].splitlines())
     assert sources == {"stdlib", "addition_1digit", "addition_1digit_cot"}
     # mixture.examples_per_document_by_task: one problem per addition_1digit document (each then its
-    # own packed segment), while the other task keeps mixture.examples_per_document's (1, 8).
+    # own packed segment), while the other task keeps mixture.examples_per_document's (1, 8) as far as
+    # a 64-token training window holds them: here one chain-of-thought problem and its cue line.
     assert problems_per_document["addition_1digit"] == {1}
-    assert max(problems_per_document["addition_1digit_cot"]) > 1
+    assert problems_per_document["addition_1digit_cot"] == {1}
+    assert len(texts["addition_1digit_cot"]) > 90 and max(map(len, texts["addition_1digit_cot"])) < 100
     problems = [line for line in lines if "+" in line and "=" in line]
     assert len(problems) > 300
     assert not any(line.startswith(prompt) for line in problems for prompt in held_out)
@@ -146,14 +149,20 @@ def test_rerun_skips_training_and_evaluation(micro_study, monkeypatch):
     tracked.eval.tasks = (*tracked.eval.tasks, "addition_2digit")
     emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
     assert os.path.getmtime(mixture) == written
-    # A manifest written before the fingerprint's present form, by these settings: accepted and
-    # brought up to date, the mixture kept.
+    # A manifest of a mixture whose documents were not cut to the training window (before
+    # 2026-12-07; in the fingerprint's older form too, before 2026-12-05), runs trained on it: the
+    # study goes on with that mixture (its sizes stay comparable), one warning each time; the older
+    # form is brought up to the newer.
     manifest = os.path.join(workdir, "data", "manifest.json")
     current = emergence_plan.read_json(manifest)["fingerprint"]
-    legacy = emergence_plan.mixture_fingerprints(tracked, emergence.plan_study(tracked))[1]
-    emergence_plan.write_json(manifest, {**emergence_plan.read_json(manifest), "fingerprint": legacy})
-    emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
-    assert emergence_plan.read_json(manifest)["fingerprint"] == current and os.path.getmtime(mixture) == written
+    _, uncut, legacy = emergence_plan.mixture_fingerprints(tracked, emergence.plan_study(tracked))
+    for stored in (legacy, uncut):
+        emergence_plan.write_json(manifest, {**emergence_plan.read_json(manifest), "fingerprint": stored})
+        logs.clear()
+        emergence.prepare_data(tracked, emergence.plan_study(tracked), workdir, logs.append)
+        assert os.path.getmtime(mixture) == written and emergence_plan.read_json(manifest)["fingerprint"] == uncut
+        assert [line for line in logs if "was written before 2026-12-07" in line] == [logs[0]]
+    emergence_plan.write_json(manifest, {**emergence_plan.read_json(manifest), "fingerprint": current})
     reseeded = configs.get_config("micro")
     reseeded.eval.seed = 1
     with pytest.raises(ConfigError, match="holds runs trained on another mixture"):

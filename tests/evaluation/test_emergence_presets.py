@@ -134,9 +134,9 @@ def test_tracking_more_items_or_lengths_along_training_keeps_the_training_mixtur
     trained = {render(t.spec.prompt, d, "prompt") for t in plans["every"].train_tasks.values()
                for d in t.docs("train")}
     assert not extra & trained
-    new, old = emergence_plan.mixture_fingerprints(every, plans["every"])
-    assert (new, old) != emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])
-    assert new == emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])[0]
+    new, uncut, old = emergence_plan.mixture_fingerprints(every, plans["every"])
+    assert (new, uncut, old) != emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])
+    assert (new, uncut) == emergence_plan.mixture_fingerprints(fewer_items, plans["fewer_items"])[:2]
     assert held_out(plans["fewer"]) != held_out(plans["every"])  # the check can tell a changed held-out set
 
 

@@ -48,6 +48,43 @@ def test_held_out_problems_never_reach_training_documents():
         task_documents(train_task, examples_per_document=(3, 2), seed=0)
 
 
+def test_task_documents_fit_the_training_window_and_head_each_with_its_own_description():
+    """cpu_tiny's addition documents of up to 16 sums ran to ~350 characters for 128-token windows:
+    8-10% of its problems were cut by a window boundary and trained without the start of their
+    prompt. A templated description was docs[0]'s in every document."""
+    from research.evaluation.task_spec import make_task
+    task = catalog_task("addition_3digit", num_test=0, num_train=400, seed=0)
+    uncut = task_documents(task, examples_per_document=(1, 16), seed=0)
+    docs = task_documents(task, examples_per_document=(1, 16), seed=0, max_chars=60)
+    assert max(map(len, uncut)) > 60 >= max(map(len, docs))
+    # Every problem once, in order, whole: only where documents end differs.
+    assert [line for d in docs for line in d.split("\n")] == [solved_example(task.spec, d) for d in task.docs("train")]
+    assert task_documents(task, examples_per_document=(1, 16), seed=0, max_chars=10**6) == uncut
+    # An example longer than the limit is a document of its own, not dropped.
+    assert task_documents(task, examples_per_document=(2, 2), seed=0, max_chars=3)[:2] == [
+        solved_example(task.spec, d) for d in task.docs("train")[:2]]
+    with pytest.raises(TaskError, match="max_chars=0 must be >= 1"):
+        task_documents(task, examples_per_document=(1, 2), seed=0, max_chars=0)
+    subjects = make_task(task.spec.replace(name="qa", prompt="Q: {q}", target_delimiter="\nA: ", target="{a}",
+                                           description="About {subject}.\n\n", fewshot_delimiter="\n\n"),
+                         {"train": [dict(subject=s, q=f"{s} q{i}", a=f"a{i}") for i, s in
+                                    enumerate(["law", "law", "art", "art", "sea"])], "test": []})
+    heads = [doc.split(".")[0] for doc in task_documents(subjects, examples_per_document=(2, 2), seed=0)]
+    assert heads == ["About law", "About art", "About sea"]
+
+
+def test_unscramble_training_leaves_out_the_words_evaluation_asks_for():
+    """Every scramble of a word asks for that word (answer_identifies_problem): 150 of 200 evaluation
+    words were trained as the answer of another scramble."""
+    test_task = catalog_task("unscramble_anagram1", num_test=200, seed=0)
+    train_task = catalog_task("unscramble_anagram1", num_test=0, num_train=2000, seed=1)
+    words = set(test_task.answers("test"))
+    docs = task_documents(train_task, examples_per_document=(1, 1), seed=0, held_out=[test_task])
+    trained = {doc.rsplit(train_task.spec.target_delimiter, 1)[-1] for doc in docs}
+    assert len(docs) < 2000 and not trained & words
+    assert set(task_documents(train_task, examples_per_document=(1, 1), seed=0)) > set(docs)
+
+
 def test_mixture_file_is_shuffled_jsonl_with_sources(tmp_path):
     path = str(tmp_path / "mix.jsonl")
     chars = write_mixture(path, {"corpus": ["def f():\n  pass\n", "x = 1\n"], "task": ["1+1=2", "2+2=4", " "]},
