@@ -32,6 +32,15 @@ def eval_block_len(num_batches: int, batch_bytes: int) -> int:
     return max(1, min(EVAL_BLOCK_LEN, num_batches, MAX_EVAL_BLOCK_BYTES // max(batch_bytes, 1)))
 
 
+def _rows_every_process_has(count: int) -> int:
+    """`count` on one process; on several the smallest any of them has (a collective: every
+    process calls it in turn), since their shards of the split end apart."""
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+    return int(np.min(multihost_utils.process_allgather(np.int32(count))))
+
+
 def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: NamedSharding,
                     batches: Callable[[], list], num_batches: int, num_models: int, *,
                     per_member: bool, batch_bytes: int) -> Callable[[Any], list[dict]]:
@@ -42,7 +51,8 @@ def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Na
     are stacked on a model axis (as the train blocks', research/data/prefetch.stack_block).
     Iterators of one epoch end the evaluation early when the split holds fewer batches (one
     warning): the scaling preset stdlib_tiny asked 800 of a split of 779 and averaged 21
-    batches of a reshuffled second epoch into every eval_loss."""
+    batches of a reshuffled second epoch into every eval_loss. On several processes, each
+    reading its own shard, all stop at the batch where the shortest shard ends."""
     block_len = eval_block_len(num_batches, batch_bytes)
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     block_sharding = blocks.block_sharding(batch_sharding, 1)
@@ -64,6 +74,7 @@ def make_evaluation(eval_fn: Callable, params_shardings: Any, batch_sharding: Na
                     rows.append([next(it) for it in iterators])
                 except StopIteration:  # one epoch of the validation split is all it holds: each row once
                     break
+            rows = rows[:_rows_every_process_has(len(rows))]  # processes stopping apart would hang
             if rows:  # zero batches past the data fill the last call; their sums are not added
                 block = stack_block(rows, block_len, per_member)
                 pending.append((len(rows), compiled(params, partitioning.shard_batch(block, block_sharding))))

@@ -241,9 +241,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
         # followed, met the refusal).
         members_lib.check_steps_left(workdirs, train.num_steps, train.stop_after_steps)
         tokenizer = data_lib.build_shared_tokenizer(data_config, workdirs)  # in each workdir, as if alone
-        # One epoch of validation at most (each row once), in one process: the processes' shards
-        # could end at different batches, and processes stopping apart would hang.
-        eval_epochs = 1 if jax.process_count() == 1 else None
+        # One epoch of validation at most, each row once (on several processes all stop where the
+        # shortest shard ends: research/training/evaluation.py).
+        eval_epochs = 1
         # Shapes from one validation batch, so the train iterators are untouched until step 0.
         example = next(batches("validation", train.seed, eval_epochs))
         objective.check_batch(example, model_config.max_len)

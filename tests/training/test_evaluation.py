@@ -87,6 +87,36 @@ def test_a_split_holding_fewer_batches_than_asked_is_scored_once_with_one_warnin
                         "silence this."]
 
 
+def test_processes_whose_shards_end_apart_all_stop_where_the_shortest_ends(setup, caplog, monkeypatch):
+    """Several processes kept the endless validation stream (their shards end at different batches,
+    and processes stopping apart hang): 2 of them re-read a reshuffled epoch, without a word. Now
+    each call keeps the rows every process has; here another process's shard holds 5 batches."""
+    model, objective, batches, mesh, state, shardings = setup
+    eval_step = make_eval_step(model, losses.make_loss_fn(objective, 1e-4))
+    sharding = partitioning.batch_sharding(mesh, DEFAULT_RULES)
+    monkeypatch.setattr(evaluation, "EVAL_BLOCK_LEN", 3)
+    other = []  # the other process's batches left, per evaluation: 5, of which 3 go in the first call
+
+    def fewest(count):
+        mine = min(count, other[-1])
+        other[-1] -= mine
+        return mine
+
+    monkeypatch.setattr(evaluation, "_rows_every_process_has", fewest)
+    with partitioning.sharding_context(mesh, DEFAULT_RULES):
+        expected = _one_call_per_batch(eval_step, state.params, batches[:5], sharding)
+        run = evaluation.make_evaluation(eval_step, shardings.params, sharding, lambda: [iter(batches)],
+                                         NUM_BATCHES + 5, 1, per_member=False,
+                                         batch_bytes=sum(v.nbytes for v in batches[0].values()))
+        with caplog.at_level("WARNING", logger="research.training.evaluation"):
+            for _ in range(2):
+                other.append(5)
+                assert run(state.params) == [expected]
+    warnings = [r.getMessage() for r in caplog.records if "eval_batches" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"train.eval_batches={NUM_BATCHES + 5} is more than the validation split holds (5 batches)")
+
+
 def test_the_loop_scores_one_epoch_of_a_short_validation_split(tokenizers, tmp_path, caplog):
     """The loop's wiring: its validation iterators end after one epoch (they repeated forever)."""
     import re
