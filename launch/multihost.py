@@ -33,21 +33,21 @@ def _count(env: Mapping[str, str], name: str) -> int:
         raise SystemExit(f"error: {name}={env[name]!r} is not an integer; set it to a whole number.") from None
 
 
-def tpu_chips_attached() -> int:
-    """TPU chips on this machine's PCI bus (jax's own probe; 0 where it cannot tell)."""
+def tpu_vm_process_count() -> int:
+    """Processes of this Cloud TPU VM's slice (times its slices), as jax's GCE TPU plugin reads them
+    from the VM's metadata server; 0 without TPU chips, or where it cannot tell (no metadata server,
+    e.g. a container without host networking; a jax without the plugin)."""
     try:
-        from jax._src import hardware_utils
-        return int(hardware_utils.num_available_tpu_chips_and_device_id()[0])
-    except Exception:  # a jax without the private probe: detection falls back to the variables
+        from jax._src.clusters.cloud_tpu_cluster import GceTpuCluster
+        return int(GceTpuCluster.get_process_count()) if GceTpuCluster.is_env_present() else 0
+    except Exception:
         return 0
 
 
-def cluster_kind(env: Mapping[str, str] = os.environ, tpu_chips: int | None = None) -> str | None:
+def cluster_kind(env: Mapping[str, str] = os.environ, tpu_processes: int | None = None) -> str | None:
     """"explicit", "slurm" or "tpu" when this process is one of several hosts; None on one host.
-    "tpu" also on a Cloud TPU VM (TPU chips attached, `tpu_chips`, default probed): there no
-    variable lists the slice's workers (GKE's TPU_WORKER_HOSTNAMES is not set on a VM created by
-    gcloud), and jax's plugin reads them from the VM's metadata server; a single-host VM then
-    joins a one-process cluster."""
+    A Cloud TPU VM slice sets no variable that lists its workers (GKE's TPU_WORKER_HOSTNAMES is not
+    set on a VM made by gcloud): `tpu_processes` (default tpu_vm_process_count()) counts them."""
     explicit = [name for name in _EXPLICIT if env.get(name)]
     if explicit:
         if len(explicit) < len(_EXPLICIT):
@@ -61,7 +61,9 @@ def cluster_kind(env: Mapping[str, str] = os.environ, tpu_chips: int | None = No
     if "TPU_WORKER_HOSTNAMES" in env:
         return "tpu" if len([h for h in env["TPU_WORKER_HOSTNAMES"].split(",") if h]) > 1 else None
     # Without jax.distributed, orbax's multi-process async save raised at a slice's first checkpoint.
-    return "tpu" if (tpu_chips_attached() if tpu_chips is None else tpu_chips) > 0 else None
+    # One host stays one process: a one-process cluster would install jax's SIGTERM handler, which
+    # took the signals of a run's start-up (before its own handler) and let it train on.
+    return "tpu" if (tpu_vm_process_count() if tpu_processes is None else tpu_processes) > 1 else None
 
 
 def slurm_local_device_ids(env: Mapping[str, str] = os.environ) -> list[int] | None:
@@ -98,14 +100,14 @@ def _explicit_args(env: Mapping[str, str]) -> dict[str, str | int]:
     return {"coordinator_address": address, "num_processes": count, "process_id": index}
 
 
-def initialize(env: Mapping[str, str] = os.environ, tpu_chips: int | None = None) -> str | None:
+def initialize(env: Mapping[str, str] = os.environ, tpu_processes: int | None = None) -> str | None:
     """Call jax.distributed.initialize when running on several hosts; returns the cluster kind.
 
     SLURM and TPU slices are detected by jax itself (its cluster plugins read the same
     variables; for SLURM we add the GPUs, see slurm_local_device_ids); the explicit form passes
     coordinator, process count and id through.
     """
-    kind = cluster_kind(env, tpu_chips)
+    kind = cluster_kind(env, tpu_processes)
     if kind is None:
         return None
     explicit = _explicit_args(env) if kind == "explicit" else {}
@@ -115,13 +117,6 @@ def initialize(env: Mapping[str, str] = os.environ, tpu_chips: int | None = None
         jax.distributed.initialize(**explicit)
     elif kind == "slurm" and (devices := slurm_local_device_ids(env)) is not None:
         jax.distributed.initialize(local_device_ids=devices)
-    elif kind == "tpu" and "TPU_WORKER_HOSTNAMES" not in env:
-        try:  # TPU chips, but perhaps no metadata server naming a slice (a TPU machine outside Cloud TPU)
-            jax.distributed.initialize()
-        except ValueError as error:  # jax: no cluster detected, so no coordinator address
-            print(f"warning: TPU chips attached but jax found no TPU slice ({str(error).strip().splitlines()[0]}); "
-                  "running as one process.", file=sys.stderr)
-            return None
     else:
         jax.distributed.initialize()
     return kind

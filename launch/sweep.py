@@ -163,9 +163,13 @@ def check_config_keys(config: str, keys: Sequence[str], values: Mapping[str, str
         raise LaunchError(f"--config={config!r}: {str(error).strip().splitlines()[-1]}") from None
     batched = root.get("batched") if hasattr(root, "get") else None
     batched = batched.get("field") if hasattr(batched, "get") else None
-    # The preset's batched field, or one an --override or a sweep entry sets: each job's own value of
-    # it would be replaced by batched.values (three jobs "learning_rate=..." trained the same models).
-    named = [batched, (values or {}).get("config.batched.field"), *(e.get("config.batched.field") for e in sweep)]
+    # The batched field each job trains (an --override's, which expand puts last, else a sweep entry's,
+    # else the preset's): each job's own value of it would be replaced by batched.values (three jobs
+    # "learning_rate=..." trained the same models).
+    if values and "config.batched.field" in values:
+        named = [values["config.batched.field"]]
+    else:
+        named = [entry.get("config.batched.field", batched) for entry in sweep or [{}]]
     for field in dict.fromkeys(str(f) for f in named if f):
         if f"config.{field}" in keys:
             raise LaunchError(f"config.{field}: the jobs train several values of it each (config.batched.field="

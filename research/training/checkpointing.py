@@ -213,8 +213,8 @@ class CheckpointConfig:
                               f"checkpoint.keep_every_steps={self.keep_every_steps} >= 0.")
         if self.keep_every_steps % self.every_steps:  # only saved steps can be kept: its grid was lost unsaid
             raise ConfigError(f"checkpoint.keep_every_steps={self.keep_every_steps} is not a multiple of "
-                              f"checkpoint.every_steps={self.every_steps}, so the steps it keeps are never saved; "
-                              "make it a multiple (or 0).")
+                              f"checkpoint.every_steps={self.every_steps}: only multiples of every_steps are saved, "
+                              "so most steps it names would never be kept; make it a multiple (or 0).")
 
 
 def _best_metric(metrics: Mapping[str, float]) -> float:

@@ -300,15 +300,18 @@ def release_held(members: list[Member]) -> None:
     """Models trained together, before a round of saves and after the last: once every model
     still training has committed its newest step, each drops the older step it kept for the
     group (Checkpointer.hold_from: a kill between the models' saves leaves a step in common)."""
-    active = [m for m in members if m.error is None]
-    if len(members) < 2 or not active:
+    if len(members) < 2:
         return
-    for m in active:
+    for m in members:
         m.checkpointer.wait()
+    active = [m for m in members if m.error is None]
     newest = [m.checkpointer.latest_step() for m in active]
-    if None not in newest:
+    if active and None not in newest:
         for m in active:
             m.checkpointer.release_held(min(newest))
+    for m in members:  # one that diverged saves nothing more, and a rerun refuses it: it keeps as alone
+        if m.error is not None and (own := m.checkpointer.latest_step()) is not None:
+            m.checkpointer.release_held(own)
 
 
 def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric: float | None) -> None:

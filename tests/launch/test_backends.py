@@ -221,11 +221,13 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
     step = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     assert multihost.initialize({}) is None and multihost.initialize({"SLURM_NTASKS": "1", **step}) is None
-    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}, tpu_chips=4) is None
-    assert multihost.cluster_kind({}) is None  # this machine: no TPU chips
-    # A Cloud TPU VM (made by gcloud, which launch's tpu_vm backend drives) has TPU chips and no
-    # TPU_WORKER_HOSTNAMES: jax's plugin reads its slice from the metadata server. It never joined.
-    assert multihost.initialize({}, tpu_chips=4) == "tpu"
+    assert multihost.initialize({"TPU_WORKER_HOSTNAMES": "10.0.0.1"}, tpu_processes=4) is None
+    assert multihost.cluster_kind({}) is None and multihost.tpu_vm_process_count() == 0  # no TPU here
+    # A Cloud TPU VM slice (made by gcloud, which launch's tpu_vm backend drives) has no
+    # TPU_WORKER_HOSTNAMES: jax's plugin reads its workers from the metadata server. It never joined.
+    # One host stays one process (jax's SIGTERM handler took a start-up's signals).
+    assert multihost.initialize({}, tpu_processes=4) == "tpu"
+    assert multihost.initialize({}, tpu_processes=1) is None
     # An allocation's own shell (salloc -n4, an sbatch script outside srun) is one process, not a step.
     assert multihost.initialize({"SLURM_NTASKS": "4", "SLURM_NNODES": "4"}) is None
     # One task per GPU (4 on one node): jax gives each its GPU (SLURM_LOCALID) itself.
@@ -250,20 +252,19 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     assert len(calls) == 6
 
 
-def test_tpu_chips_without_a_slice_run_as_one_process(monkeypatch, capsys):
-    """A TPU machine whose metadata names no slice: jax finds no cluster; one line, one process."""
-    import jax
+def test_a_tpu_vm_counts_its_slice_by_jax_plugin_and_nothing_where_it_cannot_tell(monkeypatch):
+    """The metadata server unreachable (a container without host networking): requests raised
+    ConnectionError through jax's probe, and the start-up crashed."""
+    from jax._src.clusters.cloud_tpu_cluster import GceTpuCluster
+    monkeypatch.setattr(GceTpuCluster, "is_env_present", classmethod(lambda cls: True))
+    monkeypatch.setattr(GceTpuCluster, "get_process_count", classmethod(lambda cls: 4))
+    assert multihost.tpu_vm_process_count() == 4 and multihost.cluster_kind({}) == "tpu"
 
-    def no_cluster(**kwargs):
-        raise ValueError("coordinator_address should be defined.")
+    def unreachable(cls):
+        raise ConnectionError("metadata.google.internal: connection refused")
 
-    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
-    assert multihost.initialize({}, tpu_chips=1) is None
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "warning: TPU chips attached but jax found no TPU slice (coordinator_address should be defined.); "
-        "running as one process."]
-    with pytest.raises(ValueError):  # GKE's variables name a slice: its failure is not hidden
-        multihost.initialize({"TPU_WORKER_HOSTNAMES": "a,b"})
+    monkeypatch.setattr(GceTpuCluster, "is_env_present", classmethod(unreachable))
+    assert multihost.tpu_vm_process_count() == 0 and multihost.cluster_kind({}) is None
 
 
 @pytest.mark.parametrize("env, message", [

@@ -236,6 +236,10 @@ def test_sweeps_that_do_not_suit_the_preset_are_one_line_errors():
     with pytest.raises(LaunchError, match=r"config.opt.learning_rate: the jobs train several values of it each"):
         check_config_keys(PRETRAIN, keys, sweep=[{"config.opt.learning_rate": 1e-3, **batched}])
     check_config_keys(PRETRAIN, keys[1:], batched)
+    # ... and an --override that moves the preset's batched field, or clears it, is the field.
+    check_config_keys(lr_sweep, ["config.opt.learning_rate", "config.batched.field"],
+                      {"config.batched.field": "train.seed"})
+    check_config_keys(lr_sweep, ["config.opt.learning_rate", "config.batched.field"], {"config.batched.field": ""})
 
 
 def test_sweep_values_are_checked_against_the_config_and_none_reaches_no_flag():

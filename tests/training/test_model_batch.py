@@ -427,6 +427,27 @@ def test_a_kill_between_the_models_saves_leaves_a_step_in_common(tokenizers, com
     assert losses == [list(range(1, 13))] * 2  # steps 5-8 recorded again, nothing twice
 
 
+def test_a_model_that_diverges_between_saves_keeps_what_it_would_alone(tokenizers, tmp_path, monkeypatch):
+    """keep_last 1, saves every 4 of 12 steps, model 1 diverges at step 10: it keeps step 8 alone, as
+    trained alone (it also kept step 4, held for the group it then left); model 0 keeps 12."""
+    from research.training import members as members_lib
+    config = run_config("gpt_tiny", tokenizers["plain"], num_steps=12, steps_per_call=2, eval_every_steps=2)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    config.checkpoint.update(dict(keep_last=1, keep_best=0))
+    check = members_lib.stop_if_not_finite
+
+    def model_1_diverges_at_step_10(members, step, finite, eval_metrics, *, stacked):
+        check(members, step, finite, eval_metrics, stacked=stacked)
+        if step == 10:
+            members_lib._stop_diverged(members[1], members, step, "forced", stacked=stacked)
+
+    monkeypatch.setattr(members_lib, "stop_if_not_finite", model_1_diverges_at_step_10)
+    with pytest.raises(TrainingDivergedError, match=r"1 of 2 models diverged \(the others finished\): model 1 "):
+        train_and_evaluate(config, str(tmp_path))
+    assert [sorted(p.name for p in (tmp_path / f"opt.learning_rate={v}" / "checkpoints").iterdir() if p.name.isdigit())
+            for v in ("0.001", "0.002")] == [["12"], ["8"]]
+
+
 @pytest.mark.parametrize("models_per_call", [1, 2, 3])
 def test_models_in_groups_compute_what_the_whole_vmap_computes(models_per_call):
     import jax

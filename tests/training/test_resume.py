@@ -114,6 +114,6 @@ def test_stops_off_the_checkpoint_grid_keep_the_grid_with_keep_every_steps(token
         CheckpointConfig(keep_every_steps=-2)
     # Only saved steps are kept: with saves every 4, "keep every 6" kept nothing of its grid, unsaid.
     with pytest.raises(Exception, match=r"^checkpoint.keep_every_steps=6 is not a multiple of "
-                                        r"checkpoint.every_steps=4, so the steps it keeps are never saved"):
+                                        r"checkpoint.every_steps=4: only multiples of every_steps are saved"):
         CheckpointConfig(every_steps=4, keep_every_steps=6)
     CheckpointConfig(every_steps=4, keep_every_steps=8)
