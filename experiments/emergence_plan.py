@@ -351,7 +351,7 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
     from research import data
     from research.data.sources import TextFileSource, stdlib_files
-    from research.evaluation.task_corpus import take_chars, task_documents, write_mixture
+    from research.evaluation.task_corpus import take_chars, task_documents, training_docs, write_mixture
 
     data_dir = os.path.join(workdir, "data")
     mixture_path = os.path.join(data_dir, "mixture.jsonl")
@@ -371,7 +371,8 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
         # sizes stay comparable; one without runs yet gets documents that fit.
         log(f"warning: {mixture_path} was written before 2026-12-07: its task documents can be longer than "
             f"train.seq_len={config.train.seq_len} tokens (cpu_tiny: 8-10% of its addition problems cut by a "
-            "window boundary); this study goes on with it, a new --workdir gets documents that fit.")
+            "window boundary), and unscramble's hold the words its evaluation asks for; this study goes on with "
+            "it, a new --workdir gets documents that fit.")
         stored = wanted
     if stored != wanted or not os.path.isfile(mixture_path):
         if has_runs:
@@ -383,6 +384,11 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
         parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
                                       seed=mixture.seed, held_out=held_out, max_chars=document_chars(config))
                  for name, task in plan.train_tasks.items()}
+        for name, task in plan.train_tasks.items():  # (unscramble at 1000 test items kept 1556 of 8000, unsaid)
+            kept, drawn = len(training_docs(task, "train", held_out)), len(task.docs("train"))
+            if kept < 0.9 * drawn:
+                log(f"{name}: {kept} of its {drawn} training problems are left once the evaluation's problems are "
+                    "held out; evaluate fewer items (eval.num_test) or draw more (mixture.tasks) for more.")
         task_chars = sum(len(t) for texts in parts.values() for t in texts)
         corpus_chars = int(task_chars * mixture.corpus_fraction / (1.0 - mixture.corpus_fraction))
         if corpus_chars:
@@ -426,14 +432,18 @@ def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> 
 
     evaluated = [e.task for e in plan.eval_entries + plan.final_entries]
     held_out = set().union(*(held_out_prompts(t) for t in evaluated))
-    excluded = set()
+    excluded, by_prompt = set(), set()  # (since 2026-12-07 also unscramble's evaluation words; before, by prompt)
     for task in plan.train_tasks.values():
         kept = {id(d) for d in training_docs(task, "train", evaluated)}
-        excluded |= {render(task.spec.prompt, d, "prompt") for d in task.docs("train") if id(d) not in kept}
+        for doc in task.docs("train"):
+            prompt = render(task.spec.prompt, doc, "prompt")
+            excluded |= {prompt} if id(doc) not in kept else set()
+            by_prompt |= {prompt} if prompt in held_out else set()
     settings = {"mixture": config.mixture.to_dict(), "tokenizer": tokenizer_settings(config),
                 "cot_description": config.eval.cot_description}
-    uncut = {**settings, "excluded_from_training": _digest(sorted(excluded))}
-    return (_digest({**uncut, "document_chars": document_chars(config)}), _digest(uncut),
+    return (_digest({**settings, "excluded_from_training": _digest(sorted(excluded)),
+                     "document_chars": document_chars(config)}),
+            _digest({**settings, "excluded_from_training": _digest(sorted(by_prompt))}),
             _digest({**settings, "held_out": _digest(sorted(held_out))}))
 
 

@@ -38,9 +38,18 @@ def tpu_vm_process_count() -> int:
     from the VM's metadata server; 0 without TPU chips, or where it cannot tell (no metadata server,
     e.g. a container without host networking; a jax without the plugin)."""
     try:
-        from jax._src.clusters.cloud_tpu_cluster import GceTpuCluster
-        return int(GceTpuCluster.get_process_count()) if GceTpuCluster.is_env_present() else 0
-    except Exception:
+        from jax._src.clusters import cloud_tpu_cluster
+    except ImportError:
+        return 0
+    if not cloud_tpu_cluster.running_in_cloud_tpu_vm:  # no TPU chips on this machine
+        return 0
+    try:
+        plugin = cloud_tpu_cluster.GceTpuCluster
+        return int(plugin.get_process_count()) if plugin.is_env_present() else 0
+    except Exception as error:  # e.g. requests' ConnectionError, or requests not installed
+        print(f"warning: TPU chips attached, but jax could not read their slice from the metadata server "
+              f"({type(error).__name__}: {str(error).strip()[:100]}); running as one process (on several hosts, "
+              "set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).", file=sys.stderr)
         return 0
 
 
@@ -57,9 +66,10 @@ def cluster_kind(env: Mapping[str, str] = os.environ, tpu_processes: int | None 
         return "explicit"
     if env.get("SLURM_NTASKS") and _count(env, "SLURM_NTASKS") > 1 and all(env.get(v) for v in _SLURM_STEP):
         return "slurm"
-    # A GKE TPU slice lists every worker's hostname; a single-host one lists one.
-    if "TPU_WORKER_HOSTNAMES" in env:
-        return "tpu" if len([h for h in env["TPU_WORKER_HOSTNAMES"].split(",") if h]) > 1 else None
+    # A GKE TPU slice lists every worker (jax reads TPU_PROCESS_ADDRESSES first); a single-host one lists one.
+    for listed in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):
+        if listed in env:
+            return "tpu" if len([h for h in env[listed].split(",") if h]) > 1 else None
     # Without jax.distributed, orbax's multi-process async save raised at a slice's first checkpoint.
     # One host stays one process: a one-process cluster would install jax's SIGTERM handler, which
     # took the signals of a run's start-up (before its own handler) and let it train on.

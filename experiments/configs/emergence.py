@@ -16,6 +16,7 @@ Presets:
   cpu_tiny_padded  cpu_tiny_base10 with operands padded to 6 digits
   cpu_tiny_widths  cpu_tiny_padded at five small 2-layer widths of one head (d8 .. d16)
   cpu_tiny_mirage  cpu_tiny_base10 with GPT-2's init and copy problems packed 1-16 per document
+                   (2-4, what a 128-token window holds, since 2026-12-07)
   gpu_host         a 7-size ladder (1e5 .. 1e8 non-embedding parameters) for one 8-GPU host;
                    `--dry_run` gives the time from the FLOPs at an assumed (not measured) MFU
   micro            2 sizes, a handful of steps: end to end in under a minute (tests use it)
@@ -235,11 +236,12 @@ def get_config(arg: str = "cpu_tiny") -> ml_collections.ConfigDict:
         pass
     elif arg == "cpu_tiny_mirage":
         # cpu_tiny_base10 with the design before it: GPT-2's N(0, 0.02) init and copy problems packed
-        # 1-16 per document, as the other tasks. Its last full run (the "previous preset" figures in
-        # emergence_design.md) showed the mirage along training (addition learned, exact match
-        # jumping while per-digit p rose smoothly) and no copying; cpu_tiny_base10 shows the copying
-        # transition, and in its full run only d32-l2 learned addition (2-3 digits). Kept so the
-        # design with more addition learned can still be run.
+        # 1-16 per document, as the other tasks (since 2026-12-07 no more than a training window holds,
+        # 2-4 copy problems of up to 49 characters: its runs before packed up to 16, cut by windows). Its
+        # last full run (the "previous preset" figures in emergence_design.md) showed the mirage along
+        # training (addition learned, exact match jumping while per-digit p rose smoothly) and no
+        # copying; cpu_tiny_base10 shows the copying transition, and in its full run only d32-l2 learned
+        # addition (2-3 digits). Kept so the design with more addition learned can still be run.
         config.model.init_scheme = "normal"
         config.mixture.examples_per_document_by_task = {}
     elif arg == "cpu_tiny_padded":

@@ -62,7 +62,8 @@ def task_documents(task: Task, *, examples_per_document: tuple[int, int], seed: 
     characters, fewest or not; a longer example is a document of its own. A training window
     (train.seq_len tokens) that ends inside a problem trains its rest without the start of its
     prompt, a context no evaluation shows: emergence sets it to the window (one token per
-    character at most, for text its tokenizer was trained on, plus the dummy prefix and eos).
+    character at most, for text its tokenizer was trained on, plus the dummy prefix and eos: a
+    bound, loose for text of multi-character pieces such as chain-of-thought words).
     """
     low, high = examples_per_document
     if not 1 <= low <= high:

@@ -51,6 +51,7 @@ class Member:
     timed: bool = False  # the throughput clock has started (after the first, compiling call)
     error: TrainingDivergedError | None = None
     diverged_at: int | None = None  # the step whose loss was not finite (error)
+    good_step: int | None = None  # then its newest checkpoint before the state that gave it
     # Whose lines the console shows: model 0's, then the next model still training once it diverged.
     console: bool = False
 
@@ -249,7 +250,7 @@ def _stop_diverged(m: Member, members: list[Member], step: int, what: str, *, st
     m.error = TrainingDivergedError(
         f"{f'model {m.index} ({m.workdir}): ' if stacked else ''}step {step}: {what}; stopped "
         f"without saving. {saved}; lower opt.learning_rate or raise warmup and rerun.")
-    m.diverged_at = step
+    m.diverged_at, m.good_step = step, (good[-1] if good else None)
     m.checkpointer.wait()
     if not stacked:
         raise m.error
@@ -309,9 +310,9 @@ def release_held(members: list[Member]) -> None:
     if active and None not in newest:
         for m in active:
             m.checkpointer.release_held(min(newest))
-    for m in members:  # one that diverged saves nothing more, and a rerun refuses it: it keeps as alone
-        if m.error is not None and (own := m.checkpointer.latest_step()) is not None:
-            m.checkpointer.release_held(own)
+    for m in members:  # one that diverged saves nothing more: it keeps its error's "last good checkpoint" on
+        if m.error is not None and m.good_step is not None:
+            m.checkpointer.release_held(m.good_step)
 
 
 def save_member(m: Member, step: int, own_state: Any, position: Any, best_metric: float | None) -> None:

@@ -305,3 +305,21 @@ def test_a_chain_of_thought_final_task_is_prompted_with_the_cue_its_training_had
     assert digested[-1]["final_prompts_cued"] == [cot.name]
     emergence.plan_study(configs.get_config("micro"))
     assert "final_prompts_cued" not in digested[-1]
+
+
+def test_a_mixture_recorded_before_unscramble_left_out_its_evaluation_words_keeps_its_older_form(monkeypatch):
+    """The fingerprint of a mixture written before 2026-12-07 (documents not cut to the window, training
+    problems held out by prompt only) is what that code wrote: with unscramble's evaluation words now
+    left out too, it changed, and such a study with runs was refused instead of going on with a warning."""
+    from research.evaluation import task_corpus
+    config = configs.get_config("micro")
+    config.mixture.tasks = {"unscramble_anagram1": 300, "addition_1digit": 100}
+    config.mixture.examples_per_document_by_task = {}
+    config.eval.update(dict(tasks=(*config.eval.tasks, "unscramble_anagram1"), num_test=18))
+    plan = emergence.plan_study(config)
+    evaluated = [e.task for e in plan.eval_entries + plan.final_entries]
+    assert len(task_corpus.training_docs(plan.train_tasks["unscramble_anagram1"], "train", evaluated)) < 300
+    now = emergence_plan.mixture_fingerprints(config, plan)
+    monkeypatch.setattr(task_corpus, "held_out_answers", lambda task: set())  # by prompt alone, as before
+    by_prompt = emergence_plan.mixture_fingerprints(config, plan)
+    assert now[0] != by_prompt[0] and now[1:] == by_prompt[1:]

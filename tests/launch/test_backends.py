@@ -252,19 +252,26 @@ def test_multihost_joins_jax_distributed_only_on_several_hosts(monkeypatch):
     assert len(calls) == 6
 
 
-def test_a_tpu_vm_counts_its_slice_by_jax_plugin_and_nothing_where_it_cannot_tell(monkeypatch):
+def test_a_tpu_vm_counts_its_slice_by_jax_plugin_and_nothing_where_it_cannot_tell(monkeypatch, capsys):
     """The metadata server unreachable (a container without host networking): requests raised
     ConnectionError through jax's probe, and the start-up crashed."""
+    from jax._src.clusters import cloud_tpu_cluster
     from jax._src.clusters.cloud_tpu_cluster import GceTpuCluster
     monkeypatch.setattr(GceTpuCluster, "is_env_present", classmethod(lambda cls: True))
     monkeypatch.setattr(GceTpuCluster, "get_process_count", classmethod(lambda cls: 4))
+    assert multihost.tpu_vm_process_count() == 0  # no TPU chips here: the metadata server is not asked
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     assert multihost.tpu_vm_process_count() == 4 and multihost.cluster_kind({}) == "tpu"
+    # GKE's variables decide where set (jax reads TPU_PROCESS_ADDRESSES before TPU_WORKER_HOSTNAMES).
+    assert multihost.cluster_kind({"TPU_PROCESS_ADDRESSES": "a:8476"}) is None
+    assert multihost.cluster_kind({"TPU_PROCESS_ADDRESSES": "a:8476,b:8476", "TPU_WORKER_HOSTNAMES": "a"}) == "tpu"
 
     def unreachable(cls):
         raise ConnectionError("metadata.google.internal: connection refused")
 
     monkeypatch.setattr(GceTpuCluster, "is_env_present", classmethod(unreachable))
     assert multihost.tpu_vm_process_count() == 0 and multihost.cluster_kind({}) is None
+    assert capsys.readouterr().err.count("warning: TPU chips attached, but jax could not read their slice") == 2
 
 
 @pytest.mark.parametrize("env, message", [
