@@ -427,29 +427,30 @@ def test_a_kill_between_the_models_saves_leaves_a_step_in_common(tokenizers, com
     assert losses == [list(range(1, 13))] * 2  # steps 5-8 recorded again, nothing twice
 
 
-@pytest.mark.parametrize("state_step, kept", [(10, ["8"]), (8, ["4", "8"])])
-def test_a_model_that_diverges_between_saves_keeps_its_last_good_checkpoint(tokenizers, tmp_path, monkeypatch,
-                                                                             state_step, kept):
-    """keep_last 1, saves every 4 of 12 steps, model 1 diverges at step 10: from the state after step 10
-    it keeps step 8 only, as trained alone (step 4 was held for the group it then left); from the state
-    saved at step 8, step 4 too, the "last good checkpoint" its error names. Model 0 keeps 12."""
+def test_models_that_diverge_between_saves_keep_their_last_good_checkpoint(tokenizers, tmp_path, monkeypatch):
+    """keep_last 1, saves every 4 of 12 steps, models 1 and 2 diverge at step 10. Model 1, from the state
+    after step 10, keeps step 8 only, as trained alone (step 4 was held for the group it then left);
+    model 2, from the state saved at step 8, keeps step 4 too, the "last good checkpoint" its error
+    names (the group's release dropped it). Model 0 keeps 12."""
     from research.training import members as members_lib
     config = run_config("gpt_tiny", tokenizers["plain"], num_steps=12, steps_per_call=2, eval_every_steps=2)
-    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3)
+    config.batched.field, config.batched.values = "opt.learning_rate", (1e-3, 2e-3, 3e-3)
     config.checkpoint.update(dict(keep_last=1, keep_best=0))
     check = members_lib.stop_if_not_finite
 
-    def model_1_diverges_at_step_10(members, step, finite, eval_metrics, *, stacked):
+    def models_1_and_2_diverge_at_step_10(members, step, finite, eval_metrics, *, stacked):
         check(members, step, finite, eval_metrics, stacked=stacked)
         if step == 10:
-            members_lib._stop_diverged(members[1], members, step, "forced", stacked=stacked, state_step=state_step)
+            for m, state_step in ((members[1], 10), (members[2], 8)):
+                members_lib._stop_diverged(m, members, step, "forced", stacked=stacked, state_step=state_step)
 
-    monkeypatch.setattr(members_lib, "stop_if_not_finite", model_1_diverges_at_step_10)
-    with pytest.raises(TrainingDivergedError, match=r"1 of 2 models diverged \(the others finished\): model 1 .*"
-                                                    rf"Last good checkpoint: step {kept[0]} "):
+    monkeypatch.setattr(members_lib, "stop_if_not_finite", models_1_and_2_diverge_at_step_10)
+    with pytest.raises(TrainingDivergedError, match=r"2 of 3 models diverged \(the others finished\): model 1 .*"
+                                                    r"Last good checkpoint: step 8 .*model 2 .*Last good checkpoint: "
+                                                    r"step 4 "):
         train_and_evaluate(config, str(tmp_path))
     assert [sorted(p.name for p in (tmp_path / f"opt.learning_rate={v}" / "checkpoints").iterdir() if p.name.isdigit())
-            for v in ("0.001", "0.002")] == [["12"], kept]
+            for v in ("0.001", "0.002", "0.003")] == [["12"], ["8"], ["4", "8"]]
 
 
 @pytest.mark.parametrize("models_per_call", [1, 2, 3])
