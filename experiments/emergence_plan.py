@@ -351,7 +351,7 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
     """Write the mixture (once) and train its tokenizer (once); returns the runs' data config."""
     from research import data
     from research.data.sources import TextFileSource, stdlib_files
-    from research.evaluation.task_corpus import take_chars, task_documents, training_docs, write_mixture
+    from research.evaluation.task_corpus import solved_documents, take_chars, training_docs, write_mixture
 
     data_dir = os.path.join(workdir, "data")
     mixture_path = os.path.join(data_dir, "mixture.jsonl")
@@ -381,14 +381,14 @@ def prepare_data(config: ml_collections.ConfigDict, plan: StudyPlan, workdir: st
                               "2026-12-05 also continues under the eval settings it was made with, e.g. cpu_tiny's "
                               "--config.eval.num_test=400).")
         mixture = config.mixture
-        parts = {name: task_documents(task, examples_per_document=examples_per_document(mixture, name),
-                                      seed=mixture.seed, held_out=held_out, max_chars=document_chars(config))
-                 for name, task in plan.train_tasks.items()}
-        for name, task in plan.train_tasks.items():  # (unscramble at 1000 test items kept 1556 of 8000, unsaid)
-            kept, drawn = len(training_docs(task, "train", held_out)), len(task.docs("train"))
-            if kept < 0.9 * drawn:
-                log(f"{name}: {kept} of its {drawn} training problems are left once the evaluation's problems are "
-                    "held out; evaluate fewer items (eval.num_test) or draw more (mixture.tasks) for more.")
+        parts = {}
+        for name, task in plan.train_tasks.items():
+            docs, drawn = training_docs(task, "train", held_out), len(task.docs("train"))
+            if len(docs) < 0.9 * drawn:  # (unscramble at 1000 test items kept 1556 of 8000, unsaid)
+                log(f"{name}: {len(docs)} of its {drawn} training problems are left once the evaluation's problems "
+                    "are held out; evaluate fewer items (eval.num_test) or draw more (mixture.tasks) for more.")
+            parts[name] = solved_documents(task.spec, docs, examples_per_document=examples_per_document(mixture, name),
+                                           seed=mixture.seed, max_chars=document_chars(config))
         task_chars = sum(len(t) for texts in parts.values() for t in texts)
         corpus_chars = int(task_chars * mixture.corpus_fraction / (1.0 - mixture.corpus_fraction))
         if corpus_chars:
@@ -428,17 +428,15 @@ def mixture_fingerprints(config: ml_collections.ConfigDict, plan: StudyPlan) -> 
     1000 final additions) keeps the mixture, and so the runs. Before 2026-12-07 documents were
     not cut to the window; before 2026-12-05 the form digested every held-out prompt, whether or
     not training drew it."""
-    from research.evaluation.task_corpus import held_out_prompts, render, training_docs
+    from research.evaluation.task_corpus import held_out_prompts, training_mask
 
     evaluated = [e.task for e in plan.eval_entries + plan.final_entries]
     held_out = set().union(*(held_out_prompts(t) for t in evaluated))
     excluded, by_prompt = set(), set()  # (since 2026-12-07 also unscramble's evaluation words; before, by prompt)
     for task in plan.train_tasks.values():
-        kept = {id(d) for d in training_docs(task, "train", evaluated)}
-        for doc in task.docs("train"):
-            prompt = render(task.spec.prompt, doc, "prompt")
-            excluded |= {prompt} if id(doc) not in kept else set()
-            by_prompt |= {prompt} if prompt in held_out else set()
+        prompts = task.prompts("train")
+        excluded |= {p for p, keep in zip(prompts, training_mask(task, "train", evaluated)) if not keep}
+        by_prompt |= held_out.intersection(prompts)
     settings = {"mixture": config.mixture.to_dict(), "tokenizer": tokenizer_settings(config),
                 "cot_description": config.eval.cot_description}
     return (_digest({**settings, "excluded_from_training": _digest(sorted(excluded)),

@@ -30,35 +30,50 @@ def solved_example(spec: TaskSpec, doc: Doc) -> str:
 
 def held_out_prompts(task: Task) -> set[str]:
     """Rendered prompts of `task`'s evaluation split."""
-    return {render(task.spec.prompt, d, "prompt") for d in task.docs(task.spec.eval_split)}
+    return set(task.prompts(task.spec.eval_split))
 
 
 def held_out_answers(task: Task) -> set[str]:
     """Gold answers of `task`'s evaluation split where an answer names its problem
     (TaskSpec.answer_identifies_problem: every scramble of a word asks for that word); else none."""
-    if not task.spec.answer_identifies_problem:
-        return set()
-    return {gold_text(task.spec, d) for d in task.docs(task.spec.eval_split)}
+    return set(task.answers(task.spec.eval_split)) if task.spec.answer_identifies_problem else set()
+
+
+def training_mask(task: Task, split: str, held_out: Sequence[Task]) -> list[bool]:
+    """Per document of `task`'s `split`, whether it may be trained on: not a problem a held-out task
+    evaluates, by the same prompt or, where the answer names the problem (unscramble), the same
+    answer (150 of 200 evaluation words were trained as the answer to another scramble)."""
+    prompts = set().union(*(held_out_prompts(t) for t in held_out))
+    answers = set().union(*(held_out_answers(t) for t in held_out)) if task.spec.answer_identifies_problem else set()
+    return [p not in prompts and a not in answers for p, a in zip(task.prompts(split), task.answers(split))]
 
 
 def training_docs(task: Task, split: str, held_out: Sequence[Task]) -> list[Doc]:
-    """`task`'s `split` less the problems a held-out task evaluates: the same prompt, or where the
-    answer names the problem (unscramble) the same answer (150 of 200 evaluation words were
-    trained as the answer to another scramble)."""
-    spec = task.spec
-    prompts = set().union(*(held_out_prompts(t) for t in held_out))
-    answers = set().union(*(held_out_answers(t) for t in held_out)) if spec.answer_identifies_problem else set()
-    return [d for d in task.docs(split)
-            if render(spec.prompt, d, "prompt") not in prompts and (not answers or gold_text(spec, d) not in answers)]
+    """`task`'s `split` less the problems a held-out task evaluates (training_mask); a TaskError
+    when none is left."""
+    docs = [d for d, keep in zip(task.docs(split), training_mask(task, split, held_out)) if keep]
+    if not docs:
+        raise TaskError(f"task {task.spec.name!r}: every document of split {split!r} is held out (the evaluation "
+                        "items cover every training problem); evaluate fewer items (num_test), draw more training "
+                        "documents, or use another seed.")
+    return docs
 
 
 def task_documents(task: Task, *, examples_per_document: tuple[int, int], seed: int, split: str = "train",
                    held_out: Sequence[Task] = (), max_chars: int | None = None) -> list[str]:
-    """`task`'s `split` cut into documents of a random number of solved examples each.
+    """`task`'s `split` less the problems a held-out task evaluates (training_docs), cut into
+    documents (solved_documents)."""
+    docs = training_docs(task, split, held_out)
+    return solved_documents(task.spec, docs, examples_per_document=examples_per_document, seed=seed,
+                            max_chars=max_chars)
+
+
+def solved_documents(spec: TaskSpec, docs: Sequence[Doc], *, examples_per_document: tuple[int, int], seed: int,
+                     max_chars: int | None = None) -> list[str]:
+    """`docs` cut into documents of a random number of solved examples each.
 
     examples_per_document: (fewest, most), both inclusive; documents are drawn with
-    random.Random(seed). held_out: tasks whose evaluation problems must not be trained on
-    (training_docs). max_chars: a document ends before an example would take it past this many
+    random.Random(seed). max_chars: a document ends before an example would take it past this many
     characters, fewest or not; a longer example is a document of its own. A training window
     (train.seq_len tokens) that ends inside a problem trains its rest without the start of its
     prompt, a context no evaluation shows: emergence sets it to the window (one token per
@@ -70,12 +85,6 @@ def task_documents(task: Task, *, examples_per_document: tuple[int, int], seed: 
         raise TaskError(f"examples_per_document={examples_per_document} must satisfy 1 <= fewest <= most.")
     if max_chars is not None and max_chars < 1:
         raise TaskError(f"max_chars={max_chars} must be >= 1 (or None: no limit).")
-    spec = task.spec
-    docs = training_docs(task, split, held_out)
-    if not docs:
-        raise TaskError(f"task {spec.name!r}: every document of split {split!r} is held out (the evaluation items "
-                        "cover every training problem); evaluate fewer items (num_test), draw more training "
-                        "documents, or use another seed.")
     rng = random.Random(seed)
     out, start = [], 0
     while start < len(docs):
