@@ -53,3 +53,34 @@ def test_a_dry_run_refuses_one_item():
     dry = subprocess.run(command, capture_output=True, text=True)
     assert dry.returncode == 1 and "training FLOPs" not in dry.stdout
     assert dry.stderr.strip().splitlines()[-1].startswith("error: eval.final_num_test=1 must be >= 2 ")
+
+
+
+class _ReachedTheTokenizer(Exception):
+    pass
+
+
+@pytest.mark.parametrize("num_test, warned", [(4, False), (40, True)])
+def test_prepare_data_says_when_holding_out_the_evaluation_leaves_few_training_problems(num_test, warned, tmp_path,
+                                                                                          monkeypatch):
+    # micro trains 400 draws of 1-digit addition, a universe of 100 problems: holding out 40 of
+    # them for evaluation removes ~40% of the draws, 4 of them ~4% (under the 10% the line allows).
+    config = configs.get_config("micro")
+    config.eval.num_test = num_test
+    plan = emergence.plan_study(config)
+    task = plan.train_tasks["addition_1digit"]
+    held = {p for entry in plan.eval_entries + plan.final_entries for p in entry.task.prompts(entry.task.spec.eval_split)}
+    kept = sum(p not in held for p in task.prompts("train"))
+    assert (kept < 360) == warned
+
+    def stop(*args):
+        raise _ReachedTheTokenizer
+
+    monkeypatch.setattr("research.data.build_tokenizer", stop)
+    logs = []
+    with pytest.raises(_ReachedTheTokenizer):
+        emergence.prepare_data(config, plan, str(tmp_path), logs.append)
+    lines = [line for line in logs if line.startswith("addition_1digit: ")]
+    assert lines == ([f"addition_1digit: {kept} of its 400 training problems are left once the evaluation's problems "
+                      "are held out; evaluate fewer items (eval.num_test) or draw more (mixture.tasks) for more."]
+                     if warned else [])
