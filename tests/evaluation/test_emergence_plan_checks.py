@@ -69,7 +69,8 @@ def test_prepare_data_says_when_holding_out_the_evaluation_leaves_few_training_p
     config.eval.num_test = num_test
     plan = emergence.plan_study(config)
     task = plan.train_tasks["addition_1digit"]
-    held = {p for entry in plan.eval_entries + plan.final_entries for p in entry.task.prompts(entry.task.spec.eval_split)}
+    entries = plan.eval_entries + plan.final_entries
+    held = {p for entry in entries for p in entry.task.prompts(entry.task.spec.eval_split)}
     kept = sum(p not in held for p in task.prompts("train"))
     assert (kept < 360) == warned
 
