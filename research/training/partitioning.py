@@ -1,8 +1,9 @@
 """Shardings of the train state and of batches on a (data, fsdp, tensor) mesh.
 
 Parameters take the shardings their logical axis names map to under the config's rules
-table. Optimizer statistics that mirror a parameter (Adam's mu and nu, Lion's momentum)
-take that parameter's sharding; anything else (step counts, Adafactor's factored row and
+table. Optimizer statistics that mirror a parameter (Adam's mu and nu, Lion's momentum,
+Adafactor's unfactored second moment, per layer of a scanned stack too) take that
+parameter's sharding; anything else (step counts, Adafactor's factored row and
 column statistics, O(rows + cols)) is replicated.
 """
 from __future__ import annotations
@@ -274,13 +275,25 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
 
 
 def mirrored_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
-    """Shardings for `tree` (e.g. an optimizer state): a leaf whose key path ends with a
-    parameter's path and has its shape takes that parameter's sharding; others replicate."""
+    """Shardings for `tree` (e.g. an optimizer state): a leaf of a parameter's shape whose key
+    path ends with that parameter's path takes its sharding; so does one whose path holds the
+    parameter's names in order with others between them and ends with its last name (a state
+    kept per layer of a scanned stack, optimizers.each_scanned_layer: ('layers', 0, 'v', 'mlp',
+    'wi', 'kernel') for the parameter ('layers', 'mlp', 'wi', 'kernel'), replicated on every
+    device before, 8x its sharded size on an 8-way fsdp mesh); the longest such path wins.
+    Others replicate."""
     by_path = {}
     for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings)):
         by_path[_path_names(path)] = (tuple(leaf.shape), sharding)
     lengths = sorted({len(p) for p in by_path}, reverse=True)
+    by_last_name: dict[str, list[tuple[str, ...]]] = {}
+    for names in sorted(by_path, key=len, reverse=True):
+        by_last_name.setdefault(names[-1], []).append(names)
     replicated = NamedSharding(mesh, PartitionSpec())
+
+    def in_order(wanted: tuple[str, ...], names: tuple[str, ...]) -> bool:
+        rest = iter(names)
+        return all(name in rest for name in wanted)  # each found after the previous one
 
     def pick(path, leaf):
         names = _path_names(path)
@@ -288,6 +301,9 @@ def mirrored_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> An
             hit = by_path.get(names[-n:]) if len(names) >= n else None
             if hit is not None and hit[0] == tuple(leaf.shape):
                 return hit[1]
+        for candidate in by_last_name.get(names[-1], []) if names else []:
+            if by_path[candidate][0] == tuple(leaf.shape) and in_order(candidate, names):
+                return by_path[candidate][1]
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, tree)

@@ -127,3 +127,31 @@ def test_bf16_compute_keeps_float32_master_weights(gpt_config, single_device):
         assert leaf.dtype == np.float32
     assert metrics["loss"] == pytest.approx(reference_metrics["loss"], rel=1e-2)  # bf16 rounding only
     assert metrics["loss"] != reference_metrics["loss"]  # ... but it did compute in bf16
+
+
+def test_a_scanned_stacks_per_layer_adafactor_moments_are_sharded_like_their_parameters():
+    """Adafactor keeps its state per layer of a scanned stack (optimizers.each_scanned_layer), at
+    paths like ('layers', 0, 'v', 'mlp', 'wi', 'kernel'); mirrored_shardings matched only a path
+    ending with the parameter's, so these moments were replicated: on an 8-way fsdp mesh each
+    device held the whole optimizer state (tinyllama-1.1b: 795 MiB against 101 unscanned)."""
+    from research.models import build_model, get_config
+    from research.training.optimizers import make_optimizer
+    from research.training.state import train_state_shardings
+    mesh = partitioning.make_training_mesh((1, 8, 1))
+    batch = {k: jax.ShapeDtypeStruct((8, 16), np.float32 if k == "loss_weights" else np.int32)
+             for k in ("inputs", "targets", "segment_ids", "positions", "loss_weights")}
+    held = {}
+    for scan in (False, True):
+        model = build_model(get_config("gpt2-tiny", num_layers=2, vocab_size=128, max_len=32, scan_layers=scan))
+        optimizer, _ = make_optimizer(OptimizerConfig(total_steps=10, name="adafactor"))
+        abstract, shardings = train_state_shardings(model, get_objective("causal_lm", "decoder"), optimizer, batch,
+                                                    mesh, DEFAULT_RULES)
+        leaves = zip(jax.tree.leaves(abstract.opt_state), jax.tree.leaves(shardings.opt_state))
+        held[scan] = sum(np.prod(s.shard_shape(a.shape)) for a, s in leaves)
+        if scan:
+            moment = [s.spec for (path, _), s in zip(jax.tree_util.tree_leaves_with_path(abstract.opt_state),
+                                                     jax.tree.leaves(shardings.opt_state))
+                      if jax.tree_util.keystr(path).endswith(".v['mlp']['wi']['kernel']")]
+            assert moment == [shardings.params["layers"]["mlp"]["wi"]["kernel"].spec]
+    # The same optimizer state per device, scanned or not, but for a step count per layer.
+    assert held[True] == pytest.approx(held[False], abs=2)
