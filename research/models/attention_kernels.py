@@ -171,6 +171,25 @@ def resolve_kernel(config: ModelConfig, *, has_bias: bool, has_segments: bool, d
     return choice
 
 
+@jax.custom_jvp
+def softmax_last_axis(logits: Array) -> Array:
+    """jax.nn.softmax over the last axis, the same forward, differentiated as y * (dx - sum(y * dx)):
+    jax's own rule behind its jax_softmax_custom_jvp flag, which jax 0.10 leaves off. Off, autodiff
+    differentiates exp(x - max) / sum through the division, keeping both as residuals, and on
+    XLA:CPU that backward was a quarter of a small model's train step (1e4-parameter ladder model:
+    1.17 of 4.99 ms per step in its fused op, 0.17 with this rule). Gradients differ by rounding."""
+    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnormalized = jnp.exp(shifted)
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax_last_axis.defjvp
+def _softmax_last_axis_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (logits,), (logits_dot,) = primals, tangents
+    probs = softmax_last_axis(logits)
+    return probs, probs * (logits_dot - jnp.sum(probs * logits_dot, axis=-1, keepdims=True))
+
+
 def reference_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask_BTS: Array, *, scale: float,
                         bias_BHTS: Array | None = None, dropout: Callable[[Array], Array] | None = None) -> Array:
     """Einsum attention: float32 logits and softmax, probabilities in the compute dtype."""
@@ -185,7 +204,7 @@ def reference_attention(q_BTHd: Array, k_BSKd: Array, v_BSKd: Array, mask_BTS: A
     if bias_BHTS is not None:
         logits_BKGTS = logits_BKGTS + bias_BHTS.reshape(bias_BHTS.shape[0], k, h // k, *bias_BHTS.shape[2:])
     logits_BKGTS = jnp.where(mask_BTS[:, None, None, :, :], logits_BKGTS, NEG_INF)
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(dtype)
+    probs_BKGTS = softmax_last_axis(logits_BKGTS).astype(dtype)
     if dropout is not None:
         probs_BKGTS = dropout(probs_BKGTS)
     out_BTKGd = einsum_float32_out("BKGTS,BSKd->BTKGd", probs_BKGTS, v_BSKd.astype(dtype))

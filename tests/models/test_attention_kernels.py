@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from research.models import build_model, get_config
-from research.models.attention_kernels import (AttentionMask, jax_dot_product_attention, reference_attention,
-                                               resolve_kernel, segment_attention_mask, splash_attention)
+from research.models.attention_kernels import (NEG_INF, jax_dot_product_attention, reference_attention, resolve_kernel,
+                                               segment_attention_mask, softmax_last_axis, splash_attention)
 from research.models.config import ConfigError
 from research.models.layout import unbox
 
@@ -185,3 +185,23 @@ def test_cudnn_head_dims_jax_refuses_fall_back_or_fail_clearly(monkeypatch, capa
     # Inference with odd lengths runs on cuDNN: an explicit choice keeps it.
     assert pick(bf16.replace(attention_kernel="dot_product_attention"), q_len=1, kv_len=64) == "dot_product_attention"
     assert pick(bf16.replace(dtype="float32", head_dim=4), q_len=7) == "xla"  # float32: no cuDNN path at all
+
+
+def test_the_attention_softmax_is_jaxs_forward_with_the_compact_derivative():
+    """softmax_last_axis: jax.nn.softmax's values bit for bit (masked rows, a fully masked row and
+    large logits included), and the derivative y * (dx - sum(y * dx)) computed from the outputs
+    alone (no division in the backward): its tangent is that formula exactly, and its gradient
+    agrees with autodiff of jax.nn.softmax to float32 rounding."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 4, 9)) * 30, jnp.float32)
+    logits = logits.at[0, 1].set(NEG_INF).at[1, 2, :5].set(NEG_INF)
+    for fn in (softmax_last_axis, jax.jit(softmax_last_axis)):
+        np.testing.assert_array_equal(fn(logits), jax.nn.softmax(logits, axis=-1))
+    tangent = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+    probs, probs_dot = jax.jvp(softmax_last_axis, (logits,), (tangent,))
+    np.testing.assert_array_equal(probs_dot, probs * (tangent - jnp.sum(probs * tangent, axis=-1, keepdims=True)))
+    weights = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+    ours = jax.grad(lambda x: jnp.sum(softmax_last_axis(x) * weights))(logits)
+    autodiff = jax.grad(lambda x: jnp.sum(jax.nn.softmax(x, axis=-1) * weights))(logits)
+    np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-6)
+    assert bool(jnp.all(jnp.isfinite(ours)))
