@@ -55,7 +55,6 @@ def test_a_dry_run_refuses_one_item():
     assert dry.stderr.strip().splitlines()[-1].startswith("error: eval.final_num_test=1 must be >= 2 ")
 
 
-
 class _ReachedTheTokenizer(Exception):
     pass
 

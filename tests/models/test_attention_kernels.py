@@ -205,3 +205,8 @@ def test_the_attention_softmax_is_jaxs_forward_with_the_compact_derivative():
     autodiff = jax.grad(lambda x: jnp.sum(jax.nn.softmax(x, axis=-1) * weights))(logits)
     np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-6)
     assert bool(jnp.all(jnp.isfinite(ours)))
+    # ... and the reference kernel (every CPU model's attention) differentiates through it.
+    q = jnp.asarray(rng.normal(size=(1, 4, 2, 8)), jnp.float32)
+    mask = segment_attention_mask(jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32), True)
+    attention = lambda q: reference_attention(q, q, q, mask.dense_BTS, scale=1.0)
+    assert "custom_jvp_call" in str(jax.make_jaxpr(attention)(q))
