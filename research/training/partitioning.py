@@ -287,7 +287,7 @@ def mirrored_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> An
         by_path[_path_names(path)] = (tuple(leaf.shape), sharding)
     lengths = sorted({len(p) for p in by_path}, reverse=True)
     by_last_name: dict[str, list[tuple[str, ...]]] = {}
-    for names in sorted(by_path, key=len, reverse=True):
+    for names in sorted((p for p in by_path if p), key=len, reverse=True):  # (): params that are one array
         by_last_name.setdefault(names[-1], []).append(names)
     replicated = NamedSharding(mesh, PartitionSpec())
 
