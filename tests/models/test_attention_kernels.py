@@ -210,3 +210,23 @@ def test_the_attention_softmax_is_jaxs_forward_with_the_compact_derivative():
     mask = segment_attention_mask(jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32), True)
     attention = lambda q: reference_attention(q, q, q, mask.dense_BTS, scale=1.0)
     assert "custom_jvp_call" in str(jax.make_jaxpr(attention)(q))
+
+
+def test_the_dot_product_attention_kernel_differentiates_its_softmax_compactly():
+    """jax.nn.dot_product_attention's xla implementation (attention_kernel='dot_product_attention'
+    off cuDNN) runs its softmax under jax_softmax_custom_jvp: the same outputs bit for bit as with
+    the flag off, gradients within float32 rounding of them, the compact rule in the gradient's
+    program, and the flag left as it was outside the call."""
+    q, k, v = _qkv(2, 12, 12, 4, 2, 8, seed=3)
+    mask = segment_attention_mask(_packed_segments(12), _packed_segments(12), True)
+    kernel = lambda q, k, v: jax_dot_product_attention(q, k, v, mask, scale=0.35, platform="cpu")
+    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask.dense_BTS[:, None], scale=0.35,
+                                                         implementation="xla")
+    np.testing.assert_array_equal(jax.jit(kernel)(q, k, v), jax.jit(plain)(q, k, v))
+    weights = jnp.cos(q)
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * weights)
+    for got, want in zip(jax.grad(loss(kernel), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert "custom_jvp_call" in str(jax.make_jaxpr(jax.grad(loss(kernel)))(q, k, v))
+    assert "custom_jvp_call" not in str(jax.make_jaxpr(jax.grad(loss(plain)))(q, k, v))
+    assert not jax.config.jax_softmax_custom_jvp
