@@ -29,7 +29,8 @@ for arithmetic (per-token metrics are per-digit), while BPE pieces keep the code
 about three times shorter than characters would.
 
 experiments/emergence_plan.py builds the plan (step 0: every model config and task, checked
-before any compilation) and step 1's data; this module trains, evaluates and reports.
+before any compilation) and step 1's data; experiments/emergence_runs.py checks that the sizes a
+workdir already holds were trained as asked; this module trains, evaluates and reports.
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ from ml_collections import config_flags
 
 from experiments import emergence_report
 # The plan and data steps live in emergence_plan; examples_per_document is re-exported for callers.
-from experiments.emergence_plan import (StudyPlan, check_trained_runs, examples_per_document, plan_study,  # noqa: F401
+from experiments.emergence_plan import (StudyPlan, examples_per_document, plan_study,  # noqa: F401
                                         prepare_data, read_json, size_model_fields)
+from experiments.emergence_runs import check_trained_runs
 from research.models.config import ConfigError
 
 Log = Callable[[str], None]

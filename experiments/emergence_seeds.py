@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from experiments.emergence_plan import STUDY_DIGESTS, recorded_study
+from experiments.emergence_runs import STUDY_DIGESTS, recorded_study
 from experiments.emergence_report import breakthroughness_pair, one_row_per_setting
 from research.models.config import ConfigError
 from research.training.workdir import ADDED_LATER
@@ -66,7 +66,7 @@ ONSET_RISE = 0.1
 # files' contents are compared instead (_tokenizer_contents).
 _TOKENIZER_DIGEST = "data.tokenizer.model_file_sha256"
 # Fields allowed to differ between the runs: the seed, and paths inside each workdir (the rest of
-# what may differ is left out of emergence_plan.recorded_study: FREE_STUDY_FIELDS).
+# what may differ is left out of emergence_runs.recorded_study: FREE_STUDY_FIELDS).
 _MAY_DIFFER = ("train.seed", "data.file_patterns", "data.tokenizer.model_path", _TOKENIZER_DIGEST)
 
 
@@ -122,7 +122,7 @@ def read_seed_run(workdir: str, sizes: Sequence[str], num_shots: int = 0) -> dic
 
 def check_same_study(runs: Sequence[dict[str, Any]]) -> None:
     """One line when the runs are not one study at different seeds: their whole study config
-    (emergence_plan.recorded_study) and every size's training must agree but for train.seed."""
+    (emergence_runs.recorded_study) and every size's training must agree but for train.seed."""
     if len(runs) < 2:
         raise ConfigError(f"--workdirs names {len(runs)} workdir; seed noise needs >= 2 runs of one study.")
     seeds = [r["seed"] for r in runs]
