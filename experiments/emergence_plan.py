@@ -228,7 +228,7 @@ def _check_training_and_evaluation(config: ml_collections.ConfigDict, models: di
     """The numbers that otherwise fail only inside a worker, after the data is written or a
     whole size has trained (eval.batch_size is read when the first checkpoint is evaluated)."""
     from research.training.checkpointing import CheckpointConfig
-    from research.training.loop import TrainConfig
+    from research.training.train_config import TrainConfig
     from research.training.optimizers import OptimizerConfig
 
     train = TrainConfig(**config.train.to_dict())  # each ConfigError names its train.<field>

@@ -40,7 +40,8 @@ from research.training import (metrics as metrics_lib, partitioning, preemption,
                                workdir as workdir_lib)
 from research.training.checkpoint_loading import RESOLVED_MODEL
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, CheckpointError, Checkpointer
-from research.training.loop import TrainConfig, TrainingDivergedError
+from research.training.loop import TrainingDivergedError
+from research.training.train_config import TrainConfig
 from research.training.optimizers import OptimizerConfig, make_optimizer
 from research.training.state import TrainState, with_shardings
 from research.training.train_step import check_master_weights, jit_train_step, make_train_step

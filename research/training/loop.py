@@ -38,17 +38,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import logging
-import math
 import os
 from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from research import data as data_lib
 from research.models import build_model, get_config
@@ -56,65 +53,18 @@ from research.models.config import ConfigError
 from research.sharding import DEFAULT_RULES, Rules, describe_mesh
 from research.data.prefetch import BlockPrefetcher
 from research.data.tokenizer import encoder_decoder_ids
-from research.training import blocks, evaluation, losses, members as members_lib, metrics as metrics_lib, model_batch
-from research.training import partitioning
+from research.training import blocks, losses, members as members_lib, metrics as metrics_lib, model_batch
+from research.training import partitioning, programs as programs_lib
 from research.training import peak_flops as peak_flops_lib
 from research.training import preemption, workdir as workdir_lib, workdir_lock  # [issue-13b]
 from research.training.checkpointing import BEST_METRIC, CheckpointConfig, Checkpointer
-from research.training.optimizers import OptimizerConfig, hyperparameters, make_optimizer, schedule_warning
+from research.training.optimizers import OptimizerConfig, make_optimizer, schedule_warning
 from research.training.members import TrainingDivergedError
 from research.training.state import create_stacked_train_state, create_train_state, train_state_shardings
-from research.training.train_step import check_master_weights, make_eval_step, make_train_step
+from research.training.train_config import TrainConfig
+from research.training.train_step import check_master_weights
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """The loop's own settings (config.train)."""
-
-    num_steps: int
-    batch_size: int  # global rows per optimizer step, over all processes
-    seq_len: int  # packed row length (encoder-decoder: the source length)
-    microbatches: int = 1  # gradient accumulation: batch_size / microbatches rows per pass
-    seed: int = 0
-    z_loss: float = 0.0
-    log_every_steps: int = 10
-    eval_every_steps: int = 100  # checkpoint steps are evaluated too when checkpoint.keep_best > 0
-    eval_batches: int = 4
-    stop_after_steps: int = 0  # > 0: leave after this step (checkpointed); rerunning continues; 0: off
-    peak_flops: float = 0.0  # FLOP/s of all devices for MFU; 0 = datasheet bf16 peak (measured on CPU)
-    progress_bar: bool = True
-    steps_per_call: int = 0  # train steps per compiled call (a lax.scan); 0: from the model's FLOPs per step
-    # K models trained together: how many are vmapped at once, the rest following inside the
-    # same program (model_batch.map_over_models); 0: all on accelerators, one at a time on CPU.
-    models_per_call: int = 0
-    # K models trained together: split the model axis over the devices, each model whole on one
-    # device with its whole batch (no communication), instead of splitting every model's batch
-    # over all of them. For many small models on several accelerators, or on a CPU with
-    # XLA_FLAGS=--xla_force_host_platform_device_count=<cores> (XLA:CPU runs one device's work
-    # on about one core). K must be a multiple of the device count; one process only.
-    models_across_devices: bool = False
-
-    def __post_init__(self):
-        if self.steps_per_call < 0:
-            raise ConfigError(f"train.steps_per_call={self.steps_per_call} must be >= 1, or 0 to choose it from "
-                              "the model's FLOPs per step.")
-        if self.models_per_call < 0:
-            raise ConfigError(f"train.models_per_call={self.models_per_call} must be >= 1, or 0 for all models "
-                              "at once on accelerators and one at a time on CPU.")
-        for field in ("num_steps", "batch_size", "seq_len", "microbatches", "log_every_steps",
-                      "eval_every_steps", "eval_batches"):
-            if getattr(self, field) <= 0:
-                raise ConfigError(f"train.{field}={getattr(self, field)} must be positive.")
-        # A negative stop trained nothing and reported the untrained model as the result.
-        if self.stop_after_steps < 0:
-            raise ConfigError(f"train.stop_after_steps={self.stop_after_steps} must be >= 0 (a step to leave after, "
-                              "or 0 for off).")
-        losses.check_z_loss(self.z_loss)
-        if not (math.isfinite(self.peak_flops) and self.peak_flops >= 0):
-            raise ConfigError(f"train.peak_flops={self.peak_flops} must be a FLOP/s figure >= 0 (0: the device's "
-                              "datasheet peak); MFU divides by it.")
 
 
 def _sub_config(section: Any) -> dict[str, Any]:
@@ -124,14 +74,6 @@ def _sub_config(section: Any) -> dict[str, Any]:
 def _rules(mesh_config: Any) -> Rules:
     rules = mesh_config.get("rules", None) or DEFAULT_RULES
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
-
-
-def _all_finite(params: Any, *, stacked: bool) -> jax.Array:
-    """[K] (stacked models) or [1]: whether every parameter of each model is finite."""
-    def flags(x: jax.Array) -> jax.Array:
-        finite = jnp.isfinite(x)
-        return jnp.all(finite.reshape(finite.shape[0], -1), axis=1) if stacked else jnp.all(finite)[None]
-    return jnp.all(jnp.stack([flags(x) for x in jax.tree.leaves(params)]), axis=0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -283,50 +225,17 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                          lambda: batches("train", train.seed), initial_state,
                                                          state_shardings if stacked else None)
 
-            if stacked:
-                def model_step(state, batch, values):
-                    # The same pure step, with this model's optimizer numbers as traced values.
-                    opt, sched = make_optimizer(opt_configs[0], values)
-                    return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
-                                           batch_spec=batch_partition)(state, batch)
-                per_call = train.models_per_call or model_batch.default_models_per_call(mesh.devices.flat[0].platform)
-                data_axis = 0 if per_model_data else None
-                block_fn = model_batch.map_block_over_models(blocks.make_block_step(model_step), per_model_data,
-                                                             per_call)
-                extra_args = (model_batch.stacked_hyperparameters(opt_configs),)
-                eval_fn = model_batch.map_over_models(make_eval_step(model, loss_fn), (0, data_axis), per_call)
-                if across:  # each device runs its own models on whole batches
-                    block_fn, eval_fn, *across_data = model_batch.split_over_devices(block_fn, eval_fn, mesh,
-                                                                                     per_model_data)
-                member_state = model_batch.member_getter(shardings)
-            else:
-                def step_fn(state, batch, values):
-                    # The optimizer's numbers (learning rate, warmup, length) enter as traced
-                    # values, not constants: runs of one model at different budgets or learning
-                    # rates then compile to the same program, which a persistent compilation
-                    # cache (the scaling sweep's) compiles once per model instead of once per run.
-                    opt, sched = make_optimizer(opt_configs[0], values)
-                    return make_train_step(model, loss_fn, opt, sched, microbatches=train.microbatches,
-                                           batch_spec=batch_partition, param_shardings=shardings.params)(state, batch)
-                extra_args = ({k: np.float32(v) for k, v in hyperparameters(opt_configs[0]).items()},)
-                block_fn = blocks.make_block_step(step_fn)
-                eval_fn, member_state = make_eval_step(model, loss_fn), None
-            data_axes = 1 + per_model_data  # the step axis, then the model axis when data differs
-            train_sharding = blocks.block_sharding(batch_sharding, data_axes)
-            eval_sharding = blocks.block_sharding(batch_sharding, data_axes - 1)
-            if across:
-                train_sharding, eval_sharding = across_data
-            train_block = blocks.jit_block_step(block_fn, state_shardings, train_sharding, len(extra_args))
-            run_eval = evaluation.make_evaluation(
-                eval_fn, state_shardings.params, eval_sharding,
+            batch_bytes = len(data_seeds) * sum(v.nbytes for v in example.values())
+            programs = programs_lib.build_programs(
+                model, loss_fn, opt_configs, train, mesh, shardings=shardings, state_shardings=state_shardings,
+                batch_sharding=batch_sharding, batch_partition=batch_partition, stacked=stacked, across=across,
+                per_model_data=per_model_data,
                 # One validation stream for every seed: runs then differ only by what they trained
                 # on, not by which tokens scored them.
-                lambda: [batches("validation", 0, eval_epochs) for _ in data_seeds], train.eval_batches, num_models,
-                per_member=per_model_data, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()))
-
-            # One flag per model, replicated (every process reads it): are all its parameters finite.
-            params_finite = jax.jit(functools.partial(_all_finite, stacked=stacked),
-                                    out_shardings=NamedSharding(mesh, PartitionSpec()))
+                validation_streams=lambda: [batches("validation", 0, eval_epochs) for _ in data_seeds],
+                batch_bytes=batch_bytes)
+            train_block, extra_args, run_eval = programs.train_block, programs.extra_args, programs.run_eval
+            params_finite, member_state = programs.params_finite, programs.member_state
 
             target_len = example[objective.targets_key].shape[1]
             encoder_decoder = model_config.family == "encoder_decoder"
@@ -337,7 +246,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
             tokens_per_step = train.batch_size * target_len
             block_len = blocks.resolve_block_len(
                 train.steps_per_call, flops_per_step=num_models * tokens_per_step * size["train_flops_per_token"],
-                peak_flops=peak_flops, batch_bytes=len(data_seeds) * sum(v.nbytes for v in example.values()),
+                peak_flops=peak_flops, batch_bytes=batch_bytes,
                 longest_block=blocks.longest_block(train.num_steps, train.eval_every_steps,
                                                    checkpoint_config.every_steps))
             if jax.process_count() > 1:  # each process timed its own peak: all must run the same calls
@@ -360,7 +269,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[str], *, sta
                                                end_step=end_step)
             plan = list(blocks.block_plan(start_step, end_step, block_len, is_boundary))
             prefetcher = BlockPrefetcher(sources, plan, block_len, lambda host: partitioning.shard_batch(
-                host, train_sharding), per_member=per_model_data)
+                host, programs.train_sharding), per_member=per_model_data)
 
             if guard.should_stop(start_step):  # [issue-13b] a signal during setup: nothing new to save
                 raise preemption.Interrupted(guard.signal_name, start_step, saved=False)

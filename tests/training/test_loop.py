@@ -154,16 +154,16 @@ def test_parameters_that_are_not_finite_stop_their_model_before_a_save(tmp_path)
     import types
     import jax.numpy as jnp
     from research.training import members as members_lib
-    from research.training.loop import _all_finite
+    from research.training.programs import all_finite
     params = {"w": jnp.array([[1.0, 2.0], [jnp.inf, 0.0], [3.0, 4.0]]), "b": jnp.array([0.0, 1.0, jnp.nan])}
-    assert _all_finite(params, stacked=True).tolist() == [True, False, False]
-    assert _all_finite({"w": jnp.ones(3)}, stacked=False).tolist() == [True]
+    assert all_finite(params, stacked=True).tolist() == [True, False, False]
+    assert all_finite({"w": jnp.ones(3)}, stacked=False).tolist() == [True]
     checkpointer = types.SimpleNamespace(all_steps=lambda: [2], wait=lambda: None, directory=str(tmp_path))
     models = [types.SimpleNamespace(index=i, workdir=str(tmp_path / str(i)), error=None, console=i == 0,
                                     checkpointer=checkpointer) for i in range(3)]
     for m in models:
         os.makedirs(m.workdir)
-    members_lib.stop_if_not_finite(models, 4, _all_finite(params, stacked=True), [{}, {}, {"eval_loss": 1.0}],
+    members_lib.stop_if_not_finite(models, 4, all_finite(params, stacked=True), [{}, {}, {"eval_loss": 1.0}],
                                    stacked=True)
     assert models[0].error is None and models[2].diverged_at == 4
     assert str(models[1].error) == (f"model 1 ({models[1].workdir}): step 4: its parameters after the update are not "

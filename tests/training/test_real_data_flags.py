@@ -14,7 +14,8 @@ from research.data.sources import document_source
 from research.models import get_config
 from research.training import partitioning
 from research.training.checkpointing import CheckpointConfig
-from research.training.loop import TrainConfig, _rules
+from research.training.loop import _rules
+from research.training.train_config import TrainConfig
 from research.training.metrics import read_metrics
 from research.training.optimizers import OptimizerConfig
 from research.training.workdir import run_fingerprint
