@@ -94,7 +94,7 @@ def minimize_batched(objective: ValueAndGrad, x0_PK: np.ndarray, per_problem: An
             rows = np.concatenate([keep, np.full(size - keep.size, keep[0])])
             index = np.concatenate([index[keep], np.full(size - keep.size, -1)])
             # On the host: the same copies, but a gather on the device compiled a program for every
-            # array shape of every compaction (about 140 small programs, 2.5 s, in one sweep's fit).
+            # array shape of every compaction (181 of the 227 programs one cpu_tiny fit compiled).
             state = {k: (v[:, rows] if k in _HISTORY else v[rows]) for k, v in jax.device_get(state).items()}
             state["active"][keep.size:] = False
             per_problem = jax.tree.map(lambda v: np.asarray(v)[rows], per_problem)
